@@ -1,0 +1,182 @@
+//! The batch handler: turns one SQS batch into rows and a partial-batch
+//! response. Callable without the Lambda runtime (tests call it directly).
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use chrono::Utc;
+use serde::{Deserialize, Deserializer};
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use crate::error::HandlerError;
+use crate::masking::Masker;
+use crate::record::{self, LoginRow, Rejection};
+use crate::sink::PgSink;
+
+/// The Lambda payload: an SQS batch event.
+///
+/// Wraps [`SqsEvent`] only to replace serde's error text, which can quote
+/// values from the payload, by a fixed message.
+#[derive(Debug, Clone, Default)]
+pub struct SqsBatch(pub SqsEvent);
+
+impl<'de> Deserialize<'de> for SqsBatch {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        SqsEvent::deserialize(d).map(SqsBatch).map_err(|_| {
+            serde::de::Error::custom(
+                "the payload is not an SQS batch event ({\"Records\": [...]} with string fields); invoke the function through an SQS event-source mapping or with a file from events/",
+            )
+        })
+    }
+}
+
+/// Counts of one invocation, also written as its summary log line.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BatchSummary {
+    /// Records in the batch.
+    pub received: usize,
+    /// New rows written.
+    pub inserted: u64,
+    /// Records already in the table (redelivery).
+    pub duplicates: u64,
+    /// Records that failed validation, by [`Rejection::code`].
+    pub rejected: BTreeMap<String, usize>,
+    /// Records the database refused.
+    pub refused: usize,
+    /// Records reported in `batchItemFailures` (rejected + refused + FIFO tail).
+    pub failed: usize,
+}
+
+/// Processes SQS batches. Built once per cold start, shared by invocations.
+pub struct BatchHandler {
+    masker: Masker,
+    sink: Mutex<PgSink>,
+}
+
+impl BatchHandler {
+    /// A handler that masks with `masker` and writes through `sink`.
+    pub fn new(masker: Masker, sink: PgSink) -> Self {
+        Self {
+            masker,
+            sink: Mutex::new(sink),
+        }
+    }
+
+    /// Handles one batch; returns the response for the event-source mapping.
+    pub async fn handle(&self, event: &SqsEvent) -> Result<SqsBatchResponse, HandlerError> {
+        self.handle_with_summary(event)
+            .await
+            .map(|(response, _)| response)
+    }
+
+    /// Like [`handle`](Self::handle), also returning the counts.
+    pub async fn handle_with_summary(
+        &self,
+        event: &SqsEvent,
+    ) -> Result<(SqsBatchResponse, BatchSummary), HandlerError> {
+        let started = Instant::now();
+        let records = &event.records;
+        let mut ids = Vec::with_capacity(records.len());
+        for (index, message) in records.iter().enumerate() {
+            match message.message_id.as_deref() {
+                Some(id) if !id.is_empty() => ids.push(id),
+                _ => return Err(HandlerError::MissingMessageId { index }),
+            }
+        }
+        let fifo = records.iter().any(|m| {
+            m.event_source_arn
+                .as_deref()
+                .is_some_and(|arn| arn.ends_with(".fifo"))
+        });
+        let today = Utc::now().date_naive();
+
+        let mut rows: Vec<LoginRow<'_>> = Vec::with_capacity(records.len());
+        let mut row_positions = Vec::with_capacity(records.len());
+        let mut failed_positions = Vec::new();
+        let mut rejected: BTreeMap<String, usize> = BTreeMap::new();
+        for (pos, (message, id)) in records.iter().zip(&ids).enumerate() {
+            match record::transform(id, message, &self.masker, today) {
+                Ok(row) => {
+                    rows.push(row);
+                    row_positions.push(pos);
+                }
+                Err(reason) => {
+                    log_rejection(id, &reason);
+                    *rejected.entry(reason.code().into_owned()).or_default() += 1;
+                    failed_positions.push(pos);
+                    if fifo {
+                        // Later records must wait for this one: do not even validate them.
+                        break;
+                    }
+                }
+            }
+        }
+
+        let report = if rows.is_empty() {
+            Default::default()
+        } else {
+            self.sink
+                .lock()
+                .await
+                .insert(&rows, fifo)
+                .await
+                .inspect_err(|e| {
+                    warn!(
+                        received = records.len(),
+                        duration_ms = started.elapsed().as_millis() as u64,
+                        retryable = e.is_retryable(),
+                        error = %e,
+                        "batch failed; the whole batch will be redelivered"
+                    );
+                })?
+        };
+        failed_positions.extend(report.refused.iter().map(|&i| row_positions[i]));
+        if fifo && let Some(&first) = failed_positions.iter().min() {
+            // Order matters: everything from the first failure on is retried.
+            failed_positions = (first..records.len()).collect();
+        }
+        failed_positions.sort_unstable();
+        failed_positions.dedup();
+
+        let mut response = SqsBatchResponse::default();
+        for &pos in &failed_positions {
+            response.add_failure(ids[pos]);
+        }
+        let summary = BatchSummary {
+            received: records.len(),
+            inserted: report.inserted,
+            duplicates: report.duplicates,
+            refused: report.refused.len(),
+            failed: failed_positions.len(),
+            rejected,
+        };
+        info!(
+            received = summary.received,
+            inserted = summary.inserted,
+            duplicates = summary.duplicates,
+            rejected = summary.rejected.values().sum::<usize>(),
+            rejected_by_reason = %format_reasons(&summary.rejected),
+            refused = summary.refused,
+            failed = summary.failed,
+            fifo,
+            statements = report.statements,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "batch processed"
+        );
+        Ok((response, summary))
+    }
+}
+
+fn log_rejection(message_id: &str, reason: &Rejection) {
+    warn!(message_id, reason = %reason, code = %reason.code(), "record rejected");
+}
+
+fn format_reasons(reasons: &BTreeMap<String, usize>) -> String {
+    let parts: Vec<String> = reasons
+        .iter()
+        .map(|(code, n)| format!("{code}={n}"))
+        .collect();
+    parts.join(",")
+}

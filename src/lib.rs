@@ -1,0 +1,31 @@
+//! login-etl: an AWS Lambda that moves user-login events from SQS into
+//! PostgreSQL, masking PII (`ip`, `device_id`) with a keyed HMAC.
+//!
+//! One module per concern:
+//! - [`config`]: typed settings from the environment;
+//! - [`record`]: one SQS record to a validated, masked row, or a rejection;
+//! - [`app_version`]: the sortable integer encoding of versions;
+//! - [`masking`]: HMAC-SHA256 tokens;
+//! - [`schema`]: the embedded DDL and its migration;
+//! - [`sink`]: PostgreSQL I/O (bulk insert, refusal isolation, reconnects);
+//! - [`handler`]: one batch to a partial-batch response and a summary;
+//! - [`startup`]: cold start, configuration to a ready handler;
+//! - [`synth`]: synthetic, realistic events for tests, demos and benchmarks;
+//! - [`error`]: error types, none of which carries PII or secrets.
+//!
+//! `src/main.rs` is the Lambda entry point.
+
+pub mod app_version;
+pub mod config;
+pub mod error;
+pub mod handler;
+pub mod masking;
+pub mod record;
+pub mod schema;
+pub mod sink;
+pub mod startup;
+pub mod synth;
+
+pub use config::Config;
+pub use error::{ConfigError, HandlerError, SinkError};
+pub use handler::{BatchHandler, BatchSummary, SqsBatch};

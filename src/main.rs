@@ -1,0 +1,45 @@
+//! Lambda entry point: build the handler once per cold start, then serve
+//! invocations. `login-etl migrate` applies the schema and exits.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use lambda_runtime::{LambdaEvent, service_fn};
+use login_etl::config::{Config, DbConfig};
+use login_etl::{SqsBatch, startup};
+use tracing::{error, info};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    lambda_runtime::tracing::init_default_subscriber();
+    let result = match std::env::args().nth(1).as_deref() {
+        None => serve().await,
+        Some("migrate") => migrate().await,
+        Some(_) => Err("usage: login-etl [migrate]".into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %e, "login-etl stopped");
+            eprintln!("login-etl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> Result<(), lambda_runtime::Error> {
+    let config = Config::from_env()?;
+    let handler = Arc::new(startup::build(&config).await?);
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsBatch>| {
+        let handler = Arc::clone(&handler);
+        async move { handler.handle(&event.payload.0).await }
+    }))
+    .await
+}
+
+async fn migrate() -> Result<(), lambda_runtime::Error> {
+    let mut sink = startup::sink(&DbConfig::from_env()?)?;
+    sink.migrate().await?;
+    info!(target = %sink.target(), "schema applied");
+    Ok(())
+}

@@ -1,0 +1,619 @@
+//! One SQS record to one validated, masked row (or a [`Rejection`]).
+//!
+//! The body is parsed by a hand-rolled serde visitor instead of a derived
+//! struct so that (a) a rejection names the field but never echoes the value
+//! (serde's derived errors quote it), (b) duplicate keys and wrong types are
+//! reported per field, and (c) strings without escapes are borrowed, not copied.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::net::IpAddr;
+
+use aws_lambda_events::event::sqs::SqsMessage;
+use chrono::{DateTime, NaiveDate};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use crate::app_version::{self, VersionError};
+use crate::masking::{Masker, Token};
+
+/// Longest `message_id` the table stores (`varchar(128)`).
+pub const MAX_MESSAGE_ID_CHARS: usize = 128;
+
+/// A field of the login event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Field {
+    /// `user_id`
+    UserId,
+    /// `app_version`
+    AppVersion,
+    /// `device_type`
+    DeviceType,
+    /// `ip`
+    Ip,
+    /// `locale`
+    Locale,
+    /// `device_id`
+    DeviceId,
+}
+
+impl Field {
+    /// The JSON key.
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::UserId => "user_id",
+            Field::AppVersion => "app_version",
+            Field::DeviceType => "device_type",
+            Field::Ip => "ip",
+            Field::Locale => "locale",
+            Field::DeviceId => "device_id",
+        }
+    }
+
+    /// Longest accepted value in characters (the column size it lands in).
+    pub fn max_chars(self) -> usize {
+        match self {
+            Field::UserId => 128,
+            Field::AppVersion | Field::DeviceType | Field::Locale => 32,
+            Field::DeviceId => 256,
+            // Longest textual IPv6 form is 45 characters; anything longer cannot parse.
+            Field::Ip => 64,
+        }
+    }
+}
+
+/// Why a record was rejected. Names a field, never its value, so it is safe
+/// to log and to count by [`Rejection::code`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rejection {
+    /// The body is absent or blank.
+    EmptyBody,
+    /// The body is not valid JSON (syntax, bad escape, nesting too deep).
+    InvalidJson,
+    /// The body is JSON but not an object.
+    NotAnObject,
+    /// An object with none of the login-event fields (another message type).
+    NotALoginEvent,
+    /// A required field is absent or null.
+    MissingField(Field),
+    /// A field appears twice in the object.
+    DuplicateField(Field),
+    /// A field is not a string.
+    WrongType(Field),
+    /// A field is empty or only whitespace.
+    EmptyField(Field),
+    /// A field is longer than its column allows.
+    TooLong(Field),
+    /// A field contains U+0000, which PostgreSQL text cannot store.
+    NulCharacter(Field),
+    /// `ip` is not an IPv4 or IPv6 address.
+    InvalidIp,
+    /// `app_version` does not have the accepted shape.
+    InvalidAppVersion(VersionError),
+    /// The SQS message id is longer than the `message_id` column.
+    MessageIdTooLong,
+}
+
+impl Rejection {
+    /// Stable machine-readable code, e.g. `missing_field.user_id`, for counting.
+    pub fn code(&self) -> Cow<'static, str> {
+        let with = |kind: &str, f: &Field| Cow::Owned(format!("{kind}.{}", f.name()));
+        match self {
+            Rejection::EmptyBody => "empty_body".into(),
+            Rejection::InvalidJson => "invalid_json".into(),
+            Rejection::NotAnObject => "not_an_object".into(),
+            Rejection::NotALoginEvent => "not_a_login_event".into(),
+            Rejection::MissingField(f) => with("missing_field", f),
+            Rejection::DuplicateField(f) => with("duplicate_field", f),
+            Rejection::WrongType(f) => with("wrong_type", f),
+            Rejection::EmptyField(f) => with("empty_field", f),
+            Rejection::TooLong(f) => with("too_long", f),
+            Rejection::NulCharacter(f) => with("nul_character", f),
+            Rejection::InvalidIp => "invalid_ip".into(),
+            Rejection::InvalidAppVersion(VersionError::Shape) => "invalid_app_version".into(),
+            Rejection::InvalidAppVersion(VersionError::OutOfRange) => {
+                "app_version_out_of_range".into()
+            }
+            Rejection::MessageIdTooLong => "message_id_too_long".into(),
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::EmptyBody => f.write_str("the message body is empty"),
+            Rejection::InvalidJson => f.write_str("the message body is not valid JSON"),
+            Rejection::NotAnObject => f.write_str("the message body is JSON but not an object"),
+            Rejection::NotALoginEvent => {
+                f.write_str("the message is not a login event (none of its fields are present)")
+            }
+            Rejection::MissingField(x) => write!(f, "field `{}` is missing or null", x.name()),
+            Rejection::DuplicateField(x) => {
+                write!(f, "field `{}` appears more than once", x.name())
+            }
+            Rejection::WrongType(x) => write!(f, "field `{}` must be a string", x.name()),
+            Rejection::EmptyField(x) => write!(f, "field `{}` is empty", x.name()),
+            Rejection::TooLong(x) => write!(
+                f,
+                "field `{}` is longer than {} characters",
+                x.name(),
+                x.max_chars()
+            ),
+            Rejection::NulCharacter(x) => {
+                write!(f, "field `{}` contains a NUL character", x.name())
+            }
+            Rejection::InvalidIp => f.write_str("field `ip` is not an IPv4 or IPv6 address"),
+            Rejection::InvalidAppVersion(e) => write!(f, "field `app_version` is invalid: {e}"),
+            Rejection::MessageIdTooLong => write!(
+                f,
+                "the SQS messageId is longer than {MAX_MESSAGE_ID_CHARS} characters"
+            ),
+        }
+    }
+}
+
+/// A validated, masked row of `user_logins`, borrowing from the event where it can.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginRow<'a> {
+    /// SQS message id: the idempotency key.
+    pub message_id: &'a str,
+    /// As received.
+    pub user_id: Cow<'a, str>,
+    /// As received.
+    pub device_type: Cow<'a, str>,
+    /// HMAC token of the canonical IP.
+    pub masked_ip: Token,
+    /// HMAC token of the trimmed device id.
+    pub masked_device_id: Token,
+    /// `None` for null or absent.
+    pub locale: Option<Cow<'a, str>>,
+    /// Encoded version, see [`crate::app_version`].
+    pub app_version: i32,
+    /// Version as received.
+    pub app_version_text: Cow<'a, str>,
+    /// UTC date of `SentTimestamp`.
+    pub create_date: NaiveDate,
+}
+
+/// Validates and masks one SQS message. `message_id` is the record's id
+/// (checked present by the caller); `fallback_date` is used only when the
+/// message has no usable `SentTimestamp`.
+pub fn transform<'a>(
+    message_id: &'a str,
+    message: &'a SqsMessage,
+    masker: &Masker,
+    fallback_date: NaiveDate,
+) -> Result<LoginRow<'a>, Rejection> {
+    if message_id.chars().count() > MAX_MESSAGE_ID_CHARS {
+        return Err(Rejection::MessageIdTooLong);
+    }
+    let login = parse_body(message.body.as_deref().unwrap_or(""))?;
+    Ok(LoginRow {
+        message_id,
+        masked_ip: masker.ip(&login.ip),
+        masked_device_id: masker.device_id(&login.device_id),
+        user_id: login.user_id,
+        device_type: login.device_type,
+        locale: login.locale,
+        app_version: login.app_version,
+        app_version_text: login.app_version_text,
+        create_date: sent_date(message).unwrap_or(fallback_date),
+    })
+}
+
+/// The UTC date of the message's `SentTimestamp` attribute (epoch milliseconds).
+pub fn sent_date(message: &SqsMessage) -> Option<NaiveDate> {
+    let millis = message
+        .attributes
+        .get("SentTimestamp")?
+        .trim()
+        .parse::<i64>()
+        .ok()?;
+    DateTime::from_timestamp_millis(millis).map(|t| t.date_naive())
+}
+
+/// A login event that passed validation, before masking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginEvent<'a> {
+    /// Non-empty, at most 128 characters.
+    pub user_id: Cow<'a, str>,
+    /// Non-empty, at most 32 characters.
+    pub device_type: Cow<'a, str>,
+    /// Parsed address (surrounding whitespace ignored).
+    pub ip: IpAddr,
+    /// Non-empty after trimming, at most 256 characters.
+    pub device_id: Cow<'a, str>,
+    /// At most 32 characters, or `None`.
+    pub locale: Option<Cow<'a, str>>,
+    /// Encoded version.
+    pub app_version: i32,
+    /// Version as received.
+    pub app_version_text: Cow<'a, str>,
+}
+
+/// Parses and validates a message body. Checks fields in a fixed order and
+/// returns the first problem.
+pub fn parse_body(body: &str) -> Result<LoginEvent<'_>, Rejection> {
+    if body.trim().is_empty() {
+        return Err(Rejection::EmptyBody);
+    }
+    let raw = match serde_json::from_str::<Body<'_>>(body) {
+        Ok(Body::Object(raw)) => raw,
+        Ok(Body::Other) => return Err(Rejection::NotAnObject),
+        Err(_) => return Err(Rejection::InvalidJson),
+    };
+    if raw.fields.iter().all(|s| matches!(s, Slot::Missing)) {
+        return Err(Rejection::NotALoginEvent);
+    }
+    if let Some(i) = raw.fields.iter().position(|s| matches!(s, Slot::Duplicate)) {
+        return Err(Rejection::DuplicateField(FIELDS[i]));
+    }
+    let [user_id, app_version, device_type, ip, locale, device_id] = raw.fields;
+    let user_id = required_text(Field::UserId, user_id)?;
+    let device_type = required_text(Field::DeviceType, device_type)?;
+    let ip_text = required_text(Field::Ip, ip)?;
+    let ip = ip_text
+        .trim()
+        .parse::<IpAddr>()
+        .map_err(|_| Rejection::InvalidIp)?;
+    let device_id = required_text(Field::DeviceId, device_id)?;
+    let app_version_text = required_text(Field::AppVersion, app_version)?;
+    let app_version =
+        app_version::encode(&app_version_text).map_err(Rejection::InvalidAppVersion)?;
+    let locale = match locale {
+        Slot::Missing | Slot::Null => None,
+        other => Some(text(Field::Locale, other)?),
+    };
+    Ok(LoginEvent {
+        user_id,
+        device_type,
+        ip,
+        device_id,
+        locale,
+        app_version,
+        app_version_text,
+    })
+}
+
+fn required_text(field: Field, slot: Slot<'_>) -> Result<Cow<'_, str>, Rejection> {
+    let value = text(field, slot)?;
+    if value.trim().is_empty() {
+        return Err(Rejection::EmptyField(field));
+    }
+    Ok(value)
+}
+
+fn text(field: Field, slot: Slot<'_>) -> Result<Cow<'_, str>, Rejection> {
+    match slot {
+        Slot::Missing | Slot::Null => Err(Rejection::MissingField(field)),
+        Slot::WrongType | Slot::Duplicate => Err(Rejection::WrongType(field)),
+        Slot::Text(s) => {
+            // Byte length bounds char count from above: skip counting for short values.
+            if s.len() > field.max_chars() && s.chars().count() > field.max_chars() {
+                Err(Rejection::TooLong(field))
+            } else if s.contains('\0') {
+                Err(Rejection::NulCharacter(field))
+            } else {
+                Ok(s)
+            }
+        }
+    }
+}
+
+/// Field order of [`RawLogin::fields`].
+const FIELDS: [Field; 6] = [
+    Field::UserId,
+    Field::AppVersion,
+    Field::DeviceType,
+    Field::Ip,
+    Field::Locale,
+    Field::DeviceId,
+];
+
+/// What the body held for one field, before validation.
+#[derive(Debug, Default)]
+enum Slot<'a> {
+    #[default]
+    Missing,
+    Null,
+    Text(Cow<'a, str>),
+    WrongType,
+    Duplicate,
+}
+
+struct RawLogin<'a> {
+    fields: [Slot<'a>; 6],
+}
+
+enum Body<'a> {
+    Object(RawLogin<'a>),
+    Other,
+}
+
+impl<'de> de::Deserialize<'de> for Body<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(BodyVisitor)
+    }
+}
+
+struct BodyVisitor;
+
+impl<'de> Visitor<'de> for BodyVisitor {
+    type Value = Body<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut raw = RawLogin {
+            fields: Default::default(),
+        };
+        while let Some(key) = map.next_key::<Key>()? {
+            match key.0 {
+                Some(i) => {
+                    let value = map.next_value::<Slot<'de>>()?;
+                    let slot = &mut raw.fields[i];
+                    *slot = if matches!(slot, Slot::Missing) {
+                        value
+                    } else {
+                        Slot::Duplicate
+                    };
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Body::Object(raw))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Body::Other)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Body::Other)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Body::Other)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Body::Other)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Body::Other)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Body::Other)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Body::Other)
+    }
+}
+
+/// A key of the body object: the index of a known field, or `None`.
+struct Key(Option<usize>);
+
+impl<'de> de::Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E>(self, key: &str) -> Result<Key, E> {
+                Ok(Key(FIELDS.iter().position(|f| f.name() == key)))
+            }
+        }
+        d.deserialize_identifier(KeyVisitor)
+    }
+}
+
+impl<'de> de::Deserialize<'de> for Slot<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(SlotVisitor)
+    }
+}
+
+struct SlotVisitor;
+
+impl<'de> Visitor<'de> for SlotVisitor {
+    type Value = Slot<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Slot::Text(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Slot::Text(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Slot::Text(Cow::Owned(v)))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Slot::Null)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(Slot::Null)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Slot::WrongType)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Slot::WrongType)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Slot::WrongType)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Slot::WrongType)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Slot::WrongType)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Slot::WrongType)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"user_id": "424cdd21-063a-43a7-b91b-7ca1a833afae", "app_version": "2.3.0", "device_type": "android", "ip": "199.172.111.135", "locale": "RU", "device_id": "593-47-5928"}"#;
+
+    fn with(field: &str, value: &str) -> String {
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        let obj = v.as_object_mut().unwrap();
+        if value == "<absent>" {
+            obj.remove(field);
+        } else {
+            obj.insert(field.into(), serde_json::from_str(value).unwrap());
+        }
+        v.to_string()
+    }
+
+    #[test]
+    fn accepts_the_upstream_sample() {
+        let e = parse_body(GOOD).unwrap();
+        assert_eq!(e.user_id, "424cdd21-063a-43a7-b91b-7ca1a833afae");
+        assert_eq!(e.device_type, "android");
+        assert_eq!(e.ip, "199.172.111.135".parse::<IpAddr>().unwrap());
+        assert_eq!(e.device_id, "593-47-5928");
+        assert_eq!(e.locale.as_deref(), Some("RU"));
+        assert_eq!((e.app_version, &*e.app_version_text), (2_003_000, "2.3.0"));
+        assert!(
+            matches!(e.user_id, Cow::Borrowed(_)),
+            "unescaped strings are borrowed"
+        );
+    }
+
+    #[test]
+    fn null_or_absent_locale_is_none_and_unknown_fields_are_ignored() {
+        assert_eq!(parse_body(&with("locale", "null")).unwrap().locale, None);
+        assert_eq!(
+            parse_body(&with("locale", "<absent>")).unwrap().locale,
+            None
+        );
+        assert!(parse_body(&with("extra", r#"{"nested": [1, 2, {"x": null}]}"#)).is_ok());
+    }
+
+    #[test]
+    fn accepts_ipv6_loopback_and_high_first_octets() {
+        for ip in [
+            r#""::1""#,
+            r#""2001:db8::ff00:42:8329""#,
+            r#""127.0.0.1""#,
+            r#""240.1.2.3""#,
+            r#"" 10.0.0.1 ""#,
+        ] {
+            assert!(parse_body(&with("ip", ip)).is_ok(), "{ip}");
+        }
+    }
+
+    #[test]
+    fn rejects_each_problem_with_its_own_reason() {
+        use Rejection::*;
+        let cases: Vec<(String, Rejection)> = vec![
+            (String::new(), EmptyBody),
+            ("  \n".into(), EmptyBody),
+            ("{not json".into(), InvalidJson),
+            (r#"{"ip": "\ud800"}"#.into(), InvalidJson),
+            ("[1,2]".into(), NotAnObject),
+            ("\"a string\"".into(), NotAnObject),
+            ("null".into(), NotAnObject),
+            (
+                r#"{"foo": "oops_wrong_msg_type", "bar": "123"}"#.into(),
+                NotALoginEvent,
+            ),
+            (with("user_id", "<absent>"), MissingField(Field::UserId)),
+            (with("device_id", "null"), MissingField(Field::DeviceId)),
+            (with("ip", "12"), WrongType(Field::Ip)),
+            (with("app_version", "2.3"), WrongType(Field::AppVersion)),
+            (
+                with("device_type", "[\"ios\"]"),
+                WrongType(Field::DeviceType),
+            ),
+            (with("locale", "{}"), WrongType(Field::Locale)),
+            (with("user_id", "\"   \""), EmptyField(Field::UserId)),
+            (with("device_id", "\"\""), EmptyField(Field::DeviceId)),
+            (
+                with("user_id", &format!("\"{}\"", "u".repeat(129))),
+                TooLong(Field::UserId),
+            ),
+            (
+                with("locale", &format!("\"{}\"", "é".repeat(33))),
+                TooLong(Field::Locale),
+            ),
+            (
+                with("device_id", "\"593-47\\u00005928\""),
+                NulCharacter(Field::DeviceId),
+            ),
+            (with("ip", "\"999.1.1.1\""), InvalidIp),
+            (with("ip", "\"fe80::1%eth0\""), InvalidIp),
+            (
+                with("app_version", "\"2.3.x\""),
+                InvalidAppVersion(VersionError::Shape),
+            ),
+            (
+                with("app_version", "\"2.1000\""),
+                InvalidAppVersion(VersionError::OutOfRange),
+            ),
+            (
+                GOOD.replace(
+                    "\"ip\": \"199.172.111.135\"",
+                    "\"ip\": \"1.1.1.1\", \"ip\": \"2.2.2.2\"",
+                ),
+                DuplicateField(Field::Ip),
+            ),
+        ];
+        for (body, want) in cases {
+            assert_eq!(parse_body(&body).unwrap_err(), want, "body: {body}");
+        }
+    }
+
+    #[test]
+    fn length_limits_count_characters_not_bytes() {
+        let id = "é".repeat(128); // 256 bytes, 128 characters
+        assert!(parse_body(&with("user_id", &format!("\"{id}\""))).is_ok());
+    }
+
+    #[test]
+    fn reasons_never_contain_the_value() {
+        let ip = "203.0.113.77";
+        let bodies = [
+            with("ip", &format!("\"{ip}x\"")),
+            with("device_id", &format!("[\"{ip}\"]")),
+            with("app_version", &format!("\"{ip}\"")),
+        ];
+        for body in bodies {
+            let r = parse_body(&body).unwrap_err();
+            assert!(
+                !r.to_string().contains("203.0") && !r.code().contains("203.0"),
+                "{r}"
+            );
+        }
+    }
+
+    #[test]
+    fn sent_timestamp_gives_the_utc_date() {
+        let mut m = SqsMessage::default();
+        assert_eq!(sent_date(&m), None);
+        m.attributes
+            .insert("SentTimestamp".into(), "1700006399999".into()); // 2023-11-14T23:59:59.999Z
+        assert_eq!(sent_date(&m), NaiveDate::from_ymd_opt(2023, 11, 14));
+        m.attributes
+            .insert("SentTimestamp".into(), "1700006400000".into());
+        assert_eq!(sent_date(&m), NaiveDate::from_ymd_opt(2023, 11, 15));
+        m.attributes
+            .insert("SentTimestamp".into(), "yesterday".into());
+        assert_eq!(sent_date(&m), None);
+    }
+}

@@ -1,0 +1,389 @@
+//! The PostgreSQL sink: one connection reused across warm invocations, one
+//! multi-row `INSERT ... SELECT FROM UNNEST` per batch, and isolation of the
+//! rows the database refuses.
+//!
+//! Failure policy (design.md section 3):
+//! - a row-level refusal (data or constraint error) bisects the batch so only
+//!   the offending rows fail: k bad rows in n cost O(k log n) statements;
+//! - a connection-level failure drops the connection, reconnects once and
+//!   retries; a second failure fails the invocation ([`SinkError`]);
+//! - every statement is atomic (autocommit), so a failure never leaves a
+//!   statement half-applied, and `ON CONFLICT (message_id) DO NOTHING` makes
+//!   the redelivered batch complete exactly once.
+
+use std::ops::Range;
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use tokio::time::timeout;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Statement};
+use tracing::{debug, warn};
+
+use crate::config::DbConfig;
+use crate::error::SinkError;
+use crate::record::LoginRow;
+use crate::schema;
+
+/// The bulk insert: one statement, one round trip (prepared once per connection).
+pub const INSERT_SQL: &str = "INSERT INTO user_logins \
+    (message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, app_version_text, create_date) \
+    SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[], $8::text[], $9::date[]) \
+    ON CONFLICT (message_id) DO NOTHING";
+
+/// Pause before the one reconnect, so a server that is restarting or out of
+/// connection slots gets a moment.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
+
+/// What one call to [`PgSink::insert`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct InsertReport {
+    /// Rows newly written.
+    pub inserted: u64,
+    /// Rows committed earlier (same `message_id`): success, no new row.
+    pub duplicates: u64,
+    /// Indices (into the slice given to `insert`) of rows the database refused, ascending.
+    pub refused: Vec<usize>,
+    /// In order-preserving mode, rows after the first refusal, never attempted.
+    pub not_attempted: Range<usize>,
+    /// Statements executed (1 when nothing was refused).
+    pub statements: u32,
+}
+
+/// How one statement failed.
+enum Failure {
+    /// The data of some row in the statement was refused (SQLSTATE and constraint).
+    Row(String),
+    /// Connection-level or transient: reconnecting may help.
+    Transient(String),
+    /// Retrying will not help.
+    Fatal(SinkError),
+}
+
+struct Conn {
+    client: Client,
+    insert: Statement,
+}
+
+/// Writes validated rows into `user_logins`.
+pub struct PgSink {
+    pg: tokio_postgres::Config,
+    target: String,
+    connect_timeout: Duration,
+    statement_timeout: Duration,
+    conn: Option<Conn>,
+}
+
+impl std::fmt::Debug for PgSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgSink")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgSink {
+    /// A sink for the given connection settings; connects lazily.
+    pub fn new(mut pg: tokio_postgres::Config, db: &DbConfig) -> Self {
+        // Server-side timeouts travel in the startup packet: no extra round trip.
+        let ms = db.statement_timeout.as_millis();
+        let options = format!(
+            "{} -c statement_timeout={ms} -c lock_timeout={ms}",
+            pg.get_options().unwrap_or_default()
+        );
+        pg.options(options.trim_start());
+        if pg.get_application_name().is_none() {
+            pg.application_name("login-etl");
+        }
+        pg.connect_timeout(db.connect_timeout);
+        Self {
+            target: describe_target(&pg),
+            pg,
+            connect_timeout: db.connect_timeout,
+            statement_timeout: db.statement_timeout,
+            conn: None,
+        }
+    }
+
+    /// `user@host:port/dbname`, safe to log (no password).
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Creates or upgrades the schema (see [`schema::migrate`]).
+    pub async fn migrate(&mut self) -> Result<(), SinkError> {
+        let mut client = self.open().await?;
+        schema::migrate(&mut client)
+            .await
+            .map_err(|e| match classify(&e) {
+                Failure::Fatal(f) => f,
+                _ => SinkError::Transient {
+                    op: "applying the schema",
+                    cause: describe(&e),
+                },
+            })?;
+        self.conn = Some(self.prepare(client).await?);
+        Ok(())
+    }
+
+    /// Inserts `rows`, isolating refused rows. With `preserve_order` (FIFO
+    /// queues) it stops at the first refused row: every row before it is
+    /// committed, none after it is attempted.
+    pub async fn insert(
+        &mut self,
+        rows: &[LoginRow<'_>],
+        preserve_order: bool,
+    ) -> Result<InsertReport, SinkError> {
+        let mut report = InsertReport {
+            not_attempted: rows.len()..rows.len(),
+            ..InsertReport::default()
+        };
+        let mut reconnects_left = 1u8;
+        let mut committed = 0usize;
+        // Ranges to try, popped in batch order (right half pushed first).
+        let mut todo = vec![0..rows.len()];
+        while let Some(range) = todo.pop() {
+            if range.is_empty() {
+                continue;
+            }
+            report.statements += 1;
+            match self
+                .execute(&rows[range.clone()], &mut reconnects_left)
+                .await
+            {
+                Ok(n) => {
+                    report.inserted += n;
+                    committed += range.len();
+                }
+                Err(Failure::Row(why)) if range.len() == 1 => {
+                    warn!(
+                        message_id = rows[range.start].message_id,
+                        error = %why,
+                        "row refused by the database"
+                    );
+                    report.refused.push(range.start);
+                    if preserve_order {
+                        report.not_attempted = range.end..rows.len();
+                        break;
+                    }
+                }
+                Err(Failure::Row(_)) => {
+                    let mid = range.start + range.len() / 2;
+                    todo.push(mid..range.end);
+                    todo.push(range.start..mid);
+                }
+                Err(Failure::Transient(cause)) => {
+                    return Err(SinkError::Transient {
+                        op: "inserting the batch",
+                        cause,
+                    });
+                }
+                Err(Failure::Fatal(e)) => return Err(e),
+            }
+        }
+        report.duplicates = committed as u64 - report.inserted;
+        Ok(report)
+    }
+
+    /// Runs the insert for `rows`, reconnecting (at most `reconnects_left`
+    /// times) when the connection fails.
+    async fn execute(
+        &mut self,
+        rows: &[LoginRow<'_>],
+        reconnects_left: &mut u8,
+    ) -> Result<u64, Failure> {
+        let cols = Columns::from(rows);
+        let params = cols.params();
+        // A client-side bound too, for a server that stops answering without
+        // closing the socket.
+        let bound = self.statement_timeout + self.connect_timeout;
+        loop {
+            let attempt = match self.connection().await {
+                Ok(conn) => {
+                    match timeout(bound, conn.client.execute(&conn.insert, &params)).await {
+                        Ok(Ok(n)) => return Ok(n),
+                        Ok(Err(e)) => classify(&e),
+                        Err(_) => {
+                            Failure::Transient(format!("no answer within {} ms", bound.as_millis()))
+                        }
+                    }
+                }
+                Err(SinkError::Fatal { op, cause, hint }) => {
+                    return Err(Failure::Fatal(SinkError::Fatal { op, cause, hint }));
+                }
+                Err(e) => Failure::Transient(e.to_string()),
+            };
+            match attempt {
+                Failure::Transient(cause) if *reconnects_left > 0 => {
+                    *reconnects_left -= 1;
+                    warn!(error = %cause, "database connection failed; reconnecting once");
+                    self.conn = None;
+                    tokio::time::sleep(RECONNECT_PAUSE).await;
+                }
+                Failure::Transient(cause) => {
+                    self.conn = None;
+                    return Err(Failure::Transient(cause));
+                }
+                other => return Err(other),
+            }
+        }
+    }
+
+    /// The open connection, opening one if there is none or it was closed
+    /// (e.g. by an idle timeout between warm invocations).
+    async fn connection(&mut self) -> Result<&Conn, SinkError> {
+        if self.conn.as_ref().is_none_or(|c| c.client.is_closed()) {
+            self.conn = None;
+            let client = self.open().await?;
+            self.conn = Some(self.prepare(client).await?);
+        }
+        Ok(self.conn.as_ref().expect("connection was just opened"))
+    }
+
+    async fn open(&self) -> Result<Client, SinkError> {
+        let connect = |cause: String| SinkError::Connect {
+            target: self.target.clone(),
+            cause,
+        };
+        let (client, connection) = timeout(self.connect_timeout, self.pg.connect(NoTls))
+            .await
+            .map_err(|_| {
+                connect(format!(
+                    "timed out after {} ms",
+                    self.connect_timeout.as_millis()
+                ))
+            })?
+            .map_err(|e| connect(describe(&e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!(error = %describe(&e), "database connection closed");
+            }
+        });
+        debug!(target = %self.target, "connected to PostgreSQL");
+        Ok(client)
+    }
+
+    async fn prepare(&self, client: Client) -> Result<Conn, SinkError> {
+        match client.prepare(INSERT_SQL).await {
+            Ok(insert) => Ok(Conn { client, insert }),
+            Err(e) => Err(match classify(&e) {
+                Failure::Fatal(f) => f,
+                _ => SinkError::Transient {
+                    op: "preparing the insert",
+                    cause: describe(&e),
+                },
+            }),
+        }
+    }
+}
+
+/// Column-major parameters for one statement.
+struct Columns<'r> {
+    message_id: Vec<&'r str>,
+    user_id: Vec<&'r str>,
+    device_type: Vec<&'r str>,
+    masked_ip: Vec<&'r str>,
+    masked_device_id: Vec<&'r str>,
+    locale: Vec<Option<&'r str>>,
+    app_version: Vec<i32>,
+    app_version_text: Vec<&'r str>,
+    create_date: Vec<NaiveDate>,
+}
+
+impl<'r> Columns<'r> {
+    fn from(rows: &'r [LoginRow<'_>]) -> Self {
+        Self {
+            message_id: rows.iter().map(|r| r.message_id).collect(),
+            user_id: rows.iter().map(|r| &*r.user_id).collect(),
+            device_type: rows.iter().map(|r| &*r.device_type).collect(),
+            masked_ip: rows.iter().map(|r| r.masked_ip.as_str()).collect(),
+            masked_device_id: rows.iter().map(|r| r.masked_device_id.as_str()).collect(),
+            locale: rows.iter().map(|r| r.locale.as_deref()).collect(),
+            app_version: rows.iter().map(|r| r.app_version).collect(),
+            app_version_text: rows.iter().map(|r| &*r.app_version_text).collect(),
+            create_date: rows.iter().map(|r| r.create_date).collect(),
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 9] {
+        [
+            &self.message_id,
+            &self.user_id,
+            &self.device_type,
+            &self.masked_ip,
+            &self.masked_device_id,
+            &self.locale,
+            &self.app_version,
+            &self.app_version_text,
+            &self.create_date,
+        ]
+    }
+}
+
+/// Sorts a statement failure by what can be done about it.
+fn classify(e: &tokio_postgres::Error) -> Failure {
+    let Some(state) = e.code() else {
+        // I/O error, closed connection, protocol error: the connection is gone.
+        return Failure::Transient(describe(e));
+    };
+    let code = state.code();
+    match &code[..2] {
+        // data exception, integrity constraint violation, PL/pgSQL raise
+        // (triggers), program limit (e.g. index row too large): this row's fault.
+        "22" | "23" | "P0" | "54" => Failure::Row(describe_refusal(e)),
+        // connection exception, insufficient resources (too many connections),
+        // operator intervention (shutdown, statement timeout), system error,
+        // transaction rollback (deadlock, serialization), lock not available,
+        // invalid authorization (password rotated), invalid transaction state.
+        "08" | "53" | "57" | "58" | "40" | "55" | "28" | "25" | "XX" => {
+            Failure::Transient(describe(e))
+        }
+        _ => Failure::Fatal(SinkError::Fatal {
+            op: "the insert into user_logins",
+            cause: describe(e),
+            hint: match code {
+                // undefined table / column, no unique index for ON CONFLICT
+                "42P01" | "42703" | "42P10" => {
+                    "; the schema is missing or not upgraded: run `make migrate` (login-etl migrate) or set RUN_MIGRATIONS=true"
+                }
+                "42501" => "; the database role lacks INSERT on user_logins: grant it (see README)",
+                _ => "",
+            },
+        }),
+    }
+}
+
+/// An error as text without `DETAIL`/`HINT`, which can quote row values.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("SQLSTATE {}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+/// A refusal as SQLSTATE and constraint only: its message can name values.
+fn describe_refusal(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.constraint() {
+            Some(c) => format!("SQLSTATE {} on constraint {c}", db.code().code()),
+            None => format!("SQLSTATE {}", db.code().code()),
+        },
+        None => e.to_string(),
+    }
+}
+
+fn describe_target(pg: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let host = match pg.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "{}@{host}:{port}/{}",
+        pg.get_user().unwrap_or("?"),
+        pg.get_dbname().unwrap_or("?")
+    )
+}

@@ -1,0 +1,223 @@
+//! Synthetic, realistic SQS events: deterministic for a seed, shaped like the
+//! traffic described in design.md section 1 (UUID user ids, SSN-like device
+//! ids, IPv4 including loopback and >= 224, some IPv6, ~30% null locales,
+//! three `app_version` shapes), optionally mixed with invalid messages.
+//! Used by the tests, `make demo`, `examples/gen_events.rs` and benchmarks.
+
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use sha2::{Digest, Sha256};
+
+/// Options for [`event`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Records in the batch.
+    pub count: usize,
+    /// Every n-th record (n >= 1) gets an invalid body; 0 for none.
+    pub invalid_every: usize,
+    /// Use a `.fifo` queue ARN.
+    pub fifo: bool,
+    /// Seed: same seed, same event.
+    pub seed: u64,
+    /// `SentTimestamp` of the first record (epoch ms); later ones add 1 s each.
+    pub sent_timestamp_ms: i64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            count: 10,
+            invalid_every: 0,
+            fifo: false,
+            seed: 1,
+            // 2026-11-21T12:00:00Z
+            sent_timestamp_ms: 1_795_262_400_000,
+        }
+    }
+}
+
+/// An SQS batch event per `options`.
+pub fn event(options: &Options) -> SqsEvent {
+    let mut event = SqsEvent::default();
+    event.records = (0..options.count).map(|i| message(options, i)).collect();
+    event
+}
+
+/// Record `i` of the batch described by `options`.
+pub fn message(options: &Options, i: usize) -> SqsMessage {
+    let r = Rand::new(options.seed, i as u64);
+    let invalid = options.invalid_every > 0 && (i + 1) % options.invalid_every == 0;
+    let body = if invalid {
+        invalid_body(i / options.invalid_every)
+    } else {
+        login_body(&r)
+    };
+    let queue = if options.fifo {
+        "login-queue.fifo"
+    } else {
+        "login-queue"
+    };
+    let sent = options.sent_timestamp_ms + (i as i64) * 1_000;
+    let mut m = SqsMessage::default();
+    m.message_id = Some(r.uuid(16));
+    m.receipt_handle = Some(format!("AQEB{}", r.hex(0, 24)));
+    m.body = Some(body);
+    m.event_source = Some("aws:sqs".into());
+    m.event_source_arn = Some(format!("arn:aws:sqs:us-east-1:000000000000:{queue}"));
+    m.aws_region = Some("us-east-1".into());
+    for (k, v) in [
+        ("ApproximateReceiveCount", "1".to_owned()),
+        ("SentTimestamp", sent.to_string()),
+        ("SenderId", "AIDAIENQZJOLO23YVJ4VO".to_owned()),
+        ("ApproximateFirstReceiveTimestamp", (sent + 25).to_string()),
+    ] {
+        m.attributes.insert(k.into(), v);
+    }
+    if options.fifo {
+        m.attributes
+            .insert("MessageGroupId".into(), "logins".into());
+        m.attributes
+            .insert("SequenceNumber".into(), format!("{:020}", i + 1));
+        m.attributes
+            .insert("MessageDeduplicationId".into(), r.hex(8, 16));
+    }
+    m
+}
+
+/// A valid login body, as mobile clients send it.
+pub fn login_body_for(seed: u64, i: usize) -> String {
+    login_body(&Rand::new(seed, i as u64))
+}
+
+fn login_body(r: &Rand) -> String {
+    let b = &r.bytes;
+    let ip = match b[0] % 20 {
+        0 => "127.0.0.1".to_owned(),
+        1 => format!("{}.{}.{}.{}", 224 + b[1] % 32, b[2], b[3], b[4]),
+        2 | 3 => format!(
+            "2001:db8:{:x}:{:x}::{:x}",
+            b[1],
+            b[2],
+            u16::from_be_bytes([b[3], b[4]])
+        ),
+        _ => format!("{}.{}.{}.{}", 1 + b[1] % 223, b[2], b[3], b[4]),
+    };
+    let device_id = format!(
+        "{:03}-{:02}-{:04}",
+        u16::from_be_bytes([b[5], b[6]]) % 1000,
+        b[7] % 100,
+        u16::from_be_bytes([b[8], b[9]]) % 10_000
+    );
+    let locale = match b[10] % 10 {
+        0..=2 => "null".to_owned(),
+        n => format!(
+            "\"{}\"",
+            ["RU", "US", "DE", "FR", "BR", "IN", "JP"][usize::from(n - 3)]
+        ),
+    };
+    let app_version = match b[11] % 3 {
+        0 => format!("{}.{}.{}", b[12] % 5, b[13] % 12, b[14] % 10),
+        1 => format!("{}.{:02}", b[12] % 3, b[13] % 100),
+        _ => format!("{}.{}", b[12] % 5, b[13] % 10),
+    };
+    let device_type = if b[15] % 2 == 0 { "android" } else { "ios" };
+    format!(
+        r#"{{"user_id": "{}", "app_version": "{app_version}", "device_type": "{device_type}", "ip": "{ip}", "locale": {locale}, "device_id": "{device_id}"}}"#,
+        r.uuid(16)
+    )
+}
+
+/// The k-th invalid body: cycles through the kinds of bad input seen upstream.
+pub fn invalid_body(k: usize) -> String {
+    const BAD: [&str; 8] = [
+        r#"{"foo": "oops_wrong_msg_type", "bar": "123"}"#,
+        "",
+        "{\"user_id\": \"trunc",
+        r#"{"user_id": "0b5f1c1e-1d7a-4f52-9d0e-6a3c8b7e2f10", "app_version": "2.3.0", "device_type": "ios", "ip": "not-an-ip", "locale": null, "device_id": "123-45-6789"}"#,
+        r#"{"user_id": "0b5f1c1e-1d7a-4f52-9d0e-6a3c8b7e2f10", "app_version": 230, "device_type": "ios", "ip": "10.0.0.1", "locale": "US", "device_id": "123-45-6789"}"#,
+        r#"{"user_id": "0b5f1c1e-1d7a-4f52-9d0e-6a3c8b7e2f10", "app_version": "2.3.0", "device_type": "ios", "ip": "10.0.0.1", "locale": "US"}"#,
+        r#"{"user_id": "0b5f1c1e-1d7a-4f52-9d0e-6a3c8b7e2f10", "app_version": "2.3.0-beta", "device_type": "ios", "ip": "10.0.0.1", "locale": null, "device_id": "123-45-6789"}"#,
+        r#"["not", "an", "object"]"#,
+    ];
+    BAD[k % BAD.len()].to_owned()
+}
+
+/// Deterministic bytes for record `i` under `seed`.
+struct Rand {
+    bytes: [u8; 32],
+}
+
+impl Rand {
+    fn new(seed: u64, i: u64) -> Self {
+        let mut h = Sha256::new();
+        h.update(seed.to_le_bytes());
+        h.update(i.to_le_bytes());
+        Self {
+            bytes: h.finalize().into(),
+        }
+    }
+
+    fn hex(&self, from: usize, len: usize) -> String {
+        hex::encode(&self.bytes[from..from + len])
+    }
+
+    /// A UUID-shaped string from 16 bytes starting at `from`.
+    fn uuid(&self, from: usize) -> String {
+        let h = self.hex(from, 16);
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::parse_body;
+
+    #[test]
+    fn deterministic_and_valid_unless_asked() {
+        let o = Options {
+            count: 500,
+            ..Options::default()
+        };
+        let a = event(&o);
+        assert_eq!(a.records.len(), 500);
+        assert_eq!(a.records[7].body, event(&o).records[7].body);
+        for m in &a.records {
+            let body = m.body.as_deref().unwrap();
+            assert!(parse_body(body).is_ok(), "{body}");
+        }
+        let ids: std::collections::HashSet<_> =
+            a.records.iter().map(|m| m.message_id.clone()).collect();
+        assert_eq!(ids.len(), 500);
+        let nulls = a
+            .records
+            .iter()
+            .filter(|m| m.body.as_deref().unwrap().contains("\"locale\": null"))
+            .count();
+        assert!(
+            (100..=200).contains(&nulls),
+            "about 30% null locales, got {nulls}"
+        );
+    }
+
+    #[test]
+    fn invalid_every_n_th_record() {
+        let o = Options {
+            count: 40,
+            invalid_every: 4,
+            ..Options::default()
+        };
+        let bad = event(&o)
+            .records
+            .iter()
+            .filter(|m| parse_body(m.body.as_deref().unwrap()).is_err())
+            .count();
+        assert_eq!(bad, 10);
+    }
+}
