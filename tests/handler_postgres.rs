@@ -1,0 +1,362 @@
+//! The batch handler against a real PostgreSQL: one throwaway database per test.
+
+mod common;
+
+use std::net::IpAddr;
+
+use chrono::NaiveDate;
+use common::*;
+use login_etl::HandlerError;
+use login_etl::synth::{self, Options};
+use serde_json::Value;
+
+#[tokio::test]
+async fn mixed_batch_reports_exactly_the_invalid_records_and_writes_correct_rows() {
+    let db = TestDb::create().await;
+    let h = handler(&db.url).await;
+    let event = load_event("sqs-mixed.json");
+    let resp = h.handle(&event).await.unwrap();
+    assert_eq!(failures(&resp), expected_failures(&event));
+
+    let client = db.client().await;
+    let want: Vec<_> = expectations(&event)
+        .into_iter()
+        .filter(|(_, e)| e == "insert")
+        .collect();
+    assert_eq!(count_rows(&client).await, want.len() as i64);
+    for msg in event
+        .records
+        .iter()
+        .filter(|m| want.iter().any(|(id, _)| Some(id) == m.message_id.as_ref()))
+    {
+        let body: Value = serde_json::from_str(msg.body.as_deref().unwrap()).unwrap();
+        let row = client
+            .query_one(
+                "SELECT user_id, device_type, masked_ip, masked_device_id, locale, app_version, app_version_text, create_date FROM user_logins WHERE message_id = $1",
+                &[&msg.message_id.as_deref().unwrap()],
+            )
+            .await
+            .unwrap();
+        let ip: IpAddr = body["ip"].as_str().unwrap().parse().unwrap();
+        assert_eq!(row.get::<_, String>(0), body["user_id"].as_str().unwrap());
+        assert_eq!(
+            row.get::<_, String>(1),
+            body["device_type"].as_str().unwrap()
+        );
+        assert_eq!(row.get::<_, String>(2), hmac_hex(TEST_KEY, &ip.to_string()));
+        assert_eq!(
+            row.get::<_, String>(3),
+            hmac_hex(TEST_KEY, body["device_id"].as_str().unwrap().trim())
+        );
+        assert_eq!(
+            row.get::<_, Option<String>>(4).as_deref(),
+            body["locale"].as_str()
+        );
+        let version = body["app_version"].as_str().unwrap();
+        let parts: Vec<i32> = version
+            .split('.')
+            .map(|p| p.parse().unwrap())
+            .chain([0, 0])
+            .take(3)
+            .collect();
+        assert_eq!(
+            row.get::<_, i32>(5),
+            parts[0] * 1_000_000 + parts[1] * 1_000 + parts[2]
+        );
+        assert_eq!(row.get::<_, String>(6), version);
+        let date: NaiveDate = row.get(7);
+        match msg.attributes.get("SentTimestamp") {
+            Some(ms) => assert_eq!(
+                date,
+                chrono::DateTime::from_timestamp_millis(ms.parse().unwrap())
+                    .unwrap()
+                    .date_naive()
+            ),
+            None => assert!((chrono::Utc::now().date_naive() - date).num_days().abs() <= 1),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_same_batch_twice_adds_no_rows() {
+    let db = TestDb::create().await;
+    let h = handler(&db.url).await;
+    let client = db.client().await;
+    for name in [
+        "sqs-valid.json",
+        "sqs-mixed.json",
+        "sqs-duplicates.json",
+        "sqs-fifo.json",
+    ] {
+        let event = load_event(name);
+        let first = h.handle_with_summary(&event).await.unwrap();
+        let after_first = count_rows(&client).await;
+        let second = h.handle_with_summary(&event).await.unwrap();
+        assert_eq!(count_rows(&client).await, after_first, "{name}");
+        assert_eq!(failures(&first.0), failures(&second.0), "{name}");
+        assert_eq!(second.1.inserted, 0, "{name}");
+        assert_eq!(
+            second.1.duplicates,
+            first.1.inserted + first.1.duplicates,
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn duplicate_tokens_for_equal_pii_and_one_row_per_message_id() {
+    let db = TestDb::create().await;
+    let h = handler(&db.url).await;
+    let event = load_event("sqs-duplicates.json");
+    let (resp, summary) = h.handle_with_summary(&event).await.unwrap();
+    assert!(resp.batch_item_failures.is_empty());
+    let client = db.client().await;
+    // five records, one of them delivered twice in the batch
+    assert_eq!(count_rows(&client).await, 4);
+    assert_eq!((summary.inserted, summary.duplicates), (4, 1));
+    let same: i64 = client
+        .query_one(
+            "SELECT count(*) FROM user_logins WHERE masked_ip = $1",
+            &[&hmac_hex(TEST_KEY, "66.249.66.1")],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(same, 4);
+    let same_dev: i64 = client
+        .query_one(
+            "SELECT count(DISTINCT masked_device_id) FROM user_logins",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(same_dev, 2);
+}
+
+#[tokio::test]
+async fn upstream_table_is_upgraded_in_place_and_filled() {
+    let db = TestDb::create().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE user_logins(user_id varchar(128), device_type varchar(32), masked_ip varchar(256),
+                masked_device_id varchar(256), locale varchar(32), app_version integer, create_date date);
+             INSERT INTO user_logins VALUES ('old-1', 'ios', 'x', 'y', NULL, 230, '2020-01-01'),
+                                            ('old-2', 'ios', 'x', 'y', NULL, 230, '2020-01-01');",
+        )
+        .await
+        .unwrap();
+    let h = handler(&db.url).await; // RUN_MIGRATIONS=true upgrades the table
+    let event = load_event("sqs-valid.json");
+    assert!(
+        h.handle(&event)
+            .await
+            .unwrap()
+            .batch_item_failures
+            .is_empty()
+    );
+    assert_eq!(count_rows(&client).await, 2 + event.records.len() as i64);
+    let cols: Vec<String> = client
+        .query("SELECT column_name::text FROM information_schema.columns WHERE table_name = 'user_logins' ORDER BY ordinal_position", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        cols,
+        [
+            "user_id",
+            "device_type",
+            "masked_ip",
+            "masked_device_id",
+            "locale",
+            "app_version",
+            "create_date",
+            "message_id",
+            "app_version_text"
+        ]
+    );
+    // migrating again is a no-op
+    handler(&db.url).await;
+    assert_eq!(count_rows(&client).await, 2 + event.records.len() as i64);
+}
+
+#[tokio::test]
+async fn missing_schema_fails_the_invocation_with_a_hint() {
+    let db = TestDb::create().await;
+    let h = handler_with(&[("DATABASE_URL", &db.url), ("MASKING_KEY", TEST_KEY)]).await;
+    let err = h.handle(&load_event("sqs-valid.json")).await.unwrap_err();
+    assert!(!err.is_retryable());
+    let msg = err.to_string();
+    assert!(
+        msg.contains("make migrate") && msg.contains("42P01"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn a_row_the_database_refuses_fails_only_that_record() {
+    let db = TestDb::create().await;
+    let h = handler(&db.url).await;
+    let client = db.client().await;
+    let event = synth::event(&Options {
+        count: 200,
+        ..Options::default()
+    });
+    // Refuse records 17 and 140 by their user ids.
+    let bad: Vec<String> = [17usize, 140]
+        .iter()
+        .map(|&i| {
+            let body: Value =
+                serde_json::from_str(event.records[i].body.as_deref().unwrap()).unwrap();
+            body["user_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    client
+        .batch_execute(&format!("ALTER TABLE user_logins ADD CONSTRAINT no_bad_users CHECK (user_id NOT IN ('{}', '{}'))", bad[0], bad[1]))
+        .await
+        .unwrap();
+    let (resp, summary) = h.handle_with_summary(&event).await.unwrap();
+    let want = vec![
+        event.records[17].message_id.clone().unwrap(),
+        event.records[140].message_id.clone().unwrap(),
+    ];
+    assert_eq!(failures(&resp), want);
+    assert_eq!(summary.refused, 2);
+    assert_eq!(count_rows(&client).await, 198);
+}
+
+#[tokio::test]
+async fn fifo_batch_stops_at_the_first_invalid_record() {
+    let db = TestDb::create().await;
+    let h = handler(&db.url).await;
+    let event = load_event("sqs-fifo.json");
+    let resp = h.handle(&event).await.unwrap();
+    assert_eq!(failures(&resp), expected_failures(&event));
+    let client = db.client().await;
+    let mut inserted: Vec<String> = expectations(&event)
+        .into_iter()
+        .filter(|(_, e)| e == "insert")
+        .map(|(id, _)| id)
+        .collect();
+    inserted.sort();
+    assert_eq!(message_ids_in_table(&client).await, inserted);
+}
+
+#[tokio::test]
+async fn fifo_batch_stops_at_the_first_refused_row_and_writes_nothing_after_it() {
+    let db = TestDb::create().await;
+    let h = handler(&db.url).await;
+    let client = db.client().await;
+    let event = synth::event(&Options {
+        count: 10,
+        fifo: true,
+        ..Options::default()
+    });
+    let body: Value = serde_json::from_str(event.records[6].body.as_deref().unwrap()).unwrap();
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE user_logins ADD CONSTRAINT no_bad_user CHECK (user_id <> '{}')",
+            body["user_id"].as_str().unwrap()
+        ))
+        .await
+        .unwrap();
+    let resp = h.handle(&event).await.unwrap();
+    let ids: Vec<String> = event
+        .records
+        .iter()
+        .map(|m| m.message_id.clone().unwrap())
+        .collect();
+    assert_eq!(failures(&resp), ids[6..].to_vec());
+    let mut before = ids[..6].to_vec();
+    before.sort();
+    assert_eq!(message_ids_in_table(&client).await, before);
+}
+
+#[tokio::test]
+async fn unreachable_postgres_fails_the_invocation_and_reports_nothing_as_done() {
+    let port = closed_port();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let h = handler_with(&[
+        ("DATABASE_URL", &url),
+        ("MASKING_KEY", TEST_KEY),
+        ("DB_CONNECT_TIMEOUT_MS", "2000"),
+    ])
+    .await;
+    let started = std::time::Instant::now();
+    let err = h.handle(&load_event("sqs-mixed.json")).await.unwrap_err();
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert!(err.is_retryable());
+    assert!(matches!(err, HandlerError::Sink(_)));
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("127.0.0.1:{port}")) && msg.contains("reachable"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_closed_between_invocations_is_reopened() {
+    let db = TestDb::create().await;
+    let h = handler(&db.url).await;
+    let client = db.client().await;
+    let first = synth::event(&Options {
+        count: 20,
+        seed: 1,
+        ..Options::default()
+    });
+    h.handle(&first).await.unwrap();
+    let killed: i64 = client
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'login-etl'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1);
+    let second = synth::event(&Options {
+        count: 20,
+        seed: 2,
+        ..Options::default()
+    });
+    assert!(
+        h.handle(&second)
+            .await
+            .unwrap()
+            .batch_item_failures
+            .is_empty()
+    );
+    assert_eq!(count_rows(&client).await, 40);
+}
+
+#[tokio::test]
+async fn a_record_without_message_id_fails_the_invocation() {
+    let db = TestDb::create().await;
+    let h = handler(&db.url).await;
+    let mut event = load_event("sqs-valid.json");
+    event.records[3].message_id = None;
+    let err = h.handle(&event).await.unwrap_err();
+    assert!(
+        matches!(err, HandlerError::MissingMessageId { index: 3 }),
+        "{err}"
+    );
+    assert_eq!(count_rows(&db.client().await).await, 0);
+}
+
+#[tokio::test]
+async fn a_large_generated_batch_is_one_statement() {
+    let db = TestDb::create().await;
+    let h = handler(&db.url).await;
+    let event = synth::event(&Options {
+        count: 10_000,
+        invalid_every: 50,
+        ..Options::default()
+    });
+    let (resp, summary) = h.handle_with_summary(&event).await.unwrap();
+    assert_eq!(resp.batch_item_failures.len(), 200);
+    assert_eq!(summary.inserted, 9_800);
+    assert_eq!(count_rows(&db.client().await).await, 9_800);
+}
