@@ -9,6 +9,7 @@
 //! - [`schema`]: the embedded DDL and its migration;
 //! - [`sink`]: PostgreSQL I/O (bulk insert, refusal isolation, reconnects);
 //! - [`handler`]: one batch to a partial-batch response and a summary;
+//! - [`logging`]: the log subscriber and its PII guard;
 //! - [`startup`]: cold start, configuration to a ready handler;
 //! - [`synth`]: synthetic, realistic events for tests, demos and benchmarks;
 //! - [`error`]: error types, none of which carries PII or secrets.
@@ -19,6 +20,7 @@ pub mod app_version;
 pub mod config;
 pub mod error;
 pub mod handler;
+pub mod logging;
 pub mod masking;
 pub mod record;
 pub mod schema;

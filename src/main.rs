@@ -11,7 +11,7 @@ use tracing::{error, info};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    lambda_runtime::tracing::init_default_subscriber();
+    login_etl::logging::init();
     let result = match std::env::args().nth(1).as_deref() {
         None => serve().await,
         Some("migrate") => migrate().await,

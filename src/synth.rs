@@ -45,7 +45,7 @@ pub fn event(options: &Options) -> SqsEvent {
 /// Record `i` of the batch described by `options`.
 pub fn message(options: &Options, i: usize) -> SqsMessage {
     let r = Rand::new(options.seed, i as u64);
-    let invalid = options.invalid_every > 0 && (i + 1) % options.invalid_every == 0;
+    let invalid = options.invalid_every > 0 && (i + 1).is_multiple_of(options.invalid_every);
     let body = if invalid {
         invalid_body(i / options.invalid_every)
     } else {
@@ -119,7 +119,11 @@ fn login_body(r: &Rand) -> String {
         1 => format!("{}.{:02}", b[12] % 3, b[13] % 100),
         _ => format!("{}.{}", b[12] % 5, b[13] % 10),
     };
-    let device_type = if b[15] % 2 == 0 { "android" } else { "ios" };
+    let device_type = if b[15].is_multiple_of(2) {
+        "android"
+    } else {
+        "ios"
+    };
     format!(
         r#"{{"user_id": "{}", "app_version": "{app_version}", "device_type": "{device_type}", "ip": "{ip}", "locale": {locale}, "device_id": "{device_id}"}}"#,
         r.uuid(16)

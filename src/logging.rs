@@ -1,0 +1,99 @@
+//! The function's log subscriber: Lambda's advanced logging controls
+//! (`AWS_LAMBDA_LOG_FORMAT=JSON`, `AWS_LAMBDA_LOG_LEVEL`, else `RUST_LOG`,
+//! default INFO), plus a guard no level setting can lift: dependencies that
+//! would log raw payloads never reach the output.
+
+use tracing::{Level, Metadata, Subscriber};
+use tracing_subscriber::filter::{EnvFilter, LevelFilter, filter_fn};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::prelude::*;
+
+/// Targets whose events carry raw event data, and the most verbose level
+/// still allowed from them:
+/// - lambda_runtime logs the whole raw event (ips, device ids) at TRACE;
+/// - tokio-postgres logs statement parameters at DEBUG.
+const GUARDED: [(&str, Level); 2] = [
+    ("lambda_runtime::layers::api_response", Level::DEBUG),
+    ("tokio_postgres", Level::INFO),
+];
+
+/// True when an event or span may be written.
+pub fn allowed(meta: &Metadata<'_>) -> bool {
+    GUARDED
+        .iter()
+        .all(|(target, max)| !meta.target().starts_with(target) || meta.level() <= max)
+}
+
+/// A subscriber writing to `writer`, JSON when `json`, filtered by `filter`
+/// (an `EnvFilter` string such as `info` or `trace`) and by [`allowed`].
+pub fn subscriber<W>(writer: W, json: bool, filter: &str) -> Box<dyn Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let env = EnvFilter::builder()
+        .with_default_directive(LevelFilter::INFO.into())
+        .parse_lossy(filter);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_target(false)
+        .without_time() // CloudWatch stamps every line
+        .with_ansi(false)
+        .with_writer(writer);
+    let fmt = if json {
+        fmt.json().boxed()
+    } else {
+        fmt.boxed()
+    };
+    Box::new(
+        tracing_subscriber::registry().with(fmt.with_filter(env).with_filter(filter_fn(allowed))),
+    )
+}
+
+/// Installs the subscriber for the process, configured from the environment.
+pub fn init() {
+    let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let filter = std::env::var("AWS_LAMBDA_LOG_LEVEL")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    // `log` records (tokio-postgres) go through the same guard.
+    let _ = tracing_log::LogTracer::init();
+    let _ = tracing::subscriber::set_global_default(subscriber(std::io::stdout, json, &filter));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Capture {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn guarded_targets_stay_quiet_even_at_trace() {
+        let out = Capture::default();
+        let w = out.clone();
+        let sub = subscriber(move || w.clone(), true, "trace");
+        tracing::subscriber::with_default(sub, || {
+            tracing::trace!(target: "lambda_runtime::layers::api_response", body = "10.1.2.3", "raw JSON event");
+            tracing::debug!(target: "tokio_postgres::query", "executing statement with parameters: 10.1.2.4");
+            tracing::debug!(target: "lambda_runtime::layers::api_response", "kept");
+            tracing::trace!(target: "login_etl::handler", "kept too");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert!(!text.contains("10.1.2."), "{text}");
+        assert_eq!(text.matches("kept").count(), 2, "{text}");
+        assert!(
+            text.lines()
+                .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,253 @@
+//! End to end through the real Lambda runtime: `cargo lambda watch` serves the
+//! function, `cargo lambda invoke` sends every file of `events/`, and the test
+//! checks responses, rows, and that the function's output at TRACE holds no
+//! raw ip or device_id. Needs cargo-lambda, which `make test` installs.
+
+mod common;
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// Stops the whole process group (cargo-lambda, cargo run, the function) on drop.
+struct Watch {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let pgid = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-TERM", "--", &pgid]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("kill").args(["-KILL", "--", &pgid]).status();
+        let _ = self.child.wait();
+    }
+}
+
+fn cargo_lambda() -> String {
+    std::env::var("CARGO_LAMBDA").unwrap_or_else(|_| "cargo-lambda".into())
+}
+
+fn start_watch(db_url: &str, port: u16) -> Watch {
+    let log =
+        std::env::temp_dir().join(format!("login-etl-watch-{}-{port}.log", std::process::id()));
+    let out = std::fs::File::create(&log).unwrap();
+    let child = Command::new(cargo_lambda())
+        .args([
+            "lambda",
+            "watch",
+            "--invoke-address",
+            "127.0.0.1",
+            "--invoke-port",
+            &port.to_string(),
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("DATABASE_URL", db_url)
+        .env("MASKING_KEY", TEST_KEY)
+        .env("RUN_MIGRATIONS", "true")
+        .env("AWS_LAMBDA_LOG_LEVEL", "trace")
+        .env("AWS_LAMBDA_LOG_FORMAT", "JSON")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} ({e}): run the tests with `make test`, which installs cargo-lambda",
+                cargo_lambda()
+            )
+        });
+    let watch = Watch { child, log };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "cargo lambda watch did not listen within 60 s; log: {}",
+            watch.log.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    watch
+}
+
+/// Invokes with `cargo lambda invoke`; Ok(response) or Err(error output).
+fn invoke(port: u16, file: &str) -> Result<Value, String> {
+    let out = Command::new(cargo_lambda())
+        .args([
+            "lambda",
+            "invoke",
+            "login-etl",
+            "--invoke-address",
+            "127.0.0.1",
+            "--invoke-port",
+            &port.to_string(),
+        ])
+        .args([
+            "--output-format",
+            "json",
+            "--data-file",
+            &fixture_path(file),
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo lambda invoke runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("response is JSON ({e}): {stdout}")))
+    } else {
+        Err(format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+fn failure_ids(resp: &Value) -> Vec<String> {
+    resp["batchItemFailures"]
+        .as_array()
+        .expect("batchItemFailures is an array")
+        .iter()
+        .map(|f| f["itemIdentifier"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Every raw ip and device_id in the fixtures, except loopback addresses that
+/// the harness itself prints (it talks to the function over 127.0.0.1).
+fn raw_pii_in_fixtures() -> Vec<String> {
+    let mut values = Vec::new();
+    for entry in std::fs::read_dir(format!("{}/events", env!("CARGO_MANIFEST_DIR"))).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        let event: Value = serde_json::from_str(&text).unwrap();
+        for rec in event["Records"].as_array().unwrap() {
+            let body = match &rec["body"] {
+                Value::String(s) => serde_json::from_str::<Value>(s).unwrap_or(Value::Null),
+                other => other.clone(),
+            };
+            for key in ["ip", "device_id"] {
+                if let Some(v) = body.get(key).and_then(Value::as_str) {
+                    let v = v.trim().trim_matches('\0');
+                    if !["127.0.0.1", "::1", ""].contains(&v) {
+                        values.push(v.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        values.len() > 30,
+        "the fixtures hold many PII values to look for"
+    );
+    values
+}
+
+#[tokio::test]
+#[ignore = "needs cargo-lambda on PATH or in CARGO_LAMBDA; run by `make test`"]
+async fn every_event_file_through_cargo_lambda_watch() {
+    let db = TestDb::create().await;
+    let port = closed_port();
+    let watch = start_watch(&db.url, port);
+    let client = db.client().await;
+
+    // The first invoke starts the function (cargo run): allow for a compile.
+    let valid = load_event("sqs-valid.json");
+    let resp = invoke(port, "sqs-valid.json").expect("valid batch succeeds");
+    assert!(failure_ids(&resp).is_empty(), "{resp}");
+    assert_eq!(count_rows(&client).await, valid.records.len() as i64);
+
+    for file in [
+        "sqs-mixed.json",
+        "sqs-duplicates.json",
+        "sqs-fifo.json",
+        "sqs-valid.json",
+    ] {
+        let event = load_event(file);
+        let resp = invoke(port, file).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(failure_ids(&resp), expected_failures(&event), "{file}");
+        let rows = count_rows(&client).await;
+        let again = invoke(port, file).unwrap();
+        assert_eq!(
+            failure_ids(&again),
+            expected_failures(&event),
+            "{file} twice"
+        );
+        assert_eq!(
+            count_rows(&client).await,
+            rows,
+            "invoking {file} twice adds no rows"
+        );
+    }
+    let inserted: usize = ["sqs-valid.json", "sqs-mixed.json", "sqs-fifo.json"]
+        .iter()
+        .map(|f| {
+            expectations(&load_event(f))
+                .iter()
+                .filter(|(_, e)| e == "insert")
+                .count()
+        })
+        .sum::<usize>()
+        + 4; // sqs-duplicates.json: five records, one delivered twice
+    assert_eq!(count_rows(&client).await, inserted as i64);
+    let masked = hmac_hex(TEST_KEY, "199.172.111.135");
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM user_logins WHERE masked_ip = $1",
+            &[&masked],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(n >= 1, "rows carry the HMAC of the canonical ip");
+
+    let err =
+        invoke(port, "sqs-malformed.json").expect_err("a malformed event fails the invocation");
+    // cargo-lambda wraps long messages over several decorated lines.
+    let words: Vec<&str> = err
+        .split_whitespace()
+        .filter(|w| w.chars().any(char::is_alphanumeric))
+        .collect();
+    assert!(words.join(" ").contains("not an SQS batch event"), "{err}");
+    assert!(
+        !err.contains("10.20.30.40") && !err.contains("999-88-7777"),
+        "the error must not echo the payload"
+    );
+
+    drop(watch_log_checked(watch));
+}
+
+/// Stops the function, then checks its whole output for raw PII.
+fn watch_log_checked(watch: Watch) -> String {
+    let path = watch.log.clone();
+    drop(watch);
+    let mut log = String::new();
+    std::fs::File::open(&path)
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        log.contains("\"message\":\"batch processed\""),
+        "the function logged at TRACE in JSON: {log}"
+    );
+    assert!(
+        log.contains("\"level\":\"TRACE\""),
+        "TRACE was on: {}",
+        &log[..log.len().min(2000)]
+    );
+    for value in raw_pii_in_fixtures() {
+        assert!(
+            !log.contains(&value),
+            "raw PII value found in the function's output (redacted here)"
+        );
+    }
+    log
+}
