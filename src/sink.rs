@@ -141,7 +141,8 @@ impl PgSink {
         let mut reconnects_left = 1u8;
         let mut committed = 0usize;
         // Ranges to try, popped in batch order (right half pushed first).
-        let mut todo: Vec<Range<usize>> = Vec::from([0..rows.len()]);
+        let mut todo: Vec<Range<usize>> = Vec::with_capacity(32);
+        todo.push(0..rows.len());
         while let Some(range) = todo.pop() {
             if range.is_empty() {
                 continue;
