@@ -45,6 +45,8 @@ pub fn event(options: &Options) -> SqsEvent {
 /// Record `i` of the batch described by `options`.
 pub fn message(options: &Options, i: usize) -> SqsMessage {
     let r = Rand::new(options.seed, i as u64);
+    // Message-level ids from an independent stream, so they never equal body fields.
+    let envelope = Rand::new(!options.seed, i as u64);
     let invalid = options.invalid_every > 0 && (i + 1).is_multiple_of(options.invalid_every);
     let body = if invalid {
         invalid_body(i / options.invalid_every)
@@ -58,8 +60,8 @@ pub fn message(options: &Options, i: usize) -> SqsMessage {
     };
     let sent = options.sent_timestamp_ms + (i as i64) * 1_000;
     let mut m = SqsMessage::default();
-    m.message_id = Some(r.uuid(16));
-    m.receipt_handle = Some(format!("AQEB{}", r.hex(0, 24)));
+    m.message_id = Some(envelope.uuid(0));
+    m.receipt_handle = Some(format!("AQEB{}", envelope.hex(16, 16)));
     m.body = Some(body);
     m.event_source = Some("aws:sqs".into());
     m.event_source_arn = Some(format!("arn:aws:sqs:us-east-1:000000000000:{queue}"));

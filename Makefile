@@ -1,0 +1,119 @@
+# login-etl: every task a newcomer needs. `make help` lists them.
+# The Makefile installs what it needs: cargo-lambda (and zig) into .venv,
+# the arm64 Rust target, clippy and rustfmt.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.ONESHELL:
+.DEFAULT_GOAL := help
+
+VENV          ?= .venv
+PYTHON        ?= python3
+CARGO_LAMBDA_VERSION := 1.9.2
+CARGO_LAMBDA  := $(abspath $(VENV))/bin/cargo-lambda
+export PATH   := $(abspath $(VENV))/bin:$(PATH)
+
+# Local PostgreSQL: the server tests create their throwaway databases on, and
+# the database that demo/watch/migrate use.
+PG_ADMIN_URL  ?= postgres://postgres@127.0.0.1:5432/postgres
+DATABASE_URL  ?= postgres://postgres@127.0.0.1:5432/login_etl
+# Local masking key, generated once (never committed); production reads it
+# from Secrets Manager.
+KEY_FILE      ?= .local/masking.key
+PORT          ?= 9000
+EVENT         ?= events/sqs-mixed.json
+
+.PHONY: help tools test lint fmt build migrate watch invoke demo events-large clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+$(CARGO_LAMBDA):
+	@echo "==> installing cargo-lambda $(CARGO_LAMBDA_VERSION) (and zig) into $(VENV)"
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check "cargo-lambda==$(CARGO_LAMBDA_VERSION)"
+
+tools: $(CARGO_LAMBDA) ## install cargo-lambda, the arm64 target, clippy, rustfmt
+	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
+	rustup target list --installed | grep -q aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
+
+$(KEY_FILE):
+	@mkdir -p $(dir $(KEY_FILE)) && umask 077 && openssl rand -hex 32 > $(KEY_FILE)
+	echo "==> generated a local masking key in $(KEY_FILE)"
+
+test: tools ## the whole test suite (unit, PostgreSQL integration, cargo-lambda end to end)
+	@pg_isready -d "$(PG_ADMIN_URL)" -q || { echo "PostgreSQL is not reachable at $(PG_ADMIN_URL): start it (see README) or set PG_ADMIN_URL"; exit 1; }
+	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" CARGO_LAMBDA="$(CARGO_LAMBDA)" cargo test --all-targets --no-fail-fast -- --include-ignored
+
+lint: tools ## rustfmt and clippy, warnings are errors
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+
+fmt: ## format the code
+	cargo fmt
+
+build: tools ## release arm64 bootstrap for provided.al2023 (target/lambda/login-etl/bootstrap)
+	cargo lambda build --release --arm64 --bin login-etl
+	ls -l target/lambda/login-etl/bootstrap
+
+migrate: ## create or upgrade user_logins in DATABASE_URL
+	@psql "$(PG_ADMIN_URL)" -qAtc "SELECT 1 FROM pg_database WHERE datname = '$(notdir $(DATABASE_URL))'" | grep -q 1 \
+	  || psql "$(PG_ADMIN_URL)" -qc 'CREATE DATABASE "$(notdir $(DATABASE_URL))"'
+	DATABASE_URL="$(DATABASE_URL)" cargo run --quiet --bin login-etl -- migrate
+
+watch: tools $(KEY_FILE) migrate ## serve the function locally on 127.0.0.1:$(PORT) (cargo lambda watch)
+	DATABASE_URL="$(DATABASE_URL)" MASKING_KEY="$$(cat $(KEY_FILE))" cargo lambda watch --invoke-address 127.0.0.1 --invoke-port $(PORT)
+
+invoke: tools ## send EVENT=events/<file>.json to a running `make watch`
+	cargo lambda invoke login-etl --invoke-address 127.0.0.1 --invoke-port $(PORT) --data-file $(EVENT)
+
+events-large: ## write a 10,000-record batch to target/events/sqs-10000.json
+	@mkdir -p target/events
+	cargo run --quiet --example gen_events -- --count 10000 --invalid-every 25 > target/events/sqs-10000.json
+	ls -l target/events/sqs-10000.json
+
+demo: tools $(KEY_FILE) ## build, migrate, run the function under cargo lambda watch, invoke every event, show the rows
+	@step() { printf '\n\033[1m[%s/7] %s\033[0m\n' "$$1" "$$2"; }
+	step 1 "building the function"
+	cargo build --quiet --bin login-etl --example gen_events
+	step 2 "applying the schema to $(DATABASE_URL)"
+	$(MAKE) --no-print-directory migrate
+	step 3 "starting cargo lambda watch on 127.0.0.1:$(PORT)"
+	log=$$(mktemp -t login-etl-demo.XXXXXX.log)
+	DATABASE_URL="$(DATABASE_URL)" MASKING_KEY="$$(cat $(KEY_FILE))" setsid cargo lambda watch \
+	  --invoke-address 127.0.0.1 --invoke-port $(PORT) > "$$log" 2>&1 < /dev/null &
+	watch_pid=$$!
+	trap 'kill -TERM -- -$$watch_pid 2>/dev/null || true; wait $$watch_pid 2>/dev/null || true; echo "stopped cargo lambda watch (pid $$watch_pid)"' EXIT
+	for i in $$(seq 1 60); do (exec 3<>/dev/tcp/127.0.0.1/$(PORT)) 2>/dev/null && break; sleep 1; printf '.'; done
+	(exec 3<>/dev/tcp/127.0.0.1/$(PORT)) 2>/dev/null || { echo "watch did not start; its log:"; cat "$$log"; exit 1; }
+	before=$$(psql "$(DATABASE_URL)" -qAtc 'SELECT count(*) FROM user_logins')
+	step 4 "invoking the function with each file in events/ (user_logins has $$before rows)"
+	cargo run --quiet --example gen_events -- --count 1000 --invalid-every 40 --seed $$RANDOM > target/demo-1000.json 2>/dev/null
+	for f in events/*.json target/demo-1000.json; do
+	  n=$$(jq '.Records | length' "$$f" 2>/dev/null || echo "?")
+	  printf '\n--> %s (records: %s)\n' "$$f" "$$n"
+	  if out=$$(cargo lambda invoke login-etl --invoke-address 127.0.0.1 --invoke-port $(PORT) --output-format json --data-file "$$f" 2>&1); then
+	    echo "$$out" | jq -c '{batchItemFailures: (.batchItemFailures | length), ids: [.batchItemFailures[].itemIdentifier][0:4]}'
+	  else
+	    echo "invocation error (expected for sqs-malformed.json):"; echo "$$out" | grep -v '^\s*$$' | head -4
+	  fi
+	done
+	step 5 "the function's log: one summary line per batch, then rejections by reason"
+	grep -o 'batch processed.*' "$$log" || true
+	grep -o 'record rejected.* code=[a-z_.]*' "$$log" | grep -o 'code=.*' | sort | uniq -c | sort -rn || true
+	step 6 "rows in user_logins (masked; newest first)"
+	psql "$(DATABASE_URL)" -P pager=off -c "SELECT left(message_id, 8) AS msg, left(user_id, 8) AS user_id, device_type,
+	  left(masked_ip, 12) || '…' AS masked_ip, left(masked_device_id, 12) || '…' AS masked_device_id, locale,
+	  app_version, app_version_text, create_date FROM user_logins ORDER BY ctid DESC LIMIT 12"
+	psql "$(DATABASE_URL)" -P pager=off -c "SELECT count(*) AS rows, count(DISTINCT message_id) AS messages,
+	  count(DISTINCT masked_ip) AS distinct_ips, count(*) FILTER (WHERE locale IS NULL) AS null_locales FROM user_logins"
+	step 7 "invoking events/sqs-mixed.json again: the row count must not change"
+	a=$$(psql "$(DATABASE_URL)" -qAtc 'SELECT count(*) FROM user_logins')
+	cargo lambda invoke login-etl --invoke-address 127.0.0.1 --invoke-port $(PORT) --output-format json --data-file events/sqs-mixed.json > /dev/null
+	b=$$(psql "$(DATABASE_URL)" -qAtc 'SELECT count(*) FROM user_logins')
+	echo "rows before: $$a, after: $$b"; test "$$a" = "$$b"
+	echo; echo "demo done. Inspect with: psql $(DATABASE_URL)"
+
+clean: ## remove build output and the venv
+	cargo clean
+	rm -rf $(VENV)
