@@ -46,16 +46,83 @@ pub enum ConfigError {
         /// Its length.
         bytes: usize,
     },
-    /// The setting asks for something this build does not do yet.
-    #[error("{var} is set, but {what} is not supported by this build yet; {hint}")]
-    Unsupported {
-        /// The environment variable.
-        var: &'static str,
-        /// The unsupported feature.
-        what: &'static str,
-        /// What to do instead.
-        hint: &'static str,
+}
+
+/// A secret could not be read or is unusable. Names the secret id, never its value.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// No secret with that id (or not in this region).
+    #[error(
+        "secret {id} was not found in Secrets Manager; check the id or ARN and the region (AWS_REGION)"
+    )]
+    NotFound {
+        /// The secret id.
+        id: String,
     },
+    /// The function's role may not read it.
+    #[error(
+        "reading secret {id} was denied ({code}); the function's role needs secretsmanager:GetSecretValue on it (and kms:Decrypt if it uses a customer-managed key)"
+    )]
+    AccessDenied {
+        /// The secret id.
+        id: String,
+        /// The AWS error code.
+        code: String,
+    },
+    /// Secrets Manager did not answer in time or could not be reached.
+    #[error(
+        "cannot reach Secrets Manager to read secret {id}: {cause}; check the network path (VPC endpoint or NAT) and AWS_ENDPOINT_URL"
+    )]
+    Unreachable {
+        /// The secret id.
+        id: String,
+        /// What the SDK reported.
+        cause: String,
+    },
+    /// Any other refusal by the service.
+    #[error("Secrets Manager refused to return secret {id}: {code}: {message}")]
+    Service {
+        /// The secret id.
+        id: String,
+        /// The AWS error code.
+        code: String,
+        /// The AWS error message.
+        message: String,
+    },
+    /// The secret is binary.
+    #[error("secret {id} has no SecretString; store the value as a string")]
+    NotAString {
+        /// The secret id.
+        id: String,
+    },
+    /// The database secret is not JSON.
+    #[error(
+        "secret {id} is not JSON; expected an RDS-style secret with username, password, host, port and dbname"
+    )]
+    NotJson {
+        /// The secret id.
+        id: String,
+    },
+    /// The database secret lacks a field or has an unusable one.
+    #[error(
+        "secret {id} has no usable `{field}`; expected an RDS-style secret with username, password, host, port and dbname"
+    )]
+    MissingField {
+        /// The secret id.
+        id: String,
+        /// The JSON field.
+        field: &'static str,
+    },
+}
+
+impl SecretError {
+    /// True when trying again later can succeed without a human.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            SecretError::Unreachable { .. } | SecretError::Service { .. }
+        )
+    }
 }
 
 /// A failure of the PostgreSQL sink that is not about one row: it fails the
@@ -80,6 +147,9 @@ pub enum SinkError {
         /// What went wrong (no row values).
         cause: String,
     },
+    /// The database secret could not be refetched after a password rejection.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
     /// A failure that retrying will not fix (missing table, permissions, ...).
     #[error("PostgreSQL refused {op}: {cause}{hint}")]
     Fatal {
@@ -95,7 +165,11 @@ pub enum SinkError {
 impl SinkError {
     /// True when redelivering the batch later can succeed without a human.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, SinkError::Fatal { .. })
+        match self {
+            SinkError::Fatal { .. } => false,
+            SinkError::Secret(e) => e.is_retryable(),
+            _ => true,
+        }
     }
 }
 

@@ -6,6 +6,8 @@
 //! - [`record`]: one SQS record to a validated, masked row, or a rejection;
 //! - [`app_version`]: the sortable integer encoding of versions;
 //! - [`masking`]: HMAC-SHA256 tokens;
+//! - [`secrets`]: AWS Secrets Manager (database secret, masking key);
+//! - [`tls`]: TLS to PostgreSQL;
 //! - [`schema`]: the embedded DDL and its migration;
 //! - [`sink`]: PostgreSQL I/O (bulk insert, refusal isolation, reconnects);
 //! - [`handler`]: one batch to a partial-batch response and a summary;
@@ -24,10 +26,12 @@ pub mod logging;
 pub mod masking;
 pub mod record;
 pub mod schema;
+pub mod secrets;
 pub mod sink;
 pub mod startup;
 pub mod synth;
+pub mod tls;
 
 pub use config::Config;
-pub use error::{ConfigError, HandlerError, SinkError};
+pub use error::{ConfigError, HandlerError, SecretError, SinkError};
 pub use handler::{BatchHandler, BatchSummary, SqsBatch};

@@ -16,14 +16,18 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 use tokio::time::timeout;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, NoTls, Socket, Statement};
 use tracing::{debug, warn};
 
 use crate::config::DbConfig;
 use crate::error::SinkError;
 use crate::record::LoginRow;
 use crate::schema;
+use crate::secrets::Secrets;
+use crate::tls::Tls;
 
 /// The bulk insert: one statement, one round trip (prepared once per connection).
 pub const INSERT_SQL: &str = "INSERT INTO user_logins \
@@ -68,9 +72,10 @@ struct Conn {
 /// Writes validated rows into `user_logins`.
 pub struct PgSink {
     pg: tokio_postgres::Config,
+    tls: Tls,
+    settings: DbConfig,
+    refresh: Option<(Secrets, String)>,
     target: String,
-    connect_timeout: Duration,
-    statement_timeout: Duration,
     conn: Option<Conn>,
 }
 
@@ -78,15 +83,36 @@ impl std::fmt::Debug for PgSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgSink")
             .field("target", &self.target)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
 
 impl PgSink {
     /// A sink for the given connection settings; connects lazily.
-    pub fn new(mut pg: tokio_postgres::Config, db: &DbConfig) -> Self {
+    pub fn new(pg: tokio_postgres::Config, db: &DbConfig, tls: Tls) -> Self {
+        let mut sink = Self {
+            pg: tokio_postgres::Config::new(),
+            tls,
+            settings: db.clone(),
+            refresh: None,
+            target: String::new(),
+            conn: None,
+        };
+        sink.set_pg(pg);
+        sink
+    }
+
+    /// When PostgreSQL rejects the password (SQLSTATE 28P01, e.g. after a
+    /// rotation), refetch the database secret `id` once and reconnect.
+    pub fn refresh_credentials_from(mut self, secrets: Secrets, id: String) -> Self {
+        self.refresh = Some((secrets, id));
+        self
+    }
+
+    fn set_pg(&mut self, mut pg: tokio_postgres::Config) {
         // Server-side timeouts travel in the startup packet: no extra round trip.
-        let ms = db.statement_timeout.as_millis();
+        let ms = self.settings.statement_timeout.as_millis();
         let options = format!(
             "{} -c statement_timeout={ms} -c lock_timeout={ms}",
             pg.get_options().unwrap_or_default()
@@ -95,14 +121,10 @@ impl PgSink {
         if pg.get_application_name().is_none() {
             pg.application_name("login-etl");
         }
-        pg.connect_timeout(db.connect_timeout);
-        Self {
-            target: describe_target(&pg),
-            pg,
-            connect_timeout: db.connect_timeout,
-            statement_timeout: db.statement_timeout,
-            conn: None,
-        }
+        pg.connect_timeout(self.settings.connect_timeout);
+        pg.ssl_mode(self.tls.pg_ssl_mode());
+        self.target = describe_target(&pg);
+        self.pg = pg;
     }
 
     /// `user@host:port/dbname`, safe to log (no password).
@@ -197,7 +219,7 @@ impl PgSink {
         let params = cols.params();
         // A client-side bound too, for a server that stops answering without
         // closing the socket.
-        let bound = self.statement_timeout + self.connect_timeout;
+        let bound = self.settings.statement_timeout + self.settings.connect_timeout;
         loop {
             let attempt = match self.connection().await {
                 Ok(conn) => {
@@ -241,27 +263,46 @@ impl PgSink {
         Ok(self.conn.as_ref().expect("connection was just opened"))
     }
 
-    async fn open(&self) -> Result<Client, SinkError> {
-        let connect = |cause: String| SinkError::Connect {
-            target: self.target.clone(),
-            cause,
-        };
-        let (client, connection) = timeout(self.connect_timeout, self.pg.connect(NoTls))
-            .await
-            .map_err(|_| {
-                connect(format!(
-                    "timed out after {} ms",
-                    self.connect_timeout.as_millis()
-                ))
-            })?
-            .map_err(|e| connect(describe(&e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                debug!(error = %describe(&e), "database connection closed");
+    async fn open(&mut self) -> Result<Client, SinkError> {
+        match self.open_once().await {
+            Err((Some(code), _))
+                if code == SqlState::INVALID_PASSWORD && self.refresh.is_some() =>
+            {
+                let (secrets, id) = self.refresh.as_ref().expect("checked above");
+                warn!(secret = %id, "PostgreSQL rejected the password; refetching the database secret once");
+                let secret = secrets.db(id).await?;
+                self.set_pg(secret.pg_config());
+                self.open_once().await.map_err(|(_, e)| e)
             }
-        });
-        debug!(target = %self.target, "connected to PostgreSQL");
-        Ok(client)
+            other => other.map_err(|(_, e)| e),
+        }
+    }
+
+    /// One connection attempt; on failure, the SQLSTATE (if the server sent
+    /// one) and the error to report.
+    async fn open_once(&self) -> Result<Client, (Option<SqlState>, SinkError)> {
+        let result = match &self.tls {
+            Tls::Disabled => connect_with(&self.pg, NoTls, self.settings.connect_timeout).await,
+            Tls::Native(tls) => {
+                connect_with(&self.pg, tls.clone(), self.settings.connect_timeout).await
+            }
+        };
+        result.map_err(|(code, cause)| {
+            let hint = match (&code, &self.tls) {
+                (Some(c), Tls::Disabled) if *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
+                    " (if the server requires TLS, set DB_SSLMODE=verify-full)"
+                }
+                (None, Tls::Native(_)) if cause.contains("TLS") || cause.contains("SSL") || cause.contains("certificate") => {
+                    " (check DB_SSLMODE, DB_CA_BUNDLE and that the host name matches the server certificate)"
+                }
+                _ => "",
+            };
+            let err = SinkError::Connect {
+                target: self.target.clone(),
+                cause: format!("{cause}{hint}"),
+            };
+            (code, err)
+        })
     }
 
     async fn prepare(&self, client: Client) -> Result<Conn, SinkError> {
@@ -276,6 +317,30 @@ impl PgSink {
             }),
         }
     }
+}
+
+/// Connects with `tls`, bounded by `limit`, and drives the connection in a task.
+async fn connect_with<T>(
+    pg: &tokio_postgres::Config,
+    tls: T,
+    limit: Duration,
+) -> Result<Client, (Option<SqlState>, String)>
+where
+    T: MakeTlsConnect<Socket> + Send,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    let (client, connection) = timeout(limit, pg.connect(tls))
+        .await
+        .map_err(|_| (None, format!("timed out after {} ms", limit.as_millis())))?
+        .map_err(|e| (e.code().cloned(), describe(&e)))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            debug!(error = %describe(&e), "database connection closed");
+        }
+    });
+    Ok(client)
 }
 
 /// Column-major parameters for one statement.

@@ -5,11 +5,13 @@ use std::str::FromStr;
 
 use tracing::info;
 
-use crate::config::{Config, DbConfig, DbSource, KeySource, SslMode};
-use crate::error::{ConfigError, SinkError};
+use crate::config::{Config, DbConfig, DbSource, KeySource};
+use crate::error::{ConfigError, SecretError, SinkError};
 use crate::handler::BatchHandler;
 use crate::masking::{Masker, MaskingKey};
+use crate::secrets::Secrets;
 use crate::sink::PgSink;
+use crate::tls::Tls;
 
 /// Why the cold start failed.
 #[derive(Debug, thiserror::Error)]
@@ -17,16 +19,24 @@ pub enum InitError {
     /// A setting is missing or malformed.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A secret could not be read.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
     /// The schema could not be applied (`RUN_MIGRATIONS=true`).
     #[error(transparent)]
     Sink(#[from] SinkError),
 }
 
-/// Builds the handler: resolves the masking key and the database settings,
-/// and applies the schema when `RUN_MIGRATIONS=true`.
+/// Builds the handler: resolves the masking key and the database settings
+/// (from Secrets Manager when configured so, both fetched concurrently), and
+/// applies the schema when `RUN_MIGRATIONS=true`.
 pub async fn build(config: &Config) -> Result<BatchHandler, InitError> {
-    let key = masking_key(&config.masking_key)?;
-    let mut sink = sink(&config.db)?;
+    let secrets = secrets_client(config).await;
+    let (key, sink) = tokio::join!(
+        masking_key(&config.masking_key, secrets.as_ref()),
+        sink(&config.db, secrets.as_ref())
+    );
+    let (key, mut sink) = (key?, sink?);
     if config.run_migrations {
         sink.migrate().await?;
         info!(target = %sink.target(), "schema applied");
@@ -34,39 +44,53 @@ pub async fn build(config: &Config) -> Result<BatchHandler, InitError> {
     Ok(BatchHandler::new(Masker::new(&key), sink))
 }
 
-/// Resolves the masking key from its source.
-pub fn masking_key(source: &KeySource) -> Result<MaskingKey, ConfigError> {
-    match source {
-        KeySource::Hex(hex) => MaskingKey::from_hex(hex, "MASKING_KEY"),
-        KeySource::Secret(_) => Err(ConfigError::Unsupported {
-            var: "MASKING_KEY_SECRET_ID",
-            what: "reading the key from Secrets Manager",
-            hint: "set MASKING_KEY instead",
-        }),
+/// A Secrets Manager client, only when some setting needs one.
+pub async fn secrets_client(config: &Config) -> Option<Secrets> {
+    let needed = matches!(config.masking_key, KeySource::Secret(_))
+        || matches!(config.db.source, DbSource::Secret(_));
+    if needed {
+        Some(Secrets::from_env().await)
+    } else {
+        None
     }
 }
 
-/// A sink for the configured database.
-pub fn sink(db: &DbConfig) -> Result<PgSink, ConfigError> {
-    if db.ssl_mode != SslMode::Disable {
-        return Err(ConfigError::Unsupported {
-            var: "DB_SSLMODE",
-            what: "TLS to PostgreSQL",
-            hint: "set DB_SSLMODE=disable",
-        });
-    }
-    let pg = match &db.source {
-        DbSource::Url(url) => tokio_postgres::Config::from_str(url).map_err(|_| ConfigError::Invalid {
-            var: "DATABASE_URL",
-            reason: "not a PostgreSQL connection string; expected postgres://user[:password]@host[:port]/dbname".into(),
-        })?,
-        DbSource::Secret(_) => {
-            return Err(ConfigError::Unsupported {
-                var: "DB_SECRET_ID",
-                what: "reading the database secret from Secrets Manager",
-                hint: "set DATABASE_URL instead",
-            });
+/// Resolves the masking key from its source.
+pub async fn masking_key(
+    source: &KeySource,
+    secrets: Option<&Secrets>,
+) -> Result<MaskingKey, InitError> {
+    Ok(match source {
+        KeySource::Hex(hex) => MaskingKey::from_hex(hex, "MASKING_KEY")?,
+        KeySource::Secret(id) => {
+            let secrets =
+                secrets.expect("a Secrets Manager client exists when a secret is configured");
+            MaskingKey::from_hex(
+                &secrets.string(id).await?,
+                &format!("secret {id} (MASKING_KEY_SECRET_ID)"),
+            )?
         }
-    };
-    Ok(PgSink::new(pg, db))
+    })
+}
+
+/// A sink for the configured database; with `DB_SECRET_ID`, reads the secret
+/// and refetches it once if PostgreSQL later rejects the password.
+pub async fn sink(db: &DbConfig, secrets: Option<&Secrets>) -> Result<PgSink, InitError> {
+    let tls = Tls::from_config(db)?;
+    Ok(match &db.source {
+        DbSource::Url(url) => {
+            let pg = tokio_postgres::Config::from_str(url).map_err(|_| ConfigError::Invalid {
+                var: "DATABASE_URL",
+                reason: "not a PostgreSQL connection string; expected postgres://user[:password]@host[:port]/dbname".into(),
+            })?;
+            PgSink::new(pg, db, tls)
+        }
+        DbSource::Secret(id) => {
+            let secrets =
+                secrets.expect("a Secrets Manager client exists when a secret is configured");
+            let secret = secrets.db(id).await?;
+            PgSink::new(secret.pg_config(), db, tls)
+                .refresh_credentials_from(secrets.clone(), id.clone())
+        }
+    })
 }
