@@ -420,11 +420,22 @@ fn classify(e: &tokio_postgres::Error) -> Failure {
 }
 
 /// An error as text without `DETAIL`/`HINT`, which can quote row values.
+/// Other errors (I/O, TLS) get their whole cause chain, which tokio-postgres's
+/// `Display` leaves out.
 pub fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("SQLSTATE {}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
+    if let Some(db) = e.as_db_error() {
+        return format!("SQLSTATE {}: {}", db.code().code(), db.message());
     }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text = format!("{text}: {part}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// A refusal as SQLSTATE and constraint only: its message can name values.

@@ -1,0 +1,118 @@
+//! DB_SSLMODE against a throwaway PostgreSQL that accepts only TLS, with a CA
+//! and a server certificate (DNS:localhost) generated for the test.
+
+mod common;
+
+use common::pg_server::{PASSWORD, PgServer, ServerOptions};
+use common::*;
+use login_etl::startup;
+
+/// A handler for `url`; it applies the schema (and so connects at build time)
+/// only for the modes expected to connect.
+async fn build(
+    url: &str,
+    mode: &str,
+    bundle: Option<&str>,
+) -> Result<login_etl::BatchHandler, String> {
+    let migrate = if mode == "disable" || bundle.is_some_and(|b| !b.ends_with("bundle.pem")) {
+        "false"
+    } else {
+        "true"
+    };
+    let mut vars = vec![
+        ("DATABASE_URL", url),
+        ("MASKING_KEY", TEST_KEY),
+        ("RUN_MIGRATIONS", migrate),
+        ("DB_SSLMODE", mode),
+    ];
+    if let Some(b) = bundle {
+        vars.push(("DB_CA_BUNDLE", b));
+    }
+    let map: std::collections::HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let config = login_etl::Config::from_lookup(|k| map.get(k).cloned()).unwrap();
+    startup::build(&config).await.map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn ssl_modes_against_a_server_that_requires_tls() {
+    let server = PgServer::start(ServerOptions {
+        tls: true,
+        password: true,
+    });
+    let both = server.dir.join("bundle.pem");
+    // A bundle of several certificates, like the RDS global bundle.
+    let bundle_text = std::fs::read_to_string(server.other_ca_file()).unwrap()
+        + &std::fs::read_to_string(server.ca_file()).unwrap();
+    std::fs::write(&both, bundle_text).unwrap();
+    let both = both.to_str().unwrap();
+    let localhost = server.url("localhost", Some(PASSWORD));
+    let by_ip = server.url("127.0.0.1", Some(PASSWORD));
+    let event = load_event("sqs-valid.json");
+
+    // require: encrypted, certificate not checked.
+    let h = build(&by_ip, "require", None)
+        .await
+        .expect("require connects");
+    assert!(
+        h.handle(&event)
+            .await
+            .unwrap()
+            .batch_item_failures
+            .is_empty()
+    );
+
+    // verify-full with the CA in a multi-certificate bundle and the right host name.
+    let h = build(&localhost, "verify-full", Some(both))
+        .await
+        .expect("verify-full connects");
+    let (resp, summary) = h.handle_with_summary(&event).await.unwrap();
+    assert!(resp.batch_item_failures.is_empty());
+    assert_eq!(
+        summary.duplicates,
+        event.records.len() as u64,
+        "same server as the require case"
+    );
+
+    // verify-full, wrong host name (the certificate names only localhost).
+    let err = build(&by_ip, "verify-full", Some(both))
+        .await
+        .err()
+        .expect("wrong host name is refused");
+    assert!(
+        err.contains("IP address mismatch") && err.contains("host name matches"),
+        "{err}"
+    );
+
+    // verify-full, CA not trusted.
+    let other = server.other_ca_file();
+    let h = build(&localhost, "verify-full", Some(other.to_str().unwrap()))
+        .await
+        .unwrap();
+    let err = h.handle(&event).await.unwrap_err().to_string();
+    assert!(
+        err.contains("certificate verify failed") && err.contains("DB_CA_BUNDLE"),
+        "{err}"
+    );
+    assert!(!err.contains(PASSWORD), "{err}");
+
+    // disable against a server that requires TLS.
+    let h = build(&by_ip, "disable", None).await.unwrap();
+    let err = h.handle(&event).await.unwrap_err().to_string();
+    assert!(
+        err.contains("no encryption") && err.contains("DB_SSLMODE=verify-full"),
+        "{err}"
+    );
+    assert!(!err.contains(PASSWORD), "{err}");
+
+    // A bundle that is not PEM is a clear configuration error.
+    let junk = server.dir.join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let err = build(&localhost, "verify-full", Some(junk.to_str().unwrap()))
+        .await
+        .err()
+        .expect("junk bundle is refused");
+    assert!(err.contains("DB_CA_BUNDLE"), "{err}");
+}
