@@ -1,6 +1,7 @@
 # login-etl: every task a newcomer needs. `make help` lists them.
-# The Makefile installs what it needs: cargo-lambda (and zig) into .venv,
-# the arm64 Rust target, clippy and rustfmt.
+# The Makefile installs what it needs into a project venv (.venv): cargo-lambda
+# (and zig), moto (Secrets Manager for tests), AWS SAM CLI and cfn-lint, pytest;
+# plus the arm64 Rust target, clippy and rustfmt.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -9,9 +10,16 @@ SHELL := /bin/bash
 
 VENV          ?= .venv
 PYTHON        ?= python3
-CARGO_LAMBDA_VERSION := 1.9.2
+# Pinned Python tools; changing this list reinstalls them.
+PIP_PACKAGES  := cargo-lambda==1.9.2 moto[server]==5.2.5 aws-sam-cli==1.170.0 pytest==9.2.0
+VENV_STAMP    := $(VENV)/.installed-$(shell echo '$(PIP_PACKAGES)' | sha1sum | cut -c1-12)
 CARGO_LAMBDA  := $(abspath $(VENV))/bin/cargo-lambda
 export PATH   := $(abspath $(VENV))/bin:$(PATH)
+# SAM and cfn-lint work offline with these (otherwise they probe the network).
+export AWS_DEFAULT_REGION ?= us-east-1
+export AWS_EC2_METADATA_DISABLED := true
+export SAM_CLI_TELEMETRY := 0
+REGION        ?= us-east-1
 
 # Local PostgreSQL: the server tests create their throwaway databases on, and
 # the database that demo/watch/migrate use.
@@ -23,17 +31,18 @@ KEY_FILE      ?= .local/masking.key
 PORT          ?= 9000
 EVENT         ?= events/sqs-mixed.json
 
-.PHONY: help tools test lint fmt build migrate watch invoke demo events-large clean
+.PHONY: help tools test lint fmt build validate sam-build deploy migrate watch invoke demo events-large clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-$(CARGO_LAMBDA):
-	@echo "==> installing cargo-lambda $(CARGO_LAMBDA_VERSION) (and zig) into $(VENV)"
+$(VENV_STAMP):
+	@echo "==> installing $(PIP_PACKAGES) into $(VENV)"
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check "cargo-lambda==$(CARGO_LAMBDA_VERSION)"
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(foreach p,$(PIP_PACKAGES),'$(p)')
+	rm -f $(VENV)/.installed-* && touch $@
 
-tools: $(CARGO_LAMBDA) ## install cargo-lambda, the arm64 target, clippy, rustfmt
+tools: $(VENV_STAMP) ## install the Python tools (venv), the arm64 target, clippy, rustfmt
 	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
 	rustup target list --installed | grep -q aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
 
@@ -41,9 +50,15 @@ $(KEY_FILE):
 	@mkdir -p $(dir $(KEY_FILE)) && umask 077 && openssl rand -hex 32 > $(KEY_FILE)
 	echo "==> generated a local masking key in $(KEY_FILE)"
 
-test: tools ## the whole test suite (unit, PostgreSQL integration, cargo-lambda end to end)
+test: tools validate ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo-lambda end to end) and the template
 	@pg_isready -d "$(PG_ADMIN_URL)" -q || { echo "PostgreSQL is not reachable at $(PG_ADMIN_URL): start it (see README) or set PG_ADMIN_URL"; exit 1; }
-	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" CARGO_LAMBDA="$(CARGO_LAMBDA)" cargo test --all-targets --no-fail-fast -- --include-ignored
+	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" CARGO_LAMBDA="$(CARGO_LAMBDA)" MOTO_SERVER="$(abspath $(VENV))/bin/moto_server" \
+	  cargo test --all-targets --no-fail-fast -- --include-ignored
+
+validate: tools ## sam validate --lint, cfn-lint, and the template's own assertions (tests/test_template.py)
+	sam validate --lint --template template.yaml
+	cfn-lint template.yaml
+	$(VENV)/bin/python -m pytest -q tests/test_template.py
 
 lint: tools ## rustfmt and clippy, warnings are errors
 	cargo fmt --check
@@ -55,6 +70,12 @@ fmt: ## format the code
 build: tools ## release arm64 bootstrap for provided.al2023 (target/lambda/login-etl/bootstrap)
 	cargo lambda build --release --arm64 --bin login-etl
 	ls -l target/lambda/login-etl/bootstrap
+
+sam-build: tools ## sam build (runs cargo lambda for the arm64 bootstrap) into .aws-sam/
+	sam build --template template.yaml
+
+deploy: sam-build ## sam deploy to REGION (default us-east-1); first time: make deploy GUIDED=1
+	sam deploy --region $(REGION) $(if $(GUIDED),--guided,)
 
 migrate: ## create or upgrade user_logins in DATABASE_URL
 	@psql "$(PG_ADMIN_URL)" -qAtc "SELECT 1 FROM pg_database WHERE datname = '$(notdir $(DATABASE_URL))'" | grep -q 1 \
