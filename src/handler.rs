@@ -47,6 +47,8 @@ pub struct BatchSummary {
     pub refused: usize,
     /// Records reported in `batchItemFailures` (rejected + refused + FIFO tail).
     pub failed: usize,
+    /// INSERT statements executed: 1, plus about 2·log2(n) per refused row.
+    pub statements: u32,
 }
 
 /// Processes SQS batches. Built once per cold start, shared by invocations.
@@ -150,6 +152,7 @@ impl BatchHandler {
             duplicates: report.duplicates,
             refused: report.refused.len(),
             failed: failed_positions.len(),
+            statements: report.statements,
             rejected,
         };
         info!(
@@ -161,7 +164,7 @@ impl BatchHandler {
             refused = summary.refused,
             failed = summary.failed,
             fifo,
-            statements = report.statements,
+            statements = summary.statements,
             duration_ms = started.elapsed().as_millis() as u64,
             "batch processed"
         );

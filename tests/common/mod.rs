@@ -182,3 +182,4 @@ pub fn closed_port() -> u16 {
 }
 
 pub mod pg_server;
+pub mod proxy;

@@ -1,0 +1,257 @@
+//! Hostile input: property tests over arbitrary bodies and batches, and the
+//! tricky value classes (huge, deeply nested, NUL, lone surrogates, SQL-looking,
+//! bidirectional and combining Unicode, numbers for strings, duplicate keys).
+
+mod common;
+
+use std::collections::HashSet;
+
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use common::*;
+use login_etl::record::{Field, Rejection, parse_body};
+use proptest::prelude::*;
+
+/// JSON-ish bodies: objects mixing the real fields with junk values, plus raw noise.
+fn body_strategy() -> impl Strategy<Value = String> {
+    let key = prop_oneof![
+        Just("user_id".to_owned()),
+        Just("app_version".to_owned()),
+        Just("device_type".to_owned()),
+        Just("ip".to_owned()),
+        Just("locale".to_owned()),
+        Just("device_id".to_owned()),
+        "[a-z_]{1,8}",
+    ];
+    let value = prop_oneof![
+        any::<String>().prop_map(|s| serde_json::Value::String(s)),
+        "[0-9]{1,3}(\\.[0-9]{1,4}){0,3}".prop_map(serde_json::Value::String),
+        "(::)?[0-9a-f:.]{1,20}".prop_map(serde_json::Value::String),
+        any::<i64>().prop_map(|n| serde_json::json!(n)),
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::Bool),
+        Just(serde_json::json!({"nested": [1, {"x": null}]})),
+    ];
+    prop_oneof![
+        3 => proptest::collection::vec((key, value), 0..9).prop_map(|kv| {
+            let fields: Vec<String> = kv.iter().map(|(k, v)| format!("{}: {v}", serde_json::Value::String(k.clone()))).collect();
+            format!("{{{}}}", fields.join(", "))
+        }),
+        1 => any::<String>(),
+        1 => "[\\[\\]{}\":,0-9a-z\\\\ ]{0,40}",
+    ]
+}
+
+fn valid_body() -> impl Strategy<Value = String> {
+    (0usize..1_000_000).prop_map(|i| login_etl::synth::login_body_for(7, i))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_validator_never_panics_and_accepted_values_fit_their_columns(body in body_strategy()) {
+        if let Ok(e) = parse_body(&body) {
+            prop_assert!(!e.user_id.trim().is_empty() && e.user_id.chars().count() <= 128);
+            prop_assert!(!e.device_type.trim().is_empty() && e.device_type.chars().count() <= 32);
+            prop_assert!(!e.device_id.trim().is_empty() && e.device_id.chars().count() <= 256);
+            prop_assert!(e.locale.as_ref().is_none_or(|l| l.chars().count() <= 32));
+            prop_assert!(e.app_version_text.chars().count() <= 32);
+            prop_assert!((0..=999_999_999).contains(&e.app_version));
+            for s in [&e.user_id, &e.device_type, &e.device_id, &e.app_version_text] {
+                prop_assert!(!s.contains('\0'));
+            }
+        }
+    }
+}
+
+fn event_of(bodies: &[String]) -> SqsEvent {
+    let mut event = SqsEvent::default();
+    event.records = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let mut m = SqsMessage::default();
+            m.message_id = Some(format!("prop-{}-{i}", uuid_like(b)));
+            m.body = Some(b.clone());
+            m.attributes
+                .insert("SentTimestamp".into(), "1795262400000".into());
+            m
+        })
+        .collect();
+    event
+}
+
+fn uuid_like(s: &str) -> String {
+    hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(s.as_bytes())[..8])
+}
+
+#[test]
+fn every_record_of_arbitrary_batches_is_inserted_or_reported() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let db = rt.block_on(TestDb::create());
+    let h = rt.block_on(handler(&db.url));
+    let client = rt.block_on(db.client());
+    let batch = proptest::collection::vec(prop_oneof![body_strategy(), valid_body()], 1..40);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 48,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(&batch, |bodies| {
+            let mut bodies = bodies;
+            // Unique bodies so message ids (derived from them) are unique within the batch.
+            let mut seen = HashSet::new();
+            bodies.retain(|b| seen.insert(b.clone()));
+            let event = event_of(&bodies);
+            let (resp, summary) = rt
+                .block_on(h.handle_with_summary(&event))
+                .expect("no infrastructure fault here");
+            let input: HashSet<String> = event
+                .records
+                .iter()
+                .map(|m| m.message_id.clone().unwrap())
+                .collect();
+            let reported: HashSet<String> = failures(&resp).into_iter().collect();
+            prop_assert!(reported.is_subset(&input));
+            let mut in_table = HashSet::new();
+            for id in &input {
+                let n: i64 = rt
+                    .block_on(client.query_one(
+                        "SELECT count(*) FROM user_logins WHERE message_id = $1",
+                        &[id],
+                    ))
+                    .unwrap()
+                    .get(0);
+                prop_assert!(n <= 1);
+                if n == 1 {
+                    in_table.insert(id.clone());
+                }
+            }
+            // Each record is exactly one of: in the table, or reported.
+            prop_assert!(in_table.is_disjoint(&reported));
+            prop_assert_eq!(in_table.len() + reported.len(), input.len());
+            prop_assert_eq!(summary.received, input.len());
+            Ok(())
+        })
+        .unwrap();
+}
+
+fn login(overrides: &str) -> String {
+    let base = r#""user_id": "u-1", "app_version": "1.2.3", "device_type": "ios", "ip": "10.1.1.1", "locale": "RU", "device_id": "123-45-6789""#;
+    format!("{{{base}{overrides}}}")
+}
+
+#[test]
+fn tricky_values_are_rejected_with_the_right_reason() {
+    let deep = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
+    let deep_in_field = login(&format!(
+        r#", "extra": {}1{}"#,
+        "{\"a\":".repeat(5_000),
+        "}".repeat(5_000)
+    ));
+    let huge_device = login(&format!(
+        r#", "device_id": "{}""#,
+        "9".repeat(6 * 1024 * 1024)
+    ))
+    .replacen(r#""device_id": "123-45-6789", "#, "", 1);
+    let cases: Vec<(String, Rejection)> = vec![
+        (deep, Rejection::NotAnObject),
+        (huge_device.replace(r#""device_id": "123-45-6789""#, r#""x": 1"#), Rejection::TooLong(Field::DeviceId)),
+        (r#"{"user_id": "u\u0000", "app_version": "1.1", "device_type": "ios", "ip": "10.0.0.1", "device_id": "1"}"#.into(), Rejection::NulCharacter(Field::UserId)),
+        (r#"{"user_id": "\udc00", "app_version": "1.1"}"#.into(), Rejection::InvalidJson),
+        (r#"{"user_id": "\ud83d\ude00 ok", "app_version": "1.1", "device_type": "ios", "ip": "10.0.0.1", "device_id": "\ud800"}"#.into(), Rejection::InvalidJson),
+        (login(r#", "user_id": 42"#), Rejection::DuplicateField(Field::UserId)),
+        (r#"{"user_id": 42, "app_version": "1.1", "device_type": "ios", "ip": "10.0.0.1", "device_id": "1"}"#.into(), Rejection::WrongType(Field::UserId)),
+        (r#"{"user_id": "u", "app_version": 1.1, "device_type": "ios", "ip": "10.0.0.1", "device_id": "1"}"#.into(), Rejection::WrongType(Field::AppVersion)),
+        (r#"{"user_id": "u", "app_version": "1.1", "device_type": "ios", "ip": 167772161, "device_id": "1"}"#.into(), Rejection::WrongType(Field::Ip)),
+        (login("").replace("10.1.1.1", "10.1.1.1' OR '1'='1"), Rejection::InvalidIp),
+    ];
+    // Unknown fields are ignored whatever their shape; serde_json skips them
+    // without recursion, so even 6 MB of nesting cannot overflow the stack.
+    assert!(parse_body(&deep_in_field).is_ok());
+    let abyss = login(&format!(r#", "user_id": {}"#, "[".repeat(6 * 1024 * 1024)));
+    assert_eq!(parse_body(&abyss), Err(Rejection::InvalidJson));
+    let closed_abyss = login(&format!(
+        r#", "extra": {}{}"#,
+        "[".repeat(3 * 1024 * 1024),
+        "]".repeat(3 * 1024 * 1024)
+    ));
+    assert!(parse_body(&closed_abyss).is_ok());
+    for (body, want) in cases {
+        let got = parse_body(&body);
+        assert_eq!(
+            got.as_ref().err(),
+            Some(&want),
+            "body starting {:?}",
+            &body[..body.len().min(80)]
+        );
+    }
+}
+
+#[tokio::test]
+async fn sql_looking_and_unusual_unicode_values_are_stored_exactly() {
+    let db = TestDb::create().await;
+    let h = handler(&db.url).await;
+    let values = [
+        "'); DROP TABLE user_logins; --",
+        "\u{202E}evil\u{202C}-rtl",
+        "e\u{301}\u{302}\u{303} combining",
+        "مرحبا-user",
+        "😀 emoji",
+        "$1::text[]",
+        "\\x00 not a nul",
+    ];
+    let bodies: Vec<String> = values
+        .iter()
+        .map(|v| {
+            login(&format!(
+                r#", "user_id": {}, "device_type": "ios""#,
+                serde_json::Value::String(v.to_string())
+            ))
+            .replacen(r#""user_id": "u-1", "#, "", 1)
+            .replacen(r#""device_type": "ios", "#, "", 1)
+        })
+        .collect();
+    let event = event_of(&bodies);
+    let resp = h.handle(&event).await.unwrap();
+    assert!(resp.batch_item_failures.is_empty(), "{:?}", failures(&resp));
+    let client = db.client().await;
+    let mut stored: Vec<String> = client
+        .query("SELECT user_id FROM user_logins", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    stored.sort();
+    let mut want: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+    want.sort();
+    assert_eq!(stored, want);
+}
+
+#[tokio::test]
+async fn a_6_mb_body_is_handled_without_trouble() {
+    let db = TestDb::create().await;
+    let h = handler(&db.url).await;
+    // A valid login padded with a 6 MB unknown field, and a 6 MB over-long device id.
+    let padded = login(&format!(
+        r#", "padding": "{}""#,
+        "x".repeat(6 * 1024 * 1024)
+    ));
+    let long_id = login(&format!(
+        r#", "device_id": "{}""#,
+        "9".repeat(6 * 1024 * 1024)
+    ))
+    .replacen(r#""device_id": "123-45-6789", "#, "", 1);
+    let event = event_of(&[padded, long_id.clone()]);
+    let (resp, summary) = h.handle_with_summary(&event).await.unwrap();
+    assert_eq!(summary.inserted, 1);
+    assert_eq!(
+        failures(&resp),
+        vec![event.records[1].message_id.clone().unwrap()]
+    );
+    assert_eq!(summary.rejected.get("too_long.device_id"), Some(&1));
+}
