@@ -8,7 +8,7 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use chrono::Utc;
 use serde::{Deserialize, Deserializer};
 use tokio::sync::Mutex;
-use tracing::{info, warn};
+use tracing::{info, trace, warn};
 
 use crate::error::HandlerError;
 use crate::masking::Masker;
@@ -101,6 +101,7 @@ impl BatchHandler {
         for (pos, (message, id)) in records.iter().zip(&ids).enumerate() {
             match record::transform(id, message, &self.masker, today) {
                 Ok(row) => {
+                    trace!(message_id = *id, "record valid");
                     rows.push(row);
                     row_positions.push(pos);
                 }

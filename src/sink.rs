@@ -20,7 +20,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Socket, Statement};
-use tracing::{debug, warn};
+use tracing::{debug, trace, warn};
 
 use crate::config::DbConfig;
 use crate::error::SinkError;
@@ -264,6 +264,12 @@ impl PgSink {
     }
 
     async fn open(&mut self) -> Result<Client, SinkError> {
+        let client = self.open_with_refresh().await?;
+        debug!(target = %self.target, tls = ?self.tls, "connected to PostgreSQL");
+        Ok(client)
+    }
+
+    async fn open_with_refresh(&mut self) -> Result<Client, SinkError> {
         match self.open_once().await {
             Err((Some(code), _))
                 if code == SqlState::INVALID_PASSWORD && self.refresh.is_some() =>
@@ -412,7 +418,9 @@ fn classify(e: &tokio_postgres::Error) -> Failure {
                 "42P01" | "42703" | "42P10" => {
                     "; the schema is missing or not upgraded: run `make migrate` (login-etl migrate) or set RUN_MIGRATIONS=true"
                 }
-                "42501" => "; the database role lacks INSERT on user_logins: grant it (see README)",
+                "42501" => {
+                    "; the database role needs INSERT on user_logins and SELECT on its message_id column (see README)"
+                }
                 _ => "",
             },
         }),

@@ -360,3 +360,45 @@ async fn a_large_generated_batch_is_one_statement() {
     assert_eq!(summary.inserted, 9_800);
     assert_eq!(count_rows(&db.client().await).await, 9_800);
 }
+
+#[tokio::test]
+async fn insert_plus_select_on_message_id_is_all_the_function_needs() {
+    let db = TestDb::create().await;
+    handler(&db.url).await; // schema applied by the owner
+    let role = format!("{}_writer", db.name);
+    let client = db.client().await;
+    client
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN; GRANT CONNECT ON DATABASE {0} TO {role}; GRANT USAGE ON SCHEMA public TO {role};
+             GRANT INSERT ON user_logins TO {role}; GRANT SELECT (message_id) ON user_logins TO {role};",
+            db.name
+        ))
+        .await
+        .unwrap();
+    let url = db.url.replace("postgres@", &format!("{role}@"));
+    let h = handler_with(&[("DATABASE_URL", &url), ("MASKING_KEY", TEST_KEY)]).await;
+    let event = load_event("sqs-mixed.json");
+    let first = h.handle(&event).await.unwrap();
+    assert_eq!(failures(&first), expected_failures(&event));
+    let second = h.handle(&event).await.unwrap();
+    assert_eq!(failures(&second), expected_failures(&event));
+    // It cannot read any other column back, nor change rows.
+    let writer = connect(&url).await;
+    for sql in [
+        "SELECT masked_ip FROM user_logins",
+        "SELECT * FROM user_logins",
+        "DELETE FROM user_logins",
+        "UPDATE user_logins SET locale = NULL",
+    ] {
+        let err = writer.batch_execute(sql).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{sql}"
+        );
+    }
+    client
+        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .await
+        .ok();
+}
