@@ -20,6 +20,8 @@ export AWS_DEFAULT_REGION ?= us-east-1
 export AWS_EC2_METADATA_DISABLED := true
 export SAM_CLI_TELEMETRY := 0
 REGION        ?= us-east-1
+CARGO_FUZZ_VERSION := 0.13.2
+FUZZ_SECONDS  ?= 300
 
 # Local PostgreSQL: the server tests create their throwaway databases on, and
 # the database that demo/watch/migrate use.
@@ -31,7 +33,7 @@ KEY_FILE      ?= .local/masking.key
 PORT          ?= 9000
 EVENT         ?= events/sqs-mixed.json
 
-.PHONY: help tools test lint fmt build validate sam-build deploy migrate watch invoke demo events-large clean
+.PHONY: help tools test lint fmt build validate sam-build deploy migrate watch invoke demo events-large fuzz clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -63,6 +65,12 @@ validate: tools ## sam validate --lint, cfn-lint, and the template's own asserti
 lint: tools ## rustfmt and clippy, warnings are errors
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+
+fuzz: ## fuzz the body parser for FUZZ_SECONDS (default 300; CI runs 30); crashes land in fuzz/artifacts/
+	@command -v cargo-fuzz > /dev/null || cargo install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION)
+	# cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP enables them on the stable toolchain.
+	mkdir -p target/fuzz-corpus && cp fuzz/corpus/parse_body/* target/fuzz-corpus/
+	RUSTC_BOOTSTRAP=1 cargo fuzz run parse_body target/fuzz-corpus -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=1
 
 fmt: ## format the code
 	cargo fmt

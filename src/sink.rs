@@ -170,6 +170,7 @@ impl PgSink {
                 continue;
             }
             report.statements += 1;
+            trace!(first = range.start, rows = range.len(), "executing insert");
             match self
                 .execute(&rows[range.clone()], &mut reconnects_left)
                 .await

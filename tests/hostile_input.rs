@@ -23,7 +23,7 @@ fn body_strategy() -> impl Strategy<Value = String> {
         "[a-z_]{1,8}",
     ];
     let value = prop_oneof![
-        any::<String>().prop_map(|s| serde_json::Value::String(s)),
+        any::<String>().prop_map(serde_json::Value::String),
         "[0-9]{1,3}(\\.[0-9]{1,4}){0,3}".prop_map(serde_json::Value::String),
         "(::)?[0-9a-f:.]{1,20}".prop_map(serde_json::Value::String),
         any::<i64>().prop_map(|n| serde_json::json!(n)),
