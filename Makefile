@@ -22,6 +22,8 @@ export SAM_CLI_TELEMETRY := 0
 REGION        ?= us-east-1
 CARGO_FUZZ_VERSION := 0.13.2
 FUZZ_SECONDS  ?= 300
+# CI's short run skips AddressSanitizer to build faster (the parser has no unsafe code).
+FUZZ_FLAGS    ?=
 
 # Local PostgreSQL: the server tests create their throwaway databases on, and
 # the database that demo/watch/migrate use.
@@ -33,7 +35,7 @@ KEY_FILE      ?= .local/masking.key
 PORT          ?= 9000
 EVENT         ?= events/sqs-mixed.json
 
-.PHONY: help tools test lint fmt build validate sam-build deploy migrate watch invoke demo events-large fuzz clean
+.PHONY: help tools test lint fmt build validate sam-build deploy migrate watch invoke demo events-large fuzz bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -70,7 +72,21 @@ fuzz: ## fuzz the body parser for FUZZ_SECONDS (default 300; CI runs 30); crashe
 	@command -v cargo-fuzz > /dev/null || cargo install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION)
 	# cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP enables them on the stable toolchain.
 	mkdir -p target/fuzz-corpus && cp fuzz/corpus/parse_body/* target/fuzz-corpus/
-	RUSTC_BOOTSTRAP=1 cargo fuzz run parse_body target/fuzz-corpus -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=1
+	RUSTC_BOOTSTRAP=1 cargo fuzz run $(FUZZ_FLAGS) parse_body target/fuzz-corpus -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=1
+
+bench: tools ## benchmarks: per-record transform, batch vs COPY, cold start, peak RSS, binary size
+	@pg_isready -d "$(PG_ADMIN_URL)" -q || { echo "PostgreSQL is not reachable at $(PG_ADMIN_URL)"; exit 1; }
+	echo "== machine: $$(nproc) cores, $$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $$(free -g | awk '/Mem:/{print $$2}') GiB"
+	echo "== [1/4] per-record transform, one core (criterion)"
+	cargo bench --quiet --bench transform -- --warm-up-time 2 --measurement-time 5 2>/dev/null | grep -E '^per_record|thrpt' || true
+	echo "== [2/4] batch into PostgreSQL vs COPY"
+	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" cargo bench --quiet --bench batch_pg 2>/dev/null
+	echo "== [3/4] cold start and peak RSS of the release binary (host build)"
+	cargo build --quiet --release --bin login-etl
+	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" cargo bench --quiet --bench lambda_process 2>/dev/null
+	echo "== [4/4] arm64 release binary for Lambda"
+	cargo lambda build --quiet --release --arm64 --bin login-etl
+	ls -l target/lambda/login-etl/bootstrap | awk '{printf "target/lambda/login-etl/bootstrap: %.2f MB\n", $$5/1048576}'
 
 fmt: ## format the code
 	cargo fmt

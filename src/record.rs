@@ -184,7 +184,8 @@ pub fn transform<'a>(
     masker: &Masker,
     fallback_date: NaiveDate,
 ) -> Result<LoginRow<'a>, Rejection> {
-    if message_id.chars().count() > MAX_MESSAGE_ID_CHARS {
+    if message_id.len() > MAX_MESSAGE_ID_CHARS && message_id.chars().count() > MAX_MESSAGE_ID_CHARS
+    {
         return Err(Rejection::MessageIdTooLong);
     }
     let login = parse_body(message.body.as_deref().unwrap_or(""))?;

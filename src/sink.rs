@@ -30,9 +30,12 @@ use crate::secrets::Secrets;
 use crate::tls::Tls;
 
 /// The bulk insert: one statement, one round trip (prepared once per connection).
+/// Arrays are bound as `varchar[]`, the columns' type: with `text[]` the server
+/// coerces every value to `varchar(n)`, which made the statement 1.7x slower
+/// for 10,000 rows (benches/batch_pg.rs).
 pub const INSERT_SQL: &str = "INSERT INTO user_logins \
     (message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, app_version_text, create_date) \
-    SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[], $8::text[], $9::date[]) \
+    SELECT * FROM UNNEST($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::varchar[], $6::varchar[], $7::int4[], $8::varchar[], $9::date[]) \
     ON CONFLICT (message_id) DO NOTHING";
 
 /// Pause before the one reconnect, so a server that is restarting or out of

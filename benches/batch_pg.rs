@@ -1,0 +1,172 @@
+//! The handler on generated SQS events of 10 to 10,000 records against the
+//! local PostgreSQL, from event JSON in memory to committed rows, versus a
+//! binary `COPY ... FROM STDIN` of the already-transformed rows into the same
+//! table with the same indexes: the lower bound for loading these rows over
+//! one connection. Median of repeated runs; the table is emptied (untimed)
+//! before each run so every run starts alike.
+
+#[path = "common.rs"]
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use aws_lambda_events::event::sqs::SqsEvent;
+use chrono::Utc;
+use common::*;
+use login_etl::masking::{Masker, MaskingKey};
+use login_etl::record::{self, LoginRow};
+use login_etl::synth::{self, Options};
+use login_etl::{Config, startup};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
+
+const COPY_SQL: &str = "COPY user_logins (message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, app_version_text, create_date) FROM STDIN (FORMAT binary)";
+
+async fn copy_rows(client: &tokio_postgres::Client, rows: &[LoginRow<'_>]) {
+    let sink = client.copy_in(COPY_SQL).await.unwrap();
+    let types = [
+        Type::VARCHAR,
+        Type::VARCHAR,
+        Type::VARCHAR,
+        Type::VARCHAR,
+        Type::VARCHAR,
+        Type::VARCHAR,
+        Type::INT4,
+        Type::VARCHAR,
+        Type::DATE,
+    ];
+    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &types));
+    for r in rows {
+        let (ip, dev, locale) = (
+            r.masked_ip.as_str(),
+            r.masked_device_id.as_str(),
+            r.locale.as_deref(),
+        );
+        writer
+            .as_mut()
+            .write(&[
+                &r.message_id,
+                &&*r.user_id,
+                &&*r.device_type,
+                &ip,
+                &dev,
+                &locale,
+                &r.app_version,
+                &&*r.app_version_text,
+                &r.create_date,
+            ])
+            .await
+            .unwrap();
+    }
+    writer.finish().await.unwrap();
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let full = full_run();
+    let (db, url) = create_db("batch").await;
+    let vars: HashMap<&str, &str> = [
+        ("DATABASE_URL", url.as_str()),
+        ("MASKING_KEY", KEY),
+        ("RUN_MIGRATIONS", "true"),
+    ]
+    .into();
+    let config = Config::from_lookup(|k| vars.get(k).map(|v| v.to_string())).unwrap();
+    let handler = startup::build(&config).await.unwrap();
+    let client = connect(&url).await;
+    let masker = Masker::new(&MaskingKey::from_hex(KEY, "bench").unwrap());
+    let sizes: &[(usize, usize)] = if full {
+        &[(10, 31), (100, 31), (1_000, 15), (10_000, 9)]
+    } else {
+        &[(10, 1), (1_000, 1)]
+    };
+
+    println!(
+        "batch into PostgreSQL: handler (event JSON in memory -> committed rows) vs binary COPY of the transformed rows"
+    );
+    println!(
+        "{:>8} {:>5} {:>12} {:>12} {:>8} {:>14}",
+        "records", "runs", "handler ms", "COPY ms", "ratio", "handler rec/s"
+    );
+    for &(n, runs) in sizes {
+        let (mut h_times, mut c_times) = (Vec::new(), Vec::new());
+        for run in 0..runs {
+            // Fresh message ids every run, so nothing is a duplicate.
+            let event = synth::event(&Options {
+                count: n,
+                seed: 1_000 * n as u64 + run as u64,
+                ..Options::default()
+            });
+            let json = serde_json::to_vec(&event).unwrap();
+
+            client.batch_execute("TRUNCATE user_logins").await.unwrap();
+            let started = Instant::now();
+            let parsed: login_etl::SqsBatch = serde_json::from_slice(&json).unwrap();
+            let (resp, summary) = handler.handle_with_summary(&parsed.0).await.unwrap();
+            h_times.push(started.elapsed());
+            assert!(resp.batch_item_failures.is_empty() && summary.inserted as usize == n);
+
+            client.batch_execute("TRUNCATE user_logins").await.unwrap();
+            let event: SqsEvent = serde_json::from_slice(&json).unwrap();
+            let today = Utc::now().date_naive();
+            let rows: Vec<LoginRow<'_>> = event
+                .records
+                .iter()
+                .map(|m| {
+                    record::transform(m.message_id.as_deref().unwrap(), m, &masker, today).unwrap()
+                })
+                .collect();
+            let started = Instant::now();
+            copy_rows(&client, &rows).await;
+            c_times.push(started.elapsed());
+        }
+        let (h, c): (Duration, Duration) = (median(&mut h_times), median(&mut c_times));
+        println!(
+            "{n:>8} {runs:>5} {:>12.2} {:>12.2} {:>8.2} {:>14.0}",
+            ms(h),
+            ms(c),
+            h.as_secs_f64() / c.as_secs_f64(),
+            n as f64 / h.as_secs_f64()
+        );
+    }
+    // Where the handler's time goes, phase by phase, for the largest batch.
+    let n = sizes.last().unwrap().0;
+    let mut phases = [Vec::new(), Vec::new(), Vec::new()];
+    let mut sink = startup::sink(&config.db, None).await.unwrap();
+    for run in 0..sizes.last().unwrap().1 {
+        let event = synth::event(&Options {
+            count: n,
+            seed: 7_000_000 + run as u64,
+            ..Options::default()
+        });
+        let json = serde_json::to_vec(&event).unwrap();
+        client.batch_execute("TRUNCATE user_logins").await.unwrap();
+        let t = Instant::now();
+        let parsed: login_etl::SqsBatch = serde_json::from_slice(&json).unwrap();
+        phases[0].push(t.elapsed());
+        let t = Instant::now();
+        let today = Utc::now().date_naive();
+        let rows: Vec<LoginRow<'_>> = parsed
+            .0
+            .records
+            .iter()
+            .map(|m| {
+                record::transform(m.message_id.as_deref().unwrap(), m, &masker, today).unwrap()
+            })
+            .collect();
+        phases[1].push(t.elapsed());
+        let t = Instant::now();
+        sink.insert(&rows, false).await.unwrap();
+        phases[2].push(t.elapsed());
+    }
+    println!(
+        "{n} records, phases (median): event JSON -> SqsEvent {:.2} ms, transform {:.2} ms, INSERT ... UNNEST ... ON CONFLICT {:.2} ms",
+        ms(median(&mut phases[0])),
+        ms(median(&mut phases[1])),
+        ms(median(&mut phases[2]))
+    );
+    drop(handler);
+    drop(client);
+    drop_db(&db).await;
+}

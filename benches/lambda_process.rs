@@ -1,0 +1,236 @@
+//! The release binary as Lambda runs it, against a minimal Runtime API served
+//! here on 127.0.0.1: time from process start to its first
+//! `GET /runtime/invocation/next` (cold start, with DATABASE_URL and
+//! MASKING_KEY; the database connection is lazy, so no network wait is in
+//! it), and peak RSS (VmHWM) after handling the largest batch an event-source
+//! mapping can send (6 MB).
+
+#[path = "common.rs"]
+mod common;
+
+use std::convert::Infallible;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use login_etl::synth::{self, Options};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// What the fake Runtime API saw.
+#[derive(Default)]
+struct Api {
+    first_next: Option<Instant>,
+    event: Option<Bytes>,
+    served: bool,
+    response: Option<Bytes>,
+    notify: Arc<Notify>,
+}
+
+async fn route(
+    req: Request<Incoming>,
+    api: Arc<Mutex<Api>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_owned();
+    if path.ends_with("/invocation/next") {
+        let (event, notify) = {
+            let mut a = api.lock().unwrap();
+            a.first_next.get_or_insert_with(Instant::now);
+            a.notify.notify_waiters();
+            let event = if a.served { None } else { a.event.clone() };
+            a.served |= event.is_some();
+            (event, a.notify.clone())
+        };
+        let Some(event) = event else {
+            // Hold the long poll until the process is killed.
+            loop {
+                notify.notified().await;
+            }
+        };
+        let deadline = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            + 900_000;
+        return Ok(Response::builder()
+            .header("Lambda-Runtime-Aws-Request-Id", "bench-1")
+            .header("Lambda-Runtime-Deadline-Ms", deadline.to_string())
+            .header(
+                "Lambda-Runtime-Invoked-Function-Arn",
+                "arn:aws:lambda:us-east-1:000000000000:function:login-etl",
+            )
+            .header(
+                "Lambda-Runtime-Trace-Id",
+                "Root=1-00000000-000000000000000000000000",
+            )
+            .body(Full::new(event))
+            .unwrap());
+    }
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut a = api.lock().unwrap();
+    a.response = Some(body);
+    a.notify.notify_waiters();
+    Ok(Response::builder()
+        .status(202)
+        .body(Full::new(Bytes::new()))
+        .unwrap())
+}
+
+async fn serve(api: Arc<Mutex<Api>>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let api = api.clone();
+            tokio::spawn(http1::Builder::new().serve_connection(
+                TokioIo::new(stream),
+                service_fn(move |r| route(r, api.clone())),
+            ));
+        }
+    });
+    port
+}
+
+fn spawn(binary: &str, port: u16, db_url: &str) -> Child {
+    Command::new(binary)
+        .env_clear()
+        .env("AWS_LAMBDA_RUNTIME_API", format!("127.0.0.1:{port}"))
+        .env("AWS_LAMBDA_FUNCTION_NAME", "login-etl")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("AWS_LAMBDA_LOG_FORMAT", "JSON")
+        .env("DATABASE_URL", db_url)
+        .env("MASKING_KEY", KEY)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {binary} ({e}); build it with `cargo build --release --bin login-etl` (make bench does)"))
+}
+
+fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+async fn wait_for(api: &Arc<Mutex<Api>>, what: impl Fn(&Api) -> bool, limit: Duration) {
+    let notify = api.lock().unwrap().notify.clone();
+    let deadline = Instant::now() + limit;
+    while !what(&api.lock().unwrap()) {
+        assert!(
+            Instant::now() < deadline,
+            "the function did not get there within {limit:?}"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(20), notify.notified()).await;
+    }
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let full = full_run();
+    let binary = std::env::var("LOGIN_ETL_BINARY").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/login-etl").into()
+    });
+    if !full && !std::path::Path::new(&binary).exists() {
+        println!("lambda_process: {binary} not built; smoke run skipped (make bench builds it)");
+        return;
+    }
+    let (db, url) = create_db("process").await;
+    {
+        let mut sink = login_etl::startup::sink(
+            &login_etl::config::DbConfig {
+                source: login_etl::config::DbSource::Url(url.clone()),
+                ssl_mode: login_etl::config::SslMode::Disable,
+                ca_bundle: None,
+                connect_timeout: Duration::from_secs(5),
+                statement_timeout: Duration::from_secs(30),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+        sink.migrate().await.unwrap();
+    }
+
+    // Cold start: process start -> first `next`.
+    let runs = if full { 25 } else { 2 };
+    let mut cold = Vec::new();
+    for _ in 0..runs {
+        let api = Arc::new(Mutex::new(Api::default()));
+        let port = serve(api.clone()).await;
+        let started = Instant::now();
+        let child = spawn(&binary, port, &url);
+        wait_for(&api, |a| a.first_next.is_some(), Duration::from_secs(10)).await;
+        cold.push(api.lock().unwrap().first_next.unwrap() - started);
+        stop(child);
+    }
+    let min = *cold.iter().min().unwrap();
+    println!(
+        "cold start to first Runtime API `next` ({runs} runs): median {:.2} ms, min {:.2} ms",
+        ms(median(&mut cold)),
+        ms(min)
+    );
+
+    // Peak memory on the largest batch an event-source mapping sends (payload <= 6 MB).
+    let mut count = if full { 9_500 } else { 500 };
+    let event = loop {
+        let e = serde_json::to_vec(&synth::event(&Options {
+            count,
+            invalid_every: 25,
+            seed: 77,
+            ..Options::default()
+        }))
+        .unwrap();
+        if e.len() <= 6 * 1024 * 1024 {
+            break e;
+        }
+        count -= 250;
+    };
+    let size = event.len();
+    let api = Arc::new(Mutex::new(Api {
+        event: Some(Bytes::from(event)),
+        ..Api::default()
+    }));
+    let port = serve(api.clone()).await;
+    let child = spawn(&binary, port, &url);
+    let started = Instant::now();
+    wait_for(&api, |a| a.response.is_some(), Duration::from_secs(120)).await;
+    let took = started.elapsed();
+    let rss = peak_rss_kib(child.id());
+    let response = api.lock().unwrap().response.clone().unwrap();
+    stop(child);
+    let resp: serde_json::Value = serde_json::from_slice(&response).unwrap();
+    let failures = resp["batchItemFailures"]
+        .as_array()
+        .map_or(usize::MAX, Vec::len);
+    assert_eq!(
+        failures,
+        count / 25,
+        "the function handled the batch: {resp}"
+    );
+    println!(
+        "largest batch: {count} records, {:.2} MB payload: peak RSS {:.1} MB, {:.0} ms from process start to response",
+        size as f64 / 1_048_576.0,
+        rss as f64 / 1024.0,
+        ms(took)
+    );
+    drop_db(&db).await;
+}

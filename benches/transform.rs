@@ -1,0 +1,60 @@
+//! Per-record transform cost on one core: parse + validate + mask + encode,
+//! on realistic generated bodies. `make bench` reports records/s.
+
+use std::hint::black_box;
+
+use chrono::NaiveDate;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use login_etl::masking::{Masker, MaskingKey};
+use login_etl::record::{self, parse_body};
+use login_etl::synth::{self, Options};
+
+const KEY: &str = "8f2c7e4a1b9d3f6e0a5c8b2d7f4e1a9c3b6d0f8e2a5c7b9d1f4e6a8c0b2d4f6e";
+
+fn transform(c: &mut Criterion) {
+    let masker = Masker::new(&MaskingKey::from_hex(KEY, "bench").unwrap());
+    let n = 10_000;
+    let event = synth::event(&Options {
+        count: n,
+        ..Options::default()
+    });
+    let today = NaiveDate::from_ymd_opt(2026, 11, 21).unwrap();
+    let ids: Vec<&str> = event
+        .records
+        .iter()
+        .map(|m| m.message_id.as_deref().unwrap())
+        .collect();
+
+    let mut g = c.benchmark_group("per_record");
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function("transform (parse+validate+mask+encode)", |b| {
+        b.iter(|| {
+            for (m, id) in event.records.iter().zip(&ids) {
+                black_box(record::transform(id, m, &masker, today).unwrap());
+            }
+        })
+    });
+    g.bench_function("parse+validate only", |b| {
+        b.iter(|| {
+            for m in &event.records {
+                black_box(parse_body(m.body.as_deref().unwrap()).unwrap());
+            }
+        })
+    });
+    let parsed: Vec<_> = event
+        .records
+        .iter()
+        .map(|m| parse_body(m.body.as_deref().unwrap()).unwrap())
+        .collect();
+    g.bench_function("mask only (2 HMACs)", |b| {
+        b.iter(|| {
+            for e in &parsed {
+                black_box((masker.ip(&e.ip), masker.device_id(&e.device_id)));
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, transform);
+criterion_main!(benches);
