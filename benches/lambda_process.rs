@@ -154,21 +154,12 @@ async fn main() {
         return;
     }
     let (db, url) = create_db("process").await;
-    {
-        let mut sink = login_etl::startup::sink(
-            &login_etl::config::DbConfig {
-                source: login_etl::config::DbSource::Url(url.clone()),
-                ssl_mode: login_etl::config::SslMode::Disable,
-                ca_bundle: None,
-                connect_timeout: Duration::from_secs(5),
-                statement_timeout: Duration::from_secs(30),
-            },
-            None,
-        )
+    let db_config = login_etl::config::DbConfig::from_lookup(&|k: &str| {
+        (k == "DATABASE_URL").then(|| url.clone())
+    });
+    login_etl::startup::migrate(&db_config.unwrap())
         .await
         .unwrap();
-        sink.migrate().await.unwrap();
-    }
 
     // Cold start: process start -> first `next`.
     let runs = if full { 25 } else { 2 };

@@ -126,7 +126,8 @@ impl DbConfig {
         Self::from_lookup(&|name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
     }
 
-    fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    /// Reads only the database settings through `get`.
+    pub fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         // DATABASE_URL wins so a developer can point a deployed config at a local server.
         let source = match (get("DATABASE_URL"), get("DB_SECRET_ID")) {
             (Some(url), _) => DbSource::Url(url),

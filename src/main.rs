@@ -38,15 +38,7 @@ async fn serve() -> Result<(), lambda_runtime::Error> {
 }
 
 async fn migrate() -> Result<(), lambda_runtime::Error> {
-    let db = DbConfig::from_env()?;
-    let secrets = match db.source {
-        login_etl::config::DbSource::Secret(_) => {
-            Some(login_etl::secrets::Secrets::from_env().await)
-        }
-        _ => None,
-    };
-    let mut sink = startup::sink(&db, secrets.as_ref()).await?;
-    sink.migrate().await?;
-    info!(target = %sink.target(), "schema applied");
+    let target = startup::migrate(&DbConfig::from_env()?).await?;
+    info!(%target, "schema applied");
     Ok(())
 }

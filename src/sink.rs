@@ -51,8 +51,6 @@ pub struct InsertReport {
     pub duplicates: u64,
     /// Indices (into the slice given to `insert`) of rows the database refused, ascending.
     pub refused: Vec<usize>,
-    /// In order-preserving mode, rows after the first refusal, never attempted.
-    pub not_attempted: Range<usize>,
     /// Statements executed (1 when nothing was refused).
     pub statements: u32,
 }
@@ -159,10 +157,7 @@ impl PgSink {
         rows: &[LoginRow<'_>],
         preserve_order: bool,
     ) -> Result<InsertReport, SinkError> {
-        let mut report = InsertReport {
-            not_attempted: rows.len()..rows.len(),
-            ..InsertReport::default()
-        };
+        let mut report = InsertReport::default();
         let mut reconnects_left = 1u8;
         let mut committed = 0usize;
         // Ranges to try, popped in batch order (right half pushed first).
@@ -190,7 +185,7 @@ impl PgSink {
                     );
                     report.refused.push(range.start);
                     if preserve_order {
-                        report.not_attempted = range.end..rows.len();
+                        // Rows after it stay unattempted; the caller reports them.
                         break;
                     }
                 }
@@ -235,9 +230,7 @@ impl PgSink {
                         }
                     }
                 }
-                Err(SinkError::Fatal { op, cause, hint }) => {
-                    return Err(Failure::Fatal(SinkError::Fatal { op, cause, hint }));
-                }
+                Err(e) if !e.is_retryable() => return Err(Failure::Fatal(e)),
                 Err(e) => Failure::Transient(e.to_string()),
             };
             match attempt {

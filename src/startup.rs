@@ -44,6 +44,18 @@ pub async fn build(config: &Config) -> Result<BatchHandler, InitError> {
     Ok(BatchHandler::new(Masker::new(&key), sink))
 }
 
+/// Applies the schema to the configured database and returns its target
+/// (`login-etl migrate`); needs only the database settings.
+pub async fn migrate(db: &DbConfig) -> Result<String, InitError> {
+    let secrets = match db.source {
+        DbSource::Secret(_) => Some(Secrets::from_env().await),
+        DbSource::Url(_) => None,
+    };
+    let mut sink = sink(db, secrets.as_ref()).await?;
+    sink.migrate().await?;
+    Ok(sink.target().to_owned())
+}
+
 /// A Secrets Manager client, only when some setting needs one.
 pub async fn secrets_client(config: &Config) -> Option<Secrets> {
     let needed = matches!(config.masking_key, KeySource::Secret(_))

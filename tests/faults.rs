@@ -165,13 +165,7 @@ async fn postgres_down_fails_fast_and_the_same_warm_handler_recovers_when_it_is_
     let client = connect(&url).await;
     let mut want = valid_ids(&first);
     want.extend(valid_ids(&second));
-    let ids: BTreeSet<String> = client
-        .query("SELECT message_id FROM user_logins", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids: BTreeSet<String> = message_ids_in_table(&client).await.into_iter().collect();
     assert_eq!(ids, want);
     assert_eq!(count_rows(&client).await as usize, want.len());
 }

@@ -149,13 +149,7 @@ async fn upstream_table_is_upgraded_in_place_and_filled() {
         .unwrap();
     let h = handler(&db.url).await; // RUN_MIGRATIONS=true upgrades the table
     let event = load_event("sqs-valid.json");
-    assert!(
-        h.handle(&event)
-            .await
-            .unwrap()
-            .batch_item_failures
-            .is_empty()
-    );
+    handle_all_ok(&h, &event).await;
     assert_eq!(count_rows(&client).await, 2 + event.records.len() as i64);
     let cols: Vec<String> = client
         .query("SELECT column_name::text FROM information_schema.columns WHERE table_name = 'user_logins' ORDER BY ordinal_position", &[])

@@ -136,13 +136,7 @@ async fn secrets_at_cold_start_and_on_password_rotation() {
     // Both secrets read at cold start; rows masked with the key from Secrets Manager.
     let h = build(&good).await.expect("cold start with secrets");
     let event = load_event("sqs-valid.json");
-    assert!(
-        h.handle(&event)
-            .await
-            .unwrap()
-            .batch_item_failures
-            .is_empty()
-    );
+    handle_all_ok(&h, &event).await;
     let client = connect(&server.url("127.0.0.1", Some(PASSWORD))).await;
     assert_eq!(count_rows(&client).await, event.records.len() as i64);
     let n: i64 = client

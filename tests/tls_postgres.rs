@@ -56,13 +56,7 @@ async fn ssl_modes_against_a_server_that_requires_tls() {
     let h = build(&by_ip, "require", None)
         .await
         .expect("require connects");
-    assert!(
-        h.handle(&event)
-            .await
-            .unwrap()
-            .batch_item_failures
-            .is_empty()
-    );
+    handle_all_ok(&h, &event).await;
 
     // verify-full with the CA in a multi-certificate bundle and the right host name.
     let h = build(&localhost, "verify-full", Some(both))

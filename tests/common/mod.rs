@@ -141,6 +141,16 @@ pub fn expected_failures(event: &SqsEvent) -> Vec<String> {
     out
 }
 
+/// Handles `event` and asserts that no record failed.
+pub async fn handle_all_ok(h: &BatchHandler, event: &SqsEvent) {
+    let resp = h.handle(event).await.expect("the invocation succeeds");
+    assert!(
+        resp.batch_item_failures.is_empty(),
+        "unexpected failures: {:?}",
+        failures(&resp)
+    );
+}
+
 pub fn failures(resp: &aws_lambda_events::event::sqs::SqsBatchResponse) -> Vec<String> {
     resp.batch_item_failures
         .iter()
