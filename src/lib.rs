@@ -18,6 +18,8 @@
 //!
 //! `src/main.rs` is the Lambda entry point.
 
+#![warn(missing_docs)]
+
 pub mod app_version;
 pub mod config;
 pub mod error;
