@@ -14,6 +14,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueError;
+use aws_smithy_http_client::tls;
 use serde_json::Value;
 
 use crate::error::SecretError;
@@ -101,22 +102,10 @@ impl DbSecret {
 }
 
 impl Secrets {
-    /// A client from the default AWS configuration (region, credentials,
-    /// `AWS_ENDPOINT_URL`), with bounded timeouts and one retry.
+    /// A client from [`sdk_config`].
     pub async fn from_env() -> Self {
-        let config = aws_config::defaults(BehaviorVersion::latest())
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(2))
-                    .operation_attempt_timeout(Duration::from_secs(3))
-                    .operation_timeout(FETCH_TIMEOUT)
-                    .build(),
-            )
-            .retry_config(RetryConfig::standard().with_max_attempts(2))
-            .load()
-            .await;
         Self {
-            client: Client::new(&config),
+            client: Client::new(&sdk_config().await),
         }
     }
 
@@ -137,6 +126,29 @@ impl Secrets {
     pub async fn db(&self, id: &str) -> Result<DbSecret, SecretError> {
         DbSecret::parse(id, &self.string(id).await?)
     }
+}
+
+/// The AWS configuration the function uses: the default chain (region,
+/// credentials, `AWS_ENDPOINT_URL`), rustls on ring for HTTPS, bounded
+/// timeouts and one retry.
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    let https = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    aws_config::defaults(BehaviorVersion::latest())
+        .http_client(https)
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .operation_attempt_timeout(Duration::from_secs(3))
+                .operation_timeout(FETCH_TIMEOUT)
+                .build(),
+        )
+        .retry_config(RetryConfig::standard().with_max_attempts(2))
+        .load()
+        .await
 }
 
 fn classify(id: &str, e: SdkError<GetSecretValueError>) -> SecretError {

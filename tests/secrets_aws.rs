@@ -7,7 +7,6 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aws_config::BehaviorVersion;
 use aws_sdk_secretsmanager::Client;
 use common::pg_server::{PASSWORD, PgServer, ServerOptions};
 use common::*;
@@ -93,7 +92,7 @@ async fn secrets_at_cold_start_and_on_password_rotation() {
     }
     let (_moto, port) = start_moto();
     set_endpoint(&format!("http://127.0.0.1:{port}"));
-    let sm = Client::new(&aws_config::defaults(BehaviorVersion::latest()).load().await);
+    let sm = Client::new(&login_etl::secrets::sdk_config().await);
     let server = PgServer::start(ServerOptions {
         tls: false,
         password: true,
