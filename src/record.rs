@@ -287,7 +287,8 @@ fn required_text(field: Field, slot: Slot<'_>) -> Result<Cow<'_, str>, Rejection
 fn text(field: Field, slot: Slot<'_>) -> Result<Cow<'_, str>, Rejection> {
     match slot {
         Slot::Missing | Slot::Null => Err(Rejection::MissingField(field)),
-        Slot::WrongType | Slot::Duplicate => Err(Rejection::WrongType(field)),
+        Slot::WrongType => Err(Rejection::WrongType(field)),
+        Slot::Duplicate => Err(Rejection::DuplicateField(field)),
         Slot::Text(s) => {
             // Byte length bounds char count from above: skip counting for short values.
             if s.len() > field.max_chars() && s.chars().count() > field.max_chars() {

@@ -450,7 +450,7 @@ fn describe_refusal(e: &tokio_postgres::Error) -> String {
             Some(c) => format!("SQLSTATE {} on constraint {c}", db.code().code()),
             None => format!("SQLSTATE {}", db.code().code()),
         },
-        None => e.to_string(),
+        None => describe(e),
     }
 }
 
