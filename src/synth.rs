@@ -4,7 +4,7 @@
 //! three `app_version` shapes), optionally mixed with invalid messages.
 //! Used by the tests, `make demo`, `examples/gen_events.rs` and benchmarks.
 
-use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage, SqsMessageAttribute};
 use sha2::{Digest, Sha256};
 
 /// Options for [`event`].
@@ -48,10 +48,11 @@ pub fn message(options: &Options, i: usize) -> SqsMessage {
     // Message-level ids from an independent stream, so they never equal body fields.
     let envelope = Rand::new(!options.seed, i as u64);
     let invalid = options.invalid_every > 0 && (i + 1).is_multiple_of(options.invalid_every);
-    let body = if invalid {
-        invalid_body(i / options.invalid_every)
+    let (body, expect) = if invalid {
+        let (body, code) = invalid_case(i / options.invalid_every);
+        (body.to_owned(), format!("reject:{code}"))
     } else {
-        login_body(&r)
+        (login_body(&r), "insert".to_owned())
     };
     let queue = if options.fifo {
         "login-queue.fifo"
@@ -66,6 +67,11 @@ pub fn message(options: &Options, i: usize) -> SqsMessage {
     m.event_source = Some("aws:sqs".into());
     m.event_source_arn = Some(format!("arn:aws:sqs:us-east-1:000000000000:{queue}"));
     m.aws_region = Some("us-east-1".into());
+    // What the function must do with it, as in the events/ fixtures.
+    let mut attribute = SqsMessageAttribute::default();
+    attribute.data_type = Some("String".into());
+    attribute.string_value = Some(expect);
+    m.message_attributes.insert("expect".into(), attribute);
     for (k, v) in [
         ("ApproximateReceiveCount", "1".to_owned()),
         ("SentTimestamp", sent.to_string()),
@@ -134,17 +140,37 @@ fn login_body(r: &Rand) -> String {
 
 /// The k-th invalid body: cycles through the kinds of bad input seen upstream.
 pub fn invalid_body(k: usize) -> String {
-    const BAD: [&str; 8] = [
-        r#"{"foo": "oops_wrong_msg_type", "bar": "123"}"#,
-        "",
-        "{\"user_id\": \"trunc",
-        r#"{"user_id": "0b5f1c1e-1d7a-4f52-9d0e-6a3c8b7e2f10", "app_version": "2.3.0", "device_type": "ios", "ip": "not-an-ip", "locale": null, "device_id": "123-45-6789"}"#,
-        r#"{"user_id": "0b5f1c1e-1d7a-4f52-9d0e-6a3c8b7e2f10", "app_version": 230, "device_type": "ios", "ip": "10.0.0.1", "locale": "US", "device_id": "123-45-6789"}"#,
-        r#"{"user_id": "0b5f1c1e-1d7a-4f52-9d0e-6a3c8b7e2f10", "app_version": "2.3.0", "device_type": "ios", "ip": "10.0.0.1", "locale": "US"}"#,
-        r#"{"user_id": "0b5f1c1e-1d7a-4f52-9d0e-6a3c8b7e2f10", "app_version": "2.3.0-beta", "device_type": "ios", "ip": "10.0.0.1", "locale": null, "device_id": "123-45-6789"}"#,
-        r#"["not", "an", "object"]"#,
+    invalid_case(k).0.to_owned()
+}
+
+/// Invalid body `k` and the rejection code the contract gives it.
+pub fn invalid_case(k: usize) -> (&'static str, &'static str) {
+    const BAD: [(&str, &str); 8] = [
+        (
+            r#"{"foo": "oops_wrong_msg_type", "bar": "123"}"#,
+            "not_a_login_event",
+        ),
+        ("", "empty_body"),
+        ("{\"user_id\": \"trunc", "invalid_json"),
+        (
+            r#"{"user_id": "0b5f1c1e-1d7a-4f52-9d0e-6a3c8b7e2f10", "app_version": "2.3.0", "device_type": "ios", "ip": "not-an-ip", "locale": null, "device_id": "123-45-6789"}"#,
+            "invalid_ip",
+        ),
+        (
+            r#"{"user_id": "0b5f1c1e-1d7a-4f52-9d0e-6a3c8b7e2f10", "app_version": 230, "device_type": "ios", "ip": "10.0.0.1", "locale": "US", "device_id": "123-45-6789"}"#,
+            "wrong_type.app_version",
+        ),
+        (
+            r#"{"user_id": "0b5f1c1e-1d7a-4f52-9d0e-6a3c8b7e2f10", "app_version": "2.3.0", "device_type": "ios", "ip": "10.0.0.1", "locale": "US"}"#,
+            "missing_field.device_id",
+        ),
+        (
+            r#"{"user_id": "0b5f1c1e-1d7a-4f52-9d0e-6a3c8b7e2f10", "app_version": "2.3.0-beta", "device_type": "ios", "ip": "10.0.0.1", "locale": null, "device_id": "123-45-6789"}"#,
+            "invalid_app_version",
+        ),
+        (r#"["not", "an", "object"]"#, "not_an_object"),
     ];
-    BAD[k % BAD.len()].to_owned()
+    BAD[k % BAD.len()]
 }
 
 /// Deterministic bytes for record `i` under `seed`.
@@ -225,5 +251,25 @@ mod tests {
             .filter(|m| parse_body(m.body.as_deref().unwrap()).is_err())
             .count();
         assert_eq!(bad, 10);
+    }
+
+    #[test]
+    fn invalid_cases_get_their_codes_and_expectations() {
+        for k in 0..8 {
+            let (body, code) = invalid_case(k);
+            assert_eq!(parse_body(body).unwrap_err().code(), code, "case {k}");
+        }
+        let o = Options {
+            count: 16,
+            invalid_every: 2,
+            ..Options::default()
+        };
+        for m in event(&o).records {
+            let expect = m.message_attributes["expect"].string_value.clone().unwrap();
+            match parse_body(m.body.as_deref().unwrap()) {
+                Ok(_) => assert_eq!(expect, "insert"),
+                Err(r) => assert_eq!(expect, format!("reject:{}", r.code())),
+            }
+        }
     }
 }

@@ -1,0 +1,492 @@
+#!/usr/bin/env python3
+"""login-etl's stack in LocalStack: deploy template.yaml, send login messages,
+watch the queue drain, report what happened.
+
+`make demo` runs `python localstack/stack.py demo`; the end-to-end test
+(tests/test_localstack_e2e.py) imports the same functions, so the demo and the
+test exercise one code path. LocalStack must be running (localstack/up.sh).
+
+The stack is the real template.yaml, built by `sam build` for this host's CPU
+(parameter Architecture) and deployed by `sam deploy` into LocalStack's
+CloudFormation (SAM transform included). Only two things are made outside
+the template, as in a real account: the DB secret (the template takes its ARN)
+and the artifact bucket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import ipaddress
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+
+ROOT = Path(__file__).resolve().parent.parent
+ENDPOINT = os.environ.get("LOCALSTACK_ENDPOINT", f"http://127.0.0.1:{os.environ.get('LOCALSTACK_PORT', '4566')}")
+REGION = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+PG_ADMIN_URL = os.environ.get("PG_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+BUILD_DIR = ROOT / ".aws-sam" / "localstack"
+ARTIFACT_BUCKET = "login-etl-local-artifacts"
+HOST_ARCH = "arm64" if platform.machine().lower() in ("aarch64", "arm64") else "x86_64"
+# LocalStack accepts any credentials; these never leave the machine.
+LOCAL_ENV = {
+    "AWS_ACCESS_KEY_ID": "test",
+    "AWS_SECRET_ACCESS_KEY": "test",
+    "AWS_DEFAULT_REGION": REGION,
+    "AWS_ENDPOINT_URL": ENDPOINT,
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "SAM_CLI_TELEMETRY": "0",
+}
+# Redeliveries within seconds instead of minutes (see VisibilityTimeoutSeconds).
+LOCAL_VISIBILITY_TIMEOUT = 5
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def client(service: str):
+    return boto3.client(
+        service,
+        endpoint_url=ENDPOINT,
+        region_name=REGION,
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        config=Config(retries={"max_attempts": 3}, connect_timeout=5, read_timeout=60),
+    )
+
+
+# -- PostgreSQL (psql, the client every PostgreSQL install has) ---------------
+
+
+def db_url(dbname: str) -> str:
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + dbname
+
+
+def psql(url: str, sql: str) -> list[list[str]]:
+    """Rows of `sql` as lists of strings (unaligned, tab-separated)."""
+    out = subprocess.run(
+        ["psql", url, "-qAtX", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-c", sql],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return [line.split("\t") for line in out.splitlines()]
+
+
+def create_database(dbname: str) -> None:
+    if not psql(PG_ADMIN_URL, f"SELECT 1 FROM pg_database WHERE datname = '{dbname}'"):
+        psql(PG_ADMIN_URL, f'CREATE DATABASE "{dbname}"')
+
+
+def drop_database(dbname: str) -> None:
+    psql(PG_ADMIN_URL, f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+def row_count(dbname: str) -> int:
+    rows = psql(db_url(dbname), "SELECT count(*) FROM user_logins WHERE to_regclass('user_logins') IS NOT NULL")
+    return int(rows[0][0]) if rows else 0
+
+
+def table_exists(dbname: str) -> bool:
+    return psql(db_url(dbname), "SELECT to_regclass('user_logins') IS NOT NULL")[0][0] == "t"
+
+
+# -- build and deploy ---------------------------------------------------------
+
+
+def sam(*args: str) -> None:
+    env = {**os.environ, **LOCAL_ENV}
+    subprocess.run(["sam", *args], cwd=ROOT, env=env, check=True)
+
+
+def build() -> None:
+    """`sam build` of template.yaml for this host's CPU into .aws-sam/localstack."""
+    say(f"==> sam build (Architecture={HOST_ARCH}, the host's CPU: the host executor runs the bootstrap natively)")
+    sam(
+        "build",
+        "--template", "template.yaml",
+        "--build-dir", str(BUILD_DIR),
+        "--parameter-overrides", f"Architecture={HOST_ARCH}",
+    )  # fmt: skip
+
+
+def put_db_secret(stack: str, dbname: str) -> str:
+    """An RDS-style secret pointing at the local PostgreSQL; returns its ARN."""
+    sm = client("secretsmanager")
+    name = f"{stack}/db"
+    # Trust auth on 127.0.0.1 ignores the password; the function still needs one.
+    value = json.dumps(
+        {"engine": "postgres", "username": "postgres", "password": "postgres",
+         "host": "127.0.0.1", "port": 5432, "dbname": dbname}
+    )  # fmt: skip
+    try:
+        return sm.create_secret(Name=name, SecretString=value)["ARN"]
+    except sm.exceptions.ResourceExistsException:
+        sm.put_secret_value(SecretId=name, SecretString=value)
+        return sm.describe_secret(SecretId=name)["ARN"]
+
+
+@dataclass
+class Stack:
+    """What a deployed stack gives the driver (the template's outputs)."""
+
+    name: str
+    dbname: str
+    queue_url: str
+    dlq_url: str
+    function_name: str
+    masking_key_secret_arn: str
+    max_receive_count: int
+    fifo: bool
+
+
+def deploy(stack: str, dbname: str, *, fifo: bool = False, batch_size: int = 25) -> Stack:
+    """Deploy the built template as `stack`, its DB secret pointing at a fresh
+    database `dbname`.
+
+    LocalStack's community CloudFormation creates stacks but cannot update them
+    (CreateChangeSet on an existing stack is not emulated), so an existing stack
+    is deleted first. That makes a new masking key, so the database starts
+    empty too: tokens under two keys in one table would not compare."""
+    if stack_exists(stack):
+        say(f"==> deleting the previous {stack} (LocalStack cannot update a stack) and its database {dbname}")
+        delete_stack(stack)
+    drop_database(dbname)
+    create_database(dbname)
+    s3 = client("s3")
+    try:
+        s3.create_bucket(Bucket=ARTIFACT_BUCKET)
+    except (s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
+        pass
+    secret_arn = put_db_secret(stack, dbname)
+    max_receive = 5
+    params = {
+        "DbSecretArn": secret_arn,
+        "DbSslMode": "disable",  # the local server has no TLS; production uses verify-full
+        "RunMigrations": "true",
+        "Architecture": HOST_ARCH,
+        "QueueType": "fifo" if fifo else "standard",
+        "BatchSize": str(min(batch_size, 10) if fifo else batch_size),
+        "MaximumBatchingWindowInSeconds": "1",
+        "VisibilityTimeoutSeconds": str(LOCAL_VISIBILITY_TIMEOUT),
+        "MaxReceiveCount": str(max_receive),
+    }
+    say(f"==> sam deploy {stack} into LocalStack ({ENDPOINT}), database {dbname}")
+    sam(
+        "deploy",
+        "--template-file", str(BUILD_DIR / "template.yaml"),
+        "--stack-name", stack,
+        "--s3-bucket", ARTIFACT_BUCKET,
+        "--s3-prefix", stack,
+        "--capabilities", "CAPABILITY_IAM",
+        "--no-confirm-changeset",
+        "--no-fail-on-empty-changeset",
+        "--region", REGION,
+        "--parameter-overrides", *[f"{k}={v}" for k, v in params.items()],
+    )  # fmt: skip
+    outputs = {
+        o["OutputKey"]: o["OutputValue"]
+        for o in client("cloudformation").describe_stacks(StackName=stack)["Stacks"][0]["Outputs"]
+    }
+    s = Stack(
+        name=stack,
+        dbname=dbname,
+        queue_url=outputs["QueueUrl"],
+        dlq_url=outputs["DeadLetterQueueUrl"],
+        function_name=outputs["FunctionName"],
+        masking_key_secret_arn=outputs["MaskingKeySecretArn"],
+        max_receive_count=max_receive,
+        fifo=fifo,
+    )
+    wait_function_active(s.function_name)
+    return s
+
+
+def wait_function_active(name: str, timeout: float = 60) -> None:
+    lam = client("lambda")
+    deadline = time.monotonic() + timeout
+    while True:
+        cfg = lam.get_function(FunctionName=name)["Configuration"]
+        if cfg["State"] == "Active":
+            return
+        if cfg["State"] == "Failed":
+            raise RuntimeError(f"function {name} failed to deploy: {cfg.get('StateReason')}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"function {name} not Active after {timeout}s (state {cfg['State']})")
+        time.sleep(0.5)
+
+
+def stack_exists(stack: str) -> bool:
+    cf = client("cloudformation")
+    try:
+        status = cf.describe_stacks(StackName=stack)["Stacks"][0]["StackStatus"]
+    except cf.exceptions.ClientError:
+        return False
+    return status != "DELETE_COMPLETE"
+
+
+def delete_stack(stack: str, timeout: float = 120) -> None:
+    cf = client("cloudformation")
+    cf.delete_stack(StackName=stack)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = cf.describe_stacks(StackName=stack)["Stacks"][0]["StackStatus"]
+        except cf.exceptions.ClientError:
+            break
+        if status in ("DELETE_COMPLETE", "DELETE_FAILED"):
+            break
+        time.sleep(1)
+    try:
+        client("secretsmanager").delete_secret(SecretId=f"{stack}/db", ForceDeleteWithoutRecovery=True)
+    except Exception:
+        pass
+
+
+# -- messages -----------------------------------------------------------------
+
+
+@dataclass
+class Message:
+    """One message to send: its body and what the function must do with it."""
+
+    body: str
+    expect: str  # "insert" or "reject:<code>"
+    group: str | None = None
+    message_id: str | None = None  # set once sent
+
+    @property
+    def valid(self) -> bool:
+        return self.expect == "insert"
+
+
+def generate(count: int, invalid_every: int, seed: int) -> list[Message]:
+    """Login messages from the project's own generator (examples/gen_events.rs):
+    the quirks of real traffic (null locales, three version shapes, IPv6,
+    multicast and loopback addresses) plus every kind of invalid message."""
+    out = subprocess.run(
+        ["cargo", "run", "--quiet", "--example", "gen_events", "--",
+         "--count", str(count), "--invalid-every", str(invalid_every), "--seed", str(seed)],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    messages = []
+    for record in json.loads(out)["Records"]:
+        body = record["body"]
+        # SQS refuses an empty body; a blank one is the nearest thing it carries.
+        messages.append(Message(body=body or " ", expect=record["messageAttributes"]["expect"]["stringValue"]))
+    return messages
+
+
+def send(stack: Stack, messages: list[Message]) -> None:
+    """SendMessageBatch in tens; records each message's SQS MessageId."""
+    sqs = client("sqs")
+    for start in range(0, len(messages), 10):
+        chunk = messages[start : start + 10]
+        entries = []
+        for i, m in enumerate(chunk):
+            entry = {"Id": str(i), "MessageBody": m.body}
+            if stack.fifo:
+                entry["MessageGroupId"] = m.group or "default"
+            entries.append(entry)
+        resp = sqs.send_message_batch(QueueUrl=stack.queue_url, Entries=entries)
+        if resp.get("Failed"):
+            raise RuntimeError(f"SQS refused messages: {resp['Failed']}")
+        for ok in resp["Successful"]:
+            chunk[int(ok["Id"])].message_id = ok["MessageId"]
+
+
+def queue_depth(queue_url: str) -> tuple[int, int]:
+    """(visible, in flight) messages of a queue."""
+    attrs = client("sqs").get_queue_attributes(
+        QueueUrl=queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+def wait_drained(stack: Stack, expected_rows: int, expected_dead: int, timeout: float = 240) -> float:
+    """Wait, with a progress line, until the source queue is empty and the rows
+    and dead letters have arrived. Returns the seconds it took."""
+    started = time.monotonic()
+    total = expected_rows + expected_dead
+    tty = sys.stdout.isatty()
+    last = ""
+    while True:
+        visible, in_flight = queue_depth(stack.queue_url)
+        rows = row_count(stack.dbname) if table_exists(stack.dbname) else 0
+        dead = sum(queue_depth(stack.dlq_url))
+        elapsed = time.monotonic() - started
+        done = rows + dead
+        width = 30
+        filled = min(width, width * done // max(total, 1))
+        line = (
+            f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} settled: "
+            f"{rows} rows, {dead} in DLQ | queue: {visible} waiting, {in_flight} in flight | {elapsed:4.0f}s"
+        )
+        if tty:
+            print("\r" + line, end="", flush=True)
+        elif line.split("|")[0] != last:  # CI logs: one line per change
+            print(line, flush=True)
+            last = line.split("|")[0]
+        if visible == 0 and in_flight == 0 and rows >= expected_rows and dead >= expected_dead:
+            if tty:
+                print()
+            return elapsed
+        if elapsed > timeout:
+            if tty:
+                print()
+            raise TimeoutError(
+                f"queue not drained after {timeout:.0f}s: {rows}/{expected_rows} rows, "
+                f"{dead}/{expected_dead} dead letters, {visible} waiting, {in_flight} in flight. "
+                f"LocalStack's log: .localstack/localstack.log"
+            )
+        time.sleep(1)
+
+
+def dead_letters(stack: Stack) -> list[dict]:
+    """Every message in the DLQ (received with a short visibility, so they stay there)."""
+    sqs = client("sqs")
+    seen: dict[str, dict] = {}
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        resp = sqs.receive_message(
+            QueueUrl=stack.dlq_url,
+            MaxNumberOfMessages=10,
+            VisibilityTimeout=30,
+            WaitTimeSeconds=1,
+            AttributeNames=["All"],
+        )
+        batch = resp.get("Messages", [])
+        if not batch:
+            break
+        for m in batch:
+            seen[m["MessageId"]] = m
+    # Let them show again at once for whoever looks next (awslocal, the demo).
+    for m in seen.values():
+        sqs.change_message_visibility(QueueUrl=stack.dlq_url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0)
+    return list(seen.values())
+
+
+def rejection_codes(stack: Stack) -> dict[str, str]:
+    """message id -> rejection code, from the function's log lines in CloudWatch Logs."""
+    logs = client("logs")
+    group = f"/aws/lambda/{stack.function_name}"
+    codes: dict[str, str] = {}
+    kwargs = {"logGroupName": group}
+    try:
+        while True:
+            page = logs.filter_log_events(**kwargs)
+            for event in page.get("events", []):
+                try:
+                    line = json.loads(event["message"])
+                except ValueError:
+                    continue
+                fields = line.get("fields", line)
+                if fields.get("message") == "record rejected":
+                    codes[fields["message_id"]] = fields["code"]
+            if not page.get("nextToken"):
+                break
+            kwargs["nextToken"] = page["nextToken"]
+    except logs.exceptions.ResourceNotFoundException:
+        pass
+    return codes
+
+
+def masking_key(stack: Stack) -> bytes:
+    """The key the template generated, read back from LocalStack's Secrets Manager."""
+    return bytes.fromhex(client("secretsmanager").get_secret_value(SecretId=stack.masking_key_secret_arn)["SecretString"])
+
+
+def canonical_ip(text: str) -> str:
+    """The address as Rust's IpAddr Display prints it (the contract of masked_ip)."""
+    addr = ipaddress.ip_address(text.strip())
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return f"::ffff:{addr.ipv4_mapped}"
+    return addr.compressed
+
+
+def token(key: bytes, value: str) -> str:
+    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
+
+
+# -- the demo -----------------------------------------------------------------
+
+
+def demo(args: argparse.Namespace) -> None:
+    started = time.monotonic()
+    step = lambda n, text: say(f"\n\033[1m[{n}/6] {text}\033[0m")  # noqa: E731
+    step(1, "building the function with sam build")
+    build()
+    step(2, "deploying template.yaml into LocalStack")
+    stack = deploy(args.stack, args.database, batch_size=args.batch_size)
+    say(f"    queue {stack.queue_url}\n    DLQ   {stack.dlq_url}\n    function {stack.function_name}")
+    before = row_count(stack.dbname) if table_exists(stack.dbname) else 0
+    dead_before = sum(queue_depth(stack.dlq_url))
+    step(3, f"sending {args.count} login messages (every {args.invalid_every}th is not a valid login)")
+    messages = generate(args.count, args.invalid_every, seed=args.seed or random.randrange(1 << 30))
+    send(stack, messages)
+    valid = sum(m.valid for m in messages)
+    say(f"    sent {len(messages)}: {valid} valid, {len(messages) - valid} invalid")
+    step(4, "waiting for the event-source mapping to drain the queue (invalid ones need "
+            f"{stack.max_receive_count} receives, {LOCAL_VISIBILITY_TIMEOUT} s apart, before the DLQ)")  # fmt: skip
+    took = wait_drained(stack, before + valid, dead_before + len(messages) - valid)
+    say(f"    drained in {took:.1f} s")
+    step(5, "rows in user_logins (masked; a sample)")
+    subprocess.run(
+        ["psql", db_url(stack.dbname), "-P", "pager=off", "-c",
+         "SELECT left(message_id, 8) AS msg, left(user_id, 8) AS user_id, device_type, "
+         "left(masked_ip, 12) || '…' AS masked_ip, left(masked_device_id, 12) || '…' AS masked_device_id, "
+         "locale, app_version, app_version_text, create_date FROM user_logins ORDER BY ctid DESC LIMIT 10"],
+        check=True,
+    )  # fmt: skip
+    subprocess.run(
+        ["psql", db_url(stack.dbname), "-P", "pager=off", "-c",
+         "SELECT count(*) AS rows, count(DISTINCT message_id) AS messages, count(DISTINCT masked_ip) AS distinct_ips, "
+         "count(*) FILTER (WHERE locale IS NULL) AS null_locales FROM user_logins"],
+        check=True,
+    )  # fmt: skip
+    step(6, "dead-letter queue, with each message's rejection reason from the function's logs")
+    codes = rejection_codes(stack)
+    dlq = dead_letters(stack)
+    for m in sorted(dlq, key=lambda m: codes.get(m["MessageId"], "")):
+        receives = m.get("Attributes", {}).get("ApproximateReceiveCount", "?")
+        body = m["Body"] if len(m["Body"]) <= 60 else m["Body"][:57] + "..."
+        say(f"    {m['MessageId'][:8]}  receives={receives:>2}  {codes.get(m['MessageId'], '(no log line)'):<32} {body!r}")
+    say(f"    {len(dlq)} messages in the DLQ")
+    say(f"\ndemo done in {time.monotonic() - started:.0f} s. LocalStack keeps running for exploration:")
+    say(f"    awslocal sqs receive-message --queue-url {stack.dlq_url} --attribute-names All")
+    say(f"    psql {db_url(stack.dbname)}")
+    say("    (README, section LocalStack, lists more). Stop it with: make down")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="build, deploy, send, drain, report")
+    d.add_argument("--stack", default="login-etl-local")
+    d.add_argument("--database", default="login_etl_localstack")
+    d.add_argument("--count", type=int, default=120)
+    d.add_argument("--invalid-every", type=int, default=10)
+    d.add_argument("--batch-size", type=int, default=25)
+    d.add_argument("--seed", type=int, default=0, help="0: a random seed")
+    args = parser.parse_args()
+    try:
+        demo(args)
+    except (subprocess.CalledProcessError, RuntimeError, TimeoutError) as e:
+        sys.exit(f"\nerror: {e}\nLocalStack is still running (make down stops it); its log: .localstack/localstack.log")
+
+
+if __name__ == "__main__":
+    main()
