@@ -1,7 +1,8 @@
 # login-etl: every task a newcomer needs. `make help` lists them.
 # The Makefile installs what it needs into a project venv (.venv): cargo-lambda
 # (and zig), moto (Secrets Manager for tests), AWS SAM CLI and cfn-lint, pytest;
-# plus the arm64 Rust target, clippy and rustfmt.
+# plus the arm64 Rust target, clippy and rustfmt. LocalStack gets a venv of its
+# own (.venv-localstack: its pins conflict with SAM's), with our host executor.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -14,7 +15,12 @@ PYTHON        ?= python3
 PIP_PACKAGES  := cargo-lambda==1.9.2 moto[server]==5.2.5 aws-sam-cli==1.170.0 pytest==9.2.0
 VENV_STAMP    := $(VENV)/.installed-$(shell echo '$(PIP_PACKAGES)' | sha1sum | cut -c1-12)
 CARGO_LAMBDA  := $(abspath $(VENV))/bin/cargo-lambda
-export PATH   := $(abspath $(VENV))/bin:$(PATH)
+# LocalStack 4.13.1 is the last release for Python 3.11; the other pins keep
+# its dependencies on versions that work with it (../shared/design.md section 5).
+LS_VENV       ?= .venv-localstack
+LS_PACKAGES   := localstack-core[runtime]==4.13.1 cbor2==5.9.0 pyopenssl==25.3.0 localstack-twisted==25.5.0 awscli-local==0.23.0 awscli==1.44.24 pytest==9.2.0
+LS_STAMP      := $(LS_VENV)/.installed-$(shell cat localstack/host_executor/pyproject.toml localstack/host_executor/login_etl_host_executor.py | sha1sum | cut -c1-8)-$(shell echo '$(LS_PACKAGES)' | sha1sum | cut -c1-8)
+export PATH   := $(abspath $(VENV))/bin:$(PATH):$(abspath $(LS_VENV))/bin
 # SAM and cfn-lint work offline with these (otherwise they probe the network).
 export AWS_DEFAULT_REGION ?= us-east-1
 export AWS_EC2_METADATA_DISABLED := true
@@ -35,10 +41,10 @@ KEY_FILE      ?= .local/masking.key
 PORT          ?= 9000
 EVENT         ?= events/sqs-mixed.json
 
-.PHONY: help tools test lint fmt build validate sam-build deploy migrate watch invoke demo events-large fuzz bench clean
+.PHONY: help tools localstack-tools up down e2e test lint fmt build validate sam-build deploy migrate watch invoke demo demo-watch events-large fuzz bench clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
 
 $(VENV_STAMP):
 	@echo "==> installing $(PIP_PACKAGES) into $(VENV)"
@@ -50,14 +56,41 @@ tools: $(VENV_STAMP) ## install the Python tools (venv), the arm64 target, clipp
 	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
 	rustup target list --installed | grep -q aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
 
+$(LS_STAMP):
+	@echo "==> installing LocalStack and the host executor into $(LS_VENV)"
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install --quiet --disable-pip-version-check $(foreach p,$(LS_PACKAGES),'$(p)')
+	# The one fix LocalStack 4.13.1 needs on Python 3.11 (a PEP 604 annotation evaluated at import).
+	f=$$(echo $(LS_VENV)/lib/python3*/site-packages/localstack/packages/api.py)
+	grep -q '^from __future__ import annotations' "$$f" || sed -i '1i from __future__ import annotations' "$$f"
+	$(LS_VENV)/bin/pip install --quiet --disable-pip-version-check --force-reinstall --no-deps ./localstack/host_executor
+	rm -f $(LS_VENV)/.installed-* && touch $@
+
+localstack-tools: $(LS_STAMP) ## install LocalStack (no Docker) and its host executor into .venv-localstack
+
+up: localstack-tools ## start LocalStack on 127.0.0.1:4566 (no Docker; bootstraps run as host processes)
+	localstack/up.sh
+
+down: ## stop LocalStack (by PID) and the functions it runs
+	localstack/down.sh
+
 $(KEY_FILE):
 	@mkdir -p $(dir $(KEY_FILE)) && umask 077 && openssl rand -hex 32 > $(KEY_FILE)
 	echo "==> generated a local masking key in $(KEY_FILE)"
 
-test: tools validate ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo-lambda end to end) and the template
+test: tools validate ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambda), the template, LocalStack end to end
 	@pg_isready -d "$(PG_ADMIN_URL)" -q || { echo "PostgreSQL is not reachable at $(PG_ADMIN_URL): start it (see README) or set PG_ADMIN_URL"; exit 1; }
 	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" CARGO_LAMBDA="$(CARGO_LAMBDA)" MOTO_SERVER="$(abspath $(VENV))/bin/moto_server" \
 	  cargo test --all-targets --no-fail-fast -- --include-ignored
+	$(MAKE) --no-print-directory e2e
+
+e2e: tools localstack-tools ## LocalStack end to end: deploy template.yaml, SQS -> ESM -> function -> PostgreSQL, DLQ, FIFO
+	@pg_isready -d "$(PG_ADMIN_URL)" -q || { echo "PostgreSQL is not reachable at $(PG_ADMIN_URL)"; exit 1; }
+	started=$$(date +%s)
+	# The host executor on its own (scripted bootstrap), then the whole flow.
+	(cd localstack/host_executor && $(abspath $(LS_VENV))/bin/python -m pytest -q -p no:cacheprovider test_host_executor.py)
+	PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python -m pytest -q -s tests/test_localstack_e2e.py
+	echo "make e2e: $$(( $$(date +%s) - started )) s wall"
 
 validate: tools ## sam validate --lint, cfn-lint, and the template's own assertions (tests/test_template.py)
 	sam validate --lint --template template.yaml
@@ -117,7 +150,11 @@ events-large: ## write a 10,000-record batch to target/events/sqs-10000.json
 	cargo run --quiet --example gen_events -- --count 10000 --invalid-every 25 > target/events/sqs-10000.json
 	ls -l target/events/sqs-10000.json
 
-demo: tools $(KEY_FILE) ## build, migrate, run the function under cargo lambda watch, invoke every event, show the rows
+demo: tools up ## the main job: deploy to LocalStack, send 120 logins, watch the queue drain, show rows and DLQ
+	@pg_isready -d "$(PG_ADMIN_URL)" -q || { echo "PostgreSQL is not reachable at $(PG_ADMIN_URL): start it (see README) or set PG_ADMIN_URL"; exit 1; }
+	PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python localstack/stack.py demo
+
+demo-watch: tools $(KEY_FILE) ## without LocalStack: the function under cargo lambda watch, invoked with every events/ file
 	@step() { printf '\n\033[1m[%s/7] %s\033[0m\n' "$$1" "$$2"; }
 	step 1 "building the function"
 	cargo build --quiet --bin login-etl --example gen_events
@@ -159,6 +196,6 @@ demo: tools $(KEY_FILE) ## build, migrate, run the function under cargo lambda w
 	echo "rows before: $$a, after: $$b"; test "$$a" = "$$b"
 	echo; echo "demo done. Inspect with: psql $(DATABASE_URL)"
 
-clean: ## remove build output and the venv
+clean: down ## stop LocalStack, remove build output, the venvs and LocalStack's state
 	cargo clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(LS_VENV) .localstack .aws-sam

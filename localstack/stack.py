@@ -56,6 +56,16 @@ def say(msg: str) -> None:
     print(msg, flush=True)
 
 
+def localstack_running() -> bool:
+    """Whether the LocalStack of localstack/up.sh runs (its pid file names a live process)."""
+    pidfile = ROOT / os.environ.get("LOCALSTACK_STATE", ".localstack") / "localstack.pid"
+    try:
+        os.kill(int(pidfile.read_text().strip()), 0)
+        return True
+    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        return False
+
+
 def client(service: str):
     return boto3.client(
         service,
@@ -316,10 +326,20 @@ def queue_depth(queue_url: str) -> tuple[int, int]:
     return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
 
 
-def wait_drained(stack: Stack, expected_rows: int, expected_dead: int, timeout: float = 240) -> float:
+@dataclass
+class Drain:
+    """Seconds from the start of the wait until every row was in, and until the
+    queue was empty with every dead letter in the DLQ."""
+
+    rows_s: float
+    total_s: float
+
+
+def wait_drained(stack: Stack, expected_rows: int, expected_dead: int, timeout: float = 240) -> Drain:
     """Wait, with a progress line, until the source queue is empty and the rows
-    and dead letters have arrived. Returns the seconds it took."""
+    and dead letters have arrived."""
     started = time.monotonic()
+    rows_s = None
     total = expected_rows + expected_dead
     tty = sys.stdout.isatty()
     last = ""
@@ -329,6 +349,8 @@ def wait_drained(stack: Stack, expected_rows: int, expected_dead: int, timeout: 
         dead = sum(queue_depth(stack.dlq_url))
         elapsed = time.monotonic() - started
         done = rows + dead
+        if rows_s is None and rows >= expected_rows:
+            rows_s = elapsed
         width = 30
         filled = min(width, width * done // max(total, 1))
         line = (
@@ -343,7 +365,7 @@ def wait_drained(stack: Stack, expected_rows: int, expected_dead: int, timeout: 
         if visible == 0 and in_flight == 0 and rows >= expected_rows and dead >= expected_dead:
             if tty:
                 print()
-            return elapsed
+            return Drain(rows_s=rows_s if rows_s is not None else elapsed, total_s=elapsed)
         if elapsed > timeout:
             if tty:
                 print()
@@ -379,29 +401,62 @@ def dead_letters(stack: Stack) -> list[dict]:
     return list(seen.values())
 
 
-def rejection_codes(stack: Stack) -> dict[str, str]:
-    """message id -> rejection code, from the function's log lines in CloudWatch Logs."""
+def log_lines(stack: Stack) -> list[str]:
+    """The function's log lines, from LocalStack's CloudWatch Logs."""
     logs = client("logs")
-    group = f"/aws/lambda/{stack.function_name}"
-    codes: dict[str, str] = {}
-    kwargs = {"logGroupName": group}
+    kwargs = {"logGroupName": f"/aws/lambda/{stack.function_name}"}
+    lines = []
     try:
         while True:
             page = logs.filter_log_events(**kwargs)
-            for event in page.get("events", []):
-                try:
-                    line = json.loads(event["message"])
-                except ValueError:
-                    continue
-                fields = line.get("fields", line)
-                if fields.get("message") == "record rejected":
-                    codes[fields["message_id"]] = fields["code"]
+            lines.extend(e["message"] for e in page.get("events", []))
             if not page.get("nextToken"):
-                break
+                return lines
             kwargs["nextToken"] = page["nextToken"]
     except logs.exceptions.ResourceNotFoundException:
-        pass
+        return lines
+
+
+def rejection_codes(stack: Stack) -> dict[str, str]:
+    """message id -> rejection code, from the function's `record rejected` log lines."""
+    codes: dict[str, str] = {}
+    for text in log_lines(stack):
+        try:
+            line = json.loads(text)
+        except ValueError:
+            continue
+        fields = line.get("fields", line) if isinstance(line, dict) else {}
+        if fields.get("message") == "record rejected":
+            codes[fields["message_id"]] = fields["code"]
     return codes
+
+
+def invoke_with(stack: Stack, messages: list[Message]) -> dict:
+    """Invoke the deployed function through LocalStack with an SQS event of
+    `messages` under their own MessageIds, as SQS redelivers them."""
+    arn = client("sqs").get_queue_attributes(QueueUrl=stack.queue_url, AttributeNames=["QueueArn"])
+    arn = arn["Attributes"]["QueueArn"]
+    now = str(int(time.time() * 1000))
+    records = [
+        {
+            "messageId": m.message_id,
+            "receiptHandle": f"replay-{m.message_id}",
+            "body": m.body,
+            "attributes": {"ApproximateReceiveCount": "2", "SentTimestamp": now, "SenderId": "replay",
+                           "ApproximateFirstReceiveTimestamp": now},
+            "messageAttributes": {},
+            "md5OfBody": hashlib.md5(m.body.encode()).hexdigest(),
+            "eventSource": "aws:sqs",
+            "eventSourceARN": arn,
+            "awsRegion": REGION,
+        }
+        for m in messages
+    ]  # fmt: skip
+    resp = client("lambda").invoke(FunctionName=stack.function_name, Payload=json.dumps({"Records": records}))
+    payload = json.loads(resp["Payload"].read())
+    if resp.get("FunctionError"):
+        raise RuntimeError(f"the function failed: {payload}")
+    return payload
 
 
 def masking_key(stack: Stack) -> bytes:
@@ -427,7 +482,7 @@ def token(key: bytes, value: str) -> str:
 def demo(args: argparse.Namespace) -> None:
     started = time.monotonic()
     step = lambda n, text: say(f"\n\033[1m[{n}/6] {text}\033[0m")  # noqa: E731
-    step(1, "building the function with sam build")
+    step(1, "building the function with sam build (the first build takes a few minutes)")
     build()
     step(2, "deploying template.yaml into LocalStack")
     stack = deploy(args.stack, args.database, batch_size=args.batch_size)
@@ -442,7 +497,8 @@ def demo(args: argparse.Namespace) -> None:
     step(4, "waiting for the event-source mapping to drain the queue (invalid ones need "
             f"{stack.max_receive_count} receives, {LOCAL_VISIBILITY_TIMEOUT} s apart, before the DLQ)")  # fmt: skip
     took = wait_drained(stack, before + valid, dead_before + len(messages) - valid)
-    say(f"    drained in {took:.1f} s")
+    say(f"    all {valid} valid messages in PostgreSQL after {took.rows_s:.1f} s; "
+        f"queue drained, {len(messages) - valid} invalid ones in the DLQ, after {took.total_s:.1f} s")
     step(5, "rows in user_logins (masked; a sample)")
     subprocess.run(
         ["psql", db_url(stack.dbname), "-P", "pager=off", "-c",
@@ -460,12 +516,16 @@ def demo(args: argparse.Namespace) -> None:
     step(6, "dead-letter queue, with each message's rejection reason from the function's logs")
     codes = rejection_codes(stack)
     dlq = dead_letters(stack)
+    # Bodies are not printed: a rejected message may still carry an IP or a device id.
+    say(f"    {'message id':<38} {'receives*':>9}  {'bytes':>5}  rejection reason (from the logs)")
     for m in sorted(dlq, key=lambda m: codes.get(m["MessageId"], "")):
         receives = m.get("Attributes", {}).get("ApproximateReceiveCount", "?")
-        body = m["Body"] if len(m["Body"]) <= 60 else m["Body"][:57] + "..."
-        say(f"    {m['MessageId'][:8]}  receives={receives:>2}  {codes.get(m['MessageId'], '(no log line)'):<32} {body!r}")
+        reason = codes.get(m["MessageId"], "(no log line: see the function's log group)")
+        say(f"    {m['MessageId']:<38} {receives:>9}  {len(m['Body'].encode()):>5}  {reason}")
+    say("    * ApproximateReceiveCount, including the read that listed it here")
     say(f"    {len(dlq)} messages in the DLQ")
     say(f"\ndemo done in {time.monotonic() - started:.0f} s. LocalStack keeps running for exploration:")
+    say("    export PATH=$PWD/.venv-localstack/bin:$PATH AWS_DEFAULT_REGION=us-east-1 DISABLE_DEPRECATION_NOTICE=1")
     say(f"    awslocal sqs receive-message --queue-url {stack.dlq_url} --attribute-names All")
     say(f"    psql {db_url(stack.dbname)}")
     say("    (README, section LocalStack, lists more). Stop it with: make down")

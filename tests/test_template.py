@@ -3,9 +3,11 @@ not check (it accepted `Runtime: provided.al2099` and a misspelled
 `ReportBatchItemFailure`). Run by `make test` with the venv's pytest."""
 
 import pathlib
+import re
 import string
 
 import pytest
+import yaml
 from cfnlint.decode import cfn_yaml
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -27,10 +29,12 @@ def fn(tpl):
     return fns["LoginEtlFunction"]
 
 
-def test_function_runtime_architecture_and_build(fn):
+def test_function_runtime_architecture_and_build(fn, tpl):
     p = fn["Properties"]
     assert p["Runtime"] == "provided.al2023"
-    assert p["Architectures"] == ["arm64"]
+    assert p["Architectures"] == [{"Ref": "Architecture"}]
+    arch = tpl["Parameters"]["Architecture"]
+    assert arch["Default"] == "arm64" and sorted(arch["AllowedValues"]) == ["arm64", "x86_64"]
     assert p["Handler"] == "bootstrap"
     assert fn["Metadata"]["BuildMethod"] == "rust-cargolambda"
     assert fn["Metadata"]["BuildProperties"]["Binary"] == "login-etl"
@@ -46,7 +50,10 @@ def test_sqs_event_reports_batch_item_failures(fn, tpl):
     assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert props["Queue"] == {"Fn::GetAtt": ["LoginQueue", "Arn"]}
     assert props["BatchSize"] == {"Ref": "BatchSize"}
-    assert props["MaximumBatchingWindowInSeconds"] == {"Ref": "MaximumBatchingWindowInSeconds"}
+    # FIFO event sources take no batching window.
+    assert props["MaximumBatchingWindowInSeconds"] == {
+        "Fn::If": ["IsFifo", {"Ref": "AWS::NoValue"}, {"Ref": "MaximumBatchingWindowInSeconds"}]
+    }
     assert props["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "MaximumConcurrency"}}
     params = tpl["Parameters"]
     assert 2 <= params["MaximumConcurrency"]["MinValue"] and params["MaximumConcurrency"]["MaxValue"] <= 1000
@@ -65,7 +72,16 @@ def test_queue_redrives_to_the_dlq(tpl):
 
 def test_visibility_timeout_is_at_least_six_function_timeouts(tpl):
     q = tpl["Resources"]["LoginQueue"]["Properties"]
-    assert q["VisibilityTimeout"] == {"Fn::FindInMap": ["VisibilityTimeout", {"Ref": "FunctionTimeout"}, "Seconds"]}
+    assert q["VisibilityTimeout"] == {
+        "Fn::If": [
+            "DeriveVisibilityTimeout",
+            {"Fn::FindInMap": ["VisibilityTimeout", {"Ref": "FunctionTimeout"}, "Seconds"]},
+            {"Ref": "VisibilityTimeoutSeconds"},
+        ]
+    }
+    # The override (for LocalStack tests) is off unless asked for.
+    assert tpl["Parameters"]["VisibilityTimeoutSeconds"]["Default"] == 0
+    assert tpl["Conditions"]["DeriveVisibilityTimeout"] == {"Fn::Equals": [{"Ref": "VisibilityTimeoutSeconds"}, 0]}
     mapping = tpl["Mappings"]["VisibilityTimeout"]
     window = tpl["Parameters"]["MaximumBatchingWindowInSeconds"]["MaxValue"]
     allowed = tpl["Parameters"]["FunctionTimeout"]["AllowedValues"]
@@ -127,3 +143,40 @@ def test_alarms_and_outputs(tpl):
     assert outputs["QueueUrl"]["Value"] == {"Ref": "LoginQueue"}
     assert outputs["DeadLetterQueueUrl"]["Value"] == {"Ref": "LoginDeadLetterQueue"}
     assert outputs["FunctionName"]["Value"] == {"Ref": "LoginEtlFunction"}
+
+
+def test_fifo_queue_type_makes_both_queues_fifo(tpl):
+    assert tpl["Parameters"]["QueueType"]["Default"] == "standard"
+    assert tpl["Conditions"]["IsFifo"] == {"Fn::Equals": [{"Ref": "QueueType"}, "fifo"]}
+    fifo = {"Fn::If": ["IsFifo", True, {"Ref": "AWS::NoValue"}]}
+    assert tpl["Resources"]["LoginQueue"]["Properties"]["FifoQueue"] == fifo
+    assert tpl["Resources"]["LoginDeadLetterQueue"]["Properties"]["FifoQueue"] == fifo
+
+
+def _overrides_in_hook():
+    hook = (ROOT / "localstack" / "init" / "ready.d" / "10-deploy-login-etl.sh").read_text()
+    return set(re.findall(r"\b([A-Z][A-Za-z]+)=", hook.split("--parameter-overrides", 1)[1].split("describe-stacks", 1)[0]))
+
+
+def test_local_deploys_pass_only_parameters_the_template_has(tpl):
+    params = set(tpl["Parameters"])
+    hook = _overrides_in_hook()
+    assert {"DbSecretArn", "DbSslMode", "RunMigrations"} <= hook <= params
+    stack_py = (ROOT / "localstack" / "stack.py").read_text()
+    block = stack_py.split("params = {", 1)[1].split("}", 1)[0]
+    used = set(re.findall(r'"([A-Za-z]+)":', block))
+    assert {"DbSecretArn", "Architecture", "QueueType", "VisibilityTimeoutSeconds"} <= used <= params
+
+
+def test_docker_compose_runs_localstack_and_postgres_with_the_hook():
+    compose = yaml.safe_load((ROOT / "localstack" / "docker-compose.yml").read_text())
+    ls, pg = compose["services"]["localstack"], compose["services"]["postgres"]
+    assert ls["image"].startswith("localstack/localstack:")
+    assert "./init/ready.d:/etc/localstack/init/ready.d:ro" in ls["volumes"]
+    assert "/var/run/docker.sock:/var/run/docker.sock" in ls["volumes"]
+    assert ls["environment"]["LAMBDA_DOCKER_NETWORK"] == compose["networks"]["default"]["name"]
+    assert {"sqs", "secretsmanager", "lambda", "cloudformation"} <= set(ls["environment"]["SERVICES"].split(","))
+    assert pg["environment"] == {"POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": "postgres", "POSTGRES_DB": "postgres"}
+    assert "127.0.0.1:5432:5432" in pg["ports"]
+    hook = ROOT / "localstack" / "init" / "ready.d" / "10-deploy-login-etl.sh"
+    assert hook.stat().st_mode & 0o111, "LocalStack runs only executable hooks"

@@ -1,0 +1,183 @@
+"""End to end through LocalStack: SQS -> LocalStack's event-source mapping ->
+the real bootstrap (run by localstack/host_executor) -> Secrets Manager ->
+PostgreSQL, with template.yaml deployed by `sam deploy`.
+
+Run by `make e2e` (part of `make test`). Starts LocalStack unless one of ours
+already runs, and stops what it started, also on failure. Each run deploys its
+own stacks and creates (and drops) its own databases.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "localstack"))
+import stack  # noqa: E402
+
+RUN = f"e2e{os.getpid()}"
+
+
+@pytest.fixture(scope="session")
+def localstack():
+    ours = not stack.localstack_running()
+    if ours:
+        subprocess.run([str(ROOT / "localstack" / "up.sh")], check=True, timeout=180)
+    try:
+        stack.build()
+        yield
+    finally:
+        if ours:
+            subprocess.run([str(ROOT / "localstack" / "down.sh")], check=False, timeout=60)
+
+
+def deployed(*, fifo: bool, batch_size: int) -> stack.Stack:
+    kind = "fifo" if fifo else "std"
+    return stack.deploy(f"login-etl-{RUN}-{kind}", f"login_etl_{RUN}_{kind}", fifo=fifo, batch_size=batch_size)
+
+
+@pytest.fixture(scope="session")
+def standard(localstack):
+    s = deployed(fifo=False, batch_size=25)
+    try:
+        yield s
+    finally:
+        stack.delete_stack(s.name)
+        stack.drop_database(s.dbname)
+
+
+@pytest.fixture(scope="session")
+def fifo(localstack):
+    s = deployed(fifo=True, batch_size=10)
+    try:
+        yield s
+    finally:
+        stack.delete_stack(s.name)
+        stack.drop_database(s.dbname)
+
+
+@pytest.fixture(scope="session")
+def drained(standard):
+    """120 realistic messages (every 10th invalid) sent and drained; timing printed."""
+    messages = stack.generate(120, 10, seed=4242)
+    sent_on = dt.datetime.now(dt.timezone.utc).date()
+    started = time.monotonic()
+    stack.send(standard, messages)
+    valid = [m for m in messages if m.valid]
+    took = stack.wait_drained(standard, len(valid), len(messages) - len(valid), timeout=240)
+    print(f"\n{len(valid)} valid messages in PostgreSQL after {took.rows_s:.1f} s; "
+          f"{len(messages)} messages drained (invalid ones in the DLQ) after {took.total_s:.1f} s; "
+          f"send + drain {time.monotonic() - started:.1f} s")  # fmt: skip
+    return messages, sent_on
+
+
+def rows(s: stack.Stack) -> dict[str, list[str]]:
+    out = stack.psql(
+        stack.db_url(s.dbname),
+        "SELECT message_id, user_id, device_type, masked_ip, masked_device_id, coalesce(locale, '<null>'), "
+        "app_version, app_version_text, create_date FROM user_logins",
+    )
+    return {r[0]: r[1:] for r in out}
+
+
+def app_version_number(text: str) -> int:
+    parts = [int(p) for p in text.split(".")] + [0, 0]
+    return parts[0] * 1_000_000 + parts[1] * 1_000 + parts[2]
+
+
+def test_every_valid_message_is_exactly_one_correctly_masked_row(standard, drained):
+    messages, sent_on = drained
+    key = stack.masking_key(standard)
+    assert len(key) >= 32
+    table = rows(standard)
+    valid = {m.message_id: json.loads(m.body) for m in messages if m.valid}
+    assert set(table) == set(valid), "one row per valid message, none for invalid ones"
+    count = stack.psql(stack.db_url(standard.dbname), "SELECT count(*) FROM user_logins")[0][0]
+    assert int(count) == len(valid)
+    for message_id, body in valid.items():
+        user_id, device_type, masked_ip, masked_device, locale, version, version_text, created = table[message_id]
+        assert user_id == body["user_id"]
+        assert device_type == body["device_type"]
+        assert masked_ip == stack.token(key, stack.canonical_ip(body["ip"])), message_id
+        assert masked_device == stack.token(key, body["device_id"].strip()), message_id
+        assert locale == (body["locale"] if body["locale"] is not None else "<null>")
+        assert version_text == body["app_version"]
+        assert int(version) == app_version_number(body["app_version"])
+        # SentTimestamp's UTC date (a run across midnight may see the next day).
+        assert created in (str(sent_on), str(sent_on + dt.timedelta(days=1)))
+
+
+def test_invalid_messages_end_in_the_dlq_after_max_receive_count(standard, drained):
+    messages, _ = drained
+    dlq = {m["MessageId"]: m for m in stack.dead_letters(standard)}
+    invalid = {m.message_id: m for m in messages if not m.valid}
+    assert set(dlq) == set(invalid), "exactly the invalid messages, no valid one"
+    for message_id, m in dlq.items():
+        assert m["Body"] == invalid[message_id].body
+        assert int(m["Attributes"]["ApproximateReceiveCount"]) >= standard.max_receive_count
+
+
+def test_rejection_reasons_are_logged_by_code_without_pii(standard, drained):
+    messages, _ = drained
+    codes = stack.rejection_codes(standard)
+    for m in messages:
+        if not m.valid:
+            assert codes.get(m.message_id) == m.expect.removeprefix("reject:"), m.message_id
+    log_text = "\n".join(stack.log_lines(standard))
+    assert "batch processed" in log_text
+    for m in messages:
+        if m.valid:
+            body = json.loads(m.body)
+            assert body["ip"] not in log_text and body["device_id"] not in log_text
+
+
+def test_redelivering_the_same_messages_adds_no_rows(standard, drained):
+    """SQS redelivers a message (same MessageId) when a delete is lost; replay
+    the valid ones to the deployed function through LocalStack's Invoke."""
+    messages, _ = drained
+    before = rows(standard)
+    valid = [m for m in messages if m.valid][:50]
+    response = stack.invoke_with(standard, valid)
+    assert response == {"batchItemFailures": []}
+    assert rows(standard) == before
+
+
+def test_fifo_keeps_order_within_each_group(fifo):
+    groups = ["alpha", "beta", "gamma"]
+    messages = [m for m in stack.generate(60, 0, seed=77)]
+    for i, m in enumerate(messages):
+        m.group = groups[i % len(groups)]
+    stack.send(fifo, messages)
+    stack.wait_drained(fifo, len(messages), 0, timeout=180)
+    inserted = [
+        r[0]
+        for r in stack.psql(
+            stack.db_url(fifo.dbname),
+            # Insertion order: transaction, then position within the statement.
+            "SELECT message_id FROM user_logins ORDER BY xmin::text::bigint, ctid",
+        )
+    ]
+    assert sorted(inserted) == sorted(m.message_id for m in messages)
+    for g in groups:
+        sent = [m.message_id for m in messages if m.group == g]
+        assert [i for i in inserted if i in set(sent)] == sent, f"group {g} out of order"
+
+    # The same bodies again: the FIFO queue deduplicates by content, no new rows.
+    stack.send(fifo, messages)
+    stack.wait_drained(fifo, len(messages), 0, timeout=60)
+    assert int(stack.psql(stack.db_url(fifo.dbname), "SELECT count(*) FROM user_logins")[0][0]) == len(messages)
+
+    # An invalid message stops at its own group and ends in the FIFO DLQ.
+    (bad,) = [m for m in stack.generate(2, 2, seed=1) if not m.valid]
+    bad.group = "alpha"
+    stack.send(fifo, [bad])
+    stack.wait_drained(fifo, len(messages), 1, timeout=120)
+    assert [m["MessageId"] for m in stack.dead_letters(fifo)] == [bad.message_id]
