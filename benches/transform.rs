@@ -14,10 +14,10 @@ const KEY: &str = "8f2c7e4a1b9d3f6e0a5c8b2d7f4e1a9c3b6d0f8e2a5c7b9d1f4e6a8c0b2d4
 fn transform(c: &mut Criterion) {
     let masker = Masker::new(&MaskingKey::from_hex(KEY, "bench").unwrap());
     let n = 10_000;
-    let event = synth::event(&Options {
+    let event = login_etl::SqsBatch::from(&synth::event(&Options {
         count: n,
         ..Options::default()
-    });
+    }));
     let today = NaiveDate::from_ymd_opt(2026, 11, 21).unwrap();
     let ids: Vec<&str> = event
         .records

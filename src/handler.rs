@@ -6,31 +6,14 @@ use std::time::Instant;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use chrono::Utc;
-use serde::{Deserialize, Deserializer};
 use tokio::sync::Mutex;
 use tracing::{info, trace, warn};
 
-use crate::error::HandlerError;
+use crate::error::{HandlerError, SinkError};
+use crate::event::SqsBatch;
 use crate::masking::Masker;
 use crate::record::{self, LoginRow, Rejection};
-use crate::sink::PgSink;
-
-/// The Lambda payload: an SQS batch event.
-///
-/// Wraps [`SqsEvent`] only to replace serde's error text, which can quote
-/// values from the payload, by a fixed message.
-#[derive(Debug, Clone, Default)]
-pub struct SqsBatch(pub SqsEvent);
-
-impl<'de> Deserialize<'de> for SqsBatch {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        SqsEvent::deserialize(d).map(SqsBatch).map_err(|_| {
-            serde::de::Error::custom(
-                "the payload is not an SQS batch event ({\"Records\": [...]} with string fields); invoke the function through an SQS event-source mapping or with a file from events/",
-            )
-        })
-    }
-}
+use crate::sink::{COPY_MIN_ROWS, InsertReport, PgSink};
 
 /// Counts of one invocation, also written as its summary log line.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -67,10 +50,16 @@ impl BatchHandler {
     }
 
     /// Handles one batch; returns the response for the event-source mapping.
-    pub async fn handle(&self, event: &SqsEvent) -> Result<SqsBatchResponse, HandlerError> {
-        self.handle_with_summary(event)
+    pub async fn handle_batch(&self, batch: &SqsBatch) -> Result<SqsBatchResponse, HandlerError> {
+        self.handle_batch_with_summary(batch)
             .await
             .map(|(response, _)| response)
+    }
+
+    /// [`handle_batch`](Self::handle_batch) for an `aws_lambda_events` event
+    /// (tests and fixtures).
+    pub async fn handle(&self, event: &SqsEvent) -> Result<SqsBatchResponse, HandlerError> {
+        self.handle_batch(&SqsBatch::from(event)).await
     }
 
     /// Like [`handle`](Self::handle), also returning the counts.
@@ -78,8 +67,16 @@ impl BatchHandler {
         &self,
         event: &SqsEvent,
     ) -> Result<(SqsBatchResponse, BatchSummary), HandlerError> {
+        self.handle_batch_with_summary(&SqsBatch::from(event)).await
+    }
+
+    /// Like [`handle_batch`](Self::handle_batch), also returning the counts.
+    pub async fn handle_batch_with_summary(
+        &self,
+        batch: &SqsBatch,
+    ) -> Result<(SqsBatchResponse, BatchSummary), HandlerError> {
         let started = Instant::now();
-        let records = &event.records;
+        let records = &batch.records;
         let mut ids = Vec::with_capacity(records.len());
         for (index, message) in records.iter().enumerate() {
             match message.message_id.as_deref() {
@@ -98,43 +95,61 @@ impl BatchHandler {
         let mut row_positions = Vec::with_capacity(records.len());
         let mut failed_positions = Vec::new();
         let mut rejected: BTreeMap<String, usize> = BTreeMap::new();
-        for (pos, (message, id)) in records.iter().zip(&ids).enumerate() {
-            match record::transform(id, message, &self.masker, today) {
-                Ok(row) => {
-                    trace!(message_id = *id, "record valid");
-                    rows.push(row);
-                    row_positions.push(pos);
-                }
-                Err(reason) => {
-                    log_rejection(id, &reason);
-                    *rejected.entry(reason.code().into_owned()).or_default() += 1;
-                    failed_positions.push(pos);
-                    if fifo {
-                        // Later records must wait for this one: do not even validate them.
-                        break;
+        let mut sink = self.sink.lock().await;
+        let mut reconnects_left = 1u8;
+        let report = async {
+            // Large batches stream into a COPY while they are transformed, so
+            // the server loads rows while the client masks the next ones.
+            let copy_tried = records.len() >= COPY_MIN_ROWS;
+            let mut copy = if copy_tried {
+                sink.begin_copy(&mut reconnects_left).await?
+            } else {
+                None
+            };
+            for (pos, (message, id)) in records.iter().zip(&ids).enumerate() {
+                match record::transform(id, message, &self.masker, today) {
+                    Ok(row) => {
+                        trace!(message_id = *id, "record valid");
+                        if let Some(copy) = copy.as_mut() {
+                            copy.write(&row).await;
+                        }
+                        rows.push(row);
+                        row_positions.push(pos);
+                    }
+                    Err(reason) => {
+                        log_rejection(id, &reason);
+                        *rejected.entry(reason.code().into_owned()).or_default() += 1;
+                        failed_positions.push(pos);
+                        if fifo {
+                            // Later records must wait for this one: do not even validate them.
+                            break;
+                        }
                     }
                 }
             }
+            if let Some(copy) = copy
+                && let Some(report) = sink.end_copy(copy, &mut reconnects_left).await?
+            {
+                return Ok(report);
+            }
+            if rows.is_empty() {
+                return Ok(InsertReport::default());
+            }
+            let mut report = sink.insert_rows(&rows, fifo, &mut reconnects_left).await?;
+            report.statements += u32::from(copy_tried);
+            Ok::<_, SinkError>(report)
         }
-
-        let report = if rows.is_empty() {
-            Default::default()
-        } else {
-            self.sink
-                .lock()
-                .await
-                .insert(&rows, fifo)
-                .await
-                .inspect_err(|e| {
-                    warn!(
-                        received = records.len(),
-                        duration_ms = started.elapsed().as_millis() as u64,
-                        retryable = e.is_retryable(),
-                        error = %e,
-                        "batch failed; the whole batch will be redelivered"
-                    );
-                })?
-        };
+        .await
+        .inspect_err(|e| {
+            warn!(
+                received = records.len(),
+                duration_ms = started.elapsed().as_millis() as u64,
+                retryable = e.is_retryable(),
+                error = %e,
+                "batch failed; the whole batch will be redelivered"
+            );
+        })?;
+        drop(sink);
         failed_positions.extend(report.refused.iter().map(|&i| row_positions[i]));
         if fifo && let Some(&first) = failed_positions.iter().min() {
             // Order matters: everything from the first failure on is retried.

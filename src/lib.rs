@@ -23,6 +23,7 @@
 pub mod app_version;
 pub mod config;
 pub mod error;
+pub mod event;
 pub mod handler;
 pub mod logging;
 pub mod masking;
@@ -36,4 +37,5 @@ pub mod tls;
 
 pub use config::Config;
 pub use error::{ConfigError, HandlerError, SecretError, SinkError};
-pub use handler::{BatchHandler, BatchSummary, SqsBatch};
+pub use event::SqsBatch;
+pub use handler::{BatchHandler, BatchSummary};

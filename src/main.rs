@@ -32,7 +32,7 @@ async fn serve() -> Result<(), lambda_runtime::Error> {
     let handler = Arc::new(startup::build(&config).await?);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsBatch>| {
         let handler = Arc::clone(&handler);
-        async move { handler.handle(&event.payload.0).await }
+        async move { handler.handle_batch(&event.payload).await }
     }))
     .await
 }

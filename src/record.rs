@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 
-use aws_lambda_events::event::sqs::SqsMessage;
+use crate::event::SqsRecord;
 use chrono::{DateTime, NaiveDate};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
@@ -180,7 +180,7 @@ pub struct LoginRow<'a> {
 /// message has no usable `SentTimestamp`.
 pub fn transform<'a>(
     message_id: &'a str,
-    message: &'a SqsMessage,
+    message: &'a SqsRecord,
     masker: &Masker,
     fallback_date: NaiveDate,
 ) -> Result<LoginRow<'a>, Rejection> {
@@ -203,13 +203,8 @@ pub fn transform<'a>(
 }
 
 /// The UTC date of the message's `SentTimestamp` attribute (epoch milliseconds).
-pub fn sent_date(message: &SqsMessage) -> Option<NaiveDate> {
-    let millis = message
-        .attributes
-        .get("SentTimestamp")?
-        .trim()
-        .parse::<i64>()
-        .ok()?;
+pub fn sent_date(message: &SqsRecord) -> Option<NaiveDate> {
+    let millis = message.sent_timestamp()?.trim().parse::<i64>().ok()?;
     DateTime::from_timestamp_millis(millis).map(|t| t.date_naive())
 }
 
@@ -606,16 +601,23 @@ mod tests {
 
     #[test]
     fn sent_timestamp_gives_the_utc_date() {
-        let mut m = SqsMessage::default();
-        assert_eq!(sent_date(&m), None);
-        m.attributes
-            .insert("SentTimestamp".into(), "1700006399999".into()); // 2023-11-14T23:59:59.999Z
-        assert_eq!(sent_date(&m), NaiveDate::from_ymd_opt(2023, 11, 14));
-        m.attributes
-            .insert("SentTimestamp".into(), "1700006400000".into());
-        assert_eq!(sent_date(&m), NaiveDate::from_ymd_opt(2023, 11, 15));
-        m.attributes
-            .insert("SentTimestamp".into(), "yesterday".into());
-        assert_eq!(sent_date(&m), None);
+        let at = |t: Option<&str>| SqsRecord {
+            attributes: Some(crate::event::RecordAttributes {
+                sent_timestamp: t.map(str::to_owned),
+            }),
+            ..SqsRecord::default()
+        };
+        assert_eq!(sent_date(&SqsRecord::default()), None);
+        assert_eq!(sent_date(&at(None)), None);
+        // 2023-11-14T23:59:59.999Z
+        assert_eq!(
+            sent_date(&at(Some("1700006399999"))),
+            NaiveDate::from_ymd_opt(2023, 11, 14)
+        );
+        assert_eq!(
+            sent_date(&at(Some("1700006400000"))),
+            NaiveDate::from_ymd_opt(2023, 11, 15)
+        );
+        assert_eq!(sent_date(&at(Some("yesterday"))), None);
     }
 }

@@ -352,7 +352,89 @@ async fn a_large_generated_batch_is_one_statement() {
     let (resp, summary) = h.handle_with_summary(&event).await.unwrap();
     assert_eq!(resp.batch_item_failures.len(), 200);
     assert_eq!(summary.inserted, 9_800);
+    assert_eq!(summary.statements, 1, "one COPY");
     assert_eq!(count_rows(&db.client().await).await, 9_800);
+}
+
+/// A batch large enough for the COPY fast path, with fresh message ids.
+fn copy_sized(seed: u64, fifo: bool) -> aws_lambda_events::event::sqs::SqsEvent {
+    synth::event(&Options {
+        count: login_etl::sink::COPY_MIN_ROWS + 100,
+        seed,
+        fifo,
+        ..Options::default()
+    })
+}
+
+#[tokio::test]
+async fn copy_fast_path_falls_back_to_insert_on_duplicates() {
+    let db = TestDb::create().await;
+    let h = handler(&db.url).await;
+    let client = db.client().await;
+    let n = login_etl::sink::COPY_MIN_ROWS as u64 + 100;
+    let first = copy_sized(1, false);
+    let (_, summary) = h.handle_with_summary(&first).await.unwrap();
+    assert_eq!(
+        (summary.inserted, summary.statements),
+        (n, 1),
+        "fresh rows: one COPY"
+    );
+
+    // Redelivered: the COPY is refused (unique message_id), the INSERT finds duplicates.
+    let (resp, summary) = h.handle_with_summary(&first).await.unwrap();
+    assert!(resp.batch_item_failures.is_empty());
+    assert_eq!(
+        (summary.inserted, summary.duplicates, summary.statements),
+        (0, n, 2)
+    );
+
+    // Half old, half new: only the new half is written, once.
+    let second = copy_sized(2, false);
+    let mut mixed = second.clone();
+    mixed.records.truncate(n as usize / 2);
+    mixed
+        .records
+        .extend(first.records[..n as usize / 2].iter().cloned());
+    let (resp, summary) = h.handle_with_summary(&mixed).await.unwrap();
+    assert!(resp.batch_item_failures.is_empty());
+    assert_eq!((summary.inserted, summary.duplicates), (n / 2, n / 2));
+    assert_eq!(count_rows(&client).await, (n + n / 2) as i64);
+    let mut want: Vec<String> = first
+        .records
+        .iter()
+        .chain(&mixed.records[..n as usize / 2])
+        .map(|m| m.message_id.clone().unwrap())
+        .collect();
+    want.sort();
+    assert_eq!(message_ids_in_table(&client).await, want);
+}
+
+#[tokio::test]
+async fn copy_fast_path_refused_row_in_a_fifo_batch_keeps_order_semantics() {
+    let db = TestDb::create().await;
+    let h = handler(&db.url).await;
+    let client = db.client().await;
+    let event = copy_sized(3, true);
+    let bad = 550;
+    let body: Value = serde_json::from_str(event.records[bad].body.as_deref().unwrap()).unwrap();
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE user_logins ADD CONSTRAINT no_bad_user CHECK (user_id <> '{}')",
+            body["user_id"].as_str().unwrap()
+        ))
+        .await
+        .unwrap();
+    let (resp, summary) = h.handle_with_summary(&event).await.unwrap();
+    let ids: Vec<String> = event
+        .records
+        .iter()
+        .map(|m| m.message_id.clone().unwrap())
+        .collect();
+    assert_eq!(failures(&resp), ids[bad..].to_vec());
+    assert_eq!(summary.inserted, bad as u64);
+    let mut before = ids[..bad].to_vec();
+    before.sort();
+    assert_eq!(message_ids_in_table(&client).await, before);
 }
 
 #[tokio::test]
