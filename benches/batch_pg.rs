@@ -16,27 +16,14 @@ use chrono::Utc;
 use common::*;
 use login_etl::masking::{Masker, MaskingKey};
 use login_etl::record::{self, LoginRow};
+use login_etl::sink::{COPY_SQL, COPY_TYPES};
 use login_etl::synth::{self, Options};
 use login_etl::{Config, startup};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::Type;
-
-const COPY_SQL: &str = "COPY user_logins (message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, app_version_text, create_date) FROM STDIN (FORMAT binary)";
 
 async fn copy_rows(client: &tokio_postgres::Client, rows: &[LoginRow<'_>]) {
     let sink = client.copy_in(COPY_SQL).await.unwrap();
-    let types = [
-        Type::VARCHAR,
-        Type::VARCHAR,
-        Type::VARCHAR,
-        Type::VARCHAR,
-        Type::VARCHAR,
-        Type::VARCHAR,
-        Type::INT4,
-        Type::VARCHAR,
-        Type::DATE,
-    ];
-    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &types));
+    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &COPY_TYPES));
     for r in rows {
         let (ip, dev, locale) = (
             r.masked_ip.as_str(),

@@ -53,7 +53,7 @@ pub const COPY_SQL: &str = "COPY user_logins \
     FROM STDIN (FORMAT binary)";
 
 /// Column types of [`COPY_SQL`], in order.
-const COPY_TYPES: [Type; 9] = [
+pub const COPY_TYPES: [Type; 9] = [
     Type::VARCHAR,
     Type::VARCHAR,
     Type::VARCHAR,

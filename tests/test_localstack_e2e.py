@@ -39,29 +39,25 @@ def localstack():
             subprocess.run([str(ROOT / "localstack" / "down.sh")], check=False, timeout=60)
 
 
-def deployed(*, fifo: bool, batch_size: int) -> stack.Stack:
+def deployed(*, fifo: bool, batch_size: int):
+    """A stack of this run with a database of its own; both removed afterwards."""
     kind = "fifo" if fifo else "std"
-    return stack.deploy(f"login-etl-{RUN}-{kind}", f"login_etl_{RUN}_{kind}", fifo=fifo, batch_size=batch_size)
+    s = stack.deploy(f"login-etl-{RUN}-{kind}", f"login_etl_{RUN}_{kind}", fifo=fifo, batch_size=batch_size)
+    try:
+        yield s
+    finally:
+        stack.delete_stack(s.name)
+        stack.drop_database(s.dbname)
 
 
 @pytest.fixture(scope="session")
 def standard(localstack):
-    s = deployed(fifo=False, batch_size=25)
-    try:
-        yield s
-    finally:
-        stack.delete_stack(s.name)
-        stack.drop_database(s.dbname)
+    yield from deployed(fifo=False, batch_size=25)
 
 
 @pytest.fixture(scope="session")
 def fifo(localstack):
-    s = deployed(fifo=True, batch_size=10)
-    try:
-        yield s
-    finally:
-        stack.delete_stack(s.name)
-        stack.drop_database(s.dbname)
+    yield from deployed(fifo=True, batch_size=10)
 
 
 @pytest.fixture(scope="session")
