@@ -4,7 +4,7 @@
 //! would log raw payloads never reach the output.
 
 use tracing::{Level, Metadata, Subscriber};
-use tracing_subscriber::filter::{EnvFilter, LevelFilter, filter_fn};
+use tracing_subscriber::filter::{LevelFilter, Targets, filter_fn};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::prelude::*;
 
@@ -25,14 +25,20 @@ pub fn allowed(meta: &Metadata<'_>) -> bool {
 }
 
 /// A subscriber writing to `writer`, JSON when `json`, filtered by `filter`
-/// (an `EnvFilter` string such as `info` or `trace`) and by [`allowed`].
+/// (a level such as `info` or `TRACE`, or `RUST_LOG`-style `target=level`
+/// directives; INFO where it names no default) and by [`allowed`].
+///
+/// `Targets` rather than `EnvFilter`: the same directives without span and
+/// field matching, which would pull a regex engine (about 1 MB) into the binary.
 pub fn subscriber<W>(writer: W, json: bool, filter: &str) -> Box<dyn Subscriber + Send + Sync>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let env = EnvFilter::builder()
-        .with_default_directive(LevelFilter::INFO.into())
-        .parse_lossy(filter);
+    let targets = filter.parse::<Targets>().unwrap_or_default();
+    let env = match targets.default_level() {
+        Some(_) => targets,
+        None => targets.with_default(LevelFilter::INFO),
+    };
     let fmt = tracing_subscriber::fmt::layer()
         .with_target(false)
         .without_time() // CloudWatch stamps every line
@@ -94,6 +100,43 @@ mod tests {
             text.lines()
                 .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn levels_and_directives_as_lambda_and_rust_log_give_them() {
+        let emitted = |filter: &str| {
+            let out = Capture::default();
+            let w = out.clone();
+            tracing::subscriber::with_default(subscriber(move || w.clone(), false, filter), || {
+                tracing::debug!(target: "login_etl::sink", "sink-debug");
+                tracing::info!(target: "login_etl::handler", "handler-info");
+                tracing::warn!(target: "aws_config", "aws-warn");
+                tracing::info!(target: "aws_config", "aws-info");
+            });
+            let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+            ["sink-debug", "handler-info", "aws-warn", "aws-info"]
+                .into_iter()
+                .filter(|m| text.contains(m))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(emitted("WARN"), ["aws-warn"]);
+        assert_eq!(
+            emitted("Debug"),
+            ["sink-debug", "handler-info", "aws-warn", "aws-info"]
+        );
+        // Directives without a default level keep INFO for everything else.
+        assert_eq!(
+            emitted("login_etl::sink=debug"),
+            ["sink-debug", "handler-info", "aws-warn", "aws-info"]
+        );
+        assert_eq!(
+            emitted("info,aws_config=warn"),
+            ["handler-info", "aws-warn"]
+        );
+        assert_eq!(
+            emitted("not a level!"),
+            ["handler-info", "aws-warn", "aws-info"]
         );
     }
 }
