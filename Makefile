@@ -119,7 +119,7 @@ bench: tools ## benchmarks: per-record transform, batch vs COPY, cold start, pea
 	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" cargo bench --quiet --bench lambda_process 2>/dev/null
 	echo "== [4/4] arm64 release binary for Lambda"
 	cargo lambda build --quiet --release --arm64 --bin login-etl
-	ls -l target/lambda/login-etl/bootstrap | awk '{printf "target/lambda/login-etl/bootstrap: %.2f MB\n", $$5/1048576}'
+	stat -c %s target/lambda/login-etl/bootstrap | awk '{printf "target/lambda/login-etl/bootstrap: %d bytes (%.2f MB, %.2f MiB); goal <= 10 MB\n", $$1, $$1/1e6, $$1/1048576}'
 
 fmt: ## format the code
 	cargo fmt
