@@ -9,11 +9,11 @@ use chrono::Utc;
 use tokio::sync::Mutex;
 use tracing::{info, trace, warn};
 
-use crate::error::{HandlerError, SinkError};
+use crate::error::HandlerError;
 use crate::event::SqsBatch;
 use crate::masking::Masker;
 use crate::record::{self, LoginRow, Rejection};
-use crate::sink::{COPY_MIN_ROWS, InsertReport, PgSink};
+use crate::sink::{COPY_MIN_ROWS, PgSink};
 
 /// Counts of one invocation, also written as its summary log line.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -127,17 +127,8 @@ impl BatchHandler {
                     }
                 }
             }
-            if let Some(copy) = copy
-                && let Some(report) = sink.end_copy(copy, &mut reconnects_left).await?
-            {
-                return Ok(report);
-            }
-            if rows.is_empty() {
-                return Ok(InsertReport::default());
-            }
-            let mut report = sink.insert_rows(&rows, fifo, &mut reconnects_left).await?;
-            report.statements += u32::from(copy_tried);
-            Ok::<_, SinkError>(report)
+            sink.finish_batch(copy, copy_tried, &rows, fifo, &mut reconnects_left)
+                .await
         }
         .await
         .inspect_err(|e| {

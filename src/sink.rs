@@ -192,17 +192,47 @@ impl PgSink {
         preserve_order: bool,
     ) -> Result<InsertReport, SinkError> {
         let mut reconnects_left = 1u8;
-        let copy_tried = rows.len() >= COPY_MIN_ROWS;
-        if copy_tried && let Some(mut copy) = self.begin_copy(&mut reconnects_left).await? {
+        let mut copy = if rows.len() >= COPY_MIN_ROWS {
+            self.begin_copy(&mut reconnects_left).await?
+        } else {
+            None
+        };
+        if let Some(copy) = copy.as_mut() {
             for row in rows {
                 copy.write(row).await;
             }
-            if let Some(report) = self.end_copy(copy, &mut reconnects_left).await? {
-                return Ok(report);
-            }
+        }
+        self.finish_batch(
+            copy,
+            rows.len() >= COPY_MIN_ROWS,
+            rows,
+            preserve_order,
+            &mut reconnects_left,
+        )
+        .await
+    }
+
+    /// Completes a batch whose `rows` were (if `copy` is set) also written to
+    /// a COPY: commits the COPY, or, when it was refused or never started
+    /// (`copy_tried`), inserts the rows through [`insert_rows`](Self::insert_rows).
+    pub async fn finish_batch(
+        &mut self,
+        copy: Option<CopyIn>,
+        copy_tried: bool,
+        rows: &[LoginRow<'_>],
+        preserve_order: bool,
+        reconnects_left: &mut u8,
+    ) -> Result<InsertReport, SinkError> {
+        if let Some(copy) = copy
+            && let Some(report) = self.end_copy(copy, reconnects_left).await?
+        {
+            return Ok(report);
+        }
+        if rows.is_empty() {
+            return Ok(InsertReport::default());
         }
         let mut report = self
-            .insert_rows(rows, preserve_order, &mut reconnects_left)
+            .insert_rows(rows, preserve_order, reconnects_left)
             .await?;
         report.statements += u32::from(copy_tried);
         Ok(report)
