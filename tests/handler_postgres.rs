@@ -239,17 +239,18 @@ async fn fifo_batch_stops_at_the_first_invalid_record() {
     assert_eq!(message_ids_in_table(&client).await, inserted);
 }
 
-#[tokio::test]
-async fn fifo_batch_stops_at_the_first_refused_row_and_writes_nothing_after_it() {
+/// A FIFO batch of `count` records whose record `bad` the database refuses:
+/// it and every later record are reported, every earlier one is written.
+async fn fifo_batch_stops_at_refused_row(count: usize, bad: usize) {
     let db = TestDb::create().await;
     let h = handler(&db.url).await;
     let client = db.client().await;
     let event = synth::event(&Options {
-        count: 10,
+        count,
         fifo: true,
         ..Options::default()
     });
-    let body: Value = serde_json::from_str(event.records[6].body.as_deref().unwrap()).unwrap();
+    let body: Value = serde_json::from_str(event.records[bad].body.as_deref().unwrap()).unwrap();
     client
         .batch_execute(&format!(
             "ALTER TABLE user_logins ADD CONSTRAINT no_bad_user CHECK (user_id <> '{}')",
@@ -257,16 +258,22 @@ async fn fifo_batch_stops_at_the_first_refused_row_and_writes_nothing_after_it()
         ))
         .await
         .unwrap();
-    let resp = h.handle(&event).await.unwrap();
+    let (resp, summary) = h.handle_with_summary(&event).await.unwrap();
     let ids: Vec<String> = event
         .records
         .iter()
         .map(|m| m.message_id.clone().unwrap())
         .collect();
-    assert_eq!(failures(&resp), ids[6..].to_vec());
-    let mut before = ids[..6].to_vec();
+    assert_eq!(failures(&resp), ids[bad..].to_vec());
+    assert_eq!(summary.inserted, bad as u64);
+    let mut before = ids[..bad].to_vec();
     before.sort();
     assert_eq!(message_ids_in_table(&client).await, before);
+}
+
+#[tokio::test]
+async fn fifo_batch_stops_at_the_first_refused_row_and_writes_nothing_after_it() {
+    fifo_batch_stops_at_refused_row(10, 6).await;
 }
 
 #[tokio::test]
@@ -357,11 +364,10 @@ async fn a_large_generated_batch_is_one_statement() {
 }
 
 /// A batch large enough for the COPY fast path, with fresh message ids.
-fn copy_sized(seed: u64, fifo: bool) -> aws_lambda_events::event::sqs::SqsEvent {
+fn copy_sized(seed: u64) -> aws_lambda_events::event::sqs::SqsEvent {
     synth::event(&Options {
         count: login_etl::sink::COPY_MIN_ROWS + 100,
         seed,
-        fifo,
         ..Options::default()
     })
 }
@@ -372,7 +378,7 @@ async fn copy_fast_path_falls_back_to_insert_on_duplicates() {
     let h = handler(&db.url).await;
     let client = db.client().await;
     let n = login_etl::sink::COPY_MIN_ROWS as u64 + 100;
-    let first = copy_sized(1, false);
+    let first = copy_sized(1);
     let (_, summary) = h.handle_with_summary(&first).await.unwrap();
     assert_eq!(
         (summary.inserted, summary.statements),
@@ -389,7 +395,7 @@ async fn copy_fast_path_falls_back_to_insert_on_duplicates() {
     );
 
     // Half old, half new: only the new half is written, once.
-    let second = copy_sized(2, false);
+    let second = copy_sized(2);
     let mut mixed = second.clone();
     mixed.records.truncate(n as usize / 2);
     mixed
@@ -411,30 +417,7 @@ async fn copy_fast_path_falls_back_to_insert_on_duplicates() {
 
 #[tokio::test]
 async fn copy_fast_path_refused_row_in_a_fifo_batch_keeps_order_semantics() {
-    let db = TestDb::create().await;
-    let h = handler(&db.url).await;
-    let client = db.client().await;
-    let event = copy_sized(3, true);
-    let bad = 550;
-    let body: Value = serde_json::from_str(event.records[bad].body.as_deref().unwrap()).unwrap();
-    client
-        .batch_execute(&format!(
-            "ALTER TABLE user_logins ADD CONSTRAINT no_bad_user CHECK (user_id <> '{}')",
-            body["user_id"].as_str().unwrap()
-        ))
-        .await
-        .unwrap();
-    let (resp, summary) = h.handle_with_summary(&event).await.unwrap();
-    let ids: Vec<String> = event
-        .records
-        .iter()
-        .map(|m| m.message_id.clone().unwrap())
-        .collect();
-    assert_eq!(failures(&resp), ids[bad..].to_vec());
-    assert_eq!(summary.inserted, bad as u64);
-    let mut before = ids[..bad].to_vec();
-    before.sort();
-    assert_eq!(message_ids_in_table(&client).await, before);
+    fifo_batch_stops_at_refused_row(login_etl::sink::COPY_MIN_ROWS + 100, 550).await;
 }
 
 #[tokio::test]
