@@ -3,13 +3,14 @@
 //!
 //! One module per concern:
 //! - [`config`]: typed settings from the environment;
+//! - [`event`]: the Lambda payload, an SQS batch reduced to what is read;
 //! - [`record`]: one SQS record to a validated, masked row, or a rejection;
 //! - [`app_version`]: the sortable integer encoding of versions;
 //! - [`masking`]: HMAC-SHA256 tokens;
 //! - [`secrets`]: AWS Secrets Manager (database secret, masking key);
 //! - [`tls`]: TLS to PostgreSQL;
 //! - [`schema`]: the embedded DDL and its migration;
-//! - [`sink`]: PostgreSQL I/O (bulk insert, refusal isolation, reconnects);
+//! - [`sink`]: PostgreSQL I/O (COPY fast path, bulk insert, refusal isolation, reconnects);
 //! - [`handler`]: one batch to a partial-batch response and a summary;
 //! - [`logging`]: the log subscriber and its PII guard;
 //! - [`startup`]: cold start, configuration to a ready handler;
