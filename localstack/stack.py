@@ -26,6 +26,7 @@ import random
 import subprocess
 import sys
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,10 +140,12 @@ def put_db_secret(stack: str, dbname: str) -> str:
     """An RDS-style secret pointing at the local PostgreSQL; returns its ARN."""
     sm = client("secretsmanager")
     name = f"{stack}/db"
-    # Trust auth on 127.0.0.1 ignores the password; the function still needs one.
+    pg = urllib.parse.urlsplit(PG_ADMIN_URL)
+    # Trust auth (this project's machines) ignores the password; the secret
+    # format requires one.
     value = json.dumps(
-        {"engine": "postgres", "username": "postgres", "password": "postgres",
-         "host": "127.0.0.1", "port": 5432, "dbname": dbname}
+        {"engine": "postgres", "username": pg.username or "postgres", "password": pg.password or "postgres",
+         "host": pg.hostname or "127.0.0.1", "port": pg.port or 5432, "dbname": dbname}
     )  # fmt: skip
     try:
         return sm.create_secret(Name=name, SecretString=value)["ARN"]
