@@ -495,7 +495,8 @@ def demo(args: argparse.Namespace) -> None:
     say(f"    queue {stack.queue_url}\n    DLQ   {stack.dlq_url}\n    function {stack.function_name}")
     before = row_count(stack.dbname) if table_exists(stack.dbname) else 0
     dead_before = sum(queue_depth(stack.dlq_url))
-    step(3, f"sending {args.count} login messages (every {args.invalid_every}th is not a valid login)")
+    kinds = f"every {args.invalid_every}th is not a valid login" if args.invalid_every else "all valid"
+    step(3, f"sending {args.count} login messages ({kinds})")
     messages = generate(args.count, args.invalid_every, seed=args.seed or random.randrange(1 << 30))
     send(stack, messages)
     valid = sum(m.valid for m in messages)
