@@ -192,7 +192,8 @@ impl PgSink {
         preserve_order: bool,
     ) -> Result<InsertReport, SinkError> {
         let mut reconnects_left = 1u8;
-        let mut copy = if rows.len() >= COPY_MIN_ROWS {
+        let copy_tried = rows.len() >= COPY_MIN_ROWS;
+        let mut copy = if copy_tried {
             self.begin_copy(&mut reconnects_left).await?
         } else {
             None
@@ -202,14 +203,8 @@ impl PgSink {
                 copy.write(row).await;
             }
         }
-        self.finish_batch(
-            copy,
-            rows.len() >= COPY_MIN_ROWS,
-            rows,
-            preserve_order,
-            &mut reconnects_left,
-        )
-        .await
+        self.finish_batch(copy, copy_tried, rows, preserve_order, &mut reconnects_left)
+            .await
     }
 
     /// Completes a batch whose `rows` were (if `copy` is set) also written to
