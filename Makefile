@@ -64,6 +64,8 @@ $(LS_STAMP):
 	f=$$(echo $(LS_VENV)/lib/python3*/site-packages/localstack/packages/api.py)
 	grep -q '^from __future__ import annotations' "$$f" || sed -i '1i from __future__ import annotations' "$$f"
 	$(LS_VENV)/bin/pip install --quiet --disable-pip-version-check --force-reinstall --no-deps ./localstack/host_executor
+	# setuptools leaves its build tree in the source folder: not ours to keep.
+	rm -rf localstack/host_executor/build localstack/host_executor/*.egg-info
 	rm -f $(LS_VENV)/.installed-* && touch $@
 
 localstack-tools: $(LS_STAMP) ## install LocalStack (no Docker) and its host executor into .venv-localstack
