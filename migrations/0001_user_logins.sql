@@ -23,4 +23,16 @@ ALTER TABLE user_logins ADD COLUMN IF NOT EXISTS app_version_text varchar(32);
 -- any number of NULLs, so the upgrade never fails on old data.
 -- On a very large existing table, build this index beforehand with
 -- CREATE UNIQUE INDEX CONCURRENTLY (see README) to avoid blocking writers.
+-- A failed CREATE UNIQUE INDEX CONCURRENTLY leaves an INVALID index under
+-- this name, which IF NOT EXISTS would accept and ON CONFLICT cannot use:
+-- drop it so it is built again.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_index
+               WHERE indexrelid = to_regclass('user_logins_message_id_key')
+                 AND NOT (indisvalid AND indisready)) THEN
+        DROP INDEX user_logins_message_id_key;
+    END IF;
+END
+$$;
 CREATE UNIQUE INDEX IF NOT EXISTS user_logins_message_id_key ON user_logins (message_id);

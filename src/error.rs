@@ -147,6 +147,28 @@ pub enum SinkError {
         /// What went wrong (no row values).
         cause: String,
     },
+    /// The server refused the connection for a reason a human must fix (no
+    /// such database or role, wrong password, no CONNECT privilege).
+    #[error("PostgreSQL at {target} refused the connection: {cause}; {hint}")]
+    ConnectRefused {
+        /// `user@host:port/dbname`, never the password.
+        target: String,
+        /// What the server said (no row values).
+        cause: String,
+        /// What to do about it.
+        hint: &'static str,
+    },
+    /// Too little of the invocation is left to try again: the batch is
+    /// returned for redelivery before Lambda would kill the invocation.
+    #[error(
+        "stopped {op} with {left_ms} ms of the invocation left, to report the failure before the timeout; the batch will be retried (raise the function timeout if this repeats)"
+    )]
+    Deadline {
+        /// What the sink was about to do.
+        op: &'static str,
+        /// Milliseconds left until the invocation's deadline.
+        left_ms: u64,
+    },
     /// The database secret could not be refetched after a password rejection.
     #[error(transparent)]
     Secret(#[from] SecretError),
@@ -166,7 +188,7 @@ impl SinkError {
     /// True when redelivering the batch later can succeed without a human.
     pub fn is_retryable(&self) -> bool {
         match self {
-            SinkError::Fatal { .. } => false,
+            SinkError::Fatal { .. } | SinkError::ConnectRefused { .. } => false,
             SinkError::Secret(e) => e.is_retryable(),
             _ => true,
         }

@@ -9,11 +9,11 @@ use chrono::Utc;
 use tokio::sync::Mutex;
 use tracing::{info, trace, warn};
 
-use crate::error::HandlerError;
+use crate::error::{HandlerError, SinkError};
 use crate::event::SqsBatch;
 use crate::masking::Masker;
 use crate::record::{self, LoginRow, Rejection};
-use crate::sink::{COPY_MIN_ROWS, PgSink};
+use crate::sink::{InsertReport, PgSink};
 
 /// Counts of one invocation, also written as its summary log line.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -75,72 +75,48 @@ impl BatchHandler {
         &self,
         batch: &SqsBatch,
     ) -> Result<(SqsBatchResponse, BatchSummary), HandlerError> {
+        self.handle_batch_until(batch, None).await
+    }
+
+    /// Handles one batch that must be answered by `deadline` (the
+    /// invocation's, from the Lambda context): the sink stops retrying early
+    /// enough to return a retryable error before Lambda would kill it.
+    pub async fn handle_batch_until(
+        &self,
+        batch: &SqsBatch,
+        deadline: Option<Instant>,
+    ) -> Result<(SqsBatchResponse, BatchSummary), HandlerError> {
         let started = Instant::now();
         let records = &batch.records;
-        let mut ids = Vec::with_capacity(records.len());
-        for (index, message) in records.iter().enumerate() {
-            match message.message_id.as_deref() {
-                Some(id) if !id.is_empty() => ids.push(id),
-                _ => return Err(HandlerError::MissingMessageId { index }),
-            }
-        }
+        let ids = message_ids(batch)?;
         let fifo = records.iter().any(|m| {
             m.event_source_arn
                 .as_deref()
                 .is_some_and(|arn| arn.ends_with(".fifo"))
         });
-        let today = Utc::now().date_naive();
-
-        let mut rows: Vec<LoginRow<'_>> = Vec::with_capacity(records.len());
-        let mut row_positions = Vec::with_capacity(records.len());
-        let mut failed_positions = Vec::new();
-        let mut rejected: BTreeMap<String, usize> = BTreeMap::new();
+        let mut valid = Transformed::default();
         let mut sink = self.sink.lock().await;
-        let mut reconnects_left = 1u8;
-        let report = async {
-            // Large batches stream into a COPY while they are transformed, so
-            // the server loads rows while the client masks the next ones.
-            let copy_tried = records.len() >= COPY_MIN_ROWS;
-            let mut copy = if copy_tried {
-                sink.begin_copy(&mut reconnects_left).await?
-            } else {
-                None
-            };
-            for (pos, (message, id)) in records.iter().zip(&ids).enumerate() {
-                match record::transform(id, message, &self.masker, today) {
-                    Ok(row) => {
-                        trace!(message_id = *id, "record valid");
-                        if let Some(copy) = copy.as_mut() {
-                            copy.write(&row).await;
-                        }
-                        rows.push(row);
-                        row_positions.push(pos);
-                    }
-                    Err(reason) => {
-                        log_rejection(id, &reason);
-                        *rejected.entry(reason.code().into_owned()).or_default() += 1;
-                        failed_positions.push(pos);
-                        if fifo {
-                            // Later records must wait for this one: do not even validate them.
-                            break;
-                        }
-                    }
-                }
-            }
-            sink.finish_batch(copy, copy_tried, &rows, fifo, &mut reconnects_left)
-                .await
-        }
-        .await
-        .inspect_err(|e| {
-            warn!(
-                received = records.len(),
-                duration_ms = started.elapsed().as_millis() as u64,
-                retryable = e.is_retryable(),
-                error = %e,
-                "batch failed; the whole batch will be redelivered"
-            );
-        })?;
+        let report = self
+            .transform_and_write(&mut sink, batch, &ids, fifo, deadline, &mut valid)
+            .await
+            .inspect_err(|e| {
+                warn!(
+                    received = records.len(),
+                    valid = valid.rows.len(),
+                    rejected = valid.failed_positions.len(),
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    retryable = e.is_retryable(),
+                    error = %e,
+                    "batch failed; nothing of it is reported done, so the whole batch will be redelivered"
+                );
+            })?;
         drop(sink);
+        let Transformed {
+            row_positions,
+            mut failed_positions,
+            rejected,
+            ..
+        } = valid;
         failed_positions.extend(report.refused.iter().map(|&i| row_positions[i]));
         if fifo && let Some(&first) = failed_positions.iter().min() {
             // Order matters: everything from the first failure on is retried.
@@ -172,11 +148,78 @@ impl BatchHandler {
             failed = summary.failed,
             fifo,
             statements = summary.statements,
+            copied = report.copied,
             duration_ms = started.elapsed().as_millis() as u64,
             "batch processed"
         );
         Ok((response, summary))
     }
+
+    /// Validates and masks every record, streaming the valid rows into the
+    /// sink (a COPY for large batches) as they come, then commits them.
+    async fn transform_and_write<'b>(
+        &self,
+        sink: &mut PgSink,
+        batch: &'b SqsBatch,
+        ids: &[&'b str],
+        fifo: bool,
+        deadline: Option<Instant>,
+        out: &mut Transformed<'b>,
+    ) -> Result<InsertReport, SinkError> {
+        let today = Utc::now().date_naive();
+        let mut writer = sink.start_batch(batch.records.len(), deadline).await?;
+        for (pos, (message, &id)) in batch.records.iter().zip(ids).enumerate() {
+            match record::transform(id, message, &self.masker, today) {
+                Ok(row) => {
+                    trace!(message_id = id, "record valid");
+                    writer.push(&row).await;
+                    out.rows.push(row);
+                    out.row_positions.push(pos);
+                }
+                Err(reason) => {
+                    log_rejection(id, &reason);
+                    *out.rejected.entry(reason.code().into_owned()).or_default() += 1;
+                    out.failed_positions.push(pos);
+                    if fifo {
+                        // Later records must wait for this one: do not even validate them.
+                        break;
+                    }
+                }
+            }
+        }
+        writer.finish(&out.rows, fifo).await
+    }
+}
+
+/// The batch split by validation.
+#[derive(Default)]
+struct Transformed<'b> {
+    /// Valid rows, in batch order.
+    rows: Vec<LoginRow<'b>>,
+    /// Position in the batch of each row.
+    row_positions: Vec<usize>,
+    /// Positions of rejected records.
+    failed_positions: Vec<usize>,
+    /// Rejections by code.
+    rejected: BTreeMap<String, usize>,
+}
+
+/// Every record's `messageId`; without one, a record cannot be reported on
+/// its own, so the invocation fails.
+fn message_ids(batch: &SqsBatch) -> Result<Vec<&str>, HandlerError> {
+    batch
+        .records
+        .iter()
+        .enumerate()
+        .map(|(index, message)| match message.message_id.as_deref() {
+            Some(id) if !id.is_empty() => Ok(id),
+            _ => {
+                let e = HandlerError::MissingMessageId { index };
+                warn!(received = batch.records.len(), error = %e, "batch refused");
+                Err(e)
+            }
+        })
+        .collect()
 }
 
 fn log_rejection(message_id: &str, reason: &Rejection) {

@@ -32,7 +32,20 @@ async fn serve() -> Result<(), lambda_runtime::Error> {
     let handler = Arc::new(startup::build(&config).await?);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsBatch>| {
         let handler = Arc::clone(&handler);
-        async move { handler.handle_batch(&event.payload).await }
+        async move {
+            // The deadline as an Instant: the sink gives up early enough to
+            // report a retryable error before Lambda kills the invocation.
+            let left = event
+                .context
+                .deadline()
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            let deadline = std::time::Instant::now() + left;
+            handler
+                .handle_batch_until(&event.payload, Some(deadline))
+                .await
+                .map(|(response, _)| response)
+        }
     }))
     .await
 }

@@ -1,6 +1,13 @@
-//! The `user_logins` schema, embedded in the binary, and how it is applied.
+//! The `user_logins` schema, embedded in the binary: how it is applied, and
+//! the guard that refuses to write into a table that could double rows.
 
+use std::time::Duration;
+
+use tokio::time::timeout;
 use tokio_postgres::Client;
+
+use crate::error::SinkError;
+use crate::sink::describe;
 
 /// The idempotent migration (creates or upgrades `user_logins`).
 pub const MIGRATION_SQL: &str = include_str!("../migrations/0001_user_logins.sql");
@@ -9,11 +16,104 @@ pub const MIGRATION_SQL: &str = include_str!("../migrations/0001_user_logins.sql
 /// the schema one after the other instead of racing on `CREATE INDEX`.
 pub const MIGRATION_LOCK_KEY: i64 = 0x4C4F_4749_4E45_544C;
 
-/// Applies [`MIGRATION_SQL`] in one transaction under the advisory lock.
-pub async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {
+/// What the catalog says about `user_logins`, read without taking any lock
+/// on the table, and the xid floor (see `sink::insert`).
+const INSPECT_SQL: &str = "SELECT \
+    to_regclass('user_logins') IS NOT NULL, \
+    (SELECT count(*) = 2 FROM pg_attribute WHERE attrelid = to_regclass('user_logins') \
+        AND attname IN ('message_id', 'app_version_text') AND NOT attisdropped), \
+    EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a \
+        ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+        WHERE i.indrelid = to_regclass('user_logins') AND a.attname = 'message_id' \
+        AND i.indisunique AND i.indnkeyatts = 1 AND i.indpred IS NULL AND i.indexprs IS NULL \
+        AND i.indisvalid AND i.indisready), \
+    pg_snapshot_xmax(pg_current_snapshot())::text";
+
+/// The schema as the catalog shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaState {
+    /// `user_logins` exists.
+    pub table: bool,
+    /// It has `message_id` and `app_version_text`.
+    pub columns: bool,
+    /// It has a valid, ready, unique, non-partial index on `message_id`
+    /// alone: what `ON CONFLICT (message_id)` needs to never double a row.
+    pub unique_index: bool,
+    /// The first transaction id not yet assigned.
+    pub floor: Option<String>,
+}
+
+impl SchemaState {
+    /// Nothing for a migration to do.
+    pub fn is_current(&self) -> bool {
+        self.table && self.columns && self.unique_index
+    }
+}
+
+/// Reads [`SchemaState`] (one unnamed statement, no table lock).
+pub async fn inspect(client: &Client) -> Result<SchemaState, tokio_postgres::Error> {
+    let row = client.query_typed_one(INSPECT_SQL, &[]).await?;
+    Ok(SchemaState {
+        table: row.get(0),
+        columns: row.get(1),
+        unique_index: row.get(2),
+        floor: row.get(3),
+    })
+}
+
+/// The schema guard, run on the sink's first connection: an error that
+/// names the fix unless `user_logins` is complete. Returns the xid floor.
+pub async fn check(client: &Client, limit: Duration) -> Result<Option<String>, SinkError> {
+    let state = match timeout(limit, inspect(client)).await {
+        Ok(Ok(state)) => state,
+        Ok(Err(e)) => {
+            return Err(SinkError::Transient {
+                op: "checking the schema of user_logins",
+                cause: describe(&e),
+            });
+        }
+        Err(_) => {
+            return Err(SinkError::Transient {
+                op: "checking the schema of user_logins",
+                cause: format!("no answer within {} ms", limit.as_millis()),
+            });
+        }
+    };
+    let fatal = |cause: &str, hint: &'static str| SinkError::Fatal {
+        op: "writing into user_logins",
+        cause: cause.to_owned(),
+        hint,
+    };
+    if !state.table || !state.columns {
+        return Err(fatal(
+            "the table user_logins is missing or lacks message_id / app_version_text",
+            "; run `make migrate` (login-etl migrate) or set RUN_MIGRATIONS=true",
+        ));
+    }
+    if !state.unique_index {
+        return Err(fatal(
+            "user_logins has no valid unique index on message_id, so a redelivered message could be written twice; nothing was written",
+            "; run `login-etl migrate` (make migrate), which drops an INVALID user_logins_message_id_key left by a failed CREATE UNIQUE INDEX CONCURRENTLY and builds it again",
+        ));
+    }
+    Ok(state.floor)
+}
+
+/// Applies [`MIGRATION_SQL`] in one transaction under the advisory lock,
+/// unless the catalog shows the schema is current: then it takes no lock
+/// at all (the migration's `ALTER TABLE` would take an ACCESS EXCLUSIVE
+/// lock even when it changes nothing). True when it applied the migration.
+pub async fn migrate(client: &mut Client) -> Result<bool, tokio_postgres::Error> {
+    if inspect(client).await?.is_current() {
+        return Ok(false);
+    }
     let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
-        .await?;
+    tx.query_typed(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[(&MIGRATION_LOCK_KEY, tokio_postgres::types::Type::INT8)],
+    )
+    .await?;
     tx.batch_execute(MIGRATION_SQL).await?;
-    tx.commit().await
+    tx.commit().await?;
+    Ok(true)
 }

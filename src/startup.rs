@@ -38,8 +38,8 @@ pub async fn build(config: &Config) -> Result<BatchHandler, InitError> {
     );
     let (key, mut sink) = (key?, sink?);
     if config.run_migrations {
-        sink.migrate().await?;
-        info!(target = %sink.target(), "schema applied");
+        let applied = sink.migrate().await?;
+        info!(target = %sink.target(), applied, "schema checked (applied only when not current)");
     }
     Ok(BatchHandler::new(Masker::new(&key), sink))
 }
@@ -52,8 +52,13 @@ pub async fn migrate(db: &DbConfig) -> Result<String, InitError> {
         DbSource::Url(_) => None,
     };
     let mut sink = sink(db, secrets.as_ref()).await?;
-    sink.migrate().await?;
-    Ok(sink.target().to_owned())
+    let applied = sink.migrate().await?;
+    let target = sink.target().to_owned();
+    Ok(if applied {
+        format!("{target} (applied)")
+    } else {
+        format!("{target} (already current, nothing locked)")
+    })
 }
 
 /// A Secrets Manager client, only when some setting needs one.

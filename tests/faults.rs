@@ -1,5 +1,7 @@
 //! Faults against real PostgreSQL: every test checks the final table against
 //! the input (exact row set, no duplicates, reported ids within the input).
+//! The oracle for "valid" is the generator's own `expect` label, not the
+//! crate's parser.
 
 mod common;
 
@@ -10,27 +12,26 @@ use aws_lambda_events::event::sqs::SqsEvent;
 use common::pg_server::{PgServer, ServerOptions};
 use common::proxy::{Cut, Proxy};
 use common::*;
-use login_etl::BatchHandler;
-use login_etl::record::parse_body;
 use login_etl::synth::{self, Options};
+use login_etl::{BatchHandler, SqsBatch};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-/// Message ids of the records that are valid login events.
+/// Message ids the generator labelled `insert`.
 fn valid_ids(event: &SqsEvent) -> BTreeSet<String> {
-    event
-        .records
-        .iter()
-        .filter(|m| parse_body(m.body.as_deref().unwrap_or("")).is_ok())
-        .map(|m| m.message_id.clone().unwrap())
+    expectations(event)
+        .into_iter()
+        .filter(|(_, e)| e == "insert")
+        .map(|(id, _)| id)
         .collect()
 }
 
-fn all_ids(event: &SqsEvent) -> HashSet<String> {
-    event
-        .records
-        .iter()
-        .map(|m| m.message_id.clone().unwrap())
+/// Message ids the generator labelled `reject:...`.
+fn invalid_ids(event: &SqsEvent) -> BTreeSet<String> {
+    expectations(event)
+        .into_iter()
+        .filter(|(_, e)| e.starts_with("reject:"))
+        .map(|(id, _)| id)
         .collect()
 }
 
@@ -60,23 +61,59 @@ fn batch(count: usize, seed: u64) -> SqsEvent {
     })
 }
 
-#[tokio::test]
-async fn a_connection_cut_mid_insert_is_reopened_once_and_the_batch_completes() {
+/// Handles `event` and checks the partial-batch answer: exactly the invalid
+/// records are reported, no refusal, and the table holds the valid ones.
+async fn handle_and_check(
+    h: &BatchHandler,
+    db: &TestDb,
+    event: &SqsEvent,
+) -> login_etl::BatchSummary {
+    let (resp, summary) = h
+        .handle_with_summary(event)
+        .await
+        .expect("the batch succeeds");
+    let reported: BTreeSet<String> = failures(&resp).into_iter().collect();
+    assert_eq!(
+        reported,
+        invalid_ids(event),
+        "exactly the invalid records are reported"
+    );
+    assert_eq!(summary.refused, 0, "no row was refused");
+    assert_table_is(db, &valid_ids(event)).await;
+    summary
+}
+
+async fn cut_mid_statement_reconnects_once(count: usize, seed: u64, limit: u64) {
     let db = TestDb::create().await;
     let proxy = Proxy::start(5432).await;
     let h = proxied_handler(&db, &proxy, &[]).await;
-    let event = batch(3_000, 11);
-    // The first connection dies halfway through sending the 3,000-row insert.
-    proxy.plan(&[Cut::ClientToServerAfter(200_000)]);
-    let (resp, summary) = h
-        .handle_with_summary(&event)
-        .await
-        .expect("one reconnect recovers");
-    assert_eq!(proxy.remaining(), 0, "the cut happened");
+    let event = batch(count, seed);
+    proxy.plan(&[Cut::ClientToServerAfter(limit)]);
+    let summary = handle_and_check(&h, &db, &event).await;
+    assert_eq!(
+        proxy.cuts(),
+        vec![limit],
+        "one cut, {limit} bytes into the connection"
+    );
+    assert_eq!(
+        proxy.accepted(),
+        2,
+        "the first connection and exactly one reconnect"
+    );
     assert_eq!(summary.inserted as usize, valid_ids(&event).len());
-    let failed: HashSet<String> = failures(&resp).into_iter().collect();
-    assert_eq!(failed.len() + valid_ids(&event).len(), event.records.len());
-    assert_table_is(&db, &valid_ids(&event)).await;
+    assert_eq!(summary.duplicates, 0, "the cut statement committed nothing");
+}
+
+#[tokio::test]
+async fn a_cut_mid_copy_reconnects_exactly_once_and_the_batch_completes() {
+    // 3,000 rows take the COPY path (about 750 kB); the cut falls inside it.
+    cut_mid_statement_reconnects_once(3_000, 11, 200_000).await;
+}
+
+#[tokio::test]
+async fn a_cut_mid_insert_reconnects_exactly_once_and_the_batch_completes() {
+    // 300 rows take the INSERT path (about 75 kB in one pipeline).
+    cut_mid_statement_reconnects_once(300, 14, 30_000).await;
 }
 
 #[tokio::test]
@@ -94,39 +131,76 @@ async fn two_cuts_fail_the_invocation_with_nothing_half_committed_and_redelivery
         .await
         .expect_err("a second failure fails the invocation");
     assert!(err.is_retryable(), "{err}");
+    assert_eq!(proxy.cuts(), vec![200_000, 150_000], "both cuts fired");
+    assert_eq!(proxy.accepted(), 2, "one reconnect, no more");
     assert_eq!(
         count_rows(&db.client().await).await,
         0,
-        "the statement in flight committed nothing"
+        "the statements in flight committed nothing"
     );
     // The event-source mapping redelivers the whole batch.
-    let resp = h.handle(&event).await.expect("redelivery succeeds");
-    assert!(
-        failures(&resp)
-            .iter()
-            .all(|id| all_ids(&event).contains(id))
+    handle_and_check(&h, &db, &event).await;
+    assert_eq!(proxy.accepted(), 3);
+}
+
+/// The COMMIT reaches the server and commits; its answer never comes back.
+async fn reply_lost_after_commit(count: usize, seed: u64) {
+    let db = TestDb::create().await;
+    let event = batch(count, seed);
+    // A third of the batch was committed by an earlier delivery (another
+    // environment): those stay duplicates, the rest were committed by this
+    // invocation's lost attempt.
+    let mut earlier = event.clone();
+    earlier.records.truncate(count / 3);
+    let before = valid_ids(&earlier).len();
+    handle_and_check(&handler(&db.url).await, &db, &earlier).await;
+    let proxy = Proxy::start(5432).await;
+    proxy.plan(&[Cut::ReplyAfterText("COMMIT")]);
+    let h = proxied_handler(&db, &proxy, &[]).await;
+    let summary = handle_and_check(&h, &db, &event).await;
+    assert_eq!(proxy.cuts().len(), 1, "the reply to the COMMIT was cut");
+    assert_eq!(proxy.accepted(), 2, "one reconnect");
+    assert_eq!(
+        summary.inserted as usize,
+        valid_ids(&event).len() - before,
+        "rows the lost attempt committed count as inserted by this invocation"
     );
-    assert_table_is(&db, &valid_ids(&event)).await;
+    assert_eq!(
+        summary.duplicates as usize, before,
+        "earlier rows stay duplicates"
+    );
 }
 
 #[tokio::test]
-async fn a_reply_lost_after_commit_is_retried_into_duplicates_not_new_rows() {
+async fn a_reply_lost_after_an_insert_commit_counts_its_rows_as_inserted() {
+    reply_lost_after_commit(400, 13).await;
+}
+
+#[tokio::test]
+async fn a_reply_lost_after_a_copy_commit_counts_its_rows_as_inserted() {
+    reply_lost_after_commit(2_000, 15).await;
+}
+
+#[tokio::test]
+async fn a_cut_before_the_copy_commit_arrives_rolls_back_and_the_retry_writes_everything() {
     let db = TestDb::create().await;
     let proxy = Proxy::start(5432).await;
     let h = proxied_handler(&db, &proxy, &[]).await;
-    let event = batch(2_000, 13);
-    // The server executes and commits; the client never sees the reply.
-    proxy.plan(&[Cut::ReplyAfterRequest(100_000)]);
-    let (_, summary) = h
-        .handle_with_summary(&event)
-        .await
-        .expect("the retry succeeds");
-    assert_eq!(
-        summary.inserted, 0,
-        "the retry found every row already committed"
+    let event = batch(1_500, 16);
+    proxy.plan(&[Cut::BeforeText("COMMIT")]);
+    let summary = handle_and_check(&h, &db, &event).await;
+    let cuts = proxy.cuts();
+    assert_eq!(cuts.len(), 1);
+    assert!(
+        cuts[0] > 300_000,
+        "the cut came after the COPY data: {cuts:?}"
     );
-    assert_eq!(summary.duplicates as usize, valid_ids(&event).len());
-    assert_table_is(&db, &valid_ids(&event)).await;
+    assert_eq!(proxy.accepted(), 2);
+    assert_eq!(summary.inserted as usize, valid_ids(&event).len());
+    assert_eq!(
+        summary.duplicates, 0,
+        "the COPY without its COMMIT wrote nothing"
+    );
 }
 
 #[tokio::test]
@@ -180,7 +254,7 @@ async fn overlapping_batches_from_16_concurrent_invocations_give_one_row_per_mes
         seed: 31,
         ..Options::default()
     });
-    let want = valid_ids(&pool);
+    let (want, invalid) = (valid_ids(&pool), invalid_ids(&pool));
     let records = std::sync::Arc::new(pool.records);
     let mut tasks = Vec::new();
     for t in 0..16u64 {
@@ -200,35 +274,32 @@ async fn overlapping_batches_from_16_concurrent_invocations_give_one_row_per_mes
                 let start = rng.random_range(0..n - 2_000);
                 windows.push((start, start + rng.random_range(100..2_000)));
             }
-            let mut reported = 0;
+            let mut reported = HashSet::new();
             for (a, b) in windows {
                 let mut event = SqsEvent::default();
                 event.records = records[a..b].to_vec();
                 let resp = h.handle(&event).await.expect("batch succeeds");
-                let ids: HashSet<&str> = event
-                    .records
-                    .iter()
-                    .map(|m| m.message_id.as_deref().unwrap())
-                    .collect();
-                assert!(
-                    resp.batch_item_failures
-                        .iter()
-                        .all(|f| ids.contains(f.item_identifier.as_str()))
-                );
-                reported += resp.batch_item_failures.len();
+                reported.extend(failures(&resp));
             }
             reported
         }));
     }
-    let mut reported = 0;
+    let mut reported = BTreeSet::new();
     for t in tasks {
-        reported += t.await.unwrap();
+        reported.extend(t.await.unwrap());
     }
     assert!(
-        reported >= 50_000 - want.len(),
-        "every invalid record was reported at least once"
+        reported.is_disjoint(&want),
+        "no valid record is ever reported"
     );
+    assert_eq!(reported, invalid, "every invalid record was reported");
     assert_table_is(&db, &want).await;
+}
+
+fn user_of(event: &SqsEvent, i: usize) -> String {
+    let body: serde_json::Value =
+        serde_json::from_str(event.records[i].body.as_deref().unwrap()).unwrap();
+    body["user_id"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test]
@@ -242,11 +313,6 @@ async fn refused_rows_are_isolated_in_about_k_log_n_statements() {
         seed: 41,
         ..Options::default()
     });
-    let user = |i: usize| -> String {
-        let body: serde_json::Value =
-            serde_json::from_str(event.records[i].body.as_deref().unwrap()).unwrap();
-        body["user_id"].as_str().unwrap().to_owned()
-    };
     // Two refused by a CHECK constraint, one by a trigger that raises.
     client
         .batch_execute(&format!(
@@ -254,9 +320,9 @@ async fn refused_rows_are_isolated_in_about_k_log_n_statements() {
              CREATE FUNCTION refuse_one() RETURNS trigger LANGUAGE plpgsql AS $$
              BEGIN IF NEW.user_id = '{}' THEN RAISE EXCEPTION 'refused by trigger'; END IF; RETURN NEW; END $$;
              CREATE TRIGGER refuse_one BEFORE INSERT ON user_logins FOR EACH ROW EXECUTE FUNCTION refuse_one();",
-            user(3),
-            user(500),
-            user(1_000)
+            user_of(&event, 3),
+            user_of(&event, 500),
+            user_of(&event, 1_000)
         ))
         .await
         .unwrap();
@@ -267,13 +333,49 @@ async fn refused_rows_are_isolated_in_about_k_log_n_statements() {
         .collect();
     assert_eq!(failures(&resp), ids);
     let k = 3;
-    let bound = 1 + 2 * k * (n as f64).log2().ceil() as u32;
+    // +1: the COPY tried first (n >= COPY_MIN_ROWS).
+    let bound = 2 + 2 * k * (n as f64).log2().ceil() as u32;
     assert!(
         summary.statements <= bound,
         "{} statements for k={k}, n={n} (bound {bound})",
         summary.statements
     );
     assert_eq!(count_rows(&client).await as usize, n - 3);
+}
+
+#[tokio::test]
+async fn a_refusal_raised_at_commit_is_isolated_and_every_other_row_is_committed_once() {
+    let db = TestDb::create().await;
+    let h = handler(&db.url).await;
+    let client = db.client().await;
+    let event = batch(1_200, 42);
+    let bad = (0..event.records.len())
+        .find(|&i| {
+            i > 600 && valid_ids(&event).contains(event.records[i].message_id.as_deref().unwrap())
+        })
+        .unwrap();
+    // A deferred constraint trigger: the row goes in, the COMMIT fails.
+    client
+        .batch_execute(&format!(
+            "CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN IF NEW.user_id = '{}' THEN RAISE EXCEPTION 'refused at commit'; END IF; RETURN NULL; END $$;
+             CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON user_logins
+               DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_at_commit();",
+            user_of(&event, bad)
+        ))
+        .await
+        .unwrap();
+    let (resp, summary) = h.handle_with_summary(&event).await.unwrap();
+    let bad_id = event.records[bad].message_id.clone().unwrap();
+    let mut want_reported = invalid_ids(&event);
+    want_reported.insert(bad_id.clone());
+    let reported: BTreeSet<String> = failures(&resp).into_iter().collect();
+    assert_eq!(reported, want_reported);
+    assert_eq!(summary.refused, 1);
+    let mut want = valid_ids(&event);
+    want.remove(&bad_id);
+    assert_eq!(summary.inserted as usize, want.len());
+    assert_table_is(&db, &want).await;
 }
 
 #[tokio::test]
@@ -300,7 +402,7 @@ async fn a_lock_held_by_another_transaction_ends_in_a_bounded_error_never_a_part
     let took = started.elapsed();
     assert!(
         took < Duration::from_secs(6),
-        "bounded by the statement timeout and one retry: {took:?}"
+        "bounded by the lock timeout and the conflict retries: {took:?}"
     );
     assert!(
         err.is_retryable()
@@ -309,8 +411,189 @@ async fn a_lock_held_by_another_transaction_ends_in_a_bounded_error_never_a_part
     );
     tx.rollback().await.unwrap();
     assert_eq!(count_rows(&db.client().await).await, 0);
-    h.handle(&event)
+    handle_and_check(&h, &db, &event).await;
+}
+
+#[tokio::test]
+async fn a_lock_timeout_is_retried_on_the_same_connection_without_using_the_reconnect() {
+    let db = TestDb::create().await;
+    let proxy = Proxy::start(5432).await;
+    let h = proxied_handler(&db, &proxy, &[("DB_STATEMENT_TIMEOUT_MS", "400")]).await;
+    let (locked, is_locked) = tokio::sync::oneshot::channel();
+    let url = db.url.clone();
+    // Released after the first attempt timed out, before the retries run out.
+    let release = tokio::spawn(async move {
+        let mut locker = connect(&url).await;
+        let tx = locker.transaction().await.unwrap();
+        tx.batch_execute("LOCK TABLE user_logins IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        locked.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        tx.rollback().await.unwrap();
+    });
+    is_locked.await.unwrap();
+    let event = batch(100, 52);
+    let summary = handle_and_check(&h, &db, &event).await;
+    release.await.unwrap();
+    assert!(
+        summary.statements >= 2,
+        "the first attempt timed out on the lock"
+    );
+    assert_eq!(proxy.accepted(), 1, "retried on the same connection");
+}
+
+#[tokio::test]
+async fn the_invocation_deadline_ends_retries_early_enough_to_report() {
+    let db = TestDb::create().await;
+    let h = handler(&db.url).await;
+    let mut locker = db.client().await;
+    let tx = locker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE user_logins IN ACCESS EXCLUSIVE MODE")
         .await
-        .expect("redelivery after the lock is gone");
-    assert_table_is(&db, &valid_ids(&event)).await;
+        .unwrap();
+    let event = batch(100, 53);
+    let deadline = Instant::now() + Duration::from_millis(3_000);
+    let err = h
+        .handle_batch_until(&SqsBatch::from(&event), Some(deadline))
+        .await
+        .expect_err("the table stays locked");
+    let left = deadline.saturating_duration_since(Instant::now());
+    assert!(
+        left >= Duration::from_millis(1_000),
+        "returned with {left:?} left before the deadline"
+    );
+    assert!(err.is_retryable(), "{err}");
+    assert!(
+        err.to_string().contains("ms of the invocation left"),
+        "{err}"
+    );
+    tx.rollback().await.unwrap();
+    assert_eq!(count_rows(&db.client().await).await, 0);
+}
+
+#[tokio::test]
+async fn no_such_database_and_permission_denied_are_not_retryable_and_name_the_cause() {
+    let db = TestDb::create().await;
+    handler(&db.url).await;
+    let proxy = Proxy::start(5432).await;
+    let missing = format!(
+        "postgres://postgres@127.0.0.1:{}/login_etl_no_such_db_{}",
+        proxy.port,
+        std::process::id()
+    );
+    let h = handler_with(&[("DATABASE_URL", &missing), ("MASKING_KEY", TEST_KEY)]).await;
+    let err = h.handle(&batch(20, 61)).await.expect_err("no database");
+    assert!(!err.is_retryable(), "{err}");
+    assert!(
+        err.to_string().contains("3D000") && err.to_string().contains("does not exist"),
+        "{err}"
+    );
+    assert_eq!(proxy.accepted(), 1, "no silent retry");
+
+    let client = db.client().await;
+    let role = format!("login_etl_reader_{}", std::process::id());
+    client
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN; GRANT SELECT ON user_logins TO {role}"
+        ))
+        .await
+        .unwrap();
+    let url = db.url.replace("postgres@", &format!("{role}@"));
+    let h = handler_with(&[("DATABASE_URL", &url), ("MASKING_KEY", TEST_KEY)]).await;
+    let err = h
+        .handle(&batch(20, 62))
+        .await
+        .expect_err("no INSERT privilege");
+    assert!(!err.is_retryable(), "{err}");
+    assert!(
+        err.to_string().contains("42501") && err.to_string().contains("needs INSERT"),
+        "{err}"
+    );
+    drop(h);
+    // The role owns nothing; drop it after the database is gone.
+    drop(db);
+    let admin = connect(&admin_url()).await;
+    admin
+        .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_invalid_unique_index_stops_every_write_until_migrate_rebuilds_it() {
+    let db = TestDb::create().await;
+    handler(&db.url).await;
+    let client = db.client().await;
+    // What a failed CREATE UNIQUE INDEX CONCURRENTLY leaves behind.
+    client
+        .batch_execute(
+            "DROP INDEX user_logins_message_id_key;
+             INSERT INTO user_logins (message_id, user_id) VALUES ('dup', 'a'), ('dup', 'b');",
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute("CREATE UNIQUE INDEX CONCURRENTLY user_logins_message_id_key ON user_logins (message_id)")
+        .await
+        .expect_err("duplicates make the build fail");
+    let invalid: bool = client
+        .query_one(
+            "SELECT NOT indisvalid FROM pg_index WHERE indexrelid = 'user_logins_message_id_key'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(invalid, "an INVALID index is left under the expected name");
+    let h = handler_with(&[("DATABASE_URL", &db.url), ("MASKING_KEY", TEST_KEY)]).await;
+    let event = batch(50, 71);
+    let err = h
+        .handle(&event)
+        .await
+        .expect_err("no valid unique index, no write");
+    assert!(!err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("login-etl migrate"), "{err}");
+    assert_eq!(count_rows(&client).await, 2, "nothing was written");
+
+    client
+        .batch_execute("DELETE FROM user_logins WHERE user_id = 'b'")
+        .await
+        .unwrap();
+    let target = login_etl::startup::migrate(
+        &login_etl::config::DbConfig::from_lookup(&|k: &str| {
+            (k == "DATABASE_URL").then(|| db.url.clone())
+        })
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(target.contains("(applied)"), "{target}");
+    let h = handler_with(&[("DATABASE_URL", &db.url), ("MASKING_KEY", TEST_KEY)]).await;
+    let mut want = valid_ids(&event);
+    want.insert("dup".into());
+    h.handle(&event).await.expect("a valid index again");
+    assert_table_is(&db, &want).await;
+}
+
+#[tokio::test]
+async fn migrate_on_a_current_schema_takes_no_table_lock() {
+    let db = TestDb::create().await;
+    handler(&db.url).await;
+    let mut reader = db.client().await;
+    let tx = reader.transaction().await.unwrap();
+    // Blocks any ACCESS EXCLUSIVE lock (ALTER TABLE, CREATE INDEX) until it ends.
+    tx.batch_execute("LOCK TABLE user_logins IN ACCESS SHARE MODE")
+        .await
+        .unwrap();
+    let config = login_etl::config::DbConfig::from_lookup(&|k: &str| {
+        (k == "DATABASE_URL").then(|| db.url.clone())
+    })
+    .unwrap();
+    let target = tokio::time::timeout(Duration::from_secs(5), login_etl::startup::migrate(&config))
+        .await
+        .expect("migrate did not wait for a table lock")
+        .unwrap();
+    assert!(target.contains("already current"), "{target}");
+    tx.rollback().await.unwrap();
 }

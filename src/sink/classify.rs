@@ -1,0 +1,112 @@
+//! SQLSTATE classification: what the sink does about each kind of failure,
+//! and error text that never quotes a row value.
+
+use tokio_postgres::error::SqlState;
+
+use crate::error::SinkError;
+
+/// How one database operation failed, by what can be done about it.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The data of some row was refused (data or constraint error, also at
+    /// COMMIT): bisect to find it.
+    Row(String),
+    /// A conflict with another transaction (deadlock, serialization failure,
+    /// lock or statement timeout): the connection is healthy, try again on it.
+    Conflict(String),
+    /// The connection is gone or the server cannot serve it now: reconnect.
+    Transient(String),
+    /// Retrying will not help.
+    Fatal(SinkError),
+}
+
+/// Sorts a statement failure by what can be done about it.
+pub(crate) fn classify(e: &tokio_postgres::Error) -> Failure {
+    let Some(state) = e.code() else {
+        // I/O error, closed connection, protocol error: the connection is gone.
+        return Failure::Transient(describe(e));
+    };
+    let code = state.code();
+    if [
+        SqlState::T_R_SERIALIZATION_FAILURE,
+        SqlState::T_R_DEADLOCK_DETECTED,
+        SqlState::LOCK_NOT_AVAILABLE,
+        SqlState::QUERY_CANCELED,
+    ]
+    .contains(state)
+    {
+        return Failure::Conflict(describe(e));
+    }
+    match &code[..2] {
+        // data exception, integrity constraint violation, PL/pgSQL raise
+        // (triggers), program limit (e.g. index row too large): this row's fault.
+        "22" | "23" | "P0" | "54" => Failure::Row(describe_refusal(e)),
+        // connection exception, insufficient resources (too many connections),
+        // operator intervention (shutdown), system error, other transaction
+        // rollbacks, object in use, read-only transaction (a failover turned
+        // the writer into a reader), internal error.
+        "08" | "53" | "57" | "58" | "40" | "55" | "25" | "XX" => Failure::Transient(describe(e)),
+        _ => Failure::Fatal(SinkError::Fatal {
+            op: "the insert into user_logins",
+            cause: describe(e),
+            hint: match code {
+                // undefined table / column, no unique index for ON CONFLICT
+                "42P01" | "42703" | "42P10" => {
+                    "; the schema is missing or not upgraded: run `make migrate` (login-etl migrate) or set RUN_MIGRATIONS=true"
+                }
+                "42501" => {
+                    "; the database role needs INSERT on user_logins and SELECT on its message_id column (see README)"
+                }
+                _ => "",
+            },
+        }),
+    }
+}
+
+/// Failures at connect that a human must fix: no such database, no such role
+/// or no `pg_hba.conf` entry, a wrong password (after the one refetch), no
+/// CONNECT privilege. Retrying them only fills the DLQ.
+pub(crate) fn connect_refusal_hint(code: &SqlState) -> Option<&'static str> {
+    Some(match code.code() {
+        "3D000" => "the database does not exist: check dbname in the secret or DATABASE_URL",
+        "28000" => {
+            "the server refused this role or client (no such role, or no pg_hba.conf entry; if the server requires TLS, set DB_SSLMODE=verify-full)"
+        }
+        "28P01" => {
+            "the password was rejected: update the database secret (the function refetches it once)"
+        }
+        "42501" => "the role may not connect: GRANT CONNECT ON DATABASE to it",
+        _ => return None,
+    })
+}
+
+/// An error as text without `DETAIL`/`HINT`, which can quote row values.
+/// Other errors (I/O, TLS) get their whole cause chain, which tokio-postgres's
+/// `Display` leaves out.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("SQLSTATE {}: {}", db.code().code(), db.message());
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text = format!("{text}: {part}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// A refusal as SQLSTATE and constraint only: its message can name values
+/// (a trigger's `RAISE` text, "Failing row contains ...").
+fn describe_refusal(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.constraint() {
+            Some(c) => format!("SQLSTATE {} on constraint {c}", db.code().code()),
+            None => format!("SQLSTATE {}", db.code().code()),
+        },
+        None => describe(e),
+    }
+}
