@@ -52,8 +52,11 @@ $(VENV_STAMP):
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(foreach p,$(PIP_PACKAGES),'$(p)')
 	rm -f $(VENV)/.installed-* && touch $@
 
-tools: $(VENV_STAMP) ## install the Python tools (venv), the arm64 target, clippy, rustfmt
+tools: $(VENV_STAMP) ## install the Python tools (venv), the arm64 target, clippy, rustfmt, pgbouncer
 	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
+	# PgBouncer (transaction mode, as RDS Proxy pools) for tests/pooler.rs and make bench.
+	command -v pgbouncer > /dev/null || [ -x /usr/sbin/pgbouncer ] || { echo "==> installing pgbouncer (Debian package)"; \
+	  { apt-get install -y -qq pgbouncer > /dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq pgbouncer; }; }; }
 	rustup target list --installed | grep -q aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
 
 $(LS_STAMP):

@@ -139,17 +139,43 @@ impl DbConfig {
                 });
             }
         };
-        let ssl_mode = match get("DB_SSLMODE").as_deref().map(str::trim) {
-            None if matches!(source, DbSource::Secret(_)) => SslMode::VerifyFull,
-            None | Some("disable") => SslMode::Disable,
-            Some("require") => SslMode::Require,
-            Some("verify-full") => SslMode::VerifyFull,
-            Some(_) => {
-                return Err(ConfigError::Invalid {
+        // An sslmode in DATABASE_URL is honoured (tokio-postgres alone would
+        // ignore it here, or refuse verify-full), never silently downgraded.
+        let (source, url_mode) = match source {
+            DbSource::Url(url) => {
+                let (url, mode) = split_sslmode(&url);
+                let mode = mode
+                    .map(|m| {
+                        parse_ssl_mode(&m).ok_or_else(|| ConfigError::Invalid {
+                            var: "DATABASE_URL",
+                            reason: "its sslmode must be disable, require or verify-full (prefer and allow may fall back to plaintext; verify-ca is not supported)".into(),
+                        })
+                    })
+                    .transpose()?;
+                (DbSource::Url(url), mode)
+            }
+            secret => (secret, None),
+        };
+        let var_mode = get("DB_SSLMODE")
+            .map(|v| {
+                parse_ssl_mode(v.trim()).ok_or_else(|| ConfigError::Invalid {
                     var: "DB_SSLMODE",
                     reason: "expected one of disable, require, verify-full".into(),
+                })
+            })
+            .transpose()?;
+        let ssl_mode = match (var_mode, url_mode) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(ConfigError::Invalid {
+                    var: "DB_SSLMODE",
+                    reason:
+                        "it differs from the sslmode in DATABASE_URL; set the mode in one place"
+                            .into(),
                 });
             }
+            (Some(mode), _) | (None, Some(mode)) => mode,
+            (None, None) if matches!(source, DbSource::Secret(_)) => SslMode::VerifyFull,
+            (None, None) => SslMode::Disable,
         };
         Ok(Self {
             source,
@@ -161,6 +187,42 @@ impl DbConfig {
                 .unwrap_or(DEFAULT_STATEMENT_TIMEOUT),
         })
     }
+}
+
+fn parse_ssl_mode(value: &str) -> Option<SslMode> {
+    match value {
+        "disable" => Some(SslMode::Disable),
+        "require" => Some(SslMode::Require),
+        "verify-full" => Some(SslMode::VerifyFull),
+        _ => None,
+    }
+}
+
+/// Takes `sslmode` out of a connection string (URL query or `key=value`
+/// form): the string without it, and its value.
+fn split_sslmode(conn: &str) -> (String, Option<String>) {
+    let is_sslmode = |part: &str| part.trim_start().starts_with("sslmode=");
+    let value = |part: &str| {
+        part.trim()
+            .trim_start_matches("sslmode=")
+            .trim_matches('\'')
+            .to_owned()
+    };
+    if let Some((base, query)) = conn.split_once('?') {
+        let (modes, rest): (Vec<&str>, Vec<&str>) = query.split('&').partition(|p| is_sslmode(p));
+        let url = if rest.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", rest.join("&"))
+        };
+        return (url, modes.last().map(|m| value(m)));
+    }
+    if conn.contains("://") {
+        return (conn.to_owned(), None);
+    }
+    let (modes, rest): (Vec<&str>, Vec<&str>) =
+        conn.split_whitespace().partition(|p| is_sslmode(p));
+    (rest.join(" "), modes.last().map(|m| value(m)))
 }
 
 fn parse_bool(
@@ -301,6 +363,50 @@ mod tests {
                     && !msg.contains("maybe-secret")
                     && !msg.contains("soon-secret")
             );
+        }
+    }
+
+    #[test]
+    fn sslmode_in_database_url_is_honoured_or_refused_never_downgraded() {
+        let mode = |url: &str, var: Option<&str>| {
+            let mut pairs = vec![("DATABASE_URL", url), ("MASKING_KEY", "ab")];
+            pairs.extend(var.map(|v| ("DB_SSLMODE", v)));
+            load(&pairs).map(|c| (c.db.ssl_mode, c.db.source))
+        };
+        let (m, source) = mode("postgres://u@h/db?sslmode=require", None).unwrap();
+        assert_eq!(m, SslMode::Require);
+        assert_eq!(source, DbSource::Url("postgres://u@h/db".into()));
+        let (m, source) = mode(
+            "postgres://u@h/db?connect_timeout=3&sslmode=verify-full",
+            None,
+        )
+        .unwrap();
+        assert_eq!(m, SslMode::VerifyFull);
+        assert_eq!(
+            source,
+            DbSource::Url("postgres://u@h/db?connect_timeout=3".into())
+        );
+        let (m, source) = mode("host=h user=u sslmode=require dbname=db", None).unwrap();
+        assert_eq!(m, SslMode::Require);
+        assert_eq!(source, DbSource::Url("host=h user=u dbname=db".into()));
+        assert_eq!(mode("postgres://u@h/db", None).unwrap().0, SslMode::Disable);
+        assert_eq!(
+            mode("postgres://u@h/db?sslmode=require", Some("require"))
+                .unwrap()
+                .0,
+            SslMode::Require
+        );
+        for (url, var, named) in [
+            ("postgres://u@h/db?sslmode=prefer", None, "DATABASE_URL"),
+            ("postgres://u@h/db?sslmode=allow", None, "DATABASE_URL"),
+            (
+                "postgres://u@h/db?sslmode=require",
+                Some("disable"),
+                "DB_SSLMODE",
+            ),
+        ] {
+            let e = mode(url, var).unwrap_err().to_string();
+            assert!(e.contains(named) && e.contains("sslmode"), "{e}");
         }
     }
 

@@ -192,4 +192,6 @@ pub fn closed_port() -> u16 {
 }
 
 pub mod pg_server;
+pub mod pgbouncer;
 pub mod proxy;
+pub mod runtime_api;
