@@ -7,6 +7,10 @@
 
 #[path = "common.rs"]
 mod common;
+// The throwaway PgBouncer of the tests (its `super` is the crate root here).
+#[path = "../tests/common/pgbouncer.rs"]
+mod pgbouncer;
+use common::closed_port;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -64,6 +68,64 @@ fn bench_event(count: usize, seed: u64) -> SqsEvent {
     event
 }
 
+fn pgbouncer_installed() -> bool {
+    std::path::Path::new("/usr/sbin/pgbouncer").exists()
+}
+
+/// Median handler and COPY times per size; prints one line per size.
+async fn measure(
+    label: &str,
+    handler: &login_etl::BatchHandler,
+    client: &tokio_postgres::Client,
+    masker: &Masker,
+    sizes: &[(usize, usize)],
+) -> Vec<(usize, Duration, Duration)> {
+    println!(
+        "{:>8} {:>5} {:>12} {:>12} {:>8} {:>14}  ({label})",
+        "records", "runs", "handler ms", "COPY ms", "ratio", "handler rec/s"
+    );
+    let mut out = Vec::new();
+    for &(n, runs) in sizes {
+        let (mut h_times, mut c_times) = (Vec::new(), Vec::new());
+        for run in 0..runs {
+            // Fresh message ids every run, so nothing is a duplicate.
+            let event = bench_event(n, 1_000 * n as u64 + run as u64);
+            let json = serde_json::to_vec(&event).unwrap();
+
+            client.batch_execute("TRUNCATE user_logins").await.unwrap();
+            let started = Instant::now();
+            let parsed: login_etl::SqsBatch = serde_json::from_slice(&json).unwrap();
+            let (resp, summary) = handler.handle_batch_with_summary(&parsed).await.unwrap();
+            h_times.push(started.elapsed());
+            assert!(resp.batch_item_failures.is_empty() && summary.inserted as usize == n);
+
+            client.batch_execute("TRUNCATE user_logins").await.unwrap();
+            let event: login_etl::SqsBatch = serde_json::from_slice(&json).unwrap();
+            let today = Utc::now().date_naive();
+            let rows: Vec<LoginRow<'_>> = event
+                .records
+                .iter()
+                .map(|m| {
+                    record::transform(m.message_id.as_deref().unwrap(), m, masker, today).unwrap()
+                })
+                .collect();
+            let started = Instant::now();
+            copy_rows(client, &rows).await;
+            c_times.push(started.elapsed());
+        }
+        let (h, c): (Duration, Duration) = (median(&mut h_times), median(&mut c_times));
+        println!(
+            "{n:>8} {runs:>5} {:>12.2} {:>12.2} {:>8.2} {:>14.0}",
+            ms(h),
+            ms(c),
+            h.as_secs_f64() / c.as_secs_f64(),
+            n as f64 / h.as_secs_f64()
+        );
+        out.push((n, h, c));
+    }
+    out
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let full = full_run();
@@ -87,46 +149,25 @@ async fn main() {
     println!(
         "batch into PostgreSQL: handler (event JSON in memory -> committed rows) vs binary COPY of the transformed rows"
     );
-    println!(
-        "{:>8} {:>5} {:>12} {:>12} {:>8} {:>14}",
-        "records", "runs", "handler ms", "COPY ms", "ratio", "handler rec/s"
-    );
-    for &(n, runs) in sizes {
-        let (mut h_times, mut c_times) = (Vec::new(), Vec::new());
-        for run in 0..runs {
-            // Fresh message ids every run, so nothing is a duplicate.
-            let event = bench_event(n, 1_000 * n as u64 + run as u64);
-            let json = serde_json::to_vec(&event).unwrap();
-
-            client.batch_execute("TRUNCATE user_logins").await.unwrap();
-            let started = Instant::now();
-            let parsed: login_etl::SqsBatch = serde_json::from_slice(&json).unwrap();
-            let (resp, summary) = handler.handle_batch_with_summary(&parsed).await.unwrap();
-            h_times.push(started.elapsed());
-            assert!(resp.batch_item_failures.is_empty() && summary.inserted as usize == n);
-
-            client.batch_execute("TRUNCATE user_logins").await.unwrap();
-            let event: login_etl::SqsBatch = serde_json::from_slice(&json).unwrap();
-            let today = Utc::now().date_naive();
-            let rows: Vec<LoginRow<'_>> = event
-                .records
-                .iter()
-                .map(|m| {
-                    record::transform(m.message_id.as_deref().unwrap(), m, &masker, today).unwrap()
-                })
-                .collect();
-            let started = Instant::now();
-            copy_rows(&client, &rows).await;
-            c_times.push(started.elapsed());
+    let direct = measure("direct", &handler, &client, &masker, sizes).await;
+    // The same through PgBouncer in transaction mode (as RDS Proxy pools),
+    // when it is installed (make tools installs it).
+    let bouncer = pgbouncer_installed().then(|| pgbouncer::PgBouncer::start(5432, 2));
+    if let Some(bouncer) = &bouncer {
+        let pooled_url = url.replace(":5432/", &format!(":{}/", bouncer.port));
+        let vars: HashMap<&str, &str> =
+            [("DATABASE_URL", pooled_url.as_str()), ("MASKING_KEY", KEY)].into();
+        let pooled = Config::from_lookup(|k| vars.get(k).map(|v| v.to_string())).unwrap();
+        let pooled_handler = startup::build(&pooled).await.unwrap();
+        let through = measure("PgBouncer", &pooled_handler, &client, &masker, sizes).await;
+        for ((n, h_direct, _), (_, h_pooled, _)) in direct.iter().zip(&through) {
+            println!(
+                "{n:>8} records: handler through PgBouncer / handler direct = {:.2} (goal at 10,000: <= 1.25)",
+                h_pooled.as_secs_f64() / h_direct.as_secs_f64()
+            );
         }
-        let (h, c): (Duration, Duration) = (median(&mut h_times), median(&mut c_times));
-        println!(
-            "{n:>8} {runs:>5} {:>12.2} {:>12.2} {:>8.2} {:>14.0}",
-            ms(h),
-            ms(c),
-            h.as_secs_f64() / c.as_secs_f64(),
-            n as f64 / h.as_secs_f64()
-        );
+    } else {
+        println!("PgBouncer is not installed: the pooled run is skipped (make tools installs it)");
     }
     // Where the handler's time goes, phase by phase, for the largest batch.
     let n = sizes.last().unwrap().0;

@@ -12,6 +12,40 @@ use login_etl::record::{Field, Rejection, parse_body};
 use proptest::prelude::*;
 
 /// JSON-ish bodies: objects mixing the real fields with junk values, plus raw noise.
+fn value_strategy() -> impl Strategy<Value = serde_json::Value> {
+    prop_oneof![
+        any::<String>().prop_map(serde_json::Value::String),
+        "[a-z0-9 -]{100,300}".prop_map(serde_json::Value::String),
+        "[0-9]{1,3}(\\.[0-9]{1,4}){0,3}".prop_map(serde_json::Value::String),
+        "(::)?[0-9a-f:.]{1,20}".prop_map(serde_json::Value::String),
+        any::<i64>().prop_map(|n| serde_json::json!(n)),
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::Bool),
+        Just(serde_json::json!({"nested": [1, {"x": null}]})),
+    ]
+}
+
+/// A valid login body with one field (or none) replaced by a hostile value:
+/// most of these still parse, so the "accepted values fit" checks run often.
+fn mutated_valid_body() -> impl Strategy<Value = String> {
+    const FIELDS: [&str; 6] = [
+        "user_id",
+        "app_version",
+        "device_type",
+        "ip",
+        "locale",
+        "device_id",
+    ];
+    (valid_body(), 0usize..8, value_strategy()).prop_map(|(body, field, value)| {
+        let mut map: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&body).unwrap();
+        if let Some(key) = FIELDS.get(field) {
+            map.insert((*key).to_owned(), value);
+        }
+        serde_json::Value::Object(map).to_string()
+    })
+}
+
 fn body_strategy() -> impl Strategy<Value = String> {
     let key = prop_oneof![
         Just("user_id".to_owned()),
@@ -22,15 +56,7 @@ fn body_strategy() -> impl Strategy<Value = String> {
         Just("device_id".to_owned()),
         "[a-z_]{1,8}",
     ];
-    let value = prop_oneof![
-        any::<String>().prop_map(serde_json::Value::String),
-        "[0-9]{1,3}(\\.[0-9]{1,4}){0,3}".prop_map(serde_json::Value::String),
-        "(::)?[0-9a-f:.]{1,20}".prop_map(serde_json::Value::String),
-        any::<i64>().prop_map(|n| serde_json::json!(n)),
-        Just(serde_json::Value::Null),
-        any::<bool>().prop_map(serde_json::Value::Bool),
-        Just(serde_json::json!({"nested": [1, {"x": null}]})),
-    ];
+    let value = value_strategy();
     prop_oneof![
         3 => proptest::collection::vec((key, value), 0..9).prop_map(|kv| {
             let fields: Vec<String> = kv.iter().map(|(k, v)| format!("{}: {v}", serde_json::Value::String(k.clone()))).collect();
@@ -45,23 +71,50 @@ fn valid_body() -> impl Strategy<Value = String> {
     (0usize..1_000_000).prop_map(|i| login_etl::synth::login_body_for(7, i))
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
-
-    #[test]
-    fn the_validator_never_panics_and_accepted_values_fit_their_columns(body in body_strategy()) {
-        if let Ok(e) = parse_body(&body) {
-            prop_assert!(!e.user_id.trim().is_empty() && e.user_id.chars().count() <= 128);
-            prop_assert!(!e.device_type.trim().is_empty() && e.device_type.chars().count() <= 32);
-            prop_assert!(!e.device_id.trim().is_empty() && e.device_id.chars().count() <= 256);
-            prop_assert!(e.locale.as_ref().is_none_or(|l| l.chars().count() <= 32));
-            prop_assert!(e.app_version_text.chars().count() <= 32);
-            prop_assert!((0..=999_999_999).contains(&e.app_version));
-            for s in [&e.user_id, &e.device_type, &e.device_id, &e.app_version_text] {
-                prop_assert!(!s.contains('\0'));
-            }
-        }
-    }
+#[test]
+fn the_validator_never_panics_and_accepted_values_fit_their_columns() {
+    let accepted = std::cell::Cell::new(0usize);
+    let cases = 2_000;
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(
+            &prop_oneof![body_strategy(), mutated_valid_body()],
+            |body| {
+                if let Ok(e) = parse_body(&body) {
+                    accepted.set(accepted.get() + 1);
+                    prop_assert!(!e.user_id.trim().is_empty() && e.user_id.chars().count() <= 128);
+                    prop_assert!(
+                        !e.device_type.trim().is_empty() && e.device_type.chars().count() <= 32
+                    );
+                    prop_assert!(
+                        !e.device_id.trim().is_empty() && e.device_id.chars().count() <= 256
+                    );
+                    prop_assert!(e.locale.as_ref().is_none_or(|l| l.chars().count() <= 32));
+                    prop_assert!(e.app_version_text.chars().count() <= 32);
+                    prop_assert!((0..=999_999_999).contains(&e.app_version));
+                    for s in [
+                        &e.user_id,
+                        &e.device_type,
+                        &e.device_id,
+                        &e.app_version_text,
+                    ] {
+                        prop_assert!(!s.contains('\0'));
+                    }
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+    // Without this floor the checks above could silently never run.
+    let share = accepted.get() as f64 / cases as f64;
+    assert!(
+        share >= 0.20,
+        "only {:.0}% of the bodies were accepted",
+        share * 100.0
+    );
 }
 
 fn event_of(bodies: &[String]) -> SqsEvent {
@@ -94,17 +147,26 @@ fn every_record_of_arbitrary_batches_is_inserted_or_reported() {
     let db = rt.block_on(TestDb::create());
     let h = rt.block_on(handler(&db.url));
     let client = rt.block_on(db.client());
-    let batch = proptest::collection::vec(prop_oneof![body_strategy(), valid_body()], 1..40);
+    // Each body with whether it is known to be valid (generated as such).
+    let batch = proptest::collection::vec(
+        prop_oneof![
+            body_strategy().prop_map(|b| (b, false)),
+            valid_body().prop_map(|b| (b, true)),
+        ],
+        1..40,
+    );
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
         cases: 48,
         ..ProptestConfig::default()
     });
     runner
         .run(&batch, |bodies| {
-            let mut bodies = bodies;
             // Unique bodies so message ids (derived from them) are unique within the batch.
             let mut seen = HashSet::new();
-            bodies.retain(|b| seen.insert(b.clone()));
+            let (bodies, known_valid): (Vec<String>, Vec<bool>) = bodies
+                .into_iter()
+                .filter(|(b, _)| seen.insert(b.clone()))
+                .unzip();
             let event = event_of(&bodies);
             let (resp, summary) = rt
                 .block_on(h.handle_with_summary(&event))
@@ -134,6 +196,19 @@ fn every_record_of_arbitrary_batches_is_inserted_or_reported() {
             prop_assert!(in_table.is_disjoint(&reported));
             prop_assert_eq!(in_table.len() + reported.len(), input.len());
             prop_assert_eq!(summary.received, input.len());
+            prop_assert_eq!(
+                summary.refused,
+                0,
+                "nothing here is for the database to refuse"
+            );
+            for (m, valid) in event.records.iter().zip(&known_valid) {
+                if *valid {
+                    prop_assert!(
+                        in_table.contains(m.message_id.as_ref().unwrap()),
+                        "a known-valid record is in the table"
+                    );
+                }
+            }
             Ok(())
         })
         .unwrap();
