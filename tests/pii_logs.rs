@@ -25,23 +25,47 @@ impl std::io::Write for Capture {
     }
 }
 
-/// Raw ip and device_id values of a batch, except 127.0.0.1: the test
-/// database's own address, which the function rightly logs as its target.
+/// Raw ip and device_id values of a batch in every form a log could carry
+/// them: as sent, canonical (an IPv6 address lowercased and compressed, as
+/// `IpAddr` prints it) and JSON-escaped (`\u0000` inside a device id); except
+/// 127.0.0.1, the test database's own address, which the function rightly
+/// logs as its target.
 fn pii_of(event: &SqsEvent) -> Vec<String> {
     let mut out = Vec::new();
     for m in &event.records {
         if let Ok(body) = serde_json::from_str::<Value>(m.body.as_deref().unwrap_or("")) {
             for key in ["ip", "device_id"] {
-                if let Some(v) = body.get(key).and_then(Value::as_str) {
-                    let v = v.trim().trim_matches('\0');
-                    if v.len() >= 3 && v != "127.0.0.1" {
-                        out.push(v.to_owned());
+                if let Some(raw) = body.get(key).and_then(Value::as_str) {
+                    let v = raw.trim().trim_matches('\0');
+                    let mut forms = vec![v.to_owned()];
+                    if let Ok(ip) = v.parse::<std::net::IpAddr>() {
+                        forms.push(ip.to_string());
+                    }
+                    let escaped = serde_json::to_string(raw).unwrap();
+                    forms.push(escaped.trim_matches('"').to_owned());
+                    for f in forms {
+                        if f.len() >= 3 && f != "127.0.0.1" && f != "::1" && !out.contains(&f) {
+                            out.push(f);
+                        }
                     }
                 }
             }
         }
     }
     out
+}
+
+/// A batch of one record per body.
+fn event_of(bodies: &[&str]) -> SqsEvent {
+    let mut event = synth::event(&Options {
+        count: bodies.len(),
+        seed: 65,
+        ..Options::default()
+    });
+    for (m, b) in event.records.iter_mut().zip(bodies) {
+        m.body = Some((*b).to_owned());
+    }
+    event
 }
 
 #[tokio::test]
@@ -79,6 +103,13 @@ async fn nothing_the_function_writes_at_trace_contains_raw_pii_or_the_key() {
         seed: 62,
         ..Options::default()
     }));
+    // Upper-case IPv6 (logged canonical would be lower-case) and a NUL
+    // inside a device id (logged escaped would be \u0000).
+    batches.push(event_of(&[
+        r#"{"user_id":"u-6","app_version":"1.0","device_type":"ios","ip":"2001:0DB8:AC10::FE01","locale":null,"device_id":"611-22-3344"}"#,
+        r#"{"user_id":"u-7","app_version":"1.0","device_type":"ios","ip":"FE80:0:0:0:0:0:0:1","locale":null,"device_id":"711-22\u00003344"}"#,
+        r#"{"user_id":"u-8","app_version":"x","device_type":"ios","ip":"2001:DB8::BEEF","locale":null,"device_id":"811-22-3344"}"#,
+    ]));
     let mut errors = Vec::new();
     for b in &batches {
         h.handle(b).await.unwrap();
@@ -99,7 +130,64 @@ async fn nothing_the_function_writes_at_trace_contains_raw_pii_or_the_key() {
     });
     let (_, summary) = h.handle_with_summary(&refused).await.unwrap();
     assert!(summary.refused > 0, "the refusal path ran");
+    // What a refused row's DETAIL ("Failing row contains ...") would leak:
+    // its user id and its tokens.
+    let mut refused_row_values = Vec::new();
+    for m in &refused.records {
+        if let Ok(body) = serde_json::from_str::<Value>(m.body.as_deref().unwrap())
+            && body["device_type"] == "ios"
+            && let (Some(ip), Some(dev)) = (body["ip"].as_str(), body["device_id"].as_str())
+            && let Ok(ip) = ip.parse::<std::net::IpAddr>()
+        {
+            refused_row_values.push(body["user_id"].as_str().unwrap().to_owned());
+            refused_row_values.push(hmac_hex(TEST_KEY, &ip.to_string()));
+            refused_row_values.push(hmac_hex(TEST_KEY, dev.trim()));
+        }
+    }
+    assert!(refused_row_values.len() >= 3 * summary.refused);
     batches.push(refused);
+    // Connection cut twice mid-statement, and a lock timeout: the transient
+    // error paths log too.
+    let proxy = common::proxy::Proxy::start(5432).await;
+    proxy.plan(&[
+        common::proxy::Cut::ClientToServerAfter(20_000),
+        common::proxy::Cut::ClientToServerAfter(20_000),
+    ]);
+    let cut = handler_with(&[
+        (
+            "DATABASE_URL",
+            &db.url.replace(":5432/", &format!(":{}/", proxy.port)),
+        ),
+        ("MASKING_KEY", TEST_KEY),
+    ])
+    .await;
+    let cut_batch = synth::event(&Options {
+        count: 200,
+        seed: 66,
+        ..Options::default()
+    });
+    errors.push(cut.handle(&cut_batch).await.unwrap_err().to_string());
+    assert_eq!(proxy.cuts().len(), 2, "both cuts fired");
+    batches.push(cut_batch);
+    let slow = handler_with(&[
+        ("DATABASE_URL", &db.url),
+        ("MASKING_KEY", TEST_KEY),
+        ("DB_STATEMENT_TIMEOUT_MS", "200"),
+    ])
+    .await;
+    let mut locker = db.client().await;
+    let tx = locker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE user_logins IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let locked_batch = synth::event(&Options {
+        count: 30,
+        seed: 67,
+        ..Options::default()
+    });
+    errors.push(slow.handle(&locked_batch).await.unwrap_err().to_string());
+    tx.rollback().await.unwrap();
+    batches.push(locked_batch);
     // The database is unreachable: the error path logs and returns an error.
     let down = handler_with(&[
         (
@@ -141,7 +229,12 @@ async fn nothing_the_function_writes_at_trace_contains_raw_pii_or_the_key() {
     let mut values: Vec<String> = batches.iter().flat_map(pii_of).collect();
     values.extend(["10.20.30.40".to_owned(), "999-88-7777".to_owned()]); // in the malformed event
     assert!(values.len() > 4_000, "{} values", values.len());
+    values.extend(refused_row_values);
     let everything = format!("{logs}\n{}", errors.join("\n"));
+    assert!(
+        !everything.contains("Failing row contains"),
+        "a database DETAIL (which quotes rows) reached the output"
+    );
     for v in &values {
         assert!(
             !everything.contains(v.as_str()),
