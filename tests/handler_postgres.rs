@@ -266,6 +266,28 @@ async fn fifo_batch_stops_at_refused_row(count: usize, bad: usize) {
         .collect();
     assert_eq!(failures(&resp), ids[bad..].to_vec());
     assert_eq!(summary.inserted, bad as u64);
+    // The statements a FIFO bisection needs to find `bad` (ranges popped in
+    // batch order, stopping at the refused row), plus the COPY tried first
+    // by batches that are large enough.
+    let mut inserts = 0;
+    let mut todo = vec![0..count];
+    while let Some(r) = todo.pop() {
+        inserts += 1;
+        if r.contains(&bad) {
+            if r.len() == 1 {
+                break;
+            }
+            let mid = r.start + r.len() / 2;
+            todo.push(mid..r.end);
+            todo.push(r.start..mid);
+        }
+    }
+    let copy = u32::from(count >= login_etl::sink::COPY_MIN_ROWS);
+    assert_eq!(
+        summary.statements,
+        inserts + copy,
+        "{count} rows, refused at {bad}"
+    );
     let mut before = ids[..bad].to_vec();
     before.sort();
     assert_eq!(message_ids_in_table(&client).await, before);
