@@ -120,7 +120,6 @@ bench: tools ## benchmarks: per-record transform, batch vs COPY, cold start, pea
 	echo "== [2/4] batch into PostgreSQL vs COPY"
 	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" cargo bench --quiet --bench batch_pg 2>/dev/null
 	echo "== [3/4] cold start and peak RSS of the release binary (host build)"
-	cargo build --quiet --release --bin login-etl
 	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" cargo bench --quiet --bench lambda_process 2>/dev/null
 	echo "== [4/4] arm64 release binary for Lambda"
 	cargo lambda build --quiet --release --arm64 --bin login-etl

@@ -117,7 +117,7 @@ fn spawn(binary: &str, port: u16, db_url: &str) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {binary} ({e}); build it with `cargo build --release --bin login-etl` (make bench does)"))
+        .unwrap_or_else(|e| panic!("cannot start {binary} ({e}); cargo builds it for this bench, or set LOGIN_ETL_BINARY"))
 }
 
 fn stop(mut child: Child) {
@@ -146,13 +146,10 @@ fn peak_rss_kib(pid: u32) -> u64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let full = full_run();
-    let binary = std::env::var("LOGIN_ETL_BINARY").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/login-etl").into()
-    });
-    if !full && !std::path::Path::new(&binary).exists() {
-        println!("lambda_process: {binary} not built; smoke run skipped (make bench builds it)");
-        return;
-    }
+    // Cargo builds the binary for this target's profile: the bench profile
+    // under `cargo bench`, the debug one for the smoke run of `cargo test`.
+    let binary = std::env::var("LOGIN_ETL_BINARY")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_login-etl").into());
     let (db, url) = create_db("process").await;
     let db_config = login_etl::config::DbConfig::from_lookup(&|k: &str| {
         (k == "DATABASE_URL").then(|| url.clone())
