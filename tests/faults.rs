@@ -597,3 +597,53 @@ async fn migrate_on_a_current_schema_takes_no_table_lock() {
     assert!(target.contains("already current"), "{target}");
     tx.rollback().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_lost_reply_recount_needs_select_on_xmin_and_without_it_counts_duplicates() {
+    for (grant, counted_as_inserted) in [("message_id", false), ("message_id, xmin", true)] {
+        let db = TestDb::create().await;
+        handler(&db.url).await; // schema applied by the owner
+        let role = format!("{}_writer", db.name);
+        let client = db.client().await;
+        client
+            .batch_execute(&format!(
+                "CREATE ROLE {role} LOGIN; GRANT CONNECT ON DATABASE {0} TO {role};
+                 GRANT USAGE ON SCHEMA public TO {role};
+                 GRANT INSERT ON user_logins TO {role}; GRANT SELECT ({grant}) ON user_logins TO {role};",
+                db.name
+            ))
+            .await
+            .unwrap();
+        let proxy = Proxy::start(5432).await;
+        proxy.plan(&[Cut::ReplyAfterText("COMMIT")]);
+        let url = db
+            .url
+            .replace("postgres@", &format!("{role}@"))
+            .replace(":5432/", &format!(":{}/", proxy.port));
+        let h = handler_with(&[("DATABASE_URL", &url), ("MASKING_KEY", TEST_KEY)]).await;
+        let event = batch(300, 17);
+        let summary = handle_and_check(&h, &db, &event).await;
+        assert_eq!(proxy.cuts().len(), 1);
+        let valid = valid_ids(&event).len() as u64;
+        if counted_as_inserted {
+            assert_eq!(
+                (summary.inserted, summary.duplicates),
+                (valid, 0),
+                "{grant}"
+            );
+        } else {
+            assert_eq!(
+                (summary.inserted, summary.duplicates),
+                (0, valid),
+                "{grant}"
+            );
+        }
+        drop(h);
+        drop(db);
+        let admin = connect(&admin_url()).await;
+        admin
+            .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
+            .await
+            .unwrap();
+    }
+}

@@ -443,7 +443,7 @@ async fn copy_fast_path_refused_row_in_a_fifo_batch_keeps_order_semantics() {
 }
 
 #[tokio::test]
-async fn insert_plus_select_on_message_id_is_all_the_function_needs() {
+async fn insert_plus_select_on_message_id_and_xmin_is_all_the_function_needs() {
     let db = TestDb::create().await;
     handler(&db.url).await; // schema applied by the owner
     let role = format!("{}_writer", db.name);
@@ -451,7 +451,7 @@ async fn insert_plus_select_on_message_id_is_all_the_function_needs() {
     client
         .batch_execute(&format!(
             "CREATE ROLE {role} LOGIN; GRANT CONNECT ON DATABASE {0} TO {role}; GRANT USAGE ON SCHEMA public TO {role};
-             GRANT INSERT ON user_logins TO {role}; GRANT SELECT (message_id) ON user_logins TO {role};",
+             GRANT INSERT ON user_logins TO {role}; GRANT SELECT (message_id, xmin) ON user_logins TO {role};",
             db.name
         ))
         .await

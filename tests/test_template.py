@@ -2,6 +2,9 @@
 not check (it accepted `Runtime: provided.al2099` and a misspelled
 `ReportBatchItemFailure`). Run by `make test` with the venv's pytest."""
 
+import copy
+import json
+import os
 import pathlib
 import re
 import string
@@ -91,22 +94,18 @@ def test_visibility_timeout_is_at_least_six_function_timeouts(tpl):
         assert mapping[str(timeout)]["Seconds"] <= 43200  # SQS maximum
 
 
-def test_function_may_read_exactly_its_two_secrets(fn):
-    policies = fn["Properties"]["Policies"]
-    assert len(policies) == 1 and isinstance(policies[0], dict), "no managed or SAM policy templates"
-    statements = policies[0]["Statement"]
-    assert len(statements) == 1
-    (st,) = statements
-    assert st["Effect"] == "Allow"
-    assert st["Action"] in ("secretsmanager:GetSecretValue", ["secretsmanager:GetSecretValue"])
-    assert st["Resource"] == [{"Ref": "DbSecretArn"}, {"Ref": "MaskingKeySecret"}]
-    assert "Role" not in fn["Properties"]
+def test_function_uses_its_own_role(fn):
+    # SAM adds nothing to a role it is given; see the transformed tests below.
+    assert fn["Properties"]["Role"] == {"Fn::GetAtt": ["LoginEtlRole", "Arn"]}
+    assert "Policies" not in fn["Properties"]
 
 
 def test_environment_points_at_the_secrets(fn, tpl):
     env = fn["Properties"]["Environment"]["Variables"]
     assert env["DB_SECRET_ID"] == {"Ref": "DbSecretArn"}
-    assert env["MASKING_KEY_SECRET_ID"] == {"Ref": "MaskingKeySecret"}
+    assert env["MASKING_KEY_SECRET_ID"] == {
+        "Fn::If": ["CreateMaskingKey", {"Ref": "MaskingKeySecret"}, {"Ref": "ExistingMaskingKeySecretArn"}]
+    }
     assert env["DB_SSLMODE"] == {"Ref": "DbSslMode"}
     assert "DATABASE_URL" not in env and "MASKING_KEY" not in env
     assert tpl["Parameters"]["DbSslMode"]["Default"] == "verify-full"
@@ -180,3 +179,215 @@ def test_docker_compose_runs_localstack_and_postgres_with_the_hook():
     assert "127.0.0.1:5432:5432" in pg["ports"]
     hook = ROOT / "localstack" / "init" / "ready.d" / "10-deploy-login-etl.sh"
     assert hook.stat().st_mode & 0o111, "LocalStack runs only executable hooks"
+
+
+# ---------------------------------------------------------------------------
+# The template as CloudFormation receives it: transformed offline by the SAM
+# translator (the same code `sam deploy` runs in the service), then with its
+# conditions evaluated for given parameters. Least privilege is a property of
+# what is deployed, not of what the template says.
+
+FULL_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:login-etl/db-AbC123"
+
+
+class _NoManagedPolicies:
+    """The translator looks up managed policy names only for SAM `Policies`
+    entries; the template has none."""
+
+    def load(self):
+        return {}
+
+
+def _defaults(tpl):
+    return {k: v.get("Default") for k, v in tpl["Parameters"].items() if "Default" in v}
+
+
+def transformed(**params):
+    from samtranslator.translator.transform import transform
+    from samtranslator.yaml_helper import yaml_parse
+
+    # The translator fills in pseudo parameters from the region; offline.
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+    doc = yaml_parse((ROOT / "template.yaml").read_text())
+    # What `sam package` uploads the code to; the rest is the template as written.
+    doc["Resources"]["LoginEtlFunction"]["Properties"]["CodeUri"] = "s3://bucket/login-etl.zip"
+    values = {**_defaults(doc), "DbSecretArn": FULL_SECRET_ARN, **params}
+    out = transform(copy.deepcopy(doc), values, _NoManagedPolicies())
+    return out, values
+
+
+def _evaluate(node, values, conditions):
+    """Resolves Ref (parameters), Fn::If, Fn::Equals, Fn::Not, Fn::Join and
+    Condition so that only what the parameters select remains; other
+    intrinsics (GetAtt, Ref to resources) stay as they are."""
+    if isinstance(node, list):
+        out = [_evaluate(n, values, conditions) for n in node]
+        return [n for n in out if n != {"Ref": "AWS::NoValue"}]
+    if not isinstance(node, dict):
+        return node
+    if len(node) == 1:
+        (key, arg), = node.items()
+        if key == "Ref" and arg in values:
+            return values[arg]
+        if key == "Fn::If":
+            name, yes, no = arg
+            return _evaluate(yes if _condition(name, values, conditions) else no, values, conditions)
+        if key == "Fn::Equals":
+            a, b = (_evaluate(x, values, conditions) for x in arg)
+            return str(a) == str(b)
+        if key == "Fn::Not":
+            return not _evaluate(arg[0], values, conditions)
+        if key == "Fn::Join":
+            sep, items = arg
+            items = _evaluate(items, values, conditions)
+            if isinstance(items, str):
+                items = [items]
+            return sep.join(str(i) for i in items)
+        if key == "Condition":
+            return _condition(arg, values, conditions)
+    out = {}
+    for k, v in node.items():
+        v = _evaluate(v, values, conditions)
+        if v != {"Ref": "AWS::NoValue"}:
+            out[k] = v
+    return out
+
+
+def _condition(name, values, conditions):
+    return bool(_evaluate(conditions[name], values, conditions))
+
+
+def deployed(**params):
+    """Resources CloudFormation would create for these parameters."""
+    out, values = transformed(**params)
+    conditions = out.get("Conditions", {})
+    resources = {}
+    for name, res in out["Resources"].items():
+        if "Condition" in res and not _condition(res["Condition"], values, conditions):
+            continue
+        resources[name] = _evaluate(res, values, conditions)
+    return resources
+
+
+def _statements(role):
+    for policy in role["Properties"].get("Policies", []):
+        statements = policy["PolicyDocument"]["Statement"]
+        yield from statements if isinstance(statements, list) else [statements]
+
+
+def _as_list(x):
+    return x if isinstance(x, list) else [x]
+
+
+@pytest.mark.parametrize("vpc", [False, True])
+def test_the_deployed_role_grants_nothing_on_star_but_vpc_network_interfaces(vpc):
+    params = {"SubnetIds": "subnet-1,subnet-2", "SecurityGroupIds": "sg-1"} if vpc else {}
+    resources = deployed(**params)
+    roles = {k: v for k, v in resources.items() if v["Type"] == "AWS::IAM::Role"}
+    assert list(roles) == ["LoginEtlRole"], "SAM generated no role of its own"
+    role = roles["LoginEtlRole"]["Properties"]
+    assert not role.get("ManagedPolicyArns"), "no managed policy (they grant on *)"
+    fn = resources["LoginEtlFunction"]["Properties"]
+    assert fn["Role"] == {"Fn::GetAtt": ["LoginEtlRole", "Arn"]}
+    statements = list(_statements(roles["LoginEtlRole"]))
+    by_sid = {st["Sid"]: st for st in statements}
+    for st in statements:
+        assert st["Effect"] == "Allow"
+        for action in _as_list(st["Action"]):
+            assert "*" not in action, action
+            if action.split(":")[0] in {"sqs", "secretsmanager", "kms", "logs"}:
+                assert "*" not in json.dumps(st["Resource"]).replace(":*", ""), (action, st["Resource"])
+    assert set(_as_list(by_sid["ConsumeLoginQueue"]["Action"])) == {
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:GetQueueAttributes",
+    }
+    assert by_sid["ConsumeLoginQueue"]["Resource"] == {"Fn::GetAtt": ["LoginQueue", "Arn"]}
+    assert by_sid["ReadOwnSecrets"]["Resource"] == [FULL_SECRET_ARN, {"Ref": "MaskingKeySecret"}]
+    assert by_sid["WriteOwnLogs"]["Resource"] == {"Fn::GetAtt": ["LoginEtlLogGroup", "Arn"]}
+    assert set(_as_list(by_sid["WriteOwnLogs"]["Action"])) == {"logs:CreateLogStream", "logs:PutLogEvents"}
+    # The VPC permissions exist only with subnets, and then the function runs in them.
+    assert ("ManageVpcNetworkInterfaces" in by_sid) == vpc
+    assert ("VpcConfig" in fn) == vpc
+    if vpc:
+        assert all(a.startswith("ec2:") for a in _as_list(by_sid["ManageVpcNetworkInterfaces"]["Action"]))
+    # The event-source mapping SAM generates runs with this role.
+    (esm,) = [r for r in resources.values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
+    assert esm["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert esm["Properties"]["EventSourceArn"] == {"Fn::GetAtt": ["LoginQueue", "Arn"]}
+
+
+def test_the_masking_key_is_retained_and_an_existing_one_can_be_reused():
+    out, _ = transformed()
+    secret = out["Resources"]["MaskingKeySecret"]
+    assert secret["DeletionPolicy"] == "Retain" and secret["UpdateReplacePolicy"] == "Retain"
+    existing = "arn:aws:secretsmanager:us-east-1:123456789012:secret:login-etl/key-Zz9Yy8"
+    resources = deployed(ExistingMaskingKeySecretArn=existing)
+    assert "MaskingKeySecret" not in resources, "no new key when one is given"
+    env = resources["LoginEtlFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["MASKING_KEY_SECRET_ID"] == existing
+    statements = {st["Sid"]: st for st in _statements(resources["LoginEtlRole"])}
+    assert statements["ReadOwnSecrets"]["Resource"] == [FULL_SECRET_ARN, existing]
+
+
+def _rules_hold(tpl, values):
+    """Evaluates the template's Rules (Fn::Contains, Fn::Equals) for values,
+    as CloudFormation does at validation: every assertion of every rule
+    whose condition holds."""
+
+    def ev(node):
+        if isinstance(node, dict):
+            (key, arg), = node.items()
+            if key == "Ref":
+                return str(values[arg])
+            if key == "Fn::Equals":
+                return ev(arg[0]) == ev(arg[1])
+            if key == "Fn::Contains":
+                return ev(arg[1]) in [ev(x) for x in arg[0]]
+            if key == "Fn::Not":
+                return not ev(arg[0])
+            raise AssertionError(f"unexpected rule function {key}")
+        return str(node)
+
+    failed = []
+    for name, rule in tpl["Rules"].items():
+        if "RuleCondition" in rule and not ev(rule["RuleCondition"]):
+            continue
+        failed += [name for a in rule["Assertions"] if not ev(a["Assert"])]
+    return failed
+
+
+@pytest.mark.parametrize(
+    "params, broken",
+    [
+        ({}, []),
+        ({"QueueType": "fifo", "BatchSize": 10}, []),
+        ({"QueueType": "fifo", "BatchSize": 11}, ["FifoBatchSizeAtMost10"]),
+        ({"BatchSize": 500, "MaximumBatchingWindowInSeconds": 0}, ["LargeBatchesNeedABatchingWindow"]),
+        ({"BatchSize": 10, "MaximumBatchingWindowInSeconds": 0}, []),
+        ({"BatchSize": 10000, "MaximumBatchingWindowInSeconds": 1}, []),
+        ({"QueueType": "fifo", "BatchSize": 50, "MaximumBatchingWindowInSeconds": 0},
+         ["FifoBatchSizeAtMost10", "LargeBatchesNeedABatchingWindow"]),
+    ],
+)
+def test_bad_parameter_combinations_fail_validation(tpl, params, broken):
+    values = {**_defaults(tpl), "DbSecretArn": FULL_SECRET_ARN, **params}
+    assert _rules_hold(tpl, values) == broken
+
+
+@pytest.mark.parametrize(
+    "arn, ok",
+    [
+        (FULL_SECRET_ARN, True),
+        ("arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/login-etl-db-x1Y2z3", True),
+        ("arn:aws:secretsmanager:us-east-1:123456789012:secret:login-etl/db", False),  # no suffix
+        ("login-etl/db", False),
+        ("arn:aws:secretsmanager:us-east-1:123456789012:secret:login-etl/db-*", False),
+    ],
+)
+def test_secret_arns_must_be_full(tpl, arn, ok):
+    for param in ("DbSecretArn", "ExistingMaskingKeySecretArn"):
+        pattern = tpl["Parameters"][param]["AllowedPattern"]
+        assert bool(re.fullmatch(pattern, arn)) == ok, (param, arn)
+    assert re.fullmatch(tpl["Parameters"]["ExistingMaskingKeySecretArn"]["AllowedPattern"], "")

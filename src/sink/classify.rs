@@ -18,6 +18,9 @@ pub(crate) enum Failure {
     Transient(String),
     /// Retrying will not help.
     Fatal(SinkError),
+    /// The role may not read `xmin`, so rows a lost attempt committed cannot
+    /// be told from older ones (see `insert::insert_tx`).
+    RecountDenied,
 }
 
 /// Sorts a statement failure by what can be done about it.

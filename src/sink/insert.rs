@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 use tokio::time::timeout;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -30,6 +31,8 @@ pub const INSERT_SQL: &str = "INSERT INTO user_logins \
 /// After a lost reply: how many of these message ids were written by
 /// transactions that began at or after `$2`, the xid floor taken before the
 /// lost attempt. Those rows are this invocation's own (see [`insert_tx`]).
+/// Reading `xmin` needs `GRANT SELECT (message_id, xmin)`; without it the
+/// rows count as duplicates.
 const RECOUNT_SQL: &str = "SELECT count(*) FROM user_logins \
     WHERE message_id = ANY($1::varchar[]) AND age(xmin) <= age(xid($2::text::xid8))";
 
@@ -106,7 +109,10 @@ pub(crate) async fn insert_tx(
     // The first failure in statement order is the cause; after it the server
     // skipped the rest and turned the COMMIT into a ROLLBACK.
     begun.map_err(|e| classify(&e))?;
-    let earlier = earlier.map_err(|e| classify(&e))?;
+    let earlier = earlier.map_err(|e| match e.code() {
+        Some(code) if *code == SqlState::INSUFFICIENT_PRIVILEGE => Failure::RecountDenied,
+        _ => classify(&e),
+    })?;
     let inserted = inserted.map_err(|e| classify(&e))?;
     let floor = floor_of(&committed.map_err(|e| classify(&e))?);
     Ok(Committed {
