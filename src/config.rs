@@ -79,6 +79,15 @@ pub struct Config {
     pub masking_key: KeySource,
     /// `RUN_MIGRATIONS=true`: create/upgrade the schema at cold start.
     pub run_migrations: bool,
+    /// `DLQ_URL`: the source queue's dead-letter queue; rejected records are
+    /// sent there directly. Unset: they are reported and SQS redrives them.
+    pub dlq_url: Option<String>,
+    /// `POWERTOOLS_METRICS_NAMESPACE`, default `LoginEtl`.
+    pub metrics_namespace: String,
+    /// `POWERTOOLS_SERVICE_NAME` (the `service` dimension), default `login-etl`.
+    pub service_name: String,
+    /// `AWS_LAMBDA_FUNCTION_NAME` (the `function_name` dimension of `ColdStart`).
+    pub function_name: String,
 }
 
 /// Default `DB_CONNECT_TIMEOUT_MS`.
@@ -116,6 +125,20 @@ impl Config {
                 }
             },
             run_migrations: parse_bool(&get, "RUN_MIGRATIONS")?.unwrap_or(false),
+            dlq_url: match get("DLQ_URL") {
+                Some(url) if !url.starts_with("http://") && !url.starts_with("https://") => {
+                    return Err(ConfigError::Invalid {
+                        var: "DLQ_URL",
+                        reason: "expected the queue URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME), not its name or ARN".into(),
+                    });
+                }
+                url => url,
+            },
+            metrics_namespace: get("POWERTOOLS_METRICS_NAMESPACE")
+                .unwrap_or_else(|| crate::metrics::DEFAULT_NAMESPACE.into()),
+            service_name: get("POWERTOOLS_SERVICE_NAME")
+                .unwrap_or_else(|| crate::metrics::DEFAULT_SERVICE.into()),
+            function_name: get("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "login-etl".into()),
         })
     }
 }

@@ -40,6 +40,12 @@ pub struct RecordAttributes {
     /// Epoch milliseconds when the message was sent.
     #[serde(rename = "SentTimestamp", default)]
     pub sent_timestamp: Option<String>,
+    /// How many times SQS has delivered the message.
+    #[serde(rename = "ApproximateReceiveCount", default)]
+    pub approximate_receive_count: Option<String>,
+    /// The FIFO message group.
+    #[serde(rename = "MessageGroupId", default)]
+    pub message_group_id: Option<String>,
 }
 
 impl SqsRecord {
@@ -76,6 +82,8 @@ impl From<&SqsMessage> for SqsRecord {
             body: m.body.clone(),
             attributes: Some(RecordAttributes {
                 sent_timestamp: m.attributes.get("SentTimestamp").cloned(),
+                approximate_receive_count: m.attributes.get("ApproximateReceiveCount").cloned(),
+                message_group_id: m.attributes.get("MessageGroupId").cloned(),
             }),
             event_source_arn: m.event_source_arn.clone(),
         }

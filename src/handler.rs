@@ -1,5 +1,6 @@
-//! The batch handler: turns one SQS batch into rows and a partial-batch
-//! response. Callable without the Lambda runtime (tests call it directly).
+//! The batch handler: turns one SQS batch into rows, dead letters and a
+//! partial-batch response. Callable without the Lambda runtime (tests call
+//! it directly).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -7,15 +8,18 @@ use std::time::Instant;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use chrono::Utc;
 use tokio::sync::Mutex;
-use tracing::{info, trace, warn};
+use tracing::{trace, warn};
 
+use crate::dlq::{DeadLetterQueue, Rejected};
 use crate::error::{HandlerError, SinkError};
 use crate::event::SqsBatch;
 use crate::masking::Masker;
+use crate::metrics::{DEFAULT_NAMESPACE, DEFAULT_SERVICE, InvocationMetrics, Metrics};
 use crate::record::{self, LoginRow, Rejection};
 use crate::sink::{InsertReport, PgSink};
 
-/// Counts of one invocation, also written as its summary log line.
+/// Counts of one invocation, also written as its summary line (an EMF
+/// document, see [`crate::metrics`]).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BatchSummary {
     /// Records in the batch.
@@ -26,11 +30,13 @@ pub struct BatchSummary {
     pub duplicates: u64,
     /// Records that failed validation, by [`Rejection::code`].
     pub rejected: BTreeMap<String, usize>,
+    /// Rejected records the function sent to the dead-letter queue itself.
+    pub sent_to_dlq: usize,
     /// Records the database refused.
     pub refused: usize,
-    /// Records reported in `batchItemFailures` (rejected + refused + FIFO tail).
+    /// Records reported in `batchItemFailures` (unsent rejections + refused + FIFO tail).
     pub failed: usize,
-    /// INSERT statements executed: 1, plus about 2·log2(n) per refused row.
+    /// Database transactions tried: 1, plus about 2·log2(n) per refused row.
     pub statements: u32,
 }
 
@@ -38,15 +44,33 @@ pub struct BatchSummary {
 pub struct BatchHandler {
     masker: Masker,
     sink: Mutex<PgSink>,
+    dlq: Option<DeadLetterQueue>,
+    metrics: Metrics,
 }
 
 impl BatchHandler {
-    /// A handler that masks with `masker` and writes through `sink`.
+    /// A handler that masks with `masker` and writes through `sink`; rejected
+    /// records are reported (no dead-letter queue of its own), metrics go to
+    /// stdout under the default namespace.
     pub fn new(masker: Masker, sink: PgSink) -> Self {
         Self {
             masker,
             sink: Mutex::new(sink),
+            dlq: None,
+            metrics: Metrics::new(DEFAULT_NAMESPACE, DEFAULT_SERVICE, "login-etl"),
         }
+    }
+
+    /// Sends rejected records to `dlq` directly (`DLQ_URL`).
+    pub fn with_dead_letter_queue(mut self, dlq: DeadLetterQueue) -> Self {
+        self.dlq = Some(dlq);
+        self
+    }
+
+    /// Writes metrics with `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Handles one batch; returns the response for the event-source mapping.
@@ -103,7 +127,7 @@ impl BatchHandler {
                 warn!(
                     received = records.len(),
                     valid = valid.rows.len(),
-                    rejected = valid.failed_positions.len(),
+                    rejected = valid.rejected.len(),
                     duration_ms = started.elapsed().as_millis() as u64,
                     retryable = e.is_retryable(),
                     error = %e,
@@ -111,16 +135,29 @@ impl BatchHandler {
                 );
             })?;
         drop(sink);
+        // Standard queues: rejected records go to the DLQ once their
+        // neighbours are committed (FIFO batches sent them before writing).
+        if !fifo && let Some(dlq) = &self.dlq {
+            valid.sent = dlq.send(&valid.rejected_records(batch, &ids), false).await;
+        }
         let Transformed {
             row_positions,
-            mut failed_positions,
             rejected,
+            sent,
             ..
         } = valid;
-        failed_positions.extend(report.refused.iter().map(|&i| row_positions[i]));
+        let mut failed_positions: Vec<usize> = rejected
+            .iter()
+            .map(|&(pos, _)| pos)
+            .filter(|pos| sent.binary_search(pos).is_err())
+            .chain(report.refused.iter().map(|&i| row_positions[i]))
+            .collect();
         if fifo && let Some(&first) = failed_positions.iter().min() {
-            // Order matters: everything from the first failure on is retried.
-            failed_positions = (first..records.len()).collect();
+            // Order matters: everything from the first failure on is retried,
+            // except records already in the DLQ (finished, as after a redrive).
+            failed_positions = (first..records.len())
+                .filter(|pos| sent.binary_search(pos).is_err())
+                .collect();
         }
         failed_positions.sort_unstable();
         failed_positions.dedup();
@@ -129,28 +166,37 @@ impl BatchHandler {
         for &pos in &failed_positions {
             response.add_failure(ids[pos]);
         }
+        let mut by_reason: BTreeMap<String, usize> = BTreeMap::new();
+        for (_, code) in &rejected {
+            *by_reason.entry(code.clone()).or_default() += 1;
+        }
         let summary = BatchSummary {
             received: records.len(),
             inserted: report.inserted,
             duplicates: report.duplicates,
+            rejected: by_reason,
+            sent_to_dlq: sent.len(),
             refused: report.refused.len(),
             failed: failed_positions.len(),
             statements: report.statements,
-            rejected,
         };
-        info!(
-            received = summary.received,
-            inserted = summary.inserted,
-            duplicates = summary.duplicates,
-            rejected = summary.rejected.values().sum::<usize>(),
-            rejected_by_reason = %format_reasons(&summary.rejected),
-            refused = summary.refused,
-            failed = summary.failed,
-            fifo,
-            statements = summary.statements,
-            copied = report.copied,
-            duration_ms = started.elapsed().as_millis() as u64,
-            "batch processed"
+        let now_ms = Utc::now().timestamp_millis();
+        self.metrics.emit(
+            &InvocationMetrics {
+                received: summary.received,
+                inserted: summary.inserted,
+                duplicates: summary.duplicates,
+                rejected: summary.rejected.clone(),
+                refused: summary.refused,
+                batch_item_failures: summary.failed,
+                sent_to_dlq: summary.sent_to_dlq,
+                duration_ms: started.elapsed().as_millis() as u64,
+                ingest_lag_ms: ingest_lag_ms(batch, now_ms),
+                fifo,
+                statements: summary.statements,
+                copied: report.copied,
+            },
+            now_ms,
         );
         Ok((response, summary))
     }
@@ -178,13 +224,27 @@ impl BatchHandler {
                 }
                 Err(reason) => {
                     log_rejection(id, &reason);
-                    *out.rejected.entry(reason.code().into_owned()).or_default() += 1;
-                    out.failed_positions.push(pos);
-                    if fifo {
+                    out.rejected.push((pos, reason.code().into_owned()));
+                    if fifo && self.dlq.is_none() {
                         // Later records must wait for this one: do not even validate them.
                         break;
                     }
                 }
+            }
+        }
+        if fifo && let Some(dlq) = &self.dlq {
+            // A rejected record sent to the DLQ is finished, so the records
+            // after it may go on; the first one that could not be sent holds
+            // back every later row.
+            out.sent = dlq.send(&out.rejected_records(batch, ids), true).await;
+            if let Some(&(held, _)) = out
+                .rejected
+                .iter()
+                .find(|(pos, _)| out.sent.binary_search(pos).is_err())
+            {
+                let keep = out.row_positions.partition_point(|&p| p < held);
+                out.rows.truncate(keep);
+                out.row_positions.truncate(keep);
             }
         }
         writer.finish(&out.rows, fifo).await
@@ -198,10 +258,37 @@ struct Transformed<'b> {
     rows: Vec<LoginRow<'b>>,
     /// Position in the batch of each row.
     row_positions: Vec<usize>,
-    /// Positions of rejected records.
-    failed_positions: Vec<usize>,
-    /// Rejections by code.
-    rejected: BTreeMap<String, usize>,
+    /// Positions and codes of rejected records, in batch order.
+    rejected: Vec<(usize, String)>,
+    /// Positions of rejected records now in the DLQ, ascending.
+    sent: Vec<usize>,
+}
+
+impl<'b> Transformed<'b> {
+    fn rejected_records<'a>(&'a self, batch: &'b SqsBatch, ids: &[&'b str]) -> Vec<Rejected<'a>>
+    where
+        'b: 'a,
+    {
+        self.rejected
+            .iter()
+            .map(|(pos, code)| Rejected {
+                position: *pos,
+                message: &batch.records[*pos],
+                message_id: ids[*pos],
+                code,
+            })
+            .collect()
+    }
+}
+
+/// Now minus the oldest `SentTimestamp` of the batch.
+fn ingest_lag_ms(batch: &SqsBatch, now_ms: i64) -> Option<u64> {
+    let oldest = batch
+        .records
+        .iter()
+        .filter_map(|m| m.sent_timestamp()?.parse::<i64>().ok())
+        .min()?;
+    Some(now_ms.saturating_sub(oldest).max(0) as u64)
 }
 
 /// Every record's `messageId`; without one, a record cannot be reported on
@@ -224,12 +311,4 @@ fn message_ids(batch: &SqsBatch) -> Result<Vec<&str>, HandlerError> {
 
 fn log_rejection(message_id: &str, reason: &Rejection) {
     warn!(message_id, reason = %reason, code = %reason.code(), "record rejected");
-}
-
-fn format_reasons(reasons: &BTreeMap<String, usize>) -> String {
-    let parts: Vec<String> = reasons
-        .iter()
-        .map(|(code, n)| format!("{code}={n}"))
-        .collect();
-    parts.join(",")
 }

@@ -12,6 +12,8 @@
 //! - [`schema`]: the embedded DDL and its migration;
 //! - [`sink`]: PostgreSQL I/O (COPY fast path, bulk insert, refusal isolation, reconnects);
 //! - [`handler`]: one batch to a partial-batch response and a summary;
+//! - [`dlq`]: rejected records straight to the dead-letter queue;
+//! - [`metrics`]: the summary as a CloudWatch EMF document;
 //! - [`logging`]: the log subscriber and its PII guard;
 //! - [`startup`]: cold start, configuration to a ready handler;
 //! - [`synth`]: synthetic, realistic events for tests, demos and benchmarks;
@@ -23,11 +25,13 @@
 
 pub mod app_version;
 pub mod config;
+pub mod dlq;
 pub mod error;
 pub mod event;
 pub mod handler;
 pub mod logging;
 pub mod masking;
+pub mod metrics;
 pub mod record;
 pub mod schema;
 pub mod secrets;

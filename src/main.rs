@@ -35,14 +35,24 @@ async fn serve() -> Result<(), lambda_runtime::Error> {
         async move {
             // The deadline as an Instant: the sink gives up early enough to
             // report a retryable error before Lambda kills the invocation.
-            let left = event
+            // A deadline already past on arrival is no real one (Lambda would
+            // have ended the invocation): emulators such as `cargo lambda
+            // watch` set it before their first, lazy compile.
+            let deadline = match event
                 .context
                 .deadline()
                 .duration_since(std::time::SystemTime::now())
-                .unwrap_or_default();
-            let deadline = std::time::Instant::now() + left;
+            {
+                Ok(left) => Some(std::time::Instant::now() + left),
+                Err(_) => {
+                    tracing::warn!(
+                        "the invocation's deadline is already past on arrival; ignoring it"
+                    );
+                    None
+                }
+            };
             handler
-                .handle_batch_until(&event.payload, Some(deadline))
+                .handle_batch_until(&event.payload, deadline)
                 .await
                 .map(|(response, _)| response)
         }

@@ -604,6 +604,7 @@ mod tests {
         let at = |t: Option<&str>| SqsRecord {
             attributes: Some(crate::event::RecordAttributes {
                 sent_timestamp: t.map(str::to_owned),
+                ..Default::default()
             }),
             ..SqsRecord::default()
         };

@@ -6,9 +6,11 @@ use std::str::FromStr;
 use tracing::info;
 
 use crate::config::{Config, DbConfig, DbSource, KeySource};
+use crate::dlq::DeadLetterQueue;
 use crate::error::{ConfigError, SecretError, SinkError};
 use crate::handler::BatchHandler;
 use crate::masking::{Masker, MaskingKey};
+use crate::metrics::Metrics;
 use crate::secrets::Secrets;
 use crate::sink::PgSink;
 use crate::tls::Tls;
@@ -41,7 +43,16 @@ pub async fn build(config: &Config) -> Result<BatchHandler, InitError> {
         let applied = sink.migrate().await?;
         info!(target = %sink.target(), applied, "schema checked (applied only when not current)");
     }
-    Ok(BatchHandler::new(Masker::new(&key), sink))
+    let metrics = Metrics::new(
+        &config.metrics_namespace,
+        &config.service_name,
+        &config.function_name,
+    );
+    let handler = BatchHandler::new(Masker::new(&key), sink).with_metrics(metrics);
+    Ok(match &config.dlq_url {
+        Some(url) => handler.with_dead_letter_queue(DeadLetterQueue::from_url(url.clone()).await),
+        None => handler,
+    })
 }
 
 /// Applies the schema to the configured database and returns its target

@@ -80,7 +80,17 @@ async fn nothing_the_function_writes_at_trace_contains_raw_pii_or_the_key() {
     ));
 
     let db = TestDb::create().await;
-    let h = handler(&db.url).await;
+    // The summary lines are EMF documents written beside the log: capture them too.
+    let emf = Capture::default();
+    let emf_writer = emf.clone();
+    let h = handler(&db.url).await.with_metrics(
+        login_etl::metrics::Metrics::new("LoginEtl", "login-etl", "pii-test").with_output(
+            move |line| {
+                let mut w = emf_writer.clone();
+                std::io::Write::write_all(&mut w, format!("{line}\n").as_bytes()).unwrap();
+            },
+        ),
+    );
     let mut batches: Vec<SqsEvent> = [
         "sqs-valid.json",
         "sqs-mixed.json",
@@ -216,7 +226,8 @@ async fn nothing_the_function_writes_at_trace_contains_raw_pii_or_the_key() {
         serde_json::from_str::<login_etl::SqsBatch>(&malformed).unwrap_err()
     ));
 
-    let logs = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let logs = String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
+        + &String::from_utf8(emf.0.lock().unwrap().clone()).unwrap();
     assert!(
         logs.contains("\"level\":\"TRACE\"") && logs.contains("\"level\":\"DEBUG\""),
         "verbose levels were on"

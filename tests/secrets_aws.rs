@@ -174,9 +174,11 @@ async fn secrets_at_cold_start_and_on_password_rotation() {
     // Rotated in PostgreSQL but not in the secret: a clear error, no password in it.
     server.psql("ALTER USER postgres PASSWORD 'rotated-pw-3'");
     server.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'login-etl'");
-    let err = h.handle(&second).await.unwrap_err().to_string();
+    let err = h.handle(&second).await.unwrap_err();
+    assert!(!err.is_retryable(), "a wrong password needs a human: {err}");
+    let err = err.to_string();
     assert!(
-        err.contains("28P01") && err.contains("credentials"),
+        err.contains("28P01") && err.contains("update the database secret"),
         "{err}"
     );
     assert!(

@@ -1,0 +1,346 @@
+//! CloudWatch metrics as Embedded Metric Format (EMF) documents: the
+//! invocation's summary line *is* its metrics document, one JSON line on
+//! stdout that reads as a log line and that CloudWatch turns into metrics.
+//!
+//! Written by hand with serde_json (already a dependency) rather than a
+//! metrics crate: the format is a few fixed keys, and the binary pays for
+//! every crate. Names follow AWS Lambda Powertools: namespace from
+//! `POWERTOOLS_METRICS_NAMESPACE`, a `service` dimension from
+//! `POWERTOOLS_SERVICE_NAME`, and a `ColdStart` count with a
+//! `function_name` dimension once per execution environment.
+//!
+//! Only counts, durations and bounded codes go in: never a body, an ip, a
+//! device id or a user id.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde_json::{Map, Value, json};
+
+/// Default `POWERTOOLS_METRICS_NAMESPACE`.
+pub const DEFAULT_NAMESPACE: &str = "LoginEtl";
+/// Default `POWERTOOLS_SERVICE_NAME`.
+pub const DEFAULT_SERVICE: &str = "login-etl";
+
+/// What one invocation did, as metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InvocationMetrics {
+    /// Records in the batch.
+    pub received: usize,
+    /// New rows written.
+    pub inserted: u64,
+    /// Records already in the table.
+    pub duplicates: u64,
+    /// Records that failed validation, by rejection code.
+    pub rejected: BTreeMap<String, usize>,
+    /// Records the database refused.
+    pub refused: usize,
+    /// Records reported in `batchItemFailures`.
+    pub batch_item_failures: usize,
+    /// Rejected records the function sent to the DLQ itself.
+    pub sent_to_dlq: usize,
+    /// Wall time of the invocation's work.
+    pub duration_ms: u64,
+    /// Now minus the oldest `SentTimestamp` of the batch.
+    pub ingest_lag_ms: Option<u64>,
+    /// Whether the batch came from a FIFO queue.
+    pub fifo: bool,
+    /// Database transactions tried.
+    pub statements: u32,
+    /// Whether the rows went in by COPY.
+    pub copied: bool,
+}
+
+type Output = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Writes the EMF documents of each invocation.
+pub struct Metrics {
+    namespace: String,
+    service: String,
+    function_name: String,
+    cold_start: AtomicBool,
+    output: Output,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("namespace", &self.namespace)
+            .field("service", &self.service)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Metrics under `namespace` with the `service` dimension, for the
+    /// function `function_name`, written as lines to stdout.
+    pub fn new(namespace: &str, service: &str, function_name: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            service: service.to_owned(),
+            function_name: function_name.to_owned(),
+            cold_start: AtomicBool::new(true),
+            output: Arc::new(|line: &str| {
+                // One write per line, so lines of concurrent writers never interleave.
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(format!("{line}\n").as_bytes());
+                let _ = out.flush();
+            }),
+        }
+    }
+
+    /// Sends the lines elsewhere (tests).
+    pub fn with_output(mut self, output: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.output = Arc::new(output);
+        self
+    }
+
+    /// Writes the invocation's documents: the summary (with `ColdStart` on
+    /// the first invocation of this environment), then one per rejection
+    /// reason, each on its own line.
+    pub fn emit(&self, m: &InvocationMetrics, timestamp_ms: i64) {
+        let cold = self.cold_start.swap(false, Ordering::Relaxed);
+        for doc in self.documents(m, timestamp_ms, cold) {
+            (self.output)(&doc.to_string());
+        }
+    }
+
+    /// The EMF documents for `m` (see [`emit`](Self::emit)).
+    pub fn documents(
+        &self,
+        m: &InvocationMetrics,
+        timestamp_ms: i64,
+        cold_start: bool,
+    ) -> Vec<Value> {
+        let rejected: usize = m.rejected.values().sum();
+        let mut metrics = vec![
+            ("RecordsReceived", m.received as u64, "Count"),
+            ("RowsInserted", m.inserted, "Count"),
+            ("Duplicates", m.duplicates, "Count"),
+            ("Rejected", rejected as u64, "Count"),
+            ("Refused", m.refused as u64, "Count"),
+            ("BatchItemFailures", m.batch_item_failures as u64, "Count"),
+            ("SentToDlq", m.sent_to_dlq as u64, "Count"),
+            ("BatchDurationMs", m.duration_ms, "Milliseconds"),
+        ];
+        if let Some(lag) = m.ingest_lag_ms {
+            metrics.push(("IngestLagMs", lag, "Milliseconds"));
+        }
+        let mut directives = vec![json!({
+            "Namespace": self.namespace,
+            "Dimensions": [["service"]],
+            "Metrics": metrics.iter().map(|(name, _, unit)| json!({"Name": name, "Unit": unit})).collect::<Vec<_>>(),
+        })];
+        let mut root = Map::new();
+        if cold_start {
+            directives.push(json!({
+                "Namespace": self.namespace,
+                "Dimensions": [["service", "function_name"]],
+                "Metrics": [{"Name": "ColdStart", "Unit": "Count"}],
+            }));
+            root.insert("ColdStart".into(), json!(1));
+            root.insert("function_name".into(), json!(self.function_name));
+        }
+        root.insert(
+            "_aws".into(),
+            json!({"Timestamp": timestamp_ms, "CloudWatchMetrics": directives}),
+        );
+        root.insert("level".into(), json!("INFO"));
+        root.insert("message".into(), json!("batch processed"));
+        root.insert("service".into(), json!(self.service));
+        for (name, value, _) in &metrics {
+            root.insert((*name).into(), json!(value));
+        }
+        // Context for a reader of the log line (not metrics).
+        root.insert("rejected_by_reason".into(), json!(m.rejected));
+        root.insert("fifo".into(), json!(m.fifo));
+        root.insert("statements".into(), json!(m.statements));
+        root.insert("copied".into(), json!(m.copied));
+        let mut docs = vec![Value::Object(root)];
+        for (reason, n) in &m.rejected {
+            docs.push(json!({
+                "_aws": {
+                    "Timestamp": timestamp_ms,
+                    "CloudWatchMetrics": [{
+                        "Namespace": self.namespace,
+                        "Dimensions": [["service", "reason"]],
+                        "Metrics": [{"Name": "Rejected", "Unit": "Count"}],
+                    }],
+                },
+                "level": "INFO",
+                "message": "records rejected",
+                "service": self.service,
+                "reason": reason,
+                "Rejected": n,
+            }));
+        }
+        docs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The structure the EMF specification requires: `_aws.Timestamp` (ms),
+    /// `_aws.CloudWatchMetrics` a list of directives, each with a
+    /// `Namespace`, `Dimensions` (lists of at most 30 root-level string
+    /// members) and `Metrics` (each `Name` a numeric root-level member).
+    fn assert_valid_emf(doc: &Value) {
+        let aws = doc["_aws"].as_object().expect("_aws object");
+        assert!(
+            aws["Timestamp"]
+                .as_i64()
+                .is_some_and(|t| t > 1_600_000_000_000)
+        );
+        let directives = aws["CloudWatchMetrics"]
+            .as_array()
+            .expect("CloudWatchMetrics list");
+        assert!(!directives.is_empty());
+        for d in directives {
+            let ns = d["Namespace"].as_str().expect("Namespace");
+            assert!(!ns.is_empty() && ns.len() <= 255 && !ns.starts_with(':'));
+            for set in d["Dimensions"].as_array().expect("Dimensions list") {
+                let set = set.as_array().expect("a dimension set is a list");
+                assert!(set.len() <= 30);
+                for key in set {
+                    let key = key.as_str().expect("dimension key");
+                    assert!(doc[key].is_string(), "dimension {key} is a string member");
+                }
+            }
+            let metrics = d["Metrics"].as_array().expect("Metrics list");
+            assert!(!metrics.is_empty() && metrics.len() <= 100);
+            for metric in metrics {
+                let name = metric["Name"].as_str().expect("Name");
+                assert!(doc[name].is_number(), "metric {name} is a numeric member");
+                if let Some(unit) = metric.get("Unit") {
+                    assert!(["Count", "Milliseconds"].contains(&unit.as_str().unwrap()));
+                }
+            }
+        }
+    }
+
+    fn sample() -> InvocationMetrics {
+        InvocationMetrics {
+            received: 120,
+            inserted: 100,
+            duplicates: 4,
+            rejected: [
+                ("invalid_ip".to_owned(), 9),
+                ("not_a_login_event".to_owned(), 5),
+            ]
+            .into(),
+            refused: 2,
+            batch_item_failures: 3,
+            sent_to_dlq: 13,
+            duration_ms: 42,
+            ingest_lag_ms: Some(1_500),
+            fifo: false,
+            statements: 3,
+            copied: false,
+        }
+    }
+
+    #[test]
+    fn documents_follow_the_emf_specification_and_carry_the_summary() {
+        let m = Metrics::new("LoginEtl", "login-etl", "fn-1");
+        let docs = m.documents(&sample(), 1_795_262_400_000, true);
+        assert_eq!(docs.len(), 3, "the summary and one per rejection reason");
+        docs.iter().for_each(assert_valid_emf);
+        let d = &docs[0];
+        for (name, want) in [
+            ("RecordsReceived", 120),
+            ("RowsInserted", 100),
+            ("Duplicates", 4),
+            ("Rejected", 14),
+            ("Refused", 2),
+            ("BatchItemFailures", 3),
+            ("SentToDlq", 13),
+            ("BatchDurationMs", 42),
+            ("IngestLagMs", 1_500),
+            ("ColdStart", 1),
+        ] {
+            assert_eq!(d[name], want, "{name}");
+        }
+        assert_eq!(d["service"], "login-etl");
+        assert_eq!(d["function_name"], "fn-1");
+        assert_eq!(d["message"], "batch processed");
+        assert_eq!(d["_aws"]["CloudWatchMetrics"][0]["Namespace"], "LoginEtl");
+        assert_eq!(
+            d["_aws"]["CloudWatchMetrics"][1]["Dimensions"],
+            json!([["service", "function_name"]])
+        );
+        assert_eq!(
+            (docs[1]["reason"].clone(), docs[1]["Rejected"].clone()),
+            (json!("invalid_ip"), json!(9))
+        );
+        assert_eq!(docs[2]["reason"], "not_a_login_event");
+        assert_eq!(
+            docs[2]["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            json!([["service", "reason"]])
+        );
+        // One line each: readable as a log line.
+        assert!(docs.iter().all(|d| !d.to_string().contains('\n')));
+    }
+
+    #[test]
+    fn cold_start_is_counted_once_per_environment_and_lag_only_when_known() {
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let m = Metrics::new("Ns", "svc", "f")
+            .with_output(move |l| sink.lock().unwrap().push(l.to_owned()));
+        let mut quiet = InvocationMetrics {
+            received: 1,
+            inserted: 1,
+            ..InvocationMetrics::default()
+        };
+        m.emit(&quiet, 1_795_262_400_000);
+        quiet.ingest_lag_ms = Some(5);
+        m.emit(&quiet, 1_795_262_400_001);
+        let docs: Vec<Value> = lines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(docs.len(), 2, "no rejections, no reason documents");
+        docs.iter().for_each(assert_valid_emf);
+        assert_eq!(docs[0]["ColdStart"], 1);
+        assert!(docs[1].get("ColdStart").is_none() && docs[1].get("function_name").is_none());
+        assert!(docs[0].get("IngestLagMs").is_none());
+        assert_eq!(docs[1]["IngestLagMs"], 5);
+    }
+
+    #[test]
+    fn no_value_beyond_counts_and_bounded_codes() {
+        let m = Metrics::new("LoginEtl", "login-etl", "fn");
+        for doc in m.documents(&sample(), 1_795_262_400_000, true) {
+            let text = doc.to_string();
+            // Every string in a document is a fixed name, a configured name
+            // or a rejection code (lowercase with dots and underscores).
+            let mut strings = Vec::new();
+            collect_strings(&doc, &mut strings);
+            for s in strings {
+                assert!(
+                    s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_.- ".contains(c)),
+                    "{s} in {text}"
+                );
+            }
+        }
+    }
+
+    fn collect_strings(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::String(s) => out.push(s.clone()),
+            Value::Array(a) => a.iter().for_each(|x| collect_strings(x, out)),
+            Value::Object(o) => o.iter().for_each(|(k, x)| {
+                out.push(k.clone());
+                collect_strings(x, out)
+            }),
+            _ => {}
+        }
+    }
+}
