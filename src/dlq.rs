@@ -52,6 +52,11 @@ pub struct DeadLetterQueue {
 }
 
 impl DeadLetterQueue {
+    /// The queue at `url`, through `client`.
+    pub fn new(client: Client, url: String) -> Self {
+        Self { client, url }
+    }
+
     /// The queue at `url`, through the function's AWS configuration.
     pub async fn from_url(url: String) -> Self {
         Self {

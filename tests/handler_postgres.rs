@@ -270,7 +270,8 @@ async fn fifo_batch_stops_at_refused_row(count: usize, bad: usize) {
     // batch order, stopping at the refused row), plus the COPY tried first
     // by batches that are large enough.
     let mut inserts = 0;
-    let mut todo = vec![0..count];
+    let mut todo = Vec::new();
+    todo.push(0..count);
     while let Some(r) = todo.pop() {
         inserts += 1;
         if r.contains(&bad) {

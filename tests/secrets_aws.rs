@@ -4,46 +4,14 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_secretsmanager::Client;
+use common::moto::start_moto;
 use common::pg_server::{PASSWORD, PgServer, ServerOptions};
 use common::*;
 use login_etl::{Config, startup};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-struct Moto(Child);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_moto() -> (Moto, u16) {
-    let port = closed_port();
-    let bin = std::env::var("MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
-    let child = Command::new(&bin)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {bin} ({e}); run the tests with `make test`, which installs moto")
-        });
-    let moto = Moto(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "moto_server did not listen within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (moto, port)
-}
 
 fn set_endpoint(url: &str) {
     // SAFETY: this test binary holds a single test, so no other thread reads the environment.

@@ -191,6 +191,7 @@ pub fn closed_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+pub mod moto;
 pub mod pg_server;
 pub mod pgbouncer;
 pub mod proxy;
