@@ -131,7 +131,11 @@ def test_generated_masking_key_is_64_hex_characters(tpl):
 
 
 def test_alarms_and_outputs(tpl):
-    alarms = {(a["Properties"]["Namespace"], a["Properties"]["MetricName"]): a["Properties"] for a in resources(tpl, "AWS::CloudWatch::Alarm").values()}
+    alarms = {
+        (a["Properties"]["Namespace"], a["Properties"]["MetricName"]): a["Properties"]
+        for a in resources(tpl, "AWS::CloudWatch::Alarm").values()
+        if "MetricName" in a["Properties"]  # the rest use metric math
+    }
     dlq = alarms[("AWS/SQS", "ApproximateNumberOfMessagesVisible")]
     assert dlq["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["LoginDeadLetterQueue", "QueueName"]}
     errors = alarms[("AWS/Lambda", "Errors")]
@@ -306,6 +310,8 @@ def test_the_deployed_role_grants_nothing_on_star_but_vpc_network_interfaces(vpc
     assert by_sid["ConsumeLoginQueue"]["Resource"] == {"Fn::GetAtt": ["LoginQueue", "Arn"]}
     assert by_sid["ReadOwnSecrets"]["Resource"] == [FULL_SECRET_ARN, {"Ref": "MaskingKeySecret"}]
     assert by_sid["WriteOwnLogs"]["Resource"] == {"Fn::GetAtt": ["LoginEtlLogGroup", "Arn"]}
+    assert by_sid["SendRejectsToDeadLetterQueue"]["Action"] == "sqs:SendMessage"
+    assert by_sid["SendRejectsToDeadLetterQueue"]["Resource"] == {"Fn::GetAtt": ["LoginDeadLetterQueue", "Arn"]}
     assert set(_as_list(by_sid["WriteOwnLogs"]["Action"])) == {"logs:CreateLogStream", "logs:PutLogEvents"}
     # The VPC permissions exist only with subnets, and then the function runs in them.
     assert ("ManageVpcNetworkInterfaces" in by_sid) == vpc
@@ -391,3 +397,48 @@ def test_secret_arns_must_be_full(tpl, arn, ok):
         pattern = tpl["Parameters"][param]["AllowedPattern"]
         assert bool(re.fullmatch(pattern, arn)) == ok, (param, arn)
     assert re.fullmatch(tpl["Parameters"]["ExistingMaskingKeySecretArn"]["AllowedPattern"], "")
+
+
+def test_function_knows_its_dlq_and_metrics_namespace(fn, tpl):
+    env = fn["Properties"]["Environment"]["Variables"]
+    assert env["DLQ_URL"] == {"Ref": "LoginDeadLetterQueue"}
+    assert env["POWERTOOLS_METRICS_NAMESPACE"] == {"Ref": "MetricsNamespace"}
+    assert env["POWERTOOLS_SERVICE_NAME"] == "login-etl"
+    assert tpl["Parameters"]["MetricsNamespace"]["Default"] == "LoginEtl"
+
+
+def _sub(template, names):
+    """Fn::Sub of a dashboard body with placeholder values."""
+    text, variables = template
+    values = {"AWS::Region": "us-east-1", **{k: f"<{k}>" for k in variables}, **names}
+    return re.sub(r"\$\{([^}]+)\}", lambda m: values[m.group(1)], text)
+
+
+def test_dashboard_shows_rows_rejections_lag_dlq_and_errors(tpl):
+    body = tpl["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    dashboard = json.loads(_sub(body, {"Ns": "LoginEtl"}))
+    titles = [w["properties"]["title"] for w in dashboard["widgets"]]
+    assert titles == [
+        "Rows inserted per second",
+        "Rejections by reason",
+        "Ingest lag (ms)",
+        "Dead-letter queue depth",
+        "Errors",
+    ]
+    text = json.dumps(dashboard)
+    for metric in ["RowsInserted", "Rejected", "IngestLagMs", "ApproximateNumberOfMessagesVisible", "Errors"]:
+        assert metric in text, metric
+    assert "service,reason" in text, "rejections are broken down by the reason dimension"
+
+
+def test_alarms_on_rejection_rate_and_ingest_lag(tpl):
+    rate = tpl["Resources"]["RejectionRateAlarm"]["Properties"]
+    ids = {m["Id"]: m for m in rate["Metrics"]}
+    assert ids["rejected"]["MetricStat"]["Metric"]["MetricName"] == "Rejected"
+    assert ids["received"]["MetricStat"]["Metric"]["MetricName"] == "RecordsReceived"
+    assert "rejected / received" in ids["rate"]["Expression"] and ids["rate"]["ReturnData"]
+    assert rate["Threshold"] == {"Ref": "RejectionRateAlarmPercent"}
+    lag = tpl["Resources"]["IngestLagAlarm"]["Properties"]
+    assert lag["MetricName"] == "IngestLagMs" and lag["Namespace"] == {"Ref": "MetricsNamespace"}
+    # The parameter is in seconds, the metric in milliseconds.
+    assert lag["Threshold"] == {"Fn::Sub": "${IngestLagAlarmSeconds}000"}
