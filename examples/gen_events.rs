@@ -15,7 +15,7 @@ use login_etl::synth::{self, Options};
 const USAGE: &str = "usage: gen_events [--count N] [--invalid-every N] [--fifo] [--seed N]";
 
 fn main() -> ExitCode {
-    match parse(std::env::args().skip(1)) {
+    match Options::from_args(std::env::args().skip(1)) {
         Ok(options) => {
             let event = synth::event(&options);
             println!(
@@ -30,24 +30,4 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
-    let mut o = Options::default();
-    while let Some(arg) = args.next() {
-        let mut number = |name: &str| -> Result<u64, String> {
-            args.next()
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| format!("{name} needs a whole number"))
-        };
-        match arg.as_str() {
-            "--count" => o.count = number("--count")? as usize,
-            "--invalid-every" => o.invalid_every = number("--invalid-every")? as usize,
-            "--seed" => o.seed = number("--seed")?,
-            "--fifo" => o.fifo = true,
-            "-h" | "--help" => return Err("help".into()),
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    Ok(o)
 }

@@ -291,14 +291,15 @@ class Message:
 
 
 def generate(count: int, invalid_every: int, seed: int) -> list[Message]:
-    """Login messages from the project's own generator (examples/gen_events.rs):
-    the quirks of real traffic (null locales, three version shapes, IPv6,
-    multicast and loopback addresses) plus every kind of invalid message."""
-    out = subprocess.run(
-        ["cargo", "run", "--quiet", "--example", "gen_events", "--",
-         "--count", str(count), "--invalid-every", str(invalid_every), "--seed", str(seed)],
-        cwd=ROOT, check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
+    """Login messages from the project's own generator (`login-etl gen-events`,
+    the `synth` module): the quirks of real traffic (null locales, three
+    version shapes, IPv6, multicast and loopback addresses) plus every kind of
+    invalid message. Runs the bootstrap `sam build` made: no second compile."""
+    bootstrap = BUILD_DIR / "LoginEtlFunction" / "bootstrap"
+    if not bootstrap.exists():
+        raise RuntimeError(f"{bootstrap} is missing: run the build step (stack.build()) first")
+    args = ["gen-events", "--count", str(count), "--invalid-every", str(invalid_every), "--seed", str(seed)]
+    out = subprocess.run([str(bootstrap), *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout
     messages = []
     for record in json.loads(out)["Records"]:
         body = record["body"]
@@ -397,6 +398,7 @@ def dead_letters(stack: Stack) -> list[dict]:
             VisibilityTimeout=30,
             WaitTimeSeconds=1,
             AttributeNames=["All"],
+            MessageAttributeNames=["All"],
         )
         batch = resp.get("Messages", [])
         if not batch:
@@ -423,6 +425,37 @@ def log_lines(stack: Stack) -> list[str]:
             kwargs["nextToken"] = page["nextToken"]
     except logs.exceptions.ResourceNotFoundException:
         return lines
+
+
+def dead_letter_attribute(message: dict, name: str) -> str:
+    """A message attribute the function put on its DLQ copy."""
+    return message.get("MessageAttributes", {}).get(name, {}).get("StringValue", "")
+
+
+def emf_documents(stack: Stack) -> list[dict]:
+    """The function's CloudWatch EMF documents (its summary lines), from its logs."""
+    docs = []
+    for text in log_lines(stack):
+        try:
+            line = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(line, dict) and "_aws" in line:
+            docs.append(line)
+    return docs
+
+
+def metric_totals(stack: Stack) -> dict[str, float]:
+    """Each metric of the summary documents, summed over the invocations."""
+    totals: dict[str, float] = {}
+    for doc in emf_documents(stack):
+        if doc.get("message") != "batch processed":
+            continue
+        for directive in doc["_aws"]["CloudWatchMetrics"]:
+            for metric in directive["Metrics"]:
+                name = metric["Name"]
+                totals[name] = totals.get(name, 0) + doc[name]
+    return totals
 
 
 def rejection_codes(stack: Stack) -> dict[str, str]:
@@ -503,8 +536,8 @@ def demo(args: argparse.Namespace) -> None:
     send(stack, messages)
     valid = sum(m.valid for m in messages)
     say(f"    sent {len(messages)}: {valid} valid, {len(messages) - valid} invalid")
-    step(4, "waiting for the event-source mapping to drain the queue (invalid ones need "
-            f"{stack.max_receive_count} receives, {LOCAL_VISIBILITY_TIMEOUT} s apart, before the DLQ)")  # fmt: skip
+    step(4, "waiting for the event-source mapping to drain the queue (the function sends invalid "
+            "ones to the DLQ itself, on their first receive)")  # fmt: skip
     took = wait_drained(stack, before + valid, dead_before + len(messages) - valid)
     say(f"    all {valid} valid messages in PostgreSQL after {took.rows_s:.1f} s; "
         f"queue drained, {len(messages) - valid} invalid ones in the DLQ, after {took.total_s:.1f} s")
@@ -522,17 +555,25 @@ def demo(args: argparse.Namespace) -> None:
          "count(*) FILTER (WHERE locale IS NULL) AS null_locales FROM user_logins"],
         check=True,
     )  # fmt: skip
-    step(6, "dead-letter queue, with each message's rejection reason from the function's logs")
-    codes = rejection_codes(stack)
+    step(6, "dead-letter queue: each copy carries its reason (message attributes, no log search)")
     dlq = dead_letters(stack)
     # Bodies are not printed: a rejected message may still carry an IP or a device id.
-    say(f"    {'message id':<38} {'receives*':>9}  {'bytes':>5}  rejection reason (from the logs)")
-    for m in sorted(dlq, key=lambda m: codes.get(m["MessageId"], "")):
-        receives = m.get("Attributes", {}).get("ApproximateReceiveCount", "?")
-        reason = codes.get(m["MessageId"], "(no log line: see the function's log group)")
-        say(f"    {m['MessageId']:<38} {receives:>9}  {len(m['Body'].encode()):>5}  {reason}")
-    say("    * ApproximateReceiveCount, including the read that listed it here")
+    say(f"    {'source message id':<38} {'receives':>8}  {'bytes':>5}  rejection_code")
+    for m in sorted(dlq, key=lambda m: dead_letter_attribute(m, "rejection_code")):
+        say(f"    {dead_letter_attribute(m, 'source_message_id'):<38} "
+            f"{dead_letter_attribute(m, 'receive_count'):>8}  {len(m['Body'].encode()):>5}  "
+            f"{dead_letter_attribute(m, 'rejection_code')}")  # fmt: skip
     say(f"    {len(dlq)} messages in the DLQ")
+    say("\n    metrics of the run, summed from the function's EMF lines in CloudWatch Logs:")
+    totals = metric_totals(stack)
+    for name in ["RecordsReceived", "RowsInserted", "Duplicates", "Rejected", "SentToDlq", "Refused",
+                 "BatchItemFailures", "ColdStart"]:  # fmt: skip
+        say(f"    {name:<18} {totals.get(name, 0):>8.0f}")
+    docs = [d for d in emf_documents(stack) if d.get("message") == "batch processed"]
+    if docs:
+        say(f"    {'invocations':<18} {len(docs):>8}")
+        say(f"    {'IngestLagMs max':<18} {max(d.get('IngestLagMs', 0) for d in docs):>8.0f}")
+        say(f"    {'BatchDurationMs max':<18} {max(d['BatchDurationMs'] for d in docs):>8.0f}")
     say(f"\ndemo done in {time.monotonic() - started:.0f} s. LocalStack keeps running for exploration:")
     say("    export PATH=$PWD/.venv-localstack/bin:$PATH AWS_DEFAULT_REGION=us-east-1 DISABLE_DEPRECATION_NOTICE=1")
     say(f"    awslocal sqs receive-message --queue-url {stack.dlq_url} --attribute-names All")

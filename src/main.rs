@@ -1,5 +1,6 @@
 //! Lambda entry point: build the handler once per cold start, then serve
-//! invocations. `login-etl migrate` applies the schema and exits.
+//! invocations. `login-etl migrate` applies the schema and exits;
+//! `login-etl gen-events` writes a synthetic SQS batch (demos, benchmarks).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,13 +10,17 @@ use login_etl::config::{Config, DbConfig};
 use login_etl::{SqsBatch, startup};
 use tracing::{error, info};
 
+const USAGE: &str =
+    "usage: login-etl [migrate | gen-events [--count N] [--invalid-every N] [--fifo] [--seed N]]";
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     login_etl::logging::init();
     let result = match std::env::args().nth(1).as_deref() {
         None => serve().await,
         Some("migrate") => migrate().await,
-        Some(_) => Err("usage: login-etl [migrate]".into()),
+        Some("gen-events") => gen_events(),
+        Some(_) => Err(USAGE.into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -63,5 +68,15 @@ async fn serve() -> Result<(), lambda_runtime::Error> {
 async fn migrate() -> Result<(), lambda_runtime::Error> {
     let target = startup::migrate(&DbConfig::from_env()?).await?;
     info!(%target, "schema applied");
+    Ok(())
+}
+
+/// Writes a synthetic SQS batch event to stdout (the demo's messages), from
+/// the binary already built, so a demo needs no second compile.
+fn gen_events() -> Result<(), lambda_runtime::Error> {
+    let options = login_etl::synth::Options::from_args(std::env::args().skip(2))
+        .map_err(|e| format!("{e}\n{USAGE}"))?;
+    let event = login_etl::synth::event(&options);
+    println!("{}", serde_json::to_string(&event)?);
     Ok(())
 }

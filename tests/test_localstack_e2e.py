@@ -111,14 +111,48 @@ def test_every_valid_message_is_exactly_one_correctly_masked_row(standard, drain
         assert created in (str(sent_on), str(sent_on + dt.timedelta(days=1)))
 
 
-def test_invalid_messages_end_in_the_dlq_after_max_receive_count(standard, drained):
+def test_invalid_messages_reach_the_dlq_after_one_receive_with_their_reason(standard, drained):
     messages, _ = drained
-    dlq = {m["MessageId"]: m for m in stack.dead_letters(standard)}
+    copies = stack.dead_letters(standard)
+    dlq = {stack.dead_letter_attribute(m, "source_message_id"): m for m in copies}
     invalid = {m.message_id: m for m in messages if not m.valid}
-    assert set(dlq) == set(invalid), "exactly the invalid messages, no valid one"
+    assert len(copies) == len(invalid) and set(dlq) == set(invalid), "exactly the invalid messages, once each"
+    queue_arn = stack.client("sqs").get_queue_attributes(QueueUrl=standard.queue_url, AttributeNames=["QueueArn"])
     for message_id, m in dlq.items():
-        assert m["Body"] == invalid[message_id].body
-        assert int(m["Attributes"]["ApproximateReceiveCount"]) >= standard.max_receive_count
+        assert m["Body"] == invalid[message_id].body, "the body, unchanged"
+        assert stack.dead_letter_attribute(m, "rejection_code") == invalid[message_id].expect.removeprefix("reject:")
+        assert stack.dead_letter_attribute(m, "receive_count") == "1", "sent on its first receive"
+        assert stack.dead_letter_attribute(m, "source_queue") == queue_arn["Attributes"]["QueueArn"]
+        assert stack.dead_letter_attribute(m, "rejected_at").endswith("Z")
+    # The function saw each invalid message exactly once: one `record rejected`
+    # line per message id (not SQS's receive count, which our own read bumps).
+    seen: dict[str, int] = {}
+    for text in stack.log_lines(standard):
+        try:
+            line = json.loads(text)
+        except ValueError:
+            continue
+        fields = line.get("fields", line) if isinstance(line, dict) else {}
+        if fields.get("message") == "record rejected":
+            seen[fields["message_id"]] = seen.get(fields["message_id"], 0) + 1
+    assert seen == {message_id: 1 for message_id in invalid}
+
+
+def test_the_summary_lines_are_emf_documents_in_cloudwatch_logs(standard, drained):
+    messages, _ = drained
+    docs = [d for d in stack.emf_documents(standard) if d.get("message") == "batch processed"]
+    assert docs, "EMF summary lines in the function's log group"
+    for d in docs:
+        (directive, *rest) = d["_aws"]["CloudWatchMetrics"]
+        assert directive["Namespace"] == "LoginEtl" and directive["Dimensions"] == [["service"]]
+        assert d["service"] == "login-etl"
+    totals = stack.metric_totals(standard)
+    valid = sum(m.valid for m in messages)
+    assert totals["RowsInserted"] == valid
+    assert totals["SentToDlq"] == totals["Rejected"] == len(messages) - valid
+    assert totals["RecordsReceived"] == len(messages)
+    assert totals["BatchItemFailures"] == 0
+    assert totals.get("ColdStart", 0) >= 1
 
 
 def test_rejection_reasons_are_logged_by_code_without_pii(standard, drained):
@@ -133,6 +167,9 @@ def test_rejection_reasons_are_logged_by_code_without_pii(standard, drained):
         if m.valid:
             body = json.loads(m.body)
             assert body["ip"] not in log_text and body["device_id"] not in log_text
+        elif len(m.body.strip()) >= 16:
+            # A rejected body can carry PII too: it goes to the DLQ, never to the logs.
+            assert m.body not in log_text and json.dumps(m.body) not in log_text, m.message_id
 
 
 def test_redelivering_the_same_messages_adds_no_rows(standard, drained):
@@ -176,4 +213,6 @@ def test_fifo_keeps_order_within_each_group(fifo):
     bad.group = "alpha"
     stack.send(fifo, [bad])
     stack.wait_drained(fifo, len(messages), 1, timeout=120)
-    assert [m["MessageId"] for m in stack.dead_letters(fifo)] == [bad.message_id]
+    copies = stack.dead_letters(fifo)
+    assert [stack.dead_letter_attribute(m, "source_message_id") for m in copies] == [bad.message_id]
+    assert copies[0]["Attributes"]["MessageGroupId"] == "alpha", "the copy keeps its group"
