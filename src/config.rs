@@ -88,6 +88,9 @@ pub struct Config {
     pub service_name: String,
     /// `AWS_LAMBDA_FUNCTION_NAME` (the `function_name` dimension of `ColdStart`).
     pub function_name: String,
+    /// `VAULT_KMS_KEY_ID`: the KMS key for the PII vault's data keys; unset:
+    /// no vault.
+    pub vault_kms_key_id: Option<String>,
 }
 
 /// Default `DB_CONNECT_TIMEOUT_MS`.
@@ -139,6 +142,7 @@ impl Config {
             service_name: get("POWERTOOLS_SERVICE_NAME")
                 .unwrap_or_else(|| crate::metrics::DEFAULT_SERVICE.into()),
             function_name: get("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "login-etl".into()),
+            vault_kms_key_id: get("VAULT_KMS_KEY_ID"),
         })
     }
 }

@@ -17,6 +17,7 @@ use crate::masking::Masker;
 use crate::metrics::{DEFAULT_NAMESPACE, DEFAULT_SERVICE, InvocationMetrics, Metrics};
 use crate::record::{self, LoginRow, Rejection};
 use crate::sink::{InsertReport, PgSink};
+use crate::vault::{DataKey, VaultBatch, VaultWrite};
 
 /// Counts of one invocation, also written as its summary line (an EMF
 /// document, see [`crate::metrics`]).
@@ -46,6 +47,7 @@ pub struct BatchHandler {
     sink: Mutex<PgSink>,
     dlq: Option<DeadLetterQueue>,
     metrics: Metrics,
+    vault: Option<DataKey>,
 }
 
 impl BatchHandler {
@@ -58,7 +60,15 @@ impl BatchHandler {
             sink: Mutex::new(sink),
             dlq: None,
             metrics: Metrics::new(DEFAULT_NAMESPACE, DEFAULT_SERVICE, "login-etl"),
+            vault: None,
         }
+    }
+
+    /// Keeps each batch's original ip and device_id in the PII vault,
+    /// encrypted under `key` (see [`crate::vault`]).
+    pub fn with_vault(mut self, key: DataKey) -> Self {
+        self.vault = Some(key);
+        self
     }
 
     /// Sends rejected records to `dlq` directly (`DLQ_URL`).
@@ -218,6 +228,9 @@ impl BatchHandler {
             match record::transform(id, message, &self.masker, today) {
                 Ok(row) => {
                     trace!(message_id = id, "record valid");
+                    if let Some(key) = &self.vault {
+                        out.vault.add(key, &row);
+                    }
                     writer.push(&row).await;
                     out.rows.push(row);
                     out.row_positions.push(pos);
@@ -247,7 +260,11 @@ impl BatchHandler {
                 out.row_positions.truncate(keep);
             }
         }
-        writer.finish(&out.rows, fifo).await
+        let vault = self.vault.as_ref().map(|key| VaultWrite {
+            key,
+            batch: &out.vault,
+        });
+        writer.finish(&out.rows, fifo, vault).await
     }
 }
 
@@ -262,6 +279,8 @@ struct Transformed<'b> {
     rejected: Vec<(usize, String)>,
     /// Positions of rejected records now in the DLQ, ascending.
     sent: Vec<usize>,
+    /// The rows' vault entries (empty without a vault).
+    vault: VaultBatch,
 }
 
 impl<'b> Transformed<'b> {

@@ -14,6 +14,7 @@
 //! - [`handler`]: one batch to a partial-batch response and a summary;
 //! - [`dlq`]: rejected records straight to the dead-letter queue;
 //! - [`metrics`]: the summary as a CloudWatch EMF document;
+//! - [`vault`]: the PII vault (KMS envelope, AES-256-GCM);
 //! - [`logging`]: the log subscriber and its PII guard;
 //! - [`startup`]: cold start, configuration to a ready handler;
 //! - [`synth`]: synthetic, realistic events for tests, demos and benchmarks;
@@ -39,6 +40,7 @@ pub mod sink;
 pub mod startup;
 pub mod synth;
 pub mod tls;
+pub mod vault;
 
 pub use config::Config;
 pub use error::{ConfigError, HandlerError, SecretError, SinkError};

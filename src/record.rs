@@ -152,8 +152,10 @@ impl fmt::Display for Rejection {
     }
 }
 
-/// A validated, masked row of `user_logins`, borrowing from the event where it can.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A validated, masked row of `user_logins`, borrowing from the event where
+/// it can. It also carries the raw ip and device id, for the PII vault only
+/// (never written to `user_logins`, redacted from `Debug`).
+#[derive(Clone, PartialEq, Eq)]
 pub struct LoginRow<'a> {
     /// SQS message id: the idempotency key.
     pub message_id: &'a str,
@@ -173,6 +175,22 @@ pub struct LoginRow<'a> {
     pub app_version_text: Cow<'a, str>,
     /// UTC date of `SentTimestamp`.
     pub create_date: NaiveDate,
+    /// The parsed address (PII: for the vault only).
+    pub ip: IpAddr,
+    /// The device id as received (PII: for the vault only).
+    pub device_id: Cow<'a, str>,
+}
+
+impl fmt::Debug for LoginRow<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoginRow")
+            .field("message_id", &self.message_id)
+            .field("masked_ip", &self.masked_ip)
+            .field("masked_device_id", &self.masked_device_id)
+            .field("app_version", &self.app_version)
+            .field("create_date", &self.create_date)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Validates and masks one SQS message. `message_id` is the record's id
@@ -199,6 +217,8 @@ pub fn transform<'a>(
         app_version: login.app_version,
         app_version_text: login.app_version_text,
         create_date: sent_date(message).unwrap_or(fallback_date),
+        ip: login.ip,
+        device_id: login.device_id,
     })
 }
 

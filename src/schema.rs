@@ -9,8 +9,13 @@ use tokio_postgres::Client;
 use crate::error::SinkError;
 use crate::sink::describe;
 
-/// The idempotent migration (creates or upgrades `user_logins`).
-pub const MIGRATION_SQL: &str = include_str!("../migrations/0001_user_logins.sql");
+/// The idempotent migration (creates or upgrades `user_logins`, creates the
+/// PII vault's tables).
+pub const MIGRATION_SQL: &str = concat!(
+    include_str!("../migrations/0001_user_logins.sql"),
+    "\n",
+    include_str!("../migrations/0002_pii_vault.sql")
+);
 
 /// Advisory lock key ("LOGINETL" in ASCII): many cold starts at once apply
 /// the schema one after the other instead of racing on `CREATE INDEX`.
@@ -27,7 +32,8 @@ const INSPECT_SQL: &str = "SELECT \
         WHERE i.indrelid = to_regclass('user_logins') AND a.attname = 'message_id' \
         AND i.indisunique AND i.indnkeyatts = 1 AND i.indpred IS NULL AND i.indexprs IS NULL \
         AND i.indisvalid AND i.indisready), \
-    pg_snapshot_xmax(pg_current_snapshot())::text";
+    pg_snapshot_xmax(pg_current_snapshot())::text, \
+    to_regclass('user_logins_pii_vault') IS NOT NULL AND to_regclass('user_logins_vault_keys') IS NOT NULL";
 
 /// The schema as the catalog shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,12 +47,14 @@ pub struct SchemaState {
     pub unique_index: bool,
     /// The first transaction id not yet assigned.
     pub floor: Option<String>,
+    /// The PII vault's tables exist.
+    pub vault: bool,
 }
 
 impl SchemaState {
     /// Nothing for a migration to do.
     pub fn is_current(&self) -> bool {
-        self.table && self.columns && self.unique_index
+        self.table && self.columns && self.unique_index && self.vault
     }
 }
 
@@ -58,12 +66,17 @@ pub async fn inspect(client: &Client) -> Result<SchemaState, tokio_postgres::Err
         columns: row.get(1),
         unique_index: row.get(2),
         floor: row.get(3),
+        vault: row.get(4),
     })
 }
 
 /// The schema guard, run on the sink's first connection: an error that
 /// names the fix unless `user_logins` is complete. Returns the xid floor.
-pub async fn check(client: &Client, limit: Duration) -> Result<Option<String>, SinkError> {
+pub async fn check(
+    client: &Client,
+    limit: Duration,
+    vault: bool,
+) -> Result<Option<String>, SinkError> {
     let state = match timeout(limit, inspect(client)).await {
         Ok(Ok(state)) => state,
         Ok(Err(e)) => {
@@ -94,6 +107,12 @@ pub async fn check(client: &Client, limit: Duration) -> Result<Option<String>, S
         return Err(fatal(
             "user_logins has no valid unique index on message_id, so a redelivered message could be written twice; nothing was written",
             "; run `login-etl migrate` (make migrate), which drops an INVALID user_logins_message_id_key left by a failed CREATE UNIQUE INDEX CONCURRENTLY and builds it again",
+        ));
+    }
+    if vault && !state.vault {
+        return Err(fatal(
+            "the PII vault's tables (user_logins_pii_vault, user_logins_vault_keys) are missing",
+            "; run `make migrate` (login-etl migrate) or set RUN_MIGRATIONS=true",
         ));
     }
     Ok(state.floor)

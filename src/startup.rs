@@ -14,6 +14,7 @@ use crate::metrics::Metrics;
 use crate::secrets::Secrets;
 use crate::sink::PgSink;
 use crate::tls::Tls;
+use crate::vault::{DataKey, VaultError};
 
 /// Why the cold start failed.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +28,9 @@ pub enum InitError {
     /// The schema could not be applied (`RUN_MIGRATIONS=true`).
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// No data key for the PII vault (`VAULT_KMS_KEY_ID`).
+    #[error(transparent)]
+    Vault(#[from] VaultError),
 }
 
 /// Builds the handler: resolves the masking key and the database settings
@@ -39,6 +43,9 @@ pub async fn build(config: &Config) -> Result<BatchHandler, InitError> {
         sink(&config.db, secrets.as_ref())
     );
     let (key, mut sink) = (key?, sink?);
+    if config.vault_kms_key_id.is_some() {
+        sink = sink.with_vault_tables();
+    }
     if config.run_migrations {
         let applied = sink.migrate().await?;
         info!(target = %sink.target(), applied, "schema checked (applied only when not current)");
@@ -48,7 +55,16 @@ pub async fn build(config: &Config) -> Result<BatchHandler, InitError> {
         &config.service_name,
         &config.function_name,
     );
-    let handler = BatchHandler::new(Masker::new(&key), sink).with_metrics(metrics);
+    let mut handler = BatchHandler::new(Masker::new(&key), sink).with_metrics(metrics);
+    if let Some(kms_key) = &config.vault_kms_key_id {
+        let kms = aws_sdk_kms::Client::new(&crate::secrets::sdk_config().await);
+        let data_key = DataKey::generate(&kms, kms_key).await?;
+        info!(
+            data_key = data_key.id(),
+            "PII vault on: a data key from KMS, kept in memory only"
+        );
+        handler = handler.with_vault(data_key);
+    }
     Ok(match &config.dlq_url {
         Some(url) => handler.with_dead_letter_queue(DeadLetterQueue::from_url(url.clone()).await),
         None => handler,

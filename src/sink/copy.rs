@@ -16,7 +16,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::classify::{Failure, classify};
-use super::insert::{COMMIT_SQL, begin_sql, floor_of, no_answer};
+use super::insert::{COMMIT_SQL, VaultRows, begin_sql, floor_of, no_answer, write_vault};
 use crate::record::LoginRow;
 
 /// The fast path for large batches; see the module documentation.
@@ -110,6 +110,7 @@ impl CopyIn {
     pub(crate) async fn commit(
         mut self,
         client: &Client,
+        vault: Option<&VaultRows<'_>>,
     ) -> Result<(u64, Option<String>), CopyFailed> {
         let before_commit = |failure| CopyFailed {
             failure,
@@ -123,7 +124,13 @@ impl CopyIn {
             Ok(Err(e)) => return Err(before_commit(classify(&e))),
             Err(_) => return Err(before_commit(no_answer(self.bound))),
         };
-        match timeout(self.bound, client.simple_query(COMMIT_SQL)).await {
+        // The vault entries, then the COMMIT, sent together.
+        let end = async {
+            let (vaulted, committed) =
+                tokio::join!(write_vault(client, vault), client.simple_query(COMMIT_SQL));
+            vaulted.and(committed)
+        };
+        match timeout(self.bound, end).await {
             Ok(Ok(answer)) => Ok((rows, floor_of(&answer))),
             Ok(Err(e)) => {
                 let failure = classify(&e);

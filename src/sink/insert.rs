@@ -18,6 +18,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::classify::{Failure, classify};
 use crate::record::LoginRow;
+use crate::vault::{DataKey, Sealed};
 
 /// The bulk insert: one statement for the whole batch. Arrays are bound as
 /// `varchar[]`, the columns' type: with `text[]` the server coerces every
@@ -55,6 +56,54 @@ pub(crate) fn floor_of(messages: &[SimpleQueryMessage]) -> Option<String> {
     })
 }
 
+/// The data key, stored once per key (its id is derived from the wrapped bytes).
+const VAULT_KEY_SQL: &str = "INSERT INTO user_logins_vault_keys (key_id, kms_key_id, wrapped_key) \
+    VALUES ($1, $2, $3) ON CONFLICT (key_id) DO NOTHING";
+
+/// The vault entries of the rows in the same transaction; an entry another
+/// row or batch stored already is kept as it is.
+const VAULT_SQL: &str = "INSERT INTO user_logins_pii_vault (kind, token, key_id, nonce, ciphertext) \
+    SELECT k, t, $3, n, c FROM UNNEST($1::varchar[], $2::varchar[], $4::bytea[], $5::bytea[]) AS u(k, t, n, c) \
+    ON CONFLICT (kind, token) DO NOTHING";
+
+/// The vault entries one transaction writes beside its rows.
+pub(crate) struct VaultRows<'a> {
+    pub key: &'a DataKey,
+    pub entries: Vec<&'a Sealed>,
+}
+
+/// Writes `vault` (both statements sent at once); nothing without a vault.
+pub(crate) async fn write_vault(
+    client: &Client,
+    vault: Option<&VaultRows<'_>>,
+) -> Result<(), tokio_postgres::Error> {
+    let Some(v) = vault else {
+        return Ok(());
+    };
+    let kinds: Vec<&str> = v.entries.iter().map(|e| e.kind.as_str()).collect();
+    let tokens: Vec<&str> = v.entries.iter().map(|e| e.token.as_str()).collect();
+    let nonces: Vec<&[u8]> = v.entries.iter().map(|e| &e.nonce[..]).collect();
+    let ciphertexts: Vec<&[u8]> = v.entries.iter().map(|e| e.ciphertext.as_slice()).collect();
+    let (key_id, kms_key_id, wrapped) = (v.key.id(), v.key.kms_key_id(), v.key.wrapped());
+    let key_params: [(&(dyn ToSql + Sync), Type); 3] = [
+        (&key_id, Type::VARCHAR),
+        (&kms_key_id, Type::VARCHAR),
+        (&wrapped, Type::BYTEA),
+    ];
+    let entry_params: [(&(dyn ToSql + Sync), Type); 5] = [
+        (&kinds, Type::VARCHAR_ARRAY),
+        (&tokens, Type::VARCHAR_ARRAY),
+        (&key_id, Type::VARCHAR),
+        (&nonces, Type::BYTEA_ARRAY),
+        (&ciphertexts, Type::BYTEA_ARRAY),
+    ];
+    let (stored, written) = tokio::join!(
+        client.execute_typed(VAULT_KEY_SQL, &key_params),
+        client.execute_typed(VAULT_SQL, &entry_params),
+    );
+    stored.and(written).map(|_| ())
+}
+
 /// What one committed INSERT transaction did.
 #[derive(Debug, Default)]
 pub(crate) struct Committed {
@@ -74,6 +123,7 @@ pub(crate) async fn insert_tx(
     server_bound: Duration,
     client_bound: Duration,
     recount_since: Option<&str>,
+    vault: Option<&VaultRows<'_>>,
 ) -> Result<Committed, Failure> {
     let cols = Columns::from(rows);
     let params = cols.typed_params();
@@ -99,10 +149,12 @@ pub(crate) async fn insert_tx(
                 }
             },
             client.execute_typed(INSERT_SQL, &params),
+            write_vault(client, vault),
             client.simple_query(COMMIT_SQL),
         )
     };
-    let (begun, earlier, inserted, committed) = match timeout(client_bound, pipeline).await {
+    let (begun, earlier, inserted, vaulted, committed) = match timeout(client_bound, pipeline).await
+    {
         Ok(answers) => answers,
         Err(_) => return Err(no_answer(client_bound)),
     };
@@ -114,6 +166,7 @@ pub(crate) async fn insert_tx(
         _ => classify(&e),
     })?;
     let inserted = inserted.map_err(|e| classify(&e))?;
+    vaulted.map_err(|e| classify(&e))?;
     let floor = floor_of(&committed.map_err(|e| classify(&e))?);
     Ok(Committed {
         inserted: inserted + earlier,

@@ -56,8 +56,10 @@ use crate::record::LoginRow;
 use crate::schema;
 use crate::secrets::Secrets;
 use crate::tls::Tls;
+use crate::vault::VaultWrite;
 use classify::Failure;
 use conn::Connector;
+use insert::VaultRows;
 
 /// Batches at least this large try COPY first. Below it the INSERT's single
 /// round trip wins (COPY needs three); see benches/batch_pg.rs.
@@ -94,6 +96,8 @@ pub struct PgSink {
     client: Option<Client>,
     /// Whether the schema guard has passed (checked once per sink).
     schema_checked: bool,
+    /// Whether the PII vault's tables must exist too.
+    vault: bool,
     /// The xid floor after the last confirmed transaction (see
     /// [`insert::COMMIT_SQL`]): after a lost reply, rows newer than it are
     /// this sink's own.
@@ -116,8 +120,16 @@ impl PgSink {
             settings: db.clone(),
             client: None,
             schema_checked: false,
+            vault: false,
             floor: None,
         }
+    }
+
+    /// Requires the PII vault's tables at the schema check (the handler
+    /// writes vault entries).
+    pub fn with_vault_tables(mut self) -> Self {
+        self.vault = true;
+        self
     }
 
     /// When PostgreSQL rejects the password (SQLSTATE 28P01, e.g. after a
@@ -161,7 +173,7 @@ impl PgSink {
         for row in rows {
             batch.push(row).await;
         }
-        batch.finish(rows, preserve_order).await
+        batch.finish(rows, preserve_order, None).await
     }
 
     /// Starts writing a batch of about `expected_rows` rows that must be done
@@ -206,7 +218,7 @@ impl PgSink {
             let limit = budget.bound(self.settings.connect_timeout, "connecting to PostgreSQL")?;
             let client = self.connector.open(limit).await?;
             if !self.schema_checked {
-                self.floor = schema::check(&client, self.per_operation()).await?;
+                self.floor = schema::check(&client, self.per_operation(), self.vault).await?;
                 self.schema_checked = true;
             }
             self.client = Some(client);
@@ -270,12 +282,13 @@ impl PgSink {
         &mut self,
         copy: CopyIn,
         budget: &mut Budget,
+        vault: Option<VaultRows<'_>>,
     ) -> Result<Result<InsertReport, Option<String>>, SinkError> {
         let floor_before = self.floor.clone();
         let Some(client) = self.client.as_ref() else {
             return Ok(Err(None));
         };
-        match copy.commit(client).await {
+        match copy.commit(client, vault.as_ref()).await {
             Ok((inserted, floor)) => {
                 if floor.is_some() {
                     self.floor = floor;
@@ -326,6 +339,7 @@ impl PgSink {
         preserve_order: bool,
         budget: &mut Budget,
         recount_since: Option<String>,
+        vault: Option<VaultWrite<'_>>,
     ) -> Result<InsertReport, SinkError> {
         const OP: &str = "inserting the batch";
         let mut report = InsertReport::default();
@@ -353,12 +367,18 @@ impl PgSink {
             // (read after connecting: the first connection sets it).
             let since = recount.clone().or_else(|| self.floor.clone());
             let client = self.client.as_ref().expect("connected above");
+            // The vault entries of exactly these rows commit with them.
+            let vault_rows = vault.map(|v| VaultRows {
+                key: v.key,
+                entries: v.batch.entries_for(range.clone()),
+            });
             let attempt = insert::insert_tx(
                 client,
                 &rows[range.clone()],
                 server,
                 bound,
                 recount.as_deref(),
+                vault_rows.as_ref(),
             )
             .await;
             match attempt {
@@ -434,15 +454,26 @@ impl BatchWriter<'_> {
     }
 
     /// Commits the batch: the COPY if one is open and every row went in,
-    /// else `rows` by the INSERT path.
+    /// else `rows` by the INSERT path. With `vault`, each transaction also
+    /// writes the vault entries of its rows (`vault.batch` was filled in
+    /// the order of `rows`), so a row never commits without them.
     pub async fn finish(
         mut self,
         rows: &[LoginRow<'_>],
         preserve_order: bool,
+        vault: Option<VaultWrite<'_>>,
     ) -> Result<InsertReport, SinkError> {
         let mut recount_since = None;
         if let Some(copy) = self.copy.take() {
-            match self.sink.end_copy(copy, &mut self.budget).await? {
+            let vault_rows = vault.map(|v| VaultRows {
+                key: v.key,
+                entries: v.batch.entries_for(0..rows.len()),
+            });
+            match self
+                .sink
+                .end_copy(copy, &mut self.budget, vault_rows)
+                .await?
+            {
                 Ok(report) => return Ok(report),
                 Err(floor) => recount_since = floor,
             }
@@ -452,7 +483,7 @@ impl BatchWriter<'_> {
         }
         let mut report = self
             .sink
-            .insert_rows(rows, preserve_order, &mut self.budget, recount_since)
+            .insert_rows(rows, preserve_order, &mut self.budget, recount_since, vault)
             .await?;
         report.statements += u32::from(self.copy_tried);
         Ok(report)

@@ -1,0 +1,24 @@
+-- The PII vault (optional: used when the function runs with VAULT_KMS_KEY_ID).
+-- Applied with 0001, idempotent. See src/vault.rs and README "Can the PII be
+-- recovered?".
+
+-- KMS-wrapped data keys; key_id is derived from the wrapped bytes, so a
+-- second insert of the same key is a no-op.
+CREATE TABLE IF NOT EXISTS user_logins_vault_keys(
+    key_id      varchar(32) PRIMARY KEY,
+    kms_key_id  varchar(2048) NOT NULL,
+    wrapped_key bytea NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per distinct (kind, token): the original value under AES-256-GCM,
+-- with associated data binding it to its kind and token.
+CREATE TABLE IF NOT EXISTS user_logins_pii_vault(
+    kind        varchar(16) NOT NULL CHECK (kind IN ('ip', 'device_id')),
+    token       varchar(64) NOT NULL,
+    key_id      varchar(32) NOT NULL REFERENCES user_logins_vault_keys(key_id),
+    nonce       bytea NOT NULL CHECK (octet_length(nonce) = 12),
+    ciphertext  bytea NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (kind, token)
+);

@@ -1,0 +1,458 @@
+//! The PII vault: the original ip and device_id behind each token, kept
+//! apart from `user_logins`, encrypted so that the function can write them
+//! but never read them back.
+//!
+//! Envelope encryption: at cold start the function asks KMS for a data key
+//! (`GenerateDataKey` on `VAULT_KMS_KEY_ID`). It keeps the plaintext key in
+//! memory only (zeroized when dropped) and stores the KMS-wrapped copy in
+//! `user_logins_vault_keys`. Each distinct (kind, token) gets one row in
+//! `user_logins_pii_vault`: the value under AES-256-GCM with a random 96-bit
+//! nonce, and associated data that binds the ciphertext to its kind and
+//! token, so a ciphertext copied to another row does not decrypt. Reading a
+//! value back needs `kms:Decrypt` on the key, which only the operators'
+//! `PiiRevealPolicy` grants (`login-etl reveal`, see [`crate::reveal`]);
+//! CloudTrail records every such call.
+//!
+//! The tokens stay keyed HMACs: the vault adds a way back for the
+//! authorised, not a weaker token.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
+use aws_sdk_kms::Client as Kms;
+use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_kms::primitives::Blob;
+use aws_sdk_kms::types::DataKeySpec;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::record::LoginRow;
+
+/// What a vault entry holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// The canonical ip (as `IpAddr` prints it), behind `masked_ip`.
+    Ip,
+    /// The trimmed device id, behind `masked_device_id`.
+    DeviceId,
+}
+
+impl Kind {
+    /// Its name in the `kind` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Ip => "ip",
+            Kind::DeviceId => "device_id",
+        }
+    }
+
+    /// The kind named `name`.
+    pub fn parse(name: &str) -> Option<Kind> {
+        match name {
+            "ip" => Some(Kind::Ip),
+            "device_id" => Some(Kind::DeviceId),
+            _ => None,
+        }
+    }
+}
+
+/// Why a vault operation failed. Names kinds, tokens and key ids, never a
+/// value or key material.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    /// KMS returned a data key that is not 256 bits.
+    #[error("KMS returned a {0}-byte data key; AES-256 needs 32")]
+    KeyLength(usize),
+    /// The ciphertext, its nonce, its row or the key do not match.
+    #[error(
+        "the vault entry for {kind} token {token} does not decrypt under data key {key_id}: it was altered, moved to another row, or wrapped by another key"
+    )]
+    Undecryptable {
+        /// Its kind.
+        kind: &'static str,
+        /// Its token.
+        token: String,
+        /// The data key tried.
+        key_id: String,
+    },
+    /// A KMS call failed.
+    #[error("KMS {op} on {key} failed ({code}): {message}{hint}")]
+    Kms {
+        /// `GenerateDataKey` or `Decrypt`.
+        op: &'static str,
+        /// The KMS key id or ARN (or the data key id for `Decrypt`).
+        key: String,
+        /// The AWS error code.
+        code: String,
+        /// What the SDK said.
+        message: String,
+        /// What to do (starts with "; ").
+        hint: &'static str,
+    },
+}
+
+/// A data key: the AES-256-GCM cipher (zeroized on drop) and its wrapped copy.
+pub struct DataKey {
+    id: String,
+    wrapped: Vec<u8>,
+    kms_key_id: String,
+    cipher: Aes256Gcm,
+}
+
+impl fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DataKey")
+            .field("id", &self.id)
+            .field("kms_key_id", &self.kms_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One sealed vault entry, ready for `user_logins_pii_vault`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sealed {
+    /// Its kind.
+    pub kind: Kind,
+    /// The token (`masked_ip` or `masked_device_id`).
+    pub token: String,
+    /// The random 96-bit nonce.
+    pub nonce: [u8; 12],
+    /// AES-256-GCM ciphertext with its tag.
+    pub ciphertext: Vec<u8>,
+}
+
+impl fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sealed")
+            .field("kind", &self.kind)
+            .field("token", &self.token)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The associated data: a ciphertext decrypts only in the row of its kind and token.
+fn associated_data(kind: Kind, token: &str) -> Vec<u8> {
+    format!("login-etl/pii-vault/v1\0{}\0{token}", kind.as_str()).into_bytes()
+}
+
+impl DataKey {
+    /// A data key from its plaintext (32 bytes) and its wrapped copy.
+    pub fn new(plaintext: &[u8], wrapped: Vec<u8>, kms_key_id: &str) -> Result<Self, VaultError> {
+        if plaintext.len() != 32 {
+            return Err(VaultError::KeyLength(plaintext.len()));
+        }
+        Ok(Self {
+            id: Self::id_of(&wrapped),
+            wrapped,
+            kms_key_id: kms_key_id.to_owned(),
+            cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(plaintext)),
+        })
+    }
+
+    /// The id of a data key: the first 16 bytes of SHA-256 of its wrapped
+    /// copy, in hex. Derived, so storing the key twice is harmless.
+    pub fn id_of(wrapped: &[u8]) -> String {
+        hex::encode(&Sha256::digest(wrapped)[..16])
+    }
+
+    /// A new data key from KMS (`GenerateDataKey`, AES_256) under `kms_key_id`.
+    pub async fn generate(kms: &Kms, kms_key_id: &str) -> Result<Self, VaultError> {
+        let out = kms
+            .generate_data_key()
+            .key_id(kms_key_id)
+            .key_spec(DataKeySpec::Aes256)
+            .send()
+            .await
+            .map_err(|e| {
+                kms_error(
+                    "GenerateDataKey",
+                    kms_key_id,
+                    &e,
+                    "; the function's role needs kms:GenerateDataKey on VAULT_KMS_KEY_ID",
+                )
+            })?;
+        let plaintext = Zeroizing::new(out.plaintext.map(Blob::into_inner).unwrap_or_default());
+        let wrapped = out
+            .ciphertext_blob
+            .map(Blob::into_inner)
+            .unwrap_or_default();
+        Self::new(&plaintext, wrapped, kms_key_id)
+    }
+
+    /// The data key whose wrapped copy is `wrapped`, unwrapped by KMS
+    /// (`Decrypt`: operators only).
+    pub async fn unwrap(kms: &Kms, wrapped: Vec<u8>) -> Result<Self, VaultError> {
+        let id = Self::id_of(&wrapped);
+        let out = kms
+            .decrypt()
+            .ciphertext_blob(Blob::new(wrapped.clone()))
+            .send()
+            .await
+            .map_err(|e| {
+                kms_error(
+                    "Decrypt",
+                    &id,
+                    &e,
+                    "; revealing needs kms:Decrypt on the vault key (attach PiiRevealPolicy)",
+                )
+            })?;
+        let plaintext = Zeroizing::new(out.plaintext.map(Blob::into_inner).unwrap_or_default());
+        Self::new(
+            &plaintext,
+            wrapped,
+            out.key_id.as_deref().unwrap_or_default(),
+        )
+    }
+
+    /// Its id (column `key_id`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The KMS-wrapped copy (column `wrapped_key`).
+    pub fn wrapped(&self) -> &[u8] {
+        &self.wrapped
+    }
+
+    /// The KMS key that wraps it (column `kms_key_id`).
+    pub fn kms_key_id(&self) -> &str {
+        &self.kms_key_id
+    }
+
+    /// Encrypts `value` for the row (`kind`, `token`) under a fresh random nonce.
+    pub fn seal(&self, kind: Kind, token: &str, value: &str) -> Sealed {
+        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let aad = associated_data(kind, token);
+        let ciphertext = self
+            .cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: value.as_bytes(),
+                    aad: &aad,
+                },
+            )
+            .expect("AES-GCM encrypts any value shorter than 64 GiB");
+        Sealed {
+            kind,
+            token: token.to_owned(),
+            nonce: nonce.into(),
+            ciphertext,
+        }
+    }
+
+    /// Decrypts the entry of (`kind`, `token`).
+    pub fn open(
+        &self,
+        kind: Kind,
+        token: &str,
+        nonce: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<String, VaultError> {
+        let undecryptable = || VaultError::Undecryptable {
+            kind: kind.as_str(),
+            token: token.to_owned(),
+            key_id: self.id.clone(),
+        };
+        if nonce.len() != 12 {
+            return Err(undecryptable());
+        }
+        let aad = associated_data(kind, token);
+        let plain = self
+            .cipher
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| undecryptable())?;
+        String::from_utf8(plain).map_err(|_| undecryptable())
+    }
+}
+
+fn kms_error<E, R>(
+    op: &'static str,
+    key: &str,
+    e: &aws_sdk_kms::error::SdkError<E, R>,
+    hint: &'static str,
+) -> VaultError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: fmt::Debug,
+{
+    VaultError::Kms {
+        op,
+        key: key.to_owned(),
+        code: e.code().unwrap_or("no code").to_owned(),
+        message: DisplayErrorContext(e).to_string(),
+        hint,
+    }
+}
+
+/// What the sink writes to the vault for one batch: the data key and the entries.
+#[derive(Debug, Clone, Copy)]
+pub struct VaultWrite<'a> {
+    /// The data key (its wrapped copy goes to `user_logins_vault_keys`).
+    pub key: &'a DataKey,
+    /// The batch's entries.
+    pub batch: &'a VaultBatch,
+}
+
+/// The vault entries of one batch: each distinct (kind, token) sealed once,
+/// and for each row the entries it needs.
+#[derive(Debug, Default)]
+pub struct VaultBatch {
+    /// The distinct entries.
+    pub sealed: Vec<Sealed>,
+    /// For each row (in the order given to [`add`](Self::add)), its ip and device entries.
+    pub per_row: Vec<[usize; 2]>,
+    seen: HashMap<(Kind, String), usize>,
+}
+
+impl VaultBatch {
+    /// Seals what `row` needs, unless the batch already holds it.
+    pub fn add(&mut self, key: &DataKey, row: &LoginRow<'_>) {
+        let ip = row.ip.to_string();
+        let entries = [
+            (Kind::Ip, row.masked_ip.as_str(), ip.as_str()),
+            (
+                Kind::DeviceId,
+                row.masked_device_id.as_str(),
+                row.device_id.trim(),
+            ),
+        ];
+        let mut slots = [0; 2];
+        for (slot, (kind, token, value)) in slots.iter_mut().zip(entries) {
+            *slot = match self.seen.get(&(kind, token.to_owned())) {
+                Some(&i) => i,
+                None => {
+                    self.sealed.push(key.seal(kind, token, value));
+                    self.seen
+                        .insert((kind, token.to_owned()), self.sealed.len() - 1);
+                    self.sealed.len() - 1
+                }
+            };
+        }
+        self.per_row.push(slots);
+    }
+
+    /// The distinct entries the rows `range` need, in first-use order.
+    pub fn entries_for(&self, range: std::ops::Range<usize>) -> Vec<&Sealed> {
+        let mut used: Vec<usize> = self.per_row[range].iter().flatten().copied().collect();
+        used.sort_unstable();
+        used.dedup();
+        used.into_iter().map(|i| &self.sealed[i]).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(byte: u8) -> DataKey {
+        DataKey::new(
+            &[byte; 32],
+            vec![byte, 1, 2, 3],
+            "arn:aws:kms:us-east-1:000000000000:key/test",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn every_kind_round_trips_and_nonces_differ() {
+        let k = key(7);
+        for (kind, token, value) in [
+            (Kind::Ip, "ab".repeat(32), "2001:db8::1"),
+            (Kind::Ip, "cd".repeat(32), "199.172.111.135"),
+            (Kind::DeviceId, "ef".repeat(32), "593-47-5928"),
+        ] {
+            let a = k.seal(kind, &token, value);
+            let b = k.seal(kind, &token, value);
+            assert_ne!(a.nonce, b.nonce, "a fresh nonce per seal");
+            assert_ne!(a.ciphertext, b.ciphertext);
+            assert!(
+                !a.ciphertext
+                    .windows(value.len())
+                    .any(|w| w == value.as_bytes())
+            );
+            assert_eq!(
+                k.open(kind, &token, &a.nonce, &a.ciphertext).unwrap(),
+                value
+            );
+        }
+        assert_eq!(Kind::parse("device_id"), Some(Kind::DeviceId));
+        assert_eq!(Kind::parse("user_id"), None);
+    }
+
+    #[test]
+    fn tampering_another_row_or_another_key_is_refused_clearly() {
+        let k = key(7);
+        let token = "ab".repeat(32);
+        let s = k.seal(Kind::Ip, &token, "10.1.2.3");
+        let mut flipped = s.ciphertext.clone();
+        flipped[0] ^= 1;
+        let other_token = "cd".repeat(32);
+        let failures = [
+            k.open(Kind::Ip, &token, &s.nonce, &flipped).unwrap_err(),
+            k.open(Kind::Ip, &other_token, &s.nonce, &s.ciphertext)
+                .unwrap_err(),
+            k.open(Kind::DeviceId, &token, &s.nonce, &s.ciphertext)
+                .unwrap_err(),
+            k.open(Kind::Ip, &token, &[0; 12], &s.ciphertext)
+                .unwrap_err(),
+            key(8)
+                .open(Kind::Ip, &token, &s.nonce, &s.ciphertext)
+                .unwrap_err(),
+        ];
+        for e in failures {
+            let text = e.to_string();
+            assert!(
+                text.contains("does not decrypt") && !text.contains("10.1.2.3"),
+                "{text}"
+            );
+        }
+        assert!(matches!(
+            DataKey::new(&[1; 16], vec![], "k"),
+            Err(VaultError::KeyLength(16))
+        ));
+        let debug = format!("{k:?} {s:?}");
+        assert!(
+            !debug.contains("ciphertext") && !debug.contains("[7, 7"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn a_batch_seals_each_distinct_value_once() {
+        let k = key(9);
+        let masker = crate::masking::Masker::new(
+            &crate::masking::MaskingKey::from_hex(&"ab".repeat(32), "test").unwrap(),
+        );
+        let event = crate::synth::event(&crate::synth::Options {
+            count: 3,
+            ..Default::default()
+        });
+        let batch = crate::event::SqsBatch::from(&event);
+        let today = chrono::Utc::now().date_naive();
+        let rows: Vec<LoginRow<'_>> = [0, 1, 0]
+            .iter()
+            .map(|&i| crate::record::transform("m", &batch.records[i], &masker, today).unwrap())
+            .collect();
+        let mut vb = VaultBatch::default();
+        rows.iter().for_each(|r| vb.add(&k, r));
+        assert_eq!(vb.sealed.len(), 4, "the third row repeats the first");
+        assert_eq!(vb.per_row[0], vb.per_row[2]);
+        assert_eq!(vb.entries_for(0..3).len(), 4);
+        assert_eq!(vb.entries_for(2..3).len(), 2);
+        let ip = &vb.sealed[vb.per_row[1][0]];
+        assert_eq!(
+            k.open(Kind::Ip, &ip.token, &ip.nonce, &ip.ciphertext)
+                .unwrap(),
+            rows[1].ip.to_string()
+        );
+    }
+}
