@@ -15,6 +15,7 @@
 //! - [`dlq`]: rejected records straight to the dead-letter queue;
 //! - [`metrics`]: the summary as a CloudWatch EMF document;
 //! - [`vault`]: the PII vault (KMS envelope, AES-256-GCM);
+//! - [`reveal`]: the operators' `reveal` and `forget` commands;
 //! - [`logging`]: the log subscriber and its PII guard;
 //! - [`startup`]: cold start, configuration to a ready handler;
 //! - [`synth`]: synthetic, realistic events for tests, demos and benchmarks;
@@ -34,6 +35,7 @@ pub mod logging;
 pub mod masking;
 pub mod metrics;
 pub mod record;
+pub mod reveal;
 pub mod schema;
 pub mod secrets;
 pub mod sink;

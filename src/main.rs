@@ -1,6 +1,8 @@
 //! Lambda entry point: build the handler once per cold start, then serve
 //! invocations. `login-etl migrate` applies the schema and exits;
-//! `login-etl gen-events` writes a synthetic SQS batch (demos, benchmarks).
+//! `login-etl gen-events` writes a synthetic SQS batch (demos, benchmarks);
+//! `login-etl reveal` and `login-etl forget` are the operators' PII-vault
+//! commands (see `login_etl::reveal`).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,8 +12,7 @@ use login_etl::config::{Config, DbConfig};
 use login_etl::{SqsBatch, startup};
 use tracing::{error, info};
 
-const USAGE: &str =
-    "usage: login-etl [migrate | gen-events [--count N] [--invalid-every N] [--fifo] [--seed N]]";
+const USAGE: &str = "usage: login-etl [migrate | gen-events [--count N] [--invalid-every N] [--fifo] [--seed N] | reveal (--ip-token T | --device-token T | --user-id U) | forget --user-id U]";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -20,6 +21,8 @@ async fn main() -> ExitCode {
         None => serve().await,
         Some("migrate") => migrate().await,
         Some("gen-events") => gen_events(),
+        Some("reveal") => reveal().await,
+        Some("forget") => forget().await,
         Some(_) => Err(USAGE.into()),
     };
     match result {
@@ -78,5 +81,45 @@ fn gen_events() -> Result<(), lambda_runtime::Error> {
         .map_err(|e| format!("{e}\n{USAGE}"))?;
     let event = login_etl::synth::event(&options);
     println!("{}", serde_json::to_string(&event)?);
+    Ok(())
+}
+
+/// `login-etl reveal`: prints `kind token value` per line; one audit line per
+/// value on stderr. Needs the database settings and operator credentials
+/// that may call `kms:Decrypt` on the vault key.
+async fn reveal() -> Result<(), lambda_runtime::Error> {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let target =
+        login_etl::reveal::Target::from_args(&args).map_err(|e| format!("{e}\n{USAGE}"))?;
+    let client = startup::operator_connection(&DbConfig::from_env()?).await?;
+    let kms = aws_sdk_kms::Client::new(&login_etl::secrets::sdk_config().await);
+    let revealed =
+        login_etl::reveal::reveal(&client, &kms, &target, &mut |line| eprintln!("{line}")).await?;
+    if revealed.is_empty() {
+        return Err("nothing to reveal: no such token or user in user_logins".into());
+    }
+    for r in revealed {
+        let value = r.value.as_deref().unwrap_or("(not in the vault)");
+        println!("{}\t{}\t{value}", r.kind.as_str(), r.token);
+    }
+    Ok(())
+}
+
+/// `login-etl forget --user-id U`: erases the user's rows and the vault
+/// entries only they used, in one transaction, and prints the counts.
+async fn forget() -> Result<(), lambda_runtime::Error> {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let [flag, user] = args.as_slice() else {
+        return Err(USAGE.into());
+    };
+    if flag != "--user-id" {
+        return Err(USAGE.into());
+    }
+    let mut client = startup::operator_connection(&DbConfig::from_env()?).await?;
+    let done = login_etl::reveal::forget(&mut client, user).await?;
+    println!(
+        "forgot the user: {} rows deleted from user_logins, {} vault entries no other user shares deleted",
+        done.rows, done.vault_entries
+    );
     Ok(())
 }

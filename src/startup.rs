@@ -88,6 +88,16 @@ pub async fn migrate(db: &DbConfig) -> Result<String, InitError> {
     })
 }
 
+/// A connection to the configured database for an operator command
+/// (`login-etl reveal`, `forget`), with the same settings as the function.
+pub async fn operator_connection(db: &DbConfig) -> Result<tokio_postgres::Client, InitError> {
+    let secrets = match db.source {
+        DbSource::Secret(_) => Some(Secrets::from_env().await),
+        DbSource::Url(_) => None,
+    };
+    Ok(sink(db, secrets.as_ref()).await?.connect().await?)
+}
+
 /// A Secrets Manager client, only when some setting needs one.
 pub async fn secrets_client(config: &Config) -> Option<Secrets> {
     let needed = matches!(config.masking_key, KeySource::Secret(_))

@@ -647,3 +647,68 @@ async fn the_lost_reply_recount_needs_select_on_xmin_and_without_it_counts_dupli
             .unwrap();
     }
 }
+
+/// Every row has both its vault entries, and every entry belongs to a row.
+async fn assert_vault_matches_rows(db: &TestDb) {
+    let client = db.client().await;
+    let orphans: i64 = client
+        .query_one(
+            "SELECT count(*) FROM user_logins u WHERE NOT EXISTS (SELECT 1 FROM user_logins_pii_vault v WHERE v.kind = 'ip' AND v.token = u.masked_ip) \
+             OR NOT EXISTS (SELECT 1 FROM user_logins_pii_vault v WHERE v.kind = 'device_id' AND v.token = u.masked_device_id)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(orphans, 0, "no row without its vault entries");
+    let strays: i64 = client
+        .query_one(
+            "SELECT count(*) FROM user_logins_pii_vault v WHERE NOT EXISTS (SELECT 1 FROM user_logins u \
+             WHERE (v.kind = 'ip' AND u.masked_ip = v.token) OR (v.kind = 'device_id' AND u.masked_device_id = v.token))",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(strays, 0, "no vault entry without its row");
+}
+
+#[tokio::test]
+async fn vault_entries_commit_with_their_rows_through_a_cut_and_a_refused_row() {
+    let local_key = || login_etl::vault::DataKey::new(&[7; 32], vec![1, 2, 3], "local").unwrap();
+    for count in [300, 1_500] {
+        let db = TestDb::create().await;
+        let proxy = Proxy::start(5432).await;
+        let h = proxied_handler(&db, &proxy, &[])
+            .await
+            .with_vault(local_key());
+        let event = batch(count, 18);
+        // One refused row: its vault entries must not stay behind.
+        let bad = (0..count)
+            .find(|&i| valid_ids(&event).contains(event.records[i].message_id.as_deref().unwrap()))
+            .unwrap();
+        db.client()
+            .await
+            .batch_execute(&format!(
+                "ALTER TABLE user_logins ADD CONSTRAINT not_this CHECK (user_id <> '{}')",
+                user_of(&event, bad)
+            ))
+            .await
+            .unwrap();
+        // And the first connection dies in the middle of the batch.
+        proxy.plan(&[Cut::ClientToServerAfter(if count > 500 {
+            200_000
+        } else {
+            40_000
+        })]);
+        let (resp, summary) = h.handle_with_summary(&event).await.unwrap();
+        assert_eq!(proxy.cuts().len(), 1, "the cut fired");
+        assert_eq!(summary.refused, 1);
+        let bad_id = event.records[bad].message_id.clone().unwrap();
+        assert!(failures(&resp).contains(&bad_id));
+        let mut want = valid_ids(&event);
+        want.remove(&bad_id);
+        assert_table_is(&db, &want).await;
+        assert_vault_matches_rows(&db).await;
+    }
+}

@@ -144,6 +144,11 @@ impl PgSink {
         self.connector.target()
     }
 
+    /// A new connection of its own with these settings (operator commands).
+    pub async fn connect(&mut self) -> Result<Client, SinkError> {
+        self.connector.open(self.settings.connect_timeout).await
+    }
+
     /// Creates or upgrades the schema (see [`schema::migrate`]); true when
     /// it changed anything, false when it was current already.
     pub async fn migrate(&mut self) -> Result<bool, SinkError> {

@@ -1,0 +1,258 @@
+//! The PII vault against moto's KMS: the function's cold start asks KMS for
+//! a data key, batches write vault entries beside their rows, `reveal` gets
+//! the originals back through KMS Decrypt with one audit line each, and
+//! `forget` erases one user without touching the others. One sequential
+//! test: it sets process-wide AWS environment variables.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use aws_lambda_events::event::sqs::SqsEvent;
+use common::moto::start_moto;
+use common::*;
+use login_etl::reveal::{Target, forget, reveal};
+use login_etl::synth::{self, Options};
+use login_etl::vault::Kind;
+use serde_json::Value;
+
+fn set_env(vars: &[(&str, &str)]) {
+    for (k, v) in vars {
+        // SAFETY: this test binary holds a single test, so no other thread reads the environment.
+        unsafe { std::env::set_var(k, v) };
+    }
+}
+
+/// user_id -> (canonical ip, trimmed device id) of every valid record,
+/// computed here with std, independently of the crate.
+fn originals(event: &SqsEvent) -> BTreeMap<String, BTreeSet<(String, String)>> {
+    let mut out: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
+    for (m, (_, expect)) in event.records.iter().zip(expectations(event)) {
+        if expect != "insert" {
+            continue;
+        }
+        let body: Value = serde_json::from_str(m.body.as_deref().unwrap()).unwrap();
+        let ip: IpAddr = body["ip"].as_str().unwrap().trim().parse().unwrap();
+        out.entry(body["user_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .insert((
+                ip.to_string(),
+                body["device_id"].as_str().unwrap().trim().to_owned(),
+            ));
+    }
+    out
+}
+
+#[tokio::test]
+#[ignore = "needs moto_server on PATH or in MOTO_SERVER; run by `make test`"]
+async fn the_vault_round_trip_through_kms_reveal_and_forget() {
+    let (_moto, port) = start_moto();
+    set_env(&[
+        ("AWS_ENDPOINT_URL", &format!("http://127.0.0.1:{port}")),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+    ]);
+    let kms = aws_sdk_kms::Client::new(&login_etl::secrets::sdk_config().await);
+    let key_arn = kms
+        .create_key()
+        .description("login-etl vault test")
+        .send()
+        .await
+        .unwrap()
+        .key_metadata
+        .unwrap()
+        .arn
+        .unwrap();
+
+    let db = TestDb::create().await;
+    // The cold start path: VAULT_KMS_KEY_ID makes it call GenerateDataKey.
+    let h = handler_with(&[
+        ("DATABASE_URL", &db.url),
+        ("MASKING_KEY", TEST_KEY),
+        ("RUN_MIGRATIONS", "true"),
+        ("VAULT_KMS_KEY_ID", &key_arn),
+    ])
+    .await;
+    let mut event = synth::event(&Options {
+        count: 300,
+        invalid_every: 11,
+        seed: 95,
+        ..Options::default()
+    });
+    // Two users share an ip, so erasing one must keep that entry.
+    let bodies: Vec<Value> = event
+        .records
+        .iter()
+        .map(|m| serde_json::from_str(m.body.as_deref().unwrap()).unwrap_or(Value::Null))
+        .collect();
+    let (a, b) = (0, 1);
+    assert!(bodies[a]["ip"].is_string() && bodies[b]["ip"].is_string());
+    let mut shared = bodies[b].clone();
+    shared["ip"] = bodies[a]["ip"].clone();
+    event.records[b].body = Some(shared.to_string());
+    let user_a = bodies[a]["user_id"].as_str().unwrap().to_owned();
+    let user_b = bodies[b]["user_id"].as_str().unwrap().to_owned();
+    assert_ne!(user_a, user_b);
+
+    handle_all_but_invalid(&h, &event).await;
+    let client = db.client().await;
+    let want = originals(&event);
+    let distinct_ips: BTreeSet<&String> = want.values().flatten().map(|(ip, _)| ip).collect();
+    let distinct_devices: BTreeSet<&String> = want.values().flatten().map(|(_, d)| d).collect();
+    let entries: i64 = client
+        .query_one("SELECT count(*) FROM user_logins_pii_vault", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        entries as usize,
+        distinct_ips.len() + distinct_devices.len(),
+        "one entry per distinct value"
+    );
+    let keys: i64 = client
+        .query_one("SELECT count(*) FROM user_logins_vault_keys", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(keys, 1, "the data key is stored once");
+    // Nothing in the vault tables is readable without KMS.
+    let dump: String = client
+        .query_one(
+            "SELECT string_agg(encode(ciphertext, 'escape') || encode(wrapped_key, 'escape'), '') \
+             FROM user_logins_pii_vault JOIN user_logins_vault_keys USING (key_id)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    for ip in &distinct_ips {
+        assert!(
+            !dump.contains(ip.as_str()),
+            "a plaintext value in the vault (redacted)"
+        );
+    }
+
+    // Reveal every row's ip and device through its token.
+    let mut audit = Vec::new();
+    let rows = client
+        .query(
+            "SELECT user_id, masked_ip, masked_device_id FROM user_logins",
+            &[],
+        )
+        .await
+        .unwrap();
+    for row in rows.iter().take(40) {
+        let user: String = row.get(0);
+        let ip = reveal(&client, &kms, &Target::IpToken(row.get(1)), &mut |l| {
+            audit.push(l.to_owned())
+        })
+        .await
+        .unwrap();
+        let device = reveal(&client, &kms, &Target::DeviceToken(row.get(2)), &mut |l| {
+            audit.push(l.to_owned())
+        })
+        .await
+        .unwrap();
+        let pair = (
+            ip[0].value.clone().unwrap(),
+            device[0].value.clone().unwrap(),
+        );
+        assert!(
+            want[&user].contains(&pair),
+            "the original values of {user}'s login"
+        );
+    }
+    // A user's logins, by user id.
+    let by_user = reveal(&client, &kms, &Target::UserId(user_a.clone()), &mut |l| {
+        audit.push(l.to_owned())
+    })
+    .await
+    .unwrap();
+    let ips: BTreeSet<String> = by_user
+        .iter()
+        .filter(|r| r.kind == Kind::Ip)
+        .map(|r| r.value.clone().unwrap())
+        .collect();
+    assert_eq!(
+        ips,
+        want[&user_a].iter().map(|(ip, _)| ip.clone()).collect()
+    );
+    // One audit line per value: the token, never the value.
+    assert_eq!(audit.len(), 80 + by_user.len());
+    let all_values: Vec<&String> = distinct_ips
+        .iter()
+        .chain(distinct_devices.iter())
+        .copied()
+        .collect();
+    for line in &audit {
+        let doc: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(doc["audit"], "pii_revealed");
+        assert_eq!(doc["token"].as_str().unwrap().len(), 64);
+        assert!(
+            all_values.iter().all(|v| !line.contains(v.as_str())),
+            "a value in an audit line"
+        );
+    }
+    // Another key cannot read it: a fresh data key from the same KMS key is
+    // a different key.
+    let other = login_etl::vault::DataKey::generate(&kms, &key_arn)
+        .await
+        .unwrap();
+    let row = client
+        .query_one(
+            "SELECT kind, token, nonce, ciphertext FROM user_logins_pii_vault LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let kind = Kind::parse(row.get(0)).unwrap();
+    let nonce: Vec<u8> = row.get(2);
+    let ciphertext: Vec<u8> = row.get(3);
+    assert!(other.open(kind, row.get(1), &nonce, &ciphertext).is_err());
+
+    // Erasure: user A's rows and the entries only A used; B keeps the shared ip.
+    let mut admin = db.client().await;
+    let before: i64 = client
+        .query_one(
+            "SELECT count(*) FROM user_logins WHERE user_id <> $1",
+            &[&user_a],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let a_rows = want[&user_a].len() as u64;
+    let done = forget(&mut admin, &user_a).await.unwrap();
+    assert!(done.rows >= a_rows);
+    let after: i64 = client
+        .query_one("SELECT count(*) FROM user_logins", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(after, before, "only user A's rows are gone");
+    let revealed_b = reveal(&client, &kms, &Target::UserId(user_b.clone()), &mut |_| {})
+        .await
+        .unwrap();
+    assert!(
+        revealed_b.iter().all(|r| r.value.is_some()),
+        "user B's values, the shared ip included, are still in the vault"
+    );
+    let a_device = &want[&user_a].iter().next().unwrap().1;
+    let device_still_used = want
+        .iter()
+        .any(|(u, v)| u != &user_a && v.iter().any(|(_, d)| d == a_device));
+    if !device_still_used {
+        assert!(done.vault_entries >= 1, "A's own device entry was erased");
+    }
+    let gone = reveal(&client, &kms, &Target::UserId(user_a), &mut |_| {})
+        .await
+        .unwrap();
+    assert!(gone.is_empty(), "nothing of user A is left to reveal");
+}
+
+/// Handles `event`; only the invalid records may be reported.
+async fn handle_all_but_invalid(h: &login_etl::BatchHandler, event: &SqsEvent) {
+    let resp = h.handle(event).await.expect("the batch succeeds");
+    assert_eq!(failures(&resp), expected_failures(event));
+}
