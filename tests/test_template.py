@@ -242,6 +242,10 @@ def _evaluate(node, values, conditions):
             return str(a) == str(b)
         if key == "Fn::Not":
             return not _evaluate(arg[0], values, conditions)
+        if key == "Fn::And":
+            return all(_evaluate(x, values, conditions) for x in arg)
+        if key == "Fn::Or":
+            return any(_evaluate(x, values, conditions) for x in arg)
         if key == "Fn::Join":
             sep, items = arg
             items = _evaluate(items, values, conditions)
@@ -442,3 +446,29 @@ def test_alarms_on_rejection_rate_and_ingest_lag(tpl):
     assert lag["MetricName"] == "IngestLagMs" and lag["Namespace"] == {"Ref": "MetricsNamespace"}
     # The parameter is in seconds, the metric in milliseconds.
     assert lag["Threshold"] == {"Fn::Sub": "${IngestLagAlarmSeconds}000"}
+
+
+@pytest.mark.parametrize("enabled", ["true", "false"])
+def test_the_function_may_encrypt_into_the_vault_but_only_reveal_policy_decrypts(enabled):
+    resources = deployed(EnableVault=enabled)
+    role = resources["LoginEtlRole"]
+    kms_actions = [a for st in _statements(role) for a in _as_list(st["Action"]) if a.startswith("kms:")]
+    env = resources["LoginEtlFunction"]["Properties"]["Environment"]["Variables"]
+    if enabled == "false":
+        assert kms_actions == [] and "VaultKey" not in resources and "PiiRevealPolicy" not in resources
+        assert env["VAULT_KMS_KEY_ID"] == "", "no vault: behaviour unchanged"
+        return
+    assert kms_actions == ["kms:GenerateDataKey"], "the function can never read the vault back"
+    (st,) = [st for st in _statements(role) if st["Sid"] == "GenerateVaultDataKeys"]
+    assert st["Resource"] == {"Fn::GetAtt": ["VaultKey", "Arn"]}
+    assert env["VAULT_KMS_KEY_ID"] == {"Fn::GetAtt": ["VaultKey", "Arn"]}
+    key = resources["VaultKey"]
+    assert key["DeletionPolicy"] == "Retain" and key["UpdateReplacePolicy"] == "Retain"
+    reveal = resources["PiiRevealPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    decrypt = [st for st in reveal if "kms:Decrypt" in _as_list(st["Action"])]
+    assert decrypt and all(st["Resource"] == {"Fn::GetAtt": ["VaultKey", "Arn"]} for st in decrypt)
+    # The reveal role's DB secret only when given.
+    assert not any(st["Sid"] == "ReadRevealDbSecret" for st in reveal)
+    with_secret = deployed(RevealDbSecretArn="arn:aws:secretsmanager:us-east-1:123456789012:secret:reveal-Xy12Ab")
+    statements = with_secret["PiiRevealPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert any(st["Sid"] == "ReadRevealDbSecret" for st in statements)
