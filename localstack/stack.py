@@ -472,6 +472,15 @@ def rejection_codes(stack: Stack) -> dict[str, str]:
     return codes
 
 
+def operator(stack: Stack, *args: str) -> subprocess.CompletedProcess:
+    """Run an operator command of the built binary (`reveal`, `forget`)
+    against the stack's database, with LocalStack as AWS (as an operator
+    whose credentials may call kms:Decrypt)."""
+    bootstrap = BUILD_DIR / "LoginEtlFunction" / "bootstrap"
+    env = {**os.environ, **LOCAL_ENV, "DATABASE_URL": db_url(stack.dbname), "AWS_REGION": REGION}
+    return subprocess.run([str(bootstrap), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
 def invoke_with(stack: Stack, messages: list[Message]) -> dict:
     """Invoke the deployed function through LocalStack with an SQS event of
     `messages` under their own MessageIds, as SQS redelivers them."""
@@ -574,6 +583,14 @@ def demo(args: argparse.Namespace) -> None:
         say(f"    {'invocations':<18} {len(docs):>8}")
         say(f"    {'IngestLagMs max':<18} {max(d.get('IngestLagMs', 0) for d in docs):>8.0f}")
         say(f"    {'BatchDurationMs max':<18} {max(d['BatchDurationMs'] for d in docs):>8.0f}")
+    token = psql(db_url(stack.dbname), "SELECT masked_ip FROM user_logins ORDER BY ctid LIMIT 1")
+    if token:
+        say("\n    the PII vault: one authorised reveal (operator credentials with kms:Decrypt; the")
+        say("    function itself can only encrypt). Its audit line names the token, never the value:")
+        say(f"    $ login-etl reveal --ip-token {token[0][0][:16]}…")
+        out = operator(stack, "reveal", "--ip-token", token[0][0])
+        for line in (out.stdout + out.stderr).strip().splitlines():
+            say(f"    {line}")
     say(f"\ndemo done in {time.monotonic() - started:.0f} s. LocalStack keeps running for exploration:")
     say("    export PATH=$PWD/.venv-localstack/bin:$PATH AWS_DEFAULT_REGION=us-east-1 DISABLE_DEPRECATION_NOTICE=1")
     say(f"    awslocal sqs receive-message --queue-url {stack.dlq_url} --attribute-names All")

@@ -42,7 +42,7 @@ env OVERRIDE_IN_DOCKER=0 \
   DNS_ADDRESS=0 \
   SKIP_SSL_CERT_DOWNLOAD=1 \
   DISABLE_EVENTS=1 \
-  SERVICES=sqs,secretsmanager,lambda,cloudformation,iam,sts,logs,s3,cloudwatch \
+  SERVICES=sqs,secretsmanager,lambda,cloudformation,iam,sts,logs,s3,cloudwatch,kms \
   LAMBDA_RUNTIME_EXECUTOR=host \
   LAMBDA_EVENT_SOURCE_MAPPING_MAX_BACKOFF_ON_EMPTY_POLL_SEC=1 \
   setsid "$venv/bin/python" -m localstack.runtime.main > "$log" 2>&1 < /dev/null &

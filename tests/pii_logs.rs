@@ -83,14 +83,19 @@ async fn nothing_the_function_writes_at_trace_contains_raw_pii_or_the_key() {
     // The summary lines are EMF documents written beside the log: capture them too.
     let emf = Capture::default();
     let emf_writer = emf.clone();
-    let h = handler(&db.url).await.with_metrics(
-        login_etl::metrics::Metrics::new("LoginEtl", "login-etl", "pii-test").with_output(
-            move |line| {
-                let mut w = emf_writer.clone();
-                std::io::Write::write_all(&mut w, format!("{line}\n").as_bytes()).unwrap();
-            },
-        ),
-    );
+    // The PII vault is on: its data key must never show either.
+    let data_key = [0x5au8; 32];
+    let h = handler(&db.url)
+        .await
+        .with_metrics(
+            login_etl::metrics::Metrics::new("LoginEtl", "login-etl", "pii-test").with_output(
+                move |line| {
+                    let mut w = emf_writer.clone();
+                    std::io::Write::write_all(&mut w, format!("{line}\n").as_bytes()).unwrap();
+                },
+            ),
+        )
+        .with_vault(login_etl::vault::DataKey::new(&data_key, vec![9; 40], "local").unwrap());
     let mut batches: Vec<SqsEvent> = [
         "sqs-valid.json",
         "sqs-mixed.json",
@@ -253,4 +258,19 @@ async fn nothing_the_function_writes_at_trace_contains_raw_pii_or_the_key() {
         );
     }
     assert!(!everything.contains(TEST_KEY), "the masking key leaked");
+    assert!(
+        !everything.contains(&hex::encode(data_key)) && !everything.contains("90, 90, 90"),
+        "the vault's data key leaked"
+    );
+    let vault_rows: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM user_logins_pii_vault", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        vault_rows > 1_000,
+        "the vault path ran ({vault_rows} entries)"
+    );
 }

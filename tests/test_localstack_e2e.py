@@ -216,3 +216,31 @@ def test_fifo_keeps_order_within_each_group(fifo):
     copies = stack.dead_letters(fifo)
     assert [stack.dead_letter_attribute(m, "source_message_id") for m in copies] == [bad.message_id]
     assert copies[0]["Attributes"]["MessageGroupId"] == "alpha", "the copy keeps its group"
+
+
+def test_an_operator_reveals_an_original_ip_and_forgets_one_user(standard, drained):
+    """The vault is on in the deployed template: the function wrote entries
+    under a data key from LocalStack's KMS; `login-etl reveal` (the built
+    binary, with credentials that may Decrypt) gets the sent ip back."""
+    messages, _ = drained
+    by_id = {m.message_id: json.loads(m.body) for m in messages if m.valid}
+    (message_id, user_id, masked_ip), *_ = stack.psql(
+        stack.db_url(standard.dbname), "SELECT message_id, user_id, masked_ip FROM user_logins ORDER BY message_id"
+    )
+    sent_ip = stack.canonical_ip(by_id[message_id]["ip"])
+    out = stack.operator(standard, "reveal", "--ip-token", masked_ip)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"ip\t{masked_ip}\t{sent_ip}"
+    audit = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{") and "pii_revealed" in line]
+    assert len(audit) == 1 and audit[0]["token"] == masked_ip
+    assert sent_ip not in out.stderr, "the audit line names the token, never the value"
+
+    others = int(stack.psql(stack.db_url(standard.dbname),
+                            f"SELECT count(*) FROM user_logins WHERE user_id <> '{user_id}'")[0][0])  # fmt: skip
+    out = stack.operator(standard, "forget", "--user-id", user_id)
+    assert out.returncode == 0, out.stderr
+    assert "rows deleted" in out.stdout
+    left = stack.psql(stack.db_url(standard.dbname), "SELECT user_id FROM user_logins")
+    assert user_id not in {r[0] for r in left} and len(left) == others, "only that user's rows are gone"
+    out = stack.operator(standard, "reveal", "--user-id", user_id)
+    assert out.returncode != 0 and "nothing to reveal" in out.stderr
