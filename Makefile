@@ -24,6 +24,12 @@ export PATH   := $(abspath $(VENV))/bin:$(PATH):$(abspath $(LS_VENV))/bin
 # SAM and cfn-lint work offline with these (otherwise they probe the network).
 export AWS_DEFAULT_REGION ?= us-east-1
 export AWS_EC2_METADATA_DISABLED := true
+# Host builds (tests, clippy, the LocalStack demo) link the system's OpenSSL:
+# compiling the vendored one costs minutes per profile. Only the Lambda
+# artifact (make build, sam-build, deploy) vendors it, for the
+# provided.al2023 image (see LAMBDA_ENV).
+export OPENSSL_NO_VENDOR ?= 1
+LAMBDA_ENV    := OPENSSL_NO_VENDOR=0
 export SAM_CLI_TELEMETRY := 0
 REGION        ?= us-east-1
 CARGO_FUZZ_VERSION := 0.13.2
@@ -47,20 +53,23 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
 
 $(VENV_STAMP):
-	@echo "==> installing $(PIP_PACKAGES) into $(VENV)"
+	@echo "==> installing $(PIP_PACKAGES) into $(VENV) (about a minute the first time)"
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(foreach p,$(PIP_PACKAGES),'$(p)')
 	rm -f $(VENV)/.installed-* && touch $@
 
 tools: $(VENV_STAMP) ## install the Python tools (venv), the arm64 target, clippy, rustfmt, pgbouncer
 	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
-	# PgBouncer (transaction mode, as RDS Proxy pools) for tests/pooler.rs and make bench.
+	# The system OpenSSL for host builds (OPENSSL_NO_VENDOR), and PgBouncer
+	# (transaction mode, as RDS Proxy pools) for tests/pooler.rs and make bench.
+	pkg-config --exists openssl 2> /dev/null || { echo "==> installing libssl-dev and pkg-config (Debian packages)"; \
+	  { apt-get install -y -qq libssl-dev pkg-config > /dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq libssl-dev pkg-config; }; }; }
 	command -v pgbouncer > /dev/null || [ -x /usr/sbin/pgbouncer ] || { echo "==> installing pgbouncer (Debian package)"; \
 	  { apt-get install -y -qq pgbouncer > /dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq pgbouncer; }; }; }
 	rustup target list --installed | grep -q aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
 
 $(LS_STAMP):
-	@echo "==> installing LocalStack and the host executor into $(LS_VENV)"
+	@echo "==> installing LocalStack and the host executor into $(LS_VENV) (about a minute the first time)"
 	$(PYTHON) -m venv $(LS_VENV)
 	$(LS_VENV)/bin/pip install --quiet --disable-pip-version-check $(foreach p,$(LS_PACKAGES),'$(p)')
 	# The one fix LocalStack 4.13.1 needs on Python 3.11 (a PEP 604 annotation evaluated at import).
@@ -122,18 +131,18 @@ bench: tools ## benchmarks: per-record transform, batch vs COPY, cold start, pea
 	echo "== [3/4] cold start and peak RSS of the release binary (host build)"
 	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" cargo bench --quiet --bench lambda_process 2>/dev/null
 	echo "== [4/4] arm64 release binary for Lambda"
-	cargo lambda build --quiet --release --arm64 --bin login-etl
+	$(LAMBDA_ENV) cargo lambda build --quiet --release --arm64 --bin login-etl
 	stat -c %s target/lambda/login-etl/bootstrap | awk '{printf "target/lambda/login-etl/bootstrap: %d bytes (%.2f MB, %.2f MiB); goal <= 10 MB\n", $$1, $$1/1e6, $$1/1048576}'
 
 fmt: ## format the code
 	cargo fmt
 
 build: tools ## release arm64 bootstrap for provided.al2023 (target/lambda/login-etl/bootstrap)
-	cargo lambda build --release --arm64 --bin login-etl
+	$(LAMBDA_ENV) cargo lambda build --release --arm64 --bin login-etl
 	ls -l target/lambda/login-etl/bootstrap
 
 sam-build: tools ## sam build (runs cargo lambda for the arm64 bootstrap) into .aws-sam/
-	sam build --template template.yaml
+	$(LAMBDA_ENV) sam build --template template.yaml
 
 deploy: sam-build ## sam deploy to REGION (default us-east-1); first time: make deploy GUIDED=1
 	sam deploy --region $(REGION) $(if $(GUIDED),--guided,)
@@ -154,7 +163,10 @@ events-large: ## write a 10,000-record batch to target/events/sqs-10000.json
 	cargo run --quiet --example gen_events -- --count 10000 --invalid-every 25 > target/events/sqs-10000.json
 	ls -l target/events/sqs-10000.json
 
-demo: tools up ## the main job: deploy to LocalStack, send 120 logins, watch the queue drain, show rows and DLQ
+demo: ## the main job: deploy to LocalStack, send 120 logins, watch the queue drain, show rows and DLQ
+	@# The two venvs install side by side (each about a minute the first time).
+	$(MAKE) --no-print-directory -j2 tools localstack-tools
+	localstack/up.sh
 	@pg_isready -d "$(PG_ADMIN_URL)" -q || { echo "PostgreSQL is not reachable at $(PG_ADMIN_URL): start it (see README) or set PG_ADMIN_URL"; exit 1; }
 	PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python localstack/stack.py demo
 

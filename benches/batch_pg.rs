@@ -68,6 +68,9 @@ fn bench_event(count: usize, seed: u64) -> SqsEvent {
     event
 }
 
+/// Empties the table and the vault (untimed) so every run starts alike.
+const TRUNCATE: &str = "TRUNCATE user_logins, user_logins_pii_vault";
+
 fn pgbouncer_installed() -> bool {
     std::path::Path::new("/usr/sbin/pgbouncer").exists()
 }
@@ -92,14 +95,14 @@ async fn measure(
             let event = bench_event(n, 1_000 * n as u64 + run as u64);
             let json = serde_json::to_vec(&event).unwrap();
 
-            client.batch_execute("TRUNCATE user_logins").await.unwrap();
+            client.batch_execute(TRUNCATE).await.unwrap();
             let started = Instant::now();
             let parsed: login_etl::SqsBatch = serde_json::from_slice(&json).unwrap();
             let (resp, summary) = handler.handle_batch_with_summary(&parsed).await.unwrap();
             h_times.push(started.elapsed());
             assert!(resp.batch_item_failures.is_empty() && summary.inserted as usize == n);
 
-            client.batch_execute("TRUNCATE user_logins").await.unwrap();
+            client.batch_execute(TRUNCATE).await.unwrap();
             let event: login_etl::SqsBatch = serde_json::from_slice(&json).unwrap();
             let today = Utc::now().date_naive();
             let rows: Vec<LoginRow<'_>> = event
@@ -150,6 +153,20 @@ async fn main() {
         "batch into PostgreSQL: handler (event JSON in memory -> committed rows) vs binary COPY of the transformed rows"
     );
     let direct = measure("direct", &handler, &client, &masker, sizes).await;
+    // The same with the PII vault on: every distinct ip and device id sealed
+    // (AES-256-GCM, random nonce) and written in the rows' transaction.
+    let vaulted = startup::build(&config)
+        .await
+        .unwrap()
+        .with_vault(login_etl::vault::DataKey::new(&[7; 32], vec![1; 40], "bench").unwrap());
+    let with_vault = measure("direct, PII vault on", &vaulted, &client, &masker, sizes).await;
+    for ((n, h_off, c_off), (_, h_on, c_on)) in direct.iter().zip(&with_vault) {
+        println!(
+            "{n:>8} records: handler/COPY with the vault on {:.2} (goal at 10,000: <= 2.0), off {:.2}",
+            h_on.as_secs_f64() / c_on.as_secs_f64(),
+            h_off.as_secs_f64() / c_off.as_secs_f64()
+        );
+    }
     // The same through PgBouncer in transaction mode (as RDS Proxy pools),
     // when it is installed (make tools installs it).
     let bouncer = pgbouncer_installed().then(|| pgbouncer::PgBouncer::start(5432, 2));
@@ -176,7 +193,7 @@ async fn main() {
     for run in 0..sizes.last().unwrap().1 {
         let event = bench_event(n, 7_000_000 + run as u64);
         let json = serde_json::to_vec(&event).unwrap();
-        client.batch_execute("TRUNCATE user_logins").await.unwrap();
+        client.batch_execute(TRUNCATE).await.unwrap();
         let t = Instant::now();
         let parsed: login_etl::SqsBatch = serde_json::from_slice(&json).unwrap();
         phases[0].push(t.elapsed());

@@ -131,7 +131,15 @@ LOCAL_BUILD_ENV = {"CARGO_PROFILE_RELEASE_LTO": "false", "CARGO_PROFILE_RELEASE_
 
 
 def build() -> None:
-    """`sam build` of template.yaml for this host's CPU into .aws-sam/localstack."""
+    """`sam build` of template.yaml for this host's CPU into .aws-sam/localstack.
+
+    sam build runs `cargo lambda build` silently; running the same command
+    first shows cargo's progress (the first build takes minutes), and sam
+    build then finds the bootstrap up to date."""
+    say("==> cargo lambda build (the first build compiles every dependency: a few minutes; cargo shows its progress)")
+    arch = ["--arm64"] if HOST_ARCH == "arm64" else []
+    env = {**os.environ, **LOCAL_BUILD_ENV}
+    subprocess.run(["cargo", "lambda", "build", "--release", "--bin", "login-etl", *arch], cwd=ROOT, env=env, check=True)
     say(f"==> sam build (Architecture={HOST_ARCH}, the host's CPU: the host executor runs the bootstrap natively)")
     args = ["build", "--template", "template.yaml", "--build-dir", str(BUILD_DIR),
             "--parameter-overrides", f"Architecture={HOST_ARCH}"]  # fmt: skip
