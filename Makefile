@@ -24,10 +24,11 @@ export PATH   := $(abspath $(VENV))/bin:$(PATH):$(abspath $(LS_VENV))/bin
 # SAM and cfn-lint work offline with these (otherwise they probe the network).
 export AWS_DEFAULT_REGION ?= us-east-1
 export AWS_EC2_METADATA_DISABLED := true
-# Host builds (tests, clippy, the LocalStack demo) link the system's OpenSSL:
-# compiling the vendored one costs minutes per profile. Only the Lambda
-# artifact (make build, sam-build, deploy) vendors it, for the
-# provided.al2023 image (see LAMBDA_ENV).
+# cargo test and clippy link the system's OpenSSL: compiling the vendored
+# one costs a minute or two per profile. Builds through cargo lambda (the
+# Lambda artifact: make build, sam-build, deploy; and the LocalStack
+# package) vendor it: zig, their C compiler, does not see Debian's
+# multiarch OpenSSL headers, and the provided.al2023 image needs it anyway.
 export OPENSSL_NO_VENDOR ?= 1
 LAMBDA_ENV    := OPENSSL_NO_VENDOR=0
 export SAM_CLI_TELEMETRY := 0

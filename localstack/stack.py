@@ -127,7 +127,14 @@ def sam(*args: str, extra_env: dict[str, str] | None = None) -> None:
 # The local package is the release build without fat LTO: the same code,
 # compiled in about a quarter of the time (CI builds it on every run; the
 # AWS package, `make sam-build`, keeps the full release profile).
-LOCAL_BUILD_ENV = {"CARGO_PROFILE_RELEASE_LTO": "false", "CARGO_PROFILE_RELEASE_CODEGEN_UNITS": "16"}
+# cargo lambda compiles C with zig, which does not see Debian's multiarch
+# OpenSSL headers: this build vendors OpenSSL like the Lambda artifact does
+# (the Makefile's OPENSSL_NO_VENDOR=1 is for the cargo test/clippy builds).
+LOCAL_BUILD_ENV = {
+    "CARGO_PROFILE_RELEASE_LTO": "false",
+    "CARGO_PROFILE_RELEASE_CODEGEN_UNITS": "16",
+    "OPENSSL_NO_VENDOR": "0",
+}
 
 
 def build() -> None:
