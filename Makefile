@@ -19,7 +19,9 @@ CARGO_LAMBDA  := $(abspath $(VENV))/bin/cargo-lambda
 # its dependencies on versions that work with it (../shared/design.md section 5).
 LS_VENV       ?= .venv-localstack
 LS_PACKAGES   := localstack-core[runtime]==4.13.1 cbor2==5.9.0 pyopenssl==25.3.0 localstack-twisted==25.5.0 awscli-local==0.23.0 awscli==1.44.24 pytest==9.2.0
-LS_STAMP      := $(LS_VENV)/.installed-$(shell cat localstack/host_executor/pyproject.toml localstack/host_executor/login_etl_host_executor.py | sha1sum | cut -c1-8)-$(shell echo '$(LS_PACKAGES)' | sha1sum | cut -c1-8)
+# Bump LS_FIXES when the fixes applied to the installed LocalStack change.
+LS_FIXES      := 2
+LS_STAMP      := $(LS_VENV)/.installed-$(shell cat localstack/host_executor/pyproject.toml localstack/host_executor/login_etl_host_executor.py | sha1sum | cut -c1-8)-$(shell echo '$(LS_PACKAGES)' | sha1sum | cut -c1-8)-fixes$(LS_FIXES)
 export PATH   := $(abspath $(VENV))/bin:$(PATH):$(abspath $(LS_VENV))/bin
 # SAM and cfn-lint work offline with these (otherwise they probe the network).
 export AWS_DEFAULT_REGION ?= us-east-1
@@ -76,6 +78,10 @@ $(LS_STAMP):
 	# The one fix LocalStack 4.13.1 needs on Python 3.11 (a PEP 604 annotation evaluated at import).
 	f=$$(echo $(LS_VENV)/lib/python3*/site-packages/localstack/packages/api.py)
 	grep -q '^from __future__ import annotations' "$$f" || sed -i '1i from __future__ import annotations' "$$f"
+	# And KMS's CreateKey: uuid5() takes bytes only from Python 3.12 on; the same UUID, computed for 3.11.
+	k=$$(echo $(LS_VENV)/lib/python3*/site-packages/localstack/services/kms/models.py)
+	sed -i 's/uuid\.uuid5(self\._internal_key_id, key_material)\.hex/uuid.UUID(bytes=__import__("hashlib").sha1(self._internal_key_id.bytes + key_material).digest()[:16], version=5).hex/' "$$k"
+	grep -q '__import__("hashlib").sha1(self._internal_key_id.bytes' "$$k" || { echo "the LocalStack KMS fix did not apply to $$k"; exit 1; }
 	$(LS_VENV)/bin/pip install --quiet --disable-pip-version-check --force-reinstall --no-deps ./localstack/host_executor
 	# setuptools leaves its build tree in the source folder: not ours to keep.
 	rm -rf localstack/host_executor/build localstack/host_executor/*.egg-info

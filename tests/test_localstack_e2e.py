@@ -263,10 +263,16 @@ def test_a_fifo_queue_with_batch_size_50_is_refused_before_any_resource_exists(l
         refused = True
     else:
         refused = False
-    created = stack.stack_exists(name)
-    if created:
+    cf = stack.client("cloudformation")
+    try:
+        resources = cf.describe_stack_resources(StackName=name)["StackResources"]
+    except cf.exceptions.ClientError:
+        resources = []  # no such stack
+    if stack.stack_exists(name):
         stack.delete_stack(name)
     if not refused:
         pytest.skip("LocalStack 4.13's CloudFormation does not evaluate Rules (it created the stack); "
                     "tests/test_template.py checks the rules' logic instead")  # fmt: skip
-    assert not created, "refused before any resource was created"
+    # (LocalStack 4.13 refuses the change set with an internal error while
+    # reporting the failed assertion; AWS returns a ValidationError.)
+    assert resources == [], "refused before any resource was created"
