@@ -223,7 +223,18 @@ impl DataKey {
 
     /// Encrypts `value` for the row (`kind`, `token`) under a fresh random nonce.
     pub fn seal(&self, kind: Kind, token: &str, value: &str) -> Sealed {
-        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        self.seal_with(
+            kind,
+            token,
+            value,
+            Aes256Gcm::generate_nonce(&mut OsRng).into(),
+        )
+    }
+
+    /// [`seal`](Self::seal) with a random `nonce` drawn by the caller (a
+    /// batch draws all of its nonces from the OS at once).
+    fn seal_with(&self, kind: Kind, token: &str, value: &str, nonce: [u8; 12]) -> Sealed {
+        let nonce = Nonce::from(nonce);
         let aad = associated_data(kind, token);
         let ciphertext = self
             .cipher
@@ -311,7 +322,13 @@ pub struct VaultBatch {
     /// For each row (in the order given to [`add`](Self::add)), its ip and device entries.
     pub per_row: Vec<[usize; 2]>,
     seen: HashMap<(Kind, String), usize>,
+    /// Random bytes from the OS for the next nonces: one system call per
+    /// [`NONCES_PER_DRAW`] values instead of one per value.
+    nonces: Vec<u8>,
 }
+
+/// Nonces drawn from the OS at once.
+const NONCES_PER_DRAW: usize = 512;
 
 impl VaultBatch {
     /// Seals what `row` needs, unless the batch already holds it.
@@ -330,7 +347,14 @@ impl VaultBatch {
             *slot = match self.seen.get(&(kind, token.to_owned())) {
                 Some(&i) => i,
                 None => {
-                    self.sealed.push(key.seal(kind, token, value));
+                    if self.nonces.is_empty() {
+                        self.nonces = vec![0; 12 * NONCES_PER_DRAW];
+                        aes_gcm::aead::rand_core::RngCore::fill_bytes(&mut OsRng, &mut self.nonces);
+                    }
+                    let at = self.nonces.len() - 12;
+                    let nonce: [u8; 12] = self.nonces[at..].try_into().expect("12 bytes");
+                    self.nonces.truncate(at);
+                    self.sealed.push(key.seal_with(kind, token, value, nonce));
                     self.seen
                         .insert((kind, token.to_owned()), self.sealed.len() - 1);
                     self.sealed.len() - 1
