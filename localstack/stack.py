@@ -473,9 +473,9 @@ def metric_totals(stack: Stack) -> dict[str, float]:
     return totals
 
 
-def rejection_codes(stack: Stack) -> dict[str, str]:
-    """message id -> rejection code, from the function's `record rejected` log lines."""
-    codes: dict[str, str] = {}
+def rejections(stack: Stack) -> list[tuple[str, str]]:
+    """(message id, rejection code) of each `record rejected` log line of the function."""
+    out = []
     for text in log_lines(stack):
         try:
             line = json.loads(text)
@@ -483,8 +483,13 @@ def rejection_codes(stack: Stack) -> dict[str, str]:
             continue
         fields = line.get("fields", line) if isinstance(line, dict) else {}
         if fields.get("message") == "record rejected":
-            codes[fields["message_id"]] = fields["code"]
-    return codes
+            out.append((fields["message_id"], fields["code"]))
+    return out
+
+
+def rejection_codes(stack: Stack) -> dict[str, str]:
+    """message id -> rejection code, from the function's `record rejected` log lines."""
+    return dict(rejections(stack))
 
 
 def operator(stack: Stack, *args: str) -> subprocess.CompletedProcess:
