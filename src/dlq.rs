@@ -57,14 +57,6 @@ impl DeadLetterQueue {
         Self { client, url }
     }
 
-    /// The queue at `url`, through the function's AWS configuration.
-    pub async fn from_url(url: String) -> Self {
-        Self {
-            client: Client::new(&crate::secrets::sdk_config().await),
-            url,
-        }
-    }
-
     /// Copies `rejected` to the queue, in as few `SendMessageBatch` calls
     /// as SQS allows (10 entries each), sent at once. Returns the positions
     /// SQS accepted; every other record stays a batch item failure.

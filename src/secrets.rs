@@ -104,8 +104,13 @@ impl DbSecret {
 impl Secrets {
     /// A client from [`sdk_config`].
     pub async fn from_env() -> Self {
+        Self::new(&sdk_config().await)
+    }
+
+    /// A client with an AWS configuration loaded already (see [`sdk_config`]).
+    pub fn new(config: &aws_config::SdkConfig) -> Self {
         Self {
-            client: Client::new(&sdk_config().await),
+            client: Client::new(config),
         }
     }
 

@@ -33,16 +33,34 @@ pub enum InitError {
     Vault(#[from] VaultError),
 }
 
-/// Builds the handler: resolves the masking key and the database settings
-/// (from Secrets Manager when configured so, both fetched concurrently), and
-/// applies the schema when `RUN_MIGRATIONS=true`.
+/// Builds the handler: resolves the masking key, the database settings and
+/// the vault's data key (from Secrets Manager and KMS when configured so, all
+/// at once, with one AWS configuration), and applies the schema when
+/// `RUN_MIGRATIONS=true`.
 pub async fn build(config: &Config) -> Result<BatchHandler, InitError> {
-    let secrets = secrets_client(config).await;
-    let (key, sink) = tokio::join!(
+    let needs_secrets = matches!(config.masking_key, KeySource::Secret(_))
+        || matches!(config.db.source, DbSource::Secret(_));
+    let aws = if needs_secrets || config.vault_kms_key_id.is_some() || config.dlq_url.is_some() {
+        Some(crate::secrets::sdk_config().await)
+    } else {
+        None
+    };
+    let secrets = aws.as_ref().filter(|_| needs_secrets).map(Secrets::new);
+    let data_key = async {
+        match (&config.vault_kms_key_id, &aws) {
+            (Some(kms_key), Some(aws)) => {
+                let kms = aws_sdk_kms::Client::new(aws);
+                DataKey::generate(&kms, kms_key).await.map(Some)
+            }
+            _ => Ok(None),
+        }
+    };
+    let (key, sink, data_key) = tokio::join!(
         masking_key(&config.masking_key, secrets.as_ref()),
-        sink(&config.db, secrets.as_ref())
+        sink(&config.db, secrets.as_ref()),
+        data_key
     );
-    let (key, mut sink) = (key?, sink?);
+    let (key, mut sink, data_key) = (key?, sink?, data_key?);
     if config.vault_kms_key_id.is_some() {
         sink = sink.with_vault_tables();
     }
@@ -56,19 +74,18 @@ pub async fn build(config: &Config) -> Result<BatchHandler, InitError> {
         &config.function_name,
     );
     let mut handler = BatchHandler::new(Masker::new(&key), sink).with_metrics(metrics);
-    if let Some(kms_key) = &config.vault_kms_key_id {
-        let kms = aws_sdk_kms::Client::new(&crate::secrets::sdk_config().await);
-        let data_key = DataKey::generate(&kms, kms_key).await?;
+    if let Some(data_key) = data_key {
         info!(
             data_key = data_key.id(),
             "PII vault on: a data key from KMS, kept in memory only"
         );
         handler = handler.with_vault(data_key);
     }
-    Ok(match &config.dlq_url {
-        Some(url) => handler.with_dead_letter_queue(DeadLetterQueue::from_url(url.clone()).await),
-        None => handler,
-    })
+    if let (Some(url), Some(aws)) = (&config.dlq_url, &aws) {
+        let sqs = aws_sdk_sqs::Client::new(aws);
+        handler = handler.with_dead_letter_queue(DeadLetterQueue::new(sqs, url.clone()));
+    }
+    Ok(handler)
 }
 
 /// Applies the schema to the configured database and returns its target
@@ -96,17 +113,6 @@ pub async fn operator_connection(db: &DbConfig) -> Result<tokio_postgres::Client
         DbSource::Url(_) => None,
     };
     Ok(sink(db, secrets.as_ref()).await?.connect().await?)
-}
-
-/// A Secrets Manager client, only when some setting needs one.
-pub async fn secrets_client(config: &Config) -> Option<Secrets> {
-    let needed = matches!(config.masking_key, KeySource::Secret(_))
-        || matches!(config.db.source, DbSource::Secret(_));
-    if needed {
-        Some(Secrets::from_env().await)
-    } else {
-        None
-    }
 }
 
 /// Resolves the masking key from its source.
