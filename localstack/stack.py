@@ -6,8 +6,8 @@ watch the queue drain, report what happened.
 (tests/test_localstack_e2e.py) imports the same functions, so the demo and the
 test exercise one code path. LocalStack must be running (localstack/up.sh).
 
-The stack is the real template.yaml, built by `sam build` for this host's CPU
-(parameter Architecture) and deployed by `sam deploy` into LocalStack's
+The stack is the real template.yaml, packaged like `sam build` does for this
+host's CPU (parameter Architecture; see build()) and deployed by `sam deploy` into LocalStack's
 CloudFormation (SAM transform included). Only two things are made outside
 the template, as in a real account: the DB secret (the template takes its ARN)
 and the artifact bucket.
@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -124,33 +125,45 @@ def sam(*args: str, extra_env: dict[str, str] | None = None) -> None:
     subprocess.run(["sam", *args], cwd=ROOT, env=env, check=True)
 
 
-# The local package is the release build without fat LTO: the same code,
-# compiled in about a quarter of the time (CI builds it on every run; the
-# AWS package, `make sam-build`, keeps the full release profile).
-# cargo lambda compiles C with zig, which does not see Debian's multiarch
-# OpenSSL headers: this build vendors OpenSSL like the Lambda artifact does
-# (the Makefile's OPENSSL_NO_VENDOR=1 is for the cargo test/clippy builds).
-LOCAL_BUILD_ENV = {
-    "CARGO_PROFILE_RELEASE_LTO": "false",
-    "CARGO_PROFILE_RELEASE_CODEGEN_UNITS": "16",
-    "OPENSSL_NO_VENDOR": "0",
-}
+# The local package is the host's debug build of the bootstrap: the one
+# `cargo test` builds too, so `make demo`, `make test` and `make e2e` compile
+# the dependency graph once, with one profile, and link the system OpenSSL
+# (the Makefile's OPENSSL_NO_VENDOR=1). The AWS artifact (`make sam-build`,
+# `make deploy`, and CI's arm64 build) is `sam build` with cargo lambda, the
+# full release profile and vendored OpenSSL.
+HOST_BUILD_ENV = {"OPENSSL_NO_VENDOR": os.environ.get("OPENSSL_NO_VENDOR", "1")}
 
 
 def build() -> None:
-    """`sam build` of template.yaml for this host's CPU into .aws-sam/localstack.
+    """The function's package for LocalStack in .aws-sam/localstack, as `sam build` lays it out.
 
-    sam build runs `cargo lambda build` silently; running the same command
-    first shows cargo's progress (the first build takes minutes), and sam
-    build then finds the bootstrap up to date."""
-    say("==> cargo lambda build (the first build compiles every dependency: a few minutes; cargo shows its progress)")
-    arch = ["--arm64"] if HOST_ARCH == "arm64" else []
-    env = {**os.environ, **LOCAL_BUILD_ENV}
-    subprocess.run(["cargo", "lambda", "build", "--release", "--bin", "login-etl", *arch], cwd=ROOT, env=env, check=True)
-    say(f"==> sam build (Architecture={HOST_ARCH}, the host's CPU: the host executor runs the bootstrap natively)")
-    args = ["build", "--template", "template.yaml", "--build-dir", str(BUILD_DIR),
-            "--parameter-overrides", f"Architecture={HOST_ARCH}"]  # fmt: skip
-    sam(*args, extra_env=LOCAL_BUILD_ENV)
+    `cargo build --bin login-etl` (the host's CPU, shown with cargo's own
+    progress), its binary copied to LoginEtlFunction/bootstrap, and
+    template.yaml with the function's CodeUri pointing there: exactly what
+    `sam build` writes, without a second, release-profile compile of the
+    whole dependency graph."""
+    from samcli.yamlhelper import yaml_dump, yaml_parse  # the SAM CLI's own CloudFormation YAML (intrinsic tags)
+
+    say("==> cargo build --bin login-etl --examples (the first build compiles every dependency: a few minutes; cargo shows its progress)")
+    env = {**os.environ, **HOST_BUILD_ENV}
+    # --examples: building an example activates the dev-dependencies' features
+    # (tokio's, hyper's), so the crates compiled here are the ones `cargo test`
+    # compiles, and make test after make demo (or CI's e2e after the tests)
+    # compiles nothing twice.
+    subprocess.run(["cargo", "build", "--bin", "login-etl", "--examples"], cwd=ROOT, env=env, check=True)
+    say(f"==> packaging the bootstrap and template.yaml into {BUILD_DIR.relative_to(ROOT)} (Architecture={HOST_ARCH}, the host's CPU)")
+    function_dir = BUILD_DIR / "LoginEtlFunction"
+    function_dir.mkdir(parents=True, exist_ok=True)
+    bootstrap = function_dir / "bootstrap"
+    tmp = bootstrap.with_suffix(".tmp")
+    shutil.copy2(Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug" / "login-etl", tmp)
+    tmp.replace(bootstrap)  # atomic: a running function keeps its old file
+    template = yaml_parse((ROOT / "template.yaml").read_text())
+    function = template["Resources"]["LoginEtlFunction"]
+    if function["Properties"].get("CodeUri") != ".":
+        raise RuntimeError("template.yaml: LoginEtlFunction's CodeUri is no longer '.'; update stack.build()")
+    function["Properties"]["CodeUri"] = "LoginEtlFunction"
+    (BUILD_DIR / "template.yaml").write_text(yaml_dump(template))
 
 
 def put_db_secret(stack: str, dbname: str) -> str:
@@ -309,7 +322,7 @@ def generate(count: int, invalid_every: int, seed: int) -> list[Message]:
     """Login messages from the project's own generator (`login-etl gen-events`,
     the `synth` module): the quirks of real traffic (null locales, three
     version shapes, IPv6, multicast and loopback addresses) plus every kind of
-    invalid message. Runs the bootstrap `sam build` made: no second compile."""
+    invalid message. Runs the bootstrap build() packaged: no second compile."""
     bootstrap = BUILD_DIR / "LoginEtlFunction" / "bootstrap"
     if not bootstrap.exists():
         raise RuntimeError(f"{bootstrap} is missing: run the build step (stack.build()) first")
@@ -552,7 +565,7 @@ def token(key: bytes, value: str) -> str:
 def demo(args: argparse.Namespace) -> None:
     started = time.monotonic()
     step = lambda n, text: say(f"\n\033[1m[{n}/6] {text}\033[0m")  # noqa: E731
-    step(1, "building the function with sam build (the first build takes a few minutes)")
+    step(1, "building the function (the first build compiles every dependency: a few minutes)")
     build()
     step(2, "deploying template.yaml into LocalStack")
     stack = deploy(args.stack, args.database, batch_size=args.batch_size)
