@@ -37,7 +37,8 @@ export SAM_CLI_TELEMETRY := 0
 REGION        ?= us-east-1
 CARGO_FUZZ_VERSION := 0.13.2
 FUZZ_SECONDS  ?= 300
-# CI's short run skips AddressSanitizer to build faster (the parser has no unsafe code).
+# CI's short run (.ci/run) builds unoptimized and without AddressSanitizer, to build
+# in half the time (the parser has no unsafe code).
 FUZZ_FLAGS    ?=
 
 # Local PostgreSQL: the server tests create their throwaway databases on, and
@@ -50,7 +51,7 @@ KEY_FILE      ?= .local/masking.key
 PORT          ?= 9000
 EVENT         ?= events/sqs-mixed.json
 
-.PHONY: help tools localstack-tools up down e2e test lint fmt build validate sam-build deploy migrate watch invoke demo demo-watch events-large fuzz bench clean
+.PHONY: help tools rust-tools python-tools host-build test-build localstack-tools up down e2e test lint fmt build validate sam-build deploy migrate watch invoke demo demo-watch events-large fuzz bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -61,7 +62,11 @@ $(VENV_STAMP):
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(foreach p,$(PIP_PACKAGES),'$(p)')
 	rm -f $(VENV)/.installed-* && touch $@
 
-tools: $(VENV_STAMP) ## install the Python tools (venv), the arm64 target, clippy, rustfmt, pgbouncer
+tools: rust-tools python-tools ## install everything the build and tests need (the two below)
+
+python-tools: $(VENV_STAMP) ## the Python tools (.venv): cargo-lambda, SAM CLI, cfn-lint, moto, pytest
+
+rust-tools: ## the arm64 target, clippy, rustfmt; libssl-dev, pkg-config and pgbouncer (Debian packages)
 	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
 	# The system OpenSSL for host builds (OPENSSL_NO_VENDOR), and PgBouncer
 	# (transaction mode, as RDS Proxy pools) for tests/pooler.rs and make bench.
@@ -70,6 +75,17 @@ tools: $(VENV_STAMP) ## install the Python tools (venv), the arm64 target, clipp
 	command -v pgbouncer > /dev/null || [ -x /usr/sbin/pgbouncer ] || { echo "==> installing pgbouncer (Debian package)"; \
 	  { apt-get install -y -qq pgbouncer > /dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq pgbouncer; }; }; }
 	rustup target list --installed | grep -q aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
+
+# The host's debug build, shared by make demo, make e2e and cargo test:
+# --examples activates the dev-dependencies' features (tokio's, hyper's), so
+# the crates compiled here are the ones `cargo test` compiles and links.
+host-build: rust-tools ## build the function for this host (debug profile, system OpenSSL): what make demo and make e2e deploy
+	@echo "==> cargo build --bin login-etl --examples (the first build compiles every dependency: a minute or two)"
+	cargo build --bin login-etl --examples
+
+test-build: rust-tools ## compile every test, bench and example without running them
+	@echo "==> cargo test --no-run (the first build compiles every dependency: a minute or two)"
+	cargo test --all-targets --no-run
 
 $(LS_STAMP):
 	@echo "==> installing LocalStack and the host executor into $(LS_VENV) (about a minute the first time)"
@@ -99,8 +115,11 @@ $(KEY_FILE):
 	@mkdir -p $(dir $(KEY_FILE)) && umask 077 && openssl rand -hex 32 > $(KEY_FILE)
 	echo "==> generated a local masking key in $(KEY_FILE)"
 
-test: tools validate ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambda), the template, LocalStack end to end
-	@pg_isready -d "$(PG_ADMIN_URL)" -q || { echo "PostgreSQL is not reachable at $(PG_ADMIN_URL): start it (see README) or set PG_ADMIN_URL"; exit 1; }
+test: ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambda), the template, LocalStack end to end
+	@# The two venvs install while cargo compiles the tests (on a fresh machine each takes a minute or two).
+	$(MAKE) --no-print-directory -j3 test-build python-tools localstack-tools
+	$(MAKE) --no-print-directory validate
+	pg_isready -d "$(PG_ADMIN_URL)" -q || { echo "PostgreSQL is not reachable at $(PG_ADMIN_URL): start it (see README) or set PG_ADMIN_URL"; exit 1; }
 	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" CARGO_LAMBDA="$(CARGO_LAMBDA)" MOTO_SERVER="$(abspath $(VENV))/bin/moto_server" \
 	  cargo test --all-targets --no-fail-fast -- --include-ignored
 	$(MAKE) --no-print-directory e2e
@@ -113,12 +132,12 @@ e2e: tools localstack-tools ## LocalStack end to end: deploy template.yaml, SQS 
 	PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python -m pytest -q -s tests/test_localstack_e2e.py
 	echo "make e2e: $$(( $$(date +%s) - started )) s wall"
 
-validate: tools ## sam validate --lint, cfn-lint, and the template's own assertions (tests/test_template.py)
+validate: python-tools ## sam validate --lint, cfn-lint, and the template's own assertions (tests/test_template.py)
 	sam validate --lint --template template.yaml
 	cfn-lint template.yaml
 	$(VENV)/bin/python -m pytest -q tests/test_template.py
 
-lint: tools ## rustfmt and clippy, warnings are errors
+lint: rust-tools ## rustfmt and clippy, warnings are errors
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 
@@ -171,8 +190,8 @@ events-large: ## write a 10,000-record batch to target/events/sqs-10000.json
 	ls -l target/events/sqs-10000.json
 
 demo: ## the main job: deploy to LocalStack, send 120 logins, watch the queue drain, show rows and DLQ
-	@# The two venvs install side by side (each about a minute the first time).
-	$(MAKE) --no-print-directory -j2 tools localstack-tools
+	@# The two venvs install while cargo builds the function (on a fresh machine each takes a minute or two).
+	$(MAKE) --no-print-directory -j3 host-build python-tools localstack-tools
 	localstack/up.sh
 	@pg_isready -d "$(PG_ADMIN_URL)" -q || { echo "PostgreSQL is not reachable at $(PG_ADMIN_URL): start it (see README) or set PG_ADMIN_URL"; exit 1; }
 	PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python localstack/stack.py demo
