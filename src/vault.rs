@@ -364,12 +364,24 @@ impl VaultBatch {
         self.per_row.push(slots);
     }
 
-    /// The distinct entries the rows `range` need, in first-use order.
+    /// The distinct entries the rows `range` need, in the vault's primary-key
+    /// order (kind, token; byte order, as the `COLLATE "C"` columns compare).
+    ///
+    /// Why sorted: the server inserts them into the primary key one after
+    /// another, each next to the last, instead of at random places; and two
+    /// batches that share entries take their locks in the same order, so
+    /// they wait for each other instead of deadlocking.
     pub fn entries_for(&self, range: std::ops::Range<usize>) -> Vec<&Sealed> {
-        let mut used: Vec<usize> = self.per_row[range].iter().flatten().copied().collect();
-        used.sort_unstable();
-        used.dedup();
-        used.into_iter().map(|i| &self.sealed[i]).collect()
+        let mut used: Vec<&Sealed> = self.per_row[range]
+            .iter()
+            .flatten()
+            .map(|&i| &self.sealed[i])
+            .collect();
+        used.sort_unstable_by(|a, b| {
+            (a.kind.as_str(), a.token.as_str()).cmp(&(b.kind.as_str(), b.token.as_str()))
+        });
+        used.dedup_by(|a, b| a.kind == b.kind && a.token == b.token);
+        used
     }
 }
 
@@ -470,7 +482,16 @@ mod tests {
         rows.iter().for_each(|r| vb.add(&k, r));
         assert_eq!(vb.sealed.len(), 4, "the third row repeats the first");
         assert_eq!(vb.per_row[0], vb.per_row[2]);
-        assert_eq!(vb.entries_for(0..3).len(), 4);
+        let all = vb.entries_for(0..3);
+        assert_eq!(all.len(), 4);
+        let keys: Vec<(&str, &str)> = all
+            .iter()
+            .map(|s| (s.kind.as_str(), s.token.as_str()))
+            .collect();
+        assert!(
+            keys.windows(2).all(|w| w[0] < w[1]),
+            "entries in primary-key order, each once: {keys:?}"
+        );
         assert_eq!(vb.entries_for(2..3).len(), 2);
         let ip = &vb.sealed[vb.per_row[1][0]];
         assert_eq!(
