@@ -76,9 +76,8 @@ rust-tools: ## the arm64 target, clippy, rustfmt; libssl-dev, pkg-config and pgb
 	  { apt-get install -y -qq pgbouncer > /dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq pgbouncer; }; }; }
 	rustup target list --installed | grep -q aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
 
-# The host's debug build, shared by make demo, make e2e and cargo test:
-# --examples activates the dev-dependencies' features (tokio's, hyper's), so
-# the crates compiled here are the ones `cargo test` compiles and links.
+# The command localstack/stack.py's build() runs (its comment says why
+# --examples); here so make demo can start it beside the venv installs.
 host-build: rust-tools ## build the function for this host (debug profile, system OpenSSL): what make demo and make e2e deploy
 	@echo "==> cargo build --bin login-etl --examples (the first build compiles every dependency: a minute or two)"
 	cargo build --bin login-etl --examples
