@@ -1,6 +1,7 @@
 //! Error types. None of them ever carries a record value, a password or the
 //! masking key: messages name variables, fields and SQLSTATEs only.
 
+#[cfg(feature = "service")]
 use lambda_runtime::Diagnostic;
 
 /// A setting is missing or malformed; stops the cold start.
@@ -221,6 +222,7 @@ impl HandlerError {
     }
 }
 
+#[cfg(feature = "service")]
 impl From<HandlerError> for Diagnostic {
     fn from(e: HandlerError) -> Self {
         let kind = if e.is_retryable() {

@@ -26,25 +26,39 @@
 #![warn(missing_docs)]
 
 pub mod app_version;
+#[cfg(feature = "service")]
 pub mod config;
+#[cfg(feature = "service")]
 pub mod dlq;
 pub mod error;
 pub mod event;
+#[cfg(feature = "service")]
 pub mod handler;
+#[cfg(feature = "service")]
 pub mod logging;
 pub mod masking;
+#[cfg(feature = "service")]
 pub mod metrics;
 pub mod record;
+#[cfg(feature = "service")]
 pub mod reveal;
+#[cfg(feature = "service")]
 pub mod schema;
+#[cfg(feature = "service")]
 pub mod secrets;
+#[cfg(feature = "service")]
 pub mod sink;
+#[cfg(feature = "service")]
 pub mod startup;
 pub mod synth;
+#[cfg(feature = "service")]
 pub mod tls;
+#[cfg(feature = "service")]
 pub mod vault;
 
+#[cfg(feature = "service")]
 pub use config::Config;
 pub use error::{ConfigError, HandlerError, SecretError, SinkError};
 pub use event::SqsBatch;
+#[cfg(feature = "service")]
 pub use handler::{BatchHandler, BatchSummary};
