@@ -55,6 +55,15 @@ pub enum SslMode {
     VerifyFull,
 }
 
+/// Where the PEM bundle of CAs for `verify-full` comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaBundle {
+    /// `DB_CA_BUNDLE`: a file path.
+    File(String),
+    /// `DB_CA_BUNDLE_SECRET_ID`: a Secrets Manager id whose SecretString is the PEM.
+    Secret(String),
+}
+
 /// PostgreSQL settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DbConfig {
@@ -62,8 +71,11 @@ pub struct DbConfig {
     pub source: DbSource,
     /// `DB_SSLMODE`, default `disable` for `DATABASE_URL`, `verify-full` for `DB_SECRET_ID`.
     pub ssl_mode: SslMode,
-    /// `DB_CA_BUNDLE`: PEM file of CAs to trust for `verify-full`.
-    pub ca_bundle: Option<String>,
+    /// CAs to trust for `verify-full` beside the system roots:
+    /// `DB_CA_BUNDLE` (a PEM file) or `DB_CA_BUNDLE_SECRET_ID` (a secret
+    /// whose SecretString is the PEM: how the deployed function gets the
+    /// RDS bundle, see template.yaml `DbCaBundleSecretArn`).
+    pub ca_bundle: Option<CaBundle>,
     /// `DB_CONNECT_TIMEOUT_MS`, default 5,000.
     pub connect_timeout: Duration,
     /// `DB_STATEMENT_TIMEOUT_MS`, default 10,000; also bounds lock waits.
@@ -88,6 +100,9 @@ pub struct Config {
     pub service_name: String,
     /// `AWS_LAMBDA_FUNCTION_NAME` (the `function_name` dimension of `ColdStart`).
     pub function_name: String,
+    /// `AWS_LAMBDA_LOG_LEVEL` (Lambda sets it from `ApplicationLogLevel`),
+    /// else `RUST_LOG`: the log filter, which the EMF documents must pass.
+    pub log_level: Option<String>,
     /// `VAULT_KMS_KEY_ID`: the KMS key for the PII vault's data keys; unset:
     /// no vault.
     pub vault_kms_key_id: Option<String>,
@@ -142,6 +157,7 @@ impl Config {
             service_name: get("POWERTOOLS_SERVICE_NAME")
                 .unwrap_or_else(|| crate::metrics::DEFAULT_SERVICE.into()),
             function_name: get("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "login-etl".into()),
+            log_level: get("AWS_LAMBDA_LOG_LEVEL").or_else(|| get("RUST_LOG")),
             vault_kms_key_id: get("VAULT_KMS_KEY_ID"),
         })
     }
@@ -204,10 +220,21 @@ impl DbConfig {
             (None, None) if matches!(source, DbSource::Secret(_)) => SslMode::VerifyFull,
             (None, None) => SslMode::Disable,
         };
+        let ca_bundle = match (get("DB_CA_BUNDLE"), get("DB_CA_BUNDLE_SECRET_ID")) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Conflict {
+                    first: "DB_CA_BUNDLE",
+                    second: "DB_CA_BUNDLE_SECRET_ID",
+                });
+            }
+            (Some(path), None) => Some(CaBundle::File(path)),
+            (None, Some(id)) => Some(CaBundle::Secret(id)),
+            (None, None) => None,
+        };
         Ok(Self {
             source,
             ssl_mode,
-            ca_bundle: get("DB_CA_BUNDLE"),
+            ca_bundle,
             connect_timeout: parse_millis(get, "DB_CONNECT_TIMEOUT_MS")?
                 .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
             statement_timeout: parse_millis(get, "DB_STATEMENT_TIMEOUT_MS")?

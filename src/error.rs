@@ -181,7 +181,7 @@ pub enum SinkError {
         /// What went wrong (no row values).
         cause: String,
         /// What to do about it, if known (starts with "; ").
-        hint: &'static str,
+        hint: std::borrow::Cow<'static, str>,
     },
 }
 
@@ -213,6 +213,21 @@ pub enum HandlerError {
 }
 
 impl HandlerError {
+    /// The failure's class, a bounded code for metrics (the
+    /// `failure_class` dimension of `InvocationFailed`).
+    pub fn class(&self) -> &'static str {
+        match self {
+            HandlerError::MissingMessageId { .. } => "missing_message_id",
+            HandlerError::Sink(SinkError::Connect { .. } | SinkError::Transient { .. }) => {
+                "database_unavailable"
+            }
+            HandlerError::Sink(SinkError::Deadline { .. }) => "deadline",
+            HandlerError::Sink(SinkError::ConnectRefused { .. }) => "database_refused_connection",
+            HandlerError::Sink(SinkError::Fatal { .. }) => "database_refused",
+            HandlerError::Sink(SinkError::Secret(_)) => "secret_unavailable",
+        }
+    }
+
     /// True when redelivering the batch later can succeed without a human.
     pub fn is_retryable(&self) -> bool {
         match self {

@@ -115,19 +115,57 @@ impl BatchHandler {
     /// Handles one batch that must be answered by `deadline` (the
     /// invocation's, from the Lambda context): the sink stops retrying early
     /// enough to return a retryable error before Lambda would kill it.
+    ///
+    /// Every invocation writes its EMF document, a failed one too (with
+    /// `InvocationFailed` and its class), so the metrics and the ingest-lag
+    /// alarm keep running through a database outage.
     pub async fn handle_batch_until(
         &self,
         batch: &SqsBatch,
         deadline: Option<Instant>,
     ) -> Result<(SqsBatchResponse, BatchSummary), HandlerError> {
         let started = Instant::now();
-        let records = &batch.records;
-        let ids = message_ids(batch)?;
-        let fifo = records.iter().any(|m| {
+        let fifo = batch.records.iter().any(|m| {
             m.event_source_arn
                 .as_deref()
                 .is_some_and(|arn| arn.ends_with(".fifo"))
         });
+        let result = self.process(batch, fifo, deadline, started).await;
+        let now_ms = Utc::now().timestamp_millis();
+        let mut metrics = InvocationMetrics {
+            received: batch.records.len(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            ingest_lag_ms: ingest_lag_ms(batch, now_ms),
+            fifo,
+            ..InvocationMetrics::default()
+        };
+        match &result {
+            Ok((_, summary, copied)) => {
+                metrics.inserted = summary.inserted;
+                metrics.duplicates = summary.duplicates;
+                metrics.rejected = summary.rejected.clone();
+                metrics.refused = summary.refused;
+                metrics.batch_item_failures = summary.failed;
+                metrics.sent_to_dlq = summary.sent_to_dlq;
+                metrics.statements = summary.statements;
+                metrics.copied = *copied;
+            }
+            Err(e) => metrics.failure = Some(e.class()),
+        }
+        self.metrics.emit(&metrics, now_ms);
+        result.map(|(response, summary, _)| (response, summary))
+    }
+
+    /// The batch's work; `copied` tells whether the rows went in by COPY.
+    async fn process(
+        &self,
+        batch: &SqsBatch,
+        fifo: bool,
+        deadline: Option<Instant>,
+        started: Instant,
+    ) -> Result<(SqsBatchResponse, BatchSummary, bool), HandlerError> {
+        let records = &batch.records;
+        let ids = message_ids(batch)?;
         let mut valid = Transformed::default();
         let mut sink = self.sink.lock().await;
         let report = self
@@ -190,25 +228,7 @@ impl BatchHandler {
             failed: failed_positions.len(),
             statements: report.statements,
         };
-        let now_ms = Utc::now().timestamp_millis();
-        self.metrics.emit(
-            &InvocationMetrics {
-                received: summary.received,
-                inserted: summary.inserted,
-                duplicates: summary.duplicates,
-                rejected: summary.rejected.clone(),
-                refused: summary.refused,
-                batch_item_failures: summary.failed,
-                sent_to_dlq: summary.sent_to_dlq,
-                duration_ms: started.elapsed().as_millis() as u64,
-                ingest_lag_ms: ingest_lag_ms(batch, now_ms),
-                fifo,
-                statements: summary.statements,
-                copied: report.copied,
-            },
-            now_ms,
-        );
-        Ok((response, summary))
+        Ok((response, summary, report.copied))
     }
 
     /// Validates and masks every record, streaming the valid rows into the

@@ -19,6 +19,7 @@
 //! - [`logging`]: the log subscriber and its PII guard;
 //! - [`startup`]: cold start, configuration to a ready handler;
 //! - [`synth`]: synthetic, realistic events for tests, demos and benchmarks;
+//! - [`grants`]: the database roles as GRANT statements (`login-etl grants`);
 //! - [`error`]: error types, none of which carries PII or secrets.
 //!
 //! `src/main.rs` is the Lambda entry point.
@@ -32,6 +33,7 @@ pub mod config;
 pub mod dlq;
 pub mod error;
 pub mod event;
+pub mod grants;
 #[cfg(feature = "service")]
 pub mod handler;
 #[cfg(feature = "service")]

@@ -2,7 +2,8 @@
 //! invocations. `login-etl migrate` applies the schema and exits;
 //! `login-etl gen-events` writes a synthetic SQS batch (demos, benchmarks);
 //! `login-etl reveal` and `login-etl forget` are the operators' PII-vault
-//! commands (see `login_etl::reveal`).
+//! commands (see `login_etl::reveal`); `login-etl grants` prints the GRANT
+//! statements of a database role (see `login_etl::grants`).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use login_etl::config::{Config, DbConfig};
 use login_etl::{SqsBatch, startup};
 use tracing::{error, info};
 
-const USAGE: &str = "usage: login-etl [migrate | gen-events [--count N] [--invalid-every N] [--fifo] [--seed N] | reveal (--ip-token T | --device-token T | --user-id U) | forget --user-id U]";
+const USAGE: &str = "usage: login-etl [migrate | gen-events [--count N] [--invalid-every N] [--fifo] [--seed N] | reveal (--ip-token T | --device-token T | --user-id U) | forget --user-id U | grants --role ingest|reveal|erase|migrate --to NAME [--schema S]]";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -23,6 +24,7 @@ async fn main() -> ExitCode {
         Some("gen-events") => gen_events(),
         Some("reveal") => reveal().await,
         Some("forget") => forget().await,
+        Some("grants") => grants(),
         Some(_) => Err(USAGE.into()),
     };
     match result {
@@ -102,6 +104,35 @@ async fn reveal() -> Result<(), lambda_runtime::Error> {
         let value = r.value.as_deref().unwrap_or("(not in the vault)");
         println!("{}\t{}\t{value}", r.kind.as_str(), r.token);
     }
+    Ok(())
+}
+
+/// `login-etl grants --role R --to NAME [--schema S]`: the GRANT statements
+/// of role R for the database role NAME, on stdout (pipe them to psql as
+/// the tables' owner).
+fn grants() -> Result<(), lambda_runtime::Error> {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let (mut role, mut to, mut schema) = (None, None, "public".to_owned());
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        match flag.as_str() {
+            "--role" => {
+                role = Some(login_etl::grants::Role::parse(value).ok_or_else(|| {
+                    format!("--role must be ingest, reveal, erase or migrate\n{USAGE}")
+                })?)
+            }
+            "--to" => to = Some(value.clone()),
+            "--schema" => schema = value.clone(),
+            _ => return Err(format!("unknown option {flag}\n{USAGE}").into()),
+        }
+    }
+    let (Some(role), Some(to)) = (role, to) else {
+        return Err(format!("grants needs --role and --to\n{USAGE}").into());
+    };
+    print!("{}", login_etl::grants::sql(role, &to, &schema)?);
     Ok(())
 }
 

@@ -11,6 +11,14 @@
 //!
 //! Only counts, durations and bounded codes go in: never a body, an ip, a
 //! device id or a user id.
+//!
+//! **Log-level filtering.** With JSON logs, Lambda keeps a line only when
+//! its `"level"` is at or above the function's `ApplicationLogLevel` (a line
+//! without one counts as INFO), and an EMF document dropped there takes its
+//! metrics with it. So each document carries the lowest level the filter
+//! keeps: INFO, or the configured level when that is higher
+//! ([`emf_level`]). A summary at `"level":"ERROR"` under `LogLevel=ERROR` is
+//! still a summary: its `message` says what it is.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -51,6 +59,28 @@ pub struct InvocationMetrics {
     pub statements: u32,
     /// Whether the rows went in by COPY.
     pub copied: bool,
+    /// The invocation failed as a whole: the class of the failure (see
+    /// `HandlerError::class`); its records will be redelivered.
+    pub failure: Option<&'static str>,
+}
+
+/// The level an EMF document must carry to pass Lambda's log-level filter
+/// set to `filter` (`AWS_LAMBDA_LOG_LEVEL`, or `RUST_LOG`-style directives):
+/// INFO, or the filter's default level when that is higher.
+pub fn emf_level(filter: Option<&str>) -> &'static str {
+    let default = filter
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .rfind(|part| !part.contains('='))
+        .unwrap_or("");
+    match default.to_ascii_uppercase().as_str() {
+        "WARN" | "WARNING" => "WARN",
+        "ERROR" => "ERROR",
+        "FATAL" => "FATAL",
+        "OFF" => "FATAL",
+        _ => "INFO",
+    }
 }
 
 type Output = Arc<dyn Fn(&str) + Send + Sync>;
@@ -61,6 +91,7 @@ pub struct Metrics {
     service: String,
     function_name: String,
     cold_start: AtomicBool,
+    level: &'static str,
     output: Output,
 }
 
@@ -82,6 +113,7 @@ impl Metrics {
             service: service.to_owned(),
             function_name: function_name.to_owned(),
             cold_start: AtomicBool::new(true),
+            level: "INFO",
             output: Arc::new(|line: &str| {
                 // One write per line, so lines of concurrent writers never interleave.
                 let mut out = std::io::stdout().lock();
@@ -89,6 +121,13 @@ impl Metrics {
                 let _ = out.flush();
             }),
         }
+    }
+
+    /// Writes every document at `level` (see [`emf_level`]), so Lambda's
+    /// log-level filter keeps it.
+    pub fn with_level(mut self, level: &'static str) -> Self {
+        self.level = level;
+        self
     }
 
     /// Sends the lines elsewhere (tests).
@@ -124,6 +163,7 @@ impl Metrics {
             ("BatchItemFailures", m.batch_item_failures as u64, "Count"),
             ("SentToDlq", m.sent_to_dlq as u64, "Count"),
             ("BatchDurationMs", m.duration_ms, "Milliseconds"),
+            ("InvocationFailed", u64::from(m.failure.is_some()), "Count"),
         ];
         if let Some(lag) = m.ingest_lag_ms {
             metrics.push(("IngestLagMs", lag, "Milliseconds"));
@@ -147,8 +187,15 @@ impl Metrics {
             "_aws".into(),
             json!({"Timestamp": timestamp_ms, "CloudWatchMetrics": directives}),
         );
-        root.insert("level".into(), json!("INFO"));
-        root.insert("message".into(), json!("batch processed"));
+        root.insert("level".into(), json!(self.level));
+        root.insert(
+            "message".into(),
+            json!(if m.failure.is_some() {
+                "batch failed"
+            } else {
+                "batch processed"
+            }),
+        );
         root.insert("service".into(), json!(self.service));
         for (name, value, _) in &metrics {
             root.insert((*name).into(), json!(value));
@@ -159,6 +206,23 @@ impl Metrics {
         root.insert("statements".into(), json!(m.statements));
         root.insert("copied".into(), json!(m.copied));
         let mut docs = vec![Value::Object(root)];
+        if let Some(class) = m.failure {
+            docs.push(json!({
+                "_aws": {
+                    "Timestamp": timestamp_ms,
+                    "CloudWatchMetrics": [{
+                        "Namespace": self.namespace,
+                        "Dimensions": [["service", "failure_class"]],
+                        "Metrics": [{"Name": "InvocationFailed", "Unit": "Count"}],
+                    }],
+                },
+                "level": self.level,
+                "message": "invocation failed",
+                "service": self.service,
+                "failure_class": class,
+                "InvocationFailed": 1,
+            }));
+        }
         for (reason, n) in &m.rejected {
             docs.push(json!({
                 "_aws": {
@@ -169,7 +233,7 @@ impl Metrics {
                         "Metrics": [{"Name": "Rejected", "Unit": "Count"}],
                     }],
                 },
-                "level": "INFO",
+                "level": self.level,
                 "message": "records rejected",
                 "service": self.service,
                 "reason": reason,
@@ -240,6 +304,7 @@ mod tests {
             fifo: false,
             statements: 3,
             copied: false,
+            failure: None,
         }
     }
 
@@ -283,6 +348,44 @@ mod tests {
         );
         // One line each: readable as a log line.
         assert!(docs.iter().all(|d| !d.to_string().contains('\n')));
+    }
+
+    #[test]
+    fn a_failed_invocation_writes_its_document_with_the_failure_class() {
+        let m = Metrics::new("LoginEtl", "login-etl", "fn").with_level("WARN");
+        let failed = InvocationMetrics {
+            received: 10,
+            duration_ms: 7,
+            ingest_lag_ms: Some(90_000),
+            failure: Some("database_unavailable"),
+            ..InvocationMetrics::default()
+        };
+        let docs = m.documents(&failed, 1_795_262_400_000, false);
+        docs.iter().for_each(assert_valid_emf);
+        assert_eq!(docs.len(), 2, "the summary and the failure document");
+        assert_eq!(docs[0]["message"], "batch failed");
+        assert_eq!(docs[0]["RecordsReceived"], 10);
+        assert_eq!(docs[0]["IngestLagMs"], 90_000);
+        assert_eq!(docs[0]["InvocationFailed"], 1);
+        assert_eq!(docs[1]["failure_class"], "database_unavailable");
+        assert_eq!(docs[1]["InvocationFailed"], 1);
+        assert!(docs.iter().all(|d| d["level"] == "WARN"));
+        let ok = m.documents(&sample(), 1_795_262_400_000, false);
+        assert_eq!(ok[0]["InvocationFailed"], 0);
+        assert!(ok.iter().all(|d| d["message"] != "invocation failed"));
+    }
+
+    #[test]
+    fn documents_carry_the_lowest_level_the_lambda_filter_keeps() {
+        assert_eq!(emf_level(None), "INFO");
+        assert_eq!(emf_level(Some("TRACE")), "INFO");
+        assert_eq!(emf_level(Some("debug")), "INFO");
+        assert_eq!(emf_level(Some("INFO")), "INFO");
+        assert_eq!(emf_level(Some("WARN")), "WARN");
+        assert_eq!(emf_level(Some("ERROR")), "ERROR");
+        assert_eq!(emf_level(Some("FATAL")), "FATAL");
+        assert_eq!(emf_level(Some("aws_config=debug,warn")), "WARN");
+        assert_eq!(emf_level(Some("login_etl=trace")), "INFO");
     }
 
     #[test]

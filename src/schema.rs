@@ -58,6 +58,32 @@ impl SchemaState {
     }
 }
 
+/// The oldest PostgreSQL release login-etl runs on: the xid floor and the
+/// lost-reply recount use `pg_current_snapshot()` and `xid8` (13 and later).
+pub const MIN_SERVER_VERSION_NUM: i32 = 130_000;
+
+const VERSION_SQL: &str =
+    "SELECT current_setting('server_version_num')::int4, current_setting('server_version')";
+
+/// A non-retryable error unless `version_num` (`server_version_num`) is at
+/// least [`MIN_SERVER_VERSION_NUM`]; `version` is what the error shows.
+pub fn require_version(version_num: i32, version: &str) -> Result<(), SinkError> {
+    if version_num >= MIN_SERVER_VERSION_NUM {
+        return Ok(());
+    }
+    Err(SinkError::Fatal {
+        op: "working with this server",
+        cause: format!("the server runs PostgreSQL {version}"),
+        hint: "; login-etl needs PostgreSQL 13 or later (it uses pg_current_snapshot and xid8): upgrade the server".into(),
+    })
+}
+
+/// The server's `server_version_num` and `server_version`.
+pub async fn server_version(client: &Client) -> Result<(i32, String), tokio_postgres::Error> {
+    let row = client.query_typed_one(VERSION_SQL, &[]).await?;
+    Ok((row.get(0), row.get(1)))
+}
+
 /// Reads [`SchemaState`] (one unnamed statement, no table lock).
 pub async fn inspect(client: &Client) -> Result<SchemaState, tokio_postgres::Error> {
     let row = client.query_typed_one(INSPECT_SQL, &[]).await?;
@@ -77,7 +103,16 @@ pub async fn check(
     limit: Duration,
     vault: bool,
 ) -> Result<Option<String>, SinkError> {
-    let state = match timeout(limit, inspect(client)).await {
+    // Both in one round trip; on a server older than 13 the inspection
+    // fails (no pg_current_snapshot), and the version says why.
+    let answers = timeout(limit, async {
+        tokio::join!(server_version(client), inspect(client))
+    })
+    .await;
+    if let Ok((Ok((num, version)), _)) = &answers {
+        require_version(*num, version)?;
+    }
+    let state = match answers.map(|(_, state)| state) {
         Ok(Ok(state)) => state,
         Ok(Err(e)) => {
             return Err(SinkError::Transient {
@@ -95,7 +130,7 @@ pub async fn check(
     let fatal = |cause: &str, hint: &'static str| SinkError::Fatal {
         op: "writing into user_logins",
         cause: cause.to_owned(),
-        hint,
+        hint: hint.into(),
     };
     if !state.table || !state.columns {
         return Err(fatal(
@@ -135,4 +170,22 @@ pub async fn migrate(client: &mut Client) -> Result<bool, tokio_postgres::Error>
     tx.batch_execute(MIGRATION_SQL).await?;
     tx.commit().await?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_older_than_13_are_refused_for_good_with_both_versions_named() {
+        assert!(require_version(130_000, "13.0").is_ok());
+        assert!(require_version(150_020, "15.20").is_ok());
+        let e = require_version(120_017, "12.17 (Debian 12.17-1)").unwrap_err();
+        assert!(!e.is_retryable());
+        let text = e.to_string();
+        assert!(
+            text.contains("12.17") && text.contains("PostgreSQL 13 or later"),
+            "{text}"
+        );
+    }
 }

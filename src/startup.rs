@@ -5,12 +5,12 @@ use std::str::FromStr;
 
 use tracing::info;
 
-use crate::config::{Config, DbConfig, DbSource, KeySource};
+use crate::config::{CaBundle, Config, DbConfig, DbSource, KeySource};
 use crate::dlq::DeadLetterQueue;
 use crate::error::{ConfigError, SecretError, SinkError};
 use crate::handler::BatchHandler;
 use crate::masking::{Masker, MaskingKey};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, emf_level};
 use crate::secrets::Secrets;
 use crate::sink::PgSink;
 use crate::tls::Tls;
@@ -38,8 +38,8 @@ pub enum InitError {
 /// at once, with one AWS configuration), and applies the schema when
 /// `RUN_MIGRATIONS=true`.
 pub async fn build(config: &Config) -> Result<BatchHandler, InitError> {
-    let needs_secrets = matches!(config.masking_key, KeySource::Secret(_))
-        || matches!(config.db.source, DbSource::Secret(_));
+    let needs_secrets =
+        matches!(config.masking_key, KeySource::Secret(_)) || needs_secrets(&config.db);
     let aws = if needs_secrets || config.vault_kms_key_id.is_some() || config.dlq_url.is_some() {
         Some(crate::secrets::sdk_config().await)
     } else {
@@ -72,7 +72,8 @@ pub async fn build(config: &Config) -> Result<BatchHandler, InitError> {
         &config.metrics_namespace,
         &config.service_name,
         &config.function_name,
-    );
+    )
+    .with_level(emf_level(config.log_level.as_deref()));
     let mut handler = BatchHandler::new(Masker::new(&key), sink).with_metrics(metrics);
     if let Some(data_key) = data_key {
         info!(
@@ -91,9 +92,10 @@ pub async fn build(config: &Config) -> Result<BatchHandler, InitError> {
 /// Applies the schema to the configured database and returns its target
 /// (`login-etl migrate`); needs only the database settings.
 pub async fn migrate(db: &DbConfig) -> Result<String, InitError> {
-    let secrets = match db.source {
-        DbSource::Secret(_) => Some(Secrets::from_env().await),
-        DbSource::Url(_) => None,
+    let secrets = if needs_secrets(db) {
+        Some(Secrets::from_env().await)
+    } else {
+        None
     };
     let mut sink = sink(db, secrets.as_ref()).await?;
     let applied = sink.migrate().await?;
@@ -108,9 +110,10 @@ pub async fn migrate(db: &DbConfig) -> Result<String, InitError> {
 /// A connection to the configured database for an operator command
 /// (`login-etl reveal`, `forget`), with the same settings as the function.
 pub async fn operator_connection(db: &DbConfig) -> Result<tokio_postgres::Client, InitError> {
-    let secrets = match db.source {
-        DbSource::Secret(_) => Some(Secrets::from_env().await),
-        DbSource::Url(_) => None,
+    let secrets = if needs_secrets(db) {
+        Some(Secrets::from_env().await)
+    } else {
+        None
     };
     Ok(sink(db, secrets.as_ref()).await?.connect().await?)
 }
@@ -133,10 +136,29 @@ pub async fn masking_key(
     })
 }
 
+/// Whether the database settings read Secrets Manager (`DB_SECRET_ID`,
+/// `DB_CA_BUNDLE_SECRET_ID`).
+fn needs_secrets(db: &DbConfig) -> bool {
+    matches!(db.source, DbSource::Secret(_)) || matches!(db.ca_bundle, Some(CaBundle::Secret(_)))
+}
+
 /// A sink for the configured database; with `DB_SECRET_ID`, reads the secret
-/// and refetches it once if PostgreSQL later rejects the password.
+/// and refetches it once if PostgreSQL later rejects the password; with
+/// `DB_CA_BUNDLE_SECRET_ID`, trusts the PEM bundle that secret holds.
 pub async fn sink(db: &DbConfig, secrets: Option<&Secrets>) -> Result<PgSink, InitError> {
-    let tls = Tls::from_config(db)?;
+    let tls = match &db.ca_bundle {
+        Some(CaBundle::Secret(id)) => {
+            let secrets =
+                secrets.expect("a Secrets Manager client exists when a secret is configured");
+            let pem = secrets.string(id).await?;
+            Tls::from_config_with_pem(
+                db,
+                pem.as_bytes(),
+                &format!("secret {id} (DB_CA_BUNDLE_SECRET_ID)"),
+            )?
+        }
+        _ => Tls::from_config(db)?,
+    };
     Ok(match &db.source {
         DbSource::Url(url) => {
             let pg = tokio_postgres::Config::from_str(url).map_err(|_| ConfigError::Invalid {

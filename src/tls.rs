@@ -1,11 +1,12 @@
-//! TLS to PostgreSQL (`DB_SSLMODE`, `DB_CA_BUNDLE`) through native-tls.
+//! TLS to PostgreSQL (`DB_SSLMODE`, `DB_CA_BUNDLE` or
+//! `DB_CA_BUNDLE_SECRET_ID`) through native-tls.
 //! OpenSSL is vendored (built into the binary), so the Lambda binary does not
 //! depend on the libssl version of its image.
 
 use native_tls::{Certificate, TlsConnector};
 use postgres_native_tls::MakeTlsConnector;
 
-use crate::config::{DbConfig, SslMode};
+use crate::config::{CaBundle, DbConfig, SslMode};
 use crate::error::ConfigError;
 
 /// How connections are made.
@@ -27,11 +28,40 @@ impl std::fmt::Debug for Tls {
 }
 
 impl Tls {
-    /// The connector for `db.ssl_mode`, trusting `db.ca_bundle` (many PEM
-    /// certificates, like the RDS global bundle) in addition to the system roots.
+    /// The connector for `db.ssl_mode`, trusting a `DB_CA_BUNDLE` file (many
+    /// PEM certificates, like the RDS bundles) in addition to the system
+    /// roots. A bundle from a secret is read by the caller: see
+    /// [`from_config_with_pem`](Self::from_config_with_pem).
     pub fn from_config(db: &DbConfig) -> Result<Self, ConfigError> {
+        let pem = match &db.ca_bundle {
+            Some(CaBundle::File(path)) => Some((
+                std::fs::read(path).map_err(|e| ConfigError::Invalid {
+                    var: "DB_CA_BUNDLE",
+                    reason: format!("cannot read {path}: {e}"),
+                })?,
+                format!("DB_CA_BUNDLE file {path}"),
+            )),
+            _ => None,
+        };
+        Self::build(
+            db.ssl_mode,
+            pem.as_ref().map(|(p, o)| (p.as_slice(), o.as_str())),
+        )
+    }
+
+    /// The connector for `db.ssl_mode`, trusting the PEM bundle read from
+    /// the secret `DB_CA_BUNDLE_SECRET_ID` names.
+    pub fn from_config_with_pem(
+        db: &DbConfig,
+        pem: &[u8],
+        origin: &str,
+    ) -> Result<Self, ConfigError> {
+        Self::build(db.ssl_mode, Some((pem, origin)))
+    }
+
+    fn build(mode: SslMode, bundle: Option<(&[u8], &str)>) -> Result<Self, ConfigError> {
         let mut builder = TlsConnector::builder();
-        match db.ssl_mode {
+        match mode {
             SslMode::Disable => return Ok(Tls::Disabled),
             SslMode::Require => {
                 builder
@@ -39,8 +69,8 @@ impl Tls {
                     .danger_accept_invalid_hostnames(true);
             }
             SslMode::VerifyFull => {
-                if let Some(path) = &db.ca_bundle {
-                    for cert in load_bundle(path)? {
+                if let Some((pem, origin)) = bundle {
+                    for cert in load_bundle(pem, origin)? {
                         builder.add_root_certificate(cert);
                     }
                 }
@@ -62,16 +92,19 @@ impl Tls {
     }
 }
 
-fn load_bundle(path: &str) -> Result<Vec<Certificate>, ConfigError> {
+fn load_bundle(pem: &[u8], origin: &str) -> Result<Vec<Certificate>, ConfigError> {
     let invalid = |reason: String| ConfigError::Invalid {
-        var: "DB_CA_BUNDLE",
+        var: if origin.starts_with("DB_CA_BUNDLE file") {
+            "DB_CA_BUNDLE"
+        } else {
+            "DB_CA_BUNDLE_SECRET_ID"
+        },
         reason,
     };
-    let pem = std::fs::read(path).map_err(|e| invalid(format!("cannot read {path}: {e}")))?;
-    let certs = Certificate::stack_from_pem(&pem)
-        .map_err(|e| invalid(format!("{path} is not a PEM certificate bundle: {e}")))?;
+    let certs = Certificate::stack_from_pem(pem)
+        .map_err(|e| invalid(format!("{origin} is not a PEM certificate bundle: {e}")))?;
     if certs.is_empty() {
-        return Err(invalid(format!("{path} holds no PEM certificate")));
+        return Err(invalid(format!("{origin} holds no PEM certificate")));
     }
     Ok(certs)
 }

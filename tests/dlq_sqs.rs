@@ -30,7 +30,7 @@ async fn sqs_client(endpoint: &str) -> Client {
 }
 
 async fn handler_with_dlq(db: &TestDb, client: Client, url: &str) -> BatchHandler {
-    handler(&db.url)
+    handler(db)
         .await
         .with_dead_letter_queue(DeadLetterQueue::new(client, url.to_owned()))
 }

@@ -45,8 +45,11 @@ async fn assert_table_is(db: &TestDb, want: &BTreeSet<String>) {
 }
 
 async fn proxied_handler(db: &TestDb, proxy: &Proxy, extra: &[(&str, &str)]) -> BatchHandler {
-    handler(&db.url).await; // applies the schema over a direct connection
-    let url = db.url.replace(":5432/", &format!(":{}/", proxy.port));
+    // The schema applied by the admin; the function connects as the ingest role.
+    let url = db
+        .ingest_url()
+        .await
+        .replace(":5432/", &format!(":{}/", proxy.port));
     let mut vars = vec![("DATABASE_URL", url.as_str()), ("MASKING_KEY", TEST_KEY)];
     vars.extend_from_slice(extra);
     handler_with(&vars).await
@@ -153,7 +156,7 @@ async fn reply_lost_after_commit(count: usize, seed: u64) {
     let mut earlier = event.clone();
     earlier.records.truncate(count / 3);
     let before = valid_ids(&earlier).len();
-    handle_and_check(&handler(&db.url).await, &db, &earlier).await;
+    handle_and_check(&handler(&db).await, &db, &earlier).await;
     let proxy = Proxy::start(5432).await;
     proxy.plan(&[Cut::ReplyAfterText("COMMIT")]);
     let h = proxied_handler(&db, &proxy, &[]).await;
@@ -207,10 +210,10 @@ async fn a_cut_before_the_copy_commit_arrives_rolls_back_and_the_retry_writes_ev
 async fn postgres_down_fails_fast_and_the_same_warm_handler_recovers_when_it_is_back() {
     let server = PgServer::start(ServerOptions::default());
     let url = server.url("127.0.0.1", None);
+    let ingest = ingest_role_on(&url, "login_etl_ingest", None).await;
     let h = handler_with(&[
-        ("DATABASE_URL", &url),
+        ("DATABASE_URL", &ingest),
         ("MASKING_KEY", TEST_KEY),
-        ("RUN_MIGRATIONS", "true"),
         ("DB_CONNECT_TIMEOUT_MS", "2000"),
     ])
     .await;
@@ -247,7 +250,7 @@ async fn postgres_down_fails_fast_and_the_same_warm_handler_recovers_when_it_is_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_batches_from_16_concurrent_invocations_give_one_row_per_message() {
     let db = TestDb::create().await;
-    handler(&db.url).await;
+    handler(&db).await;
     let pool = synth::event(&Options {
         count: 50_000,
         invalid_every: 50,
@@ -259,7 +262,7 @@ async fn overlapping_batches_from_16_concurrent_invocations_give_one_row_per_mes
     let mut tasks = Vec::new();
     for t in 0..16u64 {
         let records = records.clone();
-        let url = db.url.clone();
+        let url = db.ingest_url().await;
         tasks.push(tokio::spawn(async move {
             // One handler per task: separate execution environments, separate connections.
             let h = handler_with(&[("DATABASE_URL", &url), ("MASKING_KEY", TEST_KEY)]).await;
@@ -305,7 +308,7 @@ fn user_of(event: &SqsEvent, i: usize) -> String {
 #[tokio::test]
 async fn refused_rows_are_isolated_in_about_k_log_n_statements() {
     let db = TestDb::create().await;
-    let h = handler(&db.url).await;
+    let h = handler(&db).await;
     let client = db.client().await;
     let n = 1_024;
     let event = synth::event(&Options {
@@ -346,7 +349,7 @@ async fn refused_rows_are_isolated_in_about_k_log_n_statements() {
 #[tokio::test]
 async fn a_refusal_raised_at_commit_is_isolated_and_every_other_row_is_committed_once() {
     let db = TestDb::create().await;
-    let h = handler(&db.url).await;
+    let h = handler(&db).await;
     let client = db.client().await;
     let event = batch(1_200, 42);
     let bad = (0..event.records.len())
@@ -381,9 +384,8 @@ async fn a_refusal_raised_at_commit_is_isolated_and_every_other_row_is_committed
 #[tokio::test]
 async fn a_lock_held_by_another_transaction_ends_in_a_bounded_error_never_a_partial_success() {
     let db = TestDb::create().await;
-    handler(&db.url).await;
     let h = handler_with(&[
-        ("DATABASE_URL", &db.url),
+        ("DATABASE_URL", &db.ingest_url().await),
         ("MASKING_KEY", TEST_KEY),
         ("DB_STATEMENT_TIMEOUT_MS", "800"),
     ])
@@ -446,7 +448,7 @@ async fn a_lock_timeout_is_retried_on_the_same_connection_without_using_the_reco
 #[tokio::test]
 async fn the_invocation_deadline_ends_retries_early_enough_to_report() {
     let db = TestDb::create().await;
-    let h = handler(&db.url).await;
+    let h = handler(&db).await;
     let mut locker = db.client().await;
     let tx = locker.transaction().await.unwrap();
     tx.batch_execute("LOCK TABLE user_logins IN ACCESS EXCLUSIVE MODE")
@@ -475,7 +477,7 @@ async fn the_invocation_deadline_ends_retries_early_enough_to_report() {
 #[tokio::test]
 async fn no_such_database_and_permission_denied_are_not_retryable_and_name_the_cause() {
     let db = TestDb::create().await;
-    handler(&db.url).await;
+    handler(&db).await;
     let proxy = Proxy::start(5432).await;
     let missing = format!(
         "postgres://postgres@127.0.0.1:{}/login_etl_no_such_db_{}",
@@ -506,8 +508,13 @@ async fn no_such_database_and_permission_denied_are_not_retryable_and_name_the_c
         .await
         .expect_err("no INSERT privilege");
     assert!(!err.is_retryable(), "{err}");
+    // The error names the table, the privilege and the command that prints the fix.
+    let text = err.to_string();
     assert!(
-        err.to_string().contains("42501") && err.to_string().contains("needs INSERT"),
+        text.contains("42501")
+            && text.contains("lacks INSERT (message_id, user_id")
+            && text.contains("on table user_logins")
+            && text.contains("login-etl grants --role ingest"),
         "{err}"
     );
     drop(h);
@@ -523,7 +530,7 @@ async fn no_such_database_and_permission_denied_are_not_retryable_and_name_the_c
 #[tokio::test]
 async fn an_invalid_unique_index_stops_every_write_until_migrate_rebuilds_it() {
     let db = TestDb::create().await;
-    handler(&db.url).await;
+    let ingest = db.ingest_url().await;
     let client = db.client().await;
     // What a failed CREATE UNIQUE INDEX CONCURRENTLY leaves behind.
     client
@@ -546,7 +553,7 @@ async fn an_invalid_unique_index_stops_every_write_until_migrate_rebuilds_it() {
         .unwrap()
         .get(0);
     assert!(invalid, "an INVALID index is left under the expected name");
-    let h = handler_with(&[("DATABASE_URL", &db.url), ("MASKING_KEY", TEST_KEY)]).await;
+    let h = handler_with(&[("DATABASE_URL", &ingest), ("MASKING_KEY", TEST_KEY)]).await;
     let event = batch(50, 71);
     let err = h
         .handle(&event)
@@ -569,7 +576,7 @@ async fn an_invalid_unique_index_stops_every_write_until_migrate_rebuilds_it() {
     .await
     .unwrap();
     assert!(target.contains("(applied)"), "{target}");
-    let h = handler_with(&[("DATABASE_URL", &db.url), ("MASKING_KEY", TEST_KEY)]).await;
+    let h = handler_with(&[("DATABASE_URL", &ingest), ("MASKING_KEY", TEST_KEY)]).await;
     let mut want = valid_ids(&event);
     want.insert("dup".into());
     h.handle(&event).await.expect("a valid index again");
@@ -579,7 +586,7 @@ async fn an_invalid_unique_index_stops_every_write_until_migrate_rebuilds_it() {
 #[tokio::test]
 async fn migrate_on_a_current_schema_takes_no_table_lock() {
     let db = TestDb::create().await;
-    handler(&db.url).await;
+    handler(&db).await;
     let mut reader = db.client().await;
     let tx = reader.transaction().await.unwrap();
     // Blocks any ACCESS EXCLUSIVE lock (ALTER TABLE, CREATE INDEX) until it ends.
@@ -602,7 +609,7 @@ async fn migrate_on_a_current_schema_takes_no_table_lock() {
 async fn the_lost_reply_recount_needs_select_on_xmin_and_without_it_counts_duplicates() {
     for (grant, counted_as_inserted) in [("message_id", false), ("message_id, xmin", true)] {
         let db = TestDb::create().await;
-        handler(&db.url).await; // schema applied by the owner
+        handler(&db).await; // schema applied by the owner
         let role = format!("{}_writer", db.name);
         let client = db.client().await;
         client

@@ -13,7 +13,7 @@ use serde_json::Value;
 #[tokio::test]
 async fn mixed_batch_reports_exactly_the_invalid_records_and_writes_correct_rows() {
     let db = TestDb::create().await;
-    let h = handler(&db.url).await;
+    let h = handler(&db).await;
     let event = load_event("sqs-mixed.json");
     let resp = h.handle(&event).await.unwrap();
     assert_eq!(failures(&resp), expected_failures(&event));
@@ -80,7 +80,7 @@ async fn mixed_batch_reports_exactly_the_invalid_records_and_writes_correct_rows
 #[tokio::test]
 async fn the_same_batch_twice_adds_no_rows() {
     let db = TestDb::create().await;
-    let h = handler(&db.url).await;
+    let h = handler(&db).await;
     let client = db.client().await;
     for name in [
         "sqs-valid.json",
@@ -106,7 +106,7 @@ async fn the_same_batch_twice_adds_no_rows() {
 #[tokio::test]
 async fn duplicate_tokens_for_equal_pii_and_one_row_per_message_id() {
     let db = TestDb::create().await;
-    let h = handler(&db.url).await;
+    let h = handler(&db).await;
     let event = load_event("sqs-duplicates.json");
     let (resp, summary) = h.handle_with_summary(&event).await.unwrap();
     assert!(resp.batch_item_failures.is_empty());
@@ -147,7 +147,7 @@ async fn upstream_table_is_upgraded_in_place_and_filled() {
         )
         .await
         .unwrap();
-    let h = handler(&db.url).await; // RUN_MIGRATIONS=true upgrades the table
+    let h = handler(&db).await; // RUN_MIGRATIONS=true upgrades the table
     let event = load_event("sqs-valid.json");
     handle_all_ok(&h, &event).await;
     assert_eq!(count_rows(&client).await, 2 + event.records.len() as i64);
@@ -173,14 +173,16 @@ async fn upstream_table_is_upgraded_in_place_and_filled() {
         ]
     );
     // migrating again is a no-op
-    handler(&db.url).await;
+    handler(&db).await;
     assert_eq!(count_rows(&client).await, 2 + event.records.len() as i64);
 }
 
 #[tokio::test]
 async fn missing_schema_fails_the_invocation_with_a_hint() {
     let db = TestDb::create().await;
-    let h = handler_with(&[("DATABASE_URL", &db.url), ("MASKING_KEY", TEST_KEY)]).await;
+    // A role that may connect and nothing more: no table exists to grant on.
+    let url = db.bare_role_url().await;
+    let h = handler_with(&[("DATABASE_URL", &url), ("MASKING_KEY", TEST_KEY)]).await;
     let err = h.handle(&load_event("sqs-valid.json")).await.unwrap_err();
     assert!(!err.is_retryable());
     let msg = err.to_string();
@@ -193,7 +195,7 @@ async fn missing_schema_fails_the_invocation_with_a_hint() {
 #[tokio::test]
 async fn a_row_the_database_refuses_fails_only_that_record() {
     let db = TestDb::create().await;
-    let h = handler(&db.url).await;
+    let h = handler(&db).await;
     let client = db.client().await;
     let event = synth::event(&Options {
         count: 200,
@@ -225,7 +227,7 @@ async fn a_row_the_database_refuses_fails_only_that_record() {
 #[tokio::test]
 async fn fifo_batch_stops_at_the_first_invalid_record() {
     let db = TestDb::create().await;
-    let h = handler(&db.url).await;
+    let h = handler(&db).await;
     let event = load_event("sqs-fifo.json");
     let resp = h.handle(&event).await.unwrap();
     assert_eq!(failures(&resp), expected_failures(&event));
@@ -243,7 +245,7 @@ async fn fifo_batch_stops_at_the_first_invalid_record() {
 /// it and every later record are reported, every earlier one is written.
 async fn fifo_batch_stops_at_refused_row(count: usize, bad: usize) {
     let db = TestDb::create().await;
-    let h = handler(&db.url).await;
+    let h = handler(&db).await;
     let client = db.client().await;
     let event = synth::event(&Options {
         count,
@@ -324,7 +326,7 @@ async fn unreachable_postgres_fails_the_invocation_and_reports_nothing_as_done()
 #[tokio::test]
 async fn a_connection_closed_between_invocations_is_reopened() {
     let db = TestDb::create().await;
-    let h = handler(&db.url).await;
+    let h = handler(&db).await;
     let client = db.client().await;
     let first = synth::event(&Options {
         count: 20,
@@ -359,7 +361,7 @@ async fn a_connection_closed_between_invocations_is_reopened() {
 #[tokio::test]
 async fn a_record_without_message_id_fails_the_invocation() {
     let db = TestDb::create().await;
-    let h = handler(&db.url).await;
+    let h = handler(&db).await;
     let mut event = load_event("sqs-valid.json");
     event.records[3].message_id = None;
     let err = h.handle(&event).await.unwrap_err();
@@ -373,7 +375,7 @@ async fn a_record_without_message_id_fails_the_invocation() {
 #[tokio::test]
 async fn a_large_generated_batch_is_one_statement() {
     let db = TestDb::create().await;
-    let h = handler(&db.url).await;
+    let h = handler(&db).await;
     let event = synth::event(&Options {
         count: 10_000,
         invalid_every: 50,
@@ -398,7 +400,7 @@ fn copy_sized(seed: u64) -> aws_lambda_events::event::sqs::SqsEvent {
 #[tokio::test]
 async fn copy_fast_path_falls_back_to_insert_on_duplicates() {
     let db = TestDb::create().await;
-    let h = handler(&db.url).await;
+    let h = handler(&db).await;
     let client = db.client().await;
     let n = login_etl::sink::COPY_MIN_ROWS as u64 + 100;
     let first = copy_sized(1);
@@ -443,22 +445,25 @@ async fn copy_fast_path_refused_row_in_a_fifo_batch_keeps_order_semantics() {
     fifo_batch_stops_at_refused_row(login_etl::sink::COPY_MIN_ROWS + 100, 550).await;
 }
 
+/// The ingest role of `login-etl grants` runs the function with the vault
+/// on, COPY-sized and small batches, redelivery included, and can read back
+/// nothing it wrote nor change a row.
 #[tokio::test]
-async fn insert_plus_select_on_message_id_and_xmin_is_all_the_function_needs() {
+async fn the_ingest_role_is_all_the_function_needs_and_it_can_read_nothing_back() {
     let db = TestDb::create().await;
-    handler(&db.url).await; // schema applied by the owner
-    let role = format!("{}_writer", db.name);
-    let client = db.client().await;
-    client
-        .batch_execute(&format!(
-            "CREATE ROLE {role} LOGIN; GRANT CONNECT ON DATABASE {0} TO {role}; GRANT USAGE ON SCHEMA public TO {role};
-             GRANT INSERT ON user_logins TO {role}; GRANT SELECT (message_id, xmin) ON user_logins TO {role};",
-            db.name
-        ))
+    let url = db.ingest_url().await;
+    let key = || login_etl::vault::DataKey::new(&[9; 32], vec![4, 5, 6], "local").unwrap();
+    let h = handler_with(&[("DATABASE_URL", &url), ("MASKING_KEY", TEST_KEY)])
         .await
-        .unwrap();
-    let url = db.url.replace("postgres@", &format!("{role}@"));
-    let h = handler_with(&[("DATABASE_URL", &url), ("MASKING_KEY", TEST_KEY)]).await;
+        .with_vault(key());
+    let big = copy_sized(5);
+    for _ in 0..2 {
+        let resp = h
+            .handle(&big)
+            .await
+            .expect("COPY-sized batch as the ingest role");
+        assert_eq!(failures(&resp), expected_failures(&big));
+    }
     let event = load_event("sqs-mixed.json");
     let first = h.handle(&event).await.unwrap();
     assert_eq!(failures(&first), expected_failures(&event));
@@ -471,6 +476,10 @@ async fn insert_plus_select_on_message_id_and_xmin_is_all_the_function_needs() {
         "SELECT * FROM user_logins",
         "DELETE FROM user_logins",
         "UPDATE user_logins SET locale = NULL",
+        "SELECT ciphertext FROM user_logins_pii_vault",
+        "SELECT wrapped_key FROM user_logins_vault_keys",
+        "DELETE FROM user_logins_pii_vault",
+        "CREATE TABLE user_logins_x (a int)",
     ] {
         let err = writer.batch_execute(sql).await.unwrap_err();
         assert_eq!(
@@ -479,8 +488,14 @@ async fn insert_plus_select_on_message_id_and_xmin_is_all_the_function_needs() {
             "{sql}"
         );
     }
-    client
-        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+    let client = db.client().await;
+    let vault_entries: i64 = client
+        .query_one("SELECT count(*) FROM user_logins_pii_vault", &[])
         .await
-        .ok();
+        .unwrap()
+        .get(0);
+    assert!(
+        vault_entries > 0,
+        "vault entries were written by the ingest role"
+    );
 }

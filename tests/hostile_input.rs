@@ -145,7 +145,7 @@ fn every_record_of_arbitrary_batches_is_inserted_or_reported() {
         .build()
         .unwrap();
     let db = rt.block_on(TestDb::create());
-    let h = rt.block_on(handler(&db.url));
+    let h = rt.block_on(handler(&db));
     let client = rt.block_on(db.client());
     // Each body with whether it is known to be valid (generated as such).
     let batch = proptest::collection::vec(
@@ -269,7 +269,7 @@ fn tricky_values_are_rejected_with_the_right_reason() {
 #[tokio::test]
 async fn sql_looking_and_unusual_unicode_values_are_stored_exactly() {
     let db = TestDb::create().await;
-    let h = handler(&db.url).await;
+    let h = handler(&db).await;
     let values = [
         "'); DROP TABLE user_logins; --",
         "\u{202E}evil\u{202C}-rtl",
@@ -310,7 +310,7 @@ async fn sql_looking_and_unusual_unicode_values_are_stored_exactly() {
 #[tokio::test]
 async fn a_6_mb_body_is_handled_without_trouble() {
     let db = TestDb::create().await;
-    let h = handler(&db.url).await;
+    let h = handler(&db).await;
     // A valid login padded with a 6 MB unknown field, and a 6 MB over-long device id.
     let padded = login(&format!(
         r#", "padding": "{}""#,

@@ -85,7 +85,7 @@ async fn nothing_the_function_writes_at_trace_contains_raw_pii_or_the_key() {
     let emf_writer = emf.clone();
     // The PII vault is on: its data key must never show either.
     let data_key = [0x5au8; 32];
-    let h = handler(&db.url)
+    let h = handler(&db)
         .await
         .with_metrics(
             login_etl::metrics::Metrics::new("LoginEtl", "login-etl", "pii-test").with_output(
@@ -171,7 +171,9 @@ async fn nothing_the_function_writes_at_trace_contains_raw_pii_or_the_key() {
     let cut = handler_with(&[
         (
             "DATABASE_URL",
-            &db.url.replace(":5432/", &format!(":{}/", proxy.port)),
+            &db.ingest_url()
+                .await
+                .replace(":5432/", &format!(":{}/", proxy.port)),
         ),
         ("MASKING_KEY", TEST_KEY),
     ])
@@ -185,7 +187,7 @@ async fn nothing_the_function_writes_at_trace_contains_raw_pii_or_the_key() {
     assert_eq!(proxy.cuts().len(), 2, "both cuts fired");
     batches.push(cut_batch);
     let slow = handler_with(&[
-        ("DATABASE_URL", &db.url),
+        ("DATABASE_URL", &db.ingest_url().await),
         ("MASKING_KEY", TEST_KEY),
         ("DB_STATEMENT_TIMEOUT_MS", "200"),
     ])

@@ -12,6 +12,7 @@ use aws_lambda_events::event::sqs::SqsEvent;
 use common::pgbouncer::PgBouncer;
 use common::runtime_api::{Outcome, RuntimeApi};
 use common::*;
+use login_etl::grants::Role;
 use login_etl::synth::{self, Options};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -104,7 +105,6 @@ fn spawn_function(runtime_port: u16, db_url: &str, log: &std::path::Path) -> Chi
         .env("AWS_LAMBDA_LOG_FORMAT", "JSON")
         .env("DATABASE_URL", db_url)
         .env("MASKING_KEY", TEST_KEY)
-        .env("RUN_MIGRATIONS", "true")
         .stdout(out.try_clone().unwrap())
         .stderr(out)
         .spawn()
@@ -120,7 +120,7 @@ fn window(pool: &SqsEvent, start: usize, len: usize) -> SqsEvent {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn six_function_processes_through_pgbouncer_in_transaction_mode_write_the_exact_row_set() {
     let db = TestDb::create().await;
-    handler(&db.url).await; // the schema, over a direct connection
+    handler(&db).await; // the schema, over a direct connection
     let client = db.client().await;
     let pool = synth::event(&Options {
         count: 3_000,
@@ -172,8 +172,18 @@ async fn six_function_processes_through_pgbouncer_in_transaction_mode_write_the_
         window(&pool, 2_480, 50),
     ]);
 
-    let bouncer = PgBouncer::start(5432, 2);
-    let url = db.url.replace(":5432/", &format!(":{}/", bouncer.port));
+    // The function connects as the ingest role (login-etl grants), through the pooler.
+    let ingest = db.role_url(Role::Ingest).await;
+    let role = ingest
+        .split("://")
+        .nth(1)
+        .unwrap()
+        .split('@')
+        .next()
+        .unwrap()
+        .to_owned();
+    let bouncer = PgBouncer::start_for(5432, 2, &[&role]);
+    let url = ingest.replace(":5432/", &format!(":{}/", bouncer.port));
     let api = RuntimeApi::start().await;
     for (i, event) in batches.iter().enumerate() {
         api.push(&format!("req-{i}"), event);

@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use aws_lambda_events::event::sqs::SqsEvent;
 use common::moto::start_moto;
 use common::*;
+use login_etl::grants::Role;
 use login_etl::reveal::{Target, forget, reveal};
 use login_etl::synth::{self, Options};
 use login_etl::vault::Kind;
@@ -68,10 +69,10 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
 
     let db = TestDb::create().await;
     // The cold start path: VAULT_KMS_KEY_ID makes it call GenerateDataKey.
+    // Migrated by the admin; the function runs as the ingest role.
     let h = handler_with(&[
-        ("DATABASE_URL", &db.url),
+        ("DATABASE_URL", &db.ingest_url().await),
         ("MASKING_KEY", TEST_KEY),
-        ("RUN_MIGRATIONS", "true"),
         ("VAULT_KMS_KEY_ID", &key_arn),
     ])
     .await;
@@ -97,11 +98,13 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
     assert_ne!(user_a, user_b);
 
     handle_all_but_invalid(&h, &event).await;
-    let client = db.client().await;
+    // reveal runs as the reveal role, forget as the erase role (login-etl grants).
+    let client = connect(&db.role_url(Role::Reveal).await).await;
+    let admin_client = db.client().await;
     let want = originals(&event);
     let distinct_ips: BTreeSet<&String> = want.values().flatten().map(|(ip, _)| ip).collect();
     let distinct_devices: BTreeSet<&String> = want.values().flatten().map(|(_, d)| d).collect();
-    let entries: i64 = client
+    let entries: i64 = admin_client
         .query_one("SELECT count(*) FROM user_logins_pii_vault", &[])
         .await
         .unwrap()
@@ -111,14 +114,14 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
         distinct_ips.len() + distinct_devices.len(),
         "one entry per distinct value"
     );
-    let keys: i64 = client
+    let keys: i64 = admin_client
         .query_one("SELECT count(*) FROM user_logins_vault_keys", &[])
         .await
         .unwrap()
         .get(0);
     assert_eq!(keys, 1, "the data key is stored once");
     // Nothing in the vault tables is readable without KMS.
-    let dump: String = client
+    let dump: String = admin_client
         .query_one(
             "SELECT string_agg(encode(ciphertext, 'escape') || encode(wrapped_key, 'escape'), '') \
              FROM user_logins_pii_vault JOIN user_logins_vault_keys USING (key_id)",
@@ -136,7 +139,7 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
 
     // Reveal every row's ip and device through its token.
     let mut audit = Vec::new();
-    let rows = client
+    let rows = admin_client
         .query(
             "SELECT user_id, masked_ip, masked_device_id FROM user_logins",
             &[],
@@ -200,7 +203,7 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
     let other = login_etl::vault::DataKey::generate(&kms, &key_arn)
         .await
         .unwrap();
-    let row = client
+    let row = admin_client
         .query_one(
             "SELECT kind, token, nonce, ciphertext FROM user_logins_pii_vault LIMIT 1",
             &[],
@@ -213,8 +216,8 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
     assert!(other.open(kind, row.get(1), &nonce, &ciphertext).is_err());
 
     // Erasure: user A's rows and the entries only A used; B keeps the shared ip.
-    let mut admin = db.client().await;
-    let before: i64 = client
+    let mut eraser = connect(&db.role_url(Role::Erase).await).await;
+    let before: i64 = admin_client
         .query_one(
             "SELECT count(*) FROM user_logins WHERE user_id <> $1",
             &[&user_a],
@@ -223,9 +226,9 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
         .unwrap()
         .get(0);
     let a_rows = want[&user_a].len() as u64;
-    let done = forget(&mut admin, &user_a).await.unwrap();
+    let done = forget(&mut eraser, &user_a).await.unwrap();
     assert!(done.rows >= a_rows);
-    let after: i64 = client
+    let after: i64 = admin_client
         .query_one("SELECT count(*) FROM user_logins", &[])
         .await
         .unwrap()

@@ -55,15 +55,23 @@ pub(crate) fn classify(e: &tokio_postgres::Error) -> Failure {
             hint: match code {
                 // undefined table / column, no unique index for ON CONFLICT
                 "42P01" | "42703" | "42P10" => {
-                    "; the schema is missing or not upgraded: run `make migrate` (login-etl migrate) or set RUN_MIGRATIONS=true"
+                    "; the schema is missing or not upgraded: run `make migrate` (login-etl migrate) or set RUN_MIGRATIONS=true".into()
                 }
-                "42501" => {
-                    "; the database role needs INSERT on user_logins and SELECT on its message_id column (see README)"
-                }
-                _ => "",
+                "42501" => crate::grants::missing_privilege_hint(denied_table(e)).into(),
+                _ => "".into(),
             },
         }),
     }
+}
+
+/// The table a 42501 names ("permission denied for table user_logins_pii_vault").
+fn denied_table(e: &tokio_postgres::Error) -> Option<&str> {
+    e.as_db_error()?
+        .message()
+        .strip_prefix("permission denied for ")?
+        .split_once(' ')
+        .map(|(kind, name)| if kind == "table" { name } else { "" })
+        .filter(|name| !name.is_empty())
 }
 
 /// Failures at connect that a human must fix: no such database, no such role

@@ -153,6 +153,14 @@ impl PgSink {
     /// it changed anything, false when it was current already.
     pub async fn migrate(&mut self) -> Result<bool, SinkError> {
         let mut client = self.connector.open(self.settings.connect_timeout).await?;
+        let (num, version) =
+            schema::server_version(&client)
+                .await
+                .map_err(|e| SinkError::Transient {
+                    op: "reading the server version",
+                    cause: describe(&e),
+                })?;
+        schema::require_version(num, &version)?;
         let applied =
             schema::migrate(&mut client)
                 .await

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use aws_lambda_events::event::sqs::SqsEvent;
 use hmac::{Hmac, KeyInit, Mac};
+use login_etl::config::DbConfig;
+use login_etl::grants::Role;
 use login_etl::{BatchHandler, Config, startup};
 use sha2::Sha256;
 use tokio_postgres::{Client, NoTls};
@@ -19,10 +21,16 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-/// A database created for one test and dropped when this value is dropped.
+/// A database created for one test and dropped when this value is dropped,
+/// with the login roles the test made on it (dropped with it).
+///
+/// `url` connects as the admin (a superuser): for setting up and checking,
+/// never for running the function, which connects as the role
+/// `login-etl grants --role ingest` describes ([`TestDb::ingest_url`]).
 pub struct TestDb {
     pub name: String,
     pub url: String,
+    roles: std::sync::Mutex<Vec<String>>,
 }
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -48,17 +56,107 @@ impl TestDb {
             "{}/{name}",
             base.rsplit_once('/').expect("admin url has a database").0
         );
-        Self { name, url }
+        Self {
+            name,
+            url,
+            roles: Default::default(),
+        }
     }
 
     pub async fn client(&self) -> Client {
         connect(&self.url).await
     }
+
+    /// Applies the schema as the admin, as `login-etl migrate` does.
+    pub async fn migrate(&self) {
+        let url = self.url.clone();
+        let db = DbConfig::from_lookup(&|k| (k == "DATABASE_URL").then(|| url.clone()))
+            .expect("a valid DATABASE_URL");
+        startup::migrate(&db).await.expect("the schema is applied");
+    }
+
+    /// The URL of a login role of this database holding exactly what
+    /// `login-etl grants --role <role>` prints (created on first use; the
+    /// schema must be migrated for the table grants).
+    pub async fn role_url(&self, role: Role) -> String {
+        let name = format!("{}_{}", self.name, role.as_str());
+        if make_role(&self.url, &name, role, None).await {
+            self.roles.lock().unwrap().push(name.clone());
+        }
+        with_user(&self.url, &name)
+    }
+
+    /// A login role with no privilege beyond connecting (dropped with the database).
+    pub async fn bare_role_url(&self) -> String {
+        let name = format!("{}_bare", self.name);
+        self.client()
+            .await
+            .batch_execute(&format!("CREATE ROLE \"{name}\" LOGIN"))
+            .await
+            .expect("create the bare role");
+        self.roles.lock().unwrap().push(name.clone());
+        with_user(&self.url, &name)
+    }
+
+    /// Migrates (as the admin) and returns the URL of the ingest role: how
+    /// the tests connect the function.
+    pub async fn ingest_url(&self) -> String {
+        self.migrate().await;
+        self.role_url(Role::Ingest).await
+    }
+}
+
+/// Creates the login role `name` (unless it exists; true when created) on
+/// the server of `admin_db_url` and applies, as that admin, exactly what
+/// `login-etl grants --role <role>` prints.
+pub async fn make_role(admin_db_url: &str, name: &str, role: Role, password: Option<&str>) -> bool {
+    let admin = connect(admin_db_url).await;
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
+        .await
+        .unwrap()
+        .is_some();
+    if !exists {
+        let password = password.map_or(String::new(), |p| format!(" PASSWORD '{p}'"));
+        admin
+            .batch_execute(&format!("CREATE ROLE \"{name}\" LOGIN{password}"))
+            .await
+            .expect("create the test role");
+    }
+    let grants = login_etl::grants::sql(role, name, "public").unwrap();
+    admin
+        .batch_execute(&grants)
+        .await
+        .unwrap_or_else(|e| panic!("the grants of {role:?} apply: {e}\n{grants}"));
+    !exists
+}
+
+/// On a throwaway server (dropped with it): applies the schema as the admin
+/// of `admin_db_url`, makes the ingest role `name`, and returns its URL.
+pub async fn ingest_role_on(admin_db_url: &str, name: &str, password: Option<&str>) -> String {
+    let url = admin_db_url.to_owned();
+    let db = DbConfig::from_lookup(&|k| (k == "DATABASE_URL").then(|| url.clone()))
+        .expect("a valid DATABASE_URL");
+    startup::migrate(&db).await.expect("the schema is applied");
+    make_role(admin_db_url, name, Role::Ingest, password).await;
+    let user = match password {
+        Some(p) => format!("{name}:{p}"),
+        None => name.to_owned(),
+    };
+    with_user(admin_db_url, &user)
+}
+
+/// `url` with its user replaced by `user` and no password (trust auth).
+pub fn with_user(url: &str, user: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL with a scheme");
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{user}@{host}")
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
+        let roles = std::mem::take(&mut *self.roles.lock().unwrap());
         // Drop runs inside a tokio runtime; use a thread with its own.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -70,6 +168,11 @@ impl Drop for TestDb {
                 let _ = admin
                     .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                     .await;
+                for role in roles {
+                    let _ = admin
+                        .batch_execute(&format!("DROP ROLE IF EXISTS \"{role}\""))
+                        .await;
+                }
             });
         })
         .join();
@@ -86,14 +189,11 @@ pub async fn connect(url: &str) -> Client {
     client
 }
 
-/// A handler on `url` with the test key, schema applied.
-pub async fn handler(url: &str) -> BatchHandler {
-    handler_with(&[
-        ("DATABASE_URL", url),
-        ("MASKING_KEY", TEST_KEY),
-        ("RUN_MIGRATIONS", "true"),
-    ])
-    .await
+/// A handler on `db` with the test key: the schema applied by the admin,
+/// the function connected as the ingest role (`login-etl grants --role ingest`).
+pub async fn handler(db: &TestDb) -> BatchHandler {
+    let url = db.ingest_url().await;
+    handler_with(&[("DATABASE_URL", &url), ("MASKING_KEY", TEST_KEY)]).await
 }
 
 pub async fn handler_with(vars: &[(&str, &str)]) -> BatchHandler {

@@ -14,6 +14,12 @@ pub struct PgBouncer {
 impl PgBouncer {
     /// Starts PgBouncer with `pool_size` server connections per database/user.
     pub fn start(upstream_port: u16, pool_size: u32) -> Self {
+        Self::start_for(upstream_port, pool_size, &[])
+    }
+
+    /// Like [`start`](Self::start), also letting `users` in (trust
+    /// authentication still needs each user in the auth file).
+    pub fn start_for(upstream_port: u16, pool_size: u32, users: &[&str]) -> Self {
         let bin = which("pgbouncer").unwrap_or_else(|| {
             panic!("pgbouncer is not installed: run the tests with `make test`, which installs Debian's pgbouncer")
         });
@@ -29,7 +35,11 @@ impl PgBouncer {
             .trim(),
         );
         let port = super::closed_port();
-        std::fs::write(dir.join("userlist.txt"), "\"postgres\" \"\"\n").unwrap();
+        let userlist: String = std::iter::once("postgres")
+            .chain(users.iter().copied())
+            .map(|u| format!("\"{u}\" \"\"\n"))
+            .collect();
+        std::fs::write(dir.join("userlist.txt"), userlist).unwrap();
         std::fs::write(
             dir.join("pgbouncer.ini"),
             format!(

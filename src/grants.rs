@@ -1,0 +1,281 @@
+//! Database roles as code: the exact `GRANT` statements each login-etl role
+//! needs on the schema as `login-etl migrate` leaves it
+//! (`login-etl grants --role R --to NAME`).
+//!
+//! Least privilege, column by column: a role gets only the columns its
+//! statements name. `SELECT` on a column is granted where PostgreSQL needs
+//! it beyond the obvious: `ON CONFLICT (col) DO NOTHING` reads its arbiter
+//! columns, a `DELETE ... WHERE col` reads `col`, and the lost-reply recount
+//! reads `xmin` (see `sink::insert`). Nothing here creates a role, sets a
+//! password or grants `ALL`: creating the login role stays with whoever
+//! administers the server.
+
+use std::fmt::Write as _;
+
+/// A role of the deployment, by what it may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The function (Lambda or `poll`): inserts rows and vault entries,
+    /// with the vault and the DLQ on.
+    Ingest,
+    /// `login-etl reveal`: reads tokens, vault entries and wrapped keys.
+    Reveal,
+    /// `login-etl forget`: deletes a user's rows and the vault entries only
+    /// they used.
+    Erase,
+    /// `login-etl migrate`: creates the tables (and so owns them).
+    Migrate,
+}
+
+impl Role {
+    /// Every role, in the order the README presents them.
+    pub const ALL: [Role; 4] = [Role::Ingest, Role::Reveal, Role::Erase, Role::Migrate];
+
+    /// The name on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Ingest => "ingest",
+            Role::Reveal => "reveal",
+            Role::Erase => "erase",
+            Role::Migrate => "migrate",
+        }
+    }
+
+    /// Parses a command-line name.
+    pub fn parse(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
+    /// What the role may do, one line (the SQL's header comment).
+    fn purpose(self) -> &'static str {
+        match self {
+            Role::Ingest => {
+                "the function: INSERT rows and PII-vault entries, read back only what ON CONFLICT and the lost-reply recount need"
+            }
+            Role::Reveal => {
+                "login-etl reveal: read tokens, vault entries and KMS-wrapped data keys (decryption also needs kms:Decrypt)"
+            }
+            Role::Erase => {
+                "login-etl forget: delete a user's rows and the vault entries no other row uses"
+            }
+            Role::Migrate => {
+                "login-etl migrate: create the tables in the schema; the tables it creates are its own"
+            }
+        }
+    }
+}
+
+/// `(privilege, table, columns)`: one GRANT each; no columns means the
+/// whole table (DELETE has no column form).
+type Grant = (&'static str, &'static str, &'static [&'static str]);
+
+const ROW_COLUMNS: &[&str] = &[
+    "message_id",
+    "user_id",
+    "device_type",
+    "masked_ip",
+    "masked_device_id",
+    "locale",
+    "app_version",
+    "app_version_text",
+    "create_date",
+];
+
+fn table_grants(role: Role) -> &'static [Grant] {
+    match role {
+        Role::Ingest => &[
+            ("INSERT", "user_logins", ROW_COLUMNS),
+            // ON CONFLICT (message_id) reads the arbiter; the recount reads xmin.
+            ("SELECT", "user_logins", &["message_id", "xmin"]),
+            (
+                "INSERT",
+                "user_logins_vault_keys",
+                &["key_id", "kms_key_id", "wrapped_key"],
+            ),
+            ("SELECT", "user_logins_vault_keys", &["key_id"]),
+            (
+                "INSERT",
+                "user_logins_pii_vault",
+                &["kind", "token", "key_id", "nonce", "ciphertext"],
+            ),
+            ("SELECT", "user_logins_pii_vault", &["kind", "token"]),
+        ],
+        Role::Reveal => &[
+            (
+                "SELECT",
+                "user_logins",
+                &["user_id", "masked_ip", "masked_device_id"],
+            ),
+            (
+                "SELECT",
+                "user_logins_pii_vault",
+                &["kind", "token", "key_id", "nonce", "ciphertext"],
+            ),
+            (
+                "SELECT",
+                "user_logins_vault_keys",
+                &["key_id", "wrapped_key"],
+            ),
+        ],
+        Role::Erase => &[
+            (
+                "SELECT",
+                "user_logins",
+                &["user_id", "masked_ip", "masked_device_id"],
+            ),
+            ("DELETE", "user_logins", &[]),
+            ("SELECT", "user_logins_pii_vault", &["kind", "token"]),
+            ("DELETE", "user_logins_pii_vault", &[]),
+        ],
+        Role::Migrate => &[],
+    }
+}
+
+/// Why no SQL could be written.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GrantsError {
+    /// The role or schema name cannot be a PostgreSQL identifier.
+    #[error(
+        "{what} must be 1 to 63 bytes without NUL characters (a PostgreSQL identifier); got {len} bytes"
+    )]
+    BadName {
+        /// `--to` or `--schema`.
+        what: &'static str,
+        /// Its length in bytes.
+        len: usize,
+    },
+}
+
+/// `name` as a quoted identifier (always quoted, so no keyword or case
+/// surprise).
+fn ident(name: &str, what: &'static str) -> Result<String, GrantsError> {
+    if name.is_empty() || name.len() > 63 || name.contains('\0') {
+        return Err(GrantsError::BadName {
+            what,
+            len: name.len(),
+        });
+    }
+    Ok(format!("\"{}\"", name.replace('"', "\"\"")))
+}
+
+/// The SQL that gives `to` the privileges of `role` on the login-etl tables
+/// in `schema`, to be run by the tables' owner (the migrate role, or the
+/// admin that migrated) after `login-etl migrate`.
+pub fn sql(role: Role, to: &str, schema: &str) -> Result<String, GrantsError> {
+    let to = ident(to, "--to")?;
+    let ns = ident(schema, "--schema")?;
+    let when = if role == Role::Migrate {
+        "Run as the schema's owner or an admin, before `login-etl migrate`."
+    } else {
+        "Run as the owner of the login-etl tables (the migrate role), after `login-etl migrate`."
+    };
+    let mut out = format!(
+        "-- login-etl grants --role {}: {}.\n-- {when}\n",
+        role.as_str(),
+        role.purpose()
+    );
+    if role == Role::Migrate {
+        let _ = writeln!(out, "GRANT USAGE, CREATE ON SCHEMA {ns} TO {to};");
+        out.push_str(
+            "-- A user_logins created before login-etl (the upstream DDL) belongs to another role:\n\
+             -- its owner runs `ALTER TABLE user_logins OWNER TO <this role>` once, as ALTER TABLE needs ownership.\n",
+        );
+        return Ok(out);
+    }
+    let _ = writeln!(out, "GRANT USAGE ON SCHEMA {ns} TO {to};");
+    for (privilege, table, columns) in table_grants(role) {
+        let cols = if columns.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", columns.join(", "))
+        };
+        let _ = writeln!(
+            out,
+            "GRANT {privilege}{cols} ON TABLE {ns}.\"{table}\" TO {to};"
+        );
+    }
+    Ok(out)
+}
+
+/// The `grants` command for an insufficient-privilege error on `table`:
+/// names the privilege the function lacks and the command that prints it.
+pub fn missing_privilege_hint(table: Option<&str>) -> String {
+    let what = match table {
+        Some(t) if t.starts_with("user_logins") => {
+            let privileges: Vec<String> = table_grants(Role::Ingest)
+                .iter()
+                .filter(|(_, name, _)| *name == t)
+                .map(|(p, _, cols)| format!("{p} ({})", cols.join(", ")))
+                .collect();
+            format!(
+                "the function's role lacks {} on table {t}",
+                privileges.join(" and ")
+            )
+        }
+        Some(other) => format!("the function's role lacks a privilege on {other}"),
+        None => "the function's role lacks a privilege".to_owned(),
+    };
+    format!(
+        "; {what}: run the output of `login-etl grants --role ingest --to <the function's role>` as the tables' owner (docs: README, \"Database roles\")"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_name_only_columns_and_never_all_or_role_creation() {
+        for role in Role::ALL {
+            let text = sql(role, "login_etl_x", "public").unwrap();
+            let upper = text.to_uppercase();
+            for banned in [
+                " ALL",
+                "CREATE ROLE",
+                "PASSWORD",
+                "SUPERUSER",
+                "ALTER ROLE",
+                "UPDATE",
+            ] {
+                let statements: Vec<&str> =
+                    upper.lines().filter(|l| !l.starts_with("--")).collect();
+                assert!(
+                    statements.iter().all(|l| !l.contains(banned)),
+                    "{role:?}: {banned} in {text}"
+                );
+            }
+            assert!(
+                text.lines()
+                    .filter(|l| !l.starts_with("--"))
+                    .all(|l| { l.starts_with("GRANT ") && l.ends_with(" TO \"login_etl_x\";") })
+            );
+        }
+        let ingest = sql(Role::Ingest, "fn", "public").unwrap();
+        assert!(ingest.contains(
+            "GRANT SELECT (message_id, xmin) ON TABLE \"public\".\"user_logins\" TO \"fn\";"
+        ));
+        assert!(!ingest.contains("DELETE"));
+        assert!(!sql(Role::Reveal, "r", "public").unwrap().contains("INSERT"));
+    }
+
+    #[test]
+    fn names_are_quoted_identifiers_and_bad_ones_refused() {
+        let text = sql(Role::Erase, "we\"ird", "my schema").unwrap();
+        assert!(text.contains("TO \"we\"\"ird\";"), "{text}");
+        assert!(text.contains("\"my schema\".\"user_logins\""), "{text}");
+        assert!(sql(Role::Ingest, "", "public").is_err());
+        assert!(sql(Role::Ingest, &"x".repeat(64), "public").is_err());
+        assert_eq!(Role::parse("reveal"), Some(Role::Reveal));
+        assert_eq!(Role::parse("admin"), None);
+    }
+
+    #[test]
+    fn the_hint_names_the_table_the_privilege_and_the_command() {
+        let hint = missing_privilege_hint(Some("user_logins_vault_keys"));
+        assert!(
+            hint.contains("INSERT (key_id, kms_key_id, wrapped_key)"),
+            "{hint}"
+        );
+        assert!(hint.contains("login-etl grants --role ingest"), "{hint}");
+    }
+}
