@@ -43,11 +43,7 @@ fn lambda_keeps(output: &str, configured: &str) -> Vec<Value> {
 
 /// Runs the binary as one execution environment at `level` until `events`
 /// are answered; returns the outcomes and everything it wrote.
-async fn run_function(
-    db_url: &str,
-    level: &str,
-    events: &[SqsEvent],
-) -> (Vec<Outcome>, String) {
+async fn run_function(db_url: &str, level: &str, events: &[SqsEvent]) -> (Vec<Outcome>, String) {
     let api = RuntimeApi::start().await;
     for (i, event) in events.iter().enumerate() {
         api.push(&format!("req-{i}"), event);

@@ -78,11 +78,18 @@ async fn secrets_at_cold_start_and_on_password_rotation() {
     };
     let db_secret = |pw: &str| {
         format!(
-            r#"{{"engine":"postgres","username":"postgres","password":"{pw}","host":"127.0.0.1","port":{},"dbname":"postgres"}}"#,
+            r#"{{"engine":"postgres","username":"login_etl_ingest","password":"{pw}","host":"127.0.0.1","port":{},"dbname":"postgres"}}"#,
             server.port
         )
     };
     let key_hex = "a1".repeat(32);
+    // The admin migrates; the secret holds the ingest role of `login-etl grants`.
+    ingest_role_on(
+        &server.url("127.0.0.1", Some(PASSWORD)),
+        "login_etl_ingest",
+        Some(PASSWORD),
+    )
+    .await;
     put("prod/login-etl/db", db_secret(PASSWORD)).await;
     put("prod/login-etl/masking-key", key_hex.clone()).await;
     put("bad/not-json", "host=127.0.0.1 password=hunter2".into()).await;
@@ -97,7 +104,6 @@ async fn secrets_at_cold_start_and_on_password_rotation() {
         ("DB_SECRET_ID", "prod/login-etl/db"),
         ("MASKING_KEY_SECRET_ID", "prod/login-etl/masking-key"),
         ("DB_SSLMODE", "disable"),
-        ("RUN_MIGRATIONS", "true"),
     ];
 
     // Both secrets read at cold start; rows masked with the key from Secrets Manager.
@@ -117,7 +123,7 @@ async fn secrets_at_cold_start_and_on_password_rotation() {
     assert_eq!(n, 1, "masked with the key read back from Secrets Manager");
 
     // Rotation: new password in PostgreSQL and in the secret, connections dropped.
-    server.psql("ALTER USER postgres PASSWORD 'rotated-pw-2'");
+    server.psql("ALTER USER login_etl_ingest PASSWORD 'rotated-pw-2'");
     sm.put_secret_value()
         .secret_id("prod/login-etl/db")
         .secret_string(db_secret("rotated-pw-2"))
@@ -140,7 +146,7 @@ async fn secrets_at_cold_start_and_on_password_rotation() {
     assert_eq!(count_rows(&client).await, event.records.len() as i64 + 5);
 
     // Rotated in PostgreSQL but not in the secret: a clear error, no password in it.
-    server.psql("ALTER USER postgres PASSWORD 'rotated-pw-3'");
+    server.psql("ALTER USER login_etl_ingest PASSWORD 'rotated-pw-3'");
     server.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'login-etl'");
     let err = h.handle(&second).await.unwrap_err();
     assert!(!err.is_retryable(), "a wrong password needs a human: {err}");
@@ -163,7 +169,7 @@ async fn secrets_at_cold_start_and_on_password_rotation() {
     ];
     for (var, id, want) in cases {
         let mut vars = good.to_vec();
-        vars.retain(|(k, _)| *k != var && *k != "RUN_MIGRATIONS");
+        vars.retain(|(k, _)| *k != var);
         vars.push((var, id));
         let err = build(&vars)
             .await

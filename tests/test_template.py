@@ -112,6 +112,35 @@ def test_environment_points_at_the_secrets(fn, tpl):
     assert fn["Properties"]["LoggingConfig"]["LogFormat"] == "JSON"
 
 
+def test_a_ca_bundle_secret_is_passed_and_readable_only_when_given():
+    """verify-full against a direct RDS instance: the bundle comes from a secret."""
+    ca = "arn:aws:secretsmanager:us-east-1:123456789012:secret:rds-ca-Ab12Cd"
+    for given in ["", ca]:
+        resources = deployed(DbCaBundleSecretArn=given)
+        env = resources["LoginEtlFunction"]["Properties"]["Environment"]["Variables"]
+        assert env["DB_CA_BUNDLE_SECRET_ID"] == given
+        assert "DB_CA_BUNDLE" not in env, "no path into a package SAM does not ship"
+        (read,) = [st for st in _statements(resources["LoginEtlRole"]) if st["Sid"] == "ReadOwnSecrets"]
+        assert (ca in read["Resource"]) == bool(given), read["Resource"]
+
+
+def test_the_log_level_is_the_applications_and_metrics_survive_every_allowed_level(tpl):
+    """Lambda drops JSON lines below ApplicationLogLevel; the function writes its
+    EMF documents at the configured level (src/metrics.rs emf_level), which
+    needs AWS_LAMBDA_LOG_LEVEL, set by Lambda from ApplicationLogLevel."""
+    fn = tpl["Resources"]["LoginEtlFunction"]["Properties"]
+    assert fn["LoggingConfig"] == {
+        "LogFormat": "JSON",
+        "ApplicationLogLevel": {"Ref": "LogLevel"},
+        "LogGroup": {"Ref": "LoginEtlLogGroup"},
+    }
+    allowed = tpl["Parameters"]["LogLevel"]["AllowedValues"]
+    assert set(allowed) <= {"TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"}
+    assert {"WARN", "ERROR"} <= set(allowed), "tests/log_levels.rs covers these"
+    env = fn["Environment"]["Variables"]
+    assert "AWS_LAMBDA_LOG_LEVEL" not in env and "RUST_LOG" not in env, "Lambda sets the level itself"
+
+
 def test_generated_masking_key_is_64_hex_characters(tpl):
     gen = tpl["Resources"]["MaskingKeySecret"]["Properties"]["GenerateSecretString"]
     alphabet = set(string.ascii_letters + string.digits + string.punctuation + " ")

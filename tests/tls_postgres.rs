@@ -1,10 +1,16 @@
 //! DB_SSLMODE against a throwaway PostgreSQL that accepts only TLS, with a CA
-//! and a server certificate (DNS:localhost) generated for the test.
+//! and a server certificate (DNS:localhost) generated for the test; the CA
+//! bundle from a file (`DB_CA_BUNDLE`) and from a secret in moto's Secrets
+//! Manager (`DB_CA_BUNDLE_SECRET_ID`, how the deployed function gets it).
+//! One test: it sets process-wide AWS environment variables.
 
 mod common;
 
+use common::moto::start_moto;
 use common::pg_server::{PASSWORD, PgServer, ServerOptions};
 use common::*;
+use login_etl::config::DbConfig;
+use login_etl::grants::{self, Role};
 use login_etl::startup;
 
 /// A handler for `url`; it applies the schema (and so connects at build time)
@@ -26,7 +32,14 @@ async fn build(
         ("DB_SSLMODE", mode),
     ];
     if let Some(b) = bundle {
-        vars.push(("DB_CA_BUNDLE", b));
+        vars.push((
+            if b.starts_with("arn:") {
+                "DB_CA_BUNDLE_SECRET_ID"
+            } else {
+                "DB_CA_BUNDLE"
+            },
+            b,
+        ));
     }
     let map: std::collections::HashMap<String, String> = vars
         .iter()
@@ -37,19 +50,40 @@ async fn build(
 }
 
 #[tokio::test]
+#[ignore = "needs moto_server on PATH or in MOTO_SERVER; run by `make test`"]
 async fn ssl_modes_against_a_server_that_requires_tls() {
     let server = PgServer::start(ServerOptions {
         tls: true,
         password: true,
     });
+    // The schema applied by the admin (over TLS); the function connects as
+    // the ingest role of `login-etl grants`.
+    let admin = format!(
+        "{}?sslmode=require",
+        server.url("127.0.0.1", Some(PASSWORD))
+    );
+    let db = DbConfig::from_lookup(&|k| (k == "DATABASE_URL").then(|| admin.clone())).unwrap();
+    startup::migrate(&db)
+        .await
+        .expect("the admin migrates over TLS");
+    server.psql(&format!(
+        "CREATE ROLE login_etl_ingest LOGIN PASSWORD '{PASSWORD}'"
+    ));
+    server.psql(&grants::sql(Role::Ingest, "login_etl_ingest", "public").unwrap());
+    let ingest = |host: &str| {
+        with_user(
+            &server.url(host, Some(PASSWORD)),
+            &format!("login_etl_ingest:{PASSWORD}"),
+        )
+    };
     let both = server.dir.join("bundle.pem");
     // A bundle of several certificates, like the RDS global bundle.
     let bundle_text = std::fs::read_to_string(server.other_ca_file()).unwrap()
         + &std::fs::read_to_string(server.ca_file()).unwrap();
     std::fs::write(&both, bundle_text).unwrap();
     let both = both.to_str().unwrap();
-    let localhost = server.url("localhost", Some(PASSWORD));
-    let by_ip = server.url("127.0.0.1", Some(PASSWORD));
+    let localhost = ingest("localhost");
+    let by_ip = ingest("127.0.0.1");
     let event = load_event("sqs-valid.json");
 
     // require: encrypted, certificate not checked.
@@ -109,4 +143,45 @@ async fn ssl_modes_against_a_server_that_requires_tls() {
         .err()
         .expect("junk bundle is refused");
     assert!(err.contains("DB_CA_BUNDLE"), "{err}");
+
+    // The deployed function: the bundle from a secret (DbCaBundleSecretArn).
+    let (_moto, port) = start_moto();
+    for (k, v) in [
+        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_REGION", "us-east-1".into()),
+    ] {
+        // SAFETY: this test binary holds a single test, so no other thread reads the environment.
+        unsafe { std::env::set_var(k, v) };
+    }
+    let sm = aws_sdk_secretsmanager::Client::new(&login_etl::secrets::sdk_config().await);
+    let mut arns = Vec::new();
+    for (name, pem) in [
+        ("rds-ca", std::fs::read_to_string(both).unwrap()),
+        ("other-ca", std::fs::read_to_string(&other).unwrap()),
+    ] {
+        let out = sm
+            .create_secret()
+            .name(name)
+            .secret_string(pem)
+            .send()
+            .await
+            .unwrap();
+        arns.push(out.arn.unwrap());
+    }
+    let h = build(&localhost, "verify-full", Some(&arns[0]))
+        .await
+        .expect("verify-full with the bundle from the secret connects");
+    let (resp, summary) = h.handle_with_summary(&event).await.unwrap();
+    assert!(resp.batch_item_failures.is_empty());
+    assert_eq!(summary.duplicates, event.records.len() as u64);
+    let h = build(&localhost, "verify-full", Some(&arns[1]))
+        .await
+        .unwrap();
+    let err = h.handle(&event).await.unwrap_err().to_string();
+    assert!(
+        err.contains("certificate verify failed") && err.contains("DB_CA_BUNDLE_SECRET_ID"),
+        "{err}"
+    );
 }
