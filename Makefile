@@ -121,6 +121,9 @@ test: ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambd
 	pg_isready -d "$(PG_ADMIN_URL)" -q || { echo "PostgreSQL is not reachable at $(PG_ADMIN_URL): start it (see README) or set PG_ADMIN_URL"; exit 1; }
 	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" CARGO_LAMBDA="$(CARGO_LAMBDA)" MOTO_SERVER="$(abspath $(VENV))/bin/moto_server" \
 	  cargo test --all-targets --no-fail-fast -- --include-ignored
+	@# The documented database path with the binary cargo just built: the README's
+	@# GRANT blocks, and make migrate against a given URL.
+	PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python -m pytest -q tests/test_database_roles.py
 	$(MAKE) --no-print-directory e2e
 
 e2e: tools localstack-tools ## LocalStack end to end: deploy template.yaml, SQS -> ESM -> function -> PostgreSQL, DLQ, FIFO
@@ -172,10 +175,14 @@ sam-build: tools ## sam build (runs cargo lambda for the arm64 bootstrap) into .
 deploy: sam-build ## sam deploy to REGION (default us-east-1); first time: make deploy GUIDED=1
 	sam deploy --region $(REGION) $(if $(GUIDED),--guided,)
 
-migrate: ## create or upgrade user_logins in DATABASE_URL
-	@psql "$(PG_ADMIN_URL)" -qAtc "SELECT 1 FROM pg_database WHERE datname = '$(notdir $(DATABASE_URL))'" | grep -q 1 \
-	  || psql "$(PG_ADMIN_URL)" -qc 'CREATE DATABASE "$(notdir $(DATABASE_URL))"'
-	DATABASE_URL="$(DATABASE_URL)" cargo run --quiet --bin login-etl -- migrate
+migrate: ## create or upgrade user_logins in DATABASE_URL (any server; sslmode in the URL is honoured)
+	@# Only the local default database is created here; a DATABASE_URL given on
+	@# the command line or in the environment is migrated as it is, and the
+	@# local server is not touched.
+	$(if $(filter file,$(origin DATABASE_URL)),psql "$(PG_ADMIN_URL)" -qAtc "SELECT 1 FROM pg_database WHERE datname = '$(notdir $(DATABASE_URL))'" | grep -q 1 \
+	  || psql "$(PG_ADMIN_URL)" -qc 'CREATE DATABASE "$(notdir $(DATABASE_URL))"',true)
+	cargo build --quiet --bin login-etl --examples
+	DATABASE_URL="$(DATABASE_URL)" "$${CARGO_TARGET_DIR:-target}/debug/login-etl" migrate
 
 watch: tools $(KEY_FILE) migrate ## serve the function locally on 127.0.0.1:$(PORT) (cargo lambda watch)
 	DATABASE_URL="$(DATABASE_URL)" MASKING_KEY="$$(cat $(KEY_FILE))" cargo lambda watch --invoke-address 127.0.0.1 --invoke-port $(PORT)

@@ -26,6 +26,7 @@ import random
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -104,6 +105,53 @@ def create_database(dbname: str) -> None:
 
 def drop_database(dbname: str) -> None:
     psql(PG_ADMIN_URL, f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+    for role in ROLES:
+        psql(PG_ADMIN_URL, f'DROP ROLE IF EXISTS "{role_name(dbname, role)}"')
+
+
+# The database roles of the README's deploy sequence (`login-etl grants`):
+# the function connects as ingest, `reveal` and `forget` as their own roles.
+ROLES = ("migrate", "ingest", "reveal", "erase")
+
+
+def role_name(dbname: str, role: str) -> str:
+    return f"{dbname}_{role}"
+
+
+def role_url(dbname: str, role: str) -> str:
+    """The URL of `role` on `dbname` (trust auth: no password)."""
+    pg = urllib.parse.urlsplit(PG_ADMIN_URL)
+    return f"postgres://{role_name(dbname, role)}@{pg.hostname or '127.0.0.1'}:{pg.port or 5432}/{dbname}"
+
+
+def deploy_sequence() -> str:
+    """The README's deploy sequence (the sh block after `<!-- deploy-sequence -->`)."""
+    text = (ROOT / "README.md").read_text()
+    after = text.split("<!-- deploy-sequence -->", 1)[1]
+    block = after.split("```sh\n", 1)[1].split("```", 1)[0]
+    return textwrap.dedent(block)
+
+
+def prepare_database(dbname: str) -> None:
+    """The README's deploy sequence, run as written against the local
+    server with its three settings pointed at `dbname`: the admin creates the
+    roles, the migrate role creates the tables and applies each role's
+    `login-etl grants`."""
+    values = {"ADMIN_URL": db_url(dbname), "MIGRATE_URL": role_url(dbname, "migrate"), "PREFIX": dbname}
+    lines = deploy_sequence().splitlines()
+    for name, value in values.items():
+        (i,) = [i for i, line in enumerate(lines) if line.startswith(f"export {name}=")]
+        lines[i] = f"export {name}='{value}'"
+    bin_dir = BUILD_DIR / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    link = bin_dir / "login-etl"
+    link.unlink(missing_ok=True)
+    link.symlink_to(BUILD_DIR / "LoginEtlFunction" / "bootstrap")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", "\n".join(lines)], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"the README's deploy sequence failed:\n{done.stdout}{done.stderr}")
 
 
 def row_count(dbname: str) -> int:
@@ -174,7 +222,7 @@ def put_db_secret(stack: str, dbname: str) -> str:
     # Trust auth (this project's machines) ignores the password; the secret
     # format requires one.
     value = json.dumps(
-        {"engine": "postgres", "username": pg.username or "postgres", "password": pg.password or "postgres",
+        {"engine": "postgres", "username": role_name(dbname, "ingest"), "password": "unused-with-trust-auth",
          "host": pg.hostname or "127.0.0.1", "port": pg.port or 5432, "dbname": dbname}
     )  # fmt: skip
     try:
@@ -196,11 +244,13 @@ class Stack:
     masking_key_secret_arn: str
     max_receive_count: int
     fifo: bool
+    log_level: str
 
 
-def deploy(stack: str, dbname: str, *, fifo: bool = False, batch_size: int = 25) -> Stack:
+def deploy(stack: str, dbname: str, *, fifo: bool = False, batch_size: int = 25, log_level: str = "WARN") -> Stack:
     """Deploy the built template as `stack`, its DB secret pointing at a fresh
-    database `dbname`.
+    database `dbname`, migrated by the admin, which the function writes as
+    the ingest role; at `log_level` (the README's production level: WARN).
 
     LocalStack's community CloudFormation creates stacks but cannot update them
     (CreateChangeSet on an existing stack is not emulated), so an existing stack
@@ -211,6 +261,7 @@ def deploy(stack: str, dbname: str, *, fifo: bool = False, batch_size: int = 25)
         delete_stack(stack)
     drop_database(dbname)
     create_database(dbname)
+    prepare_database(dbname)
     s3 = client("s3")
     try:
         s3.create_bucket(Bucket=ARTIFACT_BUCKET)
@@ -221,7 +272,8 @@ def deploy(stack: str, dbname: str, *, fifo: bool = False, batch_size: int = 25)
     params = {
         "DbSecretArn": secret_arn,
         "DbSslMode": "disable",  # the local server has no TLS; production uses verify-full
-        "RunMigrations": "true",
+        "RunMigrations": "false",  # the admin migrated; the function's role cannot
+        "LogLevel": log_level,
         "Architecture": HOST_ARCH,
         "QueueType": "fifo" if fifo else "standard",
         "BatchSize": str(min(batch_size, 10) if fifo else batch_size),
@@ -255,6 +307,7 @@ def deploy(stack: str, dbname: str, *, fifo: bool = False, batch_size: int = 25)
         masking_key_secret_arn=outputs["MaskingKeySecretArn"],
         max_receive_count=max_receive,
         fifo=fifo,
+        log_level=log_level,
     )
     wait_function_active(s.function_name)
     return s
@@ -439,7 +492,29 @@ def dead_letters(stack: Stack) -> list[dict]:
     return list(seen.values())
 
 
+LEVELS = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"]
+
+
+def lambda_keeps(line: str, level: str) -> bool:
+    """Lambda's log-level filter (JSON format): a line is kept only if it is a
+    JSON object whose "level" is at or above `level`; a line without a valid
+    level counts as INFO. LocalStack does not filter: this applies it."""
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        doc = None
+    own = doc.get("level") if isinstance(doc, dict) else None
+    own = own.upper() if isinstance(own, str) and own.upper() in LEVELS else "INFO"
+    return LEVELS.index(own) >= LEVELS.index(level.upper())
+
+
 def log_lines(stack: Stack) -> list[str]:
+    """The function's log lines, from LocalStack's CloudWatch Logs, as Lambda
+    would keep them at the stack's log level."""
+    return [line for line in raw_log_lines(stack) if lambda_keeps(line, stack.log_level)]
+
+
+def raw_log_lines(stack: Stack) -> list[str]:
     """The function's log lines, from LocalStack's CloudWatch Logs."""
     logs = client("logs")
     kwargs = {"logGroupName": f"/aws/lambda/{stack.function_name}"}
@@ -507,10 +582,11 @@ def rejection_codes(stack: Stack) -> dict[str, str]:
 
 def operator(stack: Stack, *args: str) -> subprocess.CompletedProcess:
     """Run an operator command of the built binary (`reveal`, `forget`)
-    against the stack's database, with LocalStack as AWS (as an operator
-    whose credentials may call kms:Decrypt)."""
+    against the stack's database as its own role (reveal, erase), with
+    LocalStack as AWS (as an operator whose credentials may call kms:Decrypt)."""
     bootstrap = BUILD_DIR / "LoginEtlFunction" / "bootstrap"
-    env = {**os.environ, **LOCAL_ENV, "DATABASE_URL": db_url(stack.dbname), "AWS_REGION": REGION}
+    role = {"reveal": "reveal", "forget": "erase"}[args[0]]
+    env = {**os.environ, **LOCAL_ENV, "DATABASE_URL": role_url(stack.dbname, role), "AWS_REGION": REGION}
     return subprocess.run([str(bootstrap), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 
 
