@@ -106,7 +106,25 @@ pub struct Config {
     /// `VAULT_KMS_KEY_ID`: the KMS key for the PII vault's data keys; unset:
     /// no vault.
     pub vault_kms_key_id: Option<String>,
+    /// The per-message backoff after an infrastructure failure
+    /// (`BACKOFF_BASE_SECONDS`, `BACKOFF_MAX_SECONDS`; see
+    /// [`crate::backoff`]). On by default under Lambda
+    /// (`AWS_LAMBDA_RUNTIME_API` is set) or when either variable is set;
+    /// `BACKOFF_BASE_SECONDS=0` turns it off. Off, a failed write fails the
+    /// invocation and SQS redelivers the batch after its visibility timeout.
+    pub backoff: Option<crate::backoff::Schedule>,
+    /// `SOURCE_QUEUE_URL`: the login queue (the template sets it); unset, it
+    /// is found from the records' `eventSourceARN` with `GetQueueUrl`.
+    pub source_queue_url: Option<String>,
+    /// `REFUSED_MAX_RECEIVES` (default 3; 0: never): receives after which a
+    /// row the database keeps refusing is sent to the DLQ (`DLQ_URL`) with
+    /// `rejection_code` `refused.<SQLSTATE>`.
+    pub refused_max_receives: u32,
 }
+
+/// Default `REFUSED_MAX_RECEIVES`: a constraint or trigger that refuses a row
+/// three times running is not a passing lock or a deploy in progress.
+pub const DEFAULT_REFUSED_MAX_RECEIVES: u32 = 3;
 
 /// Default `DB_CONNECT_TIMEOUT_MS`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(5_000);
@@ -159,7 +177,53 @@ impl Config {
             function_name: get("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "login-etl".into()),
             log_level: get("AWS_LAMBDA_LOG_LEVEL").or_else(|| get("RUST_LOG")),
             vault_kms_key_id: get("VAULT_KMS_KEY_ID"),
+            backoff: backoff(&get)?,
+            source_queue_url: get("SOURCE_QUEUE_URL"),
+            refused_max_receives: parse_count(&get, "REFUSED_MAX_RECEIVES", 1_000)?
+                .unwrap_or(DEFAULT_REFUSED_MAX_RECEIVES),
         })
+    }
+}
+
+/// The backoff schedule from `BACKOFF_BASE_SECONDS` and `BACKOFF_MAX_SECONDS`.
+fn backoff(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<crate::backoff::Schedule>, ConfigError> {
+    use crate::backoff::{DEFAULT_BASE_SECONDS, DEFAULT_MAX_SECONDS, SQS_MAX_VISIBILITY_SECONDS};
+    let base = parse_count(get, "BACKOFF_BASE_SECONDS", SQS_MAX_VISIBILITY_SECONDS)?;
+    let max = parse_count(get, "BACKOFF_MAX_SECONDS", SQS_MAX_VISIBILITY_SECONDS)?;
+    let in_lambda = get("AWS_LAMBDA_RUNTIME_API").is_some();
+    if base == Some(0) || (!in_lambda && base.is_none() && max.is_none()) {
+        return Ok(None);
+    }
+    let base = base.unwrap_or(DEFAULT_BASE_SECONDS);
+    let max = max.unwrap_or(DEFAULT_MAX_SECONDS.max(base));
+    if max < base {
+        return Err(ConfigError::Invalid {
+            var: "BACKOFF_MAX_SECONDS",
+            reason: format!(
+                "it is below BACKOFF_BASE_SECONDS ({base}); the cap must be at least the first step"
+            ),
+        });
+    }
+    Ok(Some(crate::backoff::Schedule { base, max }))
+}
+
+/// A whole number in `0..=limit`, or unset.
+fn parse_count(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    limit: u32,
+) -> Result<Option<u32>, ConfigError> {
+    match get(var) {
+        None => Ok(None),
+        Some(v) => match v.trim().parse::<u32>() {
+            Ok(n) if n <= limit => Ok(Some(n)),
+            _ => Err(ConfigError::Invalid {
+                var,
+                reason: format!("expected a whole number from 0 to {limit}"),
+            }),
+        },
     }
 }
 
@@ -462,6 +526,58 @@ mod tests {
             let e = mode(url, var).unwrap_err().to_string();
             assert!(e.contains(named) && e.contains("sslmode"), "{e}");
         }
+    }
+
+    #[test]
+    fn backoff_is_on_under_lambda_or_when_set_and_validated() {
+        use crate::backoff::Schedule;
+        let base = [("DATABASE_URL", "postgres://u@h/d"), ("MASKING_KEY", "ab")];
+        let with = |extra: &[(&str, &str)]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            load(&v)
+        };
+        assert_eq!(
+            with(&[]).unwrap().backoff,
+            None,
+            "a library call fails as before"
+        );
+        assert_eq!(
+            with(&[("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001")])
+                .unwrap()
+                .backoff,
+            Some(Schedule::default())
+        );
+        assert_eq!(
+            with(&[("BACKOFF_BASE_SECONDS", "2"), ("BACKOFF_MAX_SECONDS", "16")])
+                .unwrap()
+                .backoff,
+            Some(Schedule { base: 2, max: 16 })
+        );
+        assert_eq!(
+            with(&[
+                ("AWS_LAMBDA_RUNTIME_API", "x"),
+                ("BACKOFF_BASE_SECONDS", "0")
+            ])
+            .unwrap()
+            .backoff,
+            None
+        );
+        let e = with(&[
+            ("BACKOFF_BASE_SECONDS", "60"),
+            ("BACKOFF_MAX_SECONDS", "10"),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("BACKOFF_MAX_SECONDS"), "{e}");
+        let e = with(&[("BACKOFF_MAX_SECONDS", "50000")]).unwrap_err();
+        assert!(e.to_string().contains("43200"), "{e}");
+        assert_eq!(with(&[]).unwrap().refused_max_receives, 3);
+        assert_eq!(
+            with(&[("REFUSED_MAX_RECEIVES", "0")])
+                .unwrap()
+                .refused_max_receives,
+            0
+        );
     }
 
     #[test]

@@ -60,7 +60,19 @@ impl DeadLetterQueue {
     /// Copies `rejected` to the queue, in as few `SendMessageBatch` calls
     /// as SQS allows (10 entries each), sent at once. Returns the positions
     /// SQS accepted; every other record stays a batch item failure.
-    pub async fn send(&self, rejected: &[Rejected<'_>], fifo: bool) -> Vec<usize> {
+    /// The sends end 500 ms before `deadline` (the invocation's) at the
+    /// latest, so the response is still returned in time.
+    pub async fn send(
+        &self,
+        rejected: &[Rejected<'_>],
+        fifo: bool,
+        deadline: Option<std::time::Instant>,
+    ) -> Vec<usize> {
+        let limit = deadline.map_or(SEND_TIMEOUT, |d| {
+            d.saturating_duration_since(std::time::Instant::now())
+                .saturating_sub(Duration::from_millis(500))
+                .min(SEND_TIMEOUT)
+        });
         let rejected_at = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
         let mut calls = JoinSet::new();
         let mut chunk: Vec<(usize, SendMessageBatchRequestEntry)> = Vec::new();
@@ -98,10 +110,10 @@ impl DeadLetterQueue {
                 }
             }
         };
-        if tokio::time::timeout(SEND_TIMEOUT, all).await.is_err() {
+        if tokio::time::timeout(limit, all).await.is_err() {
             warn!(
                 "sending rejected records to the dead-letter queue took over {} ms; the unconfirmed ones stay batch item failures",
-                SEND_TIMEOUT.as_millis()
+                limit.as_millis()
             );
         }
         sent.sort_unstable();

@@ -218,13 +218,20 @@ impl HandlerError {
     pub fn class(&self) -> &'static str {
         match self {
             HandlerError::MissingMessageId { .. } => "missing_message_id",
-            HandlerError::Sink(SinkError::Connect { .. } | SinkError::Transient { .. }) => {
-                "database_unavailable"
-            }
-            HandlerError::Sink(SinkError::Deadline { .. }) => "deadline",
-            HandlerError::Sink(SinkError::ConnectRefused { .. }) => "database_refused_connection",
-            HandlerError::Sink(SinkError::Fatal { .. }) => "database_refused",
-            HandlerError::Sink(SinkError::Secret(_)) => "secret_unavailable",
+            HandlerError::Sink(e) => Self::class_of(e),
+        }
+    }
+
+    /// The class of a failed write (see [`class`](Self::class)).
+    pub fn class_of(e: &SinkError) -> &'static str {
+        match e {
+            SinkError::Connect { .. } => "database_unavailable",
+            SinkError::Transient { op, .. } if op.contains("conflicts") => "conflicts",
+            SinkError::Transient { .. } => "database_unavailable",
+            SinkError::Deadline { .. } => "deadline",
+            SinkError::ConnectRefused { .. } => "database_refused_connection",
+            SinkError::Fatal { .. } => "database_refused",
+            SinkError::Secret(_) => "secret_unavailable",
         }
     }
 

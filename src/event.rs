@@ -32,6 +32,9 @@ pub struct SqsRecord {
     /// The queue's ARN; ends in `.fifo` for FIFO queues.
     #[serde(rename = "eventSourceARN", default)]
     pub event_source_arn: Option<String>,
+    /// The receipt handle of this receive: what a visibility change needs.
+    #[serde(rename = "receiptHandle", default)]
+    pub receipt_handle: Option<String>,
 }
 
 /// The system attributes the function reads.
@@ -86,6 +89,7 @@ impl From<&SqsMessage> for SqsRecord {
                 message_group_id: m.attributes.get("MessageGroupId").cloned(),
             }),
             event_source_arn: m.event_source_arn.clone(),
+            receipt_handle: m.receipt_handle.clone(),
         }
     }
 }

@@ -10,6 +10,7 @@ use chrono::Utc;
 use tokio::sync::Mutex;
 use tracing::{trace, warn};
 
+use crate::backoff::{Hold, Schedule, Visibility, jitter};
 use crate::dlq::{DeadLetterQueue, Rejected};
 use crate::error::{HandlerError, SinkError};
 use crate::event::SqsBatch;
@@ -39,6 +40,17 @@ pub struct BatchSummary {
     pub failed: usize,
     /// Database transactions tried: 1, plus about 2·log2(n) per refused row.
     pub statements: u32,
+    /// Refused rows sent to the DLQ (`refused.<SQLSTATE>`) after
+    /// `REFUSED_MAX_RECEIVES` receives.
+    pub refused_to_dlq: usize,
+    /// The write of the batch failed as a whole (its class, see
+    /// `HandlerError::class`); its records are reported and backed off.
+    pub failure: Option<&'static str>,
+    /// Failed records whose visibility was extended.
+    pub backed_off: usize,
+    /// Failed records whose visibility change SQS did not confirm (plain
+    /// redelivery after the queue's visibility timeout).
+    pub visibility_change_failed: usize,
 }
 
 /// Processes SQS batches. Built once per cold start, shared by invocations.
@@ -48,6 +60,8 @@ pub struct BatchHandler {
     dlq: Option<DeadLetterQueue>,
     metrics: Metrics,
     vault: Option<DataKey>,
+    backoff: Option<(Schedule, Visibility)>,
+    refused_max_receives: u32,
 }
 
 impl BatchHandler {
@@ -61,7 +75,26 @@ impl BatchHandler {
             dlq: None,
             metrics: Metrics::new(DEFAULT_NAMESPACE, DEFAULT_SERVICE, "login-etl"),
             vault: None,
+            backoff: None,
+            refused_max_receives: crate::config::DEFAULT_REFUSED_MAX_RECEIVES,
         }
+    }
+
+    /// After an infrastructure failure of the write, reports the batch's
+    /// records in `batchItemFailures` and backs each one off (its visibility,
+    /// by `schedule`, through `visibility`) instead of failing the
+    /// invocation; see [`crate::backoff`]. Without it a failed write fails
+    /// the invocation.
+    pub fn with_backoff(mut self, schedule: Schedule, visibility: Visibility) -> Self {
+        self.backoff = Some((schedule, visibility));
+        self
+    }
+
+    /// Sends a row the database refused to the DLQ (`refused.<SQLSTATE>`)
+    /// on its `receives`-th receive (0: never). Default 3.
+    pub fn with_refused_max_receives(mut self, receives: u32) -> Self {
+        self.refused_max_receives = receives;
+        self
     }
 
     /// Keeps each batch's original ip and device_id in the PII vault,
@@ -149,8 +182,15 @@ impl BatchHandler {
                 metrics.sent_to_dlq = summary.sent_to_dlq;
                 metrics.statements = summary.statements;
                 metrics.copied = *copied;
+                metrics.failure = summary.failure;
+                metrics.backed_off = summary.backed_off;
+                metrics.visibility_change_failed = summary.visibility_change_failed;
+                metrics.refused_to_dlq = summary.refused_to_dlq;
             }
-            Err(e) => metrics.failure = Some(e.class()),
+            Err(e) => {
+                metrics.failure = Some(e.class());
+                metrics.invocation_failed = true;
+            }
         }
         self.metrics.emit(&metrics, now_ms);
         result.map(|(response, summary, _)| (response, summary))
@@ -168,25 +208,69 @@ impl BatchHandler {
         let ids = message_ids(batch)?;
         let mut valid = Transformed::default();
         let mut sink = self.sink.lock().await;
-        let report = self
+        let written = self
             .transform_and_write(&mut sink, batch, &ids, fifo, deadline, &mut valid)
-            .await
-            .inspect_err(|e| {
+            .await;
+        drop(sink);
+        let (report, failure) = match written {
+            Ok(report) => (report, None),
+            Err(e) => {
+                let backing_off = self.backoff.is_some();
                 warn!(
                     received = records.len(),
                     valid = valid.rows.len(),
                     rejected = valid.rejected.len(),
                     duration_ms = started.elapsed().as_millis() as u64,
                     retryable = e.is_retryable(),
+                    class = HandlerError::class_of(&e),
                     error = %e,
-                    "batch failed; nothing of it is reported done, so the whole batch will be redelivered"
+                    "{}",
+                    if backing_off {
+                        "batch write failed; its valid records are reported and backed off, its rejects still go to the DLQ"
+                    } else {
+                        "batch failed; nothing of it is reported done, so the whole batch will be redelivered"
+                    }
                 );
-            })?;
-        drop(sink);
+                if !backing_off {
+                    return Err(e.into());
+                }
+                (InsertReport::default(), Some(HandlerError::class_of(&e)))
+            }
+        };
         // Standard queues: rejected records go to the DLQ once their
-        // neighbours are committed (FIFO batches sent them before writing).
+        // neighbours are written, or failed (FIFO batches sent them before
+        // writing): a reject is never held back by the database.
         if !fifo && let Some(dlq) = &self.dlq {
-            valid.sent = dlq.send(&valid.rejected_records(batch, &ids), false).await;
+            valid.sent = dlq
+                .send(&valid.rejected_records(batch, &ids), false, deadline)
+                .await;
+        }
+        // Rows the database kept refusing: to the DLQ with their SQLSTATE.
+        let refused_codes: Vec<String> = report
+            .refused_codes
+            .iter()
+            .map(|state| format!("refused.{state}"))
+            .collect();
+        let mut refused_sent: Vec<usize> = Vec::new();
+        if let Some(dlq) = &self.dlq
+            && self.refused_max_receives > 0
+        {
+            let due: Vec<Rejected<'_>> = report
+                .refused
+                .iter()
+                .zip(&refused_codes)
+                .map(|(&i, code)| (valid.row_positions[i], code))
+                .filter(|&(pos, _)| receive_count(&records[pos]) >= self.refused_max_receives)
+                .map(|(pos, code)| Rejected {
+                    position: pos,
+                    message: &records[pos],
+                    message_id: ids[pos],
+                    code,
+                })
+                .collect();
+            if !due.is_empty() {
+                refused_sent = dlq.send(&due, fifo, deadline).await;
+            }
         }
         let Transformed {
             row_positions,
@@ -194,21 +278,37 @@ impl BatchHandler {
             sent,
             ..
         } = valid;
+        let finished = |pos: &usize| {
+            sent.binary_search(pos).is_err() && refused_sent.binary_search(pos).is_err()
+        };
         let mut failed_positions: Vec<usize> = rejected
             .iter()
             .map(|&(pos, _)| pos)
-            .filter(|pos| sent.binary_search(pos).is_err())
             .chain(report.refused.iter().map(|&i| row_positions[i]))
+            .chain(failure.iter().flat_map(|_| row_positions.iter().copied()))
+            .filter(finished)
             .collect();
         if fifo && let Some(&first) = failed_positions.iter().min() {
             // Order matters: everything from the first failure on is retried,
             // except records already in the DLQ (finished, as after a redrive).
-            failed_positions = (first..records.len())
-                .filter(|pos| sent.binary_search(pos).is_err())
-                .collect();
+            failed_positions = (first..records.len()).filter(finished).collect();
         }
         failed_positions.sort_unstable();
         failed_positions.dedup();
+        let (backed_off, visibility_change_failed) = match (&self.backoff, failure) {
+            (Some((schedule, visibility)), Some(_)) => {
+                self.back_off(
+                    batch,
+                    &failed_positions,
+                    fifo,
+                    *schedule,
+                    visibility,
+                    deadline,
+                )
+                .await
+            }
+            _ => (0, 0),
+        };
 
         let mut response = SqsBatchResponse::default();
         for &pos in &failed_positions {
@@ -227,8 +327,56 @@ impl BatchHandler {
             refused: report.refused.len(),
             failed: failed_positions.len(),
             statements: report.statements,
+            refused_to_dlq: refused_sent.len(),
+            failure,
+            backed_off,
+            visibility_change_failed,
         };
         Ok((response, summary, report.copied))
+    }
+
+    /// Extends the visibility of the failed records by the schedule: each by
+    /// its own receive count, or (FIFO) the whole held tail by the highest,
+    /// so it comes back together and in order. Returns (backed off, not
+    /// confirmed).
+    async fn back_off(
+        &self,
+        batch: &SqsBatch,
+        positions: &[usize],
+        fifo: bool,
+        schedule: Schedule,
+        visibility: &Visibility,
+        deadline: Option<Instant>,
+    ) -> (usize, usize) {
+        let records = &batch.records;
+        let tail = positions
+            .iter()
+            .map(|&p| receive_count(&records[p]))
+            .max()
+            .unwrap_or(1);
+        let together = schedule.delay(tail, jitter());
+        let holds: Vec<Hold<'_>> = positions
+            .iter()
+            .map(|&pos| Hold {
+                position: pos,
+                receipt_handle: records[pos].receipt_handle.as_deref(),
+                seconds: if fifo {
+                    together
+                } else {
+                    schedule.delay(receive_count(&records[pos]), jitter())
+                },
+            })
+            .collect();
+        let source = records.iter().find_map(|m| m.event_source_arn.as_deref());
+        let held = visibility.hold(&holds, source, deadline).await;
+        let missed = positions.len() - held.len();
+        if missed > 0 {
+            warn!(
+                records = missed,
+                "visibility not extended for some failed records; they are redelivered after the queue's visibility timeout"
+            );
+        }
+        (held.len(), missed)
     }
 
     /// Validates and masks every record, streaming the valid rows into the
@@ -269,7 +417,9 @@ impl BatchHandler {
             // A rejected record sent to the DLQ is finished, so the records
             // after it may go on; the first one that could not be sent holds
             // back every later row.
-            out.sent = dlq.send(&out.rejected_records(batch, ids), true).await;
+            out.sent = dlq
+                .send(&out.rejected_records(batch, ids), true, deadline)
+                .await;
             if let Some(&(held, _)) = out
                 .rejected
                 .iter()
@@ -318,6 +468,16 @@ impl<'b> Transformed<'b> {
             })
             .collect()
     }
+}
+
+/// The record's `ApproximateReceiveCount` (1 when absent or unreadable).
+fn receive_count(record: &crate::event::SqsRecord) -> u32 {
+    record
+        .attributes
+        .as_ref()
+        .and_then(|a| a.approximate_receive_count.as_deref())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
 }
 
 /// Now minus the oldest `SentTimestamp` of the batch.

@@ -13,6 +13,7 @@
 //! - [`sink`]: PostgreSQL I/O (COPY fast path, bulk insert, refusal isolation, reconnects);
 //! - [`handler`]: one batch to a partial-batch response and a summary;
 //! - [`dlq`]: rejected records straight to the dead-letter queue;
+//! - [`backoff`]: per-message visibility backoff after an infrastructure failure;
 //! - [`metrics`]: the summary as a CloudWatch EMF document;
 //! - [`vault`]: the PII vault (KMS envelope, AES-256-GCM);
 //! - [`reveal`]: the operators' `reveal` and `forget` commands;
@@ -27,6 +28,8 @@
 #![warn(missing_docs)]
 
 pub mod app_version;
+#[cfg(feature = "service")]
+pub mod backoff;
 #[cfg(feature = "service")]
 pub mod config;
 #[cfg(feature = "service")]

@@ -59,9 +59,18 @@ pub struct InvocationMetrics {
     pub statements: u32,
     /// Whether the rows went in by COPY.
     pub copied: bool,
-    /// The invocation failed as a whole: the class of the failure (see
-    /// `HandlerError::class`); its records will be redelivered.
+    /// The batch's write failed as a whole: the class of the failure (see
+    /// `HandlerError::class`).
     pub failure: Option<&'static str>,
+    /// The invocation returned an error (the whole batch is redelivered);
+    /// false when the failed records were reported and backed off.
+    pub invocation_failed: bool,
+    /// Failed records whose visibility was extended (backoff).
+    pub backed_off: usize,
+    /// Failed records whose visibility change was not confirmed.
+    pub visibility_change_failed: usize,
+    /// Refused rows sent to the DLQ after `REFUSED_MAX_RECEIVES` receives.
+    pub refused_to_dlq: usize,
 }
 
 /// The level an EMF document must carry to pass Lambda's log-level filter
@@ -163,7 +172,15 @@ impl Metrics {
             ("BatchItemFailures", m.batch_item_failures as u64, "Count"),
             ("SentToDlq", m.sent_to_dlq as u64, "Count"),
             ("BatchDurationMs", m.duration_ms, "Milliseconds"),
-            ("InvocationFailed", u64::from(m.failure.is_some()), "Count"),
+            ("BatchFailed", u64::from(m.failure.is_some()), "Count"),
+            ("InvocationFailed", u64::from(m.invocation_failed), "Count"),
+            ("RecordsBackedOff", m.backed_off as u64, "Count"),
+            (
+                "VisibilityChangesFailed",
+                m.visibility_change_failed as u64,
+                "Count",
+            ),
+            ("RefusedToDlq", m.refused_to_dlq as u64, "Count"),
         ];
         if let Some(lag) = m.ingest_lag_ms {
             metrics.push(("IngestLagMs", lag, "Milliseconds"));
@@ -213,14 +230,14 @@ impl Metrics {
                     "CloudWatchMetrics": [{
                         "Namespace": self.namespace,
                         "Dimensions": [["service", "failure_class"]],
-                        "Metrics": [{"Name": "InvocationFailed", "Unit": "Count"}],
+                        "Metrics": [{"Name": "BatchFailed", "Unit": "Count"}],
                     }],
                 },
                 "level": self.level,
-                "message": "invocation failed",
+                "message": "batch write failed",
                 "service": self.service,
                 "failure_class": class,
-                "InvocationFailed": 1,
+                "BatchFailed": 1,
             }));
         }
         for (reason, n) in &m.rejected {
@@ -305,6 +322,7 @@ mod tests {
             statements: 3,
             copied: false,
             failure: None,
+            ..InvocationMetrics::default()
         }
     }
 
@@ -358,6 +376,7 @@ mod tests {
             duration_ms: 7,
             ingest_lag_ms: Some(90_000),
             failure: Some("database_unavailable"),
+            invocation_failed: true,
             ..InvocationMetrics::default()
         };
         let docs = m.documents(&failed, 1_795_262_400_000, false);
@@ -367,12 +386,14 @@ mod tests {
         assert_eq!(docs[0]["RecordsReceived"], 10);
         assert_eq!(docs[0]["IngestLagMs"], 90_000);
         assert_eq!(docs[0]["InvocationFailed"], 1);
+        assert_eq!(docs[0]["BatchFailed"], 1);
         assert_eq!(docs[1]["failure_class"], "database_unavailable");
-        assert_eq!(docs[1]["InvocationFailed"], 1);
+        assert_eq!(docs[1]["BatchFailed"], 1);
         assert!(docs.iter().all(|d| d["level"] == "WARN"));
         let ok = m.documents(&sample(), 1_795_262_400_000, false);
         assert_eq!(ok[0]["InvocationFailed"], 0);
-        assert!(ok.iter().all(|d| d["message"] != "invocation failed"));
+        assert_eq!(ok[0]["BatchFailed"], 0);
+        assert!(ok.iter().all(|d| d["message"] != "batch write failed"));
     }
 
     #[test]

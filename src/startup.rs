@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use tracing::info;
 
+use crate::backoff::Visibility;
 use crate::config::{CaBundle, Config, DbConfig, DbSource, KeySource};
 use crate::dlq::DeadLetterQueue;
 use crate::error::{ConfigError, SecretError, SinkError};
@@ -40,7 +41,11 @@ pub enum InitError {
 pub async fn build(config: &Config) -> Result<BatchHandler, InitError> {
     let needs_secrets =
         matches!(config.masking_key, KeySource::Secret(_)) || needs_secrets(&config.db);
-    let aws = if needs_secrets || config.vault_kms_key_id.is_some() || config.dlq_url.is_some() {
+    let aws = if needs_secrets
+        || config.vault_kms_key_id.is_some()
+        || config.dlq_url.is_some()
+        || config.backoff.is_some()
+    {
         Some(crate::secrets::sdk_config().await)
     } else {
         None
@@ -82,10 +87,17 @@ pub async fn build(config: &Config) -> Result<BatchHandler, InitError> {
         );
         handler = handler.with_vault(data_key);
     }
-    if let (Some(url), Some(aws)) = (&config.dlq_url, &aws) {
-        let sqs = aws_sdk_sqs::Client::new(aws);
-        handler = handler.with_dead_letter_queue(DeadLetterQueue::new(sqs, url.clone()));
+    let sqs = aws.as_ref().map(aws_sdk_sqs::Client::new);
+    if let (Some(url), Some(sqs)) = (&config.dlq_url, &sqs) {
+        handler = handler.with_dead_letter_queue(DeadLetterQueue::new(sqs.clone(), url.clone()));
     }
+    if let (Some(schedule), Some(sqs)) = (config.backoff, &sqs) {
+        handler = handler.with_backoff(
+            schedule,
+            Visibility::new(sqs.clone(), config.source_queue_url.clone()),
+        );
+    }
+    handler = handler.with_refused_max_receives(config.refused_max_receives);
     Ok(handler)
 }
 

@@ -43,7 +43,12 @@ fn lambda_keeps(output: &str, configured: &str) -> Vec<Value> {
 
 /// Runs the binary as one execution environment at `level` until `events`
 /// are answered; returns the outcomes and everything it wrote.
-async fn run_function(db_url: &str, level: &str, events: &[SqsEvent]) -> (Vec<Outcome>, String) {
+async fn run_function(
+    db_url: &str,
+    level: &str,
+    events: &[SqsEvent],
+    extra: &[(&str, &str)],
+) -> (Vec<Outcome>, String) {
     let api = RuntimeApi::start().await;
     for (i, event) in events.iter().enumerate() {
         api.push(&format!("req-{i}"), event);
@@ -65,6 +70,9 @@ async fn run_function(db_url: &str, level: &str, events: &[SqsEvent]) -> (Vec<Ou
         .env("DATABASE_URL", db_url)
         .env("DB_CONNECT_TIMEOUT_MS", "1000")
         .env("MASKING_KEY", TEST_KEY)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .envs(extra.iter().copied())
         .stdout(out.try_clone().unwrap())
         .stderr(out)
         .spawn()
@@ -117,7 +125,7 @@ async fn at_warn_and_error_every_emf_document_survives_the_lambda_filter_and_add
         });
         // The first batch again: all duplicates (and the same rejections).
         let events = [first.clone(), second.clone(), first.clone()];
-        let (outcomes, output) = run_function(&url, level, &events).await;
+        let (outcomes, output) = run_function(&url, level, &events, &[]).await;
         for o in &outcomes {
             assert!(matches!(o, Outcome::Response(_)), "{o:?}");
         }
@@ -186,7 +194,14 @@ async fn a_failed_invocation_writes_its_document_and_the_cold_start_at_error() {
         sent_timestamp_ms: chrono::Utc::now().timestamp_millis() - 600_000,
         ..Options::default()
     });
-    let (outcomes, output) = run_function(&url, "ERROR", &[event.clone(), event.clone()]).await;
+    // Without the backoff (it has its own tests), the invocation fails.
+    let (outcomes, output) = run_function(
+        &url,
+        "ERROR",
+        &[event.clone(), event.clone()],
+        &[("BACKOFF_BASE_SECONDS", "0")],
+    )
+    .await;
     assert!(
         outcomes.iter().all(|o| matches!(o, Outcome::Error(_))),
         "{outcomes:?}"
@@ -208,7 +223,7 @@ async fn a_failed_invocation_writes_its_document_and_the_cold_start_at_error() {
     }
     let classes: Vec<&Value> = kept
         .iter()
-        .filter(|d| d["message"] == "invocation failed")
+        .filter(|d| d["message"] == "batch write failed")
         .map(|d| &d["failure_class"])
         .collect();
     assert_eq!(classes, ["database_unavailable", "database_unavailable"]);

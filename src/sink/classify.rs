@@ -110,6 +110,16 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
     text
 }
 
+/// The SQLSTATE in a refusal's text ([`describe_refusal`]); `XXXXX` if none.
+pub(crate) fn sqlstate_of(refusal: &str) -> String {
+    refusal
+        .strip_prefix("SQLSTATE ")
+        .and_then(|rest| rest.get(..5))
+        .filter(|code| code.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .unwrap_or("XXXXX")
+        .to_owned()
+}
+
 /// A refusal as SQLSTATE and constraint only: its message can name values
 /// (a trigger's `RAISE` text, "Failing row contains ...").
 fn describe_refusal(e: &tokio_postgres::Error) -> String {

@@ -82,6 +82,8 @@ pub struct InsertReport {
     pub duplicates: u64,
     /// Indices (into the rows given) of rows the database refused, ascending.
     pub refused: Vec<usize>,
+    /// The SQLSTATE of each refused row, in the order of `refused`.
+    pub refused_codes: Vec<String>,
     /// Transactions tried (1 when nothing was refused).
     pub statements: u32,
     /// Whether the rows went in by the COPY fast path.
@@ -409,6 +411,7 @@ impl PgSink {
                         "row refused by the database"
                     );
                     report.refused.push(range.start);
+                    report.refused_codes.push(classify::sqlstate_of(&why));
                     if preserve_order {
                         // Rows after it stay unattempted; the caller reports them.
                         break;

@@ -1,0 +1,321 @@
+//! Per-message backoff after an infrastructure failure (the database is
+//! down, unreachable, out of connections, too slow, or the invocation ran
+//! out of time).
+//!
+//! Failing the invocation would make SQS redeliver the whole batch after
+//! the queue's fixed visibility timeout, counting a receive each time, so
+//! any outage longer than `maxReceiveCount` visibility periods would move
+//! valid logins to the dead-letter queue. Instead the handler reports the
+//! records in `batchItemFailures` and first extends each one's visibility
+//! with `ChangeMessageVisibilityBatch`, exponentially in its
+//! `ApproximateReceiveCount`: the queue rests, the receives stay few, and
+//! `maxReceiveCount` can be set for the outage the deployment tolerates
+//! (template parameter `OutageToleranceMinutes`).
+//!
+//! Schedule: the receive `n` (1-based) waits `d = min(max, base * 2^(n-1))`
+//! capped at SQS's 43,200 s, with "equal jitter": a uniformly drawn value in
+//! `[d - d/2, d]`, so batches that failed together do not all come back at
+//! once, and each wait is at least half its ceiling (what the template's
+//! arithmetic counts on). A change SQS refuses (throttled, denied, an
+//! expired receipt handle) leaves that record to plain redelivery after the
+//! queue's visibility timeout: logged and counted, nothing lost.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry;
+use tokio::sync::OnceCell;
+use tokio::task::JoinSet;
+use tracing::warn;
+
+/// The longest visibility SQS accepts (12 hours), counted from the call.
+pub const SQS_MAX_VISIBILITY_SECONDS: u32 = 43_200;
+
+/// Default `BACKOFF_BASE_SECONDS`: the first wait, at most.
+pub const DEFAULT_BASE_SECONDS: u32 = 30;
+/// Default `BACKOFF_MAX_SECONDS`: the longest wait, so the worst delay after
+/// the database is back.
+pub const DEFAULT_MAX_SECONDS: u32 = 900;
+
+/// Entries per `ChangeMessageVisibilityBatch` (the SQS limit).
+const MAX_ENTRIES: usize = 10;
+/// Bound on the visibility changes of one invocation (also cut to the
+/// invocation's deadline).
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The backoff schedule (`BACKOFF_BASE_SECONDS`, `BACKOFF_MAX_SECONDS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    /// Ceiling of the first wait, in seconds (at least 1).
+    pub base: u32,
+    /// Ceiling of every wait, in seconds (at most 43,200).
+    pub max: u32,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Self {
+            base: DEFAULT_BASE_SECONDS,
+            max: DEFAULT_MAX_SECONDS,
+        }
+    }
+}
+
+impl Schedule {
+    /// The ceiling of the wait after receive `receive_count` (1-based; 0
+    /// counts as 1): `min(max, base * 2^(n-1), 43,200)`.
+    pub fn ceiling(&self, receive_count: u32) -> u32 {
+        let doublings = receive_count.saturating_sub(1).min(31);
+        let grown = u64::from(self.base.max(1)) << doublings;
+        grown
+            .min(u64::from(self.max.max(1)))
+            .min(u64::from(SQS_MAX_VISIBILITY_SECONDS)) as u32
+    }
+
+    /// The shortest wait after receive `receive_count`: half its ceiling,
+    /// rounded up.
+    pub fn floor(&self, receive_count: u32) -> u32 {
+        let d = self.ceiling(receive_count);
+        d - d / 2
+    }
+
+    /// The wait after receive `receive_count`, with `jitter` in `[0, 1)`
+    /// choosing where in `[floor, ceiling]` it falls.
+    pub fn delay(&self, receive_count: u32, jitter: f64) -> u32 {
+        let (lo, hi) = (self.floor(receive_count), self.ceiling(receive_count));
+        let span = f64::from(hi - lo + 1);
+        (lo + (jitter.clamp(0.0, 0.999_999) * span) as u32).min(hi)
+    }
+
+    /// Seconds from the first receive until the message's receive
+    /// `max_receives + 1` at the earliest, which SQS's redrive would move to
+    /// the dead-letter queue: the outage this schedule tolerates with that
+    /// `maxReceiveCount` when every wait is backed off.
+    pub fn tolerated_seconds(&self, max_receives: u32) -> u64 {
+        (1..=max_receives).map(|n| u64::from(self.floor(n))).sum()
+    }
+}
+
+/// A uniform value in `[0, 1)` from the OS-seeded hasher keys of the
+/// standard library: jitter needs no cryptographic randomness, and this
+/// needs no crate.
+pub fn jitter() -> f64 {
+    let bits = RandomState::new().hash_one(Instant::now());
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// One message to back off.
+#[derive(Debug, Clone)]
+pub struct Hold<'a> {
+    /// Its position in the batch (what the result names).
+    pub position: usize,
+    /// Its receipt handle from this receive.
+    pub receipt_handle: Option<&'a str>,
+    /// The new visibility, in seconds from now.
+    pub seconds: u32,
+}
+
+/// Changes the visibility of messages in the source queue.
+#[derive(Debug, Clone)]
+pub struct Visibility {
+    client: Client,
+    /// `SOURCE_QUEUE_URL`, or found once with `GetQueueUrl` from the
+    /// records' `eventSourceARN`.
+    queue_url: std::sync::Arc<OnceCell<String>>,
+}
+
+impl Visibility {
+    /// Through `client`, for the queue at `queue_url` (`None`: from the
+    /// records' `eventSourceARN`, with `GetQueueUrl`).
+    pub fn new(client: Client, queue_url: Option<String>) -> Self {
+        Self {
+            client,
+            queue_url: std::sync::Arc::new(match queue_url {
+                Some(url) => OnceCell::new_with(Some(url)),
+                None => OnceCell::new(),
+            }),
+        }
+    }
+
+    async fn url(&self, source_arn: Option<&str>) -> Option<String> {
+        self.queue_url
+            .get_or_try_init(|| async {
+                // arn:aws:sqs:REGION:ACCOUNT:NAME
+                let arn = source_arn.ok_or(())?;
+                let mut parts = arn.rsplitn(3, ':');
+                let (name, account) = (parts.next().ok_or(())?, parts.next().ok_or(())?);
+                let out = self
+                    .client
+                    .get_queue_url()
+                    .queue_name(name)
+                    .queue_owner_aws_account_id(account)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        warn!(
+                            code = e.code().unwrap_or("none"),
+                            error = %DisplayErrorContext(&e),
+                            "cannot find the source queue's URL (sqs:GetQueueUrl); set SOURCE_QUEUE_URL"
+                        );
+                    })?;
+                out.queue_url.ok_or(())
+            })
+            .await
+            .ok()
+            .cloned()
+    }
+
+    /// Extends each held message's visibility, in as few
+    /// `ChangeMessageVisibilityBatch` calls as SQS allows, sent at once and
+    /// bounded by `deadline`. Returns the positions SQS confirmed; every
+    /// other one is redelivered after the queue's visibility timeout.
+    pub async fn hold(
+        &self,
+        holds: &[Hold<'_>],
+        source_arn: Option<&str>,
+        deadline: Option<Instant>,
+    ) -> Vec<usize> {
+        if holds.is_empty() {
+            return Vec::new();
+        }
+        let limit = deadline.map_or(CHANGE_TIMEOUT, |d| {
+            d.saturating_duration_since(Instant::now())
+                .saturating_sub(Duration::from_millis(500))
+                .min(CHANGE_TIMEOUT)
+        });
+        let work = async {
+            let Some(url) = self.url(source_arn).await else {
+                return Vec::new();
+            };
+            let mut calls = JoinSet::new();
+            let entries: Vec<(usize, ChangeMessageVisibilityBatchRequestEntry)> = holds
+                .iter()
+                .filter_map(|h| {
+                    let entry = ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(h.position.to_string())
+                        .receipt_handle(h.receipt_handle?)
+                        .visibility_timeout(h.seconds.min(SQS_MAX_VISIBILITY_SECONDS) as i32)
+                        .build()
+                        .ok()?;
+                    Some((h.position, entry))
+                })
+                .collect();
+            for chunk in entries.chunks(MAX_ENTRIES) {
+                let (client, url, chunk) = (self.client.clone(), url.clone(), chunk.to_vec());
+                calls.spawn(async move {
+                    let (positions, entries): (Vec<usize>, Vec<_>) = chunk.into_iter().unzip();
+                    match client
+                        .change_message_visibility_batch()
+                        .queue_url(url)
+                        .set_entries(Some(entries))
+                        .send()
+                        .await
+                    {
+                        Ok(out) => {
+                            for failed in out.failed() {
+                                warn!(
+                                    entry = failed.id(),
+                                    code = failed.code(),
+                                    "SQS refused a visibility change; that record is redelivered after the queue's visibility timeout"
+                                );
+                            }
+                            out.successful()
+                                .iter()
+                                .filter_map(|s| s.id().parse::<usize>().ok())
+                                .filter(|p| positions.contains(p))
+                                .collect()
+                        }
+                        Err(e) => {
+                            warn!(
+                                records = positions.len(),
+                                code = e.code().unwrap_or("none"),
+                                error = %DisplayErrorContext(&e),
+                                "changing the visibility of failed records failed (check sqs:ChangeMessageVisibility on the queue); they are redelivered after the queue's visibility timeout"
+                            );
+                            Vec::new()
+                        }
+                    }
+                });
+            }
+            let mut held = Vec::new();
+            while let Some(done) = calls.join_next().await {
+                if let Ok(positions) = done {
+                    held.extend(positions);
+                }
+            }
+            held
+        };
+        let mut held = match tokio::time::timeout(limit, work).await {
+            Ok(held) => held,
+            Err(_) => {
+                warn!(
+                    limit_ms = limit.as_millis() as u64,
+                    "changing the visibility of failed records took too long; the unconfirmed ones are redelivered after the queue's visibility timeout"
+                );
+                Vec::new()
+            }
+        };
+        held.sort_unstable();
+        held
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ceiling_grows_exponentially_is_monotone_and_capped() {
+        let s = Schedule { base: 30, max: 900 };
+        let ceilings: Vec<u32> = (1..=10).map(|n| s.ceiling(n)).collect();
+        assert_eq!(ceilings, [30, 60, 120, 240, 480, 900, 900, 900, 900, 900]);
+        assert_eq!(s.ceiling(0), 30, "no count counts as the first receive");
+        assert!(ceilings.windows(2).all(|w| w[0] <= w[1]));
+        let floors: Vec<u32> = (1..=10).map(|n| s.floor(n)).collect();
+        assert!(floors.windows(2).all(|w| w[0] <= w[1]), "{floors:?}");
+        assert_eq!(s.floor(1), 15);
+    }
+
+    #[test]
+    fn jitter_stays_within_half_the_ceiling_and_the_ceiling() {
+        let s = Schedule { base: 7, max: 1000 };
+        for n in 1..12 {
+            let (lo, hi) = (s.floor(n), s.ceiling(n));
+            assert!(lo * 2 >= hi && lo <= hi);
+            assert_eq!(s.delay(n, 0.0), lo);
+            assert_eq!(s.delay(n, 0.999_999_9), hi);
+            for _ in 0..200 {
+                let d = s.delay(n, jitter());
+                assert!((lo..=hi).contains(&d), "{n}: {d} not in {lo}..={hi}");
+            }
+        }
+        let draws: Vec<f64> = (0..500).map(|_| jitter()).collect();
+        assert!(draws.iter().all(|j| (0.0..1.0).contains(j)));
+        let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+        assert!((0.4..0.6).contains(&mean), "uniform-ish: mean {mean}");
+    }
+
+    #[test]
+    fn never_beyond_the_12_hour_limit_of_sqs() {
+        let s = Schedule {
+            base: 40_000,
+            max: 100_000,
+        };
+        assert_eq!(s.ceiling(1), 40_000);
+        assert_eq!(s.ceiling(2), SQS_MAX_VISIBILITY_SECONDS);
+        assert_eq!(s.ceiling(u32::MAX), SQS_MAX_VISIBILITY_SECONDS);
+        assert!(s.delay(99, 0.99) <= SQS_MAX_VISIBILITY_SECONDS);
+    }
+
+    #[test]
+    fn the_tolerated_outage_is_the_sum_of_the_shortest_waits() {
+        let s = Schedule { base: 30, max: 900 };
+        // 15 + 30 + 60 + 120 + 240 + 450
+        assert_eq!(s.tolerated_seconds(6), 915);
+        assert_eq!(s.tolerated_seconds(7), 1_365);
+        assert_eq!(s.tolerated_seconds(0), 0);
+    }
+}
