@@ -67,10 +67,65 @@ def test_queue_redrives_to_the_dlq(tpl):
     q = tpl["Resources"]["LoginQueue"]["Properties"]
     assert q["RedrivePolicy"] == {
         "deadLetterTargetArn": {"Fn::GetAtt": ["LoginDeadLetterQueue", "Arn"]},
-        "maxReceiveCount": {"Ref": "MaxReceiveCount"},
+        "maxReceiveCount": {
+            "Fn::If": [
+                "DeriveMaxReceiveCount",
+                {"Fn::FindInMap": ["MaxReceivesForOutage", {"Ref": "OutageToleranceMinutes"}, {"Ref": "BackoffMaxSeconds"}]},
+                {"Ref": "MaxReceiveCount"},
+            ]
+        },
     }
-    assert tpl["Parameters"]["MaxReceiveCount"]["Default"] == 5
+    assert tpl["Parameters"]["MaxReceiveCount"]["Default"] == 0, "derived from the outage tolerance"
     assert tpl["Resources"]["LoginDeadLetterQueue"]["Type"] == "AWS::SQS::Queue"
+
+
+def _floor_wait(base, cap, n):
+    """The shortest backoff wait after receive n (src/backoff.rs Schedule::floor)."""
+    d = min(cap, base * 2 ** (n - 1), 43_200)
+    return d - d // 2
+
+
+def test_the_derived_max_receive_count_outlasts_the_tolerated_outage_for_every_allowed_schedule(tpl):
+    """No valid message reaches the DLQ during an outage of OutageToleranceMinutes:
+    with maxReceiveCount N, SQS moves a message at its receive N+1, which comes
+    no sooner than the sum of the N shortest waits."""
+    params = tpl["Parameters"]
+    table = tpl["Mappings"]["MaxReceivesForOutage"]
+    assert params["OutageToleranceMinutes"]["Default"] >= 120
+    for minutes in params["OutageToleranceMinutes"]["AllowedValues"]:
+        assert set(table[str(minutes)]) == {"300", "900", "1800", "3600"}, "the caps the Rule allows"
+        for cap in [300, 900, 1800, 3600]:
+            n = table[str(minutes)][str(cap)]
+            assert 1 <= n <= 1000, "SQS's range"
+            # Waits grow with the base: the smallest allowed base is the worst case.
+            for base in [1, 2, 10, 30, 60, 3600]:
+                tolerated = sum(_floor_wait(base, cap, k) for k in range(1, n + 1))
+                assert tolerated >= minutes * 60, (minutes, cap, base, n, tolerated)
+            # And not wastefully large: one receive fewer would not do for base 1.
+            assert params["BackoffBaseSeconds"]["MinValue"] == 0, "0 is off, so 1 is the smallest base"
+            assert sum(_floor_wait(1, cap, k) for k in range(1, n)) < minutes * 60
+    defaults = {k: params[k]["Default"] for k in ["OutageToleranceMinutes", "BackoffMaxSeconds", "BackoffBaseSeconds"]}
+    assert defaults == {"OutageToleranceMinutes": 120, "BackoffMaxSeconds": 900, "BackoffBaseSeconds": 30}
+    assert table["120"]["900"] == 25, "the README's arithmetic"
+
+
+def test_the_function_backs_off_on_its_own_queue_only():
+    resources = deployed()
+    role = resources["LoginEtlRole"]
+    (st,) = [st for st in _statements(role) if st["Sid"] == "BackOffFailedRecords"]
+    assert st["Action"] == "sqs:ChangeMessageVisibility"
+    assert st["Resource"] == {"Fn::GetAtt": ["LoginQueue", "Arn"]}
+    visibility = [
+        a for s in _statements(role) for a in _as_list(s["Action"]) if a.startswith("sqs:ChangeMessageVisibility")
+    ]
+    assert visibility == ["sqs:ChangeMessageVisibility"], "granted once, nowhere else"
+    env = resources["LoginEtlFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["SOURCE_QUEUE_URL"] == {"Ref": "LoginQueue"}
+    assert env["BACKOFF_BASE_SECONDS"] == 30 and env["BACKOFF_MAX_SECONDS"] == 900
+    assert env["REFUSED_MAX_RECEIVES"] == 3
+    alarms = {k: v["Properties"] for k, v in resources.items() if v["Type"] == "AWS::CloudWatch::Alarm"}
+    assert alarms["DatabaseWriteFailedAlarm"]["MetricName"] == "BatchFailed"
+    assert alarms["VisibilityChangesFailedAlarm"]["MetricName"] == "VisibilityChangesFailed"
 
 
 def test_visibility_timeout_is_at_least_six_function_timeouts(tpl):
@@ -408,6 +463,11 @@ def _rules_hold(tpl, values):
         ({"BatchSize": 10000, "MaximumBatchingWindowInSeconds": 1}, []),
         ({"QueueType": "fifo", "BatchSize": 50, "MaximumBatchingWindowInSeconds": 0},
          ["FifoBatchSizeAtMost10", "LargeBatchesNeedABatchingWindow"]),
+        # A derived maxReceiveCount needs a cap the mapping has, and the backoff on.
+        ({"BackoffMaxSeconds": 8}, ["DerivedMaxReceiveCountNeedsAKnownCap"]),
+        ({"BackoffBaseSeconds": 0}, ["DerivedMaxReceiveCountNeedsAKnownCap"]),
+        ({"BackoffBaseSeconds": 2, "BackoffMaxSeconds": 8, "MaxReceiveCount": 8}, []),
+        ({"BackoffBaseSeconds": 0, "MaxReceiveCount": 5}, []),
     ],
 )
 def test_bad_parameter_combinations_fail_validation(tpl, params, broken):
@@ -457,9 +517,12 @@ def test_dashboard_shows_rows_rejections_lag_dlq_and_errors(tpl):
         "Ingest lag (ms)",
         "Dead-letter queue depth",
         "Errors",
+        "Failed database writes by class",
+        "Backoff",
     ]
     text = json.dumps(dashboard)
-    for metric in ["RowsInserted", "Rejected", "IngestLagMs", "ApproximateNumberOfMessagesVisible", "Errors"]:
+    for metric in ["RowsInserted", "Rejected", "IngestLagMs", "ApproximateNumberOfMessagesVisible", "Errors",
+                   "BatchFailed", "RecordsBackedOff", "VisibilityChangesFailed", "RefusedToDlq"]:  # fmt: skip
         assert metric in text, metric
     assert "service,reason" in text, "rejections are broken down by the reason dimension"
 
