@@ -214,8 +214,9 @@ def build() -> None:
     (BUILD_DIR / "template.yaml").write_text(yaml_dump(template))
 
 
-def put_db_secret(stack: str, dbname: str) -> str:
-    """An RDS-style secret pointing at the local PostgreSQL; returns its ARN."""
+def put_db_secret(stack: str, dbname: str, port: int | None = None) -> str:
+    """An RDS-style secret pointing at the local PostgreSQL (or at `port` on
+    127.0.0.1, a proxy in front of it); returns its ARN."""
     sm = client("secretsmanager")
     name = f"{stack}/db"
     pg = urllib.parse.urlsplit(PG_ADMIN_URL)
@@ -223,7 +224,7 @@ def put_db_secret(stack: str, dbname: str) -> str:
     # format requires one.
     value = json.dumps(
         {"engine": "postgres", "username": role_name(dbname, "ingest"), "password": "unused-with-trust-auth",
-         "host": pg.hostname or "127.0.0.1", "port": pg.port or 5432, "dbname": dbname}
+         "host": pg.hostname or "127.0.0.1", "port": port or pg.port or 5432, "dbname": dbname}
     )  # fmt: skip
     try:
         return sm.create_secret(Name=name, SecretString=value)["ARN"]
@@ -247,7 +248,16 @@ class Stack:
     log_level: str
 
 
-def deploy(stack: str, dbname: str, *, fifo: bool = False, batch_size: int = 25, log_level: str = "WARN") -> Stack:
+def deploy(
+    stack: str,
+    dbname: str,
+    *,
+    fifo: bool = False,
+    batch_size: int = 25,
+    log_level: str = "WARN",
+    db_port: int | None = None,
+    overrides: dict[str, str] | None = None,
+) -> Stack:
     """Deploy the built template as `stack`, its DB secret pointing at a fresh
     database `dbname`, migrated by the admin, which the function writes as
     the ingest role; at `log_level` (the README's production level: WARN).
@@ -267,8 +277,8 @@ def deploy(stack: str, dbname: str, *, fifo: bool = False, batch_size: int = 25,
         s3.create_bucket(Bucket=ARTIFACT_BUCKET)
     except (s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
         pass
-    secret_arn = put_db_secret(stack, dbname)
-    max_receive = 5
+    secret_arn = put_db_secret(stack, dbname, db_port)
+    max_receive = int((overrides or {}).get("MaxReceiveCount", 5))
     params = {
         "DbSecretArn": secret_arn,
         "DbSslMode": "disable",  # the local server has no TLS; production uses verify-full
@@ -280,6 +290,7 @@ def deploy(stack: str, dbname: str, *, fifo: bool = False, batch_size: int = 25,
         "MaximumBatchingWindowInSeconds": "1",
         "VisibilityTimeoutSeconds": str(LOCAL_VISIBILITY_TIMEOUT),
         "MaxReceiveCount": str(max_receive),
+        **(overrides or {}),
     }
     say(f"==> sam deploy {stack} into LocalStack ({ENDPOINT}), database {dbname}")
     sam(

@@ -12,8 +12,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -39,10 +41,11 @@ def localstack():
             subprocess.run([str(ROOT / "localstack" / "down.sh")], check=False, timeout=60)
 
 
-def deployed(*, fifo: bool, batch_size: int):
+def deployed(*, fifo: bool, batch_size: int, kind: str | None = None, **options):
     """A stack of this run with a database of its own; both removed afterwards."""
-    kind = "fifo" if fifo else "std"
-    s = stack.deploy(f"login-etl-{RUN}-{kind}", f"login_etl_{RUN}_{kind}", fifo=fifo, batch_size=batch_size)
+    kind = kind or ("fifo" if fifo else "std")
+    s = stack.deploy(f"login-etl-{RUN}-{kind}", f"login_etl_{RUN}_{kind}", fifo=fifo, batch_size=batch_size,
+                     **options)  # fmt: skip
     try:
         yield s
     finally:
@@ -270,3 +273,137 @@ def test_a_fifo_queue_with_batch_size_50_is_refused_before_any_resource_exists(l
     # (LocalStack 4.13 refuses the change set with an internal error while
     # reporting the failed assertion; AWS returns a ValidationError.)
     assert resources == [], "refused before any resource was created"
+
+
+class TcpProxy:
+    """A TCP proxy on 127.0.0.1 in front of PostgreSQL that the test turns off
+    (listener closed, every connection cut: the database is unreachable, as
+    in an outage or a failover) and on again on the same port."""
+
+    def __init__(self, upstream_port: int):
+        self.upstream = upstream_port
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self.listener: socket.socket | None = None
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def stop(self) -> None:
+        with self.lock:
+            listener, self.listener = self.listener, None
+            conns, self.conns = self.conns, []
+        if listener:
+            listener.close()
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.upstream))
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                if self.listener is not listener:
+                    client.close()
+                    server.close()
+                    return
+                self.conns += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+# Scaled down: a 2 s visibility timeout and maxReceiveCount 8 dead-letter a
+# message after 8 receives, about 16 s, without the backoff; the outage lasts
+# 20 s. With base 2 s and cap 8 s the shortest waits are 1, 2, 4, 4, ... s:
+# 8 receives take at least 27 s, and at most 7 receives fit in the outage.
+OUTAGE_S = 20
+BACKOFF = {"BackoffBaseSeconds": "2", "BackoffMaxSeconds": "8"}
+OUTAGE_PARAMS = {"VisibilityTimeoutSeconds": "2", "MaxReceiveCount": "8", "BatchSize": "10"}
+
+
+@pytest.fixture(scope="session")
+def outage(localstack):
+    proxy = TcpProxy(5432)
+    proxy.start()
+    backoff = os.environ.get("LOGIN_ETL_E2E_NO_BACKOFF") != "1"  # the "before" figures: BackoffBaseSeconds 0
+    overrides = {**OUTAGE_PARAMS, **(BACKOFF if backoff else {"BackoffBaseSeconds": "0"})}
+    gen = deployed(fifo=False, batch_size=10, kind="outage", db_port=proxy.port, overrides=overrides)
+    s = next(gen)
+    try:
+        yield s, proxy
+    finally:
+        proxy.stop()
+        next(gen, None)
+
+
+def test_a_database_outage_dead_letters_nothing_valid_and_every_row_lands_soon_after_recovery(outage):
+    """PostgreSQL is unreachable for longer than maxReceiveCount visibility
+    periods: the function reports and backs off each valid record, sends the
+    rejects to the DLQ at once, writes an EMF document per invocation, and
+    every row is written within about the backoff cap after recovery."""
+    s, proxy = outage
+    messages = stack.generate(60, 10, seed=4343)
+    valid = [m for m in messages if m.valid]
+    proxy.stop()
+    down_at = time.monotonic()
+    stack.send(s, messages)
+    time.sleep(OUTAGE_S)
+    during = [d for d in stack.emf_documents(s) if d.get("message") == "batch failed"]
+    proxy.start()
+    took = stack.wait_drained(s, len(valid), len(messages) - len(valid), timeout=120)
+    print(f"\noutage {OUTAGE_S} s ({time.monotonic() - down_at:.0f} s with the drain): "
+          f"{len(during)} invocations against the dead database, "
+          f"{sum(d['RecordsReceived'] for d in during)} records received in them; "
+          f"every row in {took.rows_s:.1f} s after recovery")  # fmt: skip
+    dead = stack.dead_letters(s)
+    codes = [stack.dead_letter_attribute(m, "rejection_code") for m in dead]
+    assert len(dead) == len(messages) - len(valid) and all(codes), "only the rejects, each with its reason"
+    assert {m["Body"] for m in dead}.isdisjoint({m.body for m in valid}), "nothing valid in the DLQ"
+    ids = {r[0] for r in stack.psql(stack.db_url(s.dbname), "SELECT message_id FROM user_logins")}
+    assert ids == {m.message_id for m in valid}, "every valid message is exactly one row"
+    # Within the cap (8 s) plus the event-source mapping's poll and window and an invocation.
+    assert took.rows_s <= 8 + 7, f"the last row {took.rows_s:.1f} s after recovery"
+    # Bounded: at most 7 receives per message fit in the outage with the backoff
+    # (10 or more without it, at a 2 s visibility).
+    assert during, "the outage was seen by the function"
+    assert sum(d["RecordsReceived"] for d in during) <= 7 * len(messages)
+    for d in during:
+        assert d["BatchFailed"] == 1 and d["InvocationFailed"] == 0
+        assert d["RecordsBackedOff"] + d["VisibilityChangesFailed"] == d["BatchItemFailures"]
+        assert d["IngestLagMs"] >= 0 and d["level"] == "WARN"
+    totals = stack.metric_totals(s)
+    assert totals["RowsInserted"] == len(valid)
