@@ -2,14 +2,15 @@
 
 mod common;
 
-use std::net::IpAddr;
-
-use chrono::NaiveDate;
+use common::oracle::{ExpectedRow, assert_table_matches, expected_row};
 use common::*;
 use login_etl::HandlerError;
 use login_etl::synth::{self, Options};
 use serde_json::Value;
 
+/// The fixture with every rejection reason: exactly the invalid records are
+/// reported, and each valid one is a row whose every column equals the
+/// oracle's (tests/common/oracle.rs), on the INSERT path.
 #[tokio::test]
 async fn mixed_batch_reports_exactly_the_invalid_records_and_writes_correct_rows() {
     let db = TestDb::create().await;
@@ -17,64 +18,18 @@ async fn mixed_batch_reports_exactly_the_invalid_records_and_writes_correct_rows
     let event = load_event("sqs-mixed.json");
     let resp = h.handle(&event).await.unwrap();
     assert_eq!(failures(&resp), expected_failures(&event));
-
-    let client = db.client().await;
-    let want: Vec<_> = expectations(&event)
-        .into_iter()
-        .filter(|(_, e)| e == "insert")
-        .collect();
-    assert_eq!(count_rows(&client).await, want.len() as i64);
-    for msg in event
+    let want: Vec<ExpectedRow> = event
         .records
         .iter()
-        .filter(|m| want.iter().any(|(id, _)| Some(id) == m.message_id.as_ref()))
-    {
-        let body: Value = serde_json::from_str(msg.body.as_deref().unwrap()).unwrap();
-        let row = client
-            .query_one(
-                "SELECT user_id, device_type, masked_ip, masked_device_id, locale, app_version, app_version_text, create_date FROM user_logins WHERE message_id = $1",
-                &[&msg.message_id.as_deref().unwrap()],
-            )
-            .await
-            .unwrap();
-        let ip: IpAddr = body["ip"].as_str().unwrap().parse().unwrap();
-        assert_eq!(row.get::<_, String>(0), body["user_id"].as_str().unwrap());
-        assert_eq!(
-            row.get::<_, String>(1),
-            body["device_type"].as_str().unwrap()
-        );
-        assert_eq!(row.get::<_, String>(2), hmac_hex(TEST_KEY, &ip.to_string()));
-        assert_eq!(
-            row.get::<_, String>(3),
-            hmac_hex(TEST_KEY, body["device_id"].as_str().unwrap().trim())
-        );
-        assert_eq!(
-            row.get::<_, Option<String>>(4).as_deref(),
-            body["locale"].as_str()
-        );
-        let version = body["app_version"].as_str().unwrap();
-        let parts: Vec<i32> = version
-            .split('.')
-            .map(|p| p.parse().unwrap())
-            .chain([0, 0])
-            .take(3)
-            .collect();
-        assert_eq!(
-            row.get::<_, i32>(5),
-            parts[0] * 1_000_000 + parts[1] * 1_000 + parts[2]
-        );
-        assert_eq!(row.get::<_, String>(6), version);
-        let date: NaiveDate = row.get(7);
-        match msg.attributes.get("SentTimestamp") {
-            Some(ms) => assert_eq!(
-                date,
-                chrono::DateTime::from_timestamp_millis(ms.parse().unwrap())
-                    .unwrap()
-                    .date_naive()
-            ),
-            None => assert!((chrono::Utc::now().date_naive() - date).num_days().abs() <= 1),
-        }
-    }
+        .zip(expectations(&event))
+        .filter(|(_, (_, e))| e == "insert")
+        .map(|(m, _)| expected_row(TEST_KEY, m))
+        .collect();
+    assert!(
+        want.iter().any(|w| w.create_date.is_none()),
+        "the fixture has a record without SentTimestamp"
+    );
+    assert_table_matches(&db.client().await, &want).await;
 }
 
 #[tokio::test]
@@ -498,4 +453,75 @@ async fn the_ingest_role_is_all_the_function_needs_and_it_can_read_nothing_back(
         vault_entries > 0,
         "vault entries were written by the ingest role"
     );
+}
+
+/// A COPY-sized batch goes in by the COPY fast path (one statement, the EMF
+/// document says `copied`), and every column of every row equals the
+/// oracle's, computed from the message text alone (tests/common/oracle.rs):
+/// a column swapped, shifted or mis-encoded in the COPY's row fails here.
+/// The batch mixes in invalid records (rows must stay aligned with their
+/// messages), non-canonical IPv6 and IPv4-mapped addresses, padded device
+/// ids, non-ASCII user ids, every `app_version` shape, null locales and a
+/// record without `SentTimestamp`.
+#[tokio::test]
+async fn a_copy_batch_writes_every_column_of_every_row_as_the_oracle_computes() {
+    let db = TestDb::create().await;
+    let (metrics, docs) = captured_metrics();
+    let h = handler(&db).await.with_metrics(metrics);
+    let mut event = synth::event(&Options {
+        count: 1_500,
+        invalid_every: 23,
+        seed: 7,
+        ..Options::default()
+    });
+    // Hand-written valid logins at positions the generator made valid.
+    let bodies = [
+        r#"{"user_id": "u-ipv6", "app_version": "0.96", "device_type": "ios", "ip": "  2001:0DB8:0000:0000:0000:FF00:0042:8329 ", "locale": null, "device_id": "  123-45-6789\t"}"#,
+        r#"{"user_id": "Zoë-用户-\u202e", "app_version": "12", "device_type": "android", "ip": "::ffff:10.1.2.3", "locale": "pt-BR", "device_id": "987-65-4321"}"#,
+        r#"{"user_id": "u-v4", "app_version": "999.999.999", "device_type": "ios", "ip": "10.1.2.3", "locale": "de-CH", "device_id": "000-00-0000"}"#,
+    ];
+    for (i, body) in bodies.iter().enumerate() {
+        event.records[10 + i].body = Some((*body).to_owned());
+    }
+    event.records[14].attributes.remove("SentTimestamp");
+    let valid: Vec<_> = event
+        .records
+        .iter()
+        .zip(expectations(&event))
+        .filter(|(_, (_, e))| e == "insert")
+        .map(|(m, _)| m)
+        .collect();
+    assert!(valid.len() >= login_etl::sink::COPY_MIN_ROWS);
+
+    let (resp, summary) = h.handle_with_summary(&event).await.unwrap();
+    assert_eq!(failures(&resp), expected_failures(&event));
+    assert_eq!(
+        (summary.inserted, summary.duplicates, summary.statements),
+        (valid.len() as u64, 0, 1),
+        "every row in one statement"
+    );
+    let summary_doc = docs.lock().unwrap()[0].clone();
+    assert_eq!(summary_doc["copied"], true, "by the COPY fast path");
+
+    let want: Vec<ExpectedRow> = valid.iter().map(|m| expected_row(TEST_KEY, m)).collect();
+    // The batch covers the shapes that matter.
+    let texts: Vec<Value> = valid
+        .iter()
+        .map(|m| serde_json::from_str(m.body.as_deref().unwrap()).unwrap())
+        .collect();
+    assert!(want.iter().any(|w| w.locale.is_none()));
+    assert!(want.iter().any(|w| w.create_date.is_none()));
+    assert!(
+        texts
+            .iter()
+            .any(|b| b["ip"].as_str().unwrap().contains(':'))
+    );
+    for parts in 1..=3 {
+        assert!(
+            want.iter()
+                .any(|w| w.app_version_text.split('.').count() == parts),
+            "a version of {parts} parts"
+        );
+    }
+    assert_table_matches(&db.client().await, &want).await;
 }

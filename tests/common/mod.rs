@@ -285,6 +285,25 @@ pub async fn message_ids_in_table(client: &Client) -> Vec<String> {
     ids
 }
 
+/// EMF documents a handler wrote, in order (see [`captured_metrics`]).
+pub type Captured = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
+
+/// Metrics (the default namespace and service, function name `login-etl`)
+/// whose EMF lines go to a list the test reads instead of stdout: give them
+/// to a handler with `BatchHandler::with_metrics`.
+pub fn captured_metrics() -> (login_etl::metrics::Metrics, Captured) {
+    use login_etl::metrics::{DEFAULT_NAMESPACE, DEFAULT_SERVICE, Metrics};
+    let docs: Captured = Default::default();
+    let sink = docs.clone();
+    let metrics = Metrics::new(DEFAULT_NAMESPACE, DEFAULT_SERVICE, "login-etl").with_output(
+        move |line: &str| {
+            let doc = serde_json::from_str(line).expect("each EMF line is one JSON document");
+            sink.lock().unwrap().push(doc);
+        },
+    );
+    (metrics, docs)
+}
+
 /// A TCP port on 127.0.0.1 where nothing listens.
 pub fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -292,6 +311,7 @@ pub fn closed_port() -> u16 {
 }
 
 pub mod moto;
+pub mod oracle;
 pub mod pg_server;
 pub mod pgbouncer;
 pub mod proxy;

@@ -1,0 +1,146 @@
+//! The row each valid login must become, computed here from the message
+//! text alone: the tokens with the `hmac`/`sha2` crates ([`super::hmac_hex`]),
+//! the canonical ip with std's `IpAddr`, `app_version` by arithmetic on the
+//! text, `create_date` from `SentTimestamp` with chrono. Nothing of the
+//! crate's parsing, masking or encoding code is used, so it can check them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use aws_lambda_events::event::sqs::SqsMessage;
+use chrono::NaiveDate;
+use serde_json::Value;
+use tokio_postgres::Client;
+
+use super::hmac_hex;
+
+/// What `user_logins` must hold for one valid message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedRow {
+    pub message_id: String,
+    pub user_id: String,
+    pub device_type: String,
+    pub masked_ip: String,
+    pub masked_device_id: String,
+    pub locale: Option<String>,
+    pub app_version: i32,
+    pub app_version_text: String,
+    /// The UTC date of `SentTimestamp`; `None` when the message has none
+    /// (the row then carries the invocation's date).
+    pub create_date: Option<NaiveDate>,
+}
+
+/// `major * 1_000_000 + minor * 1_000 + patch`, missing parts 0.
+pub fn app_version_number(text: &str) -> i32 {
+    let parts: Vec<i32> = text
+        .split('.')
+        .map(|p| p.parse().expect("a numeric version part"))
+        .chain([0, 0])
+        .take(3)
+        .collect();
+    parts[0] * 1_000_000 + parts[1] * 1_000 + parts[2]
+}
+
+/// The row of `message`, a valid login, under the masking key `key_hex`.
+pub fn expected_row(key_hex: &str, message: &SqsMessage) -> ExpectedRow {
+    let body: Value = serde_json::from_str(message.body.as_deref().expect("a body"))
+        .expect("a valid login's body is JSON");
+    let text = |field: &str| {
+        body[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{field} is a string in a valid login"))
+            .to_owned()
+    };
+    let ip: IpAddr = text("ip").trim().parse().expect("a valid login's ip");
+    let version = text("app_version");
+    ExpectedRow {
+        message_id: message.message_id.clone().expect("a message id"),
+        user_id: text("user_id"),
+        device_type: text("device_type"),
+        masked_ip: hmac_hex(key_hex, &ip.to_string()),
+        masked_device_id: hmac_hex(key_hex, text("device_id").trim()),
+        locale: body["locale"].as_str().map(str::to_owned),
+        app_version: app_version_number(&version),
+        app_version_text: version,
+        create_date: message.attributes.get("SentTimestamp").map(|ms| {
+            chrono::DateTime::from_timestamp_millis(ms.parse().expect("epoch milliseconds"))
+                .expect("a representable time")
+                .date_naive()
+        }),
+    }
+}
+
+/// Asserts that `user_logins` holds exactly the rows `want` (one per
+/// message id), every column equal to the oracle's. The panic names the
+/// columns that differ, how many rows each, and one message id: no value.
+pub async fn assert_table_matches(client: &Client, want: &[ExpectedRow]) {
+    let rows = client
+        .query(
+            "SELECT message_id, user_id, device_type, masked_ip, masked_device_id, locale, \
+             app_version, app_version_text, create_date FROM user_logins",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut got: BTreeMap<String, ExpectedRow> = BTreeMap::new();
+    for r in &rows {
+        let id: String = r.get(0);
+        let row = ExpectedRow {
+            message_id: id.clone(),
+            user_id: r.get(1),
+            device_type: r.get(2),
+            masked_ip: r.get(3),
+            masked_device_id: r.get(4),
+            locale: r.get(5),
+            app_version: r.get(6),
+            app_version_text: r.get(7),
+            create_date: Some(r.get(8)),
+        };
+        assert!(got.insert(id, row).is_none(), "one row per message id");
+    }
+    let want: BTreeMap<&str, &ExpectedRow> =
+        want.iter().map(|w| (w.message_id.as_str(), w)).collect();
+    let want_ids: BTreeSet<&str> = want.keys().copied().collect();
+    let got_ids: BTreeSet<&str> = got.keys().map(String::as_str).collect();
+    assert_eq!(
+        got_ids, want_ids,
+        "the table holds exactly the valid messages"
+    );
+    let today = chrono::Utc::now().date_naive();
+    // Column -> (rows that differ, the first message id).
+    let mut differ: BTreeMap<&str, (usize, &str)> = BTreeMap::new();
+    for (id, w) in &want {
+        let g = &got[*id];
+        let date_ok = match w.create_date {
+            Some(d) => g.create_date == Some(d),
+            // The invocation's date (a run across midnight may see either).
+            None => g
+                .create_date
+                .is_some_and(|d| (today - d).num_days().abs() <= 1),
+        };
+        for (column, equal) in [
+            ("user_id", g.user_id == w.user_id),
+            ("device_type", g.device_type == w.device_type),
+            ("masked_ip", g.masked_ip == w.masked_ip),
+            ("masked_device_id", g.masked_device_id == w.masked_device_id),
+            ("locale", g.locale == w.locale),
+            ("app_version", g.app_version == w.app_version),
+            ("app_version_text", g.app_version_text == w.app_version_text),
+            ("create_date", date_ok),
+        ] {
+            if !equal {
+                differ.entry(column).or_insert((0, id)).0 += 1;
+            }
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "columns that differ from the oracle (of {} rows): {}",
+        want.len(),
+        differ
+            .iter()
+            .map(|(c, (n, id))| format!("{c} in {n} rows (e.g. message {id})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
