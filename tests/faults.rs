@@ -147,16 +147,18 @@ async fn two_cuts_fail_the_invocation_with_nothing_half_committed_and_redelivery
 }
 
 /// The COMMIT reaches the server and commits; its answer never comes back.
-async fn reply_lost_after_commit(count: usize, seed: u64) {
+/// `earlier` records of the batch were committed by an earlier delivery.
+async fn reply_lost_after_commit(count: usize, seed: u64, earlier: usize) -> (TestDb, Proxy) {
     let db = TestDb::create().await;
     let event = batch(count, seed);
-    // A third of the batch was committed by an earlier delivery (another
-    // environment): those stay duplicates, the rest were committed by this
-    // invocation's lost attempt.
-    let mut earlier = event.clone();
-    earlier.records.truncate(count / 3);
-    let before = valid_ids(&earlier).len();
-    handle_and_check(&handler(&db).await, &db, &earlier).await;
+    // Those stay duplicates; the rest were committed by this invocation's
+    // lost attempt.
+    let mut committed_before = event.clone();
+    committed_before.records.truncate(earlier);
+    let before = valid_ids(&committed_before).len();
+    if earlier > 0 {
+        handle_and_check(&handler(&db).await, &db, &committed_before).await;
+    }
     let proxy = Proxy::start(5432).await;
     proxy.plan(&[Cut::ReplyAfterText("COMMIT")]);
     let h = proxied_handler(&db, &proxy, &[]).await;
@@ -172,16 +174,48 @@ async fn reply_lost_after_commit(count: usize, seed: u64) {
         summary.duplicates as usize, before,
         "earlier rows stay duplicates"
     );
+    (db, proxy)
 }
 
+/// A lost reply to the INSERT path's COMMIT: its rows count as inserted.
 #[tokio::test]
 async fn a_reply_lost_after_an_insert_commit_counts_its_rows_as_inserted() {
-    reply_lost_after_commit(400, 13).await;
+    reply_lost_after_commit(400, 13, 400 / 3).await;
 }
 
+/// A COPY-sized batch, a third of it committed before: the COPY aborts on
+/// the first duplicate, so the cut hits the COMMIT of the INSERT path it
+/// falls back to; that attempt's rows count as inserted, the earlier ones
+/// as duplicates.
 #[tokio::test]
 async fn a_reply_lost_after_a_copy_commit_counts_its_rows_as_inserted() {
-    reply_lost_after_commit(2_000, 15).await;
+    reply_lost_after_commit(2_000, 15, 2_000 / 3).await;
+}
+
+/// The COPY's own COMMIT commits on the server and its reply is lost (a
+/// fresh table: nothing makes the COPY abort first). After the reconnect
+/// the recount from the floor before the COPY must find the rows as this
+/// invocation's own: inserted, not duplicates. One transaction wrote every
+/// row (one `xmin`), after all of the COPY's data had gone through: the COPY.
+#[tokio::test]
+async fn a_reply_lost_after_the_copys_own_commit_counts_its_rows_as_inserted() {
+    let (db, proxy) = reply_lost_after_commit(2_000, 19, 0).await;
+    let cuts = proxy.cuts();
+    assert!(
+        cuts[0] > 400_000,
+        "the cut came after the COPY data: {cuts:?}"
+    );
+    let writers: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(DISTINCT xmin::text) FROM user_logins", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        writers, 1,
+        "every row was committed by the COPY's transaction"
+    );
 }
 
 #[tokio::test]
