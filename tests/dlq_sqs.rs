@@ -8,26 +8,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aws_lambda_events::event::sqs::SqsEvent;
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use common::moto::start_moto;
+use common::sqs::{scripted_sqs, sqs_client};
 use common::*;
 use login_etl::BatchHandler;
 use login_etl::dlq::DeadLetterQueue;
 use login_etl::synth::{self, Options};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A client with the function's own HTTP and timeout settings, aimed at `endpoint`.
-async fn sqs_client(endpoint: &str) -> Client {
-    let shared = login_etl::secrets::sdk_config().await;
-    let config = aws_sdk_sqs::config::Builder::from(&shared)
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-        .build();
-    Client::from_conf(config)
-}
 
 async fn handler_with_dlq(db: &TestDb, client: Client, url: &str) -> BatchHandler {
     handler(db)
@@ -233,80 +220,6 @@ async fn rejected_records_land_in_the_dlq_after_one_receive_with_their_reason() 
     assert_eq!(in_table, valid, "rows after a rejected record are written");
 }
 
-/// An SQS endpoint that refuses the entries whose body contains `FAIL-ME`
-/// (or, with `deny_all`, the whole call, as IAM does) and accepts the rest.
-async fn scripted_sqs(deny_all: bool) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                loop {
-                    let mut req = Vec::new();
-                    let mut buf = [0u8; 65536];
-                    let (head_end, length) = loop {
-                        let Ok(n) = sock.read(&mut buf).await else {
-                            return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        req.extend_from_slice(&buf[..n]);
-                        if let Some(end) = req.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head = String::from_utf8_lossy(&req[..end]).to_lowercase();
-                            let length = head
-                                .lines()
-                                .find_map(|l| l.strip_prefix("content-length:"))
-                                .map_or(0, |v| v.trim().parse::<usize>().unwrap());
-                            break (end + 4, length);
-                        }
-                    };
-                    while req.len() < head_end + length {
-                        let Ok(n) = sock.read(&mut buf).await else {
-                            return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        req.extend_from_slice(&buf[..n]);
-                    }
-                    let body: serde_json::Value =
-                        serde_json::from_slice(&req[head_end..head_end + length]).unwrap();
-                    let (status, answer) = if deny_all {
-                        (
-                            "400 Bad Request",
-                            serde_json::json!({"__type": "com.amazonaws.sqs#AccessDenied", "message": "not authorized to perform: sqs:SendMessage"}),
-                        )
-                    } else {
-                        let (mut ok, mut failed) = (Vec::new(), Vec::new());
-                        for e in body["Entries"].as_array().unwrap() {
-                            let id = e["Id"].as_str().unwrap();
-                            if e["MessageBody"].as_str().unwrap().contains("FAIL-ME") {
-                                failed.push(serde_json::json!({"Id": id, "SenderFault": true, "Code": "InvalidMessageContents", "Message": "refused"}));
-                            } else {
-                                ok.push(serde_json::json!({"Id": id, "MessageId": format!("copy-{id}"), "MD5OfMessageBody": "0"}));
-                            }
-                        }
-                        (
-                            "200 OK",
-                            serde_json::json!({"Successful": ok, "Failed": failed}),
-                        )
-                    };
-                    let text = answer.to_string();
-                    let resp = format!(
-                        "HTTP/1.1 {status}\r\nContent-Type: application/x-amz-json-1.0\r\nx-amzn-RequestId: 1\r\nContent-Length: {}\r\n\r\n{text}",
-                        text.len()
-                    );
-                    if sock.write_all(resp.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    port
-}
-
 #[tokio::test]
 async fn a_refused_entry_or_a_denied_call_keeps_exactly_those_records_as_failures() {
     let db = TestDb::create().await;
@@ -363,4 +276,71 @@ async fn a_refused_entry_or_a_denied_call_keeps_exactly_those_records_as_failure
         "a denied call leaves every rejected record to SQS"
     );
     assert_eq!(summary.sent_to_dlq, 0);
+}
+
+/// A FIFO batch in which the queue refuses the DLQ copy of one rejected
+/// record: that record holds its group, so it and every later record are
+/// reported, and no row after it is written. A rejected record before it,
+/// whose copy was accepted, is finished (neither reported nor holding
+/// anything).
+async fn a_refused_dlq_copy_holds_the_fifo_batch(count: usize) {
+    let port = scripted_sqs(false).await;
+    let url = format!("http://127.0.0.1:{port}/000000000000/login-dlq.fifo");
+    let db = TestDb::create().await;
+    let h = handler_with_dlq(
+        &db,
+        sqs_client(&format!("http://127.0.0.1:{port}")).await,
+        &url,
+    )
+    .await;
+    let mut event = synth::event(&Options {
+        count,
+        fifo: true,
+        seed: 94,
+        ..Options::default()
+    });
+    let (sent, held) = (3, count / 2);
+    event.records[sent].body = Some("not json".into());
+    event.records[held].body = Some(r#"{"foo": "FAIL-ME"}"#.into());
+    let ids: Vec<String> = event
+        .records
+        .iter()
+        .map(|m| m.message_id.clone().unwrap())
+        .collect();
+    let (resp, summary) = h.handle_with_summary(&event).await.unwrap();
+    assert!(
+        failures(&resp) == ids[held..],
+        "{count} records: not exactly the held record (position {held}) and every later one are reported, but {} records",
+        failures(&resp).len()
+    );
+    assert_eq!(summary.sent_to_dlq, 1, "{count} records: the accepted copy");
+    let position: BTreeMap<&str, usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    let in_table = message_ids_in_table(&db.client().await).await;
+    let after = in_table
+        .iter()
+        .filter(|id| position[id.as_str()] > held)
+        .count();
+    assert_eq!(
+        after, 0,
+        "{count} records: rows after the held record (position {held}) were written"
+    );
+    let before: BTreeSet<usize> = in_table.iter().map(|id| position[id.as_str()]).collect();
+    assert_eq!(
+        before,
+        (0..held).filter(|&i| i != sent).collect(),
+        "{count} records: every valid row before the held record, once"
+    );
+    assert_eq!(summary.inserted as usize, held - 1, "{count} records");
+}
+
+/// See [`a_refused_dlq_copy_holds_the_fifo_batch`]: a batch the size FIFO
+/// event sources deliver at most (10), and one of 30; the INSERT path.
+#[tokio::test]
+async fn a_refused_dlq_copy_in_a_fifo_batch_holds_that_record_and_every_later_one() {
+    a_refused_dlq_copy_holds_the_fifo_batch(10).await;
+    a_refused_dlq_copy_holds_the_fifo_batch(30).await;
 }

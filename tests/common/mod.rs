@@ -316,3 +316,4 @@ pub mod pg_server;
 pub mod pgbouncer;
 pub mod proxy;
 pub mod runtime_api;
+pub mod sqs;

@@ -1,0 +1,92 @@
+//! SQS endpoints for the tests: a client with the function's own settings,
+//! and a scripted SQS on 127.0.0.1 that refuses chosen entries.
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A client with the function's own HTTP and timeout settings, aimed at `endpoint`.
+pub async fn sqs_client(endpoint: &str) -> Client {
+    let shared = login_etl::secrets::sdk_config().await;
+    let config = aws_sdk_sqs::config::Builder::from(&shared)
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+        .build();
+    Client::from_conf(config)
+}
+
+/// An SQS endpoint that refuses the entries whose body contains `FAIL-ME`
+/// (or, with `deny_all`, the whole call, as IAM does) and accepts the rest.
+pub async fn scripted_sqs(deny_all: bool) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                loop {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 65536];
+                    let (head_end, length) = loop {
+                        let Ok(n) = sock.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        req.extend_from_slice(&buf[..n]);
+                        if let Some(end) = req.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&req[..end]).to_lowercase();
+                            let length = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                            break (end + 4, length);
+                        }
+                    };
+                    while req.len() < head_end + length {
+                        let Ok(n) = sock.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        req.extend_from_slice(&buf[..n]);
+                    }
+                    let body: serde_json::Value =
+                        serde_json::from_slice(&req[head_end..head_end + length]).unwrap();
+                    let (status, answer) = if deny_all {
+                        (
+                            "400 Bad Request",
+                            serde_json::json!({"__type": "com.amazonaws.sqs#AccessDenied", "message": "not authorized to perform: sqs:SendMessage"}),
+                        )
+                    } else {
+                        let (mut ok, mut failed) = (Vec::new(), Vec::new());
+                        for e in body["Entries"].as_array().unwrap() {
+                            let id = e["Id"].as_str().unwrap();
+                            if e["MessageBody"].as_str().unwrap().contains("FAIL-ME") {
+                                failed.push(serde_json::json!({"Id": id, "SenderFault": true, "Code": "InvalidMessageContents", "Message": "refused"}));
+                            } else {
+                                ok.push(serde_json::json!({"Id": id, "MessageId": format!("copy-{id}"), "MD5OfMessageBody": "0"}));
+                            }
+                        }
+                        (
+                            "200 OK",
+                            serde_json::json!({"Successful": ok, "Failed": failed}),
+                        )
+                    };
+                    let text = answer.to_string();
+                    let resp = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: application/x-amz-json-1.0\r\nx-amzn-RequestId: 1\r\nContent-Length: {}\r\n\r\n{text}",
+                        text.len()
+                    );
+                    if sock.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
