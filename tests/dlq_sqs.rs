@@ -344,3 +344,11 @@ async fn a_refused_dlq_copy_in_a_fifo_batch_holds_that_record_and_every_later_on
     a_refused_dlq_copy_holds_the_fifo_batch(10).await;
     a_refused_dlq_copy_holds_the_fifo_batch(30).await;
 }
+
+/// See [`a_refused_dlq_copy_holds_the_fifo_batch`]: a batch large enough
+/// for the COPY fast path, into which every valid row was already streamed
+/// when the refusal came; the COPY must not commit the rows held back.
+#[tokio::test]
+async fn a_refused_dlq_copy_holds_a_fifo_batch_that_was_streaming_into_a_copy() {
+    a_refused_dlq_copy_holds_the_fifo_batch(login_etl::sink::COPY_MIN_ROWS + 100).await;
+}

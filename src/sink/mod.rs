@@ -211,6 +211,7 @@ impl PgSink {
             budget,
             copy,
             copy_tried,
+            pushed: 0,
         })
     }
 
@@ -458,14 +459,18 @@ pub struct BatchWriter<'s> {
     budget: Budget,
     copy: Option<CopyIn>,
     copy_tried: bool,
+    /// Rows handed to the COPY.
+    pushed: usize,
 }
 
 impl BatchWriter<'_> {
-    /// Hands one row to the COPY, if one is open (the row must also be in
-    /// the slice given to [`finish`](Self::finish)).
+    /// Hands one row to the COPY, if one is open (the rows given to
+    /// [`finish`](Self::finish) must be these, or a prefix of them: then
+    /// the COPY is abandoned and the prefix takes the INSERT path).
     pub async fn push(&mut self, row: &LoginRow<'_>) {
         if let Some(copy) = self.copy.as_mut() {
             copy.write(row).await;
+            self.pushed += 1;
         }
     }
 
@@ -480,6 +485,19 @@ impl BatchWriter<'_> {
         vault: Option<VaultWrite<'_>>,
     ) -> Result<InsertReport, SinkError> {
         let mut recount_since = None;
+        if self.copy.is_some() && self.pushed != rows.len() {
+            // The caller held back rows it had already streamed (a FIFO
+            // batch whose rejected record's DLQ copy was refused): the COPY
+            // holds rows that must not commit. Dropping it aborts it
+            // (CopyFail); the INSERT path writes `rows`.
+            debug!(
+                pushed = self.pushed,
+                rows = rows.len(),
+                "COPY abandoned; inserting the rows kept"
+            );
+            drop(self.copy.take());
+            self.sink.rollback().await;
+        }
         if let Some(copy) = self.copy.take() {
             let vault_rows = vault.map(|v| VaultRows {
                 key: v.key,
