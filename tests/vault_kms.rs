@@ -1,8 +1,9 @@
 //! The PII vault against moto's KMS: the function's cold start asks KMS for
 //! a data key, batches write vault entries beside their rows, `reveal` gets
 //! the originals back through KMS Decrypt with one audit line each, and
-//! `forget` erases one user without touching the others. One sequential
-//! test: it sets process-wide AWS environment variables.
+//! `forget` erases one user without touching the others; and no data key
+//! ever seals two entries under one nonce. The tests set process-wide AWS
+//! environment variables, so each holds [`ENV`] for its whole run.
 
 mod common;
 
@@ -18,11 +19,39 @@ use login_etl::synth::{self, Options};
 use login_etl::vault::Kind;
 use serde_json::Value;
 
-fn set_env(vars: &[(&str, &str)]) {
-    for (k, v) in vars {
-        // SAFETY: this test binary holds a single test, so no other thread reads the environment.
+/// Held by each test of this binary for its whole run: one at a time sets
+/// and reads the process environment.
+static ENV: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Points the AWS SDK at moto on `port` (call with [`ENV`] held).
+fn set_env(port: u16) {
+    let endpoint = format!("http://127.0.0.1:{port}");
+    for (k, v) in [
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+    ] {
+        // SAFETY: every test of this binary holds ENV while it runs, and the
+        // others wait for it without touching the environment.
         unsafe { std::env::set_var(k, v) };
     }
+}
+
+/// A KMS key in moto, for the vault.
+async fn vault_kms_key() -> (aws_sdk_kms::Client, String) {
+    let kms = aws_sdk_kms::Client::new(&login_etl::secrets::sdk_config().await);
+    let key_arn = kms
+        .create_key()
+        .description("login-etl vault test")
+        .send()
+        .await
+        .unwrap()
+        .key_metadata
+        .unwrap()
+        .arn
+        .unwrap();
+    (kms, key_arn)
 }
 
 /// user_id -> (canonical ip, trimmed device id) of every valid record,
@@ -48,24 +77,10 @@ fn originals(event: &SqsEvent) -> BTreeMap<String, BTreeSet<(String, String)>> {
 #[tokio::test]
 #[ignore = "needs moto_server on PATH or in MOTO_SERVER; run by `make test`"]
 async fn the_vault_round_trip_through_kms_reveal_and_forget() {
+    let _env = ENV.lock().await;
     let (_moto, port) = start_moto();
-    set_env(&[
-        ("AWS_ENDPOINT_URL", &format!("http://127.0.0.1:{port}")),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_REGION", "us-east-1"),
-    ]);
-    let kms = aws_sdk_kms::Client::new(&login_etl::secrets::sdk_config().await);
-    let key_arn = kms
-        .create_key()
-        .description("login-etl vault test")
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .arn
-        .unwrap();
+    set_env(port);
+    let (kms, key_arn) = vault_kms_key().await;
 
     let db = TestDb::create().await;
     // The cold start path: VAULT_KMS_KEY_ID makes it call GenerateDataKey.
@@ -258,4 +273,67 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
 async fn handle_all_but_invalid(h: &login_etl::BatchHandler, event: &SqsEvent) {
     let resp = h.handle(event).await.expect("the batch succeeds");
     assert_eq!(failures(&resp), expected_failures(event));
+}
+
+/// A handler's cold start with the vault on: it asks KMS for a data key.
+async fn cold_start(url: &str, key_arn: &str) -> login_etl::BatchHandler {
+    handler_with(&[
+        ("DATABASE_URL", url),
+        ("MASKING_KEY", TEST_KEY),
+        ("VAULT_KMS_KEY_ID", key_arn),
+    ])
+    .await
+}
+
+/// AES-GCM must never see one (data key, nonce) twice. Through the cold
+/// start's data key from KMS: a COPY-sized batch (thousands of entries, so
+/// the batch draws its nonces from the OS several times), many small
+/// batches of the same warm handler (same data key), and a second cold
+/// start (another data key); every row of `user_logins_pii_vault` has its
+/// own (key_id, nonce), asserted on the table.
+#[tokio::test]
+#[ignore = "needs moto_server on PATH or in MOTO_SERVER; run by `make test`"]
+async fn no_data_key_seals_two_vault_entries_under_one_nonce() {
+    let _env = ENV.lock().await;
+    let (_moto, port) = start_moto();
+    set_env(port);
+    let (_kms, key_arn) = vault_kms_key().await;
+    let db = TestDb::create().await;
+    let url = db.ingest_url().await;
+    let batch = |count, seed| {
+        synth::event(&Options {
+            count,
+            seed,
+            ..Options::default()
+        })
+    };
+    let first = cold_start(&url, &key_arn).await;
+    handle_all_but_invalid(&first, &batch(2_000, 97)).await;
+    for seed in 100..120 {
+        handle_all_but_invalid(&first, &batch(25, seed)).await;
+    }
+    let second = cold_start(&url, &key_arn).await;
+    for seed in 200..210 {
+        handle_all_but_invalid(&second, &batch(25, seed)).await;
+    }
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*), count(DISTINCT (key_id, nonce)), count(DISTINCT key_id), \
+             count(*) FILTER (WHERE octet_length(nonce) <> 12) FROM user_logins_pii_vault",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (entries, distinct, keys, malformed): (i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(keys, 2, "two cold starts, two data keys");
+    assert!(entries > 2 * 2_000, "{entries} vault entries");
+    assert_eq!(malformed, 0, "every nonce is 96 bits");
+    assert_eq!(
+        entries - distinct,
+        0,
+        "vault entries whose (data key, nonce) another entry also has, of {entries}"
+    );
 }
