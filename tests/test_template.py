@@ -3,6 +3,7 @@ not check (it accepted `Runtime: provided.al2099` and a misspelled
 `ReportBatchItemFailure`). Run by `make test` with the venv's pytest."""
 
 import copy
+import fnmatch
 import json
 import os
 import pathlib
@@ -564,3 +565,99 @@ def test_the_function_may_encrypt_into_the_vault_but_only_reveal_policy_decrypts
     with_secret = deployed(RevealDbSecretArn="arn:aws:secretsmanager:us-east-1:123456789012:secret:reveal-Xy12Ab")
     statements = with_secret["PiiRevealPolicy"]["Properties"]["PolicyDocument"]["Statement"]
     assert any(st["Sid"] == "ReadRevealDbSecret" for st in statements)
+
+
+# Actions through which a principal can read the vault: Decrypt itself, or
+# ways to give itself Decrypt (a grant, a new key policy) or to move the data
+# keys under a key it holds.
+_VAULT_READING_ACTIONS = ("kms:Decrypt", "kms:ReEncryptFrom", "kms:CreateGrant", "kms:PutKeyPolicy")
+
+
+def _allows(actions, action):
+    """Whether IAM action patterns (wildcards, any case) cover `action`."""
+    return any(fnmatch.fnmatchcase(action.lower(), str(p).lower()) for p in _as_list(actions))
+
+
+def _key_policy_widenings(key):
+    """The statements of a KMS key's policy that let anyone read what it
+    protects: an Allow to a wildcard principal ("*", {"AWS": "*"}, a list
+    holding one; conditions or not) of an action that reads the vault
+    (kms:*, "*", kms:Decrypt, ...); an Allow with NotPrincipal or NotAction;
+    and any such action for the function's own role (it may only
+    GenerateDataKey). No KeyPolicy is the default one: the account only."""
+    policy = key["Properties"].get("KeyPolicy")
+    if policy is None:
+        return []
+    if isinstance(policy, str):
+        policy = json.loads(policy)
+    found = []
+    for i, st in enumerate(_as_list(policy.get("Statement", []))):
+        if st.get("Effect") != "Allow":
+            continue
+        sid = st.get("Sid", f"statement {i}")
+        if "NotPrincipal" in st or "NotAction" in st:
+            found.append(f"{sid}: Allow with NotPrincipal or NotAction")
+            continue
+        reads = [a for a in _VAULT_READING_ACTIONS if _allows(st.get("Action", []), a)]
+        if not reads:
+            continue
+        principal = st.get("Principal")
+        aws = principal.get("AWS") if isinstance(principal, dict) else principal
+        if principal == "*" or any(p == "*" or (isinstance(p, str) and "*" in p) for p in _as_list(aws)):
+            found.append(f"{sid}: {reads} to any principal")
+        elif "LoginEtlRole" in json.dumps(principal):
+            found.append(f"{sid}: {reads} to the function's role")
+    return found
+
+
+_PROPER_KEY_POLICY = [
+    {"Sid": "KeyAdministration", "Effect": "Allow", "Action": "kms:*", "Resource": "*",
+     "Principal": {"AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}}},
+    {"Sid": "FunctionGeneratesDataKeys", "Effect": "Allow", "Action": "kms:GenerateDataKey", "Resource": "*",
+     "Principal": {"AWS": {"Fn::GetAtt": ["LoginEtlRole", "Arn"]}}},
+    {"Sid": "RevealDecrypts", "Effect": "Allow", "Action": "kms:Decrypt", "Resource": "*",
+     "Principal": {"AWS": {"Ref": "RevealRoleArn"}},
+     "Condition": {"StringEquals": {"kms:EncryptionContext:purpose": "login-etl-pii-vault"}}},
+    {"Sid": "NoDecryptWithoutContext", "Effect": "Deny", "Action": "kms:Decrypt", "Resource": "*", "Principal": "*",
+     "Condition": {"Null": {"kms:EncryptionContext:purpose": "true"}}},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "extra, widened",
+    [
+        (None, False),
+        ({"Principal": "*", "Action": "kms:*"}, True),
+        ({"Principal": {"AWS": "*"}, "Action": "kms:Decrypt"}, True),
+        ({"Principal": {"AWS": [{"Ref": "RevealRoleArn"}, "*"]}, "Action": ["kms:Decrypt*"]}, True),
+        ({"Principal": "*", "Action": "*", "Condition": {"StringEquals": {"kms:CallerAccount": "123456789012"}}}, True),
+        ({"Principal": {"AWS": "*"}, "Action": "KMS:CreateGrant"}, True),
+        ({"NotPrincipal": {"AWS": {"Ref": "RevealRoleArn"}}, "Action": "kms:Encrypt"}, True),
+        ({"Principal": {"AWS": {"Fn::GetAtt": ["LoginEtlRole", "Arn"]}}, "Action": "kms:Decrypt"}, True),
+        ({"Principal": {"AWS": "*"}, "Action": "kms:DescribeKey"}, False),
+    ],
+)
+def test_the_key_policy_check_flags_widenings_and_accepts_a_proper_policy(extra, widened):
+    """The check the vault key's test relies on: a proper policy (account
+    administration, GenerateDataKey for the function, Decrypt for a reveal
+    role under an encryption-context condition, a Deny to "*") passes, and
+    each widening added to it is found."""
+    statements = copy.deepcopy(_PROPER_KEY_POLICY)
+    if extra:
+        statements.append({"Sid": "Added", "Effect": "Allow", "Resource": "*", **extra})
+    key = {"Properties": {"KeyPolicy": {"Version": "2012-10-17", "Statement": statements}}}
+    assert bool(_key_policy_widenings(key)) == widened, _key_policy_widenings(key)
+    as_text = {"Properties": {"KeyPolicy": json.dumps(key["Properties"]["KeyPolicy"])}}
+    assert _key_policy_widenings(as_text) == _key_policy_widenings(key)
+
+
+def test_no_kms_key_policy_lets_anyone_but_named_roles_read_the_vault():
+    """On the deployed (SAM-transformed) template with the vault on: no
+    statement of VaultKey's key policy (nor of any other KMS key's) allows
+    kms:*, kms:Decrypt or a way to them to "*", and none gives them to the
+    function's own role."""
+    resources = deployed(EnableVault="true")
+    keys = {k: v for k, v in resources.items() if v["Type"] == "AWS::KMS::Key"}
+    assert "VaultKey" in keys
+    for name, key in keys.items():
+        assert _key_policy_widenings(key) == [], name
