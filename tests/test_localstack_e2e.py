@@ -243,38 +243,6 @@ def test_an_operator_reveals_an_original_ip_and_forgets_one_user(standard, drain
     assert out.returncode != 0 and "nothing to reveal" in out.stderr
 
 
-def test_a_fifo_queue_with_batch_size_50_is_refused_before_any_resource_exists(localstack):
-    """The template's Rules refuse QueueType=fifo with BatchSize > 10 at
-    validation. tests/test_template.py evaluates the rules' logic directly;
-    here the real deploy shows what LocalStack's CloudFormation does."""
-    name = f"login-etl-{RUN}-badrules"
-    arn = stack.put_db_secret(name, "postgres")
-    try:
-        stack.sam(
-            "deploy", "--template-file", str(stack.BUILD_DIR / "template.yaml"), "--stack-name", name,
-            "--s3-bucket", stack.ARTIFACT_BUCKET, "--s3-prefix", name, "--capabilities", "CAPABILITY_IAM",
-            "--no-confirm-changeset", "--region", stack.REGION, "--parameter-overrides",
-            f"DbSecretArn={arn}", "QueueType=fifo", "BatchSize=50", f"Architecture={stack.HOST_ARCH}",
-        )  # fmt: skip
-    except subprocess.CalledProcessError:
-        refused = True
-    else:
-        refused = False
-    cf = stack.client("cloudformation")
-    try:
-        resources = cf.describe_stack_resources(StackName=name)["StackResources"]
-    except cf.exceptions.ClientError:
-        resources = []  # no such stack
-    if stack.stack_exists(name):
-        stack.delete_stack(name)
-    if not refused:
-        pytest.skip("LocalStack 4.13's CloudFormation does not evaluate Rules (it created the stack); "
-                    "tests/test_template.py checks the rules' logic instead")  # fmt: skip
-    # (LocalStack 4.13 refuses the change set with an internal error while
-    # reporting the failed assertion; AWS returns a ValidationError.)
-    assert resources == [], "refused before any resource was created"
-
-
 class TcpProxy:
     """A TCP proxy on 127.0.0.1 in front of PostgreSQL that the test turns off
     (listener closed, every connection cut: the database is unreachable, as
