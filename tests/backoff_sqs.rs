@@ -366,7 +366,11 @@ async fn an_outage_backs_off_the_valid_records_and_refused_rows_reach_the_dlq_on
             .collect();
         let dead = drain(&sqs, &dlq_url).await;
         if receive < 3 {
-            assert_eq!(failed, [bad_id.clone()], "receive {receive}: retried");
+            assert_eq!(
+                failed,
+                std::slice::from_ref(&bad_id),
+                "receive {receive}: retried"
+            );
             assert!(dead.is_empty(), "receive {receive}: not yet in the DLQ");
             assert_eq!(summary.refused_to_dlq, 0);
         } else {
