@@ -31,6 +31,12 @@ fi
 [[ -x $venv/bin/python ]] || { echo "error: no LocalStack venv at $venv: run make localstack-tools" >&2; exit 1; }
 
 mkdir -p "$state/fs"
+# The event-source mapping's poller: back off at most 1 s on an empty queue
+# (so tests drain quickly) and on a failed invocation. LocalStack's default
+# for the latter (up to 60 s) hides what AWS does: its SQS pollers keep
+# receiving, and SQS redelivers a failed batch after its visibility timeout,
+# counting each receive (the outage test in tests/test_localstack_e2e.py
+# depends on it).
 echo "==> starting LocalStack on 127.0.0.1:$port (log: $log)"
 # Every setting below is documented in ../shared/design.md section 5 and the README.
 env OVERRIDE_IN_DOCKER=0 \
@@ -45,6 +51,7 @@ env OVERRIDE_IN_DOCKER=0 \
   SERVICES=sqs,secretsmanager,lambda,cloudformation,iam,sts,logs,s3,cloudwatch,kms \
   LAMBDA_RUNTIME_EXECUTOR=host \
   LAMBDA_EVENT_SOURCE_MAPPING_MAX_BACKOFF_ON_EMPTY_POLL_SEC=1 \
+  LAMBDA_EVENT_SOURCE_MAPPING_MAX_BACKOFF_ON_ERROR_SEC=1 \
   setsid "$venv/bin/python" -m localstack.runtime.main > "$log" 2>&1 < /dev/null &
 pid=$!
 echo "$pid" > "$pidfile"
