@@ -107,6 +107,17 @@ pub fn jitter() -> f64 {
     (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// `cap`, cut to end 500 ms before `deadline` (the invocation's): the bound
+/// of the SQS calls an invocation makes after its write, so the response
+/// still goes out in time.
+pub(crate) fn before_deadline(cap: Duration, deadline: Option<Instant>) -> Duration {
+    deadline.map_or(cap, |d| {
+        d.saturating_duration_since(Instant::now())
+            .saturating_sub(Duration::from_millis(500))
+            .min(cap)
+    })
+}
+
 /// One message to back off.
 #[derive(Debug, Clone)]
 pub struct Hold<'a> {
@@ -181,11 +192,7 @@ impl Visibility {
         if holds.is_empty() {
             return Vec::new();
         }
-        let limit = deadline.map_or(CHANGE_TIMEOUT, |d| {
-            d.saturating_duration_since(Instant::now())
-                .saturating_sub(Duration::from_millis(500))
-                .min(CHANGE_TIMEOUT)
-        });
+        let limit = before_deadline(CHANGE_TIMEOUT, deadline);
         let work = async {
             let Some(url) = self.url(source_arn).await else {
                 return Vec::new();

@@ -68,11 +68,7 @@ impl DeadLetterQueue {
         fifo: bool,
         deadline: Option<std::time::Instant>,
     ) -> Vec<usize> {
-        let limit = deadline.map_or(SEND_TIMEOUT, |d| {
-            d.saturating_duration_since(std::time::Instant::now())
-                .saturating_sub(Duration::from_millis(500))
-                .min(SEND_TIMEOUT)
-        });
+        let limit = crate::backoff::before_deadline(SEND_TIMEOUT, deadline);
         let rejected_at = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
         let mut calls = JoinSet::new();
         let mut chunk: Vec<(usize, SendMessageBatchRequestEntry)> = Vec::new();
