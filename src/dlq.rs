@@ -31,7 +31,8 @@ const MAX_BATCH_BYTES: usize = 900 * 1024;
 /// Bound on all sends of one invocation.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One rejected record to copy.
+/// One rejected record to copy. Its `Debug` shows the record without its
+/// body (see `SqsRecord`).
 #[derive(Debug, Clone, Copy)]
 pub struct Rejected<'a> {
     /// Its position in the batch.

@@ -11,14 +11,14 @@ use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use serde::{Deserialize, Deserializer};
 
 /// One SQS batch as the event-source mapping sends it.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct SqsBatch {
     /// The messages, in queue order.
     pub records: Vec<SqsRecord>,
 }
 
 /// What the function needs of one SQS message.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 pub struct SqsRecord {
     /// The SQS message id: the idempotency key and `itemIdentifier`.
     #[serde(rename = "messageId", default)]
@@ -49,6 +49,27 @@ pub struct RecordAttributes {
     /// The FIFO message group.
     #[serde(rename = "MessageGroupId", default)]
     pub message_group_id: Option<String>,
+}
+
+// `Debug` without the bodies: a `?batch` in a log line must not leak a
+// login's ip or device id.
+impl std::fmt::Debug for SqsBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqsBatch")
+            .field("records", &self.records)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for SqsRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqsRecord")
+            .field("message_id", &self.message_id)
+            .field("body_bytes", &self.body.as_ref().map(String::len))
+            .field("attributes", &self.attributes)
+            .field("event_source_arn", &self.event_source_arn)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SqsRecord {
@@ -121,6 +142,33 @@ mod tests {
                 assert_eq!(a.body, b.body);
                 assert_eq!(a.sent_timestamp(), b.sent_timestamp());
                 assert_eq!(a.event_source_arn, b.event_source_arn);
+                assert_eq!(a.receipt_handle, b.receipt_handle);
+            }
+        }
+    }
+
+    #[test]
+    fn debug_output_shows_no_body() {
+        let text = std::fs::read_to_string(format!(
+            "{}/events/sqs-mixed.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let batch: SqsBatch = serde_json::from_str(&text).unwrap();
+        let shown = format!("{batch:?} {:#?}", batch.records[0]);
+        assert!(shown.contains("body_bytes") && shown.contains("message_id"));
+        for r in &batch.records {
+            let body = r.body.as_deref().unwrap_or_default();
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(body) {
+                for field in ["ip", "device_id", "user_id"] {
+                    if let Some(value) = v
+                        .get(field)
+                        .and_then(|x| x.as_str())
+                        .filter(|x| x.len() > 3)
+                    {
+                        assert!(!shown.contains(value), "{field} in Debug output");
+                    }
+                }
             }
         }
     }

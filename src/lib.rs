@@ -12,6 +12,7 @@
 //! - [`schema`]: the embedded DDL and its migration;
 //! - [`sink`]: PostgreSQL I/O (COPY fast path, bulk insert, refusal isolation, reconnects);
 //! - [`handler`]: one batch to a partial-batch response and a summary;
+//! - [`cli`]: the binary's command line (clap);
 //! - [`dlq`]: rejected records straight to the dead-letter queue;
 //! - [`backoff`]: per-message visibility backoff after an infrastructure failure;
 //! - [`metrics`]: the summary as a CloudWatch EMF document;
@@ -30,6 +31,8 @@
 pub mod app_version;
 #[cfg(feature = "service")]
 pub mod backoff;
+#[cfg(feature = "service")]
+pub mod cli;
 #[cfg(feature = "service")]
 pub mod config;
 #[cfg(feature = "service")]

@@ -11,10 +11,14 @@ use tracing_subscriber::prelude::*;
 /// Targets whose events carry raw event data, and the most verbose level
 /// still allowed from them:
 /// - lambda_runtime logs the whole raw event (ips, device ids) at TRACE;
-/// - tokio-postgres logs statement parameters at DEBUG.
-const GUARDED: [(&str, Level); 2] = [
+/// - tokio-postgres logs statement parameters at DEBUG;
+/// - aws-sigv4 dumps each request it signs at TRACE, and with
+///   `LOG_SIGNABLE_BODY=true` in the environment that dump holds the body:
+///   a `SendMessageBatch` to the DLQ carries the raw messages.
+const GUARDED: [(&str, Level); 3] = [
     ("lambda_runtime::layers::api_response", Level::DEBUG),
     ("tokio_postgres", Level::INFO),
+    ("aws_sigv4", Level::DEBUG),
 ];
 
 /// True when an event or span may be written.
@@ -54,15 +58,28 @@ where
     )
 }
 
+/// Where the process logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// stdout: the Lambda function (Lambda reads both, and EMF needs stdout).
+    Stdout,
+    /// stderr: the operator commands, whose stdout carries their results.
+    Stderr,
+}
+
 /// Installs the subscriber for the process, configured from the environment.
-pub fn init() {
+pub fn init(output: Output) {
     let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let filter = std::env::var("AWS_LAMBDA_LOG_LEVEL")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".into());
     // `log` records (tokio-postgres) go through the same guard.
     let _ = tracing_log::LogTracer::init();
-    let _ = tracing::subscriber::set_global_default(subscriber(std::io::stdout, json, &filter));
+    let subscriber = match output {
+        Output::Stdout => subscriber(std::io::stdout, json, &filter),
+        Output::Stderr => subscriber(std::io::stderr, json, &filter),
+    };
+    let _ = tracing::subscriber::set_global_default(subscriber);
 }
 
 #[cfg(test)]

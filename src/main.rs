@@ -1,37 +1,75 @@
-//! Lambda entry point: build the handler once per cold start, then serve
-//! invocations. `login-etl migrate` applies the schema and exits;
-//! `login-etl gen-events` writes a synthetic SQS batch (demos, benchmarks);
-//! `login-etl reveal` and `login-etl forget` are the operators' PII-vault
-//! commands (see `login_etl::reveal`); `login-etl grants` prints the GRANT
-//! statements of a database role (see `login_etl::grants`).
+//! The binary: without a command, the Lambda function (the handler is built
+//! once per cold start, then serves invocations); with one, an operator or
+//! developer command (see `login_etl::cli` for the commands and exit codes).
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use clap::Parser;
 use lambda_runtime::{LambdaEvent, service_fn};
+use login_etl::cli::{
+    Cli, Command, EXIT_NOT_FOUND, EXIT_USAGE, ForgetArgs, GrantsArgs, RevealArgs,
+};
 use login_etl::config::{Config, DbConfig};
 use login_etl::{SqsBatch, startup};
 use tracing::{error, info};
 
-const USAGE: &str = "usage: login-etl [migrate | gen-events [--count N] [--invalid-every N] [--fifo] [--seed N] | reveal (--ip-token T | --device-token T | --user-id U) | forget --user-id U | grants --role ingest|reveal|erase|migrate --to NAME [--schema S]]";
+/// Why a command stopped: a message for stderr, and the exit code.
+struct Failure(String, u8);
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure(e.to_string(), 1)
+    }
+}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    login_etl::logging::init();
-    let result = match std::env::args().nth(1).as_deref() {
-        None => serve().await,
-        Some("migrate") => migrate().await,
-        Some("gen-events") => gen_events(),
-        Some("reveal") => reveal().await,
-        Some("forget") => forget().await,
-        Some("grants") => grants(),
-        Some(_) => Err(USAGE.into()),
+    let cli = Cli::parse(); // --help, --version and usage errors exit here (0 or 2)
+    let Some(command) = cli.command else {
+        return serve_lambda().await;
+    };
+    // Operator commands: results on stdout, logs on stderr.
+    login_etl::logging::init(login_etl::logging::Output::Stderr);
+    let result = match command {
+        Command::Migrate => migrate().await,
+        Command::Grants(args) => grants(&args),
+        Command::Reveal(args) => reveal(&args).await,
+        Command::Forget(args) => forget(&args).await,
+        Command::GenEvents(args) => {
+            let event = login_etl::synth::event(&(&args).into());
+            println!(
+                "{}",
+                serde_json::to_string(&event).expect("an SQS event serializes")
+            );
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(message, code)) => {
+            eprintln!("login-etl: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// The Lambda function: JSON logs on stdout, as Lambda reads them.
+async fn serve_lambda() -> ExitCode {
+    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_none() {
+        eprintln!(
+            "login-etl: AWS_LAMBDA_RUNTIME_API is not set, so there is no Lambda to serve. \
+             Run the function in Lambda or under `cargo lambda watch` (make watch), \
+             or give a command: login-etl --help"
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    login_etl::logging::init(login_etl::logging::Output::Stdout);
+    match serve().await {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // One line, in the log Lambda keeps (stdout, JSON at ERROR).
             error!(error = %e, "login-etl stopped");
-            eprintln!("login-etl: {e}");
             ExitCode::FAILURE
         }
     }
@@ -44,10 +82,10 @@ async fn serve() -> Result<(), lambda_runtime::Error> {
         let handler = Arc::clone(&handler);
         async move {
             // The deadline as an Instant: the sink gives up early enough to
-            // report a retryable error before Lambda kills the invocation.
-            // A deadline already past on arrival is no real one (Lambda would
-            // have ended the invocation): emulators such as `cargo lambda
-            // watch` set it before their first, lazy compile.
+            // report before Lambda kills the invocation. A deadline already
+            // past on arrival is no real one (Lambda would have ended the
+            // invocation): emulators such as `cargo lambda watch` set it
+            // before their first, lazy compile.
             let deadline = match event
                 .context
                 .deadline()
@@ -70,84 +108,61 @@ async fn serve() -> Result<(), lambda_runtime::Error> {
     .await
 }
 
-async fn migrate() -> Result<(), lambda_runtime::Error> {
+async fn migrate() -> Result<(), Failure> {
     let target = startup::migrate(&DbConfig::from_env()?).await?;
     info!(%target, "schema applied");
+    println!("schema applied: {target}");
     Ok(())
 }
 
-/// Writes a synthetic SQS batch event to stdout (the demo's messages), from
-/// the binary already built, so a demo needs no second compile.
-fn gen_events() -> Result<(), lambda_runtime::Error> {
-    let options = login_etl::synth::Options::from_args(std::env::args().skip(2))
-        .map_err(|e| format!("{e}\n{USAGE}"))?;
-    let event = login_etl::synth::event(&options);
-    println!("{}", serde_json::to_string(&event)?);
+fn grants(args: &GrantsArgs) -> Result<(), Failure> {
+    print!(
+        "{}",
+        login_etl::grants::sql(args.role.into(), &args.to, &args.schema)?
+    );
     Ok(())
 }
 
-/// `login-etl reveal`: prints `kind token value` per line; one audit line per
-/// value on stderr. Needs the database settings and operator credentials
+/// Prints `kind token value` per line; one audit line per value on stderr.
+/// Needs the database settings of the reveal role and operator credentials
 /// that may call `kms:Decrypt` on the vault key.
-async fn reveal() -> Result<(), lambda_runtime::Error> {
-    let args: Vec<String> = std::env::args().skip(2).collect();
-    let target =
-        login_etl::reveal::Target::from_args(&args).map_err(|e| format!("{e}\n{USAGE}"))?;
+async fn reveal(args: &RevealArgs) -> Result<(), Failure> {
     let client = startup::operator_connection(&DbConfig::from_env()?).await?;
     let kms = aws_sdk_kms::Client::new(&login_etl::secrets::sdk_config().await);
-    let revealed =
-        login_etl::reveal::reveal(&client, &kms, &target, &mut |line| eprintln!("{line}")).await?;
+    let revealed = login_etl::reveal::reveal(&client, &kms, &args.target(), &mut |line| {
+        eprintln!("{line}")
+    })
+    .await?;
     if revealed.is_empty() {
-        return Err("nothing to reveal: no such token or user in user_logins".into());
+        return Err(Failure(
+            "nothing to reveal: no such token or user in user_logins".into(),
+            EXIT_NOT_FOUND,
+        ));
     }
-    for r in revealed {
-        let value = r.value.as_deref().unwrap_or("(not in the vault)");
-        println!("{}\t{}\t{value}", r.kind.as_str(), r.token);
-    }
-    Ok(())
-}
-
-/// `login-etl grants --role R --to NAME [--schema S]`: the GRANT statements
-/// of role R for the database role NAME, on stdout (pipe them to psql as
-/// the tables' owner).
-fn grants() -> Result<(), lambda_runtime::Error> {
-    let args: Vec<String> = std::env::args().skip(2).collect();
-    let (mut role, mut to, mut schema) = (None, None, "public".to_owned());
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
-        match flag.as_str() {
-            "--role" => {
-                role = Some(login_etl::grants::Role::parse(value).ok_or_else(|| {
-                    format!("--role must be ingest, reveal, erase or migrate\n{USAGE}")
-                })?)
-            }
-            "--to" => to = Some(value.clone()),
-            "--schema" => schema = value.clone(),
-            _ => return Err(format!("unknown option {flag}\n{USAGE}").into()),
+    let mut missing = 0;
+    for r in &revealed {
+        match &r.value {
+            Some(value) => println!("{}\t{}\t{value}", r.kind.as_str(), r.token),
+            None => missing += 1,
         }
     }
-    let (Some(role), Some(to)) = (role, to) else {
-        return Err(format!("grants needs --role and --to\n{USAGE}").into());
-    };
-    print!("{}", login_etl::grants::sql(role, &to, &schema)?);
+    if missing > 0 {
+        return Err(Failure(
+            format!(
+                "{missing} of {} tokens are not in the vault (written before the vault was on, or erased)",
+                revealed.len()
+            ),
+            EXIT_NOT_FOUND,
+        ));
+    }
     Ok(())
 }
 
-/// `login-etl forget --user-id U`: erases the user's rows and the vault
-/// entries only they used, in one transaction, and prints the counts.
-async fn forget() -> Result<(), lambda_runtime::Error> {
-    let args: Vec<String> = std::env::args().skip(2).collect();
-    let [flag, user] = args.as_slice() else {
-        return Err(USAGE.into());
-    };
-    if flag != "--user-id" {
-        return Err(USAGE.into());
-    }
+/// Erases the user's rows and the vault entries only they used, in one
+/// transaction, and prints the counts.
+async fn forget(args: &ForgetArgs) -> Result<(), Failure> {
     let mut client = startup::operator_connection(&DbConfig::from_env()?).await?;
-    let done = login_etl::reveal::forget(&mut client, user).await?;
+    let done = login_etl::reveal::forget(&mut client, &args.user_id).await?;
     println!(
         "forgot the user: {} rows deleted from user_logins, {} vault entries no other user shares deleted",
         done.rows, done.vault_entries

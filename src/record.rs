@@ -193,6 +193,14 @@ impl fmt::Debug for LoginRow<'_> {
     }
 }
 
+impl fmt::Debug for LoginEvent<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoginEvent")
+            .field("app_version", &self.app_version)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Validates and masks one SQS message. `message_id` is the record's id
 /// (checked present by the caller); `fallback_date` is used only when the
 /// message has no usable `SentTimestamp`.
@@ -228,8 +236,9 @@ pub fn sent_date(message: &SqsRecord) -> Option<NaiveDate> {
     DateTime::from_timestamp_millis(millis).map(|t| t.date_naive())
 }
 
-/// A login event that passed validation, before masking.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A login event that passed validation, before masking. Its `Debug`
+/// names the fields but shows no value: it holds the raw ip and device id.
+#[derive(Clone, PartialEq, Eq)]
 pub struct LoginEvent<'a> {
     /// Non-empty, at most 128 characters.
     pub user_id: Cow<'a, str>,
@@ -327,8 +336,9 @@ const FIELDS: [Field; 6] = [
     Field::DeviceId,
 ];
 
-/// What the body held for one field, before validation.
-#[derive(Debug, Default)]
+/// What the body held for one field, before validation. `Debug` shows the
+/// kind of value, never the text (it may be an ip or a device id).
+#[derive(Default)]
 enum Slot<'a> {
     #[default]
     Missing,
@@ -336,6 +346,18 @@ enum Slot<'a> {
     Text(Cow<'a, str>),
     WrongType,
     Duplicate,
+}
+
+impl fmt::Debug for Slot<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Slot::Missing => "Missing",
+            Slot::Null => "Null",
+            Slot::Text(_) => "Text(<redacted>)",
+            Slot::WrongType => "WrongType",
+            Slot::Duplicate => "Duplicate",
+        })
+    }
 }
 
 struct RawLogin<'a> {
@@ -483,6 +505,18 @@ impl<'de> Visitor<'de> for SlotVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_of_a_parsed_event_shows_no_value() {
+        let login = parse_body(
+            r#"{"user_id":"u-1234","app_version":"2.3.0","device_type":"android","ip":"199.172.111.135","locale":"RU","device_id":"593-47-5928"}"#,
+        )
+        .unwrap();
+        let shown = format!("{login:?} {:?}", Slot::Text("593-47-5928".into()));
+        for value in ["199.172.111.135", "593-47-5928", "u-1234"] {
+            assert!(!shown.contains(value), "{shown}");
+        }
+    }
 
     const GOOD: &str = r#"{"user_id": "424cdd21-063a-43a7-b91b-7ca1a833afae", "app_version": "2.3.0", "device_type": "android", "ip": "199.172.111.135", "locale": "RU", "device_id": "593-47-5928"}"#;
 

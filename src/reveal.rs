@@ -27,18 +27,6 @@ pub enum Target {
     UserId(String),
 }
 
-impl Target {
-    /// Parses `--ip-token T`, `--device-token T` or `--user-id U`.
-    pub fn from_args(args: &[String]) -> Result<Self, String> {
-        match args {
-            [flag, value] if flag == "--ip-token" => Ok(Target::IpToken(value.clone())),
-            [flag, value] if flag == "--device-token" => Ok(Target::DeviceToken(value.clone())),
-            [flag, value] if flag == "--user-id" => Ok(Target::UserId(value.clone())),
-            _ => Err("expected exactly one of --ip-token T, --device-token T, --user-id U".into()),
-        }
-    }
-}
-
 /// Why a reveal or erasure failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RevealError {

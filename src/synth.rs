@@ -35,29 +35,6 @@ impl Default for Options {
     }
 }
 
-impl Options {
-    /// Options from command-line arguments: `--count N`, `--invalid-every N`,
-    /// `--fifo`, `--seed N` (`login-etl gen-events`, `examples/gen_events.rs`).
-    pub fn from_args(mut args: impl Iterator<Item = String>) -> Result<Self, String> {
-        let mut o = Options::default();
-        while let Some(arg) = args.next() {
-            let mut number = |name: &str| -> Result<u64, String> {
-                args.next()
-                    .and_then(|v| v.parse().ok())
-                    .ok_or_else(|| format!("{name} needs a whole number"))
-            };
-            match arg.as_str() {
-                "--count" => o.count = number("--count")? as usize,
-                "--invalid-every" => o.invalid_every = number("--invalid-every")? as usize,
-                "--seed" => o.seed = number("--seed")?,
-                "--fifo" => o.fifo = true,
-                other => return Err(format!("unknown argument {other:?}")),
-            }
-        }
-        Ok(o)
-    }
-}
-
 /// An SQS batch event per `options`.
 pub fn event(options: &Options) -> SqsEvent {
     let mut event = SqsEvent::default();

@@ -4,7 +4,7 @@
 //!
 //! Envelope encryption: at cold start the function asks KMS for a data key
 //! (`GenerateDataKey` on `VAULT_KMS_KEY_ID`). It keeps the plaintext key in
-//! memory only (zeroized when dropped) and stores the KMS-wrapped copy in
+//! memory only and stores the KMS-wrapped copy in
 //! `user_logins_vault_keys`. Each distinct (kind, token) gets one row in
 //! `user_logins_pii_vault`: the value under AES-256-GCM with a random 96-bit
 //! nonce, and associated data that binds the ciphertext to its kind and
@@ -12,6 +12,16 @@
 //! value back needs `kms:Decrypt` on the key, which only the operators'
 //! `PiiRevealPolicy` grants (`login-etl reveal`, see [`crate::reveal`]);
 //! CloudTrail records every such call.
+//!
+//! What is wiped from memory: the plaintext data key KMS returns is held in
+//! `Zeroizing` buffers until the cipher is built from it; the cipher's AES-256
+//! key schedule (its first two round keys are the key itself) is zeroized
+//! when the [`DataKey`] is dropped, on every target, and so is its GHASH key
+//! H on the arm64 Lambda build (polyval's portable backend); on x86_64 hosts
+//! polyval 0.6's CLMUL-detecting backend does not wipe H (the `zeroize`
+//! features of `aes`, `ghash` and `polyval`, see Cargo.toml). Not wiped:
+//! copies the CPU or the allocator may have left elsewhere, and the key
+//! while the process runs (a warm Lambda keeps it for its lifetime).
 //!
 //! The tokens stay keyed HMACs: the vault adds a way back for the
 //! authorised, not a weaker token.
@@ -93,7 +103,8 @@ pub enum VaultError {
     },
 }
 
-/// A data key: the AES-256-GCM cipher (zeroized on drop) and its wrapped copy.
+/// A data key: the AES-256-GCM cipher (key schedule and GHASH key zeroized
+/// on drop) and its wrapped copy.
 pub struct DataKey {
     id: String,
     wrapped: Vec<u8>,
@@ -387,6 +398,24 @@ impl VaultBatch {
 
 #[cfg(test)]
 mod tests {
+    /// The zeroize features are on: the AES-256 key schedule is
+    /// `ZeroizeOnDrop` on every target (checked at compile time). GHASH's
+    /// key H is wiped by polyval's portable backend, the one the arm64
+    /// Lambda build uses: its state is plain arrays, so it has a `Drop` (the
+    /// zeroizing one) only with the feature. polyval's x86 backend, which
+    /// picks CLMUL at run time, keeps H in a union that is never dropped
+    /// (polyval 0.6): not wiped on x86_64 hosts, as the docs say.
+    #[test]
+    fn the_key_schedule_and_the_ghash_key_zeroize_on_drop() {
+        fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        wiped_on_drop::<aes::Aes256>();
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "x86")))]
+        {
+            assert!(std::mem::needs_drop::<polyval::Polyval>());
+            assert!(std::mem::needs_drop::<ghash::GHash>());
+        }
+    }
+
     use super::*;
 
     fn key(byte: u8) -> DataKey {

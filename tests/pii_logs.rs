@@ -276,3 +276,107 @@ async fn nothing_the_function_writes_at_trace_contains_raw_pii_or_the_key() {
         "the vault path ran ({vault_rows} entries)"
     );
 }
+
+/// The SDK's paths at TRACE too: rejected records copied to the DLQ (whose
+/// request bodies are the raw messages) and visibility changes, through
+/// moto, with `LOG_SIGNABLE_BODY=true`, which makes aws-sigv4 print request
+/// bodies in its TRACE dump of each signed request.
+#[tokio::test]
+#[ignore = "needs moto_server on PATH or in MOTO_SERVER; run by `make test`"]
+async fn with_the_dlq_the_backoff_and_log_signable_body_nothing_at_trace_contains_raw_pii() {
+    let (_moto, port) = common::moto::start_moto();
+    for (k, v) in [
+        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ("LOG_SIGNABLE_BODY", "true".into()),
+    ] {
+        // SAFETY: the other test of this binary reads none of these.
+        unsafe { std::env::set_var(k, v) };
+    }
+    let out = Capture::default();
+    let writer = out.clone();
+    let _ = tracing_log::LogTracer::init();
+    let _guard = tracing::subscriber::set_default(login_etl::logging::subscriber(
+        move || writer.clone(),
+        true,
+        "trace",
+    ));
+    let sqs = aws_sdk_sqs::Client::new(&login_etl::secrets::sdk_config().await);
+    let dlq = sqs
+        .create_queue()
+        .queue_name("pii-dlq")
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let source = sqs
+        .create_queue()
+        .queue_name("pii-source")
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let db = TestDb::create().await;
+    let ingest = db.ingest_url().await;
+    let key = || login_etl::vault::DataKey::new(&[0x3c; 32], vec![7; 40], "local").unwrap();
+    let up = handler_with(&[
+        ("DATABASE_URL", &ingest),
+        ("MASKING_KEY", TEST_KEY),
+        ("DLQ_URL", &dlq),
+    ])
+    .await
+    .with_vault(key());
+    let down = handler_with(&[
+        (
+            "DATABASE_URL",
+            &format!("postgres://x@127.0.0.1:{}/x", closed_port()),
+        ),
+        ("MASKING_KEY", TEST_KEY),
+        ("DLQ_URL", &dlq),
+        ("SOURCE_QUEUE_URL", &source),
+        ("BACKOFF_BASE_SECONDS", "30"),
+    ])
+    .await
+    .with_vault(key());
+    let batches: Vec<SqsEvent> = (0..3)
+        .map(|seed| {
+            synth::event(&Options {
+                count: 60,
+                invalid_every: 3,
+                seed: 900 + seed,
+                ..Options::default()
+            })
+        })
+        .collect();
+    let mut sent = 0;
+    for b in &batches {
+        let (_, summary) = up.handle_with_summary(b).await.unwrap();
+        sent += summary.sent_to_dlq;
+        let (_, summary) = down.handle_with_summary(b).await.unwrap();
+        assert!(summary.failure.is_some() && summary.failed > 0);
+    }
+    assert!(sent > 30, "the DLQ path ran ({sent} copies)");
+    let logs = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("\"level\":\"TRACE\""), "TRACE was on");
+    assert!(
+        logs.contains("SendMessageBatch") || logs.contains("send_message_batch"),
+        "the SDK logged its calls"
+    );
+    for v in batches.iter().flat_map(pii_of) {
+        // As text, and as the byte list a `Debug` of a body prints.
+        let bytes = v
+            .bytes()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        assert!(
+            !logs.contains(v.as_str()) && !logs.contains(&bytes),
+            "raw PII in the SDK's TRACE output (value redacted)"
+        );
+    }
+}

@@ -1,0 +1,214 @@
+//! The command line of the `login-etl` binary (clap, derive).
+//!
+//! Without a command the binary is the Lambda function: it serves
+//! invocations from the Lambda Runtime API. The commands are the operators'
+//! and the developers' tools around it. Results go to stdout, logs and
+//! errors to stderr, each error once.
+//!
+//! Exit codes: 0 success; 1 an error (the message says what to do); 2 a
+//! usage error, or no command outside Lambda; 3 `reveal` found nothing
+//! (no such token in the vault, or no such user).
+//!
+//! clap rather than lexopt or argh: derive gives `--help` for every command
+//! from the doc comments below, and the cost was measured small beside the
+//! AWS SDK (README, "Performance").
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::grants::Role;
+use crate::synth::Options;
+
+/// Exit code of a usage error, and of the bare binary outside Lambda.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code of a `reveal` that found nothing.
+pub const EXIT_NOT_FOUND: u8 = 3;
+
+/// The login-etl binary.
+#[derive(Debug, Parser)]
+#[command(
+    name = "login-etl",
+    version,
+    about = "SQS login events -> validated, PII-masked rows in PostgreSQL",
+    long_about = "SQS login events -> validated, PII-masked rows in PostgreSQL.\n\n\
+        Without a command, serves Lambda invocations (AWS_LAMBDA_RUNTIME_API must be set: \
+        in Lambda, or under `cargo lambda watch`). The commands are operator tools; \
+        they read the same environment variables as the function (README, Configuration).",
+    after_help = "Exit codes: 0 success, 1 error, 2 usage error (or no command outside Lambda), \
+        3 reveal found nothing."
+)]
+pub struct Cli {
+    /// What to do; none: serve Lambda invocations.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or upgrade the schema (DATABASE_URL or DB_SECRET_ID; run as the migrate role).
+    Migrate,
+    /// Print the GRANT statements of a database role (pipe them to psql as the tables' owner).
+    Grants(GrantsArgs),
+    /// Print the original values behind tokens from the PII vault (needs kms:Decrypt).
+    Reveal(RevealArgs),
+    /// Erase one user: their rows and the vault entries only they used.
+    Forget(ForgetArgs),
+    /// Write a synthetic SQS batch event (JSON) to stdout, for demos and benchmarks.
+    GenEvents(GenEventsArgs),
+}
+
+/// `login-etl grants`.
+#[derive(Debug, Args)]
+pub struct GrantsArgs {
+    /// The role: ingest (the function), reveal, erase or migrate.
+    #[arg(long, value_enum)]
+    pub role: RoleArg,
+    /// The database role to grant to.
+    #[arg(long, value_name = "NAME")]
+    pub to: String,
+    /// The schema of the login-etl tables.
+    #[arg(long, default_value = "public")]
+    pub schema: String,
+}
+
+/// A role of [`Role`], as the command line names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    /// The function.
+    Ingest,
+    /// `login-etl reveal`.
+    Reveal,
+    /// `login-etl forget`.
+    Erase,
+    /// `login-etl migrate`.
+    Migrate,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Ingest => Role::Ingest,
+            RoleArg::Reveal => Role::Reveal,
+            RoleArg::Erase => Role::Erase,
+            RoleArg::Migrate => Role::Migrate,
+        }
+    }
+}
+
+/// `login-etl reveal`: exactly one of the three.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct RevealArgs {
+    /// A masked_ip token.
+    #[arg(long, value_name = "TOKEN")]
+    pub ip_token: Option<String>,
+    /// A masked_device_id token.
+    #[arg(long, value_name = "TOKEN")]
+    pub device_token: Option<String>,
+    /// Every ip and device id of this user's logins.
+    #[arg(long, value_name = "USER_ID")]
+    pub user_id: Option<String>,
+}
+
+impl RevealArgs {
+    /// What to reveal.
+    pub fn target(&self) -> crate::reveal::Target {
+        use crate::reveal::Target;
+        match (&self.ip_token, &self.device_token, &self.user_id) {
+            (Some(t), _, _) => Target::IpToken(t.clone()),
+            (_, Some(t), _) => Target::DeviceToken(t.clone()),
+            (_, _, Some(u)) => Target::UserId(u.clone()),
+            // clap's group requires exactly one.
+            (None, None, None) => unreachable!("clap requires one of the three"),
+        }
+    }
+}
+
+/// `login-etl forget`.
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// The user to erase.
+    #[arg(long, value_name = "USER_ID")]
+    pub user_id: String,
+}
+
+/// `login-etl gen-events` (and `cargo run --example gen_events`).
+#[derive(Debug, Clone, Args)]
+pub struct GenEventsArgs {
+    /// Records in the batch.
+    #[arg(long, default_value_t = Options::default().count)]
+    pub count: usize,
+    /// Every N-th record gets an invalid body (0: none).
+    #[arg(long, value_name = "N", default_value_t = Options::default().invalid_every)]
+    pub invalid_every: usize,
+    /// Records from a FIFO queue, in message groups.
+    #[arg(long)]
+    pub fifo: bool,
+    /// Seed of the generator (same seed, same batch).
+    #[arg(long, default_value_t = Options::default().seed)]
+    pub seed: u64,
+}
+
+impl From<&GenEventsArgs> for Options {
+    fn from(a: &GenEventsArgs) -> Self {
+        Options {
+            count: a.count,
+            invalid_every: a.invalid_every,
+            fifo: a.fifo,
+            seed: a.seed,
+            ..Options::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn commands_parse_and_mistakes_are_usage_errors() {
+        let cli =
+            Cli::try_parse_from(["login-etl", "grants", "--role", "erase", "--to", "x"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Grants(GrantsArgs {
+                role: RoleArg::Erase,
+                ..
+            }))
+        ));
+        assert!(
+            Cli::try_parse_from(["login-etl"])
+                .unwrap()
+                .command
+                .is_none()
+        );
+        for bad in [
+            vec!["login-etl", "grants", "--role", "admin", "--to", "x"],
+            vec!["login-etl", "reveal"],
+            vec!["login-etl", "reveal", "--ip-token", "a", "--user-id", "b"],
+            vec!["login-etl", "forget"],
+            vec!["login-etl", "nonsense"],
+            vec!["login-etl", "gen-events", "--count", "many"],
+        ] {
+            let e = Cli::try_parse_from(&bad).unwrap_err();
+            assert_eq!(e.exit_code(), i32::from(EXIT_USAGE), "{bad:?}");
+        }
+        let help = Cli::try_parse_from(["login-etl", "--help"]).unwrap_err();
+        assert_eq!(help.exit_code(), 0);
+        let g = Cli::try_parse_from(["login-etl", "gen-events", "--count", "7", "--fifo"]).unwrap();
+        let Some(Command::GenEvents(args)) = g.command else {
+            panic!("gen-events")
+        };
+        let o = Options::from(&args);
+        assert_eq!(
+            (o.count, o.fifo, o.seed),
+            (7, true, Options::default().seed)
+        );
+    }
+}
