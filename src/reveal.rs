@@ -3,7 +3,7 @@
 //! forget` (erasure of one user's rows and of the vault entries only they used).
 //!
 //! Both run with operator credentials, never the function's: `reveal` needs
-//! `kms:Decrypt` on the vault key (the template's `PiiRevealPolicy`), which
+//! `kms:Decrypt` on the vault key (the template's `PiiRevealRole`, with the vault's encryption context), which
 //! the function's role lacks. Every value revealed is announced by one audit
 //! line on stderr naming the kind and the token, never the value; CloudTrail
 //! records each KMS `Decrypt` as well.

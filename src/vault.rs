@@ -10,7 +10,7 @@
 //! nonce, and associated data that binds the ciphertext to its kind and
 //! token, so a ciphertext copied to another row does not decrypt. Reading a
 //! value back needs `kms:Decrypt` on the key, which only the operators'
-//! `PiiRevealPolicy` grants (`login-etl reveal`, see [`crate::reveal`]);
+//! `PiiRevealRole` is granted by the key policy (`login-etl reveal`, see [`crate::reveal`]);
 //! CloudTrail records every such call.
 //!
 //! What is wiped from memory: the plaintext data key KMS returns is held in
@@ -103,6 +103,12 @@ pub enum VaultError {
     },
 }
 
+/// The KMS encryption context of every data key: `GenerateDataKey` and
+/// `Decrypt` pass it, KMS binds the wrapped key to it, and the key policy
+/// (template.yaml, `VaultKey`) allows both calls only with it, so a grant of
+/// `kms:Decrypt` for other purposes does not open the vault.
+pub const ENCRYPTION_CONTEXT: (&str, &str) = ("purpose", "login-etl-pii-vault");
+
 /// A data key: the AES-256-GCM cipher (key schedule and GHASH key zeroized
 /// on drop) and its wrapped copy.
 pub struct DataKey {
@@ -174,6 +180,7 @@ impl DataKey {
             .generate_data_key()
             .key_id(kms_key_id)
             .key_spec(DataKeySpec::Aes256)
+            .encryption_context(ENCRYPTION_CONTEXT.0, ENCRYPTION_CONTEXT.1)
             .send()
             .await
             .map_err(|e| {
@@ -199,6 +206,7 @@ impl DataKey {
         let out = kms
             .decrypt()
             .ciphertext_blob(Blob::new(wrapped.clone()))
+            .encryption_context(ENCRYPTION_CONTEXT.0, ENCRYPTION_CONTEXT.1)
             .send()
             .await
             .map_err(|e| {
@@ -206,7 +214,7 @@ impl DataKey {
                     "Decrypt",
                     &id,
                     &e,
-                    "; revealing needs kms:Decrypt on the vault key (attach PiiRevealPolicy)",
+                    "; revealing needs kms:Decrypt on the vault key (run as PiiRevealRole, the only principal VaultKey's policy lets decrypt, with the vault's encryption context)",
                 )
             })?;
         let plaintext = Zeroizing::new(out.plaintext.map(Blob::into_inner).unwrap_or_default());

@@ -378,7 +378,7 @@ def test_the_deployed_role_grants_nothing_on_star_but_vpc_network_interfaces(vpc
     params = {"SubnetIds": "subnet-1,subnet-2", "SecurityGroupIds": "sg-1"} if vpc else {}
     resources = deployed(**params)
     roles = {k: v for k, v in resources.items() if v["Type"] == "AWS::IAM::Role"}
-    assert list(roles) == ["LoginEtlRole"], "SAM generated no role of its own"
+    assert sorted(roles) == ["LoginEtlRole", "PiiRevealRole"], "SAM generated no role of its own"
     role = roles["LoginEtlRole"]["Properties"]
     assert not role.get("ManagedPolicyArns"), "no managed policy (they grant on *)"
     fn = resources["LoginEtlFunction"]["Properties"]
@@ -542,29 +542,44 @@ def test_alarms_on_rejection_rate_and_ingest_lag(tpl):
 
 
 @pytest.mark.parametrize("enabled", ["true", "false"])
-def test_the_function_may_encrypt_into_the_vault_but_only_reveal_policy_decrypts(enabled):
+def test_the_function_may_encrypt_into_the_vault_but_only_the_reveal_role_decrypts(enabled):
     resources = deployed(EnableVault=enabled)
     role = resources["LoginEtlRole"]
     kms_actions = [a for st in _statements(role) for a in _as_list(st["Action"]) if a.startswith("kms:")]
+    assert kms_actions == [], "the function's IAM policy grants no KMS action; the key policy does"
     env = resources["LoginEtlFunction"]["Properties"]["Environment"]["Variables"]
     if enabled == "false":
-        assert kms_actions == [] and "VaultKey" not in resources and "PiiRevealPolicy" not in resources
+        assert "VaultKey" not in resources and "PiiRevealRole" not in resources
         assert env["VAULT_KMS_KEY_ID"] == "", "no vault: behaviour unchanged"
         return
-    assert kms_actions == ["kms:GenerateDataKey"], "the function can never read the vault back"
-    (st,) = [st for st in _statements(role) if st["Sid"] == "GenerateVaultDataKeys"]
-    assert st["Resource"] == {"Fn::GetAtt": ["VaultKey", "Arn"]}
     assert env["VAULT_KMS_KEY_ID"] == {"Fn::GetAtt": ["VaultKey", "Arn"]}
     key = resources["VaultKey"]
     assert key["DeletionPolicy"] == "Retain" and key["UpdateReplacePolicy"] == "Retain"
-    reveal = resources["PiiRevealPolicy"]["Properties"]["PolicyDocument"]["Statement"]
-    decrypt = [st for st in reveal if "kms:Decrypt" in _as_list(st["Action"])]
-    assert decrypt and all(st["Resource"] == {"Fn::GetAtt": ["VaultKey", "Arn"]} for st in decrypt)
-    # The reveal role's DB secret only when given.
-    assert not any(st["Sid"] == "ReadRevealDbSecret" for st in reveal)
+    statements = {st["Sid"]: st for st in key["Properties"]["KeyPolicy"]["Statement"]}
+    assert set(statements) == {"AccountAdministersTheKey", "FunctionGeneratesDataKeys", "RevealRoleDecrypts"}
+    context = {"StringEquals": {"kms:EncryptionContext:purpose": "login-etl-pii-vault"}}
+    gen, dec = statements["FunctionGeneratesDataKeys"], statements["RevealRoleDecrypts"]
+    assert (gen["Action"], gen["Principal"], gen["Condition"]) == (
+        "kms:GenerateDataKey", {"AWS": {"Fn::GetAtt": ["LoginEtlRole", "Arn"]}}, context)
+    assert (dec["Action"], dec["Principal"], dec["Condition"]) == (
+        "kms:Decrypt", {"AWS": {"Fn::GetAtt": ["PiiRevealRole", "Arn"]}}, context)
+    admin = statements["AccountAdministersTheKey"]
+    assert admin["Principal"] == {"AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}}
+    uses = {"kms:*", "kms:Decrypt", "kms:Decrypt*", "kms:Encrypt", "kms:GenerateDataKey", "kms:ReEncrypt*",
+            "kms:ReEncryptFrom", "kms:CreateGrant"}  # fmt: skip
+    assert not uses & set(admin["Action"]), "the account administers the key but cannot use it"
+    assert not any(a.startswith(("kms:Decrypt", "kms:ReEncrypt", "kms:Generate", "kms:Encrypt")) or a == "kms:*"
+                   for a in admin["Action"]), admin["Action"]  # fmt: skip
+    # The reveal role: trusted as the parameter says, its DB secret only when given.
+    reveal = resources["PiiRevealRole"]["Properties"]
+    (trust,) = reveal["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"]["AWS"] == {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}
+    trusted = deployed(RevealTrustedPrincipalArn="arn:aws:iam::123456789012:role/investigators")
+    (trust,) = trusted["PiiRevealRole"]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"]["AWS"] == "arn:aws:iam::123456789012:role/investigators"
+    assert not any(st["Sid"] == "ReadRevealDbSecret" for st in _statements(resources["PiiRevealRole"]))
     with_secret = deployed(RevealDbSecretArn="arn:aws:secretsmanager:us-east-1:123456789012:secret:reveal-Xy12Ab")
-    statements = with_secret["PiiRevealPolicy"]["Properties"]["PolicyDocument"]["Statement"]
-    assert any(st["Sid"] == "ReadRevealDbSecret" for st in statements)
+    assert any(st["Sid"] == "ReadRevealDbSecret" for st in _statements(with_secret["PiiRevealRole"]))
 
 
 # Actions through which a principal can read the vault: Decrypt itself, or

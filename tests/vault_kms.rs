@@ -213,6 +213,22 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
             "a value in an audit line"
         );
     }
+    // The wrapped key is bound to the vault's encryption context: KMS
+    // refuses to unwrap it without (the key policy allows Decrypt only with it).
+    let wrapped: Vec<u8> = admin_client
+        .query_one("SELECT wrapped_key FROM user_logins_vault_keys", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let without_context = kms
+        .decrypt()
+        .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(wrapped))
+        .send()
+        .await;
+    assert!(
+        without_context.is_err(),
+        "KMS unwraps the data key only with the vault's encryption context"
+    );
     // Another key cannot read it: a fresh data key from the same KMS key is
     // a different key.
     let other = login_etl::vault::DataKey::generate(&kms, &key_arn)
