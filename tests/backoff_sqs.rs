@@ -390,4 +390,60 @@ async fn an_outage_backs_off_the_valid_records_and_refused_rows_reach_the_dlq_on
         }
     }
     assert_eq!(count_rows(&db.client().await).await, 4);
+
+    // 4. FIFO: the held tail is backed off together, by its highest receive
+    // count, and every record of it is reported (order kept). A capturing
+    // SQS endpoint records the visibility changes.
+    let (capture_port, changes) = common::sqs::capturing_sqs().await;
+    let capture_url = format!("http://127.0.0.1:{capture_port}/123456789012/logins.fifo");
+    let fifo = handler_with(&[
+        ("DATABASE_URL", &down),
+        ("MASKING_KEY", TEST_KEY),
+        ("DB_CONNECT_TIMEOUT_MS", "1000"),
+    ])
+    .await
+    .with_backoff(
+        login_etl::backoff::Schedule { base: 30, max: 900 },
+        login_etl::backoff::Visibility::new(
+            common::sqs::sqs_client(&format!("http://127.0.0.1:{capture_port}")).await,
+            Some(capture_url),
+        ),
+    );
+    let mut group = SqsBatch::from(&synth::event(&Options {
+        count: 8,
+        fifo: true,
+        seed: 503,
+        ..Options::default()
+    }));
+    for (i, r) in group.records.iter_mut().enumerate() {
+        r.attributes.as_mut().unwrap().approximate_receive_count = Some((i % 4 + 1).to_string());
+    }
+    let (resp, summary) = fifo.handle_batch_with_summary(&group).await.unwrap();
+    let failed: Vec<String> = resp
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    let ids: Vec<String> = group
+        .records
+        .iter()
+        .map(|r| r.message_id.clone().unwrap())
+        .collect();
+    assert_eq!(failed, ids, "the whole tail, in order");
+    assert_eq!(summary.backed_off, 8);
+    let entries: Vec<Value> = changes
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|b| b["Entries"].as_array().unwrap().clone())
+        .collect();
+    assert_eq!(entries.len(), 8);
+    let waits: BTreeSet<i64> = entries
+        .iter()
+        .map(|e| e["VisibilityTimeout"].as_i64().unwrap())
+        .collect();
+    assert_eq!(waits.len(), 1, "one wait for the whole tail: {waits:?}");
+    let wait = *waits.iter().next().unwrap();
+    // By the highest receive count (4): a ceiling of 240 s, at least 120 s.
+    assert!((120..=240).contains(&wait), "{wait}");
 }

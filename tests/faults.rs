@@ -513,8 +513,18 @@ async fn no_such_database_and_permission_denied_are_not_retryable_and_name_the_c
     let db = TestDb::create().await;
     handler(&db).await;
     let proxy = Proxy::start(5432).await;
+    // The ingest role (which exists) on a database that does not.
+    let ingest = db.role_url(login_etl::grants::Role::Ingest).await;
+    let role = ingest
+        .split("://")
+        .nth(1)
+        .unwrap()
+        .split('@')
+        .next()
+        .unwrap()
+        .to_owned();
     let missing = format!(
-        "postgres://postgres@127.0.0.1:{}/login_etl_no_such_db_{}",
+        "postgres://{role}@127.0.0.1:{}/login_etl_no_such_db_{}",
         proxy.port,
         std::process::id()
     );

@@ -20,10 +20,63 @@ pub async fn sqs_client(endpoint: &str) -> Client {
 /// An SQS endpoint that refuses the entries whose body contains `FAIL-ME`
 /// (or, with `deny_all`, the whole call, as IAM does) and accepts the rest.
 pub async fn scripted_sqs(deny_all: bool) -> u16 {
+    serve(move |body| {
+        if deny_all {
+            return (
+                "400 Bad Request",
+                serde_json::json!({"__type": "com.amazonaws.sqs#AccessDenied", "message": "not authorized to perform: sqs:SendMessage"}),
+            );
+        }
+        let (mut ok, mut failed) = (Vec::new(), Vec::new());
+        for e in body["Entries"].as_array().unwrap() {
+            let id = e["Id"].as_str().unwrap();
+            if e["MessageBody"].as_str().unwrap().contains("FAIL-ME") {
+                failed.push(serde_json::json!({"Id": id, "SenderFault": true, "Code": "InvalidMessageContents", "Message": "refused"}));
+            } else {
+                ok.push(serde_json::json!({"Id": id, "MessageId": format!("copy-{id}"), "MD5OfMessageBody": "0"}));
+            }
+        }
+        ("200 OK", serde_json::json!({"Successful": ok, "Failed": failed}))
+    })
+    .await
+}
+
+/// An SQS endpoint that accepts every entry of every batch call and keeps
+/// each request body (e.g. the `ChangeMessageVisibilityBatch` entries).
+pub async fn capturing_sqs() -> (
+    u16,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = seen.clone();
+    let port = serve(move |body| {
+        keep.lock().unwrap().push(body.clone());
+        let ok: Vec<serde_json::Value> = body["Entries"]
+            .as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|e| serde_json::json!({"Id": e["Id"], "MessageId": "m", "MD5OfMessageBody": "0"}))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ("200 OK", serde_json::json!({"Successful": ok, "Failed": []}))
+    })
+    .await;
+    (port, seen)
+}
+
+/// A JSON-protocol SQS endpoint on 127.0.0.1 answering each request body
+/// with `answer` (status line, JSON).
+async fn serve(
+    answer: impl Fn(&serde_json::Value) -> (&'static str, serde_json::Value) + Send + Sync + 'static,
+) -> u16 {
+    let answer = std::sync::Arc::new(answer);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         while let Ok((mut sock, _)) = listener.accept().await {
+            let answer = answer.clone();
             tokio::spawn(async move {
                 loop {
                     let mut req = Vec::new();
@@ -56,26 +109,7 @@ pub async fn scripted_sqs(deny_all: bool) -> u16 {
                     }
                     let body: serde_json::Value =
                         serde_json::from_slice(&req[head_end..head_end + length]).unwrap();
-                    let (status, answer) = if deny_all {
-                        (
-                            "400 Bad Request",
-                            serde_json::json!({"__type": "com.amazonaws.sqs#AccessDenied", "message": "not authorized to perform: sqs:SendMessage"}),
-                        )
-                    } else {
-                        let (mut ok, mut failed) = (Vec::new(), Vec::new());
-                        for e in body["Entries"].as_array().unwrap() {
-                            let id = e["Id"].as_str().unwrap();
-                            if e["MessageBody"].as_str().unwrap().contains("FAIL-ME") {
-                                failed.push(serde_json::json!({"Id": id, "SenderFault": true, "Code": "InvalidMessageContents", "Message": "refused"}));
-                            } else {
-                                ok.push(serde_json::json!({"Id": id, "MessageId": format!("copy-{id}"), "MD5OfMessageBody": "0"}));
-                            }
-                        }
-                        (
-                            "200 OK",
-                            serde_json::json!({"Successful": ok, "Failed": failed}),
-                        )
-                    };
+                    let (status, answer) = answer(&body);
                     let text = answer.to_string();
                     let resp = format!(
                         "HTTP/1.1 {status}\r\nContent-Type: application/x-amz-json-1.0\r\nx-amzn-RequestId: 1\r\nContent-Length: {}\r\n\r\n{text}",
