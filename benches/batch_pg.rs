@@ -262,15 +262,18 @@ async fn main() {
                 record::transform(m.message_id.as_deref().unwrap(), m, &masker, today).unwrap()
             })
             .collect();
+        let users: Vec<login_etl::masking::Token> =
+            rows.iter().map(|r| masker.user_key(&r.user_id)).collect();
+        let keys: Vec<&str> = users.iter().map(|k| k.as_str()).collect();
         phases[1].push(t.elapsed());
         let t = Instant::now();
-        let report = sink.insert(&rows, false).await.unwrap();
+        let report = sink.insert(&rows, &keys, false).await.unwrap();
         phases[2].push(t.elapsed());
         assert!(report.copied == (n >= login_etl::sink::COPY_MIN_ROWS));
         // The same rows again: what a redelivery costs (COPY refused, then
         // INSERT ... ON CONFLICT finds every row a duplicate).
         let t = Instant::now();
-        let report = sink.insert(&rows, false).await.unwrap();
+        let report = sink.insert(&rows, &keys, false).await.unwrap();
         phases[3].push(t.elapsed());
         assert_eq!(report.duplicates as usize, n);
     }

@@ -53,14 +53,30 @@ pub enum Command {
     Reveal(RevealArgs),
     /// Erase one user: their rows and the vault entries only they used.
     Forget(ForgetArgs),
+    /// Print the audit trail of reveals and erasures as JSON lines (the audit role).
+    Audit(AuditArgs),
     /// Write a synthetic SQS batch event (JSON) to stdout, for demos and benchmarks.
     GenEvents(GenEventsArgs),
+}
+
+/// `login-etl audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only records at or after this time (RFC 3339, e.g. 2026-11-01T00:00:00Z).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("not an RFC 3339 time ({e}); e.g. 2026-11-01T00:00:00Z"))
 }
 
 /// `login-etl grants`.
 #[derive(Debug, Args)]
 pub struct GrantsArgs {
-    /// The role: ingest (the function), reveal, erase or migrate.
+    /// The role: ingest (the function), reveal, erase, migrate or audit.
     #[arg(long, value_enum)]
     pub role: RoleArg,
     /// The database role to grant to.
@@ -82,6 +98,8 @@ pub enum RoleArg {
     Erase,
     /// `login-etl migrate`.
     Migrate,
+    /// `login-etl audit`.
+    Audit,
 }
 
 impl From<RoleArg> for Role {
@@ -91,6 +109,7 @@ impl From<RoleArg> for Role {
             RoleArg::Reveal => Role::Reveal,
             RoleArg::Erase => Role::Erase,
             RoleArg::Migrate => Role::Migrate,
+            RoleArg::Audit => Role::Audit,
         }
     }
 }

@@ -173,6 +173,13 @@ pub enum SinkError {
     /// The database secret could not be refetched after a password rejection.
     #[error(transparent)]
     Secret(#[from] SecretError),
+    /// The batch holds users erased by `login-etl forget`: the transaction
+    /// was refused with nothing written; the handler writes the batch again
+    /// without them (never reaches the invocation's result).
+    #[error(
+        "the batch holds users erased by login-etl forget; nothing was written (the handler drops them and writes the rest)"
+    )]
+    UsersErased,
     /// A failure that retrying will not fix (missing table, permissions, ...).
     #[error("PostgreSQL refused {op}: {cause}{hint}")]
     Fatal {
@@ -232,6 +239,7 @@ impl HandlerError {
             SinkError::ConnectRefused { .. } => "database_refused_connection",
             SinkError::Fatal { .. } => "database_refused",
             SinkError::Secret(_) => "secret_unavailable",
+            SinkError::UsersErased => "users_erased",
         }
     }
 

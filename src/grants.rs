@@ -25,11 +25,19 @@ pub enum Role {
     Erase,
     /// `login-etl migrate`: creates the tables (and so owns them).
     Migrate,
+    /// `login-etl audit`: reads the audit trail of reveals and erasures.
+    Audit,
 }
 
 impl Role {
     /// Every role, in the order the README presents them.
-    pub const ALL: [Role; 4] = [Role::Ingest, Role::Reveal, Role::Erase, Role::Migrate];
+    pub const ALL: [Role; 5] = [
+        Role::Ingest,
+        Role::Reveal,
+        Role::Erase,
+        Role::Migrate,
+        Role::Audit,
+    ];
 
     /// The name on the command line.
     pub fn as_str(self) -> &'static str {
@@ -38,6 +46,7 @@ impl Role {
             Role::Reveal => "reveal",
             Role::Erase => "erase",
             Role::Migrate => "migrate",
+            Role::Audit => "audit",
         }
     }
 
@@ -61,6 +70,9 @@ impl Role {
             Role::Migrate => {
                 "login-etl migrate: create the tables in the schema; the tables it creates are its own"
             }
+            Role::Audit => {
+                "login-etl audit: read the audit trail of reveals and erasures, nothing else"
+            }
         }
     }
 }
@@ -69,22 +81,34 @@ impl Role {
 /// whole table (DELETE has no column form).
 type Grant = (&'static str, &'static str, &'static [&'static str]);
 
-const ROW_COLUMNS: &[&str] = &[
-    "message_id",
-    "user_id",
-    "device_type",
-    "masked_ip",
-    "masked_device_id",
-    "locale",
-    "app_version",
-    "app_version_text",
-    "create_date",
+const REVEAL_AUDIT: &[&str] = &["action", "caller_arn", "kind", "token", "data_key_id"];
+const FORGET_AUDIT: &[&str] = &[
+    "action",
+    "caller_arn",
+    "user_key",
+    "rows_deleted",
+    "vault_entries_deleted",
+];
+const AUDIT_COLUMNS: &[&str] = &[
+    "id",
+    "at",
+    "action",
+    "caller_arn",
+    "kind",
+    "token",
+    "data_key_id",
+    "user_key",
+    "rows_deleted",
+    "vault_entries_deleted",
 ];
 
 fn table_grants(role: Role) -> &'static [Grant] {
     match role {
         Role::Ingest => &[
-            ("INSERT", "user_logins", ROW_COLUMNS),
+            // Table-level: the write transaction first takes ROW EXCLUSIVE
+            // with LOCK TABLE (see login_etl_refuse_erased), which a
+            // column-level grant does not allow.
+            ("INSERT", "user_logins", &[]),
             // ON CONFLICT (message_id) reads the arbiter; the recount reads xmin.
             ("SELECT", "user_logins", &["message_id", "xmin"]),
             (
@@ -99,6 +123,8 @@ fn table_grants(role: Role) -> &'static [Grant] {
                 &["kind", "token", "key_id", "nonce", "ciphertext"],
             ),
             ("SELECT", "user_logins_pii_vault", &["kind", "token"]),
+            // The erasure check (login_etl_refuse_erased, invoker's rights).
+            ("SELECT", "user_logins_erased", &["user_key"]),
         ],
         Role::Reveal => &[
             (
@@ -116,6 +142,8 @@ fn table_grants(role: Role) -> &'static [Grant] {
                 "user_logins_vault_keys",
                 &["key_id", "wrapped_key"],
             ),
+            // Its audit record, in the transaction that reads.
+            ("INSERT", "user_logins_pii_audit", REVEAL_AUDIT),
         ],
         Role::Erase => &[
             (
@@ -126,8 +154,13 @@ fn table_grants(role: Role) -> &'static [Grant] {
             ("DELETE", "user_logins", &[]),
             ("SELECT", "user_logins_pii_vault", &["kind", "token"]),
             ("DELETE", "user_logins_pii_vault", &[]),
+            // The erasure list (ON CONFLICT reads the arbiter) and the audit.
+            ("INSERT", "user_logins_erased", &["user_key"]),
+            ("SELECT", "user_logins_erased", &["user_key"]),
+            ("INSERT", "user_logins_pii_audit", FORGET_AUDIT),
         ],
         Role::Migrate => &[],
+        Role::Audit => &[("SELECT", "user_logins_pii_audit", AUDIT_COLUMNS)],
     }
 }
 
@@ -194,6 +227,12 @@ pub fn sql(role: Role, to: &str, schema: &str) -> Result<String, GrantsError> {
             "GRANT {privilege}{cols} ON TABLE {ns}.\"{table}\" TO {to};"
         );
     }
+    if role == Role::Ingest {
+        let _ = writeln!(
+            out,
+            "GRANT EXECUTE ON FUNCTION {ns}.\"login_etl_refuse_erased\"(varchar[]) TO {to};"
+        );
+    }
     Ok(out)
 }
 
@@ -205,7 +244,10 @@ pub fn missing_privilege_hint(table: Option<&str>) -> String {
             let privileges: Vec<String> = table_grants(Role::Ingest)
                 .iter()
                 .filter(|(_, name, _)| *name == t)
-                .map(|(p, _, cols)| format!("{p} ({})", cols.join(", ")))
+                .map(|(p, _, cols)| match cols {
+                    [] => (*p).to_owned(),
+                    cols => format!("{p} ({})", cols.join(", ")),
+                })
                 .collect();
             format!(
                 "the function's role lacks {} on table {t}",
@@ -255,7 +297,15 @@ mod tests {
             "GRANT SELECT (message_id, xmin) ON TABLE \"public\".\"user_logins\" TO \"fn\";"
         ));
         assert!(!ingest.contains("DELETE"));
-        assert!(!sql(Role::Reveal, "r", "public").unwrap().contains("INSERT"));
+        let reveal = sql(Role::Reveal, "r", "public").unwrap();
+        let inserts: Vec<&str> = reveal.lines().filter(|l| l.contains("INSERT")).collect();
+        assert_eq!(
+            inserts,
+            [
+                "GRANT INSERT (action, caller_arn, kind, token, data_key_id) ON TABLE \"public\".\"user_logins_pii_audit\" TO \"r\";"
+            ],
+            "reveal inserts its audit records and nothing else"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::dlq::{DeadLetterQueue, Rejected};
 use crate::error::{HandlerError, SinkError};
 use crate::event::SqsBatch;
 use crate::masking::Masker;
+use crate::masking::Token;
 use crate::metrics::{DEFAULT_NAMESPACE, DEFAULT_SERVICE, InvocationMetrics, Metrics};
 use crate::record::{self, LoginRow, Rejection};
 use crate::sink::{InsertReport, PgSink};
@@ -43,6 +44,8 @@ pub struct BatchSummary {
     /// Refused rows sent to the DLQ (`refused.<SQLSTATE>`) after
     /// `REFUSED_MAX_RECEIVES` receives.
     pub refused_to_dlq: usize,
+    /// Records of users erased by `login-etl forget`: handled, not stored.
+    pub erased: usize,
     /// The write of the batch failed as a whole (its class, see
     /// `HandlerError::class`); its records are reported and backed off.
     pub failure: Option<&'static str>,
@@ -186,6 +189,7 @@ impl BatchHandler {
                 metrics.backed_off = summary.backed_off;
                 metrics.visibility_change_failed = summary.visibility_change_failed;
                 metrics.refused_to_dlq = summary.refused_to_dlq;
+                metrics.erased = summary.erased;
             }
             Err(e) => {
                 metrics.failure = Some(e.class());
@@ -276,10 +280,13 @@ impl BatchHandler {
             row_positions,
             rejected,
             sent,
+            erased,
             ..
         } = valid;
         let finished = |pos: &usize| {
-            sent.binary_search(pos).is_err() && refused_sent.binary_search(pos).is_err()
+            sent.binary_search(pos).is_err()
+                && refused_sent.binary_search(pos).is_err()
+                && erased.binary_search(pos).is_err()
         };
         let mut failed_positions: Vec<usize> = rejected
             .iter()
@@ -328,6 +335,7 @@ impl BatchHandler {
             failed: failed_positions.len(),
             statements: report.statements,
             refused_to_dlq: refused_sent.len(),
+            erased: erased.len(),
             failure,
             backed_off,
             visibility_change_failed,
@@ -400,6 +408,7 @@ impl BatchHandler {
                         out.vault.add(key, &row);
                     }
                     writer.push(&row).await;
+                    out.user_keys.push(self.masker.user_key(&row.user_id));
                     out.rows.push(row);
                     out.row_positions.push(pos);
                 }
@@ -428,13 +437,84 @@ impl BatchHandler {
                 let keep = out.row_positions.partition_point(|&p| p < held);
                 out.rows.truncate(keep);
                 out.row_positions.truncate(keep);
+                out.user_keys.truncate(keep);
             }
         }
         let vault = self.vault.as_ref().map(|key| VaultWrite {
             key,
             batch: &out.vault,
         });
-        writer.finish(&out.rows, fifo, vault).await
+        let keys: Vec<&str> = out.user_keys.iter().map(Token::as_str).collect();
+        match writer.finish(&out.rows, &keys, fifo, vault).await {
+            Err(SinkError::UsersErased) => {
+                self.write_without_erased(sink, fifo, deadline, out).await
+            }
+            written => written,
+        }
+    }
+
+    /// The batch held users erased by `login-etl forget`: drops their rows
+    /// (handled: not stored, not failed, not dead-lettered) and writes the
+    /// rest. A few rounds, as another erasure may land in between.
+    async fn write_without_erased(
+        &self,
+        sink: &mut PgSink,
+        fifo: bool,
+        deadline: Option<Instant>,
+        out: &mut Transformed<'_>,
+    ) -> Result<InsertReport, SinkError> {
+        for _ in 0..3 {
+            let erased = {
+                let keys: Vec<&str> = out.user_keys.iter().map(Token::as_str).collect();
+                sink.erased_among(&keys, deadline).await?
+            };
+            let keep: Vec<bool> = out
+                .user_keys
+                .iter()
+                .map(|k| !erased.contains(k.as_str()))
+                .collect();
+            for (i, pos) in out.row_positions.iter().enumerate() {
+                if !keep[i] {
+                    out.erased.push(*pos);
+                }
+            }
+            let mut flags = keep.iter();
+            out.rows
+                .retain(|_| *flags.next().expect("one flag per row"));
+            let mut flags = keep.iter();
+            out.row_positions
+                .retain(|_| *flags.next().expect("one flag per row"));
+            let mut flags = keep.iter();
+            out.user_keys
+                .retain(|_| *flags.next().expect("one flag per row"));
+            out.erased.sort_unstable();
+            warn!(
+                records = out.erased.len(),
+                "records of users erased by login-etl forget are not stored"
+            );
+            if let Some(key) = &self.vault {
+                out.vault = VaultBatch::default();
+                for row in &out.rows {
+                    out.vault.add(key, row);
+                }
+            }
+            let vault = self.vault.as_ref().map(|key| VaultWrite {
+                key,
+                batch: &out.vault,
+            });
+            let keys: Vec<&str> = out.user_keys.iter().map(Token::as_str).collect();
+            match sink
+                .insert_until(&out.rows, &keys, fifo, vault, deadline)
+                .await
+            {
+                Err(SinkError::UsersErased) => continue,
+                written => return written,
+            }
+        }
+        Err(SinkError::Transient {
+            op: "writing a batch while users were being erased",
+            cause: "the erasure list kept changing".into(),
+        })
     }
 }
 
@@ -451,6 +531,10 @@ struct Transformed<'b> {
     sent: Vec<usize>,
     /// The rows' vault entries (empty without a vault).
     vault: VaultBatch,
+    /// Each row's user key (`Masker::user_key`), for the erasure check.
+    user_keys: Vec<Token>,
+    /// Positions of records of erased users (handled, not stored), ascending.
+    erased: Vec<usize>,
 }
 
 impl<'b> Transformed<'b> {

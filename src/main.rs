@@ -8,7 +8,7 @@ use std::sync::Arc;
 use clap::Parser;
 use lambda_runtime::{LambdaEvent, service_fn};
 use login_etl::cli::{
-    Cli, Command, EXIT_NOT_FOUND, EXIT_USAGE, ForgetArgs, GrantsArgs, RevealArgs,
+    AuditArgs, Cli, Command, EXIT_NOT_FOUND, EXIT_USAGE, ForgetArgs, GrantsArgs, RevealArgs,
 };
 use login_etl::config::{Config, DbConfig};
 use login_etl::{SqsBatch, startup};
@@ -36,6 +36,7 @@ async fn main() -> ExitCode {
         Command::Grants(args) => grants(&args),
         Command::Reveal(args) => reveal(&args).await,
         Command::Forget(args) => forget(&args).await,
+        Command::Audit(args) => audit(&args).await,
         Command::GenEvents(args) => {
             let event = login_etl::synth::event(&(&args).into());
             println!(
@@ -108,6 +109,15 @@ async fn serve() -> Result<(), lambda_runtime::Error> {
     .await
 }
 
+/// Prints the audit trail as JSON lines (the audit role's database settings).
+async fn audit(args: &AuditArgs) -> Result<(), Failure> {
+    let client = startup::operator_connection(&DbConfig::from_env()?).await?;
+    for record in login_etl::reveal::audit_records(&client, args.since).await? {
+        println!("{record}");
+    }
+    Ok(())
+}
+
 async fn migrate() -> Result<(), Failure> {
     let target = startup::migrate(&DbConfig::from_env()?).await?;
     info!(%target, "schema applied");
@@ -123,16 +133,20 @@ fn grants(args: &GrantsArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Prints `kind token value` per line; one audit line per value on stderr.
-/// Needs the database settings of the reveal role and operator credentials
-/// that may call `kms:Decrypt` on the vault key.
+/// Prints `kind token value` per line, after the audit records (naming the
+/// caller's ARN from STS) have committed; one audit line per value on
+/// stderr too. Needs the database settings of the reveal role and AWS
+/// credentials of `PiiRevealRole` (the only principal that may decrypt).
 async fn reveal(args: &RevealArgs) -> Result<(), Failure> {
-    let client = startup::operator_connection(&DbConfig::from_env()?).await?;
-    let kms = aws_sdk_kms::Client::new(&login_etl::secrets::sdk_config().await);
-    let revealed = login_etl::reveal::reveal(&client, &kms, &args.target(), &mut |line| {
-        eprintln!("{line}")
-    })
-    .await?;
+    let aws = login_etl::secrets::sdk_config().await;
+    let caller = login_etl::reveal::caller_arn(&aws_sdk_sts::Client::new(&aws)).await?;
+    let mut client = startup::operator_connection(&DbConfig::from_env()?).await?;
+    let kms = aws_sdk_kms::Client::new(&aws);
+    let revealed =
+        login_etl::reveal::reveal(&mut client, &kms, &args.target(), &caller, &mut |line| {
+            eprintln!("{line}")
+        })
+        .await?;
     if revealed.is_empty() {
         return Err(Failure(
             "nothing to reveal: no such token or user in user_logins".into(),
@@ -158,11 +172,20 @@ async fn reveal(args: &RevealArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Erases the user's rows and the vault entries only they used, in one
-/// transaction, and prints the counts.
+/// Erases the user (see `login_etl::reveal::forget`) and prints the counts.
+/// Needs the erase role's database settings, AWS credentials (STS names the
+/// caller in the audit record) and the masking key (the user key is keyed).
 async fn forget(args: &ForgetArgs) -> Result<(), Failure> {
-    let mut client = startup::operator_connection(&DbConfig::from_env()?).await?;
-    let done = login_etl::reveal::forget(&mut client, &args.user_id).await?;
+    let config = Config::from_env()?;
+    let aws = login_etl::secrets::sdk_config().await;
+    let caller = login_etl::reveal::caller_arn(&aws_sdk_sts::Client::new(&aws)).await?;
+    let secrets = matches!(config.masking_key, login_etl::config::KeySource::Secret(_))
+        .then(|| login_etl::secrets::Secrets::new(&aws));
+    let key = startup::masking_key(&config.masking_key, secrets.as_ref()).await?;
+    let user_key = login_etl::masking::Masker::new(&key).user_key(&args.user_id);
+    let mut client = startup::operator_connection(&config.db).await?;
+    let done =
+        login_etl::reveal::forget(&mut client, &args.user_id, user_key.as_str(), &caller).await?;
     println!(
         "forgot the user: {} rows deleted from user_logins, {} vault entries no other user shares deleted",
         done.rows, done.vault_entries

@@ -72,11 +72,17 @@ impl fmt::Display for Token {
     }
 }
 
+/// The label of the user-key derivation (see [`Masker::user_key`]).
+const USER_KEY_DERIVATION: &[u8] = b"login-etl user key v1";
+
 /// Computes tokens. Holds the HMAC state with the key already absorbed, so
 /// each token costs two SHA-256 compressions instead of four.
 #[derive(Clone)]
 pub struct Masker {
     keyed: HmacSha256,
+    /// Keyed with a key derived from the masking key, so user keys (the
+    /// erasure list, the audit of `forget`) never equal a token.
+    users: HmacSha256,
 }
 
 impl fmt::Debug for Masker {
@@ -89,7 +95,20 @@ impl Masker {
     /// Builds a masker for `key`.
     pub fn new(key: &MaskingKey) -> Self {
         let keyed = HmacSha256::new_from_slice(&key.0).expect("HMAC accepts keys of any length");
-        Self { keyed }
+        let mut derive = keyed.clone();
+        derive.update(USER_KEY_DERIVATION);
+        let users = HmacSha256::new_from_slice(&derive.finalize().into_bytes())
+            .expect("HMAC accepts keys of any length");
+        Self { keyed, users }
+    }
+
+    /// The keyed hash of a user id that the erasure list and the audit of
+    /// `login-etl forget` store instead of the id: lowercase hex of
+    /// HMAC-SHA256(HMAC-SHA256(masking key, "login-etl user key v1"), user_id).
+    pub fn user_key(&self, user_id: &str) -> Token {
+        let mut mac = self.users.clone();
+        mac.update(user_id.as_bytes());
+        finish(mac)
     }
 
     /// Token of an IP address in its canonical form (`IpAddr`'s `Display`),
@@ -179,6 +198,26 @@ impl fmt::Write for IpText {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_keys_are_keyed_derived_and_never_a_token() {
+        use hmac::{KeyInit, Mac};
+        let key = MaskingKey::from_hex(&"ab".repeat(32), "test").unwrap();
+        let m = Masker::new(&key);
+        let user = "424cdd21-063a-43a7-b91b-7ca1a833afae";
+        // Independently: HMAC(HMAC(key, label), user).
+        let mut d = HmacSha256::new_from_slice(&[0xab; 32]).unwrap();
+        d.update(b"login-etl user key v1");
+        let mut u = HmacSha256::new_from_slice(&d.finalize().into_bytes()).unwrap();
+        u.update(user.as_bytes());
+        assert_eq!(
+            m.user_key(user).as_str(),
+            hex::encode(u.finalize().into_bytes())
+        );
+        assert_ne!(m.user_key(user).as_str(), m.device_id(user).as_str());
+        let other = Masker::new(&MaskingKey::from_hex(&"cd".repeat(32), "test").unwrap());
+        assert_ne!(m.user_key(user).as_str(), other.user_key(user).as_str());
+    }
 
     fn key(hex_key: &str) -> MaskingKey {
         MaskingKey::from_hex(hex_key, "test").unwrap()

@@ -71,6 +71,8 @@ pub struct InvocationMetrics {
     pub visibility_change_failed: usize,
     /// Refused rows sent to the DLQ after `REFUSED_MAX_RECEIVES` receives.
     pub refused_to_dlq: usize,
+    /// Records of users erased by `login-etl forget`, not stored.
+    pub erased: usize,
 }
 
 /// The level an EMF document must carry to pass Lambda's log-level filter
@@ -181,6 +183,7 @@ impl Metrics {
                 "Count",
             ),
             ("RefusedToDlq", m.refused_to_dlq as u64, "Count"),
+            ("ErasedSkipped", m.erased as u64, "Count"),
         ];
         if let Some(lag) = m.ingest_lag_ms {
             metrics.push(("IngestLagMs", lag, "Milliseconds"));

@@ -14,7 +14,9 @@ use crate::sink::describe;
 pub const MIGRATION_SQL: &str = concat!(
     include_str!("../migrations/0001_user_logins.sql"),
     "\n",
-    include_str!("../migrations/0002_pii_vault.sql")
+    include_str!("../migrations/0002_pii_vault.sql"),
+    "\n",
+    include_str!("../migrations/0003_pii_audit_and_erasure.sql")
 );
 
 /// Advisory lock key ("LOGINETL" in ASCII): many cold starts at once apply
@@ -33,7 +35,9 @@ const INSPECT_SQL: &str = "SELECT \
         AND i.indisunique AND i.indnkeyatts = 1 AND i.indpred IS NULL AND i.indexprs IS NULL \
         AND i.indisvalid AND i.indisready), \
     pg_snapshot_xmax(pg_current_snapshot())::text, \
-    to_regclass('user_logins_pii_vault') IS NOT NULL AND to_regclass('user_logins_vault_keys') IS NOT NULL";
+    to_regclass('user_logins_pii_vault') IS NOT NULL AND to_regclass('user_logins_vault_keys') IS NOT NULL, \
+    to_regclass('user_logins_pii_audit') IS NOT NULL AND to_regclass('user_logins_erased') IS NOT NULL \
+        AND to_regprocedure('login_etl_refuse_erased(varchar[])') IS NOT NULL";
 
 /// The schema as the catalog shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,12 +53,14 @@ pub struct SchemaState {
     pub floor: Option<String>,
     /// The PII vault's tables exist.
     pub vault: bool,
+    /// The audit table, the erasure list and its check exist.
+    pub erasure: bool,
 }
 
 impl SchemaState {
     /// Nothing for a migration to do.
     pub fn is_current(&self) -> bool {
-        self.table && self.columns && self.unique_index && self.vault
+        self.table && self.columns && self.unique_index && self.vault && self.erasure
     }
 }
 
@@ -93,6 +99,7 @@ pub async fn inspect(client: &Client) -> Result<SchemaState, tokio_postgres::Err
         unique_index: row.get(2),
         floor: row.get(3),
         vault: row.get(4),
+        erasure: row.get(5),
     })
 }
 
@@ -142,6 +149,12 @@ pub async fn check(
         return Err(fatal(
             "user_logins has no valid unique index on message_id, so a redelivered message could be written twice; nothing was written",
             "; run `login-etl migrate` (make migrate), which drops an INVALID user_logins_message_id_key left by a failed CREATE UNIQUE INDEX CONCURRENTLY and builds it again",
+        ));
+    }
+    if !state.erasure {
+        return Err(fatal(
+            "the erasure list (user_logins_erased, login_etl_refuse_erased) is missing: the schema predates this version",
+            "; run `make migrate` (login-etl migrate) or set RUN_MIGRATIONS=true",
         ));
     }
     if vault && !state.vault {

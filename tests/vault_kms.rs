@@ -14,6 +14,7 @@ use aws_lambda_events::event::sqs::SqsEvent;
 use common::moto::start_moto;
 use common::*;
 use login_etl::grants::Role;
+use login_etl::masking::{Masker, MaskingKey};
 use login_etl::reveal::{Target, forget, reveal};
 use login_etl::synth::{self, Options};
 use login_etl::vault::Kind;
@@ -114,7 +115,13 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
 
     handle_all_but_invalid(&h, &event).await;
     // reveal runs as the reveal role, forget as the erase role (login-etl grants).
-    let client = connect(&db.role_url(Role::Reveal).await).await;
+    let mut client = connect(&db.role_url(Role::Reveal).await).await;
+    // Who is calling, as STS (moto) says: what every audit record names.
+    let caller = login_etl::reveal::caller_arn(&aws_sdk_sts::Client::new(
+        &login_etl::secrets::sdk_config().await,
+    ))
+    .await
+    .unwrap();
     let admin_client = db.client().await;
     let want = originals(&event);
     let distinct_ips: BTreeSet<&String> = want.values().flatten().map(|(ip, _)| ip).collect();
@@ -163,14 +170,22 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
         .unwrap();
     for row in rows.iter().take(40) {
         let user: String = row.get(0);
-        let ip = reveal(&client, &kms, &Target::IpToken(row.get(1)), &mut |l| {
-            audit.push(l.to_owned())
-        })
+        let ip = reveal(
+            &mut client,
+            &kms,
+            &Target::IpToken(row.get(1)),
+            &caller,
+            &mut |l| audit.push(l.to_owned()),
+        )
         .await
         .unwrap();
-        let device = reveal(&client, &kms, &Target::DeviceToken(row.get(2)), &mut |l| {
-            audit.push(l.to_owned())
-        })
+        let device = reveal(
+            &mut client,
+            &kms,
+            &Target::DeviceToken(row.get(2)),
+            &caller,
+            &mut |l| audit.push(l.to_owned()),
+        )
         .await
         .unwrap();
         let pair = (
@@ -183,9 +198,13 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
         );
     }
     // A user's logins, by user id.
-    let by_user = reveal(&client, &kms, &Target::UserId(user_a.clone()), &mut |l| {
-        audit.push(l.to_owned())
-    })
+    let by_user = reveal(
+        &mut client,
+        &kms,
+        &Target::UserId(user_a.clone()),
+        &caller,
+        &mut |l| audit.push(l.to_owned()),
+    )
     .await
     .unwrap();
     let ips: BTreeSet<String> = by_user
@@ -257,7 +276,10 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
         .unwrap()
         .get(0);
     let a_rows = want[&user_a].len() as u64;
-    let done = forget(&mut eraser, &user_a).await.unwrap();
+    let user_key = Masker::new(&MaskingKey::from_hex(TEST_KEY, "test").unwrap()).user_key(&user_a);
+    let done = forget(&mut eraser, &user_a, user_key.as_str(), &caller)
+        .await
+        .unwrap();
     assert!(done.rows >= a_rows);
     let after: i64 = admin_client
         .query_one("SELECT count(*) FROM user_logins", &[])
@@ -265,9 +287,15 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
         .unwrap()
         .get(0);
     assert_eq!(after, before, "only user A's rows are gone");
-    let revealed_b = reveal(&client, &kms, &Target::UserId(user_b.clone()), &mut |_| {})
-        .await
-        .unwrap();
+    let revealed_b = reveal(
+        &mut client,
+        &kms,
+        &Target::UserId(user_b.clone()),
+        &caller,
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
     assert!(
         revealed_b.iter().all(|r| r.value.is_some()),
         "user B's values, the shared ip included, are still in the vault"
@@ -279,9 +307,15 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
     if !device_still_used {
         assert!(done.vault_entries >= 1, "A's own device entry was erased");
     }
-    let gone = reveal(&client, &kms, &Target::UserId(user_a), &mut |_| {})
-        .await
-        .unwrap();
+    let gone = reveal(
+        &mut client,
+        &kms,
+        &Target::UserId(user_a),
+        &caller,
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
     assert!(gone.is_empty(), "nothing of user A is left to reveal");
 }
 

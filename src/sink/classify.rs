@@ -21,6 +21,9 @@ pub(crate) enum Failure {
     /// The role may not read `xmin`, so rows a lost attempt committed cannot
     /// be told from older ones (see `insert::insert_tx`).
     RecountDenied,
+    /// The batch holds a user erased by `login-etl forget` (SQLSTATE
+    /// `LE001`, raised by `login_etl_refuse_erased`): nothing was written.
+    Erased,
 }
 
 /// Sorts a statement failure by what can be done about it.
@@ -30,6 +33,9 @@ pub(crate) fn classify(e: &tokio_postgres::Error) -> Failure {
         return Failure::Transient(describe(e));
     };
     let code = state.code();
+    if code == "LE001" {
+        return Failure::Erased;
+    }
     if [
         SqlState::T_R_SERIALIZATION_FAILURE,
         SqlState::T_R_DEADLOCK_DETECTED,

@@ -16,7 +16,9 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::classify::{Failure, classify};
-use super::insert::{COMMIT_SQL, VaultRows, begin_sql, floor_of, no_answer, write_vault};
+use super::insert::{
+    COMMIT_SQL, VaultRows, begin_sql, floor_of, no_answer, refuse_erased, write_vault,
+};
 use crate::record::LoginRow;
 
 /// The fast path for large batches; see the module documentation.
@@ -111,6 +113,7 @@ impl CopyIn {
         mut self,
         client: &Client,
         vault: Option<&VaultRows<'_>>,
+        user_keys: &[&str],
     ) -> Result<(u64, Option<String>), CopyFailed> {
         let before_commit = |failure| CopyFailed {
             failure,
@@ -124,11 +127,14 @@ impl CopyIn {
             Ok(Err(e)) => return Err(before_commit(classify(&e))),
             Err(_) => return Err(before_commit(no_answer(self.bound))),
         };
-        // The vault entries, then the COMMIT, sent together.
+        // The vault entries, the erasure check, then the COMMIT, sent together.
         let end = async {
-            let (vaulted, committed) =
-                tokio::join!(write_vault(client, vault), client.simple_query(COMMIT_SQL));
-            vaulted.and(committed)
+            let (vaulted, allowed, committed) = tokio::join!(
+                write_vault(client, vault),
+                refuse_erased(client, user_keys),
+                client.simple_query(COMMIT_SQL)
+            );
+            vaulted.and(allowed).and(committed)
         };
         match timeout(self.bound, end).await {
             Ok(Ok(answer)) => Ok((rows, floor_of(&answer))),

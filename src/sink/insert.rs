@@ -37,10 +37,31 @@ pub const INSERT_SQL: &str = "INSERT INTO user_logins \
 const RECOUNT_SQL: &str = "SELECT count(*) FROM user_logins \
     WHERE message_id = ANY($1::varchar[]) AND age(xmin) <= age(xid($2::text::xid8))";
 
-/// `BEGIN` with the server-side bounds of this transaction only.
+/// `BEGIN` with the server-side bounds of this transaction only, then the
+/// table lock every write takes anyway (ROW EXCLUSIVE), taken first so that
+/// `login-etl forget` (SHARE ROW EXCLUSIVE) either finishes before the
+/// erasure check ([`ERASED_SQL`]) or waits for this transaction to end.
 pub(crate) fn begin_sql(server_bound: Duration) -> String {
     let ms = server_bound.as_millis().max(1);
-    format!("BEGIN; SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}")
+    format!(
+        "BEGIN; SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}; \
+         LOCK TABLE user_logins IN ROW EXCLUSIVE MODE"
+    )
+}
+
+/// The erasure check: raises SQLSTATE `LE001` (the transaction is refused)
+/// when a row's user was erased by `login-etl forget`.
+pub(crate) const ERASED_SQL: &str = "SELECT login_etl_refuse_erased($1::varchar[])";
+
+/// The erasure check of `user_keys` ([`ERASED_SQL`]).
+pub(crate) async fn refuse_erased(
+    client: &Client,
+    user_keys: &[&str],
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .query_typed(ERASED_SQL, &[(&user_keys, Type::VARCHAR_ARRAY)])
+        .await
+        .map(|_| ())
 }
 
 /// `COMMIT`, then the xid floor: the first transaction id not yet assigned,
@@ -120,6 +141,7 @@ pub(crate) struct Committed {
 pub(crate) async fn insert_tx(
     client: &Client,
     rows: &[LoginRow<'_>],
+    user_keys: &[&str],
     server_bound: Duration,
     client_bound: Duration,
     recount_since: Option<&str>,
@@ -133,6 +155,7 @@ pub(crate) async fn insert_tx(
     let pipeline = async {
         tokio::join!(
             client.batch_execute(&begin),
+            refuse_erased(client, user_keys),
             async {
                 match recount_since {
                     Some(floor) => client
@@ -153,14 +176,15 @@ pub(crate) async fn insert_tx(
             client.simple_query(COMMIT_SQL),
         )
     };
-    let (begun, earlier, inserted, vaulted, committed) = match timeout(client_bound, pipeline).await
-    {
-        Ok(answers) => answers,
-        Err(_) => return Err(no_answer(client_bound)),
-    };
+    let (begun, allowed, earlier, inserted, vaulted, committed) =
+        match timeout(client_bound, pipeline).await {
+            Ok(answers) => answers,
+            Err(_) => return Err(no_answer(client_bound)),
+        };
     // The first failure in statement order is the cause; after it the server
     // skipped the rest and turned the COMMIT into a ROLLBACK.
     begun.map_err(|e| classify(&e))?;
+    allowed.map_err(|e| classify(&e))?;
     let earlier = earlier.map_err(|e| match e.code() {
         Some(code) if *code == SqlState::INSUFFICIENT_PRIVILEGE => Failure::RecountDenied,
         _ => classify(&e),

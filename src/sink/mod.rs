@@ -182,13 +182,60 @@ impl PgSink {
     pub async fn insert(
         &mut self,
         rows: &[LoginRow<'_>],
+        user_keys: &[&str],
         preserve_order: bool,
     ) -> Result<InsertReport, SinkError> {
         let mut batch = self.start_batch(rows.len(), None).await?;
         for row in rows {
             batch.push(row).await;
         }
-        batch.finish(rows, preserve_order, None).await
+        batch.finish(rows, user_keys, preserve_order, None).await
+    }
+
+    /// Inserts `rows` by the INSERT path, bounded by `deadline`, with their
+    /// vault entries (see [`BatchWriter::finish`]).
+    pub async fn insert_until(
+        &mut self,
+        rows: &[LoginRow<'_>],
+        user_keys: &[&str],
+        preserve_order: bool,
+        vault: Option<VaultWrite<'_>>,
+        deadline: Option<Instant>,
+    ) -> Result<InsertReport, SinkError> {
+        let batch = self.start_batch(0, deadline).await?;
+        batch.finish(rows, user_keys, preserve_order, vault).await
+    }
+
+    /// Which of `user_keys` are on the erasure list (one statement).
+    pub async fn erased_among(
+        &mut self,
+        user_keys: &[&str],
+        deadline: Option<Instant>,
+    ) -> Result<std::collections::HashSet<String>, SinkError> {
+        const OP: &str = "reading the erasure list";
+        let budget = Budget::new(deadline);
+        let bound = budget.bound(self.per_operation(), OP)?;
+        let client = self.client(&budget).await?;
+        let rows = timeout(
+            bound,
+            client.query_typed(
+                "SELECT user_key FROM user_logins_erased WHERE user_key = ANY($1::varchar[])",
+                &[(&user_keys, tokio_postgres::types::Type::VARCHAR_ARRAY)],
+            ),
+        )
+        .await
+        .map_err(|_| SinkError::Transient {
+            op: OP,
+            cause: format!("no answer within {} ms", bound.as_millis()),
+        })?
+        .map_err(|e| match classify::classify(&e) {
+            Failure::Fatal(f) => f,
+            _ => SinkError::Transient {
+                op: OP,
+                cause: describe(&e),
+            },
+        })?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// Starts writing a batch of about `expected_rows` rows that must be done
@@ -299,12 +346,13 @@ impl PgSink {
         copy: CopyIn,
         budget: &mut Budget,
         vault: Option<VaultRows<'_>>,
+        user_keys: &[&str],
     ) -> Result<Result<InsertReport, Option<String>>, SinkError> {
         let floor_before = self.floor.clone();
         let Some(client) = self.client.as_ref() else {
             return Ok(Err(None));
         };
-        match copy.commit(client, vault.as_ref()).await {
+        match copy.commit(client, vault.as_ref(), user_keys).await {
             Ok((inserted, floor)) => {
                 if floor.is_some() {
                     self.floor = floor;
@@ -339,6 +387,8 @@ impl PgSink {
             }
             Failure::Fatal(e) => debug!(error = %e, "COPY failed; inserting instead"),
             Failure::RecountDenied => debug!("COPY failed; inserting instead"),
+            // The INSERT path meets the same refusal and reports it.
+            Failure::Erased => debug!("COPY refused: the batch holds an erased user"),
         }
         self.rollback().await;
         Ok(())
@@ -352,6 +402,7 @@ impl PgSink {
     async fn insert_rows(
         &mut self,
         rows: &[LoginRow<'_>],
+        user_keys: &[&str],
         preserve_order: bool,
         budget: &mut Budget,
         recount_since: Option<String>,
@@ -391,6 +442,7 @@ impl PgSink {
             let attempt = insert::insert_tx(
                 client,
                 &rows[range.clone()],
+                user_keys.get(range.clone()).unwrap_or_default(),
                 server,
                 bound,
                 recount.as_deref(),
@@ -440,6 +492,10 @@ impl PgSink {
                     todo.push((range, since));
                 }
                 Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Erased) => {
+                    self.rollback().await;
+                    return Err(SinkError::UsersErased);
+                }
                 Err(Failure::RecountDenied) => {
                     warn!(
                         "the database role may not read user_logins.xmin, so rows a lost attempt committed count as duplicates; GRANT SELECT (message_id, xmin) ON user_logins to count them as inserted"
@@ -478,9 +534,15 @@ impl BatchWriter<'_> {
     /// else `rows` by the INSERT path. With `vault`, each transaction also
     /// writes the vault entries of its rows (`vault.batch` was filled in
     /// the order of `rows`), so a row never commits without them.
+    ///
+    /// `user_keys` are the rows' users' keys (`Masker::user_key`), in the
+    /// order of `rows`: a transaction that holds an erased user is refused
+    /// with nothing written ([`SinkError::UsersErased`]), and the caller
+    /// writes the batch again without them.
     pub async fn finish(
         mut self,
         rows: &[LoginRow<'_>],
+        user_keys: &[&str],
         preserve_order: bool,
         vault: Option<VaultWrite<'_>>,
     ) -> Result<InsertReport, SinkError> {
@@ -505,7 +567,7 @@ impl BatchWriter<'_> {
             });
             match self
                 .sink
-                .end_copy(copy, &mut self.budget, vault_rows)
+                .end_copy(copy, &mut self.budget, vault_rows, user_keys)
                 .await?
             {
                 Ok(report) => return Ok(report),
@@ -517,7 +579,14 @@ impl BatchWriter<'_> {
         }
         let mut report = self
             .sink
-            .insert_rows(rows, preserve_order, &mut self.budget, recount_since, vault)
+            .insert_rows(
+                rows,
+                user_keys,
+                preserve_order,
+                &mut self.budget,
+                recount_since,
+                vault,
+            )
             .await?;
         report.statements += u32::from(self.copy_tried);
         Ok(report)

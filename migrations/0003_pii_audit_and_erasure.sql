@@ -1,0 +1,63 @@
+-- The vault's audit trail and the erasure list (login-etl reveal, forget,
+-- audit). Applied with 0001 and 0002, idempotent. See src/reveal.rs and
+-- README "Can the PII be recovered?".
+
+-- One row per value revealed and per user erased, written in the same
+-- transaction as the read or the delete: no audit row, no reveal. Append
+-- only: the reveal and erase roles may INSERT (login-etl grants), nobody
+-- may UPDATE or DELETE (the trigger below refuses even the owner).
+CREATE TABLE IF NOT EXISTS user_logins_pii_audit(
+    id                    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at                    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    action                varchar(16) NOT NULL CHECK (action IN ('reveal', 'forget')),
+    -- The caller's identity as AWS knows it (STS GetCallerIdentity), never $USER.
+    caller_arn            varchar(2048) NOT NULL,
+    -- reveal: what was read.
+    kind                  varchar(16),
+    token                 varchar(64),
+    data_key_id           varchar(32),
+    -- forget: a keyed hash of the user id (never the id), and what went.
+    user_key              varchar(64),
+    rows_deleted          bigint,
+    vault_entries_deleted bigint
+);
+
+CREATE OR REPLACE FUNCTION login_etl_audit_is_append_only() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'user_logins_pii_audit is append-only';
+END
+$$;
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'user_logins_pii_audit_append_only'
+                   AND tgrelid = to_regclass('user_logins_pii_audit')) THEN
+        CREATE TRIGGER user_logins_pii_audit_append_only
+            BEFORE UPDATE OR DELETE OR TRUNCATE ON user_logins_pii_audit
+            FOR EACH STATEMENT EXECUTE FUNCTION login_etl_audit_is_append_only();
+    END IF;
+END
+$$;
+
+-- Users erased by login-etl forget, by a keyed hash of the user id (HMAC
+-- under a key derived from the masking key, src/masking.rs): a message of
+-- theirs that arrives later is not stored.
+CREATE TABLE IF NOT EXISTS user_logins_erased(
+    user_key  varchar(64) COLLATE "C" PRIMARY KEY,
+    erased_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Called in every write transaction of the function, after it has locked
+-- user_logins (ROW EXCLUSIVE, which login-etl forget's SHARE ROW EXCLUSIVE
+-- waits for): refuses the transaction when the batch holds an erased user,
+-- and the function then writes the batch without them.
+CREATE OR REPLACE FUNCTION login_etl_refuse_erased(keys varchar[]) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM user_logins_erased WHERE user_key = ANY(keys)) THEN
+        RAISE EXCEPTION USING ERRCODE = 'LE001',
+            MESSAGE = 'the batch holds a user erased by login-etl forget';
+    END IF;
+END
+$$;
