@@ -111,7 +111,7 @@ def drop_database(dbname: str) -> None:
 
 # The database roles of the README's deploy sequence (`login-etl grants`):
 # the function connects as ingest, `reveal` and `forget` as their own roles.
-ROLES = ("migrate", "ingest", "reveal", "erase")
+ROLES = ("migrate", "ingest", "reveal", "erase", "audit")
 
 
 def role_name(dbname: str, role: str) -> str:
@@ -596,8 +596,10 @@ def operator(stack: Stack, *args: str) -> subprocess.CompletedProcess:
     against the stack's database as its own role (reveal, erase), with
     LocalStack as AWS (as an operator whose credentials may call kms:Decrypt)."""
     bootstrap = BUILD_DIR / "LoginEtlFunction" / "bootstrap"
-    role = {"reveal": "reveal", "forget": "erase"}[args[0]]
+    role = {"reveal": "reveal", "forget": "erase", "audit": "audit"}[args[0]]
     env = {**os.environ, **LOCAL_ENV, "DATABASE_URL": role_url(stack.dbname, role), "AWS_REGION": REGION}
+    if args[0] == "forget":  # the user key is keyed with (a key derived from) the masking key
+        env["MASKING_KEY_SECRET_ID"] = stack.masking_key_secret_arn
     return subprocess.run([str(bootstrap), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 
 
@@ -710,6 +712,10 @@ def demo(args: argparse.Namespace) -> None:
         say(f"    $ login-etl reveal --ip-token {token[0][0][:16]}…")
         out = operator(stack, "reveal", "--ip-token", token[0][0])
         for line in (out.stdout + out.stderr).strip().splitlines():
+            say(f"    {line}")
+        say("    and its durable record, read by the audit role ($ login-etl audit):")
+        out = operator(stack, "audit")
+        for line in (out.stdout + out.stderr).strip().splitlines()[-1:]:
             say(f"    {line}")
     say(f"\ndemo done in {time.monotonic() - started:.0f} s. LocalStack keeps running for exploration:")
     say("    export PATH=$PWD/.venv-localstack/bin:$PATH AWS_DEFAULT_REGION=us-east-1 DISABLE_DEPRECATION_NOTICE=1")

@@ -283,11 +283,11 @@ pub async fn audit_records(
     client: &Client,
     since: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Result<Vec<serde_json::Value>, RevealError> {
-    let since = since.unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
     let rows = client
         .query_typed(
             "SELECT id, at, action, caller_arn, kind, token, data_key_id, user_key, rows_deleted, \
-             vault_entries_deleted FROM user_logins_pii_audit WHERE at >= $1 ORDER BY id",
+             vault_entries_deleted FROM user_logins_pii_audit \
+             WHERE $1::timestamptz IS NULL OR at >= $1 ORDER BY id",
             &[(&since, Type::TIMESTAMPTZ)],
         )
         .await

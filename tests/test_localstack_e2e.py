@@ -240,7 +240,16 @@ def test_an_operator_reveals_an_original_ip_and_forgets_one_user(standard, drain
     left = stack.psql(stack.db_url(standard.dbname), "SELECT user_id FROM user_logins")
     assert user_id not in {r[0] for r in left} and len(left) == others, "only that user's rows are gone"
     out = stack.operator(standard, "reveal", "--user-id", user_id)
-    assert out.returncode != 0 and "nothing to reveal" in out.stderr
+    assert out.returncode == 3 and "nothing to reveal" in out.stderr, "exit code 3: found nothing"
+    # The durable audit, read as the audit role: the reveal and the forget,
+    # each naming the caller as STS (LocalStack) knows it.
+    out = stack.operator(standard, "audit")
+    assert out.returncode == 0, out.stderr
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["action"] for r in records] == ["reveal", "forget"], records
+    assert all(r["caller_arn"].startswith("arn:aws:") for r in records)
+    assert records[0]["token"] == masked_ip and records[1]["rows_deleted"] >= 1
+    assert user_id not in out.stdout, "the audit holds a keyed hash of the user id, never the id"
 
 
 class TcpProxy:

@@ -32,6 +32,8 @@ fn set_env(port: u16) {
         ("AWS_ACCESS_KEY_ID", "test"),
         ("AWS_SECRET_ACCESS_KEY", "test"),
         ("AWS_REGION", "us-east-1"),
+        // A spoofed operator name: the audit must not believe it.
+        ("USER", "mallory"),
     ] {
         // SAFETY: every test of this binary holds ENV while it runs, and the
         // others wait for it without touching the environment.
@@ -317,6 +319,69 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
     .await
     .unwrap();
     assert!(gone.is_empty(), "nothing of user A is left to reveal");
+
+    // The durable audit: one record per token revealed, naming the caller as
+    // STS (moto) knows it; the $USER the test spoofed appears nowhere.
+    assert_eq!(caller, "arn:aws:sts::123456789012:user/moto");
+    let records = admin_client
+        .query(
+            "SELECT action, caller_arn, kind, token, data_key_id FROM user_logins_pii_audit ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let reveals: Vec<_> = records
+        .iter()
+        .filter(|r| r.get::<_, String>(0) == "reveal")
+        .collect();
+    assert_eq!(
+        reveals.len(),
+        audit.len() + revealed_b.len(),
+        "one record per value revealed (user B's reveal wrote no line here)"
+    );
+    assert!(reveals.iter().all(|r| r.get::<_, String>(1) == caller));
+    assert!(
+        reveals
+            .iter()
+            .all(|r| r.get::<_, Option<String>>(4).is_some()),
+        "each names its data key"
+    );
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.get::<_, String>(0) == "forget")
+            .count(),
+        1
+    );
+    let text = format!("{records:?}");
+    assert!(!text.contains("mallory"), "never $USER");
+
+    // A reveal that cannot write its audit record reveals nothing.
+    admin_client
+        .batch_execute(&format!(
+            "REVOKE INSERT ON user_logins_pii_audit FROM \"{}_reveal\"",
+            db.name
+        ))
+        .await
+        .unwrap();
+    let token: String = admin_client
+        .query_one("SELECT masked_ip FROM user_logins LIMIT 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let mut lines = Vec::new();
+    let refused = reveal(
+        &mut client,
+        &kms,
+        &Target::IpToken(token),
+        &caller,
+        &mut |l| lines.push(l.to_owned()),
+    )
+    .await;
+    assert!(
+        refused.is_err() && lines.is_empty(),
+        "no audit record, no value"
+    );
 }
 
 /// Handles `event`; only the invalid records may be reported.

@@ -1,0 +1,299 @@
+//! Erasure that holds (`login-etl forget`): atomic against concurrent
+//! ingest, and sticky. The function runs as the ingest role, `forget` as the
+//! erase role, with the PII vault on (a local data key).
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use aws_lambda_events::event::sqs::SqsEvent;
+use common::*;
+use login_etl::grants::Role;
+use login_etl::masking::{Masker, MaskingKey};
+use login_etl::synth::{self, Options};
+use serde_json::Value;
+
+const CALLER: &str = "arn:aws:sts::123456789012:assumed-role/erasers/test";
+
+fn key() -> login_etl::vault::DataKey {
+    login_etl::vault::DataKey::new(&[0x42; 32], vec![1, 2, 3], "local").unwrap()
+}
+
+/// `count` records of which every `every`-th belongs to `user` (its user_id
+/// replaced), with fresh message ids per `seed`.
+fn batch_with(user: &str, count: usize, every: usize, seed: u64) -> SqsEvent {
+    let mut event = synth::event(&Options {
+        count,
+        seed,
+        ..Options::default()
+    });
+    for (i, m) in event.records.iter_mut().enumerate() {
+        if i % every == 0 {
+            let mut body: Value = serde_json::from_str(m.body.as_deref().unwrap()).unwrap();
+            body["user_id"] = Value::from(user);
+            m.body = Some(body.to_string());
+        }
+    }
+    event
+}
+
+async fn rows_of(db: &TestDb, user: &str) -> i64 {
+    db.client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM user_logins WHERE user_id = $1",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Every row has both its vault entries, and every entry belongs to a row.
+async fn assert_vault_matches_rows(db: &TestDb) {
+    let client = db.client().await;
+    let orphans: i64 = client
+        .query_one(
+            "SELECT count(*) FROM user_logins u WHERE NOT EXISTS (SELECT 1 FROM user_logins_pii_vault v WHERE v.kind = 'ip' AND v.token = u.masked_ip) \
+             OR NOT EXISTS (SELECT 1 FROM user_logins_pii_vault v WHERE v.kind = 'device_id' AND v.token = u.masked_device_id)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(orphans, 0, "no row without its vault entries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_beside_concurrent_ingest_leaves_nothing_of_the_user_and_no_row_without_its_vault_entry()
+ {
+    let db = TestDb::create().await;
+    let ingest = db.ingest_url().await;
+    let erase = db.role_url(Role::Erase).await;
+    // One user per round: a COPY-sized batch, then a small one (INSERT path).
+    let users = [
+        "0f1e2d3c-4b5a-4697-8a9b-acbdcedf0011",
+        "0f1e2d3c-4b5a-4697-8a9b-acbdcedf0022",
+    ];
+    let masker = Masker::new(&MaskingKey::from_hex(TEST_KEY, "test").unwrap());
+    let batches: Vec<SqsEvent> = (0..8usize)
+        .map(|i| {
+            batch_with(
+                users[i % 2],
+                if i % 4 == 0 { 600 } else { 40 },
+                5,
+                700 + i as u64,
+            )
+        })
+        .collect();
+    // A gate inside the ingest's write transaction: a statement trigger that
+    // waits for an advisory lock the test holds, so the transaction is
+    // provably in flight (locked, checked, inserting) while forget starts.
+    let admin = db.client().await;
+    admin
+        .batch_execute(
+            "CREATE FUNCTION test_gate() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN PERFORM pg_advisory_lock_shared(4242); PERFORM pg_advisory_unlock_shared(4242); RETURN NULL; END $$; \
+             CREATE TRIGGER test_gate BEFORE INSERT ON user_logins FOR EACH STATEMENT EXECUTE FUNCTION test_gate(); \
+             SELECT pg_advisory_lock(4242);",
+        )
+        .await
+        .unwrap();
+    let mut done = Vec::new();
+    for (round, user) in users.into_iter().enumerate() {
+        let (url, b) = (ingest.clone(), batches[round].clone());
+        let writer = tokio::spawn(async move {
+            let h = handler_with(&[("DATABASE_URL", &url), ("MASKING_KEY", TEST_KEY)])
+                .await
+                .with_vault(key());
+            h.handle_with_summary(&b)
+                .await
+                .expect("no invocation error")
+                .1
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let (erase, user_key) = (erase.clone(), masker.user_key(user));
+        let eraser = tokio::spawn(async move {
+            let mut eraser = connect(&erase).await;
+            login_etl::reveal::forget(&mut eraser, user, user_key.as_str(), CALLER)
+                .await
+                .expect("forget as the erase role")
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        admin
+            .batch_execute("SELECT pg_advisory_unlock(4242)")
+            .await
+            .unwrap();
+        let summary = writer.await.unwrap();
+        let forgotten = eraser.await.unwrap();
+        assert_eq!(
+            summary.erased, 0,
+            "round {round}: in flight before the erasure, so written (then erased)"
+        );
+        assert!(
+            forgotten.rows > 0,
+            "round {round}: forget waited for the write"
+        );
+        assert_eq!(
+            rows_of(&db, user).await,
+            0,
+            "round {round}: the user's rows written beside the erasure are gone"
+        );
+        assert_vault_matches_rows(&db).await;
+        done.push(forgotten);
+        admin
+            .batch_execute("SELECT pg_advisory_lock(4242)")
+            .await
+            .unwrap();
+    }
+    admin
+        .batch_execute("SELECT pg_advisory_unlock(4242); DROP TRIGGER test_gate ON user_logins")
+        .await
+        .unwrap();
+    println!(
+        "forget deleted (rows, vault entries): {:?}",
+        done.iter()
+            .map(|d| (d.rows, d.vault_entries))
+            .collect::<Vec<_>>()
+    );
+
+    // Delivered again after the forget (a redelivery, a DLQ redrive): not
+    // stored, not failed, not sent anywhere; the rest of each batch is.
+    let h = handler_with(&[("DATABASE_URL", &ingest), ("MASKING_KEY", TEST_KEY)])
+        .await
+        .with_vault(key());
+    for b in &batches {
+        let of_users: BTreeSet<String> = b
+            .records
+            .iter()
+            .filter(|m| users.iter().any(|u| m.body.as_deref().unwrap().contains(u)))
+            .map(|m| m.message_id.clone().unwrap())
+            .collect();
+        let (resp, summary) = h.handle_with_summary(b).await.unwrap();
+        assert_eq!(
+            summary.erased,
+            of_users.len(),
+            "each record of the users is skipped"
+        );
+        assert!(
+            resp.batch_item_failures
+                .iter()
+                .all(|f| !of_users.contains(&f.item_identifier)),
+            "a record of an erased user is handled, not failed"
+        );
+        assert_eq!(summary.sent_to_dlq, 0);
+    }
+    for user in users {
+        assert_eq!(
+            rows_of(&db, user).await,
+            0,
+            "none of the users' rows survive"
+        );
+    }
+    assert_vault_matches_rows(&db).await;
+    let client = db.client().await;
+    let others: i64 = client
+        .query_one("SELECT count(DISTINCT user_id) FROM user_logins", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        others > 100,
+        "everyone else's rows are there ({others} users)"
+    );
+    // The erasure list and the audit hold the keyed hash, never the id.
+    let listed: BTreeSet<String> = client
+        .query("SELECT user_key FROM user_logins_erased", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let keys: BTreeSet<String> = users
+        .iter()
+        .map(|u| masker.user_key(u).as_str().to_owned())
+        .collect();
+    assert_eq!(listed, keys);
+    let audit = client
+        .query(
+            "SELECT caller_arn, user_key, rows_deleted FROM user_logins_pii_audit WHERE action = 'forget' ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(audit.len(), 2);
+    for (row, (user, d)) in audit.iter().zip(users.iter().zip(&done)) {
+        assert_eq!(row.get::<_, String>(0), CALLER);
+        assert_eq!(row.get::<_, String>(1), masker.user_key(user).as_str());
+        assert_eq!(row.get::<_, i64>(2), d.rows as i64);
+    }
+    let dump: String = client
+        .query_one(
+            "SELECT string_agg(t::text, ' ') FROM (SELECT * FROM user_logins_pii_audit UNION ALL \
+             SELECT NULL, NULL, NULL, user_key, NULL, NULL, NULL, NULL, NULL, NULL FROM user_logins_erased) t",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        users.iter().all(|u| !dump.contains(u)),
+        "the user ids are stored nowhere"
+    );
+}
+
+#[tokio::test]
+async fn the_audit_trail_is_append_only_even_for_its_owner() {
+    let db = TestDb::create().await;
+    db.migrate().await;
+    let erase = connect(&db.role_url(Role::Erase).await).await;
+    let audit = connect(&db.role_url(Role::Audit).await).await;
+    erase
+        .batch_execute(&format!(
+            "INSERT INTO user_logins_pii_audit (action, caller_arn, user_key) VALUES ('forget', '{CALLER}', 'k')"
+        ))
+        .await
+        .expect("the erase role may append");
+    for (client, sql) in [
+        (&erase, "UPDATE user_logins_pii_audit SET caller_arn = 'x'"),
+        (&erase, "DELETE FROM user_logins_pii_audit"),
+        (&erase, "SELECT * FROM user_logins_pii_audit"),
+        (&audit, "DELETE FROM user_logins_pii_audit"),
+        (
+            &audit,
+            "INSERT INTO user_logins_pii_audit (action, caller_arn) VALUES ('reveal', 'x')",
+        ),
+    ] {
+        let e = client.batch_execute(sql).await.unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{sql}"
+        );
+    }
+    let owner = db.client().await;
+    for sql in [
+        "UPDATE user_logins_pii_audit SET caller_arn = 'x'",
+        "DELETE FROM user_logins_pii_audit",
+        "TRUNCATE user_logins_pii_audit",
+    ] {
+        let e = owner.batch_execute(sql).await.unwrap_err();
+        assert!(
+            e.as_db_error().unwrap().message().contains("append-only"),
+            "{sql}: {e}"
+        );
+    }
+    let records = login_etl::reveal::audit_records(&audit, None)
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["caller_arn"], CALLER);
+    assert_eq!(records[0]["action"], "forget");
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    assert!(
+        login_etl::reveal::audit_records(&audit, Some(later))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
