@@ -245,6 +245,18 @@ async fn main() {
     // Where the handler's time goes, phase by phase, for the largest batch.
     let n = sizes.last().unwrap().0;
     let mut phases = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    // The erasure check's cost: the users' keys (client) and the check in the
+    // write transaction (server), with 1,000 users on the erasure list, none
+    // of them in the batch, against the same write with nothing to check.
+    let (mut keying, mut checked, mut unchecked) = (Vec::new(), Vec::new(), Vec::new());
+    client
+        .batch_execute(
+            "INSERT INTO user_logins_erased (user_key) \
+             SELECT md5(g::text) || md5((g + 1)::text) FROM generate_series(1, 1000) g \
+             ON CONFLICT DO NOTHING",
+        )
+        .await
+        .unwrap();
     let mut sink = startup::sink(&config.db, None).await.unwrap();
     for run in 0..sizes.last().unwrap().1 {
         let event = bench_event(n, 7_000_000 + run as u64);
@@ -262,13 +274,16 @@ async fn main() {
                 record::transform(m.message_id.as_deref().unwrap(), m, &masker, today).unwrap()
             })
             .collect();
+        phases[1].push(t.elapsed());
+        let t = Instant::now();
         let users: Vec<login_etl::masking::Token> =
             rows.iter().map(|r| masker.user_key(&r.user_id)).collect();
         let keys: Vec<&str> = users.iter().map(|k| k.as_str()).collect();
-        phases[1].push(t.elapsed());
+        keying.push(t.elapsed());
         let t = Instant::now();
         let report = sink.insert(&rows, &keys, false).await.unwrap();
         phases[2].push(t.elapsed());
+        checked.push(t.elapsed());
         assert!(report.copied == (n >= login_etl::sink::COPY_MIN_ROWS));
         // The same rows again: what a redelivery costs (COPY refused, then
         // INSERT ... ON CONFLICT finds every row a duplicate).
@@ -276,7 +291,22 @@ async fn main() {
         let report = sink.insert(&rows, &keys, false).await.unwrap();
         phases[3].push(t.elapsed());
         assert_eq!(report.duplicates as usize, n);
+        // The same write with nothing to check (an empty key list).
+        client.batch_execute(TRUNCATE).await.unwrap();
+        let t = Instant::now();
+        sink.insert(&rows, &[], false).await.unwrap();
+        unchecked.push(t.elapsed());
     }
+    let (k, c, u) = (
+        ms(median(&mut keying)),
+        ms(median(&mut checked)),
+        ms(median(&mut unchecked)),
+    );
+    let base = ms(median(&mut phases[0].clone())) + ms(median(&mut phases[1].clone())) + u;
+    println!(
+        "{n} records, erasure check (1,000 users erased, none in the batch): user keys {k:.2} ms + write {c:.2} ms vs write {u:.2} ms unchecked: {:+.1} % of the batch's parse + transform + write ({base:.2} ms; goal <= 5 %)",
+        100.0 * (k + c - u) / base
+    );
     println!(
         "{n} records, phases (median): event JSON -> SqsBatch {:.2} ms, transform {:.2} ms, sink {:.2} ms ({}); a redelivery of them: {:.2} ms",
         ms(median(&mut phases[0])),
