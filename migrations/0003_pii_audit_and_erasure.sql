@@ -42,22 +42,27 @@ $$;
 
 -- Users erased by login-etl forget, by a keyed hash of the user id (HMAC
 -- under a key derived from the masking key, src/masking.rs): a message of
--- theirs that arrives later is not stored.
+-- theirs that arrives later is not stored. `seq` versions the list: the
+-- function keeps the list in memory and only checks, in each write, that
+-- it has not grown since.
 CREATE TABLE IF NOT EXISTS user_logins_erased(
     user_key  varchar(64) COLLATE "C" PRIMARY KEY,
+    seq       bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
     erased_at timestamptz NOT NULL DEFAULT now()
 );
 
 -- Called in every write transaction of the function, after it has locked
 -- user_logins (ROW EXCLUSIVE, which login-etl forget's SHARE ROW EXCLUSIVE
--- waits for): refuses the transaction when the batch holds an erased user,
--- and the function then writes the batch without them.
-CREATE OR REPLACE FUNCTION login_etl_refuse_erased(keys varchar[]) RETURNS void
+-- waits for): refuses the transaction (SQLSTATE LE001) when the erasure
+-- list has changed since the version `known` the function filtered the
+-- batch with; it then reloads the list and writes the batch without the
+-- newly erased users. One index probe, whatever the batch size.
+CREATE OR REPLACE FUNCTION login_etl_refuse_erased(known bigint) RETURNS void
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM user_logins_erased WHERE user_key = ANY(keys)) THEN
+    IF coalesce((SELECT max(seq) FROM user_logins_erased), 0) <> known THEN
         RAISE EXCEPTION USING ERRCODE = 'LE001',
-            MESSAGE = 'the batch holds a user erased by login-etl forget';
+            MESSAGE = 'the erasure list changed (login-etl forget): reload it and filter the batch again';
     END IF;
 END
 $$;

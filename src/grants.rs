@@ -123,8 +123,9 @@ fn table_grants(role: Role) -> &'static [Grant] {
                 &["kind", "token", "key_id", "nonce", "ciphertext"],
             ),
             ("SELECT", "user_logins_pii_vault", &["kind", "token"]),
-            // The erasure check (login_etl_refuse_erased, invoker's rights).
-            ("SELECT", "user_logins_erased", &["user_key"]),
+            // The erasure list, kept in memory, and its version check
+            // (login_etl_refuse_erased, invoker's rights).
+            ("SELECT", "user_logins_erased", &["user_key", "seq"]),
         ],
         Role::Reveal => &[
             (
@@ -230,7 +231,7 @@ pub fn sql(role: Role, to: &str, schema: &str) -> Result<String, GrantsError> {
     if role == Role::Ingest {
         let _ = writeln!(
             out,
-            "GRANT EXECUTE ON FUNCTION {ns}.\"login_etl_refuse_erased\"(varchar[]) TO {to};"
+            "GRANT EXECUTE ON FUNCTION {ns}.\"login_etl_refuse_erased\"(bigint) TO {to};"
         );
     }
     Ok(out)

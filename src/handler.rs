@@ -15,7 +15,6 @@ use crate::dlq::{DeadLetterQueue, Rejected};
 use crate::error::{HandlerError, SinkError};
 use crate::event::SqsBatch;
 use crate::masking::Masker;
-use crate::masking::Token;
 use crate::metrics::{DEFAULT_NAMESPACE, DEFAULT_SERVICE, InvocationMetrics, Metrics};
 use crate::record::{self, LoginRow, Rejection};
 use crate::sink::{InsertReport, PgSink};
@@ -292,7 +291,9 @@ impl BatchHandler {
             .iter()
             .map(|&(pos, _)| pos)
             .chain(report.refused.iter().map(|&i| row_positions[i]))
-            .chain(failure.iter().flat_map(|_| row_positions.iter().copied()))
+            // A failed write: every record not otherwise finished, whether
+            // or not it got as far as validation.
+            .chain(failure.iter().flat_map(|_| 0..records.len()))
             .filter(finished)
             .collect();
         if fifo && let Some(&first) = failed_positions.iter().min() {
@@ -399,16 +400,44 @@ impl BatchHandler {
         out: &mut Transformed<'b>,
     ) -> Result<InsertReport, SinkError> {
         let today = Utc::now().date_naive();
-        let mut writer = sink.start_batch(batch.records.len(), deadline).await?;
+        // The erasure list, in memory (its version is checked by the write).
+        // When the database fails before the write begins, every record is
+        // still validated, so the rejects reach the DLQ all the same.
+        let mut early = None;
+        let (erased_version, erased) = match sink.erased_users(deadline).await {
+            Ok(list) => list,
+            Err(e) => {
+                early = Some(e);
+                (0, Default::default())
+            }
+        };
+        let mut writer = match early {
+            Some(_) => None,
+            None => match sink.start_batch(batch.records.len(), deadline).await {
+                Ok(writer) => Some(writer),
+                Err(e) => {
+                    early = Some(e);
+                    None
+                }
+            },
+        };
         for (pos, (message, &id)) in batch.records.iter().zip(ids).enumerate() {
             match record::transform(id, message, &self.masker, today) {
+                Ok(row)
+                    if !erased.is_empty()
+                        && erased.contains(self.masker.user_key(&row.user_id).as_str()) =>
+                {
+                    trace!(message_id = id, "record of an erased user");
+                    out.erased.push(pos);
+                }
                 Ok(row) => {
                     trace!(message_id = id, "record valid");
                     if let Some(key) = &self.vault {
                         out.vault.add(key, &row);
                     }
-                    writer.push(&row).await;
-                    out.user_keys.push(self.masker.user_key(&row.user_id));
+                    if let Some(writer) = writer.as_mut() {
+                        writer.push(&row).await;
+                    }
                     out.rows.push(row);
                     out.row_positions.push(pos);
                 }
@@ -437,15 +466,17 @@ impl BatchHandler {
                 let keep = out.row_positions.partition_point(|&p| p < held);
                 out.rows.truncate(keep);
                 out.row_positions.truncate(keep);
-                out.user_keys.truncate(keep);
             }
         }
         let vault = self.vault.as_ref().map(|key| VaultWrite {
             key,
             batch: &out.vault,
         });
-        let keys: Vec<&str> = out.user_keys.iter().map(Token::as_str).collect();
-        match writer.finish(&out.rows, &keys, fifo, vault).await {
+        if let Some(e) = early {
+            return Err(e);
+        }
+        let writer = writer.expect("a writer whenever nothing failed before it");
+        match writer.finish(&out.rows, erased_version, fifo, vault).await {
             Err(SinkError::UsersErased) => {
                 self.write_without_erased(sink, fifo, deadline, out).await
             }
@@ -453,7 +484,8 @@ impl BatchHandler {
         }
     }
 
-    /// The batch held users erased by `login-etl forget`: drops their rows
+    /// The erasure list changed while the batch was being written (`login-etl
+    /// forget` erased someone): reloads it, drops the rows of erased users
     /// (handled: not stored, not failed, not dead-lettered) and writes the
     /// rest. A few rounds, as another erasure may land in between.
     async fn write_without_erased(
@@ -464,34 +496,25 @@ impl BatchHandler {
         out: &mut Transformed<'_>,
     ) -> Result<InsertReport, SinkError> {
         for _ in 0..3 {
-            let erased = {
-                let keys: Vec<&str> = out.user_keys.iter().map(Token::as_str).collect();
-                sink.erased_among(&keys, deadline).await?
-            };
+            sink.forget_erased();
+            let (version, erased) = sink.erased_users(deadline).await?;
             let keep: Vec<bool> = out
-                .user_keys
+                .rows
                 .iter()
-                .map(|k| !erased.contains(k.as_str()))
+                .map(|r| !erased.contains(self.masker.user_key(&r.user_id).as_str()))
                 .collect();
             for (i, pos) in out.row_positions.iter().enumerate() {
                 if !keep[i] {
                     out.erased.push(*pos);
                 }
             }
+            out.erased.sort_unstable();
             let mut flags = keep.iter();
             out.rows
                 .retain(|_| *flags.next().expect("one flag per row"));
             let mut flags = keep.iter();
             out.row_positions
                 .retain(|_| *flags.next().expect("one flag per row"));
-            let mut flags = keep.iter();
-            out.user_keys
-                .retain(|_| *flags.next().expect("one flag per row"));
-            out.erased.sort_unstable();
-            warn!(
-                records = out.erased.len(),
-                "records of users erased by login-etl forget are not stored"
-            );
             if let Some(key) = &self.vault {
                 out.vault = VaultBatch::default();
                 for row in &out.rows {
@@ -502,9 +525,8 @@ impl BatchHandler {
                 key,
                 batch: &out.vault,
             });
-            let keys: Vec<&str> = out.user_keys.iter().map(Token::as_str).collect();
             match sink
-                .insert_until(&out.rows, &keys, fifo, vault, deadline)
+                .insert_until(&out.rows, version, fifo, vault, deadline)
                 .await
             {
                 Err(SinkError::UsersErased) => continue,
@@ -531,8 +553,6 @@ struct Transformed<'b> {
     sent: Vec<usize>,
     /// The rows' vault entries (empty without a vault).
     vault: VaultBatch,
-    /// Each row's user key (`Masker::user_key`), for the erasure check.
-    user_keys: Vec<Token>,
     /// Positions of records of erased users (handled, not stored), ascending.
     erased: Vec<usize>,
 }

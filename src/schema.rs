@@ -37,7 +37,7 @@ const INSPECT_SQL: &str = "SELECT \
     pg_snapshot_xmax(pg_current_snapshot())::text, \
     to_regclass('user_logins_pii_vault') IS NOT NULL AND to_regclass('user_logins_vault_keys') IS NOT NULL, \
     to_regclass('user_logins_pii_audit') IS NOT NULL AND to_regclass('user_logins_erased') IS NOT NULL \
-        AND to_regprocedure('login_etl_refuse_erased(varchar[])') IS NOT NULL";
+        AND to_regprocedure('login_etl_refuse_erased(bigint)') IS NOT NULL";
 
 /// The schema as the catalog shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -446,4 +446,44 @@ async fn an_outage_backs_off_the_valid_records_and_refused_rows_reach_the_dlq_on
     let wait = *waits.iter().next().unwrap();
     // By the highest receive count (4): a ceiling of 240 s, at least 120 s.
     assert!((120..=240).contains(&wait), "{wait}");
+
+    // 5. The write fails before it begins (no schema: refused for good) on a
+    // COPY-sized batch: every record is still reported and backed off,
+    // none is lost (none reported done without a commit).
+    let empty = TestDb::create().await;
+    let bare = empty.bare_role_url().await;
+    let unready = handler_with(&[("DATABASE_URL", &bare), ("MASKING_KEY", TEST_KEY)])
+        .await
+        .with_backoff(
+            login_etl::backoff::Schedule { base: 30, max: 900 },
+            login_etl::backoff::Visibility::new(
+                common::sqs::sqs_client(&format!("http://127.0.0.1:{capture_port}")).await,
+                Some(format!(
+                    "http://127.0.0.1:{capture_port}/123456789012/logins"
+                )),
+            ),
+        );
+    let big = synth::event(&Options {
+        count: 600,
+        invalid_every: 9,
+        seed: 504,
+        ..Options::default()
+    });
+    let (resp, summary) = unready.handle_with_summary(&big).await.unwrap();
+    let reported: BTreeSet<String> = resp
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    let all: BTreeSet<String> = big
+        .records
+        .iter()
+        .map(|m| m.message_id.clone().unwrap())
+        .collect();
+    assert_eq!(reported, all, "nothing written, so everything reported");
+    assert_eq!(summary.failure, Some("database_refused"));
+    assert!(
+        summary.rejected.values().sum::<usize>() > 0,
+        "the records were still validated"
+    );
 }

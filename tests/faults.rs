@@ -541,7 +541,7 @@ async fn no_such_database_and_permission_denied_are_not_retryable_and_name_the_c
     let role = format!("login_etl_reader_{}", std::process::id());
     client
         .batch_execute(&format!(
-            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN; GRANT SELECT ON user_logins TO {role}"
+            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN; GRANT SELECT ON user_logins, user_logins_erased TO {role}"
         ))
         .await
         .unwrap();

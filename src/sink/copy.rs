@@ -113,7 +113,7 @@ impl CopyIn {
         mut self,
         client: &Client,
         vault: Option<&VaultRows<'_>>,
-        user_keys: &[&str],
+        erased_version: i64,
     ) -> Result<(u64, Option<String>), CopyFailed> {
         let before_commit = |failure| CopyFailed {
             failure,
@@ -131,7 +131,7 @@ impl CopyIn {
         let end = async {
             let (vaulted, allowed, committed) = tokio::join!(
                 write_vault(client, vault),
-                refuse_erased(client, user_keys),
+                refuse_erased(client, erased_version),
                 client.simple_query(COMMIT_SQL)
             );
             vaulted.and(allowed).and(committed)

@@ -50,19 +50,24 @@ pub(crate) fn begin_sql(server_bound: Duration) -> String {
 }
 
 /// The erasure check: raises SQLSTATE `LE001` (the transaction is refused)
-/// when a row's user was erased by `login-etl forget`.
-pub(crate) const ERASED_SQL: &str = "SELECT login_etl_refuse_erased($1::varchar[])";
+/// when the erasure list has grown past the version the batch was filtered
+/// with (`login-etl forget` erased someone since).
+pub(crate) const ERASED_SQL: &str = "SELECT login_etl_refuse_erased($1::int8)";
 
-/// The erasure check of `user_keys` ([`ERASED_SQL`]).
+/// The erasure check against `known`, the list's version ([`ERASED_SQL`]).
 pub(crate) async fn refuse_erased(
     client: &Client,
-    user_keys: &[&str],
+    known: i64,
 ) -> Result<(), tokio_postgres::Error> {
     client
-        .query_typed(ERASED_SQL, &[(&user_keys, Type::VARCHAR_ARRAY)])
+        .query_typed(ERASED_SQL, &[(&known, Type::INT8)])
         .await
         .map(|_| ())
 }
+
+/// The erasure list and its version, in one statement (one snapshot).
+pub(crate) const ERASED_LIST_SQL: &str =
+    "SELECT coalesce(max(seq), 0), coalesce(array_agg(user_key), '{}') FROM user_logins_erased";
 
 /// `COMMIT`, then the xid floor: the first transaction id not yet assigned,
 /// so a row with a newer `xmin` was written after this commit.
@@ -141,7 +146,7 @@ pub(crate) struct Committed {
 pub(crate) async fn insert_tx(
     client: &Client,
     rows: &[LoginRow<'_>],
-    user_keys: &[&str],
+    erased_version: i64,
     server_bound: Duration,
     client_bound: Duration,
     recount_since: Option<&str>,
@@ -155,7 +160,7 @@ pub(crate) async fn insert_tx(
     let pipeline = async {
         tokio::join!(
             client.batch_execute(&begin),
-            refuse_erased(client, user_keys),
+            refuse_erased(client, erased_version),
             async {
                 match recount_since {
                     Some(floor) => client

@@ -38,7 +38,9 @@ mod conn;
 mod copy;
 mod insert;
 
+use std::collections::HashSet;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::time::timeout;
@@ -104,6 +106,8 @@ pub struct PgSink {
     /// [`insert::COMMIT_SQL`]): after a lost reply, rows newer than it are
     /// this sink's own.
     floor: Option<String>,
+    /// The erasure list and its version (see [`PgSink::erased_users`]).
+    erased: Option<(i64, Arc<HashSet<String>>)>,
 }
 
 impl std::fmt::Debug for PgSink {
@@ -124,6 +128,7 @@ impl PgSink {
             schema_checked: false,
             vault: false,
             floor: None,
+            erased: None,
         }
     }
 
@@ -182,14 +187,16 @@ impl PgSink {
     pub async fn insert(
         &mut self,
         rows: &[LoginRow<'_>],
-        user_keys: &[&str],
+        erased_version: i64,
         preserve_order: bool,
     ) -> Result<InsertReport, SinkError> {
         let mut batch = self.start_batch(rows.len(), None).await?;
         for row in rows {
             batch.push(row).await;
         }
-        batch.finish(rows, user_keys, preserve_order, None).await
+        batch
+            .finish(rows, erased_version, preserve_order, None)
+            .await
     }
 
     /// Inserts `rows` by the INSERT path, bounded by `deadline`, with their
@@ -197,45 +204,55 @@ impl PgSink {
     pub async fn insert_until(
         &mut self,
         rows: &[LoginRow<'_>],
-        user_keys: &[&str],
+        erased_version: i64,
         preserve_order: bool,
         vault: Option<VaultWrite<'_>>,
         deadline: Option<Instant>,
     ) -> Result<InsertReport, SinkError> {
         let batch = self.start_batch(0, deadline).await?;
-        batch.finish(rows, user_keys, preserve_order, vault).await
+        batch
+            .finish(rows, erased_version, preserve_order, vault)
+            .await
     }
 
-    /// Which of `user_keys` are on the erasure list (one statement).
-    pub async fn erased_among(
+    /// The erasure list (user keys of users erased by `login-etl forget`)
+    /// and its version, kept in memory: loaded on first use and again after
+    /// [`forget_erased`](Self::forget_erased). Each write checks in its own
+    /// transaction that the version is still current (one index probe).
+    pub async fn erased_users(
         &mut self,
-        user_keys: &[&str],
         deadline: Option<Instant>,
-    ) -> Result<std::collections::HashSet<String>, SinkError> {
+    ) -> Result<(i64, Arc<HashSet<String>>), SinkError> {
+        if let Some((version, set)) = &self.erased {
+            return Ok((*version, Arc::clone(set)));
+        }
         const OP: &str = "reading the erasure list";
         let budget = Budget::new(deadline);
         let bound = budget.bound(self.per_operation(), OP)?;
         let client = self.client(&budget).await?;
-        let rows = timeout(
-            bound,
-            client.query_typed(
-                "SELECT user_key FROM user_logins_erased WHERE user_key = ANY($1::varchar[])",
-                &[(&user_keys, tokio_postgres::types::Type::VARCHAR_ARRAY)],
-            ),
-        )
-        .await
-        .map_err(|_| SinkError::Transient {
-            op: OP,
-            cause: format!("no answer within {} ms", bound.as_millis()),
-        })?
-        .map_err(|e| match classify::classify(&e) {
-            Failure::Fatal(f) => f,
-            _ => SinkError::Transient {
+        let row = timeout(bound, client.query_typed_one(insert::ERASED_LIST_SQL, &[]))
+            .await
+            .map_err(|_| SinkError::Transient {
                 op: OP,
-                cause: describe(&e),
-            },
-        })?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+                cause: format!("no answer within {} ms", bound.as_millis()),
+            })?
+            .map_err(|e| match classify::classify(&e) {
+                Failure::Fatal(f) => f,
+                _ => SinkError::Transient {
+                    op: OP,
+                    cause: describe(&e),
+                },
+            })?;
+        let version: i64 = row.get(0);
+        let keys: Vec<String> = row.get(1);
+        let set = Arc::new(keys.into_iter().collect::<HashSet<String>>());
+        self.erased = Some((version, Arc::clone(&set)));
+        Ok((version, set))
+    }
+
+    /// Drops the in-memory erasure list (a write found it out of date).
+    pub fn forget_erased(&mut self) {
+        self.erased = None;
     }
 
     /// Starts writing a batch of about `expected_rows` rows that must be done
@@ -346,13 +363,13 @@ impl PgSink {
         copy: CopyIn,
         budget: &mut Budget,
         vault: Option<VaultRows<'_>>,
-        user_keys: &[&str],
+        erased_version: i64,
     ) -> Result<Result<InsertReport, Option<String>>, SinkError> {
         let floor_before = self.floor.clone();
         let Some(client) = self.client.as_ref() else {
             return Ok(Err(None));
         };
-        match copy.commit(client, vault.as_ref(), user_keys).await {
+        match copy.commit(client, vault.as_ref(), erased_version).await {
             Ok((inserted, floor)) => {
                 if floor.is_some() {
                     self.floor = floor;
@@ -402,7 +419,7 @@ impl PgSink {
     async fn insert_rows(
         &mut self,
         rows: &[LoginRow<'_>],
-        user_keys: &[&str],
+        erased_version: i64,
         preserve_order: bool,
         budget: &mut Budget,
         recount_since: Option<String>,
@@ -442,7 +459,7 @@ impl PgSink {
             let attempt = insert::insert_tx(
                 client,
                 &rows[range.clone()],
-                user_keys.get(range.clone()).unwrap_or_default(),
+                erased_version,
                 server,
                 bound,
                 recount.as_deref(),
@@ -535,14 +552,14 @@ impl BatchWriter<'_> {
     /// writes the vault entries of its rows (`vault.batch` was filled in
     /// the order of `rows`), so a row never commits without them.
     ///
-    /// `user_keys` are the rows' users' keys (`Masker::user_key`), in the
-    /// order of `rows`: a transaction that holds an erased user is refused
-    /// with nothing written ([`SinkError::UsersErased`]), and the caller
-    /// writes the batch again without them.
+    /// `erased_version` is the version of the erasure list the rows were
+    /// filtered with ([`PgSink::erased_users`]): if the list has changed
+    /// since, the transaction is refused with nothing written
+    /// ([`SinkError::UsersErased`]) and the caller filters again.
     pub async fn finish(
         mut self,
         rows: &[LoginRow<'_>],
-        user_keys: &[&str],
+        erased_version: i64,
         preserve_order: bool,
         vault: Option<VaultWrite<'_>>,
     ) -> Result<InsertReport, SinkError> {
@@ -567,7 +584,7 @@ impl BatchWriter<'_> {
             });
             match self
                 .sink
-                .end_copy(copy, &mut self.budget, vault_rows, user_keys)
+                .end_copy(copy, &mut self.budget, vault_rows, erased_version)
                 .await?
             {
                 Ok(report) => return Ok(report),
@@ -581,7 +598,7 @@ impl BatchWriter<'_> {
             .sink
             .insert_rows(
                 rows,
-                user_keys,
+                erased_version,
                 preserve_order,
                 &mut self.budget,
                 recount_since,
