@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS user_logins_pii_audit(
 CREATE OR REPLACE FUNCTION login_etl_audit_is_append_only() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    RAISE EXCEPTION 'user_logins_pii_audit is append-only';
+    RAISE EXCEPTION '% is append-only', TG_TABLE_NAME;
 END
 $$;
 
@@ -50,6 +50,19 @@ CREATE TABLE IF NOT EXISTS user_logins_erased(
     seq       bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
     erased_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- Append-only too: a user taken off the list would stay skipped by warm
+-- functions (the version would not change), so nobody may.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'user_logins_erased_append_only'
+                   AND tgrelid = to_regclass('user_logins_erased')) THEN
+        CREATE TRIGGER user_logins_erased_append_only
+            BEFORE UPDATE OR DELETE OR TRUNCATE ON user_logins_erased
+            FOR EACH STATEMENT EXECUTE FUNCTION login_etl_audit_is_append_only();
+    END IF;
+END
+$$;
 
 -- Called in every write transaction of the function, after it has locked
 -- user_logins (ROW EXCLUSIVE, which login-etl forget's SHARE ROW EXCLUSIVE

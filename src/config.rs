@@ -197,15 +197,9 @@ fn backoff(
         return Ok(None);
     }
     let base = base.unwrap_or(DEFAULT_BASE_SECONDS);
-    let max = max.unwrap_or(DEFAULT_MAX_SECONDS.max(base));
-    if max < base {
-        return Err(ConfigError::Invalid {
-            var: "BACKOFF_MAX_SECONDS",
-            reason: format!(
-                "it is below BACKOFF_BASE_SECONDS ({base}); the cap must be at least the first step"
-            ),
-        });
-    }
+    // A cap below the first step is raised to it rather than refused: a
+    // setting that stops every cold start would send the queue to the DLQ.
+    let max = max.unwrap_or(DEFAULT_MAX_SECONDS).max(base);
     Ok(Some(crate::backoff::Schedule { base, max }))
 }
 
@@ -563,12 +557,23 @@ mod tests {
             .backoff,
             None
         );
-        let e = with(&[
-            ("BACKOFF_BASE_SECONDS", "60"),
-            ("BACKOFF_MAX_SECONDS", "10"),
-        ])
-        .unwrap_err();
-        assert!(e.to_string().contains("BACKOFF_MAX_SECONDS"), "{e}");
+        assert_eq!(
+            with(&[
+                ("BACKOFF_BASE_SECONDS", "60"),
+                ("BACKOFF_MAX_SECONDS", "10")
+            ])
+            .unwrap()
+            .backoff,
+            Some(Schedule { base: 60, max: 60 }),
+            "a cap below the base is raised to it, never a failed cold start"
+        );
+        assert_eq!(
+            with(&[("BACKOFF_BASE_SECONDS", "3600")]).unwrap().backoff,
+            Some(Schedule {
+                base: 3600,
+                max: 3600
+            })
+        );
         let e = with(&[("BACKOFF_MAX_SECONDS", "50000")]).unwrap_err();
         assert!(e.to_string().contains("43200"), "{e}");
         assert_eq!(with(&[]).unwrap().refused_max_receives, 3);

@@ -276,6 +276,8 @@ async fn the_audit_trail_is_append_only_even_for_its_owner() {
         "UPDATE user_logins_pii_audit SET caller_arn = 'x'",
         "DELETE FROM user_logins_pii_audit",
         "TRUNCATE user_logins_pii_audit",
+        "DELETE FROM user_logins_erased",
+        "TRUNCATE user_logins_erased",
     ] {
         let e = owner.batch_execute(sql).await.unwrap_err();
         assert!(

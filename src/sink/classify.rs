@@ -57,7 +57,14 @@ pub(crate) fn classify(e: &tokio_postgres::Error) -> Failure {
         "08" | "53" | "57" | "58" | "40" | "55" | "25" | "XX" => Failure::Transient(describe(e)),
         _ => Failure::Fatal(SinkError::Fatal {
             op: "the insert into user_logins",
-            cause: describe(e),
+            // Class 42 (syntax, undefined objects, privileges) names objects,
+            // never values; any other class may be a trigger's own code with
+            // a message that quotes a row: the SQLSTATE only.
+            cause: if &code[..2] == "42" {
+                describe(e)
+            } else {
+                describe_refusal(e)
+            },
             hint: match code {
                 // undefined table / column, no unique index for ON CONFLICT
                 "42P01" | "42703" | "42P10" => {
