@@ -51,7 +51,7 @@ KEY_FILE      ?= .local/masking.key
 PORT          ?= 9000
 EVENT         ?= events/sqs-mixed.json
 
-.PHONY: help tools rust-tools python-tools host-build test-build localstack-tools up down e2e test lint fmt build validate sam-build deploy migrate watch invoke demo demo-watch events-large fuzz bench clean
+.PHONY: help tools rust-tools python-tools host-build test-build localstack-tools up down e2e test lint fmt build validate sam-build deploy migrate watch invoke demo demo-poll demo-watch events-large fuzz bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -131,7 +131,7 @@ e2e: tools localstack-tools ## LocalStack end to end: deploy template.yaml, SQS 
 	started=$$(date +%s)
 	# The host executor on its own (scripted bootstrap), then the whole flow.
 	(cd localstack/host_executor && $(abspath $(LS_VENV))/bin/python -m pytest -q -p no:cacheprovider test_host_executor.py)
-	PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python -m pytest -q -s tests/test_localstack_e2e.py
+	PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python -m pytest -q -s tests/test_localstack_e2e.py tests/test_poll_localstack.py
 	echo "make e2e: $$(( $$(date +%s) - started )) s wall"
 
 validate: python-tools ## sam validate --lint, cfn-lint, and the template's own assertions (tests/test_template.py)
@@ -201,6 +201,12 @@ demo: ## the main job: deploy to LocalStack, send 120 logins, watch the queue dr
 	localstack/up.sh
 	@pg_isready -d "$(PG_ADMIN_URL)" -q || { echo "PostgreSQL is not reachable at $(PG_ADMIN_URL): start it (see README) or set PG_ADMIN_URL"; exit 1; }
 	PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python localstack/stack.py demo
+
+demo-poll: ## the same job with `login-etl poll` (a long-running consumer) instead of Lambda
+	$(MAKE) --no-print-directory -j3 host-build python-tools localstack-tools
+	localstack/up.sh
+	@pg_isready -d "$(PG_ADMIN_URL)" -q || { echo "PostgreSQL is not reachable at $(PG_ADMIN_URL): start it (see README) or set PG_ADMIN_URL"; exit 1; }
+	PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python localstack/stack.py demo-poll
 
 demo-watch: tools $(KEY_FILE) ## without LocalStack: the function under cargo lambda watch, invoked with every events/ file
 	@step() { printf '\n\033[1m[%s/7] %s\033[0m\n' "$$1" "$$2"; }

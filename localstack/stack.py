@@ -546,10 +546,10 @@ def dead_letter_attribute(message: dict, name: str) -> str:
     return message.get("MessageAttributes", {}).get(name, {}).get("StringValue", "")
 
 
-def emf_documents(stack: Stack) -> list[dict]:
-    """The function's CloudWatch EMF documents (its summary lines), from its logs."""
+def emf_in(lines: list[str]) -> list[dict]:
+    """The CloudWatch EMF documents among log lines."""
     docs = []
-    for text in log_lines(stack):
+    for text in lines:
         try:
             line = json.loads(text)
         except ValueError:
@@ -559,17 +559,27 @@ def emf_documents(stack: Stack) -> list[dict]:
     return docs
 
 
-def metric_totals(stack: Stack) -> dict[str, float]:
-    """Each metric of the summary documents, summed over the invocations."""
+def totals_of(docs: list[dict], kinds: tuple[str, ...] = ("batch processed",)) -> dict[str, float]:
+    """Each metric of the summary documents of `kinds`, summed."""
     totals: dict[str, float] = {}
-    for doc in emf_documents(stack):
-        if doc.get("message") != "batch processed":
+    for doc in docs:
+        if doc.get("message") not in kinds:
             continue
         for directive in doc["_aws"]["CloudWatchMetrics"]:
             for metric in directive["Metrics"]:
                 name = metric["Name"]
                 totals[name] = totals.get(name, 0) + doc[name]
     return totals
+
+
+def emf_documents(stack: Stack) -> list[dict]:
+    """The function's CloudWatch EMF documents (its summary lines), from its logs."""
+    return emf_in(log_lines(stack))
+
+
+def metric_totals(stack: Stack) -> dict[str, float]:
+    """Each metric of the summary documents, summed over the invocations."""
+    return totals_of(emf_documents(stack))
 
 
 def rejections(stack: Stack) -> list[tuple[str, str]]:
@@ -648,6 +658,136 @@ def token(key: bytes, value: str) -> str:
     return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
 
 
+# -- login-etl poll: the consumer against LocalStack's SQS --------------------
+
+
+def make_queues(name: str, dbname: str, *, fifo: bool = False, visibility: int = 5, max_receive: int = 5) -> Stack:
+    """A source queue and its DLQ, made directly (no function, no template),
+    with a RedrivePolicy, as a team that runs `login-etl poll` keeps them."""
+    sqs = client("sqs")
+    suffix = ".fifo" if fifo else ""
+    fifo_attrs = {"FifoQueue": "true", "ContentBasedDeduplication": "true"} if fifo else {}
+    dlq_url = sqs.create_queue(QueueName=f"{name}-dlq{suffix}", Attributes=fifo_attrs)["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receive)})
+    attrs = {**fifo_attrs, "VisibilityTimeout": str(visibility), "RedrivePolicy": redrive}
+    queue_url = sqs.create_queue(QueueName=f"{name}{suffix}", Attributes=attrs)["QueueUrl"]
+    return Stack(name=name, dbname=dbname, queue_url=queue_url, dlq_url=dlq_url, function_name="",
+                 masking_key_secret_arn="", max_receive_count=max_receive, fifo=fifo, log_level="WARN")  # fmt: skip
+
+
+def delete_queues(queues: Stack) -> None:
+    sqs = client("sqs")
+    for url in (queues.queue_url, queues.dlq_url):
+        try:
+            sqs.delete_queue(QueueUrl=url)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+
+def vault_key() -> str:
+    """A KMS key in LocalStack for the PII vault (VAULT_KMS_KEY_ID)."""
+    return client("kms").create_key(Description="login-etl poll vault")["KeyMetadata"]["KeyId"]
+
+
+class Consumer:
+    """`login-etl poll` as a process (the bootstrap build() packaged), as the
+    database's ingest role, with JSON logs at WARN (the production profile);
+    its stdout and stderr go to `log`."""
+
+    def __init__(self, queues: Stack, key_hex: str, log: Path, *args: str, env: dict[str, str] | None = None):
+        self.queues, self.log_path = queues, log
+        self.args = ["poll", "--queue-url", queues.queue_url, *args]
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("AWS_LAMBDA")},
+            **LOCAL_ENV,
+            "AWS_REGION": REGION,
+            "DATABASE_URL": role_url(queues.dbname, "ingest"),
+            "MASKING_KEY": key_hex,
+            "DB_SSLMODE": "disable",
+            "AWS_LAMBDA_LOG_FORMAT": "JSON",
+            "AWS_LAMBDA_LOG_LEVEL": "WARN",
+            **(env or {}),
+        }
+        self.proc: subprocess.Popen | None = None
+        self.runs = 0
+
+    def start(self) -> None:
+        bootstrap = BUILD_DIR / "LoginEtlFunction" / "bootstrap"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "a") as log:
+            log.write(f"--- run {self.runs + 1}: login-etl {' '.join(self.args)}\n")
+            log.flush()
+            self.proc = subprocess.Popen([str(bootstrap), *self.args], cwd=ROOT, env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
+        self.runs += 1
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig: int = 15, timeout: float = 60) -> tuple[int, float]:
+        """Send `sig` (SIGTERM by default) and wait: (exit code, seconds to exit)."""
+        assert self.proc is not None
+        started = time.monotonic()
+        self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        return rc, time.monotonic() - started
+
+    def kill(self) -> None:
+        """Stop it by PID whatever its state (also on a test's failure)."""
+        if self.running():
+            self.proc.kill()
+            self.proc.wait()
+
+    def lines(self) -> list[str]:
+        return self.log_path.read_text().splitlines() if self.log_path.exists() else []
+
+    def emf_documents(self) -> list[dict]:
+        """Its EMF documents (on stdout, as in Lambda)."""
+        return emf_in(self.lines())
+
+    def metric_totals(self) -> dict[str, float]:
+        """Each metric of its batches (written or failed), summed."""
+        return totals_of(self.emf_documents(), ("batch processed", "batch failed"))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def health(port: int, path: str = "/readyz") -> tuple[int, dict]:
+    """GET the consumer's health endpoint: (status, body); (0, {}) if it does not answer."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+    except OSError:
+        return 0, {}
+
+
+def wait_for(what: str, check, timeout: float) -> float:
+    """Poll `check()` until true; seconds it took."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(0.25)
+    return time.monotonic() - started
+
+
 # -- the demo -----------------------------------------------------------------
 
 
@@ -724,6 +864,67 @@ def demo(args: argparse.Namespace) -> None:
     say("    (README, section LocalStack, lists more). Stop it with: make down")
 
 
+def demo_poll(args: argparse.Namespace) -> None:
+    """`make demo-poll`: the same job as `make demo`, run by `login-etl poll`
+    (a long-running consumer) instead of Lambda."""
+    started = time.monotonic()
+    step = lambda n, text: say(f"\n\033[1m[{n}/6] {text}\033[0m")  # noqa: E731
+    step(1, "building the binary (the first build compiles every dependency: a few minutes)")
+    build()
+    step(2, f"queue, dead-letter queue (RedrivePolicy) and database {args.database} with the README's roles")
+    drop_database(args.database)
+    create_database(args.database)
+    prepare_database(args.database)
+    name = "login-etl-poll-demo"
+    for url in [u for u in client("sqs").list_queues(QueueNamePrefix=name).get("QueueUrls", [])]:
+        client("sqs").delete_queue(QueueUrl=url)
+    queues = make_queues(name, args.database, visibility=10, max_receive=5)
+    say(f"    queue {queues.queue_url}\n    DLQ   {queues.dlq_url} (found by the consumer from the RedrivePolicy)")
+    kinds = f"every {args.invalid_every}th is not a valid login" if args.invalid_every else "all valid"
+    step(3, f"sending {args.count} login messages ({kinds})")
+    messages = generate(args.count, args.invalid_every, seed=args.seed or random.randrange(1 << 30))
+    send(queues, messages)
+    valid = sum(m.valid for m in messages)
+    key = os.urandom(32).hex()
+    port = free_port()
+    log = ROOT / "target" / "demo-poll.log"
+    log.unlink(missing_ok=True)
+    consumer = Consumer(queues, key, log, "--concurrency", str(args.concurrency), "--health-addr", f"127.0.0.1:{port}",
+                        env={"AWS_LAMBDA_LOG_LEVEL": "INFO"})  # fmt: skip
+    step(4, f"login-etl poll --concurrency {args.concurrency} --health-addr 127.0.0.1:{port} "
+            f"(as the ingest role; log: {log.relative_to(ROOT)})")  # fmt: skip
+    consumer.start()
+    try:
+        took = wait_for("ready", lambda: health(port)[0] == 200 or not consumer.running(), timeout=60)
+        if not consumer.running():
+            raise RuntimeError("the consumer stopped; its log:\n" + "\n".join(consumer.lines()[-20:]))
+        say(f"    GET /readyz: {json.dumps(health(port)[1])} after {took:.1f} s")
+        drain = wait_drained(queues, valid, len(messages) - valid, timeout=180)
+        say(f"    all {valid} valid messages in PostgreSQL after {drain.rows_s:.1f} s; "
+            f"{len(messages) - valid} invalid ones in the DLQ; queue empty after {drain.total_s:.1f} s")
+        step(5, "rows, dead letters and the metrics from the consumer's EMF lines (stdout)")
+        subprocess.run(
+            ["psql", db_url(args.database), "-P", "pager=off", "-c",
+             "SELECT left(message_id, 8) AS msg, left(user_id, 8) AS user_id, device_type, "
+             "left(masked_ip, 12) || '…' AS masked_ip, app_version_text FROM user_logins ORDER BY ctid DESC LIMIT 5"],
+            check=True,
+        )  # fmt: skip
+        for m in sorted(dead_letters(queues), key=lambda m: dead_letter_attribute(m, "rejection_code")):
+            say(f"    DLQ {dead_letter_attribute(m, 'source_message_id'):<38} {dead_letter_attribute(m, 'rejection_code')}")
+        totals = consumer.metric_totals()
+        for name in ["RecordsReceived", "RowsInserted", "Duplicates", "Rejected", "SentToDlq", "BatchItemFailures"]:
+            say(f"    {name:<18} {totals.get(name, 0):>8.0f}")
+        say(f"    {'batches':<18} {len([d for d in consumer.emf_documents() if d.get('message') == 'batch processed']):>8}")
+        step(6, "SIGTERM: stop receiving, finish the batches in flight, exit 0")
+        rc, secs = consumer.stop()
+        say(f"    exit code {rc} after {secs:.1f} s; its last line: {consumer.lines()[-1] if consumer.lines() else ''}")
+        if rc != 0:
+            raise RuntimeError(f"the consumer exited {rc}")
+    finally:
+        consumer.kill()
+    say(f"\ndemo-poll done in {time.monotonic() - started:.0f} s. LocalStack keeps running (make down stops it).")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -734,9 +935,15 @@ def main() -> None:
     d.add_argument("--invalid-every", type=int, default=10)
     d.add_argument("--batch-size", type=int, default=25)
     d.add_argument("--seed", type=int, default=0, help="0: a random seed")
+    p = sub.add_parser("demo-poll", help="the same with login-etl poll instead of Lambda")
+    p.add_argument("--database", default="login_etl_poll_demo")
+    p.add_argument("--count", type=int, default=120)
+    p.add_argument("--invalid-every", type=int, default=10)
+    p.add_argument("--concurrency", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0, help="0: a random seed")
     args = parser.parse_args()
     try:
-        demo(args)
+        demo_poll(args) if args.command == "demo-poll" else demo(args)
     except (subprocess.CalledProcessError, RuntimeError, TimeoutError) as e:
         sys.exit(f"\nerror: {e}\nLocalStack is still running (make down stops it); its log: .localstack/localstack.log")
 

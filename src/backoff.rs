@@ -20,6 +20,7 @@
 //! expired receipt handle) leaves that record to plain redelivery after the
 //! queue's visibility timeout: logged and counted, nothing lost.
 
+use std::collections::HashSet;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
@@ -129,6 +130,37 @@ pub struct Hold<'a> {
     pub seconds: u32,
 }
 
+/// The messages a long-running consumer (`login-etl poll`) keeps invisible
+/// with a heartbeat while their batch is in flight, by receipt handle.
+///
+/// The heartbeat extends a batch's messages only under this lock, and a
+/// backoff first releases the messages it is about to hold under the same
+/// lock: so no heartbeat can land after a backoff and shorten it.
+#[derive(Debug, Default)]
+pub struct Leases {
+    held: tokio::sync::Mutex<HashSet<String>>,
+}
+
+impl Leases {
+    /// Starts leasing these receipt handles.
+    pub async fn take(&self, handles: impl IntoIterator<Item = String>) {
+        self.held.lock().await.extend(handles);
+    }
+
+    /// Stops leasing these receipt handles (done, or about to be backed off).
+    pub async fn release<'a>(&self, handles: impl IntoIterator<Item = &'a str>) {
+        let mut held = self.held.lock().await;
+        for h in handles {
+            held.remove(h);
+        }
+    }
+
+    /// The lock the heartbeat holds while it extends: the handles still leased.
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, HashSet<String>> {
+        self.held.lock().await
+    }
+}
+
 /// Changes the visibility of messages in the source queue.
 #[derive(Debug, Clone)]
 pub struct Visibility {
@@ -136,6 +168,8 @@ pub struct Visibility {
     /// `SOURCE_QUEUE_URL`, or found once with `GetQueueUrl` from the
     /// records' `eventSourceARN`.
     queue_url: std::sync::Arc<OnceCell<String>>,
+    /// A consumer's heartbeat leases, released before a hold.
+    leases: Option<std::sync::Arc<Leases>>,
 }
 
 impl Visibility {
@@ -148,7 +182,15 @@ impl Visibility {
                 Some(url) => OnceCell::new_with(Some(url)),
                 None => OnceCell::new(),
             }),
+            leases: None,
         }
+    }
+
+    /// Releases held messages from `leases` (a consumer's heartbeat) before
+    /// changing their visibility.
+    pub fn with_leases(mut self, leases: std::sync::Arc<Leases>) -> Self {
+        self.leases = Some(leases);
+        self
     }
 
     async fn url(&self, source_arn: Option<&str>) -> Option<String> {
@@ -191,6 +233,11 @@ impl Visibility {
     ) -> Vec<usize> {
         if holds.is_empty() {
             return Vec::new();
+        }
+        if let Some(leases) = &self.leases {
+            leases
+                .release(holds.iter().filter_map(|h| h.receipt_handle))
+                .await;
         }
         let limit = before_deadline(CHANGE_TIMEOUT, deadline);
         let work = async {

@@ -59,6 +59,54 @@ pub enum Command {
     Audit(AuditArgs),
     /// Write a synthetic SQS batch event (JSON) to stdout, for demos and benchmarks.
     GenEvents(GenEventsArgs),
+    /// Consume the queue as a long-running service (ECS, Kubernetes, a VM) until SIGTERM.
+    Poll(PollArgs),
+}
+
+/// `login-etl poll`: the same handler and environment variables as the
+/// function; AWS credentials from the default chain.
+#[derive(Debug, Args)]
+pub struct PollArgs {
+    /// The source queue's URL.
+    #[arg(long, value_name = "URL")]
+    pub queue_url: String,
+    /// Batches in flight, each on a database connection of its own (1 to 64).
+    #[arg(long, value_name = "N", default_value_t = crate::poll::DEFAULT_CONCURRENCY)]
+    pub concurrency: usize,
+    /// Messages per batch, at most (1 to 10000; above 10 needs --batch-window).
+    #[arg(long, value_name = "N", default_value_t = crate::poll::DEFAULT_BATCH_SIZE)]
+    pub batch_size: usize,
+    /// Seconds to keep gathering a batch after its first messages arrived.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    pub batch_window: u64,
+    /// Visibility of received messages, renewed while their batch is in flight [default: the queue's].
+    #[arg(long, value_name = "SECONDS")]
+    pub visibility_timeout: Option<u32>,
+    /// Time limit of one batch (written, or backed off, by then).
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::poll::DEFAULT_BATCH_TIMEOUT_SECONDS)]
+    pub batch_timeout: u64,
+    /// After SIGTERM or SIGINT, how long the batches in flight may take before exit.
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::poll::DEFAULT_GRACE_PERIOD_SECONDS)]
+    pub grace_period: u64,
+    /// Serve GET /livez and /readyz here (e.g. 0.0.0.0:8080).
+    #[arg(long, value_name = "ADDR")]
+    pub health_addr: Option<std::net::SocketAddr>,
+}
+
+impl From<&PollArgs> for crate::poll::Options {
+    fn from(a: &PollArgs) -> Self {
+        use std::time::Duration;
+        crate::poll::Options {
+            queue_url: a.queue_url.clone(),
+            concurrency: a.concurrency,
+            batch_size: a.batch_size,
+            batch_window: Duration::from_secs(a.batch_window),
+            visibility_timeout: a.visibility_timeout,
+            batch_timeout: Duration::from_secs(a.batch_timeout),
+            grace_period: Duration::from_secs(a.grace_period),
+            health_addr: a.health_addr,
+        }
+    }
 }
 
 /// `login-etl audit`.
@@ -216,6 +264,23 @@ mod tests {
             vec!["login-etl", "forget"],
             vec!["login-etl", "nonsense"],
             vec!["login-etl", "gen-events", "--count", "many"],
+            vec!["login-etl", "poll"],
+            vec![
+                "login-etl",
+                "poll",
+                "--queue-url",
+                "u",
+                "--concurrency",
+                "-1",
+            ],
+            vec![
+                "login-etl",
+                "poll",
+                "--queue-url",
+                "u",
+                "--health-addr",
+                "nowhere",
+            ],
         ] {
             let e = Cli::try_parse_from(&bad).unwrap_err();
             assert_eq!(e.exit_code(), i32::from(EXIT_USAGE), "{bad:?}");

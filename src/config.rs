@@ -138,9 +138,26 @@ impl Config {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
+    /// The configuration of `login-etl poll`: as [`from_env`](Self::from_env),
+    /// with the per-message backoff on by default (as in Lambda; off with
+    /// `BACKOFF_BASE_SECONDS=0`).
+    pub fn for_consumer_from_env() -> Result<Self, ConfigError> {
+        Self::read(|name| std::env::var(name).ok(), true)
+    }
+
     /// Reads the configuration through `get` (the environment, or a map in tests).
     /// Empty values count as unset.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let in_lambda = get("AWS_LAMBDA_RUNTIME_API").is_some_and(|v| !v.trim().is_empty());
+        Self::read(get, in_lambda)
+    }
+
+    /// `backoff_by_default`: the backoff is on unless `BACKOFF_BASE_SECONDS=0`
+    /// (Lambda, the consumer); otherwise only when a backoff setting is given.
+    fn read(
+        get: impl Fn(&str) -> Option<String>,
+        backoff_by_default: bool,
+    ) -> Result<Self, ConfigError> {
         let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
         Ok(Self {
             db: DbConfig::from_lookup(&get)?,
@@ -177,7 +194,7 @@ impl Config {
             function_name: get("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "login-etl".into()),
             log_level: get("AWS_LAMBDA_LOG_LEVEL").or_else(|| get("RUST_LOG")),
             vault_kms_key_id: get("VAULT_KMS_KEY_ID"),
-            backoff: backoff(&get)?,
+            backoff: backoff(&get, backoff_by_default)?,
             source_queue_url: get("SOURCE_QUEUE_URL"),
             refused_max_receives: parse_count(&get, "REFUSED_MAX_RECEIVES", 1_000)?
                 .unwrap_or(DEFAULT_REFUSED_MAX_RECEIVES),
@@ -188,12 +205,12 @@ impl Config {
 /// The backoff schedule from `BACKOFF_BASE_SECONDS` and `BACKOFF_MAX_SECONDS`.
 fn backoff(
     get: &impl Fn(&str) -> Option<String>,
+    by_default: bool,
 ) -> Result<Option<crate::backoff::Schedule>, ConfigError> {
     use crate::backoff::{DEFAULT_BASE_SECONDS, DEFAULT_MAX_SECONDS, SQS_MAX_VISIBILITY_SECONDS};
     let base = parse_count(get, "BACKOFF_BASE_SECONDS", SQS_MAX_VISIBILITY_SECONDS)?;
     let max = parse_count(get, "BACKOFF_MAX_SECONDS", SQS_MAX_VISIBILITY_SECONDS)?;
-    let in_lambda = get("AWS_LAMBDA_RUNTIME_API").is_some();
-    if base == Some(0) || (!in_lambda && base.is_none() && max.is_none()) {
+    if base == Some(0) || (!by_default && base.is_none() && max.is_none()) {
         return Ok(None);
     }
     let base = base.unwrap_or(DEFAULT_BASE_SECONDS);

@@ -58,7 +58,9 @@ pub struct BatchSummary {
 /// Processes SQS batches. Built once per cold start, shared by invocations.
 pub struct BatchHandler {
     masker: Masker,
-    sink: Mutex<PgSink>,
+    /// One sink (one connection) per batch in flight: one in Lambda, the
+    /// consumer's concurrency in `login-etl poll`.
+    sinks: Vec<Mutex<PgSink>>,
     dlq: Option<DeadLetterQueue>,
     metrics: Metrics,
     vault: Option<DataKey>,
@@ -73,13 +75,38 @@ impl BatchHandler {
     pub fn new(masker: Masker, sink: PgSink) -> Self {
         Self {
             masker,
-            sink: Mutex::new(sink),
+            sinks: vec![Mutex::new(sink)],
             dlq: None,
             metrics: Metrics::new(DEFAULT_NAMESPACE, DEFAULT_SERVICE, "login-etl"),
             vault: None,
             backoff: None,
             refused_max_receives: crate::config::DEFAULT_REFUSED_MAX_RECEIVES,
         }
+    }
+
+    /// Lets `n` batches write at once, each on a connection of its own (the
+    /// sink's siblings); Lambda sends one batch at a time per environment.
+    pub fn with_connections(mut self, n: usize) -> Self {
+        let first = self.sinks[0].get_mut();
+        let more: Vec<Mutex<PgSink>> = (1..n.max(1)).map(|_| Mutex::new(first.sibling())).collect();
+        self.sinks.extend(more);
+        self
+    }
+
+    /// A sink with the handler's settings and a connection of its own (the
+    /// consumer's database probe).
+    pub async fn spare_sink(&self) -> PgSink {
+        self.sinks[0].lock().await.sibling()
+    }
+
+    /// A free sink, or (all busy) the first one's turn.
+    async fn sink(&self) -> tokio::sync::MutexGuard<'_, PgSink> {
+        for sink in &self.sinks {
+            if let Ok(free) = sink.try_lock() {
+                return free;
+            }
+        }
+        self.sinks[0].lock().await
     }
 
     /// After an infrastructure failure of the write, reports the batch's
@@ -210,7 +237,7 @@ impl BatchHandler {
         let records = &batch.records;
         let ids = message_ids(batch)?;
         let mut valid = Transformed::default();
-        let mut sink = self.sink.lock().await;
+        let mut sink = self.sink().await;
         let written = self
             .transform_and_write(&mut sink, batch, &ids, fifo, deadline, &mut valid)
             .await;

@@ -18,6 +18,7 @@
 //! - [`metrics`]: the summary as a CloudWatch EMF document;
 //! - [`vault`]: the PII vault (KMS envelope, AES-256-GCM);
 //! - [`reveal`]: the operators' `reveal` and `forget` commands;
+//! - [`poll`]: `login-etl poll`, the long-running SQS consumer;
 //! - [`logging`]: the log subscriber and its PII guard;
 //! - [`startup`]: cold start, configuration to a ready handler;
 //! - [`synth`]: synthetic, realistic events for tests, demos and benchmarks;
@@ -47,6 +48,8 @@ pub mod logging;
 pub mod masking;
 #[cfg(feature = "service")]
 pub mod metrics;
+#[cfg(feature = "service")]
+pub mod poll;
 pub mod record;
 #[cfg(feature = "service")]
 pub mod reveal;

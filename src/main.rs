@@ -29,6 +29,9 @@ async fn main() -> ExitCode {
     let Some(command) = cli.command else {
         return serve_lambda().await;
     };
+    if let Command::Poll(args) = &command {
+        return poll(args).await;
+    }
     // Operator commands: results on stdout, logs on stderr.
     login_etl::logging::init(login_etl::logging::Output::Stderr);
     let result = match command {
@@ -37,6 +40,7 @@ async fn main() -> ExitCode {
         Command::Reveal(args) => reveal(&args).await,
         Command::Forget(args) => forget(&args).await,
         Command::Audit(args) => audit(&args).await,
+        Command::Poll(_) => unreachable!("handled above"),
         Command::GenEvents(args) => {
             let event = login_etl::synth::event(&(&args).into());
             println!(
@@ -107,6 +111,37 @@ async fn serve() -> Result<(), lambda_runtime::Error> {
         }
     }))
     .await
+}
+
+/// The long-running consumer: logs and EMF documents on stdout, as in
+/// Lambda (a container's log driver, the CloudWatch agent or Fluent Bit
+/// read them there); exit 0 after a clean SIGTERM or SIGINT.
+async fn poll(args: &login_etl::cli::PollArgs) -> ExitCode {
+    use login_etl::poll::PollError;
+    login_etl::logging::init(login_etl::logging::Output::Stdout);
+    match login_etl::poll::run(args.into()).await {
+        Ok(stats) => {
+            use std::sync::atomic::Ordering::Relaxed;
+            info!(
+                batches = stats.batches.load(Relaxed),
+                received = stats.received.load(Relaxed),
+                deleted = stats.deleted.load(Relaxed),
+                not_deleted = stats.not_deleted.load(Relaxed),
+                left_in_queue = stats.left.load(Relaxed),
+                "stopped"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!(error = %e, "login-etl poll stopped");
+            eprintln!("login-etl: {e}");
+            ExitCode::from(if matches!(e, PollError::Usage(_)) {
+                EXIT_USAGE
+            } else {
+                1
+            })
+        }
+    }
 }
 
 /// Prints the audit trail as JSON lines (the audit role's database settings).

@@ -39,6 +39,15 @@ pub enum InitError {
 /// at once, with one AWS configuration), and applies the schema when
 /// `RUN_MIGRATIONS=true`.
 pub async fn build(config: &Config) -> Result<BatchHandler, InitError> {
+    build_with(config, None).await
+}
+
+/// [`build`] for `login-etl poll`: the backoff first releases the messages
+/// it holds from the consumer's heartbeat `leases`.
+pub async fn build_with(
+    config: &Config,
+    leases: Option<std::sync::Arc<crate::backoff::Leases>>,
+) -> Result<BatchHandler, InitError> {
     let needs_secrets =
         matches!(config.masking_key, KeySource::Secret(_)) || needs_secrets(&config.db);
     let aws = if needs_secrets
@@ -92,10 +101,11 @@ pub async fn build(config: &Config) -> Result<BatchHandler, InitError> {
         handler = handler.with_dead_letter_queue(DeadLetterQueue::new(sqs.clone(), url.clone()));
     }
     if let (Some(schedule), Some(sqs)) = (config.backoff, &sqs) {
-        handler = handler.with_backoff(
-            schedule,
-            Visibility::new(sqs.clone(), config.source_queue_url.clone()),
-        );
+        let mut visibility = Visibility::new(sqs.clone(), config.source_queue_url.clone());
+        if let Some(leases) = leases {
+            visibility = visibility.with_leases(leases);
+        }
+        handler = handler.with_backoff(schedule, visibility);
     }
     handler = handler.with_refused_max_receives(config.refused_max_receives);
     Ok(handler)

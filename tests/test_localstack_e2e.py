@@ -13,7 +13,6 @@ import datetime as dt
 import json
 import os
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -28,17 +27,8 @@ import stack  # noqa: E402
 RUN = f"e2e{os.getpid()}"
 
 
-@pytest.fixture(scope="session")
-def localstack():
-    ours = not stack.localstack_running()
-    if ours:
-        subprocess.run([str(ROOT / "localstack" / "up.sh")], check=True, timeout=180)
-    try:
-        stack.build()
-        yield
-    finally:
-        if ours:
-            subprocess.run([str(ROOT / "localstack" / "down.sh")], check=False, timeout=60)
+# The `localstack` fixture (one LocalStack and one build for every test of
+# the session) is in conftest.py, shared with tests/test_poll_localstack.py.
 
 
 def deployed(*, fifo: bool, batch_size: int, kind: str | None = None, **options):

@@ -20,6 +20,7 @@ use crate::secrets::Secrets;
 use crate::tls::Tls;
 
 /// Opens connections to one database.
+#[derive(Clone)]
 pub(crate) struct Connector {
     pg: tokio_postgres::Config,
     tls: Tls,

@@ -132,6 +132,45 @@ impl PgSink {
         }
     }
 
+    /// Another sink with the same settings and a connection of its own
+    /// (`login-etl poll` writes several batches at once, one per connection).
+    pub fn sibling(&self) -> Self {
+        Self {
+            connector: self.connector.clone(),
+            settings: self.settings.clone(),
+            client: None,
+            schema_checked: false,
+            vault: self.vault,
+            floor: None,
+            erased: None,
+        }
+    }
+
+    /// Whether the database answers: the schema check on a new connection,
+    /// then `SELECT 1`, within the per-operation bound (the health
+    /// endpoint's readiness).
+    pub async fn ping(&mut self) -> Result<(), SinkError> {
+        const OP: &str = "checking that the database answers";
+        let bound = self.per_operation();
+        let budget = Budget::new(None);
+        let client = self.client(&budget).await?;
+        match timeout(bound, client.simple_query("SELECT 1")).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => {
+                let cause = describe(&e);
+                self.client = None;
+                Err(SinkError::Transient { op: OP, cause })
+            }
+            Err(_) => {
+                self.client = None;
+                Err(SinkError::Transient {
+                    op: OP,
+                    cause: format!("no answer within {} ms", bound.as_millis()),
+                })
+            }
+        }
+    }
+
     /// Requires the PII vault's tables at the schema check (the handler
     /// writes vault entries).
     pub fn with_vault_tables(mut self) -> Self {

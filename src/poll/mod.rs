@@ -1,0 +1,541 @@
+//! `login-etl poll`: the function as a long-running SQS consumer (ECS,
+//! Kubernetes, a VM), with the very same handler as the Lambda.
+//!
+//! Each of `--concurrency` workers loops: gather a batch as the
+//! event-source mapping does ([`queue::Queue::gather`]), hand it to the
+//! handler on a database connection of its own, delete what the handler
+//! finished. The sequence of one batch:
+//!
+//! 1. receive (visibility = the queue's, or `--visibility-timeout`); its
+//!    receipt handles are leased ([`Leases`]);
+//! 2. while the handler runs, a heartbeat renews the visibility of the
+//!    leased messages every third of it, so nothing is redelivered while it
+//!    is being written;
+//! 3. the handler validates, masks, writes and COMMITs; rejects go to the
+//!    DLQ; after an infrastructure failure it backs the records off, and
+//!    releases their leases first, so no heartbeat can shorten a backoff;
+//! 4. every lease of the batch is released, then the messages the handler
+//!    finished (written, duplicates, rejects whose DLQ copy SQS accepted,
+//!    erased users) are deleted with `DeleteMessageBatch`; the reported
+//!    failures stay in the queue and come back after their visibility.
+//!
+//! So a message is deleted only after the COMMIT that wrote it (or the DLQ
+//! send that moved it). `kill -9` at any point loses nothing (undeleted
+//! messages come back after the visibility timeout) and doubles nothing (a
+//! row already committed counts as a duplicate then, `ON CONFLICT`).
+//!
+//! SIGTERM or SIGINT stops the receives (a long poll is abandoned; what it
+//! would have returned stays invisible until its visibility timeout), lets
+//! the batches in flight finish within `--grace-period`, and exits 0. A
+//! batch's own time limit (`--batch-timeout`) is shorter than the grace
+//! period, so a batch in flight ends (written, or backed off) within it. A
+//! second signal stops at once.
+//!
+//! FIFO queues: SQS returns no message of a message group while another
+//! of the group is in flight, and the heartbeat keeps a batch in flight
+//! until its messages are deleted or released: one batch per group at a
+//! time, in order, whatever the concurrency.
+
+pub mod health;
+pub mod queue;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::backoff::Leases;
+use crate::config::Config;
+use crate::error::ConfigError;
+use crate::event::SqsBatch;
+use crate::handler::BatchHandler;
+use crate::startup::InitError;
+use health::{Health, Part};
+use queue::{Queue, QueueError};
+
+/// Default `--concurrency`: batches in flight.
+pub const DEFAULT_CONCURRENCY: usize = 2;
+/// Default `--batch-size` (the event-source mapping's default).
+pub const DEFAULT_BATCH_SIZE: usize = 10;
+/// Default `--batch-timeout`, in seconds: the time limit of one batch.
+pub const DEFAULT_BATCH_TIMEOUT_SECONDS: u64 = 20;
+/// Default `--grace-period`, in seconds: within the 30 s that Kubernetes
+/// (`terminationGracePeriodSeconds`) and ECS (`stopTimeout`) give by default.
+pub const DEFAULT_GRACE_PERIOD_SECONDS: u64 = 25;
+/// Largest `--batch-size` (the event-source mapping's limit for standard queues).
+pub const MAX_BATCH_SIZE: usize = 10_000;
+/// Pause after a failed receive, doubled up to [`MAX_RECEIVE_PAUSE`].
+const RECEIVE_PAUSE: Duration = Duration::from_secs(1);
+const MAX_RECEIVE_PAUSE: Duration = Duration::from_secs(30);
+
+/// The consumer's settings (the command line of `login-etl poll`).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The source queue's URL.
+    pub queue_url: String,
+    /// Batches in flight, each on a database connection of its own.
+    pub concurrency: usize,
+    /// Messages per batch, at most.
+    pub batch_size: usize,
+    /// How long to gather a batch after its first messages arrived.
+    pub batch_window: Duration,
+    /// Visibility of a receive, renewed by the heartbeat (None: the queue's).
+    pub visibility_timeout: Option<u32>,
+    /// The time limit of one batch (what a Lambda invocation's timeout is).
+    pub batch_timeout: Duration,
+    /// After SIGTERM or SIGINT, how long the batches in flight may take.
+    pub grace_period: Duration,
+    /// Where to serve `/livez` and `/readyz`.
+    pub health_addr: Option<SocketAddr>,
+}
+
+impl Options {
+    /// Refuses settings that cannot work, saying what to change.
+    pub fn validate(&self) -> Result<(), PollError> {
+        let usage = |m: &str| Err(PollError::Usage(m.into()));
+        if !(1..=64).contains(&self.concurrency) {
+            return usage("--concurrency must be from 1 to 64");
+        }
+        if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
+            return usage("--batch-size must be from 1 to 10000");
+        }
+        if self.batch_size > queue::MAX_PER_CALL && self.batch_window.is_zero() {
+            return usage(
+                "a --batch-size above 10 needs a --batch-window of at least 1 second (as the event-source mapping)",
+            );
+        }
+        if self.batch_window > Duration::from_secs(300) {
+            return usage("--batch-window must be at most 300 seconds");
+        }
+        if self
+            .visibility_timeout
+            .is_some_and(|v| !(1..=43_200).contains(&v))
+        {
+            return usage("--visibility-timeout must be from 1 to 43200 seconds");
+        }
+        if self.batch_timeout.is_zero() {
+            return usage("--batch-timeout must be at least 1 second");
+        }
+        if self.grace_period <= self.batch_timeout {
+            return usage(
+                "--grace-period must be longer than --batch-timeout, so the batches in flight can finish after SIGTERM",
+            );
+        }
+        if !self.queue_url.starts_with("http://") && !self.queue_url.starts_with("https://") {
+            return usage(
+                "--queue-url: expected the queue URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME), not its name or ARN",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Why the consumer stopped other than by a signal.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    /// A command-line setting cannot work (exit code 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The environment's configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The handler could not be built (secrets, KMS, schema).
+    #[error(transparent)]
+    Init(#[from] InitError),
+    /// The queue did not answer at start.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// The health endpoint's address cannot be used.
+    #[error(
+        "cannot listen on {addr} for the health endpoint ({cause}); choose another --health-addr"
+    )]
+    Health {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        cause: String,
+    },
+    /// The signal handlers could not be installed.
+    #[error("cannot watch for SIGTERM and SIGINT ({0})")]
+    Signals(String),
+    /// Batches were still in flight when the grace period ended.
+    #[error(
+        "{batches} batch(es) still in flight when the {grace_s} s grace period ended; their messages return to the queue after the visibility timeout (nothing is lost; rows already committed count as duplicates then). Give --grace-period more room over --batch-timeout"
+    )]
+    GraceExceeded {
+        /// Batches abandoned.
+        batches: usize,
+        /// The grace period.
+        grace_s: u64,
+    },
+    /// A second signal during the grace period.
+    #[error(
+        "stopped by a second signal with {batches} batch(es) in flight; their messages return to the queue after the visibility timeout (nothing is lost)"
+    )]
+    Interrupted {
+        /// Batches abandoned.
+        batches: usize,
+    },
+}
+
+/// What the consumer did, reported when it stops.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Batches handled.
+    pub batches: AtomicU64,
+    /// Messages received.
+    pub received: AtomicU64,
+    /// Messages deleted after the handler finished them.
+    pub deleted: AtomicU64,
+    /// Finished messages SQS did not delete (redelivered, then duplicates).
+    pub not_deleted: AtomicU64,
+    /// Messages left in the queue (reported failures, or a failed batch).
+    pub left: AtomicU64,
+}
+
+impl Stats {
+    fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+struct Worker {
+    handler: BatchHandler,
+    queue: Queue,
+    leases: Arc<Leases>,
+    health: Arc<Health>,
+    stats: Arc<Stats>,
+    batch_size: usize,
+    batch_window: Duration,
+    batch_timeout: Duration,
+}
+
+/// Runs the consumer until SIGTERM or SIGINT; returns its counts.
+pub async fn run(options: Options) -> Result<Arc<Stats>, PollError> {
+    options.validate()?;
+    let mut config = Config::for_consumer_from_env()?;
+    config.source_queue_url = Some(options.queue_url.clone());
+    let aws = crate::secrets::sdk_config().await;
+    let queue = Queue::open(
+        queue::long_poll_client(&aws),
+        options.queue_url.clone(),
+        options.visibility_timeout,
+    )
+    .await?;
+    let dlq_from = if config.dlq_url.is_some() {
+        "DLQ_URL"
+    } else {
+        config.dlq_url = queue.dead_letter_url().await?;
+        if config.dlq_url.is_some() {
+            "the queue's RedrivePolicy"
+        } else {
+            warn!(
+                "no dead-letter queue (no DLQ_URL, no RedrivePolicy on the queue): rejected messages stay in the queue and come back after each visibility timeout"
+            );
+            "none"
+        }
+    };
+    let leases = Arc::new(Leases::default());
+    let handler = crate::startup::build_with(&config, Some(Arc::clone(&leases)))
+        .await?
+        .with_connections(options.concurrency);
+
+    let stuck_after =
+        Duration::from_secs(u64::from(queue::WAIT_SECONDS) + 60) + options.batch_timeout;
+    let health = Arc::new(Health::new(stuck_after));
+    health.queue(Part::Ok);
+    if let Some(addr) = options.health_addr {
+        let listener =
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| PollError::Health {
+                    addr,
+                    cause: e.to_string(),
+                })?;
+        tokio::spawn(health::serve(listener, Arc::clone(&health)));
+        let mut probe = handler.spare_sink().await;
+        let probed = Arc::clone(&health);
+        tokio::spawn(async move {
+            loop {
+                probed.database(match probe.ping().await {
+                    Ok(()) => Part::Ok,
+                    Err(e) => Part::Down(e.to_string()),
+                });
+                tokio::time::sleep(health::PROBE_INTERVAL).await;
+            }
+        });
+    }
+
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| PollError::Signals(e.to_string()))?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(|e| PollError::Signals(e.to_string()))?;
+
+    info!(
+        queue = %options.queue_url,
+        fifo = queue.info().fifo,
+        concurrency = options.concurrency,
+        batch_size = options.batch_size,
+        batch_window_ms = options.batch_window.as_millis() as u64,
+        visibility_timeout_s = queue.visibility_timeout(),
+        batch_timeout_s = options.batch_timeout.as_secs(),
+        grace_period_s = options.grace_period.as_secs(),
+        dead_letter_queue = dlq_from,
+        health = ?options.health_addr,
+        "polling"
+    );
+    let stats = Arc::new(Stats::default());
+    let worker = Arc::new(Worker {
+        handler,
+        queue,
+        leases,
+        health: Arc::clone(&health),
+        stats: Arc::clone(&stats),
+        batch_size: options.batch_size,
+        batch_window: options.batch_window,
+        batch_timeout: options.batch_timeout,
+    });
+    let (stop, stopped) = watch::channel(false);
+    let mut workers = JoinSet::new();
+    for _ in 0..options.concurrency {
+        workers.spawn(Arc::clone(&worker).work(stopped.clone()));
+    }
+    let signal = tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
+    };
+    health.stopping();
+    let _ = stop.send(true);
+    info!(
+        signal,
+        grace_period_s = options.grace_period.as_secs(),
+        "stopping: no more receives; finishing the batches in flight"
+    );
+    let grace = tokio::time::sleep(options.grace_period);
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            done = workers.join_next() => match done {
+                None => break,
+                Some(Err(e)) if e.is_panic() => warn!("a worker panicked; its batch's messages return after the visibility timeout"),
+                Some(_) => {}
+            },
+            _ = &mut grace => {
+                let batches = workers.len();
+                workers.abort_all();
+                return Err(PollError::GraceExceeded { batches, grace_s: options.grace_period.as_secs() });
+            }
+            _ = sigterm.recv() => {
+                let batches = workers.len();
+                workers.abort_all();
+                return Err(PollError::Interrupted { batches });
+            }
+            _ = sigint.recv() => {
+                let batches = workers.len();
+                workers.abort_all();
+                return Err(PollError::Interrupted { batches });
+            }
+        }
+    }
+    Ok(stats)
+}
+
+impl Worker {
+    /// Gathers and handles batches until `stop`.
+    async fn work(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut pause = RECEIVE_PAUSE;
+        while !*stop.borrow() {
+            match self
+                .queue
+                .gather(self.batch_size, self.batch_window, &mut stop)
+                .await
+            {
+                Ok(batch) => {
+                    pause = RECEIVE_PAUSE;
+                    self.health.queue(Part::Ok);
+                    if !batch.records.is_empty() {
+                        self.handle(batch).await;
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, pause_ms = pause.as_millis() as u64, "receive failed; retrying after a pause");
+                    self.health.queue(Part::Down(e.to_string()));
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = stop.wait_for(|s| *s) => {}
+                    }
+                    pause = (pause * 2).min(MAX_RECEIVE_PAUSE);
+                }
+            }
+        }
+    }
+
+    /// One batch: lease, handle under the heartbeat, release, delete.
+    async fn handle(&self, batch: SqsBatch) {
+        let handles: Vec<String> = batch
+            .records
+            .iter()
+            .filter_map(|r| r.receipt_handle.clone())
+            .collect();
+        Stats::add(&self.stats.received, batch.records.len());
+        self.leases.take(handles.iter().cloned()).await;
+        let deadline = Instant::now() + self.batch_timeout;
+        let handled = {
+            let work = self.handler.handle_batch_until(&batch, Some(deadline));
+            tokio::pin!(work);
+            tokio::select! {
+                result = &mut work => result,
+                () = self.heartbeat(&handles) => unreachable!("the heartbeat never ends"),
+            }
+        };
+        self.leases
+            .release(handles.iter().map(String::as_str))
+            .await;
+        Stats::add(&self.stats.batches, 1);
+        self.health.progress();
+        match handled {
+            Ok((response, summary)) => {
+                let failed: HashSet<&str> = response
+                    .batch_item_failures
+                    .iter()
+                    .map(|f| f.item_identifier.as_str())
+                    .collect();
+                let done: Vec<&str> = batch
+                    .records
+                    .iter()
+                    .filter(|r| {
+                        r.message_id
+                            .as_deref()
+                            .is_some_and(|id| !failed.contains(id))
+                    })
+                    .filter_map(|r| r.receipt_handle.as_deref())
+                    .collect();
+                let (deleted, not_deleted) = self.queue.delete(&done).await;
+                Stats::add(&self.stats.deleted, deleted);
+                Stats::add(&self.stats.not_deleted, not_deleted);
+                Stats::add(&self.stats.left, failed.len());
+                self.health.database(match summary.failure {
+                    Some(class) => Part::Down(format!("the last batch's write failed ({class})")),
+                    None => Part::Ok,
+                });
+            }
+            Err(e) => {
+                Stats::add(&self.stats.left, batch.records.len());
+                warn!(
+                    error = %e,
+                    records = batch.records.len(),
+                    "batch failed; its messages return to the queue after the visibility timeout"
+                );
+                self.health
+                    .database(Part::Down(format!("the last batch failed ({})", e.class())));
+            }
+        }
+    }
+
+    /// Renews the visibility of the batch's leased messages every third of
+    /// it, under the leases' lock (see [`Leases`]). Never returns.
+    async fn heartbeat(&self, handles: &[String]) {
+        let seconds = self.queue.visibility_timeout();
+        let every =
+            Duration::from_millis(u64::from(seconds) * 1000 / 3).max(Duration::from_millis(500));
+        loop {
+            tokio::time::sleep(every).await;
+            let held = self.leases.lock().await;
+            let still: Vec<&str> = handles
+                .iter()
+                .filter(|h| held.contains(*h))
+                .map(String::as_str)
+                .collect();
+            if !still.is_empty() {
+                self.queue.extend(&still, seconds).await;
+            }
+            drop(held);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> Options {
+        Options {
+            queue_url: "https://sqs.us-east-1.amazonaws.com/123456789012/logins".into(),
+            concurrency: DEFAULT_CONCURRENCY,
+            batch_size: DEFAULT_BATCH_SIZE,
+            batch_window: Duration::ZERO,
+            visibility_timeout: None,
+            batch_timeout: Duration::from_secs(DEFAULT_BATCH_TIMEOUT_SECONDS),
+            grace_period: Duration::from_secs(DEFAULT_GRACE_PERIOD_SECONDS),
+            health_addr: None,
+        }
+    }
+
+    #[test]
+    fn the_defaults_are_valid_and_impossible_settings_are_usage_errors() {
+        options().validate().unwrap();
+        let bad: Vec<(Options, &str)> = vec![
+            (
+                Options {
+                    concurrency: 0,
+                    ..options()
+                },
+                "--concurrency",
+            ),
+            (
+                Options {
+                    batch_size: 10_001,
+                    ..options()
+                },
+                "--batch-size",
+            ),
+            (
+                Options {
+                    batch_size: 100,
+                    ..options()
+                },
+                "--batch-window",
+            ),
+            (
+                Options {
+                    grace_period: Duration::from_secs(20),
+                    ..options()
+                },
+                "--grace-period",
+            ),
+            (
+                Options {
+                    queue_url: "logins".into(),
+                    ..options()
+                },
+                "--queue-url",
+            ),
+            (
+                Options {
+                    visibility_timeout: Some(0),
+                    ..options()
+                },
+                "--visibility-timeout",
+            ),
+        ];
+        for (o, names) in bad {
+            match o.validate() {
+                Err(PollError::Usage(m)) => assert!(m.contains(names), "{m}"),
+                other => panic!("{names}: {other:?}"),
+            }
+        }
+        Options {
+            batch_size: 100,
+            batch_window: Duration::from_secs(1),
+            ..options()
+        }
+        .validate()
+        .unwrap();
+    }
+}

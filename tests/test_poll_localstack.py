@@ -1,0 +1,246 @@
+"""`login-etl poll` against LocalStack's SQS (real visibility timeouts and
+redrive) and the local PostgreSQL, as an operator runs it: the README's
+database roles (the consumer connects as the ingest role), JSON logs at
+WARN, the DLQ found from the queue's RedrivePolicy, the PII vault on.
+
+Run by `make e2e` (part of `make test`), in the same pytest session as
+tests/test_localstack_e2e.py (one LocalStack, conftest.py). Every consumer
+process is stopped by PID, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "localstack"))
+import stack  # noqa: E402
+
+RUN = f"poll{os.getpid()}"
+LOGS = ROOT / "target" / "poll-tests"
+# A batch's time limit and the grace period after SIGTERM, short for the test.
+FAST_STOP = ["--batch-timeout", "5", "--grace-period", "10"]
+
+
+@pytest.fixture
+def consumers():
+    """Consumers a test starts; each killed by PID at the end."""
+    started: list[stack.Consumer] = []
+    yield started
+    for c in started:
+        c.kill()
+
+
+def queues_and_database(kind: str, **queue_options) -> stack.Stack:
+    dbname = f"login_etl_{RUN}_{kind}"
+    stack.drop_database(dbname)
+    stack.create_database(dbname)
+    stack.prepare_database(dbname)  # the README's deploy sequence: roles, schema, grants
+    return stack.make_queues(f"login-etl-{RUN}-{kind}", dbname, **queue_options)
+
+
+@pytest.fixture
+def standard_queues(localstack):
+    q = queues_and_database("std", visibility=5, max_receive=5)
+    yield q
+    stack.delete_queues(q)
+    stack.drop_database(q.dbname)
+
+
+@pytest.fixture
+def fifo_queues(localstack):
+    q = queues_and_database("fifo", fifo=True, visibility=5, max_receive=5)
+    yield q
+    stack.delete_queues(q)
+    stack.drop_database(q.dbname)
+
+
+@pytest.fixture
+def outage_queues(localstack):
+    # As the Lambda outage test: a 2 s visibility and maxReceiveCount 6 would
+    # dead-letter a message after about 14 s without the backoff.
+    q = queues_and_database("outage", visibility=2, max_receive=6)
+    yield q
+    stack.delete_queues(q)
+    stack.drop_database(q.dbname)
+
+
+def table(q: stack.Stack) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for r in stack.psql(stack.db_url(q.dbname),
+                        "SELECT message_id, user_id, masked_ip, masked_device_id, app_version_text FROM user_logins"):  # fmt: skip
+        assert r[0] not in out, f"message {r[0]} has two rows"
+        out[r[0]] = r[1:]
+    return out
+
+
+def drained(q: stack.Stack, rows: int, dead: int) -> bool:
+    return (sum(stack.queue_depth(q.queue_url)) == 0 and stack.row_count(q.dbname) >= rows
+            and sum(stack.queue_depth(q.dlq_url)) >= dead)  # fmt: skip
+
+
+def test_kill_9_and_sigterm_lose_nothing_and_double_nothing(standard_queues, consumers):
+    """300 messages (every 10th invalid): the consumer is killed with SIGKILL
+    mid-run, restarted and stopped with SIGTERM mid-run, restarted again and
+    stopped with SIGTERM once the queue is empty. Every valid message is
+    exactly one row with the right HMACs, every invalid one is in the DLQ
+    once with its reason, each SIGTERM exits 0 within the grace period."""
+    q = standard_queues
+    key = secrets.token_bytes(32)
+    messages = stack.generate(300, 10, seed=2201)
+    valid = [m for m in messages if m.valid]
+    invalid = [m for m in messages if not m.valid]
+    stack.send(q, messages)
+    c = stack.Consumer(q, key.hex(), LOGS / f"{RUN}-kill.log", "--concurrency", "2", *FAST_STOP,
+                       env={"VAULT_KMS_KEY_ID": stack.vault_key()})  # fmt: skip
+    consumers.append(c)
+
+    c.start()
+    stack.wait_for("the first rows", lambda: stack.row_count(q.dbname) >= 60, timeout=60)
+    c.kill()  # SIGKILL, mid-run: batches in flight, deletes not sent
+    at_kill = stack.row_count(q.dbname)
+
+    c.start()
+    stack.wait_for("more rows", lambda: stack.row_count(q.dbname) >= at_kill + 60, timeout=60)
+    rc, took = c.stop(signal.SIGTERM)
+    assert rc == 0 and took < 10, f"SIGTERM mid-run: exit {rc} after {took:.1f} s (grace 10 s)"
+
+    c.start()
+    stack.wait_for("the queue drained", lambda: drained(q, len(valid), len(invalid)), timeout=120)
+    rc, took = c.stop(signal.SIGTERM)
+    assert rc == 0 and took < 10, f"SIGTERM when idle: exit {rc} after {took:.1f} s"
+    print(f"\npoll: {len(messages)} messages; SIGKILL at {at_kill} rows; final SIGTERM exit after {took:.1f} s")
+
+    rows = table(q)
+    assert set(rows) == {m.message_id for m in valid}, "every valid message is exactly one row, no other"
+    for m in valid:
+        body = json.loads(m.body)
+        user_id, masked_ip, masked_device, version = rows[m.message_id]
+        assert user_id == body["user_id"] and version == body["app_version"]
+        assert masked_ip == stack.token(key, stack.canonical_ip(body["ip"])), m.message_id
+        assert masked_device == stack.token(key, body["device_id"].strip()), m.message_id
+
+    copies = stack.dead_letters(q)
+    by_source: dict[str, list[dict]] = {}
+    for d in copies:
+        by_source.setdefault(stack.dead_letter_attribute(d, "source_message_id"), []).append(d)
+    assert set(by_source) == {m.message_id for m in invalid}, "every reject in the DLQ, nothing else"
+    for m in invalid:
+        for d in by_source[m.message_id]:
+            assert stack.dead_letter_attribute(d, "rejection_code") == m.expect.removeprefix("reject:")
+            assert d["Body"] == m.body
+    # A standard DLQ copy is at least once: SIGKILL between a DLQ send and the
+    # delete sends it again on redelivery (same source_message_id, to
+    # deduplicate by). Only a batch in flight at the kill can do that:
+    # 2 batches of 10.
+    extra = len(copies) - len(invalid)
+    print(f"poll: {extra} reject(s) copied twice to the DLQ (in flight at the SIGKILL)")
+    assert extra <= 20
+
+    vault = int(stack.psql(stack.db_url(q.dbname), "SELECT count(*) FROM user_logins_pii_vault")[0][0])
+    assert vault > 0, "the PII vault is written by the consumer too"
+    # Metrics as in Lambda: EMF documents on stdout, kept at WARN.
+    docs = [d for d in c.emf_documents() if d.get("message") == "batch processed"]
+    assert docs and all(d["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "LoginEtl" for d in docs)
+    totals = c.metric_totals()
+    # A batch whose COMMIT landed just before SIGKILL is counted again as duplicates.
+    assert totals["RowsInserted"] <= len(valid) <= totals["RowsInserted"] + totals["Duplicates"]
+    assert not any('"level":"ERROR"' in line for line in c.lines()), "no error line"
+
+
+def test_fifo_order_is_kept_within_each_group_with_several_batches_in_flight(fifo_queues, consumers):
+    q = fifo_queues
+    key = secrets.token_bytes(32)
+    groups = ["alpha", "beta", "gamma", "delta"]
+    messages = stack.generate(80, 0, seed=2202)
+    for i, m in enumerate(messages):
+        m.group = groups[i % len(groups)]
+    (bad,) = [m for m in stack.generate(2, 2, seed=1) if not m.valid]
+    bad.group = "alpha"
+    messages.insert(41, bad)  # mid-group: the group goes on after its DLQ copy
+    stack.send(q, messages)
+    c = stack.Consumer(q, key.hex(), LOGS / f"{RUN}-fifo.log", "--concurrency", "4", *FAST_STOP)
+    consumers.append(c)
+    c.start()
+    stack.wait_for("the FIFO queue drained", lambda: drained(q, len(messages) - 1, 1), timeout=120)
+    rc, _ = c.stop(signal.SIGTERM)
+    assert rc == 0
+    inserted = [r[0] for r in stack.psql(stack.db_url(q.dbname),
+                                         "SELECT message_id FROM user_logins ORDER BY xmin::text::bigint, ctid")]  # fmt: skip
+    assert sorted(inserted) == sorted(m.message_id for m in messages if m.valid)
+    for g in groups:
+        sent = [m.message_id for m in messages if m.group == g and m.valid]
+        assert [i for i in inserted if i in set(sent)] == sent, f"group {g} out of order"
+    copies = stack.dead_letters(q)
+    assert [stack.dead_letter_attribute(d, "source_message_id") for d in copies] == [bad.message_id]
+
+
+def break_database(dbname: str) -> None:
+    """The database itself refuses its roles (connection limit 0, every
+    non-superuser session ended): what an exhausted or failing-over server
+    does, not a cut wire."""
+    url = stack.db_url(dbname)
+    stack.psql(url, f'ALTER DATABASE "{dbname}" CONNECTION LIMIT 0')
+    stack.psql(url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    f"WHERE datname = '{dbname}' AND pid <> pg_backend_pid() "
+                    "AND usename <> current_user")  # fmt: skip
+
+
+def mend_database(dbname: str) -> None:
+    stack.psql(stack.db_url(dbname), f'ALTER DATABASE "{dbname}" CONNECTION LIMIT -1')
+
+
+OUTAGE_S = 20
+
+
+def test_an_outage_while_polling_dead_letters_nothing_valid_and_readiness_follows_the_database(
+    outage_queues, consumers
+):
+    """Readiness comes once the database and the queue answered, goes when
+    the database refuses connections, and comes back with it. The outage
+    outlasts maxReceiveCount visibility timeouts: the backoff holds the
+    messages, nothing valid reaches the DLQ, every row lands after it."""
+    q = outage_queues
+    port = stack.free_port()
+    key = secrets.token_bytes(32)
+    # LOGIN_ETL_E2E_NO_BACKOFF=1: the "before" figures (the test then fails).
+    base = "0" if os.environ.get("LOGIN_ETL_E2E_NO_BACKOFF") == "1" else "2"
+    c = stack.Consumer(q, key.hex(), LOGS / f"{RUN}-outage.log", "--health-addr", f"127.0.0.1:{port}", *FAST_STOP,
+                       env={"BACKOFF_BASE_SECONDS": base, "BACKOFF_MAX_SECONDS": "16"})  # fmt: skip
+    consumers.append(c)
+    c.start()
+    stack.wait_for("ready", lambda: stack.health(port)[0] == 200, timeout=30)
+    assert stack.health(port, "/livez")[0] == 200
+
+    messages = stack.generate(10, 10, seed=2203)
+    valid = [m for m in messages if m.valid]
+    break_database(q.dbname)
+    try:
+        stack.send(q, messages)
+        went = stack.wait_for("not ready", lambda: stack.health(port)[0] == 503, timeout=20)
+        status, body = stack.health(port)
+        assert status == 503 and body["database"].startswith("down"), body
+        time.sleep(max(0.0, OUTAGE_S - went))
+    finally:
+        mend_database(q.dbname)
+    back = stack.wait_for("ready again", lambda: stack.health(port)[0] == 200, timeout=30)
+    rows_s = stack.wait_for("every row", lambda: stack.row_count(q.dbname) >= len(valid), timeout=60)
+    stack.wait_for("the queue drained", lambda: drained(q, len(valid), len(messages) - len(valid)), timeout=60)
+    rc, _ = c.stop(signal.SIGTERM)
+    dead = stack.dead_letters(q)
+    print(f"\npoll outage {OUTAGE_S} s: not ready after {went:.1f} s, ready again {back:.1f} s after recovery, "
+          f"last row {back + rows_s:.1f} s after recovery; {len(dead)} in the DLQ")  # fmt: skip
+    assert {d["Body"] for d in dead}.isdisjoint({m.body for m in valid}), "nothing valid in the DLQ"
+    assert len(dead) == len(messages) - len(valid)
+    assert set(table(q)) == {m.message_id for m in valid}
+    assert rc == 0
+    failed = [d for d in c.emf_documents() if d.get("message") == "batch failed"]
+    assert failed and all(d["RecordsBackedOff"] > 0 for d in failed), "the backoff held the messages"
