@@ -24,7 +24,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 
 @pytest.mark.parametrize("args", [["--help"], ["grants", "--help"], ["reveal", "--help"], ["audit", "--help"],
-                                  ["forget", "--help"], ["--version"]])  # fmt: skip
+                                  ["forget", "--help"], ["poll", "--help"], ["--version"]])  # fmt: skip
 def test_help_and_version_exit_0_on_stdout(args):
     out = run(*args)
     assert out.returncode == 0 and out.stderr == ""
@@ -65,3 +65,43 @@ def test_results_alone_on_stdout():
     assert len(json.loads(out.stdout)["Records"]) == 3, "stdout is the event and nothing else"
     out = run("grants", "--role", "audit", "--to", "x", env={"RUST_LOG": "trace"})
     assert out.returncode == 0 and all(line.startswith(("GRANT", "--")) for line in out.stdout.splitlines())
+
+
+@pytest.mark.parametrize("args,says", [
+    (["poll", "--queue-url", "logins"], "--queue-url"),
+    (["poll", "--queue-url", "http://127.0.0.1:9/q", "--batch-size", "100"], "--batch-window"),
+    (["poll", "--queue-url", "http://127.0.0.1:9/q", "--grace-period", "5"], "--grace-period"),
+])  # fmt: skip
+def test_poll_settings_that_cannot_work_are_usage_errors_before_any_call(args, says):
+    out = run(*args)
+    assert out.returncode == 2 and says in out.stderr and "panicked" not in out.stderr, out.stderr
+
+
+def test_poll_without_a_reachable_queue_says_what_to_check_and_exits_1():
+    env = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_EC2_METADATA_DISABLED": "true",
+           "DATABASE_URL": "postgres://nobody@127.0.0.1:9/none", "MASKING_KEY": "00" * 32}  # fmt: skip
+    out = run("poll", "--queue-url", "http://127.0.0.1:9/000000000000/q", env=env)
+    assert out.returncode == 1, out
+    assert "GetQueueAttributes" in out.stderr and "check --queue-url" in out.stderr, out.stderr
+
+
+def test_the_container_example_fits_the_binary():
+    """examples/container: the pod's grace period covers the consumer's, the
+    probes ask the paths it serves, the image runs `poll`."""
+    import re
+
+    import yaml
+
+    help_text = run("poll", "--help").stdout
+    grace = int(re.search(r"--grace-period.*?\[default: (\d+)\]", help_text, re.S).group(1))
+    docs = list(yaml.safe_load_all((ROOT / "examples" / "container" / "kubernetes.yaml").read_text()))
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > grace
+    (container,) = pod["containers"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert any(a.startswith("--health-addr=0.0.0.0:8080") for a in container["args"])
+    dockerfile = (ROOT / "examples" / "container" / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["/usr/local/bin/login-etl", "poll"]' in dockerfile

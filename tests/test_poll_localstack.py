@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -244,3 +245,44 @@ def test_an_outage_while_polling_dead_letters_nothing_valid_and_readiness_follow
     assert rc == 0
     failed = [d for d in c.emf_documents() if d.get("message") == "batch failed"]
     assert failed and all(d["RecordsBackedOff"] > 0 for d in failed), "the backoff held the messages"
+
+
+def test_the_heartbeat_keeps_a_slow_batch_invisible_until_it_is_written(outage_queues, consumers):
+    """A batch blocked three times its 2 s visibility timeout (an admin holds
+    an exclusive lock on the table) is not redelivered to the second worker
+    meanwhile: each message is received once and written once."""
+    q = outage_queues
+    key = secrets.token_bytes(32)
+    c = stack.Consumer(q, key.hex(), LOGS / f"{RUN}-heartbeat.log", "--concurrency", "2",
+                       "--batch-timeout", "15", "--grace-period", "20")  # fmt: skip
+    consumers.append(c)
+    c.start()
+    lock = subprocess.Popen(["psql", stack.db_url(q.dbname), "-qX", "-v", "ON_ERROR_STOP=1", "-c",
+                             "BEGIN; LOCK TABLE user_logins IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(6); COMMIT;"],
+                            stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
+        stack.wait_for("the lock", lambda: stack.psql(stack.db_url(q.dbname),
+                       "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                       "WHERE c.relname = 'user_logins' AND l.mode = 'AccessExclusiveLock' AND l.granted")[0][0] == "1",
+                       timeout=10)  # fmt: skip
+        messages = stack.generate(5, 0, seed=2204)
+        stack.send(q, messages)
+        stack.wait_for("the batch received", lambda: stack.queue_depth(q.queue_url) == (0, len(messages)), timeout=20)
+        # While the batch is blocked: never visible again (SQS would hand it
+        # to the other worker, or to anyone).
+        visible_seen = 0
+        while stack.row_count(q.dbname) < len(messages):
+            visible_seen = max(visible_seen, stack.queue_depth(q.queue_url)[0])
+            time.sleep(0.2)
+    finally:
+        lock.wait(timeout=30)
+    rc, _ = c.stop(signal.SIGTERM)
+    assert rc == 0
+    assert set(table(q)) == {m.message_id for m in messages}
+    totals = c.metric_totals()
+    print(f"\npoll heartbeat: {totals.get('RecordsReceived', 0):.0f} receives of {len(messages)} messages, "
+          f"longest batch {max(d['BatchDurationMs'] for d in c.emf_documents() if 'BatchDurationMs' in d)} ms")  # fmt: skip
+    assert max(d["BatchDurationMs"] for d in c.emf_documents() if "BatchDurationMs" in d) > 4000, "the lock held the batch"
+    assert visible_seen == 0, f"{visible_seen} message(s) visible again while their batch was in flight"
+    assert totals["RecordsReceived"] == len(messages) and totals["Duplicates"] == 0, "no redelivery while in flight"
+    assert sum(stack.queue_depth(q.dlq_url)) == 0

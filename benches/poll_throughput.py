@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""`make bench` step [5/5]: `login-etl poll`'s throughput in messages/s at
+concurrency 1, 2 and 4, against LocalStack's SQS and the local PostgreSQL,
+beside what the emulator itself serves to a consumer that does nothing
+(receive 10 + delete 10, the same number of workers): where the two are
+close, the emulator is the limit, not login-etl.
+
+Each run: a fresh queue holding N messages (sent before the clock starts),
+the consumer started, the clock stopped when every row is in and the queue
+is empty. The consumer's own start (schema check, first long poll) is
+inside the figure; it is under a second.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "localstack"))
+import stack  # noqa: E402
+
+N = int(os.environ.get("POLL_BENCH_MESSAGES", "2000"))
+RUN = f"bench{os.getpid()}"
+
+
+def emulator_rate(queues: stack.Stack, workers: int) -> float:
+    """Messages/s LocalStack serves to `workers` consumers that only receive and delete."""
+    done = 0
+    lock = threading.Lock()
+
+    def work() -> None:
+        nonlocal done
+        sqs = stack.client("sqs")
+        while True:
+            got = sqs.receive_message(QueueUrl=queues.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+            if not got:
+                return
+            sqs.delete_message_batch(QueueUrl=queues.queue_url,
+                                     Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)])  # fmt: skip
+            with lock:
+                done += len(got)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=work) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return done / (time.monotonic() - started - 1.0)  # minus the last, empty 1 s poll
+
+
+def main() -> None:
+    ours = not stack.localstack_running()
+    if ours:
+        subprocess.run([str(ROOT / "localstack" / "up.sh")], check=True, timeout=180)
+    stack.build()
+    dbname = f"login_etl_{RUN}"
+    stack.drop_database(dbname)
+    stack.create_database(dbname)
+    stack.prepare_database(dbname)
+    messages = stack.generate(N, 0, seed=5)
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())  # fmt: skip
+    print(f"{N} valid messages per run; {os.cpu_count()} cores, {cpu}; LocalStack and PostgreSQL on this machine")
+    print(f"{'concurrency':>11}  {'login-etl poll':>15}  {'emulator alone':>15}  {'ratio':>6}")
+    try:
+        for concurrency in (1, 2, 4):
+            q = stack.make_queues(f"login-etl-{RUN}-c{concurrency}", dbname, visibility=30)
+            stack.psql(stack.db_url(dbname), "TRUNCATE user_logins")
+            stack.send(q, messages)
+            c = stack.Consumer(q, secrets.token_hex(32), ROOT / "target" / f"{RUN}-c{concurrency}.log",
+                               "--concurrency", str(concurrency))  # fmt: skip
+            started = time.monotonic()
+            c.start()
+            try:
+                stack.wait_for("every row", lambda: stack.row_count(dbname) >= N and sum(stack.queue_depth(q.queue_url)) == 0,
+                               timeout=600)  # fmt: skip
+                took = time.monotonic() - started
+            finally:
+                c.kill()
+            ours_rate = N / took
+            stack.send(q, messages)
+            raw = emulator_rate(q, concurrency)
+            print(f"{concurrency:>11}  {ours_rate:>11.0f} m/s  {raw:>11.0f} m/s  {ours_rate / raw:>6.2f}", flush=True)
+            stack.delete_queues(q)
+    finally:
+        stack.drop_database(dbname)
+        if ours:
+            subprocess.run([str(ROOT / "localstack" / "down.sh")], check=False, timeout=60)
+    print("ratio near 1: the emulator is the limit (each receive and delete is an HTTP call to LocalStack's Python);")
+    print("well below 1: login-etl's own work (validation, masking, the write) is.")
+
+
+if __name__ == "__main__":
+    main()
