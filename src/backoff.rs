@@ -119,6 +119,15 @@ pub(crate) fn before_deadline(cap: Duration, deadline: Option<Instant>) -> Durat
     })
 }
 
+/// `arn:aws:sqs:REGION:ACCOUNT:NAME` to (name, account): what
+/// `sqs:GetQueueUrl` takes.
+pub fn queue_name_and_account(arn: &str) -> Option<(&str, &str)> {
+    let mut parts = arn.rsplitn(3, ':');
+    let name = parts.next()?;
+    let account = parts.next()?;
+    (!name.is_empty() && !account.is_empty()).then_some((name, account))
+}
+
 /// One message to back off.
 #[derive(Debug, Clone)]
 pub struct Hold<'a> {
@@ -196,10 +205,8 @@ impl Visibility {
     async fn url(&self, source_arn: Option<&str>) -> Option<String> {
         self.queue_url
             .get_or_try_init(|| async {
-                // arn:aws:sqs:REGION:ACCOUNT:NAME
-                let arn = source_arn.ok_or(())?;
-                let mut parts = arn.rsplitn(3, ':');
-                let (name, account) = (parts.next().ok_or(())?, parts.next().ok_or(())?);
+                let (name, account) =
+                    queue_name_and_account(source_arn.ok_or(())?).ok_or(())?;
                 let out = self
                     .client
                     .get_queue_url()

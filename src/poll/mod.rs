@@ -287,6 +287,7 @@ pub async fn run(options: Options) -> Result<Arc<Stats>, PollError> {
         batch_timeout_s = options.batch_timeout.as_secs(),
         grace_period_s = options.grace_period.as_secs(),
         dead_letter_queue = dlq_from,
+        max_receive_count = queue.info().max_receive_count,
         health = ?options.health_addr,
         "polling"
     );

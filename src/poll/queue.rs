@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::warn;
 
+use crate::backoff::queue_name_and_account;
 use crate::event::{RecordAttributes, SqsBatch, SqsRecord};
 
 /// Messages per `ReceiveMessage`, and entries per batch call (the SQS limits).
@@ -92,14 +93,6 @@ pub fn parse_redrive_policy(policy: &str) -> Result<(Option<String>, Option<u32>
         _ => None,
     };
     Ok((arn, count))
-}
-
-/// `arn:aws:sqs:REGION:ACCOUNT:NAME` to (name, account).
-pub fn queue_name_and_account(arn: &str) -> Option<(&str, &str)> {
-    let mut parts = arn.rsplitn(3, ':');
-    let name = parts.next()?;
-    let account = parts.next()?;
-    (!name.is_empty() && !account.is_empty()).then_some((name, account))
 }
 
 /// One SQS message as the handler reads it.
@@ -199,11 +192,6 @@ impl Queue {
             url,
             info,
         })
-    }
-
-    /// The queue URL.
-    pub fn url(&self) -> &str {
-        &self.url
     }
 
     /// What its attributes said.
