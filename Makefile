@@ -121,7 +121,7 @@ test: ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambd
 	pg_isready -d "$(PG_ADMIN_URL)" -q || { echo "PostgreSQL is not reachable at $(PG_ADMIN_URL): start it (see README) or set PG_ADMIN_URL"; exit 1; }
 	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" CARGO_LAMBDA="$(CARGO_LAMBDA)" MOTO_SERVER="$(abspath $(VENV))/bin/moto_server" \
 	  cargo test --all-targets --no-fail-fast -- --include-ignored
-	@# With the binary cargo just built: the README's GRANT blocks, make migrate
+	@# With the binary cargo just built: the documented GRANT blocks, make migrate
 	@# against a given URL, and the command line as an operator meets it.
 	PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python -m pytest -q tests/test_database_roles.py tests/test_cli.py
 	$(MAKE) --no-print-directory e2e

@@ -23,7 +23,7 @@ use login_etl::record::{self, LoginRow};
 use login_etl::sink::{COPY_SQL, COPY_TYPES};
 use login_etl::synth::{self, Options};
 use login_etl::vault::{DataKey, VaultBatch};
-use login_etl::{Config, startup};
+use login_etl::{Config, Deadline, Outcome, startup};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 
 async fn copy_rows(client: &tokio_postgres::Client, rows: &[LoginRow<'_>]) {
@@ -132,7 +132,11 @@ async fn measure(
             client.batch_execute(TRUNCATE).await.unwrap();
             let started = Instant::now();
             let parsed: login_etl::SqsBatch = serde_json::from_slice(&json).unwrap();
-            let (resp, summary) = handler.handle_batch_with_summary(&parsed).await.unwrap();
+            let (resp, summary) = handler
+                .handle(&parsed, Deadline::NONE)
+                .await
+                .map(Outcome::into_parts)
+                .unwrap();
             h_times.push(started.elapsed());
             assert!(resp.batch_item_failures.is_empty() && summary.inserted as usize == n);
 
@@ -320,7 +324,11 @@ async fn erasure_cost(
             client.batch_execute(TRUNCATE).await.unwrap();
             let t = Instant::now();
             let batch: login_etl::SqsBatch = serde_json::from_slice(&json).unwrap();
-            let (_, summary) = handler.handle_batch_with_summary(&batch).await.unwrap();
+            let (_, summary) = handler
+                .handle(&batch, Deadline::NONE)
+                .await
+                .map(Outcome::into_parts)
+                .unwrap();
             if run > 0 {
                 times[i].push(t.elapsed());
             }

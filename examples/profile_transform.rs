@@ -1,6 +1,6 @@
 //! Transforms a generated 10,000-record batch a few times: the workload to
-//! profile per-record cost with `valgrind --tool=callgrind` (see README,
-//! Performance).
+//! profile per-record cost with `valgrind --tool=callgrind` (see
+//! docs/performance.md).
 
 use chrono::NaiveDate;
 use login_etl::masking::{Masker, MaskingKey};

@@ -861,7 +861,7 @@ def demo(args: argparse.Namespace) -> None:
     say("    export PATH=$PWD/.venv-localstack/bin:$PATH AWS_DEFAULT_REGION=us-east-1 DISABLE_DEPRECATION_NOTICE=1")
     say(f"    awslocal sqs receive-message --queue-url {stack.dlq_url} --attribute-names All")
     say(f"    psql {db_url(stack.dbname)}")
-    say("    (README, section LocalStack, lists more). Stop it with: make down")
+    say("    (docs/development.md, section LocalStack, lists more). Stop it with: make down")
 
 
 def demo_poll(args: argparse.Namespace) -> None:

@@ -266,3 +266,23 @@ impl From<HandlerError> for Diagnostic {
         }
     }
 }
+
+/// A PostgreSQL error as text without `DETAIL`/`HINT`, which can quote row
+/// values. Other errors (I/O, TLS) get their whole cause chain, which
+/// tokio-postgres's `Display` leaves out.
+#[cfg(feature = "service")]
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("SQLSTATE {}: {}", db.code().code(), db.message());
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text = format!("{text}: {part}");
+        }
+        cause = c.source();
+    }
+    text
+}

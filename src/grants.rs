@@ -30,7 +30,7 @@ pub enum Role {
 }
 
 impl Role {
-    /// Every role, in the order the README presents them.
+    /// Every role, in the order docs/operations.md presents them.
     pub const ALL: [Role; 5] = [
         Role::Ingest,
         Role::Reveal,
@@ -259,7 +259,7 @@ pub fn missing_privilege_hint(table: Option<&str>) -> String {
         None => "the function's role lacks a privilege".to_owned(),
     };
     format!(
-        "; {what}: run the output of `login-etl grants --role ingest --to <the function's role>` as the tables' owner (docs: README, \"Database roles\")"
+        "; {what}: run the output of `login-etl grants --role ingest --to <the function's role>` as the tables' owner (docs/operations.md, \"Database roles\")"
     )
 }
 

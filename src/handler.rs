@@ -3,9 +3,9 @@
 //! it directly).
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use aws_lambda_events::event::sqs::SqsBatchResponse;
 use chrono::Utc;
 use tokio::sync::Mutex;
 use tracing::{trace, warn};
@@ -53,6 +53,57 @@ pub struct BatchSummary {
     /// Failed records whose visibility change SQS did not confirm (plain
     /// redelivery after the queue's visibility timeout).
     pub visibility_change_failed: usize,
+}
+
+/// What [`BatchHandler::handle`] made of one batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The answer to the event-source mapping (or the consumer): the records
+    /// to redeliver.
+    pub response: SqsBatchResponse,
+    /// The counts, as written in the batch's EMF document.
+    pub summary: BatchSummary,
+}
+
+impl Outcome {
+    /// The response and the summary, as a pair.
+    pub fn into_parts(self) -> (SqsBatchResponse, BatchSummary) {
+        (self.response, self.summary)
+    }
+}
+
+/// When a batch must be answered by: the Lambda invocation's deadline, the
+/// consumer's batch timeout, or none (tests, benchmarks, library use).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Deadline(Option<Instant>);
+
+impl Deadline {
+    /// No deadline: only the per-operation bounds apply.
+    pub const NONE: Deadline = Deadline(None);
+
+    /// A deadline at `instant`.
+    pub fn at(instant: Instant) -> Self {
+        Self(Some(instant))
+    }
+
+    /// The deadline of a Lambda invocation (its context's wall-clock
+    /// deadline). One already past on arrival is no real one (Lambda would
+    /// have ended the invocation): emulators such as `cargo lambda watch`
+    /// set it before their first, lazy compile; it is ignored, with a warning.
+    pub fn from_wall_clock(deadline: SystemTime) -> Self {
+        match deadline.duration_since(SystemTime::now()) {
+            Ok(left) => Self::at(Instant::now() + left),
+            Err(_) => {
+                warn!("the invocation's deadline is already past on arrival; ignoring it");
+                Self::NONE
+            }
+        }
+    }
+
+    /// The instant, if any.
+    pub fn instant(self) -> Option<Instant> {
+        self.0
+    }
 }
 
 /// Processes SQS batches. Built once per cold start, shared by invocations.
@@ -145,47 +196,21 @@ impl BatchHandler {
         self
     }
 
-    /// Handles one batch; returns the response for the event-source mapping.
-    pub async fn handle_batch(&self, batch: &SqsBatch) -> Result<SqsBatchResponse, HandlerError> {
-        self.handle_batch_with_summary(batch)
-            .await
-            .map(|(response, _)| response)
-    }
-
-    /// [`handle_batch`](Self::handle_batch) for an `aws_lambda_events` event
-    /// (tests and fixtures).
-    pub async fn handle(&self, event: &SqsEvent) -> Result<SqsBatchResponse, HandlerError> {
-        self.handle_batch(&SqsBatch::from(event)).await
-    }
-
-    /// Like [`handle`](Self::handle), also returning the counts.
-    pub async fn handle_with_summary(
-        &self,
-        event: &SqsEvent,
-    ) -> Result<(SqsBatchResponse, BatchSummary), HandlerError> {
-        self.handle_batch_with_summary(&SqsBatch::from(event)).await
-    }
-
-    /// Like [`handle_batch`](Self::handle_batch), also returning the counts.
-    pub async fn handle_batch_with_summary(
-        &self,
-        batch: &SqsBatch,
-    ) -> Result<(SqsBatchResponse, BatchSummary), HandlerError> {
-        self.handle_batch_until(batch, None).await
-    }
-
-    /// Handles one batch that must be answered by `deadline` (the
-    /// invocation's, from the Lambda context): the sink stops retrying early
-    /// enough to return a retryable error before Lambda would kill it.
+    /// Handles one batch that must be answered by `deadline`: the one entry
+    /// point (the Lambda function, `login-etl poll`, the tests and the
+    /// benches all come in here). The sink stops retrying early enough to
+    /// answer before the deadline; the response lists the records to
+    /// redeliver (`batchItemFailures`), the summary counts what happened.
     ///
-    /// Every invocation writes its EMF document, a failed one too (with
+    /// Every call writes its EMF document, a failed one too (with
     /// `InvocationFailed` and its class), so the metrics and the ingest-lag
     /// alarm keep running through a database outage.
-    pub async fn handle_batch_until(
+    pub async fn handle(
         &self,
         batch: &SqsBatch,
-        deadline: Option<Instant>,
-    ) -> Result<(SqsBatchResponse, BatchSummary), HandlerError> {
+        deadline: Deadline,
+    ) -> Result<Outcome, HandlerError> {
+        let deadline = deadline.instant();
         let started = Instant::now();
         let fifo = batch.records.iter().any(|m| {
             m.event_source_arn
@@ -223,7 +248,7 @@ impl BatchHandler {
             }
         }
         self.metrics.emit(&metrics, now_ms);
-        result.map(|(response, summary, _)| (response, summary))
+        result.map(|(response, summary, _)| Outcome { response, summary })
     }
 
     /// The batch's work; `copied` tells whether the rows went in by COPY.
@@ -234,39 +259,11 @@ impl BatchHandler {
         deadline: Option<Instant>,
         started: Instant,
     ) -> Result<(SqsBatchResponse, BatchSummary, bool), HandlerError> {
-        let records = &batch.records;
         let ids = message_ids(batch)?;
         let mut valid = Transformed::default();
-        let mut sink = self.sink().await;
-        let written = self
-            .transform_and_write(&mut sink, batch, &ids, fifo, deadline, &mut valid)
-            .await;
-        drop(sink);
-        let (report, failure) = match written {
-            Ok(report) => (report, None),
-            Err(e) => {
-                let backing_off = self.backoff.is_some();
-                warn!(
-                    received = records.len(),
-                    valid = valid.rows.len(),
-                    rejected = valid.rejected.len(),
-                    duration_ms = started.elapsed().as_millis() as u64,
-                    retryable = e.is_retryable(),
-                    class = HandlerError::class_of(&e),
-                    error = %e,
-                    "{}",
-                    if backing_off {
-                        "batch write failed; its valid records are reported and backed off, its rejects still go to the DLQ"
-                    } else {
-                        "batch failed; nothing of it is reported done, so the whole batch will be redelivered"
-                    }
-                );
-                if !backing_off {
-                    return Err(e.into());
-                }
-                (InsertReport::default(), Some(HandlerError::class_of(&e)))
-            }
-        };
+        let (report, failure) = self
+            .write(batch, &ids, fifo, deadline, started, &mut valid)
+            .await?;
         // Standard queues: rejected records go to the DLQ once their
         // neighbours are written, or failed (FIFO batches sent them before
         // writing): a reject is never held back by the database.
@@ -275,100 +272,134 @@ impl BatchHandler {
                 .send(&valid.rejected_records(batch, &ids), false, deadline)
                 .await;
         }
-        // Rows the database kept refusing: to the DLQ with their SQLSTATE.
-        let refused_codes: Vec<String> = report
-            .refused_codes
-            .iter()
-            .map(|state| format!("refused.{state}"))
-            .collect();
-        let mut refused_sent: Vec<usize> = Vec::new();
-        if let Some(dlq) = &self.dlq
-            && self.refused_max_receives > 0
-        {
-            let due: Vec<Rejected<'_>> = report
-                .refused
-                .iter()
-                .zip(&refused_codes)
-                .map(|(&i, code)| (valid.row_positions[i], code))
-                .filter(|&(pos, _)| receive_count(&records[pos]) >= self.refused_max_receives)
-                .map(|(pos, code)| Rejected {
-                    position: pos,
-                    message: &records[pos],
-                    message_id: ids[pos],
-                    code,
-                })
-                .collect();
-            if !due.is_empty() {
-                refused_sent = dlq.send(&due, fifo, deadline).await;
-            }
-        }
-        let Transformed {
-            row_positions,
-            rejected,
-            sent,
-            erased,
-            ..
-        } = valid;
-        let finished = |pos: &usize| {
-            sent.binary_search(pos).is_err()
-                && refused_sent.binary_search(pos).is_err()
-                && erased.binary_search(pos).is_err()
-        };
-        let mut failed_positions: Vec<usize> = rejected
-            .iter()
-            .map(|&(pos, _)| pos)
-            .chain(report.refused.iter().map(|&i| row_positions[i]))
-            // A failed write: every record not otherwise finished, whether
-            // or not it got as far as validation.
-            .chain(failure.iter().flat_map(|_| 0..records.len()))
-            .filter(finished)
-            .collect();
-        if fifo && let Some(&first) = failed_positions.iter().min() {
-            // Order matters: everything from the first failure on is retried,
-            // except records already in the DLQ (finished, as after a redrive).
-            failed_positions = (first..records.len()).filter(finished).collect();
-        }
-        failed_positions.sort_unstable();
-        failed_positions.dedup();
+        let refused_sent = self
+            .send_refused(batch, &ids, &report, &valid, fifo, deadline)
+            .await;
+        let failed = failed_positions(
+            batch.records.len(),
+            &valid,
+            &report,
+            &refused_sent,
+            failure.is_some(),
+            fifo,
+        );
         let (backed_off, visibility_change_failed) = match (&self.backoff, failure) {
             (Some((schedule, visibility)), Some(_)) => {
-                self.back_off(
-                    batch,
-                    &failed_positions,
-                    fifo,
-                    *schedule,
-                    visibility,
-                    deadline,
-                )
-                .await
+                self.back_off(batch, &failed, fifo, *schedule, visibility, deadline)
+                    .await
             }
             _ => (0, 0),
         };
-
         let mut response = SqsBatchResponse::default();
-        for &pos in &failed_positions {
+        for &pos in &failed {
             response.add_failure(ids[pos]);
         }
-        let mut by_reason: BTreeMap<String, usize> = BTreeMap::new();
-        for (_, code) in &rejected {
-            *by_reason.entry(code.clone()).or_default() += 1;
+        let mut rejected: BTreeMap<String, usize> = BTreeMap::new();
+        for (_, code) in &valid.rejected {
+            *rejected.entry(code.clone()).or_default() += 1;
         }
         let summary = BatchSummary {
-            received: records.len(),
+            received: batch.records.len(),
             inserted: report.inserted,
             duplicates: report.duplicates,
-            rejected: by_reason,
-            sent_to_dlq: sent.len(),
+            rejected,
+            sent_to_dlq: valid.sent.len(),
             refused: report.refused.len(),
-            failed: failed_positions.len(),
+            failed: failed.len(),
             statements: report.statements,
             refused_to_dlq: refused_sent.len(),
-            erased: erased.len(),
+            erased: valid.erased.len(),
             failure,
             backed_off,
             visibility_change_failed,
         };
         Ok((response, summary, report.copied))
+    }
+
+    /// Transforms and writes the batch on a free sink. A failed write is an
+    /// error when there is no backoff; with one, it is the failure's class
+    /// (the caller reports and backs off every record not otherwise finished).
+    async fn write<'b>(
+        &self,
+        batch: &'b SqsBatch,
+        ids: &[&'b str],
+        fifo: bool,
+        deadline: Option<Instant>,
+        started: Instant,
+        valid: &mut Transformed<'b>,
+    ) -> Result<(InsertReport, Option<&'static str>), HandlerError> {
+        let mut sink = self.sink().await;
+        let written = self
+            .transform_and_write(&mut sink, batch, ids, fifo, deadline, valid)
+            .await;
+        drop(sink);
+        let e = match written {
+            Ok(report) => return Ok((report, None)),
+            Err(e) => e,
+        };
+        let backing_off = self.backoff.is_some();
+        warn!(
+            received = batch.records.len(),
+            valid = valid.rows.len(),
+            rejected = valid.rejected.len(),
+            duration_ms = started.elapsed().as_millis() as u64,
+            retryable = e.is_retryable(),
+            class = HandlerError::class_of(&e),
+            error = %e,
+            "{}",
+            if backing_off {
+                "batch write failed; its valid records are reported and backed off, its rejects still go to the DLQ"
+            } else {
+                "batch failed; nothing of it is reported done, so the whole batch will be redelivered"
+            }
+        );
+        if !backing_off {
+            return Err(e.into());
+        }
+        Ok((InsertReport::default(), Some(HandlerError::class_of(&e))))
+    }
+
+    /// Rows the database kept refusing, on their `refused_max_receives`-th
+    /// receive: to the DLQ with their SQLSTATE (`refused.<SQLSTATE>`).
+    /// Returns the positions SQS accepted, ascending.
+    async fn send_refused(
+        &self,
+        batch: &SqsBatch,
+        ids: &[&str],
+        report: &InsertReport,
+        valid: &Transformed<'_>,
+        fifo: bool,
+        deadline: Option<Instant>,
+    ) -> Vec<usize> {
+        let Some(dlq) = &self.dlq else {
+            return Vec::new();
+        };
+        if self.refused_max_receives == 0 {
+            return Vec::new();
+        }
+        let records = &batch.records;
+        let codes: Vec<String> = report
+            .refused_codes
+            .iter()
+            .map(|state| format!("refused.{state}"))
+            .collect();
+        let due: Vec<Rejected<'_>> = report
+            .refused
+            .iter()
+            .zip(&codes)
+            .map(|(&i, code)| (valid.row_positions[i], code))
+            .filter(|&(pos, _)| receive_count(&records[pos]) >= self.refused_max_receives)
+            .map(|(pos, code)| Rejected {
+                position: pos,
+                message: &records[pos],
+                message_id: ids[pos],
+                code,
+            })
+            .collect();
+        if due.is_empty() {
+            return Vec::new();
+        }
+        dlq.send(&due, fifo, deadline).await
     }
 
     /// Extends the visibility of the failed records by the schedule: each by
@@ -599,6 +630,40 @@ impl<'b> Transformed<'b> {
             })
             .collect()
     }
+}
+
+/// The positions to report in `batchItemFailures`, ascending: rejects not
+/// in the DLQ, refused rows not in the DLQ, and (`write_failed`) every record
+/// not otherwise finished, whether or not it got as far as validation. On
+/// FIFO, everything from the first of them on (order must hold), except
+/// records already finished (in the DLQ, as after a redrive, or erased).
+fn failed_positions(
+    received: usize,
+    valid: &Transformed<'_>,
+    report: &InsertReport,
+    refused_sent: &[usize],
+    write_failed: bool,
+    fifo: bool,
+) -> Vec<usize> {
+    let unfinished = |pos: &usize| {
+        valid.sent.binary_search(pos).is_err()
+            && refused_sent.binary_search(pos).is_err()
+            && valid.erased.binary_search(pos).is_err()
+    };
+    let mut failed: Vec<usize> = valid
+        .rejected
+        .iter()
+        .map(|&(pos, _)| pos)
+        .chain(report.refused.iter().map(|&i| valid.row_positions[i]))
+        .chain((0..received).filter(|_| write_failed))
+        .filter(unfinished)
+        .collect();
+    if fifo && let Some(&first) = failed.iter().min() {
+        failed = (first..received).filter(unfinished).collect();
+    }
+    failed.sort_unstable();
+    failed.dedup();
+    failed
 }
 
 /// The record's `ApproximateReceiveCount` (1 when absent or unreadable).

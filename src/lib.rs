@@ -72,4 +72,4 @@ pub use config::Config;
 pub use error::{ConfigError, HandlerError, SecretError, SinkError};
 pub use event::SqsBatch;
 #[cfg(feature = "service")]
-pub use handler::{BatchHandler, BatchSummary};
+pub use handler::{BatchHandler, BatchSummary, Deadline, Outcome};

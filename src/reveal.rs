@@ -55,7 +55,7 @@ pub enum RevealError {
 fn db(op: &'static str) -> impl Fn(tokio_postgres::Error) -> RevealError {
     move |e| RevealError::Db {
         op,
-        cause: crate::sink::describe(&e),
+        cause: crate::error::describe(&e),
     }
 }
 

@@ -7,7 +7,7 @@ use tokio::time::timeout;
 use tokio_postgres::Client;
 
 use crate::error::SinkError;
-use crate::sink::describe;
+use crate::error::describe;
 
 /// The idempotent migration (creates or upgrades `user_logins`, creates the
 /// PII vault's tables).

@@ -20,6 +20,7 @@ use common::*;
 use login_etl::event::{RecordAttributes, SqsBatch, SqsRecord};
 use login_etl::metrics::Metrics;
 use login_etl::synth::{self, Options};
+use login_etl::{Deadline, Outcome};
 use serde_json::Value;
 
 fn set_env(vars: &[(&str, &str)]) {
@@ -212,8 +213,9 @@ async fn an_outage_backs_off_the_valid_records_and_refused_rows_reach_the_dlq_on
     );
     let batch = receive_batch(&sqs, &url, &arn, bodies.len(), 1).await;
     let (resp, summary) = h
-        .handle_batch_with_summary(&batch)
+        .handle(&batch, Deadline::NONE)
         .await
+        .map(Outcome::into_parts)
         .expect("an outage is no invocation error when the records can be backed off");
     let failed: BTreeSet<String> = resp
         .batch_item_failures
@@ -307,7 +309,11 @@ async fn an_outage_backs_off_the_valid_records_and_refused_rows_reach_the_dlq_on
             .unwrap();
     }
     let small = receive_batch(&sqs, &other_url, &other_arn, 6, 1).await;
-    let (resp, summary) = refusing.handle_batch_with_summary(&small).await.unwrap();
+    let (resp, summary) = refusing
+        .handle(&small, Deadline::NONE)
+        .await
+        .map(Outcome::into_parts)
+        .unwrap();
     let reported = resp.batch_item_failures.len();
     let small_valid = small
         .records
@@ -358,7 +364,11 @@ async fn an_outage_backs_off_the_valid_records_and_refused_rows_reach_the_dlq_on
         for r in &mut batch.records {
             r.attributes.as_mut().unwrap().approximate_receive_count = Some(receive.to_string());
         }
-        let (resp, summary) = h.handle_batch_with_summary(&batch).await.unwrap();
+        let (resp, summary) = h
+            .handle(&batch, Deadline::NONE)
+            .await
+            .map(Outcome::into_parts)
+            .unwrap();
         let failed: Vec<String> = resp
             .batch_item_failures
             .iter()
@@ -418,7 +428,11 @@ async fn an_outage_backs_off_the_valid_records_and_refused_rows_reach_the_dlq_on
     for (i, r) in group.records.iter_mut().enumerate() {
         r.attributes.as_mut().unwrap().approximate_receive_count = Some((i % 4 + 1).to_string());
     }
-    let (resp, summary) = fifo.handle_batch_with_summary(&group).await.unwrap();
+    let (resp, summary) = fifo
+        .handle(&group, Deadline::NONE)
+        .await
+        .map(Outcome::into_parts)
+        .unwrap();
     let failed: Vec<String> = resp
         .batch_item_failures
         .iter()
@@ -469,7 +483,11 @@ async fn an_outage_backs_off_the_valid_records_and_refused_rows_reach_the_dlq_on
         seed: 504,
         ..Options::default()
     });
-    let (resp, summary) = unready.handle_with_summary(&big).await.unwrap();
+    let (resp, summary) = unready
+        .handle(&SqsBatch::from(&big), Deadline::NONE)
+        .await
+        .map(Outcome::into_parts)
+        .unwrap();
     let reported: BTreeSet<String> = resp
         .batch_item_failures
         .iter()

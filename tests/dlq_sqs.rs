@@ -12,9 +12,9 @@ use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use common::moto::start_moto;
 use common::sqs::{scripted_sqs, sqs_client};
 use common::*;
-use login_etl::BatchHandler;
 use login_etl::dlq::DeadLetterQueue;
 use login_etl::synth::{self, Options};
+use login_etl::{BatchHandler, Deadline, Outcome, SqsBatch};
 
 async fn handler_with_dlq(db: &TestDb, client: Client, url: &str) -> BatchHandler {
     handler(db)
@@ -109,7 +109,11 @@ async fn rejected_records_land_in_the_dlq_after_one_receive_with_their_reason() 
         .map(|(id, _)| id)
         .collect();
     assert!(rejected.len() >= 7 && !empty.is_empty());
-    let (resp, summary) = h.handle_with_summary(&event).await.unwrap();
+    let (resp, summary) = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .map(Outcome::into_parts)
+        .unwrap();
     assert_eq!(
         failures(&resp).into_iter().collect::<BTreeSet<_>>(),
         empty,
@@ -179,7 +183,11 @@ async fn rejected_records_land_in_the_dlq_after_one_receive_with_their_reason() 
         }
     }
     let want = labels(&event);
-    let resp = h.handle(&event).await.unwrap();
+    let resp = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .map(|o| o.response)
+        .unwrap();
     assert!(resp.batch_item_failures.is_empty(), "{:?}", failures(&resp));
     let copies = drain(&client, &fifo_dlq_url).await;
     let groups: BTreeMap<String, String> = event
@@ -250,7 +258,11 @@ async fn a_refused_entry_or_a_denied_call_keeps_exactly_those_records_as_failure
         &url,
     )
     .await;
-    let (resp, summary) = h.handle_with_summary(&event).await.unwrap();
+    let (resp, summary) = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .map(Outcome::into_parts)
+        .unwrap();
     let mut want: BTreeSet<String> = empty.clone();
     want.insert(refused_id.clone());
     assert_eq!(
@@ -269,7 +281,11 @@ async fn a_refused_entry_or_a_denied_call_keeps_exactly_those_records_as_failure
         &url,
     )
     .await;
-    let (resp, summary) = h.handle_with_summary(&event).await.unwrap();
+    let (resp, summary) = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .map(Outcome::into_parts)
+        .unwrap();
     let reported: BTreeSet<String> = failures(&resp).into_iter().collect();
     assert_eq!(
         reported, rejected,
@@ -307,7 +323,11 @@ async fn a_refused_dlq_copy_holds_the_fifo_batch(count: usize) {
         .iter()
         .map(|m| m.message_id.clone().unwrap())
         .collect();
-    let (resp, summary) = h.handle_with_summary(&event).await.unwrap();
+    let (resp, summary) = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .map(Outcome::into_parts)
+        .unwrap();
     assert!(
         failures(&resp) == ids[held..],
         "{count} records: not exactly the held record (position {held}) and every later one are reported, but {} records",

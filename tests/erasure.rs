@@ -11,6 +11,7 @@ use common::*;
 use login_etl::grants::Role;
 use login_etl::masking::{Masker, MaskingKey};
 use login_etl::synth::{self, Options};
+use login_etl::{Deadline, Outcome, SqsBatch};
 use serde_json::Value;
 
 const CALLER: &str = "arn:aws:sts::123456789012:assumed-role/erasers/test";
@@ -106,8 +107,9 @@ async fn forget_beside_concurrent_ingest_leaves_nothing_of_the_user_and_no_row_w
             let h = handler_with(&[("DATABASE_URL", &url), ("MASKING_KEY", TEST_KEY)])
                 .await
                 .with_vault(key());
-            h.handle_with_summary(&b)
+            h.handle(&SqsBatch::from(&b), Deadline::NONE)
                 .await
+                .map(Outcome::into_parts)
                 .expect("no invocation error")
                 .1
         });
@@ -169,7 +171,11 @@ async fn forget_beside_concurrent_ingest_leaves_nothing_of_the_user_and_no_row_w
             .filter(|m| users.iter().any(|u| m.body.as_deref().unwrap().contains(u)))
             .map(|m| m.message_id.clone().unwrap())
             .collect();
-        let (resp, summary) = h.handle_with_summary(b).await.unwrap();
+        let (resp, summary) = h
+            .handle(&SqsBatch::from(b), Deadline::NONE)
+            .await
+            .map(Outcome::into_parts)
+            .unwrap();
         assert_eq!(
             summary.erased,
             of_users.len(),

@@ -13,7 +13,7 @@ use common::pg_server::{PgServer, ServerOptions};
 use common::proxy::{Cut, Proxy};
 use common::*;
 use login_etl::synth::{self, Options};
-use login_etl::{BatchHandler, SqsBatch};
+use login_etl::{BatchHandler, Deadline, Outcome, SqsBatch};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -72,8 +72,9 @@ async fn handle_and_check(
     event: &SqsEvent,
 ) -> login_etl::BatchSummary {
     let (resp, summary) = h
-        .handle_with_summary(event)
+        .handle(&SqsBatch::from(event), Deadline::NONE)
         .await
+        .map(Outcome::into_parts)
         .expect("the batch succeeds");
     let reported: BTreeSet<String> = failures(&resp).into_iter().collect();
     assert_eq!(
@@ -130,8 +131,9 @@ async fn two_cuts_fail_the_invocation_with_nothing_half_committed_and_redelivery
         Cut::ClientToServerAfter(150_000),
     ]);
     let err = h
-        .handle(&event)
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
         .await
+        .map(|o| o.response)
         .expect_err("a second failure fails the invocation");
     assert!(err.is_retryable(), "{err}");
     assert_eq!(proxy.cuts(), vec![200_000, 150_000], "both cuts fired");
@@ -252,13 +254,17 @@ async fn postgres_down_fails_fast_and_the_same_warm_handler_recovers_when_it_is_
     ])
     .await;
     let first = batch(200, 21);
-    h.handle(&first).await.unwrap();
+    h.handle(&SqsBatch::from(&first), Deadline::NONE)
+        .await
+        .map(|o| o.response)
+        .unwrap();
     server.stop();
     let second = batch(200, 22);
     let started = Instant::now();
     let err = h
-        .handle(&second)
+        .handle(&SqsBatch::from(&second), Deadline::NONE)
         .await
+        .map(|o| o.response)
         .expect_err("no database, no success");
     assert!(
         started.elapsed() < Duration::from_secs(10),
@@ -270,8 +276,9 @@ async fn postgres_down_fails_fast_and_the_same_warm_handler_recovers_when_it_is_
         "{err}"
     );
     server.start_again();
-    h.handle(&second)
+    h.handle(&SqsBatch::from(&second), Deadline::NONE)
         .await
+        .map(|o| o.response)
         .expect("reconnects without a cold start");
     let client = connect(&url).await;
     let mut want = valid_ids(&first);
@@ -315,7 +322,11 @@ async fn overlapping_batches_from_16_concurrent_invocations_give_one_row_per_mes
             for (a, b) in windows {
                 let mut event = SqsEvent::default();
                 event.records = records[a..b].to_vec();
-                let resp = h.handle(&event).await.expect("batch succeeds");
+                let resp = h
+                    .handle(&SqsBatch::from(&event), Deadline::NONE)
+                    .await
+                    .map(|o| o.response)
+                    .expect("batch succeeds");
                 reported.extend(failures(&resp));
             }
             reported
@@ -363,7 +374,11 @@ async fn refused_rows_are_isolated_in_about_k_log_n_statements() {
         ))
         .await
         .unwrap();
-    let (resp, summary) = h.handle_with_summary(&event).await.unwrap();
+    let (resp, summary) = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .map(Outcome::into_parts)
+        .unwrap();
     let ids: Vec<String> = [3, 500, 1_000]
         .iter()
         .map(|&i| event.records[i].message_id.clone().unwrap())
@@ -402,7 +417,11 @@ async fn a_refusal_raised_at_commit_is_isolated_and_every_other_row_is_committed
         ))
         .await
         .unwrap();
-    let (resp, summary) = h.handle_with_summary(&event).await.unwrap();
+    let (resp, summary) = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .map(Outcome::into_parts)
+        .unwrap();
     let bad_id = event.records[bad].message_id.clone().unwrap();
     let mut want_reported = invalid_ids(&event);
     want_reported.insert(bad_id.clone());
@@ -432,8 +451,9 @@ async fn a_lock_held_by_another_transaction_ends_in_a_bounded_error_never_a_part
     let event = batch(500, 51);
     let started = Instant::now();
     let err = h
-        .handle(&event)
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
         .await
+        .map(|o| o.response)
         .expect_err("a locked table is no success");
     let took = started.elapsed();
     assert!(
@@ -491,8 +511,9 @@ async fn the_invocation_deadline_ends_retries_early_enough_to_report() {
     let event = batch(100, 53);
     let deadline = Instant::now() + Duration::from_millis(3_000);
     let err = h
-        .handle_batch_until(&SqsBatch::from(&event), Some(deadline))
+        .handle(&SqsBatch::from(&event), Deadline::at(deadline))
         .await
+        .map(Outcome::into_parts)
         .expect_err("the table stays locked");
     let left = deadline.saturating_duration_since(Instant::now());
     assert!(
@@ -529,7 +550,11 @@ async fn no_such_database_and_permission_denied_are_not_retryable_and_name_the_c
         std::process::id()
     );
     let h = handler_with(&[("DATABASE_URL", &missing), ("MASKING_KEY", TEST_KEY)]).await;
-    let err = h.handle(&batch(20, 61)).await.expect_err("no database");
+    let err = h
+        .handle(&SqsBatch::from(&batch(20, 61)), Deadline::NONE)
+        .await
+        .map(|o| o.response)
+        .expect_err("no database");
     assert!(!err.is_retryable(), "{err}");
     assert!(
         err.to_string().contains("3D000") && err.to_string().contains("does not exist"),
@@ -548,8 +573,9 @@ async fn no_such_database_and_permission_denied_are_not_retryable_and_name_the_c
     let url = db.url.replace("postgres@", &format!("{role}@"));
     let h = handler_with(&[("DATABASE_URL", &url), ("MASKING_KEY", TEST_KEY)]).await;
     let err = h
-        .handle(&batch(20, 62))
+        .handle(&SqsBatch::from(&batch(20, 62)), Deadline::NONE)
         .await
+        .map(|o| o.response)
         .expect_err("no INSERT privilege");
     assert!(!err.is_retryable(), "{err}");
     // The error names the table, the privilege and the command that prints the fix.
@@ -600,8 +626,9 @@ async fn an_invalid_unique_index_stops_every_write_until_migrate_rebuilds_it() {
     let h = handler_with(&[("DATABASE_URL", &ingest), ("MASKING_KEY", TEST_KEY)]).await;
     let event = batch(50, 71);
     let err = h
-        .handle(&event)
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
         .await
+        .map(|o| o.response)
         .expect_err("no valid unique index, no write");
     assert!(!err.is_retryable(), "{err}");
     assert!(err.to_string().contains("login-etl migrate"), "{err}");
@@ -623,7 +650,10 @@ async fn an_invalid_unique_index_stops_every_write_until_migrate_rebuilds_it() {
     let h = handler_with(&[("DATABASE_URL", &ingest), ("MASKING_KEY", TEST_KEY)]).await;
     let mut want = valid_ids(&event);
     want.insert("dup".into());
-    h.handle(&event).await.expect("a valid index again");
+    h.handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .map(|o| o.response)
+        .expect("a valid index again");
     assert_table_is(&db, &want).await;
 }
 
@@ -754,7 +784,11 @@ async fn vault_entries_commit_with_their_rows_through_a_cut_and_a_refused_row() 
         } else {
             40_000
         })]);
-        let (resp, summary) = h.handle_with_summary(&event).await.unwrap();
+        let (resp, summary) = h
+            .handle(&SqsBatch::from(&event), Deadline::NONE)
+            .await
+            .map(Outcome::into_parts)
+            .unwrap();
         assert_eq!(proxy.cuts().len(), 1, "the cut fired");
         assert_eq!(summary.refused, 1);
         let bad_id = event.records[bad].message_id.clone().unwrap();

@@ -5,8 +5,8 @@ mod common;
 use common::oracle::{ExpectedRow, assert_table_matches, expected_row};
 use common::sqs::{scripted_sqs, sqs_client};
 use common::*;
-use login_etl::HandlerError;
 use login_etl::synth::{self, Options};
+use login_etl::{Deadline, HandlerError, Outcome, SqsBatch};
 use serde_json::Value;
 
 /// The fixture with every rejection reason: exactly the invalid records are
@@ -17,7 +17,11 @@ async fn mixed_batch_reports_exactly_the_invalid_records_and_writes_correct_rows
     let db = TestDb::create().await;
     let h = handler(&db).await;
     let event = load_event("sqs-mixed.json");
-    let resp = h.handle(&event).await.unwrap();
+    let resp = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .map(|o| o.response)
+        .unwrap();
     assert_eq!(failures(&resp), expected_failures(&event));
     let want: Vec<ExpectedRow> = event
         .records
@@ -45,9 +49,17 @@ async fn the_same_batch_twice_adds_no_rows() {
         "sqs-fifo.json",
     ] {
         let event = load_event(name);
-        let first = h.handle_with_summary(&event).await.unwrap();
+        let first = h
+            .handle(&SqsBatch::from(&event), Deadline::NONE)
+            .await
+            .map(Outcome::into_parts)
+            .unwrap();
         let after_first = count_rows(&client).await;
-        let second = h.handle_with_summary(&event).await.unwrap();
+        let second = h
+            .handle(&SqsBatch::from(&event), Deadline::NONE)
+            .await
+            .map(Outcome::into_parts)
+            .unwrap();
         assert_eq!(count_rows(&client).await, after_first, "{name}");
         assert_eq!(failures(&first.0), failures(&second.0), "{name}");
         assert_eq!(second.1.inserted, 0, "{name}");
@@ -64,7 +76,11 @@ async fn duplicate_tokens_for_equal_pii_and_one_row_per_message_id() {
     let db = TestDb::create().await;
     let h = handler(&db).await;
     let event = load_event("sqs-duplicates.json");
-    let (resp, summary) = h.handle_with_summary(&event).await.unwrap();
+    let (resp, summary) = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .map(Outcome::into_parts)
+        .unwrap();
     assert!(resp.batch_item_failures.is_empty());
     let client = db.client().await;
     // five records, one of them delivered twice in the batch
@@ -139,7 +155,14 @@ async fn missing_schema_fails_the_invocation_with_a_hint() {
     // A role that may connect and nothing more: no table exists to grant on.
     let url = db.bare_role_url().await;
     let h = handler_with(&[("DATABASE_URL", &url), ("MASKING_KEY", TEST_KEY)]).await;
-    let err = h.handle(&load_event("sqs-valid.json")).await.unwrap_err();
+    let err = h
+        .handle(
+            &SqsBatch::from(&load_event("sqs-valid.json")),
+            Deadline::NONE,
+        )
+        .await
+        .map(|o| o.response)
+        .unwrap_err();
     assert!(!err.is_retryable());
     let msg = err.to_string();
     assert!(
@@ -170,7 +193,11 @@ async fn a_row_the_database_refuses_fails_only_that_record() {
         .batch_execute(&format!("ALTER TABLE user_logins ADD CONSTRAINT no_bad_users CHECK (user_id NOT IN ('{}', '{}'))", bad[0], bad[1]))
         .await
         .unwrap();
-    let (resp, summary) = h.handle_with_summary(&event).await.unwrap();
+    let (resp, summary) = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .map(Outcome::into_parts)
+        .unwrap();
     let want = vec![
         event.records[17].message_id.clone().unwrap(),
         event.records[140].message_id.clone().unwrap(),
@@ -185,7 +212,11 @@ async fn fifo_batch_stops_at_the_first_invalid_record() {
     let db = TestDb::create().await;
     let h = handler(&db).await;
     let event = load_event("sqs-fifo.json");
-    let resp = h.handle(&event).await.unwrap();
+    let resp = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .map(|o| o.response)
+        .unwrap();
     assert_eq!(failures(&resp), expected_failures(&event));
     let client = db.client().await;
     let mut inserted: Vec<String> = expectations(&event)
@@ -216,7 +247,11 @@ async fn fifo_batch_stops_at_refused_row(count: usize, bad: usize) {
         ))
         .await
         .unwrap();
-    let (resp, summary) = h.handle_with_summary(&event).await.unwrap();
+    let (resp, summary) = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .map(Outcome::into_parts)
+        .unwrap();
     let ids: Vec<String> = event
         .records
         .iter()
@@ -268,7 +303,14 @@ async fn unreachable_postgres_fails_the_invocation_and_reports_nothing_as_done()
     ])
     .await;
     let started = std::time::Instant::now();
-    let err = h.handle(&load_event("sqs-mixed.json")).await.unwrap_err();
+    let err = h
+        .handle(
+            &SqsBatch::from(&load_event("sqs-mixed.json")),
+            Deadline::NONE,
+        )
+        .await
+        .map(|o| o.response)
+        .unwrap_err();
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
     assert!(err.is_retryable());
     assert!(matches!(err, HandlerError::Sink(_)));
@@ -289,7 +331,10 @@ async fn a_connection_closed_between_invocations_is_reopened() {
         seed: 1,
         ..Options::default()
     });
-    h.handle(&first).await.unwrap();
+    h.handle(&SqsBatch::from(&first), Deadline::NONE)
+        .await
+        .map(|o| o.response)
+        .unwrap();
     let killed: i64 = client
         .query_one(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'login-etl'",
@@ -305,8 +350,9 @@ async fn a_connection_closed_between_invocations_is_reopened() {
         ..Options::default()
     });
     assert!(
-        h.handle(&second)
+        h.handle(&SqsBatch::from(&second), Deadline::NONE)
             .await
+            .map(|o| o.response)
             .unwrap()
             .batch_item_failures
             .is_empty()
@@ -320,7 +366,11 @@ async fn a_record_without_message_id_fails_the_invocation() {
     let h = handler(&db).await;
     let mut event = load_event("sqs-valid.json");
     event.records[3].message_id = None;
-    let err = h.handle(&event).await.unwrap_err();
+    let err = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .map(|o| o.response)
+        .unwrap_err();
     assert!(
         matches!(err, HandlerError::MissingMessageId { index: 3 }),
         "{err}"
@@ -337,7 +387,11 @@ async fn a_large_generated_batch_is_one_statement() {
         invalid_every: 50,
         ..Options::default()
     });
-    let (resp, summary) = h.handle_with_summary(&event).await.unwrap();
+    let (resp, summary) = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .map(Outcome::into_parts)
+        .unwrap();
     assert_eq!(resp.batch_item_failures.len(), 200);
     assert_eq!(summary.inserted, 9_800);
     assert_eq!(summary.statements, 1, "one COPY");
@@ -360,7 +414,11 @@ async fn copy_fast_path_falls_back_to_insert_on_duplicates() {
     let client = db.client().await;
     let n = login_etl::sink::COPY_MIN_ROWS as u64 + 100;
     let first = copy_sized(1);
-    let (_, summary) = h.handle_with_summary(&first).await.unwrap();
+    let (_, summary) = h
+        .handle(&SqsBatch::from(&first), Deadline::NONE)
+        .await
+        .map(Outcome::into_parts)
+        .unwrap();
     assert_eq!(
         (summary.inserted, summary.statements),
         (n, 1),
@@ -368,7 +426,11 @@ async fn copy_fast_path_falls_back_to_insert_on_duplicates() {
     );
 
     // Redelivered: the COPY is refused (unique message_id), the INSERT finds duplicates.
-    let (resp, summary) = h.handle_with_summary(&first).await.unwrap();
+    let (resp, summary) = h
+        .handle(&SqsBatch::from(&first), Deadline::NONE)
+        .await
+        .map(Outcome::into_parts)
+        .unwrap();
     assert!(resp.batch_item_failures.is_empty());
     assert_eq!(
         (summary.inserted, summary.duplicates, summary.statements),
@@ -382,7 +444,11 @@ async fn copy_fast_path_falls_back_to_insert_on_duplicates() {
     mixed
         .records
         .extend(first.records[..n as usize / 2].iter().cloned());
-    let (resp, summary) = h.handle_with_summary(&mixed).await.unwrap();
+    let (resp, summary) = h
+        .handle(&SqsBatch::from(&mixed), Deadline::NONE)
+        .await
+        .map(Outcome::into_parts)
+        .unwrap();
     assert!(resp.batch_item_failures.is_empty());
     assert_eq!((summary.inserted, summary.duplicates), (n / 2, n / 2));
     assert_eq!(count_rows(&client).await, (n + n / 2) as i64);
@@ -415,15 +481,24 @@ async fn the_ingest_role_is_all_the_function_needs_and_it_can_read_nothing_back(
     let big = copy_sized(5);
     for _ in 0..2 {
         let resp = h
-            .handle(&big)
+            .handle(&SqsBatch::from(&big), Deadline::NONE)
             .await
+            .map(|o| o.response)
             .expect("COPY-sized batch as the ingest role");
         assert_eq!(failures(&resp), expected_failures(&big));
     }
     let event = load_event("sqs-mixed.json");
-    let first = h.handle(&event).await.unwrap();
+    let first = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .map(|o| o.response)
+        .unwrap();
     assert_eq!(failures(&first), expected_failures(&event));
-    let second = h.handle(&event).await.unwrap();
+    let second = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .map(|o| o.response)
+        .unwrap();
     assert_eq!(failures(&second), expected_failures(&event));
     // It cannot read any other column back, nor change rows.
     let writer = connect(&url).await;
@@ -494,7 +569,11 @@ async fn a_copy_batch_writes_every_column_of_every_row_as_the_oracle_computes() 
         .collect();
     assert!(valid.len() >= login_etl::sink::COPY_MIN_ROWS);
 
-    let (resp, summary) = h.handle_with_summary(&event).await.unwrap();
+    let (resp, summary) = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .map(Outcome::into_parts)
+        .unwrap();
     assert_eq!(failures(&resp), expected_failures(&event));
     assert_eq!(
         (summary.inserted, summary.duplicates, summary.statements),
@@ -574,7 +653,12 @@ async fn the_emf_documents_of_a_batch_count_what_happened_to_each_record() {
     // An earlier delivery committed the first 12 records.
     let mut earlier = event.clone();
     earlier.records.truncate(12);
-    handler(&db).await.handle(&earlier).await.unwrap();
+    handler(&db)
+        .await
+        .handle(&SqsBatch::from(&earlier), Deadline::NONE)
+        .await
+        .map(|o| o.response)
+        .unwrap();
     let redelivered = earlier
         .records
         .iter()
@@ -655,7 +739,11 @@ async fn the_emf_documents_of_a_batch_count_what_happened_to_each_record() {
         .with_metrics(metrics);
     let before_ms = chrono::Utc::now().timestamp_millis();
     let started = std::time::Instant::now();
-    let resp = h.handle(&event).await.unwrap();
+    let resp = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .map(|o| o.response)
+        .unwrap();
     let took_ms = started.elapsed().as_millis() as u64;
     let after_ms = chrono::Utc::now().timestamp_millis();
     assert_eq!(resp.batch_item_failures.len() as u64, failures_want);

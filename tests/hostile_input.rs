@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use common::*;
 use login_etl::record::{Field, Rejection, parse_body};
+use login_etl::{Deadline, Outcome, SqsBatch};
 use proptest::prelude::*;
 
 /// JSON-ish bodies: objects mixing the real fields with junk values, plus raw noise.
@@ -169,7 +170,8 @@ fn every_record_of_arbitrary_batches_is_inserted_or_reported() {
                 .unzip();
             let event = event_of(&bodies);
             let (resp, summary) = rt
-                .block_on(h.handle_with_summary(&event))
+                .block_on(h.handle(&SqsBatch::from(&event), Deadline::NONE))
+                .map(Outcome::into_parts)
                 .expect("no infrastructure fault here");
             let input: HashSet<String> = event
                 .records
@@ -291,7 +293,11 @@ async fn sql_looking_and_unusual_unicode_values_are_stored_exactly() {
         })
         .collect();
     let event = event_of(&bodies);
-    let resp = h.handle(&event).await.unwrap();
+    let resp = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .map(|o| o.response)
+        .unwrap();
     assert!(resp.batch_item_failures.is_empty(), "{:?}", failures(&resp));
     let client = db.client().await;
     let mut stored: Vec<String> = client
@@ -322,7 +328,11 @@ async fn a_6_mb_body_is_handled_without_trouble() {
     ))
     .replacen(r#""device_id": "123-45-6789", "#, "", 1);
     let event = event_of(&[padded, long_id.clone()]);
-    let (resp, summary) = h.handle_with_summary(&event).await.unwrap();
+    let (resp, summary) = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .map(Outcome::into_parts)
+        .unwrap();
     assert_eq!(summary.inserted, 1);
     assert_eq!(
         failures(&resp),

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use aws_lambda_events::event::sqs::SqsEvent;
 use common::*;
 use login_etl::synth::{self, Options};
+use login_etl::{Deadline, Outcome, SqsBatch};
 use serde_json::Value;
 
 #[derive(Clone, Default)]
@@ -127,7 +128,10 @@ async fn nothing_the_function_writes_at_trace_contains_raw_pii_or_the_key() {
     ]));
     let mut errors = Vec::new();
     for b in &batches {
-        h.handle(b).await.unwrap();
+        h.handle(&SqsBatch::from(b), Deadline::NONE)
+            .await
+            .map(|o| o.response)
+            .unwrap();
     }
     // The database refuses rows: the refusal path logs.
     let client = db.client().await;
@@ -143,7 +147,11 @@ async fn nothing_the_function_writes_at_trace_contains_raw_pii_or_the_key() {
         seed: 63,
         ..Options::default()
     });
-    let (_, summary) = h.handle_with_summary(&refused).await.unwrap();
+    let (_, summary) = h
+        .handle(&SqsBatch::from(&refused), Deadline::NONE)
+        .await
+        .map(Outcome::into_parts)
+        .unwrap();
     assert!(summary.refused > 0, "the refusal path ran");
     // What a refused row's DETAIL ("Failing row contains ...") would leak:
     // its user id and its tokens.
@@ -183,7 +191,13 @@ async fn nothing_the_function_writes_at_trace_contains_raw_pii_or_the_key() {
         seed: 66,
         ..Options::default()
     });
-    errors.push(cut.handle(&cut_batch).await.unwrap_err().to_string());
+    errors.push(
+        cut.handle(&SqsBatch::from(&cut_batch), Deadline::NONE)
+            .await
+            .map(|o| o.response)
+            .unwrap_err()
+            .to_string(),
+    );
     assert_eq!(proxy.cuts().len(), 2, "both cuts fired");
     batches.push(cut_batch);
     let slow = handler_with(&[
@@ -202,7 +216,13 @@ async fn nothing_the_function_writes_at_trace_contains_raw_pii_or_the_key() {
         seed: 67,
         ..Options::default()
     });
-    errors.push(slow.handle(&locked_batch).await.unwrap_err().to_string());
+    errors.push(
+        slow.handle(&SqsBatch::from(&locked_batch), Deadline::NONE)
+            .await
+            .map(|o| o.response)
+            .unwrap_err()
+            .to_string(),
+    );
     tx.rollback().await.unwrap();
     batches.push(locked_batch);
     // The database is unreachable: the error path logs and returns an error.
@@ -219,7 +239,13 @@ async fn nothing_the_function_writes_at_trace_contains_raw_pii_or_the_key() {
         seed: 64,
         ..Options::default()
     });
-    errors.push(down.handle(&err_batch).await.unwrap_err().to_string());
+    errors.push(
+        down.handle(&SqsBatch::from(&err_batch), Deadline::NONE)
+            .await
+            .map(|o| o.response)
+            .unwrap_err()
+            .to_string(),
+    );
     batches.push(err_batch);
     // A malformed event: the runtime would report this deserialization error.
     let malformed = std::fs::read_to_string(fixture_path("sqs-malformed.json")).unwrap();
@@ -355,9 +381,17 @@ async fn with_the_dlq_the_backoff_and_log_signable_body_nothing_at_trace_contain
         .collect();
     let mut sent = 0;
     for b in &batches {
-        let (_, summary) = up.handle_with_summary(b).await.unwrap();
+        let (_, summary) = up
+            .handle(&SqsBatch::from(b), Deadline::NONE)
+            .await
+            .map(Outcome::into_parts)
+            .unwrap();
         sent += summary.sent_to_dlq;
-        let (_, summary) = down.handle_with_summary(b).await.unwrap();
+        let (_, summary) = down
+            .handle(&SqsBatch::from(b), Deadline::NONE)
+            .await
+            .map(Outcome::into_parts)
+            .unwrap();
         assert!(summary.failure.is_some() && summary.failed > 0);
     }
     assert!(sent > 30, "the DLQ path ran ({sent} copies)");

@@ -14,6 +14,7 @@ use common::runtime_api::{Outcome, RuntimeApi};
 use common::*;
 use login_etl::grants::Role;
 use login_etl::synth::{self, Options};
+use login_etl::{Deadline, SqsBatch};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -67,7 +68,14 @@ async fn the_startup_packet_carries_only_parameters_poolers_accept() {
     });
     let url = format!("postgres://postgres@127.0.0.1:{port}/login_etl");
     let h = handler_with(&[("DATABASE_URL", &url), ("MASKING_KEY", TEST_KEY)]).await;
-    let err = h.handle(&load_event("sqs-valid.json")).await.unwrap_err();
+    let err = h
+        .handle(
+            &SqsBatch::from(&load_event("sqs-valid.json")),
+            Deadline::NONE,
+        )
+        .await
+        .map(|o| o.response)
+        .unwrap_err();
     assert!(err.to_string().contains("28000"), "{err}");
     let keys = server.await.unwrap();
     assert!(keys.contains(&"user".to_owned()) && keys.contains(&"database".to_owned()));

@@ -10,7 +10,7 @@ use aws_sdk_secretsmanager::Client;
 use common::moto::start_moto;
 use common::pg_server::{PASSWORD, PgServer, ServerOptions};
 use common::*;
-use login_etl::{Config, startup};
+use login_etl::{Config, Deadline, SqsBatch, startup};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn set_endpoint(url: &str) {
@@ -137,8 +137,9 @@ async fn secrets_at_cold_start_and_on_password_rotation() {
         ..Default::default()
     });
     assert!(
-        h.handle(&second)
+        h.handle(&SqsBatch::from(&second), Deadline::NONE)
             .await
+            .map(|o| o.response)
             .expect("refetches the secret and reconnects")
             .batch_item_failures
             .is_empty()
@@ -148,7 +149,11 @@ async fn secrets_at_cold_start_and_on_password_rotation() {
     // Rotated in PostgreSQL but not in the secret: a clear error, no password in it.
     server.psql("ALTER USER login_etl_ingest PASSWORD 'rotated-pw-3'");
     server.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'login-etl'");
-    let err = h.handle(&second).await.unwrap_err();
+    let err = h
+        .handle(&SqsBatch::from(&second), Deadline::NONE)
+        .await
+        .map(|o| o.response)
+        .unwrap_err();
     assert!(!err.is_retryable(), "a wrong password needs a human: {err}");
     let err = err.to_string();
     assert!(

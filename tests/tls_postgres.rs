@@ -12,6 +12,7 @@ use common::*;
 use login_etl::config::DbConfig;
 use login_etl::grants::{self, Role};
 use login_etl::startup;
+use login_etl::{Deadline, Outcome, SqsBatch};
 
 /// A handler for `url`; it applies the schema (and so connects at build time)
 /// only for the modes expected to connect.
@@ -96,7 +97,11 @@ async fn ssl_modes_against_a_server_that_requires_tls() {
     let h = build(&localhost, "verify-full", Some(both))
         .await
         .expect("verify-full connects");
-    let (resp, summary) = h.handle_with_summary(&event).await.unwrap();
+    let (resp, summary) = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .map(Outcome::into_parts)
+        .unwrap();
     assert!(resp.batch_item_failures.is_empty());
     assert_eq!(
         summary.duplicates,
@@ -119,7 +124,12 @@ async fn ssl_modes_against_a_server_that_requires_tls() {
     let h = build(&localhost, "verify-full", Some(other.to_str().unwrap()))
         .await
         .unwrap();
-    let err = h.handle(&event).await.unwrap_err().to_string();
+    let err = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .map(|o| o.response)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("certificate verify failed") && err.contains("DB_CA_BUNDLE"),
         "{err}"
@@ -128,7 +138,12 @@ async fn ssl_modes_against_a_server_that_requires_tls() {
 
     // disable against a server that requires TLS.
     let h = build(&by_ip, "disable", None).await.unwrap();
-    let err = h.handle(&event).await.unwrap_err().to_string();
+    let err = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .map(|o| o.response)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("no encryption") && err.contains("DB_SSLMODE=verify-full"),
         "{err}"
@@ -173,13 +188,22 @@ async fn ssl_modes_against_a_server_that_requires_tls() {
     let h = build(&localhost, "verify-full", Some(&arns[0]))
         .await
         .expect("verify-full with the bundle from the secret connects");
-    let (resp, summary) = h.handle_with_summary(&event).await.unwrap();
+    let (resp, summary) = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .map(Outcome::into_parts)
+        .unwrap();
     assert!(resp.batch_item_failures.is_empty());
     assert_eq!(summary.duplicates, event.records.len() as u64);
     let h = build(&localhost, "verify-full", Some(&arns[1]))
         .await
         .unwrap();
-    let err = h.handle(&event).await.unwrap_err().to_string();
+    let err = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .map(|o| o.response)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("certificate verify failed") && err.contains("DB_CA_BUNDLE_SECRET_ID"),
         "{err}"

@@ -18,6 +18,7 @@ use login_etl::masking::{Masker, MaskingKey};
 use login_etl::reveal::{Target, forget, reveal};
 use login_etl::synth::{self, Options};
 use login_etl::vault::Kind;
+use login_etl::{Deadline, SqsBatch};
 use serde_json::Value;
 
 /// Held by each test of this binary for its whole run: one at a time sets
@@ -386,7 +387,11 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
 
 /// Handles `event`; only the invalid records may be reported.
 async fn handle_all_but_invalid(h: &login_etl::BatchHandler, event: &SqsEvent) {
-    let resp = h.handle(event).await.expect("the batch succeeds");
+    let resp = h
+        .handle(&SqsBatch::from(event), Deadline::NONE)
+        .await
+        .map(|o| o.response)
+        .expect("the batch succeeds");
     assert_eq!(failures(&resp), expected_failures(event));
 }
 

@@ -53,7 +53,7 @@ use crate::backoff::Leases;
 use crate::config::Config;
 use crate::error::ConfigError;
 use crate::event::SqsBatch;
-use crate::handler::BatchHandler;
+use crate::handler::{BatchHandler, Deadline, Outcome};
 use crate::startup::InitError;
 use health::{Health, Part};
 use queue::{Queue, QueueError};
@@ -220,56 +220,12 @@ pub async fn run(options: Options) -> Result<Arc<Stats>, PollError> {
     options.validate()?;
     let mut config = Config::for_consumer_from_env()?;
     config.source_queue_url = Some(options.queue_url.clone());
-    let aws = crate::secrets::sdk_config().await;
-    let queue = Queue::open(
-        queue::long_poll_client(&aws),
-        options.queue_url.clone(),
-        options.visibility_timeout,
-    )
-    .await?;
-    let dlq_from = if config.dlq_url.is_some() {
-        "DLQ_URL"
-    } else {
-        config.dlq_url = queue.dead_letter_url().await?;
-        if config.dlq_url.is_some() {
-            "the queue's RedrivePolicy"
-        } else {
-            warn!(
-                "no dead-letter queue (no DLQ_URL, no RedrivePolicy on the queue): rejected messages stay in the queue and come back after each visibility timeout"
-            );
-            "none"
-        }
-    };
+    let (queue, dlq_from) = open_queue(&options, &mut config).await?;
     let leases = Arc::new(Leases::default());
     let handler = crate::startup::build_with(&config, Some(Arc::clone(&leases)))
         .await?
         .with_connections(options.concurrency);
-
-    let stuck_after =
-        Duration::from_secs(u64::from(queue::WAIT_SECONDS) + 60) + options.batch_timeout;
-    let health = Arc::new(Health::new(stuck_after));
-    health.queue(Part::Ok);
-    if let Some(addr) = options.health_addr {
-        let listener =
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| PollError::Health {
-                    addr,
-                    cause: e.to_string(),
-                })?;
-        tokio::spawn(health::serve(listener, Arc::clone(&health)));
-        let mut probe = handler.spare_sink().await;
-        let probed = Arc::clone(&health);
-        tokio::spawn(async move {
-            loop {
-                probed.database(match probe.ping().await {
-                    Ok(()) => Part::Ok,
-                    Err(e) => Part::Down(e.to_string()),
-                });
-                tokio::time::sleep(health::PROBE_INTERVAL).await;
-            }
-        });
-    }
+    let health = serve_health(&options, &handler).await?;
 
     use tokio::signal::unix::{SignalKind, signal};
     let mut sigterm =
@@ -347,6 +303,65 @@ pub async fn run(options: Options) -> Result<Arc<Stats>, PollError> {
     Ok(stats)
 }
 
+/// Opens the queue (its attributes) and finds the dead-letter queue:
+/// `DLQ_URL`, or else the queue's `RedrivePolicy` target. Returns the queue
+/// and where the DLQ came from (for the start line).
+async fn open_queue(
+    options: &Options,
+    config: &mut Config,
+) -> Result<(Queue, &'static str), PollError> {
+    let aws = crate::secrets::sdk_config().await;
+    let queue = Queue::open(
+        queue::long_poll_client(&aws),
+        options.queue_url.clone(),
+        options.visibility_timeout,
+    )
+    .await?;
+    if config.dlq_url.is_some() {
+        return Ok((queue, "DLQ_URL"));
+    }
+    config.dlq_url = queue.dead_letter_url().await?;
+    if config.dlq_url.is_some() {
+        return Ok((queue, "the queue's RedrivePolicy"));
+    }
+    warn!(
+        "no dead-letter queue (no DLQ_URL, no RedrivePolicy on the queue): rejected messages stay in the queue and come back after each visibility timeout"
+    );
+    Ok((queue, "none"))
+}
+
+/// The health state, and with `--health-addr` its endpoint and the
+/// database probe (a `SELECT 1` on a connection of its own, every
+/// [`health::PROBE_INTERVAL`]).
+async fn serve_health(options: &Options, handler: &BatchHandler) -> Result<Arc<Health>, PollError> {
+    let stuck_after =
+        Duration::from_secs(u64::from(queue::WAIT_SECONDS) + 60) + options.batch_timeout;
+    let health = Arc::new(Health::new(stuck_after));
+    health.queue(Part::Ok);
+    let Some(addr) = options.health_addr else {
+        return Ok(health);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| PollError::Health {
+            addr,
+            cause: e.to_string(),
+        })?;
+    tokio::spawn(health::serve(listener, Arc::clone(&health)));
+    let mut probe = handler.spare_sink().await;
+    let probed = Arc::clone(&health);
+    tokio::spawn(async move {
+        loop {
+            probed.database(match probe.ping().await {
+                Ok(()) => Part::Ok,
+                Err(e) => Part::Down(e.to_string()),
+            });
+            tokio::time::sleep(health::PROBE_INTERVAL).await;
+        }
+    });
+    Ok(health)
+}
+
 impl Worker {
     /// Gathers and handles batches until `stop`.
     async fn work(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
@@ -388,7 +403,7 @@ impl Worker {
         self.leases.take(handles.iter().cloned()).await;
         let deadline = Instant::now() + self.batch_timeout;
         let handled = {
-            let work = self.handler.handle_batch_until(&batch, Some(deadline));
+            let work = self.handler.handle(&batch, Deadline::at(deadline));
             tokio::pin!(work);
             tokio::select! {
                 result = &mut work => result,
@@ -401,7 +416,7 @@ impl Worker {
         Stats::add(&self.stats.batches, 1);
         self.health.progress();
         match handled {
-            Ok((response, summary)) => {
+            Ok(Outcome { response, summary }) => {
                 let failed: HashSet<&str> = response
                     .batch_item_failures
                     .iter()

@@ -3,7 +3,7 @@
 
 use tokio_postgres::error::SqlState;
 
-use crate::error::SinkError;
+use crate::error::{SinkError, describe};
 
 /// How one database operation failed, by what can be done about it.
 #[derive(Debug)]
@@ -102,25 +102,6 @@ pub(crate) fn connect_refusal_hint(code: &SqlState) -> Option<&'static str> {
         "42501" => "the role may not connect: GRANT CONNECT ON DATABASE to it",
         _ => return None,
     })
-}
-
-/// An error as text without `DETAIL`/`HINT`, which can quote row values.
-/// Other errors (I/O, TLS) get their whole cause chain, which tokio-postgres's
-/// `Display` leaves out.
-pub fn describe(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        return format!("SQLSTATE {}: {}", db.code().code(), db.message());
-    }
-    let mut text = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        let part = c.to_string();
-        if !text.contains(&part) {
-            text = format!("{text}: {part}");
-        }
-        cause = c.source();
-    }
-    text
 }
 
 /// The SQLSTATE in a refusal's text ([`describe_refusal`]); `XXXXX` if none.

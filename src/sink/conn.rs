@@ -14,8 +14,9 @@ use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{Client, NoTls, Socket};
 use tracing::{debug, warn};
 
-use super::classify::{connect_refusal_hint, describe};
+use super::classify::connect_refusal_hint;
 use crate::error::SinkError;
+use crate::error::describe;
 use crate::secrets::Secrets;
 use crate::tls::Tls;
 
@@ -104,7 +105,7 @@ impl Connector {
                             || cause.contains("SSL")
                             || cause.contains("certificate")) =>
                 {
-                    " (check DB_SSLMODE, the CA bundle in DB_CA_BUNDLE or DB_CA_BUNDLE_SECRET_ID (for RDS: the region's bundle, README \"TLS to the database\"), and that the host name matches the server certificate)"
+                    " (check DB_SSLMODE, the CA bundle in DB_CA_BUNDLE or DB_CA_BUNDLE_SECRET_ID (for RDS: the region's bundle, docs/operations.md, \"TLS to the database\"), and that the host name matches the server certificate)"
                 }
                 _ => "",
             };

@@ -16,9 +16,8 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::classify::{Failure, classify};
-use super::insert::{
-    COMMIT_SQL, VaultRows, begin_sql, floor_of, no_answer, refuse_erased, write_vault,
-};
+use super::tx::{XidFloor, begin_sql, no_answer, refuse_erased, vault_and_commit};
+use super::vault::VaultRows;
 use crate::record::LoginRow;
 
 /// The fast path for large batches; see the module documentation.
@@ -107,14 +106,15 @@ impl CopyIn {
         };
     }
 
-    /// Ends the COPY and commits: the rows written and the next xid floor,
-    /// once the server has confirmed the COMMIT.
+    /// Ends the COPY and commits (the erasure check, then the frame's shared
+    /// end: vault entries + COMMIT): the rows written and the next xid
+    /// floor, once the server has confirmed the COMMIT.
     pub(crate) async fn commit(
         mut self,
         client: &Client,
         vault: Option<&VaultRows<'_>>,
         erased_version: i64,
-    ) -> Result<(u64, Option<String>), CopyFailed> {
+    ) -> Result<(u64, Option<XidFloor>), CopyFailed> {
         let before_commit = |failure| CopyFailed {
             failure,
             outcome_unknown: false,
@@ -127,17 +127,16 @@ impl CopyIn {
             Ok(Err(e)) => return Err(before_commit(classify(&e))),
             Err(_) => return Err(before_commit(no_answer(self.bound))),
         };
-        // The vault entries, the erasure check, then the COMMIT, sent together.
+        // The erasure check, then the vault entries and the COMMIT, sent together.
         let end = async {
-            let (vaulted, allowed, committed) = tokio::join!(
-                write_vault(client, vault),
+            let (allowed, ended) = tokio::join!(
                 refuse_erased(client, erased_version),
-                client.simple_query(COMMIT_SQL)
+                vault_and_commit(client, vault)
             );
-            vaulted.and(allowed).and(committed)
+            allowed.and(ended)
         };
         match timeout(self.bound, end).await {
-            Ok(Ok(answer)) => Ok((rows, floor_of(&answer))),
+            Ok(Ok(floor)) => Ok((rows, floor)),
             Ok(Err(e)) => {
                 let failure = classify(&e);
                 // A refusal at COMMIT ended the transaction; a broken

@@ -1,24 +1,25 @@
-//! One INSERT transaction, pipelined into one round trip:
-//! `BEGIN; SET LOCAL ...` + the unnamed `INSERT ... SELECT FROM UNNEST ...
-//! ON CONFLICT DO NOTHING` + `COMMIT`, sent together and answered together.
+//! One INSERT transaction, pipelined into one round trip: the frame's
+//! `BEGIN` and erasure check ([`super::tx`]), the lost-reply recount when
+//! asked, the unnamed `INSERT ... SELECT FROM UNNEST ... ON CONFLICT DO
+//! NOTHING`, then the shared end (vault entries + `COMMIT`), sent together
+//! and answered together.
 //!
-//! Nothing outlives the transaction: the statement is unnamed (Parse ""),
-//! the server-side bounds are `SET LOCAL`, so a transaction-mode pooler may
-//! hand the next transaction to any server connection. Success means the
-//! server answered the COMMIT; an error raised at COMMIT (a deferred
-//! constraint) is a failure like any other.
+//! The statement is unnamed (Parse ""), so nothing outlives the
+//! transaction. Success means the server answered the COMMIT; an error
+//! raised at COMMIT (a deferred constraint) is a failure like any other.
 
 use std::time::Duration;
 
 use chrono::NaiveDate;
 use tokio::time::timeout;
+use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::classify::{Failure, classify};
+use super::tx::{XidFloor, begin_sql, no_answer, refuse_erased, vault_and_commit};
+use super::vault::VaultRows;
 use crate::record::LoginRow;
-use crate::vault::{DataKey, Sealed};
 
 /// The bulk insert: one statement for the whole batch. Arrays are bound as
 /// `varchar[]`, the columns' type: with `text[]` the server coerces every
@@ -37,99 +38,6 @@ pub const INSERT_SQL: &str = "INSERT INTO user_logins \
 const RECOUNT_SQL: &str = "SELECT count(*) FROM user_logins \
     WHERE message_id = ANY($1::varchar[]) AND age(xmin) <= age(xid($2::text::xid8))";
 
-/// `BEGIN` with the server-side bounds of this transaction only, then the
-/// table lock every write takes anyway (ROW EXCLUSIVE), taken first so that
-/// `login-etl forget` (SHARE ROW EXCLUSIVE) either finishes before the
-/// erasure check ([`ERASED_SQL`]) or waits for this transaction to end.
-pub(crate) fn begin_sql(server_bound: Duration) -> String {
-    let ms = server_bound.as_millis().max(1);
-    format!(
-        "BEGIN; SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}; \
-         LOCK TABLE user_logins IN ROW EXCLUSIVE MODE"
-    )
-}
-
-/// The erasure check: raises SQLSTATE `LE001` (the transaction is refused)
-/// when the erasure list has grown past the version the batch was filtered
-/// with (`login-etl forget` erased someone since).
-pub(crate) const ERASED_SQL: &str = "SELECT login_etl_refuse_erased($1::int8)";
-
-/// The erasure check against `known`, the list's version ([`ERASED_SQL`]).
-pub(crate) async fn refuse_erased(
-    client: &Client,
-    known: i64,
-) -> Result<(), tokio_postgres::Error> {
-    client
-        .query_typed(ERASED_SQL, &[(&known, Type::INT8)])
-        .await
-        .map(|_| ())
-}
-
-/// The erasure list and its version, in one statement (one snapshot).
-pub(crate) const ERASED_LIST_SQL: &str =
-    "SELECT coalesce(max(seq), 0), coalesce(array_agg(user_key), '{}') FROM user_logins_erased";
-
-/// `COMMIT`, then the xid floor: the first transaction id not yet assigned,
-/// so a row with a newer `xmin` was written after this commit.
-pub(crate) const COMMIT_SQL: &str = "COMMIT; SELECT pg_snapshot_xmax(pg_current_snapshot())::text";
-
-/// The xid floor from the answer to [`COMMIT_SQL`] (or any query that
-/// selects it).
-pub(crate) fn floor_of(messages: &[SimpleQueryMessage]) -> Option<String> {
-    messages.iter().find_map(|m| match m {
-        SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
-        _ => None,
-    })
-}
-
-/// The data key, stored once per key (its id is derived from the wrapped bytes).
-const VAULT_KEY_SQL: &str = "INSERT INTO user_logins_vault_keys (key_id, kms_key_id, wrapped_key) \
-    VALUES ($1, $2, $3) ON CONFLICT (key_id) DO NOTHING";
-
-/// The vault entries of the rows in the same transaction; an entry another
-/// row or batch stored already is kept as it is.
-const VAULT_SQL: &str = "INSERT INTO user_logins_pii_vault (kind, token, key_id, nonce, ciphertext) \
-    SELECT k, t, $3, n, c FROM UNNEST($1::varchar[], $2::varchar[], $4::bytea[], $5::bytea[]) AS u(k, t, n, c) \
-    ON CONFLICT (kind, token) DO NOTHING";
-
-/// The vault entries one transaction writes beside its rows.
-pub(crate) struct VaultRows<'a> {
-    pub key: &'a DataKey,
-    pub entries: Vec<&'a Sealed>,
-}
-
-/// Writes `vault` (both statements sent at once); nothing without a vault.
-pub(crate) async fn write_vault(
-    client: &Client,
-    vault: Option<&VaultRows<'_>>,
-) -> Result<(), tokio_postgres::Error> {
-    let Some(v) = vault else {
-        return Ok(());
-    };
-    let kinds: Vec<&str> = v.entries.iter().map(|e| e.kind.as_str()).collect();
-    let tokens: Vec<&str> = v.entries.iter().map(|e| e.token.as_str()).collect();
-    let nonces: Vec<&[u8]> = v.entries.iter().map(|e| &e.nonce[..]).collect();
-    let ciphertexts: Vec<&[u8]> = v.entries.iter().map(|e| e.ciphertext.as_slice()).collect();
-    let (key_id, kms_key_id, wrapped) = (v.key.id(), v.key.kms_key_id(), v.key.wrapped());
-    let key_params: [(&(dyn ToSql + Sync), Type); 3] = [
-        (&key_id, Type::VARCHAR),
-        (&kms_key_id, Type::VARCHAR),
-        (&wrapped, Type::BYTEA),
-    ];
-    let entry_params: [(&(dyn ToSql + Sync), Type); 5] = [
-        (&kinds, Type::VARCHAR_ARRAY),
-        (&tokens, Type::VARCHAR_ARRAY),
-        (&key_id, Type::VARCHAR),
-        (&nonces, Type::BYTEA_ARRAY),
-        (&ciphertexts, Type::BYTEA_ARRAY),
-    ];
-    let (stored, written) = tokio::join!(
-        client.execute_typed(VAULT_KEY_SQL, &key_params),
-        client.execute_typed(VAULT_SQL, &entry_params),
-    );
-    stored.and(written).map(|_| ())
-}
-
 /// What one committed INSERT transaction did.
 #[derive(Debug, Default)]
 pub(crate) struct Committed {
@@ -137,7 +45,7 @@ pub(crate) struct Committed {
     /// its lost attempt had already committed.
     pub inserted: u64,
     /// The xid floor for the next transaction of this sink.
-    pub floor: Option<String>,
+    pub floor: Option<XidFloor>,
 }
 
 /// Runs one INSERT transaction for `rows`. With `recount_since` (the floor
@@ -149,12 +57,13 @@ pub(crate) async fn insert_tx(
     erased_version: i64,
     server_bound: Duration,
     client_bound: Duration,
-    recount_since: Option<&str>,
+    recount_since: Option<XidFloor>,
     vault: Option<&VaultRows<'_>>,
 ) -> Result<Committed, Failure> {
     let cols = Columns::from(rows);
     let params = cols.typed_params();
     let begin = begin_sql(server_bound);
+    let since = recount_since.map(XidFloor::to_text);
     // The futures are polled in order, so the messages go out in order, in
     // one write: one round trip for the whole transaction.
     let pipeline = async {
@@ -162,14 +71,11 @@ pub(crate) async fn insert_tx(
             client.batch_execute(&begin),
             refuse_erased(client, erased_version),
             async {
-                match recount_since {
+                match &since {
                     Some(floor) => client
                         .query_typed_one(
                             RECOUNT_SQL,
-                            &[
-                                (&cols.message_id, Type::VARCHAR_ARRAY),
-                                (&floor, Type::TEXT),
-                            ],
+                            &[(&cols.message_id, Type::VARCHAR_ARRAY), (floor, Type::TEXT)],
                         )
                         .await
                         .map(|r| r.get::<_, i64>(0) as u64),
@@ -177,15 +83,13 @@ pub(crate) async fn insert_tx(
                 }
             },
             client.execute_typed(INSERT_SQL, &params),
-            write_vault(client, vault),
-            client.simple_query(COMMIT_SQL),
+            vault_and_commit(client, vault),
         )
     };
-    let (begun, allowed, earlier, inserted, vaulted, committed) =
-        match timeout(client_bound, pipeline).await {
-            Ok(answers) => answers,
-            Err(_) => return Err(no_answer(client_bound)),
-        };
+    let (begun, allowed, earlier, inserted, ended) = match timeout(client_bound, pipeline).await {
+        Ok(answers) => answers,
+        Err(_) => return Err(no_answer(client_bound)),
+    };
     // The first failure in statement order is the cause; after it the server
     // skipped the rest and turned the COMMIT into a ROLLBACK.
     begun.map_err(|e| classify(&e))?;
@@ -195,17 +99,11 @@ pub(crate) async fn insert_tx(
         _ => classify(&e),
     })?;
     let inserted = inserted.map_err(|e| classify(&e))?;
-    vaulted.map_err(|e| classify(&e))?;
-    let floor = floor_of(&committed.map_err(|e| classify(&e))?);
+    let floor = ended.map_err(|e| classify(&e))?;
     Ok(Committed {
         inserted: inserted + earlier,
         floor,
     })
-}
-
-/// A client-side bound ran out: the connection's state is unknown.
-pub(crate) fn no_answer(bound: Duration) -> Failure {
-    Failure::Transient(format!("no answer within {} ms", bound.as_millis()))
 }
 
 /// Column-major parameters for one statement.

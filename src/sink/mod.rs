@@ -3,12 +3,21 @@
 //! (RDS Proxy, PgBouncer) on the same code path.
 //!
 //! One file per concern:
-//! - [`conn`]: opening connections (TLS, credential refresh, startup packet);
-//! - [`budget`]: the batch's deadline, its one reconnect, its conflict retries;
+//! - this file: the sink itself (its connection, the schema check, the
+//!   erasure list) and its entry points;
+//! - [`writer`]: one batch being written: COPY first for large batches,
+//!   else (or on any refusal) the INSERT path;
+//! - [`bisect`]: the INSERT path's policy: bisection around refused rows,
+//!   retries, reconnects, the lost-reply recount;
 //! - [`insert`]: one pipelined INSERT transaction (one round trip);
 //! - [`copy`]: the COPY fast path for large batches, in its own transaction;
-//! - [`classify`]: SQLSTATE classes and error text without row values;
-//! - this file: the policy that ties them together.
+//! - [`tx`]: the frame both share: `BEGIN`, the erasure check, the end
+//!   (vault entries + `COMMIT`), the xid floor;
+//! - [`vault`]: the PII vault's SQL (the entries of a transaction's rows);
+//! - [`conn`]: opening connections (TLS, credential refresh, startup packet);
+//! - [`budget`]: the batch's deadline, its one reconnect, its conflict retries;
+//! - [`classify`]: SQLSTATE classes (error text without row values is
+//!   [`crate::error::describe`]).
 //!
 //! Guarantees (design.md section 3):
 //! - every write is an explicit transaction, and rows count as written only
@@ -32,28 +41,31 @@
 //!   exactly once; the schema guard refuses to write without a valid unique
 //!   index on `message_id`.
 
+mod bisect;
 mod budget;
 mod classify;
 mod conn;
 mod copy;
 mod insert;
+mod tx;
+mod vault;
+mod writer;
 
 use std::collections::HashSet;
-use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::time::timeout;
 use tokio_postgres::Client;
-use tracing::{debug, trace, warn};
+use tracing::warn;
 
 pub use budget::{Budget, CONFLICT_RETRIES, DEADLINE_MARGIN};
-pub use classify::describe;
 pub use copy::{COPY_SQL, COPY_TYPES, CopyIn};
 pub use insert::INSERT_SQL;
+pub use writer::BatchWriter;
 
 use crate::config::DbConfig;
-use crate::error::SinkError;
+use crate::error::{SinkError, describe};
 use crate::record::LoginRow;
 use crate::schema;
 use crate::secrets::Secrets;
@@ -61,7 +73,7 @@ use crate::tls::Tls;
 use crate::vault::VaultWrite;
 use classify::Failure;
 use conn::Connector;
-use insert::VaultRows;
+use tx::XidFloor;
 
 /// Batches at least this large try COPY first. Below it the INSERT's single
 /// round trip wins (COPY needs three); see benches/batch_pg.rs.
@@ -102,10 +114,9 @@ pub struct PgSink {
     schema_checked: bool,
     /// Whether the PII vault's tables must exist too.
     vault: bool,
-    /// The xid floor after the last confirmed transaction (see
-    /// [`insert::COMMIT_SQL`]): after a lost reply, rows newer than it are
-    /// this sink's own.
-    floor: Option<String>,
+    /// The xid floor after the last confirmed transaction: after a lost
+    /// reply, rows newer than it are this sink's own.
+    floor: Option<XidFloor>,
     /// The erasure list and its version (see [`PgSink::erased_users`]).
     erased: Option<(i64, Arc<HashSet<String>>)>,
 }
@@ -269,7 +280,7 @@ impl PgSink {
         let budget = Budget::new(deadline);
         let bound = budget.bound(self.per_operation(), OP)?;
         let client = self.client(&budget).await?;
-        let row = timeout(bound, client.query_typed_one(insert::ERASED_LIST_SQL, &[]))
+        let row = timeout(bound, client.query_typed_one(tx::ERASED_LIST_SQL, &[]))
             .await
             .map_err(|_| SinkError::Transient {
                 op: OP,
@@ -294,30 +305,6 @@ impl PgSink {
         self.erased = None;
     }
 
-    /// Starts writing a batch of about `expected_rows` rows that must be done
-    /// by `deadline` (the invocation's). Large batches open a COPY that
-    /// [`BatchWriter::push`] feeds while the caller transforms the next rows.
-    pub async fn start_batch(
-        &mut self,
-        expected_rows: usize,
-        deadline: Option<Instant>,
-    ) -> Result<BatchWriter<'_>, SinkError> {
-        let mut budget = Budget::new(deadline);
-        let copy_tried = expected_rows >= COPY_MIN_ROWS;
-        let copy = if copy_tried {
-            self.begin_copy(&mut budget).await?
-        } else {
-            None
-        };
-        Ok(BatchWriter {
-            sink: self,
-            budget,
-            copy,
-            copy_tried,
-            pushed: 0,
-        })
-    }
-
     /// Client-side bound of one operation: the server's bound plus room to connect.
     fn per_operation(&self) -> Duration {
         self.settings.statement_timeout + self.settings.connect_timeout
@@ -337,7 +324,8 @@ impl PgSink {
             let limit = budget.bound(self.settings.connect_timeout, "connecting to PostgreSQL")?;
             let client = self.connector.open(limit).await?;
             if !self.schema_checked {
-                self.floor = schema::check(&client, self.per_operation(), self.vault).await?;
+                let floor = schema::check(&client, self.per_operation(), self.vault).await?;
+                self.floor = floor.as_deref().and_then(XidFloor::parse);
                 self.schema_checked = true;
             }
             self.client = Some(client);
@@ -374,277 +362,5 @@ impl PgSink {
         {
             self.client = None;
         }
-    }
-
-    async fn begin_copy(&mut self, budget: &mut Budget) -> Result<Option<CopyIn>, SinkError> {
-        const OP: &str = "starting the COPY";
-        let bound = budget.bound(self.per_operation(), OP)?;
-        let server = self.server_bound(bound);
-        let failure = match self.client(budget).await {
-            Ok(client) => match CopyIn::begin(client, server, bound).await {
-                Ok(copy) => return Ok(Some(copy)),
-                Err(failure) => failure,
-            },
-            Err(e) if e.is_retryable() && !matches!(e, SinkError::Deadline { .. }) => {
-                Failure::Transient(e.to_string())
-            }
-            Err(e) => return Err(e),
-        };
-        self.copy_failed(failure, budget, OP).await?;
-        Ok(None)
-    }
-
-    /// Commits the COPY: `Ok(report)` when every row went in; otherwise the
-    /// rows must take the INSERT path, with the xid floor to recount from
-    /// when the COMMIT's outcome is unknown.
-    async fn end_copy(
-        &mut self,
-        copy: CopyIn,
-        budget: &mut Budget,
-        vault: Option<VaultRows<'_>>,
-        erased_version: i64,
-    ) -> Result<Result<InsertReport, Option<String>>, SinkError> {
-        let floor_before = self.floor.clone();
-        let Some(client) = self.client.as_ref() else {
-            return Ok(Err(None));
-        };
-        match copy.commit(client, vault.as_ref(), erased_version).await {
-            Ok((inserted, floor)) => {
-                if floor.is_some() {
-                    self.floor = floor;
-                }
-                Ok(Ok(InsertReport {
-                    inserted,
-                    statements: 1,
-                    copied: true,
-                    ..InsertReport::default()
-                }))
-            }
-            Err(failed) => {
-                self.copy_failed(failed.failure, budget, "committing the COPY")
-                    .await?;
-                Ok(Err(floor_before.filter(|_| failed.outcome_unknown)))
-            }
-        }
-    }
-
-    async fn copy_failed(
-        &mut self,
-        failure: Failure,
-        budget: &mut Budget,
-        op: &'static str,
-    ) -> Result<(), SinkError> {
-        match failure {
-            Failure::Transient(cause) => return self.reconnect_or_fail(budget, op, cause).await,
-            // A refused or duplicate row, a conflict; or permissions / schema,
-            // which the INSERT path reports with its hint.
-            Failure::Row(why) | Failure::Conflict(why) => {
-                debug!(error = %why, "COPY refused; inserting with ON CONFLICT instead")
-            }
-            Failure::Fatal(e) => debug!(error = %e, "COPY failed; inserting instead"),
-            Failure::RecountDenied => debug!("COPY failed; inserting instead"),
-            // The INSERT path meets the same refusal and reports it.
-            Failure::Erased => debug!("COPY refused: the batch holds an erased user"),
-        }
-        self.rollback().await;
-        Ok(())
-    }
-
-    /// The INSERT path: the rows in one transaction, bisecting around refused
-    /// rows. With `preserve_order` (FIFO) it stops at the first refused row:
-    /// every row before it is committed, none after it is attempted.
-    /// `recount_since`: the xid floor before an attempt whose outcome is
-    /// unknown (see [`insert::insert_tx`]).
-    async fn insert_rows(
-        &mut self,
-        rows: &[LoginRow<'_>],
-        erased_version: i64,
-        preserve_order: bool,
-        budget: &mut Budget,
-        recount_since: Option<String>,
-        vault: Option<VaultWrite<'_>>,
-    ) -> Result<InsertReport, SinkError> {
-        const OP: &str = "inserting the batch";
-        let mut report = InsertReport::default();
-        let mut committed = 0usize;
-        // Ranges to try, popped in batch order (right half pushed first).
-        let mut todo: Vec<(Range<usize>, Option<String>)> = vec![(0..rows.len(), recount_since)];
-        while let Some((range, recount)) = todo.pop() {
-            if range.is_empty() {
-                continue;
-            }
-            let bound = budget.bound(self.per_operation(), OP)?;
-            let server = self.server_bound(bound);
-            report.statements += 1;
-            trace!(first = range.start, rows = range.len(), "inserting");
-            if let Err(e) = self.client(budget).await {
-                if !e.is_retryable() || matches!(e, SinkError::Deadline { .. }) {
-                    return Err(e);
-                }
-                // Nothing was sent: nothing to recount.
-                self.reconnect_or_fail(budget, OP, e.to_string()).await?;
-                todo.push((range, recount));
-                continue;
-            }
-            // The floor this attempt is recounted from, were its reply lost
-            // (read after connecting: the first connection sets it).
-            let since = recount.clone().or_else(|| self.floor.clone());
-            let client = self.client.as_ref().expect("connected above");
-            // The vault entries of exactly these rows commit with them.
-            let vault_rows = vault.map(|v| VaultRows {
-                key: v.key,
-                entries: v.batch.entries_for(range.clone()),
-            });
-            let attempt = insert::insert_tx(
-                client,
-                &rows[range.clone()],
-                erased_version,
-                server,
-                bound,
-                recount.as_deref(),
-                vault_rows.as_ref(),
-            )
-            .await;
-            match attempt {
-                Ok(done) => {
-                    report.inserted += done.inserted;
-                    committed += range.len();
-                    if done.floor.is_some() {
-                        self.floor = done.floor;
-                    }
-                }
-                Err(Failure::Row(why)) if range.len() == 1 => {
-                    warn!(
-                        message_id = rows[range.start].message_id,
-                        error = %why,
-                        "row refused by the database"
-                    );
-                    report.refused.push(range.start);
-                    report.refused_codes.push(classify::sqlstate_of(&why));
-                    if preserve_order {
-                        // Rows after it stay unattempted; the caller reports them.
-                        break;
-                    }
-                }
-                Err(Failure::Row(_)) => {
-                    let mid = range.start + range.len() / 2;
-                    todo.push((mid..range.end, recount.clone()));
-                    todo.push((range.start..mid, recount));
-                }
-                Err(Failure::Conflict(cause)) => {
-                    if !budget.take_conflict_retry() {
-                        return Err(SinkError::Transient {
-                            op: "inserting the batch (conflicts with other transactions kept recurring)",
-                            cause,
-                        });
-                    }
-                    debug!(error = %cause, "conflict with another transaction; retrying on the same connection");
-                    tokio::time::sleep(CONFLICT_PAUSE).await;
-                    todo.push((range, recount));
-                }
-                Err(Failure::Transient(cause)) => {
-                    // The COMMIT may have landed: recount from before it.
-                    self.reconnect_or_fail(budget, OP, cause).await?;
-                    todo.push((range, since));
-                }
-                Err(Failure::Fatal(e)) => return Err(e),
-                Err(Failure::Erased) => {
-                    self.rollback().await;
-                    return Err(SinkError::UsersErased);
-                }
-                Err(Failure::RecountDenied) => {
-                    warn!(
-                        "the database role may not read user_logins.xmin, so rows a lost attempt committed count as duplicates; GRANT SELECT (message_id, xmin) ON user_logins to count them as inserted"
-                    );
-                    todo.push((range, None));
-                }
-            }
-        }
-        report.duplicates = (committed as u64).saturating_sub(report.inserted);
-        Ok(report)
-    }
-}
-
-/// One batch being written: see [`PgSink::start_batch`].
-pub struct BatchWriter<'s> {
-    sink: &'s mut PgSink,
-    budget: Budget,
-    copy: Option<CopyIn>,
-    copy_tried: bool,
-    /// Rows handed to the COPY.
-    pushed: usize,
-}
-
-impl BatchWriter<'_> {
-    /// Hands one row to the COPY, if one is open (the rows given to
-    /// [`finish`](Self::finish) must be these, or a prefix of them: then
-    /// the COPY is abandoned and the prefix takes the INSERT path).
-    pub async fn push(&mut self, row: &LoginRow<'_>) {
-        if let Some(copy) = self.copy.as_mut() {
-            copy.write(row).await;
-            self.pushed += 1;
-        }
-    }
-
-    /// Commits the batch: the COPY if one is open and every row went in,
-    /// else `rows` by the INSERT path. With `vault`, each transaction also
-    /// writes the vault entries of its rows (`vault.batch` was filled in
-    /// the order of `rows`), so a row never commits without them.
-    ///
-    /// `erased_version` is the version of the erasure list the rows were
-    /// filtered with ([`PgSink::erased_users`]): if the list has changed
-    /// since, the transaction is refused with nothing written
-    /// ([`SinkError::UsersErased`]) and the caller filters again.
-    pub async fn finish(
-        mut self,
-        rows: &[LoginRow<'_>],
-        erased_version: i64,
-        preserve_order: bool,
-        vault: Option<VaultWrite<'_>>,
-    ) -> Result<InsertReport, SinkError> {
-        let mut recount_since = None;
-        if self.copy.is_some() && self.pushed != rows.len() {
-            // The caller held back rows it had already streamed (a FIFO
-            // batch whose rejected record's DLQ copy was refused): the COPY
-            // holds rows that must not commit. Dropping it aborts it
-            // (CopyFail); the INSERT path writes `rows`.
-            debug!(
-                pushed = self.pushed,
-                rows = rows.len(),
-                "COPY abandoned; inserting the rows kept"
-            );
-            drop(self.copy.take());
-            self.sink.rollback().await;
-        }
-        if let Some(copy) = self.copy.take() {
-            let vault_rows = vault.map(|v| VaultRows {
-                key: v.key,
-                entries: v.batch.entries_for(0..rows.len()),
-            });
-            match self
-                .sink
-                .end_copy(copy, &mut self.budget, vault_rows, erased_version)
-                .await?
-            {
-                Ok(report) => return Ok(report),
-                Err(floor) => recount_since = floor,
-            }
-        }
-        if rows.is_empty() {
-            return Ok(InsertReport::default());
-        }
-        let mut report = self
-            .sink
-            .insert_rows(
-                rows,
-                erased_version,
-                preserve_order,
-                &mut self.budget,
-                recount_since,
-                vault,
-            )
-            .await?;
-        report.statements += u32::from(self.copy_tried);
-        Ok(report)
     }
 }

@@ -8,7 +8,7 @@ use aws_lambda_events::event::sqs::SqsEvent;
 use hmac::{Hmac, KeyInit, Mac};
 use login_etl::config::DbConfig;
 use login_etl::grants::Role;
-use login_etl::{BatchHandler, Config, startup};
+use login_etl::{BatchHandler, Config, Deadline, SqsBatch, startup};
 use sha2::Sha256;
 use tokio_postgres::{Client, NoTls};
 
@@ -243,7 +243,11 @@ pub fn expected_failures(event: &SqsEvent) -> Vec<String> {
 
 /// Handles `event` and asserts that no record failed.
 pub async fn handle_all_ok(h: &BatchHandler, event: &SqsEvent) {
-    let resp = h.handle(event).await.expect("the invocation succeeds");
+    let resp = h
+        .handle(&SqsBatch::from(event), Deadline::NONE)
+        .await
+        .map(|o| o.response)
+        .expect("the invocation succeeds");
     assert!(
         resp.batch_item_failures.is_empty(),
         "unexpected failures: {:?}",

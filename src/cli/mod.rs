@@ -1,4 +1,5 @@
-//! The command line of the `login-etl` binary (clap, derive).
+//! The command line of the `login-etl` binary (clap, derive), and what each
+//! command does ([`run`], in `commands.rs`).
 //!
 //! Without a command the binary is the Lambda function: it serves
 //! invocations from the Lambda Runtime API. The commands are the operators'
@@ -13,12 +14,16 @@
 //! from the doc comments below, with one definition shared by the binary
 //! and `examples/gen_events.rs`. Its default features that only add size
 //! (colours, suggestions) are off; its size in the arm64 artifact was not
-//! measured apart from the rest (README, "Performance").
+//! measured apart from the rest (docs/performance.md).
+
+mod commands;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::grants::Role;
 use crate::synth::Options;
+
+pub use commands::run;
 
 /// Exit code of a usage error, and of the bare binary outside Lambda.
 pub const EXIT_USAGE: u8 = 2;
@@ -34,7 +39,7 @@ pub const EXIT_NOT_FOUND: u8 = 3;
     long_about = "SQS login events -> validated, PII-masked rows in PostgreSQL.\n\n\
         Without a command, serves Lambda invocations (AWS_LAMBDA_RUNTIME_API must be set: \
         in Lambda, or under `cargo lambda watch`). The commands are operator tools; \
-        they read the same environment variables as the function (README, Configuration).",
+        they read the same environment variables as the function (docs/operations.md, Configuration).",
     after_help = "Exit codes: 0 success, 1 error, 2 usage error (or no command outside Lambda), \
         3 reveal found nothing."
 )]

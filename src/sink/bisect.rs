@@ -1,0 +1,193 @@
+//! The INSERT path's policy, one part per reason to change:
+//! - [`PgSink::insert_rows`]: bisection around refused rows (and the FIFO
+//!   stop at the first one), one transaction per range;
+//! - [`PgSink::try_range`]: one attempt at a range: its connection, its
+//!   vault entries, the floor to recount from were its reply lost;
+//! - [`PgSink::after_failure`]: the retry policy (split, retry, reconnect,
+//!   give up) for each kind of [`Failure`].
+
+use std::ops::Range;
+
+use tracing::{debug, trace, warn};
+
+use super::budget::Budget;
+use super::classify::{self, Failure};
+use super::insert;
+use super::tx::XidFloor;
+use super::vault::VaultRows;
+use super::{CONFLICT_PAUSE, InsertReport, PgSink};
+use crate::error::SinkError;
+use crate::record::LoginRow;
+use crate::vault::VaultWrite;
+
+const OP: &str = "inserting the batch";
+
+/// What becomes of a range after one attempt.
+enum Next {
+    /// Committed: the rows this invocation wrote.
+    Committed(u64),
+    /// Its one row was refused, for this reason (SQLSTATE and constraint).
+    Refused(String),
+    /// Some row in it was refused: try each half.
+    Split,
+    /// Try it again, recounting from this floor (the lost attempt's) if any.
+    Retry(Option<XidFloor>),
+}
+
+/// One range of the batch still to write, and the floor to recount it from.
+type Todo = (Range<usize>, Option<XidFloor>);
+
+impl PgSink {
+    /// The INSERT path: the rows in one transaction, bisecting around refused
+    /// rows (k bad rows in n cost O(k log n) transactions). With
+    /// `preserve_order` (FIFO) it stops at the first refused row: every row
+    /// before it is committed, none after it is attempted. `recount_since`:
+    /// the xid floor before an attempt whose outcome is unknown (see
+    /// [`insert::insert_tx`]).
+    pub(super) async fn insert_rows(
+        &mut self,
+        rows: &[LoginRow<'_>],
+        erased_version: i64,
+        preserve_order: bool,
+        budget: &mut Budget,
+        recount_since: Option<XidFloor>,
+        vault: Option<VaultWrite<'_>>,
+    ) -> Result<InsertReport, SinkError> {
+        let mut report = InsertReport::default();
+        let mut committed = 0usize;
+        // Ranges to try, popped in batch order (right half pushed first).
+        let mut todo: Vec<Todo> = vec![(0..rows.len(), recount_since)];
+        while let Some((range, recount)) = todo.pop() {
+            if range.is_empty() {
+                continue;
+            }
+            report.statements += 1;
+            let attempt = (range.clone(), recount);
+            match self
+                .try_range(rows, attempt, erased_version, budget, vault)
+                .await?
+            {
+                Next::Committed(inserted) => {
+                    report.inserted += inserted;
+                    committed += range.len();
+                }
+                Next::Refused(why) => {
+                    warn!(
+                        message_id = rows[range.start].message_id,
+                        error = %why,
+                        "row refused by the database"
+                    );
+                    report.refused.push(range.start);
+                    report.refused_codes.push(classify::sqlstate_of(&why));
+                    if preserve_order {
+                        // Rows after it stay unattempted; the caller reports them.
+                        break;
+                    }
+                }
+                Next::Split => {
+                    let mid = range.start + range.len() / 2;
+                    todo.push((mid..range.end, recount));
+                    todo.push((range.start..mid, recount));
+                }
+                Next::Retry(since) => todo.push((range, since)),
+            }
+        }
+        report.duplicates = (committed as u64).saturating_sub(report.inserted);
+        Ok(report)
+    }
+
+    /// One INSERT transaction for `rows[range]`, with the vault entries of
+    /// exactly those rows, and what the policy makes of its outcome.
+    async fn try_range(
+        &mut self,
+        rows: &[LoginRow<'_>],
+        (range, recount): Todo,
+        erased_version: i64,
+        budget: &mut Budget,
+        vault: Option<VaultWrite<'_>>,
+    ) -> Result<Next, SinkError> {
+        let bound = budget.bound(self.per_operation(), OP)?;
+        let server = self.server_bound(bound);
+        trace!(first = range.start, rows = range.len(), "inserting");
+        if let Err(e) = self.client(budget).await {
+            if !e.is_retryable() || matches!(e, SinkError::Deadline { .. }) {
+                return Err(e);
+            }
+            // Nothing was sent: nothing new to recount.
+            self.reconnect_or_fail(budget, OP, e.to_string()).await?;
+            return Ok(Next::Retry(recount));
+        }
+        // The floor this attempt is recounted from, were its reply lost
+        // (read after connecting: the first connection sets it).
+        let since = recount.or(self.floor);
+        let client = self.client.as_ref().expect("connected above");
+        let vault_rows = vault.map(|v| VaultRows::of(v, range.clone()));
+        let attempt = insert::insert_tx(
+            client,
+            &rows[range.clone()],
+            erased_version,
+            server,
+            bound,
+            recount,
+            vault_rows.as_ref(),
+        )
+        .await;
+        match attempt {
+            Ok(done) => {
+                if done.floor.is_some() {
+                    self.floor = done.floor;
+                }
+                Ok(Next::Committed(done.inserted))
+            }
+            Err(failure) => {
+                let single = range.len() == 1;
+                self.after_failure(failure, single, recount, since, budget)
+                    .await
+            }
+        }
+    }
+
+    /// The retry policy for a failed attempt at a range (`single`: of one
+    /// row). `recount` is the floor the attempt was recounting from, `since`
+    /// the floor before it: a retry after a lost reply recounts from there.
+    async fn after_failure(
+        &mut self,
+        failure: Failure,
+        single: bool,
+        recount: Option<XidFloor>,
+        since: Option<XidFloor>,
+        budget: &mut Budget,
+    ) -> Result<Next, SinkError> {
+        match failure {
+            Failure::Row(why) if single => Ok(Next::Refused(why)),
+            Failure::Row(_) => Ok(Next::Split),
+            Failure::Conflict(cause) => {
+                if !budget.take_conflict_retry() {
+                    return Err(SinkError::Transient {
+                        op: "inserting the batch (conflicts with other transactions kept recurring)",
+                        cause,
+                    });
+                }
+                debug!(error = %cause, "conflict with another transaction; retrying on the same connection");
+                tokio::time::sleep(CONFLICT_PAUSE).await;
+                Ok(Next::Retry(recount))
+            }
+            Failure::Transient(cause) => {
+                // The COMMIT may have landed: recount from before it.
+                self.reconnect_or_fail(budget, OP, cause).await?;
+                Ok(Next::Retry(since))
+            }
+            Failure::Fatal(e) => Err(e),
+            Failure::Erased => {
+                self.rollback().await;
+                Err(SinkError::UsersErased)
+            }
+            Failure::RecountDenied => {
+                warn!(
+                    "the database role may not read user_logins.xmin, so rows a lost attempt committed count as duplicates; GRANT SELECT (message_id, xmin) ON user_logins to count them as inserted"
+                );
+                Ok(Next::Retry(None))
+            }
+        }
+    }
+}

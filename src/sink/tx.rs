@@ -1,0 +1,117 @@
+//! The frame every write transaction shares, INSERT and COPY alike: its
+//! `BEGIN` (server-side bounds, the table lock), the erasure check, and its
+//! end (the vault entries of its rows, then `COMMIT` and the next xid floor).
+//!
+//! Nothing outlives the transaction: the server-side bounds are `SET LOCAL`,
+//! so a transaction-mode pooler may hand the next transaction to any server
+//! connection. Success means the server answered the COMMIT.
+
+use std::time::Duration;
+
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use super::classify::Failure;
+use super::vault::{self, VaultRows};
+
+/// `BEGIN` with the server-side bounds of this transaction only, then the
+/// table lock every write takes anyway (ROW EXCLUSIVE), taken first so that
+/// `login-etl forget` (SHARE ROW EXCLUSIVE) either finishes before the
+/// erasure check ([`ERASED_SQL`]) or waits for this transaction to end.
+pub(crate) fn begin_sql(server_bound: Duration) -> String {
+    let ms = server_bound.as_millis().max(1);
+    format!(
+        "BEGIN; SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}; \
+         LOCK TABLE user_logins IN ROW EXCLUSIVE MODE"
+    )
+}
+
+/// The erasure check: raises SQLSTATE `LE001` (the transaction is refused)
+/// when the erasure list has grown past the version the batch was filtered
+/// with (`login-etl forget` erased someone since).
+pub(crate) const ERASED_SQL: &str = "SELECT login_etl_refuse_erased($1::int8)";
+
+/// The erasure check against `known`, the list's version ([`ERASED_SQL`]).
+pub(crate) async fn refuse_erased(
+    client: &Client,
+    known: i64,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .query_typed(ERASED_SQL, &[(&known, Type::INT8)])
+        .await
+        .map(|_| ())
+}
+
+/// The erasure list and its version, in one statement (one snapshot).
+pub(crate) const ERASED_LIST_SQL: &str =
+    "SELECT coalesce(max(seq), 0), coalesce(array_agg(user_key), '{}') FROM user_logins_erased";
+
+/// `COMMIT`, then the xid floor: the first transaction id not yet assigned,
+/// so a row with a newer `xmin` was written after this commit.
+pub(crate) const COMMIT_SQL: &str = "COMMIT; SELECT pg_snapshot_xmax(pg_current_snapshot())::text";
+
+/// The end of every write transaction: the vault entries of its rows, then
+/// [`COMMIT_SQL`], sent together (and with whatever the caller sent before,
+/// in one round trip). A failed vault statement turns the COMMIT into a
+/// ROLLBACK, so a row never commits without its entries. The error is the
+/// first in statement order; the caller's policy decides what it means (see
+/// [`Failure`]: a transient one leaves the COMMIT's outcome unknown).
+pub(crate) async fn vault_and_commit(
+    client: &Client,
+    vault: Option<&VaultRows<'_>>,
+) -> Result<Option<XidFloor>, tokio_postgres::Error> {
+    let (vaulted, committed) =
+        tokio::join!(vault::write(client, vault), client.simple_query(COMMIT_SQL));
+    vaulted?;
+    Ok(XidFloor::from_answer(&committed?))
+}
+
+/// The xid floor after a confirmed transaction of this sink: the first
+/// transaction id not yet assigned then. After a lost COMMIT reply, the
+/// batch's rows whose `xmin` is at or past the floor taken before the lost
+/// attempt are this sink's own (see `insert::RECOUNT_SQL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct XidFloor(u64);
+
+impl XidFloor {
+    /// A floor from its text form (an `xid8` printed by the server).
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        text.parse().ok().map(Self)
+    }
+
+    /// The floor in the answer to [`COMMIT_SQL`] (or any query that selects it).
+    fn from_answer(messages: &[SimpleQueryMessage]) -> Option<Self> {
+        messages.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(0).and_then(Self::parse),
+            _ => None,
+        })
+    }
+
+    /// The text the recount binds (`$2::text::xid8`).
+    pub(crate) fn to_text(self) -> String {
+        self.0.to_string()
+    }
+}
+
+/// A client-side bound ran out: the connection's state is unknown.
+pub(crate) fn no_answer(bound: Duration) -> Failure {
+    Failure::Transient(format!("no answer within {} ms", bound.as_millis()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_floor_is_the_servers_xid8_text_and_nothing_else() {
+        let floor = XidFloor::parse("18446744073709551615").expect("the largest xid8");
+        assert_eq!(floor.to_text(), "18446744073709551615");
+        assert_eq!(
+            XidFloor::parse("123").map(XidFloor::to_text).as_deref(),
+            Some("123")
+        );
+        for bad in ["", "-1", "12a", "18446744073709551616"] {
+            assert_eq!(XidFloor::parse(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! The PII vault's writes: the data key and the sealed entries of a
+//! transaction's rows, in that transaction (see [`crate::vault`] for the
+//! encryption, `tx::vault_and_commit` for where they are sent).
+
+use tokio_postgres::Client;
+use tokio_postgres::types::{ToSql, Type};
+
+use std::ops::Range;
+
+use crate::vault::{DataKey, Sealed, VaultWrite};
+
+/// The data key, stored once per key (its id is derived from the wrapped bytes).
+const VAULT_KEY_SQL: &str = "INSERT INTO user_logins_vault_keys (key_id, kms_key_id, wrapped_key) \
+    VALUES ($1, $2, $3) ON CONFLICT (key_id) DO NOTHING";
+
+/// The vault entries of the rows in the same transaction; an entry another
+/// row or batch stored already is kept as it is.
+const VAULT_SQL: &str = "INSERT INTO user_logins_pii_vault (kind, token, key_id, nonce, ciphertext) \
+    SELECT k, t, $3, n, c FROM UNNEST($1::varchar[], $2::varchar[], $4::bytea[], $5::bytea[]) AS u(k, t, n, c) \
+    ON CONFLICT (kind, token) DO NOTHING";
+
+/// The vault entries one transaction writes beside its rows.
+pub(crate) struct VaultRows<'a> {
+    /// The data key the entries are sealed under.
+    pub key: &'a DataKey,
+    /// The entries of exactly the transaction's rows.
+    pub entries: Vec<&'a Sealed>,
+}
+
+impl<'a> VaultRows<'a> {
+    /// The entries of the batch's rows `rows` (indices in the order the
+    /// vault batch was filled), for the transaction that writes those rows.
+    pub(crate) fn of(write: VaultWrite<'a>, rows: Range<usize>) -> Self {
+        Self {
+            key: write.key,
+            entries: write.batch.entries_for(rows),
+        }
+    }
+}
+
+/// Writes `vault` (both statements sent at once); nothing without a vault.
+pub(crate) async fn write(
+    client: &Client,
+    vault: Option<&VaultRows<'_>>,
+) -> Result<(), tokio_postgres::Error> {
+    let Some(v) = vault else {
+        return Ok(());
+    };
+    let kinds: Vec<&str> = v.entries.iter().map(|e| e.kind.as_str()).collect();
+    let tokens: Vec<&str> = v.entries.iter().map(|e| e.token.as_str()).collect();
+    let nonces: Vec<&[u8]> = v.entries.iter().map(|e| &e.nonce[..]).collect();
+    let ciphertexts: Vec<&[u8]> = v.entries.iter().map(|e| e.ciphertext.as_slice()).collect();
+    let (key_id, kms_key_id, wrapped) = (v.key.id(), v.key.kms_key_id(), v.key.wrapped());
+    let key_params: [(&(dyn ToSql + Sync), Type); 3] = [
+        (&key_id, Type::VARCHAR),
+        (&kms_key_id, Type::VARCHAR),
+        (&wrapped, Type::BYTEA),
+    ];
+    let entry_params: [(&(dyn ToSql + Sync), Type); 5] = [
+        (&kinds, Type::VARCHAR_ARRAY),
+        (&tokens, Type::VARCHAR_ARRAY),
+        (&key_id, Type::VARCHAR),
+        (&nonces, Type::BYTEA_ARRAY),
+        (&ciphertexts, Type::BYTEA_ARRAY),
+    ];
+    let (stored, written) = tokio::join!(
+        client.execute_typed(VAULT_KEY_SQL, &key_params),
+        client.execute_typed(VAULT_SQL, &entry_params),
+    );
+    stored.and(written).map(|_| ())
+}
