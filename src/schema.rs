@@ -24,7 +24,8 @@ pub const MIGRATION_SQL: &str = concat!(
 pub const MIGRATION_LOCK_KEY: i64 = 0x4C4F_4749_4E45_544C;
 
 /// What the catalog says about `user_logins`, read without taking any lock
-/// on the table, and the xid floor (see `sink::insert`).
+/// on the table, and the xid floor (as text; the sink parses it, see
+/// `sink::tx::XidFloor`).
 const INSPECT_SQL: &str = "SELECT \
     to_regclass('user_logins') IS NOT NULL, \
     (SELECT count(*) = 2 FROM pg_attribute WHERE attrelid = to_regclass('user_logins') \
@@ -49,7 +50,7 @@ pub struct SchemaState {
     /// It has a valid, ready, unique, non-partial index on `message_id`
     /// alone: what `ON CONFLICT (message_id)` needs to never double a row.
     pub unique_index: bool,
-    /// The first transaction id not yet assigned.
+    /// The first transaction id not yet assigned (an `xid8` as text).
     pub floor: Option<String>,
     /// The PII vault's tables exist.
     pub vault: bool,
