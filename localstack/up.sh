@@ -38,7 +38,8 @@ mkdir -p "$state/fs"
 # counting each receive (the outage test in tests/test_localstack_e2e.py
 # depends on it).
 echo "==> starting LocalStack on 127.0.0.1:$port (log: $log)"
-# Every setting below is documented in ../shared/design.md section 5 and the README.
+# Every setting below is documented in ../shared/design.md section 5; docs/development.md
+# (LocalStack, without Docker) explains the host executor.
 env OVERRIDE_IN_DOCKER=0 \
   FILESYSTEM_ROOT="$PWD/$state/fs" \
   GATEWAY_LISTEN="127.0.0.1:$port" \

@@ -316,7 +316,7 @@ def _executor_class():
             if machine is not None and machine != HOST_MACHINE:
                 raise LambdaRuntimeException(
                     f"bootstrap is built for {machine} but this host is {HOST_MACHINE}: "
-                    f"package a bootstrap built for the host (see the README, LocalStack section)"
+                    f"package a bootstrap built for the host (see docs/development.md, section LocalStack)"
                 )
             bootstrap.chmod(0o755)
 

@@ -183,7 +183,7 @@ pub async fn connect(url: &str) -> Client {
     let (client, conn) = tokio_postgres::connect(url, NoTls)
         .await
         .unwrap_or_else(|e| {
-            panic!("cannot connect to the test PostgreSQL ({e}); is it running? see README")
+            panic!("cannot connect to the test PostgreSQL ({e}); is it running? set LOGIN_ETL_TEST_PG to reach it, see docs/testing.md")
         });
     tokio::spawn(conn);
     client
