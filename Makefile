@@ -44,6 +44,8 @@ FUZZ_FLAGS    ?=
 # Local PostgreSQL: the server tests create their throwaway databases on, and
 # the database that demo/watch/migrate use.
 PG_ADMIN_URL  ?= postgres://postgres@127.0.0.1:5432/postgres
+# Stops a target that needs PostgreSQL with what to do, before anything connects.
+PG_REACHABLE = pg_isready -d "$(PG_ADMIN_URL)" -q || { echo "PostgreSQL is not reachable at $(PG_ADMIN_URL): start it (Debian: pg_ctlcluster <version> main start) or set PG_ADMIN_URL"; exit 1; }
 DATABASE_URL  ?= postgres://postgres@127.0.0.1:5432/login_etl
 # Local masking key, generated once (never committed); production reads it
 # from Secrets Manager.
@@ -118,7 +120,7 @@ test: ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambd
 	@# The two venvs install while cargo compiles the tests (on a fresh machine each takes a minute or two).
 	$(MAKE) --no-print-directory -j3 test-build python-tools localstack-tools
 	$(MAKE) --no-print-directory validate
-	pg_isready -d "$(PG_ADMIN_URL)" -q || { echo "PostgreSQL is not reachable at $(PG_ADMIN_URL): start it (Debian: pg_ctlcluster <version> main start) or set PG_ADMIN_URL"; exit 1; }
+	$(PG_REACHABLE)
 	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" CARGO_LAMBDA="$(CARGO_LAMBDA)" MOTO_SERVER="$(abspath $(VENV))/bin/moto_server" \
 	  cargo test --all-targets --no-fail-fast -- --include-ignored
 	@# With the binary cargo just built: the documented GRANT blocks, make migrate
@@ -201,13 +203,13 @@ demo: ## the main job: deploy to LocalStack, send 120 logins, watch the queue dr
 	@# The two venvs install while cargo builds the function (on a fresh machine each takes a minute or two).
 	$(MAKE) --no-print-directory -j3 host-build python-tools localstack-tools
 	localstack/up.sh
-	@pg_isready -d "$(PG_ADMIN_URL)" -q || { echo "PostgreSQL is not reachable at $(PG_ADMIN_URL): start it (Debian: pg_ctlcluster <version> main start) or set PG_ADMIN_URL"; exit 1; }
+	@$(PG_REACHABLE)
 	PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python localstack/stack.py demo
 
 demo-poll: ## the same job with `login-etl poll` (a long-running consumer) instead of Lambda
 	$(MAKE) --no-print-directory -j3 host-build python-tools localstack-tools
 	localstack/up.sh
-	@pg_isready -d "$(PG_ADMIN_URL)" -q || { echo "PostgreSQL is not reachable at $(PG_ADMIN_URL): start it (Debian: pg_ctlcluster <version> main start) or set PG_ADMIN_URL"; exit 1; }
+	@$(PG_REACHABLE)
 	PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python localstack/stack.py demo-poll
 
 demo-watch: tools $(KEY_FILE) ## without LocalStack: the function under cargo lambda watch, invoked with every events/ file
