@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::SqsEvent;
-use chrono::Utc;
 use common::*;
 use login_etl::masking::{Masker, MaskingKey};
 use login_etl::record::{self, LoginRow};
@@ -142,12 +141,11 @@ async fn measure(
 
             client.batch_execute(TRUNCATE).await.unwrap();
             let event: login_etl::SqsBatch = serde_json::from_slice(&json).unwrap();
-            let today = Utc::now().date_naive();
             let rows: Vec<LoginRow<'_>> = event
                 .records
                 .iter()
                 .map(|m| {
-                    record::transform(m.message_id.as_deref().unwrap(), m, masker, today).unwrap()
+                    record::transform(m.message_id.as_deref().unwrap(), m, masker).unwrap()
                 })
                 .collect();
             let sealed = vault.map(|key| {
@@ -259,12 +257,11 @@ async fn main() {
         let parsed: login_etl::SqsBatch = serde_json::from_slice(&json).unwrap();
         phases[0].push(t.elapsed());
         let t = Instant::now();
-        let today = Utc::now().date_naive();
         let rows: Vec<LoginRow<'_>> = parsed
             .records
             .iter()
             .map(|m| {
-                record::transform(m.message_id.as_deref().unwrap(), m, &masker, today).unwrap()
+                record::transform(m.message_id.as_deref().unwrap(), m, &masker).unwrap()
             })
             .collect();
         phases[1].push(t.elapsed());

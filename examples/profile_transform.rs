@@ -2,7 +2,6 @@
 //! profile per-record cost with `valgrind --tool=callgrind` (see
 //! docs/performance.md).
 
-use chrono::NaiveDate;
 use login_etl::masking::{Masker, MaskingKey};
 use login_etl::record;
 use login_etl::synth::{self, Options};
@@ -14,11 +13,10 @@ fn main() {
         count: 10_000,
         ..Options::default()
     }));
-    let today = NaiveDate::from_ymd_opt(2026, 11, 21).expect("a date");
     let mut checksum = 0u64;
     for _ in 0..60 {
         for m in &batch.records {
-            let row = record::transform(m.message_id.as_deref().unwrap_or(""), m, &masker, today)
+            let row = record::transform(m.message_id.as_deref().unwrap_or(""), m, &masker)
                 .expect("generated records are valid");
             checksum = checksum.wrapping_add(row.masked_ip.as_str().as_bytes()[0] as u64);
         }

@@ -178,7 +178,13 @@ fn entry(
         .id(id.to_string())
         .message_body(r.message.body.as_deref().unwrap_or_default())
         .message_attributes("rejection_code", string(r.code)?)
-        .message_attributes("source_message_id", string(r.message_id)?)
+        // The original's id and SentTimestamp (kept through any number of
+        // redrives): a redriven copy is keyed and dated by them, so it can
+        // never add a second row (see `record::transform`).
+        .message_attributes(
+            "source_message_id",
+            string(r.message.key_message_id(r.message_id))?,
+        )
         .message_attributes(
             "source_queue",
             string(r.message.event_source_arn.as_deref().unwrap_or("unknown"))?,
@@ -192,6 +198,9 @@ fn entry(
                 .ok()?,
         )
         .message_attributes("rejected_at", string(rejected_at)?);
+    if let Some(sent) = r.message.key_sent_timestamp() {
+        builder = builder.message_attributes("source_sent_timestamp", string(sent)?);
+    }
     if fifo {
         builder = builder
             .set_message_group_id(attrs.and_then(|a| a.message_group_id.clone()))

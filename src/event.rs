@@ -35,6 +35,34 @@ pub struct SqsRecord {
     /// The receipt handle of this receive: what a visibility change needs.
     #[serde(rename = "receiptHandle", default)]
     pub receipt_handle: Option<String>,
+    /// The message attributes the function reads: those a copy it sent to
+    /// the dead-letter queue carries back when it is redriven.
+    #[serde(rename = "messageAttributes", default)]
+    pub message_attributes: Option<SourceAttributes>,
+}
+
+/// The attributes of a copy the function sent to the dead-letter queue
+/// ([`crate::dlq`]): the original message's id and `SentTimestamp`. A DLQ
+/// redrive sends the copy back as a new message, with a new id and a new
+/// `SentTimestamp`; these keep its row key and day the original's.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SourceAttributes {
+    /// `source_message_id`.
+    #[serde(default, deserialize_with = "string_value")]
+    pub source_message_id: Option<String>,
+    /// `source_sent_timestamp` (epoch milliseconds).
+    #[serde(default, deserialize_with = "string_value")]
+    pub source_sent_timestamp: Option<String>,
+}
+
+/// A message attribute as Lambda's SQS event shows it: its `stringValue`.
+fn string_value<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    struct Attribute {
+        #[serde(rename = "stringValue", default)]
+        string_value: Option<String>,
+    }
+    Ok(Option::<Attribute>::deserialize(d)?.and_then(|a| a.string_value))
 }
 
 /// The system attributes the function reads.
@@ -77,6 +105,27 @@ impl SqsRecord {
     pub fn sent_timestamp(&self) -> Option<&str> {
         self.attributes.as_ref()?.sent_timestamp.as_deref()
     }
+
+    /// The row key: the original message's id for a copy redriven from the
+    /// dead-letter queue (`source_message_id`), else this message's id.
+    pub fn key_message_id<'a>(&'a self, message_id: &'a str) -> &'a str {
+        self.message_attributes
+            .as_ref()
+            .and_then(|a| a.source_message_id.as_deref())
+            .filter(|id| !id.is_empty())
+            .unwrap_or(message_id)
+    }
+
+    /// When the message was first sent (epoch ms, as text): the original's
+    /// for a redriven copy (`source_sent_timestamp`), else `SentTimestamp`.
+    /// SQS keeps `SentTimestamp` across redeliveries, so this is the same on
+    /// every delivery of the message and of its redriven copies.
+    pub fn key_sent_timestamp(&self) -> Option<&str> {
+        self.message_attributes
+            .as_ref()
+            .and_then(|a| a.source_sent_timestamp.as_deref())
+            .or_else(|| self.sent_timestamp())
+    }
 }
 
 #[derive(Deserialize)]
@@ -111,6 +160,16 @@ impl From<&SqsMessage> for SqsRecord {
             }),
             event_source_arn: m.event_source_arn.clone(),
             receipt_handle: m.receipt_handle.clone(),
+            message_attributes: Some(SourceAttributes {
+                source_message_id: m
+                    .message_attributes
+                    .get("source_message_id")
+                    .and_then(|a| a.string_value.clone()),
+                source_sent_timestamp: m
+                    .message_attributes
+                    .get("source_sent_timestamp")
+                    .and_then(|a| a.string_value.clone()),
+            }),
         }
     }
 }

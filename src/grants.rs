@@ -25,17 +25,21 @@ pub enum Role {
     Erase,
     /// `login-etl migrate`: creates the tables (and so owns them).
     Migrate,
+    /// `login-etl maintain`: makes and drops partitions through the owner's
+    /// functions (EXECUTE on them, no DDL of its own).
+    Maintain,
     /// `login-etl audit`: reads the audit trail of reveals and erasures.
     Audit,
 }
 
 impl Role {
     /// Every role, in the order docs/operations.md presents them.
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Ingest,
         Role::Reveal,
         Role::Erase,
         Role::Migrate,
+        Role::Maintain,
         Role::Audit,
     ];
 
@@ -46,6 +50,7 @@ impl Role {
             Role::Reveal => "reveal",
             Role::Erase => "erase",
             Role::Migrate => "migrate",
+            Role::Maintain => "maintain",
             Role::Audit => "audit",
         }
     }
@@ -70,6 +75,9 @@ impl Role {
             Role::Migrate => {
                 "login-etl migrate: create the tables in the schema; the tables it creates are its own"
             }
+            Role::Maintain => {
+                "login-etl maintain: make partitions ahead, empty the DEFAULT partition, drop partitions past retention, only through the owner's login_etl_* functions"
+            }
             Role::Audit => {
                 "login-etl audit: read the audit trail of reveals and erasures, nothing else"
             }
@@ -88,6 +96,23 @@ const FORGET_AUDIT: &[&str] = &[
     "user_key",
     "rows_deleted",
     "vault_entries_deleted",
+];
+const VAULT_ENTRY: &[&str] = &["kind", "token", "key_id", "nonce", "ciphertext", "created_at"];
+const HELD_ENTRY: &[&str] = &[
+    "user_key",
+    "kind",
+    "token",
+    "key_id",
+    "nonce",
+    "ciphertext",
+    "created_at",
+];
+/// The owner's functions `login-etl maintain` calls (migrations/0004).
+const MAINTAIN_FUNCTIONS: &[&str] = &[
+    "login_etl_ensure_partition(date)",
+    "login_etl_drop_partition(text, date)",
+    "login_etl_default_days()",
+    "login_etl_purge_default(date)",
 ];
 const AUDIT_COLUMNS: &[&str] = &[
     "id",
@@ -109,8 +134,13 @@ fn table_grants(role: Role) -> &'static [Grant] {
             // with LOCK TABLE (see login_etl_refuse_erased), which a
             // column-level grant does not allow.
             ("INSERT", "user_logins", &[]),
-            // ON CONFLICT (message_id) reads the arbiter; the recount reads xmin.
-            ("SELECT", "user_logins", &["message_id", "xmin"]),
+            // The lost-reply recount finds the batch's rows by their key
+            // and reads xmin.
+            (
+                "SELECT",
+                "user_logins",
+                &["message_id", "sent_at", "create_date", "xmin"],
+            ),
             (
                 "INSERT",
                 "user_logins_vault_keys",
@@ -147,20 +177,27 @@ fn table_grants(role: Role) -> &'static [Grant] {
             ("INSERT", "user_logins_pii_audit", REVEAL_AUDIT),
         ],
         Role::Erase => &[
+            // Deletes one partition (by create_date) at a time.
             (
                 "SELECT",
                 "user_logins",
-                &["user_id", "masked_ip", "masked_device_id"],
+                &["user_id", "masked_ip", "masked_device_id", "create_date"],
             ),
             ("DELETE", "user_logins", &[]),
-            ("SELECT", "user_logins_pii_vault", &["kind", "token"]),
+            // Moves the user's vault entries aside while it checks who else
+            // uses them, then puts back those in use (it cannot decrypt them).
+            ("SELECT", "user_logins_pii_vault", VAULT_ENTRY),
             ("DELETE", "user_logins_pii_vault", &[]),
+            ("INSERT", "user_logins_pii_vault", VAULT_ENTRY),
+            ("SELECT", "user_logins_pii_vault_held", HELD_ENTRY),
+            ("INSERT", "user_logins_pii_vault_held", HELD_ENTRY),
+            ("DELETE", "user_logins_pii_vault_held", &[]),
             // The erasure list (ON CONFLICT reads the arbiter) and the audit.
             ("INSERT", "user_logins_erased", &["user_key"]),
             ("SELECT", "user_logins_erased", &["user_key"]),
             ("INSERT", "user_logins_pii_audit", FORGET_AUDIT),
         ],
-        Role::Migrate => &[],
+        Role::Migrate | Role::Maintain => &[],
         Role::Audit => &[("SELECT", "user_logins_pii_audit", AUDIT_COLUMNS)],
     }
 }
@@ -234,6 +271,12 @@ pub fn sql(role: Role, to: &str, schema: &str) -> Result<String, GrantsError> {
             "GRANT EXECUTE ON FUNCTION {ns}.\"login_etl_refuse_erased\"(bigint) TO {to};"
         );
     }
+    if role == Role::Maintain {
+        for f in MAINTAIN_FUNCTIONS {
+            let (name, args) = f.split_once('(').expect("a signature");
+            let _ = writeln!(out, "GRANT EXECUTE ON FUNCTION {ns}.\"{name}\"({args} TO {to};");
+        }
+    }
     Ok(out)
 }
 
@@ -295,7 +338,7 @@ mod tests {
         }
         let ingest = sql(Role::Ingest, "fn", "public").unwrap();
         assert!(ingest.contains(
-            "GRANT SELECT (message_id, xmin) ON TABLE \"public\".\"user_logins\" TO \"fn\";"
+            "GRANT SELECT (message_id, sent_at, create_date, xmin) ON TABLE \"public\".\"user_logins\" TO \"fn\";"
         ));
         assert!(!ingest.contains("DELETE"));
         let reveal = sql(Role::Reveal, "r", "public").unwrap();

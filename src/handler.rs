@@ -457,7 +457,6 @@ impl BatchHandler {
         deadline: Option<Instant>,
         out: &mut Transformed<'b>,
     ) -> Result<InsertReport, SinkError> {
-        let today = Utc::now().date_naive();
         // The erasure list, in memory (its version is checked by the write).
         // When the database fails before the write begins, every record is
         // still validated, so the rejects reach the DLQ all the same.
@@ -480,7 +479,7 @@ impl BatchHandler {
             },
         };
         for (pos, (message, &id)) in batch.records.iter().zip(ids).enumerate() {
-            match record::transform(id, message, &self.masker, today) {
+            match record::transform(id, message, &self.masker) {
                 Ok(row)
                     if !erased.is_empty()
                         && erased.contains(self.masker.user_key(&row.user_id).as_str()) =>

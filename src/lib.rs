@@ -9,7 +9,8 @@
 //! - [`masking`]: HMAC-SHA256 tokens;
 //! - [`secrets`]: AWS Secrets Manager (database secret, masking key);
 //! - [`tls`]: TLS to PostgreSQL;
-//! - [`schema`]: the embedded DDL and its migration;
+//! - [`schema`]: the embedded DDL, its migration, the online conversion of an unpartitioned table;
+//! - [`maintain`]: the table's life: partitions made ahead, retention, the DEFAULT partition;
 //! - [`sink`]: PostgreSQL I/O (COPY fast path, bulk insert, refusal isolation, reconnects);
 //! - [`handler`]: one batch to a partial-batch response and a summary;
 //! - [`cli`]: the binary's command line (clap);
@@ -46,6 +47,8 @@ pub mod handler;
 #[cfg(feature = "service")]
 pub mod logging;
 pub mod masking;
+#[cfg(feature = "service")]
+pub mod maintain;
 #[cfg(feature = "service")]
 pub mod metrics;
 #[cfg(feature = "service")]

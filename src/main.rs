@@ -44,7 +44,12 @@ async fn serve_lambda() -> ExitCode {
 }
 
 /// Builds the handler once, then serves invocations until Lambda stops us.
+/// With `LOGIN_ETL_TASK=maintain` (the template's maintenance function,
+/// invoked on a schedule), each invocation is one `login-etl maintain` run.
 async fn serve() -> Result<(), lambda_runtime::Error> {
+    if std::env::var("LOGIN_ETL_TASK").as_deref() == Ok("maintain") {
+        return serve_maintenance().await;
+    }
     let config = Config::from_env()?;
     let handler = Arc::new(startup::build(&config).await?);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsBatch>| {
@@ -55,6 +60,26 @@ async fn serve() -> Result<(), lambda_runtime::Error> {
             let deadline = Deadline::from_wall_clock(event.context.deadline());
             let outcome = handler.handle(&event.payload, deadline).await?;
             Ok::<_, login_etl::HandlerError>(outcome.response)
+        }
+    }))
+    .await
+}
+
+/// The maintenance function: the maintain role's database settings,
+/// `PREMAKE_DAYS` and `RETENTION_DAYS`; any event (the schedule's) runs
+/// maintenance once. Its EMF document goes to stdout, as the function's.
+async fn serve_maintenance() -> Result<(), lambda_runtime::Error> {
+    let db = login_etl::config::DbConfig::from_env()?;
+    let options = login_etl::maintain::MaintainOptions::from_env()?;
+    lambda_runtime::run(service_fn(move |_: LambdaEvent<serde_json::Value>| {
+        let db = db.clone();
+        async move {
+            let report = startup::maintain(&db, &options)
+                .await
+                .map_err(|e| lambda_runtime::Error::from(e.to_string()))?;
+            let doc = login_etl::maintain::emf_from_env(&report);
+            println!("{doc}");
+            Ok::<_, lambda_runtime::Error>(doc)
         }
     }))
     .await

@@ -10,7 +10,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::event::SqsRecord;
-use chrono::{DateTime, NaiveDate};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::app_version::{self, VersionError};
@@ -91,6 +91,10 @@ pub enum Rejection {
     InvalidAppVersion(VersionError),
     /// The SQS message id is longer than the `message_id` column.
     MessageIdTooLong,
+    /// The message has no usable `SentTimestamp` (epoch milliseconds): its
+    /// day, part of the row key, would depend on when it was read, so a
+    /// redelivery on another day could write it twice.
+    NoSentTimestamp,
 }
 
 impl Rejection {
@@ -114,6 +118,7 @@ impl Rejection {
                 "app_version_out_of_range".into()
             }
             Rejection::MessageIdTooLong => "message_id_too_long".into(),
+            Rejection::NoSentTimestamp => "no_sent_timestamp".into(),
         }
     }
 }
@@ -146,7 +151,10 @@ impl fmt::Display for Rejection {
             Rejection::InvalidAppVersion(e) => write!(f, "field `app_version` is invalid: {e}"),
             Rejection::MessageIdTooLong => write!(
                 f,
-                "the SQS messageId is longer than {MAX_MESSAGE_ID_CHARS} characters"
+                "the SQS messageId (or the source_message_id of a redriven copy) is longer than {MAX_MESSAGE_ID_CHARS} characters"
+            ),
+            Rejection::NoSentTimestamp => f.write_str(
+                "the SQS attribute SentTimestamp (or source_sent_timestamp of a redriven copy) is missing or not epoch milliseconds; SQS sets it on every message, so the event was not sent by SQS",
             ),
         }
     }
@@ -157,7 +165,8 @@ impl fmt::Display for Rejection {
 /// (never written to `user_logins`, redacted from `Debug`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct LoginRow<'a> {
-    /// SQS message id: the idempotency key.
+    /// SQS message id (of the original, for a copy redriven from the
+    /// DLQ): with `sent_at`, the idempotency key.
     pub message_id: &'a str,
     /// As received.
     pub user_id: Cow<'a, str>,
@@ -173,7 +182,11 @@ pub struct LoginRow<'a> {
     pub app_version: i32,
     /// Version as received.
     pub app_version_text: Cow<'a, str>,
-    /// UTC date of `SentTimestamp`.
+    /// When SQS accepted the message (`SentTimestamp`; the original's for a
+    /// redriven copy): the same on every delivery.
+    pub sent_at: DateTime<Utc>,
+    /// The UTC date of `sent_at`: the partition key, so a function of the
+    /// message alone.
     pub create_date: NaiveDate,
     /// The parsed address (PII: for the vault only).
     pub ip: IpAddr,
@@ -188,7 +201,7 @@ impl fmt::Debug for LoginRow<'_> {
             .field("masked_ip", &self.masked_ip)
             .field("masked_device_id", &self.masked_device_id)
             .field("app_version", &self.app_version)
-            .field("create_date", &self.create_date)
+            .field("sent_at", &self.sent_at)
             .finish_non_exhaustive()
     }
 }
@@ -202,19 +215,22 @@ impl fmt::Debug for LoginEvent<'_> {
 }
 
 /// Validates and masks one SQS message. `message_id` is the record's id
-/// (checked present by the caller); `fallback_date` is used only when the
-/// message has no usable `SentTimestamp`.
+/// (checked present by the caller). The row's key and day come from the
+/// message alone ([`SqsRecord::key_message_id`], [`sent_at`]): never from
+/// when it was read, so every delivery of it, and every redriven copy,
+/// lands on the same row.
 pub fn transform<'a>(
     message_id: &'a str,
     message: &'a SqsRecord,
     masker: &Masker,
-    fallback_date: NaiveDate,
 ) -> Result<LoginRow<'a>, Rejection> {
+    let message_id = message.key_message_id(message_id);
     if message_id.len() > MAX_MESSAGE_ID_CHARS && message_id.chars().count() > MAX_MESSAGE_ID_CHARS
     {
         return Err(Rejection::MessageIdTooLong);
     }
     let login = parse_body(message.body.as_deref().unwrap_or(""))?;
+    let sent_at = sent_at(message).ok_or(Rejection::NoSentTimestamp)?;
     Ok(LoginRow {
         message_id,
         masked_ip: masker.ip(&login.ip),
@@ -224,16 +240,24 @@ pub fn transform<'a>(
         locale: login.locale,
         app_version: login.app_version,
         app_version_text: login.app_version_text,
-        create_date: sent_date(message).unwrap_or(fallback_date),
+        sent_at,
+        create_date: sent_at.date_naive(),
         ip: login.ip,
         device_id: login.device_id,
     })
 }
 
-/// The UTC date of the message's `SentTimestamp` attribute (epoch milliseconds).
+/// When the message was first sent ([`SqsRecord::key_sent_timestamp`],
+/// epoch milliseconds); `None` when absent, unreadable, or outside what
+/// PostgreSQL's `date` and `timestamptz` hold.
+pub fn sent_at(message: &SqsRecord) -> Option<DateTime<Utc>> {
+    let millis = message.key_sent_timestamp()?.trim().parse::<i64>().ok()?;
+    DateTime::from_timestamp_millis(millis).filter(|t| (-4713..=294_276).contains(&t.year()))
+}
+
+/// The UTC date of [`sent_at`].
 pub fn sent_date(message: &SqsRecord) -> Option<NaiveDate> {
-    let millis = message.sent_timestamp()?.trim().parse::<i64>().ok()?;
-    DateTime::from_timestamp_millis(millis).map(|t| t.date_naive())
+    sent_at(message).map(|t| t.date_naive())
 }
 
 /// A login event that passed validation, before masking. Its `Debug`
@@ -674,5 +698,46 @@ mod tests {
             NaiveDate::from_ymd_opt(2023, 11, 15)
         );
         assert_eq!(sent_date(&at(Some("yesterday"))), None);
+        // Past what PostgreSQL's timestamptz holds: no date, not a wrong one.
+        assert_eq!(sent_date(&at(Some("9223372036854775807"))), None);
+    }
+
+    #[test]
+    fn a_redriven_copy_keeps_the_originals_key_and_day_and_no_timestamp_is_a_rejection() {
+        let masker = Masker::new(&crate::masking::MaskingKey::from_hex(&"ab".repeat(32), "test").unwrap());
+        let body = r#"{"user_id":"u","app_version":"1.1","device_type":"ios","ip":"10.0.0.1","locale":null,"device_id":"123-45-6789"}"#;
+        let original = SqsRecord {
+            body: Some(body.into()),
+            attributes: Some(crate::event::RecordAttributes {
+                sent_timestamp: Some("1700006399999".into()),
+                ..Default::default()
+            }),
+            ..SqsRecord::default()
+        };
+        let row = transform("m-original", &original, &masker).unwrap();
+        // The copy the function sent to the DLQ, redriven: a new id, a new
+        // SentTimestamp (a day later), the original's in its attributes.
+        let mut copy = original.clone();
+        copy.attributes.as_mut().unwrap().sent_timestamp = Some("1700092800000".into());
+        copy.message_attributes = Some(crate::event::SourceAttributes {
+            source_message_id: Some("m-original".into()),
+            source_sent_timestamp: Some("1700006399999".into()),
+        });
+        let again = transform("m-redriven", &copy, &masker).unwrap();
+        assert_eq!(
+            (again.message_id, again.sent_at, again.create_date),
+            (row.message_id, row.sent_at, row.create_date)
+        );
+        assert_eq!(row.create_date, NaiveDate::from_ymd_opt(2023, 11, 14).unwrap());
+        // A copy from before source_sent_timestamp existed: its own time.
+        copy.message_attributes.as_mut().unwrap().source_sent_timestamp = None;
+        let legacy = transform("m-redriven", &copy, &masker).unwrap();
+        assert_eq!(legacy.message_id, "m-original");
+        assert_eq!(legacy.create_date, NaiveDate::from_ymd_opt(2023, 11, 15).unwrap());
+        let mut unsent = original.clone();
+        unsent.attributes = None;
+        let e = transform("m", &unsent, &masker).unwrap_err();
+        assert_eq!(e, Rejection::NoSentTimestamp);
+        assert_eq!(e.code(), "no_sent_timestamp");
     }
 }

@@ -8,11 +8,14 @@
 //! line on stderr naming the kind and the token, never the value; CloudTrail
 //! records each KMS `Decrypt` as well.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio_postgres::types::Type;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Transaction};
+use tracing::info;
 
 use crate::vault::{DataKey, Kind, VaultError};
 
@@ -210,71 +213,237 @@ pub struct Forgotten {
     pub vault_entries: u64,
 }
 
-/// Erases `user_id` for the caller `caller_arn`, in one transaction that
-/// holds `user_logins` against every concurrent write (SHARE ROW EXCLUSIVE:
-/// it waits for the function's transactions in flight, and theirs wait for
-/// it): puts the user on the erasure list (by `user_key`, the keyed hash of
-/// `Masker::user_key`), so that a message of theirs that arrives later is
-/// not stored; deletes their rows and the vault entries no other row uses;
-/// and writes its audit record (the user key and the counts, never the id).
+/// How long `forget` waits for its moment's lock on `user_logins` before it
+/// lets the writes queued behind it through and tries again: the longest a
+/// write waits for an erasure, whatever the table's size.
+pub const FORGET_LOCK_TIMEOUT_MS: u32 = 100;
+
+/// How long `forget` keeps trying to get that lock (writers in flight
+/// finish in milliseconds; only writes slower than the timeout delay it).
+pub const FORGET_LOCK_PATIENCE: Duration = Duration::from_secs(300);
+
+/// Erases `user_id` for the caller `caller_arn` without ever holding ingest
+/// back for more than [`FORGET_LOCK_TIMEOUT_MS`], whatever the table's size:
+///
+/// 1. in a moment's lock on `user_logins` (SHARE ROW EXCLUSIVE on the
+///    parent only: it waits for the write transactions in flight, and
+///    theirs for it), puts the user on the erasure list (by `user_key`, the
+///    keyed hash of `Masker::user_key`) and audits the start
+///    (`forget_begun`). Every write after it checks the list, so no row of
+///    the user can be stored any more;
+/// 2. deletes their rows one partition at a time, each in a statement of
+///    its own that locks only rows (ingest goes on);
+/// 3. in a second moment's lock, moves the vault entries of their tokens
+///    aside (`user_logins_pii_vault_held`); a write after it that needs one
+///    stores it again;
+/// 4. scans, partition by partition, for rows of other users that still use
+///    those tokens, puts their entries back and deletes the rest, and
+///    writes the audit record (`forget`: the user key and the counts, never
+///    the id) in that transaction.
+///
+/// A run that stops anywhere finishes on the next run for the same user.
 pub async fn forget(
     client: &mut Client,
     user_id: &str,
     user_key: &str,
     caller_arn: &str,
 ) -> Result<Forgotten, RevealError> {
+    let began = Instant::now();
+    begin_locked(client).await?;
+    let listed = async {
+        client
+            .execute_typed(
+                "INSERT INTO user_logins_erased (user_key) VALUES ($1) ON CONFLICT (user_key) DO NOTHING",
+                &[(&user_key, Type::VARCHAR)],
+            )
+            .await
+            .map_err(db("adding the user to the erasure list"))?;
+        client
+            .execute_typed(
+                "INSERT INTO user_logins_pii_audit (action, caller_arn, user_key) VALUES ('forget_begun', $1, $2)",
+                &[(&caller_arn, Type::VARCHAR), (&user_key, Type::VARCHAR)],
+            )
+            .await
+            .map_err(db("writing the audit record (nothing was erased)"))
+    }
+    .await;
+    end_locked(client, listed, "putting the user on the erasure list").await?;
+    info!(ms = began.elapsed().as_millis() as u64, "user on the erasure list: no write stores their rows any more");
+
+    let segments = crate::maintain::segments(
+        &crate::maintain::partitions(client)
+            .await
+            .map_err(db("listing the partitions"))?,
+    );
+    let mut rows = 0u64;
+    let (mut ips, mut devices) = (BTreeSet::new(), BTreeSet::new());
+    for (i, segment) in segments.iter().enumerate() {
+        let (cond, bounds) = segment.condition(2);
+        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![(&user_id, Type::VARCHAR)];
+        params.extend(bounds.iter().map(|d| (d as &(dyn ToSql + Sync), Type::DATE)));
+        let gone = client
+            .query_typed(
+                &format!("DELETE FROM user_logins WHERE user_id = $1 AND {cond} RETURNING masked_ip, masked_device_id"),
+                &params,
+            )
+            .await
+            .map_err(db("deleting the user's rows"))?;
+        rows += gone.len() as u64;
+        ips.extend(gone.iter().filter_map(|r| r.get::<_, Option<String>>(0)));
+        devices.extend(gone.iter().filter_map(|r| r.get::<_, Option<String>>(1)));
+        info!(segment = i + 1, of = segments.len(), rows_deleted = rows, "deleting the user's rows, one partition at a time");
+    }
+
+    let (ips, devices): (Vec<String>, Vec<String>) = (ips.into_iter().collect(), devices.into_iter().collect());
+    if !ips.is_empty() || !devices.is_empty() {
+        begin_locked(client).await?;
+        let held = client
+            .execute_typed(
+                "WITH gone AS (DELETE FROM user_logins_pii_vault v WHERE \
+                   (v.kind = 'ip' AND v.token = ANY($2)) OR (v.kind = 'device_id' AND v.token = ANY($3)) \
+                   RETURNING v.kind, v.token, v.key_id, v.nonce, v.ciphertext, v.created_at) \
+                 INSERT INTO user_logins_pii_vault_held (user_key, kind, token, key_id, nonce, ciphertext, created_at) \
+                 SELECT $1, gone.* FROM gone ON CONFLICT DO NOTHING",
+                &[
+                    (&user_key, Type::VARCHAR),
+                    (&ips, Type::VARCHAR_ARRAY),
+                    (&devices, Type::VARCHAR_ARRAY),
+                ],
+            )
+            .await
+            .map_err(db("moving the user's vault entries aside"));
+        end_locked(client, held, "holding the user's vault entries").await?;
+    }
+
+    // Held now, or by an earlier run that stopped: who else uses them?
+    let held = client
+        .query_typed(
+            "SELECT kind, token FROM user_logins_pii_vault_held WHERE user_key = $1",
+            &[(&user_key, Type::VARCHAR)],
+        )
+        .await
+        .map_err(db("reading the held vault entries"))?;
+    let held_of = |kind: &str| -> Vec<String> {
+        held.iter()
+            .filter(|r| r.get::<_, &str>(0) == kind)
+            .map(|r| r.get(1))
+            .collect()
+    };
+    let (held_ips, held_devices) = (held_of("ip"), held_of("device_id"));
+    let (mut used_ips, mut used_devices) = (BTreeSet::new(), BTreeSet::new());
+    if !held.is_empty() {
+        for segment in &segments {
+            let (cond, bounds) = segment.condition(3);
+            let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
+                (&held_ips, Type::VARCHAR_ARRAY),
+                (&held_devices, Type::VARCHAR_ARRAY),
+            ];
+            params.extend(bounds.iter().map(|d| (d as &(dyn ToSql + Sync), Type::DATE)));
+            let row = client
+                .query_typed_one(
+                    &format!(
+                        "SELECT coalesce(array_agg(DISTINCT masked_ip) FILTER (WHERE masked_ip = ANY($1)), '{{}}'), \
+                         coalesce(array_agg(DISTINCT masked_device_id) FILTER (WHERE masked_device_id = ANY($2)), '{{}}') \
+                         FROM user_logins WHERE (masked_ip = ANY($1) OR masked_device_id = ANY($2)) AND {cond}"
+                    ),
+                    &params,
+                )
+                .await
+                .map_err(db("looking for other users of the tokens"))?;
+            used_ips.extend(row.get::<_, Vec<String>>(0));
+            used_devices.extend(row.get::<_, Vec<String>>(1));
+        }
+    }
+    let (used_ips, used_devices): (Vec<String>, Vec<String>) =
+        (used_ips.into_iter().collect(), used_devices.into_iter().collect());
+
     let tx = client
         .transaction()
         .await
-        .map_err(db("starting the erasure"))?;
-    tx.batch_execute("LOCK TABLE user_logins IN SHARE ROW EXCLUSIVE MODE")
-        .await
-        .map_err(db("locking user_logins against concurrent writes"))?;
+        .map_err(db("starting the end of the erasure"))?;
     tx.execute_typed(
-        "INSERT INTO user_logins_erased (user_key) VALUES ($1) ON CONFLICT (user_key) DO NOTHING",
-        &[(&user_key, Type::VARCHAR)],
+        "WITH back AS (DELETE FROM user_logins_pii_vault_held h WHERE h.user_key = $1 AND \
+           ((h.kind = 'ip' AND h.token = ANY($2)) OR (h.kind = 'device_id' AND h.token = ANY($3))) \
+           RETURNING h.kind, h.token, h.key_id, h.nonce, h.ciphertext, h.created_at) \
+         INSERT INTO user_logins_pii_vault (kind, token, key_id, nonce, ciphertext, created_at) \
+         SELECT * FROM back ON CONFLICT (kind, token) DO NOTHING",
+        &[
+            (&user_key, Type::VARCHAR),
+            (&used_ips, Type::VARCHAR_ARRAY),
+            (&used_devices, Type::VARCHAR_ARRAY),
+        ],
     )
     .await
-    .map_err(db("adding the user to the erasure list"))?;
-    let gone = tx
-        .query_typed(
-            "DELETE FROM user_logins WHERE user_id = $1 RETURNING masked_ip, masked_device_id",
-            &[(&user_id, Type::VARCHAR)],
-        )
-        .await
-        .map_err(db("deleting the user's rows"))?;
-    let ips: Vec<String> = gone.iter().filter_map(|r| r.get(0)).collect();
-    let devices: Vec<String> = gone.iter().filter_map(|r| r.get(1)).collect();
-    // A second statement: it sees the rows the first one deleted as gone.
+    .map_err(db("putting back the vault entries other users' rows use"))?;
     let freed = tx
         .execute_typed(
-            "DELETE FROM user_logins_pii_vault v WHERE \
-               (v.kind = 'ip' AND v.token = ANY($1) \
-                  AND NOT EXISTS (SELECT 1 FROM user_logins u WHERE u.masked_ip = v.token)) \
-            OR (v.kind = 'device_id' AND v.token = ANY($2) \
-                  AND NOT EXISTS (SELECT 1 FROM user_logins u WHERE u.masked_device_id = v.token))",
-            &[(&ips, Type::VARCHAR_ARRAY), (&devices, Type::VARCHAR_ARRAY)],
+            "DELETE FROM user_logins_pii_vault_held WHERE user_key = $1",
+            &[(&user_key, Type::VARCHAR)],
         )
         .await
         .map_err(db("deleting the user's vault entries"))?;
-    let rows = gone.len() as i64;
     tx.execute_typed(
         "INSERT INTO user_logins_pii_audit (action, caller_arn, user_key, rows_deleted, vault_entries_deleted) \
          VALUES ('forget', $1, $2, $3, $4)",
         &[
             (&caller_arn, Type::VARCHAR),
             (&user_key, Type::VARCHAR),
-            (&rows, Type::INT8),
+            (&(rows as i64), Type::INT8),
             (&(freed as i64), Type::INT8),
         ],
     )
     .await
-    .map_err(db("writing the audit record (nothing was erased)"))?;
+    .map_err(db("writing the audit record"))?;
     tx.commit().await.map_err(db("committing the erasure"))?;
+    info!(rows, vault_entries = freed, seconds = began.elapsed().as_secs_f64(), "user erased");
     Ok(Forgotten {
-        rows: gone.len() as u64,
+        rows,
         vault_entries: freed,
     })
+}
+
+/// Opens a transaction that holds SHARE ROW EXCLUSIVE on the partitioned
+/// parent `user_logins` alone (`ONLY`: one lock, however many partitions),
+/// waiting at most [`FORGET_LOCK_TIMEOUT_MS`] for it and trying again after
+/// a pause, so that writes never queue behind it longer. [`end_locked`]
+/// ends it.
+async fn begin_locked(client: &Client) -> Result<(), RevealError> {
+    let since = Instant::now();
+    loop {
+        let locked = client
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL lock_timeout = {FORGET_LOCK_TIMEOUT_MS}; \
+                 LOCK TABLE ONLY user_logins IN SHARE ROW EXCLUSIVE MODE"
+            ))
+            .await;
+        let Err(e) = locked else { return Ok(()) };
+        let _ = client.batch_execute("ROLLBACK").await;
+        if e.code() != Some(&SqlState::LOCK_NOT_AVAILABLE) || since.elapsed() >= FORGET_LOCK_PATIENCE {
+            return Err(db("locking user_logins for a moment")(e));
+        }
+        // A pause with a little jitter, so that queued writes get through.
+        let jitter = u64::from(since.elapsed().subsec_nanos() % 100);
+        tokio::time::sleep(Duration::from_millis(100 + jitter)).await;
+    }
+}
+
+/// Commits the transaction [`begin_locked`] opened when `done` is Ok, else
+/// rolls it back and returns the error.
+async fn end_locked<T>(
+    client: &Client,
+    done: Result<T, RevealError>,
+    op: &'static str,
+) -> Result<T, RevealError> {
+    match done {
+        Ok(v) => {
+            client.batch_execute("COMMIT").await.map_err(db(op))?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
 }
 
 /// The audit trail since `since` (all of it with `None`), oldest first,

@@ -12,6 +12,7 @@ use crate::error::{ConfigError, SecretError, SinkError};
 use crate::handler::BatchHandler;
 use crate::masking::{Masker, MaskingKey};
 use crate::metrics::{Metrics, emf_level};
+use crate::schema::MigrateOptions;
 use crate::secrets::Secrets;
 use crate::sink::PgSink;
 use crate::tls::Tls;
@@ -79,7 +80,12 @@ pub async fn build_with(
         sink = sink.with_vault_tables();
     }
     if config.run_migrations {
-        let applied = sink.migrate().await?;
+        let options = MigrateOptions {
+            convert_only_if_empty: true,
+            premake_days: crate::maintain::DEFAULT_PREMAKE_DAYS,
+            ..MigrateOptions::default()
+        };
+        let applied = sink.migrate(&options).await?;
         info!(target = %sink.target(), applied, "schema checked (applied only when not current)");
     }
     let metrics = Metrics::new(
@@ -114,19 +120,42 @@ pub async fn build_with(
 /// Applies the schema to the configured database and returns its target
 /// (`login-etl migrate`); needs only the database settings.
 pub async fn migrate(db: &DbConfig) -> Result<String, InitError> {
+    migrate_with(
+        db,
+        &MigrateOptions {
+            premake_days: crate::maintain::DEFAULT_PREMAKE_DAYS,
+            ..MigrateOptions::default()
+        },
+    )
+    .await
+}
+
+/// [`migrate`] with the options `login-etl migrate` takes (the partition
+/// interval of a new table, how many days to make ahead).
+pub async fn migrate_with(db: &DbConfig, options: &MigrateOptions) -> Result<String, InitError> {
     let secrets = if needs_secrets(db) {
         Some(Secrets::from_env().await)
     } else {
         None
     };
     let mut sink = sink(db, secrets.as_ref()).await?;
-    let applied = sink.migrate().await?;
+    let applied = sink.migrate(options).await?;
     let target = sink.target().to_owned();
     Ok(if applied {
         format!("{target} (applied)")
     } else {
         format!("{target} (already current, nothing locked)")
     })
+}
+
+/// One `login-etl maintain` run against the configured database (the
+/// maintain role's settings; no masking key needed).
+pub async fn maintain(
+    db: &DbConfig,
+    options: &crate::maintain::MaintainOptions,
+) -> Result<crate::maintain::MaintainReport, InitError> {
+    let client = operator_connection(db).await?;
+    Ok(crate::maintain::run(&client, options).await?)
 }
 
 /// A connection to the configured database for an operator command

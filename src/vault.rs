@@ -510,10 +510,9 @@ mod tests {
             ..Default::default()
         });
         let batch = crate::event::SqsBatch::from(&event);
-        let today = chrono::Utc::now().date_naive();
         let rows: Vec<LoginRow<'_>> = [0, 1, 0]
             .iter()
-            .map(|&i| crate::record::transform("m", &batch.records[i], &masker, today).unwrap())
+            .map(|&i| crate::record::transform("m", &batch.records[i], &masker).unwrap())
             .collect();
         let mut vb = VaultBatch::default();
         rows.iter().for_each(|r| vb.add(&k, r));

@@ -85,6 +85,7 @@ async fn receive_batch(sqs: &Client, url: &str, arn: &str, n: usize, visibility:
                 }),
                 event_source_arn: Some(arn.to_owned()),
                 receipt_handle: m.receipt_handle.clone(),
+                message_attributes: None,
             });
         }
     }

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use tracing::{error, info};
 
 use super::{
-    AuditArgs, Command, EXIT_NOT_FOUND, EXIT_USAGE, ForgetArgs, GrantsArgs, PollArgs, RevealArgs,
+    AuditArgs, Command, EXIT_NOT_FOUND, EXIT_USAGE, ForgetArgs, GrantsArgs, MaintainArgs,
+    MigrateArgs, PollArgs, RevealArgs,
 };
 use crate::config::{Config, DbConfig, KeySource};
 use crate::masking::Masker;
@@ -32,7 +33,8 @@ pub async fn run(command: Command) -> ExitCode {
     // Operator commands: results on stdout, logs on stderr.
     crate::logging::init(crate::logging::Output::Stderr);
     let result = match command {
-        Command::Migrate => migrate().await,
+        Command::Migrate(args) => migrate(&args).await,
+        Command::Maintain(args) => maintain(&args).await,
         Command::Grants(args) => grants(&args),
         Command::Reveal(args) => reveal(&args).await,
         Command::Forget(args) => forget(&args).await,
@@ -95,10 +97,23 @@ async fn audit(args: &AuditArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn migrate() -> Result<(), Failure> {
-    let target = startup::migrate(&DbConfig::from_env()?).await?;
+async fn migrate(args: &MigrateArgs) -> Result<(), Failure> {
+    let options = crate::schema::MigrateOptions {
+        granularity: args.partition_interval.map(Into::into),
+        convert_only_if_empty: false,
+        premake_days: args.premake_days,
+    };
+    let target = startup::migrate_with(&DbConfig::from_env()?, &options).await?;
     info!(%target, "schema applied");
     println!("schema applied: {target}");
+    Ok(())
+}
+
+/// One maintenance run as the maintain role: its EMF document on stdout
+/// (the metrics), the partitions made and dropped in the log on stderr.
+async fn maintain(args: &MaintainArgs) -> Result<(), Failure> {
+    let report = startup::maintain(&DbConfig::from_env()?, &args.into()).await?;
+    println!("{}", crate::maintain::emf_from_env(&report));
     Ok(())
 }
 

@@ -52,8 +52,10 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create or upgrade the schema (DATABASE_URL or DB_SECRET_ID; run as the migrate role).
-    Migrate,
+    /// Create or upgrade the schema, converting an unpartitioned user_logins online (DATABASE_URL or DB_SECRET_ID; run as the migrate role).
+    Migrate(MigrateArgs),
+    /// Make the coming days' partitions, empty the DEFAULT partition, drop partitions past RETENTION_DAYS (the maintain role).
+    Maintain(MaintainArgs),
     /// Print the GRANT statements of a database role (pipe them to psql as the tables' owner).
     Grants(GrantsArgs),
     /// Print the original values behind tokens from the PII vault (needs kms:Decrypt).
@@ -128,10 +130,63 @@ fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
         .map_err(|e| format!("not an RFC 3339 time ({e}); e.g. 2026-11-01T00:00:00Z"))
 }
 
+/// `login-etl migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Width of a partition of a new (or converted) table; fixed once chosen.
+    #[arg(long, value_enum, value_name = "UNIT")]
+    pub partition_interval: Option<IntervalArg>,
+    /// Days after today whose partitions are made.
+    #[arg(long, value_name = "DAYS", default_value_t = crate::maintain::DEFAULT_PREMAKE_DAYS)]
+    pub premake_days: u32,
+}
+
+/// A partition width, as the command line names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IntervalArg {
+    /// One partition per UTC day.
+    Day,
+    /// One per ISO week.
+    Week,
+    /// One per calendar month.
+    Month,
+}
+
+impl From<IntervalArg> for crate::schema::Granularity {
+    fn from(i: IntervalArg) -> Self {
+        use crate::schema::Granularity;
+        match i {
+            IntervalArg::Day => Granularity::Day,
+            IntervalArg::Week => Granularity::Week,
+            IntervalArg::Month => Granularity::Month,
+        }
+    }
+}
+
+/// `login-etl maintain`: idempotent, safe beside itself and beside ingest.
+#[derive(Debug, Args)]
+pub struct MaintainArgs {
+    /// Days after today whose partitions exist after the run.
+    #[arg(long, value_name = "DAYS", env = "PREMAKE_DAYS", default_value_t = crate::maintain::DEFAULT_PREMAKE_DAYS)]
+    pub premake_days: u32,
+    /// Keep this many days of rows (today included) and drop older partitions [default: keep everything].
+    #[arg(long, value_name = "DAYS", env = "RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub retention_days: Option<u32>,
+}
+
+impl From<&MaintainArgs> for crate::maintain::MaintainOptions {
+    fn from(a: &MaintainArgs) -> Self {
+        Self {
+            premake_days: a.premake_days,
+            retention_days: a.retention_days,
+        }
+    }
+}
+
 /// `login-etl grants`.
 #[derive(Debug, Args)]
 pub struct GrantsArgs {
-    /// The role: ingest (the function), reveal, erase, migrate or audit.
+    /// The role: ingest (the function), reveal, erase, migrate, maintain or audit.
     #[arg(long, value_enum)]
     pub role: RoleArg,
     /// The database role to grant to.
@@ -153,6 +208,8 @@ pub enum RoleArg {
     Erase,
     /// `login-etl migrate`.
     Migrate,
+    /// `login-etl maintain`.
+    Maintain,
     /// `login-etl audit`.
     Audit,
 }
@@ -164,6 +221,7 @@ impl From<RoleArg> for Role {
             RoleArg::Reveal => Role::Reveal,
             RoleArg::Erase => Role::Erase,
             RoleArg::Migrate => Role::Migrate,
+            RoleArg::Maintain => Role::Maintain,
             RoleArg::Audit => Role::Audit,
         }
     }
@@ -267,6 +325,8 @@ mod tests {
             vec!["login-etl", "reveal"],
             vec!["login-etl", "reveal", "--ip-token", "a", "--user-id", "b"],
             vec!["login-etl", "forget"],
+            vec!["login-etl", "maintain", "--retention-days", "0"],
+            vec!["login-etl", "migrate", "--partition-interval", "hour"],
             vec!["login-etl", "nonsense"],
             vec!["login-etl", "gen-events", "--count", "many"],
             vec!["login-etl", "poll"],

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tracing::warn;
 
 use crate::backoff::queue_name_and_account;
-use crate::event::{RecordAttributes, SqsBatch, SqsRecord};
+use crate::event::{RecordAttributes, SourceAttributes, SqsBatch, SqsRecord};
 
 /// Messages per `ReceiveMessage`, and entries per batch call (the SQS limits).
 pub const MAX_PER_CALL: usize = 10;
@@ -99,6 +99,12 @@ pub fn parse_redrive_policy(policy: &str) -> Result<(Option<String>, Option<u32>
 pub fn to_record(m: &Message, queue_arn: &str) -> SqsRecord {
     let attr =
         |name: MessageSystemAttributeName| m.attributes().and_then(|a| a.get(&name)).cloned();
+    let message_attr = |name: &str| {
+        m.message_attributes()
+            .and_then(|a| a.get(name))
+            .and_then(|v| v.string_value())
+            .map(str::to_owned)
+    };
     SqsRecord {
         message_id: m.message_id().map(str::to_owned),
         body: m.body().map(str::to_owned),
@@ -109,6 +115,10 @@ pub fn to_record(m: &Message, queue_arn: &str) -> SqsRecord {
         }),
         event_source_arn: Some(queue_arn.to_owned()),
         receipt_handle: m.receipt_handle().map(str::to_owned),
+        message_attributes: Some(SourceAttributes {
+            source_message_id: message_attr("source_message_id"),
+            source_sent_timestamp: message_attr("source_sent_timestamp"),
+        }),
     }
 }
 
@@ -241,6 +251,9 @@ impl Queue {
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            // What a copy redriven from the DLQ carries of its original.
+            .message_attribute_names("source_message_id")
+            .message_attribute_names("source_sent_timestamp")
             .send();
         // The SDK's own timeouts do not cover a long poll that hangs.
         let limit = Duration::from_secs(u64::from(wait) + 10);

@@ -22,11 +22,11 @@ use crate::record::LoginRow;
 
 /// The fast path for large batches; see the module documentation.
 pub const COPY_SQL: &str = "COPY user_logins \
-    (message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, app_version_text, create_date) \
+    (message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, app_version_text, create_date, sent_at) \
     FROM STDIN (FORMAT binary)";
 
 /// Column types of [`COPY_SQL`], in order.
-pub const COPY_TYPES: [Type; 9] = [
+pub const COPY_TYPES: [Type; 10] = [
     Type::VARCHAR,
     Type::VARCHAR,
     Type::VARCHAR,
@@ -36,6 +36,7 @@ pub const COPY_TYPES: [Type; 9] = [
     Type::INT4,
     Type::VARCHAR,
     Type::DATE,
+    Type::TIMESTAMPTZ,
 ];
 
 /// A binary COPY in progress inside its transaction. After a failure,
@@ -88,7 +89,7 @@ impl CopyIn {
             r.masked_device_id.as_str(),
             r.locale.as_deref(),
         );
-        let row: [&(dyn ToSql + Sync); 9] = [
+        let row: [&(dyn ToSql + Sync); 10] = [
             &r.message_id,
             &&*r.user_id,
             &&*r.device_type,
@@ -98,6 +99,7 @@ impl CopyIn {
             &r.app_version,
             &&*r.app_version_text,
             &r.create_date,
+            &r.sent_at,
         ];
         self.failure = match timeout(self.bound, self.writer.as_mut().write(&row)).await {
             Ok(Ok(())) => None,

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use tokio::time::timeout;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
@@ -25,18 +25,26 @@ use crate::record::LoginRow;
 /// `varchar[]`, the columns' type: with `text[]` the server coerces every
 /// value to `varchar(n)`, which made the statement 1.7x slower for 10,000
 /// rows (benches/batch_pg.rs).
+///
+/// `ON CONFLICT DO NOTHING` names no index on purpose: every unique index
+/// of the partition a row lands in arbitrates, the key `(sent_at,
+/// message_id, create_date)` and, on a table converted from before
+/// partitions, its old unique `message_id` (see `schema::convert`).
 pub const INSERT_SQL: &str = "INSERT INTO user_logins \
-    (message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, app_version_text, create_date) \
-    SELECT * FROM UNNEST($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::varchar[], $6::varchar[], $7::int4[], $8::varchar[], $9::date[]) \
-    ON CONFLICT (message_id) DO NOTHING";
+    (message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, app_version_text, create_date, sent_at) \
+    SELECT * FROM UNNEST($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::varchar[], $6::varchar[], $7::int4[], $8::varchar[], $9::date[], $10::timestamptz[]) \
+    ON CONFLICT DO NOTHING";
 
-/// After a lost reply: how many of these message ids were written by
-/// transactions that began at or after `$2`, the xid floor taken before the
+/// After a lost reply: how many of these rows (by key) were written by
+/// transactions that began at or after `$4`, the xid floor taken before the
 /// lost attempt. Those rows are this invocation's own (see [`insert_tx`]).
-/// Reading `xmin` needs `GRANT SELECT (message_id, xmin)`; without it the
-/// rows count as duplicates.
-const RECOUNT_SQL: &str = "SELECT count(*) FROM user_logins \
-    WHERE message_id = ANY($1::varchar[]) AND age(xmin) <= age(xid($2::text::xid8))";
+/// The `create_date = ANY` prunes the partitions the batch cannot touch.
+/// Reading `xmin` needs `GRANT SELECT (message_id, sent_at, create_date,
+/// xmin)`; without it the rows count as duplicates.
+const RECOUNT_SQL: &str = "SELECT count(*) FROM user_logins u \
+    JOIN UNNEST($1::varchar[], $2::timestamptz[], $3::date[]) AS k(m, s, d) \
+      ON u.message_id = k.m AND u.sent_at = k.s AND u.create_date = k.d \
+    WHERE u.create_date = ANY($3::date[]) AND age(u.xmin) <= age(xid($4::text::xid8))";
 
 /// What one committed INSERT transaction did.
 #[derive(Debug, Default)]
@@ -75,7 +83,12 @@ pub(crate) async fn insert_tx(
                     Some(floor) => client
                         .query_typed_one(
                             RECOUNT_SQL,
-                            &[(&cols.message_id, Type::VARCHAR_ARRAY), (floor, Type::TEXT)],
+                            &[
+                                (&cols.message_id, Type::VARCHAR_ARRAY),
+                                (&cols.sent_at, Type::TIMESTAMPTZ_ARRAY),
+                                (&cols.create_date, Type::DATE_ARRAY),
+                                (floor, Type::TEXT),
+                            ],
                         )
                         .await
                         .map(|r| r.get::<_, i64>(0) as u64),
@@ -117,6 +130,7 @@ struct Columns<'r> {
     app_version: Vec<i32>,
     app_version_text: Vec<&'r str>,
     create_date: Vec<NaiveDate>,
+    sent_at: Vec<DateTime<Utc>>,
 }
 
 impl<'r> Columns<'r> {
@@ -131,10 +145,11 @@ impl<'r> Columns<'r> {
             app_version: rows.iter().map(|r| r.app_version).collect(),
             app_version_text: rows.iter().map(|r| &*r.app_version_text).collect(),
             create_date: rows.iter().map(|r| r.create_date).collect(),
+            sent_at: rows.iter().map(|r| r.sent_at).collect(),
         }
     }
 
-    fn typed_params(&self) -> [(&(dyn ToSql + Sync), Type); 9] {
+    fn typed_params(&self) -> [(&(dyn ToSql + Sync), Type); 10] {
         [
             (&self.message_id, Type::VARCHAR_ARRAY),
             (&self.user_id, Type::VARCHAR_ARRAY),
@@ -145,6 +160,7 @@ impl<'r> Columns<'r> {
             (&self.app_version, Type::INT4_ARRAY),
             (&self.app_version_text, Type::VARCHAR_ARRAY),
             (&self.create_date, Type::DATE_ARRAY),
+            (&self.sent_at, Type::TIMESTAMPTZ_ARRAY),
         ]
     }
 }

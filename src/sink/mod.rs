@@ -37,9 +37,11 @@
 //! - a lost connection reconnects once and retries; a second loss, or too
 //!   little time before the invocation's deadline, fails the invocation
 //!   ([`SinkError`]) so the event-source mapping redelivers the batch;
-//! - `ON CONFLICT (message_id) DO NOTHING` makes a redelivered batch complete
-//!   exactly once; the schema guard refuses to write without a valid unique
-//!   index on `message_id`.
+//! - `ON CONFLICT DO NOTHING` on the key `(sent_at, message_id,
+//!   create_date)` makes a redelivered batch complete exactly once: all
+//!   three are the message's own (`SentTimestamp` is kept across
+//!   redeliveries; a redriven copy carries its original's), never the time
+//!   it was read; the schema guard refuses to write without that index.
 
 mod bisect;
 mod budget;
@@ -208,7 +210,7 @@ impl PgSink {
 
     /// Creates or upgrades the schema (see [`schema::migrate`]); true when
     /// it changed anything, false when it was current already.
-    pub async fn migrate(&mut self) -> Result<bool, SinkError> {
+    pub async fn migrate(&mut self, options: &schema::MigrateOptions) -> Result<bool, SinkError> {
         let mut client = self.connector.open(self.settings.connect_timeout).await?;
         let (num, version) =
             schema::server_version(&client)
@@ -218,16 +220,7 @@ impl PgSink {
                     cause: describe(&e),
                 })?;
         schema::require_version(num, &version)?;
-        let applied =
-            schema::migrate(&mut client)
-                .await
-                .map_err(|e| match classify::classify(&e) {
-                    Failure::Fatal(f) => f,
-                    _ => SinkError::Transient {
-                        op: "applying the schema",
-                        cause: describe(&e),
-                    },
-                })?;
+        let applied = schema::migrate(&mut client, options).await?;
         self.client = Some(client);
         Ok(applied)
     }

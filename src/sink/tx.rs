@@ -15,14 +15,17 @@ use super::classify::Failure;
 use super::vault::{self, VaultRows};
 
 /// `BEGIN` with the server-side bounds of this transaction only, then the
-/// table lock every write takes anyway (ROW EXCLUSIVE), taken first so that
-/// `login-etl forget` (SHARE ROW EXCLUSIVE) either finishes before the
-/// erasure check ([`ERASED_SQL`]) or waits for this transaction to end.
+/// lock every write takes anyway (ROW EXCLUSIVE) on the partitioned parent,
+/// taken first so that `login-etl forget` (SHARE ROW EXCLUSIVE on the
+/// parent, for a moment) either commits its erasure before the erasure
+/// check ([`ERASED_SQL`]) or waits for this transaction to end. `ONLY`: a
+/// plain `LOCK TABLE` on a partitioned table locks every partition, a
+/// lock-table slot each, in every write transaction.
 pub(crate) fn begin_sql(server_bound: Duration) -> String {
     let ms = server_bound.as_millis().max(1);
     format!(
         "BEGIN; SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}; \
-         LOCK TABLE user_logins IN ROW EXCLUSIVE MODE"
+         LOCK TABLE ONLY user_logins IN ROW EXCLUSIVE MODE"
     )
 }
 

@@ -1,0 +1,439 @@
+//! `login-etl maintain`: the table's life. It makes the partitions of the
+//! coming days, moves rows that landed in the DEFAULT partition into their
+//! own, and drops the partitions past `RETENTION_DAYS`.
+//!
+//! Every step is one call of a function of migrations/0004, in a
+//! transaction of its own, run with the owner's rights (the maintain role
+//! holds EXECUTE on them and nothing else: ingest never gets DDL). Each
+//! takes the migration's advisory lock, so runs beside each other and
+//! beside `migrate` are safe, and each waits for its table lock at most
+//! 100 ms before it lets ingest through and tries again
+//! ([`crate::schema::LOCK_TRIES`]): a write never waits longer than that.
+//! Nothing is kept on the connection between steps, so it runs through a
+//! transaction-mode pooler too. Idempotent: a second run finds nothing to do.
+
+use std::time::{Duration, Instant};
+
+use chrono::{NaiveDate, TimeDelta, Utc};
+use serde_json::{Value, json};
+use tokio_postgres::Client;
+use tokio_postgres::types::Type;
+use tracing::{info, warn};
+
+use crate::error::SinkError;
+use crate::schema::{self, Made, failed, with_lock_retries};
+
+/// Days ahead whose partitions exist after a run: a week, so that a
+/// maintenance schedule that fails for six days in a row (alarmed on its
+/// first failure) still leaves no row in the DEFAULT partition. Empty
+/// partitions cost a few catalog rows each.
+pub const DEFAULT_PREMAKE_DAYS: u32 = 7;
+
+/// What a run is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaintainOptions {
+    /// Partitions are made up to this many days after today (UTC).
+    pub premake_days: u32,
+    /// Rows are kept for this many days (today included): partitions whose
+    /// every day is older are dropped. `None` keeps everything.
+    pub retention_days: Option<u32>,
+}
+
+impl Default for MaintainOptions {
+    fn default() -> Self {
+        Self {
+            premake_days: DEFAULT_PREMAKE_DAYS,
+            retention_days: None,
+        }
+    }
+}
+
+impl MaintainOptions {
+    /// `PREMAKE_DAYS` and `RETENTION_DAYS` from the environment (unset:
+    /// the defaults, keep everything); what the maintenance function reads.
+    pub fn from_env() -> Result<Self, crate::error::ConfigError> {
+        let read = |var: &'static str| -> Result<Option<u32>, crate::error::ConfigError> {
+            match std::env::var(var).ok().filter(|v| !v.trim().is_empty()) {
+                None => Ok(None),
+                Some(v) => v.trim().parse::<u32>().ok().filter(|&n| n > 0).map(Some).ok_or(
+                    crate::error::ConfigError::Invalid {
+                        var,
+                        reason: "expected a whole number of days, 1 or more".into(),
+                    },
+                ),
+            }
+        };
+        Ok(Self {
+            premake_days: read("PREMAKE_DAYS")?.unwrap_or(DEFAULT_PREMAKE_DAYS),
+            retention_days: read("RETENTION_DAYS")?,
+        })
+    }
+
+    /// The first day kept: rows dated before it are past retention.
+    pub fn cutoff(&self, today: NaiveDate) -> Option<NaiveDate> {
+        self.retention_days
+            .map(|days| today - TimeDelta::days(i64::from(days.saturating_sub(1))))
+    }
+}
+
+/// What one run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MaintainReport {
+    /// Partitions made, with the rows each took over from the DEFAULT partition.
+    pub created: Vec<Made>,
+    /// Partitions dropped, with their estimated rows (`pg_class.reltuples`).
+    pub dropped: Vec<(String, i64)>,
+    /// Rows of the DEFAULT partition past retention, deleted.
+    pub purged_from_default: i64,
+    /// Rows still in the DEFAULT partition at the end (0 unless a step failed).
+    pub default_rows: i64,
+    /// Wall time of the run.
+    pub duration: Duration,
+}
+
+impl MaintainReport {
+    /// Rows moved out of the DEFAULT partition into partitions made for them.
+    pub fn moved_from_default(&self) -> i64 {
+        self.created.iter().map(|m| m.moved).sum()
+    }
+
+    /// Rows of the dropped partitions, as estimated.
+    pub fn rows_dropped(&self) -> i64 {
+        self.dropped.iter().map(|(_, rows)| rows).sum()
+    }
+
+    /// The run as a CloudWatch EMF document (namespace, `service`
+    /// dimension and `level` as the function's, see [`crate::metrics`]).
+    pub fn emf(&self, namespace: &str, service: &str, level: &str, timestamp_ms: i64) -> Value {
+        let metrics = [
+            ("PartitionsCreated", self.created.len() as i64, "Count"),
+            ("PartitionsDropped", self.dropped.len() as i64, "Count"),
+            ("RowsDropped", self.rows_dropped(), "Count"),
+            ("RowsMovedFromDefault", self.moved_from_default(), "Count"),
+            ("RowsPurgedFromDefault", self.purged_from_default, "Count"),
+            ("DefaultPartitionRows", self.default_rows, "Count"),
+            (
+                "MaintenanceDuration",
+                self.duration.as_millis() as i64,
+                "Milliseconds",
+            ),
+        ];
+        let mut doc = json!({
+            "_aws": {
+                "Timestamp": timestamp_ms,
+                "CloudWatchMetrics": [{
+                    "Namespace": namespace,
+                    "Dimensions": [["service"]],
+                    "Metrics": metrics.iter().map(|(name, _, unit)| json!({"Name": name, "Unit": unit})).collect::<Vec<_>>(),
+                }],
+            },
+            "level": level,
+            "message": "maintenance done",
+            "service": service,
+            "created": self.created.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+            "dropped": self.dropped.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        });
+        for (name, value, _) in metrics {
+            doc[name] = json!(value);
+        }
+        doc
+    }
+}
+
+/// The run's EMF document with the namespace, `service` and level the
+/// function's documents take from the same variables
+/// (`POWERTOOLS_METRICS_NAMESPACE`, `POWERTOOLS_SERVICE_NAME`,
+/// `AWS_LAMBDA_LOG_LEVEL` or `RUST_LOG`).
+pub fn emf_from_env(report: &MaintainReport) -> Value {
+    let get = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let level = get("AWS_LAMBDA_LOG_LEVEL").or_else(|| get("RUST_LOG"));
+    report.emf(
+        &get("POWERTOOLS_METRICS_NAMESPACE")
+            .unwrap_or_else(|| crate::metrics::DEFAULT_NAMESPACE.into()),
+        &get("POWERTOOLS_SERVICE_NAME").unwrap_or_else(|| crate::metrics::DEFAULT_SERVICE.into()),
+        crate::metrics::emf_level(level.as_deref()),
+        Utc::now().timestamp_millis(),
+    )
+}
+
+/// One maintenance run (see the module documentation).
+pub async fn run(client: &Client, options: &MaintainOptions) -> Result<MaintainReport, SinkError> {
+    let started = Instant::now();
+    let today = Utc::now().date_naive();
+    let cutoff = options.cutoff(today);
+    let mut report = MaintainReport::default();
+
+    // The coming days first: the step that keeps rows out of the DEFAULT partition.
+    for offset in -schema::PREMAKE_PAST_DAYS..=i64::from(options.premake_days) {
+        if let Some(made) = schema::ensure_partition(client, today + TimeDelta::days(offset)).await? {
+            info!(partition = %made.name, moved = made.moved, "partition made");
+            report.created.push(made);
+        }
+    }
+
+    // Rows that found no partition: into their own, unless past retention.
+    for (day, rows) in default_days(client).await? {
+        if cutoff.is_some_and(|c| day.is_none_or(|d| d < c)) {
+            continue;
+        }
+        let Some(day) = day else { continue };
+        warn!(%day, rows, "rows in the DEFAULT partition: making their partition");
+        if let Some(made) = schema::ensure_partition(client, day).await? {
+            info!(partition = %made.name, moved = made.moved, "partition made for rows of the DEFAULT partition");
+            report.created.push(made);
+        }
+    }
+
+    if let Some(cutoff) = cutoff {
+        report.purged_from_default = with_lock_retries("purging the DEFAULT partition", || async {
+            let row = client
+                .query_typed_one("SELECT login_etl_purge_default($1)", &[(&cutoff, Type::DATE)])
+                .await?;
+            Ok(row.get::<_, i64>(0))
+        })
+        .await?;
+        for name in expired(client, cutoff).await? {
+            let dropped = with_lock_retries("dropping a partition past retention", || async {
+                let row = client
+                    .query_typed_one(
+                        "SELECT login_etl_drop_partition($1, $2)",
+                        &[(&name, Type::TEXT), (&cutoff, Type::DATE)],
+                    )
+                    .await?;
+                Ok(row.get::<_, Option<i64>>(0))
+            })
+            .await?;
+            if let Some(rows) = dropped {
+                info!(partition = %name, rows_estimate = rows, %cutoff, "partition past retention dropped");
+                report.dropped.push((name, rows));
+            }
+        }
+    }
+
+    report.default_rows = default_days(client)
+        .await?
+        .iter()
+        .map(|(_, rows)| rows)
+        .sum();
+    report.duration = started.elapsed();
+    Ok(report)
+}
+
+/// The DEFAULT partition's rows by day.
+async fn default_days(client: &Client) -> Result<Vec<(Option<NaiveDate>, i64)>, SinkError> {
+    Ok(client
+        .query_typed("SELECT day, row_count FROM login_etl_default_days()", &[])
+        .await
+        .map_err(failed("reading the DEFAULT partition"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+/// Partitions whose every day is before `cutoff`.
+async fn expired(client: &Client, cutoff: NaiveDate) -> Result<Vec<String>, SinkError> {
+    Ok(client
+        .query_typed(
+            "SELECT name FROM login_etl_partitions() WHERE NOT is_default AND hi <= $1",
+            &[(&cutoff, Type::DATE)],
+        )
+        .await
+        .map_err(failed("listing the partitions"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// One partition of `user_logins` as the catalog shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partition {
+    /// Its table's name.
+    pub name: String,
+    /// First day it holds; `None` for MINVALUE (a converted table) and the
+    /// DEFAULT partition.
+    pub lo: Option<NaiveDate>,
+    /// The day after its last; `None` for the DEFAULT partition.
+    pub hi: Option<NaiveDate>,
+    /// The DEFAULT partition.
+    pub is_default: bool,
+}
+
+/// The partitions, oldest first (the DEFAULT partition first of all).
+pub async fn partitions(client: &Client) -> Result<Vec<Partition>, tokio_postgres::Error> {
+    Ok(client
+        .query_typed(
+            "SELECT name, lo, hi, is_default FROM login_etl_partitions()",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| Partition {
+            name: r.get(0),
+            lo: r.get(1),
+            hi: r.get(2),
+            is_default: r.get(3),
+        })
+        .collect())
+}
+
+/// A range of `create_date` that partition pruning narrows to one
+/// partition, or to the DEFAULT one: how `forget` visits the table one
+/// short statement at a time through the parent (its privileges are on
+/// the parent, never on partitions made later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Segment {
+    /// `lo <= create_date < hi`, each end open when `None`.
+    Range(Option<NaiveDate>, Option<NaiveDate>),
+    /// `create_date IS NULL` (only the DEFAULT partition can hold it).
+    Null,
+}
+
+impl Segment {
+    /// The condition on `create_date`, with `$lo` and `$hi` as parameters
+    /// numbered from `first`; and the values to bind.
+    pub fn condition(&self, first: usize) -> (String, Vec<NaiveDate>) {
+        match *self {
+            Segment::Null => ("create_date IS NULL".into(), vec![]),
+            Segment::Range(lo, hi) => {
+                let mut parts = Vec::new();
+                let mut values = Vec::new();
+                if let Some(lo) = lo {
+                    parts.push(format!("create_date >= ${}::date", first + values.len()));
+                    values.push(lo);
+                }
+                if let Some(hi) = hi {
+                    parts.push(format!("create_date < ${}::date", first + values.len()));
+                    values.push(hi);
+                }
+                if parts.is_empty() {
+                    parts.push("create_date IS NOT NULL".into());
+                }
+                (parts.join(" AND "), values)
+            }
+        }
+    }
+}
+
+/// The table cut into [`Segment`]s: each partition's range, each gap
+/// between them (only the DEFAULT partition holds rows there), the ends
+/// and NULL. Together they cover every row exactly once.
+pub fn segments(partitions: &[Partition]) -> Vec<Segment> {
+    let mut ranges: Vec<(Option<NaiveDate>, NaiveDate)> = partitions
+        .iter()
+        .filter(|p| !p.is_default)
+        .filter_map(|p| p.hi.map(|hi| (p.lo, hi)))
+        .collect();
+    ranges.sort();
+    let mut out = Vec::new();
+    let mut covered_to: Option<NaiveDate> = None;
+    let mut open_start = true;
+    for (lo, hi) in ranges {
+        match (open_start, lo) {
+            (true, Some(lo)) => out.push(Segment::Range(None, Some(lo))),
+            (false, Some(lo)) if covered_to.is_some_and(|c| c < lo) => {
+                out.push(Segment::Range(covered_to, Some(lo)))
+            }
+            _ => {}
+        }
+        out.push(Segment::Range(lo, Some(hi)));
+        open_start = false;
+        covered_to = Some(covered_to.map_or(hi, |c| c.max(hi)));
+    }
+    out.push(Segment::Range(covered_to, None));
+    out.push(Segment::Null);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> NaiveDate {
+        s.parse().unwrap()
+    }
+
+    fn part(lo: Option<&str>, hi: &str) -> Partition {
+        Partition {
+            name: format!("p{hi}"),
+            lo: lo.map(d),
+            hi: Some(d(hi)),
+            is_default: false,
+        }
+    }
+
+    #[test]
+    fn segments_cover_partitions_gaps_ends_and_null_once_each() {
+        let default = Partition {
+            name: "user_logins_default".into(),
+            lo: None,
+            hi: None,
+            is_default: true,
+        };
+        let parts = [
+            default,
+            part(None, "2026-11-20"),
+            part(Some("2026-11-20"), "2026-11-21"),
+            part(Some("2026-11-23"), "2026-11-24"),
+        ];
+        assert_eq!(
+            segments(&parts),
+            [
+                Segment::Range(None, Some(d("2026-11-20"))),
+                Segment::Range(Some(d("2026-11-20")), Some(d("2026-11-21"))),
+                Segment::Range(Some(d("2026-11-21")), Some(d("2026-11-23"))),
+                Segment::Range(Some(d("2026-11-23")), Some(d("2026-11-24"))),
+                Segment::Range(Some(d("2026-11-24")), None),
+                Segment::Null,
+            ]
+        );
+        // No partition at all: everything is in the DEFAULT one.
+        assert_eq!(
+            segments(&[]),
+            [Segment::Range(None, None), Segment::Null]
+        );
+        let (sql, values) = Segment::Range(Some(d("2026-11-21")), Some(d("2026-11-23"))).condition(2);
+        assert_eq!(sql, "create_date >= $2::date AND create_date < $3::date");
+        assert_eq!(values, [d("2026-11-21"), d("2026-11-23")]);
+        assert_eq!(Segment::Range(None, None).condition(2).0, "create_date IS NOT NULL");
+    }
+
+    #[test]
+    fn retention_keeps_today_and_the_days_before_it() {
+        let today = d("2026-11-23");
+        let keep = |days| MaintainOptions {
+            retention_days: Some(days),
+            ..MaintainOptions::default()
+        };
+        assert_eq!(keep(1).cutoff(today), Some(today));
+        assert_eq!(keep(30).cutoff(today), Some(d("2026-10-25")));
+        assert_eq!(MaintainOptions::default().cutoff(today), None);
+    }
+
+    #[test]
+    fn the_emf_document_names_every_metric_and_carries_its_value() {
+        let report = MaintainReport {
+            created: vec![Made {
+                name: "user_logins_p20261130".into(),
+                moved: 3,
+            }],
+            dropped: vec![("user_logins_p20261001".into(), 1_000)],
+            purged_from_default: 2,
+            default_rows: 0,
+            duration: Duration::from_millis(42),
+        };
+        let doc = report.emf("LoginEtl", "login-etl", "WARN", 1);
+        let names: Vec<&str> = doc["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["Name"].as_str().unwrap())
+            .collect();
+        for name in &names {
+            assert!(doc.get(*name).is_some(), "{name} has no value");
+        }
+        assert_eq!(doc["PartitionsDropped"], 1);
+        assert_eq!(doc["RowsDropped"], 1_000);
+        assert_eq!(doc["RowsMovedFromDefault"], 3);
+        assert_eq!(doc["level"], "WARN");
+    }
+}

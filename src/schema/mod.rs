@@ -1,0 +1,438 @@
+//! The `user_logins` schema, embedded in the binary: how it is applied, and
+//! the guard that refuses to write into a table that could double rows.
+//!
+//! `user_logins` is range-partitioned by `create_date` (migrations/0001 and
+//! 0004); [`convert`] turns an unpartitioned table from before this version
+//! into a partition of the new one online; `crate::maintain` keeps the
+//! partitions made ahead and drops those past retention.
+
+pub mod convert;
+
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use tokio::time::timeout;
+use tokio_postgres::Client;
+use tokio_postgres::types::Type;
+use tracing::info;
+
+use crate::error::SinkError;
+use crate::error::describe;
+
+/// The idempotent migration (creates or upgrades `user_logins`, creates the
+/// PII vault's tables, the audit trail and erasure list, and the partition
+/// machinery).
+pub const MIGRATION_SQL: &str = concat!(
+    include_str!("../../migrations/0001_user_logins.sql"),
+    "\n",
+    include_str!("../../migrations/0002_pii_vault.sql"),
+    "\n",
+    include_str!("../../migrations/0003_pii_audit_and_erasure.sql"),
+    "\n",
+    include_str!("../../migrations/0004_partitions.sql")
+);
+
+/// Advisory lock key ("LOGINETL" in ASCII): many cold starts at once apply
+/// the schema one after the other instead of racing on `CREATE INDEX`; the
+/// partition functions of migrations/0004 take it too, so `maintain` runs
+/// one step at a time beside itself and `migrate`.
+pub const MIGRATION_LOCK_KEY: i64 = 0x4C4F_4749_4E45_544C;
+
+/// How wide one partition of `user_logins` is (chosen by `login-etl migrate
+/// --partition-interval`, stored in `user_logins_partitioning`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Granularity {
+    /// One partition per UTC day (the default: at 200 M rows a day, a day
+    /// is the unit retention drops and `forget` scans).
+    #[default]
+    Day,
+    /// One per ISO week (Monday to Sunday).
+    Week,
+    /// One per calendar month.
+    Month,
+}
+
+impl Granularity {
+    /// The name stored and given on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Granularity::Day => "day",
+            Granularity::Week => "week",
+            Granularity::Month => "month",
+        }
+    }
+
+    /// Parses a stored or command-line name.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Granularity::Day, Granularity::Week, Granularity::Month]
+            .into_iter()
+            .find(|g| g.as_str() == name)
+    }
+}
+
+/// Days before today whose partitions `migrate` and `maintain` make (a
+/// message sent just before midnight UTC and read after it).
+pub const PREMAKE_PAST_DAYS: i64 = 1;
+
+/// What the catalog says about `user_logins`, read without taking any lock
+/// on the table, and the xid floor (as text; the sink parses it, see
+/// `sink::tx::XidFloor`).
+const INSPECT_SQL: &str = "SELECT \
+    to_regclass('user_logins') IS NOT NULL, \
+    (SELECT count(*) = 3 FROM pg_attribute WHERE attrelid = to_regclass('user_logins') \
+        AND attname IN ('message_id', 'app_version_text', 'sent_at') AND NOT attisdropped), \
+    EXISTS (SELECT 1 FROM pg_index i \
+        WHERE i.indrelid = to_regclass('user_logins') AND i.indisunique AND i.indisvalid \
+        AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = 3 \
+        AND (SELECT array_agg(a.attname::text ORDER BY k.n) \
+             FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum) \
+            = ARRAY['sent_at', 'message_id', 'create_date']), \
+    pg_snapshot_xmax(pg_current_snapshot())::text, \
+    to_regclass('user_logins_pii_vault') IS NOT NULL AND to_regclass('user_logins_vault_keys') IS NOT NULL, \
+    to_regclass('user_logins_pii_audit') IS NOT NULL AND to_regclass('user_logins_erased') IS NOT NULL \
+        AND to_regprocedure('login_etl_refuse_erased(bigint)') IS NOT NULL, \
+    coalesce((SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass('user_logins')), false), \
+    to_regclass('user_logins_partitioning') IS NOT NULL AND to_regclass('user_logins_default') IS NOT NULL \
+        AND to_regclass('user_logins_pii_vault_held') IS NOT NULL \
+        AND to_regprocedure('login_etl_purge_default(date)') IS NOT NULL";
+
+/// The schema as the catalog shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaState {
+    /// `user_logins` exists.
+    pub table: bool,
+    /// It has `message_id`, `app_version_text` and `sent_at`.
+    pub columns: bool,
+    /// It has a valid unique index on `(sent_at, message_id, create_date)`:
+    /// the key that keeps a redelivered message from being written twice.
+    pub unique_index: bool,
+    /// The first transaction id not yet assigned (an `xid8` as text).
+    pub floor: Option<String>,
+    /// The PII vault's tables exist.
+    pub vault: bool,
+    /// The audit table, the erasure list and its check exist.
+    pub erasure: bool,
+    /// `user_logins` is partitioned (false for a table from before this
+    /// version, which `login-etl migrate` converts).
+    pub partitioned: bool,
+    /// The partition machinery of migrations/0004 exists.
+    pub partitions: bool,
+}
+
+impl SchemaState {
+    /// Nothing for a migration to do.
+    pub fn is_current(&self) -> bool {
+        self.table
+            && self.columns
+            && self.unique_index
+            && self.vault
+            && self.erasure
+            && self.partitioned
+            && self.partitions
+    }
+}
+
+/// The oldest PostgreSQL release login-etl runs on: the xid floor and the
+/// lost-reply recount use `pg_current_snapshot()` and `xid8` (13 and later).
+pub const MIN_SERVER_VERSION_NUM: i32 = 130_000;
+
+const VERSION_SQL: &str =
+    "SELECT current_setting('server_version_num')::int4, current_setting('server_version')";
+
+/// A non-retryable error unless `version_num` (`server_version_num`) is at
+/// least [`MIN_SERVER_VERSION_NUM`]; `version` is what the error shows.
+pub fn require_version(version_num: i32, version: &str) -> Result<(), SinkError> {
+    if version_num >= MIN_SERVER_VERSION_NUM {
+        return Ok(());
+    }
+    Err(SinkError::Fatal {
+        op: "working with this server",
+        cause: format!("the server runs PostgreSQL {version}"),
+        hint: "; login-etl needs PostgreSQL 13 or later (it uses pg_current_snapshot and xid8): upgrade the server".into(),
+    })
+}
+
+/// The server's `server_version_num` and `server_version`.
+pub async fn server_version(client: &Client) -> Result<(i32, String), tokio_postgres::Error> {
+    let row = client.query_typed_one(VERSION_SQL, &[]).await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// Reads [`SchemaState`] (one unnamed statement, no table lock).
+pub async fn inspect(client: &Client) -> Result<SchemaState, tokio_postgres::Error> {
+    let row = client.query_typed_one(INSPECT_SQL, &[]).await?;
+    Ok(SchemaState {
+        table: row.get(0),
+        columns: row.get(1),
+        unique_index: row.get(2),
+        floor: row.get(3),
+        vault: row.get(4),
+        erasure: row.get(5),
+        partitioned: row.get(6),
+        partitions: row.get(7),
+    })
+}
+
+/// The schema guard, run on the sink's first connection: an error that
+/// names the fix unless `user_logins` is complete. Returns the xid floor.
+pub async fn check(
+    client: &Client,
+    limit: Duration,
+    vault: bool,
+) -> Result<Option<String>, SinkError> {
+    // Both in one round trip; on a server older than 13 the inspection
+    // fails (no pg_current_snapshot), and the version says why.
+    let answers = timeout(limit, async {
+        tokio::join!(server_version(client), inspect(client))
+    })
+    .await;
+    if let Ok((Ok((num, version)), _)) = &answers {
+        require_version(*num, version)?;
+    }
+    let state = match answers.map(|(_, state)| state) {
+        Ok(Ok(state)) => state,
+        Ok(Err(e)) => {
+            return Err(SinkError::Transient {
+                op: "checking the schema of user_logins",
+                cause: describe(&e),
+            });
+        }
+        Err(_) => {
+            return Err(SinkError::Transient {
+                op: "checking the schema of user_logins",
+                cause: format!("no answer within {} ms", limit.as_millis()),
+            });
+        }
+    };
+    let fatal = |cause: &str, hint: &'static str| SinkError::Fatal {
+        op: "writing into user_logins",
+        cause: cause.to_owned(),
+        hint: hint.into(),
+    };
+    if !state.table || !state.columns {
+        return Err(fatal(
+            "the table user_logins is missing or lacks message_id / app_version_text",
+            "; run `make migrate` (login-etl migrate) or set RUN_MIGRATIONS=true",
+        ));
+    }
+    if !state.partitioned {
+        return Err(fatal(
+            "user_logins is not partitioned (a table from before this version)",
+            "; run `login-etl migrate` from a shell: it converts the table online, ingest keeps running (docs/operations.md, \"Upgrading an existing table\")",
+        ));
+    }
+    if !state.unique_index {
+        return Err(fatal(
+            "user_logins has no valid unique index on (sent_at, message_id, create_date), so a redelivered message could be written twice; nothing was written",
+            "; run `login-etl migrate` (make migrate), which builds it again",
+        ));
+    }
+    if !state.erasure || !state.partitions {
+        return Err(fatal(
+            "the erasure list (user_logins_erased, login_etl_refuse_erased) or the partition functions (login_etl_*) are missing: the schema predates this version",
+            "; run `make migrate` (login-etl migrate) or set RUN_MIGRATIONS=true",
+        ));
+    }
+    if vault && !state.vault {
+        return Err(fatal(
+            "the PII vault's tables (user_logins_pii_vault, user_logins_vault_keys) are missing",
+            "; run `make migrate` (login-etl migrate) or set RUN_MIGRATIONS=true",
+        ));
+    }
+    Ok(state.floor)
+}
+
+/// How `migrate` may proceed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MigrateOptions {
+    /// The partition width for a table made now; `None` keeps what is
+    /// stored (day for a new table). A different width than the stored one
+    /// is refused: partitions of two widths would overlap.
+    pub granularity: Option<Granularity>,
+    /// Convert an unpartitioned `user_logins` only when it is empty (a
+    /// cold start with `RUN_MIGRATIONS=true`: converting millions of rows
+    /// takes minutes, longer than Lambda's init phase; `login-etl migrate`
+    /// from a shell does it online).
+    pub convert_only_if_empty: bool,
+    /// Days after today whose partitions are made (see `crate::maintain`).
+    pub premake_days: u32,
+}
+
+/// A failed schema statement as a [`SinkError`]: transient for what a
+/// retry may fix (the connection, a lock timeout), fatal otherwise.
+pub(crate) fn failed(op: &'static str) -> impl Fn(tokio_postgres::Error) -> SinkError {
+    move |e| {
+        let transient = match e.code() {
+            None => true,
+            Some(state) => matches!(&state.code()[..2], "08" | "53" | "57" | "55" | "40"),
+        };
+        if transient {
+            SinkError::Transient {
+                op,
+                cause: describe(&e),
+            }
+        } else {
+            SinkError::Fatal {
+                op,
+                cause: describe(&e),
+                hint: "; run `login-etl migrate` as the tables' owner (docs/operations.md, \"Database roles\")".into(),
+            }
+        }
+    }
+}
+
+/// Creates or upgrades the schema, then makes the partitions from
+/// yesterday to `premake_days` ahead. An unpartitioned `user_logins` is
+/// converted first ([`convert`]). [`MIGRATION_SQL`] is applied in one
+/// transaction under the advisory lock, unless the catalog shows the
+/// schema is current: then it takes no lock on the table at all (the
+/// migration's `ALTER TABLE` would take an ACCESS EXCLUSIVE lock even when
+/// it changes nothing). True when it changed anything.
+pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<bool, SinkError> {
+    let state = inspect(client)
+        .await
+        .map_err(failed("reading the catalog"))?;
+    let mut applied = false;
+    if state.table && !state.partitioned {
+        applied = convert::convert(client, options).await?;
+    } else if !state.is_current() {
+        let tx = client
+            .transaction()
+            .await
+            .map_err(failed("starting the migration"))?;
+        tx.query_typed(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[(&MIGRATION_LOCK_KEY, Type::INT8)],
+        )
+        .await
+        .map_err(failed("waiting for the migration lock"))?;
+        tx.batch_execute(MIGRATION_SQL)
+            .await
+            .map_err(failed("applying the schema"))?;
+        tx.commit()
+            .await
+            .map_err(failed("committing the schema"))?;
+        applied = true;
+    }
+    set_granularity(client, options.granularity).await?;
+    let made = premake(client, options.premake_days).await?;
+    Ok(applied || made > 0)
+}
+
+/// Stores the granularity of a new table, or checks that `wanted` is the
+/// one stored.
+async fn set_granularity(client: &Client, wanted: Option<Granularity>) -> Result<(), SinkError> {
+    let stored: String = client
+        .query_typed_one(
+            "WITH ins AS (INSERT INTO user_logins_partitioning (granularity) VALUES ($1) \
+             ON CONFLICT (singleton) DO NOTHING RETURNING granularity) \
+             SELECT granularity FROM ins UNION ALL SELECT granularity FROM user_logins_partitioning LIMIT 1",
+            &[(&wanted.unwrap_or_default().as_str(), Type::VARCHAR)],
+        )
+        .await
+        .map_err(failed("storing the partition interval"))?
+        .get(0);
+    match wanted {
+        Some(g) if g.as_str() != stored => Err(SinkError::Fatal {
+            op: "choosing the partition interval",
+            cause: format!(
+                "user_logins is partitioned by {stored}; --partition-interval {} was asked",
+                g.as_str()
+            ),
+            hint: format!("; partitions of two widths would overlap: leave --partition-interval out (or give {stored})").into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Makes every missing partition from [`PREMAKE_PAST_DAYS`] before today
+/// (UTC) to `days` after it, one short transaction each; returns how many
+/// it made. What `maintain` calls too.
+pub async fn premake(client: &Client, days: u32) -> Result<usize, SinkError> {
+    let today = chrono::Utc::now().date_naive();
+    let mut made = 0;
+    for offset in -PREMAKE_PAST_DAYS..=i64::from(days) {
+        let day = today + chrono::TimeDelta::days(offset);
+        if ensure_partition(client, day).await?.is_some() {
+            made += 1;
+        }
+    }
+    Ok(made)
+}
+
+/// A partition made by [`ensure_partition`] and the rows it took over from
+/// the DEFAULT partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Made {
+    /// Its name (`user_logins_pYYYYMMDD`, by its first day).
+    pub name: String,
+    /// Rows moved into it from `user_logins_default`.
+    pub moved: i64,
+}
+
+/// How often a partition step is tried when its lock wait (100 ms,
+/// migrations/0004) runs out, and the pause between tries: ingest never
+/// waits longer than one lock wait, and the step still gets through
+/// between two write transactions.
+pub const LOCK_TRIES: u32 = 50;
+const LOCK_PAUSE: Duration = Duration::from_millis(200);
+
+/// Runs one partition step, again while it times out waiting for its lock.
+pub(crate) async fn with_lock_retries<T, F, Fut>(op: &'static str, mut step: F) -> Result<T, SinkError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+{
+    let mut tries = 0;
+    loop {
+        match step().await {
+            Ok(v) => return Ok(v),
+            Err(e)
+                if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+                    && tries + 1 < LOCK_TRIES =>
+            {
+                tries += 1;
+                info!(op, tries, "lock wait ran out (ingest goes first); trying again");
+                tokio::time::sleep(LOCK_PAUSE).await;
+            }
+            Err(e) => return Err(failed(op)(e)),
+        }
+    }
+}
+
+/// Makes the partition holding `day` unless one does (and moves its rows
+/// out of the DEFAULT partition): `login_etl_ensure_partition`.
+pub async fn ensure_partition(client: &Client, day: NaiveDate) -> Result<Option<Made>, SinkError> {
+    let row = with_lock_retries("making a partition", || async move {
+        client
+            .query_typed_opt(
+                "SELECT created, moved FROM login_etl_ensure_partition($1)",
+                &[(&day, Type::DATE)],
+            )
+            .await
+    })
+    .await?;
+    Ok(row.map(|r| Made {
+        name: r.get(0),
+        moved: r.get(1),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_older_than_13_are_refused_for_good_with_both_versions_named() {
+        assert!(require_version(130_000, "13.0").is_ok());
+        assert!(require_version(150_020, "15.20").is_ok());
+        let e = require_version(120_017, "12.17 (Debian 12.17-1)").unwrap_err();
+        assert!(!e.is_retryable());
+        let text = e.to_string();
+        assert!(
+            text.contains("12.17") && text.contains("PostgreSQL 13 or later"),
+            "{text}"
+        );
+    }
+}
