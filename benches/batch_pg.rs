@@ -46,6 +46,7 @@ async fn copy_rows(client: &tokio_postgres::Client, rows: &[LoginRow<'_>]) {
                 &r.app_version,
                 &&*r.app_version_text,
                 &r.create_date,
+                &r.sent_at,
             ])
             .await
             .unwrap();

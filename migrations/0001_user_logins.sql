@@ -39,4 +39,15 @@ $$;
 -- per row, and after each checkpoint logs it whole to the WAL). It
 -- includes create_date because a unique index of a partitioned table must
 -- hold the partition key. docs/performance.md has the measured alternatives.
+-- An INVALID index under this name (made ON ONLY and never completed, or
+-- left by a failed build) would satisfy IF NOT EXISTS and arbitrate
+-- nothing: drop it so that it is built again.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_index
+               WHERE indexrelid = to_regclass('user_logins_key') AND NOT indisvalid) THEN
+        DROP INDEX user_logins_key;
+    END IF;
+END
+$$;
 CREATE UNIQUE INDEX IF NOT EXISTS user_logins_key ON user_logins (sent_at, message_id, create_date);

@@ -733,7 +733,7 @@ mod tests {
         copy.message_attributes.as_mut().unwrap().source_sent_timestamp = None;
         let legacy = transform("m-redriven", &copy, &masker).unwrap();
         assert_eq!(legacy.message_id, "m-original");
-        assert_eq!(legacy.create_date, NaiveDate::from_ymd_opt(2023, 11, 15).unwrap());
+        assert_eq!(legacy.create_date, NaiveDate::from_ymd_opt(2023, 11, 16).unwrap());
         let mut unsent = original.clone();
         unsent.attributes = None;
         let e = transform("m", &unsent, &masker).unwrap_err();

@@ -81,7 +81,7 @@ pub async fn build_with(
     }
     if config.run_migrations {
         let options = MigrateOptions {
-            convert_only_if_empty: true,
+            cold_start: true,
             premake_days: crate::maintain::DEFAULT_PREMAKE_DAYS,
             ..MigrateOptions::default()
         };

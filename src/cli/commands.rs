@@ -100,7 +100,7 @@ async fn audit(args: &AuditArgs) -> Result<(), Failure> {
 async fn migrate(args: &MigrateArgs) -> Result<(), Failure> {
     let options = crate::schema::MigrateOptions {
         granularity: args.partition_interval.map(Into::into),
-        convert_only_if_empty: false,
+        cold_start: false,
         premake_days: args.premake_days,
     };
     let target = startup::migrate_with(&DbConfig::from_env()?, &options).await?;

@@ -43,7 +43,7 @@ const ADD_COLUMNS_SQL: &str = "ALTER TABLE user_logins \
 /// Converts the unpartitioned `user_logins`; true when it did (false when
 /// another `migrate` did it first). See the module documentation.
 pub async fn convert(client: &mut Client, options: &MigrateOptions) -> Result<bool, SinkError> {
-    if options.convert_only_if_empty {
+    if options.cold_start {
         let empty: bool = client
             .query_typed_one("SELECT NOT EXISTS (SELECT 1 FROM user_logins)", &[])
             .await

@@ -250,11 +250,12 @@ pub struct MigrateOptions {
     /// stored (day for a new table). A different width than the stored one
     /// is refused: partitions of two widths would overlap.
     pub granularity: Option<Granularity>,
-    /// Convert an unpartitioned `user_logins` only when it is empty (a
-    /// cold start with `RUN_MIGRATIONS=true`: converting millions of rows
-    /// takes minutes, longer than Lambda's init phase; `login-etl migrate`
-    /// from a shell does it online).
-    pub convert_only_if_empty: bool,
+    /// A cold start with `RUN_MIGRATIONS=true`, as the function's role:
+    /// an unpartitioned `user_logins` is converted only when it is empty
+    /// (millions of rows take minutes, longer than Lambda's init phase;
+    /// `login-etl migrate` from a shell does it online), and a current
+    /// schema is left alone (partitions are `maintain`'s work).
+    pub cold_start: bool,
     /// Days after today whose partitions are made (see `crate::maintain`).
     pub premake_days: u32,
 }
@@ -293,6 +294,9 @@ pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<bo
     let state = inspect(client)
         .await
         .map_err(failed("reading the catalog"))?;
+    if options.cold_start && state.is_current() {
+        return Ok(false);
+    }
     let mut applied = false;
     if state.table && !state.partitioned {
         applied = convert::convert(client, options).await?;
@@ -323,16 +327,23 @@ pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<bo
 /// Stores the granularity of a new table, or checks that `wanted` is the
 /// one stored.
 async fn set_granularity(client: &Client, wanted: Option<Granularity>) -> Result<(), SinkError> {
-    let stored: String = client
-        .query_typed_one(
-            "WITH ins AS (INSERT INTO user_logins_partitioning (granularity) VALUES ($1) \
-             ON CONFLICT (singleton) DO NOTHING RETURNING granularity) \
-             SELECT granularity FROM ins UNION ALL SELECT granularity FROM user_logins_partitioning LIMIT 1",
-            &[(&wanted.unwrap_or_default().as_str(), Type::VARCHAR)],
-        )
+    let read = client
+        .query_typed_opt("SELECT granularity FROM user_logins_partitioning", &[])
         .await
-        .map_err(failed("storing the partition interval"))?
-        .get(0);
+        .map_err(failed("reading the partition interval"))?;
+    let stored: String = match read {
+        Some(row) => row.get(0),
+        None => client
+            .query_typed_one(
+                "WITH ins AS (INSERT INTO user_logins_partitioning (granularity) VALUES ($1) \
+                 ON CONFLICT (singleton) DO NOTHING RETURNING granularity) \
+                 SELECT granularity FROM ins UNION ALL SELECT granularity FROM user_logins_partitioning LIMIT 1",
+                &[(&wanted.unwrap_or_default().as_str(), Type::VARCHAR)],
+            )
+            .await
+            .map_err(failed("storing the partition interval"))?
+            .get(0),
+    };
     match wanted {
         Some(g) if g.as_str() != stored => Err(SinkError::Fatal {
             op: "choosing the partition interval",

@@ -321,3 +321,16 @@ pub mod pgbouncer;
 pub mod proxy;
 pub mod runtime_api;
 pub mod sqs;
+
+/// Takes the message's `SentTimestamp` away and labels it as the function
+/// must treat it: a valid body is rejected, since its day (part of the row
+/// key) would be the day it was read; an invalid one keeps its reason (the
+/// body is checked first).
+pub fn without_sent_timestamp(m: &mut aws_lambda_events::event::sqs::SqsMessage) {
+    m.attributes.remove("SentTimestamp");
+    if let Some(expect) = m.message_attributes.get_mut("expect")
+        && expect.string_value.as_deref() == Some("insert")
+    {
+        expect.string_value = Some("reject:no_sent_timestamp".into());
+    }
+}
