@@ -145,9 +145,7 @@ async fn measure(
             let rows: Vec<LoginRow<'_>> = event
                 .records
                 .iter()
-                .map(|m| {
-                    record::transform(m.message_id.as_deref().unwrap(), m, masker).unwrap()
-                })
+                .map(|m| record::transform(m.message_id.as_deref().unwrap(), m, masker).unwrap())
                 .collect();
             let sealed = vault.map(|key| {
                 let mut batch = VaultBatch::default();
@@ -261,9 +259,7 @@ async fn main() {
         let rows: Vec<LoginRow<'_>> = parsed
             .records
             .iter()
-            .map(|m| {
-                record::transform(m.message_id.as_deref().unwrap(), m, &masker).unwrap()
-            })
+            .map(|m| record::transform(m.message_id.as_deref().unwrap(), m, &masker).unwrap())
             .collect();
         phases[1].push(t.elapsed());
         let t = Instant::now();

@@ -97,7 +97,14 @@ const FORGET_AUDIT: &[&str] = &[
     "rows_deleted",
     "vault_entries_deleted",
 ];
-const VAULT_ENTRY: &[&str] = &["kind", "token", "key_id", "nonce", "ciphertext", "created_at"];
+const VAULT_ENTRY: &[&str] = &[
+    "kind",
+    "token",
+    "key_id",
+    "nonce",
+    "ciphertext",
+    "created_at",
+];
 const HELD_ENTRY: &[&str] = &[
     "user_key",
     "kind",
@@ -274,7 +281,10 @@ pub fn sql(role: Role, to: &str, schema: &str) -> Result<String, GrantsError> {
     if role == Role::Maintain {
         for f in MAINTAIN_FUNCTIONS {
             let (name, args) = f.split_once('(').expect("a signature");
-            let _ = writeln!(out, "GRANT EXECUTE ON FUNCTION {ns}.\"{name}\"({args} TO {to};");
+            let _ = writeln!(
+                out,
+                "GRANT EXECUTE ON FUNCTION {ns}.\"{name}\"({args} TO {to};"
+            );
         }
     }
     Ok(out)

@@ -46,9 +46,9 @@ pub mod grants;
 pub mod handler;
 #[cfg(feature = "service")]
 pub mod logging;
-pub mod masking;
 #[cfg(feature = "service")]
 pub mod maintain;
+pub mod masking;
 #[cfg(feature = "service")]
 pub mod metrics;
 #[cfg(feature = "service")]

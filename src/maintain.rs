@@ -55,12 +55,16 @@ impl MaintainOptions {
         let read = |var: &'static str| -> Result<Option<u32>, crate::error::ConfigError> {
             match std::env::var(var).ok().filter(|v| !v.trim().is_empty()) {
                 None => Ok(None),
-                Some(v) => v.trim().parse::<u32>().ok().filter(|&n| n > 0).map(Some).ok_or(
-                    crate::error::ConfigError::Invalid {
+                Some(v) => v
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .map(Some)
+                    .ok_or(crate::error::ConfigError::Invalid {
                         var,
                         reason: "expected a whole number of days, 1 or more".into(),
-                    },
-                ),
+                    }),
             }
         };
         Ok(Self {
@@ -165,7 +169,9 @@ pub async fn run(client: &Client, options: &MaintainOptions) -> Result<MaintainR
 
     // The coming days first: the step that keeps rows out of the DEFAULT partition.
     for offset in -schema::PREMAKE_PAST_DAYS..=i64::from(options.premake_days) {
-        if let Some(made) = schema::ensure_partition(client, today + TimeDelta::days(offset)).await? {
+        if let Some(made) =
+            schema::ensure_partition(client, today + TimeDelta::days(offset)).await?
+        {
             info!(partition = %made.name, moved = made.moved, "partition made");
             report.created.push(made);
         }
@@ -187,7 +193,10 @@ pub async fn run(client: &Client, options: &MaintainOptions) -> Result<MaintainR
     if let Some(cutoff) = cutoff {
         report.purged_from_default = with_lock_retries("purging the DEFAULT partition", || async {
             let row = client
-                .query_typed_one("SELECT login_etl_purge_default($1)", &[(&cutoff, Type::DATE)])
+                .query_typed_one(
+                    "SELECT login_etl_purge_default($1)",
+                    &[(&cutoff, Type::DATE)],
+                )
                 .await?;
             Ok(row.get::<_, i64>(0))
         })
@@ -258,14 +267,22 @@ pub struct Partition {
     pub is_default: bool,
 }
 
-/// The partitions, oldest first (the DEFAULT partition first of all).
+/// The partitions, oldest first (the DEFAULT partition first of all);
+/// none for a table not converted yet (`migrate --prepare` done, not the
+/// cutover), which has no `login_etl_partitions` either.
 pub async fn partitions(client: &Client) -> Result<Vec<Partition>, tokio_postgres::Error> {
-    Ok(client
+    let listed = client
         .query_typed(
             "SELECT name, lo, hi, is_default FROM login_etl_partitions()",
             &[],
         )
-        .await?
+        .await;
+    if let Err(e) = &listed
+        && e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION)
+    {
+        return Ok(Vec::new());
+    }
+    Ok(listed?
         .iter()
         .map(|r| Partition {
             name: r.get(0),
@@ -387,14 +404,15 @@ mod tests {
             ]
         );
         // No partition at all: everything is in the DEFAULT one.
-        assert_eq!(
-            segments(&[]),
-            [Segment::Range(None, None), Segment::Null]
-        );
-        let (sql, values) = Segment::Range(Some(d("2026-11-21")), Some(d("2026-11-23"))).condition(2);
+        assert_eq!(segments(&[]), [Segment::Range(None, None), Segment::Null]);
+        let (sql, values) =
+            Segment::Range(Some(d("2026-11-21")), Some(d("2026-11-23"))).condition(2);
         assert_eq!(sql, "create_date >= $2::date AND create_date < $3::date");
         assert_eq!(values, [d("2026-11-21"), d("2026-11-23")]);
-        assert_eq!(Segment::Range(None, None).condition(2).0, "create_date IS NOT NULL");
+        assert_eq!(
+            Segment::Range(None, None).condition(2).0,
+            "create_date IS NOT NULL"
+        );
     }
 
     #[test]

@@ -704,7 +704,8 @@ mod tests {
 
     #[test]
     fn a_redriven_copy_keeps_the_originals_key_and_day_and_no_timestamp_is_a_rejection() {
-        let masker = Masker::new(&crate::masking::MaskingKey::from_hex(&"ab".repeat(32), "test").unwrap());
+        let masker =
+            Masker::new(&crate::masking::MaskingKey::from_hex(&"ab".repeat(32), "test").unwrap());
         let body = r#"{"user_id":"u","app_version":"1.1","device_type":"ios","ip":"10.0.0.1","locale":null,"device_id":"123-45-6789"}"#;
         let original = SqsRecord {
             body: Some(body.into()),
@@ -728,12 +729,21 @@ mod tests {
             (again.message_id, again.sent_at, again.create_date),
             (row.message_id, row.sent_at, row.create_date)
         );
-        assert_eq!(row.create_date, NaiveDate::from_ymd_opt(2023, 11, 14).unwrap());
+        assert_eq!(
+            row.create_date,
+            NaiveDate::from_ymd_opt(2023, 11, 14).unwrap()
+        );
         // A copy from before source_sent_timestamp existed: its own time.
-        copy.message_attributes.as_mut().unwrap().source_sent_timestamp = None;
+        copy.message_attributes
+            .as_mut()
+            .unwrap()
+            .source_sent_timestamp = None;
         let legacy = transform("m-redriven", &copy, &masker).unwrap();
         assert_eq!(legacy.message_id, "m-original");
-        assert_eq!(legacy.create_date, NaiveDate::from_ymd_opt(2023, 11, 16).unwrap());
+        assert_eq!(
+            legacy.create_date,
+            NaiveDate::from_ymd_opt(2023, 11, 16).unwrap()
+        );
         let mut unsent = original.clone();
         unsent.attributes = None;
         let e = transform("m", &unsent, &masker).unwrap_err();

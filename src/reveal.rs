@@ -268,7 +268,10 @@ pub async fn forget(
     }
     .await;
     end_locked(client, listed, "putting the user on the erasure list").await?;
-    info!(ms = began.elapsed().as_millis() as u64, "user on the erasure list: no write stores their rows any more");
+    info!(
+        ms = began.elapsed().as_millis() as u64,
+        "user on the erasure list: no write stores their rows any more"
+    );
 
     let segments = crate::maintain::segments(
         &crate::maintain::partitions(client)
@@ -280,7 +283,11 @@ pub async fn forget(
     for (i, segment) in segments.iter().enumerate() {
         let (cond, bounds) = segment.condition(2);
         let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![(&user_id, Type::VARCHAR)];
-        params.extend(bounds.iter().map(|d| (d as &(dyn ToSql + Sync), Type::DATE)));
+        params.extend(
+            bounds
+                .iter()
+                .map(|d| (d as &(dyn ToSql + Sync), Type::DATE)),
+        );
         let gone = client
             .query_typed(
                 &format!("DELETE FROM user_logins WHERE user_id = $1 AND {cond} RETURNING masked_ip, masked_device_id"),
@@ -291,10 +298,16 @@ pub async fn forget(
         rows += gone.len() as u64;
         ips.extend(gone.iter().filter_map(|r| r.get::<_, Option<String>>(0)));
         devices.extend(gone.iter().filter_map(|r| r.get::<_, Option<String>>(1)));
-        info!(segment = i + 1, of = segments.len(), rows_deleted = rows, "deleting the user's rows, one partition at a time");
+        info!(
+            segment = i + 1,
+            of = segments.len(),
+            rows_deleted = rows,
+            "deleting the user's rows, one partition at a time"
+        );
     }
 
-    let (ips, devices): (Vec<String>, Vec<String>) = (ips.into_iter().collect(), devices.into_iter().collect());
+    let (ips, devices): (Vec<String>, Vec<String>) =
+        (ips.into_iter().collect(), devices.into_iter().collect());
     if !ips.is_empty() || !devices.is_empty() {
         begin_locked(client).await?;
         let held = client
@@ -338,7 +351,11 @@ pub async fn forget(
                 (&held_ips, Type::VARCHAR_ARRAY),
                 (&held_devices, Type::VARCHAR_ARRAY),
             ];
-            params.extend(bounds.iter().map(|d| (d as &(dyn ToSql + Sync), Type::DATE)));
+            params.extend(
+                bounds
+                    .iter()
+                    .map(|d| (d as &(dyn ToSql + Sync), Type::DATE)),
+            );
             let row = client
                 .query_typed_one(
                     &format!(
@@ -354,8 +371,10 @@ pub async fn forget(
             used_devices.extend(row.get::<_, Vec<String>>(1));
         }
     }
-    let (used_ips, used_devices): (Vec<String>, Vec<String>) =
-        (used_ips.into_iter().collect(), used_devices.into_iter().collect());
+    let (used_ips, used_devices): (Vec<String>, Vec<String>) = (
+        used_ips.into_iter().collect(),
+        used_devices.into_iter().collect(),
+    );
 
     let tx = client
         .transaction()
@@ -395,7 +414,12 @@ pub async fn forget(
     .await
     .map_err(db("writing the audit record"))?;
     tx.commit().await.map_err(db("committing the erasure"))?;
-    info!(rows, vault_entries = freed, seconds = began.elapsed().as_secs_f64(), "user erased");
+    info!(
+        rows,
+        vault_entries = freed,
+        seconds = began.elapsed().as_secs_f64(),
+        "user erased"
+    );
     Ok(Forgotten {
         rows,
         vault_entries: freed,
@@ -418,7 +442,9 @@ async fn begin_locked(client: &Client) -> Result<(), RevealError> {
             .await;
         let Err(e) = locked else { return Ok(()) };
         let _ = client.batch_execute("ROLLBACK").await;
-        if e.code() != Some(&SqlState::LOCK_NOT_AVAILABLE) || since.elapsed() >= FORGET_LOCK_PATIENCE {
+        if e.code() != Some(&SqlState::LOCK_NOT_AVAILABLE)
+            || since.elapsed() >= FORGET_LOCK_PATIENCE
+        {
             return Err(db("locking user_logins for a moment")(e));
         }
         // A pause with a little jitter, so that queued writes get through.

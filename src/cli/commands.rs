@@ -102,6 +102,7 @@ async fn migrate(args: &MigrateArgs) -> Result<(), Failure> {
         granularity: args.partition_interval.map(Into::into),
         cold_start: false,
         premake_days: args.premake_days,
+        prepare_only: args.prepare,
     };
     let target = startup::migrate_with(&DbConfig::from_env()?, &options).await?;
     info!(%target, "schema applied");

@@ -139,6 +139,9 @@ pub struct MigrateArgs {
     /// Days after today whose partitions are made.
     #[arg(long, value_name = "DAYS", default_value_t = crate::maintain::DEFAULT_PREMAKE_DAYS)]
     pub premake_days: u32,
+    /// Upgrading an unpartitioned table: do everything but the cutover (new columns, indexes built online, bounds proved), so this version can be deployed first.
+    #[arg(long)]
+    pub prepare: bool,
 }
 
 /// A partition width, as the command line names it.

@@ -63,7 +63,10 @@ pub async fn convert(client: &mut Client, options: &MigrateOptions) -> Result<bo
     // that retries past midnight); partitions start the day after.
     let first_new_day = Utc::now().date_naive() + TimeDelta::days(2);
 
-    info!(step = "1/5", "adding message_id, app_version_text, sent_at where missing");
+    info!(
+        step = "1/5",
+        "adding message_id, app_version_text, sent_at where missing"
+    );
     let missing: i64 = client
         .query_typed_one(
             "SELECT 3 - count(*) FROM pg_attribute WHERE attrelid = 'user_logins'::regclass \
@@ -90,18 +93,43 @@ pub async fn convert(client: &mut Client, options: &MigrateOptions) -> Result<bo
             "sent_at, message_id, create_date",
         ),
     ] {
-        info!(step, index = name, "building a unique index CONCURRENTLY (ingest keeps writing)");
+        info!(
+            step,
+            index = name,
+            "building a unique index CONCURRENTLY (ingest keeps writing)"
+        );
         let t = Instant::now();
         build_index(client, name, columns).await?;
-        info!(step, index = name, seconds = t.elapsed().as_secs_f64(), "index ready");
+        info!(
+            step,
+            index = name,
+            seconds = t.elapsed().as_secs_f64(),
+            "index ready"
+        );
     }
 
     info!(step = "4/5", bound = %first_new_day, "proving every row's create_date is set and before the bound (CHECK ... NOT VALID, then VALIDATE)");
     let t = Instant::now();
     bound_rows(client, first_new_day).await?;
-    info!(step = "4/5", seconds = t.elapsed().as_secs_f64(), "bounds proved");
+    info!(
+        step = "4/5",
+        seconds = t.elapsed().as_secs_f64(),
+        "bounds proved"
+    );
+    if options.prepare_only {
+        // The erasure list and the vault must exist for this version to
+        // write into the old table (its guard checks them).
+        apply_side_tables(client).await?;
+        info!(
+            "prepared (--prepare): deploy this version, then run `login-etl migrate` for the cutover"
+        );
+        return Ok(true);
+    }
 
-    info!(step = "5/5", "cutover: user_logins becomes user_logins_legacy, the first partition of a partitioned user_logins");
+    info!(
+        step = "5/5",
+        "cutover: user_logins becomes user_logins_legacy, the first partition of a partitioned user_logins"
+    );
     let held = cutover(client, first_new_day).await?;
     let Some(held) = held else {
         info!("another migrate converted user_logins first");
@@ -117,6 +145,22 @@ pub async fn convert(client: &mut Client, options: &MigrateOptions) -> Result<bo
         "user_logins converted"
     );
     Ok(true)
+}
+
+/// The tables beside `user_logins` (vault, audit, erasure list) without
+/// touching `user_logins` itself, so that this version can write into the
+/// old table before the cutover.
+async fn apply_side_tables(client: &Client) -> Result<(), SinkError> {
+    client
+        .batch_execute(concat!(
+            "BEGIN;\n",
+            include_str!("../../migrations/0002_pii_vault.sql"),
+            "\n",
+            include_str!("../../migrations/0003_pii_audit_and_erasure.sql"),
+            "\nCOMMIT;"
+        ))
+        .await
+        .map_err(failed("creating the vault, audit and erasure tables"))
 }
 
 /// `sql` in a transaction of its own that waits for its locks at most

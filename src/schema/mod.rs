@@ -95,7 +95,12 @@ const INSPECT_SQL: &str = "SELECT \
     coalesce((SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass('user_logins')), false), \
     to_regclass('user_logins_partitioning') IS NOT NULL AND to_regclass('user_logins_default') IS NOT NULL \
         AND to_regclass('user_logins_pii_vault_held') IS NOT NULL \
-        AND to_regprocedure('login_etl_purge_default(date)') IS NOT NULL";
+        AND to_regprocedure('login_etl_purge_default(date)') IS NOT NULL, \
+    EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a \
+        ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+        WHERE i.indrelid = to_regclass('user_logins') AND a.attname = 'message_id' \
+        AND i.indisunique AND i.indnkeyatts = 1 AND i.indpred IS NULL AND i.indexprs IS NULL \
+        AND i.indisvalid AND i.indisready)";
 
 /// The schema as the catalog shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +123,10 @@ pub struct SchemaState {
     pub partitioned: bool,
     /// The partition machinery of migrations/0004 exists.
     pub partitions: bool,
+    /// A valid unique index on `message_id` alone: what keeps an
+    /// unpartitioned table from before this version exactly once while
+    /// `login-etl migrate --prepare` has run and the cutover has not.
+    pub message_id_index: bool,
 }
 
 impl SchemaState {
@@ -171,6 +180,7 @@ pub async fn inspect(client: &Client) -> Result<SchemaState, tokio_postgres::Err
         erasure: row.get(5),
         partitioned: row.get(6),
         partitions: row.get(7),
+        message_id_index: row.get(8),
     })
 }
 
@@ -217,6 +227,11 @@ pub async fn check(
         ));
     }
     if !state.partitioned {
+        // Between `migrate --prepare` and the cutover: the old table has
+        // every column and its unique message_id index arbitrates.
+        if state.columns && state.message_id_index && state.erasure {
+            return Ok(state.floor);
+        }
         return Err(fatal(
             "user_logins is not partitioned (a table from before this version)",
             "; run `login-etl migrate` from a shell: it converts the table online, ingest keeps running (docs/operations.md, \"Upgrading an existing table\")",
@@ -258,6 +273,11 @@ pub struct MigrateOptions {
     pub cold_start: bool,
     /// Days after today whose partitions are made (see `crate::maintain`).
     pub premake_days: u32,
+    /// Stop an upgrade before its cutover: the old table gets its new
+    /// columns, both unique indexes and the proven bounds, and stays
+    /// unpartitioned, writable by the old version and by this one. See
+    /// docs/operations.md, "Upgrading an existing table".
+    pub prepare_only: bool,
 }
 
 /// A failed schema statement as a [`SinkError`]: transient for what a
@@ -300,6 +320,9 @@ pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<bo
     let mut applied = false;
     if state.table && !state.partitioned {
         applied = convert::convert(client, options).await?;
+        if options.prepare_only {
+            return Ok(applied);
+        }
     } else if !state.is_current() {
         let tx = client
             .transaction()
@@ -314,9 +337,7 @@ pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<bo
         tx.batch_execute(MIGRATION_SQL)
             .await
             .map_err(failed("applying the schema"))?;
-        tx.commit()
-            .await
-            .map_err(failed("committing the schema"))?;
+        tx.commit().await.map_err(failed("committing the schema"))?;
         applied = true;
     }
     set_granularity(client, options.granularity).await?;
@@ -390,7 +411,10 @@ pub const LOCK_TRIES: u32 = 50;
 const LOCK_PAUSE: Duration = Duration::from_millis(200);
 
 /// Runs one partition step, again while it times out waiting for its lock.
-pub(crate) async fn with_lock_retries<T, F, Fut>(op: &'static str, mut step: F) -> Result<T, SinkError>
+pub(crate) async fn with_lock_retries<T, F, Fut>(
+    op: &'static str,
+    mut step: F,
+) -> Result<T, SinkError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
@@ -404,7 +428,10 @@ where
                     && tries + 1 < LOCK_TRIES =>
             {
                 tries += 1;
-                info!(op, tries, "lock wait ran out (ingest goes first); trying again");
+                info!(
+                    op,
+                    tries, "lock wait ran out (ingest goes first); trying again"
+                );
                 tokio::time::sleep(LOCK_PAUSE).await;
             }
             Err(e) => return Err(failed(op)(e)),

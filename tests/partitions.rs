@@ -1,0 +1,465 @@
+//! The partitioned `user_logins` against the real PostgreSQL, as the roles
+//! `login-etl grants` creates: the function as the ingest role, `maintain`
+//! as the maintain role, `forget` as the erase role.
+//!
+//! - rows land in their day's partition; a day without one in the DEFAULT
+//!   partition, which `maintain` empties into a partition made for it;
+//! - a redelivery and a DLQ copy redriven as a new message land on the
+//!   row of the original;
+//! - `maintain` premakes and drops by retention, twice at once;
+//! - an unpartitioned table with rows is converted while the function
+//!   writes, with a redelivery across the cutover;
+//! - `forget` beside running ingest does not stall it.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessageAttribute};
+use chrono::{NaiveDate, TimeDelta, Utc};
+use common::*;
+use login_etl::grants::Role;
+use login_etl::maintain::{MaintainOptions, MaintainReport};
+use login_etl::schema::MigrateOptions;
+use login_etl::synth::{self, Options};
+use login_etl::{Deadline, Outcome, SqsBatch};
+
+/// A batch of `count` valid logins sent at `sent_ms`, fresh ids per `seed`.
+fn logins(count: usize, seed: u64, sent_ms: i64) -> SqsEvent {
+    synth::event(&Options {
+        count,
+        seed,
+        invalid_every: 0,
+        sent_timestamp_ms: sent_ms,
+        ..Options::default()
+    })
+}
+
+fn ms(day: NaiveDate) -> i64 {
+    day.and_hms_opt(12, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_millis()
+}
+
+fn today() -> NaiveDate {
+    Utc::now().date_naive()
+}
+
+/// Rows per partition, by name.
+async fn homes(db: &TestDb) -> Vec<(String, i64)> {
+    db.client()
+        .await
+        .query(
+            "SELECT tableoid::regclass::text, count(*) FROM user_logins GROUP BY 1 ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+async fn maintain_as(url: &str, options: MaintainOptions) -> MaintainReport {
+    let client = connect(url).await;
+    login_etl::maintain::run(&client, &options)
+        .await
+        .expect("maintain as the maintain role")
+}
+
+async fn partition_names(db: &TestDb) -> BTreeSet<String> {
+    login_etl::maintain::partitions(&db.client().await)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect()
+}
+
+fn partition_of(day: NaiveDate) -> String {
+    format!("user_logins_p{}", day.format("%Y%m%d"))
+}
+
+async fn handle(h: &login_etl::BatchHandler, event: &SqsEvent) -> login_etl::handler::BatchSummary {
+    let (resp, summary) = h
+        .handle(&SqsBatch::from(event), Deadline::NONE)
+        .await
+        .map(Outcome::into_parts)
+        .expect("the batch is handled");
+    assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
+    summary
+}
+
+#[tokio::test]
+async fn rows_land_in_their_days_partition_and_the_default_one_until_maintain_moves_them() {
+    let db = TestDb::create().await;
+    let h = handler(&db).await;
+    let maintainer = db.role_url(Role::Maintain).await;
+    // migrate made yesterday to a week ahead.
+    let names = partition_names(&db).await;
+    for offset in -1..=7 {
+        assert!(
+            names.contains(&partition_of(today() + TimeDelta::days(offset))),
+            "{names:?}"
+        );
+    }
+
+    let now = logins(40, 1, Utc::now().timestamp_millis());
+    assert_eq!(handle(&h, &now).await.inserted, 40);
+    assert_eq!(homes(&db).await, [(partition_of(today()), 40)]);
+
+    // A day nobody made a partition for: caught by the DEFAULT partition.
+    let far = NaiveDate::from_ymd_opt(2099, 1, 1).unwrap();
+    let late = logins(25, 2, ms(far));
+    assert_eq!(handle(&h, &late).await.inserted, 25);
+    assert!(
+        homes(&db)
+            .await
+            .contains(&("user_logins_default".into(), 25))
+    );
+
+    let report = maintain_as(&maintainer, MaintainOptions::default()).await;
+    assert_eq!(report.moved_from_default(), 25, "{report:?}");
+    assert_eq!(report.default_rows, 0);
+    assert!(report.created.iter().any(|m| m.name == partition_of(far)));
+    let emf = report.emf("LoginEtl", "login-etl", "INFO", 0);
+    assert_eq!(emf["RowsMovedFromDefault"], 25);
+    assert_eq!(
+        homes(&db).await,
+        [(partition_of(today()), 40), (partition_of(far), 25)]
+    );
+    // Delivered again after the move: the key is found in the new partition.
+    let again = handle(&h, &late).await;
+    assert_eq!((again.inserted, again.duplicates), (0, 25));
+    assert_eq!(count_rows(&db.client().await).await, 65);
+
+    // The function's write locks the parent alone, not every partition.
+    let client = db.client().await;
+    let mut ingest = connect(&db.ingest_url().await).await;
+    // The statement the sink sends first (sink::tx::begin_sql), held open.
+    let held = ingest.transaction().await.unwrap();
+    held.batch_execute("LOCK TABLE ONLY user_logins IN ROW EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let locks: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+             WHERE c.relname LIKE 'user_logins%' AND l.pid <> pg_backend_pid() AND l.granted",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(locks, 1, "one lock, whatever the number of partitions");
+    held.rollback().await.unwrap();
+}
+
+fn attr(value: &str) -> SqsMessageAttribute {
+    let mut a = SqsMessageAttribute::default();
+    a.string_value = Some(value.to_owned());
+    a.data_type = Some("String".to_owned());
+    a
+}
+
+#[tokio::test]
+async fn a_redelivery_and_a_redriven_dlq_copy_land_on_the_originals_row() {
+    let db = TestDb::create().await;
+    let h = handler(&db).await;
+    // Sent just before midnight, so that the copy arrives the next day.
+    let sent = ms(today()) + 11 * 3_600_000 + 3_599_000;
+    let original = logins(30, 3, sent);
+    assert_eq!(handle(&h, &original).await.inserted, 30);
+    let again = handle(&h, &original).await;
+    assert_eq!((again.inserted, again.duplicates), (0, 30));
+
+    // What a DLQ redrive delivers: new ids, a new SentTimestamp (the next
+    // day), the original's id and time in the attributes the function put
+    // on the copy (src/dlq.rs).
+    let mut redriven = original.clone();
+    for (i, m) in redriven.records.iter_mut().enumerate() {
+        let id = m.message_id.clone().unwrap();
+        let ts = m.attributes["SentTimestamp"].clone();
+        m.message_id = Some(format!("redriven-{i}"));
+        m.attributes
+            .insert("SentTimestamp".into(), (sent + 86_400_000).to_string());
+        m.message_attributes
+            .insert("source_message_id".into(), attr(&id));
+        m.message_attributes
+            .insert("source_sent_timestamp".into(), attr(&ts));
+    }
+    let copy = handle(&h, &redriven).await;
+    assert_eq!((copy.inserted, copy.duplicates), (0, 30));
+    assert_eq!(count_rows(&db.client().await).await, 30);
+    // Without the attributes it would have been new rows on the next day.
+    for m in &mut redriven.records {
+        m.message_attributes.remove("source_message_id");
+        m.message_attributes.remove("source_sent_timestamp");
+    }
+    assert_eq!(
+        handle(&h, &redriven).await.inserted,
+        30,
+        "the check above can fail"
+    );
+}
+
+#[tokio::test]
+async fn maintain_premakes_and_drops_by_retention_and_two_runs_at_once_agree() {
+    let db = TestDb::create().await;
+    let h = handler(&db).await;
+    let maintainer = db.role_url(Role::Maintain).await;
+    let owner = db.client().await;
+    // Forty days of history, a day each, with rows.
+    for back in 1..=40 {
+        let day = today() - TimeDelta::days(back);
+        login_etl::schema::ensure_partition(&owner, day)
+            .await
+            .unwrap();
+        handle(&h, &logins(3, 100 + back as u64, ms(day))).await;
+    }
+    // Rows past retention waiting in the DEFAULT partition are expired too.
+    owner
+        .batch_execute(
+            "INSERT INTO user_logins_default (user_id, create_date, message_id, sent_at) \
+             VALUES ('x', DATE '2001-01-01', 'old', TIMESTAMPTZ '2001-01-01 12:00Z')",
+        )
+        .await
+        .unwrap();
+    let before = count_rows(&owner).await;
+    let options = MaintainOptions {
+        premake_days: 10,
+        retention_days: Some(30),
+    };
+    let (a, b) = tokio::join!(
+        maintain_as(&maintainer, options),
+        maintain_as(&maintainer, options)
+    );
+    let dropped: Vec<&String> = a.dropped.iter().chain(&b.dropped).map(|(n, _)| n).collect();
+    let unique: BTreeSet<&String> = dropped.iter().copied().collect();
+    assert_eq!(
+        dropped.len(),
+        11,
+        "each of days 30..=40 back dropped once: {dropped:?}"
+    );
+    assert_eq!(unique.len(), 11);
+    assert_eq!(a.purged_from_default + b.purged_from_default, 1);
+    let made: Vec<&String> = a
+        .created
+        .iter()
+        .chain(&b.created)
+        .map(|m| &m.name)
+        .collect();
+    assert_eq!(made.len(), 3, "days 8..=10 ahead, once each: {made:?}");
+    let names = partition_names(&db).await;
+    assert!(!names.contains(&partition_of(today() - TimeDelta::days(30))));
+    assert!(names.contains(&partition_of(today() - TimeDelta::days(29))));
+    assert!(names.contains(&partition_of(today() + TimeDelta::days(10))));
+    assert_eq!(count_rows(&owner).await, before - 11 * 3 - 1);
+    // Idempotent: a third run finds nothing to do.
+    let c = maintain_as(&maintainer, options).await;
+    assert!(c.created.is_empty() && c.dropped.is_empty(), "{c:?}");
+    // The maintain role can do nothing but call the functions.
+    let m = connect(&maintainer).await;
+    for sql in [
+        "DROP TABLE user_logins_default",
+        "DELETE FROM user_logins",
+        "CREATE TABLE x (a int)",
+        "ALTER TABLE user_logins DETACH PARTITION user_logins_default",
+    ] {
+        let e = m.batch_execute(sql).await.expect_err(sql);
+        assert_eq!(e.code().map(|c| c.code()), Some("42501"), "{sql}: {e}");
+    }
+}
+
+/// The upgrade an existing deployment walks (docs/operations.md): its
+/// unpartitioned table with rows of the old version, `migrate --prepare`,
+/// this version deployed and writing, then `migrate` for the cutover while
+/// it writes, with messages of the old version delivered again across it.
+#[tokio::test]
+async fn an_unpartitioned_table_is_converted_while_the_function_writes_and_redeliveries_stay_single()
+ {
+    let db = TestDb::create().await;
+    let owner = db.client().await;
+    // The table as the previous version left it, with 5,000 rows of its own.
+    owner
+        .batch_execute(
+            "CREATE TABLE user_logins(user_id varchar(128), device_type varchar(32), masked_ip varchar(256),
+                masked_device_id varchar(256), locale varchar(32), app_version integer, create_date date,
+                message_id varchar(128), app_version_text varchar(32));
+             CREATE UNIQUE INDEX user_logins_message_id_key ON user_logins (message_id);
+             INSERT INTO user_logins (user_id, create_date, message_id)
+               SELECT 'old-' || g, DATE '2026-01-01' + (g % 300), 'old-msg-' || g FROM generate_series(1, 5000) g;",
+        )
+        .await
+        .unwrap();
+    // Messages the old version wrote today, to be delivered again later.
+    let now = Utc::now().timestamp_millis();
+    let written_before = logins(50, 7, now - 60_000);
+    for m in &written_before.records {
+        owner
+            .execute(
+                "INSERT INTO user_logins (user_id, create_date, message_id) VALUES ('before', $1, $2)",
+                &[&today(), &m.message_id.as_deref().unwrap()],
+            )
+            .await
+            .unwrap();
+    }
+    let config = login_etl::config::DbConfig::from_lookup(&|k: &str| {
+        (k == "DATABASE_URL").then(|| db.url.clone())
+    })
+    .unwrap();
+    let prepare = MigrateOptions {
+        prepare_only: true,
+        premake_days: 7,
+        ..MigrateOptions::default()
+    };
+    login_etl::startup::migrate_with(&config, &prepare)
+        .await
+        .expect("migrate --prepare");
+    // This version, deployed now, writes into the old table.
+    let ingest = db.role_url(Role::Ingest).await;
+    let h = Arc::new(handler_with(&[("DATABASE_URL", &ingest), ("MASKING_KEY", TEST_KEY)]).await);
+    assert_eq!(handle(&h, &logins(20, 8, now)).await.inserted, 20);
+
+    // Writes run through the cutover: new batches, and the old version's
+    // messages again.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (h, stop, again) = (Arc::clone(&h), Arc::clone(&stop), written_before.clone());
+        tokio::spawn(async move {
+            let (mut inserted, mut duplicates, mut slowest) = (0, 0, Duration::ZERO);
+            let mut seed = 1_000;
+            while !stop.load(Ordering::SeqCst) {
+                for event in [
+                    logins(20, seed, Utc::now().timestamp_millis()),
+                    again.clone(),
+                ] {
+                    let t = Instant::now();
+                    let s = handle(&h, &event).await;
+                    slowest = slowest.max(t.elapsed());
+                    inserted += s.inserted;
+                    duplicates += s.duplicates;
+                }
+                seed += 1;
+            }
+            (inserted, duplicates, slowest, seed - 1_000)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let target = login_etl::startup::migrate(&config)
+        .await
+        .expect("the cutover");
+    assert!(target.contains("(applied)"), "{target}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (inserted, duplicates, slowest, rounds) = writer.await.unwrap();
+    assert_eq!(inserted, rounds * 20, "every new row written once");
+    assert_eq!(
+        duplicates,
+        rounds * 50,
+        "the old version's messages never again"
+    );
+    assert!(
+        slowest < Duration::from_millis(1_500),
+        "the cutover held a write for {slowest:?}"
+    );
+    // Nothing lost, and the old table is the first partition.
+    assert_eq!(
+        count_rows(&owner).await,
+        5_000 + 50 + 20 + (rounds as i64) * 20
+    );
+    let legacy: i64 = owner
+        .query_one(
+            "SELECT count(*) FROM user_logins_legacy WHERE user_id LIKE 'old-%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(legacy, 5_000);
+    // The function's grants moved to the new parent: it still writes.
+    assert_eq!(handle(&h, &logins(5, 9, now)).await.inserted, 5);
+}
+
+/// `forget` beside running ingest, on a table of 300,000 rows: ingest is
+/// never held for longer than a moment, while the erasure's scans take as
+/// long as they take. The user's deletes are slowed to 1 s in all by a
+/// trigger (a table a hundred times larger, without the hundredfold load
+/// time): when forget holds its lock across the delete, as it once did,
+/// every write waits the whole second and this test fails.
+#[tokio::test]
+async fn forget_beside_running_ingest_holds_no_write_for_more_than_a_moment() {
+    let db = TestDb::create().await;
+    let h = Arc::new(handler(&db).await);
+    let owner = db.client().await;
+    let user = "user-to-forget";
+    owner
+        .batch_execute(&format!(
+            "INSERT INTO user_logins (user_id, device_type, masked_ip, masked_device_id, app_version, \
+               app_version_text, create_date, message_id, sent_at) \
+             SELECT CASE WHEN g % 15000 = 0 THEN '{user}' ELSE 'u' || g END, 'ios', md5(g::text), \
+               md5((-g)::text), 1001000, '1.1', current_date, 'preload-' || g, \
+               now() - interval '2 hours' + g * interval '1 ms' \
+             FROM generate_series(1, 300000) g;
+             CREATE FUNCTION slow_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+               BEGIN PERFORM pg_sleep(0.05); RETURN OLD; END $$;
+             CREATE TRIGGER slow_delete BEFORE DELETE ON user_logins
+               FOR EACH ROW WHEN (OLD.user_id = '{user}') EXECUTE FUNCTION slow_delete();"
+        ))
+        .await
+        .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (h, stop) = (Arc::clone(&h), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut seed = 500;
+            while !stop.load(Ordering::SeqCst) {
+                let t = Instant::now();
+                handle(&h, &logins(20, seed, Utc::now().timestamp_millis())).await;
+                latencies.push(t.elapsed());
+                seed += 1;
+            }
+            latencies
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let masker = login_etl::masking::Masker::new(
+        &login_etl::masking::MaskingKey::from_hex(TEST_KEY, "test").unwrap(),
+    );
+    let mut eraser = connect(&db.role_url(Role::Erase).await).await;
+    let started = Instant::now();
+    let done = login_etl::reveal::forget(
+        &mut eraser,
+        user,
+        masker.user_key(user).as_str(),
+        "arn:aws:sts::123456789012:assumed-role/erasers/test",
+    )
+    .await
+    .expect("forget as the erase role");
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::SeqCst);
+    let latencies = writer.await.unwrap();
+    let slowest = latencies.iter().max().copied().unwrap();
+    assert_eq!(done.rows, 20);
+    assert!(took >= Duration::from_secs(1), "forget took {took:?}");
+    assert!(latencies.len() >= 10, "ingest ran beside it: {latencies:?}");
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a write waited {slowest:?} while forget took {took:?}"
+    );
+    let left: i64 = owner
+        .query_one(
+            "SELECT count(*) FROM user_logins WHERE user_id = $1",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+}
