@@ -53,7 +53,7 @@ KEY_FILE      ?= .local/masking.key
 PORT          ?= 9000
 EVENT         ?= events/sqs-mixed.json
 
-.PHONY: help tools rust-tools python-tools host-build test-build localstack-tools up down e2e test lint fmt build validate sam-build deploy migrate watch invoke demo demo-poll demo-watch events-large fuzz bench clean
+.PHONY: help tools rust-tools python-tools host-build test-build localstack-tools up down e2e test lint fmt build validate sam-build deploy migrate watch invoke demo demo-poll demo-watch events-large fuzz bench bench-scale clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -165,6 +165,11 @@ bench: tools localstack-tools ## benchmarks: per-record transform, batch vs COPY
 	stat -c %s target/lambda/login-etl/bootstrap | awk '{printf "target/lambda/login-etl/bootstrap: %d bytes (%.2f MB, %.2f MiB); goal <= 10 MB\n", $$1, $$1/1e6, $$1/1048576}'
 	echo "== [5/5] login-etl poll: messages/s at concurrency 1, 2, 4 against LocalStack, beside the emulator alone"
 	PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python benches/poll_throughput.py
+
+bench-scale: tools ## ingest, forget and retention as user_logins grows to 20 M and 100 M rows (BENCH_SCALE_ROWS); about 45 min and 45 GB of disk
+	@$(PG_REACHABLE)
+	echo "== machine: $$(nproc) cores, $$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $$(free -g | awk '/Mem:/{print $$2}') GiB; PostgreSQL $$(psql "$(PG_ADMIN_URL)" -Atc 'SHOW server_version'), shared_buffers $$(psql "$(PG_ADMIN_URL)" -Atc 'SHOW shared_buffers')"
+	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" cargo bench --quiet --bench scale 2> >(grep -v '^{' >&2) | grep -v '^{'
 
 fmt: ## format the code
 	cargo fmt

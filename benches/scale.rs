@@ -1,0 +1,472 @@
+//! `make bench-scale`: what ingest, `forget` and retention cost as
+//! `user_logins` grows, in one run on one CPU.
+//!
+//! Two layouts, each written through the real handler (`BatchHandler`,
+//! the sink, COPY for 10,000-record batches, INSERT for 1,000):
+//! - **before**: the table as the previous version kept it, unpartitioned
+//!   with a unique index on the text `message_id` (what `migrate --prepare`
+//!   leaves, less the new key), so the same binary writes into both;
+//! - **now**: partitioned by day, unique `(sent_at, message_id,
+//!   create_date)`.
+//!
+//! Preloading is SQL `generate_series` into today's partition (at 200 M
+//! logins a day, 20 M rows are 2.4 hours of them): random message ids,
+//! `sent_at` rising up to three hours ago, so that the measured batches
+//! (sent in the last three hours) arrive after them, as live traffic does.
+//! The unpartitioned layout loads with its index dropped and builds it
+//! after; the partitioned one loads through its index (its key rises).
+//! A `CHECKPOINT` before each measurement: the first change to a page after
+//! one writes the whole page to the WAL, which is what random keys pay.
+//!
+//! Sizes: `BENCH_SCALE_ROWS` (default `20000000,100000000`); a size the
+//! disk cannot hold (about 420 B a row with indexes, plus 10 GB spare) is
+//! skipped and said so. Under `cargo test` it runs a smoke pass of 20,000.
+
+#[path = "common.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{TimeDelta, Utc};
+use common::*;
+use login_etl::maintain::MaintainOptions;
+use login_etl::synth::{self, Options};
+use login_etl::{BatchHandler, Config, Deadline, SqsBatch};
+use tokio_postgres::Client;
+
+const BYTES_PER_ROW: u64 = 420;
+
+async fn handler(url: &str) -> BatchHandler {
+    let config = Config::from_lookup(|k| match k {
+        "DATABASE_URL" => Some(url.to_owned()),
+        "MASKING_KEY" => Some(KEY.to_owned()),
+        _ => None,
+    })
+    .unwrap();
+    login_etl::startup::build(&config).await.unwrap()
+}
+
+/// A batch of `count` valid logins, one a second up to a minute ago.
+fn batch(count: usize, seed: u64) -> SqsBatch {
+    let now = Utc::now().timestamp_millis();
+    SqsBatch::from(&synth::event(&Options {
+        count,
+        seed,
+        invalid_every: 0,
+        sent_timestamp_ms: now - 60_000 - count as i64 * 1_000,
+        ..Options::default()
+    }))
+}
+
+async fn wal_lsn(c: &Client) -> String {
+    c.query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn wal_since(c: &Client, lsn: &str) -> f64 {
+    c.query_one(
+        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)::float8",
+        &[&lsn],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Median handler time per 1,000 messages and WAL bytes per row, over
+/// `rounds` batches of `size` (after a CHECKPOINT).
+async fn ingest(
+    h: &BatchHandler,
+    c: &Client,
+    size: usize,
+    rounds: usize,
+    seed: &mut u64,
+) -> (f64, f64) {
+    c.batch_execute("CHECKPOINT").await.unwrap();
+    let batches: Vec<SqsBatch> = (0..rounds)
+        .map(|_| {
+            *seed += 1;
+            batch(size, *seed)
+        })
+        .collect();
+    let lsn = wal_lsn(c).await;
+    let mut times = Vec::new();
+    for b in &batches {
+        let t = Instant::now();
+        let out = h.handle(b, Deadline::NONE).await.unwrap();
+        times.push(t.elapsed());
+        assert_eq!(out.summary.inserted as usize, size, "every row written");
+    }
+    let wal = wal_since(c, &lsn).await / (size * rounds) as f64;
+    (ms(median(&mut times)) * 1_000.0 / size as f64, wal)
+}
+
+fn free_disk_bytes() -> u64 {
+    let out = std::process::Command::new("df")
+        .args(["--output=avail", "-B1", "/var/lib/postgresql"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .or_else(|| {
+            std::process::Command::new("df")
+                .args(["--output=avail", "-B1", "/"])
+                .output()
+                .ok()
+        });
+    out.and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().nth(1).and_then(|l| l.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Adds rows to `table` up to `total` in it (today's date, random message
+/// ids, sent_at rising to three hours ago), in chunks with progress.
+async fn preload(c: &Client, table: &str, from: u64, total: u64) -> Duration {
+    let t = Instant::now();
+    let chunk = 5_000_000u64;
+    let mut at = from;
+    while at < total {
+        let to = (at + chunk).min(total);
+        // 2.4 hours per 20 M rows, ending three hours ago.
+        c.batch_execute(&format!(
+            "INSERT INTO {table} (user_id, device_type, masked_ip, masked_device_id, locale, app_version, \
+               app_version_text, create_date, message_id, sent_at) \
+             SELECT gen_random_uuid()::text, 'android', encode(sha256(g::text::bytea), 'hex'), \
+               encode(sha256((-g)::text::bytea), 'hex'), CASE WHEN g % 3 = 0 THEN NULL ELSE 'RU' END, \
+               2003000, '2.3.0', (now() - interval '3 hours')::date, gen_random_uuid()::text, \
+               now() - interval '3 hours' - ({total} - g) * interval '432 microseconds' \
+             FROM generate_series({}, {to}) g",
+            at + 1
+        ))
+        .await
+        .unwrap();
+        at = to;
+        eprintln!(
+            "   preloaded {at} of {total} rows ({:.0} s)",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    c.batch_execute(&format!("VACUUM ANALYZE {table}"))
+        .await
+        .unwrap();
+    t.elapsed()
+}
+
+async fn size_of(c: &Client) -> String {
+    c.query_one(
+        "SELECT pg_size_pretty(sum(pg_table_size(c.oid))) || ' heap, ' || \
+           pg_size_pretty(sum(pg_indexes_size(c.oid))) || ' indexes' \
+         FROM pg_class c WHERE c.relname LIKE 'user_logins%' AND c.relkind = 'r'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// `forget` of one user with ingest running beside it (batches of 100):
+/// its duration and the longest ingest invocation meanwhile.
+async fn forget_beside_ingest(url: &str, h: Arc<BatchHandler>) -> (Duration, Duration, u64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (h, stop) = (Arc::clone(&h), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let (mut longest, mut seed) = (Duration::ZERO, 900_000u64);
+            while !stop.load(Ordering::SeqCst) {
+                seed += 1;
+                let b = batch(100, seed);
+                let t = Instant::now();
+                h.handle(&b, Deadline::NONE).await.unwrap();
+                longest = longest.max(t.elapsed());
+            }
+            longest
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut eraser = connect(url).await;
+    let user: String = eraser
+        .query_one("SELECT user_id FROM user_logins LIMIT 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let masker = login_etl::masking::Masker::new(
+        &login_etl::masking::MaskingKey::from_hex(KEY, "bench").unwrap(),
+    );
+    let t = Instant::now();
+    let done = login_etl::reveal::forget(
+        &mut eraser,
+        &user,
+        masker.user_key(&user).as_str(),
+        "arn:bench",
+    )
+    .await
+    .unwrap();
+    let took = t.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    (took, writer.await.unwrap(), done.rows)
+}
+
+fn row(
+    label: &str,
+    rows: u64,
+    b1k: (f64, f64),
+    b10k: (f64, f64),
+    base: Option<((f64, f64), (f64, f64))>,
+) {
+    let ratio = |v: f64, b: f64| format!("{:.2}x", v / b);
+    let (r1, r10, w1) = match base {
+        Some((e1, e10)) => (ratio(b1k.0, e1.0), ratio(b10k.0, e10.0), ratio(b1k.1, e1.1)),
+        None => ("-".into(), "-".into(), "-".into()),
+    };
+    println!(
+        "| {label} | {rows} | {:.1} ({r1}) | {:.1} ({r10}) | {:.0} ({w1}) | {:.0} |",
+        b1k.0, b10k.0, b1k.1, b10k.1
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if Utc::now().format("%H").to_string().as_str() < "04" {
+        eprintln!("note: before 04:00 UTC the preloaded rows (dated three hours ago) sit in yesterday's partition, not in the one ingest writes to");
+    }
+    let full = full_run();
+    let sizes: Vec<u64> = if full {
+        std::env::var("BENCH_SCALE_ROWS")
+            .unwrap_or_else(|_| "20000000,100000000".into())
+            .split(',')
+            .filter_map(|s| s.trim().parse().ok())
+            .collect()
+    } else {
+        vec![20_000]
+    };
+    let (rounds1k, rounds10k) = if full { (15, 4) } else { (2, 1) };
+    // The smoke pass under `cargo test` writes smaller batches.
+    let (small, large) = if full { (1_000, 10_000) } else { (100, 1_000) };
+    let mut seed = 1u64;
+    println!(
+        "| layout | rows already in the table | ms per 1,000 messages, batches of 1,000 (vs empty) | same, batches of 10,000 (vs empty) | WAL B/row, batches of 1,000 (vs empty) | WAL B/row, batches of 10,000 |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+
+    // Before: unpartitioned, unique text message_id.
+    let (name_a, url_a) = create_db("scale_before").await;
+    let a = connect(&url_a).await;
+    a.batch_execute(concat!(
+        "CREATE TABLE user_logins(user_id varchar(128), device_type varchar(32), masked_ip varchar(256), \
+           masked_device_id varchar(256), locale varchar(32), app_version integer, create_date date, \
+           message_id varchar(128), app_version_text varchar(32), sent_at timestamptz);\n",
+        include_str!("../migrations/0002_pii_vault.sql"),
+        "\n",
+        include_str!("../migrations/0003_pii_audit_and_erasure.sql"),
+    ))
+    .await
+    .unwrap();
+    a.batch_execute("CREATE UNIQUE INDEX user_logins_message_id_key ON user_logins (message_id)")
+        .await
+        .unwrap();
+    let ha = handler(&url_a).await;
+    let empty_a = (
+        ingest(&ha, &a, small, rounds1k, &mut seed).await,
+        ingest(&ha, &a, large, rounds10k, &mut seed).await,
+    );
+    row(
+        "before: unpartitioned, unique (message_id)",
+        0,
+        empty_a.0,
+        empty_a.1,
+        None,
+    );
+    let first = sizes.first().copied().unwrap_or(0);
+    let before_loaded = if first > 0 && free_disk_bytes() > first * BYTES_PER_ROW + 10_000_000_000 {
+        a.batch_execute("DROP INDEX user_logins_message_id_key")
+            .await
+            .unwrap();
+        let took = preload(&a, "user_logins", count(&a).await, first).await;
+        let t = Instant::now();
+        a.batch_execute(
+            "CREATE UNIQUE INDEX user_logins_message_id_key ON user_logins (message_id)",
+        )
+        .await
+        .unwrap();
+        eprintln!(
+            "   before: loaded in {:.0} s, index in {:.0} s; {}",
+            took.as_secs_f64(),
+            t.elapsed().as_secs_f64(),
+            size_of(&a).await
+        );
+        let at = (
+            ingest(&ha, &a, small, rounds1k, &mut seed).await,
+            ingest(&ha, &a, large, rounds10k, &mut seed).await,
+        );
+        row(
+            "before: unpartitioned, unique (message_id)",
+            first,
+            at.0,
+            at.1,
+            Some(empty_a),
+        );
+        true
+    } else {
+        false
+    };
+    drop(ha);
+    drop(a);
+    drop_db(&name_a).await;
+    if !before_loaded {
+        println!("(before, {first} rows: skipped, not enough disk)");
+    }
+
+    // Now: partitioned by day, unique (sent_at, message_id, create_date).
+    let (name_b, url_b) = create_db("scale_now").await;
+    let cfg = login_etl::config::DbConfig::from_lookup(&|k: &str| {
+        (k == "DATABASE_URL").then(|| url_b.clone())
+    })
+    .unwrap();
+    login_etl::startup::migrate(&cfg).await.unwrap();
+    let b = connect(&url_b).await;
+    let hb = Arc::new(handler(&url_b).await);
+    let empty_b = (
+        ingest(&hb, &b, small, rounds1k, &mut seed).await,
+        ingest(&hb, &b, large, rounds10k, &mut seed).await,
+    );
+    row(
+        "now: partitioned by day, unique (sent_at, message_id, create_date)",
+        0,
+        empty_b.0,
+        empty_b.1,
+        None,
+    );
+    let mut forgets = Vec::new();
+    for &size in &sizes {
+        let have = count(&b).await;
+        if free_disk_bytes() < (size.saturating_sub(have)) * BYTES_PER_ROW + 10_000_000_000 {
+            println!("(now, {size} rows: skipped, not enough disk)");
+            continue;
+        }
+        let took = preload(&b, "user_logins", have, size).await;
+        eprintln!(
+            "   now: loaded to {size} in {:.0} s; {}",
+            took.as_secs_f64(),
+            size_of(&b).await
+        );
+        let at = (
+            ingest(&hb, &b, small, rounds1k, &mut seed).await,
+            ingest(&hb, &b, large, rounds10k, &mut seed).await,
+        );
+        row(
+            "now: partitioned by day, unique (sent_at, message_id, create_date)",
+            size,
+            at.0,
+            at.1,
+            Some(empty_b),
+        );
+        forgets.push((
+            size,
+            "no index on user_id",
+            forget_beside_ingest(&url_b, Arc::clone(&hb)).await,
+        ));
+        if size == first {
+            // The alternative: an index on user_id, paid by every insert.
+            let t = Instant::now();
+            b.batch_execute("CREATE INDEX user_logins_user_id ON user_logins (user_id)")
+                .await
+                .unwrap();
+            eprintln!(
+                "   user_id index built in {:.0} s",
+                t.elapsed().as_secs_f64()
+            );
+            let with = (
+                ingest(&hb, &b, small, rounds1k, &mut seed).await,
+                ingest(&hb, &b, large, rounds10k, &mut seed).await,
+            );
+            row(
+                "now + index on user_id",
+                size,
+                with.0,
+                with.1,
+                Some(empty_b),
+            );
+            forgets.push((
+                size,
+                "with an index on user_id",
+                forget_beside_ingest(&url_b, Arc::clone(&hb)).await,
+            ));
+            b.batch_execute("DROP INDEX user_logins_user_id")
+                .await
+                .unwrap();
+        }
+    }
+    println!();
+    println!(
+        "| forget at | rows deleted | forget took | longest ingest invocation beside it (batches of 100) |"
+    );
+    println!("| --- | --- | --- | --- |");
+    for (size, how, (took, longest, rows)) in &forgets {
+        println!(
+            "| {size} rows, {how} | {rows} | {:.0} ms | {:.0} ms |",
+            ms(*took),
+            ms(*longest)
+        );
+    }
+
+    // Retention: 30 days past it, 50,000 rows a day, dropped by maintain.
+    let per_day: u64 = if full { 50_000 } else { 100 };
+    for back in 61..=90 {
+        let day = Utc::now().date_naive() - TimeDelta::days(back);
+        login_etl::schema::ensure_partition(&b, day).await.unwrap();
+        b.batch_execute(&format!(
+            "INSERT INTO user_logins (user_id, create_date, message_id, sent_at) \
+             SELECT 'r' || g, DATE '{day}', gen_random_uuid()::text, TIMESTAMPTZ '{day} 12:00Z' + g * interval '1 ms' \
+             FROM generate_series(1, {per_day}) g; ANALYZE user_logins"
+        ))
+        .await
+        .unwrap();
+    }
+    let t = Instant::now();
+    let report = login_etl::maintain::run(
+        &b,
+        &MaintainOptions {
+            retention_days: Some(60),
+            ..MaintainOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    println!();
+    println!(
+        "retention: {} partitions ({} rows, estimated) past 60 days dropped by `login-etl maintain` in {:.0} ms, with {} rows in the table",
+        report.dropped.len(),
+        report.rows_dropped(),
+        ms(t.elapsed()),
+        count(&b).await
+    );
+    assert_eq!(report.dropped.len(), 30);
+    drop(hb);
+    drop(b);
+    drop_db(&name_b).await;
+}
+
+async fn count(c: &Client) -> u64 {
+    // An estimate past a million (a count of 100 M rows takes minutes).
+    let est: f64 = c
+        .query_one(
+            "SELECT coalesce(sum(greatest(reltuples, 0)), 0)::float8 FROM pg_class WHERE relname LIKE 'user_logins%' AND relkind = 'r'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    if est > 1_000_000.0 {
+        return est as u64;
+    }
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM user_logins", &[])
+        .await
+        .unwrap()
+        .get(0);
+    n as u64
+}
