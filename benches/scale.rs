@@ -231,7 +231,9 @@ fn row(
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     if Utc::now().format("%H").to_string().as_str() < "04" {
-        eprintln!("note: before 04:00 UTC the preloaded rows (dated three hours ago) sit in yesterday's partition, not in the one ingest writes to");
+        eprintln!(
+            "note: before 04:00 UTC the preloaded rows (dated three hours ago) sit in yesterday's partition, not in the one ingest writes to"
+        );
     }
     let full = full_run();
     let sizes: Vec<u64> = if full {

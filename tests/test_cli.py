@@ -105,3 +105,13 @@ def test_the_container_example_fits_the_binary():
     assert any(a.startswith("--health-addr=0.0.0.0:8080") for a in container["args"])
     dockerfile = (ROOT / "examples" / "container" / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["/usr/local/bin/login-etl", "poll"]' in dockerfile
+    # The maintenance CronJob runs `maintain` with options the binary has,
+    # and without the masking key.
+    (cron,) = [d for d in docs if d["kind"] == "CronJob"]
+    (job,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert job["command"] == ["/usr/local/bin/login-etl", "maintain"]
+    maintain_help = run("maintain", "--help").stdout
+    for arg in job["args"]:
+        assert arg.split("=")[0] in maintain_help, arg
+    names = {e["name"] for e in job["env"]}
+    assert "DB_SECRET_ID" in names and not any(n.startswith("MASKING_KEY") for n in names)

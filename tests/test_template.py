@@ -29,7 +29,7 @@ def resources(tpl, kind):
 @pytest.fixture(scope="module")
 def fn(tpl):
     fns = resources(tpl, "AWS::Serverless::Function")
-    assert list(fns) == ["LoginEtlFunction"]
+    assert list(fns) == ["LoginEtlFunction", "MaintenanceFunction"]
     return fns["LoginEtlFunction"]
 
 
@@ -301,6 +301,7 @@ def transformed(**params):
     doc = yaml_parse((ROOT / "template.yaml").read_text())
     # What `sam package` uploads the code to; the rest is the template as written.
     doc["Resources"]["LoginEtlFunction"]["Properties"]["CodeUri"] = "s3://bucket/login-etl.zip"
+    doc["Resources"]["MaintenanceFunction"]["Properties"]["CodeUri"] = "s3://bucket/login-etl.zip"
     values = {**_defaults(doc), "DbSecretArn": FULL_SECRET_ARN, **params}
     out = transform(copy.deepcopy(doc), values, _NoManagedPolicies())
     return out, values
@@ -675,3 +676,38 @@ def test_no_kms_key_policy_lets_anyone_but_named_roles_read_the_vault():
     assert "VaultKey" in keys
     for name, key in keys.items():
         assert _key_policy_widenings(key) == [], name
+
+
+MAINTAIN_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:login-etl/maintain-XyZ789"
+
+
+@pytest.mark.parametrize("retention", [0, 90])
+def test_maintenance_runs_the_same_binary_on_a_schedule_with_its_own_role_and_secret(tpl, retention):
+    assert "MaintenanceFunction" not in deployed(), "no maintain secret, no maintenance function"
+    resources = deployed(MaintainDbSecretArn=MAINTAIN_SECRET_ARN, RetentionDays=retention)
+    fn = resources["MaintenanceFunction"]
+    main = resources["LoginEtlFunction"]
+    # The same build: one binary, one runtime, one architecture.
+    for key in ("Runtime", "Handler", "Architectures", "Code"):
+        assert fn["Properties"][key] == main["Properties"][key], key
+    env = fn["Properties"]["Environment"]["Variables"]
+    assert env["LOGIN_ETL_TASK"] == "maintain"
+    assert env["DB_SECRET_ID"] == MAINTAIN_SECRET_ARN
+    assert env["RETENTION_DAYS"] == ("" if retention == 0 else retention)
+    assert env["PREMAKE_DAYS"] == 7
+    assert "MASKING_KEY_SECRET_ID" not in env, "maintenance never sees the masking key"
+    assert fn["Properties"]["Role"] == {"Fn::GetAtt": ["MaintenanceRole", "Arn"]}
+    statements = {st["Sid"]: st for st in _statements(resources["MaintenanceRole"])}
+    assert statements["ReadOwnSecrets"]["Resource"] == [MAINTAIN_SECRET_ARN]
+    assert statements["WriteOwnLogs"]["Resource"] == {"Fn::GetAtt": ["MaintenanceLogGroup", "Arn"]}
+    assert set(statements) == {"ReadOwnSecrets", "WriteOwnLogs"}
+    # The function's role cannot read the maintain role's secret.
+    ingest = {st["Sid"]: st for st in _statements(resources["LoginEtlRole"])}
+    assert MAINTAIN_SECRET_ARN not in json.dumps(ingest)
+    # EventBridge invokes it on the schedule.
+    (rule,) = [r for r in resources.values() if r["Type"] == "AWS::Events::Rule"]
+    assert rule["Properties"]["ScheduleExpression"] == "rate(1 hour)"
+    assert rule["Properties"]["Targets"][0]["Arn"] == {"Fn::GetAtt": ["MaintenanceFunction", "Arn"]}
+    alarm = resources["DefaultPartitionRowsAlarm"]["Properties"]
+    assert alarm["MetricName"] == "DefaultPartitionRows" and alarm["TreatMissingData"] == "breaching"
+    assert resources["MaintenanceErrorsAlarm"]["Properties"]["Dimensions"][0]["Value"] == {"Ref": "MaintenanceFunction"}
