@@ -116,17 +116,25 @@ $(KEY_FILE):
 	@mkdir -p $(dir $(KEY_FILE)) && umask 077 && openssl rand -hex 32 > $(KEY_FILE)
 	echo "==> generated a local masking key in $(KEY_FILE)"
 
-test: ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambda), the template, LocalStack end to end
+test: ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambda), the template, LocalStack end to end; ends with each step's wall time
+	@# Each step's wall time, printed at the end (also when a step fails), so
+	@# that a slower suite shows in every run.
+	timings=(); started=$$(date +%s%3N)
+	report() { echo; echo "make test: wall time per step"; for t in "$${timings[@]}"; do echo "  $$t"; done; \
+	  printf '  %-52s %7.1f s\n' "total" "$$(( $$(date +%s%3N) - started ))e-3"; }
+	trap report EXIT
+	timed() { local name=$$1 t=$$(date +%s%3N) rc=0; shift; "$$@" || rc=$$?; \
+	  timings+=("$$(printf '%-52s %7.1f s%s' "$$name" "$$(( $$(date +%s%3N) - t ))e-3" "$$( ((rc)) && echo '  FAILED')")"); return $$rc; }
 	@# The two venvs install while cargo compiles the tests (on a fresh machine each takes a minute or two).
-	$(MAKE) --no-print-directory -j3 test-build python-tools localstack-tools
-	$(MAKE) --no-print-directory validate
+	timed "build the tests, install the venvs" $(MAKE) --no-print-directory -j3 test-build python-tools localstack-tools
+	timed "template (sam validate, cfn-lint, pytest)" $(MAKE) --no-print-directory validate
 	$(PG_REACHABLE)
-	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" CARGO_LAMBDA="$(CARGO_LAMBDA)" MOTO_SERVER="$(abspath $(VENV))/bin/moto_server" \
-	  cargo test --all-targets --no-fail-fast -- --include-ignored
+	timed "cargo test (Rust, PostgreSQL, TLS, moto, cargo lambda)" env LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" CARGO_LAMBDA="$(CARGO_LAMBDA)" \
+	  MOTO_SERVER="$(abspath $(VENV))/bin/moto_server" cargo test --all-targets --no-fail-fast -- --include-ignored
 	@# With the binary cargo just built: the documented GRANT blocks, make migrate
 	@# against a given URL, and the command line as an operator meets it.
-	PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python -m pytest -q tests/test_database_roles.py tests/test_cli.py
-	$(MAKE) --no-print-directory e2e
+	timed "pytest: database roles, command line" env PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python -m pytest -q tests/test_database_roles.py tests/test_cli.py
+	timed "LocalStack end to end (make e2e)" $(MAKE) --no-print-directory e2e
 
 e2e: tools localstack-tools ## LocalStack end to end: deploy template.yaml, SQS -> ESM -> function -> PostgreSQL, DLQ, FIFO
 	@pg_isready -d "$(PG_ADMIN_URL)" -q || { echo "PostgreSQL is not reachable at $(PG_ADMIN_URL)"; exit 1; }

@@ -74,9 +74,11 @@ async fn serve_maintenance() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::run(service_fn(move |_: LambdaEvent<serde_json::Value>| {
         let db = db.clone();
         async move {
-            let report = startup::maintain(&db, &options)
-                .await
-                .map_err(|e| lambda_runtime::Error::from(e.to_string()))?;
+            let report = startup::maintain(&db, &options).await.map_err(|e| {
+                // One line at ERROR, which every log level keeps.
+                error!(error = %e, "login-etl maintain failed");
+                lambda_runtime::Error::from(e.to_string())
+            })?;
             let doc = login_etl::maintain::emf_from_env(&report);
             println!("{doc}");
             Ok::<_, lambda_runtime::Error>(doc)

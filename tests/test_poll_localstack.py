@@ -257,10 +257,15 @@ def test_the_heartbeat_keeps_a_slow_batch_invisible_until_it_is_written(outage_q
                        "--batch-timeout", "15", "--grace-period", "20")  # fmt: skip
     consumers.append(c)
     c.start()
-    lock = subprocess.Popen(["psql", stack.db_url(q.dbname), "-qX", "-v", "ON_ERROR_STOP=1", "-c",
-                             "BEGIN; LOCK TABLE user_logins IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(6); COMMIT;"],
-                            stdout=subprocess.DEVNULL)  # fmt: skip
+    # The lock is held until the test lets go of it, not for a fixed time:
+    # a lock that ran out before the consumer had received the batch (a
+    # slow long poll, a busy machine) let the batch through at once, and
+    # the wait for it in flight never saw it (the flake this replaced).
+    lock = subprocess.Popen(["psql", stack.db_url(q.dbname), "-qX", "-v", "ON_ERROR_STOP=1"],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)  # fmt: skip
     try:
+        lock.stdin.write("BEGIN; LOCK TABLE user_logins IN ACCESS EXCLUSIVE MODE;\n")
+        lock.stdin.flush()
         stack.wait_for("the lock", lambda: stack.psql(stack.db_url(q.dbname),
                        "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
                        "WHERE c.relname = 'user_logins' AND l.mode = 'AccessExclusiveLock' AND l.granted")[0][0] == "1",
@@ -268,13 +273,21 @@ def test_the_heartbeat_keeps_a_slow_batch_invisible_until_it_is_written(outage_q
         messages = stack.generate(5, 0, seed=2204)
         stack.send(q, messages)
         stack.wait_for("the batch received", lambda: stack.queue_depth(q.queue_url) == (0, len(messages)), timeout=20)
-        # While the batch is blocked: never visible again (SQS would hand it
-        # to the other worker, or to anyone).
+        # While the batch is blocked, three times its visibility timeout:
+        # never visible again (SQS would hand it to the other worker).
         visible_seen = 0
+        blocked_until = time.monotonic() + 6
+        while time.monotonic() < blocked_until:
+            visible_seen = max(visible_seen, stack.queue_depth(q.queue_url)[0])
+            time.sleep(0.2)
+        lock.stdin.write("COMMIT;\n")
+        lock.stdin.close()
         while stack.row_count(q.dbname) < len(messages):
             visible_seen = max(visible_seen, stack.queue_depth(q.queue_url)[0])
             time.sleep(0.2)
     finally:
+        if not lock.stdin.closed:
+            lock.stdin.close()
         lock.wait(timeout=30)
     rc, _ = c.stop(signal.SIGTERM)
     assert rc == 0
