@@ -177,7 +177,7 @@ bench: tools localstack-tools ## benchmarks: per-record transform, batch vs COPY
 bench-scale: tools ## ingest, forget and retention as user_logins grows to 20 M and 100 M rows (BENCH_SCALE_ROWS); about 45 min and 45 GB of disk
 	@$(PG_REACHABLE)
 	echo "== machine: $$(nproc) cores, $$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $$(free -g | awk '/Mem:/{print $$2}') GiB; PostgreSQL $$(psql "$(PG_ADMIN_URL)" -Atc 'SHOW server_version'), shared_buffers $$(psql "$(PG_ADMIN_URL)" -Atc 'SHOW shared_buffers')"
-	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" cargo bench --quiet --bench scale 2> >(grep -v '^{' >&2) | grep -v '^{'
+	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" cargo bench --quiet --bench scale 2> >(grep --line-buffered -v '^{' >&2) | grep --line-buffered -v '^{'
 
 fmt: ## format the code
 	cargo fmt

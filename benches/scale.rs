@@ -18,6 +18,10 @@
 //! A `CHECKPOINT` before each measurement: the first change to a page after
 //! one writes the whole page to the WAL, which is what random keys pay.
 //!
+//! It also upgrades the loaded unpartitioned table (`migrate --prepare`,
+//! then the cutover while this version writes) and reports the longest
+//! write beside the cutover. `BENCH_SCALE_ONLY=before` stops after that.
+//!
 //! Sizes: `BENCH_SCALE_ROWS` (default `20000000,100000000`); a size the
 //! disk cannot hold (about 420 B a row with indexes, plus 10 GB spare) is
 //! skipped and said so. Under `cargo test` it runs a smoke pass of 20,000.
@@ -283,6 +287,7 @@ async fn main() {
         None,
     );
     let first = sizes.first().copied().unwrap_or(0);
+    let mut upgrade: Option<String> = None;
     let before_loaded = if first > 0 && free_disk_bytes() > first * BYTES_PER_ROW + 10_000_000_000 {
         a.batch_execute("DROP INDEX user_logins_message_id_key")
             .await
@@ -320,6 +325,13 @@ async fn main() {
     drop_db(&name_a).await;
     if !before_loaded {
         println!("(before, {first} rows: skipped, not enough disk)");
+    }
+    if let Some(line) = upgrade {
+        println!();
+        println!("{line}");
+    }
+    if std::env::var("BENCH_SCALE_ONLY").as_deref() == Ok("before") {
+        return;
     }
 
     // Now: partitioned by day, unique (sent_at, message_id, create_date).

@@ -207,10 +207,13 @@ def build() -> None:
     shutil.copy2(Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug" / "login-etl", tmp)
     tmp.replace(bootstrap)  # atomic: a running function keeps its old file
     template = yaml_parse((ROOT / "template.yaml").read_text())
-    function = template["Resources"]["LoginEtlFunction"]
-    if function["Properties"].get("CodeUri") != ".":
-        raise RuntimeError("template.yaml: LoginEtlFunction's CodeUri is no longer '.'; update stack.build()")
-    function["Properties"]["CodeUri"] = "LoginEtlFunction"
+    # Both functions run the one binary (the maintenance function is only
+    # created with MaintainDbSecretArn): one package.
+    for name in ("LoginEtlFunction", "MaintenanceFunction"):
+        function = template["Resources"][name]
+        if function["Properties"].get("CodeUri") != ".":
+            raise RuntimeError(f"template.yaml: {name}'s CodeUri is no longer '.'; update stack.build()")
+        function["Properties"]["CodeUri"] = "LoginEtlFunction"
     (BUILD_DIR / "template.yaml").write_text(yaml_dump(template))
 
 

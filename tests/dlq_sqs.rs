@@ -127,10 +127,22 @@ async fn rejected_records_land_in_the_dlq_after_one_receive_with_their_reason() 
         .iter()
         .map(|m| (m.message_id.clone().unwrap(), m.body.clone().unwrap()))
         .collect();
+    let sent: BTreeMap<String, String> = event
+        .records
+        .iter()
+        .map(|m| {
+            (
+                m.message_id.clone().unwrap(),
+                m.attributes["SentTimestamp"].clone(),
+            )
+        })
+        .collect();
     for copy in &copies {
         let source = attr(copy, "source_message_id");
         assert!(rejected.contains(&source), "{source} was rejected");
         assert_eq!(copy.body().unwrap(), bodies[&source], "the body, unchanged");
+        // What keys a redrive of the copy to the original's row.
+        assert_eq!(attr(copy, "source_sent_timestamp"), sent[&source]);
         assert_eq!(
             format!("reject:{}", attr(copy, "rejection_code")),
             want[&source],
