@@ -287,8 +287,9 @@ async fn main() {
         None,
     );
     let first = sizes.first().copied().unwrap_or(0);
-    let mut upgrade: Option<String> = None;
-    let before_loaded = if first > 0 && free_disk_bytes() > first * BYTES_PER_ROW + 10_000_000_000 {
+    let (before_loaded, upgrade) = if first > 0
+        && free_disk_bytes() > first * BYTES_PER_ROW + 10_000_000_000
+    {
         a.batch_execute("DROP INDEX user_logins_message_id_key")
             .await
             .unwrap();
@@ -316,9 +317,17 @@ async fn main() {
             at.1,
             Some(empty_a),
         );
-        true
+        let (prepare, cutover, longest, rounds) = upgrade_beside_ingest(&url_a).await;
+        let upgrade = format!(
+            "upgrade of the unpartitioned table with {first} rows: `migrate --prepare` {:.0} s (beside the old version), \
+             then `migrate` (the cutover) {:.1} s while this version wrote {rounds} batches of 100: the longest took {:.0} ms",
+            prepare.as_secs_f64(),
+            cutover.as_secs_f64(),
+            ms(longest)
+        );
+        (true, Some(upgrade))
     } else {
-        false
+        (false, None)
     };
     drop(ha);
     drop(a);
