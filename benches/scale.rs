@@ -22,6 +22,10 @@
 //! then the cutover while this version writes) and reports the longest
 //! write beside the cutover. `BENCH_SCALE_ONLY=before` stops after that.
 //!
+//! It also upgrades the loaded unpartitioned table (`migrate --prepare`,
+//! then the cutover while this version writes) and reports the longest
+//! write beside the cutover. `BENCH_SCALE_ONLY=before` stops after that.
+//!
 //! Sizes: `BENCH_SCALE_ROWS` (default `20000000,100000000`); a size the
 //! disk cannot hold (about 420 B a row with indexes, plus 10 GB spare) is
 //! skipped and said so. Under `cargo test` it runs a smoke pass of 20,000.
@@ -214,6 +218,53 @@ async fn forget_beside_ingest(url: &str, h: Arc<BatchHandler>) -> (Duration, Dur
     (took, writer.await.unwrap(), done.rows)
 }
 
+/// `migrate --prepare` then `migrate` (the cutover) on the unpartitioned
+/// table, with ingest (batches of 100, this version) running beside the
+/// cutover: how long each took, and the longest ingest invocation meanwhile.
+async fn upgrade_beside_ingest(url: &str) -> (Duration, Duration, Duration, u64) {
+    let cfg = login_etl::config::DbConfig::from_lookup(&|k: &str| {
+        (k == "DATABASE_URL").then(|| url.to_owned())
+    })
+    .unwrap();
+    let t = Instant::now();
+    login_etl::startup::migrate_with(
+        &cfg,
+        &login_etl::schema::MigrateOptions {
+            prepare_only: true,
+            premake_days: 7,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let prepare = t.elapsed();
+    let h = Arc::new(handler(url).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (h, stop) = (Arc::clone(&h), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let (mut longest, mut seed, mut rounds) = (Duration::ZERO, 700_000u64, 0u64);
+            while !stop.load(Ordering::SeqCst) {
+                seed += 1;
+                let b = batch(100, seed);
+                let t = Instant::now();
+                h.handle(&b, Deadline::NONE).await.unwrap();
+                longest = longest.max(t.elapsed());
+                rounds += 1;
+            }
+            (longest, rounds)
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let t = Instant::now();
+    login_etl::startup::migrate(&cfg).await.unwrap();
+    let cutover = t.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (longest, rounds) = writer.await.unwrap();
+    (prepare, cutover, longest, rounds)
+}
+
 fn row(
     label: &str,
     rows: u64,
@@ -334,6 +385,13 @@ async fn main() {
     drop_db(&name_a).await;
     if !before_loaded {
         println!("(before, {first} rows: skipped, not enough disk)");
+    }
+    if let Some(line) = upgrade {
+        println!();
+        println!("{line}");
+    }
+    if std::env::var("BENCH_SCALE_ONLY").as_deref() == Ok("before") {
+        return;
     }
     if let Some(line) = upgrade {
         println!();
