@@ -393,13 +393,6 @@ async fn main() {
     if std::env::var("BENCH_SCALE_ONLY").as_deref() == Ok("before") {
         return;
     }
-    if let Some(line) = upgrade {
-        println!();
-        println!("{line}");
-    }
-    if std::env::var("BENCH_SCALE_ONLY").as_deref() == Ok("before") {
-        return;
-    }
 
     // Now: partitioned by day, unique (sent_at, message_id, create_date).
     let (name_b, url_b) = create_db("scale_now").await;
