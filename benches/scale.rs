@@ -22,10 +22,6 @@
 //! then the cutover while this version writes) and reports the longest
 //! write beside the cutover. `BENCH_SCALE_ONLY=before` stops after that.
 //!
-//! It also upgrades the loaded unpartitioned table (`migrate --prepare`,
-//! then the cutover while this version writes) and reports the longest
-//! write beside the cutover. `BENCH_SCALE_ONLY=before` stops after that.
-//!
 //! Sizes: `BENCH_SCALE_ROWS` (default `20000000,100000000`); a size the
 //! disk cannot hold (about 420 B a row with indexes, plus 10 GB spare) is
 //! skipped and said so. Under `cargo test` it runs a smoke pass of 20,000.
