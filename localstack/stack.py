@@ -111,7 +111,7 @@ def drop_database(dbname: str) -> None:
 
 # The database roles of the README's deploy sequence (`login-etl grants`):
 # the function connects as ingest, `reveal` and `forget` as their own roles.
-ROLES = ("migrate", "ingest", "reveal", "erase", "audit")
+ROLES = ("migrate", "ingest", "reveal", "erase", "maintain", "audit")
 
 
 def role_name(dbname: str, role: str) -> str:
