@@ -217,16 +217,17 @@ def build() -> None:
     (BUILD_DIR / "template.yaml").write_text(yaml_dump(template))
 
 
-def put_db_secret(stack: str, dbname: str, port: int | None = None) -> str:
-    """An RDS-style secret pointing at the local PostgreSQL (or at `port` on
-    127.0.0.1, a proxy in front of it); returns its ARN."""
+def put_db_secret(stack: str, dbname: str, port: int | None = None, role: str = "ingest") -> str:
+    """An RDS-style secret for the database `role` (the function's: ingest),
+    pointing at the local PostgreSQL (or at `port` on 127.0.0.1, a proxy in
+    front of it); returns its ARN."""
     sm = client("secretsmanager")
-    name = f"{stack}/db"
+    name = f"{stack}/db" if role == "ingest" else f"{stack}/db-{role}"
     pg = urllib.parse.urlsplit(PG_ADMIN_URL)
     # Trust auth (this project's machines) ignores the password; the secret
     # format requires one.
     value = json.dumps(
-        {"engine": "postgres", "username": role_name(dbname, "ingest"), "password": "unused-with-trust-auth",
+        {"engine": "postgres", "username": role_name(dbname, role), "password": "unused-with-trust-auth",
          "host": pg.hostname or "127.0.0.1", "port": port or pg.port or 5432, "dbname": dbname}
     )  # fmt: skip
     try:
@@ -249,6 +250,7 @@ class Stack:
     max_receive_count: int
     fifo: bool
     log_level: str
+    maintenance_function_name: str
 
 
 def deploy(
@@ -281,9 +283,13 @@ def deploy(
     except (s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
         pass
     secret_arn = put_db_secret(stack, dbname, db_port)
+    # The scheduled maintenance function, as the maintain role (its schedule
+    # is hourly: the tests invoke it themselves).
+    maintain_secret_arn = put_db_secret(stack, dbname, None, role="maintain")
     max_receive = int((overrides or {}).get("MaxReceiveCount", 5))
     params = {
         "DbSecretArn": secret_arn,
+        "MaintainDbSecretArn": maintain_secret_arn,
         "DbSslMode": "disable",  # the local server has no TLS; production uses verify-full
         "RunMigrations": "false",  # the admin migrated; the function's role cannot
         "LogLevel": log_level,
@@ -322,6 +328,7 @@ def deploy(
         max_receive_count=max_receive,
         fifo=fifo,
         log_level=log_level,
+        maintenance_function_name=outputs["MaintenanceFunctionName"],
     )
     wait_function_active(s.function_name)
     return s

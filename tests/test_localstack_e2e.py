@@ -205,6 +205,22 @@ def test_fifo_keeps_order_within_each_group(fifo):
     assert copies[0]["Attributes"]["MessageGroupId"] == "alpha", "the copy keeps its group"
 
 
+def test_the_scheduled_maintenance_function_makes_a_missing_partition_as_the_maintain_role(standard, drained):
+    """The template's maintenance function (the same bootstrap with
+    LOGIN_ETL_TASK=maintain, the maintain role's secret), invoked as its
+    schedule would: it makes again a partition the admin dropped, and
+    returns its metrics document."""
+    url = stack.db_url(standard.dbname)
+    day = (dt.datetime.now(dt.timezone.utc).date() + dt.timedelta(days=6)).strftime("%Y%m%d")
+    stack.psql(url, f"DROP TABLE user_logins_p{day}")
+    resp = stack.client("lambda").invoke(FunctionName=standard.maintenance_function_name, Payload=b"{}")
+    doc = json.loads(resp["Payload"].read())
+    assert "FunctionError" not in resp, doc
+    assert doc["PartitionsCreated"] == 1 and doc["created"] == [f"user_logins_p{day}"], doc
+    assert doc["DefaultPartitionRows"] == 0 and doc["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "LoginEtl"
+    assert stack.psql(url, f"SELECT to_regclass('user_logins_p{day}') IS NOT NULL")[0][0] == "t"
+
+
 def test_an_operator_reveals_an_original_ip_and_forgets_one_user(standard, drained):
     """The vault is on in the deployed template: the function wrote entries
     under a data key from LocalStack's KMS; `login-etl reveal` (the built
@@ -239,7 +255,7 @@ def test_an_operator_reveals_an_original_ip_and_forgets_one_user(standard, drain
     # forget audits its start (with the erasure list entry) and its end (the counts).
     assert [r["action"] for r in records] == ["reveal", "forget_begun", "forget"], records
     assert all(r["caller_arn"].startswith("arn:aws:") for r in records)
-    assert records[0]["token"] == masked_ip and records[1]["rows_deleted"] >= 1
+    assert records[0]["token"] == masked_ip and records[2]["rows_deleted"] >= 1
     assert user_id not in out.stdout, "the audit holds a keyed hash of the user id, never the id"
 
 

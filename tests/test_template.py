@@ -696,18 +696,10 @@ def test_maintenance_runs_the_same_binary_on_a_schedule_with_its_own_role_and_se
     assert env["RETENTION_DAYS"] == ("" if retention == 0 else retention)
     assert env["PREMAKE_DAYS"] == 7
     assert "MASKING_KEY_SECRET_ID" not in env, "maintenance never sees the masking key"
-    # Named, not referenced (LocalStack cannot delete a stack whose skipped
-    # conditional resources refer to each other); DependsOn orders them.
-    role = resources["MaintenanceRole"]
-    assert role["Properties"]["RoleName"] == {"Fn::Sub": "${AWS::StackName}-maintain"}
-    assert fn["Properties"]["Role"] == {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/${AWS::StackName}-maintain"}
-    assert "MaintenanceRole" in _as_list(fn.get("DependsOn", []))
-    assert fn["Properties"]["FunctionName"] == {"Fn::Sub": "${AWS::StackName}-maintain"}
-    statements = {st["Sid"]: st for st in _statements(role)}
+    assert fn["Properties"]["Role"] == {"Fn::GetAtt": ["MaintenanceRole", "Arn"]}
+    statements = {st["Sid"]: st for st in _statements(resources["MaintenanceRole"])}
     assert statements["ReadOwnSecrets"]["Resource"] == [MAINTAIN_SECRET_ARN]
-    assert statements["WriteOwnLogs"]["Resource"] == {
-        "Fn::Sub": "arn:${AWS::Partition}:logs:${AWS::Region}:${AWS::AccountId}:log-group:/aws/lambda/${AWS::StackName}-maintain:*"
-    }
+    assert statements["WriteOwnLogs"]["Resource"] == {"Fn::GetAtt": ["MaintenanceLogGroup", "Arn"]}
     assert set(statements) == {"ReadOwnSecrets", "WriteOwnLogs"}
     # The function's role cannot read the maintain role's secret.
     ingest = {st["Sid"]: st for st in _statements(resources["LoginEtlRole"])}
@@ -718,4 +710,4 @@ def test_maintenance_runs_the_same_binary_on_a_schedule_with_its_own_role_and_se
     assert rule["Properties"]["Targets"][0]["Arn"] == {"Fn::GetAtt": ["MaintenanceFunction", "Arn"]}
     alarm = resources["DefaultPartitionRowsAlarm"]["Properties"]
     assert alarm["MetricName"] == "DefaultPartitionRows" and alarm["TreatMissingData"] == "breaching"
-    assert resources["MaintenanceErrorsAlarm"]["Properties"]["Dimensions"][0]["Value"] == {"Fn::Sub": "${AWS::StackName}-maintain"}
+    assert resources["MaintenanceErrorsAlarm"]["Properties"]["Dimensions"][0]["Value"] == {"Ref": "MaintenanceFunction"}
