@@ -250,7 +250,7 @@ class Stack:
     max_receive_count: int
     fifo: bool
     log_level: str
-    maintenance_function_name: str
+    maintenance_function_name: str = ""
 
 
 def deploy(
