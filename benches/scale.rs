@@ -22,6 +22,9 @@
 //! then the cutover while this version writes) and reports the longest
 //! write beside the cutover. `BENCH_SCALE_ONLY=before` stops after that.
 //!
+//! `BENCH_SCALE_ROUNDS` (default 15): batches of 1,000 per median. With
+//! `BENCH_SCALE_ROWS=` (no size) only the empty tables are compared.
+//!
 //! Sizes: `BENCH_SCALE_ROWS` (default `20000000,100000000`); a size the
 //! disk cannot hold (about 420 B a row with indexes, plus 10 GB spare) is
 //! skipped and said so. Under `cargo test` it runs a smoke pass of 20,000.
@@ -296,7 +299,17 @@ async fn main() {
     } else {
         vec![20_000]
     };
-    let (rounds1k, rounds10k) = if full { (15, 4) } else { (2, 1) };
+    // BENCH_SCALE_ROUNDS: more batches of 1,000 per median, for the small
+    // differences an empty table shows (10,000-record batches: a quarter).
+    let rounds1k = match std::env::var("BENCH_SCALE_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+    {
+        Some(n) if full => n,
+        _ if full => 15,
+        _ => 2,
+    };
+    let rounds10k = if full { (rounds1k / 4).max(1) } else { 1 };
     // The smoke pass under `cargo test` writes smaller batches.
     let (small, large) = if full { (1_000, 10_000) } else { (100, 1_000) };
     let mut seed = 1u64;
