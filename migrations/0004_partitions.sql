@@ -1,7 +1,6 @@
 -- The life of the partitioned user_logins: its granularity, the DEFAULT
 -- partition, and the functions `login-etl maintain` (premake, retention)
--- and `login-etl forget` (the vault entries it holds back) call. Applied
--- with 0001 to 0003, idempotent. See src/maintain.rs and docs/operations.md
+-- calls. Applied with 0001 to 0003, idempotent. See src/maintain.rs and docs/operations.md
 -- "Partitions and retention".
 
 -- How wide a partition is: chosen once, by `login-etl migrate
@@ -46,7 +45,7 @@ $$;
 -- migration's advisory lock, so concurrent runs are safe.
 CREATE OR REPLACE FUNCTION login_etl_ensure_partition(for_day date)
 RETURNS TABLE(created text, moved bigint)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT SET lock_timeout = '100ms' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET lock_timeout = '100ms' AS $$
 DECLARE
     v_unit text;
     v_lo date;
@@ -54,7 +53,7 @@ DECLARE
     v_name text;
     v_moved bigint := 0;
 BEGIN
-    PERFORM pg_advisory_xact_lock(5494251782888264780);
+    PERFORM pg_advisory_xact_lock(5498692050214016076);
     IF EXISTS (SELECT 1 FROM login_etl_partitions() p
                WHERE NOT p.is_default AND (p.lo IS NULL OR p.lo <= for_day) AND p.hi > for_day) THEN
         RETURN;
@@ -71,6 +70,10 @@ BEGIN
     -- Lets ATTACH skip the scan of the new table.
     EXECUTE format('ALTER TABLE %I ADD CONSTRAINT %I CHECK (create_date IS NOT NULL AND create_date >= %L AND create_date < %L)',
                    v_name, v_name || '_bounds', v_lo, v_hi);
+    -- No insert may reach the DEFAULT partition between the move and the
+    -- ATTACH's scan of it (a row of the new partition's days there would
+    -- fail the ATTACH): writes routed there wait for this transaction.
+    LOCK TABLE user_logins_default IN SHARE ROW EXCLUSIVE MODE;
     EXECUTE format('WITH m AS (DELETE FROM user_logins_default WHERE create_date >= %L AND create_date < %L RETURNING *) '
                    'INSERT INTO %I SELECT * FROM m', v_lo, v_hi, v_name);
     GET DIAGNOSTICS v_moved = ROW_COUNT;
@@ -81,28 +84,53 @@ BEGIN
 END
 $$;
 
--- Detaches and drops `part` if every row it can hold is older than
--- `cutoff` (its upper bound is at or before it); NULL when it did nothing,
--- else the partition's estimated rows. DETACH ... CONCURRENTLY is refused
--- while a DEFAULT partition exists, so this is a plain DETACH: its ACCESS
--- EXCLUSIVE lock on user_logins is waited for at most lock_timeout (the
--- caller retries), and held for the catalog change only: no scan, no
--- rewrite, whatever the partition's size.
+-- Detaches `part` if every row it can hold is older than `cutoff` (its
+-- upper bound is at or before it); NULL when it did nothing, else the
+-- partition's estimated rows. `login_etl_drop_detached` drops it, in a
+-- transaction of its own, so that this one holds its lock for the catalog
+-- change only: no scan, no file removal, whatever the partition's size.
+-- DETACH ... CONCURRENTLY is refused while a DEFAULT partition exists, so
+-- this is a plain DETACH: its ACCESS EXCLUSIVE lock on user_logins is
+-- waited for at most lock_timeout (the caller retries). A cutoff after
+-- today (UTC) is refused: retention keeps today at least.
 CREATE OR REPLACE FUNCTION login_etl_drop_partition(part text, cutoff date)
 RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT SET lock_timeout = '100ms' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET lock_timeout = '100ms' AS $$
 DECLARE
     v_rows bigint;
 BEGIN
-    PERFORM pg_advisory_xact_lock(5494251782888264780);
+    IF cutoff > (now() AT TIME ZONE 'UTC')::date THEN
+        RAISE EXCEPTION 'a retention cutoff after today (%) would drop current rows', cutoff
+            USING ERRCODE = '22023';
+    END IF;
+    PERFORM pg_advisory_xact_lock(5498692050214016076);
     SELECT p.rows_estimate INTO v_rows FROM login_etl_partitions() p
         WHERE p.name = part AND NOT p.is_default AND p.hi <= cutoff;
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
     EXECUTE format('ALTER TABLE user_logins DETACH PARTITION %I', part);
-    EXECUTE format('DROP TABLE %I', part);
     RETURN v_rows;
+END
+$$;
+
+-- Drops the tables `login_etl_drop_partition` detached (also those a run
+-- that stopped between the two left): named like a partition, carrying
+-- its bounds constraint, attached to nothing. Returns their names.
+CREATE OR REPLACE FUNCTION login_etl_drop_detached()
+RETURNS SETOF text
+LANGUAGE plpgsql SECURITY DEFINER SET lock_timeout = '100ms' AS $$
+DECLARE
+    v_name text;
+BEGIN
+    PERFORM pg_advisory_xact_lock(5498692050214016076);
+    FOR v_name IN SELECT c.relname::text FROM pg_class c
+                  JOIN pg_constraint k ON k.conrelid = c.oid AND k.conname = c.relname || '_bounds'
+                  WHERE c.relname ~ '^user_logins_p[0-9]{8}$' AND c.relkind = 'r' AND NOT c.relispartition
+                    AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'user_logins'::regclass) LOOP
+        EXECUTE format('DROP TABLE %I', v_name);
+        RETURN NEXT v_name;
+    END LOOP;
 END
 $$;
 
@@ -110,7 +138,7 @@ $$;
 -- while their partition is missing).
 CREATE OR REPLACE FUNCTION login_etl_default_days()
 RETURNS TABLE(day date, row_count bigint)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $$
+LANGUAGE sql STABLE SECURITY DEFINER AS $$
     SELECT create_date, count(*) FROM user_logins_default GROUP BY 1 ORDER BY 1
 $$;
 
@@ -118,10 +146,14 @@ $$;
 -- retention: they get no partition). Returns how many.
 CREATE OR REPLACE FUNCTION login_etl_purge_default(cutoff date)
 RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT SET lock_timeout = '100ms' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET lock_timeout = '100ms' AS $$
 DECLARE
     v_rows bigint;
 BEGIN
+    IF cutoff > (now() AT TIME ZONE 'UTC')::date THEN
+        RAISE EXCEPTION 'a retention cutoff after today (%) would delete current rows', cutoff
+            USING ERRCODE = '22023';
+    END IF;
     DELETE FROM user_logins_default WHERE create_date < cutoff OR create_date IS NULL;
     GET DIAGNOSTICS v_rows = ROW_COUNT;
     RETURN v_rows;
@@ -134,6 +166,22 @@ REVOKE ALL ON FUNCTION login_etl_ensure_partition(date) FROM PUBLIC;
 REVOKE ALL ON FUNCTION login_etl_drop_partition(text, date) FROM PUBLIC;
 REVOKE ALL ON FUNCTION login_etl_default_days() FROM PUBLIC;
 REVOKE ALL ON FUNCTION login_etl_purge_default(date) FROM PUBLIC;
+REVOKE ALL ON FUNCTION login_etl_drop_detached() FROM PUBLIC;
+
+-- SECURITY DEFINER functions resolve names in a fixed search_path: this
+-- schema (where only the owner may create: the partitions they make land
+-- there), the catalog, and pg_temp last (a caller's temporary table must
+-- never stand in for one of ours).
+DO $$
+DECLARE
+    f text;
+BEGIN
+    FOREACH f IN ARRAY ARRAY['login_etl_ensure_partition(date)', 'login_etl_drop_partition(text, date)',
+                             'login_etl_drop_detached()', 'login_etl_default_days()', 'login_etl_purge_default(date)'] LOOP
+        EXECUTE format('ALTER FUNCTION %s SET search_path = %I, pg_catalog, pg_temp', f, current_schema());
+    END LOOP;
+END
+$$;
 
 -- Copies the table and column privileges of `src` to `dst` (the upgrade
 -- of an unpartitioned user_logins: the roles granted on the old table keep
@@ -159,32 +207,3 @@ BEGIN
 END
 $$;
 
--- Vault entries `login-etl forget` took out of the vault while it checks
--- whether anyone else's row still uses them: it puts back those in use and
--- deletes the rest (src/reveal.rs). Keyed by the erased user's key, so a
--- forget that stopped half way finishes on its next run.
-CREATE TABLE IF NOT EXISTS user_logins_pii_vault_held(
-    user_key    varchar(64) COLLATE "C" NOT NULL,
-    kind        varchar(16) COLLATE "C" NOT NULL,
-    token       varchar(64) COLLATE "C" NOT NULL,
-    key_id      varchar(32) NOT NULL,
-    nonce       bytea NOT NULL,
-    ciphertext  bytea NOT NULL,
-    created_at  timestamptz NOT NULL,
-    PRIMARY KEY (user_key, kind, token)
-);
-
--- forget audits its start (forget_begun, in the transaction that puts the
--- user on the erasure list) and its end (forget, with the counts).
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_constraint
-                   WHERE conrelid = 'user_logins_pii_audit'::regclass
-                     AND conname = 'user_logins_pii_audit_action_check'
-                     AND pg_get_constraintdef(oid) LIKE '%forget_begun%') THEN
-        ALTER TABLE user_logins_pii_audit DROP CONSTRAINT IF EXISTS user_logins_pii_audit_action_check;
-        ALTER TABLE user_logins_pii_audit ADD CONSTRAINT user_logins_pii_audit_action_check
-            CHECK (action IN ('reveal', 'forget', 'forget_begun'));
-    END IF;
-END
-$$;

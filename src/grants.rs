@@ -105,6 +105,7 @@ const VAULT_ENTRY: &[&str] = &[
     "ciphertext",
     "created_at",
 ];
+const ERASURE_TOKEN: &[&str] = &["user_key", "kind", "token"];
 const HELD_ENTRY: &[&str] = &[
     "user_key",
     "kind",
@@ -118,6 +119,7 @@ const HELD_ENTRY: &[&str] = &[
 const MAINTAIN_FUNCTIONS: &[&str] = &[
     "login_etl_ensure_partition(date)",
     "login_etl_drop_partition(text, date)",
+    "login_etl_drop_detached()",
     "login_etl_default_days()",
     "login_etl_purge_default(date)",
 ];
@@ -196,6 +198,9 @@ fn table_grants(role: Role) -> &'static [Grant] {
             ("SELECT", "user_logins_pii_vault", VAULT_ENTRY),
             ("DELETE", "user_logins_pii_vault", &[]),
             ("INSERT", "user_logins_pii_vault", VAULT_ENTRY),
+            ("SELECT", "user_logins_erasure_tokens", ERASURE_TOKEN),
+            ("INSERT", "user_logins_erasure_tokens", ERASURE_TOKEN),
+            ("DELETE", "user_logins_erasure_tokens", &[]),
             ("SELECT", "user_logins_pii_vault_held", HELD_ENTRY),
             ("INSERT", "user_logins_pii_vault_held", HELD_ENTRY),
             ("DELETE", "user_logins_pii_vault_held", &[]),

@@ -202,7 +202,7 @@ pub async fn run(client: &Client, options: &MaintainOptions) -> Result<MaintainR
         })
         .await?;
         for name in expired(client, cutoff).await? {
-            let dropped = with_lock_retries("dropping a partition past retention", || async {
+            let detached = with_lock_retries("detaching a partition past retention", || async {
                 let row = client
                     .query_typed_one(
                         "SELECT login_etl_drop_partition($1, $2)",
@@ -212,11 +212,27 @@ pub async fn run(client: &Client, options: &MaintainOptions) -> Result<MaintainR
                 Ok(row.get::<_, Option<i64>>(0))
             })
             .await?;
-            if let Some(rows) = dropped {
-                info!(partition = %name, rows_estimate = rows, %cutoff, "partition past retention dropped");
+            if let Some(rows) = detached {
+                info!(partition = %name, rows_estimate = rows, %cutoff, "partition past retention detached");
                 report.dropped.push((name, rows));
             }
         }
+    }
+    // The DROP in a transaction of its own: the detach's lock is long gone
+    // when the files go. Also drops what a run that stopped between left.
+    let dropped = with_lock_retries("dropping detached partitions", || async {
+        let rows = client
+            .query_typed("SELECT login_etl_drop_detached()", &[])
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>())
+    })
+    .await?;
+    for name in dropped {
+        // Counted where it was detached (this run, or one that stopped).
+        info!(partition = %name, "detached partition dropped");
     }
 
     report.default_rows = default_days(client)

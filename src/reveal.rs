@@ -278,26 +278,48 @@ pub async fn forget(
             .await
             .map_err(db("listing the partitions"))?,
     );
+    // Each DELETE writes the tokens of the rows it deletes, in its own
+    // statement: a run that stops later still knows them on the next run.
+    // A shared hold of maintain's lock keeps a partition from being made
+    // out of the DEFAULT one (its rows moved) under the statement.
     let mut rows = 0u64;
-    let (mut ips, mut devices) = (BTreeSet::new(), BTreeSet::new());
     for (i, segment) in segments.iter().enumerate() {
-        let (cond, bounds) = segment.condition(2);
-        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![(&user_id, Type::VARCHAR)];
+        let (cond, bounds) = segment.condition(3);
+        let mut params: Vec<(&(dyn ToSql + Sync), Type)> =
+            vec![(&user_id, Type::VARCHAR), (&user_key, Type::VARCHAR)];
         params.extend(
             bounds
                 .iter()
                 .map(|d| (d as &(dyn ToSql + Sync), Type::DATE)),
         );
-        let gone = client
-            .query_typed(
-                &format!("DELETE FROM user_logins WHERE user_id = $1 AND {cond} RETURNING masked_ip, masked_device_id"),
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("starting a delete"))?;
+        tx.query_typed(
+            "SELECT pg_advisory_xact_lock_shared($1)",
+            &[(&crate::schema::MIGRATION_LOCK_KEY, Type::INT8)],
+        )
+        .await
+        .map_err(db("waiting for maintain's partition step"))?;
+        let gone: i64 = tx
+            .query_typed_one(
+                &format!(
+                    "WITH gone AS (DELETE FROM user_logins WHERE user_id = $1 AND {cond} \
+                       RETURNING masked_ip, masked_device_id), \
+                     kept AS (INSERT INTO user_logins_erasure_tokens (user_key, kind, token) \
+                       SELECT $2, 'ip', masked_ip FROM gone WHERE masked_ip IS NOT NULL \
+                       UNION SELECT $2, 'device_id', masked_device_id FROM gone WHERE masked_device_id IS NOT NULL \
+                       ON CONFLICT DO NOTHING) \
+                     SELECT count(*) FROM gone"
+                ),
                 &params,
             )
             .await
-            .map_err(db("deleting the user's rows"))?;
-        rows += gone.len() as u64;
-        ips.extend(gone.iter().filter_map(|r| r.get::<_, Option<String>>(0)));
-        devices.extend(gone.iter().filter_map(|r| r.get::<_, Option<String>>(1)));
+            .map_err(db("deleting the user's rows"))?
+            .get(0);
+        tx.commit().await.map_err(db("committing a delete"))?;
+        rows += gone as u64;
         info!(
             segment = i + 1,
             of = segments.len(),
@@ -306,26 +328,23 @@ pub async fn forget(
         );
     }
 
-    let (ips, devices): (Vec<String>, Vec<String>) =
-        (ips.into_iter().collect(), devices.into_iter().collect());
+    // The tokens of every row of the user, deleted now or by a run that stopped.
+    let tokens = client
+        .query_typed(
+            "SELECT kind, token FROM user_logins_erasure_tokens WHERE user_key = $1",
+            &[(&user_key, Type::VARCHAR)],
+        )
+        .await
+        .map_err(db("reading the user's tokens"))?;
+    let of_kind = |rows: &[tokio_postgres::Row], kind: &str| -> Vec<String> {
+        rows.iter()
+            .filter(|r| r.get::<_, &str>(0) == kind)
+            .map(|r| r.get(1))
+            .collect()
+    };
+    let (ips, devices) = (of_kind(&tokens, "ip"), of_kind(&tokens, "device_id"));
     if !ips.is_empty() || !devices.is_empty() {
-        begin_locked(client).await?;
-        let held = client
-            .execute_typed(
-                "WITH gone AS (DELETE FROM user_logins_pii_vault v WHERE \
-                   (v.kind = 'ip' AND v.token = ANY($2)) OR (v.kind = 'device_id' AND v.token = ANY($3)) \
-                   RETURNING v.kind, v.token, v.key_id, v.nonce, v.ciphertext, v.created_at) \
-                 INSERT INTO user_logins_pii_vault_held (user_key, kind, token, key_id, nonce, ciphertext, created_at) \
-                 SELECT $1, gone.* FROM gone ON CONFLICT DO NOTHING",
-                &[
-                    (&user_key, Type::VARCHAR),
-                    (&ips, Type::VARCHAR_ARRAY),
-                    (&devices, Type::VARCHAR_ARRAY),
-                ],
-            )
-            .await
-            .map_err(db("moving the user's vault entries aside"));
-        end_locked(client, held, "holding the user's vault entries").await?;
+        hold_vault_entries(client, user_key, &ips, &devices).await?;
     }
 
     // Held now, or by an earlier run that stopped: who else uses them?
@@ -336,13 +355,7 @@ pub async fn forget(
         )
         .await
         .map_err(db("reading the held vault entries"))?;
-    let held_of = |kind: &str| -> Vec<String> {
-        held.iter()
-            .filter(|r| r.get::<_, &str>(0) == kind)
-            .map(|r| r.get(1))
-            .collect()
-    };
-    let (held_ips, held_devices) = (held_of("ip"), held_of("device_id"));
+    let (held_ips, held_devices) = (of_kind(&held, "ip"), of_kind(&held, "device_id"));
     let (mut used_ips, mut used_devices) = (BTreeSet::new(), BTreeSet::new());
     if !held.is_empty() {
         for segment in &segments {
@@ -356,7 +369,14 @@ pub async fn forget(
                     .iter()
                     .map(|d| (d as &(dyn ToSql + Sync), Type::DATE)),
             );
-            let row = client
+            let tx = client.transaction().await.map_err(db("starting a scan"))?;
+            tx.query_typed(
+                "SELECT pg_advisory_xact_lock_shared($1)",
+                &[(&crate::schema::MIGRATION_LOCK_KEY, Type::INT8)],
+            )
+            .await
+            .map_err(db("waiting for maintain's partition step"))?;
+            let row = tx
                 .query_typed_one(
                     &format!(
                         "SELECT coalesce(array_agg(DISTINCT masked_ip) FILTER (WHERE masked_ip = ANY($1)), '{{}}'), \
@@ -367,6 +387,7 @@ pub async fn forget(
                 )
                 .await
                 .map_err(db("looking for other users of the tokens"))?;
+            tx.commit().await.map_err(db("ending a scan"))?;
             used_ips.extend(row.get::<_, Vec<String>>(0));
             used_devices.extend(row.get::<_, Vec<String>>(1));
         }
@@ -402,6 +423,12 @@ pub async fn forget(
         .await
         .map_err(db("deleting the user's vault entries"))?;
     tx.execute_typed(
+        "DELETE FROM user_logins_erasure_tokens WHERE user_key = $1",
+        &[(&user_key, Type::VARCHAR)],
+    )
+    .await
+    .map_err(db("clearing the user's tokens"))?;
+    tx.execute_typed(
         "INSERT INTO user_logins_pii_audit (action, caller_arn, user_key, rows_deleted, vault_entries_deleted) \
          VALUES ('forget', $1, $2, $3, $4)",
         &[
@@ -426,6 +453,68 @@ pub async fn forget(
     })
 }
 
+/// Moves the vault entries of `ips` and `devices` aside for `user_key`, in
+/// a moment's lock (see [`begin_locked`]). Not while another `forget` holds
+/// one of them and has not finished its check: it may still put the entry
+/// back, after this one's check would have found it gone. So it waits for
+/// that one, as long as [`FORGET_LOCK_PATIENCE`], without holding the lock.
+async fn hold_vault_entries(
+    client: &Client,
+    user_key: &str,
+    ips: &[String],
+    devices: &[String],
+) -> Result<(), RevealError> {
+    let since = Instant::now();
+    loop {
+        begin_locked(client).await?;
+        let step = async {
+            let busy: bool = client
+                .query_typed_one(
+                    "SELECT EXISTS (SELECT 1 FROM user_logins_pii_vault_held h WHERE h.user_key <> $1 AND \
+                       ((h.kind = 'ip' AND h.token = ANY($2)) OR (h.kind = 'device_id' AND h.token = ANY($3))))",
+                    &[
+                        (&user_key, Type::VARCHAR),
+                        (&ips, Type::VARCHAR_ARRAY),
+                        (&devices, Type::VARCHAR_ARRAY),
+                    ],
+                )
+                .await
+                .map_err(db("reading the held vault entries"))?
+                .get(0);
+            if busy {
+                return Ok(false);
+            }
+            client
+                .execute_typed(
+                    "WITH gone AS (DELETE FROM user_logins_pii_vault v WHERE \
+                       (v.kind = 'ip' AND v.token = ANY($2)) OR (v.kind = 'device_id' AND v.token = ANY($3)) \
+                       RETURNING v.kind, v.token, v.key_id, v.nonce, v.ciphertext, v.created_at) \
+                     INSERT INTO user_logins_pii_vault_held (user_key, kind, token, key_id, nonce, ciphertext, created_at) \
+                     SELECT $1, gone.* FROM gone ON CONFLICT DO NOTHING",
+                    &[
+                        (&user_key, Type::VARCHAR),
+                        (&ips, Type::VARCHAR_ARRAY),
+                        (&devices, Type::VARCHAR_ARRAY),
+                    ],
+                )
+                .await
+                .map_err(db("moving the user's vault entries aside"))?;
+            Ok(true)
+        }
+        .await;
+        if end_locked(client, step, "holding the user's vault entries").await? {
+            return Ok(());
+        }
+        if since.elapsed() >= FORGET_LOCK_PATIENCE {
+            return Err(RevealError::Db {
+                op: "holding the user's vault entries",
+                cause: "another `login-etl forget` holds a vault entry this user shares and has not finished; if it stopped, run it again (`login-etl audit` shows its forget_begun record without a forget), then run this one again; its rows are deleted already".into(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Opens a transaction that holds SHARE ROW EXCLUSIVE on the partitioned
 /// parent `user_logins` alone (`ONLY`: one lock, however many partitions),
 /// waiting at most [`FORGET_LOCK_TIMEOUT_MS`] for it and trying again after
@@ -442,10 +531,18 @@ async fn begin_locked(client: &Client) -> Result<(), RevealError> {
             .await;
         let Err(e) = locked else { return Ok(()) };
         let _ = client.batch_execute("ROLLBACK").await;
-        if e.code() != Some(&SqlState::LOCK_NOT_AVAILABLE)
-            || since.elapsed() >= FORGET_LOCK_PATIENCE
-        {
+        if e.code() != Some(&SqlState::LOCK_NOT_AVAILABLE) {
             return Err(db("locking user_logins for a moment")(e));
+        }
+        if since.elapsed() >= FORGET_LOCK_PATIENCE {
+            return Err(RevealError::Db {
+                op: "locking user_logins for a moment",
+                cause: format!(
+                    "for {} s some transaction on user_logins always held it longer than {FORGET_LOCK_TIMEOUT_MS} ms; \
+                     look for long-running transactions (pg_stat_activity) and run forget again: it finishes what this run started",
+                    FORGET_LOCK_PATIENCE.as_secs()
+                ),
+            });
         }
         // A pause with a little jitter, so that queued writes get through.
         let jitter = u64::from(since.elapsed().subsec_nanos() % 100);

@@ -305,3 +305,86 @@ async fn the_audit_trail_is_append_only_even_for_its_owner() {
             .is_empty()
     );
 }
+
+/// A `forget` that stops after deleting the rows (here: its vault step
+/// fails once) is finished by the next run for the same user: the tokens
+/// its deletes wrote take it to the vault entries, which go.
+#[tokio::test]
+async fn a_forget_stopped_after_the_deletes_is_finished_by_the_next_run() {
+    let db = TestDb::create().await;
+    let ingest = db.ingest_url().await;
+    let erase = db.role_url(Role::Erase).await;
+    let user = "0f1e2d3c-4b5a-4697-8a9b-acbdcedf0033";
+    let h = handler_with(&[("DATABASE_URL", &ingest), ("MASKING_KEY", TEST_KEY)])
+        .await
+        .with_vault(key());
+    h.handle(
+        &SqsBatch::from(&batch_with(user, 60, 4, 933)),
+        Deadline::NONE,
+    )
+    .await
+    .expect("written");
+    let admin = db.client().await;
+    // The tokens only this user's rows use, before anything is deleted.
+    let tokens: Vec<String> = admin
+        .query(
+            "(SELECT masked_ip FROM user_logins WHERE user_id = $1 \
+               UNION SELECT masked_device_id FROM user_logins WHERE user_id = $1) \
+             EXCEPT (SELECT masked_ip FROM user_logins WHERE user_id <> $1 \
+               UNION SELECT masked_device_id FROM user_logins WHERE user_id <> $1)",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!tokens.is_empty());
+    assert!(in_vault(&admin, &tokens).await > 0);
+    // The vault step fails once: the run stops after its deletes.
+    admin
+        .batch_execute(
+            "CREATE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN RAISE EXCEPTION 'stopped by the test'; END $$; \
+             CREATE TRIGGER test_refuse BEFORE INSERT ON user_logins_pii_vault_held \
+             FOR EACH STATEMENT EXECUTE FUNCTION test_refuse();",
+        )
+        .await
+        .unwrap();
+    let user_key = Masker::new(&MaskingKey::from_hex(TEST_KEY, "test").unwrap()).user_key(user);
+    let mut eraser = connect(&erase).await;
+    login_etl::reveal::forget(&mut eraser, user, user_key.as_str(), CALLER)
+        .await
+        .expect_err("stopped after the deletes");
+    assert_eq!(rows_of(&db, user).await, 0, "the rows went");
+    assert!(
+        in_vault(&admin, &tokens).await > 0,
+        "the entries are still there"
+    );
+    admin
+        .batch_execute("DROP TRIGGER test_refuse ON user_logins_pii_vault_held")
+        .await
+        .unwrap();
+    let again = login_etl::reveal::forget(&mut eraser, user, user_key.as_str(), CALLER)
+        .await
+        .expect("the second run");
+    assert_eq!(again.rows, 0);
+    assert!(again.vault_entries > 0);
+    assert_eq!(
+        in_vault(&admin, &tokens).await,
+        0,
+        "no entry of the user is left"
+    );
+    assert_vault_matches_rows(&db).await;
+}
+
+async fn in_vault(admin: &tokio_postgres::Client, tokens: &[String]) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM user_logins_pii_vault WHERE token = ANY($1)",
+            &[&tokens],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}

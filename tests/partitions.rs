@@ -261,8 +261,24 @@ async fn maintain_premakes_and_drops_by_retention_and_two_runs_at_once_agree() {
     // Idempotent: a third run finds nothing to do.
     let c = maintain_as(&maintainer, options).await;
     assert!(c.created.is_empty() && c.dropped.is_empty(), "{c:?}");
-    // The maintain role can do nothing but call the functions.
+    // The maintain role can do nothing but call the functions, and through
+    // them drop nothing of today or later, nor borrow the owner's rights.
     let m = connect(&maintainer).await;
+    let e = m
+        .batch_execute("SELECT login_etl_drop_partition('user_logins_default', '9999-12-31')")
+        .await
+        .expect_err("a cutoff after today");
+    assert_eq!(e.code().map(|c| c.code()), Some("22023"), "{e}");
+    connect(&maintainer)
+        .await
+        .batch_execute(
+            "CREATE TEMP TABLE user_logins_default (create_date point); \
+             SELECT login_etl_purge_default(current_date - 1)",
+        )
+        .await
+        // A `point` column makes `create_date < cutoff` fail if the function
+        // ever resolved the name to this table.
+        .expect("the owner's functions ignore the caller's temporary tables");
     for sql in [
         "DROP TABLE user_logins_default",
         "DELETE FROM user_logins",

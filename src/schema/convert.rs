@@ -108,6 +108,17 @@ pub async fn convert(client: &mut Client, options: &MigrateOptions) -> Result<bo
         );
     }
 
+    if options.prepare_only {
+        // The erasure list and the vault must exist for this version to
+        // write into the old table (its guard checks them). The bounds are
+        // proved by the cutover's run: a CHECK added now would refuse the
+        // rows of a day after its bound, should the cutover come later.
+        apply_side_tables(client).await?;
+        info!(
+            "prepared (--prepare): deploy this version, then run `login-etl migrate` for the cutover"
+        );
+        return Ok(true);
+    }
     info!(step = "4/5", bound = %first_new_day, "proving every row's create_date is set and before the bound (CHECK ... NOT VALID, then VALIDATE)");
     let t = Instant::now();
     bound_rows(client, first_new_day).await?;
@@ -116,15 +127,6 @@ pub async fn convert(client: &mut Client, options: &MigrateOptions) -> Result<bo
         seconds = t.elapsed().as_secs_f64(),
         "bounds proved"
     );
-    if options.prepare_only {
-        // The erasure list and the vault must exist for this version to
-        // write into the old table (its guard checks them).
-        apply_side_tables(client).await?;
-        info!(
-            "prepared (--prepare): deploy this version, then run `login-etl migrate` for the cutover"
-        );
-        return Ok(true);
-    }
 
     info!(
         step = "5/5",
@@ -157,6 +159,8 @@ async fn apply_side_tables(client: &Client) -> Result<(), SinkError> {
             include_str!("../../migrations/0002_pii_vault.sql"),
             "\n",
             include_str!("../../migrations/0003_pii_audit_and_erasure.sql"),
+            "\n",
+            include_str!("../../migrations/0005_erasure_state.sql"),
             "\nCOMMIT;"
         ))
         .await
@@ -205,7 +209,7 @@ async fn build_index(client: &Client, name: &str, columns: &str) -> Result<(), S
             Some(state) if state.code() == "23505" => SinkError::Fatal {
                 op: "building a unique index on user_logins",
                 cause: format!("two rows of the old table share a value of ({columns})"),
-                hint: "; find them with `SELECT message_id, count(*) FROM user_logins GROUP BY 1 HAVING count(*) > 1`, delete the copies, and run `login-etl migrate` again".into(),
+                hint: format!("; find them with `SELECT {columns}, count(*) FROM user_logins GROUP BY {columns} HAVING count(*) > 1`, delete the copies, and run `login-etl migrate` again").into(),
             },
             _ => failed("building a unique index on user_logins")(e),
         })

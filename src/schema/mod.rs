@@ -29,7 +29,9 @@ pub const MIGRATION_SQL: &str = concat!(
     "\n",
     include_str!("../../migrations/0003_pii_audit_and_erasure.sql"),
     "\n",
-    include_str!("../../migrations/0004_partitions.sql")
+    include_str!("../../migrations/0004_partitions.sql"),
+    "\n",
+    include_str!("../../migrations/0005_erasure_state.sql")
 );
 
 /// Advisory lock key ("LOGINETL" in ASCII): many cold starts at once apply
@@ -95,6 +97,8 @@ const INSPECT_SQL: &str = "SELECT \
     coalesce((SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass('user_logins')), false), \
     to_regclass('user_logins_partitioning') IS NOT NULL AND to_regclass('user_logins_default') IS NOT NULL \
         AND to_regclass('user_logins_pii_vault_held') IS NOT NULL \
+        AND to_regclass('user_logins_erasure_tokens') IS NOT NULL \
+        AND to_regprocedure('login_etl_drop_detached()') IS NOT NULL \
         AND to_regprocedure('login_etl_purge_default(date)') IS NOT NULL, \
     EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a \
         ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
@@ -294,10 +298,16 @@ pub(crate) fn failed(op: &'static str) -> impl Fn(tokio_postgres::Error) -> Sink
                 cause: describe(&e),
             }
         } else {
+            let hint = if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+            {
+                "; the role lacks a privilege: `login-etl migrate` runs as the tables' owner, `login-etl maintain` as the role that `login-etl grants --role maintain` prints (docs/operations.md, \"Database roles\")"
+            } else {
+                "; run `login-etl migrate` as the tables' owner (docs/operations.md, \"Database roles\"); the error above says what PostgreSQL refused"
+            };
             SinkError::Fatal {
                 op,
                 cause: describe(&e),
-                hint: "; run `login-etl migrate` as the tables' owner (docs/operations.md, \"Database roles\")".into(),
+                hint: hint.into(),
             }
         }
     }
@@ -315,6 +325,16 @@ pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<bo
         .await
         .map_err(failed("reading the catalog"))?;
     if options.cold_start && state.is_current() {
+        return Ok(false);
+    }
+    // Between `migrate --prepare` and the cutover the old table is
+    // writable; the cutover is `login-etl migrate`'s, never a cold start's.
+    if options.cold_start
+        && state.table
+        && !state.partitioned
+        && state.columns
+        && state.message_id_index
+    {
         return Ok(false);
     }
     let mut applied = false;
