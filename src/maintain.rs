@@ -315,19 +315,31 @@ pub async fn partitions(client: &Client) -> Result<Vec<Partition>, tokio_postgre
 /// the parent, never on partitions made later).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Segment {
-    /// `lo <= create_date < hi`, each end open when `None`.
+    /// `lo <= create_date < hi`: one partition's range (`lo` open for the
+    /// converted table's MINVALUE).
     Range(Option<NaiveDate>, Option<NaiveDate>),
+    /// A range no partition covers, each end open when `None`: its rows are
+    /// in the DEFAULT partition, and `maintain` may move them into a new
+    /// partition meanwhile.
+    Gap(Option<NaiveDate>, Option<NaiveDate>),
     /// `create_date IS NULL` (only the DEFAULT partition can hold it).
     Null,
 }
 
 impl Segment {
+    /// Its rows are in the DEFAULT partition, which `maintain` may empty
+    /// into a new partition under a statement: such a statement holds
+    /// maintain's lock, shared.
+    pub fn in_default(&self) -> bool {
+        !matches!(self, Segment::Range(..))
+    }
+
     /// The condition on `create_date`, with `$lo` and `$hi` as parameters
     /// numbered from `first`; and the values to bind.
     pub fn condition(&self, first: usize) -> (String, Vec<NaiveDate>) {
         match *self {
             Segment::Null => ("create_date IS NULL".into(), vec![]),
-            Segment::Range(lo, hi) => {
+            Segment::Range(lo, hi) | Segment::Gap(lo, hi) => {
                 let mut parts = Vec::new();
                 let mut values = Vec::new();
                 if let Some(lo) = lo {
@@ -362,9 +374,9 @@ pub fn segments(partitions: &[Partition]) -> Vec<Segment> {
     let mut open_start = true;
     for (lo, hi) in ranges {
         match (open_start, lo) {
-            (true, Some(lo)) => out.push(Segment::Range(None, Some(lo))),
+            (true, Some(lo)) => out.push(Segment::Gap(None, Some(lo))),
             (false, Some(lo)) if covered_to.is_some_and(|c| c < lo) => {
-                out.push(Segment::Range(covered_to, Some(lo)))
+                out.push(Segment::Gap(covered_to, Some(lo)))
             }
             _ => {}
         }
@@ -372,7 +384,7 @@ pub fn segments(partitions: &[Partition]) -> Vec<Segment> {
         open_start = false;
         covered_to = Some(covered_to.map_or(hi, |c| c.max(hi)));
     }
-    out.push(Segment::Range(covered_to, None));
+    out.push(Segment::Gap(covered_to, None));
     out.push(Segment::Null);
     out
 }
@@ -413,22 +425,24 @@ mod tests {
             [
                 Segment::Range(None, Some(d("2026-11-20"))),
                 Segment::Range(Some(d("2026-11-20")), Some(d("2026-11-21"))),
-                Segment::Range(Some(d("2026-11-21")), Some(d("2026-11-23"))),
+                Segment::Gap(Some(d("2026-11-21")), Some(d("2026-11-23"))),
                 Segment::Range(Some(d("2026-11-23")), Some(d("2026-11-24"))),
-                Segment::Range(Some(d("2026-11-24")), None),
+                Segment::Gap(Some(d("2026-11-24")), None),
                 Segment::Null,
             ]
         );
         // No partition at all: everything is in the DEFAULT one.
-        assert_eq!(segments(&[]), [Segment::Range(None, None), Segment::Null]);
+        assert_eq!(segments(&[]), [Segment::Gap(None, None), Segment::Null]);
         let (sql, values) =
             Segment::Range(Some(d("2026-11-21")), Some(d("2026-11-23"))).condition(2);
         assert_eq!(sql, "create_date >= $2::date AND create_date < $3::date");
         assert_eq!(values, [d("2026-11-21"), d("2026-11-23")]);
         assert_eq!(
-            Segment::Range(None, None).condition(2).0,
+            Segment::Gap(None, None).condition(2).0,
             "create_date IS NOT NULL"
         );
+        assert!(Segment::Gap(None, None).in_default() && Segment::Null.in_default());
+        assert!(!Segment::Range(None, Some(d("2026-11-20"))).in_default());
     }
 
     #[test]

@@ -280,8 +280,10 @@ pub async fn forget(
     );
     // Each DELETE writes the tokens of the rows it deletes, in its own
     // statement: a run that stops later still knows them on the next run.
-    // A shared hold of maintain's lock keeps a partition from being made
-    // out of the DEFAULT one (its rows moved) under the statement.
+    // On the DEFAULT partition's ranges, a shared hold of maintain's lock
+    // keeps a partition from being made out of it (its rows moved) under
+    // the statement; a partition's own range needs none, so a long scan
+    // there never holds maintain up.
     let mut rows = 0u64;
     for (i, segment) in segments.iter().enumerate() {
         let (cond, bounds) = segment.condition(3);
@@ -296,12 +298,14 @@ pub async fn forget(
             .transaction()
             .await
             .map_err(db("starting a delete"))?;
-        tx.query_typed(
-            "SELECT pg_advisory_xact_lock_shared($1)",
-            &[(&crate::schema::MIGRATION_LOCK_KEY, Type::INT8)],
-        )
-        .await
-        .map_err(db("waiting for maintain's partition step"))?;
+        if segment.in_default() {
+            tx.query_typed(
+                "SELECT pg_advisory_xact_lock_shared($1)",
+                &[(&crate::schema::MIGRATION_LOCK_KEY, Type::INT8)],
+            )
+            .await
+            .map_err(db("waiting for maintain's partition step"))?;
+        }
         let gone: i64 = tx
             .query_typed_one(
                 &format!(
@@ -370,12 +374,14 @@ pub async fn forget(
                     .map(|d| (d as &(dyn ToSql + Sync), Type::DATE)),
             );
             let tx = client.transaction().await.map_err(db("starting a scan"))?;
-            tx.query_typed(
-                "SELECT pg_advisory_xact_lock_shared($1)",
-                &[(&crate::schema::MIGRATION_LOCK_KEY, Type::INT8)],
-            )
-            .await
-            .map_err(db("waiting for maintain's partition step"))?;
+            if segment.in_default() {
+                tx.query_typed(
+                    "SELECT pg_advisory_xact_lock_shared($1)",
+                    &[(&crate::schema::MIGRATION_LOCK_KEY, Type::INT8)],
+                )
+                .await
+                .map_err(db("waiting for maintain's partition step"))?;
+            }
             let row = tx
                 .query_typed_one(
                     &format!(
