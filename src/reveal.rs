@@ -280,10 +280,6 @@ pub async fn forget(
     );
     // Each DELETE writes the tokens of the rows it deletes, in its own
     // statement: a run that stops later still knows them on the next run.
-    // On the DEFAULT partition's ranges, a shared hold of maintain's lock
-    // keeps a partition from being made out of it (its rows moved) under
-    // the statement; a partition's own range needs none, so a long scan
-    // there never holds maintain up.
     let mut rows = 0u64;
     for (i, segment) in segments.iter().enumerate() {
         let (cond, bounds) = segment.condition(3);
@@ -294,18 +290,7 @@ pub async fn forget(
                 .iter()
                 .map(|d| (d as &(dyn ToSql + Sync), Type::DATE)),
         );
-        let tx = client
-            .transaction()
-            .await
-            .map_err(db("starting a delete"))?;
-        if segment.in_default() {
-            tx.query_typed(
-                "SELECT pg_advisory_xact_lock_shared($1)",
-                &[(&crate::schema::MIGRATION_LOCK_KEY, Type::INT8)],
-            )
-            .await
-            .map_err(db("waiting for maintain's partition step"))?;
-        }
+        let tx = segment_tx(client, segment).await?;
         let gone: i64 = tx
             .query_typed_one(
                 &format!(
@@ -373,15 +358,7 @@ pub async fn forget(
                     .iter()
                     .map(|d| (d as &(dyn ToSql + Sync), Type::DATE)),
             );
-            let tx = client.transaction().await.map_err(db("starting a scan"))?;
-            if segment.in_default() {
-                tx.query_typed(
-                    "SELECT pg_advisory_xact_lock_shared($1)",
-                    &[(&crate::schema::MIGRATION_LOCK_KEY, Type::INT8)],
-                )
-                .await
-                .map_err(db("waiting for maintain's partition step"))?;
-            }
+            let tx = segment_tx(client, segment).await?;
             let row = tx
                 .query_typed_one(
                     &format!(
@@ -457,6 +434,30 @@ pub async fn forget(
         rows,
         vault_entries: freed,
     })
+}
+
+/// A transaction for one statement on `segment`: on the DEFAULT
+/// partition's ranges it holds maintain's lock shared, so that no partition
+/// is made out of the DEFAULT one (its rows moved) under the statement; a
+/// partition's own range needs none, so a long scan there never holds
+/// maintain up.
+async fn segment_tx<'c>(
+    client: &'c mut Client,
+    segment: &crate::maintain::Segment,
+) -> Result<Transaction<'c>, RevealError> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(db("starting a transaction"))?;
+    if segment.in_default() {
+        tx.query_typed(
+            "SELECT pg_advisory_xact_lock_shared($1)",
+            &[(&crate::schema::MIGRATION_LOCK_KEY, Type::INT8)],
+        )
+        .await
+        .map_err(db("waiting for maintain's partition step"))?;
+    }
+    Ok(tx)
 }
 
 /// Moves the vault entries of `ips` and `devices` aside for `user_key`, in
