@@ -112,6 +112,19 @@ async fn ingest(
     (ms(median(&mut times)) * 1_000.0 / size as f64, wal)
 }
 
+/// [`ingest`] at both batch sizes, `((small, rounds), (large, rounds))`.
+async fn both_sizes(
+    h: &BatchHandler,
+    c: &Client,
+    ((small, r1), (large, r2)): ((usize, usize), (usize, usize)),
+    seed: &mut u64,
+) -> ((f64, f64), (f64, f64)) {
+    (
+        ingest(h, c, small, r1, seed).await,
+        ingest(h, c, large, r2, seed).await,
+    )
+}
+
 fn free_disk_bytes() -> u64 {
     let out = std::process::Command::new("df")
         .args(["--output=avail", "-B1", "/var/lib/postgresql"])
@@ -312,6 +325,7 @@ async fn main() {
     let rounds10k = if full { (rounds1k / 4).max(1) } else { 1 };
     // The smoke pass under `cargo test` writes smaller batches.
     let (small, large) = if full { (1_000, 10_000) } else { (100, 1_000) };
+    let sizes_and_rounds = ((small, rounds1k), (large, rounds10k));
     let mut seed = 1u64;
     println!(
         "| layout | rows already in the table | ms per 1,000 messages, batches of 1,000 (vs empty) | same, batches of 10,000 (vs empty) | WAL B/row, batches of 1,000 (vs empty) | WAL B/row, batches of 10,000 |"
@@ -335,10 +349,7 @@ async fn main() {
         .await
         .unwrap();
     let ha = handler(&url_a).await;
-    let empty_a = (
-        ingest(&ha, &a, small, rounds1k, &mut seed).await,
-        ingest(&ha, &a, large, rounds10k, &mut seed).await,
-    );
+    let empty_a = both_sizes(&ha, &a, sizes_and_rounds, &mut seed).await;
     row(
         "before: unpartitioned, unique (message_id)",
         0,
@@ -366,10 +377,7 @@ async fn main() {
             t.elapsed().as_secs_f64(),
             size_of(&a).await
         );
-        let at = (
-            ingest(&ha, &a, small, rounds1k, &mut seed).await,
-            ingest(&ha, &a, large, rounds10k, &mut seed).await,
-        );
+        let at = both_sizes(&ha, &a, sizes_and_rounds, &mut seed).await;
         row(
             "before: unpartitioned, unique (message_id)",
             first,
@@ -412,10 +420,7 @@ async fn main() {
     login_etl::startup::migrate(&cfg).await.unwrap();
     let b = connect(&url_b).await;
     let hb = Arc::new(handler(&url_b).await);
-    let empty_b = (
-        ingest(&hb, &b, small, rounds1k, &mut seed).await,
-        ingest(&hb, &b, large, rounds10k, &mut seed).await,
-    );
+    let empty_b = both_sizes(&hb, &b, sizes_and_rounds, &mut seed).await;
     row(
         "now: partitioned by day, unique (sent_at, message_id, create_date)",
         0,
@@ -436,10 +441,7 @@ async fn main() {
             took.as_secs_f64(),
             size_of(&b).await
         );
-        let at = (
-            ingest(&hb, &b, small, rounds1k, &mut seed).await,
-            ingest(&hb, &b, large, rounds10k, &mut seed).await,
-        );
+        let at = both_sizes(&hb, &b, sizes_and_rounds, &mut seed).await;
         row(
             "now: partitioned by day, unique (sent_at, message_id, create_date)",
             size,
@@ -462,10 +464,7 @@ async fn main() {
                 "   user_id index built in {:.0} s",
                 t.elapsed().as_secs_f64()
             );
-            let with = (
-                ingest(&hb, &b, small, rounds1k, &mut seed).await,
-                ingest(&hb, &b, large, rounds10k, &mut seed).await,
-            );
+            let with = both_sizes(&hb, &b, sizes_and_rounds, &mut seed).await;
             row(
                 "now + index on user_id",
                 size,
