@@ -219,7 +219,7 @@ async fn forget_beside_ingest(url: &str, h: Arc<BatchHandler>) -> (Duration, Dur
     let done = login_etl::reveal::forget(
         &mut eraser,
         &user,
-        masker.user_key(&user).as_str(),
+        masker.users(),
         "arn:bench",
     )
     .await

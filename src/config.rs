@@ -26,13 +26,34 @@ impl std::fmt::Debug for DbSource {
     }
 }
 
-/// Where the HMAC masking key comes from.
+/// Where a key comes from (the masking key, the erasure key). Either holds
+/// one hex key or a document of versions (see [`crate::masking::KeyVersions`]).
 #[derive(Clone, PartialEq, Eq)]
 pub enum KeySource {
-    /// `MASKING_KEY`: the hex key itself (local use only).
+    /// `MASKING_KEY` / `ERASURE_KEY`: the key itself (local use only).
     Hex(String),
-    /// `MASKING_KEY_SECRET_ID`: a Secrets Manager id whose SecretString is the hex key.
+    /// `MASKING_KEY_SECRET_ID` / `ERASURE_KEY_SECRET_ID`: a Secrets Manager
+    /// id whose SecretString is the key.
     Secret(String),
+}
+
+/// The source named by the pair of variables `direct` (the key itself) and
+/// `secret` (a Secrets Manager id), if either is set.
+pub fn key_source(
+    get: &dyn Fn(&str) -> Option<String>,
+    direct: &'static str,
+    secret: &'static str,
+) -> Result<Option<KeySource>, ConfigError> {
+    let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+    match (get(direct), get(secret)) {
+        (Some(_), Some(_)) => Err(ConfigError::Conflict {
+            first: direct,
+            second: secret,
+        }),
+        (Some(hex), None) => Ok(Some(KeySource::Hex(hex))),
+        (None, Some(id)) => Ok(Some(KeySource::Secret(id))),
+        (None, None) => Ok(None),
+    }
 }
 
 impl std::fmt::Debug for KeySource {
@@ -89,6 +110,9 @@ pub struct Config {
     pub db: DbConfig,
     /// The masking key's source.
     pub masking_key: KeySource,
+    /// The erasure key's source (`ERASURE_KEY_SECRET_ID`); unset: user keys
+    /// are derived from the masking key (deployments from before it).
+    pub erasure_key: Option<KeySource>,
     /// `RUN_MIGRATIONS=true`: create/upgrade the schema at cold start.
     pub run_migrations: bool,
     /// `DLQ_URL`: the source queue's dead-letter queue; rejected records are
@@ -161,22 +185,13 @@ impl Config {
         let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
         Ok(Self {
             db: DbConfig::from_lookup(&get)?,
-            masking_key: match (get("MASKING_KEY"), get("MASKING_KEY_SECRET_ID")) {
-                (Some(_), Some(_)) => {
-                    return Err(ConfigError::Conflict {
-                        first: "MASKING_KEY",
-                        second: "MASKING_KEY_SECRET_ID",
-                    });
-                }
-                (Some(hex), None) => KeySource::Hex(hex),
-                (None, Some(id)) => KeySource::Secret(id),
-                (None, None) => {
-                    return Err(ConfigError::Missing {
-                        var: "MASKING_KEY_SECRET_ID",
-                        hint: "set it to the Secrets Manager id of the hex masking key (or MASKING_KEY to a hex key, for local use); the function never writes unmasked data",
-                    });
-                }
-            },
+            masking_key: key_source(&get, "MASKING_KEY", "MASKING_KEY_SECRET_ID")?.ok_or(
+                ConfigError::Missing {
+                    var: "MASKING_KEY_SECRET_ID",
+                    hint: "set it to the Secrets Manager id of the hex masking key (or MASKING_KEY to a hex key, for local use); the function never writes unmasked data",
+                },
+            )?,
+            erasure_key: key_source(&get, "ERASURE_KEY", "ERASURE_KEY_SECRET_ID")?,
             run_migrations: parse_bool(&get, "RUN_MIGRATIONS")?.unwrap_or(false),
             dlq_url: match get("DLQ_URL") {
                 Some(url) if !url.starts_with("http://") && !url.starts_with("https://") => {

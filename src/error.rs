@@ -47,6 +47,16 @@ pub enum ConfigError {
         /// Its length.
         bytes: usize,
     },
+    /// A key document (several versions) is malformed.
+    #[error(
+        "the key document from {origin} is not usable: {reason}; expected one hex key, or {{\"versions\": [\"<hex key 1>\", \"<hex key 2>\", ...]}} with the newest last (docs/operations.md, \"The masking key leaked\")"
+    )]
+    KeyDocument {
+        /// Where the document came from.
+        origin: String,
+        /// What is wrong with it (never a key).
+        reason: String,
+    },
 }
 
 /// A secret could not be read or is unusable. Names the secret id, never its value.
@@ -173,13 +183,14 @@ pub enum SinkError {
     /// The database secret could not be refetched after a password rejection.
     #[error(transparent)]
     Secret(#[from] SecretError),
-    /// The batch holds users erased by `login-etl forget`: the transaction
-    /// was refused with nothing written; the handler writes the batch again
-    /// without them (never reaches the invocation's result).
+    /// The batch was prepared with an erasure list or a masking-key version
+    /// that changed since (`login-etl forget`, `login-etl rotate-key`): the
+    /// transaction was refused with nothing written; the handler reloads
+    /// both, re-keys and filters the batch, and writes it again.
     #[error(
-        "the batch holds users erased by login-etl forget; nothing was written (the handler drops them and writes the rest)"
+        "the erasure list or the masking-key version changed while the batch was written; nothing was written (the handler reloads them and writes the batch again)"
     )]
-    UsersErased,
+    BatchOutdated,
     /// A failure that retrying will not fix (missing table, permissions, ...).
     #[error("PostgreSQL refused {op}: {cause}{hint}")]
     Fatal {
@@ -239,7 +250,7 @@ impl HandlerError {
             SinkError::ConnectRefused { .. } => "database_refused_connection",
             SinkError::Fatal { .. } => "database_refused",
             SinkError::Secret(_) => "secret_unavailable",
-            SinkError::UsersErased => "users_erased",
+            SinkError::BatchOutdated => "batch_outdated",
         }
     }
 

@@ -30,17 +30,21 @@ pub enum Role {
     Maintain,
     /// `login-etl audit`: reads the audit trail of reveals and erasures.
     Audit,
+    /// `login-etl rotate-key`: re-keys stored tokens (rows, vault, erasure
+    /// list) to the next masking-key version.
+    Rotate,
 }
 
 impl Role {
     /// Every role, in the order docs/operations.md presents them.
-    pub const ALL: [Role; 6] = [
+    pub const ALL: [Role; 7] = [
         Role::Ingest,
         Role::Reveal,
         Role::Erase,
         Role::Migrate,
         Role::Maintain,
         Role::Audit,
+        Role::Rotate,
     ];
 
     /// The name on the command line.
@@ -52,6 +56,7 @@ impl Role {
             Role::Migrate => "migrate",
             Role::Maintain => "maintain",
             Role::Audit => "audit",
+            Role::Rotate => "rotate",
         }
     }
 
@@ -81,6 +86,9 @@ impl Role {
             Role::Audit => {
                 "login-etl audit: read the audit trail of reveals and erasures, nothing else"
             }
+            Role::Rotate => {
+                "login-etl rotate-key: re-key the stored tokens (user_logins, the vault, the erasure list) to the next masking-key version; read no PII, decrypt nothing"
+            }
         }
     }
 }
@@ -104,6 +112,8 @@ const VAULT_ENTRY: &[&str] = &[
     "nonce",
     "ciphertext",
     "created_at",
+    "key_version",
+    "aad_version",
 ];
 const ERASURE_TOKEN: &[&str] = &["user_key", "kind", "token"];
 const HELD_ENTRY: &[&str] = &[
@@ -114,6 +124,13 @@ const HELD_ENTRY: &[&str] = &[
     "nonce",
     "ciphertext",
     "created_at",
+    "key_version",
+    "aad_version",
+];
+/// The owner's functions `login-etl rotate-key` calls (migrations/0006).
+const ROTATE_FUNCTIONS: &[&str] = &[
+    "login_etl_begin_rekey(smallint, text[], text[], text)",
+    "login_etl_end_rekey(text, double precision)",
 ];
 /// The owner's functions `login-etl maintain` calls (migrations/0004).
 const MAINTAIN_FUNCTIONS: &[&str] = &[
@@ -134,6 +151,7 @@ const AUDIT_COLUMNS: &[&str] = &[
     "user_key",
     "rows_deleted",
     "vault_entries_deleted",
+    "detail",
 ];
 
 fn table_grants(role: Role) -> &'static [Grant] {
@@ -159,12 +177,21 @@ fn table_grants(role: Role) -> &'static [Grant] {
             (
                 "INSERT",
                 "user_logins_pii_vault",
-                &["kind", "token", "key_id", "nonce", "ciphertext"],
+                &[
+                    "kind",
+                    "token",
+                    "key_id",
+                    "nonce",
+                    "ciphertext",
+                    "key_version",
+                    "aad_version",
+                ],
             ),
             ("SELECT", "user_logins_pii_vault", &["kind", "token"]),
-            // The erasure list, kept in memory, and its version check
-            // (login_etl_refuse_erased, invoker's rights).
+            // The erasure list, kept in memory, and the check of its version
+            // and the key's (login_etl_refuse_erased, invoker's rights).
             ("SELECT", "user_logins_erased", &["user_key", "seq"]),
+            ("SELECT", "user_logins_key_state", &["version"]),
         ],
         Role::Reveal => &[
             (
@@ -175,7 +202,7 @@ fn table_grants(role: Role) -> &'static [Grant] {
             (
                 "SELECT",
                 "user_logins_pii_vault",
-                &["kind", "token", "key_id", "nonce", "ciphertext"],
+                &["kind", "token", "key_id", "nonce", "ciphertext", "aad_version"],
             ),
             (
                 "SELECT",
@@ -205,12 +232,60 @@ fn table_grants(role: Role) -> &'static [Grant] {
             ("INSERT", "user_logins_pii_vault_held", HELD_ENTRY),
             ("DELETE", "user_logins_pii_vault_held", &[]),
             // The erasure list (ON CONFLICT reads the arbiter) and the audit.
-            ("INSERT", "user_logins_erased", &["user_key"]),
+            ("INSERT", "user_logins_erased", &["user_key", "key_version"]),
             ("SELECT", "user_logins_erased", &["user_key"]),
             ("INSERT", "user_logins_pii_audit", FORGET_AUDIT),
+            // The user key is computed at the database's key version.
+            ("SELECT", "user_logins_key_state", &["version", "rekey_from"]),
         ],
         Role::Migrate | Role::Maintain => &[],
         Role::Audit => &[("SELECT", "user_logins_pii_audit", AUDIT_COLUMNS)],
+        Role::Rotate => &[
+            // Chunks of pages (ctid ranges) of one partition at a time,
+            // through the parent; the tokens and their version only.
+            (
+                "SELECT",
+                "user_logins",
+                &[
+                    "ctid",
+                    "masked_ip",
+                    "masked_device_id",
+                    "key_version",
+                    "create_date",
+                ],
+            ),
+            (
+                "UPDATE",
+                "user_logins",
+                &["masked_ip", "masked_device_id", "key_version"],
+            ),
+            // The vault's tokens (never its ciphertexts); an entry whose
+            // twin a function stored under the new version is deleted.
+            (
+                "SELECT",
+                "user_logins_pii_vault",
+                &["kind", "token", "key_version"],
+            ),
+            ("UPDATE", "user_logins_pii_vault", &["token", "key_version"]),
+            ("DELETE", "user_logins_pii_vault", &[]),
+            // The erasure list, read to compute its next user keys (the
+            // switch, login_etl_begin_rekey, writes them as the owner).
+            (
+                "SELECT",
+                "user_logins_erased",
+                &["user_key", "key_version"],
+            ),
+            (
+                "SELECT",
+                "user_logins_key_state",
+                &["version", "rekey_from", "rekey_rows", "rekey_vault"],
+            ),
+            (
+                "UPDATE",
+                "user_logins_key_state",
+                &["rekey_rows", "rekey_vault"],
+            ),
+        ],
     }
 }
 
@@ -280,11 +355,16 @@ pub fn sql(role: Role, to: &str, schema: &str) -> Result<String, GrantsError> {
     if role == Role::Ingest {
         let _ = writeln!(
             out,
-            "GRANT EXECUTE ON FUNCTION {ns}.\"login_etl_refuse_erased\"(bigint) TO {to};"
+            "GRANT EXECUTE ON FUNCTION {ns}.\"login_etl_refuse_erased\"(bigint, integer) TO {to};"
         );
     }
-    if role == Role::Maintain {
-        for f in MAINTAIN_FUNCTIONS {
+    let functions = match role {
+        Role::Maintain => MAINTAIN_FUNCTIONS,
+        Role::Rotate => ROTATE_FUNCTIONS,
+        _ => &[],
+    };
+    {
+        for f in functions {
             let (name, args) = f.split_once('(').expect("a signature");
             let _ = writeln!(
                 out,
@@ -338,6 +418,17 @@ mod tests {
                 "ALTER ROLE",
                 "UPDATE",
             ] {
+                // rotate-key updates tokens in place: column by column only.
+                if role == Role::Rotate && banned == "UPDATE" {
+                    assert!(
+                        upper
+                            .lines()
+                            .filter(|l| l.contains("UPDATE"))
+                            .all(|l| l.starts_with("GRANT UPDATE (")),
+                        "{text}"
+                    );
+                    continue;
+                }
                 let statements: Vec<&str> =
                     upper.lines().filter(|l| !l.starts_with("--")).collect();
                 assert!(

@@ -3,7 +3,10 @@
 //! it directly).
 
 use std::collections::BTreeMap;
-use std::time::{Instant, SystemTime};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_lambda_events::event::sqs::SqsBatchResponse;
 use chrono::Utc;
@@ -17,7 +20,7 @@ use crate::event::SqsBatch;
 use crate::masking::Masker;
 use crate::metrics::{DEFAULT_NAMESPACE, DEFAULT_SERVICE, InvocationMetrics, Metrics};
 use crate::record::{self, LoginRow, Rejection};
-use crate::sink::{InsertReport, PgSink};
+use crate::sink::{InsertReport, PgSink, Versions};
 use crate::vault::{DataKey, VaultBatch, VaultWrite};
 
 /// Counts of one invocation, also written as its summary line (an EMF
@@ -106,9 +109,21 @@ impl Deadline {
     }
 }
 
+/// Reads the masking and erasure keys again (from Secrets Manager): how a
+/// warm function learns the version `login-etl rotate-key` moved to.
+pub type KeyReload =
+    Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<Masker, String>> + Send>> + Send + Sync>;
+
+/// The least time between two key reloads: a database ahead of the secret
+/// (an operator's mistake) costs one Secrets Manager call per this, not per batch.
+const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Processes SQS batches. Built once per cold start, shared by invocations.
 pub struct BatchHandler {
-    masker: Masker,
+    /// Every key version known to this environment (at the newest).
+    masker: std::sync::RwLock<Arc<Masker>>,
+    /// How to read the keys again, and when that was last tried.
+    reload: Option<(KeyReload, Mutex<Option<Instant>>)>,
     /// One sink (one connection) per batch in flight: one in Lambda, the
     /// consumer's concurrency in `login-etl poll`.
     sinks: Vec<Mutex<PgSink>>,
@@ -125,7 +140,8 @@ impl BatchHandler {
     /// stdout under the default namespace.
     pub fn new(masker: Masker, sink: PgSink) -> Self {
         Self {
-            masker,
+            masker: std::sync::RwLock::new(Arc::new(masker)),
+            reload: None,
             sinks: vec![Mutex::new(sink)],
             dlq: None,
             metrics: Metrics::new(DEFAULT_NAMESPACE, DEFAULT_SERVICE, "login-etl"),
@@ -194,6 +210,54 @@ impl BatchHandler {
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = metrics;
         self
+    }
+
+    /// Reads the keys again with `reload` when the database's key version is
+    /// newer than any this handler holds (a rotation began after its cold
+    /// start). Without it such a batch fails as retryable.
+    pub fn with_key_reload(mut self, reload: KeyReload) -> Self {
+        self.reload = Some((reload, Mutex::new(None)));
+        self
+    }
+
+    /// The masker at the database's key `version`, reading the keys again
+    /// when this handler holds none that new.
+    async fn masker_at(&self, version: u16) -> Result<Masker, SinkError> {
+        let held = Arc::clone(&self.masker.read().expect("never poisoned"));
+        if let Some(m) = held.at(version) {
+            return Ok(m);
+        }
+        let behind = |latest: u16, detail: &str| SinkError::Transient {
+            op: "masking the batch",
+            cause: format!(
+                "the database is at masking-key version {version} (login-etl rotate-key) and this function holds versions up to {latest}{detail}; the batch is retried: put the new version into the masking secret (docs/operations.md, \"The masking key leaked\")"
+            ),
+        };
+        let Some((reload, last)) = &self.reload else {
+            return Err(behind(held.latest(), ""));
+        };
+        let mut last = last.lock().await;
+        // Another batch may have reloaded while this one waited.
+        let current = Arc::clone(&self.masker.read().expect("never poisoned"));
+        if let Some(m) = current.at(version) {
+            return Ok(m);
+        }
+        if last.is_some_and(|t| t.elapsed() < KEY_RELOAD_INTERVAL) {
+            return Err(behind(current.latest(), ", and the secret had no newer one moments ago"));
+        }
+        *last = Some(Instant::now());
+        let fresh = reload()
+            .await
+            .map_err(|e| behind(current.latest(), &format!("; reading the keys again failed: {e}")))?;
+        warn!(
+            from = current.latest(),
+            to = fresh.latest(),
+            "masking keys read again: the database moved to a newer key version"
+        );
+        let found = fresh.at(version);
+        let latest = fresh.latest();
+        *self.masker.write().expect("never poisoned") = Arc::new(fresh);
+        found.ok_or_else(|| behind(latest, " after reading the secret again"))
     }
 
     /// Handles one batch that must be answered by `deadline`: the one entry
@@ -461,11 +525,21 @@ impl BatchHandler {
         // When the database fails before the write begins, every record is
         // still validated, so the rejects reach the DLQ all the same.
         let mut early = None;
-        let (erased_version, erased) = match sink.erased_users(deadline).await {
+        let (versions, erased) = match sink.erased_users(deadline).await {
             Ok(list) => list,
             Err(e) => {
                 early = Some(e);
-                (0, Default::default())
+                (Versions { erased: 0, key: 1 }, Default::default())
+            }
+        };
+        // Mask at the database's key version. Without keys that new (nor
+        // after reading them again) the records are still validated, with
+        // the newest key held, for the DLQ; nothing is written.
+        let masker = match self.masker_at(versions.key).await {
+            Ok(m) => m,
+            Err(e) => {
+                early.get_or_insert(e);
+                Masker::clone(&self.masker.read().expect("never poisoned"))
             }
         };
         let mut writer = match early {
@@ -479,10 +553,10 @@ impl BatchHandler {
             },
         };
         for (pos, (message, &id)) in batch.records.iter().zip(ids).enumerate() {
-            match record::transform(id, message, &self.masker) {
+            match record::transform(id, message, &masker) {
                 Ok(row)
                     if !erased.is_empty()
-                        && erased.contains(self.masker.user_key(&row.user_id).as_str()) =>
+                        && erased.contains(masker.user_key(&row.user_id).as_str()) =>
                 {
                     trace!(message_id = id, "record of an erased user");
                     out.erased.push(pos);
@@ -533,18 +607,20 @@ impl BatchHandler {
             return Err(e);
         }
         let writer = writer.expect("a writer whenever nothing failed before it");
-        match writer.finish(&out.rows, erased_version, fifo, vault).await {
-            Err(SinkError::UsersErased) => {
+        match writer.finish(&out.rows, versions, fifo, vault).await {
+            Err(SinkError::BatchOutdated) => {
                 self.write_without_erased(sink, fifo, deadline, out).await
             }
             written => written,
         }
     }
 
-    /// The erasure list changed while the batch was being written (`login-etl
-    /// forget` erased someone): reloads it, drops the rows of erased users
-    /// (handled: not stored, not failed, not dead-lettered) and writes the
-    /// rest. A few rounds, as another erasure may land in between.
+    /// The erasure list or the key version changed while the batch was being
+    /// written (`login-etl forget` erased someone, `login-etl rotate-key`
+    /// began): reloads both, re-keys the rows' tokens to the new version (one
+    /// step of the chain each, no original needed), drops the rows of erased
+    /// users (handled: not stored, not failed, not dead-lettered) and writes
+    /// the rest. A few rounds, as another change may land in between.
     async fn write_without_erased(
         &self,
         sink: &mut PgSink,
@@ -555,10 +631,14 @@ impl BatchHandler {
         for _ in 0..3 {
             sink.forget_erased();
             let (version, erased) = sink.erased_users(deadline).await?;
+            let masker = self.masker_at(version.key).await?;
+            for row in out.rows.iter_mut() {
+                rekey_row(&masker, row)?;
+            }
             let keep: Vec<bool> = out
                 .rows
                 .iter()
-                .map(|r| !erased.contains(self.masker.user_key(&r.user_id).as_str()))
+                .map(|r| !erased.contains(masker.user_key(&r.user_id).as_str()))
                 .collect();
             for (i, pos) in out.row_positions.iter().enumerate() {
                 if !keep[i] {
@@ -586,7 +666,7 @@ impl BatchHandler {
                 .insert_until(&out.rows, version, fifo, vault, deadline)
                 .await
             {
-                Err(SinkError::UsersErased) => continue,
+                Err(SinkError::BatchOutdated) => continue,
                 written => return written,
             }
         }
@@ -595,6 +675,28 @@ impl BatchHandler {
             cause: "the erasure list kept changing".into(),
         })
     }
+}
+
+/// Moves a row's tokens to `masker`'s version, one step of the chain at a
+/// time. A database whose version went down is refused: no step undoes a key.
+fn rekey_row(masker: &Masker, row: &mut LoginRow<'_>) -> Result<(), SinkError> {
+    if row.key_version > masker.version() {
+        return Err(SinkError::Fatal {
+            op: "masking the batch",
+            cause: format!(
+                "the database's masking-key version went down from {} to {}",
+                row.key_version,
+                masker.version()
+            ),
+            hint: "; key versions only grow: check that user_logins_key_state was not restored from an older backup".into(),
+        });
+    }
+    while row.key_version < masker.version() {
+        row.key_version += 1;
+        row.masked_ip = masker.rekey(&row.masked_ip, row.key_version);
+        row.masked_device_id = masker.rekey(&row.masked_device_id, row.key_version);
+    }
+    Ok(())
 }
 
 /// The batch split by validation.

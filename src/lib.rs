@@ -55,6 +55,8 @@ pub mod metrics;
 pub mod poll;
 pub mod record;
 #[cfg(feature = "service")]
+pub mod rekey;
+#[cfg(feature = "service")]
 pub mod reveal;
 #[cfg(feature = "service")]
 pub mod schema;

@@ -313,7 +313,7 @@ pub async fn partitions(client: &Client) -> Result<Vec<Partition>, tokio_postgre
 /// partition, or to the DEFAULT one: how `forget` visits the table one
 /// short statement at a time through the parent (its privileges are on
 /// the parent, never on partitions made later).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Segment {
     /// `lo <= create_date < hi`: one partition's range (`lo` open for the
     /// converted table's MINVALUE).

@@ -1,8 +1,24 @@
-//! Keyed, deterministic PII tokens: lowercase hex of HMAC-SHA256(key, value).
+//! Keyed, deterministic PII tokens, under a chain of key versions.
+//!
+//! Version 1 of a token is lowercase hex of HMAC-SHA256(k₁, value). Version
+//! n is HMAC-SHA256(kₙ, token of version n-1), hex again: a stored token is
+//! re-keyed with the new key alone, without the value (`login-etl
+//! rotate-key`), and a new value is masked through the whole chain, so equal
+//! values give equal tokens before and after a rotation once re-keyed.
 //!
 //! Deterministic so analysts can still spot repeated IPs and devices; keyed so
 //! nobody without the key can brute-force the small input spaces (2^32 IPv4
-//! addresses, 10^9 device ids) the way an unkeyed hash would allow.
+//! addresses, 10^9 device ids) the way an unkeyed hash would allow. What the
+//! chain promises (docs/privacy.md, "Key versions"):
+//! - a token of version n ≥ 2 needs kₙ to compute from anything, so with a
+//!   retired key alone (k₁..kₙ₋₁, the leaked one) no stored token can be
+//!   computed from a true value;
+//! - it also needs k₁..kₙ₋₁ to compute from the value, so the current key
+//!   alone produces no token of any version from a value either.
+//!
+//! User keys (the erasure list) follow the same chain under their own keys,
+//! the erasure keys, so `login-etl forget` can compute them without holding
+//! the masking keys.
 
 use std::fmt::{self, Write as _};
 use std::net::IpAddr;
@@ -55,7 +71,7 @@ pub struct Token([u8; TOKEN_LEN]);
 impl Token {
     /// The token as text.
     pub fn as_str(&self) -> &str {
-        // Only ever filled by `hex::encode_to_slice`, which writes ASCII.
+        // Only ever filled by `hex::encode_to_slice` or a checked parse, both ASCII.
         std::str::from_utf8(&self.0).expect("hex output is ASCII")
     }
 }
@@ -72,43 +88,312 @@ impl fmt::Display for Token {
     }
 }
 
-/// The label of the user-key derivation (see [`Masker::user_key`]).
+/// Every version of a key, oldest first: version n is `keys()[n - 1]`.
+///
+/// Its text (a secret's value, or `MASKING_KEY`) is either one hex key
+/// (version 1 only) or a JSON document `{"versions": ["<hex 1>", "<hex 2>"]}`
+/// with the newest last: a rotation appends a version and never removes one,
+/// because new values are masked through the whole chain.
+#[derive(Clone, Debug)]
+pub struct KeyVersions(Vec<MaskingKey>);
+
+/// The JSON form of [`KeyVersions`].
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyDocument {
+    versions: Vec<String>,
+}
+
+/// The most versions a document may hold: each costs one HMAC per token.
+pub const MAX_KEY_VERSIONS: usize = 32;
+
+impl KeyVersions {
+    /// Parses one hex key or a `{"versions": [...]}` document; errors name
+    /// `origin` and the version, never a key.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let text = text.trim();
+        if !text.starts_with('{') {
+            return Ok(Self(vec![MaskingKey::from_hex(text, origin)?]));
+        }
+        let bad = |reason: String| ConfigError::KeyDocument {
+            origin: origin.to_owned(),
+            reason,
+        };
+        // serde_json's message may quote the offending input: keep only its position.
+        let doc: KeyDocument = serde_json::from_str(text).map_err(|e| {
+            bad(format!(
+                "not valid JSON of that shape (line {}, column {})",
+                e.line(),
+                e.column()
+            ))
+        })?;
+        if doc.versions.is_empty() {
+            return Err(bad("\"versions\" is empty".into()));
+        }
+        if doc.versions.len() > MAX_KEY_VERSIONS {
+            return Err(bad(format!(
+                "{} versions, at most {MAX_KEY_VERSIONS}",
+                doc.versions.len()
+            )));
+        }
+        let keys = doc
+            .versions
+            .iter()
+            .enumerate()
+            .map(|(i, hex)| MaskingKey::from_hex(hex, &format!("{origin}, version {}", i + 1)))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, a) in keys.iter().enumerate() {
+            if keys[..i].iter().any(|b| b.0 == a.0) {
+                return Err(bad(format!(
+                    "version {} repeats an earlier version's key",
+                    i + 1
+                )));
+            }
+        }
+        Ok(Self(keys))
+    }
+
+    /// The newest version (1 for a single key).
+    pub fn latest(&self) -> u16 {
+        self.0.len() as u16
+    }
+
+    /// The keys, oldest first.
+    pub fn keys(&self) -> &[MaskingKey] {
+        &self.0
+    }
+}
+
+/// A token's text as stored, validated: 64 lowercase hex characters.
+impl std::str::FromStr for Token {
+    type Err = ();
+
+    fn from_str(text: &str) -> Result<Self, ()> {
+        let bytes: [u8; TOKEN_LEN] = text.as_bytes().try_into().map_err(|_| ())?;
+        if bytes
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+        {
+            Ok(Token(bytes))
+        } else {
+            Err(())
+        }
+    }
+}
+
+/// A chain of keyed HMACs, one per version, with the keys already absorbed
+/// (each token costs two SHA-256 compressions per version, not four).
+#[derive(Clone)]
+struct Chain(Vec<HmacSha256>);
+
+impl Chain {
+    fn of(keys: &[MaskingKey]) -> Self {
+        Self(keys.iter().map(|k| keyed(&k.0)).collect())
+    }
+
+    /// The token of `bytes` at `version` (≥ 1): version 1 is the HMAC of the
+    /// bytes, each later version the HMAC of the previous token's hex.
+    fn token(&self, bytes: &[u8], version: u16) -> Token {
+        let mut mac = self.0[0].clone();
+        mac.update(bytes);
+        let mut token = finish(mac);
+        for v in 2..=version {
+            token = self.step(&token, v);
+        }
+        token
+    }
+
+    /// One step of the chain: the token of version `to` from its token of
+    /// version `to - 1`; needs only key `to`.
+    fn step(&self, token: &Token, to: u16) -> Token {
+        self.step_text(token.as_str(), to)
+    }
+
+    /// [`step`](Self::step) on a token's stored text.
+    fn step_text(&self, stored: &str, to: u16) -> Token {
+        let mut mac = self.0[usize::from(to) - 1].clone();
+        mac.update(stored.as_bytes());
+        finish(mac)
+    }
+}
+
+fn keyed(key: &[u8]) -> HmacSha256 {
+    HmacSha256::new_from_slice(key).expect("HMAC accepts keys of any length")
+}
+
+/// The label of the erasure key derived from a masking key, for
+/// deployments without erasure keys of their own (see [`UserKeys`]).
 const USER_KEY_DERIVATION: &[u8] = b"login-etl user key v1";
 
-/// Computes tokens. Holds the HMAC state with the key already absorbed, so
-/// each token costs two SHA-256 compressions instead of four.
+/// Computes user keys: the keyed hash of a user id that the erasure list
+/// and the audit of `login-etl forget` store instead of the id. Version 1 is
+/// lowercase hex of HMAC-SHA256(e₁, user_id), later versions chain like
+/// tokens. The erasure keys eₙ are their own secret (`ERASURE_KEY_SECRET_ID`),
+/// so whoever erases cannot compute an ip or device token; without one, eₙ is
+/// derived from the masking key of the version: HMAC-SHA256(kₙ, "login-etl
+/// user key v1"), so user keys never equal a token either way.
+#[derive(Clone)]
+pub struct UserKeys {
+    chain: Chain,
+    version: u16,
+}
+
+impl fmt::Debug for UserKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "UserKeys(version {}, <keys redacted>)", self.version)
+    }
+}
+
+impl UserKeys {
+    /// User keys under the erasure keys `keys`, at their newest version.
+    pub fn new(keys: &KeyVersions) -> Self {
+        Self {
+            chain: Chain::of(keys.keys()),
+            version: keys.latest(),
+        }
+    }
+
+    /// User keys derived from the masking keys `keys` (no erasure keys of
+    /// their own), at their newest version.
+    pub fn derived(keys: &KeyVersions) -> Self {
+        let derived = keys
+            .keys()
+            .iter()
+            .map(|k| {
+                let mut mac = keyed(&k.0);
+                mac.update(USER_KEY_DERIVATION);
+                keyed(&mac.finalize().into_bytes())
+            })
+            .collect();
+        Self {
+            chain: Chain(derived),
+            version: keys.latest(),
+        }
+    }
+
+    /// The newest version these keys reach.
+    pub fn latest(&self) -> u16 {
+        self.chain.0.len() as u16
+    }
+
+    /// The version user keys are computed at.
+    pub fn version(&self) -> u16 {
+        self.version
+    }
+
+    /// These keys at `version`, if they reach it (1 ≤ version ≤ latest).
+    pub fn at(&self, version: u16) -> Option<Self> {
+        (1..=self.latest()).contains(&version).then(|| Self {
+            chain: self.chain.clone(),
+            version,
+        })
+    }
+
+    /// The user key of `user_id` at this version.
+    pub fn user_key(&self, user_id: &str) -> Token {
+        self.chain.token(user_id.as_bytes(), self.version)
+    }
+
+    /// A user key of version `to - 1` re-keyed to version `to`.
+    pub fn rekey(&self, user_key: &Token, to: u16) -> Token {
+        self.chain.step(user_key, to)
+    }
+
+    /// [`rekey`](Self::rekey) on a stored user key's text.
+    pub fn rekey_text(&self, stored: &str, to: u16) -> Token {
+        self.chain.step_text(stored, to)
+    }
+}
+
+/// Computes tokens at one version of the key chain (see the module docs).
 #[derive(Clone)]
 pub struct Masker {
-    keyed: HmacSha256,
-    /// Keyed with a key derived from the masking key, so user keys (the
-    /// erasure list, the audit of `forget`) never equal a token.
-    users: HmacSha256,
+    chain: Chain,
+    version: u16,
+    users: UserKeys,
 }
 
 impl fmt::Debug for Masker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Masker(<key redacted>)")
+        write!(f, "Masker(version {}, <keys redacted>)", self.version)
     }
 }
 
 impl Masker {
-    /// Builds a masker for `key`.
+    /// A masker for one key (version 1), with derived user keys.
     pub fn new(key: &MaskingKey) -> Self {
-        let keyed = HmacSha256::new_from_slice(&key.0).expect("HMAC accepts keys of any length");
-        let mut derive = keyed.clone();
-        derive.update(USER_KEY_DERIVATION);
-        let users = HmacSha256::new_from_slice(&derive.finalize().into_bytes())
-            .expect("HMAC accepts keys of any length");
-        Self { keyed, users }
+        Self::versions(&KeyVersions(vec![key.clone()]), None)
+            .expect("one masking key and derived user keys always match")
     }
 
-    /// The keyed hash of a user id that the erasure list and the audit of
-    /// `login-etl forget` store instead of the id: lowercase hex of
-    /// HMAC-SHA256(HMAC-SHA256(masking key, "login-etl user key v1"), user_id).
+    /// A masker for every version of the masking keys, at the newest, with
+    /// user keys under `erasure` (or derived from the masking keys). Both
+    /// must reach the same version.
+    pub fn versions(
+        masking: &KeyVersions,
+        erasure: Option<&KeyVersions>,
+    ) -> Result<Self, ConfigError> {
+        let users = match erasure {
+            Some(e) => UserKeys::new(e),
+            None => UserKeys::derived(masking),
+        };
+        if users.latest() != masking.latest() {
+            return Err(ConfigError::KeyDocument {
+                origin: "the erasure key".into(),
+                reason: format!(
+                    "it has {} versions and the masking key {}; a rotation adds one version to both",
+                    users.latest(),
+                    masking.latest()
+                ),
+            });
+        }
+        Ok(Self {
+            chain: Chain::of(masking.keys()),
+            version: masking.latest(),
+            users,
+        })
+    }
+
+    /// The newest version this masker holds keys for.
+    pub fn latest(&self) -> u16 {
+        self.chain.0.len() as u16
+    }
+
+    /// The version it masks at.
+    pub fn version(&self) -> u16 {
+        self.version
+    }
+
+    /// This masker at `version` (the database's, see `login-etl
+    /// rotate-key`), if it holds keys that far.
+    pub fn at(&self, version: u16) -> Option<Self> {
+        Some(Self {
+            chain: self.chain.clone(),
+            version: (1..=self.latest()).contains(&version).then_some(version)?,
+            users: self.users.at(version)?,
+        })
+    }
+
+    /// The keyed hash of a user id at this version (see [`UserKeys`]).
     pub fn user_key(&self, user_id: &str) -> Token {
-        let mut mac = self.users.clone();
-        mac.update(user_id.as_bytes());
-        finish(mac)
+        self.users.user_key(user_id)
+    }
+
+    /// The user keys this masker computes.
+    pub fn users(&self) -> &UserKeys {
+        &self.users
+    }
+
+    /// A token of version `to - 1` re-keyed to version `to` (≤ latest).
+    pub fn rekey(&self, token: &Token, to: u16) -> Token {
+        self.chain.step(token, to)
+    }
+
+    /// [`rekey`](Self::rekey) on a token's stored text, as `rotate-key`
+    /// reads it (a value stored before login-etl, not a 64-hex token, is
+    /// re-keyed all the same: the HMAC of its bytes).
+    pub fn rekey_text(&self, stored: &str, to: u16) -> Token {
+        self.chain.step_text(stored, to)
     }
 
     /// Token of an IP address in its canonical form (`IpAddr`'s `Display`),
@@ -119,16 +404,12 @@ impl Masker {
             IpAddr::V4(v4) => text.push_ipv4(v4.octets()),
             IpAddr::V6(_) => write!(text, "{ip}").expect("an IPv6 address fits in 45 bytes"),
         }
-        let mut mac = self.keyed.clone();
-        mac.update(text.as_bytes());
-        finish(mac)
+        self.chain.token(text.as_bytes(), self.version)
     }
 
     /// Token of a device id, with surrounding whitespace trimmed.
     pub fn device_id(&self, device_id: &str) -> Token {
-        let mut mac = self.keyed.clone();
-        mac.update(device_id.trim().as_bytes());
-        finish(mac)
+        self.chain.token(device_id.trim().as_bytes(), self.version)
     }
 }
 

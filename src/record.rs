@@ -176,6 +176,8 @@ pub struct LoginRow<'a> {
     pub masked_ip: Token,
     /// HMAC token of the trimmed device id.
     pub masked_device_id: Token,
+    /// The key version both tokens are under (see [`crate::masking`]).
+    pub key_version: u16,
     /// `None` for null or absent.
     pub locale: Option<Cow<'a, str>>,
     /// Encoded version, see [`crate::app_version`].
@@ -235,6 +237,7 @@ pub fn transform<'a>(
         message_id,
         masked_ip: masker.ip(&login.ip),
         masked_device_id: masker.device_id(&login.device_id),
+        key_version: masker.version(),
         user_id: login.user_id,
         device_type: login.device_type,
         locale: login.locale,

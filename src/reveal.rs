@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{Client, GenericClient, Transaction};
 use tracing::info;
 
+use crate::masking::UserKeys;
 use crate::vault::{DataKey, Kind, VaultError};
 
 /// What to reveal.
@@ -53,6 +54,56 @@ pub enum RevealError {
         /// What STS or the SDK said.
         cause: String,
     },
+    /// The erasure key does not reach the database's key version.
+    #[error(
+        "the database is at masking-key version {database} and the erasure key holds versions up to {held}; nothing was erased. Put the new version into the erasure secret (ERASURE_KEY_SECRET_ID), as docs/operations.md \"The masking key leaked\" says, and run forget again"
+    )]
+    KeyBehind {
+        /// The database's version.
+        database: u16,
+        /// The newest version the erasure key holds.
+        held: u16,
+    },
+    /// `login-etl rotate-key` is re-keying: the user is on the erasure list
+    /// (nothing of theirs is stored any more), the rest waits for the re-key.
+    #[error(
+        "a masking-key rotation (login-etl rotate-key) is re-keying the table: the user is on the erasure list, so no row of theirs is stored any more, but their rows are deleted only after the re-key; run forget again when rotate-key has finished (login-etl rotate-key --status)"
+    )]
+    RekeyUnderWay,
+}
+
+/// The advisory lock (shared by each `forget` transaction, exclusive by
+/// `rotate-key`'s switch) that keeps an erasure's steps on one key version.
+pub const KEY_VERSION_LOCK_KEY: i64 = 0x4C45_5F4B_4559_5631; // "LE_KEYV1"
+
+/// The key version, in a transaction that holds [`KEY_VERSION_LOCK_KEY`]
+/// shared (so no rotation switches under it): the version, and whether a
+/// re-key is under way.
+async fn key_version(client: &impl GenericClient) -> Result<(u16, bool), RevealError> {
+    client
+        .query_typed(
+            "SELECT pg_advisory_xact_lock_shared($1)",
+            &[(&KEY_VERSION_LOCK_KEY, Type::INT8)],
+        )
+        .await
+        .map_err(db("waiting for a key rotation's switch"))?;
+    let row = client
+        .query_typed_one(
+            "SELECT version, rekey_from IS NOT NULL FROM user_logins_key_state",
+            &[],
+        )
+        .await
+        .map_err(db("reading the key version"))?;
+    Ok((row.get::<_, i16>(0) as u16, row.get(1)))
+}
+
+/// Fails with [`RevealError::RekeyUnderWay`] unless the key is still at
+/// `version` with no re-key under way (see [`key_version`]).
+async fn same_key_version(client: &impl GenericClient, version: u16) -> Result<(), RevealError> {
+    match key_version(client).await? {
+        (v, false) if v == version => Ok(()),
+        _ => Err(RevealError::RekeyUnderWay),
+    }
 }
 
 fn db(op: &'static str) -> impl Fn(tokio_postgres::Error) -> RevealError {
@@ -139,7 +190,7 @@ pub async fn reveal(
     for (kind, token) in tokens(&tx, target).await? {
         let row = tx
             .query_typed_opt(
-                "SELECT v.key_id, v.nonce, v.ciphertext, k.wrapped_key \
+                "SELECT v.key_id, v.nonce, v.ciphertext, k.wrapped_key, v.aad_version \
                  FROM user_logins_pii_vault v JOIN user_logins_vault_keys k USING (key_id) \
                  WHERE v.kind = $1 AND v.token = $2",
                 &[(&kind.as_str(), Type::VARCHAR), (&token, Type::VARCHAR)],
@@ -183,7 +234,7 @@ pub async fn reveal(
         }
         let nonce: Vec<u8> = row.get(1);
         let ciphertext: Vec<u8> = row.get(2);
-        let value = keys[&key_id].open(kind, &token, &nonce, &ciphertext)?;
+        let value = keys[&key_id].open(kind, &token, row.get(4), &nonce, &ciphertext)?;
         audit(
             &json!({
                 "audit": "pii_revealed",
@@ -245,16 +296,26 @@ pub const FORGET_LOCK_PATIENCE: Duration = Duration::from_secs(300);
 pub async fn forget(
     client: &mut Client,
     user_id: &str,
-    user_key: &str,
+    keys: &UserKeys,
     caller_arn: &str,
 ) -> Result<Forgotten, RevealError> {
     let began = Instant::now();
     begin_locked(client).await?;
     let listed = async {
+        let (version, rekeying) = key_version(&*client).await?;
+        let user_key = keys
+            .at(version)
+            .ok_or(RevealError::KeyBehind {
+                database: version,
+                held: keys.latest(),
+            })?
+            .user_key(user_id);
+        let user_key = user_key.as_str().to_owned();
+        let v = version as i16;
         client
             .execute_typed(
-                "INSERT INTO user_logins_erased (user_key) VALUES ($1) ON CONFLICT (user_key) DO NOTHING",
-                &[(&user_key, Type::VARCHAR)],
+                "INSERT INTO user_logins_erased (user_key, key_version) VALUES ($1, $2) ON CONFLICT (user_key) DO NOTHING",
+                &[(&user_key, Type::VARCHAR), (&v, Type::INT2)],
             )
             .await
             .map_err(db("adding the user to the erasure list"))?;
@@ -264,14 +325,22 @@ pub async fn forget(
                 &[(&caller_arn, Type::VARCHAR), (&user_key, Type::VARCHAR)],
             )
             .await
-            .map_err(db("writing the audit record (nothing was erased)"))
+            .map_err(db("writing the audit record (nothing was erased)"))?;
+        Ok((user_key, version, rekeying))
     }
     .await;
-    end_locked(client, listed, "putting the user on the erasure list").await?;
+    let (user_key, version, rekeying) =
+        end_locked(client, listed, "putting the user on the erasure list").await?;
+    let user_key = user_key.as_str();
     info!(
         ms = began.elapsed().as_millis() as u64,
         "user on the erasure list: no write stores their rows any more"
     );
+    // While rows and vault entries are re-keyed, a row's token and its
+    // entry's may be of two versions: match them up only after the re-key.
+    if rekeying {
+        return Err(RevealError::RekeyUnderWay);
+    }
 
     let segments = crate::maintain::segments(
         &crate::maintain::partitions(client)
@@ -290,7 +359,7 @@ pub async fn forget(
                 .iter()
                 .map(|d| (d as &(dyn ToSql + Sync), Type::DATE)),
         );
-        let tx = segment_tx(client, segment).await?;
+        let tx = segment_tx(client, segment, version).await?;
         let gone: i64 = tx
             .query_typed_one(
                 &format!(
@@ -333,7 +402,7 @@ pub async fn forget(
     };
     let (ips, devices) = (of_kind(&tokens, "ip"), of_kind(&tokens, "device_id"));
     if !ips.is_empty() || !devices.is_empty() {
-        hold_vault_entries(client, user_key, &ips, &devices).await?;
+        hold_vault_entries(client, user_key, version, &ips, &devices).await?;
     }
 
     // Held now, or by an earlier run that stopped: who else uses them?
@@ -358,7 +427,7 @@ pub async fn forget(
                     .iter()
                     .map(|d| (d as &(dyn ToSql + Sync), Type::DATE)),
             );
-            let tx = segment_tx(client, segment).await?;
+            let tx = segment_tx(client, segment, version).await?;
             let row = tx
                 .query_typed_one(
                     &format!(
@@ -384,11 +453,12 @@ pub async fn forget(
         .transaction()
         .await
         .map_err(db("starting the end of the erasure"))?;
+    same_key_version(&tx, version).await?;
     tx.execute_typed(
         "WITH back AS (DELETE FROM user_logins_pii_vault_held h WHERE h.user_key = $1 AND \
            ((h.kind = 'ip' AND h.token = ANY($2)) OR (h.kind = 'device_id' AND h.token = ANY($3))) \
-           RETURNING h.kind, h.token, h.key_id, h.nonce, h.ciphertext, h.created_at) \
-         INSERT INTO user_logins_pii_vault (kind, token, key_id, nonce, ciphertext, created_at) \
+           RETURNING h.kind, h.token, h.key_id, h.nonce, h.ciphertext, h.created_at, h.key_version, h.aad_version) \
+         INSERT INTO user_logins_pii_vault (kind, token, key_id, nonce, ciphertext, created_at, key_version, aad_version) \
          SELECT * FROM back ON CONFLICT (kind, token) DO NOTHING",
         &[
             (&user_key, Type::VARCHAR),
@@ -444,11 +514,13 @@ pub async fn forget(
 async fn segment_tx<'c>(
     client: &'c mut Client,
     segment: &crate::maintain::Segment,
+    version: u16,
 ) -> Result<Transaction<'c>, RevealError> {
     let tx = client
         .transaction()
         .await
         .map_err(db("starting a transaction"))?;
+    same_key_version(&tx, version).await?;
     if segment.in_default() {
         tx.query_typed(
             "SELECT pg_advisory_xact_lock_shared($1)",
@@ -468,6 +540,7 @@ async fn segment_tx<'c>(
 async fn hold_vault_entries(
     client: &Client,
     user_key: &str,
+    version: u16,
     ips: &[String],
     devices: &[String],
 ) -> Result<(), RevealError> {
@@ -475,6 +548,7 @@ async fn hold_vault_entries(
     loop {
         begin_locked(client).await?;
         let step = async {
+            same_key_version(client, version).await?;
             let busy: bool = client
                 .query_typed_one(
                     "SELECT EXISTS (SELECT 1 FROM user_logins_pii_vault_held h WHERE h.user_key <> $1 AND \
@@ -495,8 +569,8 @@ async fn hold_vault_entries(
                 .execute_typed(
                     "WITH gone AS (DELETE FROM user_logins_pii_vault v WHERE \
                        (v.kind = 'ip' AND v.token = ANY($2)) OR (v.kind = 'device_id' AND v.token = ANY($3)) \
-                       RETURNING v.kind, v.token, v.key_id, v.nonce, v.ciphertext, v.created_at) \
-                     INSERT INTO user_logins_pii_vault_held (user_key, kind, token, key_id, nonce, ciphertext, created_at) \
+                       RETURNING v.kind, v.token, v.key_id, v.nonce, v.ciphertext, v.created_at, v.key_version, v.aad_version) \
+                     INSERT INTO user_logins_pii_vault_held (user_key, kind, token, key_id, nonce, ciphertext, created_at, key_version, aad_version) \
                      SELECT $1, gone.* FROM gone ON CONFLICT DO NOTHING",
                     &[
                         (&user_key, Type::VARCHAR),

@@ -10,7 +10,7 @@ use crate::config::{CaBundle, Config, DbConfig, DbSource, KeySource};
 use crate::dlq::DeadLetterQueue;
 use crate::error::{ConfigError, SecretError, SinkError};
 use crate::handler::BatchHandler;
-use crate::masking::{Masker, MaskingKey};
+use crate::masking::{KeyVersions, Masker, UserKeys};
 use crate::metrics::{Metrics, emf_level};
 use crate::schema::MigrateOptions;
 use crate::secrets::Secrets;
@@ -49,8 +49,9 @@ pub async fn build_with(
     config: &Config,
     leases: Option<std::sync::Arc<crate::backoff::Leases>>,
 ) -> Result<BatchHandler, InitError> {
-    let needs_secrets =
-        matches!(config.masking_key, KeySource::Secret(_)) || needs_secrets(&config.db);
+    let needs_secrets = matches!(config.masking_key, KeySource::Secret(_))
+        || matches!(config.erasure_key, Some(KeySource::Secret(_)))
+        || needs_secrets(&config.db);
     let aws = if needs_secrets
         || config.vault_kms_key_id.is_some()
         || config.dlq_url.is_some()
@@ -70,12 +71,12 @@ pub async fn build_with(
             _ => Ok(None),
         }
     };
-    let (key, sink, data_key) = tokio::join!(
-        masking_key(&config.masking_key, secrets.as_ref()),
+    let (masker, sink, data_key) = tokio::join!(
+        masker(&config.masking_key, config.erasure_key.as_ref(), secrets.as_ref()),
         sink(&config.db, secrets.as_ref()),
         data_key
     );
-    let (key, mut sink, data_key) = (key?, sink?, data_key?);
+    let (masker, mut sink, data_key) = (masker?, sink?, data_key?);
     if config.vault_kms_key_id.is_some() {
         sink = sink.with_vault_tables();
     }
@@ -94,7 +95,24 @@ pub async fn build_with(
         &config.function_name,
     )
     .with_level(emf_level(config.log_level.as_deref()));
-    let mut handler = BatchHandler::new(Masker::new(&key), sink).with_metrics(metrics);
+    let mut handler = BatchHandler::new(masker, sink).with_metrics(metrics);
+    if let Some(secrets) = &secrets {
+        // A rotation that begins after this cold start moves the database
+        // to a version this environment has never read: read the keys again.
+        let (masking, erasure, secrets) = (
+            config.masking_key.clone(),
+            config.erasure_key.clone(),
+            secrets.clone(),
+        );
+        handler = handler.with_key_reload(Box::new(move || {
+            let (masking, erasure, secrets) = (masking.clone(), erasure.clone(), secrets.clone());
+            Box::pin(async move {
+                crate::startup::masker(&masking, erasure.as_ref(), Some(&secrets))
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        }));
+    }
     if let Some(data_key) = data_key {
         info!(
             data_key = data_key.id(),
@@ -169,22 +187,65 @@ pub async fn operator_connection(db: &DbConfig) -> Result<tokio_postgres::Client
     Ok(sink(db, secrets.as_ref()).await?.connect().await?)
 }
 
-/// Resolves the masking key from its source.
-pub async fn masking_key(
+/// Reads every version of a key from its source; `var` names the variable
+/// (MASKING_KEY, ERASURE_KEY) in errors.
+pub async fn key_versions(
     source: &KeySource,
+    var: &str,
     secrets: Option<&Secrets>,
-) -> Result<MaskingKey, InitError> {
+) -> Result<KeyVersions, InitError> {
     Ok(match source {
-        KeySource::Hex(hex) => MaskingKey::from_hex(hex, "MASKING_KEY")?,
+        KeySource::Hex(text) => KeyVersions::parse(text, var)?,
         KeySource::Secret(id) => {
             let secrets =
                 secrets.expect("a Secrets Manager client exists when a secret is configured");
-            MaskingKey::from_hex(
+            KeyVersions::parse(
                 &secrets.string(id).await?,
-                &format!("secret {id} (MASKING_KEY_SECRET_ID)"),
+                &format!("secret {id} ({var}_SECRET_ID)"),
             )?
         }
     })
+}
+
+/// The masker of every masking-key version, with user keys under the
+/// erasure key (or derived from the masking key without one).
+pub async fn masker(
+    masking: &KeySource,
+    erasure: Option<&KeySource>,
+    secrets: Option<&Secrets>,
+) -> Result<Masker, InitError> {
+    let masking = key_versions(masking, "MASKING_KEY", secrets);
+    let erasure = async {
+        match erasure {
+            Some(source) => key_versions(source, "ERASURE_KEY", secrets).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    let (masking, erasure) = tokio::join!(masking, erasure);
+    Ok(Masker::versions(&masking?, erasure?.as_ref())?)
+}
+
+/// The user keys `login-etl forget` computes: under the erasure key
+/// (ERASURE_KEY_SECRET_ID), which cannot compute an ip or device token; or,
+/// on a deployment without one, derived from the masking key.
+pub async fn user_keys(
+    erasure: Option<&KeySource>,
+    masking: Option<&KeySource>,
+    secrets: Option<&Secrets>,
+) -> Result<UserKeys, InitError> {
+    match (erasure, masking) {
+        (Some(source), _) => Ok(UserKeys::new(
+            &key_versions(source, "ERASURE_KEY", secrets).await?,
+        )),
+        (None, Some(source)) => Ok(UserKeys::derived(
+            &key_versions(source, "MASKING_KEY", secrets).await?,
+        )),
+        (None, None) => Err(ConfigError::Missing {
+            var: "ERASURE_KEY_SECRET_ID",
+            hint: "set it to the Secrets Manager id of the erasure key (the stack's ErasureKeySecretArn); a deployment without one sets MASKING_KEY_SECRET_ID instead",
+        }
+        .into()),
+    }
 }
 
 /// Whether the database settings read Secrets Manager (`DB_SECRET_ID`,

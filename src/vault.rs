@@ -149,9 +149,22 @@ impl fmt::Debug for Sealed {
     }
 }
 
-/// The associated data: a ciphertext decrypts only in the row of its kind and token.
-fn associated_data(kind: Kind, token: &str) -> Vec<u8> {
-    format!("login-etl/pii-vault/v1\0{}\0{token}", kind.as_str()).into_bytes()
+/// The form of the associated data entries are sealed with now
+/// (`user_logins_pii_vault.aad_version`).
+pub const AAD_VERSION: i16 = 2;
+
+/// The associated data of form `aad_version`:
+/// - 1 (entries from before key versions): the kind and the token, so a
+///   ciphertext decrypts only in the row of its token; a re-key, which
+///   changes the token without the data key, would break it;
+/// - 2: the kind only. The token is what `login-etl rotate-key` changes
+///   (with the masking key, never the data key); the entry stays bound to
+///   its kind and, through GCM, to its own nonce and ciphertext.
+fn associated_data(kind: Kind, token: &str, aad_version: i16) -> Vec<u8> {
+    match aad_version {
+        1 => format!("login-etl/pii-vault/v1\0{}\0{token}", kind.as_str()).into_bytes(),
+        _ => format!("login-etl/pii-vault/v2\0{}", kind.as_str()).into_bytes(),
+    }
 }
 
 impl DataKey {
@@ -253,8 +266,20 @@ impl DataKey {
     /// [`seal`](Self::seal) with a random `nonce` drawn by the caller (a
     /// batch draws all of its nonces from the OS at once).
     fn seal_with(&self, kind: Kind, token: &str, value: &str, nonce: [u8; 12]) -> Sealed {
+        self.seal_form(kind, token, value, nonce, AAD_VERSION)
+    }
+
+    /// [`seal_with`](Self::seal_with) with associated data of form `aad_version`.
+    fn seal_form(
+        &self,
+        kind: Kind,
+        token: &str,
+        value: &str,
+        nonce: [u8; 12],
+        aad_version: i16,
+    ) -> Sealed {
         let nonce = Nonce::from(nonce);
-        let aad = associated_data(kind, token);
+        let aad = associated_data(kind, token, aad_version);
         let ciphertext = self
             .cipher
             .encrypt(
@@ -273,11 +298,13 @@ impl DataKey {
         }
     }
 
-    /// Decrypts the entry of (`kind`, `token`).
+    /// Decrypts the entry of (`kind`, `token`), sealed with associated data
+    /// of form `aad_version`.
     pub fn open(
         &self,
         kind: Kind,
         token: &str,
+        aad_version: i16,
         nonce: &[u8],
         ciphertext: &[u8],
     ) -> Result<String, VaultError> {
@@ -289,7 +316,7 @@ impl DataKey {
         if nonce.len() != 12 {
             return Err(undecryptable());
         }
-        let aad = associated_data(kind, token);
+        let aad = associated_data(kind, token, aad_version);
         let plain = self
             .cipher
             .decrypt(
@@ -341,6 +368,8 @@ pub struct VaultBatch {
     /// For each row (in the order given to [`add`](Self::add)), its ip and device entries.
     pub per_row: Vec<[usize; 2]>,
     seen: HashMap<(Kind, String), usize>,
+    /// The key version of the rows' tokens (all rows of a batch share it).
+    pub key_version: u16,
     /// Random bytes from the OS for the next nonces: one system call per
     /// [`NONCES_PER_DRAW`] values instead of one per value.
     nonces: Vec<u8>,
@@ -352,6 +381,7 @@ const NONCES_PER_DRAW: usize = 512;
 impl VaultBatch {
     /// Seals what `row` needs, unless the batch already holds it.
     pub fn add(&mut self, key: &DataKey, row: &LoginRow<'_>) {
+        self.key_version = row.key_version;
         let ip = row.ip.to_string();
         let entries = [
             (Kind::Ip, row.masked_ip.as_str(), ip.as_str()),
@@ -453,7 +483,7 @@ mod tests {
                     .any(|w| w == value.as_bytes())
             );
             assert_eq!(
-                k.open(kind, &token, &a.nonce, &a.ciphertext).unwrap(),
+                k.open(kind, &token, AAD_VERSION, &a.nonce, &a.ciphertext).unwrap(),
                 value
             );
         }
@@ -469,18 +499,35 @@ mod tests {
         let mut flipped = s.ciphertext.clone();
         flipped[0] ^= 1;
         let other_token = "cd".repeat(32);
+        let v1 = k.seal_form(Kind::Ip, &token, "10.1.2.3", [9; 12], 1);
         let failures = [
-            k.open(Kind::Ip, &token, &s.nonce, &flipped).unwrap_err(),
-            k.open(Kind::Ip, &other_token, &s.nonce, &s.ciphertext)
+            k.open(Kind::Ip, &token, 2, &s.nonce, &flipped).unwrap_err(),
+            k.open(Kind::DeviceId, &token, 2, &s.nonce, &s.ciphertext)
                 .unwrap_err(),
-            k.open(Kind::DeviceId, &token, &s.nonce, &s.ciphertext)
-                .unwrap_err(),
-            k.open(Kind::Ip, &token, &[0; 12], &s.ciphertext)
+            k.open(Kind::Ip, &token, 2, &[0; 12], &s.ciphertext)
                 .unwrap_err(),
             key(8)
-                .open(Kind::Ip, &token, &s.nonce, &s.ciphertext)
+                .open(Kind::Ip, &token, 2, &s.nonce, &s.ciphertext)
+                .unwrap_err(),
+            // Form 1 (entries from before key versions) binds the token too.
+            k.open(Kind::Ip, &other_token, 1, &v1.nonce, &v1.ciphertext)
+                .unwrap_err(),
+            // A form-2 entry opened as form 1 fails: the form is not a free choice.
+            k.open(Kind::Ip, &token, 1, &s.nonce, &s.ciphertext)
                 .unwrap_err(),
         ];
+        // Form 2 is bound to the kind, not the token, so a re-keyed token
+        // (rotate-key cannot re-seal) still opens; form 1 opens under its own token.
+        assert_eq!(
+            k.open(Kind::Ip, &other_token, 2, &s.nonce, &s.ciphertext)
+                .unwrap(),
+            "10.1.2.3"
+        );
+        assert_eq!(
+            k.open(Kind::Ip, &token, 1, &v1.nonce, &v1.ciphertext)
+                .unwrap(),
+            "10.1.2.3"
+        );
         for e in failures {
             let text = e.to_string();
             assert!(
@@ -531,7 +578,7 @@ mod tests {
         assert_eq!(vb.entries_for(2..3).len(), 2);
         let ip = &vb.sealed[vb.per_row[1][0]];
         assert_eq!(
-            k.open(Kind::Ip, &ip.token, &ip.nonce, &ip.ciphertext)
+            k.open(Kind::Ip, &ip.token, AAD_VERSION, &ip.nonce, &ip.ciphertext)
                 .unwrap(),
             rows[1].ip.to_string()
         );

@@ -114,10 +114,10 @@ async fn forget_beside_concurrent_ingest_leaves_nothing_of_the_user_and_no_row_w
                 .1
         });
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        let (erase, user_key) = (erase.clone(), masker.user_key(user));
+        let (erase, users) = (erase.clone(), masker.users().clone());
         let eraser = tokio::spawn(async move {
             let mut eraser = connect(&erase).await;
-            login_etl::reveal::forget(&mut eraser, user, user_key.as_str(), CALLER)
+            login_etl::reveal::forget(&mut eraser, user, &users, CALLER)
                 .await
                 .expect("forget as the erase role")
         });
@@ -236,7 +236,7 @@ async fn forget_beside_concurrent_ingest_leaves_nothing_of_the_user_and_no_row_w
     let dump: String = client
         .query_one(
             "SELECT string_agg(t::text, ' ') FROM (SELECT * FROM user_logins_pii_audit UNION ALL \
-             SELECT NULL, NULL, NULL, user_key, NULL, NULL, NULL, NULL, NULL, NULL FROM user_logins_erased) t",
+             SELECT NULL, NULL, NULL, user_key, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM user_logins_erased) t",
             &[],
         )
         .await
@@ -284,6 +284,10 @@ async fn the_audit_trail_is_append_only_even_for_its_owner() {
         "TRUNCATE user_logins_pii_audit",
         "DELETE FROM user_logins_erased",
         "TRUNCATE user_logins_erased",
+        // Only a re-key (the next version, nothing else changed) may update it.
+        "INSERT INTO user_logins_erased (user_key) VALUES ('k'); UPDATE user_logins_erased SET user_key = 'x'",
+        "INSERT INTO user_logins_erased (user_key) VALUES ('k'); UPDATE user_logins_erased SET user_key = 'x', key_version = 3",
+        "INSERT INTO user_logins_erased (user_key) VALUES ('k'); UPDATE user_logins_erased SET key_version = 2, erased_at = now() - interval '1 day'",
     ] {
         let e = owner.batch_execute(sql).await.unwrap_err();
         assert!(
@@ -351,9 +355,9 @@ async fn a_forget_stopped_after_the_deletes_is_finished_by_the_next_run() {
         )
         .await
         .unwrap();
-    let user_key = Masker::new(&MaskingKey::from_hex(TEST_KEY, "test").unwrap()).user_key(user);
+    let masker = Masker::new(&MaskingKey::from_hex(TEST_KEY, "test").unwrap());
     let mut eraser = connect(&erase).await;
-    login_etl::reveal::forget(&mut eraser, user, user_key.as_str(), CALLER)
+    login_etl::reveal::forget(&mut eraser, user, masker.users(), CALLER)
         .await
         .expect_err("stopped after the deletes");
     assert_eq!(rows_of(&db, user).await, 0, "the rows went");
@@ -365,7 +369,7 @@ async fn a_forget_stopped_after_the_deletes_is_finished_by_the_next_run() {
         .batch_execute("DROP TRIGGER test_refuse ON user_logins_pii_vault_held")
         .await
         .unwrap();
-    let again = login_etl::reveal::forget(&mut eraser, user, user_key.as_str(), CALLER)
+    let again = login_etl::reveal::forget(&mut eraser, user, masker.users(), CALLER)
         .await
         .expect("the second run");
     assert_eq!(again.rows, 0);

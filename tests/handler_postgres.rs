@@ -144,7 +144,8 @@ async fn upstream_table_is_upgraded_in_place_and_filled() {
             "create_date",
             "message_id",
             "app_version_text",
-            "sent_at"
+            "sent_at",
+            "key_version"
         ]
     );
     // The old table is the first partition of a partitioned user_logins.

@@ -492,7 +492,7 @@ async fn forget_beside_running_ingest_holds_no_write_for_more_than_a_moment() {
     let done = login_etl::reveal::forget(
         &mut eraser,
         user,
-        masker.user_key(user).as_str(),
+        masker.users(),
         "arn:aws:sts::123456789012:assumed-role/erasers/test",
     )
     .await

@@ -266,7 +266,7 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
     let kind = Kind::parse(row.get(0)).unwrap();
     let nonce: Vec<u8> = row.get(2);
     let ciphertext: Vec<u8> = row.get(3);
-    assert!(other.open(kind, row.get(1), &nonce, &ciphertext).is_err());
+    assert!(other.open(kind, row.get(1), 2, &nonce, &ciphertext).is_err());
 
     // Erasure: user A's rows and the entries only A used; B keeps the shared ip.
     let mut eraser = connect(&db.role_url(Role::Erase).await).await;
@@ -279,8 +279,8 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
         .unwrap()
         .get(0);
     let a_rows = want[&user_a].len() as u64;
-    let user_key = Masker::new(&MaskingKey::from_hex(TEST_KEY, "test").unwrap()).user_key(&user_a);
-    let done = forget(&mut eraser, &user_a, user_key.as_str(), &caller)
+    let masker = Masker::new(&MaskingKey::from_hex(TEST_KEY, "test").unwrap());
+    let done = forget(&mut eraser, &user_a, masker.users(), &caller)
         .await
         .unwrap();
     assert!(done.rows >= a_rows);

@@ -6,11 +6,10 @@ use std::process::ExitCode;
 use tracing::{error, info};
 
 use super::{
-    AuditArgs, Command, EXIT_NOT_FOUND, EXIT_USAGE, ForgetArgs, GrantsArgs, MaintainArgs,
-    MigrateArgs, PollArgs, RevealArgs,
+    AuditArgs, Command, EXIT_NOT_FOUND, EXIT_TEMPFAIL, EXIT_USAGE, ForgetArgs, GrantsArgs, MaintainArgs,
+    MigrateArgs, PollArgs, RevealArgs, RotateKeyArgs,
 };
-use crate::config::{Config, DbConfig, KeySource};
-use crate::masking::Masker;
+use crate::config::{DbConfig, KeySource};
 use crate::poll::PollError;
 use crate::secrets::Secrets;
 use crate::{reveal, startup};
@@ -39,6 +38,7 @@ pub async fn run(command: Command) -> ExitCode {
         Command::Reveal(args) => reveal(&args).await,
         Command::Forget(args) => forget(&args).await,
         Command::Audit(args) => audit(&args).await,
+        Command::RotateKey(args) => rotate_key(&args).await,
         Command::Poll(_) => unreachable!("handled above"),
         Command::GenEvents(args) => {
             let event = crate::synth::event(&(&args).into());
@@ -118,6 +118,69 @@ async fn maintain(args: &MaintainArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Re-keys everything to the newest masking-key version (see
+/// [`crate::rekey`]), showing progress on stderr; prints the key's state as
+/// JSON at the end. Needs the rotate role's database settings, AWS
+/// credentials (STS names the caller in the audit trail) and both keys'
+/// newest secrets (MASKING_KEY_SECRET_ID, ERASURE_KEY_SECRET_ID).
+async fn rotate_key(args: &RotateKeyArgs) -> Result<(), Failure> {
+    let db = DbConfig::from_env()?;
+    let status = |s: &crate::rekey::KeyState| {
+        serde_json::json!({
+            "version": s.version,
+            "rekey_from": s.rekey_from,
+            "rows_rekeyed": s.rows_rekeyed,
+            "vault_entries_rekeyed": s.vault_rekeyed,
+        })
+    };
+    if args.status {
+        let client = startup::operator_connection(&db).await?;
+        println!("{}", status(&crate::rekey::state(&client).await?));
+        return Ok(());
+    }
+    let env = |name: &str| std::env::var(name).ok();
+    let masking = crate::config::key_source(&env, "MASKING_KEY", "MASKING_KEY_SECRET_ID")?
+        .ok_or_else(|| {
+            Failure(
+                "MASKING_KEY_SECRET_ID is not set: rotate-key needs the masking secret with the new version appended (docs/operations.md, \"The masking key leaked\")".into(),
+                EXIT_USAGE,
+            )
+        })?;
+    let erasure = crate::config::key_source(&env, "ERASURE_KEY", "ERASURE_KEY_SECRET_ID")?;
+    let aws = crate::secrets::sdk_config().await;
+    let caller = reveal::caller_arn(&aws_sdk_sts::Client::new(&aws)).await?;
+    let secrets = [Some(&masking), erasure.as_ref()]
+        .iter()
+        .any(|s| matches!(s, Some(KeySource::Secret(_))))
+        .then(|| Secrets::new(&aws));
+    let masker = startup::masker(&masking, erasure.as_ref(), secrets.as_ref()).await?;
+    let mut client = startup::operator_connection(&db).await?;
+    let options = crate::rekey::RekeyOptions {
+        chunk_pages: args.chunk_pages,
+        ..Default::default()
+    };
+    let report = crate::rekey::rotate(&mut client, &masker, &caller, options, &mut |p| {
+        info!(
+            rows_done = p.done,
+            rows_estimated = p.estimate,
+            rows_per_second = p.rate.round() as u64,
+            seconds_left = p.eta_seconds.round() as u64,
+            "re-keying rows"
+        )
+    })
+    .await?;
+    info!(
+        from = report.from,
+        to = report.to,
+        rows = report.rows,
+        vault_entries = report.vault_entries,
+        erasures = report.erasures,
+        "rotate-key done"
+    );
+    println!("{}", status(&crate::rekey::state(&client).await?));
+    Ok(())
+}
+
 fn grants(args: &GrantsArgs) -> Result<(), Failure> {
     print!(
         "{}",
@@ -166,16 +229,31 @@ async fn reveal(args: &RevealArgs) -> Result<(), Failure> {
 
 /// Erases the user (see [`reveal::forget`]) and prints the counts. Needs
 /// the erase role's database settings, AWS credentials (STS names the
-/// caller in the audit record) and the masking key (the user key is keyed).
+/// caller in the audit record) and the erasure key (ERASURE_KEY_SECRET_ID:
+/// the user key is keyed; it cannot compute ip or device tokens). A
+/// deployment without an erasure key gives the masking key instead.
 async fn forget(args: &ForgetArgs) -> Result<(), Failure> {
-    let config = Config::from_env()?;
+    let db = DbConfig::from_env()?;
+    let env = |name: &str| std::env::var(name).ok();
+    let erasure = crate::config::key_source(&env, "ERASURE_KEY", "ERASURE_KEY_SECRET_ID")?;
+    let masking = match erasure {
+        Some(_) => None,
+        None => crate::config::key_source(&env, "MASKING_KEY", "MASKING_KEY_SECRET_ID")?,
+    };
     let aws = crate::secrets::sdk_config().await;
     let caller = reveal::caller_arn(&aws_sdk_sts::Client::new(&aws)).await?;
-    let secrets = matches!(config.masking_key, KeySource::Secret(_)).then(|| Secrets::new(&aws));
-    let key = startup::masking_key(&config.masking_key, secrets.as_ref()).await?;
-    let user_key = Masker::new(&key).user_key(&args.user_id);
-    let mut client = startup::operator_connection(&config.db).await?;
-    let done = reveal::forget(&mut client, &args.user_id, user_key.as_str(), &caller).await?;
+    let secrets = [&erasure, &masking]
+        .iter()
+        .any(|s| matches!(s, Some(KeySource::Secret(_))))
+        .then(|| Secrets::new(&aws));
+    let keys = startup::user_keys(erasure.as_ref(), masking.as_ref(), secrets.as_ref()).await?;
+    let mut client = startup::operator_connection(&db).await?;
+    let done = match reveal::forget(&mut client, &args.user_id, &keys, &caller).await {
+        Err(e @ reveal::RevealError::RekeyUnderWay) => {
+            return Err(Failure(e.to_string(), EXIT_TEMPFAIL));
+        }
+        done => done?,
+    };
     println!(
         "forgot the user: {} rows deleted from user_logins, {} vault entries no other user shares deleted",
         done.rows, done.vault_entries

@@ -29,6 +29,9 @@ pub use commands::run;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code of a `reveal` that found nothing.
 pub const EXIT_NOT_FOUND: u8 = 3;
+/// The work is not done yet and a later run finishes it (`forget` during a
+/// re-key): 75, sysexits' EX_TEMPFAIL.
+pub const EXIT_TEMPFAIL: u8 = 75;
 
 /// The login-etl binary.
 #[derive(Debug, Parser)]
@@ -64,6 +67,8 @@ pub enum Command {
     Forget(ForgetArgs),
     /// Print the audit trail of reveals and erasures as JSON lines (the audit role).
     Audit(AuditArgs),
+    /// Re-key everything stored to the newest masking-key version, online and resumably (the rotate role; docs/operations.md "The masking key leaked").
+    RotateKey(RotateKeyArgs),
     /// Write a synthetic SQS batch event (JSON) to stdout, for demos and benchmarks.
     GenEvents(GenEventsArgs),
     /// Consume the queue as a long-running service (ECS, Kubernetes, a VM) until SIGTERM.
@@ -189,7 +194,7 @@ impl From<&MaintainArgs> for crate::maintain::MaintainOptions {
 /// `login-etl grants`.
 #[derive(Debug, Args)]
 pub struct GrantsArgs {
-    /// The role: ingest (the function), reveal, erase, migrate, maintain or audit.
+    /// The role: ingest (the function), reveal, erase, migrate, maintain, audit or rotate.
     #[arg(long, value_enum)]
     pub role: RoleArg,
     /// The database role to grant to.
@@ -198,6 +203,17 @@ pub struct GrantsArgs {
     /// The schema of the login-etl tables.
     #[arg(long, default_value = "public")]
     pub schema: String,
+}
+
+/// `login-etl rotate-key`.
+#[derive(Debug, Args)]
+pub struct RotateKeyArgs {
+    /// Only print where the key stands (version, re-key under way, counts) as JSON.
+    #[arg(long)]
+    pub status: bool,
+    /// Pages of a partition re-keyed per transaction.
+    #[arg(long, default_value_t = crate::rekey::DEFAULT_CHUNK_PAGES, value_parser = clap::value_parser!(u32).range(1..))]
+    pub chunk_pages: u32,
 }
 
 /// A role of [`Role`], as the command line names it.
@@ -215,6 +231,8 @@ pub enum RoleArg {
     Maintain,
     /// `login-etl audit`.
     Audit,
+    /// `login-etl rotate-key`.
+    Rotate,
 }
 
 impl From<RoleArg> for Role {
@@ -226,6 +244,7 @@ impl From<RoleArg> for Role {
             RoleArg::Migrate => Role::Migrate,
             RoleArg::Maintain => Role::Maintain,
             RoleArg::Audit => Role::Audit,
+            RoleArg::Rotate => Role::Rotate,
         }
     }
 }

@@ -38,7 +38,8 @@ pub const CUTOVER_LOCK_TIMEOUT_MS: u32 = 200;
 const ADD_COLUMNS_SQL: &str = "ALTER TABLE user_logins \
     ADD COLUMN IF NOT EXISTS message_id varchar(128), \
     ADD COLUMN IF NOT EXISTS app_version_text varchar(32), \
-    ADD COLUMN IF NOT EXISTS sent_at timestamptz";
+    ADD COLUMN IF NOT EXISTS sent_at timestamptz, \
+    ADD COLUMN IF NOT EXISTS key_version smallint NOT NULL DEFAULT 1";
 
 /// Converts the unpartitioned `user_logins`; true when it did (false when
 /// another `migrate` did it first). See the module documentation.
@@ -161,6 +162,8 @@ async fn apply_side_tables(client: &Client) -> Result<(), SinkError> {
             include_str!("../../migrations/0003_pii_audit_and_erasure.sql"),
             "\n",
             include_str!("../../migrations/0005_erasure_state.sql"),
+            "\n",
+            include_str!("../../migrations/0006_key_versions.sql"),
             "\nCOMMIT;"
         ))
         .await

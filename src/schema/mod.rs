@@ -31,7 +31,9 @@ pub const MIGRATION_SQL: &str = concat!(
     "\n",
     include_str!("../../migrations/0004_partitions.sql"),
     "\n",
-    include_str!("../../migrations/0005_erasure_state.sql")
+    include_str!("../../migrations/0005_erasure_state.sql"),
+    "\n",
+    include_str!("../../migrations/0006_key_versions.sql")
 );
 
 /// Advisory lock key ("LOGINETL" in ASCII): many cold starts at once apply
@@ -81,8 +83,8 @@ pub const PREMAKE_PAST_DAYS: i64 = 1;
 /// `sink::tx::XidFloor`).
 const INSPECT_SQL: &str = "SELECT \
     to_regclass('user_logins') IS NOT NULL, \
-    (SELECT count(*) = 3 FROM pg_attribute WHERE attrelid = to_regclass('user_logins') \
-        AND attname IN ('message_id', 'app_version_text', 'sent_at') AND NOT attisdropped), \
+    (SELECT count(*) = 4 FROM pg_attribute WHERE attrelid = to_regclass('user_logins') \
+        AND attname IN ('message_id', 'app_version_text', 'sent_at', 'key_version') AND NOT attisdropped), \
     EXISTS (SELECT 1 FROM pg_index i \
         WHERE i.indrelid = to_regclass('user_logins') AND i.indisunique AND i.indisvalid \
         AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = 3 \
@@ -93,7 +95,8 @@ const INSPECT_SQL: &str = "SELECT \
     pg_snapshot_xmax(pg_current_snapshot())::text, \
     to_regclass('user_logins_pii_vault') IS NOT NULL AND to_regclass('user_logins_vault_keys') IS NOT NULL, \
     to_regclass('user_logins_pii_audit') IS NOT NULL AND to_regclass('user_logins_erased') IS NOT NULL \
-        AND to_regprocedure('login_etl_refuse_erased(bigint)') IS NOT NULL, \
+        AND to_regprocedure('login_etl_refuse_erased(bigint,integer)') IS NOT NULL \
+        AND to_regclass('user_logins_key_state') IS NOT NULL, \
     coalesce((SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass('user_logins')), false), \
     to_regclass('user_logins_partitioning') IS NOT NULL AND to_regclass('user_logins_default') IS NOT NULL \
         AND to_regclass('user_logins_pii_vault_held') IS NOT NULL \
@@ -226,7 +229,7 @@ pub async fn check(
     };
     if !state.table || !state.columns {
         return Err(fatal(
-            "the table user_logins is missing or lacks message_id / app_version_text",
+            "the table user_logins is missing or lacks a column of this version (message_id, app_version_text, sent_at, key_version)",
             "; run `make migrate` (login-etl migrate) or set RUN_MIGRATIONS=true",
         ));
     }

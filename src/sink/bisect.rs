@@ -13,7 +13,7 @@ use tracing::{debug, trace, warn};
 use super::budget::Budget;
 use super::classify::{self, Failure};
 use super::insert;
-use super::tx::XidFloor;
+use super::tx::{Versions, XidFloor};
 use super::vault::VaultRows;
 use super::{CONFLICT_PAUSE, InsertReport, PgSink};
 use crate::error::SinkError;
@@ -47,7 +47,7 @@ impl PgSink {
     pub(super) async fn insert_rows(
         &mut self,
         rows: &[LoginRow<'_>],
-        erased_version: i64,
+        erased_version: Versions,
         preserve_order: bool,
         budget: &mut Budget,
         recount_since: Option<XidFloor>,
@@ -102,7 +102,7 @@ impl PgSink {
         &mut self,
         rows: &[LoginRow<'_>],
         (range, recount): Todo,
-        erased_version: i64,
+        erased_version: Versions,
         budget: &mut Budget,
         vault: Option<VaultWrite<'_>>,
     ) -> Result<Next, SinkError> {
@@ -178,9 +178,9 @@ impl PgSink {
                 Ok(Next::Retry(since))
             }
             Failure::Fatal(e) => Err(e),
-            Failure::Erased => {
+            Failure::Outdated => {
                 self.rollback().await;
-                Err(SinkError::UsersErased)
+                Err(SinkError::BatchOutdated)
             }
             Failure::RecountDenied => {
                 warn!(

@@ -21,9 +21,11 @@ pub(crate) enum Failure {
     /// The role may not read `xmin`, so rows a lost attempt committed cannot
     /// be told from older ones (see `insert::insert_tx`).
     RecountDenied,
-    /// The batch holds a user erased by `login-etl forget` (SQLSTATE
-    /// `LE001`, raised by `login_etl_refuse_erased`): nothing was written.
-    Erased,
+    /// The batch was prepared with an erasure list or a key version that is
+    /// no longer current (SQLSTATE `LE001`: `login-etl forget` erased
+    /// someone; `LE002`: `login-etl rotate-key` began; both raised by
+    /// `login_etl_refuse_erased`): nothing was written.
+    Outdated,
 }
 
 /// Sorts a statement failure by what can be done about it.
@@ -33,8 +35,8 @@ pub(crate) fn classify(e: &tokio_postgres::Error) -> Failure {
         return Failure::Transient(describe(e));
     };
     let code = state.code();
-    if code == "LE001" {
-        return Failure::Erased;
+    if code == "LE001" || code == "LE002" {
+        return Failure::Outdated;
     }
     if [
         SqlState::T_R_SERIALIZATION_FAILURE,

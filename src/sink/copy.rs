@@ -16,17 +16,17 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::classify::{Failure, classify};
-use super::tx::{XidFloor, begin_sql, no_answer, refuse_erased, vault_and_commit};
+use super::tx::{Versions, XidFloor, begin_sql, no_answer, refuse_erased, vault_and_commit};
 use super::vault::VaultRows;
 use crate::record::LoginRow;
 
 /// The fast path for large batches; see the module documentation.
 pub const COPY_SQL: &str = "COPY user_logins \
-    (message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, app_version_text, create_date, sent_at) \
+    (message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, app_version_text, create_date, sent_at, key_version) \
     FROM STDIN (FORMAT binary)";
 
 /// Column types of [`COPY_SQL`], in order.
-pub const COPY_TYPES: [Type; 10] = [
+pub const COPY_TYPES: [Type; 11] = [
     Type::VARCHAR,
     Type::VARCHAR,
     Type::VARCHAR,
@@ -37,6 +37,7 @@ pub const COPY_TYPES: [Type; 10] = [
     Type::VARCHAR,
     Type::DATE,
     Type::TIMESTAMPTZ,
+    Type::INT2,
 ];
 
 /// A binary COPY in progress inside its transaction. After a failure,
@@ -89,7 +90,8 @@ impl CopyIn {
             r.masked_device_id.as_str(),
             r.locale.as_deref(),
         );
-        let row: [&(dyn ToSql + Sync); 10] = [
+        let key_version = r.key_version as i16;
+        let row: [&(dyn ToSql + Sync); 11] = [
             &r.message_id,
             &&*r.user_id,
             &&*r.device_type,
@@ -100,6 +102,7 @@ impl CopyIn {
             &&*r.app_version_text,
             &r.create_date,
             &r.sent_at,
+            &key_version,
         ];
         self.failure = match timeout(self.bound, self.writer.as_mut().write(&row)).await {
             Ok(Ok(())) => None,
@@ -115,7 +118,7 @@ impl CopyIn {
         mut self,
         client: &Client,
         vault: Option<&VaultRows<'_>>,
-        erased_version: i64,
+        erased_version: Versions,
     ) -> Result<(u64, Option<XidFloor>), CopyFailed> {
         let before_commit = |failure| CopyFailed {
             failure,

@@ -17,7 +17,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::classify::{Failure, classify};
-use super::tx::{XidFloor, begin_sql, no_answer, refuse_erased, vault_and_commit};
+use super::tx::{Versions, XidFloor, begin_sql, no_answer, refuse_erased, vault_and_commit};
 use super::vault::VaultRows;
 use crate::record::LoginRow;
 
@@ -31,8 +31,8 @@ use crate::record::LoginRow;
 /// message_id, create_date)` and, on a table converted from before
 /// partitions, its old unique `message_id` (see `schema::convert`).
 pub const INSERT_SQL: &str = "INSERT INTO user_logins \
-    (message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, app_version_text, create_date, sent_at) \
-    SELECT * FROM UNNEST($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::varchar[], $6::varchar[], $7::int4[], $8::varchar[], $9::date[], $10::timestamptz[]) \
+    (message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, app_version_text, create_date, sent_at, key_version) \
+    SELECT * FROM UNNEST($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::varchar[], $6::varchar[], $7::int4[], $8::varchar[], $9::date[], $10::timestamptz[], $11::int2[]) \
     ON CONFLICT DO NOTHING";
 
 /// After a lost reply: how many of these rows (by key) were written by
@@ -62,7 +62,7 @@ pub(crate) struct Committed {
 pub(crate) async fn insert_tx(
     client: &Client,
     rows: &[LoginRow<'_>],
-    erased_version: i64,
+    erased_version: Versions,
     server_bound: Duration,
     client_bound: Duration,
     recount_since: Option<XidFloor>,
@@ -131,6 +131,7 @@ struct Columns<'r> {
     app_version_text: Vec<&'r str>,
     create_date: Vec<NaiveDate>,
     sent_at: Vec<DateTime<Utc>>,
+    key_version: Vec<i16>,
 }
 
 impl<'r> Columns<'r> {
@@ -146,10 +147,11 @@ impl<'r> Columns<'r> {
             app_version_text: rows.iter().map(|r| &*r.app_version_text).collect(),
             create_date: rows.iter().map(|r| r.create_date).collect(),
             sent_at: rows.iter().map(|r| r.sent_at).collect(),
+            key_version: rows.iter().map(|r| r.key_version as i16).collect(),
         }
     }
 
-    fn typed_params(&self) -> [(&(dyn ToSql + Sync), Type); 10] {
+    fn typed_params(&self) -> [(&(dyn ToSql + Sync), Type); 11] {
         [
             (&self.message_id, Type::VARCHAR_ARRAY),
             (&self.user_id, Type::VARCHAR_ARRAY),
@@ -161,6 +163,7 @@ impl<'r> Columns<'r> {
             (&self.app_version_text, Type::VARCHAR_ARRAY),
             (&self.create_date, Type::DATE_ARRAY),
             (&self.sent_at, Type::TIMESTAMPTZ_ARRAY),
+            (&self.key_version, Type::INT2_ARRAY),
         ]
     }
 }

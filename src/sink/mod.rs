@@ -64,6 +64,7 @@ use tracing::warn;
 pub use budget::{Budget, CONFLICT_RETRIES, DEADLINE_MARGIN};
 pub use copy::{COPY_SQL, COPY_TYPES, CopyIn};
 pub use insert::INSERT_SQL;
+pub use tx::Versions;
 pub use writer::BatchWriter;
 
 use crate::config::DbConfig;
@@ -120,7 +121,7 @@ pub struct PgSink {
     /// reply, rows newer than it are this sink's own.
     floor: Option<XidFloor>,
     /// The erasure list and its version (see [`PgSink::erased_users`]).
-    erased: Option<(i64, Arc<HashSet<String>>)>,
+    erased: Option<(Versions, Arc<HashSet<String>>)>,
 }
 
 impl std::fmt::Debug for PgSink {
@@ -230,7 +231,7 @@ impl PgSink {
     pub async fn insert(
         &mut self,
         rows: &[LoginRow<'_>],
-        erased_version: i64,
+        erased_version: Versions,
         preserve_order: bool,
     ) -> Result<InsertReport, SinkError> {
         let mut batch = self.start_batch(rows.len(), None).await?;
@@ -247,7 +248,7 @@ impl PgSink {
     pub async fn insert_until(
         &mut self,
         rows: &[LoginRow<'_>],
-        erased_version: i64,
+        erased_version: Versions,
         preserve_order: bool,
         vault: Option<VaultWrite<'_>>,
         deadline: Option<Instant>,
@@ -258,14 +259,15 @@ impl PgSink {
             .await
     }
 
-    /// The erasure list (user keys of users erased by `login-etl forget`)
-    /// and its version, kept in memory: loaded on first use and again after
-    /// [`forget_erased`](Self::forget_erased). Each write checks in its own
-    /// transaction that the version is still current (one index probe).
+    /// The erasure list (user keys of users erased by `login-etl forget`),
+    /// its version and the masking key's version, kept in memory: loaded on
+    /// first use and again after [`forget_erased`](Self::forget_erased).
+    /// Each write checks in its own transaction that both versions are still
+    /// current (one index probe, one row).
     pub async fn erased_users(
         &mut self,
         deadline: Option<Instant>,
-    ) -> Result<(i64, Arc<HashSet<String>>), SinkError> {
+    ) -> Result<(Versions, Arc<HashSet<String>>), SinkError> {
         if let Some((version, set)) = &self.erased {
             return Ok((*version, Arc::clone(set)));
         }
@@ -286,7 +288,11 @@ impl PgSink {
                     cause: describe(&e),
                 },
             })?;
-        let version: i64 = row.get(0);
+        let key: Option<i16> = row.get(2);
+        let version = Versions {
+            erased: row.get(0),
+            key: key.map_or(1, |v| v as u16),
+        };
         let keys: Vec<String> = row.get(1);
         let set = Arc::new(keys.into_iter().collect::<HashSet<String>>());
         self.erased = Some((version, Arc::clone(&set)));

@@ -29,25 +29,38 @@ pub(crate) fn begin_sql(server_bound: Duration) -> String {
     )
 }
 
-/// The erasure check: raises SQLSTATE `LE001` (the transaction is refused)
-/// when the erasure list has grown past the version the batch was filtered
-/// with (`login-etl forget` erased someone since).
-pub(crate) const ERASED_SQL: &str = "SELECT login_etl_refuse_erased($1::int8)";
+/// What a batch was prepared with, checked by each of its write
+/// transactions ([`ERASED_SQL`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Versions {
+    /// The erasure list's version (its highest `seq`; 0 when empty).
+    pub erased: i64,
+    /// The masking key's version the batch's tokens are under.
+    pub key: u16,
+}
 
-/// The erasure check against `known`, the list's version ([`ERASED_SQL`]).
+/// The write check: raises SQLSTATE `LE001` (the transaction is refused)
+/// when the erasure list has grown past the version the batch was filtered
+/// with (`login-etl forget` erased someone since), `LE002` when the key
+/// version is no longer the batch's (`login-etl rotate-key` began).
+pub(crate) const ERASED_SQL: &str = "SELECT login_etl_refuse_erased($1::int8, $2::int4)";
+
+/// The write check against `known` ([`ERASED_SQL`]).
 pub(crate) async fn refuse_erased(
     client: &Client,
-    known: i64,
+    known: Versions,
 ) -> Result<(), tokio_postgres::Error> {
+    let key = i32::from(known.key);
     client
-        .query_typed(ERASED_SQL, &[(&known, Type::INT8)])
+        .query_typed(ERASED_SQL, &[(&known.erased, Type::INT8), (&key, Type::INT4)])
         .await
         .map(|_| ())
 }
 
-/// The erasure list and its version, in one statement (one snapshot).
-pub(crate) const ERASED_LIST_SQL: &str =
-    "SELECT coalesce(max(seq), 0), coalesce(array_agg(user_key), '{}') FROM user_logins_erased";
+/// The erasure list, its version and the key version, in one statement
+/// (one snapshot).
+pub(crate) const ERASED_LIST_SQL: &str = "SELECT coalesce(max(seq), 0), coalesce(array_agg(user_key), '{}'), \
+    (SELECT version FROM user_logins_key_state) FROM user_logins_erased";
 
 /// `COMMIT`, then the xid floor: the first transaction id not yet assigned,
 /// so a row with a newer `xmin` was written after this commit.

@@ -15,8 +15,8 @@ const VAULT_KEY_SQL: &str = "INSERT INTO user_logins_vault_keys (key_id, kms_key
 
 /// The vault entries of the rows in the same transaction; an entry another
 /// row or batch stored already is kept as it is.
-const VAULT_SQL: &str = "INSERT INTO user_logins_pii_vault (kind, token, key_id, nonce, ciphertext) \
-    SELECT k, t, $3, n, c FROM UNNEST($1::varchar[], $2::varchar[], $4::bytea[], $5::bytea[]) AS u(k, t, n, c) \
+const VAULT_SQL: &str = "INSERT INTO user_logins_pii_vault (kind, token, key_id, nonce, ciphertext, key_version, aad_version) \
+    SELECT k, t, $3, n, c, $6, $7 FROM UNNEST($1::varchar[], $2::varchar[], $4::bytea[], $5::bytea[]) AS u(k, t, n, c) \
     ON CONFLICT (kind, token) DO NOTHING";
 
 /// The vault entries one transaction writes beside its rows.
@@ -25,6 +25,8 @@ pub(crate) struct VaultRows<'a> {
     pub key: &'a DataKey,
     /// The entries of exactly the transaction's rows.
     pub entries: Vec<&'a Sealed>,
+    /// Their tokens' key version.
+    pub key_version: i16,
 }
 
 impl<'a> VaultRows<'a> {
@@ -34,6 +36,7 @@ impl<'a> VaultRows<'a> {
         Self {
             key: write.key,
             entries: write.batch.entries_for(rows),
+            key_version: write.batch.key_version as i16,
         }
     }
 }
@@ -56,12 +59,15 @@ pub(crate) async fn write(
         (&kms_key_id, Type::VARCHAR),
         (&wrapped, Type::BYTEA),
     ];
-    let entry_params: [(&(dyn ToSql + Sync), Type); 5] = [
+    let aad_version = crate::vault::AAD_VERSION;
+    let entry_params: [(&(dyn ToSql + Sync), Type); 7] = [
         (&kinds, Type::VARCHAR_ARRAY),
         (&tokens, Type::VARCHAR_ARRAY),
         (&key_id, Type::VARCHAR),
         (&nonces, Type::BYTEA_ARRAY),
         (&ciphertexts, Type::BYTEA_ARRAY),
+        (&v.key_version, Type::INT2),
+        (&aad_version, Type::INT2),
     ];
     let (stored, written) = tokio::join!(
         client.execute_typed(VAULT_KEY_SQL, &key_params),

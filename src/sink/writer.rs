@@ -10,7 +10,7 @@ use tracing::debug;
 use super::budget::Budget;
 use super::classify::Failure;
 use super::copy::CopyIn;
-use super::tx::XidFloor;
+use super::tx::{Versions, XidFloor};
 use super::vault::VaultRows;
 use super::{COPY_MIN_ROWS, InsertReport, PgSink};
 use crate::error::SinkError;
@@ -70,7 +70,7 @@ impl PgSink {
         copy: CopyIn,
         budget: &mut Budget,
         vault: Option<VaultRows<'_>>,
-        erased_version: i64,
+        erased_version: Versions,
     ) -> Result<Result<InsertReport, Option<XidFloor>>, SinkError> {
         let floor_before = self.floor;
         let Some(client) = self.client.as_ref() else {
@@ -114,7 +114,7 @@ impl PgSink {
             Failure::Fatal(e) => debug!(error = %e, "COPY failed; inserting instead"),
             Failure::RecountDenied => debug!("COPY failed; inserting instead"),
             // The INSERT path meets the same refusal and reports it.
-            Failure::Erased => debug!("COPY refused: the batch holds an erased user"),
+            Failure::Outdated => debug!("COPY refused: the batch holds an erased user"),
         }
         self.rollback().await;
         Ok(())
@@ -150,11 +150,11 @@ impl BatchWriter<'_> {
     /// `erased_version` is the version of the erasure list the rows were
     /// filtered with ([`PgSink::erased_users`]): if the list has changed
     /// since, the transaction is refused with nothing written
-    /// ([`SinkError::UsersErased`]) and the caller filters again.
+    /// ([`SinkError::BatchOutdated`]) and the caller filters again.
     pub async fn finish(
         mut self,
         rows: &[LoginRow<'_>],
-        erased_version: i64,
+        erased_version: Versions,
         preserve_order: bool,
         vault: Option<VaultWrite<'_>>,
     ) -> Result<InsertReport, SinkError> {

@@ -1,0 +1,606 @@
+//! `login-etl rotate-key`: moves everything stored to the newest version of
+//! the masking key, online, resumably (docs/operations.md, "The masking key
+//! leaked").
+//!
+//! 1. **The switch** (`login_etl_begin_rekey`, one moment's lock): the
+//!    database's key version moves from n-1 to n and the erasure list is
+//!    re-keyed with it. From then on every write is checked against version
+//!    n (`login_etl_refuse_erased`): a function still on n-1 is refused,
+//!    reads its keys again, re-keys its batch in memory and writes it under
+//!    n. No row is stored under n-1 after the switch.
+//! 2. **The rows**, partition by partition, in chunks of pages, each chunk
+//!    its own short transaction: the rows still at n-1 are read and updated
+//!    to `HMAC(kₙ, token)` with `key_version = n` in one statement guarded
+//!    by `key_version = n-1`. A row is therefore re-keyed exactly once,
+//!    however often the command is killed and run again.
+//! 3. **The vault's tokens**, in chunks of the primary key, the same way
+//!    (an entry a function stored under n meanwhile replaces its n-1 twin).
+//! 4. **The end** (`login_etl_end_rekey`): checks that no vault entry is
+//!    left behind, clears the re-key and audits it with the counts of every
+//!    run that took part.
+//!
+//! Partitions that `maintain` makes while this runs (its rows moved out of
+//! the DEFAULT partition) are found by listing the partitions again until a
+//! listing brings nothing new.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
+use tracing::info;
+
+use crate::maintain::{Partition, Segment};
+use crate::masking::Masker;
+
+/// How long the switch waits for its locks before it lets the writes
+/// queued behind it through and tries again: the longest a write waits.
+pub const SWITCH_LOCK_TIMEOUT_MS: u32 = 100;
+
+/// How long the switch keeps trying.
+pub const SWITCH_PATIENCE: Duration = Duration::from_secs(300);
+
+/// Pages of a partition re-keyed in one transaction by default (about
+/// 60,000 rows of 130 bytes: a transaction of about a second).
+pub const DEFAULT_CHUNK_PAGES: u32 = 1_000;
+
+/// Vault entries re-keyed in one transaction.
+const VAULT_CHUNK: i64 = 5_000;
+
+/// Why `rotate-key` stopped. Never names a key, a token or a value.
+#[derive(Debug, thiserror::Error)]
+pub enum RekeyError {
+    /// The database failed.
+    #[error("PostgreSQL failed while {op}: {cause}")]
+    Db {
+        /// What was being done.
+        op: &'static str,
+        /// SQLSTATE and message (no values).
+        cause: String,
+        /// Whether trying again resolves it (see `is_conflict`).
+        conflict: bool,
+    },
+    /// The keys given do not reach the database's version.
+    #[error(
+        "the database is at masking-key version {database} but the keys given hold versions up to {held}: run rotate-key with the newest masking and erasure secrets"
+    )]
+    KeysBehind {
+        /// The database's version.
+        database: u16,
+        /// The newest version held.
+        held: u16,
+    },
+    /// An erasure stopped half way holds tokens of the current version.
+    #[error(
+        "{0}; nothing was changed. Finish them with login-etl forget, then run rotate-key again"
+    )]
+    UnfinishedErasures(String),
+    /// The switch could not get its moment's lock.
+    #[error(
+        "for {seconds} s some transaction on user_logins always held its lock longer than {SWITCH_LOCK_TIMEOUT_MS} ms, so the key version was not switched; look for long-running transactions (pg_stat_activity) and run rotate-key again"
+    )]
+    SwitchLocked {
+        /// How long it tried.
+        seconds: u64,
+    },
+}
+
+fn db(op: &'static str) -> impl Fn(tokio_postgres::Error) -> RekeyError {
+    move |e| RekeyError::Db {
+        op,
+        conflict: is_conflict(&e),
+        cause: crate::error::describe(&e),
+    }
+}
+
+/// How often a chunk that met another transaction is tried again.
+const CONFLICT_RETRIES: u32 = 5;
+
+/// A failure that trying the chunk again resolves: a deadlock or
+/// serialization failure, or a twin stored by a function meanwhile.
+fn is_conflict(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        *c == SqlState::T_R_DEADLOCK_DETECTED
+            || *c == SqlState::T_R_SERIALIZATION_FAILURE
+            || *c == SqlState::UNIQUE_VIOLATION
+    })
+}
+
+impl RekeyError {
+    fn is_conflict(&self) -> bool {
+        matches!(self, RekeyError::Db { conflict: true, .. })
+    }
+}
+
+/// Where the key stands in the database (`rotate-key --status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyState {
+    /// The version every write must be masked at.
+    pub version: u16,
+    /// The version being re-keyed from, while a re-key is under way.
+    pub rekey_from: Option<u16>,
+    /// Rows re-keyed so far by this re-key (by every run).
+    pub rows_rekeyed: i64,
+    /// Vault entries re-keyed so far.
+    pub vault_rekeyed: i64,
+}
+
+/// Reads [`KeyState`].
+pub async fn state(client: &Client) -> Result<KeyState, RekeyError> {
+    let row = client
+        .query_typed_one(
+            "SELECT version, rekey_from, rekey_rows, rekey_vault FROM user_logins_key_state",
+            &[],
+        )
+        .await
+        .map_err(db("reading the key version (run login-etl migrate first)"))?;
+    Ok(KeyState {
+        version: row.get::<_, i16>(0) as u16,
+        rekey_from: row.get::<_, Option<i16>>(1).map(|v| v as u16),
+        rows_rekeyed: row.get(2),
+        vault_rekeyed: row.get(3),
+    })
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RekeyReport {
+    /// The version everything was at when the run began.
+    pub from: u16,
+    /// The version everything is at now.
+    pub to: u16,
+    /// Rows this run re-keyed.
+    pub rows: u64,
+    /// Vault entries this run re-keyed (or merged into their twin).
+    pub vault_entries: u64,
+    /// Erasure-list entries moved by the switches this run made.
+    pub erasures: u64,
+}
+
+/// Progress of the rows, for the operator.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Rows re-keyed by this run.
+    pub done: u64,
+    /// The planner's estimate of all rows (`reltuples`), to do or done.
+    pub estimate: u64,
+    /// Rows per second so far.
+    pub rate: f64,
+    /// Seconds left at that rate.
+    pub eta_seconds: f64,
+}
+
+/// Options of a run.
+#[derive(Debug, Clone, Copy)]
+pub struct RekeyOptions {
+    /// Pages per transaction.
+    pub chunk_pages: u32,
+    /// Stop after this many chunks (tests: a run killed half way).
+    pub max_chunks: Option<u64>,
+}
+
+impl Default for RekeyOptions {
+    fn default() -> Self {
+        Self {
+            chunk_pages: DEFAULT_CHUNK_PAGES,
+            max_chunks: None,
+        }
+    }
+}
+
+/// Re-keys everything to `masker`'s newest version: finishes a re-key under
+/// way, then switches and re-keys one version at a time. `caller` names
+/// who runs it in the audit trail; `progress` hears about the rows.
+pub async fn rotate(
+    client: &mut Client,
+    masker: &Masker,
+    caller: &str,
+    options: RekeyOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<RekeyReport, RekeyError> {
+    let began = Instant::now();
+    let first = state(client).await?;
+    if first.version > masker.latest() {
+        return Err(RekeyError::KeysBehind {
+            database: first.version,
+            held: masker.latest(),
+        });
+    }
+    let mut report = RekeyReport {
+        from: first.rekey_from.unwrap_or(first.version),
+        to: first.version,
+        ..RekeyReport::default()
+    };
+    let mut chunks_left = options.max_chunks;
+    loop {
+        let now = state(client).await?;
+        let to = match now.rekey_from {
+            Some(_) => now.version,
+            None if now.version < masker.latest() => {
+                let to = now.version + 1;
+                report.erasures += switch(client, masker, to, caller).await?;
+                info!(
+                    from = to - 1,
+                    to, "switched: every write from now on is masked at the new version"
+                );
+                to
+            }
+            None => break,
+        };
+        report.to = to;
+        let rows = rekey_rows(client, masker, to, options, &mut chunks_left, progress).await?;
+        report.rows += rows;
+        if chunks_left == Some(0) {
+            return Ok(report);
+        }
+        report.vault_entries += rekey_vault(client, masker, to).await?;
+        client
+            .query_typed(
+                "SELECT login_etl_end_rekey($1, $2)",
+                &[
+                    (&caller, Type::TEXT),
+                    (&began.elapsed().as_secs_f64(), Type::FLOAT8),
+                ],
+            )
+            .await
+            .map_err(db("ending the re-key"))?;
+        info!(version = to, "re-key finished: nothing is stored under an older key");
+    }
+    Ok(report)
+}
+
+/// The switch to version `to` (see the module docs); the erasure-list
+/// entries it moved.
+async fn switch(
+    client: &Client,
+    masker: &Masker,
+    to: u16,
+    caller: &str,
+) -> Result<u64, RekeyError> {
+    let users = masker
+        .at(to)
+        .expect("rotate only switches to a version the masker holds")
+        .users()
+        .clone();
+    let since = Instant::now();
+    loop {
+        // The list as it is now; the switch refuses if it changed since.
+        let old: Vec<String> = client
+            .query_typed(
+                "SELECT user_key FROM user_logins_erased WHERE key_version = $1",
+                &[(&((to - 1) as i16), Type::INT2)],
+            )
+            .await
+            .map_err(db("reading the erasure list"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let new: Vec<String> = old
+            .iter()
+            .map(|k| users.rekey_text(k, to).as_str().to_owned())
+            .collect();
+        let done = client
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL lock_timeout = {SWITCH_LOCK_TIMEOUT_MS}"
+            ))
+            .await;
+        let switched = match done {
+            Ok(()) => client
+                .query_typed(
+                    "SELECT login_etl_begin_rekey($1, $2, $3, $4)",
+                    &[
+                        (&(to as i16), Type::INT2),
+                        (&old, Type::TEXT_ARRAY),
+                        (&new, Type::TEXT_ARRAY),
+                        (&caller, Type::TEXT),
+                    ],
+                )
+                .await
+                .map(|_| ()),
+            Err(e) => Err(e),
+        };
+        let switched = match switched {
+            Ok(()) => client.batch_execute("COMMIT").await,
+            Err(e) => Err(e),
+        };
+        let Err(e) = switched else {
+            return Ok(old.len() as u64);
+        };
+        let _ = client.batch_execute("ROLLBACK").await;
+        match e.code() {
+            Some(c) if c.code() == "LE003" => {
+                let message = e
+                    .as_db_error()
+                    .map(|d| d.message().to_owned())
+                    .unwrap_or_default();
+                return Err(RekeyError::UnfinishedErasures(message));
+            }
+            Some(c)
+                if *c == SqlState::LOCK_NOT_AVAILABLE
+                    || *c == SqlState::T_R_SERIALIZATION_FAILURE => {}
+            _ => return Err(db("switching the key version")(e)),
+        }
+        if since.elapsed() >= SWITCH_PATIENCE {
+            return Err(RekeyError::SwitchLocked {
+                seconds: SWITCH_PATIENCE.as_secs(),
+            });
+        }
+        let jitter = u64::from(since.elapsed().subsec_nanos() % 100);
+        tokio::time::sleep(Duration::from_millis(100 + jitter)).await;
+    }
+}
+
+/// A partition's segment (see [`Segment`]) and the relation holding it.
+fn segments_of(partitions: &[Partition]) -> Vec<(Segment, String)> {
+    let default = partitions
+        .iter()
+        .find(|p| p.is_default)
+        .map(|p| p.name.clone());
+    crate::maintain::segments(partitions)
+        .into_iter()
+        .filter_map(|s| {
+            let rel = match s {
+                Segment::Range(lo, hi) => partitions
+                    .iter()
+                    .find(|p| !p.is_default && p.lo == lo && p.hi == hi)
+                    .map(|p| p.name.clone()),
+                Segment::Gap(..) | Segment::Null => default.clone(),
+            }?;
+            Some((s, rel))
+        })
+        .collect()
+}
+
+/// Re-keys the rows still at `to - 1`, chunk by chunk; listing the
+/// partitions again until a listing brings none it has not visited.
+async fn rekey_rows(
+    client: &mut Client,
+    masker: &Masker,
+    to: u16,
+    options: RekeyOptions,
+    chunks_left: &mut Option<u64>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<u64, RekeyError> {
+    let began = Instant::now();
+    let mut last_report = Instant::now();
+    let mut visited: HashSet<(Segment, String)> = HashSet::new();
+    let mut done = 0u64;
+    loop {
+        let partitions = crate::maintain::partitions(client)
+            .await
+            .map_err(db("listing the partitions"))?;
+        let todo: Vec<(Segment, String)> = segments_of(&partitions)
+            .into_iter()
+            .filter(|s| !visited.contains(s))
+            .collect();
+        if todo.is_empty() {
+            return Ok(done);
+        }
+        let estimate: i64 = client
+            .query_typed_one(
+                "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::int8 FROM pg_inherits i \
+                 JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass('user_logins')",
+                &[],
+            )
+            .await
+            .map_err(db("estimating the rows"))?
+            .get(0);
+        for (segment, rel) in todo {
+            let pages: i64 = client
+                .query_typed_one(
+                    "SELECT (pg_relation_size(to_regclass($1)) / current_setting('block_size')::int8)",
+                    &[(&rel, Type::TEXT)],
+                )
+                .await
+                .map_err(db("reading a partition's size"))?
+                .get(0);
+            let mut page = 0i64;
+            while page < pages.max(1) {
+                if *chunks_left == Some(0) {
+                    return Ok(done);
+                }
+                let end = page + i64::from(options.chunk_pages);
+                let mut tries = 0;
+                done += loop {
+                    match rekey_chunk(client, masker, to, &segment, page, end).await {
+                        Err(e) if e.is_conflict() && tries < CONFLICT_RETRIES => tries += 1,
+                        other => break other?,
+                    }
+                };
+                page = end;
+                if let Some(n) = chunks_left.as_mut() {
+                    *n -= 1;
+                }
+                if last_report.elapsed() >= Duration::from_secs(2) {
+                    last_report = Instant::now();
+                    let rate = done as f64 / began.elapsed().as_secs_f64().max(1e-3);
+                    let left = (estimate as f64 - done as f64).max(0.0);
+                    let p = Progress {
+                        done,
+                        estimate: estimate.max(0) as u64,
+                        rate,
+                        eta_seconds: if rate > 0.0 { left / rate } else { 0.0 },
+                    };
+                    progress(p);
+                }
+            }
+            visited.insert((segment, rel));
+        }
+    }
+}
+
+/// One chunk: pages `[from_page, to_page)` of `segment`'s partition, in a
+/// transaction of its own; the rows it moved to version `to`.
+async fn rekey_chunk(
+    client: &mut Client,
+    masker: &Masker,
+    to: u16,
+    segment: &Segment,
+    from_page: i64,
+    to_page: i64,
+) -> Result<u64, RekeyError> {
+    let (cond, bounds) = segment.condition(4);
+    let (lo, hi) = (format!("({from_page},0)"), format!("({to_page},0)"));
+    let (old_version, new_version) = ((to - 1) as i16, to as i16);
+    let tx = client
+        .transaction()
+        .await
+        .map_err(db("starting a chunk"))?;
+    if segment.in_default() {
+        // maintain must not move these rows to a new partition under us.
+        tx.query_typed(
+            "SELECT pg_advisory_xact_lock_shared($1)",
+            &[(&crate::schema::MIGRATION_LOCK_KEY, Type::INT8)],
+        )
+        .await
+        .map_err(db("waiting for maintain's partition step"))?;
+    }
+    let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
+        (&lo, Type::TEXT),
+        (&hi, Type::TEXT),
+        (&old_version, Type::INT2),
+    ];
+    params.extend(
+        bounds
+            .iter()
+            .map(|d| (d as &(dyn ToSql + Sync), Type::DATE)),
+    );
+    let rows = tx
+        .query_typed(
+            &format!(
+                "SELECT ctid::text, masked_ip, masked_device_id FROM user_logins \
+                 WHERE ctid >= $1::text::tid AND ctid < $2::text::tid AND key_version = $3 AND {cond}"
+            ),
+            &params,
+        )
+        .await
+        .map_err(db("reading a chunk of rows"))?;
+    if rows.is_empty() {
+        tx.commit().await.map_err(db("ending a chunk"))?;
+        return Ok(0);
+    }
+    let rekey = |text: Option<&str>| text.map(|t| masker.rekey_text(t, to).as_str().to_owned());
+    let mut tids = Vec::with_capacity(rows.len());
+    let mut ips = Vec::with_capacity(rows.len());
+    let mut devices = Vec::with_capacity(rows.len());
+    for r in &rows {
+        tids.push(r.get::<_, String>(0));
+        ips.push(rekey(r.get(1)));
+        devices.push(rekey(r.get(2)));
+    }
+    let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
+        (&tids, Type::TEXT_ARRAY),
+        (&ips, Type::VARCHAR_ARRAY),
+        (&devices, Type::VARCHAR_ARRAY),
+        (&old_version, Type::INT2),
+        (&new_version, Type::INT2),
+    ];
+    let (cond, bounds) = segment.condition(6);
+    params.extend(
+        bounds
+            .iter()
+            .map(|d| (d as &(dyn ToSql + Sync), Type::DATE)),
+    );
+    let moved = tx
+        .execute_typed(
+            &format!(
+                "UPDATE user_logins u SET masked_ip = m.ip, masked_device_id = m.dev, key_version = $5 \
+                 FROM unnest($1::text[]::tid[], $2::varchar[], $3::varchar[]) AS m(t, ip, dev) \
+                 WHERE u.ctid = m.t AND u.key_version = $4 AND {cond}"
+            ),
+            &params,
+        )
+        .await
+        .map_err(db("re-keying a chunk of rows"))?;
+    let n = moved as i64;
+    tx.execute_typed(
+        "UPDATE user_logins_key_state SET rekey_rows = rekey_rows + $1",
+        &[(&n, Type::INT8)],
+    )
+    .await
+    .map_err(db("counting a chunk"))?;
+    tx.commit().await.map_err(db("committing a chunk"))?;
+    Ok(moved)
+}
+
+/// Re-keys the vault's entries still at `to - 1`, in primary-key order.
+async fn rekey_vault(client: &mut Client, masker: &Masker, to: u16) -> Result<u64, RekeyError> {
+    let (old_version, new_version) = ((to - 1) as i16, to as i16);
+    let (mut kind, mut token) = (String::new(), String::new());
+    let mut done = 0u64;
+    loop {
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("starting a chunk of the vault"))?;
+        let rows = tx
+            .query_typed(
+                "SELECT kind, token FROM user_logins_pii_vault \
+                 WHERE (kind, token) > ($1, $2) AND key_version = $3 ORDER BY kind, token LIMIT $4",
+                &[
+                    (&kind, Type::VARCHAR),
+                    (&token, Type::VARCHAR),
+                    (&old_version, Type::INT2),
+                    (&VAULT_CHUNK, Type::INT8),
+                ],
+            )
+            .await
+            .map_err(db("reading a chunk of the vault"))?;
+        let Some(last) = rows.last() else {
+            tx.commit().await.map_err(db("ending the vault"))?;
+            return Ok(done);
+        };
+        let (from_kind, from_token) = (kind, token);
+        (kind, token) = (last.get(0), last.get(1));
+        let kinds: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        let olds: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
+        let news: Vec<String> = olds
+            .iter()
+            .map(|t| masker.rekey_text(t, to).as_str().to_owned())
+            .collect();
+        // An entry a function stored under the new version meanwhile is the
+        // same value's: the old one goes, the new one stays.
+        let moved = match tx
+            .query_typed_one(
+                "WITH m AS (SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::varchar[]) AS m(kind, old, new)), \
+                 twin AS (SELECT m.* FROM m WHERE EXISTS (SELECT 1 FROM user_logins_pii_vault w \
+                     WHERE w.kind = m.kind AND w.token = m.new)), \
+                 merged AS (DELETE FROM user_logins_pii_vault v USING twin \
+                     WHERE v.kind = twin.kind AND v.token = twin.old AND v.key_version = $4 RETURNING 1), \
+                 moved AS (UPDATE user_logins_pii_vault v SET token = m.new, key_version = $5 FROM m \
+                     WHERE v.kind = m.kind AND v.token = m.old AND v.key_version = $4 \
+                     AND NOT EXISTS (SELECT 1 FROM twin WHERE twin.kind = m.kind AND twin.old = m.old) RETURNING 1) \
+                 SELECT (SELECT count(*) FROM merged) + (SELECT count(*) FROM moved)",
+                &[
+                    (&kinds, Type::VARCHAR_ARRAY),
+                    (&olds, Type::VARCHAR_ARRAY),
+                    (&news, Type::VARCHAR_ARRAY),
+                    (&old_version, Type::INT2),
+                    (&new_version, Type::INT2),
+                ],
+            )
+            .await
+        {
+            Ok(row) => row.get::<_, i64>(0),
+            // A function stored a twin between the read and the update:
+            // read the chunk again.
+            Err(e) if is_conflict(&e) => {
+                drop(tx);
+                (kind, token) = (from_kind, from_token);
+                continue;
+            }
+            Err(e) => return Err(db("re-keying a chunk of the vault")(e)),
+        };
+        tx.execute_typed(
+            "UPDATE user_logins_key_state SET rekey_vault = rekey_vault + $1",
+            &[(&moved, Type::INT8)],
+        )
+        .await
+        .map_err(db("counting a chunk of the vault"))?;
+        tx.commit()
+            .await
+            .map_err(db("committing a chunk of the vault"))?;
+        done += moved as u64;
+    }
+}
