@@ -263,13 +263,27 @@ async fn main() {
             .collect();
         phases[1].push(t.elapsed());
         let t = Instant::now();
-        let report = sink.insert(&rows, login_etl::sink::Versions { erased: 0, key: 1 }, false).await.unwrap();
+        let report = sink
+            .insert(
+                &rows,
+                login_etl::sink::Versions { erased: 0, key: 1 },
+                false,
+            )
+            .await
+            .unwrap();
         phases[2].push(t.elapsed());
         assert!(report.copied == (n >= login_etl::sink::COPY_MIN_ROWS));
         // The same rows again: what a redelivery costs (COPY refused, then
         // INSERT ... ON CONFLICT finds every row a duplicate).
         let t = Instant::now();
-        let report = sink.insert(&rows, login_etl::sink::Versions { erased: 0, key: 1 }, false).await.unwrap();
+        let report = sink
+            .insert(
+                &rows,
+                login_etl::sink::Versions { erased: 0, key: 1 },
+                false,
+            )
+            .await
+            .unwrap();
         phases[3].push(t.elapsed());
         assert_eq!(report.duplicates as usize, n);
     }

@@ -216,14 +216,9 @@ async fn forget_beside_ingest(url: &str, h: Arc<BatchHandler>) -> (Duration, Dur
         &login_etl::masking::MaskingKey::from_hex(KEY, "bench").unwrap(),
     );
     let t = Instant::now();
-    let done = login_etl::reveal::forget(
-        &mut eraser,
-        &user,
-        masker.users(),
-        "arn:bench",
-    )
-    .await
-    .unwrap();
+    let done = login_etl::reveal::forget(&mut eraser, &user, masker.users(), "arn:bench")
+        .await
+        .unwrap();
     let took = t.elapsed();
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::SeqCst);

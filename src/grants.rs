@@ -202,7 +202,14 @@ fn table_grants(role: Role) -> &'static [Grant] {
             (
                 "SELECT",
                 "user_logins_pii_vault",
-                &["kind", "token", "key_id", "nonce", "ciphertext", "aad_version"],
+                &[
+                    "kind",
+                    "token",
+                    "key_id",
+                    "nonce",
+                    "ciphertext",
+                    "aad_version",
+                ],
             ),
             (
                 "SELECT",
@@ -236,7 +243,11 @@ fn table_grants(role: Role) -> &'static [Grant] {
             ("SELECT", "user_logins_erased", &["user_key"]),
             ("INSERT", "user_logins_pii_audit", FORGET_AUDIT),
             // The user key is computed at the database's key version.
-            ("SELECT", "user_logins_key_state", &["version", "rekey_from"]),
+            (
+                "SELECT",
+                "user_logins_key_state",
+                &["version", "rekey_from"],
+            ),
         ],
         Role::Migrate | Role::Maintain => &[],
         Role::Audit => &[("SELECT", "user_logins_pii_audit", AUDIT_COLUMNS)],
@@ -270,11 +281,7 @@ fn table_grants(role: Role) -> &'static [Grant] {
             ("DELETE", "user_logins_pii_vault", &[]),
             // The erasure list, read to compute its next user keys (the
             // switch, login_etl_begin_rekey, writes them as the owner).
-            (
-                "SELECT",
-                "user_logins_erased",
-                &["user_key", "key_version"],
-            ),
+            ("SELECT", "user_logins_erased", &["user_key", "key_version"]),
             (
                 "SELECT",
                 "user_logins_key_state",

@@ -243,12 +243,18 @@ impl BatchHandler {
             return Ok(m);
         }
         if last.is_some_and(|t| t.elapsed() < KEY_RELOAD_INTERVAL) {
-            return Err(behind(current.latest(), ", and the secret had no newer one moments ago"));
+            return Err(behind(
+                current.latest(),
+                ", and the secret had no newer one moments ago",
+            ));
         }
         *last = Some(Instant::now());
-        let fresh = reload()
-            .await
-            .map_err(|e| behind(current.latest(), &format!("; reading the keys again failed: {e}")))?;
+        let fresh = reload().await.map_err(|e| {
+            behind(
+                current.latest(),
+                &format!("; reading the keys again failed: {e}"),
+            )
+        })?;
         warn!(
             from = current.latest(),
             to = fresh.latest(),

@@ -164,23 +164,6 @@ impl KeyVersions {
     }
 }
 
-/// A token's text as stored, validated: 64 lowercase hex characters.
-impl std::str::FromStr for Token {
-    type Err = ();
-
-    fn from_str(text: &str) -> Result<Self, ()> {
-        let bytes: [u8; TOKEN_LEN] = text.as_bytes().try_into().map_err(|_| ())?;
-        if bytes
-            .iter()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
-        {
-            Ok(Token(bytes))
-        } else {
-            Err(())
-        }
-    }
-}
-
 /// A chain of keyed HMACs, one per version, with the keys already absorbed
 /// (each token costs two SHA-256 compressions per version, not four).
 #[derive(Clone)]
@@ -498,6 +481,91 @@ mod tests {
         assert_ne!(m.user_key(user).as_str(), m.device_id(user).as_str());
         let other = Masker::new(&MaskingKey::from_hex(&"cd".repeat(32), "test").unwrap());
         assert_ne!(m.user_key(user).as_str(), other.user_key(user).as_str());
+    }
+
+    fn versions(keys: &[&str]) -> KeyVersions {
+        KeyVersions::parse(&serde_json::json!({ "versions": keys }).to_string(), "test").unwrap()
+    }
+
+    #[test]
+    fn the_chain_is_hmac_of_the_previous_token_and_rekeys_without_the_value() {
+        let two = Masker::versions(&versions(&[KEY_A, KEY_B]), None).unwrap();
+        let one = two.at(1).unwrap();
+        let ip: IpAddr = "199.172.111.135".parse().unwrap();
+        // Independently: HMAC(k2, hex(HMAC(k1, value))).
+        let t1 = one.ip(&ip);
+        let mut mac = HmacSha256::new_from_slice(&key(KEY_B).0).unwrap();
+        mac.update(t1.as_str().as_bytes());
+        assert_eq!(two.ip(&ip), finish(mac));
+        // Re-keying a stored token needs only it and the new key.
+        assert_eq!(two.rekey(&t1, 2), two.ip(&ip));
+        assert_eq!(two.rekey_text(t1.as_str(), 2), two.ip(&ip));
+        assert_eq!(
+            two.rekey(&one.device_id("593-47-5928"), 2),
+            two.device_id(" 593-47-5928")
+        );
+        // Version 1 of a document is the single key's masker.
+        assert_eq!(one.ip(&ip), Masker::new(&key(KEY_A)).ip(&ip));
+        assert_eq!((two.version(), two.latest(), one.version()), (2, 2, 1));
+        assert!(two.at(3).is_none() && two.at(0).is_none());
+    }
+
+    #[test]
+    fn one_key_alone_computes_no_token_of_a_later_version() {
+        // A dictionary attack with the retired key, or the current key
+        // alone, over every value of a small space: no token of version 2.
+        let two = Masker::versions(&versions(&[KEY_A, KEY_B]), None).unwrap();
+        for alone in [KEY_A, KEY_B] {
+            let attacker = Masker::new(&key(alone));
+            for last in 0..=255u8 {
+                let ip = IpAddr::from([10, 0, 0, last]);
+                let stored = two.ip(&ip);
+                assert_ne!(attacker.ip(&ip), stored);
+                // Nor by chaining its one key over its own token.
+                assert_ne!(attacker.rekey(&attacker.ip(&ip), 1), stored);
+            }
+        }
+    }
+
+    #[test]
+    fn user_keys_chain_under_their_own_keys() {
+        let e = versions(&[KEY_B, KEY_A]);
+        let users = UserKeys::new(&e);
+        let user = "424cdd21-063a-43a7-b91b-7ca1a833afae";
+        let v1 = users.at(1).unwrap().user_key(user);
+        assert_eq!(users.rekey(&v1, 2), users.user_key(user));
+        // The masker with erasure keys of its own computes the same user keys.
+        let m = Masker::versions(&versions(&[KEY_A, KEY_B]), Some(&e)).unwrap();
+        assert_eq!(m.user_key(user), users.user_key(user));
+        // Erasure keys that do not reach the masking key's version are refused.
+        let short = Masker::versions(&versions(&[KEY_A, KEY_B]), Some(&versions(&[KEY_B])));
+        assert!(short.unwrap_err().to_string().contains("1 versions"));
+    }
+
+    #[test]
+    fn key_documents_are_checked_and_never_echo_a_key() {
+        assert_eq!(KeyVersions::parse(KEY_A, "X").unwrap().latest(), 1);
+        assert_eq!(versions(&[KEY_A, KEY_B]).latest(), 2);
+        let short = "ab".repeat(8);
+        for (doc, says) in [
+            ("{\"versions\": []}".to_owned(), "empty"),
+            (
+                format!("{{\"versions\": [\"{KEY_A}\", \"{KEY_A}\"]}}"),
+                "repeats",
+            ),
+            (
+                format!("{{\"versions\": [\"{KEY_A}\", \"{short}\"]}}"),
+                "version 2",
+            ),
+            (format!("{{\"versions\": \"{KEY_A}\"}}"), "column"),
+            (format!("{{\"keys\": [\"{KEY_A}\"]}}"), "column"),
+        ] {
+            let err = KeyVersions::parse(&doc, "secret s")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says) && err.contains("secret s"), "{err}");
+            assert!(!err.contains(KEY_A) && !err.contains(&short), "{err}");
+        }
     }
 
     fn key(hex_key: &str) -> MaskingKey {

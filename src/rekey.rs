@@ -197,7 +197,7 @@ pub async fn rotate(
     masker: &Masker,
     caller: &str,
     options: RekeyOptions,
-    progress: &mut dyn FnMut(Progress),
+    progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<RekeyReport, RekeyError> {
     let began = Instant::now();
     let first = state(client).await?;
@@ -245,7 +245,10 @@ pub async fn rotate(
             )
             .await
             .map_err(db("ending the re-key"))?;
-        info!(version = to, "re-key finished: nothing is stored under an older key");
+        info!(
+            version = to,
+            "re-key finished: nothing is stored under an older key"
+        );
     }
     Ok(report)
 }
@@ -360,7 +363,7 @@ async fn rekey_rows(
     to: u16,
     options: RekeyOptions,
     chunks_left: &mut Option<u64>,
-    progress: &mut dyn FnMut(Progress),
+    progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<u64, RekeyError> {
     let began = Instant::now();
     let mut last_report = Instant::now();
@@ -443,10 +446,7 @@ async fn rekey_chunk(
     let (cond, bounds) = segment.condition(4);
     let (lo, hi) = (format!("({from_page},0)"), format!("({to_page},0)"));
     let (old_version, new_version) = ((to - 1) as i16, to as i16);
-    let tx = client
-        .transaction()
-        .await
-        .map_err(db("starting a chunk"))?;
+    let tx = client.transaction().await.map_err(db("starting a chunk"))?;
     if segment.in_default() {
         // maintain must not move these rows to a new partition under us.
         tx.query_typed(

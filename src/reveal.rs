@@ -659,7 +659,7 @@ pub async fn audit_records(
     let rows = client
         .query_typed(
             "SELECT id, at, action, caller_arn, kind, token, data_key_id, user_key, rows_deleted, \
-             vault_entries_deleted FROM user_logins_pii_audit \
+             vault_entries_deleted, detail::text FROM user_logins_pii_audit \
              WHERE $1::timestamptz IS NULL OR at >= $1 ORDER BY id",
             &[(&since, Type::TIMESTAMPTZ)],
         )
@@ -688,6 +688,12 @@ pub async fn audit_records(
                 if let Some(v) = r.get::<_, Option<i64>>(i) {
                     doc.insert(name.into(), json!(v));
                 }
+            }
+            // rotate-key's records: the versions and counts (jsonb, ours).
+            if let Some(detail) = r.get::<_, Option<&str>>(10)
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(detail)
+            {
+                doc.insert("detail".into(), v);
             }
             serde_json::Value::Object(doc)
         })

@@ -72,7 +72,11 @@ pub async fn build_with(
         }
     };
     let (masker, sink, data_key) = tokio::join!(
-        masker(&config.masking_key, config.erasure_key.as_ref(), secrets.as_ref()),
+        masker(
+            &config.masking_key,
+            config.erasure_key.as_ref(),
+            secrets.as_ref()
+        ),
         sink(&config.db, secrets.as_ref()),
         data_key
     );

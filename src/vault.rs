@@ -483,7 +483,8 @@ mod tests {
                     .any(|w| w == value.as_bytes())
             );
             assert_eq!(
-                k.open(kind, &token, AAD_VERSION, &a.nonce, &a.ciphertext).unwrap(),
+                k.open(kind, &token, AAD_VERSION, &a.nonce, &a.ciphertext)
+                    .unwrap(),
                 value
             );
         }

@@ -266,7 +266,11 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
     let kind = Kind::parse(row.get(0)).unwrap();
     let nonce: Vec<u8> = row.get(2);
     let ciphertext: Vec<u8> = row.get(3);
-    assert!(other.open(kind, row.get(1), 2, &nonce, &ciphertext).is_err());
+    assert!(
+        other
+            .open(kind, row.get(1), 2, &nonce, &ciphertext)
+            .is_err()
+    );
 
     // Erasure: user A's rows and the entries only A used; B keeps the shared ip.
     let mut eraser = connect(&db.role_url(Role::Erase).await).await;

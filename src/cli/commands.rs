@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use tracing::{error, info};
 
 use super::{
-    AuditArgs, Command, EXIT_NOT_FOUND, EXIT_TEMPFAIL, EXIT_USAGE, ForgetArgs, GrantsArgs, MaintainArgs,
-    MigrateArgs, PollArgs, RevealArgs, RotateKeyArgs,
+    AuditArgs, Command, EXIT_NOT_FOUND, EXIT_TEMPFAIL, EXIT_USAGE, ForgetArgs, GrantsArgs,
+    MaintainArgs, MigrateArgs, PollArgs, RevealArgs, RotateKeyArgs,
 };
 use crate::config::{DbConfig, KeySource};
 use crate::poll::PollError;

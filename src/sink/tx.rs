@@ -52,7 +52,10 @@ pub(crate) async fn refuse_erased(
 ) -> Result<(), tokio_postgres::Error> {
     let key = i32::from(known.key);
     client
-        .query_typed(ERASED_SQL, &[(&known.erased, Type::INT8), (&key, Type::INT4)])
+        .query_typed(
+            ERASED_SQL,
+            &[(&known.erased, Type::INT8), (&key, Type::INT4)],
+        )
         .await
         .map(|_| ())
 }

@@ -1,0 +1,581 @@
+//! Masking-key rotation (`login-etl rotate-key`, src/rekey.rs) against the
+//! real PostgreSQL, each program as the role `login-etl grants` names for
+//! it: the function as the ingest role, rotate-key as the rotate role,
+//! forget as the erase role with the erasure key only. The PII vault is on
+//! (a local data key, so entries are checked by decrypting them).
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::SqsEvent;
+use common::*;
+use login_etl::grants::Role;
+use login_etl::handler::BatchHandler;
+use login_etl::masking::{KeyVersions, Masker, UserKeys};
+use login_etl::rekey::{self, RekeyOptions};
+use login_etl::synth::{self, Options};
+use login_etl::vault::{DataKey, Kind};
+use login_etl::{Deadline, SqsBatch};
+use serde_json::Value;
+
+const CALLER: &str = "arn:aws:sts::123456789012:assumed-role/key-rotators/test";
+const K: [&str; 2] = [
+    TEST_KEY,
+    "d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2",
+];
+const E: [&str; 2] = [
+    "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9",
+    "f9e8d7c6b5a40392817f6e5d4c3b2a1f0e9d8c7b6a5f40392817f6e5d4c3b2a1",
+];
+
+/// The key document of the first `n` versions of `keys`.
+fn doc(keys: &[&str], n: usize) -> String {
+    serde_json::json!({ "versions": keys[..n] }).to_string()
+}
+
+fn masker(n: usize) -> Masker {
+    Masker::versions(
+        &KeyVersions::parse(&doc(&K, n), "test").unwrap(),
+        Some(&KeyVersions::parse(&doc(&E, n), "test").unwrap()),
+    )
+    .unwrap()
+}
+
+fn data_key() -> DataKey {
+    DataKey::new(&[0x42; 32], vec![1, 2, 3], "local").unwrap()
+}
+
+/// The function, as the ingest role, holding key versions 1..=n.
+async fn function(url: &str, n: usize) -> BatchHandler {
+    handler_with(&[
+        ("DATABASE_URL", url),
+        ("MASKING_KEY", &doc(&K, n)),
+        ("ERASURE_KEY", &doc(&E, n)),
+    ])
+    .await
+    .with_vault(data_key())
+}
+
+/// A warm function that holds version 1 only and, asked again, reads a
+/// secret that now holds version 2 too (the rollout window).
+async fn warm_function_on_the_old_key(url: &str) -> BatchHandler {
+    function(url, 1)
+        .await
+        .with_key_reload(Box::new(|| Box::pin(async { Ok::<_, String>(masker(2)) })))
+}
+
+/// `count` synthetic records; with `user`, every third is theirs.
+fn event(count: usize, seed: u64, user: Option<&str>) -> SqsEvent {
+    let mut event = synth::event(&Options {
+        count,
+        seed,
+        ..Options::default()
+    });
+    if let Some(user) = user {
+        for m in event.records.iter_mut().step_by(3) {
+            let mut body: Value = serde_json::from_str(m.body.as_deref().unwrap()).unwrap();
+            body["user_id"] = Value::from(user);
+            m.body = Some(body.to_string());
+        }
+    }
+    event
+}
+
+/// The same logins delivered again as new messages (new ids): duplicates
+/// an analyst would want to match across the rotation.
+fn again(event: &SqsEvent, tag: &str) -> SqsEvent {
+    let mut copy = event.clone();
+    for m in &mut copy.records {
+        m.message_id = m.message_id.as_ref().map(|id| format!("{id}-{tag}"));
+    }
+    copy
+}
+
+/// message id -> (ip, device_id) as sent.
+fn values(events: &[&SqsEvent]) -> HashMap<String, (IpAddr, String)> {
+    let mut out = HashMap::new();
+    for e in events {
+        for m in &e.records {
+            let body: Value = serde_json::from_str(m.body.as_deref().unwrap()).unwrap();
+            out.insert(
+                m.message_id.clone().unwrap(),
+                (
+                    body["ip"].as_str().unwrap().parse().unwrap(),
+                    body["device_id"].as_str().unwrap().to_owned(),
+                ),
+            );
+        }
+    }
+    out
+}
+
+/// The records `h` reports failed; all of them when the invocation failed
+/// (retryable only: SQS redelivers the batch, nothing goes to the DLQ).
+async fn deliver(h: &BatchHandler, event: &SqsEvent) -> Vec<String> {
+    match h.handle(&SqsBatch::from(event), Deadline::NONE).await {
+        Ok(outcome) => failures(&outcome.into_parts().0),
+        Err(e) => {
+            assert!(e.is_retryable(), "{e}");
+            event
+                .records
+                .iter()
+                .map(|m| m.message_id.clone().unwrap())
+                .collect()
+        }
+    }
+}
+
+async fn rotate(db: &TestDb, n: usize, options: RekeyOptions) -> rekey::RekeyReport {
+    let mut client = connect(&db.role_url(Role::Rotate).await).await;
+    rekey::rotate(&mut client, &masker(n), CALLER, options, &mut |_| {})
+        .await
+        .expect("rotate-key as the rotate role")
+}
+
+/// Every row's tokens are those of its values at version `n`, computed
+/// through the chain from scratch; returns the rows checked.
+async fn assert_rows_at(db: &TestDb, n: usize, sent: &HashMap<String, (IpAddr, String)>) -> usize {
+    let m = masker(n);
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT message_id, masked_ip, masked_device_id, key_version FROM user_logins",
+            &[],
+        )
+        .await
+        .unwrap();
+    for r in &rows {
+        let id: String = r.get(0);
+        let (ip, device) = &sent[&id];
+        assert_eq!(r.get::<_, i16>(3), n as i16, "{id}: key_version");
+        assert_eq!(r.get::<_, String>(1), m.ip(ip).as_str(), "{id}: masked_ip");
+        assert_eq!(
+            r.get::<_, String>(2),
+            m.device_id(device).as_str(),
+            "{id}: masked_device_id"
+        );
+    }
+    rows.len()
+}
+
+/// Every token stored anywhere (rows, vault, held entries, erasure state).
+async fn stored_tokens(db: &TestDb) -> BTreeSet<String> {
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT masked_ip FROM user_logins UNION SELECT masked_device_id FROM user_logins \
+             UNION SELECT token FROM user_logins_pii_vault UNION SELECT token FROM user_logins_pii_vault_held \
+             UNION SELECT token FROM user_logins_erasure_tokens UNION SELECT user_key FROM user_logins_erased",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter().filter_map(|r| r.get(0)).collect()
+}
+
+/// What an attacker holding one key (and a dictionary of the true values)
+/// computes: HMAC under that key of every value; none may be stored.
+fn assert_dictionary_matches_nothing(
+    key_hex: &str,
+    sent: &HashMap<String, (IpAddr, String)>,
+    stored: &BTreeSet<String>,
+) {
+    let alone =
+        Masker::new(&login_etl::masking::MaskingKey::from_hex(key_hex, "attacker").unwrap());
+    for (ip, device) in sent.values() {
+        assert!(
+            !stored.contains(alone.ip(ip).as_str()),
+            "an ip token under one key alone"
+        );
+        assert!(
+            !stored.contains(alone.device_id(device).as_str()),
+            "a device token under one key alone"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tokens_follow_the_chain_duplicates_match_and_the_vault_still_reveals() {
+    let db = TestDb::create().await;
+    let ingest = db.ingest_url().await;
+    let first = event(300, 91, None);
+    assert!(
+        deliver(&function(&ingest, 1).await, &first)
+            .await
+            .is_empty()
+    );
+
+    let report = rotate(&db, 2, RekeyOptions::default()).await;
+    assert_eq!((report.from, report.to, report.rows), (1, 2, 300));
+    let entries: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM user_logins_pii_vault", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        report.vault_entries, entries as u64,
+        "every entry re-keyed once"
+    );
+
+    // The same logins again, as new messages, by a function on version 2.
+    let second = again(&first, "after");
+    assert!(
+        deliver(&function(&ingest, 2).await, &second)
+            .await
+            .is_empty()
+    );
+    let sent = values(&[&first, &second]);
+    assert_eq!(assert_rows_at(&db, 2, &sent).await, 600);
+    let client = db.client().await;
+    let unmatched: i64 = client
+        .query_one(
+            "SELECT count(*) FROM user_logins a WHERE a.message_id NOT LIKE '%-after' AND NOT EXISTS \
+             (SELECT 1 FROM user_logins b WHERE b.message_id = a.message_id || '-after' \
+              AND b.masked_ip = a.masked_ip AND b.masked_device_id = a.masked_device_id)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        unmatched, 0,
+        "each login matches its duplicate across the rotation"
+    );
+
+    // With the leaked key alone, or the new one alone, a dictionary of the
+    // true values matches nothing stored.
+    let stored = stored_tokens(&db).await;
+    assert_dictionary_matches_nothing(K[0], &sent, &stored);
+    assert_dictionary_matches_nothing(K[1], &sent, &stored);
+
+    // The vault: one entry per value, under the new token, decrypting to
+    // the value whose version-2 token it is.
+    let m2 = masker(2);
+    let key = data_key();
+    let vault = client
+        .query(
+            "SELECT kind, token, nonce, ciphertext, aad_version, key_version FROM user_logins_pii_vault",
+            &[],
+        )
+        .await
+        .unwrap();
+    let distinct: BTreeSet<String> = sent
+        .values()
+        .flat_map(|(ip, d)| [format!("ip:{ip}"), format!("device:{}", d.trim())])
+        .collect();
+    assert_eq!(vault.len(), distinct.len(), "no entry lost, none doubled");
+    for r in &vault {
+        let kind = Kind::parse(r.get(0)).unwrap();
+        let token: String = r.get(1);
+        let value = key
+            .open(kind, &token, r.get(4), r.get(2), r.get(3))
+            .expect("the entry decrypts under its new token");
+        let recomputed = match kind {
+            Kind::Ip => m2.ip(&value.parse().unwrap()),
+            Kind::DeviceId => m2.device_id(&value),
+        };
+        assert_eq!(recomputed.as_str(), token, "bound to its new token");
+        assert_eq!(r.get::<_, i16>(5), 2);
+    }
+
+    // The audit trail: who, when, which versions, how many.
+    let audit = connect(&db.role_url(Role::Audit).await).await;
+    let records = login_etl::reveal::audit_records(&audit, None)
+        .await
+        .unwrap();
+    let actions: Vec<&str> = records
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["rekey_begun", "rekey"]);
+    let end = &records[1];
+    assert_eq!(end["caller_arn"], CALLER);
+    assert_eq!(end["detail"]["from_version"], 1);
+    assert_eq!(end["detail"]["to_version"], 2);
+    assert_eq!(end["detail"]["rows_rekeyed"], 300);
+    assert_eq!(end["detail"]["vault_entries_rekeyed"], entries);
+    assert!(end["at"].as_str().is_some());
+
+    // The rotate role reads tokens, never a ciphertext, and writes no row.
+    let rotator = connect(&db.role_url(Role::Rotate).await).await;
+    for sql in [
+        "SELECT ciphertext FROM user_logins_pii_vault",
+        "SELECT user_id FROM user_logins",
+        "UPDATE user_logins SET user_id = 'x'",
+        "INSERT INTO user_logins (user_id) VALUES ('x')",
+        "UPDATE user_logins_key_state SET version = 1",
+    ] {
+        let e = rotator.batch_execute(sql).await.unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{sql}"
+        );
+    }
+    // Run again: nothing left to do, nothing re-keyed twice.
+    let again = rotate(&db, 2, RekeyOptions::default()).await;
+    assert_eq!((again.rows, again.vault_entries), (0, 0));
+    assert_rows_at(&db, 2, &sent).await;
+}
+
+#[tokio::test]
+async fn an_erasure_survives_rotations_and_forget_holds_no_masking_key() {
+    let db = TestDb::create().await;
+    let ingest = db.ingest_url().await;
+    let user = "5e1f7c9a-2b4d-4e6f-8a1b-3c5d7e9f1a2b";
+    let first = event(90, 17, Some(user));
+    assert!(
+        deliver(&function(&ingest, 1).await, &first)
+            .await
+            .is_empty()
+    );
+
+    // forget with the erasure key alone: it computes user keys, no token.
+    let erase_url = db.role_url(Role::Erase).await;
+    let erasure_only = UserKeys::new(&KeyVersions::parse(&doc(&E, 1), "test").unwrap());
+    let mut eraser = connect(&erase_url).await;
+    let done = login_etl::reveal::forget(&mut eraser, user, &erasure_only, CALLER)
+        .await
+        .expect("forget with the erasure key only");
+    assert_eq!(done.rows, 30);
+
+    rotate(&db, 2, RekeyOptions::default()).await;
+    let client = db.client().await;
+    let listed: Vec<(String, i16)> = client
+        .query("SELECT user_key, key_version FROM user_logins_erased", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        listed,
+        [(masker(2).user_key(user).as_str().to_owned(), 2)],
+        "the erasure list moved to version 2"
+    );
+
+    // The user's logins delivered again, to a function on version 2 and to
+    // a warm one still on version 1: none is stored, none fails.
+    for (h, tag) in [
+        (function(&ingest, 2).await, "new"),
+        (warm_function_on_the_old_key(&ingest).await, "warm"),
+    ] {
+        let later = again(&first, tag);
+        assert!(deliver(&h, &later).await.is_empty(), "{tag}");
+        let theirs: i64 = client
+            .query_one(
+                "SELECT count(*) FROM user_logins WHERE user_id = $1",
+                &[&user],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            theirs, 0,
+            "{tag}: an erased user stays erased after the rotation"
+        );
+        assert_eq!(
+            count_rows(&client).await % 60,
+            0,
+            "{tag}: the others are stored"
+        );
+    }
+
+    // forget after the rotation, with the erasure key's version 2: the
+    // same list entry (nothing new), and an erase key a version behind is
+    // refused with what to do.
+    let both = UserKeys::new(&KeyVersions::parse(&doc(&E, 2), "test").unwrap());
+    login_etl::reveal::forget(&mut eraser, user, &both, CALLER)
+        .await
+        .unwrap();
+    let entries: i64 = client
+        .query_one("SELECT count(*) FROM user_logins_erased", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(entries, 1);
+    let behind = login_etl::reveal::forget(&mut eraser, "another-user", &erasure_only, CALLER)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        behind.contains("version 2") && behind.contains("ERASURE_KEY_SECRET_ID"),
+        "{behind}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rekey_killed_half_way_and_run_again_rekeys_each_row_exactly_once() {
+    let db = TestDb::create().await;
+    let ingest = db.ingest_url().await;
+    let events: Vec<SqsEvent> = (0..4).map(|i| event(1500, 300 + i, None)).collect();
+    let h = function(&ingest, 1).await;
+    for e in &events {
+        assert!(deliver(&h, e).await.is_empty());
+    }
+    let total = 6000;
+    let client = db.client().await;
+
+    // Killed mid-run: the task (and its connection) dropped wherever it is,
+    // as kill -9 would, once some chunks have committed.
+    let url = db.role_url(Role::Rotate).await;
+    let run = tokio::spawn(async move {
+        let mut c = connect(&url).await;
+        let options = RekeyOptions {
+            chunk_pages: 1,
+            ..RekeyOptions::default()
+        };
+        rekey::rotate(&mut c, &masker(2), CALLER, options, &mut |_| {}).await
+    });
+    let mut progressed = 0;
+    for _ in 0..400 {
+        progressed = client
+            .query_one("SELECT rekey_rows FROM user_logins_key_state", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        if progressed > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    run.abort();
+    let _ = run.await;
+    assert!(progressed > 0, "some chunks committed before the kill");
+    let (at_v2, from): (i64, Option<i16>) = {
+        let r = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM user_logins WHERE key_version = 2), rekey_from FROM user_logins_key_state",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(from, Some(1), "the re-key is still under way");
+    assert!(
+        at_v2 > 0 && at_v2 < total,
+        "stopped half way: {at_v2} of {total}"
+    );
+
+    let rerun = rotate(
+        &db,
+        2,
+        RekeyOptions {
+            chunk_pages: 3,
+            ..RekeyOptions::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        rerun.rows as i64,
+        total - at_v2,
+        "the rerun did only the rest"
+    );
+    let sent = values(&events.iter().collect::<Vec<_>>());
+    // Re-keyed twice, a token would be HMAC(k2, HMAC(k2, t1)): not this.
+    assert_eq!(assert_rows_at(&db, 2, &sent).await, total as usize);
+    let audit = connect(&db.role_url(Role::Audit).await).await;
+    let records = login_etl::reveal::audit_records(&audit, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        records.last().unwrap()["detail"]["rows_rekeyed"],
+        total,
+        "both runs, exactly"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_on_both_keys_beside_the_rekey_leave_no_token_under_the_old_key() {
+    let db = TestDb::create().await;
+    let ingest = db.ingest_url().await;
+    let base: Vec<SqsEvent> = (0..8).map(|i| event(2500, 500 + i, None)).collect();
+    let h = function(&ingest, 1).await;
+    for e in &base {
+        assert!(deliver(&h, e).await.is_empty());
+    }
+    let batches: Vec<SqsEvent> = (0..36).map(|i| event(120, 900 + i, None)).collect();
+
+    // Three writers beside the re-key: one on both keys (a fresh cold
+    // start), one warm on the old key that reads the secret again when
+    // refused, one on the old key that never can (its batches fail as
+    // retryable, and a fresh function takes them, as a redelivery would).
+    let writers = [
+        Arc::new(function(&ingest, 2).await),
+        Arc::new(warm_function_on_the_old_key(&ingest).await),
+        Arc::new(function(&ingest, 1).await),
+    ];
+    let url = db.role_url(Role::Rotate).await;
+    let rotation = tokio::spawn(async move {
+        let mut c = connect(&url).await;
+        let options = RekeyOptions {
+            chunk_pages: 2,
+            ..RekeyOptions::default()
+        };
+        rekey::rotate(&mut c, &masker(2), CALLER, options, &mut |_| {}).await
+    });
+    let mut tasks = Vec::new();
+    for (w, writer) in writers.iter().enumerate() {
+        let mine: Vec<SqsEvent> = batches.iter().skip(w).step_by(3).cloned().collect();
+        let (writer, ingest) = (Arc::clone(writer), ingest.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut retried = 0;
+            for b in mine {
+                let mut left = deliver(&writer, &b).await;
+                if !left.is_empty() {
+                    // Redelivered to a function that reads the current secret.
+                    retried += 1;
+                    left = deliver(&function(&ingest, 2).await, &b).await;
+                }
+                assert!(left.is_empty(), "writer {w}: a batch failed twice");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            retried
+        }));
+    }
+    let mut retried = Vec::new();
+    for t in tasks {
+        retried.push(t.await.unwrap());
+    }
+    let report = rotation.await.unwrap().expect("the re-key finishes");
+    assert_eq!((report.from, report.to), (1, 2));
+    assert_eq!(retried[0], 0, "the writer on both keys never fails");
+    assert_eq!(
+        retried[1], 0,
+        "the warm writer re-keys its batches in memory"
+    );
+    assert!(
+        retried[2] > 0,
+        "the writer that can never read version 2 was refused (the switch came while it wrote)"
+    );
+
+    let sent = values(&base.iter().chain(&batches).collect::<Vec<_>>());
+    assert_eq!(
+        assert_rows_at(&db, 2, &sent).await,
+        8 * 2500 + 36 * 120,
+        "every login stored once, all of them under version 2"
+    );
+    let stored = stored_tokens(&db).await;
+    assert_dictionary_matches_nothing(K[0], &sent, &stored);
+    let old: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT (SELECT count(*) FROM user_logins WHERE key_version <> 2) + \
+             (SELECT count(*) FROM user_logins_pii_vault WHERE key_version <> 2)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(old, 0, "nothing left under version 1");
+}
