@@ -111,7 +111,7 @@ def drop_database(dbname: str) -> None:
 
 # The database roles of the README's deploy sequence (`login-etl grants`):
 # the function connects as ingest, `reveal` and `forget` as their own roles.
-ROLES = ("migrate", "ingest", "reveal", "erase", "maintain", "audit")
+ROLES = ("migrate", "ingest", "reveal", "erase", "maintain", "audit", "rotate")
 
 
 def role_name(dbname: str, role: str) -> str:
@@ -618,8 +618,8 @@ def operator(stack: Stack, *args: str) -> subprocess.CompletedProcess:
     bootstrap = BUILD_DIR / "LoginEtlFunction" / "bootstrap"
     role = {"reveal": "reveal", "forget": "erase", "audit": "audit"}[args[0]]
     env = {**os.environ, **LOCAL_ENV, "DATABASE_URL": role_url(stack.dbname, role), "AWS_REGION": REGION}
-    if args[0] == "forget":  # the user key is keyed with (a key derived from) the masking key
-        env["MASKING_KEY_SECRET_ID"] = stack.masking_key_secret_arn
+    if args[0] == "forget":  # the user key is keyed with the erasure key, never the masking key
+        env["ERASURE_KEY_SECRET_ID"] = erasure_key_secret_arn(stack)
     return subprocess.run([str(bootstrap), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 
 
@@ -649,6 +649,12 @@ def invoke_with(stack: Stack, messages: list[Message]) -> dict:
     if resp.get("FunctionError"):
         raise RuntimeError(f"the function failed: {payload}")
     return payload
+
+
+def erasure_key_secret_arn(stack: Stack) -> str:
+    """The erasure key's secret the template made beside the masking key."""
+    outputs = client("cloudformation").describe_stacks(StackName=stack.name)["Stacks"][0]["Outputs"]
+    return {o["OutputKey"]: o["OutputValue"] for o in outputs}["ErasureKeySecretArn"]
 
 
 def masking_key(stack: Stack) -> bytes:

@@ -38,7 +38,7 @@ def db_url(name: str) -> str:
     return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
 
 
-@pytest.mark.parametrize("role", ["ingest", "reveal", "erase", "migrate", "maintain", "audit"])
+@pytest.mark.parametrize("role", ["ingest", "reveal", "erase", "migrate", "maintain", "audit", "rotate"])
 def test_the_documented_grant_blocks_are_what_the_command_prints(role):
     readme = (ROOT / "docs" / "operations.md").read_text()
     match = re.search(rf"<!-- grants {role} -->\n```sql\n(.*?)```", readme, re.S)

@@ -197,8 +197,9 @@ def test_the_log_level_is_the_applications_and_metrics_survive_every_allowed_lev
     assert "AWS_LAMBDA_LOG_LEVEL" not in env and "RUST_LOG" not in env, "Lambda sets the level itself"
 
 
-def test_generated_masking_key_is_64_hex_characters(tpl):
-    gen = tpl["Resources"]["MaskingKeySecret"]["Properties"]["GenerateSecretString"]
+@pytest.mark.parametrize("secret", ["MaskingKeySecret", "ErasureKeySecret"])
+def test_generated_keys_are_64_hex_characters(tpl, secret):
+    gen = tpl["Resources"][secret]["Properties"]["GenerateSecretString"]
     alphabet = set(string.ascii_letters + string.digits + string.punctuation + " ")
     if gen.get("ExcludePunctuation"):
         alphabet -= set(string.punctuation)
@@ -398,7 +399,11 @@ def test_the_deployed_role_grants_nothing_on_star_but_vpc_network_interfaces(vpc
         "sqs:GetQueueAttributes",
     }
     assert by_sid["ConsumeLoginQueue"]["Resource"] == {"Fn::GetAtt": ["LoginQueue", "Arn"]}
-    assert by_sid["ReadOwnSecrets"]["Resource"] == [FULL_SECRET_ARN, {"Ref": "MaskingKeySecret"}]
+    assert by_sid["ReadOwnSecrets"]["Resource"] == [
+        FULL_SECRET_ARN,
+        {"Ref": "MaskingKeySecret"},
+        {"Ref": "ErasureKeySecret"},
+    ]
     assert by_sid["WriteOwnLogs"]["Resource"] == {"Fn::GetAtt": ["LoginEtlLogGroup", "Arn"]}
     assert by_sid["SendRejectsToDeadLetterQueue"]["Action"] == "sqs:SendMessage"
     assert by_sid["SendRejectsToDeadLetterQueue"]["Resource"] == {"Fn::GetAtt": ["LoginDeadLetterQueue", "Arn"]}
@@ -421,10 +426,25 @@ def test_the_masking_key_is_retained_and_an_existing_one_can_be_reused():
     existing = "arn:aws:secretsmanager:us-east-1:123456789012:secret:login-etl/key-Zz9Yy8"
     resources = deployed(ExistingMaskingKeySecretArn=existing)
     assert "MaskingKeySecret" not in resources, "no new key when one is given"
+    assert "ErasureKeySecret" not in resources, "nor a new erasure key: the list is keyed with the old one"
     env = resources["LoginEtlFunction"]["Properties"]["Environment"]["Variables"]
     assert env["MASKING_KEY_SECRET_ID"] == existing
+    assert env["ERASURE_KEY_SECRET_ID"] == "", "user keys derived from the masking key, as before"
     statements = {st["Sid"]: st for st in _statements(resources["LoginEtlRole"])}
     assert statements["ReadOwnSecrets"]["Resource"] == [FULL_SECRET_ARN, existing]
+    # With the erasure key retained beside it, the function reads both.
+    erasure = "arn:aws:secretsmanager:us-east-1:123456789012:secret:login-etl/erasure-Aa1Bb2"
+    resources = deployed(ExistingMaskingKeySecretArn=existing, ExistingErasureKeySecretArn=erasure)
+    env = resources["LoginEtlFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["ERASURE_KEY_SECRET_ID"] == erasure
+    statements = {st["Sid"]: st for st in _statements(resources["LoginEtlRole"])}
+    assert statements["ReadOwnSecrets"]["Resource"] == [FULL_SECRET_ARN, existing, erasure]
+    # A new stack makes both keys, both retained.
+    erasure_secret = out["Resources"]["ErasureKeySecret"]
+    assert erasure_secret["DeletionPolicy"] == "Retain" and erasure_secret["UpdateReplacePolicy"] == "Retain"
+    assert out["Resources"]["LoginEtlFunction"]["Properties"]["Environment"]["Variables"]["ERASURE_KEY_SECRET_ID"] == {
+        "Fn::If": ["CreateMaskingKey", {"Ref": "ErasureKeySecret"}, {"Ref": "ExistingErasureKeySecretArn"}]
+    }
 
 
 def _rules_hold(tpl, values):
@@ -696,6 +716,7 @@ def test_maintenance_runs_the_same_binary_on_a_schedule_with_its_own_role_and_se
     assert env["RETENTION_DAYS"] == ("" if retention == 0 else retention)
     assert env["PREMAKE_DAYS"] == 7
     assert "MASKING_KEY_SECRET_ID" not in env, "maintenance never sees the masking key"
+    assert "ERASURE_KEY_SECRET_ID" not in env, "nor the erasure key"
     assert fn["Properties"]["Role"] == {"Fn::GetAtt": ["MaintenanceRole", "Arn"]}
     statements = {st["Sid"]: st for st in _statements(resources["MaintenanceRole"])}
     assert statements["ReadOwnSecrets"]["Resource"] == [MAINTAIN_SECRET_ARN]
