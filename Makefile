@@ -159,20 +159,22 @@ fuzz: ## fuzz the body parser for FUZZ_SECONDS (default 300; CI runs 30); crashe
 	mkdir -p target/fuzz-corpus && cp fuzz/corpus/parse_body/* target/fuzz-corpus/
 	RUSTC_BOOTSTRAP=1 cargo fuzz run $(FUZZ_FLAGS) parse_body target/fuzz-corpus -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=1
 
-bench: tools localstack-tools ## benchmarks: per-record transform, batch vs COPY, cold start, peak RSS, binary size, the consumer's throughput
+bench: tools localstack-tools ## benchmarks: per-record transform, batch vs COPY, cold start, peak RSS, binary size, the consumer's throughput, the masking-key re-key on 20 M rows
 	@pg_isready -d "$(PG_ADMIN_URL)" -q || { echo "PostgreSQL is not reachable at $(PG_ADMIN_URL)"; exit 1; }
 	echo "== machine: $$(nproc) cores, $$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $$(free -g | awk '/Mem:/{print $$2}') GiB"
-	echo "== [1/5] per-record transform, one core (criterion)"
+	echo "== [1/6] per-record transform, one core (criterion)"
 	cargo bench --quiet --bench transform -- --warm-up-time 2 --measurement-time 5 2>/dev/null | grep -E '^per_record|thrpt' || true
-	echo "== [2/5] batch into PostgreSQL vs COPY"
+	echo "== [2/6] batch into PostgreSQL vs COPY"
 	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" cargo bench --quiet --bench batch_pg 2>/dev/null
-	echo "== [3/5] cold start and peak RSS of the release binary (host build)"
+	echo "== [3/6] cold start and peak RSS of the release binary (host build)"
 	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" cargo bench --quiet --bench lambda_process 2>/dev/null
-	echo "== [4/5] arm64 release binary for Lambda"
+	echo "== [4/6] arm64 release binary for Lambda"
 	$(LAMBDA_ENV) cargo lambda build --quiet --release --arm64 --bin login-etl
 	stat -c %s target/lambda/login-etl/bootstrap | awk '{printf "target/lambda/login-etl/bootstrap: %d bytes (%.2f MB, %.2f MiB); goal <= 10 MB\n", $$1, $$1/1e6, $$1/1048576}'
-	echo "== [5/5] login-etl poll: messages/s at concurrency 1, 2, 4 against LocalStack, beside the emulator alone"
+	echo "== [5/6] login-etl poll: messages/s at concurrency 1, 2, 4 against LocalStack, beside the emulator alone"
 	PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python benches/poll_throughput.py
+	echo "== [6/6] login-etl rotate-key: rows re-keyed per second and ingest beside it, on $${BENCH_REKEY_ROWS:-20000000} rows (about 15 min, 12 GB of disk)"
+	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" cargo bench --quiet --bench rekey 2> >(grep --line-buffered -v '^{' >&2) | grep --line-buffered -v '^{'
 
 bench-scale: tools ## ingest, forget and retention as user_logins grows to 20 M and 100 M rows (BENCH_SCALE_ROWS); about 45 min and 45 GB of disk
 	@$(PG_REACHABLE)
