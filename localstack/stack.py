@@ -616,10 +616,12 @@ def operator(stack: Stack, *args: str) -> subprocess.CompletedProcess:
     against the stack's database as its own role (reveal, erase), with
     LocalStack as AWS (as an operator whose credentials may call kms:Decrypt)."""
     bootstrap = BUILD_DIR / "LoginEtlFunction" / "bootstrap"
-    role = {"reveal": "reveal", "forget": "erase", "audit": "audit"}[args[0]]
+    role = {"reveal": "reveal", "forget": "erase", "audit": "audit", "rotate-key": "rotate"}[args[0]]
     env = {**os.environ, **LOCAL_ENV, "DATABASE_URL": role_url(stack.dbname, role), "AWS_REGION": REGION}
-    if args[0] == "forget":  # the user key is keyed with the erasure key, never the masking key
+    if args[0] in ("forget", "rotate-key"):  # the user key is keyed with the erasure key, never the masking key
         env["ERASURE_KEY_SECRET_ID"] = erasure_key_secret_arn(stack)
+    if args[0] == "rotate-key":
+        env["MASKING_KEY_SECRET_ID"] = stack.masking_key_secret_arn
     return subprocess.run([str(bootstrap), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 
 
@@ -657,9 +659,17 @@ def erasure_key_secret_arn(stack: Stack) -> str:
     return {o["OutputKey"]: o["OutputValue"] for o in outputs}["ErasureKeySecretArn"]
 
 
+def masking_keys(stack: Stack) -> list[bytes]:
+    """Every version of the masking key, oldest first, read back from
+    LocalStack's Secrets Manager (one hex key, or {"versions": [...]})."""
+    text = client("secretsmanager").get_secret_value(SecretId=stack.masking_key_secret_arn)["SecretString"]
+    versions = json.loads(text)["versions"] if text.lstrip().startswith("{") else [text]
+    return [bytes.fromhex(v) for v in versions]
+
+
 def masking_key(stack: Stack) -> bytes:
-    """The key the template generated, read back from LocalStack's Secrets Manager."""
-    return bytes.fromhex(client("secretsmanager").get_secret_value(SecretId=stack.masking_key_secret_arn)["SecretString"])
+    """The key the template generated (version 1)."""
+    return masking_keys(stack)[0]
 
 
 def canonical_ip(text: str) -> str:

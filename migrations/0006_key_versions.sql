@@ -106,17 +106,18 @@ BEGIN
 END
 $$;
 
--- rotate-key audits its start and its end, with what it did in `detail`.
+-- rotate-key audits its start and its end, with what it did in `detail`;
+-- vault-upgrade (the reveal role) audits its re-sealing.
 ALTER TABLE user_logins_pii_audit ADD COLUMN IF NOT EXISTS detail jsonb;
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_constraint
                    WHERE conrelid = 'user_logins_pii_audit'::regclass
                      AND conname = 'user_logins_pii_audit_action_check'
-                     AND pg_get_constraintdef(oid) LIKE '%rekey_begun%') THEN
+                     AND pg_get_constraintdef(oid) LIKE '%vault_upgrade%') THEN
         ALTER TABLE user_logins_pii_audit DROP CONSTRAINT IF EXISTS user_logins_pii_audit_action_check;
         ALTER TABLE user_logins_pii_audit ADD CONSTRAINT user_logins_pii_audit_action_check
-            CHECK (action IN ('reveal', 'forget', 'forget_begun', 'rekey_begun', 'rekey'));
+            CHECK (action IN ('reveal', 'forget', 'forget_begun', 'rekey_begun', 'rekey', 'vault_upgrade'));
     END IF;
 END
 $$;

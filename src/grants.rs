@@ -97,7 +97,14 @@ impl Role {
 /// whole table (DELETE has no column form).
 type Grant = (&'static str, &'static str, &'static [&'static str]);
 
-const REVEAL_AUDIT: &[&str] = &["action", "caller_arn", "kind", "token", "data_key_id"];
+const REVEAL_AUDIT: &[&str] = &[
+    "action",
+    "caller_arn",
+    "kind",
+    "token",
+    "data_key_id",
+    "detail",
+];
 const FORGET_AUDIT: &[&str] = &[
     "action",
     "caller_arn",
@@ -218,6 +225,14 @@ fn table_grants(role: Role) -> &'static [Grant] {
             ),
             // Its audit record, in the transaction that reads.
             ("INSERT", "user_logins_pii_audit", REVEAL_AUDIT),
+            // `login-etl vault-upgrade`: re-seals entries from before key
+            // versions (it decrypts them, as a reveal does, and keeps the
+            // values in memory) so that a re-key can change their tokens.
+            (
+                "UPDATE",
+                "user_logins_pii_vault",
+                &["nonce", "ciphertext", "aad_version"],
+            ),
         ],
         Role::Erase => &[
             // Deletes one partition (by create_date) at a time.
@@ -275,7 +290,7 @@ fn table_grants(role: Role) -> &'static [Grant] {
             (
                 "SELECT",
                 "user_logins_pii_vault",
-                &["kind", "token", "key_version"],
+                &["kind", "token", "key_version", "aad_version"],
             ),
             ("UPDATE", "user_logins_pii_vault", &["token", "key_version"]),
             ("DELETE", "user_logins_pii_vault", &[]),
@@ -425,8 +440,9 @@ mod tests {
                 "ALTER ROLE",
                 "UPDATE",
             ] {
-                // rotate-key updates tokens in place: column by column only.
-                if role == Role::Rotate && banned == "UPDATE" {
+                // rotate-key updates tokens, vault-upgrade (reveal) re-seals
+                // entries, in place: column by column only.
+                if matches!(role, Role::Rotate | Role::Reveal) && banned == "UPDATE" {
                     assert!(
                         upper
                             .lines()
@@ -459,7 +475,7 @@ mod tests {
         assert_eq!(
             inserts,
             [
-                "GRANT INSERT (action, caller_arn, kind, token, data_key_id) ON TABLE \"public\".\"user_logins_pii_audit\" TO \"r\";"
+                "GRANT INSERT (action, caller_arn, kind, token, data_key_id, detail) ON TABLE \"public\".\"user_logins_pii_audit\" TO \"r\";"
             ],
             "reveal inserts its audit records and nothing else"
         );

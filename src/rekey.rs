@@ -76,6 +76,16 @@ pub enum RekeyError {
         "{0}; nothing was changed. Finish them with login-etl forget, then run rotate-key again"
     )]
     UnfinishedErasures(String),
+    /// Vault entries of the form bound to their token would stop decrypting.
+    #[error(
+        "{0} vault entries are of the form from before key versions (their ciphertext is bound to the token a re-key changes); nothing was changed. Run `login-etl vault-upgrade` as the reveal role with PiiRevealRole's credentials first, then rotate-key again"
+    )]
+    VaultNotUpgraded(i64),
+    /// The table is not partitioned yet (`migrate --prepare` done, not the cutover).
+    #[error(
+        "user_logins is not partitioned yet (migrate --prepare was run, not the cutover); nothing was changed. Run `login-etl migrate` first (docs/operations.md, \"Upgrading an existing table\")"
+    )]
+    NotPartitioned,
     /// The switch could not get its moment's lock.
     #[error(
         "for {seconds} s some transaction on user_logins always held its lock longer than {SWITCH_LOCK_TIMEOUT_MS} ms, so the key version was not switched; look for long-running transactions (pg_stat_activity) and run rotate-key again"
@@ -219,6 +229,7 @@ pub async fn rotate(
             Some(_) => now.version,
             None if now.version < masker.latest() => {
                 let to = now.version + 1;
+                ready_to_switch(client).await?;
                 report.erasures += switch(client, masker, to, caller).await?;
                 info!(
                     from = to - 1,
@@ -251,6 +262,30 @@ pub async fn rotate(
         );
     }
     Ok(report)
+}
+
+/// Refuses a switch that would leave something behind: an unpartitioned
+/// table (its rows are not walked), or vault entries bound to their token.
+async fn ready_to_switch(client: &Client) -> Result<(), RekeyError> {
+    let partitioned = !crate::maintain::partitions(client)
+        .await
+        .map_err(db("listing the partitions"))?
+        .is_empty();
+    if !partitioned {
+        return Err(RekeyError::NotPartitioned);
+    }
+    let legacy: i64 = client
+        .query_typed_one(
+            "SELECT count(*) FROM user_logins_pii_vault WHERE aad_version = 1",
+            &[],
+        )
+        .await
+        .map_err(db("counting vault entries of the old form"))?
+        .get(0);
+    if legacy > 0 {
+        return Err(RekeyError::VaultNotUpgraded(legacy));
+    }
+    Ok(())
 }
 
 /// The switch to version `to` (see the module docs); the erasure-list

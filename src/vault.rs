@@ -263,6 +263,19 @@ impl DataKey {
         )
     }
 
+    /// Encrypts `value` in the form entries from before key versions have
+    /// (associated data 1: bound to the token): what `login-etl
+    /// vault-upgrade` finds in an older vault, and re-seals.
+    pub fn seal_legacy(&self, kind: Kind, token: &str, value: &str) -> Sealed {
+        self.seal_form(
+            kind,
+            token,
+            value,
+            Aes256Gcm::generate_nonce(&mut OsRng).into(),
+            1,
+        )
+    }
+
     /// [`seal`](Self::seal) with a random `nonce` drawn by the caller (a
     /// batch draws all of its nonces from the OS at once).
     fn seal_with(&self, kind: Kind, token: &str, value: &str, nonce: [u8; 12]) -> Sealed {

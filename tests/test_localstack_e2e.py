@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import secrets
 import socket
 import sys
 import threading
@@ -257,6 +258,47 @@ def test_an_operator_reveals_an_original_ip_and_forgets_one_user(standard, drain
     assert all(r["caller_arn"].startswith("arn:aws:") for r in records)
     assert records[0]["token"] == masked_ip and records[2]["rows_deleted"] >= 1
     assert user_id not in out.stdout, "the audit holds a keyed hash of the user id, never the id"
+
+
+def test_a_leaked_masking_key_is_rotated_on_the_deployed_stack(standard, drained):
+    """The runbook "The masking key leaked" against the deployed stack: a
+    version appended to both secrets in LocalStack's Secrets Manager, then
+    `login-etl rotate-key` as the rotate role re-keys every row to
+    HMAC(k2, token). The warm function, which still holds version 1, is
+    refused at its next write, reads the secret again and stores the same
+    logins under version 2, equal to the re-keyed rows (joinable); the user
+    erased earlier stays erased."""
+    messages, _ = drained
+    db = stack.db_url(standard.dbname)
+    before = {r[0]: (r[1], r[2]) for r in stack.psql(db, "SELECT message_id, masked_ip, masked_device_id FROM user_logins")}
+    sm = stack.client("secretsmanager")
+    k2 = secrets.token_hex(32)
+    for arn, new in ((standard.masking_key_secret_arn, k2), (stack.erasure_key_secret_arn(standard), secrets.token_hex(32))):
+        old = sm.get_secret_value(SecretId=arn)["SecretString"]
+        sm.put_secret_value(SecretId=arn, SecretString=json.dumps({"versions": [old, new]}))
+    out = stack.operator(standard, "rotate-key")
+    assert out.returncode == 0, out.stderr
+    state = json.loads(out.stdout)
+    assert (state["version"], state["rekey_from"], state["rows_rekeyed"]) == (2, None, len(before)), state
+    after = {r[0]: (r[1], r[2]) for r in stack.psql(db, "SELECT message_id, masked_ip, masked_device_id FROM user_logins")}
+    key2 = bytes.fromhex(k2)
+    assert after == {m: (stack.token(key2, ip), stack.token(key2, dev)) for m, (ip, dev) in before.items()}
+
+    # The same logins again as new messages, to the warm function.
+    valid = [m for m in messages if m.valid]
+    copies = [stack.Message(body=m.body, expect=m.expect, message_id=f"{m.message_id}-again") for m in valid]
+    payload = stack.invoke_with(standard, copies)
+    assert payload["batchItemFailures"] == [], payload
+    again = {r[0]: (r[1], r[2]) for r in stack.psql(db, "SELECT message_id, masked_ip, masked_device_id FROM user_logins")}
+    for original, copy in zip(valid, copies):
+        if original.message_id in after:
+            assert again[copy.message_id] == after[original.message_id], "joinable across the rotation"
+        else:  # the user `forget` erased before the rotation
+            assert copy.message_id not in again, "an erased user stays erased after the rotation"
+    assert any(m.message_id not in after for m in valid), "the erased user's logins were among the copies"
+    out = stack.operator(standard, "audit")
+    actions = [json.loads(line)["action"] for line in out.stdout.splitlines()]
+    assert actions[-2:] == ["rekey_begun", "rekey"], actions
 
 
 class TcpProxy:

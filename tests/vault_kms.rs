@@ -461,3 +461,145 @@ async fn no_data_key_seals_two_vault_entries_under_one_nonce() {
         "vault entries whose (data key, nonce) another entry also has, of {entries}"
     );
 }
+
+/// A vault from before key versions (entries bound to their token) is
+/// re-sealed by `login-etl vault-upgrade` (the reveal role, KMS Decrypt);
+/// `rotate-key` refuses to start before that, and after it the re-keyed
+/// entries still reveal every original value through KMS.
+#[tokio::test]
+#[ignore = "needs moto_server on PATH or in MOTO_SERVER; run by `make test`"]
+async fn an_old_vault_is_resealed_then_rotated_and_still_reveals() {
+    let _env = ENV.lock().await;
+    let (_moto, port) = start_moto();
+    set_env(port);
+    let (kms, key_arn) = vault_kms_key().await;
+    let db = TestDb::create().await;
+    let h = cold_start(&db.ingest_url().await, &key_arn).await;
+    let event = synth::event(&Options {
+        count: 120,
+        invalid_every: 0,
+        seed: 41,
+        ..Options::default()
+    });
+    handle_all_but_invalid(&h, &event).await;
+
+    // Make the vault what an older version wrote: every entry in form 1.
+    let admin = db.client().await;
+    let wrapped: Vec<u8> = admin
+        .query_one("SELECT wrapped_key FROM user_logins_vault_keys", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let key = login_etl::vault::DataKey::unwrap(&kms, wrapped)
+        .await
+        .unwrap();
+    let entries = admin
+        .query(
+            "SELECT kind, token, nonce, ciphertext FROM user_logins_pii_vault",
+            &[],
+        )
+        .await
+        .unwrap();
+    for r in &entries {
+        let (kind, token): (String, String) = (r.get(0), r.get(1));
+        let kind = Kind::parse(&kind).unwrap();
+        let value = key.open(kind, &token, 2, r.get(2), r.get(3)).unwrap();
+        let old = key.seal_legacy(kind, &token, &value);
+        admin
+            .execute(
+                "UPDATE user_logins_pii_vault SET nonce = $3, ciphertext = $4, aad_version = 1 \
+                 WHERE kind = $1 AND token = $2",
+                &[&kind.as_str(), &token, &old.nonce.to_vec(), &old.ciphertext],
+            )
+            .await
+            .unwrap();
+    }
+
+    let doc = serde_json::json!({ "versions": [TEST_KEY, "ab".repeat(32)] }).to_string();
+    let masker = Masker::versions(
+        &login_etl::masking::KeyVersions::parse(&doc, "test").unwrap(),
+        None,
+    )
+    .unwrap();
+    let mut rotator = connect(&db.role_url(Role::Rotate).await).await;
+    let refused = login_etl::rekey::rotate(
+        &mut rotator,
+        &masker,
+        "arn:aws:sts::123456789012:assumed-role/rotators/test",
+        Default::default(),
+        &mut |_| {},
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        refused.contains(&format!("{} vault entries", entries.len()))
+            && refused.contains("login-etl vault-upgrade"),
+        "{refused}"
+    );
+
+    let mut revealer = connect(&db.role_url(Role::Reveal).await).await;
+    let caller = login_etl::reveal::caller_arn(&aws_sdk_sts::Client::new(
+        &login_etl::secrets::sdk_config().await,
+    ))
+    .await
+    .unwrap();
+    let resealed = login_etl::reveal::upgrade_vault(&mut revealer, &kms, &caller)
+        .await
+        .expect("vault-upgrade as the reveal role");
+    assert_eq!(resealed as usize, entries.len());
+
+    let report = login_etl::rekey::rotate(
+        &mut rotator,
+        &masker,
+        "arn:aws:sts::123456789012:assumed-role/rotators/test",
+        Default::default(),
+        &mut |_| {},
+    )
+    .await
+    .expect("rotate-key after the upgrade");
+    assert_eq!(report.vault_entries as usize, entries.len());
+
+    // Every user's originals, revealed through KMS under the new tokens.
+    let want = originals(&event);
+    for (user, values) in &want {
+        let got = reveal(
+            &mut revealer,
+            &kms,
+            &Target::UserId(user.clone()),
+            &caller,
+            &mut |_| {},
+        )
+        .await
+        .unwrap();
+        let ips: BTreeSet<String> = got
+            .iter()
+            .filter(|r| r.kind == Kind::Ip)
+            .map(|r| r.value.clone().expect("in the vault"))
+            .collect();
+        let devices: BTreeSet<String> = got
+            .iter()
+            .filter(|r| r.kind == Kind::DeviceId)
+            .map(|r| r.value.clone().expect("in the vault"))
+            .collect();
+        assert_eq!(
+            ips,
+            values.iter().map(|(ip, _)| ip.clone()).collect(),
+            "{user}"
+        );
+        assert_eq!(
+            devices,
+            values.iter().map(|(_, d)| d.clone()).collect(),
+            "{user}"
+        );
+    }
+    let audit = login_etl::reveal::audit_records(&admin, None)
+        .await
+        .unwrap();
+    let upgrade = audit
+        .iter()
+        .find(|r| r["action"] == "vault_upgrade")
+        .expect("the upgrade is audited");
+    assert_eq!(upgrade["detail"]["entries_resealed"], entries.len());
+    assert_eq!(upgrade["caller_arn"], caller.as_str());
+}

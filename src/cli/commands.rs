@@ -39,6 +39,7 @@ pub async fn run(command: Command) -> ExitCode {
         Command::Forget(args) => forget(&args).await,
         Command::Audit(args) => audit(&args).await,
         Command::RotateKey(args) => rotate_key(&args).await,
+        Command::VaultUpgrade => vault_upgrade().await,
         Command::Poll(_) => unreachable!("handled above"),
         Command::GenEvents(args) => {
             let event = crate::synth::event(&(&args).into());
@@ -178,6 +179,19 @@ async fn rotate_key(args: &RotateKeyArgs) -> Result<(), Failure> {
         "rotate-key done"
     );
     println!("{}", status(&crate::rekey::state(&client).await?));
+    Ok(())
+}
+
+/// Re-seals the vault entries of the old form (see
+/// [`reveal::upgrade_vault`]) and prints how many. Needs the reveal role's
+/// database settings and AWS credentials of `PiiRevealRole` (kms:Decrypt).
+async fn vault_upgrade() -> Result<(), Failure> {
+    let aws = crate::secrets::sdk_config().await;
+    let caller = reveal::caller_arn(&aws_sdk_sts::Client::new(&aws)).await?;
+    let mut client = startup::operator_connection(&DbConfig::from_env()?).await?;
+    let kms = aws_sdk_kms::Client::new(&aws);
+    let n = reveal::upgrade_vault(&mut client, &kms, &caller).await?;
+    println!("re-sealed {n} vault entries: the vault is ready for rotate-key");
     Ok(())
 }
 

@@ -44,7 +44,7 @@ pub const EXIT_TEMPFAIL: u8 = 75;
         in Lambda, or under `cargo lambda watch`). The commands are operator tools; \
         they read the same environment variables as the function (docs/operations.md, Configuration).",
     after_help = "Exit codes: 0 success, 1 error, 2 usage error (or no command outside Lambda), \
-        3 reveal found nothing."
+        3 reveal found nothing, 75 forget must run again after a re-key."
 )]
 pub struct Cli {
     /// What to do; none: serve Lambda invocations.
@@ -67,6 +67,8 @@ pub enum Command {
     Forget(ForgetArgs),
     /// Print the audit trail of reveals and erasures as JSON lines (the audit role).
     Audit(AuditArgs),
+    /// Re-seal the vault entries from before key versions so that rotate-key can re-key them (the reveal role, with kms:Decrypt).
+    VaultUpgrade,
     /// Re-key everything stored to the newest masking-key version, online and resumably (the rotate role; docs/operations.md "The masking key leaked").
     RotateKey(RotateKeyArgs),
     /// Write a synthetic SQS batch event (JSON) to stdout, for demos and benchmarks.
