@@ -320,6 +320,16 @@ async fn tokens_follow_the_chain_duplicates_match_and_the_vault_still_reveals() 
             "{sql}"
         );
     }
+    // A function from before key versions (its check takes one argument)
+    // is refused with the code it retries on, never a row under version 1.
+    let old = client
+        .batch_execute("SELECT login_etl_refuse_erased(0::bigint)")
+        .await
+        .unwrap_err();
+    assert_eq!(old.code().map(|c| c.code()), Some("LE001"));
+    let message = old.as_db_error().unwrap().message();
+    assert!(message.contains("predates key versions"), "{message}");
+
     // Run again: nothing left to do, nothing re-keyed twice.
     let again = rotate(&db, 2, RekeyOptions::default()).await;
     assert_eq!((again.rows, again.vault_entries), (0, 0));
