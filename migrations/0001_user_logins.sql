@@ -33,6 +33,20 @@ BEGIN
 END
 $$;
 
+-- Each row's masking-key version (migrations/0006, login-etl rotate-key):
+-- the proof of progress of a re-key, as a row is re-keyed in the statement
+-- that moves it to the next version, so never twice. A constant default:
+-- no table rewrite; rows from before are version 1.
+-- Only when missing: ALTER TABLE locks the table even when it changes nothing.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'user_logins'::regclass
+                   AND attname = 'key_version' AND NOT attisdropped) THEN
+        ALTER TABLE user_logins ADD COLUMN key_version smallint NOT NULL DEFAULT 1;
+    END IF;
+END
+$$;
+
 -- The idempotency key, made on every partition. It leads with sent_at,
 -- which grows with time: each insert lands at the right edge of the index
 -- instead of on a random leaf (a random message id dirties a new 8 kB page

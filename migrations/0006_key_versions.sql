@@ -17,14 +17,27 @@ CREATE TABLE IF NOT EXISTS user_logins_key_state(
     -- What the re-key under way has done, in the transactions that did it
     -- (so a run that was killed and a rerun add up exactly).
     rekey_rows  bigint NOT NULL DEFAULT 0,
-    rekey_vault bigint NOT NULL DEFAULT 0
+    rekey_vault bigint NOT NULL DEFAULT 0,
+    -- Check values of the current version's keys: HMAC(key chain, a fixed
+    -- label), set by the first program that uses them (the function,
+    -- forget, rotate-key) and compared by every later one, so that a
+    -- secret replaced instead of appended to, or a forget given the wrong
+    -- erasure key, is refused instead of silently writing tokens or user
+    -- keys that match nothing stored.
+    masking_check varchar(64) COLLATE "C",
+    erasure_check varchar(64) COLLATE "C",
+    -- The erasure list was written before erasure keys existed, with user
+    -- keys derived from the masking key: the function keeps deriving them
+    -- (and forget needs the masking key) whatever ERASURE_KEY says.
+    erasure_derived boolean NOT NULL DEFAULT false
 );
-INSERT INTO user_logins_key_state (singleton) VALUES (true) ON CONFLICT DO NOTHING;
+INSERT INTO user_logins_key_state (singleton, erasure_derived)
+    VALUES (true, EXISTS (SELECT 1 FROM user_logins_erased)) ON CONFLICT DO NOTHING;
 
--- Each row's version: the proof of progress of a re-key (a row is re-keyed
--- in the statement that moves it to the next version, so never twice). A
--- constant default: no table rewrite, rows from before are version 1.
-ALTER TABLE user_logins ADD COLUMN IF NOT EXISTS key_version smallint NOT NULL DEFAULT 1;
+-- Each row's version (user_logins.key_version) is added by 0001, which
+-- alone touches user_logins: this file also runs beside an old version's
+-- writes (`migrate --prepare`), where the table takes no lock but a short,
+-- retried one (src/schema/convert.rs).
 
 -- The vault's entries carry their token's version too, and the form of
 -- their associated data: 1 binds the ciphertext to its token (entries
@@ -40,6 +53,22 @@ ALTER TABLE user_logins_pii_vault_held ADD COLUMN IF NOT EXISTS aad_version smal
 -- but user_key and moves key_version up by one (rotate-key's), so nobody
 -- takes a user off the list.
 ALTER TABLE user_logins_erased ADD COLUMN IF NOT EXISTS key_version smallint NOT NULL DEFAULT 1;
+
+-- A user key enters the list at the database's key version only: a
+-- `forget` from before key versions (its keys are of version 1) is refused
+-- once a rotation has begun, instead of listing a key nothing matches.
+CREATE OR REPLACE FUNCTION login_etl_erased_current_version() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_version smallint := coalesce((SELECT s.version FROM login_etl_key_state() s), 1);
+BEGIN
+    IF NEW.key_version <> v_version THEN
+        RAISE EXCEPTION 'a user key of masking-key version % cannot join the erasure list at version %: this login-etl forget predates key versions; run the current one', NEW.key_version, v_version
+            USING ERRCODE = 'LE001';
+    END IF;
+    RETURN NEW;
+END
+$$;
 
 CREATE OR REPLACE FUNCTION login_etl_erased_rekey_only() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -66,6 +95,61 @@ BEGIN
         CREATE TRIGGER user_logins_erased_no_delete
             BEFORE DELETE OR TRUNCATE ON user_logins_erased
             FOR EACH STATEMENT EXECUTE FUNCTION login_etl_audit_is_append_only();
+        CREATE TRIGGER user_logins_erased_current_version
+            BEFORE INSERT ON user_logins_erased
+            FOR EACH ROW EXECUTE FUNCTION login_etl_erased_current_version();
+    END IF;
+END
+$$;
+
+-- The key's state, readable by every role without a grant on the table
+-- (roles granted before this version keep working after `migrate`): the
+-- owner's function, with a fixed search_path (set below).
+CREATE OR REPLACE FUNCTION login_etl_key_state(OUT version smallint, OUT rekey_from smallint,
+    OUT masking_check varchar, OUT erasure_check varchar, OUT erasure_derived boolean)
+LANGUAGE sql STABLE SECURITY DEFINER AS $$
+    SELECT version, rekey_from, masking_check, erasure_check, erasure_derived FROM user_logins_key_state
+$$;
+
+-- Records the check values of `for_version`'s keys where none is recorded
+-- yet, and refuses (SQLSTATE LE004) keys whose check differs: a masking
+-- key that is not the one the stored tokens are under, an erasure key that
+-- is not the one the erasure list is keyed with. NULL: not checked (a
+-- program that does not hold that key).
+CREATE OR REPLACE FUNCTION login_etl_check_keys(for_version smallint, masking text, erasure text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER AS $$
+DECLARE
+    v_state user_logins_key_state%ROWTYPE;
+BEGIN
+    SELECT * INTO v_state FROM user_logins_key_state;
+    IF v_state.version <> for_version THEN
+        RAISE EXCEPTION USING ERRCODE = 'LE002',
+            MESSAGE = format('the masking key is at version %s in the database, not %s', v_state.version, for_version);
+    END IF;
+    IF masking IS NOT NULL AND v_state.masking_check IS DISTINCT FROM masking THEN
+        IF v_state.masking_check IS NOT NULL THEN
+            RAISE EXCEPTION USING ERRCODE = 'LE004',
+                MESSAGE = format('the masking key of version %s is not the one the stored tokens are under (was the secret replaced instead of a version appended?)', for_version);
+        END IF;
+        UPDATE user_logins_key_state SET masking_check = masking WHERE masking_check IS NULL;
+        -- Another program may have recorded its own meanwhile (a new
+        -- statement sees what it committed).
+        IF (SELECT s.masking_check FROM user_logins_key_state s) IS DISTINCT FROM masking THEN
+            RAISE EXCEPTION USING ERRCODE = 'LE004',
+                MESSAGE = format('the masking key of version %s is not the one another program recorded at the same moment', for_version);
+        END IF;
+    END IF;
+    IF erasure IS NOT NULL AND v_state.erasure_check IS DISTINCT FROM erasure THEN
+        IF v_state.erasure_check IS NOT NULL THEN
+            RAISE EXCEPTION USING ERRCODE = 'LE004',
+                MESSAGE = format('the erasure key of version %s is not the one the erasure list is keyed with', for_version);
+        END IF;
+        UPDATE user_logins_key_state SET erasure_check = erasure WHERE erasure_check IS NULL;
+        IF (SELECT s.erasure_check FROM user_logins_key_state s) IS DISTINCT FROM erasure THEN
+            RAISE EXCEPTION USING ERRCODE = 'LE004',
+                MESSAGE = format('the erasure key of version %s is not the one another program recorded at the same moment', for_version);
+        END IF;
     END IF;
 END
 $$;
@@ -78,7 +162,7 @@ $$;
 CREATE OR REPLACE FUNCTION login_etl_refuse_erased(known bigint, key_version integer) RETURNS void
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    current_version smallint := (SELECT version FROM user_logins_key_state);
+    current_version smallint := (SELECT s.version FROM login_etl_key_state() s);
 BEGIN
     IF coalesce(current_version, 1) <> key_version THEN
         RAISE EXCEPTION USING ERRCODE = 'LE002',
@@ -98,7 +182,7 @@ $$;
 CREATE OR REPLACE FUNCTION login_etl_refuse_erased(known bigint) RETURNS void
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    IF coalesce((SELECT version FROM user_logins_key_state), 1) <> 1 THEN
+    IF coalesce((SELECT s.version FROM login_etl_key_state() s), 1) <> 1 THEN
         RAISE EXCEPTION USING ERRCODE = 'LE001',
             MESSAGE = 'the masking key was rotated (login-etl rotate-key) and this function predates key versions: deploy the current version';
     END IF;
@@ -131,7 +215,8 @@ $$;
 -- computed (old_keys[i] becomes new_keys[i]; all of them, or nothing), sets
 -- the version, and audits the start. Every write after it is checked
 -- against the new version, so no row is stored under the old key again.
-CREATE OR REPLACE FUNCTION login_etl_begin_rekey(to_version smallint, old_keys text[], new_keys text[], caller text)
+CREATE OR REPLACE FUNCTION login_etl_begin_rekey(to_version smallint, old_keys text[], new_keys text[], caller text,
+    masking_check text, erasure_check text)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
@@ -149,6 +234,11 @@ BEGIN
     END IF;
     SELECT count(DISTINCT user_key) INTO v_unfinished FROM (
         SELECT user_key FROM user_logins_erasure_tokens UNION ALL SELECT user_key FROM user_logins_pii_vault_held) u;
+    IF EXISTS (SELECT 1 FROM user_logins_pii_vault WHERE aad_version = 1) THEN
+        RAISE EXCEPTION 'vault entries of the form bound to their token remain'
+            USING ERRCODE = 'LE005',
+                  HINT = 'run login-etl vault-upgrade as the reveal role, then rotate-key';
+    END IF;
     IF v_unfinished > 0 THEN
         RAISE EXCEPTION '% erasures (login-etl forget) are unfinished', v_unfinished
             USING ERRCODE = 'LE003',
@@ -163,7 +253,9 @@ BEGIN
             USING ERRCODE = '40001';
     END IF;
     UPDATE user_logins_key_state SET version = to_version, rekey_from = to_version - 1,
-        changed_at = now(), rekey_rows = 0, rekey_vault = 0;
+        changed_at = now(), rekey_rows = 0, rekey_vault = 0,
+        masking_check = login_etl_begin_rekey.masking_check,
+        erasure_check = login_etl_begin_rekey.erasure_check;
     INSERT INTO user_logins_pii_audit (action, caller_arn, detail)
         VALUES ('rekey_begun', caller, jsonb_build_object('from_version', to_version - 1,
                 'to_version', to_version, 'erasures_rekeyed', v_moved));
@@ -196,15 +288,40 @@ BEGIN
 END
 $$;
 
-REVOKE ALL ON FUNCTION login_etl_begin_rekey(smallint, text[], text[], text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION login_etl_begin_rekey(smallint, text[], text[], text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION login_etl_end_rekey(text, double precision) FROM PUBLIC;
 DO $$
 DECLARE
     f text;
 BEGIN
-    FOREACH f IN ARRAY ARRAY['login_etl_begin_rekey(smallint, text[], text[], text)',
-                             'login_etl_end_rekey(text, double precision)'] LOOP
+    FOREACH f IN ARRAY ARRAY['login_etl_begin_rekey(smallint, text[], text[], text, text, text)',
+                             'login_etl_end_rekey(text, double precision)', 'login_etl_key_state()',
+                             'login_etl_check_keys(smallint, text, text)'] LOOP
         EXECUTE format('ALTER FUNCTION %s SET search_path = %I, pg_catalog, pg_temp', f, current_schema());
+    END LOOP;
+END
+$$;
+
+-- Roles granted before this version: the same privileges on the new
+-- columns as they hold on a column beside them, so that `migrate` alone
+-- keeps the function, reveal and forget working (`login-etl grants` prints
+-- the same for new roles).
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        SELECT DISTINCT p.grantee, p.privilege_type, p.table_name, cols.c
+        FROM information_schema.column_privileges p
+        JOIN (VALUES ('user_logins_pii_vault', 'nonce', 'key_version, aad_version'),
+                     ('user_logins_pii_vault_held', 'nonce', 'key_version, aad_version'),
+                     ('user_logins_erased', 'user_key', 'key_version')) AS cols(t, ref, c)
+          ON p.table_name = cols.t AND p.column_name = cols.ref
+        WHERE p.table_schema = current_schema() AND p.privilege_type IN ('SELECT', 'INSERT')
+          AND p.grantee NOT IN (current_user, 'PUBLIC')
+          AND p.grantee IN (SELECT rolname FROM pg_roles)
+    LOOP
+        EXECUTE format('GRANT %s (%s) ON %I TO %I', r.privilege_type, r.c, r.table_name, r.grantee);
     END LOOP;
 END
 $$;

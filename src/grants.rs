@@ -136,7 +136,7 @@ const HELD_ENTRY: &[&str] = &[
 ];
 /// The owner's functions `login-etl rotate-key` calls (migrations/0006).
 const ROTATE_FUNCTIONS: &[&str] = &[
-    "login_etl_begin_rekey(smallint, text[], text[], text)",
+    "login_etl_begin_rekey(smallint, text[], text[], text, text, text)",
     "login_etl_end_rekey(text, double precision)",
 ];
 /// The owner's functions `login-etl maintain` calls (migrations/0004).
@@ -198,7 +198,6 @@ fn table_grants(role: Role) -> &'static [Grant] {
             // The erasure list, kept in memory, and the check of its version
             // and the key's (login_etl_refuse_erased, invoker's rights).
             ("SELECT", "user_logins_erased", &["user_key", "seq"]),
-            ("SELECT", "user_logins_key_state", &["version"]),
         ],
         Role::Reveal => &[
             (
@@ -257,12 +256,6 @@ fn table_grants(role: Role) -> &'static [Grant] {
             ("INSERT", "user_logins_erased", &["user_key", "key_version"]),
             ("SELECT", "user_logins_erased", &["user_key"]),
             ("INSERT", "user_logins_pii_audit", FORGET_AUDIT),
-            // The user key is computed at the database's key version.
-            (
-                "SELECT",
-                "user_logins_key_state",
-                &["version", "rekey_from"],
-            ),
         ],
         Role::Migrate | Role::Maintain => &[],
         Role::Audit => &[("SELECT", "user_logins_pii_audit", AUDIT_COLUMNS)],
@@ -290,7 +283,7 @@ fn table_grants(role: Role) -> &'static [Grant] {
             (
                 "SELECT",
                 "user_logins_pii_vault",
-                &["kind", "token", "key_version", "aad_version"],
+                &["ctid", "kind", "token", "key_version", "aad_version"],
             ),
             ("UPDATE", "user_logins_pii_vault", &["token", "key_version"]),
             ("DELETE", "user_logins_pii_vault", &[]),
@@ -300,7 +293,13 @@ fn table_grants(role: Role) -> &'static [Grant] {
             (
                 "SELECT",
                 "user_logins_key_state",
-                &["version", "rekey_from", "rekey_rows", "rekey_vault"],
+                &[
+                    "version",
+                    "rekey_from",
+                    "rekey_rows",
+                    "rekey_vault",
+                    "erasure_derived",
+                ],
             ),
             (
                 "UPDATE",

@@ -20,7 +20,7 @@ use crate::event::SqsBatch;
 use crate::masking::Masker;
 use crate::metrics::{DEFAULT_NAMESPACE, DEFAULT_SERVICE, InvocationMetrics, Metrics};
 use crate::record::{self, LoginRow, Rejection};
-use crate::sink::{InsertReport, PgSink, Versions};
+use crate::sink::{ErasureList, InsertReport, PgSink, Versions};
 use crate::vault::{DataKey, VaultBatch, VaultWrite};
 
 /// Counts of one invocation, also written as its summary line (an EMF
@@ -218,6 +218,44 @@ impl BatchHandler {
     pub fn with_key_reload(mut self, reload: KeyReload) -> Self {
         self.reload = Some((reload, Mutex::new(None)));
         self
+    }
+
+    /// The erasure list and its versions, and the masker at the database's
+    /// key version, its keys checked against the values the database
+    /// records (recorded first when it has none; a mismatch is refused, as
+    /// it would write tokens or user keys that match nothing stored).
+    async fn list_and_masker(
+        &self,
+        sink: &mut PgSink,
+        deadline: Option<Instant>,
+    ) -> Result<(Versions, Arc<std::collections::HashSet<String>>, Masker), SinkError> {
+        let list: ErasureList = sink.erased_users(deadline).await?;
+        let mut masker = self.masker_at(list.versions.key).await?;
+        if list.checks.erasure_derived && !masker.users().is_derived() {
+            // The list predates erasure keys: its user keys are derived
+            // from the masking key, whatever ERASURE_KEY_SECRET_ID holds.
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                warn!("the erasure list predates erasure keys: user keys are derived from the masking key, ERASURE_KEY_SECRET_ID is not used (docs/operations.md, \"The masking key leaked\")")
+            });
+            masker = masker.with_derived_users();
+        }
+        let (mine_m, mine_e) = (masker.check(), masker.users().check());
+        let recorded =
+            |r: &Option<String>, mine: &crate::masking::Token| r.as_deref() == Some(mine.as_str());
+        if !recorded(&list.checks.masking, &mine_m) || !recorded(&list.checks.erasure, &mine_e) {
+            sink.check_keys(
+                list.versions.key,
+                mine_m.as_str(),
+                mine_e.as_str(),
+                deadline,
+            )
+            .await?;
+            // Recorded (the next batch reloads the list with them). The
+            // batch keeps this list's versions, which its masker matches;
+            // a rotation since is caught by the write's own check.
+        }
+        Ok((list.versions, list.users, masker))
     }
 
     /// The masker at the database's key `version`, reading the keys again
@@ -531,21 +569,19 @@ impl BatchHandler {
         // When the database fails before the write begins, every record is
         // still validated, so the rejects reach the DLQ all the same.
         let mut early = None;
-        let (versions, erased) = match sink.erased_users(deadline).await {
-            Ok(list) => list,
+        // Mask at the database's key version, with keys the database
+        // recognises. Without them (nor after reading them again) the
+        // records are still validated, with the newest key held, for the
+        // DLQ; nothing is written.
+        let (versions, erased, masker) = match self.list_and_masker(sink, deadline).await {
+            Ok(ready) => ready,
             Err(e) => {
                 early = Some(e);
-                (Versions { erased: 0, key: 1 }, Default::default())
-            }
-        };
-        // Mask at the database's key version. Without keys that new (nor
-        // after reading them again) the records are still validated, with
-        // the newest key held, for the DLQ; nothing is written.
-        let masker = match self.masker_at(versions.key).await {
-            Ok(m) => m,
-            Err(e) => {
-                early.get_or_insert(e);
-                Masker::clone(&self.masker.read().expect("never poisoned"))
+                (
+                    Versions { erased: 0, key: 1 },
+                    Default::default(),
+                    Masker::clone(&self.masker.read().expect("never poisoned")),
+                )
             }
         };
         let mut writer = match early {
@@ -636,8 +672,7 @@ impl BatchHandler {
     ) -> Result<InsertReport, SinkError> {
         for _ in 0..3 {
             sink.forget_erased();
-            let (version, erased) = sink.erased_users(deadline).await?;
-            let masker = self.masker_at(version.key).await?;
+            let (version, erased, masker) = self.list_and_masker(sink, deadline).await?;
             for row in out.rows.iter_mut() {
                 rekey_row(&masker, row)?;
             }

@@ -208,6 +208,9 @@ fn keyed(key: &[u8]) -> HmacSha256 {
 /// deployments without erasure keys of their own (see [`UserKeys`]).
 const USER_KEY_DERIVATION: &[u8] = b"login-etl user key v1";
 
+/// What a key's check value is the token of (see [`Masker::check`]).
+const CHECK_LABEL: &[u8] = b"login-etl key check v1";
+
 /// Computes user keys: the keyed hash of a user id that the erasure list
 /// and the audit of `login-etl forget` store instead of the id. Version 1 is
 /// lowercase hex of HMAC-SHA256(e₁, user_id), later versions chain like
@@ -219,6 +222,8 @@ const USER_KEY_DERIVATION: &[u8] = b"login-etl user key v1";
 pub struct UserKeys {
     chain: Chain,
     version: u16,
+    /// Derived from the masking keys (no erasure key of their own).
+    derived: bool,
 }
 
 impl fmt::Debug for UserKeys {
@@ -233,25 +238,42 @@ impl UserKeys {
         Self {
             chain: Chain::of(keys.keys()),
             version: keys.latest(),
+            derived: false,
         }
     }
 
     /// User keys derived from the masking keys `keys` (no erasure keys of
     /// their own), at their newest version.
     pub fn derived(keys: &KeyVersions) -> Self {
-        let derived = keys
-            .keys()
+        Self::derived_from(&Chain::of(keys.keys()), keys.latest())
+    }
+
+    fn derived_from(masking: &Chain, version: u16) -> Self {
+        let derived = masking
+            .0
             .iter()
             .map(|k| {
-                let mut mac = keyed(&k.0);
+                let mut mac = k.clone();
                 mac.update(USER_KEY_DERIVATION);
                 keyed(&mac.finalize().into_bytes())
             })
             .collect();
         Self {
             chain: Chain(derived),
-            version: keys.latest(),
+            version,
+            derived: true,
         }
+    }
+
+    /// Whether these are derived from the masking keys.
+    pub fn is_derived(&self) -> bool {
+        self.derived
+    }
+
+    /// The check value of these keys at this version (recorded in the
+    /// database by the first program that uses them, compared by the rest).
+    pub fn check(&self) -> Token {
+        self.chain.token(CHECK_LABEL, self.version)
     }
 
     /// The newest version these keys reach.
@@ -269,6 +291,7 @@ impl UserKeys {
         (1..=self.latest()).contains(&version).then(|| Self {
             chain: self.chain.clone(),
             version,
+            derived: self.derived,
         })
     }
 
@@ -365,6 +388,23 @@ impl Masker {
     /// The user keys this masker computes.
     pub fn users(&self) -> &UserKeys {
         &self.users
+    }
+
+    /// This masker with user keys derived from its masking keys, as a
+    /// deployment whose erasure list predates erasure keys needs.
+    pub fn with_derived_users(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+            version: self.version,
+            users: UserKeys::derived_from(&self.chain, self.version),
+        }
+    }
+
+    /// The check value of the masking keys at this version (see
+    /// [`UserKeys::check`]): a token of a fixed label, so it says nothing
+    /// about any value.
+    pub fn check(&self) -> Token {
+        self.chain.token(CHECK_LABEL, self.version)
     }
 
     /// A token of version `to - 1` re-keyed to version `to` (≤ latest).

@@ -45,9 +45,6 @@ pub const SWITCH_PATIENCE: Duration = Duration::from_secs(300);
 /// 60,000 rows of 130 bytes: a transaction of about a second).
 pub const DEFAULT_CHUNK_PAGES: u32 = 1_000;
 
-/// Vault entries re-keyed in one transaction.
-const VAULT_CHUNK: i64 = 5_000;
-
 /// Why `rotate-key` stopped. Never names a key, a token or a value.
 #[derive(Debug, thiserror::Error)]
 pub enum RekeyError {
@@ -81,6 +78,17 @@ pub enum RekeyError {
         "{0} vault entries are of the form from before key versions (their ciphertext is bound to the token a re-key changes); nothing was changed. Run `login-etl vault-upgrade` as the reveal role with PiiRevealRole's credentials first, then rotate-key again"
     )]
     VaultNotUpgraded(i64),
+    /// The keys given are not the ones the stored tokens or the erasure list
+    /// are under.
+    #[error(
+        "{0}; nothing was changed. rotate-key needs the masking and erasure secrets with every version, the new one appended (docs/operations.md, \"The masking key leaked\")"
+    )]
+    KeyMismatch(String),
+    /// The server predates TID range scans.
+    #[error(
+        "rotate-key needs PostgreSQL 14 or later (it re-keys in chunks of pages, which 13 cannot read without scanning the whole partition each time); this server is {0}. Upgrade the server, then run rotate-key"
+    )]
+    ServerTooOld(i32),
     /// The table is not partitioned yet (`migrate --prepare` done, not the cutover).
     #[error(
         "user_logins is not partitioned yet (migrate --prepare was run, not the cutover); nothing was changed. Run `login-etl migrate` first (docs/operations.md, \"Upgrading an existing table\")"
@@ -134,13 +142,16 @@ pub struct KeyState {
     pub rows_rekeyed: i64,
     /// Vault entries re-keyed so far.
     pub vault_rekeyed: i64,
+    /// The erasure list predates erasure keys (user keys derived from the
+    /// masking key).
+    pub erasure_derived: bool,
 }
 
 /// Reads [`KeyState`].
 pub async fn state(client: &Client) -> Result<KeyState, RekeyError> {
     let row = client
         .query_typed_one(
-            "SELECT version, rekey_from, rekey_rows, rekey_vault FROM user_logins_key_state",
+            "SELECT version, rekey_from, rekey_rows, rekey_vault, erasure_derived FROM user_logins_key_state",
             &[],
         )
         .await
@@ -150,6 +161,7 @@ pub async fn state(client: &Client) -> Result<KeyState, RekeyError> {
         rekey_from: row.get::<_, Option<i16>>(1).map(|v| v as u16),
         rows_rekeyed: row.get(2),
         vault_rekeyed: row.get(3),
+        erasure_derived: row.get(4),
     })
 }
 
@@ -166,6 +178,12 @@ pub struct RekeyReport {
     pub vault_entries: u64,
     /// Erasure-list entries moved by the switches this run made.
     pub erasures: u64,
+    /// The longest switch (its transaction, retries included).
+    pub switch: Duration,
+    /// Time spent on the rows.
+    pub rows_time: Duration,
+    /// Time spent on the vault.
+    pub vault_time: Duration,
 }
 
 /// Progress of the rows, for the operator.
@@ -217,6 +235,17 @@ pub async fn rotate(
             held: masker.latest(),
         });
     }
+    // The erasure list's user keys as the function computes them.
+    let derived;
+    let masker = if first.erasure_derived && !masker.users().is_derived() {
+        derived = masker.with_derived_users();
+        &derived
+    } else {
+        masker
+    };
+    // The keys given must be the ones everything is stored under now: a
+    // replaced secret would re-key into tokens that match nothing.
+    check_keys(client, masker, first.version).await?;
     let mut report = RekeyReport {
         from: first.rekey_from.unwrap_or(first.version),
         to: first.version,
@@ -230,7 +259,9 @@ pub async fn rotate(
             None if now.version < masker.latest() => {
                 let to = now.version + 1;
                 ready_to_switch(client).await?;
+                let t = Instant::now();
                 report.erasures += switch(client, masker, to, caller).await?;
+                report.switch = report.switch.max(t.elapsed());
                 info!(
                     from = to - 1,
                     to, "switched: every write from now on is masked at the new version"
@@ -240,12 +271,16 @@ pub async fn rotate(
             None => break,
         };
         report.to = to;
+        let t = Instant::now();
         let rows = rekey_rows(client, masker, to, options, &mut chunks_left, progress).await?;
         report.rows += rows;
+        report.rows_time += t.elapsed();
         if chunks_left == Some(0) {
             return Ok(report);
         }
-        report.vault_entries += rekey_vault(client, masker, to).await?;
+        let t = Instant::now();
+        report.vault_entries += rekey_vault(client, masker, to, options.chunk_pages).await?;
+        report.vault_time += t.elapsed();
         client
             .query_typed(
                 "SELECT login_etl_end_rekey($1, $2)",
@@ -264,9 +299,45 @@ pub async fn rotate(
     Ok(report)
 }
 
+/// Compares the keys of `version` with the check values the database
+/// records (records them where it has none).
+async fn check_keys(client: &Client, masker: &Masker, version: u16) -> Result<(), RekeyError> {
+    let m = masker.at(version).expect("a version the masker holds");
+    let (v, mc, ec) = (version as i16, m.check(), m.users().check());
+    match client
+        .query_typed(
+            "SELECT login_etl_check_keys($1, $2, $3)",
+            &[
+                (&v, Type::INT2),
+                (&mc.as_str(), Type::TEXT),
+                (&ec.as_str(), Type::TEXT),
+            ],
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.code().is_some_and(|c| c.code() == "LE004") => Err(RekeyError::KeyMismatch(
+            e.as_db_error()
+                .map(|d| d.message().to_owned())
+                .unwrap_or_default(),
+        )),
+        Err(e) => Err(db("checking the keys against the database")(e)),
+    }
+}
+
 /// Refuses a switch that would leave something behind: an unpartitioned
 /// table (its rows are not walked), or vault entries bound to their token.
 async fn ready_to_switch(client: &Client) -> Result<(), RekeyError> {
+    // Chunks are TID range scans (PostgreSQL 14): on 13 each would read the
+    // whole partition.
+    let version: i32 = client
+        .query_typed_one("SELECT current_setting('server_version_num')::int4", &[])
+        .await
+        .map_err(db("reading the server's version"))?
+        .get(0);
+    if version < 140_000 {
+        return Err(RekeyError::ServerTooOld(version));
+    }
     let partitioned = !crate::maintain::partitions(client)
         .await
         .map_err(db("listing the partitions"))?
@@ -296,11 +367,10 @@ async fn switch(
     to: u16,
     caller: &str,
 ) -> Result<u64, RekeyError> {
-    let users = masker
+    let next = masker
         .at(to)
-        .expect("rotate only switches to a version the masker holds")
-        .users()
-        .clone();
+        .expect("rotate only switches to a version the masker holds");
+    let users = next.users().clone();
     let since = Instant::now();
     loop {
         // The list as it is now; the switch refuses if it changed since.
@@ -326,12 +396,14 @@ async fn switch(
         let switched = match done {
             Ok(()) => client
                 .query_typed(
-                    "SELECT login_etl_begin_rekey($1, $2, $3, $4)",
+                    "SELECT login_etl_begin_rekey($1, $2, $3, $4, $5, $6)",
                     &[
                         (&(to as i16), Type::INT2),
                         (&old, Type::TEXT_ARRAY),
                         (&new, Type::TEXT_ARRAY),
                         (&caller, Type::TEXT),
+                        (&next.check().as_str(), Type::TEXT),
+                        (&users.check().as_str(), Type::TEXT),
                     ],
                 )
                 .await
@@ -347,6 +419,17 @@ async fn switch(
         };
         let _ = client.batch_execute("ROLLBACK").await;
         match e.code() {
+            Some(c) if c.code() == "LE005" => {
+                let legacy: i64 = client
+                    .query_typed_one(
+                        "SELECT count(*) FROM user_logins_pii_vault WHERE aad_version = 1",
+                        &[],
+                    )
+                    .await
+                    .map_err(db("counting vault entries of the old form"))?
+                    .get(0);
+                return Err(RekeyError::VaultNotUpgraded(legacy));
+            }
             Some(c) if c.code() == "LE003" => {
                 let message = e
                     .as_db_error()
@@ -425,7 +508,8 @@ async fn rekey_rows(
             .map_err(db("estimating the rows"))?
             .get(0);
         for (segment, rel) in todo {
-            let pages: i64 = client
+            // None: retention dropped the partition meanwhile.
+            let pages: Option<i64> = client
                 .query_typed_one(
                     "SELECT (pg_relation_size(to_regclass($1)) / current_setting('block_size')::int8)",
                     &[(&rel, Type::TEXT)],
@@ -433,6 +517,10 @@ async fn rekey_rows(
                 .await
                 .map_err(db("reading a partition's size"))?
                 .get(0);
+            let Some(pages) = pages else {
+                visited.insert((segment, rel));
+                continue;
+            };
             let mut page = 0i64;
             while page < pages.max(1) {
                 if *chunks_left == Some(0) {
@@ -559,83 +647,109 @@ async fn rekey_chunk(
     Ok(moved)
 }
 
-/// Re-keys the vault's entries still at `to - 1`, in primary-key order.
-async fn rekey_vault(client: &mut Client, masker: &Masker, to: u16) -> Result<u64, RekeyError> {
-    let (old_version, new_version) = ((to - 1) as i16, to as i16);
-    let (mut kind, mut token) = (String::new(), String::new());
-    let mut done = 0u64;
-    loop {
-        let tx = client
-            .transaction()
-            .await
-            .map_err(db("starting a chunk of the vault"))?;
-        let rows = tx
-            .query_typed(
-                "SELECT kind, token FROM user_logins_pii_vault \
-                 WHERE (kind, token) > ($1, $2) AND key_version = $3 ORDER BY kind, token LIMIT $4",
-                &[
-                    (&kind, Type::VARCHAR),
-                    (&token, Type::VARCHAR),
-                    (&old_version, Type::INT2),
-                    (&VAULT_CHUNK, Type::INT8),
-                ],
-            )
-            .await
-            .map_err(db("reading a chunk of the vault"))?;
-        let Some(last) = rows.last() else {
-            tx.commit().await.map_err(db("ending the vault"))?;
-            return Ok(done);
-        };
-        let (from_kind, from_token) = (kind, token);
-        (kind, token) = (last.get(0), last.get(1));
-        let kinds: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-        let olds: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
-        let news: Vec<String> = olds
-            .iter()
-            .map(|t| masker.rekey_text(t, to).as_str().to_owned())
-            .collect();
-        // An entry a function stored under the new version meanwhile is the
-        // same value's: the old one goes, the new one stays.
-        let moved = match tx
-            .query_typed_one(
-                "WITH m AS (SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::varchar[]) AS m(kind, old, new)), \
-                 twin AS (SELECT m.* FROM m WHERE EXISTS (SELECT 1 FROM user_logins_pii_vault w \
-                     WHERE w.kind = m.kind AND w.token = m.new)), \
-                 merged AS (DELETE FROM user_logins_pii_vault v USING twin \
-                     WHERE v.kind = twin.kind AND v.token = twin.old AND v.key_version = $4 RETURNING 1), \
-                 moved AS (UPDATE user_logins_pii_vault v SET token = m.new, key_version = $5 FROM m \
-                     WHERE v.kind = m.kind AND v.token = m.old AND v.key_version = $4 \
-                     AND NOT EXISTS (SELECT 1 FROM twin WHERE twin.kind = m.kind AND twin.old = m.old) RETURNING 1) \
-                 SELECT (SELECT count(*) FROM merged) + (SELECT count(*) FROM moved)",
-                &[
-                    (&kinds, Type::VARCHAR_ARRAY),
-                    (&olds, Type::VARCHAR_ARRAY),
-                    (&news, Type::VARCHAR_ARRAY),
-                    (&old_version, Type::INT2),
-                    (&new_version, Type::INT2),
-                ],
-            )
-            .await
-        {
-            Ok(row) => row.get::<_, i64>(0),
-            // A function stored a twin between the read and the update:
-            // read the chunk again.
-            Err(e) if is_conflict(&e) => {
-                drop(tx);
-                (kind, token) = (from_kind, from_token);
-                continue;
-            }
-            Err(e) => return Err(db("re-keying a chunk of the vault")(e)),
-        };
-        tx.execute_typed(
-            "UPDATE user_logins_key_state SET rekey_vault = rekey_vault + $1",
-            &[(&moved, Type::INT8)],
+/// Re-keys the vault's entries still at `to - 1`, chunk by chunk of pages
+/// as the rows (an entry moved by its update lands past the pages listed,
+/// already at `to`).
+async fn rekey_vault(
+    client: &mut Client,
+    masker: &Masker,
+    to: u16,
+    chunk_pages: u32,
+) -> Result<u64, RekeyError> {
+    let pages: i64 = client
+        .query_typed_one(
+            "SELECT pg_relation_size('user_logins_pii_vault') / current_setting('block_size')::int8",
+            &[],
         )
         .await
-        .map_err(db("counting a chunk of the vault"))?;
+        .map_err(db("reading the vault's size"))?
+        .get(0);
+    let mut done = 0u64;
+    let mut page = 0i64;
+    while page < pages.max(1) {
+        let end = page + i64::from(chunk_pages);
+        let mut tries = 0;
+        done += loop {
+            match rekey_vault_chunk(client, masker, to, page, end).await {
+                Err(e) if e.is_conflict() && tries < CONFLICT_RETRIES => tries += 1,
+                other => break other?,
+            }
+        };
+        page = end;
+    }
+    Ok(done)
+}
+
+/// One chunk of the vault: pages `[from_page, to_page)`, in a transaction
+/// of its own. An entry a function stored under the new version meanwhile
+/// is the same value's (its twin): the old one goes, the new one stays.
+async fn rekey_vault_chunk(
+    client: &mut Client,
+    masker: &Masker,
+    to: u16,
+    from_page: i64,
+    to_page: i64,
+) -> Result<u64, RekeyError> {
+    let (old_version, new_version) = ((to - 1) as i16, to as i16);
+    let (lo, hi) = (format!("({from_page},0)"), format!("({to_page},0)"));
+    let tx = client
+        .transaction()
+        .await
+        .map_err(db("starting a chunk of the vault"))?;
+    let rows = tx
+        .query_typed(
+            "SELECT ctid::text, kind, token FROM user_logins_pii_vault \
+             WHERE ctid >= $1::text::tid AND ctid < $2::text::tid AND key_version = $3",
+            &[
+                (&lo, Type::TEXT),
+                (&hi, Type::TEXT),
+                (&old_version, Type::INT2),
+            ],
+        )
+        .await
+        .map_err(db("reading a chunk of the vault"))?;
+    if rows.is_empty() {
         tx.commit()
             .await
-            .map_err(db("committing a chunk of the vault"))?;
-        done += moved as u64;
+            .map_err(db("ending a chunk of the vault"))?;
+        return Ok(0);
     }
+    let tids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let kinds: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
+    let news: Vec<String> = rows
+        .iter()
+        .map(|r| masker.rekey_text(r.get(2), to).as_str().to_owned())
+        .collect();
+    let moved: i64 = tx
+        .query_typed_one(
+            "WITH m AS (SELECT * FROM unnest($1::text[]::tid[], $2::varchar[], $3::varchar[]) AS m(t, kind, new)), \
+             twin AS (SELECT m.* FROM m WHERE EXISTS (SELECT 1 FROM user_logins_pii_vault w \
+                 WHERE w.kind = m.kind AND w.token = m.new)), \
+             merged AS (DELETE FROM user_logins_pii_vault v USING twin \
+                 WHERE v.ctid = twin.t AND v.key_version = $4 RETURNING 1), \
+             moved AS (UPDATE user_logins_pii_vault v SET token = m.new, key_version = $5 FROM m \
+                 WHERE v.ctid = m.t AND v.key_version = $4 \
+                 AND NOT EXISTS (SELECT 1 FROM twin WHERE twin.t = m.t) RETURNING 1) \
+             SELECT (SELECT count(*) FROM merged) + (SELECT count(*) FROM moved)",
+            &[
+                (&tids, Type::TEXT_ARRAY),
+                (&kinds, Type::VARCHAR_ARRAY),
+                (&news, Type::VARCHAR_ARRAY),
+                (&old_version, Type::INT2),
+                (&new_version, Type::INT2),
+            ],
+        )
+        .await
+        .map_err(db("re-keying a chunk of the vault"))?
+        .get(0);
+    tx.execute_typed(
+        "UPDATE user_logins_key_state SET rekey_vault = rekey_vault + $1",
+        &[(&moved, Type::INT8)],
+    )
+    .await
+    .map_err(db("counting a chunk of the vault"))?;
+    tx.commit()
+        .await
+        .map_err(db("committing a chunk of the vault"))?;
+    Ok(moved as u64)
 }

@@ -70,6 +70,16 @@ pub enum RevealError {
         "a masking-key rotation (login-etl rotate-key) is re-keying the table: the user is on the erasure list, so no row of theirs is stored any more, but their rows are deleted only after the re-key; run forget again when rotate-key has finished (login-etl rotate-key --status)"
     )]
     RekeyUnderWay,
+    /// The erasure key is not the one the erasure list is keyed with.
+    #[error(
+        "{0}; nothing was erased. Give forget the erasure key the function uses (ERASURE_KEY_SECRET_ID: the stack's ErasureKeySecretArn), every version of it"
+    )]
+    KeyMismatch(String),
+    /// The list predates erasure keys and forget was given one.
+    #[error(
+        "this deployment's erasure list predates erasure keys: its user keys are derived from the masking key, so forget needs MASKING_KEY_SECRET_ID (and no ERASURE_KEY_SECRET_ID); nothing was erased"
+    )]
+    DerivedUserKeys,
 }
 
 /// The advisory lock (shared by each `forget` transaction, exclusive by
@@ -89,12 +99,47 @@ async fn key_version(client: &impl GenericClient) -> Result<(u16, bool), RevealE
         .map_err(db("waiting for a key rotation's switch"))?;
     let row = client
         .query_typed_one(
-            "SELECT version, rekey_from IS NOT NULL FROM user_logins_key_state",
+            "SELECT version, rekey_from IS NOT NULL FROM login_etl_key_state()",
             &[],
         )
         .await
         .map_err(db("reading the key version"))?;
     Ok((row.get::<_, i16>(0) as u16, row.get(1)))
+}
+
+/// Refuses user keys the erasure list is not keyed with: derived ones where
+/// the list has keys of its own and the other way round, or ones whose check
+/// value differs from the one recorded (recorded here when none is).
+async fn check_erasure_key(
+    client: &impl GenericClient,
+    keys: &UserKeys,
+    version: u16,
+) -> Result<(), RevealError> {
+    let derived: bool = client
+        .query_typed_one("SELECT erasure_derived FROM login_etl_key_state()", &[])
+        .await
+        .map_err(db("reading the key version"))?
+        .get(0);
+    if derived && !keys.is_derived() {
+        return Err(RevealError::DerivedUserKeys);
+    }
+    let v = version as i16;
+    let check = keys.check();
+    match client
+        .query_typed(
+            "SELECT login_etl_check_keys($1, NULL, $2)",
+            &[(&v, Type::INT2), (&check.as_str(), Type::TEXT)],
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.code().is_some_and(|c| c.code() == "LE004") => Err(RevealError::KeyMismatch(
+            e.as_db_error()
+                .map(|d| d.message().to_owned())
+                .unwrap_or_default(),
+        )),
+        Err(e) => Err(db("checking the erasure key")(e)),
+    }
 }
 
 /// Fails with [`RevealError::RekeyUnderWay`] unless the key is still at
@@ -389,13 +434,12 @@ pub async fn forget(
     begin_locked(client).await?;
     let listed = async {
         let (version, rekeying) = key_version(&*client).await?;
-        let user_key = keys
-            .at(version)
-            .ok_or(RevealError::KeyBehind {
-                database: version,
-                held: keys.latest(),
-            })?
-            .user_key(user_id);
+        let keys = keys.at(version).ok_or(RevealError::KeyBehind {
+            database: version,
+            held: keys.latest(),
+        })?;
+        check_erasure_key(&*client, &keys, version).await?;
+        let user_key = keys.user_key(user_id);
         let user_key = user_key.as_str().to_owned();
         let v = version as i16;
         client
@@ -690,9 +734,12 @@ async fn hold_vault_entries(
 async fn begin_locked(client: &Client) -> Result<(), RevealError> {
     let since = Instant::now();
     loop {
+        // The key-version lock first, as rotate-key's switch takes it: the
+        // same order, so the two never wait for each other crosswise.
         let locked = client
             .batch_execute(&format!(
                 "BEGIN; SET LOCAL lock_timeout = {FORGET_LOCK_TIMEOUT_MS}; \
+                 SELECT pg_advisory_xact_lock_shared({KEY_VERSION_LOCK_KEY}); \
                  LOCK TABLE ONLY user_logins IN SHARE ROW EXCLUSIVE MODE"
             ))
             .await;

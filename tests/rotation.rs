@@ -589,3 +589,177 @@ async fn writers_on_both_keys_beside_the_rekey_leave_no_token_under_the_old_key(
         .get(0);
     assert_eq!(old, 0, "nothing left under version 1");
 }
+
+#[tokio::test]
+async fn keys_that_are_not_the_ones_stored_under_are_refused() {
+    let db = TestDb::create().await;
+    let ingest = db.ingest_url().await;
+    let first = event(40, 61, None);
+    assert!(
+        deliver(&function(&ingest, 1).await, &first)
+            .await
+            .is_empty()
+    );
+
+    // The masking secret replaced instead of a version appended: the
+    // function refuses to write tokens that match nothing stored.
+    let replaced = handler_with(&[
+        ("DATABASE_URL", &ingest),
+        ("MASKING_KEY", K[1]),
+        ("ERASURE_KEY", &doc(&E, 1)),
+    ])
+    .await;
+    let err = replaced
+        .handle(&SqsBatch::from(&event(10, 62, None)), Deadline::NONE)
+        .await
+        .map(|o| o.into_parts().0)
+        .expect_err("a replaced masking key writes nothing");
+    let text = err.to_string();
+    assert!(
+        text.contains("not the one the stored tokens are under")
+            && text.contains("appends a version"),
+        "{text}"
+    );
+    assert!(!text.contains(K[1]), "no key in the error");
+    assert_eq!(count_rows(&db.client().await).await, 40, "nothing written");
+
+    // forget with an erasure key that is not the list's: refused.
+    let mut eraser = connect(&db.role_url(Role::Erase).await).await;
+    let wrong = UserKeys::new(&KeyVersions::parse(K[1], "test").unwrap());
+    let err = login_etl::reveal::forget(&mut eraser, "someone", &wrong, CALLER)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("not the one the erasure list is keyed with"),
+        "{err}"
+    );
+
+    // rotate-key given a replaced masking key: refused before the switch.
+    let mut rotator = connect(&db.role_url(Role::Rotate).await).await;
+    let bad = Masker::versions(
+        &KeyVersions::parse(&doc(&[K[1], K[0]], 2), "test").unwrap(),
+        Some(&KeyVersions::parse(&doc(&E, 2), "test").unwrap()),
+    )
+    .unwrap();
+    let err = rekey::rotate(
+        &mut rotator,
+        &bad,
+        CALLER,
+        RekeyOptions::default(),
+        &mut |_| {},
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("not the one the stored tokens are under"),
+        "{err}"
+    );
+    let version: i16 = db
+        .client()
+        .await
+        .query_one("SELECT version FROM user_logins_key_state", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 1, "nothing switched");
+}
+
+#[tokio::test]
+async fn a_list_from_before_erasure_keys_keeps_its_derived_user_keys() {
+    // A deployment upgraded with users already erased (by keys derived
+    // from the masking key), whose stack update added an erasure key.
+    let db = TestDb::create().await;
+    let ingest = db.ingest_url().await;
+    let user = "7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+    let derived = UserKeys::derived(&KeyVersions::parse(K[0], "test").unwrap());
+    let admin = db.client().await;
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO user_logins_erased (user_key) VALUES ('{}'); \
+             UPDATE user_logins_key_state SET erasure_derived = true",
+            derived.user_key(user)
+        ))
+        .await
+        .unwrap();
+    // The function with an erasure key of its own still derives: the
+    // erased user's messages are not stored.
+    let h = function(&ingest, 1).await;
+    let theirs = event(30, 71, Some(user));
+    assert!(deliver(&h, &theirs).await.is_empty());
+    let stored: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM user_logins WHERE user_id = $1",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 0, "still erased");
+    assert_eq!(count_rows(&admin).await, 20, "the others stored");
+    // forget with only the erasure key cannot compute such user keys.
+    let mut eraser = connect(&db.role_url(Role::Erase).await).await;
+    let own = UserKeys::new(&KeyVersions::parse(&doc(&E, 1), "test").unwrap());
+    let err = login_etl::reveal::forget(&mut eraser, user, &own, CALLER)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("MASKING_KEY_SECRET_ID"), "{err}");
+    // With the masking key's derived keys it works.
+    login_etl::reveal::forget(&mut eraser, user, &derived, CALLER)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn roles_granted_before_key_versions_keep_working_after_migrate() {
+    let db = TestDb::create().await;
+    let ingest = db.ingest_url().await;
+    let admin = db.client().await;
+    let role = ingest
+        .split_once("://")
+        .unwrap()
+        .1
+        .split_once('@')
+        .unwrap()
+        .0
+        .to_owned();
+    // What an ingest role granted by the previous version lacks.
+    admin
+        .batch_execute(&format!(
+            "REVOKE INSERT (key_version, aad_version) ON user_logins_pii_vault FROM \"{role}\""
+        ))
+        .await
+        .unwrap();
+    assert!(
+        !vault_insert_granted(&admin, &role).await,
+        "revoked, as before this version"
+    );
+    admin
+        .batch_execute(login_etl::schema::MIGRATION_SQL)
+        .await
+        .expect("the migration applies again");
+    assert!(
+        vault_insert_granted(&admin, &role).await,
+        "migrate gives old roles the new columns"
+    );
+    assert!(
+        deliver(&function(&ingest, 1).await, &event(20, 81, None))
+            .await
+            .is_empty()
+    );
+}
+
+/// Whether `role` may insert the vault's new columns.
+async fn vault_insert_granted(admin: &tokio_postgres::Client, role: &str) -> bool {
+    admin
+        .query_one(
+            "SELECT has_column_privilege($1, 'user_logins_pii_vault', 'key_version', 'INSERT') \
+             AND has_column_privilege($1, 'user_logins_pii_vault', 'aad_version', 'INSERT')",
+            &[&role],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}

@@ -66,12 +66,12 @@ pub async fn convert(client: &mut Client, options: &MigrateOptions) -> Result<bo
 
     info!(
         step = "1/5",
-        "adding message_id, app_version_text, sent_at where missing"
+        "adding message_id, app_version_text, sent_at, key_version where missing"
     );
     let missing: i64 = client
         .query_typed_one(
-            "SELECT 3 - count(*) FROM pg_attribute WHERE attrelid = 'user_logins'::regclass \
-             AND attname IN ('message_id', 'app_version_text', 'sent_at') AND NOT attisdropped",
+            "SELECT 4 - count(*) FROM pg_attribute WHERE attrelid = 'user_logins'::regclass \
+             AND attname IN ('message_id', 'app_version_text', 'sent_at', 'key_version') AND NOT attisdropped",
             &[],
         )
         .await

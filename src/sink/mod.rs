@@ -59,12 +59,13 @@ use std::time::{Duration, Instant};
 
 use tokio::time::timeout;
 use tokio_postgres::Client;
+use tokio_postgres::types::Type;
 use tracing::warn;
 
 pub use budget::{Budget, CONFLICT_RETRIES, DEADLINE_MARGIN};
 pub use copy::{COPY_SQL, COPY_TYPES, CopyIn};
 pub use insert::INSERT_SQL;
-pub use tx::Versions;
+pub use tx::{KeyChecks, Versions};
 pub use writer::BatchWriter;
 
 use crate::config::DbConfig;
@@ -88,6 +89,18 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
 
 /// Pause before retrying a conflict (deadlock, serialization failure).
 const CONFLICT_PAUSE: Duration = Duration::from_millis(50);
+
+/// The erasure list as the function keeps it in memory, with the versions
+/// each write checks and what the database records of the keys.
+#[derive(Debug, Clone)]
+pub struct ErasureList {
+    /// The list's version and the key version.
+    pub versions: Versions,
+    /// The user keys of erased users.
+    pub users: Arc<HashSet<String>>,
+    /// The keys' check values and kind.
+    pub checks: Arc<KeyChecks>,
+}
 
 /// What one batch did in the database.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -121,7 +134,7 @@ pub struct PgSink {
     /// reply, rows newer than it are this sink's own.
     floor: Option<XidFloor>,
     /// The erasure list and its version (see [`PgSink::erased_users`]).
-    erased: Option<(Versions, Arc<HashSet<String>>)>,
+    erased: Option<ErasureList>,
 }
 
 impl std::fmt::Debug for PgSink {
@@ -267,9 +280,9 @@ impl PgSink {
     pub async fn erased_users(
         &mut self,
         deadline: Option<Instant>,
-    ) -> Result<(Versions, Arc<HashSet<String>>), SinkError> {
-        if let Some((version, set)) = &self.erased {
-            return Ok((*version, Arc::clone(set)));
+    ) -> Result<ErasureList, SinkError> {
+        if let Some(list) = &self.erased {
+            return Ok(list.clone());
         }
         const OP: &str = "reading the erasure list";
         let budget = Budget::new(deadline);
@@ -288,15 +301,83 @@ impl PgSink {
                     cause: describe(&e),
                 },
             })?;
-        let key: Option<i16> = row.get(2);
-        let version = Versions {
-            erased: row.get(0),
-            key: key.map_or(1, |v| v as u16),
-        };
+        let key: i16 = row.get(2);
         let keys: Vec<String> = row.get(1);
-        let set = Arc::new(keys.into_iter().collect::<HashSet<String>>());
-        self.erased = Some((version, Arc::clone(&set)));
-        Ok((version, set))
+        let list = ErasureList {
+            versions: Versions {
+                erased: row.get(0),
+                key: key as u16,
+            },
+            users: Arc::new(keys.into_iter().collect()),
+            checks: Arc::new(KeyChecks {
+                masking: row.get(3),
+                erasure: row.get(4),
+                erasure_derived: row.get(5),
+            }),
+        };
+        self.erased = Some(list.clone());
+        Ok(list)
+    }
+
+    /// Records the check values of `version`'s keys where the database has
+    /// none yet, or refuses keys whose values differ (see [`KeyChecks`]);
+    /// the in-memory list then holds them.
+    pub async fn check_keys(
+        &mut self,
+        version: u16,
+        masking: &str,
+        erasure: &str,
+        deadline: Option<Instant>,
+    ) -> Result<(), SinkError> {
+        const OP: &str = "checking the masking and erasure keys against the database";
+        let budget = Budget::new(deadline);
+        let bound = budget.bound(self.per_operation(), OP)?;
+        let client = self.client(&budget).await?;
+        let v = version as i16;
+        let done = timeout(
+            bound,
+            client.query_typed(
+                tx::CHECK_KEYS_SQL,
+                &[
+                    (&v, Type::INT2),
+                    (&masking, Type::TEXT),
+                    (&erasure, Type::TEXT),
+                ],
+            ),
+        )
+        .await
+        .map_err(|_| SinkError::Transient {
+            op: OP,
+            cause: format!("no answer within {} ms", bound.as_millis()),
+        })?;
+        match done {
+            Ok(_) => {
+                // Recorded or equal: the list in memory holds them now.
+                if let Some(list) = &mut self.erased {
+                    list.checks = Arc::new(KeyChecks {
+                        masking: Some(masking.to_owned()),
+                        erasure: Some(erasure.to_owned()),
+                        erasure_derived: list.checks.erasure_derived,
+                    });
+                }
+                Ok(())
+            }
+            Err(e) if e.code().is_some_and(|c| c.code() == "LE004") => Err(SinkError::Fatal {
+                op: OP,
+                cause: e
+                    .as_db_error()
+                    .map(|d| d.message().to_owned())
+                    .unwrap_or_default(),
+                hint: "; nothing was written. A rotation appends a version to the masking and erasure secrets and never replaces one: put back the secret's previous value with the new version appended (docs/operations.md, \"The masking key leaked\")".into(),
+            }),
+            Err(e) => Err(match classify::classify(&e) {
+                Failure::Fatal(f) => f,
+                _ => SinkError::Transient {
+                    op: OP,
+                    cause: describe(&e),
+                },
+            }),
+        }
     }
 
     /// Drops the in-memory erasure list (a write found it out of date).

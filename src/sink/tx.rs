@@ -62,8 +62,26 @@ pub(crate) async fn refuse_erased(
 
 /// The erasure list, its version and the key version, in one statement
 /// (one snapshot).
-pub(crate) const ERASED_LIST_SQL: &str = "SELECT coalesce(max(seq), 0), coalesce(array_agg(user_key), '{}'), \
-    (SELECT version FROM user_logins_key_state) FROM user_logins_erased";
+pub(crate) const ERASED_LIST_SQL: &str = "SELECT coalesce((SELECT max(seq) FROM user_logins_erased), 0), \
+    coalesce((SELECT array_agg(user_key) FROM user_logins_erased), '{}'), \
+    k.version, k.masking_check, k.erasure_check, k.erasure_derived FROM login_etl_key_state() k";
+
+/// What the database records of the current version's keys (see
+/// `login_etl_check_keys`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyChecks {
+    /// The masking key's check value, once a program has recorded it.
+    pub masking: Option<String>,
+    /// The erasure key's.
+    pub erasure: Option<String>,
+    /// The erasure list predates erasure keys: user keys are derived from
+    /// the masking key.
+    pub erasure_derived: bool,
+}
+
+/// Records or compares the check values of `version`'s keys (SQLSTATE
+/// `LE004` when they differ from those recorded).
+pub(crate) const CHECK_KEYS_SQL: &str = "SELECT login_etl_check_keys($1::int2, $2, $3)";
 
 /// `COMMIT`, then the xid floor: the first transaction id not yet assigned,
 /// so a row with a newer `xmin` was written after this commit.
