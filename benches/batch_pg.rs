@@ -34,6 +34,7 @@ async fn copy_rows(client: &tokio_postgres::Client, rows: &[LoginRow<'_>]) {
             r.masked_device_id.as_str(),
             r.locale.as_deref(),
         );
+        let key_version = r.key_version as i16;
         writer
             .as_mut()
             .write(&[
@@ -47,6 +48,7 @@ async fn copy_rows(client: &tokio_postgres::Client, rows: &[LoginRow<'_>]) {
                 &&*r.app_version_text,
                 &r.create_date,
                 &r.sent_at,
+                &key_version,
             ])
             .await
             .unwrap();

@@ -333,10 +333,15 @@ async fn main() {
     a.batch_execute(concat!(
         "CREATE TABLE user_logins(user_id varchar(128), device_type varchar(32), masked_ip varchar(256), \
            masked_device_id varchar(256), locale varchar(32), app_version integer, create_date date, \
-           message_id varchar(128), app_version_text varchar(32), sent_at timestamptz);\n",
+           message_id varchar(128), app_version_text varchar(32), sent_at timestamptz, \
+           key_version smallint NOT NULL DEFAULT 1);\n",
         include_str!("../migrations/0002_pii_vault.sql"),
         "\n",
         include_str!("../migrations/0003_pii_audit_and_erasure.sql"),
+        "\n",
+        include_str!("../migrations/0005_erasure_state.sql"),
+        "\n",
+        include_str!("../migrations/0006_key_versions.sql"),
     ))
     .await
     .unwrap();
