@@ -127,14 +127,31 @@ test: ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambd
 	  timings+=("$$(printf '%-52s %7.1f s%s' "$$name" "$$(( $$(date +%s%3N) - t ))e-3" "$$( ((rc)) && echo '  FAILED')")"); return $$rc; }
 	@# The two venvs install while cargo compiles the tests (on a fresh machine each takes a minute or two).
 	timed "build the tests, install the venvs" $(MAKE) --no-print-directory -j3 test-build python-tools localstack-tools
-	timed "template (sam validate, cfn-lint, pytest)" $(MAKE) --no-print-directory validate
 	$(PG_REACHABLE)
-	timed "cargo test (Rust, PostgreSQL, TLS, moto, cargo lambda)" env LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" CARGO_LAMBDA="$(CARGO_LAMBDA)" \
+	@# Then three independent steps side by side, each line prefixed with its
+	@# step: the Rust tests wait mostly on PostgreSQL, the end-to-end tests
+	@# on LocalStack, and nothing is compiled any more (the e2e package takes
+	@# the binary the build step made: LOGIN_ETL_PREBUILT). TEST_SERIAL=1
+	@# runs them one after another instead.
+	side_dir=$$(mktemp -d); pids=()
+	side() { local name=$$1 tag=$$2; shift 2
+	  ( set +e; t=$$(date +%s%3N)
+	    if [ -n "$${TEST_SERIAL:-}" ]; then "$$@"; rc=$$?; else "$$@" 2>&1 | sed -u "s/^/[$$tag] /"; rc=$${PIPESTATUS[0]}; fi
+	    printf '%-52s %7.1f s%s\n' "$$name" "$$(( $$(date +%s%3N) - t ))e-3" "$$( ((rc)) && echo '  FAILED')" > "$$side_dir/$$tag" ) &
+	  pids+=($$!); if [ -n "$${TEST_SERIAL:-}" ]; then wait $$!; fi; }
+	side "cargo test (Rust, PostgreSQL, TLS, moto, cargo lambda)" rust env LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" CARGO_LAMBDA="$(CARGO_LAMBDA)" \
 	  MOTO_SERVER="$(abspath $(VENV))/bin/moto_server" cargo test --all-targets --no-fail-fast -- --include-ignored
-	@# With the binary cargo just built: the documented GRANT blocks, make migrate
-	@# against a given URL, and the command line as an operator meets it.
-	timed "pytest: database roles, command line" env PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python -m pytest -q tests/test_database_roles.py tests/test_cli.py
-	timed "LocalStack end to end (make e2e)" $(MAKE) --no-print-directory e2e
+	@# The template; with the binary cargo built, the documented GRANT blocks,
+	@# make migrate against a given URL, and the command line as an operator meets it.
+	side "template; pytest: database roles, command line" py bash -c '$(MAKE) --no-print-directory validate && \
+	  PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python -m pytest -q tests/test_database_roles.py tests/test_cli.py'
+	side "LocalStack end to end (make e2e)" e2e env LOGIN_ETL_PREBUILT=1 $(MAKE) --no-print-directory e2e
+	wait "$${pids[@]}" || true
+	failed=0
+	for f in "$$side_dir"/rust "$$side_dir"/py "$$side_dir"/e2e; do
+	  if [ -f "$$f" ]; then timings+=("$$(cat "$$f")"); grep -q FAILED "$$f" && failed=1; else failed=1; fi
+	done
+	rm -rf "$$side_dir"; exit $$failed
 
 e2e: tools localstack-tools ## LocalStack end to end: deploy template.yaml, SQS -> ESM -> function -> PostgreSQL, DLQ, FIFO
 	@pg_isready -d "$(PG_ADMIN_URL)" -q || { echo "PostgreSQL is not reachable at $(PG_ADMIN_URL)"; exit 1; }

@@ -192,13 +192,19 @@ def build() -> None:
     whole dependency graph."""
     from samcli.yamlhelper import yaml_dump, yaml_parse  # the SAM CLI's own CloudFormation YAML (intrinsic tags)
 
-    say("==> cargo build --bin login-etl --examples (the first build compiles every dependency: a few minutes; cargo shows its progress)")
-    env = {**os.environ, **HOST_BUILD_ENV}
-    # --examples: building an example activates the dev-dependencies' features
-    # (tokio's, hyper's), so the crates compiled here are the ones `cargo test`
-    # compiles, and make test after make demo (or CI's e2e after the tests)
-    # compiles nothing twice.
-    subprocess.run(["cargo", "build", "--bin", "login-etl", "--examples"], cwd=ROOT, env=env, check=True)
+    built = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug" / "login-etl"
+    if os.environ.get("LOGIN_ETL_PREBUILT") == "1" and built.exists():
+        # make test built it already, and runs cargo test beside this: a
+        # second cargo would wait for the first's lock on target/.
+        say(f"==> using {built.relative_to(ROOT)} as built by make test (LOGIN_ETL_PREBUILT=1)")
+    else:
+        say("==> cargo build --bin login-etl --examples (the first build compiles every dependency: a few minutes; cargo shows its progress)")
+        env = {**os.environ, **HOST_BUILD_ENV}
+        # --examples: building an example activates the dev-dependencies' features
+        # (tokio's, hyper's), so the crates compiled here are the ones `cargo test`
+        # compiles, and make test after make demo (or CI's e2e after the tests)
+        # compiles nothing twice.
+        subprocess.run(["cargo", "build", "--bin", "login-etl", "--examples"], cwd=ROOT, env=env, check=True)
     say(f"==> packaging the bootstrap and template.yaml into {BUILD_DIR.relative_to(ROOT)} (Architecture={HOST_ARCH}, the host's CPU)")
     function_dir = BUILD_DIR / "LoginEtlFunction"
     function_dir.mkdir(parents=True, exist_ok=True)
@@ -386,6 +392,7 @@ class Message:
     expect: str  # "insert" or "reject:<code>"
     group: str | None = None
     message_id: str | None = None  # set once sent
+    sent_timestamp_ms: int | None = None  # SQS's SentTimestamp, for a replay as a redelivery
 
     @property
     def valid(self) -> bool:
@@ -627,7 +634,8 @@ def operator(stack: Stack, *args: str) -> subprocess.CompletedProcess:
 
 def invoke_with(stack: Stack, messages: list[Message]) -> dict:
     """Invoke the deployed function through LocalStack with an SQS event of
-    `messages` under their own MessageIds, as SQS redelivers them."""
+    `messages` under their own MessageIds and SentTimestamps, as SQS
+    redelivers them (now, for a message that has none)."""
     arn = client("sqs").get_queue_attributes(QueueUrl=stack.queue_url, AttributeNames=["QueueArn"])
     arn = arn["Attributes"]["QueueArn"]
     now = str(int(time.time() * 1000))
@@ -636,7 +644,8 @@ def invoke_with(stack: Stack, messages: list[Message]) -> dict:
             "messageId": m.message_id,
             "receiptHandle": f"replay-{m.message_id}",
             "body": m.body,
-            "attributes": {"ApproximateReceiveCount": "2", "SentTimestamp": now, "SenderId": "replay",
+            "attributes": {"ApproximateReceiveCount": "2", "SentTimestamp": str(m.sent_timestamp_ms or now),
+                           "SenderId": "replay",
                            "ApproximateFirstReceiveTimestamp": now},
             "messageAttributes": {},
             "md5OfBody": hashlib.md5(m.body.encode()).hexdigest(),
