@@ -61,12 +61,23 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
+# The databases the suites that `make test` runs beside this one create and
+# drop while it runs (tests/common/mod.rs, benches/common.rs, the e2e runs).
+OTHER_SUITES = ("login_etl_test_", "login_etl_bench_", "login_etl_e2e", "login_etl_poll")
+
+
+def databases() -> str:
+    """The server's databases, but for those of the suites running beside."""
+    names = psql(PG_ADMIN_URL, "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database").split(",")
+    return ",".join(n for n in names if not n.startswith(OTHER_SUITES))
+
+
 def test_make_migrate_migrates_the_given_url_with_sslmode_and_leaves_the_local_server_alone():
     name = f"login_etl_mkmig_{os.getpid()}"
     psql(PG_ADMIN_URL, f'DROP DATABASE IF EXISTS "{name}"')
     psql(PG_ADMIN_URL, f'CREATE DATABASE "{name}"')
     try:
-        databases_before = psql(PG_ADMIN_URL, "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database")
+        databases_before = databases()
         # The "remote" server is this one under a URL with an sslmode; the
         # local admin URL points where nothing listens, so any use of it fails.
         remote = db_url(name) + "?sslmode=disable"
@@ -80,7 +91,7 @@ def test_make_migrate_migrates_the_given_url_with_sslmode_and_leaves_the_local_s
         )
         assert done.returncode == 0, done.stdout + done.stderr
         assert psql(db_url(name), "SELECT to_regclass('user_logins') IS NOT NULL") == "t"
-        databases_after = psql(PG_ADMIN_URL, "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database")
+        databases_after = databases()
         assert databases_after == databases_before, "no database created by make migrate"
         assert urllib.parse.quote("?") not in databases_after and "sslmode" not in databases_after
     finally:
