@@ -119,10 +119,12 @@ $(KEY_FILE):
 test: ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambda), the template, LocalStack end to end; ends with each step's wall time
 	@# Each step's wall time, printed at the end (also when a step fails), so
 	@# that a slower suite shows in every run.
-	timings=(); started=$$(date +%s%3N)
-	report() { echo; echo "make test: wall time per step"; for t in "$${timings[@]}"; do echo "  $$t"; done; \
+	timings=(); pids=(); started=$$(date +%s%3N)
+	@# On any exit (Ctrl-C too) the steps running side by side stop with it.
+	report() { for p in "$${pids[@]}"; do kill -- -"$$p" 2>/dev/null || true; done; \
+	  echo; echo "make test: wall time per step"; for t in "$${timings[@]}"; do echo "  $$t"; done; \
 	  printf '  %-52s %7.1f s\n' "total" "$$(( $$(date +%s%3N) - started ))e-3"; }
-	trap report EXIT
+	trap report EXIT; trap 'exit 130' INT TERM
 	timed() { local name=$$1 t=$$(date +%s%3N) rc=0; shift; "$$@" || rc=$$?; \
 	  timings+=("$$(printf '%-52s %7.1f s%s' "$$name" "$$(( $$(date +%s%3N) - t ))e-3" "$$( ((rc)) && echo '  FAILED')")"); return $$rc; }
 	@# The two venvs install while cargo compiles the tests (on a fresh machine each takes a minute or two).
@@ -133,7 +135,8 @@ test: ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambd
 	@# on LocalStack, and nothing is compiled any more (the e2e package takes
 	@# the binary the build step made: LOGIN_ETL_PREBUILT). TEST_SERIAL=1
 	@# runs them one after another instead.
-	side_dir=$$(mktemp -d); pids=()
+	@# Each in a process group of its own (set -m), which report() stops.
+	side_dir=$$(mktemp -d); set -m
 	side() { local name=$$1 tag=$$2; shift 2
 	  ( set +e; t=$$(date +%s%3N)
 	    if [ -n "$${TEST_SERIAL:-}" ]; then "$$@"; rc=$$?; else "$$@" 2>&1 | sed -u "s/^/[$$tag] /"; rc=$${PIPESTATUS[0]}; fi
@@ -146,7 +149,7 @@ test: ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambd
 	side "template; pytest: database roles, command line" py bash -c '$(MAKE) --no-print-directory validate && \
 	  PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python -m pytest -q tests/test_database_roles.py tests/test_cli.py'
 	side "LocalStack end to end (make e2e)" e2e env LOGIN_ETL_PREBUILT=1 $(MAKE) --no-print-directory e2e
-	wait "$${pids[@]}" || true
+	set +m; wait "$${pids[@]}" || true; pids=()
 	failed=0
 	for f in "$$side_dir"/rust "$$side_dir"/py "$$side_dir"/e2e; do
 	  if [ -f "$$f" ]; then timings+=("$$(cat "$$f")"); grep -q FAILED "$$f" && failed=1; else failed=1; fi

@@ -196,7 +196,7 @@ def build() -> None:
     if os.environ.get("LOGIN_ETL_PREBUILT") == "1" and built.exists():
         # make test built it already, and runs cargo test beside this: a
         # second cargo would wait for the first's lock on target/.
-        say(f"==> using {built.relative_to(ROOT)} as built by make test (LOGIN_ETL_PREBUILT=1)")
+        say(f"==> using {built} as built by make test (LOGIN_ETL_PREBUILT=1)")
     else:
         say("==> cargo build --bin login-etl --examples (the first build compiles every dependency: a few minutes; cargo shows its progress)")
         env = {**os.environ, **HOST_BUILD_ENV}

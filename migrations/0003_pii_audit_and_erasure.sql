@@ -55,8 +55,9 @@ CREATE TABLE IF NOT EXISTS user_logins_erased(
 -- functions (the version would not change), so nobody may.
 DO $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'user_logins_erased_append_only'
-                   AND tgrelid = to_regclass('user_logins_erased')) THEN
+    -- 0006 replaces it (a re-key may update a user key): not again here.
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass('user_logins_erased')
+                   AND tgname IN ('user_logins_erased_append_only', 'user_logins_erased_rekey_only')) THEN
         CREATE TRIGGER user_logins_erased_append_only
             BEFORE UPDATE OR DELETE OR TRUNCATE ON user_logins_erased
             FOR EACH STATEMENT EXECUTE FUNCTION login_etl_audit_is_append_only();

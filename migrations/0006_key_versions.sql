@@ -53,6 +53,10 @@ ALTER TABLE user_logins_pii_vault_held ADD COLUMN IF NOT EXISTS aad_version smal
 -- but user_key and moves key_version up by one (rotate-key's), so nobody
 -- takes a user off the list.
 ALTER TABLE user_logins_erased ADD COLUMN IF NOT EXISTS key_version smallint NOT NULL DEFAULT 1;
+-- The entries from before are version 1; a new one names its version, and
+-- one that does not (a forget from before key versions: its user key may be
+-- derived where the function's is not) gets 0, which the trigger refuses.
+ALTER TABLE user_logins_erased ALTER COLUMN key_version SET DEFAULT 0;
 
 -- A user key enters the list at the database's key version only: a
 -- `forget` from before key versions (its keys are of version 1) is refused
@@ -62,6 +66,10 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_version smallint := coalesce((SELECT s.version FROM login_etl_key_state() s), 1);
 BEGIN
+    IF NEW.key_version = 0 THEN
+        RAISE EXCEPTION 'this login-etl forget predates key versions: run the current one (its user key could match nothing the function computes)'
+            USING ERRCODE = 'LE001';
+    END IF;
     IF NEW.key_version <> v_version THEN
         RAISE EXCEPTION 'a user key of masking-key version % cannot join the erasure list at version %: this login-etl forget predates key versions; run the current one', NEW.key_version, v_version
             USING ERRCODE = 'LE001';
@@ -262,9 +270,10 @@ BEGIN
 END
 $$;
 
--- rotate-key's end: once every row and vault entry is under the new
--- version, the re-key is over (forget may run again) and audited with the
--- counts of every run that took part.
+-- rotate-key's end, once its walk of the rows (src/rekey.rs) is done: it
+-- checks that no vault entry is left under the old version, ends the
+-- re-key (forget may run again) and audits it with the counts of every run
+-- that took part.
 CREATE OR REPLACE FUNCTION login_etl_end_rekey(caller text, seconds double precision)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER AS $$
@@ -290,6 +299,9 @@ $$;
 
 REVOKE ALL ON FUNCTION login_etl_begin_rekey(smallint, text[], text[], text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION login_etl_end_rekey(text, double precision) FROM PUBLIC;
+-- Only the programs that hold keys record their check values (login-etl
+-- grants: ingest, erase, rotate), never any role that may connect.
+REVOKE ALL ON FUNCTION login_etl_check_keys(smallint, text, text) FROM PUBLIC;
 DO $$
 DECLARE
     f text;
@@ -315,13 +327,37 @@ BEGIN
         FROM information_schema.column_privileges p
         JOIN (VALUES ('user_logins_pii_vault', 'nonce', 'key_version, aad_version'),
                      ('user_logins_pii_vault_held', 'nonce', 'key_version, aad_version'),
-                     ('user_logins_erased', 'user_key', 'key_version')) AS cols(t, ref, c)
+                     ('user_logins_erased', 'user_key', 'key_version'),
+                     ('user_logins_pii_audit', 'data_key_id', 'detail'),
+                     ('user_logins_pii_audit', 'vault_entries_deleted', 'detail')) AS cols(t, ref, c)
           ON p.table_name = cols.t AND p.column_name = cols.ref
         WHERE p.table_schema = current_schema() AND p.privilege_type IN ('SELECT', 'INSERT')
           AND p.grantee NOT IN (current_user, 'PUBLIC')
           AND p.grantee IN (SELECT rolname FROM pg_roles)
     LOOP
         EXECUTE format('GRANT %s (%s) ON %I TO %I', r.privilege_type, r.c, r.table_name, r.grantee);
+    END LOOP;
+END
+$$;
+
+-- The roles from before that hold a key (the function's, forget's) may
+-- record and compare the keys' check values, as new ones may.
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        SELECT DISTINCT grantee FROM information_schema.column_privileges
+        WHERE table_schema = current_schema() AND privilege_type = 'INSERT'
+          AND ((table_name = 'user_logins_pii_vault' AND column_name = 'nonce')
+               OR (table_name = 'user_logins_erased' AND column_name = 'user_key'))
+          AND grantee NOT IN (current_user, 'PUBLIC') AND grantee IN (SELECT rolname FROM pg_roles)
+        UNION
+        SELECT DISTINCT grantee FROM information_schema.role_routine_grants
+        WHERE routine_schema = current_schema() AND routine_name = 'login_etl_refuse_erased'
+          AND grantee NOT IN (current_user, 'PUBLIC') AND grantee IN (SELECT rolname FROM pg_roles)
+    LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION login_etl_check_keys(smallint, text, text) TO %I', r.grantee);
     END LOOP;
 END
 $$;

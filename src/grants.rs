@@ -138,7 +138,11 @@ const HELD_ENTRY: &[&str] = &[
 const ROTATE_FUNCTIONS: &[&str] = &[
     "login_etl_begin_rekey(smallint, text[], text[], text, text, text)",
     "login_etl_end_rekey(text, double precision)",
+    CHECK_KEYS_FUNCTION,
 ];
+/// Records or compares the keys' check values: every program that holds a
+/// key (the function, forget, rotate-key) calls it.
+const CHECK_KEYS_FUNCTION: &str = "login_etl_check_keys(smallint, text, text)";
 /// The owner's functions `login-etl maintain` calls (migrations/0004).
 const MAINTAIN_FUNCTIONS: &[&str] = &[
     "login_etl_ensure_partition(date)",
@@ -382,6 +386,7 @@ pub fn sql(role: Role, to: &str, schema: &str) -> Result<String, GrantsError> {
     let functions = match role {
         Role::Maintain => MAINTAIN_FUNCTIONS,
         Role::Rotate => ROTATE_FUNCTIONS,
+        Role::Ingest | Role::Erase => &[CHECK_KEYS_FUNCTION],
         _ => &[],
     };
     {

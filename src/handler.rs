@@ -268,7 +268,7 @@ impl BatchHandler {
         let behind = |latest: u16, detail: &str| SinkError::Transient {
             op: "masking the batch",
             cause: format!(
-                "the database is at masking-key version {version} (login-etl rotate-key) and this function holds versions up to {latest}{detail}; the batch is retried: put the new version into the masking secret (docs/operations.md, \"The masking key leaked\")"
+                "the database is at masking-key version {version} (login-etl rotate-key) and this function holds versions up to {latest}{detail}; the batch is retried: append the new version to the masking secret (docs/operations.md, \"The masking key leaked\")"
             ),
         };
         let Some((reload, last)) = &self.reload else {

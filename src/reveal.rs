@@ -56,7 +56,7 @@ pub enum RevealError {
     },
     /// The erasure key does not reach the database's key version.
     #[error(
-        "the database is at masking-key version {database} and the erasure key holds versions up to {held}; nothing was erased. Put the new version into the erasure secret (ERASURE_KEY_SECRET_ID), as docs/operations.md \"The masking key leaked\" says, and run forget again"
+        "the database is at masking-key version {database} and the erasure key holds versions up to {held}; nothing was erased. Append the new version to the erasure secret (ERASURE_KEY_SECRET_ID), as docs/operations.md \"The masking key leaked\" says, and run forget again"
     )]
     KeyBehind {
         /// The database's version.
@@ -107,9 +107,10 @@ async fn key_version(client: &impl GenericClient) -> Result<(u16, bool), RevealE
     Ok((row.get::<_, i16>(0) as u16, row.get(1)))
 }
 
-/// Refuses user keys the erasure list is not keyed with: derived ones where
-/// the list has keys of its own and the other way round, or ones whose check
-/// value differs from the one recorded (recorded here when none is).
+/// Refuses user keys the erasure list is not keyed with: keys of their own
+/// where the list's are derived from the masking key, or keys whose check
+/// value differs from the one recorded. When none is recorded yet, these
+/// keys' value is (the function then refuses other keys, loudly).
 async fn check_erasure_key(
     client: &impl GenericClient,
     keys: &UserKeys,

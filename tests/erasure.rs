@@ -285,9 +285,9 @@ async fn the_audit_trail_is_append_only_even_for_its_owner() {
         "DELETE FROM user_logins_erased",
         "TRUNCATE user_logins_erased",
         // Only a re-key (the next version, nothing else changed) may update it.
-        "INSERT INTO user_logins_erased (user_key) VALUES ('k'); UPDATE user_logins_erased SET user_key = 'x'",
-        "INSERT INTO user_logins_erased (user_key) VALUES ('k'); UPDATE user_logins_erased SET user_key = 'x', key_version = 3",
-        "INSERT INTO user_logins_erased (user_key) VALUES ('k'); UPDATE user_logins_erased SET key_version = 2, erased_at = now() - interval '1 day'",
+        "INSERT INTO user_logins_erased (user_key, key_version) VALUES ('k', 1); UPDATE user_logins_erased SET user_key = 'x'",
+        "INSERT INTO user_logins_erased (user_key, key_version) VALUES ('k', 1); UPDATE user_logins_erased SET user_key = 'x', key_version = 3",
+        "INSERT INTO user_logins_erased (user_key, key_version) VALUES ('k', 1); UPDATE user_logins_erased SET key_version = 2, erased_at = now() - interval '1 day'",
     ] {
         let e = owner.batch_execute(sql).await.unwrap_err();
         assert!(
@@ -295,6 +295,18 @@ async fn the_audit_trail_is_append_only_even_for_its_owner() {
             "{sql}: {e}"
         );
     }
+    // A forget from before key versions (it names no version) is refused.
+    let e = owner
+        .batch_execute("INSERT INTO user_logins_erased (user_key) VALUES ('k')")
+        .await
+        .unwrap_err();
+    assert!(
+        e.as_db_error()
+            .unwrap()
+            .message()
+            .contains("predates key versions"),
+        "{e}"
+    );
     let records = login_etl::reveal::audit_records(&audit, None)
         .await
         .unwrap();
