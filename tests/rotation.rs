@@ -677,7 +677,7 @@ async fn a_list_from_before_erasure_keys_keeps_its_derived_user_keys() {
     let admin = db.client().await;
     admin
         .batch_execute(&format!(
-            "INSERT INTO user_logins_erased (user_key) VALUES ('{}'); \
+            "INSERT INTO user_logins_erased (user_key, key_version) VALUES ('{}', 1); \
              UPDATE user_logins_key_state SET erasure_derived = true",
             derived.user_key(user)
         ))
