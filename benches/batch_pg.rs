@@ -322,8 +322,8 @@ async fn erasure_cost(
     for (i, listed) in [0, 1_000].into_iter().enumerate() {
         client
             .batch_execute(&format!(
-                "INSERT INTO user_logins_erased (user_key) \
-                 SELECT md5(g::text) || md5((g + 1)::text) FROM generate_series(1, {listed}) g"
+                "INSERT INTO user_logins_erased (user_key, key_version) \
+                 SELECT md5(g::text) || md5((g + 1)::text), 1 FROM generate_series(1, {listed}) g"
             ))
             .await
             .unwrap();
