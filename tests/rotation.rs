@@ -460,6 +460,32 @@ async fn a_rekey_killed_half_way_and_run_again_rekeys_each_row_exactly_once() {
     run.abort();
     let _ = run.await;
     assert!(progressed > 0, "some chunks committed before the kill");
+    // The killed run's session ends on the server a moment later (a COMMIT
+    // it had sent may still land): count only once it is gone, as an
+    // operator's rerun after kill -9 would find it.
+    let rotator = db.role_url(Role::Rotate).await;
+    let role = rotator
+        .split_once("://")
+        .unwrap()
+        .1
+        .split_once('@')
+        .unwrap()
+        .0
+        .to_owned();
+    for _ in 0..200 {
+        let sessions: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+                &[&role],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if sessions == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     let (at_v2, from): (i64, Option<i16>) = {
         let r = client
             .query_one(
