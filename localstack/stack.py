@@ -720,6 +720,64 @@ def delete_queues(queues: Stack) -> None:
             pass
 
 
+class SlowLink:
+    """A TCP relay on 127.0.0.1 that holds every byte `delay` seconds each
+    way, in order: an AWS endpoint that answers slowly (a busy emulator, a
+    far region), for a process pointed at `endpoint`. Runs in a thread of
+    its own until `close()`."""
+
+    def __init__(self, target: str, delay: float):
+        import asyncio
+        import threading
+
+        parsed = urllib.parse.urlsplit(target)
+        self.delay, self.target = delay, (parsed.hostname, parsed.port)
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        async def start() -> None:
+            self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+            ready.set()
+
+        self.thread = threading.Thread(target=lambda: (self.loop.run_until_complete(start()), self.loop.run_forever()),
+                                       daemon=True)  # fmt: skip
+        self.thread.start()
+        assert ready.wait(10), "the slow link did not start"
+        self.endpoint = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _relay(self, client_r, client_w) -> None:
+        import asyncio
+
+        server_r, server_w = await asyncio.open_connection(*self.target)
+
+        async def pipe(reader, writer) -> None:
+            queue: asyncio.Queue = asyncio.Queue()
+
+            async def later() -> None:
+                while (item := await queue.get()) is not None:
+                    due, chunk = item
+                    await asyncio.sleep(max(0.0, due - self.loop.time()))
+                    writer.write(chunk)
+                    await writer.drain()
+                writer.close()
+
+            sender = asyncio.ensure_future(later())
+            try:
+                while chunk := await reader.read(65536):
+                    queue.put_nowait((self.loop.time() + self.delay, chunk))
+            except ConnectionError:
+                pass
+            queue.put_nowait(None)
+            await sender
+
+        await asyncio.gather(pipe(client_r, server_w), pipe(server_r, client_w), return_exceptions=True)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
 def vault_key() -> str:
     """A KMS key in LocalStack for the PII vault (VAULT_KMS_KEY_ID)."""
     return client("kms").create_key(Description="login-etl poll vault")["KeyMetadata"]["KeyId"]

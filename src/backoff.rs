@@ -142,31 +142,68 @@ pub struct Hold<'a> {
 /// The messages a long-running consumer (`login-etl poll`) keeps invisible
 /// with a heartbeat while their batch is in flight, by receipt handle.
 ///
-/// The heartbeat extends a batch's messages only under this lock, and a
-/// backoff first releases the messages it is about to hold under the same
-/// lock: so no heartbeat can land after a backoff and shorten it.
+/// A heartbeat extends its batch's messages while it holds the gate shared,
+/// and a backoff first releases the messages it is about to hold with the
+/// gate exclusive: so no extension can land after a backoff and shorten it.
+/// The gate is shared, not a mutex, because the heartbeats of the batches in
+/// flight must not wait for each other's calls to SQS: one slow answer
+/// would delay every other batch's renewal past its lease.
 #[derive(Debug, Default)]
 pub struct Leases {
-    held: tokio::sync::Mutex<HashSet<String>>,
+    held: std::sync::Mutex<HashSet<String>>,
+    gate: std::sync::Arc<tokio::sync::RwLock<()>>,
 }
 
 impl Leases {
     /// Starts leasing these receipt handles.
-    pub async fn take(&self, handles: impl IntoIterator<Item = String>) {
-        self.held.lock().await.extend(handles);
+    pub fn take(&self, handles: impl IntoIterator<Item = String>) {
+        self.held().extend(handles);
     }
 
-    /// Stops leasing these receipt handles (done, or about to be backed off).
+    /// Stops leasing these receipt handles (done, or about to be backed
+    /// off), once the extensions in flight have been answered.
     pub async fn release<'a>(&self, handles: impl IntoIterator<Item = &'a str>) {
-        let mut held = self.held.lock().await;
+        let _no_extension_in_flight = self.gate.write().await;
+        let mut held = self.held();
         for h in handles {
             held.remove(h);
         }
     }
 
-    /// The lock the heartbeat holds while it extends: the handles still leased.
-    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, HashSet<String>> {
-        self.held.lock().await
+    /// What a heartbeat's extension holds while it is in flight: no lease
+    /// it lists can be released until it is dropped.
+    pub async fn renewing(self: &std::sync::Arc<Self>) -> Renewing {
+        Renewing {
+            leases: std::sync::Arc::clone(self),
+            _gate: std::sync::Arc::clone(&self.gate).read_owned().await,
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        // A panic elsewhere cannot leave the set half-changed: every
+        // change is one call on it.
+        self.held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// An extension's hold on [`Leases`] while it is in flight.
+#[derive(Debug)]
+pub struct Renewing {
+    leases: std::sync::Arc<Leases>,
+    _gate: tokio::sync::OwnedRwLockReadGuard<()>,
+}
+
+impl Renewing {
+    /// Those of `handles` still leased.
+    pub fn still_held(&self, handles: &[String]) -> Vec<String> {
+        let held = self.leases.held();
+        handles
+            .iter()
+            .filter(|h| held.contains(*h))
+            .cloned()
+            .collect()
     }
 }
 
@@ -327,6 +364,32 @@ impl Visibility {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn heartbeats_renew_side_by_side_and_a_release_waits_for_their_calls() {
+        let leases = std::sync::Arc::new(Leases::default());
+        let handles = ["a".to_owned(), "b".to_owned(), "c".to_owned()];
+        leases.take(handles[..2].iter().cloned());
+        let wait = Duration::from_millis(100);
+        // Two batches' renewals in flight at once: neither waits for the other.
+        let first = tokio::time::timeout(wait, leases.renewing()).await.unwrap();
+        let second = tokio::time::timeout(wait, leases.renewing()).await.unwrap();
+        assert_eq!(first.still_held(&handles), ["a", "b"], "c was never taken");
+        // A backoff's release waits until the renewals in flight are answered,
+        // so none of them can land after the backoff's own change.
+        let release = leases.release(["a"]);
+        tokio::pin!(release);
+        assert!(tokio::time::timeout(wait, &mut release).await.is_err());
+        drop(first);
+        assert!(tokio::time::timeout(wait, &mut release).await.is_err());
+        drop(second);
+        tokio::time::timeout(wait, &mut release).await.unwrap();
+        let after = leases.renewing().await;
+        assert_eq!(after.still_held(&handles), ["b"]);
+        // Taking more does not wait for a renewal in flight.
+        leases.take(["c".to_owned()]);
+        assert_eq!(after.still_held(&handles), ["b", "c"]);
+    }
 
     #[test]
     fn the_ceiling_grows_exponentially_is_monotone_and_capped() {

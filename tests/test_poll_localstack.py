@@ -29,6 +29,8 @@ RUN = f"poll{os.getpid()}"
 LOGS = ROOT / "target" / "poll-tests"
 # A batch's time limit and the grace period after SIGTERM, short for the test.
 FAST_STOP = ["--batch-timeout", "5", "--grace-period", "10"]
+# SQS's slowness, each way, in the slow-SQS heartbeat test (its docstring).
+SLOW_SQS_DELAY_S = 0.85
 
 
 @pytest.fixture
@@ -251,10 +253,34 @@ def test_the_heartbeat_keeps_a_slow_batch_invisible_until_it_is_written(outage_q
     """A batch blocked three times its 2 s visibility timeout (an admin holds
     an exclusive lock on the table) is not redelivered to the second worker
     meanwhile: each message is received once and written once."""
-    q = outage_queues
+    blocked_batch_is_received_once(outage_queues, consumers, "heartbeat")
+
+
+def test_the_heartbeat_keeps_its_leases_when_sqs_answers_slowly(outage_queues, consumers):
+    """The same, with every byte between the consumer and SQS held 0.85 s
+    each way: SQS answering slowly, as LocalStack does on a busy machine
+    (what made this test's sibling flaky). A heartbeat timed from the
+    answers (renew a third of the visibility after the last answer) let
+    every lease run out by 0.37 s (1.7 s of round trip plus 0.67 s of beat),
+    and the messages went to the other worker: 10 receives of 5, in 4 runs
+    of 4 at 0.9 s. Timed from the sending of the granting call, with the
+    renewals not waiting for each other, the first renewal reaches SQS
+    1.7 s into the lease (0.3 s to spare) and each later one 0.67 s after
+    the one before."""
+    link = stack.SlowLink(stack.ENDPOINT, SLOW_SQS_DELAY_S)
+    try:
+        c = blocked_batch_is_received_once(outage_queues, consumers, "slow-sqs",
+                                           {"AWS_ENDPOINT_URL": link.endpoint})  # fmt: skip
+    finally:
+        link.close()
+    late = [line for line in c.lines() if "was confirmed within the visibility timeout" in line]
+    assert not late, late
+
+
+def blocked_batch_is_received_once(q: stack.Stack, consumers, name: str, env: dict | None = None) -> stack.Consumer:
     key = secrets.token_bytes(32)
-    c = stack.Consumer(q, key.hex(), LOGS / f"{RUN}-heartbeat.log", "--concurrency", "2",
-                       "--batch-timeout", "15", "--grace-period", "20")  # fmt: skip
+    c = stack.Consumer(q, key.hex(), LOGS / f"{RUN}-{name}.log", "--concurrency", "2",
+                       "--batch-timeout", "15", "--grace-period", "20", env=env)  # fmt: skip
     consumers.append(c)
     c.start()
     # The lock is held until the test lets go of it, not for a fixed time:
@@ -282,7 +308,9 @@ def test_the_heartbeat_keeps_a_slow_batch_invisible_until_it_is_written(outage_q
             time.sleep(0.2)
         lock.stdin.write("COMMIT;\n")
         lock.stdin.close()
+        written_by = time.monotonic() + 60
         while stack.row_count(q.dbname) < len(messages):
+            assert time.monotonic() < written_by, "the batch was not written within 60 s of the lock's release"
             visible_seen = max(visible_seen, stack.queue_depth(q.queue_url)[0])
             time.sleep(0.2)
     finally:
@@ -293,9 +321,10 @@ def test_the_heartbeat_keeps_a_slow_batch_invisible_until_it_is_written(outage_q
     assert rc == 0
     assert set(table(q)) == {m.message_id for m in messages}
     totals = c.metric_totals()
-    print(f"\npoll heartbeat: {totals.get('RecordsReceived', 0):.0f} receives of {len(messages)} messages, "
+    print(f"\npoll {name}: {totals.get('RecordsReceived', 0):.0f} receives of {len(messages)} messages, "
           f"longest batch {max(d['BatchDurationMs'] for d in c.emf_documents() if 'BatchDurationMs' in d)} ms")  # fmt: skip
     assert max(d["BatchDurationMs"] for d in c.emf_documents() if "BatchDurationMs" in d) > 4000, "the lock held the batch"
     assert visible_seen == 0, f"{visible_seen} message(s) visible again while their batch was in flight"
     assert totals["RecordsReceived"] == len(messages) and totals["Duplicates"] == 0, "no redelivery while in flight"
     assert sum(stack.queue_depth(q.dlq_url)) == 0
+    return c

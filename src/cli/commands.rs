@@ -73,6 +73,7 @@ async fn poll(args: &PollArgs) -> ExitCode {
                 deleted = stats.deleted.load(Relaxed),
                 not_deleted = stats.not_deleted.load(Relaxed),
                 left_in_queue = stats.left.load(Relaxed),
+                late_renewals = stats.late_renewals.load(Relaxed),
                 "stopped"
             );
             ExitCode::SUCCESS

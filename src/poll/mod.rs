@@ -9,8 +9,9 @@
 //! 1. receive (visibility = the queue's, or `--visibility-timeout`); its
 //!    receipt handles are leased ([`Leases`]);
 //! 2. while the handler runs, a heartbeat renews the visibility of the
-//!    leased messages every third of it, so nothing is redelivered while it
-//!    is being written;
+//!    leased messages a third of it after the call that granted the lease
+//!    was sent (at once if the long poll waited), so nothing is redelivered
+//!    while it is being written, however slowly SQS answers;
 //! 3. the handler validates, masks, writes and COMMITs; rejects go to the
 //!    DLQ; after an infrastructure failure it backs the records off, and
 //!    releases their leases first, so no heartbeat can shorten a backoff;
@@ -56,7 +57,7 @@ use crate::event::SqsBatch;
 use crate::handler::{BatchHandler, Deadline, Outcome};
 use crate::startup::InitError;
 use health::{Health, Part};
-use queue::{Queue, QueueError};
+use queue::{Gathered, Granted, Queue, QueueError};
 
 /// Default `--concurrency`: batches in flight.
 pub const DEFAULT_CONCURRENCY: usize = 2;
@@ -69,6 +70,10 @@ pub const DEFAULT_BATCH_TIMEOUT_SECONDS: u64 = 20;
 pub const DEFAULT_GRACE_PERIOD_SECONDS: u64 = 25;
 /// Largest `--batch-size` (the event-source mapping's limit for standard queues).
 pub const MAX_BATCH_SIZE: usize = 10_000;
+/// The shortest time between two renewals of a batch's leases.
+const MIN_BEAT: Duration = Duration::from_millis(500);
+/// A batch's renewals in flight at once, at most (SQS not answering).
+const MAX_RENEWALS_IN_FLIGHT: usize = 3;
 /// Pause after a failed receive, doubled up to [`MAX_RECEIVE_PAUSE`].
 const RECEIVE_PAUSE: Duration = Duration::from_secs(1);
 const MAX_RECEIVE_PAUSE: Duration = Duration::from_secs(30);
@@ -196,6 +201,8 @@ pub struct Stats {
     pub not_deleted: AtomicU64,
     /// Messages left in the queue (reported failures, or a failed batch).
     pub left: AtomicU64,
+    /// Heartbeat renewals sent after the lease they renewed had run out.
+    pub late_renewals: AtomicU64,
 }
 
 impl Stats {
@@ -221,6 +228,7 @@ pub async fn run(options: Options) -> Result<Arc<Stats>, PollError> {
     let mut config = Config::for_consumer_from_env()?;
     config.source_queue_url = Some(options.queue_url.clone());
     let (queue, dlq_from) = open_queue(&options, &mut config).await?;
+    check_window(options.batch_window, queue.visibility_timeout())?;
     let leases = Arc::new(Leases::default());
     let handler = crate::startup::build_with(&config, Some(Arc::clone(&leases)))
         .await?
@@ -372,11 +380,11 @@ impl Worker {
                 .gather(self.batch_size, self.batch_window, &mut stop)
                 .await
             {
-                Ok(batch) => {
+                Ok(Gathered { batch, granted }) => {
                     pause = RECEIVE_PAUSE;
                     self.health.queue(Part::Ok);
-                    if !batch.records.is_empty() {
-                        self.handle(batch).await;
+                    if let Some(granted) = granted {
+                        self.handle(batch, granted).await;
                     }
                 }
                 Err(e) => {
@@ -393,21 +401,21 @@ impl Worker {
     }
 
     /// One batch: lease, handle under the heartbeat, release, delete.
-    async fn handle(&self, batch: SqsBatch) {
+    async fn handle(&self, batch: SqsBatch, granted: Granted) {
         let handles: Vec<String> = batch
             .records
             .iter()
             .filter_map(|r| r.receipt_handle.clone())
             .collect();
         Stats::add(&self.stats.received, batch.records.len());
-        self.leases.take(handles.iter().cloned()).await;
+        self.leases.take(handles.iter().cloned());
         let deadline = Instant::now() + self.batch_timeout;
         let handled = {
             let work = self.handler.handle(&batch, Deadline::at(deadline));
             tokio::pin!(work);
             tokio::select! {
                 result = &mut work => result,
-                () = self.heartbeat(&handles) => unreachable!("the heartbeat never ends"),
+                () = self.heartbeat(&handles, granted) => unreachable!("the heartbeat never ends"),
             }
         };
         self.leases
@@ -454,26 +462,81 @@ impl Worker {
         }
     }
 
-    /// Renews the visibility of the batch's leased messages every third of
-    /// it, under the leases' lock (see [`Leases`]). Never returns.
-    async fn heartbeat(&self, handles: &[String]) {
+    /// Renews the visibility of the batch's leased messages, side by side
+    /// with the other batches' heartbeats (see [`Leases`]). Never returns.
+    ///
+    /// Each renewal is timed from the *sending* of the one before (or of the
+    /// receive that granted the lease), a third of the visibility after it
+    /// ([`next_beat`]), and does not wait for the one before to be answered.
+    /// A slow SQS answer (a busy machine, a throttled endpoint, a stuck
+    /// connection) then delays no later renewal: a renewal has two thirds
+    /// of the shortest possible lease to reach SQS. A batch whose long poll
+    /// waited for its messages is renewed at once, since its leases may have
+    /// begun any time during the wait.
+    async fn heartbeat(&self, handles: &[String], mut granted: Granted) {
         let seconds = self.queue.visibility_timeout();
-        let every =
-            Duration::from_millis(u64::from(seconds) * 1000 / 3).max(Duration::from_millis(500));
+        let visibility = Duration::from_secs(u64::from(seconds));
+        let mut last_sent = granted.sent;
+        let mut in_flight: JoinSet<(Granted, usize)> = JoinSet::new();
         loop {
-            tokio::time::sleep(every).await;
-            let held = self.leases.lock().await;
-            let still: Vec<&str> = handles
-                .iter()
-                .filter(|h| held.contains(*h))
-                .map(String::as_str)
-                .collect();
-            if !still.is_empty() {
-                self.queue.extend(&still, seconds).await;
+            tokio::select! {
+                Some(Ok((renewed, confirmed))) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    if confirmed > 0 && renewed.sent > granted.sent {
+                        granted = renewed;
+                    }
+                    continue;
+                }
+                () = tokio::time::sleep_until(next_beat(last_sent, visibility).into()),
+                    if in_flight.len() < MAX_RENEWALS_IN_FLIGHT => {}
             }
-            drop(held);
+            let renewing = self.leases.renewing().await;
+            let still = renewing.still_held(handles);
+            if still.is_empty() {
+                // Released (backed off): nothing of this batch is leased again.
+                drop(renewing);
+                return std::future::pending().await;
+            }
+            let sent = Instant::now();
+            if let Some(late) = sent.checked_duration_since(granted.answered + visibility) {
+                Stats::add(&self.stats.late_renewals, 1);
+                warn!(
+                    late_ms = late.as_millis() as u64,
+                    messages = still.len(),
+                    "no renewal of these messages' lease was confirmed within the visibility timeout (the process was starved of CPU, or SQS answered slowly): they may be received again while their batch is in flight (their rows are still written once); give the consumer more CPU or raise --visibility-timeout"
+                );
+            }
+            last_sent = sent;
+            let queue = self.queue.clone();
+            in_flight.spawn(async move {
+                let still: Vec<&str> = still.iter().map(String::as_str).collect();
+                let confirmed = queue.extend(&still, seconds).await;
+                drop(renewing);
+                let answered = Instant::now();
+                (Granted { sent, answered }, confirmed)
+            });
         }
     }
+}
+
+/// When to renew a lease of `visibility` whose last granting call (receive
+/// or renewal) was sent at `sent`: a third of it later, which leaves two
+/// thirds of the shortest possible lease for the renewal to reach SQS; at
+/// least [`MIN_BEAT`] apart.
+fn next_beat(sent: Instant, visibility: Duration) -> Instant {
+    sent + (visibility / 3).max(MIN_BEAT)
+}
+
+/// Whether `--batch-window` leaves the heartbeat time to renew the leases
+/// of a batch's first messages: they are not renewed while the batch is
+/// being gathered, so the window must end well within their visibility.
+fn check_window(window: Duration, visibility_s: u32) -> Result<(), PollError> {
+    if window * 2 > Duration::from_secs(u64::from(visibility_s)) {
+        return Err(PollError::Usage(format!(
+            "--batch-window ({} s) must be at most half the visibility timeout ({visibility_s} s): the first messages of a batch would be received again while it is still being gathered; raise --visibility-timeout (or the queue's VisibilityTimeout) or shorten --batch-window",
+            window.as_secs_f64()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -491,6 +554,30 @@ mod tests {
             grace_period: Duration::from_secs(DEFAULT_GRACE_PERIOD_SECONDS),
             health_addr: None,
         }
+    }
+
+    #[test]
+    fn a_renewal_is_timed_from_the_sending_of_the_call_that_granted_the_lease() {
+        let sent = Instant::now();
+        let at = |visibility_s: u64| next_beat(sent, Duration::from_secs(visibility_s)) - sent;
+        assert_eq!(at(30), Duration::from_secs(10));
+        assert_eq!(at(2), Duration::from_secs(2) / 3);
+        assert_eq!(at(1), MIN_BEAT);
+    }
+
+    #[test]
+    fn a_batch_window_must_end_well_within_the_visibility_timeout() {
+        check_window(Duration::ZERO, 1).unwrap();
+        check_window(Duration::from_secs(15), 30).unwrap();
+        let Err(PollError::Usage(m)) = check_window(Duration::from_secs(16), 30) else {
+            panic!("a window over half the visibility is refused");
+        };
+        assert!(
+            m.contains("--batch-window (16 s)")
+                && m.contains("(30 s)")
+                && m.contains("--visibility-timeout"),
+            "{m}"
+        );
     }
 
     #[test]

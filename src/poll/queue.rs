@@ -152,6 +152,27 @@ where
     )
 }
 
+/// When SQS granted (or renewed) a lease on messages: somewhere between the
+/// sending of the call that granted it and its answer. SQS starts a
+/// message's visibility timeout when it hands the message out, so a lease of
+/// `v` runs out no sooner than `sent + v` and no later than `answered + v`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Granted {
+    /// When the granting call was sent.
+    pub sent: Instant,
+    /// When its answer arrived.
+    pub answered: Instant,
+}
+
+/// A gathered batch, and when its earliest lease was granted.
+#[derive(Debug, Default)]
+pub struct Gathered {
+    /// The messages (none: the long poll ended empty, or `stop`).
+    pub batch: SqsBatch,
+    /// The receive that returned the batch's first messages (None: empty).
+    pub granted: Option<Granted>,
+}
+
 /// The source queue.
 #[derive(Debug, Clone)]
 pub struct Queue {
@@ -239,8 +260,14 @@ impl Queue {
         Ok(out.queue_url)
     }
 
-    /// One `ReceiveMessage` of up to `max` messages, waiting up to `wait` seconds.
-    async fn receive(&self, max: usize, wait: u32) -> Result<Vec<SqsRecord>, QueueError> {
+    /// One `ReceiveMessage` of up to `max` messages, waiting up to `wait`
+    /// seconds; with when their lease was granted.
+    async fn receive(
+        &self,
+        max: usize,
+        wait: u32,
+    ) -> Result<(Vec<SqsRecord>, Granted), QueueError> {
+        let sent = Instant::now();
         let call = self
             .client
             .receive_message()
@@ -271,11 +298,16 @@ impl Queue {
                 cause: cause(&e),
                 hint: "check sqs:ReceiveMessage on the queue (and kms:Decrypt if it is encrypted with a customer-managed key)",
             })?;
-        Ok(out
+        let granted = Granted {
+            sent,
+            answered: Instant::now(),
+        };
+        let records = out
             .messages()
             .iter()
             .map(|m| to_record(m, &self.info.arn))
-            .collect())
+            .collect();
+        Ok((records, granted))
     }
 
     /// A batch as the event-source mapping gathers one: a long poll (ended
@@ -287,10 +319,10 @@ impl Queue {
         max: usize,
         window: Duration,
         stop: &mut watch::Receiver<bool>,
-    ) -> Result<SqsBatch, QueueError> {
-        let mut records = tokio::select! {
+    ) -> Result<Gathered, QueueError> {
+        let (mut records, granted) = tokio::select! {
             biased;
-            _ = stop.wait_for(|stopping| *stopping) => return Ok(SqsBatch::default()),
+            _ = stop.wait_for(|stopping| *stopping) => return Ok(Gathered::default()),
             got = self.receive(max, WAIT_SECONDS) => got?,
         };
         let until = Instant::now() + window;
@@ -301,8 +333,9 @@ impl Queue {
             }
             let wait = left.as_secs().min(u64::from(WAIT_SECONDS)) as u32;
             match self.receive(max - records.len(), wait).await {
-                Ok(more) if more.is_empty() && wait == 0 => break,
-                Ok(more) => records.extend(more),
+                Ok((more, _)) if more.is_empty() && wait == 0 => break,
+                // Leased after the first ones: those are renewed first.
+                Ok((more, _)) => records.extend(more),
                 // What is gathered is handled; the error shows again on the next receive.
                 Err(e) => {
                     warn!(error = %e, "receiving more messages for a batch failed; handling the batch gathered so far");
@@ -310,7 +343,10 @@ impl Queue {
                 }
             }
         }
-        Ok(SqsBatch { records })
+        Ok(Gathered {
+            granted: (!records.is_empty()).then_some(granted),
+            batch: SqsBatch { records },
+        })
     }
 
     /// Sets the visibility of messages to `seconds` (the heartbeat); returns
