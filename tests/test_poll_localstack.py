@@ -282,11 +282,10 @@ def blocked_batch_is_received_once(q: stack.Stack, consumers, name: str, env: di
     c = stack.Consumer(q, key.hex(), LOGS / f"{RUN}-{name}.log", "--concurrency", "2",
                        "--batch-timeout", "15", "--grace-period", "20", env=env)  # fmt: skip
     consumers.append(c)
-    c.start()
     # The lock is held until the test lets go of it, not for a fixed time:
     # a lock that ran out before the consumer had received the batch (a
     # slow long poll, a busy machine) let the batch through at once, and
-    # the wait for it in flight never saw it (the flake this replaced).
+    # the wait for it in flight never saw it (an earlier flake).
     lock = subprocess.Popen(["psql", stack.db_url(q.dbname), "-qX", "-v", "ON_ERROR_STOP=1"],
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)  # fmt: skip
     try:
@@ -297,7 +296,13 @@ def blocked_batch_is_received_once(q: stack.Stack, consumers, name: str, env: di
                        "WHERE c.relname = 'user_logins' AND l.mode = 'AccessExclusiveLock' AND l.granted")[0][0] == "1",
                        timeout=10)  # fmt: skip
         messages = stack.generate(5, 0, seed=2204)
+        # Sent before the consumer starts, so its first receive finds them
+        # all: sent to two workers already long-polling, LocalStack could
+        # hand each one message, both block on the lock, and the other three
+        # waited in the queue until both batches ran out of time and backed
+        # off (7 receives of 5 in 1 run of 20 under load; another flake).
         stack.send(q, messages)
+        c.start()
         stack.wait_for("the batch received", lambda: stack.queue_depth(q.queue_url) == (0, len(messages)), timeout=20)
         # While the batch is blocked, three times its visibility timeout:
         # never visible again (SQS would hand it to the other worker).
@@ -324,6 +329,7 @@ def blocked_batch_is_received_once(q: stack.Stack, consumers, name: str, env: di
     print(f"\npoll {name}: {totals.get('RecordsReceived', 0):.0f} receives of {len(messages)} messages, "
           f"longest batch {max(d['BatchDurationMs'] for d in c.emf_documents() if 'BatchDurationMs' in d)} ms")  # fmt: skip
     assert max(d["BatchDurationMs"] for d in c.emf_documents() if "BatchDurationMs" in d) > 4000, "the lock held the batch"
+    assert not [d for d in c.emf_documents() if d.get("BatchFailed")], "no batch ran out of time"
     assert visible_seen == 0, f"{visible_seen} message(s) visible again while their batch was in flight"
     assert totals["RecordsReceived"] == len(messages) and totals["Duplicates"] == 0, "no redelivery while in flight"
     assert sum(stack.queue_depth(q.dlq_url)) == 0
