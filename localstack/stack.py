@@ -732,6 +732,7 @@ class SlowLink:
 
         parsed = urllib.parse.urlsplit(target)
         self.delay, self.target = delay, (parsed.hostname, parsed.port)
+        self.relays: set = set()
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
 
@@ -748,18 +749,25 @@ class SlowLink:
     async def _relay(self, client_r, client_w) -> None:
         import asyncio
 
-        server_r, server_w = await asyncio.open_connection(*self.target)
+        self.relays.add(asyncio.current_task())
+        try:
+            server_r, server_w = await asyncio.open_connection(*self.target)
+        except OSError:
+            client_w.close()
+            return
 
         async def pipe(reader, writer) -> None:
             queue: asyncio.Queue = asyncio.Queue()
 
             async def later() -> None:
-                while (item := await queue.get()) is not None:
-                    due, chunk = item
-                    await asyncio.sleep(max(0.0, due - self.loop.time()))
-                    writer.write(chunk)
-                    await writer.drain()
-                writer.close()
+                try:
+                    while (item := await queue.get()) is not None:
+                        due, chunk = item
+                        await asyncio.sleep(max(0.0, due - self.loop.time()))
+                        writer.write(chunk)
+                        await writer.drain()
+                finally:
+                    writer.close()
 
             sender = asyncio.ensure_future(later())
             try:
@@ -767,15 +775,32 @@ class SlowLink:
                     queue.put_nowait((self.loop.time() + self.delay, chunk))
             except ConnectionError:
                 pass
-            queue.put_nowait(None)
-            await sender
+            finally:
+                queue.put_nowait(None)
+                await asyncio.gather(sender, return_exceptions=True)
 
-        await asyncio.gather(pipe(client_r, server_w), pipe(server_r, client_w), return_exceptions=True)
+        try:
+            await asyncio.gather(pipe(client_r, server_w), pipe(server_r, client_w), return_exceptions=True)
+        finally:
+            client_w.close()
+            server_w.close()
+            self.relays.discard(asyncio.current_task())
 
     def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.server.close)
+        """Stops listening, cuts the connections and ends the thread."""
+        import asyncio
+
+        async def stop() -> None:
+            self.server.close()
+            for task in list(self.relays):
+                task.cancel()
+            await asyncio.gather(*self.relays, return_exceptions=True)
+            await self.server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(timeout=10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
+        self.loop.close()
 
 
 def vault_key() -> str:

@@ -20,7 +20,7 @@
 //! expired receipt handle) leaves that record to plain redelivery after the
 //! queue's visibility timeout: logged and counted, nothing lost.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
@@ -142,45 +142,57 @@ pub struct Hold<'a> {
 /// The messages a long-running consumer (`login-etl poll`) keeps invisible
 /// with a heartbeat while their batch is in flight, by receipt handle.
 ///
-/// A heartbeat extends its batch's messages while it holds the gate shared,
-/// and a backoff first releases the messages it is about to hold with the
-/// gate exclusive: so no extension can land after a backoff and shorten it.
-/// The gate is shared, not a mutex, because the heartbeats of the batches in
-/// flight must not wait for each other's calls to SQS: one slow answer
-/// would delay every other batch's renewal past its lease.
+/// Each batch's leases share a gate of their own. The batch's heartbeat
+/// holds it shared while a renewal is in flight, and a backoff first
+/// releases the messages it is about to hold with the gate exclusive: so no
+/// renewal that SQS answered (or that was given up, after the call's time
+/// limit) can land after the backoff's change and shorten it. The gates are
+/// per batch so that no batch's renewals wait for another batch's calls.
 #[derive(Debug, Default)]
 pub struct Leases {
-    held: std::sync::Mutex<HashSet<String>>,
-    gate: std::sync::Arc<tokio::sync::RwLock<()>>,
+    held: std::sync::Mutex<HashMap<String, Gate>>,
 }
 
+type Gate = std::sync::Arc<tokio::sync::RwLock<()>>;
+
 impl Leases {
-    /// Starts leasing these receipt handles.
-    pub fn take(&self, handles: impl IntoIterator<Item = String>) {
-        self.held().extend(handles);
+    /// Starts leasing a batch's receipt handles, until the returned lease
+    /// is dropped.
+    pub fn take(self: &std::sync::Arc<Self>, handles: Vec<String>) -> BatchLease {
+        let gate = Gate::default();
+        let mut held = self.held();
+        for h in &handles {
+            held.insert(h.clone(), std::sync::Arc::clone(&gate));
+        }
+        BatchLease {
+            leases: std::sync::Arc::clone(self),
+            handles,
+            gate,
+        }
     }
 
-    /// Stops leasing these receipt handles (done, or about to be backed
-    /// off), once the extensions in flight have been answered.
+    /// Stops leasing these receipt handles before a backoff changes their
+    /// visibility, once their batch's renewals in flight are over.
     pub async fn release<'a>(&self, handles: impl IntoIterator<Item = &'a str>) {
-        let _no_extension_in_flight = self.gate.write().await;
+        let handles: Vec<&str> = handles.into_iter().collect();
+        let mut gates: Vec<Gate> = Vec::new();
+        for gate in handles.iter().filter_map(|h| self.held().get(*h).cloned()) {
+            if !gates.iter().any(|g| std::sync::Arc::ptr_eq(g, &gate)) {
+                gates.push(gate);
+            }
+        }
+        let mut no_renewal_in_flight = Vec::with_capacity(gates.len());
+        for gate in &gates {
+            no_renewal_in_flight.push(gate.write().await);
+        }
         let mut held = self.held();
         for h in handles {
             held.remove(h);
         }
     }
 
-    /// What a heartbeat's extension holds while it is in flight: no lease
-    /// it lists can be released until it is dropped.
-    pub async fn renewing(self: &std::sync::Arc<Self>) -> Renewing {
-        Renewing {
-            leases: std::sync::Arc::clone(self),
-            _gate: std::sync::Arc::clone(&self.gate).read_owned().await,
-        }
-    }
-
-    fn held(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        // A panic elsewhere cannot leave the set half-changed: every
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, Gate>> {
+        // A panic elsewhere cannot leave the map half-changed: every
         // change is one call on it.
         self.held
             .lock()
@@ -188,23 +200,45 @@ impl Leases {
     }
 }
 
-/// An extension's hold on [`Leases`] while it is in flight.
+/// One batch's leases ([`Leases::take`]); dropped when the batch ends.
 #[derive(Debug)]
-pub struct Renewing {
+pub struct BatchLease {
     leases: std::sync::Arc<Leases>,
-    _gate: tokio::sync::OwnedRwLockReadGuard<()>,
+    handles: Vec<String>,
+    gate: Gate,
 }
 
-impl Renewing {
-    /// Those of `handles` still leased.
-    pub fn still_held(&self, handles: &[String]) -> Vec<String> {
+impl BatchLease {
+    /// What a renewal holds while it is in flight, and the handles it
+    /// renews: those of the batch still leased.
+    pub async fn renewing(&self) -> Renewing {
+        let gate = std::sync::Arc::clone(&self.gate).read_owned().await;
         let held = self.leases.held();
-        handles
+        let still = self
+            .handles
             .iter()
-            .filter(|h| held.contains(*h))
+            .filter(|h| held.contains_key(*h))
             .cloned()
-            .collect()
+            .collect();
+        Renewing { still, _gate: gate }
     }
+}
+
+impl Drop for BatchLease {
+    fn drop(&mut self) {
+        let mut held = self.leases.held();
+        for h in &self.handles {
+            held.remove(h);
+        }
+    }
+}
+
+/// A renewal's hold on its batch's leases while it is in flight.
+#[derive(Debug)]
+pub struct Renewing {
+    /// The receipt handles to renew.
+    pub still: Vec<String>,
+    _gate: tokio::sync::OwnedRwLockReadGuard<()>,
 }
 
 /// Changes the visibility of messages in the source queue.
@@ -366,29 +400,36 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn heartbeats_renew_side_by_side_and_a_release_waits_for_their_calls() {
+    async fn a_backoff_waits_for_its_own_batchs_renewals_and_no_other_batch_waits() {
         let leases = std::sync::Arc::new(Leases::default());
-        let handles = ["a".to_owned(), "b".to_owned(), "c".to_owned()];
-        leases.take(handles[..2].iter().cloned());
+        let first = leases.take(vec!["a".into(), "b".into()]);
+        let second = leases.take(vec!["c".into()]);
         let wait = Duration::from_millis(100);
-        // Two batches' renewals in flight at once: neither waits for the other.
-        let first = tokio::time::timeout(wait, leases.renewing()).await.unwrap();
-        let second = tokio::time::timeout(wait, leases.renewing()).await.unwrap();
-        assert_eq!(first.still_held(&handles), ["a", "b"], "c was never taken");
-        // A backoff's release waits until the renewals in flight are answered,
-        // so none of them can land after the backoff's own change.
+        let renewing =
+            |lease| async move { tokio::time::timeout(wait, BatchLease::renewing(lease)).await };
+        // Two renewals of the first batch in flight at once.
+        let one = renewing(&first).await.unwrap();
+        let two = renewing(&first).await.unwrap();
+        assert_eq!(one.still, ["a", "b"]);
+        // A backoff of "a" waits until they are over, so none of them can
+        // land after the backoff's own change...
         let release = leases.release(["a"]);
         tokio::pin!(release);
         assert!(tokio::time::timeout(wait, &mut release).await.is_err());
-        drop(first);
+        // ...and meanwhile the other batch renews and ends without waiting.
+        assert_eq!(renewing(&second).await.unwrap().still, ["c"]);
+        drop(one);
         assert!(tokio::time::timeout(wait, &mut release).await.is_err());
-        drop(second);
+        drop(two);
         tokio::time::timeout(wait, &mut release).await.unwrap();
-        let after = leases.renewing().await;
-        assert_eq!(after.still_held(&handles), ["b"]);
-        // Taking more does not wait for a renewal in flight.
-        leases.take(["c".to_owned()]);
-        assert_eq!(after.still_held(&handles), ["b", "c"]);
+        assert_eq!(renewing(&first).await.unwrap().still, ["b"]);
+        // A batch's end drops its leases at once, renewal in flight or not.
+        let in_flight = renewing(&second).await.unwrap();
+        drop(second);
+        assert!(leases.held().get("c").is_none());
+        drop(in_flight);
+        drop(first);
+        assert!(leases.held().is_empty());
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //!    receipt handles are leased ([`Leases`]);
 //! 2. while the handler runs, a heartbeat renews the visibility of the
 //!    leased messages a third of it after the call that granted the lease
-//!    was sent (at once if the long poll waited), so nothing is redelivered
-//!    while it is being written, however slowly SQS answers;
+//!    was sent, without waiting for answers or for other batches, so
+//!    nothing is redelivered while it is being written, however slowly SQS
+//!    answers;
 //! 3. the handler validates, masks, writes and COMMITs; rejects go to the
 //!    DLQ; after an infrastructure failure it backs the records off, and
 //!    releases their leases first, so no heartbeat can shorten a backoff;
@@ -50,7 +51,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::backoff::Leases;
+use crate::backoff::{BatchLease, Leases};
 use crate::config::Config;
 use crate::error::ConfigError;
 use crate::event::SqsBatch;
@@ -201,7 +202,8 @@ pub struct Stats {
     pub not_deleted: AtomicU64,
     /// Messages left in the queue (reported failures, or a failed batch).
     pub left: AtomicU64,
-    /// Heartbeat renewals sent after the lease they renewed had run out.
+    /// Heartbeat renewals sent when no renewal had been confirmed within
+    /// the visibility timeout (the lease had run out, at the latest then).
     pub late_renewals: AtomicU64,
 }
 
@@ -408,19 +410,18 @@ impl Worker {
             .filter_map(|r| r.receipt_handle.clone())
             .collect();
         Stats::add(&self.stats.received, batch.records.len());
-        self.leases.take(handles.iter().cloned());
+        let lease = self.leases.take(handles);
         let deadline = Instant::now() + self.batch_timeout;
         let handled = {
             let work = self.handler.handle(&batch, Deadline::at(deadline));
             tokio::pin!(work);
             tokio::select! {
                 result = &mut work => result,
-                () = self.heartbeat(&handles, granted) => unreachable!("the heartbeat never ends"),
+                () = self.heartbeat(&lease, granted) => unreachable!("the heartbeat never ends"),
             }
         };
-        self.leases
-            .release(handles.iter().map(String::as_str))
-            .await;
+        // The heartbeat has stopped; the leases end before the deletes.
+        drop(lease);
         Stats::add(&self.stats.batches, 1);
         self.health.progress();
         match handled {
@@ -462,57 +463,75 @@ impl Worker {
         }
     }
 
-    /// Renews the visibility of the batch's leased messages, side by side
-    /// with the other batches' heartbeats (see [`Leases`]). Never returns.
+    /// Renews the visibility of the batch's leased messages, without
+    /// waiting for other batches (see [`Leases`]). Never returns.
     ///
     /// Each renewal is timed from the *sending* of the one before (or of the
     /// receive that granted the lease), a third of the visibility after it
     /// ([`next_beat`]), and does not wait for the one before to be answered.
     /// A slow SQS answer (a busy machine, a throttled endpoint, a stuck
     /// connection) then delays no later renewal: a renewal has two thirds
-    /// of the shortest possible lease to reach SQS. A batch whose long poll
-    /// waited for its messages is renewed at once, since its leases may have
-    /// begun any time during the wait.
-    async fn heartbeat(&self, handles: &[String], mut granted: Granted) {
+    /// of the shortest possible lease to reach SQS. A batch whose receive
+    /// (long poll, then batch window) took a third of the visibility or
+    /// more is renewed at once, since its leases may have begun any time
+    /// during it.
+    async fn heartbeat(&self, lease: &BatchLease, mut granted: Granted) {
         let seconds = self.queue.visibility_timeout();
         let visibility = Duration::from_secs(u64::from(seconds));
         let mut last_sent = granted.sent;
         let mut in_flight: JoinSet<(Granted, usize)> = JoinSet::new();
+        let confirmed_renewal = |joined: Result<(Granted, usize), tokio::task::JoinError>,
+                                 granted: &mut Granted| {
+            // A renewal whose task panicked renewed nothing we know of.
+            if let Ok((renewed, confirmed)) = joined
+                && confirmed > 0
+                && renewed.sent > granted.sent
+            {
+                *granted = renewed;
+            }
+        };
         loop {
             tokio::select! {
-                Some(Ok((renewed, confirmed))) = in_flight.join_next(), if !in_flight.is_empty() => {
-                    if confirmed > 0 && renewed.sent > granted.sent {
-                        granted = renewed;
-                    }
+                biased;
+                Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    confirmed_renewal(joined, &mut granted);
                     continue;
                 }
                 () = tokio::time::sleep_until(next_beat(last_sent, visibility).into()),
                     if in_flight.len() < MAX_RENEWALS_IN_FLIGHT => {}
             }
-            let renewing = self.leases.renewing().await;
-            let still = renewing.still_held(handles);
-            if still.is_empty() {
+            let renewing = lease.renewing().await;
+            if renewing.still.is_empty() {
                 // Released (backed off): nothing of this batch is leased again.
                 drop(renewing);
                 return std::future::pending().await;
+            }
+            // Answers that came while waiting count before judging lateness.
+            while let Some(joined) = in_flight.try_join_next() {
+                confirmed_renewal(joined, &mut granted);
             }
             let sent = Instant::now();
             if let Some(late) = sent.checked_duration_since(granted.answered + visibility) {
                 Stats::add(&self.stats.late_renewals, 1);
                 warn!(
                     late_ms = late.as_millis() as u64,
-                    messages = still.len(),
+                    messages = renewing.still.len(),
                     "no renewal of these messages' lease was confirmed within the visibility timeout (the process was starved of CPU, or SQS answered slowly): they may be received again while their batch is in flight (their rows are still written once); give the consumer more CPU or raise --visibility-timeout"
                 );
             }
             last_sent = sent;
             let queue = self.queue.clone();
             in_flight.spawn(async move {
-                let still: Vec<&str> = still.iter().map(String::as_str).collect();
+                let still: Vec<&str> = renewing.still.iter().map(String::as_str).collect();
                 let confirmed = queue.extend(&still, seconds).await;
                 drop(renewing);
-                let answered = Instant::now();
-                (Granted { sent, answered }, confirmed)
+                (
+                    Granted {
+                        sent,
+                        answered: Instant::now(),
+                    },
+                    confirmed,
+                )
             });
         }
     }
