@@ -35,13 +35,13 @@ RUN = f"e2e{os.getpid()}"
 def deployed(*, fifo: bool, batch_size: int, kind: str | None = None, **options):
     """A stack of this run with a database of its own; both removed afterwards."""
     kind = kind or ("fifo" if fifo else "std")
-    s = stack.deploy(f"login-etl-{RUN}-{kind}", f"login_etl_{RUN}_{kind}", fifo=fifo, batch_size=batch_size,
-                     **options)  # fmt: skip
+    name, dbname = f"login-etl-{RUN}-{kind}", f"login_etl_{RUN}_{kind}"
     try:
-        yield s
+        yield stack.deploy(name, dbname, fifo=fifo, batch_size=batch_size, **options)
     finally:
-        stack.delete_stack(s.name)
-        stack.drop_database(s.dbname)
+        # Also when the deploy itself failed half-way (its database made).
+        stack.delete_stack(name)
+        stack.drop_database(dbname)
 
 
 @pytest.fixture(scope="session")
