@@ -43,7 +43,28 @@ fn start_watch(db_url: &str, port: u16) -> Watch {
     let log =
         std::env::temp_dir().join(format!("login-etl-watch-{}-{port}.log", std::process::id()));
     let out = std::fs::File::create(&log).unwrap();
-    let child = Command::new(cargo_lambda())
+    let mut command = Command::new(cargo_lambda());
+    // What cargo sets for this test process is not the caller's: inherited
+    // by the `cargo run` under cargo-lambda, CARGO_MANIFEST_DIR (which
+    // ring's build script watches) made cargo rebuild ring and all above
+    // it here, and again in the next plain `cargo build`.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_BIN_",
+            "CARGO_CRATE_NAME",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p))
+            || name == "CARGO_PRIMARY_PACKAGE"
+            || name == "CARGO_TARGET_TMPDIR"
+        {
+            command.env_remove(name.as_ref());
+        }
+    }
+    let child = command
         .args([
             "lambda",
             "watch",
