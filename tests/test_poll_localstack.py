@@ -246,7 +246,11 @@ def test_an_outage_while_polling_dead_letters_nothing_valid_and_readiness_follow
     assert set(table(q)) == {m.message_id for m in valid}
     assert rc == 0
     failed = [d for d in c.emf_documents() if d.get("message") == "batch failed"]
-    assert failed and all(d["RecordsBackedOff"] > 0 for d in failed), "the backoff held the messages"
+    # Every valid record of a failed batch was backed off. A batch can hold
+    # only the reject (its DLQ copy sent, nothing to back off): in 1 run
+    # of about 10 LocalStack handed it out alone.
+    assert failed and sum(d["RecordsBackedOff"] for d in failed) > 0, "the backoff held the messages"
+    assert all(d["RecordsBackedOff"] == d["RecordsReceived"] - d["Rejected"] for d in failed), failed
 
 
 def test_the_heartbeat_keeps_a_slow_batch_invisible_until_it_is_written(outage_queues, consumers):
