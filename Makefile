@@ -86,11 +86,13 @@ host-build: rust-tools ## build the function for this host (debug profile, syste
 
 test-build: rust-tools ## compile every test, bench and example without running them
 	@echo "==> cargo test --no-run (the first build compiles every dependency: a minute or two)"
-	cargo test --all-targets --no-run
-	@# The binary alone, as `cargo lambda watch` (tests/runtime_e2e.rs) runs
-	@# it: without the dev-dependencies' features, a few crates differ, and
-	@# compiling them there took 100 s beside the other tests.
+	@# First the binary alone, as `cargo run` under `cargo lambda watch`
+	@# (tests/runtime_e2e.rs) builds it: without the dev-dependencies'
+	@# features (serde's, rand's) the crates above them differ, and compiling
+	@# them there took 100 s beside the other tests. Then the tests, last, so
+	@# target/debug/login-etl is again the build the tests and make e2e use.
 	cargo build --bin login-etl
+	cargo test --all-targets --no-run
 
 $(LS_STAMP):
 	@echo "==> installing LocalStack and the host executor into $(LS_VENV) (about a minute the first time)"
@@ -131,14 +133,18 @@ test: ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambd
 	trap report EXIT; trap 'exit 130' INT TERM
 	timed() { local name=$$1 t=$$(date +%s%3N) rc=0; shift; "$$@" || rc=$$?; \
 	  timings+=("$$(printf '%-52s %7.1f s%s' "$$name" "$$(( $$(date +%s%3N) - t ))e-3" "$$( ((rc)) && echo '  FAILED')")"); return $$rc; }
-	@# The two venvs install while cargo compiles the tests (on a fresh machine each takes a minute or two).
-	timed "build the tests, install the venvs" $(MAKE) --no-print-directory -j3 test-build python-tools localstack-tools
+	@# The two venvs install while cargo compiles the function (on a fresh
+	@# machine each takes a minute or two; after make demo, nothing to do).
+	timed "build the function, install the venvs" $(MAKE) --no-print-directory -j3 host-build python-tools localstack-tools
 	$(PG_REACHABLE)
+	@# make e2e packages a copy: the test build beside it may replace target/debug/login-etl.
+	prebuilt=$${CARGO_TARGET_DIR:-target}/e2e-login-etl; cp -f "$${CARGO_TARGET_DIR:-target}/debug/login-etl" "$$prebuilt"
 	@# Then three independent steps side by side, each line prefixed with its
-	@# step: the Rust tests wait mostly on PostgreSQL, the end-to-end tests
-	@# on LocalStack, and nothing is compiled any more (the e2e package takes
-	@# the binary the build step made: LOGIN_ETL_PREBUILT). TEST_SERIAL=1
-	@# runs them one after another instead.
+	@# step: the end-to-end tests at once (they wait mostly on LocalStack and
+	@# take the binary just built: LOGIN_ETL_PREBUILT), the Rust tests (they
+	@# wait mostly on PostgreSQL) and the template checks once the tests are
+	@# compiled (test-build: host-build's binary is the one it ends with).
+	@# TEST_SERIAL=1 runs them one after another instead.
 	@# Each in a process group of its own (set -m), which report() stops.
 	side_dir=$$(mktemp -d); set -m
 	side() { local name=$$1 tag=$$2; shift 2
@@ -146,13 +152,14 @@ test: ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambd
 	    if [ -n "$${TEST_SERIAL:-}" ]; then "$$@"; rc=$$?; else "$$@" 2>&1 | sed -u "s/^/[$$tag] /"; rc=$${PIPESTATUS[0]}; fi
 	    printf '%-52s %7.1f s%s\n' "$$name" "$$(( $$(date +%s%3N) - t ))e-3" "$$( ((rc)) && echo '  FAILED')" > "$$side_dir/$$tag" ) &
 	  pids+=($$!); if [ -n "$${TEST_SERIAL:-}" ]; then wait $$!; fi; }
+	side "LocalStack end to end (make e2e)" e2e env LOGIN_ETL_PREBUILT="$$(realpath "$$prebuilt")" $(MAKE) --no-print-directory e2e
+	timed "build the tests (beside make e2e)" $(MAKE) --no-print-directory test-build
 	side "cargo test (Rust, PostgreSQL, TLS, moto, cargo lambda)" rust env LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" CARGO_LAMBDA="$(CARGO_LAMBDA)" \
 	  MOTO_SERVER="$(abspath $(VENV))/bin/moto_server" cargo test --all-targets --no-fail-fast -- --include-ignored
 	@# The template; with the binary cargo built, the documented GRANT blocks,
 	@# make migrate against a given URL, and the command line as an operator meets it.
 	side "template; pytest: database roles, command line" py bash -c '$(MAKE) --no-print-directory validate && \
 	  PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python -m pytest -q tests/test_database_roles.py tests/test_cli.py'
-	side "LocalStack end to end (make e2e)" e2e env LOGIN_ETL_PREBUILT=1 $(MAKE) --no-print-directory e2e
 	set +m; wait "$${pids[@]}" || true; pids=()
 	failed=0
 	for f in "$$side_dir"/rust "$$side_dir"/py "$$side_dir"/e2e; do

@@ -193,10 +193,15 @@ def build() -> None:
     from samcli.yamlhelper import yaml_dump, yaml_parse  # the SAM CLI's own CloudFormation YAML (intrinsic tags)
 
     built = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug" / "login-etl"
-    if os.environ.get("LOGIN_ETL_PREBUILT") == "1" and built.exists():
+    prebuilt = os.environ.get("LOGIN_ETL_PREBUILT", "")
+    if prebuilt not in ("", "1"):
+        # make test's copy of the binary host-build made: cargo builds
+        # beside this and may replace target/debug/login-etl meanwhile.
+        built = Path(prebuilt)
+    if prebuilt and built.exists():
         # make test built it already, and runs cargo test beside this: a
         # second cargo would wait for the first's lock on target/.
-        say(f"==> using {built} as built by make test (LOGIN_ETL_PREBUILT=1)")
+        say(f"==> using {built} as built by make test (LOGIN_ETL_PREBUILT)")
     else:
         say("==> cargo build --bin login-etl --examples (the first build compiles every dependency: a few minutes; cargo shows its progress)")
         env = {**os.environ, **HOST_BUILD_ENV}
@@ -210,7 +215,7 @@ def build() -> None:
     function_dir.mkdir(parents=True, exist_ok=True)
     bootstrap = function_dir / "bootstrap"
     tmp = bootstrap.with_suffix(".tmp")
-    shutil.copy2(Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug" / "login-etl", tmp)
+    shutil.copy2(built, tmp)
     tmp.replace(bootstrap)  # atomic: a running function keeps its old file
     template = yaml_parse((ROOT / "template.yaml").read_text())
     # Both functions run the one binary (the maintenance function is only
