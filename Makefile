@@ -86,12 +86,6 @@ host-build: rust-tools ## build the function for this host (debug profile, syste
 
 test-build: rust-tools ## compile every test, bench and example without running them
 	@echo "==> cargo test --no-run (the first build compiles every dependency: a minute or two)"
-	@# First the binary alone, as `cargo run` under `cargo lambda watch`
-	@# (tests/runtime_e2e.rs) builds it: without the dev-dependencies'
-	@# features (serde's, rand's) the crates above them differ, and compiling
-	@# them there took 100 s beside the other tests. Then the tests, last, so
-	@# target/debug/login-etl is again the build the tests and make e2e use.
-	cargo build --bin login-etl
 	cargo test --all-targets --no-run
 
 $(LS_STAMP):
@@ -143,8 +137,7 @@ test: ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambd
 	@# step: the end-to-end tests at once (they wait mostly on LocalStack and
 	@# take the binary just built: LOGIN_ETL_PREBUILT), the Rust tests (they
 	@# wait mostly on PostgreSQL) and the template checks once the tests are
-	@# compiled (test-build: host-build's binary is the one it ends with).
-	@# TEST_SERIAL=1 runs them one after another instead.
+	@# compiled. TEST_SERIAL=1 runs them one after another instead.
 	@# Each in a process group of its own (set -m), which report() stops.
 	side_dir=$$(mktemp -d); set -m
 	side() { local name=$$1 tag=$$2; shift 2

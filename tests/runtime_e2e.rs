@@ -1,5 +1,6 @@
 //! End to end through the real Lambda runtime: `cargo lambda watch` serves the
-//! function, `cargo lambda invoke` sends every file of `events/`, and the test
+//! runtime APIs to the function's binary, `cargo lambda invoke` sends every
+//! file of `events/`, and the test
 //! checks responses, rows, and that the function's output at TRACE holds no
 //! raw ip or device_id. Needs cargo-lambda, which `make test` installs.
 
@@ -13,25 +14,29 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-/// Stops the whole process group (cargo-lambda, cargo run, the function) on drop.
+/// `cargo lambda watch` serving the runtime APIs, and the function polling
+/// them; both stopped (each its process group) on drop.
 struct Watch {
-    child: Child,
+    children: Vec<Child>,
     log: std::path::PathBuf,
 }
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        let pgid = format!("-{}", self.child.id());
-        let _ = Command::new("kill").args(["-TERM", "--", &pgid]).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+        // The function first, while the runtime APIs still answer it.
+        for child in self.children.iter_mut().rev() {
+            let pgid = format!("-{}", child.id());
+            let _ = Command::new("kill").args(["-TERM", "--", &pgid]).status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
-            std::thread::sleep(Duration::from_millis(100));
+            let _ = Command::new("kill").args(["-KILL", "--", &pgid]).status();
+            let _ = child.wait();
         }
-        let _ = Command::new("kill").args(["-KILL", "--", &pgid]).status();
-        let _ = self.child.wait();
     }
 }
 
@@ -39,48 +44,30 @@ fn cargo_lambda() -> String {
     std::env::var("CARGO_LAMBDA").unwrap_or_else(|_| "cargo-lambda".into())
 }
 
+/// `cargo lambda watch --only-lambda-apis`, and the binary the tests built
+/// polling it with the environment cargo-lambda names. Not `cargo lambda
+/// watch` alone: its `cargo run` builds the binary without the
+/// dev-dependencies' features, a second variant of every crate above serde
+/// (100 s beside the other tests on a fresh clone), and swaps
+/// target/debug/login-etl under the tests that run it.
 fn start_watch(db_url: &str, port: u16) -> Watch {
     let log =
         std::env::temp_dir().join(format!("login-etl-watch-{}-{port}.log", std::process::id()));
     let out = std::fs::File::create(&log).unwrap();
-    let mut command = Command::new(cargo_lambda());
-    // What cargo sets for this test process is not the caller's: inherited
-    // by the `cargo run` under cargo-lambda, CARGO_MANIFEST_DIR (which
-    // ring's build script watches) made cargo rebuild ring and all above
-    // it here, and again in the next plain `cargo build`.
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if [
-            "CARGO_PKG_",
-            "CARGO_MANIFEST_",
-            "CARGO_BIN_",
-            "CARGO_CRATE_NAME",
-        ]
-        .iter()
-        .any(|p| name.starts_with(p))
-            || name == "CARGO_PRIMARY_PACKAGE"
-            || name == "CARGO_TARGET_TMPDIR"
-        {
-            command.env_remove(name.as_ref());
-        }
-    }
-    let child = command
+    let apis = Command::new(cargo_lambda())
         .args([
             "lambda",
             "watch",
+            "--only-lambda-apis",
             "--invoke-address",
             "127.0.0.1",
             "--invoke-port",
             &port.to_string(),
         ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("DATABASE_URL", db_url)
-        .env("MASKING_KEY", TEST_KEY)
-        .env("AWS_LAMBDA_LOG_LEVEL", "trace")
-        .env("AWS_LAMBDA_LOG_FORMAT", "JSON")
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
-        .stderr(out)
+        .stderr(out.try_clone().unwrap())
         .process_group(0)
         .spawn()
         .unwrap_or_else(|e| {
@@ -89,7 +76,10 @@ fn start_watch(db_url: &str, port: u16) -> Watch {
                 cargo_lambda()
             )
         });
-    let watch = Watch { child, log };
+    let mut watch = Watch {
+        children: vec![apis],
+        log,
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -99,8 +89,30 @@ fn start_watch(db_url: &str, port: u16) -> Watch {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    let function = Command::new(env!("CARGO_BIN_EXE_login-etl"))
+        .env(
+            "AWS_LAMBDA_RUNTIME_API",
+            format!("http://127.0.0.1:{port}/.rt"),
+        )
+        .env("AWS_LAMBDA_FUNCTION_NAME", FUNCTION)
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "4096")
+        .env("DATABASE_URL", db_url)
+        .env("MASKING_KEY", TEST_KEY)
+        .env("AWS_LAMBDA_LOG_LEVEL", "trace")
+        .env("AWS_LAMBDA_LOG_FORMAT", "JSON")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .process_group(0)
+        .spawn()
+        .expect("the function's binary runs");
+    watch.children.push(function);
     watch
 }
+
+/// The function's name under `--only-lambda-apis` (cargo-lambda's own).
+const FUNCTION: &str = "_";
 
 /// Invokes with `cargo lambda invoke`; Ok(response) or Err(error output).
 fn invoke(port: u16, file: &str) -> Result<Value, String> {
@@ -108,7 +120,7 @@ fn invoke(port: u16, file: &str) -> Result<Value, String> {
         .args([
             "lambda",
             "invoke",
-            "login-etl",
+            FUNCTION,
             "--invoke-address",
             "127.0.0.1",
             "--invoke-port",
