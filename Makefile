@@ -146,7 +146,10 @@ test: ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambd
 	    printf '%-52s %7.1f s%s\n' "$$name" "$$(( $$(date +%s%3N) - t ))e-3" "$$( ((rc)) && echo '  FAILED')" > "$$side_dir/$$tag" ) &
 	  pids+=($$!); if [ -n "$${TEST_SERIAL:-}" ]; then wait $$!; fi; }
 	side "LocalStack end to end (make e2e)" e2e env LOGIN_ETL_PREBUILT="$$(realpath "$$prebuilt")" $(MAKE) --no-print-directory e2e
-	timed "build the tests (beside make e2e)" $(MAKE) --no-print-directory test-build
+	@# A failed test build interrupts make e2e (SIGINT: pytest tears down its
+	@# stacks, databases and LocalStack) and waits for it before failing.
+	timed "build the tests (beside make e2e)" $(MAKE) --no-print-directory test-build || \
+	  { rc=$$?; kill -INT -- -"$${pids[0]}" 2>/dev/null; set +m; wait "$${pids[@]}" 2>/dev/null; pids=(); exit $$rc; }
 	side "cargo test (Rust, PostgreSQL, TLS, moto, cargo lambda)" rust env LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" CARGO_LAMBDA="$(CARGO_LAMBDA)" \
 	  MOTO_SERVER="$(abspath $(VENV))/bin/moto_server" cargo test --all-targets --no-fail-fast -- --include-ignored
 	@# The template; with the binary cargo built, the documented GRANT blocks,

@@ -198,6 +198,8 @@ def build() -> None:
         # make test's copy of the binary host-build made: cargo builds
         # beside this and may replace target/debug/login-etl meanwhile.
         built = Path(prebuilt)
+        if not built.is_file():
+            raise SystemExit(f"LOGIN_ETL_PREBUILT={prebuilt}: no such binary; unset it to build with cargo")
     if prebuilt and built.exists():
         # make test built it already, and runs cargo test beside this: a
         # second cargo would wait for the first's lock on target/.

@@ -191,7 +191,7 @@ async fn every_event_file_through_cargo_lambda_watch() {
     let watch = start_watch(&db.ingest_url().await, port);
     let client = db.client().await;
 
-    // The first invoke starts the function (cargo run): allow for a compile.
+    // The first invoke waits for the function's cold start (it polls the runtime APIs).
     let valid = load_event("sqs-valid.json");
     let resp = invoke(port, "sqs-valid.json").expect("valid batch succeeds");
     assert!(failure_ids(&resp).is_empty(), "{resp}");

@@ -250,7 +250,10 @@ def test_an_outage_while_polling_dead_letters_nothing_valid_and_readiness_follow
     # only the reject (its DLQ copy sent, nothing to back off): in 1 run
     # of about 10 LocalStack handed it out alone.
     assert failed and sum(d["RecordsBackedOff"] for d in failed) > 0, "the backoff held the messages"
-    assert all(d["RecordsBackedOff"] == d["RecordsReceived"] - d["Rejected"] for d in failed), failed
+    # (backed off, or its visibility change not confirmed in time: then
+    # redelivered after the visibility timeout, still nothing lost).
+    assert all(d["RecordsBackedOff"] + d["VisibilityChangesFailed"] == d["RecordsReceived"] - d["Rejected"]
+               for d in failed), failed  # fmt: skip
 
 
 def test_the_heartbeat_keeps_a_slow_batch_invisible_until_it_is_written(outage_queues, consumers):
