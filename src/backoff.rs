@@ -176,9 +176,12 @@ impl Leases {
     pub async fn release<'a>(&self, handles: impl IntoIterator<Item = &'a str>) {
         let handles: Vec<&str> = handles.into_iter().collect();
         let mut gates: Vec<Gate> = Vec::new();
-        for gate in handles.iter().filter_map(|h| self.held().get(*h).cloned()) {
-            if !gates.iter().any(|g| std::sync::Arc::ptr_eq(g, &gate)) {
-                gates.push(gate);
+        {
+            let held = self.held();
+            for gate in handles.iter().filter_map(|h| held.get(*h)) {
+                if !gates.iter().any(|g| std::sync::Arc::ptr_eq(g, gate)) {
+                    gates.push(std::sync::Arc::clone(gate));
+                }
             }
         }
         let mut no_renewal_in_flight = Vec::with_capacity(gates.len());

@@ -463,15 +463,7 @@ async fn a_rekey_killed_half_way_and_run_again_rekeys_each_row_exactly_once() {
     // The killed run's session ends on the server a moment later (a COMMIT
     // it had sent may still land): count only once it is gone, as an
     // operator's rerun after kill -9 would find it.
-    let rotator = db.role_url(Role::Rotate).await;
-    let role = rotator
-        .split_once("://")
-        .unwrap()
-        .1
-        .split_once('@')
-        .unwrap()
-        .0
-        .to_owned();
+    let role = db.role_name(Role::Rotate);
     for _ in 0..200 {
         let sessions: i64 = client
             .query_one(
@@ -743,14 +735,7 @@ async fn roles_granted_before_key_versions_keep_working_after_migrate() {
     let db = TestDb::create().await;
     let ingest = db.ingest_url().await;
     let admin = db.client().await;
-    let role = ingest
-        .split_once("://")
-        .unwrap()
-        .1
-        .split_once('@')
-        .unwrap()
-        .0
-        .to_owned();
+    let role = db.role_name(Role::Ingest);
     // What an ingest role granted by the previous version lacks.
     admin
         .batch_execute(&format!(

@@ -79,11 +79,16 @@ impl TestDb {
     /// `login-etl grants --role <role>` prints (created on first use; the
     /// schema must be migrated for the table grants).
     pub async fn role_url(&self, role: Role) -> String {
-        let name = format!("{}_{}", self.name, role.as_str());
+        let name = self.role_name(role);
         if make_role(&self.url, &name, role, None).await {
             self.roles.lock().unwrap().push(name.clone());
         }
         with_user(&self.url, &name)
+    }
+
+    /// The name of this database's login role for `role` (see [`Self::role_url`]).
+    pub fn role_name(&self, role: Role) -> String {
+        format!("{}_{}", self.name, role.as_str())
     }
 
     /// A login role with no privilege beyond connecting (dropped with the database).
