@@ -11,8 +11,10 @@ SHELL := /bin/bash
 
 VENV          ?= .venv
 PYTHON        ?= python3
-# Pinned Python tools; changing this list reinstalls them.
-PIP_PACKAGES  := cargo-lambda==1.9.2 moto[server]==5.2.5 aws-sam-cli==1.170.0 pytest==9.2.0
+# Pinned Python tools; changing this list reinstalls them. pytest 9.1, not
+# 9.2: pytest-xdist 3.8 groups tests (--dist loadgroup, make e2e) by
+# renaming their node ids, which pytest 9.2 no longer lets it do.
+PIP_PACKAGES  := cargo-lambda==1.9.2 moto[server]==5.2.5 aws-sam-cli==1.170.0 pytest==9.1.1 pytest-xdist==3.8.0
 VENV_STAMP    := $(VENV)/.installed-$(shell echo '$(PIP_PACKAGES)' | sha1sum | cut -c1-12)
 CARGO_LAMBDA  := $(abspath $(VENV))/bin/cargo-lambda
 # LocalStack 4.13.1 is the last release for Python 3.11; the other pins keep
@@ -52,6 +54,8 @@ DATABASE_URL  ?= postgres://postgres@127.0.0.1:5432/login_etl
 KEY_FILE      ?= .local/masking.key
 PORT          ?= 9000
 EVENT         ?= events/sqs-mixed.json
+# pytest-xdist workers of make e2e (1: one test at a time).
+E2E_WORKERS   ?= 6
 
 .PHONY: help tools rust-tools python-tools host-build test-build localstack-tools up down e2e test lint fmt build validate sam-build deploy migrate watch invoke demo demo-poll demo-watch events-large fuzz bench bench-scale clean
 
@@ -112,6 +116,15 @@ up: localstack-tools ## start LocalStack on 127.0.0.1:4566 (no Docker; bootstrap
 down: ## stop LocalStack (by PID) and the functions it runs
 	localstack/down.sh
 
+# make test runs tests/*.rs in three cargo test processes side by side; a
+# test file in neither list below runs in the third (with the library and
+# the benches). The lists balance the streams by their measured times
+# (docs/testing.md).
+RUST_TESTS    := $(sort $(basename $(notdir $(wildcard tests/*.rs))))
+RUST_TESTS_1  := $(filter faults secrets_aws backoff_sqs log_levels runtime_e2e,$(RUST_TESTS))
+RUST_TESTS_2  := $(filter rotation vault_kms handler_postgres tls_postgres,$(RUST_TESTS))
+RUST_TESTS_3  := $(filter-out $(RUST_TESTS_1) $(RUST_TESTS_2),$(RUST_TESTS))
+
 $(KEY_FILE):
 	@mkdir -p $(dir $(KEY_FILE)) && umask 077 && openssl rand -hex 32 > $(KEY_FILE)
 	echo "==> generated a local masking key in $(KEY_FILE)"
@@ -123,10 +136,10 @@ test: ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambd
 	@# On any exit (Ctrl-C too) the steps running side by side stop with it.
 	report() { for p in "$${pids[@]}"; do kill -- -"$$p" 2>/dev/null || true; done; \
 	  echo; echo "make test: wall time per step"; for t in "$${timings[@]}"; do echo "  $$t"; done; \
-	  printf '  %-52s %7.1f s\n' "total" "$$(( $$(date +%s%3N) - started ))e-3"; }
+	  printf '  %-78s %7.1f s\n' "total" "$$(( $$(date +%s%3N) - started ))e-3"; }
 	trap report EXIT; trap 'exit 130' INT TERM
 	timed() { local name=$$1 t=$$(date +%s%3N) rc=0; shift; "$$@" || rc=$$?; \
-	  timings+=("$$(printf '%-52s %7.1f s%s' "$$name" "$$(( $$(date +%s%3N) - t ))e-3" "$$( ((rc)) && echo '  FAILED')")"); return $$rc; }
+	  timings+=("$$(printf '%-78s %7.1f s%s' "$$name" "$$(( $$(date +%s%3N) - t ))e-3" "$$( ((rc)) && echo '  FAILED')")"); return $$rc; }
 	@# The two venvs install while cargo compiles the function (on a fresh
 	@# machine each takes a minute or two; after make demo, nothing to do).
 	timed "build the function, install the venvs" $(MAKE) --no-print-directory -j3 host-build python-tools localstack-tools
@@ -143,22 +156,28 @@ test: ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambd
 	side() { local name=$$1 tag=$$2; shift 2
 	  ( set +e; t=$$(date +%s%3N)
 	    if [ -n "$${TEST_SERIAL:-}" ]; then "$$@"; rc=$$?; else "$$@" 2>&1 | sed -u "s/^/[$$tag] /"; rc=$${PIPESTATUS[0]}; fi
-	    printf '%-52s %7.1f s%s\n' "$$name" "$$(( $$(date +%s%3N) - t ))e-3" "$$( ((rc)) && echo '  FAILED')" > "$$side_dir/$$tag" ) &
+	    printf '%-78s %7.1f s%s\n' "$$name" "$$(( $$(date +%s%3N) - t ))e-3" "$$( ((rc)) && echo '  FAILED')" > "$$side_dir/$$tag" ) &
 	  pids+=($$!); if [ -n "$${TEST_SERIAL:-}" ]; then wait $$!; fi; }
 	side "LocalStack end to end (make e2e)" e2e env LOGIN_ETL_PREBUILT="$$(realpath "$$prebuilt")" $(MAKE) --no-print-directory e2e
 	@# A failed test build interrupts make e2e (SIGINT: pytest tears down its
 	@# stacks, databases and LocalStack) and waits for it before failing.
 	timed "build the tests (beside make e2e)" $(MAKE) --no-print-directory test-build || \
 	  { rc=$$?; kill -INT -- -"$${pids[0]}" 2>/dev/null; set +m; wait "$${pids[@]}" 2>/dev/null; pids=(); exit $$rc; }
-	side "cargo test (Rust, PostgreSQL, TLS, moto, cargo lambda)" rust env LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" CARGO_LAMBDA="$(CARGO_LAMBDA)" \
-	  MOTO_SERVER="$(abspath $(VENV))/bin/moto_server" cargo test --all-targets --no-fail-fast -- --include-ignored
+	@# The Rust tests in three streams of about equal length (RUST_TESTS_*):
+	@# most wait on PostgreSQL, moto or a timer, so one binary at a time
+	@# left the cores idle.
+	rust_env=(env LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" CARGO_LAMBDA="$(CARGO_LAMBDA)" MOTO_SERVER="$(abspath $(VENV))/bin/moto_server")
+	side "cargo test 1/3: $(RUST_TESTS_1)" rust1 "$${rust_env[@]}" cargo test --no-fail-fast $(RUST_TESTS_1:%=--test %) -- --include-ignored
+	side "cargo test 2/3: $(RUST_TESTS_2)" rust2 "$${rust_env[@]}" cargo test --no-fail-fast $(RUST_TESTS_2:%=--test %) -- --include-ignored
+	side "cargo test 3/3: lib, benches, $(RUST_TESTS_3)" rust3 "$${rust_env[@]}" cargo test --no-fail-fast \
+	  --lib --bins --examples --benches $(RUST_TESTS_3:%=--test %) -- --include-ignored
 	@# The template; with the binary cargo built, the documented GRANT blocks,
 	@# make migrate against a given URL, and the command line as an operator meets it.
 	side "template; pytest: database roles, command line" py bash -c '$(MAKE) --no-print-directory validate && \
 	  PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python -m pytest -q tests/test_database_roles.py tests/test_cli.py'
 	set +m; wait "$${pids[@]}" || true; pids=()
 	failed=0
-	for f in "$$side_dir"/rust "$$side_dir"/py "$$side_dir"/e2e; do
+	for f in "$$side_dir"/rust1 "$$side_dir"/rust2 "$$side_dir"/rust3 "$$side_dir"/py "$$side_dir"/e2e; do
 	  if [ -f "$$f" ]; then timings+=("$$(cat "$$f")"); grep -q FAILED "$$f" && failed=1; else failed=1; fi
 	done
 	rm -rf "$$side_dir"; exit $$failed
@@ -168,7 +187,18 @@ e2e: tools localstack-tools ## LocalStack end to end: deploy template.yaml, SQS 
 	started=$$(date +%s)
 	# The host executor on its own (scripted bootstrap), then the whole flow.
 	(cd localstack/host_executor && $(abspath $(LS_VENV))/bin/python -m pytest -q -p no:cacheprovider test_host_executor.py)
-	PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python -m pytest -q -s tests/test_localstack_e2e.py tests/test_poll_localstack.py
+	# The tests side by side in E2E_WORKERS pytest-xdist workers (they wait
+	# mostly on queues, timers and LocalStack), the tests of one stack in one
+	# worker (--dist loadgroup). They share one LocalStack: started here
+	# unless ours runs already (make demo leaves it running), and then
+	# stopped here, by PID, also on failure or Ctrl-C.
+	pidfile=$${LOCALSTACK_STATE:-.localstack}/localstack.pid
+	if [ -f "$$pidfile" ] && kill -0 "$$(cat "$$pidfile")" 2>/dev/null; then ours=0; else ours=1; fi
+	trap '[ $$ours = 1 ] && localstack/down.sh' EXIT; trap 'exit 130' INT TERM
+	[ $$ours = 0 ] || localstack/up.sh
+	@# -rP: the figures the tests print (drain times, receives, outages).
+	PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python -m pytest -q -n $(E2E_WORKERS) --dist loadgroup -rP --durations 8 \
+	  tests/test_localstack_e2e.py tests/test_poll_localstack.py
 	echo "make e2e: $$(( $$(date +%s) - started )) s wall"
 
 validate: python-tools ## sam validate --lint, cfn-lint, and the template's own assertions (tests/test_template.py)
