@@ -16,6 +16,8 @@ and the artifact bucket.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import ipaddress
@@ -168,9 +170,30 @@ def table_exists(dbname: str) -> bool:
 # -- build and deploy ---------------------------------------------------------
 
 
-def sam(*args: str, extra_env: dict[str, str] | None = None) -> None:
+def sam(*args: str, extra_env: dict[str, str] | None = None, log: Path | None = None) -> None:
+    """Runs the SAM CLI against LocalStack; with `log`, its output goes to
+    that file (tests running side by side), and its tail is printed if it fails."""
     env = {**os.environ, **LOCAL_ENV, **(extra_env or {})}
-    subprocess.run(["sam", *args], cwd=ROOT, env=env, check=True)
+    if log is None:
+        subprocess.run(["sam", *args], cwd=ROOT, env=env, check=True)
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        done = subprocess.run(["sam", *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        tail = log.read_text(errors="replace").splitlines()[-40:]
+        say("\n".join(["sam failed; the end of its output:", *tail, f"(all of it: {log})"]))
+        raise subprocess.CalledProcessError(done.returncode, done.args)
+
+
+@contextlib.contextmanager
+def build_lock():
+    """Held while the package is written: pytest workers side by side
+    (make e2e) each package the same files."""
+    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    with (BUILD_DIR.parent / "localstack.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 # The local package is the host's debug build of the bootstrap: the one
@@ -190,6 +213,11 @@ def build() -> None:
     template.yaml with the function's CodeUri pointing there: exactly what
     `sam build` writes, without a second, release-profile compile of the
     whole dependency graph."""
+    with build_lock():
+        _build()
+
+
+def _build() -> None:
     from samcli.yamlhelper import yaml_dump, yaml_parse  # the SAM CLI's own CloudFormation YAML (intrinsic tags)
 
     built = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug" / "login-etl"
@@ -227,7 +255,10 @@ def build() -> None:
         if function["Properties"].get("CodeUri") != ".":
             raise RuntimeError(f"template.yaml: {name}'s CodeUri is no longer '.'; update stack.build()")
         function["Properties"]["CodeUri"] = "LoginEtlFunction"
-    (BUILD_DIR / "template.yaml").write_text(yaml_dump(template))
+    # Atomic too: another pytest worker may be deploying from it.
+    written = BUILD_DIR / "template.yaml.tmp"
+    written.write_text(yaml_dump(template))
+    written.replace(BUILD_DIR / "template.yaml")
 
 
 def put_db_secret(stack: str, dbname: str, port: int | None = None, role: str = "ingest") -> str:
@@ -275,6 +306,7 @@ def deploy(
     log_level: str = "WARN",
     db_port: int | None = None,
     overrides: dict[str, str] | None = None,
+    log: Path | None = None,
 ) -> Stack:
     """Deploy the built template as `stack`, its DB secret pointing at a fresh
     database `dbname`, migrated by the admin, which the function writes as
@@ -283,7 +315,9 @@ def deploy(
     LocalStack's community CloudFormation creates stacks but cannot update them
     (CreateChangeSet on an existing stack is not emulated), so an existing stack
     is deleted first. That makes a new masking key, so the database starts
-    empty too: tokens under two keys in one table would not compare."""
+    empty too: tokens under two keys in one table would not compare.
+
+    With `log`, sam's output goes to that file instead of the terminal."""
     if stack_exists(stack):
         say(f"==> deleting the previous {stack} (LocalStack cannot update a stack) and its database {dbname}")
         delete_stack(stack)
@@ -314,7 +348,8 @@ def deploy(
         "MaxReceiveCount": str(max_receive),
         **(overrides or {}),
     }
-    say(f"==> sam deploy {stack} into LocalStack ({ENDPOINT}), database {dbname}")
+    say(f"==> sam deploy {stack} into LocalStack ({ENDPOINT}), database {dbname}"
+        + (f" (its output: {log.relative_to(ROOT) if log.is_relative_to(ROOT) else log})" if log else ""))
     sam(
         "deploy",
         "--template-file", str(BUILD_DIR / "template.yaml"),
@@ -326,6 +361,7 @@ def deploy(
         "--no-fail-on-empty-changeset",
         "--region", REGION,
         "--parameter-overrides", *[f"{k}={v}" for k, v in params.items()],
+        log=log,
     )  # fmt: skip
     outputs = {
         o["OutputKey"]: o["OutputValue"]

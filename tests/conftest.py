@@ -1,8 +1,12 @@
 """Fixtures shared by the LocalStack tests (test_localstack_e2e.py and
-test_poll_localstack.py): one LocalStack and one build for the session."""
+test_poll_localstack.py): one LocalStack and one build for the session.
+
+`make e2e` runs them side by side in pytest-xdist workers (`-n`): it starts
+LocalStack first, since workers must share one, and stops it at the end."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +24,9 @@ def localstack():
     import stack
 
     ours = not stack.localstack_running()
+    if ours and os.environ.get("PYTEST_XDIST_WORKER"):
+        # Each worker would start (and stop) one of its own on the same port.
+        pytest.fail("LocalStack is not running: with pytest -n, start it first (make up), or run make e2e, which does")
     if ours:
         subprocess.run([str(ROOT / "localstack" / "up.sh")], check=True, timeout=180)
     try:
@@ -28,3 +35,10 @@ def localstack():
     finally:
         if ours:
             subprocess.run([str(ROOT / "localstack" / "down.sh")], check=False, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def deploy_logs() -> Path:
+    """Where the tests' `sam deploy` output goes (one file per stack), so
+    that workers side by side do not interleave it on the terminal."""
+    return ROOT / "target" / "e2e-logs"

@@ -32,12 +32,12 @@ RUN = f"e2e{os.getpid()}"
 # the session) is in conftest.py, shared with tests/test_poll_localstack.py.
 
 
-def deployed(*, fifo: bool, batch_size: int, kind: str | None = None, **options):
+def deployed(logs: Path, *, fifo: bool, batch_size: int, kind: str | None = None, **options):
     """A stack of this run with a database of its own; both removed afterwards."""
     kind = kind or ("fifo" if fifo else "std")
     name, dbname = f"login-etl-{RUN}-{kind}", f"login_etl_{RUN}_{kind}"
     try:
-        yield stack.deploy(name, dbname, fifo=fifo, batch_size=batch_size, **options)
+        yield stack.deploy(name, dbname, fifo=fifo, batch_size=batch_size, log=logs / f"{name}.log", **options)
     finally:
         # Also when the deploy itself failed half-way (its database made).
         stack.delete_stack(name)
@@ -45,13 +45,19 @@ def deployed(*, fifo: bool, batch_size: int, kind: str | None = None, **options)
 
 
 @pytest.fixture(scope="session")
-def standard(localstack):
-    yield from deployed(fifo=False, batch_size=25)
+def standard(localstack, deploy_logs):
+    yield from deployed(deploy_logs, fifo=False, batch_size=25)
 
 
 @pytest.fixture(scope="session")
-def fifo(localstack):
-    yield from deployed(fifo=True, batch_size=10)
+def fifo(localstack, deploy_logs):
+    yield from deployed(deploy_logs, fifo=True, batch_size=10)
+
+
+# make e2e runs the tests in pytest-xdist workers side by side (--dist
+# loadgroup): the tests of one stack share a worker, so each stack is
+# deployed once.
+ON_STANDARD = pytest.mark.xdist_group("lambda-standard")
 
 
 @pytest.fixture(scope="session")
@@ -83,6 +89,7 @@ def app_version_number(text: str) -> int:
     return parts[0] * 1_000_000 + parts[1] * 1_000 + parts[2]
 
 
+@ON_STANDARD
 def test_every_valid_message_is_exactly_one_correctly_masked_row(standard, drained):
     messages, sent_on = drained
     key = stack.masking_key(standard)
@@ -105,6 +112,7 @@ def test_every_valid_message_is_exactly_one_correctly_masked_row(standard, drain
         assert created in (str(sent_on), str(sent_on + dt.timedelta(days=1)))
 
 
+@ON_STANDARD
 def test_invalid_messages_reach_the_dlq_after_one_receive_with_their_reason(standard, drained):
     messages, _ = drained
     copies = stack.dead_letters(standard)
@@ -126,6 +134,7 @@ def test_invalid_messages_reach_the_dlq_after_one_receive_with_their_reason(stan
     assert seen == {message_id: 1 for message_id in invalid}
 
 
+@ON_STANDARD
 def test_the_summary_lines_are_emf_documents_in_cloudwatch_logs(standard, drained):
     messages, _ = drained
     docs = [d for d in stack.emf_documents(standard) if d.get("message") == "batch processed"]
@@ -143,6 +152,7 @@ def test_the_summary_lines_are_emf_documents_in_cloudwatch_logs(standard, draine
     assert totals.get("ColdStart", 0) >= 1
 
 
+@ON_STANDARD
 def test_rejection_reasons_are_logged_by_code_without_pii(standard, drained):
     messages, _ = drained
     codes = stack.rejection_codes(standard)
@@ -160,6 +170,7 @@ def test_rejection_reasons_are_logged_by_code_without_pii(standard, drained):
             assert m.body not in log_text and json.dumps(m.body) not in log_text, m.message_id
 
 
+@ON_STANDARD
 def test_redelivering_the_same_messages_adds_no_rows(standard, drained):
     """SQS redelivers a message (same MessageId) when a delete is lost; replay
     the valid ones to the deployed function through LocalStack's Invoke."""
@@ -212,6 +223,7 @@ def test_fifo_keeps_order_within_each_group(fifo):
     assert copies[0]["Attributes"]["MessageGroupId"] == "alpha", "the copy keeps its group"
 
 
+@ON_STANDARD
 def test_the_scheduled_maintenance_function_makes_a_missing_partition_as_the_maintain_role(standard, drained):
     """The template's maintenance function (the same bootstrap with
     LOGIN_ETL_TASK=maintain, the maintain role's secret), invoked as its
@@ -228,6 +240,7 @@ def test_the_scheduled_maintenance_function_makes_a_missing_partition_as_the_mai
     assert stack.psql(url, f"SELECT to_regclass('user_logins_p{day}') IS NOT NULL")[0][0] == "t"
 
 
+@ON_STANDARD
 def test_an_operator_reveals_an_original_ip_and_forgets_one_user(standard, drained):
     """The vault is on in the deployed template: the function wrote entries
     under a data key from LocalStack's KMS; `login-etl reveal` (the built
@@ -266,6 +279,7 @@ def test_an_operator_reveals_an_original_ip_and_forgets_one_user(standard, drain
     assert user_id not in out.stdout, "the audit holds a keyed hash of the user id, never the id"
 
 
+@ON_STANDARD
 def test_a_leaked_masking_key_is_rotated_on_the_deployed_stack(standard, drained):
     """The runbook "The masking key leaked" against the deployed stack: a
     version appended to both secrets in LocalStack's Secrets Manager, then
@@ -391,13 +405,13 @@ OUTAGE_PARAMS = {"VisibilityTimeoutSeconds": "2", "MaxReceiveCount": "6", "Batch
 
 
 @pytest.fixture(scope="session")
-def outage(localstack):
+def outage(localstack, deploy_logs):
     proxy = TcpProxy(5432)
     proxy.start()
     # LOGIN_ETL_E2E_NO_BACKOFF=1: the "before" figures (BackoffBaseSeconds 0); the test then fails.
     backoff = os.environ.get("LOGIN_ETL_E2E_NO_BACKOFF") != "1"
     overrides = {**OUTAGE_PARAMS, **(BACKOFF if backoff else {"BackoffBaseSeconds": "0"})}
-    gen = deployed(fifo=False, batch_size=10, kind="outage", db_port=proxy.port, overrides=overrides)
+    gen = deployed(deploy_logs, fifo=False, batch_size=10, kind="outage", db_port=proxy.port, overrides=overrides)
     s = next(gen)
     try:
         yield s, proxy
