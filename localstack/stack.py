@@ -146,9 +146,12 @@ def prepare_database(dbname: str) -> None:
         lines[i] = f"export {name}='{value}'"
     bin_dir = BUILD_DIR / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
-    link = bin_dir / "login-etl"
-    link.unlink(missing_ok=True)
-    link.symlink_to(BUILD_DIR / "LoginEtlFunction" / "bootstrap")
+    # Replaced atomically: pytest workers side by side prepare databases at
+    # once, and another's deploy sequence may be running the link.
+    link, new_link = bin_dir / "login-etl", bin_dir / f".login-etl.{os.getpid()}"
+    new_link.unlink(missing_ok=True)
+    new_link.symlink_to(BUILD_DIR / "LoginEtlFunction" / "bootstrap")
+    new_link.replace(link)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     done = subprocess.run(["bash", "-euo", "pipefail", "-c", "\n".join(lines)], env=env,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
@@ -244,9 +247,14 @@ def _build() -> None:
     function_dir = BUILD_DIR / "LoginEtlFunction"
     function_dir.mkdir(parents=True, exist_ok=True)
     bootstrap = function_dir / "bootstrap"
-    tmp = bootstrap.with_suffix(".tmp")
-    shutil.copy2(built, tmp)
-    tmp.replace(bootstrap)  # atomic: a running function keeps its old file
+    source, have = built.stat(), bootstrap.stat() if bootstrap.exists() else None
+    if have is None or (have.st_size, have.st_mtime_ns) != (source.st_size, source.st_mtime_ns):
+        # Copied beside the packaged folder, then renamed into it: a running
+        # function keeps its old file, and another pytest worker's sam deploy,
+        # packaging LoginEtlFunction/, never meets a half-written copy.
+        tmp = BUILD_DIR / f".bootstrap.{os.getpid()}.tmp"
+        shutil.copy2(built, tmp)  # copy2 keeps the mtime: the next build() sees it is the same
+        tmp.replace(bootstrap)
     template = yaml_parse((ROOT / "template.yaml").read_text())
     # Both functions run the one binary (the maintenance function is only
     # created with MaintainDbSecretArn): one package.

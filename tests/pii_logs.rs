@@ -58,7 +58,6 @@ fn pii_of(event: &SqsEvent) -> Vec<String> {
     out
 }
 
-/// A batch of one record per body.
 /// Whether `text` holds any of `values`, in one pass (Aho-Corasick): one
 /// `str::contains` per value, thousands of them over megabytes of TRACE
 /// output, took most of this file's time in a debug build.
@@ -68,6 +67,7 @@ fn holds_any(text: &str, values: &[String]) -> bool {
         .is_match(text)
 }
 
+/// A batch of one record per body.
 fn event_of(bodies: &[&str]) -> SqsEvent {
     let mut event = synth::event(&Options {
         count: bodies.len(),
