@@ -159,9 +159,10 @@ test: ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambd
 	    printf '%-78s %7.1f s%s\n' "$$name" "$$(( $$(date +%s%3N) - t ))e-3" "$$( ((rc)) && echo '  FAILED')" > "$$side_dir/$$tag" ) &
 	  pids+=($$!); if [ -n "$${TEST_SERIAL:-}" ]; then wait $$!; fi; }
 	side "LocalStack end to end (make e2e)" e2e env LOGIN_ETL_PREBUILT="$$(realpath "$$prebuilt")" $(MAKE) --no-print-directory e2e
-	@# A failed test build interrupts make e2e (SIGINT: its pytest workers tear
-	@# down their stacks and databases, conftest.py gives them the time, and
-	@# make e2e stops LocalStack) and waits for it before failing.
+	@# A failed test build interrupts make e2e (SIGINT: its pytest workers
+	@# start their teardown, which execnet cuts short after about 15 s, so a
+	@# stack or database may be left; make e2e stops LocalStack) and waits for
+	@# it before failing.
 	timed "build the tests (beside make e2e)" $(MAKE) --no-print-directory test-build || \
 	  { rc=$$?; kill -INT -- -"$${pids[0]}" 2>/dev/null; set +m; wait "$${pids[@]}" 2>/dev/null; pids=(); exit $$rc; }
 	@# The Rust tests in three streams of about equal length (RUST_TESTS_*):

@@ -17,17 +17,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "localstack"))
 
 
-def pytest_configure(config):
-    # On Ctrl-C (or make test stopping make e2e), xdist's controller gives its
-    # workers 10 s to end and then kills them: too short for their teardown
-    # (delete_stack waits up to 120 s, then the databases and roles go).
-    try:
-        from xdist.workermanage import NodeManager
-    except ImportError:
-        return
-    NodeManager.EXIT_TIMEOUT = 180
-
-
 @pytest.fixture(scope="session")
 def localstack():
     """LocalStack on 127.0.0.1:4566 (started unless one of ours runs, and
