@@ -508,7 +508,7 @@ async fn main() {
         .await
         .unwrap();
     }
-    // Once, not per day: each ANALYZE reads every partition (15 of the 31 s
+    // Once, not per day: each ANALYZE reads every partition (17 of the 31 s
     // the smoke pass took under `cargo test`).
     b.batch_execute("ANALYZE user_logins").await.unwrap();
     let t = Instant::now();

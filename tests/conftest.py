@@ -36,9 +36,3 @@ def localstack():
         if ours:
             subprocess.run([str(ROOT / "localstack" / "down.sh")], check=False, timeout=60)
 
-
-@pytest.fixture(scope="session")
-def deploy_logs() -> Path:
-    """Where the tests' `sam deploy` output goes (one file per stack), so
-    that workers side by side do not interleave it on the terminal."""
-    return ROOT / "target" / "e2e-logs"

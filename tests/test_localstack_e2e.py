@@ -32,12 +32,15 @@ RUN = f"e2e{os.getpid()}"
 # the session) is in conftest.py, shared with tests/test_poll_localstack.py.
 
 
-def deployed(logs: Path, *, fifo: bool, batch_size: int, kind: str | None = None, **options):
-    """A stack of this run with a database of its own; both removed afterwards."""
+def deployed(*, fifo: bool, batch_size: int, kind: str | None = None, **options):
+    """A stack of this run with a database of its own; both removed afterwards.
+    sam's output goes to target/e2e-logs/<stack>.log: workers side by side
+    would interleave it on the terminal."""
     kind = kind or ("fifo" if fifo else "std")
     name, dbname = f"login-etl-{RUN}-{kind}", f"login_etl_{RUN}_{kind}"
     try:
-        yield stack.deploy(name, dbname, fifo=fifo, batch_size=batch_size, log=logs / f"{name}.log", **options)
+        log = ROOT / "target" / "e2e-logs" / f"{name}.log"
+        yield stack.deploy(name, dbname, fifo=fifo, batch_size=batch_size, log=log, **options)
     finally:
         # Also when the deploy itself failed half-way (its database made).
         stack.delete_stack(name)
@@ -45,13 +48,13 @@ def deployed(logs: Path, *, fifo: bool, batch_size: int, kind: str | None = None
 
 
 @pytest.fixture(scope="session")
-def standard(localstack, deploy_logs):
-    yield from deployed(deploy_logs, fifo=False, batch_size=25)
+def standard(localstack):
+    yield from deployed(fifo=False, batch_size=25)
 
 
 @pytest.fixture(scope="session")
-def fifo(localstack, deploy_logs):
-    yield from deployed(deploy_logs, fifo=True, batch_size=10)
+def fifo(localstack):
+    yield from deployed(fifo=True, batch_size=10)
 
 
 # make e2e runs the tests in pytest-xdist workers side by side (--dist
@@ -405,13 +408,13 @@ OUTAGE_PARAMS = {"VisibilityTimeoutSeconds": "2", "MaxReceiveCount": "6", "Batch
 
 
 @pytest.fixture(scope="session")
-def outage(localstack, deploy_logs):
+def outage(localstack):
     proxy = TcpProxy(5432)
     proxy.start()
     # LOGIN_ETL_E2E_NO_BACKOFF=1: the "before" figures (BackoffBaseSeconds 0); the test then fails.
     backoff = os.environ.get("LOGIN_ETL_E2E_NO_BACKOFF") != "1"
     overrides = {**OUTAGE_PARAMS, **(BACKOFF if backoff else {"BackoffBaseSeconds": "0"})}
-    gen = deployed(deploy_logs, fifo=False, batch_size=10, kind="outage", db_port=proxy.port, overrides=overrides)
+    gen = deployed(fifo=False, batch_size=10, kind="outage", db_port=proxy.port, overrides=overrides)
     s = next(gen)
     try:
         yield s, proxy
