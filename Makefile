@@ -57,7 +57,7 @@ EVENT         ?= events/sqs-mixed.json
 # pytest-xdist workers of make e2e (1: one test at a time).
 E2E_WORKERS   ?= 6
 
-.PHONY: help tools rust-tools python-tools host-build test-build localstack-tools up down e2e test lint fmt build validate sam-build deploy migrate watch invoke demo demo-poll demo-watch events-large fuzz bench bench-scale clean
+.PHONY: help tools rust-tools python-tools host-build test-build localstack-tools up down e2e test lint fmt build validate sam-build sam-check deploy migrate watch invoke demo demo-poll demo-watch events-large fuzz bench bench-scale clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -250,6 +250,30 @@ build: tools ## release arm64 bootstrap for provided.al2023 (target/lambda/login
 
 sam-build: tools ## sam build (runs cargo lambda for the arm64 bootstrap) into .aws-sam/
 	$(LAMBDA_ENV) sam build --template template.yaml
+
+# CI's check of the deployable artifact's pipeline (sam build, cargo lambda,
+# zig, the vendored OpenSSL, for arm64), for less: no optimizer and no LTO
+# (RUSTFLAGS also overrides the per-package levels), and a target directory
+# kept between runs, so that only login-etl compiles again. Cold, the
+# vendored OpenSSL alone is about 400 s of CPU through zig (docs/testing.md).
+# The directory is per toolchain, cargo-lambda and zig (zig's output is not
+# in cargo's fingerprints); it is emptied past SAM_CHECK_MAX_MB. login-etl's
+# own artifacts are removed first: cargo judges a path package fresh by
+# mtimes, and an older clone's files would look older than another clone's
+# build. One run at a time per directory (flock).
+CI_CACHE          ?= $(HOME)/.cache/login-etl
+SAM_CHECK_MAX_MB  ?= 4096
+sam-check: tools ## the arm64 sam build without the optimizer, its dependencies kept in CI_CACHE: what CI runs
+	key=$$( { rustc -vV; $(CARGO_LAMBDA) lambda --version; $(VENV)/bin/python -m ziglang version; } | sha1sum | cut -c1-12)
+	dir=$(CI_CACHE)/sam-check-$$key
+	mkdir -p "$$dir"; exec 9> "$$dir.lock"; flock 9
+	used=$$(du -sm "$$dir" | cut -f1)
+	if [ "$$used" -gt $(SAM_CHECK_MAX_MB) ]; then echo "==> $$dir holds $$used MB (> SAM_CHECK_MAX_MB): emptied"; rm -rf "$$dir"; mkdir -p "$$dir"; fi
+	echo "==> sam build for arm64, opt-level 0, dependencies in $$dir ($$(du -sm "$$dir" | cut -f1) MB kept; empty: about 10 minutes of CPU)"
+	CARGO_TARGET_DIR="$$dir" cargo clean --quiet --release --target aarch64-unknown-linux-gnu -p login-etl
+	$(LAMBDA_ENV) RUSTFLAGS="-C opt-level=0" CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+	  CARGO_TARGET_DIR="$$dir" sam build --template template.yaml
+	readelf -h .aws-sam/build/LoginEtlFunction/bootstrap | grep -q AArch64 || { echo "sam build left no arm64 bootstrap in .aws-sam/build/LoginEtlFunction"; exit 1; }
 
 deploy: sam-build ## sam deploy to REGION (default us-east-1); first time: make deploy GUIDED=1
 	sam deploy --region $(REGION) $(if $(GUIDED),--guided,)
