@@ -260,7 +260,10 @@ sam-build: tools ## sam build (runs cargo lambda for the arm64 bootstrap) into .
 # in cargo's fingerprints); it is emptied past SAM_CHECK_MAX_MB. login-etl's
 # own artifacts are removed first: cargo judges a path package fresh by
 # mtimes, and an older clone's files would look older than another clone's
-# build. One run at a time per directory (flock).
+# build. cargo lambda runs from a copy kept there too: the zig wrappers it
+# writes for cargo (linker, C compiler: in every crate's fingerprint) name
+# its own path, and a clone's .venv would make every clone rebuild it all.
+# One run at a time per directory (flock).
 CI_CACHE          ?= $(HOME)/.cache/login-etl
 SAM_CHECK_MAX_MB  ?= 4096
 sam-check: tools ## the arm64 sam build without the optimizer, its dependencies kept in CI_CACHE: what CI runs
@@ -269,10 +272,11 @@ sam-check: tools ## the arm64 sam build without the optimizer, its dependencies 
 	mkdir -p "$$dir"; exec 9> "$$dir.lock"; flock 9
 	used=$$(du -sm "$$dir" | cut -f1)
 	if [ "$$used" -gt $(SAM_CHECK_MAX_MB) ]; then echo "==> $$dir holds $$used MB (> SAM_CHECK_MAX_MB): emptied"; rm -rf "$$dir"; mkdir -p "$$dir"; fi
-	echo "==> sam build for arm64, opt-level 0, dependencies in $$dir ($$(du -sm "$$dir" | cut -f1) MB kept; empty: about 10 minutes of CPU)"
+	echo "==> sam build for arm64, opt-level 0, dependencies in $$dir ($$(du -sm "$$dir" | cut -f1) MB kept; empty: 10 to 14 minutes of CPU)"
+	mkdir -p "$$dir/bin"; cmp -s $(CARGO_LAMBDA) "$$dir/bin/cargo-lambda" || { cp $(CARGO_LAMBDA) "$$dir/bin/.cargo-lambda" && mv "$$dir/bin/.cargo-lambda" "$$dir/bin/cargo-lambda"; }
 	CARGO_TARGET_DIR="$$dir" cargo clean --quiet --release --target aarch64-unknown-linux-gnu -p login-etl
 	$(LAMBDA_ENV) RUSTFLAGS="-C opt-level=0" CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
-	  CARGO_TARGET_DIR="$$dir" sam build --template template.yaml
+	  CARGO_TARGET_DIR="$$dir" PATH="$$dir/bin:$$PATH" sam build --template template.yaml
 	readelf -h .aws-sam/build/LoginEtlFunction/bootstrap | grep -q AArch64 || { echo "sam build left no arm64 bootstrap in .aws-sam/build/LoginEtlFunction"; exit 1; }
 
 deploy: sam-build ## sam deploy to REGION (default us-east-1); first time: make deploy GUIDED=1
