@@ -11,10 +11,11 @@ SHELL := /bin/bash
 
 VENV          ?= .venv
 PYTHON        ?= python3
-# Pinned Python tools; changing this list reinstalls them. pytest 9.1, not
+# Pinned Python tools; changing this list reinstalls them. ziglang is
+# cargo-lambda's C compiler and linker (its own pin is only >= 0.10). pytest 9.1, not
 # 9.2: pytest-xdist 3.8 groups tests (--dist loadgroup, make e2e) by
 # renaming their node ids, which pytest 9.2 no longer lets it do.
-PIP_PACKAGES  := cargo-lambda==1.9.2 moto[server]==5.2.5 aws-sam-cli==1.170.0 pytest==9.1.1 pytest-xdist==3.8.0
+PIP_PACKAGES  := cargo-lambda==1.9.2 ziglang==0.17.1 moto[server]==5.2.5 aws-sam-cli==1.170.0 pytest==9.1.1 pytest-xdist==3.8.0
 VENV_STAMP    := $(VENV)/.installed-$(shell echo '$(PIP_PACKAGES)' | sha1sum | cut -c1-12)
 CARGO_LAMBDA  := $(abspath $(VENV))/bin/cargo-lambda
 # LocalStack 4.13.1 is the last release for Python 3.11; the other pins keep
@@ -255,7 +256,7 @@ sam-build: tools ## sam build (runs cargo lambda for the arm64 bootstrap) into .
 # zig, the vendored OpenSSL, for arm64), for less: no optimizer and no LTO
 # (RUSTFLAGS also overrides the per-package levels), and a target directory
 # kept between runs, so that only login-etl compiles again. Cold, the
-# vendored OpenSSL alone is about 400 s of CPU through zig (docs/testing.md).
+# vendored OpenSSL alone is about 435 s of CPU through zig (docs/performance.md).
 # The directory is per toolchain, cargo-lambda and zig (zig's output is not
 # in cargo's fingerprints); it is emptied past SAM_CHECK_MAX_MB. login-etl's
 # own artifacts are removed first: cargo judges a path package fresh by
@@ -263,21 +264,33 @@ sam-build: tools ## sam build (runs cargo lambda for the arm64 bootstrap) into .
 # build. cargo lambda runs from a copy kept there too: the zig wrappers it
 # writes for cargo (linker, C compiler: in every crate's fingerprint) name
 # its own path, and a clone's .venv would make every clone rebuild it all.
-# One run at a time per directory (flock).
+# One run at a time per directory (flock); a directory unused for
+# SAM_CHECK_KEEP_DAYS (an older toolchain's) is removed.
 CI_CACHE          ?= $(HOME)/.cache/login-etl
 SAM_CHECK_MAX_MB  ?= 4096
+SAM_CHECK_KEEP_DAYS ?= 14
 sam-check: tools ## the arm64 sam build without the optimizer, its dependencies kept in CI_CACHE: what CI runs
 	key=$$( { rustc -vV; $(CARGO_LAMBDA) lambda --version; $(VENV)/bin/python -m ziglang version; } | sha1sum | cut -c1-12)
-	dir=$(CI_CACHE)/sam-check-$$key
-	mkdir -p "$$dir"; exec 9> "$$dir.lock"; flock 9
+	dir="$(CI_CACHE)/sam-check-$$key"
+	mkdir -p "$(CI_CACHE)"
+	for old in "$(CI_CACHE)"/sam-check-*.lock; do
+	  [ -e "$$old" ] && [ "$$old" != "$$dir.lock" ] && [ -n "$$(find "$$old" -mtime +$(SAM_CHECK_KEEP_DAYS))" ] || continue
+	  ( flock -n 9 && echo "==> removing $${old%.lock} (unused for $(SAM_CHECK_KEEP_DAYS) days)" && rm -rf "$${old%.lock}" "$$old" ) 9< "$$old" || true
+	done
+	@# The lock file's mtime is the directory's last use (exec 9> rewrites it).
+	exec 9> "$$dir.lock"
+	flock -n 9 || { echo "==> waiting for $$dir.lock (another sam-check runs; at most an hour)"; flock -w 3600 9; } || { echo "$$dir.lock still held after an hour: stop the other make sam-check, or use another CI_CACHE"; exit 1; }
+	mkdir -p "$$dir"
 	used=$$(du -sm "$$dir" | cut -f1)
 	if [ "$$used" -gt $(SAM_CHECK_MAX_MB) ]; then echo "==> $$dir holds $$used MB (> SAM_CHECK_MAX_MB): emptied"; rm -rf "$$dir"; mkdir -p "$$dir"; fi
 	echo "==> sam build for arm64, opt-level 0, dependencies in $$dir ($$(du -sm "$$dir" | cut -f1) MB kept; empty: 10 to 14 minutes of CPU)"
-	mkdir -p "$$dir/bin"; cmp -s $(CARGO_LAMBDA) "$$dir/bin/cargo-lambda" || { cp $(CARGO_LAMBDA) "$$dir/bin/.cargo-lambda" && mv "$$dir/bin/.cargo-lambda" "$$dir/bin/cargo-lambda"; }
+	mkdir -p "$$dir/bin"; cmp -s "$(CARGO_LAMBDA)" "$$dir/bin/cargo-lambda" || { cp "$(CARGO_LAMBDA)" "$$dir/bin/.cargo-lambda" && mv "$$dir/bin/.cargo-lambda" "$$dir/bin/cargo-lambda"; }
 	CARGO_TARGET_DIR="$$dir" cargo clean --quiet --release --target aarch64-unknown-linux-gnu -p login-etl
 	$(LAMBDA_ENV) RUSTFLAGS="-C opt-level=0" CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
 	  CARGO_TARGET_DIR="$$dir" PATH="$$dir/bin:$$PATH" sam build --template template.yaml
-	readelf -h .aws-sam/build/LoginEtlFunction/bootstrap | grep -q AArch64 || { echo "sam build left no arm64 bootstrap in .aws-sam/build/LoginEtlFunction"; exit 1; }
+	@# ELF e_machine (2 bytes at offset 18) 0xb7: AArch64.
+	[ "$$(od -An -tx1 -j18 -N2 .aws-sam/build/LoginEtlFunction/bootstrap 2>/dev/null | tr -d ' \n')" = b700 ] || \
+	  { echo "sam build left no arm64 bootstrap in .aws-sam/build/LoginEtlFunction (see its output above)"; exit 1; }
 
 deploy: sam-build ## sam deploy to REGION (default us-east-1); first time: make deploy GUIDED=1
 	sam deploy --region $(REGION) $(if $(GUIDED),--guided,)
