@@ -58,7 +58,7 @@ EVENT         ?= events/sqs-mixed.json
 # pytest-xdist workers of make e2e (1: one test at a time).
 E2E_WORKERS   ?= 6
 
-.PHONY: help tools rust-tools python-tools host-build test-build localstack-tools up down e2e test lint fmt build validate sam-build sam-check deploy migrate watch invoke demo demo-poll demo-watch events-large fuzz bench bench-scale clean
+.PHONY: help tools rust-tools python-tools host-build test-build localstack-tools up down e2e test lint fmt build validate sam-build sam-check lint-replay deploy migrate watch invoke demo demo-poll demo-watch events-large fuzz bench bench-scale clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -213,6 +213,19 @@ validate: python-tools ## sam validate --lint, cfn-lint, and the template's own 
 lint: rust-tools ## rustfmt and clippy, warnings are errors
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+
+# CI builds make test with clippy-driver as RUSTC_WORKSPACE_WRAPPER (.ci/run);
+# these are that build's cargo commands again, under make's environment
+# (OPENSSL_NO_VENDOR, which openssl-sys's fingerprint watches): nothing is
+# left to compile, cargo replays each crate's stored diagnostics, and
+# .ci/lint-report fails on any warning or error in our code.
+lint-replay: ## after CI's make test: its clippy and rustc findings, warnings are errors
+	err=$$(mktemp)
+	( cargo build --bin login-etl --examples --message-format=json; a=$$?
+	  cargo test --all-targets --no-run --message-format=json; b=$$?
+	  exit $$(( a | b )) ) 2> "$$err" | .ci/lint-report || \
+	  { grep -Ev '^ *(Finished|Executable) ' "$$err" | tail -n 20; rm -f "$$err"; exit 1; }
+	rm -f "$$err"
 
 fuzz: ## fuzz the body parser for FUZZ_SECONDS (default 300; CI runs 30); crashes land in fuzz/artifacts/
 	@command -v cargo-fuzz > /dev/null || cargo install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION)
