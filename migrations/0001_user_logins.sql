@@ -64,4 +64,13 @@ BEGIN
     END IF;
 END
 $$;
-CREATE UNIQUE INDEX IF NOT EXISTS user_logins_key ON user_logins (sent_at, message_id, create_date);
+-- Only when missing: CREATE INDEX IF NOT EXISTS takes its SHARE lock,
+-- which waits for every write in flight and holds up every new one, before
+-- it looks whether the index exists.
+DO $$
+BEGIN
+    IF to_regclass('user_logins_key') IS NULL THEN
+        CREATE UNIQUE INDEX user_logins_key ON user_logins (sent_at, message_id, create_date);
+    END IF;
+END
+$$;

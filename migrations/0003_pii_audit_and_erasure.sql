@@ -31,8 +31,10 @@ $$;
 
 DO $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'user_logins_pii_audit_append_only'
-                   AND tgrelid = to_regclass('user_logins_pii_audit')) THEN
+    -- 0007 replaces it (a re-key may move a token or user key to the next
+    -- version): not again here.
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass('user_logins_pii_audit')
+                   AND tgname IN ('user_logins_pii_audit_append_only', 'user_logins_pii_audit_rekey_only')) THEN
         CREATE TRIGGER user_logins_pii_audit_append_only
             BEFORE UPDATE OR DELETE OR TRUNCATE ON user_logins_pii_audit
             FOR EACH STATEMENT EXECUTE FUNCTION login_etl_audit_is_append_only();

@@ -115,8 +115,9 @@ END
 $$;
 
 -- Drops the tables `login_etl_drop_partition` detached (also those a run
--- that stopped between the two left): named like a partition, carrying
--- its bounds constraint, attached to nothing. Returns their names.
+-- that stopped between the two left): named like a partition (or like the
+-- table an upgrade converted, user_logins_legacy), carrying its bounds
+-- constraint, attached to nothing. Returns their names.
 CREATE OR REPLACE FUNCTION login_etl_drop_detached()
 RETURNS SETOF text
 LANGUAGE plpgsql SECURITY DEFINER SET lock_timeout = '100ms' AS $$
@@ -126,7 +127,7 @@ BEGIN
     PERFORM pg_advisory_xact_lock(5498692050214016076);
     FOR v_name IN SELECT c.relname::text FROM pg_class c
                   JOIN pg_constraint k ON k.conrelid = c.oid AND k.conname = c.relname || '_bounds'
-                  WHERE c.relname ~ '^user_logins_p[0-9]{8}$' AND c.relkind = 'r' AND NOT c.relispartition
+                  WHERE c.relname ~ '^user_logins_(p[0-9]{8}|legacy)$' AND c.relkind = 'r' AND NOT c.relispartition
                     AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'user_logins'::regclass) LOOP
         EXECUTE format('DROP TABLE %I', v_name);
         RETURN NEXT v_name;
@@ -135,10 +136,11 @@ END
 $$;
 
 -- What waits in the DEFAULT partition, by day (small: rows land there only
--- while their partition is missing).
+-- while their partition is missing; when it is not, one core, so that the
+-- writes beside the scan keep the other).
 CREATE OR REPLACE FUNCTION login_etl_default_days()
 RETURNS TABLE(day date, row_count bigint)
-LANGUAGE sql STABLE SECURITY DEFINER AS $$
+LANGUAGE sql STABLE SECURITY DEFINER SET max_parallel_workers_per_gather = 0 AS $$
     SELECT create_date, count(*) FROM user_logins_default GROUP BY 1 ORDER BY 1
 $$;
 

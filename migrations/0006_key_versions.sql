@@ -43,20 +43,40 @@ INSERT INTO user_logins_key_state (singleton, erasure_derived)
 -- their associated data: 1 binds the ciphertext to its token (entries
 -- written before this version), 2 to its kind and the entry's own nonce,
 -- so rotate-key can re-key the token without decrypting (src/vault.rs).
-ALTER TABLE user_logins_pii_vault ADD COLUMN IF NOT EXISTS key_version smallint NOT NULL DEFAULT 1;
-ALTER TABLE user_logins_pii_vault ADD COLUMN IF NOT EXISTS aad_version smallint NOT NULL DEFAULT 1;
-ALTER TABLE user_logins_pii_vault_held ADD COLUMN IF NOT EXISTS key_version smallint NOT NULL DEFAULT 1;
-ALTER TABLE user_logins_pii_vault_held ADD COLUMN IF NOT EXISTS aad_version smallint NOT NULL DEFAULT 1;
-
 -- The erasure list is re-keyed in place, one version at a time: the
 -- append-only trigger lets an UPDATE through only when it changes nothing
 -- but user_key and moves key_version up by one (rotate-key's), so nobody
--- takes a user off the list.
-ALTER TABLE user_logins_erased ADD COLUMN IF NOT EXISTS key_version smallint NOT NULL DEFAULT 1;
--- The entries from before are version 1; a new one names its version, and
--- one that does not (a forget from before key versions: its user key may be
--- derived where the function's is not) gets 0, which the trigger refuses.
-ALTER TABLE user_logins_erased ALTER COLUMN key_version SET DEFAULT 0;
+-- takes a user off the list. The entries from before are version 1; a new
+-- one names its version, and one that does not (a forget from before key
+-- versions: its user key may be derived where the function's is not) gets
+-- 0, which the trigger refuses.
+-- Each ALTER only when it changes something: ALTER TABLE takes ACCESS
+-- EXCLUSIVE even when it changes nothing, and every write reads the
+-- erasure list (this file also runs beside live ingest).
+DO $$
+DECLARE
+    c record;
+BEGIN
+    FOR c IN SELECT * FROM (VALUES
+        ('user_logins_pii_vault', 'key_version', 'smallint NOT NULL DEFAULT 1'),
+        ('user_logins_pii_vault', 'aad_version', 'smallint NOT NULL DEFAULT 1'),
+        ('user_logins_pii_vault_held', 'key_version', 'smallint NOT NULL DEFAULT 1'),
+        ('user_logins_pii_vault_held', 'aad_version', 'smallint NOT NULL DEFAULT 1'),
+        ('user_logins_erased', 'key_version', 'smallint NOT NULL DEFAULT 1'),
+        ('user_logins_pii_audit', 'detail', 'jsonb')) AS v(t, col, decl)
+    LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(c.t)
+                       AND attname = c.col AND NOT attisdropped) THEN
+            EXECUTE format('ALTER TABLE %I ADD COLUMN %I %s', c.t, c.col, c.decl);
+        END IF;
+    END LOOP;
+    IF (SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d
+        JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+        WHERE d.adrelid = 'user_logins_erased'::regclass AND a.attname = 'key_version') IS DISTINCT FROM '0' THEN
+        ALTER TABLE user_logins_erased ALTER COLUMN key_version SET DEFAULT 0;
+    END IF;
+END
+$$;
 
 -- A user key enters the list at the database's key version only: a
 -- `forget` from before key versions (its keys are of version 1) is refused
@@ -198,9 +218,9 @@ BEGIN
 END
 $$;
 
--- rotate-key audits its start and its end, with what it did in `detail`;
--- vault-upgrade (the reveal role) audits its re-sealing.
-ALTER TABLE user_logins_pii_audit ADD COLUMN IF NOT EXISTS detail jsonb;
+-- rotate-key audits its start and its end, with what it did in `detail`
+-- (the column is added above); vault-upgrade (the reveal role) audits its
+-- re-sealing.
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_constraint
@@ -270,10 +290,81 @@ BEGIN
 END
 $$;
 
+-- rotate-key's switch since migrations/0007 (src/rekey.rs), run as the
+-- owner so the rotate role needs no table lock of its own. In one moment
+-- (the caller's lock_timeout bounds every wait), and only what cannot
+-- happen apart from it: it waits for the forget steps in flight (their
+-- advisory lock) and the write transactions in flight (SHARE ROW
+-- EXCLUSIVE on the parent only), refuses while an erasure is unfinished
+-- (two small tables) or the vault holds entries of the old form (a probe
+-- of the partial index user_logins_pii_vault_form1, which `login-etl
+-- migrate` builds online), sets the version and audits the start. Every
+-- write after it is checked against the new version, so no row is stored
+-- under the old key again. The erasure list is re-keyed after it, in
+-- chunks (login_etl_rekey_erased_chunk), while writers check a user at
+-- both versions (src/sink: the list's rekey_from): nothing that scales
+-- with the vault or the list holds the lock (login_etl_begin_rekey, kept
+-- for rotate-key binaries from before, did both under it).
+CREATE OR REPLACE FUNCTION login_etl_switch_key(to_version smallint, caller text,
+    masking_check text, erasure_check text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER AS $$
+DECLARE
+    v_state user_logins_key_state%ROWTYPE;
+    v_unfinished bigint;
+    v_form1 boolean;
+    v_seqscan text := current_setting('enable_seqscan');
+BEGIN
+    PERFORM pg_advisory_xact_lock(5495903697166226993);  -- "LE_KEYV1", forget's (src/reveal.rs)
+    LOCK TABLE ONLY user_logins IN SHARE ROW EXCLUSIVE MODE;
+    SELECT * INTO v_state FROM user_logins_key_state FOR UPDATE;
+    IF v_state.rekey_from IS NOT NULL OR v_state.version <> to_version - 1 THEN
+        RAISE EXCEPTION 'the key is at version % (re-keying: %), not % ready to move to %',
+            v_state.version, v_state.rekey_from IS NOT NULL, to_version - 1, to_version
+            USING ERRCODE = '55000';
+    END IF;
+    IF to_regclass('user_logins_drain') IS NOT NULL THEN
+        RAISE EXCEPTION 'maintain is moving a swapped-out DEFAULT partition''s rows back into user_logins'
+            USING ERRCODE = 'LE007',
+                  HINT = 'its rows are out of the re-key''s sight until then: let login-etl maintain finish, then rotate-key';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass('user_logins_pii_vault_form1')
+                   AND indisvalid AND indisready) THEN
+        RAISE EXCEPTION 'the vault''s index of entries of the old form (user_logins_pii_vault_form1) is missing'
+            USING ERRCODE = 'LE006',
+                  HINT = 'run login-etl migrate (it builds the index online), then rotate-key';
+    END IF;
+    -- A probe of the partial index, whatever the statistics say (a scan
+    -- of the vault here would hold every write up).
+    PERFORM set_config('enable_seqscan', 'off', true);
+    v_form1 := EXISTS (SELECT 1 FROM user_logins_pii_vault WHERE aad_version = 1);
+    PERFORM set_config('enable_seqscan', v_seqscan, true);
+    IF v_form1 THEN
+        RAISE EXCEPTION 'vault entries of the form bound to their token remain'
+            USING ERRCODE = 'LE005',
+                  HINT = 'run login-etl vault-upgrade as the reveal role, then rotate-key';
+    END IF;
+    SELECT count(DISTINCT user_key) INTO v_unfinished FROM (
+        SELECT user_key FROM user_logins_erasure_tokens UNION ALL SELECT user_key FROM user_logins_pii_vault_held) u;
+    IF v_unfinished > 0 THEN
+        RAISE EXCEPTION '% erasures (login-etl forget) are unfinished', v_unfinished
+            USING ERRCODE = 'LE003',
+                  HINT = 'run login-etl forget again for those users (login-etl audit shows their forget_begun records without a forget), then rotate-key';
+    END IF;
+    UPDATE user_logins_key_state SET version = to_version, rekey_from = to_version - 1,
+        changed_at = now(), rekey_rows = 0, rekey_vault = 0,
+        masking_check = login_etl_switch_key.masking_check,
+        erasure_check = login_etl_switch_key.erasure_check;
+    INSERT INTO user_logins_pii_audit (action, caller_arn, detail)
+        VALUES ('rekey_begun', caller, jsonb_build_object('from_version', to_version - 1,
+                'to_version', to_version));
+END
+$$;
+
 -- rotate-key's end, once its walk of the rows (src/rekey.rs) is done: it
--- checks that no vault entry is left under the old version, ends the
--- re-key (forget may run again) and audits it with the counts of every run
--- that took part.
+-- checks that no vault entry, erasure-list entry or audit record is left
+-- under the old version, ends the re-key (forget may run again) and audits
+-- it with the counts of every run that took part.
 CREATE OR REPLACE FUNCTION login_etl_end_rekey(caller text, seconds double precision)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER AS $$
@@ -284,8 +375,24 @@ BEGIN
     IF v_state.rekey_from IS NULL THEN
         RETURN;
     END IF;
+    -- Rows of a swapped-out DEFAULT partition were out of the walk's sight
+    -- (migrations/0007 keeps a swap and a switch apart; this is the check).
+    IF to_regclass('user_logins_drain') IS NOT NULL THEN
+        RAISE EXCEPTION 'a swapped-out DEFAULT partition (user_logins_drain) holds rows the re-key did not walk'
+            USING ERRCODE = 'LE007',
+                  HINT = 'let login-etl maintain finish moving them back, then run login-etl rotate-key again';
+    END IF;
     IF EXISTS (SELECT 1 FROM user_logins_pii_vault WHERE key_version < v_state.version) THEN
         RAISE EXCEPTION 'vault entries under key version % remain', v_state.rekey_from
+            USING ERRCODE = '55000';
+    END IF;
+    IF EXISTS (SELECT 1 FROM user_logins_erased WHERE key_version < v_state.version) THEN
+        RAISE EXCEPTION 'erasure-list entries under key version % remain', v_state.rekey_from
+            USING ERRCODE = '55000';
+    END IF;
+    IF EXISTS (SELECT 1 FROM user_logins_pii_audit WHERE key_version < v_state.version
+               AND (token IS NOT NULL OR user_key IS NOT NULL)) THEN
+        RAISE EXCEPTION 'audit records under key version % remain', v_state.rekey_from
             USING ERRCODE = '55000';
     END IF;
     UPDATE user_logins_key_state SET rekey_from = NULL, changed_at = now();
@@ -293,11 +400,13 @@ BEGIN
         VALUES ('rekey', caller, jsonb_build_object('from_version', v_state.rekey_from,
                 'to_version', v_state.version, 'rows_rekeyed', v_state.rekey_rows,
                 'vault_entries_rekeyed', v_state.rekey_vault,
+                'erasures_rekeyed', (SELECT count(*) FROM user_logins_erased),
                 'started_at', v_state.changed_at, 'seconds_this_run', seconds));
 END
 $$;
 
 REVOKE ALL ON FUNCTION login_etl_begin_rekey(smallint, text[], text[], text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION login_etl_switch_key(smallint, text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION login_etl_end_rekey(text, double precision) FROM PUBLIC;
 -- Only the programs that hold keys record their check values (login-etl
 -- grants: ingest, erase, rotate), never any role that may connect.
@@ -307,6 +416,7 @@ DECLARE
     f text;
 BEGIN
     FOREACH f IN ARRAY ARRAY['login_etl_begin_rekey(smallint, text[], text[], text, text, text)',
+                             'login_etl_switch_key(smallint, text, text, text)',
                              'login_etl_end_rekey(text, double precision)', 'login_etl_key_state()',
                              'login_etl_check_keys(smallint, text, text)'] LOOP
         EXECUTE format('ALTER FUNCTION %s SET search_path = %I, pg_catalog, pg_temp', f, current_schema());

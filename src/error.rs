@@ -191,6 +191,22 @@ pub enum SinkError {
         "the erasure list or the masking-key version changed while the batch was written; nothing was written (the handler reloads them and writes the batch again)"
     )]
     BatchOutdated,
+    /// A refusal the deployment's configuration causes, not the database's
+    /// health: the function's keys behind the database's key version or
+    /// not the ones stored under, a schema not migrated, a missing grant.
+    /// Its own failure class (metrics, alarms), so that on-call looks at
+    /// the secret, the migration or the grants instead of the database.
+    #[error("PostgreSQL refused {op}: {cause}{hint}")]
+    Misconfigured {
+        /// Which part of the configuration.
+        what: Misconfiguration,
+        /// What the sink was doing.
+        op: &'static str,
+        /// What went wrong (no row values).
+        cause: String,
+        /// What to do about it (starts with "; ").
+        hint: std::borrow::Cow<'static, str>,
+    },
     /// A failure that retrying will not fix (missing table, permissions, ...).
     #[error("PostgreSQL refused {op}: {cause}{hint}")]
     Fatal {
@@ -203,10 +219,53 @@ pub enum SinkError {
     },
 }
 
+/// What part of the configuration a [`SinkError::Misconfigured`] names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Misconfiguration {
+    /// The database is at a masking-key version this function's keys do
+    /// not reach (a rotation began and the secret lacks the new version).
+    KeyVersionBehind,
+    /// The keys are not the ones the stored tokens or the erasure list are
+    /// under (a secret replaced instead of appended to).
+    KeyMismatch,
+    /// The schema is not migrated: a table, column or the unique index is
+    /// missing.
+    SchemaIncomplete,
+    /// The role lacks a privilege it needs (`login-etl grants`).
+    PrivilegeMissing,
+}
+
+impl Misconfiguration {
+    /// Its `failure_class`.
+    pub fn class(self) -> &'static str {
+        match self {
+            Misconfiguration::KeyVersionBehind => "key_version_behind",
+            Misconfiguration::KeyMismatch => "key_mismatch",
+            Misconfiguration::SchemaIncomplete => "schema_incomplete",
+            Misconfiguration::PrivilegeMissing => "privilege_missing",
+        }
+    }
+
+    /// Every kind, for the metrics' documentation and the template's alarm.
+    pub const ALL: [Misconfiguration; 4] = [
+        Misconfiguration::KeyVersionBehind,
+        Misconfiguration::KeyMismatch,
+        Misconfiguration::SchemaIncomplete,
+        Misconfiguration::PrivilegeMissing,
+    ];
+}
+
 impl SinkError {
     /// True when redelivering the batch later can succeed without a human.
     pub fn is_retryable(&self) -> bool {
         match self {
+            // The function reads the secret again: once the new version is
+            // appended, the next delivery goes through.
+            SinkError::Misconfigured {
+                what: Misconfiguration::KeyVersionBehind,
+                ..
+            } => true,
+            SinkError::Misconfigured { .. } => false,
             SinkError::Fatal { .. } | SinkError::ConnectRefused { .. } => false,
             SinkError::Secret(e) => e.is_retryable(),
             _ => true,
@@ -248,6 +307,7 @@ impl HandlerError {
             SinkError::Transient { .. } => "database_unavailable",
             SinkError::Deadline { .. } => "deadline",
             SinkError::ConnectRefused { .. } => "database_refused_connection",
+            SinkError::Misconfigured { what, .. } => what.class(),
             SinkError::Fatal { .. } => "database_refused",
             SinkError::Secret(_) => "secret_unavailable",
             SinkError::BatchOutdated => "batch_outdated",

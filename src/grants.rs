@@ -104,6 +104,7 @@ const REVEAL_AUDIT: &[&str] = &[
     "token",
     "data_key_id",
     "detail",
+    "key_version",
 ];
 const FORGET_AUDIT: &[&str] = &[
     "action",
@@ -136,7 +137,11 @@ const HELD_ENTRY: &[&str] = &[
 ];
 /// The owner's functions `login-etl rotate-key` calls (migrations/0006).
 const ROTATE_FUNCTIONS: &[&str] = &[
-    "login_etl_begin_rekey(smallint, text[], text[], text, text, text)",
+    "login_etl_switch_key(smallint, text, text, text)",
+    "login_etl_rekey_erased_chunk(text[], text[], smallint)",
+    "login_etl_rekey_vault_chunk(tid[], text[], text[], smallint)",
+    "login_etl_audit_to_rekey(smallint, bigint, integer)",
+    "login_etl_rekey_audit_chunk(bigint[], text[], text[], smallint)",
     "login_etl_end_rekey(text, double precision)",
     CHECK_KEYS_FUNCTION,
 ];
@@ -146,6 +151,11 @@ const CHECK_KEYS_FUNCTION: &str = "login_etl_check_keys(smallint, text, text)";
 /// The owner's functions `login-etl maintain` calls (migrations/0004).
 const MAINTAIN_FUNCTIONS: &[&str] = &[
     "login_etl_ensure_partition(date)",
+    "login_etl_ensure_partition(date, bigint)",
+    "login_etl_default_size(bigint)",
+    "login_etl_swap_default(date[])",
+    "login_etl_drain_days()",
+    "login_etl_drain_default(bigint, integer)",
     "login_etl_drop_partition(text, date)",
     "login_etl_drop_detached()",
     "login_etl_default_days()",
@@ -204,10 +214,12 @@ fn table_grants(role: Role) -> &'static [Grant] {
             ("SELECT", "user_logins_erased", &["user_key", "seq"]),
         ],
         Role::Reveal => &[
+            // The key version of each token, which its audit record names
+            // (rotate-key re-keys the audit trail too).
             (
                 "SELECT",
                 "user_logins",
-                &["user_id", "masked_ip", "masked_device_id"],
+                &["user_id", "masked_ip", "masked_device_id", "key_version"],
             ),
             (
                 "SELECT",
@@ -219,6 +231,7 @@ fn table_grants(role: Role) -> &'static [Grant] {
                     "nonce",
                     "ciphertext",
                     "aad_version",
+                    "key_version",
                 ],
             ),
             (
@@ -264,12 +277,13 @@ fn table_grants(role: Role) -> &'static [Grant] {
         Role::Migrate | Role::Maintain => &[],
         Role::Audit => &[("SELECT", "user_logins_pii_audit", AUDIT_COLUMNS)],
         Role::Rotate => &[
-            // Chunks of pages (ctid ranges) of one partition at a time,
-            // through the parent; the tokens and their version only.
+            // Chunks of pages (ctid ranges) of one partition at a time
+            // (tableoid), through the parent; the tokens and their version only.
             (
                 "SELECT",
                 "user_logins",
                 &[
+                    "tableoid",
                     "ctid",
                     "masked_ip",
                     "masked_device_id",
@@ -282,17 +296,15 @@ fn table_grants(role: Role) -> &'static [Grant] {
                 "user_logins",
                 &["masked_ip", "masked_device_id", "key_version"],
             ),
-            // The vault's tokens (never its ciphertexts); an entry whose
-            // twin a function stored under the new version is deleted.
+            // The vault's tokens (never its ciphertexts), read by chunk;
+            // the owner's login_etl_rekey_vault_chunk moves them.
             (
                 "SELECT",
                 "user_logins_pii_vault",
                 &["ctid", "kind", "token", "key_version", "aad_version"],
             ),
-            ("UPDATE", "user_logins_pii_vault", &["token", "key_version"]),
-            ("DELETE", "user_logins_pii_vault", &[]),
             // The erasure list, read to compute its next user keys (the
-            // switch, login_etl_begin_rekey, writes them as the owner).
+            // owner's login_etl_rekey_erased_chunk writes them).
             ("SELECT", "user_logins_erased", &["user_key", "key_version"]),
             (
                 "SELECT",
@@ -305,11 +317,7 @@ fn table_grants(role: Role) -> &'static [Grant] {
                     "erasure_derived",
                 ],
             ),
-            (
-                "UPDATE",
-                "user_logins_key_state",
-                &["rekey_rows", "rekey_vault"],
-            ),
+            ("UPDATE", "user_logins_key_state", &["rekey_rows"]),
         ],
     }
 }
@@ -380,7 +388,7 @@ pub fn sql(role: Role, to: &str, schema: &str) -> Result<String, GrantsError> {
     if role == Role::Ingest {
         let _ = writeln!(
             out,
-            "GRANT EXECUTE ON FUNCTION {ns}.\"login_etl_refuse_erased\"(bigint, integer) TO {to};"
+            "GRANT EXECUTE ON FUNCTION {ns}.\"login_etl_refuse_erased\"(bigint, integer, integer) TO {to};"
         );
     }
     let functions = match role {
@@ -479,7 +487,7 @@ mod tests {
         assert_eq!(
             inserts,
             [
-                "GRANT INSERT (action, caller_arn, kind, token, data_key_id, detail) ON TABLE \"public\".\"user_logins_pii_audit\" TO \"r\";"
+                "GRANT INSERT (action, caller_arn, kind, token, data_key_id, detail, key_version) ON TABLE \"public\".\"user_logins_pii_audit\" TO \"r\";"
             ],
             "reveal inserts its audit records and nothing else"
         );

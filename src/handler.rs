@@ -20,7 +20,7 @@ use crate::event::SqsBatch;
 use crate::masking::Masker;
 use crate::metrics::{DEFAULT_NAMESPACE, DEFAULT_SERVICE, InvocationMetrics, Metrics};
 use crate::record::{self, LoginRow, Rejection};
-use crate::sink::{ErasureList, InsertReport, PgSink, Versions};
+use crate::sink::{ErasedUsers, ErasureList, InsertReport, PgSink, Versions};
 use crate::vault::{DataKey, VaultBatch, VaultWrite};
 
 /// Counts of one invocation, also written as its summary line (an EMF
@@ -228,7 +228,7 @@ impl BatchHandler {
         &self,
         sink: &mut PgSink,
         deadline: Option<Instant>,
-    ) -> Result<(Versions, Arc<std::collections::HashSet<String>>, Masker), SinkError> {
+    ) -> Result<(Versions, ErasedUsers, Masker), SinkError> {
         let list: ErasureList = sink.erased_users(deadline).await?;
         let mut masker = self.masker_at(list.versions.key).await?;
         if list.checks.erasure_derived && !masker.users().is_derived() {
@@ -265,11 +265,15 @@ impl BatchHandler {
         if let Some(m) = held.at(version) {
             return Ok(m);
         }
-        let behind = |latest: u16, detail: &str| SinkError::Transient {
+        let behind = |latest: u16, detail: &str| {
+            SinkError::Misconfigured {
+            what: crate::error::Misconfiguration::KeyVersionBehind,
             op: "masking the batch",
             cause: format!(
-                "the database is at masking-key version {version} (login-etl rotate-key) and this function holds versions up to {latest}{detail}; the batch is retried: append the new version to the masking secret (docs/operations.md, \"The masking key leaked\")"
+                "the database is at masking-key version {version} (login-etl rotate-key) and this function holds versions up to {latest}{detail}"
             ),
+            hint: "; the batch is retried: append the new version to the masking secret (docs/operations.md, \"The masking key leaked\")".into(),
+        }
         };
         let Some((reload, last)) = &self.reload else {
             return Err(behind(held.latest(), ""));
@@ -578,7 +582,7 @@ impl BatchHandler {
             Err(e) => {
                 early = Some(e);
                 (
-                    Versions { erased: 0, key: 1 },
+                    Versions::at(1),
                     Default::default(),
                     Masker::clone(&self.masker.read().expect("never poisoned")),
                 )
@@ -596,10 +600,7 @@ impl BatchHandler {
         };
         for (pos, (message, &id)) in batch.records.iter().zip(ids).enumerate() {
             match record::transform(id, message, &masker) {
-                Ok(row)
-                    if !erased.is_empty()
-                        && erased.contains(masker.user_key(&row.user_id).as_str()) =>
-                {
+                Ok(row) if erased.contains(&masker, &row.user_id) => {
                     trace!(message_id = id, "record of an erased user");
                     out.erased.push(pos);
                 }
@@ -679,7 +680,7 @@ impl BatchHandler {
             let keep: Vec<bool> = out
                 .rows
                 .iter()
-                .map(|r| !erased.contains(masker.user_key(&r.user_id).as_str()))
+                .map(|r| !erased.contains(&masker, &r.user_id))
                 .collect();
             for (i, pos) in out.row_positions.iter().enumerate() {
                 if !keep[i] {

@@ -74,7 +74,7 @@ pub mod vault;
 
 #[cfg(feature = "service")]
 pub use config::Config;
-pub use error::{ConfigError, HandlerError, SecretError, SinkError};
+pub use error::{ConfigError, HandlerError, Misconfiguration, SecretError, SinkError};
 pub use event::SqsBatch;
 #[cfg(feature = "service")]
 pub use handler::{BatchHandler, BatchSummary, Deadline, Outcome};

@@ -21,7 +21,7 @@ use tokio_postgres::types::Type;
 use tracing::{info, warn};
 
 use crate::error::SinkError;
-use crate::schema::{self, Made, failed, with_lock_retries};
+use crate::schema::{self, Ensured, Made, failed, with_lock_retries};
 
 /// Days ahead whose partitions exist after a run: a week, so that a
 /// maintenance schedule that fails for six days in a row (alarmed on its
@@ -37,6 +37,10 @@ pub struct MaintainOptions {
     /// Rows are kept for this many days (today included): partitions whose
     /// every day is older are dropped. `None` keeps everything.
     pub retention_days: Option<u32>,
+    /// The most rows the DEFAULT partition may hold for them to be moved
+    /// under its lock (`DEFAULT_MOVE_LIMIT`); above it, the DEFAULT
+    /// partition is swapped out and drained in chunks.
+    pub default_move_limit: i64,
 }
 
 impl Default for MaintainOptions {
@@ -44,9 +48,17 @@ impl Default for MaintainOptions {
         Self {
             premake_days: DEFAULT_PREMAKE_DAYS,
             retention_days: None,
+            default_move_limit: schema::DEFAULT_MOVE_LIMIT,
         }
     }
 }
+
+/// Pages of the swapped-out DEFAULT partition moved back per transaction
+/// (about 8,000 rows).
+const DRAIN_PAGES: i32 = 200;
+
+/// The pause after a chunk of the drain, as a share of the chunk's time.
+const DRAIN_REST: f64 = 1.0;
 
 impl MaintainOptions {
     /// `PREMAKE_DAYS` and `RETENTION_DAYS` from the environment (unset:
@@ -70,6 +82,8 @@ impl MaintainOptions {
         Ok(Self {
             premake_days: read("PREMAKE_DAYS")?.unwrap_or(DEFAULT_PREMAKE_DAYS),
             retention_days: read("RETENTION_DAYS")?,
+            default_move_limit: read("DEFAULT_MOVE_LIMIT")?
+                .map_or(schema::DEFAULT_MOVE_LIMIT, i64::from),
         })
     }
 
@@ -91,6 +105,12 @@ pub struct MaintainReport {
     pub purged_from_default: i64,
     /// Rows still in the DEFAULT partition at the end (0 unless a step failed).
     pub default_rows: i64,
+    /// Rows of a swapped-out DEFAULT partition moved back into their
+    /// partitions (its drain, this run's or one an earlier run began).
+    pub drained_from_default: i64,
+    /// Partitions left unmade because the DEFAULT partition was too large
+    /// to scan under its lock and could not be swapped (a re-key under way).
+    pub deferred: usize,
     /// Wall time of the run.
     pub duration: Duration,
 }
@@ -115,6 +135,8 @@ impl MaintainReport {
             ("RowsDropped", self.rows_dropped(), "Count"),
             ("RowsMovedFromDefault", self.moved_from_default(), "Count"),
             ("RowsPurgedFromDefault", self.purged_from_default, "Count"),
+            ("RowsDrainedFromDefault", self.drained_from_default, "Count"),
+            ("PartitionsDeferred", self.deferred as i64, "Count"),
             ("DefaultPartitionRows", self.default_rows, "Count"),
             (
                 "MaintenanceDuration",
@@ -167,26 +189,72 @@ pub async fn run(client: &Client, options: &MaintainOptions) -> Result<MaintainR
     let cutoff = options.cutoff(today);
     let mut report = MaintainReport::default();
 
-    // The coming days first: the step that keeps rows out of the DEFAULT partition.
-    for offset in -schema::PREMAKE_PAST_DAYS..=i64::from(options.premake_days) {
-        if let Some(made) =
-            schema::ensure_partition(client, today + TimeDelta::days(offset)).await?
-        {
-            info!(partition = %made.name, moved = made.moved, "partition made");
-            report.created.push(made);
+    let premade: Vec<NaiveDate> = (-schema::PREMAKE_PAST_DAYS..=i64::from(options.premake_days))
+        .map(|offset| today + TimeDelta::days(offset))
+        .collect();
+    // A DEFAULT partition too large to empty under its lock (days of
+    // failed runs) is swapped out, unless a drain (this run's, or one an
+    // earlier run began and did not finish) is under way already.
+    let mut draining = drain_state(client).await?;
+    if !draining
+        && default_size(client, options.default_move_limit).await? > options.default_move_limit
+    {
+        draining = swap_default(client, &[today - TimeDelta::days(1), today]).await?;
+        if !draining {
+            warn!(
+                "a masking-key re-key is under way: the DEFAULT partition's rows stay there until it ends (login-etl rotate-key --status)"
+            );
         }
     }
-
-    // Rows that found no partition: into their own, unless past retention.
-    for (day, rows) in default_days(client).await? {
-        if cutoff.is_some_and(|c| day.is_none_or(|d| d < c)) {
-            continue;
+    if draining {
+        // The partitions first (today's at once, while the new DEFAULT
+        // partition holds a moment's rows), then the drained days' (read
+        // from the drain, which takes a while), then the rows back.
+        let mut days = premade.clone();
+        for day in premade.iter().copied() {
+            if let Ensured::Made(made) =
+                schema::ensure_partition_bounded(client, day, options.default_move_limit).await?
+            {
+                info!(partition = %made.name, moved = made.moved, "partition made while the DEFAULT partition is drained");
+                report.created.push(made);
+            }
         }
-        let Some(day) = day else { continue };
-        warn!(%day, rows, "rows in the DEFAULT partition: making their partition");
-        if let Some(made) = schema::ensure_partition(client, day).await? {
-            info!(partition = %made.name, moved = made.moved, "partition made for rows of the DEFAULT partition");
-            report.created.push(made);
+        days.clear();
+        for (day, rows) in days_of(client, "login_etl_drain_days()").await? {
+            if let Some(day) = day.filter(|d| cutoff.is_none_or(|c| *d >= c)) {
+                info!(%day, rows, "rows of the swapped-out DEFAULT partition: making their partition");
+                days.push(day);
+            }
+        }
+        for day in days {
+            if let Ensured::Made(made) =
+                schema::ensure_partition_bounded(client, day, options.default_move_limit).await?
+            {
+                info!(partition = %made.name, moved = made.moved, "partition made while the DEFAULT partition is drained");
+                report.created.push(made);
+            }
+        }
+        report.drained_from_default += drain(client).await?;
+    }
+
+    // The coming days first: the step that keeps rows out of the DEFAULT
+    // partition; then the days of rows that found no partition (unless
+    // past retention).
+    let mut waiting: Vec<NaiveDate> = Vec::new();
+    for (day, rows) in default_days(client).await? {
+        if let Some(day) = day.filter(|d| cutoff.is_none_or(|c| *d >= c)) {
+            warn!(%day, rows, "rows in the DEFAULT partition: making their partition");
+            waiting.push(day);
+        }
+    }
+    for day in premade.into_iter().chain(waiting) {
+        match schema::ensure_partition_bounded(client, day, options.default_move_limit).await? {
+            Ensured::Made(made) => {
+                info!(partition = %made.name, moved = made.moved, "partition made");
+                report.created.push(made);
+            }
+            Ensured::Covered => {}
+            Ensured::Deferred => report.deferred += 1,
         }
     }
 
@@ -244,12 +312,107 @@ pub async fn run(client: &Client, options: &MaintainOptions) -> Result<MaintainR
     Ok(report)
 }
 
+/// The DEFAULT partition's rows, counted up to `cap + 1`.
+async fn default_size(client: &Client, cap: i64) -> Result<i64, SinkError> {
+    Ok(client
+        .query_typed_one("SELECT login_etl_default_size($1)", &[(&cap, Type::INT8)])
+        .await
+        .map_err(failed("counting the DEFAULT partition's rows"))?
+        .get(0))
+}
+
+/// Whether a swapped-out DEFAULT partition waits to be drained.
+async fn drain_state(client: &Client) -> Result<bool, SinkError> {
+    Ok(client
+        .query_typed_one("SELECT draining FROM login_etl_drain_state()", &[])
+        .await
+        .map_err(failed("reading whether a DEFAULT partition is drained"))?
+        .get(0))
+}
+
+/// Swaps the DEFAULT partition out, making the partitions of `live_days`
+/// in the same moment (`login_etl_swap_default`): false when
+/// a re-key under way keeps it (SQLSTATE LE007).
+async fn swap_default(client: &Client, live_days: &[NaiveDate]) -> Result<bool, SinkError> {
+    let swapped = with_lock_retries("swapping the DEFAULT partition out", || async {
+        client
+            .query_typed_one(
+                "SELECT login_etl_swap_default($1)",
+                &[(&live_days, Type::DATE_ARRAY)],
+            )
+            .await
+    })
+    .await;
+    match swapped {
+        Ok(_) => {
+            info!("DEFAULT partition swapped out; draining it into its partitions");
+            Ok(true)
+        }
+        Err(SinkError::Fatal { cause, .. } | SinkError::Transient { cause, .. })
+            if cause.starts_with("SQLSTATE LE007") =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Moves a swapped-out DEFAULT partition's rows back through `user_logins`
+/// a chunk of pages per transaction, to its end; the rows moved (0 when no
+/// drain is under way).
+async fn drain(client: &Client) -> Result<i64, SinkError> {
+    let (mut page, mut moved) = (0i64, 0i64);
+    let started = Instant::now();
+    let mut said = Instant::now();
+    loop {
+        let chunk = Instant::now();
+        let row = with_lock_retries(
+            "draining the swapped-out DEFAULT partition",
+            || async move {
+                client
+                    .query_typed_one(
+                        "SELECT moved, next_page FROM login_etl_drain_default($1, $2)",
+                        &[(&page, Type::INT8), (&DRAIN_PAGES, Type::INT4)],
+                    )
+                    .await
+            },
+        )
+        .await?;
+        moved += row.get::<_, i64>(0);
+        match row.get::<_, Option<i64>>(1) {
+            Some(next) => page = next,
+            None => return Ok(moved),
+        }
+        // Half the time resting: the rows' WAL and index writes compete
+        // with ingest's commits for the disk (benches/stalls.rs).
+        tokio::time::sleep(chunk.elapsed().mul_f64(DRAIN_REST)).await;
+        if said.elapsed() >= Duration::from_secs(5) {
+            said = Instant::now();
+            info!(
+                rows = moved,
+                pages = page,
+                seconds = started.elapsed().as_secs(),
+                "draining the swapped-out DEFAULT partition"
+            );
+        }
+    }
+}
+
 /// The DEFAULT partition's rows by day.
 async fn default_days(client: &Client) -> Result<Vec<(Option<NaiveDate>, i64)>, SinkError> {
+    days_of(client, "login_etl_default_days()").await
+}
+
+/// Rows by day, from `function` (the DEFAULT partition's, or a swapped-out
+/// one's).
+async fn days_of(
+    client: &Client,
+    function: &str,
+) -> Result<Vec<(Option<NaiveDate>, i64)>, SinkError> {
     Ok(client
-        .query_typed("SELECT day, row_count FROM login_etl_default_days()", &[])
+        .query_typed(&format!("SELECT day, row_count FROM {function}"), &[])
         .await
-        .map_err(failed("reading the DEFAULT partition"))?
+        .map_err(failed("reading the DEFAULT partition's days"))?
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect())
@@ -467,6 +630,8 @@ mod tests {
             dropped: vec![("user_logins_p20261001".into(), 1_000)],
             purged_from_default: 2,
             default_rows: 0,
+            drained_from_default: 7,
+            deferred: 0,
             duration: Duration::from_millis(42),
         };
         let doc = report.emf("LoginEtl", "login-etl", "WARN", 1);
@@ -482,6 +647,7 @@ mod tests {
         assert_eq!(doc["PartitionsDropped"], 1);
         assert_eq!(doc["RowsDropped"], 1_000);
         assert_eq!(doc["RowsMovedFromDefault"], 3);
+        assert_eq!(doc["RowsDrainedFromDefault"], 7);
         assert_eq!(doc["level"], "WARN");
     }
 }

@@ -186,6 +186,24 @@ impl Chain {
         token
     }
 
+    /// The tokens of `bytes` at versions `from..=to` (1 ≤ from ≤ to), in
+    /// one pass along the chain.
+    fn tokens(&self, bytes: &[u8], from: u16, to: u16) -> Vec<Token> {
+        let mut mac = self.0[0].clone();
+        mac.update(bytes);
+        let mut token = finish(mac);
+        let mut out = Vec::with_capacity(usize::from(to - from) + 1);
+        for v in 1..=to {
+            if v > 1 {
+                token = self.step(&token, v);
+            }
+            if v >= from {
+                out.push(token);
+            }
+        }
+        out
+    }
+
     /// One step of the chain: the token of version `to` from its token of
     /// version `to - 1`; needs only key `to`.
     fn step(&self, token: &Token, to: u16) -> Token {
@@ -298,6 +316,18 @@ impl UserKeys {
     /// The user key of `user_id` at this version.
     pub fn user_key(&self, user_id: &str) -> Token {
         self.chain.token(user_id.as_bytes(), self.version)
+    }
+
+    /// The user keys of `user_id` at every version from `from` (at least
+    /// version one) to this one, oldest first, for the cost of this version's alone:
+    /// what a writer checks while rotate-key moves the erasure list from
+    /// one version to the next.
+    pub fn user_keys_since(&self, user_id: &str, from: u16) -> Vec<Token> {
+        self.chain.tokens(
+            user_id.as_bytes(),
+            from.clamp(1, self.version),
+            self.version,
+        )
     }
 
     /// A user key of version `to - 1` re-keyed to version `to`.
@@ -574,6 +604,13 @@ mod tests {
         let user = "424cdd21-063a-43a7-b91b-7ca1a833afae";
         let v1 = users.at(1).unwrap().user_key(user);
         assert_eq!(users.rekey(&v1, 2), users.user_key(user));
+        assert_eq!(
+            users.user_keys_since(user, 1),
+            [v1, users.user_key(user)],
+            "every version's key, oldest first"
+        );
+        assert_eq!(users.user_keys_since(user, 2), [users.user_key(user)]);
+        assert_eq!(users.at(1).unwrap().user_keys_since(user, 5), [v1]);
         // The masker with erasure keys of its own computes the same user keys.
         let m = Masker::versions(&versions(&[KEY_A, KEY_B]), Some(&e)).unwrap();
         assert_eq!(m.user_key(user), users.user_key(user));

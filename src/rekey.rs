@@ -2,22 +2,28 @@
 //! the masking key, online, resumably (docs/operations.md, "The masking key
 //! leaked").
 //!
-//! 1. **The switch** (`login_etl_begin_rekey`, one moment's lock): the
-//!    database's key version moves from n-1 to n and the erasure list is
-//!    re-keyed with it. From then on every write is checked against version
+//! 1. **The switch** (`login_etl_switch_key`, one moment's lock, holding
+//!    nothing that grows with the data): the database's key version moves
+//!    from n-1 to n. From then on every write is checked against version
 //!    n (`login_etl_refuse_erased`): a function still on n-1 is refused,
 //!    reads its keys again, re-keys its batch in memory and writes it under
 //!    n. No row is stored under n-1 after the switch.
-//! 2. **The rows**, partition by partition, in chunks of pages, each chunk
+//! 2. **The erasure list**, in chunks of user keys: each entry moves from
+//!    its n-1 user key to its n one. Meanwhile a writer checks a user at
+//!    both versions (the list tells it a re-key is under way), so an erased
+//!    user stays erased throughout.
+//! 3. **The rows**, partition by partition, in chunks of pages, each chunk
 //!    its own short transaction: the rows still at n-1 are read and updated
 //!    to `HMAC(kₙ, token)` with `key_version = n` in one statement guarded
 //!    by `key_version = n-1`. A row is therefore re-keyed exactly once,
 //!    however often the command is killed and run again.
-//! 3. **The vault's tokens**, in chunks of the primary key, the same way
-//!    (an entry a function stored under n meanwhile replaces its n-1 twin).
-//! 4. **The end** (`login_etl_end_rekey`): checks that no vault entry is
-//!    left behind, clears the re-key and audits it with the counts of every
-//!    run that took part.
+//! 4. **The vault's tokens**, in chunks of pages, the same way (an entry a
+//!    function stored under n meanwhile replaces its n-1 twin).
+//! 5. **The audit trail's** tokens and user keys, in chunks of records: each
+//!    record names its version, and moves to n.
+//! 6. **The end** (`login_etl_end_rekey`): checks that nothing is left
+//!    under n-1 (vault, erasure list, audit), clears the re-key and audits
+//!    it with the counts of every run that took part.
 //!
 //! Partitions that `maintain` makes while this runs (its rows moved out of
 //! the DEFAULT partition) are found by listing the partitions again until a
@@ -84,6 +90,21 @@ pub enum RekeyError {
         "{0}; nothing was changed. rotate-key needs the masking and erasure secrets with every version, the new one appended (docs/operations.md, \"The masking key leaked\")"
     )]
     KeyMismatch(String),
+    /// The vault's index of old-form entries is missing (a vault with
+    /// entries upgraded without `login-etl migrate` since).
+    #[error(
+        "the vault's index of entries of the old form (user_logins_pii_vault_form1) is missing, so the switch would have to scan the whole vault under the lock every write waits for; nothing was changed. Run `login-etl migrate` (it builds the index online), then rotate-key again"
+    )]
+    VaultIndexMissing,
+    /// `maintain` is still moving a swapped-out DEFAULT partition's rows
+    /// back (after days of failed maintenance).
+    #[error(
+        "for {seconds} s login-etl maintain was moving the rows of a swapped-out DEFAULT partition back into user_logins (out of a re-key's sight until then), so the key version was not switched; run login-etl maintain to finish it (or wait for its schedule), then rotate-key again"
+    )]
+    DrainUnderWay {
+        /// How long it waited.
+        seconds: u64,
+    },
     /// The server predates TID range scans.
     #[error(
         "rotate-key needs PostgreSQL 14 or later (it re-keys in chunks of pages, which 13 cannot read without scanning the whole partition each time); this server is {0}. Upgrade the server, then run rotate-key"
@@ -115,13 +136,11 @@ fn db(op: &'static str) -> impl Fn(tokio_postgres::Error) -> RekeyError {
 /// How often a chunk that met another transaction is tried again.
 const CONFLICT_RETRIES: u32 = 5;
 
-/// A failure that trying the chunk again resolves: a deadlock or
-/// serialization failure, or a twin stored by a function meanwhile.
+/// A failure that trying the chunk again resolves: a deadlock or a
+/// serialization failure.
 fn is_conflict(e: &tokio_postgres::Error) -> bool {
     e.code().is_some_and(|c| {
-        *c == SqlState::T_R_DEADLOCK_DETECTED
-            || *c == SqlState::T_R_SERIALIZATION_FAILURE
-            || *c == SqlState::UNIQUE_VIOLATION
+        *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
     })
 }
 
@@ -176,8 +195,10 @@ pub struct RekeyReport {
     pub rows: u64,
     /// Vault entries this run re-keyed (or merged into their twin).
     pub vault_entries: u64,
-    /// Erasure-list entries moved by the switches this run made.
+    /// Erasure-list entries this run re-keyed.
     pub erasures: u64,
+    /// Audit records whose token or user key this run re-keyed.
+    pub audit_records: u64,
     /// The longest switch (its transaction, retries included).
     pub switch: Duration,
     /// Time spent on the rows.
@@ -206,6 +227,9 @@ pub struct RekeyOptions {
     pub chunk_pages: u32,
     /// Stop after this many chunks (tests: a run killed half way).
     pub max_chunks: Option<u64>,
+    /// The least time between two progress reports (zero: after every
+    /// chunk, which tests use to act between two chunks).
+    pub progress_every: Duration,
 }
 
 impl Default for RekeyOptions {
@@ -213,6 +237,7 @@ impl Default for RekeyOptions {
         Self {
             chunk_pages: DEFAULT_CHUNK_PAGES,
             max_chunks: None,
+            progress_every: Duration::from_secs(2),
         }
     }
 }
@@ -260,7 +285,7 @@ pub async fn rotate(
                 let to = now.version + 1;
                 ready_to_switch(client).await?;
                 let t = Instant::now();
-                report.erasures += switch(client, masker, to, caller).await?;
+                switch(client, masker, to, caller).await?;
                 report.switch = report.switch.max(t.elapsed());
                 info!(
                     from = to - 1,
@@ -271,6 +296,7 @@ pub async fn rotate(
             None => break,
         };
         report.to = to;
+        report.erasures += rekey_erasure_list(client, masker, to).await?;
         let t = Instant::now();
         let rows = rekey_rows(client, masker, to, options, &mut chunks_left, progress).await?;
         report.rows += rows;
@@ -281,6 +307,7 @@ pub async fn rotate(
         let t = Instant::now();
         report.vault_entries += rekey_vault(client, masker, to, options.chunk_pages).await?;
         report.vault_time += t.elapsed();
+        report.audit_records += rekey_audit(client, masker, to).await?;
         client
             .query_typed(
                 "SELECT login_etl_end_rekey($1, $2)",
@@ -350,35 +377,15 @@ async fn ready_to_switch(client: &Client) -> Result<(), RekeyError> {
     Ok(())
 }
 
-/// The switch to version `to` (see the module docs); the erasure-list
-/// entries it moved.
-async fn switch(
-    client: &Client,
-    masker: &Masker,
-    to: u16,
-    caller: &str,
-) -> Result<u64, RekeyError> {
+/// The switch to version `to` (see the module docs), tried again while
+/// writers hold their lock longer than [`SWITCH_LOCK_TIMEOUT_MS`].
+async fn switch(client: &Client, masker: &Masker, to: u16, caller: &str) -> Result<(), RekeyError> {
     let next = masker
         .at(to)
         .expect("rotate only switches to a version the masker holds");
-    let users = next.users().clone();
+    let (masking_check, erasure_check) = (next.check(), next.users().check());
     let since = Instant::now();
     loop {
-        // The list as it is now; the switch refuses if it changed since.
-        let old: Vec<String> = client
-            .query_typed(
-                "SELECT user_key FROM user_logins_erased WHERE key_version = $1",
-                &[(&((to - 1) as i16), Type::INT2)],
-            )
-            .await
-            .map_err(db("reading the erasure list"))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let new: Vec<String> = old
-            .iter()
-            .map(|k| users.rekey_text(k, to).as_str().to_owned())
-            .collect();
         let done = client
             .batch_execute(&format!(
                 "BEGIN; SET LOCAL lock_timeout = {SWITCH_LOCK_TIMEOUT_MS}"
@@ -387,14 +394,12 @@ async fn switch(
         let switched = match done {
             Ok(()) => client
                 .query_typed(
-                    "SELECT login_etl_begin_rekey($1, $2, $3, $4, $5, $6)",
+                    "SELECT login_etl_switch_key($1, $2, $3, $4)",
                     &[
                         (&(to as i16), Type::INT2),
-                        (&old, Type::TEXT_ARRAY),
-                        (&new, Type::TEXT_ARRAY),
                         (&caller, Type::TEXT),
-                        (&next.check().as_str(), Type::TEXT),
-                        (&users.check().as_str(), Type::TEXT),
+                        (&masking_check.as_str(), Type::TEXT),
+                        (&erasure_check.as_str(), Type::TEXT),
                     ],
                 )
                 .await
@@ -406,7 +411,7 @@ async fn switch(
             Err(e) => Err(e),
         };
         let Err(e) = switched else {
-            return Ok(old.len() as u64);
+            return Ok(());
         };
         let _ = client.batch_execute("ROLLBACK").await;
         match e.code() {
@@ -420,6 +425,23 @@ async fn switch(
                     .map_err(db("counting vault entries of the old form"))?
                     .get(0);
                 return Err(RekeyError::VaultNotUpgraded(legacy));
+            }
+            Some(c) if c.code() == "LE006" => return Err(RekeyError::VaultIndexMissing),
+            // maintain drains a swapped-out DEFAULT partition: wait for it
+            // (its rows would be out of the walk's sight).
+            Some(c) if c.code() == "LE007" => {
+                if since.elapsed() >= SWITCH_PATIENCE {
+                    return Err(RekeyError::DrainUnderWay {
+                        seconds: SWITCH_PATIENCE.as_secs(),
+                    });
+                }
+                if since.elapsed().as_secs().is_multiple_of(30) {
+                    info!(
+                        "waiting for login-etl maintain to move a swapped-out DEFAULT partition's rows back"
+                    );
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
             }
             Some(c) if c.code() == "LE003" => {
                 let message = e
@@ -440,6 +462,111 @@ async fn switch(
         }
         let jitter = u64::from(since.elapsed().subsec_nanos() % 100);
         tokio::time::sleep(Duration::from_millis(100 + jitter)).await;
+    }
+}
+
+/// Erasure-list entries (or audit records) re-keyed per transaction.
+const LIST_CHUNK: i64 = 1_000;
+
+/// Moves the erasure list's entries still at `to - 1` to `to`, a chunk of
+/// user keys per transaction (the owner's `login_etl_rekey_erased_chunk`);
+/// the entries it moved.
+async fn rekey_erasure_list(client: &Client, masker: &Masker, to: u16) -> Result<u64, RekeyError> {
+    let users = masker.users();
+    let from = (to - 1) as i16;
+    let mut done = 0u64;
+    loop {
+        let old: Vec<String> = client
+            .query_typed(
+                "SELECT user_key FROM user_logins_erased WHERE key_version = $1 LIMIT $2",
+                &[(&from, Type::INT2), (&LIST_CHUNK, Type::INT8)],
+            )
+            .await
+            .map_err(db("reading the erasure list"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if old.is_empty() {
+            return Ok(done);
+        }
+        let new: Vec<String> = old
+            .iter()
+            .map(|k| users.rekey_text(k, to).as_str().to_owned())
+            .collect();
+        let moved: i64 = client
+            .query_typed_one(
+                "SELECT login_etl_rekey_erased_chunk($1, $2, $3)",
+                &[
+                    (&old, Type::TEXT_ARRAY),
+                    (&new, Type::TEXT_ARRAY),
+                    (&from, Type::INT2),
+                ],
+            )
+            .await
+            .map_err(db("re-keying a chunk of the erasure list"))?
+            .get(0);
+        done += moved as u64;
+    }
+}
+
+/// Moves the audit trail's tokens and user keys to `to`: each record from
+/// its own version, one step of the chain at a time (the owner's
+/// `login_etl_audit_to_rekey` and `login_etl_rekey_audit_chunk`); the
+/// records it moved.
+async fn rekey_audit(client: &Client, masker: &Masker, to: u16) -> Result<u64, RekeyError> {
+    let to_version = to as i16;
+    let (mut after, mut done) = (0i64, 0u64);
+    loop {
+        let rows = client
+            .query_typed(
+                "SELECT id, token, user_key, key_version FROM login_etl_audit_to_rekey($1, $2, $3)",
+                &[
+                    (&to_version, Type::INT2),
+                    (&after, Type::INT8),
+                    (&(LIST_CHUNK as i32), Type::INT4),
+                ],
+            )
+            .await
+            .map_err(db("reading the audit records to re-key"))?;
+        let Some(last) = rows.last() else {
+            return Ok(done);
+        };
+        after = last.get(0);
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut tokens = Vec::with_capacity(rows.len());
+        let mut user_keys = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let from = r.get::<_, i16>(3).max(1) as u16;
+            let step = |mut text: String, users: bool| {
+                for v in from + 1..=to {
+                    text = if users {
+                        masker.users().rekey_text(&text, v)
+                    } else {
+                        masker.rekey_text(&text, v)
+                    }
+                    .as_str()
+                    .to_owned();
+                }
+                text
+            };
+            ids.push(r.get::<_, i64>(0));
+            tokens.push(r.get::<_, Option<String>>(1).map(|t| step(t, false)));
+            user_keys.push(r.get::<_, Option<String>>(2).map(|k| step(k, true)));
+        }
+        let moved: i64 = client
+            .query_typed_one(
+                "SELECT login_etl_rekey_audit_chunk($1, $2, $3, $4)",
+                &[
+                    (&ids, Type::INT8_ARRAY),
+                    (&tokens, Type::TEXT_ARRAY),
+                    (&user_keys, Type::TEXT_ARRAY),
+                    (&to_version, Type::INT2),
+                ],
+            )
+            .await
+            .map_err(db("re-keying a chunk of the audit trail"))?
+            .get(0);
+        done += moved as u64;
     }
 }
 
@@ -520,7 +647,7 @@ async fn rekey_rows(
                 let end = page + i64::from(options.chunk_pages);
                 let mut tries = 0;
                 done += loop {
-                    match rekey_chunk(client, masker, to, &segment, page, end).await {
+                    match rekey_chunk(client, masker, to, (&segment, &rel), page, end).await {
                         Err(e) if e.is_conflict() && tries < CONFLICT_RETRIES => tries += 1,
                         other => break other?,
                     }
@@ -529,7 +656,7 @@ async fn rekey_rows(
                 if let Some(n) = chunks_left.as_mut() {
                     *n -= 1;
                 }
-                if last_report.elapsed() >= Duration::from_secs(2) {
+                if last_report.elapsed() >= options.progress_every {
                     last_report = Instant::now();
                     let rate = done as f64 / began.elapsed().as_secs_f64().max(1e-3);
                     let left = (estimate as f64 - done as f64).max(0.0);
@@ -547,17 +674,20 @@ async fn rekey_rows(
     }
 }
 
-/// One chunk: pages `[from_page, to_page)` of `segment`'s partition, in a
-/// transaction of its own; the rows it moved to version `to`.
+/// One chunk: pages `[from_page, to_page)` of `segment`'s partition `rel`,
+/// in a transaction of its own; the rows it moved to version `to`. Only
+/// `rel`'s rows: a page and line number (ctid) names a row within one
+/// table, and the segment's range may also cover a partition `maintain`
+/// made out of the DEFAULT one since the walk listed the partitions.
 async fn rekey_chunk(
     client: &mut Client,
     masker: &Masker,
     to: u16,
-    segment: &Segment,
+    (segment, rel): (&Segment, &str),
     from_page: i64,
     to_page: i64,
 ) -> Result<u64, RekeyError> {
-    let (cond, bounds) = segment.condition(4);
+    let (cond, bounds) = segment.condition(5);
     let (lo, hi) = (format!("({from_page},0)"), format!("({to_page},0)"));
     let (old_version, new_version) = ((to - 1) as i16, to as i16);
     let tx = client.transaction().await.map_err(db("starting a chunk"))?;
@@ -574,17 +704,21 @@ async fn rekey_chunk(
         (&lo, Type::TEXT),
         (&hi, Type::TEXT),
         (&old_version, Type::INT2),
+        (&rel, Type::TEXT),
     ];
     params.extend(
         bounds
             .iter()
             .map(|d| (d as &(dyn ToSql + Sync), Type::DATE)),
     );
+    // to_regclass: a partition retention dropped since the walk listed it
+    // matches nothing (a cast would fail the run with 42P01).
     let rows = tx
         .query_typed(
             &format!(
                 "SELECT ctid::text, masked_ip, masked_device_id FROM user_logins \
-                 WHERE ctid >= $1::text::tid AND ctid < $2::text::tid AND key_version = $3 AND {cond}"
+                 WHERE ctid >= $1::text::tid AND ctid < $2::text::tid AND key_version = $3 \
+                 AND tableoid = to_regclass($4) AND {cond}"
             ),
             &params,
         )
@@ -609,8 +743,9 @@ async fn rekey_chunk(
         (&devices, Type::VARCHAR_ARRAY),
         (&old_version, Type::INT2),
         (&new_version, Type::INT2),
+        (&rel, Type::TEXT),
     ];
-    let (cond, bounds) = segment.condition(6);
+    let (cond, bounds) = segment.condition(7);
     params.extend(
         bounds
             .iter()
@@ -621,7 +756,7 @@ async fn rekey_chunk(
             &format!(
                 "UPDATE user_logins u SET masked_ip = m.ip, masked_device_id = m.dev, key_version = $5 \
                  FROM unnest($1::text[]::tid[], $2::varchar[], $3::varchar[]) AS m(t, ip, dev) \
-                 WHERE u.ctid = m.t AND u.key_version = $4 AND {cond}"
+                 WHERE u.ctid = m.t AND u.tableoid = to_regclass($6) AND u.key_version = $4 AND {cond}"
             ),
             &params,
         )
@@ -673,7 +808,9 @@ async fn rekey_vault(
 
 /// One chunk of the vault: pages `[from_page, to_page)`, in a transaction
 /// of its own. An entry a function stored under the new version meanwhile
-/// is the same value's (its twin): the old one goes, the new one stays.
+/// is the same value's (its twin): the old one goes, the new one stays,
+/// also when the twin arrives while the chunk is written
+/// (`login_etl_rekey_vault_chunk`).
 async fn rekey_vault_chunk(
     client: &mut Client,
     masker: &Masker,
@@ -681,7 +818,7 @@ async fn rekey_vault_chunk(
     from_page: i64,
     to_page: i64,
 ) -> Result<u64, RekeyError> {
-    let (old_version, new_version) = ((to - 1) as i16, to as i16);
+    let old_version = (to - 1) as i16;
     let (lo, hi) = (format!("({from_page},0)"), format!("({to_page},0)"));
     let tx = client
         .transaction()
@@ -711,34 +848,21 @@ async fn rekey_vault_chunk(
         .iter()
         .map(|r| masker.rekey_text(r.get(2), to).as_str().to_owned())
         .collect();
+    // As the owner (migrations/0007): the entries move by a delete and an
+    // insert that keeps a twin a function stored meanwhile.
     let moved: i64 = tx
         .query_typed_one(
-            "WITH m AS (SELECT * FROM unnest($1::text[]::tid[], $2::varchar[], $3::varchar[]) AS m(t, kind, new)), \
-             twin AS (SELECT m.* FROM m WHERE EXISTS (SELECT 1 FROM user_logins_pii_vault w \
-                 WHERE w.kind = m.kind AND w.token = m.new)), \
-             merged AS (DELETE FROM user_logins_pii_vault v USING twin \
-                 WHERE v.ctid = twin.t AND v.key_version = $4 RETURNING 1), \
-             moved AS (UPDATE user_logins_pii_vault v SET token = m.new, key_version = $5 FROM m \
-                 WHERE v.ctid = m.t AND v.key_version = $4 \
-                 AND NOT EXISTS (SELECT 1 FROM twin WHERE twin.t = m.t) RETURNING 1) \
-             SELECT (SELECT count(*) FROM merged) + (SELECT count(*) FROM moved)",
+            "SELECT login_etl_rekey_vault_chunk($1::text[]::tid[], $2, $3, $4)",
             &[
                 (&tids, Type::TEXT_ARRAY),
-                (&kinds, Type::VARCHAR_ARRAY),
-                (&news, Type::VARCHAR_ARRAY),
+                (&kinds, Type::TEXT_ARRAY),
+                (&news, Type::TEXT_ARRAY),
                 (&old_version, Type::INT2),
-                (&new_version, Type::INT2),
             ],
         )
         .await
         .map_err(db("re-keying a chunk of the vault"))?
         .get(0);
-    tx.execute_typed(
-        "UPDATE user_logins_key_state SET rekey_vault = rekey_vault + $1",
-        &[(&moved, Type::INT8)],
-    )
-    .await
-    .map_err(db("counting a chunk of the vault"))?;
     tx.commit()
         .await
         .map_err(db("committing a chunk of the vault"))?;

@@ -70,6 +70,12 @@ pub enum RevealError {
         "a masking-key rotation (login-etl rotate-key) is re-keying the table: the user is on the erasure list, so no row of theirs is stored any more, but their rows are deleted only after the re-key; run forget again when rotate-key has finished (login-etl rotate-key --status)"
     )]
     RekeyUnderWay,
+    /// `maintain` moves a swapped-out DEFAULT partition's rows back (or did
+    /// while this ran): some of the user's rows may be out of sight.
+    #[error(
+        "login-etl maintain is moving the rows of a swapped-out DEFAULT partition back into user_logins (after days of failed maintenance), or did while this ran: the user is on the erasure list, so no row of theirs is stored any more, but some of their rows may be out of sight until it ends; run forget again when maintain has finished (it reports RowsDrainedFromDefault)"
+    )]
+    DrainUnderWay,
     /// The erasure key is not the one the erasure list is keyed with.
     #[error(
         "{0}; nothing was erased. Give forget the erasure key the function uses (ERASURE_KEY_SECRET_ID: the stack's ErasureKeySecretArn), every version of it"
@@ -105,6 +111,23 @@ async fn key_version(client: &impl GenericClient) -> Result<(u16, bool), RevealE
         .await
         .map_err(db("reading the key version"))?;
     Ok((row.get::<_, i16>(0) as u16, row.get(1)))
+}
+
+/// How many DEFAULT-partition drains began, when none is under way
+/// (`login_etl_drain_state()`, migrations/0007); [`RevealError::DrainUnderWay`]
+/// while one is.
+async fn drain_generation(client: &impl GenericClient) -> Result<i64, RevealError> {
+    let row = client
+        .query_typed_one(
+            "SELECT draining, generation FROM login_etl_drain_state()",
+            &[],
+        )
+        .await
+        .map_err(db("reading whether maintain drains the DEFAULT partition"))?;
+    if row.get::<_, bool>(0) {
+        return Err(RevealError::DrainUnderWay);
+    }
+    Ok(row.get(1))
 }
 
 /// Refuses user keys the erasure list is not keyed with: keys of their own
@@ -186,26 +209,31 @@ pub async fn caller_arn(sts: &aws_sdk_sts::Client) -> Result<String, RevealError
     })
 }
 
-/// The tokens `target` names (for a user: from their rows' token columns).
-async fn tokens(tx: &Transaction<'_>, target: &Target) -> Result<Vec<(Kind, String)>, RevealError> {
+/// The tokens `target` names (for a user: from their rows' token columns),
+/// with the key version of each when known (a row's; for a token given,
+/// its vault entry's, read with it).
+async fn tokens(
+    tx: &Transaction<'_>,
+    target: &Target,
+) -> Result<Vec<(Kind, String, Option<i16>)>, RevealError> {
     Ok(match target {
-        Target::IpToken(t) => vec![(Kind::Ip, t.clone())],
-        Target::DeviceToken(t) => vec![(Kind::DeviceId, t.clone())],
+        Target::IpToken(t) => vec![(Kind::Ip, t.clone(), None)],
+        Target::DeviceToken(t) => vec![(Kind::DeviceId, t.clone(), None)],
         Target::UserId(user) => {
             let rows = tx
                 .query_typed(
-                    "SELECT DISTINCT masked_ip, masked_device_id FROM user_logins WHERE user_id = $1",
+                    "SELECT DISTINCT masked_ip, masked_device_id, key_version FROM user_logins WHERE user_id = $1",
                     &[(user, Type::VARCHAR)],
                 )
                 .await
                 .map_err(db("reading the user's tokens"))?;
-            let mut out: Vec<(Kind, String)> = Vec::new();
+            let mut out: Vec<(Kind, String, Option<i16>)> = Vec::new();
             for row in rows {
                 for (kind, col) in [(Kind::Ip, 0), (Kind::DeviceId, 1)] {
                     if let Some(token) = row.get::<_, Option<String>>(col)
-                        && !out.contains(&(kind, token.clone()))
+                        && !out.iter().any(|(k, t, _)| *k == kind && *t == token)
                     {
-                        out.push((kind, token));
+                        out.push((kind, token, Some(row.get(2))));
                     }
                 }
             }
@@ -233,10 +261,10 @@ pub async fn reveal(
         .await
         .map_err(db("starting the reveal"))?;
     let mut found = Vec::new();
-    for (kind, token) in tokens(&tx, target).await? {
+    for (kind, token, version) in tokens(&tx, target).await? {
         let row = tx
             .query_typed_opt(
-                "SELECT v.key_id, v.nonce, v.ciphertext, k.wrapped_key, v.aad_version \
+                "SELECT v.key_id, v.nonce, v.ciphertext, k.wrapped_key, v.aad_version, v.key_version \
                  FROM user_logins_pii_vault v JOIN user_logins_vault_keys k USING (key_id) \
                  WHERE v.kind = $1 AND v.token = $2",
                 &[(&kind.as_str(), Type::VARCHAR), (&token, Type::VARCHAR)],
@@ -244,14 +272,25 @@ pub async fn reveal(
             .await
             .map_err(db("reading the vault"))?;
         let key_id: Option<String> = row.as_ref().map(|r| r.get(0));
+        // The token's version, so that rotate-key re-keys the record from
+        // it. A token nothing stored knows has no version to re-key from:
+        // the record keeps that it matched nothing, not the token (it may
+        // be one of a retired key's, which no stored token may stay).
+        let version: Option<i16> = version.or(row.as_ref().map(|r| r.get(5)));
+        let (kept, detail) = match version {
+            Some(_) => (Some(token.as_str()), None),
+            None => (None, Some(json!({"token_matched": false}).to_string())),
+        };
         tx.execute_typed(
-            "INSERT INTO user_logins_pii_audit (action, caller_arn, kind, token, data_key_id) \
-             VALUES ('reveal', $1, $2, $3, $4)",
+            "INSERT INTO user_logins_pii_audit (action, caller_arn, kind, token, data_key_id, key_version, detail) \
+             VALUES ('reveal', $1, $2, $3, $4, coalesce($5, login_etl_current_key_version()), $6::text::jsonb)",
             &[
                 (&caller_arn, Type::VARCHAR),
                 (&kind.as_str(), Type::VARCHAR),
-                (&token, Type::VARCHAR),
+                (&kept, Type::VARCHAR),
                 (&key_id, Type::VARCHAR),
+                (&version, Type::INT2),
+                (&detail, Type::TEXT),
             ],
         )
         .await
@@ -442,11 +481,25 @@ pub async fn forget(
         check_erasure_key(&*client, &keys, version).await?;
         let user_key = keys.user_key(user_id);
         let user_key = user_key.as_str().to_owned();
+        // During a re-key the user may be listed under the previous
+        // version still (rotate-key moves the list after its switch): then
+        // they are erased already, and a second entry would collide with
+        // the one the re-key is about to write.
+        let previous = match (rekeying, keys.at(version - 1)) {
+            (true, Some(old)) => old.user_key(user_id).as_str().to_owned(),
+            _ => user_key.clone(),
+        };
         let v = version as i16;
         client
             .execute_typed(
-                "INSERT INTO user_logins_erased (user_key, key_version) VALUES ($1, $2) ON CONFLICT (user_key) DO NOTHING",
-                &[(&user_key, Type::VARCHAR), (&v, Type::INT2)],
+                "INSERT INTO user_logins_erased (user_key, key_version) \
+                 SELECT $1, $2 WHERE NOT EXISTS (SELECT 1 FROM user_logins_erased WHERE user_key = $3) \
+                 ON CONFLICT (user_key) DO NOTHING",
+                &[
+                    (&user_key, Type::VARCHAR),
+                    (&v, Type::INT2),
+                    (&previous, Type::VARCHAR),
+                ],
             )
             .await
             .map_err(db("adding the user to the erasure list"))?;
@@ -472,6 +525,9 @@ pub async fn forget(
     if rekeying {
         return Err(RevealError::RekeyUnderWay);
     }
+    // Rows of a swapped-out DEFAULT partition are out of sight until
+    // maintain has moved them back: the deletes below would miss them.
+    let drains = drain_generation(client).await?;
 
     let segments = crate::maintain::segments(
         &crate::maintain::partitions(client)
@@ -585,6 +641,11 @@ pub async fn forget(
         .await
         .map_err(db("starting the end of the erasure"))?;
     same_key_version(&tx, version).await?;
+    // A DEFAULT partition swapped out since the deletes began may hold rows
+    // of the user they did not see: not done (the rerun finishes).
+    if drain_generation(&tx).await? != drains {
+        return Err(RevealError::DrainUnderWay);
+    }
     tx.execute_typed(
         "WITH back AS (DELETE FROM user_logins_pii_vault_held h WHERE h.user_key = $1 AND \
            ((h.kind = 'ip' AND h.token = ANY($2)) OR (h.kind = 'device_id' AND h.token = ANY($3))) \

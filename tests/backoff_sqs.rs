@@ -500,7 +500,7 @@ async fn an_outage_backs_off_the_valid_records_and_refused_rows_reach_the_dlq_on
         .map(|m| m.message_id.clone().unwrap())
         .collect();
     assert_eq!(reported, all, "nothing written, so everything reported");
-    assert_eq!(summary.failure, Some("database_refused"));
+    assert_eq!(summary.failure, Some("schema_incomplete"));
     assert!(
         summary.rejected.values().sum::<usize>() > 0,
         "the records were still validated"

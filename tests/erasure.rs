@@ -236,7 +236,7 @@ async fn forget_beside_concurrent_ingest_leaves_nothing_of_the_user_and_no_row_w
     let dump: String = client
         .query_one(
             "SELECT string_agg(t::text, ' ') FROM (SELECT * FROM user_logins_pii_audit UNION ALL \
-             SELECT NULL, NULL, NULL, user_key, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM user_logins_erased) t",
+             SELECT NULL, NULL, NULL, user_key, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM user_logins_erased) t",
             &[],
         )
         .await

@@ -272,6 +272,7 @@ async fn maintain_premakes_and_drops_by_retention_and_two_runs_at_once_agree() {
     let options = MaintainOptions {
         premake_days: 10,
         retention_days: Some(30),
+        ..MaintainOptions::default()
     };
     let (a, b) = tokio::join!(
         maintain_as(&maintainer, options),
@@ -518,4 +519,198 @@ async fn forget_beside_running_ingest_holds_no_write_for_more_than_a_moment() {
         .unwrap()
         .get(0);
     assert_eq!(left, 0);
+}
+
+/// The table an upgrade converted (`user_logins_legacy`, every day from
+/// MINVALUE up to its bound) goes by retention as a whole, like any
+/// partition: detached and then dropped, so that its rows are neither kept
+/// out of sight of `forget` and `rotate-key` nor reported dropped while
+/// they stay on disk.
+#[tokio::test]
+async fn the_converted_table_past_retention_is_detached_and_dropped() {
+    let db = TestDb::create().await;
+    db.migrate().await;
+    let owner = db.client().await;
+    // What the cutover leaves (src/schema/convert.rs), its history ending
+    // 2026-06-01: a partition from MINVALUE, proved by its bounds constraint.
+    owner
+        .batch_execute(
+            "CREATE TABLE user_logins_legacy (LIKE user_logins INCLUDING DEFAULTS);
+             ALTER TABLE user_logins_legacy ADD CONSTRAINT user_logins_legacy_bounds
+                 CHECK (create_date IS NOT NULL AND create_date < '2026-06-01'::date);
+             INSERT INTO user_logins_legacy (user_id, create_date, message_id)
+                 SELECT 'old-' || g, DATE '2026-01-01' + (g % 150), 'old-msg-' || g FROM generate_series(1, 500) g;
+             ALTER TABLE user_logins ATTACH PARTITION user_logins_legacy FOR VALUES FROM (MINVALUE) TO ('2026-06-01');",
+        )
+        .await
+        .unwrap();
+    let report = maintain_as(
+        &db.role_url(Role::Maintain).await,
+        MaintainOptions {
+            retention_days: Some(30),
+            ..MaintainOptions::default()
+        },
+    )
+    .await;
+    assert!(
+        report
+            .dropped
+            .iter()
+            .any(|(name, _)| name == "user_logins_legacy"),
+        "reported dropped: {:?}",
+        report.dropped
+    );
+    let left: Option<String> = owner
+        .query_one("SELECT to_regclass('user_logins_legacy')::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        left, None,
+        "the converted table is gone from disk, not only detached"
+    );
+    assert_eq!(count_rows(&owner).await, 0);
+}
+
+/// A DEFAULT partition too large to move under its lock is swapped out and
+/// drained back; until the drain ends its rows are out of sight, so
+/// `forget` during it puts the user on the list and exits "not yet" (75)
+/// instead of reporting an erasure that missed rows, and the rerun after
+/// the drain deletes them all.
+#[tokio::test]
+async fn forget_during_a_drain_of_the_default_partition_finishes_after_it() {
+    let db = TestDb::create().await;
+    let h = handler(&db).await;
+    let maintainer = db.role_url(Role::Maintain).await;
+    let user = "5f1e2d3c-4b5a-4978-8a6b-5c4d3e2f1a0b";
+    // Two days without a partition, one in four of the rows the user's.
+    let mut old = logins(400, 61, ms(today() - TimeDelta::days(3)));
+    for m in old.records.iter_mut().step_by(4) {
+        let mut body: serde_json::Value = serde_json::from_str(m.body.as_deref().unwrap()).unwrap();
+        body["user_id"] = user.into();
+        m.body = Some(body.to_string());
+    }
+    handle(&h, &old).await;
+    handle(&h, &logins(300, 62, ms(today() - TimeDelta::days(4)))).await;
+    let owner = db.client().await;
+    let count_theirs = async |c: &tokio_postgres::Client| -> i64 {
+        c.query_one(
+            "SELECT count(*) FROM user_logins WHERE user_id = $1",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .get(0)
+    };
+    assert_eq!(count_theirs(&owner).await, 100);
+
+    // maintain swaps the DEFAULT partition out (700 rows > a limit of 50)
+    // and stops before its drain, as a run cut short would.
+    let m = connect(&maintainer).await;
+    let swapped: bool = m
+        .query_one("SELECT login_etl_swap_default('{}')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(swapped);
+    assert_eq!(
+        count_theirs(&owner).await,
+        0,
+        "the drained rows are out of sight"
+    );
+
+    let masker = login_etl::masking::Masker::new(
+        &login_etl::masking::MaskingKey::from_hex(TEST_KEY, "test").unwrap(),
+    );
+    let mut eraser = connect(&db.role_url(Role::Erase).await).await;
+    let caller = "arn:aws:sts::123456789012:assumed-role/erasers/test";
+    let e = login_etl::reveal::forget(&mut eraser, user, masker.users(), caller)
+        .await
+        .expect_err("not finished while the drain is under way");
+    assert!(
+        matches!(e, login_etl::reveal::RevealError::DrainUnderWay),
+        "{e}"
+    );
+    // Listed already: a new login of theirs is not stored.
+    let mut again = logins(4, 63, Utc::now().timestamp_millis());
+    for m in &mut again.records {
+        let mut body: serde_json::Value = serde_json::from_str(m.body.as_deref().unwrap()).unwrap();
+        body["user_id"] = user.into();
+        m.body = Some(body.to_string());
+    }
+    assert_eq!(handle(&h, &again).await.erased, 4);
+
+    // The next maintain drains; the rows come back; forget then erases them.
+    let report = maintain_as(
+        &maintainer,
+        MaintainOptions {
+            default_move_limit: 50,
+            ..MaintainOptions::default()
+        },
+    )
+    .await;
+    assert_eq!(report.drained_from_default, 700, "{report:?}");
+    assert_eq!(count_theirs(&owner).await, 100, "back in their partitions");
+    let done = login_etl::reveal::forget(&mut eraser, user, masker.users(), caller)
+        .await
+        .expect("forget after the drain");
+    assert_eq!(done.rows, 100);
+    assert_eq!(count_theirs(&owner).await, 0);
+    assert_eq!(count_rows(&owner).await, 600);
+    let left: Option<String> = owner
+        .query_one("SELECT to_regclass('user_logins_drain')::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, None, "the drained table is dropped");
+}
+
+/// A DEFAULT partition swapped out beside a key switch: the switch
+/// committing while the swap checks (found by review; the soak's schedule
+/// rarely lines them up) left the drained rows out of the re-key's walk.
+/// The swap now waits for the switch's lock and then refuses (LE007), so
+/// the rows stay where the walk sees them.
+#[tokio::test]
+async fn a_swap_beside_a_key_switch_waits_for_it_and_then_refuses() {
+    let db = TestDb::create().await;
+    let _ = handler(&db).await;
+    let mut owner = db.client().await;
+    let switch = owner.transaction().await.unwrap();
+    // What login_etl_switch_key does, held open: its lock, then the state.
+    switch
+        .batch_execute(
+            "SELECT pg_advisory_xact_lock(5495903697166226993); \
+             UPDATE user_logins_key_state SET version = 2, rekey_from = 1",
+        )
+        .await
+        .unwrap();
+    let m = connect(&db.role_url(Role::Maintain).await).await;
+    let swap = tokio::spawn(async move {
+        // As maintain does: a lock wait past lock_timeout (55P03) is retried.
+        loop {
+            match m
+                .query_one("SELECT login_etl_swap_default('{}')", &[])
+                .await
+            {
+                Err(e) if e.code().is_some_and(|c| c.code() == "55P03") => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => return other.map(|r| r.get::<_, bool>(0)),
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!swap.is_finished(), "the swap waits for the switch");
+    switch.commit().await.unwrap();
+    let e = swap
+        .await
+        .unwrap()
+        .expect_err("a re-key under way keeps the DEFAULT partition");
+    assert_eq!(e.code().map(|c| c.code()), Some("LE007"), "{e}");
+    let drained: Option<String> = owner
+        .query_one("SELECT to_regclass('user_logins_drain')::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(drained, None, "nothing swapped out");
 }

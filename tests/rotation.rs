@@ -12,42 +12,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::SqsEvent;
+use common::keys::*;
 use common::*;
 use login_etl::grants::Role;
 use login_etl::handler::BatchHandler;
 use login_etl::masking::{KeyVersions, Masker, UserKeys};
 use login_etl::rekey::{self, RekeyOptions};
 use login_etl::synth::{self, Options};
-use login_etl::vault::{DataKey, Kind};
+use login_etl::vault::Kind;
 use login_etl::{Deadline, SqsBatch};
 use serde_json::Value;
-
-const CALLER: &str = "arn:aws:sts::123456789012:assumed-role/key-rotators/test";
-const K: [&str; 2] = [
-    TEST_KEY,
-    "d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2",
-];
-const E: [&str; 2] = [
-    "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9",
-    "f9e8d7c6b5a40392817f6e5d4c3b2a1f0e9d8c7b6a5f40392817f6e5d4c3b2a1",
-];
-
-/// The key document of the first `n` versions of `keys`.
-fn doc(keys: &[&str], n: usize) -> String {
-    serde_json::json!({ "versions": keys[..n] }).to_string()
-}
-
-fn masker(n: usize) -> Masker {
-    Masker::versions(
-        &KeyVersions::parse(&doc(&K, n), "test").unwrap(),
-        Some(&KeyVersions::parse(&doc(&E, n), "test").unwrap()),
-    )
-    .unwrap()
-}
-
-fn data_key() -> DataKey {
-    DataKey::new(&[0x42; 32], vec![1, 2, 3], "local").unwrap()
-}
 
 /// The function, as the ingest role, holding key versions 1..=n.
 async fn function(url: &str, n: usize) -> BatchHandler {
@@ -171,7 +145,8 @@ async fn stored_tokens(db: &TestDb) -> BTreeSet<String> {
         .query(
             "SELECT masked_ip FROM user_logins UNION SELECT masked_device_id FROM user_logins \
              UNION SELECT token FROM user_logins_pii_vault UNION SELECT token FROM user_logins_pii_vault_held \
-             UNION SELECT token FROM user_logins_erasure_tokens UNION SELECT user_key FROM user_logins_erased",
+             UNION SELECT token FROM user_logins_erasure_tokens UNION SELECT user_key FROM user_logins_erased \
+             UNION SELECT token FROM user_logins_pii_audit UNION SELECT user_key FROM user_logins_pii_audit",
             &[],
         )
         .await
@@ -357,8 +332,29 @@ async fn an_erasure_survives_rotations_and_forget_holds_no_masking_key() {
         .expect("forget with the erasure key only");
     assert_eq!(done.rows, 30);
 
-    rotate(&db, 2, RekeyOptions::default()).await;
+    let report = rotate(&db, 2, RekeyOptions::default()).await;
+    assert_eq!(report.erasures, 1, "the list re-keyed after the switch");
+    assert_eq!(report.audit_records, 2, "forget_begun and forget");
     let client = db.client().await;
+    // The audit trail too: its user keys are of version 2, none of version 1.
+    let audited: Vec<(String, i16)> = client
+        .query(
+            "SELECT user_key, key_version FROM user_logins_pii_audit WHERE user_key IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let v2 = masker(2).user_key(user).as_str().to_owned();
+    assert_eq!(audited, [(v2.clone(), 2), (v2, 2)]);
+    let stored = stored_tokens(&db).await;
+    let v1_alone = UserKeys::new(&KeyVersions::parse(E[0], "test").unwrap()).user_key(user);
+    assert!(
+        !stored.contains(v1_alone.as_str()),
+        "no user key under the retired erasure key alone, the audit trail's included"
+    );
     let listed: Vec<(String, i16)> = client
         .query("SELECT user_key, key_version FROM user_logins_erased", &[])
         .await
@@ -773,4 +769,55 @@ async fn vault_insert_granted(admin: &tokio_postgres::Client, role: &str) -> boo
         .await
         .unwrap()
         .get(0)
+}
+
+/// While rotate-key moves the erasure list after a switch, a writer of the
+/// release before (its check takes two arguments: it looked users up at its
+/// own version only) would miss the users not moved yet: it is refused with
+/// the code it retries on, until the list is moved. A writer of this
+/// release, which looked them up from the list's old version, is not.
+#[tokio::test]
+async fn a_writer_that_checks_one_version_waits_while_the_erasure_list_moves() {
+    let db = TestDb::create().await;
+    let ingest = connect(&db.ingest_url().await).await;
+    let admin = db.client().await;
+    // A switched key (version 2, moving from 1) and a list entry still at 1.
+    admin
+        .batch_execute(
+            "INSERT INTO user_logins_erased (user_key, key_version) VALUES (repeat('a', 64), 1); \
+             UPDATE user_logins_key_state SET version = 2, rekey_from = 1",
+        )
+        .await
+        .unwrap();
+    let known: i64 = admin
+        .query_one("SELECT max(seq) FROM user_logins_erased", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let check = async |sql: &str| ingest.query(sql, &[&known]).await.map(|_| ());
+    let previous = check("SELECT login_etl_refuse_erased($1::int8, 2)")
+        .await
+        .expect_err("the previous release's check, mid-move");
+    assert_eq!(
+        previous.code().map(|c| c.code()),
+        Some("LE001"),
+        "{previous}"
+    );
+    let message = previous.as_db_error().unwrap().message();
+    assert!(message.contains("deploy the current version"), "{message}");
+    check("SELECT login_etl_refuse_erased($1::int8, 2, 1)")
+        .await
+        .expect("this release's check, having looked users up from version 1");
+
+    // The list moved (as rotate-key's chunk does): both pass.
+    admin
+        .batch_execute("UPDATE user_logins_erased SET user_key = repeat('b', 64), key_version = 2")
+        .await
+        .unwrap();
+    check("SELECT login_etl_refuse_erased($1::int8, 2)")
+        .await
+        .expect("the list is moved");
+    check("SELECT login_etl_refuse_erased($1::int8, 2, 2)")
+        .await
+        .expect("the list is moved");
 }

@@ -127,6 +127,20 @@ def test_the_function_backs_off_on_its_own_queue_only():
     alarms = {k: v["Properties"] for k, v in resources.items() if v["Type"] == "AWS::CloudWatch::Alarm"}
     assert alarms["DatabaseWriteFailedAlarm"]["MetricName"] == "BatchFailed"
     assert alarms["VisibilityChangesFailedAlarm"]["MetricName"] == "VisibilityChangesFailed"
+    # Refusals by the configuration have their own alarm, over exactly the
+    # classes src/error.rs names (Misconfiguration::class).
+    refused = alarms["ConfigurationRefusedAlarm"]["Metrics"]
+    classes = {
+        d["Value"]
+        for m in refused if "MetricStat" in m
+        for d in m["MetricStat"]["Metric"]["Dimensions"] if d["Name"] == "failure_class"
+    }
+    source = (ROOT / "src" / "error.rs").read_text()
+    named = set(re.findall(r'Misconfiguration::\w+ => "([a-z_]+)"', source))
+    assert named and classes == named, (classes, named)
+    assert all(m["MetricStat"]["Metric"]["MetricName"] == "BatchFailed" for m in refused if "MetricStat" in m)
+    expression = [m for m in refused if m.get("ReturnData")]
+    assert len(expression) == 1 and all(m["Id"] in expression[0]["Expression"] for m in refused if "MetricStat" in m)
 
 
 def test_visibility_timeout_is_at_least_six_function_timeouts(tpl):

@@ -324,6 +324,30 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
     .await
     .unwrap();
     assert!(gone.is_empty(), "nothing of user A is left to reveal");
+    // A token nothing stored knows reveals nothing; its audit record says
+    // so without keeping the token (it may be a retired key's, which the
+    // re-key could not find a version for).
+    let unknown = "0".repeat(64);
+    let nothing = reveal(
+        &mut client,
+        &kms,
+        &Target::IpToken(unknown.clone()),
+        &caller,
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
+    assert!(nothing.iter().all(|r| r.value.is_none()), "{nothing:?}");
+    let (token, detail): (Option<String>, Option<String>) = admin_client
+        .query_one(
+            "SELECT token, detail::text FROM user_logins_pii_audit ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(token, None, "the unmatched token is not kept");
+    assert_eq!(detail.as_deref(), Some(r#"{"token_matched": false}"#));
 
     // The durable audit: one record per token revealed, naming the caller as
     // STS (moto) knows it; the $USER the test spoofed appears nowhere.
@@ -341,15 +365,16 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
         .collect();
     assert_eq!(
         reveals.len(),
-        audit.len() + revealed_b.len(),
-        "one record per value revealed (user B's reveal wrote no line here)"
+        audit.len() + revealed_b.len() + 1,
+        "one record per value revealed (user B's reveal and the unmatched token wrote no line here)"
     );
     assert!(reveals.iter().all(|r| r.get::<_, String>(1) == caller));
     assert!(
         reveals
             .iter()
+            .filter(|r| r.get::<_, Option<String>>(3).is_some())
             .all(|r| r.get::<_, Option<String>>(4).is_some()),
-        "each names its data key"
+        "each of a token found names its data key"
     );
     assert_eq!(
         records

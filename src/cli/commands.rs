@@ -170,13 +170,19 @@ async fn rotate_key(args: &RotateKeyArgs) -> Result<(), Failure> {
             "re-keying rows"
         )
     })
-    .await?;
+    .await
+    .map_err(|e| match e {
+        // Not done yet; a later run (after maintain's drain) does it.
+        e @ crate::rekey::RekeyError::DrainUnderWay { .. } => Failure(e.to_string(), EXIT_TEMPFAIL),
+        e => Failure::from(e),
+    })?;
     info!(
         from = report.from,
         to = report.to,
         rows = report.rows,
         vault_entries = report.vault_entries,
         erasures = report.erasures,
+        audit_records = report.audit_records,
         "rotate-key done"
     );
     println!("{}", status(&crate::rekey::state(&client).await?));
@@ -264,7 +270,7 @@ async fn forget(args: &ForgetArgs) -> Result<(), Failure> {
     let keys = startup::user_keys(erasure.as_ref(), masking.as_ref(), secrets.as_ref()).await?;
     let mut client = startup::operator_connection(&db).await?;
     let done = match reveal::forget(&mut client, &args.user_id, &keys, &caller).await {
-        Err(e @ reveal::RevealError::RekeyUnderWay) => {
+        Err(e @ (reveal::RevealError::RekeyUnderWay | reveal::RevealError::DrainUnderWay)) => {
             return Err(Failure(e.to_string(), EXIT_TEMPFAIL));
         }
         done => done?,

@@ -30,7 +30,8 @@ pub const EXIT_USAGE: u8 = 2;
 /// Exit code of a `reveal` that found nothing.
 pub const EXIT_NOT_FOUND: u8 = 3;
 /// The work is not done yet and a later run finishes it (`forget` during a
-/// re-key): 75, sysexits' EX_TEMPFAIL.
+/// re-key or a drain of a swapped-out DEFAULT partition, `rotate-key`
+/// during such a drain): 75, sysexits' EX_TEMPFAIL.
 pub const EXIT_TEMPFAIL: u8 = 75;
 
 /// The login-etl binary.
@@ -44,7 +45,7 @@ pub const EXIT_TEMPFAIL: u8 = 75;
         in Lambda, or under `cargo lambda watch`). The commands are operator tools; \
         they read the same environment variables as the function (docs/operations.md, Configuration).",
     after_help = "Exit codes: 0 success, 1 error, 2 usage error (or no command outside Lambda), \
-        3 reveal found nothing, 75 forget must run again after a re-key."
+        3 reveal found nothing, 75 not finished yet: run it again later (forget during a re-key or a DEFAULT-partition drain, rotate-key during a drain)."
 )]
 pub struct Cli {
     /// What to do; none: serve Lambda invocations.
@@ -182,6 +183,9 @@ pub struct MaintainArgs {
     /// Keep this many days of rows (today included) and drop older partitions [default: keep everything].
     #[arg(long, value_name = "DAYS", env = "RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..))]
     pub retention_days: Option<u32>,
+    /// The most rows the DEFAULT partition may hold for maintain to move them under its lock; above it the partition is swapped out and drained in chunks, so writes never wait for the move.
+    #[arg(long, value_name = "ROWS", env = "DEFAULT_MOVE_LIMIT", default_value_t = crate::schema::DEFAULT_MOVE_LIMIT as u64, value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
+    pub default_move_limit: u64,
 }
 
 impl From<&MaintainArgs> for crate::maintain::MaintainOptions {
@@ -189,6 +193,7 @@ impl From<&MaintainArgs> for crate::maintain::MaintainOptions {
         Self {
             premake_days: a.premake_days,
             retention_days: a.retention_days,
+            default_move_limit: a.default_move_limit as i64,
         }
     }
 }

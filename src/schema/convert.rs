@@ -154,9 +154,9 @@ pub async fn convert(client: &mut Client, options: &MigrateOptions) -> Result<bo
 /// touching `user_logins` itself, so that this version can write into the
 /// old table before the cutover.
 async fn apply_side_tables(client: &Client) -> Result<(), SinkError> {
-    client
-        .batch_execute(concat!(
-            "BEGIN;\n",
+    super::apply_sql(
+        client,
+        concat!(
             include_str!("../../migrations/0002_pii_vault.sql"),
             "\n",
             include_str!("../../migrations/0003_pii_audit_and_erasure.sql"),
@@ -164,10 +164,12 @@ async fn apply_side_tables(client: &Client) -> Result<(), SinkError> {
             include_str!("../../migrations/0005_erasure_state.sql"),
             "\n",
             include_str!("../../migrations/0006_key_versions.sql"),
-            "\nCOMMIT;"
-        ))
-        .await
-        .map_err(failed("creating the vault, audit and erasure tables"))
+            "\n",
+            include_str!("../../migrations/0007_online_operations.sql"),
+        ),
+        "creating the vault, audit and erasure tables",
+    )
+    .await
 }
 
 /// `sql` in a transaction of its own that waits for its locks at most

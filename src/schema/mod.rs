@@ -33,8 +33,14 @@ pub const MIGRATION_SQL: &str = concat!(
     "\n",
     include_str!("../../migrations/0005_erasure_state.sql"),
     "\n",
-    include_str!("../../migrations/0006_key_versions.sql")
+    include_str!("../../migrations/0006_key_versions.sql"),
+    "\n",
+    include_str!("../../migrations/0007_online_operations.sql")
 );
+
+/// The version [`MIGRATION_SQL`] leaves (`login_etl_schema_version()`,
+/// migrations/0007): a database at an older one is migrated again.
+pub const SCHEMA_VERSION: i32 = 7;
 
 /// Advisory lock key ("LOGINETL" in ASCII): many cold starts at once apply
 /// the schema one after the other instead of racing on `CREATE INDEX`; the
@@ -107,7 +113,9 @@ const INSPECT_SQL: &str = "SELECT \
         ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
         WHERE i.indrelid = to_regclass('user_logins') AND a.attname = 'message_id' \
         AND i.indisunique AND i.indnkeyatts = 1 AND i.indpred IS NULL AND i.indexprs IS NULL \
-        AND i.indisvalid AND i.indisready)";
+        AND i.indisvalid AND i.indisready), \
+    coalesce((SELECT substring(p.prosrc FROM '[0-9]+')::int4 FROM pg_proc p \
+        WHERE p.proname = 'login_etl_schema_version' AND p.pronamespace = to_regnamespace(current_schema())::oid), 0)";
 
 /// The schema as the catalog shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +142,9 @@ pub struct SchemaState {
     /// unpartitioned table from before this version exactly once while
     /// `login-etl migrate --prepare` has run and the cutover has not.
     pub message_id_index: bool,
+    /// The version of the migrations applied (`login_etl_schema_version()`;
+    /// 0 before migrations/0007).
+    pub version: i32,
 }
 
 impl SchemaState {
@@ -146,6 +157,7 @@ impl SchemaState {
             && self.erasure
             && self.partitioned
             && self.partitions
+            && self.version >= SCHEMA_VERSION
     }
 }
 
@@ -188,6 +200,7 @@ pub async fn inspect(client: &Client) -> Result<SchemaState, tokio_postgres::Err
         partitioned: row.get(6),
         partitions: row.get(7),
         message_id_index: row.get(8),
+        version: row.get(9),
     })
 }
 
@@ -222,7 +235,8 @@ pub async fn check(
             });
         }
     };
-    let fatal = |cause: &str, hint: &'static str| SinkError::Fatal {
+    let fatal = |cause: &str, hint: &'static str| SinkError::Misconfigured {
+        what: crate::error::Misconfiguration::SchemaIncomplete,
         op: "writing into user_logins",
         cause: cause.to_owned(),
         hint: hint.into(),
@@ -344,28 +358,88 @@ pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<bo
     if state.table && !state.partitioned {
         applied = convert::convert(client, options).await?;
         if options.prepare_only {
-            return Ok(applied);
+            let built = vault_form1_index(client, options).await?;
+            return Ok(applied || built);
         }
     } else if !state.is_current() {
-        let tx = client
-            .transaction()
-            .await
-            .map_err(failed("starting the migration"))?;
-        tx.query_typed(
-            "SELECT pg_advisory_xact_lock($1)",
-            &[(&MIGRATION_LOCK_KEY, Type::INT8)],
-        )
-        .await
-        .map_err(failed("waiting for the migration lock"))?;
-        tx.batch_execute(MIGRATION_SQL)
-            .await
-            .map_err(failed("applying the schema"))?;
-        tx.commit().await.map_err(failed("committing the schema"))?;
+        apply_sql(client, MIGRATION_SQL, "applying the schema").await?;
         applied = true;
     }
     set_granularity(client, options.granularity).await?;
     let made = premake(client, options.premake_days).await?;
-    Ok(applied || made > 0)
+    let built = vault_form1_index(client, options).await?;
+    Ok(applied || made > 0 || built)
+}
+
+/// Builds the vault's index of old-form entries (`user_logins_pii_vault_form1`,
+/// which rotate-key's switch probes instead of scanning the vault) online,
+/// when it is missing or a build was left invalid: `CREATE INDEX
+/// CONCURRENTLY`, which no transaction may hold and no write waits for. An
+/// empty vault gets it from migrations/0007 already. Not at a cold start
+/// (a vault of millions of entries takes longer than an init phase). True
+/// when it built it.
+async fn vault_form1_index(client: &Client, options: &MigrateOptions) -> Result<bool, SinkError> {
+    if options.cold_start {
+        return Ok(false);
+    }
+    let valid: Option<bool> = client
+        .query_typed_one(
+            "SELECT (SELECT indisvalid AND indisready FROM pg_index \
+             WHERE indexrelid = to_regclass('user_logins_pii_vault_form1'))",
+            &[],
+        )
+        .await
+        .map_err(failed("looking for the vault's index of old-form entries"))?
+        .get(0);
+    if valid == Some(true) {
+        return Ok(false);
+    }
+    info!("building the vault's index of old-form entries CONCURRENTLY (ingest keeps writing)");
+    if valid == Some(false) {
+        client
+            .batch_execute("DROP INDEX CONCURRENTLY IF EXISTS user_logins_pii_vault_form1")
+            .await
+            .map_err(failed("dropping an invalid index of the vault"))?;
+    }
+    client
+        .batch_execute(
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS user_logins_pii_vault_form1 \
+             ON user_logins_pii_vault (kind) WHERE aad_version = 1",
+        )
+        .await
+        .map_err(failed("building the vault's index of old-form entries"))?;
+    Ok(true)
+}
+
+/// How long a migration statement waits for a table lock before the whole
+/// migration lets ingest through and tries again ([`with_lock_retries`]):
+/// the most a write queues behind it.
+pub const MIGRATION_LOCK_TIMEOUT_MS: u32 = 100;
+
+/// Applies `sql` in one transaction under the migration's advisory lock,
+/// each of its table locks waited for at most [`MIGRATION_LOCK_TIMEOUT_MS`]
+/// and the whole tried again after a pause when one runs out: a migration
+/// beside a long reader never queues ingest behind it (a write reads the
+/// erasure list and the key state, which the migration may alter).
+pub(crate) async fn apply_sql(
+    client: &Client,
+    sql: &str,
+    op: &'static str,
+) -> Result<(), SinkError> {
+    with_lock_retries(op, || async {
+        let done = client
+            .batch_execute(&format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY}); \
+                 SET LOCAL lock_timeout = {MIGRATION_LOCK_TIMEOUT_MS};\n{sql}\n;COMMIT"
+            ))
+            .await;
+        if done.is_err() {
+            // The failed statement left the transaction open and aborted.
+            let _ = client.batch_execute("ROLLBACK").await;
+        }
+        done
+    })
+    .await
 }
 
 /// Stores the granularity of a new table, or checks that `wanted` is the
@@ -403,17 +477,72 @@ async fn set_granularity(client: &Client, wanted: Option<Granularity>) -> Result
 
 /// Makes every missing partition from [`PREMAKE_PAST_DAYS`] before today
 /// (UTC) to `days` after it, one short transaction each; returns how many
-/// it made. What `maintain` calls too.
+/// it made. One whose making would move more than
+/// [`DEFAULT_MOVE_LIMIT`] rows of the DEFAULT partition under its lock is
+/// left to `login-etl maintain` (which swaps the DEFAULT partition out).
 pub async fn premake(client: &Client, days: u32) -> Result<usize, SinkError> {
     let today = chrono::Utc::now().date_naive();
     let mut made = 0;
     for offset in -PREMAKE_PAST_DAYS..=i64::from(days) {
         let day = today + chrono::TimeDelta::days(offset);
-        if ensure_partition(client, day).await?.is_some() {
-            made += 1;
+        match ensure_partition_bounded(client, day, DEFAULT_MOVE_LIMIT).await? {
+            Ensured::Made(_) => made += 1,
+            Ensured::Covered => {}
+            Ensured::Deferred => {
+                tracing::warn!(%day, "the DEFAULT partition holds too many rows to make this partition beside ingest; run login-etl maintain, which swaps it out");
+                break;
+            }
         }
     }
     Ok(made)
+}
+
+/// The most rows the DEFAULT partition may hold for a partition to be made
+/// (its rows of the new partition's days moved) under its lock, by
+/// default: making a partition scans the DEFAULT one, and holds the writes
+/// that go there, for as long as that takes. Measured beside ingest
+/// (benches/stalls.rs, docs/performance.md): about 12 ms per 1,000 rows
+/// moved, so 2,000 keep a write's wait near 25 ms; above it, `maintain`
+/// swaps the DEFAULT partition out and drains it in chunks.
+pub const DEFAULT_MOVE_LIMIT: i64 = 2_000;
+
+/// What [`ensure_partition_bounded`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ensured {
+    /// Made it (with the rows it took from the DEFAULT partition).
+    Made(Made),
+    /// A partition covered the day already.
+    Covered,
+    /// The DEFAULT partition holds more than the limit: not made.
+    Deferred,
+}
+
+/// [`ensure_partition`], unless the DEFAULT partition holds more than
+/// `max_move` rows (`login_etl_ensure_partition(date, bigint)`).
+pub async fn ensure_partition_bounded(
+    client: &Client,
+    day: NaiveDate,
+    max_move: i64,
+) -> Result<Ensured, SinkError> {
+    let row = with_lock_retries("making a partition", || async move {
+        client
+            .query_typed_opt(
+                "SELECT created, moved FROM login_etl_ensure_partition($1, $2)",
+                &[(&day, Type::DATE), (&max_move, Type::INT8)],
+            )
+            .await
+    })
+    .await?;
+    Ok(match row {
+        None => Ensured::Covered,
+        Some(r) => match r.get::<_, Option<String>>(0) {
+            Some(name) => Ensured::Made(Made {
+                name,
+                moved: r.get(1),
+            }),
+            None => Ensured::Deferred,
+        },
+    })
 }
 
 /// A partition made by [`ensure_partition`] and the rows it took over from

@@ -57,6 +57,24 @@ pub(crate) fn classify(e: &tokio_postgres::Error) -> Failure {
         // rollbacks, object in use, read-only transaction (a failover turned
         // the writer into a reader), internal error.
         "08" | "53" | "57" | "58" | "40" | "55" | "25" | "XX" => Failure::Transient(describe(e)),
+        // The configuration, not the database: a schema not migrated, a
+        // missing grant (their own failure classes).
+        _ if matches!(code, "42P01" | "42703" | "42P10" | "42501") => {
+            Failure::Fatal(SinkError::Misconfigured {
+                what: if code == "42501" {
+                    crate::error::Misconfiguration::PrivilegeMissing
+                } else {
+                    crate::error::Misconfiguration::SchemaIncomplete
+                },
+                op: "the insert into user_logins",
+                cause: describe(e),
+                hint: if code == "42501" {
+                    crate::grants::missing_privilege_hint(denied_table(e)).into()
+                } else {
+                    "; the schema is missing or not upgraded: run `make migrate` (login-etl migrate) or set RUN_MIGRATIONS=true".into()
+                },
+            })
+        }
         _ => Failure::Fatal(SinkError::Fatal {
             op: "the insert into user_logins",
             // Class 42 (syntax, undefined objects, privileges) names objects,
@@ -67,14 +85,7 @@ pub(crate) fn classify(e: &tokio_postgres::Error) -> Failure {
             } else {
                 describe_refusal(e)
             },
-            hint: match code {
-                // undefined table / column, no unique index for ON CONFLICT
-                "42P01" | "42703" | "42P10" => {
-                    "; the schema is missing or not upgraded: run `make migrate` (login-etl migrate) or set RUN_MIGRATIONS=true".into()
-                }
-                "42501" => crate::grants::missing_privilege_hint(denied_table(e)).into(),
-                _ => "".into(),
-            },
+            hint: "".into(),
         }),
     }
 }

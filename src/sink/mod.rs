@@ -97,9 +97,76 @@ pub struct ErasureList {
     /// The list's version and the key version.
     pub versions: Versions,
     /// The user keys of erased users.
-    pub users: Arc<HashSet<String>>,
+    pub users: ErasedUsers,
     /// The keys' check values and kind.
     pub checks: Arc<KeyChecks>,
+}
+
+/// The erased users' keys, as a batch is filtered with them: the list as
+/// first read, and what was added since, each a set of its own (an
+/// erasure adds one key: reading it is one index range, not the list).
+#[derive(Debug, Clone, Default)]
+pub struct ErasedUsers {
+    sets: Vec<Arc<HashSet<String>>>,
+    /// The oldest key version a key in memory may be of: the database's
+    /// (or the version a re-key moved from) when the list was first read.
+    /// rotate-key re-keys the list in place, so a key read before keeps
+    /// its version; a user is looked up at every version since.
+    oldest: u16,
+}
+
+/// More sets than this are merged into one (a set per erasure since the
+/// list was first read).
+const MAX_ERASED_SETS: usize = 16;
+
+impl ErasedUsers {
+    /// The list `keys`, read at key version `oldest` or later.
+    pub fn new(keys: HashSet<String>, oldest: u16) -> Self {
+        Self {
+            sets: vec![Arc::new(keys)],
+            oldest,
+        }
+    }
+
+    /// This list with `added` (keys listed since, at the current version).
+    fn with(&self, added: HashSet<String>) -> Self {
+        let mut sets = self.sets.clone();
+        if !added.is_empty() {
+            sets.push(Arc::new(added));
+        }
+        if sets.len() > MAX_ERASED_SETS {
+            let all: HashSet<String> = sets.iter().flat_map(|s| s.iter().cloned()).collect();
+            sets = vec![Arc::new(all)];
+        }
+        Self {
+            sets,
+            oldest: self.oldest,
+        }
+    }
+
+    /// Nobody is erased.
+    pub fn is_empty(&self) -> bool {
+        self.sets.iter().all(|s| s.is_empty())
+    }
+
+    /// Whether `user_id` is on the list, its user key computed by `masker`
+    /// at the batch's version and at every older one a key in memory may
+    /// be of (one chain computes them all).
+    pub fn contains(&self, masker: &crate::masking::Masker, user_id: &str) -> bool {
+        if self.is_empty() {
+            return false;
+        }
+        let has = |k: &crate::masking::Token| self.sets.iter().any(|s| s.contains(k.as_str()));
+        if self.oldest < masker.version() {
+            masker
+                .users()
+                .user_keys_since(user_id, self.oldest)
+                .iter()
+                .any(has)
+        } else {
+            has(&masker.user_key(user_id))
+        }
+    }
 }
 
 /// What one batch did in the database.
@@ -135,6 +202,8 @@ pub struct PgSink {
     floor: Option<XidFloor>,
     /// The erasure list and its version (see [`PgSink::erased_users`]).
     erased: Option<ErasureList>,
+    /// A write found it out of date: read what changed before the next use.
+    erased_stale: bool,
 }
 
 impl std::fmt::Debug for PgSink {
@@ -156,6 +225,7 @@ impl PgSink {
             vault: false,
             floor: None,
             erased: None,
+            erased_stale: false,
         }
     }
 
@@ -170,6 +240,7 @@ impl PgSink {
             vault: self.vault,
             floor: None,
             erased: None,
+            erased_stale: false,
         }
     }
 
@@ -274,41 +345,52 @@ impl PgSink {
 
     /// The erasure list (user keys of users erased by `login-etl forget`),
     /// its version and the masking key's version, kept in memory: loaded on
-    /// first use and again after [`forget_erased`](Self::forget_erased).
-    /// Each write checks in its own transaction that both versions are still
-    /// current (one index probe, one row).
+    /// first use; after [`forget_erased`](Self::forget_erased), only the
+    /// keys listed since are read. Each write checks in its own transaction
+    /// that both versions are still current (one index probe, one row).
     pub async fn erased_users(
         &mut self,
         deadline: Option<Instant>,
     ) -> Result<ErasureList, SinkError> {
-        if let Some(list) = &self.erased {
+        if let Some(list) = &self.erased
+            && !self.erased_stale
+        {
             return Ok(list.clone());
         }
+        let known: i64 = self.erased.as_ref().map_or(0, |l| l.versions.erased);
         const OP: &str = "reading the erasure list";
         let budget = Budget::new(deadline);
         let bound = budget.bound(self.per_operation(), OP)?;
         let client = self.client(&budget).await?;
-        let row = timeout(bound, client.query_typed_one(tx::ERASED_LIST_SQL, &[]))
-            .await
-            .map_err(|_| SinkError::Transient {
+        let row = timeout(
+            bound,
+            client.query_typed_one(tx::ERASED_LIST_SQL, &[(&known, Type::INT8)]),
+        )
+        .await
+        .map_err(|_| SinkError::Transient {
+            op: OP,
+            cause: format!("no answer within {} ms", bound.as_millis()),
+        })?
+        .map_err(|e| match classify::classify(&e) {
+            Failure::Fatal(f) => f,
+            _ => SinkError::Transient {
                 op: OP,
-                cause: format!("no answer within {} ms", bound.as_millis()),
-            })?
-            .map_err(|e| match classify::classify(&e) {
-                Failure::Fatal(f) => f,
-                _ => SinkError::Transient {
-                    op: OP,
-                    cause: describe(&e),
-                },
-            })?;
-        let key: i16 = row.get(2);
-        let keys: Vec<String> = row.get(1);
+                cause: describe(&e),
+            },
+        })?;
+        let key = row.get::<_, i16>(2) as u16;
+        let keys: HashSet<String> = row.get::<_, Vec<String>>(1).into_iter().collect();
+        let users = match &self.erased {
+            Some(old) => old.users.with(keys),
+            None => ErasedUsers::new(keys, row.get::<_, Option<i16>>(6).map_or(key, |v| v as u16)),
+        };
         let list = ErasureList {
             versions: Versions {
                 erased: row.get(0),
-                key: key as u16,
+                key,
+                checked_from: users.oldest.min(key),
             },
-            users: Arc::new(keys.into_iter().collect()),
+            users,
             checks: Arc::new(KeyChecks {
                 masking: row.get(3),
                 erasure: row.get(4),
@@ -316,6 +398,7 @@ impl PgSink {
             }),
         };
         self.erased = Some(list.clone());
+        self.erased_stale = false;
         Ok(list)
     }
 
@@ -362,7 +445,8 @@ impl PgSink {
                 }
                 Ok(())
             }
-            Err(e) if e.code().is_some_and(|c| c.code() == "LE004") => Err(SinkError::Fatal {
+            Err(e) if e.code().is_some_and(|c| c.code() == "LE004") => Err(SinkError::Misconfigured {
+                what: crate::error::Misconfiguration::KeyMismatch,
                 op: OP,
                 cause: e
                     .as_db_error()
@@ -382,7 +466,7 @@ impl PgSink {
 
     /// Drops the in-memory erasure list (a write found it out of date).
     pub fn forget_erased(&mut self) {
-        self.erased = None;
+        self.erased_stale = true;
     }
 
     /// Client-side bound of one operation: the server's bound plus room to connect.
@@ -442,5 +526,67 @@ impl PgSink {
         {
             self.client = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::masking::{KeyVersions, Masker};
+
+    fn masker(keys: &[&str], version: u16) -> Masker {
+        let doc = serde_json::json!({ "versions": keys }).to_string();
+        let v = KeyVersions::parse(&doc, "test").unwrap();
+        Masker::versions(&v, Some(&v)).unwrap().at(version).unwrap()
+    }
+
+    #[test]
+    fn a_user_is_found_at_every_version_a_key_in_memory_may_be_of_and_in_every_set() {
+        let (a, b, c) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
+        let one = masker(&[&a], 1);
+        let three = masker(&[&a, &b, &c], 3);
+        let (early, late) = ("user-early", "user-late");
+        // Read at version 1; the database then moved to 3 (two rotations)
+        // and listed another user there.
+        let list = ErasedUsers::new(
+            [one.user_key(early).as_str().to_owned()]
+                .into_iter()
+                .collect(),
+            1,
+        );
+        let list = list.with(
+            [three.user_key(late).as_str().to_owned()]
+                .into_iter()
+                .collect(),
+        );
+        assert!(
+            list.contains(&three, early),
+            "its key of version 1, still in memory"
+        );
+        assert!(list.contains(&three, late));
+        assert!(!list.contains(&three, "someone-else"));
+        // Read at version 3: only version 3 is looked at.
+        let fresh = ErasedUsers::new(
+            [one.user_key(early).as_str().to_owned()]
+                .into_iter()
+                .collect(),
+            3,
+        );
+        assert!(
+            !fresh.contains(&three, early),
+            "a key of version 1 is not looked for"
+        );
+        // Many additions are merged into one set, nothing lost.
+        let mut many = ErasedUsers::new(HashSet::new(), 3);
+        for i in 0..40 {
+            many = many.with(
+                [three.user_key(&format!("u{i}")).as_str().to_owned()]
+                    .into_iter()
+                    .collect(),
+            );
+        }
+        assert!(many.sets.len() <= MAX_ERASED_SETS);
+        assert!((0..40).all(|i| many.contains(&three, &format!("u{i}"))));
+        assert!(ErasedUsers::default().is_empty());
     }
 }

@@ -37,34 +37,54 @@ pub struct Versions {
     pub erased: i64,
     /// The masking key's version the batch's tokens are under.
     pub key: u16,
+    /// The oldest key version the batch's users were checked against the
+    /// erasure list at (`key` unless rotate-key was moving the list).
+    pub checked_from: u16,
+}
+
+impl Versions {
+    /// An empty erasure list's versions at key version `key`.
+    pub fn at(key: u16) -> Self {
+        Self {
+            erased: 0,
+            key,
+            checked_from: key,
+        }
+    }
 }
 
 /// The write check: raises SQLSTATE `LE001` (the transaction is refused)
 /// when the erasure list has grown past the version the batch was filtered
 /// with (`login-etl forget` erased someone since), `LE002` when the key
-/// version is no longer the batch's (`login-etl rotate-key` began).
-pub(crate) const ERASED_SQL: &str = "SELECT login_etl_refuse_erased($1::int8, $2::int4)";
+/// version is no longer the batch's (`login-etl rotate-key` began), and
+/// `LE001` while the list holds keys older than the batch's users were
+/// checked at (migrations/0007).
+pub(crate) const ERASED_SQL: &str = "SELECT login_etl_refuse_erased($1::int8, $2::int4, $3::int4)";
 
 /// The write check against `known` ([`ERASED_SQL`]).
 pub(crate) async fn refuse_erased(
     client: &Client,
     known: Versions,
 ) -> Result<(), tokio_postgres::Error> {
-    let key = i32::from(known.key);
+    let (key, from) = (i32::from(known.key), i32::from(known.checked_from));
     client
         .query_typed(
             ERASED_SQL,
-            &[(&known.erased, Type::INT8), (&key, Type::INT4)],
+            &[
+                (&known.erased, Type::INT8),
+                (&key, Type::INT4),
+                (&from, Type::INT4),
+            ],
         )
         .await
         .map(|_| ())
 }
 
-/// The erasure list, its version and the key version, in one statement
-/// (one snapshot).
+/// The erasure list's keys listed after version `$1` (0: all of them), its
+/// version and the key's state, in one statement (one snapshot).
 pub(crate) const ERASED_LIST_SQL: &str = "SELECT coalesce((SELECT max(seq) FROM user_logins_erased), 0), \
-    coalesce((SELECT array_agg(user_key) FROM user_logins_erased), '{}'), \
-    k.version, k.masking_check, k.erasure_check, k.erasure_derived FROM login_etl_key_state() k";
+    coalesce((SELECT array_agg(user_key) FROM user_logins_erased WHERE seq > $1), '{}'), \
+    k.version, k.masking_check, k.erasure_check, k.erasure_derived, k.rekey_from FROM login_etl_key_state() k";
 
 /// What the database records of the current version's keys (see
 /// `login_etl_check_keys`).

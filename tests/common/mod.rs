@@ -319,6 +319,7 @@ pub fn closed_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+pub mod keys;
 pub mod moto;
 pub mod oracle;
 pub mod pg_server;

@@ -134,7 +134,13 @@ impl PgServer {
     }
 
     pub fn stop(&self) {
-        self.ctl(&["stop", "-m", "fast", "-w", "-t", "30"]);
+        self.stop_mode("fast");
+    }
+
+    /// Stops the server in `mode`: `fast` (clients disconnected, a clean
+    /// shutdown) or `immediate` (as a crash: recovery at the next start).
+    pub fn stop_mode(&self, mode: &str) {
+        self.ctl(&["stop", "-m", mode, "-w", "-t", "30"]);
     }
 
     pub fn start_again(&self) {
@@ -150,14 +156,21 @@ impl PgServer {
     }
 
     fn ctl(&self, args: &[&str]) {
-        run(Command::new("runuser")
-            .args(["-u", "postgres", "--"])
+        run(&mut self.ctl_command(args));
+    }
+
+    /// The `pg_ctl` command with `args` (as the `postgres` user), for a
+    /// caller that runs it without blocking (tests/soak).
+    pub fn ctl_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"])
             .arg(self.bin.join("pg_ctl"))
             .arg("-D")
             .arg(self.dir.join("data"))
             .arg("-l")
             .arg(self.dir.join("server.log"))
-            .args(args));
+            .args(args);
+        cmd
     }
 }
 

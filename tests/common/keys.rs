@@ -1,0 +1,43 @@
+//! Key versions for the tests of masking-key rotation: two masking keys and
+//! two erasure keys, their secrets' documents, and the masker of the first
+//! `n` versions (what a function or rotate-key holds after `n - 1`
+//! rotations).
+
+use login_etl::masking::{KeyVersions, Masker};
+use login_etl::vault::DataKey;
+
+use super::TEST_KEY;
+
+/// Who rotate-key is in the audit trail.
+pub const CALLER: &str = "arn:aws:sts::123456789012:assumed-role/key-rotators/test";
+
+/// Masking keys, oldest first.
+pub const K: [&str; 2] = [
+    TEST_KEY,
+    "d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2",
+];
+
+/// Erasure keys, oldest first.
+pub const E: [&str; 2] = [
+    "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9",
+    "f9e8d7c6b5a40392817f6e5d4c3b2a1f0e9d8c7b6a5f40392817f6e5d4c3b2a1",
+];
+
+/// The key document of the first `n` versions of `keys`.
+pub fn doc(keys: &[&str], n: usize) -> String {
+    serde_json::json!({ "versions": keys[..n] }).to_string()
+}
+
+/// Versions 1..=n of the masking and erasure keys.
+pub fn masker(n: usize) -> Masker {
+    Masker::versions(
+        &KeyVersions::parse(&doc(&K, n), "test").unwrap(),
+        Some(&KeyVersions::parse(&doc(&E, n), "test").unwrap()),
+    )
+    .unwrap()
+}
+
+/// A local data key for the vault (no KMS).
+pub fn data_key() -> DataKey {
+    DataKey::new(&[0x42; 32], vec![1, 2, 3], "local").unwrap()
+}

@@ -1,0 +1,116 @@
+//! A write refused because of the deployment's configuration (keys behind
+//! the database's version or replaced, a schema not migrated, a missing
+//! grant) is counted under a `failure_class` that names it, in the
+//! invocation's error and in its EMF document, never as an unavailable
+//! database: on-call looks at the secret, the migration or the grants.
+
+mod common;
+
+use common::keys::*;
+use common::*;
+use login_etl::grants::Role;
+use login_etl::rekey::{self, RekeyOptions};
+use login_etl::synth::{self, Options};
+use login_etl::{BatchHandler, Deadline, SqsBatch};
+
+/// The batch's failure: its class and retryability, as the invocation's
+/// error and as the EMF document counts it.
+async fn fails(h: BatchHandler, seed: u64) -> (&'static str, bool, String) {
+    let (metrics, docs) = captured_metrics();
+    let h = h.with_metrics(metrics);
+    let event = synth::event(&Options {
+        count: 20,
+        seed,
+        ..Options::default()
+    });
+    let e = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .expect_err("the batch fails as a whole");
+    let emf: Vec<String> = docs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["failure_class"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        emf.iter().all(|c| c == e.class()),
+        "{emf:?} vs {}",
+        e.class()
+    );
+    assert!(!emf.is_empty(), "an EMF document names the class");
+    (e.class(), e.is_retryable(), e.to_string())
+}
+
+async fn function(url: &str, masking: &str, erasure: &str) -> BatchHandler {
+    handler_with(&[
+        ("DATABASE_URL", url),
+        ("MASKING_KEY", masking),
+        ("ERASURE_KEY", erasure),
+    ])
+    .await
+}
+
+#[tokio::test]
+async fn a_replaced_key_and_a_key_behind_the_database_are_classes_of_their_own() {
+    let db = TestDb::create().await;
+    let ingest = db.ingest_url().await;
+    // The first function records its keys' check values.
+    let first = function(&ingest, &doc(&K, 1), &doc(&E, 1)).await;
+    handle_all_ok(&first, &synth::event(&Options::default())).await;
+
+    // The secret replaced (a new key as version 1): refused for good.
+    let replaced = function(&ingest, K[1], &doc(&E, 1)).await;
+    let (class, retryable, text) = fails(replaced, 2).await;
+    assert_eq!(class, "key_mismatch", "{text}");
+    assert!(!retryable);
+    assert!(
+        text.contains("not the one the stored tokens are under"),
+        "{text}"
+    );
+
+    // A rotation began; this function holds version 1 only and cannot read
+    // the secret again: retried, under its own class.
+    let mut rotate = connect(&db.role_url(Role::Rotate).await).await;
+    rekey::rotate(
+        &mut rotate,
+        &masker(2),
+        CALLER,
+        RekeyOptions::default(),
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
+    let behind = function(&ingest, &doc(&K, 1), &doc(&E, 1)).await;
+    let (class, retryable, text) = fails(behind, 3).await;
+    assert_eq!(class, "key_version_behind", "{text}");
+    assert!(
+        retryable,
+        "the batch is retried once the secret has the new version"
+    );
+    assert!(
+        !text.contains(K[0]) && !text.contains(K[1]),
+        "no key in the error"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_index_and_a_missing_grant_are_classes_of_their_own() {
+    let db = TestDb::create().await;
+    let ingest = db.ingest_url().await;
+    db.client()
+        .await
+        .batch_execute("DROP INDEX user_logins_key")
+        .await
+        .unwrap();
+    let (class, _, text) = fails(function(&ingest, TEST_KEY, &doc(&E, 1)).await, 4).await;
+    assert_eq!(class, "schema_incomplete", "{text}");
+    assert!(text.contains("login-etl migrate"), "{text}");
+
+    let other = TestDb::create().await;
+    other.migrate().await;
+    let bare = other.bare_role_url().await;
+    let (class, _, text) = fails(function(&bare, TEST_KEY, &doc(&E, 1)).await, 5).await;
+    assert_eq!(class, "privilege_missing", "{text}");
+    assert!(text.contains("login-etl grants"), "{text}");
+}

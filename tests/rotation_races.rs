@@ -1,0 +1,266 @@
+//! `login-etl rotate-key` beside what runs with it, on the real PostgreSQL,
+//! each program as its granted role: the races the soak (tests/soak/) and a
+//! review found, each replayed here on purpose.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::keys::*;
+use common::*;
+use login_etl::grants::Role;
+use login_etl::rekey::{self, RekeyOptions};
+use login_etl::synth::{self, Options};
+
+/// Vault entries of `n` distinct ip values at version 1, inserted as the
+/// owner: (kind, value's token at version 1, at version 2).
+async fn fill_vault(db: &TestDb, n: usize) -> Vec<(String, String)> {
+    let (one, two) = (masker(1), masker(2));
+    let mut pairs = Vec::new();
+    for i in 0..n {
+        let ip: std::net::IpAddr = format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256)
+            .parse()
+            .unwrap();
+        pairs.push((
+            one.ip(&ip).as_str().to_owned(),
+            two.ip(&ip).as_str().to_owned(),
+        ));
+    }
+    let tokens: Vec<&str> = pairs.iter().map(|(t, _)| t.as_str()).collect();
+    db.client()
+        .await
+        .execute(
+            "INSERT INTO user_logins_pii_vault (kind, token, key_id, nonce, ciphertext, key_version, aad_version) \
+             SELECT 'ip', t, 'k', '\\x000102030405060708090a0b'::bytea, '\\x00'::bytea, 1, 2 FROM unnest($1::text[]) t",
+            &[&tokens],
+        )
+        .await
+        .unwrap();
+    pairs
+}
+
+/// Functions already on version 2 store the new tokens of values whose old
+/// entries the re-key has not reached yet (their twins), one transaction
+/// each, from the switch until `done`: the interleaving in which rotate-key
+/// used to stop with SQLSTATE 23505 on the vault's primary key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vault_rekey_finishes_while_functions_store_new_twins() {
+    let db = TestDb::create().await;
+    db.migrate().await;
+    let pairs = fill_vault(&db, 4_000).await;
+    let ingest = db.role_url(Role::Ingest).await;
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (done, admin, twins) = (done.clone(), db.client().await, pairs.clone());
+        let ingest = connect(&ingest).await;
+        tokio::spawn(async move {
+            while admin
+                .query_one("SELECT version FROM user_logins_key_state", &[])
+                .await
+                .unwrap()
+                .get::<_, i16>(0)
+                < 2
+            {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let mut stored = 0;
+            for (_, twin) in twins.iter().rev() {
+                if done.load(Ordering::SeqCst) {
+                    break;
+                }
+                stored += ingest
+                    .execute(
+                        "INSERT INTO user_logins_pii_vault (kind, token, key_id, nonce, ciphertext, key_version, aad_version) \
+                         VALUES ('ip', $1, 'k', '\\x0c0b0a090807060504030201'::bytea, '\\x01'::bytea, 2, 2) \
+                         ON CONFLICT (kind, token) DO NOTHING",
+                        &[&twin],
+                    )
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_micros(500)).await;
+            }
+            stored
+        })
+    };
+    let mut rotate = connect(&db.role_url(Role::Rotate).await).await;
+    let options = RekeyOptions {
+        chunk_pages: 10_000,
+        ..RekeyOptions::default()
+    };
+    let rotated = rekey::rotate(&mut rotate, &masker(2), CALLER, options, &mut |_| {}).await;
+    done.store(true, Ordering::SeqCst);
+    let twins_stored = writer.await.unwrap();
+    let report = rotated.expect("rotate-key finishes the first time, twins arriving or not");
+    assert!(
+        twins_stored > 0,
+        "the functions stored twins beside the re-key"
+    );
+    let vault = db
+        .client()
+        .await
+        .query("SELECT token, key_version FROM user_logins_pii_vault", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        vault.len(),
+        pairs.len(),
+        "one entry per value, twins merged"
+    );
+    let want: std::collections::BTreeSet<&str> = pairs.iter().map(|(_, t)| t.as_str()).collect();
+    for r in &vault {
+        assert_eq!(r.get::<_, i16>(1), 2, "every entry at version 2");
+        assert!(
+            want.contains(r.get::<_, &str>(0)),
+            "every token a value's version-2 token"
+        );
+    }
+    assert_eq!(
+        report.vault_entries,
+        pairs.len() as u64,
+        "each old entry re-keyed or merged once"
+    );
+}
+
+/// message id -> (ip, device_id) as sent.
+fn values(event: &aws_lambda_events::event::sqs::SqsEvent) -> HashMap<String, (IpAddr, String)> {
+    event
+        .records
+        .iter()
+        .map(|m| {
+            let body: serde_json::Value = serde_json::from_str(m.body.as_deref().unwrap()).unwrap();
+            (
+                m.message_id.clone().unwrap(),
+                (
+                    body["ip"].as_str().unwrap().trim().parse().unwrap(),
+                    body["device_id"].as_str().unwrap().trim().to_owned(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Rows of two days in the DEFAULT partition, one after the other on every
+/// page; `maintain` makes the partition of one of them between two chunks
+/// of rotate-key's walk of the DEFAULT partition's range. The rows it moved
+/// and the rows it left then sit at the same page and line numbers (ctids)
+/// in two tables: each chunk must re-key only rows of the table it walks,
+/// or one row gets another's tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_made_out_of_the_default_partition_mid_walk_keeps_every_rows_tokens() {
+    let db = TestDb::create().await;
+    let ingest = db.ingest_url().await;
+    let maintain = db.role_url(Role::Maintain).await;
+    let today = chrono::Utc::now().date_naive();
+    let noon = |days_ago: i64| {
+        (today - chrono::TimeDelta::days(days_ago))
+            .and_hms_opt(12, 0, 0)
+            .unwrap()
+            .and_utc()
+            .timestamp_millis()
+    };
+    let [a, b] = [(10, 31), (11, 32)].map(|(days_ago, seed)| {
+        synth::event(&Options {
+            count: 1_500,
+            seed,
+            sent_timestamp_ms: noon(days_ago),
+            ..Options::default()
+        })
+    });
+    let mut mixed = a.clone();
+    mixed.records = a
+        .records
+        .iter()
+        .zip(&b.records)
+        .flat_map(|(x, y)| [x.clone(), y.clone()])
+        .collect();
+    let h = handler_with(&[
+        ("DATABASE_URL", &ingest),
+        ("MASKING_KEY", &doc(&K, 1)),
+        ("ERASURE_KEY", &doc(&E, 1)),
+    ])
+    .await;
+    handle_all_ok(&h, &mixed).await;
+    let in_default: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM user_logins_default", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(in_default, 3_000, "both days in the DEFAULT partition");
+
+    let first_day = today - chrono::TimeDelta::days(10);
+    let mut made = false;
+    let mut between_chunks = |_: rekey::Progress| {
+        if made {
+            return;
+        }
+        made = true;
+        let maintain = maintain.clone();
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    let c = connect(&maintain).await;
+                    let m = login_etl::schema::ensure_partition(&c, first_day)
+                        .await
+                        .unwrap();
+                    assert_eq!(
+                        m.map(|m| m.moved),
+                        Some(1_500),
+                        "one day moved out of DEFAULT"
+                    );
+                })
+        })
+        .join()
+        .unwrap();
+    };
+    let mut rotate = connect(&db.role_url(Role::Rotate).await).await;
+    let options = RekeyOptions {
+        chunk_pages: 1,
+        progress_every: Duration::ZERO,
+        ..RekeyOptions::default()
+    };
+    rekey::rotate(
+        &mut rotate,
+        &masker(2),
+        CALLER,
+        options,
+        &mut between_chunks,
+    )
+    .await
+    .expect("rotate-key finishes");
+    assert!(made, "the partition was made between two chunks");
+
+    let sent = values(&mixed);
+    let two = masker(2);
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT message_id, masked_ip, masked_device_id, key_version FROM user_logins",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3_000);
+    let wrong = rows
+        .iter()
+        .filter(|r| {
+            let (ip, device) = &sent[r.get::<_, &str>(0)];
+            r.get::<_, i16>(3) != 2
+                || r.get::<_, &str>(1) != two.ip(ip).as_str()
+                || r.get::<_, &str>(2) != two.device_id(device).as_str()
+        })
+        .count();
+    assert_eq!(
+        wrong, 0,
+        "rows whose tokens are not their own values' at version 2"
+    );
+}
