@@ -58,7 +58,7 @@ EVENT         ?= events/sqs-mixed.json
 # pytest-xdist workers of make e2e (1: one test at a time).
 E2E_WORKERS   ?= 6
 
-.PHONY: help tools rust-tools python-tools host-build test-build localstack-tools up down e2e test lint fmt build validate sam-build sam-check lint-replay deploy migrate watch invoke demo demo-poll demo-watch events-large fuzz bench bench-scale clean
+.PHONY: help tools rust-tools python-tools host-build test-build localstack-tools up down e2e test soak lint fmt build validate sam-build sam-check lint-replay deploy migrate watch invoke demo demo-poll demo-watch events-large fuzz bench bench-scale clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -122,6 +122,7 @@ down: ## stop LocalStack (by PID) and the functions it runs
 # the benches). The lists balance the streams by their measured times
 # (docs/testing.md).
 RUST_TESTS    := $(sort $(basename $(notdir $(wildcard tests/*.rs))))
+# The soak (tests/soak/) runs as a step of its own: make soak.
 RUST_TESTS_1  := $(filter faults secrets_aws backoff_sqs log_levels runtime_e2e,$(RUST_TESTS))
 RUST_TESTS_2  := $(filter rotation vault_kms handler_postgres tls_postgres,$(RUST_TESTS))
 RUST_TESTS_3  := $(filter-out $(RUST_TESTS_1) $(RUST_TESTS_2),$(RUST_TESTS))
@@ -175,16 +176,36 @@ test: ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambd
 	$(if $(RUST_TESTS_2),side "cargo test 2/3: $(RUST_TESTS_2)" rust2 "$${rust_env[@]}" cargo test --no-fail-fast $(RUST_TESTS_2:%=--test %) -- --include-ignored,:)
 	side "cargo test 3/3: lib, benches, $(RUST_TESTS_3)" rust3 "$${rust_env[@]}" cargo test --no-fail-fast \
 	  --lib --bins --examples --benches $(RUST_TESTS_3:%=--test %) -- --include-ignored
+	@# Everything at once (tests/soak): a few seeds, fixed so that a CI run
+	@# checks the same schedules (make soak explores new ones).
+	side "the soak: $(CI_SOAK_SEEDS) seeds of $(CI_SOAK_SECONDS) s from seed $(CI_SOAK_SEED) (make soak)" soak \
+	  env SOAK_SEED=$(CI_SOAK_SEED) SOAK_SEEDS=$(CI_SOAK_SEEDS) SOAK_SECONDS=$(CI_SOAK_SECONDS) cargo test --test soak
 	@# The template; with the binary cargo built, the documented GRANT blocks,
 	@# make migrate against a given URL, and the command line as an operator meets it.
 	side "template; pytest: database roles, command line" py bash -c '$(MAKE) --no-print-directory validate && \
 	  PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python -m pytest -q tests/test_database_roles.py tests/test_cli.py'
 	set +m; wait "$${pids[@]}" || true; pids=()
 	failed=0
-	for f in $(if $(RUST_TESTS_1),"$$side_dir"/rust1) $(if $(RUST_TESTS_2),"$$side_dir"/rust2) "$$side_dir"/rust3 "$$side_dir"/py "$$side_dir"/e2e; do
+	for f in $(if $(RUST_TESTS_1),"$$side_dir"/rust1) $(if $(RUST_TESTS_2),"$$side_dir"/rust2) "$$side_dir"/rust3 "$$side_dir"/soak "$$side_dir"/py "$$side_dir"/e2e; do
 	  if [ -f "$$f" ]; then timings+=("$$(cat "$$f")"); grep -q FAILED "$$f" && failed=1; else failed=1; fi
 	done
 	rm -rf "$$side_dir"; exit $$failed
+
+# The soak within make test: these seeds, one after another.
+CI_SOAK_SEED    ?= 1
+CI_SOAK_SEEDS   ?= 3
+CI_SOAK_SECONDS ?= 15
+# make soak: SEED (the first seed; default drawn from the clock), SEEDS (how
+# many, one after another), SOAK_SECONDS or MINUTES (each seed's schedule),
+# SOAK_ENVS (function environments), SOAK_RATE (logins a second).
+SEED          ?=
+SEEDS         ?= 1
+MINUTES       ?=
+SOAK_SECONDS  ?= $(if $(MINUTES),$(shell echo $$(( $(MINUTES) * 60 ))),20)
+soak: rust-tools ## everything at once, seeded (ingest, maintain, forget, rotate-key, outages, kills), then the invariants; SEED=… replays a seed, MINUTES=30 SEEDS=… for long runs
+	@echo "==> the soak: $(SEEDS) seed(s) of $(SOAK_SECONDS) s$(if $(SEED), from seed $(SEED)) (PostgreSQL servers of its own; logs of a failing seed under target/tmp/soak/)"
+	SOAK_SEED="$(SEED)" SOAK_SEEDS="$(SEEDS)" SOAK_SECONDS="$(SOAK_SECONDS)" SOAK_ENVS="$(SOAK_ENVS)" SOAK_RATE="$(SOAK_RATE)" \
+	  cargo test --test soak
 
 e2e: tools localstack-tools ## LocalStack end to end: deploy template.yaml, SQS -> ESM -> function -> PostgreSQL, DLQ, FIFO
 	@pg_isready -d "$(PG_ADMIN_URL)" -q || { echo "PostgreSQL is not reachable at $(PG_ADMIN_URL)"; exit 1; }
@@ -233,22 +254,24 @@ fuzz: ## fuzz the body parser for FUZZ_SECONDS (default 300; CI runs 30); crashe
 	mkdir -p target/fuzz-corpus && cp fuzz/corpus/parse_body/* target/fuzz-corpus/
 	RUSTC_BOOTSTRAP=1 cargo fuzz run $(FUZZ_FLAGS) parse_body target/fuzz-corpus -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=1
 
-bench: tools localstack-tools ## benchmarks: per-record transform, batch vs COPY, cold start, peak RSS, binary size, the consumer's throughput, the masking-key re-key on 20 M rows
+bench: tools localstack-tools ## benchmarks: per-record transform, batch vs COPY, cold start, peak RSS, binary size, the consumer's throughput, the masking-key re-key on 20 M rows, the longest write beside the key switch and a DEFAULT drain
 	@pg_isready -d "$(PG_ADMIN_URL)" -q || { echo "PostgreSQL is not reachable at $(PG_ADMIN_URL)"; exit 1; }
 	echo "== machine: $$(nproc) cores, $$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $$(free -g | awk '/Mem:/{print $$2}') GiB"
-	echo "== [1/6] per-record transform, one core (criterion)"
+	echo "== [1/7] per-record transform, one core (criterion)"
 	cargo bench --quiet --bench transform -- --warm-up-time 2 --measurement-time 5 2>/dev/null | grep -E '^per_record|thrpt' || true
-	echo "== [2/6] batch into PostgreSQL vs COPY"
+	echo "== [2/7] batch into PostgreSQL vs COPY"
 	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" cargo bench --quiet --bench batch_pg 2>/dev/null
-	echo "== [3/6] cold start and peak RSS of the release binary (host build)"
+	echo "== [3/7] cold start and peak RSS of the release binary (host build)"
 	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" cargo bench --quiet --bench lambda_process 2>/dev/null
-	echo "== [4/6] arm64 release binary for Lambda"
+	echo "== [4/7] arm64 release binary for Lambda"
 	$(LAMBDA_ENV) cargo lambda build --quiet --release --arm64 --bin login-etl
 	stat -c %s target/lambda/login-etl/bootstrap | awk '{printf "target/lambda/login-etl/bootstrap: %d bytes (%.2f MB, %.2f MiB); goal <= 10 MB\n", $$1, $$1/1e6, $$1/1048576}'
-	echo "== [5/6] login-etl poll: messages/s at concurrency 1, 2, 4 against LocalStack, beside the emulator alone"
+	echo "== [5/7] login-etl poll: messages/s at concurrency 1, 2, 4 against LocalStack, beside the emulator alone"
 	PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python benches/poll_throughput.py
-	echo "== [6/6] login-etl rotate-key: rows re-keyed per second and ingest beside it, on $${BENCH_REKEY_ROWS:-20000000} rows (about 15 min, 12 GB of disk)"
+	echo "== [6/7] login-etl rotate-key: rows re-keyed per second and ingest beside it, on $${BENCH_REKEY_ROWS:-20000000} rows (about 15 min, 12 GB of disk)"
 	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" cargo bench --quiet --bench rekey 2> >(grep --line-buffered -v '^{' >&2) | grep --line-buffered -v '^{'
+	echo "== [7/7] the longest write beside rotate-key's switch ($${BENCH_STALLS_VAULT:-4000000} vault entries) and beside maintain draining $${BENCH_STALLS_DAY:-10000000} of today's rows from the DEFAULT partition (about 5 min)"
+	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" cargo bench --quiet --bench stalls 2> >(grep --line-buffered -v '^{' >&2) | grep --line-buffered -v '^{'
 
 bench-scale: tools ## ingest, forget and retention as user_logins grows to 20 M and 100 M rows (BENCH_SCALE_ROWS); about 45 min and 45 GB of disk
 	@$(PG_REACHABLE)

@@ -266,11 +266,7 @@ async fn main() {
         phases[1].push(t.elapsed());
         let t = Instant::now();
         let report = sink
-            .insert(
-                &rows,
-                login_etl::sink::Versions { erased: 0, key: 1 },
-                false,
-            )
+            .insert(&rows, login_etl::sink::Versions::at(1), false)
             .await
             .unwrap();
         phases[2].push(t.elapsed());
@@ -279,11 +275,7 @@ async fn main() {
         // INSERT ... ON CONFLICT finds every row a duplicate).
         let t = Instant::now();
         let report = sink
-            .insert(
-                &rows,
-                login_etl::sink::Versions { erased: 0, key: 1 },
-                false,
-            )
+            .insert(&rows, login_etl::sink::Versions::at(1), false)
             .await
             .unwrap();
         phases[3].push(t.elapsed());

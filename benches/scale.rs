@@ -342,6 +342,8 @@ async fn main() {
         include_str!("../migrations/0005_erasure_state.sql"),
         "\n",
         include_str!("../migrations/0006_key_versions.sql"),
+        "\n",
+        include_str!("../migrations/0007_online_operations.sql"),
     ))
     .await
     .unwrap();
