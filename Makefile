@@ -47,6 +47,9 @@ FUZZ_FLAGS    ?=
 # Local PostgreSQL: the server tests create their throwaway databases on, and
 # the database that demo/watch/migrate use.
 PG_ADMIN_URL  ?= postgres://postgres@127.0.0.1:5432/postgres
+# make test writes here what each failed step said failed (printed again at
+# its end, and by .ci/run last, where a CI log's tail shows it).
+TEST_FAILURES := $(or $(CARGO_TARGET_DIR),target)/make-test-failures.txt
 # Stops a target that needs PostgreSQL with what to do, before anything connects.
 PG_REACHABLE = pg_isready -d "$(PG_ADMIN_URL)" -q || { echo "PostgreSQL is not reachable at $(PG_ADMIN_URL): start it (Debian: pg_ctlcluster <version> main start) or set PG_ADMIN_URL"; exit 1; }
 DATABASE_URL  ?= postgres://postgres@127.0.0.1:5432/login_etl
@@ -134,11 +137,12 @@ $(KEY_FILE):
 test: ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambda), the template, LocalStack end to end; ends with each step's wall time
 	@# Each step's wall time, printed at the end (also when a step fails), so
 	@# that a slower suite shows in every run.
-	timings=(); pids=(); started=$$(date +%s%3N)
+	timings=(); pids=(); started=$$(date +%s%3N); rm -f "$(TEST_FAILURES)"
 	@# On any exit (Ctrl-C too) the steps running side by side stop with it.
 	report() { for p in "$${pids[@]}"; do kill -- -"$$p" 2>/dev/null || true; done; \
 	  echo; echo "make test: wall time per step"; for t in "$${timings[@]}"; do echo "  $$t"; done; \
-	  printf '  %-78s %7.1f s\n' "total" "$$(( $$(date +%s%3N) - started ))e-3"; }
+	  printf '  %-78s %7.1f s\n' "total" "$$(( $$(date +%s%3N) - started ))e-3"; \
+	  if [ -s "$(TEST_FAILURES)" ]; then echo; cat "$(TEST_FAILURES)"; fi; }
 	trap report EXIT; trap 'exit 130' INT TERM
 	timed() { local name=$$1 t=$$(date +%s%3N) rc=0; shift; "$$@" || rc=$$?; \
 	  timings+=("$$(printf '%-78s %7.1f s%s' "$$name" "$$(( $$(date +%s%3N) - t ))e-3" "$$( ((rc)) && echo '  FAILED')")"); return $$rc; }
@@ -157,7 +161,8 @@ test: ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambd
 	side_dir=$$(mktemp -d); set -m
 	side() { local name=$$1 tag=$$2; shift 2
 	  ( set +e; t=$$(date +%s%3N)
-	    if [ -n "$${TEST_SERIAL:-}" ]; then "$$@"; rc=$$?; else "$$@" 2>&1 | sed -u "s/^/[$$tag] /"; rc=$${PIPESTATUS[0]}; fi
+	    if [ -n "$${TEST_SERIAL:-}" ]; then "$$@" 2>&1 | tee "$$side_dir/$$tag.out"; rc=$${PIPESTATUS[0]}; \
+	    else "$$@" 2>&1 | sed -u "s/^/[$$tag] /" | tee "$$side_dir/$$tag.out"; rc=$${PIPESTATUS[0]}; fi
 	    printf '%-78s %7.1f s%s\n' "$$name" "$$(( $$(date +%s%3N) - t ))e-3" "$$( ((rc)) && echo '  FAILED')" > "$$side_dir/$$tag" ) &
 	  pids+=($$!); if [ -n "$${TEST_SERIAL:-}" ]; then wait $$!; fi; }
 	side "LocalStack end to end (make e2e)" e2e env LOGIN_ETL_PREBUILT="$$(realpath "$$prebuilt")" $(MAKE) --no-print-directory e2e
@@ -187,7 +192,8 @@ test: ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambd
 	set +m; wait "$${pids[@]}" || true; pids=()
 	failed=0
 	for f in $(if $(RUST_TESTS_1),"$$side_dir"/rust1) $(if $(RUST_TESTS_2),"$$side_dir"/rust2) "$$side_dir"/rust3 "$$side_dir"/soak "$$side_dir"/py "$$side_dir"/e2e; do
-	  if [ -f "$$f" ]; then timings+=("$$(cat "$$f")"); grep -q FAILED "$$f" && failed=1; else failed=1; fi
+	  if [ -f "$$f" ]; then timings+=("$$(cat "$$f")"); grep -q FAILED "$$f" || continue; fi
+	  failed=1; { echo "== $$(basename "$$f"): what failed (the whole output is above)"; tests/failure-lines "$$f.out"; } >> "$(TEST_FAILURES)"
 	done
 	rm -rf "$$side_dir"; exit $$failed
 
