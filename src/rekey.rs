@@ -76,9 +76,14 @@ pub enum RekeyError {
     },
     /// An erasure stopped half way holds tokens of the current version.
     #[error(
-        "{0}; nothing was changed. Finish them with login-etl forget, then run rotate-key again"
+        "{message} after {seconds} s of waiting for them: a forget that stopped half way (killed, or its exit 75 not followed by a rerun) holds them; nothing was changed. Run login-etl forget again for those users (login-etl audit lists their forget_begun records without a forget), then run rotate-key again"
     )]
-    UnfinishedErasures(String),
+    UnfinishedErasures {
+        /// How many, as the database counted them (no user ids).
+        message: String,
+        /// How long the switch waited for them.
+        seconds: u64,
+    },
     /// Vault entries of the form bound to their token would stop decrypting.
     #[error(
         "{0} vault entries are of the form from before key versions (their ciphertext is bound to the token a re-key changes); nothing was changed. Run `login-etl vault-upgrade` as the reveal role with PiiRevealRole's credentials first, then rotate-key again"
@@ -230,6 +235,10 @@ pub struct RekeyOptions {
     /// The least time between two progress reports (zero: after every
     /// chunk, which tests use to act between two chunks).
     pub progress_every: Duration,
+    /// How long the switch waits for what keeps it from starting (writes
+    /// holding their lock, a `forget` in flight, a DEFAULT-partition
+    /// drain) before it gives up: [`SWITCH_PATIENCE`].
+    pub switch_patience: Duration,
 }
 
 impl Default for RekeyOptions {
@@ -238,6 +247,7 @@ impl Default for RekeyOptions {
             chunk_pages: DEFAULT_CHUNK_PAGES,
             max_chunks: None,
             progress_every: Duration::from_secs(2),
+            switch_patience: SWITCH_PATIENCE,
         }
     }
 }
@@ -285,7 +295,7 @@ pub async fn rotate(
                 let to = now.version + 1;
                 ready_to_switch(client).await?;
                 let t = Instant::now();
-                switch(client, masker, to, caller).await?;
+                switch(client, masker, to, caller, options.switch_patience).await?;
                 report.switch = report.switch.max(t.elapsed());
                 info!(
                     from = to - 1,
@@ -379,12 +389,19 @@ async fn ready_to_switch(client: &Client) -> Result<(), RekeyError> {
 
 /// The switch to version `to` (see the module docs), tried again while
 /// writers hold their lock longer than [`SWITCH_LOCK_TIMEOUT_MS`].
-async fn switch(client: &Client, masker: &Masker, to: u16, caller: &str) -> Result<(), RekeyError> {
+async fn switch(
+    client: &Client,
+    masker: &Masker,
+    to: u16,
+    caller: &str,
+    patience: Duration,
+) -> Result<(), RekeyError> {
     let next = masker
         .at(to)
         .expect("rotate only switches to a version the masker holds");
     let (masking_check, erasure_check) = (next.check(), next.users().check());
     let since = Instant::now();
+    let mut waited_for_forget = false;
     loop {
         let done = client
             .batch_execute(&format!(
@@ -430,9 +447,9 @@ async fn switch(client: &Client, masker: &Masker, to: u16, caller: &str) -> Resu
             // maintain drains a swapped-out DEFAULT partition: wait for it
             // (its rows would be out of the walk's sight).
             Some(c) if c.code() == "LE007" => {
-                if since.elapsed() >= SWITCH_PATIENCE {
+                if since.elapsed() >= patience {
                     return Err(RekeyError::DrainUnderWay {
-                        seconds: SWITCH_PATIENCE.as_secs(),
+                        seconds: patience.as_secs(),
                     });
                 }
                 if since.elapsed().as_secs().is_multiple_of(30) {
@@ -443,21 +460,38 @@ async fn switch(client: &Client, masker: &Masker, to: u16, caller: &str) -> Resu
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
+            // A forget between its deletes and its end holds tokens of the
+            // current version: one in flight ends in seconds (erasure
+            // requests go on during an incident), one that stopped never.
             Some(c) if c.code() == "LE003" => {
                 let message = e
                     .as_db_error()
                     .map(|d| d.message().to_owned())
                     .unwrap_or_default();
-                return Err(RekeyError::UnfinishedErasures(message));
+                if since.elapsed() >= patience {
+                    return Err(RekeyError::UnfinishedErasures {
+                        message,
+                        seconds: patience.as_secs(),
+                    });
+                }
+                if !waited_for_forget {
+                    waited_for_forget = true;
+                    info!(
+                        "{message}: waiting up to {} s for the forget runs in flight to finish (one that stopped must be run again)",
+                        patience.as_secs()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
             }
             Some(c)
                 if *c == SqlState::LOCK_NOT_AVAILABLE
                     || *c == SqlState::T_R_SERIALIZATION_FAILURE => {}
             _ => return Err(db("switching the key version")(e)),
         }
-        if since.elapsed() >= SWITCH_PATIENCE {
+        if since.elapsed() >= patience {
             return Err(RekeyError::SwitchLocked {
-                seconds: SWITCH_PATIENCE.as_secs(),
+                seconds: patience.as_secs(),
             });
         }
         let jitter = u64::from(since.elapsed().subsec_nanos() % 100);

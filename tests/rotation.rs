@@ -821,3 +821,133 @@ async fn a_writer_that_checks_one_version_waits_while_the_erasure_list_moves() {
         .await
         .expect("the list is moved");
 }
+
+/// The soak's 30-minute run: `rotate-key` beside erasure requests stopped
+/// with "N erasures (login-etl forget) are unfinished" whenever a forget
+/// was between its deletes and its end. The switch now waits for them (an
+/// erasure in flight ends in seconds) and refuses only one that stays
+/// unfinished: here a real forget stopped half way by a lock it could not
+/// get, then run again while rotate-key waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_switch_waits_for_a_forget_in_flight_and_refuses_one_that_stopped() {
+    let db = TestDb::create().await;
+    let ingest = db.ingest_url().await;
+    let user = "0c4d2b7e-9a1f-4c3e-8d5b-6f7a8b9c0d1e";
+    assert!(
+        deliver(&function(&ingest, 1).await, &event(60, 23, Some(user)))
+            .await
+            .is_empty()
+    );
+    let erase_url = db.role_url(Role::Erase).await;
+    let users = UserKeys::new(&KeyVersions::parse(&doc(&E, 1), "test").unwrap());
+    let mut eraser = connect(&erase_url).await;
+
+    // A forget stopped after its deletes: the held-entries table locked
+    // away from it (its moment's lock waits 100 ms, then it gives up).
+    let admin = db.client().await;
+    admin
+        .batch_execute("BEGIN; LOCK TABLE user_logins_pii_vault_held IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let stopped = login_etl::reveal::forget(&mut eraser, user, &users, CALLER).await;
+    admin.batch_execute("ROLLBACK").await.unwrap();
+    assert!(stopped.is_err(), "the forget stopped half way");
+    let pending: i64 = admin
+        .query_one("SELECT count(*) FROM user_logins_erasure_tokens", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(pending > 0, "it left its tokens: an unfinished erasure");
+
+    // Nobody runs it again: after its patience the switch refuses, says
+    // what to do, names no user, and changes nothing.
+    let mut rotator = connect(&db.role_url(Role::Rotate).await).await;
+    let short = RekeyOptions {
+        switch_patience: Duration::from_secs(1),
+        ..RekeyOptions::default()
+    };
+    let refused = rekey::rotate(&mut rotator, &masker(2), CALLER, short, &mut |_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("1 erasures")
+            && refused.contains("login-etl forget again")
+            && refused.contains("nothing was changed"),
+        "{refused}"
+    );
+    assert!(
+        !refused.contains(user),
+        "no user id in the error: {refused}"
+    );
+    let key_version = |rows: Vec<tokio_postgres::Row>| rows[0].get::<_, i16>(0);
+    assert_eq!(
+        key_version(
+            admin
+                .query("SELECT version FROM user_logins_key_state", &[])
+                .await
+                .unwrap()
+        ),
+        1
+    );
+
+    // With its usual patience it waits while the forget is run again (as
+    // the runbook says), then switches and finishes.
+    let rotating = tokio::spawn(async move {
+        let r = rekey::rotate(
+            &mut rotator,
+            &masker(2),
+            CALLER,
+            RekeyOptions::default(),
+            &mut |_| {},
+        )
+        .await;
+        r.map_err(|e| e.to_string())
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!rotating.is_finished(), "the switch waits for the erasure");
+    assert_eq!(
+        key_version(
+            admin
+                .query("SELECT version FROM user_logins_key_state", &[])
+                .await
+                .unwrap()
+        ),
+        1,
+        "not switched while the erasure is unfinished"
+    );
+    let done = login_etl::reveal::forget(&mut eraser, user, &users, CALLER)
+        .await
+        .expect("the rerun finishes the erasure");
+    assert_eq!(done.rows, 0, "its rows were deleted by the first run");
+    let report = tokio::time::timeout(Duration::from_secs(60), rotating)
+        .await
+        .expect("rotate-key goes on once the erasure is finished")
+        .unwrap()
+        .expect("rotate-key finishes the first time");
+    assert_eq!((report.from, report.to), (1, 2));
+    let actions: Vec<String> = admin
+        .query(
+            "SELECT action FROM user_logins_pii_audit WHERE action IN ('forget', 'rekey_begun') ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        actions,
+        ["forget", "rekey_begun"],
+        "the erasure ended before the switch"
+    );
+    let theirs: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM user_logins WHERE user_id = $1",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(theirs, 0);
+}

@@ -26,6 +26,25 @@ fn chain(keys: &[String], value: &str, version: usize) -> String {
     token
 }
 
+/// Tokens at one version, each value's chain computed once: a long run's
+/// rows repeat a few thousand values, through up to 30 versions.
+struct Tokens<'a> {
+    keys: &'a [String],
+    version: usize,
+    memo: std::cell::RefCell<HashMap<String, String>>,
+}
+
+impl Tokens<'_> {
+    fn of(&self, value: &str) -> String {
+        if let Some(t) = self.memo.borrow().get(value) {
+            return t.clone();
+        }
+        let t = chain(self.keys, value, self.version);
+        self.memo.borrow_mut().insert(value.to_owned(), t.clone());
+        t
+    }
+}
+
 fn canonical_ip(raw: &str) -> String {
     raw.trim()
         .parse::<std::net::IpAddr>()
@@ -57,6 +76,11 @@ pub async fn check(world: &World, cutoff: NaiveDate) -> Vec<String> {
     let masking = world.masking_keys.lock().unwrap().clone();
     let erasure = world.erasure_keys.lock().unwrap().clone();
     let version = masking.len();
+    let tokens = Tokens {
+        keys: &masking,
+        version,
+        memo: Default::default(),
+    };
     let erased: BTreeSet<usize> = world.erased.lock().unwrap().clone();
     let ledger = world.ledger.lock().unwrap().clone();
     let plan = &world.plan;
@@ -108,11 +132,11 @@ pub async fn check(world: &World, cutoff: NaiveDate) -> Vec<String> {
             ("device_type", r.get::<_, String>(2) == login.device_type),
             (
                 "masked_ip",
-                r.get::<_, String>(3) == chain(&masking, &canonical_ip(&login.ip), version),
+                r.get::<_, String>(3) == tokens.of(&canonical_ip(&login.ip)),
             ),
             (
                 "masked_device_id",
-                r.get::<_, String>(4) == chain(&masking, login.device_id.trim(), version),
+                r.get::<_, String>(4) == tokens.of(login.device_id.trim()),
             ),
             (
                 "locale",
@@ -234,8 +258,8 @@ pub async fn check(world: &World, cutoff: NaiveDate) -> Vec<String> {
         .map(|r| ((r.get(0), r.get(1)), r.get(2)))
         .collect();
     let token_of = |kind: &str, login: &Login| match kind {
-        "ip" => chain(&masking, &canonical_ip(&login.ip), version),
-        _ => chain(&masking, login.device_id.trim(), version),
+        "ip" => tokens.of(&canonical_ip(&login.ip)),
+        _ => tokens.of(login.device_id.trim()),
     };
     let mut no_entry = 0;
     for id in &wanted {
