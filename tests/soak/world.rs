@@ -27,6 +27,10 @@ use super::schedule::{Op, Outgoing, Plan};
 
 pub const SOURCE: &str = "soak-source";
 pub const DLQ: &str = "soak-dlq";
+/// How long the soak runs one `forget` again (on exit 75 or a failure
+/// during a fault) before it calls it a violation.
+const FORGET_PATIENCE: Duration = Duration::from_secs(20 * 60);
+
 /// The source queue's visibility timeout: 6x the function's timeout and
 /// the consumer's batch timeout, as the template sets it.
 pub const VISIBILITY: u32 = 12;
@@ -608,10 +612,14 @@ impl World {
     }
 
     /// `forget` until it finishes (exit 75: run again, as the runbook says).
+    /// Exit 75 lasts as long as a re-key, and a re-key killed by faults again
+    /// and again reads its table from the first page each time: minutes on
+    /// a long run's table, hence a deadline rather than a count.
     pub async fn forget(&self, user: usize) {
         let user_id = self.plan.users[user].clone();
         let env = vec![("ERASURE_KEY_SECRET_ID", ERASURE_SECRET.to_owned())];
-        for _ in 0..120 {
+        let until = Instant::now() + FORGET_PATIENCE;
+        while Instant::now() < until {
             let from = Instant::now();
             let (code, _, err) = self
                 .command(&["forget", "--user-id", &user_id], "erase", &env)
@@ -628,7 +636,10 @@ impl World {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        self.violation(format!("forget of user #{user} never finished"));
+        self.violation(format!(
+            "forget of user #{user} never finished (exit 75 or failures for {} s)",
+            FORGET_PATIENCE.as_secs()
+        ));
     }
 
     /// A version appended to both secrets, then rotate-key (killed once,
