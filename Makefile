@@ -274,7 +274,7 @@ bench: tools localstack-tools ## benchmarks: per-record transform, batch vs COPY
 	stat -c %s target/lambda/login-etl/bootstrap | awk '{printf "target/lambda/login-etl/bootstrap: %d bytes (%.2f MB, %.2f MiB); goal <= 10 MB\n", $$1, $$1/1e6, $$1/1048576}'
 	echo "== [5/7] login-etl poll: messages/s at concurrency 1, 2, 4 against LocalStack, beside the emulator alone"
 	PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python benches/poll_throughput.py
-	echo "== [6/7] login-etl rotate-key: rows re-keyed per second and ingest beside it, on $${BENCH_REKEY_ROWS:-20000000} rows (about 15 min, 12 GB of disk)"
+	echo "== [6/7] login-etl rotate-key: rows re-keyed per second in 1 job and in 2 (--jobs), ingest stopped then beside it, CPU per row on each side, on $${BENCH_REKEY_ROWS:-20000000} rows (about 35 min, 12 GB of disk)"
 	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" cargo bench --quiet --bench rekey 2> >(grep --line-buffered -v '^{' >&2) | grep --line-buffered -v '^{'
 	echo "== [7/7] the longest write beside rotate-key's switch ($${BENCH_STALLS_VAULT:-4000000} vault entries) and beside maintain draining $${BENCH_STALLS_DAY:-10000000} of today's rows from the DEFAULT partition (about 5 min)"
 	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" cargo bench --quiet --bench stalls 2> >(grep --line-buffered -v '^{' >&2) | grep --line-buffered -v '^{'

@@ -1,5 +1,6 @@
 //! `make bench` step "masking-key rotation": what `login-etl rotate-key`
-//! costs on a large table, and what it costs ingest meanwhile, in one run.
+//! costs on a large table, in one stream and in two jobs side by side
+//! (`--jobs 2`), alone and beside ingest, in one run.
 //!
 //! `user_logins` is preloaded with `BENCH_REKEY_ROWS` rows (default
 //! 20,000,000; SQL `generate_series`, tokens under key version 1) and the
@@ -8,11 +9,19 @@
 //! 1. ingest alone: batches of 1,000 through the real handler, one every
 //!    250 ms (4,000 logins a second, 1.7 times the average of 200 M a day),
 //!    for a median;
-//! 2. `rotate-key` to version 2 (the switch, the rows in chunks, the vault),
-//!    with the same ingest running beside it at the same pace;
-//! 3. the figures: rows and vault entries re-keyed per second (each phase
-//!    on its own), how long the switch took, ingest's median and slowest
-//!    batch alone and during the re-key (the ratio is the slowdown).
+//! 2. four rotations, each to the next version, with a VACUUM between them
+//!    (each re-key leaves a dead version of every row behind): with ingest
+//!    stopped, in 1 job then in 2; with the same ingest beside it, in 1
+//!    job then in 2;
+//! 3. the figures of each: rows and vault entries re-keyed per second (each
+//!    phase on its own), how long the switch took, ingest's median and
+//!    slowest batch during it (against alone: the slowdown), and, with
+//!    ingest stopped, the CPU time per 1,000 rows on each side: this
+//!    process (the HMACs, the client) and the rotation's database backends
+//!    (/proc/PID/stat of each; PostgreSQL's WAL writer, checkpointer and
+//!    autovacuum are not in it). Those are what the runbook's estimate for
+//!    a larger database is made of (docs/operations.md, "The masking key
+//!    leaked").
 //!
 //! Under `cargo test` it runs a smoke pass of 20,000 rows.
 
@@ -32,10 +41,19 @@ use login_etl::synth::{self, Options};
 use login_etl::{BatchHandler, Config, Deadline, SqsBatch};
 use tokio_postgres::Client;
 
-const KEY2: &str = "d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2";
+/// Versions 2 to 5 of the masking key (version 1 is `KEY`).
+const NEXT_KEYS: [&str; 4] = [
+    "d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2",
+    "a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6",
+    "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0",
+    "5a5b5c5d5e5f60616263646566676869707172737475767778797a7b7c7d7e7f",
+];
 
-fn keys_doc() -> String {
-    serde_json::json!({ "versions": [KEY, KEY2] }).to_string()
+/// The masking secret holding versions 1 to `n`.
+fn keys_doc(n: usize) -> String {
+    let mut versions = vec![KEY];
+    versions.extend(&NEXT_KEYS[..n - 1]);
+    serde_json::json!({ "versions": versions }).to_string()
 }
 
 async fn role(admin: &Client, db: &str, url: &str, role: Role) -> String {
@@ -97,7 +115,7 @@ async fn preload(c: &Client, rows: u64) {
 }
 
 async fn handler(url: &str) -> BatchHandler {
-    let doc = keys_doc();
+    let doc = keys_doc(1 + NEXT_KEYS.len());
     let config = Config::from_lookup(|k| match k {
         "DATABASE_URL" => Some(url.to_owned()),
         "MASKING_KEY" => Some(doc.clone()),
@@ -162,96 +180,88 @@ async fn main() {
         alone.push(write(&h, &batch(per_batch, seed)).await);
     }
 
-    // 2. The re-key, with ingest beside it.
-    let done = Arc::new(AtomicBool::new(false));
-    let beside = {
-        let (h, done) = (Arc::clone(&h), Arc::clone(&done));
-        tokio::spawn(async move {
-            let mut took = Vec::new();
-            let mut seed = 1_000_000u64;
-            while !done.load(Ordering::Relaxed) {
-                let at = Instant::now();
-                took.push((at, write(&h, &batch(per_batch, seed)).await));
-                seed += 1;
+    // 2. The rotations.
+    let runs = [(1, false), (2, false), (1, true), (2, true)];
+    println!(
+        "| jobs | ingest | rows | vault entries | switch (ms) | rows re-keyed/s | vault entries/s | whole re-key (s) | client CPU ms per 1,000 rows | database CPU ms per 1,000 rows | ingest ms per batch of {per_batch} (slowest) | slowdown (medians) |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let m_alone = median(&mut alone);
+    let mut rates = Vec::new();
+    for (i, (jobs, beside_ingest)) in runs.into_iter().enumerate() {
+        let version = i + 2;
+        if i > 0 {
+            let t = Instant::now();
+            for table in ["user_logins", "user_logins_pii_vault"] {
+                // One statement each: VACUUM runs outside a transaction.
+                admin
+                    .batch_execute(&format!("VACUUM {table}"))
+                    .await
+                    .unwrap();
             }
-            took
-        })
-    };
-    let masker =
-        Masker::versions(&KeyVersions::parse(&keys_doc(), "bench").unwrap(), None).unwrap();
-    let mut rotator = connect(&rotate_url).await;
-    let started = Instant::now();
-    let report = rekey::rotate(
-        &mut rotator,
-        &masker,
-        "arn:aws:sts::123456789012:assumed-role/bench/rekey",
-        RekeyOptions::default(),
-        &mut |p| {
-            eprintln!(
-                "   re-keying: {} of ~{} rows, {:.0} rows/s, ~{:.0} s left",
-                p.done, p.estimate, p.rate, p.eta_seconds
+            eprintln!("   vacuumed in {:.0} s", t.elapsed().as_secs_f64());
+        }
+        let run = rotation(&rotate_url, &h, version, jobs, beside_ingest, per_batch).await;
+        let r = &run.report;
+        assert_eq!(r.to as usize, version);
+        assert!(r.rows >= rows, "{} of {rows} rows re-keyed", r.rows);
+        let left: i64 = admin
+            .query_one(
+                "SELECT (SELECT count(*) FROM user_logins WHERE key_version <> $1) \
+                 + (SELECT count(*) FROM user_logins_pii_vault WHERE key_version <> $1)",
+                &[&(version as i16)],
             )
-        },
-    )
-    .await
-    .expect("rotate-key");
-    let took = started.elapsed();
-    done.store(true, Ordering::Relaxed);
-    let timed = beside.await.unwrap();
-    // The batches in flight while the switch ran (it is rotate-key's first step).
-    let at_switch = timed
-        .iter()
-        .filter(|(at, d)| *at + *d >= started && *at <= started + report.switch)
-        .map(|(_, d)| *d)
-        .max()
-        .unwrap_or_default();
-    let mut during: Vec<Duration> = timed.into_iter().map(|(_, d)| d).collect();
-    let left: i64 = admin
-        .query_one(
-            "SELECT (SELECT count(*) FROM user_logins WHERE key_version <> 2) \
-             + (SELECT count(*) FROM user_logins_pii_vault WHERE key_version <> 2)",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(left, 0, "everything is under version 2");
-    assert!(
-        report.rows >= rows,
-        "{} of {rows} rows re-keyed",
-        report.rows
-    );
-
-    let slowest = |v: &[Duration]| v.iter().max().copied().unwrap_or_default();
-    let (m_alone, m_during) = (median(&mut alone), median(&mut during));
-    let rows_rate = report.rows as f64 / report.rows_time.as_secs_f64().max(1e-3);
-    let vault_rate = report.vault_entries as f64 / report.vault_time.as_secs_f64().max(1e-3);
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 0, "everything is under version {version}");
+        let rows_rate = r.rows as f64 / r.rows_time.as_secs_f64().max(1e-3);
+        let vault_rate = r.vault_entries as f64 / r.vault_time.as_secs_f64().max(1e-3);
+        let per_k = |d: Duration| ms(d) * 1_000.0 / r.rows.max(1) as f64;
+        let (cpu_client, cpu_db, during) = if beside_ingest {
+            let mut during = run.during.clone();
+            let m = median(&mut during);
+            (
+                "(ingest in the same process)".to_owned(),
+                "(beside ingest's)".to_owned(),
+                format!(
+                    "{:.1} ({:.1}) | {:.2}x",
+                    ms(m),
+                    ms(during.iter().max().copied().unwrap_or_default()),
+                    ms(m) / ms(m_alone).max(1e-3)
+                ),
+            )
+        } else {
+            (
+                format!("{:.1}", per_k(run.client_cpu)),
+                format!("{:.1}", per_k(run.database_cpu)),
+                "(stopped) | (stopped)".to_owned(),
+            )
+        };
+        println!(
+            "| {jobs} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {cpu_client} | {cpu_db} | {during} |",
+            if beside_ingest { "beside" } else { "stopped" },
+            r.rows,
+            r.vault_entries,
+            ms(r.switch),
+            rows_rate,
+            vault_rate,
+            run.took.as_secs_f64(),
+        );
+        rates.push(rows_rate);
+    }
     println!(
-        "| rows | vault entries | switch (ms) | slowest batch across it (ms) | rows re-keyed/s | vault entries/s | whole re-key (s) | ingest ms per batch of {per_batch}, alone (slowest) | during the re-key (slowest) | slowdown (medians) |"
-    );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    println!(
-        "| {} | {} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {:.1} ({:.1}) | {:.1} ({:.1}) | {:.2}x |",
-        report.rows,
-        report.vault_entries,
-        ms(report.switch),
-        ms(at_switch),
-        rows_rate,
-        vault_rate,
-        took.as_secs_f64(),
+        "ingest alone: {:.1} ms per batch of {per_batch} (slowest {:.1}); 2 jobs / 1 job, rows re-keyed/s: {:.2}x with ingest stopped, {:.2}x beside it",
         ms(m_alone),
-        ms(slowest(&alone)),
-        ms(m_during),
-        ms(slowest(&during)),
-        ms(m_during) / ms(m_alone).max(1e-3),
+        ms(alone.iter().max().copied().unwrap_or_default()),
+        rates[1] / rates[0],
+        rates[3] / rates[2],
     );
     println!(
-        "per 100 M rows: {:.0} min for the rows, plus the vault at {:.0} entries/s ({} batches of {per_batch} written during the re-key)",
-        100e6 / rows_rate / 60.0,
-        vault_rate,
-        during.len()
+        "per 100 M rows, ingest stopped: {:.0} min in 1 job, {:.0} min in 2",
+        100e6 / rates[0] / 60.0,
+        100e6 / rates[1] / 60.0,
     );
-    drop(rotator);
     drop(admin);
     let admin = connect(&admin_url()).await;
     drop_db(&db).await;
@@ -260,4 +270,124 @@ async fn main() {
             .batch_execute(&format!("DROP ROLE IF EXISTS {db}_{}", r.as_str()))
             .await;
     }
+}
+
+/// One rotation's figures.
+struct Rotation {
+    report: rekey::RekeyReport,
+    /// The whole command, switch to end.
+    took: Duration,
+    /// Ingest's batches written during it (beside ingest only).
+    during: Vec<Duration>,
+    /// CPU time of this process during it.
+    client_cpu: Duration,
+    /// CPU time of its database backends during it.
+    database_cpu: Duration,
+}
+
+/// `rotate-key` to `version` in `jobs` jobs (as the rotate role), with
+/// ingest beside it or not.
+async fn rotation(
+    rotate_url: &str,
+    h: &Arc<BatchHandler>,
+    version: usize,
+    jobs: usize,
+    beside_ingest: bool,
+    per_batch: usize,
+) -> Rotation {
+    let mut rotator = connect(rotate_url).await;
+    let mut helpers = Vec::new();
+    while jobs > 1 && helpers.len() < jobs {
+        helpers.push(connect(rotate_url).await);
+    }
+    let mut backends = Vec::new();
+    for c in std::iter::once(&rotator).chain(&helpers) {
+        let pid: i32 = c
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        backends.push(pid as u32);
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let beside = beside_ingest.then(|| {
+        let (h, done) = (Arc::clone(h), Arc::clone(&done));
+        tokio::spawn(async move {
+            let mut took = Vec::new();
+            let mut seed = 1_000_000 * version as u64;
+            while !done.load(Ordering::Relaxed) {
+                took.push(write(&h, &batch(per_batch, seed)).await);
+                seed += 1;
+            }
+            took
+        })
+    });
+    let masker = Masker::versions(
+        &KeyVersions::parse(&keys_doc(version), "bench").unwrap(),
+        None,
+    )
+    .unwrap();
+    let cpu_before = (cpu_time(std::process::id()), backends_cpu(&backends));
+    let started = Instant::now();
+    let report = rekey::rotate_side_by_side(
+        &mut rotator,
+        helpers,
+        &masker,
+        "arn:aws:sts::123456789012:assumed-role/bench/rekey",
+        RekeyOptions::default(),
+        &mut |p| {
+            eprintln!(
+                "   re-keying to version {version} in {jobs} job(s): {} of ~{} rows, {:.0} rows/s, ~{:.0} s left",
+                p.done, p.estimate, p.rate, p.eta_seconds
+            )
+        },
+    )
+    .await
+    .expect("rotate-key");
+    let took = started.elapsed();
+    let client_cpu = cpu_time(std::process::id()).saturating_sub(cpu_before.0);
+    let database_cpu = backends_cpu(&backends).saturating_sub(cpu_before.1);
+    done.store(true, Ordering::Relaxed);
+    let during = match beside {
+        Some(task) => task.await.unwrap(),
+        None => Vec::new(),
+    };
+    Rotation {
+        report,
+        took,
+        during,
+        client_cpu,
+        database_cpu,
+    }
+}
+
+/// User + system CPU time of a process (or, for one that ended, zero).
+fn cpu_time(pid: u32) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // Fields 14 and 15 of proc(5), counted after the command's ")".
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
+}
+
+fn backends_cpu(pids: &[u32]) -> Duration {
+    pids.iter().map(|&p| cpu_time(p)).sum()
+}
+
+/// USER_HZ, the unit of /proc/PID/stat's times (`getconf CLK_TCK`).
+fn clock_ticks() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(100)
 }

@@ -7,19 +7,51 @@ use std::sync::Arc;
 
 use clap::Parser;
 use lambda_runtime::{LambdaEvent, service_fn};
-use login_etl::cli::{Cli, EXIT_USAGE};
+use login_etl::cli::{Cli, Command, EXIT_USAGE};
 use login_etl::config::Config;
 use login_etl::handler::Deadline;
 use login_etl::{SqsBatch, startup};
 use tracing::error;
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse(); // --help, --version and usage errors exit here (0 or 2)
-    match cli.command {
-        Some(command) => login_etl::cli::run(command).await,
-        None => serve_lambda().await,
-    }
+    // `poll` runs batches side by side on every CPU it may use, and
+    // `rotate-key --jobs N` chunks; the function serves one invocation at a
+    // time and the other commands run one statement at a time, so a single
+    // thread is all they use.
+    let runtime = match &cli.command {
+        Some(Command::Poll(args)) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.worker_threads())
+            .enable_all()
+            .build(),
+        // The jobs' HMACs on as many threads as there are jobs, CPUs allowing.
+        Some(Command::RotateKey(args)) if args.jobs > 1 => {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(cpus.min(usize::from(args.jobs)))
+                .enable_all()
+                .build()
+        }
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!(
+                "login-etl: could not start the async runtime ({e}): \
+                 the process may be out of threads or memory (ulimit -u, the container's limits)"
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        match cli.command {
+            Some(command) => login_etl::cli::run(command).await,
+            None => serve_lambda().await,
+        }
+    })
 }
 
 /// The Lambda function: JSON logs on stdout, as Lambda reads them.

@@ -1,4 +1,4 @@
-//! Masking-key rotation (`login-etl rotate-key`, src/rekey.rs) against the
+//! Masking-key rotation (`login-etl rotate-key`, src/rekey/) against the
 //! real PostgreSQL, each program as the role `login-etl grants` names for
 //! it: the function as the ingest role, rotate-key as the rotate role,
 //! forget as the erase role with the erasure key only. The PII vault is on
@@ -516,6 +516,153 @@ async fn a_rekey_killed_half_way_and_run_again_rekeys_each_row_exactly_once() {
         total,
         "both runs, exactly"
     );
+}
+
+/// `rotate-key --jobs 3`: killed while three jobs re-key chunks side by
+/// side, then run again with three jobs: every row and vault entry moved
+/// exactly once (a chunk re-keyed by two jobs, or twice, would hold
+/// HMAC(k2, HMAC(k2, t1))), none left behind, the counts those of the rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_side_by_side_killed_and_run_again_rekey_each_row_and_entry_exactly_once() {
+    let db = TestDb::create().await;
+    let ingest = db.ingest_url().await;
+    let events: Vec<SqsEvent> = (0..4).map(|i| event(1500, 700 + i, None)).collect();
+    let h = function(&ingest, 1).await;
+    for e in &events {
+        assert!(deliver(&h, e).await.is_empty());
+    }
+    let total = 6000i64;
+    let client = db.client().await;
+    let entries: i64 = client
+        .query_one("SELECT count(*) FROM user_logins_pii_vault", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let url = db.role_url(Role::Rotate).await;
+    let jobs = |url: String| async move {
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients.push(connect(&url).await);
+        }
+        clients
+    };
+
+    let (run_url, run_jobs) = (url.clone(), jobs(url.clone()).await);
+    let run = tokio::spawn(async move {
+        let mut c = connect(&run_url).await;
+        let options = RekeyOptions {
+            chunk_pages: 1,
+            ..RekeyOptions::default()
+        };
+        rekey::rotate_side_by_side(&mut c, run_jobs, &masker(2), CALLER, options, &mut |_| {}).await
+    });
+    let mut progressed = 0;
+    for _ in 0..400 {
+        progressed = client
+            .query_one("SELECT rekey_rows FROM user_logins_key_state", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        if progressed > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Seen while three connections work: the jobs run side by side.
+    let role = db.role_name(Role::Rotate);
+    let sessions: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+            &[&role],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    run.abort();
+    let _ = run.await;
+    assert!(progressed > 0, "some chunks committed before the kill");
+    assert_eq!(sessions, 4, "the run's connection and its three jobs'");
+    for _ in 0..200 {
+        let left: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+                &[&role],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let at_v2: i64 = client
+        .query_one(
+            "SELECT count(*) FROM user_logins WHERE key_version = 2",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        at_v2 > 0 && at_v2 < total,
+        "stopped half way: {at_v2} of {total}"
+    );
+
+    let mut c = connect(&url).await;
+    let options = RekeyOptions {
+        chunk_pages: 2,
+        ..RekeyOptions::default()
+    };
+    let rerun = rekey::rotate_side_by_side(
+        &mut c,
+        jobs(url.clone()).await,
+        &masker(2),
+        CALLER,
+        options,
+        &mut |_| {},
+    )
+    .await
+    .expect("the rerun with three jobs finishes");
+    assert_eq!(
+        rerun.rows as i64,
+        total - at_v2,
+        "the rerun did only the rest"
+    );
+    assert_eq!(rerun.vault_entries as i64, entries, "every entry once");
+    let sent = values(&events.iter().collect::<Vec<_>>());
+    assert_eq!(assert_rows_at(&db, 2, &sent).await, total as usize);
+    let m2 = masker(2);
+    let key = data_key();
+    let vault = client
+        .query(
+            "SELECT kind, token, nonce, ciphertext, aad_version, key_version FROM user_logins_pii_vault",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(vault.len() as i64, entries, "no entry lost, none doubled");
+    for r in &vault {
+        let kind = Kind::parse(r.get(0)).unwrap();
+        let token: String = r.get(1);
+        let value = key
+            .open(kind, &token, r.get(4), r.get(2), r.get(3))
+            .expect("the entry decrypts under its new token");
+        let recomputed = match kind {
+            Kind::Ip => m2.ip(&value.parse().unwrap()),
+            Kind::DeviceId => m2.device_id(&value),
+        };
+        assert_eq!(recomputed.as_str(), token, "re-keyed once, by one job");
+        assert_eq!(r.get::<_, i16>(5), 2);
+    }
+    let audit = connect(&db.role_url(Role::Audit).await).await;
+    let records = login_etl::reveal::audit_records(&audit, None)
+        .await
+        .unwrap();
+    let end = records.last().unwrap();
+    assert_eq!(end["action"], "rekey");
+    assert_eq!(end["detail"]["rows_rekeyed"], total, "both runs, exactly");
+    assert_eq!(end["detail"]["vault_entries_rekeyed"], entries);
 }
 
 /// A rotation right after another, before anything analyzed the tables

@@ -71,6 +71,7 @@ def test_results_alone_on_stdout():
     (["poll", "--queue-url", "logins"], "--queue-url"),
     (["poll", "--queue-url", "http://127.0.0.1:9/q", "--batch-size", "100"], "--batch-window"),
     (["poll", "--queue-url", "http://127.0.0.1:9/q", "--grace-period", "5"], "--grace-period"),
+    (["poll", "--queue-url", "http://127.0.0.1:9/q", "--threads", "0"], "--threads"),
 ])  # fmt: skip
 def test_poll_settings_that_cannot_work_are_usage_errors_before_any_call(args, says):
     out = run(*args)

@@ -90,6 +90,14 @@ def drained(q: stack.Stack, rows: int, dead: int) -> bool:
             and sum(stack.queue_depth(q.dlq_url)) >= dead)  # fmt: skip
 
 
+def runtime_workers(c: stack.Consumer) -> int:
+    """The consumer's async runtime worker threads (tokio names them
+    tokio-runtime-worker; the kernel keeps 15 characters)."""
+    assert c.proc is not None
+    tasks = Path(f"/proc/{c.proc.pid}/task").iterdir()
+    return sum(1 for t in tasks if (t / "comm").read_text().strip() == "tokio-runtime-w")
+
+
 def test_kill_9_and_sigterm_lose_nothing_and_double_nothing(standard_queues, consumers):
     """300 messages (every 10th invalid): the consumer is killed with SIGKILL
     mid-run, restarted and stopped with SIGTERM mid-run, restarted again and
@@ -102,12 +110,13 @@ def test_kill_9_and_sigterm_lose_nothing_and_double_nothing(standard_queues, con
     valid = [m for m in messages if m.valid]
     invalid = [m for m in messages if not m.valid]
     stack.send(q, messages)
-    c = stack.Consumer(q, key.hex(), LOGS / f"{RUN}-kill.log", "--concurrency", "2", *FAST_STOP,
-                       env={"VAULT_KMS_KEY_ID": stack.vault_key()})  # fmt: skip
+    c = stack.Consumer(q, key.hex(), LOGS / f"{RUN}-kill.log", "--concurrency", "2", "--threads", "3",
+                       *FAST_STOP, env={"VAULT_KMS_KEY_ID": stack.vault_key()})  # fmt: skip
     consumers.append(c)
 
     c.start()
     stack.wait_for("the first rows", lambda: stack.row_count(q.dbname) >= 60, timeout=60)
+    assert runtime_workers(c) == 3, "--threads 3: the batches run on a runtime of 3 worker threads"
     c.kill()  # SIGKILL, mid-run: batches in flight, deletes not sent
     at_kill = stack.row_count(q.dbname)
 

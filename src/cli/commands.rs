@@ -157,25 +157,35 @@ async fn rotate_key(args: &RotateKeyArgs) -> Result<(), Failure> {
         .then(|| Secrets::new(&aws));
     let masker = startup::masker(&masking, erasure.as_ref(), secrets.as_ref()).await?;
     let mut client = startup::operator_connection(&db).await?;
+    // One stream runs on `client`; N jobs on N connections of their own.
+    let mut jobs = Vec::new();
+    while args.jobs > 1 && jobs.len() < usize::from(args.jobs) {
+        jobs.push(startup::operator_connection(&db).await?);
+    }
     let options = crate::rekey::RekeyOptions {
         chunk_pages: args.chunk_pages,
         ..Default::default()
     };
-    let report = crate::rekey::rotate(&mut client, &masker, &caller, options, &mut |p| {
+    let progress = &mut |p: crate::rekey::Progress| {
         info!(
+            jobs = args.jobs,
             rows_done = p.done,
             rows_estimated = p.estimate,
             rows_per_second = p.rate.round() as u64,
             seconds_left = p.eta_seconds.round() as u64,
             "re-keying rows"
         )
-    })
-    .await
-    .map_err(|e| match e {
-        // Not done yet; a later run (after maintain's drain) does it.
-        e @ crate::rekey::RekeyError::DrainUnderWay { .. } => Failure(e.to_string(), EXIT_TEMPFAIL),
-        e => Failure::from(e),
-    })?;
+    };
+    let report =
+        crate::rekey::rotate_side_by_side(&mut client, jobs, &masker, &caller, options, progress)
+            .await
+            .map_err(|e| match e {
+                // Not done yet; a later run (after maintain's drain) does it.
+                e @ crate::rekey::RekeyError::DrainUnderWay { .. } => {
+                    Failure(e.to_string(), EXIT_TEMPFAIL)
+                }
+                e => Failure::from(e),
+            })?;
     info!(
         from = report.from,
         to = report.to,

@@ -106,6 +106,22 @@ pub struct PollArgs {
     /// Serve GET /livez and /readyz here (e.g. 0.0.0.0:8080).
     #[arg(long, value_name = "ADDR")]
     pub health_addr: Option<std::net::SocketAddr>,
+    /// Threads that run the batches (1 to 256) [default: the CPUs this process may use].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: Option<u16>,
+}
+
+impl PollArgs {
+    /// The runtime's worker threads: `--threads`, or else the CPUs the
+    /// process may use (its affinity and cgroup quota, as
+    /// `std::thread::available_parallelism` reads them: a container
+    /// limited to 2 CPUs gets 2, not the host's count).
+    pub fn worker_threads(&self) -> usize {
+        self.threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            usize::from,
+        )
+    }
 }
 
 impl From<&PollArgs> for crate::poll::Options {
@@ -221,6 +237,9 @@ pub struct RotateKeyArgs {
     /// Pages of a partition re-keyed per transaction.
     #[arg(long, default_value_t = crate::rekey::DEFAULT_CHUNK_PAGES, value_parser = clap::value_parser!(u32).range(1..))]
     pub chunk_pages: u32,
+    /// Chunks re-keyed side by side (1 to 64), each job on a database connection of its own.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
 }
 
 /// A role of [`Role`], as the command line names it.

@@ -247,6 +247,7 @@ pub async fn run(options: Options) -> Result<Arc<Stats>, PollError> {
         queue = %options.queue_url,
         fifo = queue.info().fifo,
         concurrency = options.concurrency,
+        threads = tokio::runtime::Handle::current().metrics().num_workers(),
         batch_size = options.batch_size,
         batch_window_ms = options.batch_window.as_millis() as u64,
         visibility_timeout_s = queue.visibility_timeout(),

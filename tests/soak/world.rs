@@ -669,12 +669,19 @@ impl World {
         // re-key still ends between two faults (each rerun walks every
         // page again, skipping the rows already moved).
         let pages = (2 + self.sent.load(Ordering::Relaxed) / 10_000).to_string();
+        // Every other version (the first included) in two jobs side by side
+        // (`--jobs 2`), its reruns too; the schedule stays the seed's.
+        let jobs = if self.rotations.load(Ordering::SeqCst).is_multiple_of(2) {
+            "2"
+        } else {
+            "1"
+        };
         let mut kill = kill_after;
         for _ in 0..60 {
             let from = Instant::now();
             let (code, _, err) = self
                 .command_killed(
-                    &["rotate-key", "--chunk-pages", &pages],
+                    &["rotate-key", "--chunk-pages", &pages, "--jobs", jobs],
                     "rotate",
                     &self.keys_env(),
                     kill.take(),

@@ -28,8 +28,14 @@
 //! Partitions that `maintain` makes while this runs (its rows moved out of
 //! the DEFAULT partition) are found by listing the partitions again until a
 //! listing brings nothing new.
+//!
+//! Steps 3 and 4 run in one stream on the command's connection, or, with
+//! `--jobs N` ([`rotate_side_by_side`], `jobs.rs`), spread over N
+//! connections of their own, the same chunks side by side.
 
-use std::collections::HashSet;
+mod jobs;
+
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
@@ -39,6 +45,7 @@ use tracing::info;
 
 use crate::maintain::{Partition, Segment};
 use crate::masking::Masker;
+use jobs::{Chunk, Jobs};
 
 /// How long the switch waits for its locks before it lets the writes
 /// queued behind it through and tries again: the longest a write waits.
@@ -262,6 +269,22 @@ pub async fn rotate(
     options: RekeyOptions,
     progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<RekeyReport, RekeyError> {
+    rotate_side_by_side(client, Vec::new(), masker, caller, options, progress).await
+}
+
+/// [`rotate`], with the chunks of the rows and of the vault re-keyed side
+/// by side on `jobs`, connections of their own (`rotate-key --jobs N`; none:
+/// one stream on `client`). `client` does the rest: the switch, the lists,
+/// the erasure list, the audit trail, the end.
+pub async fn rotate_side_by_side(
+    client: &mut Client,
+    jobs: Vec<Client>,
+    masker: &Masker,
+    caller: &str,
+    options: RekeyOptions,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> Result<RekeyReport, RekeyError> {
+    let mut jobs = Jobs::new(jobs);
     let began = Instant::now();
     let first = state(client).await?;
     if first.version > masker.latest() {
@@ -308,14 +331,24 @@ pub async fn rotate(
         report.to = to;
         report.erasures += rekey_erasure_list(client, masker, to).await?;
         let t = Instant::now();
-        let rows = rekey_rows(client, masker, to, options, &mut chunks_left, progress).await?;
+        let rows = rekey_rows(
+            client,
+            &mut jobs,
+            masker,
+            to,
+            options,
+            &mut chunks_left,
+            progress,
+        )
+        .await?;
         report.rows += rows;
         report.rows_time += t.elapsed();
         if chunks_left == Some(0) {
             return Ok(report);
         }
         let t = Instant::now();
-        report.vault_entries += rekey_vault(client, masker, to, options.chunk_pages).await?;
+        report.vault_entries +=
+            rekey_vault(client, &mut jobs, masker, to, options.chunk_pages).await?;
         report.vault_time += t.elapsed();
         report.audit_records += rekey_audit(client, masker, to).await?;
         client
@@ -629,6 +662,7 @@ fn segments_of(partitions: &[Partition]) -> Vec<(Segment, String)> {
 /// partitions again until a listing brings none it has not visited.
 async fn rekey_rows(
     client: &mut Client,
+    jobs: &mut Jobs,
     masker: &Masker,
     to: u16,
     options: RekeyOptions,
@@ -659,17 +693,41 @@ async fn rekey_rows(
             .await
             .map_err(db("estimating the rows"))?
             .get(0);
+        if jobs.side_by_side() {
+            let mut chunks = VecDeque::new();
+            for (segment, rel) in &todo {
+                let Some(pages) = pages_of(client, rel).await? else {
+                    continue;
+                };
+                let mut page = 0i64;
+                while page < pages.max(1) {
+                    let end = page + i64::from(options.chunk_pages);
+                    let rows_of = Some((*segment, rel.clone()));
+                    chunks.push_back(Chunk {
+                        rows_of,
+                        from: page,
+                        to: end,
+                    });
+                    page = end;
+                }
+            }
+            if let Some(n) = chunks_left.as_mut() {
+                chunks.truncate(usize::try_from(*n).unwrap_or(usize::MAX));
+                *n -= chunks.len() as u64;
+            }
+            let before = done;
+            let mut tick = |moved: u64| progress(progress_at(before + moved, estimate, began));
+            done += jobs
+                .run(masker, to, chunks, options.progress_every, &mut tick)
+                .await?;
+            if *chunks_left == Some(0) {
+                return Ok(done);
+            }
+            visited.extend(todo);
+            continue;
+        }
         for (segment, rel) in todo {
-            // None: retention dropped the partition meanwhile.
-            let pages: Option<i64> = client
-                .query_typed_one(
-                    "SELECT (pg_relation_size(to_regclass($1)) / current_setting('block_size')::int8)",
-                    &[(&rel, Type::TEXT)],
-                )
-                .await
-                .map_err(db("reading a partition's size"))?
-                .get(0);
-            let Some(pages) = pages else {
+            let Some(pages) = pages_of(client, &rel).await? else {
                 visited.insert((segment, rel));
                 continue;
             };
@@ -692,19 +750,36 @@ async fn rekey_rows(
                 }
                 if last_report.elapsed() >= options.progress_every {
                     last_report = Instant::now();
-                    let rate = done as f64 / began.elapsed().as_secs_f64().max(1e-3);
-                    let left = (estimate as f64 - done as f64).max(0.0);
-                    let p = Progress {
-                        done,
-                        estimate: estimate.max(0) as u64,
-                        rate,
-                        eta_seconds: if rate > 0.0 { left / rate } else { 0.0 },
-                    };
-                    progress(p);
+                    progress(progress_at(done, estimate, began));
                 }
             }
             visited.insert((segment, rel));
         }
+    }
+}
+
+/// A partition's size in pages; `None` when retention dropped it since
+/// the walk listed it.
+async fn pages_of(client: &Client, rel: &str) -> Result<Option<i64>, RekeyError> {
+    Ok(client
+        .query_typed_one(
+            "SELECT (pg_relation_size(to_regclass($1)) / current_setting('block_size')::int8)",
+            &[(&rel, Type::TEXT)],
+        )
+        .await
+        .map_err(db("reading a partition's size"))?
+        .get(0))
+}
+
+/// Where the rows stand after `done` of about `estimate` since `began`.
+fn progress_at(done: u64, estimate: i64, began: Instant) -> Progress {
+    let rate = done as f64 / began.elapsed().as_secs_f64().max(1e-3);
+    let left = (estimate as f64 - done as f64).max(0.0);
+    Progress {
+        done,
+        estimate: estimate.max(0) as u64,
+        rate,
+        eta_seconds: if rate > 0.0 { left / rate } else { 0.0 },
     }
 }
 
@@ -824,6 +899,7 @@ async fn rekey_chunk(
 /// already at `to`).
 async fn rekey_vault(
     client: &mut Client,
+    jobs: &mut Jobs,
     masker: &Masker,
     to: u16,
     chunk_pages: u32,
@@ -836,6 +912,19 @@ async fn rekey_vault(
         .await
         .map_err(db("reading the vault's size"))?
         .get(0);
+    if jobs.side_by_side() {
+        let step = i64::from(chunk_pages);
+        let chunks = (0..pages.max(1))
+            .step_by(usize::try_from(step).unwrap_or(usize::MAX))
+            .map(|from| Chunk {
+                rows_of: None,
+                from,
+                to: from + step,
+            })
+            .collect();
+        let every = Duration::from_secs(3600);
+        return jobs.run(masker, to, chunks, every, &mut |_| {}).await;
+    }
     let mut done = 0u64;
     let mut page = 0i64;
     while page < pages.max(1) {
