@@ -173,8 +173,12 @@ async fn the_key_switch_holds_no_write_up_however_large_the_vault_and_the_erasur
         "the switch held every write for {:?}",
         report.switch
     );
+    // The writer shares two cores with the rest of `make test` (152 ms once
+    // in a CI run, with the switch itself at 15 ms): the bound tells the
+    // fixed switch from the one before it (610 ms), not a busy machine's
+    // scheduling from an idle one's.
     assert!(
-        slowest < Duration::from_millis(150),
+        slowest < Duration::from_millis(300),
         "a write waited {slowest:?} for the switch"
     );
 }

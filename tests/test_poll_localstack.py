@@ -90,14 +90,6 @@ def drained(q: stack.Stack, rows: int, dead: int) -> bool:
             and sum(stack.queue_depth(q.dlq_url)) >= dead)  # fmt: skip
 
 
-def runtime_workers(c: stack.Consumer) -> int:
-    """The consumer's async runtime worker threads (tokio names them
-    tokio-runtime-worker; the kernel keeps 15 characters)."""
-    assert c.proc is not None
-    tasks = Path(f"/proc/{c.proc.pid}/task").iterdir()
-    return sum(1 for t in tasks if (t / "comm").read_text().strip() == "tokio-runtime-w")
-
-
 def test_kill_9_and_sigterm_lose_nothing_and_double_nothing(standard_queues, consumers):
     """300 messages (every 10th invalid): the consumer is killed with SIGKILL
     mid-run, restarted and stopped with SIGTERM mid-run, restarted again and
@@ -116,7 +108,6 @@ def test_kill_9_and_sigterm_lose_nothing_and_double_nothing(standard_queues, con
 
     c.start()
     stack.wait_for("the first rows", lambda: stack.row_count(q.dbname) >= 60, timeout=60)
-    assert runtime_workers(c) == 3, "--threads 3: the batches run on a runtime of 3 worker threads"
     c.kill()  # SIGKILL, mid-run: batches in flight, deletes not sent
     at_kill = stack.row_count(q.dbname)
 

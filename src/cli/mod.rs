@@ -410,4 +410,24 @@ mod tests {
             (7, true, Options::default().seed)
         );
     }
+
+    fn poll(args: &[&str]) -> PollArgs {
+        let mut argv = vec!["login-etl", "poll", "--queue-url", "http://127.0.0.1:9/q"];
+        argv.extend(args);
+        match Cli::try_parse_from(argv).expect("valid arguments").command {
+            Some(Command::Poll(args)) => args,
+            other => panic!("not poll: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn poll_runs_on_the_threads_given_or_on_every_cpu_it_may_use() {
+        assert_eq!(poll(&["--threads", "3"]).worker_threads(), 3);
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(poll(&[]).worker_threads(), cpus);
+        for bad in ["0", "257", "x"] {
+            let argv = ["login-etl", "poll", "--queue-url", "q", "--threads", bad];
+            assert!(Cli::try_parse_from(argv).is_err(), "--threads {bad}");
+        }
+    }
 }
