@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::SqsEvent;
 use common::*;
-use login_etl::masking::{Masker, MaskingKey};
-use login_etl::record::{self, LoginRow};
-use login_etl::sink::{COPY_SQL, COPY_TYPES};
+use login_etl::ingest::record::{self, LoginRow};
+use login_etl::ingest::sink::{COPY_SQL, COPY_TYPES};
+use login_etl::privacy::masking::{Masker, MaskingKey};
+use login_etl::privacy::vault::{DataKey, VaultBatch};
 use login_etl::synth::{self, Options};
-use login_etl::vault::{DataKey, VaultBatch};
 use login_etl::{Config, Deadline, Outcome, startup};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 
@@ -266,16 +266,16 @@ async fn main() {
         phases[1].push(t.elapsed());
         let t = Instant::now();
         let report = sink
-            .insert(&rows, login_etl::sink::Versions::at(1), false)
+            .insert(&rows, login_etl::ingest::sink::Versions::at(1), false)
             .await
             .unwrap();
         phases[2].push(t.elapsed());
-        assert!(report.copied == (n >= login_etl::sink::COPY_MIN_ROWS));
+        assert!(report.copied == (n >= login_etl::ingest::sink::COPY_MIN_ROWS));
         // The same rows again: what a redelivery costs (COPY refused, then
         // INSERT ... ON CONFLICT finds every row a duplicate).
         let t = Instant::now();
         let report = sink
-            .insert(&rows, login_etl::sink::Versions::at(1), false)
+            .insert(&rows, login_etl::ingest::sink::Versions::at(1), false)
             .await
             .unwrap();
         phases[3].push(t.elapsed());
@@ -286,7 +286,7 @@ async fn main() {
         ms(median(&mut phases[0])),
         ms(median(&mut phases[1])),
         ms(median(&mut phases[2])),
-        if n >= login_etl::sink::COPY_MIN_ROWS {
+        if n >= login_etl::ingest::sink::COPY_MIN_ROWS {
             "binary COPY fast path"
         } else {
             "INSERT ... UNNEST ... ON CONFLICT"

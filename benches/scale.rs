@@ -38,8 +38,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
 use common::*;
-use login_etl::maintain::MaintainOptions;
 use login_etl::synth::{self, Options};
+use login_etl::table::maintain::MaintainOptions;
 use login_etl::{BatchHandler, Config, Deadline, SqsBatch};
 use tokio_postgres::Client;
 
@@ -212,11 +212,11 @@ async fn forget_beside_ingest(url: &str, h: Arc<BatchHandler>) -> (Duration, Dur
         .await
         .unwrap()
         .get(0);
-    let masker = login_etl::masking::Masker::new(
-        &login_etl::masking::MaskingKey::from_hex(KEY, "bench").unwrap(),
+    let masker = login_etl::privacy::masking::Masker::new(
+        &login_etl::privacy::masking::MaskingKey::from_hex(KEY, "bench").unwrap(),
     );
     let t = Instant::now();
-    let done = login_etl::reveal::forget(&mut eraser, &user, masker.users(), "arn:bench")
+    let done = login_etl::privacy::forget::forget(&mut eraser, &user, masker.users(), "arn:bench")
         .await
         .unwrap();
     let took = t.elapsed();
@@ -236,7 +236,7 @@ async fn upgrade_beside_ingest(url: &str) -> (Duration, Duration, Duration, u64)
     let t = Instant::now();
     login_etl::startup::migrate_with(
         &cfg,
-        &login_etl::schema::MigrateOptions {
+        &login_etl::table::schema::MigrateOptions {
             prepare_only: true,
             premake_days: 7,
             ..Default::default()
@@ -501,7 +501,9 @@ async fn main() {
     let per_day: u64 = if full { 50_000 } else { 100 };
     for back in 61..=90 {
         let day = Utc::now().date_naive() - TimeDelta::days(back);
-        login_etl::schema::ensure_partition(&b, day).await.unwrap();
+        login_etl::table::schema::ensure_partition(&b, day)
+            .await
+            .unwrap();
         b.batch_execute(&format!(
             "INSERT INTO user_logins (user_id, create_date, message_id, sent_at) \
              SELECT 'r' || g, DATE '{day}', gen_random_uuid()::text, TIMESTAMPTZ '{day} 12:00Z' + g * interval '1 ms' \
@@ -514,7 +516,7 @@ async fn main() {
     // the smoke pass took under `cargo test`).
     b.batch_execute("ANALYZE user_logins").await.unwrap();
     let t = Instant::now();
-    let report = login_etl::maintain::run(
+    let report = login_etl::table::maintain::run(
         &b,
         &MaintainOptions {
             retention_days: Some(60),

@@ -206,18 +206,18 @@ async fn switch_beside_ingest(admin: &Client) {
         KEY.chars().rev().collect::<String>()
     );
     let h = Arc::new(handler(&ingest, &keys).await);
-    let masker = login_etl::masking::Masker::versions(
-        &login_etl::masking::KeyVersions::parse(&keys, "bench").unwrap(),
+    let masker = login_etl::privacy::masking::Masker::versions(
+        &login_etl::privacy::masking::KeyVersions::parse(&keys, "bench").unwrap(),
         None,
     )
     .unwrap();
     let mut c = connect(&rotate).await;
     let (alone, with, rotated, took) = beside(h, Duration::from_secs(3), async {
-        login_etl::rekey::rotate(
+        login_etl::privacy::rekey::rotate(
             &mut c,
             &masker,
             "arn:aws:sts::123456789012:assumed-role/bench",
-            login_etl::rekey::RekeyOptions {
+            login_etl::privacy::rekey::RekeyOptions {
                 max_chunks: Some(1),
                 ..Default::default()
             },
@@ -280,7 +280,7 @@ async fn default_day_beside_ingest(admin: &Client) {
     let c = connect(&maintain).await;
     // The writer's batches go to the DEFAULT partition until the swap.
     let (alone, with, report_of, took) = beside(h, Duration::from_secs(3), async {
-        login_etl::maintain::run(&c, &login_etl::maintain::MaintainOptions::default())
+        login_etl::table::maintain::run(&c, &login_etl::table::maintain::MaintainOptions::default())
             .await
             .unwrap()
     })

@@ -4,8 +4,8 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use login_etl::masking::{Masker, MaskingKey};
-use login_etl::record::{self, parse_body};
+use login_etl::ingest::record::{self, parse_body};
+use login_etl::privacy::masking::{Masker, MaskingKey};
 use login_etl::synth::{self, Options};
 
 const KEY: &str = "8f2c7e4a1b9d3f6e0a5c8b2d7f4e1a9c3b6d0f8e2a5c7b9d1f4e6a8c0b2d4f6e";

@@ -2,8 +2,8 @@
 //! profile per-record cost with `valgrind --tool=callgrind` (see
 //! docs/performance.md).
 
-use login_etl::masking::{Masker, MaskingKey};
-use login_etl::record;
+use login_etl::ingest::record;
+use login_etl::privacy::masking::{Masker, MaskingKey};
 use login_etl::synth::{self, Options};
 
 fn main() {

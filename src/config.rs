@@ -27,7 +27,7 @@ impl std::fmt::Debug for DbSource {
 }
 
 /// Where a key comes from (the masking key, the erasure key). Either holds
-/// one hex key or a document of versions (see [`crate::masking::KeyVersions`]).
+/// one hex key or a document of versions (see [`crate::privacy::masking::KeyVersions`]).
 #[derive(Clone, PartialEq, Eq)]
 pub enum KeySource {
     /// `MASKING_KEY` / `ERASURE_KEY`: the key itself (local use only).
@@ -132,11 +132,11 @@ pub struct Config {
     pub vault_kms_key_id: Option<String>,
     /// The per-message backoff after an infrastructure failure
     /// (`BACKOFF_BASE_SECONDS`, `BACKOFF_MAX_SECONDS`; see
-    /// [`crate::backoff`]). On by default under Lambda
+    /// [`crate::ingest::backoff`]). On by default under Lambda
     /// (`AWS_LAMBDA_RUNTIME_API` is set) or when either variable is set;
     /// `BACKOFF_BASE_SECONDS=0` turns it off. Off, a failed write fails the
     /// invocation and SQS redelivers the batch after its visibility timeout.
-    pub backoff: Option<crate::backoff::Schedule>,
+    pub backoff: Option<crate::ingest::backoff::Schedule>,
     /// `SOURCE_QUEUE_URL`: the login queue (the template sets it); unset, it
     /// is found from the records' `eventSourceARN` with `GetQueueUrl`.
     pub source_queue_url: Option<String>,
@@ -203,9 +203,9 @@ impl Config {
                 url => url,
             },
             metrics_namespace: get("POWERTOOLS_METRICS_NAMESPACE")
-                .unwrap_or_else(|| crate::metrics::DEFAULT_NAMESPACE.into()),
+                .unwrap_or_else(|| crate::ingest::metrics::DEFAULT_NAMESPACE.into()),
             service_name: get("POWERTOOLS_SERVICE_NAME")
-                .unwrap_or_else(|| crate::metrics::DEFAULT_SERVICE.into()),
+                .unwrap_or_else(|| crate::ingest::metrics::DEFAULT_SERVICE.into()),
             function_name: get("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "login-etl".into()),
             log_level: get("AWS_LAMBDA_LOG_LEVEL").or_else(|| get("RUST_LOG")),
             vault_kms_key_id: get("VAULT_KMS_KEY_ID"),
@@ -221,8 +221,10 @@ impl Config {
 fn backoff(
     get: &impl Fn(&str) -> Option<String>,
     by_default: bool,
-) -> Result<Option<crate::backoff::Schedule>, ConfigError> {
-    use crate::backoff::{DEFAULT_BASE_SECONDS, DEFAULT_MAX_SECONDS, SQS_MAX_VISIBILITY_SECONDS};
+) -> Result<Option<crate::ingest::backoff::Schedule>, ConfigError> {
+    use crate::ingest::backoff::{
+        DEFAULT_BASE_SECONDS, DEFAULT_MAX_SECONDS, SQS_MAX_VISIBILITY_SECONDS,
+    };
     let base = parse_count(get, "BACKOFF_BASE_SECONDS", SQS_MAX_VISIBILITY_SECONDS)?;
     let max = parse_count(get, "BACKOFF_MAX_SECONDS", SQS_MAX_VISIBILITY_SECONDS)?;
     if base == Some(0) || (!by_default && base.is_none() && max.is_none()) {
@@ -232,7 +234,7 @@ fn backoff(
     // A cap below the first step is raised to it rather than refused: a
     // setting that stops every cold start would send the queue to the DLQ.
     let max = max.unwrap_or(DEFAULT_MAX_SECONDS).max(base);
-    Ok(Some(crate::backoff::Schedule { base, max }))
+    Ok(Some(crate::ingest::backoff::Schedule { base, max }))
 }
 
 /// A whole number in `0..=limit`, or unset.
@@ -556,7 +558,7 @@ mod tests {
 
     #[test]
     fn backoff_is_on_under_lambda_or_when_set_and_validated() {
-        use crate::backoff::Schedule;
+        use crate::ingest::backoff::Schedule;
         let base = [("DATABASE_URL", "postgres://u@h/d"), ("MASKING_KEY", "ab")];
         let with = |extra: &[(&str, &str)]| {
             let mut v = base.to_vec();

@@ -108,7 +108,7 @@ mod tests {
             tracing::trace!(target: "lambda_runtime::layers::api_response", body = "10.1.2.3", "raw JSON event");
             tracing::debug!(target: "tokio_postgres::query", "executing statement with parameters: 10.1.2.4");
             tracing::debug!(target: "lambda_runtime::layers::api_response", "kept");
-            tracing::trace!(target: "login_etl::handler", "kept too");
+            tracing::trace!(target: "login_etl::ingest::handler", "kept too");
         });
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         assert!(!text.contains("10.1.2."), "{text}");
@@ -126,8 +126,8 @@ mod tests {
             let out = Capture::default();
             let w = out.clone();
             tracing::subscriber::with_default(subscriber(move || w.clone(), false, filter), || {
-                tracing::debug!(target: "login_etl::sink", "sink-debug");
-                tracing::info!(target: "login_etl::handler", "handler-info");
+                tracing::debug!(target: "login_etl::ingest::sink", "sink-debug");
+                tracing::info!(target: "login_etl::ingest::handler", "handler-info");
                 tracing::warn!(target: "aws_config", "aws-warn");
                 tracing::info!(target: "aws_config", "aws-info");
             });
@@ -144,7 +144,7 @@ mod tests {
         );
         // Directives without a default level keep INFO for everything else.
         assert_eq!(
-            emitted("login_etl::sink=debug"),
+            emitted("login_etl::ingest::sink=debug"),
             ["sink-debug", "handler-info", "aws-warn", "aws-info"]
         );
         assert_eq!(

@@ -9,7 +9,7 @@ use clap::Parser;
 use lambda_runtime::{LambdaEvent, service_fn};
 use login_etl::cli::{Cli, Command, EXIT_USAGE};
 use login_etl::config::Config;
-use login_etl::handler::Deadline;
+use login_etl::ingest::handler::Deadline;
 use login_etl::{SqsBatch, startup};
 use tracing::error;
 
@@ -102,7 +102,7 @@ async fn serve() -> Result<(), lambda_runtime::Error> {
 /// maintenance once. Its EMF document goes to stdout, as the function's.
 async fn serve_maintenance() -> Result<(), lambda_runtime::Error> {
     let db = login_etl::config::DbConfig::from_env()?;
-    let options = login_etl::maintain::MaintainOptions::from_env()?;
+    let options = login_etl::table::maintain::MaintainOptions::from_env()?;
     lambda_runtime::run(service_fn(move |_: LambdaEvent<serde_json::Value>| {
         let db = db.clone();
         async move {
@@ -111,7 +111,7 @@ async fn serve_maintenance() -> Result<(), lambda_runtime::Error> {
                 error!(error = %e, "login-etl maintain failed");
                 lambda_runtime::Error::from(e.to_string())
             })?;
-            let doc = login_etl::maintain::emf_from_env(&report);
+            let doc = login_etl::table::maintain::emf_from_env(&report);
             println!("{doc}");
             Ok::<_, lambda_runtime::Error>(doc)
         }

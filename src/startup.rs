@@ -5,18 +5,18 @@ use std::str::FromStr;
 
 use tracing::info;
 
-use crate::backoff::Visibility;
 use crate::config::{CaBundle, Config, DbConfig, DbSource, KeySource};
-use crate::dlq::DeadLetterQueue;
 use crate::error::{ConfigError, SecretError, SinkError};
-use crate::handler::BatchHandler;
-use crate::masking::{KeyVersions, Masker, UserKeys};
-use crate::metrics::{Metrics, emf_level};
-use crate::schema::MigrateOptions;
+use crate::ingest::backoff::Visibility;
+use crate::ingest::dlq::DeadLetterQueue;
+use crate::ingest::handler::BatchHandler;
+use crate::ingest::metrics::{Metrics, emf_level};
+use crate::ingest::sink::PgSink;
+use crate::privacy::masking::{KeyVersions, Masker, UserKeys};
+use crate::privacy::vault::{DataKey, VaultError};
 use crate::secrets::Secrets;
-use crate::sink::PgSink;
+use crate::table::schema::MigrateOptions;
 use crate::tls::Tls;
-use crate::vault::{DataKey, VaultError};
 
 /// Why the cold start failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +47,7 @@ pub async fn build(config: &Config) -> Result<BatchHandler, InitError> {
 /// it holds from the consumer's heartbeat `leases`.
 pub async fn build_with(
     config: &Config,
-    leases: Option<std::sync::Arc<crate::backoff::Leases>>,
+    leases: Option<std::sync::Arc<crate::ingest::backoff::Leases>>,
 ) -> Result<BatchHandler, InitError> {
     let needs_secrets = matches!(config.masking_key, KeySource::Secret(_))
         || matches!(config.erasure_key, Some(KeySource::Secret(_)))
@@ -87,7 +87,7 @@ pub async fn build_with(
     if config.run_migrations {
         let options = MigrateOptions {
             cold_start: true,
-            premake_days: crate::maintain::DEFAULT_PREMAKE_DAYS,
+            premake_days: crate::table::maintain::DEFAULT_PREMAKE_DAYS,
             ..MigrateOptions::default()
         };
         let applied = sink.migrate(&options).await?;
@@ -145,7 +145,7 @@ pub async fn migrate(db: &DbConfig) -> Result<String, InitError> {
     migrate_with(
         db,
         &MigrateOptions {
-            premake_days: crate::maintain::DEFAULT_PREMAKE_DAYS,
+            premake_days: crate::table::maintain::DEFAULT_PREMAKE_DAYS,
             ..MigrateOptions::default()
         },
     )
@@ -174,10 +174,10 @@ pub async fn migrate_with(db: &DbConfig, options: &MigrateOptions) -> Result<Str
 /// maintain role's settings; no masking key needed).
 pub async fn maintain(
     db: &DbConfig,
-    options: &crate::maintain::MaintainOptions,
-) -> Result<crate::maintain::MaintainReport, InitError> {
+    options: &crate::table::maintain::MaintainOptions,
+) -> Result<crate::table::maintain::MaintainReport, InitError> {
     let client = operator_connection(db).await?;
-    Ok(crate::maintain::run(&client, options).await?)
+    Ok(crate::table::maintain::run(&client, options).await?)
 }
 
 /// A connection to the configured database for an operator command

@@ -17,8 +17,8 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use common::moto::start_moto;
 use common::*;
-use login_etl::event::{RecordAttributes, SqsBatch, SqsRecord};
-use login_etl::metrics::Metrics;
+use login_etl::ingest::event::{RecordAttributes, SqsBatch, SqsRecord};
+use login_etl::ingest::metrics::Metrics;
 use login_etl::synth::{self, Options};
 use login_etl::{Deadline, Outcome};
 use serde_json::Value;
@@ -414,8 +414,8 @@ async fn an_outage_backs_off_the_valid_records_and_refused_rows_reach_the_dlq_on
     ])
     .await
     .with_backoff(
-        login_etl::backoff::Schedule { base: 30, max: 900 },
-        login_etl::backoff::Visibility::new(
+        login_etl::ingest::backoff::Schedule { base: 30, max: 900 },
+        login_etl::ingest::backoff::Visibility::new(
             common::sqs::sqs_client(&format!("http://127.0.0.1:{capture_port}")).await,
             Some(capture_url),
         ),
@@ -470,8 +470,8 @@ async fn an_outage_backs_off_the_valid_records_and_refused_rows_reach_the_dlq_on
     let unready = handler_with(&[("DATABASE_URL", &bare), ("MASKING_KEY", TEST_KEY)])
         .await
         .with_backoff(
-            login_etl::backoff::Schedule { base: 30, max: 900 },
-            login_etl::backoff::Visibility::new(
+            login_etl::ingest::backoff::Schedule { base: 30, max: 900 },
+            login_etl::ingest::backoff::Visibility::new(
                 common::sqs::sqs_client(&format!("http://127.0.0.1:{capture_port}")).await,
                 Some(format!(
                     "http://127.0.0.1:{capture_port}/123456789012/logins"

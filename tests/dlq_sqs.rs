@@ -12,7 +12,7 @@ use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use common::moto::start_moto;
 use common::sqs::{scripted_sqs, sqs_client};
 use common::*;
-use login_etl::dlq::DeadLetterQueue;
+use login_etl::ingest::dlq::DeadLetterQueue;
 use login_etl::synth::{self, Options};
 use login_etl::{BatchHandler, Deadline, Outcome, SqsBatch};
 
@@ -382,5 +382,5 @@ async fn a_refused_dlq_copy_in_a_fifo_batch_holds_that_record_and_every_later_on
 /// when the refusal came; the COPY must not commit the rows held back.
 #[tokio::test]
 async fn a_refused_dlq_copy_holds_a_fifo_batch_that_was_streaming_into_a_copy() {
-    a_refused_dlq_copy_holds_the_fifo_batch(login_etl::sink::COPY_MIN_ROWS + 100).await;
+    a_refused_dlq_copy_holds_the_fifo_batch(login_etl::ingest::sink::COPY_MIN_ROWS + 100).await;
 }

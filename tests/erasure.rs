@@ -9,15 +9,15 @@ use std::collections::BTreeSet;
 use aws_lambda_events::event::sqs::SqsEvent;
 use common::*;
 use login_etl::grants::Role;
-use login_etl::masking::{Masker, MaskingKey};
+use login_etl::privacy::masking::{Masker, MaskingKey};
 use login_etl::synth::{self, Options};
 use login_etl::{Deadline, Outcome, SqsBatch};
 use serde_json::Value;
 
 const CALLER: &str = "arn:aws:sts::123456789012:assumed-role/erasers/test";
 
-fn key() -> login_etl::vault::DataKey {
-    login_etl::vault::DataKey::new(&[0x42; 32], vec![1, 2, 3], "local").unwrap()
+fn key() -> login_etl::privacy::vault::DataKey {
+    login_etl::privacy::vault::DataKey::new(&[0x42; 32], vec![1, 2, 3], "local").unwrap()
 }
 
 /// `count` records of which every `every`-th belongs to `user` (its user_id
@@ -117,7 +117,7 @@ async fn forget_beside_concurrent_ingest_leaves_nothing_of_the_user_and_no_row_w
         let (erase, users) = (erase.clone(), masker.users().clone());
         let eraser = tokio::spawn(async move {
             let mut eraser = connect(&erase).await;
-            login_etl::reveal::forget(&mut eraser, user, &users, CALLER)
+            login_etl::privacy::forget::forget(&mut eraser, user, &users, CALLER)
                 .await
                 .expect("forget as the erase role")
         });
@@ -307,7 +307,7 @@ async fn the_audit_trail_is_append_only_even_for_its_owner() {
             .contains("predates key versions"),
         "{e}"
     );
-    let records = login_etl::reveal::audit_records(&audit, None)
+    let records = login_etl::privacy::audit::audit_records(&audit, None)
         .await
         .unwrap();
     assert_eq!(records.len(), 1);
@@ -315,7 +315,7 @@ async fn the_audit_trail_is_append_only_even_for_its_owner() {
     assert_eq!(records[0]["action"], "forget");
     let later = chrono::Utc::now() + chrono::Duration::hours(1);
     assert!(
-        login_etl::reveal::audit_records(&audit, Some(later))
+        login_etl::privacy::audit::audit_records(&audit, Some(later))
             .await
             .unwrap()
             .is_empty()
@@ -369,7 +369,7 @@ async fn a_forget_stopped_after_the_deletes_is_finished_by_the_next_run() {
         .unwrap();
     let masker = Masker::new(&MaskingKey::from_hex(TEST_KEY, "test").unwrap());
     let mut eraser = connect(&erase).await;
-    login_etl::reveal::forget(&mut eraser, user, masker.users(), CALLER)
+    login_etl::privacy::forget::forget(&mut eraser, user, masker.users(), CALLER)
         .await
         .expect_err("stopped after the deletes");
     assert_eq!(rows_of(&db, user).await, 0, "the rows went");
@@ -381,7 +381,7 @@ async fn a_forget_stopped_after_the_deletes_is_finished_by_the_next_run() {
         .batch_execute("DROP TRIGGER test_refuse ON user_logins_pii_vault_held")
         .await
         .unwrap();
-    let again = login_etl::reveal::forget(&mut eraser, user, masker.users(), CALLER)
+    let again = login_etl::privacy::forget::forget(&mut eraser, user, masker.users(), CALLER)
         .await
         .expect("the second run");
     assert_eq!(again.rows, 0);

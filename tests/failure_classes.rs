@@ -9,7 +9,7 @@ mod common;
 use common::keys::*;
 use common::*;
 use login_etl::grants::Role;
-use login_etl::rekey::{self, RekeyOptions};
+use login_etl::privacy::rekey::{self, RekeyOptions};
 use login_etl::synth::{self, Options};
 use login_etl::{BatchHandler, Deadline, SqsBatch};
 

@@ -761,7 +761,8 @@ async fn assert_vault_matches_rows(db: &TestDb) {
 
 #[tokio::test]
 async fn vault_entries_commit_with_their_rows_through_a_cut_and_a_refused_row() {
-    let local_key = || login_etl::vault::DataKey::new(&[7; 32], vec![1, 2, 3], "local").unwrap();
+    let local_key =
+        || login_etl::privacy::vault::DataKey::new(&[7; 32], vec![1, 2, 3], "local").unwrap();
     for count in [300, 1_500] {
         let db = TestDb::create().await;
         let proxy = Proxy::start(5432).await;

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use common::*;
-use login_etl::record::{Field, Rejection, parse_body};
+use login_etl::ingest::record::{Field, Rejection, parse_body};
 use login_etl::{Deadline, Outcome, SqsBatch};
 use proptest::prelude::*;
 

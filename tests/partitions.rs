@@ -22,9 +22,9 @@ use aws_lambda_events::event::sqs::{SqsEvent, SqsMessageAttribute};
 use chrono::{NaiveDate, TimeDelta, Utc};
 use common::*;
 use login_etl::grants::Role;
-use login_etl::maintain::{MaintainOptions, MaintainReport};
-use login_etl::schema::MigrateOptions;
 use login_etl::synth::{self, Options};
+use login_etl::table::maintain::{MaintainOptions, MaintainReport};
+use login_etl::table::schema::MigrateOptions;
 use login_etl::{Deadline, Outcome, SqsBatch};
 
 /// A batch of `count` valid logins sent at `sent_ms`, fresh ids per `seed`.
@@ -66,13 +66,13 @@ async fn homes(db: &TestDb) -> Vec<(String, i64)> {
 
 async fn maintain_as(url: &str, options: MaintainOptions) -> MaintainReport {
     let client = connect(url).await;
-    login_etl::maintain::run(&client, &options)
+    login_etl::table::maintain::run(&client, &options)
         .await
         .expect("maintain as the maintain role")
 }
 
 async fn partition_names(db: &TestDb) -> BTreeSet<String> {
-    login_etl::maintain::partitions(&db.client().await)
+    login_etl::table::maintain::partitions(&db.client().await)
         .await
         .unwrap()
         .into_iter()
@@ -84,7 +84,10 @@ fn partition_of(day: NaiveDate) -> String {
     format!("user_logins_p{}", day.format("%Y%m%d"))
 }
 
-async fn handle(h: &login_etl::BatchHandler, event: &SqsEvent) -> login_etl::handler::BatchSummary {
+async fn handle(
+    h: &login_etl::BatchHandler,
+    event: &SqsEvent,
+) -> login_etl::ingest::handler::BatchSummary {
     let (resp, summary) = h
         .handle(&SqsBatch::from(event), Deadline::NONE)
         .await
@@ -255,7 +258,7 @@ async fn maintain_premakes_and_drops_by_retention_and_two_runs_at_once_agree() {
     // Forty days of history, a day each, with rows.
     for back in 1..=40 {
         let day = today() - TimeDelta::days(back);
-        login_etl::schema::ensure_partition(&owner, day)
+        login_etl::table::schema::ensure_partition(&owner, day)
             .await
             .unwrap();
         handle(&h, &logins(3, 100 + back as u64, ms(day))).await;
@@ -485,12 +488,12 @@ async fn forget_beside_running_ingest_holds_no_write_for_more_than_a_moment() {
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let masker = login_etl::masking::Masker::new(
-        &login_etl::masking::MaskingKey::from_hex(TEST_KEY, "test").unwrap(),
+    let masker = login_etl::privacy::masking::Masker::new(
+        &login_etl::privacy::masking::MaskingKey::from_hex(TEST_KEY, "test").unwrap(),
     );
     let mut eraser = connect(&db.role_url(Role::Erase).await).await;
     let started = Instant::now();
-    let done = login_etl::reveal::forget(
+    let done = login_etl::privacy::forget::forget(
         &mut eraser,
         user,
         masker.users(),
@@ -619,16 +622,16 @@ async fn forget_during_a_drain_of_the_default_partition_finishes_after_it() {
         "the drained rows are out of sight"
     );
 
-    let masker = login_etl::masking::Masker::new(
-        &login_etl::masking::MaskingKey::from_hex(TEST_KEY, "test").unwrap(),
+    let masker = login_etl::privacy::masking::Masker::new(
+        &login_etl::privacy::masking::MaskingKey::from_hex(TEST_KEY, "test").unwrap(),
     );
     let mut eraser = connect(&db.role_url(Role::Erase).await).await;
     let caller = "arn:aws:sts::123456789012:assumed-role/erasers/test";
-    let e = login_etl::reveal::forget(&mut eraser, user, masker.users(), caller)
+    let e = login_etl::privacy::forget::forget(&mut eraser, user, masker.users(), caller)
         .await
         .expect_err("not finished while the drain is under way");
     assert!(
-        matches!(e, login_etl::reveal::RevealError::DrainUnderWay),
+        matches!(e, login_etl::privacy::reveal::RevealError::DrainUnderWay),
         "{e}"
     );
     // Listed already: a new login of theirs is not stored.
@@ -651,7 +654,7 @@ async fn forget_during_a_drain_of_the_default_partition_finishes_after_it() {
     .await;
     assert_eq!(report.drained_from_default, 700, "{report:?}");
     assert_eq!(count_theirs(&owner).await, 100, "back in their partitions");
-    let done = login_etl::reveal::forget(&mut eraser, user, masker.users(), caller)
+    let done = login_etl::privacy::forget::forget(&mut eraser, user, masker.users(), caller)
         .await
         .expect("forget after the drain");
     assert_eq!(done.rows, 100);

@@ -100,14 +100,15 @@ async fn nothing_the_function_writes_at_trace_contains_raw_pii_or_the_key() {
     let h = handler(&db)
         .await
         .with_metrics(
-            login_etl::metrics::Metrics::new("LoginEtl", "login-etl", "pii-test").with_output(
-                move |line| {
+            login_etl::ingest::metrics::Metrics::new("LoginEtl", "login-etl", "pii-test")
+                .with_output(move |line| {
                     let mut w = emf_writer.clone();
                     std::io::Write::write_all(&mut w, format!("{line}\n").as_bytes()).unwrap();
-                },
-            ),
+                }),
         )
-        .with_vault(login_etl::vault::DataKey::new(&data_key, vec![9; 40], "local").unwrap());
+        .with_vault(
+            login_etl::privacy::vault::DataKey::new(&data_key, vec![9; 40], "local").unwrap(),
+        );
     let mut batches: Vec<SqsEvent> = [
         "sqs-valid.json",
         "sqs-mixed.json",
@@ -358,7 +359,8 @@ async fn with_the_dlq_the_backoff_and_log_signable_body_nothing_at_trace_contain
         .unwrap();
     let db = TestDb::create().await;
     let ingest = db.ingest_url().await;
-    let key = || login_etl::vault::DataKey::new(&[0x3c; 32], vec![7; 40], "local").unwrap();
+    let key =
+        || login_etl::privacy::vault::DataKey::new(&[0x3c; 32], vec![7; 40], "local").unwrap();
     let up = handler_with(&[
         ("DATABASE_URL", &ingest),
         ("MASKING_KEY", TEST_KEY),

@@ -15,11 +15,11 @@ use aws_lambda_events::event::sqs::SqsEvent;
 use common::keys::*;
 use common::*;
 use login_etl::grants::Role;
-use login_etl::handler::BatchHandler;
-use login_etl::masking::{KeyVersions, Masker, UserKeys};
-use login_etl::rekey::{self, RekeyOptions};
+use login_etl::ingest::handler::BatchHandler;
+use login_etl::privacy::masking::{KeyVersions, Masker, UserKeys};
+use login_etl::privacy::rekey::{self, RekeyOptions};
+use login_etl::privacy::vault::Kind;
 use login_etl::synth::{self, Options};
-use login_etl::vault::Kind;
 use login_etl::{Deadline, SqsBatch};
 use serde_json::Value;
 
@@ -161,8 +161,9 @@ fn assert_dictionary_matches_nothing(
     sent: &HashMap<String, (IpAddr, String)>,
     stored: &BTreeSet<String>,
 ) {
-    let alone =
-        Masker::new(&login_etl::masking::MaskingKey::from_hex(key_hex, "attacker").unwrap());
+    let alone = Masker::new(
+        &login_etl::privacy::masking::MaskingKey::from_hex(key_hex, "attacker").unwrap(),
+    );
     for (ip, device) in sent.values() {
         assert!(
             !stored.contains(alone.ip(ip).as_str()),
@@ -263,7 +264,7 @@ async fn tokens_follow_the_chain_duplicates_match_and_the_vault_still_reveals() 
 
     // The audit trail: who, when, which versions, how many.
     let audit = connect(&db.role_url(Role::Audit).await).await;
-    let records = login_etl::reveal::audit_records(&audit, None)
+    let records = login_etl::privacy::audit::audit_records(&audit, None)
         .await
         .unwrap();
     let actions: Vec<&str> = records
@@ -327,7 +328,7 @@ async fn an_erasure_survives_rotations_and_forget_holds_no_masking_key() {
     let erase_url = db.role_url(Role::Erase).await;
     let erasure_only = UserKeys::new(&KeyVersions::parse(&doc(&E, 1), "test").unwrap());
     let mut eraser = connect(&erase_url).await;
-    let done = login_etl::reveal::forget(&mut eraser, user, &erasure_only, CALLER)
+    let done = login_etl::privacy::forget::forget(&mut eraser, user, &erasure_only, CALLER)
         .await
         .expect("forget with the erasure key only");
     assert_eq!(done.rows, 30);
@@ -399,7 +400,7 @@ async fn an_erasure_survives_rotations_and_forget_holds_no_masking_key() {
     // same list entry (nothing new), and an erase key a version behind is
     // refused with what to do.
     let both = UserKeys::new(&KeyVersions::parse(&doc(&E, 2), "test").unwrap());
-    login_etl::reveal::forget(&mut eraser, user, &both, CALLER)
+    login_etl::privacy::forget::forget(&mut eraser, user, &both, CALLER)
         .await
         .unwrap();
     let entries: i64 = client
@@ -408,10 +409,11 @@ async fn an_erasure_survives_rotations_and_forget_holds_no_masking_key() {
         .unwrap()
         .get(0);
     assert_eq!(entries, 1);
-    let behind = login_etl::reveal::forget(&mut eraser, "another-user", &erasure_only, CALLER)
-        .await
-        .unwrap_err()
-        .to_string();
+    let behind =
+        login_etl::privacy::forget::forget(&mut eraser, "another-user", &erasure_only, CALLER)
+            .await
+            .unwrap_err()
+            .to_string();
     assert!(
         behind.contains("version 2") && behind.contains("ERASURE_KEY_SECRET_ID"),
         "{behind}"
@@ -508,7 +510,7 @@ async fn a_rekey_killed_half_way_and_run_again_rekeys_each_row_exactly_once() {
     // Re-keyed twice, a token would be HMAC(k2, HMAC(k2, t1)): not this.
     assert_eq!(assert_rows_at(&db, 2, &sent).await, total as usize);
     let audit = connect(&db.role_url(Role::Audit).await).await;
-    let records = login_etl::reveal::audit_records(&audit, None)
+    let records = login_etl::privacy::audit::audit_records(&audit, None)
         .await
         .unwrap();
     assert_eq!(
@@ -656,7 +658,7 @@ async fn jobs_side_by_side_killed_and_run_again_rekey_each_row_and_entry_exactly
         assert_eq!(r.get::<_, i16>(5), 2);
     }
     let audit = connect(&db.role_url(Role::Audit).await).await;
-    let records = login_etl::reveal::audit_records(&audit, None)
+    let records = login_etl::privacy::audit::audit_records(&audit, None)
         .await
         .unwrap();
     let end = records.last().unwrap();
@@ -867,7 +869,7 @@ async fn keys_that_are_not_the_ones_stored_under_are_refused() {
     // forget with an erasure key that is not the list's: refused.
     let mut eraser = connect(&db.role_url(Role::Erase).await).await;
     let wrong = UserKeys::new(&KeyVersions::parse(K[1], "test").unwrap());
-    let err = login_etl::reveal::forget(&mut eraser, "someone", &wrong, CALLER)
+    let err = login_etl::privacy::forget::forget(&mut eraser, "someone", &wrong, CALLER)
         .await
         .unwrap_err()
         .to_string();
@@ -942,13 +944,13 @@ async fn a_list_from_before_erasure_keys_keeps_its_derived_user_keys() {
     // forget with only the erasure key cannot compute such user keys.
     let mut eraser = connect(&db.role_url(Role::Erase).await).await;
     let own = UserKeys::new(&KeyVersions::parse(&doc(&E, 1), "test").unwrap());
-    let err = login_etl::reveal::forget(&mut eraser, user, &own, CALLER)
+    let err = login_etl::privacy::forget::forget(&mut eraser, user, &own, CALLER)
         .await
         .unwrap_err()
         .to_string();
     assert!(err.contains("MASKING_KEY_SECRET_ID"), "{err}");
     // With the masking key's derived keys it works.
-    login_etl::reveal::forget(&mut eraser, user, &derived, CALLER)
+    login_etl::privacy::forget::forget(&mut eraser, user, &derived, CALLER)
         .await
         .unwrap();
 }
@@ -971,7 +973,7 @@ async fn roles_granted_before_key_versions_keep_working_after_migrate() {
         "revoked, as before this version"
     );
     admin
-        .batch_execute(login_etl::schema::MIGRATION_SQL)
+        .batch_execute(login_etl::table::schema::MIGRATION_SQL)
         .await
         .expect("the migration applies again");
     assert!(
@@ -1076,7 +1078,7 @@ async fn the_switch_waits_for_a_forget_in_flight_and_refuses_one_that_stopped() 
         .batch_execute("BEGIN; LOCK TABLE user_logins_pii_vault_held IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
-    let stopped = login_etl::reveal::forget(&mut eraser, user, &users, CALLER).await;
+    let stopped = login_etl::privacy::forget::forget(&mut eraser, user, &users, CALLER).await;
     admin.batch_execute("ROLLBACK").await.unwrap();
     assert!(stopped.is_err(), "the forget stopped half way");
     let pending: i64 = admin
@@ -1143,7 +1145,7 @@ async fn the_switch_waits_for_a_forget_in_flight_and_refuses_one_that_stopped() 
         1,
         "not switched while the erasure is unfinished"
     );
-    let done = login_etl::reveal::forget(&mut eraser, user, &users, CALLER)
+    let done = login_etl::privacy::forget::forget(&mut eraser, user, &users, CALLER)
         .await
         .expect("the rerun finishes the erasure");
     assert_eq!(done.rows, 0, "its rows were deleted by the first run");

@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::keys::*;
 use common::*;
 use login_etl::grants::Role;
-use login_etl::rekey::{self, RekeyOptions};
+use login_etl::privacy::rekey::{self, RekeyOptions};
 use login_etl::synth::{self, Options};
 
 /// Vault entries of `n` distinct ip values at version 1, inserted as the
@@ -208,7 +208,7 @@ async fn a_partition_made_out_of_the_default_partition_mid_walk_keeps_every_rows
                 .unwrap()
                 .block_on(async {
                     let c = connect(&maintain).await;
-                    let m = login_etl::schema::ensure_partition(&c, first_day)
+                    let m = login_etl::table::schema::ensure_partition(&c, first_day)
                         .await
                         .unwrap();
                     assert_eq!(

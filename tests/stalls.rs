@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use common::*;
 use login_etl::grants::Role;
-use login_etl::schema::MigrateOptions;
 use login_etl::synth::{self, Options};
+use login_etl::table::schema::MigrateOptions;
 use login_etl::{BatchHandler, Deadline, SqsBatch};
 
 /// Writes a batch of 5 logins every 20 ms until `stop`; the slowest batch
@@ -146,11 +146,11 @@ async fn the_key_switch_holds_no_write_up_however_large_the_vault_and_the_erasur
     let writes = writer(h, stop.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut rotate = connect(&db.role_url(Role::Rotate).await).await;
-    let options = login_etl::rekey::RekeyOptions {
+    let options = login_etl::privacy::rekey::RekeyOptions {
         max_chunks: Some(1),
         ..Default::default()
     };
-    let report = login_etl::rekey::rotate(
+    let report = login_etl::privacy::rekey::rotate(
         &mut rotate,
         &common::keys::masker(2),
         common::keys::CALLER,
@@ -214,9 +214,9 @@ async fn maintain_moves_a_day_out_of_the_default_partition_without_holding_write
     tokio::time::sleep(Duration::from_millis(300)).await;
     let maintainer = connect(&db.role_url(Role::Maintain).await).await;
     let t = Instant::now();
-    let report = login_etl::maintain::run(
+    let report = login_etl::table::maintain::run(
         &maintainer,
-        &login_etl::maintain::MaintainOptions::default(),
+        &login_etl::table::maintain::MaintainOptions::default(),
     )
     .await
     .expect("maintain");

@@ -14,10 +14,13 @@ use aws_lambda_events::event::sqs::SqsEvent;
 use common::moto::start_moto;
 use common::*;
 use login_etl::grants::Role;
-use login_etl::masking::{Masker, MaskingKey};
-use login_etl::reveal::{Target, forget, reveal};
+use login_etl::privacy::masking::{Masker, MaskingKey};
+use login_etl::privacy::vault::Kind;
+use login_etl::privacy::{
+    forget::forget,
+    reveal::{Target, reveal},
+};
 use login_etl::synth::{self, Options};
-use login_etl::vault::Kind;
 use login_etl::{Deadline, SqsBatch};
 use serde_json::Value;
 
@@ -120,7 +123,7 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
     // reveal runs as the reveal role, forget as the erase role (login-etl grants).
     let mut client = connect(&db.role_url(Role::Reveal).await).await;
     // Who is calling, as STS (moto) says: what every audit record names.
-    let caller = login_etl::reveal::caller_arn(&aws_sdk_sts::Client::new(
+    let caller = login_etl::privacy::audit::caller_arn(&aws_sdk_sts::Client::new(
         &login_etl::secrets::sdk_config().await,
     ))
     .await
@@ -253,7 +256,7 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
     );
     // Another key cannot read it: a fresh data key from the same KMS key is
     // a different key.
-    let other = login_etl::vault::DataKey::generate(&kms, &key_arn)
+    let other = login_etl::privacy::vault::DataKey::generate(&kms, &key_arn)
         .await
         .unwrap();
     let row = admin_client
@@ -515,7 +518,7 @@ async fn an_old_vault_is_resealed_then_rotated_and_still_reveals() {
         .await
         .unwrap()
         .get(0);
-    let key = login_etl::vault::DataKey::unwrap(&kms, wrapped)
+    let key = login_etl::privacy::vault::DataKey::unwrap(&kms, wrapped)
         .await
         .unwrap();
     let entries = admin
@@ -542,12 +545,12 @@ async fn an_old_vault_is_resealed_then_rotated_and_still_reveals() {
 
     let doc = serde_json::json!({ "versions": [TEST_KEY, "ab".repeat(32)] }).to_string();
     let masker = Masker::versions(
-        &login_etl::masking::KeyVersions::parse(&doc, "test").unwrap(),
+        &login_etl::privacy::masking::KeyVersions::parse(&doc, "test").unwrap(),
         None,
     )
     .unwrap();
     let mut rotator = connect(&db.role_url(Role::Rotate).await).await;
-    let refused = login_etl::rekey::rotate(
+    let refused = login_etl::privacy::rekey::rotate(
         &mut rotator,
         &masker,
         "arn:aws:sts::123456789012:assumed-role/rotators/test",
@@ -564,17 +567,17 @@ async fn an_old_vault_is_resealed_then_rotated_and_still_reveals() {
     );
 
     let mut revealer = connect(&db.role_url(Role::Reveal).await).await;
-    let caller = login_etl::reveal::caller_arn(&aws_sdk_sts::Client::new(
+    let caller = login_etl::privacy::audit::caller_arn(&aws_sdk_sts::Client::new(
         &login_etl::secrets::sdk_config().await,
     ))
     .await
     .unwrap();
-    let resealed = login_etl::reveal::upgrade_vault(&mut revealer, &kms, &caller)
+    let resealed = login_etl::privacy::vault_upgrade::upgrade_vault(&mut revealer, &kms, &caller)
         .await
         .expect("vault-upgrade as the reveal role");
     assert_eq!(resealed as usize, entries.len());
 
-    let report = login_etl::rekey::rotate(
+    let report = login_etl::privacy::rekey::rotate(
         &mut rotator,
         &masker,
         "arn:aws:sts::123456789012:assumed-role/rotators/test",
@@ -618,7 +621,7 @@ async fn an_old_vault_is_resealed_then_rotated_and_still_reveals() {
             "{user}"
         );
     }
-    let audit = login_etl::reveal::audit_records(&admin, None)
+    let audit = login_etl::privacy::audit::audit_records(&admin, None)
         .await
         .unwrap();
     let upgrade = audit

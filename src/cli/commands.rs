@@ -11,8 +11,9 @@ use super::{
 };
 use crate::config::{DbConfig, KeySource};
 use crate::poll::PollError;
+use crate::privacy::{audit, forget, reveal, vault_upgrade};
 use crate::secrets::Secrets;
-use crate::{reveal, startup};
+use crate::startup;
 
 /// Why a command stopped: a message for stderr, and the exit code.
 struct Failure(String, u8);
@@ -93,14 +94,14 @@ async fn poll(args: &PollArgs) -> ExitCode {
 /// Prints the audit trail as JSON lines (the audit role's database settings).
 async fn audit(args: &AuditArgs) -> Result<(), Failure> {
     let client = startup::operator_connection(&DbConfig::from_env()?).await?;
-    for record in reveal::audit_records(&client, args.since).await? {
+    for record in audit::audit_records(&client, args.since).await? {
         println!("{record}");
     }
     Ok(())
 }
 
 async fn migrate(args: &MigrateArgs) -> Result<(), Failure> {
-    let options = crate::schema::MigrateOptions {
+    let options = crate::table::schema::MigrateOptions {
         granularity: args.partition_interval.map(Into::into),
         cold_start: false,
         premake_days: args.premake_days,
@@ -116,18 +117,18 @@ async fn migrate(args: &MigrateArgs) -> Result<(), Failure> {
 /// (the metrics), the partitions made and dropped in the log on stderr.
 async fn maintain(args: &MaintainArgs) -> Result<(), Failure> {
     let report = startup::maintain(&DbConfig::from_env()?, &args.into()).await?;
-    println!("{}", crate::maintain::emf_from_env(&report));
+    println!("{}", crate::table::maintain::emf_from_env(&report));
     Ok(())
 }
 
 /// Re-keys everything to the newest masking-key version (see
-/// [`crate::rekey`]), showing progress on stderr; prints the key's state as
+/// [`crate::privacy::rekey`]), showing progress on stderr; prints the key's state as
 /// JSON at the end. Needs the rotate role's database settings, AWS
 /// credentials (STS names the caller in the audit trail) and both keys'
 /// newest secrets (MASKING_KEY_SECRET_ID, ERASURE_KEY_SECRET_ID).
 async fn rotate_key(args: &RotateKeyArgs) -> Result<(), Failure> {
     let db = DbConfig::from_env()?;
-    let status = |s: &crate::rekey::KeyState| {
+    let status = |s: &crate::privacy::rekey::KeyState| {
         serde_json::json!({
             "version": s.version,
             "rekey_from": s.rekey_from,
@@ -137,7 +138,7 @@ async fn rotate_key(args: &RotateKeyArgs) -> Result<(), Failure> {
     };
     if args.status {
         let client = startup::operator_connection(&db).await?;
-        println!("{}", status(&crate::rekey::state(&client).await?));
+        println!("{}", status(&crate::privacy::rekey::state(&client).await?));
         return Ok(());
     }
     let env = |name: &str| std::env::var(name).ok();
@@ -150,7 +151,7 @@ async fn rotate_key(args: &RotateKeyArgs) -> Result<(), Failure> {
         })?;
     let erasure = crate::config::key_source(&env, "ERASURE_KEY", "ERASURE_KEY_SECRET_ID")?;
     let aws = crate::secrets::sdk_config().await;
-    let caller = reveal::caller_arn(&aws_sdk_sts::Client::new(&aws)).await?;
+    let caller = audit::caller_arn(&aws_sdk_sts::Client::new(&aws)).await?;
     let secrets = [Some(&masking), erasure.as_ref()]
         .iter()
         .any(|s| matches!(s, Some(KeySource::Secret(_))))
@@ -162,11 +163,11 @@ async fn rotate_key(args: &RotateKeyArgs) -> Result<(), Failure> {
     while args.jobs > 1 && jobs.len() < usize::from(args.jobs) {
         jobs.push(startup::operator_connection(&db).await?);
     }
-    let options = crate::rekey::RekeyOptions {
+    let options = crate::privacy::rekey::RekeyOptions {
         chunk_pages: args.chunk_pages,
         ..Default::default()
     };
-    let progress = &mut |p: crate::rekey::Progress| {
+    let progress = &mut |p: crate::privacy::rekey::Progress| {
         info!(
             jobs = args.jobs,
             rows_done = p.done,
@@ -176,16 +177,22 @@ async fn rotate_key(args: &RotateKeyArgs) -> Result<(), Failure> {
             "re-keying rows"
         )
     };
-    let report =
-        crate::rekey::rotate_side_by_side(&mut client, jobs, &masker, &caller, options, progress)
-            .await
-            .map_err(|e| match e {
-                // Not done yet; a later run (after maintain's drain) does it.
-                e @ crate::rekey::RekeyError::DrainUnderWay { .. } => {
-                    Failure(e.to_string(), EXIT_TEMPFAIL)
-                }
-                e => Failure::from(e),
-            })?;
+    let report = crate::privacy::rekey::rotate_side_by_side(
+        &mut client,
+        jobs,
+        &masker,
+        &caller,
+        options,
+        progress,
+    )
+    .await
+    .map_err(|e| match e {
+        // Not done yet; a later run (after maintain's drain) does it.
+        e @ crate::privacy::rekey::RekeyError::DrainUnderWay { .. } => {
+            Failure(e.to_string(), EXIT_TEMPFAIL)
+        }
+        e => Failure::from(e),
+    })?;
     info!(
         from = report.from,
         to = report.to,
@@ -195,19 +202,19 @@ async fn rotate_key(args: &RotateKeyArgs) -> Result<(), Failure> {
         audit_records = report.audit_records,
         "rotate-key done"
     );
-    println!("{}", status(&crate::rekey::state(&client).await?));
+    println!("{}", status(&crate::privacy::rekey::state(&client).await?));
     Ok(())
 }
 
 /// Re-seals the vault entries of the old form (see
-/// [`reveal::upgrade_vault`]) and prints how many. Needs the reveal role's
+/// [`vault_upgrade::upgrade_vault`]) and prints how many. Needs the reveal role's
 /// database settings and AWS credentials of `PiiRevealRole` (kms:Decrypt).
 async fn vault_upgrade() -> Result<(), Failure> {
     let aws = crate::secrets::sdk_config().await;
-    let caller = reveal::caller_arn(&aws_sdk_sts::Client::new(&aws)).await?;
+    let caller = audit::caller_arn(&aws_sdk_sts::Client::new(&aws)).await?;
     let mut client = startup::operator_connection(&DbConfig::from_env()?).await?;
     let kms = aws_sdk_kms::Client::new(&aws);
-    let n = reveal::upgrade_vault(&mut client, &kms, &caller).await?;
+    let n = vault_upgrade::upgrade_vault(&mut client, &kms, &caller).await?;
     println!("re-sealed {n} vault entries: the vault is ready for rotate-key");
     Ok(())
 }
@@ -226,7 +233,7 @@ fn grants(args: &GrantsArgs) -> Result<(), Failure> {
 /// credentials of `PiiRevealRole` (the only principal that may decrypt).
 async fn reveal(args: &RevealArgs) -> Result<(), Failure> {
     let aws = crate::secrets::sdk_config().await;
-    let caller = reveal::caller_arn(&aws_sdk_sts::Client::new(&aws)).await?;
+    let caller = audit::caller_arn(&aws_sdk_sts::Client::new(&aws)).await?;
     let mut client = startup::operator_connection(&DbConfig::from_env()?).await?;
     let kms = aws_sdk_kms::Client::new(&aws);
     let revealed = reveal::reveal(&mut client, &kms, &args.target(), &caller, &mut |line| {
@@ -258,7 +265,7 @@ async fn reveal(args: &RevealArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Erases the user (see [`reveal::forget`]) and prints the counts. Needs
+/// Erases the user (see [`forget::forget`]) and prints the counts. Needs
 /// the erase role's database settings, AWS credentials (STS names the
 /// caller in the audit record) and the erasure key (ERASURE_KEY_SECRET_ID:
 /// the user key is keyed; it cannot compute ip or device tokens). A
@@ -272,14 +279,14 @@ async fn forget(args: &ForgetArgs) -> Result<(), Failure> {
         None => crate::config::key_source(&env, "MASKING_KEY", "MASKING_KEY_SECRET_ID")?,
     };
     let aws = crate::secrets::sdk_config().await;
-    let caller = reveal::caller_arn(&aws_sdk_sts::Client::new(&aws)).await?;
+    let caller = audit::caller_arn(&aws_sdk_sts::Client::new(&aws)).await?;
     let secrets = [&erasure, &masking]
         .iter()
         .any(|s| matches!(s, Some(KeySource::Secret(_))))
         .then(|| Secrets::new(&aws));
     let keys = startup::user_keys(erasure.as_ref(), masking.as_ref(), secrets.as_ref()).await?;
     let mut client = startup::operator_connection(&db).await?;
-    let done = match reveal::forget(&mut client, &args.user_id, &keys, &caller).await {
+    let done = match forget::forget(&mut client, &args.user_id, &keys, &caller).await {
         Err(e @ (reveal::RevealError::RekeyUnderWay | reveal::RevealError::DrainUnderWay)) => {
             return Err(Failure(e.to_string(), EXIT_TEMPFAIL));
         }

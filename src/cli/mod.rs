@@ -161,7 +161,7 @@ pub struct MigrateArgs {
     #[arg(long, value_enum, value_name = "UNIT")]
     pub partition_interval: Option<IntervalArg>,
     /// Days after today whose partitions are made.
-    #[arg(long, value_name = "DAYS", default_value_t = crate::maintain::DEFAULT_PREMAKE_DAYS)]
+    #[arg(long, value_name = "DAYS", default_value_t = crate::table::maintain::DEFAULT_PREMAKE_DAYS)]
     pub premake_days: u32,
     /// Upgrading an unpartitioned table: do everything but the cutover (new columns, indexes built online, bounds proved), so this version can be deployed first.
     #[arg(long)]
@@ -179,9 +179,9 @@ pub enum IntervalArg {
     Month,
 }
 
-impl From<IntervalArg> for crate::schema::Granularity {
+impl From<IntervalArg> for crate::table::schema::Granularity {
     fn from(i: IntervalArg) -> Self {
-        use crate::schema::Granularity;
+        use crate::table::schema::Granularity;
         match i {
             IntervalArg::Day => Granularity::Day,
             IntervalArg::Week => Granularity::Week,
@@ -194,17 +194,17 @@ impl From<IntervalArg> for crate::schema::Granularity {
 #[derive(Debug, Args)]
 pub struct MaintainArgs {
     /// Days after today whose partitions exist after the run.
-    #[arg(long, value_name = "DAYS", env = "PREMAKE_DAYS", default_value_t = crate::maintain::DEFAULT_PREMAKE_DAYS)]
+    #[arg(long, value_name = "DAYS", env = "PREMAKE_DAYS", default_value_t = crate::table::maintain::DEFAULT_PREMAKE_DAYS)]
     pub premake_days: u32,
     /// Keep this many days of rows (today included) and drop older partitions [default: keep everything].
     #[arg(long, value_name = "DAYS", env = "RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..))]
     pub retention_days: Option<u32>,
     /// The most rows the DEFAULT partition may hold for maintain to move them under its lock; above it the partition is swapped out and drained in chunks, so writes never wait for the move.
-    #[arg(long, value_name = "ROWS", env = "DEFAULT_MOVE_LIMIT", default_value_t = crate::schema::DEFAULT_MOVE_LIMIT as u64, value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
+    #[arg(long, value_name = "ROWS", env = "DEFAULT_MOVE_LIMIT", default_value_t = crate::table::schema::DEFAULT_MOVE_LIMIT as u64, value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
     pub default_move_limit: u64,
 }
 
-impl From<&MaintainArgs> for crate::maintain::MaintainOptions {
+impl From<&MaintainArgs> for crate::table::maintain::MaintainOptions {
     fn from(a: &MaintainArgs) -> Self {
         Self {
             premake_days: a.premake_days,
@@ -235,7 +235,7 @@ pub struct RotateKeyArgs {
     #[arg(long)]
     pub status: bool,
     /// Pages of a partition re-keyed per transaction.
-    #[arg(long, default_value_t = crate::rekey::DEFAULT_CHUNK_PAGES, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = crate::privacy::rekey::DEFAULT_CHUNK_PAGES, value_parser = clap::value_parser!(u32).range(1..))]
     pub chunk_pages: u32,
     /// Chunks re-keyed side by side (1 to 64), each job on a database connection of its own.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -292,8 +292,8 @@ pub struct RevealArgs {
 
 impl RevealArgs {
     /// What to reveal.
-    pub fn target(&self) -> crate::reveal::Target {
-        use crate::reveal::Target;
+    pub fn target(&self) -> crate::privacy::reveal::Target {
+        use crate::privacy::reveal::Target;
         match (&self.ip_token, &self.device_token, &self.user_id) {
             (Some(t), _, _) => Target::IpToken(t.clone()),
             (_, Some(t), _) => Target::DeviceToken(t.clone()),

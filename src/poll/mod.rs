@@ -51,11 +51,11 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::backoff::{BatchLease, Leases};
 use crate::config::Config;
 use crate::error::ConfigError;
-use crate::event::SqsBatch;
-use crate::handler::{BatchHandler, Deadline, Outcome};
+use crate::ingest::backoff::{BatchLease, Leases};
+use crate::ingest::event::SqsBatch;
+use crate::ingest::handler::{BatchHandler, Deadline, Outcome};
 use crate::startup::InitError;
 use health::{Health, Part};
 use queue::{Gathered, Granted, Queue, QueueError};

@@ -14,8 +14,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::warn;
 
-use crate::backoff::queue_name_and_account;
-use crate::event::{RecordAttributes, SourceAttributes, SqsBatch, SqsRecord};
+use crate::ingest::backoff::queue_name_and_account;
+use crate::ingest::event::{RecordAttributes, SourceAttributes, SqsBatch, SqsRecord};
 
 /// Messages per `ReceiveMessage`, and entries per batch call (the SQS limits).
 pub const MAX_PER_CALL: usize = 10;

@@ -3,8 +3,8 @@
 //! `n` versions (what a function or rotate-key holds after `n - 1`
 //! rotations).
 
-use login_etl::masking::{KeyVersions, Masker};
-use login_etl::vault::DataKey;
+use login_etl::privacy::masking::{KeyVersions, Masker};
+use login_etl::privacy::vault::DataKey;
 
 use super::TEST_KEY;
 

@@ -300,8 +300,8 @@ pub type Captured = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
 /// Metrics (the default namespace and service, function name `login-etl`)
 /// whose EMF lines go to a list the test reads instead of stdout: give them
 /// to a handler with `BatchHandler::with_metrics`.
-pub fn captured_metrics() -> (login_etl::metrics::Metrics, Captured) {
-    use login_etl::metrics::{DEFAULT_NAMESPACE, DEFAULT_SERVICE, Metrics};
+pub fn captured_metrics() -> (login_etl::ingest::metrics::Metrics, Captured) {
+    use login_etl::ingest::metrics::{DEFAULT_NAMESPACE, DEFAULT_SERVICE, Metrics};
     let docs: Captured = Default::default();
     let sink = docs.clone();
     let metrics = Metrics::new(DEFAULT_NAMESPACE, DEFAULT_SERVICE, "login-etl").with_output(

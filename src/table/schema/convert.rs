@@ -157,15 +157,30 @@ async fn apply_side_tables(client: &Client) -> Result<(), SinkError> {
     super::apply_sql(
         client,
         concat!(
-            include_str!("../../migrations/0002_pii_vault.sql"),
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/migrations/0002_pii_vault.sql"
+            )),
             "\n",
-            include_str!("../../migrations/0003_pii_audit_and_erasure.sql"),
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/migrations/0003_pii_audit_and_erasure.sql"
+            )),
             "\n",
-            include_str!("../../migrations/0005_erasure_state.sql"),
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/migrations/0005_erasure_state.sql"
+            )),
             "\n",
-            include_str!("../../migrations/0006_key_versions.sql"),
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/migrations/0006_key_versions.sql"
+            )),
             "\n",
-            include_str!("../../migrations/0007_online_operations.sql"),
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/migrations/0007_online_operations.sql"
+            )),
         ),
         "creating the vault, audit and erasure tables",
     )

@@ -17,8 +17,8 @@ use super::tx::{Versions, XidFloor};
 use super::vault::VaultRows;
 use super::{CONFLICT_PAUSE, InsertReport, PgSink};
 use crate::error::SinkError;
-use crate::record::LoginRow;
-use crate::vault::VaultWrite;
+use crate::ingest::record::LoginRow;
+use crate::privacy::vault::VaultWrite;
 
 const OP: &str = "inserting the batch";
 

@@ -21,8 +21,8 @@ use tokio::task::JoinSet;
 use tokio_postgres::Client;
 
 use super::{CONFLICT_RETRIES, RekeyError};
-use crate::maintain::Segment;
-use crate::masking::Masker;
+use crate::privacy::masking::Masker;
+use crate::table::maintain::Segment;
 
 /// Pages `[from, to)` of a table, re-keyed in one transaction.
 #[derive(Debug, Clone)]

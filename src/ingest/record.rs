@@ -9,12 +9,12 @@ use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 
-use crate::event::SqsRecord;
+use crate::ingest::event::SqsRecord;
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::app_version::{self, VersionError};
-use crate::masking::{Masker, Token};
+use crate::privacy::masking::{Masker, Token};
 
 /// Longest `message_id` the table stores (`varchar(128)`).
 pub const MAX_MESSAGE_ID_CHARS: usize = 128;
@@ -176,7 +176,7 @@ pub struct LoginRow<'a> {
     pub masked_ip: Token,
     /// HMAC token of the trimmed device id.
     pub masked_device_id: Token,
-    /// The key version both tokens are under (see [`crate::masking`]).
+    /// The key version both tokens are under (see [`crate::privacy::masking`]).
     pub key_version: u16,
     /// `None` for null or absent.
     pub locale: Option<Cow<'a, str>>,
@@ -683,7 +683,7 @@ mod tests {
     #[test]
     fn sent_timestamp_gives_the_utc_date() {
         let at = |t: Option<&str>| SqsRecord {
-            attributes: Some(crate::event::RecordAttributes {
+            attributes: Some(crate::ingest::event::RecordAttributes {
                 sent_timestamp: t.map(str::to_owned),
                 ..Default::default()
             }),
@@ -707,12 +707,13 @@ mod tests {
 
     #[test]
     fn a_redriven_copy_keeps_the_originals_key_and_day_and_no_timestamp_is_a_rejection() {
-        let masker =
-            Masker::new(&crate::masking::MaskingKey::from_hex(&"ab".repeat(32), "test").unwrap());
+        let masker = Masker::new(
+            &crate::privacy::masking::MaskingKey::from_hex(&"ab".repeat(32), "test").unwrap(),
+        );
         let body = r#"{"user_id":"u","app_version":"1.1","device_type":"ios","ip":"10.0.0.1","locale":null,"device_id":"123-45-6789"}"#;
         let original = SqsRecord {
             body: Some(body.into()),
-            attributes: Some(crate::event::RecordAttributes {
+            attributes: Some(crate::ingest::event::RecordAttributes {
                 sent_timestamp: Some("1700006399999".into()),
                 ..Default::default()
             }),
@@ -723,7 +724,7 @@ mod tests {
         // SentTimestamp (a day later), the original's in its attributes.
         let mut copy = original.clone();
         copy.attributes.as_mut().unwrap().sent_timestamp = Some("1700092800000".into());
-        copy.message_attributes = Some(crate::event::SourceAttributes {
+        copy.message_attributes = Some(crate::ingest::event::SourceAttributes {
             source_message_id: Some("m-original".into()),
             source_sent_timestamp: Some("1700006399999".into()),
         });

@@ -3,7 +3,7 @@
 //!
 //! `user_logins` is range-partitioned by `create_date` (migrations/0001 and
 //! 0004); [`convert`] turns an unpartitioned table from before this version
-//! into a partition of the new one online; `crate::maintain` keeps the
+//! into a partition of the new one online; `crate::table::maintain` keeps the
 //! partitions made ahead and drops those past retention.
 
 pub mod convert;
@@ -23,19 +23,40 @@ use crate::error::describe;
 /// PII vault's tables, the audit trail and erasure list, and the partition
 /// machinery).
 pub const MIGRATION_SQL: &str = concat!(
-    include_str!("../../migrations/0001_user_logins.sql"),
+    include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations/0001_user_logins.sql"
+    )),
     "\n",
-    include_str!("../../migrations/0002_pii_vault.sql"),
+    include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations/0002_pii_vault.sql"
+    )),
     "\n",
-    include_str!("../../migrations/0003_pii_audit_and_erasure.sql"),
+    include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations/0003_pii_audit_and_erasure.sql"
+    )),
     "\n",
-    include_str!("../../migrations/0004_partitions.sql"),
+    include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations/0004_partitions.sql"
+    )),
     "\n",
-    include_str!("../../migrations/0005_erasure_state.sql"),
+    include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations/0005_erasure_state.sql"
+    )),
     "\n",
-    include_str!("../../migrations/0006_key_versions.sql"),
+    include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations/0006_key_versions.sql"
+    )),
     "\n",
-    include_str!("../../migrations/0007_online_operations.sql")
+    include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations/0007_online_operations.sql"
+    ))
 );
 
 /// The version [`MIGRATION_SQL`] leaves (`login_etl_schema_version()`,
@@ -292,7 +313,7 @@ pub struct MigrateOptions {
     /// `login-etl migrate` from a shell does it online), and a current
     /// schema is left alone (partitions are `maintain`'s work).
     pub cold_start: bool,
-    /// Days after today whose partitions are made (see `crate::maintain`).
+    /// Days after today whose partitions are made (see `crate::table::maintain`).
     pub premake_days: u32,
     /// Stop an upgrade before its cutover: the old table gets its new
     /// columns, both unique indexes and the proven bounds, and stays

@@ -21,7 +21,7 @@ use chrono::{SecondsFormat, Utc};
 use tokio::task::JoinSet;
 use tracing::warn;
 
-use crate::event::SqsRecord;
+use crate::ingest::event::SqsRecord;
 
 /// Entries per `SendMessageBatch` (the SQS limit).
 const MAX_ENTRIES: usize = 10;
@@ -69,7 +69,7 @@ impl DeadLetterQueue {
         fifo: bool,
         deadline: Option<std::time::Instant>,
     ) -> Vec<usize> {
-        let limit = crate::backoff::before_deadline(SEND_TIMEOUT, deadline);
+        let limit = crate::ingest::backoff::before_deadline(SEND_TIMEOUT, deadline);
         let rejected_at = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
         let mut calls = JoinSet::new();
         let mut chunk: Vec<(usize, SendMessageBatchRequestEntry)> = Vec::new();

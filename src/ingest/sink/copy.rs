@@ -18,7 +18,7 @@ use tokio_postgres::types::{ToSql, Type};
 use super::classify::{Failure, classify};
 use super::tx::{Versions, XidFloor, begin_sql, no_answer, refuse_erased, vault_and_commit};
 use super::vault::VaultRows;
-use crate::record::LoginRow;
+use crate::ingest::record::LoginRow;
 
 /// The fast path for large batches; see the module documentation.
 pub const COPY_SQL: &str = "COPY user_logins \

@@ -1,5 +1,5 @@
 //! The PII vault's writes: the data key and the sealed entries of a
-//! transaction's rows, in that transaction (see [`crate::vault`] for the
+//! transaction's rows, in that transaction (see [`crate::privacy::vault`] for the
 //! encryption, `tx::vault_and_commit` for where they are sent).
 
 use tokio_postgres::Client;
@@ -7,7 +7,7 @@ use tokio_postgres::types::{ToSql, Type};
 
 use std::ops::Range;
 
-use crate::vault::{DataKey, Sealed, VaultWrite};
+use crate::privacy::vault::{DataKey, Sealed, VaultWrite};
 
 /// The data key, stored once per key (its id is derived from the wrapped bytes).
 const VAULT_KEY_SQL: &str = "INSERT INTO user_logins_vault_keys (key_id, kms_key_id, wrapped_key) \
@@ -59,7 +59,7 @@ pub(crate) async fn write(
         (&kms_key_id, Type::VARCHAR),
         (&wrapped, Type::BYTEA),
     ];
-    let aad_version = crate::vault::AAD_VERSION;
+    let aad_version = crate::privacy::vault::AAD_VERSION;
     let entry_params: [(&(dyn ToSql + Sync), Type); 7] = [
         (&kinds, Type::VARCHAR_ARRAY),
         (&tokens, Type::VARCHAR_ARRAY),

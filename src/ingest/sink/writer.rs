@@ -14,8 +14,8 @@ use super::tx::{Versions, XidFloor};
 use super::vault::VaultRows;
 use super::{COPY_MIN_ROWS, InsertReport, PgSink};
 use crate::error::SinkError;
-use crate::record::LoginRow;
-use crate::vault::VaultWrite;
+use crate::ingest::record::LoginRow;
+use crate::privacy::vault::VaultWrite;
 
 impl PgSink {
     /// Starts writing a batch of about `expected_rows` rows that must be done

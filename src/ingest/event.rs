@@ -42,7 +42,7 @@ pub struct SqsRecord {
 }
 
 /// The attributes of a copy the function sent to the dead-letter queue
-/// ([`crate::dlq`]): the original message's id and `SentTimestamp`. A DLQ
+/// ([`crate::ingest::dlq`]): the original message's id and `SentTimestamp`. A DLQ
 /// redrive sends the copy back as a new message, with a new id and a new
 /// `SentTimestamp`; these keep its row key and day the original's.
 #[derive(Debug, Clone, Default, Deserialize)]

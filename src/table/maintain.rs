@@ -8,7 +8,7 @@
 //! takes the migration's advisory lock, so runs beside each other and
 //! beside `migrate` are safe, and each waits for its table lock at most
 //! 100 ms before it lets ingest through and tries again
-//! ([`crate::schema::LOCK_TRIES`]): a write never waits longer than that.
+//! ([`crate::table::schema::LOCK_TRIES`]): a write never waits longer than that.
 //! Nothing is kept on the connection between steps, so it runs through a
 //! transaction-mode pooler too. Idempotent: a second run finds nothing to do.
 
@@ -21,7 +21,7 @@ use tokio_postgres::types::Type;
 use tracing::{info, warn};
 
 use crate::error::SinkError;
-use crate::schema::{self, Ensured, Made, failed, with_lock_retries};
+use crate::table::schema::{self, Ensured, Made, failed, with_lock_retries};
 
 /// Days ahead whose partitions exist after a run: a week, so that a
 /// maintenance schedule that fails for six days in a row (alarmed on its
@@ -127,7 +127,7 @@ impl MaintainReport {
     }
 
     /// The run as a CloudWatch EMF document (namespace, `service`
-    /// dimension and `level` as the function's, see [`crate::metrics`]).
+    /// dimension and `level` as the function's, see [`crate::ingest::metrics`]).
     pub fn emf(&self, namespace: &str, service: &str, level: &str, timestamp_ms: i64) -> Value {
         let metrics = [
             ("PartitionsCreated", self.created.len() as i64, "Count"),
@@ -175,9 +175,10 @@ pub fn emf_from_env(report: &MaintainReport) -> Value {
     let level = get("AWS_LAMBDA_LOG_LEVEL").or_else(|| get("RUST_LOG"));
     report.emf(
         &get("POWERTOOLS_METRICS_NAMESPACE")
-            .unwrap_or_else(|| crate::metrics::DEFAULT_NAMESPACE.into()),
-        &get("POWERTOOLS_SERVICE_NAME").unwrap_or_else(|| crate::metrics::DEFAULT_SERVICE.into()),
-        crate::metrics::emf_level(level.as_deref()),
+            .unwrap_or_else(|| crate::ingest::metrics::DEFAULT_NAMESPACE.into()),
+        &get("POWERTOOLS_SERVICE_NAME")
+            .unwrap_or_else(|| crate::ingest::metrics::DEFAULT_SERVICE.into()),
+        crate::ingest::metrics::emf_level(level.as_deref()),
         Utc::now().timestamp_millis(),
     )
 }

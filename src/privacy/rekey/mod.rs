@@ -43,8 +43,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tracing::info;
 
-use crate::maintain::{Partition, Segment};
-use crate::masking::Masker;
+use crate::privacy::masking::Masker;
+use crate::table::maintain::{Partition, Segment};
 use jobs::{Chunk, Jobs};
 
 /// How long the switch waits for its locks before it lets the writes
@@ -408,7 +408,7 @@ async fn ready_to_switch(client: &Client) -> Result<(), RekeyError> {
     if version < 140_000 {
         return Err(RekeyError::ServerTooOld(version));
     }
-    let partitioned = !crate::maintain::partitions(client)
+    let partitioned = !crate::table::maintain::partitions(client)
         .await
         .map_err(db("listing the partitions"))?
         .is_empty();
@@ -643,7 +643,7 @@ fn segments_of(partitions: &[Partition]) -> Vec<(Segment, String)> {
         .iter()
         .find(|p| p.is_default)
         .map(|p| p.name.clone());
-    crate::maintain::segments(partitions)
+    crate::table::maintain::segments(partitions)
         .into_iter()
         .filter_map(|s| {
             let rel = match s {
@@ -674,7 +674,7 @@ async fn rekey_rows(
     let mut visited: HashSet<(Segment, String)> = HashSet::new();
     let mut done = 0u64;
     loop {
-        let partitions = crate::maintain::partitions(client)
+        let partitions = crate::table::maintain::partitions(client)
             .await
             .map_err(db("listing the partitions"))?;
         let todo: Vec<(Segment, String)> = segments_of(&partitions)
@@ -813,7 +813,7 @@ async fn rekey_chunk(
         // maintain must not move these rows to a new partition under us.
         tx.query_typed(
             "SELECT pg_advisory_xact_lock_shared($1)",
-            &[(&crate::schema::MIGRATION_LOCK_KEY, Type::INT8)],
+            &[(&crate::table::schema::MIGRATION_LOCK_KEY, Type::INT8)],
         )
         .await
         .map_err(db("waiting for maintain's partition step"))?;

@@ -10,7 +10,7 @@
 //! nonce, and associated data that binds the ciphertext to its kind and
 //! token, so a ciphertext copied to another row does not decrypt. Reading a
 //! value back needs `kms:Decrypt` on the key, which only the operators'
-//! `PiiRevealRole` is granted by the key policy (`login-etl reveal`, see [`crate::reveal`]);
+//! `PiiRevealRole` is granted by the key policy (`login-etl reveal`, see [`crate::privacy::reveal`]);
 //! CloudTrail records every such call.
 //!
 //! What is wiped from memory: the plaintext data key KMS returns is held in
@@ -38,7 +38,7 @@ use aws_sdk_kms::types::DataKeySpec;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::record::LoginRow;
+use crate::ingest::record::LoginRow;
 
 /// What a vault entry holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -563,17 +563,17 @@ mod tests {
     #[test]
     fn a_batch_seals_each_distinct_value_once() {
         let k = key(9);
-        let masker = crate::masking::Masker::new(
-            &crate::masking::MaskingKey::from_hex(&"ab".repeat(32), "test").unwrap(),
+        let masker = crate::privacy::masking::Masker::new(
+            &crate::privacy::masking::MaskingKey::from_hex(&"ab".repeat(32), "test").unwrap(),
         );
         let event = crate::synth::event(&crate::synth::Options {
             count: 3,
             ..Default::default()
         });
-        let batch = crate::event::SqsBatch::from(&event);
+        let batch = crate::ingest::event::SqsBatch::from(&event);
         let rows: Vec<LoginRow<'_>> = [0, 1, 0]
             .iter()
-            .map(|&i| crate::record::transform("m", &batch.records[i], &masker).unwrap())
+            .map(|&i| crate::ingest::record::transform("m", &batch.records[i], &masker).unwrap())
             .collect();
         let mut vb = VaultBatch::default();
         rows.iter().for_each(|r| vb.add(&k, r));

@@ -19,7 +19,7 @@ use tokio_postgres::types::{ToSql, Type};
 use super::classify::{Failure, classify};
 use super::tx::{Versions, XidFloor, begin_sql, no_answer, refuse_erased, vault_and_commit};
 use super::vault::VaultRows;
-use crate::record::LoginRow;
+use crate::ingest::record::LoginRow;
 
 /// The bulk insert: one statement for the whole batch. Arrays are bound as
 /// `varchar[]`, the columns' type: with `text[]` the server coerces every

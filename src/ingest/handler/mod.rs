@@ -1,0 +1,337 @@
+//! The batch handler: turns one SQS batch into rows, dead letters and a
+//! partial-batch response. Callable without the Lambda runtime (tests call
+//! it directly).
+//!
+//! It deals with a batch: parse, transform, write, report. Which keys a
+//! batch is masked with, and the erasure list it is filtered by, it asks
+//! [`crate::privacy::keys::Keys`] once per batch, on the way down to the
+//! sink. One file per step:
+//! - this file: the handler, its settings, and the batch from end to end;
+//! - [`transform`]: records validated, masked and streamed into the sink;
+//! - [`failures`]: what is reported back (`batchItemFailures`, refused rows
+//!   to the DLQ, visibility backoff);
+//! - [`outcome`]: the response, the summary and the deadline.
+
+mod failures;
+mod outcome;
+mod transform;
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use aws_lambda_events::event::sqs::SqsBatchResponse;
+use chrono::Utc;
+use tokio::sync::Mutex;
+use tracing::warn;
+
+use crate::error::HandlerError;
+use crate::ingest::backoff::{Schedule, Visibility};
+use crate::ingest::dlq::DeadLetterQueue;
+use crate::ingest::event::SqsBatch;
+use crate::ingest::metrics::{DEFAULT_NAMESPACE, DEFAULT_SERVICE, InvocationMetrics, Metrics};
+use crate::ingest::sink::{InsertReport, PgSink};
+use crate::privacy::keys::{KeyReload, Keys};
+use crate::privacy::masking::Masker;
+use crate::privacy::vault::DataKey;
+pub use outcome::{BatchSummary, Deadline, Outcome};
+use transform::{Transform, Transformed};
+
+/// Processes SQS batches. Built once per cold start, shared by invocations.
+pub struct BatchHandler {
+    /// Every key version known to this environment, and how to read them again.
+    keys: Keys,
+    /// One sink (one connection) per batch in flight: one in Lambda, the
+    /// consumer's concurrency in `login-etl poll`.
+    sinks: Vec<Mutex<PgSink>>,
+    dlq: Option<DeadLetterQueue>,
+    metrics: Metrics,
+    vault: Option<DataKey>,
+    backoff: Option<(Schedule, Visibility)>,
+    refused_max_receives: u32,
+}
+
+impl BatchHandler {
+    /// A handler that masks with `masker` and writes through `sink`; rejected
+    /// records are reported (no dead-letter queue of its own), metrics go to
+    /// stdout under the default namespace.
+    pub fn new(masker: Masker, sink: PgSink) -> Self {
+        Self {
+            keys: Keys::new(masker),
+            sinks: vec![Mutex::new(sink)],
+            dlq: None,
+            metrics: Metrics::new(DEFAULT_NAMESPACE, DEFAULT_SERVICE, "login-etl"),
+            vault: None,
+            backoff: None,
+            refused_max_receives: crate::config::DEFAULT_REFUSED_MAX_RECEIVES,
+        }
+    }
+
+    /// Lets `n` batches write at once, each on a connection of its own (the
+    /// sink's siblings); Lambda sends one batch at a time per environment.
+    pub fn with_connections(mut self, n: usize) -> Self {
+        let first = self.sinks[0].get_mut();
+        let more: Vec<Mutex<PgSink>> = (1..n.max(1)).map(|_| Mutex::new(first.sibling())).collect();
+        self.sinks.extend(more);
+        self
+    }
+
+    /// A sink with the handler's settings and a connection of its own (the
+    /// consumer's database probe).
+    pub async fn spare_sink(&self) -> PgSink {
+        self.sinks[0].lock().await.sibling()
+    }
+
+    /// A free sink, or (all busy) the first one's turn.
+    async fn sink(&self) -> tokio::sync::MutexGuard<'_, PgSink> {
+        for sink in &self.sinks {
+            if let Ok(free) = sink.try_lock() {
+                return free;
+            }
+        }
+        self.sinks[0].lock().await
+    }
+
+    /// After an infrastructure failure of the write, reports the batch's
+    /// records in `batchItemFailures` and backs each one off (its visibility,
+    /// by `schedule`, through `visibility`) instead of failing the
+    /// invocation; see [`crate::ingest::backoff`]. Without it a failed write fails
+    /// the invocation.
+    pub fn with_backoff(mut self, schedule: Schedule, visibility: Visibility) -> Self {
+        self.backoff = Some((schedule, visibility));
+        self
+    }
+
+    /// Sends a row the database refused to the DLQ (`refused.<SQLSTATE>`)
+    /// on its `receives`-th receive (0: never). Default 3.
+    pub fn with_refused_max_receives(mut self, receives: u32) -> Self {
+        self.refused_max_receives = receives;
+        self
+    }
+
+    /// Keeps each batch's original ip and device_id in the PII vault,
+    /// encrypted under `key` (see [`crate::privacy::vault`]).
+    pub fn with_vault(mut self, key: DataKey) -> Self {
+        self.vault = Some(key);
+        self
+    }
+
+    /// Sends rejected records to `dlq` directly (`DLQ_URL`).
+    pub fn with_dead_letter_queue(mut self, dlq: DeadLetterQueue) -> Self {
+        self.dlq = Some(dlq);
+        self
+    }
+
+    /// Writes metrics with `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Reads the keys again with `reload` when the database's key version is
+    /// newer than any this handler holds (a rotation began after its cold
+    /// start). Without it such a batch fails as retryable.
+    pub fn with_key_reload(mut self, reload: KeyReload) -> Self {
+        self.keys = self.keys.with_reload(reload);
+        self
+    }
+
+    /// Handles one batch that must be answered by `deadline`: the one entry
+    /// point (the Lambda function, `login-etl poll`, the tests and the
+    /// benches all come in here). The sink stops retrying early enough to
+    /// answer before the deadline; the response lists the records to
+    /// redeliver (`batchItemFailures`), the summary counts what happened.
+    ///
+    /// Every call writes its EMF document, a failed one too (with
+    /// `InvocationFailed` and its class), so the metrics and the ingest-lag
+    /// alarm keep running through a database outage.
+    pub async fn handle(
+        &self,
+        batch: &SqsBatch,
+        deadline: Deadline,
+    ) -> Result<Outcome, HandlerError> {
+        let deadline = deadline.instant();
+        let started = Instant::now();
+        let fifo = batch.records.iter().any(|m| {
+            m.event_source_arn
+                .as_deref()
+                .is_some_and(|arn| arn.ends_with(".fifo"))
+        });
+        let result = self.process(batch, fifo, deadline, started).await;
+        let now_ms = Utc::now().timestamp_millis();
+        let mut metrics = InvocationMetrics {
+            received: batch.records.len(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            ingest_lag_ms: ingest_lag_ms(batch, now_ms),
+            fifo,
+            ..InvocationMetrics::default()
+        };
+        match &result {
+            Ok((_, summary, copied)) => {
+                metrics.inserted = summary.inserted;
+                metrics.duplicates = summary.duplicates;
+                metrics.rejected = summary.rejected.clone();
+                metrics.refused = summary.refused;
+                metrics.batch_item_failures = summary.failed;
+                metrics.sent_to_dlq = summary.sent_to_dlq;
+                metrics.statements = summary.statements;
+                metrics.copied = *copied;
+                metrics.failure = summary.failure;
+                metrics.backed_off = summary.backed_off;
+                metrics.visibility_change_failed = summary.visibility_change_failed;
+                metrics.refused_to_dlq = summary.refused_to_dlq;
+                metrics.erased = summary.erased;
+            }
+            Err(e) => {
+                metrics.failure = Some(e.class());
+                metrics.invocation_failed = true;
+            }
+        }
+        self.metrics.emit(&metrics, now_ms);
+        result.map(|(response, summary, _)| Outcome { response, summary })
+    }
+
+    /// The batch's work; `copied` tells whether the rows went in by COPY.
+    async fn process(
+        &self,
+        batch: &SqsBatch,
+        fifo: bool,
+        deadline: Option<Instant>,
+        started: Instant,
+    ) -> Result<(SqsBatchResponse, BatchSummary, bool), HandlerError> {
+        let ids = message_ids(batch)?;
+        let mut valid = Transformed::default();
+        let (report, failure) = self
+            .write(batch, &ids, fifo, deadline, started, &mut valid)
+            .await?;
+        // Standard queues: rejected records go to the DLQ once their
+        // neighbours are written, or failed (FIFO batches sent them before
+        // writing): a reject is never held back by the database.
+        if !fifo && let Some(dlq) = &self.dlq {
+            valid.sent = dlq
+                .send(&valid.rejected_records(batch, &ids), false, deadline)
+                .await;
+        }
+        let refused_sent = match &self.dlq {
+            Some(dlq) => {
+                let to = (dlq, self.refused_max_receives);
+                failures::send_refused(to, batch, &ids, &report, &valid, fifo, deadline).await
+            }
+            None => Vec::new(),
+        };
+        let failed = failures::failed_positions(
+            batch.records.len(),
+            &valid,
+            &report,
+            &refused_sent,
+            failure.is_some(),
+            fifo,
+        );
+        let (backed_off, visibility_change_failed) = match (&self.backoff, failure) {
+            (Some((schedule, visibility)), Some(_)) => {
+                let how = (*schedule, visibility);
+                failures::back_off(how, batch, &failed, fifo, deadline).await
+            }
+            _ => (0, 0),
+        };
+        let mut response = SqsBatchResponse::default();
+        for &pos in &failed {
+            response.add_failure(ids[pos]);
+        }
+        let mut rejected: BTreeMap<String, usize> = BTreeMap::new();
+        for (_, code) in &valid.rejected {
+            *rejected.entry(code.clone()).or_default() += 1;
+        }
+        let summary = BatchSummary {
+            received: batch.records.len(),
+            inserted: report.inserted,
+            duplicates: report.duplicates,
+            rejected,
+            sent_to_dlq: valid.sent.len(),
+            refused: report.refused.len(),
+            failed: failed.len(),
+            statements: report.statements,
+            refused_to_dlq: refused_sent.len(),
+            erased: valid.erased.len(),
+            failure,
+            backed_off,
+            visibility_change_failed,
+        };
+        Ok((response, summary, report.copied))
+    }
+
+    /// Transforms and writes the batch on a free sink. A failed write is an
+    /// error when there is no backoff; with one, it is the failure's class
+    /// (the caller reports and backs off every record not otherwise finished).
+    async fn write<'b>(
+        &self,
+        batch: &'b SqsBatch,
+        ids: &[&'b str],
+        fifo: bool,
+        deadline: Option<Instant>,
+        started: Instant,
+        valid: &mut Transformed<'b>,
+    ) -> Result<(InsertReport, Option<&'static str>), HandlerError> {
+        let transform = Transform {
+            keys: &self.keys,
+            vault: self.vault.as_ref(),
+            dlq: self.dlq.as_ref(),
+            fifo,
+            deadline,
+        };
+        let mut sink = self.sink().await;
+        let written = transform.write(&mut sink, batch, ids, valid).await;
+        drop(sink);
+        let e = match written {
+            Ok(report) => return Ok((report, None)),
+            Err(e) => e,
+        };
+        let backing_off = self.backoff.is_some();
+        warn!(
+            received = batch.records.len(),
+            valid = valid.rows.len(),
+            rejected = valid.rejected.len(),
+            duration_ms = started.elapsed().as_millis() as u64,
+            retryable = e.is_retryable(),
+            class = HandlerError::class_of(&e),
+            error = %e,
+            "{}",
+            if backing_off {
+                "batch write failed; its valid records are reported and backed off, its rejects still go to the DLQ"
+            } else {
+                "batch failed; nothing of it is reported done, so the whole batch will be redelivered"
+            }
+        );
+        if !backing_off {
+            return Err(e.into());
+        }
+        Ok((InsertReport::default(), Some(HandlerError::class_of(&e))))
+    }
+}
+
+/// Now minus the oldest `SentTimestamp` of the batch.
+fn ingest_lag_ms(batch: &SqsBatch, now_ms: i64) -> Option<u64> {
+    let oldest = batch
+        .records
+        .iter()
+        .filter_map(|m| m.sent_timestamp()?.parse::<i64>().ok())
+        .min()?;
+    Some(now_ms.saturating_sub(oldest).max(0) as u64)
+}
+
+/// Every record's `messageId`; without one, a record cannot be reported on
+/// its own, so the invocation fails.
+fn message_ids(batch: &SqsBatch) -> Result<Vec<&str>, HandlerError> {
+    batch
+        .records
+        .iter()
+        .enumerate()
+        .map(|(index, message)| match message.message_id.as_deref() {
+            Some(id) if !id.is_empty() => Ok(id),
+            _ => {
+                let e = HandlerError::MissingMessageId { index };
+                warn!(received = batch.records.len(), error = %e, "batch refused");
+                Err(e)
+            }
+        })
+        .collect()
+}

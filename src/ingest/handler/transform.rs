@@ -1,0 +1,229 @@
+//! One batch validated, masked and written: the records streamed into the
+//! sink as they are transformed, and the batch written again when the
+//! erasure list or the key version changed under it.
+
+use std::time::Instant;
+
+use tracing::{trace, warn};
+
+use crate::error::SinkError;
+use crate::ingest::dlq::{DeadLetterQueue, Rejected};
+use crate::ingest::event::SqsBatch;
+use crate::ingest::record::{self, LoginRow, Rejection};
+use crate::ingest::sink::{InsertReport, PgSink};
+use crate::privacy::keys::{BatchKeys, Keys};
+use crate::privacy::vault::{DataKey, VaultBatch, VaultWrite};
+
+/// The batch split by validation.
+#[derive(Default)]
+pub(super) struct Transformed<'b> {
+    /// Valid rows, in batch order.
+    pub(super) rows: Vec<LoginRow<'b>>,
+    /// Position in the batch of each row.
+    pub(super) row_positions: Vec<usize>,
+    /// Positions and codes of rejected records, in batch order.
+    pub(super) rejected: Vec<(usize, String)>,
+    /// Positions of rejected records now in the DLQ, ascending.
+    pub(super) sent: Vec<usize>,
+    /// The rows' vault entries (empty without a vault).
+    pub(super) vault: VaultBatch,
+    /// Positions of records of erased users (handled, not stored), ascending.
+    pub(super) erased: Vec<usize>,
+}
+
+impl<'b> Transformed<'b> {
+    pub(super) fn rejected_records<'a>(
+        &'a self,
+        batch: &'b SqsBatch,
+        ids: &[&'b str],
+    ) -> Vec<Rejected<'a>>
+    where
+        'b: 'a,
+    {
+        self.rejected
+            .iter()
+            .map(|(pos, code)| Rejected {
+                position: *pos,
+                message: &batch.records[*pos],
+                message_id: ids[*pos],
+                code,
+            })
+            .collect()
+    }
+}
+
+/// What a batch is transformed and written with: the handler's keys, vault
+/// key and DLQ, the batch's order and its deadline.
+pub(super) struct Transform<'h> {
+    pub(super) keys: &'h Keys,
+    pub(super) vault: Option<&'h DataKey>,
+    pub(super) dlq: Option<&'h DeadLetterQueue>,
+    pub(super) fifo: bool,
+    pub(super) deadline: Option<Instant>,
+}
+
+impl Transform<'_> {
+    /// Validates and masks every record, streaming the valid rows into the
+    /// sink (a COPY for large batches) as they come, then commits them.
+    pub(super) async fn write<'b>(
+        &self,
+        sink: &mut PgSink,
+        batch: &'b SqsBatch,
+        ids: &[&'b str],
+        out: &mut Transformed<'b>,
+    ) -> Result<InsertReport, SinkError> {
+        // The keys and the erasure list, in memory (their versions are
+        // checked by the write). When the database fails before the write
+        // begins, every record is still validated with the newest key held,
+        // so the rejects reach the DLQ all the same; nothing is written.
+        let (keys, mut early) = match self.keys.for_batch(sink, self.deadline).await {
+            Ok(keys) => (keys, None),
+            Err(e) => (self.keys.unchecked(), Some(e)),
+        };
+        let mut writer = None;
+        if early.is_none() {
+            match sink.start_batch(batch.records.len(), self.deadline).await {
+                Ok(w) => writer = Some(w),
+                Err(e) => early = Some(e),
+            }
+        }
+        for (pos, (message, &id)) in batch.records.iter().zip(ids).enumerate() {
+            match record::transform(id, message, &keys.masker) {
+                Ok(row) if keys.is_erased(&row.user_id) => {
+                    trace!(message_id = id, "record of an erased user");
+                    out.erased.push(pos);
+                }
+                Ok(row) => {
+                    trace!(message_id = id, "record valid");
+                    if let Some(key) = self.vault {
+                        out.vault.add(key, &row);
+                    }
+                    if let Some(writer) = writer.as_mut() {
+                        writer.push(&row).await;
+                    }
+                    out.rows.push(row);
+                    out.row_positions.push(pos);
+                }
+                Err(reason) => {
+                    log_rejection(id, &reason);
+                    out.rejected.push((pos, reason.code().into_owned()));
+                    if self.fifo && self.dlq.is_none() {
+                        // Later records must wait for this one: do not even validate them.
+                        break;
+                    }
+                }
+            }
+        }
+        self.send_fifo_rejects(batch, ids, out).await;
+        if let Some(e) = early {
+            return Err(e);
+        }
+        let writer = writer.expect("a writer whenever nothing failed before it");
+        let vault = self.vault.map(|key| VaultWrite {
+            key,
+            batch: &out.vault,
+        });
+        match writer
+            .finish(&out.rows, keys.versions, self.fifo, vault)
+            .await
+        {
+            Err(SinkError::BatchOutdated) => self.write_again(sink, out).await,
+            written => written,
+        }
+    }
+
+    /// FIFO: a rejected record sent to the DLQ is finished, so the records
+    /// after it may go on; the first one that could not be sent holds back
+    /// every later row.
+    async fn send_fifo_rejects<'b>(
+        &self,
+        batch: &'b SqsBatch,
+        ids: &[&'b str],
+        out: &mut Transformed<'b>,
+    ) {
+        let (true, Some(dlq)) = (self.fifo, self.dlq) else {
+            return;
+        };
+        out.sent = dlq
+            .send(&out.rejected_records(batch, ids), true, self.deadline)
+            .await;
+        if let Some(&(held, _)) = out
+            .rejected
+            .iter()
+            .find(|(pos, _)| out.sent.binary_search(pos).is_err())
+        {
+            let keep = out.row_positions.partition_point(|&p| p < held);
+            out.rows.truncate(keep);
+            out.row_positions.truncate(keep);
+        }
+    }
+
+    /// The erasure list or the key version changed while the batch was being
+    /// written (`login-etl forget` erased someone, `login-etl rotate-key`
+    /// began): asks for the keys again, re-keys the rows' tokens to the new
+    /// version, drops the rows of erased users (handled: not stored, not
+    /// failed, not dead-lettered) and writes the rest. A few rounds, as
+    /// another change may land in between.
+    async fn write_again(
+        &self,
+        sink: &mut PgSink,
+        out: &mut Transformed<'_>,
+    ) -> Result<InsertReport, SinkError> {
+        for _ in 0..3 {
+            sink.forget_erased();
+            let keys = self.keys.for_batch(sink, self.deadline).await?;
+            self.drop_erased(&keys, out)?;
+            let vault = self.vault.map(|key| VaultWrite {
+                key,
+                batch: &out.vault,
+            });
+            match sink
+                .insert_until(&out.rows, keys.versions, self.fifo, vault, self.deadline)
+                .await
+            {
+                Err(SinkError::BatchOutdated) => continue,
+                written => return written,
+            }
+        }
+        Err(SinkError::Transient {
+            op: "writing a batch while users were being erased",
+            cause: "the erasure list kept changing".into(),
+        })
+    }
+
+    /// Re-keys the rows to `keys`' version and moves the rows of users
+    /// erased since to `out.erased`; the vault entries follow the rows.
+    fn drop_erased(&self, keys: &BatchKeys, out: &mut Transformed<'_>) -> Result<(), SinkError> {
+        for row in out.rows.iter_mut() {
+            keys.rekey(row)?;
+        }
+        let keep: Vec<bool> = out
+            .rows
+            .iter()
+            .map(|r| !keys.is_erased(&r.user_id))
+            .collect();
+        for (i, pos) in out.row_positions.iter().enumerate() {
+            if !keep[i] {
+                out.erased.push(*pos);
+            }
+        }
+        out.erased.sort_unstable();
+        let mut flags = keep.iter();
+        out.rows
+            .retain(|_| *flags.next().expect("one flag per row"));
+        let mut flags = keep.iter();
+        out.row_positions
+            .retain(|_| *flags.next().expect("one flag per row"));
+        if let Some(key) = self.vault {
+            out.vault = VaultBatch::default();
+            for row in &out.rows {
+                out.vault.add(key, row);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn log_rejection(message_id: &str, reason: &Rejection) {
+    warn!(message_id, reason = %reason, code = %reason.code(), "record rejected");
+}

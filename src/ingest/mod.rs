@@ -1,0 +1,30 @@
+//! The ingest path: one SQS batch in, rows in `user_logins`, dead letters and
+//! a partial-batch response out.
+//!
+//! What it owns, in the order a batch meets it:
+//! - [`event`]: the Lambda payload, an SQS batch reduced to what is read;
+//! - [`record`]: one SQS record to a validated, masked row, or a rejection;
+//! - [`handler`]: one batch to a partial-batch response and a summary;
+//! - [`sink`]: PostgreSQL I/O (COPY fast path, bulk insert, refusal
+//!   isolation, reconnects);
+//! - [`dlq`]: rejected records straight to the dead-letter queue;
+//! - [`backoff`]: per-message visibility backoff after an infrastructure failure;
+//! - [`metrics`]: the summary as a CloudWatch EMF document.
+//!
+//! What it may call: [`crate::privacy`] for the batch's keys (masker, key
+//! version, erasure list) and the vault's entries, and the schema guard of
+//! [`crate::table::schema`] when a connection opens. Nothing here runs DDL
+//! or reads the vault back.
+
+#[cfg(feature = "service")]
+pub mod backoff;
+#[cfg(feature = "service")]
+pub mod dlq;
+pub mod event;
+#[cfg(feature = "service")]
+pub mod handler;
+#[cfg(feature = "service")]
+pub mod metrics;
+pub mod record;
+#[cfg(feature = "service")]
+pub mod sink;

@@ -1,0 +1,204 @@
+//! The keys a batch is masked with, and the erasure list it is filtered by:
+//! what the batch handler asks once per batch ([`Keys::for_batch`]).
+//!
+//! A warm environment holds every key version it read at cold start. The
+//! database says which version writes are at (`login-etl rotate-key` moves
+//! it); when that is newer than any held, the keys are read again from
+//! Secrets Manager ([`KeyReload`]), at most once per
+//! [`KEY_RELOAD_INTERVAL`]. The keys are checked against the values the
+//! database records before anything is written with them.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Once, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
+use tracing::warn;
+
+use crate::error::{Misconfiguration, SinkError};
+use crate::ingest::record::LoginRow;
+use crate::ingest::sink::{PgSink, Versions};
+use crate::privacy::erased::ErasedUsers;
+use crate::privacy::masking::Masker;
+
+/// Reads the masking and erasure keys again (from Secrets Manager): how a
+/// warm function learns the version `login-etl rotate-key` moved to.
+pub type KeyReload =
+    Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<Masker, String>> + Send>> + Send + Sync>;
+
+/// The least time between two key reloads: a database ahead of the secret
+/// (an operator's mistake) costs one Secrets Manager call per this, not per batch.
+pub const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Every key version known to this environment, and how to read them again.
+pub struct Keys {
+    /// The versions held (at the newest).
+    masker: RwLock<Arc<Masker>>,
+    /// How to read the keys again, and when that was last tried.
+    reload: Option<(KeyReload, Mutex<Option<Instant>>)>,
+}
+
+/// What one batch is masked and filtered with: the erasure list and the
+/// versions its write checks, and the masker at the database's key version.
+pub struct BatchKeys {
+    /// The erasure list's version and the key version, checked by the write.
+    pub versions: Versions,
+    /// The erased users, as the batch is filtered with them.
+    pub erased: ErasedUsers,
+    /// The masker at the database's key version.
+    pub masker: Masker,
+}
+
+impl Keys {
+    /// The keys of `masker`, never read again (see [`Keys::with_reload`]).
+    pub fn new(masker: Masker) -> Self {
+        Self {
+            masker: RwLock::new(Arc::new(masker)),
+            reload: None,
+        }
+    }
+
+    /// Reads the keys again with `reload` when the database's key version is
+    /// newer than any held (a rotation began after the cold start). Without
+    /// it such a batch fails as retryable.
+    pub fn with_reload(mut self, reload: KeyReload) -> Self {
+        self.reload = Some((reload, Mutex::new(None)));
+        self
+    }
+
+    /// The keys at the newest version held, with an empty erasure list:
+    /// what a batch is still validated with when the database cannot say
+    /// its version (its rejects reach the DLQ; nothing is written).
+    pub fn unchecked(&self) -> BatchKeys {
+        BatchKeys {
+            versions: Versions::at(1),
+            erased: ErasedUsers::default(),
+            masker: Masker::clone(&self.held()),
+        }
+    }
+
+    /// The erasure list and its versions, and the masker at the database's
+    /// key version, its keys checked against the values the database
+    /// records (recorded first when it has none; a mismatch is refused, as
+    /// it would write tokens or user keys that match nothing stored).
+    pub async fn for_batch(
+        &self,
+        sink: &mut PgSink,
+        deadline: Option<Instant>,
+    ) -> Result<BatchKeys, SinkError> {
+        let list = sink.erased_users(deadline).await?;
+        let mut masker = self.at(list.versions.key).await?;
+        if list.checks.erasure_derived && !masker.users().is_derived() {
+            // The list predates erasure keys: its user keys are derived
+            // from the masking key, whatever ERASURE_KEY_SECRET_ID holds.
+            static SAID: Once = Once::new();
+            SAID.call_once(|| {
+                warn!("the erasure list predates erasure keys: user keys are derived from the masking key, ERASURE_KEY_SECRET_ID is not used (docs/operations.md, \"The masking key leaked\")")
+            });
+            masker = masker.with_derived_users();
+        }
+        let (mine_m, mine_e) = (masker.check(), masker.users().check());
+        let recorded = |r: &Option<String>, mine: &str| r.as_deref() == Some(mine);
+        if !recorded(&list.checks.masking, mine_m.as_str())
+            || !recorded(&list.checks.erasure, mine_e.as_str())
+        {
+            // Recorded (the next batch reloads the list with them). The
+            // batch keeps this list's versions, which its masker matches;
+            // a rotation since is caught by the write's own check.
+            let key = list.versions.key;
+            sink.check_keys(key, mine_m.as_str(), mine_e.as_str(), deadline)
+                .await?;
+        }
+        Ok(BatchKeys {
+            versions: list.versions,
+            erased: list.users,
+            masker,
+        })
+    }
+
+    fn held(&self) -> Arc<Masker> {
+        Arc::clone(&self.masker.read().expect("never poisoned"))
+    }
+
+    /// The masker at the database's key `version`, reading the keys again
+    /// when none that new is held.
+    async fn at(&self, version: u16) -> Result<Masker, SinkError> {
+        let held = self.held();
+        if let Some(m) = held.at(version) {
+            return Ok(m);
+        }
+        let Some((reload, last)) = &self.reload else {
+            return Err(behind(version, held.latest(), ""));
+        };
+        let mut last = last.lock().await;
+        // Another batch may have reloaded while this one waited.
+        let current = self.held();
+        if let Some(m) = current.at(version) {
+            return Ok(m);
+        }
+        if last.is_some_and(|t| t.elapsed() < KEY_RELOAD_INTERVAL) {
+            let detail = ", and the secret had no newer one moments ago";
+            return Err(behind(version, current.latest(), detail));
+        }
+        *last = Some(Instant::now());
+        let fresh = reload().await.map_err(|e| {
+            let detail = format!("; reading the keys again failed: {e}");
+            behind(version, current.latest(), &detail)
+        })?;
+        warn!(
+            from = current.latest(),
+            to = fresh.latest(),
+            "masking keys read again: the database moved to a newer key version"
+        );
+        let found = fresh.at(version);
+        let latest = fresh.latest();
+        *self.masker.write().expect("never poisoned") = Arc::new(fresh);
+        found.ok_or_else(|| behind(version, latest, " after reading the secret again"))
+    }
+}
+
+/// The database is at key `version` and this environment holds versions
+/// up to `latest`: a retryable refusal that names the secret to fix.
+fn behind(version: u16, latest: u16, detail: &str) -> SinkError {
+    SinkError::Misconfigured {
+        what: Misconfiguration::KeyVersionBehind,
+        op: "masking the batch",
+        cause: format!(
+            "the database is at masking-key version {version} (login-etl rotate-key) and this function holds versions up to {latest}{detail}"
+        ),
+        hint: "; the batch is retried: append the new version to the masking secret (docs/operations.md, \"The masking key leaked\")".into(),
+    }
+}
+
+impl BatchKeys {
+    /// Whether the user is on the erasure list (their records are handled,
+    /// not stored).
+    pub fn is_erased(&self, user_id: &str) -> bool {
+        self.erased.contains(&self.masker, user_id)
+    }
+
+    /// Moves a row's tokens to this batch's version, one step of the chain
+    /// at a time (no original needed). A database whose version went down
+    /// is refused: no step undoes a key.
+    pub fn rekey(&self, row: &mut LoginRow<'_>) -> Result<(), SinkError> {
+        let masker = &self.masker;
+        if row.key_version > masker.version() {
+            return Err(SinkError::Fatal {
+                op: "masking the batch",
+                cause: format!(
+                    "the database's masking-key version went down from {} to {}",
+                    row.key_version,
+                    masker.version()
+                ),
+                hint: "; key versions only grow: check that user_logins_key_state was not restored from an older backup".into(),
+            });
+        }
+        while row.key_version < masker.version() {
+            row.key_version += 1;
+            row.masked_ip = masker.rekey(&row.masked_ip, row.key_version);
+            row.masked_device_id = masker.rekey(&row.masked_device_id, row.key_version);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,45 @@
+//! Privacy: what keeps an ip or a device_id from being read by anyone
+//! without the right to.
+//!
+//! What it owns:
+//! - [`masking`]: keyed, deterministic tokens under a chain of key versions;
+//! - [`keys`]: the keys a batch is masked with, at the database's key
+//!   version, and the erasure list it is filtered by (one type the handler
+//!   asks once per batch);
+//! - [`erased`]: the erasure list in memory, looked up at every key version;
+//! - [`vault`]: the PII vault (KMS envelope, AES-256-GCM);
+//! - [`reveal`]: `login-etl reveal`, the audited way back from a token, and
+//!   the error the operator commands share;
+//! - [`audit`]: the audit trail as `login-etl audit` reads it, and the
+//!   caller every record names;
+//! - [`forget`]: `login-etl forget`, erasure of one user;
+//! - [`vault_upgrade`]: `login-etl vault-upgrade`, old vault entries bound
+//!   to their key version;
+//! - [`rekey`]: `login-etl rotate-key`, everything stored moved to the
+//!   newest key version, online.
+//!
+//! The audit trail is SQL (migrations/0003 and 0006): every reveal,
+//! erasure and re-key writes a record there, in the same transaction as
+//! what it records.
+//!
+//! What it may call: the ingest sink's reads of the erasure list and the
+//! key state ([`crate::ingest::sink::PgSink`]), and the partition list of
+//! [`crate::table::maintain`] (re-key and erasure walk the partitions).
+
+#[cfg(feature = "service")]
+pub mod audit;
+#[cfg(feature = "service")]
+pub mod erased;
+#[cfg(feature = "service")]
+pub mod forget;
+#[cfg(feature = "service")]
+pub mod keys;
+pub mod masking;
+#[cfg(feature = "service")]
+pub mod rekey;
+#[cfg(feature = "service")]
+pub mod reveal;
+#[cfg(feature = "service")]
+pub mod vault;
+#[cfg(feature = "service")]
+pub mod vault_upgrade;

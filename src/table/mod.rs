@@ -1,0 +1,17 @@
+//! The table's life: the `user_logins` schema and its migrations, the
+//! online conversion of an unpartitioned table, and `login-etl maintain`
+//! (partitions made ahead, the DEFAULT partition emptied, retention).
+//!
+//! What it owns:
+//! - [`schema`]: the embedded migrations, how they are applied, the guard
+//!   that refuses to write into a table that could double rows, and
+//!   [`schema::convert`];
+//! - [`maintain`]: the partitions of the coming days, DEFAULT rows moved
+//!   into their own partition, partitions past `RETENTION_DAYS` dropped;
+//!   also the partition list other walks use ([`maintain::partitions`]).
+//!
+//! What it may call: [`crate::ingest::metrics`] for `maintain`'s EMF
+//! document, and nothing else of the ingest path or of privacy.
+
+pub mod maintain;
+pub mod schema;
