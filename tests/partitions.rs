@@ -221,7 +221,7 @@ async fn a_redelivery_and_a_redriven_dlq_copy_land_on_the_originals_row() {
 
     // What a DLQ redrive delivers: new ids, a new SentTimestamp (the next
     // day), the original's id and time in the attributes the function put
-    // on the copy (src/dlq.rs).
+    // on the copy (src/ingest/dlq.rs).
     let mut redriven = original.clone();
     for (i, m) in redriven.records.iter_mut().enumerate() {
         let id = m.message_id.clone().unwrap();
@@ -534,7 +534,7 @@ async fn the_converted_table_past_retention_is_detached_and_dropped() {
     let db = TestDb::create().await;
     db.migrate().await;
     let owner = db.client().await;
-    // What the cutover leaves (src/schema/convert.rs), its history ending
+    // What the cutover leaves (src/table/schema/convert.rs), its history ending
     // 2026-06-01: a partition from MINVALUE, proved by its bounds constraint.
     owner
         .batch_execute(

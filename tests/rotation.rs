@@ -1,4 +1,4 @@
-//! Masking-key rotation (`login-etl rotate-key`, src/rekey/) against the
+//! Masking-key rotation (`login-etl rotate-key`, src/privacy/rekey/) against the
 //! real PostgreSQL, each program as the role `login-etl grants` names for
 //! it: the function as the ingest role, rotate-key as the rotate role,
 //! forget as the erase role with the erasure key only. The PII vault is on

@@ -81,7 +81,7 @@ def test_queue_redrives_to_the_dlq(tpl):
 
 
 def _floor_wait(base, cap, n):
-    """The shortest backoff wait after receive n (src/backoff.rs Schedule::floor)."""
+    """The shortest backoff wait after receive n (src/ingest/backoff.rs Schedule::floor)."""
     d = min(cap, base * 2 ** (n - 1), 43_200)
     return d - d // 2
 
@@ -196,7 +196,7 @@ def test_a_ca_bundle_secret_is_passed_and_readable_only_when_given():
 
 def test_the_log_level_is_the_applications_and_metrics_survive_every_allowed_level(tpl):
     """Lambda drops JSON lines below ApplicationLogLevel; the function writes its
-    EMF documents at the configured level (src/metrics.rs emf_level), which
+    EMF documents at the configured level (src/ingest/metrics.rs emf_level), which
     needs AWS_LAMBDA_LOG_LEVEL, set by Lambda from ApplicationLogLevel."""
     fn = tpl["Resources"]["LoginEtlFunction"]["Properties"]
     assert fn["LoggingConfig"] == {
