@@ -131,10 +131,12 @@ async fn job(
             let attempt = match &chunk.rows_of {
                 Some((segment, rel)) => {
                     let of = (segment, rel.as_str());
-                    super::rekey_chunk(&mut client, &masker, to, of, chunk.from, chunk.to).await
+                    super::rows::rekey_chunk(&mut client, &masker, to, of, chunk.from, chunk.to)
+                        .await
                 }
                 None => {
-                    super::rekey_vault_chunk(&mut client, &masker, to, chunk.from, chunk.to).await
+                    super::vault::rekey_vault_chunk(&mut client, &masker, to, chunk.from, chunk.to)
+                        .await
                 }
             };
             match attempt {

@@ -1,0 +1,122 @@
+//! The lists a re-key moves (steps 2 and 5): the erasure list's user keys
+//! and the audit trail's tokens and user keys, a chunk of entries per
+//! transaction (the owner's functions of migrations/0006).
+
+use tokio_postgres::Client;
+use tokio_postgres::types::Type;
+
+use super::{RekeyError, db};
+use crate::privacy::masking::Masker;
+
+/// Erasure-list entries (or audit records) re-keyed per transaction.
+const LIST_CHUNK: i64 = 1_000;
+
+/// Moves the erasure list's entries still at `to - 1` to `to`, a chunk of
+/// user keys per transaction (the owner's `login_etl_rekey_erased_chunk`);
+/// the entries it moved.
+pub(super) async fn rekey_erasure_list(
+    client: &Client,
+    masker: &Masker,
+    to: u16,
+) -> Result<u64, RekeyError> {
+    let users = masker.users();
+    let from = (to - 1) as i16;
+    let mut done = 0u64;
+    loop {
+        let old: Vec<String> = client
+            .query_typed(
+                "SELECT user_key FROM user_logins_erased WHERE key_version = $1 LIMIT $2",
+                &[(&from, Type::INT2), (&LIST_CHUNK, Type::INT8)],
+            )
+            .await
+            .map_err(db("reading the erasure list"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if old.is_empty() {
+            return Ok(done);
+        }
+        let new: Vec<String> = old
+            .iter()
+            .map(|k| users.rekey_text(k, to).as_str().to_owned())
+            .collect();
+        let moved: i64 = client
+            .query_typed_one(
+                "SELECT login_etl_rekey_erased_chunk($1, $2, $3)",
+                &[
+                    (&old, Type::TEXT_ARRAY),
+                    (&new, Type::TEXT_ARRAY),
+                    (&from, Type::INT2),
+                ],
+            )
+            .await
+            .map_err(db("re-keying a chunk of the erasure list"))?
+            .get(0);
+        done += moved as u64;
+    }
+}
+
+/// Moves the audit trail's tokens and user keys to `to`: each record from
+/// its own version, one step of the chain at a time (the owner's
+/// `login_etl_audit_to_rekey` and `login_etl_rekey_audit_chunk`); the
+/// records it moved.
+pub(super) async fn rekey_audit(
+    client: &Client,
+    masker: &Masker,
+    to: u16,
+) -> Result<u64, RekeyError> {
+    let to_version = to as i16;
+    let (mut after, mut done) = (0i64, 0u64);
+    loop {
+        let rows = client
+            .query_typed(
+                "SELECT id, token, user_key, key_version FROM login_etl_audit_to_rekey($1, $2, $3)",
+                &[
+                    (&to_version, Type::INT2),
+                    (&after, Type::INT8),
+                    (&(LIST_CHUNK as i32), Type::INT4),
+                ],
+            )
+            .await
+            .map_err(db("reading the audit records to re-key"))?;
+        let Some(last) = rows.last() else {
+            return Ok(done);
+        };
+        after = last.get(0);
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut tokens = Vec::with_capacity(rows.len());
+        let mut user_keys = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let from = r.get::<_, i16>(3).max(1) as u16;
+            let step = |mut text: String, users: bool| {
+                for v in from + 1..=to {
+                    text = if users {
+                        masker.users().rekey_text(&text, v)
+                    } else {
+                        masker.rekey_text(&text, v)
+                    }
+                    .as_str()
+                    .to_owned();
+                }
+                text
+            };
+            ids.push(r.get::<_, i64>(0));
+            tokens.push(r.get::<_, Option<String>>(1).map(|t| step(t, false)));
+            user_keys.push(r.get::<_, Option<String>>(2).map(|k| step(k, true)));
+        }
+        let moved: i64 = client
+            .query_typed_one(
+                "SELECT login_etl_rekey_audit_chunk($1, $2, $3, $4)",
+                &[
+                    (&ids, Type::INT8_ARRAY),
+                    (&tokens, Type::TEXT_ARRAY),
+                    (&user_keys, Type::TEXT_ARRAY),
+                    (&to_version, Type::INT2),
+                ],
+            )
+            .await
+            .map_err(db("re-keying a chunk of the audit trail"))?
+            .get(0);
+        done += moved as u64;
+    }
+}

@@ -1,0 +1,187 @@
+//! The switch (step 1 of a re-key): the keys checked against the
+//! database, and the key version moved from n-1 to n in a moment's lock,
+//! tried again while writers, erasures in flight or a DEFAULT drain keep
+//! it from starting.
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
+use tracing::info;
+
+use super::{RekeyError, SWITCH_LOCK_TIMEOUT_MS, db};
+use crate::privacy::masking::Masker;
+
+/// Compares the keys of `version` with the check values the database
+/// records (records them where it has none).
+pub(super) async fn check_keys(
+    client: &Client,
+    masker: &Masker,
+    version: u16,
+) -> Result<(), RekeyError> {
+    let m = masker.at(version).expect("a version the masker holds");
+    let (v, mc, ec) = (version as i16, m.check(), m.users().check());
+    match client
+        .query_typed(
+            "SELECT login_etl_check_keys($1, $2, $3)",
+            &[
+                (&v, Type::INT2),
+                (&mc.as_str(), Type::TEXT),
+                (&ec.as_str(), Type::TEXT),
+            ],
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.code().is_some_and(|c| c.code() == "LE004") => Err(RekeyError::KeyMismatch(
+            e.as_db_error()
+                .map(|d| d.message().to_owned())
+                .unwrap_or_default(),
+        )),
+        Err(e) => Err(db("checking the keys against the database")(e)),
+    }
+}
+
+/// Refuses a switch that would leave something behind: a server without
+/// TID range scans, or an unpartitioned table (its rows are not walked).
+pub(super) async fn ready_to_switch(client: &Client) -> Result<(), RekeyError> {
+    // Chunks are TID range scans (PostgreSQL 14): on 13 each would read the
+    // whole partition.
+    let version: i32 = client
+        .query_typed_one("SELECT current_setting('server_version_num')::int4", &[])
+        .await
+        .map_err(db("reading the server's version"))?
+        .get(0);
+    if version < 140_000 {
+        return Err(RekeyError::ServerTooOld(version));
+    }
+    let partitioned = !crate::table::maintain::partitions(client)
+        .await
+        .map_err(db("listing the partitions"))?
+        .is_empty();
+    if !partitioned {
+        return Err(RekeyError::NotPartitioned);
+    }
+    // Vault entries of the old form: the switch checks them under its locks
+    // (SQLSTATE LE005), where none can arrive in between.
+    Ok(())
+}
+
+/// The switch to version `to` (see the module docs), tried again while
+/// writers hold their lock longer than [`SWITCH_LOCK_TIMEOUT_MS`].
+pub(super) async fn switch(
+    client: &Client,
+    masker: &Masker,
+    to: u16,
+    caller: &str,
+    patience: Duration,
+) -> Result<(), RekeyError> {
+    let next = masker
+        .at(to)
+        .expect("rotate only switches to a version the masker holds");
+    let checks = (next.check(), next.users().check());
+    let checks = (checks.0.as_str(), checks.1.as_str());
+    let since = Instant::now();
+    let mut waited_for_forget = false;
+    loop {
+        let Err(e) = try_switch(client, to, caller, checks).await else {
+            return Ok(());
+        };
+        let _ = client.batch_execute("ROLLBACK").await;
+        let pause = match e.code() {
+            Some(c) if c.code() == "LE005" => return Err(not_upgraded(client).await),
+            Some(c) if c.code() == "LE006" => return Err(RekeyError::VaultIndexMissing),
+            // maintain drains a swapped-out DEFAULT partition: wait for it
+            // (its rows would be out of the walk's sight).
+            Some(c) if c.code() == "LE007" => {
+                if since.elapsed() >= patience {
+                    let seconds = patience.as_secs();
+                    return Err(RekeyError::DrainUnderWay { seconds });
+                }
+                if since.elapsed().as_secs().is_multiple_of(30) {
+                    info!(
+                        "waiting for login-etl maintain to move a swapped-out DEFAULT partition's rows back"
+                    );
+                }
+                Duration::from_secs(1)
+            }
+            // A forget between its deletes and its end holds tokens of the
+            // current version: one in flight ends in seconds (erasure
+            // requests go on during an incident), one that stopped never.
+            Some(c) if c.code() == "LE003" => {
+                let message = e
+                    .as_db_error()
+                    .map(|d| d.message().to_owned())
+                    .unwrap_or_default();
+                if since.elapsed() >= patience {
+                    let seconds = patience.as_secs();
+                    return Err(RekeyError::UnfinishedErasures { message, seconds });
+                }
+                if !waited_for_forget {
+                    waited_for_forget = true;
+                    info!(
+                        "{message}: waiting up to {} s for the forget runs in flight to finish (one that stopped must be run again)",
+                        patience.as_secs()
+                    );
+                }
+                Duration::from_millis(200)
+            }
+            Some(c)
+                if *c == SqlState::LOCK_NOT_AVAILABLE
+                    || *c == SqlState::T_R_SERIALIZATION_FAILURE =>
+            {
+                if since.elapsed() >= patience {
+                    let seconds = patience.as_secs();
+                    return Err(RekeyError::SwitchLocked { seconds });
+                }
+                let jitter = u64::from(since.elapsed().subsec_nanos() % 100);
+                Duration::from_millis(100 + jitter)
+            }
+            _ => return Err(db("switching the key version")(e)),
+        };
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// One attempt at the switch's transaction (`login_etl_switch_key`),
+/// waiting at most [`SWITCH_LOCK_TIMEOUT_MS`] for its lock; on an error
+/// the transaction is still open (the caller rolls it back).
+async fn try_switch(
+    client: &Client,
+    to: u16,
+    caller: &str,
+    (masking_check, erasure_check): (&str, &str),
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL lock_timeout = {SWITCH_LOCK_TIMEOUT_MS}"
+        ))
+        .await?;
+    client
+        .query_typed(
+            "SELECT login_etl_switch_key($1, $2, $3, $4)",
+            &[
+                (&(to as i16), Type::INT2),
+                (&caller, Type::TEXT),
+                (&masking_check, Type::TEXT),
+                (&erasure_check, Type::TEXT),
+            ],
+        )
+        .await?;
+    client.batch_execute("COMMIT").await
+}
+
+/// The switch refused vault entries of the old form: how many there are.
+async fn not_upgraded(client: &Client) -> RekeyError {
+    let counted = client
+        .query_typed_one(
+            "SELECT count(*) FROM user_logins_pii_vault WHERE aad_version = 1",
+            &[],
+        )
+        .await;
+    match counted {
+        Ok(row) => RekeyError::VaultNotUpgraded(row.get(0)),
+        Err(e) => db("counting vault entries of the old form")(e),
+    }
+}
