@@ -175,150 +175,165 @@ const AUDIT_COLUMNS: &[&str] = &[
     "detail",
 ];
 
+/// The table grants of the ingest role: The function: its writes, the lost-reply recount, the vault's entries, the erasure list.
+const INGEST_GRANTS: &[Grant] = &[
+    // Table-level: the write transaction first takes ROW EXCLUSIVE
+    // with LOCK TABLE (see login_etl_refuse_erased), which a
+    // column-level grant does not allow.
+    ("INSERT", "user_logins", &[]),
+    // The lost-reply recount finds the batch's rows by their key
+    // and reads xmin.
+    (
+        "SELECT",
+        "user_logins",
+        &["message_id", "sent_at", "create_date", "xmin"],
+    ),
+    (
+        "INSERT",
+        "user_logins_vault_keys",
+        &["key_id", "kms_key_id", "wrapped_key"],
+    ),
+    ("SELECT", "user_logins_vault_keys", &["key_id"]),
+    (
+        "INSERT",
+        "user_logins_pii_vault",
+        &[
+            "kind",
+            "token",
+            "key_id",
+            "nonce",
+            "ciphertext",
+            "key_version",
+            "aad_version",
+        ],
+    ),
+    ("SELECT", "user_logins_pii_vault", &["kind", "token"]),
+    // The erasure list, kept in memory, and the check of its version
+    // and the key's (login_etl_refuse_erased, invoker's rights).
+    ("SELECT", "user_logins_erased", &["user_key", "seq"]),
+];
+
+/// The table grants of the reveal role: `reveal` and `vault-upgrade`: the tokens, the vault's entries and keys, its audit records.
+const REVEAL_GRANTS: &[Grant] = &[
+    // The key version of each token, which its audit record names
+    // (rotate-key re-keys the audit trail too).
+    (
+        "SELECT",
+        "user_logins",
+        &["user_id", "masked_ip", "masked_device_id", "key_version"],
+    ),
+    (
+        "SELECT",
+        "user_logins_pii_vault",
+        &[
+            "kind",
+            "token",
+            "key_id",
+            "nonce",
+            "ciphertext",
+            "aad_version",
+            "key_version",
+        ],
+    ),
+    (
+        "SELECT",
+        "user_logins_vault_keys",
+        &["key_id", "wrapped_key"],
+    ),
+    // Its audit record, in the transaction that reads.
+    ("INSERT", "user_logins_pii_audit", REVEAL_AUDIT),
+    // `login-etl vault-upgrade`: re-seals entries from before key
+    // versions (it decrypts them, as a reveal does, and keeps the
+    // values in memory) so that a re-key can change their tokens.
+    (
+        "UPDATE",
+        "user_logins_pii_vault",
+        &["nonce", "ciphertext", "aad_version"],
+    ),
+];
+
+/// The table grants of the erase role: `forget`: the user's rows, the vault entries moved aside and back, the erasure list, its audit.
+const ERASE_GRANTS: &[Grant] = &[
+    // Deletes one partition (by create_date) at a time.
+    (
+        "SELECT",
+        "user_logins",
+        &["user_id", "masked_ip", "masked_device_id", "create_date"],
+    ),
+    ("DELETE", "user_logins", &[]),
+    // Moves the user's vault entries aside while it checks who else
+    // uses them, then puts back those in use (it cannot decrypt them).
+    ("SELECT", "user_logins_pii_vault", VAULT_ENTRY),
+    ("DELETE", "user_logins_pii_vault", &[]),
+    ("INSERT", "user_logins_pii_vault", VAULT_ENTRY),
+    ("SELECT", "user_logins_erasure_tokens", ERASURE_TOKEN),
+    ("INSERT", "user_logins_erasure_tokens", ERASURE_TOKEN),
+    ("DELETE", "user_logins_erasure_tokens", &[]),
+    ("SELECT", "user_logins_pii_vault_held", HELD_ENTRY),
+    ("INSERT", "user_logins_pii_vault_held", HELD_ENTRY),
+    ("DELETE", "user_logins_pii_vault_held", &[]),
+    // The erasure list (ON CONFLICT reads the arbiter) and the audit.
+    ("INSERT", "user_logins_erased", &["user_key", "key_version"]),
+    ("SELECT", "user_logins_erased", &["user_key"]),
+    ("INSERT", "user_logins_pii_audit", FORGET_AUDIT),
+];
+
+/// The table grants of the audit role: `audit`: the audit trail, read only.
+const AUDIT_GRANTS: &[Grant] = &[("SELECT", "user_logins_pii_audit", AUDIT_COLUMNS)];
+
+/// The table grants of the rotate role: `rotate-key`: the tokens and their version, by chunks of pages; the erasure list; the counters.
+const ROTATE_GRANTS: &[Grant] = &[
+    // Chunks of pages (ctid ranges) of one partition at a time
+    // (tableoid), through the parent; the tokens and their version only.
+    (
+        "SELECT",
+        "user_logins",
+        &[
+            "tableoid",
+            "ctid",
+            "masked_ip",
+            "masked_device_id",
+            "key_version",
+            "create_date",
+        ],
+    ),
+    (
+        "UPDATE",
+        "user_logins",
+        &["masked_ip", "masked_device_id", "key_version"],
+    ),
+    // The vault's tokens (never its ciphertexts), read by chunk;
+    // the owner's login_etl_rekey_vault_chunk moves them.
+    (
+        "SELECT",
+        "user_logins_pii_vault",
+        &["ctid", "kind", "token", "key_version", "aad_version"],
+    ),
+    // The erasure list, read to compute its next user keys (the
+    // owner's login_etl_rekey_erased_chunk writes them).
+    ("SELECT", "user_logins_erased", &["user_key", "key_version"]),
+    (
+        "SELECT",
+        "user_logins_key_state",
+        &[
+            "version",
+            "rekey_from",
+            "rekey_rows",
+            "rekey_vault",
+            "erasure_derived",
+        ],
+    ),
+    ("UPDATE", "user_logins_key_state", &["rekey_rows"]),
+];
+
 fn table_grants(role: Role) -> &'static [Grant] {
     match role {
-        Role::Ingest => &[
-            // Table-level: the write transaction first takes ROW EXCLUSIVE
-            // with LOCK TABLE (see login_etl_refuse_erased), which a
-            // column-level grant does not allow.
-            ("INSERT", "user_logins", &[]),
-            // The lost-reply recount finds the batch's rows by their key
-            // and reads xmin.
-            (
-                "SELECT",
-                "user_logins",
-                &["message_id", "sent_at", "create_date", "xmin"],
-            ),
-            (
-                "INSERT",
-                "user_logins_vault_keys",
-                &["key_id", "kms_key_id", "wrapped_key"],
-            ),
-            ("SELECT", "user_logins_vault_keys", &["key_id"]),
-            (
-                "INSERT",
-                "user_logins_pii_vault",
-                &[
-                    "kind",
-                    "token",
-                    "key_id",
-                    "nonce",
-                    "ciphertext",
-                    "key_version",
-                    "aad_version",
-                ],
-            ),
-            ("SELECT", "user_logins_pii_vault", &["kind", "token"]),
-            // The erasure list, kept in memory, and the check of its version
-            // and the key's (login_etl_refuse_erased, invoker's rights).
-            ("SELECT", "user_logins_erased", &["user_key", "seq"]),
-        ],
-        Role::Reveal => &[
-            // The key version of each token, which its audit record names
-            // (rotate-key re-keys the audit trail too).
-            (
-                "SELECT",
-                "user_logins",
-                &["user_id", "masked_ip", "masked_device_id", "key_version"],
-            ),
-            (
-                "SELECT",
-                "user_logins_pii_vault",
-                &[
-                    "kind",
-                    "token",
-                    "key_id",
-                    "nonce",
-                    "ciphertext",
-                    "aad_version",
-                    "key_version",
-                ],
-            ),
-            (
-                "SELECT",
-                "user_logins_vault_keys",
-                &["key_id", "wrapped_key"],
-            ),
-            // Its audit record, in the transaction that reads.
-            ("INSERT", "user_logins_pii_audit", REVEAL_AUDIT),
-            // `login-etl vault-upgrade`: re-seals entries from before key
-            // versions (it decrypts them, as a reveal does, and keeps the
-            // values in memory) so that a re-key can change their tokens.
-            (
-                "UPDATE",
-                "user_logins_pii_vault",
-                &["nonce", "ciphertext", "aad_version"],
-            ),
-        ],
-        Role::Erase => &[
-            // Deletes one partition (by create_date) at a time.
-            (
-                "SELECT",
-                "user_logins",
-                &["user_id", "masked_ip", "masked_device_id", "create_date"],
-            ),
-            ("DELETE", "user_logins", &[]),
-            // Moves the user's vault entries aside while it checks who else
-            // uses them, then puts back those in use (it cannot decrypt them).
-            ("SELECT", "user_logins_pii_vault", VAULT_ENTRY),
-            ("DELETE", "user_logins_pii_vault", &[]),
-            ("INSERT", "user_logins_pii_vault", VAULT_ENTRY),
-            ("SELECT", "user_logins_erasure_tokens", ERASURE_TOKEN),
-            ("INSERT", "user_logins_erasure_tokens", ERASURE_TOKEN),
-            ("DELETE", "user_logins_erasure_tokens", &[]),
-            ("SELECT", "user_logins_pii_vault_held", HELD_ENTRY),
-            ("INSERT", "user_logins_pii_vault_held", HELD_ENTRY),
-            ("DELETE", "user_logins_pii_vault_held", &[]),
-            // The erasure list (ON CONFLICT reads the arbiter) and the audit.
-            ("INSERT", "user_logins_erased", &["user_key", "key_version"]),
-            ("SELECT", "user_logins_erased", &["user_key"]),
-            ("INSERT", "user_logins_pii_audit", FORGET_AUDIT),
-        ],
+        Role::Ingest => INGEST_GRANTS,
+        Role::Reveal => REVEAL_GRANTS,
+        Role::Erase => ERASE_GRANTS,
         Role::Migrate | Role::Maintain => &[],
-        Role::Audit => &[("SELECT", "user_logins_pii_audit", AUDIT_COLUMNS)],
-        Role::Rotate => &[
-            // Chunks of pages (ctid ranges) of one partition at a time
-            // (tableoid), through the parent; the tokens and their version only.
-            (
-                "SELECT",
-                "user_logins",
-                &[
-                    "tableoid",
-                    "ctid",
-                    "masked_ip",
-                    "masked_device_id",
-                    "key_version",
-                    "create_date",
-                ],
-            ),
-            (
-                "UPDATE",
-                "user_logins",
-                &["masked_ip", "masked_device_id", "key_version"],
-            ),
-            // The vault's tokens (never its ciphertexts), read by chunk;
-            // the owner's login_etl_rekey_vault_chunk moves them.
-            (
-                "SELECT",
-                "user_logins_pii_vault",
-                &["ctid", "kind", "token", "key_version", "aad_version"],
-            ),
-            // The erasure list, read to compute its next user keys (the
-            // owner's login_etl_rekey_erased_chunk writes them).
-            ("SELECT", "user_logins_erased", &["user_key", "key_version"]),
-            (
-                "SELECT",
-                "user_logins_key_state",
-                &[
-                    "version",
-                    "rekey_from",
-                    "rekey_rows",
-                    "rekey_vault",
-                    "erasure_derived",
-                ],
-            ),
-            ("UPDATE", "user_logins_key_state", &["rekey_rows"]),
-        ],
+        Role::Audit => AUDIT_GRANTS,
+        Role::Rotate => ROTATE_GRANTS,
     }
 }
 

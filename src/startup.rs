@@ -103,19 +103,7 @@ pub async fn build_with(
     if let Some(secrets) = &secrets {
         // A rotation that begins after this cold start moves the database
         // to a version this environment has never read: read the keys again.
-        let (masking, erasure, secrets) = (
-            config.masking_key.clone(),
-            config.erasure_key.clone(),
-            secrets.clone(),
-        );
-        handler = handler.with_key_reload(Box::new(move || {
-            let (masking, erasure, secrets) = (masking.clone(), erasure.clone(), secrets.clone());
-            Box::pin(async move {
-                crate::startup::masker(&masking, erasure.as_ref(), Some(&secrets))
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-        }));
+        handler = handler.with_key_reload(key_reload(config, secrets));
     }
     if let Some(data_key) = data_key {
         info!(
@@ -137,6 +125,23 @@ pub async fn build_with(
     }
     handler = handler.with_refused_max_receives(config.refused_max_receives);
     Ok(handler)
+}
+
+/// Reads the masking and erasure keys of `config` again from `secrets`.
+fn key_reload(config: &Config, secrets: &Secrets) -> crate::privacy::keys::KeyReload {
+    let (masking, erasure, secrets) = (
+        config.masking_key.clone(),
+        config.erasure_key.clone(),
+        secrets.clone(),
+    );
+    Box::new(move || {
+        let (masking, erasure, secrets) = (masking.clone(), erasure.clone(), secrets.clone());
+        Box::pin(async move {
+            crate::startup::masker(&masking, erasure.as_ref(), Some(&secrets))
+                .await
+                .map_err(|e| e.to_string())
+        })
+    })
 }
 
 /// Applies the schema to the configured database and returns its target

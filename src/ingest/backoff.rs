@@ -340,40 +340,7 @@ impl Visibility {
                 .collect();
             for chunk in entries.chunks(MAX_ENTRIES) {
                 let (client, url, chunk) = (self.client.clone(), url.clone(), chunk.to_vec());
-                calls.spawn(async move {
-                    let (positions, entries): (Vec<usize>, Vec<_>) = chunk.into_iter().unzip();
-                    match client
-                        .change_message_visibility_batch()
-                        .queue_url(url)
-                        .set_entries(Some(entries))
-                        .send()
-                        .await
-                    {
-                        Ok(out) => {
-                            for failed in out.failed() {
-                                warn!(
-                                    entry = failed.id(),
-                                    code = failed.code(),
-                                    "SQS refused a visibility change; that record is redelivered after the queue's visibility timeout"
-                                );
-                            }
-                            out.successful()
-                                .iter()
-                                .filter_map(|s| s.id().parse::<usize>().ok())
-                                .filter(|p| positions.contains(p))
-                                .collect()
-                        }
-                        Err(e) => {
-                            warn!(
-                                records = positions.len(),
-                                code = e.code().unwrap_or("none"),
-                                error = %DisplayErrorContext(&e),
-                                "changing the visibility of failed records failed (check sqs:ChangeMessageVisibility on the queue); they are redelivered after the queue's visibility timeout"
-                            );
-                            Vec::new()
-                        }
-                    }
-                });
+                calls.spawn(change_batch(client, url, chunk));
             }
             let mut held = Vec::new();
             while let Some(done) = calls.join_next().await {
@@ -395,6 +362,47 @@ impl Visibility {
         };
         held.sort_unstable();
         held
+    }
+}
+
+/// One `ChangeMessageVisibilityBatch` call for `chunk` (position, entry);
+/// the positions SQS confirmed.
+async fn change_batch(
+    client: aws_sdk_sqs::Client,
+    url: String,
+    chunk: Vec<(usize, ChangeMessageVisibilityBatchRequestEntry)>,
+) -> Vec<usize> {
+    let (positions, entries): (Vec<usize>, Vec<_>) = chunk.into_iter().unzip();
+    match client
+        .change_message_visibility_batch()
+        .queue_url(url)
+        .set_entries(Some(entries))
+        .send()
+        .await
+    {
+        Ok(out) => {
+            for failed in out.failed() {
+                warn!(
+                    entry = failed.id(),
+                    code = failed.code(),
+                    "SQS refused a visibility change; that record is redelivered after the queue's visibility timeout"
+                );
+            }
+            out.successful()
+                .iter()
+                .filter_map(|s| s.id().parse::<usize>().ok())
+                .filter(|p| positions.contains(p))
+                .collect()
+        }
+        Err(e) => {
+            warn!(
+                records = positions.len(),
+                code = e.code().unwrap_or("none"),
+                error = %DisplayErrorContext(&e),
+                "changing the visibility of failed records failed (check sqs:ChangeMessageVisibility on the queue); they are redelivered after the queue's visibility timeout"
+            );
+            Vec::new()
+        }
     }
 }
 

@@ -164,30 +164,7 @@ impl Metrics {
         timestamp_ms: i64,
         cold_start: bool,
     ) -> Vec<Value> {
-        let rejected: usize = m.rejected.values().sum();
-        let mut metrics = vec![
-            ("RecordsReceived", m.received as u64, "Count"),
-            ("RowsInserted", m.inserted, "Count"),
-            ("Duplicates", m.duplicates, "Count"),
-            ("Rejected", rejected as u64, "Count"),
-            ("Refused", m.refused as u64, "Count"),
-            ("BatchItemFailures", m.batch_item_failures as u64, "Count"),
-            ("SentToDlq", m.sent_to_dlq as u64, "Count"),
-            ("BatchDurationMs", m.duration_ms, "Milliseconds"),
-            ("BatchFailed", u64::from(m.failure.is_some()), "Count"),
-            ("InvocationFailed", u64::from(m.invocation_failed), "Count"),
-            ("RecordsBackedOff", m.backed_off as u64, "Count"),
-            (
-                "VisibilityChangesFailed",
-                m.visibility_change_failed as u64,
-                "Count",
-            ),
-            ("RefusedToDlq", m.refused_to_dlq as u64, "Count"),
-            ("ErasedSkipped", m.erased as u64, "Count"),
-        ];
-        if let Some(lag) = m.ingest_lag_ms {
-            metrics.push(("IngestLagMs", lag, "Milliseconds"));
-        }
+        let metrics = counts(m);
         let mut directives = vec![json!({
             "Namespace": self.namespace,
             "Dimensions": [["service"]],
@@ -227,41 +204,85 @@ impl Metrics {
         root.insert("copied".into(), json!(m.copied));
         let mut docs = vec![Value::Object(root)];
         if let Some(class) = m.failure {
-            docs.push(json!({
-                "_aws": {
-                    "Timestamp": timestamp_ms,
-                    "CloudWatchMetrics": [{
-                        "Namespace": self.namespace,
-                        "Dimensions": [["service", "failure_class"]],
-                        "Metrics": [{"Name": "BatchFailed", "Unit": "Count"}],
-                    }],
-                },
-                "level": self.level,
-                "message": "batch write failed",
-                "service": self.service,
-                "failure_class": class,
-                "BatchFailed": 1,
-            }));
+            let failed = json!({"failure_class": class, "BatchFailed": 1});
+            docs.push(self.by(
+                timestamp_ms,
+                "failure_class",
+                "BatchFailed",
+                "batch write failed",
+                failed,
+            ));
         }
         for (reason, n) in &m.rejected {
-            docs.push(json!({
-                "_aws": {
-                    "Timestamp": timestamp_ms,
-                    "CloudWatchMetrics": [{
-                        "Namespace": self.namespace,
-                        "Dimensions": [["service", "reason"]],
-                        "Metrics": [{"Name": "Rejected", "Unit": "Count"}],
-                    }],
-                },
-                "level": self.level,
-                "message": "records rejected",
-                "service": self.service,
-                "reason": reason,
-                "Rejected": n,
-            }));
+            let rejected = json!({"reason": reason, "Rejected": n});
+            docs.push(self.by(
+                timestamp_ms,
+                "reason",
+                "Rejected",
+                "records rejected",
+                rejected,
+            ));
         }
         docs
     }
+
+    /// A document of one count, `metric`, under the dimension `dimension`
+    /// beside `service`; `fields` holds the dimension's value and the count.
+    fn by(
+        &self,
+        timestamp_ms: i64,
+        dimension: &str,
+        metric: &str,
+        message: &str,
+        fields: Value,
+    ) -> Value {
+        let mut doc = json!({
+            "_aws": {
+                "Timestamp": timestamp_ms,
+                "CloudWatchMetrics": [{
+                    "Namespace": self.namespace,
+                    "Dimensions": [["service", dimension]],
+                    "Metrics": [{"Name": metric, "Unit": "Count"}],
+                }],
+            },
+            "level": self.level,
+            "message": message,
+            "service": self.service,
+        });
+        if let (Some(doc), Value::Object(fields)) = (doc.as_object_mut(), fields) {
+            doc.extend(fields);
+        }
+        doc
+    }
+}
+
+/// The summary document's metrics: name, value, unit.
+fn counts(m: &InvocationMetrics) -> Vec<(&'static str, u64, &'static str)> {
+    let rejected: usize = m.rejected.values().sum();
+    let mut metrics = vec![
+        ("RecordsReceived", m.received as u64, "Count"),
+        ("RowsInserted", m.inserted, "Count"),
+        ("Duplicates", m.duplicates, "Count"),
+        ("Rejected", rejected as u64, "Count"),
+        ("Refused", m.refused as u64, "Count"),
+        ("BatchItemFailures", m.batch_item_failures as u64, "Count"),
+        ("SentToDlq", m.sent_to_dlq as u64, "Count"),
+        ("BatchDurationMs", m.duration_ms, "Milliseconds"),
+        ("BatchFailed", u64::from(m.failure.is_some()), "Count"),
+        ("InvocationFailed", u64::from(m.invocation_failed), "Count"),
+        ("RecordsBackedOff", m.backed_off as u64, "Count"),
+        (
+            "VisibilityChangesFailed",
+            m.visibility_change_failed as u64,
+            "Count",
+        ),
+        ("RefusedToDlq", m.refused_to_dlq as u64, "Count"),
+        ("ErasedSkipped", m.erased as u64, "Count"),
+    ];
+    if let Some(lag) = m.ingest_lag_ms {
+        metrics.push(("IngestLagMs", lag, "Milliseconds"));
+    }
+    metrics
 }
 
 #[cfg(test)]

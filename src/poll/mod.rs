@@ -47,6 +47,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use tokio::signal::unix::Signal;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
@@ -285,7 +286,18 @@ pub async fn run(options: Options) -> Result<Arc<Stats>, PollError> {
         grace_period_s = options.grace_period.as_secs(),
         "stopping: no more receives; finishing the batches in flight"
     );
-    let grace = tokio::time::sleep(options.grace_period);
+    finish(workers, options.grace_period, (&mut sigterm, &mut sigint)).await?;
+    Ok(stats)
+}
+
+/// Waits for the workers to finish their batches in flight, at most
+/// `grace_period`, or until a second signal.
+async fn finish(
+    mut workers: JoinSet<()>,
+    grace_period: Duration,
+    (sigterm, sigint): (&mut Signal, &mut Signal),
+) -> Result<(), PollError> {
+    let grace = tokio::time::sleep(grace_period);
     tokio::pin!(grace);
     loop {
         tokio::select! {
@@ -297,7 +309,7 @@ pub async fn run(options: Options) -> Result<Arc<Stats>, PollError> {
             _ = &mut grace => {
                 let batches = workers.len();
                 workers.abort_all();
-                return Err(PollError::GraceExceeded { batches, grace_s: options.grace_period.as_secs() });
+                return Err(PollError::GraceExceeded { batches, grace_s: grace_period.as_secs() });
             }
             _ = sigterm.recv() => {
                 let batches = workers.len();
@@ -311,7 +323,7 @@ pub async fn run(options: Options) -> Result<Arc<Stats>, PollError> {
             }
         }
     }
-    Ok(stats)
+    Ok(())
 }
 
 /// Opens the queue (its attributes) and finds the dead-letter queue:

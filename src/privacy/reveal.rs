@@ -137,20 +137,13 @@ async fn tokens(
     })
 }
 
-/// Reveals what `target` names, for the caller `caller_arn` (from STS
-/// `GetCallerIdentity`). First, in one transaction, it reads the vault
-/// entries and writes one audit record per token to
-/// `user_logins_pii_audit`; only once that has committed does it unwrap each
-/// data key through `kms` (`Decrypt`, once per key) and decrypt: a reveal
-/// that cannot write its audit record reveals nothing. `audit` also gets one
-/// JSON line per value (kind and token, never the value).
-pub async fn reveal(
+/// The vault entries of `target`'s tokens, read in one transaction with
+/// one audit record per token, committed before anything is decrypted.
+async fn read_and_audit(
     client: &mut Client,
-    kms: &aws_sdk_kms::Client,
     target: &Target,
     caller_arn: &str,
-    audit: &mut dyn FnMut(&str),
-) -> Result<Vec<Revealed>, RevealError> {
+) -> Result<Vec<(Kind, String, Option<tokio_postgres::Row>)>, RevealError> {
     let tx = client
         .transaction()
         .await
@@ -195,7 +188,24 @@ pub async fn reveal(
     tx.commit()
         .await
         .map_err(db("committing the audit records (nothing was revealed)"))?;
+    Ok(found)
+}
 
+/// Reveals what `target` names, for the caller `caller_arn` (from STS
+/// `GetCallerIdentity`). First, in one transaction, it reads the vault
+/// entries and writes one audit record per token to
+/// `user_logins_pii_audit`; only once that has committed does it unwrap each
+/// data key through `kms` (`Decrypt`, once per key) and decrypt: a reveal
+/// that cannot write its audit record reveals nothing. `audit` also gets one
+/// JSON line per value (kind and token, never the value).
+pub async fn reveal(
+    client: &mut Client,
+    kms: &aws_sdk_kms::Client,
+    target: &Target,
+    caller_arn: &str,
+    audit: &mut dyn FnMut(&str),
+) -> Result<Vec<Revealed>, RevealError> {
+    let found = read_and_audit(client, target, caller_arn).await?;
     let mut keys: HashMap<String, DataKey> = HashMap::new();
     let mut out = Vec::new();
     for (kind, token, row) in found {

@@ -193,51 +193,9 @@ pub async fn run(client: &Client, options: &MaintainOptions) -> Result<MaintainR
     let premade: Vec<NaiveDate> = (-schema::PREMAKE_PAST_DAYS..=i64::from(options.premake_days))
         .map(|offset| today + TimeDelta::days(offset))
         .collect();
-    // A DEFAULT partition too large to empty under its lock (days of
-    // failed runs) is swapped out, unless a drain (this run's, or one an
-    // earlier run began and did not finish) is under way already.
-    let mut draining = drain_state(client).await?;
-    if !draining
-        && default_size(client, options.default_move_limit).await? > options.default_move_limit
-    {
-        draining = swap_default(client, &[today - TimeDelta::days(1), today]).await?;
-        if !draining {
-            warn!(
-                "a masking-key re-key is under way: the DEFAULT partition's rows stay there until it ends (login-etl rotate-key --status)"
-            );
-        }
+    if draining(client, options, today).await? {
+        drain_default(client, options, cutoff, &premade, &mut report).await?;
     }
-    if draining {
-        // The partitions first (today's at once, while the new DEFAULT
-        // partition holds a moment's rows), then the drained days' (read
-        // from the drain, which takes a while), then the rows back.
-        let mut days = premade.clone();
-        for day in premade.iter().copied() {
-            if let Ensured::Made(made) =
-                schema::ensure_partition_bounded(client, day, options.default_move_limit).await?
-            {
-                info!(partition = %made.name, moved = made.moved, "partition made while the DEFAULT partition is drained");
-                report.created.push(made);
-            }
-        }
-        days.clear();
-        for (day, rows) in days_of(client, "login_etl_drain_days()").await? {
-            if let Some(day) = day.filter(|d| cutoff.is_none_or(|c| *d >= c)) {
-                info!(%day, rows, "rows of the swapped-out DEFAULT partition: making their partition");
-                days.push(day);
-            }
-        }
-        for day in days {
-            if let Ensured::Made(made) =
-                schema::ensure_partition_bounded(client, day, options.default_move_limit).await?
-            {
-                info!(partition = %made.name, moved = made.moved, "partition made while the DEFAULT partition is drained");
-                report.created.push(made);
-            }
-        }
-        report.drained_from_default += drain(client).await?;
-    }
-
     // The coming days first: the step that keeps rows out of the DEFAULT
     // partition; then the days of rows that found no partition (unless
     // past retention).
@@ -258,37 +216,113 @@ pub async fn run(client: &Client, options: &MaintainOptions) -> Result<MaintainR
             Ensured::Deferred => report.deferred += 1,
         }
     }
-
     if let Some(cutoff) = cutoff {
-        report.purged_from_default = with_lock_retries("purging the DEFAULT partition", || async {
-            let row = client
-                .query_typed_one(
-                    "SELECT login_etl_purge_default($1)",
-                    &[(&cutoff, Type::DATE)],
-                )
-                .await?;
-            Ok(row.get::<_, i64>(0))
-        })
-        .await?;
-        for name in expired(client, cutoff).await? {
-            let detached = with_lock_retries("detaching a partition past retention", || async {
-                let row = client
-                    .query_typed_one(
-                        "SELECT login_etl_drop_partition($1, $2)",
-                        &[(&name, Type::TEXT), (&cutoff, Type::DATE)],
-                    )
-                    .await?;
-                Ok(row.get::<_, Option<i64>>(0))
-            })
-            .await?;
-            if let Some(rows) = detached {
-                info!(partition = %name, rows_estimate = rows, %cutoff, "partition past retention detached");
-                report.dropped.push((name, rows));
-            }
+        retention(client, cutoff, &mut report).await?;
+    }
+    drop_detached(client).await?;
+    report.default_rows = default_days(client)
+        .await?
+        .iter()
+        .map(|(_, rows)| rows)
+        .sum();
+    report.duration = started.elapsed();
+    Ok(report)
+}
+
+/// Whether a drain of a swapped-out DEFAULT partition is under way: one
+/// an earlier run began and did not finish, or one begun now because the
+/// DEFAULT partition is too large to empty under its lock (days of failed
+/// runs), unless a re-key keeps it from being swapped.
+async fn draining(
+    client: &Client,
+    options: &MaintainOptions,
+    today: NaiveDate,
+) -> Result<bool, SinkError> {
+    if drain_state(client).await? {
+        return Ok(true);
+    }
+    if default_size(client, options.default_move_limit).await? <= options.default_move_limit {
+        return Ok(false);
+    }
+    let swapped = swap_default(client, &[today - TimeDelta::days(1), today]).await?;
+    if !swapped {
+        warn!(
+            "a masking-key re-key is under way: the DEFAULT partition's rows stay there until it ends (login-etl rotate-key --status)"
+        );
+    }
+    Ok(swapped)
+}
+
+/// The partitions first (today's at once, while the new DEFAULT partition
+/// holds a moment's rows), then the drained days' (read from the drain,
+/// which takes a while), then the rows back.
+async fn drain_default(
+    client: &Client,
+    options: &MaintainOptions,
+    cutoff: Option<NaiveDate>,
+    premade: &[NaiveDate],
+    report: &mut MaintainReport,
+) -> Result<(), SinkError> {
+    let make = async |day: NaiveDate, report: &mut MaintainReport| {
+        let limit = options.default_move_limit;
+        if let Ensured::Made(made) = schema::ensure_partition_bounded(client, day, limit).await? {
+            info!(partition = %made.name, moved = made.moved, "partition made while the DEFAULT partition is drained");
+            report.created.push(made);
+        }
+        Ok::<_, SinkError>(())
+    };
+    for &day in premade {
+        make(day, report).await?;
+    }
+    for (day, rows) in days_of(client, "login_etl_drain_days()").await? {
+        if let Some(day) = day.filter(|d| cutoff.is_none_or(|c| *d >= c)) {
+            info!(%day, rows, "rows of the swapped-out DEFAULT partition: making their partition");
+            make(day, report).await?;
         }
     }
-    // The DROP in a transaction of its own: the detach's lock is long gone
-    // when the files go. Also drops what a run that stopped between left.
+    report.drained_from_default += drain(client).await?;
+    Ok(())
+}
+
+/// Retention: the DEFAULT partition's rows before `cutoff` deleted, and
+/// the partitions wholly before it detached (dropped by [`drop_detached`]).
+async fn retention(
+    client: &Client,
+    cutoff: NaiveDate,
+    report: &mut MaintainReport,
+) -> Result<(), SinkError> {
+    report.purged_from_default = with_lock_retries("purging the DEFAULT partition", || async {
+        let row = client
+            .query_typed_one(
+                "SELECT login_etl_purge_default($1)",
+                &[(&cutoff, Type::DATE)],
+            )
+            .await?;
+        Ok(row.get::<_, i64>(0))
+    })
+    .await?;
+    for name in expired(client, cutoff).await? {
+        let detached = with_lock_retries("detaching a partition past retention", || async {
+            let row = client
+                .query_typed_one(
+                    "SELECT login_etl_drop_partition($1, $2)",
+                    &[(&name, Type::TEXT), (&cutoff, Type::DATE)],
+                )
+                .await?;
+            Ok(row.get::<_, Option<i64>>(0))
+        })
+        .await?;
+        if let Some(rows) = detached {
+            info!(partition = %name, rows_estimate = rows, %cutoff, "partition past retention detached");
+            report.dropped.push((name, rows));
+        }
+    }
+    Ok(())
+}
+
+/// The DROP in a transaction of its own: the detach's lock is long gone
+/// when the files go. Also drops what a run that stopped between left.
+async fn drop_detached(client: &Client) -> Result<(), SinkError> {
     let dropped = with_lock_retries("dropping detached partitions", || async {
         let rows = client
             .query_typed("SELECT login_etl_drop_detached()", &[])
@@ -303,14 +337,7 @@ pub async fn run(client: &Client, options: &MaintainOptions) -> Result<MaintainR
         // Counted where it was detached (this run, or one that stopped).
         info!(partition = %name, "detached partition dropped");
     }
-
-    report.default_rows = default_days(client)
-        .await?
-        .iter()
-        .map(|(_, rows)| rows)
-        .sum();
-    report.duration = started.elapsed();
-    Ok(report)
+    Ok(())
 }
 
 /// The DEFAULT partition's rows, counted up to `cap + 1`.

@@ -241,7 +241,7 @@ pub(super) async fn rekey_chunk(
 ) -> Result<u64, RekeyError> {
     let (cond, bounds) = segment.condition(5);
     let (lo, hi) = (format!("({from_page},0)"), format!("({to_page},0)"));
-    let (old_version, new_version) = ((to - 1) as i16, to as i16);
+    let old_version = (to - 1) as i16;
     let tx = client.transaction().await.map_err(db("starting a chunk"))?;
     // The UPDATE below joins the chunk's rows with the list of their new
     // tokens. Trusting the statistics, the planner may take the rows still
@@ -284,30 +284,8 @@ pub(super) async fn rekey_chunk(
     let moved = if rows.is_empty() {
         0
     } else {
-        let moved = Moved::of(&rows, masker, to);
-        let (cond, bounds) = segment.condition(9);
-        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
-            (&moved.tids, Type::TEXT_ARRAY),
-            (&moved.ips, Type::VARCHAR_ARRAY),
-            (&moved.devices, Type::VARCHAR_ARRAY),
-            (&old_version, Type::INT2),
-            (&new_version, Type::INT2),
-            (&rel, Type::TEXT),
-            (&lo, Type::TEXT),
-            (&hi, Type::TEXT),
-        ];
-        params.extend(dates(&bounds));
-        tx.execute_typed(
-            &format!(
-                "UPDATE user_logins u SET masked_ip = m.ip, masked_device_id = m.dev, key_version = $5 \
-                 FROM unnest($1::text[]::tid[], $2::varchar[], $3::varchar[]) AS m(t, ip, dev) \
-                 WHERE u.ctid = m.t AND u.ctid >= $7::text::tid AND u.ctid < $8::text::tid \
-                 AND u.tableoid = to_regclass($6) AND u.key_version = $4 AND {cond}"
-            ),
-            &params,
-        )
-        .await
-        .map_err(db("re-keying a chunk of rows"))?
+        let at = (segment, rel, lo.as_str(), hi.as_str());
+        update_chunk(&tx, at, &Moved::of(&rows, masker, to), to).await?
     };
     if moved > 0 {
         tx.execute_typed(
@@ -319,6 +297,40 @@ pub(super) async fn rekey_chunk(
     }
     tx.commit().await.map_err(db("committing a chunk"))?;
     Ok(moved)
+}
+
+/// The chunk's rows at `to - 1`, within its pages of `rel`, updated to
+/// their new tokens at version `to`; the rows moved.
+async fn update_chunk(
+    tx: &tokio_postgres::Transaction<'_>,
+    (segment, rel, lo, hi): (&Segment, &str, &str, &str),
+    moved: &Moved,
+    to: u16,
+) -> Result<u64, RekeyError> {
+    let (old_version, new_version) = ((to - 1) as i16, to as i16);
+    let (cond, bounds) = segment.condition(9);
+    let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
+        (&moved.tids, Type::TEXT_ARRAY),
+        (&moved.ips, Type::VARCHAR_ARRAY),
+        (&moved.devices, Type::VARCHAR_ARRAY),
+        (&old_version, Type::INT2),
+        (&new_version, Type::INT2),
+        (&rel, Type::TEXT),
+        (&lo, Type::TEXT),
+        (&hi, Type::TEXT),
+    ];
+    params.extend(dates(&bounds));
+    tx.execute_typed(
+        &format!(
+            "UPDATE user_logins u SET masked_ip = m.ip, masked_device_id = m.dev, key_version = $5 \
+             FROM unnest($1::text[]::tid[], $2::varchar[], $3::varchar[]) AS m(t, ip, dev) \
+             WHERE u.ctid = m.t AND u.ctid >= $7::text::tid AND u.ctid < $8::text::tid \
+             AND u.tableoid = to_regclass($6) AND u.key_version = $4 AND {cond}"
+        ),
+        &params,
+    )
+    .await
+    .map_err(db("re-keying a chunk of rows"))
 }
 
 /// A segment's date bounds as typed parameters.

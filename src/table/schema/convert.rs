@@ -45,18 +45,7 @@ const ADD_COLUMNS_SQL: &str = "ALTER TABLE user_logins \
 /// another `migrate` did it first). See the module documentation.
 pub async fn convert(client: &mut Client, options: &MigrateOptions) -> Result<bool, SinkError> {
     if options.cold_start {
-        let empty: bool = client
-            .query_typed_one("SELECT NOT EXISTS (SELECT 1 FROM user_logins)", &[])
-            .await
-            .map_err(failed("looking at user_logins"))?
-            .get(0);
-        if !empty {
-            return Err(SinkError::Fatal {
-                op: "upgrading user_logins",
-                cause: "user_logins is an unpartitioned table with rows (from before this version); converting it takes minutes, longer than a cold start may".into(),
-                hint: "; run `login-etl migrate` from a shell with the migrate role's settings: it converts the table online while ingest keeps running (docs/operations.md, \"Upgrading an existing table\")".into(),
-            });
-        }
+        refuse_rows_at_cold_start(client).await?;
     }
     let started = Instant::now();
     // Rows are dated by their SentTimestamp, never later than now: the old
@@ -64,6 +53,69 @@ pub async fn convert(client: &mut Client, options: &MigrateOptions) -> Result<bo
     // that retries past midnight); partitions start the day after.
     let first_new_day = Utc::now().date_naive() + TimeDelta::days(2);
 
+    add_columns_and_keys(client).await?;
+    if options.prepare_only {
+        // The erasure list and the vault must exist for this version to
+        // write into the old table (its guard checks them). The bounds are
+        // proved by the cutover's run: a CHECK added now would refuse the
+        // rows of a day after its bound, should the cutover come later.
+        apply_side_tables(client).await?;
+        info!(
+            "prepared (--prepare): deploy this version, then run `login-etl migrate` for the cutover"
+        );
+        return Ok(true);
+    }
+    info!(step = "4/5", bound = %first_new_day, "proving every row's create_date is set and before the bound (CHECK ... NOT VALID, then VALIDATE)");
+    let t = Instant::now();
+    bound_rows(client, first_new_day).await?;
+    info!(
+        step = "4/5",
+        seconds = t.elapsed().as_secs_f64(),
+        "bounds proved"
+    );
+
+    info!(
+        step = "5/5",
+        "cutover: user_logins becomes user_logins_legacy, the first partition of a partitioned user_logins"
+    );
+    let held = cutover(client, first_new_day).await?;
+    let Some(held) = held else {
+        info!("another migrate converted user_logins first");
+        return Ok(false);
+    };
+    info!(
+        step = "5/5",
+        lock_held_ms = held.as_secs_f64() * 1e3,
+        "cutover committed: writes waited at most this long, plus one lock wait"
+    );
+    info!(
+        seconds = started.elapsed().as_secs_f64(),
+        "user_logins converted"
+    );
+    Ok(true)
+}
+
+/// A cold start converts only an empty table: one with rows takes
+/// longer than a cold start may.
+async fn refuse_rows_at_cold_start(client: &Client) -> Result<(), SinkError> {
+    let empty: bool = client
+        .query_typed_one("SELECT NOT EXISTS (SELECT 1 FROM user_logins)", &[])
+        .await
+        .map_err(failed("looking at user_logins"))?
+        .get(0);
+    if !empty {
+        return Err(SinkError::Fatal {
+            op: "upgrading user_logins",
+            cause: "user_logins is an unpartitioned table with rows (from before this version); converting it takes minutes, longer than a cold start may".into(),
+            hint: "; run `login-etl migrate` from a shell with the migrate role's settings: it converts the table online while ingest keeps running (docs/operations.md, \"Upgrading an existing table\")".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Steps 1 to 3: the columns login-etl adds, where missing, and the two
+/// unique indexes built CONCURRENTLY (ingest keeps writing).
+async fn add_columns_and_keys(client: &Client) -> Result<(), SinkError> {
     info!(
         step = "1/5",
         "adding message_id, app_version_text, sent_at, key_version where missing"
@@ -108,46 +160,7 @@ pub async fn convert(client: &mut Client, options: &MigrateOptions) -> Result<bo
             "index ready"
         );
     }
-
-    if options.prepare_only {
-        // The erasure list and the vault must exist for this version to
-        // write into the old table (its guard checks them). The bounds are
-        // proved by the cutover's run: a CHECK added now would refuse the
-        // rows of a day after its bound, should the cutover come later.
-        apply_side_tables(client).await?;
-        info!(
-            "prepared (--prepare): deploy this version, then run `login-etl migrate` for the cutover"
-        );
-        return Ok(true);
-    }
-    info!(step = "4/5", bound = %first_new_day, "proving every row's create_date is set and before the bound (CHECK ... NOT VALID, then VALIDATE)");
-    let t = Instant::now();
-    bound_rows(client, first_new_day).await?;
-    info!(
-        step = "4/5",
-        seconds = t.elapsed().as_secs_f64(),
-        "bounds proved"
-    );
-
-    info!(
-        step = "5/5",
-        "cutover: user_logins becomes user_logins_legacy, the first partition of a partitioned user_logins"
-    );
-    let held = cutover(client, first_new_day).await?;
-    let Some(held) = held else {
-        info!("another migrate converted user_logins first");
-        return Ok(false);
-    };
-    info!(
-        step = "5/5",
-        lock_held_ms = held.as_secs_f64() * 1e3,
-        "cutover committed: writes waited at most this long, plus one lock wait"
-    );
-    info!(
-        seconds = started.elapsed().as_secs_f64(),
-        "user_logins converted"
-    );
-    Ok(true)
+    Ok(())
 }
 
 /// The tables beside `user_logins` (vault, audit, erasure list) without
