@@ -501,7 +501,7 @@ async fn main() {
     let per_day: u64 = if full { 50_000 } else { 100 };
     for back in 61..=90 {
         let day = Utc::now().date_naive() - TimeDelta::days(back);
-        login_etl::table::schema::ensure_partition(&b, day)
+        login_etl::table::partitions::ensure_partition(&b, day)
             .await
             .unwrap();
         b.batch_execute(&format!(

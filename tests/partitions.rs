@@ -258,7 +258,7 @@ async fn maintain_premakes_and_drops_by_retention_and_two_runs_at_once_agree() {
     // Forty days of history, a day each, with rows.
     for back in 1..=40 {
         let day = today() - TimeDelta::days(back);
-        login_etl::table::schema::ensure_partition(&owner, day)
+        login_etl::table::partitions::ensure_partition(&owner, day)
             .await
             .unwrap();
         handle(&h, &logins(3, 100 + back as u64, ms(day))).await;

@@ -208,7 +208,7 @@ async fn a_partition_made_out_of_the_default_partition_mid_walk_keeps_every_rows
                 .unwrap()
                 .block_on(async {
                     let c = connect(&maintain).await;
-                    let m = login_etl::table::schema::ensure_partition(&c, first_day)
+                    let m = login_etl::table::partitions::ensure_partition(&c, first_day)
                         .await
                         .unwrap();
                     assert_eq!(

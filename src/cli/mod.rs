@@ -179,9 +179,9 @@ pub enum IntervalArg {
     Month,
 }
 
-impl From<IntervalArg> for crate::table::schema::Granularity {
+impl From<IntervalArg> for crate::table::partitions::Granularity {
     fn from(i: IntervalArg) -> Self {
-        use crate::table::schema::Granularity;
+        use crate::table::partitions::Granularity;
         match i {
             IntervalArg::Day => Granularity::Day,
             IntervalArg::Week => Granularity::Week,
@@ -200,7 +200,7 @@ pub struct MaintainArgs {
     #[arg(long, value_name = "DAYS", env = "RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..))]
     pub retention_days: Option<u32>,
     /// The most rows the DEFAULT partition may hold for maintain to move them under its lock; above it the partition is swapped out and drained in chunks, so writes never wait for the move.
-    #[arg(long, value_name = "ROWS", env = "DEFAULT_MOVE_LIMIT", default_value_t = crate::table::schema::DEFAULT_MOVE_LIMIT as u64, value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
+    #[arg(long, value_name = "ROWS", env = "DEFAULT_MOVE_LIMIT", default_value_t = crate::table::partitions::DEFAULT_MOVE_LIMIT as u64, value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
     pub default_move_limit: u64,
 }
 

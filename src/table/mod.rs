@@ -14,4 +14,5 @@
 //! document, and nothing else of the ingest path or of privacy.
 
 pub mod maintain;
+pub mod partitions;
 pub mod schema;
