@@ -20,7 +20,7 @@
 //!    process (the HMACs, the client) and the rotation's database backends
 //!    (/proc/PID/stat of each; PostgreSQL's WAL writer, checkpointer and
 //!    autovacuum are not in it). Those are what the runbook's estimate for
-//!    a larger database is made of (docs/operations.md, "The masking key
+//!    a larger database is made of (docs/runbooks/leaked-key.md, "The masking key
 //!    leaked").
 //!
 //! Under `cargo test` it runs a smoke pass of 20,000 rows.

@@ -318,7 +318,7 @@ def deploy(
 ) -> Stack:
     """Deploy the built template as `stack`, its DB secret pointing at a fresh
     database `dbname`, migrated by the admin, which the function writes as
-    the ingest role; at `log_level` (the production level: WARN, docs/operations.md).
+    the ingest role; at `log_level` (the production level: WARN, docs/metrics.md).
 
     LocalStack's community CloudFormation creates stacks but cannot update them
     (CreateChangeSet on an existing stack is not emulated), so an existing stack

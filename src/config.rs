@@ -1,6 +1,6 @@
 //! Typed configuration read from the environment once per cold start.
 //!
-//! Every variable is documented in the configuration table of docs/operations.md. A missing
+//! Every variable is documented in the configuration table of docs/configuration.md. A missing
 //! or malformed setting is a [`ConfigError`] naming the variable; values are
 //! never echoed, since several are secrets.
 

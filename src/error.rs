@@ -49,7 +49,7 @@ pub enum ConfigError {
     },
     /// A key document (several versions) is malformed.
     #[error(
-        "the key document from {origin} is not usable: {reason}; expected one hex key, or {{\"versions\": [\"<hex key 1>\", \"<hex key 2>\", ...]}} with the newest last (docs/operations.md, \"The masking key leaked\")"
+        "the key document from {origin} is not usable: {reason}; expected one hex key, or {{\"versions\": [\"<hex key 1>\", \"<hex key 2>\", ...]}} with the newest last (docs/runbooks/leaked-key.md, \"The masking key leaked\")"
     )]
     KeyDocument {
         /// Where the document came from.

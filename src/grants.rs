@@ -36,7 +36,7 @@ pub enum Role {
 }
 
 impl Role {
-    /// Every role, in the order docs/operations.md presents them.
+    /// Every role, in the order docs/configuration.md presents them.
     pub const ALL: [Role; 7] = [
         Role::Ingest,
         Role::Reveal,
@@ -446,7 +446,7 @@ pub fn missing_privilege_hint(table: Option<&str>) -> String {
         None => "the function's role lacks a privilege".to_owned(),
     };
     format!(
-        "; {what}: run the output of `login-etl grants --role ingest --to <the function's role>` as the tables' owner (docs/operations.md, \"Database roles\")"
+        "; {what}: run the output of `login-etl grants --role ingest --to <the function's role>` as the tables' owner (docs/configuration.md, \"Database roles\")"
     )
 }
 

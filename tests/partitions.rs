@@ -334,7 +334,7 @@ async fn maintain_premakes_and_drops_by_retention_and_two_runs_at_once_agree() {
     }
 }
 
-/// The upgrade an existing deployment walks (docs/operations.md): its
+/// The upgrade an existing deployment walks (docs/deploy.md, "Upgrading an existing table"): its
 /// unpartitioned table with rows of the old version, `migrate --prepare`,
 /// this version deployed and writing, then `migrate` for the cutover while
 /// it writes, with messages of the old version delivered again across it.

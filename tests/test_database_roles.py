@@ -1,5 +1,5 @@
 """The documented database path, checked against the real binary and server:
-the GRANT blocks of docs/operations.md are what `login-etl grants` prints, and
+the GRANT blocks of docs/configuration.md are what `login-etl grants` prints, and
 `make migrate` migrates a DATABASE_URL it is given (with an sslmode) without
 touching the local server.
 
@@ -40,9 +40,9 @@ def db_url(name: str) -> str:
 
 @pytest.mark.parametrize("role", ["ingest", "reveal", "erase", "migrate", "maintain", "audit", "rotate"])
 def test_the_documented_grant_blocks_are_what_the_command_prints(role):
-    readme = (ROOT / "docs" / "operations.md").read_text()
+    readme = (ROOT / "docs" / "configuration.md").read_text()
     match = re.search(rf"<!-- grants {role} -->\n```sql\n(.*?)```", readme, re.S)
-    assert match, f"docs/operations.md has a grants block for {role}"
+    assert match, f"docs/configuration.md has a grants block for {role}"
     out = login_etl("grants", "--role", role, "--to", f"login_etl_{role}")
     assert out.returncode == 0, out.stderr
     assert match.group(1) == out.stdout

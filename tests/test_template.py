@@ -107,7 +107,7 @@ def test_the_derived_max_receive_count_outlasts_the_tolerated_outage_for_every_a
             assert sum(_floor_wait(1, cap, k) for k in range(1, n)) < minutes * 60
     defaults = {k: params[k]["Default"] for k in ["OutageToleranceMinutes", "BackoffMaxSeconds", "BackoffBaseSeconds"]}
     assert defaults == {"OutageToleranceMinutes": 120, "BackoffMaxSeconds": 900, "BackoffBaseSeconds": 30}
-    assert table["120"]["900"] == 25, "the arithmetic in docs/operations.md, Database outages"
+    assert table["120"]["900"] == 25, "the arithmetic in docs/runbooks/outage.md"
 
 
 def test_the_function_backs_off_on_its_own_queue_only():

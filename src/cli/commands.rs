@@ -145,7 +145,7 @@ async fn rotate_key(args: &RotateKeyArgs) -> Result<(), Failure> {
     let masking = crate::config::key_source(&env, "MASKING_KEY", "MASKING_KEY_SECRET_ID")?
         .ok_or_else(|| {
             Failure(
-                "MASKING_KEY_SECRET_ID is not set: rotate-key needs the masking secret with the new version appended (docs/operations.md, \"The masking key leaked\")".into(),
+                "MASKING_KEY_SECRET_ID is not set: rotate-key needs the masking secret with the new version appended (docs/runbooks/leaked-key.md, \"The masking key leaked\")".into(),
                 EXIT_USAGE,
             )
         })?;

@@ -43,7 +43,7 @@ pub const EXIT_TEMPFAIL: u8 = 75;
     long_about = "SQS login events -> validated, PII-masked rows in PostgreSQL.\n\n\
         Without a command, serves Lambda invocations (AWS_LAMBDA_RUNTIME_API must be set: \
         in Lambda, or under `cargo lambda watch`). The commands are operator tools; \
-        they read the same environment variables as the function (docs/operations.md, Configuration).",
+        they read the same environment variables as the function (docs/configuration.md).",
     after_help = "Exit codes: 0 success, 1 error, 2 usage error (or no command outside Lambda), \
         3 reveal found nothing, 75 not finished yet: run it again later (forget during a re-key or a DEFAULT-partition drain, rotate-key during a drain)."
 )]
@@ -70,7 +70,7 @@ pub enum Command {
     Audit(AuditArgs),
     /// Re-seal the vault entries from before key versions so that rotate-key can re-key them (the reveal role, with kms:Decrypt).
     VaultUpgrade,
-    /// Re-key everything stored to the newest masking-key version, online and resumably (the rotate role; docs/operations.md "The masking key leaked").
+    /// Re-key everything stored to the newest masking-key version, online and resumably (the rotate role; docs/runbooks/leaked-key.md "The masking key leaked").
     RotateKey(RotateKeyArgs),
     /// Write a synthetic SQS batch event (JSON) to stdout, for demos and benchmarks.
     GenEvents(GenEventsArgs),

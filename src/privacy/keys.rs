@@ -94,7 +94,7 @@ impl Keys {
             // from the masking key, whatever ERASURE_KEY_SECRET_ID holds.
             static SAID: Once = Once::new();
             SAID.call_once(|| {
-                warn!("the erasure list predates erasure keys: user keys are derived from the masking key, ERASURE_KEY_SECRET_ID is not used (docs/operations.md, \"The masking key leaked\")")
+                warn!("the erasure list predates erasure keys: user keys are derived from the masking key, ERASURE_KEY_SECRET_ID is not used (docs/runbooks/leaked-key.md, \"The masking key leaked\")")
             });
             masker = masker.with_derived_users();
         }
@@ -167,7 +167,7 @@ fn behind(version: u16, latest: u16, detail: &str) -> SinkError {
         cause: format!(
             "the database is at masking-key version {version} (login-etl rotate-key) and this function holds versions up to {latest}{detail}"
         ),
-        hint: "; the batch is retried: append the new version to the masking secret (docs/operations.md, \"The masking key leaked\")".into(),
+        hint: "; the batch is retried: append the new version to the masking secret (docs/runbooks/leaked-key.md, \"The masking key leaked\")".into(),
     }
 }
 

@@ -52,7 +52,7 @@ pub enum RevealError {
     },
     /// The erasure key does not reach the database's key version.
     #[error(
-        "the database is at masking-key version {database} and the erasure key holds versions up to {held}; nothing was erased. Append the new version to the erasure secret (ERASURE_KEY_SECRET_ID), as docs/operations.md \"The masking key leaked\" says, and run forget again"
+        "the database is at masking-key version {database} and the erasure key holds versions up to {held}; nothing was erased. Append the new version to the erasure secret (ERASURE_KEY_SECRET_ID), as docs/runbooks/leaked-key.md \"The masking key leaked\" says, and run forget again"
     )]
     KeyBehind {
         /// The database's version.

@@ -105,7 +105,7 @@ impl Connector {
                             || cause.contains("SSL")
                             || cause.contains("certificate")) =>
                 {
-                    " (check DB_SSLMODE, the CA bundle in DB_CA_BUNDLE or DB_CA_BUNDLE_SECRET_ID (for RDS: the region's bundle, docs/operations.md, \"TLS to the database\"), and that the host name matches the server certificate)"
+                    " (check DB_SSLMODE, the CA bundle in DB_CA_BUNDLE or DB_CA_BUNDLE_SECRET_ID (for RDS: the region's bundle, docs/deploy.md, \"TLS to the database\"), and that the host name matches the server certificate)"
                 }
                 _ => "",
             };

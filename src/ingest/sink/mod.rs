@@ -386,7 +386,7 @@ impl PgSink {
                     .as_db_error()
                     .map(|d| d.message().to_owned())
                     .unwrap_or_default(),
-                hint: "; nothing was written. A rotation appends a version to the masking and erasure secrets and never replaces one: put back the secret's previous value with the new version appended (docs/operations.md, \"The masking key leaked\")".into(),
+                hint: "; nothing was written. A rotation appends a version to the masking and erasure secrets and never replaces one: put back the secret's previous value with the new version appended (docs/runbooks/leaked-key.md, \"The masking key leaked\")".into(),
             }),
             Err(e) => Err(match classify::classify(&e) {
                 Failure::Fatal(f) => f,

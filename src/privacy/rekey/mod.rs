@@ -1,5 +1,5 @@
 //! `login-etl rotate-key`: moves everything stored to the newest version of
-//! the masking key, online, resumably (docs/operations.md, "The masking key
+//! the masking key, online, resumably (docs/runbooks/leaked-key.md, "The masking key
 //! leaked").
 //!
 //! 1. **The switch** (`login_etl_switch_key`, one moment's lock, holding
@@ -106,7 +106,7 @@ pub enum RekeyError {
     /// The keys given are not the ones the stored tokens or the erasure list
     /// are under.
     #[error(
-        "{0}; nothing was changed. rotate-key needs the masking and erasure secrets with every version, the new one appended (docs/operations.md, \"The masking key leaked\")"
+        "{0}; nothing was changed. rotate-key needs the masking and erasure secrets with every version, the new one appended (docs/runbooks/leaked-key.md, \"The masking key leaked\")"
     )]
     KeyMismatch(String),
     /// The vault's index of old-form entries is missing (a vault with
@@ -131,7 +131,7 @@ pub enum RekeyError {
     ServerTooOld(i32),
     /// The table is not partitioned yet (`migrate --prepare` done, not the cutover).
     #[error(
-        "user_logins is not partitioned yet (migrate --prepare was run, not the cutover); nothing was changed. Run `login-etl migrate` first (docs/operations.md, \"Upgrading an existing table\")"
+        "user_logins is not partitioned yet (migrate --prepare was run, not the cutover); nothing was changed. Run `login-etl migrate` first (docs/deploy.md, \"Upgrading an existing table\")"
     )]
     NotPartitioned,
     /// The switch could not get its moment's lock.

@@ -107,7 +107,7 @@ async fn refuse_rows_at_cold_start(client: &Client) -> Result<(), SinkError> {
         return Err(SinkError::Fatal {
             op: "upgrading user_logins",
             cause: "user_logins is an unpartitioned table with rows (from before this version); converting it takes minutes, longer than a cold start may".into(),
-            hint: "; run `login-etl migrate` from a shell with the migrate role's settings: it converts the table online while ingest keeps running (docs/operations.md, \"Upgrading an existing table\")".into(),
+            hint: "; run `login-etl migrate` from a shell with the migrate role's settings: it converts the table online while ingest keeps running (docs/deploy.md, \"Upgrading an existing table\")".into(),
         });
     }
     Ok(())

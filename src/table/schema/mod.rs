@@ -239,7 +239,7 @@ pub async fn check(
         }
         return Err(fatal(
             "user_logins is not partitioned (a table from before this version)",
-            "; run `login-etl migrate` from a shell: it converts the table online, ingest keeps running (docs/operations.md, \"Upgrading an existing table\")",
+            "; run `login-etl migrate` from a shell: it converts the table online, ingest keeps running (docs/deploy.md, \"Upgrading an existing table\")",
         ));
     }
     if !state.unique_index {
@@ -281,7 +281,7 @@ pub struct MigrateOptions {
     /// Stop an upgrade before its cutover: the old table gets its new
     /// columns, both unique indexes and the proven bounds, and stays
     /// unpartitioned, writable by the old version and by this one. See
-    /// docs/operations.md, "Upgrading an existing table".
+    /// docs/deploy.md, "Upgrading an existing table".
     pub prepare_only: bool,
 }
 
@@ -301,9 +301,9 @@ pub(crate) fn failed(op: &'static str) -> impl Fn(tokio_postgres::Error) -> Sink
         } else {
             let hint = if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
             {
-                "; the role lacks a privilege: `login-etl migrate` runs as the tables' owner, `login-etl maintain` as the role that `login-etl grants --role maintain` prints (docs/operations.md, \"Database roles\")"
+                "; the role lacks a privilege: `login-etl migrate` runs as the tables' owner, `login-etl maintain` as the role that `login-etl grants --role maintain` prints (docs/configuration.md, \"Database roles\")"
             } else {
-                "; run `login-etl migrate` as the tables' owner (docs/operations.md, \"Database roles\"); the error above says what PostgreSQL refused"
+                "; run `login-etl migrate` as the tables' owner (docs/configuration.md, \"Database roles\"); the error above says what PostgreSQL refused"
             };
             SinkError::Fatal {
                 op,

@@ -1,0 +1,141 @@
+"""The docs as a newcomer follows them: every relative link in the README
+and docs/ resolves (the file, and the heading it names), every
+`docs/<page>.md, "Title"` that an error message, comment or template names
+is a heading of that page, and no page or source file outgrows its room
+(docs/development.md, "Code layout")."""
+
+import pathlib
+import re
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PAGES = sorted(
+    [ROOT / "README.md", ROOT / "SECURITY.md"] + list((ROOT / "docs").rglob("*.md"))
+)
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+# docs/x.md, "Title" or docs/x.md "Title" (the hints in error messages).
+NAMED = re.compile(r'(docs/[\w/-]+\.md),? \\?"([^"\\]+)\\?"')
+MAX_PAGE_LINES = 300
+MAX_SOURCE_LINES = 600
+MAX_FUNCTION_LINES = 85  # "about 80"
+
+
+def slug(title: str) -> str:
+    """GitHub's anchor for a heading."""
+    t = re.sub(r"[^\w\- ]", "", title.strip().lower())
+    return t.replace(" ", "-")
+
+
+def headings(path: pathlib.Path) -> list[str]:
+    """The page's headings, outside fenced code."""
+    found, fenced = [], False
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and re.match(r"^#{1,6} ", line):
+            found.append(line.lstrip("#").strip())
+    return found
+
+
+def anchors(path: pathlib.Path) -> set[str]:
+    seen: dict[str, int] = {}
+    out = set()
+    for h in headings(path):
+        s = slug(h)
+        n = seen.get(s, 0)
+        out.add(s if n == 0 else f"{s}-{n}")
+        seen[s] = n + 1
+    return out
+
+
+def links(path: pathlib.Path):
+    fenced = False
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.startswith("```"):
+            fenced = not fenced
+            continue
+        if fenced:
+            continue
+        for target in LINK.findall(line):
+            if re.match(r"^[a-z][a-z0-9+.-]*:", target):
+                continue  # https:, mailto: ...
+            yield number, target
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_resolves_to_a_file_and_a_heading(page):
+    broken = []
+    for number, target in links(page):
+        file, _, anchor = target.partition("#")
+        dest = (page.parent / file).resolve() if file else page
+        if not dest.exists():
+            broken.append(f"{page.relative_to(ROOT)}:{number}: {target} (no such file)")
+            continue
+        if anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+            broken.append(f"{page.relative_to(ROOT)}:{number}: {target} (no such heading)")
+    assert not broken, "\n".join(broken)
+
+
+def named_sections():
+    files = [p for p in ROOT.rglob("*") if p.is_file() and p.suffix in {".rs", ".py", ".yaml", ".md", ".toml", ".sh"}]
+    for path in files:
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] in {"target", ".venv", ".git", "fuzz"} or "node_modules" in rel.parts:
+            continue
+        if path == pathlib.Path(__file__).resolve():
+            continue
+        text = path.read_text(errors="replace")
+        for m in NAMED.finditer(text):
+            # A title wrapped over comment lines: without the markers.
+            title = re.sub(r"\s+", " ", re.sub(r"//[!/]?|#", " ", m.group(2))).strip()
+            yield rel, m.group(1), title
+
+
+def test_every_section_named_in_the_code_is_a_heading_of_its_page():
+    found, wrong = 0, []
+    for where, page, title in named_sections():
+        found += 1
+        target = ROOT / page
+        if not target.exists():
+            wrong.append(f'{where}: {page} does not exist ("{title}")')
+        elif not any(h == title or h.startswith(title + " (") for h in headings(target)):
+            wrong.append(f'{where}: {page} has no heading "{title}"')
+    assert found > 10, "the pattern finds the hints at all"
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_docs_page_is_over_its_room():
+    long = [
+        f"{p.relative_to(ROOT)}: {n} lines"
+        for p in PAGES
+        if (n := len(p.read_text().splitlines())) > MAX_PAGE_LINES
+    ]
+    assert not long, f"pages over {MAX_PAGE_LINES} lines (split them by what an operator comes for):\n" + "\n".join(long)
+
+
+def test_no_source_file_is_over_its_room_unless_its_doc_says_why():
+    long = []
+    for p in sorted((ROOT / "src").rglob("*.rs")):
+        lines = p.read_text().splitlines()
+        says_why = any("over 600 lines" in line for line in lines[:30] if line.startswith("//!"))
+        if len(lines) > MAX_SOURCE_LINES and not says_why:
+            long.append(f"{p.relative_to(ROOT)}: {len(lines)} lines")
+    assert not long, f"files over {MAX_SOURCE_LINES} lines whose doc does not say why:\n" + "\n".join(long)
+
+
+def test_no_function_is_over_about_80_lines():
+    # rustfmt's layout: a fn's body ends at the first line that is its own
+    # indentation and a closing brace.
+    start = re.compile(r"^(\s*)(?:pub(?:\([a-z]+\))? )?(?:async )?(?:const )?(?:unsafe )?fn (\w+)")
+    long = []
+    for p in sorted((ROOT / "src").rglob("*.rs")):
+        lines = p.read_text().splitlines()
+        for i, line in enumerate(lines):
+            m = start.match(line)
+            if not m or line.rstrip().endswith(";"):
+                continue
+            end = next((j for j in range(i + 1, len(lines)) if lines[j] == m.group(1) + "}"), i)
+            if end - i + 1 > MAX_FUNCTION_LINES:
+                long.append(f"{p.relative_to(ROOT)}:{i + 1}: fn {m.group(2)}: {end - i + 1} lines")
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines (split them by step):\n" + "\n".join(long)
