@@ -12,9 +12,10 @@
 //! - [`metrics`]: the summary as a CloudWatch EMF document.
 //!
 //! What it may call: [`crate::privacy`] for the batch's keys (masker, key
-//! version, erasure list) and the vault's entries, and the schema guard of
-//! [`crate::table::schema`] when a connection opens. Nothing here runs DDL
-//! or reads the vault back.
+//! version, erasure list) and the vault's entries, the schema guard of
+//! [`crate::table::schema`] when a connection opens, and what every part
+//! shares (configuration, secrets, TLS, errors, the grants' hints). Nothing
+//! here runs DDL or reads the vault back.
 
 #[cfg(feature = "service")]
 pub mod backoff;

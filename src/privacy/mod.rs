@@ -23,8 +23,10 @@
 //! what it records.
 //!
 //! What it may call: the ingest sink's reads of the erasure list and the
-//! key state ([`crate::ingest::sink::PgSink`]), and the partition list of
-//! [`crate::table::maintain`] (re-key and erasure walk the partitions).
+//! key state ([`crate::ingest::sink::PgSink`]) and the row it masks
+//! ([`crate::ingest::record::LoginRow`]); the partition list of
+//! [`crate::table::maintain`] and the migration's lock key (re-key and
+//! erasure walk the partitions, never while `maintain` moves one).
 
 #[cfg(feature = "service")]
 pub mod audit;

@@ -10,7 +10,7 @@
 //! partitioned `user_logins`, attach the old table for every day up to
 //! tomorrow (the validated constraint spares the scan, the index built
 //! beforehand is adopted), make the DEFAULT partition and copy the grants.
-//! Its lock is waited for at most [`CUTOVER_LOCK_TIMEOUT`], again and again
+//! Its lock is waited for at most [`CUTOVER_LOCK_TIMEOUT_MS`], again and again
 //! until it gets through between two write transactions.
 //!
 //! Exactly once across the cutover: the old table keeps its unique index on
