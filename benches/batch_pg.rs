@@ -294,6 +294,7 @@ async fn main() {
         ms(median(&mut phases[3]))
     );
     erasure_cost(&handler, &client, n, sizes.last().unwrap().1).await;
+    floor_of_ten(&handler, &client, &masker, if full { 301 } else { 3 }).await;
     drop(handler);
     drop(client);
     drop_db(&db).await;
@@ -342,4 +343,77 @@ async fn erasure_cost(
         "{n} records, the erasure list: handler {empty:.2} ms with it empty, {listed:.2} ms with 1,000 users on it (none in the batch): {:+.1} % (goal <= 5 %)",
         100.0 * (listed - empty) / empty
     );
+}
+
+/// A batch of 10 against its floor: the handler (warm: the erasure list and
+/// the keys' check in memory, so its write is one transaction in one round
+/// trip) beside a bare `BEGIN; INSERT ... VALUES (the same 10 rows); COMMIT`
+/// sent as one simple query from the same host, on the same table. What is
+/// left between the two is the handler's own statements (the lock and
+/// bounds, the erasure check, the vault's end) and its CPU.
+async fn floor_of_ten(
+    handler: &login_etl::BatchHandler,
+    client: &tokio_postgres::Client,
+    masker: &Masker,
+    runs: usize,
+) {
+    let (mut handled, mut bare) = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        let event = bench_event(10, 9_000_000 + run as u64);
+        let json = serde_json::to_vec(&event).unwrap();
+        client.batch_execute(TRUNCATE).await.unwrap();
+        let started = Instant::now();
+        let parsed: login_etl::SqsBatch = serde_json::from_slice(&json).unwrap();
+        let outcome = handler.handle(&parsed, Deadline::NONE).await.unwrap();
+        handled.push(started.elapsed());
+        assert_eq!(outcome.summary.inserted, 10);
+
+        client.batch_execute(TRUNCATE).await.unwrap();
+        let rows: Vec<LoginRow<'_>> = parsed
+            .records
+            .iter()
+            .map(|m| record::transform(m.message_id.as_deref().unwrap(), m, masker).unwrap())
+            .collect();
+        let sql = bare_insert(&rows);
+        let started = Instant::now();
+        client.batch_execute(&sql).await.unwrap();
+        bare.push(started.elapsed());
+    }
+    let (h, b) = (median(&mut handled), median(&mut bare));
+    println!(
+        "batch of 10, {runs} runs: handler p50 {:.3} ms, bare INSERT + COMMIT of the same rows p50 {:.3} ms (the floor), ratio {:.2} (goal: <= 1.2)",
+        ms(h),
+        ms(b),
+        h.as_secs_f64() / b.as_secs_f64()
+    );
+}
+
+/// `BEGIN; INSERT INTO user_logins (...) VALUES (...), ...; COMMIT` with the
+/// rows as literals: one simple query, one round trip, three statements.
+fn bare_insert(rows: &[LoginRow<'_>]) -> String {
+    let lit = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let values: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "({}, {}, {}, {}, {}, {}, {}, {}, '{}', '{}', {})",
+                lit(r.message_id),
+                lit(&r.user_id),
+                lit(&r.device_type),
+                lit(r.masked_ip.as_str()),
+                lit(r.masked_device_id.as_str()),
+                r.locale.as_deref().map_or("NULL".into(), lit),
+                r.app_version,
+                lit(&r.app_version_text),
+                r.create_date,
+                r.sent_at.to_rfc3339(),
+                r.key_version
+            )
+        })
+        .collect();
+    format!(
+        "BEGIN; INSERT INTO user_logins (message_id, user_id, device_type, masked_ip, masked_device_id, \
+         locale, app_version, app_version_text, create_date, sent_at, key_version) VALUES {}; COMMIT",
+        values.join(", ")
+    )
 }

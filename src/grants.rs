@@ -321,6 +321,8 @@ const ROTATE_GRANTS: &[Grant] = &[
             "rekey_rows",
             "rekey_vault",
             "erasure_derived",
+            // When the re-key began: the rate `--status` reports.
+            "changed_at",
         ],
     ),
     ("UPDATE", "user_logins_key_state", &["rekey_rows"]),

@@ -477,15 +477,34 @@ async fn a_lock_timeout_is_retried_on_the_same_connection_without_using_the_reco
     let h = proxied_handler(&db, &proxy, &[("DB_STATEMENT_TIMEOUT_MS", "400")]).await;
     let (locked, is_locked) = tokio::sync::oneshot::channel();
     let url = db.url.clone();
-    // Released after the first attempt timed out, before the retries run out.
+    // Released after the first attempt timed out, before the retries run
+    // out: held until the handler waits on it, then past its 400 ms bound
+    // (not a fixed time: on a loaded machine the handler may reach its
+    // write later than a fixed hold lasts).
     let release = tokio::spawn(async move {
+        let monitor = connect(&url).await;
         let mut locker = connect(&url).await;
         let tx = locker.transaction().await.unwrap();
         tx.batch_execute("LOCK TABLE user_logins IN ACCESS EXCLUSIVE MODE")
             .await
             .unwrap();
         locked.send(()).unwrap();
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        let since = Instant::now();
+        while since.elapsed() < Duration::from_secs(20) {
+            let waiting: i64 = monitor
+                .query_one(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = to_regclass('user_logins')",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(550)).await;
         tx.rollback().await.unwrap();
     });
     is_locked.await.unwrap();

@@ -492,6 +492,35 @@ async fn a_rekey_killed_half_way_and_run_again_rekeys_each_row_exactly_once() {
         "stopped half way: {at_v2} of {total}"
     );
 
+    // `rotate-key --status` as the rotate role: the exposure window, from
+    // the planner's counts (exact here: just analyzed) less what moved.
+    client
+        .batch_execute("ANALYZE user_logins; ANALYZE user_logins_pii_vault")
+        .await
+        .unwrap();
+    let (rows_done, vault_done, vault_all): (i64, i64, i64) = {
+        let r = client
+            .query_one(
+                "SELECT rekey_rows, rekey_vault, (SELECT count(*) FROM user_logins_pii_vault) FROM user_logins_key_state",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!(rows_done, at_v2, "the counter is the rows moved");
+    let status = connect(&db.role_url(Role::Rotate).await).await;
+    let window = rekey::exposure(&status).await.unwrap();
+    assert_eq!(window.rekey_from, Some(1));
+    assert!(window.started_at.is_some());
+    assert_eq!(window.rows_left as i64, total - at_v2, "{window:?}");
+    assert!(vault_all > 0, "the vault is on");
+    assert_eq!(window.vault_entries_left as i64, vault_all - vault_done);
+    assert!(
+        window.rate > 0.0 && window.seconds_left.is_some_and(|s| s > 0.0),
+        "{window:?}"
+    );
+
     let rerun = rotate(
         &db,
         2,
@@ -518,6 +547,10 @@ async fn a_rekey_killed_half_way_and_run_again_rekeys_each_row_exactly_once() {
         total,
         "both runs, exactly"
     );
+    // Done: nothing left open.
+    let window = rekey::exposure(&status).await.unwrap();
+    assert_eq!((window.rekey_from, window.rows_left), (None, 0));
+    assert_eq!(window.vault_entries_left, 0);
 }
 
 /// `rotate-key --jobs 3`: killed while three jobs re-key chunks side by

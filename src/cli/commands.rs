@@ -128,17 +128,9 @@ async fn maintain(args: &MaintainArgs) -> Result<(), Failure> {
 /// newest secrets (MASKING_KEY_SECRET_ID, ERASURE_KEY_SECRET_ID).
 async fn rotate_key(args: &RotateKeyArgs) -> Result<(), Failure> {
     let db = DbConfig::from_env()?;
-    let status = |s: &crate::privacy::rekey::KeyState| {
-        serde_json::json!({
-            "version": s.version,
-            "rekey_from": s.rekey_from,
-            "rows_rekeyed": s.rows_rekeyed,
-            "vault_entries_rekeyed": s.vault_rekeyed,
-        })
-    };
     if args.status {
         let client = startup::operator_connection(&db).await?;
-        println!("{}", status(&crate::privacy::rekey::state(&client).await?));
+        println!("{}", rekey_status(&client).await?);
         return Ok(());
     }
     let env = |name: &str| std::env::var(name).ok();
@@ -172,6 +164,7 @@ async fn rotate_key(args: &RotateKeyArgs) -> Result<(), Failure> {
             jobs = args.jobs,
             rows_done = p.done,
             rows_estimated = p.estimate,
+            rows_left = p.estimate.saturating_sub(p.done),
             rows_per_second = p.rate.round() as u64,
             seconds_left = p.eta_seconds.round() as u64,
             "re-keying rows"
@@ -202,8 +195,26 @@ async fn rotate_key(args: &RotateKeyArgs) -> Result<(), Failure> {
         audit_records = report.audit_records,
         "rotate-key done"
     );
-    println!("{}", status(&crate::privacy::rekey::state(&client).await?));
+    println!("{}", rekey_status(&client).await?);
     Ok(())
+}
+
+/// The key's state and, while a re-key is under way, its exposure window
+/// (what the retired key still opens, and for how long), as JSON.
+async fn rekey_status(client: &tokio_postgres::Client) -> Result<serde_json::Value, Failure> {
+    let s = crate::privacy::rekey::state(client).await?;
+    let e = crate::privacy::rekey::exposure(client).await?;
+    Ok(serde_json::json!({
+        "version": s.version,
+        "rekey_from": s.rekey_from,
+        "rows_rekeyed": s.rows_rekeyed,
+        "vault_entries_rekeyed": s.vault_rekeyed,
+        "rekey_started_at": e.started_at.map(|t| t.to_rfc3339()),
+        "rows_left_estimate": e.rows_left,
+        "vault_entries_left_estimate": e.vault_entries_left,
+        "rekeyed_per_second": e.rate.round() as u64,
+        "seconds_left_estimate": e.seconds_left.map(|s| s.round() as u64),
+    }))
 }
 
 /// Re-seals the vault entries of the old form (see

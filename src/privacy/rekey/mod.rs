@@ -35,12 +35,14 @@
 
 //!
 //! One file per step: [`switch`] (1), [`lists`] (2 and 5), [`rows`] (3),
-//! [`vault`] (4), [`jobs`] (3 and 4 side by side); this file, the run that
-//! strings them together and what it reports.
+//! [`vault`] (4), [`jobs`] (3 and 4 side by side); [`status`], the exposure
+//! window (`--status`); this file, the run that strings them together and
+//! what it reports.
 
 mod jobs;
 mod lists;
 mod rows;
+mod status;
 mod switch;
 mod vault;
 
@@ -53,6 +55,7 @@ use tracing::info;
 
 use crate::privacy::masking::Masker;
 use jobs::Jobs;
+pub use status::{Exposure, exposure};
 
 /// How long the switch waits for its locks before it lets the writes
 /// queued behind it through and tries again: the longest a write waits.
