@@ -69,7 +69,7 @@ impl Role {
     fn purpose(self) -> &'static str {
         match self {
             Role::Ingest => {
-                "the function: INSERT rows and PII-vault entries, read back only what ON CONFLICT and the lost-reply recount need"
+                "the function: INSERT rows and PII-vault entries (moving an entry's last_seen forward), read back only what ON CONFLICT and the lost-reply recount need"
             }
             Role::Reveal => {
                 "login-etl reveal: read tokens, vault entries and KMS-wrapped data keys (decryption also needs kms:Decrypt)"
@@ -81,7 +81,7 @@ impl Role {
                 "login-etl migrate: create the tables in the schema; the tables it creates are its own"
             }
             Role::Maintain => {
-                "login-etl maintain: make partitions ahead, empty the DEFAULT partition, drop partitions past retention, only through the owner's login_etl_* functions"
+                "login-etl maintain: make partitions ahead, empty the DEFAULT partition, drop partitions and PII-vault entries past retention, only through the owner's login_etl_* functions"
             }
             Role::Audit => {
                 "login-etl audit: read the audit trail of reveals and erasures, nothing else"
@@ -122,6 +122,7 @@ const VAULT_ENTRY: &[&str] = &[
     "created_at",
     "key_version",
     "aad_version",
+    "last_seen",
 ];
 const ERASURE_TOKEN: &[&str] = &["user_key", "kind", "token"];
 const HELD_ENTRY: &[&str] = &[
@@ -134,6 +135,7 @@ const HELD_ENTRY: &[&str] = &[
     "created_at",
     "key_version",
     "aad_version",
+    "last_seen",
 ];
 /// The owner's functions `login-etl rotate-key` calls (migrations/0006).
 const ROTATE_FUNCTIONS: &[&str] = &[
@@ -160,6 +162,7 @@ const MAINTAIN_FUNCTIONS: &[&str] = &[
     "login_etl_drop_detached()",
     "login_etl_default_days()",
     "login_etl_purge_default(date)",
+    "login_etl_purge_vault(date, bigint, integer)",
 ];
 const AUDIT_COLUMNS: &[&str] = &[
     "id",
@@ -205,9 +208,17 @@ const INGEST_GRANTS: &[Grant] = &[
             "ciphertext",
             "key_version",
             "aad_version",
+            "last_seen",
         ],
     ),
-    ("SELECT", "user_logins_pii_vault", &["kind", "token"]),
+    // An entry's last_seen moves forward with the rows that use it (its
+    // retention: maintain deletes it when no row within it does).
+    (
+        "SELECT",
+        "user_logins_pii_vault",
+        &["kind", "token", "last_seen"],
+    ),
+    ("UPDATE", "user_logins_pii_vault", &["last_seen"]),
     // The erasure list, kept in memory, and the check of its version
     // and the key's (login_etl_refuse_erased, invoker's rights).
     ("SELECT", "user_logins_erased", &["user_key", "seq"]),
@@ -266,6 +277,9 @@ const ERASE_GRANTS: &[Grant] = &[
     ("SELECT", "user_logins_pii_vault", VAULT_ENTRY),
     ("DELETE", "user_logins_pii_vault", &[]),
     ("INSERT", "user_logins_pii_vault", VAULT_ENTRY),
+    // An entry put back where the function stored it again meanwhile
+    // keeps the later last_seen of the two.
+    ("UPDATE", "user_logins_pii_vault", &["last_seen"]),
     ("SELECT", "user_logins_erasure_tokens", ERASURE_TOKEN),
     ("INSERT", "user_logins_erasure_tokens", ERASURE_TOKEN),
     ("DELETE", "user_logins_erasure_tokens", &[]),
@@ -470,8 +484,13 @@ mod tests {
                 "UPDATE",
             ] {
                 // rotate-key updates tokens, vault-upgrade (reveal) re-seals
-                // entries, in place: column by column only.
-                if matches!(role, Role::Rotate | Role::Reveal) && banned == "UPDATE" {
+                // entries, in place; the function and forget move a vault
+                // entry's last_seen: column by column only.
+                if matches!(
+                    role,
+                    Role::Rotate | Role::Reveal | Role::Ingest | Role::Erase
+                ) && banned == "UPDATE"
+                {
                     assert!(
                         upper
                             .lines()
@@ -499,6 +518,12 @@ mod tests {
             "GRANT SELECT (message_id, sent_at, create_date, xmin) ON TABLE \"public\".\"user_logins\" TO \"fn\";"
         ));
         assert!(!ingest.contains("DELETE"));
+        let updates: Vec<&str> = ingest.lines().filter(|l| l.contains("UPDATE")).collect();
+        assert_eq!(
+            updates,
+            ["GRANT UPDATE (last_seen) ON TABLE \"public\".\"user_logins_pii_vault\" TO \"fn\";"],
+            "the function updates nothing but a vault entry's last_seen"
+        );
         let reveal = sql(Role::Reveal, "r", "public").unwrap();
         let inserts: Vec<&str> = reveal.lines().filter(|l| l.contains("INSERT")).collect();
         assert_eq!(

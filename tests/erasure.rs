@@ -404,3 +404,198 @@ async fn in_vault(admin: &tokio_postgres::Client, tokens: &[String]) -> i64 {
         .unwrap()
         .get(0)
 }
+
+/// Retention covers the vault (migrations/0008): `maintain` deletes the
+/// entries whose every row is past retention and keeps those a row within
+/// it uses, whose `last_seen` the function moved forward. So an erasure
+/// asked after the user's rows aged out leaves nothing of them in the
+/// vault, though `forget` finds no row of theirs (the soak, seed 2, found
+/// the entries staying for ever).
+#[tokio::test]
+async fn retention_takes_the_vault_entries_of_aged_out_rows_so_a_later_erasure_leaves_nothing() {
+    let db = TestDb::create().await;
+    let ingest = db.ingest_url().await;
+    let maintainer = db.role_url(Role::Maintain).await;
+    let erase = db.role_url(Role::Erase).await;
+    let user = "0f1e2d3c-4b5a-4697-8a9b-acbdcedf0088";
+    let h = handler_with(&[("DATABASE_URL", &ingest), ("MASKING_KEY", TEST_KEY)])
+        .await
+        .with_vault(key());
+    let day_ms = 86_400_000i64;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    // Ten days ago: the user's logins and others'.
+    let mut old = batch_with(user, 40, 4, 1_071);
+    for m in &mut old.records {
+        m.attributes
+            .insert("SentTimestamp".into(), (now_ms - 10 * day_ms).to_string());
+    }
+    h.handle(&SqsBatch::from(&old), Deadline::NONE)
+        .await
+        .expect("written");
+    // Today: another user sends the values of old records 1 and 2 again.
+    let mut today = synth::event(&Options {
+        count: 2,
+        seed: 1_072,
+        sent_timestamp_ms: now_ms,
+        ..Options::default()
+    });
+    for (m, again) in today.records.iter_mut().zip(&old.records[1..3]) {
+        let mut body: Value = serde_json::from_str(again.body.as_deref().unwrap()).unwrap();
+        body["user_id"] = Value::from("another-user-of-those-values");
+        m.body = Some(body.to_string());
+    }
+    h.handle(&SqsBatch::from(&today), Deadline::NONE)
+        .await
+        .expect("written");
+    let admin = db.client().await;
+    let shared = tokens_of_rows(&admin, "create_date = current_date").await;
+    let users_tokens = tokens_of_rows(&admin, &format!("user_id = '{user}'")).await;
+    let entries = |tokens: Vec<String>| {
+        let admin = &admin;
+        async move { in_vault(admin, &tokens).await }
+    };
+    assert_eq!(shared.len(), 4);
+    assert_eq!(entries(shared.clone()).await, 4);
+    let moved: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM user_logins_pii_vault WHERE token = ANY($1) AND last_seen = current_date",
+            &[&shared],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(moved, 4, "the entries used today were seen today");
+    let all_before = admin
+        .query_one("SELECT count(*) FROM user_logins_pii_vault", &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert!(users_tokens.len() >= 10 && entries(users_tokens.clone()).await > 0);
+
+    let report = maintain_keeping(&maintainer, 5).await;
+    assert_eq!(
+        report.vault_entries_purged,
+        all_before - 4,
+        "every entry but those a row of today uses"
+    );
+    assert_eq!(entries(shared.clone()).await, 4, "the entries in use stay");
+    assert_eq!(entries(users_tokens.clone()).await, 0);
+    assert_vault_matches_rows(&db).await;
+
+    // The erasure afterwards finds no row, and no entry is left to find.
+    let masker = Masker::new(&MaskingKey::from_hex(TEST_KEY, "test").unwrap());
+    let mut eraser = connect(&erase).await;
+    let done = login_etl::privacy::forget::forget(&mut eraser, user, masker.users(), CALLER)
+        .await
+        .expect("forget");
+    assert_eq!((done.rows, done.vault_entries), (0, 0));
+    assert_eq!(entries(users_tokens).await, 0);
+}
+
+/// A database of the version before vault retention (no `last_seen`, no
+/// `login_etl_purge_vault`) with its roles granted then: after `migrate`,
+/// the function, `maintain` and `forget` work as those same roles, and
+/// the entries from before are kept from the day of the migration.
+#[tokio::test]
+async fn roles_granted_before_vault_retention_keep_working_after_migrate() {
+    let db = TestDb::create().await;
+    let ingest = db.ingest_url().await;
+    let maintainer = db.role_url(Role::Maintain).await;
+    let erase = db.role_url(Role::Erase).await;
+    let user = "0f1e2d3c-4b5a-4697-8a9b-acbdcedf0099";
+    let admin = db.client().await;
+    let h = handler_with(&[("DATABASE_URL", &ingest), ("MASKING_KEY", TEST_KEY)])
+        .await
+        .with_vault(key());
+    h.handle(
+        &SqsBatch::from(&batch_with(user, 30, 3, 1_081)),
+        Deadline::NONE,
+    )
+    .await
+    .expect("written");
+    // Back to version 7: the column goes with its privileges.
+    admin
+        .batch_execute(
+            "ALTER TABLE user_logins_pii_vault DROP COLUMN last_seen; \
+             ALTER TABLE user_logins_pii_vault_held DROP COLUMN last_seen; \
+             DROP FUNCTION login_etl_purge_vault(date, bigint, integer); \
+             CREATE OR REPLACE FUNCTION login_etl_schema_version() RETURNS integer \
+             LANGUAGE sql IMMUTABLE AS $$ SELECT 7 $$",
+        )
+        .await
+        .unwrap();
+    let entries: i64 = admin
+        .query_one("SELECT count(*) FROM user_logins_pii_vault", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(entries > 0);
+    admin
+        .batch_execute(login_etl::table::schema::MIGRATION_SQL)
+        .await
+        .expect("the migration applies again");
+    let today: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM user_logins_pii_vault WHERE last_seen = current_date",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        today, entries,
+        "the entries from before are kept from today"
+    );
+    // The same roles: a new function writes (its entries and last_seen),
+    // maintain purges, forget moves entries aside and back.
+    let h = handler_with(&[("DATABASE_URL", &ingest), ("MASKING_KEY", TEST_KEY)])
+        .await
+        .with_vault(key());
+    let outcome = h
+        .handle(
+            &SqsBatch::from(&batch_with(user, 30, 3, 1_082)),
+            Deadline::NONE,
+        )
+        .await
+        .expect("the function writes after the migration");
+    assert_eq!(outcome.summary.inserted, 30);
+    maintain_keeping(&maintainer, 30).await;
+    let masker = Masker::new(&MaskingKey::from_hex(TEST_KEY, "test").unwrap());
+    let mut eraser = connect(&erase).await;
+    let done = login_etl::privacy::forget::forget(&mut eraser, user, masker.users(), CALLER)
+        .await
+        .expect("forget as the erase role granted before");
+    assert!(done.rows > 0);
+    assert_vault_matches_rows(&db).await;
+}
+
+/// `maintain` as the role of `url`, keeping `days` days.
+async fn maintain_keeping(url: &str, days: u32) -> login_etl::table::maintain::MaintainReport {
+    let client = connect(url).await;
+    login_etl::table::maintain::run(
+        &client,
+        &login_etl::table::maintain::MaintainOptions {
+            retention_days: Some(days),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("maintain with retention as the maintain role")
+}
+
+/// The ip and device tokens of the rows that match `condition`.
+async fn tokens_of_rows(admin: &tokio_postgres::Client, condition: &str) -> Vec<String> {
+    admin
+        .query(
+            &format!(
+                "SELECT masked_ip FROM user_logins WHERE {condition} \
+                 UNION SELECT masked_device_id FROM user_logins WHERE {condition}"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}

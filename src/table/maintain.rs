@@ -24,6 +24,7 @@ use crate::error::SinkError;
 use crate::table::partitions::{
     DEFAULT_MOVE_LIMIT, Ensured, Made, PREMAKE_PAST_DAYS, ensure_partition_bounded,
 };
+use crate::table::retention;
 use crate::table::schema::{failed, with_lock_retries};
 
 /// Days ahead whose partitions exist after a run: a week, so that a
@@ -105,6 +106,8 @@ pub struct MaintainReport {
     pub dropped: Vec<(String, i64)>,
     /// Rows of the DEFAULT partition past retention, deleted.
     pub purged_from_default: i64,
+    /// PII-vault entries no row within retention uses, deleted.
+    pub vault_entries_purged: i64,
     /// Rows still in the DEFAULT partition at the end (0 unless a step failed).
     pub default_rows: i64,
     /// Rows of a swapped-out DEFAULT partition moved back into their
@@ -138,6 +141,7 @@ impl MaintainReport {
             ("RowsMovedFromDefault", self.moved_from_default(), "Count"),
             ("RowsPurgedFromDefault", self.purged_from_default, "Count"),
             ("RowsDrainedFromDefault", self.drained_from_default, "Count"),
+            ("VaultEntriesPurged", self.vault_entries_purged, "Count"),
             ("PartitionsDeferred", self.deferred as i64, "Count"),
             ("DefaultPartitionRows", self.default_rows, "Count"),
             (
@@ -219,9 +223,12 @@ pub async fn run(client: &Client, options: &MaintainOptions) -> Result<MaintainR
         }
     }
     if let Some(cutoff) = cutoff {
-        retention(client, cutoff, &mut report).await?;
+        retention::apply(client, cutoff, &mut report).await?;
     }
-    drop_detached(client).await?;
+    retention::drop_detached(client).await?;
+    if let Some(cutoff) = cutoff {
+        report.vault_entries_purged = retention::purge_vault(client, cutoff).await?;
+    }
     report.default_rows = default_days(client)
         .await?
         .iter()
@@ -283,62 +290,6 @@ async fn drain_default(
         }
     }
     report.drained_from_default += drain(client).await?;
-    Ok(())
-}
-
-/// Retention: the DEFAULT partition's rows before `cutoff` deleted, and
-/// the partitions wholly before it detached (dropped by [`drop_detached`]).
-async fn retention(
-    client: &Client,
-    cutoff: NaiveDate,
-    report: &mut MaintainReport,
-) -> Result<(), SinkError> {
-    report.purged_from_default = with_lock_retries("purging the DEFAULT partition", || async {
-        let row = client
-            .query_typed_one(
-                "SELECT login_etl_purge_default($1)",
-                &[(&cutoff, Type::DATE)],
-            )
-            .await?;
-        Ok(row.get::<_, i64>(0))
-    })
-    .await?;
-    for name in expired(client, cutoff).await? {
-        let detached = with_lock_retries("detaching a partition past retention", || async {
-            let row = client
-                .query_typed_one(
-                    "SELECT login_etl_drop_partition($1, $2)",
-                    &[(&name, Type::TEXT), (&cutoff, Type::DATE)],
-                )
-                .await?;
-            Ok(row.get::<_, Option<i64>>(0))
-        })
-        .await?;
-        if let Some(rows) = detached {
-            info!(partition = %name, rows_estimate = rows, %cutoff, "partition past retention detached");
-            report.dropped.push((name, rows));
-        }
-    }
-    Ok(())
-}
-
-/// The DROP in a transaction of its own: the detach's lock is long gone
-/// when the files go. Also drops what a run that stopped between left.
-async fn drop_detached(client: &Client) -> Result<(), SinkError> {
-    let dropped = with_lock_retries("dropping detached partitions", || async {
-        let rows = client
-            .query_typed("SELECT login_etl_drop_detached()", &[])
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| r.get::<_, String>(0))
-            .collect::<Vec<_>>())
-    })
-    .await?;
-    for name in dropped {
-        // Counted where it was detached (this run, or one that stopped).
-        info!(partition = %name, "detached partition dropped");
-    }
     Ok(())
 }
 
@@ -448,20 +399,6 @@ async fn days_of(
         .collect())
 }
 
-/// Partitions whose every day is before `cutoff`.
-async fn expired(client: &Client, cutoff: NaiveDate) -> Result<Vec<String>, SinkError> {
-    Ok(client
-        .query_typed(
-            "SELECT name FROM login_etl_partitions() WHERE NOT is_default AND hi <= $1",
-            &[(&cutoff, Type::DATE)],
-        )
-        .await
-        .map_err(failed("listing the partitions"))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect())
-}
-
 /// One partition of `user_logins` as the catalog shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Partition {
@@ -549,6 +486,16 @@ impl Segment {
                 (parts.join(" AND "), values)
             }
         }
+    }
+
+    /// The values of [`Segment::condition`] as typed parameters, to append
+    /// after the statement's own.
+    pub fn date_params(
+        bounds: &[NaiveDate],
+    ) -> impl Iterator<Item = (&(dyn tokio_postgres::types::ToSql + Sync), Type)> {
+        bounds
+            .iter()
+            .map(|d| (d as &(dyn tokio_postgres::types::ToSql + Sync), Type::DATE))
     }
 }
 

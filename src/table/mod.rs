@@ -7,12 +7,16 @@
 //!   that refuses to write into a table that could double rows, and
 //!   [`schema::convert`];
 //! - [`maintain`]: the partitions of the coming days, DEFAULT rows moved
-//!   into their own partition, partitions past `RETENTION_DAYS` dropped;
-//!   also the partition list other walks use ([`maintain::partitions`]).
+//!   into their own partition; also the partition list other walks use
+//!   ([`maintain::partitions`]);
+//! - [`retention`]: what `RETENTION_DAYS` removes: rows, partitions, and
+//!   the PII vault's entries no row within it uses (the vault's table is
+//!   privacy's, its age is the table's life).
 //!
 //! What it may call: [`crate::ingest::metrics`] for `maintain`'s EMF
 //! document, and nothing else of the ingest path or of privacy.
 
 pub mod maintain;
 pub mod partitions;
+pub mod retention;
 pub mod schema;

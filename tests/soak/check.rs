@@ -280,17 +280,42 @@ pub async fn check(world: &World, cutoff: NaiveDate) -> Vec<String> {
         .filter(|(l, _)| !erased.contains(&l.user))
         .flat_map(|(l, _)| ["ip", "device_id"].map(|k| (k.to_owned(), token_of(k, l))))
         .collect();
-    let leftover = valid
+    let leftover: BTreeMap<(String, String), bool> = valid
         .values()
         .filter(|(l, _)| erased.contains(&l.user))
-        .flat_map(|(l, _)| ["ip", "device_id"].map(|k| (k.to_owned(), token_of(k, l))))
-        .filter(|t| !others.contains(t) && vault.contains_key(t))
-        .collect::<BTreeSet<_>>()
-        .len();
+        .flat_map(|(l, sent)| {
+            ["ip", "device_id"].map(|k| ((k.to_owned(), token_of(k, l)), day_of(*sent) >= cutoff))
+        })
+        .filter(|(t, _)| !others.contains(t) && vault.contains_key(t))
+        .fold(BTreeMap::new(), |mut m, (t, kept)| {
+            *m.entry(t).or_insert(false) |= kept;
+            m
+        });
+    let aged = leftover.values().filter(|kept| !**kept).count();
+    // Retention covers the vault: an entry goes with the last row that
+    // used it (whoever sent it, erased or not).
+    let mut latest: HashMap<(String, String), NaiveDate> = HashMap::new();
+    for (l, sent) in valid.values() {
+        for kind in ["ip", "device_id"] {
+            let day = latest
+                .entry((kind.to_owned(), token_of(kind, l)))
+                .or_insert(day_of(*sent));
+            *day = (*day).max(day_of(*sent));
+        }
+    }
+    let expired = vault
+        .keys()
+        .filter(|t| latest.get(*t).is_none_or(|day| *day < cutoff))
+        .count();
     v.count(
-        leftover,
-        "vault entries of erased users' values no one else sent",
+        expired,
+        "vault entries of values sent only on days past retention (or never sent)",
         None,
+    );
+    v.count(
+        leftover.len(),
+        "vault entries of erased users' values no one else sent",
+        Some(&format!("{aged} of them sent only on days past retention")),
     );
 
     // 4. The erasure list: every erased user, at the newest version only.

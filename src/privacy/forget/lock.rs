@@ -76,8 +76,8 @@ pub(super) async fn hold_vault_entries(
                 .execute_typed(
                     "WITH gone AS (DELETE FROM user_logins_pii_vault v WHERE \
                        (v.kind = 'ip' AND v.token = ANY($2)) OR (v.kind = 'device_id' AND v.token = ANY($3)) \
-                       RETURNING v.kind, v.token, v.key_id, v.nonce, v.ciphertext, v.created_at, v.key_version, v.aad_version) \
-                     INSERT INTO user_logins_pii_vault_held (user_key, kind, token, key_id, nonce, ciphertext, created_at, key_version, aad_version) \
+                       RETURNING v.kind, v.token, v.key_id, v.nonce, v.ciphertext, v.created_at, v.key_version, v.aad_version, v.last_seen) \
+                     INSERT INTO user_logins_pii_vault_held (user_key, kind, token, key_id, nonce, ciphertext, created_at, key_version, aad_version, last_seen) \
                      SELECT $1, gone.* FROM gone ON CONFLICT DO NOTHING",
                     &[
                         (&user_key, Type::VARCHAR),

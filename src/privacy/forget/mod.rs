@@ -182,11 +182,7 @@ async fn delete_rows(
         let (cond, bounds) = segment.condition(3);
         let mut params: Vec<(&(dyn ToSql + Sync), Type)> =
             vec![(&user_id, Type::VARCHAR), (&user_key, Type::VARCHAR)];
-        params.extend(
-            bounds
-                .iter()
-                .map(|d| (d as &(dyn ToSql + Sync), Type::DATE)),
-        );
+        params.extend(Segment::date_params(&bounds));
         let tx = segment_tx(client, segment, version).await?;
         let gone: i64 = tx
             .query_typed_one(
@@ -251,11 +247,7 @@ async fn still_used(
             (&held_ips, Type::VARCHAR_ARRAY),
             (&held_devices, Type::VARCHAR_ARRAY),
         ];
-        params.extend(
-            bounds
-                .iter()
-                .map(|d| (d as &(dyn ToSql + Sync), Type::DATE)),
-        );
+        params.extend(Segment::date_params(&bounds));
         let tx = segment_tx(client, segment, version).await?;
         let row = tx
             .query_typed_one(
@@ -279,7 +271,8 @@ async fn still_used(
 }
 
 /// Step 4's end, in one transaction: the held entries other rows use put
-/// back, the rest deleted, the user's tokens cleared, and the `forget`
+/// back (where the function stored one again meanwhile, it keeps the later
+/// `last_seen` of the two: the vault's retention), the rest deleted, the user's tokens cleared, and the `forget`
 /// audit record written (the user key and the counts, never the id).
 /// Returns the vault entries deleted.
 async fn finish(
@@ -304,9 +297,10 @@ async fn finish(
     tx.execute_typed(
         "WITH back AS (DELETE FROM user_logins_pii_vault_held h WHERE h.user_key = $1 AND \
            ((h.kind = 'ip' AND h.token = ANY($2)) OR (h.kind = 'device_id' AND h.token = ANY($3))) \
-           RETURNING h.kind, h.token, h.key_id, h.nonce, h.ciphertext, h.created_at, h.key_version, h.aad_version) \
-         INSERT INTO user_logins_pii_vault (kind, token, key_id, nonce, ciphertext, created_at, key_version, aad_version) \
-         SELECT * FROM back ON CONFLICT (kind, token) DO NOTHING",
+           RETURNING h.kind, h.token, h.key_id, h.nonce, h.ciphertext, h.created_at, h.key_version, h.aad_version, h.last_seen) \
+         INSERT INTO user_logins_pii_vault AS v (kind, token, key_id, nonce, ciphertext, created_at, key_version, aad_version, last_seen) \
+         SELECT * FROM back ON CONFLICT (kind, token) \
+         DO UPDATE SET last_seen = EXCLUDED.last_seen WHERE v.last_seen < EXCLUDED.last_seen",
         &[
             (&user_key, Type::VARCHAR),
             (used_ips, Type::VARCHAR_ARRAY),

@@ -159,6 +159,11 @@ pub(crate) fn db(op: &'static str) -> impl Fn(tokio_postgres::Error) -> RekeyErr
 /// How often a chunk that met another transaction is tried again.
 pub(crate) const CONFLICT_RETRIES: u32 = 5;
 
+/// The planner's estimate (`reltuples`) of every row of `user_logins`, over
+/// its partitions: the walk's progress and `--status` both read it.
+const ROWS_ESTIMATE: &str = "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::int8 FROM pg_inherits i \
+     JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass('user_logins')";
+
 /// A failure that trying the chunk again resolves: a deadlock or a
 /// serialization failure.
 fn is_conflict(e: &tokio_postgres::Error) -> bool {

@@ -92,11 +92,7 @@ pub(super) async fn rekey_rows(
 /// The planner's estimate of the table's rows (`reltuples`), for progress.
 async fn estimate_rows(client: &Client) -> Result<i64, RekeyError> {
     Ok(client
-        .query_typed_one(
-            "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::int8 FROM pg_inherits i \
-             JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass('user_logins')",
-            &[],
-        )
+        .query_typed_one(super::ROWS_ESTIMATE, &[])
         .await
         .map_err(db("estimating the rows"))?
         .get(0))
@@ -267,7 +263,7 @@ pub(super) async fn rekey_chunk(
         (&old_version, Type::INT2),
         (&rel, Type::TEXT),
     ];
-    params.extend(dates(&bounds));
+    params.extend(Segment::date_params(&bounds));
     // to_regclass: a partition retention dropped since the walk listed it
     // matches nothing (a cast would fail the run with 42P01).
     let rows = tx
@@ -319,7 +315,7 @@ async fn update_chunk(
         (&lo, Type::TEXT),
         (&hi, Type::TEXT),
     ];
-    params.extend(dates(&bounds));
+    params.extend(Segment::date_params(&bounds));
     tx.execute_typed(
         &format!(
             "UPDATE user_logins u SET masked_ip = m.ip, masked_device_id = m.dev, key_version = $5 \
@@ -331,13 +327,6 @@ async fn update_chunk(
     )
     .await
     .map_err(db("re-keying a chunk of rows"))
-}
-
-/// A segment's date bounds as typed parameters.
-fn dates(bounds: &[chrono::NaiveDate]) -> impl Iterator<Item = (&(dyn ToSql + Sync), Type)> {
-    bounds
-        .iter()
-        .map(|d| (d as &(dyn ToSql + Sync), Type::DATE))
 }
 
 /// A chunk's rows at the new version: their ctids and new tokens.

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
 
-use super::{RekeyError, db};
+use super::{ROWS_ESTIMATE, RekeyError, db};
 
 /// What the retired key still opens, and for how long, while a re-key is
 /// under way (all zero and `None` when none is).
@@ -35,13 +35,13 @@ pub struct Exposure {
 pub async fn exposure(client: &Client) -> Result<Exposure, RekeyError> {
     let row = client
         .query_typed_one(
-            "SELECT s.rekey_from, s.changed_at, s.rekey_rows, s.rekey_vault, \
-             (SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::int8 FROM pg_inherits i \
-               JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass('user_logins')), \
+            &format!(
+                "SELECT s.rekey_from, s.changed_at, s.rekey_rows, s.rekey_vault, ({ROWS_ESTIMATE}), \
              (SELECT coalesce(max(greatest(c.reltuples, 0)), 0)::int8 FROM pg_class c \
                WHERE c.oid = to_regclass('user_logins_pii_vault')), \
              extract(epoch FROM clock_timestamp() - s.changed_at)::float8 \
-             FROM user_logins_key_state s",
+             FROM user_logins_key_state s"
+            ),
             &[],
         )
         .await

@@ -74,6 +74,7 @@ fn the_emf_document_names_every_metric_and_carries_its_value() {
         }],
         dropped: vec![("user_logins_p20261001".into(), 1_000)],
         purged_from_default: 2,
+        vault_entries_purged: 5,
         default_rows: 0,
         drained_from_default: 7,
         deferred: 0,
@@ -93,5 +94,6 @@ fn the_emf_document_names_every_metric_and_carries_its_value() {
     assert_eq!(doc["RowsDropped"], 1_000);
     assert_eq!(doc["RowsMovedFromDefault"], 3);
     assert_eq!(doc["RowsDrainedFromDefault"], 7);
+    assert_eq!(doc["VaultEntriesPurged"], 5);
     assert_eq!(doc["level"], "WARN");
 }

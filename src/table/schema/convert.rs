@@ -194,6 +194,11 @@ async fn apply_side_tables(client: &Client) -> Result<(), SinkError> {
                 env!("CARGO_MANIFEST_DIR"),
                 "/migrations/0007_online_operations.sql"
             )),
+            "\n",
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/migrations/0008_vault_retention.sql"
+            )),
         ),
         "creating the vault, audit and erasure tables",
     )

@@ -1,0 +1,124 @@
+//! What `RETENTION_DAYS` removes, as `login-etl maintain` runs it: the
+//! DEFAULT partition's rows past it, the partitions wholly past it
+//! (detached, then dropped in a transaction of their own), and the PII
+//! vault's entries no row within it uses (`last_seen`, migrations/0008).
+//!
+//! Every step is one of the owner's `login_etl_*` functions, under a
+//! bounded lock ([`with_lock_retries`]); the vault's purge goes a chunk of
+//! pages at a time, so no step scans a large table under a lock.
+
+use chrono::NaiveDate;
+use tokio_postgres::Client;
+use tokio_postgres::types::Type;
+use tracing::info;
+
+use crate::error::SinkError;
+use crate::table::maintain::MaintainReport;
+use crate::table::schema::{failed, with_lock_retries};
+
+/// Pages of the vault read per purge transaction (about 60,000 entries).
+const VAULT_PAGES: i32 = 1_000;
+
+/// Retention: the DEFAULT partition's rows before `cutoff` deleted, and
+/// the partitions wholly before it detached (dropped by [`drop_detached`]).
+pub(crate) async fn apply(
+    client: &Client,
+    cutoff: NaiveDate,
+    report: &mut MaintainReport,
+) -> Result<(), SinkError> {
+    report.purged_from_default = with_lock_retries("purging the DEFAULT partition", || async {
+        let row = client
+            .query_typed_one(
+                "SELECT login_etl_purge_default($1)",
+                &[(&cutoff, Type::DATE)],
+            )
+            .await?;
+        Ok(row.get::<_, i64>(0))
+    })
+    .await?;
+    for name in expired(client, cutoff).await? {
+        let detached = with_lock_retries("detaching a partition past retention", || async {
+            let row = client
+                .query_typed_one(
+                    "SELECT login_etl_drop_partition($1, $2)",
+                    &[(&name, Type::TEXT), (&cutoff, Type::DATE)],
+                )
+                .await?;
+            Ok(row.get::<_, Option<i64>>(0))
+        })
+        .await?;
+        if let Some(rows) = detached {
+            info!(partition = %name, rows_estimate = rows, %cutoff, "partition past retention detached");
+            report.dropped.push((name, rows));
+        }
+    }
+    Ok(())
+}
+
+/// The DROP in a transaction of its own: the detach's lock is long gone
+/// when the files go. Also drops what a run that stopped between left.
+pub(crate) async fn drop_detached(client: &Client) -> Result<(), SinkError> {
+    let dropped = with_lock_retries("dropping detached partitions", || async {
+        let rows = client
+            .query_typed("SELECT login_etl_drop_detached()", &[])
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>())
+    })
+    .await?;
+    for name in dropped {
+        // Counted where it was detached (this run, or one that stopped).
+        info!(partition = %name, "detached partition dropped");
+    }
+    Ok(())
+}
+
+/// Partitions whose every day is before `cutoff`.
+async fn expired(client: &Client, cutoff: NaiveDate) -> Result<Vec<String>, SinkError> {
+    Ok(client
+        .query_typed(
+            "SELECT name FROM login_etl_partitions() WHERE NOT is_default AND hi <= $1",
+            &[(&cutoff, Type::DATE)],
+        )
+        .await
+        .map_err(failed("listing the partitions"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// The vault's entries whose `last_seen` is before `cutoff`, deleted a
+/// chunk of pages at a time (`login_etl_purge_vault`); returns how many.
+/// An entry's `last_seen` is the latest day of the rows written with it,
+/// so these are the originals of values whose every row is past retention
+/// (or was erased with its user).
+pub(crate) async fn purge_vault(client: &Client, cutoff: NaiveDate) -> Result<i64, SinkError> {
+    let (mut purged, mut page) = (0i64, 0i64);
+    loop {
+        let (deleted, next) = with_lock_retries("purging the vault past retention", || async {
+            let row = client
+                .query_typed_one(
+                    "SELECT purged, next_page FROM login_etl_purge_vault($1, $2, $3)",
+                    &[
+                        (&cutoff, Type::DATE),
+                        (&page, Type::INT8),
+                        (&VAULT_PAGES, Type::INT4),
+                    ],
+                )
+                .await?;
+            Ok((row.get::<_, i64>(0), row.get::<_, Option<i64>>(1)))
+        })
+        .await?;
+        purged += deleted;
+        match next {
+            Some(next) => page = next,
+            None => break,
+        }
+    }
+    if purged > 0 {
+        info!(entries = purged, %cutoff, "vault entries past retention deleted");
+    }
+    Ok(purged)
+}
