@@ -1,5 +1,5 @@
--- The vault's entries age out with the rows that use them. Applied with
--- 0001 to 0007, idempotent.
+-- The vault's entries age out with the rows that use them; and the write
+-- check in one function. Applied with 0001 to 0007, idempotent.
 --
 -- Before this version an entry stayed for ever: when retention dropped
 -- the last row that used a value, the original stayed in the vault, and
@@ -87,19 +87,58 @@ $$;
 
 REVOKE ALL ON FUNCTION login_etl_purge_vault(date, bigint, integer) FROM PUBLIC;
 
+-- The write check of 0007 (login_etl_refuse_erased with three arguments:
+-- the key version, the erasure list's version, the version the batch's
+-- users were looked up from), the same codes and messages, in one
+-- function that reads the key state once: 0007's calls
+-- login_etl_key_state(), a SQL function planned again at each call, twice
+-- per write, which made the check a fifth of a batch of 10's time above
+-- its floor (docs/performance.md). Owner's rights (it reads the key state
+-- and the erasure list's versions, and says nothing but whether the write
+-- may go), so only the roles granted it may run it.
+CREATE OR REPLACE FUNCTION login_etl_check_write(known bigint, key_version integer, checked_from integer)
+RETURNS void
+LANGUAGE plpgsql STABLE SECURITY DEFINER AS $$
+DECLARE
+    v_state record;
+BEGIN
+    SELECT coalesce(k.version, 1) AS version, k.rekey_from,
+           coalesce((SELECT max(e.seq) FROM user_logins_erased e), 0) AS listed
+        INTO v_state FROM (SELECT 1) AS one LEFT JOIN user_logins_key_state k ON true;
+    IF v_state.version <> key_version THEN
+        RAISE EXCEPTION USING ERRCODE = 'LE002',
+            MESSAGE = format('the masking key is at version %s in the database, the batch was masked at version %s: reload the key and re-key the batch', v_state.version, key_version);
+    END IF;
+    IF v_state.listed <> known THEN
+        RAISE EXCEPTION USING ERRCODE = 'LE001',
+            MESSAGE = 'the erasure list changed (login-etl forget): reload it and filter the batch again';
+    END IF;
+    IF v_state.rekey_from IS NOT NULL AND checked_from > v_state.rekey_from
+       AND EXISTS (SELECT 1 FROM user_logins_erased e WHERE e.key_version < checked_from) THEN
+        RAISE EXCEPTION USING ERRCODE = 'LE001',
+            MESSAGE = format('rotate-key is moving the erasure list from key version %s and this write checked users at version %s only: reload the list (a function from before this check: deploy the current version)', v_state.rekey_from, checked_from);
+    END IF;
+END
+$$;
+
+REVOKE ALL ON FUNCTION login_etl_check_write(bigint, integer, integer) FROM PUBLIC;
+
 DO $$
 BEGIN
     EXECUTE format('ALTER FUNCTION login_etl_rekey_vault_chunk(tid[], text[], text[], smallint) SET search_path = %I, pg_catalog, pg_temp',
                    current_schema());
     EXECUTE format('ALTER FUNCTION login_etl_purge_vault(date, bigint, integer) SET search_path = %I, pg_catalog, pg_temp',
                    current_schema());
+    EXECUTE format('ALTER FUNCTION login_etl_check_write(bigint, integer, integer) SET search_path = %I, pg_catalog, pg_temp',
+                   current_schema());
 END
 $$;
 
 -- Roles granted before this version: what `login-etl grants` gives now.
 -- The function moves `last_seen` (ingest roles: INSERT on the vault, no
--- DELETE); forget moves it aside and back with the entry (erase roles);
--- maintain purges (its roles can run login_etl_ensure_partition).
+-- DELETE) and checks its writes with login_etl_check_write; forget moves
+-- `last_seen` aside and back with the entry (erase roles); maintain purges
+-- (its roles can run login_etl_ensure_partition).
 DO $$
 DECLARE
     r record;
@@ -116,6 +155,14 @@ BEGIN
         ELSE
             EXECUTE format('GRANT SELECT (last_seen), INSERT (last_seen), UPDATE (last_seen) ON user_logins_pii_vault TO %I', r.grantee);
         END IF;
+    END LOOP;
+    -- Ingest roles: those granted the check of 0007.
+    FOR r IN
+        SELECT DISTINCT grantee FROM information_schema.role_routine_grants
+        WHERE routine_schema = current_schema() AND routine_name = 'login_etl_refuse_erased'
+          AND grantee NOT IN (current_user, 'PUBLIC') AND grantee IN (SELECT rolname FROM pg_roles)
+    LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION login_etl_check_write(bigint, integer, integer) TO %I', r.grantee);
     END LOOP;
     FOR r IN
         SELECT DISTINCT grantee FROM information_schema.role_routine_grants

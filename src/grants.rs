@@ -181,7 +181,7 @@ const AUDIT_COLUMNS: &[&str] = &[
 /// The table grants of the ingest role: The function: its writes, the lost-reply recount, the vault's entries, the erasure list.
 const INGEST_GRANTS: &[Grant] = &[
     // Table-level: the write transaction first takes ROW EXCLUSIVE
-    // with LOCK TABLE (see login_etl_refuse_erased), which a
+    // with LOCK TABLE (see ingest::sink::tx::begin_sql), which a
     // column-level grant does not allow.
     ("INSERT", "user_logins", &[]),
     // The lost-reply recount finds the batch's rows by their key
@@ -220,7 +220,7 @@ const INGEST_GRANTS: &[Grant] = &[
     ),
     ("UPDATE", "user_logins_pii_vault", &["last_seen"]),
     // The erasure list, kept in memory, and the check of its version
-    // and the key's (login_etl_refuse_erased, invoker's rights).
+    // and the key's (login_etl_check_write, the owner's rights).
     ("SELECT", "user_logins_erased", &["user_key", "seq"]),
 ];
 
@@ -419,7 +419,7 @@ pub fn sql(role: Role, to: &str, schema: &str) -> Result<String, GrantsError> {
     if role == Role::Ingest {
         let _ = writeln!(
             out,
-            "GRANT EXECUTE ON FUNCTION {ns}.\"login_etl_refuse_erased\"(bigint, integer, integer) TO {to};"
+            "GRANT EXECUTE ON FUNCTION {ns}.\"login_etl_check_write\"(bigint, integer, integer) TO {to};"
         );
     }
     let functions = match role {

@@ -513,15 +513,20 @@ async fn roles_granted_before_vault_retention_keep_working_after_migrate() {
     )
     .await
     .expect("written");
-    // Back to version 7: the column goes with its privileges.
+    // Back to version 7: the column goes with its privileges, the new
+    // functions with theirs; the ingest role holds 0007's check, as the
+    // grants of that version gave it.
+    let ingest_role = db.role_name(Role::Ingest);
     admin
-        .batch_execute(
+        .batch_execute(&format!(
             "ALTER TABLE user_logins_pii_vault DROP COLUMN last_seen; \
              ALTER TABLE user_logins_pii_vault_held DROP COLUMN last_seen; \
              DROP FUNCTION login_etl_purge_vault(date, bigint, integer); \
+             DROP FUNCTION login_etl_check_write(bigint, integer, integer); \
+             GRANT EXECUTE ON FUNCTION login_etl_refuse_erased(bigint, integer, integer) TO \"{ingest_role}\"; \
              CREATE OR REPLACE FUNCTION login_etl_schema_version() RETURNS integer \
-             LANGUAGE sql IMMUTABLE AS $$ SELECT 7 $$",
-        )
+             LANGUAGE sql IMMUTABLE AS $$ SELECT 7 $$"
+        ))
         .await
         .unwrap();
     let entries: i64 = admin

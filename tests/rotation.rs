@@ -1069,7 +1069,21 @@ async fn a_writer_that_checks_one_version_waits_while_the_erasure_list_moves() {
     assert!(message.contains("deploy the current version"), "{message}");
     check("SELECT login_etl_refuse_erased($1::int8, 2, 1)")
         .await
+        .expect("0007's check, having looked users up from version 1");
+    check("SELECT login_etl_check_write($1::int8, 2, 1)")
+        .await
         .expect("this release's check, having looked users up from version 1");
+    let mid = check("SELECT login_etl_check_write($1::int8, 2, 2)")
+        .await
+        .expect_err("this release's check, having looked users up at version 2 only");
+    assert_eq!(mid.code().map(|c| c.code()), Some("LE001"), "{mid}");
+    for (sql, code) in [
+        ("SELECT login_etl_check_write($1::int8, 1, 1)", "LE002"),
+        ("SELECT login_etl_check_write($1::int8 - 1, 2, 1)", "LE001"),
+    ] {
+        let e = check(sql).await.expect_err(sql);
+        assert_eq!(e.code().map(|c| c.code()), Some(code), "{sql}: {e}");
+    }
 
     // The list moved (as rotate-key's chunk does): both pass.
     admin
@@ -1080,6 +1094,9 @@ async fn a_writer_that_checks_one_version_waits_while_the_erasure_list_moves() {
         .await
         .expect("the list is moved");
     check("SELECT login_etl_refuse_erased($1::int8, 2, 2)")
+        .await
+        .expect("the list is moved");
+    check("SELECT login_etl_check_write($1::int8, 2, 2)")
         .await
         .expect("the list is moved");
 }

@@ -24,7 +24,7 @@ pub(crate) enum Failure {
     /// The batch was prepared with an erasure list or a key version that is
     /// no longer current (SQLSTATE `LE001`: `login-etl forget` erased
     /// someone; `LE002`: `login-etl rotate-key` began; both raised by
-    /// `login_etl_refuse_erased`): nothing was written.
+    /// `login_etl_check_write`): nothing was written.
     Outdated,
 }
 

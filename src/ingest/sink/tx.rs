@@ -58,8 +58,9 @@ impl Versions {
 /// with (`login-etl forget` erased someone since), `LE002` when the key
 /// version is no longer the batch's (`login-etl rotate-key` began), and
 /// `LE001` while the list holds keys older than the batch's users were
-/// checked at (migrations/0007).
-pub(crate) const ERASED_SQL: &str = "SELECT login_etl_refuse_erased($1::int8, $2::int4, $3::int4)";
+/// checked at. `login_etl_check_write` (migrations/0008) is 0007's
+/// `login_etl_refuse_erased` reading the key state once.
+pub(crate) const ERASED_SQL: &str = "SELECT login_etl_check_write($1::int8, $2::int4, $3::int4)";
 
 /// The write check against `known` ([`ERASED_SQL`]).
 pub(crate) async fn refuse_erased(

@@ -5,7 +5,7 @@
 //! 1. **The switch** (`login_etl_switch_key`, one moment's lock, holding
 //!    nothing that grows with the data): the database's key version moves
 //!    from n-1 to n. From then on every write is checked against version
-//!    n (`login_etl_refuse_erased`): a function still on n-1 is refused,
+//!    n (`login_etl_check_write`): a function still on n-1 is refused,
 //!    reads its keys again, re-keys its batch in memory and writes it under
 //!    n. No row is stored under n-1 after the switch.
 //! 2. **The erasure list**, in chunks of user keys: each entry moves from
