@@ -151,7 +151,7 @@ BEGIN
     LOOP
         IF has_table_privilege(r.grantee, 'user_logins_pii_vault', 'DELETE') THEN
             EXECUTE format('GRANT SELECT (last_seen), INSERT (last_seen), UPDATE (last_seen) ON user_logins_pii_vault TO %I', r.grantee);
-            EXECUTE format('GRANT SELECT (last_seen), INSERT (last_seen) ON user_logins_pii_vault_held TO %I', r.grantee);
+            EXECUTE format('GRANT SELECT (last_seen), INSERT (last_seen), UPDATE (last_seen) ON user_logins_pii_vault_held TO %I', r.grantee);
         ELSE
             EXECUTE format('GRANT SELECT (last_seen), INSERT (last_seen), UPDATE (last_seen) ON user_logins_pii_vault TO %I', r.grantee);
         END IF;

@@ -285,6 +285,9 @@ const ERASE_GRANTS: &[Grant] = &[
     ("DELETE", "user_logins_erasure_tokens", &[]),
     ("SELECT", "user_logins_pii_vault_held", HELD_ENTRY),
     ("INSERT", "user_logins_pii_vault_held", HELD_ENTRY),
+    // A rerun after a stop holds an entry held already: the later
+    // last_seen of the two stays.
+    ("UPDATE", "user_logins_pii_vault_held", &["last_seen"]),
     ("DELETE", "user_logins_pii_vault_held", &[]),
     // The erasure list (ON CONFLICT reads the arbiter) and the audit.
     ("INSERT", "user_logins_erased", &["user_key", "key_version"]),

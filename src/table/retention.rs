@@ -13,8 +13,8 @@ use tokio_postgres::types::Type;
 use tracing::info;
 
 use crate::error::SinkError;
-use crate::table::maintain::MaintainReport;
-use crate::table::schema::{failed, with_lock_retries};
+use crate::table::maintain::{MaintainReport, Partition, partitions};
+use crate::table::schema::{failed, server_version, with_lock_retries};
 
 /// Pages of the vault read per purge transaction (about 60,000 entries).
 const VAULT_PAGES: i32 = 1_000;
@@ -89,12 +89,42 @@ async fn expired(client: &Client, cutoff: NaiveDate) -> Result<Vec<String>, Sink
         .collect())
 }
 
-/// The vault's entries whose `last_seen` is before `cutoff`, deleted a
-/// chunk of pages at a time (`login_etl_purge_vault`); returns how many.
-/// An entry's `last_seen` is the latest day of the rows written with it,
-/// so these are the originals of values whose every row is past retention
-/// (or was erased with its user).
+/// The vault's entries no kept row can use, deleted a chunk of pages at a
+/// time (`login_etl_purge_vault`); returns how many. An entry's
+/// `last_seen` is the latest day of the rows written with it, so these are
+/// the originals of values whose every row is gone: past retention, or
+/// erased with its user.
+///
+/// The day below which they go is the first day a kept partition holds,
+/// not `cutoff`: a partition of a week or a month is dropped only when its
+/// last day is past retention, and keeps its older rows until then. A
+/// partition from before partitions (`user_logins_legacy`, no lower bound)
+/// keeps every entry until it is dropped.
 pub(crate) async fn purge_vault(client: &Client, cutoff: NaiveDate) -> Result<i64, SinkError> {
+    let kept: Vec<Partition> = partitions(client)
+        .await
+        .map_err(failed("listing the partitions"))?
+        .into_iter()
+        .filter(|p| !p.is_default)
+        .collect();
+    if kept.iter().any(|p| p.lo.is_none()) {
+        return Ok(0);
+    }
+    let below = kept
+        .iter()
+        .filter_map(|p| p.lo)
+        .min()
+        .map_or(cutoff, |first| first.min(cutoff));
+    // Without a TID range scan (PostgreSQL 13), each chunk would read the
+    // whole vault: one chunk of every page instead.
+    let (version, _) = server_version(client)
+        .await
+        .map_err(failed("reading the server version"))?;
+    let pages = if version >= 140_000 {
+        VAULT_PAGES
+    } else {
+        i32::MAX
+    };
     let (mut purged, mut page) = (0i64, 0i64);
     loop {
         let (deleted, next) = with_lock_retries("purging the vault past retention", || async {
@@ -102,9 +132,9 @@ pub(crate) async fn purge_vault(client: &Client, cutoff: NaiveDate) -> Result<i6
                 .query_typed_one(
                     "SELECT purged, next_page FROM login_etl_purge_vault($1, $2, $3)",
                     &[
-                        (&cutoff, Type::DATE),
+                        (&below, Type::DATE),
                         (&page, Type::INT8),
-                        (&VAULT_PAGES, Type::INT4),
+                        (&pages, Type::INT4),
                     ],
                 )
                 .await?;
@@ -118,7 +148,7 @@ pub(crate) async fn purge_vault(client: &Client, cutoff: NaiveDate) -> Result<i6
         }
     }
     if purged > 0 {
-        info!(entries = purged, %cutoff, "vault entries past retention deleted");
+        info!(entries = purged, last_seen_before = %below, "vault entries past retention deleted");
     }
     Ok(purged)
 }

@@ -25,7 +25,13 @@ const VAULT_KEY_SQL: &str = "INSERT INTO user_logins_vault_keys (key_id, kms_key
 /// COMMIT (the purge then skips it), and one the purge deleted first is not
 /// there for the INSERT to conflict with, so it is stored again. (In one
 /// statement, as a data-modifying CTE, the UPDATE ran after the INSERT, and
-/// an entry purged between the two was lost: the soak, seed 1.)
+/// an entry purged between the two was lost: the soak, seed 1.) And sent
+/// again after it: an entry another transaction was inserting (a batch
+/// with an older row, rotate-key's chunk, forget's put-back) is invisible
+/// to the first UPDATE; the INSERT waits for it to commit, and the second
+/// UPDATE then moves it forward. Left open: that entry, committed with a
+/// day already past retention, purged in the microseconds between the
+/// INSERT and the second UPDATE.
 const VAULT_SEEN_SQL: &str = "UPDATE user_logins_pii_vault v SET last_seen = m.d \
     FROM UNNEST($1::varchar[], $2::varchar[], $3::date[]) AS m(k, t, d) \
     WHERE v.kind = m.k AND v.token = m.t AND v.last_seen < m.d";
@@ -100,10 +106,11 @@ pub(crate) async fn write(
         (&days, Type::DATE_ARRAY),
     ];
     // Polled in order, so sent in this order, in the caller's round trip.
-    let (stored, seen, written) = tokio::join!(
+    let (stored, seen, written, seen_again) = tokio::join!(
         client.execute_typed(VAULT_KEY_SQL, &key_params),
         client.execute_typed(VAULT_SEEN_SQL, &seen_params),
         client.execute_typed(VAULT_SQL, &entry_params),
+        client.execute_typed(VAULT_SEEN_SQL, &seen_params),
     );
-    stored.and(seen).and(written).map(|_| ())
+    stored.and(seen).and(written).and(seen_again).map(|_| ())
 }

@@ -451,14 +451,19 @@ where
     loop {
         match step().await {
             Ok(v) => return Ok(v),
+            // A deadlock too (the vault's purge beside the function's
+            // updates of the same entries): each step is a transaction of
+            // its own, so trying again is safe.
             Err(e)
-                if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+                if (e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+                    || e.code()
+                        == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED))
                     && tries + 1 < LOCK_TRIES =>
             {
                 tries += 1;
                 info!(
                     op,
-                    tries, "lock wait ran out (ingest goes first); trying again"
+                    tries, "lock wait ran out or a deadlock (ingest goes first); trying again"
                 );
                 tokio::time::sleep(LOCK_PAUSE).await;
             }
