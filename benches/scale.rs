@@ -344,6 +344,8 @@ async fn main() {
         include_str!("../migrations/0006_key_versions.sql"),
         "\n",
         include_str!("../migrations/0007_online_operations.sql"),
+        "\n",
+        include_str!("../migrations/0008_vault_retention.sql"),
     ))
     .await
     .unwrap();
