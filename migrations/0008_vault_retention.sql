@@ -149,11 +149,9 @@ BEGIN
           AND column_name = 'ciphertext' AND privilege_type = 'INSERT'
           AND grantee NOT IN (current_user, 'PUBLIC') AND grantee IN (SELECT rolname FROM pg_roles)
     LOOP
+        EXECUTE format('GRANT SELECT (last_seen), INSERT (last_seen), UPDATE (last_seen) ON user_logins_pii_vault TO %I', r.grantee);
         IF has_table_privilege(r.grantee, 'user_logins_pii_vault', 'DELETE') THEN
-            EXECUTE format('GRANT SELECT (last_seen), INSERT (last_seen), UPDATE (last_seen) ON user_logins_pii_vault TO %I', r.grantee);
             EXECUTE format('GRANT SELECT (last_seen), INSERT (last_seen), UPDATE (last_seen) ON user_logins_pii_vault_held TO %I', r.grantee);
-        ELSE
-            EXECUTE format('GRANT SELECT (last_seen), INSERT (last_seen), UPDATE (last_seen) ON user_logins_pii_vault TO %I', r.grantee);
         END IF;
     END LOOP;
     -- Ingest roles: those granted the check of 0007.
