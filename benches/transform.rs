@@ -18,8 +18,7 @@ fn transform(c: &mut Criterion) {
         ..Options::default()
     }));
     let ids: Vec<&str> = event
-        .records
-        .iter()
+        .records()
         .map(|m| m.message_id.as_deref().unwrap())
         .collect();
 
@@ -27,21 +26,20 @@ fn transform(c: &mut Criterion) {
     g.throughput(Throughput::Elements(n as u64));
     g.bench_function("transform (parse+validate+mask+encode)", |b| {
         b.iter(|| {
-            for (m, id) in event.records.iter().zip(&ids) {
+            for (m, id) in event.records().zip(&ids) {
                 black_box(record::transform(id, m, &masker).unwrap());
             }
         })
     });
     g.bench_function("parse+validate only", |b| {
         b.iter(|| {
-            for m in &event.records {
+            for m in event.records() {
                 black_box(parse_body(m.body.as_deref().unwrap()).unwrap());
             }
         })
     });
     let parsed: Vec<_> = event
-        .records
-        .iter()
+        .records()
         .map(|m| parse_body(m.body.as_deref().unwrap()).unwrap())
         .collect();
     g.bench_function("mask only (2 HMACs)", |b| {

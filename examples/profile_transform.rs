@@ -15,7 +15,7 @@ fn main() {
     }));
     let mut checksum = 0u64;
     for _ in 0..60 {
-        for m in &batch.records {
+        for m in batch.records() {
             let row = record::transform(m.message_id.as_deref().unwrap_or(""), m, &masker)
                 .expect("generated records are valid");
             checksum = checksum.wrapping_add(row.masked_ip.as_str().as_bytes()[0] as u64);

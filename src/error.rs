@@ -284,6 +284,13 @@ pub enum HandlerError {
         /// Position of the record in the batch.
         index: usize,
     },
+    /// A record is not an SQS message (a field of the wrong type), so the
+    /// batch cannot be handled.
+    #[error("record {index}: {}", crate::ingest::event::NOT_AN_SQS_EVENT)]
+    MalformedRecord {
+        /// Position of the record in the batch.
+        index: usize,
+    },
     /// The database failed in a way that is not about one row.
     #[error(transparent)]
     Sink(#[from] SinkError),
@@ -295,6 +302,7 @@ impl HandlerError {
     pub fn class(&self) -> &'static str {
         match self {
             HandlerError::MissingMessageId { .. } => "missing_message_id",
+            HandlerError::MalformedRecord { .. } => "malformed_event",
             HandlerError::Sink(e) => Self::class_of(e),
         }
     }
@@ -317,7 +325,7 @@ impl HandlerError {
     /// True when redelivering the batch later can succeed without a human.
     pub fn is_retryable(&self) -> bool {
         match self {
-            HandlerError::MissingMessageId { .. } => false,
+            HandlerError::MissingMessageId { .. } | HandlerError::MalformedRecord { .. } => false,
             HandlerError::Sink(e) => e.is_retryable(),
         }
     }

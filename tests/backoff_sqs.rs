@@ -90,7 +90,7 @@ async fn receive_batch(sqs: &Client, url: &str, arn: &str, n: usize, visibility:
         }
     }
     assert_eq!(records.len(), n, "received every message once");
-    SqsBatch { records }
+    SqsBatch::new(records)
 }
 
 async fn visible(sqs: &Client, url: &str) -> BTreeSet<String> {
@@ -233,8 +233,7 @@ async fn an_outage_backs_off_the_valid_records_and_refused_rows_reach_the_dlq_on
     // which SQS cannot carry (it stays a failure for SQS's redrive).
     assert_eq!(summary.sent_to_dlq, dead.len());
     let unsendable: BTreeSet<String> = batch
-        .records
-        .iter()
+        .records()
         .filter(|m| {
             !valid.contains(m.body.as_ref().unwrap())
                 && !dead_bodies.contains(m.body.as_ref().unwrap())
@@ -247,8 +246,7 @@ async fn an_outage_backs_off_the_valid_records_and_refused_rows_reach_the_dlq_on
         dead.len()
     );
     let valid_ids: BTreeSet<String> = batch
-        .records
-        .iter()
+        .records()
         .filter(|m| valid.contains(m.body.as_ref().unwrap()))
         .map(|m| m.message_id.clone().unwrap())
         .collect();
@@ -317,12 +315,11 @@ async fn an_outage_backs_off_the_valid_records_and_refused_rows_reach_the_dlq_on
         .unwrap();
     let reported = resp.batch_item_failures.len();
     let small_valid = small
-        .records
-        .iter()
+        .records()
         .filter(|m| valid.contains(m.body.as_ref().unwrap()))
         .count();
     // No DLQ here: rejects are reported too, as before.
-    assert_eq!(reported, small.records.len(), "nothing lost: all reported");
+    assert_eq!(reported, small.len(), "nothing lost: all reported");
     assert_eq!(
         (summary.backed_off, summary.visibility_change_failed),
         (0, reported)
@@ -362,7 +359,7 @@ async fn an_outage_backs_off_the_valid_records_and_refused_rows_reach_the_dlq_on
     let bad_id = one.records[2].message_id.clone().unwrap();
     for receive in 1..=3 {
         let mut batch = SqsBatch::from(&one);
-        for r in &mut batch.records {
+        for r in batch.records_mut() {
             r.attributes.as_mut().unwrap().approximate_receive_count = Some(receive.to_string());
         }
         let (resp, summary) = h
@@ -426,7 +423,7 @@ async fn an_outage_backs_off_the_valid_records_and_refused_rows_reach_the_dlq_on
         seed: 503,
         ..Options::default()
     }));
-    for (i, r) in group.records.iter_mut().enumerate() {
+    for (i, r) in group.records_mut().enumerate() {
         r.attributes.as_mut().unwrap().approximate_receive_count = Some((i % 4 + 1).to_string());
     }
     let (resp, summary) = fifo
@@ -440,8 +437,7 @@ async fn an_outage_backs_off_the_valid_records_and_refused_rows_reach_the_dlq_on
         .map(|f| f.item_identifier.clone())
         .collect();
     let ids: Vec<String> = group
-        .records
-        .iter()
+        .records()
         .map(|r| r.message_id.clone().unwrap())
         .collect();
     assert_eq!(failed, ids, "the whole tail, in order");

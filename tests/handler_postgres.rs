@@ -375,6 +375,47 @@ async fn a_connection_closed_between_invocations_is_reopened() {
     assert_eq!(count_rows(&client).await, 40);
 }
 
+/// A large batch is parsed while its COPY is open: a record near its end
+/// without a messageId, or not an SQS message at all, is found after the
+/// first rows went into the COPY. The invocation fails, nothing commits,
+/// and the connection serves the next batch.
+#[tokio::test]
+async fn a_bad_record_late_in_a_streamed_batch_fails_it_with_nothing_written() {
+    let db = TestDb::create().await;
+    let h = handler(&db).await;
+    let options = |seed| Options {
+        count: 600,
+        seed,
+        ..Options::default()
+    };
+    let mut json = serde_json::to_value(synth::event(&options(1))).unwrap();
+    json["Records"][550]["messageId"] = Value::from(42);
+    let batch: SqsBatch = serde_json::from_value(json).unwrap();
+    let err = h.handle(&batch, Deadline::NONE).await.unwrap_err();
+    assert!(
+        matches!(err, HandlerError::MalformedRecord { index: 550 }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("not an SQS batch event"), "{err}");
+    assert_eq!(count_rows(&db.client().await).await, 0);
+
+    let mut json = serde_json::to_value(synth::event(&options(2))).unwrap();
+    json["Records"][599]["messageId"] = Value::Null;
+    let batch: SqsBatch = serde_json::from_value(json).unwrap();
+    let err = h.handle(&batch, Deadline::NONE).await.unwrap_err();
+    assert!(
+        matches!(err, HandlerError::MissingMessageId { index: 599 }),
+        "{err}"
+    );
+    assert_eq!(count_rows(&db.client().await).await, 0);
+
+    let good = SqsBatch::from(&synth::event(&options(3)));
+    let (resp, summary) = h.handle(&good, Deadline::NONE).await.unwrap().into_parts();
+    assert!(resp.batch_item_failures.is_empty());
+    assert_eq!(summary.inserted, 600);
+    assert_eq!(count_rows(&db.client().await).await, 600);
+}
+
 #[tokio::test]
 async fn a_record_without_message_id_fails_the_invocation() {
     let db = TestDb::create().await;

@@ -259,17 +259,19 @@ async fn nothing_the_function_writes_at_trace_contains_raw_pii_or_the_key() {
             .to_string(),
     );
     batches.push(err_batch);
-    // A malformed event: the runtime would report this deserialization error.
+    // A malformed record: the handler fails the invocation when it reaches it.
     let malformed = std::fs::read_to_string(fixture_path("sqs-malformed.json")).unwrap();
+    let batch: SqsBatch = serde_json::from_str(&malformed).unwrap();
+    let e = down.handle(&batch, Deadline::NONE).await.unwrap_err();
+    errors.push(e.to_string());
+    errors.push(format!("{e:?} {batch:?}"));
+    // A payload that is not an SQS event: the runtime reports this error.
+    let not_an_event = r#"{"Records": {"ip": "10.20.30.40", "device_id": "999-88-7777"}}"#;
     errors.push(
-        serde_json::from_str::<login_etl::SqsBatch>(&malformed)
+        serde_json::from_str::<login_etl::SqsBatch>(not_an_event)
             .unwrap_err()
             .to_string(),
     );
-    errors.push(format!(
-        "{:?}",
-        serde_json::from_str::<login_etl::SqsBatch>(&malformed).unwrap_err()
-    ));
 
     let logs = String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
         + &String::from_utf8(emf.0.lock().unwrap().clone()).unwrap();

@@ -6,15 +6,112 @@
 //! type, which reads four fields per record and skips the rest in place
 //! (benches/batch_pg.rs, phase "event JSON"). [`SqsBatch::from`] converts an
 //! `SqsEvent` (tests and fixtures use that type).
+//!
+//! Read from event JSON, a batch is only split into its messages' JSON
+//! texts (a scan that allocates one copy per message); each message is
+//! parsed when the handler first reaches it, so the first rows are in the
+//! COPY while the later messages are still text (parse while writing:
+//! docs/performance.md, "Parse while writing").
+
+use std::sync::OnceLock;
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
 
-/// One SQS batch as the event-source mapping sends it.
+/// One SQS batch as the event-source mapping sends it: its messages, in
+/// queue order, each parsed on first use.
 #[derive(Clone, Default)]
 pub struct SqsBatch {
-    /// The messages, in queue order.
-    pub records: Vec<SqsRecord>,
+    messages: Vec<Message>,
+}
+
+/// One message of a batch: parsed already (built in code, by `poll`), or
+/// its JSON text, parsed once when first asked for.
+#[derive(Clone)]
+struct Message {
+    json: Option<Box<RawValue>>,
+    /// `None` inside: the JSON is not an SQS message (a field of the wrong type).
+    parsed: OnceLock<Option<SqsRecord>>,
+}
+
+/// What a message that is not an SQS message reads as: every field absent.
+static MALFORMED: SqsRecord = SqsRecord {
+    message_id: None,
+    body: None,
+    attributes: None,
+    event_source_arn: None,
+    receipt_handle: None,
+    message_attributes: None,
+};
+
+impl SqsBatch {
+    /// A batch of messages already parsed.
+    pub fn new(records: Vec<SqsRecord>) -> Self {
+        let messages = records
+            .into_iter()
+            .map(|r| Message {
+                json: None,
+                parsed: OnceLock::from(Some(r)),
+            })
+            .collect();
+        Self { messages }
+    }
+
+    /// The number of messages.
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    /// No messages.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// The message at `index`, parsed now if it was not yet; a message
+    /// that is not an SQS message reads as one with every field absent
+    /// (see [`is_malformed`](Self::is_malformed)). Panics out of range.
+    pub fn record(&self, index: usize) -> &SqsRecord {
+        self.parsed(index).unwrap_or(&MALFORMED)
+    }
+
+    /// The message at `index` is not an SQS message (`{"messageId": 42}`,
+    /// a body that is an object): the batch cannot be handled.
+    pub fn is_malformed(&self, index: usize) -> bool {
+        self.parsed(index).is_none()
+    }
+
+    /// The messages, in queue order (each parsed as the iterator reaches it).
+    pub fn records(&self) -> impl ExactSizeIterator<Item = &SqsRecord> + '_ {
+        (0..self.len()).map(|i| self.record(i))
+    }
+
+    /// The messages to change (tests, redrives), every one parsed now; a
+    /// message that is not an SQS message is left out.
+    pub fn records_mut(&mut self) -> impl Iterator<Item = &mut SqsRecord> + '_ {
+        for index in 0..self.len() {
+            self.parsed(index);
+        }
+        self.messages
+            .iter_mut()
+            .filter_map(|m| m.parsed.get_mut().and_then(Option::as_mut))
+    }
+
+    fn parsed(&self, index: usize) -> Option<&SqsRecord> {
+        let m = &self.messages[index];
+        m.parsed
+            .get_or_init(|| {
+                let json = m.json.as_deref()?.get();
+                serde_json::from_str(json).ok()
+            })
+            .as_ref()
+    }
+}
+
+impl From<Vec<SqsRecord>> for SqsBatch {
+    fn from(records: Vec<SqsRecord>) -> Self {
+        Self::new(records)
+    }
 }
 
 /// What the function needs of one SQS message.
@@ -84,7 +181,7 @@ pub struct RecordAttributes {
 impl std::fmt::Debug for SqsBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqsBatch")
-            .field("records", &self.records)
+            .field("records", &self.records().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -128,23 +225,31 @@ impl SqsRecord {
     }
 }
 
+/// Why a payload or one of its messages cannot be handled; quotes nothing
+/// of the payload.
+pub const NOT_AN_SQS_EVENT: &str = "the payload is not an SQS batch event ({\"Records\": [...]} with string fields); invoke the function through an SQS event-source mapping or with a file from events/";
+
 #[derive(Deserialize)]
 struct Wire {
     #[serde(rename = "Records")]
-    records: Vec<SqsRecord>,
+    records: Vec<Box<RawValue>>,
 }
 
 impl<'de> Deserialize<'de> for SqsBatch {
-    /// serde's own error text can quote values from the payload: replaced by
-    /// a fixed message.
+    /// Splits the event into its messages' JSON texts; each is parsed when
+    /// first used. serde's own error text can quote values from the
+    /// payload: replaced by a fixed message.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Wire::deserialize(d)
-            .map(|w| SqsBatch { records: w.records })
-            .map_err(|_| {
-                serde::de::Error::custom(
-                    "the payload is not an SQS batch event ({\"Records\": [...]} with string fields); invoke the function through an SQS event-source mapping or with a file from events/",
-                )
+        let wire = Wire::deserialize(d).map_err(|_| serde::de::Error::custom(NOT_AN_SQS_EVENT))?;
+        let messages = wire
+            .records
+            .into_iter()
+            .map(|json| Message {
+                json: Some(json),
+                parsed: OnceLock::new(),
             })
+            .collect();
+        Ok(SqsBatch { messages })
     }
 }
 
@@ -176,9 +281,7 @@ impl From<&SqsMessage> for SqsRecord {
 
 impl From<&SqsEvent> for SqsBatch {
     fn from(event: &SqsEvent) -> Self {
-        SqsBatch {
-            records: event.records.iter().map(SqsRecord::from).collect(),
-        }
+        SqsBatch::new(event.records.iter().map(SqsRecord::from).collect())
     }
 }
 
@@ -195,8 +298,8 @@ mod tests {
             let lean: SqsBatch = serde_json::from_str(&text).unwrap();
             let full: SqsEvent = serde_json::from_str(&text).unwrap();
             let converted = SqsBatch::from(&full);
-            assert_eq!(lean.records.len(), full.records.len());
-            for (a, b) in lean.records.iter().zip(&converted.records) {
+            assert_eq!(lean.len(), full.records.len());
+            for (a, b) in lean.records().zip(converted.records()) {
                 assert_eq!(a.message_id, b.message_id);
                 assert_eq!(a.body, b.body);
                 assert_eq!(a.sent_timestamp(), b.sent_timestamp());
@@ -214,9 +317,9 @@ mod tests {
         ))
         .unwrap();
         let batch: SqsBatch = serde_json::from_str(&text).unwrap();
-        let shown = format!("{batch:?} {:#?}", batch.records[0]);
+        let shown = format!("{batch:?} {:#?}", batch.record(0));
         assert!(shown.contains("body_bytes") && shown.contains("message_id"));
-        for r in &batch.records {
+        for r in batch.records() {
             let body = r.body.as_deref().unwrap_or_default();
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(body) {
                 for field in ["ip", "device_id", "user_id"] {
@@ -233,25 +336,75 @@ mod tests {
     }
 
     #[test]
-    fn null_or_missing_fields_are_none_and_errors_quote_nothing() {
+    fn null_or_missing_fields_are_none_and_a_malformed_message_quotes_nothing() {
         let b: SqsBatch = serde_json::from_str(
             r#"{"Records":[{"messageId":"m","body":null,"attributes":null,"x":{"y":[1,2]}},{}]}"#,
         )
         .unwrap();
-        assert_eq!(b.records[0].message_id.as_deref(), Some("m"));
+        assert_eq!(b.record(0).message_id.as_deref(), Some("m"));
         assert_eq!(
-            (b.records[0].body.as_deref(), b.records[0].sent_timestamp()),
+            (b.record(0).body.as_deref(), b.record(0).sent_timestamp()),
             (None, None)
         );
-        assert!(b.records[1].message_id.is_none());
-        let err = serde_json::from_str::<SqsBatch>(
-            r#"{"Records":[{"messageId":"m","body":{"ip":"10.1.2.3"}}]}"#,
+        assert!(b.record(1).message_id.is_none());
+        assert!(!b.is_malformed(0) && !b.is_malformed(1));
+        // A message of the wrong shape: the batch reads, the message does not.
+        let b: SqsBatch = serde_json::from_str(
+            r#"{"Records":[{"messageId":"m"},{"messageId":"n","body":{"ip":"10.1.2.3"}}]}"#,
         )
-        .unwrap_err()
-        .to_string();
+        .unwrap();
+        assert!(!b.is_malformed(0) && b.is_malformed(1));
+        assert!(b.record(1).message_id.is_none());
+        let shown = format!("{b:?}");
+        assert!(!shown.contains("10.1.2.3"), "{shown}");
+        // Not an SQS event at all: a fixed message, nothing of the payload.
+        let err = serde_json::from_str::<SqsBatch>(r#"{"Records":{"ip":"10.1.2.3"}}"#)
+            .unwrap_err()
+            .to_string();
         assert!(
             !err.contains("10.1.2.3") && err.contains("not an SQS batch event"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn each_message_is_parsed_when_first_reached() {
+        let text = std::fs::read_to_string(format!(
+            "{}/events/sqs-valid.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let b: SqsBatch = serde_json::from_str(&text).unwrap();
+        let parsed = |b: &SqsBatch| {
+            b.messages
+                .iter()
+                .filter(|m| m.parsed.get().is_some())
+                .count()
+        };
+        assert_eq!(parsed(&b), 0, "splitting parses no message");
+        assert!(b.record(2).message_id.is_some());
+        assert_eq!(parsed(&b), 1);
+        assert_eq!(b.records().count(), b.len());
+        assert_eq!(parsed(&b), b.len());
+        // Built from parsed records: nothing left to parse.
+        assert_eq!(parsed(&SqsBatch::new(vec![SqsRecord::default()])), 1);
+    }
+
+    #[test]
+    fn reads_through_serde_path_to_error_as_lambda_runtime_does() {
+        // lambda_runtime wraps serde_json's deserializer in serde_path_to_error;
+        // the split into raw messages must work through it.
+        let text = std::fs::read_to_string(format!(
+            "{}/events/sqs-mixed.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let jd = &mut serde_json::Deserializer::from_str(&text);
+        let wrapped: SqsBatch = serde_path_to_error::deserialize(jd).unwrap();
+        let plain: SqsBatch = serde_json::from_str(&text).unwrap();
+        assert_eq!(wrapped.len(), plain.len());
+        for (a, b) in wrapped.records().zip(plain.records()) {
+            assert_eq!((&a.message_id, &a.body), (&b.message_id, &b.body));
+        }
     }
 }

@@ -418,11 +418,10 @@ impl Worker {
     /// One batch: lease, handle under the heartbeat, release, delete.
     async fn handle(&self, batch: SqsBatch, granted: Granted) {
         let handles: Vec<String> = batch
-            .records
-            .iter()
+            .records()
             .filter_map(|r| r.receipt_handle.clone())
             .collect();
-        Stats::add(&self.stats.received, batch.records.len());
+        Stats::add(&self.stats.received, batch.len());
         let lease = self.leases.take(handles);
         let deadline = Instant::now() + self.batch_timeout;
         let handled = {
@@ -445,8 +444,7 @@ impl Worker {
                     .map(|f| f.item_identifier.as_str())
                     .collect();
                 let done: Vec<&str> = batch
-                    .records
-                    .iter()
+                    .records()
                     .filter(|r| {
                         r.message_id
                             .as_deref()
@@ -464,10 +462,10 @@ impl Worker {
                 });
             }
             Err(e) => {
-                Stats::add(&self.stats.left, batch.records.len());
+                Stats::add(&self.stats.left, batch.len());
                 warn!(
                     error = %e,
-                    records = batch.records.len(),
+                    records = batch.len(),
                     "batch failed; its messages return to the queue after the visibility timeout"
                 );
                 self.health

@@ -345,7 +345,7 @@ impl Queue {
         }
         Ok(Gathered {
             granted: (!records.is_empty()).then_some(granted),
-            batch: SqsBatch { records },
+            batch: SqsBatch::new(records),
         })
     }
 

@@ -62,7 +62,6 @@ pub(super) fn receive_count(record: &SqsRecord) -> u32 {
 pub(super) async fn send_refused(
     (dlq, max_receives): (&DeadLetterQueue, u32),
     batch: &SqsBatch,
-    ids: &[&str],
     report: &InsertReport,
     valid: &Transformed<'_>,
     fifo: bool,
@@ -71,7 +70,6 @@ pub(super) async fn send_refused(
     if max_receives == 0 {
         return Vec::new();
     }
-    let records = &batch.records;
     let codes: Vec<String> = report
         .refused_codes
         .iter()
@@ -82,11 +80,11 @@ pub(super) async fn send_refused(
         .iter()
         .zip(&codes)
         .map(|(&i, code)| (valid.row_positions[i], code))
-        .filter(|&(pos, _)| receive_count(&records[pos]) >= max_receives)
+        .filter(|&(pos, _)| receive_count(batch.record(pos)) >= max_receives)
         .map(|(pos, code)| Rejected {
             position: pos,
-            message: &records[pos],
-            message_id: ids[pos],
+            message: batch.record(pos),
+            message_id: valid.ids[pos],
             code,
         })
         .collect();
@@ -107,10 +105,9 @@ pub(super) async fn back_off(
     fifo: bool,
     deadline: Option<Instant>,
 ) -> (usize, usize) {
-    let records = &batch.records;
     let tail = positions
         .iter()
-        .map(|&p| receive_count(&records[p]))
+        .map(|&p| receive_count(batch.record(p)))
         .max()
         .unwrap_or(1);
     let together = schedule.delay(tail, jitter());
@@ -118,15 +115,15 @@ pub(super) async fn back_off(
         .iter()
         .map(|&pos| Hold {
             position: pos,
-            receipt_handle: records[pos].receipt_handle.as_deref(),
+            receipt_handle: batch.record(pos).receipt_handle.as_deref(),
             seconds: if fifo {
                 together
             } else {
-                schedule.delay(receive_count(&records[pos]), jitter())
+                schedule.delay(receive_count(batch.record(pos)), jitter())
             },
         })
         .collect();
-    let source = records.iter().find_map(|m| m.event_source_arn.as_deref());
+    let source = batch.records().find_map(|m| m.event_source_arn.as_deref());
     let held = visibility.hold(&holds, source, deadline).await;
     let missed = positions.len() - held.len();
     if missed > 0 {

@@ -151,15 +151,16 @@ impl BatchHandler {
     ) -> Result<Outcome, HandlerError> {
         let deadline = deadline.instant();
         let started = Instant::now();
-        let fifo = batch.records.iter().any(|m| {
-            m.event_source_arn
-                .as_deref()
-                .is_some_and(|arn| arn.ends_with(".fifo"))
-        });
+        // A batch comes from one queue: the first record that names its
+        // queue tells (the later ones are not parsed yet).
+        let fifo = batch
+            .records()
+            .find_map(|m| m.event_source_arn.as_deref())
+            .is_some_and(|arn| arn.ends_with(".fifo"));
         let result = self.process(batch, fifo, deadline, started).await;
         let now_ms = Utc::now().timestamp_millis();
         let mut metrics = InvocationMetrics {
-            received: batch.records.len(),
+            received: batch.len(),
             duration_ms: started.elapsed().as_millis() as u64,
             ingest_lag_ms: ingest_lag_ms(batch, now_ms),
             fifo,
@@ -198,28 +199,28 @@ impl BatchHandler {
         deadline: Option<Instant>,
         started: Instant,
     ) -> Result<(SqsBatchResponse, BatchSummary, bool), HandlerError> {
-        let ids = message_ids(batch)?;
         let mut valid = Transformed::default();
         let (report, failure) = self
-            .write(batch, &ids, fifo, deadline, started, &mut valid)
+            .write(batch, fifo, deadline, started, &mut valid)
             .await?;
+        let ids = &valid.ids;
         // Standard queues: rejected records go to the DLQ once their
         // neighbours are written, or failed (FIFO batches sent them before
         // writing): a reject is never held back by the database.
         if !fifo && let Some(dlq) = &self.dlq {
             valid.sent = dlq
-                .send(&valid.rejected_records(batch, &ids), false, deadline)
+                .send(&valid.rejected_records(batch), false, deadline)
                 .await;
         }
         let refused_sent = match &self.dlq {
             Some(dlq) => {
                 let to = (dlq, self.refused_max_receives);
-                failures::send_refused(to, batch, &ids, &report, &valid, fifo, deadline).await
+                failures::send_refused(to, batch, &report, &valid, fifo, deadline).await
             }
             None => Vec::new(),
         };
         let failed = failures::failed_positions(
-            batch.records.len(),
+            batch.len(),
             &valid,
             &report,
             &refused_sent,
@@ -242,7 +243,7 @@ impl BatchHandler {
             *rejected.entry(code.clone()).or_default() += 1;
         }
         let summary = BatchSummary {
-            received: batch.records.len(),
+            received: batch.len(),
             inserted: report.inserted,
             duplicates: report.duplicates,
             rejected,
@@ -265,7 +266,6 @@ impl BatchHandler {
     async fn write<'b>(
         &self,
         batch: &'b SqsBatch,
-        ids: &[&'b str],
         fifo: bool,
         deadline: Option<Instant>,
         started: Instant,
@@ -279,15 +279,18 @@ impl BatchHandler {
             deadline,
         };
         let mut sink = self.sink().await;
-        let written = transform.write(&mut sink, batch, ids, valid).await;
+        let written = transform.write(&mut sink, batch, valid).await;
         drop(sink);
+        let written = written.inspect_err(|e| {
+            warn!(received = batch.len(), error = %e, "batch refused");
+        })?;
         let e = match written {
             Ok(report) => return Ok((report, None)),
             Err(e) => e,
         };
         let backing_off = self.backoff.is_some();
         warn!(
-            received = batch.records.len(),
+            received = batch.len(),
             valid = valid.rows.len(),
             rejected = valid.rejected.len(),
             duration_ms = started.elapsed().as_millis() as u64,
@@ -311,27 +314,8 @@ impl BatchHandler {
 /// Now minus the oldest `SentTimestamp` of the batch.
 fn ingest_lag_ms(batch: &SqsBatch, now_ms: i64) -> Option<u64> {
     let oldest = batch
-        .records
-        .iter()
+        .records()
         .filter_map(|m| m.sent_timestamp()?.parse::<i64>().ok())
         .min()?;
     Some(now_ms.saturating_sub(oldest).max(0) as u64)
-}
-
-/// Every record's `messageId`; without one, a record cannot be reported on
-/// its own, so the invocation fails.
-fn message_ids(batch: &SqsBatch) -> Result<Vec<&str>, HandlerError> {
-    batch
-        .records
-        .iter()
-        .enumerate()
-        .map(|(index, message)| match message.message_id.as_deref() {
-            Some(id) if !id.is_empty() => Ok(id),
-            _ => {
-                let e = HandlerError::MissingMessageId { index };
-                warn!(received = batch.records.len(), error = %e, "batch refused");
-                Err(e)
-            }
-        })
-        .collect()
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use tracing::{trace, warn};
 
-use crate::error::SinkError;
+use crate::error::{HandlerError, SinkError};
 use crate::ingest::dlq::{DeadLetterQueue, Rejected};
 use crate::ingest::event::SqsBatch;
 use crate::ingest::record::{self, LoginRow, Rejection};
@@ -17,6 +17,9 @@ use crate::privacy::vault::{DataKey, VaultBatch, VaultWrite};
 /// The batch split by validation.
 #[derive(Default)]
 pub(super) struct Transformed<'b> {
+    /// Every record's `messageId`, in batch order (all of them once the
+    /// batch could be handled).
+    pub(super) ids: Vec<&'b str>,
     /// Valid rows, in batch order.
     pub(super) rows: Vec<LoginRow<'b>>,
     /// Position in the batch of each row.
@@ -32,11 +35,7 @@ pub(super) struct Transformed<'b> {
 }
 
 impl<'b> Transformed<'b> {
-    pub(super) fn rejected_records<'a>(
-        &'a self,
-        batch: &'b SqsBatch,
-        ids: &[&'b str],
-    ) -> Vec<Rejected<'a>>
+    pub(super) fn rejected_records<'a>(&'a self, batch: &'b SqsBatch) -> Vec<Rejected<'a>>
     where
         'b: 'a,
     {
@@ -44,8 +43,8 @@ impl<'b> Transformed<'b> {
             .iter()
             .map(|(pos, code)| Rejected {
                 position: *pos,
-                message: &batch.records[*pos],
-                message_id: ids[*pos],
+                message: batch.record(*pos),
+                message_id: self.ids[*pos],
                 code,
             })
             .collect()
@@ -65,13 +64,16 @@ pub(super) struct Transform<'h> {
 impl Transform<'_> {
     /// Validates and masks every record, streaming the valid rows into the
     /// sink (a COPY for large batches) as they come, then commits them.
+    /// Each record is parsed as the loop reaches it, so the first rows are
+    /// in the COPY while the later ones are still JSON text. The outer
+    /// error: the batch cannot be handled (a record without `messageId`,
+    /// or not an SQS message), found before anything commits.
     pub(super) async fn write<'b>(
         &self,
         sink: &mut PgSink,
         batch: &'b SqsBatch,
-        ids: &[&'b str],
         out: &mut Transformed<'b>,
-    ) -> Result<InsertReport, SinkError> {
+    ) -> Result<Result<InsertReport, SinkError>, HandlerError> {
         // The keys and the erasure list, in memory (their versions are
         // checked by the write). When the database fails before the write
         // begins, every record is still validated with the newest key held,
@@ -82,13 +84,22 @@ impl Transform<'_> {
         };
         let mut writer = None;
         if early.is_none() {
-            match sink.start_batch(batch.records.len(), self.deadline).await {
+            match sink.start_batch(batch.len(), self.deadline).await {
                 Ok(w) => writer = Some(w),
                 Err(e) => early = Some(e),
             }
         }
-        for (pos, (message, &id)) in batch.records.iter().zip(ids).enumerate() {
-            match record::transform(id, message, &keys.masker) {
+        let mut unhandled = None;
+        for pos in 0..batch.len() {
+            let id = match message_id(batch, pos) {
+                Ok(id) => id,
+                Err(e) => {
+                    unhandled = Some(e);
+                    break;
+                }
+            };
+            out.ids.push(id);
+            match record::transform(id, batch.record(pos), &keys.masker) {
                 Ok(row) if keys.is_erased(&row.user_id) => {
                     trace!(message_id = id, "record of an erased user");
                     out.erased.push(pos);
@@ -114,38 +125,41 @@ impl Transform<'_> {
                 }
             }
         }
-        self.send_fifo_rejects(batch, ids, out).await;
-        if let Some(e) = early {
+        if let Some(e) = unhandled.or_else(|| rest_of_ids(batch, out).err()) {
+            if let Some(writer) = writer {
+                writer.abandon().await;
+            }
             return Err(e);
+        }
+        self.send_fifo_rejects(batch, out).await;
+        if let Some(e) = early {
+            return Ok(Err(e));
         }
         let writer = writer.expect("a writer whenever nothing failed before it");
         let vault = self.vault.map(|key| VaultWrite {
             key,
             batch: &out.vault,
         });
-        match writer
-            .finish(&out.rows, keys.versions, self.fifo, vault)
-            .await
-        {
-            Err(SinkError::BatchOutdated) => self.write_again(sink, out).await,
-            written => written,
-        }
+        Ok(
+            match writer
+                .finish(&out.rows, keys.versions, self.fifo, vault)
+                .await
+            {
+                Err(SinkError::BatchOutdated) => self.write_again(sink, out).await,
+                written => written,
+            },
+        )
     }
 
     /// FIFO: a rejected record sent to the DLQ is finished, so the records
     /// after it may go on; the first one that could not be sent holds back
     /// every later row.
-    async fn send_fifo_rejects<'b>(
-        &self,
-        batch: &'b SqsBatch,
-        ids: &[&'b str],
-        out: &mut Transformed<'b>,
-    ) {
+    async fn send_fifo_rejects<'b>(&self, batch: &'b SqsBatch, out: &mut Transformed<'b>) {
         let (true, Some(dlq)) = (self.fifo, self.dlq) else {
             return;
         };
         out.sent = dlq
-            .send(&out.rejected_records(batch, ids), true, self.deadline)
+            .send(&out.rejected_records(batch), true, self.deadline)
             .await;
         if let Some(&(held, _)) = out
             .rejected
@@ -222,6 +236,27 @@ impl Transform<'_> {
         }
         Ok(())
     }
+}
+
+/// The record's `messageId`; without one (or when the record is not an
+/// SQS message at all) it cannot be reported on its own, so the invocation
+/// fails.
+fn message_id(batch: &SqsBatch, index: usize) -> Result<&str, HandlerError> {
+    if batch.is_malformed(index) {
+        return Err(HandlerError::MalformedRecord { index });
+    }
+    match batch.record(index).message_id.as_deref() {
+        Some(id) if !id.is_empty() => Ok(id),
+        _ => Err(HandlerError::MissingMessageId { index }),
+    }
+}
+
+/// The ids of the records a FIFO reject held back (the loop stopped there).
+fn rest_of_ids<'b>(batch: &'b SqsBatch, out: &mut Transformed<'b>) -> Result<(), HandlerError> {
+    for index in out.ids.len()..batch.len() {
+        out.ids.push(message_id(batch, index)?);
+    }
+    Ok(())
 }
 
 fn log_rejection(message_id: &str, reason: &Rejection) {

@@ -142,6 +142,14 @@ impl BatchWriter<'_> {
         }
     }
 
+    /// Writes nothing: the COPY, if one is open, is aborted and its
+    /// transaction rolled back (the batch could not be handled after all).
+    pub async fn abandon(mut self) {
+        if self.copy.take().is_some() {
+            self.sink.rollback().await;
+        }
+    }
+
     /// Commits the batch: the COPY if one is open and every row went in,
     /// else `rows` by the INSERT path. With `vault`, each transaction also
     /// writes the vault entries of its rows (`vault.batch` was filled in

@@ -124,7 +124,7 @@ fn a_batch_seals_each_distinct_value_once() {
     let batch = crate::ingest::event::SqsBatch::from(&event);
     let mut rows: Vec<LoginRow<'_>> = [0, 1, 0]
         .iter()
-        .map(|&i| crate::ingest::record::transform("m", &batch.records[i], &masker).unwrap())
+        .map(|&i| crate::ingest::record::transform("m", batch.record(i), &masker).unwrap())
         .collect();
     // The repeat is dated three days later: its entries' last_seen.
     let later = rows[0].create_date + chrono::TimeDelta::days(3);
