@@ -177,9 +177,17 @@ async fn measure(
     out
 }
 
-/// Parse while writing, against the same batch parsed before the handler
-/// starts (as before messages were parsed on first use) and the COPY, in
-/// turn within each round, so the machine's drift hits all three alike.
+/// The event parsed in one pass before the handler starts, as before
+/// messages were parsed on first use.
+#[derive(serde::Deserialize)]
+struct OnePass {
+    #[serde(rename = "Records")]
+    records: Vec<login_etl::ingest::event::SqsRecord>,
+}
+
+/// Parse while writing, against the event parsed in one pass before the
+/// handler starts (the previous design) and the COPY, in turn within each
+/// round, so the machine's drift hits all three alike.
 async fn parse_while_writing(
     handler: &login_etl::BatchHandler,
     client: &tokio_postgres::Client,
@@ -194,7 +202,12 @@ async fn parse_while_writing(
             let json = serde_json::to_vec(&bench_event(n, seed)).unwrap();
             client.batch_execute(TRUNCATE).await.unwrap();
             let started = Instant::now();
-            let batch: login_etl::SqsBatch = serde_json::from_slice(&json).unwrap();
+            let batch: login_etl::SqsBatch = if variant == 1 {
+                let one_pass: OnePass = serde_json::from_slice(&json).unwrap();
+                login_etl::SqsBatch::new(one_pass.records)
+            } else {
+                serde_json::from_slice(&json).unwrap()
+            };
             if variant == 2 {
                 let rows: Vec<LoginRow<'_>> = batch
                     .records()
@@ -207,9 +220,6 @@ async fn parse_while_writing(
                 times.push(started.elapsed());
                 continue;
             }
-            if variant == 1 {
-                assert_eq!(batch.records().count(), n); // every message parsed first
-            }
             let outcome = handler.handle(&batch, Deadline::NONE).await.unwrap();
             times.push(started.elapsed());
             assert_eq!(outcome.summary.inserted as usize, n);
@@ -217,7 +227,7 @@ async fn parse_while_writing(
     }
     let [lazy, eager, copy] = times.map(|mut t| median(&mut t));
     println!(
-        "{n} records, {rounds} rounds in turn (median): parsed while written {:.2} ms, parsed first {:.2} ms, binary COPY {:.2} ms: {:.2}x and {:.2}x the COPY",
+        "{n} records, {rounds} rounds in turn (median): parsed while written {:.2} ms, parsed in one pass first (before) {:.2} ms, binary COPY {:.2} ms: {:.2}x and {:.2}x the COPY",
         ms(lazy),
         ms(eager),
         ms(copy),

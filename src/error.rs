@@ -286,7 +286,9 @@ pub enum HandlerError {
     },
     /// A record is not an SQS message (a field of the wrong type), so the
     /// batch cannot be handled.
-    #[error("record {index}: {}", crate::ingest::event::NOT_AN_SQS_EVENT)]
+    #[error(
+        "record {index} of the batch is not an SQS message (a field of the wrong type, such as a messageId that is not a string or a body that is not text), so the batch cannot be handled; failing the whole batch (is the function invoked by an SQS event-source mapping?)"
+    )]
     MalformedRecord {
         /// Position of the record in the batch.
         index: usize,

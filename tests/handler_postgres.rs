@@ -416,6 +416,59 @@ async fn a_bad_record_late_in_a_streamed_batch_fails_it_with_nothing_written() {
     assert_eq!(count_rows(&db.client().await).await, 600);
 }
 
+/// A FIFO batch without a DLQ stops validating at its first reject; the
+/// ids after it are still read, so a malformed record past the stop fails
+/// the batch, with the COPY (open for 600 rows) rolled back.
+#[tokio::test]
+async fn a_malformed_record_after_a_fifo_stop_fails_the_batch_with_nothing_written() {
+    let db = TestDb::create().await;
+    let h = handler(&db).await;
+    let options = |seed| Options {
+        count: 600,
+        seed,
+        fifo: true,
+        ..Options::default()
+    };
+    let mut json = serde_json::to_value(synth::event(&options(4))).unwrap();
+    json["Records"][100]["body"] = Value::from("not a login");
+    json["Records"][550]["body"] = serde_json::json!({"ip": "10.1.2.3"});
+    let batch: SqsBatch = serde_json::from_value(json).unwrap();
+    let err = h.handle(&batch, Deadline::NONE).await.unwrap_err();
+    assert!(
+        matches!(err, HandlerError::MalformedRecord { index: 550 }),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("10.1.2.3"), "{err}");
+    assert_eq!(count_rows(&db.client().await).await, 0);
+    let good = SqsBatch::from(&synth::event(&options(5)));
+    let (resp, summary) = h.handle(&good, Deadline::NONE).await.unwrap().into_parts();
+    assert!(resp.batch_item_failures.is_empty());
+    assert_eq!(summary.inserted, 600);
+}
+
+/// With the database down, a batch holding a malformed record fails as
+/// malformed (not retryable), not as the outage: it can never succeed.
+#[tokio::test]
+async fn a_malformed_record_fails_the_batch_as_such_while_the_database_is_down() {
+    let port = closed_port();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let h = handler_with(&[
+        ("DATABASE_URL", &url),
+        ("MASKING_KEY", TEST_KEY),
+        ("DB_CONNECT_TIMEOUT_MS", "2000"),
+    ])
+    .await;
+    let mut json = serde_json::to_value(load_event("sqs-mixed.json")).unwrap();
+    json["Records"][2]["messageId"] = Value::from(7);
+    let batch: SqsBatch = serde_json::from_value(json).unwrap();
+    let err = h.handle(&batch, Deadline::NONE).await.unwrap_err();
+    assert!(
+        matches!(err, HandlerError::MalformedRecord { index: 2 }),
+        "{err}"
+    );
+    assert!(!err.is_retryable() && err.class() == "malformed_event");
+}
+
 #[tokio::test]
 async fn a_record_without_message_id_fails_the_invocation() {
     let db = TestDb::create().await;

@@ -267,11 +267,12 @@ async fn nothing_the_function_writes_at_trace_contains_raw_pii_or_the_key() {
     errors.push(format!("{e:?} {batch:?}"));
     // A payload that is not an SQS event: the runtime reports this error.
     let not_an_event = r#"{"Records": {"ip": "10.20.30.40", "device_id": "999-88-7777"}}"#;
-    errors.push(
-        serde_json::from_str::<login_etl::SqsBatch>(not_an_event)
-            .unwrap_err()
-            .to_string(),
-    );
+    let e = serde_json::from_str::<login_etl::SqsBatch>(not_an_event).unwrap_err();
+    errors.push(e.to_string());
+    errors.push(format!("{e:?}"));
+    let jd = &mut serde_json::Deserializer::from_str(not_an_event);
+    let e = serde_path_to_error::deserialize::<_, login_etl::SqsBatch>(jd).unwrap_err();
+    errors.push(format!("{e} {e:?}"));
 
     let logs = String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
         + &String::from_utf8(emf.0.lock().unwrap().clone()).unwrap();

@@ -116,6 +116,11 @@ const FUNCTION: &str = "_";
 
 /// Invokes with `cargo lambda invoke`; Ok(response) or Err(error output).
 fn invoke(port: u16, file: &str) -> Result<Value, String> {
+    invoke_path(port, &fixture_path(file))
+}
+
+/// [`invoke`] with the event in the file at `path`.
+fn invoke_path(port: u16, path: &str) -> Result<Value, String> {
     let out = Command::new(cargo_lambda())
         .args([
             "lambda",
@@ -126,12 +131,7 @@ fn invoke(port: u16, file: &str) -> Result<Value, String> {
             "--invoke-port",
             &port.to_string(),
         ])
-        .args([
-            "--output-format",
-            "json",
-            "--data-file",
-            &fixture_path(file),
-        ])
+        .args(["--output-format", "json", "--data-file", path])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo lambda invoke runs");
@@ -244,18 +244,35 @@ async fn every_event_file_through_cargo_lambda_watch() {
         "the one row with this ip (sqs-valid.json, invoked twice) carries its HMAC"
     );
 
+    // A record of the wrong shape: the handler reaches it and fails the batch.
     let err =
-        invoke(port, "sqs-malformed.json").expect_err("a malformed event fails the invocation");
+        invoke(port, "sqs-malformed.json").expect_err("a malformed record fails the invocation");
     // cargo-lambda wraps long messages over several decorated lines.
-    let words: Vec<&str> = err
-        .split_whitespace()
-        .filter(|w| w.chars().any(char::is_alphanumeric))
-        .collect();
-    assert!(words.join(" ").contains("not an SQS batch event"), "{err}");
-    assert!(
-        !err.contains("10.20.30.40") && !err.contains("999-88-7777"),
-        "the error must not echo the payload"
-    );
+    let words = |err: &str| -> String {
+        err.split_whitespace()
+            .filter(|w| w.chars().any(char::is_alphanumeric))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert!(words(&err).contains("is not an SQS message"), "{err}");
+    // Not an SQS event at all: lambda_runtime's own deserialization refuses it.
+    let not_an_event =
+        std::env::temp_dir().join(format!("not-an-event-{}.json", std::process::id()));
+    std::fs::write(
+        &not_an_event,
+        r#"{"Records": {"ip": "10.20.30.40", "device_id": "999-88-7777"}}"#,
+    )
+    .unwrap();
+    let err2 = invoke_path(port, not_an_event.to_str().unwrap())
+        .expect_err("a payload that is not an SQS event fails the invocation");
+    std::fs::remove_file(&not_an_event).ok();
+    assert!(words(&err2).contains("not an SQS batch event"), "{err2}");
+    for err in [&err, &err2] {
+        assert!(
+            !err.contains("10.20.30.40") && !err.contains("999-88-7777"),
+            "the error must not echo the payload"
+        );
+    }
 
     drop(watch_log_checked(watch));
 }

@@ -13,7 +13,7 @@
 //! COPY while the later messages are still text (parse while writing:
 //! docs/performance.md, "Parse while writing").
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use serde::{Deserialize, Deserializer};
@@ -27,12 +27,42 @@ pub struct SqsBatch {
 }
 
 /// One message of a batch: parsed already (built in code, by `poll`), or
-/// its JSON text, parsed once when first asked for.
-#[derive(Clone)]
+/// its JSON text, parsed once when first asked for. The text is freed as
+/// it is parsed, so a batch holds each message about once.
 struct Message {
-    json: Option<Box<RawValue>>,
+    json: Mutex<Option<Box<RawValue>>>,
     /// `None` inside: the JSON is not an SQS message (a field of the wrong type).
     parsed: OnceLock<Option<SqsRecord>>,
+}
+
+impl Message {
+    fn text(json: Box<RawValue>) -> Self {
+        Self {
+            json: Mutex::new(Some(json)),
+            parsed: OnceLock::new(),
+        }
+    }
+
+    /// The message, parsed now if it was not yet (`None`: malformed).
+    fn get(&self) -> Option<&SqsRecord> {
+        self.parsed
+            .get_or_init(|| {
+                // A poisoned lock: a parse panicked, which serde_json does not.
+                let json = self.json.lock().ok()?.take()?;
+                serde_json::from_str(json.get()).ok()
+            })
+            .as_ref()
+    }
+}
+
+// A clone is parsed: the text may be mid-parse in another thread.
+impl Clone for Message {
+    fn clone(&self) -> Self {
+        Self {
+            json: Mutex::new(None),
+            parsed: OnceLock::from(self.get().cloned()),
+        }
+    }
 }
 
 /// What a message that is not an SQS message reads as: every field absent.
@@ -51,7 +81,7 @@ impl SqsBatch {
         let messages = records
             .into_iter()
             .map(|r| Message {
-                json: None,
+                json: Mutex::new(None),
                 parsed: OnceLock::from(Some(r)),
             })
             .collect();
@@ -87,7 +117,8 @@ impl SqsBatch {
     }
 
     /// The messages to change (tests, redrives), every one parsed now; a
-    /// message that is not an SQS message is left out.
+    /// message that is not an SQS message is left out, so the n-th item is
+    /// not the n-th message when one is.
     pub fn records_mut(&mut self) -> impl Iterator<Item = &mut SqsRecord> + '_ {
         for index in 0..self.len() {
             self.parsed(index);
@@ -98,13 +129,7 @@ impl SqsBatch {
     }
 
     fn parsed(&self, index: usize) -> Option<&SqsRecord> {
-        let m = &self.messages[index];
-        m.parsed
-            .get_or_init(|| {
-                let json = m.json.as_deref()?.get();
-                serde_json::from_str(json).ok()
-            })
-            .as_ref()
+        self.messages[index].get()
     }
 }
 
@@ -241,14 +266,7 @@ impl<'de> Deserialize<'de> for SqsBatch {
     /// payload: replaced by a fixed message.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let wire = Wire::deserialize(d).map_err(|_| serde::de::Error::custom(NOT_AN_SQS_EVENT))?;
-        let messages = wire
-            .records
-            .into_iter()
-            .map(|json| Message {
-                json: Some(json),
-                parsed: OnceLock::new(),
-            })
-            .collect();
+        let messages = wire.records.into_iter().map(Message::text).collect();
         Ok(SqsBatch { messages })
     }
 }
@@ -386,6 +404,12 @@ mod tests {
         assert_eq!(parsed(&b), 1);
         assert_eq!(b.records().count(), b.len());
         assert_eq!(parsed(&b), b.len());
+        assert!(
+            b.messages.iter().all(|m| m.json.lock().unwrap().is_none()),
+            "each message's text is freed once parsed"
+        );
+        let copy = b.clone();
+        assert_eq!(copy.record(2).message_id, b.record(2).message_id);
         // Built from parsed records: nothing left to parse.
         assert_eq!(parsed(&SqsBatch::new(vec![SqsRecord::default()])), 1);
     }
