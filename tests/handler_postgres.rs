@@ -396,7 +396,11 @@ async fn a_bad_record_late_in_a_streamed_batch_fails_it_with_nothing_written() {
         matches!(err, HandlerError::MalformedRecord { index: 550 }),
         "{err}"
     );
-    assert!(err.to_string().contains("not an SQS batch event"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("record 550 of the batch is not an SQS message"),
+        "{err}"
+    );
     assert_eq!(count_rows(&db.client().await).await, 0);
 
     let mut json = serde_json::to_value(synth::event(&options(2))).unwrap();
