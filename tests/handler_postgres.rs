@@ -307,16 +307,21 @@ async fn fifo_batch_stops_at_the_first_refused_row_and_writes_nothing_after_it()
     fifo_batch_stops_at_refused_row(10, 6).await;
 }
 
-#[tokio::test]
-async fn unreachable_postgres_fails_the_invocation_and_reports_nothing_as_done() {
+/// A handler whose database is a port nothing listens on, and the port.
+async fn handler_on_a_closed_port() -> (login_etl::BatchHandler, u16) {
     let port = closed_port();
     let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-    let h = handler_with(&[
-        ("DATABASE_URL", &url),
+    let vars = [
+        ("DATABASE_URL", url.as_str()),
         ("MASKING_KEY", TEST_KEY),
         ("DB_CONNECT_TIMEOUT_MS", "2000"),
-    ])
-    .await;
+    ];
+    (handler_with(&vars).await, port)
+}
+
+#[tokio::test]
+async fn unreachable_postgres_fails_the_invocation_and_reports_nothing_as_done() {
+    let (h, port) = handler_on_a_closed_port().await;
     let started = std::time::Instant::now();
     let err = h
         .handle(
@@ -454,14 +459,7 @@ async fn a_malformed_record_after_a_fifo_stop_fails_the_batch_with_nothing_writt
 /// malformed (not retryable), not as the outage: it can never succeed.
 #[tokio::test]
 async fn a_malformed_record_fails_the_batch_as_such_while_the_database_is_down() {
-    let port = closed_port();
-    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-    let h = handler_with(&[
-        ("DATABASE_URL", &url),
-        ("MASKING_KEY", TEST_KEY),
-        ("DB_CONNECT_TIMEOUT_MS", "2000"),
-    ])
-    .await;
+    let (h, _) = handler_on_a_closed_port().await;
     let mut json = serde_json::to_value(load_event("sqs-mixed.json")).unwrap();
     json["Records"][2]["messageId"] = Value::from(7);
     let batch: SqsBatch = serde_json::from_value(json).unwrap();

@@ -36,6 +36,13 @@ struct Message {
 }
 
 impl Message {
+    fn parsed(record: SqsRecord) -> Self {
+        Self {
+            json: Mutex::new(None),
+            parsed: OnceLock::from(Some(record)),
+        }
+    }
+
     fn text(json: Box<RawValue>) -> Self {
         Self {
             json: Mutex::new(Some(json)),
@@ -78,14 +85,9 @@ static MALFORMED: SqsRecord = SqsRecord {
 impl SqsBatch {
     /// A batch of messages already parsed.
     pub fn new(records: Vec<SqsRecord>) -> Self {
-        let messages = records
-            .into_iter()
-            .map(|r| Message {
-                json: Mutex::new(None),
-                parsed: OnceLock::from(Some(r)),
-            })
-            .collect();
-        Self { messages }
+        Self {
+            messages: records.into_iter().map(Message::parsed).collect(),
+        }
     }
 
     /// The number of messages.
@@ -98,17 +100,17 @@ impl SqsBatch {
         self.messages.is_empty()
     }
 
-    /// The message at `index`, parsed now if it was not yet; a message
-    /// that is not an SQS message reads as one with every field absent
-    /// (see [`is_malformed`](Self::is_malformed)). Panics out of range.
-    pub fn record(&self, index: usize) -> &SqsRecord {
-        self.parsed(index).unwrap_or(&MALFORMED)
+    /// The message at `index`, parsed now if it was not yet; `None` when it
+    /// is not an SQS message (`{"messageId": 42}`, a body that is an
+    /// object): the batch cannot be handled. Panics out of range.
+    pub fn get(&self, index: usize) -> Option<&SqsRecord> {
+        self.messages[index].get()
     }
 
-    /// The message at `index` is not an SQS message (`{"messageId": 42}`,
-    /// a body that is an object): the batch cannot be handled.
-    pub fn is_malformed(&self, index: usize) -> bool {
-        self.parsed(index).is_none()
+    /// [`get`](Self::get), with a message that is not an SQS message read
+    /// as one with every field absent (for a batch already checked).
+    pub fn record(&self, index: usize) -> &SqsRecord {
+        self.get(index).unwrap_or(&MALFORMED)
     }
 
     /// The messages, in queue order (each parsed as the iterator reaches it).
@@ -121,21 +123,11 @@ impl SqsBatch {
     /// not the n-th message when one is.
     pub fn records_mut(&mut self) -> impl Iterator<Item = &mut SqsRecord> + '_ {
         for index in 0..self.len() {
-            self.parsed(index);
+            self.get(index);
         }
         self.messages
             .iter_mut()
             .filter_map(|m| m.parsed.get_mut().and_then(Option::as_mut))
-    }
-
-    fn parsed(&self, index: usize) -> Option<&SqsRecord> {
-        self.messages[index].get()
-    }
-}
-
-impl From<Vec<SqsRecord>> for SqsBatch {
-    fn from(records: Vec<SqsRecord>) -> Self {
-        Self::new(records)
     }
 }
 
@@ -250,9 +242,8 @@ impl SqsRecord {
     }
 }
 
-/// Why a payload or one of its messages cannot be handled; quotes nothing
-/// of the payload.
-pub const NOT_AN_SQS_EVENT: &str = "the payload is not an SQS batch event ({\"Records\": [...]} with string fields); invoke the function through an SQS event-source mapping or with a file from events/";
+/// Why a payload cannot be read as an SQS batch; quotes nothing of it.
+const NOT_AN_SQS_EVENT: &str = "the payload is not an SQS batch event ({\"Records\": [...]} with string fields); invoke the function through an SQS event-source mapping or with a file from events/";
 
 #[derive(Deserialize)]
 struct Wire {
@@ -307,12 +298,14 @@ impl From<&SqsEvent> for SqsBatch {
 mod tests {
     use super::*;
 
+    fn fixture(name: &str) -> String {
+        std::fs::read_to_string(format!("{}/events/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
     #[test]
     fn reads_the_four_fields_and_agrees_with_sqs_event() {
-        for fixture in ["sqs-valid.json", "sqs-mixed.json", "sqs-fifo.json"] {
-            let text =
-                std::fs::read_to_string(format!("{}/events/{fixture}", env!("CARGO_MANIFEST_DIR")))
-                    .unwrap();
+        for name in ["sqs-valid.json", "sqs-mixed.json", "sqs-fifo.json"] {
+            let text = fixture(name);
             let lean: SqsBatch = serde_json::from_str(&text).unwrap();
             let full: SqsEvent = serde_json::from_str(&text).unwrap();
             let converted = SqsBatch::from(&full);
@@ -329,11 +322,7 @@ mod tests {
 
     #[test]
     fn debug_output_shows_no_body() {
-        let text = std::fs::read_to_string(format!(
-            "{}/events/sqs-mixed.json",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap();
+        let text = fixture("sqs-mixed.json");
         let batch: SqsBatch = serde_json::from_str(&text).unwrap();
         let shown = format!("{batch:?} {:#?}", batch.record(0));
         assert!(shown.contains("body_bytes") && shown.contains("message_id"));
@@ -365,13 +354,13 @@ mod tests {
             (None, None)
         );
         assert!(b.record(1).message_id.is_none());
-        assert!(!b.is_malformed(0) && !b.is_malformed(1));
+        assert!(b.get(0).is_some() && b.get(1).is_some());
         // A message of the wrong shape: the batch reads, the message does not.
         let b: SqsBatch = serde_json::from_str(
             r#"{"Records":[{"messageId":"m"},{"messageId":"n","body":{"ip":"10.1.2.3"}}]}"#,
         )
         .unwrap();
-        assert!(!b.is_malformed(0) && b.is_malformed(1));
+        assert!(b.get(0).is_some() && b.get(1).is_none());
         assert!(b.record(1).message_id.is_none());
         let shown = format!("{b:?}");
         assert!(!shown.contains("10.1.2.3"), "{shown}");
@@ -387,11 +376,7 @@ mod tests {
 
     #[test]
     fn each_message_is_parsed_when_first_reached() {
-        let text = std::fs::read_to_string(format!(
-            "{}/events/sqs-valid.json",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap();
+        let text = fixture("sqs-valid.json");
         let b: SqsBatch = serde_json::from_str(&text).unwrap();
         let parsed = |b: &SqsBatch| {
             b.messages
@@ -418,11 +403,7 @@ mod tests {
     fn reads_through_serde_path_to_error_as_lambda_runtime_does() {
         // lambda_runtime wraps serde_json's deserializer in serde_path_to_error;
         // the split into raw messages must work through it.
-        let text = std::fs::read_to_string(format!(
-            "{}/events/sqs-mixed.json",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap();
+        let text = fixture("sqs-mixed.json");
         let jd = &mut serde_json::Deserializer::from_str(&text);
         let wrapped: SqsBatch = serde_path_to_error::deserialize(jd).unwrap();
         let plain: SqsBatch = serde_json::from_str(&text).unwrap();

@@ -242,10 +242,10 @@ impl Transform<'_> {
 /// SQS message at all) it cannot be reported on its own, so the invocation
 /// fails.
 fn message_id(batch: &SqsBatch, index: usize) -> Result<&str, HandlerError> {
-    if batch.is_malformed(index) {
+    let Some(record) = batch.get(index) else {
         return Err(HandlerError::MalformedRecord { index });
-    }
-    match batch.record(index).message_id.as_deref() {
+    };
+    match record.message_id.as_deref() {
         Some(id) if !id.is_empty() => Ok(id),
         _ => Err(HandlerError::MissingMessageId { index }),
     }
