@@ -293,6 +293,18 @@ pub enum HandlerError {
         /// Position of the record in the batch.
         index: usize,
     },
+    /// The payload stops being JSON part-way (cut short, corrupted), so
+    /// the batch cannot be handled.
+    #[error(
+        "the payload stops being JSON at record {index} of the batch (cut short or corrupted), so the batch cannot be handled; failing the whole batch (is the function invoked by an SQS event-source mapping?)"
+    )]
+    UnreadablePayload {
+        /// Position in the batch where the JSON breaks off.
+        index: usize,
+    },
+    /// The payload is not an SQS batch event at all.
+    #[error(transparent)]
+    NotAnSqsEvent(#[from] crate::ingest::event::NotAnSqsEvent),
     /// The database failed in a way that is not about one row.
     #[error(transparent)]
     Sink(#[from] SinkError),
@@ -304,7 +316,9 @@ impl HandlerError {
     pub fn class(&self) -> &'static str {
         match self {
             HandlerError::MissingMessageId { .. } => "missing_message_id",
-            HandlerError::MalformedRecord { .. } => "malformed_event",
+            HandlerError::MalformedRecord { .. }
+            | HandlerError::UnreadablePayload { .. }
+            | HandlerError::NotAnSqsEvent(_) => "malformed_event",
             HandlerError::Sink(e) => Self::class_of(e),
         }
     }
@@ -327,7 +341,10 @@ impl HandlerError {
     /// True when redelivering the batch later can succeed without a human.
     pub fn is_retryable(&self) -> bool {
         match self {
-            HandlerError::MissingMessageId { .. } | HandlerError::MalformedRecord { .. } => false,
+            HandlerError::MissingMessageId { .. }
+            | HandlerError::MalformedRecord { .. }
+            | HandlerError::UnreadablePayload { .. }
+            | HandlerError::NotAnSqsEvent(_) => false,
             HandlerError::Sink(e) => e.is_retryable(),
         }
     }

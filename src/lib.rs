@@ -38,6 +38,8 @@ pub mod logging;
 pub mod poll;
 pub mod privacy;
 #[cfg(feature = "service")]
+pub mod raw_payload;
+#[cfg(feature = "service")]
 pub mod secrets;
 #[cfg(feature = "service")]
 pub mod startup;

@@ -6,11 +6,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use lambda_runtime::{LambdaEvent, service_fn};
+use lambda_runtime::layers::TracingLayer;
+use lambda_runtime::{LambdaEvent, Runtime, service_fn};
 use login_etl::cli::{Cli, Command, EXIT_USAGE};
 use login_etl::config::Config;
 use login_etl::ingest::handler::Deadline;
-use login_etl::{SqsBatch, startup};
+use login_etl::raw_payload::RawPayloads;
+use login_etl::startup;
 use tracing::error;
 
 fn main() -> ExitCode {
@@ -84,17 +86,25 @@ async fn serve() -> Result<(), lambda_runtime::Error> {
     }
     let config = Config::from_env()?;
     let handler = Arc::new(startup::build(&config).await?);
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsBatch>| {
-        let handler = Arc::clone(&handler);
+    let payloads = RawPayloads::default();
+    let taken = payloads.clone();
+    let function = service_fn(move |event: LambdaEvent<()>| {
+        let (handler, payloads) = (Arc::clone(&handler), taken.clone());
         async move {
+            let batch = payloads.take(&event.context.request_id)?;
             // The sink gives up early enough to report before Lambda kills
             // the invocation.
             let deadline = Deadline::from_wall_clock(event.context.deadline());
-            let outcome = handler.handle(&event.payload, deadline).await?;
+            let outcome = handler.handle(&batch, deadline).await?;
             Ok::<_, login_etl::HandlerError>(outcome.response)
         }
-    }))
-    .await
+    });
+    // As lambda_runtime::run, with the payload's bytes taken first.
+    Runtime::new(function)
+        .layer(payloads)
+        .layer(TracingLayer::new())
+        .run()
+        .await
 }
 
 /// The maintenance function: the maintain role's database settings,

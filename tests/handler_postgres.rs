@@ -380,9 +380,9 @@ async fn a_connection_closed_between_invocations_is_reopened() {
     assert_eq!(count_rows(&client).await, 40);
 }
 
-/// A large batch is parsed while its COPY is open: a record near its end
-/// without a messageId, or not an SQS message at all, is found after the
-/// first rows went into the COPY. The invocation fails, nothing commits,
+/// A large batch is read while its COPY is open: a record near its end
+/// without a messageId, not an SQS message at all, or a payload cut short
+/// there, is found after the first rows went into the COPY. The invocation fails, nothing commits,
 /// and the connection serves the next batch.
 #[tokio::test]
 async fn a_bad_record_late_in_a_streamed_batch_fails_it_with_nothing_written() {
@@ -414,6 +414,24 @@ async fn a_bad_record_late_in_a_streamed_batch_fails_it_with_nothing_written() {
     let err = h.handle(&batch, Deadline::NONE).await.unwrap_err();
     assert!(
         matches!(err, HandlerError::MissingMessageId { index: 599 }),
+        "{err}"
+    );
+    assert_eq!(count_rows(&db.client().await).await, 0);
+
+    // The payload as Lambda sent it, cut short inside record 550: read as
+    // far as it goes, so the first 550 rows went into the COPY.
+    let text = serde_json::to_string(&synth::event(&options(4))).unwrap();
+    let cut = text.match_indices("{\"messageId\"").nth(550).unwrap().0 + 30;
+    let batch = SqsBatch::from_payload(bytes::Bytes::from(text[..cut].to_owned())).unwrap();
+    let err = h.handle(&batch, Deadline::NONE).await.unwrap_err();
+    assert!(
+        matches!(err, HandlerError::UnreadablePayload { index: 550 }),
+        "{err}"
+    );
+    assert!(!err.is_retryable() && err.class() == "malformed_event");
+    assert!(
+        err.to_string()
+            .contains("the payload stops being JSON at record 550"),
         "{err}"
     );
     assert_eq!(count_rows(&db.client().await).await, 0);

@@ -7,69 +7,34 @@
 //! (benches/batch_pg.rs, phase "event JSON"). [`SqsBatch::from`] converts an
 //! `SqsEvent` (tests and fixtures use that type).
 //!
-//! Read from event JSON, a batch is only split into its messages' JSON
-//! texts (a scan that allocates one copy per message); each message is
-//! parsed when the handler first reaches it, so the first rows are in the
-//! COPY while the later messages are still text (parse while writing:
-//! docs/performance.md, "Parse while writing").
+//! Read from event JSON, a batch keeps the payload's bytes and reads each
+//! message from them when the handler first reaches it
+//! ([`framing`]), so the first rows are in the COPY while the later
+//! messages are still unread (docs/performance.md, "The payload as Lambda
+//! sent it"). The function takes the bytes from the runtime
+//! ([`SqsBatch::from_payload`]); `serde_json::from_str::<SqsBatch>` (the
+//! tests, the fixtures) copies them once and reads them the same way.
 
-use std::sync::{Mutex, OnceLock};
+mod framing;
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use bytes::Bytes;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
+use framing::{Entry, Payload};
+
 /// One SQS batch as the event-source mapping sends it: its messages, in
-/// queue order, each parsed on first use.
-#[derive(Clone, Default)]
+/// queue order, each read on first use.
 pub struct SqsBatch {
-    messages: Vec<Message>,
+    source: Source,
 }
 
-/// One message of a batch: parsed already (built in code, by `poll`), or
-/// its JSON text, parsed once when first asked for. The text is freed as
-/// it is parsed, so a batch holds each message about once.
-struct Message {
-    json: Mutex<Option<Box<RawValue>>>,
-    /// `None` inside: the JSON is not an SQS message (a field of the wrong type).
-    parsed: OnceLock<Option<SqsRecord>>,
-}
-
-impl Message {
-    fn parsed(record: SqsRecord) -> Self {
-        Self {
-            json: Mutex::new(None),
-            parsed: OnceLock::from(Some(record)),
-        }
-    }
-
-    fn text(json: Box<RawValue>) -> Self {
-        Self {
-            json: Mutex::new(Some(json)),
-            parsed: OnceLock::new(),
-        }
-    }
-
-    /// The message, parsed now if it was not yet (`None`: malformed).
-    fn get(&self) -> Option<&SqsRecord> {
-        self.parsed
-            .get_or_init(|| {
-                // A poisoned lock: a parse panicked, which serde_json does not.
-                let json = self.json.lock().ok()?.take()?;
-                serde_json::from_str(json.get()).ok()
-            })
-            .as_ref()
-    }
-}
-
-// A clone is parsed: the text may be mid-parse in another thread.
-impl Clone for Message {
-    fn clone(&self) -> Self {
-        Self {
-            json: Mutex::new(None),
-            parsed: OnceLock::from(self.get().cloned()),
-        }
-    }
+enum Source {
+    /// Messages already parsed (built in code: `poll`, the tests).
+    Records(Vec<SqsRecord>),
+    /// The payload as Lambda sent it, read as far as asked.
+    Payload(Payload),
 }
 
 /// What a message that is not an SQS message reads as: every field absent.
@@ -82,29 +47,88 @@ static MALFORMED: SqsRecord = SqsRecord {
     message_attributes: None,
 };
 
+/// Why a payload cannot be read as an SQS batch; quotes nothing of it.
+const NOT_AN_SQS_EVENT: &str = "the payload is not an SQS batch event ({\"Records\": [...]} with string fields); invoke the function through an SQS event-source mapping or with a file from events/";
+
+/// The payload is not an SQS batch event: its text says what to do and
+/// quotes nothing of the payload.
+#[derive(Debug, thiserror::Error)]
+#[error("{NOT_AN_SQS_EVENT}")]
+pub struct NotAnSqsEvent;
+
 impl SqsBatch {
     /// A batch of messages already parsed.
     pub fn new(records: Vec<SqsRecord>) -> Self {
         Self {
-            messages: records.into_iter().map(Message::parsed).collect(),
+            source: Source::Records(records),
         }
     }
 
-    /// The number of messages.
+    /// The invocation's payload as Lambda sent it. Only its start is read
+    /// here (up to the `Records` array); each message is read when first
+    /// asked for, and a payload that breaks off later shows as
+    /// [`unreadable_at`](Self::unreadable_at) there.
+    pub fn from_payload(bytes: Bytes) -> Result<Self, NotAnSqsEvent> {
+        let payload = Payload::new(bytes).map_err(|_| NotAnSqsEvent)?;
+        Ok(Self {
+            source: Source::Payload(payload),
+        })
+    }
+
+    /// The number of messages (every message is read to count them).
     pub fn len(&self) -> usize {
-        self.messages.len()
+        match &self.source {
+            Source::Records(records) => records.len(),
+            Source::Payload(payload) => payload.read_all().count(),
+        }
     }
 
     /// No messages.
     pub fn is_empty(&self) -> bool {
-        self.messages.is_empty()
+        !self.has(0)
     }
 
-    /// The message at `index`, parsed now if it was not yet; `None` when it
+    /// There is a message at `index` (the ones before it are read).
+    pub fn has(&self, index: usize) -> bool {
+        match &self.source {
+            Source::Records(records) => index < records.len(),
+            Source::Payload(payload) => payload.get(index).is_some(),
+        }
+    }
+
+    /// About how many messages the batch holds, without reading them all:
+    /// exact for parsed messages; for a payload, its size over the first
+    /// message's (the messages of one queue are alike). What the sink needs
+    /// to choose COPY or INSERT before the rows come.
+    pub fn size_hint(&self) -> usize {
+        match &self.source {
+            Source::Records(records) => records.len(),
+            Source::Payload(payload) => payload.size_hint(),
+        }
+    }
+
+    /// The message at `index`, read now if it was not yet; `None` when it
     /// is not an SQS message (`{"messageId": 42}`, a body that is an
-    /// object): the batch cannot be handled. Panics out of range.
+    /// object) or the payload broke off there: the batch cannot be
+    /// handled. Panics past the end.
     pub fn get(&self, index: usize) -> Option<&SqsRecord> {
-        self.messages[index].get()
+        match &self.source {
+            Source::Records(records) => Some(&records[index]),
+            Source::Payload(payload) => match payload.get(index).expect("a message at the index") {
+                Entry::Record(record) => Some(record),
+                Entry::Malformed | Entry::Unreadable => None,
+            },
+        }
+    }
+
+    /// The payload stops being JSON at message `index` (a syntax error, a
+    /// payload cut short, something after its end): the batch has no
+    /// message there or after it.
+    pub fn unreadable_at(&self, index: usize) -> bool {
+        match &self.source {
+            Source::Records(_) => false,
+            Source::Payload(payload) => matches!(payload.get(index), Some(Entry::Unreadable)),
+        }
     }
 
     /// [`get`](Self::get), with a message that is not an SQS message read
@@ -113,21 +137,48 @@ impl SqsBatch {
         self.get(index).unwrap_or(&MALFORMED)
     }
 
-    /// The messages, in queue order (each parsed as the iterator reaches it).
-    pub fn records(&self) -> impl ExactSizeIterator<Item = &SqsRecord> + '_ {
-        (0..self.len()).map(|i| self.record(i))
+    /// The messages, in queue order (each read as the iterator reaches it).
+    pub fn records(&self) -> impl Iterator<Item = &SqsRecord> + '_ {
+        (0..).take_while(|&i| self.has(i)).map(|i| self.record(i))
     }
 
-    /// The messages to change (tests, redrives), every one parsed now; a
+    /// The messages to change (tests, redrives), every one read now; a
     /// message that is not an SQS message is left out, so the n-th item is
     /// not the n-th message when one is.
     pub fn records_mut(&mut self) -> impl Iterator<Item = &mut SqsRecord> + '_ {
-        for index in 0..self.len() {
-            self.get(index);
+        if let Source::Payload(payload) = &self.source {
+            let records = payload
+                .read_all()
+                .filter_map(|e| match e {
+                    Entry::Record(r) => Some(r.clone()),
+                    Entry::Malformed | Entry::Unreadable => None,
+                })
+                .collect();
+            self.source = Source::Records(records);
         }
-        self.messages
-            .iter_mut()
-            .filter_map(|m| m.parsed.get_mut().and_then(Option::as_mut))
+        let Source::Records(records) = &mut self.source else {
+            unreachable!("made a list of records above")
+        };
+        records.iter_mut()
+    }
+}
+
+impl Default for SqsBatch {
+    fn default() -> Self {
+        Self::new(Vec::new())
+    }
+}
+
+// A clone holds its messages parsed (what is malformed stays so).
+impl Clone for SqsBatch {
+    fn clone(&self) -> Self {
+        match &self.source {
+            Source::Records(records) => Self::new(records.clone()),
+            Source::Payload(payload) => {
+                let bytes = payload.bytes().clone();
+                Self::from_payload(bytes).expect("a payload that was read once reads again")
+            }
+        }
     }
 }
 
@@ -242,23 +293,15 @@ impl SqsRecord {
     }
 }
 
-/// Why a payload cannot be read as an SQS batch; quotes nothing of it.
-const NOT_AN_SQS_EVENT: &str = "the payload is not an SQS batch event ({\"Records\": [...]} with string fields); invoke the function through an SQS event-source mapping or with a file from events/";
-
-#[derive(Deserialize)]
-struct Wire {
-    #[serde(rename = "Records")]
-    records: Vec<Box<RawValue>>,
-}
-
 impl<'de> Deserialize<'de> for SqsBatch {
-    /// Splits the event into its messages' JSON texts; each is parsed when
-    /// first used. serde's own error text can quote values from the
-    /// payload: replaced by a fixed message.
+    /// Copies the event's text once; its messages are read from it as
+    /// [`SqsBatch::from_payload`] reads them. serde's own error text can
+    /// quote values from the payload: replaced by a fixed message.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let wire = Wire::deserialize(d).map_err(|_| serde::de::Error::custom(NOT_AN_SQS_EVENT))?;
-        let messages = wire.records.into_iter().map(Message::text).collect();
-        Ok(SqsBatch { messages })
+        let text = Box::<RawValue>::deserialize(d)
+            .map_err(|_| serde::de::Error::custom(NOT_AN_SQS_EVENT))?;
+        let bytes = Bytes::from(String::from(Box::<str>::from(text)));
+        SqsBatch::from_payload(bytes).map_err(|_| serde::de::Error::custom(NOT_AN_SQS_EVENT))
     }
 }
 
@@ -361,7 +404,15 @@ mod tests {
         )
         .unwrap();
         assert!(b.get(0).is_some() && b.get(1).is_none());
+        assert!(
+            !b.unreadable_at(1),
+            "malformed, not unreadable: the array goes on"
+        );
         assert!(b.record(1).message_id.is_none());
+        let b = payload(r#"{"Records":[7,null,"x",{"messageId":"m"}]}"#);
+        assert_eq!(b.len(), 4);
+        assert!((0..3).all(|i| b.get(i).is_none() && !b.unreadable_at(i)));
+        assert_eq!(b.record(3).message_id.as_deref(), Some("m"));
         let shown = format!("{b:?}");
         assert!(!shown.contains("10.1.2.3"), "{shown}");
         // Not an SQS event at all: a fixed message, nothing of the payload.
@@ -374,29 +425,97 @@ mod tests {
         );
     }
 
+    /// How many messages of a payload batch are read so far.
+    fn read_so_far(b: &SqsBatch) -> usize {
+        match &b.source {
+            Source::Payload(p) => p.read_so_far(),
+            Source::Records(r) => r.len(),
+        }
+    }
+
+    fn payload(text: &str) -> SqsBatch {
+        SqsBatch::from_payload(Bytes::from(text.to_owned())).unwrap()
+    }
+
     #[test]
-    fn each_message_is_parsed_when_first_reached() {
+    fn each_message_is_read_when_first_reached() {
         let text = fixture("sqs-valid.json");
-        let b: SqsBatch = serde_json::from_str(&text).unwrap();
-        let parsed = |b: &SqsBatch| {
-            b.messages
-                .iter()
-                .filter(|m| m.parsed.get().is_some())
-                .count()
-        };
-        assert_eq!(parsed(&b), 0, "splitting parses no message");
+        let b = payload(&text);
+        assert_eq!(read_so_far(&b), 0, "nothing is read before it is asked for");
         assert!(b.record(2).message_id.is_some());
-        assert_eq!(parsed(&b), 1);
-        assert_eq!(b.records().count(), b.len());
-        assert_eq!(parsed(&b), b.len());
-        assert!(
-            b.messages.iter().all(|m| m.json.lock().unwrap().is_none()),
-            "each message's text is freed once parsed"
+        assert_eq!(
+            read_so_far(&b),
+            3,
+            "the messages before it are read on the way"
         );
+        let n = b.len();
+        assert_eq!(read_so_far(&b), n);
+        assert_eq!(b.records().count(), n);
         let copy = b.clone();
         assert_eq!(copy.record(2).message_id, b.record(2).message_id);
-        // Built from parsed records: nothing left to parse.
-        assert_eq!(parsed(&SqsBatch::new(vec![SqsRecord::default()])), 1);
+        let full: SqsEvent = serde_json::from_str(&text).unwrap();
+        assert_eq!(n, full.records.len());
+        // The size hint reads one message and is near the count for messages alike.
+        let fresh = payload(&text);
+        let hint = fresh.size_hint();
+        assert_eq!(read_so_far(&fresh), 1);
+        assert!(hint >= n && hint <= n + 1, "{hint} for {n}");
+    }
+
+    #[test]
+    fn frames_the_array_whatever_the_whitespace_and_the_keys_around_it() {
+        let m = r#"{"messageId":"a","body":"{\"x\":[1,{\"y\":\"]\"}]}","attributes":{"SentTimestamp":"1"}}"#;
+        for text in [
+            format!(r#"{{"Records":[{m},{m}]}}"#),
+            format!(" \n{{ \"Records\" :\t[ {m} ,\r\n {m} ] }} \n"),
+            format!(r#"{{"other":{{"Records":[1]}},"Records":[{m},{m}],"after":[{{}}]}}"#),
+        ] {
+            let b = payload(&text);
+            assert_eq!(b.len(), 2, "{text}");
+            assert!(!b.unreadable_at(1), "{text}");
+            assert_eq!(b.record(1).message_id.as_deref(), Some("a"));
+            assert_eq!(b.record(1).sent_timestamp(), Some("1"));
+        }
+        assert!(payload(r#"{"Records":[]}"#).is_empty());
+        assert_eq!(payload(r#"{"Records":[ ]}"#).size_hint(), 0);
+    }
+
+    #[test]
+    fn a_payload_that_breaks_off_is_unreadable_where_it_breaks() {
+        let m = r#"{"messageId":"a","body":"x"}"#;
+        for (text, at) in [
+            (format!(r#"{{"Records":[{m},{m}"#), 2),
+            (format!(r#"{{"Records":[{m},{{"messageId":"b","body":"#), 1),
+            (format!(r#"{{"Records":[{m} {m}]}}"#), 1),
+            (format!(r#"{{"Records":[{m},]}}"#), 1),
+            (format!(r#"{{"Records":[{m}]}} trailing"#), 1),
+            (format!(r#"{{"Records":[{m}]"#), 1),
+            (format!(r#"{{"Records":[{m}],"Records":[]}}"#), 1),
+            (format!(r#"{{"Records":[{m},{{"messageId":"\u12"}}]}}"#), 1),
+        ] {
+            let b = payload(&text);
+            assert_eq!(b.len(), at + 1, "{text}");
+            assert!(b.get(0).is_some(), "{text}");
+            assert!(b.get(at).is_none() && b.unreadable_at(at), "{text}");
+            assert!(!b.has(at + 1), "{text}");
+        }
+        // Not an SQS event at all: refused before any message is read.
+        for text in [
+            "",
+            "[]",
+            "null",
+            r#"{"Records":{"ip":"10.1.2.3"}}"#,
+            r#"{"records":[]}"#,
+            r#"{"Records" []}"#,
+            r#"{"ip":"10.1.2.3" "Records":[]}"#,
+        ] {
+            assert!(
+                SqsBatch::from_payload(Bytes::from(text.to_owned())).is_err(),
+                "{text}"
+            );
+        }
+        let shown = NotAnSqsEvent.to_string();
+        assert!(shown.contains("not an SQS batch event") && shown.contains("events/"));
     }
 
     #[test]

@@ -84,13 +84,13 @@ impl Transform<'_> {
         };
         let mut writer = None;
         if early.is_none() {
-            match sink.start_batch(batch.len(), self.deadline).await {
+            match sink.start_batch(batch.size_hint(), self.deadline).await {
                 Ok(w) => writer = Some(w),
                 Err(e) => early = Some(e),
             }
         }
         let mut unhandled = None;
-        for pos in 0..batch.len() {
+        for pos in (0..).take_while(|&pos| batch.has(pos)) {
             let id = match message_id(batch, pos) {
                 Ok(id) => id,
                 Err(e) => {
@@ -243,7 +243,11 @@ impl Transform<'_> {
 /// fails.
 fn message_id(batch: &SqsBatch, index: usize) -> Result<&str, HandlerError> {
     let Some(record) = batch.get(index) else {
-        return Err(HandlerError::MalformedRecord { index });
+        return Err(if batch.unreadable_at(index) {
+            HandlerError::UnreadablePayload { index }
+        } else {
+            HandlerError::MalformedRecord { index }
+        });
     };
     match record.message_id.as_deref() {
         Some(id) if !id.is_empty() => Ok(id),
@@ -253,7 +257,7 @@ fn message_id(batch: &SqsBatch, index: usize) -> Result<&str, HandlerError> {
 
 /// The ids of the records a FIFO reject held back (the loop stopped there).
 fn rest_of_ids<'b>(batch: &'b SqsBatch, out: &mut Transformed<'b>) -> Result<(), HandlerError> {
-    for index in out.ids.len()..batch.len() {
+    for index in (out.ids.len()..).take_while(|&index| batch.has(index)) {
         out.ids.push(message_id(batch, index)?);
     }
     Ok(())
