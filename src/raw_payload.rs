@@ -9,12 +9,15 @@
 //! sent it").
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use lambda_runtime::LambdaInvocation;
 use lambda_runtime::tower::{Layer, Service};
+use tracing::warn;
 
 use crate::SqsBatch;
 use crate::error::HandlerError;
@@ -27,14 +30,28 @@ pub struct RawPayloads {
 
 impl RawPayloads {
     /// The batch of the invocation `request_id`, from its payload's bytes.
+    /// Panics when the layer did not run for it (a wiring mistake in
+    /// `main.rs`, not something a payload can cause).
     pub fn take(&self, request_id: &str) -> Result<SqsBatch, HandlerError> {
         let bytes = self
             .held
             .lock()
             .ok()
             .and_then(|mut held| held.remove(request_id))
-            .unwrap_or_default();
-        Ok(SqsBatch::from_payload(bytes)?)
+            .expect(
+                "RawPayloads wraps the runtime's handler, so every invocation's payload is held",
+            );
+        SqsBatch::from_payload(bytes).map_err(|e| {
+            // The runtime logged its own refusal before; this is ours.
+            warn!(error = %e, "invocation refused");
+            HandlerError::from(e)
+        })
+    }
+
+    fn forget(&self, request_id: &str) {
+        if let Ok(mut held) = self.held.lock() {
+            held.remove(request_id);
+        }
     }
 }
 
@@ -58,7 +75,7 @@ pub struct TakePayload<S> {
 impl<S: Service<LambdaInvocation>> Service<LambdaInvocation> for TakePayload<S> {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Handled<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -66,9 +83,37 @@ impl<S: Service<LambdaInvocation>> Service<LambdaInvocation> for TakePayload<S> 
 
     fn call(&mut self, mut invocation: LambdaInvocation) -> Self::Future {
         let body = std::mem::replace(&mut invocation.body, Bytes::from_static(b"null"));
+        let request_id = invocation.context.request_id.clone();
         if let Ok(mut held) = self.payloads.held.lock() {
-            held.insert(invocation.context.request_id.clone(), body);
+            held.insert(request_id.clone(), body);
         }
-        self.inner.call(invocation)
+        Handled {
+            inner: Box::pin(self.inner.call(invocation)),
+            payloads: self.payloads.clone(),
+            request_id,
+        }
+    }
+}
+
+/// An invocation in the runtime's hands; when it ends (or is dropped), its
+/// payload is let go even if the handler never took it (the runtime can
+/// answer an invocation without calling the handler).
+pub struct Handled<F> {
+    inner: Pin<Box<F>>,
+    payloads: RawPayloads,
+    request_id: String,
+}
+
+impl<F: Future> Future for Handled<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl<F> Drop for Handled<F> {
+    fn drop(&mut self) {
+        self.payloads.forget(&self.request_id);
     }
 }

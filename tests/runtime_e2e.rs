@@ -256,7 +256,7 @@ async fn every_event_file_through_cargo_lambda_watch() {
     };
     assert!(words(&err).contains("is not an SQS message"), "{err}");
     // Not an SQS event at all: refused as the payload's bytes are taken
-    // from the runtime, before the handler.
+    // from the runtime, before the batch is handled.
     let not_an_event =
         std::env::temp_dir().join(format!("not-an-event-{}.json", std::process::id()));
     std::fs::write(

@@ -4,7 +4,7 @@
 //! unknown ones (`#[serde(flatten)]`), which makes serde buffer each record
 //! before it can read it: 2.5x slower on a 10,000-record batch than this
 //! type, which reads four fields per record and skips the rest in place
-//! (benches/batch_pg.rs, phase "event JSON"). [`SqsBatch::from`] converts an
+//! (measured when it was adopted). [`SqsBatch::from`] converts an
 //! `SqsEvent` (tests and fixtures use that type).
 //!
 //! Read from event JSON, a batch keeps the payload's bytes and reads each
@@ -75,11 +75,15 @@ impl SqsBatch {
         })
     }
 
-    /// The number of messages (every message is read to count them).
+    /// The number of messages (every message is read to count them); a
+    /// payload that breaks off counts the messages before the break.
     pub fn len(&self) -> usize {
         match &self.source {
             Source::Records(records) => records.len(),
-            Source::Payload(payload) => payload.read_all().count(),
+            Source::Payload(payload) => payload
+                .read_all()
+                .filter(|e| !matches!(e, Entry::Unreadable))
+                .count(),
         }
     }
 
@@ -144,14 +148,16 @@ impl SqsBatch {
 
     /// The messages to change (tests, redrives), every one read now; a
     /// message that is not an SQS message is left out, so the n-th item is
-    /// not the n-th message when one is.
+    /// not the n-th message when one is. Panics on a payload that breaks
+    /// off: it has no messages to change after the break.
     pub fn records_mut(&mut self) -> impl Iterator<Item = &mut SqsRecord> + '_ {
         if let Source::Payload(payload) = &self.source {
             let records = payload
                 .read_all()
                 .filter_map(|e| match e {
                     Entry::Record(r) => Some(r.clone()),
-                    Entry::Malformed | Entry::Unreadable => None,
+                    Entry::Malformed => None,
+                    Entry::Unreadable => panic!("records_mut on a payload that breaks off"),
                 })
                 .collect();
             self.source = Source::Records(records);
@@ -169,7 +175,7 @@ impl Default for SqsBatch {
     }
 }
 
-// A clone holds its messages parsed (what is malformed stays so).
+// A clone of a payload batch reads the payload again from its start.
 impl Clone for SqsBatch {
     fn clone(&self) -> Self {
         match &self.source {
@@ -494,11 +500,26 @@ mod tests {
             (format!(r#"{{"Records":[{m},{{"messageId":"\u12"}}]}}"#), 1),
         ] {
             let b = payload(&text);
-            assert_eq!(b.len(), at + 1, "{text}");
+            assert!(b.has(at) && !b.has(at + 1), "{text}");
+            assert_eq!(b.len(), at, "the messages before the break, {text}");
             assert!(b.get(0).is_some(), "{text}");
             assert!(b.get(at).is_none() && b.unreadable_at(at), "{text}");
-            assert!(!b.has(at + 1), "{text}");
         }
+        // A byte that is not UTF-8, in a field the function skips: the
+        // payload is not JSON there, as a whole-payload parse would say.
+        let m = br#"{"messageId":"a","body":"x","md5OfBody":"#;
+        let mut bad = br#"{"Records":["#.to_vec();
+        bad.extend_from_slice(m);
+        bad.extend_from_slice(b"\"\xff\"}]}");
+        let b = SqsBatch::from_payload(Bytes::from(bad)).unwrap();
+        assert!(b.unreadable_at(0) && b.get(0).is_none());
+        let b = SqsBatch::from_payload(Bytes::from(b"{\"Records\":[],\"x\":\"\xff\"}".to_vec()))
+            .unwrap();
+        assert!(b.unreadable_at(0));
+        assert!(
+            SqsBatch::from_payload(Bytes::from(b"{\"x\":\"\xff\",\"Records\":[]}".to_vec()))
+                .is_err()
+        );
         // Not an SQS event at all: refused before any message is read.
         for text in [
             "",
@@ -521,7 +542,7 @@ mod tests {
     #[test]
     fn reads_through_serde_path_to_error_as_lambda_runtime_does() {
         // lambda_runtime wraps serde_json's deserializer in serde_path_to_error;
-        // the split into raw messages must work through it.
+        // the payload's text must come through it whole.
         let text = fixture("sqs-mixed.json");
         let jd = &mut serde_json::Deserializer::from_str(&text);
         let wrapped: SqsBatch = serde_path_to_error::deserialize(jd).unwrap();

@@ -6,9 +6,11 @@
 //!
 //! The framing is only the array's punctuation (`[`, `,`, `]`) and the
 //! object around it; every value is read by serde_json, which checks its
-//! syntax and UTF-8 as a whole-payload parse would. A syntax error becomes
-//! the batch's last entry, [`Entry::Unreadable`], found when the reading
-//! reaches it: the handler fails the invocation before anything commits.
+//! syntax, and each value's bytes are checked as UTF-8 (serde_json checks
+//! only the strings it keeps), as a whole-payload parse would. A syntax
+//! error or a bad byte becomes the batch's last entry,
+//! [`Entry::Unreadable`], found when the reading reaches it: the handler
+//! fails the invocation before anything commits.
 
 use std::sync::Mutex;
 
@@ -70,6 +72,7 @@ impl Payload {
             let (_, after) = value::<IgnoredAny>(b, at).ok_or(NotAnSqsEvent)?;
             at = expect(b, skip_ws(b, after), b',')?;
         }
+        utf8(&b[..at])?;
         Ok(Self {
             bytes,
             entries: FrozenVec::new(),
@@ -87,8 +90,11 @@ impl Payload {
         if let Some(entry) = self.entries.get(index) {
             return Some(entry);
         }
-        // A poisoned lock: a read panicked, which serde_json does not.
-        let mut cursor = self.cursor.lock().ok()?;
+        // A poisoned lock (a read panicked, which serde_json does not): the
+        // batch cannot be read on, and must not look shorter than it is.
+        let Ok(mut cursor) = self.cursor.lock() else {
+            return Some(&UNREADABLE);
+        };
         while self.entries.len() <= index && !cursor.done {
             let entry = self.next(&mut cursor);
             if let Some(entry) = entry {
@@ -118,9 +124,8 @@ impl Payload {
         cursor.first = false;
         if end {
             cursor.done = true;
-            return rest_of_object(b, at + 1)
-                .is_err()
-                .then_some(Entry::Unreadable);
+            let rest = rest_of_object(b, at + 1).and_then(|()| utf8(&b[at..]));
+            return rest.is_err().then_some(Entry::Unreadable);
         }
         let (entry, after) = match value::<SqsRecord>(b, at) {
             Some((record, after)) => (Entry::Record(record), after),
@@ -133,6 +138,10 @@ impl Payload {
                 }
             },
         };
+        if utf8(&b[at..after]).is_err() {
+            cursor.done = true;
+            return Some(Entry::Unreadable);
+        }
         if self.entries.is_empty() {
             cursor.first_bytes = after - at;
         }
@@ -141,9 +150,10 @@ impl Payload {
     }
 
     /// About how many messages there are: the payload's size over the
-    /// first message's (read now).
+    /// first message's (read now); 0 when the first is not an SQS message
+    /// (the batch will fail: no COPY is opened for it).
     pub(super) fn size_hint(&self) -> usize {
-        if self.get(0).is_none() {
+        if !matches!(self.get(0), Some(Entry::Record(_))) {
             return 0;
         }
         let first = self.cursor.lock().map_or(0, |c| c.first_bytes);
@@ -165,6 +175,14 @@ impl Payload {
     pub(super) fn read_all(&self) -> impl Iterator<Item = &Entry> {
         (0..).map_while(|i| self.get(i))
     }
+}
+
+/// What a poisoned cursor reads as.
+static UNREADABLE: Entry = Entry::Unreadable;
+
+/// The bytes are UTF-8 (what serde_json skips, it does not check).
+fn utf8(b: &[u8]) -> Result<(), NotAnSqsEvent> {
+    std::str::from_utf8(b).map(drop).map_err(|_| NotAnSqsEvent)
 }
 
 /// After the array's `]`: other keys and the closing `}`, then nothing.

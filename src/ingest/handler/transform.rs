@@ -64,10 +64,11 @@ pub(super) struct Transform<'h> {
 impl Transform<'_> {
     /// Validates and masks every record, streaming the valid rows into the
     /// sink (a COPY for large batches) as they come, then commits them.
-    /// Each record is parsed as the loop reaches it, so the first rows are
-    /// in the COPY while the later ones are still JSON text. The outer
-    /// error: the batch cannot be handled (a record without `messageId`,
-    /// or not an SQS message), found before anything commits.
+    /// Each record is read from the payload as the loop reaches it, so the
+    /// first rows are in the COPY while the later ones are still unread. The
+    /// outer error: the batch cannot be handled (a record without
+    /// `messageId`, not an SQS message, or a payload that breaks off),
+    /// found before anything commits.
     pub(super) async fn write<'b>(
         &self,
         sink: &mut PgSink,
