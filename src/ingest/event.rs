@@ -552,4 +552,52 @@ mod tests {
             assert_eq!((&a.message_id, &a.body), (&b.message_id, &b.body));
         }
     }
+
+    /// Whatever a payload's bytes, reading it lazily agrees with one parse
+    /// of the whole: a payload serde_json refuses never reads to its end
+    /// (so no batch of it can commit), and one it accepts reads as the
+    /// same messages. The payloads: the fixture cut short anywhere, or with
+    /// a byte changed anywhere.
+    #[test]
+    fn reads_whatever_the_bytes_as_one_parse_of_the_whole_would() {
+        use proptest::prelude::*;
+        let text = fixture("sqs-mixed.json").into_bytes();
+        let len = text.len();
+        let config = ProptestConfig {
+            cases: 3000,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        };
+        proptest!(config, |(at in 0..len, byte in any::<u8>(), cut in any::<bool>())| {
+            let mut bytes = text.clone();
+            if cut {
+                bytes.truncate(at);
+            } else {
+                bytes[at] = byte;
+            }
+            let whole = serde_json::from_slice::<serde_json::Value>(&bytes);
+            let records = whole.as_ref().ok().and_then(|v| v.get("Records")?.as_array().cloned());
+            let Ok(batch) = SqsBatch::from_payload(Bytes::from(bytes)) else {
+                prop_assert!(records.is_none(), "refused, yet its Records parse");
+                return Ok(());
+            };
+            let n = (0..).take_while(|&i| batch.has(i)).count();
+            let broken = n > 0 && batch.unreadable_at(n - 1);
+            if whole.is_err() {
+                prop_assert!(broken, "serde_json refuses it, yet it reads to its end");
+                return Ok(());
+            }
+            prop_assert!(!broken, "serde_json accepts it, yet it breaks off");
+            let records = records.expect("a payload read to its end has a Records array");
+            prop_assert_eq!(n, records.len());
+            for (i, value) in records.iter().enumerate() {
+                let id = value.get("messageId").and_then(|v| v.as_str());
+                let body = value.get("body").and_then(|v| v.as_str());
+                if let Some(record) = batch.get(i) {
+                    prop_assert_eq!(record.message_id.as_deref(), id);
+                    prop_assert_eq!(record.body.as_deref(), body);
+                }
+            }
+        });
+    }
 }
