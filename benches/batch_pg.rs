@@ -178,6 +178,13 @@ async fn measure(
     out
 }
 
+/// This thread's time on a core so far (Linux: /proc/thread-self/schedstat).
+fn thread_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+    let ns = stat.split_whitespace().next().unwrap().parse().unwrap();
+    Duration::from_nanos(ns)
+}
+
 /// The batch as the function reads it: the payload's bytes, as Lambda sent
 /// them, each message read when first asked for.
 fn payload(json: Vec<u8>) -> login_etl::SqsBatch {
@@ -210,12 +217,17 @@ async fn parse_while_writing(
         serde_path_to_error::deserialize(jd).unwrap()
     }
     let mut times: [Vec<Duration>; 4] = Default::default();
+    // The client's CPU (this thread's time on a core: the handler and the
+    // connection share it), against the wall time: where it is close, the
+    // client sets the pace, not the server.
+    let mut cpu: [Vec<Duration>; 4] = Default::default();
     for round in 0..rounds {
         for (variant, times) in times.iter_mut().enumerate() {
             let seed = 50_000_000 + (n * rounds * 4 + round * 4 + variant) as u64;
             let json = serde_json::to_vec(&bench_event(n, seed)).unwrap();
             client.batch_execute(TRUNCATE).await.unwrap();
             let started = Instant::now();
+            let cpu_before = thread_cpu();
             let batch: login_etl::SqsBatch = match variant {
                 0 | 3 => payload(json),
                 1 => login_etl::SqsBatch::new(through_runtime::<OnePass>(&json).records),
@@ -230,16 +242,26 @@ async fn parse_while_writing(
                         record::transform(m.message_id.as_deref().unwrap(), m, masker).unwrap()
                     })
                     .collect();
-                let started = Instant::now();
+                let (started, cpu_before) = (Instant::now(), thread_cpu());
                 copy_rows(client, &rows).await;
                 times.push(started.elapsed());
+                cpu[variant].push(thread_cpu() - cpu_before);
                 continue;
             }
             let outcome = handler.handle(&batch, Deadline::NONE).await.unwrap();
             times.push(started.elapsed());
+            cpu[variant].push(thread_cpu() - cpu_before);
             assert_eq!(outcome.summary.inserted as usize, n);
         }
     }
+    let [lazy_cpu, one_pass_cpu, plain_cpu, copy_cpu] = cpu.map(|mut t| median(&mut t));
+    println!(
+        "{n} records, the client's CPU (median): read as written {:.2} ms, one pass as lambda_runtime reads it {:.2} ms, one pass by serde_json alone {:.2} ms, the COPY's {:.2} ms",
+        ms(lazy_cpu),
+        ms(one_pass_cpu),
+        ms(plain_cpu),
+        ms(copy_cpu)
+    );
     let [lazy, one_pass, plain, copy] = times.map(|mut t| median(&mut t));
     let x = |d: Duration| d.as_secs_f64() / copy.as_secs_f64();
     println!(

@@ -33,8 +33,9 @@ pub struct SqsBatch {
 enum Source {
     /// Messages already parsed (built in code: `poll`, the tests).
     Records(Vec<SqsRecord>),
-    /// The payload as Lambda sent it, read as far as asked.
-    Payload(Payload),
+    /// The payload as Lambda sent it, read as far as asked (boxed: the
+    /// list's bucket table is large).
+    Payload(Box<Payload>),
 }
 
 /// What a message that is not an SQS message reads as: every field absent.
@@ -71,7 +72,7 @@ impl SqsBatch {
     pub fn from_payload(bytes: Bytes) -> Result<Self, NotAnSqsEvent> {
         let payload = Payload::new(bytes).map_err(|_| NotAnSqsEvent)?;
         Ok(Self {
-            source: Source::Payload(payload),
+            source: Source::Payload(Box::new(payload)),
         })
     }
 
@@ -80,10 +81,7 @@ impl SqsBatch {
     pub fn len(&self) -> usize {
         match &self.source {
             Source::Records(records) => records.len(),
-            Source::Payload(payload) => payload
-                .read_all()
-                .filter(|e| !matches!(e, Entry::Unreadable))
-                .count(),
+            Source::Payload(payload) => payload.len(),
         }
     }
 

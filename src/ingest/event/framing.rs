@@ -15,13 +15,12 @@
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use elsa::sync::FrozenVec;
 use serde::de::{DeserializeOwned, IgnoredAny};
 
 use super::SqsRecord;
 
 /// One message of the array, as read.
-// Each entry is boxed where it is kept, so its size is one allocation's.
+// Kept inline in the list's buckets: one entry per message, no box.
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Entry {
     /// An SQS message.
@@ -36,8 +35,9 @@ pub(super) enum Entry {
 pub(super) struct Payload {
     bytes: Bytes,
     /// Append-only, so a message read stays where it is while later ones
-    /// are read (the handler holds on to the earlier rows).
-    entries: FrozenVec<Box<Entry>>,
+    /// are read (the handler holds on to the earlier rows); reading an
+    /// entry takes no lock (the handler asks for each several times).
+    entries: boxcar::Vec<Entry>,
     cursor: Mutex<Cursor>,
 }
 
@@ -75,7 +75,7 @@ impl Payload {
         utf8(&b[..at])?;
         Ok(Self {
             bytes,
-            entries: FrozenVec::new(),
+            entries: boxcar::Vec::new(),
             cursor: Mutex::new(Cursor {
                 at,
                 first: true,
@@ -95,10 +95,9 @@ impl Payload {
         let Ok(mut cursor) = self.cursor.lock() else {
             return Some(&UNREADABLE);
         };
-        while self.entries.len() <= index && !cursor.done {
-            let entry = self.next(&mut cursor);
-            if let Some(entry) = entry {
-                self.entries.push(Box::new(entry));
+        while self.entries.count() <= index && !cursor.done {
+            if let Some(entry) = self.next(&mut cursor) {
+                self.entries.push(entry);
             }
         }
         self.entries.get(index)
@@ -142,7 +141,7 @@ impl Payload {
             cursor.done = true;
             return Some(Entry::Unreadable);
         }
-        if self.entries.is_empty() {
+        if self.entries.count() == 0 {
             cursor.first_bytes = after - at;
         }
         cursor.at = after;
@@ -168,12 +167,22 @@ impl Payload {
     /// How many messages are read so far.
     #[cfg(test)]
     pub(super) fn read_so_far(&self) -> usize {
-        self.entries.len()
+        self.entries.count()
     }
 
     /// Every entry, read now.
     pub(super) fn read_all(&self) -> impl Iterator<Item = &Entry> {
         (0..).map_while(|i| self.get(i))
+    }
+
+    /// The number of messages before the end or the break (all read now).
+    pub(super) fn len(&self) -> usize {
+        let _ = self.get(usize::MAX);
+        let n = self.entries.count();
+        match n.checked_sub(1).and_then(|last| self.entries.get(last)) {
+            Some(Entry::Unreadable) => n - 1,
+            _ => n,
+        }
     }
 }
 
