@@ -382,8 +382,8 @@ async fn a_connection_closed_between_invocations_is_reopened() {
 
 /// A large batch is read while its COPY is open: a record near its end
 /// without a messageId, not an SQS message at all, or a payload cut short
-/// there, is found after the first rows went into the COPY. The invocation fails, nothing commits,
-/// and the connection serves the next batch.
+/// there, is found after the first rows went into the COPY. The invocation
+/// fails, nothing commits, and the connection serves the next batch.
 #[tokio::test]
 async fn a_bad_record_late_in_a_streamed_batch_fails_it_with_nothing_written() {
     let db = TestDb::create().await;

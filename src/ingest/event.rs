@@ -70,7 +70,7 @@ impl SqsBatch {
     /// asked for, and a payload that breaks off later shows as
     /// [`unreadable_at`](Self::unreadable_at) there.
     pub fn from_payload(bytes: Bytes) -> Result<Self, NotAnSqsEvent> {
-        let payload = Payload::new(bytes).map_err(|_| NotAnSqsEvent)?;
+        let payload = Payload::new(bytes)?;
         Ok(Self {
             source: Source::Payload(Box::new(payload)),
         })

@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use serde::de::{DeserializeOwned, IgnoredAny};
 
-use super::SqsRecord;
+use super::{NotAnSqsEvent, SqsRecord};
 
 /// One message of the array, as read.
 // Kept inline in the list's buckets: one entry per message, no box.
@@ -45,17 +45,11 @@ pub(super) struct Payload {
 struct Cursor {
     /// The byte after the last thing read.
     at: usize,
-    /// No message read yet: the next thing is a message or `]`.
-    first: bool,
     /// The array and the object around it are read to the end.
     done: bool,
     /// The first message's length in bytes (0 before it is read).
     first_bytes: usize,
 }
-
-/// The payload is not `{"Records": [ ... ]}`.
-#[derive(Debug)]
-pub(super) struct NotAnSqsEvent;
 
 impl Payload {
     /// Reads up to the `[` of `Records` (keys before it are skipped).
@@ -78,7 +72,6 @@ impl Payload {
             entries: boxcar::Vec::new(),
             cursor: Mutex::new(Cursor {
                 at,
-                first: true,
                 done: false,
                 first_bytes: 0,
             }),
@@ -108,7 +101,9 @@ impl Payload {
     fn next(&self, cursor: &mut Cursor) -> Option<Entry> {
         let b = &self.bytes[..];
         let mut at = skip_ws(b, cursor.at);
-        let end = match (b.get(at), cursor.first) {
+        // Every call before the end adds an entry: none yet, no message read.
+        let first = self.entries.count() == 0;
+        let end = match (b.get(at), first) {
             (Some(b']'), _) => true,
             (Some(b','), false) => {
                 at = skip_ws(b, at + 1);
@@ -120,7 +115,6 @@ impl Payload {
                 return Some(Entry::Unreadable);
             }
         };
-        cursor.first = false;
         if end {
             cursor.done = true;
             let rest = rest_of_object(b, at + 1).and_then(|()| utf8(&b[at..]));
@@ -141,7 +135,7 @@ impl Payload {
             cursor.done = true;
             return Some(Entry::Unreadable);
         }
-        if self.entries.count() == 0 {
+        if first {
             cursor.first_bytes = after - at;
         }
         cursor.at = after;
