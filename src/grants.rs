@@ -150,6 +150,10 @@ const ROTATE_FUNCTIONS: &[&str] = &[
 /// Records or compares the keys' check values: every program that holds a
 /// key (the function, forget, rotate-key) calls it.
 const CHECK_KEYS_FUNCTION: &str = "login_etl_check_keys(smallint, text, text)";
+
+/// The argument types of `login_etl_write`, the ingest role's write.
+const WRITE_ARGS: &str = "bigint, integer, integer, varchar[], varchar[], varchar[], varchar[], \
+    varchar[], varchar[], integer[], varchar[], date[], timestamptz[], smallint[]";
 /// The owner's functions `login-etl maintain` calls (migrations/0004).
 const MAINTAIN_FUNCTIONS: &[&str] = &[
     "login_etl_ensure_partition(date)",
@@ -423,6 +427,11 @@ pub fn sql(role: Role, to: &str, schema: &str) -> Result<String, GrantsError> {
         let _ = writeln!(
             out,
             "GRANT EXECUTE ON FUNCTION {ns}.\"login_etl_check_write\"(bigint, integer, integer) TO {to};"
+        );
+        // The write itself (migrations/0009), with the role's own rights.
+        let _ = writeln!(
+            out,
+            "GRANT EXECUTE ON FUNCTION {ns}.\"login_etl_write\"({WRITE_ARGS}) TO {to};"
         );
     }
     let functions = match role {

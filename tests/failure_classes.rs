@@ -114,3 +114,24 @@ async fn a_missing_index_and_a_missing_grant_are_classes_of_their_own() {
     assert_eq!(class, "privilege_missing", "{text}");
     assert!(text.contains("login-etl grants"), "{text}");
 }
+
+#[tokio::test]
+async fn a_database_migrated_by_an_older_version_is_a_schema_to_migrate() {
+    // This version deployed before `login-etl migrate` ran: the database
+    // lacks the write function of migrations/0009.
+    let db = TestDb::create().await;
+    let ingest = db.ingest_url().await;
+    db.client()
+        .await
+        .batch_execute(
+            "DROP FUNCTION login_etl_write(bigint, integer, integer, varchar[], varchar[], varchar[], \
+             varchar[], varchar[], varchar[], integer[], varchar[], date[], timestamptz[], smallint[])",
+        )
+        .await
+        .unwrap();
+    let (class, retryable, text) = fails(function(&ingest, TEST_KEY, &doc(&E, 1)).await, 6).await;
+    assert_eq!(class, "schema_incomplete", "{text}");
+    assert!(!retryable, "{text}");
+    assert!(text.contains("login-etl migrate"), "{text}");
+    assert!(text.contains("login_etl_write"), "{text}");
+}

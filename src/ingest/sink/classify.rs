@@ -57,9 +57,10 @@ pub(crate) fn classify(e: &tokio_postgres::Error) -> Failure {
         // rollbacks, object in use, read-only transaction (a failover turned
         // the writer into a reader), internal error.
         "08" | "53" | "57" | "58" | "40" | "55" | "25" | "XX" => Failure::Transient(describe(e)),
-        // The configuration, not the database: a schema not migrated, a
-        // missing grant (their own failure classes).
-        _ if matches!(code, "42P01" | "42703" | "42P10" | "42501") => {
+        // The configuration, not the database: a schema not migrated (a
+        // table, column or function of this version missing), a missing
+        // grant (their own failure classes).
+        _ if matches!(code, "42P01" | "42703" | "42P10" | "42883" | "42501") => {
             Failure::Fatal(SinkError::Misconfigured {
                 what: if code == "42501" {
                     crate::error::Misconfiguration::PrivilegeMissing

@@ -1,12 +1,16 @@
 //! One INSERT transaction, pipelined into one round trip: the frame's
-//! `BEGIN` and erasure check ([`super::tx`]), the lost-reply recount when
-//! asked, the unnamed `INSERT ... SELECT FROM UNNEST ... ON CONFLICT DO
-//! NOTHING`, then the shared end (vault entries + `COMMIT`), sent together
-//! and answered together.
+//! `BEGIN` ([`super::tx`]), the lost-reply recount when asked, the write
+//! ([`WRITE_SQL`]: the erasure check and the `INSERT ... SELECT FROM UNNEST
+//! ... ON CONFLICT DO NOTHING` in one server-side function), then the
+//! shared end (vault entries + `COMMIT`), sent together and answered
+//! together.
 //!
-//! The statement is unnamed (Parse ""), so nothing outlives the
-//! transaction. Success means the server answered the COMMIT; an error
-//! raised at COMMIT (a deferred constraint) is a failure like any other.
+//! Nothing outlives the transaction on the client's side: the statements
+//! are unnamed (Parse ""). The INSERT's plan is kept by the server
+//! connection, inside `login_etl_write` (migrations/0009), where a
+//! transaction-mode pooler cannot lose it. Success means the server
+//! answered the COMMIT; an error raised at COMMIT (a deferred constraint)
+//! is a failure like any other.
 
 use std::time::Duration;
 
@@ -17,23 +21,28 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::classify::{Failure, classify};
-use super::tx::{Versions, XidFloor, begin_sql, no_answer, refuse_erased, vault_and_commit};
+use super::tx::{Versions, XidFloor, begin_sql, no_answer, vault_and_commit};
 use super::vault::VaultRows;
 use crate::ingest::record::LoginRow;
 
-/// The bulk insert: one statement for the whole batch. Arrays are bound as
-/// `varchar[]`, the columns' type: with `text[]` the server coerces every
-/// value to `varchar(n)`, which made the statement 1.7x slower for 10,000
-/// rows (benches/batch_pg.rs).
+/// The bulk write: the erasure and key check (`login_etl_check_write`,
+/// SQLSTATE `LE001`/`LE002`, see `tx::ERASED_SQL`) and one `INSERT ...
+/// SELECT FROM UNNEST(...) ON CONFLICT DO NOTHING` for the whole batch, in
+/// `login_etl_write` (migrations/0009); the rows inserted. The function
+/// keeps the INSERT's plan per server connection: sent as a statement of
+/// its own, it was parsed and planned again for every batch, about a third
+/// of a batch of 10's time above its floor (docs/performance.md). Arrays
+/// are bound as `varchar[]`, the columns' type: with `text[]` the server
+/// coerces every value to `varchar(n)`, which made the statement 1.7x
+/// slower for 10,000 rows (benches/batch_pg.rs).
 ///
 /// `ON CONFLICT DO NOTHING` names no index on purpose: every unique index
 /// of the partition a row lands in arbitrates, the key `(sent_at,
 /// message_id, create_date)` and, on a table converted from before
 /// partitions, its old unique `message_id` (see `schema::convert`).
-pub const INSERT_SQL: &str = "INSERT INTO user_logins \
-    (message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, app_version_text, create_date, sent_at, key_version) \
-    SELECT * FROM UNNEST($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::varchar[], $6::varchar[], $7::int4[], $8::varchar[], $9::date[], $10::timestamptz[], $11::int2[]) \
-    ON CONFLICT DO NOTHING";
+pub const WRITE_SQL: &str = "SELECT login_etl_write($1::int8, $2::int4, $3::int4, \
+    $4::varchar[], $5::varchar[], $6::varchar[], $7::varchar[], $8::varchar[], $9::varchar[], \
+    $10::int4[], $11::varchar[], $12::date[], $13::timestamptz[], $14::int2[])";
 
 /// After a lost reply: how many of these rows (by key) were written by
 /// transactions that began at or after `$4`, the xid floor taken before the
@@ -69,7 +78,16 @@ pub(crate) async fn insert_tx(
     vault: Option<&VaultRows<'_>>,
 ) -> Result<Committed, Failure> {
     let cols = Columns::from(rows);
-    let params = cols.typed_params();
+    let (key, from) = (
+        i32::from(erased_version.key),
+        i32::from(erased_version.checked_from),
+    );
+    let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
+        (&erased_version.erased, Type::INT8),
+        (&key, Type::INT4),
+        (&from, Type::INT4),
+    ];
+    params.extend(cols.typed_params());
     let begin = begin_sql(server_bound);
     let since = recount_since.map(XidFloor::to_text);
     // The futures are polled in order, so the messages go out in order, in
@@ -77,7 +95,6 @@ pub(crate) async fn insert_tx(
     let pipeline = async {
         tokio::join!(
             client.batch_execute(&begin),
-            refuse_erased(client, erased_version),
             async {
                 match &since {
                     Some(floor) => client
@@ -95,23 +112,22 @@ pub(crate) async fn insert_tx(
                     None => Ok(0),
                 }
             },
-            client.execute_typed(INSERT_SQL, &params),
+            client.query_typed_one(WRITE_SQL, &params),
             vault_and_commit(client, vault),
         )
     };
-    let (begun, allowed, earlier, inserted, ended) = match timeout(client_bound, pipeline).await {
+    let (begun, earlier, written, ended) = match timeout(client_bound, pipeline).await {
         Ok(answers) => answers,
         Err(_) => return Err(no_answer(client_bound)),
     };
     // The first failure in statement order is the cause; after it the server
     // skipped the rest and turned the COMMIT into a ROLLBACK.
     begun.map_err(|e| classify(&e))?;
-    allowed.map_err(|e| classify(&e))?;
     let earlier = earlier.map_err(|e| match e.code() {
         Some(code) if *code == SqlState::INSUFFICIENT_PRIVILEGE => Failure::RecountDenied,
         _ => classify(&e),
     })?;
-    let inserted = inserted.map_err(|e| classify(&e))?;
+    let inserted = written.map_err(|e| classify(&e))?.get::<_, i64>(0) as u64;
     let floor = ended.map_err(|e| classify(&e))?;
     Ok(Committed {
         inserted: inserted + earlier,

@@ -64,7 +64,7 @@ use tracing::warn;
 
 pub use budget::{Budget, CONFLICT_RETRIES, DEADLINE_MARGIN};
 pub use copy::{COPY_SQL, COPY_TYPES, CopyIn};
-pub use insert::INSERT_SQL;
+pub use insert::WRITE_SQL;
 pub use tx::{KeyChecks, Versions};
 pub use writer::BatchWriter;
 

@@ -199,6 +199,11 @@ async fn apply_side_tables(client: &Client) -> Result<(), SinkError> {
                 env!("CARGO_MANIFEST_DIR"),
                 "/migrations/0008_vault_retention.sql"
             )),
+            "\n",
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/migrations/0009_write_function.sql"
+            )),
         ),
         "creating the vault, audit and erasure tables",
     )

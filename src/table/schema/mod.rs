@@ -60,12 +60,17 @@ pub const MIGRATION_SQL: &str = concat!(
     include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/migrations/0008_vault_retention.sql"
+    )),
+    "\n",
+    include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations/0009_write_function.sql"
     ))
 );
 
 /// The version [`MIGRATION_SQL`] leaves (`login_etl_schema_version()`,
-/// migrations/0008): a database at an older one is migrated again.
-pub const SCHEMA_VERSION: i32 = 8;
+/// migrations/0009): a database at an older one is migrated again.
+pub const SCHEMA_VERSION: i32 = 9;
 
 /// Advisory lock key ("LOGINETL" in ASCII): many cold starts at once apply
 /// the schema one after the other instead of racing on `CREATE INDEX`; the
