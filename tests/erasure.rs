@@ -514,8 +514,9 @@ async fn roles_granted_before_vault_retention_keep_working_after_migrate() {
     .await
     .expect("written");
     // Back to version 7: the column goes with its privileges, the new
-    // functions with theirs; the ingest role holds 0007's check, as the
-    // grants of that version gave it.
+    // functions with theirs (0009's write too: the write below needs the
+    // grant 0009 gives the roles granted the check); the ingest role holds
+    // 0007's check, as the grants of that version gave it.
     let ingest_role = db.role_name(Role::Ingest);
     admin
         .batch_execute(&format!(
@@ -523,6 +524,8 @@ async fn roles_granted_before_vault_retention_keep_working_after_migrate() {
              ALTER TABLE user_logins_pii_vault_held DROP COLUMN last_seen; \
              DROP FUNCTION login_etl_purge_vault(date, bigint, integer); \
              DROP FUNCTION login_etl_check_write(bigint, integer, integer); \
+             DROP FUNCTION login_etl_write(bigint, integer, integer, varchar[], varchar[], varchar[], \
+                 varchar[], varchar[], varchar[], integer[], varchar[], date[], timestamptz[], smallint[]); \
              GRANT EXECUTE ON FUNCTION login_etl_refuse_erased(bigint, integer, integer) TO \"{ingest_role}\"; \
              CREATE OR REPLACE FUNCTION login_etl_schema_version() RETURNS integer \
              LANGUAGE sql IMMUTABLE AS $$ SELECT 7 $$"

@@ -118,20 +118,44 @@ async fn a_missing_index_and_a_missing_grant_are_classes_of_their_own() {
 #[tokio::test]
 async fn a_database_migrated_by_an_older_version_is_a_schema_to_migrate() {
     // This version deployed before `login-etl migrate` ran: the database
-    // lacks the write function of migrations/0009.
+    // is at version 8, without the write function of migrations/0009.
     let db = TestDb::create().await;
     let ingest = db.ingest_url().await;
-    db.client()
-        .await
-        .batch_execute(
-            "DROP FUNCTION login_etl_write(bigint, integer, integer, varchar[], varchar[], varchar[], \
-             varchar[], varchar[], varchar[], integer[], varchar[], date[], timestamptz[], smallint[])",
-        )
-        .await
-        .unwrap();
+    let owner = db.client().await;
+    let back_to_8 = "DROP FUNCTION login_etl_write(bigint, integer, integer, varchar[], varchar[], varchar[], \
+         varchar[], varchar[], varchar[], integer[], varchar[], date[], timestamptz[], smallint[]); \
+         CREATE OR REPLACE FUNCTION login_etl_schema_version() RETURNS integer \
+         LANGUAGE sql IMMUTABLE AS $$ SELECT 8 $$";
+    owner.batch_execute(back_to_8).await.unwrap();
     let (class, retryable, text) = fails(function(&ingest, TEST_KEY, &doc(&E, 1)).await, 6).await;
     assert_eq!(class, "schema_incomplete", "{text}");
     assert!(!retryable, "{text}");
     assert!(text.contains("login-etl migrate"), "{text}");
     assert!(text.contains("login_etl_write"), "{text}");
+    // Found by the schema check at connect, so batches of every size (the
+    // COPY path's too) fail alike.
+    assert!(text.contains("predates this version"), "{text}");
+
+    // What the hint says: migrate, and the same role writes (0009 grants
+    // the function to the roles granted the check before it).
+    db.migrate().await;
+    let h = function(&ingest, TEST_KEY, &doc(&E, 1)).await;
+    let event = synth::event(&Options {
+        count: 20,
+        seed: 6,
+        ..Options::default()
+    });
+    let outcome = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .expect("written after migrate");
+    assert_eq!(outcome.summary.inserted, 20);
+
+    // Dropped after the function connected (the guard passed): the write's
+    // own error says the same.
+    owner.batch_execute(back_to_8).await.unwrap();
+    let (class, _, text) = fails(h, 7).await;
+    assert_eq!(class, "schema_incomplete", "{text}");
+    assert!(text.contains("login-etl migrate"), "{text}");
+    assert!(text.contains("SQLSTATE 42883"), "{text}");
 }

@@ -58,9 +58,11 @@ pub(crate) fn classify(e: &tokio_postgres::Error) -> Failure {
         // the writer into a reader), internal error.
         "08" | "53" | "57" | "58" | "40" | "55" | "25" | "XX" => Failure::Transient(describe(e)),
         // The configuration, not the database: a schema not migrated (a
-        // table, column or function of this version missing), a missing
+        // table, column or function of login-etl's missing), a missing
         // grant (their own failure classes).
-        _ if matches!(code, "42P01" | "42703" | "42P10" | "42883" | "42501") => {
+        _ if matches!(code, "42P01" | "42703" | "42P10" | "42501")
+            || (code == "42883" && names_own_function(e)) =>
+        {
             Failure::Fatal(SinkError::Misconfigured {
                 what: if code == "42501" {
                     crate::error::Misconfiguration::PrivilegeMissing
@@ -89,6 +91,13 @@ pub(crate) fn classify(e: &tokio_postgres::Error) -> Failure {
             hint: "".into(),
         }),
     }
+}
+
+/// A 42883 (undefined function) about one of login-etl's own functions
+/// (a schema not migrated), not a trigger's or an extension's.
+fn names_own_function(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error()
+        .is_some_and(|db| db.message().starts_with("function login_etl_"))
 }
 
 /// The table a 42501 names ("permission denied for table user_logins_pii_vault").

@@ -1,6 +1,8 @@
 //! The frame every write transaction shares, INSERT and COPY alike: its
-//! `BEGIN` (server-side bounds, the table lock), the erasure check, and its
-//! end (the vault entries of its rows, then `COMMIT` and the next xid floor).
+//! `BEGIN` (server-side bounds, the table lock) and its end (the vault
+//! entries of its rows, then `COMMIT` and the next xid floor); and the
+//! erasure check, which COPY sends as a statement of its own and the INSERT
+//! runs inside its write function (`insert::WRITE_SQL`).
 //!
 //! Nothing outlives the transaction: the server-side bounds are `SET LOCAL`,
 //! so a transaction-mode pooler may hand the next transaction to any server
@@ -18,7 +20,8 @@ use super::vault::{self, VaultRows};
 /// lock every write takes anyway (ROW EXCLUSIVE) on the partitioned parent,
 /// taken first so that `login-etl forget` (SHARE ROW EXCLUSIVE on the
 /// parent, for a moment) either commits its erasure before the erasure
-/// check ([`ERASED_SQL`]) or waits for this transaction to end. `ONLY`: a
+/// check ([`ERASED_SQL`], or the same inside `insert::WRITE_SQL`) or waits
+/// for this transaction to end. `ONLY`: a
 /// plain `LOCK TABLE` on a partitioned table locks every partition, a
 /// lock-table slot each, in every write transaction.
 pub(crate) fn begin_sql(server_bound: Duration) -> String {

@@ -96,7 +96,8 @@ const INSPECT_SQL: &str = "SELECT \
     to_regclass('user_logins_pii_vault') IS NOT NULL AND to_regclass('user_logins_vault_keys') IS NOT NULL, \
     to_regclass('user_logins_pii_audit') IS NOT NULL AND to_regclass('user_logins_erased') IS NOT NULL \
         AND to_regprocedure('login_etl_refuse_erased(bigint,integer)') IS NOT NULL \
-        AND to_regclass('user_logins_key_state') IS NOT NULL, \
+        AND to_regclass('user_logins_key_state') IS NOT NULL \
+        AND to_regprocedure('login_etl_write(bigint,integer,integer,varchar[],varchar[],varchar[],varchar[],varchar[],varchar[],integer[],varchar[],date[],timestamptz[],smallint[])') IS NOT NULL, \
     coalesce((SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass('user_logins')), false), \
     to_regclass('user_logins_partitioning') IS NOT NULL AND to_regclass('user_logins_default') IS NOT NULL \
         AND to_regclass('user_logins_pii_vault_held') IS NOT NULL \
@@ -125,7 +126,8 @@ pub struct SchemaState {
     pub floor: Option<String>,
     /// The PII vault's tables exist.
     pub vault: bool,
-    /// The audit table, the erasure list and its check exist.
+    /// The audit table, the erasure list, its check and the write function
+    /// (`login_etl_write`, migrations/0009) exist.
     pub erasure: bool,
     /// `user_logins` is partitioned (false for a table from before this
     /// version, which `login-etl migrate` converts).
@@ -260,7 +262,7 @@ pub async fn check(
     }
     if !state.erasure || !state.partitions {
         return Err(fatal(
-            "the erasure list (user_logins_erased, login_etl_refuse_erased) or the partition functions (login_etl_*) are missing: the schema predates this version",
+            "the erasure list (user_logins_erased, login_etl_refuse_erased), the write function (login_etl_write) or the partition functions (login_etl_*) are missing: the schema predates this version",
             "; run `make migrate` (login-etl migrate) or set RUN_MIGRATIONS=true",
         ));
     }
