@@ -346,6 +346,8 @@ async fn main() {
         include_str!("../migrations/0007_online_operations.sql"),
         "\n",
         include_str!("../migrations/0008_vault_retention.sql"),
+        "\n",
+        include_str!("../migrations/0009_write_function.sql"),
     ))
     .await
     .unwrap();
