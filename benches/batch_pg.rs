@@ -15,46 +15,12 @@ use common::closed_port;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use aws_lambda_events::event::sqs::SqsEvent;
 use common::*;
 use login_etl::ingest::record::{self, LoginRow};
-use login_etl::ingest::sink::{COPY_SQL, COPY_TYPES};
 use login_etl::privacy::masking::{Masker, MaskingKey};
 use login_etl::privacy::vault::{DataKey, VaultBatch};
-use login_etl::synth::{self, Options};
 use login_etl::{Config, Deadline, Outcome, startup};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-
-async fn copy_rows(client: &tokio_postgres::Client, rows: &[LoginRow<'_>]) {
-    let sink = client.copy_in(COPY_SQL).await.unwrap();
-    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &COPY_TYPES));
-    for r in rows {
-        let (ip, dev, locale) = (
-            r.masked_ip.as_str(),
-            r.masked_device_id.as_str(),
-            r.locale.as_deref(),
-        );
-        let key_version = r.key_version as i16;
-        writer
-            .as_mut()
-            .write(&[
-                &r.message_id,
-                &&*r.user_id,
-                &&*r.device_type,
-                &ip,
-                &dev,
-                &locale,
-                &r.app_version,
-                &&*r.app_version_text,
-                &r.create_date,
-                &r.sent_at,
-                &key_version,
-            ])
-            .await
-            .unwrap();
-    }
-    writer.finish().await.unwrap();
-}
 
 /// Vault entries sealed beforehand (as the COPY baseline gets its rows already
 /// transformed), loaded by binary COPY: the lower bound for what the vault
@@ -84,21 +50,6 @@ async fn copy_vault(client: &tokio_postgres::Client, key: &DataKey, batch: &Vaul
             .unwrap();
     }
     writer.finish().await.unwrap();
-}
-
-/// A generated batch as SQS delivers it: without the `expect` attribute the
-/// generator adds for tests.
-fn bench_event(count: usize, seed: u64) -> SqsEvent {
-    let mut event = synth::event(&Options {
-        count,
-        seed,
-        ..Options::default()
-    });
-    event
-        .records
-        .iter_mut()
-        .for_each(|m| m.message_attributes.clear());
-    event
 }
 
 /// Empties the table and the vault (untimed) so every run starts alike.
@@ -638,42 +589,4 @@ async fn statements_before_0009(
     checked.unwrap();
     committed.unwrap();
     inserted.unwrap()
-}
-
-/// The rows of a batch of valid records.
-fn rows_of<'b>(batch: &'b login_etl::SqsBatch, masker: &Masker) -> Vec<LoginRow<'b>> {
-    batch
-        .records()
-        .map(|m| record::transform(m.message_id.as_deref().unwrap(), m, masker).unwrap())
-        .collect()
-}
-
-/// `BEGIN; INSERT INTO user_logins (...) VALUES (...), ...; COMMIT` with the
-/// rows as literals: one simple query, one round trip, three statements.
-fn bare_insert(rows: &[LoginRow<'_>]) -> String {
-    let lit = |s: &str| format!("'{}'", s.replace('\'', "''"));
-    let values: Vec<String> = rows
-        .iter()
-        .map(|r| {
-            format!(
-                "({}, {}, {}, {}, {}, {}, {}, {}, '{}', '{}', {})",
-                lit(r.message_id),
-                lit(&r.user_id),
-                lit(&r.device_type),
-                lit(r.masked_ip.as_str()),
-                lit(r.masked_device_id.as_str()),
-                r.locale.as_deref().map_or("NULL".into(), lit),
-                r.app_version,
-                lit(&r.app_version_text),
-                r.create_date,
-                r.sent_at.to_rfc3339(),
-                r.key_version
-            )
-        })
-        .collect();
-    format!(
-        "BEGIN; INSERT INTO user_logins (message_id, user_id, device_type, masked_ip, masked_device_id, \
-         locale, app_version, app_version_text, create_date, sent_at, key_version) VALUES {}; COMMIT",
-        values.join(", ")
-    )
 }

@@ -3,6 +3,12 @@
 
 use std::time::Duration;
 
+use aws_lambda_events::event::sqs::SqsEvent;
+use login_etl::ingest::record::{self, LoginRow};
+use login_etl::ingest::sink::{COPY_SQL, COPY_TYPES};
+use login_etl::privacy::masking::Masker;
+use login_etl::synth::{self, Options};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::{Client, NoTls};
 
 pub const KEY: &str = "8f2c7e4a1b9d3f6e0a5c8b2d7f4e1a9c3b6d0f8e2a5c7b9d1f4e6a8c0b2d4f6e";
@@ -63,4 +69,88 @@ pub fn ms(d: Duration) -> f64 {
 pub fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
+}
+
+pub async fn copy_rows(client: &tokio_postgres::Client, rows: &[LoginRow<'_>]) {
+    let sink = client.copy_in(COPY_SQL).await.unwrap();
+    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &COPY_TYPES));
+    for r in rows {
+        let (ip, dev, locale) = (
+            r.masked_ip.as_str(),
+            r.masked_device_id.as_str(),
+            r.locale.as_deref(),
+        );
+        let key_version = r.key_version as i16;
+        writer
+            .as_mut()
+            .write(&[
+                &r.message_id,
+                &&*r.user_id,
+                &&*r.device_type,
+                &ip,
+                &dev,
+                &locale,
+                &r.app_version,
+                &&*r.app_version_text,
+                &r.create_date,
+                &r.sent_at,
+                &key_version,
+            ])
+            .await
+            .unwrap();
+    }
+    writer.finish().await.unwrap();
+}
+
+/// A generated batch as SQS delivers it: without the `expect` attribute the
+/// generator adds for tests.
+pub fn bench_event(count: usize, seed: u64) -> SqsEvent {
+    let mut event = synth::event(&Options {
+        count,
+        seed,
+        ..Options::default()
+    });
+    event
+        .records
+        .iter_mut()
+        .for_each(|m| m.message_attributes.clear());
+    event
+}
+
+/// The rows of a batch of valid records.
+pub fn rows_of<'b>(batch: &'b login_etl::SqsBatch, masker: &Masker) -> Vec<LoginRow<'b>> {
+    batch
+        .records()
+        .map(|m| record::transform(m.message_id.as_deref().unwrap(), m, masker).unwrap())
+        .collect()
+}
+
+/// `BEGIN; INSERT INTO user_logins (...) VALUES (...), ...; COMMIT` with the
+/// rows as literals: one simple query, one round trip, three statements.
+pub fn bare_insert(rows: &[LoginRow<'_>]) -> String {
+    let lit = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let values: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "({}, {}, {}, {}, {}, {}, {}, {}, '{}', '{}', {})",
+                lit(r.message_id),
+                lit(&r.user_id),
+                lit(&r.device_type),
+                lit(r.masked_ip.as_str()),
+                lit(r.masked_device_id.as_str()),
+                r.locale.as_deref().map_or("NULL".into(), lit),
+                r.app_version,
+                lit(&r.app_version_text),
+                r.create_date,
+                r.sent_at.to_rfc3339(),
+                r.key_version
+            )
+        })
+        .collect();
+    format!(
+        "BEGIN; INSERT INTO user_logins (message_id, user_id, device_type, masked_ip, masked_device_id, \
+         locale, app_version, app_version_text, create_date, sent_at, key_version) VALUES {}; COMMIT",
+        values.join(", ")
+    )
 }
