@@ -260,14 +260,14 @@ fuzz: ## fuzz the body parser for FUZZ_SECONDS (default 300; CI runs 30); crashe
 	mkdir -p target/fuzz-corpus && cp fuzz/corpus/parse_body/* target/fuzz-corpus/
 	RUSTC_BOOTSTRAP=1 cargo fuzz run $(FUZZ_FLAGS) parse_body target/fuzz-corpus -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=1
 
-bench: tools localstack-tools ## benchmarks: per-record transform, batch vs COPY, cold start, peak RSS, binary size, the consumer's throughput, the masking-key re-key on 20 M rows, the longest write beside the key switch and a DEFAULT drain
+bench: tools localstack-tools ## benchmarks: per-record transform, batch vs COPY, cold start, peak RSS, warm invocations through the Runtime API, binary size, the consumer's throughput, the masking-key re-key on 20 M rows, the longest write beside the key switch and a DEFAULT drain
 	@pg_isready -d "$(PG_ADMIN_URL)" -q || { echo "PostgreSQL is not reachable at $(PG_ADMIN_URL)"; exit 1; }
 	echo "== machine: $$(nproc) cores, $$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $$(free -g | awk '/Mem:/{print $$2}') GiB"
 	echo "== [1/7] per-record transform, one core (criterion)"
 	cargo bench --quiet --bench transform -- --warm-up-time 2 --measurement-time 5 2>/dev/null | grep -E '^per_record|thrpt' || true
 	echo "== [2/7] batch into PostgreSQL vs COPY"
 	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" cargo bench --quiet --bench batch_pg 2>/dev/null
-	echo "== [3/7] cold start and peak RSS of the release binary (host build)"
+	echo "== [3/7] the release binary (host build) under a Runtime API: cold start, peak RSS, warm invocations of 10 / 1,000 / 10,000 records beside their floor"
 	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" cargo bench --quiet --bench lambda_process 2>/dev/null
 	echo "== [4/7] arm64 release binary for Lambda"
 	$(LAMBDA_ENV) cargo lambda build --quiet --release --arm64 --bin login-etl

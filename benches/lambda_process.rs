@@ -188,10 +188,15 @@ async fn warm_invocations(binary: &str, url: &str, full: bool) {
     let api = Arc::new(Mutex::new(Api::default()));
     let port = serve(api.clone()).await;
     let child = spawn(binary, port, url);
-    let sizes: &[(usize, usize)] = if full {
-        &[(10, 301), (1_000, 61), (10_000, 15)]
-    } else {
-        &[(10, 2), (1_000, 1)]
+    // `BENCH_WARM=records:runs` runs one size alone (e.g. under `perf record -p`).
+    let only = std::env::var("BENCH_WARM").ok().map(|v| {
+        let (n, runs) = v.split_once(':').expect("BENCH_WARM=records:runs");
+        [(n.parse().unwrap(), runs.parse().unwrap())]
+    });
+    let sizes: &[(usize, usize)] = match &only {
+        Some(one) => one,
+        None if full => &[(10, 301), (1_000, 61), (10_000, 15)],
+        None => &[(10, 2), (1_000, 1)],
     };
     let mut seed = 40_000_000;
     for &(n, runs) in sizes {
@@ -281,6 +286,12 @@ async fn main() {
     login_etl::startup::migrate(&db_config.unwrap())
         .await
         .unwrap();
+
+    if std::env::var_os("BENCH_WARM").is_some() {
+        warm_invocations(&binary, &url, full).await;
+        drop_db(&db).await;
+        return;
+    }
 
     // Cold start: process start -> first `next`.
     let runs = if full { 25 } else { 2 };

@@ -1,6 +1,12 @@
 //! The COPY fast path: one binary `COPY ... FROM STDIN` inside an explicit
 //! transaction, fed row by row while the batch is transformed.
 //!
+//! The rows are encoded as tokio-postgres's `BinaryCopyInWriter` encodes
+//! them (each value by its `ToSql`), but sent in chunks of [`CHUNK`] bytes
+//! instead of its fixed 4 kB: the server drains a chunk faster than the
+//! client transforms the next, then sleeps until it comes, and each wake-up
+//! costs (docs/performance.md, "Through the Runtime API").
+//!
 //! `BEGIN; SET LOCAL ...` and the COPY's prepare go out together; the
 //! prepared statement is named (tokio-postgres prepares COPY that way) but is
 //! closed as soon as the COPY has started, before the COMMIT, so it never
@@ -10,10 +16,11 @@
 use std::pin::Pin;
 use std::time::Duration;
 
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::SinkExt;
 use tokio::time::timeout;
-use tokio_postgres::Client;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::{IsNull, ToSql, Type};
+use tokio_postgres::{Client, CopyInSink};
 
 use super::classify::{Failure, classify};
 use super::tx::{Versions, XidFloor, begin_sql, no_answer, refuse_erased, vault_and_commit};
@@ -40,10 +47,18 @@ pub const COPY_TYPES: [Type; 11] = [
     Type::INT2,
 ];
 
+/// The binary COPY format's header: signature, flags, no extension.
+const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+/// Encoded rows are sent when this many bytes are waiting.
+pub const CHUNK: usize = 64 * 1024;
+
 /// A binary COPY in progress inside its transaction. After a failure,
 /// later rows are ignored; [`CopyIn::commit`] reports it.
 pub struct CopyIn {
-    writer: Pin<Box<BinaryCopyInWriter>>,
+    sink: Pin<Box<CopyInSink<Bytes>>>,
+    /// Rows encoded and not yet sent.
+    buf: BytesMut,
     bound: Duration,
     failure: Option<Failure>,
 }
@@ -70,17 +85,22 @@ impl CopyIn {
         })
         .await;
         match started {
-            Ok(Ok(sink)) => Ok(Self {
-                writer: Box::pin(BinaryCopyInWriter::new(sink, &COPY_TYPES)),
-                bound: client_bound,
-                failure: None,
-            }),
+            Ok(Ok(sink)) => {
+                let mut buf = BytesMut::with_capacity(CHUNK + 4096);
+                buf.put_slice(HEADER);
+                Ok(Self {
+                    sink: Box::pin(sink),
+                    buf,
+                    bound: client_bound,
+                    failure: None,
+                })
+            }
             Ok(Err(e)) => Err(classify(&e)),
             Err(_) => Err(no_answer(client_bound)),
         }
     }
 
-    /// Queues one row (sent when the buffer fills).
+    /// Queues one row (sent when [`CHUNK`] bytes are waiting).
     pub async fn write(&mut self, r: &LoginRow<'_>) {
         if self.failure.is_some() {
             return;
@@ -104,11 +124,23 @@ impl CopyIn {
             &r.sent_at,
             &key_version,
         ];
-        self.failure = match timeout(self.bound, self.writer.as_mut().write(&row)).await {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(classify(&e)),
-            Err(_) => Some(no_answer(self.bound)),
-        };
+        if let Err(failure) = encode(&mut self.buf, &row) {
+            self.failure = Some(failure);
+            return;
+        }
+        if self.buf.len() >= CHUNK {
+            self.failure = self.send().await.err();
+        }
+    }
+
+    /// Sends the rows encoded so far.
+    async fn send(&mut self) -> Result<(), Failure> {
+        let chunk = self.buf.split().freeze();
+        match timeout(self.bound, self.sink.send(chunk)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(classify(&e)),
+            Err(_) => Err(no_answer(self.bound)),
+        }
     }
 
     /// Ends the COPY and commits (the erasure check, then the frame's shared
@@ -127,7 +159,11 @@ impl CopyIn {
         if let Some(failure) = self.failure.take() {
             return Err(before_commit(failure));
         }
-        let rows = match timeout(self.bound, self.writer.as_mut().finish()).await {
+        self.buf.put_i16(-1);
+        if let Err(failure) = self.send().await {
+            return Err(before_commit(failure));
+        }
+        let rows = match timeout(self.bound, self.sink.as_mut().finish()).await {
             Ok(Ok(n)) => n,
             Ok(Err(e)) => return Err(before_commit(classify(&e))),
             Err(_) => return Err(before_commit(no_answer(self.bound))),
@@ -158,4 +194,23 @@ impl CopyIn {
             }),
         }
     }
+}
+
+/// One row in the binary COPY format: the field count, then each value's
+/// length (-1 for NULL) and bytes. A value its type cannot carry (none of
+/// a validated row's) refuses the row.
+fn encode(buf: &mut BytesMut, row: &[&(dyn ToSql + Sync); 11]) -> Result<(), Failure> {
+    buf.put_i16(COPY_TYPES.len() as i16);
+    for (value, ty) in row.iter().zip(&COPY_TYPES) {
+        let at = buf.len();
+        buf.put_i32(0);
+        // The encoder's error is not quoted: it could carry the value.
+        let refused = || Failure::Row(format!("a {ty} value of the row cannot be encoded"));
+        let len = match value.to_sql_checked(ty, buf).map_err(|_| refused())? {
+            IsNull::Yes => -1,
+            IsNull::No => i32::try_from(buf.len() - at - 4).map_err(|_| refused())?,
+        };
+        buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    }
+    Ok(())
 }
