@@ -4,11 +4,12 @@
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::SqsEvent;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::SinkExt;
 use login_etl::ingest::record::{self, LoginRow};
-use login_etl::ingest::sink::{COPY_SQL, COPY_TYPES};
+use login_etl::ingest::sink::{CHUNK, COPY_HEADER, COPY_SQL, encode_row};
 use login_etl::privacy::masking::Masker;
 use login_etl::synth::{self, Options};
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::{Client, NoTls};
 
 pub const KEY: &str = "8f2c7e4a1b9d3f6e0a5c8b2d7f4e1a9c3b6d0f8e2a5c7b9d1f4e6a8c0b2d4f6e";
@@ -71,35 +72,22 @@ pub fn closed_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+/// The rows by binary COPY, encoded and sent in chunks as the function's
+/// COPY sends them (`login_etl::ingest::sink::encode_row`, `CHUNK`).
 pub async fn copy_rows(client: &tokio_postgres::Client, rows: &[LoginRow<'_>]) {
-    let sink = client.copy_in(COPY_SQL).await.unwrap();
-    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &COPY_TYPES));
+    let sink = client.copy_in::<_, Bytes>(COPY_SQL).await.unwrap();
+    let mut sink = std::pin::pin!(sink);
+    let mut buf = BytesMut::with_capacity(CHUNK + 4096);
+    buf.put_slice(COPY_HEADER);
     for r in rows {
-        let (ip, dev, locale) = (
-            r.masked_ip.as_str(),
-            r.masked_device_id.as_str(),
-            r.locale.as_deref(),
-        );
-        let key_version = r.key_version as i16;
-        writer
-            .as_mut()
-            .write(&[
-                &r.message_id,
-                &&*r.user_id,
-                &&*r.device_type,
-                &ip,
-                &dev,
-                &locale,
-                &r.app_version,
-                &&*r.app_version_text,
-                &r.create_date,
-                &r.sent_at,
-                &key_version,
-            ])
-            .await
-            .unwrap();
+        encode_row(&mut buf, r).unwrap();
+        if buf.len() >= CHUNK {
+            sink.send(buf.split().freeze()).await.unwrap();
+        }
     }
-    writer.finish().await.unwrap();
+    buf.put_i16(-1);
+    sink.send(buf.split().freeze()).await.unwrap();
+    sink.as_mut().finish().await.unwrap();
 }
 
 /// A generated batch as SQS delivers it: without the `expect` attribute the

@@ -48,7 +48,7 @@ pub const COPY_TYPES: [Type; 11] = [
 ];
 
 /// The binary COPY format's header: signature, flags, no extension.
-const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+pub const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 
 /// Encoded rows are sent when this many bytes are waiting.
 pub const CHUNK: usize = 64 * 1024;
@@ -87,7 +87,7 @@ impl CopyIn {
         match started {
             Ok(Ok(sink)) => {
                 let mut buf = BytesMut::with_capacity(CHUNK + 4096);
-                buf.put_slice(HEADER);
+                buf.put_slice(COPY_HEADER);
                 Ok(Self {
                     sink: Box::pin(sink),
                     buf,
@@ -105,27 +105,10 @@ impl CopyIn {
         if self.failure.is_some() {
             return;
         }
-        let (ip, device, locale) = (
-            r.masked_ip.as_str(),
-            r.masked_device_id.as_str(),
-            r.locale.as_deref(),
-        );
-        let key_version = r.key_version as i16;
-        let row: [&(dyn ToSql + Sync); 11] = [
-            &r.message_id,
-            &&*r.user_id,
-            &&*r.device_type,
-            &ip,
-            &device,
-            &locale,
-            &r.app_version,
-            &&*r.app_version_text,
-            &r.create_date,
-            &r.sent_at,
-            &key_version,
-        ];
-        if let Err(failure) = encode(&mut self.buf, &row) {
-            self.failure = Some(failure);
+        if let Err(ty) = encode_row(&mut self.buf, r) {
+            // The encoder's error is not quoted: it could carry the value.
+            let what = format!("a {ty} value of the row cannot be encoded");
+            self.failure = Some(Failure::Row(what));
             return;
         }
         if self.buf.len() >= CHUNK {
@@ -196,19 +179,37 @@ impl CopyIn {
     }
 }
 
-/// One row in the binary COPY format: the field count, then each value's
-/// length (-1 for NULL) and bytes. A value its type cannot carry (none of
-/// a validated row's) refuses the row.
-fn encode(buf: &mut BytesMut, row: &[&(dyn ToSql + Sync); 11]) -> Result<(), Failure> {
+/// Appends `r` to `buf` in the binary COPY format of [`COPY_SQL`] (after
+/// [`COPY_HEADER`]): the field count, then each value's length (-1 for
+/// NULL) and bytes, by its `ToSql`. `Err` is the type of a value that
+/// cannot be encoded (none of a validated row's).
+pub fn encode_row(buf: &mut BytesMut, r: &LoginRow<'_>) -> Result<(), Type> {
+    let (ip, device, locale) = (
+        r.masked_ip.as_str(),
+        r.masked_device_id.as_str(),
+        r.locale.as_deref(),
+    );
+    let key_version = r.key_version as i16;
+    let row: [&(dyn ToSql + Sync); 11] = [
+        &r.message_id,
+        &&*r.user_id,
+        &&*r.device_type,
+        &ip,
+        &device,
+        &locale,
+        &r.app_version,
+        &&*r.app_version_text,
+        &r.create_date,
+        &r.sent_at,
+        &key_version,
+    ];
     buf.put_i16(COPY_TYPES.len() as i16);
     for (value, ty) in row.iter().zip(&COPY_TYPES) {
         let at = buf.len();
         buf.put_i32(0);
-        // The encoder's error is not quoted: it could carry the value.
-        let refused = || Failure::Row(format!("a {ty} value of the row cannot be encoded"));
-        let len = match value.to_sql_checked(ty, buf).map_err(|_| refused())? {
+        let len = match value.to_sql_checked(ty, buf).map_err(|_| ty.clone())? {
             IsNull::Yes => -1,
-            IsNull::No => i32::try_from(buf.len() - at - 4).map_err(|_| refused())?,
+            IsNull::No => i32::try_from(buf.len() - at - 4).map_err(|_| ty.clone())?,
         };
         buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
     }

@@ -63,7 +63,7 @@ use tokio_postgres::types::Type;
 use tracing::warn;
 
 pub use budget::{Budget, CONFLICT_RETRIES, DEADLINE_MARGIN};
-pub use copy::{COPY_SQL, COPY_TYPES, CopyIn};
+pub use copy::{CHUNK, COPY_HEADER, COPY_SQL, COPY_TYPES, CopyIn, encode_row};
 pub use insert::WRITE_SQL;
 pub use tx::{KeyChecks, Versions};
 pub use writer::BatchWriter;
