@@ -134,6 +134,9 @@ fn spawn(binary: &str, port: u16, db_url: &str) -> Child {
         .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
         .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
         .env("AWS_LAMBDA_LOG_FORMAT", "JSON")
+        // As Lambda sets it: without it the AWS SDK asks the instance
+        // metadata service for the region at cold start (2.5 ms here).
+        .env("AWS_REGION", "us-east-1")
         .env("DATABASE_URL", db_url)
         .env("MASKING_KEY", KEY)
         .stdout(Stdio::null())
