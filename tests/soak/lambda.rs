@@ -334,8 +334,15 @@ impl Environment {
                 continue;
             }
             // A batch of 1 to 10 most of the time, up to 200 now and then,
-            // gathered for up to 100 ms (the batching window).
-            let want = if rng.random_bool(0.8) {
+            // gathered for up to 100 ms (the batching window); when a
+            // backlog of 500 or more is waiting (a burst, or after an
+            // outage), often all of it up to 1,000, as an event-source
+            // mapping scales its batches: the COPY path.
+            let (depth, in_flight) = aws.depth(queue);
+            let waiting = depth - in_flight;
+            let want = if waiting >= 500 && rng.random_bool(0.5) {
+                waiting.min(1_000)
+            } else if rng.random_bool(0.8) {
                 rng.random_range(1..=10)
             } else {
                 rng.random_range(11..=200)

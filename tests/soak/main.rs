@@ -149,8 +149,8 @@ async fn run_seed(seed: u64, shape: Shape) -> (bool, usize) {
         world
             .lambda_env_counts()
             .iter()
-            .map(|(i, level, c)| format!(
-                "fn{i}@{level}: {} invocations, {} cold starts",
+            .map(|(i, level, c, copied)| format!(
+                "fn{i}@{level}: {} invocations ({copied} committed by COPY), {} cold starts",
                 c.invocations.load(std::sync::atomic::Ordering::Relaxed),
                 c.cold_starts.load(std::sync::atomic::Ordering::Relaxed)
             ))

@@ -56,6 +56,8 @@ pub struct Seen {
     pub kept: usize,
     /// EMF documents kept: per-invocation summaries, and failure classes.
     pub summaries: usize,
+    /// Of those, batches written by the COPY path.
+    pub copied: usize,
     pub failure_classes: std::collections::BTreeMap<String, usize>,
     /// Lines that are not JSON objects (Lambda counts them as INFO).
     pub not_json: usize,
@@ -112,7 +114,10 @@ pub fn collect(
             s.kept += 1;
             if doc.get("_aws").is_some() {
                 match doc["message"].as_str() {
-                    Some("batch processed") | Some("batch failed") => s.summaries += 1,
+                    Some("batch processed") | Some("batch failed") => {
+                        s.summaries += 1;
+                        s.copied += usize::from(doc["copied"] == true);
+                    }
                     _ => {}
                 }
                 if let Some(class) = doc["failure_class"].as_str() {

@@ -188,7 +188,13 @@ impl Plan {
         let mut n = 0u64;
         let mut valid_sent: Vec<String> = Vec::new();
         while at < end {
-            let size = rng.random_range(1..=(self.shape.rate / 10).max(2));
+            // Now and then a burst (a fleet of apps back online at once):
+            // batches of 500 and more for the function, the COPY path.
+            let size = if rng.random_bool(0.003) {
+                rng.random_range(600..=1_000)
+            } else {
+                rng.random_range(1..=(self.shape.rate / 10).max(2))
+            };
             let mut batch = Vec::new();
             for _ in 0..size {
                 n += 1;

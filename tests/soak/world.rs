@@ -794,10 +794,12 @@ impl World {
         )
     }
 
-    pub fn lambda_env_counts(&self) -> Vec<(usize, &'static str, &lambda::Counts)> {
+    /// Each environment's index, level, poller counts and batches written
+    /// by COPY.
+    pub fn lambda_env_counts(&self) -> Vec<(usize, &'static str, &lambda::Counts, usize)> {
         self.envs
             .iter()
-            .map(|e| (e.index, e.level, &e.counts))
+            .map(|e| (e.index, e.level, &e.counts, e.seen.lock().unwrap().copied))
             .collect()
     }
 }
