@@ -264,7 +264,7 @@ bench: tools localstack-tools ## benchmarks: per-record transform, batch vs COPY
 	@pg_isready -d "$(PG_ADMIN_URL)" -q || { echo "PostgreSQL is not reachable at $(PG_ADMIN_URL)"; exit 1; }
 	echo "== machine: $$(nproc) cores, $$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $$(free -g | awk '/Mem:/{print $$2}') GiB"
 	echo "== [1/7] per-record transform, one core (criterion)"
-	cargo bench --quiet --bench transform -- --warm-up-time 2 --measurement-time 5 2>/dev/null | grep -E '^per_record|thrpt' || true
+	cargo bench --quiet --bench transform -- --warm-up-time 2 --measurement-time 5 2>/dev/null | grep -E '^per_(record|batch)|thrpt|^ +time:' || true
 	echo "== [2/7] batch into PostgreSQL vs COPY"
 	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" cargo bench --quiet --bench batch_pg 2>/dev/null
 	echo "== [3/7] the release binary (host build) under a Runtime API: cold start, peak RSS, warm invocations of 10 / 1,000 / 10,000 records beside their floor"

@@ -38,8 +38,9 @@ struct Api {
     events: VecDeque<Bytes>,
     /// When each event was handed out.
     handed: Vec<Instant>,
-    /// Each answer, and when its `POST` arrived.
+    /// Each answer (or error report), when its `POST` arrived, and its path.
     responses: Vec<(Instant, Bytes)>,
+    paths: Vec<String>,
     notify: Arc<Notify>,
 }
 
@@ -104,6 +105,7 @@ async fn route(
         .unwrap_or_default();
     let mut a = api.lock().unwrap();
     a.responses.push((arrived, body));
+    a.paths.push(path);
     a.notify.notify_waiters();
     Ok(Response::builder()
         .status(202)
@@ -221,9 +223,16 @@ async fn warm_invocations(binary: &str, url: &str, full: bool) {
                 Duration::from_secs(60),
             )
             .await;
-            let spent = process_cpu(child.id()) - before;
+            // A thread that ended in between takes its time with it.
+            let spent = process_cpu(child.id()).saturating_sub(before);
             let (handed, (arrived, answer)) = {
                 let a = api.lock().unwrap();
+                let path = &a.paths[answers - 1];
+                assert!(
+                    path.ends_with("/response"),
+                    "the function reported an error ({path}): {:?}",
+                    a.responses[answers - 1].1
+                );
                 (a.handed[answers - 1], a.responses[answers - 1].clone())
             };
             let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();

@@ -52,5 +52,27 @@ fn transform(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, transform);
+/// The EMF summary document a batch writes (built and serialized; the
+/// line goes nowhere).
+fn emf(c: &mut Criterion) {
+    use login_etl::ingest::metrics::{InvocationMetrics, Metrics};
+    let metrics = Metrics::new("LoginEtl", "login-etl", "login-etl").with_output(|line: &str| {
+        black_box(line);
+    });
+    let batch = InvocationMetrics {
+        received: 10,
+        inserted: 10,
+        duration_ms: 1,
+        ingest_lag_ms: Some(5),
+        statements: 1,
+        ..InvocationMetrics::default()
+    };
+    let mut g = c.benchmark_group("per_batch");
+    g.bench_function("EMF summary document (build + serialize)", |b| {
+        b.iter(|| metrics.emit(black_box(&batch), 1_795_600_000_000))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, transform, emf);
 criterion_main!(benches);
