@@ -539,34 +539,8 @@ async fn statements_before_0009(
         (message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, app_version_text, create_date, sent_at, key_version) \
         SELECT * FROM UNNEST($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::varchar[], $6::varchar[], $7::int4[], $8::varchar[], $9::date[], $10::timestamptz[], $11::int2[]) \
         ON CONFLICT DO NOTHING";
-    let col =
-        |f: for<'a> fn(&'a LoginRow<'_>) -> &'a str| rows.iter().map(f).collect::<Vec<&str>>();
-    let (message_id, user_id, device_type, ip, device, app_text) = (
-        col(|r| r.message_id),
-        col(|r| &r.user_id),
-        col(|r| &r.device_type),
-        col(|r| r.masked_ip.as_str()),
-        col(|r| r.masked_device_id.as_str()),
-        col(|r| &r.app_version_text),
-    );
-    let locale: Vec<Option<&str>> = rows.iter().map(|r| r.locale.as_deref()).collect();
-    let app: Vec<i32> = rows.iter().map(|r| r.app_version).collect();
-    let date: Vec<chrono::NaiveDate> = rows.iter().map(|r| r.create_date).collect();
-    let sent: Vec<chrono::DateTime<chrono::Utc>> = rows.iter().map(|r| r.sent_at).collect();
-    let key: Vec<i16> = rows.iter().map(|r| r.key_version as i16).collect();
-    let params: [(&(dyn ToSql + Sync), Type); 11] = [
-        (&message_id, Type::VARCHAR_ARRAY),
-        (&user_id, Type::VARCHAR_ARRAY),
-        (&device_type, Type::VARCHAR_ARRAY),
-        (&ip, Type::VARCHAR_ARRAY),
-        (&device, Type::VARCHAR_ARRAY),
-        (&locale, Type::VARCHAR_ARRAY),
-        (&app, Type::INT4_ARRAY),
-        (&app_text, Type::VARCHAR_ARRAY),
-        (&date, Type::DATE_ARRAY),
-        (&sent, Type::TIMESTAMPTZ_ARRAY),
-        (&key, Type::INT2_ARRAY),
-    ];
+    let columns = login_etl::ingest::sink::Columns::from(rows);
+    let params = columns.typed_params();
     let (k, from) = (i32::from(versions.key), i32::from(versions.checked_from));
     let check: [(&(dyn ToSql + Sync), Type); 3] = [
         (&versions.erased, Type::INT8),

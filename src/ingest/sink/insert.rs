@@ -135,8 +135,9 @@ pub(crate) async fn insert_tx(
     })
 }
 
-/// Column-major parameters for one statement.
-struct Columns<'r> {
+/// Column-major parameters for one statement: the rows' columns as the
+/// arrays of [`WRITE_SQL`]'s `$4` to `$14`, in `COPY_SQL`'s column order.
+pub struct Columns<'r> {
     message_id: Vec<&'r str>,
     user_id: Vec<&'r str>,
     device_type: Vec<&'r str>,
@@ -151,7 +152,8 @@ struct Columns<'r> {
 }
 
 impl<'r> Columns<'r> {
-    fn from(rows: &'r [LoginRow<'_>]) -> Self {
+    /// The columns of `rows`.
+    pub fn from(rows: &'r [LoginRow<'_>]) -> Self {
         Self {
             message_id: rows.iter().map(|r| r.message_id).collect(),
             user_id: rows.iter().map(|r| &*r.user_id).collect(),
@@ -167,7 +169,8 @@ impl<'r> Columns<'r> {
         }
     }
 
-    fn typed_params(&self) -> [(&(dyn ToSql + Sync), Type); 11] {
+    /// Each column with its array type (`varchar[]` for the text columns).
+    pub fn typed_params(&self) -> [(&(dyn ToSql + Sync), Type); 11] {
         [
             (&self.message_id, Type::VARCHAR_ARRAY),
             (&self.user_id, Type::VARCHAR_ARRAY),

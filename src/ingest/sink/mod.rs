@@ -64,7 +64,7 @@ use tracing::warn;
 
 pub use budget::{Budget, CONFLICT_RETRIES, DEADLINE_MARGIN};
 pub use copy::{CHUNK, COPY_HEADER, COPY_SQL, COPY_TYPES, CopyIn, encode_row};
-pub use insert::WRITE_SQL;
+pub use insert::{Columns, WRITE_SQL};
 pub use tx::{KeyChecks, Versions};
 pub use writer::BatchWriter;
 
