@@ -22,13 +22,6 @@ CREATE TABLE IF NOT EXISTS user_logins_pii_audit(
     vault_entries_deleted bigint
 );
 
-CREATE OR REPLACE FUNCTION login_etl_audit_is_append_only() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION '% is append-only', TG_TABLE_NAME;
-END
-$$;
-
 DO $$
 BEGIN
     -- 0007 replaces it (a re-key may move a token or user key to the next
@@ -67,18 +60,3 @@ BEGIN
 END
 $$;
 
--- Called in every write transaction of the function, after it has locked
--- user_logins (ROW EXCLUSIVE, which login-etl forget's SHARE ROW EXCLUSIVE
--- waits for): refuses the transaction (SQLSTATE LE001) when the erasure
--- list has changed since the version `known` the function filtered the
--- batch with; it then reloads the list and writes the batch without the
--- newly erased users. One index probe, whatever the batch size.
-CREATE OR REPLACE FUNCTION login_etl_refuse_erased(known bigint) RETURNS void
-LANGUAGE plpgsql STABLE AS $$
-BEGIN
-    IF coalesce((SELECT max(seq) FROM user_logins_erased), 0) <> known THEN
-        RAISE EXCEPTION USING ERRCODE = 'LE001',
-            MESSAGE = 'the erasure list changed (login-etl forget): reload it and filter the batch again';
-    END IF;
-END
-$$;

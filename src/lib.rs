@@ -30,6 +30,7 @@ pub mod cli;
 #[cfg(feature = "service")]
 pub mod config;
 pub mod error;
+#[cfg(feature = "service")]
 pub mod grants;
 pub mod ingest;
 #[cfg(feature = "service")]

@@ -513,22 +513,28 @@ async fn roles_granted_before_vault_retention_keep_working_after_migrate() {
     )
     .await
     .expect("written");
-    // Back to version 7: the column goes with its privileges, the new
-    // functions with theirs (0009's write too: the write below needs the
-    // grant 0009 gives the roles granted the check); the ingest role holds
-    // 0007's check, as the grants of that version gave it.
+    // Back to version 7: the column goes with its privileges (and 0010's
+    // triggers), the new functions with theirs (0009's write, 0010's vault
+    // functions), the role registry too: the migration finds the roles by
+    // their grants and gives them what this version needs. The ingest role
+    // holds 0007's check, as the grants of that version gave it.
     let ingest_role = db.role_name(Role::Ingest);
     admin
         .batch_execute(&format!(
-            "ALTER TABLE user_logins_pii_vault DROP COLUMN last_seen; \
+            "ALTER TABLE user_logins_pii_vault DROP COLUMN last_seen CASCADE; \
              ALTER TABLE user_logins_pii_vault_held DROP COLUMN last_seen; \
+             DROP TABLE user_logins_roles; \
+             DROP FUNCTION login_etl_store_vault({}); \
+             DROP FUNCTION login_etl_hold_vault(varchar, varchar[], varchar[]); \
+             DROP FUNCTION login_etl_put_back_vault(varchar, varchar[], varchar[]); \
              DROP FUNCTION login_etl_purge_vault(date, bigint, integer); \
              DROP FUNCTION login_etl_check_write(bigint, integer, integer); \
              DROP FUNCTION login_etl_write(bigint, integer, integer, varchar[], varchar[], varchar[], \
                  varchar[], varchar[], varchar[], integer[], varchar[], date[], timestamptz[], smallint[]); \
              GRANT EXECUTE ON FUNCTION login_etl_refuse_erased(bigint, integer, integer) TO \"{ingest_role}\"; \
              CREATE OR REPLACE FUNCTION login_etl_schema_version() RETURNS integer \
-             LANGUAGE sql IMMUTABLE AS $$ SELECT 7 $$"
+             LANGUAGE sql IMMUTABLE AS $$ SELECT 7 $$",
+            login_etl::table::schema::STORE_VAULT_ARGS
         ))
         .await
         .unwrap();
@@ -538,10 +544,7 @@ async fn roles_granted_before_vault_retention_keep_working_after_migrate() {
         .unwrap()
         .get(0);
     assert!(entries > 0);
-    admin
-        .batch_execute(login_etl::table::schema::MIGRATION_SQL)
-        .await
-        .expect("the migration applies again");
+    apply_schema(&admin).await;
     let today: i64 = admin
         .query_one(
             "SELECT count(*) FROM user_logins_pii_vault WHERE last_seen = current_date",

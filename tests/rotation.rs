@@ -988,44 +988,70 @@ async fn a_list_from_before_erasure_keys_keeps_its_derived_user_keys() {
         .unwrap();
 }
 
+/// Roles granted before the role registry (migrations/0010) are found by
+/// what their grants let them do, registered, and given what this version
+/// adds (the function's vault write, `login_etl_store_vault`): the same
+/// ingest role writes rows and vault entries after `migrate`.
 #[tokio::test]
-async fn roles_granted_before_key_versions_keep_working_after_migrate() {
+async fn roles_granted_before_the_registry_are_registered_and_keep_working_after_migrate() {
     let db = TestDb::create().await;
     let ingest = db.ingest_url().await;
+    let maintain = db.role_url(Role::Maintain).await;
     let admin = db.client().await;
-    let role = db.role_name(Role::Ingest);
-    // What an ingest role granted by the previous version lacks.
+    let (role, maintainer) = (db.role_name(Role::Ingest), db.role_name(Role::Maintain));
+    // As the previous version left them: unregistered, without the new
+    // function, at version 9.
     admin
         .batch_execute(&format!(
-            "REVOKE INSERT (key_version, aad_version) ON user_logins_pii_vault FROM \"{role}\""
+            "DELETE FROM user_logins_roles; \
+             REVOKE EXECUTE ON FUNCTION login_etl_store_vault({}) FROM \"{role}\"; \
+             CREATE OR REPLACE FUNCTION login_etl_schema_version() RETURNS integer \
+             LANGUAGE sql IMMUTABLE AS $$ SELECT 9 $$",
+            login_etl::table::schema::STORE_VAULT_ARGS
         ))
         .await
         .unwrap();
+    assert!(!store_vault_granted(&admin, &role).await, "revoked");
+    apply_schema(&admin).await;
     assert!(
-        !vault_insert_granted(&admin, &role).await,
-        "revoked, as before this version"
+        store_vault_granted(&admin, &role).await,
+        "migrate gives old roles the new function"
     );
-    admin
-        .batch_execute(login_etl::table::schema::MIGRATION_SQL)
+    let registered: Vec<(String, String)> = admin
+        .query(
+            "SELECT role_name::text, kind::text FROM user_logins_roles ORDER BY 1",
+            &[],
+        )
         .await
-        .expect("the migration applies again");
-    assert!(
-        vault_insert_granted(&admin, &role).await,
-        "migrate gives old roles the new columns"
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        registered,
+        [
+            (role.clone(), "ingest".to_owned()),
+            (maintainer, "maintain".to_owned())
+        ]
     );
-    assert!(
-        deliver(&function(&ingest, 1).await, &event(20, 81, None))
-            .await
-            .is_empty()
-    );
+    let h = function(&ingest, 1).await;
+    assert!(deliver(&h, &event(20, 81, None)).await.is_empty());
+    let stored: i64 = admin
+        .query_one("SELECT count(*) FROM user_logins_pii_vault", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(stored > 0, "the vault entries were written");
+    drop(maintain);
 }
 
-/// Whether `role` may insert the vault's new columns.
-async fn vault_insert_granted(admin: &tokio_postgres::Client, role: &str) -> bool {
+async fn store_vault_granted(admin: &tokio_postgres::Client, role: &str) -> bool {
     admin
         .query_one(
-            "SELECT has_column_privilege($1, 'user_logins_pii_vault', 'key_version', 'INSERT') \
-             AND has_column_privilege($1, 'user_logins_pii_vault', 'aad_version', 'INSERT')",
+            &format!(
+                "SELECT has_function_privilege($1, 'login_etl_store_vault({})', 'EXECUTE')",
+                login_etl::table::schema::STORE_VAULT_ARGS
+            ),
             &[&role],
         )
         .await

@@ -72,11 +72,12 @@ async fn the_vault_rekey_finishes_while_functions_store_new_twins() {
                 if done.load(Ordering::SeqCst) {
                     break;
                 }
+                // As the function stores one (its owner's function).
                 stored += ingest
                     .execute(
-                        "INSERT INTO user_logins_pii_vault (kind, token, key_id, nonce, ciphertext, key_version, aad_version) \
-                         VALUES ('ip', $1, 'k', '\\x0c0b0a090807060504030201'::bytea, '\\x01'::bytea, 2, 2) \
-                         ON CONFLICT (kind, token) DO NOTHING",
+                        "SELECT login_etl_store_vault('k', 'local', '\\x01'::bytea, \
+                         ARRAY['ip'], ARRAY[$1::varchar], ARRAY['\\x0c0b0a090807060504030201'::bytea], \
+                         ARRAY['\\x01'::bytea], ARRAY[current_date], 2::int2, 2::int2)",
                         &[&twin],
                     )
                     .await

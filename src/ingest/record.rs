@@ -10,7 +10,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::ingest::event::SqsRecord;
-use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::app_version::{self, VersionError};
@@ -95,6 +95,11 @@ pub enum Rejection {
     /// day, part of the row key, would depend on when it was read, so a
     /// redelivery on another day could write it twice.
     NoSentTimestamp,
+    /// The `SentTimestamp` (or a redriven copy's `source_sent_timestamp`)
+    /// is epoch milliseconds outside what PostgreSQL's `timestamptz` holds
+    /// (4714-11-24 BC to the end of 294276 AD): every attempt to write it
+    /// would be refused.
+    SentTimestampOutOfRange,
 }
 
 impl Rejection {
@@ -119,6 +124,7 @@ impl Rejection {
             }
             Rejection::MessageIdTooLong => "message_id_too_long".into(),
             Rejection::NoSentTimestamp => "no_sent_timestamp".into(),
+            Rejection::SentTimestampOutOfRange => "sent_timestamp_out_of_range".into(),
         }
     }
 }
@@ -155,6 +161,9 @@ impl fmt::Display for Rejection {
             ),
             Rejection::NoSentTimestamp => f.write_str(
                 "the SQS attribute SentTimestamp (or source_sent_timestamp of a redriven copy) is missing or not epoch milliseconds; SQS sets it on every message, so the event was not sent by SQS",
+            ),
+            Rejection::SentTimestampOutOfRange => f.write_str(
+                "the SQS attribute SentTimestamp (or source_sent_timestamp of a redriven copy) is outside the dates PostgreSQL can store (4714 BC to 294276 AD); SQS sets it to the time it accepted the message, so the event was not sent by SQS",
             ),
         }
     }
@@ -232,7 +241,7 @@ pub fn transform<'a>(
         return Err(Rejection::MessageIdTooLong);
     }
     let login = parse_body(message.body.as_deref().unwrap_or(""))?;
-    let sent_at = sent_at(message).ok_or(Rejection::NoSentTimestamp)?;
+    let sent_at = checked_sent_at(message)?;
     Ok(LoginRow {
         message_id,
         masked_ip: masker.ip(&login.ip),
@@ -250,12 +259,31 @@ pub fn transform<'a>(
     })
 }
 
+/// The first instant PostgreSQL's `timestamptz` holds (4714-11-24
+/// 00:00 BC, UTC), in epoch milliseconds.
+pub const SENT_AT_MIN_MS: i64 = -210_866_803_200_000;
+
+/// The first instant past the last one it holds (294277-01-01 00:00 UTC).
+pub const SENT_AT_END_MS: i64 = 9_224_318_016_000_000;
+
 /// When the message was first sent ([`SqsRecord::key_sent_timestamp`],
-/// epoch milliseconds); `None` when absent, unreadable, or outside what
-/// PostgreSQL's `date` and `timestamptz` hold.
+/// epoch milliseconds), within what PostgreSQL's `timestamptz` (and so
+/// `date`) holds: [`Rejection::NoSentTimestamp`] when absent or unreadable,
+/// [`Rejection::SentTimestampOutOfRange`] outside it.
+pub fn checked_sent_at(message: &SqsRecord) -> Result<DateTime<Utc>, Rejection> {
+    let millis = message
+        .key_sent_timestamp()
+        .and_then(|t| t.trim().parse::<i64>().ok())
+        .ok_or(Rejection::NoSentTimestamp)?;
+    if !(SENT_AT_MIN_MS..SENT_AT_END_MS).contains(&millis) {
+        return Err(Rejection::SentTimestampOutOfRange);
+    }
+    DateTime::from_timestamp_millis(millis).ok_or(Rejection::SentTimestampOutOfRange)
+}
+
+/// [`checked_sent_at`], `None` for either refusal.
 pub fn sent_at(message: &SqsRecord) -> Option<DateTime<Utc>> {
-    let millis = message.key_sent_timestamp()?.trim().parse::<i64>().ok()?;
-    DateTime::from_timestamp_millis(millis).filter(|t| (-4713..=294_276).contains(&t.year()))
+    checked_sent_at(message).ok()
 }
 
 /// The UTC date of [`sent_at`].

@@ -18,5 +18,6 @@
 
 pub mod maintain;
 pub mod partitions;
+pub mod privileges;
 pub mod retention;
 pub mod schema;

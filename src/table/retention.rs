@@ -4,19 +4,24 @@
 //! vault's entries no row within it uses (`last_seen`, migrations/0008).
 //!
 //! Every step is one of the owner's `login_etl_*` functions, under a
-//! bounded lock ([`with_lock_retries`]); the vault's purge goes a chunk of
-//! pages at a time, so no step scans a large table under a lock.
+//! bounded lock ([`with_lock_retries`]); the vault's purge finds its
+//! entries through the index on `last_seen` and deletes them a chunk at a
+//! time, so a run costs what it purges and no step holds a lock long.
 
 use chrono::NaiveDate;
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::error::SinkError;
 use crate::table::maintain::{MaintainReport, Partition, partitions};
 use crate::table::schema::{failed, server_version, with_lock_retries};
 
-/// Pages of the vault read per purge transaction (about 60,000 entries).
+/// Entries deleted per purge transaction.
+const VAULT_CHUNK: i32 = 10_000;
+
+/// Pages of the vault read per purge transaction (about 60,000 entries)
+/// where its index on `last_seen` is not built yet.
 const VAULT_PAGES: i32 = 1_000;
 
 /// Retention: the DEFAULT partition's rows before `cutoff` deleted, and
@@ -115,6 +120,54 @@ pub(crate) async fn purge_vault(client: &Client, cutoff: NaiveDate) -> Result<i6
         .filter_map(|p| p.lo)
         .min()
         .map_or(cutoff, |first| first.min(cutoff));
+    let indexed: bool = client
+        .query_typed_one(
+            "SELECT coalesce((SELECT indisvalid AND indisready FROM pg_index \
+             WHERE indexrelid = to_regclass('user_logins_pii_vault_last_seen')), false)",
+            &[],
+        )
+        .await
+        .map_err(failed("looking for the vault's index by last_seen"))?
+        .get(0);
+    let purged = if indexed {
+        purge_by_index(client, below).await?
+    } else {
+        warn!(
+            "the vault's index by last_seen (user_logins_pii_vault_last_seen) is missing: the purge reads the whole vault; run login-etl migrate, which builds it online"
+        );
+        purge_by_pages(client, below).await?
+    };
+    if purged > 0 {
+        info!(entries = purged, last_seen_before = %below, "vault entries past retention deleted");
+    }
+    Ok(purged)
+}
+
+/// The entries before `below`, a chunk at a time through the index
+/// (`login_etl_purge_vault(date, integer)`), until a chunk comes back short.
+async fn purge_by_index(client: &Client, below: NaiveDate) -> Result<i64, SinkError> {
+    let mut purged = 0i64;
+    loop {
+        let deleted = with_lock_retries("purging the vault past retention", || async {
+            let row = client
+                .query_typed_one(
+                    "SELECT login_etl_purge_vault($1, $2)",
+                    &[(&below, Type::DATE), (&VAULT_CHUNK, Type::INT4)],
+                )
+                .await?;
+            Ok(row.get::<_, i64>(0))
+        })
+        .await?;
+        purged += deleted;
+        if deleted < i64::from(VAULT_CHUNK) {
+            return Ok(purged);
+        }
+    }
+}
+
+/// The entries before `below`, by a walk of every page of the vault
+/// (`login_etl_purge_vault(date, bigint, integer)`).
+async fn purge_by_pages(client: &Client, below: NaiveDate) -> Result<i64, SinkError> {
     // Without a TID range scan (PostgreSQL 13), each chunk would read the
     // whole vault: one chunk of every page instead.
     let (version, _) = server_version(client)
@@ -144,11 +197,7 @@ pub(crate) async fn purge_vault(client: &Client, cutoff: NaiveDate) -> Result<i6
         purged += deleted;
         match next {
             Some(next) => page = next,
-            None => break,
+            None => return Ok(purged),
         }
     }
-    if purged > 0 {
-        info!(entries = purged, last_seen_before = %below, "vault entries past retention deleted");
-    }
-    Ok(purged)
 }

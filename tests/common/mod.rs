@@ -103,12 +103,33 @@ impl TestDb {
         with_user(&self.url, &name)
     }
 
+    /// A login role `name` with no privilege beyond connecting, dropped with
+    /// the database (for a test that grants it what it wants).
+    pub async fn bare_named_role(&self, name: &str) {
+        self.client()
+            .await
+            .batch_execute(&format!("CREATE ROLE \"{name}\" LOGIN"))
+            .await
+            .expect("create the role");
+        self.roles.lock().unwrap().push(name.to_owned());
+    }
+
     /// Migrates (as the admin) and returns the URL of the ingest role: how
     /// the tests connect the function.
     pub async fn ingest_url(&self) -> String {
         self.migrate().await;
         self.role_url(Role::Ingest).await
     }
+}
+
+/// Applies the schema as `login-etl migrate` does, in one transaction
+/// (without its lock or its partitions), on `client`'s database.
+pub async fn apply_schema(client: &Client) {
+    let schema = login_etl::table::schema::schema_sql(login_etl::table::schema::MIGRATION_SQL);
+    client
+        .batch_execute(&format!("BEGIN; {schema}; COMMIT"))
+        .await
+        .expect("the migration applies again");
 }
 
 /// Creates the login role `name` (unless it exists; true when created) on

@@ -175,6 +175,44 @@ fn sent_timestamp_gives_the_utc_date() {
 }
 
 #[test]
+fn a_sent_timestamp_outside_postgresqls_range_is_its_own_rejection() {
+    let at = |t: &str| SqsRecord {
+        attributes: Some(crate::ingest::event::RecordAttributes {
+            sent_timestamp: Some(t.to_owned()),
+            ..Default::default()
+        }),
+        ..SqsRecord::default()
+    };
+    // Chrono's year -4713 (4714 BC), a month before PostgreSQL's first day:
+    // accepted once, then refused by the server (22008) on every receive.
+    for outside in [
+        "-210869395200000",
+        "-210866803200001",
+        "9224318016000000",
+        "9223372036854775807",
+    ] {
+        assert_eq!(
+            checked_sent_at(&at(outside)),
+            Err(Rejection::SentTimestampOutOfRange),
+            "{outside}"
+        );
+    }
+    assert_eq!(
+        Rejection::SentTimestampOutOfRange.code(),
+        "sent_timestamp_out_of_range"
+    );
+    // (chrono's dates end in 262143 AD, before PostgreSQL's: what it cannot
+    // hold is out of range too.)
+    for inside in ["-210866803200000", "253402300799999", "0"] {
+        assert!(checked_sent_at(&at(inside)).is_ok(), "{inside}");
+    }
+    assert_eq!(
+        checked_sent_at(&at("soon")),
+        Err(Rejection::NoSentTimestamp)
+    );
+}
+
+#[test]
 fn a_redriven_copy_keeps_the_originals_key_and_day_and_no_timestamp_is_a_rejection() {
     let masker = Masker::new(
         &crate::privacy::masking::MaskingKey::from_hex(&"ab".repeat(32), "test").unwrap(),

@@ -72,14 +72,11 @@ pub(super) async fn hold_vault_entries(
             if busy {
                 return Ok(false);
             }
+            // The owner's function: the erase role holds no privilege on
+            // the vault itself (migrations/functions/login_etl_hold_vault.sql).
             client
-                .execute_typed(
-                    "WITH gone AS (DELETE FROM user_logins_pii_vault v WHERE \
-                       (v.kind = 'ip' AND v.token = ANY($2)) OR (v.kind = 'device_id' AND v.token = ANY($3)) \
-                       RETURNING v.kind, v.token, v.key_id, v.nonce, v.ciphertext, v.created_at, v.key_version, v.aad_version, v.last_seen) \
-                     INSERT INTO user_logins_pii_vault_held AS h (user_key, kind, token, key_id, nonce, ciphertext, created_at, key_version, aad_version, last_seen) \
-                     SELECT $1, gone.* FROM gone ON CONFLICT (user_key, kind, token) \
-                     DO UPDATE SET last_seen = EXCLUDED.last_seen WHERE h.last_seen < EXCLUDED.last_seen",
+                .query_typed(
+                    "SELECT login_etl_hold_vault($1, $2, $3)",
                     &[
                         (&user_key, Type::VARCHAR),
                         (&ips, Type::VARCHAR_ARRAY),

@@ -239,15 +239,6 @@ pub(super) async fn rekey_chunk(
     let (lo, hi) = (format!("({from_page},0)"), format!("({to_page},0)"));
     let old_version = (to - 1) as i16;
     let tx = client.transaction().await.map_err(db("starting a chunk"))?;
-    // The UPDATE below joins the chunk's rows with the list of their new
-    // tokens. Trusting the statistics, the planner may take the rows still
-    // at `to - 1` for almost none (they are not analyzed again after a
-    // rotation: a rotation right after another) and re-scan the list for
-    // each of them, quadratic in the chunk. Without nested loops it hashes
-    // one side and reads the chunk's pages once, whatever they say.
-    tx.batch_execute("SET LOCAL enable_nestloop = off")
-        .await
-        .map_err(db("starting a chunk"))?;
     if segment.in_default() {
         // maintain must not move these rows to a new partition under us.
         tx.query_typed(
@@ -280,53 +271,48 @@ pub(super) async fn rekey_chunk(
     let moved = if rows.is_empty() {
         0
     } else {
-        let at = (segment, rel, lo.as_str(), hi.as_str());
+        let at = (segment, rel, from_page, to_page);
         update_chunk(&tx, at, &Moved::of(&rows, masker, to), to).await?
     };
-    if moved > 0 {
-        tx.execute_typed(
-            "UPDATE user_logins_key_state SET rekey_rows = rekey_rows + $1",
-            &[(&(moved as i64), Type::INT8)],
-        )
-        .await
-        .map_err(db("counting a chunk"))?;
-    }
     tx.commit().await.map_err(db("committing a chunk"))?;
     Ok(moved)
 }
 
 /// The chunk's rows at `to - 1`, within its pages of `rel`, updated to
-/// their new tokens at version `to`; the rows moved.
+/// their new tokens at version `to` by the owner's
+/// `login_etl_rekey_rows_chunk` (which also counts them; the rotate role
+/// holds no UPDATE on the table); the rows moved.
 async fn update_chunk(
     tx: &tokio_postgres::Transaction<'_>,
-    (segment, rel, lo, hi): (&Segment, &str, &str, &str),
+    (segment, rel, from_page, to_page): (&Segment, &str, i64, i64),
     moved: &Moved,
     to: u16,
 ) -> Result<u64, RekeyError> {
-    let (old_version, new_version) = ((to - 1) as i16, to as i16);
-    let (cond, bounds) = segment.condition(9);
-    let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
-        (&moved.tids, Type::TEXT_ARRAY),
-        (&moved.ips, Type::VARCHAR_ARRAY),
-        (&moved.devices, Type::VARCHAR_ARRAY),
-        (&old_version, Type::INT2),
-        (&new_version, Type::INT2),
-        (&rel, Type::TEXT),
-        (&lo, Type::TEXT),
-        (&hi, Type::TEXT),
-    ];
-    params.extend(Segment::date_params(&bounds));
-    tx.execute_typed(
-        &format!(
-            "UPDATE user_logins u SET masked_ip = m.ip, masked_device_id = m.dev, key_version = $5 \
-             FROM unnest($1::text[]::tid[], $2::varchar[], $3::varchar[]) AS m(t, ip, dev) \
-             WHERE u.ctid = m.t AND u.ctid >= $7::text::tid AND u.ctid < $8::text::tid \
-             AND u.tableoid = to_regclass($6) AND u.key_version = $4 AND {cond}"
-        ),
-        &params,
-    )
-    .await
-    .map_err(db("re-keying a chunk of rows"))
+    let old_version = (to - 1) as i16;
+    let (days_null, lo_day, hi_day) = match *segment {
+        Segment::Null => (true, None, None),
+        Segment::Range(lo, hi) | Segment::Gap(lo, hi) => (false, lo, hi),
+    };
+    let moved: i64 = tx
+        .query_typed_one(
+            "SELECT login_etl_rekey_rows_chunk($1, $2, $3, $4, $5, $6, $7::text[]::tid[], $8, $9, $10)",
+            &[
+                (&rel, Type::TEXT),
+                (&from_page, Type::INT8),
+                (&to_page, Type::INT8),
+                (&days_null, Type::BOOL),
+                (&lo_day, Type::DATE),
+                (&hi_day, Type::DATE),
+                (&moved.tids, Type::TEXT_ARRAY),
+                (&moved.ips, Type::VARCHAR_ARRAY),
+                (&moved.devices, Type::VARCHAR_ARRAY),
+                (&old_version, Type::INT2),
+            ],
+        )
+        .await
+        .map_err(db("re-keying a chunk of rows"))?
+        .get(0);
+    Ok(moved as u64)
 }
 
 /// A chunk's rows at the new version: their ctids and new tokens.

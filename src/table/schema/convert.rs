@@ -27,7 +27,10 @@ use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 use tracing::info;
 
-use super::{MIGRATION_LOCK_KEY, MIGRATION_SQL, MigrateOptions, failed, with_lock_retries};
+use super::{
+    MIGRATION_LOCK_KEY, MIGRATION_SQL, MigrateOptions, SIDE_TABLES_SQL, failed, schema_sql,
+    with_lock_retries,
+};
 use crate::error::SinkError;
 
 /// How long the cutover waits for its ACCESS EXCLUSIVE lock before it lets
@@ -169,42 +172,7 @@ async fn add_columns_and_keys(client: &Client) -> Result<(), SinkError> {
 async fn apply_side_tables(client: &Client) -> Result<(), SinkError> {
     super::apply_sql(
         client,
-        concat!(
-            include_str!(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/migrations/0002_pii_vault.sql"
-            )),
-            "\n",
-            include_str!(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/migrations/0003_pii_audit_and_erasure.sql"
-            )),
-            "\n",
-            include_str!(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/migrations/0005_erasure_state.sql"
-            )),
-            "\n",
-            include_str!(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/migrations/0006_key_versions.sql"
-            )),
-            "\n",
-            include_str!(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/migrations/0007_online_operations.sql"
-            )),
-            "\n",
-            include_str!(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/migrations/0008_vault_retention.sql"
-            )),
-            "\n",
-            include_str!(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/migrations/0009_write_function.sql"
-            )),
-        ),
+        &schema_sql(SIDE_TABLES_SQL),
         "creating the vault, audit and erasure tables",
     )
     .await
@@ -330,8 +298,9 @@ async fn cutover(
          CREATE TABLE user_logins (LIKE user_logins_legacy INCLUDING DEFAULTS) PARTITION BY RANGE (create_date); \
          CREATE UNIQUE INDEX user_logins_key ON ONLY user_logins (sent_at, message_id, create_date); \
          ALTER TABLE user_logins ATTACH PARTITION user_logins_legacy FOR VALUES FROM (MINVALUE) TO ('{bound}'); \
-         {MIGRATION_SQL}\n; \
-         SELECT login_etl_copy_grants('user_logins_legacy', 'user_logins');"
+         {schema}\n; \
+         SELECT login_etl_copy_grants('user_logins_legacy', 'user_logins');",
+        schema = schema_sql(MIGRATION_SQL)
     );
     loop {
         let tx = client

@@ -7,70 +7,107 @@
 //! partitions made ahead and drops those past retention.
 
 pub mod convert;
+pub mod functions;
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use tokio::time::timeout;
 use tokio_postgres::Client;
-use tracing::info;
+use tokio_postgres::types::Type;
+use tracing::{info, warn};
 
 use crate::error::SinkError;
 use crate::error::describe;
 use crate::table::partitions::{Granularity, premake, set_granularity};
+use crate::table::privileges::{self, FunctionGrant, SCHEMA_WRITERS_SQL, schema_writers_fix};
 
-/// The idempotent migration (creates or upgrades `user_logins`, creates the
-/// PII vault's tables, the audit trail and erasure list, and the partition
-/// machinery).
+/// One migration's text, by its file name (without `.sql`).
+macro_rules! migration {
+    ($name:literal) => {
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/migrations/",
+            $name,
+            ".sql"
+        ))
+    };
+}
+
+/// The migrations: what changes tables and data, in order (0001 creates or
+/// upgrades `user_logins`; later ones the PII vault, the audit trail and
+/// erasure list, the partition machinery, key versions, the role registry).
+/// Applied through [`schema_sql`], which makes the owner's functions first
+/// and applies the privileges after.
 pub const MIGRATION_SQL: &str = concat!(
-    include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations/0001_user_logins.sql"
-    )),
+    migration!("0001_user_logins"),
     "\n",
-    include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations/0002_pii_vault.sql"
-    )),
+    migration!("0002_pii_vault"),
     "\n",
-    include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations/0003_pii_audit_and_erasure.sql"
-    )),
+    migration!("0003_pii_audit_and_erasure"),
     "\n",
-    include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations/0004_partitions.sql"
-    )),
+    migration!("0004_partitions"),
     "\n",
-    include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations/0005_erasure_state.sql"
-    )),
+    migration!("0005_erasure_state"),
     "\n",
-    include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations/0006_key_versions.sql"
-    )),
+    migration!("0006_key_versions"),
     "\n",
-    include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations/0007_online_operations.sql"
-    )),
+    migration!("0007_online_operations"),
     "\n",
-    include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations/0008_vault_retention.sql"
-    )),
+    migration!("0008_vault_retention"),
     "\n",
-    include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations/0009_write_function.sql"
-    ))
+    migration!("0009_write_function"),
+    "\n",
+    migration!("0010_insiders"),
 );
 
-/// The version [`MIGRATION_SQL`] leaves (`login_etl_schema_version()`,
-/// migrations/0009): a database at an older one is migrated again.
-pub const SCHEMA_VERSION: i32 = 9;
+/// The migrations but 0001 and 0004, which alone change `user_logins`: what
+/// `migrate --prepare` applies beside an older version's writes into an
+/// unpartitioned table (see [`convert`]).
+pub const SIDE_TABLES_SQL: &str = concat!(
+    migration!("0002_pii_vault"),
+    "\n",
+    migration!("0003_pii_audit_and_erasure"),
+    "\n",
+    migration!("0005_erasure_state"),
+    "\n",
+    migration!("0006_key_versions"),
+    "\n",
+    migration!("0007_online_operations"),
+    "\n",
+    migration!("0008_vault_retention"),
+    "\n",
+    migration!("0009_write_function"),
+    "\n",
+    migration!("0010_insiders"),
+);
+
+/// The version [`MIGRATION_SQL`] leaves (`login_etl_schema_version()`):
+/// a database at an older one is migrated again.
+pub const SCHEMA_VERSION: i32 = 10;
+
+/// The schema for `migrations` (all of [`MIGRATION_SQL`], or part of it):
+/// the owner's functions from their files ([`functions::sync_sql`]), the
+/// migrations, the schema version, then every function's search path,
+/// revoke and grants and every registered role's privileges
+/// ([`privileges::apply_sql`]), for one transaction.
+pub fn schema_sql(migrations: &str) -> String {
+    let grants = functions::grants(SCHEMA_VERSION);
+    let grants: Vec<FunctionGrant<'_>> = grants
+        .iter()
+        .map(|(tag, name, kinds)| FunctionGrant {
+            name,
+            tag,
+            kinds: kinds.clone(),
+        })
+        .collect();
+    format!(
+        "{}\n{migrations}\n;\n{}\n{}",
+        functions::sync_sql(),
+        functions::schema_version_sql(SCHEMA_VERSION),
+        privileges::apply_sql(&grants)
+    )
+}
 
 /// Advisory lock key ("LOGINETL" in ASCII): many cold starts at once apply
 /// the schema one after the other instead of racing on `CREATE INDEX`; the
@@ -78,10 +115,26 @@ pub const SCHEMA_VERSION: i32 = 9;
 /// one step at a time beside itself and `migrate`.
 pub const MIGRATION_LOCK_KEY: i64 = 0x4C4F_4749_4E45_544C;
 
+/// The arguments of `login_etl_store_vault`, the function's vault write.
+pub const STORE_VAULT_ARGS: &str =
+    "varchar,varchar,bytea,varchar[],varchar[],bytea[],bytea[],date[],smallint,smallint";
+
 /// What the catalog says about `user_logins`, read without taking any lock
-/// on the table, and the xid floor (as text; the sink parses it, see
-/// `sink::tx::XidFloor`).
-const INSPECT_SQL: &str = "SELECT \
+/// on the table, the xid floor (as text; the sink parses it, see
+/// `sink::tx::XidFloor`), the tag of the functions installed and who may
+/// create in the schema ([`SCHEMA_WRITERS_SQL`]).
+static INSPECT_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{INSPECT_TABLES}, \
+         coalesce((SELECT obj_description(p.oid, 'pg_proc') = $2 || ':' || md5(p.prosrc) \
+             FROM pg_proc p WHERE p.oid = to_regprocedure('{}()')), false), \
+         (SELECT s.writers FROM ({SCHEMA_WRITERS_SQL}) AS s(name, writers)), current_schema()::text",
+        functions::SCHEMA_VERSION_FUNCTION
+    )
+});
+
+/// [`INSPECT_SQL`]'s first ten columns.
+const INSPECT_TABLES: &str = "SELECT \
     to_regclass('user_logins') IS NOT NULL, \
     (SELECT count(*) = 4 FROM pg_attribute WHERE attrelid = to_regclass('user_logins') \
         AND attname IN ('message_id', 'app_version_text', 'sent_at', 'key_version') AND NOT attisdropped), \
@@ -93,7 +146,8 @@ const INSPECT_SQL: &str = "SELECT \
              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum) \
             = ARRAY['sent_at', 'message_id', 'create_date']), \
     pg_snapshot_xmax(pg_current_snapshot())::text, \
-    to_regclass('user_logins_pii_vault') IS NOT NULL AND to_regclass('user_logins_vault_keys') IS NOT NULL, \
+    to_regclass('user_logins_pii_vault') IS NOT NULL AND to_regclass('user_logins_vault_keys') IS NOT NULL \
+        AND to_regprocedure('login_etl_store_vault(' || $1 || ')') IS NOT NULL, \
     to_regclass('user_logins_pii_audit') IS NOT NULL AND to_regclass('user_logins_erased') IS NOT NULL \
         AND to_regprocedure('login_etl_refuse_erased(bigint,integer)') IS NOT NULL \
         AND to_regclass('user_logins_key_state') IS NOT NULL \
@@ -141,6 +195,14 @@ pub struct SchemaState {
     /// The version of the migrations applied (`login_etl_schema_version()`;
     /// 0 before migrations/0007).
     pub version: i32,
+    /// The owner's functions are those of this binary's files (the tag of
+    /// `login_etl_schema_version()`, see [`functions::all_tag`]).
+    pub functions: bool,
+    /// Who besides the owner may CREATE in the schema (`PUBLIC`, or role
+    /// names): see [`SCHEMA_WRITERS_SQL`].
+    pub schema_writers: Vec<String>,
+    /// The schema the names resolve to (`current_schema()`).
+    pub schema: Option<String>,
 }
 
 impl SchemaState {
@@ -154,6 +216,7 @@ impl SchemaState {
             && self.partitioned
             && self.partitions
             && self.version >= SCHEMA_VERSION
+            && self.functions
     }
 }
 
@@ -185,7 +248,15 @@ pub async fn server_version(client: &Client) -> Result<(i32, String), tokio_post
 
 /// Reads [`SchemaState`] (one unnamed statement, no table lock).
 pub async fn inspect(client: &Client) -> Result<SchemaState, tokio_postgres::Error> {
-    let row = client.query_typed_one(INSPECT_SQL, &[]).await?;
+    let row = client
+        .query_typed_one(
+            &INSPECT_SQL,
+            &[
+                (&STORE_VAULT_ARGS, Type::TEXT),
+                (&functions::all_tag(SCHEMA_VERSION), Type::TEXT),
+            ],
+        )
+        .await?;
     Ok(SchemaState {
         table: row.get(0),
         columns: row.get(1),
@@ -197,6 +268,9 @@ pub async fn inspect(client: &Client) -> Result<SchemaState, tokio_postgres::Err
         partitions: row.get(7),
         message_id_index: row.get(8),
         version: row.get(9),
+        functions: row.get(10),
+        schema_writers: row.get::<_, Option<Vec<String>>>(11).unwrap_or_default(),
+        schema: row.get(12),
     })
 }
 
@@ -231,6 +305,17 @@ pub async fn check(
             });
         }
     };
+    if !state.schema_writers.is_empty() {
+        // Not a reason to stop writing (the owner's functions are there
+        // for anyone granted them, written or not): the operator's to mend.
+        let schema = state.schema.as_deref().unwrap_or("?");
+        warn!(
+            schema,
+            writers = %state.schema_writers.join(", "),
+            fix = %schema_writers_fix(schema, &state.schema_writers),
+            "roles besides the tables' owner may create objects in the schema the owner's functions run in, where a planted object could run with the owner's rights; run the fix as the schema's owner (login-etl doctor checks it)"
+        );
+    }
     let fatal = |cause: &str, hint: &'static str| SinkError::Misconfigured {
         what: crate::error::Misconfiguration::SchemaIncomplete,
         op: "writing into user_logins",
@@ -268,7 +353,7 @@ pub async fn check(
     }
     if vault && !state.vault {
         return Err(fatal(
-            "the PII vault's tables (user_logins_pii_vault, user_logins_vault_keys) are missing",
+            "the PII vault's tables (user_logins_pii_vault, user_logins_vault_keys) or its write function (login_etl_store_vault) are missing",
             "; run `make migrate` (login-etl migrate) or set RUN_MIGRATIONS=true",
         ));
     }
@@ -340,6 +425,7 @@ pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<bo
     if options.cold_start && state.is_current() {
         return Ok(false);
     }
+    refuse_schema_writers(&state)?;
     // Between `migrate --prepare` and the cutover the old table is
     // writable; the cutover is `login-etl migrate`'s, never a cold start's.
     if options.cold_start
@@ -354,57 +440,108 @@ pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<bo
     if state.table && !state.partitioned {
         applied = convert::convert(client, options).await?;
         if options.prepare_only {
-            let built = vault_form1_index(client, options).await?;
+            let built = vault_indexes(client, options).await?;
             return Ok(applied || built);
         }
     } else if !state.is_current() {
-        apply_sql(client, MIGRATION_SQL, "applying the schema").await?;
+        apply_sql(client, &schema_sql(MIGRATION_SQL), "applying the schema").await?;
         applied = true;
     }
     set_granularity(client, options.granularity).await?;
     let made = premake(client, options.premake_days).await?;
-    let built = vault_form1_index(client, options).await?;
+    let built = vault_indexes(client, options).await?;
     Ok(applied || made > 0 || built)
 }
 
-/// Builds the vault's index of old-form entries (`user_logins_pii_vault_form1`,
-/// which rotate-key's switch probes instead of scanning the vault) online,
-/// when it is missing or a build was left invalid: `CREATE INDEX
-/// CONCURRENTLY`, which no transaction may hold and no write waits for. An
-/// empty vault gets it from migrations/0007 already. Not at a cold start
-/// (a vault of millions of entries takes longer than an init phase). True
-/// when it built it.
-async fn vault_form1_index(client: &Client, options: &MigrateOptions) -> Result<bool, SinkError> {
+/// Refuses to migrate where a role besides the tables' owner (and the
+/// schema's owner and superusers) may create in the schema: an operator,
+/// function or cast planted there could run with the owner's rights inside
+/// the owner's functions, whatever their search path (an overload that
+/// matches better wins from later in the path). PostgreSQL 14 and older
+/// let PUBLIC create in `public` by default.
+fn refuse_schema_writers(state: &SchemaState) -> Result<(), SinkError> {
+    if state.schema_writers.is_empty() {
+        return Ok(());
+    }
+    let schema = state.schema.as_deref().unwrap_or("public");
+    let who = if state.schema_writers == ["PUBLIC"] {
+        "every role (PUBLIC)".to_owned()
+    } else {
+        format!("the roles {}", state.schema_writers.join(", "))
+    };
+    Err(SinkError::Fatal {
+        op: "checking who may create objects in the schema",
+        cause: format!(
+            "{who} may CREATE in schema \"{schema}\", where login-etl's functions run with the rights of the tables' owner: an object planted there could run with those rights"
+        ),
+        hint: format!(
+            "; run as the schema's owner (or an admin): {} then run login-etl migrate again. Where other applications must create objects in that schema, give login-etl a schema of its own (docs/deploy.md, \"A schema of its own\")",
+            schema_writers_fix(schema, &state.schema_writers)
+        )
+        .into(),
+    })
+}
+
+/// The vault's indexes a large vault gets online: of old-form entries
+/// (`user_logins_pii_vault_form1`, which rotate-key's switch probes
+/// instead of scanning the vault) and by `last_seen`
+/// (`user_logins_pii_vault_last_seen`, through which maintain's purge
+/// finds what retention removes).
+const VAULT_INDEXES: [(&str, &str, &str); 2] = [
+    (
+        "user_logins_pii_vault_form1",
+        "(kind) WHERE aad_version = 1",
+        "of old-form entries",
+    ),
+    (
+        "user_logins_pii_vault_last_seen",
+        "(last_seen)",
+        "by last_seen",
+    ),
+];
+
+/// Builds [`VAULT_INDEXES`] where one is missing or a build was left
+/// invalid: `CREATE INDEX CONCURRENTLY`, which no transaction may hold and
+/// no write waits for. An empty vault gets them from the migrations
+/// already. Not at a cold start (a vault of millions of entries takes
+/// longer than an init phase). True when it built one.
+async fn vault_indexes(client: &Client, options: &MigrateOptions) -> Result<bool, SinkError> {
     if options.cold_start {
         return Ok(false);
     }
-    let valid: Option<bool> = client
-        .query_typed_one(
-            "SELECT (SELECT indisvalid AND indisready FROM pg_index \
-             WHERE indexrelid = to_regclass('user_logins_pii_vault_form1'))",
-            &[],
-        )
-        .await
-        .map_err(failed("looking for the vault's index of old-form entries"))?
-        .get(0);
-    if valid == Some(true) {
-        return Ok(false);
-    }
-    info!("building the vault's index of old-form entries CONCURRENTLY (ingest keeps writing)");
-    if valid == Some(false) {
-        client
-            .batch_execute("DROP INDEX CONCURRENTLY IF EXISTS user_logins_pii_vault_form1")
+    let mut built = false;
+    for (name, definition, what) in VAULT_INDEXES {
+        let valid: Option<bool> = client
+            .query_typed_one(
+                "SELECT (SELECT indisvalid AND indisready FROM pg_index \
+                 WHERE indexrelid = to_regclass($1))",
+                &[(&name, Type::TEXT)],
+            )
             .await
-            .map_err(failed("dropping an invalid index of the vault"))?;
+            .map_err(failed("looking for the vault's indexes"))?
+            .get(0);
+        if valid == Some(true) {
+            continue;
+        }
+        info!(
+            index = name,
+            "building the vault's index {what} CONCURRENTLY (ingest keeps writing)"
+        );
+        if valid == Some(false) {
+            client
+                .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+                .await
+                .map_err(failed("dropping an invalid index of the vault"))?;
+        }
+        client
+            .batch_execute(&format!(
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON user_logins_pii_vault {definition}"
+            ))
+            .await
+            .map_err(failed("building an index of the vault"))?;
+        built = true;
     }
-    client
-        .batch_execute(
-            "CREATE INDEX CONCURRENTLY IF NOT EXISTS user_logins_pii_vault_form1 \
-             ON user_logins_pii_vault (kind) WHERE aad_version = 1",
-        )
-        .await
-        .map_err(failed("building the vault's index of old-form entries"))?;
-    Ok(true)
+    Ok(built)
 }
 
 /// How long a migration statement waits for a table lock before the whole

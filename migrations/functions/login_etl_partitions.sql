@@ -1,0 +1,18 @@
+-- roles: all
+-- The partitions of user_logins with their bounds (lo NULL: MINVALUE, the
+-- table an upgrade converted), from the catalog.
+-- rows_estimate is pg_class.reltuples (as of the last ANALYZE), 0 if unknown.
+CREATE OR REPLACE FUNCTION login_etl_partitions()
+RETURNS TABLE(name text, lo date, hi date, is_default boolean, rows_estimate bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT c.relname::text,
+           substring(b FROM 'FROM \(''([0-9-]+)''\)')::date,
+           substring(b FROM 'TO \(''([0-9-]+)''\)')::date,
+           b = 'DEFAULT',
+           greatest(c.reltuples, 0)::bigint
+    FROM pg_inherits i
+    JOIN pg_class c ON c.oid = i.inhrelid
+    CROSS JOIN LATERAL pg_get_expr(c.relpartbound, c.oid) AS b
+    WHERE i.inhparent = 'user_logins'::regclass
+    ORDER BY 2 NULLS FIRST, 1
+$$;

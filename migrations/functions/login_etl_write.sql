@@ -1,0 +1,40 @@
+-- roles: ingest
+-- The function's write of a batch by INSERT in one server-side function,
+-- whose plans each server connection keeps.
+--
+-- Before it the write sent the check (login_etl_check_write) and an
+-- unnamed `INSERT ... SELECT FROM UNNEST ... ON CONFLICT DO NOTHING`,
+-- parsed and planned again for every batch: a named statement would keep
+-- its plan, but a transaction-mode pooler (RDS Proxy, PgBouncer) may hand
+-- the next transaction to another server connection, where the name does
+-- not exist. A PL/pgSQL function's plans are kept by the server connection
+-- that ran it, under no name the client holds, so they survive the pooler
+-- (docs/performance.md, "A batch of 10 against its floor").
+--
+-- The caller's rights (the ingest role's INSERT on user_logins); the check
+-- is login_etl_check_write, with the owner's. The same SQLSTATEs as the
+-- statements it replaces (LE001, LE002 from the check; the row's own from
+-- the INSERT). Returns the rows inserted (ON CONFLICT skipped the others).
+CREATE OR REPLACE FUNCTION login_etl_write(
+    known bigint, key_version integer, checked_from integer,
+    message_ids varchar[], user_ids varchar[], device_types varchar[],
+    masked_ips varchar[], masked_device_ids varchar[], locales varchar[],
+    app_versions integer[], app_version_texts varchar[], create_dates date[],
+    sent_ats timestamptz[], key_versions smallint[])
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_inserted bigint;
+BEGIN
+    PERFORM login_etl_check_write(known, key_version, checked_from);
+    -- No index named: every unique index of the partition a row lands in
+    -- arbitrates (src/ingest/sink/insert.rs).
+    INSERT INTO user_logins (message_id, user_id, device_type, masked_ip, masked_device_id, locale,
+                             app_version, app_version_text, create_date, sent_at, key_version)
+    SELECT * FROM unnest(message_ids, user_ids, device_types, masked_ips, masked_device_ids, locales,
+                         app_versions, app_version_texts, create_dates, sent_ats, key_versions)
+    ON CONFLICT DO NOTHING;
+    GET DIAGNOSTICS v_inserted = ROW_COUNT;
+    RETURN v_inserted;
+END
+$$;

@@ -1,0 +1,322 @@
+//! The owner's functions, each name's current definition in one file of
+//! `migrations/functions/` (every overload of that name, its comment, and
+//! a first line `-- roles: <kinds>` naming the role kinds that may run it:
+//! `all`, `none`, or kinds of [`crate::table::privileges::Role`]).
+//!
+//! Every `login-etl migrate` makes them from these files, in its
+//! transaction, before the migrations (which only change tables and data,
+//! and may name a function in a trigger or a default): a function whose
+//! comment already carries its file's tag is left alone, so a repeated
+//! migrate rewrites no catalog row and takes no lock a running write
+//! waits on. The search path, the revoke from PUBLIC and the grants are
+//! then applied to all of them in one place
+//! ([`crate::table::privileges::apply_sql`]). A function an older version
+//! calls keeps its file (and its signature and meaning) until a migration
+//! retires it with `DROP FUNCTION`.
+
+use std::sync::LazyLock;
+
+use sha2::{Digest, Sha256};
+
+/// One file of `migrations/functions/`.
+pub struct FunctionFile {
+    /// The function's name (the file's, without `.sql`).
+    pub name: &'static str,
+    /// The file's text.
+    pub sql: &'static str,
+}
+
+macro_rules! function_files {
+    ($($name:literal),* $(,)?) => {
+        &[$(FunctionFile {
+            name: $name,
+            sql: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/functions/", $name, ".sql")),
+        }),*]
+    };
+}
+
+/// Every file of `migrations/functions/` (a test checks that none is left
+/// out, and that the schema holds no `login_etl_*` function without one).
+pub const FUNCTION_FILES: &[FunctionFile] = function_files![
+    "login_etl_audit_is_append_only",
+    "login_etl_audit_rekey_only",
+    "login_etl_audit_to_rekey",
+    "login_etl_begin_rekey",
+    "login_etl_check_keys",
+    "login_etl_check_write",
+    "login_etl_copy_grants",
+    "login_etl_current_key_version",
+    "login_etl_default_days",
+    "login_etl_default_size",
+    "login_etl_drain_days",
+    "login_etl_drain_default",
+    "login_etl_drain_state",
+    "login_etl_drop_detached",
+    "login_etl_drop_partition",
+    "login_etl_end_rekey",
+    "login_etl_ensure_partition",
+    "login_etl_erased_below",
+    "login_etl_erased_current_version",
+    "login_etl_erased_rekey_only",
+    "login_etl_hold_vault",
+    "login_etl_key_state",
+    "login_etl_partitions",
+    "login_etl_purge_default",
+    "login_etl_purge_vault",
+    "login_etl_put_back_vault",
+    "login_etl_refuse_erased",
+    "login_etl_refuse_erased_at",
+    "login_etl_rekey_audit_chunk",
+    "login_etl_rekey_erased_chunk",
+    "login_etl_rekey_rows_chunk",
+    "login_etl_rekey_under_way",
+    "login_etl_rekey_vault_chunk",
+    "login_etl_relation",
+    "login_etl_store_vault",
+    "login_etl_swap_default",
+    "login_etl_switch_key",
+    "login_etl_vault_last_seen",
+    "login_etl_write",
+];
+
+/// The name of the function that says which migrations a database is at
+/// (its body: the version) and which function files (its comment: the tag
+/// of them all). Written by [`schema_version_sql`], not by a file.
+pub const SCHEMA_VERSION_FUNCTION: &str = "login_etl_schema_version";
+
+impl FunctionFile {
+    /// The role kinds of its `-- roles:` line (empty for `none`).
+    pub fn kinds(&self) -> Vec<&'static str> {
+        let line = self.sql.lines().next().unwrap_or_default();
+        let list = line.strip_prefix("-- roles:").unwrap_or_default().trim();
+        if list == "none" {
+            return Vec::new();
+        }
+        list.split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .collect()
+    }
+
+    /// How many functions (overloads) it defines.
+    pub fn overloads(&self) -> usize {
+        self.sql.matches("CREATE OR REPLACE FUNCTION ").count()
+    }
+
+    /// Each function it defines as `"name"(arguments)`, the arguments as
+    /// written (names, modes and types; a GRANT ignores what is not a type).
+    pub fn signatures(&self) -> Vec<String> {
+        let head = format!("CREATE OR REPLACE FUNCTION {}(", self.name);
+        self.sql
+            .match_indices(&head)
+            .map(|(at, _)| {
+                let args = &self.sql[at + head.len()..];
+                let mut depth = 1;
+                let end = args
+                    .char_indices()
+                    .find(|&(_, c)| {
+                        depth += match c {
+                            '(' => 1,
+                            ')' => -1,
+                            _ => 0,
+                        };
+                        depth == 0
+                    })
+                    .map_or(args.len(), |(i, _)| i);
+                let args = args[..end].split_whitespace().collect::<Vec<_>>().join(" ");
+                format!("\"{}\"({args})", self.name)
+            })
+            .collect()
+    }
+
+    /// `login-etl:<the first 16 hex digits of SHA-256 of its text>`: what
+    /// each function it defines carries in its comment once made from it.
+    pub fn tag(&self) -> String {
+        tag_of(self.sql)
+    }
+}
+
+fn tag_of(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    format!("login-etl:{}", &hex::encode(digest)[..16])
+}
+
+/// The tag of every file and of the schema version together: the comment
+/// of [`SCHEMA_VERSION_FUNCTION`] once a migrate installed them.
+pub fn all_tag(schema_version: i32) -> String {
+    static TAG: LazyLock<String> = LazyLock::new(|| {
+        let mut all = String::new();
+        for f in FUNCTION_FILES {
+            all.push_str(f.name);
+            all.push_str(&f.tag());
+        }
+        all
+    });
+    tag_of(&format!("{}{schema_version}", *TAG))
+}
+
+/// The `CREATE` of [`SCHEMA_VERSION_FUNCTION`] (its body's number is what
+/// binaries of every version read).
+fn schema_version_create(schema_version: i32) -> String {
+    format!(
+        "CREATE OR REPLACE FUNCTION {SCHEMA_VERSION_FUNCTION}() RETURNS integer\n\
+         LANGUAGE sql IMMUTABLE AS $$ SELECT {schema_version} $$;"
+    )
+}
+
+/// A statement that runs `sql` unless `count` functions named `name` in
+/// the current schema carry `tag` already, with the body they were made
+/// with (see [`crate::table::privileges::apply_sql`]).
+fn unless_current(name: &str, tag: &str, count: usize, sql: &str) -> String {
+    format!(
+        "DO $login_etl_sync$\nBEGIN\n    IF (SELECT count(*) FROM pg_proc p \
+         WHERE p.pronamespace = to_regnamespace(current_schema()) AND p.proname = '{name}' \
+         AND obj_description(p.oid, 'pg_proc') = '{tag}:' || md5(p.prosrc)) < {count} THEN\n        \
+         EXECUTE $login_etl_fn$\n{sql}\n$login_etl_fn$;\n    END IF;\nEND\n$login_etl_sync$;\n"
+    )
+}
+
+/// The functions made from their files, each only where it is not current
+/// (see the module documentation), for the migration's transaction before
+/// its tables: function bodies are not checked when made
+/// (`check_function_bodies` off), as `pg_dump` makes them, so a function
+/// may name a table a later migration creates.
+pub fn sync_sql() -> String {
+    let mut out = String::from("SET LOCAL check_function_bodies = off;\n");
+    for f in FUNCTION_FILES {
+        out.push_str(&unless_current(f.name, &f.tag(), f.overloads(), f.sql));
+    }
+    out
+}
+
+/// [`SCHEMA_VERSION_FUNCTION`] at `schema_version`, unless it is current
+/// (its comment, which [`crate::table::privileges::apply_sql`] writes,
+/// carries [`all_tag`]): the migration's last statement before the
+/// privileges.
+pub fn schema_version_sql(schema_version: i32) -> String {
+    unless_current(
+        SCHEMA_VERSION_FUNCTION,
+        &all_tag(schema_version),
+        1,
+        &schema_version_create(schema_version),
+    )
+}
+
+/// Each file's privileges as [`crate::table::privileges::apply_sql`] takes
+/// them, and the schema version's (nobody runs it: binaries read its body
+/// from the catalog).
+pub fn grants(schema_version: i32) -> Vec<(String, &'static str, Vec<&'static str>)> {
+    let mut out: Vec<(String, &'static str, Vec<&'static str>)> = FUNCTION_FILES
+        .iter()
+        .map(|f| (f.tag(), f.name, f.kinds()))
+        .collect();
+    out.push((all_tag(schema_version), SCHEMA_VERSION_FUNCTION, Vec::new()));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::privileges::Role;
+
+    #[test]
+    fn every_file_is_listed_once_and_names_its_function_and_kinds() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/functions");
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                e.unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .trim_end_matches(".sql")
+                    .to_owned()
+            })
+            .collect();
+        on_disk.sort();
+        let listed: Vec<&str> = FUNCTION_FILES.iter().map(|f| f.name).collect();
+        assert_eq!(
+            on_disk, listed,
+            "migrations/functions/ and FUNCTION_FILES differ"
+        );
+        for f in FUNCTION_FILES {
+            assert!(
+                f.sql.starts_with("-- roles: "),
+                "{}: the first line names the roles",
+                f.name
+            );
+            for kind in f.kinds() {
+                assert!(
+                    kind == "all" || Role::parse(kind).is_some_and(|r| r != Role::Migrate),
+                    "{}: unknown role kind {kind}",
+                    f.name
+                );
+            }
+            assert!(f.overloads() >= 1, "{}", f.name);
+            assert_eq!(
+                f.sql.matches("CREATE OR REPLACE FUNCTION ").count(),
+                f.sql
+                    .matches(&format!("CREATE OR REPLACE FUNCTION {}(", f.name))
+                    .count(),
+                "{}: a file defines its own name only",
+                f.name
+            );
+            // The search path, revoke and grants are applied in one place.
+            assert!(!f.sql.contains("SET search_path"), "{}", f.name);
+            for line in f.sql.lines().map(str::trim_start) {
+                for elsewhere in ["ALTER FUNCTION", "REVOKE ", "GRANT "] {
+                    assert!(
+                        !line.starts_with(elsewhere),
+                        "{}: {elsewhere} belongs in privileges::apply_sql",
+                        f.name
+                    );
+                }
+            }
+            assert!(
+                !f.sql.contains("$login_etl_fn$"),
+                "{}: the quote sync_sql wraps it in",
+                f.name
+            );
+        }
+    }
+
+    #[test]
+    fn a_tag_changes_with_the_text_and_the_version() {
+        let a = FunctionFile {
+            name: "x",
+            sql: "-- roles: all\nCREATE OR REPLACE FUNCTION x() ...",
+        };
+        let b = FunctionFile {
+            name: "x",
+            sql: "-- roles: all\nCREATE OR REPLACE FUNCTION x() ..;",
+        };
+        assert_ne!(a.tag(), b.tag());
+        assert!(a.tag().starts_with("login-etl:") && a.tag().len() == 26);
+        assert_ne!(all_tag(10), all_tag(11));
+        assert_eq!(a.kinds(), ["all"]);
+    }
+
+    #[test]
+    fn signatures_are_read_whole_across_lines_and_overloads() {
+        let f = FUNCTION_FILES
+            .iter()
+            .find(|f| f.name == "login_etl_ensure_partition")
+            .unwrap();
+        assert_eq!(
+            f.signatures(),
+            [
+                "\"login_etl_ensure_partition\"(for_day date)",
+                "\"login_etl_ensure_partition\"(for_day date, max_move bigint)"
+            ]
+        );
+        let w = FUNCTION_FILES
+            .iter()
+            .find(|f| f.name == "login_etl_write")
+            .unwrap();
+        let sig = &w.signatures()[0];
+        assert!(
+            sig.starts_with("\"login_etl_write\"(known bigint, key_version integer")
+                && sig.ends_with("key_versions smallint[])"),
+            "{sig}"
+        );
+    }
+}
