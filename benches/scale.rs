@@ -330,24 +330,14 @@ async fn main() {
     // Before: unpartitioned, unique text message_id.
     let (name_a, url_a) = create_db("scale_before").await;
     let a = connect(&url_a).await;
-    a.batch_execute(concat!(
-        "CREATE TABLE user_logins(user_id varchar(128), device_type varchar(32), masked_ip varchar(256), \
+    // The side tables and the owner's functions as `migrate --prepare`
+    // gives an unpartitioned table.
+    a.batch_execute(&format!(
+        "BEGIN; CREATE TABLE user_logins(user_id varchar(128), device_type varchar(32), masked_ip varchar(256), \
            masked_device_id varchar(256), locale varchar(32), app_version integer, create_date date, \
            message_id varchar(128), app_version_text varchar(32), sent_at timestamptz, \
-           key_version smallint NOT NULL DEFAULT 1);\n",
-        include_str!("../migrations/0002_pii_vault.sql"),
-        "\n",
-        include_str!("../migrations/0003_pii_audit_and_erasure.sql"),
-        "\n",
-        include_str!("../migrations/0005_erasure_state.sql"),
-        "\n",
-        include_str!("../migrations/0006_key_versions.sql"),
-        "\n",
-        include_str!("../migrations/0007_online_operations.sql"),
-        "\n",
-        include_str!("../migrations/0008_vault_retention.sql"),
-        "\n",
-        include_str!("../migrations/0009_write_function.sql"),
+           key_version smallint NOT NULL DEFAULT 1);\n{}; COMMIT",
+        login_etl::table::schema::schema_sql(login_etl::table::schema::SIDE_TABLES_SQL)
     ))
     .await
     .unwrap();

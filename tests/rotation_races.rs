@@ -265,3 +265,152 @@ async fn a_partition_made_out_of_the_default_partition_mid_walk_keeps_every_rows
         "rows whose tokens are not their own values' at version 2"
     );
 }
+
+/// The session of `pid` waits for a lock (pg_stat_activity, as the admin).
+async fn waits_for_a_lock(admin: &tokio_postgres::Client, pid: i32) -> bool {
+    for _ in 0..200 {
+        let waiting: bool = admin
+            .query_one(
+                "SELECT coalesce((SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1), false)",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// The function's vault write and rotate-key's chunk of the vault lock the
+/// twins they share in one order, (kind, token), each in one statement, so
+/// neither waits for the other in a circle. The review's interleaving, held
+/// in place by a third session's lock on the first twin: the function
+/// waits to move that twin forward and would then store the second, while
+/// the chunk moves the old entries of both values to their twins. In the
+/// order of before (the function's UPDATE of the entries behind, then its
+/// INSERT of the others; the chunk's inserts in physical order) the two
+/// deadlocked as soon as the lock went: `deadlock detected` in the
+/// function's transaction, a retry and a second's stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_functions_vault_write_and_the_vault_rekey_never_deadlock() {
+    let db = TestDb::create().await;
+    db.migrate().await;
+    let admin = db.client().await;
+    // Two values whose version-2 tokens are x < y; y's old entry first in
+    // the vault's physical order.
+    let (one, two) = (masker(1), masker(2));
+    let token = |m: &login_etl::privacy::masking::Masker, ip: &str| {
+        m.ip(&ip.parse().unwrap()).as_str().to_owned()
+    };
+    let (mut a, mut b) = ("192.0.2.1", "192.0.2.2");
+    if token(&two, a) > token(&two, b) {
+        std::mem::swap(&mut a, &mut b);
+    }
+    let (x, y) = (token(&two, a), token(&two, b));
+    for old in [token(&one, b), token(&one, a)] {
+        admin
+            .execute(
+                "INSERT INTO user_logins_pii_vault (kind, token, key_id, nonce, ciphertext, key_version, aad_version, last_seen) \
+                 VALUES ('ip', $1, 'k', '\\x000102030405060708090a0b'::bytea, '\\x00'::bytea, 1, 2, current_date - 2)",
+                &[&old],
+            )
+            .await
+            .unwrap();
+    }
+    // The switch, and no chunk yet.
+    let mut rotate = connect(&db.role_url(Role::Rotate).await).await;
+    let options = RekeyOptions {
+        max_chunks: Some(0),
+        ..RekeyOptions::default()
+    };
+    rekey::rotate(&mut rotate, &two, CALLER, options, &mut |_| {})
+        .await
+        .expect("the switch");
+    // A function at version 2 stored x's twin yesterday.
+    admin
+        .execute(
+            "INSERT INTO user_logins_pii_vault (kind, token, key_id, nonce, ciphertext, key_version, aad_version, last_seen) \
+             VALUES ('ip', $1, 'k', '\\x0c0b0a090807060504030201'::bytea, '\\x01'::bytea, 2, 2, current_date - 1)",
+            &[&x],
+        )
+        .await
+        .unwrap();
+    let olds: Vec<String> = admin
+        .query(
+            "SELECT ctid::text FROM user_logins_pii_vault WHERE key_version = 1 ORDER BY ctid",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let holder = db.client().await;
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM user_logins_pii_vault WHERE kind = 'ip' AND token = '{x}' FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    let ingest = connect(&db.role_url(Role::Ingest).await).await;
+    let ingest_pid: i32 = ingest
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // The statements the function and rotate-key send, each in its
+    // transaction.
+    let store = format!(
+        "BEGIN; \
+         SELECT login_etl_store_vault('k', 'local', '\\x01'::bytea, ARRAY['ip', 'ip'], ARRAY['{x}', '{y}'], \
+           ARRAY['\\x0c0b0a090807060504030201'::bytea, '\\x0c0b0a090807060504030202'::bytea], \
+           ARRAY['\\x01'::bytea, '\\x02'::bytea], ARRAY[current_date, current_date], 2::int2, 2::int2); \
+         COMMIT"
+    );
+    let rekey = format!(
+        "BEGIN; \
+         SELECT login_etl_rekey_vault_chunk(ARRAY['{}', '{}']::tid[], ARRAY['ip', 'ip'], ARRAY['{y}', '{x}'], 1::int2); \
+         COMMIT",
+        olds[0], olds[1]
+    );
+    let function = tokio::spawn(async move { ingest.batch_execute(&store).await });
+    if !waits_for_a_lock(&admin, ingest_pid).await {
+        panic!("the function does not wait for x: {:?}", function.await);
+    }
+    let rotate_pid: i32 = rotate
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let chunk = tokio::spawn(async move { rotate.batch_execute(&rekey).await });
+    if !waits_for_a_lock(&admin, rotate_pid).await {
+        panic!("the chunk does not wait for x: {:?}", chunk.await);
+    }
+    holder.batch_execute("COMMIT").await.unwrap();
+    let (stored, moved) = tokio::time::timeout(Duration::from_secs(10), async {
+        (function.await.unwrap(), chunk.await.unwrap())
+    })
+    .await
+    .expect("both finish");
+    stored.expect("the function's vault write commits, no deadlock");
+    moved.expect("the chunk commits, no deadlock");
+    let entries: Vec<(String, i16, bool)> = admin
+        .query(
+            "SELECT token::text, key_version, last_seen = current_date FROM user_logins_pii_vault ORDER BY token",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        entries,
+        [(x, 2, true), (y, 2, true)],
+        "one entry per value, at version 2, seen today"
+    );
+}

@@ -143,6 +143,79 @@ async fn migrate_beside_a_long_reader_does_not_queue_ingest_behind_it() {
     );
 }
 
+/// Every owner's function made again from its files (a migrate that
+/// installs a new version of them all) while the function writes, vault
+/// on: `CREATE OR REPLACE FUNCTION` takes no lock a write waits on, and the
+/// privileges step writes nothing that is already so. A migrate of an
+/// unchanged schema re-creates nothing at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owners_functions_made_again_beside_ingest_hold_no_write_up() {
+    let db = TestDb::create().await;
+    let ingest = db.ingest_url().await;
+    let admin = db.client().await;
+    let h = Arc::new(
+        handler_with(&[("DATABASE_URL", &ingest), ("MASKING_KEY", TEST_KEY)])
+            .await
+            .with_vault(
+                login_etl::privacy::vault::DataKey::new(&[0x42; 32], vec![1], "local").unwrap(),
+            ),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = writer(h, stop.clone());
+    let waits = lock_waits(db.client().await, db.role_name(Role::Ingest), stop.clone());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (mut longest, mut remade) = (Duration::ZERO, 0i64);
+    for _ in 0..5 {
+        // As if the files had all changed: no function carries its tag.
+        admin
+            .batch_execute(
+                "DO $$ DECLARE f regprocedure; BEGIN \
+                 FOR f IN SELECT oid FROM pg_proc WHERE pronamespace = 'public'::regnamespace \
+                   AND proname LIKE 'login\\_etl\\_%' LOOP \
+                   EXECUTE format('COMMENT ON FUNCTION %s IS NULL', f); END LOOP; END $$",
+            )
+            .await
+            .unwrap();
+        let before: i64 = admin
+            .query_one("SELECT count(*) FROM pg_proc WHERE obj_description(oid, 'pg_proc') LIKE 'login-etl:%'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(before, 0);
+        let t = Instant::now();
+        db.migrate().await;
+        longest = longest.max(t.elapsed());
+        remade = admin
+            .query_one("SELECT count(*) FROM pg_proc WHERE obj_description(oid, 'pg_proc') LIKE 'login-etl:%'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And a migrate of the schema as it is: nothing to make.
+    let xmin = "SELECT string_agg(xmin::text, ',' ORDER BY oid) FROM pg_proc WHERE pronamespace = 'public'::regnamespace";
+    let before: String = admin.query_one(xmin, &[]).await.unwrap().get(0);
+    db.migrate().await;
+    let after: String = admin.query_one(xmin, &[]).await.unwrap().get(0);
+    assert_eq!(
+        before, after,
+        "a migrate of an unchanged schema rewrote a function"
+    );
+    stop.store(true, Ordering::SeqCst);
+    let (slowest, batches) = writes.await.unwrap();
+    let waited = waits.await.unwrap();
+    println!(
+        "{remade} functions made again 5 times beside ingest: migrate at most {longest:?}; {batches} batches, \
+         the slowest {slowest:?}, the longest lock wait of a write {waited:?}"
+    );
+    assert!(remade >= 40, "{remade} functions made again");
+    assert!(batches > 10, "the writer kept writing ({batches} batches)");
+    assert!(
+        waited < Duration::from_millis(50),
+        "a write waited {waited:?} on a lock beside the functions made again"
+    );
+}
+
 /// The key switch of `rotate-key` beside ingest, with a vault and an
 /// erasure list of realistic proportions: the switch holds its lock (the
 /// one every write waits for) only for what cannot happen apart from it,
