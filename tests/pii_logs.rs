@@ -319,7 +319,9 @@ async fn nothing_the_function_writes_at_trace_contains_raw_pii_or_the_key() {
 /// The SDK's paths at TRACE too: rejected records copied to the DLQ (whose
 /// request bodies are the raw messages) and visibility changes, through
 /// moto, with `LOG_SIGNABLE_BODY=true`, which makes aws-sigv4 print request
-/// bodies in its TRACE dump of each signed request.
+/// bodies in its TRACE dump of each signed request, and
+/// `LOG_SENSITIVE_BODIES=true`, which makes the SDK's orchestrator print
+/// them too.
 #[tokio::test]
 #[ignore = "needs moto_server on PATH or in MOTO_SERVER; run by `make test`"]
 async fn with_the_dlq_the_backoff_and_log_signable_body_nothing_at_trace_contains_raw_pii() {
@@ -331,8 +333,10 @@ async fn with_the_dlq_the_backoff_and_log_signable_body_nothing_at_trace_contain
         ("AWS_REGION", "us-east-1".into()),
         ("AWS_EC2_METADATA_DISABLED", "true".into()),
         ("LOG_SIGNABLE_BODY", "true".into()),
+        ("LOG_SENSITIVE_BODIES", "true".into()),
     ] {
-        // SAFETY: the other test of this binary reads none of these.
+        // SAFETY: the other tests of this binary read none of these (they
+        // give the binary they run an environment of their own).
         unsafe { std::env::set_var(k, v) };
     }
     let out = Capture::default();
@@ -411,10 +415,6 @@ async fn with_the_dlq_the_backoff_and_log_signable_body_nothing_at_trace_contain
     assert!(sent > 30, "the DLQ path ran ({sent} copies)");
     let logs = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
     assert!(logs.contains("\"level\":\"TRACE\""), "TRACE was on");
-    assert!(
-        logs.contains("SendMessageBatch") || logs.contains("send_message_batch"),
-        "the SDK logged its calls"
-    );
     // As text, and as the byte list a `Debug` of a body prints.
     let values: Vec<String> = batches
         .iter()
@@ -428,4 +428,300 @@ async fn with_the_dlq_the_backoff_and_log_signable_body_nothing_at_trace_contain
         !holds_any(&logs, &values),
         "raw PII in the SDK's TRACE output (value redacted)"
     );
+}
+
+/// What the SDK tests run against: moto's SQS, Secrets Manager and KMS,
+/// a queue and its DLQ, the three secrets (a database password and two
+/// keys the test can look for) and the vault's KMS key.
+struct Aws {
+    _moto: common::moto::Moto,
+    endpoint: String,
+    queue: String,
+    dlq: String,
+    db_secret: String,
+    masking_secret: String,
+    erasure_secret: String,
+    kms_key: String,
+    /// The password, the masking key and the erasure key: none may appear.
+    secrets: Vec<String>,
+}
+
+/// The SDK's configuration for moto, built without touching the process's
+/// environment (the other tests of this binary read it).
+async fn moto_sdk(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(aws_smithy_http_client::Builder::new().build_http())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .load()
+        .await
+}
+
+async fn aws_for(db: &TestDb, ingest_role: &str) -> Aws {
+    let (moto, port) = common::moto::start_moto();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let sdk = moto_sdk(&endpoint).await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let queue = |name: &'static str| {
+        let sqs = sqs.clone();
+        async move {
+            sqs.create_queue()
+                .queue_name(name)
+                .send()
+                .await
+                .unwrap()
+                .queue_url
+                .unwrap()
+        }
+    };
+    let (queue, dlq) = (queue("pii-logins").await, queue("pii-logins-dlq").await);
+    let sm = aws_sdk_secretsmanager::Client::new(&sdk);
+    let password = "pw-Zq8vRk2wLm5Tx9Ny";
+    let (masking, erasure) = (
+        "5e1a0c7f3b9d2e4a6c8f1b3d5e7a9c0b2d4f6a8c1e3b5d7f9a0c2e4b6d8f1a3c",
+        "c3a1f8d6b4e2c0a9f7d5b3e1c8a6f4d2b0e9c7a5f3d1b8e6c4a2f0d9b7e5c3a1",
+    );
+    let (host_port, dbname) = {
+        let rest = db.url.split_once('@').unwrap().1;
+        let (host_port, name) = rest.split_once('/').unwrap();
+        (host_port.to_owned(), name.to_owned())
+    };
+    let (host, port_text) = host_port.split_once(':').unwrap();
+    let secret = |name: &'static str, value: String| {
+        let sm = sm.clone();
+        async move {
+            sm.create_secret()
+                .name(name)
+                .secret_string(value)
+                .send()
+                .await
+                .unwrap()
+                .arn
+                .unwrap()
+        }
+    };
+    let db_secret = secret(
+        "login-etl/db",
+        serde_json::json!({
+            "engine": "postgres", "username": ingest_role, "password": password,
+            "host": host, "port": port_text.parse::<u16>().unwrap(), "dbname": dbname,
+        })
+        .to_string(),
+    )
+    .await;
+    let masking_secret = secret("login-etl/masking-key", masking.to_owned()).await;
+    let erasure_secret = secret("login-etl/erasure-key", erasure.to_owned()).await;
+    let kms_key = aws_sdk_kms::Client::new(&sdk)
+        .create_key()
+        .send()
+        .await
+        .unwrap()
+        .key_metadata
+        .unwrap()
+        .arn
+        .unwrap();
+    Aws {
+        _moto: moto,
+        endpoint,
+        queue,
+        dlq,
+        db_secret,
+        masking_secret,
+        erasure_secret,
+        kms_key,
+        secrets: vec![password.to_owned(), masking.to_owned(), erasure.to_owned()],
+    }
+}
+
+impl Aws {
+    /// The environment of the binary: everything from Secrets Manager and
+    /// KMS through the SDK, every verbose switch on (a debug build keeps
+    /// TRACE), and the SDK's own switches to print bodies.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("DB_SECRET_ID", self.db_secret.clone()),
+            ("DB_SSLMODE", "disable".into()),
+            ("MASKING_KEY_SECRET_ID", self.masking_secret.clone()),
+            ("ERASURE_KEY_SECRET_ID", self.erasure_secret.clone()),
+            ("VAULT_KMS_KEY_ID", self.kms_key.clone()),
+            ("DLQ_URL", self.dlq.clone()),
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+            ("LOG_SENSITIVE_BODIES", "true".into()),
+            ("LOG_SIGNABLE_BODY", "true".into()),
+            ("PATH", std::env::var("PATH").unwrap_or_default()),
+        ]
+    }
+
+    /// Asserts that `output` holds no value of `events`, no secret, and no
+    /// KMS plaintext data key.
+    fn assert_clean(&self, output: &str, events: &[SqsEvent]) {
+        assert!(
+            output.contains("TRACE"),
+            "TRACE was on: {}",
+            &output[..output.len().min(2000)]
+        );
+        let mut values: Vec<String> = events.iter().flat_map(pii_of).collect();
+        values.extend(self.secrets.iter().cloned());
+        assert!(
+            !holds_any(output, &values),
+            "a raw ip, device id, key or the database password in the output (value redacted)"
+        );
+        assert!(
+            !output.contains("Plaintext"),
+            "KMS's plaintext data key in the output"
+        );
+    }
+}
+
+/// `login-etl poll` in a debug build at TRACE, with the SDK told to print
+/// bodies (`LOG_SENSITIVE_BODIES`, `LOG_SIGNABLE_BODY`): the SDK reads every
+/// message, each secret and a data key, and its TRACE output would carry
+/// them all (read response bodies, debug prints of `ReceiveMessage` and
+/// `GetSecretValue` outputs). None of it is written.
+#[tokio::test]
+#[ignore = "needs moto_server on PATH or in MOTO_SERVER; run by `make test`"]
+async fn poll_at_trace_with_the_sdk_printing_bodies_writes_no_pii_key_or_password() {
+    let db = TestDb::create().await;
+    db.ingest_url().await;
+    let aws = aws_for(&db, &db.role_name(login_etl::grants::Role::Ingest)).await;
+    let event = synth::event(&Options {
+        count: 40,
+        invalid_every: 4,
+        seed: 4_401,
+        ..Options::default()
+    });
+    let sqs = aws_sdk_sqs::Client::new(&moto_sdk(&aws.endpoint).await);
+    for m in &event.records {
+        sqs.send_message()
+            .queue_url(&aws.queue)
+            .message_body(m.body.clone().unwrap())
+            .send()
+            .await
+            .unwrap();
+    }
+    let valid = event.records.len() - event.records.len() / 4;
+    let log = std::env::temp_dir().join(format!("login-etl-pii-poll-{}.log", std::process::id()));
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_login-etl"))
+        .env_clear()
+        .envs(aws.env())
+        .env("RUST_LOG", "trace")
+        .args(["poll", "--queue-url", &aws.queue, "--concurrency", "2"])
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .expect("the binary runs");
+    let admin = db.client().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while count_rows(&admin).await < valid as i64 {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "poll exited ({status}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "poll wrote its rows within 60 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    let output = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    assert!(status.success(), "poll stopped cleanly: {status}");
+    assert!(
+        output.contains("ReceiveMessage") || output.contains("receive"),
+        "the consumer received: {}",
+        &output[..output.len().min(2000)]
+    );
+    aws.assert_clean(&output, &[event]);
+}
+
+/// The function as Lambda runs it (the binary behind a Runtime API), at
+/// TRACE, its secrets, DLQ copies and data key through the SDK with bodies
+/// printed on request: nothing of it written.
+#[tokio::test]
+#[ignore = "needs moto_server on PATH or in MOTO_SERVER; run by `make test`"]
+async fn the_function_at_trace_with_the_sdk_printing_bodies_writes_no_pii_key_or_password() {
+    use common::runtime_api::{Outcome, RuntimeApi};
+    let db = TestDb::create().await;
+    db.ingest_url().await;
+    let aws = aws_for(&db, &db.role_name(login_etl::grants::Role::Ingest)).await;
+    let events: Vec<SqsEvent> = (0..2)
+        .map(|i| {
+            synth::event(&Options {
+                count: 50,
+                invalid_every: 5,
+                seed: 4_500 + i,
+                ..Options::default()
+            })
+        })
+        .collect();
+    let api = RuntimeApi::start().await;
+    for (i, e) in events.iter().enumerate() {
+        api.push(&format!("req-{i}"), e);
+    }
+    let log = std::env::temp_dir().join(format!("login-etl-pii-fn-{}.log", std::process::id()));
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_login-etl"))
+        .env_clear()
+        .envs(aws.env())
+        .env("AWS_LAMBDA_RUNTIME_API", format!("127.0.0.1:{}", api.port))
+        .env("AWS_LAMBDA_FUNCTION_NAME", "login-etl")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("AWS_LAMBDA_LOG_FORMAT", "JSON")
+        .env("AWS_LAMBDA_LOG_LEVEL", "TRACE")
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .expect("the function binary runs");
+    let outcomes = api
+        .wait_for(
+            events.len(),
+            std::time::Duration::from_secs(60),
+            || match child.try_wait() {
+                Ok(Some(status)) => Err(format!(
+                    "the function exited ({status}): {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )),
+                _ => Ok(()),
+            },
+        )
+        .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let output = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    // Every reject copied to the DLQ but those SQS cannot take (an empty
+    // body), left to its redrive.
+    let empty: std::collections::BTreeSet<String> = events
+        .iter()
+        .flat_map(|e| &e.records)
+        .filter(|m| m.body.as_deref().is_none_or(str::is_empty))
+        .map(|m| m.message_id.clone().unwrap())
+        .collect();
+    for (id, outcome) in &outcomes {
+        match outcome {
+            Outcome::Response(r) => {
+                for failed in r["batchItemFailures"].as_array().unwrap() {
+                    let failed = failed["itemIdentifier"].as_str().unwrap();
+                    assert!(empty.contains(failed), "{id}: {failed} failed: {r}");
+                }
+            }
+            Outcome::Error(e) => panic!("{id} failed: {e}"),
+        }
+    }
+    aws.assert_clean(&output, &events);
 }
