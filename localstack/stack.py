@@ -354,6 +354,10 @@ def deploy(
         "MaximumBatchingWindowInSeconds": "1",
         "VisibilityTimeoutSeconds": str(LOCAL_VISIBILITY_TIMEOUT),
         "MaxReceiveCount": str(max_receive),
+        # Required with the vault: the role whose sessions may reveal (LocalStack
+        # does not enforce IAM; AWS would, with MFA and a source identity).
+        "RevealTrustedPrincipalArn": "arn:aws:iam::000000000000:role/investigators",
+        "DlqOperatorTrustedPrincipalArn": "arn:aws:iam::000000000000:role/dlq-operators",
         **(overrides or {}),
     }
     say(f"==> sam deploy {stack} into LocalStack ({ENDPOINT}), database {dbname}"

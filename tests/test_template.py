@@ -292,6 +292,10 @@ def test_docker_compose_runs_localstack_and_postgres_with_the_hook():
 # what is deployed, not of what the template says.
 
 FULL_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:login-etl/db-AbC123"
+INVESTIGATORS = "arn:aws:iam::123456789012:role/investigators"
+# What a deploy must be given (no default): the database secret, and with the
+# vault (the default) the role whose sessions may reveal.
+REQUIRED = {"DbSecretArn": FULL_SECRET_ARN, "RevealTrustedPrincipalArn": INVESTIGATORS}
 
 
 class _NoManagedPolicies:
@@ -317,7 +321,7 @@ def transformed(**params):
     # What `sam package` uploads the code to; the rest is the template as written.
     doc["Resources"]["LoginEtlFunction"]["Properties"]["CodeUri"] = "s3://bucket/login-etl.zip"
     doc["Resources"]["MaintenanceFunction"]["Properties"]["CodeUri"] = "s3://bucket/login-etl.zip"
-    values = {**_defaults(doc), "DbSecretArn": FULL_SECRET_ARN, **params}
+    values = {**_defaults(doc), **REQUIRED, **params}
     out = transform(copy.deepcopy(doc), values, _NoManagedPolicies())
     return out, values
 
@@ -352,7 +356,21 @@ def _evaluate(node, values, conditions):
             items = _evaluate(items, values, conditions)
             if isinstance(items, str):
                 items = [items]
-            return sep.join(str(i) for i in items)
+            if all(isinstance(i, (str, int)) for i in items):
+                return sep.join(str(i) for i in items)
+            # A GetAtt among them: kept, for Fn::Split to take apart.
+            return {"Fn::Join": [sep, items]}
+        if key == "Fn::Split":
+            sep, source = arg
+            source = _evaluate(source, values, conditions)
+            if isinstance(source, str):
+                return source.split(sep)
+            if isinstance(source, dict) and list(source) == ["Fn::Join"] and source["Fn::Join"][0] == sep:
+                out = []
+                for item in source["Fn::Join"][1]:
+                    out.extend(item.split(sep) if isinstance(item, str) else [item])
+                return out
+            return {"Fn::Split": [sep, source]}
         if key == "Condition":
             return _condition(arg, values, conditions)
     out = {}
@@ -370,6 +388,11 @@ def _condition(name, values, conditions):
 def deployed(**params):
     """Resources CloudFormation would create for these parameters."""
     out, values = transformed(**params)
+    # A CommaDelimitedList parameter is a list where it is referenced.
+    values = {
+        k: v.split(",") if isinstance(v, str) and out["Parameters"].get(k, {}).get("Type") == "CommaDelimitedList" else v
+        for k, v in values.items()
+    }  # fmt: skip
     conditions = out.get("Conditions", {})
     resources = {}
     for name, res in out["Resources"].items():
@@ -504,10 +527,13 @@ def _rules_hold(tpl, values):
         ({"BackoffBaseSeconds": 0}, ["DerivedMaxReceiveCountNeedsAKnownCap"]),
         ({"BackoffBaseSeconds": 2, "BackoffMaxSeconds": 8, "MaxReceiveCount": 8}, []),
         ({"BackoffBaseSeconds": 0, "MaxReceiveCount": 5}, []),
+        # The vault needs a named role to reveal; without the vault, none.
+        ({"RevealTrustedPrincipalArn": ""}, ["VaultNeedsARevealRole"]),
+        ({"RevealTrustedPrincipalArn": "", "EnableVault": "false"}, []),
     ],
 )
 def test_bad_parameter_combinations_fail_validation(tpl, params, broken):
-    values = {**_defaults(tpl), "DbSecretArn": FULL_SECRET_ARN, **params}
+    values = {**_defaults(tpl), **REQUIRED, **params}
     assert _rules_hold(tpl, values) == broken
 
 
@@ -591,7 +617,13 @@ def test_the_function_may_encrypt_into_the_vault_but_only_the_reveal_role_decryp
     key = resources["VaultKey"]
     assert key["DeletionPolicy"] == "Retain" and key["UpdateReplacePolicy"] == "Retain"
     statements = {st["Sid"]: st for st in key["Properties"]["KeyPolicy"]["Statement"]}
-    assert set(statements) == {"AccountAdministersTheKey", "FunctionGeneratesDataKeys", "RevealRoleDecrypts"}
+    assert set(statements) == {
+        "AccountAdministersTheKey", "FunctionGeneratesDataKeys", "RevealRoleDecrypts", "FunctionSealsDeadLetterCopies"
+    }  # fmt: skip
+    seal = statements["FunctionSealsDeadLetterCopies"]
+    assert (seal["Action"], seal["Principal"], seal["Condition"]) == (
+        "kms:GenerateDataKey", {"AWS": {"Fn::GetAtt": ["LoginEtlRole", "Arn"]}},
+        {"StringEquals": {"kms:EncryptionContext:purpose": "login-etl-dlq"}})  # fmt: skip
     context = {"StringEquals": {"kms:EncryptionContext:purpose": "login-etl-pii-vault"}}
     gen, dec = statements["FunctionGeneratesDataKeys"], statements["RevealRoleDecrypts"]
     assert (gen["Action"], gen["Principal"], gen["Condition"]) == (
@@ -604,13 +636,13 @@ def test_the_function_may_encrypt_into_the_vault_but_only_the_reveal_role_decryp
     for use in ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:GenerateDataKeyWithoutPlaintext",
                 "kms:ReEncryptFrom", "kms:ReEncryptTo", "kms:CreateGrant"]:  # fmt: skip
         assert not _allows(admin["Action"], use), f"the account administers the key but cannot {use}"
-    # The reveal role: trusted as the parameter says, its DB secret only when given.
+    # The reveal role: trusted as the parameter says (one role of this
+    # account, a session with MFA and a source identity), its DB secret only
+    # when given.
     reveal = resources["PiiRevealRole"]["Properties"]
     (trust,) = reveal["AssumeRolePolicyDocument"]["Statement"]
-    assert trust["Principal"]["AWS"] == {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}
-    trusted = deployed(RevealTrustedPrincipalArn="arn:aws:iam::123456789012:role/investigators")
-    (trust,) = trusted["PiiRevealRole"]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
-    assert trust["Principal"]["AWS"] == "arn:aws:iam::123456789012:role/investigators"
+    assert trust["Principal"]["AWS"] == INVESTIGATORS
+    assert _trust_widenings(trust, source_identity=True) == []
     assert not any(st["Sid"] == "ReadRevealDbSecret" for st in _statements(resources["PiiRevealRole"]))
     with_secret = deployed(RevealDbSecretArn="arn:aws:secretsmanager:us-east-1:123456789012:secret:reveal-Xy12Ab")
     assert any(st["Sid"] == "ReadRevealDbSecret" for st in _statements(with_secret["PiiRevealRole"]))
@@ -746,3 +778,234 @@ def test_maintenance_runs_the_same_binary_on_a_schedule_with_its_own_role_and_se
     alarm = resources["DefaultPartitionRowsAlarm"]["Properties"]
     assert alarm["MetricName"] == "DefaultPartitionRows" and alarm["TreatMissingData"] == "breaching"
     assert resources["MaintenanceErrorsAlarm"]["Properties"]["Dimensions"][0]["Value"] == {"Ref": "MaintenanceFunction"}
+
+
+# -- The account as the insider: queues, secrets, trust ---------------------
+
+OPERATOR = "arn:aws:iam::123456789012:role/dlq-operators"
+PRODUCERS = "arn:aws:iam::123456789012:role/app-a,arn:aws:iam::123456789012:role/app-b"
+KEY_OPERATORS = "arn:aws:iam::123456789012:role/key-operators"
+FUNCTION_ROLE = {"Fn::GetAtt": ["LoginEtlRole", "Arn"]}
+
+
+def _trust_widenings(st, source_identity=False):
+    """What lets more than one named role of this account, with MFA (and a
+    source identity, where asked), assume a role."""
+    found = []
+    principal = st.get("Principal", {})
+    aws = principal.get("AWS") if isinstance(principal, dict) else principal
+    if principal == "*" or any(not isinstance(p, str) or "*" in p or p.endswith(":root") for p in _as_list(aws)):
+        found.append(f"principal {aws!r}: not one named role")
+    cond = st.get("Condition", {})
+    if cond.get("Bool", {}).get("aws:MultiFactorAuthPresent") != "true":
+        found.append("no MFA condition")
+    if cond.get("StringEquals", {}).get("aws:PrincipalAccount") != "AWS::AccountId" and cond.get(
+        "StringEquals", {}
+    ).get("aws:PrincipalAccount") != {"Ref": "AWS::AccountId"}:
+        found.append("not limited to this account")
+    if source_identity and cond.get("StringLike", {}).get("sts:SourceIdentity") != "?*":
+        found.append("no source identity required")
+    return found
+
+
+def _deny_unless(policy, action, key="aws:PrincipalArn"):
+    """The principals a policy's Deny statements leave `action` to (their
+    StringNotEquals on `key`), or None when no Deny covers it."""
+    allowed = None
+    for st in _as_list(policy["Statement"]):
+        if st.get("Effect") != "Deny" or st.get("Principal") != "*" or not _allows(st["Action"], action):
+            continue
+        cond = st.get("Condition", {})
+        if "StringNotEquals" in cond and key in cond["StringNotEquals"]:
+            names = _as_list(cond["StringNotEquals"][key])
+            allowed = names if allowed is None else [n for n in allowed if n in names]
+    return allowed
+
+
+def _queue_policy_widenings(policy, consumers, senders):
+    """What lets anyone but `consumers` receive, delete, change visibility of
+    or purge the queue's messages, anyone but `senders` (or, for the string
+    "account", any principal of another account) send to it, or anyone
+    read it over plain HTTP."""
+    found = []
+    statements = _as_list(policy["Statement"])
+    if not any(
+        st.get("Effect") == "Deny" and st.get("Principal") == "*" and _allows(st["Action"], "sqs:ReceiveMessage")
+        and st.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") == "false"
+        for st in statements
+    ):  # fmt: skip
+        found.append("no TLS-only Deny")
+    for action in ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:PurgeQueue"]:
+        left = _deny_unless(policy, action)
+        if left is None or sorted(map(json.dumps, left)) != sorted(map(json.dumps, consumers)):
+            found.append(f"{action} left to {left}, not {consumers}")
+    if senders == "account":
+        left = _deny_unless(policy, "sqs:SendMessage", "aws:PrincipalAccount")
+        if left != [{"Ref": "AWS::AccountId"}]:
+            found.append(f"sqs:SendMessage from other accounts ({left})")
+    else:
+        left = _deny_unless(policy, "sqs:SendMessage")
+        if left is None or sorted(map(json.dumps, left)) != sorted(map(json.dumps, senders)):
+            found.append(f"sqs:SendMessage left to {left}, not {senders}")
+    for st in statements:
+        if st.get("Effect") == "Allow" and (st.get("Principal") == "*" or "*" in json.dumps(st.get("Principal"))):
+            found.append(f"{st.get('Sid')}: Allow to any principal")
+    return found
+
+
+def _queue_policy(resources, queue):
+    (policy,) = [
+        r["Properties"]["PolicyDocument"]
+        for r in resources.values()
+        if r["Type"] == "AWS::SQS::QueuePolicy" and r["Properties"]["Queues"] == [{"Ref": queue}]
+    ]
+    return policy
+
+
+@pytest.mark.parametrize("operator", [False, True])
+@pytest.mark.parametrize("producers", [False, True])
+def test_both_queues_are_closed_to_all_but_named_roles(operator, producers):
+    params = {}
+    if operator:
+        params["DlqOperatorTrustedPrincipalArn"] = OPERATOR
+    if producers:
+        params["ProducerPrincipalArns"] = PRODUCERS
+    resources = deployed(**params)
+    op_role = {"Fn::GetAtt": ["DlqOperatorRole", "Arn"]}
+    senders = "account"
+    if producers:
+        senders = PRODUCERS.split(",") + ([op_role] if operator else [])
+    login = _queue_policy(resources, "LoginQueue")
+    assert _queue_policy_widenings(login, [FUNCTION_ROLE], senders) == []
+    dlq = _queue_policy(resources, "LoginDeadLetterQueue")
+    # Without an operator, the function's role (which may not receive from
+    # it: its own policy names the login queue only) holds the place: nobody.
+    assert _queue_policy_widenings(dlq, [op_role if operator else FUNCTION_ROLE], [FUNCTION_ROLE]) == []
+    for action in ["sqs:StartMessageMoveTask", "sqs:CancelMessageMoveTask"]:
+        assert _deny_unless(dlq, action) == [op_role if operator else FUNCTION_ROLE]
+    assert ("DlqOperatorRole" in resources) == operator
+    if operator:
+        role = resources["DlqOperatorRole"]
+        (trust,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+        assert trust["Principal"]["AWS"] == OPERATOR and _trust_widenings(trust) == []
+        by_sid = {st["Sid"]: st for st in _statements(role)}
+        assert by_sid["ReadTheDeadLetterQueue"]["Resource"] == {"Fn::GetAtt": ["LoginDeadLetterQueue", "Arn"]}
+        assert by_sid["RedriveToTheLoginQueue"]["Resource"] == {"Fn::GetAtt": ["LoginQueue", "Arn"]}
+        unseal = by_sid["UnsealDeadLetterCopies"]
+        assert unseal["Action"] == "kms:Decrypt"
+        assert unseal["Condition"] == {"StringEquals": {"kms:EncryptionContext:purpose": "login-etl-dlq"}}
+        key = {st["Sid"]: st for st in resources["VaultKey"]["Properties"]["KeyPolicy"]["Statement"]}
+        assert key["DlqOperatorUnseals"]["Principal"] == {"AWS": op_role}
+        assert key["DlqOperatorUnseals"]["Condition"] == unseal["Condition"]
+
+
+@pytest.mark.parametrize(
+    "widen, what",
+    [
+        (lambda p: p["Statement"].pop(0), "TLS"),
+        (lambda p: p["Statement"][1]["Condition"]["StringNotEquals"].update({"aws:PrincipalArn": [FUNCTION_ROLE, "arn:aws:iam::123456789012:role/x"]}), "ReceiveMessage"),
+        (lambda p: p["Statement"][1].update({"Action": ["sqs:ReceiveMessage"]}), "DeleteMessage"),
+        (lambda p: p["Statement"].pop(2), "SendMessage"),
+        (lambda p: p["Statement"].append({"Sid": "Open", "Effect": "Allow", "Principal": "*", "Action": "sqs:*"}), "Allow to any"),
+    ],
+)  # fmt: skip
+def test_the_queue_policy_check_flags_each_widening(widen, what):
+    login = copy.deepcopy(_queue_policy(deployed(), "LoginQueue"))
+    assert _queue_policy_widenings(login, [FUNCTION_ROLE], "account") == []
+    widen(login)
+    found = _queue_policy_widenings(login, [FUNCTION_ROLE], "account")
+    assert any(what in f for f in found), found
+
+
+def _secret_readers(resources, secret):
+    (policy,) = [
+        r["Properties"]
+        for r in resources.values()
+        if r["Type"] == "AWS::SecretsManager::ResourcePolicy" and r["Properties"]["SecretId"] == secret
+    ]
+    assert policy["BlockPublicPolicy"] is True
+    doc = policy["ResourcePolicy"]
+    assert not any(st["Effect"] == "Allow" for st in _as_list(doc["Statement"])), "no Allow in a secret's policy"
+    return _deny_unless(doc, "secretsmanager:GetSecretValue")
+
+
+@pytest.mark.parametrize("operators", [False, True])
+def test_the_keys_and_the_database_secret_are_read_by_named_roles_only(operators):
+    params = {"KeyOperatorPrincipalArns": KEY_OPERATORS} if operators else {}
+    resources = deployed(**params)
+    readers = [FUNCTION_ROLE] + ([KEY_OPERATORS] if operators else [])
+    for secret in [{"Ref": "MaskingKeySecret"}, {"Ref": "ErasureKeySecret"}]:
+        assert _secret_readers(resources, secret) == readers, secret
+        (policy,) = [
+            r for r in resources.values()
+            if r["Type"] == "AWS::SecretsManager::ResourcePolicy" and r["Properties"]["SecretId"] == secret
+        ]  # fmt: skip
+        # Adding a version (a rotation) is the readers' too, and nobody's else.
+        assert _deny_unless(policy["Properties"]["ResourcePolicy"], "secretsmanager:PutSecretValue") == readers
+    assert _secret_readers(resources, FULL_SECRET_ARN) == [FUNCTION_ROLE]
+    with_rotation = deployed(DbSecretReaderPrincipalArns="arn:aws:iam::123456789012:role/rotator")
+    assert _secret_readers(with_rotation, FULL_SECRET_ARN) == [FUNCTION_ROLE, "arn:aws:iam::123456789012:role/rotator"]
+    unprotected = deployed(ProtectDbSecret="false")
+    assert not any(
+        r["Type"] == "AWS::SecretsManager::ResourcePolicy" and r["Properties"]["SecretId"] == FULL_SECRET_ARN
+        for r in unprotected.values()
+    )
+    # A widened policy fails the check: a second principal in the Deny's exception.
+    widened = copy.deepcopy(resources)
+    for r in widened.values():
+        if r["Type"] == "AWS::SecretsManager::ResourcePolicy":
+            st = r["Properties"]["ResourcePolicy"]["Statement"][0]
+            st["Condition"]["StringNotEquals"]["aws:PrincipalArn"] = readers + ["arn:aws:iam::123456789012:role/x"]
+    assert _secret_readers(widened, FULL_SECRET_ARN) != [FUNCTION_ROLE]
+
+
+@pytest.mark.parametrize(
+    "arn, ok",
+    [
+        (INVESTIGATORS, True),
+        ("arn:aws:iam::123456789012:role/path/investigators", True),
+        ("", True),
+        ("*", False),
+        ("arn:aws:iam::123456789012:root", False),
+        ("arn:aws:iam::*:role/x", False),
+        ("arn:aws:iam::123456789012:user/alice", False),
+    ],
+)
+def test_the_reveal_and_dlq_trust_parameters_take_one_role(tpl, arn, ok):
+    for name in ["RevealTrustedPrincipalArn", "DlqOperatorTrustedPrincipalArn"]:
+        pattern = tpl["Parameters"][name]["AllowedPattern"]
+        assert bool(re.fullmatch(pattern, arn)) == ok, (name, arn)
+
+
+@pytest.mark.parametrize(
+    "widen",
+    [
+        lambda t: t.update({"Principal": {"AWS": "arn:aws:iam::123456789012:root"}}),
+        lambda t: t.update({"Principal": "*"}),
+        lambda t: t["Condition"].pop("Bool"),
+        lambda t: t["Condition"].pop("StringEquals"),
+        lambda t: t["Condition"].pop("StringLike"),
+    ],
+)
+def test_the_trust_check_flags_each_widening(widen):
+    (trust,) = deployed()["PiiRevealRole"]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    trust = copy.deepcopy(trust)
+    assert _trust_widenings(trust, source_identity=True) == []
+    widen(trust)
+    assert _trust_widenings(trust, source_identity=True) != []
+
+
+def test_a_change_to_the_vault_key_alarms_and_the_logs_mask_ip_addresses():
+    resources = deployed(AlarmTopicArn="arn:aws:sns:us-east-1:123456789012:alarms")
+    rule = resources["VaultKeyChangedRule"]["Properties"]
+    detail = rule["EventPattern"]["detail"]
+    assert {"PutKeyPolicy", "ScheduleKeyDeletion", "DisableKey", "CreateGrant"} <= set(detail["eventName"])
+    assert {"Fn::GetAtt": ["VaultKey", "Arn"]} in detail["requestParameters"]["keyId"]
+    assert rule["Targets"] == [{"Id": "alarm-topic", "Arn": "arn:aws:sns:us-east-1:123456789012:alarms"}]
+    assert "VaultKeyChangedRule" not in deployed(), "no topic, no rule"
+    with_maintenance = deployed(MaintainDbSecretArn=MAINTAIN_SECRET_ARN)
+    for group in ["LoginEtlLogGroup", "MaintenanceLogGroup"]:
+        policy = with_maintenance[group]["Properties"]["DataProtectionPolicy"]
+        identifiers = {i for st in policy["Statement"] for i in st["DataIdentifier"]}
+        assert identifiers == {"arn:aws:dataprotection::aws:data-identifier/IpAddress"}
+        assert any("Deidentify" in st["Operation"] for st in policy["Statement"]), group

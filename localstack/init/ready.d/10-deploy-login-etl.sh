@@ -18,7 +18,8 @@ awslocal cloudformation package --template-file "$build/template.yaml" \
 awslocal cloudformation deploy --template-file /tmp/login-etl-packaged.yaml --stack-name "$stack" \
   --capabilities CAPABILITY_IAM --parameter-overrides \
   "DbSecretArn=$secret_arn" DbSslMode=disable RunMigrations=true \
-  MaximumBatchingWindowInSeconds=1 VisibilityTimeoutSeconds=5
+  MaximumBatchingWindowInSeconds=1 VisibilityTimeoutSeconds=5 \
+  RevealTrustedPrincipalArn=arn:aws:iam::000000000000:role/investigators
 awslocal cloudformation describe-stacks --stack-name "$stack" --query 'Stacks[0].Outputs' --output table
 echo "login-etl: deployed; send a message with:"
 echo "  awslocal sqs send-message --queue-url \$(awslocal cloudformation describe-stacks --stack-name $stack --query \"Stacks[0].Outputs[?OutputKey=='QueueUrl'].OutputValue\" --output text) --message-body '{...}'"
