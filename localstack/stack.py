@@ -303,6 +303,7 @@ class Stack:
     fifo: bool
     log_level: str
     maintenance_function_name: str = ""
+    vault_key_arn: str = ""
 
 
 def deploy(
@@ -386,6 +387,7 @@ def deploy(
         dlq_url=outputs["DeadLetterQueueUrl"],
         function_name=outputs["FunctionName"],
         masking_key_secret_arn=outputs["MaskingKeySecretArn"],
+        vault_key_arn=outputs.get("VaultKeyArn", ""),
         max_receive_count=max_receive,
         fifo=fifo,
         log_level=log_level,
@@ -684,6 +686,8 @@ def operator(stack: Stack, *args: str) -> subprocess.CompletedProcess:
         env["ERASURE_KEY_SECRET_ID"] = erasure_key_secret_arn(stack)
     if args[0] == "rotate-key":
         env["MASKING_KEY_SECRET_ID"] = stack.masking_key_secret_arn
+    if args[0] == "reveal":  # every Decrypt names the vault's key
+        env["VAULT_KMS_KEY_ID"] = stack.vault_key_arn
     return subprocess.run([str(bootstrap), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 
 

@@ -256,11 +256,19 @@ async fn the_audit_trail_is_append_only_even_for_its_owner() {
     let audit = connect(&db.role_url(Role::Audit).await).await;
     erase
         .batch_execute(&format!(
-            "INSERT INTO user_logins_pii_audit (action, caller_arn, user_key) VALUES ('forget', '{CALLER}', 'k')"
+            "SELECT login_etl_audit('forget', '{CALLER}', 'k', 0, 0, NULL)"
         ))
         .await
-        .expect("the erase role may append");
+        .expect("the erase role may append its own records, through the owner's function");
     for (client, sql) in [
+        (
+            &erase,
+            "INSERT INTO user_logins_pii_audit (action, caller_arn, user_key) VALUES ('forget', 'x', 'k')",
+        ),
+        (
+            &erase,
+            "SELECT login_etl_audit('reveal', 'x', NULL, NULL, NULL, NULL)",
+        ),
         (&erase, "UPDATE user_logins_pii_audit SET caller_arn = 'x'"),
         (&erase, "DELETE FROM user_logins_pii_audit"),
         (&erase, "SELECT * FROM user_logins_pii_audit"),
@@ -706,18 +714,38 @@ async fn the_vault_purge_reads_what_it_purges_and_nothing_when_nothing_is_due() 
         read <= 10 * 200,
         "purging 200 entries took {read} page accesses (the vault has {heap} pages)"
     );
-    // The next run visits the entries just deleted once (their index
-    // entries are marked dead then, or vacuumed), and no other.
-    let (read, purged) = vault_pages_read_by_maintain(&admin, &maintainer).await;
-    assert_eq!(purged, 0);
+    // The runs after, with nothing due, visit at most the entries just
+    // deleted (until their index entries are marked dead or vacuumed: a
+    // transaction elsewhere may hold that back), and no other.
+    for _ in 0..2 {
+        let (read, purged) = vault_pages_read_by_maintain(&admin, &maintainer).await;
+        assert_eq!(purged, 0);
+        assert!(
+            read <= 2 * 200,
+            "a run with nothing to purge took {read} page accesses (the vault has {heap} pages)"
+        );
+    }
+    // Vacuumed (as autovacuum does between two hourly runs), none at all.
+    admin
+        .batch_execute("VACUUM user_logins_pii_vault")
+        .await
+        .unwrap();
+    let (read, _) = vault_pages_read_by_maintain(&admin, &maintainer).await;
     assert!(
-        read <= 2 * 200,
-        "the run after took {read} page accesses (the vault has {heap} pages)"
+        read <= 5 || held_back(&admin).await,
+        "a run with nothing to purge after a vacuum took {read} page accesses (the vault has {heap} pages)"
     );
-    let (read, purged) = vault_pages_read_by_maintain(&admin, &maintainer).await;
-    assert_eq!(purged, 0);
-    assert!(
-        read <= 5,
-        "a run with nothing to purge took {read} page accesses (the vault has {heap} pages)"
-    );
+}
+
+/// Another transaction holds the horizon back, so the vacuum could not
+/// remove the deleted entries yet (the tests beside this one).
+async fn held_back(admin: &tokio_postgres::Client) -> bool {
+    admin
+        .query_one(
+            "SELECT n_dead_tup > 0 FROM pg_stat_user_tables WHERE relid = 'user_logins_pii_vault'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
 }

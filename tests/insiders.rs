@@ -66,12 +66,9 @@ fn allowed(role: Role) -> Allowed {
             ),
             ("user_logins_erased", "SELECT", &["user_key", "seq"]),
         ],
-        Role::Reveal => &[
-            (
-                "user_logins",
-                "SELECT",
-                &["user_id", "masked_ip", "masked_device_id", "key_version"],
-            ),
+        // Nothing but login_etl_reveal, which reads and audits at once.
+        Role::Reveal => &[],
+        Role::Upgrade => &[
             (
                 "user_logins_pii_vault",
                 "SELECT",
@@ -82,7 +79,6 @@ fn allowed(role: Role) -> Allowed {
                     "nonce",
                     "ciphertext",
                     "aad_version",
-                    "key_version",
                 ],
             ),
             (
@@ -94,19 +90,6 @@ fn allowed(role: Role) -> Allowed {
                 "user_logins_vault_keys",
                 "SELECT",
                 &["key_id", "wrapped_key"],
-            ),
-            (
-                "user_logins_pii_audit",
-                "INSERT",
-                &[
-                    "action",
-                    "caller_arn",
-                    "kind",
-                    "token",
-                    "data_key_id",
-                    "detail",
-                    "key_version",
-                ],
             ),
         ],
         Role::Erase => &[
@@ -135,17 +118,6 @@ fn allowed(role: Role) -> Allowed {
             ("user_logins_pii_vault_held", "DELETE", &[]),
             ("user_logins_erased", "INSERT", &["user_key", "key_version"]),
             ("user_logins_erased", "SELECT", &["user_key"]),
-            (
-                "user_logins_pii_audit",
-                "INSERT",
-                &[
-                    "action",
-                    "caller_arn",
-                    "user_key",
-                    "rows_deleted",
-                    "vault_entries_deleted",
-                ],
-            ),
         ],
         Role::Maintain | Role::Migrate => &[],
         Role::Audit => &[(
@@ -213,6 +185,7 @@ fn may_run(role: Role) -> &'static [&'static str] {
             "login_etl_write",
         ],
         Role::Erase => &[
+            "login_etl_audit",
             "login_etl_check_keys",
             "login_etl_hold_vault",
             "login_etl_put_back_vault",
@@ -240,18 +213,21 @@ fn may_run(role: Role) -> &'static [&'static str] {
             "login_etl_rekey_vault_chunk",
             "login_etl_switch_key",
         ],
-        Role::Reveal | Role::Audit | Role::Migrate => &[],
+        Role::Reveal => &["login_etl_reveal"],
+        Role::Upgrade => &["login_etl_audit"],
+        Role::Audit | Role::Migrate => &[],
     }
 }
 
 /// The roles an attacker may hold (the migrate role owns everything).
-const ROLES: [Role; 6] = [
+const ROLES: [Role; 7] = [
     Role::Ingest,
     Role::Reveal,
     Role::Erase,
     Role::Maintain,
     Role::Audit,
     Role::Rotate,
+    Role::Upgrade,
 ];
 
 /// A deployment as production has one.
@@ -861,6 +837,27 @@ async fn role_tries(d: &Deployment, role: Role, c: &Client) {
             )
             .await;
             refused(c, role, "DELETE FROM user_logins_pii_audit", DENIED).await;
+            refused(
+                c,
+                role,
+                "INSERT INTO user_logins_pii_audit (action, caller_arn) VALUES ('forget', 'x')",
+                DENIED,
+            )
+            .await;
+            refused(
+                c,
+                role,
+                "SELECT login_etl_audit('reveal', 'x', NULL, NULL, NULL, NULL)",
+                DENIED,
+            )
+            .await;
+            refused(
+                c,
+                role,
+                "SELECT login_etl_audit('vault_upgrade', 'x', NULL, NULL, NULL, NULL)",
+                DENIED,
+            )
+            .await;
             // The erasure list is append-only, for its owner too.
             refused(c, role, "DELETE FROM user_logins_erased", DENIED).await;
             refused(
@@ -879,14 +876,52 @@ async fn role_tries(d: &Deployment, role: Role, c: &Client) {
             .await;
         }
         Role::Reveal => {
+            // The review's replay: the vault and its keys read directly,
+            // decrypted with `aws kms decrypt`, no audit record.
             refused(
                 c,
                 role,
-                "UPDATE user_logins_pii_vault SET last_seen = '1900-01-01'",
+                "SELECT ciphertext FROM user_logins_pii_vault",
                 DENIED,
             )
             .await;
-            refused(c, role, "DELETE FROM user_logins_pii_vault", DENIED).await;
+            refused(
+                c,
+                role,
+                "SELECT wrapped_key FROM user_logins_vault_keys",
+                DENIED,
+            )
+            .await;
+            // A record of its choosing: none.
+            refused(
+                c,
+                role,
+                "INSERT INTO user_logins_pii_audit (action, caller_arn) VALUES ('forget', 'x')",
+                DENIED,
+            )
+            .await;
+            refused(
+                c,
+                role,
+                "SELECT login_etl_audit('forget', 'x', NULL, NULL, NULL, NULL)",
+                DENIED,
+            )
+            .await;
+            // Its own read names a caller, and writes the record itself.
+            refused(
+                c,
+                role,
+                "SELECT * FROM login_etl_reveal(ARRAY['ip'], ARRAY['t'], NULL, '')",
+                &["22023"],
+            )
+            .await;
+            refused(
+                c,
+                role,
+                "UPDATE user_logins_pii_vault SET ciphertext = '\\x00'",
+                DENIED,
+            )
+            .await;
             refused(
                 c,
                 role,
@@ -896,6 +931,40 @@ async fn role_tries(d: &Deployment, role: Role, c: &Client) {
             .await;
             refused(c, role, "DELETE FROM user_logins_pii_audit", DENIED).await;
             refused(c, role, "SELECT user_key FROM user_logins_erased", DENIED).await;
+        }
+        Role::Upgrade => {
+            refused(
+                c,
+                role,
+                "UPDATE user_logins_pii_vault SET last_seen = '1900-01-01'",
+                DENIED,
+            )
+            .await;
+            refused(
+                c,
+                role,
+                "UPDATE user_logins_pii_vault SET token = 'x'",
+                DENIED,
+            )
+            .await;
+            refused(c, role, "DELETE FROM user_logins_pii_vault", DENIED).await;
+            refused(c, role, "INSERT INTO user_logins_pii_audit (action, caller_arn) VALUES ('vault_upgrade', 'x')", DENIED).await;
+            // Its audit function writes records of its own kind only.
+            refused(
+                c,
+                role,
+                "SELECT login_etl_audit('reveal', 'x', NULL, NULL, NULL, NULL)",
+                DENIED,
+            )
+            .await;
+            refused(
+                c,
+                role,
+                "SELECT login_etl_audit('forget', 'x', NULL, NULL, NULL, NULL)",
+                DENIED,
+            )
+            .await;
+            refused(c, role, "SELECT user_id FROM user_logins", DENIED).await;
         }
         Role::Audit => {
             refused(

@@ -38,7 +38,7 @@ def db_url(name: str) -> str:
     return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
 
 
-@pytest.mark.parametrize("role", ["ingest", "reveal", "erase", "migrate", "maintain", "audit", "rotate"])
+@pytest.mark.parametrize("role", ["ingest", "reveal", "erase", "migrate", "maintain", "audit", "rotate", "upgrade"])
 def test_each_documented_role_is_printed_by_the_command_and_names_what_it_may_run(role):
     doc = (ROOT / "docs" / "configuration.md").read_text()
     assert re.search(rf"^\| {role} ", doc, re.M), f"docs/configuration.md's table has a row for {role}"

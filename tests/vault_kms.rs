@@ -179,6 +179,7 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
         let ip = reveal(
             &mut client,
             &kms,
+            &key_arn,
             &Target::IpToken(row.get(1)),
             &caller,
             &mut |l| audit.push(l.to_owned()),
@@ -188,6 +189,7 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
         let device = reveal(
             &mut client,
             &kms,
+            &key_arn,
             &Target::DeviceToken(row.get(2)),
             &caller,
             &mut |l| audit.push(l.to_owned()),
@@ -207,6 +209,7 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
     let by_user = reveal(
         &mut client,
         &kms,
+        &key_arn,
         &Target::UserId(user_a.clone()),
         &caller,
         &mut |l| audit.push(l.to_owned()),
@@ -300,6 +303,7 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
     let revealed_b = reveal(
         &mut client,
         &kms,
+        &key_arn,
         &Target::UserId(user_b.clone()),
         &caller,
         &mut |_| {},
@@ -320,6 +324,7 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
     let gone = reveal(
         &mut client,
         &kms,
+        &key_arn,
         &Target::UserId(user_a),
         &caller,
         &mut |_| {},
@@ -334,6 +339,7 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
     let nothing = reveal(
         &mut client,
         &kms,
+        &key_arn,
         &Target::IpToken(unknown.clone()),
         &caller,
         &mut |_| {},
@@ -350,7 +356,13 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
         .map(|r| (r.get(0), r.get(1)))
         .unwrap();
     assert_eq!(token, None, "the unmatched token is not kept");
-    assert_eq!(detail.as_deref(), Some(r#"{"token_matched": false}"#));
+    let detail: serde_json::Value = serde_json::from_str(detail.as_deref().unwrap()).unwrap();
+    assert_eq!(detail["token_matched"], false);
+    assert_eq!(
+        detail["db_role"],
+        format!("{}_reveal", db.name),
+        "the database role the database vouches for"
+    );
 
     // The durable audit: one record per token revealed, naming the caller as
     // STS (moto) knows it; the $USER the test spoofed appears nowhere.
@@ -391,10 +403,9 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
 
     // A reveal that cannot write its audit record reveals nothing.
     admin_client
-        .batch_execute(&format!(
-            "REVOKE INSERT ON user_logins_pii_audit FROM \"{}_reveal\"",
-            db.name
-        ))
+        .batch_execute(
+            "ALTER TABLE user_logins_pii_audit ADD CONSTRAINT no_reveal CHECK (action <> 'reveal') NOT VALID",
+        )
         .await
         .unwrap();
     let token: String = admin_client
@@ -406,6 +417,7 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
     let refused = reveal(
         &mut client,
         &kms,
+        &key_arn,
         &Target::IpToken(token),
         &caller,
         &mut |l| lines.push(l.to_owned()),
@@ -518,7 +530,7 @@ async fn an_old_vault_is_resealed_then_rotated_and_still_reveals() {
         .await
         .unwrap()
         .get(0);
-    let key = login_etl::privacy::vault::DataKey::unwrap(&kms, wrapped)
+    let key = login_etl::privacy::vault::DataKey::unwrap(&kms, wrapped, &key_arn)
         .await
         .unwrap();
     let entries = admin
@@ -567,14 +579,16 @@ async fn an_old_vault_is_resealed_then_rotated_and_still_reveals() {
     );
 
     let mut revealer = connect(&db.role_url(Role::Reveal).await).await;
+    let mut upgrader = connect(&db.role_url(Role::Upgrade).await).await;
     let caller = login_etl::privacy::audit::caller_arn(&aws_sdk_sts::Client::new(
         &login_etl::secrets::sdk_config().await,
     ))
     .await
     .unwrap();
-    let resealed = login_etl::privacy::vault_upgrade::upgrade_vault(&mut revealer, &kms, &caller)
-        .await
-        .expect("vault-upgrade as the reveal role");
+    let resealed =
+        login_etl::privacy::vault_upgrade::upgrade_vault(&mut upgrader, &kms, &key_arn, &caller)
+            .await
+            .expect("vault-upgrade as the upgrade role");
     assert_eq!(resealed as usize, entries.len());
 
     let report = login_etl::privacy::rekey::rotate(
@@ -594,6 +608,7 @@ async fn an_old_vault_is_resealed_then_rotated_and_still_reveals() {
         let got = reveal(
             &mut revealer,
             &kms,
+            &key_arn,
             &Target::UserId(user.clone()),
             &caller,
             &mut |_| {},

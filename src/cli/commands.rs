@@ -217,15 +217,32 @@ async fn rekey_status(client: &tokio_postgres::Client) -> Result<serde_json::Val
     }))
 }
 
+/// The vault's KMS key (`VAULT_KMS_KEY_ID`), which `reveal` and
+/// `vault-upgrade` name in each `Decrypt`: a wrapped key under any other is
+/// refused by KMS.
+fn vault_key() -> Result<String, Failure> {
+    std::env::var("VAULT_KMS_KEY_ID")
+        .ok()
+        .filter(|k| !k.trim().is_empty())
+        .ok_or_else(|| {
+            Failure(
+                "VAULT_KMS_KEY_ID is not set: give the vault's KMS key (the stack's VaultKeyArn output); every Decrypt names it, so a data key wrapped under another key is never used".into(),
+                2,
+            )
+        })
+}
+
 /// Re-seals the vault entries of the old form (see
-/// [`vault_upgrade::upgrade_vault`]) and prints how many. Needs the reveal role's
-/// database settings and AWS credentials of `PiiRevealRole` (kms:Decrypt).
+/// [`vault_upgrade::upgrade_vault`]) and prints how many. Needs the upgrade
+/// role's database settings, `VAULT_KMS_KEY_ID` and AWS credentials of
+/// `PiiRevealRole` (kms:Decrypt).
 async fn vault_upgrade() -> Result<(), Failure> {
+    let vault_key = vault_key()?;
     let aws = crate::secrets::sdk_config().await;
     let caller = audit::caller_arn(&aws_sdk_sts::Client::new(&aws)).await?;
     let mut client = startup::operator_connection(&DbConfig::from_env()?).await?;
     let kms = aws_sdk_kms::Client::new(&aws);
-    let n = vault_upgrade::upgrade_vault(&mut client, &kms, &caller).await?;
+    let n = vault_upgrade::upgrade_vault(&mut client, &kms, &vault_key, &caller).await?;
     println!("re-sealed {n} vault entries: the vault is ready for rotate-key");
     Ok(())
 }
@@ -240,16 +257,23 @@ fn grants(args: &GrantsArgs) -> Result<(), Failure> {
 
 /// Prints `kind token value` per line, after the audit records (naming the
 /// caller's ARN from STS) have committed; one audit line per value on
-/// stderr too. Needs the database settings of the reveal role and AWS
-/// credentials of `PiiRevealRole` (the only principal that may decrypt).
+/// stderr too. Needs the database settings of the reveal role,
+/// `VAULT_KMS_KEY_ID` and AWS credentials of `PiiRevealRole` (the only
+/// principal that may decrypt).
 async fn reveal(args: &RevealArgs) -> Result<(), Failure> {
+    let vault_key = vault_key()?;
     let aws = crate::secrets::sdk_config().await;
     let caller = audit::caller_arn(&aws_sdk_sts::Client::new(&aws)).await?;
     let mut client = startup::operator_connection(&DbConfig::from_env()?).await?;
     let kms = aws_sdk_kms::Client::new(&aws);
-    let revealed = reveal::reveal(&mut client, &kms, &args.target(), &caller, &mut |line| {
-        eprintln!("{line}")
-    })
+    let revealed = reveal::reveal(
+        &mut client,
+        &kms,
+        &vault_key,
+        &args.target(),
+        &caller,
+        &mut |line| eprintln!("{line}"),
+    )
     .await?;
     if revealed.is_empty() {
         return Err(Failure(

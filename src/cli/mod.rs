@@ -259,6 +259,8 @@ pub enum RoleArg {
     Audit,
     /// `login-etl rotate-key`.
     Rotate,
+    /// `login-etl vault-upgrade`.
+    Upgrade,
 }
 
 impl From<RoleArg> for Role {
@@ -271,6 +273,7 @@ impl From<RoleArg> for Role {
             RoleArg::Maintain => Role::Maintain,
             RoleArg::Audit => Role::Audit,
             RoleArg::Rotate => Role::Rotate,
+            RoleArg::Upgrade => Role::Upgrade,
         }
     }
 }

@@ -11,8 +11,8 @@
 use std::collections::HashMap;
 
 use serde_json::json;
+use tokio_postgres::Client;
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, Transaction};
 
 use crate::privacy::vault::{DataKey, Kind, VaultError};
 
@@ -104,103 +104,88 @@ pub struct Revealed {
     pub value: Option<String>,
 }
 
-/// The tokens `target` names (for a user: from their rows' token columns),
-/// with the key version of each when known (a row's; for a token given,
-/// its vault entry's, read with it).
-async fn tokens(
-    tx: &Transaction<'_>,
-    target: &Target,
-) -> Result<Vec<(Kind, String, Option<i16>)>, RevealError> {
-    Ok(match target {
-        Target::IpToken(t) => vec![(Kind::Ip, t.clone(), None)],
-        Target::DeviceToken(t) => vec![(Kind::DeviceId, t.clone(), None)],
-        Target::UserId(user) => {
-            let rows = tx
-                .query_typed(
-                    "SELECT DISTINCT masked_ip, masked_device_id, key_version FROM user_logins WHERE user_id = $1",
-                    &[(user, Type::VARCHAR)],
-                )
-                .await
-                .map_err(db("reading the user's tokens"))?;
-            let mut out: Vec<(Kind, String, Option<i16>)> = Vec::new();
-            for row in rows {
-                for (kind, col) in [(Kind::Ip, 0), (Kind::DeviceId, 1)] {
-                    if let Some(token) = row.get::<_, Option<String>>(col)
-                        && !out.iter().any(|(k, t, _)| *k == kind && *t == token)
-                    {
-                        out.push((kind, token, Some(row.get(2))));
-                    }
-                }
-            }
-            out
-        }
-    })
+/// One vault entry `login_etl_reveal` gave out, its record written.
+struct Entry {
+    kind: Kind,
+    token: String,
+    /// `None` when the vault holds nothing for the token.
+    sealed: Option<SealedEntry>,
 }
 
-/// The vault entries of `target`'s tokens, read in one transaction with
-/// one audit record per token, committed before anything is decrypted.
+/// An entry as the vault holds it, with its wrapped data key.
+struct SealedEntry {
+    key_id: String,
+    nonce: Vec<u8>,
+    ciphertext: Vec<u8>,
+    wrapped: Vec<u8>,
+    /// Its associated-data form.
+    aad: i16,
+}
+
+/// The vault entries of `target`'s tokens, read by the owner's
+/// `login_etl_reveal` with one audit record per token, in one statement
+/// that commits before anything is decrypted (the reveal role may neither
+/// read the vault nor write a record itself).
 async fn read_and_audit(
-    client: &mut Client,
+    client: &Client,
     target: &Target,
     caller_arn: &str,
-) -> Result<Vec<(Kind, String, Option<tokio_postgres::Row>)>, RevealError> {
-    let tx = client
-        .transaction()
-        .await
-        .map_err(db("starting the reveal"))?;
-    let mut found = Vec::new();
-    for (kind, token, version) in tokens(&tx, target).await? {
-        let row = tx
-            .query_typed_opt(
-                "SELECT v.key_id, v.nonce, v.ciphertext, k.wrapped_key, v.aad_version, v.key_version \
-                 FROM user_logins_pii_vault v JOIN user_logins_vault_keys k USING (key_id) \
-                 WHERE v.kind = $1 AND v.token = $2",
-                &[(&kind.as_str(), Type::VARCHAR), (&token, Type::VARCHAR)],
-            )
-            .await
-            .map_err(db("reading the vault"))?;
-        let key_id: Option<String> = row.as_ref().map(|r| r.get(0));
-        // The token's version, so that rotate-key re-keys the record from
-        // it. A token nothing stored knows has no version to re-key from:
-        // the record keeps that it matched nothing, not the token (it may
-        // be one of a retired key's, which no stored token may stay).
-        let version: Option<i16> = version.or(row.as_ref().map(|r| r.get(5)));
-        let (kept, detail) = match version {
-            Some(_) => (Some(token.as_str()), None),
-            None => (None, Some(json!({"token_matched": false}).to_string())),
-        };
-        tx.execute_typed(
-            "INSERT INTO user_logins_pii_audit (action, caller_arn, kind, token, data_key_id, key_version, detail) \
-             VALUES ('reveal', $1, $2, $3, $4, coalesce($5, login_etl_current_key_version()), $6::text::jsonb)",
+) -> Result<Vec<Entry>, RevealError> {
+    let (kinds, tokens, user): (Vec<&str>, Vec<&str>, Option<&str>) = match target {
+        Target::IpToken(t) => (vec![Kind::Ip.as_str()], vec![t.as_str()], None),
+        Target::DeviceToken(t) => (vec![Kind::DeviceId.as_str()], vec![t.as_str()], None),
+        Target::UserId(u) => (vec![], vec![], Some(u.as_str())),
+    };
+    let rows = client
+        .query_typed(
+            "SELECT kind, token, key_id, nonce, ciphertext, wrapped_key, aad_version \
+             FROM login_etl_reveal($1, $2, $3, $4)",
             &[
-                (&caller_arn, Type::VARCHAR),
-                (&kind.as_str(), Type::VARCHAR),
-                (&kept, Type::VARCHAR),
-                (&key_id, Type::VARCHAR),
-                (&version, Type::INT2),
-                (&detail, Type::TEXT),
+                (&kinds, Type::TEXT_ARRAY),
+                (&tokens, Type::TEXT_ARRAY),
+                (&user, Type::VARCHAR),
+                (&caller_arn, Type::TEXT),
             ],
         )
         .await
-        .map_err(db("writing the audit record (nothing was revealed)"))?;
-        found.push((kind, token, row));
-    }
-    tx.commit()
-        .await
-        .map_err(db("committing the audit records (nothing was revealed)"))?;
-    Ok(found)
+        .map_err(db(
+            "reading the vault and writing the audit records (nothing was revealed)",
+        ))?;
+    rows.iter()
+        .map(|r| {
+            let kind: String = r.get(0);
+            let kind = Kind::parse(&kind).ok_or_else(|| RevealError::Db {
+                op: "reading the vault",
+                cause: format!("an entry of unknown kind {kind}"),
+            })?;
+            let sealed = r.get::<_, Option<String>>(2).map(|key_id| SealedEntry {
+                key_id,
+                nonce: r.get(3),
+                ciphertext: r.get(4),
+                wrapped: r.get(5),
+                aad: r.get(6),
+            });
+            Ok(Entry {
+                kind,
+                token: r.get(1),
+                sealed,
+            })
+        })
+        .collect()
 }
 
 /// Reveals what `target` names, for the caller `caller_arn` (from STS
-/// `GetCallerIdentity`). First, in one transaction, it reads the vault
-/// entries and writes one audit record per token to
-/// `user_logins_pii_audit`; only once that has committed does it unwrap each
-/// data key through `kms` (`Decrypt`, once per key) and decrypt: a reveal
-/// that cannot write its audit record reveals nothing. `audit` also gets one
+/// `GetCallerIdentity`). First, in one statement, the owner's
+/// `login_etl_reveal` reads the vault entries and writes one audit record
+/// per token to `user_logins_pii_audit`; only once that has committed does
+/// it unwrap each data key through `kms` (`Decrypt` under `vault_key`, the
+/// vault's KMS key and no other, once per key) and decrypt: a reveal that
+/// cannot write its audit record reveals nothing. `audit` also gets one
 /// JSON line per value (kind and token, never the value).
 pub async fn reveal(
     client: &mut Client,
     kms: &aws_sdk_kms::Client,
+    vault_key: &str,
     target: &Target,
     caller_arn: &str,
     audit: &mut dyn FnMut(&str),
@@ -208,8 +193,20 @@ pub async fn reveal(
     let found = read_and_audit(client, target, caller_arn).await?;
     let mut keys: HashMap<String, DataKey> = HashMap::new();
     let mut out = Vec::new();
-    for (kind, token, row) in found {
-        let Some(row) = row else {
+    for Entry {
+        kind,
+        token,
+        sealed,
+    } in found
+    {
+        let Some(SealedEntry {
+            key_id,
+            nonce,
+            ciphertext,
+            wrapped,
+            aad,
+        }) = sealed
+        else {
             out.push(Revealed {
                 kind,
                 token,
@@ -217,14 +214,11 @@ pub async fn reveal(
             });
             continue;
         };
-        let key_id: String = row.get(0);
         if !keys.contains_key(&key_id) {
-            let key = DataKey::unwrap(kms, row.get(3)).await?;
+            let key = DataKey::unwrap(kms, wrapped, vault_key).await?;
             keys.insert(key_id.clone(), key);
         }
-        let nonce: Vec<u8> = row.get(1);
-        let ciphertext: Vec<u8> = row.get(2);
-        let value = keys[&key_id].open(kind, &token, row.get(4), &nonce, &ciphertext)?;
+        let value = keys[&key_id].open(kind, &token, aad, &nonce, &ciphertext)?;
         audit(
             &json!({
                 "audit": "pii_revealed",

@@ -213,11 +213,14 @@ impl DataKey {
     }
 
     /// The data key whose wrapped copy is `wrapped`, unwrapped by KMS
-    /// (`Decrypt`: operators only).
-    pub async fn unwrap(kms: &Kms, wrapped: Vec<u8>) -> Result<Self, VaultError> {
+    /// (`Decrypt`: operators only) under the vault's key `kms_key_id` and
+    /// no other: a wrapped key an ingest role stored under a key of its
+    /// own choosing is refused by KMS, not decrypted.
+    pub async fn unwrap(kms: &Kms, wrapped: Vec<u8>, kms_key_id: &str) -> Result<Self, VaultError> {
         let id = Self::id_of(&wrapped);
         let out = kms
             .decrypt()
+            .key_id(kms_key_id)
             .ciphertext_blob(Blob::new(wrapped.clone()))
             .encryption_context(ENCRYPTION_CONTEXT.0, ENCRYPTION_CONTEXT.1)
             .send()

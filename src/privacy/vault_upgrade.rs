@@ -16,11 +16,14 @@ use crate::privacy::vault::{DataKey, Kind};
 /// memory under its data key (KMS `Decrypt`, once per key), sealed again
 /// under the same key with a fresh nonce, and updated in place; the value
 /// never leaves the process. One audit record (`vault_upgrade`, with the
-/// count) per run. `login-etl rotate-key` refuses to start while entries of
+/// count, through the owner's `login_etl_audit`) per run. Runs as the
+/// upgrade role (`login-etl grants --role upgrade`) with `kms:Decrypt` on
+/// `vault_key`. `login-etl rotate-key` refuses to start while entries of
 /// form 1 exist. Returns the entries re-sealed.
 pub async fn upgrade_vault(
     client: &mut Client,
     kms: &aws_sdk_kms::Client,
+    vault_key: &str,
     caller_arn: &str,
 ) -> Result<u64, RevealError> {
     let mut keys: HashMap<String, DataKey> = HashMap::new();
@@ -41,10 +44,10 @@ pub async fn upgrade_vault(
             .map_err(db("reading entries of the old form"))?;
         if rows.is_empty() {
             let n = done as i64;
-            tx.execute_typed(
-                "INSERT INTO user_logins_pii_audit (action, caller_arn, detail) \
-                 VALUES ('vault_upgrade', $1, jsonb_build_object('entries_resealed', $2::int8))",
-                &[(&caller_arn, Type::VARCHAR), (&n, Type::INT8)],
+            tx.query_typed(
+                "SELECT login_etl_audit('vault_upgrade', $1, NULL, NULL, NULL, \
+                 jsonb_build_object('entries_resealed', $2::int8))",
+                &[(&caller_arn, Type::TEXT), (&n, Type::INT8)],
             )
             .await
             .map_err(db("writing the audit record"))?;
@@ -62,7 +65,10 @@ pub async fn upgrade_vault(
                 cause: format!("an entry of unknown kind {kind}"),
             })?;
             if !keys.contains_key(&key_id) {
-                keys.insert(key_id.clone(), DataKey::unwrap(kms, r.get(5)).await?);
+                keys.insert(
+                    key_id.clone(),
+                    DataKey::unwrap(kms, r.get(5), vault_key).await?,
+                );
             }
             let key = &keys[&key_id];
             let value = key.open(kind, &token, 1, r.get(3), r.get(4))?;

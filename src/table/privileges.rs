@@ -16,13 +16,16 @@
 
 use std::fmt::Write as _;
 
+use crate::error::SinkError;
+
 /// A role of the deployment, by what it may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     /// The function (Lambda or `poll`): inserts rows; stores vault entries
     /// through `login_etl_store_vault`.
     Ingest,
-    /// `login-etl reveal`: reads tokens, vault entries and wrapped keys.
+    /// `login-etl reveal`: the vault entries of the tokens it names, each
+    /// with its audit record, through the owner's `login_etl_reveal`.
     Reveal,
     /// `login-etl forget`: deletes a user's rows and the vault entries only
     /// they used.
@@ -37,11 +40,14 @@ pub enum Role {
     /// `login-etl rotate-key`: re-keys stored tokens (rows, vault, erasure
     /// list) to the next masking-key version, through the owner's functions.
     Rotate,
+    /// `login-etl vault-upgrade`: re-seals vault entries from before key
+    /// versions (once per deployment that has them).
+    Upgrade,
 }
 
 impl Role {
     /// Every role, in the order docs/configuration.md presents them.
-    pub const ALL: [Role; 7] = [
+    pub const ALL: [Role; 8] = [
         Role::Ingest,
         Role::Reveal,
         Role::Erase,
@@ -49,6 +55,7 @@ impl Role {
         Role::Maintain,
         Role::Audit,
         Role::Rotate,
+        Role::Upgrade,
     ];
 
     /// The name on the command line, and the kind in `user_logins_roles`.
@@ -61,6 +68,7 @@ impl Role {
             Role::Maintain => "maintain",
             Role::Audit => "audit",
             Role::Rotate => "rotate",
+            Role::Upgrade => "upgrade",
         }
     }
 
@@ -76,7 +84,7 @@ impl Role {
                 "the function: INSERT rows, store PII-vault entries through the owner's login_etl_store_vault, read back only what ON CONFLICT and the lost-reply recount need"
             }
             Role::Reveal => {
-                "login-etl reveal: read tokens, vault entries and KMS-wrapped data keys (decryption also needs kms:Decrypt)"
+                "login-etl reveal: the vault entries and KMS-wrapped data keys of the tokens it names, each with its audit record, only through the owner's login_etl_reveal (decryption also needs kms:Decrypt)"
             }
             Role::Erase => {
                 "login-etl forget: delete a user's rows, and the vault entries no other row uses through the owner's functions"
@@ -93,6 +101,9 @@ impl Role {
             Role::Rotate => {
                 "login-etl rotate-key: re-key the stored tokens (user_logins, the vault, the erasure list) to the next masking-key version through the owner's functions, only while a rotation is under way; read no PII, decrypt nothing"
             }
+            Role::Upgrade => {
+                "login-etl vault-upgrade: read and re-seal in place the vault entries from before key versions (decryption also needs kms:Decrypt), its audit record through the owner's login_etl_audit"
+            }
         }
     }
 
@@ -108,22 +119,6 @@ impl Role {
 /// whole table (DELETE has no column form).
 pub type Grant = (&'static str, &'static str, &'static [&'static str]);
 
-const REVEAL_AUDIT: &[&str] = &[
-    "action",
-    "caller_arn",
-    "kind",
-    "token",
-    "data_key_id",
-    "detail",
-    "key_version",
-];
-const FORGET_AUDIT: &[&str] = &[
-    "action",
-    "caller_arn",
-    "user_key",
-    "rows_deleted",
-    "vault_entries_deleted",
-];
 const ERASURE_TOKEN: &[&str] = &["user_key", "kind", "token"];
 const AUDIT_COLUMNS: &[&str] = &[
     "id",
@@ -158,16 +153,14 @@ const INGEST_GRANTS: &[Grant] = &[
     ("SELECT", "user_logins_erased", &["user_key", "seq"]),
 ];
 
-/// `reveal` and `vault-upgrade`: the tokens, the vault's entries and keys,
-/// its audit records.
-const REVEAL_GRANTS: &[Grant] = &[
-    // The key version of each token, which its audit record names
-    // (rotate-key re-keys the audit trail too).
-    (
-        "SELECT",
-        "user_logins",
-        &["user_id", "masked_ip", "masked_device_id", "key_version"],
-    ),
+/// `reveal`: nothing but `login_etl_reveal`, which reads and audits in one
+/// statement.
+const REVEAL_GRANTS: &[Grant] = &[];
+
+/// `vault-upgrade`: the entries from before key versions, read, locked and
+/// re-sealed in place (it decrypts them, as a reveal does, and keeps the
+/// values in memory) so that a re-key can change their tokens.
+const UPGRADE_GRANTS: &[Grant] = &[
     (
         "SELECT",
         "user_logins_pii_vault",
@@ -178,7 +171,6 @@ const REVEAL_GRANTS: &[Grant] = &[
             "nonce",
             "ciphertext",
             "aad_version",
-            "key_version",
         ],
     ),
     (
@@ -186,11 +178,6 @@ const REVEAL_GRANTS: &[Grant] = &[
         "user_logins_vault_keys",
         &["key_id", "wrapped_key"],
     ),
-    // Its audit record, in the transaction that reads.
-    ("INSERT", "user_logins_pii_audit", REVEAL_AUDIT),
-    // `login-etl vault-upgrade`: re-seals entries from before key
-    // versions (it decrypts them, as a reveal does, and keeps the
-    // values in memory) so that a re-key can change their tokens.
     (
         "UPDATE",
         "user_logins_pii_vault",
@@ -219,10 +206,10 @@ const ERASE_GRANTS: &[Grant] = &[
         &["user_key", "kind", "token"],
     ),
     ("DELETE", "user_logins_pii_vault_held", &[]),
-    // The erasure list (ON CONFLICT reads the arbiter) and the audit.
+    // The erasure list (ON CONFLICT reads the arbiter); its audit records
+    // go through the owner's login_etl_audit.
     ("INSERT", "user_logins_erased", &["user_key", "key_version"]),
     ("SELECT", "user_logins_erased", &["user_key"]),
-    ("INSERT", "user_logins_pii_audit", FORGET_AUDIT),
 ];
 
 /// `audit`: the audit trail, read only.
@@ -279,6 +266,7 @@ pub fn table_grants(role: Role) -> &'static [Grant] {
         Role::Migrate | Role::Maintain => &[],
         Role::Audit => AUDIT_GRANTS,
         Role::Rotate => ROTATE_GRANTS,
+        Role::Upgrade => UPGRADE_GRANTS,
     }
 }
 
@@ -300,6 +288,50 @@ fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// `functions` as rows of a `VALUES` list: (name, tag, kinds).
+fn function_rows(functions: &[FunctionGrant<'_>]) -> String {
+    let mut rows = String::new();
+    for f in functions {
+        let kinds: Vec<String> = f.kinds.iter().map(|k| literal(k)).collect();
+        let _ = write!(
+            rows,
+            "{}({}, {}, ARRAY[{}]::text[])",
+            if rows.is_empty() { "" } else { ", " },
+            literal(f.name),
+            literal(f.tag),
+            kinds.join(", ")
+        );
+    }
+    rows
+}
+
+/// Every kind's table and column privileges as rows of a `VALUES` list:
+/// (kind, privilege, table, column or NULL for the whole table).
+fn table_rows() -> String {
+    let mut rows = String::new();
+    for role in Role::ALL {
+        for (privilege, table, columns) in table_grants(role) {
+            let cols: Vec<Option<&str>> = if columns.is_empty() {
+                vec![None]
+            } else {
+                columns.iter().map(|c| Some(*c)).collect()
+            };
+            for col in cols {
+                let _ = write!(
+                    rows,
+                    "{}({}, {}, {}, {})",
+                    if rows.is_empty() { "" } else { ", " },
+                    literal(role.as_str()),
+                    literal(privilege),
+                    literal(table),
+                    col.map_or("NULL".into(), literal)
+                );
+            }
+        }
+    }
+    rows
+}
+
 /// The privileges of the version being installed, applied in the
 /// migration's transaction after its tables and functions: every
 /// `login_etl_*` function of the schema gets the fixed search path
@@ -313,39 +345,7 @@ fn literal(s: &str) -> String {
 /// holds beyond its kind's are left: `login-etl grants` prints the exact
 /// set, `login-etl doctor` names the extra ones.
 pub fn apply_sql(functions: &[FunctionGrant<'_>]) -> String {
-    let mut fns = String::new();
-    for f in functions {
-        let kinds: Vec<String> = f.kinds.iter().map(|k| literal(k)).collect();
-        let _ = write!(
-            fns,
-            "{}({}, {}, ARRAY[{}]::text[])",
-            if fns.is_empty() { "" } else { ", " },
-            literal(f.name),
-            literal(f.tag),
-            kinds.join(", ")
-        );
-    }
-    let mut tables = String::new();
-    for role in Role::ALL {
-        for (privilege, table, columns) in table_grants(role) {
-            let cols: Vec<Option<&str>> = if columns.is_empty() {
-                vec![None]
-            } else {
-                columns.iter().map(|c| Some(*c)).collect()
-            };
-            for col in cols {
-                let _ = write!(
-                    tables,
-                    "{}({}, {}, {}, {})",
-                    if tables.is_empty() { "" } else { ", " },
-                    literal(role.as_str()),
-                    literal(privilege),
-                    literal(table),
-                    col.map_or("NULL".into(), literal)
-                );
-            }
-        }
-    }
+    let (fns, tables) = (function_rows(functions), table_rows());
     format!(
         r#"DO $login_etl_privileges$
 DECLARE
@@ -433,6 +433,35 @@ pub fn schema_writers_fix(schema: &str, writers: &[String]) -> String {
         schema.replace('"', "\"\""),
         from.join(", ")
     )
+}
+
+/// Refuses to migrate where `writers` ([`SCHEMA_WRITERS_SQL`]'s answer for
+/// `schema`) may create in the schema: an operator,
+/// function or cast planted there could run with the owner's rights inside
+/// the owner's functions, whatever their search path (an overload that
+/// matches better wins from later in the path). PostgreSQL 14 and older
+/// let PUBLIC create in `public` by default.
+pub fn refuse_schema_writers(schema: Option<&str>, writers: &[String]) -> Result<(), SinkError> {
+    if writers.is_empty() {
+        return Ok(());
+    }
+    let schema = schema.unwrap_or("public");
+    let who = if writers == ["PUBLIC"] {
+        "every role (PUBLIC)".to_owned()
+    } else {
+        format!("the roles {}", writers.join(", "))
+    };
+    Err(SinkError::Fatal {
+        op: "checking who may create objects in the schema",
+        cause: format!(
+            "{who} may CREATE in schema \"{schema}\", where login-etl's functions run with the rights of the tables' owner: an object planted there could run with those rights"
+        ),
+        hint: format!(
+            "; run as the schema's owner (or an admin): {} then run login-etl migrate again. Where other applications must create objects in that schema, give login-etl a schema of its own (docs/deploy.md, \"A schema of its own\")",
+            schema_writers_fix(schema, writers)
+        )
+        .into(),
+    })
 }
 
 #[cfg(test)]

@@ -572,7 +572,11 @@ impl World {
                 let user_id = self.plan.users[user].clone();
                 let from = Instant::now();
                 let (code, out, err) = self
-                    .command(&["reveal", "--user-id", &user_id], "reveal", &[])
+                    .command(
+                        &["reveal", "--user-id", &user_id],
+                        "reveal",
+                        &[("VAULT_KMS_KEY_ID", aws::KMS_KEY_ARN.into())],
+                    )
                     .await;
                 match code {
                     Some(0) => self

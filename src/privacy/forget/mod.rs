@@ -155,9 +155,9 @@ async fn list_user(
             .await
             .map_err(db("adding the user to the erasure list"))?;
         client
-            .execute_typed(
-                "INSERT INTO user_logins_pii_audit (action, caller_arn, user_key) VALUES ('forget_begun', $1, $2)",
-                &[(&caller_arn, Type::VARCHAR), (&user_key, Type::VARCHAR)],
+            .query_typed(
+                "SELECT login_etl_audit('forget_begun', $1, $2, NULL, NULL, NULL)",
+                &[(&caller_arn, Type::TEXT), (&user_key, Type::TEXT)],
             )
             .await
             .map_err(db("writing the audit record (nothing was erased)"))?;
@@ -319,12 +319,12 @@ async fn finish(
     )
     .await
     .map_err(db("clearing the user's tokens"))?;
-    tx.execute_typed(
-        "INSERT INTO user_logins_pii_audit (action, caller_arn, user_key, rows_deleted, vault_entries_deleted) \
-         VALUES ('forget', $1, $2, $3, $4)",
+    // The owner's function: the erase role writes no record of its own choosing.
+    tx.query_typed(
+        "SELECT login_etl_audit('forget', $1, $2, $3, $4, NULL)",
         &[
-            (&caller_arn, Type::VARCHAR),
-            (&user_key, Type::VARCHAR),
+            (&caller_arn, Type::TEXT),
+            (&user_key, Type::TEXT),
             (&(rows as i64), Type::INT8),
             (&(freed as i64), Type::INT8),
         ],

@@ -38,6 +38,7 @@ macro_rules! function_files {
 /// Every file of `migrations/functions/` (a test checks that none is left
 /// out, and that the schema holds no `login_etl_*` function without one).
 pub const FUNCTION_FILES: &[FunctionFile] = function_files![
+    "login_etl_audit",
     "login_etl_audit_is_append_only",
     "login_etl_audit_rekey_only",
     "login_etl_audit_to_rekey",
@@ -72,6 +73,7 @@ pub const FUNCTION_FILES: &[FunctionFile] = function_files![
     "login_etl_rekey_under_way",
     "login_etl_rekey_vault_chunk",
     "login_etl_relation",
+    "login_etl_reveal",
     "login_etl_store_vault",
     "login_etl_swap_default",
     "login_etl_switch_key",

@@ -8,6 +8,7 @@
 
 pub mod convert;
 pub mod functions;
+mod indexes;
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -425,7 +426,7 @@ pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<bo
     if options.cold_start && state.is_current() {
         return Ok(false);
     }
-    refuse_schema_writers(&state)?;
+    privileges::refuse_schema_writers(state.schema.as_deref(), &state.schema_writers)?;
     // Between `migrate --prepare` and the cutover the old table is
     // writable; the cutover is `login-etl migrate`'s, never a cold start's.
     if options.cold_start
@@ -440,7 +441,7 @@ pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<bo
     if state.table && !state.partitioned {
         applied = convert::convert(client, options).await?;
         if options.prepare_only {
-            let built = vault_indexes(client, options).await?;
+            let built = indexes::vault_indexes(client, options).await?;
             return Ok(applied || built);
         }
     } else if !state.is_current() {
@@ -449,99 +450,8 @@ pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<bo
     }
     set_granularity(client, options.granularity).await?;
     let made = premake(client, options.premake_days).await?;
-    let built = vault_indexes(client, options).await?;
+    let built = indexes::vault_indexes(client, options).await?;
     Ok(applied || made > 0 || built)
-}
-
-/// Refuses to migrate where a role besides the tables' owner (and the
-/// schema's owner and superusers) may create in the schema: an operator,
-/// function or cast planted there could run with the owner's rights inside
-/// the owner's functions, whatever their search path (an overload that
-/// matches better wins from later in the path). PostgreSQL 14 and older
-/// let PUBLIC create in `public` by default.
-fn refuse_schema_writers(state: &SchemaState) -> Result<(), SinkError> {
-    if state.schema_writers.is_empty() {
-        return Ok(());
-    }
-    let schema = state.schema.as_deref().unwrap_or("public");
-    let who = if state.schema_writers == ["PUBLIC"] {
-        "every role (PUBLIC)".to_owned()
-    } else {
-        format!("the roles {}", state.schema_writers.join(", "))
-    };
-    Err(SinkError::Fatal {
-        op: "checking who may create objects in the schema",
-        cause: format!(
-            "{who} may CREATE in schema \"{schema}\", where login-etl's functions run with the rights of the tables' owner: an object planted there could run with those rights"
-        ),
-        hint: format!(
-            "; run as the schema's owner (or an admin): {} then run login-etl migrate again. Where other applications must create objects in that schema, give login-etl a schema of its own (docs/deploy.md, \"A schema of its own\")",
-            schema_writers_fix(schema, &state.schema_writers)
-        )
-        .into(),
-    })
-}
-
-/// The vault's indexes a large vault gets online: of old-form entries
-/// (`user_logins_pii_vault_form1`, which rotate-key's switch probes
-/// instead of scanning the vault) and by `last_seen`
-/// (`user_logins_pii_vault_last_seen`, through which maintain's purge
-/// finds what retention removes).
-const VAULT_INDEXES: [(&str, &str, &str); 2] = [
-    (
-        "user_logins_pii_vault_form1",
-        "(kind) WHERE aad_version = 1",
-        "of old-form entries",
-    ),
-    (
-        "user_logins_pii_vault_last_seen",
-        "(last_seen)",
-        "by last_seen",
-    ),
-];
-
-/// Builds [`VAULT_INDEXES`] where one is missing or a build was left
-/// invalid: `CREATE INDEX CONCURRENTLY`, which no transaction may hold and
-/// no write waits for. An empty vault gets them from the migrations
-/// already. Not at a cold start (a vault of millions of entries takes
-/// longer than an init phase). True when it built one.
-async fn vault_indexes(client: &Client, options: &MigrateOptions) -> Result<bool, SinkError> {
-    if options.cold_start {
-        return Ok(false);
-    }
-    let mut built = false;
-    for (name, definition, what) in VAULT_INDEXES {
-        let valid: Option<bool> = client
-            .query_typed_one(
-                "SELECT (SELECT indisvalid AND indisready FROM pg_index \
-                 WHERE indexrelid = to_regclass($1))",
-                &[(&name, Type::TEXT)],
-            )
-            .await
-            .map_err(failed("looking for the vault's indexes"))?
-            .get(0);
-        if valid == Some(true) {
-            continue;
-        }
-        info!(
-            index = name,
-            "building the vault's index {what} CONCURRENTLY (ingest keeps writing)"
-        );
-        if valid == Some(false) {
-            client
-                .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"))
-                .await
-                .map_err(failed("dropping an invalid index of the vault"))?;
-        }
-        client
-            .batch_execute(&format!(
-                "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON user_logins_pii_vault {definition}"
-            ))
-            .await
-            .map_err(failed("building an index of the vault"))?;
-        built = true;
-    }
-    Ok(built)
 }
 
 /// How long a migration statement waits for a table lock before the whole
