@@ -279,10 +279,13 @@ bench: tools localstack-tools ## benchmarks: per-record transform, batch vs COPY
 	echo "== [7/7] the longest write beside rotate-key's switch ($${BENCH_STALLS_VAULT:-4000000} vault entries) and beside maintain draining $${BENCH_STALLS_DAY:-10000000} of today's rows from the DEFAULT partition (about 5 min)"
 	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" cargo bench --quiet --bench stalls 2> >(grep --line-buffered -v '^{' >&2) | grep --line-buffered -v '^{'
 
-bench-scale: tools ## ingest, forget and retention as user_logins grows to 20 M and 100 M rows (BENCH_SCALE_ROWS); about 45 min and 45 GB of disk
+bench-scale: tools ## ingest, forget and retention as user_logins grows to 20 M and 100 M rows (BENCH_SCALE_ROWS), then maintain's vault retention at 2 M and 20 M entries (BENCH_VAULT_ENTRIES); about an hour and 45 GB of disk
 	@$(PG_REACHABLE)
 	echo "== machine: $$(nproc) cores, $$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $$(free -g | awk '/Mem:/{print $$2}') GiB; PostgreSQL $$(psql "$(PG_ADMIN_URL)" -Atc 'SHOW server_version'), shared_buffers $$(psql "$(PG_ADMIN_URL)" -Atc 'SHOW shared_buffers')"
+	echo "== [1/2] ingest, forget and retention as user_logins grows"
 	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" cargo bench --quiet --bench scale 2> >(grep --line-buffered -v '^{' >&2) | grep --line-buffered -v '^{'
+	echo "== [2/2] maintain's vault retention as the vault grows"
+	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" cargo bench --quiet --bench vault_purge 2> >(grep --line-buffered -v '^{' >&2) | grep --line-buffered -v '^{'
 
 fmt: ## format the code
 	cargo fmt
