@@ -615,6 +615,17 @@ def raw_log_lines(stack: Stack) -> list[str]:
         return lines
 
 
+def pii_in(body: str) -> list[str]:
+    """The ip and device id a body carries (strings of a JSON object), stripped."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return []
+    if not isinstance(doc, dict):
+        return []
+    return [v.strip() for v in (doc.get("ip"), doc.get("device_id")) if isinstance(v, str) and len(v.strip()) > 3]
+
+
 def dead_letter_attribute(message: dict, name: str) -> str:
     """A message attribute the function put on its DLQ copy."""
     return message.get("MessageAttributes", {}).get(name, {}).get("StringValue", "")
@@ -676,17 +687,19 @@ def rejection_codes(stack: Stack) -> dict[str, str]:
 
 
 def operator(stack: Stack, *args: str) -> subprocess.CompletedProcess:
-    """Run an operator command of the built binary (`reveal`, `forget`)
-    against the stack's database as its own role (reveal, erase), with
+    """Run an operator command of the built binary (`reveal`, `forget`,
+    `dlq-redrive`) against the stack's database as its own role (reveal, erase), with
     LocalStack as AWS (as an operator whose credentials may call kms:Decrypt)."""
     bootstrap = BUILD_DIR / "LoginEtlFunction" / "bootstrap"
-    role = {"reveal": "reveal", "forget": "erase", "audit": "audit", "rotate-key": "rotate"}[args[0]]
-    env = {**os.environ, **LOCAL_ENV, "DATABASE_URL": role_url(stack.dbname, role), "AWS_REGION": REGION}
+    env = {**os.environ, **LOCAL_ENV, "AWS_REGION": REGION}
+    role = {"reveal": "reveal", "forget": "erase", "audit": "audit", "rotate-key": "rotate"}.get(args[0])
+    if role:  # dlq-redrive needs no database
+        env["DATABASE_URL"] = role_url(stack.dbname, role)
     if args[0] in ("forget", "rotate-key"):  # the user key is keyed with the erasure key, never the masking key
         env["ERASURE_KEY_SECRET_ID"] = erasure_key_secret_arn(stack)
     if args[0] == "rotate-key":
         env["MASKING_KEY_SECRET_ID"] = stack.masking_key_secret_arn
-    if args[0] == "reveal":  # every Decrypt names the vault's key
+    if args[0] in ("reveal", "dlq-redrive"):  # every Decrypt names the vault's key
         env["VAULT_KMS_KEY_ID"] = stack.vault_key_arn
     return subprocess.run([str(bootstrap), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 

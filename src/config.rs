@@ -156,6 +156,14 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(5_000);
 /// leaving room for one reconnect and retry.
 pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_millis(10_000);
 
+/// The variables that carry a secret in plain text, and the variable that
+/// names a Secrets Manager secret instead: refused in a deployed function.
+pub const PLAIN_SECRETS: [(&str, &str); 3] = [
+    ("MASKING_KEY", "MASKING_KEY_SECRET_ID"),
+    ("ERASURE_KEY", "ERASURE_KEY_SECRET_ID"),
+    ("DATABASE_URL", "DB_SECRET_ID"),
+];
+
 impl Config {
     /// Reads the configuration from the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -172,8 +180,18 @@ impl Config {
     /// Reads the configuration through `get` (the environment, or a map in tests).
     /// Empty values count as unset.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let in_lambda = get("AWS_LAMBDA_RUNTIME_API").is_some_and(|v| !v.trim().is_empty());
-        Self::read(get, in_lambda)
+        let set = |name: &str| get(name).is_some_and(|v| !v.trim().is_empty());
+        // Lambda's runtimes set LAMBDA_TASK_ROOT (cargo lambda watch does not):
+        // there, a function's environment is one API call away from anyone
+        // allowed lambda:GetFunctionConfiguration.
+        if set("LAMBDA_TASK_ROOT") {
+            for (var, instead) in PLAIN_SECRETS {
+                if set(var) {
+                    return Err(ConfigError::SecretInLambdaEnvironment { var, instead });
+                }
+            }
+        }
+        Self::read(&get, set("AWS_LAMBDA_RUNTIME_API"))
     }
 
     /// `backoff_by_default`: the backoff is on unless `BACKOFF_BASE_SECONDS=0`

@@ -31,6 +31,18 @@ pub enum ConfigError {
         /// The other.
         second: &'static str,
     },
+    /// A secret given in plain text in a deployed Lambda function's
+    /// environment, which `lambda:GetFunctionConfiguration` shows to anyone
+    /// allowed to call it.
+    #[error(
+        "{var} is set in the Lambda function's environment, where anyone allowed lambda:GetFunctionConfiguration reads it: store the value in Secrets Manager, set {instead} to its id and remove {var} (template.yaml does this; {var} is for local runs only)"
+    )]
+    SecretInLambdaEnvironment {
+        /// The variable.
+        var: &'static str,
+        /// The variable naming a secret instead.
+        instead: &'static str,
+    },
     /// The masking key is not hex.
     #[error("the masking key from {origin} is not hex; generate one with `openssl rand -hex 32`")]
     MaskingKeyNotHex {

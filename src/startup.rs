@@ -12,6 +12,7 @@ use crate::ingest::dlq::DeadLetterQueue;
 use crate::ingest::handler::BatchHandler;
 use crate::ingest::metrics::{Metrics, emf_level};
 use crate::ingest::sink::PgSink;
+use crate::privacy::dead_letter::Sealer;
 use crate::privacy::masking::{KeyVersions, Masker, UserKeys};
 use crate::privacy::vault::{DataKey, VaultError};
 use crate::secrets::Secrets;
@@ -62,25 +63,17 @@ pub async fn build_with(
         None
     };
     let secrets = aws.as_ref().filter(|_| needs_secrets).map(Secrets::new);
-    let data_key = async {
-        match (&config.vault_kms_key_id, &aws) {
-            (Some(kms_key), Some(aws)) => {
-                let kms = aws_sdk_kms::Client::new(aws);
-                DataKey::generate(&kms, kms_key).await.map(Some)
-            }
-            _ => Ok(None),
-        }
-    };
-    let (masker, sink, data_key) = tokio::join!(
+    let kms = aws.as_ref().map(aws_sdk_kms::Client::new);
+    let (masker, sink, keys) = tokio::join!(
         masker(
             &config.masking_key,
             config.erasure_key.as_ref(),
             secrets.as_ref()
         ),
         sink(&config.db, secrets.as_ref()),
-        data_key
+        data_keys(config, kms.as_ref())
     );
-    let (masker, mut sink, data_key) = (masker?, sink?, data_key?);
+    let (masker, mut sink, (data_key, sealer)) = (masker?, sink?, keys?);
     if config.vault_kms_key_id.is_some() {
         sink = sink.with_vault_tables();
     }
@@ -114,7 +107,7 @@ pub async fn build_with(
     }
     let sqs = aws.as_ref().map(aws_sdk_sqs::Client::new);
     if let (Some(url), Some(sqs)) = (&config.dlq_url, &sqs) {
-        handler = handler.with_dead_letter_queue(DeadLetterQueue::new(sqs.clone(), url.clone()));
+        handler = handler.with_dead_letter_queue(dead_letter_queue(sqs, url, sealer));
     }
     if let (Some(schedule), Some(sqs)) = (config.backoff, &sqs) {
         let mut visibility = Visibility::new(sqs.clone(), config.source_queue_url.clone());
@@ -125,6 +118,45 @@ pub async fn build_with(
     }
     handler = handler.with_refused_max_receives(config.refused_max_receives);
     Ok(handler)
+}
+
+/// The cold start's data keys from KMS, both under `VAULT_KMS_KEY_ID`: the
+/// vault's, and (with a DLQ) the one the dead-letter copies' originals are
+/// sealed under, in a context of their own, for the DLQ operator alone.
+async fn data_keys(
+    config: &Config,
+    kms: Option<&aws_sdk_kms::Client>,
+) -> Result<(Option<DataKey>, Option<Sealer>), InitError> {
+    let (Some(kms_key), Some(kms)) = (&config.vault_kms_key_id, kms) else {
+        return Ok((None, None));
+    };
+    let sealer = async {
+        match &config.dlq_url {
+            Some(_) => Sealer::generate(kms, kms_key).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    let (data_key, sealer) = tokio::join!(DataKey::generate(kms, kms_key), sealer);
+    Ok((Some(data_key?), sealer?))
+}
+
+/// The dead-letter queue at `url`, sealing each copy's original with
+/// `sealer` (the vault's KMS key, the DLQ's context) when there is one.
+fn dead_letter_queue(
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+    sealer: Option<Sealer>,
+) -> DeadLetterQueue {
+    let dlq = DeadLetterQueue::new(sqs.clone(), url.to_owned());
+    match sealer {
+        Some(sealer) => dlq.with_sealer(sealer),
+        None => {
+            info!(
+                "dead-letter copies keep a masked body only: without VAULT_KMS_KEY_ID the original of a rejected message is not kept, and login-etl dlq-redrive cannot send it back"
+            );
+            dlq
+        }
+    }
 }
 
 /// Reads the masking and erasure keys of `config` again from `secrets`.

@@ -13,6 +13,7 @@ use common::moto::start_moto;
 use common::sqs::{scripted_sqs, sqs_client};
 use common::*;
 use login_etl::ingest::dlq::DeadLetterQueue;
+use login_etl::ingest::dlq::copy::masked_body;
 use login_etl::synth::{self, Options};
 use login_etl::{BatchHandler, Deadline, Outcome, SqsBatch};
 
@@ -27,45 +28,19 @@ fn labels(event: &SqsEvent) -> BTreeMap<String, String> {
     expectations(event).into_iter().collect()
 }
 
-/// Ids of records SQS cannot store a copy of (an empty body): they stay
-/// failures and SQS's own redrive moves them.
-fn empty_bodies(event: &SqsEvent) -> BTreeSet<String> {
-    event
-        .records
-        .iter()
-        .filter(|m| m.body.as_deref().unwrap_or("").is_empty())
-        .map(|m| m.message_id.clone().unwrap())
-        .collect()
-}
-
 /// Every message in `url`, with its attributes (drained).
 async fn drain(client: &Client, url: &str) -> Vec<aws_sdk_sqs::types::Message> {
-    let mut out = Vec::new();
-    loop {
-        let got = client
-            .receive_message()
+    let messages = common::sqs::receive_all(client, url, Some(60)).await;
+    for m in &messages {
+        client
+            .delete_message()
             .queue_url(url)
-            .max_number_of_messages(10)
-            .message_attribute_names("All")
-            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .receipt_handle(m.receipt_handle().unwrap())
             .send()
             .await
             .unwrap();
-        let messages = got.messages.unwrap_or_default();
-        if messages.is_empty() {
-            return out;
-        }
-        for m in &messages {
-            client
-                .delete_message()
-                .queue_url(url)
-                .receipt_handle(m.receipt_handle().unwrap())
-                .send()
-                .await
-                .unwrap();
-        }
-        out.extend(messages);
     }
+    messages
 }
 
 fn attr(m: &aws_sdk_sqs::types::Message, name: &str) -> String {
@@ -102,22 +77,26 @@ async fn rejected_records_land_in_the_dlq_after_one_receive_with_their_reason() 
             .insert("ApproximateReceiveCount".into(), "1".into());
     }
     let want = labels(&event);
-    let empty = empty_bodies(&event);
     let rejected: BTreeSet<&String> = want
         .iter()
-        .filter(|(id, l)| l.starts_with("reject:") && !empty.contains(*id))
+        .filter(|(_, l)| l.starts_with("reject:"))
         .map(|(id, _)| id)
         .collect();
-    assert!(rejected.len() >= 7 && !empty.is_empty());
+    let empty = event
+        .records
+        .iter()
+        .filter(|m| m.body.as_deref() == Some(""))
+        .count();
+    assert!(rejected.len() >= 7 && empty > 0);
     let (resp, summary) = h
         .handle(&SqsBatch::from(&event), Deadline::NONE)
         .await
         .map(Outcome::into_parts)
         .unwrap();
     assert_eq!(
-        failures(&resp).into_iter().collect::<BTreeSet<_>>(),
-        empty,
-        "every rejected record is handled after one receive, but empty bodies"
+        failures(&resp),
+        Vec::<String>::new(),
+        "every rejected record is handled after one receive, empty bodies too (their copy says what they were)"
     );
     assert_eq!(summary.sent_to_dlq, rejected.len());
     let copies = drain(&client, &dlq_url).await;
@@ -140,9 +119,25 @@ async fn rejected_records_land_in_the_dlq_after_one_receive_with_their_reason() 
     for copy in &copies {
         let source = attr(copy, "source_message_id");
         assert!(rejected.contains(&source), "{source} was rejected");
-        assert_eq!(copy.body().unwrap(), bodies[&source], "the body, unchanged");
-        // What keys a redrive of the copy to the original's row.
+        // Masked (no raw ip or device id), and without a sealer, no original.
+        assert_eq!(
+            copy.body().unwrap(),
+            masked_body(&bodies[&source], &common::keys::test_masker()),
+            "the body, masked"
+        );
+        assert!(
+            !copy
+                .message_attributes()
+                .unwrap()
+                .contains_key("sealed_body")
+        );
+        // What keys a redrive of the copy to the original's row, signed.
         assert_eq!(attr(copy, "source_sent_timestamp"), sent[&source]);
+        assert!(common::keys::test_masker().verifies_redrive(
+            &source,
+            &sent[&source],
+            &attr(copy, "source_signature")
+        ));
         assert_eq!(
             format!("reject:{}", attr(copy, "rejection_code")),
             want[&source],
@@ -251,9 +246,8 @@ async fn a_refused_entry_or_a_denied_call_keeps_exactly_those_records_as_failure
     });
     // One rejected record that the queue will refuse.
     let refused_at = 13;
-    event.records[refused_at].body = Some(r#"{"foo": "FAIL-ME"}"#.into());
+    event.records[refused_at].body = Some(r#"{"FAIL-ME": "a field name the copy keeps"}"#.into());
     let refused_id = event.records[refused_at].message_id.clone().unwrap();
-    let empty = empty_bodies(&event);
     let rejected: BTreeSet<String> = labels(&event)
         .into_iter()
         .filter(|(_, l)| l.starts_with("reject:"))
@@ -275,12 +269,11 @@ async fn a_refused_entry_or_a_denied_call_keeps_exactly_those_records_as_failure
         .await
         .map(Outcome::into_parts)
         .unwrap();
-    let mut want: BTreeSet<String> = empty.clone();
-    want.insert(refused_id.clone());
+    let want = BTreeSet::from([refused_id.clone()]);
     assert_eq!(
         failures(&resp).into_iter().collect::<BTreeSet<_>>(),
         want,
-        "exactly the refused entry (and empty bodies, which are never sent)"
+        "exactly the refused entry"
     );
     assert_eq!(summary.sent_to_dlq, rejected.len() - want.len());
 
@@ -329,7 +322,7 @@ async fn a_refused_dlq_copy_holds_the_fifo_batch(count: usize) {
     });
     let (sent, held) = (3, count / 2);
     event.records[sent].body = Some("not json".into());
-    event.records[held].body = Some(r#"{"foo": "FAIL-ME"}"#.into());
+    event.records[held].body = Some(r#"{"FAIL-ME": "a field name the copy keeps"}"#.into());
     let ids: Vec<String> = event
         .records
         .iter()
@@ -383,4 +376,285 @@ async fn a_refused_dlq_copy_in_a_fifo_batch_holds_that_record_and_every_later_on
 #[tokio::test]
 async fn a_refused_dlq_copy_holds_a_fifo_batch_that_was_streaming_into_a_copy() {
     a_refused_dlq_copy_holds_the_fifo_batch(login_etl::ingest::sink::COPY_MIN_ROWS + 100).await;
+}
+
+/// Every message in `url`, left in the queue (hidden for a minute, then
+/// shown again at once).
+async fn peek(client: &Client, url: &str) -> Vec<aws_sdk_sqs::types::Message> {
+    let out = common::sqs::receive_all(client, url, Some(60)).await;
+    for m in &out {
+        client
+            .change_message_visibility()
+            .queue_url(url)
+            .receipt_handle(m.receipt_handle().unwrap())
+            .visibility_timeout(0)
+            .send()
+            .await
+            .unwrap();
+    }
+    out
+}
+
+/// The DLQ's copies hold no raw ip or device id: masked bodies, the
+/// originals sealed under a data key of the DLQ's own KMS context, redrive
+/// keys signed. `dlq-redrive` (dry run, then for real) unseals the
+/// originals and sends them back: a row the database refused lands on its
+/// original's key and day once the database takes it, and a second redrive
+/// of it is a duplicate; invalid ones come back to the DLQ under the same
+/// key. A producer's forged redrive key is ignored, not obeyed.
+#[tokio::test]
+#[ignore = "needs moto_server on PATH or in MOTO_SERVER; run by `make test`"]
+async fn copies_hold_no_pii_and_dlq_redrive_sends_the_originals_back_to_their_rows() {
+    use login_etl::ingest::redrive::{RedriveOptions, redrive};
+    use login_etl::privacy::dead_letter::{Sealer, Unsealer};
+    use login_etl::privacy::vault::DataKey;
+
+    let (_moto, port) = start_moto();
+    let sdk = common::moto::moto_sdk(&format!("http://127.0.0.1:{port}")).await;
+    let (sqs, kms) = (Client::new(&sdk), aws_sdk_kms::Client::new(&sdk));
+    let queue = |name: &'static str| {
+        let sqs = sqs.clone();
+        async move {
+            let url = sqs.create_queue().queue_name(name).send().await.unwrap();
+            url.queue_url().unwrap().to_owned()
+        }
+    };
+    let (source_url, dlq_url) = (queue("logins").await, queue("logins-dlq").await);
+    let key = kms.create_key().send().await.unwrap();
+    let key = key.key_metadata().unwrap().arn().unwrap().to_owned();
+    let db = TestDb::create().await;
+    let dlq = DeadLetterQueue::new(sqs.clone(), dlq_url.clone())
+        .with_sealer(Sealer::generate(&kms, &key).await.unwrap());
+    let h = handler(&db)
+        .await
+        .with_dead_letter_queue(dlq)
+        .with_refused_max_receives(1);
+    // The database refuses one user's rows for now (a CHECK the ingest
+    // role cannot drop): those valid records go to the DLQ as refused.
+    let admin = db.client().await;
+    admin
+        .batch_execute(
+            "ALTER TABLE user_logins ADD CONSTRAINT not_yet CHECK (user_id <> 'held-back')",
+        )
+        .await
+        .unwrap();
+    let mut event = synth::event(&Options {
+        count: 40,
+        invalid_every: 5,
+        seed: 97,
+        ..Options::default()
+    });
+    let valid: Vec<usize> = (0..event.records.len())
+        .filter(|&i| expectations(&event)[i].1 == "insert")
+        .collect();
+    let held = &valid[..3];
+    for &i in held {
+        let m = &mut event.records[i];
+        let mut body: serde_json::Value = serde_json::from_str(m.body.as_deref().unwrap()).unwrap();
+        body["user_id"] = "held-back".into();
+        m.body = Some(body.to_string());
+    }
+    let ts = |i: usize| event.records[i].attributes["SentTimestamp"].clone();
+    let id = |i: usize| event.records[i].message_id.clone().unwrap();
+    let (_, summary) = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .map(Outcome::into_parts)
+        .unwrap();
+    assert_eq!(summary.refused_to_dlq, held.len());
+    let copies = peek(&sqs, &dlq_url).await;
+    assert_eq!(copies.len(), summary.sent_to_dlq + held.len());
+
+    // What anyone allowed to read the DLQ sees: no ip, no device id.
+    let masker = common::keys::test_masker();
+    let originals: BTreeMap<String, (String, String)> = event
+        .records
+        .iter()
+        .map(|m| {
+            (
+                m.message_id.clone().unwrap(),
+                (
+                    m.body.clone().unwrap(),
+                    m.attributes["SentTimestamp"].clone(),
+                ),
+            )
+        })
+        .collect();
+    let mut sealed = 0;
+    for copy in &copies {
+        let source = attr(copy, "source_message_id");
+        let (body, sent) = &originals[&source];
+        if let Ok(serde_json::Value::Object(fields)) = serde_json::from_str(body) {
+            for f in ["ip", "device_id"] {
+                let Some(v) = fields
+                    .get(f)
+                    .and_then(|v| v.as_str())
+                    .filter(|v| v.trim().len() > 3)
+                else {
+                    continue;
+                };
+                let v = v.trim();
+                assert!(
+                    !copy.body().unwrap().contains(v),
+                    "{f} of {source} in the copy's body"
+                );
+                for (name, a) in copy.message_attributes().unwrap() {
+                    assert!(
+                        !a.string_value().unwrap_or("").contains(v),
+                        "{f} of {source} in {name}"
+                    );
+                }
+            }
+        }
+        assert!(masker.verifies_redrive(&source, sent, &attr(copy, "source_signature")));
+        if !body.is_empty() {
+            sealed += 1;
+            // The vault's context does not open the DLQ's data keys (nor,
+            // by the key policy, does the reveal role's grant).
+            let wrapped = base64_decode(&attr(copy, "sealed_key"));
+            assert!(DataKey::unwrap(&kms, wrapped, &key).await.is_err());
+        }
+    }
+    assert!(sealed >= held.len() + 3);
+
+    // Dry run: counts, moves nothing.
+    let options = |dry_run| RedriveOptions {
+        dlq_url: dlq_url.clone(),
+        to_url: source_url.clone(),
+        dry_run,
+        max: None,
+    };
+    let mut unsealer = Unsealer::new(kms.clone(), key.clone());
+    let dry = redrive(&sqs, Some(&mut unsealer), &options(true), &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(dry.received as usize, copies.len());
+    assert_eq!(dry.redriven as usize, sealed);
+    assert_eq!(
+        dry.by_rejection_code.values().sum::<u64>() as usize,
+        copies.len()
+    );
+    assert_eq!(
+        peek(&sqs, &source_url).await.len(),
+        0,
+        "a dry run sends nothing"
+    );
+    assert_eq!(
+        peek(&sqs, &dlq_url).await.len(),
+        copies.len(),
+        "nor deletes"
+    );
+
+    // For real, once the database takes the held rows.
+    admin
+        .batch_execute("ALTER TABLE user_logins DROP CONSTRAINT not_yet")
+        .await
+        .unwrap();
+    let run = redrive(&sqs, Some(&mut unsealer), &options(false), &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(run.redriven as usize, sealed);
+    assert_eq!(run.unsealed as usize, sealed);
+    let left = peek(&sqs, &dlq_url).await;
+    assert_eq!(
+        left.len(),
+        copies.len() - sealed,
+        "only the empty bodies stay"
+    );
+    let redriven = drain(&sqs, &source_url).await;
+    assert_eq!(redriven.len(), sealed);
+    let arn = "arn:aws:sqs:us-east-1:123456789012:logins";
+    let batch = |messages: &[aws_sdk_sqs::types::Message]| {
+        SqsBatch::new(
+            messages
+                .iter()
+                .map(|m| login_etl::poll::queue::to_record(m, arn))
+                .collect(),
+        )
+    };
+    let summary_of = |b: SqsBatch| {
+        let h = &h;
+        async move {
+            h.handle(&b, Deadline::NONE)
+                .await
+                .map(Outcome::into_parts)
+                .unwrap()
+                .1
+        }
+    };
+    let rows_before = count_rows(&admin).await;
+    let summary = summary_of(batch(&redriven)).await;
+    assert_eq!(
+        summary.inserted as usize,
+        held.len(),
+        "the held rows, now taken"
+    );
+    assert_eq!(count_rows(&admin).await, rows_before + held.len() as i64);
+    for &i in held {
+        let row = admin
+            .query_one(
+                "SELECT (extract(epoch FROM sent_at) * 1000)::bigint::text FROM user_logins WHERE message_id = $1",
+                &[&id(i)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), ts(i), "the original's key and day");
+    }
+    // The invalid ones are back in the DLQ under their original ids.
+    let again: BTreeSet<String> = drain(&sqs, &dlq_url)
+        .await
+        .iter()
+        .map(|c| attr(c, "source_message_id"))
+        .collect();
+    let rejected: BTreeSet<String> = copies
+        .iter()
+        .filter(|c| !attr(c, "rejection_code").starts_with("refused."))
+        .map(|c| attr(c, "source_message_id"))
+        .collect();
+    assert_eq!(again, rejected);
+    // The same originals redriven twice: duplicates, not new rows.
+    let summary = summary_of(batch(&redriven)).await;
+    assert_eq!(
+        (summary.inserted, summary.duplicates as usize),
+        (0, held.len())
+    );
+    drain(&sqs, &dlq_url).await;
+
+    // A producer claims an existing row's key: its own row all the same.
+    let forged = &redriven
+        .iter()
+        .find(|m| attr(m, "source_message_id") == id(held[0]))
+        .unwrap();
+    let mut claim = (*forged).clone();
+    let mut attributes = claim.message_attributes.clone().unwrap();
+    attributes.insert(
+        "source_signature".into(),
+        aws_sdk_sqs::types::MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(masker.redrive_signature("someone-else", &ts(held[0])))
+            .build()
+            .unwrap(),
+    );
+    claim.message_attributes = Some(attributes);
+    claim.message_id = Some("a-new-message".into());
+    let summary = summary_of(batch(&[claim])).await;
+    assert_eq!(
+        summary.inserted, 1,
+        "keyed by its own id, not dropped as a duplicate"
+    );
+    assert_eq!(
+        message_ids_in_table(&admin)
+            .await
+            .iter()
+            .filter(|m| *m == "a-new-message")
+            .count(),
+        1
+    );
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap()
 }

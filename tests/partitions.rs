@@ -221,7 +221,8 @@ async fn a_redelivery_and_a_redriven_dlq_copy_land_on_the_originals_row() {
 
     // What a DLQ redrive delivers: new ids, a new SentTimestamp (the next
     // day), the original's id and time in the attributes the function put
-    // on the copy (src/ingest/dlq.rs).
+    // on the copy, signed (src/ingest/dlq.rs).
+    let masker = common::keys::test_masker();
     let mut redriven = original.clone();
     for (i, m) in redriven.records.iter_mut().enumerate() {
         let id = m.message_id.clone().unwrap();
@@ -231,16 +232,19 @@ async fn a_redelivery_and_a_redriven_dlq_copy_land_on_the_originals_row() {
             .insert("SentTimestamp".into(), (sent + 86_400_000).to_string());
         m.message_attributes
             .insert("source_message_id".into(), attr(&id));
+        m.message_attributes.insert(
+            "source_signature".into(),
+            attr(&masker.redrive_signature(&id, &ts)),
+        );
         m.message_attributes
             .insert("source_sent_timestamp".into(), attr(&ts));
     }
     let copy = handle(&h, &redriven).await;
     assert_eq!((copy.inserted, copy.duplicates), (0, 30));
     assert_eq!(count_rows(&db.client().await).await, 30);
-    // Without the attributes it would have been new rows on the next day.
+    // Without the signature it would have been new rows on the next day.
     for m in &mut redriven.records {
-        m.message_attributes.remove("source_message_id");
-        m.message_attributes.remove("source_sent_timestamp");
+        m.message_attributes.remove("source_signature");
     }
     assert_eq!(
         handle(&h, &redriven).await.inserted,

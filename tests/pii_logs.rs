@@ -446,24 +446,10 @@ struct Aws {
     secrets: Vec<String>,
 }
 
-/// The SDK's configuration for moto, built without touching the process's
-/// environment (the other tests of this binary read it).
-async fn moto_sdk(endpoint: &str) -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .http_client(aws_smithy_http_client::Builder::new().build_http())
-        .endpoint_url(endpoint)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "test", "test", None, None, "test",
-        ))
-        .load()
-        .await
-}
-
 async fn aws_for(db: &TestDb, ingest_role: &str) -> Aws {
     let (moto, port) = common::moto::start_moto();
     let endpoint = format!("http://127.0.0.1:{port}");
-    let sdk = moto_sdk(&endpoint).await;
+    let sdk = common::moto::moto_sdk(&endpoint).await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let queue = |name: &'static str| {
         let sqs = sqs.clone();
@@ -597,7 +583,7 @@ async fn poll_at_trace_with_the_sdk_printing_bodies_writes_no_pii_key_or_passwor
         seed: 4_401,
         ..Options::default()
     });
-    let sqs = aws_sdk_sqs::Client::new(&moto_sdk(&aws.endpoint).await);
+    let sqs = aws_sdk_sqs::Client::new(&common::moto::moto_sdk(&aws.endpoint).await);
     for m in &event.records {
         sqs.send_message()
             .queue_url(&aws.queue)

@@ -139,7 +139,7 @@ def test_kill_9_and_sigterm_lose_nothing_and_double_nothing(standard_queues, con
     for m in invalid:
         for d in by_source[m.message_id]:
             assert stack.dead_letter_attribute(d, "rejection_code") == m.expect.removeprefix("reject:")
-            assert d["Body"] == m.body
+            assert not any(v in d["Body"] for v in stack.pii_in(m.body)), "the copy is masked"
     # A standard DLQ copy is at least once: SIGKILL between a DLQ send and the
     # delete sends it again on redelivery (same source_message_id, to
     # deduplicate by). Only a batch in flight at the kill can do that:
@@ -241,7 +241,9 @@ def test_an_outage_while_polling_dead_letters_nothing_valid_and_readiness_follow
     dead = stack.dead_letters(q)
     print(f"\npoll outage {OUTAGE_S} s: not ready after {went:.1f} s, ready again {back:.1f} s after recovery, "
           f"last row {back + rows_s:.1f} s after recovery; {len(dead)} in the DLQ")  # fmt: skip
-    assert {d["Body"] for d in dead}.isdisjoint({m.body for m in valid}), "nothing valid in the DLQ"
+    # SQS moves a message as it is; the function's copy names its source.
+    assert not [d for d in dead if d["Body"] in {m.body for m in valid}
+                or stack.dead_letter_attribute(d, "source_message_id") in {m.message_id for m in valid}], "nothing valid in the DLQ"  # fmt: skip
     assert len(dead) == len(messages) - len(valid)
     assert set(table(q)) == {m.message_id for m in valid}
     assert rc == 0

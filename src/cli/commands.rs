@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use tracing::{error, info};
 
 use super::{
-    AuditArgs, Command, EXIT_NOT_FOUND, EXIT_TEMPFAIL, EXIT_USAGE, ForgetArgs, GrantsArgs,
-    MaintainArgs, MigrateArgs, PollArgs, RevealArgs, RotateKeyArgs,
+    AuditArgs, Command, DlqRedriveArgs, EXIT_NOT_FOUND, EXIT_TEMPFAIL, EXIT_USAGE, ForgetArgs,
+    GrantsArgs, MaintainArgs, MigrateArgs, PollArgs, RevealArgs, RotateKeyArgs,
 };
 use crate::config::{DbConfig, KeySource};
 use crate::poll::PollError;
@@ -41,6 +41,7 @@ pub async fn run(command: Command) -> ExitCode {
         Command::Audit(args) => audit(&args).await,
         Command::RotateKey(args) => rotate_key(&args).await,
         Command::VaultUpgrade => vault_upgrade().await,
+        Command::DlqRedrive(args) => dlq_redrive(&args).await,
         Command::Poll(_) => unreachable!("handled above"),
         Command::GenEvents(args) => {
             let event = crate::synth::event(&(&args).into());
@@ -244,6 +245,44 @@ async fn vault_upgrade() -> Result<(), Failure> {
     let kms = aws_sdk_kms::Client::new(&aws);
     let n = vault_upgrade::upgrade_vault(&mut client, &kms, &vault_key, &caller).await?;
     println!("re-sealed {n} vault entries: the vault is ready for rotate-key");
+    Ok(())
+}
+
+/// Sends the dead-letter queue's messages back (see
+/// [`crate::ingest::redrive`]), progress on stderr, the counts as JSON on
+/// stdout. Needs AWS credentials of `DlqOperatorRole` and, for the
+/// function's sealed copies, `VAULT_KMS_KEY_ID`.
+async fn dlq_redrive(args: &DlqRedriveArgs) -> Result<(), Failure> {
+    use crate::ingest::redrive::{RedriveOptions, redrive};
+    let aws = crate::secrets::sdk_config().await;
+    let sqs = aws_sdk_sqs::Client::new(&aws);
+    let mut unsealer = vault_key()
+        .ok()
+        .map(|key| crate::privacy::dead_letter::Unsealer::new(aws_sdk_kms::Client::new(&aws), key));
+    let options = RedriveOptions {
+        dlq_url: args.dlq_url.clone(),
+        to_url: args.to.clone(),
+        dry_run: args.dry_run,
+        max: args.max,
+    };
+    let report = redrive(&sqs, unsealer.as_mut(), &options, &mut |r| {
+        info!(
+            received = r.received,
+            redriven = r.redriven,
+            left = r.left.values().sum::<u64>(),
+            dry_run = args.dry_run,
+            "dlq-redrive"
+        )
+    })
+    .await
+    .map_err(|e| match e {
+        e @ crate::ingest::redrive::RedriveError::NoKmsKey => Failure(e.to_string(), EXIT_USAGE),
+        e => Failure::from(e),
+    })?;
+    println!(
+        "{}",
+        serde_json::to_string(&report).expect("counts serialize")
+    );
     Ok(())
 }
 

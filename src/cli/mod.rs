@@ -76,6 +76,25 @@ pub enum Command {
     GenEvents(GenEventsArgs),
     /// Consume the queue as a long-running service (ECS, Kubernetes, a VM) until SIGTERM.
     Poll(PollArgs),
+    /// Send the dead-letter queue's messages back to the source queue as their producers sent them, unsealing the function's copies (DlqOperatorRole; VAULT_KMS_KEY_ID).
+    DlqRedrive(DlqRedriveArgs),
+}
+
+/// `login-etl dlq-redrive`.
+#[derive(Debug, Args)]
+pub struct DlqRedriveArgs {
+    /// The dead-letter queue's URL (the stack's DeadLetterQueueUrl output).
+    #[arg(long, value_name = "URL")]
+    pub dlq_url: String,
+    /// The source queue's URL (the stack's LoginQueueUrl output).
+    #[arg(long, value_name = "URL")]
+    pub to: String,
+    /// Only count what would be sent, by rejection code; nothing is sent or deleted.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Stop after this many messages.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max: Option<u64>,
 }
 
 /// `login-etl poll`: the same handler and environment variables as the

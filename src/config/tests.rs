@@ -228,3 +228,47 @@ fn debug_output_redacts_url_and_key() {
         "{dbg}"
     );
 }
+
+#[test]
+fn a_deployed_function_refuses_secrets_in_its_environment() {
+    let deployed = [
+        ("LAMBDA_TASK_ROOT", "/var/task"),
+        ("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001"),
+        ("DB_SECRET_ID", "db"),
+        ("MASKING_KEY_SECRET_ID", "k"),
+    ];
+    assert!(
+        load(&deployed).is_ok(),
+        "secrets by id are the deployed way"
+    );
+    for (var, value, instead) in [
+        ("MASKING_KEY", "ab".repeat(32), "MASKING_KEY_SECRET_ID"),
+        ("ERASURE_KEY", "cd".repeat(32), "ERASURE_KEY_SECRET_ID"),
+        (
+            "DATABASE_URL",
+            "postgres://u:hunter2@h/db".to_owned(),
+            "DB_SECRET_ID",
+        ),
+    ] {
+        let mut pairs = deployed.to_vec();
+        pairs.retain(|(k, _)| !(var == "MASKING_KEY" && *k == "MASKING_KEY_SECRET_ID"));
+        pairs.push((var, &value));
+        let e = load(&pairs)
+            .err()
+            .unwrap_or_else(|| panic!("{var} accepted"));
+        let text = e.to_string();
+        assert!(
+            matches!(e, ConfigError::SecretInLambdaEnvironment { .. }),
+            "{text}"
+        );
+        assert!(text.starts_with(var) && text.contains(instead), "{text}");
+        assert!(
+            !text.contains(&value) && !text.contains("hunter2"),
+            "{text}"
+        );
+        // The same variables are fine where no Lambda runtime set
+        // LAMBDA_TASK_ROOT: cargo lambda watch, the tests, login-etl poll.
+        pairs.retain(|(k, _)| *k != "LAMBDA_TASK_ROOT");
+        assert!(load(&pairs).is_ok(), "{var} outside Lambda");
+    }
+}

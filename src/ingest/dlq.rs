@@ -3,14 +3,24 @@
 //! A validation failure is deterministic: redelivering the message only
 //! delays it (5 receives at the default visibility is about 17 minutes, and
 //! on a FIFO queue its whole message group waits). Where the function knows
-//! its DLQ (`DLQ_URL`), it copies each rejected message there itself, the
-//! body unchanged, with message attributes saying why, and then counts the
-//! record as handled so SQS deletes it from the source queue: the same end
-//! state as SQS's own redrive after `maxReceiveCount`, minus the wait.
+//! its DLQ (`DLQ_URL`), it copies each rejected message there itself, with
+//! message attributes saying why, and then counts the record as handled so
+//! SQS deletes it from the source queue: the same end state as SQS's own
+//! redrive after `maxReceiveCount`, minus the wait.
+//!
+//! A copy carries no raw ip or device id: its body is masked ([`copy`]),
+//! and the original is sealed in two attributes that only the DLQ
+//! operator's role can open ([`crate::privacy::dead_letter`], with
+//! `VAULT_KMS_KEY_ID`; without it the original is not kept). The original's
+//! id and `SentTimestamp` ride along signed by the masking key, so `login-etl
+//! dlq-redrive` sends the original back to land on its own row, and nobody
+//! else can claim a row's key ([`crate::ingest::record::row_key`]).
 //!
 //! Nothing is lost on the way: an entry SQS refuses, a throttled or denied
-//! call, or an empty body (SQS stores none) leaves the record in
+//! call, or a copy too large for SQS leaves the record in
 //! `batchItemFailures`, and SQS redrives it as before.
+
+pub mod copy;
 
 use std::time::Duration;
 
@@ -22,6 +32,9 @@ use tokio::task::JoinSet;
 use tracing::warn;
 
 use crate::ingest::event::SqsRecord;
+use crate::ingest::record::row_key;
+use crate::privacy::dead_letter::{SEALED_BODY, SEALED_KEY, Sealer};
+use crate::privacy::masking::Masker;
 
 /// Entries per `SendMessageBatch` (the SQS limit).
 const MAX_ENTRIES: usize = 10;
@@ -30,6 +43,9 @@ const MAX_ENTRIES: usize = 10;
 const MAX_BATCH_BYTES: usize = 900 * 1024;
 /// Bound on all sends of one invocation.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest copy sent (body and attributes): SQS takes 256 KiB on
+/// every queue (1 MiB on newer ones), and attribute names count too.
+const MAX_COPY_BYTES: usize = 250 * 1024;
 
 /// One rejected record to copy. Its `Debug` shows the record without its
 /// body (see `SqsRecord`).
@@ -50,22 +66,41 @@ pub struct Rejected<'a> {
 pub struct DeadLetterQueue {
     client: Client,
     url: String,
+    sealer: Option<std::sync::Arc<Sealer>>,
 }
 
 impl DeadLetterQueue {
-    /// The queue at `url`, through `client`.
+    /// The queue at `url`, through `client`; copies keep no original body
+    /// until [`with_sealer`](Self::with_sealer).
     pub fn new(client: Client, url: String) -> Self {
-        Self { client, url }
+        Self {
+            client,
+            url,
+            sealer: None,
+        }
+    }
+
+    /// Seals each copy's original body with `sealer`.
+    pub fn with_sealer(mut self, sealer: Sealer) -> Self {
+        self.sealer = Some(std::sync::Arc::new(sealer));
+        self
+    }
+
+    /// Whether copies keep their original body, sealed.
+    pub fn seals(&self) -> bool {
+        self.sealer.is_some()
     }
 
     /// Copies `rejected` to the queue, in as few `SendMessageBatch` calls
-    /// as SQS allows (10 entries each), sent at once. Returns the positions
-    /// SQS accepted; every other record stays a batch item failure.
+    /// as SQS allows (10 entries each), sent at once: bodies masked and
+    /// redrive keys signed with `masker`. Returns the positions SQS
+    /// accepted; every other record stays a batch item failure.
     /// The sends end 500 ms before `deadline` (the invocation's) at the
     /// latest, so the response is still returned in time.
     pub async fn send(
         &self,
         rejected: &[Rejected<'_>],
+        masker: &Masker,
         fifo: bool,
         deadline: Option<std::time::Instant>,
     ) -> Vec<usize> {
@@ -75,25 +110,16 @@ impl DeadLetterQueue {
         let mut chunk: Vec<(usize, SendMessageBatchRequestEntry)> = Vec::new();
         let mut bytes = 0;
         for r in rejected {
-            let body = r.message.body.as_deref().unwrap_or_default();
-            if body.is_empty() {
-                warn!(
-                    message_id = r.message_id,
-                    "cannot copy an empty body to the dead-letter queue; leaving the record to SQS's redrive"
-                );
+            let Some((mut entry, size)) = self.entry(r, masker, fifo, &rejected_at) else {
                 continue;
-            }
-            if chunk.len() == MAX_ENTRIES
-                || (bytes + body.len() > MAX_BATCH_BYTES && !chunk.is_empty())
-            {
+            };
+            if chunk.len() == MAX_ENTRIES || (bytes + size > MAX_BATCH_BYTES && !chunk.is_empty()) {
                 calls.spawn(self.clone().send_chunk(std::mem::take(&mut chunk)));
                 bytes = 0;
             }
             // The entry id is its index in its call.
-            let Some(entry) = entry(r, chunk.len(), fifo, &rejected_at) else {
-                continue;
-            };
-            bytes += body.len();
+            bytes += size;
+            entry.id = chunk.len().to_string();
             chunk.push((r.position, entry));
         }
         if !chunk.is_empty() {
@@ -163,48 +189,78 @@ fn string(value: &str) -> Option<MessageAttributeValue> {
         .ok()
 }
 
-/// The copy of one rejected record, entry `id` of its call.
-fn entry(
-    r: &Rejected<'_>,
-    id: usize,
-    fifo: bool,
-    rejected_at: &str,
-) -> Option<SendMessageBatchRequestEntry> {
-    let attrs = r.message.attributes.as_ref();
-    let receive_count = attrs
-        .and_then(|a| a.approximate_receive_count.as_deref())
-        .unwrap_or("1");
-    let mut builder = SendMessageBatchRequestEntry::builder()
-        .id(id.to_string())
-        .message_body(r.message.body.as_deref().unwrap_or_default())
-        .message_attributes("rejection_code", string(r.code)?)
-        // The original's id and SentTimestamp (kept through any number of
-        // redrives): a redriven copy is keyed and dated by them, so it can
-        // never add a second row (see `record::transform`).
-        .message_attributes(
-            "source_message_id",
-            string(r.message.key_message_id(r.message_id))?,
-        )
-        .message_attributes(
-            "source_queue",
-            string(r.message.event_source_arn.as_deref().unwrap_or("unknown"))?,
-        )
-        .message_attributes(
-            "receive_count",
-            MessageAttributeValue::builder()
-                .data_type("Number")
-                .string_value(receive_count)
-                .build()
-                .ok()?,
-        )
-        .message_attributes("rejected_at", string(rejected_at)?);
-    if let Some(sent) = r.message.key_sent_timestamp() {
-        builder = builder.message_attributes("source_sent_timestamp", string(sent)?);
+impl DeadLetterQueue {
+    /// The copy of one rejected record (its entry id set by the caller),
+    /// and its size; `None` (with a warning) when SQS could not take it.
+    fn entry(
+        &self,
+        r: &Rejected<'_>,
+        masker: &Masker,
+        fifo: bool,
+        rejected_at: &str,
+    ) -> Option<(SendMessageBatchRequestEntry, usize)> {
+        let body = r.message.body.as_deref().unwrap_or_default();
+        let attrs = r.message.attributes.as_ref();
+        let receive_count = attrs
+            .and_then(|a| a.approximate_receive_count.as_deref())
+            .unwrap_or("1");
+        // The original's id and SentTimestamp (a signed copy's, kept through
+        // any number of redrives): a redriven original is keyed and dated by
+        // them, so it can never add a second row (see `record::row_key`).
+        let key = row_key(r.message_id, r.message, masker);
+        let masked = copy::masked_body(body, masker);
+        let sealed = match (&self.sealer, body.is_empty()) {
+            (Some(sealer), false) => {
+                if masked.len() + sealer.sealed_len(body.len()) > MAX_COPY_BYTES {
+                    warn!(
+                        message_id = r.message_id,
+                        body_bytes = body.len(),
+                        "the sealed copy of this rejected record is larger than SQS takes; leaving the record to SQS's redrive"
+                    );
+                    return None;
+                }
+                Some(sealer.seal(key.message_id, body))
+            }
+            _ => None,
+        };
+        let mut builder = SendMessageBatchRequestEntry::builder()
+            .id("0")
+            .message_body(&masked)
+            .message_attributes("rejection_code", string(r.code)?)
+            .message_attributes("source_message_id", string(key.message_id)?)
+            .message_attributes(
+                "source_queue",
+                string(r.message.event_source_arn.as_deref().unwrap_or("unknown"))?,
+            )
+            .message_attributes(
+                "receive_count",
+                MessageAttributeValue::builder()
+                    .data_type("Number")
+                    .string_value(receive_count)
+                    .build()
+                    .ok()?,
+            )
+            .message_attributes("rejected_at", string(rejected_at)?);
+        if let Some(sent) = key.sent_timestamp {
+            builder = builder
+                .message_attributes("source_sent_timestamp", string(sent)?)
+                .message_attributes(
+                    "source_signature",
+                    string(&masker.redrive_signature(key.message_id, sent))?,
+                );
+        }
+        let mut size = masked.len() + 1024;
+        if let Some(sealed) = sealed {
+            size += sealed.body.len() + sealed.key.len();
+            builder = builder
+                .message_attributes(SEALED_BODY, string(&sealed.body)?)
+                .message_attributes(SEALED_KEY, string(&sealed.key)?);
+        }
+        if fifo {
+            builder = builder
+                .set_message_group_id(attrs.and_then(|a| a.message_group_id.clone()))
+                .message_deduplication_id(r.message_id);
+        }
+        Some((builder.build().ok()?, size))
     }
-    if fifo {
-        builder = builder
-            .set_message_group_id(attrs.and_then(|a| a.message_group_id.clone()))
-            .message_deduplication_id(r.message_id);
-    }
-    builder.build().ok()
 }

@@ -211,9 +211,11 @@ pub struct SqsRecord {
 }
 
 /// The attributes of a copy the function sent to the dead-letter queue
-/// ([`crate::ingest::dlq`]): the original message's id and `SentTimestamp`. A DLQ
-/// redrive sends the copy back as a new message, with a new id and a new
-/// `SentTimestamp`; these keep its row key and day the original's.
+/// ([`crate::ingest::dlq`]): the original message's id and `SentTimestamp`,
+/// signed. A redrive sends the copy back as a new message, with a new id
+/// and a new `SentTimestamp`; these keep its row key and day the
+/// original's, when the signature holds (see
+/// [`crate::ingest::record::row_key`]): any sender can set attributes.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct SourceAttributes {
     /// `source_message_id`.
@@ -222,6 +224,22 @@ pub struct SourceAttributes {
     /// `source_sent_timestamp` (epoch milliseconds).
     #[serde(default, deserialize_with = "string_value")]
     pub source_sent_timestamp: Option<String>,
+    /// `source_signature`: the masking key's signature of the two
+    /// (`Masker::redrive_signature`).
+    #[serde(default, deserialize_with = "string_value")]
+    pub source_signature: Option<String>,
+}
+
+/// The three message attributes that name a redriven copy's original, as
+/// the message carries them: a claim until its signature is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimedSource<'a> {
+    /// `source_message_id`.
+    pub message_id: &'a str,
+    /// `source_sent_timestamp`.
+    pub sent_timestamp: &'a str,
+    /// `source_signature`.
+    pub signature: &'a str,
 }
 
 /// A message attribute as Lambda's SQS event shows it: its `stringValue`.
@@ -275,25 +293,18 @@ impl SqsRecord {
         self.attributes.as_ref()?.sent_timestamp.as_deref()
     }
 
-    /// The row key: the original message's id for a copy redriven from the
-    /// dead-letter queue (`source_message_id`), else this message's id.
-    pub fn key_message_id<'a>(&'a self, message_id: &'a str) -> &'a str {
-        self.message_attributes
-            .as_ref()
-            .and_then(|a| a.source_message_id.as_deref())
-            .filter(|id| !id.is_empty())
-            .unwrap_or(message_id)
-    }
-
-    /// When the message was first sent (epoch ms, as text): the original's
-    /// for a redriven copy (`source_sent_timestamp`), else `SentTimestamp`.
-    /// SQS keeps `SentTimestamp` across redeliveries, so this is the same on
-    /// every delivery of the message and of its redriven copies.
-    pub fn key_sent_timestamp(&self) -> Option<&str> {
-        self.message_attributes
-            .as_ref()
-            .and_then(|a| a.source_sent_timestamp.as_deref())
-            .or_else(|| self.sent_timestamp())
+    /// The original that a redriven copy names in its message attributes,
+    /// when it names one in full (all three non-empty).
+    pub fn claimed_source(&self) -> Option<ClaimedSource<'_>> {
+        let a = self.message_attributes.as_ref()?;
+        fn nonempty(v: &Option<String>) -> Option<&str> {
+            v.as_deref().filter(|v| !v.is_empty())
+        }
+        Some(ClaimedSource {
+            message_id: nonempty(&a.source_message_id)?,
+            sent_timestamp: nonempty(&a.source_sent_timestamp)?,
+            signature: nonempty(&a.source_signature)?,
+        })
     }
 }
 
@@ -329,6 +340,10 @@ impl From<&SqsMessage> for SqsRecord {
                 source_sent_timestamp: m
                     .message_attributes
                     .get("source_sent_timestamp")
+                    .and_then(|a| a.string_value.clone()),
+                source_signature: m
+                    .message_attributes
+                    .get("source_signature")
                     .and_then(|a| a.string_value.clone()),
             }),
         }

@@ -7,7 +7,9 @@
 //! - [`handler`]: one batch to a partial-batch response and a summary;
 //! - [`sink`]: PostgreSQL I/O (COPY fast path, bulk insert, refusal
 //!   isolation, reconnects);
-//! - [`dlq`]: rejected records straight to the dead-letter queue;
+//! - [`dlq`]: rejected records straight to the dead-letter queue, masked,
+//!   their originals sealed;
+//! - [`redrive`]: `login-etl dlq-redrive`, the originals sent back;
 //! - [`backoff`]: per-message visibility backoff after an infrastructure failure;
 //! - [`metrics`]: the summary as a CloudWatch EMF document.
 //!
@@ -27,5 +29,7 @@ pub mod handler;
 #[cfg(feature = "service")]
 pub mod metrics;
 pub mod record;
+#[cfg(feature = "service")]
+pub mod redrive;
 #[cfg(feature = "service")]
 pub mod sink;

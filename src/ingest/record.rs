@@ -225,23 +225,53 @@ impl fmt::Debug for LoginEvent<'_> {
     }
 }
 
+/// The key a message's row is stored under: its message id and the
+/// `SentTimestamp` its day comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowKey<'a> {
+    /// The `message_id` column.
+    pub message_id: &'a str,
+    /// Epoch milliseconds, as text; `None` when the message has none.
+    pub sent_timestamp: Option<&'a str>,
+}
+
+/// The row key of a message: a redriven copy's original's
+/// ([`SqsRecord::claimed_source`]) when `masker` verifies its signature
+/// under any key version it holds, so every redriven copy of a message
+/// lands on the row of the original; else the message's own id
+/// (`message_id`) and `SentTimestamp`. Attributes any sender can set are
+/// never enough: unsigned or wrongly signed ones are ignored, so a
+/// producer cannot choose another message's key or a row's day.
+pub fn row_key<'a>(message_id: &'a str, message: &'a SqsRecord, masker: &Masker) -> RowKey<'a> {
+    match message.claimed_source() {
+        Some(c) if masker.verifies_redrive(c.message_id, c.sent_timestamp, c.signature) => RowKey {
+            message_id: c.message_id,
+            sent_timestamp: Some(c.sent_timestamp),
+        },
+        _ => RowKey {
+            message_id,
+            sent_timestamp: message.sent_timestamp(),
+        },
+    }
+}
+
 /// Validates and masks one SQS message. `message_id` is the record's id
 /// (checked present by the caller). The row's key and day come from the
-/// message alone ([`SqsRecord::key_message_id`], [`sent_at`]): never from
-/// when it was read, so every delivery of it, and every redriven copy,
-/// lands on the same row.
+/// message alone ([`row_key`]): never from when it was read, so every
+/// delivery of it, and every redriven copy, lands on the same row.
 pub fn transform<'a>(
     message_id: &'a str,
     message: &'a SqsRecord,
     masker: &Masker,
 ) -> Result<LoginRow<'a>, Rejection> {
-    let message_id = message.key_message_id(message_id);
+    let key = row_key(message_id, message, masker);
+    let message_id = key.message_id;
     if message_id.len() > MAX_MESSAGE_ID_CHARS && message_id.chars().count() > MAX_MESSAGE_ID_CHARS
     {
         return Err(Rejection::MessageIdTooLong);
     }
     let login = parse_body(message.body.as_deref().unwrap_or(""))?;
-    let sent_at = checked_sent_at(message)?;
+    let sent_at = checked_sent_at(key.sent_timestamp)?;
     Ok(LoginRow {
         message_id,
         masked_ip: masker.ip(&login.ip),
@@ -266,13 +296,12 @@ pub const SENT_AT_MIN_MS: i64 = -210_866_803_200_000;
 /// The first instant past the last one it holds (294277-01-01 00:00 UTC).
 pub const SENT_AT_END_MS: i64 = 9_224_318_016_000_000;
 
-/// When the message was first sent ([`SqsRecord::key_sent_timestamp`],
-/// epoch milliseconds), within what PostgreSQL's `timestamptz` (and so
-/// `date`) holds: [`Rejection::NoSentTimestamp`] when absent or unreadable,
+/// A row key's `sent_timestamp` (epoch milliseconds, as text) as a time
+/// within what PostgreSQL's `timestamptz` (and so `date`) holds:
+/// [`Rejection::NoSentTimestamp`] when absent or unreadable,
 /// [`Rejection::SentTimestampOutOfRange`] outside it.
-pub fn checked_sent_at(message: &SqsRecord) -> Result<DateTime<Utc>, Rejection> {
-    let millis = message
-        .key_sent_timestamp()
+pub fn checked_sent_at(sent_timestamp: Option<&str>) -> Result<DateTime<Utc>, Rejection> {
+    let millis = sent_timestamp
         .and_then(|t| t.trim().parse::<i64>().ok())
         .ok_or(Rejection::NoSentTimestamp)?;
     if !(SENT_AT_MIN_MS..SENT_AT_END_MS).contains(&millis) {
@@ -281,14 +310,10 @@ pub fn checked_sent_at(message: &SqsRecord) -> Result<DateTime<Utc>, Rejection> 
     DateTime::from_timestamp_millis(millis).ok_or(Rejection::SentTimestampOutOfRange)
 }
 
-/// [`checked_sent_at`], `None` for either refusal.
-pub fn sent_at(message: &SqsRecord) -> Option<DateTime<Utc>> {
-    checked_sent_at(message).ok()
-}
-
-/// The UTC date of [`sent_at`].
-pub fn sent_date(message: &SqsRecord) -> Option<NaiveDate> {
-    sent_at(message).map(|t| t.date_naive())
+/// The UTC date of a `SentTimestamp` ([`checked_sent_at`]), `None` for
+/// either refusal.
+pub fn sent_date(sent_timestamp: Option<&str>) -> Option<NaiveDate> {
+    checked_sent_at(sent_timestamp).ok().map(|t| t.date_naive())
 }
 
 /// A login event that passed validation, before masking. Its `Debug`

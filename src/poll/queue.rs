@@ -118,6 +118,7 @@ pub fn to_record(m: &Message, queue_arn: &str) -> SqsRecord {
         message_attributes: Some(SourceAttributes {
             source_message_id: message_attr("source_message_id"),
             source_sent_timestamp: message_attr("source_sent_timestamp"),
+            source_signature: message_attr("source_signature"),
         }),
     }
 }
@@ -281,6 +282,7 @@ impl Queue {
             // What a copy redriven from the DLQ carries of its original.
             .message_attribute_names("source_message_id")
             .message_attribute_names("source_sent_timestamp")
+            .message_attribute_names("source_signature")
             .send();
         // The SDK's own timeouts do not cover a long poll that hangs.
         let limit = Duration::from_secs(u64::from(wait) + 10);

@@ -25,6 +25,7 @@ use std::net::IpAddr;
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
+use zeroize::Zeroizing;
 
 use crate::error::ConfigError;
 
@@ -36,18 +37,23 @@ pub const MIN_KEY_BYTES: usize = 32;
 /// Length of a token in characters (hex of a 32-byte digest).
 pub const TOKEN_LEN: usize = 64;
 
-/// The secret HMAC key. Its `Debug` output never shows the bytes.
+/// The secret HMAC key: its bytes are wiped when it is dropped (as are the
+/// HMAC states it is absorbed in, `hmac`'s `zeroize` feature), and its
+/// `Debug` output never shows them. `Clone` because a [`Masker`] is built
+/// from copies; each copy is wiped on its own drop.
 #[derive(Clone)]
-pub struct MaskingKey(Vec<u8>);
+pub struct MaskingKey(Zeroizing<Vec<u8>>);
 
 impl MaskingKey {
     /// Parses a hex key (e.g. from `openssl rand -hex 32`) of at least
     /// [`MIN_KEY_BYTES`] bytes. `source` names where the key came from, for
     /// the error message; the error never contains the key itself.
     pub fn from_hex(hex_key: &str, source: &str) -> Result<Self, ConfigError> {
-        let bytes = hex::decode(hex_key.trim()).map_err(|_| ConfigError::MaskingKeyNotHex {
-            origin: source.to_owned(),
-        })?;
+        let bytes = Zeroizing::new(hex::decode(hex_key.trim()).map_err(|_| {
+            ConfigError::MaskingKeyNotHex {
+                origin: source.to_owned(),
+            }
+        })?);
         if bytes.len() < MIN_KEY_BYTES {
             return Err(ConfigError::MaskingKeyTooShort {
                 origin: source.to_owned(),
@@ -228,6 +234,11 @@ const USER_KEY_DERIVATION: &[u8] = b"login-etl user key v1";
 
 /// What a key's check value is the token of (see [`Masker::check`]).
 const CHECK_LABEL: &[u8] = b"login-etl key check v1";
+
+/// The label of the redrive-signing key derived from each masking key
+/// (see [`Masker::redrive_signature`]): never the masking key itself, so a
+/// signature is never a token.
+const REDRIVE_LABEL: &[u8] = b"login-etl redrive v1";
 
 /// Computes user keys: the keyed hash of a user id that the erasure list
 /// and the audit of `login-etl forget` store instead of the id. Version 1 is
@@ -447,6 +458,60 @@ impl Masker {
     /// re-keyed all the same: the HMAC of its bytes).
     pub fn rekey_text(&self, stored: &str, to: u16) -> Token {
         self.chain.step_text(stored, to)
+    }
+
+    /// The signature of a redrive key: the original message's id and
+    /// `SentTimestamp` that a copy in the dead-letter queue carries
+    /// (`source_message_id`, `source_sent_timestamp`), so that the copy,
+    /// sent back by `login-etl dlq-redrive`, lands on the original's row.
+    /// `v<n>.` and the hex of HMAC-SHA256(sₙ, id ‖ 0 ‖ timestamp), where sₙ =
+    /// HMAC-SHA256(kₙ, "login-etl redrive v1") at this masker's version n:
+    /// only a holder of the masking key makes one, so a producer cannot
+    /// choose a row's key or day.
+    pub fn redrive_signature(&self, message_id: &str, sent_timestamp: &str) -> String {
+        let mac = self.redrive_mac(self.version, message_id, sent_timestamp);
+        format!(
+            "v{}.{}",
+            self.version,
+            hex::encode(mac.finalize().into_bytes())
+        )
+    }
+
+    /// Whether `signature` is a [`redrive_signature`](Self::redrive_signature)
+    /// of (`message_id`, `sent_timestamp`) under any version this masker
+    /// holds: a copy sealed before a rotation keeps its key. Compared in
+    /// constant time.
+    pub fn verifies_redrive(
+        &self,
+        message_id: &str,
+        sent_timestamp: &str,
+        signature: &str,
+    ) -> bool {
+        let Some((version, digest)) = signature
+            .strip_prefix('v')
+            .and_then(|rest| rest.split_once('.'))
+        else {
+            return false;
+        };
+        let (Ok(version), Ok(digest)) = (version.parse::<u16>(), hex::decode(digest)) else {
+            return false;
+        };
+        if !(1..=self.latest()).contains(&version) {
+            return false;
+        }
+        self.redrive_mac(version, message_id, sent_timestamp)
+            .verify_slice(&digest)
+            .is_ok()
+    }
+
+    fn redrive_mac(&self, version: u16, message_id: &str, sent_timestamp: &str) -> HmacSha256 {
+        let mut derive = self.chain.0[usize::from(version) - 1].clone();
+        derive.update(REDRIVE_LABEL);
+        let mut mac = keyed(&derive.finalize().into_bytes());
+        mac.update(message_id.as_bytes());
+        mac.update(&[0]);
+        mac.update(sent_timestamp.as_bytes());
+        mac
     }
 
     /// Token of an IP address in its canonical form (`IpAddr`'s `Display`),

@@ -8,6 +8,8 @@
 //!   asks once per batch);
 //! - [`erased`]: the erasure list in memory, looked up at every key version;
 //! - [`vault`]: the PII vault (KMS envelope, AES-256-GCM);
+//! - [`dead_letter`]: the original body of a dead-letter copy, sealed for
+//!   the DLQ operator alone (the same envelope, a context of its own);
 //! - [`reveal`]: `login-etl reveal`, the audited way back from a token, and
 //!   the error the operator commands share;
 //! - [`audit`]: the audit trail as `login-etl audit` reads it, and the
@@ -30,6 +32,8 @@
 
 #[cfg(feature = "service")]
 pub mod audit;
+#[cfg(feature = "service")]
+pub mod dead_letter;
 #[cfg(feature = "service")]
 pub mod erased;
 #[cfg(feature = "service")]

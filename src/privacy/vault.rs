@@ -189,21 +189,33 @@ impl DataKey {
 
     /// A new data key from KMS (`GenerateDataKey`, AES_256) under `kms_key_id`.
     pub async fn generate(kms: &Kms, kms_key_id: &str) -> Result<Self, VaultError> {
+        Self::generate_in(
+            kms,
+            kms_key_id,
+            ENCRYPTION_CONTEXT,
+            "; the function's role needs kms:GenerateDataKey on VAULT_KMS_KEY_ID",
+        )
+        .await
+    }
+
+    /// [`generate`](Self::generate) under the encryption context `context`
+    /// (the vault's, or the dead-letter copies' of
+    /// [`crate::privacy::dead_letter`]); `hint` says what to check when KMS
+    /// refuses (starts with "; ").
+    pub(crate) async fn generate_in(
+        kms: &Kms,
+        kms_key_id: &str,
+        context: (&str, &str),
+        hint: &'static str,
+    ) -> Result<Self, VaultError> {
         let out = kms
             .generate_data_key()
             .key_id(kms_key_id)
             .key_spec(DataKeySpec::Aes256)
-            .encryption_context(ENCRYPTION_CONTEXT.0, ENCRYPTION_CONTEXT.1)
+            .encryption_context(context.0, context.1)
             .send()
             .await
-            .map_err(|e| {
-                kms_error(
-                    "GenerateDataKey",
-                    kms_key_id,
-                    &e,
-                    "; the function's role needs kms:GenerateDataKey on VAULT_KMS_KEY_ID",
-                )
-            })?;
+            .map_err(|e| kms_error("GenerateDataKey", kms_key_id, &e, hint))?;
         let plaintext = Zeroizing::new(out.plaintext.map(Blob::into_inner).unwrap_or_default());
         let wrapped = out
             .ciphertext_blob
@@ -217,28 +229,71 @@ impl DataKey {
     /// no other: a wrapped key an ingest role stored under a key of its
     /// own choosing is refused by KMS, not decrypted.
     pub async fn unwrap(kms: &Kms, wrapped: Vec<u8>, kms_key_id: &str) -> Result<Self, VaultError> {
+        Self::unwrap_in(
+            kms,
+            wrapped,
+            kms_key_id,
+            ENCRYPTION_CONTEXT,
+            "; revealing needs kms:Decrypt on the vault key (run as PiiRevealRole, the only principal VaultKey's policy lets decrypt, with the vault's encryption context)",
+        )
+        .await
+    }
+
+    /// [`unwrap`](Self::unwrap) under the encryption context `context`.
+    pub(crate) async fn unwrap_in(
+        kms: &Kms,
+        wrapped: Vec<u8>,
+        kms_key_id: &str,
+        context: (&str, &str),
+        hint: &'static str,
+    ) -> Result<Self, VaultError> {
         let id = Self::id_of(&wrapped);
         let out = kms
             .decrypt()
             .key_id(kms_key_id)
             .ciphertext_blob(Blob::new(wrapped.clone()))
-            .encryption_context(ENCRYPTION_CONTEXT.0, ENCRYPTION_CONTEXT.1)
+            .encryption_context(context.0, context.1)
             .send()
             .await
-            .map_err(|e| {
-                kms_error(
-                    "Decrypt",
-                    &id,
-                    &e,
-                    "; revealing needs kms:Decrypt on the vault key (run as PiiRevealRole, the only principal VaultKey's policy lets decrypt, with the vault's encryption context)",
-                )
-            })?;
+            .map_err(|e| kms_error("Decrypt", &id, &e, hint))?;
         let plaintext = Zeroizing::new(out.plaintext.map(Blob::into_inner).unwrap_or_default());
         Self::new(
             &plaintext,
             wrapped,
             out.key_id.as_deref().unwrap_or_default(),
         )
+    }
+
+    /// `plain` under AES-256-GCM with a fresh random nonce, bound to `aad`:
+    /// the nonce followed by the ciphertext and its tag.
+    pub(crate) fn seal_bytes(&self, aad: &[u8], plain: &[u8]) -> Vec<u8> {
+        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let mut out = nonce.to_vec();
+        out.extend(
+            self.cipher
+                .encrypt(&nonce, Payload { msg: plain, aad })
+                .expect("AES-GCM encrypts any value shorter than 64 GiB"),
+        );
+        out
+    }
+
+    /// What [`seal_bytes`](Self::seal_bytes) sealed with `aad`; `None` when
+    /// it was altered, sealed under another key or bound to other data.
+    pub(crate) fn open_bytes(&self, aad: &[u8], sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+        if sealed.len() < 12 {
+            return None;
+        }
+        let (nonce, ciphertext) = sealed.split_at(12);
+        self.cipher
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad,
+                },
+            )
+            .ok()
+            .map(Zeroizing::new)
     }
 
     /// Its id (column `key_id`).

@@ -43,3 +43,8 @@ pub fn masker(n: usize) -> Masker {
 pub fn data_key() -> DataKey {
     DataKey::new(&[0x42; 32], vec![1, 2, 3], "local").unwrap()
 }
+
+/// The masker of [`TEST_KEY`] alone, as the tests' handlers hold it.
+pub fn test_masker() -> Masker {
+    Masker::new(&login_etl::privacy::masking::MaskingKey::from_hex(TEST_KEY, "test").unwrap())
+}

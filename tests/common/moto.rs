@@ -38,3 +38,17 @@ pub fn start_moto() -> (Moto, u16) {
     }
     (moto, port)
 }
+
+/// The SDK's configuration for moto at `endpoint`, built without touching
+/// the process's environment (the other tests of a binary read it).
+pub async fn moto_sdk(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(aws_smithy_http_client::Builder::new().build_http())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .load()
+        .await
+}

@@ -18,6 +18,7 @@ pub async fn sqs_client(endpoint: &str) -> Client {
 }
 
 /// An SQS endpoint that refuses the entries whose body contains `FAIL-ME`
+/// (a field name: a copy masks values, never names)
 /// (or, with `deny_all`, the whole call, as IAM does) and accepts the rest.
 pub async fn scripted_sqs(deny_all: bool) -> u16 {
     serve(move |body| {
@@ -123,4 +124,32 @@ async fn serve(
         }
     });
     port
+}
+
+/// Every message in `url`, with all its attributes, each received once:
+/// hidden for `hide_seconds` (the queue's visibility when `None`).
+pub async fn receive_all(
+    client: &Client,
+    url: &str,
+    hide_seconds: Option<i32>,
+) -> Vec<aws_sdk_sqs::types::Message> {
+    let mut out = Vec::new();
+    loop {
+        let got = client
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .set_visibility_timeout(hide_seconds)
+            .message_attribute_names("All")
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default();
+        if got.is_empty() {
+            return out;
+        }
+        out.extend(got);
+    }
 }

@@ -471,6 +471,12 @@ impl World {
             unreachable!()
         };
         let now = aws::now_ms();
+        // An operator's redrive carries the copy's signed key; version 1 of
+        // the masking key signs it, which every environment holds.
+        let first_key = self.masking_keys.lock().unwrap()[0].clone();
+        let signer = login_etl::privacy::masking::Masker::new(
+            &login_etl::privacy::masking::MaskingKey::from_hex(&first_key, "soak").unwrap(),
+        );
         let mut ledger = self.ledger.lock().unwrap();
         for out in batch {
             let (body, key_id, key_sent_ms, attributes) = match &out.copy_of {
@@ -484,6 +490,13 @@ impl World {
                         (
                             "source_sent_timestamp".to_owned(),
                             ("String".to_owned(), o.key_sent_ms.to_string()),
+                        ),
+                        (
+                            "source_signature".to_owned(),
+                            (
+                                "String".to_owned(),
+                                signer.redrive_signature(&o.key_id, &o.key_sent_ms.to_string()),
+                            ),
                         ),
                         (
                             "rejection_code".to_owned(),

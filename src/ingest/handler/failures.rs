@@ -11,6 +11,7 @@ use crate::ingest::backoff::{Hold, Schedule, Visibility, jitter};
 use crate::ingest::dlq::{DeadLetterQueue, Rejected};
 use crate::ingest::event::{SqsBatch, SqsRecord};
 use crate::ingest::sink::InsertReport;
+use crate::privacy::masking::Masker;
 
 /// The positions to report in `batchItemFailures`, ascending: rejects not
 /// in the DLQ, refused rows not in the DLQ, and (`write_failed`) every record
@@ -60,7 +61,7 @@ pub(super) fn receive_count(record: &SqsRecord) -> u32 {
 /// (0: never): to the DLQ with their SQLSTATE (`refused.<SQLSTATE>`).
 /// Returns the positions SQS accepted, ascending.
 pub(super) async fn send_refused(
-    (dlq, max_receives): (&DeadLetterQueue, u32),
+    (dlq, max_receives, masker): (&DeadLetterQueue, u32, &Masker),
     batch: &SqsBatch,
     report: &InsertReport,
     valid: &Transformed<'_>,
@@ -91,7 +92,7 @@ pub(super) async fn send_refused(
     if due.is_empty() {
         return Vec::new();
     }
-    dlq.send(&due, fifo, deadline).await
+    dlq.send(&due, masker, fifo, deadline).await
 }
 
 /// Extends the visibility of the failed records by the schedule: each by

@@ -203,18 +203,22 @@ impl BatchHandler {
         let (report, failure) = self
             .write(batch, fifo, deadline, started, &mut valid)
             .await?;
+        let masker = valid
+            .masker
+            .take()
+            .unwrap_or_else(|| self.keys.unchecked().masker);
         let ids = &valid.ids;
         // Standard queues: rejected records go to the DLQ once their
         // neighbours are written, or failed (FIFO batches sent them before
         // writing): a reject is never held back by the database.
         if !fifo && let Some(dlq) = &self.dlq {
             valid.sent = dlq
-                .send(&valid.rejected_records(batch), false, deadline)
+                .send(&valid.rejected_records(batch), &masker, false, deadline)
                 .await;
         }
         let refused_sent = match &self.dlq {
             Some(dlq) => {
-                let to = (dlq, self.refused_max_receives);
+                let to = (dlq, self.refused_max_receives, &masker);
                 failures::send_refused(to, batch, &report, &valid, fifo, deadline).await
             }
             None => Vec::new(),

@@ -32,6 +32,9 @@ pub(super) struct Transformed<'b> {
     pub(super) vault: VaultBatch,
     /// Positions of records of erased users (handled, not stored), ascending.
     pub(super) erased: Vec<usize>,
+    /// The masker the batch was validated with: what its DLQ copies are
+    /// masked and signed with.
+    pub(super) masker: Option<crate::privacy::masking::Masker>,
 }
 
 impl<'b> Transformed<'b> {
@@ -83,6 +86,7 @@ impl Transform<'_> {
             Ok(keys) => (keys, None),
             Err(e) => (self.keys.unchecked(), Some(e)),
         };
+        out.masker = Some(keys.masker.clone());
         let mut writer = None;
         if early.is_none() {
             match sink.start_batch(batch.size_hint(), self.deadline).await {
@@ -159,8 +163,9 @@ impl Transform<'_> {
         let (true, Some(dlq)) = (self.fifo, self.dlq) else {
             return;
         };
+        let masker = out.masker.as_ref().expect("set before any record");
         out.sent = dlq
-            .send(&out.rejected_records(batch), true, self.deadline)
+            .send(&out.rejected_records(batch), masker, true, self.deadline)
             .await;
         if let Some(&(held, _)) = out
             .rejected

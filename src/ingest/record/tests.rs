@@ -151,38 +151,24 @@ fn reasons_never_contain_the_value() {
 
 #[test]
 fn sent_timestamp_gives_the_utc_date() {
-    let at = |t: Option<&str>| SqsRecord {
-        attributes: Some(crate::ingest::event::RecordAttributes {
-            sent_timestamp: t.map(str::to_owned),
-            ..Default::default()
-        }),
-        ..SqsRecord::default()
-    };
-    assert_eq!(sent_date(&SqsRecord::default()), None);
-    assert_eq!(sent_date(&at(None)), None);
+    assert_eq!(sent_date(None), None);
     // 2023-11-14T23:59:59.999Z
     assert_eq!(
-        sent_date(&at(Some("1700006399999"))),
+        sent_date(Some("1700006399999")),
         NaiveDate::from_ymd_opt(2023, 11, 14)
     );
     assert_eq!(
-        sent_date(&at(Some("1700006400000"))),
+        sent_date(Some("1700006400000")),
         NaiveDate::from_ymd_opt(2023, 11, 15)
     );
-    assert_eq!(sent_date(&at(Some("yesterday"))), None);
+    assert_eq!(sent_date(Some("yesterday")), None);
     // Past what PostgreSQL's timestamptz holds: no date, not a wrong one.
-    assert_eq!(sent_date(&at(Some("9223372036854775807"))), None);
+    assert_eq!(sent_date(Some("9223372036854775807")), None);
 }
 
 #[test]
 fn a_sent_timestamp_outside_postgresqls_range_is_its_own_rejection() {
-    let at = |t: &str| SqsRecord {
-        attributes: Some(crate::ingest::event::RecordAttributes {
-            sent_timestamp: Some(t.to_owned()),
-            ..Default::default()
-        }),
-        ..SqsRecord::default()
-    };
+    let at = Some;
     // Chrono's year -4713 (4714 BC), a month before PostgreSQL's first day:
     // accepted once, then refused by the server (22008) on every receive.
     for outside in [
@@ -192,7 +178,7 @@ fn a_sent_timestamp_outside_postgresqls_range_is_its_own_rejection() {
         "9223372036854775807",
     ] {
         assert_eq!(
-            checked_sent_at(&at(outside)),
+            checked_sent_at(at(outside)),
             Err(Rejection::SentTimestampOutOfRange),
             "{outside}"
         );
@@ -204,19 +190,15 @@ fn a_sent_timestamp_outside_postgresqls_range_is_its_own_rejection() {
     // (chrono's dates end in 262143 AD, before PostgreSQL's: what it cannot
     // hold is out of range too.)
     for inside in ["-210866803200000", "253402300799999", "0"] {
-        assert!(checked_sent_at(&at(inside)).is_ok(), "{inside}");
+        assert!(checked_sent_at(at(inside)).is_ok(), "{inside}");
     }
-    assert_eq!(
-        checked_sent_at(&at("soon")),
-        Err(Rejection::NoSentTimestamp)
-    );
+    assert_eq!(checked_sent_at(at("soon")), Err(Rejection::NoSentTimestamp));
 }
 
 #[test]
-fn a_redriven_copy_keeps_the_originals_key_and_day_and_no_timestamp_is_a_rejection() {
-    let masker = Masker::new(
-        &crate::privacy::masking::MaskingKey::from_hex(&"ab".repeat(32), "test").unwrap(),
-    );
+fn a_signed_redriven_copy_keeps_the_originals_key_and_day_and_no_timestamp_is_a_rejection() {
+    let key = |b: &str| crate::privacy::masking::MaskingKey::from_hex(&b.repeat(32), "test");
+    let masker = Masker::new(&key("ab").unwrap());
     let body = r#"{"user_id":"u","app_version":"1.1","device_type":"ios","ip":"10.0.0.1","locale":null,"device_id":"123-45-6789"}"#;
     let original = SqsRecord {
         body: Some(body.into()),
@@ -228,13 +210,20 @@ fn a_redriven_copy_keeps_the_originals_key_and_day_and_no_timestamp_is_a_rejecti
     };
     let row = transform("m-original", &original, &masker).unwrap();
     // The copy the function sent to the DLQ, redriven: a new id, a new
-    // SentTimestamp (a day later), the original's in its attributes.
-    let mut copy = original.clone();
-    copy.attributes.as_mut().unwrap().sent_timestamp = Some("1700092800000".into());
-    copy.message_attributes = Some(crate::ingest::event::SourceAttributes {
-        source_message_id: Some("m-original".into()),
-        source_sent_timestamp: Some("1700006399999".into()),
-    });
+    // SentTimestamp (a day later), the original's in its attributes,
+    // signed by the masking key.
+    let signed = |id: &str, ts: &str, signature: String| {
+        let mut copy = original.clone();
+        copy.attributes.as_mut().unwrap().sent_timestamp = Some("1700092800000".into());
+        copy.message_attributes = Some(crate::ingest::event::SourceAttributes {
+            source_message_id: Some(id.into()),
+            source_sent_timestamp: Some(ts.into()),
+            source_signature: Some(signature),
+        });
+        copy
+    };
+    let good = masker.redrive_signature("m-original", "1700006399999");
+    let copy = signed("m-original", "1700006399999", good.clone());
     let again = transform("m-redriven", &copy, &masker).unwrap();
     assert_eq!(
         (again.message_id, again.sent_at, again.create_date),
@@ -244,20 +233,97 @@ fn a_redriven_copy_keeps_the_originals_key_and_day_and_no_timestamp_is_a_rejecti
         row.create_date,
         NaiveDate::from_ymd_opt(2023, 11, 14).unwrap()
     );
-    // A copy from before source_sent_timestamp existed: its own time.
-    copy.message_attributes
-        .as_mut()
-        .unwrap()
-        .source_sent_timestamp = None;
-    let legacy = transform("m-redriven", &copy, &masker).unwrap();
-    assert_eq!(legacy.message_id, "m-original");
+    // A rotation later, the copy signed under version 1 still keys the row.
+    let rotated = Masker::versions(
+        &crate::privacy::masking::KeyVersions::parse(
+            &format!(
+                r#"{{"versions": ["{}", "{}"]}}"#,
+                "ab".repeat(32),
+                "ef".repeat(32)
+            ),
+            "test",
+        )
+        .unwrap(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(rotated.version(), 2);
     assert_eq!(
-        legacy.create_date,
-        NaiveDate::from_ymd_opt(2023, 11, 16).unwrap()
+        row_key("m-redriven", &copy, &rotated),
+        RowKey {
+            message_id: "m-original",
+            sent_timestamp: Some("1700006399999")
+        }
+    );
+    assert!(
+        rotated
+            .redrive_signature("m-original", "1700006399999")
+            .starts_with("v2.")
     );
     let mut unsent = original.clone();
     unsent.attributes = None;
     let e = transform("m", &unsent, &masker).unwrap_err();
     assert_eq!(e, Rejection::NoSentTimestamp);
     assert_eq!(e.code(), "no_sent_timestamp");
+}
+
+/// A record keyed by a DLQ copy's attributes only when the masking key
+/// signed them: what any sender can write is not enough.
+#[test]
+fn a_forged_redrive_key_is_ignored_and_the_record_keyed_by_its_own_id_and_day() {
+    let key = |b: &str| crate::privacy::masking::MaskingKey::from_hex(&b.repeat(32), "test");
+    let masker = Masker::new(&key("ab").unwrap());
+    let good = masker.redrive_signature("m-original", "1700006399999");
+    let signed = |id: &str, ts: &str, signature: String| SqsRecord {
+        body: Some(GOOD.into()),
+        attributes: Some(crate::ingest::event::RecordAttributes {
+            sent_timestamp: Some("1700092800000".into()),
+            ..Default::default()
+        }),
+        message_attributes: Some(crate::ingest::event::SourceAttributes {
+            source_message_id: Some(id.into()),
+            source_sent_timestamp: Some(ts.into()),
+            source_signature: Some(signature),
+        }),
+        ..SqsRecord::default()
+    };
+    assert_eq!(
+        transform(
+            "m-redriven",
+            &signed("m-original", "1700006399999", good.clone()),
+            &masker
+        )
+        .unwrap()
+        .message_id,
+        "m-original",
+        "the check below can fail"
+    );
+    // No signature, a made-up one, one of another version, one under a key
+    // this masker does not hold, or the right one with the id or day
+    // changed: each is keyed by its own id and day, never dropped as the
+    // original's duplicate.
+    let stranger = Masker::new(&key("cd").unwrap());
+    for forged in [
+        signed("m-original", "1700006399999", String::new()),
+        signed("m-original", "1700006399999", "v1.00".into()),
+        signed("m-original", "1700006399999", "v2.".to_owned() + &good[3..]),
+        signed(
+            "m-original",
+            "1700006399999",
+            stranger.redrive_signature("m-original", "1700006399999"),
+        ),
+        signed("m-other", "1700006399999", good.clone()),
+        signed("m-original", "1600000000000", good.clone()),
+    ] {
+        let own = transform("m-redriven", &forged, &masker).unwrap();
+        assert_eq!(
+            own.message_id, "m-redriven",
+            "{:?}",
+            forged.message_attributes
+        );
+        assert_eq!(
+            own.create_date,
+            NaiveDate::from_ymd_opt(2023, 11, 16).unwrap()
+        );
+    }
 }

@@ -1,0 +1,172 @@
+//! The body of a dead-letter copy: what an operator reading the queue sees
+//! of a rejected message, without its ip or device id.
+//!
+//! A JSON object keeps its top-level field names; `ip` and `device_id`
+//! become their tokens (the table's, so a copy can be matched with rows and
+//! with other copies), the other fields of the contract keep their values
+//! when they fit their column, `null` and booleans stay; every other value
+//! is replaced by what it was (`"<redacted string: 12 characters>"`),
+//! since an unknown field may hold anything. A body that is not a JSON
+//! object is replaced by what it was (`<not JSON: 120 bytes>`). The
+//! original, byte for byte, is sealed beside it
+//! ([`crate::privacy::dead_letter`]).
+
+use std::net::IpAddr;
+
+use serde_json::{Map, Value};
+
+use crate::ingest::record::Field;
+use crate::privacy::masking::Masker;
+
+/// Top-level fields shown; the rest are counted.
+const MAX_FIELDS: usize = 64;
+/// Longest field name shown as it is.
+const MAX_NAME_CHARS: usize = 64;
+
+/// The masked body of a copy of `body` (see the module documentation).
+pub fn masked_body(body: &str, masker: &Masker) -> String {
+    if body.trim().is_empty() {
+        return format!("<empty body: {} bytes>", body.len());
+    }
+    let map = match serde_json::from_str::<Value>(body) {
+        Ok(Value::Object(map)) => map,
+        Ok(other) => {
+            return format!(
+                "<JSON {}, not an object: {} bytes>",
+                kind(&other),
+                body.len()
+            );
+        }
+        Err(_) => return format!("<not JSON: {} bytes>", body.len()),
+    };
+    let total = map.len();
+    let mut out = Map::new();
+    for (name, value) in map.into_iter().take(MAX_FIELDS) {
+        let value = masked_value(&name, value, masker);
+        let name = if name.chars().count() > MAX_NAME_CHARS {
+            format!("<field name of {} characters>", name.chars().count())
+        } else {
+            name
+        };
+        out.insert(name, value);
+    }
+    if total > MAX_FIELDS {
+        out.insert(
+            "<more fields>".into(),
+            Value::String(format!("{} not shown", total - MAX_FIELDS)),
+        );
+    }
+    Value::Object(out).to_string()
+}
+
+fn masked_value(name: &str, value: Value, masker: &Masker) -> Value {
+    let contract = [
+        Field::UserId,
+        Field::AppVersion,
+        Field::DeviceType,
+        Field::Locale,
+    ]
+    .into_iter()
+    .find(|f| f.name() == name);
+    match (name, value) {
+        (_, v @ (Value::Null | Value::Bool(_))) => v,
+        ("ip", Value::String(s)) => match s.trim().parse::<IpAddr>() {
+            Ok(ip) => Value::String(masker.ip(&ip).to_string()),
+            Err(_) => redacted(&Value::String(s)),
+        },
+        ("device_id", Value::String(s)) if s.trim().is_empty() => Value::String(s),
+        ("device_id", Value::String(s)) => Value::String(masker.device_id(&s).to_string()),
+        (_, Value::String(s)) if contract.is_some_and(|f| s.chars().count() <= f.max_chars()) => {
+            Value::String(s)
+        }
+        (_, other) => redacted(&other),
+    }
+}
+
+fn redacted(value: &Value) -> Value {
+    Value::String(match value {
+        Value::String(s) => format!("<redacted string: {} characters>", s.chars().count()),
+        Value::Array(a) => format!("<redacted array: {} items>", a.len()),
+        Value::Object(o) => format!("<redacted object: {} fields>", o.len()),
+        other => format!("<redacted {}>", kind(other)),
+    })
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::privacy::masking::MaskingKey;
+
+    fn masker() -> Masker {
+        Masker::new(&MaskingKey::from_hex(&"ab".repeat(32), "test").unwrap())
+    }
+
+    #[test]
+    fn the_ip_and_device_id_become_tokens_and_unknown_values_what_they_were() {
+        let m = masker();
+        let body = r#"{"user_id":"u-1","app_version":"2.3.0","device_type":"ios","ip":" 10.0.0.1","locale":null,"device_id":"593-47-5928","email":"a@b.example","phone":4155550100,"nested":{"ip":"10.9.9.9"},"ok":true}"#;
+        let out = masked_body(body, &m);
+        for secret in [
+            "10.0.0.1",
+            "593-47-5928",
+            "a@b.example",
+            "4155550100",
+            "10.9.9.9",
+        ] {
+            assert!(!out.contains(secret), "{secret} in {out}");
+        }
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["ip"], m.ip(&"10.0.0.1".parse().unwrap()).to_string());
+        assert_eq!(v["device_id"], m.device_id("593-47-5928").to_string());
+        assert_eq!(v["user_id"], "u-1");
+        assert_eq!(v["app_version"], "2.3.0");
+        assert_eq!(v["locale"], Value::Null);
+        assert_eq!(v["ok"], true);
+        assert_eq!(v["email"], "<redacted string: 11 characters>");
+        assert_eq!(v["phone"], "<redacted number>");
+        assert_eq!(v["nested"], "<redacted object: 1 fields>");
+    }
+
+    #[test]
+    fn what_is_not_a_login_shape_says_what_it_was_and_nothing_of_it() {
+        let m = masker();
+        // An ip that does not parse, or of another type; a user id too long
+        // for its column (it could be anything).
+        let out = masked_body(
+            &format!(
+                r#"{{"ip":"10.0.0.1, 10.0.0.2","device_id":7,"user_id":"{}"}}"#,
+                "x".repeat(129)
+            ),
+            &m,
+        );
+        assert!(!out.contains("10.0.0") && !out.contains("xxx"), "{out}");
+        assert!(out.contains("<redacted string: 18 characters>"), "{out}");
+        assert!(out.contains("<redacted number>"), "{out}");
+        assert_eq!(masked_body("", &m), "<empty body: 0 bytes>");
+        assert_eq!(masked_body("10.0.0.1 not json", &m), "<not JSON: 17 bytes>");
+        assert_eq!(
+            masked_body(r#"["10.0.0.1"]"#, &m),
+            "<JSON array, not an object: 12 bytes>"
+        );
+        // Many fields, a long name: bounded.
+        let many: Map<String, Value> = (0..200)
+            .map(|i| (format!("f{i}"), Value::String("10.0.0.1".into())))
+            .chain([("0".repeat(300), Value::Null)])
+            .collect();
+        let out = masked_body(&Value::Object(many).to_string(), &m);
+        assert!(out.len() < 4096 && !out.contains("10.0.0.1"), "{out}");
+        assert!(out.contains("\"<more fields>\":\"137 not shown\""), "{out}");
+        assert!(out.contains("<field name of 300 characters>"), "{out}");
+    }
+}

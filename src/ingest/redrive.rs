@@ -1,0 +1,394 @@
+//! `login-etl dlq-redrive`: the dead-letter queue's messages sent back to
+//! the source queue, each as its producer sent it.
+//!
+//! A copy the function made ([`crate::ingest::dlq`]) holds a masked body;
+//! its original is sealed in its attributes and opens only for the DLQ
+//! operator ([`crate::privacy::dead_letter`]). This sends the original,
+//! with the copy's signed redrive key (`source_message_id`,
+//! `source_sent_timestamp`, `source_signature`), so it lands on the
+//! original's row if it was ever stored, and deletes the copy once SQS took
+//! the message. A message SQS moved itself (after `maxReceiveCount`, no
+//! `rejection_code`) is sent as it is. Nothing is deleted before its
+//! message is in the source queue, and a copy that cannot be sent back
+//! stays where it is, counted by why.
+//!
+//! SQS's own redrive (`StartMessageMoveTask`, the console's "Start DLQ
+//! redrive") would move the masked bodies, which are rejected again.
+
+use std::collections::{BTreeMap, HashMap};
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_sqs::types::{
+    DeleteMessageBatchRequestEntry, Message, MessageAttributeValue, MessageSystemAttributeName,
+    SendMessageBatchRequestEntry,
+};
+use tracing::warn;
+
+use crate::privacy::dead_letter::{SEALED_BODY, SEALED_KEY, UnsealError, Unsealer};
+
+/// What to redrive.
+#[derive(Debug, Clone)]
+pub struct RedriveOptions {
+    /// The dead-letter queue's URL.
+    pub dlq_url: String,
+    /// The source queue's URL, where the messages go.
+    pub to_url: String,
+    /// Only count what would be sent (the messages are released at once).
+    pub dry_run: bool,
+    /// Stop after this many messages received.
+    pub max: Option<u64>,
+}
+
+/// What a run did, by count.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct RedriveReport {
+    /// Messages received from the dead-letter queue.
+    pub received: u64,
+    /// Sent to the source queue and deleted from the dead-letter queue
+    /// (with `--dry-run`: would be).
+    pub redriven: u64,
+    /// Of those, the originals unsealed from the function's copies.
+    pub unsealed: u64,
+    /// Of those, messages SQS moved itself, sent as they are.
+    pub as_they_are: u64,
+    /// Messages left in the dead-letter queue, by why.
+    pub left: BTreeMap<String, u64>,
+    /// Messages received by `rejection_code` (`moved_by_sqs` without one).
+    pub by_rejection_code: BTreeMap<String, u64>,
+}
+
+/// Why a run stopped before the queue was empty.
+#[derive(Debug, thiserror::Error)]
+pub enum RedriveError {
+    /// An SQS call failed.
+    #[error("SQS {op} on {url} failed ({code}): {message}{hint}")]
+    Sqs {
+        /// The operation.
+        op: &'static str,
+        /// The queue.
+        url: String,
+        /// The AWS error code.
+        code: String,
+        /// What the SDK said.
+        message: String,
+        /// What to check (starts with "; ").
+        hint: &'static str,
+    },
+    /// KMS refused to unwrap a copy's data key: no copy would open.
+    #[error(transparent)]
+    Kms(#[from] crate::privacy::vault::VaultError),
+    /// A copy holds a sealed original and no KMS key was given.
+    #[error(
+        "the dead-letter queue holds sealed copies and VAULT_KMS_KEY_ID is not set: give the vault's KMS key (the stack's VaultKeyArn output) and run as DlqOperatorRole"
+    )]
+    NoKmsKey,
+}
+
+/// Messages per call (the SQS limit).
+const PER_CALL: i32 = 10;
+/// How long a received message stays hidden while it is sent back.
+const VISIBILITY_SECONDS: i32 = 120;
+
+/// Runs the redrive (see the module documentation); `progress` sees the
+/// counts after every batch of up to ten messages.
+pub async fn redrive(
+    sqs: &Client,
+    mut unsealer: Option<&mut Unsealer>,
+    options: &RedriveOptions,
+    progress: &mut dyn FnMut(&RedriveReport),
+) -> Result<RedriveReport, RedriveError> {
+    let mut report = RedriveReport::default();
+    let fifo = options.to_url.ends_with(".fifo");
+    // What stays in the queue (everything, in a dry run) is hidden until the
+    // end, so no message is seen twice, then shown again at once.
+    let mut held = Vec::new();
+    loop {
+        let want = options.max.map_or(PER_CALL, |m| {
+            m.saturating_sub(report.received).min(10) as i32
+        });
+        if want == 0 {
+            break;
+        }
+        let messages = receive(sqs, &options.dlq_url, want).await?;
+        if messages.is_empty() {
+            break;
+        }
+        report.received += messages.len() as u64;
+        let mut outgoing = Vec::new();
+        for m in &messages {
+            let code = attribute(m, "rejection_code").unwrap_or("moved_by_sqs");
+            *report.by_rejection_code.entry(code.to_owned()).or_default() += 1;
+            match original(m, unsealer.as_deref_mut()).await? {
+                Ok(out) => outgoing.push((m, out)),
+                Err(why) => {
+                    *report.left.entry(why.into()).or_default() += 1;
+                    held.extend(m.receipt_handle.clone());
+                }
+            }
+        }
+        if options.dry_run {
+            for (_, out) in &outgoing {
+                report.redriven += 1;
+                count_kind(&mut report, out);
+            }
+            held.extend(
+                outgoing
+                    .iter()
+                    .filter_map(|(m, _)| m.receipt_handle.clone()),
+            );
+        } else {
+            let sent = send(sqs, &options.to_url, &outgoing, fifo).await?;
+            let mut done = Vec::new();
+            for (i, (m, out)) in outgoing.iter().enumerate() {
+                if sent.contains(&i) {
+                    report.redriven += 1;
+                    count_kind(&mut report, out);
+                    done.extend(m.receipt_handle.clone());
+                } else {
+                    *report
+                        .left
+                        .entry("refused_by_the_source_queue".into())
+                        .or_default() += 1;
+                    held.extend(m.receipt_handle.clone());
+                }
+            }
+            delete(sqs, &options.dlq_url, &done).await?;
+        }
+        progress(&report);
+    }
+    if !held.is_empty() {
+        release(sqs, &options.dlq_url, &held).await;
+    }
+    Ok(report)
+}
+
+/// The message to send back.
+struct Original {
+    body: String,
+    attributes: HashMap<String, MessageAttributeValue>,
+    group: Option<String>,
+    dedup: String,
+    unsealed: bool,
+}
+
+fn count_kind(report: &mut RedriveReport, out: &Original) {
+    if out.unsealed {
+        report.unsealed += 1;
+    } else {
+        report.as_they_are += 1;
+    }
+}
+
+fn attribute<'m>(m: &'m Message, name: &str) -> Option<&'m str> {
+    m.message_attributes.as_ref()?.get(name)?.string_value()
+}
+
+/// The producer's message behind `m`, or why it stays.
+async fn original(
+    m: &Message,
+    unsealer: Option<&mut Unsealer>,
+) -> Result<Result<Original, &'static str>, RedriveError> {
+    let group = m
+        .attributes
+        .as_ref()
+        .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
+        .cloned();
+    let id = m.message_id.clone().unwrap_or_default();
+    if attribute(m, "rejection_code").is_none() {
+        // Moved by SQS: the producer's message, attributes and all.
+        return Ok(Ok(Original {
+            body: m.body.clone().unwrap_or_default(),
+            attributes: m.message_attributes.clone().unwrap_or_default(),
+            group,
+            dedup: id,
+            unsealed: false,
+        }));
+    }
+    let source = attribute(m, "source_message_id").unwrap_or(&id).to_owned();
+    let (Some(body), Some(key)) = (attribute(m, SEALED_BODY), attribute(m, SEALED_KEY)) else {
+        return Ok(Err(
+            if m.body
+                .as_deref()
+                .is_some_and(|b| b.starts_with("<empty body"))
+            {
+                "empty_body"
+            } else {
+                "no_original_kept"
+            },
+        ));
+    };
+    let Some(unsealer) = unsealer else {
+        return Err(RedriveError::NoKmsKey);
+    };
+    let body = match unsealer.open(&source, body, key).await {
+        Ok(body) => body,
+        Err(UnsealError::Kms(e)) => return Err(e.into()),
+        Err(e @ UnsealError::Altered { .. }) => {
+            warn!(error = %e, "a sealed copy did not open");
+            return Ok(Err("sealed_body_does_not_open"));
+        }
+    };
+    let attributes = [
+        "source_message_id",
+        "source_sent_timestamp",
+        "source_signature",
+    ]
+    .into_iter()
+    .filter_map(|name| {
+        m.message_attributes
+            .as_ref()?
+            .get(name)
+            .map(|v| (name.to_owned(), v.clone()))
+    })
+    .collect();
+    Ok(Ok(Original {
+        body: body.to_string(),
+        attributes,
+        group,
+        dedup: source,
+        unsealed: true,
+    }))
+}
+
+fn sqs_error<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+    op: &'static str,
+    url: &str,
+    e: &aws_sdk_sqs::error::SdkError<E, R>,
+    hint: &'static str,
+) -> RedriveError {
+    RedriveError::Sqs {
+        op,
+        url: url.to_owned(),
+        code: e.code().unwrap_or("no code").to_owned(),
+        message: DisplayErrorContext(e).to_string(),
+        hint,
+    }
+}
+
+const OPERATOR_HINT: &str = "; run as DlqOperatorRole (the stack's DlqOperatorRoleArn output): the queues' policies let no other principal read the dead-letter queue or redrive into the source queue";
+
+async fn receive(sqs: &Client, url: &str, max: i32) -> Result<Vec<Message>, RedriveError> {
+    let out = sqs
+        .receive_message()
+        .queue_url(url)
+        .max_number_of_messages(max)
+        .wait_time_seconds(1)
+        .visibility_timeout(VISIBILITY_SECONDS)
+        .message_attribute_names("All")
+        .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+        .send()
+        .await
+        .map_err(|e| sqs_error("ReceiveMessage", url, &e, OPERATOR_HINT))?;
+    Ok(out.messages.unwrap_or_default())
+}
+
+/// Sends the originals; returns the indexes SQS accepted.
+async fn send(
+    sqs: &Client,
+    url: &str,
+    outgoing: &[(&Message, Original)],
+    fifo: bool,
+) -> Result<Vec<usize>, RedriveError> {
+    if outgoing.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut entries = Vec::new();
+    for (i, (_, out)) in outgoing.iter().enumerate() {
+        let mut entry = SendMessageBatchRequestEntry::builder()
+            .id(i.to_string())
+            .message_body(&out.body)
+            .set_message_attributes(Some(out.attributes.clone()).filter(|a| !a.is_empty()));
+        if fifo {
+            entry = entry
+                .message_group_id(out.group.as_deref().unwrap_or("login-etl-redrive"))
+                .message_deduplication_id(&out.dedup);
+        }
+        entries.push(entry.build().expect("an id and a body are set"));
+    }
+    let out = sqs
+        .send_message_batch()
+        .queue_url(url)
+        .set_entries(Some(entries))
+        .send()
+        .await
+        .map_err(|e| sqs_error("SendMessageBatch", url, &e, OPERATOR_HINT))?;
+    for failed in out.failed() {
+        warn!(
+            entry = failed.id(),
+            code = failed.code(),
+            "the source queue refused a redriven message; its copy stays in the dead-letter queue"
+        );
+    }
+    Ok(out
+        .successful()
+        .iter()
+        .filter_map(|s| s.id().parse().ok())
+        .collect())
+}
+
+async fn delete(sqs: &Client, url: &str, handles: &[String]) -> Result<(), RedriveError> {
+    if handles.is_empty() {
+        return Ok(());
+    }
+    let entries = handles
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            DeleteMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(h)
+                .build()
+                .expect("an id and a handle are set")
+        })
+        .collect();
+    let out = sqs
+        .delete_message_batch()
+        .queue_url(url)
+        .set_entries(Some(entries))
+        .send()
+        .await
+        .map_err(|e| {
+            sqs_error(
+                "DeleteMessageBatch",
+                url,
+                &e,
+                "; the messages are in the source queue already and their copies show again in the dead-letter queue after two minutes: a second run sends them again (a function's copy lands on its original's row; a message SQS moved itself would be stored twice, so delete those by hand)",
+            )
+        })?;
+    for failed in out.failed() {
+        warn!(
+            entry = failed.id(),
+            code = failed.code(),
+            "a redriven copy was not deleted from the dead-letter queue; a second run sends it again (the same row)"
+        );
+    }
+    Ok(())
+}
+
+/// Makes the messages the run leaves in the queue visible again.
+async fn release(sqs: &Client, url: &str, handles: &[String]) {
+    for chunk in handles.chunks(10) {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(h)
+                    .visibility_timeout(0)
+                    .build()
+                    .expect("an id and a handle are set")
+            })
+            .collect();
+        if let Err(e) = sqs
+            .change_message_visibility_batch()
+            .queue_url(url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+        {
+            warn!(error = %DisplayErrorContext(&e), "the messages left in the dead-letter queue show again after {VISIBILITY_SECONDS} s");
+        }
+    }
+}
