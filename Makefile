@@ -15,7 +15,7 @@ PYTHON        ?= python3
 # cargo-lambda's C compiler and linker (its own pin is only >= 0.10). pytest 9.1, not
 # 9.2: pytest-xdist 3.8 groups tests (--dist loadgroup, make e2e) by
 # renaming their node ids, which pytest 9.2 no longer lets it do.
-PIP_PACKAGES  := cargo-lambda==1.9.2 ziglang==0.17.1 moto[server]==5.2.5 aws-sam-cli==1.170.0 pytest==9.1.1 pytest-xdist==3.8.0
+PIP_PACKAGES  := cargo-lambda==1.9.2 ziglang==0.17.1 moto[server]==5.2.5 aws-sam-cli==1.170.0 pytest==9.1.1 pytest-xdist==3.8.0 jsonschema==4.26.0
 VENV_STAMP    := $(VENV)/.installed-$(shell echo '$(PIP_PACKAGES)' | sha1sum | cut -c1-12)
 CARGO_LAMBDA  := $(abspath $(VENV))/bin/cargo-lambda
 # LocalStack 4.13.1 is the last release for Python 3.11; the other pins keep
@@ -61,7 +61,7 @@ EVENT         ?= events/sqs-mixed.json
 # pytest-xdist workers of make e2e (1: one test at a time).
 E2E_WORKERS   ?= 6
 
-.PHONY: help tools rust-tools python-tools host-build test-build localstack-tools up down e2e test soak lint fmt build validate sam-build sam-check lint-replay deploy migrate watch invoke demo demo-poll demo-watch events-large fuzz bench bench-scale clean
+.PHONY: help tools rust-tools python-tools host-build test-build test-add-a-field bench-validate localstack-tools up down e2e test soak lint fmt build validate sam-build sam-check lint-replay deploy migrate watch invoke demo demo-poll demo-watch events-large fuzz bench bench-scale clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -188,7 +188,7 @@ test: ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambd
 	@# The template; with the binary cargo built, the documented GRANT blocks,
 	@# make migrate against a given URL, and the command line as an operator meets it.
 	side "template; pytest: database roles, command line" py bash -c '$(MAKE) --no-print-directory validate && \
-	  PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python -m pytest -q tests/test_database_roles.py tests/test_cli.py tests/test_docs.py'
+	  PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python -m pytest -q tests/test_database_roles.py tests/test_cli.py tests/test_docs.py tests/test_contract.py'
 	set +m; wait "$${pids[@]}" || true; pids=()
 	failed=0
 	for f in $(if $(RUST_TESTS_1),"$$side_dir"/rust1) $(if $(RUST_TESTS_2),"$$side_dir"/rust2) "$$side_dir"/rust3 "$$side_dir"/soak "$$side_dir"/py "$$side_dir"/e2e; do
@@ -208,6 +208,13 @@ SEED          ?=
 SEEDS         ?= 1
 MINUTES       ?=
 SOAK_SECONDS  ?= $(if $(MINUTES),$(shell echo $$(( $(MINUTES) * 60 ))),20)
+test-add-a-field: rust-tools python-tools ## docs/development.md's "Adding a field" done in a scratch copy (a field os_name), its library tested end to end against PostgreSQL (CI runs it after make test)
+	@pg_isready -d "$(PG_ADMIN_URL)" -q || { echo "PostgreSQL is not reachable at $(PG_ADMIN_URL)"; exit 1; }
+	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" $(VENV)/bin/python tests/add_a_field.py
+
+bench-validate: rust-tools python-tools ## login-etl validate's lines per second on 2 M bodies (JSON Lines), release build, one core
+	$(VENV)/bin/python benches/validate_throughput.py
+
 soak: rust-tools ## everything at once, seeded (ingest, maintain, forget, rotate-key, outages, kills), then the invariants; SEED=… replays a seed, MINUTES=30 SEEDS=… for long runs
 	@echo "==> the soak: $(SEEDS) seed(s) of $(SOAK_SECONDS) s$(if $(SEED), from seed $(SEED)) (PostgreSQL servers of its own; logs of a failing seed under target/tmp/soak/)"
 	SOAK_SEED="$(SEED)" SOAK_SEEDS="$(SEEDS)" SOAK_SECONDS="$(SOAK_SECONDS)" SOAK_ENVS="$(SOAK_ENVS)" SOAK_RATE="$(SOAK_RATE)" \

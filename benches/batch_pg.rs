@@ -16,7 +16,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::*;
-use login_etl::ingest::record::{self, LoginRow};
+use login_etl::contract::LoginRow;
+use login_etl::ingest::record;
 use login_etl::privacy::masking::{Masker, MaskingKey};
 use login_etl::privacy::vault::{DataKey, VaultBatch};
 use login_etl::{Config, Deadline, Outcome, startup};
@@ -535,10 +536,11 @@ async fn statements_before_0009(
     versions: login_etl::ingest::sink::Versions,
 ) -> u64 {
     use tokio_postgres::types::{ToSql, Type};
-    const INSERT_SQL: &str = "INSERT INTO user_logins \
-        (message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, app_version_text, create_date, sent_at, key_version) \
-        SELECT * FROM UNNEST($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::varchar[], $6::varchar[], $7::int4[], $8::varchar[], $9::date[], $10::timestamptz[], $11::int2[]) \
-        ON CONFLICT DO NOTHING";
+    let insert_sql = format!(
+        "INSERT INTO user_logins ({}) SELECT * FROM UNNEST({}) ON CONFLICT DO NOTHING",
+        login_etl::contract::columns::names(),
+        login_etl::ingest::sink::array_placeholders(1)
+    );
     let columns = login_etl::ingest::sink::Columns::from(rows);
     let params = columns.typed_params();
     let (k, from) = (i32::from(versions.key), i32::from(versions.checked_from));
@@ -556,7 +558,7 @@ async fn statements_before_0009(
             "SELECT login_etl_check_write($1::int8, $2::int4, $3::int4)",
             &check
         ),
-        client.execute_typed(INSERT_SQL, &params),
+        client.execute_typed(&insert_sql, &params),
         client.simple_query("COMMIT; SELECT pg_snapshot_xmax(pg_current_snapshot())::text"),
     );
     begun.unwrap();

@@ -6,7 +6,8 @@ use std::time::Duration;
 use aws_lambda_events::event::sqs::SqsEvent;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::SinkExt;
-use login_etl::ingest::record::{self, LoginRow};
+use login_etl::contract::LoginRow;
+use login_etl::ingest::record;
 use login_etl::ingest::sink::{CHUNK, COPY_HEADER, COPY_SQL, encode_row};
 use login_etl::privacy::masking::Masker;
 use login_etl::synth::{self, Options};
@@ -75,7 +76,7 @@ pub fn closed_port() -> u16 {
 /// The rows by binary COPY, encoded and sent in chunks as the function's
 /// COPY sends them (`login_etl::ingest::sink::encode_row`, `CHUNK`).
 pub async fn copy_rows(client: &tokio_postgres::Client, rows: &[LoginRow<'_>]) {
-    let sink = client.copy_in::<_, Bytes>(COPY_SQL).await.unwrap();
+    let sink = client.copy_in::<_, Bytes>(COPY_SQL.as_str()).await.unwrap();
     let mut sink = std::pin::pin!(sink);
     let mut buf = BytesMut::with_capacity(CHUNK + 4096);
     buf.put_slice(COPY_HEADER);

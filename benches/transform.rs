@@ -4,7 +4,8 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use login_etl::ingest::record::{self, parse_body};
+use login_etl::contract::parse_body;
+use login_etl::ingest::record;
 use login_etl::privacy::masking::{Masker, MaskingKey};
 use login_etl::synth::{self, Options};
 

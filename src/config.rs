@@ -4,6 +4,8 @@
 //! or malformed setting is a [`ConfigError`] naming the variable; values are
 //! never echoed, since several are secrets.
 
+pub mod backoff;
+
 use std::time::Duration;
 
 use crate::error::ConfigError;
@@ -132,11 +134,11 @@ pub struct Config {
     pub vault_kms_key_id: Option<String>,
     /// The per-message backoff after an infrastructure failure
     /// (`BACKOFF_BASE_SECONDS`, `BACKOFF_MAX_SECONDS`; see
-    /// [`crate::ingest::backoff`]). On by default under Lambda
+    /// [`backoff`]). On by default under Lambda
     /// (`AWS_LAMBDA_RUNTIME_API` is set) or when either variable is set;
     /// `BACKOFF_BASE_SECONDS=0` turns it off. Off, a failed write fails the
     /// invocation and SQS redelivers the batch after its visibility timeout.
-    pub backoff: Option<crate::ingest::backoff::Schedule>,
+    pub backoff: Option<backoff::Schedule>,
     /// `SOURCE_QUEUE_URL`: the login queue (the template sets it); unset, it
     /// is found from the records' `eventSourceARN` with `GetQueueUrl`.
     pub source_queue_url: Option<String>,
@@ -144,6 +146,10 @@ pub struct Config {
     /// row the database keeps refusing is sent to the DLQ (`DLQ_URL`) with
     /// `rejection_code` `refused.<SQLSTATE>`.
     pub refused_max_receives: u32,
+    /// What becomes of fields outside the contract: `UNKNOWN_FIELDS`
+    /// (`ignore`, the default, or `reject`) and `EXTRA_FIELDS` (declared
+    /// non-PII fields kept in `extra`), see [`crate::contract::policy`].
+    pub contract: crate::contract::Contract,
 }
 
 /// Default `REFUSED_MAX_RECEIVES`: a constraint or trigger that refuses a row
@@ -221,9 +227,9 @@ impl Config {
                 url => url,
             },
             metrics_namespace: get("POWERTOOLS_METRICS_NAMESPACE")
-                .unwrap_or_else(|| crate::ingest::metrics::DEFAULT_NAMESPACE.into()),
+                .unwrap_or_else(|| crate::emf::DEFAULT_NAMESPACE.into()),
             service_name: get("POWERTOOLS_SERVICE_NAME")
-                .unwrap_or_else(|| crate::ingest::metrics::DEFAULT_SERVICE.into()),
+                .unwrap_or_else(|| crate::emf::DEFAULT_SERVICE.into()),
             function_name: get("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "login-etl".into()),
             log_level: get("AWS_LAMBDA_LOG_LEVEL").or_else(|| get("RUST_LOG")),
             vault_kms_key_id: get("VAULT_KMS_KEY_ID"),
@@ -231,6 +237,7 @@ impl Config {
             source_queue_url: get("SOURCE_QUEUE_URL"),
             refused_max_receives: parse_count(&get, "REFUSED_MAX_RECEIVES", 1_000)?
                 .unwrap_or(DEFAULT_REFUSED_MAX_RECEIVES),
+            contract: contract(&get)?,
         })
     }
 }
@@ -239,10 +246,8 @@ impl Config {
 fn backoff(
     get: &impl Fn(&str) -> Option<String>,
     by_default: bool,
-) -> Result<Option<crate::ingest::backoff::Schedule>, ConfigError> {
-    use crate::ingest::backoff::{
-        DEFAULT_BASE_SECONDS, DEFAULT_MAX_SECONDS, SQS_MAX_VISIBILITY_SECONDS,
-    };
+) -> Result<Option<backoff::Schedule>, ConfigError> {
+    use backoff::{DEFAULT_BASE_SECONDS, DEFAULT_MAX_SECONDS, SQS_MAX_VISIBILITY_SECONDS};
     let base = parse_count(get, "BACKOFF_BASE_SECONDS", SQS_MAX_VISIBILITY_SECONDS)?;
     let max = parse_count(get, "BACKOFF_MAX_SECONDS", SQS_MAX_VISIBILITY_SECONDS)?;
     if base == Some(0) || (!by_default && base.is_none() && max.is_none()) {
@@ -252,7 +257,27 @@ fn backoff(
     // A cap below the first step is raised to it rather than refused: a
     // setting that stops every cold start would send the queue to the DLQ.
     let max = max.unwrap_or(DEFAULT_MAX_SECONDS).max(base);
-    Ok(Some(crate::ingest::backoff::Schedule { base, max }))
+    Ok(Some(backoff::Schedule { base, max }))
+}
+
+/// The contract's policy for fields outside it (`UNKNOWN_FIELDS`,
+/// `EXTRA_FIELDS`).
+fn contract(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<crate::contract::Contract, ConfigError> {
+    use crate::contract::{Contract, UnknownFields};
+    let invalid = |var: &'static str| {
+        move |e: crate::contract::policy::PolicyError| ConfigError::Invalid {
+            var,
+            reason: e.to_string(),
+        }
+    };
+    let unknown = match get("UNKNOWN_FIELDS") {
+        Some(text) => UnknownFields::parse(&text).map_err(invalid("UNKNOWN_FIELDS"))?,
+        None => UnknownFields::Ignore,
+    };
+    Contract::new(unknown, &get("EXTRA_FIELDS").unwrap_or_default())
+        .map_err(invalid("EXTRA_FIELDS"))
 }
 
 /// A whole number in `0..=limit`, or unset.

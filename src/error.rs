@@ -316,7 +316,7 @@ pub enum HandlerError {
     },
     /// The payload is not an SQS batch event at all.
     #[error(transparent)]
-    NotAnSqsEvent(#[from] crate::ingest::event::NotAnSqsEvent),
+    NotAnSqsEvent(#[from] NotAnSqsEvent),
     /// The database failed in a way that is not about one row.
     #[error(transparent)]
     Sink(#[from] SinkError),
@@ -396,3 +396,12 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
     }
     text
 }
+
+/// Why a payload cannot be read as an SQS batch; quotes nothing of it.
+pub const NOT_AN_SQS_EVENT: &str = "the payload is not an SQS batch event ({\"Records\": [...]} with string fields); invoke the function through an SQS event-source mapping or with a file from events/";
+
+/// The payload is not an SQS batch event: its text says what to do and
+/// quotes nothing of the payload.
+#[derive(Debug, thiserror::Error)]
+#[error("{NOT_AN_SQS_EVENT}")]
+pub struct NotAnSqsEvent;

@@ -1,7 +1,10 @@
 //! login-etl: an AWS Lambda that moves user-login events from SQS into
 //! PostgreSQL, masking PII (`ip`, `device_id`) with a keyed HMAC.
 //!
-//! Three folders, one concern each:
+//! Four folders, one concern each, the lower never using the higher:
+//! - [`contract`]: the message contract at the bottom: a body to a
+//!   validated login or a rejection, the row it becomes, its columns, the
+//!   JSON Schema for producers;
 //! - [`ingest`]: the batch path: event, record, handler, sink, DLQ,
 //!   backoff, metrics;
 //! - [`table`]: the table's life: schema and migrations, the online
@@ -20,6 +23,7 @@
 //! - [`logging`]: the log subscriber and its PII guard;
 //! - [`app_version`]: the sortable integer encoding of versions;
 //! - [`synth`]: synthetic, realistic events for tests, demos and benchmarks;
+//! - [`emf`]: what every EMF document shares (namespace, service, level);
 //! - [`error`]: error types, none of which carries PII or secrets.
 
 #![warn(missing_docs)]
@@ -29,6 +33,9 @@ pub mod app_version;
 pub mod cli;
 #[cfg(feature = "service")]
 pub mod config;
+pub mod contract;
+#[cfg(feature = "service")]
+pub mod emf;
 pub mod error;
 #[cfg(feature = "service")]
 pub mod grants;

@@ -116,7 +116,9 @@ pub async fn build_with(
         }
         handler = handler.with_backoff(schedule, visibility);
     }
-    handler = handler.with_refused_max_receives(config.refused_max_receives);
+    handler = handler
+        .with_refused_max_receives(config.refused_max_receives)
+        .with_contract(config.contract.clone());
     Ok(handler)
 }
 

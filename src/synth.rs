@@ -209,7 +209,7 @@ impl Rand {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::record::parse_body;
+    use crate::contract::parse_body;
 
     #[test]
     fn deterministic_and_valid_unless_asked() {

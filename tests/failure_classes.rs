@@ -122,10 +122,16 @@ async fn a_database_migrated_by_an_older_version_is_a_schema_to_migrate() {
     let db = TestDb::create().await;
     let ingest = db.ingest_url().await;
     let owner = db.client().await;
-    let back_to_8 = "DROP FUNCTION login_etl_write(bigint, integer, integer, varchar[], varchar[], varchar[], \
+    // Both overloads: this version's (the contract's columns) and the one
+    // of before `extra`.
+    let back_to_8 = &format!(
+        "DROP FUNCTION login_etl_write(bigint, integer, integer, {}); \
+         DROP FUNCTION login_etl_write(bigint, integer, integer, varchar[], varchar[], varchar[], \
          varchar[], varchar[], varchar[], integer[], varchar[], date[], timestamptz[], smallint[]); \
          CREATE OR REPLACE FUNCTION login_etl_schema_version() RETURNS integer \
-         LANGUAGE sql IMMUTABLE AS $$ SELECT 8 $$";
+         LANGUAGE sql IMMUTABLE AS $$ SELECT 8 $$",
+        login_etl::contract::columns::array_types()
+    );
     owner.batch_execute(back_to_8).await.unwrap();
     let (class, retryable, text) = fails(function(&ingest, TEST_KEY, &doc(&E, 1)).await, 6).await;
     assert_eq!(class, "schema_incomplete", "{text}");

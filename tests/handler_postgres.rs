@@ -145,7 +145,8 @@ async fn upstream_table_is_upgraded_in_place_and_filled() {
             "message_id",
             "app_version_text",
             "sent_at",
-            "key_version"
+            "key_version",
+            "extra"
         ]
     );
     // The old table is the first partition of a partitioned user_logins.
@@ -954,4 +955,112 @@ async fn the_emf_documents_of_a_batch_count_what_happened_to_each_record() {
         })
         .collect();
     assert_eq!(per_reason, by_reason, "one document per reason, its count");
+}
+
+/// A producer adds fields: `app_build`, declared in `EXTRA_FIELDS`, is
+/// kept in `extra` as the JSON it was; `email`, declared nowhere, is named
+/// in the EMF document and stored nowhere. With `UNKNOWN_FIELDS=reject`
+/// the message goes to the DLQ as `unknown_field.email`, its value masked.
+#[tokio::test]
+async fn a_declared_field_is_kept_and_an_undeclared_one_named_never_stored() {
+    const EMAIL: &str = "someone.unique@example.com";
+    let db = TestDb::create().await;
+    let url = db.ingest_url().await;
+    let mut event = synth::event(&Options {
+        count: 3,
+        seed: 54,
+        ..Options::default()
+    });
+    for m in &mut event.records[..2] {
+        let mut body: Value = serde_json::from_str(m.body.as_deref().unwrap()).unwrap();
+        body["app_build"] = serde_json::json!({"n": 7, "channel": "beta"});
+        body["email"] = EMAIL.into();
+        m.body = Some(body.to_string());
+    }
+    let (metrics, docs) = captured_metrics();
+    let h = handler_with(&[
+        ("DATABASE_URL", &url),
+        ("MASKING_KEY", TEST_KEY),
+        ("EXTRA_FIELDS", "app_build"),
+    ])
+    .await
+    .with_metrics(metrics);
+    let summary = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .map(Outcome::into_parts)
+        .unwrap()
+        .1;
+    assert_eq!((summary.inserted, summary.unknown_fields), (3, 2));
+    let client = db.client().await;
+    let rows = client
+        .query(
+            "SELECT message_id, extra, row_to_json(u)::text FROM user_logins u ORDER BY message_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut kept = 0;
+    for row in &rows {
+        let whole: String = row.get(2);
+        assert!(!whole.contains(EMAIL), "an undeclared field was stored");
+        let extra: Option<String> = client
+            .query_one(
+                "SELECT extra::text FROM user_logins WHERE message_id = $1",
+                &[&row.get::<_, String>(0)],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if let Some(extra) = extra {
+            let v: Value = serde_json::from_str(&extra).unwrap();
+            assert_eq!(
+                v,
+                serde_json::json!({"app_build": {"n": 7, "channel": "beta"}})
+            );
+            kept += 1;
+        }
+    }
+    assert_eq!(kept, 2, "kept where sent, NULL elsewhere");
+    let doc = docs.lock().unwrap()[0].clone();
+    assert_eq!(doc["UnknownFields"], 2);
+    assert_eq!(doc["unknown_fields"], serde_json::json!(["email"]));
+    assert!(!doc.to_string().contains(EMAIL));
+
+    // Refused instead, to the DLQ with its reason and no value of it.
+    let (port, sent) = common::sqs::capturing_sqs().await;
+    let db = TestDb::create().await;
+    let url = db.ingest_url().await;
+    let h = handler_with(&[
+        ("DATABASE_URL", &url),
+        ("MASKING_KEY", TEST_KEY),
+        ("EXTRA_FIELDS", "app_build"),
+        ("UNKNOWN_FIELDS", "reject"),
+    ])
+    .await
+    .with_dead_letter_queue(login_etl::ingest::dlq::DeadLetterQueue::new(
+        sqs_client(&format!("http://127.0.0.1:{port}")).await,
+        format!("http://127.0.0.1:{port}/000000000000/login-dlq"),
+    ));
+    let summary = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .map(Outcome::into_parts)
+        .unwrap()
+        .1;
+    assert_eq!(summary.inserted, 1);
+    assert_eq!(summary.rejected.get("unknown_field.email"), Some(&2));
+    let sent = sent.lock().unwrap().clone();
+    let entries: Vec<&Value> = sent
+        .iter()
+        .flat_map(|b| b["Entries"].as_array().unwrap())
+        .collect();
+    assert_eq!(entries.len(), 2);
+    for e in entries {
+        assert_eq!(
+            e["MessageAttributes"]["rejection_code"]["StringValue"],
+            "unknown_field.email"
+        );
+        assert!(!e.to_string().contains(EMAIL));
+    }
 }

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use common::*;
-use login_etl::ingest::record::{Field, Rejection, parse_body};
+use login_etl::contract::{Field, Rejection, parse_body};
 use login_etl::{Deadline, Outcome, SqsBatch};
 use proptest::prelude::*;
 
@@ -135,6 +135,48 @@ fn event_of(bodies: &[String]) -> SqsEvent {
     event
 }
 
+/// `login-etl validate --event` on `event`: the message ids it finds
+/// valid, and its reasons for the rest, counted.
+fn validate_event(
+    event: &SqsEvent,
+) -> (HashSet<String>, std::collections::BTreeMap<String, usize>) {
+    let dir = std::env::temp_dir().join(format!("login-etl-validate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!(
+        "{}.json",
+        uuid_like(&format!("{:?}", event.records.len()))
+    ));
+    std::fs::write(&path, serde_json::to_vec(event).unwrap()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_login-etl"))
+        .args(["validate", "--event"])
+        .arg(&path)
+        .env_remove("UNKNOWN_FIELDS")
+        .env_remove("EXTRA_FIELDS")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    let (mut valid, mut reasons) = (HashSet::new(), std::collections::BTreeMap::new());
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let id = v["messageId"].as_str().unwrap().to_owned();
+        if v["valid"] == true {
+            valid.insert(id);
+        } else {
+            *reasons
+                .entry(v["reason"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+    }
+    let expected_exit = if reasons.is_empty() { 0 } else { 1 };
+    assert_eq!(
+        out.status.code(),
+        Some(expected_exit),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (valid, reasons)
+}
+
 fn uuid_like(s: &str) -> String {
     hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(s.as_bytes())[..8])
 }
@@ -211,6 +253,12 @@ fn every_record_of_arbitrary_batches_is_inserted_or_reported() {
                     );
                 }
             }
+            // `login-etl validate --event` gives the function's verdict on
+            // each message: valid exactly where a row was written, and the
+            // same reasons, as many times.
+            let (valid_by_validate, reasons) = validate_event(&event);
+            prop_assert_eq!(&valid_by_validate, &in_table);
+            prop_assert_eq!(&reasons, &summary.rejected);
             Ok(())
         })
         .unwrap();

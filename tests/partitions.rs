@@ -72,7 +72,7 @@ async fn maintain_as(url: &str, options: MaintainOptions) -> MaintainReport {
 }
 
 async fn partition_names(db: &TestDb) -> BTreeSet<String> {
-    login_etl::table::maintain::partitions(&db.client().await)
+    login_etl::table::partitions::partitions(&db.client().await)
         .await
         .unwrap()
         .into_iter()

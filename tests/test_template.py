@@ -1009,3 +1009,24 @@ def test_a_change_to_the_vault_key_alarms_and_the_logs_mask_ip_addresses():
         identifiers = {i for st in policy["Statement"] for i in st["DataIdentifier"]}
         assert identifiers == {"arn:aws:dataprotection::aws:data-identifier/IpAddress"}
         assert any("Deidentify" in st["Operation"] for st in policy["Statement"]), group
+
+
+@pytest.mark.parametrize(
+    "extra, ok",
+    [
+        ("", True),
+        ("app_build", True),
+        ("app_build,os.version,x-y", True),
+        ("app_build, os", False),  # the function trims; the stack keeps the list exact
+        ("1st", False),
+        ("email address", False),
+        (",".join(f"f{i}" for i in range(17)), False),
+    ],
+)
+def test_the_contract_settings_reach_the_function_and_extra_fields_are_names(fn, tpl, extra, ok):
+    env = fn["Properties"]["Environment"]["Variables"]
+    assert env["UNKNOWN_FIELDS"] == {"Ref": "UnknownFields"}
+    assert env["EXTRA_FIELDS"] == {"Ref": "ExtraFields"}
+    assert tpl["Parameters"]["UnknownFields"]["AllowedValues"] == ["ignore", "reject"]
+    assert tpl["Parameters"]["UnknownFields"]["Default"] == "ignore"
+    assert bool(re.fullmatch(tpl["Parameters"]["ExtraFields"]["AllowedPattern"], extra)) == ok

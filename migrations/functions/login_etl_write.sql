@@ -15,6 +15,31 @@
 -- is login_etl_check_write, with the owner's. The same SQLSTATEs as the
 -- statements it replaces (LE001, LE002 from the check; the row's own from
 -- the INSERT). Returns the rows inserted (ON CONFLICT skipped the others).
+--
+-- Two overloads. The first takes one array per column of the contract's
+-- list (src/contract/columns.rs), filled in where this file is read
+-- (`{{...}}`): a column added there is a new overload, made by the next
+-- migrate. The second is the eleven columns of before `extra` (0011),
+-- which binaries of that time call during a rollout: kept until a
+-- migration retires it.
+CREATE OR REPLACE FUNCTION login_etl_write(
+    known bigint, key_version integer, checked_from integer, {{array_arguments}})
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_inserted bigint;
+BEGIN
+    PERFORM login_etl_check_write(known, key_version, checked_from);
+    -- No index named: every unique index of the partition a row lands in
+    -- arbitrates (src/ingest/sink/insert.rs).
+    INSERT INTO user_logins ({{columns}})
+    SELECT * FROM unnest({{array_names}})
+    ON CONFLICT DO NOTHING;
+    GET DIAGNOSTICS v_inserted = ROW_COUNT;
+    RETURN v_inserted;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION login_etl_write(
     known bigint, key_version integer, checked_from integer,
     message_ids varchar[], user_ids varchar[], device_types varchar[],

@@ -42,6 +42,8 @@ pub async fn run(command: Command) -> ExitCode {
         Command::RotateKey(args) => rotate_key(&args).await,
         Command::VaultUpgrade => vault_upgrade().await,
         Command::DlqRedrive(args) => dlq_redrive(&args).await,
+        Command::Schema(args) => schema(&args),
+        Command::Validate(args) => return super::validate::run(&args),
         Command::Poll(_) => unreachable!("handled above"),
         Command::GenEvents(args) => {
             let event = crate::synth::event(&(&args).into());
@@ -245,6 +247,15 @@ async fn vault_upgrade() -> Result<(), Failure> {
     let kms = aws_sdk_kms::Client::new(&aws);
     let n = vault_upgrade::upgrade_vault(&mut client, &kms, &vault_key, &caller).await?;
     println!("re-sealed {n} vault entries: the vault is ready for rotate-key");
+    Ok(())
+}
+
+/// Prints the contract's JSON Schema for these settings.
+fn schema(args: &super::ContractArgs) -> Result<(), Failure> {
+    let contract = args
+        .contract()
+        .map_err(|e| Failure(format!("EXTRA_FIELDS: {e}"), EXIT_USAGE))?;
+    print!("{}", crate::contract::schema::schema_text(&contract));
     Ok(())
 }
 

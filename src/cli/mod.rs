@@ -17,6 +17,7 @@
 //! measured apart from the rest (docs/performance.md).
 
 mod commands;
+mod validate;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -78,6 +79,53 @@ pub enum Command {
     Poll(PollArgs),
     /// Send the dead-letter queue's messages back to the source queue as their producers sent them, unsealing the function's copies (DlqOperatorRole; VAULT_KMS_KEY_ID).
     DlqRedrive(DlqRedriveArgs),
+    /// Print the message contract as a JSON Schema (2020-12), for producers.
+    Schema(ContractArgs),
+    /// Check message bodies (JSON Lines, or an SQS event with --event) with the function's own validator; one verdict per line, never a value.
+    Validate(ValidateArgs),
+}
+
+/// What a message is held to beyond the contract's fields (the function's
+/// `UNKNOWN_FIELDS` and `EXTRA_FIELDS`).
+#[derive(Debug, Clone, Args)]
+pub struct ContractArgs {
+    /// A field outside the contract: ignore (counted, not stored) or reject.
+    #[arg(long, value_name = "POLICY", env = "UNKNOWN_FIELDS", default_value = "ignore", value_parser = ["ignore", "reject"])]
+    pub unknown_fields: String,
+    /// Declared fields kept in the extra column (comma-separated names).
+    #[arg(long, value_name = "NAMES", env = "EXTRA_FIELDS", default_value = "")]
+    pub extra_fields: String,
+}
+
+impl ContractArgs {
+    /// The contract these settings give.
+    pub fn contract(
+        &self,
+    ) -> Result<crate::contract::Contract, crate::contract::policy::PolicyError> {
+        use crate::contract::{Contract, UnknownFields};
+        Contract::new(
+            UnknownFields::parse(&self.unknown_fields)?,
+            &self.extra_fields,
+        )
+    }
+}
+
+/// `login-etl validate`.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// JSON Lines of message bodies, one per line ("-": standard input).
+    #[arg(
+        value_name = "FILE",
+        conflicts_with = "event",
+        required_unless_present = "event"
+    )]
+    pub file: Option<std::path::PathBuf>,
+    /// An SQS batch event as Lambda sends it (events/*.json): each message's body and its SQS fields (messageId, SentTimestamp).
+    #[arg(long, value_name = "FILE")]
+    pub event: Option<std::path::PathBuf>,
+    /// The contract's settings.
+    #[command(flatten)]
+    pub contract: ContractArgs,
 }
 
 /// `login-etl dlq-redrive`.

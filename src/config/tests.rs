@@ -154,7 +154,7 @@ fn sslmode_in_database_url_is_honoured_or_refused_never_downgraded() {
 
 #[test]
 fn backoff_is_on_under_lambda_or_when_set_and_validated() {
-    use crate::ingest::backoff::Schedule;
+    use crate::config::backoff::Schedule;
     let base = [("DATABASE_URL", "postgres://u@h/d"), ("MASKING_KEY", "ab")];
     let with = |extra: &[(&str, &str)]| {
         let mut v = base.to_vec();

@@ -48,14 +48,7 @@ static MALFORMED: SqsRecord = SqsRecord {
     message_attributes: None,
 };
 
-/// Why a payload cannot be read as an SQS batch; quotes nothing of it.
-const NOT_AN_SQS_EVENT: &str = "the payload is not an SQS batch event ({\"Records\": [...]} with string fields); invoke the function through an SQS event-source mapping or with a file from events/";
-
-/// The payload is not an SQS batch event: its text says what to do and
-/// quotes nothing of the payload.
-#[derive(Debug, thiserror::Error)]
-#[error("{NOT_AN_SQS_EVENT}")]
-pub struct NotAnSqsEvent;
+pub use crate::error::{NOT_AN_SQS_EVENT, NotAnSqsEvent};
 
 impl SqsBatch {
     /// A batch of messages already parsed.

@@ -27,10 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{Map, Value, json};
 
-/// Default `POWERTOOLS_METRICS_NAMESPACE`.
-pub const DEFAULT_NAMESPACE: &str = "LoginEtl";
-/// Default `POWERTOOLS_SERVICE_NAME`.
-pub const DEFAULT_SERVICE: &str = "login-etl";
+pub use crate::emf::{DEFAULT_NAMESPACE, DEFAULT_SERVICE};
 
 /// What one invocation did, as metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -73,26 +70,18 @@ pub struct InvocationMetrics {
     pub refused_to_dlq: usize,
     /// Records of users erased by `login-etl forget`, not stored.
     pub erased: usize,
+    /// Rows that carried fields outside the contract (counted, never
+    /// stored; `UNKNOWN_FIELDS`).
+    pub unknown_fields: usize,
+    /// Those fields' names (never their values), at most
+    /// [`MAX_UNKNOWN_NAMES`] per invocation.
+    pub unknown_field_names: std::collections::BTreeSet<String>,
 }
 
-/// The level an EMF document must carry to pass Lambda's log-level filter
-/// set to `filter` (`AWS_LAMBDA_LOG_LEVEL`, or `RUST_LOG`-style directives):
-/// INFO, or the filter's default level when that is higher.
-pub fn emf_level(filter: Option<&str>) -> &'static str {
-    let default = filter
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .rfind(|part| !part.contains('='))
-        .unwrap_or("");
-    match default.to_ascii_uppercase().as_str() {
-        "WARN" | "WARNING" => "WARN",
-        "ERROR" => "ERROR",
-        "FATAL" => "FATAL",
-        "OFF" => "FATAL",
-        _ => "INFO",
-    }
-}
+/// The most names of fields outside the contract one invocation reports.
+pub const MAX_UNKNOWN_NAMES: usize = 16;
+
+pub use crate::emf::emf_level;
 
 type Output = Arc<dyn Fn(&str) + Send + Sync>;
 
@@ -202,6 +191,9 @@ impl Metrics {
         root.insert("fifo".into(), json!(m.fifo));
         root.insert("statements".into(), json!(m.statements));
         root.insert("copied".into(), json!(m.copied));
+        if !m.unknown_field_names.is_empty() {
+            root.insert("unknown_fields".into(), json!(m.unknown_field_names));
+        }
         let mut docs = vec![Value::Object(root)];
         if let Some(class) = m.failure {
             let failed = json!({"failure_class": class, "BatchFailed": 1});
@@ -278,6 +270,7 @@ fn counts(m: &InvocationMetrics) -> Vec<(&'static str, u64, &'static str)> {
         ),
         ("RefusedToDlq", m.refused_to_dlq as u64, "Count"),
         ("ErasedSkipped", m.erased as u64, "Count"),
+        ("UnknownFields", m.unknown_fields as u64, "Count"),
     ];
     if let Some(lag) = m.ingest_lag_ms {
         metrics.push(("IngestLagMs", lag, "Milliseconds"));

@@ -1,7 +1,7 @@
 //! The original body of a message copied to the dead-letter queue, sealed
 //! so that only the DLQ operator can read it again.
 //!
-//! A copy's body is masked ([`crate::ingest::dlq`]); the body as the
+//! A copy's body is masked (by the ingest path's DLQ); the body as the
 //! producer sent it rides along in two message attributes:
 //! [`SEALED_BODY`], AES-256-GCM under a data key, and [`SEALED_KEY`], that
 //! data key wrapped by KMS under the vault's key with an encryption context

@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 use tracing::warn;
 
+use crate::contract::LoginRow;
 use crate::error::{Misconfiguration, SinkError};
-use crate::ingest::record::LoginRow;
-use crate::ingest::sink::{PgSink, Versions};
 use crate::privacy::erased::ErasedUsers;
 use crate::privacy::masking::Masker;
 
@@ -30,6 +29,77 @@ pub type KeyReload =
 /// The least time between two key reloads: a database ahead of the secret
 /// (an operator's mistake) costs one Secrets Manager call per this, not per batch.
 pub const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What a batch was prepared with, checked by each of its write
+/// transactions ([`ERASED_SQL`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Versions {
+    /// The erasure list's version (its highest `seq`; 0 when empty).
+    pub erased: i64,
+    /// The masking key's version the batch's tokens are under.
+    pub key: u16,
+    /// The oldest key version the batch's users were checked against the
+    /// erasure list at (`key` unless rotate-key was moving the list).
+    pub checked_from: u16,
+}
+
+impl Versions {
+    /// An empty erasure list's versions at key version `key`.
+    pub fn at(key: u16) -> Self {
+        Self {
+            erased: 0,
+            key,
+            checked_from: key,
+        }
+    }
+}
+
+/// What the database records of the current version's keys (see
+/// `login_etl_check_keys`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyChecks {
+    /// The masking key's check value, once a program has recorded it.
+    pub masking: Option<String>,
+    /// The erasure key's.
+    pub erasure: Option<String>,
+    /// The erasure list predates erasure keys: user keys are derived from
+    /// the masking key.
+    pub erasure_derived: bool,
+}
+
+/// The erasure list as the function keeps it in memory, with the versions
+/// each write checks and what the database records of the keys.
+#[derive(Debug, Clone)]
+pub struct ErasureList {
+    /// The list's version and the key version.
+    pub versions: Versions,
+    /// The user keys of erased users.
+    pub users: ErasedUsers,
+    /// The keys' check values and kind.
+    pub checks: Arc<KeyChecks>,
+}
+
+/// Where a batch's keys are checked and its erasure list read: the
+/// database, through the ingest sink (`PgSink` implements it), so that
+/// this room needs nothing of the rooms above it.
+pub trait KeyStore {
+    /// The erasure list, its versions and what the database records of the
+    /// keys (a cached list when nothing changed).
+    fn erased_users(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> impl Future<Output = Result<ErasureList, SinkError>> + Send;
+
+    /// Records the check values of key `version` (`masking`, `erasure`)
+    /// or compares them with those recorded (`LE004` when they differ).
+    fn check_keys(
+        &mut self,
+        version: u16,
+        masking: &str,
+        erasure: &str,
+        deadline: Option<Instant>,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send;
+}
 
 /// Every key version known to this environment, and how to read them again.
 pub struct Keys {
@@ -84,7 +154,7 @@ impl Keys {
     /// it would write tokens or user keys that match nothing stored).
     pub async fn for_batch(
         &self,
-        sink: &mut PgSink,
+        sink: &mut impl KeyStore,
         deadline: Option<Instant>,
     ) -> Result<BatchKeys, SinkError> {
         let list = sink.erased_users(deadline).await?;

@@ -34,8 +34,7 @@ type HmacSha256 = Hmac<Sha256>;
 /// Minimum key length in bytes; shorter keys make the HMAC guessable.
 pub const MIN_KEY_BYTES: usize = 32;
 
-/// Length of a token in characters (hex of a 32-byte digest).
-pub const TOKEN_LEN: usize = 64;
+pub use crate::contract::{TOKEN_LEN, Token};
 
 /// The secret HMAC key: its bytes are wiped when it is dropped (as are the
 /// HMAC states it is absorbed in, `hmac`'s `zeroize` feature), and its
@@ -67,30 +66,6 @@ impl MaskingKey {
 impl fmt::Debug for MaskingKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "MaskingKey(<{} bytes redacted>)", self.0.len())
-    }
-}
-
-/// A 64-character lowercase hex token, stored inline (no heap allocation).
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Token([u8; TOKEN_LEN]);
-
-impl Token {
-    /// The token as text.
-    pub fn as_str(&self) -> &str {
-        // Only ever filled by `hex::encode_to_slice` or a checked parse, both ASCII.
-        std::str::from_utf8(&self.0).expect("hex output is ASCII")
-    }
-}
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Display for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -532,10 +507,7 @@ impl Masker {
 }
 
 fn finish(mac: HmacSha256) -> Token {
-    let mut out = [0u8; TOKEN_LEN];
-    hex::encode_to_slice(mac.finalize().into_bytes(), &mut out)
-        .expect("64 bytes hold a 32-byte digest in hex");
-    Token(out)
+    Token::of_digest(&mac.finalize().into_bytes().into())
 }
 
 /// An address's text on the stack, fed to the MAC in one update: one `String`

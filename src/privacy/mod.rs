@@ -24,11 +24,12 @@
 //! erasure and re-key writes a record there, in the same transaction as
 //! what it records.
 //!
-//! What it may call: the ingest sink's reads of the erasure list and the
-//! key state ([`crate::ingest::sink::PgSink`]) and the row it masks
-//! ([`crate::ingest::record::LoginRow`]); the partition list of
+//! What it may call: the contract (the row it masks,
+//! [`crate::contract::LoginRow`]); the partition list of
 //! [`crate::table::maintain`] and the migration's lock key (re-key and
-//! erasure walk the partitions, never while `maintain` moves one).
+//! erasure walk the partitions, never while `maintain` moves one). The
+//! database reads a batch's keys need come through [`keys::KeyStore`],
+//! which the ingest sink implements: nothing here names the ingest path.
 
 #[cfg(feature = "service")]
 pub mod audit;

@@ -38,7 +38,7 @@ use aws_sdk_kms::types::DataKeySpec;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::ingest::record::LoginRow;
+use crate::contract::LoginRow;
 
 /// What a vault entry holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -8,7 +8,7 @@
 //! takes the migration's advisory lock, so runs beside each other and
 //! beside `migrate` are safe, and each waits for its table lock at most
 //! 100 ms before it lets ingest through and tries again
-//! ([`crate::table::schema::LOCK_TRIES`]): a write never waits longer than that.
+//! ([`crate::table::retry::LOCK_TRIES`]): a write never waits longer than that.
 //! Nothing is kept on the connection between steps, so it runs through a
 //! transaction-mode pooler too. Idempotent: a second run finds nothing to do.
 
@@ -25,7 +25,7 @@ use crate::table::partitions::{
     DEFAULT_MOVE_LIMIT, Ensured, Made, PREMAKE_PAST_DAYS, ensure_partition_bounded,
 };
 use crate::table::retention;
-use crate::table::schema::{failed, with_lock_retries};
+use crate::table::retry::{failed, with_lock_retries};
 
 /// Days ahead whose partitions exist after a run: a week, so that a
 /// maintenance schedule that fails for six days in a row (alarmed on its
@@ -132,7 +132,7 @@ impl MaintainReport {
     }
 
     /// The run as a CloudWatch EMF document (namespace, `service`
-    /// dimension and `level` as the function's, see [`crate::ingest::metrics`]).
+    /// dimension and `level` as the function's, see [`crate::emf`]).
     pub fn emf(&self, namespace: &str, service: &str, level: &str, timestamp_ms: i64) -> Value {
         let metrics = [
             ("PartitionsCreated", self.created.len() as i64, "Count"),
@@ -181,10 +181,9 @@ pub fn emf_from_env(report: &MaintainReport) -> Value {
     let level = get("AWS_LAMBDA_LOG_LEVEL").or_else(|| get("RUST_LOG"));
     report.emf(
         &get("POWERTOOLS_METRICS_NAMESPACE")
-            .unwrap_or_else(|| crate::ingest::metrics::DEFAULT_NAMESPACE.into()),
-        &get("POWERTOOLS_SERVICE_NAME")
-            .unwrap_or_else(|| crate::ingest::metrics::DEFAULT_SERVICE.into()),
-        crate::ingest::metrics::emf_level(level.as_deref()),
+            .unwrap_or_else(|| crate::emf::DEFAULT_NAMESPACE.into()),
+        &get("POWERTOOLS_SERVICE_NAME").unwrap_or_else(|| crate::emf::DEFAULT_SERVICE.into()),
+        crate::emf::emf_level(level.as_deref()),
         Utc::now().timestamp_millis(),
     )
 }
@@ -223,7 +222,9 @@ pub async fn run(client: &Client, options: &MaintainOptions) -> Result<MaintainR
         }
     }
     if let Some(cutoff) = cutoff {
-        retention::apply(client, cutoff, &mut report).await?;
+        let expired = retention::apply(client, cutoff).await?;
+        report.purged_from_default = expired.purged_from_default;
+        report.dropped.extend(expired.dropped);
     }
     retention::drop_detached(client).await?;
     if let Some(cutoff) = cutoff {
@@ -397,136 +398,6 @@ async fn days_of(
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect())
-}
-
-/// One partition of `user_logins` as the catalog shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Partition {
-    /// Its table's name.
-    pub name: String,
-    /// First day it holds; `None` for MINVALUE (a converted table) and the
-    /// DEFAULT partition.
-    pub lo: Option<NaiveDate>,
-    /// The day after its last; `None` for the DEFAULT partition.
-    pub hi: Option<NaiveDate>,
-    /// The DEFAULT partition.
-    pub is_default: bool,
-}
-
-/// The partitions, oldest first (the DEFAULT partition first of all);
-/// none for a table not converted yet (`migrate --prepare` done, not the
-/// cutover), which has no `login_etl_partitions` either.
-pub async fn partitions(client: &Client) -> Result<Vec<Partition>, tokio_postgres::Error> {
-    let listed = client
-        .query_typed(
-            "SELECT name, lo, hi, is_default FROM login_etl_partitions()",
-            &[],
-        )
-        .await;
-    if let Err(e) = &listed
-        && e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION)
-    {
-        return Ok(Vec::new());
-    }
-    Ok(listed?
-        .iter()
-        .map(|r| Partition {
-            name: r.get(0),
-            lo: r.get(1),
-            hi: r.get(2),
-            is_default: r.get(3),
-        })
-        .collect())
-}
-
-/// A range of `create_date` that partition pruning narrows to one
-/// partition, or to the DEFAULT one: how `forget` visits the table one
-/// short statement at a time through the parent (its privileges are on
-/// the parent, never on partitions made later).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Segment {
-    /// `lo <= create_date < hi`: one partition's range (`lo` open for the
-    /// converted table's MINVALUE).
-    Range(Option<NaiveDate>, Option<NaiveDate>),
-    /// A range no partition covers, each end open when `None`: its rows are
-    /// in the DEFAULT partition, and `maintain` may move them into a new
-    /// partition meanwhile.
-    Gap(Option<NaiveDate>, Option<NaiveDate>),
-    /// `create_date IS NULL` (only the DEFAULT partition can hold it).
-    Null,
-}
-
-impl Segment {
-    /// Its rows are in the DEFAULT partition, which `maintain` may empty
-    /// into a new partition under a statement: such a statement holds
-    /// maintain's lock, shared.
-    pub fn in_default(&self) -> bool {
-        !matches!(self, Segment::Range(..))
-    }
-
-    /// The condition on `create_date`, with `$lo` and `$hi` as parameters
-    /// numbered from `first`; and the values to bind.
-    pub fn condition(&self, first: usize) -> (String, Vec<NaiveDate>) {
-        match *self {
-            Segment::Null => ("create_date IS NULL".into(), vec![]),
-            Segment::Range(lo, hi) | Segment::Gap(lo, hi) => {
-                let mut parts = Vec::new();
-                let mut values = Vec::new();
-                if let Some(lo) = lo {
-                    parts.push(format!("create_date >= ${}::date", first + values.len()));
-                    values.push(lo);
-                }
-                if let Some(hi) = hi {
-                    parts.push(format!("create_date < ${}::date", first + values.len()));
-                    values.push(hi);
-                }
-                if parts.is_empty() {
-                    parts.push("create_date IS NOT NULL".into());
-                }
-                (parts.join(" AND "), values)
-            }
-        }
-    }
-
-    /// The values of [`Segment::condition`] as typed parameters, to append
-    /// after the statement's own.
-    pub fn date_params(
-        bounds: &[NaiveDate],
-    ) -> impl Iterator<Item = (&(dyn tokio_postgres::types::ToSql + Sync), Type)> {
-        bounds
-            .iter()
-            .map(|d| (d as &(dyn tokio_postgres::types::ToSql + Sync), Type::DATE))
-    }
-}
-
-/// The table cut into [`Segment`]s: each partition's range, each gap
-/// between them (only the DEFAULT partition holds rows there), the ends
-/// and NULL. Together they cover every row exactly once.
-pub fn segments(partitions: &[Partition]) -> Vec<Segment> {
-    let mut ranges: Vec<(Option<NaiveDate>, NaiveDate)> = partitions
-        .iter()
-        .filter(|p| !p.is_default)
-        .filter_map(|p| p.hi.map(|hi| (p.lo, hi)))
-        .collect();
-    ranges.sort();
-    let mut out = Vec::new();
-    let mut covered_to: Option<NaiveDate> = None;
-    let mut open_start = true;
-    for (lo, hi) in ranges {
-        match (open_start, lo) {
-            (true, Some(lo)) => out.push(Segment::Gap(None, Some(lo))),
-            (false, Some(lo)) if covered_to.is_some_and(|c| c < lo) => {
-                out.push(Segment::Gap(covered_to, Some(lo)))
-            }
-            _ => {}
-        }
-        out.push(Segment::Range(lo, Some(hi)));
-        open_start = false;
-        covered_to = Some(covered_to.map_or(hi, |c| c.max(hi)));
-    }
-    out.push(Segment::Gap(covered_to, None));
-    out.push(Segment::Null);
-    out
 }
 
 #[cfg(test)]

@@ -7,17 +7,24 @@
 //!   that refuses to write into a table that could double rows, and
 //!   [`schema::convert`];
 //! - [`maintain`]: the partitions of the coming days, DEFAULT rows moved
-//!   into their own partition; also the partition list other walks use
-//!   ([`maintain::partitions`]);
+//!   into their own partition;
+//! - [`partitions`]: making one partition, the partition list and the
+//!   segments other walks use (`forget`, `rotate-key`);
+//! - [`privileges`]: what each role may do, as GRANT statements;
+//! - [`retry`]: a failed statement as an error, and the retries of a step
+//!   that waited too long for its lock;
 //! - [`retention`]: what `RETENTION_DAYS` removes: rows, partitions, and
 //!   the PII vault's entries no row within it uses (the vault's table is
 //!   privacy's, its age is the table's life).
 //!
-//! What it may call: [`crate::ingest::metrics`] for `maintain`'s EMF
-//! document, and nothing else of the ingest path or of privacy.
+//! What it may call: the contract ([`crate::contract::columns`]: the
+//! columns the write function takes) and what every room shares
+//! ([`crate::emf`] for `maintain`'s EMF document, configuration, errors);
+//! nothing of the ingest path or of privacy.
 
 pub mod maintain;
 pub mod partitions;
 pub mod privileges;
 pub mod retention;
+pub mod retry;
 pub mod schema;

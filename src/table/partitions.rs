@@ -8,7 +8,7 @@ use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 
 use crate::error::SinkError;
-use crate::table::schema::{failed, with_lock_retries};
+use crate::table::retry::{failed, with_lock_retries};
 
 /// How wide one partition of `user_logins` is (chosen by `login-etl migrate
 /// --partition-interval`, stored in `user_logins_partitioning`).
@@ -179,3 +179,136 @@ pub async fn ensure_partition(client: &Client, day: NaiveDate) -> Result<Option<
         moved: r.get(1),
     }))
 }
+
+/// One partition of `user_logins` as the catalog shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partition {
+    /// Its table's name.
+    pub name: String,
+    /// First day it holds; `None` for MINVALUE (a converted table) and the
+    /// DEFAULT partition.
+    pub lo: Option<NaiveDate>,
+    /// The day after its last; `None` for the DEFAULT partition.
+    pub hi: Option<NaiveDate>,
+    /// The DEFAULT partition.
+    pub is_default: bool,
+}
+
+/// The partitions, oldest first (the DEFAULT partition first of all);
+/// none for a table not converted yet (`migrate --prepare` done, not the
+/// cutover), which has no `login_etl_partitions` either.
+pub async fn partitions(client: &Client) -> Result<Vec<Partition>, tokio_postgres::Error> {
+    let listed = client
+        .query_typed(
+            "SELECT name, lo, hi, is_default FROM login_etl_partitions()",
+            &[],
+        )
+        .await;
+    if let Err(e) = &listed
+        && e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION)
+    {
+        return Ok(Vec::new());
+    }
+    Ok(listed?
+        .iter()
+        .map(|r| Partition {
+            name: r.get(0),
+            lo: r.get(1),
+            hi: r.get(2),
+            is_default: r.get(3),
+        })
+        .collect())
+}
+
+/// A range of `create_date` that partition pruning narrows to one
+/// partition, or to the DEFAULT one: how `forget` visits the table one
+/// short statement at a time through the parent (its privileges are on
+/// the parent, never on partitions made later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Segment {
+    /// `lo <= create_date < hi`: one partition's range (`lo` open for the
+    /// converted table's MINVALUE).
+    Range(Option<NaiveDate>, Option<NaiveDate>),
+    /// A range no partition covers, each end open when `None`: its rows are
+    /// in the DEFAULT partition, and `maintain` may move them into a new
+    /// partition meanwhile.
+    Gap(Option<NaiveDate>, Option<NaiveDate>),
+    /// `create_date IS NULL` (only the DEFAULT partition can hold it).
+    Null,
+}
+
+impl Segment {
+    /// Its rows are in the DEFAULT partition, which `maintain` may empty
+    /// into a new partition under a statement: such a statement holds
+    /// maintain's lock, shared.
+    pub fn in_default(&self) -> bool {
+        !matches!(self, Segment::Range(..))
+    }
+
+    /// The condition on `create_date`, with `$lo` and `$hi` as parameters
+    /// numbered from `first`; and the values to bind.
+    pub fn condition(&self, first: usize) -> (String, Vec<NaiveDate>) {
+        match *self {
+            Segment::Null => ("create_date IS NULL".into(), vec![]),
+            Segment::Range(lo, hi) | Segment::Gap(lo, hi) => {
+                let mut parts = Vec::new();
+                let mut values = Vec::new();
+                if let Some(lo) = lo {
+                    parts.push(format!("create_date >= ${}::date", first + values.len()));
+                    values.push(lo);
+                }
+                if let Some(hi) = hi {
+                    parts.push(format!("create_date < ${}::date", first + values.len()));
+                    values.push(hi);
+                }
+                if parts.is_empty() {
+                    parts.push("create_date IS NOT NULL".into());
+                }
+                (parts.join(" AND "), values)
+            }
+        }
+    }
+
+    /// The values of [`Segment::condition`] as typed parameters, to append
+    /// after the statement's own.
+    pub fn date_params(
+        bounds: &[NaiveDate],
+    ) -> impl Iterator<Item = (&(dyn tokio_postgres::types::ToSql + Sync), Type)> {
+        bounds
+            .iter()
+            .map(|d| (d as &(dyn tokio_postgres::types::ToSql + Sync), Type::DATE))
+    }
+}
+
+/// The table cut into [`Segment`]s: each partition's range, each gap
+/// between them (only the DEFAULT partition holds rows there), the ends
+/// and NULL. Together they cover every row exactly once.
+pub fn segments(partitions: &[Partition]) -> Vec<Segment> {
+    let mut ranges: Vec<(Option<NaiveDate>, NaiveDate)> = partitions
+        .iter()
+        .filter(|p| !p.is_default)
+        .filter_map(|p| p.hi.map(|hi| (p.lo, hi)))
+        .collect();
+    ranges.sort();
+    let mut out = Vec::new();
+    let mut covered_to: Option<NaiveDate> = None;
+    let mut open_start = true;
+    for (lo, hi) in ranges {
+        match (open_start, lo) {
+            (true, Some(lo)) => out.push(Segment::Gap(None, Some(lo))),
+            (false, Some(lo)) if covered_to.is_some_and(|c| c < lo) => {
+                out.push(Segment::Gap(covered_to, Some(lo)))
+            }
+            _ => {}
+        }
+        out.push(Segment::Range(lo, Some(hi)));
+        open_start = false;
+        covered_to = Some(covered_to.map_or(hi, |c| c.max(hi)));
+    }
+    out.push(Segment::Gap(covered_to, None));
+    out.push(Segment::Null);
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -14,8 +14,9 @@ use tokio_postgres::types::Type;
 use tracing::{info, warn};
 
 use crate::error::SinkError;
-use crate::table::maintain::{MaintainReport, Partition, partitions};
-use crate::table::schema::{failed, server_version, with_lock_retries};
+use crate::table::partitions::{Partition, partitions};
+use crate::table::retry::{failed, with_lock_retries};
+use crate::table::schema::server_version;
 
 /// Entries deleted per purge transaction.
 const VAULT_CHUNK: i32 = 10_000;
@@ -24,14 +25,19 @@ const VAULT_CHUNK: i32 = 10_000;
 /// where its index on `last_seen` is not built yet.
 const VAULT_PAGES: i32 = 1_000;
 
+/// What retention removed from the table in one run.
+#[derive(Debug, Default)]
+pub(crate) struct Expired {
+    /// Rows deleted from the DEFAULT partition.
+    pub(crate) purged_from_default: i64,
+    /// Partitions detached, with their estimated rows.
+    pub(crate) dropped: Vec<(String, i64)>,
+}
+
 /// Retention: the DEFAULT partition's rows before `cutoff` deleted, and
 /// the partitions wholly before it detached (dropped by [`drop_detached`]).
-pub(crate) async fn apply(
-    client: &Client,
-    cutoff: NaiveDate,
-    report: &mut MaintainReport,
-) -> Result<(), SinkError> {
-    report.purged_from_default = with_lock_retries("purging the DEFAULT partition", || async {
+pub(crate) async fn apply(client: &Client, cutoff: NaiveDate) -> Result<Expired, SinkError> {
+    let purged_from_default = with_lock_retries("purging the DEFAULT partition", || async {
         let row = client
             .query_typed_one(
                 "SELECT login_etl_purge_default($1)",
@@ -41,6 +47,10 @@ pub(crate) async fn apply(
         Ok(row.get::<_, i64>(0))
     })
     .await?;
+    let mut report = Expired {
+        purged_from_default,
+        dropped: Vec::new(),
+    };
     for name in expired(client, cutoff).await? {
         let detached = with_lock_retries("detaching a partition past retention", || async {
             let row = client
@@ -57,7 +67,7 @@ pub(crate) async fn apply(
             report.dropped.push((name, rows));
         }
     }
-    Ok(())
+    Ok(report)
 }
 
 /// The DROP in a transaction of its own: the detach's lock is long gone

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 
 use serde_json::{Map, Value};
 
-use crate::ingest::record::Field;
+use crate::contract::Field;
 use crate::privacy::masking::Masker;
 
 /// Top-level fields shown; the rest are counted.

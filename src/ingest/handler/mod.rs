@@ -48,6 +48,8 @@ pub struct BatchHandler {
     vault: Option<DataKey>,
     backoff: Option<(Schedule, Visibility)>,
     refused_max_receives: u32,
+    /// What becomes of fields outside the contract.
+    contract: crate::contract::Contract,
 }
 
 impl BatchHandler {
@@ -63,6 +65,7 @@ impl BatchHandler {
             vault: None,
             backoff: None,
             refused_max_receives: crate::config::DEFAULT_REFUSED_MAX_RECEIVES,
+            contract: crate::contract::Contract::default(),
         }
     }
 
@@ -105,6 +108,12 @@ impl BatchHandler {
     /// on its `receives`-th receive (0: never). Default 3.
     pub fn with_refused_max_receives(mut self, receives: u32) -> Self {
         self.refused_max_receives = receives;
+        self
+    }
+
+    /// Holds messages to `contract` (`UNKNOWN_FIELDS`, `EXTRA_FIELDS`).
+    pub fn with_contract(mut self, contract: crate::contract::Contract) -> Self {
+        self.contract = contract;
         self
     }
 
@@ -181,6 +190,8 @@ impl BatchHandler {
                 metrics.visibility_change_failed = summary.visibility_change_failed;
                 metrics.refused_to_dlq = summary.refused_to_dlq;
                 metrics.erased = summary.erased;
+                metrics.unknown_fields = summary.unknown_fields;
+                metrics.unknown_field_names = summary.unknown_field_names.clone();
             }
             Err(e) => {
                 metrics.failure = Some(e.class());
@@ -257,6 +268,8 @@ impl BatchHandler {
             statements: report.statements,
             refused_to_dlq: refused_sent.len(),
             erased: valid.erased.len(),
+            unknown_fields: valid.rows.iter().filter(|r| !r.unknown.is_empty()).count(),
+            unknown_field_names: unknown_names(&valid.rows),
             failure,
             backed_off,
             visibility_change_failed,
@@ -277,6 +290,7 @@ impl BatchHandler {
     ) -> Result<(InsertReport, Option<&'static str>), HandlerError> {
         let transform = Transform {
             keys: &self.keys,
+            contract: &self.contract,
             vault: self.vault.as_ref(),
             dlq: self.dlq.as_ref(),
             fifo,
@@ -322,4 +336,32 @@ fn ingest_lag_ms(batch: &SqsBatch, now_ms: i64) -> Option<u64> {
         .filter_map(|m| m.sent_timestamp()?.parse::<i64>().ok())
         .min()?;
     Some(now_ms.saturating_sub(oldest).max(0) as u64)
+}
+
+/// The names of the fields outside the contract the rows carried (at most
+/// [`crate::ingest::metrics::MAX_UNKNOWN_NAMES`]); each name new to this
+/// environment is logged once, at WARN: a producer sends a field nobody
+/// declared, which is counted and never stored.
+fn unknown_names(rows: &[crate::contract::LoginRow<'_>]) -> std::collections::BTreeSet<String> {
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+    /// Names already logged by this environment (bounded).
+    static SEEN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    let mut names = BTreeSet::new();
+    for name in rows.iter().flat_map(|r| r.unknown.iter()) {
+        if names.len() == crate::ingest::metrics::MAX_UNKNOWN_NAMES {
+            break;
+        }
+        names.insert(name.as_str().to_owned());
+    }
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    for name in &names {
+        if seen.len() < 1_000 && seen.insert(name.clone()) {
+            warn!(
+                field = %name,
+                "messages carry a field outside the contract: counted (UnknownFields) and never stored; declare it in EXTRA_FIELDS if it holds no PII and should be kept, or set UNKNOWN_FIELDS=reject to refuse such messages"
+            );
+        }
+    }
+    names
 }

@@ -10,7 +10,7 @@ use tracing::warn;
 #[cfg(doc)]
 use super::BatchHandler;
 #[cfg(doc)]
-use crate::ingest::record::Rejection;
+use crate::contract::Rejection;
 
 /// Counts of one invocation, also written as its summary line (an EMF
 /// document, see [`crate::ingest::metrics`]).
@@ -45,6 +45,10 @@ pub struct BatchSummary {
     /// Failed records whose visibility change SQS did not confirm (plain
     /// redelivery after the queue's visibility timeout).
     pub visibility_change_failed: usize,
+    /// Valid records that carried fields outside the contract.
+    pub unknown_fields: usize,
+    /// Those fields' names (bounded; never a value).
+    pub unknown_field_names: std::collections::BTreeSet<String>,
 }
 
 /// What [`BatchHandler::handle`] made of one batch.

@@ -6,10 +6,11 @@ use std::time::Instant;
 
 use tracing::{trace, warn};
 
+use crate::contract::{LoginRow, Rejection};
 use crate::error::{HandlerError, SinkError};
 use crate::ingest::dlq::{DeadLetterQueue, Rejected};
 use crate::ingest::event::SqsBatch;
-use crate::ingest::record::{self, LoginRow, Rejection};
+use crate::ingest::record;
 use crate::ingest::sink::{InsertReport, PgSink};
 use crate::privacy::keys::{BatchKeys, Keys};
 use crate::privacy::vault::{DataKey, VaultBatch, VaultWrite};
@@ -58,6 +59,7 @@ impl<'b> Transformed<'b> {
 /// key and DLQ, the batch's order and its deadline.
 pub(super) struct Transform<'h> {
     pub(super) keys: &'h Keys,
+    pub(super) contract: &'h crate::contract::Contract,
     pub(super) vault: Option<&'h DataKey>,
     pub(super) dlq: Option<&'h DeadLetterQueue>,
     pub(super) fifo: bool,
@@ -104,7 +106,7 @@ impl Transform<'_> {
                 }
             };
             out.ids.push(id);
-            match record::transform(id, batch.record(pos), &keys.masker) {
+            match record::transform_with(id, batch.record(pos), &keys.masker, self.contract) {
                 Ok(row) if keys.is_erased(&row.user_id) => {
                     trace!(message_id = id, "record of an erased user");
                     out.erased.push(pos);

@@ -13,11 +13,12 @@ use tracing::{debug, trace, warn};
 use super::budget::Budget;
 use super::classify::{self, Failure};
 use super::insert;
-use super::tx::{Versions, XidFloor};
+use super::tx::XidFloor;
 use super::vault::VaultRows;
 use super::{CONFLICT_PAUSE, InsertReport, PgSink};
+use crate::contract::LoginRow;
 use crate::error::SinkError;
-use crate::ingest::record::LoginRow;
+use crate::privacy::keys::Versions;
 use crate::privacy::vault::VaultWrite;
 
 const OP: &str = "inserting the batch";

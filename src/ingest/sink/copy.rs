@@ -23,29 +23,13 @@ use tokio_postgres::types::{IsNull, ToSql, Type};
 use tokio_postgres::{Client, CopyInSink};
 
 use super::classify::{Failure, classify};
-use super::tx::{Versions, XidFloor, begin_sql, no_answer, refuse_erased, vault_and_commit};
+use super::tx::{XidFloor, begin_sql, no_answer, refuse_erased, vault_and_commit};
 use super::vault::VaultRows;
-use crate::ingest::record::LoginRow;
+use crate::contract::LoginRow;
+use crate::contract::columns::COLUMNS;
+use crate::privacy::keys::Versions;
 
-/// The fast path for large batches; see the module documentation.
-pub const COPY_SQL: &str = "COPY user_logins \
-    (message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, app_version_text, create_date, sent_at, key_version) \
-    FROM STDIN (FORMAT binary)";
-
-/// Column types of [`COPY_SQL`], in order.
-pub const COPY_TYPES: [Type; 11] = [
-    Type::VARCHAR,
-    Type::VARCHAR,
-    Type::VARCHAR,
-    Type::VARCHAR,
-    Type::VARCHAR,
-    Type::VARCHAR,
-    Type::INT4,
-    Type::VARCHAR,
-    Type::DATE,
-    Type::TIMESTAMPTZ,
-    Type::INT2,
-];
+pub use super::columns::{COPY_SQL, COPY_TYPES};
 
 /// The binary COPY format's header: signature, flags, no extension.
 pub const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
@@ -79,8 +63,10 @@ impl CopyIn {
     ) -> Result<Self, Failure> {
         let begin = begin_sql(server_bound);
         let started = timeout(client_bound, async {
-            let (begun, copy) =
-                tokio::join!(client.batch_execute(&begin), client.copy_in(COPY_SQL));
+            let (begun, copy) = tokio::join!(
+                client.batch_execute(&begin),
+                client.copy_in(COPY_SQL.as_str())
+            );
             begun.and(copy)
         })
         .await;
@@ -184,30 +170,14 @@ impl CopyIn {
 /// NULL) and bytes, by its `ToSql`. `Err` is the type of a value that
 /// cannot be encoded (none of a validated row's).
 pub fn encode_row(buf: &mut BytesMut, r: &LoginRow<'_>) -> Result<(), Type> {
-    let (ip, device, locale) = (
-        r.masked_ip.as_str(),
-        r.masked_device_id.as_str(),
-        r.locale.as_deref(),
-    );
-    let key_version = r.key_version as i16;
-    let row: [&(dyn ToSql + Sync); 11] = [
-        &r.message_id,
-        &&*r.user_id,
-        &&*r.device_type,
-        &ip,
-        &device,
-        &locale,
-        &r.app_version,
-        &&*r.app_version_text,
-        &r.create_date,
-        &r.sent_at,
-        &key_version,
-    ];
-    buf.put_i16(COPY_TYPES.len() as i16);
-    for (value, ty) in row.iter().zip(&COPY_TYPES) {
+    buf.put_i16(COLUMNS.len() as i16);
+    for (c, ty) in COLUMNS.iter().zip(COPY_TYPES.iter()) {
         let at = buf.len();
         buf.put_i32(0);
-        let len = match value.to_sql_checked(ty, buf).map_err(|_| ty.clone())? {
+        let len = match (c.value)(r)
+            .to_sql_checked(ty, buf)
+            .map_err(|_| ty.clone())?
+        {
             IsNull::Yes => -1,
             IsNull::No => i32::try_from(buf.len() - at - 4).map_err(|_| ty.clone())?,
         };

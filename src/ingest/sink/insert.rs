@@ -12,18 +12,20 @@
 //! answered the COMMIT; an error raised at COMMIT (a deferred constraint)
 //! is a failure like any other.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDate, Utc};
 use tokio::time::timeout;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::classify::{Failure, classify};
-use super::tx::{Versions, XidFloor, begin_sql, no_answer, vault_and_commit};
+use super::columns::{Columns, array_placeholders};
+use super::tx::{XidFloor, begin_sql, no_answer, vault_and_commit};
 use super::vault::VaultRows;
-use crate::ingest::record::LoginRow;
+use crate::contract::LoginRow;
+use crate::privacy::keys::Versions;
 
 /// The bulk write: the erasure and key check (`login_etl_check_write`,
 /// SQLSTATE `LE001`/`LE002`, see `tx::ERASED_SQL`) and one `INSERT ...
@@ -40,9 +42,12 @@ use crate::ingest::record::LoginRow;
 /// of the partition a row lands in arbitrates, the key `(sent_at,
 /// message_id, create_date)` and, on a table converted from before
 /// partitions, its old unique `message_id` (see `schema::convert`).
-pub const WRITE_SQL: &str = "SELECT login_etl_write($1::int8, $2::int4, $3::int4, \
-    $4::varchar[], $5::varchar[], $6::varchar[], $7::varchar[], $8::varchar[], $9::varchar[], \
-    $10::int4[], $11::varchar[], $12::date[], $13::timestamptz[], $14::int2[])";
+pub static WRITE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT login_etl_write($1::int8, $2::int4, $3::int4, {})",
+        array_placeholders(4)
+    )
+});
 
 /// After a lost reply: how many of these rows (by key) were written by
 /// transactions that began at or after `$4`, the xid floor taken before the
@@ -101,9 +106,9 @@ pub(crate) async fn insert_tx(
                         .query_typed_one(
                             RECOUNT_SQL,
                             &[
-                                (&cols.message_id, Type::VARCHAR_ARRAY),
-                                (&cols.sent_at, Type::TIMESTAMPTZ_ARRAY),
-                                (&cols.create_date, Type::DATE_ARRAY),
+                                (cols.column("message_id"), Type::VARCHAR_ARRAY),
+                                (cols.column("sent_at"), Type::TIMESTAMPTZ_ARRAY),
+                                (cols.column("create_date"), Type::DATE_ARRAY),
                                 (floor, Type::TEXT),
                             ],
                         )
@@ -112,7 +117,7 @@ pub(crate) async fn insert_tx(
                     None => Ok(0),
                 }
             },
-            client.query_typed_one(WRITE_SQL, &params),
+            client.query_typed_one(&WRITE_SQL, &params),
             vault_and_commit(client, vault),
         )
     };
@@ -133,56 +138,4 @@ pub(crate) async fn insert_tx(
         inserted: inserted + earlier,
         floor,
     })
-}
-
-/// Column-major parameters for one statement: the rows' columns as the
-/// arrays of [`WRITE_SQL`]'s `$4` to `$14`, in `COPY_SQL`'s column order.
-pub struct Columns<'r> {
-    message_id: Vec<&'r str>,
-    user_id: Vec<&'r str>,
-    device_type: Vec<&'r str>,
-    masked_ip: Vec<&'r str>,
-    masked_device_id: Vec<&'r str>,
-    locale: Vec<Option<&'r str>>,
-    app_version: Vec<i32>,
-    app_version_text: Vec<&'r str>,
-    create_date: Vec<NaiveDate>,
-    sent_at: Vec<DateTime<Utc>>,
-    key_version: Vec<i16>,
-}
-
-impl<'r> Columns<'r> {
-    /// The columns of `rows`.
-    pub fn from(rows: &'r [LoginRow<'_>]) -> Self {
-        Self {
-            message_id: rows.iter().map(|r| r.message_id).collect(),
-            user_id: rows.iter().map(|r| &*r.user_id).collect(),
-            device_type: rows.iter().map(|r| &*r.device_type).collect(),
-            masked_ip: rows.iter().map(|r| r.masked_ip.as_str()).collect(),
-            masked_device_id: rows.iter().map(|r| r.masked_device_id.as_str()).collect(),
-            locale: rows.iter().map(|r| r.locale.as_deref()).collect(),
-            app_version: rows.iter().map(|r| r.app_version).collect(),
-            app_version_text: rows.iter().map(|r| &*r.app_version_text).collect(),
-            create_date: rows.iter().map(|r| r.create_date).collect(),
-            sent_at: rows.iter().map(|r| r.sent_at).collect(),
-            key_version: rows.iter().map(|r| r.key_version as i16).collect(),
-        }
-    }
-
-    /// Each column with its array type (`varchar[]` for the text columns).
-    pub fn typed_params(&self) -> [(&(dyn ToSql + Sync), Type); 11] {
-        [
-            (&self.message_id, Type::VARCHAR_ARRAY),
-            (&self.user_id, Type::VARCHAR_ARRAY),
-            (&self.device_type, Type::VARCHAR_ARRAY),
-            (&self.masked_ip, Type::VARCHAR_ARRAY),
-            (&self.masked_device_id, Type::VARCHAR_ARRAY),
-            (&self.locale, Type::VARCHAR_ARRAY),
-            (&self.app_version, Type::INT4_ARRAY),
-            (&self.app_version_text, Type::VARCHAR_ARRAY),
-            (&self.create_date, Type::DATE_ARRAY),
-            (&self.sent_at, Type::TIMESTAMPTZ_ARRAY),
-            (&self.key_version, Type::INT2_ARRAY),
-        ]
-    }
 }

@@ -46,6 +46,7 @@
 mod bisect;
 mod budget;
 mod classify;
+mod columns;
 mod conn;
 mod copy;
 mod insert;
@@ -62,15 +63,16 @@ use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 use tracing::warn;
 
+pub use crate::privacy::keys::{ErasureList, KeyChecks, Versions};
 pub use budget::{Budget, CONFLICT_RETRIES, DEADLINE_MARGIN};
+pub use columns::{Columns, Jsonb, array_placeholders};
 pub use copy::{CHUNK, COPY_HEADER, COPY_SQL, COPY_TYPES, CopyIn, encode_row};
-pub use insert::{Columns, WRITE_SQL};
-pub use tx::{KeyChecks, Versions};
+pub use insert::WRITE_SQL;
 pub use writer::BatchWriter;
 
 use crate::config::DbConfig;
+use crate::contract::LoginRow;
 use crate::error::{SinkError, describe};
-use crate::ingest::record::LoginRow;
 use crate::privacy::erased::ErasedUsers;
 use crate::privacy::vault::VaultWrite;
 use crate::secrets::Secrets;
@@ -90,18 +92,6 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
 
 /// Pause before retrying a conflict (deadlock, serialization failure).
 const CONFLICT_PAUSE: Duration = Duration::from_millis(50);
-
-/// The erasure list as the function keeps it in memory, with the versions
-/// each write checks and what the database records of the keys.
-#[derive(Debug, Clone)]
-pub struct ErasureList {
-    /// The list's version and the key version.
-    pub versions: Versions,
-    /// The user keys of erased users.
-    pub users: ErasedUsers,
-    /// The keys' check values and kind.
-    pub checks: Arc<KeyChecks>,
-}
 
 /// What one batch did in the database.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -460,5 +450,21 @@ impl PgSink {
         {
             self.client = None;
         }
+    }
+}
+
+impl crate::privacy::keys::KeyStore for PgSink {
+    async fn erased_users(&mut self, deadline: Option<Instant>) -> Result<ErasureList, SinkError> {
+        PgSink::erased_users(self, deadline).await
+    }
+
+    async fn check_keys(
+        &mut self,
+        version: u16,
+        masking: &str,
+        erasure: &str,
+        deadline: Option<Instant>,
+    ) -> Result<(), SinkError> {
+        PgSink::check_keys(self, version, masking, erasure, deadline).await
     }
 }

@@ -8,6 +8,7 @@
 //! so a transaction-mode pooler may hand the next transaction to any server
 //! connection. Success means the server answered the COMMIT.
 
+use crate::privacy::keys::Versions;
 use std::time::Duration;
 
 use tokio_postgres::types::Type;
@@ -30,30 +31,6 @@ pub(crate) fn begin_sql(server_bound: Duration) -> String {
         "BEGIN; SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}; \
          LOCK TABLE ONLY user_logins IN ROW EXCLUSIVE MODE"
     )
-}
-
-/// What a batch was prepared with, checked by each of its write
-/// transactions ([`ERASED_SQL`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Versions {
-    /// The erasure list's version (its highest `seq`; 0 when empty).
-    pub erased: i64,
-    /// The masking key's version the batch's tokens are under.
-    pub key: u16,
-    /// The oldest key version the batch's users were checked against the
-    /// erasure list at (`key` unless rotate-key was moving the list).
-    pub checked_from: u16,
-}
-
-impl Versions {
-    /// An empty erasure list's versions at key version `key`.
-    pub fn at(key: u16) -> Self {
-        Self {
-            erased: 0,
-            key,
-            checked_from: key,
-        }
-    }
 }
 
 /// The write check: raises SQLSTATE `LE001` (the transaction is refused)
@@ -89,19 +66,6 @@ pub(crate) async fn refuse_erased(
 pub(crate) const ERASED_LIST_SQL: &str = "SELECT coalesce((SELECT max(seq) FROM user_logins_erased), 0), \
     coalesce((SELECT array_agg(user_key) FROM user_logins_erased WHERE seq > $1), '{}'), \
     k.version, k.masking_check, k.erasure_check, k.erasure_derived, k.rekey_from FROM login_etl_key_state() k";
-
-/// What the database records of the current version's keys (see
-/// `login_etl_check_keys`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KeyChecks {
-    /// The masking key's check value, once a program has recorded it.
-    pub masking: Option<String>,
-    /// The erasure key's.
-    pub erasure: Option<String>,
-    /// The erasure list predates erasure keys: user keys are derived from
-    /// the masking key.
-    pub erasure_derived: bool,
-}
 
 /// Records or compares the check values of `version`'s keys (SQLSTATE
 /// `LE004` when they differ from those recorded).

@@ -10,11 +10,12 @@ use tracing::debug;
 use super::budget::Budget;
 use super::classify::Failure;
 use super::copy::CopyIn;
-use super::tx::{Versions, XidFloor};
+use super::tx::XidFloor;
 use super::vault::VaultRows;
 use super::{COPY_MIN_ROWS, InsertReport, PgSink};
+use crate::contract::LoginRow;
 use crate::error::SinkError;
-use crate::ingest::record::LoginRow;
+use crate::privacy::keys::Versions;
 use crate::privacy::vault::VaultWrite;
 
 impl PgSink {

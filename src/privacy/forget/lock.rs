@@ -20,7 +20,7 @@ use crate::privacy::reveal::{RevealError, db};
 /// maintain up.
 pub(super) async fn segment_tx<'c>(
     client: &'c mut Client,
-    segment: &crate::table::maintain::Segment,
+    segment: &crate::table::partitions::Segment,
     version: u16,
 ) -> Result<Transaction<'c>, RevealError> {
     let tx = client

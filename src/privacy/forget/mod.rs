@@ -17,7 +17,7 @@ use tracing::info;
 
 use crate::privacy::masking::UserKeys;
 use crate::privacy::reveal::{RevealError, db};
-use crate::table::maintain::Segment;
+use crate::table::partitions::Segment;
 use lock::{begin_locked, end_locked, hold_vault_entries, segment_tx};
 pub use state::KEY_VERSION_LOCK_KEY;
 use state::{check_erasure_key, drain_generation, key_version, same_key_version};
@@ -81,8 +81,8 @@ pub async fn forget(
     // Rows of a swapped-out DEFAULT partition are out of sight until
     // maintain has moved them back: the deletes below would miss them.
     let drains = drain_generation(client).await?;
-    let segments = crate::table::maintain::segments(
-        &crate::table::maintain::partitions(client)
+    let segments = crate::table::partitions::segments(
+        &crate::table::partitions::partitions(client)
             .await
             .map_err(db("listing the partitions"))?,
     );

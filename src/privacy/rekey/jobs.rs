@@ -22,7 +22,7 @@ use tokio_postgres::Client;
 
 use super::{CONFLICT_RETRIES, RekeyError};
 use crate::privacy::masking::Masker;
-use crate::table::maintain::Segment;
+use crate::table::partitions::Segment;
 
 /// Pages `[from, to)` of a table, re-keyed in one transaction.
 #[derive(Debug, Clone)]
@@ -128,17 +128,7 @@ async fn job(
         };
         let mut tries = 0;
         let result = loop {
-            let attempt = match &chunk.rows_of {
-                Some((segment, rel)) => {
-                    let of = (segment, rel.as_str());
-                    super::rows::rekey_chunk(&mut client, &masker, to, of, chunk.from, chunk.to)
-                        .await
-                }
-                None => {
-                    super::vault::rekey_vault_chunk(&mut client, &masker, to, chunk.from, chunk.to)
-                        .await
-                }
-            };
+            let attempt = super::rekey_one(&mut client, &masker, to, &chunk).await;
             match attempt {
                 Err(e) if e.is_conflict() && tries < CONFLICT_RETRIES => tries += 1,
                 other => break other,

@@ -407,3 +407,19 @@ impl Run<'_> {
         Ok(true)
     }
 }
+
+/// Re-keys one chunk to version `to`: a partition's pages, or the vault's.
+async fn rekey_one(
+    client: &mut tokio_postgres::Client,
+    masker: &Masker,
+    to: u16,
+    chunk: &jobs::Chunk,
+) -> Result<u64, RekeyError> {
+    match &chunk.rows_of {
+        Some((segment, rel)) => {
+            let of = (segment, rel.as_str());
+            rows::rekey_chunk(client, masker, to, of, chunk.from, chunk.to).await
+        }
+        None => vault::rekey_vault_chunk(client, masker, to, chunk.from, chunk.to).await,
+    }
+}

@@ -12,7 +12,7 @@ use tokio_postgres::types::{ToSql, Type};
 use super::jobs::{Chunk, Jobs};
 use super::{CONFLICT_RETRIES, Progress, RekeyError, RekeyOptions, db};
 use crate::privacy::masking::Masker;
-use crate::table::maintain::{Partition, Segment};
+use crate::table::partitions::{Partition, Segment};
 
 /// A partition's segment (see [`Segment`]) and the relation holding it.
 fn segments_of(partitions: &[Partition]) -> Vec<(Segment, String)> {
@@ -20,7 +20,7 @@ fn segments_of(partitions: &[Partition]) -> Vec<(Segment, String)> {
         .iter()
         .find(|p| p.is_default)
         .map(|p| p.name.clone());
-    crate::table::maintain::segments(partitions)
+    crate::table::partitions::segments(partitions)
         .into_iter()
         .filter_map(|s| {
             let rel = match s {
@@ -57,7 +57,7 @@ pub(super) async fn rekey_rows(
     };
     let mut visited: HashSet<(Segment, String)> = HashSet::new();
     loop {
-        let partitions = crate::table::maintain::partitions(client)
+        let partitions = crate::table::partitions::partitions(client)
             .await
             .map_err(db("listing the partitions"))?;
         let todo: Vec<(Segment, String)> = segments_of(&partitions)

@@ -56,7 +56,7 @@ pub(super) async fn ready_to_switch(client: &Client) -> Result<(), RekeyError> {
     if version < 140_000 {
         return Err(RekeyError::ServerTooOld(version));
     }
-    let partitioned = !crate::table::maintain::partitions(client)
+    let partitioned = !crate::table::partitions::partitions(client)
         .await
         .map_err(db("listing the partitions"))?
         .is_empty();

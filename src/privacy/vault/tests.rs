@@ -121,11 +121,12 @@ fn a_batch_seals_each_distinct_value_once() {
         count: 3,
         ..Default::default()
     });
-    let batch = crate::ingest::event::SqsBatch::from(&event);
-    let mut rows: Vec<LoginRow<'_>> = [0, 1, 0]
+    let bodies: Vec<&str> = event
+        .records
         .iter()
-        .map(|&i| crate::ingest::record::transform("m", batch.record(i), &masker).unwrap())
+        .map(|m| m.body.as_deref().unwrap())
         .collect();
+    let mut rows: Vec<LoginRow<'_>> = [0, 1, 0].iter().map(|&i| row(bodies[i], &masker)).collect();
     // The repeat is dated three days later: its entries' last_seen.
     let later = rows[0].create_date + chrono::TimeDelta::days(3);
     rows[2].create_date = later;
@@ -165,4 +166,19 @@ fn a_batch_seals_each_distinct_value_once() {
             .unwrap(),
         rows[1].ip.to_string()
     );
+}
+
+/// The row of a valid `body` (what the ingest path makes of it), without
+/// the ingest room.
+fn row<'a>(body: &'a str, masker: &crate::privacy::masking::Masker) -> LoginRow<'a> {
+    let e = crate::contract::parse_body(body).unwrap();
+    let sent_at = chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
+    let key = crate::contract::RowKeyAndTokens {
+        message_id: "m",
+        sent_at,
+        masked_ip: masker.ip(&e.ip),
+        masked_device_id: masker.device_id(&e.device_id),
+        key_version: masker.version(),
+    };
+    LoginRow::new(e, key)
 }

@@ -14,6 +14,7 @@
 //! calls keeps its file (and its signature and meaning) until a migration
 //! retires it with `DROP FUNCTION`.
 
+use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use sha2::{Digest, Sha256};
@@ -87,6 +88,22 @@ pub const FUNCTION_FILES: &[FunctionFile] = function_files![
 pub const SCHEMA_VERSION_FUNCTION: &str = "login_etl_schema_version";
 
 impl FunctionFile {
+    /// Its text, with the contract's columns filled in where it names them
+    /// (`{{columns}}`, `{{array_arguments}}`, `{{array_names}}`: the write
+    /// function, see [`crate::contract::columns`]).
+    pub fn text(&self) -> Cow<'static, str> {
+        use crate::contract::columns;
+        if !self.sql.contains("{{") {
+            return Cow::Borrowed(self.sql);
+        }
+        Cow::Owned(
+            self.sql
+                .replace("{{columns}}", &columns::names())
+                .replace("{{array_arguments}}", &columns::array_arguments())
+                .replace("{{array_names}}", &columns::array_names()),
+        )
+    }
+
     /// The role kinds of its `-- roles:` line (empty for `none`).
     pub fn kinds(&self) -> Vec<&'static str> {
         let line = self.sql.lines().next().unwrap_or_default();
@@ -102,17 +119,17 @@ impl FunctionFile {
 
     /// How many functions (overloads) it defines.
     pub fn overloads(&self) -> usize {
-        self.sql.matches("CREATE OR REPLACE FUNCTION ").count()
+        self.text().matches("CREATE OR REPLACE FUNCTION ").count()
     }
 
     /// Each function it defines as `"name"(arguments)`, the arguments as
     /// written (names, modes and types; a GRANT ignores what is not a type).
     pub fn signatures(&self) -> Vec<String> {
         let head = format!("CREATE OR REPLACE FUNCTION {}(", self.name);
-        self.sql
-            .match_indices(&head)
+        let text = self.text();
+        text.match_indices(&head)
             .map(|(at, _)| {
-                let args = &self.sql[at + head.len()..];
+                let args = &text[at + head.len()..];
                 let mut depth = 1;
                 let end = args
                     .char_indices()
@@ -134,7 +151,7 @@ impl FunctionFile {
     /// `login-etl:<the first 16 hex digits of SHA-256 of its text>`: what
     /// each function it defines carries in its comment once made from it.
     pub fn tag(&self) -> String {
-        tag_of(self.sql)
+        tag_of(&self.text())
     }
 }
 
@@ -186,7 +203,7 @@ fn unless_current(name: &str, tag: &str, count: usize, sql: &str) -> String {
 pub fn sync_sql() -> String {
     let mut out = String::from("SET LOCAL check_function_bodies = off;\n");
     for f in FUNCTION_FILES {
-        out.push_str(&unless_current(f.name, &f.tag(), f.overloads(), f.sql));
+        out.push_str(&unless_current(f.name, &f.tag(), f.overloads(), &f.text()));
     }
     out
 }
@@ -314,11 +331,18 @@ mod tests {
             .iter()
             .find(|f| f.name == "login_etl_write")
             .unwrap();
-        let sig = &w.signatures()[0];
-        assert!(
-            sig.starts_with("\"login_etl_write\"(known bigint, key_version integer")
-                && sig.ends_with("key_versions smallint[])"),
-            "{sig}"
+        // The first overload filled in from the contract's columns, the
+        // second as the eleven columns of before `extra`.
+        let sigs = w.signatures();
+        assert_eq!(sigs.len(), 2);
+        assert_eq!(
+            sigs[0],
+            format!(
+                "\"login_etl_write\"(known bigint, key_version integer, checked_from integer, {})",
+                crate::contract::columns::array_arguments()
+            )
         );
+        assert!(sigs[0].ends_with("extras jsonb[])"), "{}", sigs[0]);
+        assert!(sigs[1].ends_with("key_versions smallint[])"), "{}", sigs[1]);
     }
 }

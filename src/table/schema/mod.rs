@@ -16,12 +16,13 @@ use std::time::Duration;
 use tokio::time::timeout;
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::error::SinkError;
 use crate::error::describe;
 use crate::table::partitions::{Granularity, premake, set_granularity};
 use crate::table::privileges::{self, FunctionGrant, SCHEMA_WRITERS_SQL, schema_writers_fix};
+use crate::table::retry::{failed, with_lock_retries};
 
 /// One migration's text, by its file name (without `.sql`).
 macro_rules! migration {
@@ -60,11 +61,14 @@ pub const MIGRATION_SQL: &str = concat!(
     migration!("0009_write_function"),
     "\n",
     migration!("0010_insiders"),
+    "\n",
+    migration!("0011_extra_fields"),
 );
 
-/// The migrations but 0001 and 0004, which alone change `user_logins`: what
-/// `migrate --prepare` applies beside an older version's writes into an
-/// unpartitioned table (see [`convert`]).
+/// The migrations but 0001 and 0004, which rebuild `user_logins` (0011
+/// only adds a nullable column, which an older version's writes do not
+/// name): what `migrate --prepare` applies beside an older version's
+/// writes into an unpartitioned table (see [`convert`]).
 pub const SIDE_TABLES_SQL: &str = concat!(
     migration!("0002_pii_vault"),
     "\n",
@@ -81,11 +85,13 @@ pub const SIDE_TABLES_SQL: &str = concat!(
     migration!("0009_write_function"),
     "\n",
     migration!("0010_insiders"),
+    "\n",
+    migration!("0011_extra_fields"),
 );
 
 /// The version [`MIGRATION_SQL`] leaves (`login_etl_schema_version()`):
 /// a database at an older one is migrated again.
-pub const SCHEMA_VERSION: i32 = 10;
+pub const SCHEMA_VERSION: i32 = 11;
 
 /// The schema for `migrations` (all of [`MIGRATION_SQL`], or part of it):
 /// the owner's functions from their files ([`functions::sync_sql`]), the
@@ -152,7 +158,7 @@ const INSPECT_TABLES: &str = "SELECT \
     to_regclass('user_logins_pii_audit') IS NOT NULL AND to_regclass('user_logins_erased') IS NOT NULL \
         AND to_regprocedure('login_etl_refuse_erased(bigint,integer)') IS NOT NULL \
         AND to_regclass('user_logins_key_state') IS NOT NULL \
-        AND to_regprocedure('login_etl_write(bigint,integer,integer,varchar[],varchar[],varchar[],varchar[],varchar[],varchar[],integer[],varchar[],date[],timestamptz[],smallint[])') IS NOT NULL, \
+        AND to_regprocedure('login_etl_write(bigint,integer,integer,' || $3 || ')') IS NOT NULL, \
     coalesce((SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass('user_logins')), false), \
     to_regclass('user_logins_partitioning') IS NOT NULL AND to_regclass('user_logins_default') IS NOT NULL \
         AND to_regclass('user_logins_pii_vault_held') IS NOT NULL \
@@ -255,6 +261,7 @@ pub async fn inspect(client: &Client) -> Result<SchemaState, tokio_postgres::Err
             &[
                 (&STORE_VAULT_ARGS, Type::TEXT),
                 (&functions::all_tag(SCHEMA_VERSION), Type::TEXT),
+                (&crate::contract::columns::array_types(), Type::TEXT),
             ],
         )
         .await?;
@@ -383,35 +390,6 @@ pub struct MigrateOptions {
     pub prepare_only: bool,
 }
 
-/// A failed schema statement as a [`SinkError`]: transient for what a
-/// retry may fix (the connection, a lock timeout), fatal otherwise.
-pub(crate) fn failed(op: &'static str) -> impl Fn(tokio_postgres::Error) -> SinkError {
-    move |e| {
-        let transient = match e.code() {
-            None => true,
-            Some(state) => matches!(&state.code()[..2], "08" | "53" | "57" | "55" | "40"),
-        };
-        if transient {
-            SinkError::Transient {
-                op,
-                cause: describe(&e),
-            }
-        } else {
-            let hint = if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
-            {
-                "; the role lacks a privilege: `login-etl migrate` runs as the tables' owner, `login-etl maintain` as the role that `login-etl grants --role maintain` prints (docs/configuration.md, \"Database roles\")"
-            } else {
-                "; run `login-etl migrate` as the tables' owner (docs/configuration.md, \"Database roles\"); the error above says what PostgreSQL refused"
-            };
-            SinkError::Fatal {
-                op,
-                cause: describe(&e),
-                hint: hint.into(),
-            }
-        }
-    }
-}
-
 /// Creates or upgrades the schema, then makes the partitions from
 /// yesterday to `premake_days` ahead. An unpartitioned `user_logins` is
 /// converted first ([`convert`]). [`MIGRATION_SQL`] is applied in one
@@ -483,47 +461,6 @@ pub(crate) async fn apply_sql(
         done
     })
     .await
-}
-
-/// How often a partition step is tried when its lock wait (100 ms,
-/// migrations/0004) runs out, and the pause between tries: ingest never
-/// waits longer than one lock wait, and the step still gets through
-/// between two write transactions.
-pub const LOCK_TRIES: u32 = 50;
-const LOCK_PAUSE: Duration = Duration::from_millis(200);
-
-/// Runs one partition step, again while it times out waiting for its lock.
-pub(crate) async fn with_lock_retries<T, F, Fut>(
-    op: &'static str,
-    mut step: F,
-) -> Result<T, SinkError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
-{
-    let mut tries = 0;
-    loop {
-        match step().await {
-            Ok(v) => return Ok(v),
-            // A deadlock too (the vault's purge beside the function's
-            // updates of the same entries): each step is a transaction of
-            // its own, so trying again is safe.
-            Err(e)
-                if (e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
-                    || e.code()
-                        == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED))
-                    && tries + 1 < LOCK_TRIES =>
-            {
-                tries += 1;
-                info!(
-                    op,
-                    tries, "lock wait ran out or a deadlock (ingest goes first); trying again"
-                );
-                tokio::time::sleep(LOCK_PAUSE).await;
-            }
-            Err(e) => return Err(failed(op)(e)),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,145 @@
+//! The fields of a login event: their names and the columns they fit.
+
+/// A field of the login event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Field {
+    /// `user_id`
+    UserId,
+    /// `app_version`
+    AppVersion,
+    /// `device_type`
+    DeviceType,
+    /// `ip`
+    Ip,
+    /// `locale`
+    Locale,
+    /// `device_id`
+    DeviceId,
+}
+
+impl Field {
+    /// The JSON key.
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::UserId => "user_id",
+            Field::AppVersion => "app_version",
+            Field::DeviceType => "device_type",
+            Field::Ip => "ip",
+            Field::Locale => "locale",
+            Field::DeviceId => "device_id",
+        }
+    }
+
+    /// Longest accepted value in characters (the column size it lands in).
+    pub fn max_chars(self) -> usize {
+        match self {
+            Field::UserId => 128,
+            Field::AppVersion | Field::DeviceType | Field::Locale => 32,
+            Field::DeviceId => 256,
+            // Longest textual IPv6 form is 45 characters; anything longer cannot parse.
+            Field::Ip => 64,
+        }
+    }
+}
+
+/// Every field of the contract, in the order the parser keeps them.
+pub const FIELDS: [Field; 6] = [
+    Field::UserId,
+    Field::AppVersion,
+    Field::DeviceType,
+    Field::Ip,
+    Field::Locale,
+    Field::DeviceId,
+];
+
+impl Field {
+    /// The field named `name`, if the contract has one.
+    pub fn named(name: &str) -> Option<Field> {
+        FIELDS.into_iter().find(|f| f.name() == name)
+    }
+
+    /// Whether a login must carry it (`locale` may be absent or null).
+    pub fn required(self) -> bool {
+        self != Field::Locale
+    }
+
+    /// What it holds, as the JSON Schema says it ([`crate::contract::schema`]).
+    pub fn description(self) -> &'static str {
+        match self {
+            Field::UserId => "The user's id, as the app knows it; stored as it is.",
+            Field::AppVersion => {
+                "The app's version: 1 to 3 dot-separated numbers, each 0 to 999 (2.3.0, 0.96, 1.1); stored as an integer that sorts like the version, and as it is."
+            }
+            Field::DeviceType => "The device's kind (android, ios, ...); stored as it is.",
+            Field::Ip => {
+                "The client's IPv4 or IPv6 address (surrounding blanks ignored; no zone id). PII: stored only as a keyed token. The schema checks the type and length; the function also parses it (invalid_ip), which a schema cannot."
+            }
+            Field::Locale => "The user's locale, or null; stored as it is.",
+            Field::DeviceId => {
+                "The device's id (surrounding blanks ignored). PII: stored only as a keyed token."
+            }
+        }
+    }
+}
+
+/// The longest name a [`FieldName`] holds.
+pub const MAX_NAME_CHARS: usize = 64;
+
+/// The name of a field outside the contract, as a reason or a metric may
+/// show it: a name of letters, digits, `_`, `.` and `-` that starts with a
+/// letter or `_`, at most [`MAX_NAME_CHARS`] long; any other name (it could
+/// be anything: an address, an email) shows as `<other>`. Inline, so a
+/// [`crate::contract::Rejection`] stays `Copy`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FieldName {
+    len: u8,
+    bytes: [u8; MAX_NAME_CHARS],
+}
+
+/// What a name that may not be shown shows as.
+const OTHER: &str = "<other>";
+
+impl FieldName {
+    /// The name `name` as it may be shown.
+    pub fn of(name: &str) -> Self {
+        let shown = if is_identifier(name) { name } else { OTHER };
+        let mut bytes = [0; MAX_NAME_CHARS];
+        bytes[..shown.len()].copy_from_slice(shown.as_bytes());
+        Self {
+            len: shown.len() as u8,
+            bytes,
+        }
+    }
+
+    /// The name, or `<other>`.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).expect("ASCII by construction")
+    }
+
+    /// Whether the name was shown as it is (not `<other>`).
+    pub fn is_shown(&self) -> bool {
+        self.as_str() != OTHER
+    }
+}
+
+impl std::fmt::Debug for FieldName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for FieldName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name [`FieldName`] shows as it is (and `EXTRA_FIELDS` accepts).
+pub fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= MAX_NAME_CHARS
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}

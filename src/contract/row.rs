@@ -1,0 +1,116 @@
+//! The row a valid login becomes: what `user_logins` stores, and the raw
+//! values the PII vault keeps beside it.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::net::IpAddr;
+
+use chrono::{DateTime, NaiveDate, Utc};
+
+use crate::contract::body::LoginEvent;
+use crate::contract::field::FieldName;
+use crate::contract::token::Token;
+
+/// A validated, masked row of `user_logins`, borrowing from the event where
+/// it can. It also carries the raw ip and device id, for the PII vault only
+/// (never written to `user_logins`, redacted from `Debug`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct LoginRow<'a> {
+    /// SQS message id (of the original, for a copy redriven from the
+    /// DLQ): with `sent_at`, the idempotency key.
+    pub message_id: &'a str,
+    /// As received.
+    pub user_id: Cow<'a, str>,
+    /// As received.
+    pub device_type: Cow<'a, str>,
+    /// HMAC token of the canonical IP.
+    pub masked_ip: Token,
+    /// HMAC token of the trimmed device id.
+    pub masked_device_id: Token,
+    /// The key version both tokens are under (see [`crate::privacy::masking`]).
+    pub key_version: u16,
+    /// `None` for null or absent.
+    pub locale: Option<Cow<'a, str>>,
+    /// Encoded version, see [`crate::app_version`].
+    pub app_version: i32,
+    /// Version as received.
+    pub app_version_text: Cow<'a, str>,
+    /// When SQS accepted the message (`SentTimestamp`; the original's for a
+    /// redriven copy): the same on every delivery.
+    pub sent_at: DateTime<Utc>,
+    /// The UTC date of `sent_at`: the partition key, so a function of the
+    /// message alone.
+    pub create_date: NaiveDate,
+    /// The parsed address (PII: for the vault only).
+    pub ip: IpAddr,
+    /// The device id as received (PII: for the vault only).
+    pub device_id: Cow<'a, str>,
+    /// The declared extra fields present, as a JSON object (`extra`).
+    pub extra: Option<String>,
+    /// Names of the fields outside the contract it carried (counted, never
+    /// stored).
+    pub unknown: Vec<FieldName>,
+}
+
+impl fmt::Debug for LoginRow<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoginRow")
+            .field("message_id", &self.message_id)
+            .field("masked_ip", &self.masked_ip)
+            .field("masked_device_id", &self.masked_device_id)
+            .field("app_version", &self.app_version)
+            .field("sent_at", &self.sent_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the contract does not know of a row: where it comes from and its
+/// tokens (the SQS message, the masking key).
+#[derive(Debug, Clone, Copy)]
+pub struct RowKeyAndTokens<'a> {
+    /// The row's message id.
+    pub message_id: &'a str,
+    /// When SQS accepted the message.
+    pub sent_at: DateTime<Utc>,
+    /// The token of the ip.
+    pub masked_ip: Token,
+    /// The token of the device id.
+    pub masked_device_id: Token,
+    /// The key version of both tokens.
+    pub key_version: u16,
+}
+
+impl<'a> LoginRow<'a> {
+    /// The row of a valid login `event`, under `key` (its day is
+    /// `sent_at`'s UTC date).
+    pub fn new(event: LoginEvent<'a>, key: RowKeyAndTokens<'a>) -> Self {
+        let LoginEvent {
+            user_id,
+            device_type,
+            ip,
+            device_id,
+            locale,
+            app_version,
+            app_version_text,
+            extra,
+            unknown,
+        } = event;
+        LoginRow {
+            message_id: key.message_id,
+            user_id,
+            device_type,
+            masked_ip: key.masked_ip,
+            masked_device_id: key.masked_device_id,
+            key_version: key.key_version,
+            locale,
+            app_version,
+            app_version_text,
+            sent_at: key.sent_at,
+            create_date: key.sent_at.date_naive(),
+            ip,
+            device_id,
+            extra,
+            unknown,
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! A schema or partition statement that failed, as a [`SinkError`], and
+//! the retries of a step that waited too long for its lock: what
+//! `migrate`, `maintain` and retention share.
+
+use std::time::Duration;
+
+use tracing::info;
+
+use crate::error::{SinkError, describe};
+
+/// A failed schema statement as a [`SinkError`]: transient for what a
+/// retry may fix (the connection, a lock timeout), fatal otherwise.
+pub(crate) fn failed(op: &'static str) -> impl Fn(tokio_postgres::Error) -> SinkError {
+    move |e| {
+        let transient = match e.code() {
+            None => true,
+            Some(state) => matches!(&state.code()[..2], "08" | "53" | "57" | "55" | "40"),
+        };
+        if transient {
+            SinkError::Transient {
+                op,
+                cause: describe(&e),
+            }
+        } else {
+            let hint = if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+            {
+                "; the role lacks a privilege: `login-etl migrate` runs as the tables' owner, `login-etl maintain` as the role that `login-etl grants --role maintain` prints (docs/configuration.md, \"Database roles\")"
+            } else {
+                "; run `login-etl migrate` as the tables' owner (docs/configuration.md, \"Database roles\"); the error above says what PostgreSQL refused"
+            };
+            SinkError::Fatal {
+                op,
+                cause: describe(&e),
+                hint: hint.into(),
+            }
+        }
+    }
+}
+
+/// How often a partition step is tried when its lock wait (100 ms,
+/// migrations/0004) runs out, and the pause between tries: ingest never
+/// waits longer than one lock wait, and the step still gets through
+/// between two write transactions.
+pub const LOCK_TRIES: u32 = 50;
+const LOCK_PAUSE: Duration = Duration::from_millis(200);
+
+/// Runs one partition step, again while it times out waiting for its lock.
+pub(crate) async fn with_lock_retries<T, F, Fut>(
+    op: &'static str,
+    mut step: F,
+) -> Result<T, SinkError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+{
+    let mut tries = 0;
+    loop {
+        match step().await {
+            Ok(v) => return Ok(v),
+            // A deadlock too (the vault's purge beside the function's
+            // updates of the same entries): each step is a transaction of
+            // its own, so trying again is safe.
+            Err(e)
+                if (e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+                    || e.code()
+                        == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED))
+                    && tries + 1 < LOCK_TRIES =>
+            {
+                tries += 1;
+                info!(
+                    op,
+                    tries, "lock wait ran out or a deadlock (ingest goes first); trying again"
+                );
+                tokio::time::sleep(LOCK_PAUSE).await;
+            }
+            Err(e) => return Err(failed(op)(e)),
+        }
+    }
+}
