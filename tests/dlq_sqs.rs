@@ -136,6 +136,7 @@ async fn rejected_records_land_in_the_dlq_after_one_receive_with_their_reason() 
         assert!(common::keys::test_masker().verifies_redrive(
             &source,
             &sent[&source],
+            &bodies[&source],
             &attr(copy, "source_signature")
         ));
         assert_eq!(
@@ -246,7 +247,7 @@ async fn a_refused_entry_or_a_denied_call_keeps_exactly_those_records_as_failure
     });
     // One rejected record that the queue will refuse.
     let refused_at = 13;
-    event.records[refused_at].body = Some(r#"{"FAIL-ME": "a field name the copy keeps"}"#.into());
+    event.records[refused_at].body = Some(r#"{"FAIL_ME": "a field name the copy keeps"}"#.into());
     let refused_id = event.records[refused_at].message_id.clone().unwrap();
     let rejected: BTreeSet<String> = labels(&event)
         .into_iter()
@@ -322,7 +323,7 @@ async fn a_refused_dlq_copy_holds_the_fifo_batch(count: usize) {
     });
     let (sent, held) = (3, count / 2);
     event.records[sent].body = Some("not json".into());
-    event.records[held].body = Some(r#"{"FAIL-ME": "a field name the copy keeps"}"#.into());
+    event.records[held].body = Some(r#"{"FAIL_ME": "a field name the copy keeps"}"#.into());
     let ids: Vec<String> = event
         .records
         .iter()
@@ -506,7 +507,7 @@ async fn copies_hold_no_pii_and_dlq_redrive_sends_the_originals_back_to_their_ro
                 }
             }
         }
-        assert!(masker.verifies_redrive(&source, sent, &attr(copy, "source_signature")));
+        assert!(masker.verifies_redrive(&source, sent, body, &attr(copy, "source_signature")));
         if !body.is_empty() {
             sealed += 1;
             // The vault's context does not open the DLQ's data keys (nor,
@@ -516,6 +517,57 @@ async fn copies_hold_no_pii_and_dlq_redrive_sends_the_originals_back_to_their_ro
         }
     }
     assert!(sealed >= held.len() + 3);
+
+    // A copy that comes back as it is (SQS moved it, or someone sent it on)
+    // is rejected again, and its next copy carries the same original and
+    // key: the masked body is never sealed over the original.
+    let again = copies
+        .iter()
+        .find(|c| {
+            !attr(c, "rejection_code").starts_with("refused.")
+                && c.message_attributes().unwrap().contains_key("sealed_body")
+        })
+        .unwrap();
+    let arn = "arn:aws:sqs:us-east-1:123456789012:logins";
+    let mut moved = login_etl::poll::queue::to_record(again, arn);
+    moved.message_id = Some("moved-back".into());
+    moved.attributes.as_mut().unwrap().sent_timestamp =
+        Some(chrono::Utc::now().timestamp_millis().to_string());
+    let summary = h
+        .handle(&SqsBatch::new(vec![moved]), Deadline::NONE)
+        .await
+        .map(Outcome::into_parts)
+        .unwrap()
+        .1;
+    assert_eq!(summary.sent_to_dlq, 1);
+    let next = drain(&sqs, &dlq_url)
+        .await
+        .into_iter()
+        .find(|c| attr(c, "source_message_id") == attr(again, "source_message_id"))
+        .expect("the moved copy's next copy names the same original");
+    for name in [
+        "sealed_body",
+        "sealed_key",
+        "source_sent_timestamp",
+        "source_signature",
+    ] {
+        assert_eq!(
+            attr(&next, name),
+            attr(again, name),
+            "{name} carried as it was"
+        );
+    }
+    // (drain took every copy: the first ones go back for the runs below.)
+    for c in copies.iter() {
+        let mut send = sqs
+            .send_message()
+            .queue_url(&dlq_url)
+            .message_body(c.body().unwrap());
+        for (k, v) in c.message_attributes().unwrap() {
+            send = send.message_attributes(k, v.clone());
+        }
+        send.send().await.unwrap();
+    }
 
     // Dry run: counts, moves nothing.
     let options = |dry_run| RedriveOptions {
@@ -631,7 +683,11 @@ async fn copies_hold_no_pii_and_dlq_redrive_sends_the_originals_back_to_their_ro
         "source_signature".into(),
         aws_sdk_sqs::types::MessageAttributeValue::builder()
             .data_type("String")
-            .string_value(masker.redrive_signature("someone-else", &ts(held[0])))
+            .string_value(masker.redrive_signature(
+                "someone-else",
+                &ts(held[0]),
+                forged.body().unwrap(),
+            ))
             .build()
             .unwrap(),
     );

@@ -797,7 +797,7 @@ async fn the_emf_documents_of_a_batch_count_what_happened_to_each_record() {
     // One rejected record whose DLQ copy the queue refuses.
     let dlq_refused = 40;
     assert_eq!(label(&event.records[dlq_refused]), "insert");
-    event.records[dlq_refused].body = Some(r#"{"FAIL-ME": "a field name the copy keeps"}"#.into());
+    event.records[dlq_refused].body = Some(r#"{"FAIL_ME": "a field name the copy keeps"}"#.into());
     event.records[dlq_refused]
         .message_attributes
         .get_mut("expect")

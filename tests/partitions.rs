@@ -234,7 +234,7 @@ async fn a_redelivery_and_a_redriven_dlq_copy_land_on_the_originals_row() {
             .insert("source_message_id".into(), attr(&id));
         m.message_attributes.insert(
             "source_signature".into(),
-            attr(&masker.redrive_signature(&id, &ts)),
+            attr(&masker.redrive_signature(&id, &ts, m.body.as_deref().unwrap())),
         );
         m.message_attributes
             .insert("source_sent_timestamp".into(), attr(&ts));

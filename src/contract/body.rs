@@ -114,6 +114,17 @@ pub fn parse_body_with<'a>(
     })
 }
 
+/// Whether any string (or key) of `v` holds U+0000.
+fn holds_nul(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(holds_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
+}
+
 /// The declared fields present, as one JSON object of their values as
 /// sent (names are identifiers: nothing to escape).
 fn extra_object(contract: &Contract, extras: &[Extra<'_>]) -> Result<Option<String>, Rejection> {
@@ -132,11 +143,18 @@ fn extra_object(contract: &Contract, extras: &[Extra<'_>]) -> Result<Option<Stri
         if value.len() > MAX_EXTRA_BYTES {
             return Err(Rejection::Extra(ExtraProblem::TooLong, FieldName::of(name)));
         }
-        if value.contains("\\u0000") {
-            return Err(Rejection::Extra(
-                ExtraProblem::NulCharacter,
-                FieldName::of(name),
-            ));
+        // What jsonb takes: JSON without a lone surrogate or a number out of
+        // range (serde_json refuses both, as PostgreSQL would), and no
+        // U+0000 in any string.
+        match serde_json::from_str::<serde_json::Value>(value) {
+            Ok(v) if holds_nul(&v) => {
+                return Err(Rejection::Extra(
+                    ExtraProblem::NulCharacter,
+                    FieldName::of(name),
+                ));
+            }
+            Ok(_) => {}
+            Err(_) => return Err(Rejection::Extra(ExtraProblem::Invalid, FieldName::of(name))),
         }
         let object = out.get_or_insert_with(|| String::from("{"));
         if object.len() > 1 {

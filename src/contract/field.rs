@@ -86,9 +86,10 @@ impl Field {
 pub const MAX_NAME_CHARS: usize = 64;
 
 /// The name of a field outside the contract, as a reason or a metric may
-/// show it: a name of letters, digits, `_`, `.` and `-` that starts with a
-/// letter or `_`, at most [`MAX_NAME_CHARS`] long; any other name (it could
-/// be anything: an address, an email) shows as `<other>`. Inline, so a
+/// show it: letters, digits and `_`, starting with a letter or `_`, at
+/// most [`MAX_NAME_CHARS`] long, with no run of four digits or more; any
+/// other name (it could be anything: an address, an email, a phone
+/// number, a device id used as a key) shows as `<other>`. Inline, so a
 /// [`crate::contract::Rejection`] stays `Copy`.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FieldName {
@@ -137,9 +138,13 @@ impl std::fmt::Display for FieldName {
 /// A name [`FieldName`] shows as it is (and `EXTRA_FIELDS` accepts).
 pub fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
+    let mut digits = 0;
     name.len() <= MAX_NAME_CHARS
         && chars
             .next()
             .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && chars.all(|c| {
+            digits = if c.is_ascii_digit() { digits + 1 } else { 0 };
+            (c.is_ascii_alphanumeric() || c == '_') && digits < 4
+        })
 }

@@ -40,7 +40,7 @@ pub struct Contract {
 pub enum PolicyError {
     /// A name that is not an identifier.
     #[error(
-        "\"{0}\" is not a field name login-etl keeps: letters, digits, '_', '.' and '-', starting with a letter or '_', at most {MAX_NAME_CHARS} characters"
+        "\"{0}\" is not a field name login-etl keeps: letters, digits and '_', starting with a letter or '_', at most {MAX_NAME_CHARS} characters, no run of 4 digits"
     )]
     NotAName(String),
     /// A field of the contract.
@@ -117,12 +117,17 @@ mod tests {
 
     #[test]
     fn extra_fields_are_names_outside_the_contract_each_once() {
-        let c = Contract::new(UnknownFields::Reject, " app_build, os.version ,").unwrap();
-        assert_eq!(c.extra(), ["app_build", "os.version"]);
-        assert_eq!(c.extra_index("os.version"), Some(1));
+        let c = Contract::new(UnknownFields::Reject, " app_build, os_version ,").unwrap();
+        assert_eq!(c.extra(), ["app_build", "os_version"]);
+        assert_eq!(c.extra_index("os_version"), Some(1));
         for (list, e) in [
             ("a b", PolicyError::NotAName("a b".into())),
             ("1st", PolicyError::NotAName("1st".into())),
+            ("os.version", PolicyError::NotAName("os.version".into())),
+            (
+                "phone_4155550100",
+                PolicyError::NotAName("phone_4155550100".into()),
+            ),
             ("ip", PolicyError::OfTheContract("ip".into())),
             ("x,x", PolicyError::Twice("x".into())),
         ] {

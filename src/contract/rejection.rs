@@ -66,6 +66,9 @@ pub enum ExtraProblem {
     TooLong,
     /// It holds U+0000, which `jsonb` cannot store.
     NulCharacter,
+    /// `jsonb` would refuse it: a lone UTF-16 surrogate, a number out of
+    /// range.
+    Invalid,
 }
 
 impl Rejection {
@@ -97,6 +100,7 @@ impl Rejection {
                     ExtraProblem::Duplicate => "duplicate_field",
                     ExtraProblem::TooLong => "too_long",
                     ExtraProblem::NulCharacter => "nul_character",
+                    ExtraProblem::Invalid => "invalid_value",
                 };
                 format!("{kind}.{name}").into()
             }
@@ -154,6 +158,10 @@ impl fmt::Display for Rejection {
             Rejection::Extra(ExtraProblem::NulCharacter, name) => {
                 write!(f, "field `{name}` contains a NUL character")
             }
+            Rejection::Extra(ExtraProblem::Invalid, name) => write!(
+                f,
+                "field `{name}` holds JSON that PostgreSQL's jsonb cannot store (a lone surrogate, a number out of range)"
+            ),
         }
     }
 }

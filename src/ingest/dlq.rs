@@ -181,6 +181,9 @@ impl DeadLetterQueue {
     }
 }
 
+/// Message attributes of a copy, by name.
+type Attributes = Vec<(&'static str, String)>;
+
 fn string(value: &str) -> Option<MessageAttributeValue> {
     MessageAttributeValue::builder()
         .data_type("String")
@@ -204,30 +207,12 @@ impl DeadLetterQueue {
         let receive_count = attrs
             .and_then(|a| a.approximate_receive_count.as_deref())
             .unwrap_or("1");
-        // The original's id and SentTimestamp (a signed copy's, kept through
-        // any number of redrives): a redriven original is keyed and dated by
-        // them, so it can never add a second row (see `record::row_key`).
-        let key = row_key(r.message_id, r.message, masker);
         let masked = copy::masked_body(body, masker);
-        let sealed = match (&self.sealer, body.is_empty()) {
-            (Some(sealer), false) => {
-                if masked.len() + sealer.sealed_len(body.len()) > MAX_COPY_BYTES {
-                    warn!(
-                        message_id = r.message_id,
-                        body_bytes = body.len(),
-                        "the sealed copy of this rejected record is larger than SQS takes; leaving the record to SQS's redrive"
-                    );
-                    return None;
-                }
-                Some(sealer.seal(key.message_id, body))
-            }
-            _ => None,
-        };
+        let (source, sealed) = self.original_of(r, masker, &masked)?;
         let mut builder = SendMessageBatchRequestEntry::builder()
             .id("0")
             .message_body(&masked)
             .message_attributes("rejection_code", string(r.code)?)
-            .message_attributes("source_message_id", string(key.message_id)?)
             .message_attributes(
                 "source_queue",
                 string(r.message.event_source_arn.as_deref().unwrap_or("unknown"))?,
@@ -241,20 +226,10 @@ impl DeadLetterQueue {
                     .ok()?,
             )
             .message_attributes("rejected_at", string(rejected_at)?);
-        if let Some(sent) = key.sent_timestamp {
-            builder = builder
-                .message_attributes("source_sent_timestamp", string(sent)?)
-                .message_attributes(
-                    "source_signature",
-                    string(&masker.redrive_signature(key.message_id, sent))?,
-                );
-        }
         let mut size = masked.len() + 1024;
-        if let Some(sealed) = sealed {
-            size += sealed.body.len() + sealed.key.len();
-            builder = builder
-                .message_attributes(SEALED_BODY, string(&sealed.body)?)
-                .message_attributes(SEALED_KEY, string(&sealed.key)?);
+        for (name, value) in source.iter().chain(&sealed) {
+            size += name.len() + value.len();
+            builder = builder.message_attributes(*name, string(value)?);
         }
         if fifo {
             builder = builder
@@ -262,5 +237,57 @@ impl DeadLetterQueue {
                 .message_deduplication_id(r.message_id);
         }
         Some((builder.build().ok()?, size))
+    }
+
+    /// What a copy says of its original: its signed row key (`source_*`)
+    /// and, with a sealer, its body sealed (`sealed_*`). A message that is
+    /// itself a copy (SQS moved it back, or it was sent on as it was)
+    /// keeps its own: the original it names, never its masked body sealed
+    /// over. `None` (with a warning): too large for SQS.
+    fn original_of(
+        &self,
+        r: &Rejected<'_>,
+        masker: &Masker,
+        masked: &str,
+    ) -> Option<(Attributes, Attributes)> {
+        if let (Some(c), Some((body, key))) =
+            (r.message.claimed_source(), r.message.sealed_original())
+        {
+            let source = vec![
+                ("source_message_id", c.message_id.to_owned()),
+                ("source_sent_timestamp", c.sent_timestamp.to_owned()),
+                ("source_signature", c.signature.to_owned()),
+            ];
+            let sealed = vec![(SEALED_BODY, body.to_owned()), (SEALED_KEY, key.to_owned())];
+            return Some((source, sealed));
+        }
+        let body = r.message.body.as_deref().unwrap_or_default();
+        // The original's id and SentTimestamp (a signed copy's, kept
+        // through any number of redrives): a redriven original is keyed and
+        // dated by them, so it can never add a second row (see
+        // `record::row_key`).
+        let key = row_key(r.message_id, r.message, masker);
+        let mut source = vec![("source_message_id", key.message_id.to_owned())];
+        if let Some(sent) = key.sent_timestamp {
+            source.push(("source_sent_timestamp", sent.to_owned()));
+            source.push((
+                "source_signature",
+                masker.redrive_signature(key.message_id, sent, body),
+            ));
+        }
+        let mut sealed = Vec::new();
+        if let (Some(sealer), false) = (&self.sealer, body.is_empty()) {
+            if masked.len() + sealer.sealed_len(body.len()) > MAX_COPY_BYTES {
+                warn!(
+                    message_id = r.message_id,
+                    body_bytes = body.len(),
+                    "the sealed copy of this rejected record is larger than SQS takes; leaving the record to SQS's redrive"
+                );
+                return None;
+            }
+            let s = sealer.seal(key.message_id, body);
+            sealed = vec![(SEALED_BODY, s.body), (SEALED_KEY, s.key)];
+        }
+        Some((source, sealed))
     }
 }

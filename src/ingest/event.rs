@@ -221,6 +221,14 @@ pub struct SourceAttributes {
     /// (`Masker::redrive_signature`).
     #[serde(default, deserialize_with = "string_value")]
     pub source_signature: Option<String>,
+    /// `sealed_body`: a copy's sealed original, when a copy itself comes
+    /// back (SQS moved it, or someone sent it as it was): carried to its
+    /// next copy unchanged, never sealed over.
+    #[serde(default, deserialize_with = "string_value")]
+    pub sealed_body: Option<String>,
+    /// `sealed_key`: the data key of `sealed_body`.
+    #[serde(default, deserialize_with = "string_value")]
+    pub sealed_key: Option<String>,
 }
 
 /// The three message attributes that name a redriven copy's original, as
@@ -286,6 +294,15 @@ impl SqsRecord {
         self.attributes.as_ref()?.sent_timestamp.as_deref()
     }
 
+    /// A copy's sealed original and its data key, when the message is
+    /// itself a copy the function made (both non-empty).
+    pub fn sealed_original(&self) -> Option<(&str, &str)> {
+        let a = self.message_attributes.as_ref()?;
+        let body = a.sealed_body.as_deref().filter(|v| !v.is_empty())?;
+        let key = a.sealed_key.as_deref().filter(|v| !v.is_empty())?;
+        Some((body, key))
+    }
+
     /// The original that a redriven copy names in its message attributes,
     /// when it names one in full (all three non-empty).
     pub fn claimed_source(&self) -> Option<ClaimedSource<'_>> {
@@ -337,6 +354,14 @@ impl From<&SqsMessage> for SqsRecord {
                 source_signature: m
                     .message_attributes
                     .get("source_signature")
+                    .and_then(|a| a.string_value.clone()),
+                sealed_body: m
+                    .message_attributes
+                    .get("sealed_body")
+                    .and_then(|a| a.string_value.clone()),
+                sealed_key: m
+                    .message_attributes
+                    .get("sealed_key")
                     .and_then(|a| a.string_value.clone()),
             }),
         }

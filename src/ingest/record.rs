@@ -26,14 +26,24 @@ pub struct RowKey<'a> {
 /// under any key version it holds, so every redriven copy of a message
 /// lands on the row of the original; else the message's own id
 /// (`message_id`) and `SentTimestamp`. Attributes any sender can set are
-/// never enough: unsigned or wrongly signed ones are ignored, so a
-/// producer cannot choose another message's key or a row's day.
+/// never enough: unsigned or wrongly signed ones, or a signed key on
+/// another body than the original's, are ignored, so a producer cannot
+/// choose another message's key or a row's day.
 pub fn row_key<'a>(message_id: &'a str, message: &'a SqsRecord, masker: &Masker) -> RowKey<'a> {
     match message.claimed_source() {
-        Some(c) if masker.verifies_redrive(c.message_id, c.sent_timestamp, c.signature) => RowKey {
-            message_id: c.message_id,
-            sent_timestamp: Some(c.sent_timestamp),
-        },
+        Some(c)
+            if masker.verifies_redrive(
+                c.message_id,
+                c.sent_timestamp,
+                message.body.as_deref().unwrap_or_default(),
+                c.signature,
+            ) =>
+        {
+            RowKey {
+                message_id: c.message_id,
+                sent_timestamp: Some(c.sent_timestamp),
+            }
+        }
         _ => RowKey {
             message_id,
             sent_timestamp: message.sent_timestamp(),

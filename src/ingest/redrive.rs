@@ -87,22 +87,30 @@ pub enum RedriveError {
 
 /// Messages per call (the SQS limit).
 const PER_CALL: i32 = 10;
-/// How long a received message stays hidden while it is sent back.
-const VISIBILITY_SECONDS: i32 = 120;
+/// How long a received message stays hidden while the run goes on: what
+/// it leaves is shown again at its end, at once.
+const VISIBILITY_SECONDS: i32 = 1_800;
+/// Bytes per `SendMessageBatch` (SQS takes 1 MiB; names and attributes
+/// count too).
+const MAX_BATCH_BYTES: usize = 900 * 1024;
 
 /// Runs the redrive (see the module documentation); `progress` sees the
-/// counts after every batch of up to ten messages.
+/// counts after every batch of up to ten messages. Only what was in the
+/// dead-letter queue when the run began is taken, each message once: an
+/// original that fails again comes back as a new copy, for the next run.
 pub async fn redrive(
     sqs: &Client,
     mut unsealer: Option<&mut Unsealer>,
     options: &RedriveOptions,
     progress: &mut dyn FnMut(&RedriveReport),
 ) -> Result<RedriveReport, RedriveError> {
+    let started_ms = chrono::Utc::now().timestamp_millis();
     let mut report = RedriveReport::default();
     let fifo = options.to_url.ends_with(".fifo");
     // What stays in the queue (everything, in a dry run) is hidden until the
-    // end, so no message is seen twice, then shown again at once.
+    // end, so no message is taken twice, then shown again at once.
     let mut held = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     loop {
         let want = options.max.map_or(PER_CALL, |m| {
             m.saturating_sub(report.received).min(10) as i32
@@ -110,14 +118,21 @@ pub async fn redrive(
         if want == 0 {
             break;
         }
-        let messages = receive(sqs, &options.dlq_url, want).await?;
+        let received = receive(sqs, &options.dlq_url, want).await?;
+        // A message seen already (shown again), or one that arrived during
+        // the run (an original that failed again), waits for the next run.
+        let (messages, later): (Vec<Message>, Vec<Message>) = received.into_iter().partition(|m| {
+            let id = m.message_id.clone().unwrap_or_default();
+            sent_ms(m).is_none_or(|t| t < started_ms) && seen.insert(id)
+        });
+        held.extend(later.iter().filter_map(|m| m.receipt_handle.clone()));
         if messages.is_empty() {
             break;
         }
         report.received += messages.len() as u64;
         let mut outgoing = Vec::new();
         for m in &messages {
-            let code = attribute(m, "rejection_code").unwrap_or("moved_by_sqs");
+            let code = attribute(m, "rejection_code").map_or("moved_by_sqs", shown_code);
             *report.by_rejection_code.entry(code.to_owned()).or_default() += 1;
             match original(m, unsealer.as_deref_mut()).await? {
                 Ok(out) => outgoing.push((m, out)),
@@ -128,32 +143,13 @@ pub async fn redrive(
             }
         }
         if options.dry_run {
-            for (_, out) in &outgoing {
+            for (m, out) in &outgoing {
                 report.redriven += 1;
                 count_kind(&mut report, out);
+                held.extend(m.receipt_handle.clone());
             }
-            held.extend(
-                outgoing
-                    .iter()
-                    .filter_map(|(m, _)| m.receipt_handle.clone()),
-            );
         } else {
-            let sent = send(sqs, &options.to_url, &outgoing, fifo).await?;
-            let mut done = Vec::new();
-            for (i, (m, out)) in outgoing.iter().enumerate() {
-                if sent.contains(&i) {
-                    report.redriven += 1;
-                    count_kind(&mut report, out);
-                    done.extend(m.receipt_handle.clone());
-                } else {
-                    *report
-                        .left
-                        .entry("refused_by_the_source_queue".into())
-                        .or_default() += 1;
-                    held.extend(m.receipt_handle.clone());
-                }
-            }
-            delete(sqs, &options.dlq_url, &done).await?;
+            send_back(sqs, options, &outgoing, fifo, &mut report, &mut held).await?;
         }
         progress(&report);
     }
@@ -163,13 +159,90 @@ pub async fn redrive(
     Ok(report)
 }
 
+/// Sends the originals (in calls SQS takes: 10 entries, under 1 MiB),
+/// deletes each copy whose original SQS took, holds the others.
+async fn send_back(
+    sqs: &Client,
+    options: &RedriveOptions,
+    outgoing: &[(&Message, Original)],
+    fifo: bool,
+    report: &mut RedriveReport,
+    held: &mut Vec<String>,
+) -> Result<(), RedriveError> {
+    let mut start = 0;
+    while start < outgoing.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < outgoing.len()
+            && (end == start || bytes + outgoing[end].1.size() <= MAX_BATCH_BYTES)
+        {
+            bytes += outgoing[end].1.size();
+            end += 1;
+        }
+        let chunk = &outgoing[start..end];
+        let sent = send(sqs, &options.to_url, chunk, fifo).await?;
+        let mut done = Vec::new();
+        for (i, (m, out)) in chunk.iter().enumerate() {
+            if sent.contains(&i) {
+                report.redriven += 1;
+                count_kind(report, out);
+                done.extend(m.receipt_handle.clone());
+            } else {
+                *report
+                    .left
+                    .entry("refused_by_the_source_queue".into())
+                    .or_default() += 1;
+                held.extend(m.receipt_handle.clone());
+            }
+        }
+        delete(sqs, &options.dlq_url, &done).await?;
+        start = end;
+    }
+    Ok(())
+}
+
+/// When the dead-letter queue took the message (epoch ms).
+fn sent_ms(m: &Message) -> Option<i64> {
+    m.attributes
+        .as_ref()?
+        .get(&MessageSystemAttributeName::SentTimestamp)?
+        .parse()
+        .ok()
+}
+
+/// A `rejection_code` as the report counts it: the function's codes are
+/// short and plain; anything else (a producer's own attribute on a
+/// message SQS moved) is counted as `not_a_code`.
+fn shown_code(code: &str) -> &str {
+    let plain = code.len() <= 100
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._<>".contains(&b));
+    if plain { code } else { "not_a_code" }
+}
+
 /// The message to send back.
 struct Original {
     body: String,
     attributes: HashMap<String, MessageAttributeValue>,
     group: Option<String>,
+    /// The FIFO deduplication id: the copy's own message id (an original
+    /// that failed again is a new copy, and is sent back again).
     dedup: String,
     unsealed: bool,
+}
+
+impl Original {
+    /// About what it weighs in a `SendMessageBatch`.
+    fn size(&self) -> usize {
+        self.body.len()
+            + self
+                .attributes
+                .iter()
+                .map(|(k, v)| k.len() + v.string_value().map_or(0, str::len) + 16)
+                .sum::<usize>()
+            + 200
+    }
 }
 
 fn count_kind(report: &mut RedriveReport, out: &Original) {
@@ -246,7 +319,7 @@ async fn original(
         body: body.to_string(),
         attributes,
         group,
-        dedup: source,
+        dedup: id,
         unsealed: true,
     }))
 }
@@ -277,6 +350,7 @@ async fn receive(sqs: &Client, url: &str, max: i32) -> Result<Vec<Message>, Redr
         .visibility_timeout(VISIBILITY_SECONDS)
         .message_attribute_names("All")
         .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+        .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
         .send()
         .await
         .map_err(|e| sqs_error("ReceiveMessage", url, &e, OPERATOR_HINT))?;

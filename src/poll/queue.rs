@@ -119,6 +119,8 @@ pub fn to_record(m: &Message, queue_arn: &str) -> SqsRecord {
             source_message_id: message_attr("source_message_id"),
             source_sent_timestamp: message_attr("source_sent_timestamp"),
             source_signature: message_attr("source_signature"),
+            sealed_body: message_attr("sealed_body"),
+            sealed_key: message_attr("sealed_key"),
         }),
     }
 }
@@ -283,6 +285,8 @@ impl Queue {
             .message_attribute_names("source_message_id")
             .message_attribute_names("source_sent_timestamp")
             .message_attribute_names("source_signature")
+            .message_attribute_names("sealed_body")
+            .message_attribute_names("sealed_key")
             .send();
         // The SDK's own timeouts do not cover a long poll that hangs.
         let limit = Duration::from_secs(u64::from(wait) + 10);

@@ -151,14 +151,44 @@ impl Unsealer {
         let wrapped = BASE64.decode(sealed_key).map_err(|_| altered())?;
         let sealed = BASE64.decode(sealed_body).map_err(|_| altered())?;
         if !self.keys.contains_key(&wrapped) {
-            let key = DataKey::unwrap_in(
+            let unwrapped = DataKey::unwrap_in(
                 &self.kms,
                 wrapped.clone(),
                 &self.kms_key_id,
                 ENCRYPTION_CONTEXT,
-                "; unsealing needs kms:Decrypt on the vault key with the encryption context purpose=login-etl-dlq: run as DlqOperatorRole (the stack's DlqOperatorRoleArn output), and give the stack's VaultKeyArn in VAULT_KMS_KEY_ID",
+                "",
             )
-            .await?;
+            .await;
+            let key = match unwrapped {
+                Ok(key) => key,
+                // This copy's key is not one KMS made (a message that only
+                // claims to be a copy): this message stays, the run goes on.
+                Err(VaultError::Kms { code, .. })
+                    if matches!(
+                        code.as_str(),
+                        "InvalidCiphertextException" | "IncorrectKeyException"
+                    ) =>
+                {
+                    return Err(altered());
+                }
+                Err(VaultError::Kms {
+                    op,
+                    key,
+                    code,
+                    message,
+                    ..
+                }) => {
+                    let hint = hint_for(&code);
+                    return Err(UnsealError::Kms(VaultError::Kms {
+                        op,
+                        key,
+                        code,
+                        message,
+                        hint,
+                    }));
+                }
+                Err(e) => return Err(e.into()),
+            };
             self.keys.insert(wrapped.clone(), key);
         }
         let plain = self.keys[&wrapped]
@@ -167,6 +197,25 @@ impl Unsealer {
         String::from_utf8(plain.to_vec())
             .map(Zeroizing::new)
             .map_err(|_| altered())
+    }
+}
+
+/// What to check when KMS refuses to unwrap a copy's data key, by its
+/// error code.
+fn hint_for(code: &str) -> &'static str {
+    match code {
+        "AccessDeniedException" => {
+            "; unsealing needs kms:Decrypt on the vault key with the encryption context purpose=login-etl-dlq: run as DlqOperatorRole (the stack's DlqOperatorRoleArn output)"
+        }
+        "NotFoundException" | "InvalidArnException" => {
+            "; VAULT_KMS_KEY_ID names no key here: give the stack's VaultKeyArn output (and its region in AWS_REGION)"
+        }
+        "DisabledException" | "KMSInvalidStateException" => {
+            "; the vault key is disabled or pending deletion: an administrator must enable it (or cancel its deletion) before anything sealed under it opens"
+        }
+        _ => {
+            "; check VAULT_KMS_KEY_ID (the stack's VaultKeyArn output) and that you run as DlqOperatorRole"
+        }
     }
 }
 

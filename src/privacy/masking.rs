@@ -211,9 +211,12 @@ const USER_KEY_DERIVATION: &[u8] = b"login-etl user key v1";
 const CHECK_LABEL: &[u8] = b"login-etl key check v1";
 
 /// The label of the redrive-signing key derived from each masking key
-/// (see [`Masker::redrive_signature`]): never the masking key itself, so a
-/// signature is never a token.
-const REDRIVE_LABEL: &[u8] = b"login-etl redrive v1";
+/// (see [`Masker::redrive_signature`]): HMAC(kₙ, label). No token is ever
+/// that HMAC, so no stored or shown token is the signing key: a device id
+/// is trimmed before it is hashed (the label starts with a space) and
+/// holds no U+0000 (the label does), an ip token hashes an address's
+/// canonical text, and later versions hash a token's hex.
+const REDRIVE_LABEL: &[u8] = b" login-etl\0redrive v1";
 
 /// Computes user keys: the keyed hash of a user id that the erasure list
 /// and the audit of `login-etl forget` store instead of the id. Version 1 is
@@ -437,14 +440,16 @@ impl Masker {
 
     /// The signature of a redrive key: the original message's id and
     /// `SentTimestamp` that a copy in the dead-letter queue carries
-    /// (`source_message_id`, `source_sent_timestamp`), so that the copy,
-    /// sent back by `login-etl dlq-redrive`, lands on the original's row.
-    /// `v<n>.` and the hex of HMAC-SHA256(sₙ, id ‖ 0 ‖ timestamp), where sₙ =
-    /// HMAC-SHA256(kₙ, "login-etl redrive v1") at this masker's version n:
-    /// only a holder of the masking key makes one, so a producer cannot
-    /// choose a row's key or day.
-    pub fn redrive_signature(&self, message_id: &str, sent_timestamp: &str) -> String {
-        let mac = self.redrive_mac(self.version, message_id, sent_timestamp);
+    /// (`source_message_id`, `source_sent_timestamp`), bound to the
+    /// original body, so that the original, sent back by `login-etl
+    /// dlq-redrive`, lands on its row. `v<n>.` and the hex of
+    /// HMAC-SHA256(sₙ, id ‖ 0 ‖ timestamp ‖ 0 ‖ SHA-256(body)), where sₙ =
+    /// HMAC-SHA256(kₙ, [`REDRIVE_LABEL`]) at this masker's version n: only a
+    /// holder of the masking key makes one, so a producer cannot choose a
+    /// row's key or day, and whoever sees a copy's attributes cannot attach
+    /// them to another body.
+    pub fn redrive_signature(&self, message_id: &str, sent_timestamp: &str, body: &str) -> String {
+        let mac = self.redrive_mac(self.version, message_id, sent_timestamp, body);
         format!(
             "v{}.{}",
             self.version,
@@ -453,13 +458,15 @@ impl Masker {
     }
 
     /// Whether `signature` is a [`redrive_signature`](Self::redrive_signature)
-    /// of (`message_id`, `sent_timestamp`) under any version this masker
-    /// holds: a copy sealed before a rotation keeps its key. Compared in
-    /// constant time.
+    /// of (`message_id`, `sent_timestamp`, `body`) under any version this
+    /// masker holds: a copy sealed before a rotation keeps its key. Compared
+    /// in constant time; only the form it makes is read (`v`, a version in
+    /// plain digits, `.`, 64 lowercase hex digits).
     pub fn verifies_redrive(
         &self,
         message_id: &str,
         sent_timestamp: &str,
+        body: &str,
         signature: &str,
     ) -> bool {
         let Some((version, digest)) = signature
@@ -468,24 +475,40 @@ impl Masker {
         else {
             return false;
         };
+        let plain = |t: &str, ok: fn(&u8) -> bool| !t.is_empty() && t.as_bytes().iter().all(ok);
+        if !plain(version, u8::is_ascii_digit)
+            || digest.len() != 64
+            || !plain(digest, |b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+        {
+            return false;
+        }
         let (Ok(version), Ok(digest)) = (version.parse::<u16>(), hex::decode(digest)) else {
             return false;
         };
         if !(1..=self.latest()).contains(&version) {
             return false;
         }
-        self.redrive_mac(version, message_id, sent_timestamp)
+        self.redrive_mac(version, message_id, sent_timestamp, body)
             .verify_slice(&digest)
             .is_ok()
     }
 
-    fn redrive_mac(&self, version: u16, message_id: &str, sent_timestamp: &str) -> HmacSha256 {
+    fn redrive_mac(
+        &self,
+        version: u16,
+        message_id: &str,
+        sent_timestamp: &str,
+        body: &str,
+    ) -> HmacSha256 {
+        use sha2::Digest;
         let mut derive = self.chain.0[usize::from(version) - 1].clone();
         derive.update(REDRIVE_LABEL);
         let mut mac = keyed(&derive.finalize().into_bytes());
         mac.update(message_id.as_bytes());
         mac.update(&[0]);
         mac.update(sent_timestamp.as_bytes());
+        mac.update(&[0]);
+        mac.update(&Sha256::digest(body.as_bytes()));
         mac
     }
 

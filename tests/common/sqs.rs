@@ -17,7 +17,7 @@ pub async fn sqs_client(endpoint: &str) -> Client {
     Client::from_conf(config)
 }
 
-/// An SQS endpoint that refuses the entries whose body contains `FAIL-ME`
+/// An SQS endpoint that refuses the entries whose body contains `FAIL_ME`
 /// (a field name: a copy masks values, never names)
 /// (or, with `deny_all`, the whole call, as IAM does) and accepts the rest.
 pub async fn scripted_sqs(deny_all: bool) -> u16 {
@@ -31,7 +31,7 @@ pub async fn scripted_sqs(deny_all: bool) -> u16 {
         let (mut ok, mut failed) = (Vec::new(), Vec::new());
         for e in body["Entries"].as_array().unwrap() {
             let id = e["Id"].as_str().unwrap();
-            if e["MessageBody"].as_str().unwrap().contains("FAIL-ME") {
+            if e["MessageBody"].as_str().unwrap().contains("FAIL_ME") {
                 failed.push(serde_json::json!({"Id": id, "SenderFault": true, "Code": "InvalidMessageContents", "Message": "refused"}));
             } else {
                 ok.push(serde_json::json!({"Id": id, "MessageId": format!("copy-{id}"), "MD5OfMessageBody": "0"}));

@@ -495,7 +495,11 @@ impl World {
                             "source_signature".to_owned(),
                             (
                                 "String".to_owned(),
-                                signer.redrive_signature(&o.key_id, &o.key_sent_ms.to_string()),
+                                signer.redrive_signature(
+                                    &o.key_id,
+                                    &o.key_sent_ms.to_string(),
+                                    &o.body,
+                                ),
                             ),
                         ),
                         (

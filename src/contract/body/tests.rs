@@ -197,6 +197,12 @@ fn unknown_fields_are_named_and_declared_ones_kept_as_json() {
     for (value, problem) in [
         (format!("\"{}\"", "x".repeat(1100)), ExtraProblem::TooLong),
         (r#""a\u0000b""#.to_owned(), ExtraProblem::NulCharacter),
+        (
+            r#"{"k": ["a\u0000"]}"#.to_owned(),
+            ExtraProblem::NulCharacter,
+        ),
+        (r#""\ud800""#.to_owned(), ExtraProblem::Invalid),
+        ("1e1001".to_owned(), ExtraProblem::Invalid),
     ] {
         let b = GOOD.replacen('{', &format!(r#"{{"app_build": {value}, "#), 1);
         assert_eq!(
@@ -207,6 +213,9 @@ fn unknown_fields_are_named_and_declared_ones_kept_as_json() {
             ))
         );
     }
+    // An escaped backslash before "u0000" is text, not U+0000.
+    let escaped = GOOD.replacen('{', r#"{"app_build": "a\\u0000", "#, 1);
+    assert!(parse_body_with(&escaped, &keep).is_ok());
     let twice = GOOD.replacen('{', r#"{"app_build": 1, "app_build": 2, "#, 1);
     assert_eq!(
         parse_body_with(&twice, &keep).unwrap_err().code(),

@@ -1,27 +1,27 @@
 //! The body of a dead-letter copy: what an operator reading the queue sees
 //! of a rejected message, without its ip or device id.
 //!
-//! A JSON object keeps its top-level field names; `ip` and `device_id`
-//! become their tokens (the table's, so a copy can be matched with rows and
-//! with other copies), the other fields of the contract keep their values
-//! when they fit their column, `null` and booleans stay; every other value
-//! is replaced by what it was (`"<redacted string: 12 characters>"`),
-//! since an unknown field may hold anything. A body that is not a JSON
-//! object is replaced by what it was (`<not JSON: 120 bytes>`). The
-//! original, byte for byte, is sealed beside it
+//! A JSON object keeps its top-level field names as reasons show them
+//! (the contract's, and others that are plain identifiers; any other name
+//! shows as `<other>`: a key can be an address or an email too); `ip` and
+//! `device_id` become their tokens (the table's, so a copy can be matched
+//! with rows and with other copies) when they are valid, the other fields
+//! of the contract keep their values when they pass their own checks,
+//! `null` and booleans stay; every other value is replaced by what it was
+//! (`"<redacted string: 12 characters>"`), since it may hold anything. A
+//! body that is not a JSON object is replaced by what it was (`<not JSON:
+//! 120 bytes>`). The original, byte for byte, is sealed beside it
 //! ([`crate::privacy::dead_letter`]).
 
 use std::net::IpAddr;
 
 use serde_json::{Map, Value};
 
-use crate::contract::Field;
+use crate::contract::{Field, FieldName};
 use crate::privacy::masking::Masker;
 
 /// Top-level fields shown; the rest are counted.
 const MAX_FIELDS: usize = 64;
-/// Longest field name shown as it is.
-const MAX_NAME_CHARS: usize = 64;
 
 /// The masked body of a copy of `body` (see the module documentation).
 pub fn masked_body(body: &str, masker: &Masker) -> String {
@@ -43,12 +43,12 @@ pub fn masked_body(body: &str, masker: &Masker) -> String {
     let mut out = Map::new();
     for (name, value) in map.into_iter().take(MAX_FIELDS) {
         let value = masked_value(&name, value, masker);
-        let name = if name.chars().count() > MAX_NAME_CHARS {
-            format!("<field name of {} characters>", name.chars().count())
-        } else {
-            name
+        let shown = match Field::named(&name) {
+            Some(f) => f.name().to_owned(),
+            None => FieldName::of(&name).as_str().to_owned(),
         };
-        out.insert(name, value);
+        // Names shown alike (`<other>`) keep their first value.
+        out.entry(shown).or_insert(value);
     }
     if total > MAX_FIELDS {
         out.insert(
@@ -60,26 +60,29 @@ pub fn masked_body(body: &str, masker: &Masker) -> String {
 }
 
 fn masked_value(name: &str, value: Value, masker: &Masker) -> Value {
-    let contract = [
-        Field::UserId,
-        Field::AppVersion,
-        Field::DeviceType,
-        Field::Locale,
-    ]
-    .into_iter()
-    .find(|f| f.name() == name);
-    match (name, value) {
-        (_, v @ (Value::Null | Value::Bool(_))) => v,
-        ("ip", Value::String(s)) => match s.trim().parse::<IpAddr>() {
-            Ok(ip) => Value::String(masker.ip(&ip).to_string()),
-            Err(_) => redacted(&Value::String(s)),
+    let Value::String(s) = value else {
+        return match value {
+            v @ (Value::Null | Value::Bool(_)) => v,
+            other => redacted(&other),
+        };
+    };
+    let Some(field) = Field::named(name) else {
+        return redacted(&Value::String(s));
+    };
+    // A value shown (or tokenized) only when it passes its own checks:
+    // one that failed may be anything (an address sent as a user id).
+    let fits = !s.contains('\0') && s.chars().count() <= field.max_chars();
+    let blank = s.trim().is_empty();
+    match field {
+        Field::Ip => match s.trim().parse::<IpAddr>() {
+            Ok(ip) if fits => Value::String(masker.ip(&ip).to_string()),
+            _ => redacted(&Value::String(s)),
         },
-        ("device_id", Value::String(s)) if s.trim().is_empty() => Value::String(s),
-        ("device_id", Value::String(s)) => Value::String(masker.device_id(&s).to_string()),
-        (_, Value::String(s)) if contract.is_some_and(|f| s.chars().count() <= f.max_chars()) => {
-            Value::String(s)
-        }
-        (_, other) => redacted(&other),
+        Field::DeviceId if fits && !blank => Value::String(masker.device_id(&s).to_string()),
+        Field::AppVersion if crate::app_version::encode(&s).is_err() => redacted(&Value::String(s)),
+        Field::Locale if fits => Value::String(s),
+        Field::UserId | Field::DeviceType | Field::AppVersion if fits && !blank => Value::String(s),
+        _ => redacted(&Value::String(s)),
     }
 }
 
@@ -115,7 +118,7 @@ mod tests {
     #[test]
     fn the_ip_and_device_id_become_tokens_and_unknown_values_what_they_were() {
         let m = masker();
-        let body = r#"{"user_id":"u-1","app_version":"2.3.0","device_type":"ios","ip":" 10.0.0.1","locale":null,"device_id":"593-47-5928","email":"a@b.example","phone":4155550100,"nested":{"ip":"10.9.9.9"},"ok":true}"#;
+        let body = r#"{"user_id":"u-1","app_version":"2.3.0","device_type":"ios","ip":" 10.0.0.1","locale":null,"device_id":"593-47-5928","email":"a@b.example","phone":4155550100,"nested":{"ip":"10.9.9.9"},"ok":true,"10.8.8.8":1}"#;
         let out = masked_body(body, &m);
         for secret in [
             "10.0.0.1",
@@ -136,6 +139,19 @@ mod tests {
         assert_eq!(v["email"], "<redacted string: 11 characters>");
         assert_eq!(v["phone"], "<redacted number>");
         assert_eq!(v["nested"], "<redacted object: 1 fields>");
+        assert_eq!(
+            v["<other>"], "<redacted number>",
+            "a key that is an address"
+        );
+        // A field of the contract that fails its own check is not shown.
+        let out = masked_body(
+            r#"{"app_version":"203.0.113.7","device_id":"a\u0000b"}"#,
+            &m,
+        );
+        assert!(
+            !out.contains("203.0.113.7") && !out.contains(&m.device_id("a\0b").to_string()),
+            "{out}"
+        );
     }
 
     #[test]
@@ -167,6 +183,6 @@ mod tests {
         let out = masked_body(&Value::Object(many).to_string(), &m);
         assert!(out.len() < 4096 && !out.contains("10.0.0.1"), "{out}");
         assert!(out.contains("\"<more fields>\":\"137 not shown\""), "{out}");
-        assert!(out.contains("<field name of 300 characters>"), "{out}");
+        assert!(out.contains("\"<other>\":null"), "{out}");
     }
 }

@@ -74,10 +74,11 @@ fn a_signed_redriven_copy_keeps_the_originals_key_and_day_and_no_timestamp_is_a_
             source_message_id: Some(id.into()),
             source_sent_timestamp: Some(ts.into()),
             source_signature: Some(signature),
+            ..Default::default()
         });
         copy
     };
-    let good = masker.redrive_signature("m-original", "1700006399999");
+    let good = masker.redrive_signature("m-original", "1700006399999", body);
     let copy = signed("m-original", "1700006399999", good.clone());
     let again = transform("m-redriven", &copy, &masker).unwrap();
     assert_eq!(
@@ -112,7 +113,7 @@ fn a_signed_redriven_copy_keeps_the_originals_key_and_day_and_no_timestamp_is_a_
     );
     assert!(
         rotated
-            .redrive_signature("m-original", "1700006399999")
+            .redrive_signature("m-original", "1700006399999", body)
             .starts_with("v2.")
     );
     let mut unsent = original.clone();
@@ -128,7 +129,7 @@ fn a_signed_redriven_copy_keeps_the_originals_key_and_day_and_no_timestamp_is_a_
 fn a_forged_redrive_key_is_ignored_and_the_record_keyed_by_its_own_id_and_day() {
     let key = |b: &str| crate::privacy::masking::MaskingKey::from_hex(&b.repeat(32), "test");
     let masker = Masker::new(&key("ab").unwrap());
-    let good = masker.redrive_signature("m-original", "1700006399999");
+    let good = masker.redrive_signature("m-original", "1700006399999", GOOD);
     let signed = |id: &str, ts: &str, signature: String| SqsRecord {
         body: Some(GOOD.into()),
         attributes: Some(crate::ingest::event::RecordAttributes {
@@ -139,6 +140,7 @@ fn a_forged_redrive_key_is_ignored_and_the_record_keyed_by_its_own_id_and_day() 
             source_message_id: Some(id.into()),
             source_sent_timestamp: Some(ts.into()),
             source_signature: Some(signature),
+            ..Default::default()
         }),
         ..SqsRecord::default()
     };
@@ -165,10 +167,22 @@ fn a_forged_redrive_key_is_ignored_and_the_record_keyed_by_its_own_id_and_day() 
         signed(
             "m-original",
             "1700006399999",
-            stranger.redrive_signature("m-original", "1700006399999"),
+            stranger.redrive_signature("m-original", "1700006399999", GOOD),
         ),
         signed("m-other", "1700006399999", good.clone()),
         signed("m-original", "1600000000000", good.clone()),
+        // The right signature on another body (a copy's attributes moved
+        // onto a message of someone's choosing).
+        SqsRecord {
+            body: Some(GOOD.replace("android", "ios")),
+            ..signed("m-original", "1700006399999", good.clone())
+        },
+        // Uppercase hex of the right digest: not the form signatures take.
+        signed(
+            "m-original",
+            "1700006399999",
+            good.to_uppercase().replacen('V', "v", 1),
+        ),
     ] {
         let own = transform("m-redriven", &forged, &masker).unwrap();
         assert_eq!(
