@@ -5,6 +5,10 @@
 //! one connection. Median of repeated runs; the table is emptied (untimed)
 //! before each run so every run starts alike.
 
+// The handler's future, awaited inside `measure`'s, nests deeper than the
+// compiler's default layout depth of 128.
+#![recursion_limit = "256"]
+
 #[path = "common.rs"]
 mod common;
 // The throwaway PgBouncer of the tests (its `super` is the crate root here).

@@ -90,6 +90,36 @@ def test_poll_without_a_reachable_queue_says_what_to_check_and_exits_1():
     assert "GetQueueAttributes" in out.stderr and "check --queue-url" in out.stderr, out.stderr
 
 
+def test_a_sigterm_during_the_cold_start_stops_poll_cleanly():
+    """A pod stopped while it starts: the consumer is still waiting on SQS
+    (an endpoint that accepts and never answers) when SIGTERM comes; it
+    stops at once and exits 0, as it would when idle."""
+    import signal
+    import socket
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    port = silent.getsockname()[1]
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_EC2_METADATA_DISABLED": "true",
+           "DATABASE_URL": "postgres://nobody@127.0.0.1:9/none", "MASKING_KEY": "00" * 32}  # fmt: skip
+    proc = subprocess.Popen([str(BINARY), "poll", "--queue-url", f"http://127.0.0.1:{port}/000000000000/q"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        time.sleep(0.7)
+        assert proc.poll() is None, "still starting (the queue never answers)"
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+        assert proc.returncode == 0, (proc.returncode, err)
+        assert time.monotonic() - started < 2
+    finally:
+        proc.kill()
+        silent.close()
+
+
 def test_the_container_example_fits_the_binary():
     """examples/container: the pod's grace period covers the consumer's, the
     probes ask the paths it serves, the image runs `poll`."""

@@ -206,7 +206,7 @@ def test_the_log_level_is_the_applications_and_metrics_survive_every_allowed_lev
     }
     allowed = tpl["Parameters"]["LogLevel"]["AllowedValues"]
     assert set(allowed) <= {"TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"}
-    assert {"WARN", "ERROR"} <= set(allowed), "tests/log_levels.rs covers these"
+    assert {"WARN", "ERROR"} <= set(allowed), "tests/it/log_levels.rs covers these"
     env = fn["Environment"]["Variables"]
     assert "AWS_LAMBDA_LOG_LEVEL" not in env and "RUST_LOG" not in env, "Lambda sets the level itself"
 

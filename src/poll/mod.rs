@@ -39,10 +39,15 @@
 //! time, in order, whatever the concurrency.
 
 pub mod health;
+mod options;
 pub mod queue;
 
+pub use options::{
+    DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TIMEOUT_SECONDS, DEFAULT_CONCURRENCY,
+    DEFAULT_GRACE_PERIOD_SECONDS, MAX_BATCH_SIZE, Options, PollError,
+};
+
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -53,25 +58,12 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::error::ConfigError;
 use crate::ingest::backoff::{BatchLease, Leases};
 use crate::ingest::event::SqsBatch;
 use crate::ingest::handler::{BatchHandler, Deadline, Outcome};
-use crate::startup::InitError;
 use health::{Health, Part};
-use queue::{Gathered, Granted, Queue, QueueError};
+use queue::{Gathered, Granted, Queue};
 
-/// Default `--concurrency`: batches in flight.
-pub const DEFAULT_CONCURRENCY: usize = 2;
-/// Default `--batch-size` (the event-source mapping's default).
-pub const DEFAULT_BATCH_SIZE: usize = 10;
-/// Default `--batch-timeout`, in seconds: the time limit of one batch.
-pub const DEFAULT_BATCH_TIMEOUT_SECONDS: u64 = 20;
-/// Default `--grace-period`, in seconds: within the 30 s that Kubernetes
-/// (`terminationGracePeriodSeconds`) and ECS (`stopTimeout`) give by default.
-pub const DEFAULT_GRACE_PERIOD_SECONDS: u64 = 25;
-/// Largest `--batch-size` (the event-source mapping's limit for standard queues).
-pub const MAX_BATCH_SIZE: usize = 10_000;
 /// The shortest time between two renewals of a batch's leases.
 const MIN_BEAT: Duration = Duration::from_millis(500);
 /// A batch's renewals in flight at once, at most (SQS not answering).
@@ -79,116 +71,6 @@ const MAX_RENEWALS_IN_FLIGHT: usize = 3;
 /// Pause after a failed receive, doubled up to [`MAX_RECEIVE_PAUSE`].
 const RECEIVE_PAUSE: Duration = Duration::from_secs(1);
 const MAX_RECEIVE_PAUSE: Duration = Duration::from_secs(30);
-
-/// The consumer's settings (the command line of `login-etl poll`).
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// The source queue's URL.
-    pub queue_url: String,
-    /// Batches in flight, each on a database connection of its own.
-    pub concurrency: usize,
-    /// Messages per batch, at most.
-    pub batch_size: usize,
-    /// How long to gather a batch after its first messages arrived.
-    pub batch_window: Duration,
-    /// Visibility of a receive, renewed by the heartbeat (None: the queue's).
-    pub visibility_timeout: Option<u32>,
-    /// The time limit of one batch (what a Lambda invocation's timeout is).
-    pub batch_timeout: Duration,
-    /// After SIGTERM or SIGINT, how long the batches in flight may take.
-    pub grace_period: Duration,
-    /// Where to serve `/livez` and `/readyz`.
-    pub health_addr: Option<SocketAddr>,
-}
-
-impl Options {
-    /// Refuses settings that cannot work, saying what to change.
-    pub fn validate(&self) -> Result<(), PollError> {
-        let usage = |m: &str| Err(PollError::Usage(m.into()));
-        if !(1..=64).contains(&self.concurrency) {
-            return usage("--concurrency must be from 1 to 64");
-        }
-        if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
-            return usage("--batch-size must be from 1 to 10000");
-        }
-        if self.batch_size > queue::MAX_PER_CALL && self.batch_window.is_zero() {
-            return usage(
-                "a --batch-size above 10 needs a --batch-window of at least 1 second (as the event-source mapping)",
-            );
-        }
-        if self.batch_window > Duration::from_secs(300) {
-            return usage("--batch-window must be at most 300 seconds");
-        }
-        if self
-            .visibility_timeout
-            .is_some_and(|v| !(1..=43_200).contains(&v))
-        {
-            return usage("--visibility-timeout must be from 1 to 43200 seconds");
-        }
-        if self.batch_timeout.is_zero() {
-            return usage("--batch-timeout must be at least 1 second");
-        }
-        if self.grace_period <= self.batch_timeout {
-            return usage(
-                "--grace-period must be longer than --batch-timeout, so the batches in flight can finish after SIGTERM",
-            );
-        }
-        if !self.queue_url.starts_with("http://") && !self.queue_url.starts_with("https://") {
-            return usage(
-                "--queue-url: expected the queue URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME), not its name or ARN",
-            );
-        }
-        Ok(())
-    }
-}
-
-/// Why the consumer stopped other than by a signal.
-#[derive(Debug, thiserror::Error)]
-pub enum PollError {
-    /// A command-line setting cannot work (exit code 2).
-    #[error("{0}")]
-    Usage(String),
-    /// The environment's configuration.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The handler could not be built (secrets, KMS, schema).
-    #[error(transparent)]
-    Init(#[from] InitError),
-    /// The queue did not answer at start.
-    #[error(transparent)]
-    Queue(#[from] QueueError),
-    /// The health endpoint's address cannot be used.
-    #[error(
-        "cannot listen on {addr} for the health endpoint ({cause}); choose another --health-addr"
-    )]
-    Health {
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        cause: String,
-    },
-    /// The signal handlers could not be installed.
-    #[error("cannot watch for SIGTERM and SIGINT ({0})")]
-    Signals(String),
-    /// Batches were still in flight when the grace period ended.
-    #[error(
-        "{batches} batch(es) still in flight when the {grace_s} s grace period ended; their messages return to the queue after the visibility timeout (nothing is lost; rows already committed count as duplicates then). Give --grace-period more room over --batch-timeout"
-    )]
-    GraceExceeded {
-        /// Batches abandoned.
-        batches: usize,
-        /// The grace period.
-        grace_s: u64,
-    },
-    /// A second signal during the grace period.
-    #[error(
-        "stopped by a second signal with {batches} batch(es) in flight; their messages return to the queue after the visibility timeout (nothing is lost)"
-    )]
-    Interrupted {
-        /// Batches abandoned.
-        batches: usize,
-    },
-}
 
 /// What the consumer did, reported when it stops.
 #[derive(Debug, Default)]
@@ -225,24 +107,59 @@ struct Worker {
     batch_timeout: Duration,
 }
 
-/// Runs the consumer until SIGTERM or SIGINT; returns its counts.
-pub async fn run(options: Options) -> Result<Arc<Stats>, PollError> {
-    options.validate()?;
+/// What the consumer starts with: its queue, its handler, its leases and
+/// its health endpoint.
+struct Started {
+    queue: Queue,
+    dlq_from: &'static str,
+    handler: crate::BatchHandler,
+    leases: Arc<Leases>,
+    health: Arc<Health>,
+}
+
+/// The cold start: configuration, the queue's settings, the handler (the
+/// secrets, the database), the health endpoint.
+async fn start(options: &Options) -> Result<Started, PollError> {
     let mut config = Config::for_consumer_from_env()?;
     config.source_queue_url = Some(options.queue_url.clone());
-    let (queue, dlq_from) = open_queue(&options, &mut config).await?;
+    let (queue, dlq_from) = open_queue(options, &mut config).await?;
     check_window(options.batch_window, queue.visibility_timeout())?;
     let leases = Arc::new(Leases::default());
     let handler = crate::startup::build_with(&config, Some(Arc::clone(&leases)))
         .await?
         .with_connections(options.concurrency);
-    let health = serve_health(&options, &handler).await?;
+    let health = serve_health(options, &handler).await?;
+    Ok(Started {
+        queue,
+        dlq_from,
+        handler,
+        leases,
+        health,
+    })
+}
 
+/// Runs the consumer until SIGTERM or SIGINT; returns its counts. The
+/// signals are heard from the first moment: one during the cold start
+/// (a pod stopped while it starts) stops it cleanly, before any receive.
+pub async fn run(options: Options) -> Result<Arc<Stats>, PollError> {
+    options.validate()?;
     use tokio::signal::unix::{SignalKind, signal};
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| PollError::Signals(e.to_string()))?;
     let mut sigint =
         signal(SignalKind::interrupt()).map_err(|e| PollError::Signals(e.to_string()))?;
+    let started = tokio::select! {
+        started = start(&options) => started?,
+        _ = sigterm.recv() => return Ok(stopped_while_starting("SIGTERM")),
+        _ = sigint.recv() => return Ok(stopped_while_starting("SIGINT")),
+    };
+    let Started {
+        queue,
+        dlq_from,
+        handler,
+        leases,
+        health,
+    } = started;
 
     info!(
         queue = %options.queue_url,
@@ -288,6 +205,12 @@ pub async fn run(options: Options) -> Result<Arc<Stats>, PollError> {
     );
     finish(workers, options.grace_period, (&mut sigterm, &mut sigint)).await?;
     Ok(stats)
+}
+
+/// A signal before the first receive: nothing in flight, nothing to finish.
+fn stopped_while_starting(signal: &'static str) -> Arc<Stats> {
+    info!(signal, "stopping before the first receive");
+    Arc::new(Stats::default())
 }
 
 /// Waits for the workers to finish their batches in flight, at most

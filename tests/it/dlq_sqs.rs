@@ -2,7 +2,7 @@
 //! (what lands in the DLQ, with which attributes, standard and FIFO) and
 //! against a scripted SQS endpoint (one refused entry, a denied call).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 

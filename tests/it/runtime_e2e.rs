@@ -4,7 +4,7 @@
 //! checks responses, rows, and that the function's output at TRACE holds no
 //! raw ip or device_id. Needs cargo-lambda, which `make test` installs.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;

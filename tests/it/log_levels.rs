@@ -6,7 +6,7 @@
 //! run the real binary behind a Runtime API, as the ingest role, apply that
 //! filter to everything it wrote, and check that the metrics still add up.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::process::{Child, Command};

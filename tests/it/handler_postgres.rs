@@ -1,6 +1,6 @@
 //! The batch handler against a real PostgreSQL: one throwaway database per test.
 
-mod common;
+use crate::common;
 
 use common::oracle::{ExpectedRow, assert_table_matches, expected_row};
 use common::sqs::{scripted_sqs, sqs_client};

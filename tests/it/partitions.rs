@@ -11,7 +11,7 @@
 //!   writes, with a redelivery across the cutover;
 //! - `forget` beside running ingest does not stall it.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //! invocation's error and in its EMF document, never as an unavailable
 //! database: on-call looks at the secret, the migration or the grants.
 
-mod common;
+use crate::common;
 
 use common::keys::*;
 use common::*;

@@ -4,7 +4,7 @@
 //! forget as the erase role with the erasure key only. The PII vault is on
 //! (a local data key, so entries are checked by decrypting them).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;

@@ -27,7 +27,7 @@
 //! create in `public`: there `migrate` refuses until the statement it
 //! prints is run, and the function warns when the schema is opened again.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

@@ -3,7 +3,7 @@
 //! The oracle for "valid" is the generator's own `expect` label, not the
 //! crate's parser.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};

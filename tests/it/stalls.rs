@@ -3,7 +3,7 @@
 //! PostgreSQL, each program as its granted role. (The sizes here keep the
 //! tests short; benches/stalls.rs measures the same on realistic sizes.)
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -2,7 +2,7 @@
 //! each program as its granted role: the races the soak (tests/soak/) and a
 //! review found, each replayed here on purpose.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::net::IpAddr;

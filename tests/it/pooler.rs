@@ -2,7 +2,7 @@
 //! Proxy, PgBouncer): the real binary, through the Lambda Runtime API, in
 //! six concurrent processes sharing two server connections.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::process::{Child, Command};

@@ -2,7 +2,7 @@
 //! tricky value classes (huge, deeply nested, NUL, lone surrogates, SQL-looking,
 //! bidirectional and combining Unicode, numbers for strings, duplicate keys).
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 
