@@ -15,11 +15,16 @@ PYTHON        ?= python3
 # cargo-lambda's C compiler and linker (its own pin is only >= 0.10). pytest 9.1, not
 # 9.2: pytest-xdist 3.8 groups tests (--dist loadgroup, make e2e) by
 # renaming their node ids, which pytest 9.2 no longer lets it do.
-PIP_PACKAGES  := cargo-lambda==1.9.2 ziglang==0.17.1 moto[server]==5.2.5 aws-sam-cli==1.170.0 pytest==9.1.1 pytest-xdist==3.8.0 jsonschema==4.26.0
+# BUILD_PACKAGES are what building and deploying need (make build, sam-build,
+# deploy install only these); the rest are the tests'.
+BUILD_PACKAGES := cargo-lambda==1.9.2 ziglang==0.17.1 aws-sam-cli==1.170.0
+PIP_PACKAGES  := $(BUILD_PACKAGES) moto[server]==5.2.5 pytest==9.1.1 pytest-xdist==3.8.0 jsonschema==4.26.0 kubernetes-validate==1.37.0
 VENV_STAMP    := $(VENV)/.installed-$(shell echo '$(PIP_PACKAGES)' | sha1sum | cut -c1-12)
+BUILD_STAMP   := $(VENV)/.build-$(shell echo '$(BUILD_PACKAGES)' | sha1sum | cut -c1-12)
 CARGO_LAMBDA  := $(abspath $(VENV))/bin/cargo-lambda
 # LocalStack 4.13.1 is the last release for Python 3.11; the other pins keep
-# its dependencies on versions that work with it (../shared/design.md section 5).
+# its dependencies on versions that work with it (docs/development.md, "LocalStack's
+# settings").
 LS_VENV       ?= .venv-localstack
 LS_PACKAGES   := localstack-core[runtime]==4.13.1 cbor2==5.9.0 pyopenssl==25.3.0 localstack-twisted==25.5.0 awscli-local==0.23.0 awscli==1.44.24 pytest==9.2.0
 # Bump LS_FIXES when the fixes applied to the installed LocalStack change.
@@ -61,7 +66,7 @@ EVENT         ?= events/sqs-mixed.json
 # pytest-xdist workers of make e2e (1: one test at a time).
 E2E_WORKERS   ?= 6
 
-.PHONY: help tools rust-tools python-tools host-build test-build test-add-a-field bench-validate bench-check localstack-tools up down e2e test soak lint fmt build validate sam-build sam-check lint-replay deploy migrate watch invoke demo demo-poll demo-watch events-large fuzz bench bench-scale clean
+.PHONY: help tools rust-tools python-tools host-build test-build test-add-a-field bench-validate bench-check localstack-tools up down e2e test soak lint fmt build validate build-tools sam-build sam-check container-tools image container-check test-container lint-replay deploy migrate watch invoke demo demo-poll demo-watch events-large fuzz bench bench-scale clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -73,6 +78,15 @@ $(VENV_STAMP):
 	rm -f $(VENV)/.installed-* && touch $@
 
 tools: rust-tools python-tools ## install everything the build and tests need (the two below)
+
+$(BUILD_STAMP):
+	@echo "==> installing $(BUILD_PACKAGES) into $(VENV)"
+	[ -x $(VENV)/bin/pip ] || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(foreach p,$(BUILD_PACKAGES),'$(p)')
+	rm -f $(VENV)/.build-* && touch $@
+
+build-tools: $(BUILD_STAMP) ## what building and deploying need, no more: the arm64 Rust target, cargo-lambda, zig, SAM CLI (no root, no apt-get)
+	@rustup target list --installed | grep -q aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
 
 python-tools: $(VENV_STAMP) ## the Python tools (.venv): cargo-lambda, SAM CLI, cfn-lint, moto, pytest
 
@@ -128,8 +142,8 @@ down: ## stop LocalStack (by PID) and the functions it runs
 IT_MODULES    := $(sort $(filter-out main,$(basename $(notdir $(wildcard tests/it/*.rs)))))
 ENV_TESTS     := $(sort $(basename $(notdir $(wildcard tests/*.rs))))
 # The soak (tests/soak/) runs as a step of its own: make soak.
-IT_1          := $(filter faults log_levels runtime_e2e,$(IT_MODULES))
-ENV_1         := $(filter secrets_aws backoff_sqs,$(ENV_TESTS))
+IT_1          := $(filter faults log_levels runtime_e2e stalls,$(IT_MODULES))
+ENV_1         := $(filter secrets_aws backoff_sqs pii_logs,$(ENV_TESTS))
 IT_2          := $(filter rotation handler_postgres,$(IT_MODULES))
 ENV_2         := $(filter vault_kms tls_postgres,$(ENV_TESTS))
 IT_3          := $(filter-out $(IT_1) $(IT_2),$(IT_MODULES))
@@ -309,11 +323,11 @@ bench-scale: tools ## ingest, forget and retention as user_logins grows to 20 M 
 fmt: ## format the code
 	cargo fmt
 
-build: tools ## release arm64 bootstrap for provided.al2023 (target/lambda/login-etl/bootstrap)
+build: build-tools ## release arm64 bootstrap for provided.al2023 (target/lambda/login-etl/bootstrap)
 	$(LAMBDA_ENV) cargo lambda build --release --arm64 --bin login-etl
 	ls -l target/lambda/login-etl/bootstrap
 
-sam-build: tools ## sam build (runs cargo lambda for the arm64 bootstrap) into .aws-sam/
+sam-build: build-tools ## sam build (runs cargo lambda for the arm64 bootstrap) into .aws-sam/
 	$(LAMBDA_ENV) sam build --template template.yaml
 
 # CI's check of the deployable artifact's pipeline (sam build, cargo lambda,
@@ -330,6 +344,56 @@ sam-build: tools ## sam build (runs cargo lambda for the arm64 bootstrap) into .
 # its own path, and a clone's .venv would make every clone rebuild it all.
 # One run at a time per directory (flock); a directory unused for
 # SAM_CHECK_KEEP_DAYS (an older toolchain's) is removed.
+# -- the container image (login-etl poll) -------------------------------------
+# A static binary (musl, OpenSSL vendored) FROM scratch: builds with no
+# registry. podman here (Debian's, with runc: crun refuses this VM's hybrid
+# cgroups), docker where an engine answers. examples/container/Containerfile.
+IMAGE         ?= localhost/login-etl:dev
+IMAGE_BASE    ?= scratch
+IMAGE_TRIPLE  := x86_64-unknown-linux-musl
+IMAGE_TARGET_DIR ?= $(abspath $(or $(CARGO_TARGET_DIR),target))
+# What the image's cargo build adds to its environment (container-check: no optimizer).
+IMAGE_CARGO_ENV ?=
+CONTAINER_ENGINE ?= $(shell docker info > /dev/null 2>&1 && echo docker || echo podman)
+export CONTAINERS_CONF ?= $(abspath examples/container/containers.conf)
+
+container-tools: ## podman, runc and musl-tools (Debian packages, as root) and the musl target
+	@need=""; command -v musl-gcc > /dev/null || need="$$need musl-tools"
+	[ "$(CONTAINER_ENGINE)" = docker ] || { command -v podman > /dev/null || need="$$need podman"; command -v runc > /dev/null || [ -x /usr/sbin/runc ] || need="$$need runc"; }
+	if [ -n "$$need" ]; then
+	  [ "$$(id -u)" = 0 ] || { echo "make image needs the Debian packages$$need: sudo apt-get install$$need (or run make as root)"; exit 1; }
+	  echo "==> installing$$need (Debian packages)"
+	  { apt-get install -y -qq --no-install-recommends $$need > /dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends $$need; }; }
+	fi
+	rustup target list --installed | grep -q '^$(IMAGE_TRIPLE)$$' || rustup target add $(IMAGE_TRIPLE)
+
+image: container-tools ## the consumer's container image (FROM scratch, static binary): IMAGE, IMAGE_BASE; prints its size
+	@[ -s /etc/ssl/certs/ca-certificates.crt ] || { echo "/etc/ssl/certs/ca-certificates.crt is missing: install the ca-certificates package (the image's CA bundle is the build machine's)"; exit 1; }
+	echo "==> cargo build --release --target $(IMAGE_TRIPLE) (static; the first build compiles every dependency and OpenSSL: several minutes)"
+	env OPENSSL_NO_VENDOR=0 OPENSSL_STATIC=1 CC_x86_64_unknown_linux_musl=musl-gcc CARGO_TARGET_DIR="$(IMAGE_TARGET_DIR)" $(IMAGE_CARGO_ENV) \
+	  cargo build --release --locked --target $(IMAGE_TRIPLE) --bin login-etl
+	ctx=$(IMAGE_TARGET_DIR)/image-context
+	rm -rf "$$ctx" && mkdir -p "$$ctx"
+	cp "$(IMAGE_TARGET_DIR)/$(IMAGE_TRIPLE)/release/login-etl" /etc/ssl/certs/ca-certificates.crt "$$ctx/"
+	echo "==> $(CONTAINER_ENGINE) build -t $(IMAGE) (FROM $(IMAGE_BASE))"
+	$(CONTAINER_ENGINE) build --quiet --build-arg BASE=$(IMAGE_BASE) -f examples/container/Containerfile -t $(IMAGE) "$$ctx" > /dev/null
+	bytes=$$($(CONTAINER_ENGINE) image inspect --format '{{.Size}}' $(IMAGE))
+	echo "==> $(IMAGE): $$((bytes / 1024 / 1024)) MiB ($$bytes bytes): the binary and the CA bundle"
+
+container-check: ## CI: make image without the optimizer (dependencies kept in CI_CACHE), then tests/test_container.py against it
+	@dir="$(CI_CACHE)/container-check"
+	mkdir -p "$$dir"
+	$(MAKE) --no-print-directory image IMAGE_TARGET_DIR="$$dir" IMAGE=localhost/login-etl:check \
+	  IMAGE_CARGO_ENV='CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16'
+	$(MAKE) --no-print-directory test-container IMAGE=localhost/login-etl:check
+
+test-container: python-tools ## tests/test_container.py against IMAGE (make image first)
+	@$(PG_REACHABLE)
+	PG_ADMIN_URL="$(PG_ADMIN_URL)" LOGIN_ETL_IMAGE=$(IMAGE) CONTAINER_ENGINE=$(CONTAINER_ENGINE) \
+	  $(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_container.py
+	echo "==> the container's figures ($$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $$(nproc) CPUs):"
+	sed 's/^/    /' target/container-figures.txt
+
 CI_CACHE          ?= $(HOME)/.cache/login-etl
 SAM_CHECK_MAX_MB  ?= 4096
 SAM_CHECK_KEEP_DAYS ?= 14
@@ -356,8 +420,12 @@ sam-check: tools ## the arm64 sam build without the optimizer, its dependencies 
 	[ "$$(od -An -tx1 -j18 -N2 .aws-sam/build/LoginEtlFunction/bootstrap 2>/dev/null | tr -d ' \n')" = b700 ] || \
 	  { echo "sam build left no arm64 bootstrap in .aws-sam/build/LoginEtlFunction (see its output above)"; exit 1; }
 
-deploy: sam-build ## sam deploy to REGION (default us-east-1); first time: make deploy GUIDED=1
-	sam deploy --region $(REGION) $(if $(GUIDED),--guided,)
+# The region is the deployer's (AWS_REGION, AWS_DEFAULT_REGION, the profile's,
+# or the samconfig.toml environment's), never this Makefile's offline default.
+SAM_ENV       ?= default
+deploy: sam-build ## sam deploy the samconfig.toml environment SAM_ENV (default, staging, prod); first time: make deploy GUIDED=1
+	$(if $(filter file,$(origin AWS_DEFAULT_REGION)),env -u AWS_DEFAULT_REGION,) \
+	  sam deploy --config-env $(SAM_ENV) $(if $(DEPLOY_REGION),--region $(DEPLOY_REGION),) $(if $(GUIDED),--guided,)
 
 migrate: ## create or upgrade user_logins in DATABASE_URL (any server; sslmode in the URL is honoured)
 	@# Only the local default database is created here; a DATABASE_URL given on

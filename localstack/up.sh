@@ -38,8 +38,8 @@ mkdir -p "$state/fs"
 # counting each receive (the outage test in tests/test_localstack_e2e.py
 # depends on it).
 echo "==> starting LocalStack on 127.0.0.1:$port (log: $log)"
-# Every setting below is documented in ../shared/design.md section 5; docs/development.md
-# (LocalStack, without Docker) explains the host executor.
+# docs/development.md ("LocalStack's settings") says why each setting below is
+# set, and ("Without Docker") what the host executor is.
 env OVERRIDE_IN_DOCKER=0 \
   FILESYSTEM_ROOT="$PWD/$state/fs" \
   GATEWAY_LISTEN="127.0.0.1:$port" \

@@ -105,6 +105,8 @@ pub async fn build_with(
         );
         handler = handler.with_vault(data_key);
     }
+    // Which release runs, in every environment's first lines (CHANGELOG.md).
+    info!(version = env!("CARGO_PKG_VERSION"), "handler ready");
     let sqs = aws.as_ref().map(aws_sdk_sqs::Client::new);
     if let (Some(url), Some(sqs)) = (&config.dlq_url, &sqs) {
         handler = handler.with_dead_letter_queue(dead_letter_queue(sqs, url, sealer));

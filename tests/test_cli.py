@@ -120,28 +120,50 @@ def test_a_sigterm_during_the_cold_start_stops_poll_cleanly():
         silent.close()
 
 
-def test_the_container_example_fits_the_binary():
-    """examples/container: the pod's grace period covers the consumer's, the
-    probes ask the paths it serves, the image runs `poll`."""
+def test_the_container_example_fits_the_binary_and_the_image():
+    """examples/container: kubernetes.yaml validates against the Kubernetes
+    API schemas (kubernetes-validate, strict); the pod's grace period covers
+    the consumer's, the probes ask the paths it serves on the port the image
+    exposes, the user is the image's by number, the root file system
+    read-only, seccomp on; the image runs `poll`; each pod's service account
+    exists; the consumer has the erasure key's secret beside the masking key's."""
     import re
 
     import yaml
 
+    manifest = ROOT / "examples" / "container" / "kubernetes.yaml"
+    checked = subprocess.run([str(ROOT / ".venv" / "bin" / "kubernetes-validate"), "--strict", "--quiet", str(manifest)],
+                             capture_output=True, text=True)  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
     help_text = run("poll", "--help").stdout
     grace = int(re.search(r"--grace-period.*?\[default: (\d+)\]", help_text, re.S).group(1))
-    docs = list(yaml.safe_load_all((ROOT / "examples" / "container" / "kubernetes.yaml").read_text()))
+    docs = list(yaml.safe_load_all(manifest.read_text()))
     (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
     pod = deployment["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] > grace
     (container,) = pod["containers"]
+    containerfile = (ROOT / "examples" / "container" / "Containerfile").read_text()
+    assert 'ENTRYPOINT ["/usr/local/bin/login-etl", "poll"]' in containerfile
+    (user,) = re.findall(r"^USER (\d+):(\d+)$", containerfile, re.M)
+    (port,) = re.findall(r"^EXPOSE (\d+)$", containerfile, re.M)
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert any(a.startswith("--health-addr=0.0.0.0:8080") for a in container["args"])
-    dockerfile = (ROOT / "examples" / "container" / "Dockerfile").read_text()
-    assert 'ENTRYPOINT ["/usr/local/bin/login-etl", "poll"]' in dockerfile
+    assert [p["containerPort"] for p in container["ports"]] == [int(port)]
+    assert any(a == f"--health-addr=0.0.0.0:{port}" for a in container["args"])
+    accounts = {d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"}
+    (cron,) = [d for d in docs if d["kind"] == "CronJob"]
+    cron_pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    for p in (pod, cron_pod):
+        assert p["serviceAccountName"] in accounts
+        assert p["securityContext"]["runAsNonRoot"] and p["securityContext"]["runAsUser"] == int(user[0])
+        assert p["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        for c in p["containers"]:
+            assert c["securityContext"]["readOnlyRootFilesystem"] and c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+            assert not c["securityContext"]["allowPrivilegeEscalation"]
+    env = {e["name"] for e in container["env"]}
+    assert {"DB_SECRET_ID", "MASKING_KEY_SECRET_ID", "ERASURE_KEY_SECRET_ID"} <= env
     # The maintenance CronJob runs `maintain` with options the binary has,
     # and without the masking key.
-    (cron,) = [d for d in docs if d["kind"] == "CronJob"]
     (job,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     assert job["command"] == ["/usr/local/bin/login-etl", "maintain"]
     maintain_help = run("maintain", "--help").stdout

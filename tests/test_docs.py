@@ -139,3 +139,37 @@ def test_no_function_is_over_about_80_lines():
             if end - i + 1 > MAX_FUNCTION_LINES:
                 long.append(f"{p.relative_to(ROOT)}:{i + 1}: fn {m.group(2)}: {end - i + 1} lines")
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines (split them by step):\n" + "\n".join(long)
+
+
+def test_the_changelog_has_the_version_the_binary_reports():
+    """CHANGELOG.md has a section for Cargo.toml's version, and the binary
+    reports that version; the repository carries its licence."""
+    import os
+    import subprocess
+
+    version = re.search(r'^version = "([^"]+)"', (ROOT / "Cargo.toml").read_text(), re.M).group(1)
+    assert re.search(rf"^## \[{re.escape(version)}\]", (ROOT / "CHANGELOG.md").read_text(), re.M), version
+    binary = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug" / "login-etl"
+    out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == f"login-etl {version}"
+    assert "MIT License" in (ROOT / "LICENSE").read_text()
+    assert 'license = "MIT"' in (ROOT / "Cargo.toml").read_text()
+
+
+def test_nothing_refers_outside_the_repository():
+    """No file of the repository sends its reader to a path outside it."""
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    outside = []
+    for name in tracked:
+        path = ROOT / name
+        if not path.is_file() or path.suffix in (".json", ".lock"):
+            continue
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        if "../" + "shared/" in text:
+            outside.append(name)
+    assert not outside, outside

@@ -45,6 +45,12 @@ def test_function_runtime_architecture_and_build(fn, tpl):
     assert p["Timeout"] == {"Ref": "FunctionTimeout"}
 
 
+def _own(node):
+    """The branch of a queue reference taken when the stack makes its queues."""
+    assert list(node) == ["Fn::If"] and node["Fn::If"][0] in ("OwnQueues", "OwnDlq"), node
+    return node["Fn::If"][1]
+
+
 def test_sqs_event_reports_batch_item_failures(fn, tpl):
     events = fn["Properties"]["Events"]
     assert len(events) == 1
@@ -52,7 +58,7 @@ def test_sqs_event_reports_batch_item_failures(fn, tpl):
     assert event["Type"] == "SQS"
     props = event["Properties"]
     assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
-    assert props["Queue"] == {"Fn::GetAtt": ["LoginQueue", "Arn"]}
+    assert _own(props["Queue"]) == {"Fn::GetAtt": ["LoginQueue", "Arn"]}
     assert props["BatchSize"] == {"Ref": "BatchSize"}
     # FIFO event sources take no batching window.
     assert props["MaximumBatchingWindowInSeconds"] == {
@@ -237,14 +243,14 @@ def test_alarms_and_outputs(tpl):
         if isinstance(a["Properties"].get("Namespace"), str)  # AWS metrics; ours are tested below
     }
     dlq = alarms[("AWS/SQS", "ApproximateNumberOfMessagesVisible")]
-    assert dlq["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["LoginDeadLetterQueue", "QueueName"]}
+    assert _own(dlq["Dimensions"][0]["Value"]) == {"Fn::GetAtt": ["LoginDeadLetterQueue", "QueueName"]}
     errors = alarms[("AWS/Lambda", "Errors")]
     assert errors["Dimensions"][0]["Value"] == {"Ref": "LoginEtlFunction"}
     age = alarms[("AWS/SQS", "ApproximateAgeOfOldestMessage")]
-    assert age["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["LoginQueue", "QueueName"]}
+    assert _own(age["Dimensions"][0]["Value"]) == {"Fn::GetAtt": ["LoginQueue", "QueueName"]}
     outputs = tpl["Outputs"]
-    assert outputs["QueueUrl"]["Value"] == {"Ref": "LoginQueue"}
-    assert outputs["DeadLetterQueueUrl"]["Value"] == {"Ref": "LoginDeadLetterQueue"}
+    assert _own(outputs["QueueUrl"]["Value"]) == {"Ref": "LoginQueue"}
+    assert _own(outputs["DeadLetterQueueUrl"]["Value"]) == {"Ref": "LoginDeadLetterQueue"}
     assert outputs["FunctionName"]["Value"] == {"Ref": "LoginEtlFunction"}
 
 
@@ -295,7 +301,9 @@ FULL_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:login-et
 INVESTIGATORS = "arn:aws:iam::123456789012:role/investigators"
 # What a deploy must be given (no default): the database secret, and with the
 # vault (the default) the role whose sessions may reveal.
-REQUIRED = {"DbSecretArn": FULL_SECRET_ARN, "RevealTrustedPrincipalArn": INVESTIGATORS}
+MAINTAIN_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:login-etl/maintain-XyZ789"
+REQUIRED = {"DbSecretArn": FULL_SECRET_ARN, "RevealTrustedPrincipalArn": INVESTIGATORS,
+            "MaintainDbSecretArn": MAINTAIN_SECRET_ARN}  # fmt: skip
 
 
 class _NoManagedPolicies:
@@ -371,6 +379,16 @@ def _evaluate(node, values, conditions):
                     out.extend(item.split(sep) if isinstance(item, str) else [item])
                 return out
             return {"Fn::Split": [sep, source]}
+        if key == "Fn::Select":
+            index, items = arg
+            items = _evaluate(items, values, conditions)
+            return items[int(index)] if isinstance(items, list) else {"Fn::Select": [index, items]}
+        if key == "Fn::Sub" and isinstance(arg, list):
+            text, names = arg[0], _evaluate(arg[1], values, conditions)
+            for k, v in names.items():
+                if isinstance(v, str):
+                    text = text.replace("${%s}" % k, v)
+            return text  # pseudo parameters (${AWS::...}) stay as written
         if key == "Condition":
             return _condition(arg, values, conditions)
     out = {}
@@ -417,7 +435,7 @@ def test_the_deployed_role_grants_nothing_on_star_but_vpc_network_interfaces(vpc
     params = {"SubnetIds": "subnet-1,subnet-2", "SecurityGroupIds": "sg-1"} if vpc else {}
     resources = deployed(**params)
     roles = {k: v for k, v in resources.items() if v["Type"] == "AWS::IAM::Role"}
-    assert sorted(roles) == ["LoginEtlRole", "PiiRevealRole"], "SAM generated no role of its own"
+    assert sorted(roles) == ["LoginEtlRole", "MaintenanceRole", "PiiRevealRole"], "SAM generated no role of its own"
     role = roles["LoginEtlRole"]["Properties"]
     assert not role.get("ManagedPolicyArns"), "no managed policy (they grant on *)"
     fn = resources["LoginEtlFunction"]["Properties"]
@@ -485,7 +503,8 @@ def test_the_masking_key_is_retained_and_an_existing_one_can_be_reused():
 
 
 def _rules_hold(tpl, values):
-    """Evaluates the template's Rules (Fn::Contains, Fn::Equals) for values,
+    """Evaluates the template's Rules (Fn::Contains, Fn::Equals, Fn::Not,
+    Fn::And, Fn::Or) for values,
     as CloudFormation does at validation: every assertion of every rule
     whose condition holds."""
 
@@ -500,6 +519,10 @@ def _rules_hold(tpl, values):
                 return ev(arg[1]) in [ev(x) for x in arg[0]]
             if key == "Fn::Not":
                 return not ev(arg[0])
+            if key == "Fn::And":
+                return all(ev(x) for x in arg)
+            if key == "Fn::Or":
+                return any(ev(x) for x in arg)
             raise AssertionError(f"unexpected rule function {key}")
         return str(node)
 
@@ -556,7 +579,7 @@ def test_secret_arns_must_be_full(tpl, arn, ok):
 
 def test_function_knows_its_dlq_and_metrics_namespace(fn, tpl):
     env = fn["Properties"]["Environment"]["Variables"]
-    assert env["DLQ_URL"] == {"Ref": "LoginDeadLetterQueue"}
+    assert _own(env["DLQ_URL"]) == {"Ref": "LoginDeadLetterQueue"}
     assert env["POWERTOOLS_METRICS_NAMESPACE"] == {"Ref": "MetricsNamespace"}
     assert env["POWERTOOLS_SERVICE_NAME"] == "login-etl"
     assert tpl["Parameters"]["MetricsNamespace"]["Default"] == "LoginEtl"
@@ -744,12 +767,17 @@ def test_no_kms_key_policy_lets_anyone_but_named_roles_read_the_vault():
         assert _key_policy_widenings(key) == [], name
 
 
-MAINTAIN_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:login-etl/maintain-XyZ789"
-
-
 @pytest.mark.parametrize("retention", [0, 90])
 def test_maintenance_runs_the_same_binary_on_a_schedule_with_its_own_role_and_secret(tpl, retention):
-    assert "MaintenanceFunction" not in deployed(), "no maintain secret, no maintenance function"
+    # Maintenance nobody can forget: the maintain secret is required (no
+    # default, an empty value refused), and nothing of maintenance depends
+    # on a condition.
+    param = tpl["Parameters"]["MaintainDbSecretArn"]
+    assert "Default" not in param and not re.fullmatch(param["AllowedPattern"], "")
+    assert re.fullmatch(param["AllowedPattern"], MAINTAIN_SECRET_ARN)
+    for name in ["MaintenanceFunction", "MaintenanceRole", "MaintenanceLogGroup", "DefaultPartitionRowsAlarm",
+                 "MaintenanceErrorsAlarm", "PartitionDaysAheadAlarm"]:  # fmt: skip
+        assert "Condition" not in tpl["Resources"][name], name
     resources = deployed(MaintainDbSecretArn=MAINTAIN_SECRET_ARN, RetentionDays=retention)
     fn = resources["MaintenanceFunction"]
     main = resources["LoginEtlFunction"]
@@ -1037,3 +1065,92 @@ def test_the_contract_settings_reach_the_function_and_extra_fields_are_names(fn,
     assert tpl["Parameters"]["UnknownFields"]["AllowedValues"] == ["ignore", "reject"]
     assert tpl["Parameters"]["UnknownFields"]["Default"] == "ignore"
     assert bool(re.fullmatch(tpl["Parameters"]["ExtraFields"]["AllowedPattern"], extra)) == ok
+
+
+def test_make_deploy_needs_no_root_and_pins_no_region():
+    """`make deploy` installs the build tools only (pip into .venv, a rustup
+    target): no apt-get, no sudo, no test tool; each samconfig.toml
+    environment is its own stack, with no region pinned."""
+    import subprocess
+    import tomllib
+
+    config = tomllib.loads((ROOT / "samconfig.toml").read_text())
+    envs = {name for name in config if name != "version"}
+    assert {"default", "staging", "prod"} <= envs
+    stacks = {config[e]["global"]["parameters"]["stack_name"] for e in envs}
+    assert len(stacks) == len(envs), "one stack per environment"
+    for e in envs:
+        for section in config[e].values():
+            assert "region" not in section, f"samconfig.toml [{e}] pins a region"
+        assert config[e]["deploy"]["parameters"]["capabilities"] == "CAPABILITY_IAM"
+    # As on a deployer's machine whose region is in the AWS profile.
+    clean = {k: v for k, v in os.environ.items() if k not in ("AWS_DEFAULT_REGION", "AWS_REGION", "MAKEFLAGS")}
+    for env in envs:
+        plan = subprocess.run(["make", "-n", "-B", "deploy", f"SAM_ENV={env}"], cwd=ROOT, capture_output=True,
+                              text=True, check=True, env=clean).stdout  # fmt: skip
+        assert f"sam deploy --config-env {env}" in plan
+        for needless in ("apt-get", "sudo", "pgbouncer", "moto", "pytest", "localstack"):
+            assert needless not in plan, f"make deploy runs {needless}"
+        assert "env -u AWS_DEFAULT_REGION" in plan, "the Makefile's offline region would pin the deploy's"
+
+
+def test_partitions_running_out_alarm_in_every_stack():
+    """The function's PartitionDaysAhead reading alarms under two days, in
+    every stack, quiet without traffic; PremakeDays cannot be set where it
+    would always fire."""
+    resources = deployed()
+    alarm = resources["PartitionDaysAheadAlarm"]["Properties"]
+    assert alarm["MetricName"] == "PartitionDaysAhead"
+    assert (alarm["Statistic"], alarm["ComparisonOperator"], alarm["Threshold"]) == ("Minimum", "LessThanThreshold", 2)
+    assert alarm["TreatMissingData"] == "notBreaching"
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": "login-etl"}]
+    out, _ = transformed()
+    assert int(out["Parameters"]["PremakeDays"]["MinValue"]) > alarm["Threshold"]
+    for name in ["MaintenanceFunction", "DefaultPartitionRowsAlarm", "MaintenanceErrorsAlarm"]:
+        assert name in resources, name
+
+
+EXISTING_QUEUE = "arn:aws:sqs:eu-west-1:210987654321:producers-logins"
+EXISTING_DLQ = "arn:aws:sqs:eu-west-1:210987654321:producers-logins-dlq"
+
+
+def test_an_existing_queue_is_wired_everywhere_and_no_queue_is_made():
+    """With ExistingQueueArn and ExistingDlqArn the stack makes no queue and
+    no queue policy (the queues keep their own), and every reference the
+    stack's own queues had goes to the given ones: the mapping, the
+    function's permissions and DLQ, the DLQ operator, the alarms, the
+    dashboard, the outputs. One without the other fails validation."""
+    own = deployed()
+    mine = deployed(ExistingQueueArn=EXISTING_QUEUE, ExistingDlqArn=EXISTING_DLQ)
+    made = {"LoginQueue", "LoginDeadLetterQueue", "LoginQueuePolicy", "LoginDeadLetterQueuePolicy"}
+    assert made <= set(own) and not made & set(mine)
+    text = json.dumps(mine)
+    # No Ref or GetAtt to a queue the stack would have made.
+    assert '"LoginQueue"' not in text and '"LoginDeadLetterQueue"' not in text
+    (esm,) = [r for r in mine.values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
+    assert esm["Properties"]["EventSourceArn"] == EXISTING_QUEUE
+    statements = {st["Sid"]: st for st in _statements(mine["LoginEtlRole"])}
+    assert statements["ConsumeLoginQueue"]["Resource"] == EXISTING_QUEUE
+    assert statements["SendRejectsToDeadLetterQueue"]["Resource"] == EXISTING_DLQ
+    env = mine["LoginEtlFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["DLQ_URL"] == "https://sqs.eu-west-1.${AWS::URLSuffix}/210987654321/producers-logins-dlq"
+    assert env["SOURCE_QUEUE_URL"] == "https://sqs.eu-west-1.${AWS::URLSuffix}/210987654321/producers-logins"
+    names = {a["Properties"]["MetricName"]: a["Properties"]["Dimensions"][0]["Value"]
+             for a in mine.values() if a["Type"] == "AWS::CloudWatch::Alarm"
+             and a["Properties"].get("Namespace") == "AWS/SQS"}  # fmt: skip
+    assert names == {"ApproximateNumberOfMessagesVisible": "producers-logins-dlq",
+                     "ApproximateAgeOfOldestMessage": "producers-logins"}  # fmt: skip
+    out, values = transformed(ExistingQueueArn=EXISTING_QUEUE, ExistingDlqArn=EXISTING_DLQ)
+    conditions = out["Conditions"]
+    outputs = _evaluate(out["Outputs"], values, conditions)
+    assert outputs["QueueUrl"]["Value"].endswith("/210987654321/producers-logins")
+    tpl_ = cfn_yaml.load(str(ROOT / "template.yaml"))
+    base = {**_defaults(tpl_), **REQUIRED}
+    assert _rules_hold(tpl_, {**base, "ExistingQueueArn": EXISTING_QUEUE, "ExistingDlqArn": EXISTING_DLQ}) == []
+    assert _rules_hold(tpl_, {**base, "ExistingQueueArn": EXISTING_QUEUE}) == ["ExistingQueuesTogether"]
+    assert _rules_hold(tpl_, {**base, "ExistingDlqArn": EXISTING_DLQ}) == ["ExistingQueuesTogether"]
+    pattern = tpl_["Parameters"]["ExistingQueueArn"]["AllowedPattern"]
+    for ok in ["", EXISTING_QUEUE, EXISTING_QUEUE + ".fifo"]:
+        assert re.fullmatch(pattern, ok), ok
+    for bad in ["producers-logins", "https://sqs.eu-west-1.amazonaws.com/210987654321/producers-logins", "*"]:
+        assert not re.fullmatch(pattern, bad), bad

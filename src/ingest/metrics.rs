@@ -76,6 +76,10 @@ pub struct InvocationMetrics {
     /// Those fields' names (never their values), at most
     /// [`MAX_UNKNOWN_NAMES`] per invocation.
     pub unknown_field_names: std::collections::BTreeSet<String>,
+    /// Whole days after today with a partition ready, as last read (at most
+    /// [`crate::ingest::handler::PARTITIONS_READ_EVERY`] ago); `None` before
+    /// the first read or for a table without range partitions.
+    pub partition_days_ahead: Option<i64>,
 }
 
 /// The most names of fields outside the contract one invocation reports.
@@ -154,10 +158,15 @@ impl Metrics {
         cold_start: bool,
     ) -> Vec<Value> {
         let metrics = counts(m);
+        let signed = signed(m);
+        let names = metrics
+            .iter()
+            .map(|(name, _, unit)| (*name, *unit))
+            .chain(signed.iter().map(|(name, _, unit)| (*name, *unit)));
         let mut directives = vec![json!({
             "Namespace": self.namespace,
             "Dimensions": [["service"]],
-            "Metrics": metrics.iter().map(|(name, _, unit)| json!({"Name": name, "Unit": unit})).collect::<Vec<_>>(),
+            "Metrics": names.map(|(name, unit)| json!({"Name": name, "Unit": unit})).collect::<Vec<_>>(),
         })];
         let mut root = Map::new();
         if cold_start {
@@ -184,6 +193,9 @@ impl Metrics {
         );
         root.insert("service".into(), json!(self.service));
         for (name, value, _) in &metrics {
+            root.insert((*name).into(), json!(value));
+        }
+        for (name, value, _) in &signed {
             root.insert((*name).into(), json!(value));
         }
         // Context for a reader of the log line (not metrics).
@@ -276,6 +288,14 @@ fn counts(m: &InvocationMetrics) -> Vec<(&'static str, u64, &'static str)> {
         metrics.push(("IngestLagMs", lag, "Milliseconds"));
     }
     metrics
+}
+
+/// The summary document's signed metrics (a value EMF takes as a number).
+fn signed(m: &InvocationMetrics) -> Vec<(&'static str, i64, &'static str)> {
+    m.partition_days_ahead
+        .map(|days| ("PartitionDaysAhead", days, "Count"))
+        .into_iter()
+        .collect()
 }
 
 #[cfg(test)]

@@ -220,6 +220,32 @@ pub async fn partitions(client: &Client) -> Result<Vec<Partition>, tokio_postgre
         .collect())
 }
 
+/// Whole days after `today` whose rows have a partition ready, counted to
+/// the first day none covers: 7 after `maintain` made a week ahead, 0 when
+/// tomorrow's rows will go to the DEFAULT partition, -1 when today's
+/// already do. `None` for a table without range partitions. The function
+/// reports it with its batches (`PartitionDaysAhead`), so an alarm fires
+/// days before rows reach the DEFAULT partition.
+pub fn days_ahead(partitions: &[Partition], today: NaiveDate) -> Option<i64> {
+    let ranges: Vec<(Option<NaiveDate>, NaiveDate)> = partitions
+        .iter()
+        .filter(|p| !p.is_default)
+        .filter_map(|p| p.hi.map(|hi| (p.lo, hi)))
+        .collect();
+    if ranges.is_empty() {
+        return None;
+    }
+    // The first day not known to be covered, walked forward range by range.
+    let mut next = today;
+    while let Some(&(_, hi)) = ranges
+        .iter()
+        .find(|(lo, hi)| lo.is_none_or(|lo| lo <= next) && *hi > next)
+    {
+        next = hi;
+    }
+    Some((next - today).num_days() - 1)
+}
+
 /// A range of `create_date` that partition pruning narrows to one
 /// partition, or to the DEFAULT one: how `forget` visits the table one
 /// short statement at a time through the parent (its privileges are on

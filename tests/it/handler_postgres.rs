@@ -901,6 +901,18 @@ async fn the_emf_documents_of_a_batch_count_what_happened_to_each_record() {
     ] {
         assert_eq!(d[name].as_u64(), Some(want), "{name}");
     }
+    // The partitions made ahead, from the catalog: migrate made them
+    // contiguous from today to its newest.
+    let newest: chrono::NaiveDate = db
+        .client()
+        .await
+        .query_one("SELECT max(hi) FROM login_etl_partitions()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let ahead = (newest - chrono::Utc::now().date_naive()).num_days() - 1;
+    assert!(ahead >= 1, "migrate made partitions ahead");
+    assert_eq!(d["PartitionDaysAhead"].as_i64(), Some(ahead));
     let lag = d["IngestLagMs"].as_u64().expect("IngestLagMs");
     let (low, high) = (
         (before_ms - oldest_ms) as u64,
@@ -941,6 +953,7 @@ async fn the_emf_documents_of_a_batch_count_what_happened_to_each_record() {
         "BatchDurationMs",
         "InvocationFailed",
         "IngestLagMs",
+        "PartitionDaysAhead",
     ] {
         assert!(declared.contains(&name), "{name} declared");
     }

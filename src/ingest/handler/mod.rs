@@ -17,7 +17,7 @@ mod outcome;
 mod transform;
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::SqsBatchResponse;
 use chrono::Utc;
@@ -36,6 +36,14 @@ use crate::privacy::vault::DataKey;
 pub use outcome::{BatchSummary, Deadline, Outcome};
 use transform::{Transform, Transformed};
 
+/// How often the handler reads the partitions made ahead (one catalog read
+/// after a batch's write, on its connection); each batch reports the last
+/// reading as `PartitionDaysAhead`.
+pub const PARTITIONS_READ_EVERY: Duration = Duration::from_secs(600);
+
+/// The last reading of the partitions made ahead: when, and what.
+type DaysAhead = std::sync::Mutex<Option<(Instant, Option<i64>)>>;
+
 /// Processes SQS batches. Built once per cold start, shared by invocations.
 pub struct BatchHandler {
     /// Every key version known to this environment, and how to read them again.
@@ -50,6 +58,7 @@ pub struct BatchHandler {
     refused_max_receives: u32,
     /// What becomes of fields outside the contract.
     contract: crate::contract::Contract,
+    days_ahead: DaysAhead,
 }
 
 impl BatchHandler {
@@ -66,6 +75,7 @@ impl BatchHandler {
             backoff: None,
             refused_max_receives: crate::config::DEFAULT_REFUSED_MAX_RECEIVES,
             contract: crate::contract::Contract::default(),
+            days_ahead: DaysAhead::default(),
         }
     }
 
@@ -82,6 +92,30 @@ impl BatchHandler {
     /// consumer's database probe).
     pub async fn spare_sink(&self) -> PgSink {
         self.sinks[0].lock().await.sibling()
+    }
+
+    fn days_ahead_read(&self) -> Option<(Instant, Option<i64>)> {
+        *self.days_ahead.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads the partitions made ahead on `sink` when the last reading is
+    /// [`PARTITIONS_READ_EVERY`] old (or there is none). A failed read
+    /// keeps the last value until the next try, one interval later: the
+    /// batch is written, and the database's trouble shows in the next
+    /// batch's write.
+    async fn read_days_ahead(&self, sink: &mut PgSink) {
+        let last = self.days_ahead_read();
+        if last.is_some_and(|(at, _)| at.elapsed() < PARTITIONS_READ_EVERY) {
+            return;
+        }
+        let days = match sink.partition_days_ahead(Utc::now().date_naive()).await {
+            Ok(days) => days,
+            Err(e) => {
+                warn!(error = %e, "could not read the partitions made ahead; trying again in 10 minutes");
+                last.and_then(|(_, d)| d)
+            }
+        };
+        *self.days_ahead.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), days));
     }
 
     /// A free sink, or (all busy) the first one's turn.
@@ -192,6 +226,7 @@ impl BatchHandler {
                 metrics.erased = summary.erased;
                 metrics.unknown_fields = summary.unknown_fields;
                 metrics.unknown_field_names = summary.unknown_field_names.clone();
+                metrics.partition_days_ahead = self.days_ahead_read().and_then(|(_, d)| d);
             }
             Err(e) => {
                 metrics.failure = Some(e.class());
@@ -298,6 +333,9 @@ impl BatchHandler {
         };
         let mut sink = self.sink().await;
         let written = transform.write(&mut sink, batch, valid).await;
+        if matches!(written, Ok(Ok(_))) {
+            self.read_days_ahead(&mut sink).await;
+        }
         drop(sink);
         let written = written.inspect_err(|e| {
             warn!(received = batch.len(), error = %e, "batch refused");

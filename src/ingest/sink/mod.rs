@@ -193,6 +193,31 @@ impl PgSink {
         }
     }
 
+    /// Whole days after `today` with a partition ready
+    /// ([`crate::table::partitions::days_ahead`]); `None` for a table
+    /// without range partitions. One catalog read, within the
+    /// per-operation bound.
+    pub async fn partition_days_ahead(
+        &mut self,
+        today: chrono::NaiveDate,
+    ) -> Result<Option<i64>, SinkError> {
+        const OP: &str = "reading the partitions made ahead";
+        let bound = self.per_operation();
+        let budget = Budget::new(None);
+        let client = self.client(&budget).await?;
+        match timeout(bound, crate::table::partitions::partitions(client)).await {
+            Ok(Ok(listed)) => Ok(crate::table::partitions::days_ahead(&listed, today)),
+            Ok(Err(e)) => Err(SinkError::Transient {
+                op: OP,
+                cause: describe(&e),
+            }),
+            Err(_) => Err(SinkError::Transient {
+                op: OP,
+                cause: format!("no answer within {} ms", bound.as_millis()),
+            }),
+        }
+    }
+
     /// Requires the PII vault's tables at the schema check (the handler
     /// writes vault entries).
     pub fn with_vault_tables(mut self) -> Self {

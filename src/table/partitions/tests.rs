@@ -52,3 +52,54 @@ fn segments_cover_partitions_gaps_ends_and_null_once_each() {
     assert!(Segment::Gap(None, None).in_default() && Segment::Null.in_default());
     assert!(!Segment::Range(None, Some(d("2026-11-20"))).in_default());
 }
+
+#[test]
+fn days_ahead_counts_the_days_covered_after_today_up_to_the_first_gap() {
+    let default = Partition {
+        name: "user_logins_default".into(),
+        lo: None,
+        hi: None,
+        is_default: true,
+    };
+    let today = d("2026-11-26");
+    let week: Vec<Partition> = (0..8)
+        .map(|i| {
+            let lo = today + chrono::Days::new(i);
+            part(
+                Some(&lo.to_string()),
+                &(lo + chrono::Days::new(1)).to_string(),
+            )
+        })
+        .collect();
+    // maintain made today and 7 days ahead.
+    let mut all = vec![default.clone()];
+    all.extend(week.iter().cloned());
+    assert_eq!(days_ahead(&all, today), Some(7));
+    // No partition for 29 November: the 27th and 28th are ready, the
+    // 29th's rows would go to DEFAULT (later partitions do not count).
+    let gapped: Vec<Partition> = all
+        .iter()
+        .filter(|p| p.lo != Some(d("2026-11-29")))
+        .cloned()
+        .collect();
+    assert_eq!(days_ahead(&gapped, today), Some(2));
+    // Only today's: tomorrow's rows go to DEFAULT.
+    assert_eq!(days_ahead(&all[..2], today), Some(0));
+    // None for today: today's rows already do.
+    assert_eq!(
+        days_ahead(
+            &[default.clone(), part(Some("2026-11-20"), "2026-11-21")],
+            today
+        ),
+        Some(-1)
+    );
+    // A converted table's MINVALUE partition and wider partitions count too.
+    let converted = [
+        part(None, "2026-11-27"),
+        part(Some("2026-11-27"), "2026-12-01"),
+    ];
+    assert_eq!(days_ahead(&converted, today), Some(4));
+    // No range partitions: nothing to report.
+    assert_eq!(days_ahead(&[default], today), None);
+    assert_eq!(days_ahead(&[], today), None);
+}
