@@ -57,6 +57,38 @@ def fifo(localstack):
     yield from deployed(fifo=True, batch_size=10)
 
 
+@pytest.fixture(scope="session")
+def existing(localstack):
+    """A stack wired to a queue and DLQ made before it (ExistingQueueArn,
+    ExistingDlqArn), as the producers' queue usually is; the queues are
+    deleted after the stack."""
+    name = f"login-etl-{RUN}-xq"
+    queues = stack.make_queues(f"{name}-producers", "", visibility=stack.LOCAL_VISIBILITY_TIMEOUT, max_receive=5)
+    sqs = stack.client("sqs")
+    arn = {u: sqs.get_queue_attributes(QueueUrl=u, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+           for u in (queues.queue_url, queues.dlq_url)}  # fmt: skip
+    overrides = {"ExistingQueueArn": arn[queues.queue_url], "ExistingDlqArn": arn[queues.dlq_url]}
+    dbname = f"login_etl_{RUN}_xq"
+    try:
+        log = ROOT / "target" / "e2e-logs" / f"{name}.log"
+        s = stack.deploy(name, dbname, batch_size=10, log=log, overrides=overrides)
+        yield s, queues, arn
+    finally:
+        try:
+            stack.delete_stack(name)
+        except Exception as e:  # noqa: BLE001
+            # LocalStack 4.13 cannot delete a stack whose conditions left a
+            # referenced resource out ("Unresolved resource dependencies"):
+            # AWS can. Its event-source mapping is removed so nothing polls.
+            if "Unresolved resource dependencies" not in str(e):
+                raise
+            lam = stack.client("lambda")
+            for m in lam.list_event_source_mappings(EventSourceArn=arn[queues.queue_url])["EventSourceMappings"]:
+                lam.delete_event_source_mapping(UUID=m["UUID"])
+        stack.delete_queues(queues)
+        stack.drop_database(dbname)
+
+
 # make e2e runs the tests in pytest-xdist workers side by side (--dist
 # loadgroup): the tests of one stack share a worker, so each stack is
 # deployed once.
@@ -491,3 +523,31 @@ def test_a_database_outage_dead_letters_nothing_valid_and_every_row_lands_soon_a
         assert d["IngestLagMs"] >= 0 and d["level"] == "WARN"
     totals = stack.metric_totals(s)
     assert totals["RowsInserted"] == len(valid)
+
+
+def test_a_stack_on_an_existing_queue_makes_no_queue_and_drains_that_one(existing):
+    """The stack makes no queue; its event-source mapping reads the queue
+    made before it, rows arrive masked, and rejects reach that queue's DLQ
+    (the function's DLQ_URL) with their reason."""
+    s, queues, arn = existing
+    made = stack.client("cloudformation").describe_stack_resources(StackName=s.name)["StackResources"]
+    assert not [r for r in made if r["ResourceType"].startswith("AWS::SQS::")], "the stack made a queue or a policy"
+    (mapping,) = stack.client("lambda").list_event_source_mappings(FunctionName=s.function_name)["EventSourceMappings"]
+    assert mapping["EventSourceArn"] == arn[queues.queue_url]
+    messages = stack.generate(60, 10, seed=5501)
+    stack.send(queues, messages)
+    valid = [m for m in messages if m.valid]
+    invalid = [m for m in messages if not m.valid]
+    queues.dbname = s.dbname
+    stack.wait_drained(queues, len(valid), len(invalid), timeout=180)
+    key = stack.masking_key(s)
+    table = rows(s)
+    assert set(table) == {m.message_id for m in valid}
+    for m in valid:
+        body = json.loads(m.body)
+        assert table[m.message_id][2] == stack.token(key, stack.canonical_ip(body["ip"])), m.message_id
+    copies = stack.dead_letters(queues)
+    by_source = {stack.dead_letter_attribute(d, "source_message_id"): d for d in copies}
+    assert set(by_source) == {m.message_id for m in invalid}, "every reject in the existing DLQ"
+    for m in invalid:
+        assert stack.dead_letter_attribute(by_source[m.message_id], "rejection_code") == m.expect.removeprefix("reject:")

@@ -72,8 +72,9 @@ def test_sqs_event_reports_batch_item_failures(fn, tpl):
 
 def test_queue_redrives_to_the_dlq(tpl):
     q = tpl["Resources"]["LoginQueue"]["Properties"]
+    assert _own(q["RedrivePolicy"]["deadLetterTargetArn"]) == {"Fn::GetAtt": ["LoginDeadLetterQueue", "Arn"]}
     assert q["RedrivePolicy"] == {
-        "deadLetterTargetArn": {"Fn::GetAtt": ["LoginDeadLetterQueue", "Arn"]},
+        "deadLetterTargetArn": q["RedrivePolicy"]["deadLetterTargetArn"],
         "maxReceiveCount": {
             "Fn::If": [
                 "DeriveMaxReceiveCount",
