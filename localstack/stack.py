@@ -139,7 +139,8 @@ def prepare_database(dbname: str) -> None:
     server with its three settings pointed at `dbname`: the admin creates the
     roles, the migrate role creates the tables and applies each role's
     `login-etl grants`."""
-    values = {"ADMIN_URL": db_url(dbname), "MIGRATE_URL": role_url(dbname, "migrate"), "PREFIX": dbname}
+    values = {"ADMIN_URL": db_url(dbname), "MIGRATE_URL": role_url(dbname, "migrate"),
+              "MAINTAIN_URL": role_url(dbname, "maintain"), "PREFIX": dbname}  # fmt: skip
     lines = deploy_sequence().splitlines()
     for name, value in values.items():
         (i,) = [i for i, line in enumerate(lines) if line.startswith(f"export {name}=")]

@@ -63,7 +63,14 @@ pub fn sql(role: Role, to: &str, schema: &str) -> Result<String, GrantsError> {
         role.purpose()
     );
     if role == Role::Migrate {
-        let _ = writeln!(out, "GRANT USAGE, CREATE ON SCHEMA {ns} TO {to};");
+        // USAGE with the grant option: the migrate role passes it on in the
+        // other roles' grants. Without it those GRANTs do nothing (a
+        // warning only), and the roles see the schema only while PUBLIC
+        // may use it: not on a hardened database.
+        let _ = writeln!(
+            out,
+            "GRANT USAGE ON SCHEMA {ns} TO {to} WITH GRANT OPTION;\nGRANT CREATE ON SCHEMA {ns} TO {to};"
+        );
         out.push_str(
             "-- A user_logins created before login-etl (the upstream DDL) belongs to another role:\n\
              -- its owner runs `ALTER TABLE user_logins OWNER TO <this role>` once, as ALTER TABLE needs ownership.\n",

@@ -100,3 +100,120 @@ def test_make_migrate_migrates_the_given_url_with_sslmode_and_leaves_the_local_s
         assert urllib.parse.quote("?") not in databases_after and "sslmode" not in databases_after
     finally:
         psql(PG_ADMIN_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class _FakeRuntime:
+    """The Lambda Runtime API on 127.0.0.1 for one invocation: serves
+    `event`, keeps the function's response, and holds the next poll."""
+
+    def __init__(self, event: bytes):
+        import http.server
+        import threading
+
+        self.response: bytes | None = None
+        self.done = threading.Event()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                if outer.response is not None or getattr(outer, "served", False):
+                    outer.done.wait(30)  # no second invocation
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                outer.served = True
+                self.send_response(200)
+                self.send_header("Lambda-Runtime-Aws-Request-Id", "req-1")
+                self.send_header("Lambda-Runtime-Deadline-Ms", str(int((__import__("time").time() + 30) * 1000)))
+                self.send_header("Lambda-Runtime-Invoked-Function-Arn", "arn:aws:lambda:us-east-1:000000000000:function:login-etl")
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(event)
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.response = body if self.path.endswith("/response") else b"ERROR " + body
+                outer.done.set()
+                self.send_response(202)
+                self.end_headers()
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.done.set()
+        self.server.shutdown()
+
+
+def test_the_readme_block_runs_twice_on_a_hardened_database_and_every_role_works_after_it():
+    """README's deploy block, as written (under bash -euo pipefail), twice,
+    on a database where PUBLIC has no right on the schema (the common
+    hardening, and PostgreSQL 15's default made stricter): no GRANT is a
+    no-op, the second run changes nothing and fails on nothing, `maintain`
+    runs as the maintain role (in the block), and the function, as the
+    ingest role, writes a batch."""
+    import json
+    import signal
+    import sys
+
+    sys.path.insert(0, str(ROOT / "localstack"))
+    import stack
+
+    name = f"login_etl_hard_{os.getpid()}"
+    roles = ["migrate", "ingest", "reveal", "erase", "maintain", "audit", "rotate"]
+
+    def drop():
+        psql(PG_ADMIN_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for r in roles:
+            psql(PG_ADMIN_URL, f'DROP ROLE IF EXISTS "{name}_{r}"')
+
+    drop()
+    psql(PG_ADMIN_URL, f'CREATE DATABASE "{name}"')
+    try:
+        psql(db_url(name), "REVOKE ALL ON SCHEMA public FROM PUBLIC")
+        role_url = lambda r: db_url(name).replace("://postgres@", f"://{name}_{r}@")  # noqa: E731
+        values = {"ADMIN_URL": db_url(name), "MIGRATE_URL": role_url("migrate"),
+                  "MAINTAIN_URL": role_url("maintain"), "PREFIX": name}  # fmt: skip
+        lines = stack.deploy_sequence().splitlines()
+        for key, value in values.items():
+            (i,) = [i for i, line in enumerate(lines) if line.startswith(f"export {key}=")]
+            lines[i] = f"export {key}='{value}'"
+        env = {**os.environ, "PATH": f"{BINARY.parent}:{os.environ['PATH']}"}
+        for attempt in (1, 2):
+            done = subprocess.run(["bash", "-euo", "pipefail", "-c", "\n".join(lines)], env=env,
+                                  capture_output=True, text=True, timeout=120)  # fmt: skip
+            out = done.stdout + done.stderr
+            assert done.returncode == 0, f"run {attempt}: exit {done.returncode}\n{out}"
+            assert "no privileges were granted" not in out, f"run {attempt}: a GRANT did nothing\n{out}"
+            assert "already exists" not in out, f"run {attempt}\n{out}"
+        # Every role may use the schema by its own grant, not PUBLIC's.
+        for r in roles:
+            assert psql(db_url(name), f"SELECT has_schema_privilege('{name}_{r}', 'public', 'USAGE')") == "t", r
+        assert psql(db_url(name), "SELECT count(*) FROM pg_namespace n, aclexplode(n.nspacl) a "
+                                  "WHERE n.nspname = 'public' AND a.grantee = 0") == "0", "PUBLIC has nothing"  # fmt: skip
+
+        # The function, as the ingest role, behind a Runtime API of its own.
+        event = (ROOT / "events" / "sqs-valid.json").read_bytes()
+        records = len(json.loads(event)["Records"])
+        runtime = _FakeRuntime(event)
+        fn_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_LAMBDA", "DATABASE_URL", "DB_"))}
+        fn_env.update({"AWS_LAMBDA_RUNTIME_API": runtime.address, "AWS_LAMBDA_FUNCTION_NAME": "login-etl",
+                       "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "256", "AWS_LAMBDA_FUNCTION_VERSION": "1",
+                       "DATABASE_URL": role_url("ingest"), "DB_SSLMODE": "disable", "MASKING_KEY": "ab" * 32,
+                       "BACKOFF_BASE_SECONDS": "0", "AWS_REGION": "us-east-1"})  # fmt: skip
+        proc = subprocess.Popen([str(BINARY)], env=fn_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            assert runtime.done.wait(60), "the function answered no invocation"
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            log = proc.communicate(timeout=10)[0].decode(errors="replace")
+            runtime.close()
+        assert runtime.response is not None and not runtime.response.startswith(b"ERROR"), (runtime.response, log)
+        assert json.loads(runtime.response) == {"batchItemFailures": []}, log
+        assert psql(db_url(name), "SELECT count(*) FROM user_logins") == str(records)
+    finally:
+        drop()

@@ -343,7 +343,7 @@ fn table_rows() -> String {
 /// written where nothing changes (no catalog row is touched twice, so a
 /// repeated `migrate` takes no lock a write waits for). Privileges a role
 /// holds beyond its kind's are left: `login-etl grants` prints the exact
-/// set, `login-etl doctor` names the extra ones.
+/// set (the insider suite, tests/it/insiders.rs, compares both ways).
 pub fn apply_sql(functions: &[FunctionGrant<'_>]) -> String {
     let (fns, tables) = (function_rows(functions), table_rows());
     format!(

@@ -22,9 +22,16 @@ pub(crate) fn failed(op: &'static str) -> impl Fn(tokio_postgres::Error) -> Sink
                 cause: describe(&e),
             }
         } else {
-            let hint = if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
-            {
+            use tokio_postgres::error::SqlState;
+            let code = e.code();
+            let hint = if code == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
                 "; the role lacks a privilege: `login-etl migrate` runs as the tables' owner, `login-etl maintain` as the role that `login-etl grants --role maintain` prints (docs/configuration.md, \"Database roles\")"
+            } else if code == Some(&SqlState::UNDEFINED_FUNCTION)
+                || code == Some(&SqlState::UNDEFINED_TABLE)
+            {
+                // Missing, or not visible: a role without USAGE on the
+                // schema sees none of its objects.
+                "; either `login-etl migrate` has not run on this database (run it as the tables' owner), or this role may not use the tables' schema: apply its `login-etl grants --role <its kind>` as the tables' owner, which grants USAGE on the schema (docs/configuration.md, \"Database roles\")"
             } else {
                 "; run `login-etl migrate` as the tables' owner (docs/configuration.md, \"Database roles\"); the error above says what PostgreSQL refused"
             };
