@@ -184,10 +184,16 @@ mod tests {
             let (grants, registered): (Vec<&str>, Vec<&str>) = statements(&text)
                 .into_iter()
                 .partition(|l| l.starts_with("GRANT "));
+            // The one grant option: the migrate role's USAGE on the schema,
+            // which it passes on in the others' grants.
+            let passed_on =
+                "GRANT USAGE ON SCHEMA \"public\" TO \"login_etl_x\" WITH GRANT OPTION;";
             assert!(
-                grants.iter().all(|l| l.ends_with(" TO \"login_etl_x\";")),
+                grants.iter().all(|l| l.ends_with(" TO \"login_etl_x\";")
+                    || (role == Role::Migrate && *l == passed_on)),
                 "{text}"
             );
+            assert_eq!(grants.contains(&passed_on), role == Role::Migrate, "{text}");
             if role == Role::Migrate {
                 assert!(registered.is_empty(), "{text}");
             } else {
