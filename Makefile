@@ -42,7 +42,6 @@ export AWS_EC2_METADATA_DISABLED := true
 export OPENSSL_NO_VENDOR ?= 1
 LAMBDA_ENV    := OPENSSL_NO_VENDOR=0
 export SAM_CLI_TELEMETRY := 0
-REGION        ?= us-east-1
 CARGO_FUZZ_VERSION := 0.13.2
 FUZZ_SECONDS  ?= 300
 # CI's short run (.ci/run) skips AddressSanitizer: the parser has no unsafe
@@ -354,8 +353,15 @@ IMAGE_TRIPLE  := x86_64-unknown-linux-musl
 IMAGE_TARGET_DIR ?= $(abspath $(or $(CARGO_TARGET_DIR),target))
 # What the image's cargo build adds to its environment (container-check: no optimizer).
 IMAGE_CARGO_ENV ?=
-CONTAINER_ENGINE ?= $(shell docker info > /dev/null 2>&1 && echo docker || echo podman)
-export CONTAINERS_CONF ?= $(abspath examples/container/containers.conf)
+ifeq ($(origin CONTAINER_ENGINE),undefined)
+CONTAINER_ENGINE := $(shell docker info > /dev/null 2>&1 && echo docker || echo podman)
+endif
+# What podman needs on this project's build machines (crun refuses their
+# hybrid cgroups; the default rlimits cannot be set there). Elsewhere:
+# make image PODMAN_FLAGS= PODMAN_CONF=
+PODMAN_FLAGS  ?= --runtime runc --cgroup-manager cgroupfs
+PODMAN_CONF   ?= $(abspath examples/container/containers.conf)
+PODMAN_ENV     = $(if $(filter podman,$(CONTAINER_ENGINE)),$(if $(PODMAN_CONF),CONTAINERS_CONF=$(PODMAN_CONF),),)
 
 container-tools: ## podman, runc and musl-tools (Debian packages, as root) and the musl target
 	@need=""; command -v musl-gcc > /dev/null || need="$$need musl-tools"
@@ -374,10 +380,13 @@ image: container-tools ## the consumer's container image (FROM scratch, static b
 	  cargo build --release --locked --target $(IMAGE_TRIPLE) --bin login-etl
 	ctx=$(IMAGE_TARGET_DIR)/image-context
 	rm -rf "$$ctx" && mkdir -p "$$ctx"
-	cp "$(IMAGE_TARGET_DIR)/$(IMAGE_TRIPLE)/release/login-etl" /etc/ssl/certs/ca-certificates.crt "$$ctx/"
+	@# Modes set, not copied: under a umask of 077 the image's user could
+	@# neither run the binary nor read the bundle.
+	install -m 0755 "$(IMAGE_TARGET_DIR)/$(IMAGE_TRIPLE)/release/login-etl" "$$ctx/login-etl"
+	install -m 0644 /etc/ssl/certs/ca-certificates.crt "$$ctx/ca-certificates.crt"
 	echo "==> $(CONTAINER_ENGINE) build -t $(IMAGE) (FROM $(IMAGE_BASE))"
-	$(CONTAINER_ENGINE) build --quiet --build-arg BASE=$(IMAGE_BASE) -f examples/container/Containerfile -t $(IMAGE) "$$ctx" > /dev/null
-	bytes=$$($(CONTAINER_ENGINE) image inspect --format '{{.Size}}' $(IMAGE))
+	$(PODMAN_ENV) $(CONTAINER_ENGINE) build --quiet --build-arg BASE=$(IMAGE_BASE) -f examples/container/Containerfile -t $(IMAGE) "$$ctx" > /dev/null
+	bytes=$$($(PODMAN_ENV) $(CONTAINER_ENGINE) image inspect --format '{{.Size}}' $(IMAGE))
 	echo "==> $(IMAGE): $$((bytes / 1024 / 1024)) MiB ($$bytes bytes): the binary and the CA bundle"
 
 container-check: ## CI: make image without the optimizer (dependencies kept in CI_CACHE), then tests/test_container.py against it
@@ -390,6 +399,7 @@ container-check: ## CI: make image without the optimizer (dependencies kept in C
 test-container: python-tools ## tests/test_container.py against IMAGE (make image first)
 	@$(PG_REACHABLE)
 	PG_ADMIN_URL="$(PG_ADMIN_URL)" LOGIN_ETL_IMAGE=$(IMAGE) CONTAINER_ENGINE=$(CONTAINER_ENGINE) \
+	  PODMAN_FLAGS="$(PODMAN_FLAGS)" PODMAN_CONF="$(PODMAN_CONF)" \
 	  $(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_container.py
 	echo "==> the container's figures ($$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $$(nproc) CPUs):"
 	sed 's/^/    /' target/container-figures.txt
@@ -424,8 +434,10 @@ sam-check: tools ## the arm64 sam build without the optimizer, its dependencies 
 # or the samconfig.toml environment's), never this Makefile's offline default.
 SAM_ENV       ?= default
 deploy: sam-build ## sam deploy the samconfig.toml environment SAM_ENV (default, staging, prod); first time: make deploy GUIDED=1
+	@$(if $(filter command line,$(origin REGION)),echo "REGION is no longer read: make deploy DEPLOY_REGION=$(REGION) (or AWS_REGION, or the profile's region)"; exit 2,true)
+	region='$(DEPLOY_REGION)'; region=$${region:-$${AWS_REGION:-}}
 	$(if $(filter file,$(origin AWS_DEFAULT_REGION)),env -u AWS_DEFAULT_REGION,) \
-	  sam deploy --config-env $(SAM_ENV) $(if $(DEPLOY_REGION),--region $(DEPLOY_REGION),) $(if $(GUIDED),--guided,)
+	  sam deploy --config-env $(SAM_ENV) $${region:+--region "$$region"} $(if $(GUIDED),--guided,)
 
 migrate: ## create or upgrade user_logins in DATABASE_URL (any server; sslmode in the URL is honoured)
 	@# Only the local default database is created here; a DATABASE_URL given on

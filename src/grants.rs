@@ -63,21 +63,22 @@ pub fn sql(role: Role, to: &str, schema: &str) -> Result<String, GrantsError> {
         role.purpose()
     );
     if role == Role::Migrate {
-        // USAGE with the grant option: the migrate role passes it on in the
-        // other roles' grants. Without it those GRANTs do nothing (a
-        // warning only), and the roles see the schema only while PUBLIC
-        // may use it: not on a hardened database.
-        let _ = writeln!(
-            out,
-            "GRANT USAGE ON SCHEMA {ns} TO {to} WITH GRANT OPTION;\nGRANT CREATE ON SCHEMA {ns} TO {to};"
-        );
+        let _ = writeln!(out, "GRANT USAGE, CREATE ON SCHEMA {ns} TO {to};");
         out.push_str(
             "-- A user_logins created before login-etl (the upstream DDL) belongs to another role:\n\
              -- its owner runs `ALTER TABLE user_logins OWNER TO <this role>` once, as ALTER TABLE needs ownership.\n",
         );
         return Ok(out);
     }
-    let _ = writeln!(out, "GRANT USAGE ON SCHEMA {ns} TO {to};");
+    // USAGE on the schema is the schema owner's to give. Where the tables'
+    // owner may (a schema of its own) it is given here; on a shared schema
+    // the admin gives it (README's block does), and a GRANT the owner may
+    // not make would only warn "no privileges were granted".
+    let _ = writeln!(
+        out,
+        "DO $usage$ BEGIN IF has_schema_privilege({}, 'USAGE WITH GRANT OPTION') THEN GRANT USAGE ON SCHEMA {ns} TO {to}; END IF; END $usage$;",
+        literal(schema)
+    );
     for (privilege, table, columns) in table_grants(role) {
         let cols = if columns.is_empty() {
             String::new()
@@ -184,16 +185,15 @@ mod tests {
             let (grants, registered): (Vec<&str>, Vec<&str>) = statements(&text)
                 .into_iter()
                 .partition(|l| l.starts_with("GRANT "));
-            // The one grant option: the migrate role's USAGE on the schema,
-            // which it passes on in the others' grants.
-            let passed_on =
-                "GRANT USAGE ON SCHEMA \"public\" TO \"login_etl_x\" WITH GRANT OPTION;";
             assert!(
-                grants.iter().all(|l| l.ends_with(" TO \"login_etl_x\";")
-                    || (role == Role::Migrate && *l == passed_on)),
+                grants.iter().all(|l| l.ends_with(" TO \"login_etl_x\";")),
                 "{text}"
             );
-            assert_eq!(grants.contains(&passed_on), role == Role::Migrate, "{text}");
+            assert!(!text.contains("GRANT OPTION;"), "no grant option: {text}");
+            // USAGE on the schema, only where the owner may give it.
+            let usage = "DO $usage$ BEGIN IF has_schema_privilege('public', 'USAGE WITH GRANT OPTION') THEN GRANT USAGE ON SCHEMA \"public\" TO \"login_etl_x\"; END IF; END $usage$;";
+            assert_eq!(registered.contains(&usage), role != Role::Migrate, "{text}");
+            let registered: Vec<&str> = registered.into_iter().filter(|l| *l != usage).collect();
             if role == Role::Migrate {
                 assert!(registered.is_empty(), "{text}");
             } else {

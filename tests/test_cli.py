@@ -64,9 +64,10 @@ def test_results_alone_on_stdout():
     assert out.returncode == 0
     assert len(json.loads(out.stdout)["Records"]) == 3, "stdout is the event and nothing else"
     out = run("grants", "--role", "audit", "--to", "x", env={"RUST_LOG": "trace"})
-    # SQL alone: the grants, the role's registry row, comments; no log line.
+    # SQL alone: the grants (the schema's USAGE in a DO block), the role's
+    # registry row, comments; no log line.
     lines = out.stdout.splitlines()
-    assert out.returncode == 0 and all(line.startswith(("GRANT", "INSERT INTO", "--")) for line in lines), lines
+    assert out.returncode == 0 and all(line.startswith(("GRANT", "INSERT INTO", "DO $usage$", "--")) for line in lines), lines
     assert any(line.startswith("INSERT INTO") and "'audit'" in line for line in lines)
 
 

@@ -51,10 +51,15 @@ BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 def engine(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
     """podman (with this VM's runtime and cgroup settings) or docker."""
     cmd = [ENGINE, *args]
-    if ENGINE == "podman":
-        cmd = [ENGINE, "--runtime", "runc", "--cgroup-manager", "cgroupfs", *args]
     env = {**os.environ}
-    env.setdefault("CONTAINERS_CONF", str(ROOT / "examples" / "container" / "containers.conf"))
+    if ENGINE == "podman":
+        # What this project's build machines need (the Makefile's
+        # PODMAN_FLAGS and PODMAN_CONF; empty elsewhere).
+        flags = os.environ.get("PODMAN_FLAGS", "--runtime runc --cgroup-manager cgroupfs").split()
+        cmd = [ENGINE, *flags, *args]
+        conf = os.environ.get("PODMAN_CONF", str(ROOT / "examples" / "container" / "containers.conf"))
+        if conf:
+            env["CONTAINERS_CONF"] = conf
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: exit {done.returncode}\n{done.stdout}{done.stderr}")

@@ -31,7 +31,7 @@ pub(crate) fn failed(op: &'static str) -> impl Fn(tokio_postgres::Error) -> Sink
             {
                 // Missing, or not visible: a role without USAGE on the
                 // schema sees none of its objects.
-                "; either `login-etl migrate` has not run on this database (run it as the tables' owner), or this role may not use the tables' schema: apply its `login-etl grants --role <its kind>` as the tables' owner, which grants USAGE on the schema (docs/configuration.md, \"Database roles\")"
+                "; either `login-etl migrate` has not run on this database (run it as the tables' owner), or this role may not use the tables' schema: as the admin, `GRANT USAGE ON SCHEMA <the schema> TO <this role>` (README's deploy block does), then apply its `login-etl grants` as the tables' owner (docs/configuration.md, \"Database roles\")"
             } else {
                 "; run `login-etl migrate` as the tables' owner (docs/configuration.md, \"Database roles\"); the error above says what PostgreSQL refused"
             };

@@ -99,20 +99,24 @@ impl BatchHandler {
     }
 
     /// Reads the partitions made ahead on `sink` when the last reading is
-    /// [`PARTITIONS_READ_EVERY`] old (or there is none). A failed read
-    /// keeps the last value until the next try, one interval later: the
-    /// batch is written, and the database's trouble shows in the next
-    /// batch's write.
-    async fn read_days_ahead(&self, sink: &mut PgSink) {
+    /// [`PARTITIONS_READ_EVERY`] old (or there is none), within the
+    /// batch's `deadline`. A failed read reports nothing until the next
+    /// try, one interval later (a stale value could hide partitions running
+    /// out): the batch is written, and the database's trouble shows in the
+    /// next batch's write.
+    async fn read_days_ahead(&self, sink: &mut PgSink, deadline: Option<Instant>) {
         let last = self.days_ahead_read();
         if last.is_some_and(|(at, _)| at.elapsed() < PARTITIONS_READ_EVERY) {
             return;
         }
-        let days = match sink.partition_days_ahead(Utc::now().date_naive()).await {
+        let days = match sink
+            .partition_days_ahead(Utc::now().date_naive(), deadline)
+            .await
+        {
             Ok(days) => days,
             Err(e) => {
                 warn!(error = %e, "could not read the partitions made ahead; trying again in 10 minutes");
-                last.and_then(|(_, d)| d)
+                None
             }
         };
         *self.days_ahead.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), days));
@@ -334,7 +338,7 @@ impl BatchHandler {
         let mut sink = self.sink().await;
         let written = transform.write(&mut sink, batch, valid).await;
         if matches!(written, Ok(Ok(_))) {
-            self.read_days_ahead(&mut sink).await;
+            self.read_days_ahead(&mut sink, deadline).await;
         }
         drop(sink);
         let written = written.inspect_err(|e| {

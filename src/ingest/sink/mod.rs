@@ -196,14 +196,15 @@ impl PgSink {
     /// Whole days after `today` with a partition ready
     /// ([`crate::table::partitions::days_ahead`]); `None` for a table
     /// without range partitions. One catalog read, within the
-    /// per-operation bound.
+    /// per-operation bound and the batch's `deadline`.
     pub async fn partition_days_ahead(
         &mut self,
         today: chrono::NaiveDate,
+        deadline: Option<std::time::Instant>,
     ) -> Result<Option<i64>, SinkError> {
         const OP: &str = "reading the partitions made ahead";
-        let bound = self.per_operation();
-        let budget = Budget::new(None);
+        let budget = Budget::new(deadline);
+        let bound = budget.bound(self.per_operation(), OP)?;
         let client = self.client(&budget).await?;
         match timeout(bound, crate::table::partitions::partitions(client)).await {
             Ok(Ok(listed)) => Ok(crate::table::partitions::days_ahead(&listed, today)),
