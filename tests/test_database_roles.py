@@ -149,6 +149,109 @@ class _FakeRuntime:
         self.server.shutdown()
 
 
+def _role_url(name: str, role: str) -> str:
+    return db_url(name).replace("://postgres@", f"://{name}_{role}@")
+
+
+def _readme_block(name: str) -> subprocess.CompletedProcess:
+    """README's deploy block, as written, under bash -euo pipefail, with its
+    four settings pointed at database `name` (roles `<name>_<kind>`)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "localstack"))
+    import stack
+
+    values = {"ADMIN_URL": db_url(name), "MIGRATE_URL": _role_url(name, "migrate"),
+              "MAINTAIN_URL": _role_url(name, "maintain"), "PREFIX": name}  # fmt: skip
+    lines = stack.deploy_sequence().splitlines()
+    for key, value in values.items():
+        (i,) = [i for i, line in enumerate(lines) if line.startswith(f"export {key}=")]
+        lines[i] = f"export {key}='{value}'"
+    env = {**os.environ, "PATH": f"{BINARY.parent}:{os.environ['PATH']}"}
+    return subprocess.run(["bash", "-euo", "pipefail", "-c", "\n".join(lines)], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+ROLE_KINDS = ["migrate", "ingest", "reveal", "erase", "maintain", "audit", "rotate"]
+
+
+def _drop(name: str) -> None:
+    psql(PG_ADMIN_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    for r in ROLE_KINDS:
+        psql(PG_ADMIN_URL, f'DROP ROLE IF EXISTS "{name}_{r}"')
+
+
+def test_doctor_passes_a_sound_deployment_and_names_each_break_with_its_fix():
+    """`login-etl doctor` as the migrate role: nothing on the README's
+    deployment; then one break at a time, each found by its check, naming
+    the role, function or setting and the statement that mends it, exit 1;
+    mended, nothing again."""
+    import json
+
+    name = f"login_etl_doc_{os.getpid()}"
+    _drop(name)
+    psql(PG_ADMIN_URL, f'CREATE DATABASE "{name}"')
+    try:
+        psql(db_url(name), "REVOKE ALL ON SCHEMA public FROM PUBLIC")
+        done = _readme_block(name)
+        assert done.returncode == 0, done.stdout + done.stderr
+        env = {**os.environ, "DATABASE_URL": _role_url(name, "migrate"), "DB_SSLMODE": "disable"}
+
+        def doctor() -> tuple[int, dict]:
+            out = subprocess.run([str(BINARY), "doctor", "--json"], env=env, capture_output=True, text=True, timeout=60)
+            return out.returncode, json.loads(out.stdout)
+
+        code, report = doctor()
+        assert code == 0 and report["findings"] == [], report
+        assert set(report["checks"]) == {"schema_writers", "schema_version", "search_path", "roles", "partitions", "replication"}
+        human = subprocess.run([str(BINARY), "doctor"], env=env, capture_output=True, text=True, timeout=60)
+        assert human.returncode == 0 and "nothing to mend" in human.stdout, human.stdout + human.stderr
+
+        ingest, admin = f"{name}_ingest", db_url(name)
+        tomorrow_on = ("SELECT string_agg(format('DROP TABLE %I', name), '; ') FROM login_etl_partitions() "
+                       "WHERE lo > current_date")  # fmt: skip
+        breaks = [
+            # (what breaks it, as whom; the check; a word the finding must name; what mends it)
+            ("GRANT CREATE ON SCHEMA public TO PUBLIC", admin, "schema_writers", "REVOKE CREATE ON SCHEMA",
+             "REVOKE CREATE ON SCHEMA public FROM PUBLIC"),
+            (f'REVOKE USAGE ON SCHEMA public FROM "{ingest}"', admin, "roles", f'GRANT USAGE ON SCHEMA "public" TO "{ingest}"',
+             f'GRANT USAGE ON SCHEMA public TO "{ingest}"'),
+            (f'ALTER ROLE "{ingest}" NOLOGIN', admin, "roles", "LOGIN", f'ALTER ROLE "{ingest}" LOGIN'),
+            ("ALTER FUNCTION login_etl_partitions() SET search_path = public, pg_catalog", admin, "search_path",
+             "login_etl_partitions", "ALTER FUNCTION login_etl_partitions() SET search_path = pg_catalog, public, pg_temp"),
+            ("INSERT INTO user_logins (message_id, sent_at, create_date) VALUES ('doc-1', now(), DATE '2001-01-01')",
+             admin, "partitions", "login-etl maintain", "DELETE FROM user_logins WHERE message_id = 'doc-1'"),
+        ]  # fmt: skip
+        for breaking, url, check, named, mend in breaks:
+            psql(url, breaking)
+            code, report = doctor()
+            found = [f for f in report["findings"] if f["check"] == check]
+            assert code == 1 and found, (breaking, report)
+            assert any(named in f["fix"] or named in f["subject"] for f in found), (breaking, found)
+            psql(url, mend)
+            code, report = doctor()
+            assert code == 0, (mend, report)
+
+        # The partitions made ahead, dropped (as the owner): found; maintain mends.
+        drops = psql(_role_url(name, "migrate"), tomorrow_on)
+        psql(_role_url(name, "migrate"), drops)
+        code, report = doctor()
+        assert code == 1 and any(f["check"] == "partitions" and "day(s) ahead" in f["problem"]
+                                 for f in report["findings"]), report  # fmt: skip
+        maintain = subprocess.run([str(BINARY), "maintain"], capture_output=True, text=True, timeout=60,
+                                  env={**env, "DATABASE_URL": _role_url(name, "maintain")})  # fmt: skip
+        assert maintain.returncode == 0, maintain.stderr
+        assert doctor()[0] == 0
+        # A schema this binary is newer than.
+        psql(admin, "ALTER FUNCTION login_etl_schema_version() RENAME TO login_etl_schema_version_was")
+        psql(admin, "CREATE FUNCTION login_etl_schema_version() RETURNS integer LANGUAGE sql AS 'SELECT 3'")
+        code, report = doctor()
+        assert code == 1 and any(f["check"] == "schema_version" and "pending" in f["problem"]
+                                 for f in report["findings"]), report  # fmt: skip
+    finally:
+        _drop(name)
+
+
 def test_the_readme_block_runs_twice_on_a_hardened_database_and_every_role_works_after_it():
     """README's deploy block, as written (under bash -euo pipefail), twice,
     on a database where PUBLIC has no right on the schema (the common
@@ -158,34 +261,20 @@ def test_the_readme_block_runs_twice_on_a_hardened_database_and_every_role_works
     ingest role, writes a batch."""
     import json
     import signal
-    import sys
-
-    sys.path.insert(0, str(ROOT / "localstack"))
-    import stack
 
     name = f"login_etl_hard_{os.getpid()}"
-    roles = ["migrate", "ingest", "reveal", "erase", "maintain", "audit", "rotate"]
+    roles = ROLE_KINDS
 
     def drop():
-        psql(PG_ADMIN_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        for r in roles:
-            psql(PG_ADMIN_URL, f'DROP ROLE IF EXISTS "{name}_{r}"')
+        _drop(name)
 
     drop()
     psql(PG_ADMIN_URL, f'CREATE DATABASE "{name}"')
     try:
         psql(db_url(name), "REVOKE ALL ON SCHEMA public FROM PUBLIC")
-        role_url = lambda r: db_url(name).replace("://postgres@", f"://{name}_{r}@")  # noqa: E731
-        values = {"ADMIN_URL": db_url(name), "MIGRATE_URL": role_url("migrate"),
-                  "MAINTAIN_URL": role_url("maintain"), "PREFIX": name}  # fmt: skip
-        lines = stack.deploy_sequence().splitlines()
-        for key, value in values.items():
-            (i,) = [i for i, line in enumerate(lines) if line.startswith(f"export {key}=")]
-            lines[i] = f"export {key}='{value}'"
-        env = {**os.environ, "PATH": f"{BINARY.parent}:{os.environ['PATH']}"}
+        role_url = lambda r: _role_url(name, r)  # noqa: E731
         for attempt in (1, 2):
-            done = subprocess.run(["bash", "-euo", "pipefail", "-c", "\n".join(lines)], env=env,
-                                  capture_output=True, text=True, timeout=120)  # fmt: skip
+            done = _readme_block(name)
             out = done.stdout + done.stderr
             assert done.returncode == 0, f"run {attempt}: exit {done.returncode}\n{out}"
             assert "no privileges were granted" not in out, f"run {attempt}: a GRANT did nothing\n{out}"

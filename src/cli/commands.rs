@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use tracing::{error, info};
 
 use super::{
-    AuditArgs, Command, DlqRedriveArgs, EXIT_NOT_FOUND, EXIT_TEMPFAIL, EXIT_USAGE, ForgetArgs,
-    GrantsArgs, MaintainArgs, MigrateArgs, PollArgs, RevealArgs, RotateKeyArgs,
+    AuditArgs, Command, DlqRedriveArgs, DoctorArgs, EXIT_NOT_FOUND, EXIT_TEMPFAIL, EXIT_USAGE,
+    ForgetArgs, GrantsArgs, MaintainArgs, MigrateArgs, PollArgs, RevealArgs, RotateKeyArgs,
 };
 use crate::config::{DbConfig, KeySource};
 use crate::poll::PollError;
@@ -44,6 +44,7 @@ pub async fn run(command: Command) -> ExitCode {
         Command::DlqRedrive(args) => dlq_redrive(&args).await,
         Command::Schema(args) => schema(&args),
         Command::Validate(args) => return super::validate::run(&args),
+        Command::Doctor(args) => doctor(&args).await,
         Command::Poll(_) => unreachable!("handled above"),
         Command::GenEvents(args) => {
             let event = crate::synth::event(&(&args).into());
@@ -257,6 +258,50 @@ fn schema(args: &super::ContractArgs) -> Result<(), Failure> {
         .map_err(|e| Failure(format!("EXTRA_FIELDS: {e}"), EXIT_USAGE))?;
     print!("{}", crate::contract::schema::schema_text(&contract));
     Ok(())
+}
+
+/// Examines the database (see [`crate::table::doctor`]): each finding
+/// with its fix on stdout (or the report as JSON), exit 1 on any.
+async fn doctor(args: &DoctorArgs) -> Result<(), Failure> {
+    let client = startup::operator_connection(&DbConfig::from_env()?).await?;
+    let report = crate::table::doctor::examine(&client, chrono::Utc::now().date_naive())
+        .await
+        .map_err(|e| Failure(format!("examining the database: {}; run doctor as the tables' owner (the migrate role) or an admin", crate::error::describe(&e)), 1))?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("a report serializes")
+        );
+    } else {
+        for f in &report.findings {
+            println!(
+                "FAIL {} {}: {}
+     fix: {}",
+                f.check, f.subject, f.problem, f.fix
+            );
+        }
+        println!(
+            "{} check(s) on schema {}: {}",
+            report.checks.len(),
+            report.schema,
+            if report.findings.is_empty() {
+                "nothing to mend".to_owned()
+            } else {
+                format!("{} finding(s)", report.findings.len())
+            }
+        );
+    }
+    if report.findings.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure(
+            format!(
+                "{} finding(s), each with its fix above",
+                report.findings.len()
+            ),
+            1,
+        ))
+    }
 }
 
 /// Sends the dead-letter queue's messages back (see

@@ -83,6 +83,16 @@ pub enum Command {
     Schema(ContractArgs),
     /// Check message bodies (JSON Lines, or an SQS event with --event) with the function's own validator; one verdict per line, never a value.
     Validate(ValidateArgs),
+    /// Check what an operator must keep true of the database (schema writers, version, search paths, roles, partitions, replication), each finding with its fix; exit 1 on any (the migrate role or an admin).
+    Doctor(DoctorArgs),
+}
+
+/// `login-etl doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print the report as one JSON document instead of lines for a person.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// What a message is held to beyond the contract's fields (the function's

@@ -13,6 +13,8 @@
 //! - [`privileges`]: what each role may do, as GRANT statements;
 //! - [`retry`]: a failed statement as an error, and the retries of a step
 //!   that waited too long for its lock;
+//! - [`doctor`]: what an operator must keep true of the database, checked
+//!   (`login-etl doctor`);
 //! - [`retention`]: what `RETENTION_DAYS` removes: rows, partitions, and
 //!   the PII vault's entries no row within it uses (the vault's table is
 //!   privacy's, its age is the table's life).
@@ -22,6 +24,7 @@
 //! ([`crate::emf`] for `maintain`'s EMF document, configuration, errors);
 //! nothing of the ingest path or of privacy.
 
+pub mod doctor;
 pub mod maintain;
 pub mod partitions;
 pub mod privileges;

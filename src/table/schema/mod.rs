@@ -321,7 +321,7 @@ pub async fn check(
             schema,
             writers = %state.schema_writers.join(", "),
             fix = %schema_writers_fix(schema, &state.schema_writers),
-            "roles besides the tables' owner may create objects in the schema the owner's functions run in, where a planted object could run with the owner's rights; run the fix as the schema's owner"
+            "roles besides the tables' owner may create objects in the schema the owner's functions run in, where a planted object could run with the owner's rights; run the fix as the schema's owner (`login-etl doctor` checks it)"
         );
     }
     let fatal = |cause: &str, hint: &'static str| SinkError::Misconfigured {

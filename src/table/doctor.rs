@@ -1,0 +1,403 @@
+//! `login-etl doctor`: what an operator must keep true of a deployment's
+//! database, read from the live catalogue, each finding with its fix.
+//!
+//! Run as the tables' owner (the migrate role) or an admin: it reads the
+//! catalogue and the DEFAULT partition, never a row's values, and changes
+//! nothing. The checks:
+//! - who besides the owner may CREATE in the schema the owner's functions
+//!   run in ([`SCHEMA_WRITERS_SQL`]);
+//! - the schema's version against this binary's;
+//! - every owner's function resolving names with pg_catalog first;
+//! - each registered role existing, able to log in and to use the schema;
+//! - the partitions made ahead, and the DEFAULT partition empty;
+//! - whether a commit the function sees acknowledged survives a failover
+//!   (standbys without synchronous replication), and not a standby itself.
+
+use chrono::NaiveDate;
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::table::partitions::{days_ahead, partitions};
+use crate::table::privileges::{SCHEMA_WRITERS_SQL, schema_writers_fix};
+use crate::table::schema::SCHEMA_VERSION;
+
+/// Fewer days of partitions ahead than this is a finding (the template's
+/// `PartitionDaysAheadAlarm` fires below it too).
+pub const MIN_DAYS_AHEAD: i64 = 2;
+
+/// One thing to mend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// The check that found it.
+    pub check: &'static str,
+    /// What it is about: a role, a function, the schema, the server.
+    pub subject: String,
+    /// What is wrong.
+    pub problem: String,
+    /// What to do, and as whom.
+    pub fix: String,
+}
+
+/// The checks run and what they found.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    /// The schema examined.
+    pub schema: String,
+    /// Every check run, found something or not.
+    pub checks: Vec<&'static str>,
+    /// What they found; empty when the deployment is sound.
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    fn found(
+        &mut self,
+        check: &'static str,
+        subject: impl Into<String>,
+        problem: String,
+        fix: String,
+    ) {
+        self.findings.push(Finding {
+            check,
+            subject: subject.into(),
+            problem,
+            fix,
+        });
+    }
+}
+
+/// Runs every check on `client`'s database, `today` being the UTC day.
+pub async fn examine(client: &Client, today: NaiveDate) -> Result<Report, tokio_postgres::Error> {
+    let mut report = Report::default();
+    schema_writers(client, &mut report).await?;
+    if schema_version(client, &mut report).await?.is_none() {
+        return Ok(report); // nothing of login-etl to examine further
+    }
+    search_paths(client, &mut report).await?;
+    roles(client, &mut report).await?;
+    partitions_ahead(client, today, &mut report).await?;
+    replication(client, &mut report).await?;
+    Ok(report)
+}
+
+async fn schema_writers(client: &Client, report: &mut Report) -> Result<(), tokio_postgres::Error> {
+    report.checks.push("schema_writers");
+    let row = client.query_one(SCHEMA_WRITERS_SQL, &[]).await?;
+    let (schema, writers): (String, Vec<String>) = (row.get(0), row.get(1));
+    report.schema = schema.clone();
+    if !writers.is_empty() {
+        report.found(
+            "schema_writers",
+            format!("schema {schema}"),
+            format!(
+                "{} may CREATE in it, where the owner's functions run: an object planted there could run with the owner's rights",
+                writers.join(", ")
+            ),
+            format!(
+                "as the schema's owner: {}",
+                schema_writers_fix(&schema, &writers)
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// The schema's version, or `None` (with a finding) where login-etl's
+/// schema is not there.
+async fn schema_version(
+    client: &Client,
+    report: &mut Report,
+) -> Result<Option<i32>, tokio_postgres::Error> {
+    report.checks.push("schema_version");
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regprocedure('login_etl_schema_version()') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    let version = if exists {
+        Some(
+            client
+                .query_one("SELECT login_etl_schema_version()", &[])
+                .await?
+                .get::<_, i32>(0),
+        )
+    } else {
+        None
+    };
+    if let Some(finding) = version_finding(version, SCHEMA_VERSION) {
+        report.findings.push(finding);
+    }
+    Ok(version)
+}
+
+/// A schema at `found` examined by a binary of `binary`.
+pub fn version_finding(found: Option<i32>, binary: i32) -> Option<Finding> {
+    let (problem, fix) = match found {
+        None => (
+            "no login-etl schema in this database (or this role cannot see it)".to_owned(),
+            "as the migrate role: login-etl migrate; or run doctor as the tables' owner".to_owned(),
+        ),
+        Some(v) if v < binary => (
+            format!("the schema is at version {v}, this binary's is {binary}: migrations are pending"),
+            "as the migrate role: login-etl migrate (online; docs/deploy.md \"Upgrading an existing table\")".to_owned(),
+        ),
+        Some(v) if v > binary => (
+            format!("the schema is at version {v}, newer than this binary's {binary}"),
+            "run the doctor of the version deployed".to_owned(),
+        ),
+        Some(_) => return None,
+    };
+    Some(Finding {
+        check: "schema_version",
+        subject: "schema".into(),
+        problem,
+        fix,
+    })
+}
+
+async fn search_paths(client: &Client, report: &mut Report) -> Result<(), tokio_postgres::Error> {
+    report.checks.push("search_path");
+    let rows = client
+        .query(
+            "SELECT p.oid::regprocedure::text, coalesce(array_to_string(p.proconfig, ';'), '') \
+             FROM pg_proc p WHERE p.pronamespace = to_regnamespace(current_schema()) \
+               AND p.proname LIKE 'login\\_etl\\_%' ORDER BY 1",
+            &[],
+        )
+        .await?;
+    for row in rows {
+        let (function, config): (String, String) = (row.get(0), row.get(1));
+        if !search_path_first_is_catalog(&config) {
+            report.found(
+                "search_path",
+                format!("function {function}"),
+                "does not resolve names with pg_catalog first: an object in a schema before it could run with the owner's rights".into(),
+                "as the migrate role: login-etl migrate (it sets every owner's function's search path)".into(),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Whether a function's settings (`proconfig`, `;`-joined) put pg_catalog
+/// first in its search path.
+pub fn search_path_first_is_catalog(config: &str) -> bool {
+    config
+        .split(';')
+        .find_map(|s| s.strip_prefix("search_path="))
+        .is_some_and(|path| path.split(',').next().map(str::trim) == Some("pg_catalog"))
+}
+
+async fn roles(client: &Client, report: &mut Report) -> Result<(), tokio_postgres::Error> {
+    report.checks.push("roles");
+    let registered: bool = client
+        .query_one("SELECT to_regclass('user_logins_roles') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !registered {
+        return Ok(());
+    }
+    let rows = client
+        .query(
+            "SELECT r.role_name::text, r.kind::text, a.oid IS NOT NULL, coalesce(a.rolcanlogin, false), \
+                    a.oid IS NOT NULL AND has_schema_privilege(a.oid, to_regnamespace(current_schema()), 'USAGE') \
+             FROM user_logins_roles r LEFT JOIN pg_roles a ON a.rolname = r.role_name ORDER BY 1",
+            &[],
+        )
+        .await?;
+    for row in rows {
+        let (name, kind, exists, login, usage): (String, String, bool, bool, bool) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        let subject = format!("role {name} ({kind})");
+        if !exists {
+            report.found(
+                "roles",
+                subject,
+                "is registered for login-etl but does not exist".into(),
+                format!("as the admin: CREATE ROLE \"{name}\" LOGIN, then its grants (login-etl grants --role {kind} --to {name}) as the tables' owner"),
+            );
+            continue;
+        }
+        if !login {
+            report.found(
+                "roles",
+                subject.clone(),
+                "cannot log in".into(),
+                format!("as the admin: ALTER ROLE \"{name}\" LOGIN"),
+            );
+        }
+        if !usage {
+            report.found(
+                "roles",
+                subject,
+                format!(
+                    "may not use schema {}: it sees none of login-etl's tables or functions",
+                    report.schema
+                ),
+                format!(
+                    "as the admin: GRANT USAGE ON SCHEMA \"{}\" TO \"{name}\"",
+                    report.schema
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn partitions_ahead(
+    client: &Client,
+    today: NaiveDate,
+    report: &mut Report,
+) -> Result<(), tokio_postgres::Error> {
+    report.checks.push("partitions");
+    let listed = partitions(client).await?;
+    if let Some(days) = days_ahead(&listed, today)
+        && days < MIN_DAYS_AHEAD
+    {
+        report.found(
+            "partitions",
+            "user_logins",
+            match days {
+                -1 => "no partition for today: today's rows go to the DEFAULT partition".to_owned(),
+                d => format!("partitions are made {d} day(s) ahead (fewer than {MIN_DAYS_AHEAD}): rows reach the DEFAULT partition when they run out"),
+            },
+            "as the maintain role: login-etl maintain; and check that the scheduled maintenance runs (its log, MaintenanceErrorsAlarm)".into(),
+        );
+    }
+    if let Some(default) = listed.iter().find(|p| p.is_default) {
+        let held: bool = client
+            .query_one(
+                &format!(
+                    "SELECT EXISTS (SELECT 1 FROM \"{}\")",
+                    default.name.replace('"', "\"\"")
+                ),
+                &[],
+            )
+            .await?
+            .get(0);
+        if held {
+            report.found(
+                "partitions",
+                default.name.clone(),
+                "holds rows: a day had no partition when they arrived".into(),
+                "as the maintain role: login-etl maintain (it makes their days' partitions and moves the rows there)".into(),
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn replication(client: &Client, report: &mut Report) -> Result<(), tokio_postgres::Error> {
+    report.checks.push("replication");
+    let row = client
+        .query_one(
+            "SELECT pg_is_in_recovery(), (SELECT count(*) FROM pg_stat_replication), \
+                    current_setting('synchronous_standby_names'), current_setting('synchronous_commit')",
+            &[],
+        )
+        .await?;
+    let (standby, standbys, names, commit): (bool, i64, String, String) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    if let Some(f) = replication_finding(standby, standbys, &names, &commit) {
+        report.findings.push(f);
+    }
+    Ok(())
+}
+
+/// Whether a commit acknowledged here can be lost on a failover: a
+/// server with `standbys` streaming from it, `synchronous_standby_names`
+/// `names`, `synchronous_commit` `commit`; or a standby itself.
+pub fn replication_finding(
+    standby: bool,
+    standbys: i64,
+    names: &str,
+    commit: &str,
+) -> Option<Finding> {
+    let (problem, fix) = if standby {
+        (
+            "this server is a standby (read-only): the function cannot write here".to_owned(),
+            "point the database secret's host at the primary (or the proxy in front of it)"
+                .to_owned(),
+        )
+    } else if standbys > 0 && (names.trim().is_empty() || matches!(commit, "off" | "local")) {
+        (
+            format!(
+                "{standbys} standby(s) replicate asynchronously (synchronous_standby_names '{names}', synchronous_commit {commit}): a failover to one a moment behind loses commits the function was told of, and SQS has deleted their messages"
+            ),
+            "name the standbys a failover may promote in synchronous_standby_names with synchronous_commit on (or remote_apply), or use RDS Multi-AZ or Aurora (docs/semantics.md, \"Assumptions\")".to_owned(),
+        )
+    } else {
+        return None;
+    };
+    Some(Finding {
+        check: "replication",
+        subject: "server".into(),
+        problem,
+        fix,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_paths_with_pg_catalog_first_pass_and_others_fail() {
+        assert!(search_path_first_is_catalog(
+            "search_path=pg_catalog, public, pg_temp"
+        ));
+        assert!(search_path_first_is_catalog(
+            "work_mem=64kB;search_path=pg_catalog,public"
+        ));
+        assert!(!search_path_first_is_catalog(
+            "search_path=public, pg_catalog, pg_temp"
+        ));
+        assert!(!search_path_first_is_catalog(""));
+        assert!(!search_path_first_is_catalog("work_mem=64kB"));
+    }
+
+    #[test]
+    fn versions_pending_newer_or_missing_are_findings() {
+        assert_eq!(version_finding(Some(11), 11), None);
+        assert!(
+            version_finding(Some(10), 11)
+                .unwrap()
+                .problem
+                .contains("pending")
+        );
+        assert!(
+            version_finding(Some(12), 11)
+                .unwrap()
+                .problem
+                .contains("newer")
+        );
+        assert!(
+            version_finding(None, 11)
+                .unwrap()
+                .fix
+                .contains("login-etl migrate")
+        );
+    }
+
+    #[test]
+    fn asynchronous_standbys_and_standbys_themselves_are_findings() {
+        assert_eq!(
+            replication_finding(false, 0, "", "on"),
+            None,
+            "no standby: nothing to lose to"
+        );
+        assert_eq!(replication_finding(false, 2, "ANY 1 (s1, s2)", "on"), None);
+        assert_eq!(replication_finding(false, 1, "s1", "remote_apply"), None);
+        assert!(replication_finding(false, 1, "", "on").is_some());
+        assert!(replication_finding(false, 1, "s1", "local").is_some());
+        assert!(replication_finding(false, 1, "s1", "off").is_some());
+        assert!(
+            replication_finding(true, 0, "", "on")
+                .unwrap()
+                .problem
+                .contains("standby")
+        );
+    }
+}
