@@ -123,6 +123,9 @@ async fn start(options: &Options) -> Result<Started, PollError> {
     let mut config = Config::for_consumer_from_env()?;
     config.source_queue_url = Some(options.queue_url.clone());
     let (queue, dlq_from) = open_queue(options, &mut config).await?;
+    if let Some(said) = options::outage_warning(config.backoff, queue.info().max_receive_count) {
+        warn!("{said}");
+    }
     check_window(options.batch_window, queue.visibility_timeout())?;
     let leases = Arc::new(Leases::default());
     let handler = crate::startup::build_with(&config, Some(Arc::clone(&leases)))

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::queue::{self, QueueError};
+use crate::config::backoff::Schedule;
 use crate::error::ConfigError;
 use crate::startup::InitError;
 
@@ -127,4 +128,68 @@ pub enum PollError {
         /// Batches abandoned.
         batches: usize,
     },
+}
+
+/// The shortest database outage a queue should ride out without moving
+/// valid messages to its DLQ (the template's smallest
+/// `OutageToleranceMinutes`).
+pub const MIN_OUTAGE_TOLERATED_SECONDS: u64 = 30 * 60;
+
+/// What to say at start when the queue's `maxReceiveCount`, with the
+/// backoff `schedule`, moves valid messages to the DLQ in a database
+/// outage shorter than [`MIN_OUTAGE_TOLERATED_SECONDS`] (a queue made by
+/// hand: the template sizes its own). `None` when it rides one out, or
+/// when either is unknown.
+pub fn outage_warning(
+    schedule: Option<Schedule>,
+    max_receive_count: Option<u32>,
+) -> Option<String> {
+    let (schedule, receives) = (schedule?, max_receive_count?);
+    let tolerated = schedule.tolerated_seconds(receives);
+    if tolerated >= MIN_OUTAGE_TOLERATED_SECONDS {
+        return None;
+    }
+    let enough = (receives..=1_000)
+        .find(|&n| schedule.tolerated_seconds(n) >= MIN_OUTAGE_TOLERATED_SECONDS)
+        .unwrap_or(1_000);
+    Some(format!(
+        "the queue's maxReceiveCount {receives}, with the backoff ({} s doubling to {} s), rides out a database outage of {} s at most: a longer one moves valid messages to the dead-letter queue; set the queue's RedrivePolicy maxReceiveCount to {enough} for {} minutes (docs/runbooks/outage.md)",
+        schedule.base,
+        schedule.max,
+        tolerated,
+        MIN_OUTAGE_TOLERATED_SECONDS / 60
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hand_made_queue_that_dead_letters_in_a_short_outage_is_named_with_the_count_that_would_not()
+     {
+        let s = Schedule { base: 30, max: 900 };
+        // The review's queue: maxReceiveCount 5 with the default backoff.
+        let said =
+            outage_warning(Some(s), Some(5)).expect("5 receives ride out less than 30 minutes");
+        let enough = (5..100)
+            .find(|&n| s.tolerated_seconds(n) >= MIN_OUTAGE_TOLERATED_SECONDS)
+            .unwrap();
+        assert!(
+            said.contains(&format!("maxReceiveCount to {enough}")),
+            "{said}"
+        );
+        assert!(s.tolerated_seconds(enough - 1) < MIN_OUTAGE_TOLERATED_SECONDS);
+        assert_eq!(outage_warning(Some(s), Some(enough)), None);
+        assert_eq!(
+            outage_warning(None, Some(5)),
+            None,
+            "no backoff: nothing to size"
+        );
+        assert_eq!(
+            outage_warning(Some(s), None),
+            None,
+            "no redrive policy: nothing dead-letters"
+        );
+    }
 }

@@ -988,6 +988,33 @@ async fn a_list_from_before_erasure_keys_keeps_its_derived_user_keys() {
         .unwrap();
 }
 
+/// An environment started without the erasure key (a `login-etl poll`
+/// beside a deployment that has one) is refused, and told the missing
+/// setting, not a rotation's advice; nothing is written.
+#[tokio::test]
+async fn an_environment_without_the_erasure_key_is_told_to_give_it() {
+    let db = TestDb::create().await;
+    let ingest = db.ingest_url().await;
+    let admin = db.client().await;
+    // The deployment, with its erasure key, writes first (records its check).
+    let with_key = function(&ingest, 1).await;
+    assert!(deliver(&with_key, &event(10, 81, None)).await.is_empty());
+    let before = count_rows(&admin).await;
+    // The consumer, masking key only.
+    let without = handler_with(&[("DATABASE_URL", &ingest), ("MASKING_KEY", &doc(&K, 1))]).await;
+    let err = without
+        .handle(&SqsBatch::from(&event(10, 82, None)), Deadline::NONE)
+        .await
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains("no erasure key") && err.contains("ERASURE_KEY_SECRET_ID"),
+        "{err}"
+    );
+    assert!(!err.contains("rotation"), "not a rotation's advice: {err}");
+    assert_eq!(count_rows(&admin).await, before, "nothing written");
+}
+
 /// Roles granted before the role registry (migrations/0010) are found by
 /// what their grants let them do, registered, and given what this version
 /// adds (the function's vault write, `login_etl_store_vault`): the same
