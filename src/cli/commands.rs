@@ -426,5 +426,11 @@ async fn forget(args: &ForgetArgs) -> Result<(), Failure> {
         "forgot the user: {} rows deleted from user_logins, {} vault entries no other user shares deleted",
         done.rows, done.vault_entries
     );
+    if done.rows == 0 {
+        // A mistyped id looks the same: say so, without the id.
+        eprintln!(
+            "login-etl: no row of this user id was stored (within retention); it is on the erasure list either way. If you expected rows, check the id you gave"
+        );
+    }
     Ok(())
 }
