@@ -93,6 +93,11 @@ def existing(localstack):
 # loadgroup): the tests of one stack share a worker, so each stack is
 # deployed once.
 ON_STANDARD = pytest.mark.xdist_group("lambda-standard")
+# The FIFO stack's worker deploys the existing-queue stack after it: never
+# more than three deploys at once (a fourth beside them slowed LocalStack's
+# SQS enough to fail the poll tests' slow-SQS heartbeat test, whose margin
+# is 0.3 s).
+AFTER_FIFO = pytest.mark.xdist_group("lambda-fifo-then-existing-queue")
 
 
 @pytest.fixture(scope="session")
@@ -238,6 +243,7 @@ def test_redelivering_the_same_messages_adds_no_rows(standard, drained):
     assert rows(standard) == before and stack.row_count(standard.dbname) == count, "no new row"
 
 
+@AFTER_FIFO
 def test_fifo_keeps_order_within_each_group(fifo):
     groups = ["alpha", "beta", "gamma"]
     messages = [m for m in stack.generate(60, 0, seed=77)]
@@ -525,6 +531,7 @@ def test_a_database_outage_dead_letters_nothing_valid_and_every_row_lands_soon_a
     assert totals["RowsInserted"] == len(valid)
 
 
+@AFTER_FIFO
 def test_a_stack_on_an_existing_queue_makes_no_queue_and_drains_that_one(existing):
     """The stack makes no queue; its event-source mapping reads the queue
     made before it, rows arrive masked, and rejects reach that queue's DLQ
