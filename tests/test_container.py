@@ -7,7 +7,8 @@ Secrets Manager and KMS (moto, on 127.0.0.1).
 
 What it checks: the image holds the binary and the CA bundle and nothing
 else, and starts `poll` by itself; a backlog becomes exactly one row per
-valid message and one DLQ copy per reject, with its reason; `/livez` and
+valid message and every reject in the DLQ with its reason (a copy at
+least once, bounded); `/livez` and
 `/readyz` answer, `/readyz` is 503 while the database refuses connections
 and 200 again after; SIGTERM (`podman stop`, the pod's grace period)
 finishes the batches in flight and exits 0 in time; a second container
@@ -234,10 +235,11 @@ def rows(dbname: str) -> dict[str, list[str]]:
     return out
 
 
-def check_exact(queues: stack.Stack, key: bytes, messages: list[stack.Message], table: dict) -> None:
+def check_exact(queues: stack.Stack, key: bytes, messages: list[stack.Message], table: dict) -> int:
     """Each valid message of `messages` is one row of `table` with the right
-    tokens, and no other; each reject one DLQ copy with its reason and
-    without its ip or device id, and no other."""
+    tokens, and no other; each reject is in the DLQ with its reason and
+    without its ip or device id, nothing else is; returns the copies made
+    twice (at least once, bounded)."""
     valid = [m for m in messages if m.valid]
     invalid = [m for m in messages if not m.valid]
     assert set(table) == {m.message_id for m in valid}, "every valid message is exactly one row, no other"
@@ -248,11 +250,22 @@ def check_exact(queues: stack.Stack, key: bytes, messages: list[stack.Message], 
         assert masked_ip == stack.token(key, stack.canonical_ip(body["ip"])), m.message_id
         assert masked_device == stack.token(key, body["device_id"].strip()), m.message_id
     copies = stack.dead_letters(queues)
-    sources = [stack.dead_letter_attribute(d, "source_message_id") for d in copies]
-    assert sorted(sources) == sorted(m.message_id for m in invalid), "one DLQ copy per reject, nothing else"
-    for m, d in zip(sorted(invalid, key=lambda m: m.message_id), sorted(copies, key=lambda d: stack.dead_letter_attribute(d, "source_message_id"))):
-        assert stack.dead_letter_attribute(d, "rejection_code") == m.expect.removeprefix("reject:")
-        assert not any(v in d["Body"] for v in stack.pii_in(m.body)), "the copy is masked"
+    by_source: dict[str, list[dict]] = {}
+    for d in copies:
+        by_source.setdefault(stack.dead_letter_attribute(d, "source_message_id"), []).append(d)
+    assert set(by_source) == {m.message_id for m in invalid}, "every reject in the DLQ, nothing else"
+    for m in invalid:
+        for d in by_source[m.message_id]:
+            assert stack.dead_letter_attribute(d, "rejection_code") == m.expect.removeprefix("reject:")
+            assert not any(v in d["Body"] for v in stack.pii_in(m.body)), "the copy is masked"
+    # A DLQ copy is at least once (docs/poll.md): a reject redelivered
+    # before its delete (a busy machine past the visibility timeout, a
+    # batch cut by SIGTERM) is copied again, with the same
+    # source_message_id to deduplicate by. At most the batches in flight:
+    # 4 per replica, 10 messages each, two replicas.
+    extra = len(copies) - len(invalid)
+    assert extra <= 80, f"{extra} extra DLQ copies"
+    return extra
 
 
 def no_pii_in_logs(lines: list[str], messages: list[stack.Message], env: dict[str, str]) -> None:
@@ -318,10 +331,11 @@ def test_a_backlog_drained_exactly_with_probes_and_a_database_outage(deployment,
                    timeout=120)  # fmt: skip
     drained = time.monotonic() - a.started_at
     assert a.health("/readyz")[0] == 200 and a.health("/livez")[0] == 200
-    check_exact(queues, key, messages, rows(queues.dbname))
+    twice = check_exact(queues, key, messages, rows(queues.dbname))
     time.sleep(2)
     rss, peak = a.memory_kib()
-    figure(f"start to first row: {first_row:.2f} s (400 messages queued before the start; drained in {drained:.1f} s)")
+    figure(f"start to first row: {first_row:.2f} s (400 messages queued before the start; drained in {drained:.1f} s; "
+           f"{twice} DLQ copies made twice)")  # fmt: skip
     figure(f"memory after the 400: {rss / 1024:.1f} MiB resident, {peak / 1024:.1f} MiB peak (VmRSS, VmHWM)")
 
     # The database, not the wire: it refuses the role's connections and
@@ -346,7 +360,8 @@ def test_two_replicas_share_a_backlog_and_sigterm_drains_within_the_grace_period
     against moto here: a backlog of several seconds); the first is stopped with
     SIGTERM mid-backlog (`podman stop -t <terminationGracePeriodSeconds>`)
     and exits 0 within it; the second drains the rest. Exactly one row per
-    valid message, one DLQ copy per reject, both containers wrote rows."""
+    valid message, every reject in the DLQ (at least once, bounded), both
+    containers wrote rows."""
     queues, env, key = deployment
     clear(queues)
     before = set(rows(queues.dbname))
@@ -370,7 +385,7 @@ def test_two_replicas_share_a_backlog_and_sigterm_drains_within_the_grace_period
     assert code_b == 0, f"SIGTERM when idle: exit {code_b}"
 
     new = {k: v for k, v in rows(queues.dbname).items() if k not in before}
-    check_exact(queues, key, messages, new)
+    twice = check_exact(queues, key, messages, new)
     written = {}
     for c in (a, b):
         docs = [d for d in stack.emf_in(c.lines()) if d.get("message") == "batch processed"]
@@ -379,7 +394,7 @@ def test_two_replicas_share_a_backlog_and_sigterm_drains_within_the_grace_period
     assert all(written.values()), f"both replicas wrote rows: {written}"
     assert sum(written.values()) == len(valid), written
     figure(f"two replicas, 600 messages: SIGTERM mid-backlog exit 0 after {took:.1f} s (grace {grace} s); "
-           f"rows by replica {sorted(written.values())}")  # fmt: skip
+           f"rows by replica {sorted(written.values())}; {twice} DLQ copies made twice")  # fmt: skip
     # The manifest's memory request holds what the container used.
     (c,) = manifest_container()["spec"]["template"]["spec"]["containers"]
     request_mib = int(c["resources"]["requests"]["memory"].removesuffix("Mi"))
