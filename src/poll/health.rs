@@ -36,6 +36,15 @@ pub enum Part {
     Down(String),
 }
 
+impl State {
+    fn ready(&self) -> bool {
+        !self.stopping
+            && self.database == Part::Ok
+            && self.queue == Part::Ok
+            && self.refused.is_none()
+    }
+}
+
 impl Part {
     fn text(&self) -> String {
         match self {
@@ -50,6 +59,9 @@ impl Part {
 struct State {
     database: Part,
     queue: Part,
+    /// Why the last batch was refused for the configuration (keys, schema,
+    /// privileges); the database probe's `SELECT 1` cannot clear it.
+    refused: Option<String>,
     stopping: bool,
     progress: Instant,
 }
@@ -71,6 +83,7 @@ impl Health {
             state: Mutex::new(State {
                 database: Part::Unknown,
                 queue: Part::Unknown,
+                refused: None,
                 stopping: false,
                 progress: Instant::now(),
             }),
@@ -103,6 +116,20 @@ impl Health {
         });
     }
 
+    /// The last batch was refused for the configuration (`Some(why)`), or
+    /// written (`None`): not ready while every batch is refused, whatever
+    /// the database probe says.
+    pub fn refused(&self, why: Option<String>) {
+        self.with(|s| {
+            if s.refused != why
+                && let Some(why) = &why
+            {
+                warn!(reason = %why, "not ready: batches are refused for the configuration");
+            }
+            s.refused = why;
+        });
+    }
+
     /// A batch finished: progress.
     pub fn progress(&self) {
         self.with(|s| s.progress = Instant::now());
@@ -113,9 +140,10 @@ impl Health {
         self.with(|s| s.stopping = true);
     }
 
-    /// Whether the database and the queue answered and nothing is stopping.
+    /// Whether the database and the queue answered, no batch is refused
+    /// for the configuration and nothing is stopping.
     pub fn ready(&self) -> bool {
-        self.with(|s| !s.stopping && s.database == Part::Ok && s.queue == Part::Ok)
+        self.with(|s| s.ready())
     }
 
     /// The answer to `GET path`: status and JSON body.
@@ -131,11 +159,12 @@ impl Health {
                 (ok_or_503(live), body.to_string())
             }
             "/readyz" => {
-                let ready = !s.stopping && s.database == Part::Ok && s.queue == Part::Ok;
+                let ready = s.ready();
                 let body = serde_json::json!({
                     "ready": ready,
                     "database": s.database.text(),
                     "queue": s.queue.text(),
+                    "configuration": s.refused.as_deref().map_or("ok".to_owned(), |why| format!("refused: {why}")),
                     "stopping": s.stopping,
                 });
                 (ok_or_503(ready), body.to_string())
@@ -209,6 +238,20 @@ mod tests {
         h.stopping();
         assert!(!h.ready());
         assert_eq!(h.respond("/other").0, StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn not_ready_while_batches_are_refused_for_the_configuration_whatever_the_probe_says() {
+        let h = Health::new(Duration::from_secs(60));
+        h.queue(Part::Ok);
+        h.database(Part::Ok);
+        h.refused(Some("key_mismatch".into()));
+        h.database(Part::Ok); // the probe's SELECT 1 still answers
+        let (status, body) = h.respond("/readyz");
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("refused: key_mismatch"), "{body}");
+        h.refused(None); // a batch written
+        assert!(h.ready());
     }
 
     #[test]

@@ -210,6 +210,14 @@ pub async fn run(options: Options) -> Result<Arc<Stats>, PollError> {
     Ok(stats)
 }
 
+/// Whether a batch's failure `class` is the configuration's (keys, schema,
+/// privileges): no retry mends it, so the consumer is not ready.
+fn is_configuration(class: &str) -> bool {
+    crate::error::Misconfiguration::ALL
+        .iter()
+        .any(|m| m.class() == class)
+}
+
 /// A signal before the first receive: nothing in flight, nothing to finish.
 fn stopped_while_starting(signal: &'static str) -> Arc<Stats> {
     info!(signal, "stopping before the first receive");
@@ -386,6 +394,10 @@ impl Worker {
                     Some(class) => Part::Down(format!("the last batch's write failed ({class})")),
                     None => Part::Ok,
                 });
+                self.health
+                    .refused(summary.failure.filter(|c| is_configuration(c)).map(|c| {
+                        format!("the last batch was refused ({c}); the WARN line says what to set")
+                    }));
             }
             Err(e) => {
                 Stats::add(&self.stats.left, batch.len());
@@ -396,6 +408,12 @@ impl Worker {
                 );
                 self.health
                     .database(Part::Down(format!("the last batch failed ({})", e.class())));
+                if is_configuration(e.class()) {
+                    self.health.refused(Some(format!(
+                        "the last batch was refused ({}); the WARN line says what to set",
+                        e.class()
+                    )));
+                }
             }
         }
     }
