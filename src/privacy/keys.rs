@@ -168,14 +168,14 @@ impl Keys {
             });
             masker = masker.with_derived_users();
         }
-        let derived_check = masker.users().check();
+        let (mine_m, mine_e) = (masker.check(), masker.users().check());
         if !list.checks.erasure_derived
             && masker.users().is_derived()
             && list
                 .checks
                 .erasure
                 .as_deref()
-                .is_some_and(|recorded| recorded != derived_check.as_str())
+                .is_some_and(|recorded| recorded != mine_e.as_str())
         {
             // The usual cause of this mismatch is a missing setting, not a
             // replaced secret: say so, not the rotation advice.
@@ -186,7 +186,6 @@ impl Keys {
                 hint: "; nothing was written. Give it the erasure key's secret the other environments use (ERASURE_KEY_SECRET_ID; docs/configuration.md)".into(),
             });
         }
-        let (mine_m, mine_e) = (masker.check(), masker.users().check());
         let recorded = |r: &Option<String>, mine: &str| r.as_deref() == Some(mine);
         if !recorded(&list.checks.masking, mine_m.as_str())
             || !recorded(&list.checks.erasure, mine_e.as_str())
