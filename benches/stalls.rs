@@ -45,7 +45,7 @@ async fn role(admin: &Client, db: &str, url: &str, role: Role) -> String {
     admin
         .batch_execute(&format!(
             "DROP ROLE IF EXISTS {name}; CREATE ROLE {name} LOGIN; {}",
-            grants::sql(role, &name, "public").unwrap()
+            grants::sql(role, &name, "public", login_etl::profile::Profile::Full).unwrap()
         ))
         .await
         .unwrap();

@@ -117,6 +117,10 @@ pub struct Config {
     pub erasure_key: Option<KeySource>,
     /// `RUN_MIGRATIONS=true`: create/upgrade the schema at cold start.
     pub run_migrations: bool,
+    /// `PROFILE` (`masking` or `full`): the profile a cold start's
+    /// migration installs; unset keeps the database's (full for a new
+    /// one). See [`crate::profile::Profile`].
+    pub profile: Option<crate::profile::Profile>,
     /// `DLQ_URL`: the source queue's dead-letter queue; rejected records are
     /// sent there directly. Unset: they are reported and SQS redrives them.
     pub dlq_url: Option<String>,
@@ -217,6 +221,13 @@ impl Config {
             )?,
             erasure_key: key_source(&get, "ERASURE_KEY", "ERASURE_KEY_SECRET_ID")?,
             run_migrations: parse_bool(&get, "RUN_MIGRATIONS")?.unwrap_or(false),
+            profile: match get("PROFILE").filter(|v| !v.trim().is_empty()) {
+                None => None,
+                Some(v) => Some(crate::profile::Profile::parse(&v).ok_or(ConfigError::Invalid {
+                    var: "PROFILE",
+                    reason: "expected masking or full".into(),
+                })?),
+            },
             dlq_url: match get("DLQ_URL") {
                 Some(url) if !url.starts_with("http://") && !url.starts_with("https://") => {
                     return Err(ConfigError::Invalid {

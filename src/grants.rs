@@ -9,9 +9,10 @@
 
 use std::fmt::Write as _;
 
+pub use crate::profile::Profile;
 pub use crate::table::privileges::Role;
-use crate::table::privileges::table_grants;
-use crate::table::schema::functions::FUNCTION_FILES;
+use crate::table::privileges::{FULL_ONLY_TABLES, table_grants};
+use crate::table::schema::functions::files;
 
 /// Why no SQL could be written.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -25,6 +26,14 @@ pub enum GrantsError {
         what: &'static str,
         /// Its length in bytes.
         len: usize,
+    },
+    /// The role is not one of the profile's.
+    #[error(
+        "the {role} role exists in the full profile only (the masking-only profile has the migrate, ingest and maintain roles); give the database the full profile first: `login-etl migrate --profile full` (docs/profiles.md), then run grants with --profile full"
+    )]
+    NotInProfile {
+        /// The role's kind.
+        role: &'static str,
     },
 }
 
@@ -46,9 +55,16 @@ fn ident(name: &str, what: &'static str) -> Result<String, GrantsError> {
 }
 
 /// The SQL that gives `to` the privileges of `role` on the login-etl tables
-/// in `schema`, to be run by the tables' owner (the migrate role, or the
-/// admin that migrated) after `login-etl migrate`.
-pub fn sql(role: Role, to: &str, schema: &str) -> Result<String, GrantsError> {
+/// of `profile` in `schema`, to be run by the tables' owner (the migrate
+/// role, or the admin that migrated) after `login-etl migrate`. What the
+/// full profile adds later, `migrate --profile full` gives the roles
+/// registered here.
+pub fn sql(role: Role, to: &str, schema: &str, profile: Profile) -> Result<String, GrantsError> {
+    if !role.in_profile(profile) {
+        return Err(GrantsError::NotInProfile {
+            role: role.as_str(),
+        });
+    }
     let to_name = to;
     let to = ident(to, "--to")?;
     let ns = ident(schema, "--schema")?;
@@ -80,6 +96,9 @@ pub fn sql(role: Role, to: &str, schema: &str) -> Result<String, GrantsError> {
         literal(schema)
     );
     for (privilege, table, columns) in table_grants(role) {
+        if profile == Profile::Masking && FULL_ONLY_TABLES.contains(table) {
+            continue;
+        }
         let cols = if columns.is_empty() {
             String::new()
         } else {
@@ -90,7 +109,7 @@ pub fn sql(role: Role, to: &str, schema: &str) -> Result<String, GrantsError> {
             "GRANT {privilege}{cols} ON TABLE {ns}.\"{table}\" TO {to};"
         );
     }
-    for file in FUNCTION_FILES {
+    for file in files(profile) {
         if !role.may_run(&file.kinds()) {
             continue;
         }
@@ -151,7 +170,7 @@ mod tests {
     #[test]
     fn grants_name_only_columns_and_never_all_or_role_creation() {
         for role in Role::ALL {
-            let text = sql(role, "login_etl_x", "public").unwrap();
+            let text = sql(role, "login_etl_x", "public", Profile::Full).unwrap();
             let upper = text.to_uppercase();
             for banned in [
                 " ALL",
@@ -210,7 +229,7 @@ mod tests {
 
     #[test]
     fn the_function_reveal_and_maintain_hold_only_what_they_use() {
-        let ingest = sql(Role::Ingest, "fn", "public").unwrap();
+        let ingest = sql(Role::Ingest, "fn", "public", Profile::Full).unwrap();
         assert!(ingest.contains(
             "GRANT SELECT (message_id, sent_at, create_date, xmin) ON TABLE \"public\".\"user_logins\" TO \"fn\";"
         ));
@@ -223,14 +242,14 @@ mod tests {
             "GRANT EXECUTE ON FUNCTION \"public\".\"login_etl_store_vault\"(key_id varchar,"
         ));
         // reveal runs login_etl_reveal and touches no table itself.
-        let reveal = sql(Role::Reveal, "r", "public").unwrap();
+        let reveal = sql(Role::Reveal, "r", "public", Profile::Full).unwrap();
         let tables: Vec<&str> = statements(&reveal)
             .into_iter()
             .filter(|l| l.contains(" ON TABLE "))
             .collect();
         assert!(tables.is_empty(), "{tables:?}");
         assert!(reveal.contains("GRANT EXECUTE ON FUNCTION \"public\".\"login_etl_reveal\"("));
-        let maintain = sql(Role::Maintain, "m", "public").unwrap();
+        let maintain = sql(Role::Maintain, "m", "public", Profile::Full).unwrap();
         assert!(
             statements(&maintain)
                 .iter()
@@ -243,14 +262,14 @@ mod tests {
 
     #[test]
     fn names_are_quoted_identifiers_and_bad_ones_refused() {
-        let text = sql(Role::Erase, "we\"ird", "my schema").unwrap();
+        let text = sql(Role::Erase, "we\"ird", "my schema", Profile::Full).unwrap();
         assert!(text.contains("TO \"we\"\"ird\";"), "{text}");
         assert!(text.contains("\"my schema\".\"user_logins\""), "{text}");
         assert!(text.contains("VALUES ('we\"ird', 'erase')"), "{text}");
-        let quote = sql(Role::Audit, "o'brien", "public").unwrap();
+        let quote = sql(Role::Audit, "o'brien", "public", Profile::Full).unwrap();
         assert!(quote.contains("VALUES ('o''brien', 'audit')"), "{quote}");
-        assert!(sql(Role::Ingest, "", "public").is_err());
-        assert!(sql(Role::Ingest, &"x".repeat(64), "public").is_err());
+        assert!(sql(Role::Ingest, "", "public", Profile::Full).is_err());
+        assert!(sql(Role::Ingest, &"x".repeat(64), "public", Profile::Full).is_err());
         assert_eq!(Role::parse("reveal"), Some(Role::Reveal));
         assert_eq!(Role::parse("admin"), None);
     }

@@ -17,6 +17,7 @@
 //!   the long-running SQS consumer; `src/main.rs`: the Lambda entry point;
 //! - [`startup`]: cold start, configuration to a ready handler;
 //! - [`config`]: typed settings from the environment;
+//! - [`profile`]: which tables and roles a deployment has (masking-only or full);
 //! - [`secrets`]: AWS Secrets Manager (database secret, masking key);
 //! - [`tls`]: TLS to PostgreSQL;
 //! - [`grants`]: the database roles as GRANT statements (`login-etl grants`);
@@ -45,6 +46,7 @@ pub mod logging;
 #[cfg(feature = "service")]
 pub mod poll;
 pub mod privacy;
+pub mod profile;
 #[cfg(feature = "service")]
 pub mod raw_payload;
 #[cfg(feature = "service")]

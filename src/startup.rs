@@ -81,6 +81,7 @@ pub async fn build_with(
         let options = MigrateOptions {
             cold_start: true,
             premake_days: crate::table::maintain::DEFAULT_PREMAKE_DAYS,
+            profile: config.profile,
             ..MigrateOptions::default()
         };
         let applied = sink.migrate(&options).await?;
@@ -230,6 +231,17 @@ pub async fn operator_connection(db: &DbConfig) -> Result<tokio_postgres::Client
         None
     };
     Ok(sink(db, secrets.as_ref()).await?.connect().await?)
+}
+
+/// [`operator_connection`] for `command`, a command of the full profile
+/// only (see [`crate::table::schema::require_full`]).
+pub async fn full_profile_connection(
+    db: &DbConfig,
+    command: &'static str,
+) -> Result<tokio_postgres::Client, InitError> {
+    let client = operator_connection(db).await?;
+    crate::table::schema::require_full(&client, command).await?;
+    Ok(client)
 }
 
 /// Reads every version of a key from its source; `var` names the variable

@@ -75,9 +75,11 @@ def add_the_field(repo: Path) -> None:
         "                   AND attname = 'os_name' AND NOT attisdropped) THEN\n"
         "        ALTER TABLE user_logins ADD COLUMN os_name varchar(64);\n    END IF;\nEND\n$$;\n"
     )
+    # Each profile's list (and migrate --prepare's) takes it.
+    lists = repo / "src" / "table" / "schema" / "migrations.rs"
+    edit(lists, '    migration!("0011_extra_fields"),\n);',
+         '    migration!("0011_extra_fields"),\n    "\\n",\n    migration!("0012_os_name"),\n);', count=3)  # fmt: skip
     schema = repo / "src" / "table" / "schema" / "mod.rs"
-    edit(schema, '    migration!("0011_extra_fields"),\n);',
-         '    migration!("0011_extra_fields"),\n    "\\n",\n    migration!("0012_os_name"),\n);', count=2)  # fmt: skip
     edit(schema, "pub const SCHEMA_VERSION: i32 = 11;", "pub const SCHEMA_VERSION: i32 = 12;")
 
 
@@ -114,7 +116,7 @@ async fn os_name_is_validated_written_and_published() {
     crate::startup::migrate(&crate::config::DbConfig::from_lookup(&|k: &str| (k == "DATABASE_URL").then(|| url.clone())).unwrap()).await.unwrap();
     let role = format!("{db}_ingest");
     owner.batch_execute(&format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN")).await.unwrap();
-    owner.batch_execute(&crate::grants::sql(Role::Ingest, &role, "public").unwrap()).await.unwrap();
+    owner.batch_execute(&crate::grants::sql(Role::Ingest, &role, "public", crate::profile::Profile::Full).unwrap()).await.unwrap();
     let (scheme, rest) = url.split_once("://").unwrap();
     let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
     let ingest = format!("{scheme}://{role}@{host}");

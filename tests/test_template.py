@@ -554,6 +554,8 @@ def _rules_hold(tpl, values):
         # The vault needs a named role to reveal; without the vault, none.
         ({"RevealTrustedPrincipalArn": ""}, ["VaultNeedsARevealRole"]),
         ({"RevealTrustedPrincipalArn": "", "EnableVault": "false"}, []),
+        # The masking-only profile has no vault, so no reveal role either.
+        ({"RevealTrustedPrincipalArn": "", "Profile": "masking"}, []),
     ],
 )
 def test_bad_parameter_combinations_fail_validation(tpl, params, broken):
@@ -624,6 +626,24 @@ def test_alarms_on_rejection_rate_and_ingest_lag(tpl):
     assert lag["MetricName"] == "IngestLagMs" and lag["Namespace"] == {"Ref": "MetricsNamespace"}
     # The parameter is in seconds, the metric in milliseconds.
     assert lag["Threshold"] == {"Fn::Sub": "${IngestLagAlarmSeconds}000"}
+
+
+@pytest.mark.parametrize("profile", ["masking", "full"])
+def test_the_masking_only_profile_has_no_vault_and_tells_the_function_its_profile(profile):
+    # EnableVault keeps its default (true): the profile alone decides.
+    resources = deployed(Profile=profile)
+    env = resources["LoginEtlFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["PROFILE"] == profile
+    vault = {"VaultKey", "VaultKeyAlias", "PiiRevealRole"} & set(resources)
+    if profile == "masking":
+        assert vault == set() and env["VAULT_KMS_KEY_ID"] == ""
+    else:
+        assert {"VaultKey", "PiiRevealRole"} <= vault
+        assert env["VAULT_KMS_KEY_ID"] == {"Fn::GetAtt": ["VaultKey", "Arn"]}
+    # Both keep maintenance, its alarms and the erasure key (which a later
+    # widening to the full profile keys the erasure list with).
+    for always in ["MaintenanceFunction", "PartitionDaysAheadAlarm", "ErasureKeySecret", "MaskingKeySecret"]:
+        assert always in resources, always
 
 
 @pytest.mark.parametrize("enabled", ["true", "false"])

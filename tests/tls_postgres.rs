@@ -70,7 +70,15 @@ async fn ssl_modes_against_a_server_that_requires_tls() {
     server.psql(&format!(
         "CREATE ROLE login_etl_ingest LOGIN PASSWORD '{PASSWORD}'"
     ));
-    server.psql(&grants::sql(Role::Ingest, "login_etl_ingest", "public").unwrap());
+    server.psql(
+        &grants::sql(
+            Role::Ingest,
+            "login_etl_ingest",
+            "public",
+            login_etl::profile::Profile::Full,
+        )
+        .unwrap(),
+    );
     let ingest = |host: &str| {
         with_user(
             &server.url(host, Some(PASSWORD)),

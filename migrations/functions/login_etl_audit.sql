@@ -1,4 +1,5 @@
 -- roles: erase, upgrade
+-- profile: full
 -- The audit records a role writes of its own work, and only those: `forget`
 -- its start and end (the erase role), `vault-upgrade` its re-sealing (the
 -- upgrade role), each kind checked against the caller's registered kind

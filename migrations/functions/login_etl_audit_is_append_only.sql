@@ -1,4 +1,5 @@
 -- roles: none
+-- profile: full
 -- Refuses every UPDATE, DELETE or TRUNCATE of the table it guards (the
 -- audit trail, the erasure list): not even the owner may.
 CREATE OR REPLACE FUNCTION login_etl_audit_is_append_only() RETURNS trigger

@@ -1,4 +1,5 @@
 -- roles: none
+-- profile: full
 -- Append-only still: an UPDATE gets through only when it changes nothing
 -- but the token, the user key and a version that grows (the re-key's).
 CREATE OR REPLACE FUNCTION login_etl_audit_rekey_only() RETURNS trigger

@@ -1,4 +1,5 @@
 -- roles: rotate
+-- profile: full
 -- The records rotate-key still has to re-key to `to_version`, in id order
 -- after `after_id`: their token, user key and version (of their time, when
 -- they name none: 1 + the re-keys begun before them). Only during a

@@ -1,4 +1,5 @@
 -- roles: rotate
+-- profile: full
 -- The switch of rotate-key binaries from before login_etl_switch_key (kept
 -- for them until a migration retires it), run as the owner so the rotate
 -- role needs no table lock of its own. In one moment (the caller's lock_timeout

@@ -1,4 +1,5 @@
 -- roles: rotate
+-- profile: full
 -- rotate-key's end, once its walk of the rows (src/privacy/rekey/) is done: it
 -- checks that no vault entry, erasure-list entry or audit record is left
 -- under the old version, ends the re-key (forget may run again) and audits

@@ -1,4 +1,5 @@
 -- roles: ingest
+-- profile: full
 -- (Called by the three-argument login_etl_refuse_erased.)
 -- Whether the erasure list holds a key older than `v` (the writer's role
 -- reads user_key and seq only; this tells nothing else).

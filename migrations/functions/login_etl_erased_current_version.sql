@@ -1,4 +1,5 @@
 -- roles: none
+-- profile: full
 -- A user key enters the list at the database's key version only: a
 -- `forget` from before key versions (its keys are of version 1) is refused
 -- once a rotation has begun, instead of listing a key nothing matches.

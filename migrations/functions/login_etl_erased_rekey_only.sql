@@ -1,4 +1,5 @@
 -- roles: none
+-- profile: full
 -- The erasure list is append-only: an UPDATE gets through only when it
 -- changes nothing but user_key and moves key_version up by one (rotate-key's),
 -- so nobody takes a user off the list.

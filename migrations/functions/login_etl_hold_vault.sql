@@ -1,4 +1,5 @@
 -- roles: erase
+-- profile: full
 -- forget's step that moves a user's vault entries aside
 -- (user_logins_pii_vault_held, keyed by the erased user's key) while it
 -- checks who else's rows use them (src/privacy/forget/lock.rs): the

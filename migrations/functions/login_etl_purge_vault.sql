@@ -1,4 +1,5 @@
 -- roles: maintain
+-- profile: full
 -- `login-etl maintain`'s retention of the vault: deletes at most
 -- `max_entries` of the entries no row within retention has used
 -- (`last_seen` before `cutoff`), found through the index on last_seen

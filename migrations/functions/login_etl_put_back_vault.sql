@@ -1,4 +1,5 @@
 -- roles: erase
+-- profile: full
 -- forget's step that puts back the held entries of `user_key` that other
 -- users' rows still use (`ips`, `devices`: src/privacy/forget/mod.rs), in
 -- the vault's lock order (kind, token), in one statement (see

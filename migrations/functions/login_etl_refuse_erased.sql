@@ -1,4 +1,5 @@
 -- roles: ingest
+-- profile: full
 -- The write checks of function binaries from before login_etl_check_write,
 -- kept for them until a migration retires them. Each is refused with a
 -- code those binaries know (LE001: they reload the erasure list, try again

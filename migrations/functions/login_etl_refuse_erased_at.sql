@@ -1,4 +1,5 @@
 -- roles: ingest
+-- profile: full
 -- The check of the two-argument login_etl_refuse_erased, under a name of
 -- its own (the three-argument form calls it).
 CREATE OR REPLACE FUNCTION login_etl_refuse_erased_at(known bigint, key_version integer) RETURNS void

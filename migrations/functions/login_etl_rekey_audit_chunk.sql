@@ -1,4 +1,5 @@
 -- roles: rotate
+-- profile: full
 -- Writes what rotate-key computed for the records login_etl_audit_to_rekey
 -- listed; only during a re-key to `to_version` (login_etl_rekey_under_way).
 CREATE OR REPLACE FUNCTION login_etl_rekey_audit_chunk(ids bigint[], tokens text[], user_keys text[], to_version smallint)

@@ -1,4 +1,5 @@
 -- roles: rotate
+-- profile: full
 -- rotate-key's chunk of the erasure list, after the switch: the user keys
 -- of `from_version` the caller read move to the next version's, which it
 -- computed; in place (seq and erased_at kept, which the trigger checks).

@@ -1,4 +1,5 @@
 -- roles: rotate
+-- profile: full
 -- rotate-key's chunk of rows (src/privacy/rekey/rows.rs): the rows among
 -- `tids` of the partition `rel`, within its pages [lo_page, hi_page) and
 -- the days of the caller's segment (`days_null`: create_date IS NULL;

@@ -1,4 +1,5 @@
 -- roles: none
+-- profile: full
 -- Refuses (55000) unless a re-key from masking-key version `from_version`
 -- to the next is under way. rotate-key's chunk functions re-token what
 -- they are given: outside a rotation they would let the rotate role give

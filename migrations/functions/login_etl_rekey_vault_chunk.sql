@@ -1,4 +1,5 @@
 -- roles: rotate
+-- profile: full
 -- rotate-key's chunk of the vault (src/privacy/rekey/vault.rs): each entry
 -- still under `from_version` moves to `from_version + 1` with the token the
 -- caller computed. Deleted and inserted again rather than updated: a

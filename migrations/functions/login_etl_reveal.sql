@@ -1,4 +1,5 @@
 -- roles: reveal
+-- profile: full
 -- `login-etl reveal`'s read (src/privacy/reveal.rs): the vault entries of
 -- the tokens it names (`kinds`, `tokens`), or of every token of `user_id`'s
 -- rows, each with its wrapped data key, and one audit record per token,

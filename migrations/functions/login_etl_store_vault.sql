@@ -1,4 +1,5 @@
 -- roles: ingest
+-- profile: full
 -- The vault entries of one write transaction's rows and the data key they
 -- are sealed under (src/ingest/sink/vault.rs), sent after the rows and
 -- before the COMMIT: a row never commits without its entries. Owner's

@@ -1,4 +1,5 @@
 -- roles: rotate
+-- profile: full
 -- rotate-key's switch (src/privacy/rekey/switch.rs), run as the owner so
 -- the rotate role needs no table lock of its own. In one moment
 -- (the caller's lock_timeout bounds every wait), and only what cannot

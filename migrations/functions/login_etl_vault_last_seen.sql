@@ -1,4 +1,5 @@
 -- roles: none
+-- profile: full
 -- Guards the day a vault entry is kept to (user_logins_pii_vault.last_seen,
 -- migrations/0010), whoever writes it, through the owner's functions or a
 -- grant of an older version: never back (maintain's retention would purge

@@ -97,7 +97,8 @@ async fn poll(args: &PollArgs) -> ExitCode {
 
 /// Prints the audit trail as JSON lines (the audit role's database settings).
 async fn audit(args: &AuditArgs) -> Result<(), Failure> {
-    let client = startup::operator_connection(&DbConfig::from_env()?).await?;
+    let client =
+        startup::full_profile_connection(&DbConfig::from_env()?, "reading the audit trail").await?;
     for record in audit::audit_records(&client, args.since).await? {
         println!("{record}");
     }
@@ -110,6 +111,7 @@ async fn migrate(args: &MigrateArgs) -> Result<(), Failure> {
         cold_start: false,
         premake_days: args.premake_days,
         prepare_only: args.prepare,
+        profile: args.profile.map(Into::into),
     };
     let target = startup::migrate_with(&DbConfig::from_env()?, &options).await?;
     info!(%target, "schema applied");
@@ -133,7 +135,7 @@ async fn maintain(args: &MaintainArgs) -> Result<(), Failure> {
 async fn rotate_key(args: &RotateKeyArgs) -> Result<(), Failure> {
     let db = DbConfig::from_env()?;
     if args.status {
-        let client = startup::operator_connection(&db).await?;
+        let client = startup::full_profile_connection(&db, "rotating the masking key").await?;
         println!("{}", rekey_status(&client).await?);
         return Ok(());
     }
@@ -153,7 +155,7 @@ async fn rotate_key(args: &RotateKeyArgs) -> Result<(), Failure> {
         .any(|s| matches!(s, Some(KeySource::Secret(_))))
         .then(|| Secrets::new(&aws));
     let masker = startup::masker(&masking, erasure.as_ref(), secrets.as_ref()).await?;
-    let mut client = startup::operator_connection(&db).await?;
+    let mut client = startup::full_profile_connection(&db, "rotating the masking key").await?;
     // One stream runs on `client`; N jobs on N connections of their own.
     let mut jobs = Vec::new();
     while args.jobs > 1 && jobs.len() < usize::from(args.jobs) {
@@ -244,7 +246,11 @@ async fn vault_upgrade() -> Result<(), Failure> {
     let vault_key = vault_key()?;
     let aws = crate::secrets::sdk_config().await;
     let caller = audit::caller_arn(&aws_sdk_sts::Client::new(&aws)).await?;
-    let mut client = startup::operator_connection(&DbConfig::from_env()?).await?;
+    let mut client = startup::full_profile_connection(
+        &DbConfig::from_env()?,
+        "re-sealing the vault (vault-upgrade)",
+    )
+    .await?;
     let kms = aws_sdk_kms::Client::new(&aws);
     let n = vault_upgrade::upgrade_vault(&mut client, &kms, &vault_key, &caller).await?;
     println!("re-sealed {n} vault entries: the vault is ready for rotate-key");
@@ -345,7 +351,12 @@ async fn dlq_redrive(args: &DlqRedriveArgs) -> Result<(), Failure> {
 fn grants(args: &GrantsArgs) -> Result<(), Failure> {
     print!(
         "{}",
-        crate::grants::sql(args.role.into(), &args.to, &args.schema)?
+        crate::grants::sql(
+            args.role.into(),
+            &args.to,
+            &args.schema,
+            args.profile.into()
+        )?
     );
     Ok(())
 }
@@ -359,7 +370,11 @@ async fn reveal(args: &RevealArgs) -> Result<(), Failure> {
     let vault_key = vault_key()?;
     let aws = crate::secrets::sdk_config().await;
     let caller = audit::caller_arn(&aws_sdk_sts::Client::new(&aws)).await?;
-    let mut client = startup::operator_connection(&DbConfig::from_env()?).await?;
+    let mut client = startup::full_profile_connection(
+        &DbConfig::from_env()?,
+        "revealing originals from the vault",
+    )
+    .await?;
     let kms = aws_sdk_kms::Client::new(&aws);
     let revealed = reveal::reveal(
         &mut client,
@@ -415,7 +430,7 @@ async fn forget(args: &ForgetArgs) -> Result<(), Failure> {
         .any(|s| matches!(s, Some(KeySource::Secret(_))))
         .then(|| Secrets::new(&aws));
     let keys = startup::user_keys(erasure.as_ref(), masking.as_ref(), secrets.as_ref()).await?;
-    let mut client = startup::operator_connection(&db).await?;
+    let mut client = startup::full_profile_connection(&db, "erasing a user (forget)").await?;
     let done = match forget::forget(&mut client, &args.user_id, &keys, &caller).await {
         Err(e @ (reveal::RevealError::RekeyUnderWay | reveal::RevealError::DrainUnderWay)) => {
             return Err(Failure(e.to_string(), EXIT_TEMPFAIL));

@@ -243,6 +243,27 @@ pub struct MigrateArgs {
     /// Upgrading an unpartitioned table: do everything but the cutover (new columns, indexes built online, bounds proved), so this version can be deployed first.
     #[arg(long)]
     pub prepare: bool,
+    /// Which tables to have: `masking` (masked rows only: the migrate, ingest and maintain roles) or `full` (also the PII vault, the erasure list, the audit trail, key rotation). Unset keeps the database's (full for a new one); masking to full is done online, full is never narrowed (docs/profiles.md).
+    #[arg(long, value_enum, value_name = "PROFILE", env = "PROFILE")]
+    pub profile: Option<ProfileArg>,
+}
+
+/// A profile, as the command line names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProfileArg {
+    /// Masked rows only.
+    Masking,
+    /// Masked rows, the PII vault, the erasure list, the audit trail.
+    Full,
+}
+
+impl From<ProfileArg> for crate::profile::Profile {
+    fn from(p: ProfileArg) -> Self {
+        match p {
+            ProfileArg::Masking => crate::profile::Profile::Masking,
+            ProfileArg::Full => crate::profile::Profile::Full,
+        }
+    }
 }
 
 /// A partition width, as the command line names it.
@@ -303,6 +324,15 @@ pub struct GrantsArgs {
     /// The schema of the login-etl tables.
     #[arg(long, default_value = "public")]
     pub schema: String,
+    /// The database's profile (`login-etl migrate --profile`): masking grants only what the masking-only tables hold, and refuses the roles only the full profile has.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "PROFILE",
+        env = "PROFILE",
+        default_value = "full"
+    )]
+    pub profile: ProfileArg,
 }
 
 /// `login-etl rotate-key`.

@@ -77,6 +77,10 @@ pub struct ErasureList {
     pub users: ErasedUsers,
     /// The keys' check values and kind.
     pub checks: Arc<KeyChecks>,
+    /// The database keeps an erasure list (its full profile): the erasure
+    /// key is checked. A masking-only database has none, and records no
+    /// erasure key until it is given the full profile.
+    pub erasure: bool,
 }
 
 /// Where a batch's keys are checked and its erasure list read: the
@@ -90,13 +94,14 @@ pub trait KeyStore {
         deadline: Option<Instant>,
     ) -> impl Future<Output = Result<ErasureList, SinkError>> + Send;
 
-    /// Records the check values of key `version` (`masking`, `erasure`)
-    /// or compares them with those recorded (`LE004` when they differ).
+    /// Records the check values of key `version` (`masking`, `erasure`
+    /// where checked) or compares them with those recorded (`LE004` when
+    /// they differ).
     fn check_keys(
         &mut self,
         version: u16,
         masking: &str,
-        erasure: &str,
+        erasure: Option<&str>,
         deadline: Option<Instant>,
     ) -> impl Future<Output = Result<(), SinkError>> + Send;
 }
@@ -169,7 +174,8 @@ impl Keys {
             masker = masker.with_derived_users();
         }
         let (mine_m, mine_e) = (masker.check(), masker.users().check());
-        if !list.checks.erasure_derived
+        if list.erasure
+            && !list.checks.erasure_derived
             && masker.users().is_derived()
             && list
                 .checks
@@ -187,14 +193,15 @@ impl Keys {
             });
         }
         let recorded = |r: &Option<String>, mine: &str| r.as_deref() == Some(mine);
+        let erasure = list.erasure.then_some(mine_e.as_str());
         if !recorded(&list.checks.masking, mine_m.as_str())
-            || !recorded(&list.checks.erasure, mine_e.as_str())
+            || erasure.is_some_and(|e| !recorded(&list.checks.erasure, e))
         {
             // Recorded (the next batch reloads the list with them). The
             // batch keeps this list's versions, which its masker matches;
             // a rotation since is caught by the write's own check.
             let key = list.versions.key;
-            sink.check_keys(key, mine_m.as_str(), mine_e.as_str(), deadline)
+            sink.check_keys(key, mine_m.as_str(), erasure, deadline)
                 .await?;
         }
         Ok(BatchKeys {

@@ -227,7 +227,13 @@ pub async fn run(client: &Client, options: &MaintainOptions) -> Result<MaintainR
         report.dropped.extend(expired.dropped);
     }
     retention::drop_detached(client).await?;
-    if let Some(cutoff) = cutoff {
+    // A masking-only database has no vault to age out.
+    if let Some(cutoff) = cutoff
+        && crate::table::schema::profile(client)
+            .await
+            .map_err(failed("reading the database's profile"))?
+            == crate::table::schema::Profile::Full
+    {
         report.vault_entries_purged = retention::purge_vault(client, cutoff).await?;
     }
     report.default_rows = default_days(client)

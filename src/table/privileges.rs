@@ -17,6 +17,7 @@
 use std::fmt::Write as _;
 
 use crate::error::SinkError;
+use crate::profile::Profile;
 
 /// A role of the deployment, by what it may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -113,7 +114,24 @@ impl Role {
     pub fn may_run(self, kinds: &[&str]) -> bool {
         self != Role::Migrate && kinds.iter().any(|k| *k == "all" || *k == self.as_str())
     }
+
+    /// Whether a database of `profile` has this role: the masking-only
+    /// profile has the migrate, ingest and maintain roles only.
+    pub fn in_profile(self, profile: Profile) -> bool {
+        profile == Profile::Full || matches!(self, Role::Migrate | Role::Ingest | Role::Maintain)
+    }
 }
+
+/// The tables only the full profile has (`migrations/privacy/` creates
+/// them; a test checks the list against those files).
+pub const FULL_ONLY_TABLES: &[&str] = &[
+    "user_logins_pii_vault",
+    "user_logins_vault_keys",
+    "user_logins_pii_audit",
+    "user_logins_erased",
+    "user_logins_erasure_tokens",
+    "user_logins_pii_vault_held",
+];
 
 /// `(privilege, table, columns)`: one GRANT each; no columns means the
 /// whole table (DELETE has no column form).

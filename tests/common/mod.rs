@@ -125,7 +125,10 @@ impl TestDb {
 /// Applies the schema as `login-etl migrate` does, in one transaction
 /// (without its lock or its partitions), on `client`'s database.
 pub async fn apply_schema(client: &Client) {
-    let schema = login_etl::table::schema::schema_sql(login_etl::table::schema::MIGRATION_SQL);
+    let schema = login_etl::table::schema::schema_sql(
+        login_etl::table::schema::MIGRATION_SQL,
+        login_etl::profile::Profile::Full,
+    );
     client
         .batch_execute(&format!("BEGIN; {schema}; COMMIT"))
         .await
@@ -149,7 +152,8 @@ pub async fn make_role(admin_db_url: &str, name: &str, role: Role, password: Opt
             .await
             .expect("create the test role");
     }
-    let grants = login_etl::grants::sql(role, name, "public").unwrap();
+    let grants =
+        login_etl::grants::sql(role, name, "public", login_etl::profile::Profile::Full).unwrap();
     admin
         .batch_execute(&grants)
         .await

@@ -39,7 +39,9 @@ use login_etl::ingest::handler::BatchHandler;
 use login_etl::privacy::rekey::{self, RekeyOptions};
 use login_etl::synth::{self, Options};
 use login_etl::table::maintain::{self, MaintainOptions};
-use login_etl::table::schema::functions::{FUNCTION_FILES, SCHEMA_VERSION_FUNCTION};
+use login_etl::table::schema::functions::{
+    FUNCTION_FILES, PROFILE_FUNCTION, SCHEMA_VERSION_FUNCTION,
+};
 use login_etl::{Deadline, SqsBatch, startup};
 use tokio_postgres::Client;
 
@@ -296,7 +298,9 @@ async fn deploy(pg13_defaults: bool) -> Deployment {
     for role in ROLES {
         let name = db.role_name(role);
         db.bare_named_role(&name).await;
-        let grants = login_etl::grants::sql(role, &name, "public").unwrap();
+        let grants =
+            login_etl::grants::sql(role, &name, "public", login_etl::profile::Profile::Full)
+                .unwrap();
         owner_client
             .batch_execute(&grants)
             .await
@@ -432,13 +436,13 @@ async fn assert_least_privilege(d: &Deployment) {
 }
 
 /// Every `login_etl_*` function of the schema has its file (or is the
-/// schema version's), resolves names with pg_catalog first, and lets
+/// schema version's or profile's), resolves names with pg_catalog first, and lets
 /// PUBLIC run nothing.
 async fn assert_every_function_in_one_place(d: &Deployment) {
     let files: BTreeSet<&str> = FUNCTION_FILES
         .iter()
         .map(|f| f.name)
-        .chain([SCHEMA_VERSION_FUNCTION])
+        .chain([SCHEMA_VERSION_FUNCTION, PROFILE_FUNCTION])
         .collect();
     let rows = d
         .admin

@@ -20,6 +20,7 @@ mod insiders;
 mod log_levels;
 mod partitions;
 mod pooler;
+mod profiles;
 mod rotation;
 mod rotation_races;
 mod runtime_e2e;

@@ -76,7 +76,7 @@ use crate::error::{SinkError, describe};
 use crate::privacy::erased::ErasedUsers;
 use crate::privacy::vault::VaultWrite;
 use crate::secrets::Secrets;
-use crate::table::schema;
+use crate::table::schema::{self, Profile};
 use crate::tls::Tls;
 use classify::Failure;
 use conn::Connector;
@@ -121,6 +121,9 @@ pub struct PgSink {
     schema_checked: bool,
     /// Whether the PII vault's tables must exist too.
     vault: bool,
+    /// The database's profile, as the schema guard found it: a
+    /// masking-only database keeps no erasure list to read.
+    profile: Profile,
     /// The xid floor after the last confirmed transaction: after a lost
     /// reply, rows newer than it are this sink's own.
     floor: Option<XidFloor>,
@@ -147,6 +150,7 @@ impl PgSink {
             client: None,
             schema_checked: false,
             vault: false,
+            profile: Profile::Full,
             floor: None,
             erased: None,
             erased_stale: false,
@@ -162,6 +166,7 @@ impl PgSink {
             client: None,
             schema_checked: false,
             vault: self.vault,
+            profile: self.profile,
             floor: None,
             erased: None,
             erased_stale: false,
@@ -311,23 +316,25 @@ impl PgSink {
         const OP: &str = "reading the erasure list";
         let budget = Budget::new(deadline);
         let bound = budget.bound(self.per_operation(), OP)?;
-        let client = self.client(&budget).await?;
-        let row = timeout(
-            bound,
-            client.query_typed_one(tx::ERASED_LIST_SQL, &[(&known, Type::INT8)]),
-        )
-        .await
-        .map_err(|_| SinkError::Transient {
-            op: OP,
-            cause: format!("no answer within {} ms", bound.as_millis()),
-        })?
-        .map_err(|e| match classify::classify(&e) {
-            Failure::Fatal(f) => f,
-            _ => SinkError::Transient {
+        self.client(&budget).await?;
+        let (sql, erasure) = match self.profile {
+            Profile::Full => (tx::ERASED_LIST_SQL, true),
+            Profile::Masking => (tx::NO_ERASED_LIST_SQL, false),
+        };
+        let client = self.client.as_ref().expect("opened above");
+        let row = timeout(bound, client.query_typed_one(sql, &[(&known, Type::INT8)]))
+            .await
+            .map_err(|_| SinkError::Transient {
                 op: OP,
-                cause: describe(&e),
-            },
-        })?;
+                cause: format!("no answer within {} ms", bound.as_millis()),
+            })?
+            .map_err(|e| match classify::classify(&e) {
+                Failure::Fatal(f) => f,
+                _ => SinkError::Transient {
+                    op: OP,
+                    cause: describe(&e),
+                },
+            })?;
         let key = row.get::<_, i16>(2) as u16;
         let keys: HashSet<String> = row.get::<_, Vec<String>>(1).into_iter().collect();
         let users = match &self.erased {
@@ -346,6 +353,7 @@ impl PgSink {
                 erasure: row.get(4),
                 erasure_derived: row.get(5),
             }),
+            erasure,
         };
         self.erased = Some(list.clone());
         self.erased_stale = false;
@@ -359,7 +367,7 @@ impl PgSink {
         &mut self,
         version: u16,
         masking: &str,
-        erasure: &str,
+        erasure: Option<&str>,
         deadline: Option<Instant>,
     ) -> Result<(), SinkError> {
         const OP: &str = "checking the masking and erasure keys against the database";
@@ -389,7 +397,7 @@ impl PgSink {
                 if let Some(list) = &mut self.erased {
                     list.checks = Arc::new(KeyChecks {
                         masking: Some(masking.to_owned()),
-                        erasure: Some(erasure.to_owned()),
+                        erasure: erasure.map(str::to_owned).or_else(|| list.checks.erasure.clone()),
                         erasure_derived: list.checks.erasure_derived,
                     });
                 }
@@ -415,8 +423,13 @@ impl PgSink {
     }
 
     /// Drops the in-memory erasure list (a write found it out of date).
+    /// On a masking-only database that means it was given the full
+    /// profile since: the schema guard reads the profile again.
     pub fn forget_erased(&mut self) {
         self.erased_stale = true;
+        if self.profile == Profile::Masking {
+            self.schema_checked = false;
+        }
     }
 
     /// Client-side bound of one operation: the server's bound plus room to connect.
@@ -436,13 +449,15 @@ impl PgSink {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
             let limit = budget.bound(self.settings.connect_timeout, "connecting to PostgreSQL")?;
-            let client = self.connector.open(limit).await?;
-            if !self.schema_checked {
-                let floor = schema::check(&client, self.per_operation(), self.vault).await?;
-                self.floor = floor.as_deref().and_then(XidFloor::parse);
-                self.schema_checked = true;
-            }
-            self.client = Some(client);
+            self.client = Some(self.connector.open(limit).await?);
+        }
+        if !self.schema_checked {
+            let bound = self.per_operation();
+            let client = self.client.as_ref().expect("connection was just opened");
+            let checked = schema::check(client, bound, self.vault).await?;
+            self.floor = checked.floor.as_deref().and_then(XidFloor::parse);
+            self.profile = checked.profile;
+            self.schema_checked = true;
         }
         Ok(self.client.as_ref().expect("connection was just opened"))
     }
@@ -488,7 +503,7 @@ impl crate::privacy::keys::KeyStore for PgSink {
         &mut self,
         version: u16,
         masking: &str,
-        erasure: &str,
+        erasure: Option<&str>,
         deadline: Option<Instant>,
     ) -> Result<(), SinkError> {
         PgSink::check_keys(self, version, masking, erasure, deadline).await

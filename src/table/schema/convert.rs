@@ -28,8 +28,8 @@ use tokio_postgres::types::Type;
 use tracing::info;
 
 use super::{
-    MIGRATION_LOCK_KEY, MIGRATION_SQL, MigrateOptions, SIDE_TABLES_SQL, failed, schema_sql,
-    with_lock_retries,
+    MIGRATION_LOCK_KEY, MIGRATION_SQL, MigrateOptions, Profile, SIDE_TABLES_SQL, failed,
+    schema_sql, with_lock_retries,
 };
 use crate::error::SinkError;
 
@@ -172,7 +172,7 @@ async fn add_columns_and_keys(client: &Client) -> Result<(), SinkError> {
 async fn apply_side_tables(client: &Client) -> Result<(), SinkError> {
     super::apply_sql(
         client,
-        &schema_sql(SIDE_TABLES_SQL),
+        &schema_sql(SIDE_TABLES_SQL, Profile::Full),
         "creating the vault, audit and erasure tables",
     )
     .await
@@ -300,7 +300,7 @@ async fn cutover(
          ALTER TABLE user_logins ATTACH PARTITION user_logins_legacy FOR VALUES FROM (MINVALUE) TO ('{bound}'); \
          {schema}\n; \
          SELECT login_etl_copy_grants('user_logins_legacy', 'user_logins');",
-        schema = schema_sql(MIGRATION_SQL)
+        schema = schema_sql(MIGRATION_SQL, Profile::Full)
     );
     loop {
         let tx = client

@@ -1,7 +1,11 @@
 //! The owner's functions, each name's current definition in one file of
 //! `migrations/functions/` (every overload of that name, its comment, and
 //! a first line `-- roles: <kinds>` naming the role kinds that may run it:
-//! `all`, `none`, or kinds of [`crate::table::privileges::Role`]).
+//! `all`, `none`, or kinds of [`crate::table::privileges::Role`]; a second
+//! line `-- profile: full` when only the full profile has it: its tables
+//! are the vault's, the erasure list's or the audit trail's). A file of
+//! `migrations/functions/masking/` is made in its namesake's place in the
+//! masking-only profile ([`Profile`]).
 //!
 //! Every `login-etl migrate` makes them from these files, in its
 //! transaction, before the migrations (which only change tables and data,
@@ -19,6 +23,8 @@ use std::sync::LazyLock;
 
 use sha2::{Digest, Sha256};
 
+use super::Profile;
+
 /// One file of `migrations/functions/`.
 pub struct FunctionFile {
     /// The function's name (the file's, without `.sql`).
@@ -29,9 +35,15 @@ pub struct FunctionFile {
 
 macro_rules! function_files {
     ($($name:literal),* $(,)?) => {
+        function_files_in!("", [$($name),*])
+    };
+}
+
+macro_rules! function_files_in {
+    ($dir:literal, [$($name:literal),* $(,)?]) => {
         &[$(FunctionFile {
             name: $name,
-            sql: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/functions/", $name, ".sql")),
+            sql: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/functions/", $dir, $name, ".sql")),
         }),*]
     };
 }
@@ -82,6 +94,16 @@ pub const FUNCTION_FILES: &[FunctionFile] = function_files![
     "login_etl_write",
 ];
 
+/// What the masking-only profile makes in place of the file of the same
+/// name (a test checks each has one, with the same signatures and roles).
+pub const MASKING_FILES: &[FunctionFile] =
+    function_files_in!("masking/", ["login_etl_check_write"]);
+
+/// The name of the function that says which profile a database has (its
+/// body: `'masking'` or `'full'`; a database without it is full, as every
+/// one from before profiles is). Written by [`schema_version_sql`].
+pub const PROFILE_FUNCTION: &str = "login_etl_profile";
+
 /// The name of the function that says which migrations a database is at
 /// (its body: the version) and which function files (its comment: the tag
 /// of them all). Written by [`schema_version_sql`], not by a file.
@@ -115,6 +137,11 @@ impl FunctionFile {
             .map(str::trim)
             .filter(|k| !k.is_empty())
             .collect()
+    }
+
+    /// Only the full profile has it (its second line is `-- profile: full`).
+    pub fn full_only(&self) -> bool {
+        self.sql.lines().nth(1) == Some("-- profile: full")
     }
 
     /// How many functions (overloads) it defines.
@@ -160,26 +187,50 @@ fn tag_of(text: &str) -> String {
     format!("login-etl:{}", &hex::encode(digest)[..16])
 }
 
-/// The tag of every file and of the schema version together: the comment
-/// of [`SCHEMA_VERSION_FUNCTION`] once a migrate installed them.
-pub fn all_tag(schema_version: i32) -> String {
-    static TAG: LazyLock<String> = LazyLock::new(|| {
-        let mut all = String::new();
-        for f in FUNCTION_FILES {
+/// The files `profile` makes: every file for the full profile; for the
+/// masking-only one, those not [`FunctionFile::full_only`], each in
+/// [`MASKING_FILES`] taking its namesake's place.
+pub fn files(profile: Profile) -> Vec<&'static FunctionFile> {
+    FUNCTION_FILES
+        .iter()
+        .filter(|f| profile == Profile::Full || !f.full_only())
+        .map(|f| match profile {
+            Profile::Full => f,
+            Profile::Masking => MASKING_FILES.iter().find(|m| m.name == f.name).unwrap_or(f),
+        })
+        .collect()
+}
+
+/// The tag of every file of `profile`, the profile and the schema version
+/// together: the comment of [`SCHEMA_VERSION_FUNCTION`] once a migrate
+/// installed them.
+pub fn all_tag(schema_version: i32, profile: Profile) -> String {
+    fn tags(profile: Profile) -> String {
+        let mut all = String::from(profile.as_str());
+        for f in files(profile) {
             all.push_str(f.name);
             all.push_str(&f.tag());
         }
         all
-    });
-    tag_of(&format!("{}{schema_version}", *TAG))
+    }
+    static MASKING: LazyLock<String> = LazyLock::new(|| tags(Profile::Masking));
+    static FULL: LazyLock<String> = LazyLock::new(|| tags(Profile::Full));
+    let tags = match profile {
+        Profile::Masking => &*MASKING,
+        Profile::Full => &*FULL,
+    };
+    tag_of(&format!("{tags}{schema_version}"))
 }
 
 /// The `CREATE` of [`SCHEMA_VERSION_FUNCTION`] (its body's number is what
-/// binaries of every version read).
-fn schema_version_create(schema_version: i32) -> String {
+/// binaries of every version read) and of [`PROFILE_FUNCTION`].
+fn schema_version_create(schema_version: i32, profile: Profile) -> String {
     format!(
         "CREATE OR REPLACE FUNCTION {SCHEMA_VERSION_FUNCTION}() RETURNS integer\n\
-         LANGUAGE sql IMMUTABLE AS $$ SELECT {schema_version} $$;"
+         LANGUAGE sql IMMUTABLE AS $$ SELECT {schema_version} $$;\n\
+         CREATE OR REPLACE FUNCTION {PROFILE_FUNCTION}() RETURNS text\n\
+         LANGUAGE sql IMMUTABLE AS $$ SELECT '{}'::text $$;",
+        profile.as_str()
     )
 }
 
@@ -200,9 +251,9 @@ fn unless_current(name: &str, tag: &str, count: usize, sql: &str) -> String {
 /// its tables: function bodies are not checked when made
 /// (`check_function_bodies` off), as `pg_dump` makes them, so a function
 /// may name a table a later migration creates.
-pub fn sync_sql() -> String {
+pub fn sync_sql(profile: Profile) -> String {
     let mut out = String::from("SET LOCAL check_function_bodies = off;\n");
-    for f in FUNCTION_FILES {
+    for f in files(profile) {
         out.push_str(&unless_current(f.name, &f.tag(), f.overloads(), &f.text()));
     }
     out
@@ -212,24 +263,29 @@ pub fn sync_sql() -> String {
 /// (its comment, which [`crate::table::privileges::apply_sql`] writes,
 /// carries [`all_tag`]): the migration's last statement before the
 /// privileges.
-pub fn schema_version_sql(schema_version: i32) -> String {
+pub fn schema_version_sql(schema_version: i32, profile: Profile) -> String {
     unless_current(
         SCHEMA_VERSION_FUNCTION,
-        &all_tag(schema_version),
+        &all_tag(schema_version, profile),
         1,
-        &schema_version_create(schema_version),
+        &schema_version_create(schema_version, profile),
     )
 }
 
 /// Each file's privileges as [`crate::table::privileges::apply_sql`] takes
-/// them, and the schema version's (nobody runs it: binaries read its body
-/// from the catalog).
-pub fn grants(schema_version: i32) -> Vec<(String, &'static str, Vec<&'static str>)> {
-    let mut out: Vec<(String, &'static str, Vec<&'static str>)> = FUNCTION_FILES
-        .iter()
+/// them, and the schema version's and profile's (nobody runs them:
+/// binaries read their bodies from the catalog).
+pub fn grants(
+    schema_version: i32,
+    profile: Profile,
+) -> Vec<(String, &'static str, Vec<&'static str>)> {
+    let mut out: Vec<(String, &'static str, Vec<&'static str>)> = files(profile)
+        .into_iter()
         .map(|f| (f.tag(), f.name, f.kinds()))
         .collect();
-    out.push((all_tag(schema_version), SCHEMA_VERSION_FUNCTION, Vec::new()));
+    let tag = all_tag(schema_version, profile);
+    out.push((tag.clone(), SCHEMA_VERSION_FUNCTION, Vec::new()));
+    out.push((tag, PROFILE_FUNCTION, Vec::new()));
     out
 }
 
@@ -243,6 +299,13 @@ mod tests {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/functions");
         let mut on_disk: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "sql")
+            })
             .map(|e| {
                 e.unwrap()
                     .file_name()
@@ -299,6 +362,49 @@ mod tests {
     }
 
     #[test]
+    fn a_masking_file_stands_in_for_its_namesake_with_its_signatures_and_roles() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/functions/masking");
+        let on_disk = std::fs::read_dir(dir).unwrap().count();
+        assert_eq!(
+            on_disk,
+            MASKING_FILES.len(),
+            "masking/ and MASKING_FILES differ"
+        );
+        for m in MASKING_FILES {
+            let full = FUNCTION_FILES.iter().find(|f| f.name == m.name).unwrap();
+            assert!(
+                !full.full_only(),
+                "{}: its namesake is in every profile",
+                m.name
+            );
+            assert_eq!(m.signatures(), full.signatures(), "{}", m.name);
+            assert_eq!(m.kinds(), full.kinds(), "{}", m.name);
+            let made = files(Profile::Masking);
+            assert!(made.iter().any(|f| f.sql == m.sql), "{}", m.name);
+            assert!(!made.iter().any(|f| f.sql == full.sql), "{}", m.name);
+        }
+        // The masking profile's files name no table it does not have.
+        for f in files(Profile::Masking) {
+            let code: String = f
+                .sql
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("--"))
+                .collect();
+            for table in [
+                "user_logins_pii_vault",
+                "user_logins_vault_keys",
+                "user_logins_pii_audit",
+                "user_logins_erased",
+                "user_logins_erasure_tokens",
+            ] {
+                assert!(!code.contains(table), "{} names {table}", f.name);
+            }
+        }
+        assert_eq!(files(Profile::Full).len(), FUNCTION_FILES.len());
+        assert_ne!(all_tag(11, Profile::Masking), all_tag(11, Profile::Full));
+    }
+
+    #[test]
     fn a_tag_changes_with_the_text_and_the_version() {
         let a = FunctionFile {
             name: "x",
@@ -310,7 +416,7 @@ mod tests {
         };
         assert_ne!(a.tag(), b.tag());
         assert!(a.tag().starts_with("login-etl:") && a.tag().len() == 26);
-        assert_ne!(all_tag(10), all_tag(11));
+        assert_ne!(all_tag(10, Profile::Full), all_tag(11, Profile::Full));
         assert_eq!(a.kinds(), ["all"]);
     }
 

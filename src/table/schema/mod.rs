@@ -9,6 +9,9 @@
 pub mod convert;
 pub mod functions;
 mod indexes;
+mod migrations;
+
+pub use migrations::{MASKING_MIGRATION_SQL, MIGRATION_SQL, SIDE_TABLES_SQL, migration_sql};
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -20,86 +23,23 @@ use tracing::warn;
 
 use crate::error::SinkError;
 use crate::error::describe;
+pub use crate::profile::Profile;
 use crate::table::partitions::{Granularity, premake, set_granularity};
 use crate::table::privileges::{self, FunctionGrant, SCHEMA_WRITERS_SQL, schema_writers_fix};
 use crate::table::retry::{failed, with_lock_retries};
-
-/// One migration's text, by its file name (without `.sql`).
-macro_rules! migration {
-    ($name:literal) => {
-        include_str!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/migrations/",
-            $name,
-            ".sql"
-        ))
-    };
-}
-
-/// The migrations: what changes tables and data, in order (0001 creates or
-/// upgrades `user_logins`; later ones the PII vault, the audit trail and
-/// erasure list, the partition machinery, key versions, the role registry).
-/// Applied through [`schema_sql`], which makes the owner's functions first
-/// and applies the privileges after.
-pub const MIGRATION_SQL: &str = concat!(
-    migration!("0001_user_logins"),
-    "\n",
-    migration!("0002_pii_vault"),
-    "\n",
-    migration!("0003_pii_audit_and_erasure"),
-    "\n",
-    migration!("0004_partitions"),
-    "\n",
-    migration!("0005_erasure_state"),
-    "\n",
-    migration!("0006_key_versions"),
-    "\n",
-    migration!("0007_online_operations"),
-    "\n",
-    migration!("0008_vault_retention"),
-    "\n",
-    migration!("0009_write_function"),
-    "\n",
-    migration!("0010_insiders"),
-    "\n",
-    migration!("0011_extra_fields"),
-);
-
-/// The migrations but 0001 and 0004, which rebuild `user_logins` (0011
-/// only adds a nullable column, which an older version's writes do not
-/// name): what `migrate --prepare` applies beside an older version's
-/// writes into an unpartitioned table (see [`convert`]).
-pub const SIDE_TABLES_SQL: &str = concat!(
-    migration!("0002_pii_vault"),
-    "\n",
-    migration!("0003_pii_audit_and_erasure"),
-    "\n",
-    migration!("0005_erasure_state"),
-    "\n",
-    migration!("0006_key_versions"),
-    "\n",
-    migration!("0007_online_operations"),
-    "\n",
-    migration!("0008_vault_retention"),
-    "\n",
-    migration!("0009_write_function"),
-    "\n",
-    migration!("0010_insiders"),
-    "\n",
-    migration!("0011_extra_fields"),
-);
 
 /// The version [`MIGRATION_SQL`] leaves (`login_etl_schema_version()`):
 /// a database at an older one is migrated again.
 pub const SCHEMA_VERSION: i32 = 11;
 
-/// The schema for `migrations` (all of [`MIGRATION_SQL`], or part of it):
-/// the owner's functions from their files ([`functions::sync_sql`]), the
-/// migrations, the schema version, then every function's search path,
-/// revoke and grants and every registered role's privileges
-/// ([`privileges::apply_sql`]), for one transaction.
-pub fn schema_sql(migrations: &str) -> String {
-    let grants = functions::grants(SCHEMA_VERSION);
+/// The schema for `migrations` (all of [`migration_sql`], or part of it)
+/// in `profile`: the owner's functions from their files
+/// ([`functions::sync_sql`]), the migrations, the schema version and
+/// profile, then every function's search path, revoke and grants and
+/// every registered role's privileges ([`privileges::apply_sql`]), for one
+/// transaction.
+pub fn schema_sql(migrations: &str, profile: Profile) -> String {
+    let grants = functions::grants(SCHEMA_VERSION, profile);
     let grants: Vec<FunctionGrant<'_>> = grants
         .iter()
         .map(|(tag, name, kinds)| FunctionGrant {
@@ -110,8 +50,8 @@ pub fn schema_sql(migrations: &str) -> String {
         .collect();
     format!(
         "{}\n{migrations}\n;\n{}\n{}",
-        functions::sync_sql(),
-        functions::schema_version_sql(SCHEMA_VERSION),
+        functions::sync_sql(profile),
+        functions::schema_version_sql(SCHEMA_VERSION, profile),
         privileges::apply_sql(&grants)
     )
 }
@@ -131,11 +71,18 @@ pub const STORE_VAULT_ARGS: &str =
 /// `sink::tx::XidFloor`), the tag of the functions installed and who may
 /// create in the schema ([`SCHEMA_WRITERS_SQL`]).
 static INSPECT_SQL: LazyLock<String> = LazyLock::new(|| {
+    let profile = format!(
+        "(SELECT substring(p.prosrc FROM '''([a-z]+)''') FROM pg_proc p \
+         WHERE p.oid = to_regprocedure('{}()'))",
+        functions::PROFILE_FUNCTION
+    );
     format!(
         "{INSPECT_TABLES}, \
-         coalesce((SELECT obj_description(p.oid, 'pg_proc') = $2 || ':' || md5(p.prosrc) \
+         coalesce((SELECT obj_description(p.oid, 'pg_proc') \
+             = CASE {profile} WHEN 'masking' THEN $4 ELSE $2 END || ':' || md5(p.prosrc) \
              FROM pg_proc p WHERE p.oid = to_regprocedure('{}()')), false), \
-         (SELECT s.writers FROM ({SCHEMA_WRITERS_SQL}) AS s(name, writers)), current_schema()::text",
+         (SELECT s.writers FROM ({SCHEMA_WRITERS_SQL}) AS s(name, writers)), current_schema()::text, \
+         {profile}",
         functions::SCHEMA_VERSION_FUNCTION
     )
 });
@@ -157,12 +104,12 @@ const INSPECT_TABLES: &str = "SELECT \
         AND to_regprocedure('login_etl_store_vault(' || $1 || ')') IS NOT NULL, \
     to_regclass('user_logins_pii_audit') IS NOT NULL AND to_regclass('user_logins_erased') IS NOT NULL \
         AND to_regprocedure('login_etl_refuse_erased(bigint,integer)') IS NOT NULL \
-        AND to_regclass('user_logins_key_state') IS NOT NULL \
-        AND to_regprocedure('login_etl_write(bigint,integer,integer,' || $3 || ')') IS NOT NULL, \
+        AND to_regclass('user_logins_pii_vault_held') IS NOT NULL \
+        AND to_regclass('user_logins_erasure_tokens') IS NOT NULL, \
     coalesce((SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass('user_logins')), false), \
     to_regclass('user_logins_partitioning') IS NOT NULL AND to_regclass('user_logins_default') IS NOT NULL \
-        AND to_regclass('user_logins_pii_vault_held') IS NOT NULL \
-        AND to_regclass('user_logins_erasure_tokens') IS NOT NULL \
+        AND to_regclass('user_logins_key_state') IS NOT NULL \
+        AND to_regprocedure('login_etl_write(bigint,integer,integer,' || $3 || ')') IS NOT NULL \
         AND to_regprocedure('login_etl_drop_detached()') IS NOT NULL \
         AND to_regprocedure('login_etl_purge_default(date)') IS NOT NULL, \
     EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a \
@@ -187,13 +134,14 @@ pub struct SchemaState {
     pub floor: Option<String>,
     /// The PII vault's tables exist.
     pub vault: bool,
-    /// The audit table, the erasure list, its check and the write function
-    /// (`login_etl_write`, migrations/0009) exist.
+    /// The audit table, the erasure list, its check and forget's state
+    /// exist (the full profile's).
     pub erasure: bool,
     /// `user_logins` is partitioned (false for a table from before this
     /// version, which `login-etl migrate` converts).
     pub partitioned: bool,
-    /// The partition machinery of migrations/0004 exists.
+    /// The partition machinery of migrations/0004, the key state and the
+    /// write function (`login_etl_write`) exist (every profile's).
     pub partitions: bool,
     /// A valid unique index on `message_id` alone: what keeps an
     /// unpartitioned table from before this version exactly once while
@@ -210,16 +158,20 @@ pub struct SchemaState {
     pub schema_writers: Vec<String>,
     /// The schema the names resolve to (`current_schema()`).
     pub schema: Option<String>,
+    /// The profile `migrate` gave it (full for a database from before
+    /// profiles, and where nothing is installed yet).
+    pub profile: Profile,
 }
 
 impl SchemaState {
-    /// Nothing for a migration to do.
+    /// Nothing for a migration to do (in its own profile).
     pub fn is_current(&self) -> bool {
+        let full = self.profile == Profile::Full;
         self.table
             && self.columns
             && self.unique_index
-            && self.vault
-            && self.erasure
+            && (self.vault || !full)
+            && (self.erasure || !full)
             && self.partitioned
             && self.partitions
             && self.version >= SCHEMA_VERSION
@@ -260,8 +212,15 @@ pub async fn inspect(client: &Client) -> Result<SchemaState, tokio_postgres::Err
             &INSPECT_SQL,
             &[
                 (&STORE_VAULT_ARGS, Type::TEXT),
-                (&functions::all_tag(SCHEMA_VERSION), Type::TEXT),
+                (
+                    &functions::all_tag(SCHEMA_VERSION, Profile::Full),
+                    Type::TEXT,
+                ),
                 (&crate::contract::columns::array_types(), Type::TEXT),
+                (
+                    &functions::all_tag(SCHEMA_VERSION, Profile::Masking),
+                    Type::TEXT,
+                ),
             ],
         )
         .await?;
@@ -279,18 +238,58 @@ pub async fn inspect(client: &Client) -> Result<SchemaState, tokio_postgres::Err
         functions: row.get(10),
         schema_writers: row.get::<_, Option<Vec<String>>>(11).unwrap_or_default(),
         schema: row.get(12),
+        profile: row
+            .get::<_, Option<&str>>(13)
+            .and_then(Profile::parse)
+            .unwrap_or_default(),
     })
 }
 
-/// The schema guard, run on the sink's first connection: an error that
-/// names the fix unless `user_logins` is complete. Returns the xid floor.
-pub async fn check(
-    client: &Client,
-    limit: Duration,
-    vault: bool,
-) -> Result<Option<String>, SinkError> {
-    // Both in one round trip; on a server older than 13 the inspection
-    // fails (no pg_current_snapshot), and the version says why.
+/// What the schema guard found: the xid floor and the database's profile.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// The first transaction id not yet assigned (see [`SchemaState::floor`]).
+    pub floor: Option<String>,
+    /// The profile `migrate` gave the database.
+    pub profile: Profile,
+}
+
+/// The database's profile from the catalog (any role may read it; full
+/// where no `migrate` of this version recorded one).
+pub async fn profile(client: &Client) -> Result<Profile, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT (SELECT substring(p.prosrc FROM '''([a-z]+)''') FROM pg_proc p \
+         WHERE p.oid = to_regprocedure('{}()'))",
+        functions::PROFILE_FUNCTION
+    );
+    let row = client.query_typed_one(&sql, &[]).await?;
+    Ok(row
+        .get::<_, Option<&str>>(0)
+        .and_then(Profile::parse)
+        .unwrap_or_default())
+}
+
+/// Refuses `command` (reveal, forget, audit, rotate-key, vault-upgrade)
+/// on a masking-only database, which has none of the tables it works on.
+pub async fn require_full(client: &Client, command: &'static str) -> Result<(), SinkError> {
+    let found = profile(client)
+        .await
+        .map_err(failed("reading the database's profile"))?;
+    if found == Profile::Full {
+        return Ok(());
+    }
+    Err(SinkError::Fatal {
+        op: command,
+        cause: "the database has the masking-only profile: no PII vault, erasure list, audit trail or key rotation".into(),
+        hint: "; nothing was changed. Give it the full profile, online, as the tables' owner: `login-etl migrate --profile full`, then this command's role (`login-etl grants --profile full`; docs/profiles.md)".into(),
+    })
+}
+
+/// The server's version (refused below 13) and the schema's state, in one
+/// round trip within `limit`.
+async fn checked_state(client: &Client, limit: Duration) -> Result<SchemaState, SinkError> {
+    // On a server older than 13 the inspection fails (no
+    // pg_current_snapshot), and the version says why.
     let answers = timeout(limit, async {
         tokio::join!(server_version(client), inspect(client))
     })
@@ -298,21 +297,25 @@ pub async fn check(
     if let Ok((Ok((num, version)), _)) = &answers {
         require_version(*num, version)?;
     }
-    let state = match answers.map(|(_, state)| state) {
-        Ok(Ok(state)) => state,
-        Ok(Err(e)) => {
-            return Err(SinkError::Transient {
-                op: "checking the schema of user_logins",
-                cause: describe(&e),
-            });
-        }
-        Err(_) => {
-            return Err(SinkError::Transient {
-                op: "checking the schema of user_logins",
-                cause: format!("no answer within {} ms", limit.as_millis()),
-            });
-        }
-    };
+    const OP: &str = "checking the schema of user_logins";
+    match answers.map(|(_, state)| state) {
+        Ok(Ok(state)) => Ok(state),
+        Ok(Err(e)) => Err(SinkError::Transient {
+            op: OP,
+            cause: describe(&e),
+        }),
+        Err(_) => Err(SinkError::Transient {
+            op: OP,
+            cause: format!("no answer within {} ms", limit.as_millis()),
+        }),
+    }
+}
+
+/// The schema guard, run on the sink's first connection: an error that
+/// names the fix unless `user_logins` is complete in the database's
+/// profile (and has the vault when `vault`).
+pub async fn check(client: &Client, limit: Duration, vault: bool) -> Result<Checked, SinkError> {
+    let state = checked_state(client, limit).await?;
     if !state.schema_writers.is_empty() {
         // Not a reason to stop writing (the owner's functions are there
         // for anyone granted them, written or not): the operator's to mend.
@@ -340,7 +343,10 @@ pub async fn check(
         // Between `migrate --prepare` and the cutover: the old table has
         // every column and its unique message_id index arbitrates.
         if state.columns && state.message_id_index && state.erasure {
-            return Ok(state.floor);
+            return Ok(Checked {
+                floor: state.floor,
+                profile: state.profile,
+            });
         }
         return Err(fatal(
             "user_logins is not partitioned (a table from before this version)",
@@ -353,10 +359,17 @@ pub async fn check(
             "; run `login-etl migrate` (make migrate), which builds it again",
         ));
     }
-    if !state.erasure || !state.partitions {
+    let full = state.profile == Profile::Full;
+    if (full && !state.erasure) || !state.partitions {
         return Err(fatal(
-            "the erasure list (user_logins_erased, login_etl_refuse_erased), the write function (login_etl_write) or the partition functions (login_etl_*) are missing: the schema predates this version",
+            "the erasure list (user_logins_erased, login_etl_refuse_erased), the key state, the write function (login_etl_write) or the partition functions (login_etl_*) are missing: the schema predates this version",
             "; run `make migrate` (login-etl migrate) or set RUN_MIGRATIONS=true",
+        ));
+    }
+    if vault && !full {
+        return Err(fatal(
+            "this function keeps originals in the PII vault (VAULT_KEY_ID is set), and the database has the masking-only profile, which has no vault",
+            "; nothing was written. Either give the database the full profile, online: `login-etl migrate --profile full` as the tables' owner (docs/profiles.md), or deploy without the vault (Profile=masking, which sets no VAULT_KEY_ID)",
         ));
     }
     if vault && !state.vault {
@@ -365,7 +378,10 @@ pub async fn check(
             "; run `make migrate` (login-etl migrate) or set RUN_MIGRATIONS=true",
         ));
     }
-    Ok(state.floor)
+    Ok(Checked {
+        floor: state.floor,
+        profile: state.profile,
+    })
 }
 
 /// How `migrate` may proceed.
@@ -388,11 +404,32 @@ pub struct MigrateOptions {
     /// unpartitioned, writable by the old version and by this one. See
     /// docs/deploy.md, "Upgrading an existing table".
     pub prepare_only: bool,
+    /// The profile to install; `None` keeps the database's (full for a
+    /// new one). Masking-only on a full database is refused: a profile is
+    /// widened, never narrowed.
+    pub profile: Option<Profile>,
+}
+
+/// The profile `migrate` installs on a database in `state`, or the refusal
+/// to narrow one.
+pub fn target_profile(state: &SchemaState, asked: Option<Profile>) -> Result<Profile, SinkError> {
+    if !state.table {
+        return Ok(asked.unwrap_or_default());
+    }
+    match (state.profile, asked) {
+        (Profile::Full, Some(Profile::Masking)) => Err(SinkError::Fatal {
+            op: "choosing the database's profile",
+            cause: "the database has the full profile (the PII vault, the erasure list, the audit trail) and --profile masking asks for less".into(),
+            hint: "; nothing was changed. A profile is widened, never narrowed: those tables hold what recovery and erasure need. Run migrate without --profile (PROFILE unset) to keep the full profile; to stop keeping originals, deploy with EnableVault=false (docs/profiles.md)".into(),
+        }),
+        (current, asked) => Ok(asked.unwrap_or(current)),
+    }
 }
 
 /// Creates or upgrades the schema, then makes the partitions from
 /// yesterday to `premake_days` ahead. An unpartitioned `user_logins` is
-/// converted first ([`convert`]). [`MIGRATION_SQL`] is applied in one
+/// converted first ([`convert`]). The profile's migrations
+/// ([`migration_sql`], see [`target_profile`]) are applied in one
 /// transaction under the advisory lock, unless the catalog shows the
 /// schema is current: then it takes no lock on the table at all (the
 /// migration's `ALTER TABLE` would take an ACCESS EXCLUSIVE lock even when
@@ -401,7 +438,9 @@ pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<bo
     let state = inspect(client)
         .await
         .map_err(failed("reading the catalog"))?;
-    if options.cold_start && state.is_current() {
+    let profile = target_profile(&state, options.profile)?;
+    let current = state.is_current() && state.profile == profile;
+    if options.cold_start && current {
         return Ok(false);
     }
     privileges::refuse_schema_writers(state.schema.as_deref(), &state.schema_writers)?;
@@ -422,13 +461,14 @@ pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<bo
             let built = indexes::vault_indexes(client, options).await?;
             return Ok(applied || built);
         }
-    } else if !state.is_current() {
-        apply_sql(client, &schema_sql(MIGRATION_SQL), "applying the schema").await?;
+    } else if !current {
+        let sql = schema_sql(migration_sql(profile), profile);
+        apply_sql(client, &sql, "applying the schema").await?;
         applied = true;
     }
     set_granularity(client, options.granularity).await?;
     let made = premake(client, options.premake_days).await?;
-    let built = indexes::vault_indexes(client, options).await?;
+    let built = profile == Profile::Full && indexes::vault_indexes(client, options).await?;
     Ok(applied || made > 0 || built)
 }
 
