@@ -134,13 +134,14 @@ def deploy_sequence() -> str:
     return textwrap.dedent(block)
 
 
-def prepare_database(dbname: str) -> None:
+def prepare_database(dbname: str, profile: str = "full") -> None:
     """The README's deploy sequence, run as written against the local
-    server with its three settings pointed at `dbname`: the admin creates the
-    roles, the migrate role creates the tables and applies each role's
-    `login-etl grants`."""
+    server with its settings pointed at `dbname` and its PROFILE set to
+    `profile`: the admin creates the roles, the migrate role creates the
+    tables and applies each role's `login-etl grants`. Run again with
+    "full" on a masking-only database, it widens it (as the README says)."""
     values = {"ADMIN_URL": db_url(dbname), "MIGRATE_URL": role_url(dbname, "migrate"),
-              "MAINTAIN_URL": role_url(dbname, "maintain"), "PREFIX": dbname}  # fmt: skip
+              "MAINTAIN_URL": role_url(dbname, "maintain"), "PREFIX": dbname, "PROFILE": profile}  # fmt: skip
     lines = deploy_sequence().splitlines()
     for name, value in values.items():
         (i,) = [i for i, line in enumerate(lines) if line.startswith(f"export {name}=")]
@@ -317,6 +318,7 @@ def deploy(
     db_port: int | None = None,
     overrides: dict[str, str] | None = None,
     log: Path | None = None,
+    profile: str = "full",
 ) -> Stack:
     """Deploy the built template as `stack`, its DB secret pointing at a fresh
     database `dbname`, migrated by the admin, which the function writes as
@@ -333,7 +335,7 @@ def deploy(
         delete_stack(stack)
     drop_database(dbname)
     create_database(dbname)
-    prepare_database(dbname)
+    prepare_database(dbname, profile)
     s3 = client("s3")
     try:
         s3.create_bucket(Bucket=ARTIFACT_BUCKET)
@@ -360,6 +362,7 @@ def deploy(
         # does not enforce IAM; AWS would, with MFA and a source identity).
         "RevealTrustedPrincipalArn": "arn:aws:iam::000000000000:role/investigators",
         "DlqOperatorTrustedPrincipalArn": "arn:aws:iam::000000000000:role/dlq-operators",
+        "Profile": profile,
         **(overrides or {}),
     }
     say(f"==> sam deploy {stack} into LocalStack ({ENDPOINT}), database {dbname}"

@@ -153,9 +153,10 @@ def _role_url(name: str, role: str) -> str:
     return db_url(name).replace("://postgres@", f"://{name}_{role}@")
 
 
-def _readme_block(name: str) -> subprocess.CompletedProcess:
+def _readme_block(name: str, profile: str | None = None) -> subprocess.CompletedProcess:
     """README's deploy block, as written, under bash -euo pipefail, with its
-    four settings pointed at database `name` (roles `<name>_<kind>`)."""
+    four settings pointed at database `name` (roles `<name>_<kind>`), and
+    its PROFILE set to `profile` where given (as written: masking)."""
     import sys
 
     sys.path.insert(0, str(ROOT / "localstack"))
@@ -163,6 +164,8 @@ def _readme_block(name: str) -> subprocess.CompletedProcess:
 
     values = {"ADMIN_URL": db_url(name), "MIGRATE_URL": _role_url(name, "migrate"),
               "MAINTAIN_URL": _role_url(name, "maintain"), "PREFIX": name}  # fmt: skip
+    if profile:
+        values["PROFILE"] = profile
     lines = stack.deploy_sequence().splitlines()
     for key, value in values.items():
         (i,) = [i for i, line in enumerate(lines) if line.startswith(f"export {key}=")]
@@ -253,8 +256,9 @@ def test_doctor_passes_a_sound_deployment_and_names_each_break_with_its_fix():
 
 
 def test_the_readme_block_runs_twice_on_a_hardened_database_and_every_role_works_after_it():
-    """README's deploy block, as written (under bash -euo pipefail), twice,
-    on a database where PUBLIC has no right on the schema (the common
+    """README's deploy block, as written (under bash -euo pipefail, the
+    masking-only profile), twice, then widened with PROFILE=full, on a
+    database where PUBLIC has no right on the schema (the common
     hardening, and PostgreSQL 15's default made stricter): no GRANT is a
     no-op, the second run changes nothing and fails on nothing, `maintain`
     runs as the maintain role (in the block), and the function, as the
@@ -263,7 +267,7 @@ def test_the_readme_block_runs_twice_on_a_hardened_database_and_every_role_works
     import signal
 
     name = f"login_etl_hard_{os.getpid()}"
-    roles = ROLE_KINDS
+    roles = ["migrate", "ingest", "maintain"]  # the masking-only profile's, as the block is written
 
     def drop():
         _drop(name)
@@ -303,6 +307,18 @@ def test_the_readme_block_runs_twice_on_a_hardened_database_and_every_role_works
             runtime.close()
         assert runtime.response is not None and not runtime.response.startswith(b"ERROR"), (runtime.response, log)
         assert json.loads(runtime.response) == {"batchItemFailures": []}, log
+        assert psql(db_url(name), "SELECT count(*) FROM user_logins") == str(records)
+        assert psql(db_url(name), "SELECT to_regclass('user_logins_pii_vault') IS NULL") == "t", "masking-only"
+
+        # Widened: the block again with PROFILE=full adds the other four
+        # roles and the full profile's tables; the rows stay.
+        done = _readme_block(name, "full")
+        out = done.stdout + done.stderr
+        assert done.returncode == 0 and "no privileges were granted" not in out, out
+        for r in ROLE_KINDS:
+            assert psql(db_url(name), f"SELECT has_schema_privilege('{name}_{r}', 'public', 'USAGE')") == "t", r
+        assert psql(db_url(name), "SELECT login_etl_profile()") == "full"
+        assert psql(db_url(name), "SELECT to_regclass('user_logins_pii_vault') IS NOT NULL") == "t"
         assert psql(db_url(name), "SELECT count(*) FROM user_logins") == str(records)
     finally:
         drop()

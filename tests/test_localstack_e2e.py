@@ -59,9 +59,10 @@ def fifo(localstack):
 
 @pytest.fixture(scope="session")
 def existing(localstack):
-    """A stack wired to a queue and DLQ made before it (ExistingQueueArn,
-    ExistingDlqArn), as the producers' queue usually is; the queues are
-    deleted after the stack."""
+    """A masking-only stack (Profile=masking, the README's block with
+    PROFILE=masking) wired to a queue and DLQ made before it
+    (ExistingQueueArn, ExistingDlqArn), as the producers' queue usually is;
+    the queues are deleted after the stack."""
     name = f"login-etl-{RUN}-xq"
     queues = stack.make_queues(f"{name}-producers", "", visibility=stack.LOCAL_VISIBILITY_TIMEOUT, max_receive=5)
     sqs = stack.client("sqs")
@@ -71,7 +72,7 @@ def existing(localstack):
     dbname = f"login_etl_{RUN}_xq"
     try:
         log = ROOT / "target" / "e2e-logs" / f"{name}.log"
-        s = stack.deploy(name, dbname, batch_size=10, log=log, overrides=overrides)
+        s = stack.deploy(name, dbname, batch_size=10, log=log, overrides=overrides, profile="masking")
         yield s, queues, arn
     finally:
         try:
@@ -532,10 +533,12 @@ def test_a_database_outage_dead_letters_nothing_valid_and_every_row_lands_soon_a
 
 
 @AFTER_FIFO
-def test_a_stack_on_an_existing_queue_makes_no_queue_and_drains_that_one(existing):
+def test_a_masking_only_stack_on_an_existing_queue_drains_it_and_is_widened_online(existing):
     """The stack makes no queue; its event-source mapping reads the queue
     made before it, rows arrive masked, and rejects reach that queue's DLQ
-    (the function's DLQ_URL) with their reason."""
+    (the function's DLQ_URL) with their reason. Masking-only: no vault or
+    erasure table; widened to the full profile beside the running function,
+    every row is kept."""
     s, queues, arn = existing
     made = stack.client("cloudformation").describe_stack_resources(StackName=s.name)["StackResources"]
     assert not [r for r in made if r["ResourceType"].startswith("AWS::SQS::")], "the stack made a queue or a policy"
@@ -558,3 +561,18 @@ def test_a_stack_on_an_existing_queue_makes_no_queue_and_drains_that_one(existin
     assert set(by_source) == {m.message_id for m in invalid}, "every reject in the existing DLQ"
     for m in invalid:
         assert stack.dead_letter_attribute(by_source[m.message_id], "rejection_code") == m.expect.removeprefix("reject:")
+
+    # Masking-only: no vault, no KMS key, none of the full profile's tables.
+    assert not [r for r in made if r["LogicalResourceId"] in ("VaultKey", "PiiRevealRole")]
+    privacy = ("user_logins_pii_vault", "user_logins_vault_keys", "user_logins_pii_audit", "user_logins_erased",
+               "user_logins_erasure_tokens", "user_logins_pii_vault_held")  # fmt: skip
+    present = lambda: [t for t in privacy if stack.psql(stack.db_url(s.dbname), f"SELECT to_regclass('{t}') IS NOT NULL")[0][0] == "t"]  # noqa: E731
+    assert present() == []
+    # Widened later by the README's block again with PROFILE=full, while the
+    # deployed function keeps writing: every row kept, the new ones too.
+    more = stack.generate(30, 0, seed=5502)
+    stack.send(queues, more)
+    stack.prepare_database(s.dbname, "full")
+    stack.wait_drained(queues, len(valid) + len(more), len(invalid), timeout=180)
+    assert set(rows(s)) == {m.message_id for m in valid + more}
+    assert present() == list(privacy)
