@@ -206,7 +206,9 @@ def test_doctor_passes_a_sound_deployment_and_names_each_break_with_its_fix():
 
         code, report = doctor()
         assert code == 0 and report["findings"] == [], report
-        assert set(report["checks"]) == {"schema_writers", "schema_version", "search_path", "roles", "partitions", "replication"}
+        assert set(report["checks"]) == {"schema_writers", "schema_version", "search_path", "roles", "privileges",
+                                         "partitions", "replication"}  # fmt: skip
+        assert report["profile"] == "masking", report
         human = subprocess.run([str(BINARY), "doctor"], env=env, capture_output=True, text=True, timeout=60)
         assert human.returncode == 0 and "nothing to mend" in human.stdout, human.stdout + human.stderr
 
@@ -220,6 +222,17 @@ def test_doctor_passes_a_sound_deployment_and_names_each_break_with_its_fix():
             (f'REVOKE USAGE ON SCHEMA public FROM "{ingest}"', admin, "roles", f'GRANT USAGE ON SCHEMA "public" TO "{ingest}"',
              f'GRANT USAGE ON SCHEMA public TO "{ingest}"'),
             (f'ALTER ROLE "{ingest}" NOLOGIN', admin, "roles", "LOGIN", f'ALTER ROLE "{ingest}" LOGIN'),
+            # A privilege beyond the kind (a whole-table read, another kind's
+            # function), and one the kind needs, revoked.
+            (f'GRANT SELECT ON user_logins TO "{ingest}"', admin, "privileges",
+             f'REVOKE SELECT ON TABLE "user_logins" FROM "{ingest}"',
+             f'REVOKE SELECT ON user_logins FROM "{ingest}"; '
+             f'GRANT SELECT (message_id, sent_at, create_date, xmin) ON user_logins TO "{ingest}"'),
+            (f'GRANT EXECUTE ON FUNCTION login_etl_purge_default(date) TO "{ingest}"', admin, "privileges",
+             f'REVOKE EXECUTE ON FUNCTION login_etl_purge_default(date) FROM "{ingest}"',
+             f'REVOKE EXECUTE ON FUNCTION login_etl_purge_default(date) FROM "{ingest}"'),
+            (f'REVOKE INSERT ON user_logins FROM "{ingest}"', admin, "privileges",
+             f"login-etl grants --role ingest --to {ingest} --profile masking", f'GRANT INSERT ON user_logins TO "{ingest}"'),
             ("ALTER FUNCTION login_etl_partitions() SET search_path = public, pg_catalog", admin, "search_path",
              "login_etl_partitions", "ALTER FUNCTION login_etl_partitions() SET search_path = pg_catalog, public, pg_temp"),
             ("INSERT INTO user_logins (message_id, sent_at, create_date) VALUES ('doc-1', now(), DATE '2001-01-01')",
@@ -320,5 +333,10 @@ def test_the_readme_block_runs_twice_on_a_hardened_database_and_every_role_works
         assert psql(db_url(name), "SELECT login_etl_profile()") == "full"
         assert psql(db_url(name), "SELECT to_regclass('user_logins_pii_vault') IS NOT NULL") == "t"
         assert psql(db_url(name), "SELECT count(*) FROM user_logins") == str(records)
+        # doctor finds every one of the seven roles holding exactly its kind's.
+        doc = subprocess.run([str(BINARY), "doctor", "--json"], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "DATABASE_URL": role_url("migrate"), "DB_SSLMODE": "disable"})  # fmt: skip
+        report = json.loads(doc.stdout)
+        assert doc.returncode == 0 and report["profile"] == "full" and report["findings"] == [], doc.stdout + doc.stderr
     finally:
         drop()

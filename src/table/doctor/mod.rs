@@ -8,10 +8,14 @@
 //!   run in ([`SCHEMA_WRITERS_SQL`]);
 //! - the schema's version against this binary's;
 //! - every owner's function resolving names with pg_catalog first;
-//! - each registered role existing, able to log in and to use the schema;
+//! - each registered role existing, able to log in and to use the schema,
+//!   and holding what `login-etl grants` gives its kind in the database's
+//!   profile, no less and no more ([`privileges`]);
 //! - the partitions made ahead, and the DEFAULT partition empty;
 //! - whether a commit the function sees acknowledged survives a failover
 //!   (standbys without synchronous replication), and not a standby itself.
+
+mod privileges;
 
 use chrono::NaiveDate;
 use serde::Serialize;
@@ -43,6 +47,8 @@ pub struct Finding {
 pub struct Report {
     /// The schema examined.
     pub schema: String,
+    /// Its profile (`masking` or `full`).
+    pub profile: &'static str,
     /// Every check run, found something or not.
     pub checks: Vec<&'static str>,
     /// What they found; empty when the deployment is sound.
@@ -75,6 +81,11 @@ pub async fn examine(client: &Client, today: NaiveDate) -> Result<Report, tokio_
     }
     search_paths(client, &mut report).await?;
     roles(client, &mut report).await?;
+    let profile = crate::table::schema::profile(client).await?;
+    report.profile = profile.as_str();
+    if registry(client).await? {
+        privileges::check(client, profile, &mut report).await?;
+    }
     partitions_ahead(client, today, &mut report).await?;
     replication(client, &mut report).await?;
     Ok(report)
@@ -190,13 +201,17 @@ pub fn search_path_first_is_catalog(config: &str) -> bool {
         .is_some_and(|path| path.split(',').next().map(str::trim) == Some("pg_catalog"))
 }
 
-async fn roles(client: &Client, report: &mut Report) -> Result<(), tokio_postgres::Error> {
-    report.checks.push("roles");
-    let registered: bool = client
+/// The role registry exists (migrations/0010).
+async fn registry(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
         .query_one("SELECT to_regclass('user_logins_roles') IS NOT NULL", &[])
         .await?
-        .get(0);
-    if !registered {
+        .get(0))
+}
+
+async fn roles(client: &Client, report: &mut Report) -> Result<(), tokio_postgres::Error> {
+    report.checks.push("roles");
+    if !registry(client).await? {
         return Ok(());
     }
     let rows = client

@@ -1,0 +1,236 @@
+//! Doctor's `privileges` check: each registered role's privileges against
+//! what `login-etl grants` gives its kind in the database's profile,
+//! both ways: what it lacks (the function or command would fail) and what
+//! it holds beyond (a stolen credential of it could do more than its kind).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tokio_postgres::Client;
+
+use super::Report;
+use crate::profile::Profile;
+use crate::table::privileges::{Role, table_grants};
+use crate::table::schema::functions::files;
+
+/// The role's direct grants on login-etl's tables, columns and functions
+/// in the current schema: (object kind, table or signature, column, privilege).
+const HELD_SQL: &str = "\
+    WITH r AS (SELECT oid FROM pg_roles WHERE rolname = $1), \
+         n AS (SELECT to_regnamespace(current_schema())::oid AS oid) \
+    SELECT 'table', c.relname::text, NULL::text, a.privilege_type \
+      FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a \
+     WHERE c.relnamespace = (SELECT oid FROM n) AND c.relname LIKE 'user\\_logins%' \
+       AND a.grantee = (SELECT oid FROM r) \
+    UNION ALL \
+    SELECT 'column', c.relname::text, t.attname::text, a.privilege_type \
+      FROM pg_attribute t JOIN pg_class c ON c.oid = t.attrelid CROSS JOIN LATERAL aclexplode(t.attacl) a \
+     WHERE c.relnamespace = (SELECT oid FROM n) AND c.relname LIKE 'user\\_logins%' \
+       AND a.grantee = (SELECT oid FROM r) \
+    UNION ALL \
+    SELECT 'function', p.oid::regprocedure::text, p.proname::text, a.privilege_type \
+      FROM pg_proc p CROSS JOIN LATERAL aclexplode(p.proacl) a \
+     WHERE p.pronamespace = (SELECT oid FROM n) AND p.proname LIKE 'login\\_etl\\_%' \
+       AND a.grantee = (SELECT oid FROM r)";
+
+/// Compares each registered role of a kind the profile has.
+pub(super) async fn check(
+    client: &Client,
+    profile: Profile,
+    report: &mut Report,
+) -> Result<(), tokio_postgres::Error> {
+    report.checks.push("privileges");
+    let rows = client
+        .query(
+            "SELECT g.role_name::text, g.kind::text FROM user_logins_roles g \
+             JOIN pg_roles r ON r.rolname = g.role_name ORDER BY 1",
+            &[],
+        )
+        .await?;
+    for row in rows {
+        let (name, kind): (String, String) = (row.get(0), row.get(1));
+        let Some(role) = Role::parse(&kind) else {
+            continue;
+        };
+        let expected = Expected::of(client, role, profile).await?;
+        let held = client.query(HELD_SQL, &[&name]).await?;
+        let subject = format!("role {name} ({kind})");
+        let mut extra = Vec::new();
+        for h in &held {
+            let (object, target, col, privilege): (String, String, Option<String>, String) =
+                (h.get(0), h.get(1), h.get(2), h.get(3));
+            let allowed = match object.as_str() {
+                "table" => expected
+                    .tables
+                    .contains(&(target.clone(), privilege.clone())),
+                "column" => {
+                    let col = col.unwrap_or_default();
+                    expected
+                        .tables
+                        .contains(&(target.clone(), privilege.clone()))
+                        || expected.columns.contains(&(
+                            target.clone(),
+                            col.clone(),
+                            privilege.clone(),
+                        ))
+                }
+                _ => col
+                    .as_deref()
+                    .is_some_and(|f| expected.functions.contains(f)),
+            };
+            if !allowed {
+                extra.push(revoke(
+                    &object,
+                    &target,
+                    h.get::<_, Option<String>>(2).as_deref(),
+                    &privilege,
+                    &name,
+                ));
+            }
+        }
+        if !extra.is_empty() {
+            report.found(
+                "privileges",
+                subject.clone(),
+                format!(
+                    "holds {} privilege(s) beyond its kind (`login-etl grants --role {kind}` gives none of them): a stolen credential of it could use them",
+                    extra.len()
+                ),
+                format!(
+                    "as the tables' owner: {} then login-etl migrate (a REVOKE of a whole-table privilege takes the kind's column privileges with it; migrate gives them back)",
+                    extra.join(" ")
+                ),
+            );
+        }
+        let lacks = expected.lacking(client, &name).await?;
+        if !lacks.is_empty() {
+            report.found(
+                "privileges",
+                subject,
+                format!("lacks {}", lacks.join(", ")),
+                format!(
+                    "as the tables' owner: login-etl migrate (it gives each registered role what its kind lacks), or login-etl grants --role {kind} --to {name} --profile {} | psql",
+                    profile.as_str()
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The REVOKE of one held privilege.
+fn revoke(object: &str, target: &str, col: Option<&str>, privilege: &str, role: &str) -> String {
+    let role = format!("\"{}\"", role.replace('"', "\"\""));
+    let table = |t: &str| format!("\"{}\"", t.replace('"', "\"\""));
+    match (object, col) {
+        ("table", _) => format!("REVOKE {privilege} ON TABLE {} FROM {role};", table(target)),
+        ("column", Some(c)) => format!(
+            "REVOKE {privilege} (\"{}\") ON TABLE {} FROM {role};",
+            c.replace('"', "\"\""),
+            table(target)
+        ),
+        _ => format!("REVOKE {privilege} ON FUNCTION {target} FROM {role};"),
+    }
+}
+
+/// What `grants` gives a kind, restricted to what the database holds.
+struct Expected {
+    /// (table, privilege) granted on the whole table.
+    tables: BTreeSet<(String, String)>,
+    /// (table, column, privilege).
+    columns: BTreeSet<(String, String, String)>,
+    /// Function names (every overload).
+    functions: BTreeSet<String>,
+}
+
+impl Expected {
+    async fn of(
+        client: &Client,
+        role: Role,
+        profile: Profile,
+    ) -> Result<Self, tokio_postgres::Error> {
+        let mut out = Expected {
+            tables: BTreeSet::new(),
+            columns: BTreeSet::new(),
+            functions: BTreeSet::new(),
+        };
+        if !role.in_profile(profile) {
+            return Ok(out); // a kind the profile has not: it should hold nothing
+        }
+        let mut present: BTreeMap<&str, bool> = BTreeMap::new();
+        for (_, table, _) in table_grants(role) {
+            if !present.contains_key(table) {
+                let exists: bool = client
+                    .query_one("SELECT to_regclass($1) IS NOT NULL", &[table])
+                    .await?
+                    .get(0);
+                present.insert(table, exists);
+            }
+        }
+        for (privilege, table, columns) in table_grants(role) {
+            if !present[table] {
+                continue;
+            }
+            if columns.is_empty() {
+                out.tables.insert(((*table).into(), (*privilege).into()));
+            }
+            for c in *columns {
+                out.columns
+                    .insert(((*table).into(), (*c).into(), (*privilege).into()));
+            }
+        }
+        for f in files(profile) {
+            if role.may_run(&f.kinds()) {
+                out.functions.insert(f.name.to_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    /// What the role cannot use of it, through any grant.
+    async fn lacking(
+        &self,
+        client: &Client,
+        role: &str,
+    ) -> Result<Vec<String>, tokio_postgres::Error> {
+        let mut lacks = Vec::new();
+        for (table, privilege) in &self.tables {
+            let ok: bool = client
+                .query_one(
+                    "SELECT has_table_privilege($1::name, $2::text, $3::text)",
+                    &[&role, table, privilege],
+                )
+                .await?
+                .get(0);
+            if !ok {
+                lacks.push(format!("{privilege} on {table}"));
+            }
+        }
+        for (table, col, privilege) in &self.columns {
+            let ok: bool = client
+                .query_one(
+                    "SELECT has_column_privilege($1::name, $2::text, $3::text, $4::text)",
+                    &[&role, table, col, privilege],
+                )
+                .await?
+                .get(0);
+            if !ok {
+                lacks.push(format!("{privilege} ({col}) on {table}"));
+            }
+        }
+        let names: Vec<&str> = self.functions.iter().map(String::as_str).collect();
+        let missing = client
+            .query(
+                "SELECT p.oid::regprocedure::text FROM pg_proc p \
+                 WHERE p.pronamespace = to_regnamespace(current_schema()) AND p.proname = ANY ($2) \
+                   AND NOT has_function_privilege($1::name, p.oid, 'EXECUTE') ORDER BY 1",
+                &[&role, &names],
+            )
+            .await?;
+        lacks.extend(
+            missing
+                .iter()
+                .map(|r| format!("EXECUTE on {}", r.get::<_, String>(0))),
+        );
+        Ok(lacks)
+    }
+}
