@@ -338,5 +338,16 @@ def test_the_readme_block_runs_twice_on_a_hardened_database_and_every_role_works
                              env={**os.environ, "DATABASE_URL": role_url("migrate"), "DB_SSLMODE": "disable"})  # fmt: skip
         report = json.loads(doc.stdout)
         assert doc.returncode == 0 and report["profile"] == "full" and report["findings"] == [], doc.stdout + doc.stderr
+        # Given the key the function wrote with, nothing; given another (a
+        # secret replaced instead of appended to), the keys check names it.
+        for key, code in (("ab" * 32, 0), ("cd" * 32, 1)):
+            doc = subprocess.run([str(BINARY), "doctor", "--json"], capture_output=True, text=True, timeout=60,
+                                 env={**os.environ, "DATABASE_URL": role_url("migrate"), "DB_SSLMODE": "disable",
+                                      "MASKING_KEY": key})  # fmt: skip
+            report = json.loads(doc.stdout)
+            assert doc.returncode == code and "keys" in report["checks"], doc.stdout + doc.stderr
+            found = [f for f in report["findings"] if f["check"] == "keys"]
+            assert [f["subject"] for f in found] == (["MASKING_KEY_SECRET_ID"] if code else []), found
+            assert "cd" * 32 not in doc.stdout + doc.stderr
     finally:
         drop()

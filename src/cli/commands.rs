@@ -270,9 +270,19 @@ fn schema(args: &super::ContractArgs) -> Result<(), Failure> {
 /// with its fix on stdout (or the report as JSON), exit 1 on any.
 async fn doctor(args: &DoctorArgs) -> Result<(), Failure> {
     let client = startup::operator_connection(&DbConfig::from_env()?).await?;
-    let report = crate::table::doctor::examine(&client, chrono::Utc::now().date_naive())
+    let examining = |e: tokio_postgres::Error| {
+        Failure(
+            format!(
+                "examining the database: {}; run doctor as the tables' owner (the migrate role) or an admin",
+                crate::error::describe(&e)
+            ),
+            1,
+        )
+    };
+    let mut report = crate::table::doctor::examine(&client, chrono::Utc::now().date_naive())
         .await
-        .map_err(|e| Failure(format!("examining the database: {}; run doctor as the tables' owner (the migrate role) or an admin", crate::error::describe(&e)), 1))?;
+        .map_err(examining)?;
+    doctor_keys(&client, &mut report).await?;
     if args.json {
         println!(
             "{}",
@@ -308,6 +318,53 @@ async fn doctor(args: &DoctorArgs) -> Result<(), Failure> {
             1,
         ))
     }
+}
+
+/// Doctor's `keys` check, where the operator gave it a key (MASKING_KEY or
+/// _SECRET_ID, ERASURE_KEY or _SECRET_ID): each against the database's
+/// key state (see [`crate::privacy::key_check`]).
+async fn doctor_keys(
+    client: &tokio_postgres::Client,
+    report: &mut crate::table::doctor::Report,
+) -> Result<(), Failure> {
+    use crate::privacy::key_check::{self, KEY_STATE_SQL, KeyState};
+    let env = |name: &str| std::env::var(name).ok();
+    let masking = crate::config::key_source(&env, "MASKING_KEY", "MASKING_KEY_SECRET_ID")?;
+    let erasure = crate::config::key_source(&env, "ERASURE_KEY", "ERASURE_KEY_SECRET_ID")?;
+    if (masking.is_none() && erasure.is_none()) || report.profile.is_empty() {
+        return Ok(()); // no key given, or no login-etl schema to compare with
+    }
+    report.checks.push("keys");
+    let secrets = if [&masking, &erasure]
+        .iter()
+        .any(|s| matches!(s, Some(KeySource::Secret(_))))
+    {
+        Some(Secrets::new(&crate::secrets::sdk_config().await))
+    } else {
+        None
+    };
+    let mut versions = Vec::new();
+    for (source, var) in [(&masking, "MASKING_KEY"), (&erasure, "ERASURE_KEY")] {
+        versions.push(match source {
+            Some(s) => Some(startup::key_versions(s, var, secrets.as_ref()).await?),
+            None => None,
+        });
+    }
+    let row = client.query_one(KEY_STATE_SQL, &[]).await.map_err(|e| {
+        Failure(format!("reading the key state: {}; run doctor as the tables' owner (the migrate role) or an admin", crate::error::describe(&e)), 1)
+    })?;
+    let state = KeyState {
+        version: row.get::<_, i16>(0) as u16,
+        masking_check: row.get(1),
+        erasure_check: row.get(2),
+        erasure_derived: row.get(3),
+    };
+    report.findings.extend(key_check::findings(
+        &state,
+        versions[0].as_ref(),
+        versions[1].as_ref(),
+    ));
+    Ok(())
 }
 
 /// Sends the dead-letter queue's messages back (see

@@ -40,6 +40,8 @@ pub mod erased;
 #[cfg(feature = "service")]
 pub mod forget;
 #[cfg(feature = "service")]
+pub mod key_check;
+#[cfg(feature = "service")]
 pub mod keys;
 pub mod masking;
 #[cfg(feature = "service")]

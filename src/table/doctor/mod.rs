@@ -47,7 +47,8 @@ pub struct Finding {
 pub struct Report {
     /// The schema examined.
     pub schema: String,
-    /// Its profile (`masking` or `full`).
+    /// Its profile (`masking` or `full`; empty where login-etl's schema
+    /// is not there).
     pub profile: &'static str,
     /// Every check run, found something or not.
     pub checks: Vec<&'static str>,
