@@ -253,6 +253,13 @@ impl Config {
     }
 }
 
+/// The backoff schedule the function and `poll` would run with, from this
+/// process's environment (on unless `BACKOFF_BASE_SECONDS=0`): what
+/// `login-etl doctor --queue-url` holds the queue's redrive against.
+pub fn backoff_from_env() -> Result<Option<backoff::Schedule>, ConfigError> {
+    backoff(&|k| std::env::var(k).ok(), true)
+}
+
 /// The backoff schedule from `BACKOFF_BASE_SECONDS` and `BACKOFF_MAX_SECONDS`.
 fn backoff(
     get: &impl Fn(&str) -> Option<String>,

@@ -347,3 +347,38 @@ def blocked_batch_is_received_once(q: stack.Stack, consumers, name: str, env: di
     assert totals["RecordsReceived"] == len(messages) and totals["Duplicates"] == 0, "no redelivery while in flight"
     assert sum(stack.queue_depth(q.dlq_url)) == 0
     return c
+
+
+def test_doctor_holds_the_queues_redrive_against_the_backoff_and_finds_its_dlq(standard_queues):
+    """`login-etl doctor --queue-url`: the fixture's queue (maxReceiveCount 5,
+    the default backoff) rides out far less than 30 minutes of outage, named
+    with the count that would; with that count, nothing; without a
+    RedrivePolicy, named; each with exit 1, no finding on the database."""
+    import json
+    import subprocess
+
+    q = standard_queues
+    sqs = stack.client("sqs")
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=q.dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_LAMBDA")}, **stack.LOCAL_ENV,
+           "AWS_REGION": stack.REGION, "DATABASE_URL": stack.role_url(q.dbname, "migrate"), "DB_SSLMODE": "disable"}  # fmt: skip
+    bootstrap = stack.BUILD_DIR / "LoginEtlFunction" / "bootstrap"
+
+    def doctor() -> tuple[int, list[dict]]:
+        out = subprocess.run([str(bootstrap), "doctor", "--json", "--queue-url", q.queue_url], env=env,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        report = json.loads(out.stdout)
+        assert "queue" in report["checks"], out.stdout + out.stderr
+        assert [f for f in report["findings"] if f["check"] != "queue"] == [], report
+        return out.returncode, [f for f in report["findings"] if f["check"] == "queue"]
+
+    code, found = doctor()
+    assert code == 1 and len(found) == 1 and "maxReceiveCount 5" in found[0]["problem"], found
+    enough = int(found[0]["fix"].split("maxReceiveCount to ")[1].split()[0])
+    assert enough > 5
+    policy = lambda n: json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": n})  # noqa: E731
+    sqs.set_queue_attributes(QueueUrl=q.queue_url, Attributes={"RedrivePolicy": policy(enough)})
+    assert doctor() == (0, [])
+    sqs.set_queue_attributes(QueueUrl=q.queue_url, Attributes={"RedrivePolicy": ""})
+    code, found = doctor()
+    assert code == 1 and "no RedrivePolicy" in found[0]["problem"], found

@@ -283,6 +283,9 @@ async fn doctor(args: &DoctorArgs) -> Result<(), Failure> {
         .await
         .map_err(examining)?;
     doctor_keys(&client, &mut report).await?;
+    if let Some(url) = &args.queue_url {
+        doctor_queue(url, &mut report).await?;
+    }
     if args.json {
         println!(
             "{}",
@@ -364,6 +367,52 @@ async fn doctor_keys(
         versions[0].as_ref(),
         versions[1].as_ref(),
     ));
+    Ok(())
+}
+
+/// Doctor's `queue` check (`--queue-url`): its RedrivePolicy against the
+/// backoff settings' outage tolerance (see [`crate::poll::outage_warning`]),
+/// and its dead-letter queue found.
+async fn doctor_queue(url: &str, report: &mut crate::table::doctor::Report) -> Result<(), Failure> {
+    use crate::poll::queue::{Queue, long_poll_client};
+    use crate::table::doctor::Finding;
+    report.checks.push("queue");
+    let mut found = |subject: &str, problem: String, fix: String| {
+        report.findings.push(Finding {
+            check: "queue",
+            subject: subject.to_owned(),
+            problem,
+            fix,
+        })
+    };
+    let aws = crate::secrets::sdk_config().await;
+    let queue = match Queue::open(long_poll_client(&aws), url.to_owned(), None).await {
+        Ok(q) => q,
+        Err(e) => {
+            found(url, format!("{} failed: {}", e.op, e.cause), e.hint.to_owned());
+            return Ok(());
+        }
+    };
+    let backoff = crate::config::backoff_from_env()?;
+    let Some(count) = queue.info().max_receive_count else {
+        found(
+            url,
+            "has no RedrivePolicy: a message that keeps failing comes back for ever, and nothing dead-letters it".into(),
+            "give it a RedrivePolicy naming its dead-letter queue, with the maxReceiveCount doctor then asks for (docs/runbooks/outage.md)".into(),
+        );
+        return Ok(());
+    };
+    if let Some(said) = crate::poll::outage_warning(backoff, Some(count)) {
+        let (problem, fix) = said.split_once("; set ").map_or((said.as_str(), ""), |(p, f)| (p, f));
+        found(url, problem.to_owned(), format!("set {fix}"));
+    }
+    if let Err(e) = queue.dead_letter_url().await {
+        found(
+            queue.info().dead_letter_arn.as_deref().unwrap_or(url),
+            format!("its RedrivePolicy's dead-letter queue was not found ({}: {})", e.op, e.cause),
+            e.hint.to_owned(),
+        );
+    }
     Ok(())
 }
 

@@ -93,6 +93,9 @@ pub struct DoctorArgs {
     /// Print the report as one JSON document instead of lines for a person.
     #[arg(long)]
     pub json: bool,
+    /// Also check this queue (its URL): a RedrivePolicy whose maxReceiveCount rides out a database outage of 30 minutes with the backoff settings (BACKOFF_BASE_SECONDS, BACKOFF_MAX_SECONDS), and its dead-letter queue found.
+    #[arg(long, value_name = "URL")]
+    pub queue_url: Option<String>,
 }
 
 /// What a message is held to beyond the contract's fields (the function's

@@ -40,6 +40,7 @@
 
 pub mod health;
 mod options;
+pub use options::outage_warning;
 pub mod queue;
 
 pub use options::{
