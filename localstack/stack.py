@@ -136,12 +136,12 @@ def deploy_sequence() -> str:
 
 def prepare_database(dbname: str, profile: str = "full") -> None:
     """The README's deploy sequence, run as written against the local
-    server with its settings pointed at `dbname` and its PROFILE set to
+    server with its settings pointed at `dbname` and its LOGIN_ETL_PROFILE set to
     `profile`: the admin creates the roles, the migrate role creates the
     tables and applies each role's `login-etl grants`. Run again with
     "full" on a masking-only database, it widens it (as the README says)."""
     values = {"ADMIN_URL": db_url(dbname), "MIGRATE_URL": role_url(dbname, "migrate"),
-              "MAINTAIN_URL": role_url(dbname, "maintain"), "PREFIX": dbname, "PROFILE": profile}  # fmt: skip
+              "MAINTAIN_URL": role_url(dbname, "maintain"), "PREFIX": dbname, "LOGIN_ETL_PROFILE": profile}  # fmt: skip
     lines = deploy_sequence().splitlines()
     for name, value in values.items():
         (i,) = [i for i, line in enumerate(lines) if line.startswith(f"export {name}=")]

@@ -117,7 +117,7 @@ pub struct Config {
     pub erasure_key: Option<KeySource>,
     /// `RUN_MIGRATIONS=true`: create/upgrade the schema at cold start.
     pub run_migrations: bool,
-    /// `PROFILE` (`masking` or `full`): the profile a cold start's
+    /// `LOGIN_ETL_PROFILE` (`masking` or `full`): the profile a cold start's
     /// migration installs; unset keeps the database's (full for a new
     /// one). See [`crate::profile::Profile`].
     pub profile: Option<crate::profile::Profile>,
@@ -221,10 +221,10 @@ impl Config {
             )?,
             erasure_key: key_source(&get, "ERASURE_KEY", "ERASURE_KEY_SECRET_ID")?,
             run_migrations: parse_bool(&get, "RUN_MIGRATIONS")?.unwrap_or(false),
-            profile: match get("PROFILE").filter(|v| !v.trim().is_empty()) {
+            profile: match get("LOGIN_ETL_PROFILE").filter(|v| !v.trim().is_empty()) {
                 None => None,
                 Some(v) => Some(crate::profile::Profile::parse(&v).ok_or(ConfigError::Invalid {
-                    var: "PROFILE",
+                    var: "LOGIN_ETL_PROFILE",
                     reason: "expected masking or full".into(),
                 })?),
             },

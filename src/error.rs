@@ -219,6 +219,17 @@ pub enum SinkError {
         /// What to do about it (starts with "; ").
         hint: std::borrow::Cow<'static, str>,
     },
+    /// What the database's profile has not (docs/profiles.md): refused by
+    /// login-etl before anything changed, not by PostgreSQL.
+    #[error("cannot do {op}: {cause}{hint}")]
+    Profile {
+        /// What was asked.
+        op: &'static str,
+        /// Why the profile has it not.
+        cause: String,
+        /// What to do about it (starts with "; ").
+        hint: std::borrow::Cow<'static, str>,
+    },
     /// A failure that retrying will not fix (missing table, permissions, ...).
     #[error("PostgreSQL refused {op}: {cause}{hint}")]
     Fatal {
@@ -278,7 +289,9 @@ impl SinkError {
                 ..
             } => true,
             SinkError::Misconfigured { .. } => false,
-            SinkError::Fatal { .. } | SinkError::ConnectRefused { .. } => false,
+            SinkError::Fatal { .. }
+            | SinkError::ConnectRefused { .. }
+            | SinkError::Profile { .. } => false,
             SinkError::Secret(e) => e.is_retryable(),
             _ => true,
         }
@@ -345,6 +358,7 @@ impl HandlerError {
             SinkError::ConnectRefused { .. } => "database_refused_connection",
             SinkError::Misconfigured { what, .. } => what.class(),
             SinkError::Fatal { .. } => "database_refused",
+            SinkError::Profile { .. } => "not_in_profile",
             SinkError::Secret(_) => "secret_unavailable",
             SinkError::BatchOutdated => "batch_outdated",
         }

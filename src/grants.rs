@@ -154,7 +154,7 @@ pub fn missing_privilege_hint(table: Option<&str>) -> String {
         None => "the function's role lacks a privilege".to_owned(),
     };
     format!(
-        "; {what}: run the output of `login-etl grants --role ingest --to <the function's role>` as the tables' owner (docs/configuration.md, \"Database roles\")"
+        "; {what}: run the output of `login-etl grants --role ingest --to <the function's role> --profile <the database's: masking or full>` as the tables' owner (docs/configuration.md, \"Database roles\")"
     )
 }
 

@@ -1,5 +1,5 @@
 //! A deployment's profile: which of login-etl's tables and roles it has.
-//! A shared type: the configuration reads it (`PROFILE`), the schema
+//! A shared type: the configuration reads it (`LOGIN_ETL_PROFILE`), the schema
 //! installs it (`crate::table::schema`), the roles follow it.
 
 /// Which tables and functions a deployment has: chosen by
@@ -18,7 +18,7 @@ pub enum Profile {
 }
 
 impl Profile {
-    /// `masking` or `full`, as `--profile` and `PROFILE` take it.
+    /// `masking` or `full`, as `--profile` and `LOGIN_ETL_PROFILE` take it.
     pub fn as_str(self) -> &'static str {
         match self {
             Profile::Masking => "masking",
@@ -26,10 +26,10 @@ impl Profile {
         }
     }
 
-    /// The profile named `name` (`masking`, `masking-only` or `full`).
+    /// The profile named `name` (`masking` or `full`).
     pub fn parse(name: &str) -> Option<Profile> {
         match name.trim().to_ascii_lowercase().as_str() {
-            "masking" | "masking-only" => Some(Profile::Masking),
+            "masking" => Some(Profile::Masking),
             "full" => Some(Profile::Full),
             _ => None,
         }

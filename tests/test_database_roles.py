@@ -156,7 +156,7 @@ def _role_url(name: str, role: str) -> str:
 def _readme_block(name: str, profile: str | None = None) -> subprocess.CompletedProcess:
     """README's deploy block, as written, under bash -euo pipefail, with its
     four settings pointed at database `name` (roles `<name>_<kind>`), and
-    its PROFILE set to `profile` where given (as written: masking)."""
+    its LOGIN_ETL_PROFILE set to `profile` where given (as written: masking)."""
     import sys
 
     sys.path.insert(0, str(ROOT / "localstack"))
@@ -165,7 +165,7 @@ def _readme_block(name: str, profile: str | None = None) -> subprocess.Completed
     values = {"ADMIN_URL": db_url(name), "MIGRATE_URL": _role_url(name, "migrate"),
               "MAINTAIN_URL": _role_url(name, "maintain"), "PREFIX": name}  # fmt: skip
     if profile:
-        values["PROFILE"] = profile
+        values["LOGIN_ETL_PROFILE"] = profile
     lines = stack.deploy_sequence().splitlines()
     for key, value in values.items():
         (i,) = [i for i, line in enumerate(lines) if line.startswith(f"export {key}=")]
@@ -270,7 +270,7 @@ def test_doctor_passes_a_sound_deployment_and_names_each_break_with_its_fix():
 
 def test_the_readme_block_runs_twice_on_a_hardened_database_and_every_role_works_after_it():
     """README's deploy block, as written (under bash -euo pipefail, the
-    masking-only profile), twice, then widened with PROFILE=full, on a
+    masking-only profile), twice, then widened with LOGIN_ETL_PROFILE=full, on a
     database where PUBLIC has no right on the schema (the common
     hardening, and PostgreSQL 15's default made stricter): no GRANT is a
     no-op, the second run changes nothing and fails on nothing, `maintain`
@@ -323,7 +323,7 @@ def test_the_readme_block_runs_twice_on_a_hardened_database_and_every_role_works
         assert psql(db_url(name), "SELECT count(*) FROM user_logins") == str(records)
         assert psql(db_url(name), "SELECT to_regclass('user_logins_pii_vault') IS NULL") == "t", "masking-only"
 
-        # Widened: the block again with PROFILE=full adds the other four
+        # Widened: the block again with LOGIN_ETL_PROFILE=full adds the other four
         # roles and the full profile's tables; the rows stay.
         done = _readme_block(name, "full")
         out = done.stdout + done.stderr

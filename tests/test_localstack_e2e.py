@@ -60,7 +60,7 @@ def fifo(localstack):
 @pytest.fixture(scope="session")
 def existing(localstack):
     """A masking-only stack (Profile=masking, the README's block with
-    PROFILE=masking) wired to a queue and DLQ made before it
+    LOGIN_ETL_PROFILE=masking) wired to a queue and DLQ made before it
     (ExistingQueueArn, ExistingDlqArn), as the producers' queue usually is;
     the queues are deleted after the stack."""
     name = f"login-etl-{RUN}-xq"
@@ -568,7 +568,7 @@ def test_a_masking_only_stack_on_an_existing_queue_drains_it_and_is_widened_onli
                "user_logins_erasure_tokens", "user_logins_pii_vault_held")  # fmt: skip
     present = lambda: [t for t in privacy if stack.psql(stack.db_url(s.dbname), f"SELECT to_regclass('{t}') IS NOT NULL")[0][0] == "t"]  # noqa: E731
     assert present() == []
-    # Widened later by the README's block again with PROFILE=full, while the
+    # Widened later by the README's block again with LOGIN_ETL_PROFILE=full, while the
     # deployed function keeps writing: every row kept, the new ones too.
     more = stack.generate(30, 0, seed=5502)
     stack.send(queues, more)

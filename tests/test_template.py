@@ -633,7 +633,7 @@ def test_the_masking_only_profile_has_no_vault_and_tells_the_function_its_profil
     # EnableVault keeps its default (true): the profile alone decides.
     resources = deployed(Profile=profile)
     env = resources["LoginEtlFunction"]["Properties"]["Environment"]["Variables"]
-    assert env["PROFILE"] == profile
+    assert env["LOGIN_ETL_PROFILE"] == profile
     vault = {"VaultKey", "VaultKeyAlias", "PiiRevealRole"} & set(resources)
     if profile == "masking":
         assert vault == set() and env["VAULT_KMS_KEY_ID"] == ""

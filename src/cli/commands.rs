@@ -139,6 +139,7 @@ async fn rotate_key(args: &RotateKeyArgs) -> Result<(), Failure> {
         println!("{}", rekey_status(&client).await?);
         return Ok(());
     }
+    let mut client = startup::full_profile_connection(&db, "rotating the masking key").await?;
     let env = |name: &str| std::env::var(name).ok();
     let masking = crate::config::key_source(&env, "MASKING_KEY", "MASKING_KEY_SECRET_ID")?
         .ok_or_else(|| {
@@ -155,7 +156,6 @@ async fn rotate_key(args: &RotateKeyArgs) -> Result<(), Failure> {
         .any(|s| matches!(s, Some(KeySource::Secret(_))))
         .then(|| Secrets::new(&aws));
     let masker = startup::masker(&masking, erasure.as_ref(), secrets.as_ref()).await?;
-    let mut client = startup::full_profile_connection(&db, "rotating the masking key").await?;
     // One stream runs on `client`; N jobs on N connections of their own.
     let mut jobs = Vec::new();
     while args.jobs > 1 && jobs.len() < usize::from(args.jobs) {
@@ -243,14 +243,15 @@ fn vault_key() -> Result<String, Failure> {
 /// role's database settings, `VAULT_KMS_KEY_ID` and AWS credentials of
 /// `PiiRevealRole` (kms:Decrypt).
 async fn vault_upgrade() -> Result<(), Failure> {
-    let vault_key = vault_key()?;
-    let aws = crate::secrets::sdk_config().await;
-    let caller = audit::caller_arn(&aws_sdk_sts::Client::new(&aws)).await?;
+    // The profile first: on a masking-only database nothing else applies.
     let mut client = startup::full_profile_connection(
         &DbConfig::from_env()?,
         "re-sealing the vault (vault-upgrade)",
     )
     .await?;
+    let vault_key = vault_key()?;
+    let aws = crate::secrets::sdk_config().await;
+    let caller = audit::caller_arn(&aws_sdk_sts::Client::new(&aws)).await?;
     let kms = aws_sdk_kms::Client::new(&aws);
     let n = vault_upgrade::upgrade_vault(&mut client, &kms, &vault_key, &caller).await?;
     println!("re-sealed {n} vault entries: the vault is ready for rotate-key");
@@ -389,7 +390,11 @@ async fn doctor_queue(url: &str, report: &mut crate::table::doctor::Report) -> R
     let queue = match Queue::open(long_poll_client(&aws), url.to_owned(), None).await {
         Ok(q) => q,
         Err(e) => {
-            found(url, format!("{} failed: {}", e.op, e.cause), e.hint.to_owned());
+            found(
+                url,
+                format!("{} failed: {}", e.op, e.cause),
+                e.hint.to_owned(),
+            );
             return Ok(());
         }
     };
@@ -403,13 +408,18 @@ async fn doctor_queue(url: &str, report: &mut crate::table::doctor::Report) -> R
         return Ok(());
     };
     if let Some(said) = crate::poll::outage_warning(backoff, Some(count)) {
-        let (problem, fix) = said.split_once("; set ").map_or((said.as_str(), ""), |(p, f)| (p, f));
+        let (problem, fix) = said
+            .split_once("; set ")
+            .map_or((said.as_str(), ""), |(p, f)| (p, f));
         found(url, problem.to_owned(), format!("set {fix}"));
     }
     if let Err(e) = queue.dead_letter_url().await {
         found(
             queue.info().dead_letter_arn.as_deref().unwrap_or(url),
-            format!("its RedrivePolicy's dead-letter queue was not found ({}: {})", e.op, e.cause),
+            format!(
+                "its RedrivePolicy's dead-letter queue was not found ({}: {})",
+                e.op, e.cause
+            ),
             e.hint.to_owned(),
         );
     }
@@ -473,14 +483,15 @@ fn grants(args: &GrantsArgs) -> Result<(), Failure> {
 /// `VAULT_KMS_KEY_ID` and AWS credentials of `PiiRevealRole` (the only
 /// principal that may decrypt).
 async fn reveal(args: &RevealArgs) -> Result<(), Failure> {
-    let vault_key = vault_key()?;
-    let aws = crate::secrets::sdk_config().await;
-    let caller = audit::caller_arn(&aws_sdk_sts::Client::new(&aws)).await?;
+    // The profile first: on a masking-only database nothing else applies.
     let mut client = startup::full_profile_connection(
         &DbConfig::from_env()?,
         "revealing originals from the vault",
     )
     .await?;
+    let vault_key = vault_key()?;
+    let aws = crate::secrets::sdk_config().await;
+    let caller = audit::caller_arn(&aws_sdk_sts::Client::new(&aws)).await?;
     let kms = aws_sdk_kms::Client::new(&aws);
     let revealed = reveal::reveal(
         &mut client,
@@ -523,6 +534,7 @@ async fn reveal(args: &RevealArgs) -> Result<(), Failure> {
 /// deployment without an erasure key gives the masking key instead.
 async fn forget(args: &ForgetArgs) -> Result<(), Failure> {
     let db = DbConfig::from_env()?;
+    let mut client = startup::full_profile_connection(&db, "erasing a user (forget)").await?;
     let env = |name: &str| std::env::var(name).ok();
     let erasure = crate::config::key_source(&env, "ERASURE_KEY", "ERASURE_KEY_SECRET_ID")?;
     let masking = match erasure {
@@ -536,7 +548,6 @@ async fn forget(args: &ForgetArgs) -> Result<(), Failure> {
         .any(|s| matches!(s, Some(KeySource::Secret(_))))
         .then(|| Secrets::new(&aws));
     let keys = startup::user_keys(erasure.as_ref(), masking.as_ref(), secrets.as_ref()).await?;
-    let mut client = startup::full_profile_connection(&db, "erasing a user (forget)").await?;
     let done = match forget::forget(&mut client, &args.user_id, &keys, &caller).await {
         Err(e @ (reveal::RevealError::RekeyUnderWay | reveal::RevealError::DrainUnderWay)) => {
             return Err(Failure(e.to_string(), EXIT_TEMPFAIL));

@@ -247,7 +247,7 @@ pub struct MigrateArgs {
     #[arg(long)]
     pub prepare: bool,
     /// Which tables to have: `masking` (masked rows only: the migrate, ingest and maintain roles) or `full` (also the PII vault, the erasure list, the audit trail, key rotation). Unset keeps the database's (full for a new one); masking to full is done online, full is never narrowed (docs/profiles.md).
-    #[arg(long, value_enum, value_name = "PROFILE", env = "PROFILE")]
+    #[arg(long, value_enum, value_name = "PROFILE", env = "LOGIN_ETL_PROFILE")]
     pub profile: Option<ProfileArg>,
 }
 
@@ -332,7 +332,7 @@ pub struct GrantsArgs {
         long,
         value_enum,
         value_name = "PROFILE",
-        env = "PROFILE",
+        env = "LOGIN_ETL_PROFILE",
         default_value = "full"
     )]
     pub profile: ProfileArg,

@@ -247,8 +247,31 @@ async fn widening_to_the_full_profile_is_online_keeps_every_row_and_is_never_und
     assert_eq!(theirs, 0, "the erased user's login was not written");
     assert_eq!(count_rows(&admin).await, 40 * 25 + 9);
 
-    // Never narrowed.
-    let e = migrate(&db.url, Some(Profile::Masking)).await.unwrap_err();
-    assert!(e.contains("never narrowed"), "{e}");
+    // Never narrowed: asked for less, it stays full (a warning says so),
+    // and a marker planted to say otherwise changes nothing either.
+    migrate(&db.url, Some(Profile::Masking)).await.unwrap();
     assert_eq!(profile_of(&admin).await, "full");
+    admin
+        .batch_execute(&format!(
+            "CREATE OR REPLACE FUNCTION {PROFILE_FUNCTION}() RETURNS text LANGUAGE sql AS $$ SELECT 'masking'::text $$"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        login_etl::table::schema::profile(&admin).await.unwrap(),
+        Profile::Full
+    );
+    migrate(&db.url, Some(Profile::Masking)).await.unwrap();
+    let check_write: String = admin
+        .query_one(
+            "SELECT prosrc FROM pg_proc WHERE proname = 'login_etl_check_write'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        check_write.contains("user_logins_erased"),
+        "the full profile's check stays"
+    );
 }

@@ -81,9 +81,9 @@ pub async fn examine(client: &Client, today: NaiveDate) -> Result<Report, tokio_
         return Ok(report); // nothing of login-etl to examine further
     }
     search_paths(client, &mut report).await?;
-    roles(client, &mut report).await?;
     let profile = crate::table::schema::profile(client).await?;
     report.profile = profile.as_str();
+    roles(client, &mut report).await?;
     if registry(client).await? {
         privileges::check(client, profile, &mut report).await?;
     }
@@ -232,7 +232,7 @@ async fn roles(client: &Client, report: &mut Report) -> Result<(), tokio_postgre
                 "roles",
                 subject,
                 "is registered for login-etl but does not exist".into(),
-                format!("as the admin: CREATE ROLE \"{name}\" LOGIN, then its grants (login-etl grants --role {kind} --to {name}) as the tables' owner"),
+                format!("as the admin: CREATE ROLE \"{name}\" LOGIN, then its grants (login-etl grants --role {kind} --to {name} --profile {}) as the tables' owner", report.profile),
             );
             continue;
         }

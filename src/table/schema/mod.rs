@@ -71,11 +71,7 @@ pub const STORE_VAULT_ARGS: &str =
 /// `sink::tx::XidFloor`), the tag of the functions installed and who may
 /// create in the schema ([`SCHEMA_WRITERS_SQL`]).
 static INSPECT_SQL: LazyLock<String> = LazyLock::new(|| {
-    let profile = format!(
-        "(SELECT substring(p.prosrc FROM '''([a-z]+)''') FROM pg_proc p \
-         WHERE p.oid = to_regprocedure('{}()'))",
-        functions::PROFILE_FUNCTION
-    );
+    let profile = &*PROFILE_SQL;
     format!(
         "{INSPECT_TABLES}, \
          coalesce((SELECT obj_description(p.oid, 'pg_proc') \
@@ -84,6 +80,28 @@ static INSPECT_SQL: LazyLock<String> = LazyLock::new(|| {
          (SELECT s.writers FROM ({SCHEMA_WRITERS_SQL}) AS s(name, writers)), current_schema()::text, \
          {profile}",
         functions::SCHEMA_VERSION_FUNCTION
+    )
+});
+
+/// The database's profile as an SQL expression: `full` where any table of
+/// the full profile is in the schema (whatever else says otherwise: a
+/// profile is never narrowed), `masking` where `login_etl_profile()` says
+/// so and is the tables' owner's, in their schema; `full` for any other
+/// `user_logins` (from before profiles); NULL where nothing is installed.
+static PROFILE_SQL: LazyLock<String> = LazyLock::new(|| {
+    let full_tables: Vec<String> = privileges::FULL_ONLY_TABLES
+        .iter()
+        .map(|t| format!("to_regclass(format('%I.%I', current_schema(), '{t}')) IS NOT NULL"))
+        .collect();
+    format!(
+        "(CASE WHEN {} THEN 'full' \
+          WHEN EXISTS (SELECT 1 FROM pg_proc p WHERE p.proname = '{}' \
+               AND p.pronamespace = to_regnamespace(current_schema())::oid \
+               AND p.proowner = (SELECT relowner FROM pg_class WHERE oid = to_regclass(format('%I.%I', current_schema(), 'user_logins'))) \
+               AND p.prosrc LIKE '%''masking''%') THEN 'masking' \
+          WHEN to_regclass(format('%I.%I', current_schema(), 'user_logins')) IS NOT NULL THEN 'full' END)",
+        full_tables.join(" OR "),
+        functions::PROFILE_FUNCTION
     )
 });
 
@@ -158,9 +176,13 @@ pub struct SchemaState {
     pub schema_writers: Vec<String>,
     /// The schema the names resolve to (`current_schema()`).
     pub schema: Option<String>,
-    /// The profile `migrate` gave it (full for a database from before
-    /// profiles, and where nothing is installed yet).
+    /// The profile it has (full for a database from before profiles, and
+    /// where nothing is installed yet): [`SchemaState::profile_found`] or
+    /// the default.
     pub profile: Profile,
+    /// The profile found, `None` where nothing is installed (see
+    /// [`PROFILE_SQL`]).
+    pub profile_found: Option<Profile>,
 }
 
 impl SchemaState {
@@ -224,6 +246,7 @@ pub async fn inspect(client: &Client) -> Result<SchemaState, tokio_postgres::Err
             ],
         )
         .await?;
+    let profile_found = row.get::<_, Option<&str>>(13).and_then(Profile::parse);
     Ok(SchemaState {
         table: row.get(0),
         columns: row.get(1),
@@ -238,10 +261,8 @@ pub async fn inspect(client: &Client) -> Result<SchemaState, tokio_postgres::Err
         functions: row.get(10),
         schema_writers: row.get::<_, Option<Vec<String>>>(11).unwrap_or_default(),
         schema: row.get(12),
-        profile: row
-            .get::<_, Option<&str>>(13)
-            .and_then(Profile::parse)
-            .unwrap_or_default(),
+        profile: profile_found.unwrap_or_default(),
+        profile_found,
     })
 }
 
@@ -257,11 +278,7 @@ pub struct Checked {
 /// The database's profile from the catalog (any role may read it; full
 /// where no `migrate` of this version recorded one).
 pub async fn profile(client: &Client) -> Result<Profile, tokio_postgres::Error> {
-    let sql = format!(
-        "SELECT (SELECT substring(p.prosrc FROM '''([a-z]+)''') FROM pg_proc p \
-         WHERE p.oid = to_regprocedure('{}()'))",
-        functions::PROFILE_FUNCTION
-    );
+    let sql = format!("SELECT {}", *PROFILE_SQL);
     let row = client.query_typed_one(&sql, &[]).await?;
     Ok(row
         .get::<_, Option<&str>>(0)
@@ -278,10 +295,10 @@ pub async fn require_full(client: &Client, command: &'static str) -> Result<(), 
     if found == Profile::Full {
         return Ok(());
     }
-    Err(SinkError::Fatal {
+    Err(SinkError::Profile {
         op: command,
         cause: "the database has the masking-only profile: no PII vault, erasure list, audit trail or key rotation".into(),
-        hint: "; nothing was changed. Give it the full profile, online, as the tables' owner: `login-etl migrate --profile full`, then this command's role (`login-etl grants --profile full`; docs/profiles.md)".into(),
+        hint: "; nothing was changed. Give it the full profile, online: README's setup block again with LOGIN_ETL_PROFILE=full (or, as the tables' owner, `login-etl migrate --profile full`, then `login-etl grants --role <role> --to <name> --profile full | psql` for this command's role; docs/profiles.md)".into(),
     })
 }
 
@@ -410,19 +427,19 @@ pub struct MigrateOptions {
     pub profile: Option<Profile>,
 }
 
-/// The profile `migrate` installs on a database in `state`, or the refusal
-/// to narrow one.
-pub fn target_profile(state: &SchemaState, asked: Option<Profile>) -> Result<Profile, SinkError> {
-    if !state.table {
-        return Ok(asked.unwrap_or_default());
-    }
-    match (state.profile, asked) {
-        (Profile::Full, Some(Profile::Masking)) => Err(SinkError::Fatal {
-            op: "choosing the database's profile",
-            cause: "the database has the full profile (the PII vault, the erasure list, the audit trail) and --profile masking asks for less".into(),
-            hint: "; nothing was changed. A profile is widened, never narrowed: those tables hold what recovery and erasure need. Run migrate without --profile (PROFILE unset) to keep the full profile; to stop keeping originals, deploy with EnableVault=false (docs/profiles.md)".into(),
-        }),
-        (current, asked) => Ok(asked.unwrap_or(current)),
+/// The profile `migrate` installs on a database in `state`: the one asked
+/// for, or the database's where it has more (a profile is widened, never
+/// narrowed: the full profile's tables hold what recovery and erasure
+/// need, so a request for less keeps full, with a warning).
+pub fn target_profile(state: &SchemaState, asked: Option<Profile>) -> Profile {
+    match (state.profile_found, asked) {
+        (Some(Profile::Full), Some(Profile::Masking)) => {
+            warn!(
+                "the database has the full profile (the PII vault, the erasure list, the audit trail) and the masking-only profile was asked for: a profile is never narrowed, so it stays full (docs/profiles.md)"
+            );
+            Profile::Full
+        }
+        (found, asked) => asked.or(found).unwrap_or_default(),
     }
 }
 
@@ -438,7 +455,7 @@ pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<bo
     let state = inspect(client)
         .await
         .map_err(failed("reading the catalog"))?;
-    let profile = target_profile(&state, options.profile)?;
+    let profile = target_profile(&state, options.profile);
     let current = state.is_current() && state.profile == profile;
     if options.cold_start && current {
         return Ok(false);
