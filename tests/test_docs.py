@@ -173,3 +173,40 @@ def test_nothing_refers_outside_the_repository():
         if "../" + "shared/" in text:
             outside.append(name)
     assert not outside, outside
+
+
+def _cli_flags() -> set[str]:
+    """Every `--flag` of the binary's commands (clap's `#[arg(long ...)]`
+    fields in src/cli/mod.rs)."""
+    src = (ROOT / "src" / "cli" / "mod.rs").read_text()
+    flags = set()
+    for m in re.finditer(r"#\[arg\(", src):
+        depth, i = 1, m.end()
+        while depth:
+            depth += {"(": 1, ")": -1}.get(src[i], 0)
+            i += 1
+        attr = src[m.end() : i - 1]
+        field = re.match(r"\]\s*(?:#\[[^\n]*\]\s*)*(?:///[^\n]*\s*)*pub (\w+):", src[i:])
+        if re.search(r"\blong\b", attr) and field:
+            flags.add("--" + field.group(1).replace("_", "-"))
+    return flags
+
+
+def test_the_reference_lists_every_variable_flag_and_exit_code_the_binary_knows():
+    """configuration.md (and poll.md for `poll`'s flags) names every
+    environment variable the code reads, every flag of every command, and
+    every exit code: a setting added without its line fails here."""
+    reference = (ROOT / "docs" / "configuration.md").read_text() + (ROOT / "docs" / "poll.md").read_text()
+    code = "\n".join(p.read_text() for p in (ROOT / "src").rglob("*.rs"))
+    read = set(re.findall(r'(?:get|env::var)\("([A-Z][A-Z0-9_]+)"\)|env = "([A-Z][A-Z0-9_]+)"', code))
+    variables = {a or b for a, b in read} - {"CARGO_PKG_VERSION", "LAMBDA_TASK_ROOT"}
+    assert len(variables) > 20, variables
+    missing = sorted(v for v in variables if f"`{v}`" not in reference)
+    assert not missing, f"variables the code reads that configuration.md does not name: {missing}"
+    flags = _cli_flags()
+    assert {"--profile", "--queue-url", "--default-move-limit", "--schema"} <= flags, flags
+    missing = sorted(f for f in flags if f not in reference)
+    assert not missing, f"flags no reference page names: {missing}"
+    exits = {int(v) for v in re.findall(r"pub const EXIT_\w+: u8 = (\d+);", (ROOT / "src" / "cli" / "mod.rs").read_text())}
+    said = (ROOT / "docs" / "configuration.md").read_text().split("Exit\ncodes:", 1)[1].split("\n\n", 1)[0]
+    assert exits and all(re.search(rf"\b{e}\b", said) for e in exits), (exits, said)
