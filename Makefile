@@ -210,7 +210,7 @@ test: ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambd
 	@# The template; with the binary cargo built, the documented GRANT blocks,
 	@# make migrate against a given URL, and the command line as an operator meets it.
 	side "template; pytest: database roles, command line" py bash -c '$(MAKE) --no-print-directory validate && \
-	  PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python -m pytest -q tests/test_database_roles.py tests/test_cli.py tests/test_docs.py tests/test_contract.py'
+	  PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python -m pytest -q tests/test_database_roles.py tests/test_runbooks.py tests/test_cli.py tests/test_docs.py tests/test_contract.py'
 	set +m; wait "$${pids[@]}" || true; pids=()
 	failed=0
 	for f in "$$side_dir"/rust1 "$$side_dir"/rust2 "$$side_dir"/rust3 "$$side_dir"/soak "$$side_dir"/py "$$side_dir"/e2e; do

@@ -1,0 +1,185 @@
+"""Runbooks followed literally: each page's shell blocks run as written,
+under bash -euo pipefail, with only their `<placeholders>` filled in (the
+secrets an operator would name) and an operator's environment around them
+(AWS credentials and endpoint, here moto on 127.0.0.1; the local server's
+`DB_SSLMODE=disable`). README's setup block gives each test its database
+and roles (tests/test_database_roles.py runs that block on its own).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN_URL = os.environ.get("PG_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+BINARY = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug" / "login-etl"
+USER = "424cdd21-063a-43a7-b91b-7ca1a833afae"  # the runbook's example id
+
+sys.path.insert(0, str(ROOT / "tests"))
+from test_database_roles import _readme_block, _role_url, db_url, psql  # noqa: E402
+
+
+def blocks(page: str) -> list[str]:
+    """The ```sh blocks of a docs page, dedented, in order."""
+    text = (ROOT / "docs" / page).read_text()
+    out = []
+    for m in re.finditer(r"^( *)```sh\n(.*?)^\1```", text, re.S | re.M):
+        indent = len(m.group(1))
+        out.append("\n".join(line[indent:] for line in m.group(2).splitlines()))
+    return out
+
+
+def fill(block: str, values: dict[str, str]) -> str:
+    """The block with each `<placeholder>` replaced; one left is a test bug."""
+    for k, v in values.items():
+        assert k in block, f"{k} is not in the block any more:\n{block}"
+        block = block.replace(k, v)
+    assert not re.search(r"<[a-z][^>]*>", block), f"a placeholder left:\n{block}"
+    return block
+
+
+@pytest.fixture(scope="module")
+def aws():
+    """moto (Secrets Manager, STS) on a free port of 127.0.0.1, stopped by PID."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(ROOT / "target" / f"runbooks-moto-{os.getpid()}.log", "w")
+    proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "moto did not start"
+                time.sleep(0.2)
+        yield env
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def secret(aws: dict[str, str], name: str, value: str) -> str:
+    """A Secrets Manager secret in moto; its ARN."""
+    import boto3
+
+    client = boto3.client("secretsmanager", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name=aws["AWS_REGION"],
+                          aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
+    return client.create_secret(Name=name, SecretString=value)["ARN"]
+
+
+def db_secret(aws: dict[str, str], name: str, role: str) -> str:
+    """The RDS-style secret of `role` on database `name` (trust auth: any password)."""
+    pg = re.match(r"postgres://[^@]+@([^:/]+):(\d+)/", PG_ADMIN_URL)
+    doc = {"engine": "postgres", "username": f"{name}_{role}", "password": "unused", "host": pg.group(1),
+           "port": int(pg.group(2)), "dbname": name}  # fmt: skip
+    return secret(aws, f"{name}/{role}", json.dumps(doc))
+
+
+def run(block: str, aws: dict[str, str]) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "DB_", "AWS_", "MASKING_", "ERASURE_"))}
+    prefix = aws.get("PATH_PREFIX")
+    env.update({k: v for k, v in aws.items() if k != "PATH_PREFIX"})
+    path = f"{BINARY.parent}:{prefix + ':' if prefix else ''}{os.environ['PATH']}"
+    env.update({"PATH": path, "DB_SSLMODE": "disable"})
+    return subprocess.run(["bash", "-euo", "pipefail", "-c", block], env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def full_database():
+    """A database set up by README's block with LOGIN_ETL_PROFILE=full."""
+    name = f"login_etl_rb_{os.getpid()}_{time.monotonic_ns() % 10**6}"
+    from test_database_roles import _drop
+
+    _drop(name)
+    psql(PG_ADMIN_URL, f'CREATE DATABASE "{name}"')
+    try:
+        done = _readme_block(name, "full")
+        assert done.returncode == 0, done.stdout + done.stderr
+        yield name
+    finally:
+        _drop(name)
+
+
+def test_the_erasure_runbook_as_written_erases_the_user_and_its_audit_step_reads_the_records(aws, full_database):
+    """docs/runbooks/erasure.md: step 1 as the erase role with the erasure
+    key's secret erases the user (and only them), exit 0, the counts on
+    stdout; step 3, in the same shell, as the audit role, reads the
+    erasure's `forget_begun` and `forget` records (never the id)."""
+    name = full_database
+    insert = ("INSERT INTO user_logins (message_id, user_id, device_type, masked_ip, masked_device_id, "
+              "app_version, app_version_text, create_date, sent_at) VALUES "
+              "('m-{n}', '{u}', 'ios', 'ip-token', 'dev-token', 2003000, '2.3.0', current_date, now())")  # fmt: skip
+    for n, u in enumerate([USER, USER, USER, "someone-else"]):
+        psql(db_url(name), insert.format(n=n, u=u))
+    erase = db_secret(aws, name, "erase")
+    audit = db_secret(aws, name, "audit")
+    erasure_key = secret(aws, f"{name}/erasure-key", "cd" * 32)
+    step1, step3 = blocks("runbooks/erasure.md")
+    script = fill(step1, {"<the erase role's secret>": erase, "<the stack's ErasureKeySecretArn>": erasure_key}) \
+        + "\n" + fill(step3, {"<the audit role's secret>": audit})  # fmt: skip
+    done = run(script, aws)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert "forgot the user: 3 rows deleted from user_logins" in done.stdout, out
+    assert psql(db_url(name), f"SELECT count(*) FROM user_logins WHERE user_id = '{USER}'") == "0"
+    assert psql(db_url(name), "SELECT count(*) FROM user_logins") == "1", "only the user's rows"
+    records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    actions = [r["action"] for r in records]
+    assert actions[-2:] == ["forget_begun", "forget"], records
+    assert USER not in done.stdout.split("forgot the user")[1], "the audit never shows the id"
+
+
+def test_the_leaked_key_runbook_as_written_appends_a_version_to_both_secrets_and_rekeys_every_row(aws, full_database):
+    """docs/runbooks/leaked-key.md: step 2's loop appends a version to both
+    key secrets (the AWS CLI the project installs, jq, openssl), step 3
+    makes the rotate role's secret (its example values pointed at this
+    server and database) and runs rotate-key with it: exit 0, the database
+    at version 2, every row re-keyed, both secrets holding two versions."""
+    import boto3
+
+    name = full_database
+    insert = ("INSERT INTO user_logins (message_id, user_id, device_type, masked_ip, masked_device_id, "
+              "app_version, app_version_text, create_date, sent_at) VALUES "
+              "('m-{n}', 'u-{n}', 'ios', 'ip-{n}', 'dev-{n}', 2003000, '2.3.0', current_date, now())")  # fmt: skip
+    for n in range(5):
+        psql(db_url(name), insert.format(n=n))
+    masking = secret(aws, f"{name}/masking-key", "ab" * 32)
+    erasure = secret(aws, f"{name}/erasure-key", "cd" * 32)
+    step2, step3 = blocks("runbooks/leaked-key.md")
+    step3 = fill(step3, {"login-etl/db-rotate": f"{name}/db-rotate", "login_etl_rotate": f"{name}_rotate",
+                         "mydb.xxxx.us-east-1.rds.amazonaws.com": "127.0.0.1", '"analytics"': f'"{name}"'})  # fmt: skip
+    script = f"export MASKING_KEY_SECRET_ARN='{masking}' ERASURE_KEY_SECRET_ARN='{erasure}'\n{step2}\n{step3}"
+    # The AWS CLI of the project's LocalStack venv (make localstack-tools).
+    done = run(script, {**aws, "PATH_PREFIX": str(ROOT / ".venv-localstack" / "bin")})
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert psql(db_url(name), "SELECT version FROM login_etl_key_state()") == "2", out
+    assert psql(db_url(name), "SELECT count(*) FROM user_logins WHERE key_version <> 2") == "0", out
+    client = boto3.client("secretsmanager", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name=aws["AWS_REGION"],
+                          aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
+    for arn, first in ((masking, "ab" * 32), (erasure, "cd" * 32)):
+        versions = json.loads(client.get_secret_value(SecretId=arn)["SecretString"])["versions"]
+        assert len(versions) == 2 and versions[0] == first, versions
+    for key in ("ab" * 32, "cd" * 32):
+        assert key not in out, "no key in the command's output"
