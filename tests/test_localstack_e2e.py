@@ -244,6 +244,47 @@ def test_redelivering_the_same_messages_adds_no_rows(standard, drained):
     assert rows(standard) == before and stack.row_count(standard.dbname) == count, "no new row"
 
 
+@ON_STANDARD
+def test_the_dlq_runbook_as_written_reads_the_copies_without_hiding_them_and_dry_runs_them_all(standard, drained):
+    """docs/runbooks/dlq-redrive.md's first two blocks, as written (the stack
+    name set to this stack's), under bash -euo pipefail with the AWS CLI the
+    project installs: the read shows copies with their reason and leaves
+    every one visible; the dry run opens every sealed copy and counts them
+    by reason, sending and deleting nothing."""
+    import re
+    import subprocess
+
+    messages, _ = drained
+    invalid = [m for m in messages if not m.valid]
+    # Earlier tests read the DLQ with a visibility timeout: wait for it.
+    stack.wait_for("the DLQ's copies visible", lambda: stack.queue_depth(standard.dlq_url)[1] == 0, timeout=60)
+    before = stack.queue_depth(standard.dlq_url)[0]
+    assert before >= len(invalid)
+    text = (ROOT / "docs" / "runbooks" / "dlq-redrive.md").read_text()
+    read, dry_run = re.findall(r"^```sh\n(.*?)^```", text, re.S | re.M)[:2]
+    assert "--stack-name login-etl " in read
+    script = read.replace("--stack-name login-etl ", f"--stack-name {standard.name} ") + "\n" + dry_run
+    # The AWS CLI the project installs (make localstack-tools), pointed at
+    # LocalStack: awscli 1's SQS commands ignore AWS_ENDPOINT_URL (they pick
+    # SQS's regional endpoint themselves), so a shim passes it as a flag.
+    shim = ROOT / "target" / "e2e-aws-shim"
+    shim.mkdir(parents=True, exist_ok=True)
+    (shim / "aws").write_text(f'#!/bin/sh\nexec {ROOT / ".venv-localstack" / "bin" / "aws"} --endpoint-url "$AWS_ENDPOINT_URL" "$@"\n')
+    (shim / "aws").chmod(0o755)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "VAULT_"))}, **stack.LOCAL_ENV,
+           "AWS_REGION": stack.REGION, "PATH": f"{stack.BUILD_DIR / 'bin'}:{shim}:{os.environ['PATH']}"}  # fmt: skip
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    shown, _ = json.JSONDecoder().raw_decode(done.stdout.lstrip())  # the read's answer, then the dry run's line
+    assert shown["Messages"] and all("rejection_code" in m["MessageAttributes"] for m in shown["Messages"]), out
+    counts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert counts["received"] == before and counts["unsealed"] == before and counts["left"] == {}, counts
+    assert sum(counts["by_rejection_code"].values()) == before, counts
+    assert stack.queue_depth(standard.dlq_url)[0] == before, "the read and the dry run left every copy there"
+
+
+
 @AFTER_FIFO
 def test_fifo_keeps_order_within_each_group(fifo):
     groups = ["alpha", "beta", "gamma"]
