@@ -260,6 +260,7 @@ def test_the_dlq_runbook_as_written_reads_the_copies_without_hiding_them_and_dry
     stack.wait_for("the DLQ's copies visible", lambda: stack.queue_depth(standard.dlq_url)[1] == 0, timeout=60)
     before = stack.queue_depth(standard.dlq_url)[0]
     assert before >= len(invalid)
+    source_before, rows_before = sum(stack.queue_depth(standard.queue_url)), stack.row_count(standard.dbname)
     text = (ROOT / "docs" / "runbooks" / "dlq-redrive.md").read_text()
     read, dry_run = re.findall(r"^```sh\n(.*?)^```", text, re.S | re.M)[:2]
     assert "--stack-name login-etl " in read
@@ -282,6 +283,10 @@ def test_the_dlq_runbook_as_written_reads_the_copies_without_hiding_them_and_dry
     assert counts["received"] == before and counts["unsealed"] == before and counts["left"] == {}, counts
     assert sum(counts["by_rejection_code"].values()) == before, counts
     assert stack.queue_depth(standard.dlq_url)[0] == before, "the read and the dry run left every copy there"
+    time.sleep(2)  # a message sent by mistake would be received and written by now
+    assert sum(stack.queue_depth(standard.queue_url)) == source_before, "the dry run sent nothing"
+    assert stack.row_count(standard.dbname) == rows_before
+    assert sum(stack.queue_depth(standard.dlq_url)) == before, "no copy came back as a new one"
 
 
 

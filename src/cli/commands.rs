@@ -280,9 +280,11 @@ async fn doctor(args: &DoctorArgs) -> Result<(), Failure> {
             1,
         )
     };
-    let mut report = crate::table::doctor::examine(&client, chrono::Utc::now().date_naive())
-        .await
-        .map_err(examining)?;
+    let retention = crate::table::maintain::MaintainOptions::from_env()?.retention_days;
+    let mut report =
+        crate::table::doctor::examine(&client, chrono::Utc::now().date_naive(), retention)
+            .await
+            .map_err(examining)?;
     doctor_keys(&client, &mut report).await?;
     if let Some(url) = &args.queue_url {
         doctor_queue(url, &mut report).await?;

@@ -42,18 +42,37 @@ pub fn findings(
         });
     };
     let v = state.version;
+    if let (Some(m), Some(e)) = (masking, erasure)
+        && m.latest() != e.latest()
+    {
+        found(
+            "ERASURE_KEY_SECRET_ID",
+            format!(
+                "holds {} version(s) and the masking secret {}: the function refuses to start with them",
+                e.latest(),
+                m.latest()
+            ),
+            format!(
+                "a rotation appends one version to both secrets: make them the same length ({LEAKED_KEY})"
+            ),
+        );
+    }
+    // The database ahead of a secret: rotate-key ran with a version this
+    // secret lacks; a version generated now would be another key.
+    let behind = |var: &str, held: u16| {
+        (
+            format!(
+                "holds versions up to {held}, and the database is at version {v} (a rotation ran): what uses it is refused until it has that version"
+            ),
+            format!(
+                "give {var} the secret rotate-key ran with (the document whose version {v} the database is at), not a newly generated key ({LEAKED_KEY})"
+            ),
+        )
+    };
     if let Some(m) = masking {
         if m.latest() < v {
-            found(
-                "MASKING_KEY_SECRET_ID",
-                format!(
-                    "holds masking-key versions up to {}, and the database is at version {v} (a rotation ran): the function refuses every batch until it has it",
-                    m.latest()
-                ),
-                format!(
-                    "append version {v} to the masking secret as rotate-key's runbook says ({LEAKED_KEY})"
-                ),
-            );
+            let (problem, fix) = behind("MASKING_KEY_SECRET_ID", m.latest());
+            found("MASKING_KEY_SECRET_ID", problem, fix);
         } else if let Some(recorded) = &state.masking_check {
             let mine = Masker::versions(m, None)
                 .ok()
@@ -73,23 +92,15 @@ pub fn findings(
         }
     }
     if let Some(e) = erasure {
-        if e.latest() < v {
-            found(
-                "ERASURE_KEY_SECRET_ID",
-                format!(
-                    "holds erasure-key versions up to {}, and the database is at version {v}: forget and the function refuse it",
-                    e.latest()
-                ),
-                format!(
-                    "append version {v} to the erasure secret, as with the masking key ({LEAKED_KEY})"
-                ),
-            );
-        } else if state.erasure_derived {
+        if state.erasure_derived {
             found(
                 "ERASURE_KEY_SECRET_ID",
                 "is given, and the erasure list predates erasure keys: its user keys are derived from the masking key, so this key is not used".into(),
                 format!("give forget the masking key (MASKING_KEY_SECRET_ID) instead, or rotate the key, which keys the list with the erasure key from then on ({LEAKED_KEY})"),
             );
+        } else if e.latest() < v {
+            let (problem, fix) = behind("ERASURE_KEY_SECRET_ID", e.latest());
+            found("ERASURE_KEY_SECRET_ID", problem, fix);
         } else if let Some(recorded) = &state.erasure_check {
             let mine = UserKeys::new(e)
                 .at(v)
@@ -151,7 +162,7 @@ mod tests {
         assert_eq!(f.len(), 2, "{f:?}");
         assert!(
             f[0].problem.contains("database is at version 2")
-                && f[0].fix.contains("append version 2")
+                && f[0].fix.contains("rotate-key ran with")
         );
         // Nothing recorded yet: nothing to compare.
         let fresh = KeyState {
@@ -163,6 +174,15 @@ mod tests {
         assert!(findings(&fresh, Some(&keys(&[C])), Some(&keys(&[C]))).is_empty());
         // No key given: nothing checked.
         assert!(findings(&state, None, None).is_empty());
+        // Secrets of different lengths.
+        let f = findings(&state, Some(&keys(&[A, C])), Some(&e));
+        assert!(
+            f.len() == 1
+                && f[0]
+                    .problem
+                    .contains("1 version(s) and the masking secret 2"),
+            "{f:?}"
+        );
         // An erasure key where the list's keys are derived is not used.
         let derived = KeyState {
             erasure_derived: true,

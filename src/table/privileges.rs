@@ -362,8 +362,15 @@ fn table_rows() -> String {
 /// repeated `migrate` takes no lock a write waits for). Privileges a role
 /// holds beyond its kind's are left: `login-etl grants` prints the exact
 /// set (the insider suite, tests/it/insiders.rs, compares both ways).
-pub fn apply_sql(functions: &[FunctionGrant<'_>]) -> String {
+pub fn apply_sql(functions: &[FunctionGrant<'_>], profile: Profile) -> String {
     let (fns, tables) = (function_rows(functions), table_rows());
+    // A role registered as a kind the profile has not gets nothing from it.
+    let kinds: Vec<String> = Role::ALL
+        .iter()
+        .filter(|r| r.in_profile(profile))
+        .map(|r| literal(r.as_str()))
+        .collect();
+    let kinds = kinds.join(", ");
     format!(
         r#"DO $login_etl_privileges$
 DECLARE
@@ -390,7 +397,7 @@ BEGIN
         END IF;
         FOR r IN
             SELECT g.role_name FROM user_logins_roles g JOIN pg_roles pr ON pr.rolname = g.role_name
-            WHERE ('all' = ANY (f.kinds) OR g.kind = ANY (f.kinds))
+            WHERE g.kind IN ({kinds}) AND ('all' = ANY (f.kinds) OR g.kind = ANY (f.kinds))
               AND NOT EXISTS (SELECT 1 FROM pg_proc q CROSS JOIN LATERAL aclexplode(q.proacl) a
                               WHERE q.oid = f.oid AND a.grantee = pr.oid AND a.privilege_type = 'EXECUTE')
         LOOP
@@ -401,7 +408,7 @@ BEGIN
         SELECT g.role_name, m.privilege, m.tbl, m.col
         FROM user_logins_roles g JOIN pg_roles pr ON pr.rolname = g.role_name
         JOIN (VALUES {tables}) AS m(kind, privilege, tbl, col) ON m.kind = g.kind
-        WHERE to_regclass(m.tbl) IS NOT NULL
+        WHERE g.kind IN ({kinds}) AND to_regclass(m.tbl) IS NOT NULL
           AND NOT CASE WHEN m.col IS NULL THEN has_table_privilege(pr.oid, to_regclass(m.tbl), m.privilege)
                        ELSE has_column_privilege(pr.oid, to_regclass(m.tbl), m.col, m.privilege) END
     LOOP
@@ -497,11 +504,14 @@ mod tests {
 
     #[test]
     fn the_privileges_sql_quotes_what_it_embeds() {
-        let sql = apply_sql(&[FunctionGrant {
-            name: "login_etl_x",
-            tag: "login-etl:'1",
-            kinds: vec!["ingest"],
-        }]);
+        let sql = apply_sql(
+            &[FunctionGrant {
+                name: "login_etl_x",
+                tag: "login-etl:'1",
+                kinds: vec!["ingest"],
+            }],
+            Profile::Full,
+        );
         assert!(
             sql.contains("('login_etl_x', 'login-etl:''1', ARRAY['ingest']::text[])"),
             "{sql}"

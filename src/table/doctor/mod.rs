@@ -11,7 +11,8 @@
 //! - each registered role existing, able to log in and to use the schema,
 //!   and holding what `login-etl grants` gives its kind in the database's
 //!   profile, no less and no more ([`privileges`]);
-//! - the partitions made ahead, and the DEFAULT partition empty;
+//! - the partitions made ahead, the DEFAULT partition empty, and retention
+//!   applied (no partition past `RETENTION_DAYS` by more than a day);
 //! - whether a commit the function sees acknowledged survives a failover
 //!   (standbys without synchronous replication), and not a standby itself.
 
@@ -73,8 +74,13 @@ impl Report {
     }
 }
 
-/// Runs every check on `client`'s database, `today` being the UTC day.
-pub async fn examine(client: &Client, today: NaiveDate) -> Result<Report, tokio_postgres::Error> {
+/// Runs every check on `client`'s database, `today` being the UTC day and
+/// `retention_days` the deployment's `RETENTION_DAYS` (unset: keep all).
+pub async fn examine(
+    client: &Client,
+    today: NaiveDate,
+    retention_days: Option<u32>,
+) -> Result<Report, tokio_postgres::Error> {
     let mut report = Report::default();
     schema_writers(client, &mut report).await?;
     if schema_version(client, &mut report).await?.is_none() {
@@ -88,6 +94,7 @@ pub async fn examine(client: &Client, today: NaiveDate) -> Result<Report, tokio_
         privileges::check(client, profile, &mut report).await?;
     }
     partitions_ahead(client, today, &mut report).await?;
+    retention(client, today, retention_days, &mut report).await?;
     replication(client, &mut report).await?;
     Ok(report)
 }
@@ -301,6 +308,46 @@ async fn partitions_ahead(
                 "as the maintain role: login-etl maintain (it makes their days' partitions and moves the rows there)".into(),
             );
         }
+    }
+    Ok(())
+}
+
+/// A partition whose every day is past retention by more than a day: the
+/// scheduled maintenance (hourly) has not applied `RETENTION_DAYS`.
+async fn retention(
+    client: &Client,
+    today: NaiveDate,
+    retention_days: Option<u32>,
+    report: &mut Report,
+) -> Result<(), tokio_postgres::Error> {
+    report.checks.push("retention");
+    let Some(days) = retention_days else {
+        return Ok(());
+    };
+    let options = crate::table::maintain::MaintainOptions {
+        retention_days: Some(days),
+        ..Default::default()
+    };
+    let Some(cutoff) = options.cutoff(today) else {
+        return Ok(());
+    };
+    let overdue = cutoff - chrono::TimeDelta::days(1);
+    let stale: Vec<String> = partitions(client)
+        .await?
+        .into_iter()
+        .filter(|p| !p.is_default && p.hi.is_some_and(|hi| hi <= overdue))
+        .map(|p| p.name)
+        .collect();
+    if !stale.is_empty() {
+        report.found(
+            "retention",
+            stale.join(", "),
+            format!(
+                "{} partition(s) hold only days before {cutoff}, past RETENTION_DAYS={days} by more than a day: retention is not being applied",
+                stale.len()
+            ),
+            format!("as the maintain role: RETENTION_DAYS={days} login-etl maintain; and check that the scheduled maintenance runs with that setting (its log, MaintenanceErrorsAlarm)"),
+        );
     }
     Ok(())
 }

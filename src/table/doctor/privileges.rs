@@ -16,16 +16,16 @@ use crate::table::schema::functions::files;
 /// in the current schema: (object kind, table or signature, column, privilege).
 const HELD_SQL: &str = "\
     WITH r AS (SELECT oid FROM pg_roles WHERE rolname = $1), \
-         n AS (SELECT to_regnamespace(current_schema())::oid AS oid) \
+         n AS (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) \
     SELECT 'table', c.relname::text, NULL::text, a.privilege_type \
       FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a \
      WHERE c.relnamespace = (SELECT oid FROM n) AND c.relname LIKE 'user\\_logins%' \
-       AND a.grantee = (SELECT oid FROM r) \
+       AND c.relname <> 'user_logins_legacy' AND a.grantee = (SELECT oid FROM r) \
     UNION ALL \
     SELECT 'column', c.relname::text, t.attname::text, a.privilege_type \
       FROM pg_attribute t JOIN pg_class c ON c.oid = t.attrelid CROSS JOIN LATERAL aclexplode(t.attacl) a \
      WHERE c.relnamespace = (SELECT oid FROM n) AND c.relname LIKE 'user\\_logins%' \
-       AND a.grantee = (SELECT oid FROM r) \
+       AND c.relname <> 'user_logins_legacy' AND a.grantee = (SELECT oid FROM r) \
     UNION ALL \
     SELECT 'function', p.oid::regprocedure::text, p.proname::text, a.privilege_type \
       FROM pg_proc p CROSS JOIN LATERAL aclexplode(p.proacl) a \
@@ -51,6 +51,17 @@ pub(super) async fn check(
         let Some(role) = Role::parse(&kind) else {
             continue;
         };
+        if !role.in_profile(profile) {
+            report.found(
+                "privileges",
+                format!("role {name} ({kind})"),
+                format!("is registered as a {kind} role, which the {} profile has not", profile.as_str()),
+                format!(
+                    "as the tables' owner: DELETE FROM user_logins_roles WHERE role_name = '{}'; then revoke what it holds (the REVOKEs below)",
+                    name.replace('\'', "''")
+                ),
+            );
+        }
         let expected = Expected::of(client, role, profile).await?;
         let held = client.query(HELD_SQL, &[&name]).await?;
         let subject = format!("role {name} ({kind})");
@@ -96,8 +107,9 @@ pub(super) async fn check(
                     extra.len()
                 ),
                 format!(
-                    "as the tables' owner: {} then login-etl migrate (a REVOKE of a whole-table privilege takes the kind's column privileges with it; migrate gives them back)",
-                    extra.join(" ")
+                    "as the tables' owner: {} then give back what a REVOKE of a whole-table privilege takes of the kind's column privileges: login-etl grants --role {kind} --to {name} --profile {} | psql",
+                    extra.join(" "),
+                    profile.as_str()
                 ),
             );
         }
@@ -108,7 +120,7 @@ pub(super) async fn check(
                 subject,
                 format!("lacks {}", lacks.join(", ")),
                 format!(
-                    "as the tables' owner: login-etl migrate (it gives each registered role what its kind lacks), or login-etl grants --role {kind} --to {name} --profile {} | psql",
+                    "as the tables' owner: login-etl grants --role {kind} --to {name} --profile {} | psql",
                     profile.as_str()
                 ),
             );
@@ -221,7 +233,7 @@ impl Expected {
         let missing = client
             .query(
                 "SELECT p.oid::regprocedure::text FROM pg_proc p \
-                 WHERE p.pronamespace = to_regnamespace(current_schema()) AND p.proname = ANY ($2) \
+                 WHERE p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) AND p.proname = ANY ($2) \
                    AND NOT has_function_privilege($1::name, p.oid, 'EXECUTE') ORDER BY 1",
                 &[&role, &names],
             )

@@ -52,7 +52,7 @@ pub fn schema_sql(migrations: &str, profile: Profile) -> String {
         "{}\n{migrations}\n;\n{}\n{}",
         functions::sync_sql(profile),
         functions::schema_version_sql(SCHEMA_VERSION, profile),
-        privileges::apply_sql(&grants)
+        privileges::apply_sql(&grants, profile)
     )
 }
 
