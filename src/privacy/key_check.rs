@@ -57,21 +57,9 @@ pub fn findings(
             ),
         );
     }
-    // The database ahead of a secret: rotate-key ran with a version this
-    // secret lacks; a version generated now would be another key.
-    let behind = |var: &str, held: u16| {
-        (
-            format!(
-                "holds versions up to {held}, and the database is at version {v} (a rotation ran): what uses it is refused until it has that version"
-            ),
-            format!(
-                "give {var} the secret rotate-key ran with (the document whose version {v} the database is at), not a newly generated key ({LEAKED_KEY})"
-            ),
-        )
-    };
     if let Some(m) = masking {
         if m.latest() < v {
-            let (problem, fix) = behind("MASKING_KEY_SECRET_ID", m.latest());
+            let (problem, fix) = behind(v, "MASKING_KEY_SECRET_ID", m.latest());
             found("MASKING_KEY_SECRET_ID", problem, fix);
         } else if let Some(recorded) = &state.masking_check {
             let mine = Masker::versions(m, None)
@@ -92,29 +80,52 @@ pub fn findings(
         }
     }
     if let Some(e) = erasure {
-        if state.erasure_derived {
-            found(
-                "ERASURE_KEY_SECRET_ID",
-                "is given, and the erasure list predates erasure keys: its user keys are derived from the masking key, so this key is not used".into(),
-                format!("give forget the masking key (MASKING_KEY_SECRET_ID) instead, or rotate the key, which keys the list with the erasure key from then on ({LEAKED_KEY})"),
-            );
-        } else if e.latest() < v {
-            let (problem, fix) = behind("ERASURE_KEY_SECRET_ID", e.latest());
-            found("ERASURE_KEY_SECRET_ID", problem, fix);
-        } else if let Some(recorded) = &state.erasure_check {
-            let mine = UserKeys::new(e)
-                .at(v)
-                .map(|k| k.check().as_str().to_owned());
-            if mine.as_deref() != Some(recorded.as_str()) {
-                found(
-                    "ERASURE_KEY_SECRET_ID",
-                    format!("its version {v} is not the key the erasure list is keyed with: forget and the function refuse it (key_mismatch)"),
-                    "give it the erasure key's secret the function uses (the stack's ErasureKeySecretArn); if the secret was replaced, put back its previous value".into(),
-                );
-            }
-        }
+        erasure_findings(state, e, &mut found);
     }
     out
+}
+
+/// The database ahead of a secret: rotate-key ran with a version this
+/// secret lacks, and a version generated now would be another key.
+fn behind(v: u16, var: &str, held: u16) -> (String, String) {
+    (
+        format!(
+            "holds versions up to {held}, and the database is at version {v} (a rotation ran): what uses it is refused until it has that version"
+        ),
+        format!(
+            "give {var} the secret rotate-key ran with (the document whose version {v} the database is at), not a newly generated key ({LEAKED_KEY})"
+        ),
+    )
+}
+
+/// The erasure key's findings (see [`findings`]).
+fn erasure_findings(
+    state: &KeyState,
+    e: &KeyVersions,
+    found: &mut impl FnMut(&str, String, String),
+) {
+    let v = state.version;
+    if state.erasure_derived {
+        found(
+            "ERASURE_KEY_SECRET_ID",
+            "is given, and the erasure list predates erasure keys: its user keys are derived from the masking key, so this key is not used".into(),
+            format!("give forget the masking key (MASKING_KEY_SECRET_ID) instead, or rotate the key, which keys the list with the erasure key from then on ({LEAKED_KEY})"),
+        );
+    } else if e.latest() < v {
+        let (problem, fix) = behind(v, "ERASURE_KEY_SECRET_ID", e.latest());
+        found("ERASURE_KEY_SECRET_ID", problem, fix);
+    } else if let Some(recorded) = &state.erasure_check {
+        let mine = UserKeys::new(e)
+            .at(v)
+            .map(|k| k.check().as_str().to_owned());
+        if mine.as_deref() != Some(recorded.as_str()) {
+            found(
+                "ERASURE_KEY_SECRET_ID",
+                format!("its version {v} is not the key the erasure list is keyed with: forget and the function refuse it (key_mismatch)"),
+                "give it the erasure key's secret the function uses (the stack's ErasureKeySecretArn); if the secret was replaced, put back its previous value".into(),
+            );
+        }
+    }
 }
 
 #[cfg(test)]

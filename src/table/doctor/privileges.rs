@@ -63,41 +63,8 @@ pub(super) async fn check(
             );
         }
         let expected = Expected::of(client, role, profile).await?;
-        let held = client.query(HELD_SQL, &[&name]).await?;
+        let extra = beyond(client, &name, &expected).await?;
         let subject = format!("role {name} ({kind})");
-        let mut extra = Vec::new();
-        for h in &held {
-            let (object, target, col, privilege): (String, String, Option<String>, String) =
-                (h.get(0), h.get(1), h.get(2), h.get(3));
-            let allowed = match object.as_str() {
-                "table" => expected
-                    .tables
-                    .contains(&(target.clone(), privilege.clone())),
-                "column" => {
-                    let col = col.unwrap_or_default();
-                    expected
-                        .tables
-                        .contains(&(target.clone(), privilege.clone()))
-                        || expected.columns.contains(&(
-                            target.clone(),
-                            col.clone(),
-                            privilege.clone(),
-                        ))
-                }
-                _ => col
-                    .as_deref()
-                    .is_some_and(|f| expected.functions.contains(f)),
-            };
-            if !allowed {
-                extra.push(revoke(
-                    &object,
-                    &target,
-                    h.get::<_, Option<String>>(2).as_deref(),
-                    &privilege,
-                    &name,
-                ));
-            }
-        }
         if !extra.is_empty() {
             report.found(
                 "privileges",
@@ -127,6 +94,47 @@ pub(super) async fn check(
         }
     }
     Ok(())
+}
+
+/// The REVOKEs of what `role` holds directly beyond `expected`.
+async fn beyond(
+    client: &Client,
+    name: &str,
+    expected: &Expected,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let held = client.query(HELD_SQL, &[&name]).await?;
+    let mut extra = Vec::new();
+    for h in &held {
+        let (object, target, col, privilege): (String, String, Option<String>, String) =
+            (h.get(0), h.get(1), h.get(2), h.get(3));
+        let allowed = match object.as_str() {
+            "table" => expected
+                .tables
+                .contains(&(target.clone(), privilege.clone())),
+            "column" => {
+                let col = col.unwrap_or_default();
+                expected
+                    .tables
+                    .contains(&(target.clone(), privilege.clone()))
+                    || expected
+                        .columns
+                        .contains(&(target.clone(), col.clone(), privilege.clone()))
+            }
+            _ => col
+                .as_deref()
+                .is_some_and(|f| expected.functions.contains(f)),
+        };
+        if !allowed {
+            extra.push(revoke(
+                &object,
+                &target,
+                h.get::<_, Option<String>>(2).as_deref(),
+                &privilege,
+                name,
+            ));
+        }
+    }
+    Ok(extra)
 }
 
 /// The REVOKE of one held privilege.
