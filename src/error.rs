@@ -221,7 +221,7 @@ pub enum SinkError {
     },
     /// What the database's profile has not (docs/profiles.md): refused by
     /// login-etl before anything changed, not by PostgreSQL.
-    #[error("cannot do {op}: {cause}{hint}")]
+    #[error("login-etl refused {op}: {cause}{hint}")]
     Profile {
         /// What was asked.
         op: &'static str,

@@ -25,6 +25,8 @@ BINARY = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug" / "
 USER = "424cdd21-063a-43a7-b91b-7ca1a833afae"  # the runbook's example id
 
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "localstack"))
+import stack  # noqa: E402
 from test_database_roles import _readme_block, _role_url, db_url, psql  # noqa: E402
 
 
@@ -47,12 +49,18 @@ def fill(block: str, values: dict[str, str]) -> str:
     return block
 
 
+def _answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 @pytest.fixture(scope="module")
 def aws():
     """moto (Secrets Manager, STS) on a free port of 127.0.0.1, stopped by PID."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = stack.free_port()
     log = open(ROOT / "target" / f"runbooks-moto-{os.getpid()}.log", "w")
     proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
                             stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
@@ -60,14 +68,7 @@ def aws():
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "moto did not start"
-                time.sleep(0.2)
+        stack.wait_for("moto", lambda: _answers(port), timeout=30)
         yield env
     finally:
         proc.terminate()

@@ -36,6 +36,34 @@ pub const MASKING_MIGRATION_SQL: &str = concat!(
     migration!("0011_extra_fields"),
 );
 
+/// The full profile's migrations from 0005 on: the tail both of its
+/// lists share.
+macro_rules! full_from_0005 {
+    () => {
+        concat!(
+            migration!("privacy/0005_erasure_state"),
+            "\n",
+            migration!("0006_key_versions"),
+            "\n",
+            migration!("privacy/0006_key_versions"),
+            "\n",
+            migration!("0007_online_operations"),
+            "\n",
+            migration!("privacy/0007_online_operations"),
+            "\n",
+            migration!("privacy/0008_vault_retention"),
+            "\n",
+            migration!("0009_write_function"),
+            "\n",
+            migration!("0010_insiders"),
+            "\n",
+            migration!("privacy/0010_insiders"),
+            "\n",
+            migration!("0011_extra_fields"),
+        )
+    };
+}
+
 /// The migrations of the full profile: the masking-only profile's with
 /// `migrations/privacy/` in their order (the PII vault, the audit trail
 /// and erasure list, their state for key versions and retention). Applied
@@ -50,25 +78,7 @@ pub const MIGRATION_SQL: &str = concat!(
     "\n",
     migration!("0004_partitions"),
     "\n",
-    migration!("privacy/0005_erasure_state"),
-    "\n",
-    migration!("0006_key_versions"),
-    "\n",
-    migration!("privacy/0006_key_versions"),
-    "\n",
-    migration!("0007_online_operations"),
-    "\n",
-    migration!("privacy/0007_online_operations"),
-    "\n",
-    migration!("privacy/0008_vault_retention"),
-    "\n",
-    migration!("0009_write_function"),
-    "\n",
-    migration!("0010_insiders"),
-    "\n",
-    migration!("privacy/0010_insiders"),
-    "\n",
-    migration!("0011_extra_fields"),
+    full_from_0005!(),
 );
 
 /// The migrations `profile` applies.
@@ -89,23 +99,5 @@ pub const SIDE_TABLES_SQL: &str = concat!(
     "\n",
     migration!("privacy/0003_pii_audit_and_erasure"),
     "\n",
-    migration!("privacy/0005_erasure_state"),
-    "\n",
-    migration!("0006_key_versions"),
-    "\n",
-    migration!("privacy/0006_key_versions"),
-    "\n",
-    migration!("0007_online_operations"),
-    "\n",
-    migration!("privacy/0007_online_operations"),
-    "\n",
-    migration!("privacy/0008_vault_retention"),
-    "\n",
-    migration!("0009_write_function"),
-    "\n",
-    migration!("0010_insiders"),
-    "\n",
-    migration!("privacy/0010_insiders"),
-    "\n",
-    migration!("0011_extra_fields"),
+    full_from_0005!(),
 );
