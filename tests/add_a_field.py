@@ -75,10 +75,14 @@ def add_the_field(repo: Path) -> None:
         "                   AND attname = 'os_name' AND NOT attisdropped) THEN\n"
         "        ALTER TABLE user_logins ADD COLUMN os_name varchar(64);\n    END IF;\nEND\n$$;\n"
     )
-    # Each profile's list (and migrate --prepare's) takes it.
+    # The masking-only list and the full profile's shared tail (which its
+    # list and migrate --prepare's both end with) take it.
     lists = repo / "src" / "table" / "schema" / "migrations.rs"
     edit(lists, '    migration!("0011_extra_fields"),\n);',
-         '    migration!("0011_extra_fields"),\n    "\\n",\n    migration!("0012_os_name"),\n);', count=3)  # fmt: skip
+         '    migration!("0011_extra_fields"),\n    "\\n",\n    migration!("0012_os_name"),\n);')  # fmt: skip
+    edit(lists, '            migration!("0011_extra_fields"),\n        )',
+         '            migration!("0011_extra_fields"),\n            "\\n",\n'
+         '            migration!("0012_os_name"),\n        )')  # fmt: skip
     schema = repo / "src" / "table" / "schema" / "mod.rs"
     edit(schema, "pub const SCHEMA_VERSION: i32 = 11;", "pub const SCHEMA_VERSION: i32 = 12;")
 
