@@ -72,6 +72,23 @@ impl Report {
             fix,
         });
     }
+
+    /// The command that prints `name`'s grants as a `kind` role in this
+    /// schema and profile, its words quoted for a POSIX shell where they
+    /// need it (a role's name may hold anything).
+    fn grants_command(&self, kind: &str, name: &str) -> String {
+        let quote = |w: &str| shlex::try_quote(w).map_or_else(|_| w.to_owned(), |q| q.into_owned());
+        let schema = if self.schema == "public" {
+            String::new()
+        } else {
+            format!(" --schema {}", quote(&self.schema))
+        };
+        format!(
+            "login-etl grants --role {kind} --to {}{schema} --profile {}",
+            quote(name),
+            self.profile
+        )
+    }
 }
 
 /// Runs every check on `client`'s database, `today` being the UTC day and
@@ -239,7 +256,11 @@ async fn roles(client: &Client, report: &mut Report) -> Result<(), tokio_postgre
                 "roles",
                 subject,
                 "is registered for login-etl but does not exist".into(),
-                format!("as the admin: CREATE ROLE \"{name}\" LOGIN, then its grants (login-etl grants --role {kind} --to {name} --profile {}) as the tables' owner", report.profile),
+                format!(
+                    "as the admin: CREATE ROLE \"{}\" LOGIN, then its grants ({}) as the tables' owner",
+                    name.replace('"', "\"\""),
+                    report.grants_command(&kind, &name)
+                ),
             );
             continue;
         }
@@ -461,6 +482,36 @@ mod tests {
                 .unwrap()
                 .problem
                 .contains("standby")
+        );
+    }
+
+    #[test]
+    fn a_grants_fix_names_the_schema_and_quotes_what_the_shell_would_split() {
+        let mut report = Report {
+            schema: "public".into(),
+            profile: "masking",
+            ..Report::default()
+        };
+        assert_eq!(
+            report.grants_command("ingest", "login_etl_ingest"),
+            "login-etl grants --role ingest --to login_etl_ingest --profile masking"
+        );
+        report.schema = "login etl".into();
+        let command = report.grants_command("ingest", "it's; rm -rf ~");
+        assert_eq!(
+            shlex::split(&command).unwrap(),
+            [
+                "login-etl",
+                "grants",
+                "--role",
+                "ingest",
+                "--to",
+                "it's; rm -rf ~",
+                "--schema",
+                "login etl",
+                "--profile",
+                "masking"
+            ]
         );
     }
 }

@@ -74,9 +74,9 @@ pub(super) async fn check(
                     extra.len()
                 ),
                 format!(
-                    "as the tables' owner: {} then give back what a REVOKE of a whole-table privilege takes of the kind's column privileges: login-etl grants --role {kind} --to {name} --profile {} | psql",
+                    "as the tables' owner: {} then give back what a REVOKE of a whole-table privilege takes of the kind's column privileges: {} | psql",
                     extra.join(" "),
-                    profile.as_str()
+                    report.grants_command(&kind, &name)
                 ),
             );
         }
@@ -87,8 +87,8 @@ pub(super) async fn check(
                 subject,
                 format!("lacks {}", lacks.join(", ")),
                 format!(
-                    "as the tables' owner: login-etl grants --role {kind} --to {name} --profile {} | psql",
-                    profile.as_str()
+                    "as the tables' owner: {} | psql",
+                    report.grants_command(&kind, &name)
                 ),
             );
         }
