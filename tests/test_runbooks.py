@@ -172,7 +172,13 @@ def test_the_leaked_key_runbook_as_written_appends_a_version_to_both_secrets_and
     step3 = fill(step3, {"login-etl/db-rotate": f"{name}/db-rotate", "login_etl_rotate": f"{name}_rotate",
                          "mydb.xxxx.us-east-1.rds.amazonaws.com": pg.group(1), '"port":5432': f'"port":{pg.group(2)}',
                          '"analytics"': f'"{name}"'})  # fmt: skip
-    script = f"export MASKING_KEY_SECRET_ARN='{masking}' ERASURE_KEY_SECRET_ARN='{erasure}'\n{step2}\n{step3}"
+    # The stack whose outputs step 2 reads, as CloudFormation in moto keeps it.
+    cfn = boto3.client("cloudformation", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name=aws["AWS_REGION"],
+                       aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
+    cfn.create_stack(StackName="login-etl", TemplateBody=json.dumps({
+        "Resources": {"Marker": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": f"{name}-marker"}}},
+        "Outputs": {"MaskingKeySecretArn": {"Value": masking}, "ErasureKeySecretArn": {"Value": erasure}}}))  # fmt: skip
+    script = f"{step2}\n{step3}"
     # The AWS CLI of the project's LocalStack venv (make localstack-tools).
     done = run(script, {**aws, "PATH_PREFIX": str(ROOT / ".venv-localstack" / "bin")})
     out = done.stdout + done.stderr

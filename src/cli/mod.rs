@@ -147,7 +147,7 @@ pub struct DlqRedriveArgs {
     /// The dead-letter queue's URL (the stack's DeadLetterQueueUrl output).
     #[arg(long, value_name = "URL")]
     pub dlq_url: String,
-    /// The source queue's URL (the stack's LoginQueueUrl output).
+    /// The source queue's URL (the stack's QueueUrl output).
     #[arg(long, value_name = "URL")]
     pub to: String,
     /// Only count what would be sent, by rejection code; nothing is sent or deleted.
