@@ -381,7 +381,7 @@ BEGIN
     FOR f IN
         SELECT p.oid, p.oid::regprocedure AS sig, p.prosrc, p.proconfig, p.proacl, m.tag, m.kinds
         FROM pg_proc p JOIN (VALUES {fns}) AS m(name, tag, kinds) ON m.name = p.proname
-        WHERE p.pronamespace = to_regnamespace(current_schema())
+        WHERE p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())
     LOOP
         -- The tag, and the body it was made with (a body replaced by hand
         -- since no longer matches, and the next migrate makes it again).
@@ -438,7 +438,7 @@ pub const SCHEMA_WRITERS_SQL: &str = "SELECT current_schema()::text, \
                 AND NOT pg_has_role(r.oid, n.nspowner, 'MEMBER') \
                 AND NOT pg_has_role(r.oid, coalesce((SELECT relowner FROM pg_class WHERE oid = to_regclass('user_logins')), \
                                                    (SELECT oid FROM pg_roles WHERE rolname = current_user)), 'MEMBER')), '{}') END \
-    FROM pg_namespace n WHERE n.oid = to_regnamespace(current_schema())";
+    FROM pg_namespace n WHERE n.oid = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())";
 
 /// The fix for [`SCHEMA_WRITERS_SQL`]'s answer: the one statement the
 /// schema's owner runs.

@@ -198,7 +198,7 @@ async fn search_paths(client: &Client, report: &mut Report) -> Result<(), tokio_
     let rows = client
         .query(
             "SELECT p.oid::regprocedure::text, coalesce(array_to_string(p.proconfig, ';'), '') \
-             FROM pg_proc p WHERE p.pronamespace = to_regnamespace(current_schema()) \
+             FROM pg_proc p WHERE p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) \
                AND p.proname LIKE 'login\\_etl\\_%' ORDER BY 1",
             &[],
         )
@@ -242,7 +242,7 @@ async fn roles(client: &Client, report: &mut Report) -> Result<(), tokio_postgre
     let rows = client
         .query(
             "SELECT r.role_name::text, r.kind::text, a.oid IS NOT NULL, coalesce(a.rolcanlogin, false), \
-                    a.oid IS NOT NULL AND has_schema_privilege(a.oid, to_regnamespace(current_schema()), 'USAGE') \
+                    a.oid IS NOT NULL AND has_schema_privilege(a.oid, (SELECT oid FROM pg_namespace WHERE nspname = current_schema()), 'USAGE') \
              FROM user_logins_roles r LEFT JOIN pg_roles a ON a.rolname = r.role_name ORDER BY 1",
             &[],
         )

@@ -240,7 +240,7 @@ fn schema_version_create(schema_version: i32, profile: Profile) -> String {
 fn unless_current(name: &str, tag: &str, count: usize, sql: &str) -> String {
     format!(
         "DO $login_etl_sync$\nBEGIN\n    IF (SELECT count(*) FROM pg_proc p \
-         WHERE p.pronamespace = to_regnamespace(current_schema()) AND p.proname = '{name}' \
+         WHERE p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) AND p.proname = '{name}' \
          AND obj_description(p.oid, 'pg_proc') = '{tag}:' || md5(p.prosrc)) < {count} THEN\n        \
          EXECUTE $login_etl_fn$\n{sql}\n$login_etl_fn$;\n    END IF;\nEND\n$login_etl_sync$;\n"
     )

@@ -96,7 +96,7 @@ static PROFILE_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "(CASE WHEN {} THEN 'full' \
           WHEN EXISTS (SELECT 1 FROM pg_proc p WHERE p.proname = '{}' \
-               AND p.pronamespace = to_regnamespace(current_schema())::oid \
+               AND p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) \
                AND p.proowner = (SELECT relowner FROM pg_class WHERE oid = to_regclass(format('%I.%I', current_schema(), 'user_logins'))) \
                AND p.prosrc LIKE '%''masking''%') THEN 'masking' \
           WHEN to_regclass(format('%I.%I', current_schema(), 'user_logins')) IS NOT NULL THEN 'full' END)",
@@ -136,7 +136,7 @@ const INSPECT_TABLES: &str = "SELECT \
         AND i.indisunique AND i.indnkeyatts = 1 AND i.indpred IS NULL AND i.indexprs IS NULL \
         AND i.indisvalid AND i.indisready), \
     coalesce((SELECT substring(p.prosrc FROM '[0-9]+')::int4 FROM pg_proc p \
-        WHERE p.proname = 'login_etl_schema_version' AND p.pronamespace = to_regnamespace(current_schema())::oid), 0)";
+        WHERE p.proname = 'login_etl_schema_version' AND p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())), 0)";
 
 /// The schema as the catalog shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
