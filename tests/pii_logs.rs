@@ -634,6 +634,112 @@ async fn poll_at_trace_with_the_sdk_printing_bodies_writes_no_pii_key_or_passwor
     aws.assert_clean(&output, &[event]);
 }
 
+/// `login-etl poll` whose masking key is not the one the database records
+/// (a secret replaced instead of appended to), read as Lambda's filter
+/// would (JSON, at WARN): it says so at start, at ERROR, with the class and
+/// the fix and no key, and `/readyz` answers 503 naming the keys before any
+/// message arrives.
+#[tokio::test]
+#[ignore = "needs moto_server on PATH or in MOTO_SERVER; run by `make test`"]
+async fn poll_says_at_start_that_its_keys_are_refused_and_is_not_ready() {
+    let db = TestDb::create().await;
+    db.ingest_url().await;
+    let aws = aws_for(&db, &db.role_name(login_etl::grants::Role::Ingest)).await;
+    let admin = db.client().await;
+    admin
+        .batch_execute(&format!(
+            "UPDATE user_logins_key_state SET masking_check = '{}'",
+            "0f".repeat(32)
+        ))
+        .await
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = std::env::temp_dir().join(format!(
+        "login-etl-keys-at-start-{}.log",
+        std::process::id()
+    ));
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_login-etl"))
+        .env_clear()
+        .envs(aws.env())
+        .env("AWS_LAMBDA_LOG_FORMAT", "JSON")
+        .env("AWS_LAMBDA_LOG_LEVEL", "WARN")
+        .args([
+            "poll",
+            "--queue-url",
+            &aws.queue,
+            "--health-addr",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .expect("the binary runs");
+    let readyz = || {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        c.write_all(b"GET /readyz HTTP/1.0\r\nHost: x\r\n\r\n")
+            .ok()?;
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).ok()?;
+        Some(answer)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let answer = loop {
+        if let Some(a) = readyz().filter(|a| a.contains("keys were refused at start")) {
+            break a;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "poll exited ({status}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refusal at start within 60 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    let output = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    assert!(
+        answer.starts_with("HTTP/1.0 503") || answer.starts_with("HTTP/1.1 503"),
+        "{answer}"
+    );
+    assert!(answer.contains("key_mismatch"), "{answer}");
+    let said: Vec<serde_json::Value> = output
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|l: &serde_json::Value| {
+            l["level"] == "ERROR"
+                && l["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("every batch would be refused"))
+        })
+        .collect();
+    assert_eq!(said.len(), 1, "one ERROR line at start: {output}");
+    assert!(
+        said[0]["fields"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("masking key") && e.contains("leaked-key.md")),
+        "{output}"
+    );
+    assert!(status.success(), "poll stopped cleanly: {status}");
+    assert!(
+        !holds_any(&output, &aws.secrets),
+        "a key or the database password in the output (value redacted)"
+    );
+}
+
 /// The function as Lambda runs it (the binary behind a Runtime API), at
 /// TRACE, its secrets, DLQ copies and data key through the SDK with bodies
 /// printed on request: nothing of it written.

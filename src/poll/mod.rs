@@ -56,9 +56,10 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::Signal;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::error::HandlerError;
 use crate::ingest::backoff::{BatchLease, Leases};
 use crate::ingest::event::SqsBatch;
 use crate::ingest::handler::{BatchHandler, Deadline, Outcome};
@@ -133,6 +134,7 @@ async fn start(options: &Options) -> Result<Started, PollError> {
         .await?
         .with_connections(options.concurrency);
     let health = serve_health(options, &handler).await?;
+    keys_at_start(&handler, &health).await;
     Ok(Started {
         queue,
         dlq_from,
@@ -287,6 +289,30 @@ async fn open_queue(
     );
     Ok((queue, "none"))
 }
+
+/// Says at start what every batch would be refused for, where the keys
+/// are not the ones the database records (a missing erasure key, a secret
+/// replaced, a version behind): at ERROR, with the fix, and `/readyz` not
+/// ready until a batch is written. A database that does not answer now is
+/// left to the first batch and the health probe.
+async fn keys_at_start(handler: &BatchHandler, health: &Health) {
+    match handler.verify_keys(KEYS_AT_START_WITHIN).await {
+        Ok(()) => {}
+        Err(e) if is_configuration(HandlerError::class_of(&e)) => {
+            error!(error = %e, "every batch would be refused for the configuration; nothing is written until it is mended");
+            health.refused(Some(format!(
+                "the keys were refused at start ({}); the ERROR line says what to set",
+                HandlerError::class_of(&e)
+            )));
+        }
+        Err(e) => {
+            info!(error = %e, "could not compare the keys with the database at start; the first batch will");
+        }
+    }
+}
+
+/// How long the start's comparison of the keys may take.
+const KEYS_AT_START_WITHIN: Duration = Duration::from_secs(10);
 
 /// The health state, and with `--health-addr` its endpoint and the
 /// database probe (a `SELECT 1` on a connection of its own, every

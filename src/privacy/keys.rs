@@ -162,6 +162,27 @@ impl Keys {
         sink: &mut impl KeyStore,
         deadline: Option<Instant>,
     ) -> Result<BatchKeys, SinkError> {
+        self.checked(sink, deadline, true).await
+    }
+
+    /// What [`Keys::for_batch`] would refuse, asked before any batch
+    /// (`login-etl poll`'s start): the same comparison with what the
+    /// database records, recording nothing (a database with no values yet
+    /// passes; the first batch records them).
+    pub async fn verify(
+        &self,
+        sink: &mut impl KeyStore,
+        deadline: Option<Instant>,
+    ) -> Result<(), SinkError> {
+        self.checked(sink, deadline, false).await.map(|_| ())
+    }
+
+    async fn checked(
+        &self,
+        sink: &mut impl KeyStore,
+        deadline: Option<Instant>,
+        record: bool,
+    ) -> Result<BatchKeys, SinkError> {
         let list = sink.erased_users(deadline).await?;
         let mut masker = self.at(list.versions.key).await?;
         if list.checks.erasure_derived && !masker.users().is_derived() {
@@ -193,10 +214,17 @@ impl Keys {
             });
         }
         let recorded = |r: &Option<String>, mine: &str| r.as_deref() == Some(mine);
+        let differs = |r: &Option<String>, mine: &str| r.as_deref().is_some_and(|v| v != mine);
         let erasure = list.erasure.then_some(mine_e.as_str());
-        if !recorded(&list.checks.masking, mine_m.as_str())
-            || erasure.is_some_and(|e| !recorded(&list.checks.erasure, e))
-        {
+        let check = if record {
+            !recorded(&list.checks.masking, mine_m.as_str())
+                || erasure.is_some_and(|e| !recorded(&list.checks.erasure, e))
+        } else {
+            // Only a difference: the database refuses it, recording nothing.
+            differs(&list.checks.masking, mine_m.as_str())
+                || erasure.is_some_and(|e| differs(&list.checks.erasure, e))
+        };
+        if check {
             // Recorded (the next batch reloads the list with them). The
             // batch keeps this list's versions, which its masker matches;
             // a rotation since is caught by the write's own check.

@@ -1000,8 +1000,18 @@ async fn an_environment_without_the_erasure_key_is_told_to_give_it() {
     let with_key = function(&ingest, 1).await;
     assert!(deliver(&with_key, &event(10, 81, None)).await.is_empty());
     let before = count_rows(&admin).await;
-    // The consumer, masking key only.
+    // The consumer, masking key only: told at start (what `login-etl poll`
+    // asks before its first receive), then by every batch.
     let without = handler_with(&[("DATABASE_URL", &ingest), ("MASKING_KEY", &doc(&K, 1))]).await;
+    let at_start = without
+        .verify_keys(Duration::from_secs(10))
+        .await
+        .expect_err("refused at start")
+        .to_string();
+    assert!(
+        at_start.contains("no erasure key") && at_start.contains("ERASURE_KEY_SECRET_ID"),
+        "{at_start}"
+    );
     let err = without
         .handle(&SqsBatch::from(&event(10, 82, None)), Deadline::NONE)
         .await
@@ -1013,6 +1023,44 @@ async fn an_environment_without_the_erasure_key_is_told_to_give_it() {
     );
     assert!(!err.contains("rotation"), "not a rotation's advice: {err}");
     assert_eq!(count_rows(&admin).await, before, "nothing written");
+}
+
+/// The start's check records nothing: on a database whose keys nobody has
+/// recorded it passes (and leaves them unrecorded, so the first batch's
+/// writer, not the first process started, records them); a different
+/// masking key is refused at start once a batch recorded one.
+#[tokio::test]
+async fn the_keys_are_checked_at_start_and_nothing_is_recorded_by_it() {
+    let db = TestDb::create().await;
+    let ingest = db.ingest_url().await;
+    let admin = db.client().await;
+    let checks =
+        "SELECT masking_check IS NULL AND erasure_check IS NULL FROM user_logins_key_state";
+    let without = handler_with(&[("DATABASE_URL", &ingest), ("MASKING_KEY", &doc(&K, 1))]).await;
+    without
+        .verify_keys(Duration::from_secs(10))
+        .await
+        .expect("nothing recorded: nothing to refuse");
+    let none: bool = admin.query_one(checks, &[]).await.unwrap().get(0);
+    assert!(none, "the start's check recorded nothing");
+    // The deployment with its erasure key writes first and records both.
+    let with_key = function(&ingest, 1).await;
+    assert!(deliver(&with_key, &event(10, 83, None)).await.is_empty());
+    with_key
+        .verify_keys(Duration::from_secs(10))
+        .await
+        .expect("its own keys pass");
+    // Another masking key (a secret replaced): refused at start.
+    let other = handler_with(&[("DATABASE_URL", &ingest), ("MASKING_KEY", &"ef".repeat(32))]).await;
+    let err = other
+        .verify_keys(Duration::from_secs(10))
+        .await
+        .expect_err("another key is refused at start");
+    assert_eq!(
+        login_etl::error::HandlerError::class_of(&err),
+        "key_mismatch",
+        "{err}"
+    );
 }
 
 /// Roles granted before the role registry (migrations/0010) are found by

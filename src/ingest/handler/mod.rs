@@ -24,7 +24,7 @@ use chrono::Utc;
 use tokio::sync::Mutex;
 use tracing::warn;
 
-use crate::error::HandlerError;
+use crate::error::{HandlerError, SinkError};
 use crate::ingest::backoff::{Schedule, Visibility};
 use crate::ingest::dlq::DeadLetterQueue;
 use crate::ingest::event::SqsBatch;
@@ -92,6 +92,16 @@ impl BatchHandler {
     /// consumer's database probe).
     pub async fn spare_sink(&self) -> PgSink {
         self.sinks[0].lock().await.sibling()
+    }
+
+    /// Whether the keys this environment holds are the ones the database
+    /// records (what every batch would otherwise be refused for), asked
+    /// within `within` and recording nothing: `login-etl poll`'s start.
+    pub async fn verify_keys(&self, within: Duration) -> Result<(), SinkError> {
+        let mut sink = self.sink().await;
+        self.keys
+            .verify(&mut *sink, Some(Instant::now() + within))
+            .await
     }
 
     fn days_ahead_read(&self) -> Option<(Instant, Option<i64>)> {
