@@ -151,12 +151,13 @@ def test_the_erasure_runbook_as_written_erases_the_user_and_its_audit_step_reads
     assert USER not in done.stdout.split("forgot the user")[1], "the audit never shows the id"
 
 
-def test_the_leaked_key_runbook_as_written_appends_a_version_to_both_secrets_and_rekeys_every_row(aws, full_database):
+def test_the_leaked_key_runbook_as_written_appends_a_version_to_both_secrets_rekeys_every_row_and_vacuums(aws, full_database):
     """docs/runbooks/leaked-key.md: step 2's loop appends a version to both
     key secrets (the AWS CLI the project installs, jq, openssl), step 3
     makes the rotate role's secret (its example values pointed at this
     server and database) and runs rotate-key with it: exit 0, the database
-    at version 2, every row re-keyed, both secrets holding two versions."""
+    at version 2, every row re-keyed, both secrets holding two versions;
+    step 4 vacuums as the tables' owner (no "skipping" warning)."""
     import boto3
 
     name = full_database
@@ -167,7 +168,7 @@ def test_the_leaked_key_runbook_as_written_appends_a_version_to_both_secrets_and
         psql(db_url(name), insert.format(n=n))
     masking = secret(aws, f"{name}/masking-key", "ab" * 32)
     erasure = secret(aws, f"{name}/erasure-key", "cd" * 32)
-    step2, step3 = blocks("runbooks/leaked-key.md")
+    step2, step3, step4 = blocks("runbooks/leaked-key.md")
     pg = re.match(r"postgres://[^@]+@([^:/]+):(\d+)/", PG_ADMIN_URL)
     step3 = fill(step3, {"login-etl/db-rotate": f"{name}/db-rotate", "login_etl_rotate": f"{name}_rotate",
                          "mydb.xxxx.us-east-1.rds.amazonaws.com": pg.group(1), '"port":5432': f'"port":{pg.group(2)}',
@@ -178,13 +179,18 @@ def test_the_leaked_key_runbook_as_written_appends_a_version_to_both_secrets_and
     cfn.create_stack(StackName="login-etl", TemplateBody=json.dumps({
         "Resources": {"Marker": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": f"{name}-marker"}}},
         "Outputs": {"MaskingKeySecretArn": {"Value": masking}, "ErasureKeySecretArn": {"Value": erasure}}}))  # fmt: skip
-    script = f"{step2}\n{step3}"
+    script = f"export MIGRATE_URL='{_role_url(name, 'migrate')}'\n{step2}\n{step3}\n{step4}"
     # The AWS CLI of the project's LocalStack venv (make localstack-tools).
     done = run(script, {**aws, "PATH_PREFIX": str(ROOT / ".venv-localstack" / "bin")})
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
     assert psql(db_url(name), "SELECT version FROM login_etl_key_state()") == "2", out
     assert psql(db_url(name), "SELECT count(*) FROM user_logins WHERE key_version <> 2") == "0", out
+    # Step 4, as the owner: vacuumed, not skipped with a warning.
+    assert "WARNING" not in out and "skipping" not in out, out
+    vacuumed = ("SELECT count(*) FROM pg_stat_user_tables WHERE relname LIKE 'user\\_logins\\_%' "
+                "AND last_vacuum IS NOT NULL")  # fmt: skip
+    assert int(psql(db_url(name), vacuumed)) > 0, out
     client = boto3.client("secretsmanager", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name=aws["AWS_REGION"],
                           aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
     for arn, first in ((masking, "ab" * 32), (erasure, "cd" * 32)):
