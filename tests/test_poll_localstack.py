@@ -353,7 +353,8 @@ def test_doctor_holds_the_queues_redrive_against_the_backoff_and_finds_its_dlq(s
     """`login-etl doctor --queue-url`: the fixture's queue (maxReceiveCount 5,
     the default backoff) rides out far less than 30 minutes of outage, named
     with the count that would; with that count, nothing; without a
-    RedrivePolicy, named; each with exit 1, no finding on the database."""
+    RedrivePolicy, named; its dead-letter queue deleted, named by its ARN;
+    each with exit 1, no finding on the database."""
     import json
     import subprocess
 
@@ -382,3 +383,12 @@ def test_doctor_holds_the_queues_redrive_against_the_backoff_and_finds_its_dlq(s
     sqs.set_queue_attributes(QueueUrl=q.queue_url, Attributes={"RedrivePolicy": ""})
     code, found = doctor()
     assert code == 1 and "no RedrivePolicy" in found[0]["problem"], found
+    # A policy whose dead-letter queue was deleted after it was set.
+    gone = sqs.create_queue(QueueName=f"{q.dbname}-gone-dlq")["QueueUrl"]
+    gone_arn = sqs.get_queue_attributes(QueueUrl=gone, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sqs.set_queue_attributes(QueueUrl=q.queue_url, Attributes={
+        "RedrivePolicy": json.dumps({"deadLetterTargetArn": gone_arn, "maxReceiveCount": enough})})  # fmt: skip
+    sqs.delete_queue(QueueUrl=gone)
+    code, found = doctor()
+    assert code == 1 and len(found) == 1, found
+    assert found[0]["subject"] == gone_arn and "dead-letter queue was not found" in found[0]["problem"], found

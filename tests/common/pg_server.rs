@@ -100,11 +100,64 @@ impl PgServer {
         let kind = if opts.tls { "hostssl" } else { "host" };
         std::fs::write(
             data.join("pg_hba.conf"),
-            format!("local all all trust\n{kind} all all 127.0.0.1/32 {method}\n"),
+            format!(
+                "local all all trust\nlocal replication all trust\n{kind} all all 127.0.0.1/32 {method}\n"
+            ),
         )
         .unwrap();
         server.ctl(&["start", "-w", "-t", "30"]);
         server
+    }
+
+    /// A streaming standby of this server (`pg_basebackup -R` over the
+    /// Unix socket), on a port and in a directory of its own, started;
+    /// asynchronous until `synchronous_standby_names` names it
+    /// (`walreceiver`, its default application name).
+    pub fn start_standby_of(primary: &Self) -> Self {
+        let dir = PathBuf::from(
+            String::from_utf8(
+                run(Command::new("mktemp").args(["-d", "/tmp/login-etl-pg.XXXXXX"])).stdout,
+            )
+            .unwrap()
+            .trim(),
+        );
+        run(Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir));
+        let data = dir.join("data");
+        run(Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(primary.bin.join("pg_basebackup"))
+            .arg("-h")
+            .arg(&primary.dir)
+            .args([
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(&data));
+        let port = super::closed_port();
+        // After the primary's own lines (copied with the backup): the last wins.
+        let conf = data.join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text += &format!(
+            "port = {port}\nunix_socket_directories = '{}'\n",
+            dir.display()
+        );
+        std::fs::write(&conf, text).unwrap();
+        let standby = Self {
+            dir,
+            port,
+            bin: primary.bin.clone(),
+        };
+        standby.ctl(&["start", "-w", "-t", "30"]);
+        standby
     }
 
     pub fn url(&self, host: &str, password: Option<&str>) -> String {

@@ -21,6 +21,7 @@ mod log_levels;
 mod partitions;
 mod pooler;
 mod profiles;
+mod replication;
 mod rotation;
 mod rotation_races;
 mod runtime_e2e;
