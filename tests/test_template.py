@@ -303,8 +303,11 @@ INVESTIGATORS = "arn:aws:iam::123456789012:role/investigators"
 # What a deploy must be given (no default): the database secret, and with the
 # vault (the default) the role whose sessions may reveal.
 MAINTAIN_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:login-etl/maintain-XyZ789"
+# The full profile's stack, which most tests examine: the parameters it
+# requires, and Profile=full (the template's default is masking:
+# test_the_default_profile_is_masking_only_and_needs_no_reveal_role).
 REQUIRED = {"DbSecretArn": FULL_SECRET_ARN, "RevealTrustedPrincipalArn": INVESTIGATORS,
-            "MaintainDbSecretArn": MAINTAIN_SECRET_ARN}  # fmt: skip
+            "MaintainDbSecretArn": MAINTAIN_SECRET_ARN, "Profile": "full"}  # fmt: skip
 
 
 class _NoManagedPolicies:
@@ -561,6 +564,19 @@ def _rules_hold(tpl, values):
 def test_bad_parameter_combinations_fail_validation(tpl, params, broken):
     values = {**_defaults(tpl), **REQUIRED, **params}
     assert _rules_hold(tpl, values) == broken
+
+
+def test_the_default_profile_is_masking_only_and_needs_no_reveal_role(tpl):
+    """As README's setup block: a stack given only its database secrets is
+    masking-only (no vault key, no reveal role, no VAULT_KMS_KEY_ID) and
+    its rules hold."""
+    assert tpl["Parameters"]["Profile"]["Default"] == "masking"
+    secrets = {"DbSecretArn": FULL_SECRET_ARN, "MaintainDbSecretArn": MAINTAIN_SECRET_ARN}
+    assert _rules_hold(tpl, {**_defaults(tpl), **secrets}) == []
+    out = deployed(Profile=_defaults(tpl)["Profile"], RevealTrustedPrincipalArn="")
+    assert "PiiRevealRole" not in out and not [r for r in out.values() if r["Type"] == "AWS::KMS::Key"], sorted(out)
+    env = out["LoginEtlFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["VAULT_KMS_KEY_ID"] == "" and env["LOGIN_ETL_PROFILE"] == "masking", env
 
 
 @pytest.mark.parametrize(
