@@ -245,12 +245,13 @@ def test_redelivering_the_same_messages_adds_no_rows(standard, drained):
 
 
 @ON_STANDARD
-def test_the_dlq_runbook_as_written_reads_the_copies_without_hiding_them_and_dry_runs_them_all(standard, drained):
-    """docs/runbooks/dlq-redrive.md's first two blocks, as written (the stack
-    name set to this stack's), under bash -euo pipefail with the AWS CLI the
-    project installs: the read shows copies with their reason and leaves
-    every one visible; the dry run opens every sealed copy and counts them
-    by reason, sending and deleting nothing."""
+def test_the_dlq_runbook_as_written_reads_dry_runs_and_redrives_every_copy(standard, drained):
+    """docs/runbooks/dlq-redrive.md's blocks, as written (the stack name set
+    to this stack's), under bash -euo pipefail with the AWS CLI the project
+    installs: the read shows copies with their reason and leaves every one
+    visible; the dry run opens every sealed copy and counts them by reason,
+    sending and deleting nothing; the redrive sends every original back,
+    and each (still invalid) returns as a copy of its own source message."""
     import re
     import subprocess
 
@@ -262,7 +263,8 @@ def test_the_dlq_runbook_as_written_reads_the_copies_without_hiding_them_and_dry
     assert before >= len(invalid)
     source_before, rows_before = sum(stack.queue_depth(standard.queue_url)), stack.row_count(standard.dbname)
     text = (ROOT / "docs" / "runbooks" / "dlq-redrive.md").read_text()
-    read, dry_run = re.findall(r"^```sh\n(.*?)^```", text, re.S | re.M)[:2]
+    read, dry_run, redrive = re.findall(r"^```sh\n(.*?)^```", text, re.S | re.M)[:3]
+    assert "login-etl dlq-redrive --dlq-url" in redrive and "--dry-run" not in redrive
     assert "--stack-name login-etl " in read
     script = read.replace("--stack-name login-etl ", f"--stack-name {standard.name} ") + "\n" + dry_run
     # The AWS CLI the project installs (make localstack-tools), pointed at
@@ -287,6 +289,25 @@ def test_the_dlq_runbook_as_written_reads_the_copies_without_hiding_them_and_dry
     assert sum(stack.queue_depth(standard.queue_url)) == source_before, "the dry run sent nothing"
     assert stack.row_count(standard.dbname) == rows_before
     assert sum(stack.queue_depth(standard.dlq_url)) == before, "no copy came back as a new one"
+
+    # The redrive itself, as the page goes on in the same shell: every
+    # original back to the queue, each copy deleted once SQS took it; the
+    # function rejects them again, so each comes back as a new copy of the
+    # same source message, and no row is written.
+    sources = lambda: sorted(stack.dead_letter_attribute(m, "source_message_id")  # noqa: E731
+                             for m in stack.dead_letters(standard))  # fmt: skip
+    sources_before = sources()
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script + "\n" + redrive], env=env, capture_output=True,
+                          text=True, timeout=180)  # fmt: skip
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    counts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert counts["received"] == before and counts["redriven"] == before and counts["left"] == {}, counts
+    stack.wait_for("the redriven originals back in the DLQ", lambda: (
+        stack.queue_depth(standard.dlq_url)[0] == before and sum(stack.queue_depth(standard.queue_url)) == 0),
+        timeout=120)  # fmt: skip
+    assert sources() == sources_before, "each original rejected again under its own source_message_id"
+    assert stack.row_count(standard.dbname) == rows_before
 
 
 

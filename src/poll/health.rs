@@ -20,7 +20,7 @@ use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// How often the database is probed.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
@@ -127,6 +127,17 @@ impl Health {
                 warn!(reason = %why, "not ready: batches are refused for the configuration");
             }
             s.refused = why;
+        });
+    }
+
+    /// The refusal `why` no longer holds (the start's check passes now):
+    /// cleared, unless a batch was refused since for another reason.
+    pub fn mended(&self, why: &str) {
+        self.with(|s| {
+            if s.refused.as_deref() == Some(why) {
+                info!("the configuration refused at start is mended");
+                s.refused = None;
+            }
         });
     }
 

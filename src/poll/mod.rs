@@ -133,8 +133,8 @@ async fn start(options: &Options) -> Result<Started, PollError> {
     let handler = crate::startup::build_with(&config, Some(Arc::clone(&leases)))
         .await?
         .with_connections(options.concurrency);
-    let health = serve_health(options, &handler).await?;
-    keys_at_start(&handler, &health).await;
+    let refused = keys_at_start(&handler).await;
+    let health = serve_health(options, &handler, refused).await?;
     Ok(Started {
         queue,
         dlq_from,
@@ -291,37 +291,53 @@ async fn open_queue(
 }
 
 /// Says at start what every batch would be refused for, where the keys
-/// are not the ones the database records (a missing erasure key, a secret
-/// replaced, a version behind): at ERROR, with the fix, and `/readyz` not
-/// ready until a batch is written. A database that does not answer now is
-/// left to the first batch and the health probe.
-async fn keys_at_start(handler: &BatchHandler, health: &Health) {
-    match handler.verify_keys(KEYS_AT_START_WITHIN).await {
-        Ok(()) => {}
-        Err(e) if is_configuration(HandlerError::class_of(&e)) => {
-            error!(error = %e, "every batch would be refused for the configuration; nothing is written until it is mended");
-            health.refused(Some(format!(
-                "the keys were refused at start ({}); the ERROR line says what to set",
-                HandlerError::class_of(&e)
-            )));
+/// or the schema are not what the database records or needs (a missing
+/// erasure key, a secret replaced, a version behind, a schema not
+/// migrated): at ERROR, with the fix; the reason `/readyz` gives until
+/// it is mended. A database that does not answer within
+/// [`KEYS_AT_START_WITHIN`] is left to the first batch and the probe.
+async fn keys_at_start(handler: &BatchHandler) -> Option<String> {
+    match tokio::time::timeout(
+        KEYS_AT_START_WITHIN,
+        handler.verify_keys(KEYS_AT_START_WITHIN),
+    )
+    .await
+    {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) if is_configuration(HandlerError::class_of(&e)) => {
+            let class = HandlerError::class_of(&e);
+            error!(error = %e, class, "every batch would be refused for the configuration: nothing is written until it is mended");
+            Some(format!(
+                "refused at start ({class}); the ERROR line says what to set"
+            ))
         }
-        Err(e) => {
-            info!(error = %e, "could not compare the keys with the database at start; the first batch will");
+        Ok(Err(e)) => {
+            info!(error = %e, "could not check the keys and schema against the database at start; the first batch will");
+            None
+        }
+        Err(_) => {
+            info!("the database did not answer the start's check in time; the first batch will");
+            None
         }
     }
 }
 
-/// How long the start's comparison of the keys may take.
+/// How long the start's check of the keys and schema may take.
 const KEYS_AT_START_WITHIN: Duration = Duration::from_secs(10);
 
 /// The health state, and with `--health-addr` its endpoint and the
 /// database probe (a `SELECT 1` on a connection of its own, every
 /// [`health::PROBE_INTERVAL`]).
-async fn serve_health(options: &Options, handler: &BatchHandler) -> Result<Arc<Health>, PollError> {
+async fn serve_health(
+    options: &Options,
+    handler: &BatchHandler,
+    refused_at_start: Option<String>,
+) -> Result<Arc<Health>, PollError> {
     let stuck_after =
         Duration::from_secs(u64::from(queue::WAIT_SECONDS) + 60) + options.batch_timeout;
     let health = Arc::new(Health::new(stuck_after));
     health.queue(Part::Ok);
+    health.refused(refused_at_start.clone());
     let Some(addr) = options.health_addr else {
         return Ok(health);
     };
@@ -334,12 +350,29 @@ async fn serve_health(options: &Options, handler: &BatchHandler) -> Result<Arc<H
     tokio::spawn(health::serve(listener, Arc::clone(&health)));
     let mut probe = handler.spare_sink().await;
     let probed = Arc::clone(&health);
+    let checker = handler.key_checker();
     tokio::spawn(async move {
+        let mut refused = refused_at_start;
         loop {
             probed.database(match probe.ping().await {
                 Ok(()) => Part::Ok,
                 Err(e) => Part::Down(e.to_string()),
             });
+            // A refusal at start is asked again (a migrate, a secret
+            // mended): on an idle queue no batch would clear it.
+            let asked = async {
+                let deadline = Instant::now() + KEYS_AT_START_WITHIN;
+                checker.verify(&mut probe, Some(deadline)).await
+            };
+            if let Some(why) = &refused
+                && matches!(
+                    tokio::time::timeout(KEYS_AT_START_WITHIN, asked).await,
+                    Ok(Ok(()))
+                )
+            {
+                probed.mended(why);
+                refused = None;
+            }
             tokio::time::sleep(health::PROBE_INTERVAL).await;
         }
     });

@@ -17,6 +17,7 @@ mod outcome;
 mod transform;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::SqsBatchResponse;
@@ -47,7 +48,7 @@ type DaysAhead = std::sync::Mutex<Option<(Instant, Option<i64>)>>;
 /// Processes SQS batches. Built once per cold start, shared by invocations.
 pub struct BatchHandler {
     /// Every key version known to this environment, and how to read them again.
-    keys: Keys,
+    keys: Arc<Keys>,
     /// One sink (one connection) per batch in flight: one in Lambda, the
     /// consumer's concurrency in `login-etl poll`.
     sinks: Vec<Mutex<PgSink>>,
@@ -67,7 +68,7 @@ impl BatchHandler {
     /// stdout under the default namespace.
     pub fn new(masker: Masker, sink: PgSink) -> Self {
         Self {
-            keys: Keys::new(masker),
+            keys: Arc::new(Keys::new(masker)),
             sinks: vec![Mutex::new(sink)],
             dlq: None,
             metrics: Metrics::new(DEFAULT_NAMESPACE, DEFAULT_SERVICE, "login-etl"),
@@ -102,6 +103,12 @@ impl BatchHandler {
         self.keys
             .verify(&mut *sink, Some(Instant::now() + within))
             .await
+    }
+
+    /// The keys, for a check outside any batch (the consumer's probe
+    /// asking again what its start refused: [`Keys::verify`]).
+    pub fn key_checker(&self) -> Arc<Keys> {
+        Arc::clone(&self.keys)
     }
 
     fn days_ahead_read(&self) -> Option<(Instant, Option<i64>)> {
@@ -188,7 +195,9 @@ impl BatchHandler {
     /// newer than any this handler holds (a rotation began after its cold
     /// start). Without it such a batch fails as retryable.
     pub fn with_key_reload(mut self, reload: KeyReload) -> Self {
-        self.keys = self.keys.with_reload(reload);
+        let keys =
+            Arc::into_inner(self.keys).expect("the keys are shared only once the handler is built");
+        self.keys = Arc::new(keys.with_reload(reload));
         self
     }
 

@@ -17,6 +17,9 @@
 //!   (standbys without synchronous replication), and not a standby itself.
 
 mod privileges;
+mod replication;
+
+pub use replication::{Replication, replication_finding};
 
 use chrono::NaiveDate;
 use serde::Serialize;
@@ -91,6 +94,12 @@ impl Report {
     }
 }
 
+/// `name` as an SQL identifier, quoted (the fixes print names as they are
+/// in the catalog, whatever they hold).
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 /// Runs every check on `client`'s database, `today` being the UTC day and
 /// `retention_days` the deployment's `RETENTION_DAYS` (unset: keep all).
 pub async fn examine(
@@ -112,7 +121,7 @@ pub async fn examine(
     }
     partitions_ahead(client, today, &mut report).await?;
     retention(client, today, retention_days, &mut report).await?;
-    replication(client, &mut report).await?;
+    replication::check(client, &mut report).await?;
     Ok(report)
 }
 
@@ -257,8 +266,8 @@ async fn roles(client: &Client, report: &mut Report) -> Result<(), tokio_postgre
                 subject,
                 "is registered for login-etl but does not exist".into(),
                 format!(
-                    "as the admin: CREATE ROLE \"{}\" LOGIN, then its grants ({}) as the tables' owner",
-                    name.replace('"', "\"\""),
+                    "as the admin: CREATE ROLE {} LOGIN, then its grants ({}) as the tables' owner",
+                    ident(&name),
                     report.grants_command(&kind, &name)
                 ),
             );
@@ -269,7 +278,7 @@ async fn roles(client: &Client, report: &mut Report) -> Result<(), tokio_postgre
                 "roles",
                 subject.clone(),
                 "cannot log in".into(),
-                format!("as the admin: ALTER ROLE \"{name}\" LOGIN"),
+                format!("as the admin: ALTER ROLE {} LOGIN", ident(&name)),
             );
         }
         if !usage {
@@ -281,8 +290,9 @@ async fn roles(client: &Client, report: &mut Report) -> Result<(), tokio_postgre
                     report.schema
                 ),
                 format!(
-                    "as the admin: GRANT USAGE ON SCHEMA \"{}\" TO \"{name}\"",
-                    report.schema
+                    "as the admin: GRANT USAGE ON SCHEMA {} TO {}",
+                    ident(&report.schema),
+                    ident(&name)
                 ),
             );
         }
@@ -373,93 +383,6 @@ async fn retention(
     Ok(())
 }
 
-async fn replication(client: &Client, report: &mut Report) -> Result<(), tokio_postgres::Error> {
-    report.checks.push("replication");
-    // A standby's sync_state is readable by superusers and pg_monitor's
-    // members only; for others it is NULL and the settings are judged alone.
-    let row = client
-        .query_one(
-            "SELECT pg_is_in_recovery(), count(r.pid), count(r.sync_state), \
-                    count(*) FILTER (WHERE r.sync_state IN ('sync', 'quorum')), \
-                    current_setting('synchronous_standby_names'), current_setting('synchronous_commit') \
-             FROM (SELECT 1) AS one LEFT JOIN pg_stat_replication r ON true",
-            &[],
-        )
-        .await?;
-    let (names, commit): (String, String) = (row.get(4), row.get(5));
-    let state = Replication {
-        standby: row.get(0),
-        standbys: row.get(1),
-        visible: row.get(2),
-        synchronous: row.get(3),
-        names: &names,
-        commit: &commit,
-    };
-    if let Some(f) = replication_finding(&state) {
-        report.findings.push(f);
-    }
-    Ok(())
-}
-
-/// What a server says of its replication, for [`replication_finding`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Replication<'a> {
-    /// The server is a standby itself.
-    pub standby: bool,
-    /// Standbys streaming from it.
-    pub standbys: i64,
-    /// Of those, the ones whose `sync_state` the role may read.
-    pub visible: i64,
-    /// Of those, the ones a commit waits for (`sync` or `quorum`).
-    pub synchronous: i64,
-    /// `synchronous_standby_names`.
-    pub names: &'a str,
-    /// `synchronous_commit`.
-    pub commit: &'a str,
-}
-
-/// Whether a commit acknowledged on the server `r` describes can be lost
-/// on a failover (no standby a commit waits for), or the server is a
-/// standby itself.
-pub fn replication_finding(r: &Replication) -> Option<Finding> {
-    let (problem, fix) = if r.standby {
-        (
-            "this server is a standby (read-only): the function cannot write here".to_owned(),
-            "point the database secret's host at the primary (or the proxy in front of it)"
-                .to_owned(),
-        )
-    } else {
-        let none_waited_for = if r.visible == r.standbys {
-            r.synchronous == 0
-        } else {
-            r.names.trim().is_empty()
-        };
-        if r.standbys == 0 || !(none_waited_for || matches!(r.commit, "off" | "local")) {
-            return None;
-        }
-        (
-            format!(
-                "{} standby(s) replicate asynchronously (synchronous_standby_names '{}', synchronous_commit {}{}): a failover to one a moment behind loses commits the function was told of, and SQS has deleted their messages",
-                r.standbys,
-                r.names,
-                r.commit,
-                if r.visible == r.standbys && !r.names.trim().is_empty() {
-                    ", which names none of them"
-                } else {
-                    ""
-                }
-            ),
-            "name the standbys a failover may promote in synchronous_standby_names with synchronous_commit on (or remote_apply), or use RDS Multi-AZ or Aurora (docs/semantics.md, \"Assumptions\")".to_owned(),
-        )
-    };
-    Some(Finding {
-        check: "replication",
-        subject: "server".into(),
-        problem,
-        fix,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,51 +422,6 @@ mod tests {
                 .unwrap()
                 .fix
                 .contains("login-etl migrate")
-        );
-    }
-
-    #[test]
-    fn asynchronous_standbys_and_standbys_themselves_are_findings() {
-        let r = |standbys, visible, synchronous, names, commit| Replication {
-            standby: false,
-            standbys,
-            visible,
-            synchronous,
-            names,
-            commit,
-        };
-        assert_eq!(
-            replication_finding(&r(0, 0, 0, "", "on")),
-            None,
-            "no standby: nothing to lose to"
-        );
-        // Judged by the settings where sync_state is hidden from the role.
-        assert_eq!(
-            replication_finding(&r(2, 0, 0, "ANY 1 (s1, s2)", "on")),
-            None
-        );
-        assert_eq!(replication_finding(&r(1, 0, 0, "s1", "remote_apply")), None);
-        assert!(replication_finding(&r(1, 0, 0, "", "on")).is_some());
-        assert!(replication_finding(&r(1, 0, 0, "s1", "local")).is_some());
-        assert!(replication_finding(&r(1, 0, 0, "s1", "off")).is_some());
-        // By the standbys' states where the role sees them: names that
-        // match none of them are asynchronous replication.
-        assert_eq!(replication_finding(&r(2, 2, 1, "s1", "on")), None);
-        let none = replication_finding(&r(1, 1, 0, "nobody", "on")).unwrap();
-        assert!(
-            none.problem.contains("names none of them"),
-            "{}",
-            none.problem
-        );
-        let standby = Replication {
-            standby: true,
-            ..Replication::default()
-        };
-        assert!(
-            replication_finding(&standby)
-                .unwrap()
-                .problem
-                .contains("standby")
         );
     }
 
