@@ -104,6 +104,41 @@ pub trait KeyStore {
         erasure: Option<&str>,
         deadline: Option<Instant>,
     ) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Drops the list held in memory: the next [`KeyStore::erased_users`]
+    /// reads the database again (a refusal from what it held may be
+    /// mended there since).
+    fn forget_list(&mut self);
+}
+
+/// The erasure key's mismatch explained by its usual causes, which are
+/// settings, not a replaced secret (whose advice the database's refusal
+/// gives): this environment has no erasure key where the list is keyed
+/// with one, or the list was keyed first by an environment without one
+/// (its user keys derived from the masking key) and this one has the key.
+fn erasure_mismatch(list: &ErasureList, masker: &Masker, mine: &str) -> Option<SinkError> {
+    let recorded = list.checks.erasure.as_deref()?;
+    if !list.erasure || list.checks.erasure_derived || recorded == mine {
+        return None;
+    }
+    const OP: &str = "checking the erasure key against the database";
+    if masker.users().is_derived() {
+        return Some(SinkError::Misconfigured {
+            what: Misconfiguration::KeyMismatch,
+            op: OP,
+            cause: "this environment has no erasure key (ERASURE_KEY_SECRET_ID and ERASURE_KEY are unset), but the erasure list is keyed with one".into(),
+            hint: "; nothing was written. Give it the erasure key's secret the other environments use (ERASURE_KEY_SECRET_ID; docs/configuration.md)".into(),
+        });
+    }
+    if recorded == masker.clone().with_derived_users().users().check().as_str() {
+        return Some(SinkError::Misconfigured {
+            what: Misconfiguration::KeyMismatch,
+            op: OP,
+            cause: "the erasure list was keyed first by an environment without an erasure key (user keys derived from the masking key), not with this environment's ERASURE_KEY_SECRET_ID".into(),
+            hint: "; nothing was written. Give every environment the erasure key's secret (a `login-etl poll` or function started without ERASURE_KEY_SECRET_ID), then follow docs/runbooks/erasure.md, \"Keyed first without the erasure key\"".into(),
+        });
+    }
+    None
 }
 
 /// Every key version known to this environment, and how to read them again.
@@ -195,23 +230,9 @@ impl Keys {
             masker = masker.with_derived_users();
         }
         let (mine_m, mine_e) = (masker.check(), masker.users().check());
-        if list.erasure
-            && !list.checks.erasure_derived
-            && masker.users().is_derived()
-            && list
-                .checks
-                .erasure
-                .as_deref()
-                .is_some_and(|recorded| recorded != mine_e.as_str())
-        {
-            // The usual cause of this mismatch is a missing setting, not a
-            // replaced secret: say so, not the rotation advice.
-            return Err(SinkError::Misconfigured {
-                what: Misconfiguration::KeyMismatch,
-                op: "checking the erasure key against the database",
-                cause: "this environment has no erasure key (ERASURE_KEY_SECRET_ID and ERASURE_KEY are unset), but the erasure list is keyed with one".into(),
-                hint: "; nothing was written. Give it the erasure key's secret the other environments use (ERASURE_KEY_SECRET_ID; docs/configuration.md)".into(),
-            });
+        if let Some(refused) = erasure_mismatch(&list, &masker, mine_e.as_str()) {
+            sink.forget_list();
+            return Err(refused);
         }
         let recorded = |r: &Option<String>, mine: &str| r.as_deref() == Some(mine);
         let differs = |r: &Option<String>, mine: &str| r.as_deref().is_some_and(|v| v != mine);

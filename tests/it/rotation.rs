@@ -1025,6 +1025,58 @@ async fn an_environment_without_the_erasure_key_is_told_to_give_it() {
     assert_eq!(count_rows(&admin).await, before, "nothing written");
 }
 
+/// A database keyed first by an environment without the erasure key
+/// (its user keys derived): the deployment that has the key is refused
+/// with that cause and the runbook's section, not the replaced-secret
+/// advice; the runbook's remedy with no erasure made since (the check
+/// forgotten by the owner) lets it write, and records its key.
+#[tokio::test]
+async fn a_list_keyed_first_without_the_erasure_key_is_named_as_such() {
+    let db = TestDb::create().await;
+    let ingest = db.ingest_url().await;
+    let admin = db.client().await;
+    let without = handler_with(&[("DATABASE_URL", &ingest), ("MASKING_KEY", &doc(&K, 1))]).await;
+    assert!(deliver(&without, &event(10, 84, None)).await.is_empty());
+    let with_key = function(&ingest, 1).await;
+    let err = with_key
+        .handle(&SqsBatch::from(&event(10, 85, None)), Deadline::NONE)
+        .await
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains("keyed first by an environment without an erasure key")
+            && err.contains("Keyed first without the erasure key"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("put back the secret"),
+        "not the replaced-secret advice: {err}"
+    );
+    let erased: i64 = admin
+        .query_one("SELECT count(*) FROM user_logins_erased", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(erased, 0);
+    admin
+        .batch_execute("UPDATE user_logins_key_state SET erasure_check = NULL")
+        .await
+        .unwrap();
+    assert!(deliver(&with_key, &event(10, 86, None)).await.is_empty());
+    let recorded: bool = admin
+        .query_one(
+            "SELECT erasure_check IS NOT NULL FROM user_logins_key_state",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        recorded,
+        "the erasure key's check recorded by the keyed write"
+    );
+}
+
 /// The start's check records nothing: on a database whose keys nobody has
 /// recorded it passes (and leaves them unrecorded, so the first batch's
 /// writer, not the first process started, records them); a different

@@ -508,4 +508,8 @@ impl crate::privacy::keys::KeyStore for PgSink {
     ) -> Result<(), SinkError> {
         PgSink::check_keys(self, version, masking, erasure, deadline).await
     }
+
+    fn forget_list(&mut self) {
+        self.forget_erased();
+    }
 }
