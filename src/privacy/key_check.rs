@@ -80,7 +80,7 @@ pub fn findings(
         }
     }
     if let Some(e) = erasure {
-        erasure_findings(state, e, &mut found);
+        erasure_findings(state, e, masking, &mut found);
     }
     out
 }
@@ -102,6 +102,7 @@ fn behind(v: u16, var: &str, held: u16) -> (String, String) {
 fn erasure_findings(
     state: &KeyState,
     e: &KeyVersions,
+    masking: Option<&KeyVersions>,
     found: &mut impl FnMut(&str, String, String),
 ) {
     let v = state.version;
@@ -109,7 +110,7 @@ fn erasure_findings(
         found(
             "ERASURE_KEY_SECRET_ID",
             "is given, and the erasure list predates erasure keys: its user keys are derived from the masking key, so this key is not used".into(),
-            format!("give forget the masking key (MASKING_KEY_SECRET_ID) instead, or rotate the key, which keys the list with the erasure key from then on ({LEAKED_KEY})"),
+            "give forget the masking key (MASKING_KEY_SECRET_ID) instead: the list stays derived, through every rotation (docs/runbooks/erasure.md)".into(),
         );
     } else if e.latest() < v {
         let (problem, fix) = behind(v, "ERASURE_KEY_SECRET_ID", e.latest());
@@ -118,7 +119,21 @@ fn erasure_findings(
         let mine = UserKeys::new(e)
             .at(v)
             .map(|k| k.check().as_str().to_owned());
-        if mine.as_deref() != Some(recorded.as_str()) {
+        // Keyed first by a program without the erasure key: the masking
+        // key's derived user keys (MASKING_KEY_SECRET_ID given too).
+        let derived = masking
+            .and_then(|m| Masker::versions(m, None).ok())
+            .and_then(|k| k.at(v))
+            .map(|k| k.users().check().as_str().to_owned());
+        if mine.as_deref() == Some(recorded.as_str()) {
+            // The key the list is keyed with: nothing to say.
+        } else if derived.as_deref() == Some(recorded.as_str()) {
+            found(
+                "ERASURE_KEY_SECRET_ID",
+                "is refused (key_mismatch): the erasure list was keyed first by a program without an erasure key (a function, login-etl poll, forget or rotate-key given only the masking key), with user keys derived from the masking key".into(),
+                "give every environment the erasure key's secret, then follow docs/runbooks/erasure.md, \"Keyed first without the erasure key\"".into(),
+            );
+        } else {
             found(
                 "ERASURE_KEY_SECRET_ID",
                 format!("its version {v} is not the key the erasure list is keyed with: forget and the function refuse it (key_mismatch)"),
@@ -202,6 +217,25 @@ mod tests {
         let f = findings(&derived, None, Some(&e));
         assert!(
             f.len() == 1 && f[0].fix.contains("MASKING_KEY_SECRET_ID"),
+            "{f:?}"
+        );
+        // Keyed first without the erasure key: named as such, with the runbook.
+        let keyed_without = KeyState {
+            erasure_check: Some(
+                Masker::versions(&m, None)
+                    .unwrap()
+                    .at(1)
+                    .unwrap()
+                    .users()
+                    .check()
+                    .as_str()
+                    .to_owned(),
+            ),
+            ..state_of(&m, &e, 1)
+        };
+        let f = findings(&keyed_without, Some(&m), Some(&e));
+        assert!(
+            f.len() == 1 && f[0].problem.contains("keyed first") && f[0].fix.contains("erasure.md"),
             "{f:?}"
         );
         // No key material in any finding.

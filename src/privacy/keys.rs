@@ -135,7 +135,7 @@ fn erasure_mismatch(list: &ErasureList, masker: &Masker, mine: &str) -> Option<S
             what: Misconfiguration::KeyMismatch,
             op: OP,
             cause: "the erasure list was keyed first by an environment without an erasure key (user keys derived from the masking key), not with this environment's ERASURE_KEY_SECRET_ID".into(),
-            hint: "; nothing was written. Give every environment the erasure key's secret (a `login-etl poll` or function started without ERASURE_KEY_SECRET_ID), then follow docs/runbooks/erasure.md, \"Keyed first without the erasure key\"".into(),
+            hint: "; nothing was written. Give every environment the erasure key's secret (a function or `login-etl poll` started without ERASURE_KEY_SECRET_ID, or a forget or rotate-key run with only the masking key, keyed it), then follow docs/runbooks/erasure.md, \"Keyed first without the erasure key\"".into(),
         });
     }
     None
