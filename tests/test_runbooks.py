@@ -97,13 +97,21 @@ def db_secret(aws: dict[str, str], name: str, role: str) -> str:
     return secret(aws, f"{name}/{role}", json.dumps(doc))
 
 
-def run(block: str, aws: dict[str, str]) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "DB_", "AWS_", "MASKING_", "ERASURE_"))}
+def operator_env(aws: dict[str, str]) -> dict[str, str]:
+    """An operator's shell: AWS credentials and endpoint, the binary on the
+    PATH, no setting of the test run's own."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DATABASE_URL", "DB_", "AWS_", "MASKING_", "ERASURE_", "VAULT_"))}  # fmt: skip
     prefix = aws.get("PATH_PREFIX")
     env.update({k: v for k, v in aws.items() if k != "PATH_PREFIX"})
     path = f"{BINARY.parent}:{prefix + ':' if prefix else ''}{os.environ['PATH']}"
     env.update({"PATH": path, "DB_SSLMODE": "disable"})
-    return subprocess.run(["bash", "-euo", "pipefail", "-c", block], env=env, capture_output=True, text=True, timeout=120)
+    return env
+
+
+def run(block: str, aws: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-euo", "pipefail", "-c", block], env=operator_env(aws), capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
 
 
 @pytest.fixture
@@ -198,3 +206,60 @@ def test_the_leaked_key_runbook_as_written_appends_a_version_to_both_secrets_rek
         assert len(versions) == 2 and versions[0] == first, versions
         for key in versions:
             assert key not in out, "no key, old or new, in the commands' output"
+
+
+def test_poll_started_as_poll_md_says_keeps_the_erasure_key_that_forget_then_uses(aws, full_database):
+    """docs/poll.md's command, as written (its secrets, vault alias and queue
+    URL made in moto under the names it gives; only the health address
+    moved from 0.0.0.0:8080 to a free port of 127.0.0.1): the consumer is
+    ready, writes the user's logins, stops on SIGTERM with exit 0, and the
+    erasure list is keyed with the erasure key, so erasure.md's forget
+    with that key's secret erases them."""
+    import signal
+
+    import boto3
+
+    name = full_database
+    clients = {svc: boto3.client(svc, endpoint_url=aws["AWS_ENDPOINT_URL"], region_name=aws["AWS_REGION"],
+                                 aws_access_key_id="testing", aws_secret_access_key="testing")
+               for svc in ("secretsmanager", "kms", "sqs")}  # fmt: skip
+    pg = re.match(r"postgres://[^@]+@([^:/]+):(\d+)/", PG_ADMIN_URL)
+    clients["secretsmanager"].create_secret(Name="login-etl/db", SecretString=json.dumps(
+        {"engine": "postgres", "username": f"{name}_ingest", "password": "unused", "host": pg.group(1),
+         "port": int(pg.group(2)), "dbname": name}))  # fmt: skip
+    clients["secretsmanager"].create_secret(Name="login-etl/masking-key", SecretString="ab" * 32)
+    erasure_key = clients["secretsmanager"].create_secret(Name="login-etl/erasure-key", SecretString="cd" * 32)["ARN"]
+    key = clients["kms"].create_key()["KeyMetadata"]["KeyId"]
+    clients["kms"].create_alias(AliasName="alias/login-etl-vault", TargetKeyId=key)
+    queue = clients["sqs"].create_queue(QueueName="logins")["QueueUrl"]
+    (block,) = blocks("poll.md")
+    # The page's URL names the queue by account and name, as SQS's do (moto
+    # answers requests for it at its own endpoint).
+    assert queue.endswith("/123456789012/logins") and "sqs.us-east-1.amazonaws.com/123456789012/logins" in block
+    port = stack.free_port()
+    block = fill(block, {"0.0.0.0:8080": f"127.0.0.1:{port}"})
+    for n in range(5):
+        body = {"user_id": USER, "app_version": "2.3.0", "device_type": "android", "ip": f"199.172.111.{n + 1}",
+                "locale": "RU", "device_id": f"593-47-592{n}"}  # fmt: skip
+        clients["sqs"].send_message(QueueUrl=queue, MessageBody=json.dumps(body))
+    log = open(ROOT / "target" / f"runbooks-poll-{os.getpid()}.log", "w+")
+    proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", block], env=operator_env(aws), stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        stack.wait_for("poll ready", lambda: _answers(port) and stack.health(port)[0] == 200, timeout=60)
+        stack.wait_for("the user's 5 logins", lambda: psql(db_url(name), "SELECT count(*) FROM user_logins") == "5",
+                       timeout=60)  # fmt: skip
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        code = proc.wait(timeout=40)
+        log.seek(0)
+        out = log.read()
+        log.close()
+    assert code == 0, out
+    assert "ab" * 32 not in out and "cd" * 32 not in out
+    # The erasure runbook's step 1, with the erasure key's secret the consumer used.
+    erase = db_secret(aws, name, "erase")
+    step1 = blocks("runbooks/erasure.md")[0]
+    done = run(fill(step1, {"<the erase role's secret>": erase, "<the stack's ErasureKeySecretArn>": erasure_key}), aws)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "forgot the user: 5 rows deleted from user_logins" in done.stdout, done.stdout + done.stderr

@@ -74,7 +74,7 @@ pub enum RevealError {
     DrainUnderWay,
     /// The erasure key is not the one the erasure list is keyed with.
     #[error(
-        "{0}; nothing was erased. Give forget the erasure key the function uses (ERASURE_KEY_SECRET_ID: the stack's ErasureKeySecretArn), every version of it"
+        "{0}; nothing was erased. Give forget the erasure key the function uses (ERASURE_KEY_SECRET_ID: the stack's ErasureKeySecretArn), every version of it; if that is the one given, a program without it keyed the list first: `login-etl doctor` with both key secrets says so (docs/runbooks/erasure.md, \"Keyed first without the erasure key\")"
     )]
     KeyMismatch(String),
     /// The list predates erasure keys and forget was given one.
