@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tokio_postgres::Client;
 
-use super::Report;
+use super::{Report, ident};
 use crate::profile::Profile;
 use crate::table::privileges::{Role, table_grants};
 use crate::table::schema::functions::files;
@@ -92,7 +92,100 @@ pub(super) async fn check(
                 ),
             );
         }
+        standing(client, &name, &kind, report).await?;
     }
+    public_grants(client, report).await
+}
+
+/// What a role has beyond any grant on login-etl's objects: membership of
+/// other roles (their privileges, the tables' owner's included) and
+/// attributes; `grants` gives a kind neither.
+async fn standing(
+    client: &Client,
+    name: &str,
+    kind: &str,
+    report: &mut Report,
+) -> Result<(), tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT ARRAY(SELECT g.rolname::text FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid \
+                          WHERE m.member = r.oid ORDER BY 1), \
+                    ARRAY(SELECT a FROM unnest(ARRAY[CASE WHEN r.rolsuper THEN 'SUPERUSER' END, \
+                          CASE WHEN r.rolcreaterole THEN 'CREATEROLE' END, CASE WHEN r.rolcreatedb THEN 'CREATEDB' END, \
+                          CASE WHEN r.rolbypassrls THEN 'BYPASSRLS' END, CASE WHEN r.rolreplication THEN 'REPLICATION' END]) a \
+                          WHERE a IS NOT NULL) \
+             FROM pg_roles r WHERE r.rolname = $1",
+            &[&name],
+        )
+        .await?;
+    let (groups, attributes): (Vec<String>, Vec<String>) = (row.get(0), row.get(1));
+    let role = ident(name);
+    if !groups.is_empty() {
+        let quoted: Vec<String> = groups.iter().map(|g| ident(g)).collect();
+        report.found(
+            "privileges",
+            format!("role {name} ({kind})"),
+            format!(
+                "is a member of {}: it holds their privileges too (the tables' owner's would let it do anything to them)",
+                groups.join(", ")
+            ),
+            format!("as the admin: REVOKE {} FROM {role};", quoted.join(", ")),
+        );
+    }
+    if !attributes.is_empty() {
+        let off: Vec<String> = attributes.iter().map(|a| format!("NO{a}")).collect();
+        report.found(
+            "privileges",
+            format!("role {name} ({kind})"),
+            format!("has {}, which no login-etl role needs", attributes.join(", ")),
+            format!("as the admin: ALTER ROLE {role} {};", off.join(" ")),
+        );
+    }
+    Ok(())
+}
+
+/// PUBLIC's privileges on login-etl's tables, columns and functions (a
+/// function's default, with no ACL, is PUBLIC's EXECUTE): every role of
+/// the server would hold them.
+async fn public_grants(client: &Client, report: &mut Report) -> Result<(), tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "WITH n AS (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) \
+             SELECT 'table', c.relname::text, NULL::text, a.privilege_type \
+               FROM pg_class c CROSS JOIN LATERAL aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a \
+              WHERE c.relnamespace = (SELECT oid FROM n) AND c.relname LIKE 'user\\_logins%' AND a.grantee = 0 \
+             UNION ALL \
+             SELECT 'column', c.relname::text, t.attname::text, a.privilege_type \
+               FROM pg_attribute t JOIN pg_class c ON c.oid = t.attrelid CROSS JOIN LATERAL aclexplode(t.attacl) a \
+              WHERE c.relnamespace = (SELECT oid FROM n) AND c.relname LIKE 'user\\_logins%' AND a.grantee = 0 \
+             UNION ALL \
+             SELECT 'function', p.oid::regprocedure::text, p.proname::text, a.privilege_type \
+               FROM pg_proc p CROSS JOIN LATERAL aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a \
+              WHERE p.pronamespace = (SELECT oid FROM n) AND p.proname LIKE 'login\\_etl\\_%' AND a.grantee = 0 \
+             ORDER BY 1, 2, 3, 4",
+            &[],
+        )
+        .await?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let revokes: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let (object, target, col, privilege): (String, String, Option<String>, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            revoke(&object, &target, col.as_deref(), &privilege, "PUBLIC")
+        })
+        .collect();
+    report.found(
+        "privileges",
+        "PUBLIC",
+        format!(
+            "holds {} privilege(s) on login-etl's tables or functions: every role of the server holds them",
+            revokes.len()
+        ),
+        format!("as the tables' owner: {}", revokes.join(" ")),
+    );
     Ok(())
 }
 
@@ -130,16 +223,17 @@ async fn beyond(
                 &target,
                 h.get::<_, Option<String>>(2).as_deref(),
                 &privilege,
-                name,
+                &ident(name),
             ));
         }
     }
     Ok(extra)
 }
 
-/// The REVOKE of one held privilege.
-fn revoke(object: &str, target: &str, col: Option<&str>, privilege: &str, role: &str) -> String {
-    let role = format!("\"{}\"", role.replace('"', "\"\""));
+/// The REVOKE of one held privilege from `grantee` (a quoted role name,
+/// or PUBLIC).
+fn revoke(object: &str, target: &str, col: Option<&str>, privilege: &str, grantee: &str) -> String {
+    let role = grantee;
     let table = |t: &str| format!("\"{}\"", t.replace('"', "\"\""));
     match (object, col) {
         ("table", _) => format!("REVOKE {privilege} ON TABLE {} FROM {role};", table(target)),
