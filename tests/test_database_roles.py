@@ -151,7 +151,8 @@ def _role_url(name: str, role: str) -> str:
     return db_url(name).replace("://postgres@", f"://{name}_{role}@")
 
 
-def _readme_block(name: str, profile: str | None = None, schema: str | None = None) -> subprocess.CompletedProcess:
+def _readme_block(name: str, profile: str | None = None, schema: str | None = None,
+                  admin_url: str | None = None) -> subprocess.CompletedProcess:  # fmt: skip
     """README's deploy block, as written, under bash -euo pipefail, with its
     four settings pointed at database `name` (roles `<name>_<kind>`), and
     its LOGIN_ETL_PROFILE set to `profile` and SCHEMA to `schema` where
@@ -161,7 +162,7 @@ def _readme_block(name: str, profile: str | None = None, schema: str | None = No
     sys.path.insert(0, str(ROOT / "localstack"))
     import stack
 
-    values = {"ADMIN_URL": db_url(name), "MIGRATE_URL": _role_url(name, "migrate"),
+    values = {"ADMIN_URL": admin_url or db_url(name), "MIGRATE_URL": _role_url(name, "migrate"),
               "MAINTAIN_URL": _role_url(name, "maintain"), "PREFIX": name}  # fmt: skip
     if profile:
         values["LOGIN_ETL_PROFILE"] = profile
@@ -372,6 +373,42 @@ def test_the_readme_block_with_a_schema_of_its_own_keeps_everything_there():
         assert doc.returncode == 0 and report["schema"] == schema and report["findings"] == [], doc.stdout + doc.stderr
     finally:
         _drop(name)
+
+
+def test_the_readme_block_as_an_admin_that_is_no_superuser_leaves_doctor_nothing_to_mend():
+    """As on RDS: the block's admin is a role with CREATEROLE that owns the
+    database, not a superuser, on a hardened database. The block runs twice
+    in the full profile, the function ingests as the ingest role, and
+    doctor, as the migrate role, finds nothing."""
+    import json
+
+    name = f"login_etl_rds_{os.getpid()}"
+    admin_role = f"{name}_admin"
+    _drop(name)
+    psql(PG_ADMIN_URL, f'DROP ROLE IF EXISTS "{admin_role}"')
+    psql(PG_ADMIN_URL, f'CREATE ROLE "{admin_role}" LOGIN CREATEROLE')
+    psql(PG_ADMIN_URL, f'CREATE DATABASE "{name}" OWNER "{admin_role}"')
+    try:
+        psql(db_url(name), "REVOKE ALL ON SCHEMA public FROM PUBLIC")
+        admin = db_url(name).replace("://postgres@", f"://{admin_role}@")
+        for attempt in (1, 2):
+            done = _readme_block(name, "full", admin_url=admin)
+            out = done.stdout + done.stderr
+            assert done.returncode == 0, f"run {attempt}: exit {done.returncode}\n{out}"
+            assert "no privileges were granted" not in out and "WARNING" not in out, f"run {attempt}\n{out}"
+        records = _ingest_once(name)
+        assert psql(db_url(name), "SELECT count(*) FROM user_logins") == str(records)
+        # The fixture's old days went to DEFAULT: maintain moves them, as the maintain role.
+        maintain = subprocess.run([str(BINARY), "maintain"], capture_output=True, text=True, timeout=60,
+                                  env={**os.environ, "DATABASE_URL": _role_url(name, "maintain"), "DB_SSLMODE": "disable"})  # fmt: skip
+        assert maintain.returncode == 0, maintain.stdout + maintain.stderr
+        doc = subprocess.run([str(BINARY), "doctor", "--json"], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "DATABASE_URL": _role_url(name, "migrate"), "DB_SSLMODE": "disable"})  # fmt: skip
+        report = json.loads(doc.stdout)
+        assert doc.returncode == 0 and report["findings"] == [], doc.stdout + doc.stderr
+    finally:
+        _drop(name)
+        psql(PG_ADMIN_URL, f'DROP ROLE IF EXISTS "{admin_role}"')
 
 
 def test_the_readme_block_runs_twice_on_a_hardened_database_and_every_role_works_after_it():

@@ -242,19 +242,33 @@ def test_poll_started_as_poll_md_says_keeps_the_erasure_key_that_forget_then_use
         body = {"user_id": USER, "app_version": "2.3.0", "device_type": "android", "ip": f"199.172.111.{n + 1}",
                 "locale": "RU", "device_id": f"593-47-592{n}"}  # fmt: skip
         clients["sqs"].send_message(QueueUrl=queue, MessageBody=json.dumps(body))
-    log = open(ROOT / "target" / f"runbooks-poll-{os.getpid()}.log", "w+")
+    log_path = ROOT / "target" / f"runbooks-poll-{os.getpid()}.log"
+    log = open(log_path, "w+")
     proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", block], env=operator_env(aws), stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+    def running() -> bool:
+        if proc.poll() is not None:
+            log.seek(0)
+            raise AssertionError(f"poll exited ({proc.returncode}): {log.read()}")
+        return True
+
     try:
-        stack.wait_for("poll ready", lambda: _answers(port) and stack.health(port)[0] == 200, timeout=60)
-        stack.wait_for("the user's 5 logins", lambda: psql(db_url(name), "SELECT count(*) FROM user_logins") == "5",
-                       timeout=60)  # fmt: skip
+        stack.wait_for("poll ready", lambda: running() and _answers(port) and stack.health(port)[0] == 200, timeout=60)
+        stack.wait_for("the user's 5 logins",
+                       lambda: running() and psql(db_url(name), "SELECT count(*) FROM user_logins") == "5", timeout=60)  # fmt: skip
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        code = proc.wait(timeout=40)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            code = proc.wait()
         log.seek(0)
         out = log.read()
         log.close()
+        log_path.unlink(missing_ok=True)
     assert code == 0, out
     assert "ab" * 32 not in out and "cd" * 32 not in out
     # The erasure runbook's step 1, with the erasure key's secret the consumer used.

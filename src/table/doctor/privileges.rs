@@ -17,7 +17,7 @@ use crate::table::schema::functions::files;
 const HELD_SQL: &str = "\
     WITH r AS (SELECT oid FROM pg_roles WHERE rolname = $1), \
          n AS (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) \
-    SELECT 'table', c.relname::text, NULL::text, a.privilege_type \
+    SELECT CASE c.relkind WHEN 'S' THEN 'sequence' ELSE 'table' END, c.relname::text, NULL::text, a.privilege_type \
       FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a \
      WHERE c.relnamespace = (SELECT oid FROM n) AND c.relname LIKE 'user\\_logins%' \
        AND c.relname <> 'user_logins_legacy' AND a.grantee = (SELECT oid FROM r) \
@@ -108,7 +108,9 @@ async fn standing(
 ) -> Result<(), tokio_postgres::Error> {
     let row = client
         .query_one(
-            "SELECT ARRAY(SELECT g.rolname::text FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid \
+            "SELECT ARRAY(SELECT DISTINCT g.rolname::text FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid \
+                          WHERE m.member = r.oid ORDER BY 1), \
+                    ARRAY(SELECT DISTINCT coalesce(pg_get_userbyid(m.grantor)::text, '?') FROM pg_auth_members m \
                           WHERE m.member = r.oid ORDER BY 1), \
                     ARRAY(SELECT a FROM unnest(ARRAY[CASE WHEN r.rolsuper THEN 'SUPERUSER' END, \
                           CASE WHEN r.rolcreaterole THEN 'CREATEROLE' END, CASE WHEN r.rolcreatedb THEN 'CREATEDB' END, \
@@ -118,7 +120,8 @@ async fn standing(
             &[&name],
         )
         .await?;
-    let (groups, attributes): (Vec<String>, Vec<String>) = (row.get(0), row.get(1));
+    let (groups, grantors, attributes): (Vec<String>, Vec<String>, Vec<String>) =
+        (row.get(0), row.get(1), row.get(2));
     let role = ident(name);
     if !groups.is_empty() {
         let quoted: Vec<String> = groups.iter().map(|g| ident(g)).collect();
@@ -129,16 +132,44 @@ async fn standing(
                 "is a member of {}: it holds their privileges too (the tables' owner's would let it do anything to them)",
                 groups.join(", ")
             ),
-            format!("as the admin: REVOKE {} FROM {role};", quoted.join(", ")),
+            // A REVOKE takes back only its runner's grant (a superuser's: any).
+            format!(
+                "as the role that granted it ({}) or a superuser: REVOKE {} FROM {role};",
+                grantors.join(", "),
+                quoted.join(", ")
+            ),
         );
     }
     if !attributes.is_empty() {
-        let off: Vec<String> = attributes.iter().map(|a| format!("NO{a}")).collect();
+        // CREATEROLE and CREATEDB an admin may take back; the others need a
+        // superuser (from PostgreSQL 16, an admin that holds the attribute).
+        let (admin, superuser): (Vec<&String>, Vec<&String>) = attributes
+            .iter()
+            .partition(|a| matches!(a.as_str(), "CREATEROLE" | "CREATEDB"));
+        let off = |set: &[&String]| {
+            set.iter()
+                .map(|a| format!("NO{a}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let mut fix = Vec::new();
+        if !admin.is_empty() {
+            fix.push(format!("as the admin: ALTER ROLE {role} {};", off(&admin)));
+        }
+        if !superuser.is_empty() {
+            fix.push(format!(
+                "as a superuser: ALTER ROLE {role} {};",
+                off(&superuser)
+            ));
+        }
         report.found(
             "privileges",
             format!("role {name} ({kind})"),
-            format!("has {}, which no login-etl role needs", attributes.join(", ")),
-            format!("as the admin: ALTER ROLE {role} {};", off.join(" ")),
+            format!(
+                "has {}, which no login-etl role needs",
+                attributes.join(", ")
+            ),
+            fix.join(" Then, "),
         );
     }
     Ok(())
@@ -151,7 +182,7 @@ async fn public_grants(client: &Client, report: &mut Report) -> Result<(), tokio
     let rows = client
         .query(
             "WITH n AS (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) \
-             SELECT 'table', c.relname::text, NULL::text, a.privilege_type \
+             SELECT CASE c.relkind WHEN 'S' THEN 'sequence' ELSE 'table' END, c.relname::text, NULL::text, a.privilege_type \
                FROM pg_class c CROSS JOIN LATERAL aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a \
               WHERE c.relnamespace = (SELECT oid FROM n) AND c.relname LIKE 'user\\_logins%' AND a.grantee = 0 \
              UNION ALL \
@@ -237,6 +268,10 @@ fn revoke(object: &str, target: &str, col: Option<&str>, privilege: &str, grante
     let table = |t: &str| format!("\"{}\"", t.replace('"', "\"\""));
     match (object, col) {
         ("table", _) => format!("REVOKE {privilege} ON TABLE {} FROM {role};", table(target)),
+        ("sequence", _) => format!(
+            "REVOKE {privilege} ON SEQUENCE {} FROM {role};",
+            table(target)
+        ),
         ("column", Some(c)) => format!(
             "REVOKE {privilege} (\"{}\") ON TABLE {} FROM {role};",
             c.replace('"', "\"\""),
