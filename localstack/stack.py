@@ -958,6 +958,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def answers(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:`port`."""
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextlib.contextmanager
+def moto_server(log: Path):
+    """moto (every service) on a free port of 127.0.0.1, its output in
+    `log`, stopped by PID on leaving: yields its endpoint URL."""
+    port = free_port()
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        try:
+            wait_for("moto", lambda: answers(port), timeout=30)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 def health(port: int, path: str = "/readyz") -> tuple[int, dict]:
     """GET the consumer's health endpoint: (status, body); (0, {}) if it does not answer."""
     import urllib.error

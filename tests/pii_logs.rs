@@ -566,6 +566,52 @@ impl Aws {
     }
 }
 
+/// `login-etl poll` as a process of its own, its output in a file.
+struct Poll {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Poll {
+    /// Starts `login-etl poll <args>` with `aws`'s environment and `more`.
+    fn start(aws: &Aws, tag: &str, more: &[(&str, &str)], args: &[&str]) -> Self {
+        let log = std::env::temp_dir().join(format!("login-etl-{tag}-{}.log", std::process::id()));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_login-etl"))
+            .env_clear()
+            .envs(aws.env())
+            .envs(more.iter().copied())
+            .arg("poll")
+            .args(args)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("the binary runs");
+        Poll { child, log }
+    }
+
+    /// Panics with the output if the consumer has exited.
+    fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "poll exited ({status}): {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+
+    /// SIGTERM, then its exit status and whole output (the file removed).
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let status = self.child.wait().unwrap();
+        let output = std::fs::read_to_string(&self.log).unwrap();
+        let _ = std::fs::remove_file(&self.log);
+        (status, output)
+    }
+}
+
 /// `login-etl poll` in a debug build at TRACE, with the SDK told to print
 /// bodies (`LOG_SENSITIVE_BODIES`, `LOG_SIGNABLE_BODY`): the SDK reads every
 /// message, each secret and a data key, and its TRACE output would carry
@@ -593,38 +639,23 @@ async fn poll_at_trace_with_the_sdk_printing_bodies_writes_no_pii_key_or_passwor
             .unwrap();
     }
     let valid = event.records.len() - event.records.len() / 4;
-    let log = std::env::temp_dir().join(format!("login-etl-pii-poll-{}.log", std::process::id()));
-    let out = std::fs::File::create(&log).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_login-etl"))
-        .env_clear()
-        .envs(aws.env())
-        .env("RUST_LOG", "trace")
-        .args(["poll", "--queue-url", &aws.queue, "--concurrency", "2"])
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .expect("the binary runs");
+    let mut poll = Poll::start(
+        &aws,
+        "pii-poll",
+        &[("RUST_LOG", "trace")],
+        &["--queue-url", &aws.queue, "--concurrency", "2"],
+    );
     let admin = db.client().await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while count_rows(&admin).await < valid as i64 {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "poll exited ({status}): {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
+        poll.assert_running();
         assert!(
             std::time::Instant::now() < deadline,
             "poll wrote its rows within 60 s"
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let status = child.wait().unwrap();
-    let output = std::fs::read_to_string(&log).unwrap();
-    let _ = std::fs::remove_file(&log);
+    let (status, output) = poll.stop();
     assert!(status.success(), "poll stopped cleanly: {status}");
     assert!(
         output.contains("ReceiveMessage") || output.contains("receive"),
@@ -659,27 +690,16 @@ async fn poll_says_at_start_that_its_keys_are_refused_and_is_not_ready() {
         .local_addr()
         .unwrap()
         .port();
-    let log = std::env::temp_dir().join(format!(
-        "login-etl-keys-at-start-{}.log",
-        std::process::id()
-    ));
-    let out = std::fs::File::create(&log).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_login-etl"))
-        .env_clear()
-        .envs(aws.env())
-        .env("AWS_LAMBDA_LOG_FORMAT", "JSON")
-        .env("AWS_LAMBDA_LOG_LEVEL", "WARN")
-        .args([
-            "poll",
-            "--queue-url",
-            &aws.queue,
-            "--health-addr",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .expect("the binary runs");
+    let health = format!("127.0.0.1:{port}");
+    let mut poll = Poll::start(
+        &aws,
+        "keys-at-start",
+        &[
+            ("AWS_LAMBDA_LOG_FORMAT", "JSON"),
+            ("AWS_LAMBDA_LOG_LEVEL", "WARN"),
+        ],
+        &["--queue-url", &aws.queue, "--health-addr", &health],
+    );
     let readyz = || {
         use std::io::{Read, Write};
         let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -698,12 +718,7 @@ async fn poll_says_at_start_that_its_keys_are_refused_and_is_not_ready() {
                 break a;
             }
         }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "poll exited ({status}): {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
+        poll.assert_running();
         assert!(
             std::time::Instant::now() < deadline,
             "no refusal at start within 60 s"
@@ -726,12 +741,7 @@ async fn poll_says_at_start_that_its_keys_are_refused_and_is_not_ready() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let status = child.wait().unwrap();
-    let output = std::fs::read_to_string(&log).unwrap();
-    let _ = std::fs::remove_file(&log);
+    let (status, output) = poll.stop();
     assert!(
         answer.starts_with("HTTP/1.0 503") || answer.starts_with("HTTP/1.1 503"),
         "{answer}"

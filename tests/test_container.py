@@ -76,31 +76,10 @@ def manifest_container() -> dict:
 @pytest.fixture(scope="module")
 def aws():
     """moto on a free port of 127.0.0.1, stopped by PID at the end."""
-    port = stack.free_port()
-    moto = ROOT / ".venv" / "bin" / "moto_server"
-    log = open(ROOT / "target" / f"{RUN}-moto.log", "w")
-    proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
+    with stack.moto_server(ROOT / "target" / f"{RUN}-moto.log") as endpoint:
         stack.ENDPOINT = endpoint
         stack.LOCAL_ENV["AWS_ENDPOINT_URL"] = endpoint
-        stack.wait_for("moto", lambda: _answers(port), timeout=30)
         yield endpoint
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-
-
-def _answers(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.fixture(scope="module")

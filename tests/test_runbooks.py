@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("PG_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 BINARY = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug" / "login-etl"
 USER = "424cdd21-063a-43a7-b91b-7ca1a833afae"  # the runbook's example id
+# The local server's host and port, as the secrets name them.
+PG_HOST, PG_PORT = re.match(r"postgres://[^@]+@([^:/]+):(\d+)/", PG_ADMIN_URL).groups()
 
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "localstack"))
@@ -49,52 +50,33 @@ def fill(block: str, values: dict[str, str]) -> str:
     return block
 
 
-def _answers(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def aws():
-    """moto (Secrets Manager, STS) on a free port of 127.0.0.1, stopped by PID."""
-    port = stack.free_port()
-    log = open(ROOT / "target" / f"runbooks-moto-{os.getpid()}.log", "w")
-    proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
-    try:
-        stack.wait_for("moto", lambda: _answers(port), timeout=30)
-        yield env
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    """moto (Secrets Manager, STS, KMS, SQS, CloudFormation) on a free port of 127.0.0.1, stopped by PID."""
+    with stack.moto_server(ROOT / "target" / f"runbooks-moto-{os.getpid()}.log") as endpoint:
+        yield {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
+
+
+def client(aws: dict[str, str], service: str):
+    """A boto3 client of `service` in moto."""
+    import boto3
+
+    return boto3.client(service, endpoint_url=aws["AWS_ENDPOINT_URL"], region_name=aws["AWS_REGION"],
+                        aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
 
 
 def secret(aws: dict[str, str], name: str, value: str) -> str:
     """A Secrets Manager secret in moto; its ARN."""
-    import boto3
-
-    client = boto3.client("secretsmanager", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name=aws["AWS_REGION"],
-                          aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
-    return client.create_secret(Name=name, SecretString=value)["ARN"]
+    return client(aws, "secretsmanager").create_secret(Name=name, SecretString=value)["ARN"]
 
 
-def db_secret(aws: dict[str, str], name: str, role: str) -> str:
-    """The RDS-style secret of `role` on database `name` (trust auth: any password)."""
-    pg = re.match(r"postgres://[^@]+@([^:/]+):(\d+)/", PG_ADMIN_URL)
-    doc = {"engine": "postgres", "username": f"{name}_{role}", "password": "unused", "host": pg.group(1),
-           "port": int(pg.group(2)), "dbname": name}  # fmt: skip
-    return secret(aws, f"{name}/{role}", json.dumps(doc))
+def db_secret(aws: dict[str, str], name: str, role: str, secret_name: str | None = None) -> str:
+    """The RDS-style secret of `role` on database `name` (trust auth: any
+    password), named `secret_name` (else `<name>/<role>`); its ARN."""
+    doc = {"engine": "postgres", "username": f"{name}_{role}", "password": "unused", "host": PG_HOST,
+           "port": int(PG_PORT), "dbname": name}  # fmt: skip
+    return secret(aws, secret_name or f"{name}/{role}", json.dumps(doc))
 
 
 def operator_env(aws: dict[str, str]) -> dict[str, str]:
@@ -166,8 +148,6 @@ def test_the_leaked_key_runbook_as_written_appends_a_version_to_both_secrets_rek
     server and database) and runs rotate-key with it: exit 0, the database
     at version 2, every row re-keyed, both secrets holding two versions;
     step 4 vacuums as the tables' owner (no "skipping" warning)."""
-    import boto3
-
     name = full_database
     insert = ("INSERT INTO user_logins (message_id, user_id, device_type, masked_ip, masked_device_id, "
               "app_version, app_version_text, create_date, sent_at) VALUES "
@@ -177,13 +157,11 @@ def test_the_leaked_key_runbook_as_written_appends_a_version_to_both_secrets_rek
     masking = secret(aws, f"{name}/masking-key", "ab" * 32)
     erasure = secret(aws, f"{name}/erasure-key", "cd" * 32)
     step2, step3, step4 = blocks("runbooks/leaked-key.md")
-    pg = re.match(r"postgres://[^@]+@([^:/]+):(\d+)/", PG_ADMIN_URL)
     step3 = fill(step3, {"login-etl/db-rotate": f"{name}/db-rotate", "login_etl_rotate": f"{name}_rotate",
-                         "mydb.xxxx.us-east-1.rds.amazonaws.com": pg.group(1), '"port":5432': f'"port":{pg.group(2)}',
+                         "mydb.xxxx.us-east-1.rds.amazonaws.com": PG_HOST, '"port":5432': f'"port":{PG_PORT}',
                          '"analytics"': f'"{name}"'})  # fmt: skip
     # The stack whose outputs step 2 reads, as CloudFormation in moto keeps it.
-    cfn = boto3.client("cloudformation", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name=aws["AWS_REGION"],
-                       aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
+    cfn = client(aws, "cloudformation")
     cfn.create_stack(StackName="login-etl", TemplateBody=json.dumps({
         "Resources": {"Marker": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": f"{name}-marker"}}},
         "Outputs": {"MaskingKeySecretArn": {"Value": masking}, "ErasureKeySecretArn": {"Value": erasure}}}))  # fmt: skip
@@ -199,10 +177,9 @@ def test_the_leaked_key_runbook_as_written_appends_a_version_to_both_secrets_rek
     vacuumed = ("SELECT count(*) FROM pg_stat_user_tables WHERE relname LIKE 'user\\_logins\\_%' "
                 "AND last_vacuum IS NOT NULL")  # fmt: skip
     assert int(psql(db_url(name), vacuumed)) > 0, out
-    client = boto3.client("secretsmanager", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name=aws["AWS_REGION"],
-                          aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
+    secrets = client(aws, "secretsmanager")
     for arn, first in ((masking, "ab" * 32), (erasure, "cd" * 32)):
-        versions = json.loads(client.get_secret_value(SecretId=arn)["SecretString"])["versions"]
+        versions = json.loads(secrets.get_secret_value(SecretId=arn)["SecretString"])["versions"]
         assert len(versions) == 2 and versions[0] == first, versions
         for key in versions:
             assert key not in out, "no key, old or new, in the commands' output"
@@ -217,18 +194,11 @@ def test_poll_started_as_poll_md_says_keeps_the_erasure_key_that_forget_then_use
     with that key's secret erases them."""
     import signal
 
-    import boto3
-
     name = full_database
-    clients = {svc: boto3.client(svc, endpoint_url=aws["AWS_ENDPOINT_URL"], region_name=aws["AWS_REGION"],
-                                 aws_access_key_id="testing", aws_secret_access_key="testing")
-               for svc in ("secretsmanager", "kms", "sqs")}  # fmt: skip
-    pg = re.match(r"postgres://[^@]+@([^:/]+):(\d+)/", PG_ADMIN_URL)
-    clients["secretsmanager"].create_secret(Name="login-etl/db", SecretString=json.dumps(
-        {"engine": "postgres", "username": f"{name}_ingest", "password": "unused", "host": pg.group(1),
-         "port": int(pg.group(2)), "dbname": name}))  # fmt: skip
-    clients["secretsmanager"].create_secret(Name="login-etl/masking-key", SecretString="ab" * 32)
-    erasure_key = clients["secretsmanager"].create_secret(Name="login-etl/erasure-key", SecretString="cd" * 32)["ARN"]
+    clients = {svc: client(aws, svc) for svc in ("kms", "sqs")}
+    db_secret(aws, name, "ingest", secret_name="login-etl/db")
+    secret(aws, "login-etl/masking-key", "ab" * 32)
+    erasure_key = secret(aws, "login-etl/erasure-key", "cd" * 32)
     key = clients["kms"].create_key()["KeyMetadata"]["KeyId"]
     clients["kms"].create_alias(AliasName="alias/login-etl-vault", TargetKeyId=key)
     queue = clients["sqs"].create_queue(QueueName="logins")["QueueUrl"]
@@ -254,7 +224,7 @@ def test_poll_started_as_poll_md_says_keeps_the_erasure_key_that_forget_then_use
         return True
 
     try:
-        stack.wait_for("poll ready", lambda: running() and _answers(port) and stack.health(port)[0] == 200, timeout=60)
+        stack.wait_for("poll ready", lambda: running() and stack.answers(port) and stack.health(port)[0] == 200, timeout=60)
         stack.wait_for("the user's 5 logins",
                        lambda: running() and psql(db_url(name), "SELECT count(*) FROM user_logins") == "5", timeout=60)  # fmt: skip
     finally:

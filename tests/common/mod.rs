@@ -307,6 +307,18 @@ pub async fn count_rows(client: &Client) -> i64 {
         .get(0)
 }
 
+/// The rows of one user.
+pub async fn count_rows_of(client: &Client, user: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM user_logins WHERE user_id = $1",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 pub async fn message_ids_in_table(client: &Client) -> Vec<String> {
     let mut ids: Vec<String> = client
         .query("SELECT message_id FROM user_logins", &[])

@@ -39,15 +39,7 @@ fn batch_with(user: &str, count: usize, every: usize, seed: u64) -> SqsEvent {
 }
 
 async fn rows_of(db: &TestDb, user: &str) -> i64 {
-    db.client()
-        .await
-        .query_one(
-            "SELECT count(*) FROM user_logins WHERE user_id = $1",
-            &[&user],
-        )
-        .await
-        .unwrap()
-        .get(0)
+    count_rows_of(&db.client().await, user).await
 }
 
 /// Every row has both its vault entries, and every entry belongs to a row.

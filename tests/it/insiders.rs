@@ -1200,15 +1200,7 @@ async fn the_real_commands_run_beside_the_plants(d: &Deployment) {
         .unwrap()
         .get(0);
     assert_eq!(left, 0, "the rotation re-keyed everything and ended");
-    let gone: i64 = d
-        .admin
-        .query_one(
-            "SELECT count(*) FROM user_logins WHERE user_id = $1",
-            &[&user],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let gone = count_rows_of(&d.admin, &user).await;
     assert_eq!(gone, 0);
     assert_least_privilege(d).await;
 }

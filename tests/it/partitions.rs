@@ -517,14 +517,7 @@ async fn forget_beside_running_ingest_holds_no_write_for_more_than_a_moment() {
         slowest < Duration::from_millis(500),
         "a write waited {slowest:?} while forget took {took:?}"
     );
-    let left: i64 = owner
-        .query_one(
-            "SELECT count(*) FROM user_logins WHERE user_id = $1",
-            &[&user],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let left = count_rows_of(&owner, user).await;
     assert_eq!(left, 0);
 }
 
@@ -600,16 +593,7 @@ async fn forget_during_a_drain_of_the_default_partition_finishes_after_it() {
     handle(&h, &old).await;
     handle(&h, &logins(300, 62, ms(today() - TimeDelta::days(4)))).await;
     let owner = db.client().await;
-    let count_theirs = async |c: &tokio_postgres::Client| -> i64 {
-        c.query_one(
-            "SELECT count(*) FROM user_logins WHERE user_id = $1",
-            &[&user],
-        )
-        .await
-        .unwrap()
-        .get(0)
-    };
-    assert_eq!(count_theirs(&owner).await, 100);
+    assert_eq!(count_rows_of(&owner, user).await, 100);
 
     // maintain swaps the DEFAULT partition out (700 rows > a limit of 50)
     // and stops before its drain, as a run cut short would.
@@ -621,7 +605,7 @@ async fn forget_during_a_drain_of_the_default_partition_finishes_after_it() {
         .get(0);
     assert!(swapped);
     assert_eq!(
-        count_theirs(&owner).await,
+        count_rows_of(&owner, user).await,
         0,
         "the drained rows are out of sight"
     );
@@ -657,12 +641,16 @@ async fn forget_during_a_drain_of_the_default_partition_finishes_after_it() {
     )
     .await;
     assert_eq!(report.drained_from_default, 700, "{report:?}");
-    assert_eq!(count_theirs(&owner).await, 100, "back in their partitions");
+    assert_eq!(
+        count_rows_of(&owner, user).await,
+        100,
+        "back in their partitions"
+    );
     let done = login_etl::privacy::forget::forget(&mut eraser, user, masker.users(), caller)
         .await
         .expect("forget after the drain");
     assert_eq!(done.rows, 100);
-    assert_eq!(count_theirs(&owner).await, 0);
+    assert_eq!(count_rows_of(&owner, user).await, 0);
     assert_eq!(count_rows(&owner).await, 600);
     let left: Option<String> = owner
         .query_one("SELECT to_regclass('user_logins_drain')::text", &[])

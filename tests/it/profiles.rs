@@ -236,14 +236,7 @@ async fn widening_to_the_full_profile_is_online_keeps_every_row_and_is_never_und
         .await
         .unwrap();
     assert!(failures(&out.response).is_empty());
-    let theirs: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM user_logins WHERE user_id = $1",
-            &[&user],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let theirs = count_rows_of(&admin, &user).await;
     assert_eq!(theirs, 0, "the erased user's login was not written");
     assert_eq!(count_rows(&admin).await, 40 * 25 + 9);
 

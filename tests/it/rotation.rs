@@ -377,14 +377,7 @@ async fn an_erasure_survives_rotations_and_forget_holds_no_masking_key() {
     ] {
         let later = again(&first, tag);
         assert!(deliver(&h, &later).await.is_empty(), "{tag}");
-        let theirs: i64 = client
-            .query_one(
-                "SELECT count(*) FROM user_logins WHERE user_id = $1",
-                &[&user],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let theirs = count_rows_of(&client, user).await;
         assert_eq!(
             theirs, 0,
             "{tag}: an erased user stays erased after the rotation"
@@ -964,14 +957,7 @@ async fn a_list_from_before_erasure_keys_keeps_its_derived_user_keys() {
     let h = function(&ingest, 1).await;
     let theirs = event(30, 71, Some(user));
     assert!(deliver(&h, &theirs).await.is_empty());
-    let stored: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM user_logins WHERE user_id = $1",
-            &[&user],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let stored = count_rows_of(&admin, user).await;
     assert_eq!(stored, 0, "still erased");
     assert_eq!(count_rows(&admin).await, 20, "the others stored");
     // forget with only the erasure key cannot compute such user keys.
@@ -1379,13 +1365,6 @@ async fn the_switch_waits_for_a_forget_in_flight_and_refuses_one_that_stopped() 
         ["forget", "rekey_begun"],
         "the erasure ended before the switch"
     );
-    let theirs: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM user_logins WHERE user_id = $1",
-            &[&user],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let theirs = count_rows_of(&admin, user).await;
     assert_eq!(theirs, 0);
 }
