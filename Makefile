@@ -44,6 +44,13 @@ LAMBDA_ENV    := OPENSSL_NO_VENDOR=0
 export SAM_CLI_TELEMETRY := 0
 CARGO_FUZZ_VERSION := 0.13.2
 FUZZ_SECONDS  ?= 300
+# The tests' runner (.config/nextest.toml): at least this version, the
+# machine's or one installed into NEXTEST_ROOT by make rust-tools.
+NEXTEST_VERSION := 0.9.143
+NEXTEST_ROOT  ?= $(HOME)/.cache/login-etl/cargo-nextest-$(NEXTEST_VERSION)
+NEXTEST        = $(if $(wildcard $(NEXTEST_ROOT)/bin/cargo-nextest),$(NEXTEST_ROOT)/bin/cargo-nextest nextest,cargo nextest)
+# Tests at once: most wait on PostgreSQL, moto or a timer.
+NEXTEST_THREADS ?= 8
 # CI's short run (.ci/run) skips AddressSanitizer: the parser has no unsafe
 # code, and it runs about 5x more inputs per second without.
 FUZZ_FLAGS    ?=
@@ -89,8 +96,15 @@ build-tools: $(BUILD_STAMP) ## what building and deploying need, no more: the ar
 
 python-tools: $(VENV_STAMP) ## the Python tools (.venv): cargo-lambda, SAM CLI, cfn-lint, moto, pytest
 
-rust-tools: ## the arm64 target, clippy, rustfmt; libssl-dev, pkg-config and pgbouncer (Debian packages)
+rust-tools: ## the arm64 target, clippy, rustfmt, cargo-nextest; libssl-dev, pkg-config and pgbouncer (Debian packages)
 	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
+	# cargo-nextest, the tests' runner: the machine's if at least
+	# NEXTEST_VERSION, else that version from crates.io into NEXTEST_ROOT.
+	have=$$( { cargo nextest --version 2> /dev/null || true; } | awk '/^cargo-nextest/ {print $$2}')
+	if [ -z "$$have" ] || [ "$$(printf '%s\n' '$(NEXTEST_VERSION)' "$$have" | sort -V | head -n 1)" != '$(NEXTEST_VERSION)' ]; then
+	  [ -x '$(NEXTEST_ROOT)/bin/cargo-nextest' ] || { echo "==> installing cargo-nextest $(NEXTEST_VERSION) from crates.io into $(NEXTEST_ROOT) (a few minutes, once)"; \
+	    cargo install --locked --quiet cargo-nextest --version '$(NEXTEST_VERSION)' --root '$(NEXTEST_ROOT)'; }
+	fi
 	# The system OpenSSL for host builds (OPENSSL_NO_VENDOR), and PgBouncer
 	# (transaction mode, as RDS Proxy pools) for tests/it/pooler.rs and make bench.
 	pkg-config --exists openssl 2> /dev/null || { echo "==> installing libssl-dev and pkg-config (Debian packages)"; \
@@ -132,21 +146,6 @@ up: localstack-tools ## start LocalStack on 127.0.0.1:4566 (no Docker; bootstrap
 
 down: ## stop LocalStack (by PID) and the functions it runs
 	localstack/down.sh
-
-# make test runs the integration tests in three cargo test processes side
-# by side: the modules of tests/it/ (one binary, filtered by module) and the
-# binaries of tests/*.rs (those that set environment variables). A module or
-# file in neither list below runs in the third (with the library). The lists
-# balance the streams by their measured times (docs/testing.md).
-IT_MODULES    := $(sort $(filter-out main,$(basename $(notdir $(wildcard tests/it/*.rs)))))
-ENV_TESTS     := $(sort $(basename $(notdir $(wildcard tests/*.rs))))
-# The soak (tests/soak/) runs as a step of its own: make soak.
-IT_1          := $(filter faults log_levels runtime_e2e stalls,$(IT_MODULES))
-ENV_1         := $(filter secrets_aws backoff_sqs pii_logs,$(ENV_TESTS))
-IT_2          := $(filter rotation handler_postgres,$(IT_MODULES))
-ENV_2         := $(filter vault_kms tls_postgres,$(ENV_TESTS))
-IT_3          := $(filter-out $(IT_1) $(IT_2),$(IT_MODULES))
-ENV_3         := $(filter-out $(ENV_1) $(ENV_2),$(ENV_TESTS))
 
 $(KEY_FILE):
 	@mkdir -p $(dir $(KEY_FILE)) && umask 077 && openssl rand -hex 32 > $(KEY_FILE)
@@ -190,19 +189,11 @@ test: ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambd
 	@# it before failing.
 	timed "build the tests (beside make e2e)" $(MAKE) --no-print-directory test-build || \
 	  { rc=$$?; kill -INT -- -"$${pids[0]}" 2>/dev/null; set +m; wait "$${pids[@]}" 2>/dev/null; pids=(); exit $$rc; }
-	@# The Rust tests in three streams of about equal length (IT_*, ENV_*):
-	@# most wait on PostgreSQL, moto or a timer, so one binary at a time
-	@# left the cores idle.
-	rust_env=(env LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" CARGO_LAMBDA="$(CARGO_LAMBDA)" MOTO_SERVER="$(abspath $(VENV))/bin/moto_server")
-	@# Each stream: its modules of the shared binary (a filter per module),
-	@# then its own binaries; both run, and the stream fails if either does.
-	stream() { local it=$$1 env=$$2 rc=0; shift 2
-	  if [ -n "$$it" ]; then "$${rust_env[@]}" cargo test --no-fail-fast --test it -- --include-ignored $$it || rc=1; fi
-	  if [ -n "$$env$$*" ]; then "$${rust_env[@]}" cargo test --no-fail-fast $$env "$$@" -- --include-ignored || rc=1; fi
-	  return $$rc; }
-	side "cargo test 1/3: $(IT_1) $(ENV_1)" rust1 stream "$(IT_1:%=%::)" "$(ENV_1:%=--test %)"
-	side "cargo test 2/3: $(IT_2) $(ENV_2)" rust2 stream "$(IT_2:%=%::)" "$(ENV_2:%=--test %)"
-	side "cargo test 3/3: lib, $(IT_3) $(ENV_3)" rust3 stream "$(IT_3:%=%::)" "$(ENV_3:%=--test %)" --lib --bins --examples
+	@# The Rust tests, each in a process of its own, NEXTEST_THREADS at once
+	@# (most wait on PostgreSQL, moto or a timer).
+	side "Rust tests (cargo nextest, $(NEXTEST_THREADS) at once)" rust \
+	  env LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" CARGO_LAMBDA="$(CARGO_LAMBDA)" MOTO_SERVER="$(abspath $(VENV))/bin/moto_server" \
+	  $(NEXTEST) run --lib --bins --examples --tests --run-ignored all --no-fail-fast --hide-progress-bar -j $(NEXTEST_THREADS)
 	@# Everything at once (tests/soak): a few seeds, fixed so that a CI run
 	@# checks the same schedules (make soak explores new ones).
 	side "the soak: $(CI_SOAK_SEEDS) seeds of $(CI_SOAK_SECONDS) s from seed $(CI_SOAK_SEED) (make soak)" soak \
@@ -213,7 +204,7 @@ test: ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambd
 	  PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python -m pytest -q tests/test_database_roles.py tests/test_runbooks.py tests/test_cli.py tests/test_docs.py tests/test_contract.py'
 	set +m; wait "$${pids[@]}" || true; pids=()
 	failed=0
-	for f in "$$side_dir"/rust1 "$$side_dir"/rust2 "$$side_dir"/rust3 "$$side_dir"/soak "$$side_dir"/py "$$side_dir"/e2e; do
+	for f in "$$side_dir"/rust "$$side_dir"/soak "$$side_dir"/py "$$side_dir"/e2e; do
 	  if [ -f "$$f" ]; then timings+=("$$(cat "$$f")"); grep -q FAILED "$$f" || continue; fi
 	  failed=1; { echo "== $$(basename "$$f"): what failed (the whole output is above)"; tests/failure-lines "$$f.out"; } >> "$(TEST_FAILURES)"
 	done

@@ -118,6 +118,7 @@ pub fn rows_of<'b>(batch: &'b login_etl::SqsBatch, masker: &Masker) -> Vec<Login
 /// rows as literals: one simple query, one round trip, three statements.
 pub fn bare_insert(rows: &[LoginRow<'_>]) -> String {
     let lit = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let opt = |s: Option<&str>| s.map_or("NULL".into(), lit);
     let values: Vec<String> = rows
         .iter()
         .map(|r| {
@@ -125,12 +126,12 @@ pub fn bare_insert(rows: &[LoginRow<'_>]) -> String {
                 "({}, {}, {}, {}, {}, {}, {}, {}, '{}', '{}', {})",
                 lit(r.message_id),
                 lit(&r.user_id),
-                lit(&r.device_type),
-                lit(r.masked_ip.as_str()),
-                lit(r.masked_device_id.as_str()),
-                r.locale.as_deref().map_or("NULL".into(), lit),
-                r.app_version,
-                lit(&r.app_version_text),
+                opt(r.device_type.as_deref()),
+                opt(r.masked_ip.as_ref().map(|t| t.as_str())),
+                opt(r.masked_device_id.as_ref().map(|t| t.as_str())),
+                opt(r.locale.as_deref()),
+                r.app_version.map_or("NULL".into(), |v| v.to_string()),
+                opt(r.app_version_text.as_deref()),
                 r.create_date,
                 r.sent_at.to_rfc3339(),
                 r.key_version

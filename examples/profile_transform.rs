@@ -45,7 +45,8 @@ fn main() {
         for m in batch.records() {
             let row = record::transform(m.message_id.as_deref().unwrap_or(""), m, &masker)
                 .expect("generated records are valid");
-            checksum = checksum.wrapping_add(row.masked_ip.as_str().as_bytes()[0] as u64);
+            checksum = checksum
+                .wrapping_add(row.masked_ip.expect("an address").as_str().as_bytes()[0] as u64);
         }
     }
     println!("{checksum}");

@@ -450,25 +450,33 @@ class Message:
     """One message to send: its body and what the function must do with it."""
 
     body: str
-    expect: str  # "insert" or "reject:<code>"
+    expect: str  # "insert", "insert:<defect>,..." or "reject:<code>"
     group: str | None = None
     message_id: str | None = None  # set once sent
     sent_timestamp_ms: int | None = None  # SQS's SentTimestamp, for a replay as a redelivery
 
     @property
     def valid(self) -> bool:
-        return self.expect == "insert"
+        """A login the function stores (clean, or with defects)."""
+        return self.expect.startswith("insert")
+
+    @property
+    def defects(self) -> list[str]:
+        return self.expect.split(":", 1)[1].split(",") if self.expect.startswith("insert:") else []
 
 
-def generate(count: int, invalid_every: int, seed: int) -> list[Message]:
+def generate(count: int, invalid_every: int, seed: int, defective_every: int = 0) -> list[Message]:
     """Login messages from the project's own generator (`login-etl gen-events`,
     the `synth` module): the quirks of real traffic (null locales, three
     version shapes, IPv6, multicast and loopback addresses) plus every kind of
-    invalid message. Runs the bootstrap build() packaged: no second compile."""
+    message that is not a login, and with `defective_every` logins with the
+    defects real apps send (a suffixed version, a port on the ip, a null
+    device id). Runs the bootstrap build() packaged: no second compile."""
     bootstrap = BUILD_DIR / "LoginEtlFunction" / "bootstrap"
     if not bootstrap.exists():
         raise RuntimeError(f"{bootstrap} is missing: run the build step (stack.build()) first")
-    args = ["gen-events", "--count", str(count), "--invalid-every", str(invalid_every), "--seed", str(seed)]
+    args = ["gen-events", "--count", str(count), "--invalid-every", str(invalid_every),
+            "--defective-every", str(defective_every), "--seed", str(seed)]  # fmt: skip
     out = subprocess.run([str(bootstrap), *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout
     messages = []
     for record in json.loads(out)["Records"]:
@@ -1023,29 +1031,39 @@ def demo(args: argparse.Namespace) -> None:
     say(f"    queue {stack.queue_url}\n    DLQ   {stack.dlq_url}\n    function {stack.function_name}")
     before = row_count(stack.dbname)
     dead_before = sum(queue_depth(stack.dlq_url))
-    kinds = f"every {args.invalid_every}th is not a valid login" if args.invalid_every else "all valid"
-    step(3, f"sending {args.count} login messages ({kinds})")
-    messages = generate(args.count, args.invalid_every, seed=args.seed or random.randrange(1 << 30))
+    kinds = f"every {args.invalid_every}th is not a login" if args.invalid_every else "all logins"
+    if args.defective_every:
+        kinds += f", every {args.defective_every}th other one with a defect real apps send"
+    step(3, f"sending {args.count} messages ({kinds})")
+    messages = generate(args.count, args.invalid_every, seed=args.seed or random.randrange(1 << 30),
+                        defective_every=args.defective_every)  # fmt: skip
     send(stack, messages)
     valid = sum(m.valid for m in messages)
-    say(f"    sent {len(messages)}: {valid} valid, {len(messages) - valid} invalid")
-    step(4, "waiting for the event-source mapping to drain the queue (the function sends invalid "
-            "ones to the DLQ itself, on their first receive)")  # fmt: skip
+    defective = sum(bool(m.defects) for m in messages)
+    say(f"    sent {len(messages)}: {valid} logins ({defective} with defects), {len(messages) - valid} not logins")
+    step(4, "waiting for the event-source mapping to drain the queue (the function sends what is not "
+            "a login to the DLQ itself, on its first receive)")  # fmt: skip
     took = wait_drained(stack, before + valid, dead_before + len(messages) - valid)
-    say(f"    all {valid} valid messages in PostgreSQL after {took.rows_s:.1f} s; "
-        f"queue drained, {len(messages) - valid} invalid ones in the DLQ, after {took.total_s:.1f} s")
-    step(5, "rows in user_logins (masked; a sample)")
+    say(f"    all {valid} logins in PostgreSQL after {took.rows_s:.1f} s; "
+        f"queue drained, {len(messages) - valid} others in the DLQ, after {took.total_s:.1f} s")
+    step(5, "rows in user_logins (masked; a sample, and every kind of defect stored)")
     subprocess.run(
         ["psql", db_url(stack.dbname), "-P", "pager=off", "-c",
-         "SELECT left(message_id, 8) AS msg, left(user_id, 8) AS user_id, device_type, "
+         "(SELECT left(message_id, 8) AS msg, left(user_id, 8) AS user_id, device_type, "
          "left(masked_ip, 12) || '…' AS masked_ip, left(masked_device_id, 12) || '…' AS masked_device_id, "
-         "locale, app_version, app_version_text, create_date FROM user_logins ORDER BY ctid DESC LIMIT 10"],
+         "locale, app_version, app_version_text, create_date, defects FROM user_logins "
+         "WHERE defects IS NULL ORDER BY ctid DESC LIMIT 4) UNION ALL "
+         "(SELECT DISTINCT ON (defects) left(message_id, 8), left(user_id, 8), device_type, "
+         "left(masked_ip, 12) || '…', left(masked_device_id, 12) || '…', "
+         "locale, app_version, app_version_text, create_date, defects FROM user_logins "
+         "WHERE defects IS NOT NULL ORDER BY defects LIMIT 10)"],
         check=True,
     )  # fmt: skip
     subprocess.run(
         ["psql", db_url(stack.dbname), "-P", "pager=off", "-c",
          "SELECT count(*) AS rows, count(DISTINCT message_id) AS messages, count(DISTINCT masked_ip) AS distinct_ips, "
-         "count(*) FILTER (WHERE locale IS NULL) AS null_locales FROM user_logins"],
+         "count(*) FILTER (WHERE locale IS NULL) AS null_locales, "
+         "count(*) FILTER (WHERE defects IS NOT NULL) AS with_defects FROM user_logins"],
         check=True,
     )  # fmt: skip
     step(6, "dead-letter queue: each copy carries its reason (message attributes, no log search)")
@@ -1059,8 +1077,8 @@ def demo(args: argparse.Namespace) -> None:
     say(f"    {len(dlq)} messages in the DLQ")
     say("\n    metrics of the run, summed from the function's EMF lines in CloudWatch Logs:")
     totals = metric_totals(stack)
-    for name in ["RecordsReceived", "RowsInserted", "Duplicates", "Rejected", "SentToDlq", "Refused",
-                 "BatchItemFailures", "ColdStart"]:  # fmt: skip
+    for name in ["RecordsReceived", "RowsInserted", "RowsWithDefects", "Duplicates", "Rejected", "SentToDlq",
+                 "Refused", "BatchItemFailures", "ColdStart"]:  # fmt: skip
         say(f"    {name:<18} {totals.get(name, 0):>8.0f}")
     docs = [d for d in emf_documents(stack) if d.get("message") == "batch processed"]
     if docs:
@@ -1155,6 +1173,7 @@ def main() -> None:
     d.add_argument("--database", default="login_etl_localstack")
     d.add_argument("--count", type=int, default=120)
     d.add_argument("--invalid-every", type=int, default=10)
+    d.add_argument("--defective-every", type=int, default=6)
     d.add_argument("--batch-size", type=int, default=25)
     d.add_argument("--seed", type=int, default=0, help="0: a random seed")
     p = sub.add_parser("demo-poll", help="the same with login-etl poll instead of Lambda")

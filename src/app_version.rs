@@ -5,6 +5,12 @@
 //! is 1 to 3 ASCII digits (0..=999). Order-preserving and lossless for the
 //! shapes seen in traffic (`x.y.z`, `d.dd`, `d.d`), so analysts can compare
 //! versions in SQL; the original text is kept in `app_version_text`.
+//!
+//! [`encode`] takes only those shapes (`CONTRACT=strict`); [`derive`] finds
+//! the version a release string carries (`v2.3.0`, `2.3.0-beta1`, `2.3.0+45`,
+//! `2.3.0 (4512)`, `2.3.0.1`) and says what it set aside. A derived value
+//! ties its plain release (`2.3.0-beta1` and `2.3.0` are both 2003000):
+//! order is kept, never invented; `app_version_text` tells them apart.
 
 use std::fmt;
 
@@ -52,6 +58,82 @@ pub fn encode(text: &str) -> Result<i32, VersionError> {
     Ok(value)
 }
 
+/// What [`derive`] set aside, or why it found no version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Derivation {
+    /// A leading `v` or blanks before the numbers.
+    Prefix,
+    /// A fourth dot-separated number (a build number), ignored.
+    FourthPart,
+    /// A pre-release or build suffix after the numbers (`-beta1`, `+45`,
+    /// ` (4512)`, `rc1`), or blanks after them, ignored.
+    Suffix,
+    /// No version in it: no leading numbers, an empty part, more than four
+    /// parts, or an unexpected character after them. No integer.
+    Unparsed,
+    /// One of the first three numbers is above 999. No integer.
+    OutOfRange,
+}
+
+impl Derivation {
+    /// The name of the defect (`app_version.<name>`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Derivation::Prefix => "prefix",
+            Derivation::FourthPart => "fourth_part",
+            Derivation::Suffix => "suffix",
+            Derivation::Unparsed => "unparsed",
+            Derivation::OutOfRange => "out_of_range",
+        }
+    }
+}
+
+/// The encoded version `text` carries, and what was set aside on the way
+/// (empty for the plain shapes [`encode`] takes, where the value is the
+/// same). `None` with [`Derivation::Unparsed`] or
+/// [`Derivation::OutOfRange`] when it carries none.
+pub fn derive(text: &str) -> (Option<i32>, Vec<Derivation>) {
+    if let Ok(v) = encode(text) {
+        return (Some(v), Vec::new());
+    }
+    let mut set_aside = Vec::new();
+    let trimmed = text.trim_start();
+    let mut rest = trimmed;
+    if trimmed.len() != text.len() {
+        set_aside.push(Derivation::Prefix);
+    }
+    if let Some(after) = rest.strip_prefix(['v', 'V'])
+        && after.starts_with(|c: char| c.is_ascii_digit())
+    {
+        rest = after;
+        if !set_aside.contains(&Derivation::Prefix) {
+            set_aside.push(Derivation::Prefix);
+        }
+    }
+    let numbers_end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
+    let (numbers, after) = rest.split_at(numbers_end);
+    let parts: Vec<&str> = numbers.split('.').collect();
+    let suffix_ok = after.is_empty()
+        || after.starts_with(|c: char| {
+            matches!(c, '-' | '+' | '(' | '_' | '~') || c.is_ascii_alphabetic() || c.is_whitespace()
+        });
+    if numbers.is_empty() || parts.len() > 4 || parts.iter().any(|p| p.is_empty()) || !suffix_ok {
+        return (None, vec![Derivation::Unparsed]);
+    }
+    if parts.len() == 4 {
+        set_aside.push(Derivation::FourthPart);
+    }
+    if !after.is_empty() {
+        set_aside.push(Derivation::Suffix);
+    }
+    match encode(&parts[..parts.len().min(3)].join(".")) {
+        Ok(v) => (Some(v), set_aside),
+        Err(_) => (None, vec![Derivation::OutOfRange]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,5 +169,55 @@ mod tests {
         for big in ["1000", "1.1000", "0.0.1000", "99999999999999999999"] {
             assert_eq!(encode(big), Err(VersionError::OutOfRange), "{big:?}");
         }
+    }
+
+    #[test]
+    fn derives_the_version_release_strings_carry() {
+        use Derivation::*;
+        for (text, value, set_aside) in [
+            ("2.3.0", Some(2_003_000), vec![]),
+            ("v2.3.0", Some(2_003_000), vec![Prefix]),
+            ("V1.1", Some(1_001_000), vec![Prefix]),
+            (" 1.2 ", Some(1_002_000), vec![Prefix, Suffix]),
+            ("2.3.0-beta1", Some(2_003_000), vec![Suffix]),
+            ("2.3.0+45", Some(2_003_000), vec![Suffix]),
+            ("2.3.0 (4512)", Some(2_003_000), vec![Suffix]),
+            ("2.3.0rc1", Some(2_003_000), vec![Suffix]),
+            ("2.3.0.1", Some(2_003_000), vec![FourthPart]),
+            ("2.3.0.99999", Some(2_003_000), vec![FourthPart]),
+            (
+                "v2.3.0.1-rc",
+                Some(2_003_000),
+                vec![Prefix, FourthPart, Suffix],
+            ),
+            ("10.0.1000", None, vec![OutOfRange]),
+            ("1000.1-beta", None, vec![OutOfRange]),
+            ("beta", None, vec![Unparsed]),
+            ("", None, vec![Unparsed]),
+            ("1..2", None, vec![Unparsed]),
+            ("2.3.", None, vec![Unparsed]),
+            ("2.3.0.1.5", None, vec![Unparsed]),
+            ("1,2", None, vec![Unparsed]),
+            ("v", None, vec![Unparsed]),
+            ("١.٢", None, vec![Unparsed]),
+        ] {
+            assert_eq!(derive(text), (value, set_aside), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_derived_version_never_sorts_before_an_older_release() {
+        let ordered = [
+            "0.9.9",
+            "1.0.0-alpha",
+            "1.0.0",
+            "1.0.0.7",
+            "v1.0.1",
+            "1.0.1 (88)",
+            "1.1-rc1",
+            "2.0.0+build",
+        ];
+        let codes: Vec<i32> = ordered.iter().map(|v| derive(v).0.unwrap()).collect();
+        assert!(codes.windows(2).all(|w| w[0] <= w[1]), "{codes:?}");
     }
 }

@@ -150,7 +150,8 @@ pub struct Config {
     /// row the database keeps refusing is sent to the DLQ (`DLQ_URL`) with
     /// `rejection_code` `refused.<SQLSTATE>`.
     pub refused_max_receives: u32,
-    /// What becomes of fields outside the contract: `UNKNOWN_FIELDS`
+    /// The contract: `CONTRACT` (`lenient`, the default: a login with a
+    /// defect is stored with it; `strict`: rejected), `UNKNOWN_FIELDS`
     /// (`ignore`, the default, or `reject`) and `EXTRA_FIELDS` (declared
     /// non-PII fields kept in `extra`), see [`crate::contract::policy`].
     pub contract: crate::contract::Contract,
@@ -278,12 +279,12 @@ fn backoff(
     Ok(Some(backoff::Schedule { base, max }))
 }
 
-/// The contract's policy for fields outside it (`UNKNOWN_FIELDS`,
-/// `EXTRA_FIELDS`).
+/// The contract: what a login with a defect gets (`CONTRACT`) and what
+/// becomes of fields outside it (`UNKNOWN_FIELDS`, `EXTRA_FIELDS`).
 fn contract(
     get: &impl Fn(&str) -> Option<String>,
 ) -> Result<crate::contract::Contract, ConfigError> {
-    use crate::contract::{Contract, UnknownFields};
+    use crate::contract::{Contract, Mode, UnknownFields};
     let invalid = |var: &'static str| {
         move |e: crate::contract::policy::PolicyError| ConfigError::Invalid {
             var,
@@ -294,8 +295,15 @@ fn contract(
         Some(text) => UnknownFields::parse(&text).map_err(invalid("UNKNOWN_FIELDS"))?,
         None => UnknownFields::Ignore,
     };
-    Contract::new(unknown, &get("EXTRA_FIELDS").unwrap_or_default())
-        .map_err(invalid("EXTRA_FIELDS"))
+    let mode = match get("CONTRACT") {
+        Some(text) => Mode::parse(&text).map_err(invalid("CONTRACT"))?,
+        None => Mode::Lenient,
+    };
+    Ok(
+        Contract::new(unknown, &get("EXTRA_FIELDS").unwrap_or_default())
+            .map_err(invalid("EXTRA_FIELDS"))?
+            .with_mode(mode),
+    )
 }
 
 /// A whole number in `0..=limit`, or unset.

@@ -1,7 +1,9 @@
 //! Synthetic, realistic SQS events: deterministic for a seed, shaped like the
 //! traffic described in design.md section 1 (UUID user ids, SSN-like device
 //! ids, IPv4 including loopback and >= 224, some IPv6, ~30% null locales,
-//! three `app_version` shapes), optionally mixed with invalid messages.
+//! three `app_version` shapes), optionally mixed with messages that are not
+//! logins (rejected) and with logins as real apps also send them (kept with
+//! their defects).
 //! Used by the tests, `make demo`, `examples/gen_events.rs` and benchmarks.
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage, SqsMessageAttribute};
@@ -12,8 +14,13 @@ use sha2::{Digest, Sha256};
 pub struct Options {
     /// Records in the batch.
     pub count: usize,
-    /// Every n-th record (n >= 1) gets an invalid body; 0 for none.
+    /// Every n-th record (n >= 1) gets a body that is not a login (a
+    /// reject under any contract); 0 for none.
     pub invalid_every: usize,
+    /// Every n-th record (n >= 1, where it is not invalid) gets a login
+    /// with a defect real apps send ([`defective_case`]): stored with it,
+    /// rejected under `CONTRACT=strict`; 0 for none.
+    pub defective_every: usize,
     /// Use a `.fifo` queue ARN.
     pub fifo: bool,
     /// Seed: same seed, same event.
@@ -27,6 +34,7 @@ impl Default for Options {
         Self {
             count: 10,
             invalid_every: 0,
+            defective_every: 0,
             fifo: false,
             seed: 1,
             // 2026-11-21T12:00:00Z
@@ -47,10 +55,13 @@ pub fn message(options: &Options, i: usize) -> SqsMessage {
     let r = Rand::new(options.seed, i as u64);
     // Message-level ids from an independent stream, so they never equal body fields.
     let envelope = Rand::new(!options.seed, i as u64);
-    let invalid = options.invalid_every > 0 && (i + 1).is_multiple_of(options.invalid_every);
-    let (body, expect) = if invalid {
+    let every = |n: usize| n > 0 && (i + 1).is_multiple_of(n);
+    let (body, expect) = if every(options.invalid_every) {
         let (body, code) = invalid_case(i / options.invalid_every);
         (body.to_owned(), format!("reject:{code}"))
+    } else if every(options.defective_every) {
+        let (body, defects) = defective_case(i / options.defective_every, &r);
+        (body, format!("insert:{defects}"))
     } else {
         (login_body(&r), "insert".to_owned())
     };
@@ -67,7 +78,8 @@ pub fn message(options: &Options, i: usize) -> SqsMessage {
     m.event_source = Some("aws:sqs".into());
     m.event_source_arn = Some(format!("arn:aws:sqs:us-east-1:000000000000:{queue}"));
     m.aws_region = Some("us-east-1".into());
-    // What the function must do with it, as in the events/ fixtures.
+    // What the function must do with it under the default contract, as in
+    // the events/ fixtures: `insert`, `insert:<defect>,…` or `reject:<code>`.
     let mut attribute = SqsMessageAttribute::default();
     attribute.data_type = Some("String".into());
     attribute.string_value = Some(expect);
@@ -138,12 +150,15 @@ fn login_body(r: &Rand) -> String {
     )
 }
 
-/// The k-th invalid body: cycles through the kinds of bad input seen upstream.
+/// The k-th body that is not a login: cycles through the kinds of bad
+/// input seen upstream.
 pub fn invalid_body(k: usize) -> String {
     invalid_case(k).0.to_owned()
 }
 
-/// Invalid body `k` and the rejection code the contract gives it.
+/// Body `k` that is not a login (or has no usable user id: a reject under
+/// any contract) and the rejection code it gets. Those with fields carry
+/// an ip and a device id, which no copy, log or metric may show.
 pub fn invalid_case(k: usize) -> (&'static str, &'static str) {
     const BAD: [(&str, &str); 8] = [
         (
@@ -153,33 +168,70 @@ pub fn invalid_case(k: usize) -> (&'static str, &'static str) {
         ("", "empty_body"),
         ("{\"user_id\": \"trunc", "invalid_json"),
         (
-            r#"{"user_id": "0b5f1c1e-1d7a-4f52-9d0e-6a3c8b7e2f10", "app_version": "2.3.0", "device_type": "ios", "ip": "not-an-ip", "locale": null, "device_id": "123-45-6789"}"#,
-            "invalid_ip",
+            r#"{"app_version": "2.3.0", "device_type": "ios", "ip": "10.0.0.1", "locale": null, "device_id": "123-45-6789"}"#,
+            "missing_field.user_id",
         ),
         (
-            r#"{"user_id": "0b5f1c1e-1d7a-4f52-9d0e-6a3c8b7e2f10", "app_version": 230, "device_type": "ios", "ip": "10.0.0.1", "locale": "US", "device_id": "123-45-6789"}"#,
-            "wrong_type.app_version",
+            r#"{"user_id": ["0b5f1c1e"], "app_version": "2.3.0", "device_type": "ios", "ip": "10.0.0.1", "locale": "US", "device_id": "123-45-6789"}"#,
+            "wrong_type.user_id",
         ),
         (
-            r#"{"user_id": "0b5f1c1e-1d7a-4f52-9d0e-6a3c8b7e2f10", "app_version": "2.3.0", "device_type": "ios", "ip": "10.0.0.1", "locale": "US"}"#,
-            "missing_field.device_id",
+            r#"{"user_id": "  ", "app_version": "2.3.0", "device_type": "ios", "ip": "10.0.0.1", "locale": "US", "device_id": "123-45-6789"}"#,
+            "empty_field.user_id",
         ),
         (
-            r#"{"user_id": "0b5f1c1e-1d7a-4f52-9d0e-6a3c8b7e2f10", "app_version": "2.3.0-beta", "device_type": "ios", "ip": "10.0.0.1", "locale": null, "device_id": "123-45-6789"}"#,
-            "invalid_app_version",
+            r#"{"user_id": null, "app_version": "2.3.0-beta", "device_type": "ios", "ip": "10.0.0.1", "locale": null, "device_id": "123-45-6789"}"#,
+            "missing_field.user_id",
         ),
         (r#"["not", "an", "object"]"#, "not_an_object"),
     ];
     BAD[k % BAD.len()]
 }
 
+/// A login with defect `k`, as real apps send them (a suffixed version, a
+/// port on the ip, a web client's null device id, a numeric user id, ...),
+/// and the defect codes it is stored with (comma-separated). The other
+/// fields are login `r`'s.
+pub fn defective_case(k: usize, r: &Rand) -> (String, &'static str) {
+    const DEFECTS: [(&str, &str, &str); 10] = [
+        ("app_version", r#""2.3.0-beta1""#, "app_version.suffix"),
+        ("app_version", r#""2.3.0 (4512)""#, "app_version.suffix"),
+        ("app_version", r#""v2.3.0""#, "app_version.prefix"),
+        ("app_version", r#""2.3.0.1""#, "app_version.fourth_part"),
+        ("app_version", r#""10.0.1000""#, "app_version.out_of_range"),
+        ("device_id", "null", "device_id.missing"),
+        ("ip", r#""""#, "ip.empty"),
+        ("ip", r#""unknown""#, "ip.unparseable"),
+        ("ip", "port", "ip.port"),
+        ("user_id", "number", "user_id.integer"),
+    ];
+    let (field, value, code) = DEFECTS[k % DEFECTS.len()];
+    let mut body: serde_json::Value =
+        serde_json::from_str(&login_body(r)).expect("a login body is JSON");
+    body[field] = match value {
+        // The login's own address with a port: the token is the address's.
+        "port" => match body["ip"]
+            .as_str()
+            .expect("an ip")
+            .parse::<std::net::IpAddr>()
+        {
+            Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]:443").into(),
+            _ => format!("{}:443", body["ip"].as_str().expect("an ip")).into(),
+        },
+        "number" => u64::from_be_bytes(r.bytes[16..24].try_into().expect("8 bytes")).into(),
+        json => serde_json::from_str(json).expect("a JSON value"),
+    };
+    (body.to_string(), code)
+}
+
 /// Deterministic bytes for record `i` under `seed`.
-struct Rand {
+pub struct Rand {
     bytes: [u8; 32],
 }
 
 impl Rand {
-    fn new(seed: u64, i: u64) -> Self {
+    /// The bytes of record `i` under `seed`.
+    pub fn new(seed: u64, i: u64) -> Self {
         let mut h = Sha256::new();
         h.update(seed.to_le_bytes());
         h.update(i.to_le_bytes());
@@ -255,19 +307,41 @@ mod tests {
 
     #[test]
     fn invalid_cases_get_their_codes_and_expectations() {
+        use crate::contract::{Contract, parse_body_with};
         for k in 0..8 {
             let (body, code) = invalid_case(k);
             assert_eq!(parse_body(body).unwrap_err().code(), code, "case {k}");
+            let strict = parse_body_with(body, &Contract::STRICT).unwrap_err();
+            assert_eq!(
+                strict.code(),
+                code,
+                "a reject under either contract: case {k}"
+            );
+        }
+        for k in 0..10 {
+            let (body, codes) = defective_case(k, &Rand::new(3, k as u64));
+            let e = parse_body(&body).unwrap_or_else(|r| panic!("case {k}: {r}"));
+            let got: Vec<_> = e.defects.iter().map(|d| d.code()).collect();
+            assert_eq!(got.join(","), codes, "case {k}");
+            assert!(
+                parse_body_with(&body, &Contract::STRICT).is_err(),
+                "case {k}"
+            );
         }
         let o = Options {
-            count: 16,
+            count: 30,
             invalid_every: 2,
+            defective_every: 3,
             ..Options::default()
         };
         for m in event(&o).records {
             let expect = m.message_attributes["expect"].string_value.clone().unwrap();
             match parse_body(m.body.as_deref().unwrap()) {
-                Ok(_) => assert_eq!(expect, "insert"),
+                Ok(e) if e.defects.is_empty() => assert_eq!(expect, "insert"),
+                Ok(e) => {
+                    let codes: Vec<_> = e.defects.iter().map(|d| d.code()).collect();
+                    assert_eq!(expect, format!("insert:{}", codes.join(",")));
+                }
                 Err(r) => assert_eq!(expect, format!("reject:{}", r.code())),
             }
         }

@@ -103,8 +103,9 @@ AFTER_FIFO = pytest.mark.xdist_group("lambda-fifo-then-existing-queue")
 
 @pytest.fixture(scope="session")
 def drained(standard):
-    """120 realistic messages (every 10th invalid) sent and drained; timing printed."""
-    messages = stack.generate(120, 10, seed=4242)
+    """120 realistic messages (every 10th not a login, every 7th other one a
+    login with a defect real apps send) sent and drained; timing printed."""
+    messages = stack.generate(120, 10, seed=4242, defective_every=7)
     sent_on = dt.datetime.now(dt.timezone.utc).date()
     started = time.monotonic()
     stack.send(standard, messages)
@@ -120,7 +121,7 @@ def rows(s: stack.Stack) -> dict[str, list[str]]:
     out = stack.psql(
         stack.db_url(s.dbname),
         "SELECT message_id, user_id, device_type, masked_ip, masked_device_id, coalesce(locale, '<null>'), "
-        "app_version, app_version_text, create_date FROM user_logins",
+        "app_version, app_version_text, create_date, coalesce(array_to_string(defects, ','), '') FROM user_logins",
     )
     return {r[0]: r[1:] for r in out}
 
@@ -137,11 +138,20 @@ def test_every_valid_message_is_exactly_one_correctly_masked_row(standard, drain
     assert len(key) >= 32
     table = rows(standard)
     valid = {m.message_id: json.loads(m.body) for m in messages if m.valid}
-    assert set(table) == set(valid), "one row per valid message, none for invalid ones"
+    assert set(table) == set(valid), "one row per login, none for what is not one"
     count = stack.psql(stack.db_url(standard.dbname), "SELECT count(*) FROM user_logins")[0][0]
     assert int(count) == len(valid)
+    defective = {m.message_id: m.defects for m in messages if m.defects}
+    assert len(defective) >= 10, "logins as real apps send them, kept"
+    for message_id, defects in defective.items():
+        assert table[message_id][8] == ",".join(defects), message_id
+    # Each column of a clean row (a defective row's: the handler's tests,
+    # tests/it/handler_postgres.rs, against the oracle).
     for message_id, body in valid.items():
-        user_id, device_type, masked_ip, masked_device, locale, version, version_text, created = table[message_id]
+        if message_id in defective:
+            continue
+        user_id, device_type, masked_ip, masked_device, locale, version, version_text, created, defects = table[message_id]
+        assert defects == ""
         assert user_id == body["user_id"]
         assert device_type == body["device_type"]
         assert masked_ip == stack.token(key, stack.canonical_ip(body["ip"])), message_id
@@ -220,7 +230,9 @@ def test_rejection_reasons_are_logged_by_code_without_pii(standard, drained):
     for m in messages:
         if m.valid:
             body = json.loads(m.body)
-            assert body["ip"] not in log_text and body["device_id"] not in log_text
+            for pii in (body["ip"], body["device_id"]):
+                # (A defect's "" or "unknown" ip is no one's address.)
+                assert not isinstance(pii, str) or len(pii) < 8 or pii not in log_text, m.message_id
         elif len(m.body.strip()) >= 16:
             # A rejected body can carry PII too: it goes to the DLQ, never to the logs.
             assert m.body not in log_text and json.dumps(m.body) not in log_text, m.message_id
@@ -372,7 +384,8 @@ def test_an_operator_reveals_an_original_ip_and_forgets_one_user(standard, drain
     messages, _ = drained
     by_id = {m.message_id: json.loads(m.body) for m in messages if m.valid}
     (message_id, user_id, masked_ip), *_ = stack.psql(
-        stack.db_url(standard.dbname), "SELECT message_id, user_id, masked_ip FROM user_logins ORDER BY message_id"
+        stack.db_url(standard.dbname),
+        "SELECT message_id, user_id, masked_ip FROM user_logins WHERE defects IS NULL ORDER BY message_id",
     )
     sent_ip = stack.canonical_ip(by_id[message_id]["ip"])
     out = stack.operator(standard, "reveal", "--ip-token", masked_ip)
@@ -427,7 +440,8 @@ def test_a_leaked_masking_key_is_rotated_on_the_deployed_stack(standard, drained
     assert (state["version"], state["rekey_from"], state["rows_rekeyed"]) == (2, None, len(before)), (state, len(before), parts)
     after = {r[0]: (r[1], r[2]) for r in stack.psql(db, "SELECT message_id, masked_ip, masked_device_id FROM user_logins")}
     key2 = bytes.fromhex(k2)
-    assert after == {m: (stack.token(key2, ip), stack.token(key2, dev)) for m, (ip, dev) in before.items()}
+    rekeyed = lambda t: stack.token(key2, t) if t else ""  # noqa: E731 (NULL, a defect's, stays NULL)
+    assert after == {m: (rekeyed(ip), rekeyed(dev)) for m, (ip, dev) in before.items()}
 
     # The same logins again as new messages, to the warm function.
     valid = [m for m in messages if m.valid]

@@ -1097,6 +1097,9 @@ def test_a_change_to_the_vault_key_alarms_and_the_logs_mask_ip_addresses():
 )
 def test_the_contract_settings_reach_the_function_and_extra_fields_are_names(fn, tpl, extra, ok):
     env = fn["Properties"]["Environment"]["Variables"]
+    assert env["CONTRACT"] == {"Ref": "Contract"}
+    assert tpl["Parameters"]["Contract"]["AllowedValues"] == ["lenient", "strict"]
+    assert tpl["Parameters"]["Contract"]["Default"] == "lenient", "a login is kept by default"
     assert env["UNKNOWN_FIELDS"] == {"Ref": "UnknownFields"}
     assert env["EXTRA_FIELDS"] == {"Ref": "ExtraFields"}
     assert tpl["Parameters"]["UnknownFields"]["AllowedValues"] == ["ignore", "reject"]

@@ -98,10 +98,13 @@ pub struct DoctorArgs {
     pub queue_url: Option<String>,
 }
 
-/// What a message is held to beyond the contract's fields (the function's
-/// `UNKNOWN_FIELDS` and `EXTRA_FIELDS`).
+/// What a message is held to (the function's `CONTRACT`, `UNKNOWN_FIELDS`
+/// and `EXTRA_FIELDS`).
 #[derive(Debug, Clone, Args)]
 pub struct ContractArgs {
+    /// A login with a defect: lenient (stored, its defects recorded) or strict (rejected).
+    #[arg(long, value_name = "MODE", env = "CONTRACT", default_value = "lenient")]
+    pub contract: crate::contract::Mode,
     /// A field outside the contract: ignore (counted, not stored) or reject.
     #[arg(long, value_name = "POLICY", env = "UNKNOWN_FIELDS", default_value = "ignore", value_parser = ["ignore", "reject"])]
     pub unknown_fields: String,
@@ -116,10 +119,11 @@ impl ContractArgs {
         &self,
     ) -> Result<crate::contract::Contract, crate::contract::policy::PolicyError> {
         use crate::contract::{Contract, UnknownFields};
-        Contract::new(
+        Ok(Contract::new(
             UnknownFields::parse(&self.unknown_fields)?,
             &self.extra_fields,
-        )
+        )?
+        .with_mode(self.contract))
     }
 }
 
@@ -431,9 +435,12 @@ pub struct GenEventsArgs {
     /// Records in the batch.
     #[arg(long, default_value_t = Options::default().count)]
     pub count: usize,
-    /// Every N-th record gets an invalid body (0: none).
+    /// Every N-th record gets a body that is not a login: rejected (0: none).
     #[arg(long, value_name = "N", default_value_t = Options::default().invalid_every)]
     pub invalid_every: usize,
+    /// Every N-th other record is a login with a defect real apps send (a suffixed version, a port on the ip, a null device id...): stored with it (0: none).
+    #[arg(long, value_name = "N", default_value_t = Options::default().defective_every)]
+    pub defective_every: usize,
     /// Records from a FIFO queue, in message groups.
     #[arg(long)]
     pub fifo: bool,
@@ -447,6 +454,7 @@ impl From<&GenEventsArgs> for Options {
         Options {
             count: a.count,
             invalid_every: a.invalid_every,
+            defective_every: a.defective_every,
             fifo: a.fifo,
             seed: a.seed,
             ..Options::default()

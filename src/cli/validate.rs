@@ -2,38 +2,51 @@
 //! producers and their CI before a message reaches the queue.
 //!
 //! JSON Lines of bodies (a file or `-`): one verdict per line,
-//! `{"line":N,"valid":true}` or `{"line":N,"valid":false,"reason":"<code>"}`.
-//! With `--event`, an SQS batch event as Lambda sends it: one verdict per
-//! message, `{"messageId":"…",…}`, judged as the function judges it (its
-//! body, and its message id and `SentTimestamp`). A verdict never quotes a
-//! value; the summary goes to stderr. Exit 0 when every message is valid,
-//! 1 when any is not, 2 for a usage error.
+//! `{"line":N,"valid":true}`, `{"line":N,"valid":true,"defects":["<code>",…]}`
+//! for a login stored with defects (`CONTRACT=lenient`, the default), or
+//! `{"line":N,"valid":false,"reason":"<code>"}`. With `--event`, an SQS
+//! batch event as Lambda sends it: one verdict per message,
+//! `{"messageId":"…",…}`, judged as the function judges it (its body, and
+//! its message id and `SentTimestamp`). A verdict never quotes a value;
+//! the summary goes to stderr. Exit 0 when every message is stored (with
+//! or without defects), 1 when any is rejected, 2 for a usage error.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufWriter, Write};
 use std::process::ExitCode;
 
 use super::{EXIT_USAGE, ValidateArgs};
-use crate::contract::{Contract, Rejection, parse_body_with};
+use crate::contract::{Contract, Defect, Rejection, parse_body_with};
 
 /// The verdicts of one run.
 #[derive(Default)]
 struct Tally {
     valid: u64,
+    /// Valid messages with defects, and the defects by code.
+    with_defects: u64,
+    defects: BTreeMap<String, u64>,
     rejected: BTreeMap<String, u64>,
 }
 
+/// One message's verdict: its defects (stored), or its reason (rejected).
+type Verdict = Result<Vec<String>, String>;
+
 impl Tally {
-    fn add(&mut self, verdict: Result<(), Rejection>) -> Option<String> {
+    fn add(&mut self, verdict: Result<&[Defect], Rejection>) -> Verdict {
         match verdict {
-            Ok(()) => {
+            Ok(defects) => {
                 self.valid += 1;
-                None
+                self.with_defects += u64::from(!defects.is_empty());
+                let codes: Vec<String> = defects.iter().map(|d| d.code().into_owned()).collect();
+                for code in &codes {
+                    *self.defects.entry(code.clone()).or_default() += 1;
+                }
+                Ok(codes)
             }
             Err(r) => {
                 let code = r.code().into_owned();
                 *self.rejected.entry(code.clone()).or_default() += 1;
-                Some(code)
+                Err(code)
             }
         }
     }
@@ -65,21 +78,25 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let reasons: Vec<String> = tally
-        .rejected
-        .iter()
-        .map(|(code, n)| format!("{code} {n}"))
-        .collect();
-    eprintln!(
-        "login-etl validate: {} messages, {} valid, {} rejected{}",
-        tally.total(),
-        tally.valid,
-        tally.total() - tally.valid,
-        if reasons.is_empty() {
+    let listed = |counts: &BTreeMap<String, u64>| {
+        let list: Vec<String> = counts
+            .iter()
+            .map(|(code, n)| format!("{code} {n}"))
+            .collect();
+        if list.is_empty() {
             String::new()
         } else {
-            format!(" ({})", reasons.join(", "))
+            format!(" ({})", list.join(", "))
         }
+    };
+    eprintln!(
+        "login-etl validate: {} messages, {} valid, {} with defects{}, {} rejected{}",
+        tally.total(),
+        tally.valid,
+        tally.with_defects,
+        listed(&tally.defects),
+        tally.total() - tally.valid,
+        listed(&tally.rejected)
     );
     if tally.valid == tally.total() {
         ExitCode::SUCCESS
@@ -129,27 +146,40 @@ fn judge_lines(
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         // Not UTF-8: not something SQS would carry as a body.
         let verdict = match std::str::from_utf8(line) {
-            Ok(body) => parse_body_with(body, contract).map(drop),
-            Err(_) => Err(Rejection::InvalidJson),
+            Ok(body) => tally.add(
+                parse_body_with(body, contract)
+                    .as_ref()
+                    .map(|e| &e.defects[..])
+                    .map_err(|r| *r),
+            ),
+            Err(_) => tally.add(Err(Rejection::InvalidJson)),
         };
-        write_verdict(&mut out, "line", &n.to_string(), tally.add(verdict))?;
+        write_verdict(&mut out, "line", &n.to_string(), verdict)?;
     }
     out.flush()
         .map_err(|e| Stop::Io(format!("writing the verdicts failed: {e}")))?;
     Ok(tally)
 }
 
-/// One verdict line: `{"<key>":<value>,"valid":…}` with the reason of a
-/// rejection (`value` is JSON already).
+/// One verdict line: `{"<key>":<value>,"valid":…}` with the defects of a
+/// stored login or the reason of a rejection (`value` is JSON already;
+/// codes need no escaping).
 fn write_verdict(
     out: &mut impl Write,
     key: &str,
     value: &str,
-    rejected: Option<String>,
+    verdict: Verdict,
 ) -> Result<(), Stop> {
-    match rejected {
-        None => writeln!(out, "{{\"{key}\":{value},\"valid\":true}}"),
-        Some(code) => writeln!(
+    match verdict {
+        Ok(defects) if defects.is_empty() => {
+            writeln!(out, "{{\"{key}\":{value},\"valid\":true}}")
+        }
+        Ok(defects) => writeln!(
+            out,
+            "{{\"{key}\":{value},\"valid\":true,\"defects\":[\"{}\"]}}",
+            defects.join("\",\"")
+        ),
+        Err(code) => writeln!(
             out,
             "{{\"{key}\":{value},\"valid\":false,\"reason\":\"{code}\"}}"
         ),
@@ -187,10 +217,11 @@ fn event_file(path: &std::path::Path, contract: &Contract, out: impl Write) -> R
                 i + 1
             )));
         } else {
-            crate::ingest::record::transform_with(id, m, &masker, contract).map(drop)
+            let row = crate::ingest::record::transform_with(id, m, &masker, contract);
+            tally.add(row.as_ref().map(|r| &r.defects[..]).map_err(|r| *r))
         };
         let id = serde_json::to_string(id).expect("a string serializes");
-        write_verdict(&mut out, "messageId", &id, tally.add(verdict))?;
+        write_verdict(&mut out, "messageId", &id, verdict)?;
     }
     out.flush()
         .map_err(|e| Stop::Io(format!("writing the verdicts failed: {e}")))?;
@@ -206,7 +237,8 @@ mod tests {
         let input = "{\"user_id\":\"u\",\"app_version\":\"1.0\",\"device_type\":\"ios\",\"ip\":\"10.0.0.1\",\"device_id\":\"d-1\"}\r\n\
                      {\"ip\":\"203.0.113.7\"}\n\
                      \n\
-                     not json";
+                     not json\n\
+                     {\"user_id\":\"u\",\"app_version\":\"1.0-rc\",\"device_type\":\"ios\",\"ip\":\"203.0.113.7:443\",\"device_id\":null}";
         let mut out = Vec::new();
         let Ok(tally) = judge_lines(input.as_bytes(), &Contract::default(), &mut out) else {
             panic!("reads")
@@ -219,9 +251,10 @@ mod tests {
                 r#"{"line":2,"valid":false,"reason":"missing_field.user_id"}"#,
                 r#"{"line":3,"valid":false,"reason":"empty_body"}"#,
                 r#"{"line":4,"valid":false,"reason":"invalid_json"}"#,
+                r#"{"line":5,"valid":true,"defects":["ip.port","device_id.missing","app_version.suffix"]}"#,
             ]
         );
         assert!(!text.contains("203.0.113.7"));
-        assert_eq!((tally.valid, tally.total()), (1, 4));
+        assert_eq!((tally.valid, tally.with_defects, tally.total()), (2, 1, 5));
     }
 }

@@ -1,4 +1,5 @@
-//! A message body to a validated login event (or a [`Rejection`]).
+//! A message body to a login event and its defects (or a [`Rejection`]
+//! when it is not a login).
 //!
 //! The body is parsed by a hand-rolled serde visitor instead of a derived
 //! struct so that (a) a rejection names the field but never echoes the value
@@ -13,50 +14,60 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use serde_json::value::RawValue;
 
 use crate::app_version;
+use crate::contract::address;
+use crate::contract::defect::Defect;
 use crate::contract::field::{FIELDS, Field, FieldName};
-use crate::contract::policy::{Contract, MAX_EXTRA_BYTES, UnknownFields};
+use crate::contract::policy::{Contract, MAX_EXTRA_BYTES, Mode, UnknownFields};
 use crate::contract::rejection::{ExtraProblem, Rejection};
 
 /// The most names of fields outside the contract one message records.
 pub const MAX_UNKNOWN_NAMES: usize = 8;
 
-/// A login event that passed validation, before masking. Its `Debug`
-/// names the fields but shows no value: it holds the raw ip and device id.
+/// A login event as stored, before masking: every value the body held
+/// that its column can take, and what was wrong with the rest
+/// ([`Defect`]s). Its `Debug` names the fields but shows no value: it
+/// holds the raw ip and device id.
 #[derive(Clone, PartialEq, Eq)]
 pub struct LoginEvent<'a> {
-    /// Non-empty, at most 128 characters.
+    /// Non-empty, at most 128 characters (a JSON integer's decimal text).
     pub user_id: Cow<'a, str>,
-    /// Non-empty, at most 32 characters.
-    pub device_type: Cow<'a, str>,
-    /// Parsed address (surrounding whitespace ignored).
-    pub ip: IpAddr,
+    /// At most 32 characters.
+    pub device_type: Option<Cow<'a, str>>,
+    /// The address (a port or zone set aside), `None` without one.
+    pub ip: Option<IpAddr>,
     /// Non-empty after trimming, at most 256 characters.
-    pub device_id: Cow<'a, str>,
+    pub device_id: Option<Cow<'a, str>>,
     /// At most 32 characters, or `None`.
     pub locale: Option<Cow<'a, str>>,
-    /// Encoded version.
-    pub app_version: i32,
-    /// Version as received.
-    pub app_version_text: Cow<'a, str>,
+    /// Encoded version ([`app_version::derive`]), `None` when the text
+    /// carries none.
+    pub app_version: Option<i32>,
+    /// Version as received, at most 32 characters.
+    pub app_version_text: Option<Cow<'a, str>>,
     /// The declared extra fields present (`EXTRA_FIELDS`), as a JSON
     /// object of their values as sent; `None` when none is.
     pub extra: Option<String>,
     /// The fields outside the contract and not declared, by name (at most
     /// [`MAX_UNKNOWN_NAMES`]; never their values).
     pub unknown: Vec<FieldName>,
+    /// What was wrong with it, in the order strict checks (empty: clean).
+    pub defects: Vec<Defect>,
 }
 
-/// Parses and validates a message body under the default contract
-/// (unknown fields counted, none kept).
+/// Parses a message body under the default contract (a login is kept
+/// with its defects; unknown fields counted, none kept).
 pub fn parse_body(body: &str) -> Result<LoginEvent<'_>, Rejection> {
     parse_body_with(body, &NO_POLICY)
 }
 
 static NO_POLICY: Contract = Contract::DEFAULT;
 
-/// Parses and validates a message body under `contract`. Checks the
-/// fields of the contract in a fixed order, then fields outside it, and
-/// returns the first problem.
+/// Parses a message body under `contract`. Checks the fields in a fixed
+/// order, then fields outside the contract. A body that is not a login
+/// (not JSON, not an object, none of the fields, no usable `user_id`) is
+/// rejected, and so is one `UNKNOWN_FIELDS=reject` refuses; any other
+/// problem is a [`Defect`] of the login, or under `CONTRACT=strict` its
+/// rejection (the first one found).
 pub fn parse_body_with<'a>(
     body: &'a str,
     contract: &Contract,
@@ -76,31 +87,71 @@ pub fn parse_body_with<'a>(
     if raw.fields.iter().all(|s| matches!(s, Slot::Missing)) {
         return Err(Rejection::NotALoginEvent);
     }
-    if let Some(i) = raw.fields.iter().position(|s| matches!(s, Slot::Duplicate)) {
-        return Err(Rejection::DuplicateField(FIELDS[i]));
+    let mut found = Defects {
+        strict: contract.mode == Mode::Strict,
+        list: Vec::new(),
+    };
+    for (field, slot) in FIELDS.into_iter().zip(&raw.fields) {
+        if matches!(slot, Slot::Duplicate) {
+            if field == Field::UserId {
+                return Err(Rejection::DuplicateField(field));
+            }
+            found.add(Defect::Duplicate(field))?;
+        }
     }
     let [user_id, app_version, device_type, ip, locale, device_id] = raw.fields;
-    let user_id = required_text(Field::UserId, user_id)?;
-    let device_type = required_text(Field::DeviceType, device_type)?;
-    let ip_text = required_text(Field::Ip, ip)?;
-    let ip = ip_text
-        .trim()
-        .parse::<IpAddr>()
-        .map_err(|_| Rejection::InvalidIp)?;
-    let device_id = required_text(Field::DeviceId, device_id)?;
-    let app_version_text = required_text(Field::AppVersion, app_version)?;
-    let app_version =
-        app_version::encode(&app_version_text).map_err(Rejection::InvalidAppVersion)?;
-    let locale = match locale {
-        Slot::Missing | Slot::Null => None,
-        other => Some(text(Field::Locale, other)?),
+    let user_id = match user_id {
+        Slot::Int(n) => {
+            found.add(Defect::UserIdInteger)?;
+            Cow::Owned(n.to_string())
+        }
+        Slot::Uint(n) => {
+            found.add(Defect::UserIdInteger)?;
+            Cow::Owned(n.to_string())
+        }
+        slot => checked(Field::UserId, slot)
+            .map_err(|d| d.rejection())?
+            .expect("a required field is present or a defect"),
     };
+    let device_type = found.kept(checked(Field::DeviceType, device_type))?;
+    let ip = match found.kept(checked(Field::Ip, ip))? {
+        None => None,
+        Some(text) => match address::parse(&text) {
+            Some((ip, set_aside)) => {
+                for part in set_aside {
+                    found.add(Defect::of_address(part))?;
+                }
+                Some(ip)
+            }
+            None => {
+                found.add(Defect::IpUnparseable)?;
+                None
+            }
+        },
+    };
+    let device_id = found.kept(checked(Field::DeviceId, device_id))?;
+    let app_version_text = found.kept(checked(Field::AppVersion, app_version))?;
+    let app_version = match &app_version_text {
+        None => None,
+        Some(text) => {
+            let (value, set_aside) = app_version::derive(text);
+            if !set_aside.is_empty() {
+                let strict =
+                    app_version::encode(text).expect_err("a plain version sets nothing aside");
+                for d in set_aside {
+                    found.add(Defect::AppVersion(d, strict))?;
+                }
+            }
+            value
+        }
+    };
+    let locale = found.kept(checked(Field::Locale, locale))?;
     if contract.unknown == UnknownFields::Reject
         && let Some(&name) = raw.unknown.first()
     {
         return Err(Rejection::UnknownField(name));
     }
-    let extra = extra_object(contract, &raw.extras)?;
+    let extra = extra_object(contract, &raw.extras, &mut found)?;
     Ok(LoginEvent {
         user_id,
         device_type,
@@ -111,51 +162,59 @@ pub fn parse_body_with<'a>(
         app_version_text,
         extra,
         unknown: raw.unknown,
+        defects: found.list,
     })
 }
 
-/// Whether any string (or key) of `v` holds U+0000.
-fn holds_nul(v: &serde_json::Value) -> bool {
-    use serde_json::Value;
-    match v {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(a) => a.iter().any(holds_nul),
-        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
-        _ => false,
+/// The defects found so far; under strict, the first is the rejection.
+struct Defects {
+    strict: bool,
+    list: Vec<Defect>,
+}
+
+impl Defects {
+    fn add(&mut self, defect: Defect) -> Result<(), Rejection> {
+        if self.strict {
+            return Err(defect.rejection());
+        }
+        self.list.push(defect);
+        Ok(())
+    }
+
+    /// A field's value, or its defect recorded (and `None` kept).
+    fn kept<'a>(
+        &mut self,
+        checked: Result<Option<Cow<'a, str>>, Defect>,
+    ) -> Result<Option<Cow<'a, str>>, Rejection> {
+        match checked {
+            Ok(value) => Ok(value),
+            Err(defect) => self.add(defect).map(|()| None),
+        }
     }
 }
 
 /// The declared fields present, as one JSON object of their values as
-/// sent (names are identifiers: nothing to escape).
-fn extra_object(contract: &Contract, extras: &[Extra<'_>]) -> Result<Option<String>, Rejection> {
+/// sent (names are identifiers: nothing to escape); a value the `extra`
+/// column cannot take is left out, a defect.
+fn extra_object(
+    contract: &Contract,
+    extras: &[Extra<'_>],
+    found: &mut Defects,
+) -> Result<Option<String>, Rejection> {
     let mut out: Option<String> = None;
     for (name, value) in contract.extra().iter().zip(extras) {
         let value = match value {
             Extra::Missing => continue,
-            Extra::Duplicate => {
-                return Err(Rejection::Extra(
-                    ExtraProblem::Duplicate,
-                    FieldName::of(name),
-                ));
-            }
-            Extra::Value(v) => v.get(),
+            Extra::Duplicate => Err(ExtraProblem::Duplicate),
+            Extra::Value(v) => extra_value(v.get()),
         };
-        if value.len() > MAX_EXTRA_BYTES {
-            return Err(Rejection::Extra(ExtraProblem::TooLong, FieldName::of(name)));
-        }
-        // What jsonb takes: JSON without a lone surrogate or a number out of
-        // range (serde_json refuses both, as PostgreSQL would), and no
-        // U+0000 in any string.
-        match serde_json::from_str::<serde_json::Value>(value) {
-            Ok(v) if holds_nul(&v) => {
-                return Err(Rejection::Extra(
-                    ExtraProblem::NulCharacter,
-                    FieldName::of(name),
-                ));
+        let value = match value {
+            Ok(value) => value,
+            Err(problem) => {
+                found.add(Defect::Extra(problem, FieldName::of(name)))?;
+                continue;
             }
-            Ok(_) => {}
-            Err(_) => return Err(Rejection::Extra(ExtraProblem::Invalid, FieldName::of(name))),
-        }
+        };
         let object = out.get_or_insert_with(|| String::from("{"));
         if object.len() > 1 {
             object.push(',');
@@ -171,27 +230,41 @@ fn extra_object(contract: &Contract, extras: &[Extra<'_>]) -> Result<Option<Stri
     }))
 }
 
-fn required_text(field: Field, slot: Slot<'_>) -> Result<Cow<'_, str>, Rejection> {
-    let value = text(field, slot)?;
-    if value.trim().is_empty() {
-        return Err(Rejection::EmptyField(field));
+/// A declared field's value as `extra` keeps it: one scalar, at most
+/// [`MAX_EXTRA_BYTES`] of JSON, that `jsonb` takes (no lone surrogate, no
+/// number out of range, as serde_json refuses them too; no U+0000).
+fn extra_value(value: &str) -> Result<&str, ExtraProblem> {
+    if value.len() > MAX_EXTRA_BYTES {
+        return Err(ExtraProblem::TooLong);
     }
-    Ok(value)
+    match serde_json::from_str::<serde_json::Value>(value) {
+        Ok(serde_json::Value::Object(_) | serde_json::Value::Array(_)) => {
+            Err(ExtraProblem::NotScalar)
+        }
+        Ok(serde_json::Value::String(s)) if s.contains('\0') => Err(ExtraProblem::NulCharacter),
+        Ok(_) => Ok(value),
+        Err(_) => Err(ExtraProblem::Invalid),
+    }
 }
 
-fn text(field: Field, slot: Slot<'_>) -> Result<Cow<'_, str>, Rejection> {
+/// A text field's value (`None`: absent where it may be, or a duplicate,
+/// recorded already), or its defect: absent or null where required, not a
+/// string, longer than its column, holding U+0000, or blank where required.
+fn checked(field: Field, slot: Slot<'_>) -> Result<Option<Cow<'_, str>>, Defect> {
     match slot {
-        Slot::Missing | Slot::Null => Err(Rejection::MissingField(field)),
-        Slot::WrongType => Err(Rejection::WrongType(field)),
-        Slot::Duplicate => Err(Rejection::DuplicateField(field)),
+        Slot::Missing | Slot::Null if field.required() => Err(Defect::Missing(field)),
+        Slot::Missing | Slot::Null | Slot::Duplicate => Ok(None),
+        Slot::WrongType | Slot::Int(_) | Slot::Uint(_) => Err(Defect::WrongType(field)),
         Slot::Text(s) => {
             // Byte length bounds char count from above: skip counting for short values.
             if s.len() > field.max_chars() && s.chars().count() > field.max_chars() {
-                Err(Rejection::TooLong(field))
+                Err(Defect::TooLong(field))
             } else if s.contains('\0') {
-                Err(Rejection::NulCharacter(field))
+                Err(Defect::Nul(field))
+            } else if field.required() && s.trim().is_empty() {
+                Err(Defect::Empty(field))
             } else {
-                Ok(s)
+                Ok(Some(s))
             }
         }
     }
@@ -205,6 +278,10 @@ enum Slot<'a> {
     Missing,
     Null,
     Text(Cow<'a, str>),
+    /// A JSON integer (a `user_id` some apps send as a number): negative
+    /// ones as `i64`, the rest as `u64` (serde_json's own split).
+    Int(i64),
+    Uint(u64),
     WrongType,
     Duplicate,
 }
@@ -215,6 +292,7 @@ impl fmt::Debug for Slot<'_> {
             Slot::Missing => "Missing",
             Slot::Null => "Null",
             Slot::Text(_) => "Text(<redacted>)",
+            Slot::Int(_) | Slot::Uint(_) => "Integer(<redacted>)",
             Slot::WrongType => "WrongType",
             Slot::Duplicate => "Duplicate",
         })
@@ -390,11 +468,11 @@ impl<'de> Visitor<'de> for SlotVisitor {
     fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
         Ok(Slot::WrongType)
     }
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(Slot::WrongType)
+    fn visit_i64<E>(self, n: i64) -> Result<Self::Value, E> {
+        Ok(Slot::Int(n))
     }
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(Slot::WrongType)
+    fn visit_u64<E>(self, n: u64) -> Result<Self::Value, E> {
+        Ok(Slot::Uint(n))
     }
     fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
         Ok(Slot::WrongType)
@@ -413,6 +491,7 @@ impl fmt::Debug for LoginEvent<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LoginEvent")
             .field("app_version", &self.app_version)
+            .field("defects", &self.defects)
             .finish_non_exhaustive()
     }
 }

@@ -68,15 +68,15 @@ impl Field {
         match self {
             Field::UserId => "The user's id, as the app knows it; stored as it is.",
             Field::AppVersion => {
-                "The app's version: 1 to 3 dot-separated numbers, each 0 to 999 (2.3.0, 0.96, 1.1); stored as an integer that sorts like the version, and as it is."
+                "The app's version: 1 to 3 dot-separated numbers, each 0 to 999 (2.3.0, 0.96, 1.1); stored as it is, and as an integer that sorts like the version. Kept with a defect: a leading v, a pre-release or build suffix (2.3.0-beta1, 2.3.0+45, 2.3.0 (4512)) and a fourth number are set aside to find the integer."
             }
             Field::DeviceType => "The device's kind (android, ios, ...); stored as it is.",
             Field::Ip => {
-                "The client's IPv4 or IPv6 address (surrounding blanks ignored; no zone id). PII: stored only as a keyed token. The schema checks the type and length; the function also parses it (invalid_ip), which a schema cannot."
+                "The client's IPv4 or IPv6 address (surrounding blanks ignored). PII: stored only as a keyed token. Kept with a defect: an address with a port (10.0.0.1:443, [2001:db8::1]:443) or a zone (fe80::1%eth0) is tokenized as the address. The schema checks the type and length; the function also parses it (ip.unparseable, or invalid_ip under strict), which a schema cannot."
             }
             Field::Locale => "The user's locale, or null; stored as it is.",
             Field::DeviceId => {
-                "The device's id (surrounding blanks ignored). PII: stored only as a keyed token."
+                "The device's id (surrounding blanks ignored). PII: stored only as a keyed token. A web client without one sends null: kept with the defect device_id.missing."
             }
         }
     }

@@ -5,17 +5,23 @@
 //!
 //! What it owns:
 //! - [`field`]: the fields of a login and the names of fields outside them;
-//! - [`body`]: a message body to a validated [`LoginEvent`], or a
-//!   [`Rejection`] that names a field and never its value;
-//! - [`policy`]: what becomes of a field outside the contract
-//!   (`UNKNOWN_FIELDS`, `EXTRA_FIELDS`);
+//! - [`body`]: a message body to a [`LoginEvent`] with its [`Defect`]s, or
+//!   a [`Rejection`] when it is not a login; both name a field, never its
+//!   value;
+//! - [`address`] and [`crate::app_version`]: the address and the version a
+//!   field carries, with what was set aside to find them;
+//! - [`policy`]: `CONTRACT` (keep a login with defects, or reject it) and
+//!   what becomes of a field outside the contract (`UNKNOWN_FIELDS`,
+//!   `EXTRA_FIELDS`);
 //! - [`row`] and [`token`]: the row a valid login becomes;
 //! - [`columns`]: that row's columns, declared once;
 //! - [`schema`]: the contract as a JSON Schema for producers
 //!   (docs/contract/login-event.schema.json).
 
+pub mod address;
 pub mod body;
 pub mod columns;
+pub mod defect;
 pub mod field;
 pub mod policy;
 pub mod rejection;
@@ -24,8 +30,9 @@ pub mod schema;
 pub mod token;
 
 pub use body::{LoginEvent, parse_body, parse_body_with};
+pub use defect::Defect;
 pub use field::{FIELDS, Field, FieldName};
-pub use policy::{Contract, UnknownFields};
+pub use policy::{Contract, Mode, UnknownFields};
 pub use rejection::{MAX_MESSAGE_ID_CHARS, Rejection};
 pub use row::{LoginRow, RowKeyAndTokens};
 pub use token::{TOKEN_LEN, Token};

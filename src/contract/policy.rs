@@ -1,5 +1,7 @@
-//! What becomes of fields outside the contract: counted and named by
-//! default, refused on request, stored only when declared.
+//! What the contract holds a message to: whether a login with defects is
+//! kept (the default) or refused (`CONTRACT=strict`), and what becomes of
+//! fields outside the contract: counted and named by default, refused on
+//! request, stored only when declared.
 //!
 //! A field nobody declared may be PII (an email, a phone number), so it is
 //! never written. Declared ones (`EXTRA_FIELDS`) are kept, in `user_logins`'
@@ -25,9 +27,34 @@ pub enum UnknownFields {
     Reject,
 }
 
-/// The contract a message is held to beyond its fixed fields.
+/// `CONTRACT`: what a login with a defect gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "service", derive(clap::ValueEnum))]
+pub enum Mode {
+    /// Stored, its defects recorded on the row and counted (the default):
+    /// only a message that is not a login is rejected.
+    #[default]
+    Lenient,
+    /// Rejected for its first defect, to the DLQ.
+    Strict,
+}
+
+impl Mode {
+    /// `lenient` or `strict`.
+    pub fn parse(text: &str) -> Result<Self, PolicyError> {
+        match text.trim() {
+            "lenient" => Ok(Self::Lenient),
+            "strict" => Ok(Self::Strict),
+            _ => Err(PolicyError::UnknownMode),
+        }
+    }
+}
+
+/// The contract a message is held to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Contract {
+    /// What a login with a defect gets.
+    pub mode: Mode,
     /// What an undeclared field gets.
     pub unknown: UnknownFields,
     /// The declared extra fields, kept in `extra` (`EXTRA_FIELDS`).
@@ -55,6 +82,9 @@ pub enum PolicyError {
     /// `UNKNOWN_FIELDS` is neither value.
     #[error("expected ignore or reject")]
     UnknownPolicy,
+    /// `CONTRACT` is neither value.
+    #[error("expected lenient (keep a login with defects, the default) or strict (reject it)")]
+    UnknownMode,
 }
 
 impl UnknownFields {
@@ -69,8 +99,17 @@ impl UnknownFields {
 }
 
 impl Contract {
-    /// Unknown fields ignored (counted), none declared.
+    /// Logins kept with their defects, unknown fields ignored (counted),
+    /// none declared.
     pub const DEFAULT: Contract = Contract {
+        mode: Mode::Lenient,
+        unknown: UnknownFields::Ignore,
+        extra: Vec::new(),
+    };
+
+    /// As [`DEFAULT`](Self::DEFAULT), with every defect a rejection.
+    pub const STRICT: Contract = Contract {
+        mode: Mode::Strict,
         unknown: UnknownFields::Ignore,
         extra: Vec::new(),
     };
@@ -95,9 +134,16 @@ impl Contract {
             return Err(PolicyError::TooMany(names.len()));
         }
         Ok(Self {
+            mode: Mode::Lenient,
             unknown,
             extra: names,
         })
+    }
+
+    /// This contract under `mode`.
+    pub fn with_mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
     }
 
     /// The declared extra fields, in the order given.

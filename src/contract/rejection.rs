@@ -52,6 +52,9 @@ pub enum Rejection {
     SentTimestampOutOfRange,
     /// A field outside the contract, with `UNKNOWN_FIELDS=reject`.
     UnknownField(FieldName),
+    /// A dead-letter copy the function made (its body masked), come back
+    /// as it was instead of its original.
+    DeadLetterCopy,
     /// A declared extra field (`EXTRA_FIELDS`) the `extra` column cannot
     /// take as it is.
     Extra(ExtraProblem, FieldName),
@@ -69,6 +72,23 @@ pub enum ExtraProblem {
     /// `jsonb` would refuse it: a lone UTF-16 surrogate, a number out of
     /// range.
     Invalid,
+    /// An object or an array: a declared field holds one value (a nested
+    /// document could carry anything, PII included).
+    NotScalar,
+}
+
+impl ExtraProblem {
+    /// Its name in codes (`<kind>.<field>` for a rejection, `<field>.<kind>`
+    /// for a defect).
+    pub fn name(self) -> &'static str {
+        match self {
+            ExtraProblem::Duplicate => "duplicate_field",
+            ExtraProblem::TooLong => "too_long",
+            ExtraProblem::NulCharacter => "nul_character",
+            ExtraProblem::Invalid => "invalid_value",
+            ExtraProblem::NotScalar => "not_scalar",
+        }
+    }
 }
 
 impl Rejection {
@@ -95,15 +115,8 @@ impl Rejection {
             Rejection::NoSentTimestamp => "no_sent_timestamp".into(),
             Rejection::SentTimestampOutOfRange => "sent_timestamp_out_of_range".into(),
             Rejection::UnknownField(name) => format!("unknown_field.{name}").into(),
-            Rejection::Extra(problem, name) => {
-                let kind = match problem {
-                    ExtraProblem::Duplicate => "duplicate_field",
-                    ExtraProblem::TooLong => "too_long",
-                    ExtraProblem::NulCharacter => "nul_character",
-                    ExtraProblem::Invalid => "invalid_value",
-                };
-                format!("{kind}.{name}").into()
-            }
+            Rejection::DeadLetterCopy => "dead_letter_copy".into(),
+            Rejection::Extra(problem, name) => format!("{}.{name}", problem.name()).into(),
         }
     }
 }
@@ -148,6 +161,9 @@ impl fmt::Display for Rejection {
                 f,
                 "field `{name}` is not part of the contract (UNKNOWN_FIELDS=reject); remove it, or declare it in EXTRA_FIELDS if it holds no PII"
             ),
+            Rejection::DeadLetterCopy => f.write_str(
+                "the message is a dead-letter copy login-etl made (its ip and device id masked), not a login a producer sent; send the original back with login-etl dlq-redrive (docs/runbooks/dlq-redrive.md), not the copy",
+            ),
             Rejection::Extra(ExtraProblem::Duplicate, name) => {
                 write!(f, "field `{name}` appears more than once")
             }
@@ -161,6 +177,10 @@ impl fmt::Display for Rejection {
             Rejection::Extra(ExtraProblem::Invalid, name) => write!(
                 f,
                 "field `{name}` holds JSON that PostgreSQL's jsonb cannot store (a lone surrogate, a number out of range)"
+            ),
+            Rejection::Extra(ExtraProblem::NotScalar, name) => write!(
+                f,
+                "field `{name}` holds an object or an array; a declared field keeps one value (a string, number, boolean or null)"
             ),
         }
     }

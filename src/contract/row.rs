@@ -1,5 +1,5 @@
-//! The row a valid login becomes: what `user_logins` stores, and the raw
-//! values the PII vault keeps beside it.
+//! The row a login becomes: what `user_logins` stores, and the raw values
+//! the PII vault keeps beside it.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -8,11 +8,11 @@ use std::net::IpAddr;
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::contract::body::LoginEvent;
+use crate::contract::defect::Defect;
 use crate::contract::field::FieldName;
 use crate::contract::token::Token;
 
-/// A validated, masked row of `user_logins`, borrowing from the event where
-/// it can. It also carries the raw ip and device id, for the PII vault only
+/// A masked row of `user_logins`, borrowing from the event where it can. It also carries the raw ip and device id, for the PII vault only
 /// (never written to `user_logins`, redacted from `Debug`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct LoginRow<'a> {
@@ -21,20 +21,20 @@ pub struct LoginRow<'a> {
     pub message_id: &'a str,
     /// As received.
     pub user_id: Cow<'a, str>,
-    /// As received.
-    pub device_type: Cow<'a, str>,
-    /// HMAC token of the canonical IP.
-    pub masked_ip: Token,
-    /// HMAC token of the trimmed device id.
-    pub masked_device_id: Token,
+    /// As received (`None`: a defect).
+    pub device_type: Option<Cow<'a, str>>,
+    /// HMAC token of the canonical IP (`None`: no address).
+    pub masked_ip: Option<Token>,
+    /// HMAC token of the trimmed device id (`None`: none sent).
+    pub masked_device_id: Option<Token>,
     /// The key version both tokens are under (see [`crate::privacy::masking`]).
     pub key_version: u16,
     /// `None` for null or absent.
     pub locale: Option<Cow<'a, str>>,
     /// Encoded version, see [`crate::app_version`].
-    pub app_version: i32,
+    pub app_version: Option<i32>,
     /// Version as received.
-    pub app_version_text: Cow<'a, str>,
+    pub app_version_text: Option<Cow<'a, str>>,
     /// When SQS accepted the message (`SentTimestamp`; the original's for a
     /// redriven copy): the same on every delivery.
     pub sent_at: DateTime<Utc>,
@@ -42,14 +42,16 @@ pub struct LoginRow<'a> {
     /// message alone.
     pub create_date: NaiveDate,
     /// The parsed address (PII: for the vault only).
-    pub ip: IpAddr,
+    pub ip: Option<IpAddr>,
     /// The device id as received (PII: for the vault only).
-    pub device_id: Cow<'a, str>,
+    pub device_id: Option<Cow<'a, str>>,
     /// The declared extra fields present, as a JSON object (`extra`).
     pub extra: Option<String>,
     /// Names of the fields outside the contract it carried (counted, never
     /// stored).
     pub unknown: Vec<FieldName>,
+    /// What was wrong with the message (`defects`; empty: clean).
+    pub defects: Vec<Defect>,
 }
 
 impl fmt::Debug for LoginRow<'_> {
@@ -60,6 +62,7 @@ impl fmt::Debug for LoginRow<'_> {
             .field("masked_device_id", &self.masked_device_id)
             .field("app_version", &self.app_version)
             .field("sent_at", &self.sent_at)
+            .field("defects", &self.defects)
             .finish_non_exhaustive()
     }
 }
@@ -72,16 +75,16 @@ pub struct RowKeyAndTokens<'a> {
     pub message_id: &'a str,
     /// When SQS accepted the message.
     pub sent_at: DateTime<Utc>,
-    /// The token of the ip.
-    pub masked_ip: Token,
-    /// The token of the device id.
-    pub masked_device_id: Token,
+    /// The token of the ip, if it had an address.
+    pub masked_ip: Option<Token>,
+    /// The token of the device id, if it had one.
+    pub masked_device_id: Option<Token>,
     /// The key version of both tokens.
     pub key_version: u16,
 }
 
 impl<'a> LoginRow<'a> {
-    /// The row of a valid login `event`, under `key` (its day is
+    /// The row of a login `event`, under `key` (its day is
     /// `sent_at`'s UTC date).
     pub fn new(event: LoginEvent<'a>, key: RowKeyAndTokens<'a>) -> Self {
         let LoginEvent {
@@ -94,6 +97,7 @@ impl<'a> LoginRow<'a> {
             app_version_text,
             extra,
             unknown,
+            defects,
         } = event;
         LoginRow {
             message_id: key.message_id,
@@ -111,6 +115,7 @@ impl<'a> LoginRow<'a> {
             device_id,
             extra,
             unknown,
+            defects,
         }
     }
 }

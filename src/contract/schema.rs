@@ -1,8 +1,11 @@
 //! The contract as a JSON Schema (2020-12) of a message body, made from
 //! the same field list the parser uses ([`crate::contract::field`]), so
-//! the two cannot drift: `login-etl schema` prints it, and
-//! docs/contract/login-event.schema.json is its output for the default
-//! contract (a test keeps the file equal to it).
+//! the two cannot drift: `login-etl schema` prints it. Two are published,
+//! docs/contract/login-event.schema.json (the default contract: what is
+//! stored at all, a login with `user_id`) and
+//! docs/contract/login-event.strict.schema.json (`CONTRACT=strict`: a
+//! clean login, what producers aim for); a test keeps each equal to the
+//! command's output.
 //!
 //! What a schema cannot say is in the descriptions, and the corpus test
 //! (tests/test_contract.py) names each such case: an `ip` that is not an
@@ -18,10 +21,14 @@
 use serde_json::{Value, json};
 
 use crate::contract::field::{FIELDS, Field};
-use crate::contract::policy::{Contract, MAX_EXTRA_BYTES, UnknownFields};
+use crate::contract::policy::{Contract, MAX_EXTRA_BYTES, Mode, UnknownFields};
 
-/// The schema's identifier.
-pub const SCHEMA_ID: &str = "urn:login-etl:login-event:1";
+/// The schema's identifier (the default contract).
+pub const SCHEMA_ID: &str = "urn:login-etl:login-event:2";
+
+/// The strict schema's identifier (version 1 was the only contract before
+/// defects: the same rules).
+pub const SCHEMA_ID_STRICT: &str = "urn:login-etl:login-event:1";
 
 /// A character that is not blank: one outside what `str::trim` removes
 /// (Unicode `White_Space`).
@@ -30,7 +37,9 @@ const NOT_BLANK: &str = "[^\\t\\n\\u000b\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u2
 /// 1 to 3 dot-separated numbers of 1 to 3 digits, and nothing else.
 const APP_VERSION: &str = "^[0-9]{1,3}(\\.[0-9]{1,3}){0,2}(?![\\s\\S])";
 
-fn property(field: Field) -> Value {
+/// What a field may hold under strict: its type, length, no U+0000, not
+/// blank where required, and the version's shape.
+fn strict_property(field: Field) -> Value {
     let mut p = json!({
         "description": field.description(),
         "type": if field.required() { json!("string") } else { json!(["string", "null"]) },
@@ -46,30 +55,75 @@ fn property(field: Field) -> Value {
     p
 }
 
-/// The JSON Schema of a body the function accepts under `contract`.
+/// What a field may hold when a login is kept with its defects: anything
+/// but `user_id`, which must be usable (a string as strict says, or a
+/// JSON integer: its decimal text).
+fn lenient_property(field: Field) -> Value {
+    if field != Field::UserId {
+        return json!({
+            "description": format!("{} Anything else is kept as a defect of the login (stored as NULL, or as what can be derived), never a reason to reject it.", field.description()),
+        });
+    }
+    let mut p = strict_property(field);
+    p["description"] = json!(format!(
+        "{} A JSON integer is stored as its decimal text (defect user_id.integer).",
+        field.description()
+    ));
+    p["type"] = json!(["string", "integer"]);
+    p["minimum"] = json!(i64::MIN);
+    p["maximum"] = json!(u64::MAX);
+    p
+}
+
+/// The JSON Schema of a body the function stores under `contract`.
 pub fn schema(contract: &Contract) -> Value {
+    let strict = contract.mode == Mode::Strict;
     let mut properties = serde_json::Map::new();
     for f in FIELDS {
-        properties.insert(f.name().into(), property(f));
+        let p = if strict {
+            strict_property(f)
+        } else {
+            lenient_property(f)
+        };
+        properties.insert(f.name().into(), p);
     }
     for name in contract.extra() {
-        properties.insert(
-            name.clone(),
-            json!({
-                "description": format!("Declared in EXTRA_FIELDS: kept in the extra column as the JSON it is, at most {MAX_EXTRA_BYTES} bytes of it, without U+0000."),
-            }),
-        );
+        let mut p = json!({
+            "description": format!("Declared in EXTRA_FIELDS: kept in the extra column as the JSON it is: one value (not an object or an array), at most {MAX_EXTRA_BYTES} bytes of JSON, without U+0000."),
+        });
+        if strict {
+            p["type"] = json!(["string", "number", "boolean", "null"]);
+            p["not"] = json!({ "type": "string", "pattern": "\\u0000" });
+        }
+        properties.insert(name.clone(), p);
     }
     let required: Vec<&str> = FIELDS
         .iter()
-        .filter(|f| f.required())
+        .filter(|f| {
+            if strict {
+                f.required()
+            } else {
+                **f == Field::UserId
+            }
+        })
         .map(|f| f.name())
         .collect();
+    let (title, description) = if strict {
+        (
+            "A login event, as login-etl stores it under CONTRACT=strict",
+            "The body of an SQS message sent to login-etl's queue: a JSON object, each field once, every rule met (a message that breaks one is rejected to the dead-letter queue). What producers aim for. Fields outside these are counted and never stored; with UNKNOWN_FIELDS=reject they are refused (additionalProperties false). `login-etl validate --contract strict` gives the function's own verdict.",
+        )
+    } else {
+        (
+            "A login event, as login-etl stores it",
+            "The body of an SQS message sent to login-etl's queue: a JSON object with a usable user_id, each field once. Everything else wrong with a login is a defect recorded on its row, never a reason to reject it; login-event.strict.schema.json is a clean login. Fields outside these are counted and never stored; with UNKNOWN_FIELDS=reject they are refused (additionalProperties false). `login-etl validate` gives the function's own verdict.",
+        )
+    };
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": SCHEMA_ID,
-        "title": "A login event, as login-etl accepts it",
-        "description": "The body of an SQS message sent to login-etl's queue: a JSON object. Each field appears once. Fields outside these are counted and never stored; with UNKNOWN_FIELDS=reject they are refused (additionalProperties false). `login-etl validate` gives the function's own verdict.",
+        "$id": if strict { SCHEMA_ID_STRICT } else { SCHEMA_ID },
+        "title": title,
+        "description": description,
         "type": "object",
         "required": required,
         "properties": properties,

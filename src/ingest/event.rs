@@ -229,6 +229,11 @@ pub struct SourceAttributes {
     /// `sealed_key`: the data key of `sealed_body`.
     #[serde(default, deserialize_with = "string_value")]
     pub sealed_key: Option<String>,
+    /// `rejection_code`: set on every copy the function sends to the
+    /// dead-letter queue, never on an original (`dlq-redrive` sends the
+    /// original back without it): a copy that comes back is not a login.
+    #[serde(default, deserialize_with = "string_value")]
+    pub rejection_code: Option<String>,
 }
 
 /// The three message attributes that name a redriven copy's original, as
@@ -303,6 +308,16 @@ impl SqsRecord {
         Some((body, key))
     }
 
+    /// Whether the message carries a dead-letter copy's attributes: the
+    /// copy itself come back (SQS moved it, or someone sent it on), or its
+    /// original sent back with them (which its signed claim tells apart:
+    /// [`crate::ingest::record::row_key`]).
+    pub fn is_dead_letter_copy(&self) -> bool {
+        self.message_attributes
+            .as_ref()
+            .is_some_and(|a| a.rejection_code.as_deref().is_some_and(|c| !c.is_empty()))
+    }
+
     /// The original that a redriven copy names in its message attributes,
     /// when it names one in full (all three non-empty).
     pub fn claimed_source(&self) -> Option<ClaimedSource<'_>> {
@@ -362,6 +377,10 @@ impl From<&SqsMessage> for SqsRecord {
                 sealed_key: m
                     .message_attributes
                     .get("sealed_key")
+                    .and_then(|a| a.string_value.clone()),
+                rejection_code: m
+                    .message_attributes
+                    .get("rejection_code")
                     .and_then(|a| a.string_value.clone()),
             }),
         }

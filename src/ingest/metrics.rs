@@ -20,7 +20,6 @@
 //! ([`emf_level`]). A summary at `"level":"ERROR"` under `LogLevel=ERROR` is
 //! still a summary: its `message` says what it is.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,54 +27,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde_json::{Map, Value, json};
 
 pub use crate::emf::{DEFAULT_NAMESPACE, DEFAULT_SERVICE};
+use crate::ingest::handler::BatchSummary;
 
-/// What one invocation did, as metrics.
+/// What one invocation did, as metrics: the batch's summary, and what only
+/// the invocation knows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InvocationMetrics {
-    /// Records in the batch.
-    pub received: usize,
-    /// New rows written.
-    pub inserted: u64,
-    /// Records already in the table.
-    pub duplicates: u64,
-    /// Records that failed validation, by rejection code.
-    pub rejected: BTreeMap<String, usize>,
-    /// Records the database refused.
-    pub refused: usize,
-    /// Records reported in `batchItemFailures`.
-    pub batch_item_failures: usize,
-    /// Rejected records the function sent to the DLQ itself.
-    pub sent_to_dlq: usize,
+    /// The batch's counts (all zero but `received` when the invocation
+    /// failed before it had any).
+    pub summary: BatchSummary,
     /// Wall time of the invocation's work.
     pub duration_ms: u64,
     /// Now minus the oldest `SentTimestamp` of the batch.
     pub ingest_lag_ms: Option<u64>,
     /// Whether the batch came from a FIFO queue.
     pub fifo: bool,
-    /// Database transactions tried.
-    pub statements: u32,
-    /// Whether the rows went in by COPY.
-    pub copied: bool,
-    /// The batch's write failed as a whole: the class of the failure (see
-    /// `HandlerError::class`).
-    pub failure: Option<&'static str>,
     /// The invocation returned an error (the whole batch is redelivered);
     /// false when the failed records were reported and backed off.
     pub invocation_failed: bool,
-    /// Failed records whose visibility was extended (backoff).
-    pub backed_off: usize,
-    /// Failed records whose visibility change was not confirmed.
-    pub visibility_change_failed: usize,
-    /// Refused rows sent to the DLQ after `REFUSED_MAX_RECEIVES` receives.
-    pub refused_to_dlq: usize,
-    /// Records of users erased by `login-etl forget`, not stored.
-    pub erased: usize,
-    /// Rows that carried fields outside the contract (counted, never
-    /// stored; `UNKNOWN_FIELDS`).
-    pub unknown_fields: usize,
-    /// Those fields' names (never their values), at most
-    /// [`MAX_UNKNOWN_NAMES`] per invocation.
-    pub unknown_field_names: std::collections::BTreeSet<String>,
     /// Whole days after today with a partition ready, as last read (at most
     /// [`crate::ingest::handler::PARTITIONS_READ_EVERY`] ago); `None` before
     /// the first read or for a table without range partitions.
@@ -142,7 +111,7 @@ impl Metrics {
 
     /// Writes the invocation's documents: the summary (with `ColdStart` on
     /// the first invocation of this environment), then one per rejection
-    /// reason, each on its own line.
+    /// reason and one per defect code, each on its own line.
     pub fn emit(&self, m: &InvocationMetrics, timestamp_ms: i64) {
         let cold = self.cold_start.swap(false, Ordering::Relaxed);
         for doc in self.documents(m, timestamp_ms, cold) {
@@ -159,6 +128,7 @@ impl Metrics {
     ) -> Vec<Value> {
         let metrics = counts(m);
         let signed = signed(m);
+        let s = &m.summary;
         let names = metrics
             .iter()
             .map(|(name, _, unit)| (*name, *unit))
@@ -185,7 +155,7 @@ impl Metrics {
         root.insert("level".into(), json!(self.level));
         root.insert(
             "message".into(),
-            json!(if m.failure.is_some() {
+            json!(if s.failure.is_some() {
                 "batch failed"
             } else {
                 "batch processed"
@@ -199,15 +169,18 @@ impl Metrics {
             root.insert((*name).into(), json!(value));
         }
         // Context for a reader of the log line (not metrics).
-        root.insert("rejected_by_reason".into(), json!(m.rejected));
+        root.insert("rejected_by_reason".into(), json!(s.rejected));
+        if !s.defects.is_empty() {
+            root.insert("defects_by_code".into(), json!(s.defects));
+        }
         root.insert("fifo".into(), json!(m.fifo));
-        root.insert("statements".into(), json!(m.statements));
-        root.insert("copied".into(), json!(m.copied));
-        if !m.unknown_field_names.is_empty() {
-            root.insert("unknown_fields".into(), json!(m.unknown_field_names));
+        root.insert("statements".into(), json!(s.statements));
+        root.insert("copied".into(), json!(s.copied));
+        if !s.unknown_field_names.is_empty() {
+            root.insert("unknown_fields".into(), json!(s.unknown_field_names));
         }
         let mut docs = vec![Value::Object(root)];
-        if let Some(class) = m.failure {
+        if let Some(class) = s.failure {
             let failed = json!({"failure_class": class, "BatchFailed": 1});
             docs.push(self.by(
                 timestamp_ms,
@@ -217,7 +190,7 @@ impl Metrics {
                 failed,
             ));
         }
-        for (reason, n) in &m.rejected {
+        for (reason, n) in &s.rejected {
             let rejected = json!({"reason": reason, "Rejected": n});
             docs.push(self.by(
                 timestamp_ms,
@@ -226,6 +199,10 @@ impl Metrics {
                 "records rejected",
                 rejected,
             ));
+        }
+        for (code, n) in &s.defects {
+            let defects = json!({"defect": code, "Defects": n});
+            docs.push(self.by(timestamp_ms, "defect", "Defects", "row defects", defects));
         }
         docs
     }
@@ -262,27 +239,29 @@ impl Metrics {
 
 /// The summary document's metrics: name, value, unit.
 fn counts(m: &InvocationMetrics) -> Vec<(&'static str, u64, &'static str)> {
-    let rejected: usize = m.rejected.values().sum();
+    let s = &m.summary;
+    let rejected: usize = s.rejected.values().sum();
     let mut metrics = vec![
-        ("RecordsReceived", m.received as u64, "Count"),
-        ("RowsInserted", m.inserted, "Count"),
-        ("Duplicates", m.duplicates, "Count"),
+        ("RecordsReceived", s.received as u64, "Count"),
+        ("RowsInserted", s.inserted, "Count"),
+        ("Duplicates", s.duplicates, "Count"),
         ("Rejected", rejected as u64, "Count"),
-        ("Refused", m.refused as u64, "Count"),
-        ("BatchItemFailures", m.batch_item_failures as u64, "Count"),
-        ("SentToDlq", m.sent_to_dlq as u64, "Count"),
+        ("RowsWithDefects", s.with_defects as u64, "Count"),
+        ("Refused", s.refused as u64, "Count"),
+        ("BatchItemFailures", s.failed as u64, "Count"),
+        ("SentToDlq", s.sent_to_dlq as u64, "Count"),
         ("BatchDurationMs", m.duration_ms, "Milliseconds"),
-        ("BatchFailed", u64::from(m.failure.is_some()), "Count"),
+        ("BatchFailed", u64::from(s.failure.is_some()), "Count"),
         ("InvocationFailed", u64::from(m.invocation_failed), "Count"),
-        ("RecordsBackedOff", m.backed_off as u64, "Count"),
+        ("RecordsBackedOff", s.backed_off as u64, "Count"),
         (
             "VisibilityChangesFailed",
-            m.visibility_change_failed as u64,
+            s.visibility_change_failed as u64,
             "Count",
         ),
-        ("RefusedToDlq", m.refused_to_dlq as u64, "Count"),
-        ("ErasedSkipped", m.erased as u64, "Count"),
-        ("UnknownFields", m.unknown_fields as u64, "Count"),
+        ("RefusedToDlq", s.refused_to_dlq as u64, "Count"),
+        ("ErasedSkipped", s.erased as u64, "Count"),
+        ("UnknownFields", s.unknown_fields as u64, "Count"),
     ];
     if let Some(lag) = m.ingest_lag_ms {
         metrics.push(("IngestLagMs", lag, "Milliseconds"));
@@ -342,23 +321,32 @@ mod tests {
 
     fn sample() -> InvocationMetrics {
         InvocationMetrics {
-            received: 120,
-            inserted: 100,
-            duplicates: 4,
-            rejected: [
-                ("invalid_ip".to_owned(), 9),
-                ("not_a_login_event".to_owned(), 5),
-            ]
-            .into(),
-            refused: 2,
-            batch_item_failures: 3,
-            sent_to_dlq: 13,
+            summary: BatchSummary {
+                received: 120,
+                inserted: 100,
+                duplicates: 4,
+                rejected: [
+                    ("invalid_json".to_owned(), 9),
+                    ("not_a_login_event".to_owned(), 5),
+                ]
+                .into(),
+                with_defects: 6,
+                defects: [
+                    ("app_version.suffix".to_owned(), 4),
+                    ("ip.port".to_owned(), 3),
+                ]
+                .into(),
+                refused: 2,
+                failed: 3,
+                sent_to_dlq: 13,
+                statements: 3,
+                copied: false,
+                failure: None,
+                ..BatchSummary::default()
+            },
             duration_ms: 42,
             ingest_lag_ms: Some(1_500),
             fifo: false,
-            statements: 3,
-            copied: false,
-            failure: None,
             ..InvocationMetrics::default()
         }
     }
@@ -367,7 +355,11 @@ mod tests {
     fn documents_follow_the_emf_specification_and_carry_the_summary() {
         let m = Metrics::new("LoginEtl", "login-etl", "fn-1");
         let docs = m.documents(&sample(), 1_795_262_400_000, true);
-        assert_eq!(docs.len(), 3, "the summary and one per rejection reason");
+        assert_eq!(
+            docs.len(),
+            5,
+            "the summary, one per rejection reason, one per defect"
+        );
         docs.iter().for_each(assert_valid_emf);
         let d = &docs[0];
         for (name, want) in [
@@ -375,6 +367,7 @@ mod tests {
             ("RowsInserted", 100),
             ("Duplicates", 4),
             ("Rejected", 14),
+            ("RowsWithDefects", 6),
             ("Refused", 2),
             ("BatchItemFailures", 3),
             ("SentToDlq", 13),
@@ -394,8 +387,17 @@ mod tests {
         );
         assert_eq!(
             (docs[1]["reason"].clone(), docs[1]["Rejected"].clone()),
-            (json!("invalid_ip"), json!(9))
+            (json!("invalid_json"), json!(9))
         );
+        assert_eq!(
+            (docs[3]["defect"].clone(), docs[3]["Defects"].clone()),
+            (json!("app_version.suffix"), json!(4))
+        );
+        assert_eq!(
+            docs[4]["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            json!([["service", "defect"]])
+        );
+        assert_eq!(d["defects_by_code"]["ip.port"], 3);
         assert_eq!(docs[2]["reason"], "not_a_login_event");
         assert_eq!(
             docs[2]["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
@@ -409,10 +411,13 @@ mod tests {
     fn a_failed_invocation_writes_its_document_with_the_failure_class() {
         let m = Metrics::new("LoginEtl", "login-etl", "fn").with_level("WARN");
         let failed = InvocationMetrics {
-            received: 10,
+            summary: BatchSummary {
+                received: 10,
+                failure: Some("database_unavailable"),
+                ..BatchSummary::default()
+            },
             duration_ms: 7,
             ingest_lag_ms: Some(90_000),
-            failure: Some("database_unavailable"),
             invocation_failed: true,
             ..InvocationMetrics::default()
         };
@@ -453,8 +458,11 @@ mod tests {
         let m = Metrics::new("Ns", "svc", "f")
             .with_output(move |l| sink.lock().unwrap().push(l.to_owned()));
         let mut quiet = InvocationMetrics {
-            received: 1,
-            inserted: 1,
+            summary: BatchSummary {
+                received: 1,
+                inserted: 1,
+                ..BatchSummary::default()
+            },
             ..InvocationMetrics::default()
         };
         m.emit(&quiet, 1_795_262_400_000);

@@ -1,4 +1,4 @@
-//! One SQS record to one validated, masked row (or a [`Rejection`]): the
+//! One SQS record to one masked row (or a [`Rejection`]): the
 //! contract's parse of its body ([`crate::contract`]), its tokens
 //! ([`crate::privacy::masking`]), and its row key and day, which come from
 //! the SQS message alone.
@@ -19,6 +19,9 @@ pub struct RowKey<'a> {
     pub message_id: &'a str,
     /// Epoch milliseconds, as text; `None` when the message has none.
     pub sent_timestamp: Option<&'a str>,
+    /// Whether it is a redriven original's (its signed claim holds for
+    /// this body).
+    pub redriven: bool,
 }
 
 /// The row key of a message: a redriven copy's original's
@@ -42,16 +45,18 @@ pub fn row_key<'a>(message_id: &'a str, message: &'a SqsRecord, masker: &Masker)
             RowKey {
                 message_id: c.message_id,
                 sent_timestamp: Some(c.sent_timestamp),
+                redriven: true,
             }
         }
         _ => RowKey {
             message_id,
             sent_timestamp: message.sent_timestamp(),
+            redriven: false,
         },
     }
 }
 
-/// Validates and masks one SQS message. `message_id` is the record's id
+/// Parses and masks one SQS message. `message_id` is the record's id
 /// (checked present by the caller). The row's key and day come from the
 /// message alone ([`row_key`]): never from when it was read, so every
 /// delivery of it, and every redriven copy, lands on the same row.
@@ -71,6 +76,11 @@ pub fn transform_with<'a>(
     contract: &Contract,
 ) -> Result<LoginRow<'a>, Rejection> {
     let key = row_key(message_id, message, masker);
+    // A copy's attributes on a body its signature does not hold for: the
+    // masked copy itself, not the original sent back.
+    if message.is_dead_letter_copy() && !key.redriven {
+        return Err(Rejection::DeadLetterCopy);
+    }
     let message_id = key.message_id;
     if message_id.len() > MAX_MESSAGE_ID_CHARS && message_id.chars().count() > MAX_MESSAGE_ID_CHARS
     {
@@ -81,8 +91,8 @@ pub fn transform_with<'a>(
     let key = RowKeyAndTokens {
         message_id,
         sent_at,
-        masked_ip: masker.ip(&login.ip),
-        masked_device_id: masker.device_id(&login.device_id),
+        masked_ip: login.ip.as_ref().map(|ip| masker.ip(ip)),
+        masked_device_id: login.device_id.as_deref().map(|d| masker.device_id(d)),
         key_version: masker.version(),
     };
     Ok(LoginRow::new(login, key))

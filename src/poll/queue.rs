@@ -121,6 +121,7 @@ pub fn to_record(m: &Message, queue_arn: &str) -> SqsRecord {
             source_signature: message_attr("source_signature"),
             sealed_body: message_attr("sealed_body"),
             sealed_key: message_attr("sealed_key"),
+            rejection_code: message_attr("rejection_code"),
         }),
     }
 }
@@ -287,6 +288,7 @@ impl Queue {
             .message_attribute_names("source_signature")
             .message_attribute_names("sealed_body")
             .message_attribute_names("sealed_key")
+            .message_attribute_names("rejection_code")
             .send();
         // The SDK's own timeouts do not cover a long poll that hangs.
         let limit = Duration::from_secs(u64::from(wait) + 10);

@@ -339,8 +339,10 @@ impl BatchKeys {
         }
         while row.key_version < masker.version() {
             row.key_version += 1;
-            row.masked_ip = masker.rekey(&row.masked_ip, row.key_version);
-            row.masked_device_id = masker.rekey(&row.masked_device_id, row.key_version);
+            row.masked_ip = row.masked_ip.map(|t| masker.rekey(&t, row.key_version));
+            row.masked_device_id = row
+                .masked_device_id
+                .map(|t| masker.rekey(&t, row.key_version));
         }
         Ok(())
     }

@@ -436,8 +436,9 @@ pub struct VaultWrite<'a> {
 pub struct VaultBatch {
     /// The distinct entries.
     pub sealed: Vec<Sealed>,
-    /// For each row (in the order given to [`add`](Self::add)), its ip and device entries.
-    pub per_row: Vec<[usize; 2]>,
+    /// For each row (in the order given to [`add`](Self::add)), its ip and
+    /// device entries (none for a value the row has no token of).
+    pub per_row: Vec<[Option<usize>; 2]>,
     /// For each row, its `create_date`: an entry's `last_seen` is the
     /// latest of its rows' (the vault's retention).
     row_dates: Vec<chrono::NaiveDate>,
@@ -456,18 +457,21 @@ impl VaultBatch {
     /// Seals what `row` needs, unless the batch already holds it.
     pub fn add(&mut self, key: &DataKey, row: &LoginRow<'_>) {
         self.key_version = row.key_version;
-        let ip = row.ip.to_string();
+        let ip = row.ip.map(|ip| ip.to_string());
         let entries = [
-            (Kind::Ip, row.masked_ip.as_str(), ip.as_str()),
+            (Kind::Ip, row.masked_ip.as_ref(), ip.as_deref()),
             (
                 Kind::DeviceId,
-                row.masked_device_id.as_str(),
-                row.device_id.trim(),
+                row.masked_device_id.as_ref(),
+                row.device_id.as_deref().map(str::trim),
             ),
         ];
-        let mut slots = [0; 2];
+        let mut slots = [None; 2];
         for (slot, (kind, token, value)) in slots.iter_mut().zip(entries) {
-            *slot = match self.seen.get(&(kind, token.to_owned())) {
+            let (Some(token), Some(value)) = (token.map(|t| t.as_str()), value) else {
+                continue;
+            };
+            *slot = Some(match self.seen.get(&(kind, token.to_owned())) {
                 Some(&i) => i,
                 None => {
                     if self.nonces.is_empty() {
@@ -482,7 +486,7 @@ impl VaultBatch {
                         .insert((kind, token.to_owned()), self.sealed.len() - 1);
                     self.sealed.len() - 1
                 }
-            };
+            });
         }
         self.per_row.push(slots);
         self.row_dates.push(row.create_date);
@@ -501,7 +505,7 @@ impl VaultBatch {
         let mut used: Vec<(&Sealed, chrono::NaiveDate)> = self.per_row[range.clone()]
             .iter()
             .zip(&self.row_dates[range])
-            .flat_map(|(slots, &day)| slots.iter().map(move |&i| (&self.sealed[i], day)))
+            .flat_map(|(slots, &day)| slots.iter().flatten().map(move |&i| (&self.sealed[i], day)))
             .collect();
         // The latest day first among an entry's, so the dedup keeps it.
         used.sort_unstable_by(|(a, a_day), (b, b_day)| {

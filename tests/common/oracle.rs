@@ -1,8 +1,10 @@
-//! The row each valid login must become, computed here from the message
-//! text alone: the tokens with the `hmac`/`sha2` crates ([`super::hmac_hex`]),
-//! the canonical ip with std's `IpAddr`, `app_version` by arithmetic on the
-//! text, `create_date` from `SentTimestamp` with chrono. Nothing of the
-//! crate's parsing, masking or encoding code is used, so it can check them.
+//! The row each login must become, computed here from the message text
+//! and the defects its fixture declares (`expect` = `insert:<code>,…`,
+//! written by hand): the tokens with the `hmac`/`sha2` crates
+//! ([`super::hmac_hex`]), the canonical ip with std's `IpAddr`,
+//! `app_version` by arithmetic on the text, `create_date` from
+//! `SentTimestamp` with chrono. Nothing of the crate's parsing, masking or
+//! encoding code is used, so it can check them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -14,20 +16,22 @@ use tokio_postgres::Client;
 
 use super::hmac_hex;
 
-/// What `user_logins` must hold for one valid message.
+/// What `user_logins` must hold for one stored message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExpectedRow {
     pub message_id: String,
     pub user_id: String,
-    pub device_type: String,
-    pub masked_ip: String,
-    pub masked_device_id: String,
+    pub device_type: Option<String>,
+    pub masked_ip: Option<String>,
+    pub masked_device_id: Option<String>,
     pub locale: Option<String>,
-    pub app_version: i32,
-    pub app_version_text: String,
+    pub app_version: Option<i32>,
+    pub app_version_text: Option<String>,
     /// The UTC date of `SentTimestamp`; `None` when the message has none
     /// (the row then carries the invocation's date).
     pub create_date: Option<NaiveDate>,
+    /// The defect codes, in order; `None` for a clean login.
+    pub defects: Option<Vec<String>>,
 }
 
 /// `major * 1_000_000 + minor * 1_000 + patch`, missing parts 0.
@@ -41,32 +45,96 @@ pub fn app_version_number(text: &str) -> i32 {
     parts[0] * 1_000_000 + parts[1] * 1_000 + parts[2]
 }
 
-/// The row of `message`, a valid login, under the masking key `key_hex`.
+/// The defects `message`'s fixture declares (`insert:<code>,…`).
+pub fn declared_defects(message: &SqsMessage) -> Vec<String> {
+    let expect = message
+        .message_attributes
+        .get("expect")
+        .and_then(|a| a.string_value.as_deref())
+        .unwrap_or("insert");
+    match expect.strip_prefix("insert:") {
+        Some(codes) => codes.split(',').map(str::to_owned).collect(),
+        None => Vec::new(),
+    }
+}
+
+/// The row of `message`, a login its fixture says is stored (with the
+/// defects it declares), under the masking key `key_hex`.
 pub fn expected_row(key_hex: &str, message: &SqsMessage) -> ExpectedRow {
+    let defects = declared_defects(message);
     let body: Value = serde_json::from_str(message.body.as_deref().expect("a body"))
-        .expect("a valid login's body is JSON");
-    let text = |field: &str| {
-        body[field]
-            .as_str()
-            .unwrap_or_else(|| panic!("{field} is a string in a valid login"))
-            .to_owned()
+        .expect("a login's body is JSON");
+    let has = |code: &str| defects.iter().any(|d| d == code);
+    // A field with a defect is NULL, but where the row keeps what it carries.
+    let kept = |field: &str, keeps: &[&str]| {
+        let own: Vec<&String> = defects
+            .iter()
+            .filter(|d| d.starts_with(&format!("{field}.")))
+            .collect();
+        own.iter()
+            .all(|d| keeps.iter().any(|k| **d == format!("{field}.{k}")))
     };
-    let ip: IpAddr = text("ip").trim().parse().expect("a valid login's ip");
-    let version = text("app_version");
+    let text = |field: &str| body[field].as_str().map(str::to_owned);
+    let user_id = if has("user_id.integer") {
+        body["user_id"].to_string()
+    } else {
+        text("user_id").expect("a stored login's user_id")
+    };
+    let ip = kept("ip", &["port", "zone"]).then(|| {
+        let mut t = text("ip").expect("an ip").trim().to_owned();
+        if has("ip.port") {
+            t = match t.strip_prefix('[') {
+                Some(rest) => rest.split(']').next().unwrap().to_owned(),
+                None => t.rsplit_once(':').unwrap().0.to_owned(),
+            };
+        }
+        if has("ip.zone") {
+            t = t.split('%').next().unwrap().to_owned();
+        }
+        t.parse::<IpAddr>().expect("the address an ip carries")
+    });
+    let version_text = kept(
+        "app_version",
+        &[
+            "prefix",
+            "suffix",
+            "fourth_part",
+            "out_of_range",
+            "unparsed",
+        ],
+    )
+    .then(|| text("app_version").expect("a version"));
+    let version = version_text.as_deref().and_then(|t| {
+        if has("app_version.out_of_range") || has("app_version.unparsed") {
+            return None;
+        }
+        let t = t.trim().trim_start_matches(['v', 'V']);
+        let numbers: String = t
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        let first_three: Vec<&str> = numbers.split('.').take(3).collect();
+        Some(app_version_number(&first_three.join(".")))
+    });
     ExpectedRow {
         message_id: message.message_id.clone().expect("a message id"),
-        user_id: text("user_id"),
-        device_type: text("device_type"),
-        masked_ip: hmac_hex(key_hex, &ip.to_string()),
-        masked_device_id: hmac_hex(key_hex, text("device_id").trim()),
-        locale: body["locale"].as_str().map(str::to_owned),
-        app_version: app_version_number(&version),
-        app_version_text: version,
+        user_id,
+        device_type: kept("device_type", &[])
+            .then(|| text("device_type"))
+            .flatten(),
+        masked_ip: ip.map(|ip| hmac_hex(key_hex, &ip.to_string())),
+        masked_device_id: kept("device_id", &[])
+            .then(|| text("device_id").map(|d| hmac_hex(key_hex, d.trim())))
+            .flatten(),
+        locale: kept("locale", &[]).then(|| text("locale")).flatten(),
+        app_version: version,
+        app_version_text: version_text,
         create_date: message.attributes.get("SentTimestamp").map(|ms| {
             chrono::DateTime::from_timestamp_millis(ms.parse().expect("epoch milliseconds"))
                 .expect("a representable time")
                 .date_naive()
         }),
+        defects: (!defects.is_empty()).then_some(defects),
     }
 }
 
@@ -77,7 +145,7 @@ pub async fn assert_table_matches(client: &Client, want: &[ExpectedRow]) {
     let rows = client
         .query(
             "SELECT message_id, user_id, device_type, masked_ip, masked_device_id, locale, \
-             app_version, app_version_text, create_date FROM user_logins",
+             app_version, app_version_text, create_date, defects FROM user_logins",
             &[],
         )
         .await
@@ -95,6 +163,7 @@ pub async fn assert_table_matches(client: &Client, want: &[ExpectedRow]) {
             app_version: r.get(6),
             app_version_text: r.get(7),
             create_date: Some(r.get(8)),
+            defects: r.get(9),
         };
         assert!(got.insert(id, row).is_none(), "one row per message id");
     }
@@ -104,7 +173,7 @@ pub async fn assert_table_matches(client: &Client, want: &[ExpectedRow]) {
     let got_ids: BTreeSet<&str> = got.keys().map(String::as_str).collect();
     assert_eq!(
         got_ids, want_ids,
-        "the table holds exactly the valid messages"
+        "the table holds exactly the stored messages"
     );
     let today = chrono::Utc::now().date_naive();
     // Column -> (rows that differ, the first message id).
@@ -127,6 +196,7 @@ pub async fn assert_table_matches(client: &Client, want: &[ExpectedRow]) {
             ("app_version", g.app_version == w.app_version),
             ("app_version_text", g.app_version_text == w.app_version_text),
             ("create_date", date_ok),
+            ("defects", g.defects == w.defects),
         ] {
             if !equal {
                 differ.entry(column).or_insert((0, id)).0 += 1;

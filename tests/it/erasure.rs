@@ -530,7 +530,7 @@ async fn roles_granted_before_vault_retention_keep_working_after_migrate() {
              DROP FUNCTION login_etl_purge_vault(date, bigint, integer); \
              DROP FUNCTION login_etl_check_write(bigint, integer, integer); \
              DROP FUNCTION login_etl_write(bigint, integer, integer, varchar[], varchar[], varchar[], \
-                 varchar[], varchar[], varchar[], integer[], varchar[], date[], timestamptz[], smallint[]); \
+                 varchar[], varchar[], varchar[], integer[], varchar[], date[], timestamptz[], smallint[], jsonb[]); \
              GRANT EXECUTE ON FUNCTION login_etl_refuse_erased(bigint, integer, integer) TO \"{ingest_role}\"; \
              CREATE OR REPLACE FUNCTION login_etl_schema_version() RETURNS integer \
              LANGUAGE sql IMMUTABLE AS $$ SELECT 7 $$",

@@ -123,11 +123,11 @@ async fn a_database_migrated_by_an_older_version_is_a_schema_to_migrate() {
     let ingest = db.ingest_url().await;
     let owner = db.client().await;
     // Both overloads: this version's (the contract's columns) and the one
-    // of before `extra`.
+    // of before `defects`.
     let back_to_8 = &format!(
         "DROP FUNCTION login_etl_write(bigint, integer, integer, {}); \
          DROP FUNCTION login_etl_write(bigint, integer, integer, varchar[], varchar[], varchar[], \
-         varchar[], varchar[], varchar[], integer[], varchar[], date[], timestamptz[], smallint[]); \
+         varchar[], varchar[], varchar[], integer[], varchar[], date[], timestamptz[], smallint[], jsonb[]); \
          CREATE OR REPLACE FUNCTION login_etl_schema_version() RETURNS integer \
          LANGUAGE sql IMMUTABLE AS $$ SELECT 8 $$",
         login_etl::contract::columns::array_types()

@@ -9,9 +9,10 @@ use login_etl::synth::{self, Options};
 use login_etl::{Deadline, HandlerError, Outcome, SqsBatch};
 use serde_json::Value;
 
-/// The fixture with every rejection reason: exactly the invalid records are
-/// reported, and each valid one is a row whose every column equals the
-/// oracle's (tests/common/oracle.rs), on the INSERT path.
+/// The fixture with every rejection reason and every kind of defect:
+/// exactly the records that are not logins are reported, and each login is
+/// a row whose every column, its defects included, equals the oracle's
+/// (tests/common/oracle.rs), on the INSERT path.
 #[tokio::test]
 async fn mixed_batch_reports_exactly_the_invalid_records_and_writes_correct_rows() {
     let db = TestDb::create().await;
@@ -27,9 +28,13 @@ async fn mixed_batch_reports_exactly_the_invalid_records_and_writes_correct_rows
         .records
         .iter()
         .zip(expectations(&event))
-        .filter(|(_, (_, e))| e == "insert")
+        .filter(|(_, (_, e))| e.starts_with("insert"))
         .map(|(m, _)| expected_row(TEST_KEY, m))
         .collect();
+    assert!(
+        want.iter().filter(|r| r.defects.is_some()).count() >= 10,
+        "the fixture has logins with defects, stored"
+    );
     assert!(
         expectations(&event)
             .iter()
@@ -146,7 +151,8 @@ async fn upstream_table_is_upgraded_in_place_and_filled() {
             "app_version_text",
             "sent_at",
             "key_version",
-            "extra"
+            "extra",
+            "defects"
         ]
     );
     // The old table is the first partition of a partitioned user_logins.
@@ -237,7 +243,7 @@ async fn fifo_batch_stops_at_the_first_invalid_record() {
     let client = db.client().await;
     let mut inserted: Vec<String> = expectations(&event)
         .into_iter()
-        .filter(|(_, e)| e == "insert")
+        .filter(|(_, e)| e.starts_with("insert"))
         .map(|(id, _)| id)
         .collect();
     inserted.sort();
@@ -665,9 +671,11 @@ async fn the_ingest_role_is_all_the_function_needs_and_it_can_read_nothing_back(
 /// document says `copied`), and every column of every row equals the
 /// oracle's, computed from the message text alone (tests/common/oracle.rs):
 /// a column swapped, shifted or mis-encoded in the COPY's row fails here.
-/// The batch mixes in invalid records (rows must stay aligned with their
-/// messages), non-canonical IPv6 and IPv4-mapped addresses, padded device
-/// ids, non-ASCII user ids, every `app_version` shape, null locales and a
+/// The batch mixes in records that are not logins (rows must stay aligned
+/// with their messages), logins with every kind of defect real apps send
+/// (their NULLs and their `defects` list in the COPY's binary format),
+/// non-canonical IPv6 and IPv4-mapped addresses, padded device ids,
+/// non-ASCII user ids, every `app_version` shape, null locales and a
 /// record without `SentTimestamp` (rejected).
 #[tokio::test]
 async fn a_copy_batch_writes_every_column_of_every_row_as_the_oracle_computes() {
@@ -677,6 +685,7 @@ async fn a_copy_batch_writes_every_column_of_every_row_as_the_oracle_computes() 
     let mut event = synth::event(&Options {
         count: 1_500,
         invalid_every: 23,
+        defective_every: 17,
         seed: 7,
         ..Options::default()
     });
@@ -694,7 +703,7 @@ async fn a_copy_batch_writes_every_column_of_every_row_as_the_oracle_computes() 
         .records
         .iter()
         .zip(expectations(&event))
-        .filter(|(_, (_, e))| e == "insert")
+        .filter(|(_, (_, e))| e.starts_with("insert"))
         .map(|(m, _)| m)
         .collect();
     assert!(valid.len() >= login_etl::ingest::sink::COPY_MIN_ROWS);
@@ -720,16 +729,19 @@ async fn a_copy_batch_writes_every_column_of_every_row_as_the_oracle_computes() 
         .map(|m| serde_json::from_str(m.body.as_deref().unwrap()).unwrap())
         .collect();
     assert!(want.iter().any(|w| w.locale.is_none()));
+    assert!(want.iter().filter(|w| w.defects.is_some()).count() >= 10 * 8);
     assert_eq!(expectations(&event)[14].1, "reject:no_sent_timestamp");
     assert!(
         texts
             .iter()
-            .any(|b| b["ip"].as_str().unwrap().contains(':'))
+            .any(|b| b["ip"].as_str().is_some_and(|ip| ip.contains(':')))
     );
     for parts in 1..=3 {
         assert!(
-            want.iter()
-                .any(|w| w.app_version_text.split('.').count() == parts),
+            want.iter().any(|w| w
+                .app_version_text
+                .as_ref()
+                .is_some_and(|t| t.split('.').count() == parts)),
             "a version of {parts} parts"
         );
     }
@@ -792,7 +804,7 @@ async fn the_emf_documents_of_a_batch_count_what_happened_to_each_record() {
     let redelivered = earlier
         .records
         .iter()
-        .filter(|m| label(m) == "insert")
+        .filter(|m| label(m).starts_with("insert"))
         .count();
     // One rejected record whose DLQ copy the queue refuses.
     let dlq_refused = 40;
@@ -832,7 +844,7 @@ async fn the_emf_documents_of_a_batch_count_what_happened_to_each_record() {
     // What the test expects, from how it built the batch.
     let labels: Vec<String> = event.records.iter().map(label).collect();
     let valid: Vec<usize> = (0..labels.len())
-        .filter(|&i| labels[i] == "insert")
+        .filter(|&i| labels[i].starts_with("insert"))
         .collect();
     let mut by_reason: std::collections::BTreeMap<String, u64> = Default::default();
     for l in &labels {
@@ -971,9 +983,10 @@ async fn the_emf_documents_of_a_batch_count_what_happened_to_each_record() {
 }
 
 /// A producer adds fields: `app_build`, declared in `EXTRA_FIELDS`, is
-/// kept in `extra` as the JSON it was; `email`, declared nowhere, is named
-/// in the EMF document and stored nowhere. With `UNKNOWN_FIELDS=reject`
-/// the message goes to the DLQ as `unknown_field.email`, its value masked.
+/// kept in `extra` as the JSON it was (a nested document is not kept: a
+/// defect of its row); `email`, declared nowhere, is named in the EMF
+/// document and stored nowhere. With `UNKNOWN_FIELDS=reject` the message
+/// goes to the DLQ as `unknown_field.email`, its value masked.
 #[tokio::test]
 async fn a_declared_field_is_kept_and_an_undeclared_one_named_never_stored() {
     const EMAIL: &str = "someone.unique@example.com";
@@ -986,10 +999,14 @@ async fn a_declared_field_is_kept_and_an_undeclared_one_named_never_stored() {
     });
     for m in &mut event.records[..2] {
         let mut body: Value = serde_json::from_str(m.body.as_deref().unwrap()).unwrap();
-        body["app_build"] = serde_json::json!({"n": 7, "channel": "beta"});
+        body["app_build"] = serde_json::json!("7.1 (beta)");
         body["email"] = EMAIL.into();
         m.body = Some(body.to_string());
     }
+    let mut nested: Value =
+        serde_json::from_str(event.records[2].body.as_deref().unwrap()).unwrap();
+    nested["app_build"] = serde_json::json!({"ip": "10.1.2.3"});
+    event.records[2].body = Some(nested.to_string());
     let (metrics, docs) = captured_metrics();
     let h = handler_with(&[
         ("DATABASE_URL", &url),
@@ -1008,7 +1025,7 @@ async fn a_declared_field_is_kept_and_an_undeclared_one_named_never_stored() {
     let client = db.client().await;
     let rows = client
         .query(
-            "SELECT message_id, extra, row_to_json(u)::text FROM user_logins u ORDER BY message_id",
+            "SELECT message_id, extra, row_to_json(u)::text, defects FROM user_logins u ORDER BY message_id",
             &[],
         )
         .await
@@ -1017,6 +1034,7 @@ async fn a_declared_field_is_kept_and_an_undeclared_one_named_never_stored() {
     for row in &rows {
         let whole: String = row.get(2);
         assert!(!whole.contains(EMAIL), "an undeclared field was stored");
+        assert!(!whole.contains("10.1.2.3"), "a nested document was stored");
         let extra: Option<String> = client
             .query_one(
                 "SELECT extra::text FROM user_logins WHERE message_id = $1",
@@ -1027,11 +1045,14 @@ async fn a_declared_field_is_kept_and_an_undeclared_one_named_never_stored() {
             .get(0);
         if let Some(extra) = extra {
             let v: Value = serde_json::from_str(&extra).unwrap();
-            assert_eq!(
-                v,
-                serde_json::json!({"app_build": {"n": 7, "channel": "beta"}})
-            );
+            assert_eq!(v, serde_json::json!({"app_build": "7.1 (beta)"}));
+            assert_eq!(row.get::<_, Option<Vec<String>>>(3), None, "clean");
             kept += 1;
+        } else {
+            assert_eq!(
+                row.get::<_, Option<Vec<String>>>(3),
+                Some(vec!["app_build.not_scalar".to_owned()])
+            );
         }
     }
     assert_eq!(kept, 2, "kept where sent, NULL elsewhere");
@@ -1061,7 +1082,10 @@ async fn a_declared_field_is_kept_and_an_undeclared_one_named_never_stored() {
         .map(Outcome::into_parts)
         .unwrap()
         .1;
-    assert_eq!(summary.inserted, 1);
+    assert_eq!(
+        summary.inserted, 1,
+        "the nested document is a defect, not a reason"
+    );
     assert_eq!(summary.rejected.get("unknown_field.email"), Some(&2));
     let sent = sent.lock().unwrap().clone();
     let entries: Vec<&Value> = sent

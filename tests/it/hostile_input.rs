@@ -87,21 +87,24 @@ fn the_validator_never_panics_and_accepted_values_fit_their_columns() {
                 if let Ok(e) = parse_body(&body) {
                     accepted.set(accepted.get() + 1);
                     prop_assert!(!e.user_id.trim().is_empty() && e.user_id.chars().count() <= 128);
-                    prop_assert!(
-                        !e.device_type.trim().is_empty() && e.device_type.chars().count() <= 32
-                    );
-                    prop_assert!(
-                        !e.device_id.trim().is_empty() && e.device_id.chars().count() <= 256
-                    );
+                    let fits = |t: &Option<std::borrow::Cow<'_, str>>, max: usize| {
+                        t.as_ref()
+                            .is_none_or(|t| !t.trim().is_empty() && t.chars().count() <= max)
+                    };
+                    prop_assert!(fits(&e.device_type, 32));
+                    prop_assert!(fits(&e.device_id, 256));
                     prop_assert!(e.locale.as_ref().is_none_or(|l| l.chars().count() <= 32));
-                    prop_assert!(e.app_version_text.chars().count() <= 32);
-                    prop_assert!((0..=999_999_999).contains(&e.app_version));
-                    for s in [
-                        &e.user_id,
-                        &e.device_type,
-                        &e.device_id,
-                        &e.app_version_text,
-                    ] {
+                    prop_assert!(
+                        e.app_version_text
+                            .as_ref()
+                            .is_none_or(|t| t.chars().count() <= 32)
+                    );
+                    prop_assert!(e.app_version.is_none_or(|v| (0..=999_999_999).contains(&v)));
+                    for s in [&e.device_type, &e.device_id, &e.app_version_text, &e.locale]
+                        .into_iter()
+                        .flatten()
+                        .chain([&e.user_id])
+                    {
                         prop_assert!(!s.contains('\0'));
                     }
                 }
@@ -269,6 +272,9 @@ fn login(overrides: &str) -> String {
     format!("{{{base}{overrides}}}")
 }
 
+/// Each tricky value gets its own reason under `CONTRACT=strict`; by
+/// default the same problem is the login's first defect (it is stored),
+/// or, about the body or the user id, the same rejection.
 #[test]
 fn tricky_values_are_rejected_with_the_right_reason() {
     let deep = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
@@ -305,14 +311,19 @@ fn tricky_values_are_rejected_with_the_right_reason() {
         "]".repeat(3 * 1024 * 1024)
     ));
     assert!(parse_body(&closed_abyss).is_ok());
+    let strict = login_etl::contract::Contract::STRICT;
     for (body, want) in cases {
-        let got = parse_body(&body);
-        assert_eq!(
-            got.as_ref().err(),
-            Some(&want),
-            "body starting {:?}",
-            &body[..body.len().min(80)]
-        );
+        let start = &body[..body.len().min(80)];
+        let got = login_etl::contract::parse_body_with(&body, &strict);
+        assert_eq!(got.as_ref().err(), Some(&want), "body starting {start:?}");
+        match parse_body(&body) {
+            Err(r) => assert_eq!(r, want, "body starting {start:?}"),
+            Ok(e) => assert_eq!(
+                e.defects.first().map(|d| d.rejection()),
+                Some(want),
+                "body starting {start:?}"
+            ),
+        }
     }
 }
 
@@ -365,7 +376,9 @@ async fn sql_looking_and_unusual_unicode_values_are_stored_exactly() {
 async fn a_6_mb_body_is_handled_without_trouble() {
     let db = TestDb::create().await;
     let h = handler(&db).await;
-    // A valid login padded with a 6 MB unknown field, and a 6 MB over-long device id.
+    // A valid login padded with a 6 MB unknown field, and one with a 6 MB
+    // over-long device id (stored without it), and a 6 MB user id (not a
+    // usable one: rejected).
     let padded = login(&format!(
         r#", "padding": "{}""#,
         "x".repeat(6 * 1024 * 1024)
@@ -375,16 +388,22 @@ async fn a_6_mb_body_is_handled_without_trouble() {
         "9".repeat(6 * 1024 * 1024)
     ))
     .replacen(r#""device_id": "123-45-6789", "#, "", 1);
-    let event = event_of(&[padded, long_id.clone()]);
+    let long_user = login(&format!(
+        r#", "user_id": "{}""#,
+        "u".repeat(6 * 1024 * 1024)
+    ))
+    .replacen(r#""user_id": "u-1", "#, "", 1);
+    let event = event_of(&[padded, long_id.clone(), long_user]);
     let (resp, summary) = h
         .handle(&SqsBatch::from(&event), Deadline::NONE)
         .await
         .map(Outcome::into_parts)
         .unwrap();
-    assert_eq!(summary.inserted, 1);
+    assert_eq!(summary.inserted, 2);
+    assert_eq!(summary.defects.get("device_id.too_long"), Some(&1));
     assert_eq!(
         failures(&resp),
-        vec![event.records[1].message_id.clone().unwrap()]
+        vec![event.records[2].message_id.clone().unwrap()]
     );
-    assert_eq!(summary.rejected.get("too_long.device_id"), Some(&1));
+    assert_eq!(summary.rejected.get("too_long.user_id"), Some(&1));
 }

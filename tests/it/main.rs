@@ -1,15 +1,15 @@
-//! The integration tests that leave the process's environment alone, in
-//! one binary: one link instead of fourteen, and `tests/common` compiled
-//! once (the build of `make test` is on its critical path). Each file is a
-//! module named as it was; `make test` runs them in three streams by
-//! module (`cargo test --test it -- rotation::`). The tests that set
-//! environment variables (AWS endpoints, TLS settings) keep binaries of
-//! their own: a variable set by one would reach every test of a shared
-//! process.
+//! The integration tests, in one binary: one link instead of nineteen,
+//! and `tests/common` compiled once (the build of `make test` is on its
+//! critical path). Each file is a module named as it was; `make test` runs
+//! them with cargo-nextest, each test in a process of its own, so the
+//! tests that set environment variables (AWS endpoints: moto) set them for
+//! themselves alone (`common::set_process_env`). One module:
+//! `cargo nextest run --test it -E 'test(/^rotation::/)'`.
 
 #[path = "../common/mod.rs"]
 mod common;
 
+mod backoff_sqs;
 mod dlq_sqs;
 mod erasure;
 mod failure_classes;
@@ -19,10 +19,14 @@ mod hostile_input;
 mod insiders;
 mod log_levels;
 mod partitions;
+mod pii_logs;
 mod pooler;
 mod profiles;
 mod replication;
 mod rotation;
 mod rotation_races;
 mod runtime_e2e;
+mod secrets_aws;
 mod stalls;
+mod tls_postgres;
+mod vault_kms;

@@ -144,7 +144,11 @@ async fn six_function_processes_through_pgbouncer_in_transaction_mode_write_the_
     };
     // Refused rows, one in a small batch and two in COPY-sized ones.
     let refused_at = [20usize, 700, 2_500];
-    assert!(refused_at.iter().all(|&i| labels[i].1 == "insert"));
+    assert!(
+        refused_at
+            .iter()
+            .all(|&i| labels[i].1.starts_with("insert"))
+    );
     client
         .batch_execute(&format!(
             "ALTER TABLE user_logins ADD CONSTRAINT not_these CHECK (user_id NOT IN ('{}', '{}', '{}'))",
@@ -162,7 +166,7 @@ async fn six_function_processes_through_pgbouncer_in_transaction_mode_write_the_
         .collect();
     let want: BTreeSet<String> = labels
         .iter()
-        .filter(|(id, e)| e == "insert" && !refused.contains(id))
+        .filter(|(id, e)| e.starts_with("insert") && !refused.contains(id))
         .map(|(id, _)| id.clone())
         .collect();
 

@@ -305,7 +305,8 @@ impl Plan {
         body.to_string()
     }
 
-    /// An invalid body, of one of the kinds real traffic brings.
+    /// A body that is not a login (or whose user id is not usable: a reject
+    /// under any contract), of one of the kinds real traffic brings.
     fn invalid_body(&self, rng: &mut StdRng) -> String {
         let mut login = self.login(rng, 0);
         let user = self.users[login.user].clone();
@@ -328,12 +329,15 @@ impl Plan {
             2 => r#"{"foo": "oops_wrong_msg_type", "bar": "123"}"#.into(),
             3 => {
                 login.ip = "999.1.2.3".into();
-                self.body(&login, rng)
+                let mut body: serde_json::Value =
+                    serde_json::from_str(&self.body(&login, rng)).expect("a body");
+                body.as_object_mut().expect("an object").remove("user_id");
+                body.to_string()
             }
-            4 => login_with(serde_json::json!({"app_version": "v2"})),
+            4 => login_with(serde_json::json!({"user_id": ["u"], "app_version": "v2"})),
             5 => login_with(serde_json::json!({"user_id": "u".repeat(200)})),
-            6 => login_with(serde_json::json!({"device_type": null})),
-            _ => login_with(serde_json::json!({"ip": 167772160})),
+            6 => login_with(serde_json::json!({"user_id": "  ", "device_type": null})),
+            _ => login_with(serde_json::json!({"user_id": 1.5, "ip": 167772160})),
         }
     }
 

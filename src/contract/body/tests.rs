@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::app_version::VersionError;
+use crate::contract::Defect;
 use crate::contract::Field;
 use crate::contract::policy::{Contract, UnknownFields};
 use crate::contract::rejection::ExtraProblem;
@@ -35,11 +36,15 @@ fn with(field: &str, value: &str) -> String {
 fn accepts_the_upstream_sample() {
     let e = parse_body(GOOD).unwrap();
     assert_eq!(e.user_id, "424cdd21-063a-43a7-b91b-7ca1a833afae");
-    assert_eq!(e.device_type, "android");
-    assert_eq!(e.ip, "199.172.111.135".parse::<IpAddr>().unwrap());
-    assert_eq!(e.device_id, "593-47-5928");
+    assert_eq!(e.device_type.as_deref(), Some("android"));
+    assert_eq!(e.ip, Some("199.172.111.135".parse::<IpAddr>().unwrap()));
+    assert_eq!(e.device_id.as_deref(), Some("593-47-5928"));
     assert_eq!(e.locale.as_deref(), Some("RU"));
-    assert_eq!((e.app_version, &*e.app_version_text), (2_003_000, "2.3.0"));
+    assert_eq!(
+        (e.app_version, e.app_version_text.as_deref()),
+        (Some(2_003_000), Some("2.3.0"))
+    );
+    assert!(e.defects.is_empty());
     assert!(
         matches!(e.user_id, Cow::Borrowed(_)),
         "unescaped strings are borrowed"
@@ -65,12 +70,16 @@ fn accepts_ipv6_loopback_and_high_first_octets() {
         r#""240.1.2.3""#,
         r#"" 10.0.0.1 ""#,
     ] {
-        assert!(parse_body(&with("ip", ip)).is_ok(), "{ip}");
+        let body = with("ip", ip);
+        let e = parse_body_with(&body, &Contract::STRICT).unwrap();
+        assert!(e.ip.is_some() && e.defects.is_empty(), "{ip}");
     }
 }
 
+/// Under `CONTRACT=strict`, every problem is a rejection with its own
+/// reason, as before defects.
 #[test]
-fn rejects_each_problem_with_its_own_reason() {
+fn strict_rejects_each_problem_with_its_own_reason() {
     use Rejection::*;
     let cases: Vec<(String, Rejection)> = vec![
         (String::new(), EmptyBody),
@@ -126,8 +135,171 @@ fn rejects_each_problem_with_its_own_reason() {
         ),
     ];
     for (body, want) in cases {
-        assert_eq!(parse_body(&body).unwrap_err(), want, "body: {body}");
+        assert_eq!(
+            parse_body_with(&body, &Contract::STRICT).unwrap_err(),
+            want,
+            "body: {body}"
+        );
     }
+}
+
+fn strings(codes: &[&str]) -> Vec<String> {
+    codes.iter().map(|c| c.to_string()).collect()
+}
+
+/// A login is kept whenever it is one: what real apps send is stored with
+/// its defects named; only what is not a login (or has no usable user id)
+/// is rejected.
+#[test]
+fn a_login_is_kept_with_its_defects() {
+    fn kept(body: &str) -> LoginEvent<'_> {
+        parse_body(body).unwrap_or_else(|r| panic!("{body}: {r}"))
+    }
+    let codes = |e: &LoginEvent<'_>| {
+        e.defects
+            .iter()
+            .map(|d| d.code().into_owned())
+            .collect::<Vec<String>>()
+    };
+    for (version, value, want) in [
+        ("2.3.0-beta1", Some(2_003_000), vec!["app_version.suffix"]),
+        ("2.3.0 (4512)", Some(2_003_000), vec!["app_version.suffix"]),
+        ("v2.3.0", Some(2_003_000), vec!["app_version.prefix"]),
+        ("2.3.0.1", Some(2_003_000), vec!["app_version.fourth_part"]),
+        ("10.0.1000", None, vec!["app_version.out_of_range"]),
+        ("latest", None, vec!["app_version.unparsed"]),
+    ] {
+        let b = with("app_version", &format!("\"{version}\""));
+        let e = kept(&b);
+        assert_eq!(
+            (e.app_version, codes(&e)),
+            (value, strings(&want)),
+            "{version}"
+        );
+        assert_eq!(
+            e.app_version_text.as_deref(),
+            Some(version),
+            "the text as sent"
+        );
+    }
+    let b = with("device_id", "null");
+    let e = kept(&b);
+    assert_eq!(
+        (&e.device_id, codes(&e)),
+        (&None, strings(&["device_id.missing"]))
+    );
+    let b = with("device_id", "<absent>");
+    let e = kept(&b);
+    assert_eq!(codes(&e), ["device_id.missing"]);
+    for (ip, want, code) in [
+        ("10.0.0.1:443", Some("10.0.0.1"), "ip.port"),
+        ("[2001:db8::1]:443", Some("2001:db8::1"), "ip.port"),
+        ("fe80::1%eth0", Some("fe80::1"), "ip.zone"),
+        ("", None, "ip.empty"),
+        ("unknown", None, "ip.unparseable"),
+    ] {
+        let b = with("ip", &format!("\"{ip}\""));
+        let e = kept(&b);
+        let want = want.map(|w| w.parse::<IpAddr>().unwrap());
+        assert_eq!((e.ip, codes(&e)), (want, strings(&[code])), "{ip}");
+    }
+    let b = with("ip", "<absent>");
+    let e = kept(&b);
+    assert_eq!((e.ip, codes(&e)), (None, strings(&["ip.missing"])));
+    let b = with("user_id", "12345");
+    let e = kept(&b);
+    assert_eq!(
+        (&*e.user_id, codes(&e)),
+        ("12345", strings(&["user_id.integer"]))
+    );
+    let b = with("device_type", "7");
+    let e = kept(&b);
+    assert_eq!(
+        (&e.device_type, codes(&e)),
+        (&None, strings(&["device_type.wrong_type"]))
+    );
+    let b = with("locale", "{}");
+    let e = kept(&b);
+    assert_eq!(
+        (&e.locale, codes(&e)),
+        (&None, strings(&["locale.wrong_type"]))
+    );
+    let twice = GOOD.replace(
+        "\"ip\": \"199.172.111.135\"",
+        "\"ip\": \"1.1.1.1\", \"ip\": \"2.2.2.2\"",
+    );
+    let e = kept(&twice);
+    assert_eq!((e.ip, codes(&e)), (None, strings(&["ip.duplicate"])));
+
+    use Rejection::*;
+    for (body, want) in [
+        ("{not json".to_owned(), InvalidJson),
+        (r#"{"foo": 1}"#.to_owned(), NotALoginEvent),
+        (with("user_id", "<absent>"), MissingField(Field::UserId)),
+        (with("user_id", "null"), MissingField(Field::UserId)),
+        (with("user_id", "\"  \""), EmptyField(Field::UserId)),
+        (with("user_id", "1.5"), WrongType(Field::UserId)),
+        (with("user_id", "[\"u\"]"), WrongType(Field::UserId)),
+        (
+            GOOD.replace("\"user_id\": ", "\"user_id\": \"a\", \"user_id\": "),
+            DuplicateField(Field::UserId),
+        ),
+    ] {
+        assert_eq!(parse_body(&body).unwrap_err(), want, "{body}");
+    }
+}
+
+/// Strict and lenient agree: lenient rejects only what strict rejects, a
+/// clean login is the same under both, and a kept login's first defect is
+/// the reason strict gives it.
+#[test]
+fn strict_is_lenient_with_each_defect_a_rejection() {
+    use proptest::prelude::*;
+    use proptest::prop_oneof;
+    let value = prop_oneof![
+        Just("<absent>".to_owned()),
+        Just("null".to_owned()),
+        Just("12".to_owned()),
+        Just("[]".to_owned()),
+        Just("\"\"".to_owned()),
+        Just("\"  \"".to_owned()),
+        Just("\"a\\u0000b\"".to_owned()),
+        Just(format!("\"{}\"", "x".repeat(300))),
+        "[ -~]{0,12}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+        prop_oneof![
+            Just("1.2.3"),
+            Just("v1.2"),
+            Just("1.2.3-rc1"),
+            Just("1.2.3.4"),
+            Just("1000.1"),
+            Just("10.0.0.1"),
+            Just("10.0.0.1:80"),
+            Just("[::1]:80"),
+            Just("fe80::1%lo"),
+            Just("::1"),
+        ]
+        .prop_map(|s| format!("\"{s}\"")),
+    ];
+    proptest!(|(values in proptest::collection::vec(value, 6))| {
+        let mut body = serde_json::Map::new();
+        for (field, v) in FIELDS.iter().zip(&values) {
+            if v != "<absent>" {
+                body.insert(field.name().into(), serde_json::from_str(v).unwrap());
+            }
+        }
+        let body = serde_json::Value::Object(body).to_string();
+        let lenient = parse_body(&body);
+        let strict = parse_body_with(&body, &Contract::STRICT);
+        match (&lenient, &strict) {
+            (Err(l), Err(s)) => prop_assert_eq!(l, s, "{}", body),
+            (Err(l), Ok(_)) => prop_assert!(false, "lenient rejects ({}) what strict takes: {}", l, body),
+            (Ok(l), Ok(s)) => prop_assert!(l.defects.is_empty() && l == s, "{}", body),
+            (Ok(l), Err(s)) => {
+                prop_assert!(!l.defects.is_empty(), "{}", body);
+                prop_assert_eq!(&l.defects[0].rejection(), s, "{}", body);
+            }
+        }
+    });
 }
 
 #[test]
@@ -145,10 +317,17 @@ fn reasons_never_contain_the_value() {
         with("app_version", &format!("\"{ip}\"")),
     ];
     for body in bodies {
-        let r = parse_body(&body).unwrap_err();
+        let r = parse_body_with(&body, &Contract::STRICT).unwrap_err();
         assert!(
             !r.to_string().contains("203.0") && !r.code().contains("203.0"),
             "{r}"
+        );
+        let e = parse_body(&body).unwrap();
+        let shown = format!("{e:?} {:?}", e.defects);
+        let codes: Vec<_> = e.defects.iter().map(|d| d.code()).collect();
+        assert!(
+            !shown.contains("203.0") && !codes.concat().contains("203.0"),
+            "{shown}"
         );
     }
 }
@@ -174,33 +353,48 @@ fn unknown_fields_are_named_and_declared_ones_kept_as_json() {
 
     let keep = Contract::new(UnknownFields::Ignore, "app_build, os_version").unwrap();
     let e = parse_body_with(&body, &keep).unwrap();
+    assert_eq!(e.extra, None, "a nested document is not kept");
     assert_eq!(
-        e.extra.as_deref(),
-        Some(r#"{"app_build":{"n": 7, "tag": "b"}}"#)
+        e.defects,
+        [Defect::Extra(
+            ExtraProblem::NotScalar,
+            crate::contract::FieldName::of("app_build")
+        )]
     );
-    let parsed: serde_json::Value = serde_json::from_str(e.extra.as_deref().unwrap()).unwrap();
-    assert_eq!(parsed["app_build"]["n"], 7);
     assert!(e.unknown.iter().all(|n| n.as_str() != "app_build"));
+    let scalar = body.replace(r#"{"n": 7, "tag": "b"}"#, r#""7.1 (b)""#);
+    let e = parse_body_with(&scalar, &keep).unwrap();
+    assert_eq!(e.extra.as_deref(), Some(r#"{"app_build":"7.1 (b)"}"#));
+    let parsed: serde_json::Value = serde_json::from_str(e.extra.as_deref().unwrap()).unwrap();
+    assert_eq!(parsed["app_build"], "7.1 (b)");
+    let keep = keep.with_mode(crate::contract::Mode::Strict);
 
     let reject = Contract::new(UnknownFields::Reject, "app_build").unwrap();
     let r = parse_body_with(&body, &reject).unwrap_err();
     assert_eq!(r.code(), "unknown_field.email");
     assert!(!r.to_string().contains("a@b.example"));
-    // A problem with a field of the contract comes first.
+    // Under strict, a problem with a field of the contract comes first;
+    // kept, it is a defect, and the unknown field is the reason.
     let both = body.replace(r#""ip": "199.172.111.135""#, r#""ip": "nowhere""#);
     assert_eq!(
-        parse_body_with(&both, &reject).unwrap_err(),
+        parse_body_with(
+            &both,
+            &reject.clone().with_mode(crate::contract::Mode::Strict)
+        )
+        .unwrap_err(),
         Rejection::InvalidIp
+    );
+    assert_eq!(
+        parse_body_with(&both, &reject).unwrap_err().code(),
+        "unknown_field.email"
     );
     assert!(parse_body_with(GOOD, &reject).is_ok());
 
     for (value, problem) in [
         (format!("\"{}\"", "x".repeat(1100)), ExtraProblem::TooLong),
         (r#""a\u0000b""#.to_owned(), ExtraProblem::NulCharacter),
-        (
-            r#"{"k": ["a\u0000"]}"#.to_owned(),
-            ExtraProblem::NulCharacter,
-        ),
+        (r#"{"k": ["a"]}"#.to_owned(), ExtraProblem::NotScalar),
+        ("[1]".to_owned(), ExtraProblem::NotScalar),
         (r#""\ud800""#.to_owned(), ExtraProblem::Invalid),
         ("1e1001".to_owned(), ExtraProblem::Invalid),
     ] {

@@ -13,8 +13,6 @@
 //! 120 bytes>`). The original, byte for byte, is sealed beside it
 //! ([`crate::privacy::dead_letter`]).
 
-use std::net::IpAddr;
-
 use serde_json::{Map, Value};
 
 use crate::contract::{Field, FieldName};
@@ -74,8 +72,9 @@ fn masked_value(name: &str, value: Value, masker: &Masker) -> Value {
     let fits = !s.contains('\0') && s.chars().count() <= field.max_chars();
     let blank = s.trim().is_empty();
     match field {
-        Field::Ip => match s.trim().parse::<IpAddr>() {
-            Ok(ip) if fits => Value::String(masker.ip(&ip).to_string()),
+        // The address's token, as the row's (a port or zone set aside).
+        Field::Ip => match crate::contract::address::parse(&s) {
+            Some((ip, _)) if fits => Value::String(masker.ip(&ip).to_string()),
             _ => redacted(&Value::String(s)),
         },
         Field::DeviceId if fits && !blank => Value::String(masker.device_id(&s).to_string()),

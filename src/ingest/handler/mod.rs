@@ -226,48 +226,37 @@ impl BatchHandler {
         let result = self.process(batch, fifo, deadline, started).await;
         let now_ms = Utc::now().timestamp_millis();
         let mut metrics = InvocationMetrics {
-            received: batch.len(),
             duration_ms: started.elapsed().as_millis() as u64,
             ingest_lag_ms: ingest_lag_ms(batch, now_ms),
             fifo,
             ..InvocationMetrics::default()
         };
         match &result {
-            Ok((_, summary, copied)) => {
-                metrics.inserted = summary.inserted;
-                metrics.duplicates = summary.duplicates;
-                metrics.rejected = summary.rejected.clone();
-                metrics.refused = summary.refused;
-                metrics.batch_item_failures = summary.failed;
-                metrics.sent_to_dlq = summary.sent_to_dlq;
-                metrics.statements = summary.statements;
-                metrics.copied = *copied;
-                metrics.failure = summary.failure;
-                metrics.backed_off = summary.backed_off;
-                metrics.visibility_change_failed = summary.visibility_change_failed;
-                metrics.refused_to_dlq = summary.refused_to_dlq;
-                metrics.erased = summary.erased;
-                metrics.unknown_fields = summary.unknown_fields;
-                metrics.unknown_field_names = summary.unknown_field_names.clone();
+            Ok(outcome) => {
+                metrics.summary = outcome.summary.clone();
                 metrics.partition_days_ahead = self.days_ahead_read().and_then(|(_, d)| d);
             }
             Err(e) => {
-                metrics.failure = Some(e.class());
+                metrics.summary = BatchSummary {
+                    received: batch.len(),
+                    failure: Some(e.class()),
+                    ..BatchSummary::default()
+                };
                 metrics.invocation_failed = true;
             }
         }
         self.metrics.emit(&metrics, now_ms);
-        result.map(|(response, summary, _)| Outcome { response, summary })
+        result
     }
 
-    /// The batch's work; `copied` tells whether the rows went in by COPY.
+    /// The batch's work: its response and its counts.
     async fn process(
         &self,
         batch: &SqsBatch,
         fifo: bool,
         deadline: Option<Instant>,
         started: Instant,
-    ) -> Result<(SqsBatchResponse, BatchSummary, bool), HandlerError> {
+    ) -> Result<Outcome, HandlerError> {
         let mut valid = Transformed::default();
         let (report, failure) = self
             .write(batch, fifo, deadline, started, &mut valid)
@@ -315,11 +304,18 @@ impl BatchHandler {
         for (_, code) in &valid.rejected {
             *rejected.entry(code.clone()).or_default() += 1;
         }
+        let mut defects: BTreeMap<String, usize> = BTreeMap::new();
+        for defect in valid.rows.iter().flat_map(|r| &r.defects) {
+            *defects.entry(defect.code().into_owned()).or_default() += 1;
+        }
         let summary = BatchSummary {
             received: batch.len(),
             inserted: report.inserted,
             duplicates: report.duplicates,
             rejected,
+            with_defects: valid.rows.iter().filter(|r| !r.defects.is_empty()).count(),
+            defects,
+            copied: report.copied,
             sent_to_dlq: valid.sent.len(),
             refused: report.refused.len(),
             failed: failed.len(),
@@ -332,7 +328,7 @@ impl BatchHandler {
             backed_off,
             visibility_change_failed,
         };
-        Ok((response, summary, report.copied))
+        Ok(Outcome { response, summary })
     }
 
     /// Transforms and writes the batch on a free sink. A failed write is an

@@ -22,8 +22,13 @@ pub struct BatchSummary {
     pub inserted: u64,
     /// Records already in the table (redelivery).
     pub duplicates: u64,
-    /// Records that failed validation, by [`Rejection::code`].
+    /// Records that are not logins (or that the contract refused), by
+    /// [`Rejection::code`].
     pub rejected: BTreeMap<String, usize>,
+    /// Rows stored with defects (`CONTRACT=lenient`).
+    pub with_defects: usize,
+    /// Their defects, by [`Defect::code`](crate::contract::Defect::code).
+    pub defects: BTreeMap<String, usize>,
     /// Rejected records the function sent to the dead-letter queue itself.
     pub sent_to_dlq: usize,
     /// Records the database refused.
@@ -32,6 +37,8 @@ pub struct BatchSummary {
     pub failed: usize,
     /// Database transactions tried: 1, plus about 2·log2(n) per refused row.
     pub statements: u32,
+    /// Whether the rows went in by the COPY fast path.
+    pub copied: bool,
     /// Refused rows sent to the DLQ (`refused.<SQLSTATE>`) after
     /// `REFUSED_MAX_RECEIVES` receives.
     pub refused_to_dlq: usize,

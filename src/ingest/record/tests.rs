@@ -108,7 +108,8 @@ fn a_signed_redriven_copy_keeps_the_originals_key_and_day_and_no_timestamp_is_a_
         row_key("m-redriven", &copy, &rotated),
         RowKey {
             message_id: "m-original",
-            sent_timestamp: Some("1700006399999")
+            sent_timestamp: Some("1700006399999"),
+            redriven: true,
         }
     );
     assert!(
@@ -195,4 +196,47 @@ fn a_forged_redrive_key_is_ignored_and_the_record_keyed_by_its_own_id_and_day() 
             NaiveDate::from_ymd_opt(2023, 11, 16).unwrap()
         );
     }
+}
+
+/// A dead-letter copy come back as it was (SQS moved it, or someone sent
+/// it on) is not a login: its body is masked (a token where the ip was), so
+/// storing it would store a token of a token. Its original sent back with
+/// the copy's attributes is one (the signed claim holds for it).
+#[test]
+fn a_dead_letter_copy_is_never_a_login_but_its_original_with_its_attributes_is() {
+    let masker = Masker::new(
+        &crate::privacy::masking::MaskingKey::from_hex(&"ab".repeat(32), "test").unwrap(),
+    );
+    let original = r#"{"user_id":"u","app_version":"1.1","device_type":"ios","ip":"10.0.0.1","locale":null,"device_id":"123-45-6789"}"#;
+    let masked = crate::ingest::dlq::copy::masked_body(original, &masker);
+    let with_copy_attributes = |body: &str| SqsRecord {
+        body: Some(body.into()),
+        attributes: Some(crate::ingest::event::RecordAttributes {
+            sent_timestamp: Some("1700092800000".into()),
+            ..Default::default()
+        }),
+        message_attributes: Some(crate::ingest::event::SourceAttributes {
+            source_message_id: Some("m-original".into()),
+            source_sent_timestamp: Some("1700006399999".into()),
+            source_signature: Some(masker.redrive_signature(
+                "m-original",
+                "1700006399999",
+                original,
+            )),
+            rejection_code: Some("unknown_field.email".into()),
+            ..Default::default()
+        }),
+        ..SqsRecord::default()
+    };
+    assert!(
+        crate::contract::parse_body(&masked).is_ok(),
+        "a masked copy reads as a login with defects: only its attributes tell"
+    );
+    assert_eq!(
+        transform("m-copy", &with_copy_attributes(&masked), &masker).unwrap_err(),
+        Rejection::DeadLetterCopy
+    );
+    let back = with_copy_attributes(original);
+    let row = transform("m-back", &back, &masker).unwrap();
+    assert_eq!(row.message_id, "m-original");
 }

@@ -19,17 +19,15 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::SinkExt;
 use tokio::time::timeout;
-use tokio_postgres::types::{IsNull, ToSql, Type};
 use tokio_postgres::{Client, CopyInSink};
 
 use super::classify::{Failure, classify};
 use super::tx::{XidFloor, begin_sql, no_answer, refuse_erased, vault_and_commit};
 use super::vault::VaultRows;
 use crate::contract::LoginRow;
-use crate::contract::columns::COLUMNS;
 use crate::privacy::keys::Versions;
 
-pub use super::columns::{COPY_SQL, COPY_TYPES};
+pub use super::columns::{COPY_SQL, encode_row};
 
 /// The binary COPY format's header: signature, flags, no extension.
 pub const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
@@ -163,25 +161,4 @@ impl CopyIn {
             }),
         }
     }
-}
-
-/// Appends `r` to `buf` in the binary COPY format of [`COPY_SQL`] (after
-/// [`COPY_HEADER`]): the field count, then each value's length (-1 for
-/// NULL) and bytes, by its `ToSql`. `Err` is the type of a value that
-/// cannot be encoded (none of a validated row's).
-pub fn encode_row(buf: &mut BytesMut, r: &LoginRow<'_>) -> Result<(), Type> {
-    buf.put_i16(COLUMNS.len() as i16);
-    for (c, ty) in COLUMNS.iter().zip(COPY_TYPES.iter()) {
-        let at = buf.len();
-        buf.put_i32(0);
-        let len = match (c.value)(r)
-            .to_sql_checked(ty, buf)
-            .map_err(|_| ty.clone())?
-        {
-            IsNull::Yes => -1,
-            IsNull::No => i32::try_from(buf.len() - at - 4).map_err(|_| ty.clone())?,
-        };
-        buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
-    }
-    Ok(())
 }

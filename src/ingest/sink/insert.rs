@@ -106,9 +106,9 @@ pub(crate) async fn insert_tx(
                         .query_typed_one(
                             RECOUNT_SQL,
                             &[
-                                (cols.column("message_id"), Type::VARCHAR_ARRAY),
-                                (cols.column("sent_at"), Type::TIMESTAMPTZ_ARRAY),
-                                (cols.column("create_date"), Type::DATE_ARRAY),
+                                (&cols.message_id, Type::VARCHAR_ARRAY),
+                                (&cols.sent_at, Type::TIMESTAMPTZ_ARRAY),
+                                (&cols.create_date, Type::DATE_ARRAY),
                                 (floor, Type::TEXT),
                             ],
                         )

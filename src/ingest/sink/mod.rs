@@ -65,8 +65,8 @@ use tracing::warn;
 
 pub use crate::privacy::keys::{ErasureList, KeyChecks, Versions};
 pub use budget::{Budget, CONFLICT_RETRIES, DEADLINE_MARGIN};
-pub use columns::{Columns, Jsonb, array_placeholders};
-pub use copy::{CHUNK, COPY_HEADER, COPY_SQL, COPY_TYPES, CopyIn, encode_row};
+pub use columns::{Columns, array_placeholders};
+pub use copy::{CHUNK, COPY_HEADER, COPY_SQL, CopyIn, encode_row};
 pub use insert::WRITE_SQL;
 pub use writer::BatchWriter;
 

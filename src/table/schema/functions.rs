@@ -111,8 +111,9 @@ pub const SCHEMA_VERSION_FUNCTION: &str = "login_etl_schema_version";
 
 impl FunctionFile {
     /// Its text, with the contract's columns filled in where it names them
-    /// (`{{columns}}`, `{{array_arguments}}`, `{{array_names}}`: the write
-    /// function, see [`crate::contract::columns`]).
+    /// (`{{columns}}`, `{{array_arguments}}`, `{{array_names}}`,
+    /// `{{select_list}}`: the write function, see
+    /// [`crate::contract::columns`]).
     pub fn text(&self) -> Cow<'static, str> {
         use crate::contract::columns;
         if !self.sql.contains("{{") {
@@ -122,7 +123,8 @@ impl FunctionFile {
             self.sql
                 .replace("{{columns}}", &columns::names())
                 .replace("{{array_arguments}}", &columns::array_arguments())
-                .replace("{{array_names}}", &columns::array_names()),
+                .replace("{{array_names}}", &columns::array_names())
+                .replace("{{select_list}}", &columns::select_list()),
         )
     }
 
@@ -438,7 +440,7 @@ mod tests {
             .find(|f| f.name == "login_etl_write")
             .unwrap();
         // The first overload filled in from the contract's columns, the
-        // second as the eleven columns of before `extra`.
+        // second as the twelve columns of before `defects`.
         let sigs = w.signatures();
         assert_eq!(sigs.len(), 2);
         assert_eq!(
@@ -449,6 +451,11 @@ mod tests {
             )
         );
         assert!(sigs[0].ends_with("extras jsonb[])"), "{}", sigs[0]);
-        assert!(sigs[1].ends_with("key_versions smallint[])"), "{}", sigs[1]);
+        assert!(sigs[0].contains("defectss text[]"), "{}", sigs[0]);
+        assert!(
+            sigs[1].ends_with("key_versions smallint[], extras jsonb[])"),
+            "{}",
+            sigs[1]
+        );
     }
 }

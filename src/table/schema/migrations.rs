@@ -19,7 +19,8 @@ macro_rules! migration {
 /// The migrations of the masking-only profile: what changes tables and
 /// data, in order (0001 creates or upgrades `user_logins`, 0004 its
 /// partition machinery, 0006 the key state, 0007 the DEFAULT partition's
-/// drains, 0010 the role registry, 0011 the declared extra fields).
+/// drains, 0010 the role registry, 0011 the declared extra fields, 0012
+/// each row's defects).
 pub const MASKING_MIGRATION_SQL: &str = concat!(
     migration!("0001_user_logins"),
     "\n",
@@ -34,6 +35,8 @@ pub const MASKING_MIGRATION_SQL: &str = concat!(
     migration!("0010_insiders"),
     "\n",
     migration!("0011_extra_fields"),
+    "\n",
+    migration!("0012_defects"),
 );
 
 /// The full profile's migrations from 0005 on: the tail both of its
@@ -60,6 +63,8 @@ macro_rules! full_from_0005 {
             migration!("privacy/0010_insiders"),
             "\n",
             migration!("0011_extra_fields"),
+            "\n",
+            migration!("0012_defects"),
         )
     };
 }
@@ -90,7 +95,7 @@ pub fn migration_sql(profile: Profile) -> &'static str {
 }
 
 /// The full profile's migrations but 0001 and 0004, which rebuild
-/// `user_logins` (0011 only adds a nullable column, which an older
+/// `user_logins` (0011 and 0012 only add nullable columns, which an older
 /// version's writes do not name): what `migrate --prepare` applies beside
 /// an older version's writes into an unpartitioned table (see [`convert`];
 /// such a table is from before profiles, so full).

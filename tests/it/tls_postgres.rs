@@ -4,7 +4,7 @@
 //! Manager (`DB_CA_BUNDLE_SECRET_ID`, how the deployed function gets it).
 //! One test: it sets process-wide AWS environment variables.
 
-mod common;
+use crate::common;
 
 use common::moto::start_moto;
 use common::pg_server::{PASSWORD, PgServer, ServerOptions};
@@ -169,15 +169,12 @@ async fn ssl_modes_against_a_server_that_requires_tls() {
 
     // The deployed function: the bundle from a secret (DbCaBundleSecretArn).
     let (_moto, port) = start_moto();
-    for (k, v) in [
+    common::set_process_env(&[
         ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
         ("AWS_ACCESS_KEY_ID", "test".into()),
         ("AWS_SECRET_ACCESS_KEY", "test".into()),
         ("AWS_REGION", "us-east-1".into()),
-    ] {
-        // SAFETY: this test binary holds a single test, so no other thread reads the environment.
-        unsafe { std::env::set_var(k, v) };
-    }
+    ]);
     let sm = aws_sdk_secretsmanager::Client::new(&login_etl::secrets::sdk_config().await);
     let mut arns = Vec::new();
     for (name, pem) in [

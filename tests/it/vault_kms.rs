@@ -3,9 +3,9 @@
 //! the originals back through KMS Decrypt with one audit line each, and
 //! `forget` erases one user without touching the others; and no data key
 //! ever seals two entries under one nonce. The tests set process-wide AWS
-//! environment variables, so each holds [`ENV`] for its whole run.
+//! environment variables ([`common::set_process_env`]: a process each).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -24,25 +24,17 @@ use login_etl::synth::{self, Options};
 use login_etl::{Deadline, SqsBatch};
 use serde_json::Value;
 
-/// Held by each test of this binary for its whole run: one at a time sets
-/// and reads the process environment.
-static ENV: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Points the AWS SDK at moto on `port` (call with [`ENV`] held).
+/// Points the AWS SDK at moto on `port`.
 fn set_env(port: u16) {
     let endpoint = format!("http://127.0.0.1:{port}");
-    for (k, v) in [
+    common::set_process_env(&[
         ("AWS_ENDPOINT_URL", endpoint.as_str()),
         ("AWS_ACCESS_KEY_ID", "test"),
         ("AWS_SECRET_ACCESS_KEY", "test"),
         ("AWS_REGION", "us-east-1"),
         // A spoofed operator name: the audit must not believe it.
         ("USER", "mallory"),
-    ] {
-        // SAFETY: every test of this binary holds ENV while it runs, and the
-        // others wait for it without touching the environment.
-        unsafe { std::env::set_var(k, v) };
-    }
+    ]);
 }
 
 /// A KMS key in moto, for the vault.
@@ -84,7 +76,6 @@ fn originals(event: &SqsEvent) -> BTreeMap<String, BTreeSet<(String, String)>> {
 #[tokio::test]
 #[ignore = "needs moto_server on PATH or in MOTO_SERVER; run by `make test`"]
 async fn the_vault_round_trip_through_kms_reveal_and_forget() {
-    let _env = ENV.lock().await;
     let (_moto, port) = start_moto();
     set_env(port);
     let (kms, key_arn) = vault_kms_key().await;
@@ -458,7 +449,6 @@ async fn cold_start(url: &str, key_arn: &str) -> login_etl::BatchHandler {
 #[tokio::test]
 #[ignore = "needs moto_server on PATH or in MOTO_SERVER; run by `make test`"]
 async fn no_data_key_seals_two_vault_entries_under_one_nonce() {
-    let _env = ENV.lock().await;
     let (_moto, port) = start_moto();
     set_env(port);
     let (_kms, key_arn) = vault_kms_key().await;
@@ -509,7 +499,6 @@ async fn no_data_key_seals_two_vault_entries_under_one_nonce() {
 #[tokio::test]
 #[ignore = "needs moto_server on PATH or in MOTO_SERVER; run by `make test`"]
 async fn an_old_vault_is_resealed_then_rotated_and_still_reveals() {
-    let _env = ENV.lock().await;
     let (_moto, port) = start_moto();
     set_env(port);
     let (kms, key_arn) = vault_kms_key().await;

@@ -2,7 +2,7 @@
 //! Secrets Manager on 127.0.0.1 and a throwaway password-protected PostgreSQL.
 //! One sequential test: it sets process-wide AWS environment variables.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -14,8 +14,7 @@ use login_etl::{Config, Deadline, SqsBatch, startup};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn set_endpoint(url: &str) {
-    // SAFETY: this test binary holds a single test, so no other thread reads the environment.
-    unsafe { std::env::set_var("AWS_ENDPOINT_URL", url) };
+    common::set_process_env(&[("AWS_ENDPOINT_URL", url)]);
 }
 
 async fn build(vars: &[(&str, &str)]) -> Result<login_etl::BatchHandler, String> {
@@ -51,13 +50,12 @@ async fn access_denied_endpoint() -> u16 {
 #[tokio::test]
 #[ignore = "needs moto_server on PATH or in MOTO_SERVER; run by `make test`"]
 async fn secrets_at_cold_start_and_on_password_rotation() {
-    // SAFETY: single test in this binary (see set_endpoint).
-    unsafe {
-        std::env::set_var("AWS_ACCESS_KEY_ID", "test");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
-        std::env::set_var("AWS_REGION", "us-east-1");
-        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
-    }
+    common::set_process_env(&[
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ]);
     let (_moto, port) = start_moto();
     set_endpoint(&format!("http://127.0.0.1:{port}"));
     let sm = Client::new(&login_etl::secrets::sdk_config().await);
