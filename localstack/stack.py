@@ -306,6 +306,7 @@ class Stack:
     log_level: str
     maintenance_function_name: str = ""
     vault_key_arn: str = ""
+    dlq_key_arn: str = ""
 
 
 def deploy(
@@ -392,6 +393,7 @@ def deploy(
         function_name=outputs["FunctionName"],
         masking_key_secret_arn=outputs["MaskingKeySecretArn"],
         vault_key_arn=outputs.get("VaultKeyArn", ""),
+        dlq_key_arn=outputs.get("DlqKeyArn", ""),
         max_receive_count=max_receive,
         fifo=fifo,
         log_level=log_level,
@@ -711,8 +713,10 @@ def operator(stack: Stack, *args: str) -> subprocess.CompletedProcess:
         env["ERASURE_KEY_SECRET_ID"] = erasure_key_secret_arn(stack)
     if args[0] == "rotate-key":
         env["MASKING_KEY_SECRET_ID"] = stack.masking_key_secret_arn
-    if args[0] in ("reveal", "dlq-redrive"):  # every Decrypt names the vault's key
+    if args[0] == "reveal":  # every Decrypt names the vault's key
         env["VAULT_KMS_KEY_ID"] = stack.vault_key_arn
+    if args[0] == "dlq-redrive":  # the dead-letter copies' key
+        env["DLQ_KMS_KEY_ID"] = stack.dlq_key_arn
     return subprocess.run([str(bootstrap), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 
 

@@ -136,6 +136,11 @@ pub struct Config {
     /// `VAULT_KMS_KEY_ID`: the KMS key for the PII vault's data keys; unset:
     /// no vault.
     pub vault_kms_key_id: Option<String>,
+    /// `DLQ_KMS_KEY_ID`: the KMS key the originals of dead-letter copies are
+    /// sealed under, for the DLQ operator alone (every profile: the
+    /// template's `DlqKey`); unset, the vault's key when there is one, else
+    /// a copy keeps no original.
+    pub dlq_kms_key_id: Option<String>,
     /// The per-message backoff after an infrastructure failure
     /// (`BACKOFF_BASE_SECONDS`, `BACKOFF_MAX_SECONDS`; see
     /// [`backoff`]). On by default under Lambda
@@ -245,6 +250,7 @@ impl Config {
             function_name: get("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "login-etl".into()),
             log_level: get("AWS_LAMBDA_LOG_LEVEL").or_else(|| get("RUST_LOG")),
             vault_kms_key_id: get("VAULT_KMS_KEY_ID"),
+            dlq_kms_key_id: get("DLQ_KMS_KEY_ID"),
             backoff: backoff(&get, backoff_by_default)?,
             source_queue_url: get("SOURCE_QUEUE_URL"),
             refused_max_receives: parse_count(&get, "REFUSED_MAX_RECEIVES", 1_000)?

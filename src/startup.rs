@@ -55,6 +55,7 @@ pub async fn build_with(
         || needs_secrets(&config.db);
     let aws = if needs_secrets
         || config.vault_kms_key_id.is_some()
+        || config.dlq_kms_key_id.is_some()
         || config.dlq_url.is_some()
         || config.backoff.is_some()
     {
@@ -125,24 +126,36 @@ pub async fn build_with(
     Ok(handler)
 }
 
-/// The cold start's data keys from KMS, both under `VAULT_KMS_KEY_ID`: the
-/// vault's, and (with a DLQ) the one the dead-letter copies' originals are
-/// sealed under, in a context of their own, for the DLQ operator alone.
+/// The cold start's data keys from KMS: the vault's (`VAULT_KMS_KEY_ID`),
+/// and (with a DLQ) the one the dead-letter copies' originals are sealed
+/// under, in a context of their own, for the DLQ operator alone
+/// (`DLQ_KMS_KEY_ID`, or the vault's key where a deployment from before it
+/// gives none).
 async fn data_keys(
     config: &Config,
     kms: Option<&aws_sdk_kms::Client>,
 ) -> Result<(Option<DataKey>, Option<Sealer>), InitError> {
-    let (Some(kms_key), Some(kms)) = (&config.vault_kms_key_id, kms) else {
+    let Some(kms) = kms else {
         return Ok((None, None));
     };
-    let sealer = async {
-        match &config.dlq_url {
-            Some(_) => Sealer::generate(kms, kms_key).await.map(Some),
+    let vault = async {
+        match &config.vault_kms_key_id {
+            Some(key) => DataKey::generate(kms, key).await.map(Some),
             None => Ok(None),
         }
     };
-    let (data_key, sealer) = tokio::join!(DataKey::generate(kms, kms_key), sealer);
-    Ok((Some(data_key?), sealer?))
+    let sealing_key = config
+        .dlq_kms_key_id
+        .as_ref()
+        .or(config.vault_kms_key_id.as_ref());
+    let sealer = async {
+        match (&config.dlq_url, sealing_key) {
+            (Some(_), Some(key)) => Sealer::generate(kms, key).await.map(Some),
+            _ => Ok(None),
+        }
+    };
+    let (data_key, sealer) = tokio::join!(vault, sealer);
+    Ok((data_key?, sealer?))
 }
 
 /// The dead-letter queue at `url`, sealing each copy's original with
@@ -157,7 +170,7 @@ fn dead_letter_queue(
         Some(sealer) => dlq.with_sealer(sealer),
         None => {
             info!(
-                "dead-letter copies keep a masked body only: without VAULT_KMS_KEY_ID the original of a rejected message is not kept, and login-etl dlq-redrive cannot send it back"
+                "dead-letter copies keep a masked body only: without DLQ_KMS_KEY_ID the original of a rejected message is not kept, and login-etl dlq-redrive can only rebuild what the masked copy shows"
             );
             dlq
         }

@@ -613,6 +613,54 @@ def test_a_database_outage_dead_letters_nothing_valid_and_every_row_lands_soon_a
     assert totals["RowsInserted"] == len(valid)
 
 
+def set_function_env(s: stack.Stack, **changes: str) -> None:
+    """The function's environment changed as an operator changes one
+    setting (LocalStack updates no stack), and the update finished."""
+    lam = stack.client("lambda")
+    env = lam.get_function_configuration(FunctionName=s.function_name)["Environment"]["Variables"]
+    lam.update_function_configuration(FunctionName=s.function_name, Environment={"Variables": {**env, **changes}})
+    stack.wait_for("the function's update", lambda: lam.get_function_configuration(
+        FunctionName=s.function_name).get("LastUpdateStatus") in (None, "Successful"), timeout=60)  # fmt: skip
+
+
+def rejected_then_stored(s: stack.Stack, queues: stack.Stack) -> list[stack.Message]:
+    """issue 61, in a masking-only stack: logins a deployment refuses
+    (CONTRACT=strict: their defects are rejects) reach the DLQ with their
+    reason and their sealed original; once the cause is fixed (the
+    contract back to lenient), `login-etl dlq-redrive` as the DLQ operator
+    sends each original back and each becomes exactly one row, with its
+    defects."""
+    set_function_env(s, CONTRACT="strict")
+    refused = stack.generate(6, 0, seed=5503, defective_every=1)
+    dead_before = {stack.dead_letter_attribute(d, "source_message_id") for d in stack.dead_letters(queues)}
+    stack.send(queues, refused)
+    want = {m.message_id for m in refused}
+    stack.wait_for("the refused logins in the DLQ", lambda: want <= {
+        stack.dead_letter_attribute(d, "source_message_id") for d in stack.dead_letters(queues)}, timeout=120)  # fmt: skip
+    copies = {stack.dead_letter_attribute(d, "source_message_id"): d for d in stack.dead_letters(queues)}
+    for m in refused:
+        code = stack.dead_letter_attribute(copies[m.message_id], "rejection_code")
+        assert code and not code.startswith("refused"), code
+        assert stack.dead_letter_attribute(copies[m.message_id], "sealed_body"), "the original is kept"
+    assert not want & set(rows(s)), "nothing stored under strict"
+    set_function_env(s, CONTRACT="lenient")
+    out = stack.operator(s, "dlq-redrive", "--dlq-url", queues.dlq_url, "--to", queues.queue_url)
+    assert out.returncode == 0, out.stderr
+    counts = json.loads(out.stdout.strip().splitlines()[-1])
+    assert counts["unsealed"] >= len(refused) and counts["left"] == {}, counts
+    stack.wait_for("the redriven originals stored", lambda: want <= set(rows(s)), timeout=120)
+    table = rows(s)
+    for m in refused:
+        assert table[m.message_id][8] == ",".join(m.defects), (m.message_id, table[m.message_id][8])
+    # Exactly one row each, under the original's message id (its row key).
+    ids = [r[0] for r in stack.psql(stack.db_url(s.dbname), "SELECT message_id FROM user_logins")]
+    assert all(ids.count(i) == 1 for i in want)
+    # What is not a login goes back to the DLQ, each under its own source.
+    stack.wait_for("the other originals back in the DLQ", lambda: dead_before <= {
+        stack.dead_letter_attribute(d, "source_message_id") for d in stack.dead_letters(queues)}, timeout=120)  # fmt: skip
+    return refused
+
+
 @AFTER_FIFO
 def test_a_masking_only_stack_on_an_existing_queue_drains_it_and_is_widened_online(existing):
     """The stack makes no queue; its event-source mapping reads the queue
@@ -643,7 +691,13 @@ def test_a_masking_only_stack_on_an_existing_queue_drains_it_and_is_widened_onli
     for m in invalid:
         assert stack.dead_letter_attribute(by_source[m.message_id], "rejection_code") == m.expect.removeprefix("reject:")
 
-    # Masking-only: no vault, no KMS key, none of the full profile's tables.
+    # Every profile keeps the originals of its rejects, sealed for the DLQ
+    # operator under the dead-letter key (DlqKey): none is lost.
+    for d in copies:
+        assert stack.dead_letter_attribute(d, "sealed_body") or d["Body"].startswith("<empty body"), d["Body"]
+    valid += rejected_then_stored(s, queues)
+
+    # Masking-only: no vault or vault key, none of the full profile's tables.
     assert not [r for r in made if r["LogicalResourceId"] in ("VaultKey", "PiiRevealRole")]
     privacy = ("user_logins_pii_vault", "user_logins_vault_keys", "user_logins_pii_audit", "user_logins_erased",
                "user_logins_erasure_tokens", "user_logins_pii_vault_held")  # fmt: skip

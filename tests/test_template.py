@@ -568,13 +568,14 @@ def test_bad_parameter_combinations_fail_validation(tpl, params, broken):
 
 def test_the_default_profile_is_masking_only_and_needs_no_reveal_role(tpl):
     """As README's setup block: a stack given only its database secrets is
-    masking-only (no vault key, no reveal role, no VAULT_KMS_KEY_ID) and
-    its rules hold."""
+    masking-only (no vault key, no reveal role, no VAULT_KMS_KEY_ID; the
+    one KMS key is the dead-letter copies', DlqKey) and its rules hold."""
     assert tpl["Parameters"]["Profile"]["Default"] == "masking"
     secrets = {"DbSecretArn": FULL_SECRET_ARN, "MaintainDbSecretArn": MAINTAIN_SECRET_ARN}
     assert _rules_hold(tpl, {**_defaults(tpl), **secrets}) == []
     out = deployed(Profile=_defaults(tpl)["Profile"], RevealTrustedPrincipalArn="")
-    assert "PiiRevealRole" not in out and not [r for r in out.values() if r["Type"] == "AWS::KMS::Key"], sorted(out)
+    keys = [name for name, r in out.items() if r["Type"] == "AWS::KMS::Key"]
+    assert "PiiRevealRole" not in out and keys == ["DlqKey"], sorted(out)
     env = out["LoginEtlFunction"]["Properties"]["Environment"]["Variables"]
     assert env["VAULT_KMS_KEY_ID"] == "" and env["LOGIN_ETL_PROFILE"] == "masking", env
 
@@ -677,13 +678,7 @@ def test_the_function_may_encrypt_into_the_vault_but_only_the_reveal_role_decryp
     key = resources["VaultKey"]
     assert key["DeletionPolicy"] == "Retain" and key["UpdateReplacePolicy"] == "Retain"
     statements = {st["Sid"]: st for st in key["Properties"]["KeyPolicy"]["Statement"]}
-    assert set(statements) == {
-        "AccountAdministersTheKey", "FunctionGeneratesDataKeys", "RevealRoleDecrypts", "FunctionSealsDeadLetterCopies"
-    }  # fmt: skip
-    seal = statements["FunctionSealsDeadLetterCopies"]
-    assert (seal["Action"], seal["Principal"], seal["Condition"]) == (
-        "kms:GenerateDataKey", {"AWS": {"Fn::GetAtt": ["LoginEtlRole", "Arn"]}},
-        {"StringEquals": {"kms:EncryptionContext:purpose": "login-etl-dlq"}})  # fmt: skip
+    assert set(statements) == {"AccountAdministersTheKey", "FunctionGeneratesDataKeys", "RevealRoleDecrypts"}
     context = {"StringEquals": {"kms:EncryptionContext:purpose": "login-etl-pii-vault"}}
     gen, dec = statements["FunctionGeneratesDataKeys"], statements["RevealRoleDecrypts"]
     assert (gen["Action"], gen["Principal"], gen["Condition"]) == (
@@ -790,6 +785,55 @@ def test_the_key_policy_check_flags_widenings_and_accepts_a_proper_policy(extra,
     assert bool(_key_policy_widenings(key)) == widened, _key_policy_widenings(key)
     as_text = {"Properties": {"KeyPolicy": json.dumps(key["Properties"]["KeyPolicy"])}}
     assert _key_policy_widenings(as_text) == _key_policy_widenings(key)
+
+
+def _decrypting_principals(resources, context):
+    """Who may kms:Decrypt (or a wildcard covering it) under the encryption
+    context `context`, in any KMS key policy or IAM role of the deployed
+    template: a statement without a purpose condition counts for every
+    context."""
+    found = set()
+    for name, r in resources.items():
+        if r["Type"] == "AWS::KMS::Key":
+            statements = [(st, json.dumps(st.get("Principal"))) for st in r["Properties"]["KeyPolicy"]["Statement"]]
+        elif r["Type"] == "AWS::IAM::Role":
+            statements = [(st, name) for st in _statements(r)]
+        else:
+            continue
+        for st, who in statements:
+            purpose = json.dumps(st.get("Condition", {}))
+            if st.get("Effect") == "Allow" and _allows(st.get("Action", []), "kms:Decrypt") and (
+                    "kms:EncryptionContext:purpose" not in purpose or context in purpose):  # fmt: skip
+                found.add(who)
+    return found
+
+
+@pytest.mark.parametrize("profile", ["masking", "full"])
+@pytest.mark.parametrize("operator", [True, False])
+def test_every_profile_seals_dead_letter_originals_only_the_dlq_operator_opens(profile, operator):
+    """issue 61: a masking-only stack keeps each rejected message's original
+    too, under a KMS key of its own (DlqKey): the function may only
+    generate its data keys (in the dead-letter context), and no principal
+    but DlqOperatorRole may decrypt under that context, in any key policy
+    or role of the stack (the account administers the key, and cannot
+    Decrypt)."""
+    params = {"Profile": profile}
+    if operator:
+        params["DlqOperatorTrustedPrincipalArn"] = OPERATOR
+    resources = deployed(**params)
+    key = resources["DlqKey"]
+    assert key["DeletionPolicy"] == "Retain" and key["Properties"]["EnableKeyRotation"] is True
+    env = resources["LoginEtlFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["DLQ_KMS_KEY_ID"] == {"Fn::GetAtt": ["DlqKey", "Arn"]}
+    statements = {st["Sid"]: st for st in key["Properties"]["KeyPolicy"]["Statement"]}
+    seal = statements["FunctionSealsDeadLetterCopies"]
+    assert (seal["Action"], seal["Principal"], seal["Condition"]) == (
+        "kms:GenerateDataKey", {"AWS": {"Fn::GetAtt": ["LoginEtlRole", "Arn"]}},
+        {"StringEquals": {"kms:EncryptionContext:purpose": "login-etl-dlq"}})  # fmt: skip
+    assert _key_policy_widenings(key) == []
+    op = json.dumps({"AWS": {"Fn::GetAtt": ["DlqOperatorRole", "Arn"]}})
+    want = {op, "DlqOperatorRole"} if operator else set()
+    assert _decrypting_principals(resources, "login-etl-dlq") == want
 
 
 def test_no_kms_key_policy_lets_anyone_but_named_roles_read_the_vault():
@@ -964,7 +1008,7 @@ def test_both_queues_are_closed_to_all_but_named_roles(operator, producers):
         unseal = by_sid["UnsealDeadLetterCopies"]
         assert unseal["Action"] == "kms:Decrypt"
         assert unseal["Condition"] == {"StringEquals": {"kms:EncryptionContext:purpose": "login-etl-dlq"}}
-        key = {st["Sid"]: st for st in resources["VaultKey"]["Properties"]["KeyPolicy"]["Statement"]}
+        key = {st["Sid"]: st for st in resources["DlqKey"]["Properties"]["KeyPolicy"]["Statement"]}
         assert key["DlqOperatorUnseals"]["Principal"] == {"AWS": op_role}
         assert key["DlqOperatorUnseals"]["Condition"] == unseal["Condition"]
 

@@ -431,14 +431,18 @@ async fn doctor_queue(url: &str, report: &mut crate::table::doctor::Report) -> R
 /// Sends the dead-letter queue's messages back (see
 /// [`crate::ingest::redrive`]), progress on stderr, the counts as JSON on
 /// stdout. Needs AWS credentials of `DlqOperatorRole` and, for the
-/// function's sealed copies, `VAULT_KMS_KEY_ID`.
+/// function's sealed copies, `DLQ_KMS_KEY_ID` (and `VAULT_KMS_KEY_ID` for
+/// copies sealed under the vault's key before there was one).
 async fn dlq_redrive(args: &DlqRedriveArgs) -> Result<(), Failure> {
     use crate::ingest::redrive::{RedriveOptions, redrive};
     let aws = crate::secrets::sdk_config().await;
     let sqs = aws_sdk_sqs::Client::new(&aws);
-    let mut unsealer = vault_key()
-        .ok()
-        .map(|key| crate::privacy::dead_letter::Unsealer::new(aws_sdk_kms::Client::new(&aws), key));
+    let keys: Vec<String> = ["DLQ_KMS_KEY_ID", "VAULT_KMS_KEY_ID"]
+        .into_iter()
+        .filter_map(|var| std::env::var(var).ok().filter(|k| !k.trim().is_empty()))
+        .collect();
+    let mut unsealer = (!keys.is_empty())
+        .then(|| crate::privacy::dead_letter::Unsealer::new(aws_sdk_kms::Client::new(&aws), keys));
     let options = RedriveOptions {
         dlq_url: args.dlq_url.clone(),
         to_url: args.to.clone(),

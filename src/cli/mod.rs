@@ -77,7 +77,7 @@ pub enum Command {
     GenEvents(GenEventsArgs),
     /// Consume the queue as a long-running service (ECS, Kubernetes, a VM) until SIGTERM.
     Poll(PollArgs),
-    /// Send the dead-letter queue's messages back to the source queue as their producers sent them, unsealing the function's copies (DlqOperatorRole; VAULT_KMS_KEY_ID).
+    /// Send the dead-letter queue's messages back to the source queue as their producers sent them, unsealing the function's copies (DlqOperatorRole; DLQ_KMS_KEY_ID).
     DlqRedrive(DlqRedriveArgs),
     /// Print the message contract as a JSON Schema (2020-12), for producers.
     Schema(ContractArgs),

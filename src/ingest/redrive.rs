@@ -80,7 +80,7 @@ pub enum RedriveError {
     Kms(#[from] crate::privacy::vault::VaultError),
     /// A copy holds a sealed original and no KMS key was given.
     #[error(
-        "the dead-letter queue holds sealed copies and VAULT_KMS_KEY_ID is not set: give the vault's KMS key (the stack's VaultKeyArn output) and run as DlqOperatorRole"
+        "the dead-letter queue holds sealed copies and DLQ_KMS_KEY_ID is not set: give the dead-letter key (the stack's DlqKeyArn output) and run as DlqOperatorRole"
     )]
     NoKmsKey,
 }

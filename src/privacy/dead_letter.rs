@@ -4,13 +4,22 @@
 //! A copy's body is masked (by the ingest path's DLQ); the body as the
 //! producer sent it rides along in two message attributes:
 //! [`SEALED_BODY`], AES-256-GCM under a data key, and [`SEALED_KEY`], that
-//! data key wrapped by KMS under the vault's key with an encryption context
+//! data key wrapped by KMS under the dead-letter key (`DLQ_KMS_KEY_ID`, the
+//! template's `DlqKey`, made in every profile) with an encryption context
 //! of its own ([`ENCRYPTION_CONTEXT`]). The key policy lets the function
-//! generate such keys and only `DlqOperatorRole` decrypt them
-//! (template.yaml, `VaultKey`): neither the vault's reveal role nor the
-//! function can unseal a copy, and the DLQ operator cannot open the vault.
+//! generate such keys and only `DlqOperatorRole` decrypt them: the
+//! function cannot unseal a copy, and the DLQ operator opens nothing else.
 //! The associated data binds each sealed body to the message id it was
 //! copied from, so a sealed body moved onto another copy does not open.
+//!
+//! Why a key of the application's own and not a queue encrypted under a
+//! customer key (SSE-KMS): sending to such a queue needs `kms:Decrypt`
+//! too, so "only the function encrypts, only the operator decrypts" cannot
+//! be said on the key; SSE protects the message at rest only (whoever may
+//! receive it reads it all, so triage would read the raw body); and a
+//! queue the stack does not own (`ExistingDlqArn`) cannot be re-encrypted
+//! by it. Copies sealed before 0.2.0 are under the vault's key
+//! (`VAULT_KMS_KEY_ID`), which `dlq-redrive` tries second.
 //!
 //! The function generates one data key per cold start (one KMS call);
 //! `login-etl dlq-redrive` unwraps each distinct one once ([`Unsealer`]).
@@ -66,13 +75,13 @@ impl std::fmt::Debug for SealedBody {
 
 impl Sealer {
     /// A sealer with a new data key (`GenerateDataKey` on `kms_key_id`,
-    /// the vault's KMS key, in the dead-letter context).
+    /// the dead-letter key, in the dead-letter context).
     pub async fn generate(kms: &Kms, kms_key_id: &str) -> Result<Self, VaultError> {
         let key = DataKey::generate_in(
             kms,
             kms_key_id,
             ENCRYPTION_CONTEXT,
-            "; the function's role needs kms:GenerateDataKey on VAULT_KMS_KEY_ID with the encryption context purpose=login-etl-dlq (VaultKey's policy, statement FunctionSealsDeadLetterCopies)",
+            "; the function's role needs kms:GenerateDataKey on DLQ_KMS_KEY_ID with the encryption context purpose=login-etl-dlq (DlqKey's policy, statement FunctionSealsDeadLetterCopies)",
         )
         .await?;
         Ok(Self::new(key))
@@ -120,19 +129,21 @@ pub enum UnsealError {
 }
 
 /// Opens sealed bodies, unwrapping each distinct data key once through KMS
-/// (`Decrypt`, naming the vault's key and the dead-letter context).
+/// (`Decrypt`, naming a key it was given and the dead-letter context).
 pub struct Unsealer {
     kms: Kms,
-    kms_key_id: String,
+    kms_key_ids: Vec<String>,
     keys: HashMap<Vec<u8>, DataKey>,
 }
 
 impl Unsealer {
-    /// An unsealer asking `kms` to unwrap under `kms_key_id` only.
-    pub fn new(kms: Kms, kms_key_id: String) -> Self {
+    /// An unsealer asking `kms` to unwrap under the keys `kms_key_ids`
+    /// only, in order (the dead-letter key, then the vault's for copies
+    /// sealed before it).
+    pub fn new(kms: Kms, kms_key_ids: Vec<String>) -> Self {
         Self {
             kms,
-            kms_key_id,
+            kms_key_ids,
             keys: HashMap::new(),
         }
     }
@@ -151,14 +162,28 @@ impl Unsealer {
         let wrapped = BASE64.decode(sealed_key).map_err(|_| altered())?;
         let sealed = BASE64.decode(sealed_body).map_err(|_| altered())?;
         if !self.keys.contains_key(&wrapped) {
-            let unwrapped = DataKey::unwrap_in(
-                &self.kms,
-                wrapped.clone(),
-                &self.kms_key_id,
-                ENCRYPTION_CONTEXT,
-                "",
-            )
-            .await;
+            let mut unwrapped = Err(VaultError::Kms {
+                op: "Decrypt",
+                key: String::new(),
+                code: "IncorrectKeyException".into(),
+                message: "no KMS key given".into(),
+                hint: "",
+            });
+            for kms_key_id in &self.kms_key_ids {
+                unwrapped = DataKey::unwrap_in(
+                    &self.kms,
+                    wrapped.clone(),
+                    kms_key_id,
+                    ENCRYPTION_CONTEXT,
+                    "",
+                )
+                .await;
+                // Wrapped under another key: the next one given may be it.
+                if !matches!(&unwrapped, Err(VaultError::Kms { code, .. }) if code == "IncorrectKeyException")
+                {
+                    break;
+                }
+            }
             let key = match unwrapped {
                 Ok(key) => key,
                 // This copy's key is not one KMS made (a message that only
@@ -205,16 +230,16 @@ impl Unsealer {
 fn hint_for(code: &str) -> &'static str {
     match code {
         "AccessDeniedException" => {
-            "; unsealing needs kms:Decrypt on the vault key with the encryption context purpose=login-etl-dlq: run as DlqOperatorRole (the stack's DlqOperatorRoleArn output)"
+            "; unsealing needs kms:Decrypt on the dead-letter key with the encryption context purpose=login-etl-dlq: run as DlqOperatorRole (the stack's DlqOperatorRoleArn output)"
         }
         "NotFoundException" | "InvalidArnException" => {
-            "; VAULT_KMS_KEY_ID names no key here: give the stack's VaultKeyArn output (and its region in AWS_REGION)"
+            "; DLQ_KMS_KEY_ID (or VAULT_KMS_KEY_ID) names no key here: give the stack's DlqKeyArn output (and its region in AWS_REGION)"
         }
         "DisabledException" | "KMSInvalidStateException" => {
-            "; the vault key is disabled or pending deletion: an administrator must enable it (or cancel its deletion) before anything sealed under it opens"
+            "; the dead-letter key is disabled or pending deletion: an administrator must enable it (or cancel its deletion) before anything sealed under it opens"
         }
         _ => {
-            "; check VAULT_KMS_KEY_ID (the stack's VaultKeyArn output) and that you run as DlqOperatorRole"
+            "; check DLQ_KMS_KEY_ID (the stack's DlqKeyArn output) and that you run as DlqOperatorRole"
         }
     }
 }

@@ -576,7 +576,7 @@ async fn copies_hold_no_pii_and_dlq_redrive_sends_the_originals_back_to_their_ro
         dry_run,
         max: None,
     };
-    let mut unsealer = Unsealer::new(kms.clone(), key.clone());
+    let mut unsealer = Unsealer::new(kms.clone(), vec![key.clone()]);
     let dry = redrive(&sqs, Some(&mut unsealer), &options(true), &mut |_| {})
         .await
         .unwrap();

@@ -635,3 +635,95 @@ async fn an_old_vault_is_resealed_then_rotated_and_still_reveals() {
     assert_eq!(upgrade["detail"]["entries_resealed"], entries.len());
     assert_eq!(upgrade["caller_arn"], caller.as_str());
 }
+
+/// The masking-only profile keeps each rejected message's original too,
+/// sealed under a key of its own (`DLQ_KMS_KEY_ID`, the template's
+/// `DlqKey`), with no vault: the cold start asks KMS for a data key in the
+/// dead-letter context, every copy carries its sealed original, the key
+/// given opens each one to the producer's body byte for byte, and the
+/// vault's key (another key) opens none.
+#[tokio::test]
+#[ignore = "needs moto_server on PATH or in MOTO_SERVER; run by `make test`"]
+async fn without_a_vault_the_dead_letter_originals_are_sealed_under_their_own_key() {
+    use login_etl::privacy::dead_letter::{UnsealError, Unsealer};
+    let (_moto, port) = start_moto();
+    set_env(port);
+    let (kms, dlq_key) = vault_kms_key().await;
+    let (_, other_key) = vault_kms_key().await;
+    let sqs = aws_sdk_sqs::Client::new(&login_etl::secrets::sdk_config().await);
+    let dlq_url = sqs
+        .create_queue()
+        .queue_name("logins-dlq")
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let db = TestDb::create().await;
+    let h = handler_with(&[
+        ("DATABASE_URL", &db.ingest_url().await),
+        ("MASKING_KEY", TEST_KEY),
+        ("DLQ_URL", &dlq_url),
+        ("DLQ_KMS_KEY_ID", &dlq_key),
+    ])
+    .await;
+    let event = synth::event(&Options {
+        count: 40,
+        invalid_every: 4,
+        seed: 96,
+        ..Options::default()
+    });
+    let outcome = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .unwrap();
+    assert_eq!(outcome.summary.sent_to_dlq, 10);
+    let originals: BTreeMap<String, String> = event
+        .records
+        .iter()
+        .map(|m| (m.message_id.clone().unwrap(), m.body.clone().unwrap()))
+        .collect();
+    let mut copies = Vec::new();
+    while copies.len() < 10 {
+        let out = sqs
+            .receive_message()
+            .queue_url(&dlq_url)
+            .max_number_of_messages(10)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .unwrap();
+        copies.extend(out.messages.unwrap_or_default());
+    }
+    let attr = |m: &aws_sdk_sqs::types::Message, name: &str| {
+        m.message_attributes()
+            .and_then(|a| a.get(name))
+            .and_then(|v| v.string_value())
+            .map(str::to_owned)
+    };
+    let mut opened = 0;
+    let mut own = Unsealer::new(kms.clone(), vec![dlq_key.clone()]);
+    let mut vaults = Unsealer::new(kms.clone(), vec![other_key.clone()]);
+    for c in &copies {
+        let source = attr(c, "source_message_id").unwrap();
+        // An empty body is not worth sealing: its copy says so.
+        let (Some(body), Some(key)) = (attr(c, "sealed_body"), attr(c, "sealed_key")) else {
+            assert!(originals[&source].trim().is_empty(), "{source}");
+            continue;
+        };
+        let open = own.open(&source, &body, &key).await.unwrap();
+        assert_eq!(
+            *open, originals[&source],
+            "the producer's body, byte for byte"
+        );
+        assert!(
+            matches!(
+                vaults.open(&source, &body, &key).await,
+                Err(UnsealError::Altered { .. } | UnsealError::Kms(_))
+            ),
+            "another key opens nothing"
+        );
+        opened += 1;
+    }
+    assert!(opened >= 8, "{opened} opened");
+}
