@@ -72,7 +72,7 @@ EVENT         ?= events/sqs-mixed.json
 # pytest-xdist workers of make e2e (1: one test at a time).
 E2E_WORKERS   ?= 6
 
-.PHONY: help tools rust-tools python-tools host-build test-build test-add-a-field bench-validate bench-check localstack-tools up down e2e test soak lint fmt build validate build-tools sam-build sam-check container-tools image container-check test-container lint-replay deploy migrate watch invoke demo demo-poll demo-watch events-large fuzz bench bench-scale clean
+.PHONY: help tools rust-tools python-tools host-build test-build test-add-a-field bench-validate bench-check localstack-tools up down e2e test soak lint fmt build validate build-tools sam-build sam-check container-tools image container-check test-container lint-replay deploy package-ca-bundle migrate watch invoke demo demo-poll demo-watch events-large fuzz bench bench-scale clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -187,21 +187,27 @@ test: ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambd
 	@# start their teardown, which execnet cuts short after about 15 s, so a
 	@# stack or database may be left; make e2e stops LocalStack) and waits for
 	@# it before failing.
-	timed "build the tests (beside make e2e)" $(MAKE) --no-print-directory test-build || \
+	@# make e2e is the longest step, waiting mostly on LocalStack: the steps
+	@# beside it run at a lower priority (nice), so that on 2 cores they
+	@# fill the gaps instead of slowing it.
+	timed "build the tests (beside make e2e)" nice -n 10 $(MAKE) --no-print-directory test-build || \
 	  { rc=$$?; kill -INT -- -"$${pids[0]}" 2>/dev/null; set +m; wait "$${pids[@]}" 2>/dev/null; pids=(); exit $$rc; }
 	@# The Rust tests, each in a process of its own, NEXTEST_THREADS at once
 	@# (most wait on PostgreSQL, moto or a timer).
 	side "Rust tests (cargo nextest, $(NEXTEST_THREADS) at once)" rust \
-	  env LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" CARGO_LAMBDA="$(CARGO_LAMBDA)" MOTO_SERVER="$(abspath $(VENV))/bin/moto_server" \
+	  nice -n 10 env LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" CARGO_LAMBDA="$(CARGO_LAMBDA)" MOTO_SERVER="$(abspath $(VENV))/bin/moto_server" \
 	  $(NEXTEST) run --lib --bins --examples --tests --run-ignored all --no-fail-fast --hide-progress-bar -j $(NEXTEST_THREADS)
 	@# Everything at once (tests/soak): a few seeds, fixed so that a CI run
 	@# checks the same schedules (make soak explores new ones).
 	side "the soak: $(CI_SOAK_SEEDS) seeds of $(CI_SOAK_SECONDS) s from seed $(CI_SOAK_SEED) (make soak)" soak \
-	  env SOAK_SEED=$(CI_SOAK_SEED) SOAK_SEEDS=$(CI_SOAK_SEEDS) SOAK_SECONDS=$(CI_SOAK_SECONDS) cargo test --test soak
+	  nice -n 10 env SOAK_SEED=$(CI_SOAK_SEED) SOAK_SEEDS=$(CI_SOAK_SEEDS) SOAK_SECONDS=$(CI_SOAK_SECONDS) cargo test --test soak
 	@# The template; with the binary cargo built, the documented GRANT blocks,
 	@# make migrate against a given URL, and the command line as an operator meets it.
-	side "template; pytest: database roles, command line" py bash -c '$(MAKE) --no-print-directory validate && \
-	  PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python -m pytest -q tests/test_database_roles.py tests/test_runbooks.py tests/test_cli.py tests/test_docs.py tests/test_contract.py'
+	@# (make validate's steps: sam's lint includes cfn-lint; tests/test_template.py
+	@# runs with the other files, two workers side by side, one file each.)
+	side "template; pytest: database roles, command line" py bash -c 'sam validate --lint --template template.yaml && \
+	  PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python -m pytest -q -n 2 --dist loadfile tests/test_template.py \
+	    tests/test_database_roles.py tests/test_libpq_env.py tests/test_iam_token.py tests/test_runbooks.py tests/test_cli.py tests/test_docs.py tests/test_contract.py'
 	set +m; wait "$${pids[@]}" || true; pids=()
 	failed=0
 	for f in "$$side_dir"/rust "$$side_dir"/soak "$$side_dir"/py "$$side_dir"/e2e; do
@@ -237,7 +243,6 @@ soak: rust-tools ## everything at once, seeded (ingest, maintain, forget, rotate
 	  cargo test --test soak
 
 e2e: tools localstack-tools ## LocalStack end to end: deploy template.yaml, SQS -> ESM -> function -> PostgreSQL, DLQ, FIFO
-	@pg_isready -d "$(PG_ADMIN_URL)" -q || { echo "PostgreSQL is not reachable at $(PG_ADMIN_URL)"; exit 1; }
 	started=$$(date +%s)
 	# The host executor on its own (scripted bootstrap), then the whole flow.
 	(cd localstack/host_executor && $(abspath $(LS_VENV))/bin/python -m pytest -q -p no:cacheprovider test_host_executor.py)
@@ -249,9 +254,11 @@ e2e: tools localstack-tools ## LocalStack end to end: deploy template.yaml, SQS 
 	pidfile=$${LOCALSTACK_STATE:-.localstack}/localstack.pid
 	if [ -f "$$pidfile" ] && kill -0 "$$(cat "$$pidfile")" 2>/dev/null; then ours=0; else ours=1; fi
 	trap '[ $$ours = 1 ] && localstack/down.sh' EXIT; trap 'exit 130' INT TERM
-	[ $$ours = 0 ] || localstack/up.sh
+	@# up.sh also starts the stacks' PostgreSQL, which takes only passwords
+	@# over TLS, as RDS (localstack/pg_cluster.py; idempotent); down.sh stops it.
+	if [ $$ours = 0 ]; then python3 localstack/pg_cluster.py start --state "$${LOCALSTACK_STATE:-.localstack}/pg-cluster.json"; else localstack/up.sh; fi
 	@# -rP: the figures the tests print (drain times, receives, outages).
-	PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python -m pytest -q -n $(E2E_WORKERS) --dist loadgroup -rP --durations 8 \
+	$(VENV)/bin/python -m pytest -q -n $(E2E_WORKERS) --dist loadgroup -rP --durations 8 \
 	  tests/test_localstack_e2e.py tests/test_poll_localstack.py
 	echo "make e2e: $$(( $$(date +%s) - started )) s wall"
 
@@ -426,9 +433,24 @@ sam-check: tools ## the arm64 sam build without the optimizer, its dependencies 
 SAM_ENV       ?= default
 deploy: sam-build ## sam deploy the samconfig.toml environment SAM_ENV (default, staging, prod); first time: make deploy GUIDED=1
 	@$(if $(filter command line,$(origin REGION)),echo "REGION is no longer read: make deploy DEPLOY_REGION=$(REGION) (or AWS_REGION, or the profile's region)"; exit 2,true)
+	$(if $(DB_CA_BUNDLE),$(PACKAGE_CA_BUNDLE))
 	region='$(DEPLOY_REGION)'; region=$${region:-$${AWS_REGION:-}}
 	$(if $(filter file,$(origin AWS_DEFAULT_REGION)),env -u AWS_DEFAULT_REGION,) \
 	  sam deploy --config-env $(SAM_ENV) $${region:+--region "$$region"} $(if $(GUIDED),--guided,)
+
+SAM_BUILD_DIR ?= .aws-sam/build
+# The RDS CA bundle DB_CA_BUNDLE beside each bootstrap sam built (make deploy
+# and make package-ca-bundle run it).
+define PACKAGE_CA_BUNDLE
+bundle='$(DB_CA_BUNDLE)'
+[ -n "$$bundle" ] || { echo "give the bundle: make package-ca-bundle DB_CA_BUNDLE=global-bundle.pem" >&2; exit 2; }
+grep -qs 'BEGIN CERTIFICATE' "$$bundle" || { echo "DB_CA_BUNDLE=$$bundle is no PEM file of certificates: download the RDS bundle, https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem (docs/connecting.md, TLS to the database)" >&2; exit 2; }
+n=0; for dir in $(SAM_BUILD_DIR)/*/; do if [ -f "$$dir/bootstrap" ]; then cp "$$bundle" "$$dir"; n=$$((n + 1)); fi; done
+[ $$n -gt 0 ] || { echo "no function built in $(SAM_BUILD_DIR): run make sam-build first" >&2; exit 2; }
+echo "==> $$(basename "$$bundle") packaged beside bootstrap in $$n function(s): the stack's DbCaBundleFile must be $$(basename "$$bundle")"
+endef
+package-ca-bundle: ## DB_CA_BUNDLE=global-bundle.pem: the RDS CA bundle beside bootstrap in each function sam built (make deploy does it when DB_CA_BUNDLE is set)
+	@$(PACKAGE_CA_BUNDLE)
 
 migrate: ## create or upgrade user_logins in DATABASE_URL (any server; sslmode in the URL is honoured)
 	@# Only the local default database is created here; a DATABASE_URL given on
@@ -454,14 +476,12 @@ demo: ## the main job: deploy to LocalStack, send 120 logins, watch the queue dr
 	@# The two venvs install while cargo builds the function (on a fresh machine each takes a minute or two).
 	$(MAKE) --no-print-directory -j3 host-build python-tools localstack-tools
 	localstack/up.sh
-	@$(PG_REACHABLE)
-	PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python localstack/stack.py demo
+	$(VENV)/bin/python localstack/stack.py demo
 
 demo-poll: ## the same job with `login-etl poll` (a long-running consumer) instead of Lambda
 	$(MAKE) --no-print-directory -j3 host-build python-tools localstack-tools
 	localstack/up.sh
-	@$(PG_REACHABLE)
-	PG_ADMIN_URL="$(PG_ADMIN_URL)" $(VENV)/bin/python localstack/stack.py demo-poll
+	$(VENV)/bin/python localstack/stack.py demo-poll
 
 demo-watch: tools $(KEY_FILE) ## without LocalStack: the function under cargo lambda watch, invoked with every events/ file
 	@step() { printf '\n\033[1m[%s/7] %s\033[0m\n' "$$1" "$$2"; }

@@ -165,9 +165,11 @@ async fn main() {
     let (db, url) = create_db("rekey").await;
     let admin = connect(&url).await;
     let target =
-        login_etl::config::DbConfig::from_lookup(&|k| (k == "DATABASE_URL").then(|| url.clone()))
+        login_etl::database::DbConfig::from_lookup(&|k| (k == "DATABASE_URL").then(|| url.clone()))
             .unwrap();
-    login_etl::startup::migrate(&target).await.unwrap();
+    login_etl::startup::migrate(&target, login_etl::profile::Profile::Full)
+        .await
+        .unwrap();
     preload(&admin, rows).await;
     admin.batch_execute("CHECKPOINT").await.unwrap();
     let ingest_url = role(&admin, &db, &url, Role::Ingest).await;

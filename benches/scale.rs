@@ -229,7 +229,7 @@ async fn forget_beside_ingest(url: &str, h: Arc<BatchHandler>) -> (Duration, Dur
 /// table, with ingest (batches of 100, this version) running beside the
 /// cutover: how long each took, and the longest ingest invocation meanwhile.
 async fn upgrade_beside_ingest(url: &str) -> (Duration, Duration, Duration, u64) {
-    let cfg = login_etl::config::DbConfig::from_lookup(&|k: &str| {
+    let cfg = login_etl::database::DbConfig::from_lookup(&|k: &str| {
         (k == "DATABASE_URL").then(|| url.to_owned())
     })
     .unwrap();
@@ -264,7 +264,9 @@ async fn upgrade_beside_ingest(url: &str) -> (Duration, Duration, Duration, u64)
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let t = Instant::now();
-    login_etl::startup::migrate(&cfg).await.unwrap();
+    login_etl::startup::migrate(&cfg, login_etl::profile::Profile::Full)
+        .await
+        .unwrap();
     let cutover = t.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::SeqCst);
@@ -409,11 +411,13 @@ async fn main() {
 
     // Now: partitioned by day, unique (sent_at, message_id, create_date).
     let (name_b, url_b) = create_db("scale_now").await;
-    let cfg = login_etl::config::DbConfig::from_lookup(&|k: &str| {
+    let cfg = login_etl::database::DbConfig::from_lookup(&|k: &str| {
         (k == "DATABASE_URL").then(|| url_b.clone())
     })
     .unwrap();
-    login_etl::startup::migrate(&cfg).await.unwrap();
+    login_etl::startup::migrate(&cfg, login_etl::profile::Profile::Full)
+        .await
+        .unwrap();
     let b = connect(&url_b).await;
     let hb = Arc::new(handler(&url_b).await);
     let empty_b = both_sizes(&hb, &b, sizes_and_rounds, &mut seed).await;

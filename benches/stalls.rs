@@ -171,8 +171,11 @@ async fn switch_beside_ingest(admin: &Client) {
     let erasures = vault / 10;
     let (name, url) = create_db("stalls_switch").await;
     login_etl::startup::migrate(
-        &login_etl::config::DbConfig::from_lookup(&|k| (k == "DATABASE_URL").then(|| url.clone()))
-            .unwrap(),
+        &login_etl::database::DbConfig::from_lookup(&|k| {
+            (k == "DATABASE_URL").then(|| url.clone())
+        })
+        .unwrap(),
+        login_etl::profile::Profile::Full,
     )
     .await
     .unwrap();
@@ -244,8 +247,11 @@ async fn default_day_beside_ingest(admin: &Client) {
     let rows = size("BENCH_STALLS_DAY", 10_000_000);
     let (name, url) = create_db("stalls_default").await;
     login_etl::startup::migrate(
-        &login_etl::config::DbConfig::from_lookup(&|k| (k == "DATABASE_URL").then(|| url.clone()))
-            .unwrap(),
+        &login_etl::database::DbConfig::from_lookup(&|k| {
+            (k == "DATABASE_URL").then(|| url.clone())
+        })
+        .unwrap(),
+        login_etl::profile::Profile::Full,
     )
     .await
     .unwrap();

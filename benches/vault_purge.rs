@@ -19,7 +19,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use login_etl::config::DbConfig;
+use login_etl::database::DbConfig;
 use login_etl::table::maintain::{self, MaintainOptions};
 use tokio_postgres::Client;
 
@@ -97,7 +97,9 @@ async fn main() {
             let url = url.clone();
             DbConfig::from_lookup(&|k| (k == "DATABASE_URL").then(|| url.clone())).unwrap()
         };
-        login_etl::startup::migrate(&db).await.unwrap();
+        login_etl::startup::migrate(&db, login_etl::profile::Profile::Full)
+            .await
+            .unwrap();
         let admin = connect(&url).await;
         admin
             .batch_execute("ALTER TABLE user_logins_pii_vault SET (autovacuum_enabled = false)")

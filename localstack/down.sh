@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Stop the LocalStack started by up.sh, by PID: SIGTERM, then SIGKILL after a
 # timeout. Function processes it started (bootstraps run by the host executor)
-# are stopped too. Safe to run when nothing runs.
+# are stopped too, and the stacks' PostgreSQL. Safe to run when nothing runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 state=${LOCALSTACK_STATE:-.localstack}
 pidfile=$state/localstack.pid
 grace=${LOCALSTACK_STOP_TIMEOUT:-20}
+
+# The stacks' PostgreSQL that up.sh started, whatever LocalStack's state.
+trap 'python3 localstack/pg_cluster.py stop --state "$state/pg-cluster.json"' EXIT
 
 if [[ ! -f $pidfile ]]; then echo "LocalStack is not running (no $pidfile)"; exit 0; fi
 pid=$(cat "$pidfile")

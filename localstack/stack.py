@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -25,9 +26,11 @@ import json
 import os
 import platform
 import random
+import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import urllib.parse
@@ -40,7 +43,29 @@ from botocore.config import Config
 ROOT = Path(__file__).resolve().parent.parent
 ENDPOINT = os.environ.get("LOCALSTACK_ENDPOINT", f"http://127.0.0.1:{os.environ.get('LOCALSTACK_PORT', '4566')}")
 REGION = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
-PG_ADMIN_URL = os.environ.get("PG_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pg_cluster  # noqa: E402 - beside this file
+
+
+@functools.cache
+def admin_url() -> str:
+    """The admin's URL: PG_ADMIN_URL where given, else the throwaway server
+    localstack/up.sh starts beside LocalStack (passwords over TLS, as RDS)."""
+    given = os.environ.get("PG_ADMIN_URL")
+    if given:
+        return given
+    cluster = pg_cluster.load(ROOT / os.environ.get("LOCALSTACK_STATE", ".localstack") / "pg-cluster.json")
+    if cluster is None:
+        raise RuntimeError("no PostgreSQL for the stacks: localstack/up.sh starts one (passwords over TLS only), "
+                           "or set PG_ADMIN_URL")  # fmt: skip
+    return cluster.url()
+
+
+def __getattr__(name: str) -> str:
+    # stack.PG_ADMIN_URL, read when first used (importing needs no server).
+    if name == "PG_ADMIN_URL":
+        return admin_url()
+    raise AttributeError(name)
 BUILD_DIR = ROOT / ".aws-sam" / "localstack"
 ARTIFACT_BUCKET = "login-etl-local-artifacts"
 HOST_ARCH = "arm64" if platform.machine().lower() in ("aarch64", "arm64") else "x86_64"
@@ -85,8 +110,31 @@ def client(service: str):
 # -- PostgreSQL (psql, the client every PostgreSQL install has) ---------------
 
 
-def db_url(dbname: str) -> str:
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + dbname
+def db_url(dbname: str, user: str | None = None, password: str | None = None) -> str:
+    """admin_url() with its database (and, given, its user and password)
+    replaced; its TLS settings kept."""
+    pg = urllib.parse.urlsplit(admin_url())
+    if user is None:
+        netloc = pg.netloc
+    else:
+        auth = urllib.parse.quote(user, safe="") + (f":{urllib.parse.quote(password, safe='')}" if password else "")
+        netloc = f"{auth}@{pg.hostname}:{pg.port or 5432}"
+    return urllib.parse.urlunsplit((pg.scheme, netloc, "/" + urllib.parse.quote(dbname, safe=""), pg.query, ""))
+
+
+def admin_env(dbname: str) -> dict[str, str]:
+    """admin_url() as psql's variables, on `dbname` (README's block reads them)."""
+    pg = urllib.parse.urlsplit(admin_url())
+    query = dict(urllib.parse.parse_qsl(pg.query))
+    env = {"PGHOST": pg.hostname or "localhost", "PGPORT": str(pg.port or 5432), "PGDATABASE": dbname,
+           "PGUSER": urllib.parse.unquote(pg.username or "postgres")}  # fmt: skip
+    if pg.password:
+        env["PGPASSWORD"] = urllib.parse.unquote(pg.password)
+    if "sslmode" in query:
+        env["PGSSLMODE"] = query["sslmode"]
+    if "sslrootcert" in query:
+        env["PGSSLROOTCERT"] = query["sslrootcert"]
+    return env
 
 
 def psql(url: str, sql: str) -> list[list[str]]:
@@ -101,29 +149,53 @@ def psql(url: str, sql: str) -> list[list[str]]:
 
 
 def create_database(dbname: str) -> None:
-    if not psql(PG_ADMIN_URL, f"SELECT 1 FROM pg_database WHERE datname = '{dbname}'"):
-        psql(PG_ADMIN_URL, f'CREATE DATABASE "{dbname}"')
+    if not psql(admin_url(), f"SELECT 1 FROM pg_database WHERE datname = '{dbname}'"):
+        psql(admin_url(), f'CREATE DATABASE "{dbname}"')
 
 
 def drop_database(dbname: str) -> None:
-    psql(PG_ADMIN_URL, f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+    psql(admin_url(), f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
     for role in ROLES:
-        psql(PG_ADMIN_URL, f'DROP ROLE IF EXISTS "{role_name(dbname, role)}"')
+        psql(admin_url(), f'DROP ROLE IF EXISTS "{role_name(dbname, role)}"')
+        try:
+            client("secretsmanager").delete_secret(SecretId=secret_id(dbname, role), ForceDeleteWithoutRecovery=True)
+        except Exception:  # noqa: BLE001 - none made yet, or LocalStack is not running
+            pass
+    _passwords.clear()
 
 
 # The database roles of the README's deploy sequence (`login-etl grants`):
 # the function connects as ingest, `reveal` and `forget` as their own roles.
-ROLES = ("migrate", "ingest", "reveal", "erase", "maintain", "audit", "rotate")
+ROLES = ("migrate", "ingest", "maintain", "reader", "reveal", "erase", "audit", "rotate")
 
 
 def role_name(dbname: str, role: str) -> str:
     return f"{dbname}_{role}"
 
 
+def secret_id(dbname: str, role: str) -> str:
+    """The secret README's block keeps `role`'s password in ($SECRETS/<role>)."""
+    return f"login-etl-local/{dbname}/{role}"
+
+
+_passwords: dict[tuple[str, str], str] = {}
+
+
+def role_password(dbname: str, role: str) -> str | None:
+    """`role`'s password, from the secret the block made (None before it ran)."""
+    key = (dbname, role)
+    if key not in _passwords:
+        try:
+            text = client("secretsmanager").get_secret_value(SecretId=secret_id(dbname, role))["SecretString"]
+        except Exception:  # noqa: BLE001 - the block has not made it
+            return None
+        _passwords[key] = json.loads(text)["password"]
+    return _passwords[key]
+
+
 def role_url(dbname: str, role: str) -> str:
-    """The URL of `role` on `dbname` (trust auth: no password)."""
-    pg = urllib.parse.urlsplit(PG_ADMIN_URL)
-    return f"postgres://{role_name(dbname, role)}@{pg.hostname or '127.0.0.1'}:{pg.port or 5432}/{dbname}"
+    """The URL of `role` on `dbname`, with the password its secret holds."""
+    return db_url(dbname, role_name(dbname, role), role_password(dbname, role))
 
 
 def deploy_sequence() -> str:
@@ -134,18 +206,32 @@ def deploy_sequence() -> str:
     return textwrap.dedent(block)
 
 
-def prepare_database(dbname: str, profile: str = "full") -> None:
-    """The README's deploy sequence, run as written against the local
-    server with its settings pointed at `dbname` and its LOGIN_ETL_PROFILE set to
-    `profile`: the admin creates the roles, the migrate role creates the
-    tables and applies each role's `login-etl grants`. Run again with
-    "full" on a masking-only database, it widens it (as the README says)."""
-    values = {"ADMIN_URL": db_url(dbname), "MIGRATE_URL": role_url(dbname, "migrate"),
-              "MAINTAIN_URL": role_url(dbname, "maintain"), "PREFIX": dbname, "LOGIN_ETL_PROFILE": profile}  # fmt: skip
+def run_deploy_sequence(values: dict[str, str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    """README's block, saved and run with `bash -euo pipefail` as it says,
+    its `export NAME=` lines set to `values` (each name must have one)."""
     lines = deploy_sequence().splitlines()
     for name, value in values.items():
         (i,) = [i for i, line in enumerate(lines) if line.startswith(f"export {name}=")]
-        lines[i] = f"export {name}='{value}'"
+        lines[i] = f"export {name}={shlex.quote(value)}"
+    with tempfile.TemporaryDirectory(prefix="login-etl-setup.") as d:
+        script = Path(d) / "setup.sh"
+        script.write_text("\n".join(lines) + "\n")
+        return subprocess.run(["bash", "-euo", "pipefail", str(script)], env=env, cwd=d,
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+def prepare_database(dbname: str, profile: str = "full") -> None:
+    """The README's deploy sequence, run as written against the stacks'
+    server as its admin (psql's variables, as the block says), its settings
+    pointed at `dbname`, its LOGIN_ETL_PROFILE set to `profile` and its
+    secrets made in LocalStack: the admin creates the roles and their
+    passwords, the migrate role creates the tables and applies each role's
+    `login-etl grants`. Run again with "full" on a masking-only database,
+    it widens it (as the README says)."""
+    admin = admin_env(dbname)
+    values = {name: admin[name] for name in ("PGHOST", "PGPORT", "PGDATABASE", "PGUSER")}
+    values |= {"PGSSLMODE": admin.get("PGSSLMODE", "disable"), "PGSSLROOTCERT": admin.get("PGSSLROOTCERT", ""),
+               "PREFIX": dbname, "LOGIN_ETL_PROFILE": profile, "SECRETS": f"login-etl-local/{dbname}"}  # fmt: skip
     bin_dir = BUILD_DIR / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
     # Replaced atomically: pytest workers side by side prepare databases at
@@ -154,11 +240,14 @@ def prepare_database(dbname: str, profile: str = "full") -> None:
     new_link.unlink(missing_ok=True)
     new_link.symlink_to(BUILD_DIR / "LoginEtlFunction" / "bootstrap")
     new_link.replace(link)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", "\n".join(lines)], env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    env = {**os.environ, **LOCAL_ENV, "AWS_REGION": REGION, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env = {k: v for k, v in env.items() if not k.startswith(("PG", "DATABASE_URL", "DB_"))}
+    if "PGPASSWORD" in admin:  # the admin's password, as an operator exports it
+        env["PGPASSWORD"] = admin["PGPASSWORD"]
+    done = run_deploy_sequence(values, env)
     if done.returncode != 0:
         raise RuntimeError(f"the README's deploy sequence failed:\n{done.stdout}{done.stderr}")
+    _passwords.clear()
 
 
 def row_count(dbname: str) -> int:
@@ -271,24 +360,41 @@ def _build() -> None:
     written.replace(BUILD_DIR / "template.yaml")
 
 
-def put_db_secret(stack: str, dbname: str, port: int | None = None, role: str = "ingest") -> str:
-    """An RDS-style secret for the database `role` (the function's: ingest),
-    pointing at the local PostgreSQL (or at `port` on 127.0.0.1, a proxy in
-    front of it); returns its ARN."""
+def db_secret_arn(dbname: str, role: str = "ingest", port: int | None = None) -> str:
+    """The ARN of `role`'s secret README's block made; with `port`, of a
+    copy that names that port on the same host (a proxy in front of it),
+    as `login-etl password --secret-port` would."""
     sm = client("secretsmanager")
-    name = f"{stack}/db" if role == "ingest" else f"{stack}/db-{role}"
-    pg = urllib.parse.urlsplit(PG_ADMIN_URL)
-    # Trust auth (this project's machines) ignores the password; the secret
-    # format requires one.
-    value = json.dumps(
-        {"engine": "postgres", "username": role_name(dbname, role), "password": "unused-with-trust-auth",
-         "host": pg.hostname or "127.0.0.1", "port": port or pg.port or 5432, "dbname": dbname}
-    )  # fmt: skip
+    if port is None:
+        return sm.describe_secret(SecretId=secret_id(dbname, role))["ARN"]
+    value = json.loads(sm.get_secret_value(SecretId=secret_id(dbname, role))["SecretString"])
+    value["port"] = port
+    name = f"{secret_id(dbname, role)}-via-{port}"
     try:
-        return sm.create_secret(Name=name, SecretString=value)["ARN"]
+        return sm.create_secret(Name=name, SecretString=json.dumps(value))["ARN"]
     except sm.exceptions.ResourceExistsException:
-        sm.put_secret_value(SecretId=name, SecretString=value)
+        sm.put_secret_value(SecretId=name, SecretString=json.dumps(value))
         return sm.describe_secret(SecretId=name)["ARN"]
+
+
+def ca_bundle_file() -> str | None:
+    """The CA file admin_url() verifies the server with, if any."""
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(admin_url()).query))
+    return query.get("sslrootcert")
+
+
+def package_ca_bundle() -> str:
+    """The CA bundle beside each function's bootstrap, as `make deploy
+    DB_CA_BUNDLE=...` packages the RDS bundle; its file name (the
+    template's DbCaBundleFile), or "" without one."""
+    ca = ca_bundle_file()
+    if not ca:
+        return ""
+    for function in BUILD_DIR.glob("*/bootstrap"):
+        tmp = function.parent / f".db-ca.pem.{os.getpid()}"
+        shutil.copyfile(ca, tmp)
+        tmp.replace(function.parent / "db-ca.pem")  # workers side by side
+    return "db-ca.pem"
 
 
 @dataclass
@@ -342,15 +448,19 @@ def deploy(
         s3.create_bucket(Bucket=ARTIFACT_BUCKET)
     except (s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
         pass
-    secret_arn = put_db_secret(stack, dbname, db_port)
-    # The scheduled maintenance function, as the maintain role (its schedule
-    # is hourly: the tests invoke it themselves).
-    maintain_secret_arn = put_db_secret(stack, dbname, None, role="maintain")
+    # The secrets README's block made: the function's (ingest) and the
+    # scheduled maintenance function's (maintain; its schedule is hourly:
+    # the tests invoke it themselves).
+    secret_arn = db_secret_arn(dbname, "ingest", db_port)
+    maintain_secret_arn = db_secret_arn(dbname, "maintain")
+    ca_file = package_ca_bundle()
     max_receive = int((overrides or {}).get("MaxReceiveCount", 5))
     params = {
         "DbSecretArn": secret_arn,
         "MaintainDbSecretArn": maintain_secret_arn,
-        "DbSslMode": "disable",  # the local server has no TLS; production uses verify-full
+        # As against RDS: TLS checked against the server's CA, packaged beside bootstrap.
+        "DbSslMode": "verify-full" if ca_file else "disable",
+        "DbCaBundleFile": ca_file,
         "RunMigrations": "false",  # the admin migrated; the function's role cannot
         "LogLevel": log_level,
         "Architecture": HOST_ARCH,
@@ -438,10 +548,6 @@ def delete_stack(stack: str, timeout: float = 120) -> None:
         if status in ("DELETE_COMPLETE", "DELETE_FAILED"):
             break
         time.sleep(1)
-    try:
-        client("secretsmanager").delete_secret(SecretId=f"{stack}/db", ForceDeleteWithoutRecovery=True)
-    except Exception:
-        pass
 
 
 # -- messages -----------------------------------------------------------------
@@ -910,7 +1016,6 @@ class Consumer:
             "AWS_REGION": REGION,
             "DATABASE_URL": role_url(queues.dbname, "ingest"),
             "MASKING_KEY": key_hex,
-            "DB_SSLMODE": "disable",
             "AWS_LAMBDA_LOG_FORMAT": "JSON",
             "AWS_LAMBDA_LOG_LEVEL": "WARN",
             **(env or {}),
@@ -1104,7 +1209,7 @@ def demo(args: argparse.Namespace) -> None:
     say(f"\ndemo done in {time.monotonic() - started:.0f} s. LocalStack keeps running for exploration:")
     say("    export PATH=$PWD/.venv-localstack/bin:$PATH AWS_DEFAULT_REGION=us-east-1 DISABLE_DEPRECATION_NOTICE=1")
     say(f"    awslocal sqs receive-message --queue-url {stack.dlq_url} --attribute-names All")
-    say(f"    psql {db_url(stack.dbname)}")
+    say(f'    psql "$(python3 localstack/pg_cluster.py url --db {stack.dbname})"   # the throwaway server\'s admin')
     say("    (docs/development.md, section LocalStack, lists more). Stop it with: make down")
 
 

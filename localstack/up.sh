@@ -3,6 +3,7 @@
 # with Lambda functions run as host processes by the `host` runtime executor
 # (localstack/host_executor). Waits for health with a bounded timeout.
 # Idempotent: if our LocalStack already runs, it says so and returns.
+# Also starts the stacks' PostgreSQL (passwords over TLS: pg_cluster.py).
 #
 #   LOCALSTACK_VENV           venv holding localstack-core (default .venv-localstack)
 #   LOCALSTACK_STATE          pid file, log and LocalStack's filesystem (default .localstack)
@@ -18,6 +19,11 @@ timeout=${LOCALSTACK_START_TIMEOUT:-90}
 pidfile=$state/localstack.pid
 log=$state/localstack.log
 health=http://127.0.0.1:$port/_localstack/health
+
+# The stacks' PostgreSQL: a throwaway server that, as RDS, takes only
+# passwords over TLS (localstack/pg_cluster.py; down.sh stops it).
+mkdir -p "$state"
+python3 localstack/pg_cluster.py start --state "$state/pg-cluster.json"
 
 if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
   echo "LocalStack already running (pid $(cat "$pidfile"), $health)"

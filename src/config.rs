@@ -6,27 +6,8 @@
 
 pub mod backoff;
 
-use std::time::Duration;
-
+use crate::database::DbConfig;
 use crate::error::ConfigError;
-
-/// Where the PostgreSQL connection settings come from.
-#[derive(Clone, PartialEq, Eq)]
-pub enum DbSource {
-    /// `DATABASE_URL`: a `postgres://` URL or `key=value` string (local use).
-    Url(String),
-    /// `DB_SECRET_ID`: a Secrets Manager id of an RDS-style JSON secret.
-    Secret(String),
-}
-
-impl std::fmt::Debug for DbSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DbSource::Url(_) => f.write_str("Url(<redacted>)"),
-            DbSource::Secret(id) => write!(f, "Secret({id})"),
-        }
-    }
-}
 
 /// Where a key comes from (the masking key, the erasure key). Either holds
 /// one hex key or a document of versions (see [`crate::privacy::masking::KeyVersions`]).
@@ -65,44 +46,6 @@ impl std::fmt::Debug for KeySource {
             KeySource::Secret(id) => write!(f, "Secret({id})"),
         }
     }
-}
-
-/// `DB_SSLMODE`: how the connection to PostgreSQL is protected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SslMode {
-    /// Plain TCP.
-    Disable,
-    /// TLS without certificate checks.
-    Require,
-    /// TLS, chain and host name checked.
-    VerifyFull,
-}
-
-/// Where the PEM bundle of CAs for `verify-full` comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CaBundle {
-    /// `DB_CA_BUNDLE`: a file path.
-    File(String),
-    /// `DB_CA_BUNDLE_SECRET_ID`: a Secrets Manager id whose SecretString is the PEM.
-    Secret(String),
-}
-
-/// PostgreSQL settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DbConfig {
-    /// Where the connection settings come from.
-    pub source: DbSource,
-    /// `DB_SSLMODE`, default `disable` for `DATABASE_URL`, `verify-full` for `DB_SECRET_ID`.
-    pub ssl_mode: SslMode,
-    /// CAs to trust for `verify-full` beside the system roots:
-    /// `DB_CA_BUNDLE` (a PEM file) or `DB_CA_BUNDLE_SECRET_ID` (a secret
-    /// whose SecretString is the PEM: how the deployed function gets the
-    /// RDS bundle, see template.yaml `DbCaBundleSecretArn`).
-    pub ca_bundle: Option<CaBundle>,
-    /// `DB_CONNECT_TIMEOUT_MS`, default 5,000.
-    pub connect_timeout: Duration,
-    /// `DB_STATEMENT_TIMEOUT_MS`, default 10,000; also bounds lock waits.
-    pub statement_timeout: Duration,
 }
 
 /// Everything the function needs at cold start.
@@ -166,18 +109,13 @@ pub struct Config {
 /// three times running is not a passing lock or a deploy in progress.
 pub const DEFAULT_REFUSED_MAX_RECEIVES: u32 = 3;
 
-/// Default `DB_CONNECT_TIMEOUT_MS`.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(5_000);
-/// Default `DB_STATEMENT_TIMEOUT_MS`: well under a typical 30 s function timeout,
-/// leaving room for one reconnect and retry.
-pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_millis(10_000);
-
 /// The variables that carry a secret in plain text, and the variable that
 /// names a Secrets Manager secret instead: refused in a deployed function.
-pub const PLAIN_SECRETS: [(&str, &str); 3] = [
+pub const PLAIN_SECRETS: [(&str, &str); 4] = [
     ("MASKING_KEY", "MASKING_KEY_SECRET_ID"),
     ("ERASURE_KEY", "ERASURE_KEY_SECRET_ID"),
     ("DATABASE_URL", "DB_SECRET_ID"),
+    ("PGPASSWORD", "DB_SECRET_ID"),
 ];
 
 impl Config {
@@ -330,122 +268,6 @@ fn parse_count(
     }
 }
 
-impl DbConfig {
-    /// Reads only the database settings (enough for `login-etl migrate`).
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(&|name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
-    }
-
-    /// Reads only the database settings through `get`.
-    pub fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        // DATABASE_URL wins so a developer can point a deployed config at a local server.
-        let source = match (get("DATABASE_URL"), get("DB_SECRET_ID")) {
-            (Some(url), _) => DbSource::Url(url),
-            (None, Some(id)) => DbSource::Secret(id),
-            (None, None) => {
-                return Err(ConfigError::Missing {
-                    var: "DB_SECRET_ID",
-                    hint: "set it to the Secrets Manager id of the RDS-style database secret (or DATABASE_URL, for local use)",
-                });
-            }
-        };
-        // An sslmode in DATABASE_URL is honoured (tokio-postgres alone would
-        // ignore it here, or refuse verify-full), never silently downgraded.
-        let (source, url_mode) = match source {
-            DbSource::Url(url) => {
-                let (url, mode) = split_sslmode(&url);
-                let mode = mode
-                    .map(|m| {
-                        parse_ssl_mode(&m).ok_or_else(|| ConfigError::Invalid {
-                            var: "DATABASE_URL",
-                            reason: "its sslmode must be disable, require or verify-full (prefer and allow may fall back to plaintext; verify-ca is not supported)".into(),
-                        })
-                    })
-                    .transpose()?;
-                (DbSource::Url(url), mode)
-            }
-            secret => (secret, None),
-        };
-        let var_mode = get("DB_SSLMODE")
-            .map(|v| {
-                parse_ssl_mode(v.trim()).ok_or_else(|| ConfigError::Invalid {
-                    var: "DB_SSLMODE",
-                    reason: "expected one of disable, require, verify-full".into(),
-                })
-            })
-            .transpose()?;
-        let ssl_mode = match (var_mode, url_mode) {
-            (Some(a), Some(b)) if a != b => {
-                return Err(ConfigError::Invalid {
-                    var: "DB_SSLMODE",
-                    reason:
-                        "it differs from the sslmode in DATABASE_URL; set the mode in one place"
-                            .into(),
-                });
-            }
-            (Some(mode), _) | (None, Some(mode)) => mode,
-            (None, None) if matches!(source, DbSource::Secret(_)) => SslMode::VerifyFull,
-            (None, None) => SslMode::Disable,
-        };
-        let ca_bundle = match (get("DB_CA_BUNDLE"), get("DB_CA_BUNDLE_SECRET_ID")) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::Conflict {
-                    first: "DB_CA_BUNDLE",
-                    second: "DB_CA_BUNDLE_SECRET_ID",
-                });
-            }
-            (Some(path), None) => Some(CaBundle::File(path)),
-            (None, Some(id)) => Some(CaBundle::Secret(id)),
-            (None, None) => None,
-        };
-        Ok(Self {
-            source,
-            ssl_mode,
-            ca_bundle,
-            connect_timeout: parse_millis(get, "DB_CONNECT_TIMEOUT_MS")?
-                .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
-            statement_timeout: parse_millis(get, "DB_STATEMENT_TIMEOUT_MS")?
-                .unwrap_or(DEFAULT_STATEMENT_TIMEOUT),
-        })
-    }
-}
-
-fn parse_ssl_mode(value: &str) -> Option<SslMode> {
-    match value {
-        "disable" => Some(SslMode::Disable),
-        "require" => Some(SslMode::Require),
-        "verify-full" => Some(SslMode::VerifyFull),
-        _ => None,
-    }
-}
-
-/// Takes `sslmode` out of a connection string (URL query or `key=value`
-/// form): the string without it, and its value.
-fn split_sslmode(conn: &str) -> (String, Option<String>) {
-    let is_sslmode = |part: &str| part.trim_start().starts_with("sslmode=");
-    let value = |part: &str| {
-        part.trim()
-            .trim_start_matches("sslmode=")
-            .trim_matches('\'')
-            .to_owned()
-    };
-    if let Some((base, query)) = conn.split_once('?') {
-        let (modes, rest): (Vec<&str>, Vec<&str>) = query.split('&').partition(|p| is_sslmode(p));
-        let url = if rest.is_empty() {
-            base.to_owned()
-        } else {
-            format!("{base}?{}", rest.join("&"))
-        };
-        return (url, modes.last().map(|m| value(m)));
-    }
-    if conn.contains("://") {
-        return (conn.to_owned(), None);
-    }
-    let (modes, rest): (Vec<&str>, Vec<&str>) =
-        conn.split_whitespace().partition(|p| is_sslmode(p));
-    (rest.join(" "), modes.last().map(|m| value(m)))
-}
-
 fn parse_bool(
     get: &impl Fn(&str) -> Option<String>,
     var: &'static str,
@@ -458,22 +280,6 @@ fn parse_bool(
             var,
             reason: "expected true or false".into(),
         }),
-    }
-}
-
-fn parse_millis(
-    get: &impl Fn(&str) -> Option<String>,
-    var: &'static str,
-) -> Result<Option<Duration>, ConfigError> {
-    match get(var) {
-        None => Ok(None),
-        Some(v) => match v.trim().parse::<u64>() {
-            Ok(ms) if ms > 0 => Ok(Some(Duration::from_millis(ms))),
-            _ => Err(ConfigError::Invalid {
-                var,
-                reason: "expected a positive whole number of milliseconds".into(),
-            }),
-        },
     }
 }
 

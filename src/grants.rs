@@ -29,7 +29,7 @@ pub enum GrantsError {
     },
     /// The role is not one of the profile's.
     #[error(
-        "the {role} role exists in the full profile only (the masking-only profile has the migrate, ingest and maintain roles); give the database the full profile first: `login-etl migrate --profile full` (docs/profiles.md), then run grants with --profile full"
+        "the {role} role exists in the full profile only (the masking-only profile has the migrate, ingest, maintain and reader roles); give the database the full profile first: `login-etl migrate --profile full` (docs/profiles.md), then run grants with --profile full"
     )]
     NotInProfile {
         /// The role's kind.

@@ -19,7 +19,8 @@
 //! - [`config`]: typed settings from the environment;
 //! - [`profile`]: which tables and roles a deployment has (masking-only or full);
 //! - [`secrets`]: AWS Secrets Manager (database secret, masking key);
-//! - [`tls`]: TLS to PostgreSQL;
+//! - [`database`]: the connection every part opens: its settings with
+//!   PostgreSQL's conventions, passwords or RDS IAM tokens, TLS;
 //! - [`grants`]: the database roles as GRANT statements (`login-etl grants`);
 //! - [`logging`]: the log subscriber and its PII guard;
 //! - [`app_version`]: the sortable integer encoding of versions;
@@ -35,6 +36,8 @@ pub mod cli;
 #[cfg(feature = "service")]
 pub mod config;
 pub mod contract;
+#[cfg(feature = "service")]
+pub mod database;
 #[cfg(feature = "service")]
 pub mod emf;
 pub mod error;
@@ -56,8 +59,6 @@ pub mod startup;
 pub mod synth;
 #[cfg(feature = "service")]
 pub mod table;
-#[cfg(feature = "service")]
-pub mod tls;
 
 #[cfg(feature = "service")]
 pub use config::Config;

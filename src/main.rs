@@ -111,7 +111,7 @@ async fn serve() -> Result<(), lambda_runtime::Error> {
 /// `PREMAKE_DAYS` and `RETENTION_DAYS`; any event (the schedule's) runs
 /// maintenance once. Its EMF document goes to stdout, as the function's.
 async fn serve_maintenance() -> Result<(), lambda_runtime::Error> {
-    let db = login_etl::config::DbConfig::from_env()?;
+    let db = login_etl::database::DbConfig::from_env()?;
     let options = login_etl::table::maintain::MaintainOptions::from_env()?;
     lambda_runtime::run(service_fn(move |_: LambdaEvent<serde_json::Value>| {
         let db = db.clone();

@@ -6,14 +6,17 @@
 /// `login-etl migrate --profile`, kept by every later migrate, widened
 /// online from masking-only to full and never narrowed (docs/profiles.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "service", derive(clap::ValueEnum))]
 pub enum Profile {
     /// Masked rows only: `user_logins`, its partitions, the key state and
-    /// the role registry; the migrate, ingest and maintain roles.
+    /// the role registry; the migrate, ingest, maintain and reader roles.
+    /// The default everywhere (the commands, README's block, the template):
+    /// a new database is masking-only unless asked for more.
+    #[default]
     Masking,
     /// Also the PII vault, the erasure list, the audit trail and key
     /// rotation's state (`reveal`, `forget`, `audit`, `rotate-key`,
     /// `vault-upgrade`). Every database from before profiles has it.
-    #[default]
     Full,
 }
 

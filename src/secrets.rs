@@ -55,8 +55,9 @@ impl fmt::Debug for DbSecret {
 }
 
 impl DbSecret {
-    /// Parses the SecretString of an RDS-style secret.
-    pub fn parse(id: &str, text: &str) -> Result<Self, SecretError> {
+    /// Parses the SecretString of an RDS-style secret; its `password` may be
+    /// absent only where `password` is false (RDS IAM authentication).
+    pub fn parse(id: &str, text: &str, password: bool) -> Result<Self, SecretError> {
         let json: Value =
             serde_json::from_str(text).map_err(|_| SecretError::NotJson { id: id.to_owned() })?;
         let field = |name: &'static str| -> Result<String, SecretError> {
@@ -82,7 +83,11 @@ impl DbSecret {
         }
         Ok(Self {
             username: field("username")?,
-            password: field("password")?,
+            password: if password {
+                field("password")?
+            } else {
+                field("password").unwrap_or_default()
+            },
             host: field("host")?,
             port,
             dbname: field("dbname").unwrap_or_else(|_| "postgres".into()),
@@ -95,8 +100,10 @@ impl DbSecret {
         pg.host(&self.host)
             .port(self.port)
             .user(&self.username)
-            .password(&self.password)
             .dbname(&self.dbname);
+        if !self.password.is_empty() {
+            pg.password(&self.password);
+        }
         pg
     }
 }
@@ -127,9 +134,44 @@ impl Secrets {
             .ok_or_else(|| SecretError::NotAString { id: id.to_owned() })
     }
 
-    /// The database secret `id`.
-    pub async fn db(&self, id: &str) -> Result<DbSecret, SecretError> {
-        DbSecret::parse(id, &self.string(id).await?)
+    /// The SecretString of `id`, or `None` when there is no such secret.
+    pub async fn string_if_any(&self, id: &str) -> Result<Option<String>, SecretError> {
+        match self.string(id).await {
+            Ok(text) => Ok(Some(text)),
+            Err(SecretError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes the secret `name` holding `text`; its ARN.
+    pub async fn create(&self, name: &str, text: &str) -> Result<String, SecretError> {
+        let out = self
+            .client
+            .create_secret()
+            .name(name)
+            .secret_string(text)
+            .send()
+            .await
+            .map_err(|e| match &e {
+                SdkError::ServiceError(service) => SecretError::Service {
+                    id: name.to_owned(),
+                    code: service.err().code().unwrap_or("unknown").to_owned(),
+                    message: format!(
+                        "{}; making it needs secretsmanager:CreateSecret",
+                        service.err().message().unwrap_or_default()
+                    ),
+                },
+                _ => SecretError::Unreachable {
+                    id: name.to_owned(),
+                    cause: DisplayErrorContext(&e).to_string(),
+                },
+            })?;
+        Ok(out.arn.unwrap_or_else(|| name.to_owned()))
+    }
+
+    /// The database secret `id` (with its password where `password`).
+    pub async fn db(&self, id: &str, password: bool) -> Result<DbSecret, SecretError> {
+        DbSecret::parse(id, &self.string(id).await?, password)
     }
 }
 
@@ -192,10 +234,7 @@ mod tests {
 
     #[test]
     fn parses_rds_secrets_with_numeric_or_string_port() {
-        let s = DbSecret::parse(
-            "db",
-            r#"{"engine":"postgres","username":"etl","password":"p@ss","host":"db.example","port":5433,"dbname":"logins","dbInstanceIdentifier":"x"}"#,
-        )
+        let s = DbSecret::parse("db", r#"{"engine":"postgres","username":"etl","password":"p@ss","host":"db.example","port":5433,"dbname":"logins","dbInstanceIdentifier":"x"}"#, true)
         .unwrap();
         assert_eq!(
             (
@@ -209,6 +248,7 @@ mod tests {
         let s = DbSecret::parse(
             "db",
             r#"{"username":"etl","password":"p","host":"h","port":"6432"}"#,
+            true,
         )
         .unwrap();
         assert_eq!((s.port, s.dbname.as_str()), (6432, "postgres"));
@@ -233,12 +273,18 @@ mod tests {
             ),
         ];
         for (text, want) in cases {
-            let msg = DbSecret::parse("prod/db", text).unwrap_err().to_string();
+            let msg = DbSecret::parse("prod/db", text, true)
+                .unwrap_err()
+                .to_string();
             assert!(msg.contains(want) && msg.contains("prod/db"), "{msg}");
             assert!(!msg.contains("hunter2"), "{msg}");
         }
-        let s =
-            DbSecret::parse("db", r#"{"username":"u","password":"hunter2","host":"h"}"#).unwrap();
+        let s = DbSecret::parse(
+            "db",
+            r#"{"username":"u","password":"hunter2","host":"h"}"#,
+            true,
+        )
+        .unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
     }
 }

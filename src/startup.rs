@@ -1,11 +1,10 @@
 //! Cold start: configuration to a ready [`BatchHandler`]. Runs once per
 //! execution environment; everything here is reused by warm invocations.
 
-use std::str::FromStr;
-
 use tracing::info;
 
-use crate::config::{CaBundle, Config, DbConfig, DbSource, KeySource};
+use crate::config::{Config, KeySource};
+use crate::database::{Connector, DbConfig, SetupError, needs_aws};
 use crate::error::{ConfigError, SecretError, SinkError};
 use crate::ingest::backoff::Visibility;
 use crate::ingest::dlq::DeadLetterQueue;
@@ -17,7 +16,6 @@ use crate::privacy::masking::{KeyVersions, Masker, UserKeys};
 use crate::privacy::vault::{DataKey, VaultError};
 use crate::secrets::Secrets;
 use crate::table::schema::MigrateOptions;
-use crate::tls::Tls;
 
 /// Why the cold start failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +34,15 @@ pub enum InitError {
     Vault(#[from] VaultError),
 }
 
+impl From<SetupError> for InitError {
+    fn from(e: SetupError) -> Self {
+        match e {
+            SetupError::Config(e) => InitError::Config(e),
+            SetupError::Secret(e) => InitError::Secret(e),
+        }
+    }
+}
+
 /// Builds the handler: resolves the masking key, the database settings and
 /// the vault's data key (from Secrets Manager and KMS when configured so, all
 /// at once, with one AWS configuration), and applies the schema when
@@ -51,9 +58,9 @@ pub async fn build_with(
     leases: Option<std::sync::Arc<crate::ingest::backoff::Leases>>,
 ) -> Result<BatchHandler, InitError> {
     let needs_secrets = matches!(config.masking_key, KeySource::Secret(_))
-        || matches!(config.erasure_key, Some(KeySource::Secret(_)))
-        || needs_secrets(&config.db);
+        || matches!(config.erasure_key, Some(KeySource::Secret(_)));
     let aws = if needs_secrets
+        || needs_aws(&config.db)
         || config.vault_kms_key_id.is_some()
         || config.dlq_kms_key_id.is_some()
         || config.dlq_url.is_some()
@@ -71,7 +78,7 @@ pub async fn build_with(
             config.erasure_key.as_ref(),
             secrets.as_ref()
         ),
-        sink(&config.db, secrets.as_ref()),
+        sink(&config.db, aws.as_ref()),
         data_keys(config, kms.as_ref())
     );
     let (masker, mut sink, (data_key, sealer)) = (masker?, sink?, keys?);
@@ -194,13 +201,15 @@ fn key_reload(config: &Config, secrets: &Secrets) -> crate::privacy::keys::KeyRe
     })
 }
 
-/// Applies the schema to the configured database and returns its target
-/// (`login-etl migrate`); needs only the database settings.
-pub async fn migrate(db: &DbConfig) -> Result<String, InitError> {
+/// Applies the schema of `profile` to the configured database (a full
+/// one stays full) and returns its target; needs only the database
+/// settings.
+pub async fn migrate(db: &DbConfig, profile: crate::profile::Profile) -> Result<String, InitError> {
     migrate_with(
         db,
         &MigrateOptions {
             premake_days: crate::table::maintain::DEFAULT_PREMAKE_DAYS,
+            profile: Some(profile),
             ..MigrateOptions::default()
         },
     )
@@ -210,12 +219,7 @@ pub async fn migrate(db: &DbConfig) -> Result<String, InitError> {
 /// [`migrate`] with the options `login-etl migrate` takes (the partition
 /// interval of a new table, how many days to make ahead).
 pub async fn migrate_with(db: &DbConfig, options: &MigrateOptions) -> Result<String, InitError> {
-    let secrets = if needs_secrets(db) {
-        Some(Secrets::from_env().await)
-    } else {
-        None
-    };
-    let mut sink = sink(db, secrets.as_ref()).await?;
+    let mut sink = sink(db, aws_for(db).await.as_ref()).await?;
     let applied = sink.migrate(options).await?;
     let target = sink.target().to_owned();
     Ok(if applied {
@@ -236,14 +240,21 @@ pub async fn maintain(
 }
 
 /// A connection to the configured database for an operator command
-/// (`login-etl reveal`, `forget`), with the same settings as the function.
+/// (`login-etl reveal`, `forget`), opened as the function opens its own.
 pub async fn operator_connection(db: &DbConfig) -> Result<tokio_postgres::Client, InitError> {
-    let secrets = if needs_secrets(db) {
-        Some(Secrets::from_env().await)
+    let mut connector = Connector::from_config(db, aws_for(db).await.as_ref()).await?;
+    let limit = connector.connect_timeout();
+    Ok(connector.open(limit).await?)
+}
+
+/// The AWS configuration the database settings need, if any (a secret to
+/// read, IAM tokens to sign).
+async fn aws_for(db: &DbConfig) -> Option<aws_config::SdkConfig> {
+    if needs_aws(db) {
+        Some(crate::secrets::sdk_config().await)
     } else {
         None
-    };
-    Ok(sink(db, secrets.as_ref()).await?.connect().await?)
+    }
 }
 
 /// [`operator_connection`] for `command`, a command of the full profile
@@ -318,43 +329,9 @@ pub async fn user_keys(
     }
 }
 
-/// Whether the database settings read Secrets Manager (`DB_SECRET_ID`,
-/// `DB_CA_BUNDLE_SECRET_ID`).
-fn needs_secrets(db: &DbConfig) -> bool {
-    matches!(db.source, DbSource::Secret(_)) || matches!(db.ca_bundle, Some(CaBundle::Secret(_)))
-}
-
-/// A sink for the configured database; with `DB_SECRET_ID`, reads the secret
-/// and refetches it once if PostgreSQL later rejects the password; with
-/// `DB_CA_BUNDLE_SECRET_ID`, trusts the PEM bundle that secret holds.
-pub async fn sink(db: &DbConfig, secrets: Option<&Secrets>) -> Result<PgSink, InitError> {
-    let tls = match &db.ca_bundle {
-        Some(CaBundle::Secret(id)) => {
-            let secrets =
-                secrets.expect("a Secrets Manager client exists when a secret is configured");
-            let pem = secrets.string(id).await?;
-            Tls::from_config_with_pem(
-                db,
-                pem.as_bytes(),
-                &format!("secret {id} (DB_CA_BUNDLE_SECRET_ID)"),
-            )?
-        }
-        _ => Tls::from_config(db)?,
-    };
-    Ok(match &db.source {
-        DbSource::Url(url) => {
-            let pg = tokio_postgres::Config::from_str(url).map_err(|_| ConfigError::Invalid {
-                var: "DATABASE_URL",
-                reason: "not a PostgreSQL connection string; expected postgres://user[:password]@host[:port]/dbname".into(),
-            })?;
-            PgSink::new(pg, db, tls)
-        }
-        DbSource::Secret(id) => {
-            let secrets =
-                secrets.expect("a Secrets Manager client exists when a secret is configured");
-            let secret = secrets.db(id).await?;
-            PgSink::new(secret.pg_config(), db, tls)
-                .refresh_credentials_from(secrets.clone(), id.clone())
-        }
-    })
+/// A sink for the configured database (see [`Connector::from_config`]:
+/// with `aws`, the secrets the settings name are read, and IAM tokens signed).
+pub async fn sink(db: &DbConfig, aws: Option<&aws_config::SdkConfig>) -> Result<PgSink, InitError> {
+    let connector = Connector::from_config(db, aws).await?;
+    Ok(PgSink::new(connector, db.statement_timeout))
 }

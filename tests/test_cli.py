@@ -63,7 +63,7 @@ def test_results_alone_on_stdout():
     out = run("gen-events", "--count", "3", "--seed", "9", env={"RUST_LOG": "trace"})
     assert out.returncode == 0
     assert len(json.loads(out.stdout)["Records"]) == 3, "stdout is the event and nothing else"
-    out = run("grants", "--role", "audit", "--to", "x", env={"RUST_LOG": "trace"})
+    out = run("grants", "--role", "audit", "--to", "x", "--profile", "full", env={"RUST_LOG": "trace"})
     # SQL alone: the grants (the schema's USAGE in a DO block), the role's
     # registry row, comments; no log line.
     lines = out.stdout.splitlines()

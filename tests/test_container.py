@@ -125,7 +125,7 @@ def deployment(aws, image_files, tmp_path_factory):
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_EC2_METADATA_DISABLED": "true",
-        "DB_SECRET_ID": stack.put_db_secret(queues.name, dbname),
+        "DB_SECRET_ID": stack.db_secret_arn(dbname),
         "MASKING_KEY_SECRET_ID": sm.create_secret(Name=f"{queues.name}/masking-key", SecretString=masking.hex())["ARN"],
         "ERASURE_KEY_SECRET_ID": sm.create_secret(Name=f"{queues.name}/erasure-key", SecretString=erasure.hex())["ARN"],
         "VAULT_KMS_KEY_ID": stack.vault_key(),

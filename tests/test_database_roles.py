@@ -1,31 +1,43 @@
 """The documented database path, checked against the real binary and server:
-the roles of docs/configuration.md are those `login-etl grants` prints, and
+the roles of docs/configuration.md are those `login-etl grants` prints,
 `make migrate` migrates a DATABASE_URL it is given (with an sslmode) without
-touching the local server.
+touching the local server, and README's setup block runs as written, twice,
+against a server that takes only passwords over TLS (as RDS), the roles then
+logging in with the passwords it set.
 
 Run by `make test` (after cargo has built the binary).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import secrets
 import socket
 import subprocess
+import sys
 import urllib.parse
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("PG_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+sys.path.insert(0, str(ROOT / "localstack"))
+import pg_cluster  # noqa: E402
+import stack  # noqa: E402
+
 BINARY = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug" / "login-etl"
 PG_ADMIN_URL = os.environ.get("PG_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 
 
-def login_etl(*args: str) -> subprocess.CompletedProcess:
+def login_etl(*args: str, env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
+    """The binary with `args`; `env` over this environment (None: unset)."""
     if not BINARY.exists():
         pytest.fail(f"{BINARY} is missing: run `make test` (it builds the binary first)")
-    return subprocess.run([str(BINARY), *args], capture_output=True, text=True, timeout=30)
+    full = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
+    return subprocess.run([str(BINARY), *args], capture_output=True, text=True, timeout=30, env=full)
 
 
 def psql(url: str, sql: str) -> str:
@@ -38,11 +50,11 @@ def db_url(name: str) -> str:
     return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
 
 
-@pytest.mark.parametrize("role", ["ingest", "reveal", "erase", "migrate", "maintain", "audit", "rotate", "upgrade"])
+@pytest.mark.parametrize("role", ["ingest", "reveal", "erase", "migrate", "maintain", "audit", "rotate", "upgrade", "reader"])
 def test_each_documented_role_is_printed_by_the_command_and_names_what_it_may_run(role):
     doc = (ROOT / "docs" / "configuration.md").read_text()
     assert re.search(rf"^\| {role} ", doc, re.M), f"docs/configuration.md's table has a row for {role}"
-    out = login_etl("grants", "--role", role, "--to", f"login_etl_{role}")
+    out = login_etl("grants", "--role", role, "--to", f"login_etl_{role}", "--profile", "full")
     assert out.returncode == 0, out.stderr
     statements = [line for line in out.stdout.splitlines() if not line.startswith("--")]
     assert statements and all(line.endswith(";") for line in statements), out.stdout
@@ -50,6 +62,22 @@ def test_each_documented_role_is_printed_by_the_command_and_names_what_it_may_ru
     row = re.search(rf"^\| {role} .*$", doc, re.M).group(0)
     for name in re.findall(r"`(login_etl_\w+)`", row):
         assert f'"{name}"(' in out.stdout, f"the docs say {role} may run {name}; grants does not give it"
+
+
+def test_grants_default_to_the_masking_profile_and_name_nothing_a_masking_database_lacks():
+    full_only = ("user_logins_pii_vault", "user_logins_erased", "user_logins_audit", "login_etl_store_vault",
+                 "login_etl_purge_vault", "user_logins_data_keys")  # fmt: skip
+    for role in ("ingest", "maintain", "reader"):
+        out = login_etl("grants", "--role", role, "--to", f"login_etl_{role}", env={"LOGIN_ETL_PROFILE": None})
+        assert out.returncode == 0, out.stderr
+        statements = "\n".join(line for line in out.stdout.splitlines() if not line.startswith("--"))
+        named = [name for name in full_only if name in statements]
+        assert not named, f"grants --role {role} without a profile names full-profile objects {named}:\n{out.stdout}"
+    # The analysts' role: SELECT on the table (its partitions inherit it), no function.
+    reader = login_etl("grants", "--role", "reader", "--to", "analysts").stdout
+    statements = [line for line in reader.splitlines() if line.startswith("GRANT")]
+    assert any("SELECT ON" in line and "user_logins" in line for line in statements), reader
+    assert not any("EXECUTE" in line for line in statements), reader
 
 
 def test_grants_refuses_unknown_roles_and_missing_options_with_the_usage():
@@ -147,60 +175,93 @@ class _FakeRuntime:
         self.server.shutdown()
 
 
-def _role_url(name: str, role: str) -> str:
-    return db_url(name).replace("://postgres@", f"://{name}_{role}@")
+class DeployServer:
+    """The deploy path's server: as RDS, it takes only passwords over TLS
+    (localstack/pg_cluster.py, no trust line), and moto's Secrets Manager
+    keeps the passwords README's block sets (`$SECRETS/<role>`, here
+    `<database>/<role>`)."""
+
+    def __init__(self, cluster, endpoint: str):
+        import boto3
+
+        self.cluster, self.endpoint = cluster, endpoint
+        self.aws = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                    "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
+        self.sm = boto3.client("secretsmanager", endpoint_url=endpoint, region_name="us-east-1",
+                               aws_access_key_id="test", aws_secret_access_key="test")  # fmt: skip
+
+    def admin(self, db: str = "postgres", user: str = "postgres", password: str | None = None) -> str:
+        return self.cluster.url(db, user, password)
+
+    def secret(self, db: str, role: str) -> dict:
+        return json.loads(self.sm.get_secret_value(SecretId=f"{db}/{role}")["SecretString"])
+
+    def role(self, db: str, role: str) -> str:
+        """`role`'s URL, with the password its secret holds (TLS checked)."""
+        return self.cluster.url(db, f"{db}_{role}", self.secret(db, role)["password"])
+
+    def env(self, db: str, role: str) -> dict[str, str]:
+        """A command's environment as the deployment gives it: the role's
+        secret, TLS checked against the server's CA file."""
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATABASE_URL", "DB_", "AWS_"))}
+        return {**base, **self.aws, "DB_SECRET_ID": f"{db}/{role}", "DB_CA_BUNDLE": self.cluster.ca_file}
+
+    def block(self, db: str, profile: str | None = None, schema: str | None = None, admin_user: str = "postgres",
+              admin_password: str | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+        """README's deploy block, saved and run with `bash -euo pipefail` as
+        README says, as `admin_user` (psql's variables, the password in
+        PGPASSWORD), on database `db` (roles `<db>_<kind>`, secrets
+        `<db>/<kind>`), LOGIN_ETL_PROFILE and SCHEMA set where given (as
+        written: masking, public)."""
+        admin = self.cluster.admin_env(db)
+        values = {"PGHOST": admin["PGHOST"], "PGPORT": admin["PGPORT"], "PGDATABASE": db, "PGUSER": admin_user,
+                  "PGSSLMODE": "verify-full", "PGSSLROOTCERT": self.cluster.ca_file, "PREFIX": db, "SECRETS": db}  # fmt: skip
+        if profile:
+            values["LOGIN_ETL_PROFILE"] = profile
+        if schema:
+            values["SCHEMA"] = schema
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATABASE_URL", "DB_", "AWS_", "LOGIN_ETL"))}
+        env |= {**self.aws, "PATH": f"{BINARY.parent}:{os.environ['PATH']}",
+                "PGPASSWORD": admin_password if admin_password is not None else self.cluster.password}  # fmt: skip
+        return stack.run_deploy_sequence(values, env)
+
+    def drop(self, db: str) -> None:
+        psql(self.admin(), f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        for r in ROLE_KINDS:
+            psql(self.admin(), f'DROP ROLE IF EXISTS "{db}_{r}"')
+            try:
+                self.sm.delete_secret(SecretId=f"{db}/{r}", ForceDeleteWithoutRecovery=True)
+            except self.sm.exceptions.ResourceNotFoundException:
+                pass
 
 
-def _readme_block(name: str, profile: str | None = None, schema: str | None = None,
-                  admin_url: str | None = None) -> subprocess.CompletedProcess:  # fmt: skip
-    """README's deploy block, as written, under bash -euo pipefail, with its
-    four settings pointed at database `name` (roles `<name>_<kind>`), and
-    its LOGIN_ETL_PROFILE set to `profile` and SCHEMA to `schema` where
-    given (as written: masking, public)."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "localstack"))
-    import stack
-
-    values = {"ADMIN_URL": admin_url or db_url(name), "MIGRATE_URL": _role_url(name, "migrate"),
-              "MAINTAIN_URL": _role_url(name, "maintain"), "PREFIX": name}  # fmt: skip
-    if profile:
-        values["LOGIN_ETL_PROFILE"] = profile
-    if schema:
-        values["SCHEMA"] = schema
-    lines = stack.deploy_sequence().splitlines()
-    for key, value in values.items():
-        (i,) = [i for i, line in enumerate(lines) if line.startswith(f"export {key}=")]
-        lines[i] = f"export {key}='{value}'"
-    env = {**os.environ, "PATH": f"{BINARY.parent}:{os.environ['PATH']}"}
-    return subprocess.run(["bash", "-euo", "pipefail", "-c", "\n".join(lines)], env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    d = tmp_path_factory.mktemp("deploy-server")
+    cluster = pg_cluster.start(d / "state.json")
+    try:
+        with stack.moto_server(d / "moto.log") as endpoint:
+            yield DeployServer(cluster, endpoint)
+    finally:
+        pg_cluster.stop(d / "state.json")
 
 
-ROLE_KINDS = ["migrate", "ingest", "reveal", "erase", "maintain", "audit", "rotate"]
+ROLE_KINDS = ["migrate", "ingest", "maintain", "reader", "reveal", "erase", "audit", "rotate"]
 
 
-def _drop(name: str) -> None:
-    psql(PG_ADMIN_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    for r in ROLE_KINDS:
-        psql(PG_ADMIN_URL, f'DROP ROLE IF EXISTS "{name}_{r}"')
-
-
-def test_doctor_passes_a_sound_deployment_and_names_each_break_with_its_fix():
+def test_doctor_passes_a_sound_deployment_and_names_each_break_with_its_fix(srv):
     """`login-etl doctor` as the migrate role: nothing on the README's
     deployment; then one break at a time, each found by its check, naming
     the role, function or setting and the statement that mends it, exit 1;
     mended, nothing again."""
-    import json
-
     name = f"login_etl_doc_{os.getpid()}"
-    _drop(name)
-    psql(PG_ADMIN_URL, f'CREATE DATABASE "{name}"')
+    srv.drop(name)
+    psql(srv.admin(), f'CREATE DATABASE "{name}"')
     try:
-        psql(db_url(name), "REVOKE ALL ON SCHEMA public FROM PUBLIC")
-        done = _readme_block(name)
+        psql(srv.admin(name), "REVOKE ALL ON SCHEMA public FROM PUBLIC")
+        done = srv.block(name)
         assert done.returncode == 0, done.stdout + done.stderr
-        env = {**os.environ, "DATABASE_URL": _role_url(name, "migrate"), "DB_SSLMODE": "disable"}
+        env = {**os.environ, "DATABASE_URL": srv.role(name, "migrate")}
 
         def doctor(**more: str) -> tuple[int, dict]:
             out = subprocess.run([str(BINARY), "doctor", "--json"], env={**env, **more}, capture_output=True,
@@ -215,7 +276,7 @@ def test_doctor_passes_a_sound_deployment_and_names_each_break_with_its_fix():
         human = subprocess.run([str(BINARY), "doctor"], env=env, capture_output=True, text=True, timeout=60)
         assert human.returncode == 0 and "nothing to mend" in human.stdout, human.stdout + human.stderr
 
-        ingest, admin = f"{name}_ingest", db_url(name)
+        ingest, admin = f"{name}_ingest", srv.admin(name)
         tomorrow_on = ("SELECT string_agg(format('DROP TABLE %I', name), '; ') FROM login_etl_partitions() "
                        "WHERE lo > current_date")  # fmt: skip
         breaks = [
@@ -259,10 +320,10 @@ def test_doctor_passes_a_sound_deployment_and_names_each_break_with_its_fix():
                 # tables' owner, then its grants command piped to psql.
                 (fix,) = [f["fix"] for f in found]
                 sql, command = fix.removeprefix("as the tables' owner: ").split(" then ", 1)
-                psql(_role_url(name, "migrate"), sql)
+                psql(srv.role(name, "migrate"), sql)
                 command = command.split(": ", 1)[1].removesuffix(" | psql")
                 printed = subprocess.run([str(BINARY), *command.split()[1:]], capture_output=True, text=True, check=True)
-                psql(_role_url(name, "migrate"), printed.stdout)
+                psql(srv.role(name, "migrate"), printed.stdout)
                 code, report = doctor()
                 assert code == 0, (fix, report)
                 continue
@@ -271,23 +332,23 @@ def test_doctor_passes_a_sound_deployment_and_names_each_break_with_its_fix():
             assert code == 0, (mend, report)
 
         # The partitions made ahead, dropped (as the owner): found; maintain mends.
-        drops = psql(_role_url(name, "migrate"), tomorrow_on)
-        psql(_role_url(name, "migrate"), drops)
+        drops = psql(srv.role(name, "migrate"), tomorrow_on)
+        psql(srv.role(name, "migrate"), drops)
         code, report = doctor()
         assert code == 1 and any(f["check"] == "partitions" and "day(s) ahead" in f["problem"]
                                  for f in report["findings"]), report  # fmt: skip
         maintain = subprocess.run([str(BINARY), "maintain"], capture_output=True, text=True, timeout=60,
-                                  env={**env, "DATABASE_URL": _role_url(name, "maintain")})  # fmt: skip
+                                  env={**env, "DATABASE_URL": srv.role(name, "maintain")})  # fmt: skip
         assert maintain.returncode == 0, maintain.stderr
         assert doctor()[0] == 0
         # A partition past RETENTION_DAYS that maintenance never dropped.
-        psql(_role_url(name, "migrate"), "SELECT login_etl_ensure_partition(current_date - 100)")
+        psql(srv.role(name, "migrate"), "SELECT login_etl_ensure_partition(current_date - 100)")
         code, report = doctor(RETENTION_DAYS="30")
         assert code == 1 and any(f["check"] == "retention" and "RETENTION_DAYS=30" in f["problem"]
                                  for f in report["findings"]), report  # fmt: skip
         assert doctor()[0] == 0, "without RETENTION_DAYS everything is kept"
         maintain = subprocess.run([str(BINARY), "maintain"], capture_output=True, text=True, timeout=60,
-                                  env={**env, "DATABASE_URL": _role_url(name, "maintain"), "RETENTION_DAYS": "30"})  # fmt: skip
+                                  env={**env, "DATABASE_URL": srv.role(name, "maintain"), "RETENTION_DAYS": "30"})  # fmt: skip
         assert maintain.returncode == 0, maintain.stderr
         assert doctor(RETENTION_DAYS="30")[0] == 0
         # A schema this binary is newer than.
@@ -297,10 +358,10 @@ def test_doctor_passes_a_sound_deployment_and_names_each_break_with_its_fix():
         assert code == 1 and any(f["check"] == "schema_version" and "pending" in f["problem"]
                                  for f in report["findings"]), report  # fmt: skip
     finally:
-        _drop(name)
+        srv.drop(name)
 
 
-def _ingest_once(name: str) -> int:
+def _ingest_once(srv: DeployServer, name: str) -> int:
     """The function, as database `name`'s ingest role, behind a Runtime API
     of its own, given events/sqs-valid.json: asserts it answered with no
     failure; the number of records it was given."""
@@ -309,11 +370,11 @@ def _ingest_once(name: str) -> int:
 
     event = (ROOT / "events" / "sqs-valid.json").read_bytes()
     runtime = _FakeRuntime(event)
-    fn_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_LAMBDA", "DATABASE_URL", "DB_"))}
+    # As deployed: the ingest role's secret, the password README's block set.
+    fn_env = srv.env(name, "ingest")
     fn_env.update({"AWS_LAMBDA_RUNTIME_API": runtime.address, "AWS_LAMBDA_FUNCTION_NAME": "login-etl",
                    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "256", "AWS_LAMBDA_FUNCTION_VERSION": "1",
-                   "DATABASE_URL": _role_url(name, "ingest"), "DB_SSLMODE": "disable", "MASKING_KEY": "ab" * 32,
-                   "BACKOFF_BASE_SECONDS": "0", "AWS_REGION": "us-east-1"})  # fmt: skip
+                   "MASKING_KEY": "ab" * 32, "BACKOFF_BASE_SECONDS": "0"})  # fmt: skip
     proc = subprocess.Popen([str(BINARY)], env=fn_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         assert runtime.done.wait(60), "the function answered no invocation"
@@ -326,92 +387,88 @@ def _ingest_once(name: str) -> int:
     return len(json.loads(event)["Records"])
 
 
-def test_the_readme_block_with_a_schema_of_its_own_keeps_everything_there():
+def test_the_readme_block_with_a_schema_of_its_own_keeps_everything_there(srv):
     """README's block with SCHEMA set (docs/deploy.md, "A schema of its
     own"), twice, on a database where PUBLIC has no right on `public`: the
     tables and functions in that schema only, each role's search_path set to
     it in the database, the function ingests there as the ingest role,
     maintain (in the block) made its partitions, and doctor finds nothing."""
-    import json
-
     name, schema = f"login_etl_own_{os.getpid()}", "Login ETL"
-    _drop(name)
-    psql(PG_ADMIN_URL, f'CREATE DATABASE "{name}"')
+    srv.drop(name)
+    psql(srv.admin(), f'CREATE DATABASE "{name}"')
     try:
-        psql(db_url(name), "REVOKE ALL ON SCHEMA public FROM PUBLIC")
+        psql(srv.admin(name), "REVOKE ALL ON SCHEMA public FROM PUBLIC")
         for attempt in (1, 2):
-            done = _readme_block(name, schema=schema)
+            done = srv.block(name, schema=schema)
             out = done.stdout + done.stderr
             assert done.returncode == 0, f"run {attempt}: exit {done.returncode}\n{out}"
             assert "no privileges were granted" not in out and "already exists" not in out, f"run {attempt}\n{out}"
         objects = ("SELECT n.nspname, count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                    "WHERE c.relname LIKE 'user\\_logins%' GROUP BY 1 ORDER BY 1")  # fmt: skip
-        tables = psql(db_url(name), objects).splitlines()
+        tables = psql(srv.admin(name), objects).splitlines()
         assert len(tables) == 1 and tables[0].startswith(f"{schema}|"), tables
-        assert psql(db_url(name), "SELECT count(*) FROM pg_proc WHERE proname LIKE 'login\\_etl\\_%' "
+        assert psql(srv.admin(name), "SELECT count(*) FROM pg_proc WHERE proname LIKE 'login\\_etl\\_%' "
                                   "AND pronamespace = 'public'::regnamespace") == "0"  # fmt: skip
         for r in ("migrate", "ingest", "maintain"):
-            setting = psql(db_url(name), f"SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
+            setting = psql(srv.admin(name), f"SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
                                          f"WHERE r.rolname = '{name}_{r}' AND s.setdatabase = "
                                          f"(SELECT oid FROM pg_database WHERE datname = current_database())")  # fmt: skip
             assert f'search_path=\\"{schema}\\"' in setting or f'search_path="{schema}"' in setting, (r, setting)
-            assert psql(db_url(name), f"SELECT has_schema_privilege('{name}_{r}', 'public', 'USAGE')") == "f", r
+            assert psql(srv.admin(name), f"SELECT has_schema_privilege('{name}_{r}', 'public', 'USAGE')") == "f", r
         partitions = f"""SELECT count(*) FROM pg_inherits WHERE inhparent = '"{schema}".user_logins'::regclass"""
-        assert int(psql(db_url(name), partitions)) > 7, "maintain made the partitions ahead"
-        records = _ingest_once(name)
-        assert psql(db_url(name), f'SELECT count(*) FROM "{schema}".user_logins') == str(records)
+        assert int(psql(srv.admin(name), partitions)) > 7, "maintain made the partitions ahead"
+        records = _ingest_once(srv, name)
+        assert psql(srv.admin(name), f'SELECT count(*) FROM "{schema}".user_logins') == str(records)
         # The fixture's days have no partition: maintain, as the maintain
         # role, moves them out of DEFAULT, there too.
         maintain = subprocess.run([str(BINARY), "maintain"], capture_output=True, text=True, timeout=60,
-                                  env={**os.environ, "DATABASE_URL": _role_url(name, "maintain"), "DB_SSLMODE": "disable"})  # fmt: skip
+                                  env={**os.environ, "DATABASE_URL": srv.role(name, "maintain")})  # fmt: skip
         assert maintain.returncode == 0, maintain.stdout + maintain.stderr
-        assert psql(db_url(name), f'SELECT count(*) FROM ONLY "{schema}".user_logins_default') == "0"
-        assert psql(db_url(name), f'SELECT count(*) FROM "{schema}".user_logins') == str(records)
+        assert psql(srv.admin(name), f'SELECT count(*) FROM ONLY "{schema}".user_logins_default') == "0"
+        assert psql(srv.admin(name), f'SELECT count(*) FROM "{schema}".user_logins') == str(records)
         doc = subprocess.run([str(BINARY), "doctor", "--json"], capture_output=True, text=True, timeout=60,
-                             env={**os.environ, "DATABASE_URL": _role_url(name, "migrate"), "DB_SSLMODE": "disable"})  # fmt: skip
+                             env={**os.environ, "DATABASE_URL": srv.role(name, "migrate")})  # fmt: skip
         report = json.loads(doc.stdout)
         assert doc.returncode == 0 and report["schema"] == schema and report["findings"] == [], doc.stdout + doc.stderr
     finally:
-        _drop(name)
+        srv.drop(name)
 
 
-def test_the_readme_block_as_an_admin_that_is_no_superuser_leaves_doctor_nothing_to_mend():
+def test_the_readme_block_as_an_admin_that_is_no_superuser_leaves_doctor_nothing_to_mend(srv):
     """As on RDS: the block's admin is a role with CREATEROLE that owns the
     database, not a superuser, on a hardened database. The block runs twice
     in the full profile, the function ingests as the ingest role, and
     doctor, as the migrate role, finds nothing."""
-    import json
-
     name = f"login_etl_rds_{os.getpid()}"
     admin_role = f"{name}_admin"
-    _drop(name)
-    psql(PG_ADMIN_URL, f'DROP ROLE IF EXISTS "{admin_role}"')
-    psql(PG_ADMIN_URL, f'CREATE ROLE "{admin_role}" LOGIN CREATEROLE')
-    psql(PG_ADMIN_URL, f'CREATE DATABASE "{name}" OWNER "{admin_role}"')
+    srv.drop(name)
+    admin_password = secrets.token_hex(16)
+    psql(srv.admin(), f'DROP ROLE IF EXISTS "{admin_role}"')
+    psql(srv.admin(), f"CREATE ROLE \"{admin_role}\" LOGIN CREATEROLE PASSWORD '{admin_password}'")
+    psql(srv.admin(), f'CREATE DATABASE "{name}" OWNER "{admin_role}"')
     try:
-        psql(db_url(name), "REVOKE ALL ON SCHEMA public FROM PUBLIC")
-        admin = db_url(name).replace("://postgres@", f"://{admin_role}@")
+        psql(srv.admin(name), "REVOKE ALL ON SCHEMA public FROM PUBLIC")
         for attempt in (1, 2):
-            done = _readme_block(name, "full", admin_url=admin)
+            done = srv.block(name, "full", admin_user=admin_role, admin_password=admin_password)
             out = done.stdout + done.stderr
             assert done.returncode == 0, f"run {attempt}: exit {done.returncode}\n{out}"
             assert "no privileges were granted" not in out and "WARNING" not in out, f"run {attempt}\n{out}"
-        records = _ingest_once(name)
-        assert psql(db_url(name), "SELECT count(*) FROM user_logins") == str(records)
+        records = _ingest_once(srv, name)
+        assert psql(srv.admin(name), "SELECT count(*) FROM user_logins") == str(records)
         # The fixture's old days went to DEFAULT: maintain moves them, as the maintain role.
         maintain = subprocess.run([str(BINARY), "maintain"], capture_output=True, text=True, timeout=60,
-                                  env={**os.environ, "DATABASE_URL": _role_url(name, "maintain"), "DB_SSLMODE": "disable"})  # fmt: skip
+                                  env={**os.environ, "DATABASE_URL": srv.role(name, "maintain")})  # fmt: skip
         assert maintain.returncode == 0, maintain.stdout + maintain.stderr
         doc = subprocess.run([str(BINARY), "doctor", "--json"], capture_output=True, text=True, timeout=60,
-                             env={**os.environ, "DATABASE_URL": _role_url(name, "migrate"), "DB_SSLMODE": "disable"})  # fmt: skip
+                             env={**os.environ, "DATABASE_URL": srv.role(name, "migrate")})  # fmt: skip
         report = json.loads(doc.stdout)
         assert doc.returncode == 0 and report["findings"] == [], doc.stdout + doc.stderr
     finally:
-        _drop(name)
-        psql(PG_ADMIN_URL, f'DROP ROLE IF EXISTS "{admin_role}"')
+        srv.drop(name)
+        psql(srv.admin(), f'DROP ROLE IF EXISTS "{admin_role}"')
 
 
-def test_the_readme_block_runs_twice_on_a_hardened_database_and_every_role_works_after_it():
+def test_the_readme_block_runs_twice_on_a_hardened_database_and_every_role_works_after_it(srv):
     """README's deploy block, as written (under bash -euo pipefail, the
     masking-only profile), twice, then widened with LOGIN_ETL_PROFILE=full, on a
     database where PUBLIC has no right on the schema (the common
@@ -426,49 +483,49 @@ def test_the_readme_block_runs_twice_on_a_hardened_database_and_every_role_works
     roles = ["migrate", "ingest", "maintain"]  # the masking-only profile's, as the block is written
 
     def drop():
-        _drop(name)
+        srv.drop(name)
 
     drop()
-    psql(PG_ADMIN_URL, f'CREATE DATABASE "{name}"')
+    psql(srv.admin(), f'CREATE DATABASE "{name}"')
     try:
-        psql(db_url(name), "REVOKE ALL ON SCHEMA public FROM PUBLIC")
-        role_url = lambda r: _role_url(name, r)  # noqa: E731
+        psql(srv.admin(name), "REVOKE ALL ON SCHEMA public FROM PUBLIC")
+        role_url = lambda r: srv.role(name, r)  # noqa: E731
         for attempt in (1, 2):
-            done = _readme_block(name)
+            done = srv.block(name)
             out = done.stdout + done.stderr
             assert done.returncode == 0, f"run {attempt}: exit {done.returncode}\n{out}"
             assert "no privileges were granted" not in out, f"run {attempt}: a GRANT did nothing\n{out}"
             assert "already exists" not in out, f"run {attempt}\n{out}"
         # Every role may use the schema by its own grant, not PUBLIC's.
         for r in roles:
-            assert psql(db_url(name), f"SELECT has_schema_privilege('{name}_{r}', 'public', 'USAGE')") == "t", r
-        assert psql(db_url(name), "SELECT count(*) FROM pg_namespace n, aclexplode(n.nspacl) a "
+            assert psql(srv.admin(name), f"SELECT has_schema_privilege('{name}_{r}', 'public', 'USAGE')") == "t", r
+        assert psql(srv.admin(name), "SELECT count(*) FROM pg_namespace n, aclexplode(n.nspacl) a "
                                   "WHERE n.nspname = 'public' AND a.grantee = 0") == "0", "PUBLIC has nothing"  # fmt: skip
 
-        records = _ingest_once(name)
-        assert psql(db_url(name), "SELECT count(*) FROM user_logins") == str(records)
-        assert psql(db_url(name), "SELECT to_regclass('user_logins_pii_vault') IS NULL") == "t", "masking-only"
+        records = _ingest_once(srv, name)
+        assert psql(srv.admin(name), "SELECT count(*) FROM user_logins") == str(records)
+        assert psql(srv.admin(name), "SELECT to_regclass('user_logins_pii_vault') IS NULL") == "t", "masking-only"
 
         # Widened: the block again with LOGIN_ETL_PROFILE=full adds the other four
         # roles and the full profile's tables; the rows stay.
-        done = _readme_block(name, "full")
+        done = srv.block(name, "full")
         out = done.stdout + done.stderr
         assert done.returncode == 0 and "no privileges were granted" not in out, out
         for r in ROLE_KINDS:
-            assert psql(db_url(name), f"SELECT has_schema_privilege('{name}_{r}', 'public', 'USAGE')") == "t", r
-        assert psql(db_url(name), "SELECT login_etl_profile()") == "full"
-        assert psql(db_url(name), "SELECT to_regclass('user_logins_pii_vault') IS NOT NULL") == "t"
-        assert psql(db_url(name), "SELECT count(*) FROM user_logins") == str(records)
+            assert psql(srv.admin(name), f"SELECT has_schema_privilege('{name}_{r}', 'public', 'USAGE')") == "t", r
+        assert psql(srv.admin(name), "SELECT login_etl_profile()") == "full"
+        assert psql(srv.admin(name), "SELECT to_regclass('user_logins_pii_vault') IS NOT NULL") == "t"
+        assert psql(srv.admin(name), "SELECT count(*) FROM user_logins") == str(records)
         # doctor finds every one of the seven roles holding exactly its kind's.
         doc = subprocess.run([str(BINARY), "doctor", "--json"], capture_output=True, text=True, timeout=60,
-                             env={**os.environ, "DATABASE_URL": role_url("migrate"), "DB_SSLMODE": "disable"})  # fmt: skip
+                             env={**os.environ, "DATABASE_URL": role_url("migrate")})  # fmt: skip
         report = json.loads(doc.stdout)
         assert doc.returncode == 0 and report["profile"] == "full" and report["findings"] == [], doc.stdout + doc.stderr
         # Given the key the function wrote with, nothing; given another (a
         # secret replaced instead of appended to), the keys check names it.
         for key, code in (("ab" * 32, 0), ("cd" * 32, 1)):
             doc = subprocess.run([str(BINARY), "doctor", "--json"], capture_output=True, text=True, timeout=60,
-                                 env={**os.environ, "DATABASE_URL": role_url("migrate"), "DB_SSLMODE": "disable",
+                                 env={**os.environ, "DATABASE_URL": role_url("migrate"),
                                       "MASKING_KEY": key})  # fmt: skip
             report = json.loads(doc.stdout)
             assert doc.returncode == code and "keys" in report["checks"], doc.stdout + doc.stderr

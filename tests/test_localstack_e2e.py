@@ -17,6 +17,7 @@ import socket
 import sys
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -544,7 +545,7 @@ OUTAGE_PARAMS = {"VisibilityTimeoutSeconds": "2", "MaxReceiveCount": "6", "Batch
 
 @pytest.fixture(scope="session")
 def outage(localstack):
-    proxy = TcpProxy(5432)
+    proxy = TcpProxy(urllib.parse.urlsplit(stack.PG_ADMIN_URL).port or 5432)
     proxy.start()
     # LOGIN_ETL_E2E_NO_BACKOFF=1: the "before" figures (BackoffBaseSeconds 0); the test then fails.
     backoff = os.environ.get("LOGIN_ETL_E2E_NO_BACKOFF") != "1"

@@ -362,7 +362,7 @@ def test_doctor_holds_the_queues_redrive_against_the_backoff_and_finds_its_dlq(s
     sqs = stack.client("sqs")
     dlq_arn = sqs.get_queue_attributes(QueueUrl=q.dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_LAMBDA")}, **stack.LOCAL_ENV,
-           "AWS_REGION": stack.REGION, "DATABASE_URL": stack.role_url(q.dbname, "migrate"), "DB_SSLMODE": "disable"}  # fmt: skip
+           "AWS_REGION": stack.REGION, "DATABASE_URL": stack.role_url(q.dbname, "migrate")}  # fmt: skip
     bootstrap = stack.BUILD_DIR / "LoginEtlFunction" / "bootstrap"
 
     def doctor() -> tuple[int, list[dict]]:

@@ -1,9 +1,11 @@
 """Runbooks followed literally: each page's shell blocks run as written,
 under bash -euo pipefail, with only their `<placeholders>` filled in (the
 secrets an operator would name) and an operator's environment around them
-(AWS credentials and endpoint, here moto on 127.0.0.1; the local server's
-`DB_SSLMODE=disable`). README's setup block gives each test its database
-and roles (tests/test_database_roles.py runs that block on its own).
+(AWS credentials and endpoint, here moto on 127.0.0.1; the RDS CA bundle
+as psql takes it, `PGSSLROOTCERT`). README's setup block gives each test
+its database, its roles and their passwords, against a server that, as RDS,
+takes only passwords over TLS (tests/test_database_roles.py runs that block
+on its own).
 """
 
 from __future__ import annotations
@@ -19,16 +21,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PG_ADMIN_URL = os.environ.get("PG_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 BINARY = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug" / "login-etl"
 USER = "424cdd21-063a-43a7-b91b-7ca1a833afae"  # the runbook's example id
-# The local server's host and port, as the secrets name them.
-PG_HOST, PG_PORT = re.match(r"postgres://[^@]+@([^:/]+):(\d+)/", PG_ADMIN_URL).groups()
 
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "localstack"))
 import stack  # noqa: E402
-from test_database_roles import _readme_block, _role_url, db_url, psql  # noqa: E402
+from test_database_roles import DeployServer, psql, srv  # noqa: E402, F401 - srv: the fixture
 
 
 def blocks(page: str) -> list[str]:
@@ -51,11 +50,10 @@ def fill(block: str, values: dict[str, str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def aws():
-    """moto (Secrets Manager, STS, KMS, SQS, CloudFormation) on a free port of 127.0.0.1, stopped by PID."""
-    with stack.moto_server(ROOT / "target" / f"runbooks-moto-{os.getpid()}.log") as endpoint:
-        yield {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-               "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
+def aws(srv: DeployServer):
+    """moto (Secrets Manager, STS, KMS, SQS, CloudFormation) on a free port
+    of 127.0.0.1, the one README's block keeps the passwords in."""
+    return {**srv.aws, "PGSSLROOTCERT": srv.cluster.ca_file}
 
 
 def client(aws: dict[str, str], service: str):
@@ -71,23 +69,24 @@ def secret(aws: dict[str, str], name: str, value: str) -> str:
     return client(aws, "secretsmanager").create_secret(Name=name, SecretString=value)["ARN"]
 
 
-def db_secret(aws: dict[str, str], name: str, role: str, secret_name: str | None = None) -> str:
-    """The RDS-style secret of `role` on database `name` (trust auth: any
-    password), named `secret_name` (else `<name>/<role>`); its ARN."""
-    doc = {"engine": "postgres", "username": f"{name}_{role}", "password": "unused", "host": PG_HOST,
-           "port": int(PG_PORT), "dbname": name}  # fmt: skip
-    return secret(aws, secret_name or f"{name}/{role}", json.dumps(doc))
+def db_secret(srv: DeployServer, name: str, role: str, secret_name: str | None = None) -> str:
+    """The ARN of the secret README's block made for `role` on database
+    `name`; with `secret_name`, of a copy under that name (a page's)."""
+    if secret_name is None:
+        return srv.sm.describe_secret(SecretId=f"{name}/{role}")["ARN"]
+    return srv.sm.create_secret(Name=secret_name, SecretString=json.dumps(srv.secret(name, role)))["ARN"]
 
 
 def operator_env(aws: dict[str, str]) -> dict[str, str]:
     """An operator's shell: AWS credentials and endpoint, the binary on the
-    PATH, no setting of the test run's own."""
+    PATH, the server's CA bundle as psql takes it, no setting of the test
+    run's own."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("DATABASE_URL", "DB_", "AWS_", "MASKING_", "ERASURE_", "VAULT_"))}  # fmt: skip
+           if not k.startswith(("DATABASE_URL", "DB_", "AWS_", "MASKING_", "ERASURE_", "VAULT_", "PG"))}  # fmt: skip
     prefix = aws.get("PATH_PREFIX")
-    env.update({k: v for k, v in aws.items() if k != "PATH_PREFIX"})
+    env.update({k: v for k, v in aws.items() if k not in ("PATH_PREFIX", "PGSSLROOTCERT")})
     path = f"{BINARY.parent}:{prefix + ':' if prefix else ''}{os.environ['PATH']}"
-    env.update({"PATH": path, "DB_SSLMODE": "disable"})
+    env.update({"PATH": path, "PGSSLROOTCERT": aws["PGSSLROOTCERT"]})
     return env
 
 
@@ -97,22 +96,20 @@ def run(block: str, aws: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def full_database():
+def full_database(srv: DeployServer):
     """A database set up by README's block with LOGIN_ETL_PROFILE=full."""
     name = f"login_etl_rb_{os.getpid()}_{time.monotonic_ns() % 10**6}"
-    from test_database_roles import _drop
-
-    _drop(name)
-    psql(PG_ADMIN_URL, f'CREATE DATABASE "{name}"')
+    srv.drop(name)
+    psql(srv.admin(), f'CREATE DATABASE "{name}"')
     try:
-        done = _readme_block(name, "full")
+        done = srv.block(name, "full")
         assert done.returncode == 0, done.stdout + done.stderr
         yield name
     finally:
-        _drop(name)
+        srv.drop(name)
 
 
-def test_the_erasure_runbook_as_written_erases_the_user_and_its_audit_step_reads_the_records(aws, full_database):
+def test_the_erasure_runbook_as_written_erases_the_user_and_its_audit_step_reads_the_records(aws, srv, full_database):
     """docs/runbooks/erasure.md: step 1 as the erase role with the erasure
     key's secret erases the user (and only them), exit 0, the counts on
     stdout; step 3, in the same shell, as the audit role, reads the
@@ -122,9 +119,9 @@ def test_the_erasure_runbook_as_written_erases_the_user_and_its_audit_step_reads
               "app_version, app_version_text, create_date, sent_at) VALUES "
               "('m-{n}', '{u}', 'ios', 'ip-token', 'dev-token', 2003000, '2.3.0', current_date, now())")  # fmt: skip
     for n, u in enumerate([USER, USER, USER, "someone-else"]):
-        psql(db_url(name), insert.format(n=n, u=u))
-    erase = db_secret(aws, name, "erase")
-    audit = db_secret(aws, name, "audit")
+        psql(srv.admin(name), insert.format(n=n, u=u))
+    erase = db_secret(srv, name, "erase")
+    audit = db_secret(srv, name, "audit")
     erasure_key = secret(aws, f"{name}/erasure-key", "cd" * 32)
     step1, step3 = blocks("runbooks/erasure.md")
     script = fill(step1, {"<the erase role's secret>": erase, "<the stack's ErasureKeySecretArn>": erasure_key}) \
@@ -133,15 +130,15 @@ def test_the_erasure_runbook_as_written_erases_the_user_and_its_audit_step_reads
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
     assert "forgot the user: 3 rows deleted from user_logins" in done.stdout, out
-    assert psql(db_url(name), f"SELECT count(*) FROM user_logins WHERE user_id = '{USER}'") == "0"
-    assert psql(db_url(name), "SELECT count(*) FROM user_logins") == "1", "only the user's rows"
+    assert psql(srv.admin(name), f"SELECT count(*) FROM user_logins WHERE user_id = '{USER}'") == "0"
+    assert psql(srv.admin(name), "SELECT count(*) FROM user_logins") == "1", "only the user's rows"
     records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     actions = [r["action"] for r in records]
     assert actions[-2:] == ["forget_begun", "forget"], records
     assert USER not in done.stdout.split("forgot the user")[1], "the audit never shows the id"
 
 
-def test_the_leaked_key_runbook_as_written_appends_a_version_to_both_secrets_rekeys_every_row_and_vacuums(aws, full_database):
+def test_the_leaked_key_runbook_as_written_appends_a_version_to_both_secrets_rekeys_every_row_and_vacuums(aws, srv, full_database):
     """docs/runbooks/leaked-key.md: step 2's loop appends a version to both
     key secrets (the AWS CLI the project installs, jq, openssl), step 3
     makes the rotate role's secret (its example values pointed at this
@@ -153,30 +150,28 @@ def test_the_leaked_key_runbook_as_written_appends_a_version_to_both_secrets_rek
               "app_version, app_version_text, create_date, sent_at) VALUES "
               "('m-{n}', 'u-{n}', 'ios', 'ip-{n}', 'dev-{n}', 2003000, '2.3.0', current_date, now())")  # fmt: skip
     for n in range(5):
-        psql(db_url(name), insert.format(n=n))
+        psql(srv.admin(name), insert.format(n=n))
     masking = secret(aws, f"{name}/masking-key", "ab" * 32)
     erasure = secret(aws, f"{name}/erasure-key", "cd" * 32)
     step2, step3, step4 = blocks("runbooks/leaked-key.md")
-    step3 = fill(step3, {"login-etl/db-rotate": f"{name}/db-rotate", "login_etl_rotate": f"{name}_rotate",
-                         "mydb.xxxx.us-east-1.rds.amazonaws.com": PG_HOST, '"port":5432': f'"port":{PG_PORT}',
-                         '"analytics"': f'"{name}"'})  # fmt: skip
+    step3 = fill(step3, {"login-etl/rotate": f"{name}/rotate"})
     # The stack whose outputs step 2 reads, as CloudFormation in moto keeps it.
     cfn = client(aws, "cloudformation")
     cfn.create_stack(StackName="login-etl", TemplateBody=json.dumps({
         "Resources": {"Marker": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": f"{name}-marker"}}},
         "Outputs": {"MaskingKeySecretArn": {"Value": masking}, "ErasureKeySecretArn": {"Value": erasure}}}))  # fmt: skip
-    script = f"export MIGRATE_URL='{_role_url(name, 'migrate')}'\n{step2}\n{step3}\n{step4}"
+    script = f"export MIGRATE_URL='{srv.role(name, 'migrate')}'\n{step2}\n{step3}\n{step4}"
     # The AWS CLI of the project's LocalStack venv (make localstack-tools).
     done = run(script, {**aws, "PATH_PREFIX": str(ROOT / ".venv-localstack" / "bin")})
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
-    assert psql(db_url(name), "SELECT version FROM login_etl_key_state()") == "2", out
-    assert psql(db_url(name), "SELECT count(*) FROM user_logins WHERE key_version <> 2") == "0", out
+    assert psql(srv.admin(name), "SELECT version FROM login_etl_key_state()") == "2", out
+    assert psql(srv.admin(name), "SELECT count(*) FROM user_logins WHERE key_version <> 2") == "0", out
     # Step 4, as the owner: vacuumed, not skipped with a warning.
     assert "WARNING" not in out and "skipping" not in out, out
     vacuumed = ("SELECT count(*) FROM pg_stat_user_tables WHERE relname LIKE 'user\\_logins\\_%' "
                 "AND last_vacuum IS NOT NULL")  # fmt: skip
-    assert int(psql(db_url(name), vacuumed)) > 0, out
+    assert int(psql(srv.admin(name), vacuumed)) > 0, out
     secrets = client(aws, "secretsmanager")
     for arn, first in ((masking, "ab" * 32), (erasure, "cd" * 32)):
         versions = json.loads(secrets.get_secret_value(SecretId=arn)["SecretString"])["versions"]
@@ -185,7 +180,7 @@ def test_the_leaked_key_runbook_as_written_appends_a_version_to_both_secrets_rek
             assert key not in out, "no key, old or new, in the commands' output"
 
 
-def test_poll_started_as_poll_md_says_keeps_the_erasure_key_that_forget_then_uses(aws, full_database):
+def test_poll_started_as_poll_md_says_keeps_the_erasure_key_that_forget_then_uses(aws, srv, full_database):
     """docs/poll.md's command, as written (its secrets, vault alias and queue
     URL made in moto under the names it gives; only the health address
     moved from 0.0.0.0:8080 to a free port of 127.0.0.1): the consumer is
@@ -196,7 +191,7 @@ def test_poll_started_as_poll_md_says_keeps_the_erasure_key_that_forget_then_use
 
     name = full_database
     clients = {svc: client(aws, svc) for svc in ("kms", "sqs")}
-    db_secret(aws, name, "ingest", secret_name="login-etl/db")
+    db_secret(srv, name, "ingest", secret_name="login-etl/ingest")
     secret(aws, "login-etl/masking-key", "ab" * 32)
     erasure_key = secret(aws, "login-etl/erasure-key", "cd" * 32)
     key = clients["kms"].create_key()["KeyMetadata"]["KeyId"]
@@ -226,7 +221,7 @@ def test_poll_started_as_poll_md_says_keeps_the_erasure_key_that_forget_then_use
     try:
         stack.wait_for("poll ready", lambda: running() and stack.answers(port) and stack.health(port)[0] == 200, timeout=60)
         stack.wait_for("the user's 5 logins",
-                       lambda: running() and psql(db_url(name), "SELECT count(*) FROM user_logins") == "5", timeout=60)  # fmt: skip
+                       lambda: running() and psql(srv.admin(name), "SELECT count(*) FROM user_logins") == "5", timeout=60)  # fmt: skip
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -242,7 +237,7 @@ def test_poll_started_as_poll_md_says_keeps_the_erasure_key_that_forget_then_use
     assert code == 0, out
     assert "ab" * 32 not in out and "cd" * 32 not in out
     # The erasure runbook's step 1, with the erasure key's secret the consumer used.
-    erase = db_secret(aws, name, "erase")
+    erase = db_secret(srv, name, "erase")
     step1 = blocks("runbooks/erasure.md")[0]
     done = run(fill(step1, {"<the erase role's secret>": erase, "<the stack's ErasureKeySecretArn>": erasure_key}), aws)
     assert done.returncode == 0, done.stdout + done.stderr

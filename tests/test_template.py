@@ -179,7 +179,7 @@ def test_function_uses_its_own_role(fn):
 
 def test_environment_points_at_the_secrets(fn, tpl):
     env = fn["Properties"]["Environment"]["Variables"]
-    assert env["DB_SECRET_ID"] == {"Ref": "DbSecretArn"}
+    assert env["DB_SECRET_ID"] == {"Fn::If": ["ReadsDbSecret", {"Ref": "DbSecretArn"}, ""]}
     assert env["MASKING_KEY_SECRET_ID"] == {
         "Fn::If": ["CreateMaskingKey", {"Ref": "MaskingKeySecret"}, {"Ref": "ExistingMaskingKeySecretArn"}]
     }
@@ -189,16 +189,57 @@ def test_environment_points_at_the_secrets(fn, tpl):
     assert fn["Properties"]["LoggingConfig"]["LogFormat"] == "JSON"
 
 
-def test_a_ca_bundle_secret_is_passed_and_readable_only_when_given():
-    """verify-full against a direct RDS instance: the bundle comes from a secret."""
+def test_a_ca_bundle_secret_is_passed_and_readable_only_when_given(tpl):
+    """verify-full against a direct RDS instance: the bundle comes from a
+    file packaged beside bootstrap (DbCaBundleFile, `make deploy
+    DB_CA_BUNDLE=...`), or from a secret."""
     ca = "arn:aws:secretsmanager:us-east-1:123456789012:secret:rds-ca-Ab12Cd"
     for given in ["", ca]:
         resources = deployed(DbCaBundleSecretArn=given)
         env = resources["LoginEtlFunction"]["Properties"]["Environment"]["Variables"]
         assert env["DB_CA_BUNDLE_SECRET_ID"] == given
-        assert "DB_CA_BUNDLE" not in env, "no path into a package SAM does not ship"
         (read,) = [st for st in _statements(resources["LoginEtlRole"]) if st["Sid"] == "ReadOwnSecrets"]
         assert (ca in read["Resource"]) == bool(given), read["Resource"]
+    for fn in ("LoginEtlFunction", "MaintenanceFunction"):
+        env = deployed(DbCaBundleFile="global-bundle.pem")[fn]["Properties"]["Environment"]["Variables"]
+        assert env["DB_CA_BUNDLE"] == "global-bundle.pem", fn
+    pattern = tpl["Parameters"]["DbCaBundleFile"]["AllowedPattern"]
+    assert re.fullmatch(pattern, "global-bundle.pem") and not re.fullmatch(pattern, "../etc/ssl/cert.pem")
+
+
+IAM = {"DbAuth": "iam", "DbSecretArn": "", "MaintainDbSecretArn": "",
+       "DbHost": "login-etl.proxy-abc123.us-east-1.rds.amazonaws.com", "DbPort": 5432, "DbName": "analytics",
+       "DbUser": "login_etl_ingest", "MaintainDbUser": "login_etl_maintain", "DbResourceId": "prx-0123abcd"}  # fmt: skip
+
+
+def test_iam_authentication_connects_as_each_functions_own_user_and_reads_no_database_secret(tpl):
+    """DbAuth=iam: each function may rds-db:connect as its own database
+    user on the exact dbuser ARN, is told the endpoint and user (PG*
+    variables) and DB_AUTH, and reads no database secret; with passwords,
+    nobody may rds-db:connect."""
+    assert _rules_hold(tpl, {**_defaults(tpl), **REQUIRED, **IAM}) == []
+    resources = deployed(**IAM)
+    for fn, role, user in (("LoginEtlFunction", "LoginEtlRole", "login_etl_ingest"),
+                           ("MaintenanceFunction", "MaintenanceRole", "login_etl_maintain")):  # fmt: skip
+        env = resources[fn]["Properties"]["Environment"]["Variables"]
+        assert env["DB_AUTH"] == "iam" and env["DB_SECRET_ID"] == "", env
+        assert (env["PGHOST"], str(env["PGPORT"]), env["PGDATABASE"], env["PGUSER"]) == (
+            IAM["DbHost"], "5432", "analytics", user)  # fmt: skip
+        statements = list(_statements(resources[role]))
+        connects = [st for st in statements if "rds-db:connect" in _as_list(st["Action"])]
+        arn = f"arn:${{AWS::Partition}}:rds-db:${{AWS::Region}}:${{AWS::AccountId}}:dbuser:prx-0123abcd/{user}"
+        assert [st["Resource"] for st in connects] == [arn], connects
+        reads = [r for st in statements if "secretsmanager:GetSecretValue" in _as_list(st["Action"])
+                 for r in _as_list(st["Resource"])]  # fmt: skip
+        assert not {FULL_SECRET_ARN, MAINTAIN_SECRET_ARN, ""} & set(map(str, reads)), reads
+    assert not [r for r in resources.values() if r["Type"] == "AWS::SecretsManager::ResourcePolicy"
+                and r["Properties"]["SecretId"] in ("", FULL_SECRET_ARN)], "no database secret to protect"  # fmt: skip
+    with_passwords = deployed()
+    for role in ("LoginEtlRole", "MaintenanceRole"):
+        assert not [st for st in _statements(with_passwords[role]) if "rds-db:connect" in _as_list(st["Action"])]
+        env_fn = "LoginEtlFunction" if role == "LoginEtlRole" else "MaintenanceFunction"
+        env = with_passwords[env_fn]["Properties"]["Environment"]["Variables"]
+        assert env["DB_AUTH"] == "password" and env["PGHOST"] == "" and env["DB_SECRET_ID"].startswith("arn:")
 
 
 def test_the_log_level_is_the_applications_and_metrics_survive_every_allowed_level(tpl):
@@ -387,6 +428,13 @@ def _evaluate(node, values, conditions):
             index, items = arg
             items = _evaluate(items, values, conditions)
             return items[int(index)] if isinstance(items, list) else {"Fn::Select": [index, items]}
+        if key == "Fn::Sub" and isinstance(arg, str):
+            text = arg
+            for k, v in values.items():
+                if isinstance(v, (str, int)):
+                    text = text.replace("${%s}" % k, str(v))
+            # Parameters resolved; pseudo parameters (${AWS::...}) stay as written.
+            return text if text != arg else node
         if key == "Fn::Sub" and isinstance(arg, list):
             text, names = arg[0], _evaluate(arg[1], values, conditions)
             for k, v in names.items():
@@ -559,6 +607,14 @@ def _rules_hold(tpl, values):
         ({"RevealTrustedPrincipalArn": "", "EnableVault": "false"}, []),
         # The masking-only profile has no vault, so no reveal role either.
         ({"RevealTrustedPrincipalArn": "", "Profile": "masking"}, []),
+        # Passwords need both secrets; IAM the endpoint, the users, the resource id and verify-full.
+        ({"DbSecretArn": ""}, ["PasswordsNeedTheSecrets"]),
+        ({"MaintainDbSecretArn": ""}, ["PasswordsNeedTheSecrets"]),
+        (IAM, []),
+        ({**IAM, "DbSslMode": "require"}, ["IamNeedsTheEndpointTheUsersAndVerifyFull"]),
+        ({**IAM, "DbResourceId": ""}, ["IamNeedsTheEndpointTheUsersAndVerifyFull"]),
+        ({**IAM, "MaintainDbUser": ""}, ["IamNeedsTheEndpointTheUsersAndVerifyFull"]),
+        ({"DbAuth": "iam"}, ["IamNeedsTheEndpointTheUsersAndVerifyFull"] * 2),
     ],
 )
 def test_bad_parameter_combinations_fail_validation(tpl, params, broken):
@@ -850,11 +906,11 @@ def test_no_kms_key_policy_lets_anyone_but_named_roles_read_the_vault():
 
 @pytest.mark.parametrize("retention", [0, 90])
 def test_maintenance_runs_the_same_binary_on_a_schedule_with_its_own_role_and_secret(tpl, retention):
-    # Maintenance nobody can forget: the maintain secret is required (no
-    # default, an empty value refused), and nothing of maintenance depends
-    # on a condition.
+    # Maintenance nobody can forget: the maintain role's secret is required
+    # (with DbAuth=iam, its user: test_iam_authentication_...), and nothing
+    # of maintenance depends on a condition.
     param = tpl["Parameters"]["MaintainDbSecretArn"]
-    assert "Default" not in param and not re.fullmatch(param["AllowedPattern"], "")
+    assert _rules_hold(tpl, {**_defaults(tpl), **REQUIRED, "MaintainDbSecretArn": ""}) == ["PasswordsNeedTheSecrets"]
     assert re.fullmatch(param["AllowedPattern"], MAINTAIN_SECRET_ARN)
     for name in ["MaintenanceFunction", "MaintenanceRole", "MaintenanceLogGroup", "DefaultPartitionRowsAlarm",
                  "MaintenanceErrorsAlarm", "PartitionDaysAheadAlarm"]:  # fmt: skip
@@ -1176,6 +1232,42 @@ def test_make_deploy_needs_no_root_and_pins_no_region():
         for needless in ("apt-get", "sudo", "pgbouncer", "moto", "pytest", "localstack"):
             assert needless not in plan, f"make deploy runs {needless}"
         assert "env -u AWS_DEFAULT_REGION" in plan, "the Makefile's offline region would pin the deploy's"
+
+
+def test_make_deploy_packages_the_ca_bundle_beside_each_bootstrap(tmp_path):
+    """`make deploy DB_CA_BUNDLE=global-bundle.pem` copies the RDS bundle
+    beside each function's bootstrap sam built (its name is the stack's
+    DbCaBundleFile); a file that holds no certificate is refused with where
+    the bundle comes from; without DB_CA_BUNDLE nothing is packaged."""
+    import subprocess
+
+    build = tmp_path / "build"
+    for name in ("LoginEtlFunction", "MaintenanceFunction"):
+        (build / name).mkdir(parents=True)
+        (build / name / "bootstrap").write_text("#!/bin/sh\n")
+    (build / "NotAFunction").mkdir()
+    pem = tmp_path / "global-bundle.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n")
+    clean = {k: v for k, v in os.environ.items() if k != "MAKEFLAGS"}
+
+    def package(bundle):
+        return subprocess.run(["make", "--no-print-directory", "package-ca-bundle", f"DB_CA_BUNDLE={bundle}",
+                               f"SAM_BUILD_DIR={build}"], cwd=ROOT, capture_output=True, text=True, env=clean)  # fmt: skip
+
+    done = package(pem)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for name in ("LoginEtlFunction", "MaintenanceFunction"):
+        assert (build / name / "global-bundle.pem").read_text() == pem.read_text(), name
+    assert not (build / "NotAFunction" / "global-bundle.pem").exists()
+    assert "DbCaBundleFile must be global-bundle.pem" in done.stdout
+    junk = tmp_path / "bundle.txt"
+    junk.write_text("not a certificate")
+    refused = package(junk)
+    assert refused.returncode == 2 and "truststore.pki.rds.amazonaws.com" in refused.stderr, refused.stderr
+    plans = {given: subprocess.run(["make", "-n", "-B", "deploy", *([f"DB_CA_BUNDLE={pem}"] if given else [])],
+                                   cwd=ROOT, capture_output=True, text=True, check=True, env=clean).stdout
+             for given in (True, False)}  # fmt: skip
+    assert "DbCaBundleFile must be" in plans[True] and "DbCaBundleFile must be" not in plans[False]
 
 
 def test_partitions_running_out_alarm_in_every_stack():

@@ -9,7 +9,8 @@ use super::{
     AuditArgs, Command, DlqRedriveArgs, DoctorArgs, EXIT_NOT_FOUND, EXIT_TEMPFAIL, EXIT_USAGE,
     ForgetArgs, GrantsArgs, MaintainArgs, MigrateArgs, PollArgs, RevealArgs, RotateKeyArgs,
 };
-use crate::config::{DbConfig, KeySource};
+use crate::config::KeySource;
+use crate::database::DbConfig;
 use crate::poll::PollError;
 use crate::privacy::{audit, forget, reveal, vault_upgrade};
 use crate::secrets::Secrets;
@@ -35,7 +36,11 @@ pub async fn run(command: Command) -> ExitCode {
     let result = match command {
         Command::Migrate(args) => migrate(&args).await,
         Command::Maintain(args) => maintain(&args).await,
-        Command::Grants(args) => grants(&args),
+        Command::Grants(args) => grants(&args).await,
+        Command::Password(args) => super::password::run(&args)
+            .await
+            .map(|line| println!("{line}"))
+            .map_err(|e| Failure(e, 1)),
         Command::Reveal(args) => reveal(&args).await,
         Command::Forget(args) => forget(&args).await,
         Command::Audit(args) => audit(&args).await,
@@ -107,11 +112,11 @@ async fn audit(args: &AuditArgs) -> Result<(), Failure> {
 
 async fn migrate(args: &MigrateArgs) -> Result<(), Failure> {
     let options = crate::table::schema::MigrateOptions {
-        granularity: args.partition_interval.map(Into::into),
+        granularity: args.partition_interval,
         cold_start: false,
         premake_days: args.premake_days,
         prepare_only: args.prepare,
-        profile: args.profile.map(Into::into),
+        profile: args.profile,
     };
     let target = startup::migrate_with(&DbConfig::from_env()?, &options).await?;
     info!(%target, "schema applied");
@@ -470,15 +475,36 @@ async fn dlq_redrive(args: &DlqRedriveArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn grants(args: &GrantsArgs) -> Result<(), Failure> {
-    print!(
-        "{}",
-        crate::grants::sql(
-            args.role.into(),
-            &args.to,
-            &args.schema,
-            args.profile.into()
-        )?
+/// Prints the role's grants, or runs them as the connected role (the
+/// tables' owner) with `--apply`.
+async fn grants(args: &GrantsArgs) -> Result<(), Failure> {
+    let sql = crate::grants::sql(args.role, &args.to, &args.schema, args.profile)?;
+    if !args.apply {
+        print!("{sql}");
+        return Ok(());
+    }
+    let client = startup::operator_connection(&DbConfig::from_env()?).await?;
+    let who = if args.role == crate::grants::Role::Migrate {
+        "as the admin that made the role and owns the schema (it gives the migrate role USAGE and CREATE there)"
+    } else {
+        "as the tables' owner (the migrate role) after login-etl migrate"
+    };
+    client.batch_execute(&sql).await.map_err(|e| {
+        Failure(
+            format!(
+                "applying the grants of {} to {} failed: {}; nothing was granted (one transaction): run it {who}",
+                args.role.as_str(),
+                args.to,
+                crate::error::describe(&e)
+            ),
+            1,
+        )
+    })?;
+    println!(
+        "granted: {} to {} in schema {}",
+        args.role.as_str(),
+        args.to,
+        args.schema
     );
     Ok(())
 }

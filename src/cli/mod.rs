@@ -17,9 +17,10 @@
 //! measured apart from the rest (docs/performance.md).
 
 mod commands;
+mod password;
 mod validate;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 use crate::grants::Role;
 use crate::synth::Options;
@@ -61,8 +62,10 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Make the coming days' partitions, empty the DEFAULT partition, drop partitions past RETENTION_DAYS (the maintain role).
     Maintain(MaintainArgs),
-    /// Print the GRANT statements of a database role (pipe them to psql as the tables' owner).
+    /// Print the GRANT statements of a database role (pipe them to psql as the tables' owner), or run them (--apply).
     Grants(GrantsArgs),
+    /// Set a login role's password to the one its RDS-style secret holds, making the secret (with a generated password) where it is missing; the password is never printed (the admin, with PostgreSQL's and AWS's usual settings).
+    Password(PasswordArgs),
     /// Print the original values behind tokens from the PII vault (needs kms:Decrypt).
     Reveal(RevealArgs),
     /// Erase one user: their rows and the vault entries only they used.
@@ -243,56 +246,16 @@ fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
 pub struct MigrateArgs {
     /// Width of a partition of a new (or converted) table; fixed once chosen.
     #[arg(long, value_enum, value_name = "UNIT")]
-    pub partition_interval: Option<IntervalArg>,
+    pub partition_interval: Option<crate::table::partitions::Granularity>,
     /// Days after today whose partitions are made.
     #[arg(long, value_name = "DAYS", default_value_t = crate::table::maintain::DEFAULT_PREMAKE_DAYS)]
     pub premake_days: u32,
     /// Upgrading an unpartitioned table: do everything but the cutover (new columns, indexes built online, bounds proved), so this version can be deployed first.
     #[arg(long)]
     pub prepare: bool,
-    /// Which tables to have: `masking` (masked rows only: the migrate, ingest and maintain roles) or `full` (also the PII vault, the erasure list, the audit trail, key rotation). Unset keeps the database's (full for a new one); masking to full is done online, full is never narrowed (docs/profiles.md).
+    /// Which tables to have: `masking` (masked rows only: the migrate, ingest, maintain and reader roles) or `full` (also the PII vault, the erasure list, the audit trail, key rotation). Unset keeps the database's (masking for a new one); masking to full is done online, full is never narrowed (docs/profiles.md).
     #[arg(long, value_enum, value_name = "PROFILE", env = "LOGIN_ETL_PROFILE")]
-    pub profile: Option<ProfileArg>,
-}
-
-/// A profile, as the command line names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ProfileArg {
-    /// Masked rows only.
-    Masking,
-    /// Masked rows, the PII vault, the erasure list, the audit trail.
-    Full,
-}
-
-impl From<ProfileArg> for crate::profile::Profile {
-    fn from(p: ProfileArg) -> Self {
-        match p {
-            ProfileArg::Masking => crate::profile::Profile::Masking,
-            ProfileArg::Full => crate::profile::Profile::Full,
-        }
-    }
-}
-
-/// A partition width, as the command line names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum IntervalArg {
-    /// One partition per UTC day.
-    Day,
-    /// One per ISO week.
-    Week,
-    /// One per calendar month.
-    Month,
-}
-
-impl From<IntervalArg> for crate::table::partitions::Granularity {
-    fn from(i: IntervalArg) -> Self {
-        use crate::table::partitions::Granularity;
-        match i {
-            IntervalArg::Day => Granularity::Day,
-            IntervalArg::Week => Granularity::Week,
-            IntervalArg::Month => Granularity::Month,
-        }
-    }
+    pub profile: Option<crate::profile::Profile>,
 }
 
 /// `login-etl maintain`: idempotent, safe beside itself and beside ingest.
@@ -322,9 +285,9 @@ impl From<&MaintainArgs> for crate::table::maintain::MaintainOptions {
 /// `login-etl grants`.
 #[derive(Debug, Args)]
 pub struct GrantsArgs {
-    /// The role: ingest (the function), reveal, erase, migrate, maintain, audit or rotate.
+    /// The role: ingest (the function), maintain, reader (an analyst), migrate, or in the full profile reveal, erase, audit, rotate, upgrade.
     #[arg(long, value_enum)]
-    pub role: RoleArg,
+    pub role: Role,
     /// The database role to grant to.
     #[arg(long, value_name = "NAME")]
     pub to: String,
@@ -337,9 +300,29 @@ pub struct GrantsArgs {
         value_enum,
         value_name = "PROFILE",
         env = "LOGIN_ETL_PROFILE",
-        default_value = "full"
+        default_value = "masking"
     )]
-    pub profile: ProfileArg,
+    pub profile: crate::profile::Profile,
+    /// Run the statements as the connected role (the tables' owner: DB_SECRET_ID, DATABASE_URL or the PG* variables) instead of printing them.
+    #[arg(long)]
+    pub apply: bool,
+}
+
+/// `login-etl password`.
+#[derive(Debug, Args)]
+pub struct PasswordArgs {
+    /// The login role whose password to set (made beforehand: README's setup block).
+    #[arg(long, value_name = "NAME")]
+    pub role: String,
+    /// The Secrets Manager id (name or ARN) of the role's RDS-style secret: read when it exists, made with a generated password when not.
+    #[arg(long, value_name = "ID")]
+    pub secret_id: String,
+    /// The host the secret names (e.g. an RDS Proxy's endpoint); default: the host connected to.
+    #[arg(long, value_name = "HOST")]
+    pub secret_host: Option<String>,
+    /// The port the secret names; default: the port connected to.
+    #[arg(long, value_name = "PORT")]
+    pub secret_port: Option<u16>,
 }
 
 /// `login-etl rotate-key`.
@@ -354,42 +337,6 @@ pub struct RotateKeyArgs {
     /// Chunks re-keyed side by side (1 to 64), each job on a database connection of its own.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: u16,
-}
-
-/// A role of [`Role`], as the command line names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum RoleArg {
-    /// The function.
-    Ingest,
-    /// `login-etl reveal`.
-    Reveal,
-    /// `login-etl forget`.
-    Erase,
-    /// `login-etl migrate`.
-    Migrate,
-    /// `login-etl maintain`.
-    Maintain,
-    /// `login-etl audit`.
-    Audit,
-    /// `login-etl rotate-key`.
-    Rotate,
-    /// `login-etl vault-upgrade`.
-    Upgrade,
-}
-
-impl From<RoleArg> for Role {
-    fn from(r: RoleArg) -> Self {
-        match r {
-            RoleArg::Ingest => Role::Ingest,
-            RoleArg::Reveal => Role::Reveal,
-            RoleArg::Erase => Role::Erase,
-            RoleArg::Migrate => Role::Migrate,
-            RoleArg::Maintain => Role::Maintain,
-            RoleArg::Audit => Role::Audit,
-            RoleArg::Rotate => Role::Rotate,
-            RoleArg::Upgrade => Role::Upgrade,
-        }
-    }
 }
 
 /// `login-etl reveal`: exactly one of the three.
@@ -479,7 +426,7 @@ mod tests {
         assert!(matches!(
             cli.command,
             Some(Command::Grants(GrantsArgs {
-                role: RoleArg::Erase,
+                role: Role::Erase,
                 ..
             }))
         ));

@@ -1,6 +1,8 @@
 //! Unit tests of `config`, kept apart so that its source stays readable.
 
 use super::*;
+use crate::database::settings::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT};
+use crate::database::{DbSource, SslMode};
 use std::collections::HashMap;
 
 fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {

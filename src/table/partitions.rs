@@ -13,6 +13,7 @@ use crate::table::retry::{failed, with_lock_retries};
 /// How wide one partition of `user_logins` is (chosen by `login-etl migrate
 /// --partition-interval`, stored in `user_logins_partitioning`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "service", derive(clap::ValueEnum))]
 pub enum Granularity {
     /// One partition per UTC day (the default: at 200 M rows a day, a day
     /// is the unit retention drops and `forget` scans).

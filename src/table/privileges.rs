@@ -21,6 +21,7 @@ use crate::profile::Profile;
 
 /// A role of the deployment, by what it may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "service", derive(clap::ValueEnum))]
 pub enum Role {
     /// The function (Lambda or `poll`): inserts rows; stores vault entries
     /// through `login_etl_store_vault`.
@@ -44,11 +45,15 @@ pub enum Role {
     /// `login-etl vault-upgrade`: re-seals vault entries from before key
     /// versions (once per deployment that has them).
     Upgrade,
+    /// An analyst: reads the masked rows (`user_logins`, every partition
+    /// through it), nothing else: no vault, audit, key state, erasure list
+    /// or function.
+    Reader,
 }
 
 impl Role {
     /// Every role, in the order docs/configuration.md presents them.
-    pub const ALL: [Role; 8] = [
+    pub const ALL: [Role; 9] = [
         Role::Ingest,
         Role::Reveal,
         Role::Erase,
@@ -57,6 +62,7 @@ impl Role {
         Role::Audit,
         Role::Rotate,
         Role::Upgrade,
+        Role::Reader,
     ];
 
     /// The name on the command line, and the kind in `user_logins_roles`.
@@ -70,6 +76,7 @@ impl Role {
             Role::Audit => "audit",
             Role::Rotate => "rotate",
             Role::Upgrade => "upgrade",
+            Role::Reader => "reader",
         }
     }
 
@@ -105,20 +112,28 @@ impl Role {
             Role::Upgrade => {
                 "login-etl vault-upgrade: read and re-seal in place the vault entries from before key versions (decryption also needs kms:Decrypt), its audit record through the owner's login_etl_audit"
             }
+            Role::Reader => {
+                "an analyst: read the masked rows of user_logins (every partition, through it), nothing else: no vault, audit trail, key state, erasure list or function"
+            }
         }
     }
 
-    /// Whether a function file's `-- roles:` line (its kinds, or `all`)
-    /// names this role. The migrate role owns the functions and is named
-    /// by none.
+    /// Whether a function file's `-- roles:` line (its kinds, or `all`:
+    /// every program's) names this role. The migrate role owns the
+    /// functions, and the reader runs none.
     pub fn may_run(self, kinds: &[&str]) -> bool {
-        self != Role::Migrate && kinds.iter().any(|k| *k == "all" || *k == self.as_str())
+        !matches!(self, Role::Migrate | Role::Reader)
+            && kinds.iter().any(|k| *k == "all" || *k == self.as_str())
     }
 
     /// Whether a database of `profile` has this role: the masking-only
-    /// profile has the migrate, ingest and maintain roles only.
+    /// profile has the migrate, ingest, maintain and reader roles only.
     pub fn in_profile(self, profile: Profile) -> bool {
-        profile == Profile::Full || matches!(self, Role::Migrate | Role::Ingest | Role::Maintain)
+        profile == Profile::Full
+            || matches!(
+                self,
+                Role::Migrate | Role::Ingest | Role::Maintain | Role::Reader
+            )
     }
 }
 
@@ -230,6 +245,10 @@ const ERASE_GRANTS: &[Grant] = &[
     ("SELECT", "user_logins_erased", &["user_key"]),
 ];
 
+/// The reader: the masked rows, through the parent (every partition, those
+/// to come too), table-level (a column added later is read as well).
+const READER_GRANTS: &[Grant] = &[("SELECT", "user_logins", &[])];
+
 /// `audit`: the audit trail, read only.
 const AUDIT_GRANTS: &[Grant] = &[("SELECT", "user_logins_pii_audit", AUDIT_COLUMNS)];
 
@@ -285,6 +304,7 @@ pub fn table_grants(role: Role) -> &'static [Grant] {
         Role::Audit => AUDIT_GRANTS,
         Role::Rotate => ROTATE_GRANTS,
         Role::Upgrade => UPGRADE_GRANTS,
+        Role::Reader => READER_GRANTS,
     }
 }
 
@@ -371,6 +391,13 @@ pub fn apply_sql(functions: &[FunctionGrant<'_>], profile: Profile) -> String {
         .map(|r| literal(r.as_str()))
         .collect();
     let kinds = kinds.join(", ");
+    // The kinds a function marked `all` is for (not the reader, which runs none).
+    let runners: Vec<String> = Role::ALL
+        .iter()
+        .filter(|r| r.in_profile(profile) && r.may_run(&["all"]))
+        .map(|r| literal(r.as_str()))
+        .collect();
+    let runners = runners.join(", ");
     format!(
         r#"DO $login_etl_privileges$
 DECLARE
@@ -397,7 +424,7 @@ BEGIN
         END IF;
         FOR r IN
             SELECT g.role_name FROM user_logins_roles g JOIN pg_roles pr ON pr.rolname = g.role_name
-            WHERE g.kind IN ({kinds}) AND ('all' = ANY (f.kinds) OR g.kind = ANY (f.kinds))
+            WHERE g.kind IN ({kinds}) AND (('all' = ANY (f.kinds) AND g.kind IN ({runners})) OR g.kind = ANY (f.kinds))
               AND NOT EXISTS (SELECT 1 FROM pg_proc q CROSS JOIN LATERAL aclexplode(q.proacl) a
                               WHERE q.oid = f.oid AND a.grantee = pr.oid AND a.privilege_type = 'EXECUTE')
         LOOP

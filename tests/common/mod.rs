@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use aws_lambda_events::event::sqs::SqsEvent;
 use hmac::{Hmac, KeyInit, Mac};
-use login_etl::config::DbConfig;
+use login_etl::database::DbConfig;
 use login_etl::grants::Role;
 use login_etl::{BatchHandler, Config, Deadline, SqsBatch, startup};
 use sha2::Sha256;
@@ -72,7 +72,9 @@ impl TestDb {
         let url = self.url.clone();
         let db = DbConfig::from_lookup(&|k| (k == "DATABASE_URL").then(|| url.clone()))
             .expect("a valid DATABASE_URL");
-        startup::migrate(&db).await.expect("the schema is applied");
+        startup::migrate(&db, login_etl::profile::Profile::Full)
+            .await
+            .expect("the schema is applied");
     }
 
     /// The URL of a login role of this database holding exactly what
@@ -167,7 +169,9 @@ pub async fn ingest_role_on(admin_db_url: &str, name: &str, password: Option<&st
     let url = admin_db_url.to_owned();
     let db = DbConfig::from_lookup(&|k| (k == "DATABASE_URL").then(|| url.clone()))
         .expect("a valid DATABASE_URL");
-    startup::migrate(&db).await.expect("the schema is applied");
+    startup::migrate(&db, login_etl::profile::Profile::Full)
+        .await
+        .expect("the schema is applied");
     make_role(admin_db_url, name, Role::Ingest, password).await;
     let user = match password {
         Some(p) => format!("{name}:{p}"),

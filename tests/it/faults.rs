@@ -658,10 +658,11 @@ async fn an_invalid_unique_index_stops_every_write_until_migrate_rebuilds_it() {
         .await
         .unwrap();
     let target = login_etl::startup::migrate(
-        &login_etl::config::DbConfig::from_lookup(&|k: &str| {
+        &login_etl::database::DbConfig::from_lookup(&|k: &str| {
             (k == "DATABASE_URL").then(|| db.url.clone())
         })
         .unwrap(),
+        login_etl::profile::Profile::Full,
     )
     .await
     .unwrap();
@@ -686,14 +687,17 @@ async fn migrate_on_a_current_schema_takes_no_table_lock() {
     tx.batch_execute("LOCK TABLE user_logins IN ACCESS SHARE MODE")
         .await
         .unwrap();
-    let config = login_etl::config::DbConfig::from_lookup(&|k: &str| {
+    let config = login_etl::database::DbConfig::from_lookup(&|k: &str| {
         (k == "DATABASE_URL").then(|| db.url.clone())
     })
     .unwrap();
-    let target = tokio::time::timeout(Duration::from_secs(5), login_etl::startup::migrate(&config))
-        .await
-        .expect("migrate did not wait for a table lock")
-        .unwrap();
+    let target = tokio::time::timeout(
+        Duration::from_secs(5),
+        login_etl::startup::migrate(&config, login_etl::profile::Profile::Full),
+    )
+    .await
+    .expect("migrate did not wait for a table lock")
+    .unwrap();
     assert!(target.contains("already current"), "{target}");
     tx.rollback().await.unwrap();
 }

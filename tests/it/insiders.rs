@@ -33,7 +33,7 @@ use std::collections::BTreeSet;
 
 use common::keys::*;
 use common::*;
-use login_etl::config::DbConfig;
+use login_etl::database::DbConfig;
 use login_etl::grants::Role;
 use login_etl::ingest::handler::BatchHandler;
 use login_etl::privacy::rekey::{self, RekeyOptions};
@@ -49,13 +49,23 @@ use tokio_postgres::Client;
 /// from the code (the whole table when no column is named).
 type Allowed = &'static [(&'static str, &'static str, &'static [&'static str])];
 
-/// The functions every login-etl role may run (read-only state).
+/// The functions every login-etl program's role may run (read-only state);
+/// the reader runs none.
 const EVERY_ROLE: &[&str] = &[
     "login_etl_current_key_version",
     "login_etl_drain_state",
     "login_etl_key_state",
     "login_etl_partitions",
 ];
+
+/// [`EVERY_ROLE`]'s functions, as `role` holds them.
+fn every_role(role: Role) -> &'static [&'static str] {
+    if role == Role::Reader {
+        &[]
+    } else {
+        EVERY_ROLE
+    }
+}
 
 fn allowed(role: Role) -> Allowed {
     match role {
@@ -122,6 +132,8 @@ fn allowed(role: Role) -> Allowed {
             ("user_logins_erased", "SELECT", &["user_key"]),
         ],
         Role::Maintain | Role::Migrate => &[],
+        // The masked rows, every partition through the parent, nothing else.
+        Role::Reader => &[("user_logins", "SELECT", &[])],
         Role::Audit => &[(
             "user_logins_pii_audit",
             "SELECT",
@@ -217,12 +229,12 @@ fn may_run(role: Role) -> &'static [&'static str] {
         ],
         Role::Reveal => &["login_etl_reveal"],
         Role::Upgrade => &["login_etl_audit"],
-        Role::Audit | Role::Migrate => &[],
+        Role::Audit | Role::Migrate | Role::Reader => &[],
     }
 }
 
 /// The roles an attacker may hold (the migrate role owns everything).
-const ROLES: [Role; 7] = [
+const ROLES: [Role; 8] = [
     Role::Ingest,
     Role::Reveal,
     Role::Erase,
@@ -230,6 +242,7 @@ const ROLES: [Role; 7] = [
     Role::Audit,
     Role::Rotate,
     Role::Upgrade,
+    Role::Reader,
 ];
 
 /// A deployment as production has one.
@@ -279,7 +292,7 @@ async fn deploy(pg13_defaults: bool) -> Deployment {
     }
     let owner = db.role_url(Role::Migrate).await;
     if pg13_defaults {
-        let refused = startup::migrate(&db_config(&owner))
+        let refused = startup::migrate(&db_config(&owner), login_etl::profile::Profile::Full)
             .await
             .expect_err("migrate refuses a schema every role may create in")
             .to_string();
@@ -291,7 +304,7 @@ async fn deploy(pg13_defaults: bool) -> Deployment {
         assert!(refused.contains(fix), "the one-line fix: {refused}");
         admin.batch_execute(fix).await.unwrap();
     }
-    startup::migrate(&db_config(&owner))
+    startup::migrate(&db_config(&owner), login_etl::profile::Profile::Full)
         .await
         .expect("the migrate role migrates");
     let owner_client = connect(&owner).await;
@@ -404,7 +417,7 @@ fn expected(role: Role) -> BTreeSet<String> {
             out.insert(format!("{table}({column}).{privilege}"));
         }
     }
-    for name in EVERY_ROLE.iter().chain(may_run(role)) {
+    for name in every_role(role).iter().chain(may_run(role)) {
         out.insert(format!("function {name}()"));
     }
     // PUBLIC's defaults on a database: connect, temporary tables. USAGE
@@ -623,7 +636,11 @@ async fn everyone_tries(d: &Deployment, role: Role, c: &Client) {
     )
     .await;
     // Every owner's function the role may not run.
-    let mine: BTreeSet<&str> = EVERY_ROLE.iter().chain(may_run(role)).copied().collect();
+    let mine: BTreeSet<&str> = every_role(role)
+        .iter()
+        .chain(may_run(role))
+        .copied()
+        .collect();
     for (name, args) in [
         (
             "login_etl_store_vault",
@@ -988,6 +1005,27 @@ async fn role_tries(d: &Deployment, role: Role, c: &Client) {
             refused(c, role, "SELECT token FROM user_logins_pii_vault", DENIED).await;
             refused(c, role, "SELECT user_id FROM user_logins", DENIED).await;
         }
+        Role::Reader => {
+            // The masked rows only: nothing of the vault, the audit, the
+            // key state or the erasure list, and no write.
+            for sql in [
+                "SELECT * FROM user_logins_pii_vault",
+                "SELECT * FROM user_logins_vault_keys",
+                "SELECT * FROM user_logins_pii_audit",
+                "SELECT * FROM user_logins_key_state",
+                "SELECT * FROM user_logins_erased",
+                "SELECT * FROM user_logins_erasure_tokens",
+                "SELECT * FROM user_logins_roles",
+                "INSERT INTO user_logins (message_id) VALUES ('x')",
+                "UPDATE user_logins SET locale = 'x'",
+                "DELETE FROM user_logins",
+            ] {
+                refused(c, role, sql, DENIED).await;
+            }
+            let lock = "BEGIN; LOCK TABLE user_logins IN ACCESS EXCLUSIVE MODE";
+            refused(c, role, lock, DENIED).await;
+            c.batch_execute("ROLLBACK").await.unwrap();
+        }
         Role::Migrate => unreachable!(),
     }
 }
@@ -1084,7 +1122,10 @@ async fn attack(d: &Deployment) {
         let c = d.connect(role).await;
         everyone_tries(d, role, &c).await;
         role_tries(d, role, &c).await;
-        plants_in_pg_temp(d, role, &c).await;
+        // (The reader runs no function for a plant to be picked up by.)
+        if role != Role::Reader {
+            plants_in_pg_temp(d, role, &c).await;
+        }
         // Its own defaults: they reach only its own sessions.
         c.batch_execute("ALTER ROLE CURRENT_USER SET search_path = pg_temp, public")
             .await
@@ -1205,11 +1246,64 @@ async fn the_real_commands_run_beside_the_plants(d: &Deployment) {
     assert_least_privilege(d).await;
 }
 
+/// The analysts' role reads every masked row through the parent: today's,
+/// and those of a partition made after its grant (tomorrow's), as the
+/// admin counts them.
+async fn the_reader_reads_every_partition(d: &Deployment) {
+    let tomorrow = "((now() AT TIME ZONE 'UTC')::date + 1)";
+    d.admin
+        .batch_execute(&format!(
+            "SELECT login_etl_ensure_partition({tomorrow}); \
+             INSERT INTO user_logins (message_id, user_id, masked_ip, sent_at, create_date) \
+             VALUES ('reader-tomorrow', 'u', repeat('a', 64), now() + interval '1 day', {tomorrow})"
+        ))
+        .await
+        .unwrap();
+    async fn count(c: &Client, sql: String) -> i64 {
+        c.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0)
+    }
+    let reader = d.connect(Role::Reader).await;
+    let all = "SELECT count(*) FROM user_logins".to_owned();
+    assert_eq!(
+        count(&reader, all.clone()).await,
+        count(&d.admin, all).await
+    );
+    assert!(count(&d.admin, "SELECT count(*) FROM user_logins".into()).await > 1);
+    let later = format!(
+        "SELECT count(*) FROM user_logins WHERE create_date = {tomorrow} AND masked_ip IS NOT NULL"
+    );
+    assert_eq!(
+        count(&reader, later).await,
+        1,
+        "tomorrow's partition, through the parent"
+    );
+    let partition: String = d
+        .admin
+        .query_one(
+            "SELECT format('%I', c.relname) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = 'user_logins'::regclass LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let direct = reader
+        .query_one(&format!("SELECT count(*) FROM {partition}"), &[])
+        .await
+        .expect_err("a partition itself is not the reader's");
+    assert_eq!(direct.code().unwrap().code(), "42501", "{direct:?}");
+    d.admin
+        .batch_execute("DELETE FROM user_logins WHERE message_id = 'reader-tomorrow'")
+        .await
+        .unwrap();
+}
+
 async fn the_whole_suite(pg13_defaults: bool) {
     let d = deploy(pg13_defaults).await;
     assert_every_function_in_one_place(&d).await;
     assert_least_privilege(&d).await;
     seed(&d).await;
+    the_reader_reads_every_partition(&d).await;
     attack(&d).await;
     the_vault_day_stays_within_bounds(&d).await;
     the_real_commands_run_beside_the_plants(&d).await;
@@ -1269,7 +1363,7 @@ async fn a_planted_operator_never_runs_as_the_owner_and_an_open_schema_is_report
         ["PUBLIC"],
         "what the function warns of"
     );
-    let again = startup::migrate(&db_config(&d.owner))
+    let again = startup::migrate(&db_config(&d.owner), login_etl::profile::Profile::Full)
         .await
         .expect_err("migrate refuses the opened schema")
         .to_string();

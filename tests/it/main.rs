@@ -16,6 +16,7 @@ mod failure_classes;
 mod faults;
 mod handler_postgres;
 mod hostile_input;
+mod iam_auth;
 mod insiders;
 mod log_levels;
 mod partitions;

@@ -371,7 +371,7 @@ async fn an_unpartitioned_table_is_converted_while_the_function_writes_and_redel
             .await
             .unwrap();
     }
-    let config = login_etl::config::DbConfig::from_lookup(&|k: &str| {
+    let config = login_etl::database::DbConfig::from_lookup(&|k: &str| {
         (k == "DATABASE_URL").then(|| db.url.clone())
     })
     .unwrap();
@@ -413,7 +413,7 @@ async fn an_unpartitioned_table_is_converted_while_the_function_writes_and_redel
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let target = login_etl::startup::migrate(&config)
+    let target = login_etl::startup::migrate(&config, login_etl::profile::Profile::Full)
         .await
         .expect("the cutover");
     assert!(target.contains("(applied)"), "{target}");

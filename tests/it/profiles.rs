@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::common;
 
 use common::*;
-use login_etl::config::DbConfig;
+use login_etl::database::DbConfig;
 use login_etl::grants::{GrantsError, Role};
 use login_etl::profile::Profile;
 use login_etl::synth::{self, Options};

@@ -95,7 +95,7 @@ async fn migrate_beside_a_long_reader_does_not_queue_ingest_behind_it() {
         )
         .await
         .unwrap();
-    let config = login_etl::config::DbConfig::from_lookup(&|k: &str| {
+    let config = login_etl::database::DbConfig::from_lookup(&|k: &str| {
         (k == "DATABASE_URL").then(|| db.url.clone())
     })
     .unwrap();

@@ -166,7 +166,9 @@ impl World {
         });
         // The schema, as the migrate role (the owner), then the others'
         // grants, exactly as `login-etl grants` prints them.
-        let out = world.command(&["migrate"], "migrate", &[]).await;
+        let out = world
+            .command(&["migrate", "--profile", "full"], "migrate", &[])
+            .await;
         assert!(out.0 == Some(0), "login-etl migrate failed: {}", out.2);
         // Days gone by: the partitions of the days just past retention,
         // made when they were within it, for maintain's retention to drop

@@ -110,23 +110,6 @@ fn denied_table(e: &tokio_postgres::Error) -> Option<&str> {
         .filter(|name| !name.is_empty())
 }
 
-/// Failures at connect that a human must fix: no such database, no such role
-/// or no `pg_hba.conf` entry, a wrong password (after the one refetch), no
-/// CONNECT privilege. Retrying them only fills the DLQ.
-pub(crate) fn connect_refusal_hint(code: &SqlState) -> Option<&'static str> {
-    Some(match code.code() {
-        "3D000" => "the database does not exist: check dbname in the secret or DATABASE_URL",
-        "28000" => {
-            "the server refused this role or client (no such role, or no pg_hba.conf entry; if the server requires TLS, set DB_SSLMODE=verify-full)"
-        }
-        "28P01" => {
-            "the password was rejected: update the database secret (the function refetches it once)"
-        }
-        "42501" => "the role may not connect: GRANT CONNECT ON DATABASE to it",
-        _ => return None,
-    })
-}
-
 /// The SQLSTATE in a refusal's text ([`describe_refusal`]); `XXXXX` if none.
 pub(crate) fn sqlstate_of(refusal: &str) -> String {
     refusal

@@ -14,7 +14,6 @@
 //! - [`tx`]: the frame both share: `BEGIN`, the erasure check, the end
 //!   (vault entries + `COMMIT`), the xid floor;
 //! - [`vault`]: the PII vault's SQL (the entries of a transaction's rows);
-//! - [`conn`]: opening connections (TLS, credential refresh, startup packet);
 //! - [`budget`]: the batch's deadline, its one reconnect, its conflict retries;
 //! - [`classify`]: SQLSTATE classes (error text without row values is
 //!   [`crate::error::describe`]).
@@ -47,7 +46,6 @@ mod bisect;
 mod budget;
 mod classify;
 mod columns;
-mod conn;
 mod copy;
 mod insert;
 mod tx;
@@ -70,16 +68,13 @@ pub use copy::{CHUNK, COPY_HEADER, COPY_SQL, CopyIn, encode_row};
 pub use insert::WRITE_SQL;
 pub use writer::BatchWriter;
 
-use crate::config::DbConfig;
 use crate::contract::LoginRow;
+use crate::database::Connector;
 use crate::error::{SinkError, describe};
 use crate::privacy::erased::ErasedUsers;
 use crate::privacy::vault::VaultWrite;
-use crate::secrets::Secrets;
 use crate::table::schema::{self, Profile};
-use crate::tls::Tls;
 use classify::Failure;
-use conn::Connector;
 use tx::XidFloor;
 
 /// Batches at least this large try COPY first. Below it the INSERT's single
@@ -115,7 +110,8 @@ pub struct InsertReport {
 /// reused across warm invocations.
 pub struct PgSink {
     connector: Connector,
-    settings: DbConfig,
+    /// `DB_STATEMENT_TIMEOUT_MS`: the server-side bound of each statement.
+    statement_timeout: Duration,
     client: Option<Client>,
     /// Whether the schema guard has passed (checked once per sink).
     schema_checked: bool,
@@ -142,11 +138,12 @@ impl std::fmt::Debug for PgSink {
 }
 
 impl PgSink {
-    /// A sink for the given connection settings; connects lazily.
-    pub fn new(pg: tokio_postgres::Config, db: &DbConfig, tls: Tls) -> Self {
+    /// A sink that opens its connections with `connector`, each
+    /// statement bounded by `statement_timeout`; connects lazily.
+    pub fn new(connector: Connector, statement_timeout: Duration) -> Self {
         Self {
-            connector: Connector::new(pg, tls, db.connect_timeout),
-            settings: db.clone(),
+            connector,
+            statement_timeout,
             client: None,
             schema_checked: false,
             vault: false,
@@ -162,7 +159,7 @@ impl PgSink {
     pub fn sibling(&self) -> Self {
         Self {
             connector: self.connector.clone(),
-            settings: self.settings.clone(),
+            statement_timeout: self.statement_timeout,
             client: None,
             schema_checked: false,
             vault: self.vault,
@@ -231,27 +228,16 @@ impl PgSink {
         self
     }
 
-    /// When PostgreSQL rejects the password (SQLSTATE 28P01, e.g. after a
-    /// rotation), refetch the database secret `id` once and reconnect.
-    pub fn refresh_credentials_from(mut self, secrets: Secrets, id: String) -> Self {
-        self.connector.refresh_credentials_from(secrets, id);
-        self
-    }
-
     /// `user@host:port/dbname`, safe to log (no password).
     pub fn target(&self) -> &str {
         self.connector.target()
     }
 
-    /// A new connection of its own with these settings (operator commands).
-    pub async fn connect(&mut self) -> Result<Client, SinkError> {
-        self.connector.open(self.settings.connect_timeout).await
-    }
-
     /// Creates or upgrades the schema (see [`schema::migrate`]); true when
     /// it changed anything, false when it was current already.
     pub async fn migrate(&mut self, options: &schema::MigrateOptions) -> Result<bool, SinkError> {
-        let mut client = self.connector.open(self.settings.connect_timeout).await?;
+        let limit = self.connector.connect_timeout();
+        let mut client = self.connector.open(limit).await?;
         let (num, version) =
             schema::server_version(&client)
                 .await
@@ -434,12 +420,12 @@ impl PgSink {
 
     /// Client-side bound of one operation: the server's bound plus room to connect.
     fn per_operation(&self) -> Duration {
-        self.settings.statement_timeout + self.settings.connect_timeout
+        self.statement_timeout + self.connector.connect_timeout()
     }
 
     /// The server-side bound (`SET LOCAL`) that fits in a client-side `bound`.
     fn server_bound(&self, bound: Duration) -> Duration {
-        self.settings.statement_timeout.min(bound)
+        self.statement_timeout.min(bound)
     }
 
     /// The open connection, opening one if there is none or it was closed
@@ -448,7 +434,8 @@ impl PgSink {
     async fn client(&mut self, budget: &Budget) -> Result<&Client, SinkError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
-            let limit = budget.bound(self.settings.connect_timeout, "connecting to PostgreSQL")?;
+            let limit =
+                budget.bound(self.connector.connect_timeout(), "connecting to PostgreSQL")?;
             self.client = Some(self.connector.open(limit).await?);
         }
         if !self.schema_checked {

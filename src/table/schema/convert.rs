@@ -28,7 +28,7 @@ use tokio_postgres::types::Type;
 use tracing::info;
 
 use super::{
-    MIGRATION_LOCK_KEY, MIGRATION_SQL, MigrateOptions, Profile, SIDE_TABLES_SQL, failed,
+    MIGRATION_LOCK_KEY, MigrateOptions, Profile, SIDE_TABLES_SQL, failed, migration_sql,
     schema_sql, with_lock_retries,
 };
 use crate::error::SinkError;
@@ -44,9 +44,15 @@ const ADD_COLUMNS_SQL: &str = "ALTER TABLE user_logins \
     ADD COLUMN IF NOT EXISTS sent_at timestamptz, \
     ADD COLUMN IF NOT EXISTS key_version smallint NOT NULL DEFAULT 1";
 
-/// Converts the unpartitioned `user_logins`; true when it did (false when
+/// Converts the unpartitioned `user_logins` into a partitioned one of
+/// `profile` (the upstream table of an adopter's database becomes
+/// masking-only unless asked for more); true when it did (false when
 /// another `migrate` did it first). See the module documentation.
-pub async fn convert(client: &mut Client, options: &MigrateOptions) -> Result<bool, SinkError> {
+pub async fn convert(
+    client: &mut Client,
+    options: &MigrateOptions,
+    profile: Profile,
+) -> Result<bool, SinkError> {
     if options.cold_start {
         refuse_rows_at_cold_start(client).await?;
     }
@@ -59,7 +65,9 @@ pub async fn convert(client: &mut Client, options: &MigrateOptions) -> Result<bo
     add_columns_and_keys(client).await?;
     if options.prepare_only {
         // The erasure list and the vault must exist for this version to
-        // write into the old table (its guard checks them). The bounds are
+        // write into the old table (its guard checks them): --prepare is
+        // the upgrade of a table login-etl wrote before partitions, when
+        // every deployment was full. The bounds are
         // proved by the cutover's run: a CHECK added now would refuse the
         // rows of a day after its bound, should the cutover come later.
         apply_side_tables(client).await?;
@@ -81,7 +89,7 @@ pub async fn convert(client: &mut Client, options: &MigrateOptions) -> Result<bo
         step = "5/5",
         "cutover: user_logins becomes user_logins_legacy, the first partition of a partitioned user_logins"
     );
-    let held = cutover(client, first_new_day).await?;
+    let held = cutover(client, first_new_day, profile).await?;
     let Some(held) = held else {
         info!("another migrate converted user_logins first");
         return Ok(false);
@@ -292,6 +300,7 @@ async fn bound_rows(client: &Client, bound: NaiveDate) -> Result<(), SinkError> 
 async fn cutover(
     client: &mut Client,
     bound: NaiveDate,
+    profile: Profile,
 ) -> Result<Option<std::time::Duration>, SinkError> {
     let sql = format!(
         "ALTER TABLE user_logins RENAME TO user_logins_legacy; \
@@ -300,7 +309,7 @@ async fn cutover(
          ALTER TABLE user_logins ATTACH PARTITION user_logins_legacy FOR VALUES FROM (MINVALUE) TO ('{bound}'); \
          {schema}\n; \
          SELECT login_etl_copy_grants('user_logins_legacy', 'user_logins');",
-        schema = schema_sql(MIGRATION_SQL, Profile::Full)
+        schema = schema_sql(migration_sql(profile), profile)
     );
     loop {
         let tx = client

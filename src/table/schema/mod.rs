@@ -30,7 +30,7 @@ use crate::table::retry::{failed, with_lock_retries};
 
 /// The version [`MIGRATION_SQL`] leaves (`login_etl_schema_version()`):
 /// a database at an older one is migrated again.
-pub const SCHEMA_VERSION: i32 = 12;
+pub const SCHEMA_VERSION: i32 = 13;
 
 /// The schema for `migrations` (all of [`migration_sql`], or part of it)
 /// in `profile`: the owner's functions from their files
@@ -87,7 +87,8 @@ static INSPECT_SQL: LazyLock<String> = LazyLock::new(|| {
 /// the full profile is in the schema (whatever else says otherwise: a
 /// profile is never narrowed), `masking` where `login_etl_profile()` says
 /// so and is the tables' owner's, in their schema; `full` for any other
-/// `user_logins` (from before profiles); NULL where nothing is installed.
+/// `user_logins` login-etl installed (from before profiles); NULL where
+/// login-etl installed nothing (an upstream table is new to it).
 static PROFILE_SQL: LazyLock<String> = LazyLock::new(|| {
     let full_tables: Vec<String> = privileges::FULL_ONLY_TABLES
         .iter()
@@ -99,9 +100,12 @@ static PROFILE_SQL: LazyLock<String> = LazyLock::new(|| {
                AND p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) \
                AND p.proowner = (SELECT relowner FROM pg_class WHERE oid = to_regclass(format('%I.%I', current_schema(), 'user_logins'))) \
                AND p.prosrc LIKE '%''masking''%') THEN 'masking' \
-          WHEN to_regclass(format('%I.%I', current_schema(), 'user_logins')) IS NOT NULL THEN 'full' END)",
+          WHEN to_regclass(format('%I.%I', current_schema(), 'user_logins')) IS NOT NULL \
+               AND EXISTS (SELECT 1 FROM pg_proc p WHERE p.proname = '{}' \
+                   AND p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())) THEN 'full' END)",
         full_tables.join(" OR "),
-        functions::PROFILE_FUNCTION
+        functions::PROFILE_FUNCTION,
+        functions::SCHEMA_VERSION_FUNCTION
     )
 });
 
@@ -176,9 +180,9 @@ pub struct SchemaState {
     pub schema_writers: Vec<String>,
     /// The schema the names resolve to (`current_schema()`).
     pub schema: Option<String>,
-    /// The profile it has (full for a database from before profiles, and
-    /// where nothing is installed yet): [`SchemaState::profile_found`] or
-    /// the default.
+    /// The profile it has: [`SchemaState::profile_found`], or full where
+    /// none was found (a reader whose `search_path` hides the schema must
+    /// not skip the erasure list; `migrate` decides from `profile_found`).
     pub profile: Profile,
     /// The profile found, `None` where nothing is installed (see
     /// [`PROFILE_SQL`]).
@@ -261,7 +265,7 @@ pub async fn inspect(client: &Client) -> Result<SchemaState, tokio_postgres::Err
         functions: row.get(10),
         schema_writers: row.get::<_, Option<Vec<String>>>(11).unwrap_or_default(),
         schema: row.get(12),
-        profile: profile_found.unwrap_or_default(),
+        profile: profile_found.unwrap_or(Profile::Full),
         profile_found,
     })
 }
@@ -283,7 +287,7 @@ pub async fn profile(client: &Client) -> Result<Profile, tokio_postgres::Error> 
     Ok(row
         .get::<_, Option<&str>>(0)
         .and_then(Profile::parse)
-        .unwrap_or_default())
+        .unwrap_or(Profile::Full))
 }
 
 /// Refuses `command` (reveal, forget, audit, rotate-key, vault-upgrade)
@@ -473,7 +477,7 @@ pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<bo
     }
     let mut applied = false;
     if state.table && !state.partitioned {
-        applied = convert::convert(client, options).await?;
+        applied = convert::convert(client, options, profile).await?;
         if options.prepare_only {
             let built = indexes::vault_indexes(client, options).await?;
             return Ok(applied || built);

@@ -1,12 +1,13 @@
-//! TLS to PostgreSQL (`DB_SSLMODE`, `DB_CA_BUNDLE` or
-//! `DB_CA_BUNDLE_SECRET_ID`) through native-tls.
-//! OpenSSL is vendored (built into the binary), so the Lambda binary does not
-//! depend on the libssl version of its image.
+//! TLS to PostgreSQL (`sslmode` and the CA bundle of
+//! [`crate::database::settings`]) through native-tls. OpenSSL is vendored
+//! (built into the binary), so the Lambda binary does not depend on the
+//! libssl version of its image. A bundle's CAs are trusted beside the
+//! system roots (the RDS CAs are in no OS trust store).
 
 use native_tls::{Certificate, TlsConnector};
 use postgres_native_tls::MakeTlsConnector;
 
-use crate::config::{CaBundle, DbConfig, SslMode};
+use crate::database::settings::{CaBundle, DbConfig, SslMode};
 use crate::error::ConfigError;
 
 /// How connections are made.
@@ -28,18 +29,18 @@ impl std::fmt::Debug for Tls {
 }
 
 impl Tls {
-    /// The connector for `db.ssl_mode`, trusting a `DB_CA_BUNDLE` file (many
+    /// The connector for `db.ssl_mode`, trusting a CA bundle file (many
     /// PEM certificates, like the RDS bundles) in addition to the system
     /// roots. A bundle from a secret is read by the caller: see
     /// [`from_config_with_pem`](Self::from_config_with_pem).
     pub fn from_config(db: &DbConfig) -> Result<Self, ConfigError> {
         let pem = match &db.ca_bundle {
-            Some(CaBundle::File(path)) => Some((
+            Some(CaBundle::File { path, from }) if db.ssl_mode == SslMode::VerifyFull => Some((
                 std::fs::read(path).map_err(|e| ConfigError::Invalid {
-                    var: "DB_CA_BUNDLE",
-                    reason: format!("cannot read {path}: {e}"),
+                    var: from,
+                    reason: format!("cannot read the CA bundle {path}: {e}; for RDS, download the region's or the global bundle (https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem: docs/connecting.md, \"TLS to the database\") and give its path"),
                 })?,
-                format!("DB_CA_BUNDLE file {path}"),
+                format!("{from} file {path}"),
             )),
             _ => None,
         };
@@ -93,14 +94,16 @@ impl Tls {
 }
 
 fn load_bundle(pem: &[u8], origin: &str) -> Result<Vec<Certificate>, ConfigError> {
-    let invalid = |reason: String| ConfigError::Invalid {
-        var: if origin.starts_with("DB_CA_BUNDLE file") {
-            "DB_CA_BUNDLE"
-        } else {
-            "DB_CA_BUNDLE_SECRET_ID"
-        },
-        reason,
-    };
+    let var = [
+        "DB_CA_BUNDLE_SECRET_ID",
+        "DB_CA_BUNDLE",
+        "PGSSLROOTCERT",
+        "DATABASE_URL",
+    ]
+    .into_iter()
+    .find(|v| origin.starts_with(v) || origin.contains(v))
+    .unwrap_or("DB_CA_BUNDLE");
+    let invalid = |reason: String| ConfigError::Invalid { var, reason };
     let certs = Certificate::stack_from_pem(pem)
         .map_err(|e| invalid(format!("{origin} is not a PEM certificate bundle: {e}")))?;
     if certs.is_empty() {

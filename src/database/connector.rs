@@ -1,0 +1,333 @@
+//! Opening connections: the settings resolved once
+//! ([`crate::database::settings`], the secrets they name), TLS, the
+//! credential of each connection (a password, refetched once from its
+//! secret after a rotation; or an RDS IAM token, fresh each time), and
+//! the startup packet. The one way every part opens a connection: the
+//! function's sink, `poll`, and the operator commands.
+//!
+//! Pooler-safe by construction: the startup packet carries only `user`,
+//! `database`, `application_name` and `client_encoding`, which RDS Proxy
+//! and PgBouncer accept (no `options`); server-side bounds are set per
+//! transaction with `SET LOCAL`.
+
+use std::time::Duration;
+
+use tokio::time::timeout;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{Client, NoTls, Socket};
+use tracing::{debug, warn};
+
+use crate::database::iam::TokenSigner;
+use crate::database::settings::{CaBundle, DbAuth, DbConfig, DbSource};
+use crate::database::tls::Tls;
+use crate::error::{ConfigError, SecretError, SinkError, describe};
+use crate::secrets::Secrets;
+
+/// Why the connection settings could not be put together.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A setting is missing or malformed.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A secret it names could not be read.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+}
+
+/// Where each connection's credential comes from.
+#[derive(Clone)]
+enum Credential {
+    /// In the settings already (a password, or none: trust, a client certificate).
+    Given,
+    /// The database secret `id`: refetched once when PostgreSQL rejects
+    /// its password (SQLSTATE 28P01, e.g. after a rotation).
+    Secret(Secrets, String),
+    /// An RDS IAM token, made for each connection.
+    Iam(TokenSigner),
+}
+
+/// Opens connections to one database.
+#[derive(Clone)]
+pub struct Connector {
+    pg: tokio_postgres::Config,
+    tls: Tls,
+    connect_timeout: Duration,
+    credential: Credential,
+    target: String,
+    /// The CA bundle trusted beside the system roots, as a setting names
+    /// it (for a TLS failure's hint).
+    ca: Option<String>,
+}
+
+impl Connector {
+    /// A connector for `db`: its settings resolved, the secrets it names
+    /// read (`DB_SECRET_ID`, `DB_CA_BUNDLE_SECRET_ID`: with `aws`, which the
+    /// caller loads when [`needs_aws`] says so, as IAM does).
+    pub async fn from_config(
+        db: &DbConfig,
+        aws: Option<&aws_config::SdkConfig>,
+    ) -> Result<Self, SetupError> {
+        let secrets = aws.map(Secrets::new);
+        let secrets = || {
+            secrets
+                .clone()
+                .expect("an AWS configuration where one is needed (needs_aws)")
+        };
+        let (tls, ca) = match &db.ca_bundle {
+            Some(CaBundle::Secret(id)) => {
+                let pem = secrets().string(id).await?;
+                let origin = format!("secret {id} (DB_CA_BUNDLE_SECRET_ID)");
+                (
+                    Tls::from_config_with_pem(db, pem.as_bytes(), &origin)?,
+                    Some(origin),
+                )
+            }
+            Some(CaBundle::File { path, from }) => {
+                (Tls::from_config(db)?, Some(format!("{path} ({from})")))
+            }
+            None => (Tls::from_config(db)?, None),
+        };
+        let (pg, mut credential) = match &db.source {
+            DbSource::Secret(id) => {
+                let secret = secrets().db(id, db.auth == DbAuth::Password).await?;
+                (
+                    secret.pg_config(),
+                    Credential::Secret(secrets(), id.clone()),
+                )
+            }
+            _ => (
+                db.pg_config()?.expect("a URL or the PG* variables"),
+                Credential::Given,
+            ),
+        };
+        if db.auth == DbAuth::Iam {
+            let aws = aws.expect("an AWS configuration where one is needed (needs_aws)");
+            credential = Credential::Iam(TokenSigner::new(aws)?);
+        }
+        let mut connector = Self {
+            pg: tokio_postgres::Config::new(),
+            tls,
+            connect_timeout: db.connect_timeout,
+            credential,
+            target: String::new(),
+            ca,
+        };
+        connector.set_pg(pg);
+        Ok(connector)
+    }
+
+    /// With IAM authentication, tokens signed at the time `clock` gives
+    /// (a test that sets the role's password to the expected token).
+    pub fn with_token_clock(mut self, clock: fn() -> std::time::SystemTime) -> Self {
+        if let Credential::Iam(signer) = self.credential {
+            self.credential = Credential::Iam(signer.with_clock(clock));
+        }
+        self
+    }
+
+    fn set_pg(&mut self, mut pg: tokio_postgres::Config) {
+        if pg.get_application_name().is_none() {
+            pg.application_name("login-etl");
+        }
+        pg.connect_timeout(self.connect_timeout);
+        pg.ssl_mode(self.tls.pg_ssl_mode());
+        self.target = describe_target(&pg);
+        self.pg = pg;
+    }
+
+    /// `user@host:port/dbname`, safe to log (no password).
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// The first host, its port and the database the connections go to
+    /// (what a secret made for another role of this database names).
+    pub fn host_port_dbname(&self) -> (String, u16, String) {
+        let (host, port) = first_host(&self.pg);
+        (
+            host,
+            port,
+            self.pg.get_dbname().unwrap_or_default().to_owned(),
+        )
+    }
+
+    /// How long a connection attempt may take.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// A new connection, bounded by `limit`: after a password rejection
+    /// (28P01, e.g. a rotation) the secret is refetched once; after a
+    /// refused IAM token (28000, as RDS answers it), a fresh one is tried
+    /// once.
+    pub async fn open(&mut self, limit: Duration) -> Result<Client, SinkError> {
+        let client = match (self.open_once(limit).await, &self.credential) {
+            (Err((Some(code), _)), Credential::Secret(secrets, id))
+                if code == SqlState::INVALID_PASSWORD =>
+            {
+                let (secrets, id) = (secrets.clone(), id.clone());
+                warn!(secret = %id, "PostgreSQL rejected the password; refetching the database secret once");
+                let secret = secrets.db(&id, true).await?;
+                self.set_pg(secret.pg_config());
+                self.open_once(limit).await.map_err(|(_, e)| e)?
+            }
+            // RDS answers a refused token with 28000; a server that took
+            // the token as a plain password, 28P01.
+            (Err((Some(code), _)), Credential::Iam(_))
+                if code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+                    || code == SqlState::INVALID_PASSWORD =>
+            {
+                warn!(target = %self.target, "the database refused the IAM token; trying once more with a fresh one");
+                self.open_once(limit)
+                    .await
+                    .map_err(|(_, e)| self.iam_refused(e))?
+            }
+            (other, _) => other.map_err(|(_, e)| e)?,
+        };
+        debug!(target = %self.target, tls = ?self.tls, "connected to PostgreSQL");
+        Ok(client)
+    }
+
+    /// A second IAM refusal: the configuration, with what to check.
+    fn iam_refused(&self, e: SinkError) -> SinkError {
+        match e {
+            SinkError::ConnectRefused { target, cause, .. } => SinkError::ConnectRefused {
+                cause: format!("{cause} (the token was signed for {target})"),
+                target,
+                hint: "the database refused the RDS IAM token twice: check that the role is GRANTed rds_iam (README's setup block, DB_AUTH=iam), that the function's AWS role may rds-db:connect on arn:aws:rds-db:<region>:<account>:dbuser:<DbiResourceId or proxy id>/<user> (the template's DbResourceId), and that the token's host is the endpoint it connects to (an RDS Proxy's own, not the instance's, behind a proxy)",
+            },
+            other => other,
+        }
+    }
+
+    /// One connection attempt; on failure, the SQLSTATE (if the server sent
+    /// one) and the error to report.
+    async fn open_once(&self, limit: Duration) -> Result<Client, (Option<SqlState>, SinkError)> {
+        let limit = limit.min(self.connect_timeout);
+        let mut pg = self.pg.clone();
+        if let Credential::Iam(signer) = &self.credential {
+            let (host, port) = first_host(&pg);
+            let token = signer
+                .token(&host, port, pg.get_user().unwrap_or_default())
+                .await
+                .map_err(|e| {
+                    let err = SinkError::Connect {
+                        target: self.target.clone(),
+                        cause: e.to_string(),
+                    };
+                    (None, err)
+                })?;
+            pg.password(token.as_bytes());
+        }
+        let result = match &self.tls {
+            Tls::Disabled => connect_with(&pg, NoTls, limit).await,
+            Tls::Native(tls) => connect_with(&pg, tls.clone(), limit).await,
+        };
+        result.map_err(|(code, cause)| {
+            if let Some(hint) = code.as_ref().and_then(connect_refusal_hint) {
+                let err = SinkError::ConnectRefused {
+                    target: self.target.clone(),
+                    cause,
+                    hint,
+                };
+                return (code, err);
+            }
+            let tls_failure = code.is_none()
+                && (cause.contains("TLS") || cause.contains("SSL") || cause.contains("certificate"));
+            let hint = match (&self.tls, tls_failure) {
+                (Tls::Native(_), true) => format!(
+                    " (the CA bundle tried beside the system roots: {}; for RDS give the region's or the global bundle from https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem as a file, PGSSLROOTCERT or DB_CA_BUNDLE (docs/connecting.md, \"TLS to the database\"); and check that the host name is the one the server's certificate names)",
+                    self.ca.as_deref().unwrap_or("none")
+                ),
+                _ => String::new(),
+            };
+            let err = SinkError::Connect {
+                target: self.target.clone(),
+                cause: format!("{cause}{hint}"),
+            };
+            (code, err)
+        })
+    }
+}
+
+/// Whether the settings need an AWS configuration to connect: a secret to
+/// read, or IAM tokens to sign.
+pub fn needs_aws(db: &DbConfig) -> bool {
+    matches!(db.source, DbSource::Secret(_))
+        || matches!(db.ca_bundle, Some(CaBundle::Secret(_)))
+        || db.auth == DbAuth::Iam
+}
+
+/// Failures at connect that a human must fix: no such database, no such role
+/// or no `pg_hba.conf` entry, a wrong password (after the one refetch), no
+/// CONNECT privilege. Retrying them only fills the DLQ.
+pub(crate) fn connect_refusal_hint(code: &SqlState) -> Option<&'static str> {
+    Some(match code.code() {
+        "3D000" => {
+            "the database does not exist: check dbname in the secret, DATABASE_URL or PGDATABASE"
+        }
+        "28000" => {
+            "the server refused this role or client (no such role, or no pg_hba.conf entry; if the server requires TLS, set DB_SSLMODE=verify-full, or PGSSLMODE, or sslmode in the URL; with DB_AUTH=iam, the role needs rds_iam)"
+        }
+        "28P01" => {
+            "the password was rejected: update the database secret (the function refetches it once), or the password given (the URL's, PGPASSWORD, ~/.pgpass)"
+        }
+        "42501" => "the role may not connect: GRANT CONNECT ON DATABASE to it",
+        _ => return None,
+    })
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("target", &self.target)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Connects with `tls`, bounded by `limit`, and drives the connection in a task.
+async fn connect_with<T>(
+    pg: &tokio_postgres::Config,
+    tls: T,
+    limit: Duration,
+) -> Result<Client, (Option<SqlState>, String)>
+where
+    T: MakeTlsConnect<Socket> + Send,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    let (client, connection) = timeout(limit, pg.connect(tls))
+        .await
+        .map_err(|_| (None, format!("timed out after {} ms", limit.as_millis())))?
+        .map_err(|e| (e.code().cloned(), describe(&e)))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            debug!(error = %describe(&e), "database connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// The first host and its port: what an IAM token is signed for.
+fn first_host(pg: &tokio_postgres::Config) -> (String, u16) {
+    use tokio_postgres::config::Host;
+    let host = match pg.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    (host, pg.get_ports().first().copied().unwrap_or(5432))
+}
+
+fn describe_target(pg: &tokio_postgres::Config) -> String {
+    let (host, port) = first_host(pg);
+    format!(
+        "{}@{host}:{port}/{}",
+        pg.get_user().unwrap_or("?"),
+        pg.get_dbname().unwrap_or("?")
+    )
+}

@@ -1,0 +1,14 @@
+//! The database connection every part shares (the function's sink,
+//! `poll`, the operator commands): where its settings come from, with
+//! PostgreSQL's own conventions ([`settings`], [`pgpass`]), how the role
+//! proves who it is (a password, or an RDS IAM token: [`iam`]), TLS
+//! ([`tls`]), and the one way a connection is opened ([`connector`]).
+
+pub mod connector;
+pub mod iam;
+pub mod pgpass;
+pub mod settings;
+pub mod tls;
+
+pub use connector::{Connector, SetupError, needs_aws};
+pub use settings::{CaBundle, DbAuth, DbConfig, DbSource, SslMode};
