@@ -1,6 +1,7 @@
 //! Cold start: configuration to a ready [`BatchHandler`]. Runs once per
 //! execution environment; everything here is reused by warm invocations.
 
+use crate::privacy::dead_letter::rebuilt::RebuiltVerifier;
 use tracing::info;
 
 use crate::config::{Config, KeySource};
@@ -119,6 +120,9 @@ pub async fn build_with(
     let sqs = aws.as_ref().map(aws_sdk_sqs::Client::new);
     if let (Some(url), Some(sqs)) = (&config.dlq_url, &sqs) {
         handler = handler.with_dead_letter_queue(dead_letter_queue(sqs, url, sealer));
+    }
+    if let (Some(key), Some(kms)) = (&config.dlq_kms_key_id, &kms) {
+        handler = handler.with_rebuilt_verifier(RebuiltVerifier::new(kms.clone(), key.clone()));
     }
     if let (Some(schedule), Some(sqs)) = (config.backoff, &sqs) {
         let mut visibility = Visibility::new(sqs.clone(), config.source_queue_url.clone());

@@ -797,9 +797,17 @@ def _key_policy_widenings(key):
         aws = principal.get("AWS") if isinstance(principal, dict) else principal
         if principal == "*" or any(p == "*" or (isinstance(p, str) and "*" in p) for p in _as_list(aws)):
             found.append(f"{sid}: {reads} to any principal")
-        elif "LoginEtlRole" in json.dumps(principal):
+        elif "LoginEtlRole" in json.dumps(principal) and not _checks_seals_only(st):
             found.append(f"{sid}: {reads} to the function's role")
     return found
+
+
+def _checks_seals_only(st):
+    """A Decrypt the function may have: only in the rebuilt logins' context,
+    where what is encrypted is a seal (a digest), never a value."""
+    condition = st.get("Condition", {})
+    return (_as_list(st.get("Action")) == ["kms:Decrypt"]
+            and condition == {"StringEquals": {"kms:EncryptionContext:purpose": "login-etl-rebuilt"}})  # fmt: skip
 
 
 _PROPER_KEY_POLICY = [
@@ -826,6 +834,10 @@ _PROPER_KEY_POLICY = [
         ({"Principal": {"AWS": "*"}, "Action": "KMS:CreateGrant"}, True),
         ({"NotPrincipal": {"AWS": {"Ref": "RevealRoleArn"}}, "Action": "kms:Encrypt"}, True),
         ({"Principal": {"AWS": {"Fn::GetAtt": ["LoginEtlRole", "Arn"]}}, "Action": "kms:Decrypt"}, True),
+        ({"Principal": {"AWS": {"Fn::GetAtt": ["LoginEtlRole", "Arn"]}}, "Action": "kms:Decrypt",
+          "Condition": {"StringEquals": {"kms:EncryptionContext:purpose": "login-etl-dlq"}}}, True),
+        ({"Principal": {"AWS": {"Fn::GetAtt": ["LoginEtlRole", "Arn"]}}, "Action": "kms:Decrypt",
+          "Condition": {"StringEquals": {"kms:EncryptionContext:purpose": "login-etl-rebuilt"}}}, False),
         ({"Principal": {"AWS": "*"}, "Action": "kms:DescribeKey"}, False),
     ],
 )
@@ -890,6 +902,16 @@ def test_every_profile_seals_dead_letter_originals_only_the_dlq_operator_opens(p
     op = json.dumps({"AWS": {"Fn::GetAtt": ["DlqOperatorRole", "Arn"]}})
     want = {op, "DlqOperatorRole"} if operator else set()
     assert _decrypting_principals(resources, "login-etl-dlq") == want
+    # A login rebuilt from a copy that kept no original: sealed by the DLQ
+    # operator alone (Encrypt), checked by the function alone (Decrypt),
+    # both in a context of their own.
+    function = json.dumps({"AWS": {"Fn::GetAtt": ["LoginEtlRole", "Arn"]}})
+    assert _decrypting_principals(resources, "login-etl-rebuilt") == {function}
+    sealers = {json.dumps(st["Principal"]) for st in statements.values()
+               if _allows(_as_list(st.get("Action", [])), "kms:Encrypt")}  # fmt: skip
+    assert sealers == ({op} if operator else set())
+    assert all("login-etl-rebuilt" in json.dumps(st.get("Condition", {})) for st in statements.values()
+               if _allows(_as_list(st.get("Action", [])), "kms:Encrypt"))  # fmt: skip
 
 
 def test_no_kms_key_policy_lets_anyone_but_named_roles_read_the_vault():

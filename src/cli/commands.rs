@@ -448,21 +448,44 @@ async fn dlq_redrive(args: &DlqRedriveArgs) -> Result<(), Failure> {
         .collect();
     let mut unsealer = (!keys.is_empty())
         .then(|| crate::privacy::dead_letter::Unsealer::new(aws_sdk_kms::Client::new(&aws), keys));
+    let rebuilder = if args.rebuild {
+        let Some(key) = std::env::var("DLQ_KMS_KEY_ID")
+            .ok()
+            .filter(|k| !k.trim().is_empty())
+        else {
+            return Err(Failure(
+                "--rebuild seals each rebuilt login under the dead-letter key: set DLQ_KMS_KEY_ID to the stack's DlqKeyArn output and run as DlqOperatorRole".into(),
+                EXIT_USAGE,
+            ));
+        };
+        Some(crate::ingest::redrive::Rebuilder::new(
+            aws_sdk_kms::Client::new(&aws),
+            key,
+        ))
+    } else {
+        None
+    };
     let options = RedriveOptions {
         dlq_url: args.dlq_url.clone(),
         to_url: args.to.clone(),
         dry_run: args.dry_run,
         max: args.max,
     };
-    let report = redrive(&sqs, unsealer.as_mut(), &options, &mut |r| {
-        info!(
-            received = r.received,
-            redriven = r.redriven,
-            left = r.left.values().sum::<u64>(),
-            dry_run = args.dry_run,
-            "dlq-redrive"
-        )
-    })
+    let report = redrive(
+        &sqs,
+        unsealer.as_mut(),
+        rebuilder.as_ref(),
+        &options,
+        &mut |r| {
+            info!(
+                received = r.received,
+                redriven = r.redriven,
+                left = r.left.values().sum::<u64>(),
+                dry_run = args.dry_run,
+                "dlq-redrive"
+            )
+        },
+    )
     .await
     .map_err(|e| match e {
         e @ crate::ingest::redrive::RedriveError::NoKmsKey => Failure(e.to_string(), EXIT_USAGE),

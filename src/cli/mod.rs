@@ -163,6 +163,9 @@ pub struct DlqRedriveArgs {
     /// Stop after this many messages.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max: Option<u64>,
+    /// Send back copies that kept no original as logins rebuilt from their masked bodies (their tokens and the fields they kept), sealed under DLQ_KMS_KEY_ID; stored with the defect message.rebuilt_from_copy.
+    #[arg(long)]
+    pub rebuild: bool,
 }
 
 /// `login-etl poll`: the same handler and environment variables as the

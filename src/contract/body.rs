@@ -54,6 +54,26 @@ pub struct LoginEvent<'a> {
     pub defects: Vec<Defect>,
 }
 
+impl LoginEvent<'_> {
+    /// The same event owning its text (one parsed from a text that does
+    /// not outlive it).
+    pub fn into_owned(self) -> LoginEvent<'static> {
+        let own = |c: Option<Cow<'_, str>>| c.map(|c| Cow::Owned(c.into_owned()));
+        LoginEvent {
+            user_id: Cow::Owned(self.user_id.into_owned()),
+            device_type: own(self.device_type),
+            ip: self.ip,
+            device_id: own(self.device_id),
+            locale: own(self.locale),
+            app_version: self.app_version,
+            app_version_text: own(self.app_version_text),
+            extra: self.extra,
+            unknown: self.unknown,
+            defects: self.defects,
+        }
+    }
+}
+
 /// Parses a message body under the default contract (a login is kept
 /// with its defects; unknown fields counted, none kept).
 pub fn parse_body(body: &str) -> Result<LoginEvent<'_>, Rejection> {

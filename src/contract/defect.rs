@@ -43,6 +43,10 @@ pub enum Defect {
     /// A declared extra field (`EXTRA_FIELDS`) the `extra` column cannot
     /// take: left out of it.
     Extra(ExtraProblem, FieldName),
+    /// Rebuilt from a dead-letter copy that kept no original (`dlq-redrive
+    /// --rebuild`): its tokens are the copy's, a value the copy had
+    /// redacted is NULL.
+    RebuiltFromCopy,
 }
 
 impl Defect {
@@ -63,6 +67,7 @@ impl Defect {
             Defect::IpUnparseable => "ip.unparseable".into(),
             Defect::AppVersion(d, _) => format!("app_version.{}", d.name()).into(),
             Defect::Extra(problem, name) => format!("{name}.{}", problem.name()).into(),
+            Defect::RebuiltFromCopy => "message.rebuilt_from_copy".into(),
         }
     }
 
@@ -79,6 +84,8 @@ impl Defect {
             Defect::IpPort | Defect::IpZone | Defect::IpUnparseable => Rejection::InvalidIp,
             Defect::AppVersion(_, strict) => Rejection::InvalidAppVersion(strict),
             Defect::Extra(problem, name) => Rejection::Extra(problem, name),
+            // Never asked: a rebuilt login is read leniently, whatever CONTRACT says.
+            Defect::RebuiltFromCopy => Rejection::RebuiltLoginUnverified,
         }
     }
 

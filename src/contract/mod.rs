@@ -13,6 +13,8 @@
 //! - [`policy`]: `CONTRACT` (keep a login with defects, or reject it) and
 //!   what becomes of a field outside the contract (`UNKNOWN_FIELDS`,
 //!   `EXTRA_FIELDS`);
+//! - [`copy`]: a dead-letter copy's masked body read back as a login (a
+//!   login rebuilt from a copy that kept no original);
 //! - [`row`] and [`token`]: the row a valid login becomes;
 //! - [`columns`]: that row's columns, declared once;
 //! - [`schema`]: the contract as a JSON Schema for producers
@@ -21,6 +23,7 @@
 pub mod address;
 pub mod body;
 pub mod columns;
+pub mod copy;
 pub mod defect;
 pub mod field;
 pub mod policy;

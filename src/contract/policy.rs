@@ -99,6 +99,12 @@ impl UnknownFields {
 }
 
 impl Contract {
+    /// The same contract with every defect kept (a login rebuilt from a
+    /// dead-letter copy, which kept only what passed its checks).
+    pub fn lenient(&self) -> Contract {
+        self.clone().with_mode(Mode::Lenient)
+    }
+
     /// Logins kept with their defects, unknown fields ignored (counted),
     /// none declared.
     pub const DEFAULT: Contract = Contract {

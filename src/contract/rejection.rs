@@ -55,6 +55,10 @@ pub enum Rejection {
     /// A dead-letter copy the function made (its body masked), come back
     /// as it was instead of its original.
     DeadLetterCopy,
+    /// A login that says it was rebuilt from a dead-letter copy
+    /// (`rebuilt_seal`) whose seal does not open for its body and row key:
+    /// altered, or made by someone other than the DLQ operator.
+    RebuiltLoginUnverified,
     /// A declared extra field (`EXTRA_FIELDS`) the `extra` column cannot
     /// take as it is.
     Extra(ExtraProblem, FieldName),
@@ -116,6 +120,7 @@ impl Rejection {
             Rejection::SentTimestampOutOfRange => "sent_timestamp_out_of_range".into(),
             Rejection::UnknownField(name) => format!("unknown_field.{name}").into(),
             Rejection::DeadLetterCopy => "dead_letter_copy".into(),
+            Rejection::RebuiltLoginUnverified => "rebuilt_login_unverified".into(),
             Rejection::Extra(problem, name) => format!("{}.{name}", problem.name()).into(),
         }
     }
@@ -163,6 +168,9 @@ impl fmt::Display for Rejection {
             ),
             Rejection::DeadLetterCopy => f.write_str(
                 "the message is a dead-letter copy login-etl made (its ip and device id masked), not a login a producer sent; send the original back with login-etl dlq-redrive (docs/runbooks/dlq-redrive.md), not the copy",
+            ),
+            Rejection::RebuiltLoginUnverified => f.write_str(
+                "the message says it is a login rebuilt from a dead-letter copy, and its seal does not open for its body and row key: only login-etl dlq-redrive --rebuild, as DlqOperatorRole, makes one (docs/runbooks/dlq-redrive.md)",
             ),
             Rejection::Extra(ExtraProblem::Duplicate, name) => {
                 write!(f, "field `{name}` appears more than once")

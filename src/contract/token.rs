@@ -18,6 +18,19 @@ impl Token {
         Token(out)
     }
 
+    /// A token written as text (64 lowercase hex characters); `None` for
+    /// anything else.
+    pub fn parse(text: &str) -> Option<Self> {
+        let bytes = text.as_bytes();
+        if bytes.len() != TOKEN_LEN || !bytes.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return None;
+        }
+        let mut out = [0u8; TOKEN_LEN];
+        out.copy_from_slice(bytes);
+        Some(Token(out))
+    }
+
     /// The token as text.
     pub fn as_str(&self) -> &str {
         // Only ever filled by `hex::encode_to_slice`: ASCII.

@@ -225,7 +225,17 @@ impl DeadLetterQueue {
                     .build()
                     .ok()?,
             )
-            .message_attributes("rejected_at", string(rejected_at)?);
+            .message_attributes("rejected_at", string(rejected_at)?)
+            // The version of the masked body's tokens: a login rebuilt from
+            // this copy is re-keyed from it (`dlq-redrive --rebuild`).
+            .message_attributes(
+                "token_key_version",
+                MessageAttributeValue::builder()
+                    .data_type("Number")
+                    .string_value(masker.version().to_string())
+                    .build()
+                    .ok()?,
+            );
         let mut size = masked.len() + 1024;
         for (name, value) in source.iter().chain(&sealed) {
             size += name.len() + value.len();

@@ -234,6 +234,16 @@ pub struct SourceAttributes {
     /// original back without it): a copy that comes back is not a login.
     #[serde(default, deserialize_with = "string_value")]
     pub rejection_code: Option<String>,
+    /// `rebuilt_seal`: a login `dlq-redrive --rebuild` made from a copy
+    /// that kept no original, sealed by the DLQ operator
+    /// ([`crate::privacy::dead_letter::rebuilt`]); its tokens are stored as
+    /// they are only when the seal opens.
+    #[serde(default, deserialize_with = "string_value")]
+    pub rebuilt_seal: Option<String>,
+    /// `rebuilt_key_version`: the masking-key version of a rebuilt login's
+    /// tokens (sealed with it).
+    #[serde(default, deserialize_with = "string_value")]
+    pub rebuilt_key_version: Option<String>,
 }
 
 /// The three message attributes that name a redriven copy's original, as
@@ -246,6 +256,17 @@ pub struct ClaimedSource<'a> {
     pub sent_timestamp: &'a str,
     /// `source_signature`.
     pub signature: &'a str,
+}
+
+/// The row key a rebuilt login names: its copy's original's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RebuiltClaim<'a> {
+    /// `source_message_id`.
+    pub message_id: &'a str,
+    /// `source_sent_timestamp`.
+    pub sent_timestamp: &'a str,
+    /// `rebuilt_key_version`: the key version of its tokens.
+    pub key_version: u16,
 }
 
 /// A message attribute as Lambda's SQS event shows it: its `stringValue`.
@@ -318,6 +339,33 @@ impl SqsRecord {
             .is_some_and(|a| a.rejection_code.as_deref().is_some_and(|c| !c.is_empty()))
     }
 
+    /// A rebuilt login's row key (`source_message_id`,
+    /// `source_sent_timestamp`), its tokens' key version and its seal, when
+    /// it carries all four: a claim until the seal is checked.
+    pub fn rebuilt(&self) -> Option<(RebuiltClaim<'_>, &str)> {
+        let a = self.message_attributes.as_ref()?;
+        let seal = a.rebuilt_seal.as_deref()?;
+        Some((
+            RebuiltClaim {
+                message_id: a.source_message_id.as_deref().filter(|v| !v.is_empty())?,
+                sent_timestamp: a
+                    .source_sent_timestamp
+                    .as_deref()
+                    .filter(|v| !v.is_empty())?,
+                key_version: a.rebuilt_key_version.as_deref()?.trim().parse().ok()?,
+            },
+            seal,
+        ))
+    }
+
+    /// Whether the message says it is a rebuilt login (a seal attribute,
+    /// checked or not).
+    pub fn claims_rebuilt(&self) -> bool {
+        self.message_attributes
+            .as_ref()
+            .is_some_and(|a| a.rebuilt_seal.is_some())
+    }
+
     /// The original that a redriven copy names in its message attributes,
     /// when it names one in full (all three non-empty).
     pub fn claimed_source(&self) -> Option<ClaimedSource<'_>> {
@@ -381,6 +429,14 @@ impl From<&SqsMessage> for SqsRecord {
                 rejection_code: m
                     .message_attributes
                     .get("rejection_code")
+                    .and_then(|a| a.string_value.clone()),
+                rebuilt_seal: m
+                    .message_attributes
+                    .get("rebuilt_seal")
+                    .and_then(|a| a.string_value.clone()),
+                rebuilt_key_version: m
+                    .message_attributes
+                    .get("rebuilt_key_version")
                     .and_then(|a| a.string_value.clone()),
             }),
         }

@@ -5,10 +5,11 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 
+use crate::contract::copy::parse_copy;
 use crate::contract::{
     Contract, LoginRow, MAX_MESSAGE_ID_CHARS, Rejection, RowKeyAndTokens, parse_body_with,
 };
-use crate::ingest::event::SqsRecord;
+use crate::ingest::event::{RebuiltClaim, SqsRecord};
 use crate::privacy::masking::Masker;
 
 /// The key a message's row is stored under: its message id and the
@@ -96,6 +97,44 @@ pub fn transform_with<'a>(
         key_version: masker.version(),
     };
     Ok(LoginRow::new(login, key))
+}
+
+/// The row of a login rebuilt from a dead-letter copy
+/// ([`crate::privacy::dead_letter::rebuilt`]), its seal checked by the
+/// caller: keyed and dated by the copy's original (`claim`), the copy's
+/// fields read back leniently ([`crate::contract::copy`]), its tokens as
+/// they are, brought from the version they were made at to `masker`'s.
+pub fn transform_rebuilt<'a>(
+    claim: RebuiltClaim<'a>,
+    message: &'a SqsRecord,
+    masker: &Masker,
+    contract: &Contract,
+) -> Result<LoginRow<'a>, Rejection> {
+    let message_id = claim.message_id;
+    if message_id.chars().count() > MAX_MESSAGE_ID_CHARS {
+        return Err(Rejection::MessageIdTooLong);
+    }
+    // Tokens of a version this environment does not hold cannot be re-keyed.
+    if claim.key_version == 0 || claim.key_version > masker.version() {
+        return Err(Rejection::RebuiltLoginUnverified);
+    }
+    let sent_at = checked_sent_at(Some(claim.sent_timestamp))?;
+    let copy = parse_copy(message.body.as_deref().unwrap_or(""), contract)?;
+    let mut key = RowKeyAndTokens {
+        message_id,
+        sent_at,
+        masked_ip: copy.masked_ip,
+        masked_device_id: copy.masked_device_id,
+        key_version: claim.key_version,
+    };
+    while key.key_version < masker.version() {
+        key.key_version += 1;
+        key.masked_ip = key.masked_ip.map(|t| masker.rekey(&t, key.key_version));
+        key.masked_device_id = key
+            .masked_device_id
+            .map(|t| masker.rekey(&t, key.key_version));
+    }
+    Ok(LoginRow::new(copy.event, key))
 }
 
 /// The first instant PostgreSQL's `timestamptz` holds (4714-11-24

@@ -12,6 +12,13 @@
 //! message is in the source queue, and a copy that cannot be sent back
 //! stays where it is, counted by why.
 //!
+//! A copy that kept no original (a masking-only stack before 0.2.0) can
+//! still come back with `--rebuild` ([`Rebuilder`]): its masked body, its
+//! row key and its tokens' key version, sealed under the dead-letter key,
+//! which the function stores as it is
+//! ([`crate::privacy::dead_letter::rebuilt`]); a copy that holds no login
+//! stays, counted by why.
+//!
 //! SQS's own redrive (`StartMessageMoveTask`, the console's "Start DLQ
 //! redrive") would move the masked bodies, which are rejected again.
 
@@ -25,6 +32,7 @@ use aws_sdk_sqs::types::{
 };
 use tracing::warn;
 
+use crate::privacy::dead_letter::rebuilt::{REBUILT_SEAL, Rebuilt, seal};
 use crate::privacy::dead_letter::{SEALED_BODY, SEALED_KEY, UnsealError, Unsealer};
 
 /// What to redrive.
@@ -52,6 +60,9 @@ pub struct RedriveReport {
     pub unsealed: u64,
     /// Of those, messages SQS moved itself, sent as they are.
     pub as_they_are: u64,
+    /// Of those, logins rebuilt from copies that kept no original
+    /// (`--rebuild`).
+    pub rebuilt: u64,
     /// Messages left in the dead-letter queue, by why.
     pub left: BTreeMap<String, u64>,
     /// Messages received by `rejection_code` (`moved_by_sqs` without one).
@@ -101,6 +112,7 @@ const MAX_BATCH_BYTES: usize = 900 * 1024;
 pub async fn redrive(
     sqs: &Client,
     mut unsealer: Option<&mut Unsealer>,
+    rebuilder: Option<&Rebuilder>,
     options: &RedriveOptions,
     progress: &mut dyn FnMut(&RedriveReport),
 ) -> Result<RedriveReport, RedriveError> {
@@ -134,7 +146,7 @@ pub async fn redrive(
         for m in &messages {
             let code = attribute(m, "rejection_code").map_or("moved_by_sqs", shown_code);
             *report.by_rejection_code.entry(code.to_owned()).or_default() += 1;
-            match original(m, unsealer.as_deref_mut()).await? {
+            match original(m, unsealer.as_deref_mut(), rebuilder).await? {
                 Ok(out) => outgoing.push((m, out)),
                 Err(why) => {
                     *report.left.entry(why.into()).or_default() += 1;
@@ -229,7 +241,86 @@ struct Original {
     /// The FIFO deduplication id: the copy's own message id (an original
     /// that failed again is a new copy, and is sent back again).
     dedup: String,
-    unsealed: bool,
+    kind: Kind,
+}
+
+/// How the message sent back was had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// As SQS moved it.
+    AsItIs,
+    /// Unsealed from the function's copy.
+    Unsealed,
+    /// Rebuilt from a copy that kept no original.
+    Rebuilt,
+}
+
+/// `--rebuild`: a copy that kept no original goes back as a rebuilt login,
+/// sealed under the dead-letter key (`kms:Encrypt`, the DLQ operator's).
+pub struct Rebuilder {
+    kms: aws_sdk_kms::Client,
+    kms_key_id: String,
+}
+
+impl Rebuilder {
+    /// Seals with `kms` under `kms_key_id` (the stack's `DlqKeyArn`).
+    pub fn new(kms: aws_sdk_kms::Client, kms_key_id: String) -> Self {
+        Self { kms, kms_key_id }
+    }
+
+    /// The rebuilt login of copy `m` (id `id`, its original `source`), or
+    /// why it cannot be one: the copy holds no login (`copy_holds_no_login`:
+    /// not an object, or no `user_id` it kept), or no row key
+    /// (`copy_has_no_row_key`: its original had no `SentTimestamp`).
+    async fn rebuild(
+        &self,
+        m: &Message,
+        source: &str,
+        group: Option<String>,
+    ) -> Result<Result<Original, &'static str>, RedriveError> {
+        let body = m.body.clone().unwrap_or_default();
+        if crate::contract::copy::parse_copy(&body, &crate::contract::Contract::DEFAULT).is_err() {
+            return Ok(Err("copy_holds_no_login"));
+        }
+        let Some(sent) = attribute(m, "source_sent_timestamp") else {
+            return Ok(Err("copy_has_no_row_key"));
+        };
+        // Copies made before 0.2.0 say no version: theirs was 1 (a
+        // masking-only stack, which cannot rotate, made them).
+        let key_version: u16 = attribute(m, "token_key_version")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(1);
+        let rebuilt = Rebuilt {
+            source_message_id: source,
+            sent_timestamp: sent,
+            key_version,
+            body: &body,
+        };
+        let sealed = seal(&self.kms, &self.kms_key_id, &rebuilt).await?;
+        let text = |v: String| {
+            MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(v)
+                .build()
+                .expect("a data type and a value")
+        };
+        let attributes = HashMap::from([
+            ("source_message_id".to_owned(), text(source.to_owned())),
+            ("source_sent_timestamp".to_owned(), text(sent.to_owned())),
+            (
+                "rebuilt_key_version".to_owned(),
+                text(key_version.to_string()),
+            ),
+            (REBUILT_SEAL.to_owned(), text(sealed)),
+        ]);
+        Ok(Ok(Original {
+            body,
+            attributes,
+            group,
+            dedup: m.message_id.clone().unwrap_or_default(),
+            kind: Kind::Rebuilt,
+        }))
+    }
 }
 
 impl Original {
@@ -246,10 +337,10 @@ impl Original {
 }
 
 fn count_kind(report: &mut RedriveReport, out: &Original) {
-    if out.unsealed {
-        report.unsealed += 1;
-    } else {
-        report.as_they_are += 1;
+    match out.kind {
+        Kind::Unsealed => report.unsealed += 1,
+        Kind::AsItIs => report.as_they_are += 1,
+        Kind::Rebuilt => report.rebuilt += 1,
     }
 }
 
@@ -261,6 +352,7 @@ fn attribute<'m>(m: &'m Message, name: &str) -> Option<&'m str> {
 async fn original(
     m: &Message,
     unsealer: Option<&mut Unsealer>,
+    rebuilder: Option<&Rebuilder>,
 ) -> Result<Result<Original, &'static str>, RedriveError> {
     let group = m
         .attributes
@@ -275,21 +367,21 @@ async fn original(
             attributes: m.message_attributes.clone().unwrap_or_default(),
             group,
             dedup: id,
-            unsealed: false,
+            kind: Kind::AsItIs,
         }));
     }
     let source = attribute(m, "source_message_id").unwrap_or(&id).to_owned();
     let (Some(body), Some(key)) = (attribute(m, SEALED_BODY), attribute(m, SEALED_KEY)) else {
-        return Ok(Err(
-            if m.body
-                .as_deref()
-                .is_some_and(|b| b.starts_with("<empty body"))
-            {
-                "empty_body"
-            } else {
-                "no_original_kept"
-            },
-        ));
+        if m.body
+            .as_deref()
+            .is_some_and(|b| b.starts_with("<empty body"))
+        {
+            return Ok(Err("empty_body"));
+        }
+        return match rebuilder {
+            Some(r) => r.rebuild(m, &source, group).await,
+            None => Ok(Err("no_original_kept")),
+        };
     };
     let Some(unsealer) = unsealer else {
         return Err(RedriveError::NoKmsKey);
@@ -320,7 +412,7 @@ async fn original(
         attributes,
         group,
         dedup: id,
-        unsealed: true,
+        kind: Kind::Unsealed,
     }))
 }
 

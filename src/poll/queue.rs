@@ -122,6 +122,8 @@ pub fn to_record(m: &Message, queue_arn: &str) -> SqsRecord {
             sealed_body: message_attr("sealed_body"),
             sealed_key: message_attr("sealed_key"),
             rejection_code: message_attr("rejection_code"),
+            rebuilt_seal: message_attr("rebuilt_seal"),
+            rebuilt_key_version: message_attr("rebuilt_key_version"),
         }),
     }
 }
@@ -289,6 +291,8 @@ impl Queue {
             .message_attribute_names("sealed_body")
             .message_attribute_names("sealed_key")
             .message_attribute_names("rejection_code")
+            .message_attribute_names("rebuilt_seal")
+            .message_attribute_names("rebuilt_key_version")
             .send();
         // The SDK's own timeouts do not cover a long poll that hangs.
         let limit = Duration::from_secs(u64::from(wait) + 10);

@@ -23,6 +23,10 @@
 //!
 //! The function generates one data key per cold start (one KMS call);
 //! `login-etl dlq-redrive` unwraps each distinct one once ([`Unsealer`]).
+//! A copy that kept no original can still be rebuilt from its masked body
+//! ([`rebuilt`]).
+
+pub mod rebuilt;
 
 use std::collections::HashMap;
 

@@ -402,7 +402,7 @@ impl DataKey {
     }
 }
 
-fn kms_error<E, R>(
+pub(crate) fn kms_error<E, R>(
     op: &'static str,
     key: &str,
     e: &aws_sdk_kms::error::SdkError<E, R>,

@@ -577,7 +577,7 @@ async fn copies_hold_no_pii_and_dlq_redrive_sends_the_originals_back_to_their_ro
         max: None,
     };
     let mut unsealer = Unsealer::new(kms.clone(), vec![key.clone()]);
-    let dry = redrive(&sqs, Some(&mut unsealer), &options(true), &mut |_| {})
+    let dry = redrive(&sqs, Some(&mut unsealer), None, &options(true), &mut |_| {})
         .await
         .unwrap();
     assert_eq!(dry.received as usize, copies.len());
@@ -602,9 +602,15 @@ async fn copies_hold_no_pii_and_dlq_redrive_sends_the_originals_back_to_their_ro
         .batch_execute("ALTER TABLE user_logins DROP CONSTRAINT not_yet")
         .await
         .unwrap();
-    let run = redrive(&sqs, Some(&mut unsealer), &options(false), &mut |_| {})
-        .await
-        .unwrap();
+    let run = redrive(
+        &sqs,
+        Some(&mut unsealer),
+        None,
+        &options(false),
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
     assert_eq!(run.redriven as usize, sealed);
     assert_eq!(run.unsealed as usize, sealed);
     let left = peek(&sqs, &dlq_url).await;
@@ -713,4 +719,209 @@ fn base64_decode(text: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(text)
         .unwrap()
+}
+
+/// One SQS record as a producer's message arrives, received once.
+fn arrived(id: &str, body: &str, sent_ms: i64) -> login_etl::ingest::event::SqsRecord {
+    login_etl::ingest::event::SqsRecord {
+        message_id: Some(id.to_owned()),
+        body: Some(body.to_owned()),
+        attributes: Some(login_etl::ingest::event::RecordAttributes {
+            sent_timestamp: Some(sent_ms.to_string()),
+            approximate_receive_count: Some("1".into()),
+            message_group_id: None,
+        }),
+        event_source_arn: Some("arn:aws:sqs:us-east-1:123456789012:logins".into()),
+        ..Default::default()
+    }
+}
+
+/// Copies that kept no original (a masking-only stack before 0.2.0, or
+/// `poll` without DLQ_KMS_KEY_ID): `dlq-redrive --rebuild` sends each login
+/// a copy holds back, sealed by the DLQ operator under the dead-letter key,
+/// and says which it cannot (a copy that holds no login); the function
+/// stores each with the copy's tokens, on its original's row key, with the
+/// defect `message.rebuilt_from_copy`. A rebuilt login altered on the way
+/// (or made by a producer) is rejected; one whose seal cannot be checked
+/// (no dead-letter key here) waits and comes back, its tokens kept.
+#[tokio::test]
+#[ignore = "needs moto_server on PATH or in MOTO_SERVER; run by `make test`"]
+async fn copies_without_their_original_come_back_rebuilt_and_only_sealed_ones_are_stored() {
+    use login_etl::ingest::redrive::{Rebuilder, RedriveOptions, redrive};
+    use login_etl::privacy::dead_letter::rebuilt::RebuiltVerifier;
+
+    let (_moto, port) = start_moto();
+    let sdk = common::moto::moto_sdk(&format!("http://127.0.0.1:{port}")).await;
+    let (sqs, kms) = (Client::new(&sdk), aws_sdk_kms::Client::new(&sdk));
+    let mut urls = Vec::new();
+    for name in ["logins", "logins-dlq"] {
+        let out = sqs.create_queue().queue_name(name).send().await.unwrap();
+        urls.push(out.queue_url().unwrap().to_owned());
+    }
+    let (source_url, dlq_url) = (urls[0].clone(), urls[1].clone());
+    let key = kms.create_key().send().await.unwrap();
+    let key = key.key_metadata().unwrap().arn().unwrap().to_owned();
+    let db = TestDb::create().await;
+    // As before 0.2.0 in the masking-only profile: strict, no dead-letter key.
+    let strict = handler(&db)
+        .await
+        .with_contract(login_etl::contract::Contract::STRICT)
+        .with_dead_letter_queue(DeadLetterQueue::new(sqs.clone(), dlq_url.clone()));
+    let sent = 1_764_000_000_000_i64;
+    let logins = [
+        (
+            "beta",
+            r#"{"user_id":"u-beta","app_version":"2.3.0-beta1","device_type":"ios","ip":"10.0.0.1","locale":"RU","device_id":"dev-a"}"#,
+            Some("10.0.0.1"),
+            Some("dev-a"),
+        ),
+        (
+            "port",
+            r#"{"user_id":"u-port","app_version":"2.3.0","device_type":"android","ip":"10.0.0.2:443","locale":null,"device_id":"dev-b"}"#,
+            Some("10.0.0.2"),
+            Some("dev-b"),
+        ),
+        (
+            "web",
+            r#"{"user_id":"u-web","app_version":"2.3.0","device_type":"web","ip":"10.0.0.3","locale":"EN","device_id":null}"#,
+            Some("10.0.0.3"),
+            None,
+        ),
+    ];
+    let mut records: Vec<_> = logins
+        .iter()
+        .enumerate()
+        .map(|(i, (id, body, ..))| arrived(id, body, sent + i as i64))
+        .collect();
+    records.push(arrived("not-a-login", "[1, 2]", sent));
+    let (_, summary) = strict
+        .handle(&SqsBatch::new(records), Deadline::NONE)
+        .await
+        .map(Outcome::into_parts)
+        .unwrap();
+    assert_eq!(
+        summary.sent_to_dlq, 4,
+        "each rejected under the strict contract"
+    );
+    assert!(
+        peek(&sqs, &dlq_url)
+            .await
+            .iter()
+            .all(|c| !c.message_attributes().unwrap().contains_key("sealed_body")),
+        "no original kept"
+    );
+
+    // Without --rebuild they stay; with it, each login comes back.
+    let options = RedriveOptions {
+        dlq_url: dlq_url.clone(),
+        to_url: source_url.clone(),
+        dry_run: false,
+        max: None,
+    };
+    let kept = redrive(&sqs, None, None, &options, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!((kept.redriven, kept.left["no_original_kept"]), (0, 4));
+    let rebuilder = Rebuilder::new(kms.clone(), key.clone());
+    let run = redrive(&sqs, None, Some(&rebuilder), &options, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!((run.redriven, run.rebuilt), (3, 3), "{run:?}");
+    assert_eq!(run.left.get("copy_holds_no_login"), Some(&1), "{run:?}");
+    let arn = "arn:aws:sqs:us-east-1:123456789012:logins";
+    let rebuilt: Vec<_> = drain(&sqs, &source_url)
+        .await
+        .iter()
+        .map(|m| login_etl::poll::queue::to_record(m, arn))
+        .collect();
+    assert_eq!(rebuilt.len(), 3);
+    let masker = common::keys::test_masker();
+    for r in &rebuilt {
+        let body = r.body.as_deref().unwrap();
+        for raw in ["10.0.0.1", "10.0.0.2", "10.0.0.3", "dev-a", "dev-b"] {
+            assert!(
+                !body.contains(raw),
+                "a rebuilt login holds tokens only: {body}"
+            );
+        }
+    }
+
+    // Where the seal cannot be checked (no dead-letter key): it waits.
+    let (resp, summary) = handler(&db)
+        .await
+        .handle(&SqsBatch::new(vec![rebuilt[0].clone()]), Deadline::NONE)
+        .await
+        .map(Outcome::into_parts)
+        .unwrap();
+    assert_eq!(summary.inserted, 0);
+    assert!(summary.rejected.is_empty(), "{:?}", summary.rejected);
+    assert_eq!(
+        failures(&resp),
+        vec![rebuilt[0].message_id.clone().unwrap()]
+    );
+
+    // Altered on the way (another user), or a producer's own: rejected.
+    let mut forged = rebuilt[0].clone();
+    forged.message_id = Some("forged".into());
+    forged.body = Some(forged.body.unwrap().replace("u-beta", "u-someone-else"));
+    let mut made_up = rebuilt[1].clone();
+    made_up.message_id = Some("made-up".into());
+    made_up.message_attributes.as_mut().unwrap().rebuilt_seal = Some("bm90IGEgc2VhbA==".into());
+    let h = handler(&db)
+        .await
+        .with_rebuilt_verifier(RebuiltVerifier::new(kms.clone(), key.clone()));
+    let mut batch = rebuilt.clone();
+    batch.extend([forged, made_up]);
+    let (resp, summary) = h
+        .handle(&SqsBatch::new(batch), Deadline::NONE)
+        .await
+        .map(Outcome::into_parts)
+        .unwrap();
+    assert_eq!(summary.inserted, 3);
+    assert_eq!(
+        summary.rejected.get("rebuilt_login_unverified"),
+        Some(&2),
+        "{:?}",
+        summary.rejected
+    );
+    let mut failed = failures(&resp);
+    failed.sort();
+    assert_eq!(failed, vec!["forged".to_owned(), "made-up".to_owned()]);
+
+    // Each on its original's row key, with the copy's tokens.
+    let admin = db.client().await;
+    for (i, (id, _, ip, device)) in logins.iter().enumerate() {
+        let row = admin
+            .query_one(
+                "SELECT masked_ip, masked_device_id, defects, (extract(epoch FROM sent_at) * 1000)::int8, \
+                        app_version_text, key_version FROM user_logins WHERE message_id = $1",
+                &[id],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{id}: {e}"));
+        let want_ip = ip.map(|ip| masker.ip(&ip.parse().unwrap()).to_string());
+        let want_device = device.map(|d| masker.device_id(d).to_string());
+        assert_eq!(row.get::<_, Option<String>>(0), want_ip, "{id}");
+        assert_eq!(row.get::<_, Option<String>>(1), want_device, "{id}");
+        let defects: Vec<String> = row.get(2);
+        assert!(
+            defects.contains(&"message.rebuilt_from_copy".to_owned()),
+            "{id}: {defects:?}"
+        );
+        assert_eq!(
+            row.get::<_, i64>(3),
+            sent + i as i64,
+            "{id}: the original's day"
+        );
+        assert_eq!(row.get::<_, i16>(5), 1, "{id}");
+    }
+    let beta: Option<String> = admin
+        .query_one(
+            "SELECT app_version_text FROM user_logins WHERE message_id = 'beta'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(beta, None, "what the copy redacted is NULL");
 }

@@ -36,6 +36,7 @@ pub(super) fn failed_positions(
         .iter()
         .map(|&(pos, _)| pos)
         .chain(report.refused.iter().map(|&i| valid.row_positions[i]))
+        .chain(valid.held.iter().copied())
         .chain((0..received).filter(|_| write_failed))
         .filter(unfinished)
         .collect();

@@ -16,6 +16,7 @@ mod failures;
 mod outcome;
 mod transform;
 
+use crate::privacy::dead_letter::rebuilt::RebuiltVerifier;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,6 +54,8 @@ pub struct BatchHandler {
     /// consumer's concurrency in `login-etl poll`.
     sinks: Vec<Mutex<PgSink>>,
     dlq: Option<DeadLetterQueue>,
+    /// Checks the seals of logins rebuilt from dead-letter copies.
+    rebuilt: Option<RebuiltVerifier>,
     metrics: Metrics,
     vault: Option<DataKey>,
     backoff: Option<(Schedule, Visibility)>,
@@ -71,6 +74,7 @@ impl BatchHandler {
             keys: Arc::new(Keys::new(masker)),
             sinks: vec![Mutex::new(sink)],
             dlq: None,
+            rebuilt: None,
             metrics: Metrics::new(DEFAULT_NAMESPACE, DEFAULT_SERVICE, "login-etl"),
             vault: None,
             backoff: None,
@@ -78,6 +82,14 @@ impl BatchHandler {
             contract: crate::contract::Contract::default(),
             days_ahead: DaysAhead::default(),
         }
+    }
+
+    /// Stores the logins `dlq-redrive --rebuild` makes from dead-letter
+    /// copies that kept no original, when their seals open under
+    /// `verifier`'s key (the dead-letter key).
+    pub fn with_rebuilt_verifier(mut self, verifier: RebuiltVerifier) -> Self {
+        self.rebuilt = Some(verifier);
+        self
     }
 
     /// Lets `n` batches write at once, each on a connection of its own (the
@@ -347,6 +359,7 @@ impl BatchHandler {
             contract: &self.contract,
             vault: self.vault.as_ref(),
             dlq: self.dlq.as_ref(),
+            rebuilt: self.rebuilt.as_ref(),
             fifo,
             deadline,
         };

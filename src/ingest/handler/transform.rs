@@ -9,9 +9,10 @@ use tracing::{trace, warn};
 use crate::contract::{LoginRow, Rejection};
 use crate::error::{HandlerError, SinkError};
 use crate::ingest::dlq::{DeadLetterQueue, Rejected};
-use crate::ingest::event::SqsBatch;
+use crate::ingest::event::{SqsBatch, SqsRecord};
 use crate::ingest::record;
 use crate::ingest::sink::{InsertReport, PgSink};
+use crate::privacy::dead_letter::rebuilt::{Rebuilt, RebuiltVerifier, Verdict};
 use crate::privacy::keys::{BatchKeys, Keys};
 use crate::privacy::vault::{DataKey, VaultBatch, VaultWrite};
 
@@ -33,6 +34,9 @@ pub(super) struct Transformed<'b> {
     pub(super) vault: VaultBatch,
     /// Positions of records of erased users (handled, not stored), ascending.
     pub(super) erased: Vec<usize>,
+    /// Positions of rebuilt logins whose seal could not be checked (KMS did
+    /// not answer, or refused the function): failed, to come back.
+    pub(super) held: Vec<usize>,
     /// The masker the batch was validated with: what its DLQ copies are
     /// masked and signed with.
     pub(super) masker: Option<crate::privacy::masking::Masker>,
@@ -62,6 +66,7 @@ pub(super) struct Transform<'h> {
     pub(super) contract: &'h crate::contract::Contract,
     pub(super) vault: Option<&'h DataKey>,
     pub(super) dlq: Option<&'h DeadLetterQueue>,
+    pub(super) rebuilt: Option<&'h RebuiltVerifier>,
     pub(super) fifo: bool,
     pub(super) deadline: Option<Instant>,
 }
@@ -106,7 +111,23 @@ impl Transform<'_> {
                 }
             };
             out.ids.push(id);
-            match record::transform_with(id, batch.record(pos), &keys.masker, self.contract) {
+            let message = batch.record(pos);
+            let transformed = if message.claims_rebuilt() {
+                match self.rebuilt_row(message, &keys.masker).await {
+                    Some(row) => row,
+                    None => {
+                        out.held.push(pos);
+                        if self.fifo {
+                            // Later records must wait for this one.
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                record::transform_with(id, message, &keys.masker, self.contract)
+            };
+            match transformed {
                 Ok(row) if keys.is_erased(&row.user_id) => {
                     trace!(message_id = id, "record of an erased user");
                     out.erased.push(pos);
@@ -156,6 +177,45 @@ impl Transform<'_> {
                 written => written,
             },
         )
+    }
+
+    /// The row of a rebuilt login whose seal opens; a reject when it does
+    /// not; `None` (the record waits and comes back) when it could not be
+    /// checked: no dead-letter key here, or KMS did not answer or refused.
+    async fn rebuilt_row<'b>(
+        &self,
+        message: &'b SqsRecord,
+        masker: &crate::privacy::masking::Masker,
+    ) -> Option<Result<LoginRow<'b>, Rejection>> {
+        let Some((claim, seal)) = message.rebuilt() else {
+            return Some(Err(Rejection::RebuiltLoginUnverified));
+        };
+        let Some(verifier) = self.rebuilt else {
+            warn!(
+                message_id = claim.message_id,
+                "a login rebuilt from a dead-letter copy waits: this environment has no dead-letter key to check its seal (DLQ_KMS_KEY_ID, the stack's DlqKeyArn)"
+            );
+            return None;
+        };
+        let rebuilt = Rebuilt {
+            source_message_id: claim.message_id,
+            sent_timestamp: claim.sent_timestamp,
+            key_version: claim.key_version,
+            body: message.body.as_deref().unwrap_or_default(),
+        };
+        match verifier.verify(&rebuilt, seal).await {
+            Ok(Verdict::Sealed) => Some(record::transform_rebuilt(
+                claim,
+                message,
+                masker,
+                self.contract,
+            )),
+            Ok(Verdict::Broken) => Some(Err(Rejection::RebuiltLoginUnverified)),
+            Err(e) => {
+                warn!(message_id = claim.message_id, error = %e, "the seal of a rebuilt login could not be checked; it comes back");
+                None
+            }
+        }
     }
 
     /// FIFO: a rejected record sent to the DLQ is finished, so the records
