@@ -48,6 +48,10 @@ async fn accesses(admin: &Client) -> (i64, i64) {
 /// One `maintain` run with 30 days' retention on a connection of its own:
 /// its wall time, the entries it purged, its page accesses.
 async fn maintain_run(admin: &Client, url: &str) -> (Duration, i64, (i64, i64)) {
+    admin
+        .batch_execute("UPDATE user_logins_retention SET keep_days = 30")
+        .await
+        .unwrap();
     let before = accesses(admin).await;
     let client = connect(url).await;
     let t = Instant::now();

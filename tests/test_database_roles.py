@@ -347,8 +347,15 @@ def test_doctor_passes_a_sound_deployment_and_names_each_break_with_its_fix(srv)
         assert code == 1 and any(f["check"] == "retention" and "RETENTION_DAYS=30" in f["problem"]
                                  for f in report["findings"]), report  # fmt: skip
         assert doctor()[0] == 0, "without RETENTION_DAYS everything is kept"
-        maintain = subprocess.run([str(BINARY), "maintain"], capture_output=True, text=True, timeout=60,
-                                  env={**env, "DATABASE_URL": srv.role(name, "maintain"), "RETENTION_DAYS": "30"})  # fmt: skip
+        as_maintain = {**env, "DATABASE_URL": srv.role(name, "maintain"), "RETENTION_DAYS": "30"}
+        # The database keeps everything until its owner records the retention:
+        # maintain's cutoff is refused, whoever asks, with what to do.
+        refused = subprocess.run([str(BINARY), "maintain"], capture_output=True, text=True, timeout=60, env=as_maintain)
+        assert refused.returncode == 1 and "RETENTION_DAYS=<days> login-etl migrate" in refused.stderr, refused.stderr
+        recorded = subprocess.run([str(BINARY), "migrate"], capture_output=True, text=True, timeout=60,
+                                  env={**env, "RETENTION_DAYS": "30"})  # fmt: skip
+        assert recorded.returncode == 0, recorded.stderr
+        maintain = subprocess.run([str(BINARY), "maintain"], capture_output=True, text=True, timeout=60, env=as_maintain)
         assert maintain.returncode == 0, maintain.stderr
         assert doctor(RETENTION_DAYS="30")[0] == 0
         # A schema this binary is newer than.

@@ -1352,3 +1352,39 @@ def test_an_existing_queue_is_wired_everywhere_and_no_queue_is_made():
         assert re.fullmatch(pattern, ok), ok
     for bad in ["producers-logins", "https://sqs.eu-west-1.amazonaws.com/210987654321/producers-logins", "*"]:
         assert not re.fullmatch(pattern, bad), bad
+
+
+DEPLOYERS = "arn:aws:iam::123456789012:role/ci-deploy"
+
+
+@pytest.mark.parametrize("deployers", [False, True])
+def test_the_policies_deny_their_own_rewrite_but_to_the_deploy_and_an_alarm_records_it(deployers):
+    """issue 63: the maintain role's secret is read by the maintenance
+    role alone (as the function's by the function's); with
+    DeployPrincipalArns, no other principal of the account may rewrite or
+    delete a queue's or a secret's policy (PowerUserAccess lifts only what
+    IAM allows: a Deny in the resource's own policy holds); with an alarm
+    topic, an EventBridge rule reports those calls."""
+    params = {"AlarmTopicArn": "arn:aws:sns:us-east-1:123456789012:alarms"}
+    if deployers:
+        params["DeployPrincipalArns"] = DEPLOYERS
+    resources = deployed(**params)
+    assert _secret_readers(resources, MAINTAIN_SECRET_ARN) == [{"Fn::GetAtt": ["MaintenanceRole", "Arn"]}]
+    secrets = [r for r in resources.values() if r["Type"] == "AWS::SecretsManager::ResourcePolicy"]
+    queues = [r for r in resources.values() if r["Type"] == "AWS::SQS::QueuePolicy"]
+    assert len(secrets) == 4 and len(queues) == 2, (len(secrets), len(queues))
+    for r in secrets:
+        for action in ("secretsmanager:PutResourcePolicy", "secretsmanager:DeleteResourcePolicy",
+                       "secretsmanager:DeleteSecret", "secretsmanager:UpdateSecretVersionStage"):  # fmt: skip
+            allowed = _deny_unless(r["Properties"]["ResourcePolicy"], action)
+            assert allowed == ([DEPLOYERS] if deployers else None), (r["Properties"]["SecretId"], action, allowed)
+    for r in queues:
+        for action in ("sqs:SetQueueAttributes", "sqs:AddPermission", "sqs:RemovePermission"):
+            allowed = _deny_unless(r["Properties"]["PolicyDocument"], action)
+            assert allowed == ([DEPLOYERS] if deployers else None), (action, allowed)
+    rule = resources["AccessPolicyChangedRule"]["Properties"]
+    pattern = json.dumps(rule["EventPattern"])
+    for name in ("PutResourcePolicy", "DeleteResourcePolicy", "DeleteSecret", "SetQueueAttributes", "AddPermission"):
+        assert name in pattern, name
+    assert FULL_SECRET_ARN in pattern and MAINTAIN_SECRET_ARN in pattern
+    assert rule["Targets"] == [{"Id": "alarm-topic", "Arn": params["AlarmTopicArn"]}]

@@ -6,18 +6,17 @@
 -- change only: no scan, no file removal, whatever the partition's size.
 -- DETACH ... CONCURRENTLY is refused while a DEFAULT partition exists, so
 -- this is a plain DETACH: its ACCESS EXCLUSIVE lock on user_logins is
--- waited for at most lock_timeout (the caller retries). A cutoff after
--- today (UTC) is refused: retention keeps today at least.
+-- waited for at most lock_timeout (the caller retries). A cutoff inside
+-- the retention the tables' owner recorded is refused
+-- (login_etl_check_cutoff): a stolen maintain credential drops nothing
+-- the deployment keeps.
 CREATE OR REPLACE FUNCTION login_etl_drop_partition(part text, cutoff date)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET lock_timeout = '100ms' AS $$
 DECLARE
     v_rows bigint;
 BEGIN
-    IF cutoff > (now() AT TIME ZONE 'UTC')::date THEN
-        RAISE EXCEPTION 'a retention cutoff after today (%) would drop current rows', cutoff
-            USING ERRCODE = '22023';
-    END IF;
+    PERFORM login_etl_check_cutoff(cutoff);
     PERFORM pg_advisory_xact_lock(5498692050214016076);
     SELECT p.rows_estimate INTO v_rows FROM login_etl_partitions() p
         WHERE p.name = part AND NOT p.is_default AND p.hi <= cutoff;

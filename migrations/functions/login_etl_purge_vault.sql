@@ -15,10 +15,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET lock_timeout = '100ms' SET enable_seqscan 
 DECLARE
     v_purged bigint;
 BEGIN
-    IF cutoff > (now() AT TIME ZONE 'UTC')::date THEN
-        RAISE EXCEPTION 'a retention cutoff after today (%) would delete entries of current rows', cutoff
-            USING ERRCODE = '22023';
-    END IF;
+    PERFORM login_etl_check_cutoff(cutoff);
     DELETE FROM user_logins_pii_vault v
         WHERE v.ctid = ANY (ARRAY(SELECT e.ctid FROM user_logins_pii_vault e WHERE e.last_seen < cutoff
                                   LIMIT max_entries FOR UPDATE SKIP LOCKED))
@@ -37,10 +34,7 @@ CREATE OR REPLACE FUNCTION login_etl_purge_vault(cutoff date, from_page bigint, 
     OUT purged bigint, OUT next_page bigint)
 LANGUAGE plpgsql SECURITY DEFINER SET lock_timeout = '100ms' AS $$
 BEGIN
-    IF cutoff > (now() AT TIME ZONE 'UTC')::date THEN
-        RAISE EXCEPTION 'a retention cutoff after today (%) would delete entries of current rows', cutoff
-            USING ERRCODE = '22023';
-    END IF;
+    PERFORM login_etl_check_cutoff(cutoff);
     purged := 0;
     IF from_page >= pg_relation_size('user_logins_pii_vault'::regclass) / current_setting('block_size')::int8 THEN
         RETURN;

@@ -117,6 +117,7 @@ async fn migrate(args: &MigrateArgs) -> Result<(), Failure> {
         premake_days: args.premake_days,
         prepare_only: args.prepare,
         profile: args.profile,
+        retention: args.retention_days,
     };
     let target = startup::migrate_with(&DbConfig::from_env()?, &options).await?;
     info!(%target, "schema applied");

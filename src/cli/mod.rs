@@ -259,6 +259,9 @@ pub struct MigrateArgs {
     /// Which tables to have: `masking` (masked rows only: the migrate, ingest, maintain and reader roles) or `full` (also the PII vault, the erasure list, the audit trail, key rotation). Unset keeps the database's (masking for a new one); masking to full is done online, full is never narrowed (docs/profiles.md).
     #[arg(long, value_enum, value_name = "PROFILE", env = "LOGIN_ETL_PROFILE")]
     pub profile: Option<crate::profile::Profile>,
+    /// Record the deployment's retention (days of logins kept, today included, or `all`): maintain's functions refuse to delete anything inside it, whoever runs them. Unset leaves what is recorded (everything, on a new database).
+    #[arg(long, value_name = "DAYS|all", env = "RETENTION_DAYS")]
+    pub retention_days: Option<crate::table::retention::Kept>,
 }
 
 /// `login-etl maintain`: idempotent, safe beside itself and beside ingest.

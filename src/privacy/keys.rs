@@ -81,6 +81,28 @@ pub struct ErasureList {
     /// key is checked. A masking-only database has none, and records no
     /// erasure key until it is given the full profile.
     pub erasure: bool,
+    /// When the key version last changed (`None`: never, or not said).
+    pub key_changed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// How long after a key version changes a redrive claim signed with the
+/// previous one is still taken: the longest an SQS queue keeps a message
+/// (the stack's dead-letter queue keeps 14 days), so every copy made
+/// before the change can come back, and none signed with a retired key
+/// after that.
+pub const PREVIOUS_KEY_CLAIMS: chrono::TimeDelta = chrono::TimeDelta::days(14);
+
+/// The oldest key version a redrive claim may be signed with at key
+/// `version`, which took effect at `changed_at`, seen at `now`.
+pub fn redrive_floor(
+    version: u16,
+    changed_at: Option<chrono::DateTime<chrono::Utc>>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> u16 {
+    match changed_at {
+        Some(at) if now - at >= PREVIOUS_KEY_CLAIMS => version,
+        _ => version.saturating_sub(1).max(1),
+    }
 }
 
 /// Where a batch's keys are checked and its erasure list read: the
@@ -253,10 +275,11 @@ impl Keys {
             sink.check_keys(key, mine_m.as_str(), erasure, deadline)
                 .await?;
         }
+        let floor = redrive_floor(list.versions.key, list.key_changed_at, chrono::Utc::now());
         Ok(BatchKeys {
             versions: list.versions,
             erased: list.users,
-            masker,
+            masker: masker.with_redrive_floor(floor),
         })
     }
 

@@ -336,6 +336,10 @@ pub struct Masker {
     chain: Chain,
     version: u16,
     users: UserKeys,
+    /// The oldest key version a redrive claim may be signed with
+    /// ([`Masker::verifies_redrive`]): the previous version only while the
+    /// switch to this one is younger than the DLQ's retention.
+    redrive_floor: u16,
 }
 
 impl fmt::Debug for Masker {
@@ -376,6 +380,7 @@ impl Masker {
             chain: Chain::of(masking.keys()),
             version: masking.latest(),
             users,
+            redrive_floor: 1,
         })
     }
 
@@ -396,7 +401,16 @@ impl Masker {
             chain: self.chain.clone(),
             version: (1..=self.latest()).contains(&version).then_some(version)?,
             users: self.users.at(version)?,
+            redrive_floor: 1,
         })
+    }
+
+    /// This masker accepting redrive claims signed at `floor` and later
+    /// versions up to its own ([`crate::privacy::keys`] sets it from when
+    /// the database's version last changed).
+    pub fn with_redrive_floor(mut self, floor: u16) -> Self {
+        self.redrive_floor = floor.clamp(1, self.version);
+        self
     }
 
     /// The keyed hash of a user id at this version (see [`UserKeys`]).
@@ -416,6 +430,7 @@ impl Masker {
             chain: self.chain.clone(),
             version: self.version,
             users: UserKeys::derived_from(&self.chain, self.version),
+            redrive_floor: self.redrive_floor,
         }
     }
 
@@ -485,7 +500,9 @@ impl Masker {
         let (Ok(version), Ok(digest)) = (version.parse::<u16>(), hex::decode(digest)) else {
             return false;
         };
-        if !(1..=self.latest()).contains(&version) {
+        // Only this version's key, or the previous one's while young: a
+        // retired key (leaked, say) signs no claim for long.
+        if !(self.redrive_floor.max(1)..=self.version).contains(&version) {
             return false;
         }
         self.redrive_mac(version, message_id, sent_timestamp, body)

@@ -18,6 +18,54 @@ use crate::table::partitions::{Partition, partitions};
 use crate::table::retry::{failed, with_lock_retries};
 use crate::table::schema::server_version;
 
+/// The deployment's retention as the tables' owner records it
+/// (`user_logins_retention`, migrations/0014): the floor the maintain
+/// role's functions hold every cutoff to (`login_etl_check_cutoff`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// Every login (no cutoff is taken).
+    Everything,
+    /// This many days, today included.
+    Days(u32),
+}
+
+impl std::str::FromStr for Kept {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "all" => Ok(Kept::Everything),
+            n => n
+                .parse::<u32>()
+                .ok()
+                .filter(|&d| d > 0)
+                .map(Kept::Days)
+                .ok_or_else(|| "expected a whole number of days, 1 or more, or `all`".into()),
+        }
+    }
+}
+
+/// Records the deployment's retention (as the tables' owner: nobody else
+/// may write it); unchanged where it says so already.
+pub(crate) async fn record(client: &Client, kept: Kept) -> Result<bool, SinkError> {
+    let days: Option<i32> = match kept {
+        Kept::Everything => None,
+        Kept::Days(d) => Some(i32::try_from(d).unwrap_or(i32::MAX)),
+    };
+    let changed = client
+        .execute(
+            "UPDATE user_logins_retention SET keep_days = $1, recorded_at = now(), recorded_by = session_user \
+             WHERE keep_days IS DISTINCT FROM $1",
+            &[&days],
+        )
+        .await
+        .map_err(failed("recording the deployment's retention"))?;
+    if changed > 0 {
+        info!(keep_days = ?days, "the deployment's retention recorded: maintain deletes nothing inside it");
+    }
+    Ok(changed > 0)
+}
+
 /// Entries deleted per purge transaction.
 const VAULT_CHUNK: i32 = 10_000;
 

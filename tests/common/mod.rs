@@ -401,3 +401,13 @@ pub fn without_sent_timestamp(m: &mut aws_lambda_events::event::sqs::SqsMessage)
         expect.string_value = Some("reject:no_sent_timestamp".into());
     }
 }
+
+/// Records, as the tables' owner (or an admin), that the deployment keeps
+/// `days` days of logins (`login-etl migrate --retention-days`): the floor
+/// the maintain role's functions hold their cutoff to.
+pub async fn record_retention(owner: &tokio_postgres::Client, days: i32) {
+    owner
+        .execute("UPDATE user_logins_retention SET keep_days = $1", &[&days])
+        .await
+        .expect("the owner records the deployment's retention");
+}

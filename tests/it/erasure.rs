@@ -472,6 +472,7 @@ async fn retention_takes_the_vault_entries_of_aged_out_rows_so_a_later_erasure_l
         .get::<_, i64>(0);
     assert!(users_tokens.len() >= 10 && entries(users_tokens.clone()).await > 0);
 
+    record_retention(&admin, 5).await;
     let report = maintain_keeping(&maintainer, 5).await;
     assert_eq!(
         report.vault_entries_purged,
@@ -570,6 +571,7 @@ async fn roles_granted_before_vault_retention_keep_working_after_migrate() {
         .await
         .expect("the function writes after the migration");
     assert_eq!(outcome.summary.inserted, 30);
+    record_retention(&admin, 30).await;
     maintain_keeping(&maintainer, 30).await;
     let masker = Masker::new(&MaskingKey::from_hex(TEST_KEY, "test").unwrap());
     let mut eraser = connect(&erase).await;
@@ -632,6 +634,7 @@ async fn vault_pages_read_by_maintain(
         )
         .await
         .unwrap();
+    record_retention(admin, 30).await;
     let client = connect(maintainer).await;
     let report = login_etl::table::maintain::run(
         &client,

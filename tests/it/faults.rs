@@ -585,7 +585,7 @@ async fn no_such_database_and_permission_denied_are_not_retryable_and_name_the_c
     let role = format!("login_etl_reader_{}", std::process::id());
     client
         .batch_execute(&format!(
-            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN; GRANT SELECT ON user_logins, user_logins_erased, user_logins_key_state TO {role}; GRANT EXECUTE ON FUNCTION login_etl_check_keys(smallint, text, text), login_etl_key_state() TO {role}"
+            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN; GRANT SELECT ON user_logins, user_logins_erased, user_logins_key_state TO {role}; GRANT EXECUTE ON FUNCTION login_etl_check_keys(smallint, text, text), login_etl_key_state(), login_etl_key_changed_at() TO {role}"
         ))
         .await
         .unwrap();

@@ -193,6 +193,7 @@ fn may_run(role: Role) -> &'static [&'static str] {
             "login_etl_check_keys",
             "login_etl_check_write",
             "login_etl_erased_below",
+            "login_etl_key_changed_at",
             "login_etl_refuse_erased",
             "login_etl_refuse_erased_at",
             "login_etl_store_vault",
@@ -347,6 +348,7 @@ async fn forget(d: &Deployment, user: &str) -> u64 {
 }
 
 async fn run_maintain(d: &Deployment) {
+    record_retention(&connect(&d.owner).await, 3650).await;
     let client = d.connect(Role::Maintain).await;
     maintain::run(
         &client,
@@ -805,34 +807,25 @@ async fn role_tries(d: &Deployment, role: Role, c: &Client) {
         }
         Role::Maintain => {
             refused(c, role, "SELECT * FROM user_logins", DENIED).await;
-            refused(
-                c,
-                role,
-                &format!("SELECT login_etl_drop_partition('user_logins_default', {today} + 1)"),
-                &["22023"],
-            )
-            .await;
-            refused(
-                c,
-                role,
-                &format!("SELECT login_etl_purge_vault({today} + 1, 10)"),
-                &["22023"],
-            )
-            .await;
-            refused(
-                c,
-                role,
-                &format!("SELECT * FROM login_etl_purge_vault({today} + 1, 0, 10)"),
-                &["22023"],
-            )
-            .await;
-            refused(
-                c,
-                role,
-                &format!("SELECT login_etl_purge_default({today} + 1)"),
-                &["22023"],
-            )
-            .await;
+            // Retention is the owner's to set (user_logins_retention, here
+            // 3650 days): a cutoff inside it, today's included (everything
+            // but today), or after today, is refused whatever the role asks.
+            for cutoff in [
+                format!("{today} + 1"),
+                today.to_owned(),
+                format!("{today} - 30"),
+            ] {
+                for sql in [
+                    format!(
+                        "SELECT login_etl_drop_partition(name, {cutoff}) FROM login_etl_partitions()"
+                    ),
+                    format!("SELECT login_etl_purge_vault({cutoff}, 10)"),
+                    format!("SELECT * FROM login_etl_purge_vault({cutoff}, 0, 10)"),
+                    format!("SELECT login_etl_purge_default({cutoff})"),
+                ] {
+                    refused(c, role, &sql, &["LE005"]).await;
+                }
+            }
         }
         Role::Erase => {
             refused(

@@ -276,6 +276,7 @@ async fn maintain_premakes_and_drops_by_retention_and_two_runs_at_once_agree() {
         .await
         .unwrap();
     let before = count_rows(&owner).await;
+    record_retention(&owner, 30).await;
     let options = MaintainOptions {
         premake_days: 10,
         retention_days: Some(30),
@@ -316,12 +317,23 @@ async fn maintain_premakes_and_drops_by_retention_and_two_runs_at_once_agree() {
         .batch_execute("SELECT login_etl_drop_partition('user_logins_default', '9999-12-31')")
         .await
         .expect_err("a cutoff after today");
-    assert_eq!(e.code().map(|c| c.code()), Some("22023"), "{e}");
+    assert_eq!(e.code().map(|c| c.code()), Some("LE005"), "{e}");
+    // Nor inside the retention the owner recorded (30 days), though the
+    // role asks for less (a stolen credential deleting all but today).
+    let e = m
+        .batch_execute(
+            "SELECT login_etl_drop_partition(name, current_date) FROM login_etl_partitions()",
+        )
+        .await
+        .expect_err("a cutoff inside the recorded retention");
+    assert_eq!(e.code().map(|c| c.code()), Some("LE005"), "{e}");
+    let said = e.as_db_error().unwrap().message();
+    assert!(said.contains("RETENTION_DAYS"), "{said}");
     connect(&maintainer)
         .await
         .batch_execute(
             "CREATE TEMP TABLE user_logins_default (create_date point); \
-             SELECT login_etl_purge_default(current_date - 1)",
+             SELECT login_etl_purge_default(current_date - 30)",
         )
         .await
         // A `point` column makes `create_date < cutoff` fail if the function
@@ -544,6 +556,7 @@ async fn the_converted_table_past_retention_is_detached_and_dropped() {
         )
         .await
         .unwrap();
+    record_retention(&db.client().await, 30).await;
     let report = maintain_as(
         &db.role_url(Role::Maintain).await,
         MaintainOptions {

@@ -144,6 +144,7 @@ async fn a_masking_only_database_takes_masked_rows_with_three_roles_and_nothing_
     );
 
     // maintain runs as its role, retention included (no vault to purge).
+    record_retention(&db.client().await, 30).await;
     let report = startup::maintain(
         &db_config(&maintain),
         &MaintainOptions {

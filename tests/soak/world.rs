@@ -166,8 +166,15 @@ impl World {
         });
         // The schema, as the migrate role (the owner), then the others'
         // grants, exactly as `login-etl grants` prints them.
+        // The deployment's retention recorded by the owner: maintain's
+        // floor (RETENTION_DAYS, as the block exports it).
+        let retention = world.plan.shape.retention_days.to_string();
         let out = world
-            .command(&["migrate", "--profile", "full"], "migrate", &[])
+            .command(
+                &["migrate", "--profile", "full"],
+                "migrate",
+                &[("RETENTION_DAYS", retention)],
+            )
             .await;
         assert!(out.0 == Some(0), "login-etl migrate failed: {}", out.2);
         // Days gone by: the partitions of the days just past retention,

@@ -340,6 +340,7 @@ impl PgSink {
                 erasure_derived: row.get(5),
             }),
             erasure,
+            key_changed_at: row.get(7),
         };
         self.erased = Some(list.clone());
         self.erased_stale = false;

@@ -65,12 +65,14 @@ pub(crate) async fn refuse_erased(
 /// version and the key's state, in one statement (one snapshot).
 pub(crate) const ERASED_LIST_SQL: &str = "SELECT coalesce((SELECT max(seq) FROM user_logins_erased), 0), \
     coalesce((SELECT array_agg(user_key) FROM user_logins_erased WHERE seq > $1), '{}'), \
-    k.version, k.masking_check, k.erasure_check, k.erasure_derived, k.rekey_from FROM login_etl_key_state() k";
+    k.version, k.masking_check, k.erasure_check, k.erasure_derived, k.rekey_from, login_etl_key_changed_at() \
+    FROM login_etl_key_state() k";
 
 /// [`ERASED_LIST_SQL`]'s answer on a masking-only database, which keeps
 /// no erasure list: none, at version 0, and the key's state.
 pub(crate) const NO_ERASED_LIST_SQL: &str = "SELECT $1::int8 * 0, '{}'::text[], \
-    k.version, k.masking_check, k.erasure_check, k.erasure_derived, k.rekey_from FROM login_etl_key_state() k";
+    k.version, k.masking_check, k.erasure_check, k.erasure_derived, k.rekey_from, login_etl_key_changed_at() \
+    FROM login_etl_key_state() k";
 
 /// Records or compares the check values of `version`'s keys (SQLSTATE
 /// `LE004` when they differ from those recorded).

@@ -243,3 +243,42 @@ fn key_errors_never_echo_the_key() {
     assert!(err.contains("hex") && !err.contains(&not_hex), "{err}");
     assert!(!format!("{:?}", key(KEY_A)).contains("0001"));
 }
+
+#[test]
+fn a_redrive_claim_is_taken_under_this_version_or_the_previous_while_young() {
+    use crate::privacy::keys::{PREVIOUS_KEY_CLAIMS, redrive_floor};
+    let both = Masker::versions(&versions(&[&"ab".repeat(32), &"cd".repeat(32)]), None).unwrap();
+    let v1 = both.at(1).unwrap();
+    let body = r#"{"user_id":"u"}"#;
+    let signed_v1 = v1.redrive_signature("m-1", "1700000000000", body);
+    let signed_v2 = both.redrive_signature("m-1", "1700000000000", body);
+    assert!(signed_v1.starts_with("v1.") && signed_v2.starts_with("v2."));
+    let now = chrono::Utc::now();
+    let young = redrive_floor(2, Some(now - chrono::TimeDelta::days(1)), now);
+    let old = redrive_floor(2, Some(now - PREVIOUS_KEY_CLAIMS), now);
+    assert_eq!((young, old, redrive_floor(1, None, now)), (1, 2, 1));
+    let taken = |floor: u16, signature: &str| {
+        both.clone().with_redrive_floor(floor).verifies_redrive(
+            "m-1",
+            "1700000000000",
+            body,
+            signature,
+        )
+    };
+    assert!(
+        taken(young, &signed_v1),
+        "the previous key, while the switch is young"
+    );
+    assert!(
+        !taken(old, &signed_v1),
+        "a retired key signs no claim once the switch is old"
+    );
+    assert!(taken(old, &signed_v2), "the current key always");
+    // A version newer than the database's is no claim either.
+    assert!(!v1.clone().with_redrive_floor(1).verifies_redrive(
+        "m-1",
+        "1700000000000",
+        body,
+        &signed_v2
+    ));
+}

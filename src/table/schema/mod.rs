@@ -30,7 +30,7 @@ use crate::table::retry::{failed, with_lock_retries};
 
 /// The version [`MIGRATION_SQL`] leaves (`login_etl_schema_version()`):
 /// a database at an older one is migrated again.
-pub const SCHEMA_VERSION: i32 = 13;
+pub const SCHEMA_VERSION: i32 = 14;
 
 /// The schema for `migrations` (all of [`migration_sql`], or part of it)
 /// in `profile`: the owner's functions from their files
@@ -429,6 +429,9 @@ pub struct MigrateOptions {
     /// new one). Masking-only on a full database is refused: a profile is
     /// widened, never narrowed.
     pub profile: Option<Profile>,
+    /// The deployment's retention to record (`RETENTION_DAYS`, or `all`);
+    /// `None` leaves what is recorded (everything, on a new database).
+    pub retention: Option<crate::table::retention::Kept>,
 }
 
 /// The profile `migrate` installs on a database in `state`: the one asked
@@ -488,9 +491,13 @@ pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<bo
         applied = true;
     }
     set_granularity(client, options.granularity).await?;
+    let recorded = match options.retention {
+        Some(kept) => crate::table::retention::record(client, kept).await?,
+        None => false,
+    };
     let made = premake(client, options.premake_days).await?;
     let built = profile == Profile::Full && indexes::vault_indexes(client, options).await?;
-    Ok(applied || made > 0 || built)
+    Ok(applied || recorded || made > 0 || built)
 }
 
 /// How long a migration statement waits for a table lock before the whole
