@@ -104,7 +104,7 @@ pub struct Revealed {
     pub value: Option<String>,
 }
 
-/// One vault entry `login_etl_reveal` gave out, its record written.
+/// One vault entry `login_etl_reveal` gave out, its record committed.
 struct Entry {
     kind: Kind,
     token: String,
@@ -122,10 +122,11 @@ struct SealedEntry {
     aad: i16,
 }
 
-/// The vault entries of `target`'s tokens, read by the owner's
-/// `login_etl_reveal` with one audit record per token, in one statement
-/// that commits before anything is decrypted (the reveal role may neither
-/// read the vault nor write a record itself).
+/// The vault entries of `target`'s tokens: the owner's
+/// `login_etl_reveal_request` writes one audit record per token and a
+/// ticket, committed on its own; `login_etl_reveal` then hands the
+/// entries out for that ticket, in a later transaction (the reveal role
+/// may neither read the vault nor write a record itself).
 async fn read_and_audit(
     client: &Client,
     target: &Target,
@@ -136,10 +137,12 @@ async fn read_and_audit(
         Target::DeviceToken(t) => (vec![Kind::DeviceId.as_str()], vec![t.as_str()], None),
         Target::UserId(u) => (vec![], vec![], Some(u.as_str())),
     };
-    let rows = client
-        .query_typed(
-            "SELECT kind, token, key_id, nonce, ciphertext, wrapped_key, aad_version \
-             FROM login_etl_reveal($1, $2, $3, $4)",
+    // Two transactions: the records (and a ticket) commit first; the
+    // entries come in a later one, which the database refuses while the
+    // first is not committed (migrations/functions/login_etl_reveal.sql).
+    let ticket: i64 = client
+        .query_typed_one(
+            "SELECT login_etl_reveal_request($1, $2, $3, $4)",
             &[
                 (&kinds, Type::TEXT_ARRAY),
                 (&tokens, Type::TEXT_ARRAY),
@@ -148,8 +151,17 @@ async fn read_and_audit(
             ],
         )
         .await
+        .map_err(db("writing the audit records (nothing was revealed)"))?
+        .get(0);
+    let rows = client
+        .query_typed(
+            "SELECT kind, token, key_id, nonce, ciphertext, wrapped_key, aad_version \
+             FROM login_etl_reveal($1)",
+            &[(&ticket, Type::INT8)],
+        )
+        .await
         .map_err(db(
-            "reading the vault and writing the audit records (nothing was revealed)",
+            "reading the vault entries of the committed audit records (nothing was revealed)",
         ))?;
     rows.iter()
         .map(|r| {

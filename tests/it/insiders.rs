@@ -78,7 +78,8 @@ fn allowed(role: Role) -> Allowed {
             ),
             ("user_logins_erased", "SELECT", &["user_key", "seq"]),
         ],
-        // Nothing but login_etl_reveal, which reads and audits at once.
+        // Nothing but login_etl_reveal_request (the records) and
+        // login_etl_reveal (the entries, once the records committed).
         Role::Reveal => &[],
         Role::Upgrade => &[
             (
@@ -228,7 +229,7 @@ fn may_run(role: Role) -> &'static [&'static str] {
             "login_etl_rekey_vault_chunk",
             "login_etl_switch_key",
         ],
-        Role::Reveal => &["login_etl_reveal"],
+        Role::Reveal => &["login_etl_reveal", "login_etl_reveal_request"],
         Role::Upgrade => &["login_etl_audit"],
         Role::Audit | Role::Migrate | Role::Reader => &[],
     }
@@ -925,7 +926,7 @@ async fn role_tries(d: &Deployment, role: Role, c: &Client) {
             refused(
                 c,
                 role,
-                "SELECT * FROM login_etl_reveal(ARRAY['ip'], ARRAY['t'], NULL, '')",
+                "SELECT login_etl_reveal_request(ARRAY['ip'], ARRAY['t'], NULL, '')",
                 &["22023"],
             )
             .await;
@@ -1291,12 +1292,95 @@ async fn the_reader_reads_every_partition(d: &Deployment) {
         .unwrap();
 }
 
+/// The reveal role's own transaction (issue 63, finding 1): the records
+/// and the entries in one transaction, a SAVEPOINT rolled back, a ROLLBACK
+/// after the read: nothing is handed out before its audit record
+/// commits, so nothing leaves without one. Committed, the ticket reads once.
+async fn a_reveal_hands_out_nothing_before_its_record_commits(d: &Deployment) {
+    let c = d.connect(Role::Reveal).await;
+    let token: String = d
+        .admin
+        .query_one(
+            "SELECT token FROM user_logins_pii_vault WHERE kind = 'ip' LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let records = || async {
+        d.admin
+            .query_one(
+                "SELECT count(*) FROM user_logins_pii_audit WHERE action = 'reveal'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let before = records().await;
+    let request =
+        format!("login_etl_reveal_request(ARRAY['ip'], ARRAY['{token}'], NULL, 'a thief')");
+    let le006 = |e: tokio_postgres::Error| {
+        assert_eq!(e.code().map(|c| c.code()), Some("LE006"), "{e:?}");
+    };
+    // One statement, one transaction.
+    le006(
+        c.batch_execute(&format!("SELECT * FROM login_etl_reveal({request})"))
+            .await
+            .expect_err("the read in the request's own transaction"),
+    );
+    // BEGIN, or a SAVEPOINT: the ticket, then the read, then ROLLBACK.
+    for begin in ["BEGIN", "BEGIN; SAVEPOINT s"] {
+        c.batch_execute(begin).await.unwrap();
+        let ticket: i64 = c
+            .query_one(&format!("SELECT {request}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        le006(
+            c.query("SELECT * FROM login_etl_reveal($1)", &[&ticket])
+                .await
+                .expect_err("the read before the records commit"),
+        );
+        c.batch_execute("ROLLBACK").await.unwrap();
+        le006(
+            c.query("SELECT * FROM login_etl_reveal($1)", &[&ticket])
+                .await
+                .expect_err("a ticket rolled back with its records"),
+        );
+    }
+    assert_eq!(
+        records().await,
+        before,
+        "nothing was handed out, nothing was recorded"
+    );
+    // Committed: the entries come, once.
+    let ticket: i64 = c
+        .query_one(&format!("SELECT {request}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(records().await, before + 1);
+    let rows = c
+        .query("SELECT ciphertext FROM login_etl_reveal($1)", &[&ticket])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].get::<_, Option<Vec<u8>>>(0).is_some());
+    le006(
+        c.query("SELECT * FROM login_etl_reveal($1)", &[&ticket])
+            .await
+            .expect_err("a ticket reads once"),
+    );
+}
+
 async fn the_whole_suite(pg13_defaults: bool) {
     let d = deploy(pg13_defaults).await;
     assert_every_function_in_one_place(&d).await;
     assert_least_privilege(&d).await;
     seed(&d).await;
     the_reader_reads_every_partition(&d).await;
+    a_reveal_hands_out_nothing_before_its_record_commits(&d).await;
     attack(&d).await;
     the_vault_day_stays_within_bounds(&d).await;
     the_real_commands_run_beside_the_plants(&d).await;

@@ -89,6 +89,7 @@ pub const FUNCTION_FILES: &[FunctionFile] = function_files![
     "login_etl_rekey_vault_chunk",
     "login_etl_relation",
     "login_etl_reveal",
+    "login_etl_reveal_request",
     "login_etl_store_vault",
     "login_etl_swap_default",
     "login_etl_switch_key",

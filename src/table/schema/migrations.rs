@@ -73,6 +73,8 @@ macro_rules! full_from_0005 {
             migration!("0013_reader_role"),
             "\n",
             migration!("0014_retention_floor"),
+            "\n",
+            migration!("privacy/0015_reveal_tickets"),
         )
     };
 }
