@@ -296,6 +296,15 @@ impl Segment {
         }
     }
 
+    /// Its bounds as values: from, to (either open), and whether it is the
+    /// rows without a date instead.
+    pub fn bounds(&self) -> (Option<NaiveDate>, Option<NaiveDate>, bool) {
+        match *self {
+            Segment::Null => (None, None, true),
+            Segment::Range(lo, hi) | Segment::Gap(lo, hi) => (lo, hi, false),
+        }
+    }
+
     /// The values of [`Segment::condition`] as typed parameters, to append
     /// after the statement's own.
     pub fn date_params(

@@ -221,15 +221,15 @@ const UPGRADE_GRANTS: &[Grant] = &[
 /// `forget`: the user's rows, the erasure list, its audit; the vault's
 /// entries moved aside and back through the owner's functions.
 const ERASE_GRANTS: &[Grant] = &[
-    // Deletes one partition (by create_date) at a time.
+    // Finds the tokens other users' rows still use, one partition at a
+    // time; its rows are deleted by the owner's login_etl_forget_rows,
+    // once their forget_begun is committed (no DELETE of its own).
     (
         "SELECT",
         "user_logins",
         &["user_id", "masked_ip", "masked_device_id", "create_date"],
     ),
-    ("DELETE", "user_logins", &[]),
     ("SELECT", "user_logins_erasure_tokens", ERASURE_TOKEN),
-    ("INSERT", "user_logins_erasure_tokens", ERASURE_TOKEN),
     ("DELETE", "user_logins_erasure_tokens", &[]),
     // Which of the user's held entries another erasure holds too, and
     // the entries no other row uses, deleted at its end.
@@ -239,9 +239,8 @@ const ERASE_GRANTS: &[Grant] = &[
         &["user_key", "kind", "token"],
     ),
     ("DELETE", "user_logins_pii_vault_held", &[]),
-    // The erasure list (ON CONFLICT reads the arbiter); its audit records
-    // go through the owner's login_etl_audit.
-    ("INSERT", "user_logins_erased", &["user_key", "key_version"]),
+    // The erasure list is written by the owner's login_etl_forget_begin;
+    // the final audit record goes through the owner's login_etl_audit.
     ("SELECT", "user_logins_erased", &["user_key"]),
 ];
 

@@ -520,9 +520,13 @@ async fn roles_granted_before_vault_retention_keep_working_after_migrate() {
     // their grants and gives them what this version needs. The ingest role
     // holds 0007's check, as the grants of that version gave it.
     let ingest_role = db.role_name(Role::Ingest);
+    // The erase role as that version's grants made it: a DELETE of its own
+    // on the table (migrations/privacy/0016 takes it back).
+    let erase_role = db.role_name(Role::Erase);
     admin
         .batch_execute(&format!(
-            "ALTER TABLE user_logins_pii_vault DROP COLUMN last_seen CASCADE; \
+            "GRANT DELETE ON user_logins TO \"{erase_role}\"; \
+             ALTER TABLE user_logins_pii_vault DROP COLUMN last_seen CASCADE; \
              ALTER TABLE user_logins_pii_vault_held DROP COLUMN last_seen; \
              DROP TABLE user_logins_roles; \
              DROP FUNCTION login_etl_store_vault({}); \
@@ -580,6 +584,18 @@ async fn roles_granted_before_vault_retention_keep_working_after_migrate() {
         .expect("forget as the erase role granted before");
     assert!(done.rows > 0);
     assert_vault_matches_rows(&db).await;
+    let may_delete: bool = admin
+        .query_one(
+            &format!("SELECT has_table_privilege('{erase_role}', 'user_logins', 'DELETE')"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        !may_delete,
+        "the migration took the erase role's DELETE back"
+    );
 }
 
 /// `maintain` as the role of `url`, keeping `days` days.

@@ -111,15 +111,9 @@ fn allowed(role: Role) -> Allowed {
                 "SELECT",
                 &["user_id", "masked_ip", "masked_device_id", "create_date"],
             ),
-            ("user_logins", "DELETE", &[]),
             (
                 "user_logins_erasure_tokens",
                 "SELECT",
-                &["user_key", "kind", "token"],
-            ),
-            (
-                "user_logins_erasure_tokens",
-                "INSERT",
                 &["user_key", "kind", "token"],
             ),
             ("user_logins_erasure_tokens", "DELETE", &[]),
@@ -129,7 +123,6 @@ fn allowed(role: Role) -> Allowed {
                 &["user_key", "kind", "token"],
             ),
             ("user_logins_pii_vault_held", "DELETE", &[]),
-            ("user_logins_erased", "INSERT", &["user_key", "key_version"]),
             ("user_logins_erased", "SELECT", &["user_key"]),
         ],
         Role::Maintain | Role::Migrate => &[],
@@ -203,6 +196,9 @@ fn may_run(role: Role) -> &'static [&'static str] {
         Role::Erase => &[
             "login_etl_audit",
             "login_etl_check_keys",
+            "login_etl_forget_begin",
+            "login_etl_forget_lock",
+            "login_etl_forget_rows",
             "login_etl_hold_vault",
             "login_etl_put_back_vault",
         ],
@@ -829,6 +825,41 @@ async fn role_tries(d: &Deployment, role: Role, c: &Client) {
             }
         }
         Role::Erase => {
+            // Its writes go through the owner's functions alone (issue
+            // 63, finding 7): no lock that stops reads, no delete and no
+            // listing without a committed record.
+            let lock = c
+                .batch_execute("BEGIN; LOCK TABLE user_logins IN ACCESS EXCLUSIVE MODE")
+                .await
+                .expect_err("no lock that stops reads");
+            c.batch_execute("ROLLBACK").await.unwrap();
+            assert_eq!(lock.code().map(|c| c.code()), Some("42501"), "{lock:?}");
+            for sql in [
+                "DELETE FROM user_logins WHERE user_id = 'anyone'",
+                "INSERT INTO user_logins_erased (user_key, key_version) VALUES (repeat('0', 64), 1)",
+                "INSERT INTO user_logins_erasure_tokens (user_key, kind, token) VALUES ('k', 'ip', 'x')",
+            ] {
+                refused(c, role, sql, DENIED).await;
+            }
+            refused(
+                c,
+                role,
+                "SELECT login_etl_forget_rows('anyone', repeat('1', 64), NULL, NULL, false)",
+                &["LE007"],
+            )
+            .await;
+            // Listed in the caller's own transaction: not committed, no delete.
+            let key = "2".repeat(64);
+            let same = c
+                .batch_execute(&format!(
+                    "BEGIN; SELECT login_etl_forget_begin('{key}', '{key}', \
+                       (SELECT version FROM login_etl_key_state()), 'a thief'); \
+                     SELECT login_etl_forget_rows('anyone', '{key}', NULL, NULL, false)"
+                ))
+                .await
+                .expect_err("a delete before its record commits");
+            c.batch_execute("ROLLBACK").await.unwrap();
+            assert_eq!(same.code().map(|c| c.code()), Some("LE007"), "{same:?}");
             refused(
                 c,
                 role,

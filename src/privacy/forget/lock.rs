@@ -9,7 +9,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Transaction};
 
-use super::state::{KEY_VERSION_LOCK_KEY, same_key_version};
+use super::state::same_key_version;
 use super::{FORGET_LOCK_PATIENCE, FORGET_LOCK_TIMEOUT_MS};
 use crate::privacy::reveal::{RevealError, db};
 
@@ -111,11 +111,12 @@ pub(super) async fn begin_locked(client: &Client) -> Result<(), RevealError> {
     loop {
         // The key-version lock first, as rotate-key's switch takes it: the
         // same order, so the two never wait for each other crosswise.
+        // The owner's function takes both (the erase role may not lock the
+        // table itself: migrations/functions/login_etl_forget_lock.sql).
         let locked = client
             .batch_execute(&format!(
                 "BEGIN; SET LOCAL lock_timeout = {FORGET_LOCK_TIMEOUT_MS}; \
-                 SELECT pg_advisory_xact_lock_shared({KEY_VERSION_LOCK_KEY}); \
-                 LOCK TABLE ONLY user_logins IN SHARE ROW EXCLUSIVE MODE"
+                 SELECT login_etl_forget_lock()"
             ))
             .await;
         let Err(e) = locked else { return Ok(()) };

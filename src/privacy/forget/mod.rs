@@ -141,26 +141,22 @@ async fn list_user(
             _ => user_key.clone(),
         };
         let v = version as i16;
+        // The owner's function lists the user and writes forget_begun; the
+        // rows go only once this transaction has committed.
         client
-            .execute_typed(
-                "INSERT INTO user_logins_erased (user_key, key_version) \
-                 SELECT $1, $2 WHERE NOT EXISTS (SELECT 1 FROM user_logins_erased WHERE user_key = $3) \
-                 ON CONFLICT (user_key) DO NOTHING",
+            .query_typed(
+                "SELECT login_etl_forget_begin($1, $2, $3, $4)",
                 &[
                     (&user_key, Type::VARCHAR),
-                    (&v, Type::INT2),
                     (&previous, Type::VARCHAR),
+                    (&v, Type::INT2),
+                    (&caller_arn, Type::TEXT),
                 ],
             )
             .await
-            .map_err(db("adding the user to the erasure list"))?;
-        client
-            .query_typed(
-                "SELECT login_etl_audit('forget_begun', $1, $2, NULL, NULL, NULL)",
-                &[(&caller_arn, Type::TEXT), (&user_key, Type::TEXT)],
-            )
-            .await
-            .map_err(db("writing the audit record (nothing was erased)"))?;
+            .map_err(db(
+                "adding the user to the erasure list and writing forget_begun (nothing was erased)",
+            ))?;
         Ok((user_key, version, rekeying))
     }
     .await;
@@ -179,23 +175,20 @@ async fn delete_rows(
 ) -> Result<u64, RevealError> {
     let mut rows = 0u64;
     for (i, segment) in segments.iter().enumerate() {
-        let (cond, bounds) = segment.condition(3);
-        let mut params: Vec<(&(dyn ToSql + Sync), Type)> =
-            vec![(&user_id, Type::VARCHAR), (&user_key, Type::VARCHAR)];
-        params.extend(Segment::date_params(&bounds));
+        let (lo, hi, null_dates) = segment.bounds();
         let tx = segment_tx(client, segment, version).await?;
+        // The owner's function deletes (the erase role holds no DELETE),
+        // only under this user's committed forget_begun.
         let gone: i64 = tx
             .query_typed_one(
-                &format!(
-                    "WITH gone AS (DELETE FROM user_logins WHERE user_id = $1 AND {cond} \
-                       RETURNING masked_ip, masked_device_id), \
-                     kept AS (INSERT INTO user_logins_erasure_tokens (user_key, kind, token) \
-                       SELECT $2, 'ip', masked_ip FROM gone WHERE masked_ip IS NOT NULL \
-                       UNION SELECT $2, 'device_id', masked_device_id FROM gone WHERE masked_device_id IS NOT NULL \
-                       ON CONFLICT DO NOTHING) \
-                     SELECT count(*) FROM gone"
-                ),
-                &params,
+                "SELECT login_etl_forget_rows($1, $2, $3, $4, $5)",
+                &[
+                    (&user_id, Type::VARCHAR),
+                    (&user_key, Type::VARCHAR),
+                    (&lo, Type::DATE),
+                    (&hi, Type::DATE),
+                    (&null_dates, Type::BOOL),
+                ],
             )
             .await
             .map_err(db("deleting the user's rows"))?

@@ -75,6 +75,8 @@ macro_rules! full_from_0005 {
             migration!("0014_retention_floor"),
             "\n",
             migration!("privacy/0015_reveal_tickets"),
+            "\n",
+            migration!("privacy/0016_forget_by_the_owner"),
         )
     };
 }
