@@ -3,7 +3,7 @@
 -- `login-etl forget`'s second step, one segment of the table at a time
 -- (`lo` to `hi`, either open; or the rows without a date): deletes
 -- `user_id`'s rows and keeps their tokens for the vault's step
--- (user_logins_erasure_tokens); returns how many. Refused (LE007) unless
+-- (user_logins_erasure_tokens); returns how many. Refused (LE012) unless
 -- `user_key` is on the erasure list by a committed transaction (the one
 -- that wrote its forget_begun record): a delete never comes before its
 -- record is durable. The erase role holds no DELETE of its own.
@@ -16,7 +16,7 @@ DECLARE
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM user_logins_erased e WHERE e.user_key = login_etl_forget_rows.user_key
                    AND (e.begun_in IS NULL OR pg_xact_status(e.begun_in) IS DISTINCT FROM 'in progress')) THEN
-        RAISE EXCEPTION USING ERRCODE = 'LE007',
+        RAISE EXCEPTION USING ERRCODE = 'LE012',
             MESSAGE = 'this user key is not on the erasure list by a committed forget: list the user first (its forget_begun record commits with it)';
     END IF;
     IF null_dates THEN

@@ -2,7 +2,7 @@
 -- profile: full
 -- The second step of `login-etl reveal` (src/privacy/reveal.rs): the vault
 -- entries of a ticket login_etl_reveal_request made, each with its wrapped
--- data key, in the ticket's order (no entry: NULLs). Refused (LE006) unless
+-- data key, in the ticket's order (no entry: NULLs). Refused (LE011) unless
 -- the ticket is the calling database role's, unused, at most ten minutes
 -- old, and its transaction, with the audit records, is committed: the
 -- caller's current transaction never reads what it audited itself, so no
@@ -19,15 +19,15 @@ DECLARE
 BEGIN
     SELECT r.* INTO v_t FROM user_logins_reveal_tickets r WHERE r.id = ticket FOR UPDATE;
     IF NOT FOUND OR v_t.requested_by <> session_user THEN
-        RAISE EXCEPTION USING ERRCODE = 'LE006',
+        RAISE EXCEPTION USING ERRCODE = 'LE011',
             MESSAGE = format('reveal ticket %s is not one this role requested', ticket);
     END IF;
     IF pg_xact_status(v_t.requested_in) IS DISTINCT FROM 'committed' THEN
-        RAISE EXCEPTION USING ERRCODE = 'LE006',
+        RAISE EXCEPTION USING ERRCODE = 'LE011',
             MESSAGE = format('the audit records of reveal ticket %s are not committed: request it in a transaction of its own, commit, then read it', ticket);
     END IF;
     IF v_t.used_at IS NOT NULL OR v_t.requested_at < now() - interval '10 minutes' THEN
-        RAISE EXCEPTION USING ERRCODE = 'LE006',
+        RAISE EXCEPTION USING ERRCODE = 'LE011',
             MESSAGE = format('reveal ticket %s was used already, or is older than ten minutes: request another', ticket);
     END IF;
     UPDATE user_logins_reveal_tickets SET used_at = now() WHERE id = ticket;

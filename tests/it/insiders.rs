@@ -820,7 +820,7 @@ async fn role_tries(d: &Deployment, role: Role, c: &Client) {
                     format!("SELECT * FROM login_etl_purge_vault({cutoff}, 0, 10)"),
                     format!("SELECT login_etl_purge_default({cutoff})"),
                 ] {
-                    refused(c, role, &sql, &["LE005"]).await;
+                    refused(c, role, &sql, &["LE010"]).await;
                 }
             }
         }
@@ -845,7 +845,7 @@ async fn role_tries(d: &Deployment, role: Role, c: &Client) {
                 c,
                 role,
                 "SELECT login_etl_forget_rows('anyone', repeat('1', 64), NULL, NULL, false)",
-                &["LE007"],
+                &["LE012"],
             )
             .await;
             // Listed in the caller's own transaction: not committed, no delete.
@@ -859,7 +859,7 @@ async fn role_tries(d: &Deployment, role: Role, c: &Client) {
                 .await
                 .expect_err("a delete before its record commits");
             c.batch_execute("ROLLBACK").await.unwrap();
-            assert_eq!(same.code().map(|c| c.code()), Some("LE007"), "{same:?}");
+            assert_eq!(same.code().map(|c| c.code()), Some("LE012"), "{same:?}");
             refused(
                 c,
                 role,
@@ -1352,7 +1352,7 @@ async fn a_reveal_hands_out_nothing_before_its_record_commits(d: &Deployment) {
     let request =
         format!("login_etl_reveal_request(ARRAY['ip'], ARRAY['{token}'], NULL, 'a thief')");
     let le006 = |e: tokio_postgres::Error| {
-        assert_eq!(e.code().map(|c| c.code()), Some("LE006"), "{e:?}");
+        assert_eq!(e.code().map(|c| c.code()), Some("LE011"), "{e:?}");
     };
     // One statement, one transaction.
     le006(

@@ -317,7 +317,7 @@ async fn maintain_premakes_and_drops_by_retention_and_two_runs_at_once_agree() {
         .batch_execute("SELECT login_etl_drop_partition('user_logins_default', '9999-12-31')")
         .await
         .expect_err("a cutoff after today");
-    assert_eq!(e.code().map(|c| c.code()), Some("LE005"), "{e}");
+    assert_eq!(e.code().map(|c| c.code()), Some("LE010"), "{e}");
     // Nor inside the retention the owner recorded (30 days), though the
     // role asks for less (a stolen credential deleting all but today).
     let e = m
@@ -326,7 +326,7 @@ async fn maintain_premakes_and_drops_by_retention_and_two_runs_at_once_agree() {
         )
         .await
         .expect_err("a cutoff inside the recorded retention");
-    assert_eq!(e.code().map(|c| c.code()), Some("LE005"), "{e}");
+    assert_eq!(e.code().map(|c| c.code()), Some("LE010"), "{e}");
     let said = e.as_db_error().unwrap().message();
     assert!(said.contains("RETENTION_DAYS"), "{said}");
     connect(&maintainer)
