@@ -240,6 +240,7 @@ async fn main() {
         ("DATABASE_URL", url.as_str()),
         ("MASKING_KEY", KEY),
         ("RUN_MIGRATIONS", "true"),
+        ("LOGIN_ETL_PROFILE", "full"),
     ]
     .into();
     let config = Config::from_lookup(|k| vars.get(k).map(|v| v.to_string())).unwrap();
@@ -540,9 +541,12 @@ async fn statements_before_0009(
     versions: login_etl::ingest::sink::Versions,
 ) -> u64 {
     use tokio_postgres::types::{ToSql, Type};
+    // As the write function does: the arrays unnested, each column cast
+    // back where its array carried text (`defects`).
+    let names = login_etl::contract::columns::names();
     let insert_sql = format!(
-        "INSERT INTO user_logins ({}) SELECT * FROM UNNEST({}) ON CONFLICT DO NOTHING",
-        login_etl::contract::columns::names(),
+        "INSERT INTO user_logins ({names}) SELECT {} FROM UNNEST({}) AS r({names}) ON CONFLICT DO NOTHING",
+        login_etl::contract::columns::select_list(),
         login_etl::ingest::sink::array_placeholders(1)
     );
     let columns = login_etl::ingest::sink::Columns::from(rows);

@@ -203,7 +203,16 @@ async fn main() {
             }
             eprintln!("   vacuumed in {:.0} s", t.elapsed().as_secs_f64());
         }
-        let run = rotation(&rotate_url, &h, version, jobs, beside_ingest, per_batch).await;
+        let run = rotation(
+            &admin,
+            &rotate_url,
+            &h,
+            version,
+            jobs,
+            beside_ingest,
+            per_batch,
+        )
+        .await;
         let r = &run.report;
         assert_eq!(r.to as usize, version);
         assert!(r.rows >= rows, "{} of {rows} rows re-keyed", r.rows);
@@ -290,6 +299,7 @@ struct Rotation {
 /// `rotate-key` to `version` in `jobs` jobs (as the rotate role), with
 /// ingest beside it or not.
 async fn rotation(
+    owner: &Client,
     rotate_url: &str,
     h: &Arc<BatchHandler>,
     version: usize,
@@ -329,6 +339,10 @@ async fn rotation(
         None,
     )
     .unwrap();
+    // The tables' owner arms it (rotate-key --arm); the rotate role runs it.
+    rekey::arm(owner, &masker)
+        .await
+        .expect("arming the rotation");
     let cpu_before = (cpu_time(std::process::id()), backends_cpu(&backends));
     let started = Instant::now();
     let report = rekey::rotate_side_by_side(

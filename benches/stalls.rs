@@ -214,6 +214,9 @@ async fn switch_beside_ingest(admin: &Client) {
         None,
     )
     .unwrap();
+    login_etl::privacy::rekey::arm(&connect(&url).await, &masker)
+        .await
+        .expect("arming the rotation");
     let mut c = connect(&rotate).await;
     let (alone, with, rotated, took) = beside(h, Duration::from_secs(3), async {
         login_etl::privacy::rekey::rotate(

@@ -813,6 +813,8 @@ def operator(stack: Stack, *args: str) -> subprocess.CompletedProcess:
     bootstrap = BUILD_DIR / "LoginEtlFunction" / "bootstrap"
     env = {**os.environ, **LOCAL_ENV, "AWS_REGION": REGION}
     role = {"reveal": "reveal", "forget": "erase", "audit": "audit", "rotate-key": "rotate"}.get(args[0])
+    if args[:2] == ("rotate-key", "--arm"):  # the tables' owner arms a rotation
+        role = "migrate"
     if role:  # dlq-redrive needs no database
         env["DATABASE_URL"] = role_url(stack.dbname, role)
     if args[0] in ("forget", "rotate-key"):  # the user key is keyed with the erasure key, never the masking key

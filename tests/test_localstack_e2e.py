@@ -434,6 +434,9 @@ def test_a_leaked_masking_key_is_rotated_on_the_deployed_stack(standard, drained
     for arn, new in ((standard.masking_key_secret_arn, k2), (stack.erasure_key_secret_arn(standard), secrets.token_hex(32))):
         old = sm.get_secret_value(SecretId=arn)["SecretString"]
         sm.put_secret_value(SecretId=arn, SecretString=json.dumps({"versions": [old, new]}))
+    # The tables' owner arms it; the rotate role runs it.
+    armed = stack.operator(standard, "rotate-key", "--arm")
+    assert armed.returncode == 0 and json.loads(armed.stdout) == {"armed": [2]}, armed.stderr
     out = stack.operator(standard, "rotate-key")
     assert out.returncode == 0, out.stderr
     state = json.loads(out.stdout)

@@ -117,7 +117,7 @@ def test_the_erasure_runbook_as_written_erases_the_user_and_its_audit_step_reads
     name = full_database
     insert = ("INSERT INTO user_logins (message_id, user_id, device_type, masked_ip, masked_device_id, "
               "app_version, app_version_text, create_date, sent_at) VALUES "
-              "('m-{n}', '{u}', 'ios', 'ip-token', 'dev-token', 2003000, '2.3.0', current_date, now())")  # fmt: skip
+              "('m-{n}', '{u}', 'ios', repeat('a', 64), repeat('b', 64), 2003000, '2.3.0', current_date, now())")  # fmt: skip
     for n, u in enumerate([USER, USER, USER, "someone-else"]):
         psql(srv.admin(name), insert.format(n=n, u=u))
     erase = db_secret(srv, name, "erase")
@@ -148,13 +148,14 @@ def test_the_leaked_key_runbook_as_written_appends_a_version_to_both_secrets_rek
     name = full_database
     insert = ("INSERT INTO user_logins (message_id, user_id, device_type, masked_ip, masked_device_id, "
               "app_version, app_version_text, create_date, sent_at) VALUES "
-              "('m-{n}', 'u-{n}', 'ios', 'ip-{n}', 'dev-{n}', 2003000, '2.3.0', current_date, now())")  # fmt: skip
+              "('m-{n}', 'u-{n}', 'ios', md5('ip-{n}') || md5('ip'), md5('dev-{n}') || md5('dev'), 2003000, '2.3.0', "
+              "current_date, now())")  # fmt: skip
     for n in range(5):
         psql(srv.admin(name), insert.format(n=n))
     masking = secret(aws, f"{name}/masking-key", "ab" * 32)
     erasure = secret(aws, f"{name}/erasure-key", "cd" * 32)
     step2, step3, step4 = blocks("runbooks/leaked-key.md")
-    step3 = fill(step3, {"login-etl/rotate": f"{name}/rotate"})
+    step3 = fill(step3, {"login-etl/rotate": f"{name}/rotate", "login-etl/migrate": f"{name}/migrate"})
     # The stack whose outputs step 2 reads, as CloudFormation in moto keeps it.
     cfn = client(aws, "cloudformation")
     cfn.create_stack(StackName="login-etl", TemplateBody=json.dumps({

@@ -27,6 +27,8 @@ BEGIN
             v_state.version, v_state.rekey_from IS NOT NULL, to_version - 1, to_version
             USING ERRCODE = '55000';
     END IF;
+    -- Only a rotation the tables' owner armed, with these keys' check values.
+    PERFORM login_etl_armed(to_version, login_etl_begin_rekey.masking_check, login_etl_begin_rekey.erasure_check);
     SELECT count(DISTINCT user_key) INTO v_unfinished FROM (
         SELECT user_key FROM user_logins_erasure_tokens UNION ALL SELECT user_key FROM user_logins_pii_vault_held) u;
     IF EXISTS (SELECT 1 FROM user_logins_pii_vault WHERE aad_version = 1) THEN

@@ -21,6 +21,12 @@ BEGIN
             USING ERRCODE = 'LE007',
                   HINT = 'let login-etl maintain finish moving them back, then run login-etl rotate-key again';
     END IF;
+    -- Every row walked: a rotation that walked none cannot end (a scan of
+    -- the table, once per rotation, beside the walk's own).
+    IF EXISTS (SELECT 1 FROM user_logins WHERE key_version < v_state.version) THEN
+        RAISE EXCEPTION 'rows under key version % remain', v_state.rekey_from
+            USING ERRCODE = '55000';
+    END IF;
     IF EXISTS (SELECT 1 FROM user_logins_pii_vault WHERE key_version < v_state.version) THEN
         RAISE EXCEPTION 'vault entries under key version % remain', v_state.rekey_from
             USING ERRCODE = '55000';

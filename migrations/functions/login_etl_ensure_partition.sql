@@ -34,7 +34,7 @@ BEGIN
     v_name := 'user_logins_p' || to_char(v_lo, 'YYYYMMDD');
     -- In user_logins's schema, named: pg_catalog comes first in this
     -- function's search path, and an unqualified CREATE would aim there.
-    EXECUTE format('CREATE TABLE %s.%I (LIKE user_logins INCLUDING DEFAULTS)',
+    EXECUTE format('CREATE TABLE %s.%I (LIKE user_logins INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
                    (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = 'user_logins'::regclass), v_name);
     -- Lets ATTACH skip the scan of the new table.
     EXECUTE format('ALTER TABLE %I ADD CONSTRAINT %I CHECK (create_date IS NOT NULL AND create_date >= %L AND create_date < %L)',

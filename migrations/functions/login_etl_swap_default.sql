@@ -25,6 +25,11 @@ BEGIN
         RAISE EXCEPTION 'a masking-key re-key (login-etl rotate-key) is under way: the DEFAULT partition is emptied after it'
             USING ERRCODE = 'LE007';
     END IF;
+    -- Nothing to move: no swap (repeated swaps of an empty partition would
+    -- keep forget and rotate-key waiting for a drain with nothing in it).
+    IF NOT EXISTS (SELECT 1 FROM user_logins_default LIMIT 1) THEN
+        RETURN false;
+    END IF;
     SELECT greatest(c.reltuples, 0)::bigint INTO v_rows FROM pg_class c WHERE c.oid = 'user_logins_default'::regclass;
     ALTER TABLE user_logins DETACH PARTITION user_logins_default;
     ALTER TABLE user_logins_default RENAME TO user_logins_drain;

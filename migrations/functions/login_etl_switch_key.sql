@@ -33,6 +33,8 @@ BEGIN
             v_state.version, v_state.rekey_from IS NOT NULL, to_version - 1, to_version
             USING ERRCODE = '55000';
     END IF;
+    -- Only a rotation the tables' owner armed, with these keys' check values.
+    PERFORM login_etl_armed(to_version, login_etl_switch_key.masking_check, login_etl_switch_key.erasure_check);
     IF login_etl_relation('user_logins_drain') IS NOT NULL THEN
         RAISE EXCEPTION 'maintain is moving a swapped-out DEFAULT partition''s rows back into user_logins'
             USING ERRCODE = 'LE007',

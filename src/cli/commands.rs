@@ -147,6 +147,29 @@ async fn rotate_key(args: &RotateKeyArgs) -> Result<(), Failure> {
     }
     let mut client = startup::full_profile_connection(&db, "rotating the masking key").await?;
     let env = |name: &str| std::env::var(name).ok();
+    if args.arm {
+        let masking = crate::config::key_source(&env, "MASKING_KEY", "MASKING_KEY_SECRET_ID")?
+            .ok_or_else(|| {
+                Failure(
+                    "MASKING_KEY_SECRET_ID is not set: arming records the check values of the new version's keys (docs/runbooks/leaked-key.md)".into(),
+                    EXIT_USAGE,
+                )
+            })?;
+        let erasure = crate::config::key_source(&env, "ERASURE_KEY", "ERASURE_KEY_SECRET_ID")?;
+        let aws = crate::secrets::sdk_config().await;
+        let secrets = [Some(&masking), erasure.as_ref()]
+            .iter()
+            .any(|s| matches!(s, Some(KeySource::Secret(_))))
+            .then(|| Secrets::new(&aws));
+        let masker = startup::masker(&masking, erasure.as_ref(), secrets.as_ref()).await?;
+        let armed = crate::privacy::rekey::arm(&client, &masker).await?;
+        if armed.is_empty() {
+            let held = masker.latest();
+            return Err(crate::privacy::rekey::nothing_to_arm(held, held).into());
+        }
+        println!("{}", serde_json::json!({ "armed": armed }));
+        return Ok(());
+    }
     let masking = crate::config::key_source(&env, "MASKING_KEY", "MASKING_KEY_SECRET_ID")?
         .ok_or_else(|| {
             Failure(

@@ -337,6 +337,9 @@ pub struct RotateKeyArgs {
     /// Only print where the key stands (version, re-key under way, counts) as JSON.
     #[arg(long)]
     pub status: bool,
+    /// As the tables' owner (the migrate role): arm the rotation to the keys' newest version, which the rotate role's run then starts (nothing is re-keyed now).
+    #[arg(long, conflicts_with = "status")]
+    pub arm: bool,
     /// Pages of a partition re-keyed per transaction.
     #[arg(long, default_value_t = crate::privacy::rekey::DEFAULT_CHUNK_PAGES, value_parser = clap::value_parser!(u32).range(1..))]
     pub chunk_pages: u32,

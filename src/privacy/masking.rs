@@ -540,9 +540,17 @@ impl Masker {
         self.chain.token(text.as_bytes(), self.version)
     }
 
-    /// Token of a device id, with surrounding whitespace trimmed.
+    /// Token of a device id, with surrounding whitespace trimmed. A device
+    /// id equal to the label the derived erasure key is the HMAC of would
+    /// make its token that key's hex (analysts would read the key that
+    /// keys the erasure list): it is hashed with a NUL before it, which no
+    /// device id holds.
     pub fn device_id(&self, device_id: &str) -> Token {
-        self.chain.token(device_id.trim().as_bytes(), self.version)
+        let trimmed = device_id.trim().as_bytes();
+        if trimmed == USER_KEY_DERIVATION {
+            return self.chain.token(b"\0login-etl user key v1", self.version);
+        }
+        self.chain.token(trimmed, self.version)
     }
 }
 

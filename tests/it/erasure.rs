@@ -285,9 +285,9 @@ async fn the_audit_trail_is_append_only_even_for_its_owner() {
         "DELETE FROM user_logins_erased",
         "TRUNCATE user_logins_erased",
         // Only a re-key (the next version, nothing else changed) may update it.
-        "INSERT INTO user_logins_erased (user_key, key_version) VALUES ('k', 1); UPDATE user_logins_erased SET user_key = 'x'",
-        "INSERT INTO user_logins_erased (user_key, key_version) VALUES ('k', 1); UPDATE user_logins_erased SET user_key = 'x', key_version = 3",
-        "INSERT INTO user_logins_erased (user_key, key_version) VALUES ('k', 1); UPDATE user_logins_erased SET key_version = 2, erased_at = now() - interval '1 day'",
+        "INSERT INTO user_logins_erased (user_key, key_version) VALUES (repeat('1', 64), 1); UPDATE user_logins_erased SET user_key = repeat('2', 64)",
+        "INSERT INTO user_logins_erased (user_key, key_version) VALUES (repeat('1', 64), 1); UPDATE user_logins_erased SET user_key = repeat('2', 64), key_version = 3",
+        "INSERT INTO user_logins_erased (user_key, key_version) VALUES (repeat('1', 64), 1); UPDATE user_logins_erased SET key_version = 2, erased_at = now() - interval '1 day'",
     ] {
         let e = owner.batch_execute(sql).await.unwrap_err();
         assert!(

@@ -672,6 +672,22 @@ async fn role_tries(d: &Deployment, role: Role, c: &Client) {
     let today = "(now() AT TIME ZONE 'UTC')::date";
     match role {
         Role::Ingest => {
+            // Issue 63, finding 10: raw values in the masked columns, a
+            // whole message nested in `extra`: refused by the table's checks.
+            let row = |ip: &str, device: &str, extra: &str| {
+                format!(
+                    "INSERT INTO user_logins (message_id, user_id, masked_ip, masked_device_id, extra, sent_at, create_date) \
+                     VALUES ('raw-1', 'u', {ip}, {device}, {extra}, now(), {today})"
+                )
+            };
+            for sql in [
+                row("'203.0.113.7'", "NULL", "NULL"),
+                row("NULL", "'593-47-5928'", "NULL"),
+                row("NULL", "NULL", "'{\"msg\": {\"ip\": \"203.0.113.7\"}}'"),
+                row("NULL", "NULL", "'[1, 2]'"),
+            ] {
+                refused(c, role, &sql, &["23514"]).await;
+            }
             // The review's replay: every entry moved to 1900, so maintain
             // purges today's; or to 'infinity', kept for ever.
             refused(
@@ -720,6 +736,20 @@ async fn role_tries(d: &Deployment, role: Role, c: &Client) {
             refused(c, role, &store(1, 1), &["22023"]).await;
         }
         Role::Rotate => {
+            // Issue 63, finding 2: a rotation it starts on its own, with no
+            // keys and no check values, or with made-up ones: not armed by
+            // the owner, refused (in its own transaction, or not).
+            for checks in ["NULL, NULL", "repeat('a', 64), repeat('b', 64)"] {
+                refused(
+                    c,
+                    role,
+                    &format!(
+                        "SELECT login_etl_switch_key(((SELECT version FROM login_etl_key_state()) + 1)::int2, 'arn:x', {checks})"
+                    ),
+                    &["LE013"],
+                )
+                .await;
+            }
             // The review's replay: two entries' ctids with each other's
             // tokens, no rotation under way.
             let pair = d
@@ -1244,6 +1274,10 @@ async fn the_real_commands_run_beside_the_plants(d: &Deployment) {
         .unwrap()
         .get(0);
     assert!(forget(d, &user).await > 0);
+    // The owner arms it; the rotate role starts it.
+    rekey::arm(&connect(&d.owner).await, &masker(2))
+        .await
+        .unwrap();
     let mut rotate = d.connect(Role::Rotate).await;
     rekey::rotate(
         &mut rotate,

@@ -476,8 +476,8 @@ async fn forget_beside_running_ingest_holds_no_write_for_more_than_a_moment() {
         .batch_execute(&format!(
             "INSERT INTO user_logins (user_id, device_type, masked_ip, masked_device_id, app_version, \
                app_version_text, create_date, message_id, sent_at) \
-             SELECT CASE WHEN g % 15000 = 0 THEN '{user}' ELSE 'u' || g END, 'ios', md5(g::text), \
-               md5((-g)::text), 1001000, '1.1', current_date, 'preload-' || g, \
+             SELECT CASE WHEN g % 15000 = 0 THEN '{user}' ELSE 'u' || g END, 'ios', md5(g::text) || md5(g::text), \
+               md5((-g)::text) || md5((-g)::text), 1001000, '1.1', current_date, 'preload-' || g, \
                now() - interval '2 hours' + g * interval '1 ms' \
              FROM generate_series(1, 300000) g;
              CREATE FUNCTION slow_delete() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -547,7 +547,7 @@ async fn the_converted_table_past_retention_is_detached_and_dropped() {
     // 2026-06-01: a partition from MINVALUE, proved by its bounds constraint.
     owner
         .batch_execute(
-            "CREATE TABLE user_logins_legacy (LIKE user_logins INCLUDING DEFAULTS);
+            "CREATE TABLE user_logins_legacy (LIKE user_logins INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
              ALTER TABLE user_logins_legacy ADD CONSTRAINT user_logins_legacy_bounds
                  CHECK (create_date IS NOT NULL AND create_date < '2026-06-01'::date);
              INSERT INTO user_logins_legacy (user_id, create_date, message_id)

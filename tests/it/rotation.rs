@@ -104,6 +104,8 @@ async fn deliver(h: &BatchHandler, event: &SqsEvent) -> Vec<String> {
 }
 
 async fn rotate(db: &TestDb, n: usize, options: RekeyOptions) -> rekey::RekeyReport {
+    // The owner arms the rotation first (rotate-key --arm).
+    rekey::arm(&db.client().await, &masker(n)).await.unwrap();
     let mut client = connect(&db.role_url(Role::Rotate).await).await;
     rekey::rotate(&mut client, &masker(n), CALLER, options, &mut |_| {})
         .await
@@ -428,6 +430,7 @@ async fn a_rekey_killed_half_way_and_run_again_rekeys_each_row_exactly_once() {
     // Killed mid-run: the task (and its connection) dropped wherever it is,
     // as kill -9 would, once some chunks have committed.
     let url = db.role_url(Role::Rotate).await;
+    rekey::arm(&db.client().await, &masker(2)).await.unwrap();
     let run = tokio::spawn(async move {
         let mut c = connect(&url).await;
         let options = RekeyOptions {
@@ -576,6 +579,7 @@ async fn jobs_side_by_side_killed_and_run_again_rekey_each_row_and_entry_exactly
     };
 
     let (run_url, run_jobs) = (url.clone(), jobs(url.clone()).await);
+    rekey::arm(&db.client().await, &masker(2)).await.unwrap();
     let run = tokio::spawn(async move {
         let mut c = connect(&run_url).await;
         let options = RekeyOptions {
@@ -750,6 +754,7 @@ async fn a_rotation_right_after_another_finishes_whatever_the_statistics_say() {
     c.batch_execute("SET statement_timeout = '10s'")
         .await
         .unwrap();
+    rekey::arm(&db.client().await, &masker(3)).await.unwrap();
     let second = rekey::rotate(
         &mut c,
         &masker(3),
@@ -794,6 +799,7 @@ async fn writers_on_both_keys_beside_the_rekey_leave_no_token_under_the_old_key(
         Arc::new(function(&ingest, 1).await),
     ];
     let url = db.role_url(Role::Rotate).await;
+    rekey::arm(&db.client().await, &masker(2)).await.unwrap();
     let rotation = tokio::spawn(async move {
         let mut c = connect(&url).await;
         let options = RekeyOptions {
@@ -1290,6 +1296,7 @@ async fn the_switch_waits_for_a_forget_in_flight_and_refuses_one_that_stopped() 
         switch_patience: Duration::from_secs(1),
         ..RekeyOptions::default()
     };
+    rekey::arm(&db.client().await, &masker(2)).await.unwrap();
     let refused = rekey::rotate(&mut rotator, &masker(2), CALLER, short, &mut |_| {})
         .await
         .unwrap_err()
@@ -1317,6 +1324,7 @@ async fn the_switch_waits_for_a_forget_in_flight_and_refuses_one_that_stopped() 
 
     // With its usual patience it waits while the forget is run again (as
     // the runbook says), then switches and finishes.
+    rekey::arm(&db.client().await, &masker(2)).await.unwrap();
     let rotating = tokio::spawn(async move {
         let r = rekey::rotate(
             &mut rotator,

@@ -92,6 +92,7 @@ async fn the_vault_rekey_finishes_while_functions_store_new_twins() {
         chunk_pages: 10_000,
         ..RekeyOptions::default()
     };
+    rekey::arm(&db.client().await, &masker(2)).await.unwrap();
     let rotated = rekey::rotate(&mut rotate, &masker(2), CALLER, options, &mut |_| {}).await;
     done.store(true, Ordering::SeqCst);
     let twins_stored = writer.await.unwrap();
@@ -228,6 +229,7 @@ async fn a_partition_made_out_of_the_default_partition_mid_walk_keeps_every_rows
         progress_every: Duration::ZERO,
         ..RekeyOptions::default()
     };
+    rekey::arm(&db.client().await, &masker(2)).await.unwrap();
     rekey::rotate(
         &mut rotate,
         &masker(2),
@@ -327,6 +329,7 @@ async fn the_functions_vault_write_and_the_vault_rekey_never_deadlock() {
         max_chunks: Some(0),
         ..RekeyOptions::default()
     };
+    rekey::arm(&admin, &two).await.unwrap();
     rekey::rotate(&mut rotate, &two, CALLER, options, &mut |_| {})
         .await
         .expect("the switch");

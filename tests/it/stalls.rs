@@ -252,6 +252,9 @@ async fn the_key_switch_holds_no_write_up_however_large_the_vault_and_the_erasur
         max_chunks: Some(1),
         ..Default::default()
     };
+    login_etl::privacy::rekey::arm(&owner, &common::keys::masker(2))
+        .await
+        .unwrap();
     let report = login_etl::privacy::rekey::rotate(
         &mut rotate,
         &common::keys::masker(2),

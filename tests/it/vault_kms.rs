@@ -550,6 +550,9 @@ async fn an_old_vault_is_resealed_then_rotated_and_still_reveals() {
         None,
     )
     .unwrap();
+    login_etl::privacy::rekey::arm(&admin, &masker)
+        .await
+        .unwrap();
     let mut rotator = connect(&db.role_url(Role::Rotate).await).await;
     let refused = login_etl::privacy::rekey::rotate(
         &mut rotator,

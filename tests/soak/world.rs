@@ -706,6 +706,14 @@ impl World {
         } else {
             "1"
         };
+        // The owner arms it (the rotate role alone starts nothing); a
+        // rerun of a rotation under way needs none.
+        let (code, _, err) = self
+            .command(&["rotate-key", "--arm"], "migrate", &self.keys_env())
+            .await;
+        if code != Some(0) && !err.contains("newest version is") {
+            self.failed("rotate-key --arm", Instant::now(), code, &err);
+        }
         let mut kill = kill_after;
         for _ in 0..60 {
             let from = Instant::now();

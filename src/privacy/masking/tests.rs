@@ -282,3 +282,16 @@ fn a_redrive_claim_is_taken_under_this_version_or_the_previous_while_young() {
         &signed_v2
     ));
 }
+
+#[test]
+fn no_device_token_is_the_derived_erasure_key() {
+    use hmac::Mac;
+    let key = MaskingKey::from_hex(&"ab".repeat(32), "test").unwrap();
+    let m = Masker::new(&key);
+    let mut d = HmacSha256::new_from_slice(&key.0).unwrap();
+    d.update(b"login-etl user key v1");
+    let derived = hex::encode(d.finalize().into_bytes());
+    for id in ["login-etl user key v1", " login-etl user key v1 "] {
+        assert_ne!(m.device_id(id).as_str(), derived, "{id:?}");
+    }
+}

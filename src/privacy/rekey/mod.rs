@@ -137,6 +137,19 @@ pub enum RekeyError {
         "user_logins is not partitioned yet (migrate --prepare was run, not the cutover); nothing was changed. Run `login-etl migrate` first (docs/deploy.md, \"Upgrading an existing table\")"
     )]
     NotPartitioned,
+    /// The tables' owner has not armed this rotation (LE013).
+    #[error("{0}")]
+    NotArmed(String),
+    /// `--arm`: the keys given do not reach the next version.
+    #[error(
+        "the database is at key version {database} and the masking secret's newest version is {held}: append the new version to both key secrets first (docs/runbooks/leaked-key.md, step 2), then arm"
+    )]
+    NothingToArm {
+        /// The database's version.
+        database: u16,
+        /// The newest version the secrets hold.
+        held: u16,
+    },
     /// The switch could not get its moment's lock.
     #[error(
         "for {seconds} s some transaction on user_logins always held its lock longer than {SWITCH_LOCK_TIMEOUT_MS} ms, so the key version was not switched; look for long-running transactions (pg_stat_activity) and run rotate-key again"
@@ -273,6 +286,49 @@ impl Default for RekeyOptions {
             switch_patience: SWITCH_PATIENCE,
         }
     }
+}
+
+/// Arms the rotations to every version `masker` holds past the
+/// database's, as the tables' owner (the migrate role): records the check
+/// values of each one's keys (`user_logins_rotation_arming`). The rotate
+/// role's switch to a version is refused without its arming
+/// (`login_etl_armed`). Returns the versions armed (none: the keys reach
+/// no further than the database; see [`RekeyError::NothingToArm`]).
+pub async fn arm(client: &Client, masker: &Masker) -> Result<Vec<u16>, RekeyError> {
+    let database: i16 = client
+        .query_typed_one("SELECT version FROM login_etl_key_state()", &[])
+        .await
+        .map_err(db("reading the key's version"))?
+        .get(0);
+    let mut armed = Vec::new();
+    for to in (database as u16 + 1)..=masker.latest() {
+        let next = masker.at(to).expect("a version the masker holds");
+        let (mc, ec) = (next.check(), next.users().check());
+        client
+            .execute_typed(
+                "INSERT INTO user_logins_rotation_arming (to_version, masking_check, erasure_check) \
+                 VALUES ($1, $2, $3) ON CONFLICT (to_version) DO UPDATE \
+                 SET masking_check = EXCLUDED.masking_check, erasure_check = EXCLUDED.erasure_check, \
+                     armed_by = session_user, armed_at = now()",
+                &[
+                    (&(to as i16), Type::INT2),
+                    (&mc.as_str(), Type::VARCHAR),
+                    (&ec.as_str(), Type::VARCHAR),
+                ],
+            )
+            .await
+            .map_err(db(
+                "arming the rotation (only the tables' owner may: run it as the migrate role)",
+            ))?;
+        armed.push(to);
+    }
+    Ok(armed)
+}
+
+/// What [`arm`] refuses to do nothing about: the keys given reach no
+/// version past the database's.
+pub fn nothing_to_arm(database: u16, held: u16) -> RekeyError {
+    RekeyError::NothingToArm { database, held }
 }
 
 /// Re-keys everything to `masker`'s newest version: finishes a re-key under

@@ -90,6 +90,13 @@ pub(super) async fn switch(
         };
         let _ = client.batch_execute("ROLLBACK").await;
         let pause = match e.code() {
+            Some(c) if c.code() == "LE013" => {
+                return Err(RekeyError::NotArmed(
+                    e.as_db_error()
+                        .map(|d| d.message().to_owned())
+                        .unwrap_or_default(),
+                ));
+            }
             Some(c) if c.code() == "LE005" => return Err(not_upgraded(client).await),
             Some(c) if c.code() == "LE006" => return Err(RekeyError::VaultIndexMissing),
             // maintain drains a swapped-out DEFAULT partition: wait for it

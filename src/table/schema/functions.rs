@@ -51,6 +51,7 @@ macro_rules! function_files_in {
 /// Every file of `migrations/functions/` (a test checks that none is left
 /// out, and that the schema holds no `login_etl_*` function without one).
 pub const FUNCTION_FILES: &[FunctionFile] = function_files![
+    "login_etl_armed",
     "login_etl_audit",
     "login_etl_audit_is_append_only",
     "login_etl_audit_rekey_only",

@@ -20,7 +20,7 @@ macro_rules! migration {
 /// data, in order (0001 creates or upgrades `user_logins`, 0004 its
 /// partition machinery, 0006 the key state, 0007 the DEFAULT partition's
 /// drains, 0010 the role registry, 0011 the declared extra fields, 0012
-/// each row's defects, 0013 the reader's kind, 0014 the retention floor).
+/// each row's defects, 0013 the reader's kind, 0014 the retention floor, 0018 tokens only in the masked columns).
 pub const MASKING_MIGRATION_SQL: &str = concat!(
     migration!("0001_user_logins"),
     "\n",
@@ -41,6 +41,8 @@ pub const MASKING_MIGRATION_SQL: &str = concat!(
     migration!("0013_reader_role"),
     "\n",
     migration!("0014_retention_floor"),
+    "\n",
+    migration!("0018_tokens_only"),
 );
 
 /// The full profile's migrations from 0005 on: the tail both of its
@@ -77,6 +79,12 @@ macro_rules! full_from_0005 {
             migration!("privacy/0015_reveal_tickets"),
             "\n",
             migration!("privacy/0016_forget_by_the_owner"),
+            "\n",
+            migration!("privacy/0017_rotation_arming"),
+            "\n",
+            migration!("0018_tokens_only"),
+            "\n",
+            migration!("privacy/0018_tokens_only"),
         )
     };
 }
