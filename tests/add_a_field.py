@@ -52,25 +52,25 @@ def add_the_field(repo: Path) -> None:
     edit(c / "body.rs", "let [user_id, app_version, device_type, ip, locale, device_id] = raw.fields;",
          "let [user_id, app_version, device_type, ip, locale, device_id, os_name] = raw.fields;")  # fmt: skip
     edit(c / "body.rs", "    if contract.unknown == UnknownFields::Reject",
-         "    let os_name = match os_name {\n        Slot::Missing | Slot::Null => None,\n"
-         "        other => Some(text(Field::OsName, other)?),\n    };\n"
+         "    let os_name = found.kept(checked(Field::OsName, os_name))?;\n"
          "    if contract.unknown == UnknownFields::Reject")  # fmt: skip
-    edit(c / "body.rs", "    pub app_version_text: Cow<'a, str>,\n    /// The declared extra",
-         "    pub app_version_text: Cow<'a, str>,\n    /// The device's operating system.\n"
+    edit(c / "body.rs", "    pub app_version_text: Option<Cow<'a, str>>,\n    /// The declared extra",
+         "    pub app_version_text: Option<Cow<'a, str>>,\n    /// The device's operating system.\n"
          "    pub os_name: Option<Cow<'a, str>>,\n    /// The declared extra")  # fmt: skip
     edit(c / "body.rs", "        app_version_text,\n        extra,", "        app_version_text,\n        os_name,\n        extra,")
+    edit(c / "body.rs", "            app_version_text: own(self.app_version_text),\n",
+         "            app_version_text: own(self.app_version_text),\n            os_name: own(self.os_name),\n")  # fmt: skip
     edit(c / "row.rs", "    /// The declared extra fields present, as a JSON object (`extra`).",
          "    /// The device's operating system.\n    pub os_name: Option<Cow<'a, str>>,\n"
          "    /// The declared extra fields present, as a JSON object (`extra`).")  # fmt: skip
     edit(c / "row.rs", "            app_version_text,\n            extra,", "            app_version_text,\n            os_name,\n            extra,")
     edit(c / "row.rs", "            device_id,\n            extra,", "            device_id,\n            os_name,\n            extra,")
-    # 2. The column list.
-    edit(c / "columns.rs", '    Column {\n        name: "extra",',
-         '    Column {\n        name: "os_name",\n        ty: ColumnType::Varchar,\n'
-         "        value: |r| Value::OptText(r.os_name.as_deref()),\n    },\n"
-         '    Column {\n        name: "extra",')  # fmt: skip
+    # 2. The column list: one line.
+    edit(c / "columns.rs", "            extra: Jsonb,",
+         "            os_name: Varchar, Option<&'r str> = r.os_name.as_deref();\n"
+         "            extra: Jsonb,")  # fmt: skip
     # 3. One migration, listed, and the schema's version.
-    (repo / "migrations" / "0012_os_name.sql").write_text(
+    (repo / "migrations" / "0019_os_name.sql").write_text(
         "DO $$\nBEGIN\n    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('user_logins')\n"
         "                   AND attname = 'os_name' AND NOT attisdropped) THEN\n"
         "        ALTER TABLE user_logins ADD COLUMN os_name varchar(64);\n    END IF;\nEND\n$$;\n"
@@ -78,13 +78,13 @@ def add_the_field(repo: Path) -> None:
     # The masking-only list and the full profile's shared tail (which its
     # list and migrate --prepare's both end with) take it.
     lists = repo / "src" / "table" / "schema" / "migrations.rs"
-    edit(lists, '    migration!("0011_extra_fields"),\n);',
-         '    migration!("0011_extra_fields"),\n    "\\n",\n    migration!("0012_os_name"),\n);')  # fmt: skip
-    edit(lists, '            migration!("0011_extra_fields"),\n        )',
-         '            migration!("0011_extra_fields"),\n            "\\n",\n'
-         '            migration!("0012_os_name"),\n        )')  # fmt: skip
+    edit(lists, '    migration!("0018_tokens_only"),\n);',
+         '    migration!("0018_tokens_only"),\n    "\\n",\n    migration!("0019_os_name"),\n);')  # fmt: skip
+    edit(lists, '            migration!("privacy/0018_tokens_only"),\n        )',
+         '            migration!("privacy/0018_tokens_only"),\n            "\\n",\n'
+         '            migration!("0019_os_name"),\n        )')  # fmt: skip
     schema = repo / "src" / "table" / "schema" / "mod.rs"
-    edit(schema, "pub const SCHEMA_VERSION: i32 = 11;", "pub const SCHEMA_VERSION: i32 = 12;")
+    edit(schema, "pub const SCHEMA_VERSION: i32 = 18;", "pub const SCHEMA_VERSION: i32 = 19;")
 
 
 # The end-to-end check, a unit test of the scratch library (its own
@@ -117,10 +117,10 @@ async fn os_name_is_validated_written_and_published() {
     let url = format!("{}/{db}", admin.rsplit_once('/').unwrap().0);
     let (owner, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);
-    crate::startup::migrate(&crate::config::DbConfig::from_lookup(&|k: &str| (k == "DATABASE_URL").then(|| url.clone())).unwrap()).await.unwrap();
+    crate::startup::migrate(&crate::database::DbConfig::from_lookup(&|k: &str| (k == "DATABASE_URL").then(|| url.clone())).unwrap(), crate::profile::Profile::Masking).await.unwrap();
     let role = format!("{db}_ingest");
     owner.batch_execute(&format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN")).await.unwrap();
-    owner.batch_execute(&crate::grants::sql(Role::Ingest, &role, "public", crate::profile::Profile::Full).unwrap()).await.unwrap();
+    owner.batch_execute(&crate::grants::sql(Role::Ingest, &role, "public", crate::profile::Profile::Masking).unwrap()).await.unwrap();
     let (scheme, rest) = url.split_once("://").unwrap();
     let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
     let ingest = format!("{scheme}://{role}@{host}");
@@ -140,9 +140,13 @@ async fn os_name_is_validated_written_and_published() {
     assert_eq!(got, [(Some("android 15".into()), 10), (Some("iOS 18".into()), (crate::ingest::sink::COPY_MIN_ROWS + 10) as i64), (None, 3)]);
     let long = event(1, Some(&"x".repeat(65)));
     let outcome = h.handle(&long, crate::Deadline::NONE).await.unwrap();
-    assert_eq!(outcome.summary.rejected.get("too_long.os_name"), Some(&1));
-    let schema = crate::contract::schema::schema(&crate::contract::Contract::default());
+    // Kept (the login is stored), the defect recorded and counted.
+    assert_eq!((outcome.summary.inserted, outcome.summary.defects.get("os_name.too_long")), (1, Some(&1)));
+    let strict = crate::contract::Contract::default().with_mode(crate::contract::Mode::Strict);
+    let schema = crate::contract::schema::schema(&strict);
     assert_eq!(schema["properties"]["os_name"]["maxLength"], 64);
+    let lenient = crate::contract::schema::schema(&crate::contract::Contract::default());
+    assert!(lenient["properties"]["os_name"].is_object());
     drop(h);
     client.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).await.unwrap();
     client.batch_execute(&format!("DROP ROLE {role}")).await.unwrap();
@@ -163,7 +167,7 @@ def main() -> None:
         add_the_field(repo)
         (repo / "src" / "add_a_field_e2e.rs").write_text(E2E)
         edit(repo / "src" / "lib.rs", "pub mod contract;", "pub mod contract;\n#[cfg(test)]\nmod add_a_field_e2e;")
-        print("add_a_field: os_name added to the contract, the column list and migration 0012; building the scratch library's tests", flush=True)
+        print("add_a_field: os_name added to the contract, the column list and migration 0019; building the scratch library's tests", flush=True)
         target = os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target"))
         done = subprocess.run(["cargo", "test", "--lib", "--quiet"], cwd=repo,
                               env={**os.environ, "CARGO_TARGET_DIR": target})  # fmt: skip
