@@ -306,6 +306,12 @@ def test_doctor_passes_a_sound_deployment_and_names_each_break_with_its_fix(srv)
              "REVOKE EXECUTE ON FUNCTION login_etl_purge_default(date) FROM PUBLIC"),
             ("ALTER FUNCTION login_etl_partitions() SET search_path = public, pg_catalog", admin, "search_path",
              "login_etl_partitions", "ALTER FUNCTION login_etl_partitions() SET search_path = pg_catalog, public, pg_temp"),
+            ("ALTER FUNCTION login_etl_partitions() RESET DateStyle", admin, "search_path",
+             "login_etl_partitions", "ALTER FUNCTION login_etl_partitions() SET DateStyle = 'ISO, MDY'"),
+            # A setting a role stored for itself that changes results.
+            (f"ALTER ROLE \"{ingest}\" IN DATABASE \"{name}\" SET datestyle = 'SQL, DMY'", admin, "roles",
+             f'ALTER ROLE "{ingest}" IN DATABASE "{name}" RESET DateStyle',
+             f'ALTER ROLE "{ingest}" IN DATABASE "{name}" RESET DateStyle'),
             ("INSERT INTO user_logins (message_id, sent_at, create_date) VALUES ('doc-1', now(), DATE '2001-01-01')",
              admin, "partitions", "login-etl maintain", "DELETE FROM user_logins WHERE message_id = 'doc-1'"),
         ]  # fmt: skip

@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 
 use crate::database::iam::TokenSigner;
 use crate::database::settings::{CaBundle, DbAuth, DbConfig, DbSource};
+use crate::database::stored_settings;
 use crate::database::tls::Tls;
 use crate::error::{ConfigError, SecretError, SinkError, describe};
 use crate::secrets::Secrets;
@@ -185,6 +186,21 @@ impl Connector {
             }
             (other, _) => other.map_err(|(_, e)| e)?,
         };
+        // Before any statement of login-etl's: what the role stored for
+        // itself must not change what those statements do.
+        let stored = stored_settings::refusal(&client)
+            .await
+            .map_err(|e| SinkError::Connect {
+                target: self.target.clone(),
+                cause: format!("reading the session's settings: {}", describe(&e)),
+            })?;
+        if let Some(cause) = stored {
+            return Err(SinkError::ConnectRefused {
+                target: self.target.clone(),
+                cause,
+                hint: "login-etl refuses a session under a setting its role stored for itself that changes what its statements do (a stolen credential's leftover, or a mistake): an admin runs the RESET above; doctor lists every stored setting of login-etl's roles (docs/insiders.md)",
+            });
+        }
         debug!(target = %self.target, tls = ?self.tls, "connected to PostgreSQL");
         Ok(client)
     }

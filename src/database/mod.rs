@@ -2,12 +2,14 @@
 //! `poll`, the operator commands): where its settings come from, with
 //! PostgreSQL's own conventions ([`settings`], [`pgpass`]), how the role
 //! proves who it is (a password, or an RDS IAM token: [`iam`]), TLS
-//! ([`tls`]), and the one way a connection is opened ([`connector`]).
+//! ([`tls`]), the one way a connection is opened ([`connector`]), and
+//! what it refuses to run under ([`stored_settings`]).
 
 pub mod connector;
 pub mod iam;
 pub mod pgpass;
 pub mod settings;
+pub mod stored_settings;
 pub mod tls;
 
 pub use connector::{Connector, SetupError, needs_aws};

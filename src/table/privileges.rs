@@ -369,6 +369,19 @@ fn table_rows() -> String {
     rows
 }
 
+/// The settings every owner's function runs with beside its search path,
+/// whatever the caller's session holds (a role may store its own:
+/// [`crate::database::stored_settings`]): dates read and print one way,
+/// strings and NULLs compare the standard way.
+pub const FUNCTION_SETTINGS: [(&str, &str); 6] = [
+    ("DateStyle", "ISO, MDY"),
+    ("TimeZone", "UTC"),
+    ("IntervalStyle", "postgres"),
+    ("standard_conforming_strings", "on"),
+    ("transform_null_equals", "off"),
+    ("array_nulls", "on"),
+];
+
 /// The privileges of the version being installed, applied in the
 /// migration's transaction after its tables and functions: every
 /// `login_etl_*` function of the schema gets the fixed search path
@@ -397,6 +410,16 @@ pub fn apply_sql(functions: &[FunctionGrant<'_>], profile: Profile) -> String {
         .map(|r| literal(r.as_str()))
         .collect();
     let runners = runners.join(", ");
+    let pinned: Vec<String> = FUNCTION_SETTINGS
+        .iter()
+        .map(|(name, value)| literal(&format!("{name}={value}")))
+        .collect();
+    let pinned = pinned.join(", ");
+    // Inside format('…'): each value's quotes doubled.
+    let pins: String = FUNCTION_SETTINGS
+        .iter()
+        .map(|(name, value)| format!(" SET {name} = ''{value}''"))
+        .collect();
     format!(
         r#"DO $login_etl_privileges$
 DECLARE
@@ -414,8 +437,10 @@ BEGIN
         IF obj_description(f.oid, 'pg_proc') IS DISTINCT FROM f.tag || ':' || md5(f.prosrc) THEN
             EXECUTE format('COMMENT ON FUNCTION %s IS %L', f.sig, f.tag || ':' || md5(f.prosrc));
         END IF;
-        IF NOT coalesce(f.proconfig @> ARRAY['search_path=' || v_path], false) THEN
-            EXECUTE format('ALTER FUNCTION %s SET search_path = %s', f.sig, v_path);
+        -- Its own settings, whatever the caller's session stored: names
+        -- resolve in the schema, dates read and print one way.
+        IF NOT coalesce(f.proconfig @> (ARRAY['search_path=' || v_path] || ARRAY[{pinned}]), false) THEN
+            EXECUTE format('ALTER FUNCTION %s SET search_path = %s {pins}', f.sig, v_path);
         END IF;
         -- No ACL yet is the default, which lets PUBLIC execute.
         IF f.proacl IS NULL OR EXISTS (SELECT 1 FROM aclexplode(f.proacl) a WHERE a.grantee = 0) THEN

@@ -1194,6 +1194,83 @@ async fn attack(d: &Deployment) {
     assert_least_privilege(d).await;
 }
 
+/// What attack() left stored (each role's `search_path = pg_temp, public`)
+/// and more: the maintain role's `DateStyle`, the ingest role's
+/// `synchronous_commit = off`. The owner's functions compute as before
+/// under them (they pin their own settings); every connection the program
+/// opens is refused, naming the setting and the admin's RESET, which
+/// clears it.
+async fn stored_settings_are_refused_until_reset(d: &Deployment) {
+    let maintain = d.connect(Role::Maintain).await;
+    maintain
+        .batch_execute(
+            "ALTER ROLE CURRENT_USER SET datestyle = 'SQL, DMY'; SET datestyle = 'SQL, DMY'",
+        )
+        .await
+        .unwrap();
+    let bounds: i64 = maintain
+        .query_one("SELECT count(*) FROM login_etl_partitions() WHERE NOT is_default AND (lo IS NULL OR hi IS NULL)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        bounds, 0,
+        "the owner's function reads its bounds under the caller's DateStyle"
+    );
+    drop(maintain);
+    run_maintain(d).await;
+    d.connect(Role::Ingest)
+        .await
+        .batch_execute(&format!(
+            "ALTER ROLE CURRENT_USER IN DATABASE {} SET synchronous_commit = off",
+            d.db.name
+        ))
+        .await
+        .unwrap();
+    for role in ROLES {
+        let name = d.db.role_name(role);
+        let open = || async {
+            login_etl::database::Connector::from_config(&db_config(&d.url(role)), None)
+                .await
+                .unwrap()
+                .open(std::time::Duration::from_secs(10))
+                .await
+        };
+        let refused = open()
+            .await
+            .expect_err("a stored search_path of two schemas")
+            .to_string();
+        let mut stored = vec![(
+            "search_path = 'pg_temp, public'".to_owned(),
+            format!("ALTER ROLE \"{name}\" RESET search_path"),
+        )];
+        match role {
+            Role::Maintain => stored.push((
+                "DateStyle = 'SQL, DMY'".into(),
+                format!("ALTER ROLE \"{name}\" RESET DateStyle"),
+            )),
+            Role::Ingest => stored.push((
+                "synchronous_commit = 'off' in this database".into(),
+                format!(
+                    "ALTER ROLE \"{name}\" IN DATABASE \"{}\" RESET synchronous_commit",
+                    d.db.name
+                ),
+            )),
+            _ => {}
+        }
+        for (setting, reset) in &stored {
+            assert!(
+                refused.contains(setting) && refused.contains(reset),
+                "{role:?}: names {setting} and the admin's fix: {refused}"
+            );
+            d.admin.batch_execute(reset).await.unwrap();
+        }
+        open()
+            .await
+            .unwrap_or_else(|e| panic!("{role:?} connects once reset: {e}"));
+    }
+}
+
 /// What the function's vault write does with a forged day: today at most,
 /// never back.
 async fn the_vault_day_stays_within_bounds(d: &Deployment) {
@@ -1447,6 +1524,7 @@ async fn the_whole_suite(pg13_defaults: bool) {
     the_reader_reads_every_partition(&d).await;
     a_reveal_hands_out_nothing_before_its_record_commits(&d).await;
     attack(&d).await;
+    stored_settings_are_refused_until_reset(&d).await;
     the_vault_day_stays_within_bounds(&d).await;
     the_real_commands_run_beside_the_plants(&d).await;
 }

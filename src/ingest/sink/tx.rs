@@ -29,9 +29,17 @@ pub(crate) fn begin_sql(server_bound: Duration) -> String {
     let ms = server_bound.as_millis().max(1);
     format!(
         "BEGIN; SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}; \
-         LOCK TABLE ONLY user_logins IN ROW EXCLUSIVE MODE"
+         {DURABLE_COMMIT_SQL}; LOCK TABLE ONLY user_logins IN ROW EXCLUSIVE MODE"
     )
 }
+
+/// A durable COMMIT whatever the session's default (a role may store
+/// `synchronous_commit = off` for itself after the function connected,
+/// and a pooler's next server connection takes it): the messages are
+/// deleted from SQS once COMMIT answers. Weaker levels only are raised
+/// (`remote_apply` and the like are kept).
+pub(crate) const DURABLE_COMMIT_SQL: &str = "SELECT pg_catalog.set_config('synchronous_commit', 'on', true) \
+     WHERE pg_catalog.current_setting('synchronous_commit') OPERATOR(pg_catalog.=) 'off'";
 
 /// The write check: raises SQLSTATE `LE001` (the transaction is refused)
 /// when the erasure list has grown past the version the batch was filtered

@@ -25,7 +25,9 @@ use chrono::NaiveDate;
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use crate::database::stored_settings::{reset_statement, stored_setting_problem};
 use crate::table::partitions::{days_ahead, partitions};
+use crate::table::privileges::FUNCTION_SETTINGS;
 use crate::table::privileges::{SCHEMA_WRITERS_SQL, schema_writers_fix};
 use crate::table::schema::SCHEMA_VERSION;
 
@@ -214,6 +216,19 @@ async fn search_paths(client: &Client, report: &mut Report) -> Result<(), tokio_
         .await?;
     for row in rows {
         let (function, config): (String, String) = (row.get(0), row.get(1));
+        let unpinned: Vec<&str> = FUNCTION_SETTINGS
+            .iter()
+            .filter(|(name, value)| !config.split(';').any(|c| c == format!("{name}={value}")))
+            .map(|(name, _)| *name)
+            .collect();
+        if !unpinned.is_empty() {
+            report.found(
+                "search_path",
+                format!("function {function}"),
+                format!("runs with the caller's {}: a role's stored settings would change what it computes", unpinned.join(", ")),
+                "as the migrate role: login-etl migrate (it pins every owner's function's settings)".into(),
+            );
+        }
         if !search_path_first_is_catalog(&config) {
             report.found(
                 "search_path",
@@ -294,6 +309,44 @@ async fn roles(client: &Client, report: &mut Report) -> Result<(), tokio_postgre
                     ident(&report.schema),
                     ident(&name)
                 ),
+            );
+        }
+    }
+    stored_settings(client, report).await
+}
+
+/// What each login-etl role stored for itself (or an admin for it): every
+/// setting that would change what login-etl's statements do, which the
+/// program refuses to connect under ([`stored_setting_problem`]).
+async fn stored_settings(
+    client: &Client,
+    report: &mut Report,
+) -> Result<(), tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT a.rolname::text, s.setdatabase <> 0, split_part(c, '=', 1), substr(c, strpos(c, '=') + 1) \
+             FROM pg_db_role_setting s JOIN pg_roles a ON a.oid = s.setrole \
+             CROSS JOIN LATERAL unnest(s.setconfig) AS c \
+             WHERE a.rolname IN (SELECT role_name FROM user_logins_roles) \
+               AND s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database())) \
+             ORDER BY 1, 3",
+            &[],
+        )
+        .await?;
+    for row in rows {
+        let (role, in_db, name, value): (String, bool, String, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        if let Some(why) = stored_setting_problem(&name, &value) {
+            let database: String = client
+                .query_one("SELECT current_database()::text", &[])
+                .await?
+                .get(0);
+            let source = if in_db { "database user" } else { "user" };
+            report.found(
+                "roles",
+                format!("role {role}"),
+                format!("stores {name} = '{value}' for its sessions: {why} (login-etl refuses to connect under it)"),
+                format!("as the admin: {}", reset_statement(&role, &database, source, &name)),
             );
         }
     }

@@ -1,0 +1,157 @@
+//! Settings a role stored for itself (`ALTER ROLE CURRENT_USER [IN
+//! DATABASE …] SET …`). Any role may store them, they apply to every later
+//! session of that role and outlive a password rotation: a stolen
+//! credential could leave a `search_path` that steers the real commands to
+//! objects of its own, or a `DateStyle` that changes what dates read as.
+//! A session that starts under one that changes what login-etl's
+//! statements do is refused at connect, with the statement that resets it;
+//! doctor lists them for every login-etl role. The owner's functions pin
+//! their own settings (`table::privileges::FUNCTION_SETTINGS`).
+
+/// The result-changing settings the session holds from a role's own
+/// defaults (`user`) or its defaults in this database (`database user`).
+/// Every name qualified: it runs under whatever search path was stored.
+pub(crate) const STORED_SQL: &str = "SELECT s.name, s.setting, s.source, \
+     CURRENT_USER::pg_catalog.text, pg_catalog.current_database()::pg_catalog.text \
+     FROM pg_catalog.pg_settings s \
+     WHERE s.source OPERATOR(pg_catalog.=) ANY (ARRAY['user', 'database user']::pg_catalog.text[]) \
+       AND pg_catalog.lower(s.name) OPERATOR(pg_catalog.=) ANY (ARRAY['search_path', 'datestyle', 'intervalstyle', 'timezone', \
+           'synchronous_commit', 'standard_conforming_strings', 'transform_null_equals', 'array_nulls']::pg_catalog.text[]) \
+     ORDER BY s.name";
+
+/// What a stored `name = value` would change, or `None` when it is
+/// harmless: a search path of one schema (README's block sets each role's
+/// to the tables' schema), `pg_catalog` before it and `pg_temp` after it
+/// allowed; ISO dates, the standard interval style, UTC; any durable
+/// commit level; the standard string and NULL semantics.
+pub fn stored_setting_problem(name: &str, value: &str) -> Option<&'static str> {
+    let v = value.trim();
+    let bad = match name.to_ascii_lowercase().as_str() {
+        "search_path" => !single_schema(v),
+        "datestyle" => !v.to_ascii_uppercase().starts_with("ISO"),
+        "intervalstyle" => v != "postgres",
+        "timezone" => !matches!(v, "UTC" | "Etc/UTC" | "GMT" | "Etc/GMT" | "UCT" | "Zulu"),
+        "synchronous_commit" => v == "off",
+        "standard_conforming_strings" => v == "off",
+        "transform_null_equals" => v == "on",
+        "array_nulls" => v == "off",
+        _ => false,
+    };
+    bad.then_some(match name.to_ascii_lowercase().as_str() {
+        "search_path" => {
+            "it resolves names through more than the tables' schema, so objects elsewhere could stand in for login-etl's"
+        }
+        "synchronous_commit" => {
+            "a commit would be acknowledged before it is durable: a batch SQS deletes could be lost in a crash"
+        }
+        _ => "it changes what login-etl's statements read or compute",
+    })
+}
+
+/// One schema, optionally after `pg_catalog` and before `pg_temp`.
+fn single_schema(path: &str) -> bool {
+    let mut parts: Vec<&str> = path.split(',').map(str::trim).collect();
+    if parts.first() == Some(&"pg_catalog") {
+        parts.remove(0);
+    }
+    if parts.len() == 2 && parts[1] == "pg_temp" {
+        parts.pop();
+    }
+    matches!(parts.as_slice(), [one] if !one.is_empty() && *one != "pg_temp" && !one.starts_with("pg_temp_"))
+}
+
+/// The statement an admin runs to reset `name` for `role`: in `database`
+/// when it was stored there (`source` = `database user`).
+pub fn reset_statement(role: &str, database: &str, source: &str, name: &str) -> String {
+    let role = postgres_protocol::escape::escape_identifier(role);
+    if source == "database user" {
+        let database = postgres_protocol::escape::escape_identifier(database);
+        format!("ALTER ROLE {role} IN DATABASE {database} RESET {name}")
+    } else {
+        format!("ALTER ROLE {role} RESET {name}")
+    }
+}
+
+/// The stored settings of this session that change what login-etl does,
+/// as the refusal's cause (names and values only: settings, never data),
+/// each with the admin's RESET; `None` when there is none.
+pub(crate) async fn refusal(
+    client: &tokio_postgres::Client,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    let (mut found, mut resets) = (Vec::new(), Vec::new());
+    for row in client.query(STORED_SQL, &[]).await? {
+        let (name, value, source, role, database): (String, String, String, String, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        if let Some(why) = stored_setting_problem(&name, &value) {
+            let scope = if source == "database user" {
+                " in this database"
+            } else {
+                ""
+            };
+            found.push(format!("{name} = '{value}'{scope} ({why})"));
+            resets.push(reset_statement(&role, &database, &source, &name));
+        }
+    }
+    Ok((!found.is_empty()).then(|| {
+        format!(
+            "the role stores its own {} (ALTER ROLE … SET); an admin resets it: {}",
+            found.join(", "),
+            resets.join("; ")
+        )
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_schema_passes_and_more_or_pg_temp_first_do_not() {
+        for ok in [
+            "public",
+            "\"Login ETL\"",
+            "pg_catalog, login_etl",
+            "pg_catalog, login_etl, pg_temp",
+            "login_etl, pg_temp",
+        ] {
+            assert_eq!(stored_setting_problem("search_path", ok), None, "{ok}");
+        }
+        for bad in [
+            "pg_temp, public",
+            "public, login_etl",
+            "\"$user\", public",
+            "pg_temp",
+            "",
+            "pg_catalog",
+        ] {
+            assert!(
+                stored_setting_problem("search_path", bad).is_some(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn result_changing_values_are_named_and_harmless_ones_pass() {
+        assert!(stored_setting_problem("DateStyle", "SQL, DMY").is_some());
+        assert_eq!(stored_setting_problem("DateStyle", "ISO, DMY"), None);
+        assert!(stored_setting_problem("synchronous_commit", "off").is_some());
+        assert_eq!(stored_setting_problem("synchronous_commit", "local"), None);
+        assert!(stored_setting_problem("TimeZone", "Asia/Tokyo").is_some());
+        assert_eq!(stored_setting_problem("TimeZone", "UTC"), None);
+        assert!(stored_setting_problem("transform_null_equals", "on").is_some());
+        assert_eq!(stored_setting_problem("work_mem", "64MB"), None);
+    }
+
+    #[test]
+    fn the_reset_names_the_scope_it_was_stored_in() {
+        assert_eq!(
+            reset_statement("ingest", "Prod DB", "database user", "search_path"),
+            "ALTER ROLE \"ingest\" IN DATABASE \"Prod DB\" RESET search_path"
+        );
+        assert_eq!(
+            reset_statement("ingest", "db", "user", "datestyle"),
+            "ALTER ROLE \"ingest\" RESET datestyle"
+        );
+    }
+}
