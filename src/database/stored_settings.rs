@@ -79,9 +79,14 @@ pub(crate) async fn refusal(
     client: &tokio_postgres::Client,
 ) -> Result<Option<String>, tokio_postgres::Error> {
     let (mut found, mut resets) = (Vec::new(), Vec::new());
-    for row in client.query(STORED_SQL, &[]).await? {
-        let (name, value, source, role, database): (String, String, String, String, String) =
-            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    // The simple protocol: no prepared statement, which a
+    // transaction-mode pooler would not keep (design.md).
+    for message in client.simple_query(STORED_SQL).await? {
+        let tokio_postgres::SimpleQueryMessage::Row(row) = message else {
+            continue;
+        };
+        let text = |i: usize| row.get(i).unwrap_or_default().to_owned();
+        let (name, value, source, role, database) = (text(0), text(1), text(2), text(3), text(4));
         if let Some(why) = stored_setting_problem(&name, &value) {
             let scope = if source == "database user" {
                 " in this database"

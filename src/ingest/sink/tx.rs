@@ -29,7 +29,7 @@ pub(crate) fn begin_sql(server_bound: Duration) -> String {
     let ms = server_bound.as_millis().max(1);
     format!(
         "BEGIN; SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}; \
-         {DURABLE_COMMIT_SQL}; LOCK TABLE ONLY user_logins IN ROW EXCLUSIVE MODE"
+         {DURABLE_COMMIT_SQL}; {PIN_SCHEMA_SQL}; LOCK TABLE ONLY user_logins IN ROW EXCLUSIVE MODE"
     )
 }
 
@@ -40,6 +40,23 @@ pub(crate) fn begin_sql(server_bound: Duration) -> String {
 /// (`remote_apply` and the like are kept).
 pub(crate) const DURABLE_COMMIT_SQL: &str = "SELECT pg_catalog.set_config('synchronous_commit', 'on', true) \
      WHERE pg_catalog.current_setting('synchronous_commit') OPERATOR(pg_catalog.=) 'off'";
+
+/// The transaction's search path: `pg_catalog`, then the schema of the
+/// `user_logins` the tables' owner made, then `pg_temp`. The session's own
+/// path is checked at connect (`database::stored_settings`), but one a role
+/// stores later reaches a pooler's new server connections before the
+/// function reconnects; a table of the same name that the role itself
+/// made (where it may create) comes last, so a plant never takes the
+/// batch. Every name qualified: it runs under whatever path was stored.
+pub(crate) const PIN_SCHEMA_SQL: &str = "SELECT pg_catalog.set_config('search_path', \
+     pg_catalog.format('pg_catalog, %I, pg_temp', n.nspname), true) \
+     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+     WHERE c.relname OPERATOR(pg_catalog.=) 'user_logins' \
+       AND c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p}'::pg_catalog.\"char\"[]) \
+     ORDER BY c.relowner OPERATOR(pg_catalog.=) (SELECT r.oid FROM pg_catalog.pg_roles r \
+                WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER), \
+              n.nspname OPERATOR(pg_catalog.<>) pg_catalog.current_schema(), n.nspname \
+     LIMIT 1";
 
 /// The write check: raises SQLSTATE `LE001` (the transaction is refused)
 /// when the erasure list has grown past the version the batch was filtered
