@@ -8,16 +8,36 @@
 //! doctor lists them for every login-etl role. The owner's functions pin
 //! their own settings (`table::privileges::FUNCTION_SETTINGS`).
 
+/// The schema of the `user_logins` the tables' owner made: one the
+/// session's own role made (where it may create) comes only when there is
+/// no other, then the session's current schema (two deployments in one
+/// database), then by name. Every name qualified: it runs under whatever
+/// search path was stored.
+pub(crate) const OWNERS_SCHEMA_SQL: &str = "SELECT n.nspname \
+     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+     WHERE c.relname OPERATOR(pg_catalog.=) 'user_logins' \
+       AND c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p}'::pg_catalog.\"char\"[]) \
+     ORDER BY c.relowner OPERATOR(pg_catalog.=) (SELECT r.oid FROM pg_catalog.pg_roles r \
+                WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER), \
+              n.nspname OPERATOR(pg_catalog.<>) pg_catalog.current_schema(), n.nspname \
+     LIMIT 1";
+
 /// The result-changing settings the session holds from a role's own
-/// defaults (`user`) or its defaults in this database (`database user`).
-/// Every name qualified: it runs under whatever search path was stored.
-pub(crate) const STORED_SQL: &str = "SELECT s.name, s.setting, s.source, \
-     CURRENT_USER::pg_catalog.text, pg_catalog.current_database()::pg_catalog.text \
-     FROM pg_catalog.pg_settings s \
-     WHERE s.source OPERATOR(pg_catalog.=) ANY (ARRAY['user', 'database user']::pg_catalog.text[]) \
-       AND pg_catalog.lower(s.name) OPERATOR(pg_catalog.=) ANY (ARRAY['search_path', 'datestyle', 'intervalstyle', 'timezone', \
-           'synchronous_commit', 'standard_conforming_strings', 'transform_null_equals', 'array_nulls']::pg_catalog.text[]) \
-     ORDER BY s.name";
+/// defaults (`user`) or its defaults in this database (`database user`),
+/// with where the owner's tables are and where the session's names
+/// resolve first.
+fn stored_sql() -> String {
+    format!(
+        "SELECT s.name, s.setting, s.source, CURRENT_USER::pg_catalog.text, \
+         pg_catalog.current_database()::pg_catalog.text, ({OWNERS_SCHEMA_SQL}), pg_catalog.current_schema() \
+         FROM pg_catalog.pg_settings s \
+         WHERE s.source OPERATOR(pg_catalog.=) ANY (ARRAY['user', 'database user']::pg_catalog.text[]) \
+           AND pg_catalog.lower(s.name) OPERATOR(pg_catalog.=) ANY (ARRAY['search_path', 'datestyle', \
+               'intervalstyle', 'timezone', 'synchronous_commit', 'standard_conforming_strings', \
+               'transform_null_equals', 'array_nulls']::pg_catalog.text[]) \
+         ORDER BY s.name"
+    )
+}
 
 /// What a stored `name = value` would change, or `None` when it is
 /// harmless: a search path of one schema (README's block sets each role's
@@ -81,13 +101,20 @@ pub(crate) async fn refusal(
     let (mut found, mut resets) = (Vec::new(), Vec::new());
     // The simple protocol: no prepared statement, which a
     // transaction-mode pooler would not keep (design.md).
-    for message in client.simple_query(STORED_SQL).await? {
+    for message in client.simple_query(&stored_sql()).await? {
         let tokio_postgres::SimpleQueryMessage::Row(row) = message else {
             continue;
         };
         let text = |i: usize| row.get(i).unwrap_or_default().to_owned();
         let (name, value, source, role, database) = (text(0), text(1), text(2), text(3), text(4));
-        if let Some(why) = stored_setting_problem(&name, &value) {
+        // One schema, but not the one the owner's tables are in: where a
+        // role may create (`public` before PostgreSQL 15), a plant.
+        let (owners, current) = (row.get(5), row.get(6));
+        let elsewhere = name == "search_path" && owners.is_some() && owners != current;
+        let why = stored_setting_problem(&name, &value).or(elsewhere.then_some(
+            "its first schema is not the one login-etl's tables are in, so objects there could stand in for login-etl's",
+        ));
+        if let Some(why) = why {
             let scope = if source == "database user" {
                 " in this database"
             } else {

@@ -1269,6 +1269,47 @@ async fn stored_settings_are_refused_until_reset(d: &Deployment) {
             .await
             .unwrap_or_else(|e| panic!("{role:?} connects once reset: {e}"));
     }
+    // One schema, but one the role may create in (PostgreSQL 13/14's
+    // `public` beside a schema of login-etl's own): its plants would stand
+    // in for the owner's functions. Refused; the admin's RESET clears it.
+    let erase = d.db.role_name(Role::Erase);
+    d.admin
+        .batch_execute(&format!(
+            "CREATE SCHEMA elsewhere; GRANT USAGE, CREATE ON SCHEMA elsewhere TO \"{erase}\""
+        ))
+        .await
+        .unwrap();
+    d.connect(Role::Erase)
+        .await
+        .batch_execute(
+            "CREATE FUNCTION elsewhere.login_etl_forget_rows() RETURNS int LANGUAGE sql AS 'SELECT 2'; \
+             ALTER ROLE CURRENT_USER SET search_path = elsewhere",
+        )
+        .await
+        .unwrap();
+    let open = || async {
+        login_etl::database::Connector::from_config(&db_config(&d.url(Role::Erase)), None)
+            .await
+            .unwrap()
+            .open(std::time::Duration::from_secs(10))
+            .await
+    };
+    let refused = open()
+        .await
+        .expect_err("a search path to a schema the role creates in")
+        .to_string();
+    let reset = format!("ALTER ROLE \"{erase}\" RESET search_path");
+    assert!(
+        refused.contains("search_path = 'elsewhere'")
+            && refused.contains("not the one login-etl's tables are in")
+            && refused.contains(&reset),
+        "{refused}"
+    );
+    d.admin
+        .batch_execute(&format!("{reset}; DROP SCHEMA elsewhere CASCADE"))
+        .await
+        .unwrap();
+    open().await.expect("connects once reset");
 }
 
 /// What the function's vault write does with a forged day: today at most,

@@ -8,6 +8,7 @@
 //! so a transaction-mode pooler may hand the next transaction to any server
 //! connection. Success means the server answered the COMMIT.
 
+use crate::database::stored_settings::OWNERS_SCHEMA_SQL;
 use crate::privacy::keys::Versions;
 use std::time::Duration;
 
@@ -27,9 +28,10 @@ use super::vault::{self, VaultRows};
 /// lock-table slot each, in every write transaction.
 pub(crate) fn begin_sql(server_bound: Duration) -> String {
     let ms = server_bound.as_millis().max(1);
+    let pin = pin_schema_sql();
     format!(
         "BEGIN; SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}; \
-         {DURABLE_COMMIT_SQL}; {PIN_SCHEMA_SQL}; LOCK TABLE ONLY user_logins IN ROW EXCLUSIVE MODE"
+         {DURABLE_COMMIT_SQL}; {pin}; LOCK TABLE ONLY user_logins IN ROW EXCLUSIVE MODE"
     )
 }
 
@@ -48,15 +50,12 @@ pub(crate) const DURABLE_COMMIT_SQL: &str = "SELECT pg_catalog.set_config('synch
 /// function reconnects; a table of the same name that the role itself
 /// made (where it may create) comes last, so a plant never takes the
 /// batch. Every name qualified: it runs under whatever path was stored.
-pub(crate) const PIN_SCHEMA_SQL: &str = "SELECT pg_catalog.set_config('search_path', \
-     pg_catalog.format('pg_catalog, %I, pg_temp', n.nspname), true) \
-     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
-     WHERE c.relname OPERATOR(pg_catalog.=) 'user_logins' \
-       AND c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p}'::pg_catalog.\"char\"[]) \
-     ORDER BY c.relowner OPERATOR(pg_catalog.=) (SELECT r.oid FROM pg_catalog.pg_roles r \
-                WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER), \
-              n.nspname OPERATOR(pg_catalog.<>) pg_catalog.current_schema(), n.nspname \
-     LIMIT 1";
+fn pin_schema_sql() -> String {
+    format!(
+        "SELECT pg_catalog.set_config('search_path', pg_catalog.format('pg_catalog, %I, pg_temp', o.s), true) \
+         FROM ({OWNERS_SCHEMA_SQL}) AS o(s)"
+    )
+}
 
 /// The write check: raises SQLSTATE `LE001` (the transaction is refused)
 /// when the erasure list has grown past the version the batch was filtered
