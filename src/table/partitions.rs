@@ -221,6 +221,54 @@ pub async fn partitions(client: &Client) -> Result<Vec<Partition>, tokio_postgre
         .collect())
 }
 
+/// The partitions as [`partitions`] lists them, read from the catalog
+/// alone: no function of the schema runs (doctor, which may run as a
+/// superuser over a schema it audits). The bounds print in the session's
+/// `DateStyle`, so the caller reads them under ISO.
+pub async fn partitions_in_catalog(
+    client: &Client,
+) -> Result<Vec<Partition>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT c.relname::text, pg_catalog.pg_get_expr(c.relpartbound, c.oid) \
+             FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = pg_catalog.to_regclass(pg_catalog.format('%I.%I', pg_catalog.current_schema(), 'user_logins')) \
+               AND c.relkind IN ('r', 'p')",
+            &[],
+        )
+        .await?;
+    let mut listed: Vec<Partition> = rows
+        .iter()
+        .map(|r| {
+            let bound: Option<String> = r.get(1);
+            let (lo, hi, is_default) = parse_bound(bound.as_deref().unwrap_or_default());
+            Partition {
+                name: r.get(0),
+                lo,
+                hi,
+                is_default,
+            }
+        })
+        .collect();
+    listed.sort_by_key(|p| (!p.is_default, p.lo, p.hi));
+    Ok(listed)
+}
+
+/// A range bound as `pg_get_expr` prints it under ISO dates:
+/// `FOR VALUES FROM ('2026-11-26') TO ('2026-11-27')`, `MINVALUE` for an
+/// open start, or `DEFAULT`.
+fn parse_bound(bound: &str) -> (Option<NaiveDate>, Option<NaiveDate>, bool) {
+    if bound.trim() == "DEFAULT" {
+        return (None, None, true);
+    }
+    let day = |part: &str| {
+        let quoted = part.split('\'').nth(1)?;
+        NaiveDate::parse_from_str(quoted, "%Y-%m-%d").ok()
+    };
+    let (from, to) = bound.split_once(" TO ").unwrap_or((bound, ""));
+    (day(from), day(to), false)
+}
+
 /// Whole days after `today` whose rows have a partition ready, counted to
 /// the first day none covers: 7 after `maintain` made a week ahead, 0 when
 /// tomorrow's rows will go to the DEFAULT partition, -1 when today's

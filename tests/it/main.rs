@@ -11,6 +11,7 @@ mod common;
 
 mod backoff_sqs;
 mod dlq_sqs;
+mod doctor_tampered;
 mod erasure;
 mod failure_classes;
 mod faults;

@@ -1,9 +1,11 @@
 //! `login-etl doctor`: what an operator must keep true of a deployment's
 //! database, read from the live catalogue, each finding with its fix.
 //!
-//! Run as the tables' owner (the migrate role) or an admin: it reads the
-//! catalogue and the DEFAULT partition, never a row's values, and changes
-//! nothing. The checks:
+//! Run as the tables' owner (the migrate role), an admin or a superuser:
+//! it reads the catalogue and whether the DEFAULT partition holds a row,
+//! never a row's values, changes nothing, and runs no function of the
+//! schema it audits (a replaced one would run with the caller's rights).
+//! The checks:
 //! - who besides the owner may CREATE in the schema the owner's functions
 //!   run in ([`SCHEMA_WRITERS_SQL`]);
 //! - the schema's version against this binary's;
@@ -13,11 +15,17 @@
 //!   profile, no less and no more ([`privileges`]);
 //! - the partitions made ahead, the DEFAULT partition empty, and retention
 //!   applied (no partition past `RETENTION_DAYS` by more than a day);
+//! - what the owner or a superuser could switch off without a grant
+//!   changing ([`tampering`]): triggers disabled or missing, function
+//!   bodies the binary's files do not make, grants to roles login-etl does
+//!   not know, an owner with more than ownership, settings a role stored
+//!   for itself;
 //! - whether a commit the function sees acknowledged survives a failover
 //!   (standbys without synchronous replication), and not a standby itself.
 
 mod privileges;
 mod replication;
+mod tampering;
 
 pub use replication::{Replication, replication_finding};
 
@@ -26,7 +34,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::database::stored_settings::{reset_statement, stored_setting_problem};
-use crate::table::partitions::{days_ahead, partitions};
+use crate::table::partitions::{days_ahead, partitions_in_catalog};
 use crate::table::privileges::FUNCTION_SETTINGS;
 use crate::table::privileges::{SCHEMA_WRITERS_SQL, schema_writers_fix};
 use crate::table::schema::SCHEMA_VERSION;
@@ -109,6 +117,30 @@ pub async fn examine(
     today: NaiveDate,
     retention_days: Option<u32>,
 ) -> Result<Report, tokio_postgres::Error> {
+    // One read-only transaction, dates printed as ISO whatever the
+    // session stored (the partition bounds are read as text).
+    client
+        .batch_execute(
+            "BEGIN READ ONLY; SET LOCAL DateStyle = 'ISO, MDY'; SET LOCAL TimeZone = 'UTC'; \
+             SET LOCAL IntervalStyle = 'postgres'",
+        )
+        .await?;
+    let examined = examine_in_transaction(client, today, retention_days).await;
+    let _ = client
+        .batch_execute(if examined.is_ok() {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        })
+        .await;
+    examined
+}
+
+async fn examine_in_transaction(
+    client: &Client,
+    today: NaiveDate,
+    retention_days: Option<u32>,
+) -> Result<Report, tokio_postgres::Error> {
     let mut report = Report::default();
     schema_writers(client, &mut report).await?;
     if schema_version(client, &mut report).await?.is_none() {
@@ -120,7 +152,11 @@ pub async fn examine(
     roles(client, &mut report).await?;
     if registry(client).await? {
         privileges::check(client, profile, &mut report).await?;
+        tampering::unknown_grantees(client, &mut report).await?;
     }
+    tampering::triggers(client, profile, &mut report).await?;
+    tampering::function_bodies(client, profile, &mut report).await?;
+    tampering::owner(client, &mut report).await?;
     partitions_ahead(client, today, &mut report).await?;
     retention(client, today, retention_days, &mut report).await?;
     replication::check(client, &mut report).await?;
@@ -156,27 +192,39 @@ async fn schema_version(
     report: &mut Report,
 ) -> Result<Option<i32>, tokio_postgres::Error> {
     report.checks.push("schema_version");
-    let exists: bool = client
-        .query_one(
-            "SELECT to_regprocedure('login_etl_schema_version()') IS NOT NULL",
-            &[],
+    // Its body, read, never run: it may have been replaced by anything.
+    let body: Option<String> = client
+        .query_opt(
+            "SELECT p.prosrc FROM pg_catalog.pg_proc p \
+             WHERE p.oid = pg_catalog.to_regprocedure(pg_catalog.format('%I.%I()', pg_catalog.current_schema(), $1::text))",
+            &[&crate::table::schema::functions::SCHEMA_VERSION_FUNCTION],
         )
         .await?
-        .get(0);
-    let version = if exists {
-        Some(
-            client
-                .query_one("SELECT login_etl_schema_version()", &[])
-                .await?
-                .get::<_, i32>(0),
-        )
-    } else {
-        None
+        .map(|r| r.get(0));
+    let version = match body.as_deref().map(version_in_body) {
+        None => None,
+        Some(Some(v)) => Some(v),
+        Some(None) => {
+            report.found(
+                "schema_version",
+                "function login_etl_schema_version()",
+                "has a body migrate does not write (it should be one SELECT of the version): replaced by hand".into(),
+                "as the migrate role: login-etl migrate (it writes it again)".into(),
+            );
+            // Examine the rest as this binary's version would be.
+            return Ok(Some(SCHEMA_VERSION));
+        }
     };
     if let Some(finding) = version_finding(version, SCHEMA_VERSION) {
         report.findings.push(finding);
     }
     Ok(version)
+}
+
+/// The version a `login_etl_schema_version()` body migrate wrote holds
+/// (` SELECT 18 `), `None` for any other body.
+pub fn version_in_body(body: &str) -> Option<i32> {
+    body.trim().strip_prefix("SELECT ")?.trim().parse().ok()
 }
 
 /// A schema at `found` examined by a binary of `binary`.
@@ -253,7 +301,11 @@ pub fn search_path_first_is_catalog(config: &str) -> bool {
 /// The role registry exists (migrations/0010).
 async fn registry(client: &Client) -> Result<bool, tokio_postgres::Error> {
     Ok(client
-        .query_one("SELECT to_regclass('user_logins_roles') IS NOT NULL", &[])
+        .query_one(
+            "SELECT coalesce((SELECT relkind = 'r' FROM pg_catalog.pg_class \
+               WHERE oid = pg_catalog.to_regclass(pg_catalog.format('%I.%I', pg_catalog.current_schema(), 'user_logins_roles'))), false)",
+            &[],
+        )
         .await?
         .get(0))
 }
@@ -359,7 +411,7 @@ async fn partitions_ahead(
     report: &mut Report,
 ) -> Result<(), tokio_postgres::Error> {
     report.checks.push("partitions");
-    let listed = partitions(client).await?;
+    let listed = partitions_in_catalog(client).await?;
     if let Some(days) = days_ahead(&listed, today)
         && days < MIN_DAYS_AHEAD
     {
@@ -374,16 +426,31 @@ async fn partitions_ahead(
         );
     }
     if let Some(default) = listed.iter().find(|p| p.is_default) {
-        let held: bool = client
+        // Read where this role may (the owner), else the planner's
+        // estimate (an admin that may not read it).
+        let name = default.name.replace('"', "\"\"");
+        let readable: bool = client
             .query_one(
-                &format!(
-                    "SELECT EXISTS (SELECT 1 FROM \"{}\")",
-                    default.name.replace('"', "\"\"")
-                ),
-                &[],
+                "SELECT pg_catalog.has_table_privilege(pg_catalog.format('%I.%I', pg_catalog.current_schema(), $1::text), 'SELECT')",
+                &[&default.name],
             )
             .await?
             .get(0);
+        let held: bool = if readable {
+            client
+                .query_one(&format!("SELECT EXISTS (SELECT 1 FROM \"{name}\")"), &[])
+                .await?
+                .get(0)
+        } else {
+            client
+                .query_one(
+                    "SELECT coalesce((SELECT reltuples > 0 FROM pg_catalog.pg_class \
+                       WHERE oid = pg_catalog.to_regclass(pg_catalog.format('%I.%I', pg_catalog.current_schema(), $1::text))), false)",
+                    &[&default.name],
+                )
+                .await?
+                .get(0)
+        };
         if held {
             report.found(
                 "partitions",
@@ -416,7 +483,7 @@ async fn retention(
         return Ok(());
     };
     let overdue = cutoff - chrono::TimeDelta::days(1);
-    let stale: Vec<String> = partitions(client)
+    let stale: Vec<String> = partitions_in_catalog(client)
         .await?
         .into_iter()
         .filter(|p| !p.is_default && p.hi.is_some_and(|hi| hi <= overdue))
@@ -453,6 +520,13 @@ mod tests {
         ));
         assert!(!search_path_first_is_catalog(""));
         assert!(!search_path_first_is_catalog("work_mem=64kB"));
+    }
+
+    #[test]
+    fn the_version_is_read_from_the_body_migrate_writes_and_nothing_else() {
+        assert_eq!(version_in_body(" SELECT 18 "), Some(18));
+        assert_eq!(version_in_body(" SELECT NULL::int "), None);
+        assert_eq!(version_in_body("BEGIN RETURN 18; END"), None);
     }
 
     #[test]

@@ -103,3 +103,17 @@ fn days_ahead_counts_the_days_covered_after_today_up_to_the_first_gap() {
     assert_eq!(days_ahead(&[default], today), None);
     assert_eq!(days_ahead(&[], today), None);
 }
+
+#[test]
+fn catalog_bounds_read_as_the_function_lists_them() {
+    let day = |s| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok();
+    assert_eq!(parse_bound("DEFAULT"), (None, None, true));
+    assert_eq!(
+        parse_bound("FOR VALUES FROM ('2026-11-26') TO ('2026-11-27')"),
+        (day("2026-11-26"), day("2026-11-27"), false)
+    );
+    assert_eq!(
+        parse_bound("FOR VALUES FROM (MINVALUE) TO ('2026-01-01')"),
+        (None, day("2026-01-01"), false)
+    );
+}

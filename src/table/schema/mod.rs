@@ -10,6 +10,7 @@ pub mod convert;
 pub mod functions;
 mod indexes;
 mod migrations;
+pub mod triggers;
 
 pub use migrations::{MASKING_MIGRATION_SQL, MIGRATION_SQL, SIDE_TABLES_SQL, migration_sql};
 
@@ -35,7 +36,8 @@ pub const SCHEMA_VERSION: i32 = 18;
 /// The schema for `migrations` (all of [`migration_sql`], or part of it)
 /// in `profile`: the owner's functions from their files
 /// ([`functions::sync_sql`]), the migrations, the schema version and
-/// profile, then every function's search path, revoke and grants and
+/// profile, its triggers enabled ([`triggers`]), then every function's
+/// search path, revoke and grants and
 /// every registered role's privileges ([`privileges::apply_sql`]), for one
 /// transaction.
 pub fn schema_sql(migrations: &str, profile: Profile) -> String {
@@ -49,9 +51,10 @@ pub fn schema_sql(migrations: &str, profile: Profile) -> String {
         })
         .collect();
     format!(
-        "{}\n{migrations}\n;\n{}\n{}",
+        "{}\n{migrations}\n;\n{}\n{}\n{}",
         functions::sync_sql(profile),
         functions::schema_version_sql(SCHEMA_VERSION, profile),
+        triggers::ensure_sql(),
         privileges::apply_sql(&grants, profile)
     )
 }
@@ -78,8 +81,9 @@ static INSPECT_SQL: LazyLock<String> = LazyLock::new(|| {
              = CASE {profile} WHEN 'masking' THEN $4 ELSE $2 END || ':' || md5(p.prosrc) \
              FROM pg_proc p WHERE p.oid = to_regprocedure('{}()')), false), \
          (SELECT s.writers FROM ({SCHEMA_WRITERS_SQL}) AS s(name, writers)), current_schema()::text, \
-         {profile}",
-        functions::SCHEMA_VERSION_FUNCTION
+         {profile}, {}",
+        functions::SCHEMA_VERSION_FUNCTION,
+        triggers::intact_sql()
     )
 });
 
@@ -187,6 +191,9 @@ pub struct SchemaState {
     /// The profile found, `None` where nothing is installed (see
     /// [`PROFILE_SQL`]).
     pub profile_found: Option<Profile>,
+    /// Every trigger of [`triggers::TRIGGERS`] on a table present fires
+    /// (`migrate` enables one that does not).
+    pub triggers: bool,
 }
 
 impl SchemaState {
@@ -267,6 +274,7 @@ pub async fn inspect(client: &Client) -> Result<SchemaState, tokio_postgres::Err
         schema: row.get(12),
         profile: profile_found.unwrap_or(Profile::Full),
         profile_found,
+        triggers: row.get(14),
     })
 }
 
@@ -463,7 +471,7 @@ pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<bo
         .await
         .map_err(failed("reading the catalog"))?;
     let profile = target_profile(&state, options.profile);
-    let current = state.is_current() && state.profile == profile;
+    let current = state.is_current() && state.triggers && state.profile == profile;
     if options.cold_start && current {
         return Ok(false);
     }

@@ -1,0 +1,231 @@
+//! What someone with the owner's rights, or a superuser, could change to
+//! switch a guarantee off without a grant changing: a trigger disabled or
+//! dropped, an owner's function's body replaced, a grant to a role
+//! login-etl does not know, an owner that may do more than own. Read from
+//! the catalog alone: doctor may run as a superuser over the schema it
+//! audits, so it runs nothing of that schema.
+
+use tokio_postgres::Client;
+
+use super::{Report, ident};
+use crate::table::schema::Profile;
+use crate::table::schema::functions::{self, FunctionFile};
+use crate::table::schema::triggers;
+
+/// Each trigger of the profile present and firing.
+pub(super) async fn triggers(
+    client: &Client,
+    profile: Profile,
+    report: &mut Report,
+) -> Result<(), tokio_postgres::Error> {
+    report.checks.push("triggers");
+    if triggers::of(profile).is_empty() {
+        return Ok(());
+    }
+    for row in client.query(&triggers::state_sql(), &[]).await? {
+        let (table, name, present, firing): (String, String, bool, bool) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        let problem = match (present, firing) {
+            (false, _) => "is missing: what it keeps true of the table is not enforced",
+            (true, false) => "is disabled: what it keeps true of the table is not enforced",
+            (true, true) => continue,
+        };
+        report.found(
+            "triggers",
+            format!("trigger {name} on {table}"),
+            problem.into(),
+            "as the migrate role: login-etl migrate (it makes login-etl's triggers again and enables them)".into(),
+        );
+    }
+    Ok(())
+}
+
+/// The bodies a file makes (each `$$`-quoted body, in order).
+fn bodies(sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = sql;
+    while let Some(start) = rest.find("AS $$") {
+        let body = &rest[start + 5..];
+        let Some(end) = body.find("$$") else { break };
+        out.push(body[..end].to_owned());
+        rest = &body[end + 2..];
+    }
+    out
+}
+
+/// Every `login_etl_*` function of the schema with the body this binary's
+/// file makes; one with no file is planted.
+pub(super) async fn function_bodies(
+    client: &Client,
+    profile: Profile,
+    report: &mut Report,
+) -> Result<(), tokio_postgres::Error> {
+    report.checks.push("functions");
+    let rows = client
+        .query(
+            "SELECT p.proname::text, p.oid::regprocedure::text, p.prosrc FROM pg_catalog.pg_proc p \
+             WHERE p.pronamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = pg_catalog.current_schema()) \
+               AND p.proname LIKE 'login\\_etl\\_%' ORDER BY 2",
+            &[],
+        )
+        .await?;
+    let files = functions::files(profile);
+    let known =
+        |name: &str| -> Option<&FunctionFile> { files.iter().copied().find(|f| f.name == name) };
+    for row in rows {
+        let (name, signature, body): (String, String, String) =
+            (row.get(0), row.get(1), row.get(2));
+        if name == functions::SCHEMA_VERSION_FUNCTION || name == functions::PROFILE_FUNCTION {
+            continue; // written by migrate, not a file; the version check reads it
+        }
+        let problem = match known(&name) {
+            None => "is not one of login-etl's: nothing of this binary makes it, so it was added by hand".to_owned(),
+            Some(file) if !bodies(&file.text()).contains(&body) => {
+                "has a body this binary's file does not make: replaced by hand, or another version's".to_owned()
+            }
+            Some(_) => continue,
+        };
+        let fix = if known(&name).is_some() {
+            "as the migrate role: login-etl migrate (it makes every owner's function from the binary's files)".to_owned()
+        } else {
+            format!(
+                "as the tables' owner, once you know who added it and why: DROP FUNCTION {signature}"
+            )
+        };
+        report.found("functions", format!("function {signature}"), problem, fix);
+    }
+    Ok(())
+}
+
+/// The tables' owner: no attribute beyond owning (its functions run with
+/// its rights), no membership in another role.
+pub(super) async fn owner(
+    client: &Client,
+    report: &mut Report,
+) -> Result<(), tokio_postgres::Error> {
+    report.checks.push("owner");
+    let Some(row) = client
+        .query_opt(
+            "SELECT a.rolname::text, a.rolsuper, a.rolcreaterole, a.rolbypassrls, a.rolcreatedb, \
+                    ARRAY(SELECT g.rolname::text FROM pg_catalog.pg_auth_members m \
+                          JOIN pg_catalog.pg_roles g ON g.oid = m.roleid WHERE m.member = a.oid ORDER BY 1) \
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles a ON a.oid = c.relowner \
+             WHERE c.oid = pg_catalog.to_regclass(pg_catalog.format('%I.%I', pg_catalog.current_schema(), 'user_logins'))",
+            &[],
+        )
+        .await?
+    else {
+        return Ok(());
+    };
+    let (name, sup, createrole, bypassrls, createdb, member_of): (
+        String,
+        bool,
+        bool,
+        bool,
+        bool,
+        Vec<String>,
+    ) = (
+        row.get(0),
+        row.get(1),
+        row.get(2),
+        row.get(3),
+        row.get(4),
+        row.get(5),
+    );
+    let subject = format!("owner {name}");
+    for (held, attribute) in [
+        (sup, "SUPERUSER"),
+        (createrole, "CREATEROLE"),
+        (bypassrls, "BYPASSRLS"),
+        (createdb, "CREATEDB"),
+    ] {
+        if held {
+            report.found(
+                "owner",
+                subject.clone(),
+                format!("is {attribute}: every owner's function runs with its rights, so a flaw in one reaches that far"),
+                format!("as the admin: ALTER ROLE {} NO{attribute}", ident(&name)),
+            );
+        }
+    }
+    for group in member_of {
+        report.found(
+            "owner",
+            subject.clone(),
+            format!(
+                "is a member of {group}: the owner's functions run with that role's rights too"
+            ),
+            format!(
+                "as the admin: REVOKE {} FROM {}",
+                ident(&group),
+                ident(&name)
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// Privileges on login-etl's tables (partitions and the legacy table
+/// included) and functions held by a role that is neither the owner nor
+/// registered (`user_logins_roles`) nor PUBLIC (which the privileges check
+/// reports).
+pub(super) async fn unknown_grantees(
+    client: &Client,
+    report: &mut Report,
+) -> Result<(), tokio_postgres::Error> {
+    report.checks.push("grantees");
+    let rows = client
+        .query(
+            "WITH objs AS ( \
+                 SELECT 'TABLE' AS kind, c.oid::regclass::text AS obj, c.relacl AS acl, c.relowner AS owner \
+                 FROM pg_catalog.pg_class c \
+                 WHERE c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = pg_catalog.current_schema()) \
+                   AND c.relname LIKE 'user\\_logins%' AND c.relkind IN ('r', 'p', 'v', 'm', 'S') \
+                 UNION ALL \
+                 SELECT 'FUNCTION', p.oid::regprocedure::text, p.proacl, p.proowner FROM pg_catalog.pg_proc p \
+                 WHERE p.pronamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = pg_catalog.current_schema()) \
+                   AND p.proname LIKE 'login\\_etl\\_%') \
+             SELECT DISTINCT o.kind, o.obj, r.rolname::text \
+             FROM objs o CROSS JOIN LATERAL pg_catalog.aclexplode(o.acl) a \
+             JOIN pg_catalog.pg_roles r ON r.oid = a.grantee \
+             WHERE a.grantee <> o.owner \
+               AND r.rolname NOT IN (SELECT role_name FROM user_logins_roles) \
+             ORDER BY 2, 3",
+            &[],
+        )
+        .await?;
+    for row in rows {
+        let (kind, object, role): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        report.found(
+            "grantees",
+            format!("{} {object}", kind.to_lowercase()),
+            format!("grants to {role}, a role login-etl does not know (not registered in user_logins_roles)"),
+            format!("as the tables' owner: REVOKE ALL ON {kind} {object} FROM {}", ident(&role)),
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_read_between_their_quotes_in_order() {
+        let sql = "CREATE FUNCTION a() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;\n\
+                   CREATE FUNCTION a(x int) RETURNS int LANGUAGE sql AS $$\nSELECT x\n$$;";
+        assert_eq!(bodies(sql), [" SELECT 1 ", "\nSELECT x\n"]);
+    }
+
+    #[test]
+    fn every_file_has_one_body_per_overload() {
+        for file in functions::FUNCTION_FILES {
+            assert_eq!(
+                bodies(&file.text()).len(),
+                file.overloads(),
+                "{}",
+                file.name
+            );
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! doctor over a schema tampered with by someone holding the owner's or a
+//! superuser's rights (issue 63, item 4): it names each change, runs none
+//! of the schema's functions (a replaced one would run as the superuser
+//! doctor runs as), and `migrate` mends what it made.
+
+use crate::common::*;
+use login_etl::database::DbConfig;
+use login_etl::grants::Role;
+use login_etl::startup;
+use login_etl::table::doctor::{Report, examine};
+
+fn db_config(url: &str) -> DbConfig {
+    let url = url.to_owned();
+    DbConfig::from_lookup(&|k| (k == "DATABASE_URL").then(|| url.clone())).unwrap()
+}
+
+fn names(report: &Report, check: &str, subject: &str) -> bool {
+    report
+        .findings
+        .iter()
+        .any(|f| f.check == check && f.subject.contains(subject))
+}
+
+#[tokio::test]
+async fn doctor_as_a_superuser_names_each_tampering_and_runs_nothing_of_the_schema() {
+    let db = TestDb::create().await;
+    let owner_url = db.role_url(Role::Migrate).await;
+    startup::migrate(&db_config(&owner_url), login_etl::profile::Profile::Full)
+        .await
+        .expect("the migrate role migrates");
+    db.role_url(Role::Ingest).await;
+    let owner = db.role_name(Role::Migrate);
+    let stranger = format!("{}_stranger", db.name);
+    db.bare_named_role(&stranger).await;
+    let admin = db.client().await; // a superuser
+    let today = chrono::Utc::now().date_naive();
+    let clean = examine(&admin, today, None).await.expect("doctor runs");
+    let tampering_checks = [
+        "schema_version",
+        "triggers",
+        "functions",
+        "owner",
+        "grantees",
+    ];
+    assert!(
+        !clean
+            .findings
+            .iter()
+            .any(|f| tampering_checks.contains(&f.check)),
+        "a fresh schema: {:?}",
+        clean.findings
+    );
+
+    // Bodies that would escalate if doctor ran them as the superuser it is.
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE public.doctor_ran (what text); \
+             CREATE OR REPLACE FUNCTION login_etl_schema_version() RETURNS integer LANGUAGE plpgsql AS $$ \
+             BEGIN INSERT INTO public.doctor_ran VALUES ('schema_version'); \
+                   ALTER ROLE \"{owner}\" SUPERUSER; RETURN 18; END $$; \
+             CREATE OR REPLACE FUNCTION login_etl_partitions() \
+               RETURNS TABLE(name text, lo date, hi date, is_default boolean, rows_estimate bigint) \
+               LANGUAGE plpgsql AS $$ BEGIN INSERT INTO public.doctor_ran VALUES ('partitions'); RETURN; END $$; \
+             CREATE FUNCTION login_etl_backdoor() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$; \
+             ALTER TABLE user_logins_erased DISABLE TRIGGER user_logins_erased_no_delete; \
+             DROP TRIGGER user_logins_pii_audit_no_delete ON user_logins_pii_audit; \
+             GRANT SELECT ON user_logins_pii_vault TO \"{stranger}\"; \
+             ALTER ROLE \"{owner}\" CREATEROLE"
+        ))
+        .await
+        .unwrap();
+
+    let report = examine(&admin, today, None)
+        .await
+        .expect("doctor reads a tampered schema without failing");
+    let ran: i64 = admin
+        .query_one("SELECT count(*) FROM public.doctor_ran", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ran, 0, "doctor ran a function of the schema it audits");
+    let escalated: bool = admin
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = $1",
+            &[&owner],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!escalated);
+    for (check, subject) in [
+        ("schema_version", "login_etl_schema_version()"),
+        ("functions", "login_etl_partitions()"),
+        ("functions", "login_etl_backdoor()"),
+        ("triggers", "user_logins_erased_no_delete"),
+        ("triggers", "user_logins_pii_audit_no_delete"),
+        ("grantees", "user_logins_pii_vault"),
+        ("owner", owner.as_str()),
+    ] {
+        assert!(
+            names(&report, check, subject),
+            "{check} names {subject}: {:#?}",
+            report.findings
+        );
+    }
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.check == "owner" && f.problem.contains("CREATEROLE")),
+        "{:#?}",
+        report.findings
+    );
+
+    // migrate mends what it made; the admin, the rest, as the fixes say.
+    startup::migrate(&db_config(&owner_url), login_etl::profile::Profile::Full)
+        .await
+        .expect("migrate over the tampered schema");
+    admin
+        .batch_execute(&format!(
+            "ALTER ROLE \"{owner}\" NOCREATEROLE; \
+             REVOKE ALL ON TABLE user_logins_pii_vault FROM \"{stranger}\"; \
+             DROP FUNCTION login_etl_backdoor(); DROP TABLE public.doctor_ran"
+        ))
+        .await
+        .unwrap();
+    let mended = examine(&admin, today, None).await.unwrap();
+    assert!(
+        !mended
+            .findings
+            .iter()
+            .any(|f| tampering_checks.contains(&f.check)),
+        "mended: {:#?}",
+        mended.findings
+    );
+}
