@@ -16,6 +16,7 @@ Needs PostgreSQL (LOGIN_ETL_TEST_PG, as the Rust tests).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -69,8 +70,12 @@ def add_the_field(repo: Path) -> None:
     edit(c / "columns.rs", "            extra: Jsonb,",
          "            os_name: Varchar, Option<&'r str> = r.os_name.as_deref();\n"
          "            extra: Jsonb,")  # fmt: skip
-    # 3. One migration, listed, and the schema's version.
-    (repo / "migrations" / "0019_os_name.sql").write_text(
+    # 3. One migration, listed last, and the schema's version + 1 (read
+    # from the code, so the walk follows the migrations added since).
+    schema = repo / "src" / "table" / "schema" / "mod.rs"
+    version = int(re.search(r"pub const SCHEMA_VERSION: i32 = (\d+);", schema.read_text()).group(1))
+    name = f"{version + 1:04d}_os_name"
+    (repo / "migrations" / f"{name}.sql").write_text(
         "DO $$\nBEGIN\n    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('user_logins')\n"
         "                   AND attname = 'os_name' AND NOT attisdropped) THEN\n"
         "        ALTER TABLE user_logins ADD COLUMN os_name varchar(64);\n    END IF;\nEND\n$$;\n"
@@ -78,13 +83,13 @@ def add_the_field(repo: Path) -> None:
     # The masking-only list and the full profile's shared tail (which its
     # list and migrate --prepare's both end with) take it.
     lists = repo / "src" / "table" / "schema" / "migrations.rs"
-    edit(lists, '    migration!("0018_tokens_only"),\n);',
-         '    migration!("0018_tokens_only"),\n    "\\n",\n    migration!("0019_os_name"),\n);')  # fmt: skip
-    edit(lists, '            migration!("privacy/0018_tokens_only"),\n        )',
-         '            migration!("privacy/0018_tokens_only"),\n            "\\n",\n'
-         '            migration!("0019_os_name"),\n        )')  # fmt: skip
-    schema = repo / "src" / "table" / "schema" / "mod.rs"
-    edit(schema, "pub const SCHEMA_VERSION: i32 = 18;", "pub const SCHEMA_VERSION: i32 = 19;")
+    text = lists.read_text()
+    (last_masking,) = re.findall(r'    (migration!\("[^"]+"\)),\n\);', text)
+    (last_full,) = re.findall(r'            (migration!\("[^"]+"\)),\n        \)', text)
+    edit(lists, f"    {last_masking},\n);", f'    {last_masking},\n    "\\n",\n    migration!("{name}"),\n);')
+    edit(lists, f"            {last_full},\n        )",
+         f'            {last_full},\n            "\\n",\n            migration!("{name}"),\n        )')  # fmt: skip
+    edit(schema, f"pub const SCHEMA_VERSION: i32 = {version};", f"pub const SCHEMA_VERSION: i32 = {version + 1};")
 
 
 # The end-to-end check, a unit test of the scratch library (its own
@@ -167,7 +172,7 @@ def main() -> None:
         add_the_field(repo)
         (repo / "src" / "add_a_field_e2e.rs").write_text(E2E)
         edit(repo / "src" / "lib.rs", "pub mod contract;", "pub mod contract;\n#[cfg(test)]\nmod add_a_field_e2e;")
-        print("add_a_field: os_name added to the contract, the column list and migration 0019; building the scratch library's tests", flush=True)
+        print("add_a_field: os_name added to the contract, the column list and a migration; building the scratch library's tests", flush=True)
         target = os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target"))
         done = subprocess.run(["cargo", "test", "--lib", "--quiet"], cwd=repo,
                               env={**os.environ, "CARGO_TARGET_DIR": target})  # fmt: skip

@@ -4,7 +4,7 @@
 -- for them until a migration retires it), run as the owner so the rotate
 -- role needs no table lock of its own. In one moment (the caller's lock_timeout
 -- bounds every wait): it waits for the forget steps in flight (their
--- advisory lock) and the write transactions in flight (SHARE ROW
+-- key_version lock) and the write transactions in flight (SHARE ROW
 -- EXCLUSIVE on the parent only), refuses while an erasure is unfinished,
 -- moves the erasure list to the next version with the user keys the caller
 -- computed (old_keys[i] becomes new_keys[i]; all of them, or nothing), sets
@@ -19,7 +19,7 @@ DECLARE
     v_moved bigint;
     v_unfinished bigint;
 BEGIN
-    PERFORM pg_advisory_xact_lock(5495903697166226993);  -- "LE_KEYV1", forget's (src/reveal.rs)
+    PERFORM 1 FROM user_logins_locks WHERE name = 'key_version' FOR UPDATE;  -- forget's (src/privacy/forget)
     LOCK TABLE ONLY user_logins IN SHARE ROW EXCLUSIVE MODE;
     SELECT * INTO v_state FROM user_logins_key_state FOR UPDATE;
     IF v_state.rekey_from IS NOT NULL OR v_state.version <> to_version - 1 THEN

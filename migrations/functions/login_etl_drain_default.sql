@@ -12,7 +12,7 @@ DECLARE
     v_cols text;
     v_pages bigint;
 BEGIN
-    PERFORM pg_advisory_xact_lock(5498692050214016076);
+    PERFORM 1 FROM user_logins_locks WHERE name = 'migration' FOR UPDATE;
     moved := 0;
     v_drain := login_etl_relation('user_logins_drain');
     IF v_drain IS NULL THEN

@@ -8,7 +8,7 @@
 -- ACCESS EXCLUSIVE). Returns the partition made and the rows moved; no row
 -- when `for_day` was covered already. Runs as the table's owner, for the
 -- maintain role (EXECUTE only); serialized with itself and migrate by the
--- migration's advisory lock, so concurrent runs are safe.
+-- migration's lock (user_logins_locks), so concurrent runs are safe.
 CREATE OR REPLACE FUNCTION login_etl_ensure_partition(for_day date)
 RETURNS TABLE(created text, moved bigint)
 LANGUAGE plpgsql SECURITY DEFINER SET lock_timeout = '100ms' AS $$
@@ -19,7 +19,7 @@ DECLARE
     v_name text;
     v_moved bigint := 0;
 BEGIN
-    PERFORM pg_advisory_xact_lock(5498692050214016076);
+    PERFORM 1 FROM user_logins_locks WHERE name = 'migration' FOR UPDATE;
     IF EXISTS (SELECT 1 FROM login_etl_partitions() p
                WHERE NOT p.is_default AND (p.lo IS NULL OR p.lo <= for_day) AND p.hi > for_day) THEN
         RETURN;
@@ -61,7 +61,7 @@ CREATE OR REPLACE FUNCTION login_etl_ensure_partition(for_day date, max_move big
 RETURNS TABLE(created text, moved bigint)
 LANGUAGE plpgsql SECURITY DEFINER SET lock_timeout = '100ms' AS $$
 BEGIN
-    PERFORM pg_advisory_xact_lock(5498692050214016076);
+    PERFORM 1 FROM user_logins_locks WHERE name = 'migration' FOR UPDATE;
     IF EXISTS (SELECT 1 FROM login_etl_partitions() p
                WHERE NOT p.is_default AND (p.lo IS NULL OR p.lo <= for_day) AND p.hi > for_day) THEN
         RETURN;

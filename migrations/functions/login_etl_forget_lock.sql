@@ -10,7 +10,7 @@ CREATE OR REPLACE FUNCTION login_etl_forget_lock()
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 BEGIN
-    PERFORM pg_advisory_xact_lock_shared(5495903697166226993);
+    PERFORM 1 FROM user_logins_locks WHERE name = 'key_version' FOR SHARE;
     LOCK TABLE ONLY user_logins IN SHARE ROW EXCLUSIVE MODE;
 END
 $$;

@@ -12,12 +12,12 @@ DECLARE
     v_rows bigint;
     v_day date;
 BEGIN
-    PERFORM pg_advisory_xact_lock(5498692050214016076);
-    -- The key switch's lock ("LE_KEYV1", taken exclusively by
+    PERFORM 1 FROM user_logins_locks WHERE name = 'migration' FOR UPDATE;
+    -- The key switch's lock (user_logins_locks 'key_version', taken exclusively by
     -- login_etl_switch_key): without it a switch committing beside this
     -- swap saw no drain and the swap no re-key, and the walk missed the
     -- drained rows. Taken, the next statement sees a switch committed.
-    PERFORM pg_advisory_xact_lock_shared(5495903697166226993);
+    PERFORM 1 FROM user_logins_locks WHERE name = 'key_version' FOR SHARE;
     IF login_etl_relation('user_logins_drain') IS NOT NULL THEN
         RETURN false;
     END IF;

@@ -4,7 +4,7 @@
 -- the rotate role needs no table lock of its own. In one moment
 -- (the caller's lock_timeout bounds every wait), and only what cannot
 -- happen apart from it: it waits for the forget steps in flight (their
--- advisory lock) and the write transactions in flight (SHARE ROW
+-- key_version lock) and the write transactions in flight (SHARE ROW
 -- EXCLUSIVE on the parent only), refuses while an erasure is unfinished
 -- (two small tables) or the vault holds entries of the old form (a probe
 -- of the partial index user_logins_pii_vault_form1, which `login-etl
@@ -25,7 +25,7 @@ DECLARE
     v_form1 boolean;
     v_seqscan text := current_setting('enable_seqscan');
 BEGIN
-    PERFORM pg_advisory_xact_lock(5495903697166226993);  -- "LE_KEYV1", forget's (src/reveal.rs)
+    PERFORM 1 FROM user_logins_locks WHERE name = 'key_version' FOR UPDATE;  -- forget's (src/privacy/forget)
     LOCK TABLE ONLY user_logins IN SHARE ROW EXCLUSIVE MODE;
     SELECT * INTO v_state FROM user_logins_key_state FOR UPDATE;
     IF v_state.rekey_from IS NOT NULL OR v_state.version <> to_version - 1 THEN

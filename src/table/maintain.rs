@@ -5,7 +5,8 @@
 //! Every step is one call of a function of migrations/0004, in a
 //! transaction of its own, run with the owner's rights (the maintain role
 //! holds EXECUTE on them and nothing else: ingest never gets DDL). Each
-//! takes the migration's advisory lock, so runs beside each other and
+//! takes the migration's lock (a row only the owner may lock), so runs
+//! beside each other and
 //! beside `migrate` are safe, and each waits for its table lock at most
 //! 100 ms before it lets ingest through and tries again
 //! ([`crate::table::retry::LOCK_TRIES`]): a write never waits longer than that.

@@ -200,6 +200,7 @@ fn may_run(role: Role) -> &'static [&'static str] {
             "login_etl_forget_lock",
             "login_etl_forget_rows",
             "login_etl_hold_vault",
+            "login_etl_lock_shared",
             "login_etl_put_back_vault",
         ],
         Role::Maintain => &[
@@ -219,6 +220,7 @@ fn may_run(role: Role) -> &'static [&'static str] {
             "login_etl_begin_rekey",
             "login_etl_check_keys",
             "login_etl_end_rekey",
+            "login_etl_lock_shared",
             "login_etl_rekey_audit_chunk",
             "login_etl_rekey_erased_chunk",
             "login_etl_rekey_rows_chunk",
@@ -532,6 +534,16 @@ async fn everyone_tries(d: &Deployment, role: Role, c: &Client) {
         }
     }
     refused(c, role, "SET ROLE postgres", DENIED).await;
+    // login-etl's locks are rows only the owner may lock: no role holds
+    // one from a session of its own to keep maintain, migrate or a
+    // rotation waiting (an advisory lock was anyone's to take).
+    for lock in [
+        "SELECT 1 FROM user_logins_locks WHERE name = 'migration' FOR SHARE",
+        "SELECT 1 FROM user_logins_locks FOR UPDATE",
+        "SELECT 1 FROM user_logins_locks FOR KEY SHARE",
+    ] {
+        refused(c, role, lock, DENIED).await;
+    }
     for table in [
         "user_logins",
         "user_logins_pii_vault",
@@ -539,6 +551,7 @@ async fn everyone_tries(d: &Deployment, role: Role, c: &Client) {
         "user_logins_erased",
         "user_logins_key_state",
         "user_logins_roles",
+        "user_logins_locks",
     ] {
         refused(c, role, &format!("TRUNCATE {table}"), DENIED).await;
         refused(

@@ -687,7 +687,7 @@ async fn a_swap_beside_a_key_switch_waits_for_it_and_then_refuses() {
     // What login_etl_switch_key does, held open: its lock, then the state.
     switch
         .batch_execute(
-            "SELECT pg_advisory_xact_lock(5495903697166226993); \
+            "SELECT 1 FROM user_logins_locks WHERE name = 'key_version' FOR UPDATE; \
              UPDATE user_logins_key_state SET version = 2, rekey_from = 1",
         )
         .await

@@ -29,12 +29,9 @@ pub(super) async fn segment_tx<'c>(
         .map_err(db("starting a transaction"))?;
     same_key_version(&tx, version).await?;
     if segment.in_default() {
-        tx.query_typed(
-            "SELECT pg_advisory_xact_lock_shared($1)",
-            &[(&crate::table::schema::MIGRATION_LOCK_KEY, Type::INT8)],
-        )
-        .await
-        .map_err(db("waiting for maintain's partition step"))?;
+        tx.query_typed("SELECT login_etl_lock_shared('migration')", &[])
+            .await
+            .map_err(db("waiting for maintain's partition step"))?;
     }
     Ok(tx)
 }

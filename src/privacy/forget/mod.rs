@@ -19,7 +19,6 @@ use crate::privacy::masking::UserKeys;
 use crate::privacy::reveal::{RevealError, db};
 use crate::table::partitions::Segment;
 use lock::{begin_locked, end_locked, hold_vault_entries, segment_tx};
-pub use state::KEY_VERSION_LOCK_KEY;
 use state::{check_erasure_key, drain_generation, key_version, same_key_version};
 
 /// What `forget` removed.

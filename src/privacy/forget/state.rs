@@ -9,19 +9,13 @@ use tokio_postgres::types::Type;
 use crate::privacy::masking::UserKeys;
 use crate::privacy::reveal::{RevealError, db};
 
-/// The advisory lock (shared by each `forget` transaction, exclusive by
-/// `rotate-key`'s switch) that keeps an erasure's steps on one key version.
-pub const KEY_VERSION_LOCK_KEY: i64 = 0x4C45_5F4B_4559_5631; // "LE_KEYV1"
-
-/// The key version, in a transaction that holds [`KEY_VERSION_LOCK_KEY`]
-/// shared (so no rotation switches under it): the version, and whether a
-/// re-key is under way.
+/// The key version, in a transaction that holds the `key_version` lock
+/// (user_logins_locks, migrations/0019) shared: no rotation's switch
+/// (which takes it exclusively) commits under it. The version, and whether
+/// a re-key is under way.
 pub(super) async fn key_version(client: &impl GenericClient) -> Result<(u16, bool), RevealError> {
     client
-        .query_typed(
-            "SELECT pg_advisory_xact_lock_shared($1)",
-            &[(&KEY_VERSION_LOCK_KEY, Type::INT8)],
-        )
+        .query_typed("SELECT login_etl_lock_shared('key_version')", &[])
         .await
         .map_err(db("waiting for a key rotation's switch"))?;
     let row = client

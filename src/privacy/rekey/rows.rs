@@ -241,12 +241,9 @@ pub(super) async fn rekey_chunk(
     let tx = client.transaction().await.map_err(db("starting a chunk"))?;
     if segment.in_default() {
         // maintain must not move these rows to a new partition under us.
-        tx.query_typed(
-            "SELECT pg_advisory_xact_lock_shared($1)",
-            &[(&crate::table::schema::MIGRATION_LOCK_KEY, Type::INT8)],
-        )
-        .await
-        .map_err(db("waiting for maintain's partition step"))?;
+        tx.query_typed("SELECT login_etl_lock_shared('migration')", &[])
+            .await
+            .map_err(db("waiting for maintain's partition step"))?;
     }
     let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
         (&lo, Type::TEXT),

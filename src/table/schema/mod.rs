@@ -31,7 +31,7 @@ use crate::table::retry::{failed, with_lock_retries};
 
 /// The version [`MIGRATION_SQL`] leaves (`login_etl_schema_version()`):
 /// a database at an older one is migrated again.
-pub const SCHEMA_VERSION: i32 = 18;
+pub const SCHEMA_VERSION: i32 = 19;
 
 /// The schema for `migrations` (all of [`migration_sql`], or part of it)
 /// in `profile`: the owner's functions from their files
@@ -59,10 +59,9 @@ pub fn schema_sql(migrations: &str, profile: Profile) -> String {
     )
 }
 
-/// Advisory lock key ("LOGINETL" in ASCII): many cold starts at once apply
-/// the schema one after the other instead of racing on `CREATE INDEX`; the
-/// partition functions of migrations/0004 take it too, so `maintain` runs
-/// one step at a time beside itself and `migrate`.
+/// Advisory lock key ("LOGINETL" in ASCII) of a schema before
+/// migrations/0019 (its functions take it; `MIGRATION_LOCK_SQL` takes it
+/// while `user_logins_locks` is not there yet, and the table's conversion).
 pub const MIGRATION_LOCK_KEY: i64 = 0x4C4F_4749_4E45_544C;
 
 /// The arguments of `login_etl_store_vault`, the function's vault write.
@@ -513,7 +512,18 @@ pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<bo
 /// the most a write queues behind it.
 pub const MIGRATION_LOCK_TIMEOUT_MS: u32 = 100;
 
-/// Applies `sql` in one transaction under the migration's advisory lock,
+/// The migration's lock, for the transaction: the row `migration` of
+/// `user_logins_locks` (migrations/0019), which only the owner may lock
+/// (maintain's functions take it too); before that table exists (a first
+/// install, or an upgrade from before it), the advisory lock the older
+/// functions take.
+const MIGRATION_LOCK_SQL: &str = "DO $login_etl_lock$\nBEGIN\n    \
+     IF to_regclass('user_logins_locks') IS NULL THEN\n        \
+     PERFORM pg_advisory_xact_lock(5498692050214016076);\n    \
+     ELSE\n        PERFORM 1 FROM user_logins_locks WHERE name = 'migration' FOR UPDATE;\n    \
+     END IF;\nEND\n$login_etl_lock$;";
+
+/// Applies `sql` in one transaction under the migration's lock,
 /// each of its table locks waited for at most [`MIGRATION_LOCK_TIMEOUT_MS`]
 /// and the whole tried again after a pause when one runs out: a migration
 /// beside a long reader never queues ingest behind it (a write reads the
@@ -526,7 +536,7 @@ pub(crate) async fn apply_sql(
     with_lock_retries(op, || async {
         let done = client
             .batch_execute(&format!(
-                "BEGIN; SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY}); \
+                "BEGIN; {MIGRATION_LOCK_SQL}\n\
                  SET LOCAL lock_timeout = {MIGRATION_LOCK_TIMEOUT_MS};\n{sql}\n;COMMIT"
             ))
             .await;
