@@ -284,8 +284,10 @@ def test_alarms_and_outputs(tpl):
         for a in resources(tpl, "AWS::CloudWatch::Alarm").values()
         if isinstance(a["Properties"].get("Namespace"), str)  # AWS metrics; ours are tested below
     }
-    dlq = alarms[("AWS/SQS", "ApproximateNumberOfMessagesVisible")]
-    assert _own(dlq["Dimensions"][0]["Value"]) == {"Fn::GetAtt": ["LoginDeadLetterQueue", "QueueName"]}
+    # The DLQ's alarm is metric math over its depth (arrivals, tested below).
+    (depth,) = [m["MetricStat"]["Metric"] for m in tpl["Resources"]["DeadLetterQueueAlarm"]["Properties"]["Metrics"]
+                if m.get("MetricStat", {}).get("Metric", {}).get("MetricName") == "ApproximateNumberOfMessagesVisible"]
+    assert _own(depth["Dimensions"][0]["Value"]) == {"Fn::GetAtt": ["LoginDeadLetterQueue", "QueueName"]}
     errors = alarms[("AWS/Lambda", "Errors")]
     assert errors["Dimensions"][0]["Value"] == {"Ref": "LoginEtlFunction"}
     age = alarms[("AWS/SQS", "ApproximateAgeOfOldestMessage")]
@@ -963,7 +965,7 @@ def test_maintenance_runs_the_same_binary_on_a_schedule_with_its_own_role_and_se
     assert rule["Properties"]["ScheduleExpression"] == "rate(1 hour)"
     assert rule["Properties"]["Targets"][0]["Arn"] == {"Fn::GetAtt": ["MaintenanceFunction", "Arn"]}
     alarm = resources["DefaultPartitionRowsAlarm"]["Properties"]
-    assert alarm["MetricName"] == "DefaultPartitionRows" and alarm["TreatMissingData"] == "breaching"
+    assert alarm["MetricName"] == "DefaultPartitionRows" and alarm["TreatMissingData"] == "notBreaching"
     assert resources["MaintenanceErrorsAlarm"]["Properties"]["Dimensions"][0]["Value"] == {"Ref": "MaintenanceFunction"}
 
 
@@ -1333,9 +1335,12 @@ def test_an_existing_queue_is_wired_everywhere_and_no_queue_is_made():
     env = mine["LoginEtlFunction"]["Properties"]["Environment"]["Variables"]
     assert env["DLQ_URL"] == "https://sqs.eu-west-1.${AWS::URLSuffix}/210987654321/producers-logins-dlq"
     assert env["SOURCE_QUEUE_URL"] == "https://sqs.eu-west-1.${AWS::URLSuffix}/210987654321/producers-logins"
-    names = {a["Properties"]["MetricName"]: a["Properties"]["Dimensions"][0]["Value"]
-             for a in mine.values() if a["Type"] == "AWS::CloudWatch::Alarm"
-             and a["Properties"].get("Namespace") == "AWS/SQS"}  # fmt: skip
+    # Each SQS metric an alarm reads, plain or inside its metric math.
+    stats = [m["MetricStat"]["Metric"] for a in mine.values() if a["Type"] == "AWS::CloudWatch::Alarm"
+             for m in a["Properties"].get("Metrics", []) if "MetricStat" in m]
+    stats += [a["Properties"] for a in mine.values() if a["Type"] == "AWS::CloudWatch::Alarm"
+              and "MetricName" in a["Properties"]]
+    names = {m["MetricName"]: m["Dimensions"][0]["Value"] for m in stats if m.get("Namespace") == "AWS/SQS"}  # fmt: skip
     assert names == {"ApproximateNumberOfMessagesVisible": "producers-logins-dlq",
                      "ApproximateAgeOfOldestMessage": "producers-logins"}  # fmt: skip
     out, values = transformed(ExistingQueueArn=EXISTING_QUEUE, ExistingDlqArn=EXISTING_DLQ)
@@ -1388,3 +1393,107 @@ def test_the_policies_deny_their_own_rewrite_but_to_the_deploy_and_an_alarm_reco
         assert name in pattern, name
     assert FULL_SECRET_ARN in pattern and MAINTAIN_SECRET_ARN in pattern
     assert rule["Targets"] == [{"Id": "alarm-topic", "Arn": params["AlarmTopicArn"]}]
+
+
+# -- Alarms that page on what is new ---------------------------------------
+
+
+def _metric_math(expression, series):
+    """CloudWatch metric math over aligned series, for the functions the
+    template's alarms use: FILL(x, c), DIFF(x), IF(cond, a, b), +, >,
+    numbers and metric ids (None: no data point)."""
+    import re
+
+    tokens = re.findall(r"[A-Za-z_][A-Za-z_0-9]*|\d+(?:\.\d+)?|[(),+>]", expression)
+    n = len(next(iter(series.values())))
+    pos = 0
+
+    def take(expected=None):
+        nonlocal pos
+        tok = tokens[pos]
+        assert expected is None or tok == expected, (tok, expected, expression)
+        pos += 1
+        return tok
+
+    def atom():
+        tok = take()
+        if tok == "(":
+            value = expr()
+            take(")")
+            return value
+        if re.fullmatch(r"\d+(?:\.\d+)?", tok):
+            return [float(tok)] * n
+        if tok in ("FILL", "DIFF", "IF"):
+            take("(")
+            args = [expr()]
+            while tokens[pos] == ",":
+                take(",")
+                args.append(expr())
+            take(")")
+            if tok == "FILL":
+                return [args[1][i] if v is None else v for i, v in enumerate(args[0])]
+            if tok == "DIFF":
+                x = args[0]
+                return [None] + [None if a is None or b is None else b - a for a, b in zip(x, x[1:])]
+            return [a if c else b for c, a, b in zip(*args)]
+        return list(series[tok])
+
+    def summed():
+        value = atom()
+        while pos < len(tokens) and tokens[pos] == "+":
+            take("+")
+            right = atom()
+            value = [None if a is None or b is None else a + b for a, b in zip(value, right)]
+        return value
+
+    def expr():
+        value = summed()
+        if pos < len(tokens) and tokens[pos] == ">":
+            take(">")
+            right = summed()
+            value = [a is not None and b is not None and a > b for a, b in zip(value, right)]
+        return value
+
+    out = expr()
+    assert pos == len(tokens), expression
+    return out
+
+
+def test_the_dlq_alarm_pages_on_each_new_arrival_not_on_depth(tpl):
+    alarm = tpl["Resources"]["DeadLetterQueueAlarm"]["Properties"]
+    metrics = {m["Id"]: m for m in alarm["Metrics"]}
+    (returned,) = [m for m in alarm["Metrics"] if m.get("ReturnData")]
+    names = {i: m["MetricStat"]["Metric"]["MetricName"] for i, m in metrics.items() if "MetricStat" in m}
+    assert sorted(names.values()) == ["ApproximateNumberOfMessagesVisible", "RefusedToDlq", "SentToDlq"]
+    by_name = {v: k for k, v in names.items()}
+    assert (alarm["ComparisonOperator"], alarm["Threshold"], alarm["TreatMissingData"]) == (
+        "GreaterThanThreshold", 0, "notBreaching")
+    assert alarm["OKActions"] == alarm["AlarmActions"]
+
+    def states(depth, sent, refused):
+        values = _metric_math(returned["Expression"], {
+            by_name["ApproximateNumberOfMessagesVisible"]: depth,
+            by_name["SentToDlq"]: sent, by_name["RefusedToDlq"]: refused})
+        # A missing point is not breaching; the alarm is ALARM over 0.
+        return ["ALARM" if v is not None and v > 0 else "OK" for v in values]
+
+    # Five-minute periods: a reject by the function (left in the queue),
+    # quiet, a second reject, quiet, a message SQS moved by its redrive
+    # policy (no function metric), quiet again; the DLQ is never emptied.
+    depth = [0, 1, 1, 2, 2, 3, 3]
+    sent = [None, 1, None, 1, None, None, None]
+    refused = [None, None, None, None, None, None, None]
+    assert states(depth, sent, refused) == ["OK", "ALARM", "OK", "ALARM", "OK", "ALARM", "OK"]
+    # A depth alarm would have stayed in ALARM from the first reject on.
+    assert [d > 0 for d in depth] == [False] + [True] * 6
+    # Draining the DLQ (a redrive) raises nothing.
+    assert states([3, 0, 0], [None] * 3, [None] * 3) == ["OK", "OK", "OK"]
+
+
+def test_a_fresh_healthy_stack_has_no_alarm_on_missing_data(tpl):
+    """Before any traffic or scheduled run, no metric has a data point: an
+    alarm that treats missing data as breaching would start in ALARM."""
+    breaching = [name for name, r in tpl["Resources"].items()
+                 if r["Type"] == "AWS::CloudWatch::Alarm"
+                 and r["Properties"].get("TreatMissingData", "missing") == "breaching"]  # fmt: skip
+    assert breaching == [], breaching
