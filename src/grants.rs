@@ -37,10 +37,7 @@ pub enum GrantsError {
     },
 }
 
-/// `text` as a SQL string literal.
-fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
+use postgres_protocol::escape::{escape_identifier, escape_literal as literal};
 
 /// `name` as a quoted identifier (always quoted, so no keyword or case
 /// surprise).
@@ -51,7 +48,7 @@ fn ident(name: &str, what: &'static str) -> Result<String, GrantsError> {
             len: name.len(),
         });
     }
-    Ok(format!("\"{}\"", name.replace('"', "\"\"")))
+    Ok(escape_identifier(name))
 }
 
 /// The SQL that gives `to` the privileges of `role` on the login-etl tables

@@ -322,7 +322,7 @@ pub struct FunctionGrant<'a> {
 
 /// A string as a SQL literal.
 fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+    postgres_protocol::escape::escape_literal(s)
 }
 
 /// `functions` as rows of a `VALUES` list: (name, tag, kinds).
@@ -500,13 +500,13 @@ pub fn schema_writers_fix(schema: &str, writers: &[String]) -> String {
             if w == "PUBLIC" {
                 w.clone()
             } else {
-                format!("\"{}\"", w.replace('"', "\"\""))
+                postgres_protocol::escape::escape_identifier(w)
             }
         })
         .collect();
     format!(
-        "REVOKE CREATE ON SCHEMA \"{}\" FROM {};",
-        schema.replace('"', "\"\""),
+        "REVOKE CREATE ON SCHEMA {} FROM {};",
+        postgres_protocol::escape::escape_identifier(schema),
         from.join(", ")
     )
 }

@@ -107,7 +107,7 @@ impl Report {
 /// `name` as an SQL identifier, quoted (the fixes print names as they are
 /// in the catalog, whatever they hold).
 fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
+    postgres_protocol::escape::escape_identifier(name)
 }
 
 /// Runs every check on `client`'s database, `today` being the UTC day and
@@ -428,7 +428,7 @@ async fn partitions_ahead(
     if let Some(default) = listed.iter().find(|p| p.is_default) {
         // Read where this role may (the owner), else the planner's
         // estimate (an admin that may not read it).
-        let name = default.name.replace('"', "\"\"");
+        let name = ident(&default.name);
         let readable: bool = client
             .query_one(
                 "SELECT pg_catalog.has_table_privilege(pg_catalog.format('%I.%I', pg_catalog.current_schema(), $1::text), 'SELECT')",
@@ -438,7 +438,7 @@ async fn partitions_ahead(
             .get(0);
         let held: bool = if readable {
             client
-                .query_one(&format!("SELECT EXISTS (SELECT 1 FROM \"{name}\")"), &[])
+                .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {name})"), &[])
                 .await?
                 .get(0)
         } else {

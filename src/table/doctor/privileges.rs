@@ -57,8 +57,8 @@ pub(super) async fn check(
                 format!("role {name} ({kind})"),
                 format!("is registered as a {kind} role, which the {} profile has not", profile.as_str()),
                 format!(
-                    "as the tables' owner: DELETE FROM user_logins_roles WHERE role_name = '{}'; then revoke what it holds (the REVOKEs below)",
-                    name.replace('\'', "''")
+                    "as the tables' owner: DELETE FROM user_logins_roles WHERE role_name = {}; then revoke what it holds (the REVOKEs below)",
+                    postgres_protocol::escape::escape_literal(&name)
                 ),
             );
         }
@@ -265,7 +265,7 @@ async fn beyond(
 /// or PUBLIC).
 fn revoke(object: &str, target: &str, col: Option<&str>, privilege: &str, grantee: &str) -> String {
     let role = grantee;
-    let table = |t: &str| format!("\"{}\"", t.replace('"', "\"\""));
+    let table = |t: &str| postgres_protocol::escape::escape_identifier(t);
     match (object, col) {
         ("table", _) => format!("REVOKE {privilege} ON TABLE {} FROM {role};", table(target)),
         ("sequence", _) => format!(
@@ -273,8 +273,8 @@ fn revoke(object: &str, target: &str, col: Option<&str>, privilege: &str, grante
             table(target)
         ),
         ("column", Some(c)) => format!(
-            "REVOKE {privilege} (\"{}\") ON TABLE {} FROM {role};",
-            c.replace('"', "\"\""),
+            "REVOKE {privilege} ({}) ON TABLE {} FROM {role};",
+            postgres_protocol::escape::escape_identifier(c),
             table(target)
         ),
         _ => format!("REVOKE {privilege} ON FUNCTION {target} FROM {role};"),

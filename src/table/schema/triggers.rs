@@ -4,6 +4,8 @@
 //! and what `migrate` makes again or enables again when an owner or a
 //! superuser dropped or disabled one.
 
+use postgres_protocol::escape::escape_literal;
+
 use super::Profile;
 
 /// Each trigger as `(table, trigger, what follows its name in CREATE
@@ -62,7 +64,14 @@ pub fn of(profile: Profile) -> &'static [(&'static str, &'static str, &'static s
 fn values() -> String {
     TRIGGERS
         .iter()
-        .map(|(t, n, d)| format!("('{t}', '{n}', '{}')", d.replace('\'', "''")))
+        .map(|(t, n, d)| {
+            format!(
+                "({}, {}, {})",
+                escape_literal(t),
+                escape_literal(n),
+                escape_literal(d)
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
