@@ -6,8 +6,20 @@
 -- transaction that listed them (and wrote forget_begun) is committed:
 -- begun_in, that transaction's id, checked with pg_xact_status. Entries
 -- listed before this migration count as committed.
-ALTER TABLE user_logins_erased ADD COLUMN IF NOT EXISTS begun_in xid8;
-ALTER TABLE user_logins_erased ALTER COLUMN begun_in SET DEFAULT pg_current_xact_id();
+-- Only when missing: each ALTER TABLE takes ACCESS EXCLUSIVE on the list
+-- every write reads, even one that changes nothing (tests/it/stalls.rs).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'user_logins_erased'::regclass
+                   AND attname = 'begun_in' AND NOT attisdropped) THEN
+        ALTER TABLE user_logins_erased ADD COLUMN begun_in xid8;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+                   WHERE d.adrelid = 'user_logins_erased'::regclass AND a.attname = 'begun_in') THEN
+        ALTER TABLE user_logins_erased ALTER COLUMN begun_in SET DEFAULT pg_current_xact_id();
+    END IF;
+END
+$$;
 DO $$
 DECLARE
     r record;

@@ -1,13 +1,17 @@
-//! No operation beside ingest holds a write up for more than a moment: each
-//! test runs one beside a writer that times every batch, on the real
-//! PostgreSQL, each program as its granted role. (The sizes here keep the
-//! tests short; benches/stalls.rs measures the same on realistic sizes.)
+//! No operation beside ingest holds a write up: each test holds the
+//! operation where a write would have to wait behind it (an open
+//! transaction, a lock it waits for, a move under way) and shows writes
+//! committing while it is held, on the real PostgreSQL, each program as its
+//! granted role. No wall-clock bound: a write that queued behind the
+//! operation would wait until the test lets go of it, which it does only
+//! after the writes; a timeout of a minute turns that hang into a failure.
+//! How long each operation and each write takes is measured by
+//! `benches/stalls.rs` at the sizes of a 200 M-a-day deployment.
 
 use crate::common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use common::*;
@@ -15,68 +19,29 @@ use login_etl::grants::Role;
 use login_etl::synth::{self, Options};
 use login_etl::table::schema::MigrateOptions;
 use login_etl::{BatchHandler, Deadline, SqsBatch};
-use tokio_postgres::Client;
 
-/// The longest any backend of `role` was seen waiting on a lock (a
-/// statement's age while `pg_stat_activity` says it waits on a `Lock`),
-/// sampled every 5 ms until `stop`. Unlike a write's wall time, a busy
-/// machine's scheduling does not lengthen it.
-fn lock_waits(
-    admin: Client,
-    role: String,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<Duration> {
-    tokio::spawn(async move {
-        let mut longest = Duration::ZERO;
-        while !stop.load(Ordering::SeqCst) {
-            let waited: f64 = admin
-                .query_one(
-                    "SELECT coalesce(max(extract(epoch FROM clock_timestamp() - query_start)), 0)::float8 \
-                     FROM pg_stat_activity WHERE usename = $1 AND wait_event_type = 'Lock'",
-                    &[&role],
-                )
-                .await
-                .expect("pg_stat_activity")
-                .get(0);
-            longest = longest.max(Duration::from_secs_f64(waited));
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        longest
-    })
-}
+/// The most a write may take before the test calls it queued behind the
+/// operation (which is held until after the writes): a hang guard, not a
+/// performance bound.
+const HANG: Duration = Duration::from_secs(60);
 
-/// Writes a batch of 5 logins every 20 ms until `stop`; the slowest batch
-/// after the first.
-fn writer(
-    h: Arc<BatchHandler>,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(Duration, usize)> {
-    tokio::spawn(async move {
-        let (mut slowest, mut batches, mut seed) = (Duration::ZERO, 0, 10_000);
-        while !stop.load(Ordering::SeqCst) {
-            let event = synth::event(&Options {
-                count: 5,
-                seed,
-                sent_timestamp_ms: Utc::now().timestamp_millis(),
-                ..Options::default()
-            });
-            seed += 1;
-            let t = Instant::now();
-            let outcome = h.handle(&SqsBatch::from(&event), Deadline::NONE).await;
-            // The first is a cold start (it connects and reads the whole
-            // erasure list: 60,000 keys in the switch's test), not a wait.
-            if batches > 0 {
-                slowest = slowest.max(t.elapsed());
-            }
-            let failed = outcome
-                .map(|o| o.response.batch_item_failures.len())
-                .unwrap_or(5);
-            assert_eq!(failed, 0, "a write failed beside the operation");
-            batches += 1;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        (slowest, batches)
-    })
+/// One batch of 5 logins, every record committed.
+async fn write(h: &BatchHandler, seed: u64, what: &str) {
+    let event = synth::event(&Options {
+        count: 5,
+        seed,
+        sent_timestamp_ms: Utc::now().timestamp_millis(),
+        ..Options::default()
+    });
+    let outcome = tokio::time::timeout(HANG, h.handle(&SqsBatch::from(&event), Deadline::NONE))
+        .await
+        .unwrap_or_else(|_| panic!("a write queued behind {what}"))
+        .expect("the batch");
+    assert_eq!(
+        outcome.response.batch_item_failures.len(),
+        0,
+        "a write failed beside {what}"
+    );
 }
 
 /// `migrate --prepare` run again (a rerun, or the next version's) while a
@@ -110,37 +75,48 @@ async fn migrate_beside_a_long_reader_does_not_queue_ingest_behind_it() {
     let ingest = db.role_url(Role::Ingest).await;
     let h = Arc::new(handler_with(&[("DATABASE_URL", &ingest), ("MASKING_KEY", TEST_KEY)]).await);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let writes = writer(h, stop.clone());
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // A report reading the erasure list for 3 s.
-    let reader = {
-        let c = db.client().await;
-        tokio::spawn(async move {
-            c.batch_execute(
-                "BEGIN; SELECT count(*) FROM user_logins_erased; SELECT pg_sleep(3); COMMIT",
-            )
-            .await
-            .unwrap()
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let t = Instant::now();
-    login_etl::startup::migrate_with(&config, &prepare)
+    write(&h, 1, "nothing (the cold start)").await;
+    // Something for the migration to mend that takes ACCESS EXCLUSIVE on
+    // the erasure list (a default, as an older version would lack it).
+    owner
+        .batch_execute("ALTER TABLE user_logins_erased ALTER COLUMN begun_in DROP DEFAULT")
         .await
-        .expect("migrate --prepare again");
-    let migrate_took = t.elapsed();
-    reader.await.unwrap();
-    stop.store(true, Ordering::SeqCst);
-    let (slowest, batches) = writes.await.unwrap();
-    println!(
-        "migrate --prepare beside a 3 s reader: {migrate_took:?}; {batches} batches, the slowest {slowest:?}"
-    );
-    assert!(batches > 20, "the writer kept writing ({batches} batches)");
+        .unwrap();
+    // A report reading the erasure list, its transaction open until the
+    // test ends it.
+    let reader = db.client().await;
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM user_logins_erased")
+        .await
+        .unwrap();
+    let migrating =
+        tokio::spawn(async move { login_etl::startup::migrate_with(&config, &prepare).await });
+    // Until the migration has asked for a lock the reader holds.
+    let admin = db.client().await;
+    let asked = "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+                 WHERE NOT l.granted AND a.datname = current_database()";
+    tokio::time::timeout(HANG, async {
+        while admin.query_one(asked, &[]).await.unwrap().get::<_, i64>(0) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the migration waits for the reader's lock");
+    // Writes commit while the migration waits for the reader: it waits a
+    // moment at a time (lock_timeout), never queued ahead of them for good.
+    for seed in 2..12 {
+        write(&h, seed, "migrate waiting for a reader").await;
+    }
     assert!(
-        slowest < Duration::from_millis(400),
-        "a write waited {slowest:?} behind the migration"
+        !migrating.is_finished(),
+        "the migration still waits for the reader"
     );
+    reader.batch_execute("COMMIT").await.unwrap();
+    tokio::time::timeout(HANG, migrating)
+        .await
+        .expect("migrate ends once the reader does")
+        .unwrap()
+        .expect("migrate --prepare again");
 }
 
 /// Every owner's function made again from its files (a migrate that
@@ -160,38 +136,40 @@ async fn the_owners_functions_made_again_beside_ingest_hold_no_write_up() {
                 login_etl::privacy::vault::DataKey::new(&[0x42; 32], vec![1], "local").unwrap(),
             ),
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let writes = writer(h, stop.clone());
-    let waits = lock_waits(db.client().await, db.role_name(Role::Ingest), stop.clone());
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let (mut longest, mut remade) = (Duration::ZERO, 0i64);
-    for _ in 0..5 {
-        // As if the files had all changed: no function carries its tag.
-        admin
-            .batch_execute(
-                "DO $$ DECLARE f regprocedure; BEGIN \
-                 FOR f IN SELECT oid FROM pg_proc WHERE pronamespace = 'public'::regnamespace \
-                   AND proname LIKE 'login\\_etl\\_%' LOOP \
-                   EXECUTE format('COMMENT ON FUNCTION %s IS NULL', f); END LOOP; END $$",
-            )
-            .await
-            .unwrap();
-        let before: i64 = admin
-            .query_one("SELECT count(*) FROM pg_proc WHERE obj_description(oid, 'pg_proc') LIKE 'login-etl:%'", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(before, 0);
-        let t = Instant::now();
-        db.migrate().await;
-        longest = longest.max(t.elapsed());
-        remade = admin
-            .query_one("SELECT count(*) FROM pg_proc WHERE obj_description(oid, 'pg_proc') LIKE 'login-etl:%'", &[])
-            .await
-            .unwrap()
-            .get(0);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    write(&h, 1, "nothing (the cold start)").await;
+    // Every function made again, as a migrate that installs a new version
+    // of them all does, in a transaction the test holds open.
+    admin
+        .batch_execute(
+            "BEGIN; DO $$ DECLARE f regprocedure; BEGIN \
+             FOR f IN SELECT oid FROM pg_proc WHERE pronamespace = 'public'::regnamespace \
+               AND proname LIKE 'login\\_etl\\_%' LOOP \
+               EXECUTE format('COMMENT ON FUNCTION %s IS NULL', f); END LOOP; END $$",
+        )
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&login_etl::table::schema::schema_sql(
+            login_etl::table::schema::MIGRATION_SQL,
+            login_etl::profile::Profile::Full,
+        ))
+        .await
+        .unwrap();
+    let remade: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_proc WHERE obj_description(oid, 'pg_proc') LIKE 'login-etl:%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(remade >= 40, "{remade} functions made again");
+    // Writes commit while that transaction is open: it holds no lock a
+    // write waits on.
+    for seed in 2..12 {
+        write(&h, seed, "the functions made again").await;
     }
+    admin.batch_execute("COMMIT").await.unwrap();
     // And a migrate of the schema as it is: nothing to make.
     let xmin = "SELECT string_agg(xmin::text, ',' ORDER BY oid) FROM pg_proc WHERE pronamespace = 'public'::regnamespace";
     let before: String = admin.query_one(xmin, &[]).await.unwrap().get(0);
@@ -200,19 +178,6 @@ async fn the_owners_functions_made_again_beside_ingest_hold_no_write_up() {
     assert_eq!(
         before, after,
         "a migrate of an unchanged schema rewrote a function"
-    );
-    stop.store(true, Ordering::SeqCst);
-    let (slowest, batches) = writes.await.unwrap();
-    let waited = waits.await.unwrap();
-    println!(
-        "{remade} functions made again 5 times beside ingest: migrate at most {longest:?}; {batches} batches, \
-         the slowest {slowest:?}, the longest lock wait of a write {waited:?}"
-    );
-    assert!(remade >= 40, "{remade} functions made again");
-    assert!(batches > 10, "the writer kept writing ({batches} batches)");
-    assert!(
-        waited < Duration::from_millis(50),
-        "a write waited {waited:?} on a lock beside the functions made again"
     );
 }
 
@@ -244,9 +209,8 @@ async fn the_key_switch_holds_no_write_up_however_large_the_vault_and_the_erasur
         ])
         .await,
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let writes = writer(h, stop.clone());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The first write is the cold start: it reads the whole erasure list.
+    write(&h, 1, "nothing (the cold start)").await;
     let mut rotate = connect(&db.role_url(Role::Rotate).await).await;
     let options = login_etl::privacy::rekey::RekeyOptions {
         max_chunks: Some(1),
@@ -255,36 +219,38 @@ async fn the_key_switch_holds_no_write_up_however_large_the_vault_and_the_erasur
     login_etl::privacy::rekey::arm(&owner, &common::keys::masker(2))
         .await
         .unwrap();
-    let report = login_etl::privacy::rekey::rotate(
-        &mut rotate,
-        &common::keys::masker(2),
-        common::keys::CALLER,
-        options,
-        &mut |_| {},
-    )
-    .await
-    .expect("the switch and a first chunk");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::SeqCst);
-    let (slowest, batches) = writes.await.unwrap();
+    // The switch and a first chunk, with writes going on beside them.
+    let rotating = tokio::spawn(async move {
+        login_etl::privacy::rekey::rotate(
+            &mut rotate,
+            &common::keys::masker(2),
+            common::keys::CALLER,
+            options,
+            &mut |_| {},
+        )
+        .await
+    });
+    let mut seed = 2;
+    while !rotating.is_finished() {
+        write(&h, seed, "the key switch").await;
+        seed += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let report = rotating
+        .await
+        .unwrap()
+        .expect("the switch and a first chunk");
+    // Under the new key, the next writes too (their keys re-read).
+    for seed in seed..seed + 3 {
+        write(&h, seed, "the key switch, after it").await;
+    }
+    // How long the switch holds its lock is the benchmark's to show
+    // (benches/stalls.rs, the switch at 600,000 entries: ms, not the 788 ms
+    // of its scan before the fix).
     println!(
-        "the switch beside ingest (600,000 vault entries, 60,000 erasures): held {:?}; {batches} batches, the slowest {slowest:?}",
-        report.switch
-    );
-    // The switch's own time is what grew with the vault (788 ms here
-    // before its fix, and a write waited 610 ms).
-    assert!(
-        report.switch < Duration::from_millis(100),
-        "the switch held every write for {:?}",
-        report.switch
-    );
-    // The writer shares two cores with the rest of `make test` (152 ms once
-    // in a CI run, with the switch itself at 15 ms): the bound tells the
-    // fixed switch from the one before it (610 ms), not a busy machine's
-    // scheduling from an idle one's.
-    assert!(
-        slowest < Duration::from_millis(300),
-        "a write waited {slowest:?} for the switch"
+        "the switch beside ingest (600,000 vault entries, 60,000 erasures): {:?}; {} writes beside the rotation",
+        report.switch,
+        seed - 2
     );
 }
 
@@ -314,26 +280,38 @@ async fn maintain_moves_a_day_out_of_the_default_partition_without_holding_write
         .await
         .unwrap();
     let h = Arc::new(handler_with(&[("DATABASE_URL", &ingest), ("MASKING_KEY", TEST_KEY)]).await);
-    let stop = Arc::new(AtomicBool::new(false));
-    let writes = writer(h, stop.clone());
-    let waits = lock_waits(db.client().await, db.role_name(Role::Ingest), stop.clone());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    write(&h, 1, "nothing (the cold start)").await;
     let maintainer = connect(&db.role_url(Role::Maintain).await).await;
-    let t = Instant::now();
-    let report = login_etl::table::maintain::run(
-        &maintainer,
-        &login_etl::table::maintain::MaintainOptions::default(),
-    )
-    .await
-    .expect("maintain");
-    let took = t.elapsed();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::SeqCst);
-    let (slowest, batches) = writes.await.unwrap();
-    let lock_wait = waits.await.unwrap();
+    let maintaining = tokio::spawn(async move {
+        login_etl::table::maintain::run(
+            &maintainer,
+            &login_etl::table::maintain::MaintainOptions::default(),
+        )
+        .await
+    });
+    // Today's writes while the day's 300,000 rows move: each one that
+    // commits while maintain still runs shows the move holds no lock a
+    // write of the day waits on for its length (before the fix, one ATTACH
+    // held them all until the move ended).
+    let (mut seed, mut during) = (2u64, 0);
+    while !maintaining.is_finished() {
+        write(&h, seed, "maintain's move").await;
+        seed += 1;
+        // A write every 20 ms, as a steady stream: no load of its own.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if !maintaining.is_finished() {
+            during += 1;
+        }
+    }
+    let report = maintaining.await.unwrap().expect("maintain");
+    let batches = seed - 1;
     println!(
-        "maintain with 300,000 of today's rows in DEFAULT: {took:?} ({} moved); {batches} batches beside it, the slowest {slowest:?}, the longest lock wait {lock_wait:?}",
+        "maintain with 300,000 of today's rows in DEFAULT ({} moved): {during} writes committed while it ran",
         report.moved_from_default() + report.drained_from_default
+    );
+    assert!(
+        during >= 3,
+        "only {during} writes committed while maintain moved the day"
     );
     let counts = owner
         .query_one(
@@ -352,17 +330,4 @@ async fn maintain_moves_a_day_out_of_the_default_partition_without_holding_write
     assert_eq!(partition, all, "every row in today's partition");
     assert_eq!(all, distinct, "no row twice");
     assert_eq!(all, 300_000 + 5 * batches as i64, "no row lost");
-    // No lock held for the move (647 ms before the fix, waiting on one
-    // ATTACH's lock): only the swap's moment, 0-20 ms alone, up to 45 ms
-    // beside two other test binaries. The writes' own time is also the two
-    // cores shared with the drain's inserts and the rest of `make test`
-    // (40-170 ms seen, once 360 ms in a CI run): a bound for a gross stall.
-    assert!(
-        lock_wait < Duration::from_millis(250),
-        "a write waited {lock_wait:?} on a lock beside maintain"
-    );
-    assert!(
-        slowest < Duration::from_secs(1),
-        "a write waited {slowest:?} beside maintain"
-    );
 }
