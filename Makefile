@@ -431,12 +431,12 @@ sam-check: tools ## the arm64 sam build without the optimizer, its dependencies 
 # The region is the deployer's (AWS_REGION, AWS_DEFAULT_REGION, the profile's,
 # or the samconfig.toml environment's), never this Makefile's offline default.
 SAM_ENV       ?= default
-deploy: sam-build ## sam deploy the samconfig.toml environment SAM_ENV (default, staging, prod); first time: make deploy GUIDED=1
+deploy: sam-build ## sam deploy the samconfig.toml environment SAM_ENV (default, staging, prod); PARAMS="Name=value ..." gives parameters (README's quick start); GUIDED=1 asks for them
 	@$(if $(filter command line,$(origin REGION)),echo "REGION is no longer read: make deploy DEPLOY_REGION=$(REGION) (or AWS_REGION, or the profile's region)"; exit 2,true)
 	$(if $(DB_CA_BUNDLE),$(PACKAGE_CA_BUNDLE))
 	region='$(DEPLOY_REGION)'; region=$${region:-$${AWS_REGION:-}}
 	$(if $(filter file,$(origin AWS_DEFAULT_REGION)),env -u AWS_DEFAULT_REGION,) \
-	  sam deploy --config-env $(SAM_ENV) $${region:+--region "$$region"} $(if $(GUIDED),--guided,)
+	  sam deploy --config-env $(SAM_ENV) $${region:+--region "$$region"} $(if $(GUIDED),--guided,) $(if $(PARAMS),--parameter-overrides $(PARAMS),)
 
 SAM_BUILD_DIR ?= .aws-sam/build
 # The RDS CA bundle DB_CA_BUNDLE beside each bootstrap sam built (make deploy

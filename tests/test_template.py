@@ -1497,3 +1497,25 @@ def test_a_fresh_healthy_stack_has_no_alarm_on_missing_data(tpl):
                  if r["Type"] == "AWS::CloudWatch::Alarm"
                  and r["Properties"].get("TreatMissingData", "missing") == "breaching"]  # fmt: skip
     assert breaching == [], breaching
+
+
+# -- The quick start: eight parameters at most ---------------------------
+
+
+def test_the_quick_start_group_comes_first_and_asks_for_eight_parameters_at_most(tpl):
+    groups = tpl["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
+    grouped = [p for g in groups for p in g["Parameters"]]
+    assert sorted(grouped) == sorted(tpl["Parameters"]), "every parameter in one group, once"
+    assert len(grouped) == len(set(grouped))
+    quick = groups[0]
+    assert quick["Label"]["default"].startswith("Quick start")
+    assert len(quick["Parameters"]) <= 8, quick["Parameters"]
+    # Everything else has a default: the quick start gives these alone.
+    assert all("Default" in tpl["Parameters"][p] for p in tpl["Parameters"])
+    # README's quick start gives exactly the group's parameters.
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("<!-- quick-start-deploy -->")
+    command = readme[start:readme.index("```", readme.index("```", start) + 3)]
+    given = {w.split("=", 1)[0] for w in command.replace('"', " ").split() if "=" in w and w[0].isupper()
+             and w.split("=", 1)[0] in tpl["Parameters"]}  # fmt: skip
+    assert given == set(quick["Parameters"]), given ^ set(quick["Parameters"])
