@@ -17,6 +17,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import textwrap
 import urllib.parse
 from pathlib import Path
 
@@ -477,6 +478,20 @@ def test_the_readme_block_as_an_admin_that_is_no_superuser_leaves_doctor_nothing
                              env={**os.environ, "DATABASE_URL": srv.role(name, "migrate")})  # fmt: skip
         report = json.loads(doc.stdout)
         assert doc.returncode == 0 and report["findings"] == [], doc.stdout + doc.stderr
+        # docs/upgrade.md's "Remove everything", step 2, as written, as that admin.
+        text = (ROOT / "docs" / "upgrade.md").read_text()
+        start = text.index("```sh\n", text.index("<!-- teardown -->")) + len("```sh\n")
+        block = textwrap.dedent(text[start:text.index("```", start)])
+        admin = srv.cluster.admin_env(name) | {"PGUSER": admin_role, "PGPASSWORD": admin_password}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATABASE_URL"))} | admin | {"PREFIX": name}
+        done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], env=env, capture_output=True, text=True,
+                              timeout=60, stdin=subprocess.DEVNULL)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        left = psql(srv.admin(name), "SELECT (SELECT count(*) FROM pg_class WHERE relname LIKE 'user\\_logins%') "
+                                     "+ (SELECT count(*) FROM pg_proc WHERE proname LIKE 'login\\_etl\\_%')")  # fmt: skip
+        assert left == "0", f"{left} objects of login-etl left"
+        roles = psql(srv.admin(), f"SELECT count(*) FROM pg_roles WHERE rolname LIKE '{name}\\_%' AND rolname <> '{admin_role}'")
+        assert roles == "0", f"{roles} roles left"
     finally:
         srv.drop(name)
         psql(srv.admin(), f'DROP ROLE IF EXISTS "{admin_role}"')
