@@ -1519,3 +1519,17 @@ def test_the_quick_start_group_comes_first_and_asks_for_eight_parameters_at_most
     given = {w.split("=", 1)[0] for w in command.replace('"', " ").split() if "=" in w and w[0].isupper()
              and w.split("=", 1)[0] in tpl["Parameters"]}  # fmt: skip
     assert given == set(quick["Parameters"]), given ^ set(quick["Parameters"])
+
+
+def test_vpc_endpoints_for_the_services_the_functions_call_are_made_only_when_asked():
+    vpc = {"SubnetIds": "subnet-a,subnet-b", "SecurityGroupIds": "sg-1"}
+    made = deployed(**vpc, VpcEndpointsVpcId="vpc-0abc")
+    endpoints = {r["Properties"]["ServiceName"]["Fn::Sub"]: r["Properties"] for r in made.values()
+                 if r["Type"] == "AWS::EC2::VPCEndpoint"}  # fmt: skip
+    assert set(endpoints) == {f"com.amazonaws.${{AWS::Region}}.{s}" for s in ("secretsmanager", "sqs", "kms")}
+    for e in endpoints.values():
+        assert e["VpcId"] == "vpc-0abc" and e["SubnetIds"] == ["subnet-a", "subnet-b"]
+        assert e["SecurityGroupIds"] == ["sg-1"] and e["PrivateDnsEnabled"] is True
+    # Not asked for, or no subnets: none.
+    for params in (vpc, {"VpcEndpointsVpcId": "vpc-0abc"}):
+        assert not [r for r in deployed(**params).values() if r["Type"] == "AWS::EC2::VPCEndpoint"], params
