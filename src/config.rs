@@ -103,6 +103,10 @@ pub struct Config {
     /// (`ignore`, the default, or `reject`) and `EXTRA_FIELDS` (declared
     /// non-PII fields kept in `extra`), see [`crate::contract::policy`].
     pub contract: crate::contract::Contract,
+    /// `DLQ_OPERATOR_ROLE_ID`: the DLQ operator role's id (`AROA…`; the
+    /// template's `DlqOperatorRole.RoleId`): what it sends to the queue is
+    /// refused unless `dlq-redrive` signed or sealed it. Unset: no check.
+    pub dlq_operator_role_id: Option<String>,
 }
 
 /// Default `REFUSED_MAX_RECEIVES`: a constraint or trigger that refuses a row
@@ -194,6 +198,16 @@ impl Config {
             refused_max_receives: parse_count(&get, "REFUSED_MAX_RECEIVES", 1_000)?
                 .unwrap_or(DEFAULT_REFUSED_MAX_RECEIVES),
             contract: contract(&get)?,
+            dlq_operator_role_id: match get("DLQ_OPERATOR_ROLE_ID") {
+                None => None,
+                Some(id) if id.len() <= 128 && id.starts_with("AROA") && id.bytes().all(|b| b.is_ascii_alphanumeric()) => Some(id),
+                Some(_) => {
+                    return Err(ConfigError::Invalid {
+                        var: "DLQ_OPERATOR_ROLE_ID",
+                        reason: "expected the DLQ operator role's id (AROA followed by letters and digits: aws iam get-role --query Role.RoleId), not its name or ARN".into(),
+                    });
+                }
+            },
         })
     }
 }

@@ -133,7 +133,8 @@ pub async fn build_with(
     }
     handler = handler
         .with_refused_max_receives(config.refused_max_receives)
-        .with_contract(config.contract.clone());
+        .with_contract(config.contract.clone())
+        .with_dlq_operator(config.dlq_operator_role_id.clone());
     Ok(handler)
 }
 

@@ -1533,3 +1533,11 @@ def test_vpc_endpoints_for_the_services_the_functions_call_are_made_only_when_as
     # Not asked for, or no subnets: none.
     for params in (vpc, {"VpcEndpointsVpcId": "vpc-0abc"}):
         assert not [r for r in deployed(**params).values() if r["Type"] == "AWS::EC2::VPCEndpoint"], params
+
+
+def test_the_function_knows_the_dlq_operators_role_to_refuse_what_it_sends_unsigned():
+    made = deployed(DlqOperatorTrustedPrincipalArn=OPERATOR)
+    env = made["LoginEtlFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["DLQ_OPERATOR_ROLE_ID"] == {"Fn::GetAtt": ["DlqOperatorRole", "RoleId"]}
+    env = deployed()["LoginEtlFunction"]["Properties"]["Environment"]["Variables"]
+    assert "DLQ_OPERATOR_ROLE_ID" not in env, "no operator role, nothing to check"

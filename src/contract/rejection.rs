@@ -59,6 +59,10 @@ pub enum Rejection {
     /// (`rebuilt_seal`) whose seal does not open for its body and row key:
     /// altered, or made by someone other than the DLQ operator.
     RebuiltLoginUnverified,
+    /// A message the DLQ operator's role sent (`SenderId`) that is neither
+    /// a redriven original with its valid claim nor a sealed rebuilt login:
+    /// that role may send to the queue only what `dlq-redrive` sends.
+    OperatorMessageUnsigned,
     /// A declared extra field (`EXTRA_FIELDS`) the `extra` column cannot
     /// take as it is.
     Extra(ExtraProblem, FieldName),
@@ -121,6 +125,7 @@ impl Rejection {
             Rejection::UnknownField(name) => format!("unknown_field.{name}").into(),
             Rejection::DeadLetterCopy => "dead_letter_copy".into(),
             Rejection::RebuiltLoginUnverified => "rebuilt_login_unverified".into(),
+            Rejection::OperatorMessageUnsigned => "operator_message_unsigned".into(),
             Rejection::Extra(problem, name) => format!("{}.{name}", problem.name()).into(),
         }
     }
@@ -168,6 +173,9 @@ impl fmt::Display for Rejection {
             ),
             Rejection::DeadLetterCopy => f.write_str(
                 "the message is a dead-letter copy login-etl made (its ip and device id masked), not a login a producer sent; send the original back with login-etl dlq-redrive (docs/runbooks/dlq-redrive.md), not the copy",
+            ),
+            Rejection::OperatorMessageUnsigned => f.write_str(
+                "the DLQ operator's role sent this message without a redrive claim or a seal that holds for it: that role may send back only what login-etl dlq-redrive sends (docs/runbooks/dlq-redrive.md); a login of its own is refused",
             ),
             Rejection::RebuiltLoginUnverified => f.write_str(
                 "the message says it is a login rebuilt from a dead-letter copy, and its seal does not open for its body and row key: only login-etl dlq-redrive --rebuild, as DlqOperatorRole, makes one (docs/runbooks/dlq-redrive.md)",

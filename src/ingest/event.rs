@@ -291,6 +291,9 @@ pub struct RecordAttributes {
     /// The FIFO message group.
     #[serde(rename = "MessageGroupId", default)]
     pub message_group_id: Option<String>,
+    /// Who sent it: an IAM user's id, or a role's (`AROA…:session`).
+    #[serde(rename = "SenderId", default)]
+    pub sender_id: Option<String>,
 }
 
 // `Debug` without the bodies: a `?batch` in a log line must not leak a
@@ -402,6 +405,7 @@ impl From<&SqsMessage> for SqsRecord {
                 sent_timestamp: m.attributes.get("SentTimestamp").cloned(),
                 approximate_receive_count: m.attributes.get("ApproximateReceiveCount").cloned(),
                 message_group_id: m.attributes.get("MessageGroupId").cloned(),
+                sender_id: m.attributes.get("SenderId").cloned(),
             }),
             event_source_arn: m.event_source_arn.clone(),
             receipt_handle: m.receipt_handle.clone(),

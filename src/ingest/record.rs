@@ -57,6 +57,34 @@ pub fn row_key<'a>(message_id: &'a str, message: &'a SqsRecord, masker: &Masker)
     }
 }
 
+/// Refuses a message the DLQ operator's role sent (`operator_role_id`,
+/// its `AROA…` id: SQS's `SenderId` for a role session is `<id>:<session>`)
+/// unless it is a redriven original whose claim `masker` verifies; a
+/// rebuilt login's seal is checked where it is opened. The role may send
+/// to the queue so that `dlq-redrive` can, not to add logins of its own.
+pub fn check_sender(
+    message_id: &str,
+    message: &SqsRecord,
+    masker: &Masker,
+    operator_role_id: Option<&str>,
+) -> Result<(), Rejection> {
+    let Some(role) = operator_role_id else {
+        return Ok(());
+    };
+    let sender = message
+        .attributes
+        .as_ref()
+        .and_then(|a| a.sender_id.as_deref())
+        .unwrap_or_default();
+    let by_operator = sender
+        .strip_prefix(role)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(':'));
+    if by_operator && !message.claims_rebuilt() && !row_key(message_id, message, masker).redriven {
+        return Err(Rejection::OperatorMessageUnsigned);
+    }
+    Ok(())
+}
+
 /// Parses and masks one SQS message. `message_id` is the record's id
 /// (checked present by the caller). The row's key and day come from the
 /// message alone ([`row_key`]): never from when it was read, so every

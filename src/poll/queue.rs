@@ -112,6 +112,7 @@ pub fn to_record(m: &Message, queue_arn: &str) -> SqsRecord {
             sent_timestamp: attr(MessageSystemAttributeName::SentTimestamp),
             approximate_receive_count: attr(MessageSystemAttributeName::ApproximateReceiveCount),
             message_group_id: attr(MessageSystemAttributeName::MessageGroupId),
+            sender_id: attr(MessageSystemAttributeName::SenderId),
         }),
         event_source_arn: Some(queue_arn.to_owned()),
         receipt_handle: m.receipt_handle().map(str::to_owned),
@@ -284,6 +285,7 @@ impl Queue {
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            .message_system_attribute_names(MessageSystemAttributeName::SenderId)
             // What a copy redriven from the DLQ carries of its original.
             .message_attribute_names("source_message_id")
             .message_attribute_names("source_sent_timestamp")

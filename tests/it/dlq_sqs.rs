@@ -730,6 +730,7 @@ fn arrived(id: &str, body: &str, sent_ms: i64) -> login_etl::ingest::event::SqsR
             sent_timestamp: Some(sent_ms.to_string()),
             approximate_receive_count: Some("1".into()),
             message_group_id: None,
+            sender_id: None,
         }),
         event_source_arn: Some("arn:aws:sqs:us-east-1:123456789012:logins".into()),
         ..Default::default()

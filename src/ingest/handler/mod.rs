@@ -56,6 +56,8 @@ pub struct BatchHandler {
     dlq: Option<DeadLetterQueue>,
     /// Checks the seals of logins rebuilt from dead-letter copies.
     rebuilt: Option<RebuiltVerifier>,
+    /// The DLQ operator's role id: what it sends must be `dlq-redrive`'s.
+    operator_role_id: Option<String>,
     metrics: Metrics,
     vault: Option<DataKey>,
     backoff: Option<(Schedule, Visibility)>,
@@ -75,6 +77,7 @@ impl BatchHandler {
             sinks: vec![Mutex::new(sink)],
             dlq: None,
             rebuilt: None,
+            operator_role_id: None,
             metrics: Metrics::new(DEFAULT_NAMESPACE, DEFAULT_SERVICE, "login-etl"),
             vault: None,
             backoff: None,
@@ -175,6 +178,13 @@ impl BatchHandler {
     /// on its `receives`-th receive (0: never). Default 3.
     pub fn with_refused_max_receives(mut self, receives: u32) -> Self {
         self.refused_max_receives = receives;
+        self
+    }
+
+    /// Refuses what the DLQ operator's role (`DLQ_OPERATOR_ROLE_ID`, its
+    /// `AROA…` id) sends unless it is what `dlq-redrive` sends.
+    pub fn with_dlq_operator(mut self, role_id: Option<String>) -> Self {
+        self.operator_role_id = role_id;
         self
     }
 
@@ -360,6 +370,7 @@ impl BatchHandler {
             vault: self.vault.as_ref(),
             dlq: self.dlq.as_ref(),
             rebuilt: self.rebuilt.as_ref(),
+            operator_role_id: self.operator_role_id.as_deref(),
             fifo,
             deadline,
         };

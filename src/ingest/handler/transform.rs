@@ -67,6 +67,8 @@ pub(super) struct Transform<'h> {
     pub(super) vault: Option<&'h DataKey>,
     pub(super) dlq: Option<&'h DeadLetterQueue>,
     pub(super) rebuilt: Option<&'h RebuiltVerifier>,
+    /// The DLQ operator's role id (`DLQ_OPERATOR_ROLE_ID`).
+    pub(super) operator_role_id: Option<&'h str>,
     pub(super) fifo: bool,
     pub(super) deadline: Option<Instant>,
 }
@@ -125,7 +127,8 @@ impl Transform<'_> {
                     }
                 }
             } else {
-                record::transform_with(id, message, &keys.masker, self.contract)
+                record::check_sender(id, message, &keys.masker, self.operator_role_id)
+                    .and_then(|()| record::transform_with(id, message, &keys.masker, self.contract))
             };
             match transformed {
                 Ok(row) if keys.is_erased(&row.user_id) => {

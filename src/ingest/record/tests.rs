@@ -240,3 +240,62 @@ fn a_dead_letter_copy_is_never_a_login_but_its_original_with_its_attributes_is()
     let row = transform("m-back", &back, &masker).unwrap();
     assert_eq!(row.message_id, "m-original");
 }
+
+/// What the DLQ operator's role sends is `dlq-redrive`'s: an original with
+/// its signed claim passes, a login of its own (or one with a forged claim)
+/// is refused; anyone else's message, and every message when no operator
+/// role is configured, is not looked at.
+#[test]
+fn the_dlq_operators_role_sends_back_only_what_dlq_redrive_signed() {
+    let masker = Masker::new(
+        &crate::privacy::masking::MaskingKey::from_hex(&"ab".repeat(32), "test").unwrap(),
+    );
+    let role = "AROAEXAMPLEOPERATOR";
+    let sent = |sender: &str, claim: Option<String>| SqsRecord {
+        body: Some(GOOD.into()),
+        attributes: Some(crate::ingest::event::RecordAttributes {
+            sent_timestamp: Some("1700092800000".into()),
+            sender_id: Some(sender.into()),
+            ..Default::default()
+        }),
+        message_attributes: claim.map(|signature| crate::ingest::event::SourceAttributes {
+            source_message_id: Some("m-original".into()),
+            source_sent_timestamp: Some("1700006399999".into()),
+            source_signature: Some(signature),
+            ..Default::default()
+        }),
+        ..SqsRecord::default()
+    };
+    let signed = masker.redrive_signature("m-original", "1700006399999", GOOD);
+    let operator = format!("{role}:dlq-redrive-session");
+    assert_eq!(
+        check_sender("m", &sent(&operator, None), &masker, Some(role)),
+        Err(Rejection::OperatorMessageUnsigned)
+    );
+    assert_eq!(
+        check_sender(
+            "m",
+            &sent(&operator, Some("0".repeat(64))),
+            &masker,
+            Some(role)
+        ),
+        Err(Rejection::OperatorMessageUnsigned),
+        "a forged claim"
+    );
+    assert_eq!(
+        check_sender("m", &sent(&operator, Some(signed)), &masker, Some(role)),
+        Ok(())
+    );
+    // A producer, a role whose id merely starts the same, no check configured.
+    for (sender, configured) in [
+        ("AIDAPRODUCER", Some(role)),
+        ("AROAEXAMPLEOPERATORX:s", Some(role)),
+        (operator.as_str(), None),
+    ] {
+        assert_eq!(
+            check_sender("m", &sent(sender, None), &masker, configured),
+            Ok(()),
+            "{sender}"
+        );
+    }
+}
