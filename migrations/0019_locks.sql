@@ -4,7 +4,9 @@
 -- rotations waiting for as long as it liked. A row lock on this table
 -- needs a privilege on it, which only the owner holds: its functions take
 -- them (login_etl_lock_shared for the erase and rotate roles' shared
--- holds), in the transaction that needs them.
+-- holds), in the transaction that needs them. The erase and rotate roles
+-- can still hold theirs shared in a transaction they leave open, as any
+-- role can hold the locks its own work takes (docs/insiders.md).
 --   migration   -- the partition steps, the schema's migration (exclusive);
 --                  a statement on the DEFAULT partition's ranges (shared)
 --   key_version -- a rotation's switch (exclusive); forget, swap_default (shared)

@@ -3,8 +3,8 @@
 -- shared until the caller's transaction ends: forget's and a re-key's
 -- statements on the DEFAULT partition's ranges hold `migration`, so
 -- maintain moves no row from under them; forget holds `key_version`, so no
--- rotation switches under it. Only these roles may; nobody may hold one
--- from a session of its own.
+-- rotation switches under it. Only these roles may (and only shared);
+-- no other role holds one at all.
 CREATE OR REPLACE FUNCTION login_etl_lock_shared(lock_name text)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER AS $$

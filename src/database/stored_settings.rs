@@ -11,12 +11,15 @@
 /// The schema of the `user_logins` the tables' owner made: one the
 /// session's own role made (where it may create) comes only when there is
 /// no other, then the session's current schema (two deployments in one
-/// database), then by name. Every name qualified: it runs under whatever
+/// database), then by name; a temporary table (any role may make one) and
+/// a schema the session may not use never count. Every name qualified: it runs under whatever
 /// search path was stored.
 pub(crate) const OWNERS_SCHEMA_SQL: &str = "SELECT n.nspname \
      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
      WHERE c.relname OPERATOR(pg_catalog.=) 'user_logins' \
        AND c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p}'::pg_catalog.\"char\"[]) \
+       AND c.relpersistence OPERATOR(pg_catalog.<>) 't'::pg_catalog.\"char\" \
+       AND pg_catalog.has_schema_privilege(n.oid, 'USAGE') \
      ORDER BY c.relowner OPERATOR(pg_catalog.=) (SELECT r.oid FROM pg_catalog.pg_roles r \
                 WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER), \
               n.nspname OPERATOR(pg_catalog.<>) pg_catalog.current_schema(), n.nspname \
@@ -25,7 +28,9 @@ pub(crate) const OWNERS_SCHEMA_SQL: &str = "SELECT n.nspname \
 /// The result-changing settings the session holds from a role's own
 /// defaults (`user`) or its defaults in this database (`database user`),
 /// with where the owner's tables are and where the session's names
-/// resolve first.
+/// resolve first. An admin's own settings (a superuser's or a CREATEROLE
+/// role's, which no login-etl role is) are its business: doctor, which an
+/// admin runs, pins what it reads by itself.
 fn stored_sql() -> String {
     format!(
         "SELECT s.name, s.setting, s.source, CURRENT_USER::pg_catalog.text, \
@@ -35,6 +40,8 @@ fn stored_sql() -> String {
            AND pg_catalog.lower(s.name) OPERATOR(pg_catalog.=) ANY (ARRAY['search_path', 'datestyle', \
                'intervalstyle', 'timezone', 'synchronous_commit', 'standard_conforming_strings', \
                'transform_null_equals', 'array_nulls']::pg_catalog.text[]) \
+           AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER \
+                           AND (r.rolsuper OR r.rolcreaterole)) \
          ORDER BY s.name"
     )
 }
@@ -45,16 +52,26 @@ fn stored_sql() -> String {
 /// allowed; ISO dates, the standard interval style, UTC; any durable
 /// commit level; the standard string and NULL semantics.
 pub fn stored_setting_problem(name: &str, value: &str) -> Option<&'static str> {
-    let v = value.trim();
+    // As typed (pg_db_role_setting) or as PostgreSQL shows it (pg_settings):
+    // `false`, `0`, `no` and `off` are one value, and names and zones any case.
+    let v = value.trim().trim_matches('\'').to_ascii_lowercase();
+    let boolean = |on: bool| {
+        let truthy = matches!(v.as_str(), "on" | "true" | "yes" | "1" | "t" | "y");
+        let falsy = matches!(v.as_str(), "off" | "false" | "no" | "0" | "f" | "n");
+        if on { truthy } else { falsy }
+    };
     let bad = match name.to_ascii_lowercase().as_str() {
-        "search_path" => !single_schema(v),
-        "datestyle" => !v.to_ascii_uppercase().starts_with("ISO"),
+        "search_path" => !single_schema(value.trim()),
+        "datestyle" => !v.starts_with("iso"),
         "intervalstyle" => v != "postgres",
-        "timezone" => !matches!(v, "UTC" | "Etc/UTC" | "GMT" | "Etc/GMT" | "UCT" | "Zulu"),
-        "synchronous_commit" => v == "off",
-        "standard_conforming_strings" => v == "off",
-        "transform_null_equals" => v == "on",
-        "array_nulls" => v == "off",
+        "timezone" => !matches!(
+            v.as_str(),
+            "utc" | "etc/utc" | "gmt" | "etc/gmt" | "uct" | "zulu" | "etc/uct" | "etc/zulu"
+        ),
+        "synchronous_commit" => boolean(false),
+        "standard_conforming_strings" => boolean(false),
+        "transform_null_equals" => boolean(true),
+        "array_nulls" => boolean(false),
         _ => false,
     };
     bad.then_some(match name.to_ascii_lowercase().as_str() {
@@ -92,6 +109,23 @@ pub fn reset_statement(role: &str, database: &str, source: &str, name: &str) -> 
     }
 }
 
+/// The admin's fix for a stored `search_path`: the tables' schema
+/// (`owners`) set as README's block sets it, in this database; a RESET
+/// where the tables are in `public` (the default path finds them) or not
+/// found.
+pub fn search_path_fix(role: &str, database: &str, source: &str, owners: Option<&str>) -> String {
+    match owners {
+        Some(schema) if schema != "public" => format!(
+            "{}; ALTER ROLE {} IN DATABASE {} SET search_path = {}",
+            reset_statement(role, database, source, "search_path"),
+            postgres_protocol::escape::escape_identifier(role),
+            postgres_protocol::escape::escape_identifier(database),
+            postgres_protocol::escape::escape_identifier(schema)
+        ),
+        _ => reset_statement(role, database, source, "search_path"),
+    }
+}
+
 /// The stored settings of this session that change what login-etl does,
 /// as the refusal's cause (names and values only: settings, never data),
 /// each with the admin's RESET; `None` when there is none.
@@ -121,7 +155,11 @@ pub(crate) async fn refusal(
                 ""
             };
             found.push(format!("{name} = '{value}'{scope} ({why})"));
-            resets.push(reset_statement(&role, &database, &source, &name));
+            resets.push(if name == "search_path" {
+                search_path_fix(&role, &database, &source, owners)
+            } else {
+                reset_statement(&role, &database, &source, &name)
+            });
         }
     }
     Ok((!found.is_empty()).then(|| {
@@ -172,6 +210,10 @@ mod tests {
         assert!(stored_setting_problem("TimeZone", "Asia/Tokyo").is_some());
         assert_eq!(stored_setting_problem("TimeZone", "UTC"), None);
         assert!(stored_setting_problem("transform_null_equals", "on").is_some());
+        // As typed in pg_db_role_setting: every spelling of a boolean, any case.
+        assert!(stored_setting_problem("synchronous_commit", "false").is_some());
+        assert!(stored_setting_problem("transform_null_equals", "1").is_some());
+        assert_eq!(stored_setting_problem("TimeZone", "utc"), None);
         assert_eq!(stored_setting_problem("work_mem", "64MB"), None);
     }
 

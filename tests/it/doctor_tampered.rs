@@ -54,7 +54,8 @@ async fn doctor_as_a_superuser_names_each_tampering_and_runs_nothing_of_the_sche
     // Bodies that would escalate if doctor ran them as the superuser it is.
     admin
         .batch_execute(&format!(
-            "CREATE TABLE public.doctor_ran (what text); \
+            "CREATE TABLE public.doctor_ran (what text, who text DEFAULT current_user); \
+             GRANT INSERT ON public.doctor_ran TO PUBLIC; \
              CREATE OR REPLACE FUNCTION login_etl_schema_version() RETURNS integer LANGUAGE plpgsql AS $$ \
              BEGIN INSERT INTO public.doctor_ran VALUES ('schema_version'); \
                    ALTER ROLE \"{owner}\" SUPERUSER; RETURN 18; END $$; \
@@ -64,21 +65,51 @@ async fn doctor_as_a_superuser_names_each_tampering_and_runs_nothing_of_the_sche
              CREATE FUNCTION login_etl_backdoor() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$; \
              ALTER TABLE user_logins_erased DISABLE TRIGGER user_logins_erased_no_delete; \
              DROP TRIGGER user_logins_pii_audit_no_delete ON user_logins_pii_audit; \
+             DROP TRIGGER user_logins_erased_rekey_only ON user_logins_erased; \
              GRANT SELECT ON user_logins_pii_vault TO \"{stranger}\"; \
              ALTER ROLE \"{owner}\" CREATEROLE"
         ))
         .await
         .unwrap();
 
+    // The owner's own plant: an operator that matches `oid = regclass`
+    // exactly, so it wins over the catalog's wherever the path has it.
+    let owner_client = connect(&owner_url).await;
+    owner_client
+        .batch_execute(&format!(
+            "CREATE FUNCTION public.evil_eq(oid, regclass) RETURNS boolean LANGUAGE plpgsql AS $$ \
+             BEGIN PERFORM pg_catalog.set_config('doctor.ran_as', \
+                       pg_catalog.concat_ws(',', pg_catalog.current_setting('doctor.ran_as', true), current_user), false); \
+                   RETURN $1 OPERATOR(pg_catalog.=) $2::oid; END $$; \
+             CREATE OPERATOR public.= (LEFTARG = oid, RIGHTARG = regclass, FUNCTION = public.evil_eq)"
+        ))
+        .await
+        .unwrap();
     let report = examine(&admin, today, None)
         .await
         .expect("doctor reads a tampered schema without failing");
+    // The replaced functions never ran (they would have written); the
+    // planted operator, if a query ran it, ran as the owner who planted
+    // it, never as the superuser doctor was run as.
     let ran: i64 = admin
         .query_one("SELECT count(*) FROM public.doctor_ran", &[])
         .await
         .unwrap()
         .get(0);
-    assert_eq!(ran, 0, "doctor ran a function of the schema it audits");
+    assert_eq!(ran, 0, "doctor ran a replaced function of the schema");
+    let ran_as: Option<String> = admin
+        .query_one("SELECT current_setting('doctor.ran_as', true)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let ran_as = ran_as.unwrap_or_default();
+    assert!(
+        ran_as
+            .split(',')
+            .filter(|w| !w.is_empty())
+            .all(|w| w == owner),
+        "the planted operator ran as {ran_as}"
+    );
     let escalated: bool = admin
         .query_one(
             "SELECT rolsuper FROM pg_roles WHERE rolname = $1",
@@ -94,6 +125,9 @@ async fn doctor_as_a_superuser_names_each_tampering_and_runs_nothing_of_the_sche
         ("functions", "login_etl_backdoor()"),
         ("triggers", "user_logins_erased_no_delete"),
         ("triggers", "user_logins_pii_audit_no_delete"),
+        ("triggers", "user_logins_erased_rekey_only"),
+        ("planted", "operator =(oid,regclass)"),
+        ("planted", "function evil_eq(oid,regclass)"),
         ("grantees", "user_logins_pii_vault"),
         ("owner", owner.as_str()),
     ] {
@@ -120,7 +154,8 @@ async fn doctor_as_a_superuser_names_each_tampering_and_runs_nothing_of_the_sche
         .batch_execute(&format!(
             "ALTER ROLE \"{owner}\" NOCREATEROLE; \
              REVOKE ALL ON TABLE user_logins_pii_vault FROM \"{stranger}\"; \
-             DROP FUNCTION login_etl_backdoor(); DROP TABLE public.doctor_ran"
+             DROP FUNCTION login_etl_backdoor(); DROP OPERATOR public.= (oid, regclass); \
+             DROP FUNCTION public.evil_eq(oid, regclass); DROP TABLE public.doctor_ran"
         ))
         .await
         .unwrap();

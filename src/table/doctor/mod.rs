@@ -33,7 +33,7 @@ use chrono::NaiveDate;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::database::stored_settings::{reset_statement, stored_setting_problem};
+use crate::database::stored_settings::{reset_statement, search_path_fix, stored_setting_problem};
 use crate::table::partitions::{days_ahead, partitions_in_catalog};
 use crate::table::privileges::FUNCTION_SETTINGS;
 use crate::table::privileges::{SCHEMA_WRITERS_SQL, schema_writers_fix};
@@ -142,6 +142,12 @@ async fn examine_in_transaction(
     retention_days: Option<u32>,
 ) -> Result<Report, tokio_postgres::Error> {
     let mut report = Report::default();
+    // Before any query that names an operator or a function unqualified.
+    if let Some(owner) = tampering::drop_privileges(client).await?
+        && tampering::planted(client, &owner, &mut report).await?
+    {
+        return Ok(report);
+    }
     schema_writers(client, &mut report).await?;
     if schema_version(client, &mut report).await?.is_none() {
         return Ok(report); // nothing of login-etl to examine further
@@ -385,20 +391,36 @@ async fn stored_settings(
             &[],
         )
         .await?;
+    let database: String = client
+        .query_one("SELECT pg_catalog.current_database()::text", &[])
+        .await?
+        .get(0);
     for row in rows {
         let (role, in_db, name, value): (String, bool, String, String) =
             (row.get(0), row.get(1), row.get(2), row.get(3));
-        if let Some(why) = stored_setting_problem(&name, &value) {
-            let database: String = client
-                .query_one("SELECT current_database()::text", &[])
-                .await?
-                .get(0);
+        // One schema, but not the one examined: where the role may create,
+        // a plant (the connect check refuses it too).
+        let elsewhere = name.eq_ignore_ascii_case("search_path")
+            && stored_setting_problem(&name, &value).is_none()
+            && !value
+                .split(',')
+                .map(|p| p.trim().trim_matches('"'))
+                .any(|p| p == report.schema);
+        let why = stored_setting_problem(&name, &value).or(elsewhere.then_some(
+            "its schema is not the one login-etl's tables are in, so objects there could stand in for login-etl's",
+        ));
+        if let Some(why) = why {
             let source = if in_db { "database user" } else { "user" };
+            let fix = if name.eq_ignore_ascii_case("search_path") {
+                search_path_fix(&role, &database, source, Some(&report.schema))
+            } else {
+                reset_statement(&role, &database, source, &name)
+            };
             report.found(
                 "roles",
                 format!("role {role}"),
                 format!("stores {name} = '{value}' for its sessions: {why} (login-etl refuses to connect under it)"),
-                format!("as the admin: {}", reset_statement(&role, &database, source, &name)),
+                format!("as the admin: {fix}"),
             );
         }
     }

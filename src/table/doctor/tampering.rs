@@ -12,6 +12,89 @@ use crate::table::schema::Profile;
 use crate::table::schema::functions::{self, FunctionFile};
 use crate::table::schema::triggers;
 
+/// The tables' owner, and whether this session should become it: a
+/// superuser, or a member of the owner, examines as the owner, so that
+/// whatever the owner planted in its schema runs, if anything runs it,
+/// with no more than the owner's own rights. `None`: no `user_logins`.
+pub(super) async fn drop_privileges(
+    client: &Client,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    let Some(row) = client
+        .query_opt(
+            "SELECT o.rolname::pg_catalog.text, \
+                    o.rolname OPERATOR(pg_catalog.<>) CURRENT_USER \
+                    AND ((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER) \
+                         OR pg_catalog.pg_has_role(CURRENT_USER, o.oid, 'MEMBER')) \
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles o ON o.oid OPERATOR(pg_catalog.=) c.relowner \
+             WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(pg_catalog.format('%I.%I', \
+                   pg_catalog.current_schema(), 'user_logins'))::pg_catalog.oid",
+            &[],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let (owner, become_it): (String, bool) = (row.get(0), row.get(1));
+    if become_it {
+        client
+            .batch_execute(&format!("SET LOCAL ROLE {}", ident(&owner)))
+            .await?;
+    }
+    Ok(Some(owner))
+}
+
+/// Operators, and functions not named `login_etl_*`, of the tables' owner
+/// in its schema: login-etl makes none, and in a query on this schema one
+/// could run in place of the catalog's (an operator that matches its
+/// argument types exactly wins over the catalog's wherever it is on the
+/// path). Found, and doctor runs as someone with more rights than the
+/// owner: true, and doctor stops before any other query.
+pub(super) async fn planted(
+    client: &Client,
+    owner: &str,
+    report: &mut Report,
+) -> Result<bool, tokio_postgres::Error> {
+    report.checks.push("planted");
+    let rows = client
+        .query(
+            "SELECT 'operator', o.oid::pg_catalog.regoperator::pg_catalog.text FROM pg_catalog.pg_operator o \
+             WHERE o.oprnamespace OPERATOR(pg_catalog.=) (SELECT n.oid FROM pg_catalog.pg_namespace n \
+                   WHERE n.nspname OPERATOR(pg_catalog.=) pg_catalog.current_schema()) \
+               AND o.oprowner OPERATOR(pg_catalog.=) (SELECT r.oid FROM pg_catalog.pg_roles r \
+                   WHERE r.rolname OPERATOR(pg_catalog.=) $1::pg_catalog.text) \
+             UNION ALL \
+             SELECT 'function', p.oid::pg_catalog.regprocedure::pg_catalog.text FROM pg_catalog.pg_proc p \
+             WHERE p.pronamespace OPERATOR(pg_catalog.=) (SELECT n.oid FROM pg_catalog.pg_namespace n \
+                   WHERE n.nspname OPERATOR(pg_catalog.=) pg_catalog.current_schema()) \
+               AND p.proowner OPERATOR(pg_catalog.=) (SELECT r.oid FROM pg_catalog.pg_roles r \
+                   WHERE r.rolname OPERATOR(pg_catalog.=) $1::pg_catalog.text) \
+               AND pg_catalog.left(p.proname::pg_catalog.text, 10) OPERATOR(pg_catalog.<>) 'login_etl_' \
+             ORDER BY 2",
+            &[&owner],
+        )
+        .await?;
+    let as_owner: bool = client
+        .query_one(
+            "SELECT CURRENT_USER::pg_catalog.text OPERATOR(pg_catalog.=) $1::pg_catalog.text",
+            &[&owner],
+        )
+        .await?
+        .get(0);
+    for row in &rows {
+        let (kind, signature): (String, String) = (row.get(0), row.get(1));
+        report.found(
+            "planted",
+            format!("{kind} {signature}"),
+            format!(
+                "is the tables' owner's and not login-etl's: in a query on this schema it could run in place of the catalog's{}",
+                if as_owner { "" } else { " (doctor stopped here: it runs with more rights than the owner; run it as the owner, or as a superuser, to examine the rest)" }
+            ),
+            format!("as the tables' owner, once you know who added it and why: DROP {} {signature}", kind.to_uppercase()),
+        );
+    }
+    Ok(!rows.is_empty() && !as_owner)
+}
+
 /// Each trigger of the profile present and firing.
 pub(super) async fn triggers(
     client: &Client,
@@ -148,7 +231,8 @@ pub(super) async fn owner(
             );
         }
     }
-    for group in member_of {
+    // rds_iam: how the owner logs in with RDS IAM authentication.
+    for group in member_of.into_iter().filter(|g| g != "rds_iam") {
         report.found(
             "owner",
             subject.clone(),

@@ -50,9 +50,12 @@ pub fn schema_sql(migrations: &str, profile: Profile) -> String {
             kinds: kinds.clone(),
         })
         .collect();
+    // The triggers before the migrations too: a migration that makes two
+    // when the first is missing would fail on the second, there.
     format!(
-        "{}\n{migrations}\n;\n{}\n{}\n{}",
+        "{}\n{}\n{migrations}\n;\n{}\n{}\n{}",
         functions::sync_sql(profile),
+        triggers::ensure_sql(),
         functions::schema_version_sql(SCHEMA_VERSION, profile),
         triggers::ensure_sql(),
         privileges::apply_sql(&grants, profile)
