@@ -76,13 +76,13 @@ async fn doctor_as_a_superuser_names_each_tampering_and_runs_nothing_of_the_sche
     // exactly, so it wins over the catalog's wherever the path has it.
     let owner_client = connect(&owner_url).await;
     owner_client
-        .batch_execute(&format!(
+        .batch_execute(
             "CREATE FUNCTION public.evil_eq(oid, regclass) RETURNS boolean LANGUAGE plpgsql AS $$ \
              BEGIN PERFORM pg_catalog.set_config('doctor.ran_as', \
                        pg_catalog.concat_ws(',', pg_catalog.current_setting('doctor.ran_as', true), current_user), false); \
                    RETURN $1 OPERATOR(pg_catalog.=) $2::oid; END $$; \
-             CREATE OPERATOR public.= (LEFTARG = oid, RIGHTARG = regclass, FUNCTION = public.evil_eq)"
-        ))
+             CREATE OPERATOR public.= (LEFTARG = oid, RIGHTARG = regclass, FUNCTION = public.evil_eq)",
+        )
         .await
         .unwrap();
     let report = examine(&admin, today, None)
