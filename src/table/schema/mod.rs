@@ -55,9 +55,9 @@ pub fn schema_sql(migrations: &str, profile: Profile) -> String {
     format!(
         "{}\n{}\n{migrations}\n;\n{}\n{}\n{}",
         functions::sync_sql(profile),
-        triggers::ensure_sql(),
+        triggers::ensure_sql(true),
         functions::schema_version_sql(SCHEMA_VERSION, profile),
-        triggers::ensure_sql(),
+        triggers::ensure_sql(false),
         privileges::apply_sql(&grants, profile)
     )
 }

@@ -106,8 +106,18 @@ pub fn intact_sql() -> String {
 }
 
 /// Makes each missing trigger again and enables each that does not fire:
-/// the schema's last step but the privileges.
-pub fn ensure_sql() -> String {
+/// the schema's last step but the privileges. Run before the migrations
+/// too (`before_migrations`): a migration that makes two triggers when the
+/// first is missing fails on the second if only the first was dropped;
+/// there, a trigger whose table is not ready for it yet (an older schema,
+/// its column still to come) is left to the run after them.
+pub fn ensure_sql(before_migrations: bool) -> String {
+    let create = if before_migrations {
+        "BEGIN\n                EXECUTE format('CREATE TRIGGER %I %s', r.n, r.d);\n            \
+         EXCEPTION WHEN undefined_column OR undefined_function OR undefined_table THEN NULL;\n            END;"
+    } else {
+        "EXECUTE format('CREATE TRIGGER %I %s', r.n, r.d);"
+    };
     format!(
         "DO $login_etl_triggers$\nDECLARE\n    r record;\nBEGIN\n    FOR r IN \
          SELECT m.n, m.d, to_regclass(m.t) AS tbl, g.oid IS NOT NULL AS present, \
@@ -115,7 +125,7 @@ pub fn ensure_sql() -> String {
          FROM (VALUES {}) AS m(t, n, d) \
          LEFT JOIN pg_trigger g ON g.tgname = m.n AND NOT g.tgisinternal AND g.tgrelid = to_regclass(m.t) \
          WHERE to_regclass(m.t) IS NOT NULL\n    LOOP\n        \
-         IF NOT r.present THEN\n            EXECUTE format('CREATE TRIGGER %I %s', r.n, r.d);\n        \
+         IF NOT r.present THEN\n            {create}\n        \
          ELSIF NOT r.firing THEN\n            EXECUTE format('ALTER TABLE %s ENABLE TRIGGER %I', r.tbl, r.n);\n        \
          END IF;\n    END LOOP;\nEND\n$login_etl_triggers$;\n",
         values()
