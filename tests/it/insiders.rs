@@ -1207,6 +1207,16 @@ async fn attack(d: &Deployment) {
     assert_least_privilege(d).await;
 }
 
+/// A connection as `role`, opened the way every part of login-etl opens
+/// one (`Connector`: the stored-settings check included).
+async fn open_as(d: &Deployment, role: Role) -> Result<Client, login_etl::SinkError> {
+    login_etl::database::Connector::from_config(&db_config(&d.url(role)), None)
+        .await
+        .unwrap()
+        .open(std::time::Duration::from_secs(10))
+        .await
+}
+
 /// What attack() left stored (each role's `search_path = pg_temp, public`)
 /// and more: the maintain role's `DateStyle`, the ingest role's
 /// `synchronous_commit = off`. The owner's functions compute as before
@@ -1242,13 +1252,7 @@ async fn stored_settings_are_refused_until_reset(d: &Deployment) {
         .unwrap();
     for role in ROLES {
         let name = d.db.role_name(role);
-        let open = || async {
-            login_etl::database::Connector::from_config(&db_config(&d.url(role)), None)
-                .await
-                .unwrap()
-                .open(std::time::Duration::from_secs(10))
-                .await
-        };
+        let open = || open_as(d, role);
         let refused = open()
             .await
             .expect_err("a stored search_path of two schemas")
@@ -1300,13 +1304,7 @@ async fn stored_settings_are_refused_until_reset(d: &Deployment) {
         )
         .await
         .unwrap();
-    let open = || async {
-        login_etl::database::Connector::from_config(&db_config(&d.url(Role::Erase)), None)
-            .await
-            .unwrap()
-            .open(std::time::Duration::from_secs(10))
-            .await
-    };
+    let open = || open_as(d, Role::Erase);
     let refused = open()
         .await
         .expect_err("a search path to a schema the role creates in")
