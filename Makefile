@@ -72,7 +72,7 @@ EVENT         ?= events/sqs-mixed.json
 # pytest-xdist workers of make e2e (1: one test at a time).
 E2E_WORKERS   ?= 6
 
-.PHONY: help tools rust-tools python-tools host-build test-build test-add-a-field bench-validate bench-check localstack-tools up down e2e test soak lint fmt build validate build-tools sam-build sam-check container-tools image container-check test-container lint-replay deploy package-ca-bundle migrate watch invoke demo demo-poll demo-watch events-large fuzz bench bench-scale clean
+.PHONY: dist dist-check test-dist previous-release help tools rust-tools python-tools host-build test-build test-add-a-field bench-validate bench-check localstack-tools up down e2e test soak lint fmt build validate build-tools sam-build sam-check container-tools image container-check test-container lint-replay deploy package-ca-bundle migrate watch invoke demo demo-poll demo-watch events-large fuzz bench bench-scale clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -428,6 +428,53 @@ sam-check: tools ## the arm64 sam build without the optimizer, its dependencies 
 	[ "$$(od -An -tx1 -j18 -N2 .aws-sam/build/LoginEtlFunction/bootstrap 2>/dev/null | tr -d ' \n')" = b700 ] || \
 	  { echo "sam build left no arm64 bootstrap in .aws-sam/build/LoginEtlFunction (see its output above)"; exit 1; }
 
+# A release (docs/release.md): the artifacts in DIST_DIR, deployable with no
+# Rust (release/dist.sh says what each is). CI builds them without the
+# optimizer (DIST_CARGO_ENV), its dependencies kept in CI_CACHE.
+DIST_DIR      ?= dist
+DIST_TARGET_DIR ?= $(abspath $(or $(CARGO_TARGET_DIR),target))/dist
+DIST_CARGO_ENV ?=
+CYCLONEDX_VERSION := 0.5.9
+CYCLONEDX_ROOT ?= $(HOME)/.cache/login-etl/cargo-cyclonedx-$(CYCLONEDX_VERSION)
+dist: build-tools $(if $(filter 0,$(IMAGES)),,container-tools) ## the release in dist/: function zips and static binaries (arm64, x86_64), OCI images, SBOM, schema, templates, SHA256SUMS; IMAGES=0 skips the images
+	@[ -x '$(CYCLONEDX_ROOT)/bin/cargo-cyclonedx' ] || { echo "==> installing cargo-cyclonedx $(CYCLONEDX_VERSION) from crates.io into $(CYCLONEDX_ROOT) (a few minutes, once)"; \
+	  cargo install --locked --quiet cargo-cyclonedx --version '$(CYCLONEDX_VERSION)' --root '$(CYCLONEDX_ROOT)'; }
+	command -v readelf > /dev/null || { echo "make dist needs readelf (Debian: binutils)"; exit 1; }
+	DIST_DIR='$(DIST_DIR)' DIST_TARGET_DIR='$(DIST_TARGET_DIR)' DIST_CARGO_ENV='$(DIST_CARGO_ENV)' IMAGES='$(or $(IMAGES),1)' \
+	  CYCLONEDX='$(CYCLONEDX_ROOT)/bin/cargo-cyclonedx' CONTAINER_ENGINE='$(CONTAINER_ENGINE)' PODMAN_ENV='$(PODMAN_ENV)' release/dist.sh
+
+dist-check: ## CI: make dist without the optimizer (dependencies kept in CI_CACHE) and the previous release; CI runs make test-dist after make test
+	@$(MAKE) --no-print-directory dist DIST_TARGET_DIR="$(CI_CACHE)/dist-check" \
+	  DIST_CARGO_ENV='CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16'
+	$(MAKE) --no-print-directory previous-release
+
+test-dist: python-tools localstack-tools previous-release ## tests/test_dist.py over dist/ (checksums, the artifacts, the quick start and a redeploy in LocalStack with no Rust on the PATH), then the image archive's poll check
+	@pidfile=$${LOCALSTACK_STATE:-.localstack}/localstack.pid
+	if [ -f "$$pidfile" ] && kill -0 "$$(cat "$$pidfile")" 2>/dev/null; then ours=0; else ours=1; fi
+	trap '[ $$ours = 1 ] && localstack/down.sh' EXIT; trap 'exit 130' INT TERM
+	if [ $$ours = 0 ]; then python3 localstack/pg_cluster.py start --state "$${LOCALSTACK_STATE:-.localstack}/pg-cluster.json"; else localstack/up.sh; fi
+	DIST_DIR='$(abspath $(DIST_DIR))' PREVIOUS_LOGIN_ETL='$(PREVIOUS_DIR)/login-etl' $(VENV)/bin/python -m pytest -q -p no:cacheprovider -rP tests/test_dist.py
+	version=$$(sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
+	if [ -f '$(DIST_DIR)'/login-etl-$$version-image-amd64.oci.tar ]; then
+	  $(PODMAN_ENV) $(CONTAINER_ENGINE) load --quiet -i '$(DIST_DIR)'/login-etl-$$version-image-amd64.oci.tar
+	  $(MAKE) --no-print-directory test-container IMAGE=localhost/login-etl:$$version-amd64
+	fi
+
+# The previous release (0.1.0: the commit before 0.2.0's), built from this
+# clone's history into CI_CACHE, for tests/test_dist.py's rollback check: it
+# must keep ingesting against the schema this release migrates to.
+PREVIOUS_RELEASE ?= a5a91da57c4d8f340967193fe710828de5bb6a12
+PREVIOUS_DIR  ?= $(CI_CACHE)/previous-$(shell echo $(PREVIOUS_RELEASE) | cut -c1-12)
+previous-release: rust-tools ## the previous release's binary (PREVIOUS_RELEASE, a commit), built once into CI_CACHE: make test-dist's rollback check
+	@[ -x '$(PREVIOUS_DIR)/login-etl' ] && exit 0
+	git cat-file -e '$(PREVIOUS_RELEASE)^{commit}' 2> /dev/null || { echo "commit $(PREVIOUS_RELEASE) (the previous release) is not in this clone: git fetch --unshallow"; exit 1; }
+	echo "==> building the previous release ($$(git show -s --format='%h %ad' --date=short '$(PREVIOUS_RELEASE)')) into $(PREVIOUS_DIR) (a few minutes, once)"
+	rm -rf '$(PREVIOUS_DIR)/src' && mkdir -p '$(PREVIOUS_DIR)/src'
+	git archive '$(PREVIOUS_RELEASE)' | tar -x -C '$(PREVIOUS_DIR)/src'
+	CARGO_TARGET_DIR='$(PREVIOUS_DIR)/target' cargo build --quiet --locked --manifest-path '$(PREVIOUS_DIR)/src/Cargo.toml' --bin login-etl
+	install -m 0755 '$(PREVIOUS_DIR)/target/debug/login-etl' '$(PREVIOUS_DIR)/login-etl'
+	rm -rf '$(PREVIOUS_DIR)/target'
+
 # The region is the deployer's (AWS_REGION, AWS_DEFAULT_REGION, the profile's,
 # or the samconfig.toml environment's), never this Makefile's offline default.
 SAM_ENV       ?= default
@@ -435,8 +482,10 @@ deploy: sam-build ## sam deploy the samconfig.toml environment SAM_ENV (default,
 	@$(if $(filter command line,$(origin REGION)),echo "REGION is no longer read: make deploy DEPLOY_REGION=$(REGION) (or AWS_REGION, or the profile's region)"; exit 2,true)
 	$(if $(DB_CA_BUNDLE),$(PACKAGE_CA_BUNDLE))
 	region='$(DEPLOY_REGION)'; region=$${region:-$${AWS_REGION:-}}
-	$(if $(filter file,$(origin AWS_DEFAULT_REGION)),env -u AWS_DEFAULT_REGION,) \
-	  sam deploy --config-env $(SAM_ENV) $${region:+--region "$$region"} $(if $(GUIDED),--guided,) $(if $(PARAMS),--parameter-overrides $(PARAMS),)
+	stack=$$(python3 -c 'import sys, tomllib; print(tomllib.load(open("samconfig.toml", "rb"))[sys.argv[1]]["global"]["parameters"]["stack_name"])' '$(SAM_ENV)')
+	@# release/deploy.sh: sam deploy, reusing the keys a deleted stack of that name retained.
+	$(if $(filter file,$(origin AWS_DEFAULT_REGION)),env -u AWS_DEFAULT_REGION,) $${region:+AWS_REGION="$$region"} \
+	  release/deploy.sh --stack-name "$$stack" $(PARAMS) -- --config-env $(SAM_ENV) $${region:+--region "$$region"} $(if $(GUIDED),--guided,)
 
 SAM_BUILD_DIR ?= .aws-sam/build
 # The RDS CA bundle DB_CA_BUNDLE beside each bootstrap sam built (make deploy

@@ -573,14 +573,14 @@ class Message:
         return self.expect.split(":", 1)[1].split(",") if self.expect.startswith("insert:") else []
 
 
-def generate(count: int, invalid_every: int, seed: int, defective_every: int = 0) -> list[Message]:
+def generate(count: int, invalid_every: int, seed: int, defective_every: int = 0, binary: Path | None = None) -> list[Message]:
     """Login messages from the project's own generator (`login-etl gen-events`,
     the `synth` module): the quirks of real traffic (null locales, three
     version shapes, IPv6, multicast and loopback addresses) plus every kind of
     message that is not a login, and with `defective_every` logins with the
     defects real apps send (a suffixed version, a port on the ip, a null
-    device id). Runs the bootstrap build() packaged: no second compile."""
-    bootstrap = BUILD_DIR / "LoginEtlFunction" / "bootstrap"
+    device id). Runs `binary`, by default the bootstrap build() packaged: no second compile."""
+    bootstrap = binary or BUILD_DIR / "LoginEtlFunction" / "bootstrap"
     if not bootstrap.exists():
         raise RuntimeError(f"{bootstrap} is missing: run the build step (stack.build()) first")
     args = ["gen-events", "--count", str(count), "--invalid-every", str(invalid_every),
@@ -1009,8 +1009,10 @@ class Consumer:
     database's ingest role, with JSON logs at WARN (the production profile);
     its stdout and stderr go to `log`."""
 
-    def __init__(self, queues: Stack, key_hex: str, log: Path, *args: str, env: dict[str, str] | None = None):
+    def __init__(self, queues: Stack, key_hex: str, log: Path, *args: str, env: dict[str, str] | None = None,
+                 binary: Path | None = None):  # fmt: skip
         self.queues, self.log_path = queues, log
+        self.binary = binary or BUILD_DIR / "LoginEtlFunction" / "bootstrap"
         self.args = ["poll", "--queue-url", queues.queue_url, *args]
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("AWS_LAMBDA")},
@@ -1026,12 +1028,11 @@ class Consumer:
         self.runs = 0
 
     def start(self) -> None:
-        bootstrap = BUILD_DIR / "LoginEtlFunction" / "bootstrap"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "a") as log:
             log.write(f"--- run {self.runs + 1}: login-etl {' '.join(self.args)}\n")
             log.flush()
-            self.proc = subprocess.Popen([str(bootstrap), *self.args], cwd=ROOT, env=self.env, stdout=log,
+            self.proc = subprocess.Popen([str(self.binary), *self.args], cwd=ROOT, env=self.env, stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
         self.runs += 1
 

@@ -1314,6 +1314,48 @@ EXISTING_QUEUE = "arn:aws:sqs:eu-west-1:210987654321:producers-logins"
 EXISTING_DLQ = "arn:aws:sqs:eu-west-1:210987654321:producers-logins-dlq"
 
 
+@pytest.mark.parametrize("operator", ["", "arn:aws:iam::123456789012:role/dlq-operators"])
+def test_an_existing_queue_is_told_the_statements_the_stacks_own_queues_carry(operator):
+    """The stack cannot change a queue it did not make: its outputs print
+    the statements for the operator to add, and they are the stack's own
+    queues' statements (the producers' and the deploy's rules aside: those
+    are the queue owner's), aimed at the given queues."""
+    placeholders = {"LoginEtlRole": "ROLE:function", "DlqOperatorRole": "ROLE:dlq-operator",
+                    "LoginQueue": EXISTING_QUEUE, "LoginDeadLetterQueue": EXISTING_DLQ}  # fmt: skip
+
+    def plain(node):
+        if isinstance(node, list):
+            return [plain(n) for n in node]
+        if isinstance(node, dict):
+            if list(node) == ["Fn::GetAtt"]:
+                return placeholders[node["Fn::GetAtt"][0]]
+            return {k: plain(v) for k, v in node.items()}
+        return node
+
+    own = deployed(DlqOperatorTrustedPrincipalArn=operator)
+    out, values = transformed(ExistingQueueArn=EXISTING_QUEUE, ExistingDlqArn=EXISTING_DLQ,
+                              DlqOperatorTrustedPrincipalArn=operator)  # fmt: skip
+    printed = {}
+    for name, queue in (("ExistingQueuePolicyStatements", "LoginQueuePolicy"), ("ExistingDlqPolicyStatements", "LoginDeadLetterQueuePolicy")):
+        sub = out["Outputs"][name]["Value"]["Fn::Sub"]
+        text, names = (sub, {}) if isinstance(sub, str) else (sub[0], plain(_evaluate(sub[1], values, out["Conditions"])))
+        for k, v in {"LoginEtlRole.Arn": placeholders["LoginEtlRole"], **values, **names}.items():
+            text = text.replace("${%s}" % k, str(v))
+        assert "${" not in text, text
+        printed[queue] = {st.pop("Sid").removeprefix("LoginEtl"): st for st in json.loads(text)}
+    for queue, skipped in (("LoginQueuePolicy", {"OnlyNamedProducersSend", "OnlyThisAccountSends"}), ("LoginDeadLetterQueuePolicy", set())):
+        statements = plain(own[queue]["Properties"]["PolicyDocument"]["Statement"])
+        expected = {st.pop("Sid"): st for st in statements if st["Sid"] not in skipped | {"OnlyTheDeployRewritesThisPolicy"}}
+        assert printed[queue] == expected, queue
+    assert 'ROLE:dlq-operator' in json.dumps(printed) if operator else 'ROLE:dlq-operator' not in json.dumps(printed)
+    # Printed only for existing queues: the stack's own carry them already.
+    own_out, own_values = transformed()
+    for name in ("ExistingQueuePolicyStatements", "ExistingDlqPolicyStatements"):
+        condition = own_out["Outputs"][name]["Condition"]
+        assert not _condition(condition, own_values, own_out["Conditions"])
+        assert _condition(condition, values, out["Conditions"])
+
+
 def test_an_existing_queue_is_wired_everywhere_and_no_queue_is_made():
     """With ExistingQueueArn and ExistingDlqArn the stack makes no queue and
     no queue policy (the queues keep their own), and every reference the

@@ -179,10 +179,9 @@ impl PgSink {
                 Ok(Next::Retry(since))
             }
             Failure::Fatal(e) => Err(e),
-            Failure::Outdated => {
-                self.rollback().await;
-                Err(SinkError::BatchOutdated)
-            }
+            // Raised beside the COMMIT sent with it, which ended the
+            // transaction: nothing to roll back.
+            Failure::Outdated => Err(SinkError::BatchOutdated),
             Failure::RecountDenied => {
                 warn!(
                     "the database role may not read user_logins.xmin, so rows a lost attempt committed count as duplicates; GRANT SELECT (message_id, sent_at, create_date, xmin) ON user_logins to count them as inserted"

@@ -50,6 +50,9 @@ pub(crate) struct CopyFailed {
     pub failure: Failure,
     /// The COMMIT was sent and its answer never came: the rows may be in.
     pub outcome_unknown: bool,
+    /// The server answered the COMMIT sent with the failed statement: the
+    /// transaction is over, and a ROLLBACK would be one outside any.
+    pub ended: bool,
 }
 
 impl CopyIn {
@@ -122,6 +125,7 @@ impl CopyIn {
         let before_commit = |failure| CopyFailed {
             failure,
             outcome_unknown: false,
+            ended: false,
         };
         if let Some(failure) = self.failure.take() {
             return Err(before_commit(failure));
@@ -153,11 +157,13 @@ impl CopyIn {
                 Err(CopyFailed {
                     failure,
                     outcome_unknown,
+                    ended: !outcome_unknown,
                 })
             }
             Err(_) => Err(CopyFailed {
                 failure: no_answer(self.bound),
                 outcome_unknown: true,
+                ended: false,
             }),
         }
     }

@@ -59,7 +59,7 @@ impl PgSink {
             }
             Err(e) => return Err(e),
         };
-        self.copy_failed(failure, budget, OP).await?;
+        self.copy_failed(failure, budget, OP, false).await?;
         Ok(None)
     }
 
@@ -90,7 +90,7 @@ impl PgSink {
                 }))
             }
             Err(failed) => {
-                self.copy_failed(failed.failure, budget, "committing the COPY")
+                self.copy_failed(failed.failure, budget, "committing the COPY", failed.ended)
                     .await?;
                 Ok(Err(floor_before.filter(|_| failed.outcome_unknown)))
             }
@@ -98,12 +98,14 @@ impl PgSink {
     }
 
     /// After a failed COPY: reconnects (a transient failure, using the
-    /// batch's one reconnect) or rolls back, so the INSERT path can run.
+    /// batch's one reconnect) or rolls back, so the INSERT path can run;
+    /// unless the transaction has `ended` (its COMMIT answered).
     async fn copy_failed(
         &mut self,
         failure: Failure,
         budget: &mut Budget,
         op: &'static str,
+        ended: bool,
     ) -> Result<(), SinkError> {
         match failure {
             Failure::Transient(cause) => return self.reconnect_or_fail(budget, op, cause).await,
@@ -117,7 +119,9 @@ impl PgSink {
             // The INSERT path meets the same refusal and reports it.
             Failure::Outdated => debug!("COPY refused: the batch holds an erased user"),
         }
-        self.rollback().await;
+        if !ended {
+            self.rollback().await;
+        }
         Ok(())
     }
 }

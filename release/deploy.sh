@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# deploy.sh: `sam deploy` of login-etl, keeping the masking key across a
+# delete and a new stack.
+#
+#   ./deploy.sh [--template FILE] [--stack-name NAME] [--ca-bundle FILE]
+#               [--new-keys] [Name=Value ...] [-- more sam deploy options]
+#
+# In a release (dist/): the template defaults to template-arm64.yaml beside
+# this script, the function's zip. From the source tree, `make deploy` runs
+# it over sam build's output and samconfig.toml's environment.
+#
+# The key secrets outlive their stack (DeletionPolicy: Retain): the
+# database refuses rows under any other key. So when NAME is not deployed
+# and no ExistingMaskingKeySecretArn is given, the secrets an earlier stack
+# NAME made are looked up by their tags and passed back to the new stack
+# (ExistingMaskingKeySecretArn, ExistingErasureKeySecretArn). More than one
+# candidate: it stops and lists them, with the parameters to pass.
+# --new-keys: a new key on purpose (a new, empty database).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+template="" stack=login-etl ca_bundle="" new_keys=0 params=() sam_args=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    --template) template=$2; shift 2 ;;
+    --stack-name) stack=$2; shift 2 ;;
+    --ca-bundle) ca_bundle=$2; shift 2 ;;
+    --new-keys) new_keys=1; shift ;;
+    --) shift; sam_args=("$@"); break ;;
+    -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *=*) params+=("$1"); shift ;;
+    *) echo "deploy.sh: unknown argument '$1': parameters are Name=Value, sam's own options come after --" >&2; exit 2 ;;
+  esac
+done
+[ -z "$template" ] && [ -f "$here/template-arm64.yaml" ] && template=$here/template-arm64.yaml
+[[ $stack =~ ^[A-Za-z][A-Za-z0-9-]{0,127}$ ]] || { echo "deploy.sh: '$stack' is no CloudFormation stack name (letters, digits, hyphens)" >&2; exit 2; }
+for tool in sam aws; do
+  command -v "$tool" > /dev/null || { echo "deploy.sh needs the $tool command: pip install aws-sam-cli awscli (or your platform's packages)" >&2; exit 2; }
+done
+given() { local p; for p in "${params[@]+"${params[@]}"}"; do [ "${p%%=*}" = "$1" ] && return 0; done; return 1; }
+
+# The RDS CA bundle goes beside bootstrap, in a copy of each zip the
+# template names (the release's zips stay as checksummed).
+if [ -n "$ca_bundle" ]; then
+  grep -qs 'BEGIN CERTIFICATE' "$ca_bundle" || { echo "--ca-bundle $ca_bundle is no PEM file of certificates: download https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem" >&2; exit 2; }
+  [ -n "$template" ] || { echo "--ca-bundle is for a release's template (its zips); make deploy DB_CA_BUNDLE=... does it from source" >&2; exit 2; }
+  work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+  dir=$(dirname "$template")
+  sed -n 's/^ *CodeUri: *\(.*\.zip\) *$/\1/p' "$template" | sort -u | while read -r zip; do
+    cp "$dir/$zip" "$work/$zip"
+    (cd "$(dirname "$ca_bundle")" && zip -q -j "$work/$zip" "$(basename "$ca_bundle")")
+  done
+  cp "$template" "$work/template.yaml"
+  template=$work/template.yaml
+  given DbCaBundleFile || params+=("DbCaBundleFile=$(basename "$ca_bundle")")
+  echo "==> $(basename "$ca_bundle") packaged beside bootstrap (DbCaBundleFile=$(basename "$ca_bundle"))"
+fi
+
+if ! state=$(aws cloudformation describe-stacks --stack-name "$stack" --query 'Stacks[0].StackStatus' --output text 2>&1); then
+  case $state in
+    *"does not exist"*) state="" ;;
+    *) echo "deploy.sh: cannot read the stack $stack: $state" >&2; exit 1 ;;
+  esac
+fi
+if [ -z "$state" ] && [ $new_keys = 0 ] && ! given ExistingMaskingKeySecretArn; then
+  # The template's own tags, or CloudFormation's on stacks made before them.
+  found() {
+    aws secretsmanager list-secrets --filters "Key=tag-value,Values=$stack" --output text \
+      --query "SecretList[?(Tags[?Key=='login-etl:stack' && Value=='$stack'] && Tags[?Key=='login-etl:key' && Value=='$1']) || (Tags[?Key=='aws:cloudformation:stack-name' && Value=='$stack'] && Tags[?Key=='aws:cloudformation:logical-id' && Value=='$2'])].[ARN, CreatedDate]"
+  }
+  masking=$(found masking MaskingKeySecret) erasure=$(found erasure ErasureKeySecret)
+  count() { [ -z "$1" ] && echo 0 || wc -l <<< "$1"; }
+  if [ "$(count "$masking")" -gt 1 ] || [ "$(count "$erasure")" -gt 1 ]; then
+    {
+      echo "deploy.sh: earlier stacks named $stack left more than one key secret:"
+      echo "$masking" | sed 's/^/  masking: /'; echo "$erasure" | sed 's/^/  erasure: /'
+      echo "Pass the pair your database's rows are under (login-etl doctor names its key check values):"
+      echo "  ExistingMaskingKeySecretArn=<masking ARN> ExistingErasureKeySecretArn=<erasure ARN of the same date>"
+      echo "or --new-keys for a new, empty database."
+    } >&2
+    exit 2
+  fi
+  if [ "$(count "$masking")" = 1 ]; then
+    reused=("ExistingMaskingKeySecretArn=$(cut -f1 <<< "$masking")")
+    [ -n "$erasure" ] && reused+=("ExistingErasureKeySecretArn=$(cut -f1 <<< "$erasure")")
+    echo "==> $stack is not deployed; reusing the key secrets an earlier $stack retained:"
+    printf '      %s\n' "${reused[@]}"
+    params+=("${reused[@]}")
+  fi
+fi
+
+args=(deploy --stack-name "$stack" --capabilities CAPABILITY_IAM --no-fail-on-empty-changeset)
+[ -n "$template" ] && args+=(--template-file "$template")
+# An artifact bucket: the caller's (--s3-bucket, or samconfig.toml's), else SAM's own.
+[[ " ${sam_args[*]+${sam_args[*]}} " == *" --s3-bucket "* || " ${sam_args[*]+${sam_args[*]}} " == *" --config-env "* ]] || args+=(--resolve-s3)
+[ ${#params[@]} -gt 0 ] && args+=(--parameter-overrides "${params[@]}")
+echo "==> sam ${args[*]:0:3} ${sam_args[*]+${sam_args[*]}}"
+exec sam "${args[@]}" "${sam_args[@]+"${sam_args[@]}"}"

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# make dist: a release's artifacts in dist/, built on this machine with the
+# project's own tools (cargo lambda and its zig, podman, cargo-cyclonedx):
+#
+#   login-etl-V-x86_64-linux, login-etl-V-aarch64-linux   static binaries (musl, OpenSSL inside)
+#   login-etl-lambda-V-x86_64.zip, …-arm64.zip            the function: bootstrap for provided.al2023
+#   template-x86_64.yaml, template-arm64.yaml             template.yaml deploying those zips (no build)
+#   deploy.sh                                              sam deploy of a template, reusing retained keys
+#   login-etl-V-image-amd64.oci.tar, …-arm64.oci.tar      `login-etl poll` as a container image (OCI archive)
+#   login-etl-V.schema.json                                the message contract (login-etl schema)
+#   login-etl-V.cdx.json                                   the SBOM (CycloneDX 1.5, the crates linked in)
+#   SHA256SUMS                                             every file above
+#
+# One static binary per CPU serves all three uses: the Lambda's bootstrap,
+# the operator's commands (README's setup block) and the image's entry.
+# Reproducible from one commit on one machine: file times are the commit's
+# (SOURCE_DATE_EPOCH), the SBOM's serial number and time are dropped, the
+# crate's own paths in the binary are relative. Not across machines: the
+# image's CA bundle is the build machine's, and the dependencies' paths
+# are under the builder's CARGO_HOME.
+#
+# Environment (the Makefile sets them): DIST_DIR, DIST_TARGET_DIR,
+# DIST_CARGO_ENV (CI's cheaper profile), IMAGES=0 (no podman: no images),
+# CYCLONEDX (the cargo-cyclonedx binary), CONTAINER_ENGINE, PODMAN_ENV.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+out=${DIST_DIR:-dist}
+target_dir=${DIST_TARGET_DIR:-target/dist}
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2> /dev/null || date +%s)}
+export TZ=UTC
+engine=${CONTAINER_ENGINE:-podman}
+say() { echo "==> $*"; }
+
+rm -rf "$out" && mkdir -p "$out"
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+
+# Static, through zig (the C compiler cargo lambda brings): vendored
+# OpenSSL for either CPU without a cross toolchain.
+for arch in x86_64 aarch64; do
+  triple=$arch-unknown-linux-musl
+  rustup target list --installed | grep -q "^$triple\$" || rustup target add "$triple"
+  say "cargo lambda build --release --target $triple (the first build compiles every dependency and OpenSSL: several minutes)"
+  env OPENSSL_NO_VENDOR=0 CARGO_TARGET_DIR="$target_dir" ${DIST_CARGO_ENV:-} \
+    cargo lambda build --quiet --release --locked --target "$triple" --bin login-etl
+  # cargo lambda moves the binary there, whatever the target.
+  binary="$target_dir/lambda/login-etl/bootstrap"
+  # ELF with no interpreter (PT_INTERP): runs on any Linux, Lambda's included.
+  if readelf -l "$binary" | grep -q 'Requesting program interpreter'; then
+    echo "$binary is dynamically linked: a musl build should not be" >&2; exit 1
+  fi
+  install -m 0755 "$binary" "$out/login-etl-$version-$arch-linux"
+  lambda_arch=$arch; [ "$arch" = aarch64 ] && lambda_arch=arm64
+  mkdir -p "$stage/$lambda_arch"
+  install -m 0755 "$binary" "$stage/$lambda_arch/bootstrap"
+  touch -d "@$SOURCE_DATE_EPOCH" "$stage/$lambda_arch/bootstrap"
+  (cd "$stage/$lambda_arch" && zip -q -X -D "$OLDPWD/$out/login-etl-lambda-$version-$lambda_arch.zip" bootstrap)
+done
+
+say "the templates that deploy the zips (template-x86_64.yaml, template-arm64.yaml) and deploy.sh"
+python3 release/templates.py "$out" "$version"
+install -m 0755 release/deploy.sh "$out/deploy.sh"
+
+say "the contract's JSON Schema"
+"$out/login-etl-$version-x86_64-linux" schema > "$out/login-etl-$version.schema.json"
+
+say "the SBOM (cargo-cyclonedx)"
+cyclonedx=${CYCLONEDX:-cargo-cyclonedx}
+# Build dependencies kept: openssl-src is one, and its OpenSSL is in the binary.
+"$cyclonedx" cyclonedx --quiet --format json --spec-version 1.5 --describe binaries --target x86_64-unknown-linux-musl
+# Its serial number and timestamp change every run; the rest is the graph.
+python3 - "$out/login-etl-$version.cdx.json" << 'PY'
+import json, sys
+from pathlib import Path
+made = Path("login-etl_bin.cdx.json")
+sbom = json.loads(made.read_text())
+sbom.pop("serialNumber", None)
+sbom.get("metadata", {}).pop("timestamp", None)
+Path(sys.argv[1]).write_text(json.dumps(sbom, indent=2, sort_keys=True) + "\n")
+made.unlink()
+PY
+
+if [ "${IMAGES:-1}" = 1 ]; then
+  for arch in x86_64 aarch64; do
+    platform=amd64; [ "$arch" = aarch64 ] && platform=arm64
+    ctx="$stage/image-$platform"
+    mkdir -p "$ctx"
+    install -m 0755 "$out/login-etl-$version-$arch-linux" "$ctx/login-etl"
+    install -m 0644 /etc/ssl/certs/ca-certificates.crt "$ctx/ca-certificates.crt"
+    tag="localhost/login-etl:$version-$platform"
+    say "$engine build --platform linux/$platform -t $tag (FROM scratch: COPY only, no emulation)"
+    # --timestamp: the image's created time and its files' times are the
+    # commit's, so two builds of one commit make one image.
+    env ${PODMAN_ENV:-} "$engine" build --quiet --platform "linux/$platform" --timestamp "$SOURCE_DATE_EPOCH" \
+      -f examples/container/Containerfile -t "$tag" "$ctx" > /dev/null
+    env ${PODMAN_ENV:-} "$engine" save --quiet --format oci-archive -o "$out/login-etl-$version-image-$platform.oci.tar" "$tag"
+  done
+fi
+
+(cd "$out" && find . -maxdepth 1 -type f ! -name SHA256SUMS -printf '%f\n' | LC_ALL=C sort | xargs sha256sum > SHA256SUMS)
+say "dist/: $(ls "$out" | wc -l) files, checked with: (cd $out && sha256sum -c SHA256SUMS)"
+(cd "$out" && sha256sum --quiet -c SHA256SUMS && ls -l)

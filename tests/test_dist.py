@@ -1,0 +1,384 @@
+"""A release (`make dist`, docs/release.md) as an adopter meets it: the
+checksums verify, each artifact is what its name says (static binaries for
+their CPU, zips holding one executable `bootstrap`, templates that deploy
+those zips, the contract's schema, a CycloneDX SBOM of the crates linked
+in, image archives for each CPU), and the quick start from it runs in
+LocalStack with no `cargo`, `rustc` or `zig` on the PATH: README's setup
+block with the released binary, against the stacks' PostgreSQL that takes
+only passwords over TLS, then docs/release.md's deploy into a queue made
+beforehand, which drains into `user_logins`. Last, a stack deleted and
+deployed again keeps its masking key (deploy.sh finds the retained secrets)
+and goes on storing.
+
+Run by `make test-dist` (after `make dist`; CI: `make dist-check`), with
+LocalStack running. Every stack, queue, secret and database made here is
+removed at the end, also on failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "localstack"))
+import stack  # noqa: E402
+
+DIST = Path(os.environ.get("DIST_DIR", ROOT / "dist"))
+VERSION = re.search(r'^version = "(.+)"$', (ROOT / "Cargo.toml").read_text(), re.M).group(1)
+RUN = f"dist{os.getpid()}"
+# ELF e_machine: x86-64 and AArch64.
+MACHINE = {"x86_64": 0x3E, "aarch64": 0xB7, "arm64": 0xB7}
+NO_RUST = ("cargo", "rustc", "rustup", "zig", "cargo-lambda")
+HOST_BINARY = DIST / f"login-etl-{VERSION}-x86_64-linux"
+# LocalStack models no VPC: the deploy block's network parameters are
+# counted, not given (its CloudFormation fails on them).
+NOT_IN_LOCALSTACK = ("SubnetIds=", "SecurityGroupIds=")
+# LocalStack's timings (as tests/test_localstack_e2e.py deploys), and an
+# explicit MaxReceiveCount: its CloudFormation cannot join the number the
+# template's mapping derives by default.
+LOCAL_PARAMETERS = [f"VisibilityTimeoutSeconds={stack.LOCAL_VISIBILITY_TIMEOUT}", "MaximumBatchingWindowInSeconds=1",
+                    "MaxReceiveCount=5"]  # fmt: skip
+
+
+def elf_machine(data: bytes) -> int:
+    assert data[:4] == b"\x7fELF", "not an ELF executable"
+    return int.from_bytes(data[18:20], "little")
+
+
+def elf_is_static(path: Path) -> bool:
+    """No program interpreter (PT_INTERP): runs on any Linux, Lambda's too."""
+    out = subprocess.run(["readelf", "-l", str(path)], capture_output=True, text=True, check=True).stdout
+    return "Requesting program interpreter" not in out
+
+
+def cfn_yaml(text: str) -> dict:
+    """CloudFormation YAML with its intrinsic tags kept as plain values."""
+    loader = type("CfnLoader", (yaml.SafeLoader,), {})
+    loader.add_multi_constructor("!", lambda load, tag, node: None)
+    return yaml.load(text, Loader=loader)
+
+
+def test_the_checksums_verify_and_list_every_file():
+    listed = {}
+    for line in (DIST / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        listed[name.lstrip("*")] = digest
+    present = {p.name for p in DIST.iterdir() if p.is_file() and p.name != "SHA256SUMS"}
+    assert set(listed) == present, "SHA256SUMS lists every file, and only those"
+    for name, digest in listed.items():
+        assert hashlib.sha256((DIST / name).read_bytes()).hexdigest() == digest, name
+    done = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=DIST, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
+def test_each_binary_is_static_for_its_cpu(arch):
+    binary = DIST / f"login-etl-{VERSION}-{arch}-linux"
+    assert elf_machine(binary.read_bytes()[:64]) == MACHINE[arch]
+    assert elf_is_static(binary), f"{binary.name} needs a dynamic loader"
+    assert binary.stat().st_mode & 0o111, "executable"
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "arm64"])
+def test_each_zip_holds_one_executable_bootstrap_and_its_template_deploys_it(arch):
+    name = f"login-etl-lambda-{VERSION}-{arch}.zip"
+    with zipfile.ZipFile(DIST / name) as z:
+        (entry,) = z.infolist()
+        assert entry.filename == "bootstrap"
+        assert (entry.external_attr >> 16) & 0o777 == 0o755, oct(entry.external_attr >> 16)
+        assert elf_machine(z.read(entry)[:64]) == MACHINE[arch]
+    template = cfn_yaml((DIST / f"template-{arch}.yaml").read_text())
+    source = cfn_yaml((ROOT / "template.yaml").read_text())
+    for function in ("LoginEtlFunction", "MaintenanceFunction"):
+        resource = template["Resources"][function]
+        assert resource["Properties"]["CodeUri"] == name
+        assert "Metadata" not in resource, "nothing to build"
+    assert template["Parameters"]["Architecture"]["AllowedValues"] == [arch]
+    # Everything else is template.yaml's: the same parameters and resources.
+    assert set(template["Parameters"]) == set(source["Parameters"])
+    assert set(template["Resources"]) == set(source["Resources"])
+
+
+def test_the_schema_is_the_binarys_contract_and_the_sbom_lists_what_is_linked_in():
+    host = DIST / f"login-etl-{VERSION}-x86_64-linux"
+    printed = subprocess.run([str(host), "schema"], capture_output=True, text=True, check=True).stdout
+    assert json.loads((DIST / f"login-etl-{VERSION}.schema.json").read_text()) == json.loads(printed)
+    sbom = json.loads((DIST / f"login-etl-{VERSION}.cdx.json").read_text())
+    assert sbom["bomFormat"] == "CycloneDX" and sbom["specVersion"] == "1.5"
+    assert sbom["metadata"]["component"]["name"] == "login-etl"
+    names = {c["name"] for c in sbom["components"]}
+    # The database driver, the runtime and the OpenSSL sources inside the binary.
+    assert {"tokio-postgres", "lambda_runtime", "openssl-src", "aws-sdk-secretsmanager"} <= names, names
+    assert not {"criterion", "proptest", "moto"} & names, "no dev-dependency"
+
+
+@pytest.mark.parametrize("platform", ["amd64", "arm64"])
+def test_each_image_archive_is_an_oci_image_for_its_cpu(platform):
+    archive = DIST / f"login-etl-{VERSION}-image-{platform}.oci.tar"
+    if not archive.exists():
+        pytest.skip("make dist IMAGES=0: no image archives")
+    with tarfile.open(archive) as tar:
+        blob = lambda digest: tar.extractfile(f"blobs/sha256/{digest.removeprefix('sha256:')}").read()  # noqa: E731
+        index = json.loads(tar.extractfile("index.json").read())
+        (manifest_ref,) = index["manifests"]
+        manifest = json.loads(blob(manifest_ref["digest"]))
+        config = json.loads(blob(manifest["config"]["digest"]))
+    assert config["architecture"] == platform and config["os"] == "linux"
+    assert config["config"]["Entrypoint"] == ["/usr/local/bin/login-etl", "poll"]
+    assert config["config"]["User"] == "65532:65532"
+
+
+# --- the quick start from the release, in LocalStack, without Rust --------
+
+
+def block(page: str, marker: str) -> str:
+    text = (ROOT / page).read_text()
+    return text.split(marker, 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+def deploy_parameters(command: str) -> list[str]:
+    """The Name=Value words of docs/release.md's deploy block."""
+    return [w for w in shlex.split(command.replace("\\\n", " ")) if "=" in w and not w.startswith("-")]
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    """The release as an operator unpacks it (a copy of dist/), and a PATH
+    with no Rust toolchain: the released binary as `login-etl`, the SAM
+    and AWS CLIs, and the system's directories."""
+    if not stack.localstack_running():
+        pytest.fail("LocalStack is not running: make test-dist starts it (localstack/up.sh)")
+    home = tmp_path_factory.mktemp("operator")
+    unpacked = home / "dist"  # where docs/release.md's block looks for it
+    shutil.copytree(DIST, unpacked)
+    tools = home / "bin"
+    tools.mkdir()
+    for tool, where in (("sam", ROOT / ".venv" / "bin" / "sam"), ("aws", ROOT / ".venv-localstack" / "bin" / "aws")):
+        (tools / tool).symlink_to(where)
+    system = [d for d in ("/usr/local/bin", "/usr/bin", "/bin") if Path(d).is_dir()]
+    path = os.pathsep.join([str(home / ".local" / "bin"), str(tools), *system])
+    for tool in NO_RUST:
+        assert shutil.which(tool, path=path) is None, f"{tool} is on the operator's PATH: this test needs it gone"
+    (home / ".local" / "bin").mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATABASE_URL", "DB_", "CARGO", "RUST", "VIRTUAL_ENV"))}
+    env |= {**stack.LOCAL_ENV, "AWS_REGION": stack.REGION, "HOME": str(home), "PATH": path}
+    verify = subprocess.run(["bash", "-euo", "pipefail", "-c", block("docs/release.md", "<!-- release-verify -->")],
+                            cwd=home, env=env, capture_output=True, text=True)  # fmt: skip
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert shutil.which("login-etl", path=path) == str(home / ".local" / "bin" / "login-etl")
+    return unpacked, env
+
+
+def setup_database(dbname: str, env: dict[str, str], profile: str = "masking") -> None:
+    """README's setup block, as written, run with the released binary."""
+    stack.drop_database(dbname)
+    stack.create_database(dbname)
+    admin = stack.admin_env(dbname)
+    values = {name: admin[name] for name in ("PGHOST", "PGPORT", "PGDATABASE", "PGUSER")}
+    values |= {"PGSSLMODE": admin.get("PGSSLMODE", "disable"), "PGSSLROOTCERT": admin.get("PGSSLROOTCERT", ""),
+               "PREFIX": dbname, "LOGIN_ETL_PROFILE": profile, "SECRETS": f"login-etl-local/{dbname}"}  # fmt: skip
+    run_env = {**env, **({"PGPASSWORD": admin["PGPASSWORD"]} if "PGPASSWORD" in admin else {})}
+    done = stack.run_deploy_sequence(values, run_env)
+    assert done.returncode == 0, f"README's setup block with the released binary:\n{done.stdout}{done.stderr}"
+    stack._passwords.clear()  # the block set them
+
+
+def release_deploy(release_dir: Path, env: dict, name: str, values: dict[str, str], extra: list[str]) -> str:
+    """docs/release.md's deploy block, run as written in the release's
+    folder: its placeholders replaced by `values`, LocalStack's artifact
+    bucket after `--` (sam deploy's own option)."""
+    command = block("docs/release.md", "<!-- release-deploy -->").replace("./deploy.sh", f"./deploy.sh --stack-name {name} --template template-x86_64.yaml", 1)  # fmt: skip
+    for placeholder, value in values.items():
+        command = command.replace(placeholder, value)
+    words = [w for w in shlex.split(command.replace("\\\n", " ")) if not w.startswith(NOT_IN_LOCALSTACK)]
+    command = shlex.join(words)
+    command += " " + shlex.join([*extra, "--", "--s3-bucket", stack.ARTIFACT_BUCKET, "--no-confirm-changeset"])
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=release_dir, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    log = ROOT / "target" / "e2e-logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as f:
+        f.write(command + done.stdout + done.stderr)
+    assert done.returncode == 0, f"deploy.sh failed (all of it: {log}):\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def outputs(name: str) -> dict[str, str]:
+    (described,) = stack.client("cloudformation").describe_stacks(StackName=name)["Stacks"]
+    return {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])}
+
+
+def stored(dbname: str) -> set[str]:
+    return {r[0] for r in stack.psql(stack.db_url(dbname), "SELECT message_id FROM user_logins")}
+
+
+def test_the_quick_start_from_the_release_drains_a_queue_made_beforehand_with_no_rust_on_the_path(release):
+    release_dir, env = release
+    name, dbname = f"login-etl-{RUN}-q", f"login_etl_{RUN}_q"
+    deploy_block = block("docs/release.md", "<!-- release-deploy -->")
+    given = deploy_parameters(deploy_block)
+    # --ca-bundle sets the eighth (DbCaBundleFile).
+    assert len(given) + ("--ca-bundle" in deploy_block) <= 8, given
+    queues = stack.make_queues(f"{name}-producers", dbname, visibility=stack.LOCAL_VISIBILITY_TIMEOUT, max_receive=5)
+    sqs = stack.client("sqs")
+    arn = lambda url: sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]  # noqa: E731
+    try:
+        setup_database(dbname, env)
+        shutil.copyfile(stack.ca_bundle_file(), release_dir / "global-bundle.pem")
+        stack.client("s3").create_bucket(Bucket=stack.ARTIFACT_BUCKET)
+        release_deploy(release_dir, env, name, {
+            "arn:aws:sqs:us-east-1:123456789012:logins-dlq": arn(queues.dlq_url),
+            "arn:aws:sqs:us-east-1:123456789012:logins": arn(queues.queue_url),
+            "<login-etl/ingest's ARN>": stack.db_secret_arn(dbname, "ingest"),
+            "<login-etl/maintain's ARN>": stack.db_secret_arn(dbname, "maintain"),
+        }, extra=LOCAL_PARAMETERS)  # fmt: skip
+        function = outputs(name)["FunctionName"]
+        code = stack.client("lambda").get_function(FunctionName=function)["Configuration"]
+        assert code["Architectures"] == ["x86_64"]
+        stack.wait_function_active(function)
+        messages = stack.generate(40, 8, seed=6401, binary=HOST_BINARY)
+        stack.send(queues, messages)
+        valid = [m for m in messages if m.valid]
+        stack.wait_drained(queues, len(valid), len(messages) - len(valid), timeout=180)
+        assert stored(dbname) == {m.message_id for m in valid}
+    finally:
+        teardown(name, dbname, queues)
+
+
+def test_a_stack_deleted_and_deployed_again_keeps_its_key_and_goes_on_storing(release):
+    release_dir, env = release
+    name, dbname = f"login-etl-{RUN}-r", f"login_etl_{RUN}_r"
+    secrets = stack.client("secretsmanager")
+    first_keys = []
+    try:
+        # The full profile: LocalStack 4.13 cannot delete a masking-only
+        # stack (a condition leaves PiiRevealRole out: "Unresolved resource
+        # dependencies"), AWS can; the keys are the same in both.
+        setup_database(dbname, env, profile="full")
+        stack.client("s3").create_bucket(Bucket=stack.ARTIFACT_BUCKET)
+        shutil.copyfile(stack.ca_bundle_file(), release_dir / "global-bundle.pem")
+        deploy = lambda: release_deploy(release_dir, env, name, {  # noqa: E731
+            "ExistingQueueArn=arn:aws:sqs:us-east-1:123456789012:logins ": "",
+            "ExistingDlqArn=arn:aws:sqs:us-east-1:123456789012:logins-dlq ": "",
+            "<login-etl/ingest's ARN>": stack.db_secret_arn(dbname, "ingest"),
+            "<login-etl/maintain's ARN>": stack.db_secret_arn(dbname, "maintain"),
+        }, extra=[*LOCAL_PARAMETERS, "Profile=full", "RevealTrustedPrincipalArn=arn:aws:iam::000000000000:role/investigators",
+                  "DlqOperatorTrustedPrincipalArn=arn:aws:iam::000000000000:role/dlq-operators"])  # fmt: skip
+        said = deploy()
+        assert "reusing" not in said, "nothing retained yet"
+        first = outputs(name)
+        first_keys = [first["MaskingKeySecretArn"], first["ErasureKeySecretArn"]]
+        batch = stack.generate(20, 0, seed=6402, binary=HOST_BINARY)
+        queues = stack_queues(first, dbname)
+        stack.send(queues, batch)
+        stack.wait_drained(queues, len(batch), 0, timeout=180)
+
+        kept = [(secrets.describe_secret(SecretId=arn), secrets.get_secret_value(SecretId=arn)["SecretString"]) for arn in first_keys]
+        stack.delete_stack(name)
+        # AWS keeps them (DeletionPolicy: Retain; tests/test_template.py
+        # asserts it); LocalStack 4.13 deletes them with the stack, so they
+        # are put back as AWS would have kept them: name, value and tags.
+        for i, (described, value) in enumerate(kept):
+            try:
+                secrets.describe_secret(SecretId=described["ARN"])
+            except secrets.exceptions.ResourceNotFoundException:
+                first_keys[i] = secrets.create_secret(Name=described["Name"], SecretString=value,
+                                                      Tags=described["Tags"])["ARN"]  # fmt: skip
+        said = deploy()
+        assert "reusing the key secrets" in said, said
+        again = outputs(name)
+        assert [again["MaskingKeySecretArn"], again["ErasureKeySecretArn"]] == first_keys
+        stack.wait_function_active(again["FunctionName"])
+        more = stack.generate(20, 0, seed=6403, binary=HOST_BINARY)
+        queues = stack_queues(again, dbname)
+        stack.send(queues, more)
+        stack.wait_drained(queues, len(batch) + len(more), 0, timeout=180)
+        assert stored(dbname) == {m.message_id for m in batch + more}, "stored under the same key, none refused"
+    finally:
+        teardown(name, dbname, None)
+        for arn in first_keys:
+            secrets.delete_secret(SecretId=arn, ForceDeleteWithoutRecovery=True)
+
+
+def stack_queues(out: dict[str, str], dbname: str) -> stack.Stack:
+    return stack.Stack(name="", dbname=dbname, queue_url=out["QueueUrl"], dlq_url=out["DeadLetterQueueUrl"],
+                       function_name=out["FunctionName"], masking_key_secret_arn=out["MaskingKeySecretArn"],
+                       max_receive_count=5, fifo=False, log_level="WARN")  # fmt: skip
+
+
+def teardown(name: str, dbname: str, queues: stack.Stack | None) -> None:
+    try:
+        if stack.stack_exists(name):
+            made = outputs(name)
+            try:
+                stack.delete_stack(name)
+            except Exception as e:  # noqa: BLE001
+                # LocalStack 4.13 cannot delete a stack whose conditions left a
+                # referenced resource out (an existing queue's): AWS can. Its
+                # event-source mapping goes, so nothing polls.
+                if "Unresolved resource dependencies" not in str(e):
+                    raise
+                lam = stack.client("lambda")
+                for m in lam.list_event_source_mappings(FunctionName=made["FunctionName"])["EventSourceMappings"]:
+                    lam.delete_event_source_mapping(UUID=m["UUID"])
+            # The retained key secrets of a stack that made them.
+            for key in ("MaskingKeySecretArn", "ErasureKeySecretArn"):
+                if made.get(key):
+                    stack.client("secretsmanager").delete_secret(SecretId=made[key], ForceDeleteWithoutRecovery=True)
+    finally:
+        if queues is not None:
+            stack.delete_queues(queues)
+        stack.drop_database(dbname)
+
+
+def test_the_previous_release_goes_on_ingesting_against_the_schema_this_release_migrates_to(release):
+    """Rolling the function back (docs/upgrade.md): the schema this
+    release's setup block made (its `migrate`), then the previous
+    release's binary (make previous-release) as the ingest role, polling
+    a queue: every valid login one row, each token the HMAC of its value."""
+    previous = Path(os.environ.get("PREVIOUS_LOGIN_ETL", ""))
+    if not previous.is_file():
+        pytest.fail("PREVIOUS_LOGIN_ETL names no binary: make test-dist builds it (make previous-release)")
+    _, env = release
+    dbname = f"login_etl_{RUN}_p"
+    queues = stack.make_queues(f"login-etl-{RUN}-p", dbname, visibility=stack.LOCAL_VISIBILITY_TIMEOUT, max_receive=5)
+    key = os.urandom(32)
+    consumer = None
+    try:
+        setup_database(dbname, env)
+        # As the ingest role, with the password its secret now holds.
+        consumer = stack.Consumer(queues, key.hex(), ROOT / "target" / "e2e-logs" / f"{RUN}-previous.log",
+                                  env={"DLQ_URL": queues.dlq_url}, binary=previous)  # fmt: skip
+        current = subprocess.run([str(DIST / f"login-etl-{VERSION}-x86_64-linux"), "--version"],
+                                 capture_output=True, text=True, check=True).stdout  # fmt: skip
+        was = subprocess.run([str(previous), "--version"], capture_output=True, text=True, check=True).stdout
+        assert was.split()[-1] != current.split()[-1], (was, current)
+        consumer.start()
+        messages = stack.generate(40, 8, seed=6404, binary=HOST_BINARY)
+        stack.send(queues, messages)
+        valid = [m for m in messages if m.valid]
+        stack.wait_drained(queues, len(valid), len(messages) - len(valid), timeout=180)
+        assert consumer.running(), "\n".join(consumer.lines()[-20:])
+        table = {r[0]: r for r in stack.psql(stack.db_url(dbname), "SELECT message_id, masked_ip FROM user_logins")}
+        assert set(table) == {m.message_id for m in valid}
+        for m in valid:
+            assert table[m.message_id][1] == stack.token(key, stack.canonical_ip(json.loads(m.body)["ip"])), m.message_id
+    finally:
+        if consumer is not None:
+            consumer.kill()
+        stack.delete_queues(queues)
+        stack.drop_database(dbname)
