@@ -26,7 +26,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -173,7 +172,7 @@ def release(tmp_path_factory):
     path = os.pathsep.join([str(home / ".local" / "bin"), str(tools), *system])
     for tool in NO_RUST:
         assert shutil.which(tool, path=path) is None, f"{tool} is on the operator's PATH: this test needs it gone"
-    (home / ".local" / "bin").mkdir(parents=True)
+    # ~/.local/bin does not exist yet: the block's `install -D` makes it.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATABASE_URL", "DB_", "CARGO", "RUST", "VIRTUAL_ENV"))}
     env |= {**stack.LOCAL_ENV, "AWS_REGION": stack.REGION, "HOME": str(home), "PATH": path}
     verify = subprocess.run(["bash", "-euo", "pipefail", "-c", block("docs/release.md", "<!-- release-verify -->")],
@@ -217,11 +216,6 @@ def release_deploy(release_dir: Path, env: dict, name: str, values: dict[str, st
     return done.stdout
 
 
-def outputs(name: str) -> dict[str, str]:
-    (described,) = stack.client("cloudformation").describe_stacks(StackName=name)["Stacks"]
-    return {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])}
-
-
 def stored(dbname: str) -> set[str]:
     return {r[0] for r in stack.psql(stack.db_url(dbname), "SELECT message_id FROM user_logins")}
 
@@ -246,7 +240,7 @@ def test_the_quick_start_from_the_release_drains_a_queue_made_beforehand_with_no
             "<login-etl/ingest's ARN>": stack.db_secret_arn(dbname, "ingest"),
             "<login-etl/maintain's ARN>": stack.db_secret_arn(dbname, "maintain"),
         }, extra=LOCAL_PARAMETERS)  # fmt: skip
-        function = outputs(name)["FunctionName"]
+        function = stack.outputs(name)["FunctionName"]
         code = stack.client("lambda").get_function(FunctionName=function)["Configuration"]
         assert code["Architectures"] == ["x86_64"]
         stack.wait_function_active(function)
@@ -280,7 +274,7 @@ def test_a_stack_deleted_and_deployed_again_keeps_its_key_and_goes_on_storing(re
                   "DlqOperatorTrustedPrincipalArn=arn:aws:iam::000000000000:role/dlq-operators"])  # fmt: skip
         said = deploy()
         assert "reusing" not in said, "nothing retained yet"
-        first = outputs(name)
+        first = stack.outputs(name)
         first_keys = [first["MaskingKeySecretArn"], first["ErasureKeySecretArn"]]
         batch = stack.generate(20, 0, seed=6402, binary=HOST_BINARY)
         queues = stack_queues(first, dbname)
@@ -300,7 +294,7 @@ def test_a_stack_deleted_and_deployed_again_keeps_its_key_and_goes_on_storing(re
                                                       Tags=described["Tags"])["ARN"]  # fmt: skip
         said = deploy()
         assert "reusing the key secrets" in said, said
-        again = outputs(name)
+        again = stack.outputs(name)
         assert [again["MaskingKeySecretArn"], again["ErasureKeySecretArn"]] == first_keys
         stack.wait_function_active(again["FunctionName"])
         more = stack.generate(20, 0, seed=6403, binary=HOST_BINARY)
@@ -311,7 +305,7 @@ def test_a_stack_deleted_and_deployed_again_keeps_its_key_and_goes_on_storing(re
     finally:
         teardown(name, dbname, None)
         for arn in first_keys:
-            secrets.delete_secret(SecretId=arn, ForceDeleteWithoutRecovery=True)
+            forget_secret(arn)
 
 
 def stack_queues(out: dict[str, str], dbname: str) -> stack.Stack:
@@ -320,25 +314,22 @@ def stack_queues(out: dict[str, str], dbname: str) -> stack.Stack:
                        max_receive_count=5, fifo=False, log_level="WARN")  # fmt: skip
 
 
+def forget_secret(arn: str) -> None:
+    """Deleted now, whether or not it is there still."""
+    secrets = stack.client("secretsmanager")
+    try:
+        secrets.delete_secret(SecretId=arn, ForceDeleteWithoutRecovery=True)
+    except secrets.exceptions.ResourceNotFoundException:
+        pass
+
+
 def teardown(name: str, dbname: str, queues: stack.Stack | None) -> None:
     try:
-        if stack.stack_exists(name):
-            made = outputs(name)
-            try:
-                stack.delete_stack(name)
-            except Exception as e:  # noqa: BLE001
-                # LocalStack 4.13 cannot delete a stack whose conditions left a
-                # referenced resource out (an existing queue's): AWS can. Its
-                # event-source mapping goes, so nothing polls.
-                if "Unresolved resource dependencies" not in str(e):
-                    raise
-                lam = stack.client("lambda")
-                for m in lam.list_event_source_mappings(FunctionName=made["FunctionName"])["EventSourceMappings"]:
-                    lam.delete_event_source_mapping(UUID=m["UUID"])
-            # The retained key secrets of a stack that made them.
-            for key in ("MaskingKeySecretArn", "ErasureKeySecretArn"):
-                if made.get(key):
-                    stack.client("secretsmanager").delete_secret(SecretId=made[key], ForceDeleteWithoutRecovery=True)
+        made = stack.delete_stack_or_its_mappings(name)
+        # The retained key secrets of a stack that made them.
+        for key in ("MaskingKeySecretArn", "ErasureKeySecretArn"):
+            if made.get(key):
+                forget_secret(made[key])
     finally:
         if queues is not None:
             stack.delete_queues(queues)

@@ -76,17 +76,7 @@ def existing(localstack):
         s = stack.deploy(name, dbname, batch_size=10, log=log, overrides=overrides, profile="masking")
         yield s, queues, arn
     finally:
-        try:
-            stack.delete_stack(name)
-        except Exception as e:  # noqa: BLE001
-            # LocalStack 4.13 cannot delete a stack whose conditions left a
-            # referenced resource out ("Unresolved resource dependencies"):
-            # AWS can. Its event-source mapping is removed so nothing polls.
-            if "Unresolved resource dependencies" not in str(e):
-                raise
-            lam = stack.client("lambda")
-            for m in lam.list_event_source_mappings(EventSourceArn=arn[queues.queue_url])["EventSourceMappings"]:
-                lam.delete_event_source_mapping(UUID=m["UUID"])
+        stack.delete_stack_or_its_mappings(name)
         stack.delete_queues(queues)
         stack.drop_database(dbname)
 
