@@ -220,27 +220,29 @@ def run_deploy_sequence(values: dict[str, str], env: dict[str, str], timeout: fl
                               capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)  # fmt: skip
 
 
-def prepare_database(dbname: str, profile: str = "full") -> None:
+def prepare_database(dbname: str, profile: str = "full", env: dict[str, str] | None = None) -> None:
     """The README's deploy sequence, run as written against the stacks'
     server as its admin (psql's variables, as the block says), its settings
     pointed at `dbname`, its LOGIN_ETL_PROFILE set to `profile` and its
     secrets made in LocalStack: the admin creates the roles and their
     passwords, the migrate role creates the tables and applies each role's
     `login-etl grants`. Run again with "full" on a masking-only database,
-    it widens it (as the README says)."""
+    it widens it (as the README says). With `env`, the block runs in that
+    environment (its PATH gives `login-etl`), else with the packaged bootstrap."""
     admin = admin_env(dbname)
     values = {name: admin[name] for name in ("PGHOST", "PGPORT", "PGDATABASE", "PGUSER")}
     values |= {"PGSSLMODE": admin.get("PGSSLMODE", "disable"), "PGSSLROOTCERT": admin.get("PGSSLROOTCERT", ""),
                "PREFIX": dbname, "LOGIN_ETL_PROFILE": profile, "SECRETS": f"login-etl-local/{dbname}"}  # fmt: skip
-    bin_dir = BUILD_DIR / "bin"
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    # Replaced atomically: pytest workers side by side prepare databases at
-    # once, and another's deploy sequence may be running the link.
-    link, new_link = bin_dir / "login-etl", bin_dir / f".login-etl.{os.getpid()}"
-    new_link.unlink(missing_ok=True)
-    new_link.symlink_to(BUILD_DIR / "LoginEtlFunction" / "bootstrap")
-    new_link.replace(link)
-    env = {**os.environ, **LOCAL_ENV, "AWS_REGION": REGION, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    if env is None:
+        bin_dir = BUILD_DIR / "bin"
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        # Replaced atomically: pytest workers side by side prepare databases at
+        # once, and another's deploy sequence may be running the link.
+        link, new_link = bin_dir / "login-etl", bin_dir / f".login-etl.{os.getpid()}"
+        new_link.unlink(missing_ok=True)
+        new_link.symlink_to(BUILD_DIR / "LoginEtlFunction" / "bootstrap")
+        new_link.replace(link)
+        env = {**os.environ, **LOCAL_ENV, "AWS_REGION": REGION, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     env = {k: v for k, v in env.items() if not k.startswith(("PG", "DATABASE_URL", "DB_"))}
     if "PGPASSWORD" in admin:  # the admin's password, as an operator exports it
         env["PGPASSWORD"] = admin["PGPASSWORD"]

@@ -7,7 +7,10 @@
 #
 # In a release (dist/): the template defaults to template-arm64.yaml beside
 # this script, the function's zip. From the source tree, `make deploy` runs
-# it over sam build's output and samconfig.toml's environment.
+# it over sam build's output and samconfig.toml's environment (`--
+# --config-env ENV`: its stack name, and its saved parameters kept beside
+# the ones given here). `--region` and `--profile` after `--` go to the
+# lookups too.
 #
 # The key secrets outlive their stack (DeletionPolicy: Retain): the
 # database refuses rows under any other key. So when NAME is not deployed
@@ -19,7 +22,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-template="" stack=login-etl ca_bundle="" new_keys=0 params=() sam_args=()
+template="" stack="" ca_bundle="" new_keys=0 params=() sam_args=()
 while [ $# -gt 0 ]; do
   case $1 in
     --template) template=$2; shift 2 ;;
@@ -27,12 +30,44 @@ while [ $# -gt 0 ]; do
     --ca-bundle) ca_bundle=$2; shift 2 ;;
     --new-keys) new_keys=1; shift ;;
     --) shift; sam_args=("$@"); break ;;
-    -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *=*) params+=("$1"); shift ;;
     *) echo "deploy.sh: unknown argument '$1': parameters are Name=Value, sam's own options come after --" >&2; exit 2 ;;
   esac
 done
 [ -z "$template" ] && [ -f "$here/template-arm64.yaml" ] && template=$here/template-arm64.yaml
+# sam's options that the lookups below must follow too.
+config_env=""
+for ((i = 0; i + 1 < ${#sam_args[@]}; i++)); do
+  case ${sam_args[i]} in
+    --region) export AWS_REGION=${sam_args[i + 1]} ;;
+    --profile) export AWS_PROFILE=${sam_args[i + 1]} ;;
+    --config-env) config_env=${sam_args[i + 1]} ;;
+  esac
+done
+if [ -n "$config_env" ]; then
+  # samconfig.toml's stack name, and its saved parameters: sam drops them
+  # all when --parameter-overrides is given, so they go first here.
+  saved=$(python3 - "$config_env" << 'PY'
+import shlex, sys
+try:
+    import tomllib
+    config = tomllib.load(open("samconfig.toml", "rb"))
+except ModuleNotFoundError:  # Python < 3.11: the SAM CLI's own TOML library
+    import tomlkit
+    config = tomlkit.parse(open("samconfig.toml").read())
+env = config.get(sys.argv[1], {})
+stack = env.get("global", {}).get("parameters", {}).get("stack_name") or env.get("deploy", {}).get("parameters", {}).get("stack_name", "")
+overrides = env.get("deploy", {}).get("parameters", {}).get("parameter_overrides", [])
+words = shlex.split(overrides) if isinstance(overrides, str) else list(overrides)
+print("\n".join([stack, *words]))
+PY
+  ) || { echo "deploy.sh: cannot read samconfig.toml's [$config_env] environment" >&2; exit 2; }
+  mapfile -t saved <<< "$saved"
+  [ -n "$stack" ] || stack=${saved[0]}
+  params=("${saved[@]:1}" "${params[@]+"${params[@]}"}")
+fi
+stack=${stack:-login-etl}
 [[ $stack =~ ^[A-Za-z][A-Za-z0-9-]{0,127}$ ]] || { echo "deploy.sh: '$stack' is no CloudFormation stack name (letters, digits, hyphens)" >&2; exit 2; }
 for tool in sam aws; do
   command -v "$tool" > /dev/null || { echo "deploy.sh needs the $tool command: pip install aws-sam-cli awscli (or your platform's packages)" >&2; exit 2; }
@@ -45,10 +80,12 @@ if [ -n "$ca_bundle" ]; then
   grep -qs 'BEGIN CERTIFICATE' "$ca_bundle" || { echo "--ca-bundle $ca_bundle is no PEM file of certificates: download https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem" >&2; exit 2; }
   [ -n "$template" ] || { echo "--ca-bundle is for a release's template (its zips); make deploy DB_CA_BUNDLE=... does it from source" >&2; exit 2; }
   work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
-  dir=$(dirname "$template")
-  sed -n 's/^ *CodeUri: *\(.*\.zip\) *$/\1/p' "$template" | sort -u | while read -r zip; do
+  dir=$(cd "$(dirname "$template")" && pwd)
+  mapfile -t zips < <(sed -n 's/^ *CodeUri: *\(.*\.zip\) *$/\1/p' "$template" | sort -u)
+  [ ${#zips[@]} -gt 0 ] || { echo "--ca-bundle: $template names no zip (CodeUri): it is for a release's template-<arch>.yaml" >&2; exit 2; }
+  for zip in "${zips[@]}"; do
     cp "$dir/$zip" "$work/$zip"
-    (cd "$(dirname "$ca_bundle")" && zip -q -j "$work/$zip" "$(basename "$ca_bundle")")
+    zip -q -j "$work/$zip" "$ca_bundle"
   done
   cp "$template" "$work/template.yaml"
   template=$work/template.yaml
@@ -62,13 +99,16 @@ if ! state=$(aws cloudformation describe-stacks --stack-name "$stack" --query 'S
     *) echo "deploy.sh: cannot read the stack $stack: $state" >&2; exit 1 ;;
   esac
 fi
+# A first changeset never executed leaves REVIEW_IN_PROGRESS: no stack yet.
+[ "$state" = REVIEW_IN_PROGRESS ] && state=""
 if [ -z "$state" ] && [ $new_keys = 0 ] && ! given ExistingMaskingKeySecretArn; then
   # The template's own tags, or CloudFormation's on stacks made before them.
   found() {
     aws secretsmanager list-secrets --filters "Key=tag-value,Values=$stack" --output text \
       --query "SecretList[?(Tags[?Key=='login-etl:stack' && Value=='$stack'] && Tags[?Key=='login-etl:key' && Value=='$1']) || (Tags[?Key=='aws:cloudformation:stack-name' && Value=='$stack'] && Tags[?Key=='aws:cloudformation:logical-id' && Value=='$2'])].[ARN, CreatedDate]"
   }
-  masking=$(found masking MaskingKeySecret) erasure=$(found erasure ErasureKeySecret)
+  masking=$(found masking MaskingKeySecret)
+  erasure=$(found erasure ErasureKeySecret)
   count() { [ -z "$1" ] && echo 0 || wc -l <<< "$1"; }
   if [ "$(count "$masking")" -gt 1 ] || [ "$(count "$erasure")" -gt 1 ]; then
     {
@@ -80,7 +120,7 @@ if [ -z "$state" ] && [ $new_keys = 0 ] && ! given ExistingMaskingKeySecretArn; 
     } >&2
     exit 2
   fi
-  if [ "$(count "$masking")" = 1 ]; then
+  if [ "$(count "$masking")" -eq 1 ]; then
     reused=("ExistingMaskingKeySecretArn=$(cut -f1 <<< "$masking")")
     [ -n "$erasure" ] && reused+=("ExistingErasureKeySecretArn=$(cut -f1 <<< "$erasure")")
     echo "==> $stack is not deployed; reusing the key secrets an earlier $stack retained:"
@@ -95,4 +135,5 @@ args=(deploy --stack-name "$stack" --capabilities CAPABILITY_IAM --no-fail-on-em
 [[ " ${sam_args[*]+${sam_args[*]}} " == *" --s3-bucket "* || " ${sam_args[*]+${sam_args[*]}} " == *" --config-env "* ]] || args+=(--resolve-s3)
 [ ${#params[@]} -gt 0 ] && args+=(--parameter-overrides "${params[@]}")
 echo "==> sam ${args[*]:0:3} ${sam_args[*]+${sam_args[*]}}"
-exec sam "${args[@]}" "${sam_args[@]+"${sam_args[@]}"}"
+# Not exec: the EXIT trap removes the zips' copies.
+sam "${args[@]}" "${sam_args[@]+"${sam_args[@]}"}"

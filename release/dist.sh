@@ -33,7 +33,7 @@ export TZ=UTC
 engine=${CONTAINER_ENGINE:-podman}
 say() { echo "==> $*"; }
 
-rm -rf "$out" && mkdir -p "$out"
+rm -rf "$out" && mkdir -p "$out" && out=$(cd "$out" && pwd)
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 
@@ -56,7 +56,7 @@ for arch in x86_64 aarch64; do
   mkdir -p "$stage/$lambda_arch"
   install -m 0755 "$binary" "$stage/$lambda_arch/bootstrap"
   touch -d "@$SOURCE_DATE_EPOCH" "$stage/$lambda_arch/bootstrap"
-  (cd "$stage/$lambda_arch" && zip -q -X -D "$OLDPWD/$out/login-etl-lambda-$version-$lambda_arch.zip" bootstrap)
+  (cd "$stage/$lambda_arch" && zip -q -X -D "$out/login-etl-lambda-$version-$lambda_arch.zip" bootstrap)
 done
 
 say "the templates that deploy the zips (template-x86_64.yaml, template-arm64.yaml) and deploy.sh"

@@ -170,9 +170,10 @@ pub enum SinkError {
         /// What went wrong (no row values).
         cause: String,
     },
-    /// The server refused the connection for a reason a human must fix (no
-    /// such database or role, wrong password, no CONNECT privilege).
-    #[error("PostgreSQL at {target} refused the connection: {cause}; {hint}")]
+    /// The connection was refused for a reason a human must fix: by the
+    /// server (no such database or role, wrong password, no CONNECT
+    /// privilege) or by login-etl (a setting the role stored for itself).
+    #[error("the connection to PostgreSQL at {target} was refused: {cause}; {hint}")]
     ConnectRefused {
         /// `user@host:port/dbname`, never the password.
         target: String,

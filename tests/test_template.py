@@ -548,6 +548,17 @@ def test_the_masking_key_is_retained_and_an_existing_one_can_be_reused():
     assert env["ERASURE_KEY_SECRET_ID"] == erasure
     statements = {st["Sid"]: st for st in _statements(resources["LoginEtlRole"])}
     assert statements["ReadOwnSecrets"]["Resource"] == [FULL_SECRET_ARN, existing, erasure]
+    # A reused key is closed as a new one is, and stays closed after a
+    # delete: its policy names this stack's roles and is retained.
+    for name, secret in (("MaskingKeySecretPolicy", existing), ("ErasureKeySecretPolicy", erasure)):
+        policy = resources[name]
+        assert policy["Properties"]["SecretId"] == secret
+        assert policy["DeletionPolicy"] == "Retain", name
+        readers = _deny_unless(policy["Properties"]["ResourcePolicy"], "secretsmanager:GetSecretValue")
+        assert readers == [{"Fn::GetAtt": ["LoginEtlRole", "Arn"]}], readers
+    # Without an erasure key (user keys derived from the masking key) there
+    # is no erasure-key policy to make.
+    assert "ErasureKeySecretPolicy" not in deployed(ExistingMaskingKeySecretArn=existing)
     # A new stack makes both keys, both retained.
     erasure_secret = out["Resources"]["ErasureKeySecret"]
     assert erasure_secret["DeletionPolicy"] == "Retain" and erasure_secret["UpdateReplacePolicy"] == "Retain"
@@ -1253,7 +1264,7 @@ def test_make_deploy_needs_no_root_and_pins_no_region():
         plan = subprocess.run(["make", "-n", "-B", "deploy", f"SAM_ENV={env}"], cwd=ROOT, capture_output=True,
                               text=True, check=True, env=clean).stdout  # fmt: skip
         # release/deploy.sh runs sam deploy, reusing a deleted stack's keys.
-        assert "release/deploy.sh --stack-name" in plan and f"-- --config-env {env}" in plan
+        assert "release/deploy.sh" in plan and f"-- --config-env {env}" in plan
         for needless in ("apt-get", "sudo", "pgbouncer", "moto", "pytest", "localstack"):
             assert needless not in plan, f"make deploy runs {needless}"
         assert "env -u AWS_DEFAULT_REGION" in plan, "the Makefile's offline region would pin the deploy's"

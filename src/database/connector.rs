@@ -188,17 +188,21 @@ impl Connector {
         };
         // Before any statement of login-etl's: what the role stored for
         // itself must not change what those statements do.
-        let stored = stored_settings::refusal(&client)
-            .await
-            .map_err(|e| SinkError::Connect {
-                target: self.target.clone(),
-                cause: format!("reading the session's settings: {}", describe(&e)),
-            })?;
+        // Bounded like the connect: a pooler with no free server
+        // connection would otherwise hold it until Lambda's own timeout.
+        let stored = match timeout(limit, stored_settings::refusal(&client)).await {
+            Ok(read) => read.map_err(|e| describe(&e)),
+            Err(_) => Err(format!("no answer within {} ms", limit.as_millis())),
+        }
+        .map_err(|cause| SinkError::Connect {
+            target: self.target.clone(),
+            cause: format!("reading the session's settings: {cause}"),
+        })?;
         if let Some(cause) = stored {
             return Err(SinkError::ConnectRefused {
                 target: self.target.clone(),
                 cause,
-                hint: "login-etl refuses a session under a setting its role stored for itself that changes what its statements do (a stolen credential's leftover, or a mistake): an admin runs the RESET above; doctor lists every stored setting of login-etl's roles (docs/insiders.md)",
+                hint: "login-etl (not the server) refuses a session under a setting its role stored for itself that changes what its statements do (a stolen credential's leftover, or a mistake): an admin runs the statements above (or the role itself: ALTER ROLE CURRENT_USER RESET …); doctor, run as an admin, lists every stored setting of login-etl's roles (docs/insiders.md)",
             });
         }
         debug!(target = %self.target, tls = ?self.tls, "connected to PostgreSQL");

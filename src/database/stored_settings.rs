@@ -27,14 +27,13 @@ pub(crate) const OWNERS_SCHEMA_SQL: &str = "SELECT n.nspname \
 
 /// The result-changing settings the session holds from a role's own
 /// defaults (`user`) or its defaults in this database (`database user`),
-/// with where the owner's tables are and where the session's names
-/// resolve first. An admin's own settings (a superuser's or a CREATEROLE
+/// with where the owner's tables are. An admin's own settings (a superuser's or a CREATEROLE
 /// role's, which no login-etl role is) are its business: doctor, which an
 /// admin runs, pins what it reads by itself.
 fn stored_sql() -> String {
     format!(
         "SELECT s.name, s.setting, s.source, CURRENT_USER::pg_catalog.text, \
-         pg_catalog.current_database()::pg_catalog.text, ({OWNERS_SCHEMA_SQL}), pg_catalog.current_schema() \
+         pg_catalog.current_database()::pg_catalog.text, ({OWNERS_SCHEMA_SQL}) \
          FROM pg_catalog.pg_settings s \
          WHERE s.source OPERATOR(pg_catalog.=) ANY (ARRAY['user', 'database user']::pg_catalog.text[]) \
            AND pg_catalog.lower(s.name) OPERATOR(pg_catalog.=) ANY (ARRAY['search_path', 'datestyle', \
@@ -97,6 +96,34 @@ fn single_schema(path: &str) -> bool {
     matches!(parts.as_slice(), [one] if !one.is_empty() && *one != "pg_temp" && !one.starts_with("pg_temp_"))
 }
 
+/// The schema a stored one-schema `search_path` names for `role`
+/// (`"$user"` is the role's name), unquoted as PostgreSQL folds it; `None`
+/// for any other path (which [`stored_setting_problem`] refuses).
+fn path_schema(path: &str, role: &str) -> Option<String> {
+    if !single_schema(path.trim()) {
+        return None;
+    }
+    let one = path
+        .split(',')
+        .map(str::trim)
+        .find(|p| *p != "pg_catalog" && *p != "pg_temp")?;
+    let name = match one.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+        Some(quoted) => quoted.replace("\"\"", "\""),
+        None => one.to_lowercase(),
+    };
+    Some(if name == "$user" {
+        role.to_owned()
+    } else {
+        name
+    })
+}
+
+/// A stored `search_path` of one schema that is not `owners`' (the schema
+/// of login-etl's tables): where the role may create, a plant.
+pub fn path_elsewhere(path: &str, role: &str, owners: &str) -> bool {
+    path_schema(path, role).is_some_and(|schema| schema != owners)
+}
+
 /// The statement an admin runs to reset `name` for `role`: in `database`
 /// when it was stored there (`source` = `database user`).
 pub fn reset_statement(role: &str, database: &str, source: &str, name: &str) -> String {
@@ -143,8 +170,9 @@ pub(crate) async fn refusal(
         let (name, value, source, role, database) = (text(0), text(1), text(2), text(3), text(4));
         // One schema, but not the one the owner's tables are in: where a
         // role may create (`public` before PostgreSQL 15), a plant.
-        let (owners, current) = (row.get(5), row.get(6));
-        let elsewhere = name == "search_path" && owners.is_some() && owners != current;
+        let owners = row.get(5);
+        let elsewhere =
+            name == "search_path" && owners.is_some_and(|o| path_elsewhere(&value, &role, o));
         let why = stored_setting_problem(&name, &value).or(elsewhere.then_some(
             "its first schema is not the one login-etl's tables are in, so objects there could stand in for login-etl's",
         ));
@@ -215,6 +243,28 @@ mod tests {
         assert!(stored_setting_problem("transform_null_equals", "1").is_some());
         assert_eq!(stored_setting_problem("TimeZone", "utc"), None);
         assert_eq!(stored_setting_problem("work_mem", "64MB"), None);
+    }
+
+    #[test]
+    fn a_one_schema_path_is_compared_with_the_tables_schema_by_the_name_it_resolves_to() {
+        // pg_catalog first is fine: current_schema() would say pg_catalog.
+        assert!(!path_elsewhere(
+            "pg_catalog, login_etl",
+            "ingest",
+            "login_etl"
+        ));
+        assert!(!path_elsewhere("login_etl, pg_temp", "ingest", "login_etl"));
+        assert!(!path_elsewhere("\"$user\"", "login_etl", "login_etl"));
+        assert!(!path_elsewhere("\"Login ETL\"", "ingest", "Login ETL"));
+        assert!(
+            !path_elsewhere("LOGIN_ETL", "ingest", "login_etl"),
+            "unquoted names fold"
+        );
+        assert!(path_elsewhere("public", "ingest", "login_etl"));
+        assert!(path_elsewhere("\"$user\"", "ingest", "login_etl"));
+        assert!(path_elsewhere("pg_catalog, mine", "ingest", "login_etl"));
+        // Not one schema: refused as such, not as elsewhere.
+        assert!(!path_elsewhere("public, login_etl", "ingest", "login_etl"));
     }
 
     #[test]

@@ -280,7 +280,7 @@ fn string_value<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Er
 }
 
 /// The system attributes the function reads.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 pub struct RecordAttributes {
     /// Epoch milliseconds when the message was sent.
     #[serde(rename = "SentTimestamp", default)]
@@ -294,6 +294,19 @@ pub struct RecordAttributes {
     /// Who sent it: an IAM user's id, or a role's (`AROA…:session`).
     #[serde(rename = "SenderId", default)]
     pub sender_id: Option<String>,
+}
+
+// `Debug` without the sender: a role's session name can be a person's
+// email address (SSO).
+impl std::fmt::Debug for RecordAttributes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordAttributes")
+            .field("sent_timestamp", &self.sent_timestamp)
+            .field("approximate_receive_count", &self.approximate_receive_count)
+            .field("message_group_id", &self.message_group_id)
+            .field("sender_id", &self.sender_id.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 // `Debug` without the bodies: a `?batch` in a log line must not leak a

@@ -1321,6 +1321,23 @@ async fn stored_settings_are_refused_until_reset(d: &Deployment) {
         .await
         .unwrap();
     open().await.expect("connects once reset");
+    // The tables' own schema after pg_catalog is one schema, and theirs:
+    // accepted (current_schema() is pg_catalog there, not the path's schema).
+    let schema: String = d
+        .admin
+        .query_one("SELECT relnamespace::regnamespace::text FROM pg_class WHERE relname = 'user_logins' AND relkind = 'p'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    d.admin
+        .batch_execute(&format!(
+            "ALTER ROLE \"{erase}\" SET search_path = pg_catalog, {schema}"
+        ))
+        .await
+        .unwrap();
+    let accepted = open().await;
+    d.admin.batch_execute(&reset).await.unwrap();
+    accepted.expect("pg_catalog, then the tables' schema: connects");
 }
 
 /// What the function's vault write does with a forged day: today at most,

@@ -292,8 +292,9 @@ impl Default for RekeyOptions {
 /// database's, as the tables' owner (the migrate role): records the check
 /// values of each one's keys (`user_logins_rotation_arming`). The rotate
 /// role's switch to a version is refused without its arming
-/// (`login_etl_armed`). Returns the versions armed (none: the keys reach
-/// no further than the database; see [`RekeyError::NothingToArm`]).
+/// (`login_etl_armed`). Returns the versions armed;
+/// [`RekeyError::NothingToArm`] when the keys reach no further than the
+/// database's version.
 pub async fn arm(client: &Client, masker: &Masker) -> Result<Vec<u16>, RekeyError> {
     let database: i16 = client
         .query_typed_one("SELECT version FROM login_etl_key_state()", &[])
@@ -322,13 +323,13 @@ pub async fn arm(client: &Client, masker: &Masker) -> Result<Vec<u16>, RekeyErro
             ))?;
         armed.push(to);
     }
+    if armed.is_empty() {
+        return Err(RekeyError::NothingToArm {
+            database: database as u16,
+            held: masker.latest(),
+        });
+    }
     Ok(armed)
-}
-
-/// What [`arm`] refuses to do nothing about: the keys given reach no
-/// version past the database's.
-pub fn nothing_to_arm(database: u16, held: u16) -> RekeyError {
-    RekeyError::NothingToArm { database, held }
 }
 
 /// Re-keys everything to `masker`'s newest version: finishes a re-key under

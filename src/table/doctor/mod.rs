@@ -33,7 +33,9 @@ use chrono::NaiveDate;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::database::stored_settings::{reset_statement, search_path_fix, stored_setting_problem};
+use crate::database::stored_settings::{
+    path_elsewhere, reset_statement, search_path_fix, stored_setting_problem,
+};
 use crate::table::partitions::{days_ahead, partitions_in_catalog};
 use crate::table::privileges::FUNCTION_SETTINGS;
 use crate::table::privileges::{SCHEMA_WRITERS_SQL, schema_writers_fix};
@@ -401,11 +403,7 @@ async fn stored_settings(
         // One schema, but not the one examined: where the role may create,
         // a plant (the connect check refuses it too).
         let elsewhere = name.eq_ignore_ascii_case("search_path")
-            && stored_setting_problem(&name, &value).is_none()
-            && !value
-                .split(',')
-                .map(|p| p.trim().trim_matches('"'))
-                .any(|p| p == report.schema);
+            && path_elsewhere(&value, &role, &report.schema);
         let why = stored_setting_problem(&name, &value).or(elsewhere.then_some(
             "its schema is not the one login-etl's tables are in, so objects there could stand in for login-etl's",
         ));

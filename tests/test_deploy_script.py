@@ -1,0 +1,135 @@
+"""release/deploy.sh (what `make deploy` and a release's `./deploy.sh`
+run) against stand-ins for the `aws` and `sam` commands: which key secrets
+it passes back to a stack that is not deployed, when it stops instead, and
+what it keeps of samconfig.toml. The stand-ins answer as the AWS CLI does
+and write down how they were called; tests/test_dist.py deploys for real
+in LocalStack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "release" / "deploy.sh"
+MASKING = "arn:aws:secretsmanager:us-east-1:123456789012:secret:login-etl/masking-AbCdEf"
+ERASURE = "arn:aws:secretsmanager:us-east-1:123456789012:secret:login-etl/erasure-GhIjKl"
+
+# `aws`: describe-stacks answers STUB_STATE (empty: the stack does not
+# exist); list-secrets prints the lines of STUB_<KIND> for the query that
+# asks for that key; every call is logged with the region it saw.
+AWS = """#!/usr/bin/env bash
+echo "aws $* region=${AWS_REGION:-}" >> "$STUB_LOG"
+case "$1 $2" in
+  "cloudformation describe-stacks")
+    [ -n "${STUB_STATE:-}" ] && { echo "$STUB_STATE"; exit 0; }
+    echo "An error occurred (ValidationError) when calling the DescribeStacks operation: Stack with id $4 does not exist" >&2; exit 254 ;;
+  "secretsmanager list-secrets")
+    case "$*" in *"Value=='masking'"*) printf '%s' "${STUB_MASKING:-}" ;; *"Value=='erasure'"*) printf '%s' "${STUB_ERASURE:-}" ;; esac ;;
+esac
+"""
+SAM = """#!/usr/bin/env bash
+python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$@" > "$STUB_SAM"
+"""
+
+
+@pytest.fixture
+def run(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("aws", AWS), ("sam", SAM)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+
+    def run(*args: str, cwd: Path = tmp_path, **stub: str):
+        env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path),
+               "STUB_LOG": str(tmp_path / "aws.log"), "STUB_SAM": str(tmp_path / "sam.json"),
+               **{f"STUB_{k.upper()}": v for k, v in stub.items()}}  # fmt: skip
+        (tmp_path / "sam.json").unlink(missing_ok=True)
+        (tmp_path / "aws.log").unlink(missing_ok=True)
+        done = subprocess.run([str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+        sam = json.loads((tmp_path / "sam.json").read_text()) if (tmp_path / "sam.json").exists() else None
+        log = (tmp_path / "aws.log").read_text() if (tmp_path / "aws.log").exists() else ""
+        return done, sam, log
+
+    return run
+
+
+def overrides(sam: list[str]) -> list[str]:
+    i = sam.index("--parameter-overrides")
+    return [w for w in sam[i + 1 :] if "=" in w and not w.startswith("--")]
+
+
+def test_a_stack_not_deployed_gets_the_keys_an_earlier_one_retained(run):
+    done, sam, log = run("DbSecretArn=x", masking=f"{MASKING}\t2026-01-01\n", erasure=f"{ERASURE}\t2026-01-01\n")
+    assert done.returncode == 0, done.stderr
+    assert "reusing the key secrets" in done.stdout
+    assert overrides(sam) == ["DbSecretArn=x", f"ExistingMaskingKeySecretArn={MASKING}", f"ExistingErasureKeySecretArn={ERASURE}"]
+    assert sam[sam.index("--stack-name") + 1] == "login-etl" and "--resolve-s3" in sam
+
+
+@pytest.mark.parametrize("state, looked_up", [("UPDATE_COMPLETE", False), ("REVIEW_IN_PROGRESS", True)])
+def test_a_deployed_stack_keeps_its_own_keys_and_one_never_executed_is_not_deployed(run, state, looked_up):
+    done, sam, log = run("DbSecretArn=x", state=state, masking=f"{MASKING}\t2026-01-01\n")
+    assert done.returncode == 0, done.stderr
+    assert ("list-secrets" in log) == looked_up
+    assert (f"ExistingMaskingKeySecretArn={MASKING}" in overrides(sam)) == looked_up
+
+
+def test_two_candidates_stop_it_with_the_parameters_to_pass_and_new_keys_skips_the_lookup(run):
+    two = f"{MASKING}\t2026-01-01\n{MASKING}2\t2026-02-01\n"
+    done, sam, _ = run("DbSecretArn=x", masking=two)
+    assert done.returncode == 2 and sam is None, "nothing deployed"
+    assert "ExistingMaskingKeySecretArn=<masking ARN>" in done.stderr and MASKING in done.stderr
+    done, sam, log = run("--new-keys", "DbSecretArn=x", masking=two)
+    assert done.returncode == 0 and "list-secrets" not in log
+    assert overrides(sam) == ["DbSecretArn=x"]
+    # A key given on the command line is never second-guessed.
+    done, sam, log = run(f"ExistingMaskingKeySecretArn={MASKING}", masking=two)
+    assert done.returncode == 0 and "list-secrets" not in log
+
+
+def test_samconfigs_stack_and_saved_parameters_are_kept_and_its_region_reaches_the_lookups(run, tmp_path):
+    (tmp_path / "samconfig.toml").write_text(
+        'version = 0.1\n[staging.global.parameters]\nstack_name = "login-etl-staging"\n'
+        '[staging.deploy.parameters]\nparameter_overrides = "MetricsNamespace=\\"LoginEtl/staging\\" DbSecretArn=saved"\n'
+    )
+    done, sam, log = run("DbSecretArn=given", "--", "--config-env", "staging", "--region", "eu-west-1",
+                         masking=f"{MASKING}\t2026-01-01\n")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert sam[sam.index("--stack-name") + 1] == "login-etl-staging"
+    # Saved first, then the given (sam keeps the last of a name), then the found key.
+    assert overrides(sam) == ["MetricsNamespace=LoginEtl/staging", "DbSecretArn=saved", "DbSecretArn=given",
+                              f"ExistingMaskingKeySecretArn={MASKING}"]  # fmt: skip
+    assert all(line.endswith("region=eu-west-1") for line in log.splitlines()), log
+    assert "--resolve-s3" not in sam, "samconfig's bucket settings apply"
+
+
+def test_the_ca_bundle_goes_into_a_copy_of_each_zip_and_a_template_without_zips_is_refused(run, tmp_path):
+    release = tmp_path / "dist"
+    release.mkdir()
+    with zipfile.ZipFile(release / "fn.zip", "w") as z:
+        z.writestr("bootstrap", "binary")
+    (release / "template-arm64.yaml").write_text("Resources:\n  F:\n    Properties:\n      CodeUri: fn.zip\n")
+    (tmp_path / "global-bundle.pem").write_text("-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n")
+    copy = tmp_path / "bin" / "sam"
+    # This sam also lists the zip it was given, before deploy.sh removes its copy.
+    copy.write_text(SAM + 'prev=""; for a in "$@"; do [ "$prev" = --template-file ] && t=$a; prev=$a; done\n'
+                    'python3 -c \'import sys, zipfile; print(*zipfile.ZipFile(sys.argv[1]).namelist())\' '
+                    '"$(dirname "$t")/fn.zip" > "$STUB_SAM.zip"\n')  # fmt: skip
+    done, sam, _ = run("--template", str(release / "template-arm64.yaml"), "--ca-bundle", str(tmp_path / "global-bundle.pem"))
+    assert done.returncode == 0, done.stderr
+    assert "DbCaBundleFile=global-bundle.pem" in overrides(sam)
+    assert sorted((tmp_path / "sam.json.zip").read_text().split()) == ["bootstrap", "global-bundle.pem"]
+    with zipfile.ZipFile(release / "fn.zip") as z:
+        assert z.namelist() == ["bootstrap"], "the release's zip stays as checksummed"
+    assert not Path(sam[sam.index("--template-file") + 1]).exists(), "the copies are removed"
+    (release / "template-arm64.yaml").write_text("Resources: {}\n")
+    done, sam, _ = run("--template", str(release / "template-arm64.yaml"), "--ca-bundle", str(tmp_path / "global-bundle.pem"))
+    assert done.returncode == 2 and sam is None and "names no zip" in done.stderr
