@@ -38,7 +38,7 @@ fn stored_sql() -> String {
          WHERE s.source OPERATOR(pg_catalog.=) ANY (ARRAY['user', 'database user']::pg_catalog.text[]) \
            AND pg_catalog.lower(s.name) OPERATOR(pg_catalog.=) ANY (ARRAY['search_path', 'datestyle', \
                'intervalstyle', 'timezone', 'synchronous_commit', 'standard_conforming_strings', \
-               'transform_null_equals', 'array_nulls']::pg_catalog.text[]) \
+               'transform_null_equals', 'array_nulls', 'default_transaction_isolation']::pg_catalog.text[]) \
            AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER \
                            AND (r.rolsuper OR r.rolcreaterole)) \
          ORDER BY s.name"
@@ -71,6 +71,9 @@ pub fn stored_setting_problem(name: &str, value: &str) -> Option<&'static str> {
         "standard_conforming_strings" => boolean(false),
         "transform_null_equals" => boolean(true),
         "array_nulls" => boolean(false),
+        // The write check and the locks assume each statement sees what
+        // committed before it (READ COMMITTED).
+        "default_transaction_isolation" => v != "read committed",
         _ => false,
     };
     bad.then_some(match name.to_ascii_lowercase().as_str() {
@@ -243,6 +246,13 @@ mod tests {
         assert!(stored_setting_problem("transform_null_equals", "1").is_some());
         assert_eq!(stored_setting_problem("TimeZone", "utc"), None);
         assert_eq!(stored_setting_problem("work_mem", "64MB"), None);
+        assert!(
+            stored_setting_problem("default_transaction_isolation", "repeatable read").is_some()
+        );
+        assert_eq!(
+            stored_setting_problem("default_transaction_isolation", "READ COMMITTED"),
+            None
+        );
     }
 
     #[test]

@@ -443,7 +443,7 @@ BEGIN
             EXECUTE format('ALTER FUNCTION %s SET search_path = %s {pins}', f.sig, v_path);
         END IF;
         -- No ACL yet is the default, which lets PUBLIC execute.
-        IF f.proacl IS NULL OR EXISTS (SELECT 1 FROM aclexplode(f.proacl) a WHERE a.grantee = 0) THEN
+        IF f.proacl IS NULL OR EXISTS (SELECT 1 FROM aclexplode(f.proacl) a WHERE a.grantee OPERATOR(pg_catalog.=) 0::pg_catalog.oid) THEN
             EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f.sig);
         END IF;
         FOR r IN
@@ -482,7 +482,7 @@ $login_etl_privileges$;
 /// could run with the owner's rights inside the owner's functions, pg_catalog
 /// first in their path or not.
 pub const SCHEMA_WRITERS_SQL: &str = "SELECT current_schema()::text, \
-    CASE WHEN EXISTS (SELECT 1 FROM aclexplode(n.nspacl) a WHERE a.grantee = 0 AND a.privilege_type = 'CREATE') \
+    CASE WHEN EXISTS (SELECT 1 FROM aclexplode(n.nspacl) a WHERE a.grantee OPERATOR(pg_catalog.=) 0::pg_catalog.oid AND a.privilege_type = 'CREATE') \
          THEN ARRAY['PUBLIC'] \
          ELSE coalesce((SELECT array_agg(r.rolname::text ORDER BY r.rolname) FROM pg_roles r \
               WHERE has_schema_privilege(r.oid, n.oid, 'CREATE') AND NOT r.rolsuper \

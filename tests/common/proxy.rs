@@ -158,9 +158,10 @@ async fn relay(client: TcpStream, upstream_port: u16, cut: Cut, counters: Arc<Co
                 swallowed.extend_from_slice(&buf[..n]);
                 // ReplyAfterText waits, swallowing, until the server has
                 // answered the text's command (its tag is the same word), so
-                // the close cannot stop the server before it executed it.
+                // the close cannot stop the server before it executed it
+                // (the text may end with the statement's `;`; the tag has none).
                 let answered = match cut {
-                    Cut::ReplyAfterText(text) => contains(&swallowed, text),
+                    Cut::ReplyAfterText(text) => contains(&swallowed, text.trim_end_matches(';')),
                     _ => true,
                 };
                 if answered {

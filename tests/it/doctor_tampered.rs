@@ -67,7 +67,10 @@ async fn doctor_as_a_superuser_names_each_tampering_and_runs_nothing_of_the_sche
              DROP TRIGGER user_logins_pii_audit_no_delete ON user_logins_pii_audit; \
              DROP TRIGGER user_logins_erased_rekey_only ON user_logins_erased; \
              GRANT SELECT ON user_logins_pii_vault TO \"{stranger}\"; \
-             ALTER ROLE \"{owner}\" CREATEROLE"
+             ALTER ROLE \"{owner}\" CREATEROLE; \
+             CREATE FUNCTION public.stranger_eq(oid, integer) RETURNS boolean LANGUAGE sql \
+               AS 'SELECT $1 OPERATOR(pg_catalog.=) $2::oid'; \
+             CREATE OPERATOR public.= (LEFTARG = oid, RIGHTARG = integer, FUNCTION = public.stranger_eq)"
         ))
         .await
         .unwrap();
@@ -128,6 +131,9 @@ async fn doctor_as_a_superuser_names_each_tampering_and_runs_nothing_of_the_sche
         ("triggers", "user_logins_erased_rekey_only"),
         ("planted", "operator =(oid,regclass)"),
         ("planted", "function evil_eq(oid,regclass)"),
+        // Another role's (here the admin's, standing for any that could
+        // create in the schema once): an operator whoever made it.
+        ("planted", "operator =(oid,integer)"),
         ("grantees", "user_logins_pii_vault"),
         ("owner", owner.as_str()),
     ] {
@@ -155,7 +161,8 @@ async fn doctor_as_a_superuser_names_each_tampering_and_runs_nothing_of_the_sche
             "ALTER ROLE \"{owner}\" NOCREATEROLE; \
              REVOKE ALL ON TABLE user_logins_pii_vault FROM \"{stranger}\"; \
              DROP FUNCTION login_etl_backdoor(); DROP OPERATOR public.= (oid, regclass); \
-             DROP FUNCTION public.evil_eq(oid, regclass); DROP TABLE public.doctor_ran"
+             DROP FUNCTION public.evil_eq(oid, regclass); DROP TABLE public.doctor_ran; \
+             DROP OPERATOR public.= (oid, integer); DROP FUNCTION public.stranger_eq(oid, integer)"
         ))
         .await
         .unwrap();

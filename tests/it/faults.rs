@@ -162,7 +162,7 @@ async fn reply_lost_after_commit(count: usize, seed: u64, earlier: usize) -> (Te
         handle_and_check(&handler(&db).await, &db, &committed_before).await;
     }
     let proxy = Proxy::start(5432).await;
-    proxy.plan(&[Cut::ReplyAfterText("COMMIT")]);
+    proxy.plan(&[Cut::ReplyAfterText("COMMIT;")]);
     let h = proxied_handler(&db, &proxy, &[]).await;
     let summary = handle_and_check(&h, &db, &event).await;
     assert_eq!(proxy.cuts().len(), 1, "the reply to the COMMIT was cut");
@@ -226,7 +226,8 @@ async fn a_cut_before_the_copy_commit_arrives_rolls_back_and_the_retry_writes_ev
     let proxy = Proxy::start(5432).await;
     let h = proxied_handler(&db, &proxy, &[]).await;
     let event = batch(1_500, 16);
-    proxy.plan(&[Cut::BeforeText("COMMIT")]);
+    // "COMMIT;": the statement, not the BEGIN's ISOLATION LEVEL READ COMMITTED.
+    proxy.plan(&[Cut::BeforeText("COMMIT;")]);
     let summary = handle_and_check(&h, &db, &event).await;
     let cuts = proxy.cuts();
     assert_eq!(cuts.len(), 1);
@@ -722,7 +723,7 @@ async fn the_lost_reply_recount_needs_select_on_xmin_and_without_it_counts_dupli
             .await
             .unwrap();
         let proxy = Proxy::start(5432).await;
-        proxy.plan(&[Cut::ReplyAfterText("COMMIT")]);
+        proxy.plan(&[Cut::ReplyAfterText("COMMIT;")]);
         let url = ingest.replace(":5432/", &format!(":{}/", proxy.port));
         let h = handler_with(&[("DATABASE_URL", &url), ("MASKING_KEY", TEST_KEY)]).await;
         let event = batch(300, 17);

@@ -1250,6 +1250,15 @@ async fn stored_settings_are_refused_until_reset(d: &Deployment) {
         ))
         .await
         .unwrap();
+    // Under REPEATABLE READ a waiting write would check the erasure list
+    // against its snapshot from before the lock: a just-erased user stored.
+    d.connect(Role::Erase)
+        .await
+        .batch_execute(
+            "ALTER ROLE CURRENT_USER SET default_transaction_isolation = 'repeatable read'",
+        )
+        .await
+        .unwrap();
     for role in ROLES {
         let name = d.db.role_name(role);
         let open = || open_as(d, role);
@@ -1265,6 +1274,10 @@ async fn stored_settings_are_refused_until_reset(d: &Deployment) {
             Role::Maintain => stored.push((
                 "DateStyle = 'SQL, DMY'".into(),
                 format!("ALTER ROLE \"{name}\" RESET DateStyle"),
+            )),
+            Role::Erase => stored.push((
+                "default_transaction_isolation = 'repeatable read'".into(),
+                format!("ALTER ROLE \"{name}\" RESET default_transaction_isolation"),
             )),
             Role::Ingest => stored.push((
                 "synchronous_commit = 'off' in this database".into(),

@@ -30,7 +30,7 @@ pub(crate) fn begin_sql(server_bound: Duration) -> String {
     let ms = server_bound.as_millis().max(1);
     let pin = pin_schema_sql();
     format!(
-        "BEGIN; SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}; \
+        "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}; \
          {DURABLE_COMMIT_SQL}; {pin}; LOCK TABLE ONLY user_logins IN ROW EXCLUSIVE MODE"
     )
 }

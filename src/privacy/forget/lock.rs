@@ -112,7 +112,7 @@ pub(super) async fn begin_locked(client: &Client) -> Result<(), RevealError> {
         // table itself: migrations/functions/login_etl_forget_lock.sql).
         let locked = client
             .batch_execute(&format!(
-                "BEGIN; SET LOCAL lock_timeout = {FORGET_LOCK_TIMEOUT_MS}; \
+                "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = {FORGET_LOCK_TIMEOUT_MS}; \
                  SELECT login_etl_forget_lock()"
             ))
             .await;

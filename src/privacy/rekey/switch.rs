@@ -162,7 +162,7 @@ async fn try_switch(
 ) -> Result<(), tokio_postgres::Error> {
     client
         .batch_execute(&format!(
-            "BEGIN; SET LOCAL lock_timeout = {SWITCH_LOCK_TIMEOUT_MS}"
+            "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = {SWITCH_LOCK_TIMEOUT_MS}"
         ))
         .await?;
     client

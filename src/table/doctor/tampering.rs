@@ -43,8 +43,10 @@ pub(super) async fn drop_privileges(
     Ok(Some(owner))
 }
 
-/// Operators, and functions not named `login_etl_*`, of the tables' owner
-/// in its schema: login-etl makes none, and in a query on this schema one
+/// Operators in the tables' schema, whoever made them (a role that could
+/// create there once, on PostgreSQL 13/14's defaults), but an extension's;
+/// and functions of the tables' owner not named `login_etl_*`: login-etl
+/// makes none, and in a query on this schema one
 /// could run in place of the catalog's (an operator that matches its
 /// argument types exactly wins over the catalog's wherever it is on the
 /// path). Found, and doctor runs as someone with more rights than the
@@ -60,8 +62,9 @@ pub(super) async fn planted(
             "SELECT 'operator', o.oid::pg_catalog.regoperator::pg_catalog.text FROM pg_catalog.pg_operator o \
              WHERE o.oprnamespace OPERATOR(pg_catalog.=) (SELECT n.oid FROM pg_catalog.pg_namespace n \
                    WHERE n.nspname OPERATOR(pg_catalog.=) pg_catalog.current_schema()) \
-               AND o.oprowner OPERATOR(pg_catalog.=) (SELECT r.oid FROM pg_catalog.pg_roles r \
-                   WHERE r.rolname OPERATOR(pg_catalog.=) $1::pg_catalog.text) \
+               AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d \
+                   WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_operator'::pg_catalog.regclass \
+                     AND d.objid OPERATOR(pg_catalog.=) o.oid AND d.deptype OPERATOR(pg_catalog.=) 'e') \
              UNION ALL \
              SELECT 'function', p.oid::pg_catalog.regprocedure::pg_catalog.text FROM pg_catalog.pg_proc p \
              WHERE p.pronamespace OPERATOR(pg_catalog.=) (SELECT n.oid FROM pg_catalog.pg_namespace n \

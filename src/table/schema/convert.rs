@@ -191,7 +191,7 @@ async fn apply_side_tables(client: &Client) -> Result<(), SinkError> {
 async fn short_tx(client: &Client, sql: String) -> Result<(), tokio_postgres::Error> {
     let done = client
         .batch_execute(&format!(
-            "BEGIN; SET LOCAL lock_timeout = {CUTOVER_LOCK_TIMEOUT_MS}; {sql}; COMMIT"
+            "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = {CUTOVER_LOCK_TIMEOUT_MS}; {sql}; COMMIT"
         ))
         .await;
     if done.is_err() {

@@ -539,7 +539,7 @@ pub(crate) async fn apply_sql(
     with_lock_retries(op, || async {
         let done = client
             .batch_execute(&format!(
-                "BEGIN; {MIGRATION_LOCK_SQL}\n\
+                "BEGIN ISOLATION LEVEL READ COMMITTED; {MIGRATION_LOCK_SQL}\n\
                  SET LOCAL lock_timeout = {MIGRATION_LOCK_TIMEOUT_MS};\n{sql}\n;COMMIT"
             ))
             .await;
