@@ -197,10 +197,6 @@ test: ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambd
 	side "Rust tests (cargo nextest, $(NEXTEST_THREADS) at once)" rust \
 	  nice -n 10 env LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" CARGO_LAMBDA="$(CARGO_LAMBDA)" MOTO_SERVER="$(abspath $(VENV))/bin/moto_server" \
 	  $(NEXTEST) run --lib --bins --examples --tests --run-ignored all --no-fail-fast --hide-progress-bar -j $(NEXTEST_THREADS)
-	@# Everything at once (tests/soak): a few seeds, fixed so that a CI run
-	@# checks the same schedules (make soak explores new ones).
-	side "the soak: $(CI_SOAK_SEEDS) seeds of $(CI_SOAK_SECONDS) s from seed $(CI_SOAK_SEED) (make soak)" soak \
-	  nice -n 10 env SOAK_SEED=$(CI_SOAK_SEED) SOAK_SEEDS=$(CI_SOAK_SEEDS) SOAK_SECONDS=$(CI_SOAK_SECONDS) cargo test --test soak
 	@# The template; with the binary cargo built, the documented GRANT blocks,
 	@# make migrate against a given URL, and the command line as an operator meets it.
 	@# (make validate's steps: sam's lint includes cfn-lint; tests/test_template.py
@@ -210,16 +206,12 @@ test: ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambd
 	    tests/test_database_roles.py tests/test_libpq_env.py tests/test_iam_token.py tests/test_runbooks.py tests/test_cli.py tests/test_docs.py tests/test_contract.py tests/test_deploy_script.py'
 	set +m; wait "$${pids[@]}" || true; pids=()
 	failed=0
-	for f in "$$side_dir"/rust "$$side_dir"/soak "$$side_dir"/py "$$side_dir"/e2e; do
+	for f in "$$side_dir"/rust "$$side_dir"/py "$$side_dir"/e2e; do
 	  if [ -f "$$f" ]; then timings+=("$$(cat "$$f")"); grep -q FAILED "$$f" || continue; fi
 	  failed=1; { echo "== $$(basename "$$f"): what failed (the whole output is above)"; tests/failure-lines "$$f.out"; } >> "$(TEST_FAILURES)"
 	done
 	rm -rf "$$side_dir"; exit $$failed
 
-# The soak within make test: these seeds, one after another.
-CI_SOAK_SEED    ?= 1
-CI_SOAK_SEEDS   ?= 1
-CI_SOAK_SECONDS ?= 20
 # make soak: SEED (the first seed; default drawn from the clock), SEEDS (how
 # many, one after another), SOAK_SECONDS or MINUTES (each seed's schedule),
 # SOAK_ENVS (function environments), SOAK_RATE (logins a second).

@@ -77,6 +77,9 @@ LOCAL_ENV = {
     "AWS_ENDPOINT_URL": ENDPOINT,
     "AWS_EC2_METADATA_DISABLED": "true",
     "SAM_CLI_TELEMETRY": "0",
+    # sam deploy polls the stack's events every 0.5 s by default: with four
+    # stacks deploying at once, LocalStack's busiest work in make e2e.
+    "SAM_CLI_POLL_DELAY": "2",
 }
 # Redeliveries within seconds instead of minutes (see VisibilityTimeoutSeconds).
 LOCAL_VISIBILITY_TIMEOUT = 5

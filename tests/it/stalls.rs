@@ -194,9 +194,9 @@ async fn the_key_switch_holds_no_write_up_however_large_the_vault_and_the_erasur
         .batch_execute(
             "INSERT INTO user_logins_pii_vault (kind, token, key_id, nonce, ciphertext, key_version, aad_version) \
                SELECT 'ip', md5(g::text) || md5((g + 1)::text), 'k', '\\x000102030405060708090a0b'::bytea, '\\x00'::bytea, 1, 2 \
-               FROM generate_series(1, 600000) g; \
+               FROM generate_series(1, 100000) g; \
              INSERT INTO user_logins_erased (user_key, key_version) \
-               SELECT md5(g::text || 'e') || md5(g::text || 'f'), 1 FROM generate_series(1, 60000) g; \
+               SELECT md5(g::text || 'e') || md5(g::text || 'f'), 1 FROM generate_series(1, 10000) g; \
              ANALYZE user_logins_pii_vault; ANALYZE user_logins_erased;",
         )
         .await
@@ -248,7 +248,7 @@ async fn the_key_switch_holds_no_write_up_however_large_the_vault_and_the_erasur
     // (benches/stalls.rs, the switch at 600,000 entries: ms, not the 788 ms
     // of its scan before the fix).
     println!(
-        "the switch beside ingest (600,000 vault entries, 60,000 erasures): {:?}; {} writes beside the rotation",
+        "the switch beside ingest (100,000 vault entries, 10,000 erasures): {:?}; {} writes beside the rotation",
         report.switch,
         seed - 2
     );
@@ -273,7 +273,7 @@ async fn maintain_moves_a_day_out_of_the_default_partition_without_holding_write
                  create_date, message_id, app_version_text, sent_at, key_version)
                SELECT 'u' || g, 'ios', md5(g::text) || md5(g::text), md5(g::text) || md5(g::text), 1001000,
                  current_date, 'earlier-' || g, '1.1', now() - (g || ' ms')::interval, 1
-               FROM generate_series(1, 300000) g;
+               FROM generate_series(1, 100000) g;
              ANALYZE user_logins_default;",
             today.format("%Y%m%d")
         ))
@@ -289,7 +289,7 @@ async fn maintain_moves_a_day_out_of_the_default_partition_without_holding_write
         )
         .await
     });
-    // Today's writes while the day's 300,000 rows move: each one that
+    // Today's writes while the day's 100,000 rows move: each one that
     // commits while maintain still runs shows the move holds no lock a
     // write of the day waits on for its length (before the fix, one ATTACH
     // held them all until the move ended).
@@ -306,7 +306,7 @@ async fn maintain_moves_a_day_out_of_the_default_partition_without_holding_write
     let report = maintaining.await.unwrap().expect("maintain");
     let batches = seed - 1;
     println!(
-        "maintain with 300,000 of today's rows in DEFAULT ({} moved): {during} writes committed while it ran",
+        "maintain with 100,000 of today's rows in DEFAULT ({} moved): {during} writes committed while it ran",
         report.moved_from_default() + report.drained_from_default
     );
     assert!(
@@ -329,5 +329,5 @@ async fn maintain_moves_a_day_out_of_the_default_partition_without_holding_write
     assert_eq!(default, 0, "the DEFAULT partition is empty");
     assert_eq!(partition, all, "every row in today's partition");
     assert_eq!(all, distinct, "no row twice");
-    assert_eq!(all, 300_000 + 5 * batches as i64, "no row lost");
+    assert_eq!(all, 100_000 + 5 * batches as i64, "no row lost");
 }
