@@ -272,7 +272,7 @@ def test_doctor_passes_a_sound_deployment_and_names_each_break_with_its_fix(srv)
         code, report = doctor()
         assert code == 0 and report["findings"] == [], report
         assert set(report["checks"]) == {"schema_writers", "schema_version", "search_path", "roles", "privileges",
-                                         "grantees", "triggers", "functions", "owner", "planted", "partitions", "retention",
+                                         "grantees", "triggers", "locks", "functions", "owner", "planted", "partitions", "retention",
                                          "replication"}  # fmt: skip
         assert report["profile"] == "masking", report
         human = subprocess.run([str(BINARY), "doctor"], env=env, capture_output=True, text=True, timeout=60)

@@ -12,7 +12,7 @@ DECLARE
     v_cols text;
     v_pages bigint;
 BEGIN
-    PERFORM 1 FROM user_logins_locks WHERE name = 'migration' FOR UPDATE;
+    PERFORM login_etl_hold_lock('migration', true);
     moved := 0;
     v_drain := login_etl_relation('user_logins_drain');
     IF v_drain IS NULL THEN

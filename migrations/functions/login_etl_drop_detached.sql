@@ -9,7 +9,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET lock_timeout = '100ms' AS $$
 DECLARE
     v_name text;
 BEGIN
-    PERFORM 1 FROM user_logins_locks WHERE name = 'migration' FOR UPDATE;
+    PERFORM login_etl_hold_lock('migration', true);
     FOR v_name IN SELECT c.relname::text FROM pg_class c
                   JOIN pg_constraint k ON k.conrelid = c.oid AND k.conname = c.relname || '_bounds'
                   WHERE c.relname ~ '^user_logins_(p[0-9]{8}|legacy)$' AND c.relkind = 'r' AND NOT c.relispartition

@@ -17,7 +17,7 @@ DECLARE
     v_rows bigint;
 BEGIN
     PERFORM login_etl_check_cutoff(cutoff);
-    PERFORM 1 FROM user_logins_locks WHERE name = 'migration' FOR UPDATE;
+    PERFORM login_etl_hold_lock('migration', true);
     SELECT p.rows_estimate INTO v_rows FROM login_etl_partitions() p
         WHERE p.name = part AND NOT p.is_default AND p.hi <= cutoff;
     IF NOT FOUND THEN

@@ -19,7 +19,7 @@ DECLARE
     v_name text;
     v_moved bigint := 0;
 BEGIN
-    PERFORM 1 FROM user_logins_locks WHERE name = 'migration' FOR UPDATE;
+    PERFORM login_etl_hold_lock('migration', true);
     IF EXISTS (SELECT 1 FROM login_etl_partitions() p
                WHERE NOT p.is_default AND (p.lo IS NULL OR p.lo <= for_day) AND p.hi > for_day) THEN
         RETURN;
@@ -61,7 +61,7 @@ CREATE OR REPLACE FUNCTION login_etl_ensure_partition(for_day date, max_move big
 RETURNS TABLE(created text, moved bigint)
 LANGUAGE plpgsql SECURITY DEFINER SET lock_timeout = '100ms' AS $$
 BEGIN
-    PERFORM 1 FROM user_logins_locks WHERE name = 'migration' FOR UPDATE;
+    PERFORM login_etl_hold_lock('migration', true);
     IF EXISTS (SELECT 1 FROM login_etl_partitions() p
                WHERE NOT p.is_default AND (p.lo IS NULL OR p.lo <= for_day) AND p.hi > for_day) THEN
         RETURN;

@@ -10,7 +10,7 @@ CREATE OR REPLACE FUNCTION login_etl_forget_lock()
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 BEGIN
-    PERFORM 1 FROM user_logins_locks WHERE name = 'key_version' FOR SHARE;
+    PERFORM login_etl_hold_lock('key_version', false);
     LOCK TABLE ONLY user_logins IN SHARE ROW EXCLUSIVE MODE;
 END
 $$;

@@ -12,6 +12,6 @@ BEGIN
     IF lock_name NOT IN ('migration', 'key_version') THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('no login-etl lock named %L', lock_name);
     END IF;
-    PERFORM 1 FROM user_logins_locks l WHERE l.name = lock_name FOR SHARE;
+    PERFORM login_etl_hold_lock(lock_name, false);
 END
 $$;

@@ -12,12 +12,12 @@ DECLARE
     v_rows bigint;
     v_day date;
 BEGIN
-    PERFORM 1 FROM user_logins_locks WHERE name = 'migration' FOR UPDATE;
+    PERFORM login_etl_hold_lock('migration', true);
     -- The key switch's lock (user_logins_locks 'key_version', taken exclusively by
     -- login_etl_switch_key): without it a switch committing beside this
     -- swap saw no drain and the swap no re-key, and the walk missed the
     -- drained rows. Taken, the next statement sees a switch committed.
-    PERFORM 1 FROM user_logins_locks WHERE name = 'key_version' FOR SHARE;
+    PERFORM login_etl_hold_lock('key_version', false);
     IF login_etl_relation('user_logins_drain') IS NOT NULL THEN
         RETURN false;
     END IF;

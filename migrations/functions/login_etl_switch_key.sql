@@ -25,7 +25,7 @@ DECLARE
     v_form1 boolean;
     v_seqscan text := current_setting('enable_seqscan');
 BEGIN
-    PERFORM 1 FROM user_logins_locks WHERE name = 'key_version' FOR UPDATE;  -- forget's (src/privacy/forget)
+    PERFORM login_etl_hold_lock('key_version', true);  -- forget's (src/privacy/forget)
     LOCK TABLE ONLY user_logins IN SHARE ROW EXCLUSIVE MODE;
     SELECT * INTO v_state FROM user_logins_key_state FOR UPDATE;
     IF v_state.rekey_from IS NOT NULL OR v_state.version <> to_version - 1 THEN

@@ -176,3 +176,120 @@ async fn doctor_as_a_superuser_names_each_tampering_and_runs_nothing_of_the_sche
         mended.findings
     );
 }
+
+/// A trigger made again under its own name but doing less (a `WHEN
+/// (false)` twin, an `AND` for an `OR`, another function), a trigger
+/// login-etl never made, and a lock's row deleted: doctor names each, the
+/// owner's functions refuse to take a lock with no row, and `migrate`
+/// makes its triggers and rows again.
+#[tokio::test]
+async fn twins_strangers_and_a_lock_without_its_row_are_named_and_migrate_mends_them() {
+    let db = TestDb::create().await;
+    let owner_url = db.role_url(Role::Migrate).await;
+    startup::migrate(&db_config(&owner_url), login_etl::profile::Profile::Full)
+        .await
+        .expect("the migrate role migrates");
+    let maintainer = connect(&db.role_url(Role::Maintain).await).await;
+    let admin = db.client().await; // a superuser
+    let today = chrono::Utc::now().date_naive();
+    let checks = ["triggers", "locks"];
+    let clean = examine(&admin, today, None).await.unwrap();
+    assert!(
+        !clean.findings.iter().any(|f| checks.contains(&f.check)),
+        "a fresh schema: {:#?}",
+        clean.findings
+    );
+
+    connect(&owner_url)
+        .await
+        .batch_execute(
+            "DROP TRIGGER user_logins_erased_current_version ON user_logins_erased; \
+             CREATE TRIGGER user_logins_erased_current_version BEFORE INSERT ON user_logins_erased \
+               FOR EACH ROW WHEN (false) EXECUTE FUNCTION login_etl_erased_current_version(); \
+             DROP TRIGGER user_logins_pii_vault_seen_forward ON user_logins_pii_vault; \
+             CREATE TRIGGER user_logins_pii_vault_seen_forward BEFORE UPDATE OF last_seen ON user_logins_pii_vault \
+               FOR EACH ROW WHEN (NEW.last_seen < OLD.last_seen AND NEW.last_seen > (now() AT TIME ZONE 'UTC')::date) \
+               EXECUTE FUNCTION login_etl_vault_last_seen(); \
+             DROP TRIGGER user_logins_pii_audit_rekey_only ON user_logins_pii_audit; \
+             CREATE TRIGGER user_logins_pii_audit_rekey_only BEFORE UPDATE ON user_logins_pii_audit \
+               FOR EACH ROW EXECUTE FUNCTION login_etl_erased_rekey_only(); \
+             CREATE TRIGGER a_stranger BEFORE DELETE ON user_logins_pii_vault \
+               FOR EACH STATEMENT EXECUTE FUNCTION login_etl_audit_is_append_only(); \
+             DELETE FROM user_logins_locks WHERE name = 'migration'",
+        )
+        .await
+        .unwrap();
+
+    let report = examine(&admin, today, None).await.unwrap();
+    for subject in [
+        "user_logins_erased_current_version",
+        "user_logins_pii_vault_seen_forward",
+        "user_logins_pii_audit_rekey_only",
+    ] {
+        assert!(
+            report.findings.iter().any(|f| f.check == "triggers"
+                && f.subject.contains(subject)
+                && f.problem.contains("not what login-etl's migration makes")),
+            "{subject}: {:#?}",
+            report.findings
+        );
+    }
+    assert!(
+        report.findings.iter().any(|f| f.check == "triggers"
+            && f.subject
+                .contains("user_logins_pii_vault that login-etl did not make")
+            && f.problem.contains("a_stranger")),
+        "{:#?}",
+        report.findings
+    );
+    assert!(
+        names(&report, "locks", "user_logins_locks"),
+        "{:#?}",
+        report.findings
+    );
+
+    // The lock without its row: maintain refuses, saying what to run.
+    let refused = login_etl::table::maintain::run(
+        &maintainer,
+        &login_etl::table::maintain::MaintainOptions::default(),
+    )
+    .await
+    .expect_err("maintain takes the migration lock, which has no row");
+    let text = format!("{refused:#}");
+    assert!(
+        text.contains("user_logins_locks") && text.contains("login-etl migrate"),
+        "{text}"
+    );
+
+    startup::migrate(&db_config(&owner_url), login_etl::profile::Profile::Full)
+        .await
+        .expect("migrate over the tampered schema");
+    let mended = examine(&admin, today, None).await.unwrap();
+    let left: Vec<_> = mended
+        .findings
+        .iter()
+        .filter(|f| checks.contains(&f.check))
+        .collect();
+    // What login-etl did not make is the owner's to drop, as the fix says.
+    assert_eq!(left.len(), 1, "{left:#?}");
+    assert!(left[0].problem.contains("a_stranger"), "{left:#?}");
+    login_etl::table::maintain::run(
+        &maintainer,
+        &login_etl::table::maintain::MaintainOptions::default(),
+    )
+    .await
+    .expect("maintain runs once the row is back");
+    let erased_ok: bool = admin
+        .query_one(
+            "SELECT pg_get_triggerdef(oid) NOT LIKE '%WHEN%' FROM pg_trigger \
+             WHERE tgname = 'user_logins_erased_current_version'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        erased_ok,
+        "the WHEN (false) twin was made again as login-etl makes it"
+    );
+}

@@ -163,6 +163,7 @@ async fn examine_in_transaction(
         tampering::unknown_grantees(client, &mut report).await?;
     }
     tampering::triggers(client, profile, &mut report).await?;
+    tampering::locks(client, &mut report).await?;
     tampering::function_bodies(client, profile, &mut report).await?;
     tampering::owner(client, &mut report).await?;
     partitions_ahead(client, today, &mut report).await?;

@@ -8,6 +8,7 @@
 use tokio_postgres::Client;
 
 use super::{Report, ident};
+use crate::table::schema::LOCK_ROWS_MISSING_SQL;
 use crate::table::schema::Profile;
 use crate::table::schema::functions::{self, FunctionFile};
 use crate::table::schema::triggers;
@@ -98,29 +99,75 @@ pub(super) async fn planted(
     Ok(!rows.is_empty() && !as_owner)
 }
 
-/// Each trigger of the profile present and firing.
+/// Each trigger of the profile present, as its migration makes it, and
+/// firing; and no trigger on login-etl's tables that it did not make.
 pub(super) async fn triggers(
     client: &Client,
     profile: Profile,
     report: &mut Report,
 ) -> Result<(), tokio_postgres::Error> {
     report.checks.push("triggers");
+    for row in client.query(&triggers::unknown_sql(), &[]).await? {
+        let (table, definition): (String, String) = (row.get(0), row.get(1));
+        report.found(
+            "triggers",
+            format!("a trigger on {table} that login-etl did not make"),
+            format!("runs on every change it names, with the table owner's say over what is kept: {definition}"),
+            "as the tables' owner, once you know who added it and why: DROP TRIGGER <its name> ON <its table>".into(),
+        );
+    }
     if triggers::of(profile).is_empty() {
         return Ok(());
     }
     for row in client.query(&triggers::state_sql(), &[]).await? {
-        let (table, name, present, firing): (String, String, bool, bool) =
-            (row.get(0), row.get(1), row.get(2), row.get(3));
-        let problem = match (present, firing) {
-            (false, _) => "is missing: what it keeps true of the table is not enforced",
-            (true, false) => "is disabled: what it keeps true of the table is not enforced",
-            (true, true) => continue,
+        let (table, name, present, firing, as_made): (String, String, bool, bool, bool) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        let problem = match (present, as_made, firing) {
+            (false, _, _) => "is missing: what it keeps true of the table is not enforced",
+            (true, false, _) => {
+                "is not what login-etl's migration makes (another function, event, column or WHEN condition): what it keeps true of the table may not be enforced"
+            }
+            (true, true, false) => "is disabled: what it keeps true of the table is not enforced",
+            (true, true, true) => continue,
         };
         report.found(
             "triggers",
             format!("trigger {name} on {table}"),
             problem.into(),
-            "as the migrate role: login-etl migrate (it makes login-etl's triggers again and enables them)".into(),
+            "as the migrate role: login-etl migrate (it makes login-etl's triggers again as they should be, and enables them)".into(),
+        );
+    }
+    Ok(())
+}
+
+/// Each of login-etl's locks has its row in `user_logins_locks`: without
+/// it the lock holds nothing, and the owner's functions that take it
+/// refuse to run. Read only where this session may (the owner, or who
+/// doctor examines as); the function never reads it.
+pub(super) async fn locks(
+    client: &Client,
+    report: &mut Report,
+) -> Result<(), tokio_postgres::Error> {
+    report.checks.push("locks");
+    let readable: bool = client
+        .query_one(
+            "SELECT coalesce(pg_catalog.has_table_privilege(pg_catalog.to_regclass(pg_catalog.format('%I.%I', \
+                 pg_catalog.current_schema(), 'user_logins_locks')), 'SELECT'), false)",
+            &[],
+        )
+        .await?
+        .get(0);
+    if readable
+        && client
+            .query_one(LOCK_ROWS_MISSING_SQL, &[])
+            .await?
+            .get::<_, bool>(0)
+    {
+        report.found(
+            "locks",
+            "table user_logins_locks",
+            "lacks a row of login-etl's locks (migration, key_version): someone with the owner's rights deleted it, and maintain, forget and rotate-key refuse to run until it is back".into(),
+            "as the migrate role: login-etl migrate (it puts the rows back)".into(),
         );
     }
     Ok(())

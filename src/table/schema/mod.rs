@@ -473,7 +473,10 @@ pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<bo
         .await
         .map_err(failed("reading the catalog"))?;
     let profile = target_profile(&state, options.profile);
-    let current = state.is_current() && state.triggers && state.profile == profile;
+    let current = state.is_current()
+        && state.triggers
+        && state.profile == profile
+        && (options.cold_start || !lock_rows_missing(client).await?);
     if options.cold_start && current {
         return Ok(false);
     }
@@ -510,6 +513,29 @@ pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<bo
     Ok(applied || recorded || made > 0 || built)
 }
 
+/// Whether `user_logins_locks` (migrations/0019) lacks one of its rows: a
+/// lock without its row holds nothing, and the owner's functions refuse to
+/// run (`login_etl_hold_lock`) until `migrate` puts it back. Only the
+/// owner reads the table: the function's cold start does not ask.
+pub async fn lock_rows_missing(client: &Client) -> Result<bool, SinkError> {
+    let read = |sql| async move {
+        client
+            .query_one(sql, &[])
+            .await
+            .map(|row| row.get::<_, bool>(0))
+            .map_err(failed("reading login-etl's locks"))
+    };
+    // Two statements: one that names a table not there yet fails to plan.
+    Ok(
+        read("SELECT pg_catalog.to_regclass('user_logins_locks') IS NOT NULL").await?
+            && read(LOCK_ROWS_MISSING_SQL).await?,
+    )
+}
+
+/// See [`lock_rows_missing`], once the table exists.
+pub const LOCK_ROWS_MISSING_SQL: &str = "SELECT (SELECT pg_catalog.count(*) FROM user_logins_locks l \
+     WHERE l.name IN ('migration', 'key_version')) < 2";
+
 /// How long a migration statement waits for a table lock before the whole
 /// migration lets ingest through and tries again ([`with_lock_retries`]):
 /// the most a write queues behind it.
@@ -519,11 +545,15 @@ pub const MIGRATION_LOCK_TIMEOUT_MS: u32 = 100;
 /// `user_logins_locks` (migrations/0019), which only the owner may lock
 /// (maintain's functions take it too); before that table exists (a first
 /// install, or an upgrade from before it), the advisory lock the older
-/// functions take.
+/// functions take. The locks' rows are put back first where someone with
+/// the owner's rights deleted them (`login_etl_hold_lock` refuses to run
+/// without its row: see [`lock_rows_missing`]).
 const MIGRATION_LOCK_SQL: &str = "DO $login_etl_lock$\nBEGIN\n    \
      IF to_regclass('user_logins_locks') IS NULL THEN\n        \
      PERFORM pg_advisory_xact_lock(5498692050214016076);\n    \
-     ELSE\n        PERFORM 1 FROM user_logins_locks WHERE name = 'migration' FOR UPDATE;\n    \
+     ELSE\n        \
+     INSERT INTO user_logins_locks (name) VALUES ('migration'), ('key_version') ON CONFLICT DO NOTHING;\n        \
+     PERFORM 1 FROM user_logins_locks WHERE name = 'migration' FOR UPDATE;\n    \
      END IF;\nEND\n$login_etl_lock$;";
 
 /// Applies `sql` in one transaction under the migration's lock,
