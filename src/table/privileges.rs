@@ -146,6 +146,7 @@ pub const FULL_ONLY_TABLES: &[&str] = &[
     "user_logins_erased",
     "user_logins_erasure_tokens",
     "user_logins_pii_vault_held",
+    "user_logins_rekeyed",
 ];
 
 /// `(privilege, table, columns)`: one GRANT each; no columns means the

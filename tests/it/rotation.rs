@@ -374,6 +374,51 @@ async fn an_erasure_survives_rotations_and_forget_holds_no_masking_key() {
         [(masker(2).user_key(user).as_str().to_owned(), 2)],
         "the erasure list moved to version 2"
     );
+    // Each value the rotation replaced is kept beside its replacement, in
+    // a record no role of login-etl's may read or change, and not even
+    // the owner may rewrite.
+    let v1 = erasure_only.user_key(user).as_str().to_owned();
+    let kept: Vec<(String, String, String, i16)> = client
+        .query(
+            "SELECT source, old_user_key, new_user_key, to_version FROM user_logins_rekeyed ORDER BY seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let v2 = masker(2).user_key(user).as_str().to_owned();
+    let mut sources: Vec<&str> = kept.iter().map(|k| k.0.as_str()).collect();
+    sources.sort_unstable();
+    assert_eq!(sources, ["audit", "audit", "erased"], "{kept:?}");
+    assert!(
+        kept.iter().all(|k| (&k.1, &k.2, k.3) == (&v1, &v2, 2)),
+        "{kept:?}"
+    );
+    let rotator = connect(&db.role_url(Role::Rotate).await).await;
+    for statement in [
+        "SELECT * FROM user_logins_rekeyed",
+        "DELETE FROM user_logins_rekeyed",
+    ] {
+        let denied = rotator.batch_execute(statement).await.unwrap_err();
+        assert_eq!(
+            denied.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{statement}"
+        );
+    }
+    for statement in [
+        "DELETE FROM user_logins_rekeyed",
+        "UPDATE user_logins_rekeyed SET old_user_key = new_user_key",
+        "TRUNCATE user_logins_rekeyed",
+    ] {
+        let refused = client.batch_execute(statement).await.unwrap_err();
+        assert!(
+            format!("{refused:?}").contains("append-only"),
+            "{statement}: {refused:?}"
+        );
+    }
 
     // The user's logins delivered again, to a function on version 2 and to
     // a warm one still on version 1: none is stored, none fails.

@@ -89,6 +89,8 @@ macro_rules! full_from_0005 {
             migration!("privacy/0018_tokens_only"),
             "\n",
             migration!("0019_locks"),
+            "\n",
+            migration!("privacy/0020_rekey_record"),
         )
     };
 }

@@ -31,7 +31,7 @@ use crate::table::retry::{failed, with_lock_retries};
 
 /// The version [`MIGRATION_SQL`] leaves (`login_etl_schema_version()`):
 /// a database at an older one is migrated again.
-pub const SCHEMA_VERSION: i32 = 19;
+pub const SCHEMA_VERSION: i32 = 20;
 
 /// The schema for `migrations` (all of [`migration_sql`], or part of it)
 /// in `profile`: the owner's functions from their files

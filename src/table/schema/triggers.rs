@@ -11,7 +11,7 @@ use super::Profile;
 /// Each trigger as `(table, trigger, what follows its name in CREATE
 /// TRIGGER)`: the migrations' definitions, which `migrate` makes again
 /// when one is missing.
-pub const TRIGGERS: [(&str, &str, &str); 7] = [
+pub const TRIGGERS: [(&str, &str, &str); 8] = [
     (
         "user_logins_erased",
         "user_logins_erased_current_version",
@@ -49,6 +49,11 @@ pub const TRIGGERS: [(&str, &str, &str); 7] = [
         "user_logins_pii_vault_seen_today",
         "BEFORE INSERT ON user_logins_pii_vault FOR EACH ROW \
          WHEN (NEW.last_seen > (now() AT TIME ZONE 'UTC')::date) EXECUTE FUNCTION login_etl_vault_last_seen()",
+    ),
+    (
+        "user_logins_rekeyed",
+        "user_logins_rekeyed_append_only",
+        "BEFORE UPDATE OR DELETE OR TRUNCATE ON user_logins_rekeyed FOR EACH STATEMENT EXECUTE FUNCTION login_etl_audit_is_append_only()",
     ),
 ];
 
@@ -240,5 +245,6 @@ mod tests {
             s.when
         );
         assert_eq!(shape(TRIGGERS[0].2).tgtype, 7);
+        assert_eq!(shape(TRIGGERS[7].2).tgtype, 58);
     }
 }
