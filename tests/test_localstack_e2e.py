@@ -35,13 +35,15 @@ RUN = f"e2e{os.getpid()}"
 
 def deployed(*, fifo: bool, batch_size: int, kind: str | None = None, **options):
     """A stack of this run with a database of its own; both removed afterwards.
-    sam's output goes to target/e2e-logs/<stack>.log: workers side by side
-    would interleave it on the terminal."""
+    Created from the template `sam package` made once (make demo runs sam
+    deploy itself); sam's output, or a failed stack's events, go to
+    target/e2e-logs/<stack>.log: workers side by side would interleave
+    them on the terminal."""
     kind = kind or ("fifo" if fifo else "std")
     name, dbname = f"login-etl-{RUN}-{kind}", f"login_etl_{RUN}_{kind}"
     try:
         log = ROOT / "target" / "e2e-logs" / f"{name}.log"
-        yield stack.deploy(name, dbname, fifo=fifo, batch_size=batch_size, log=log, **options)
+        yield stack.deploy(name, dbname, fifo=fifo, batch_size=batch_size, log=log, with_sam=False, **options)
     finally:
         # Also when the deploy itself failed half-way (its database made).
         stack.delete_stack(name)
@@ -73,7 +75,7 @@ def existing(localstack):
     dbname = f"login_etl_{RUN}_xq"
     try:
         log = ROOT / "target" / "e2e-logs" / f"{name}.log"
-        s = stack.deploy(name, dbname, batch_size=10, log=log, overrides=overrides, profile="masking")
+        s = stack.deploy(name, dbname, batch_size=10, log=log, overrides=overrides, profile="masking", with_sam=False)
         yield s, queues, arn
     finally:
         stack.delete_stack_or_its_mappings(name)
