@@ -525,11 +525,16 @@ def deploy(
 
 def packaged_template_url(log: Path | None) -> str:
     """The built template packaged by `sam package` (its code in S3) and
-    uploaded beside it: once per LocalStack and build, whichever worker
-    asks first (a lock file); the others wait for it."""
-    pid = (ROOT / ".localstack" / "localstack.pid").read_text().strip() if (ROOT / ".localstack" / "localstack.pid").exists() else "0"
+    uploaded beside it: once per LocalStack (its pid: a new one has an
+    empty S3) and per template and bootstrap, whichever worker asks first
+    (a lock file); the others wait for it."""
+    state = ROOT / os.environ.get("LOCALSTACK_STATE", ".localstack")
+    pid = (state / "localstack.pid").read_text().strip() if (state / "localstack.pid").exists() else "0"
     built = BUILD_DIR / "template.yaml"
-    stamp = f"{pid}-{built.stat().st_mtime_ns}"
+    digest = hashlib.sha256(built.read_bytes())
+    for code in sorted(BUILD_DIR.glob("*/bootstrap")):
+        digest.update(code.read_bytes())
+    stamp = f"{pid}-{digest.hexdigest()[:16]}"
     packaged = BUILD_DIR / f"packaged-{stamp}.yaml"
     key = f"packaged/{packaged.name}"
     with open(BUILD_DIR / ".package.lock", "w") as lock:
@@ -1201,12 +1206,13 @@ def health(port: int, path: str = "/readyz") -> tuple[int, dict]:
 
 
 def wait_for(what: str, check, timeout: float) -> float:
-    """Poll `check()` until true; seconds it took."""
+    """Poll `check()` until true; seconds it took (to half a second: each
+    check is a psql or an AWS call, and make test runs many side by side)."""
     started = time.monotonic()
     while not check():
         if time.monotonic() - started > timeout:
             raise TimeoutError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.25)
+        time.sleep(0.5)
     return time.monotonic() - started
 
 

@@ -10,6 +10,10 @@ DECLARE
     v_moved bigint;
 BEGIN
     PERFORM login_etl_rekey_under_way((to_version - 1)::smallint);
+    -- One value per record: an id twice would record a value never written.
+    IF cardinality(ids) <> (SELECT count(DISTINCT i) FROM unnest(ids) AS i) THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'a re-key chunk of the audit trail names a record twice: nothing was changed';
+    END IF;
     -- Each record's old token and user key kept beside the new ones
     -- (user_logins_rekeyed): read under the row's lock, then changed.
     WITH old AS (

@@ -8,7 +8,6 @@
 use tokio_postgres::Client;
 
 use super::{Report, ident};
-use crate::table::schema::LOCK_ROWS_MISSING_SQL;
 use crate::table::schema::Profile;
 use crate::table::schema::functions::{self, FunctionFile};
 use crate::table::schema::triggers;
@@ -108,12 +107,13 @@ pub(super) async fn triggers(
 ) -> Result<(), tokio_postgres::Error> {
     report.checks.push("triggers");
     for row in client.query(&triggers::unknown_sql(), &[]).await? {
-        let (table, definition): (String, String) = (row.get(0), row.get(1));
+        let (table, kind, definition): (String, String, String) =
+            (row.get(0), row.get(1), row.get(2));
         report.found(
             "triggers",
-            format!("a trigger on {table} that login-etl did not make"),
-            format!("runs on every change it names, with the table owner's say over what is kept: {definition}"),
-            "as the tables' owner, once you know who added it and why: DROP TRIGGER <its name> ON <its table>".into(),
+            format!("{kind} on {table}"),
+            format!("login-etl did not make it, and it can change, keep back or hide what login-etl writes and reads there: {definition}"),
+            "as the tables' owner, once you know who added it and why: DROP TRIGGER or DROP RULE it, or ALTER TABLE … DISABLE ROW LEVEL SECURITY".into(),
         );
     }
     if triggers::of(profile).is_empty() {
@@ -142,27 +142,40 @@ pub(super) async fn triggers(
 
 /// Each of login-etl's locks has its row in `user_logins_locks`: without
 /// it the lock holds nothing, and the owner's functions that take it
-/// refuse to run. Read only where this session may (the owner, or who
-/// doctor examines as); the function never reads it.
+/// refuse to run. Read only where this session may, and only from a plain
+/// table with no row-level security: a view or a policy in its place would
+/// run the owner's code in doctor's session (the function never reads it).
 pub(super) async fn locks(
     client: &Client,
     report: &mut Report,
 ) -> Result<(), tokio_postgres::Error> {
     report.checks.push("locks");
-    let readable: bool = client
+    let row = client
         .query_one(
-            "SELECT coalesce(pg_catalog.has_table_privilege(pg_catalog.to_regclass(pg_catalog.format('%I.%I', \
-                 pg_catalog.current_schema(), 'user_logins_locks')), 'SELECT'), false)",
+            "SELECT coalesce(c.relkind OPERATOR(pg_catalog.=) 'r'::pg_catalog.\"char\" AND NOT c.relrowsecurity \
+                    AND pg_catalog.has_table_privilege(c.oid, 'SELECT'), false), pg_catalog.current_schema()::pg_catalog.text \
+             FROM (SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', pg_catalog.current_schema(), 'user_logins_locks'))::pg_catalog.oid AS oid) AS t \
+             LEFT JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.oid",
+            &[],
+        )
+        .await?;
+    let (readable, schema): (bool, String) = (row.get(0), row.get(1));
+    if !readable {
+        return Ok(());
+    }
+    let missing: bool = client
+        .query_one(
+            &format!(
+                "SELECT (SELECT pg_catalog.count(*) FROM {}.user_logins_locks l \
+                 WHERE l.name OPERATOR(pg_catalog.=) ANY ('{{migration,key_version}}'::pg_catalog.text[])) \
+                 OPERATOR(pg_catalog.<) 2::pg_catalog.int8",
+                ident(&schema)
+            ),
             &[],
         )
         .await?
         .get(0);
-    if readable
-        && client
-            .query_one(LOCK_ROWS_MISSING_SQL, &[])
-            .await?
-            .get::<_, bool>(0)
-    {
+    if missing {
         report.found(
             "locks",
             "table user_logins_locks",

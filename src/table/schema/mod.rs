@@ -534,7 +534,7 @@ pub async fn lock_rows_missing(client: &Client) -> Result<bool, SinkError> {
 
 /// See [`lock_rows_missing`], once the table exists.
 pub const LOCK_ROWS_MISSING_SQL: &str = "SELECT (SELECT pg_catalog.count(*) FROM user_logins_locks l \
-     WHERE l.name IN ('migration', 'key_version')) < 2";
+     WHERE l.name OPERATOR(pg_catalog.=) ANY ('{migration,key_version}'::pg_catalog.text[])) OPERATOR(pg_catalog.<) 2::pg_catalog.int8";
 
 /// How long a migration statement waits for a table lock before the whole
 /// migration lets ingest through and tries again ([`with_lock_retries`]):

@@ -65,15 +65,38 @@ pub fn of(profile: Profile) -> &'static [(&'static str, &'static str, &'static s
     }
 }
 
+/// How the server prints each `WHEN` condition of [`TRIGGERS`]
+/// (`pg_get_triggerdef`, inside `WHEN (…)`), compared exactly: a
+/// normalized comparison let a condition that casts both sides to text,
+/// and so compares dates as strings, pass for the real one. PostgreSQL 14
+/// and later print `AT TIME ZONE` as written (seen on 15); 13 prints the
+/// function call it stands for (from its deparser; no 13 server here).
+const PRINTED_WHEN: [(&str, &[&str]); 2] = [
+    (
+        "user_logins_pii_vault_seen_forward",
+        &[
+            "((new.last_seen < old.last_seen) OR (new.last_seen > ((now() AT TIME ZONE 'UTC'::text))::date))",
+            "((new.last_seen < old.last_seen) OR (new.last_seen > (timezone('UTC'::text, now()))::date))",
+        ],
+    ),
+    (
+        "user_logins_pii_vault_seen_today",
+        &[
+            "(new.last_seen > ((now() AT TIME ZONE 'UTC'::text))::date)",
+            "(new.last_seen > (timezone('UTC'::text, now()))::date)",
+        ],
+    ),
+];
+
 /// What `pg_trigger` holds for a definition of [`TRIGGERS`]: its
 /// function, its `tgtype` bits (row 1, before 2, insert 4, delete 8,
-/// update 16, truncate 32), the column of an `UPDATE OF`, and the text of
-/// its `WHEN` condition.
+/// update 16, truncate 32), the column of an `UPDATE OF`, and whether it
+/// has a `WHEN` condition.
 struct Shape {
     function: &'static str,
     tgtype: i16,
     column: Option<&'static str>,
-    when: Option<&'static str>,
+    when: bool,
 }
 
 fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
@@ -93,62 +116,80 @@ fn shape(definition: &'static str) -> Shape {
             | bit("TRUNCATE", 32)
             | i16::from(definition.contains("FOR EACH ROW")),
         column: between(definition, "UPDATE OF ", " ON "),
-        when: between(definition, "WHEN (", ") EXECUTE"),
+        when: definition.contains(" WHEN ("),
     }
 }
 
 /// `(table, trigger, definition, function, tgtype, column, when)` rows of
-/// the triggers as SQL `VALUES`.
+/// the triggers as SQL `VALUES` (`when`: the printed forms, or NULL).
 fn values() -> String {
-    let text = |v: Option<&str>| v.map_or("NULL::pg_catalog.text".into(), escape_literal);
+    let column = |v: Option<&str>| v.map_or("NULL::pg_catalog.text".into(), escape_literal);
     TRIGGERS
         .iter()
         .map(|(t, n, d)| {
             let s = shape(d);
+            let printed = PRINTED_WHEN
+                .iter()
+                .find(|(name, _)| name == n)
+                .map(|(_, forms)| *forms);
+            assert_eq!(
+                s.when,
+                printed.is_some(),
+                "{n}: a WHEN condition needs its printed forms"
+            );
+            let when = printed.map_or("NULL::pg_catalog.text[]".into(), |forms| {
+                let forms: Vec<String> = forms.iter().map(|f| escape_literal(f)).collect();
+                format!("ARRAY[{}]::pg_catalog.text[]", forms.join(", "))
+            });
             format!(
-                "({}, {}, {}, {}, {}, {}, {})",
+                "({}, {}, {}, {}, {}, {}, {when})",
                 escape_literal(t),
                 escape_literal(n),
                 escape_literal(d),
                 escape_literal(s.function),
                 s.tgtype,
-                text(s.column),
-                text(s.when)
+                column(s.column),
             )
         })
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-/// `m` (a row of [`values`]) joined to its trigger `g`, if any.
+/// The relation `m.t` of the tables' schema (an SQL expression).
+const TABLE: &str =
+    "pg_catalog.to_regclass(pg_catalog.format('%I.%I', pg_catalog.current_schema(), m.t))";
+
+/// `m` (a row of [`values`]) joined to its trigger `g`, if any. Every
+/// operator qualified: doctor may run these as a superuser, and an
+/// operator of another schema on its path matching an argument type
+/// exactly would win over the catalog's.
 fn joined() -> String {
     format!(
         "(VALUES {}) AS m(t, n, d, f, ty, c, w) \
-         LEFT JOIN pg_catalog.pg_trigger g ON g.tgname = m.n AND NOT g.tgisinternal \
-           AND g.tgrelid = pg_catalog.to_regclass(pg_catalog.format('%I.%I', pg_catalog.current_schema(), m.t)) \
-         WHERE pg_catalog.to_regclass(pg_catalog.format('%I.%I', pg_catalog.current_schema(), m.t)) IS NOT NULL",
+         LEFT JOIN pg_catalog.pg_trigger g ON g.tgname OPERATOR(pg_catalog.=) m.n::pg_catalog.name AND NOT g.tgisinternal \
+           AND g.tgrelid OPERATOR(pg_catalog.=) {TABLE}::pg_catalog.oid \
+         WHERE {TABLE} IS NOT NULL",
         values()
     )
 }
 
 /// Whether trigger `g` fires (`tgenabled` `O` or `A`; `D` is disabled,
 /// `R` fires only on a replica).
-const FIRING: &str = "coalesce(g.tgenabled IN ('O', 'A'), false)";
+const FIRING: &str =
+    "coalesce(g.tgenabled OPERATOR(pg_catalog.=) ANY ('{O,A}'::pg_catalog.\"char\"[]), false)";
 
 /// Whether trigger `g` is what its definition `m` makes: the same function
 /// of the tables' schema, events, timing and level, columns (compared as
-/// text: an `int2vector` is numbered from 0), and `WHEN`
-/// condition (its text as the server prints it, without case, spaces,
-/// parentheses or the `::text` of literals), no arguments or constraint: a
-/// twin under the same name with `WHEN (false)` or another function is not.
-const AS_MADE: &str = "coalesce(g.tgfoid = pg_catalog.to_regprocedure(pg_catalog.format('%I.%I()', pg_catalog.current_schema(), m.f)) \
-     AND g.tgtype = m.ty::pg_catalog.int2 AND g.tgnargs = 0 AND NOT g.tgdeferrable AND g.tgconstraint = 0 \
-     AND g.tgoldtable IS NULL AND g.tgnewtable IS NULL \
-     AND pg_catalog.array_to_string(g.tgattr::pg_catalog.int2[], ',') = coalesce((SELECT a.attnum::pg_catalog.text \
-         FROM pg_catalog.pg_attribute a WHERE a.attrelid = g.tgrelid AND a.attname = m.c), '') \
+/// text: an `int2vector` is numbered from 0), `WHEN` condition as the
+/// server prints it ([`PRINTED_WHEN`]), no arguments or constraint: a twin
+/// under the same name with `WHEN (false)` or another function is not.
+const AS_MADE: &str = "coalesce(g.tgfoid OPERATOR(pg_catalog.=) pg_catalog.to_regprocedure(pg_catalog.format('%I.%I()', pg_catalog.current_schema(), m.f))::pg_catalog.oid \
+     AND g.tgtype OPERATOR(pg_catalog.=) m.ty::pg_catalog.int2 AND g.tgnargs OPERATOR(pg_catalog.=) 0::pg_catalog.int2 AND NOT g.tgdeferrable \
+     AND g.tgconstraint OPERATOR(pg_catalog.=) 0::pg_catalog.oid AND g.tgoldtable IS NULL AND g.tgnewtable IS NULL \
+     AND pg_catalog.array_to_string(g.tgattr::pg_catalog.int2[], ',') OPERATOR(pg_catalog.=) coalesce((SELECT a.attnum::pg_catalog.text \
+         FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) g.tgrelid AND a.attname OPERATOR(pg_catalog.=) m.c::pg_catalog.name), '') \
      AND CASE WHEN m.w IS NULL THEN g.tgqual IS NULL ELSE \
-         pg_catalog.regexp_replace(pg_catalog.lower((pg_catalog.regexp_match(pg_catalog.pg_get_triggerdef(g.oid), ' WHEN \\((.*)\\) EXECUTE '))[1]), '\\s|\\(|\\)|::text', '', 'g') \
-         = pg_catalog.regexp_replace(pg_catalog.lower(m.w), '\\s|\\(|\\)|::text', '', 'g') END, false)";
+         (pg_catalog.regexp_match(pg_catalog.pg_get_triggerdef(g.oid), ' WHEN \\((.*)\\) EXECUTE '))[1] OPERATOR(pg_catalog.=) ANY (m.w) END, false)";
 
 /// Each trigger of the schema's tables: `(table, trigger, present, firing,
 /// as made)`, catalog only.
@@ -159,18 +200,26 @@ pub fn state_sql() -> String {
     )
 }
 
-/// Triggers on the schema's `user_logins*` tables that login-etl did not
-/// make (a partition's copy of its parent's trigger aside): `(table,
-/// definition)`, catalog only.
+/// What changes the schema's `user_logins*` tables beside login-etl's
+/// triggers: a trigger it did not make (a partition's copy of a parent's
+/// too: login-etl puts none on a partitioned table), a rule, row-level
+/// security: `(table, kind, definition)`, catalog only.
 pub fn unknown_sql() -> String {
     format!(
-        "SELECT c.relname::pg_catalog.text, pg_catalog.pg_get_triggerdef(g.oid) \
-         FROM pg_catalog.pg_trigger g JOIN pg_catalog.pg_class c ON c.oid = g.tgrelid \
-         WHERE NOT g.tgisinternal AND g.tgparentid = 0 \
-           AND c.relnamespace = (SELECT n.oid FROM pg_catalog.pg_namespace n WHERE n.nspname = pg_catalog.current_schema()) \
-           AND pg_catalog.left(c.relname::pg_catalog.text, 11) = 'user_logins' \
-           AND (c.relname::pg_catalog.text, g.tgname::pg_catalog.text) NOT IN (SELECT m.t, m.n FROM (VALUES {}) AS m(t, n, d, f, ty, c, w)) \
-         ORDER BY 1, 2",
+        "WITH tbl AS (SELECT c.oid, c.relname::pg_catalog.text AS name, c.relrowsecurity FROM pg_catalog.pg_class c \
+             WHERE c.relnamespace OPERATOR(pg_catalog.=) (SELECT n.oid FROM pg_catalog.pg_namespace n \
+                   WHERE n.nspname OPERATOR(pg_catalog.=) pg_catalog.current_schema()) \
+               AND pg_catalog.left(c.relname::pg_catalog.text, 11) OPERATOR(pg_catalog.=) 'user_logins') \
+         SELECT tbl.name, 'trigger', pg_catalog.pg_get_triggerdef(g.oid) \
+         FROM pg_catalog.pg_trigger g JOIN tbl ON tbl.oid OPERATOR(pg_catalog.=) g.tgrelid \
+         WHERE NOT g.tgisinternal AND NOT EXISTS (SELECT FROM (VALUES {}) AS m(t, n, d, f, ty, c, w) \
+             WHERE m.t OPERATOR(pg_catalog.=) tbl.name AND m.n::pg_catalog.name OPERATOR(pg_catalog.=) g.tgname) \
+         UNION ALL \
+         SELECT tbl.name, 'rule', pg_catalog.pg_get_ruledef(r.oid) FROM pg_catalog.pg_rewrite r JOIN tbl ON tbl.oid OPERATOR(pg_catalog.=) r.ev_class \
+         WHERE r.rulename OPERATOR(pg_catalog.<>) '_RETURN'::pg_catalog.name \
+         UNION ALL \
+         SELECT tbl.name, 'row-level security', 'enabled' FROM tbl WHERE tbl.relrowsecurity \
+         ORDER BY 1, 2, 3",
         values()
     )
 }
@@ -230,21 +279,16 @@ mod tests {
         let s = shape(TRIGGERS[1].2);
         assert_eq!(
             (s.function, s.tgtype, s.column, s.when),
-            ("login_etl_audit_is_append_only", 42, None, None)
+            ("login_etl_audit_is_append_only", 42, None, false)
         );
         let s = shape(TRIGGERS[5].2);
         assert_eq!(
-            (s.function, s.tgtype, s.column),
-            ("login_etl_vault_last_seen", 19, Some("last_seen"))
-        );
-        assert!(
-            s.when
-                .unwrap()
-                .starts_with("NEW.last_seen < OLD.last_seen OR"),
-            "{:?}",
-            s.when
+            (s.function, s.tgtype, s.column, s.when),
+            ("login_etl_vault_last_seen", 19, Some("last_seen"), true)
         );
         assert_eq!(shape(TRIGGERS[0].2).tgtype, 7);
         assert_eq!(shape(TRIGGERS[7].2).tgtype, 58);
+        // Every WHEN condition has its printed forms (values() asserts it).
+        assert_eq!(values().matches("ARRAY[").count(), PRINTED_WHEN.len());
     }
 }
