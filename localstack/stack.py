@@ -157,9 +157,11 @@ def create_database(dbname: str) -> None:
 
 
 def drop_database(dbname: str) -> None:
+    _HAS_TABLE.discard(dbname)
     psql(admin_url(), f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+    # One statement for the roles (each psql is a TLS and SCRAM connection).
+    psql(admin_url(), "DROP ROLE IF EXISTS " + ", ".join(f'"{role_name(dbname, role)}"' for role in ROLES))
     for role in ROLES:
-        psql(admin_url(), f'DROP ROLE IF EXISTS "{role_name(dbname, role)}"')
         try:
             client("secretsmanager").delete_secret(SecretId=secret_id(dbname, role), ForceDeleteWithoutRecovery=True)
         except Exception:  # noqa: BLE001 - none made yet, or LocalStack is not running
@@ -255,10 +257,17 @@ def prepare_database(dbname: str, profile: str = "full", env: dict[str, str] | N
     _passwords.clear()
 
 
+# Databases whose user_logins was seen (until the database is dropped or
+# made again): row_count, called in every wait loop, asks once.
+_HAS_TABLE: set[str] = set()
+
+
 def row_count(dbname: str) -> int:
     """Rows in user_logins; 0 before the function's first cold start created it."""
-    if not table_exists(dbname):
-        return 0
+    if dbname not in _HAS_TABLE:
+        if not table_exists(dbname):
+            return 0
+        _HAS_TABLE.add(dbname)
     return int(psql(db_url(dbname), "SELECT count(*) FROM user_logins")[0][0])
 
 
