@@ -549,13 +549,13 @@ def packaged_template_url(log: Path | None) -> str:
     with open(BUILD_DIR / ".package.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not packaged.exists():
-            s3 = client("s3")
-            with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
-                s3.create_bucket(Bucket=ARTIFACT_BUCKET)
+            # deploy() made the bucket; an earlier run's packaged templates go.
+            for old in BUILD_DIR.glob("packaged-*.yaml"):
+                old.unlink()
             partial = packaged.with_suffix(".partial")
             sam("package", "--template-file", str(built), "--s3-bucket", ARTIFACT_BUCKET, "--s3-prefix", "packaged",
                 "--output-template-file", str(partial), "--region", REGION, log=log)  # fmt: skip
-            s3.upload_file(str(partial), ARTIFACT_BUCKET, key)
+            client("s3").upload_file(str(partial), ARTIFACT_BUCKET, key)
             partial.rename(packaged)
     return f"{ENDPOINT}/{ARTIFACT_BUCKET}/{key}"
 

@@ -10,6 +10,7 @@ use tokio_postgres::Client;
 use super::{Report, ident};
 use crate::table::schema::Profile;
 use crate::table::schema::functions::{self, FunctionFile};
+use crate::table::schema::lock_rows_missing_sql;
 use crate::table::schema::triggers;
 
 /// The tables' owner, and whether this session should become it: a
@@ -164,15 +165,7 @@ pub(super) async fn locks(
         return Ok(());
     }
     let missing: bool = client
-        .query_one(
-            &format!(
-                "SELECT (SELECT pg_catalog.count(*) FROM {}.user_logins_locks l \
-                 WHERE l.name OPERATOR(pg_catalog.=) ANY ('{{migration,key_version}}'::pg_catalog.text[])) \
-                 OPERATOR(pg_catalog.<) 2::pg_catalog.int8",
-                ident(&schema)
-            ),
-            &[],
-        )
+        .query_one(&lock_rows_missing_sql(&schema), &[])
         .await?
         .get(0);
     if missing {

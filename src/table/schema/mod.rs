@@ -476,7 +476,7 @@ pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<bo
     let current = state.is_current()
         && state.triggers
         && state.profile == profile
-        && (options.cold_start || !lock_rows_missing(client).await?);
+        && (options.cold_start || !lock_rows_missing(client, state.schema.as_deref()).await?);
     if options.cold_start && current {
         return Ok(false);
     }
@@ -513,28 +513,40 @@ pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<bo
     Ok(applied || recorded || made > 0 || built)
 }
 
-/// Whether `user_logins_locks` (migrations/0019) lacks one of its rows: a
-/// lock without its row holds nothing, and the owner's functions refuse to
-/// run (`login_etl_hold_lock`) until `migrate` puts it back. Only the
-/// owner reads the table: the function's cold start does not ask.
-pub async fn lock_rows_missing(client: &Client) -> Result<bool, SinkError> {
-    let read = |sql| async move {
+/// Whether `user_logins_locks` (migrations/0019) in `schema` lacks one of
+/// its rows: a lock without its row holds nothing, and the owner's
+/// functions refuse to run (`login_etl_hold_lock`) until `migrate` puts it
+/// back. Only the owner reads the table: the function's cold start does
+/// not ask.
+async fn lock_rows_missing(client: &Client, schema: Option<&str>) -> Result<bool, SinkError> {
+    let Some(schema) = schema else {
+        return Ok(false);
+    };
+    let read = |sql: String| async move {
         client
-            .query_one(sql, &[])
+            .query_one(&sql, &[])
             .await
             .map(|row| row.get::<_, bool>(0))
             .map_err(failed("reading login-etl's locks"))
     };
     // Two statements: one that names a table not there yet fails to plan.
     Ok(
-        read("SELECT pg_catalog.to_regclass('user_logins_locks') IS NOT NULL").await?
-            && read(LOCK_ROWS_MISSING_SQL).await?,
+        read("SELECT pg_catalog.to_regclass('user_logins_locks') IS NOT NULL".into()).await?
+            && read(lock_rows_missing_sql(schema)).await?,
     )
 }
 
-/// See [`lock_rows_missing`], once the table exists.
-pub const LOCK_ROWS_MISSING_SQL: &str = "SELECT (SELECT pg_catalog.count(*) FROM user_logins_locks l \
-     WHERE l.name OPERATOR(pg_catalog.=) ANY ('{migration,key_version}'::pg_catalog.text[])) OPERATOR(pg_catalog.<) 2::pg_catalog.int8";
+/// Whether `schema`'s `user_logins_locks` lacks a row of login-etl's locks
+/// (a query of one boolean, every name and operator qualified: doctor runs
+/// it too).
+pub fn lock_rows_missing_sql(schema: &str) -> String {
+    format!(
+        "SELECT (SELECT pg_catalog.count(*) FROM {}.user_logins_locks l \
+         WHERE l.name OPERATOR(pg_catalog.=) ANY ('{{migration,key_version}}'::pg_catalog.text[])) \
+         OPERATOR(pg_catalog.<) 2::pg_catalog.int8",
+        postgres_protocol::escape::escape_identifier(schema)
+    )
+}
 
 /// How long a migration statement waits for a table lock before the whole
 /// migration lets ingest through and tries again ([`with_lock_retries`]):
