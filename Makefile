@@ -119,9 +119,12 @@ host-build: rust-tools ## build the function for this host (debug profile, syste
 	@echo "==> cargo build --bin login-etl --examples (the first build compiles every dependency: a minute or two)"
 	cargo build --bin login-etl --examples
 
-test-build: rust-tools ## compile every test and example without running them (the benches: make bench-check)
+test-build: rust-tools ## compile the tests without running them: the library's and tests/it (the benches: make bench-check; the soak: make soak)
+	@# Only the targets that hold tests: the binary and the examples hold
+	@# none (host-build compiles them), and the soak is make soak's. Each
+	@# left out was a test-mode compile and link of its own.
 	@echo "==> cargo test --no-run (the first build compiles every dependency: a minute or two)"
-	cargo test --lib --bins --tests --examples --no-run
+	cargo test --lib --test it --no-run
 
 $(LS_STAMP):
 	@echo "==> installing LocalStack and the host executor into $(LS_VENV) (about a minute the first time)"
@@ -193,10 +196,11 @@ test: ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambd
 	timed "build the tests (beside make e2e)" nice -n 10 $(MAKE) --no-print-directory test-build || \
 	  { rc=$$?; kill -INT -- -"$${pids[0]}" 2>/dev/null; set +m; wait "$${pids[@]}" 2>/dev/null; pids=(); exit $$rc; }
 	@# The Rust tests, each in a process of its own, NEXTEST_THREADS at once
-	@# (most wait on PostgreSQL, moto or a timer).
+	@# (most wait on PostgreSQL, moto or a timer); each test's moto forked
+	@# from one warm server (tests/moto_forkserver.py).
 	side "Rust tests (cargo nextest, $(NEXTEST_THREADS) at once)" rust \
-	  nice -n 10 env LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" CARGO_LAMBDA="$(CARGO_LAMBDA)" MOTO_SERVER="$(abspath $(VENV))/bin/moto_server" \
-	  $(NEXTEST) run --lib --bins --examples --tests --run-ignored all --no-fail-fast --hide-progress-bar -j $(NEXTEST_THREADS)
+	  nice -n 10 tests/with-moto-forkserver $(VENV)/bin/python env LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" CARGO_LAMBDA="$(CARGO_LAMBDA)" MOTO_SERVER="$(abspath $(VENV))/bin/moto_server" \
+	  $(NEXTEST) run --lib --test it --run-ignored all --no-fail-fast --hide-progress-bar -j $(NEXTEST_THREADS)
 	@# The template; with the binary cargo built, the documented GRANT blocks,
 	@# make migrate against a given URL, and the command line as an operator meets it.
 	@# (make validate's steps: sam's lint includes cfn-lint; tests/test_template.py

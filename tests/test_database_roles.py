@@ -228,8 +228,8 @@ class DeployServer:
 
     def drop(self, db: str) -> None:
         psql(self.admin(), f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        psql(self.admin(), "DROP ROLE IF EXISTS " + ", ".join(f'"{db}_{r}"' for r in ROLE_KINDS))
         for r in ROLE_KINDS:
-            psql(self.admin(), f'DROP ROLE IF EXISTS "{db}_{r}"')
             try:
                 self.sm.delete_secret(SecretId=f"{db}/{r}", ForceDeleteWithoutRecovery=True)
             except self.sm.exceptions.ResourceNotFoundException:
