@@ -64,7 +64,8 @@ fn forked(socket: &str) -> (Moto, u16) {
     let conn = UnixStream::connect(socket).unwrap_or_else(|e| {
         panic!("no moto fork server at MOTO_FORKSERVER={socket} ({e}): unset it to start moto_server per test")
     });
-    conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut line = String::new();
     BufReader::new(&conn)
         .read_line(&mut line)
