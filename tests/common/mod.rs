@@ -21,6 +21,28 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
+/// The port of [`admin_url`]'s server (what a proxy or a pooler in front
+/// of it forwards to).
+pub fn admin_port() -> u16 {
+    let url = admin_url();
+    let host = url.rsplit_once('@').map_or(url.as_str(), |(_, h)| h);
+    host.split_once(':')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(5432)
+}
+
+/// The server's `server_version_num` (150000 and up for 15): what a test
+/// that also runs on 13 and 14 (tests/pg-version) asks before a step the
+/// older servers lack.
+pub async fn server_version(client: &Client) -> i32 {
+    client
+        .query_one("SELECT current_setting('server_version_num')::int4", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// A database created for one test and dropped when this value is dropped,
 /// with the login roles the test made on it (dropped with it).
 ///

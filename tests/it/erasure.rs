@@ -691,9 +691,15 @@ async fn vault_pages_read_by_maintain(
 #[tokio::test]
 async fn the_vault_purge_reads_what_it_purges_and_nothing_when_nothing_is_due() {
     let db = TestDb::create().await;
+    let admin = db.client().await;
+    if server_version(&admin).await < 150_000 {
+        // The page counts below are flushed on demand only from 15 on
+        // (pg_stat_force_next_flush); make test runs on 15.
+        eprintln!("skipped: needs PostgreSQL 15's pg_stat_force_next_flush");
+        return;
+    }
     db.migrate().await;
     let maintainer = db.role_url(Role::Maintain).await;
-    let admin = db.client().await;
     // 100,000 entries in use, 200 past retention, spread over the heap.
     admin
         .batch_execute(

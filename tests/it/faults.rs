@@ -49,7 +49,7 @@ async fn proxied_handler(db: &TestDb, proxy: &Proxy, extra: &[(&str, &str)]) -> 
     let url = db
         .ingest_url()
         .await
-        .replace(":5432/", &format!(":{}/", proxy.port));
+        .replace(&format!(":{}/", admin_port()), &format!(":{}/", proxy.port));
     let mut vars = vec![("DATABASE_URL", url.as_str()), ("MASKING_KEY", TEST_KEY)];
     vars.extend_from_slice(extra);
     handler_with(&vars).await
@@ -89,7 +89,7 @@ async fn handle_and_check(
 
 async fn cut_mid_statement_reconnects_once(count: usize, seed: u64, limit: u64) {
     let db = TestDb::create().await;
-    let proxy = Proxy::start(5432).await;
+    let proxy = Proxy::start(admin_port()).await;
     let h = proxied_handler(&db, &proxy, &[]).await;
     let event = batch(count, seed);
     proxy.plan(&[Cut::ClientToServerAfter(limit)]);
@@ -123,7 +123,7 @@ async fn a_cut_mid_insert_reconnects_exactly_once_and_the_batch_completes() {
 #[tokio::test]
 async fn two_cuts_fail_the_invocation_with_nothing_half_committed_and_redelivery_completes() {
     let db = TestDb::create().await;
-    let proxy = Proxy::start(5432).await;
+    let proxy = Proxy::start(admin_port()).await;
     let h = proxied_handler(&db, &proxy, &[]).await;
     let event = batch(3_000, 12);
     proxy.plan(&[
@@ -161,7 +161,7 @@ async fn reply_lost_after_commit(count: usize, seed: u64, earlier: usize) -> (Te
     if earlier > 0 {
         handle_and_check(&handler(&db).await, &db, &committed_before).await;
     }
-    let proxy = Proxy::start(5432).await;
+    let proxy = Proxy::start(admin_port()).await;
     proxy.plan(&[Cut::ReplyAfterText("COMMIT;")]);
     let h = proxied_handler(&db, &proxy, &[]).await;
     let summary = handle_and_check(&h, &db, &event).await;
@@ -223,7 +223,7 @@ async fn a_reply_lost_after_the_copys_own_commit_counts_its_rows_as_inserted() {
 #[tokio::test]
 async fn a_cut_before_the_copy_commit_arrives_rolls_back_and_the_retry_writes_everything() {
     let db = TestDb::create().await;
-    let proxy = Proxy::start(5432).await;
+    let proxy = Proxy::start(admin_port()).await;
     let h = proxied_handler(&db, &proxy, &[]).await;
     let event = batch(1_500, 16);
     // "COMMIT;": the statement, not the BEGIN's ISOLATION LEVEL READ COMMITTED.
@@ -472,7 +472,7 @@ async fn a_lock_held_by_another_transaction_ends_in_a_bounded_error_never_a_part
 #[tokio::test]
 async fn a_lock_timeout_is_retried_on_the_same_connection_without_using_the_reconnect() {
     let db = TestDb::create().await;
-    let proxy = Proxy::start(5432).await;
+    let proxy = Proxy::start(admin_port()).await;
     let h = proxied_handler(&db, &proxy, &[("DB_STATEMENT_TIMEOUT_MS", "400")]).await;
     let (locked, is_locked) = tokio::sync::oneshot::channel();
     let url = db.url.clone();
@@ -548,7 +548,7 @@ async fn the_invocation_deadline_ends_retries_early_enough_to_report() {
 async fn no_such_database_and_permission_denied_are_not_retryable_and_name_the_cause() {
     let db = TestDb::create().await;
     handler(&db).await;
-    let proxy = Proxy::start(5432).await;
+    let proxy = Proxy::start(admin_port()).await;
     // The ingest role (which exists) on a database that does not.
     let ingest = db.role_url(login_etl::grants::Role::Ingest).await;
     let role = ingest
@@ -722,9 +722,9 @@ async fn the_lost_reply_recount_needs_select_on_xmin_and_without_it_counts_dupli
             ))
             .await
             .unwrap();
-        let proxy = Proxy::start(5432).await;
+        let proxy = Proxy::start(admin_port()).await;
         proxy.plan(&[Cut::ReplyAfterText("COMMIT;")]);
-        let url = ingest.replace(":5432/", &format!(":{}/", proxy.port));
+        let url = ingest.replace(&format!(":{}/", admin_port()), &format!(":{}/", proxy.port));
         let h = handler_with(&[("DATABASE_URL", &url), ("MASKING_KEY", TEST_KEY)]).await;
         let event = batch(300, 17);
         let summary = handle_and_check(&h, &db, &event).await;
@@ -784,7 +784,7 @@ async fn vault_entries_commit_with_their_rows_through_a_cut_and_a_refused_row() 
         || login_etl::privacy::vault::DataKey::new(&[7; 32], vec![1, 2, 3], "local").unwrap();
     for count in [300, 1_500] {
         let db = TestDb::create().await;
-        let proxy = Proxy::start(5432).await;
+        let proxy = Proxy::start(admin_port()).await;
         let h = proxied_handler(&db, &proxy, &[])
             .await
             .with_vault(local_key());

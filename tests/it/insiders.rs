@@ -1438,15 +1438,26 @@ async fn the_real_commands_run_beside_the_plants(d: &Deployment) {
         .await
         .unwrap();
     let mut rotate = d.connect(Role::Rotate).await;
-    rekey::rotate(
+    let rotated = rekey::rotate(
         &mut rotate,
         &masker(2),
         CALLER,
         RekeyOptions::default(),
         &mut |_| {},
     )
-    .await
-    .expect("rotate-key as the rotate role");
+    .await;
+    if server_version(&d.admin).await < 140_000 {
+        // rotate-key re-keys in TID ranges, which 13 cannot scan: refused
+        // before it changes anything (tests/pg-version 13).
+        assert!(
+            matches!(rotated, Err(rekey::RekeyError::ServerTooOld(_))),
+            "{rotated:?}"
+        );
+        assert_eq!(count_rows_of(&d.admin, &user).await, 0);
+        assert_least_privilege(d).await;
+        return;
+    }
+    rotated.expect("rotate-key as the rotate role");
     let left: i64 = d
         .admin
         .query_one(

@@ -203,7 +203,7 @@ async fn nothing_the_function_writes_at_trace_contains_raw_pii_or_the_key() {
     batches.push(refused);
     // Connection cut twice mid-statement, and a lock timeout: the transient
     // error paths log too.
-    let proxy = common::proxy::Proxy::start(5432).await;
+    let proxy = common::proxy::Proxy::start(admin_port()).await;
     proxy.plan(&[
         common::proxy::Cut::ClientToServerAfter(20_000),
         common::proxy::Cut::ClientToServerAfter(20_000),
@@ -213,7 +213,7 @@ async fn nothing_the_function_writes_at_trace_contains_raw_pii_or_the_key() {
             "DATABASE_URL",
             &db.ingest_url()
                 .await
-                .replace(":5432/", &format!(":{}/", proxy.port)),
+                .replace(&format!(":{}/", admin_port()), &format!(":{}/", proxy.port)),
         ),
         ("MASKING_KEY", TEST_KEY),
     ])

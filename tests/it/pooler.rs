@@ -194,8 +194,11 @@ async fn six_function_processes_through_pgbouncer_in_transaction_mode_write_the_
         .next()
         .unwrap()
         .to_owned();
-    let bouncer = PgBouncer::start_for(5432, 2, &[&role]);
-    let url = ingest.replace(":5432/", &format!(":{}/", bouncer.port));
+    let bouncer = PgBouncer::start_for(admin_port(), 2, &[&role]);
+    let url = ingest.replace(
+        &format!(":{}/", admin_port()),
+        &format!(":{}/", bouncer.port),
+    );
     let api = RuntimeApi::start().await;
     for (i, event) in batches.iter().enumerate() {
         api.push(&format!("req-{i}"), event);

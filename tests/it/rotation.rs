@@ -1408,6 +1408,11 @@ async fn the_switch_waits_for_a_forget_in_flight_and_refuses_one_that_stopped() 
     // With its usual patience it waits while the forget is run again (as
     // the runbook says), then switches and finishes.
     rekey::arm(&db.client().await, &masker(2)).await.unwrap();
+    let spawned_at: chrono::DateTime<chrono::Utc> = admin
+        .query_one("SELECT clock_timestamp()", &[])
+        .await
+        .unwrap()
+        .get(0);
     let rotating = tokio::spawn(async move {
         let r = rekey::rotate(
             &mut rotator,
@@ -1419,7 +1424,29 @@ async fn the_switch_waits_for_a_forget_in_flight_and_refuses_one_that_stopped() 
         .await;
         r.map_err(|e| e.to_string())
     });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Its switch refused and waiting to try again: seen as its session's
+    // ROLLBACK of a switch attempt (the only ROLLBACK rotate-key sends)
+    // after the spawn, not as a time elapsed.
+    let rotate_role = db.role_name(Role::Rotate);
+    for polls in 0.. {
+        let refused_once: bool = admin
+            .query_one(
+                "SELECT count(*) > 0 FROM pg_stat_activity WHERE usename = $1 \
+                 AND query = 'ROLLBACK' AND state_change > $2",
+                &[&rotate_role, &spawned_at],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if refused_once {
+            break;
+        }
+        assert!(
+            polls < 6000 && !rotating.is_finished(),
+            "no switch attempt seen"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert!(!rotating.is_finished(), "the switch waits for the erasure");
     assert_eq!(
         key_version(
