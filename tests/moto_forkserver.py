@@ -6,9 +6,9 @@ importing moto, Flask and botocore's service models before it serves. This
 process imports them once, listens on a Unix socket, and for each client
 forks a child that serves on a fresh 127.0.0.1 port: state is per process,
 so each child is as separate as a server of its own, and starts in
-milliseconds. The client reads one line, "<port> <pid>", and kills the pid
-when it is done (tests/common/moto.rs); a child whose client went away
-stops by itself.
+milliseconds. The client reads one line, "<port> <pid>", and closes its
+connection when it is done (tests/common/moto.rs): the child watches it and
+exits, which closes the child's end in turn (the client waits for that).
 
     python tests/moto_forkserver.py SOCKET_PATH
 """
@@ -44,6 +44,11 @@ def warm() -> None:
 
 
 def serve_child(conn: socket.socket) -> None:
+    # moto's ids (keys, ARNs' suffixes, receipt handles) come from its own
+    # random generator: reseeded, or every fork would draw the same ones.
+    from moto.moto_api._internal import mock_random
+
+    mock_random.seed()
     server = make_server("127.0.0.1", 0, DomainDispatcherApplication(create_backend_app), threaded=True,
                          request_handler=MotoRequestHandler)
     os.environ["MOTO_PORT"] = str(server.port)  # what moto writes into queue URLs
@@ -62,14 +67,22 @@ def main() -> None:
     warm()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children reaped by the kernel
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    if os.path.exists(path):
-        os.unlink(path)
-    listener.bind(path)
+    # Listening before the socket has its name: a client that sees the
+    # file can connect (tests/with-moto-forkserver waits for it).
+    bound = f"{path}.{os.getpid()}"
+    listener.bind(bound)
     listener.listen(64)
+    os.rename(bound, path)
     print(f"moto fork server on {path} (pid {os.getpid()})", flush=True)
     while True:
         conn, _ = listener.accept()
-        if os.fork() == 0:
+        try:
+            child = os.fork()
+        except OSError as e:  # no process to spare now: this client fails, the next may not
+            print(f"fork failed: {e}", file=sys.stderr, flush=True)
+            conn.close()
+            continue
+        if child == 0:
             listener.close()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             try:

@@ -32,12 +32,12 @@ use tokio::sync::OnceCell;
 use tokio::task::JoinSet;
 use tracing::warn;
 
+use crate::ingest::sqs_batch::MAX_ENTRIES;
+
 pub use crate::config::backoff::{
     DEFAULT_BASE_SECONDS, DEFAULT_MAX_SECONDS, SQS_MAX_VISIBILITY_SECONDS, Schedule,
 };
 
-/// Entries per `ChangeMessageVisibilityBatch` (the SQS limit).
-const MAX_ENTRIES: usize = 10;
 /// Bound on the visibility changes of one invocation (also cut to the
 /// invocation's deadline).
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(3);

@@ -33,14 +33,10 @@ use tracing::warn;
 
 use crate::ingest::event::SqsRecord;
 use crate::ingest::record::row_key;
+use crate::ingest::sqs_batch;
 use crate::privacy::dead_letter::{SEALED_BODY, SEALED_KEY, Sealer};
 use crate::privacy::masking::Masker;
 
-/// Entries per `SendMessageBatch` (the SQS limit).
-const MAX_ENTRIES: usize = 10;
-/// Payload per `SendMessageBatch` (the SQS limit is 1 MiB; attributes and
-/// message ids count too, so leave room).
-const MAX_BATCH_BYTES: usize = 900 * 1024;
 /// Bound on all sends of one invocation.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest copy sent (body and attributes): SQS takes 256 KiB on
@@ -106,23 +102,27 @@ impl DeadLetterQueue {
     ) -> Vec<usize> {
         let limit = crate::ingest::backoff::before_deadline(SEND_TIMEOUT, deadline);
         let rejected_at = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+        let entries: Vec<(usize, SendMessageBatchRequestEntry, usize)> = rejected
+            .iter()
+            .filter_map(|r| {
+                let (entry, size) = self.entry(r, masker, fifo, &rejected_at)?;
+                Some((r.position, entry, size))
+            })
+            .collect();
+        let cut = sqs_batch::batches(entries.iter().map(|(_, _, size)| *size));
         let mut calls = JoinSet::new();
-        let mut chunk: Vec<(usize, SendMessageBatchRequestEntry)> = Vec::new();
-        let mut bytes = 0;
-        for r in rejected {
-            let Some((mut entry, size)) = self.entry(r, masker, fifo, &rejected_at) else {
-                continue;
-            };
-            if chunk.len() == MAX_ENTRIES || (bytes + size > MAX_BATCH_BYTES && !chunk.is_empty()) {
-                calls.spawn(self.clone().send_chunk(std::mem::take(&mut chunk)));
-                bytes = 0;
-            }
+        let mut entries = entries.into_iter();
+        for call in cut {
             // The entry id is its index in its call.
-            bytes += size;
-            entry.id = chunk.len().to_string();
-            chunk.push((r.position, entry));
-        }
-        if !chunk.is_empty() {
+            let chunk = entries
+                .by_ref()
+                .take(call.len())
+                .enumerate()
+                .map(|(i, (position, mut entry, _))| {
+                    entry.id = i.to_string();
+                    (position, entry)
+                })
+                .collect();
             calls.spawn(self.clone().send_chunk(chunk));
         }
         let mut sent = Vec::new();

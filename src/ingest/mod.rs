@@ -11,6 +11,7 @@
 //!   their originals sealed;
 //! - [`redrive`]: `login-etl dlq-redrive`, the originals sent back;
 //! - [`backoff`]: per-message visibility backoff after an infrastructure failure;
+//! - [`sqs_batch`]: how SQS's batch calls are cut (ten entries, 1 MiB);
 //! - [`metrics`]: the summary as a CloudWatch EMF document.
 //!
 //! What it may call: [`crate::privacy`] for the batch's keys (masker, key
@@ -33,3 +34,5 @@ pub mod record;
 pub mod redrive;
 #[cfg(feature = "service")]
 pub mod sink;
+#[cfg(feature = "service")]
+pub mod sqs_batch;

@@ -32,6 +32,7 @@ use aws_sdk_sqs::types::{
 };
 use tracing::warn;
 
+use crate::ingest::sqs_batch;
 use crate::privacy::dead_letter::rebuilt::{REBUILT_SEAL, Rebuilt, seal};
 use crate::privacy::dead_letter::{SEALED_BODY, SEALED_KEY, UnsealError, Unsealer};
 
@@ -97,13 +98,10 @@ pub enum RedriveError {
 }
 
 /// Messages per call (the SQS limit).
-const PER_CALL: i32 = 10;
+const PER_CALL: i32 = sqs_batch::MAX_ENTRIES as i32;
 /// How long a received message stays hidden while the run goes on: what
 /// it leaves is shown again at its end, at once.
 const VISIBILITY_SECONDS: i32 = 1_800;
-/// Bytes per `SendMessageBatch` (SQS takes 1 MiB; names and attributes
-/// count too).
-const MAX_BATCH_BYTES: usize = 900 * 1024;
 
 /// Runs the redrive (see the module documentation); `progress` sees the
 /// counts after every batch of up to ten messages. Only what was in the
@@ -181,17 +179,8 @@ async fn send_back(
     report: &mut RedriveReport,
     held: &mut Vec<String>,
 ) -> Result<(), RedriveError> {
-    let mut start = 0;
-    while start < outgoing.len() {
-        let mut end = start;
-        let mut bytes = 0;
-        while end < outgoing.len()
-            && (end == start || bytes + outgoing[end].1.size() <= MAX_BATCH_BYTES)
-        {
-            bytes += outgoing[end].1.size();
-            end += 1;
-        }
-        let chunk = &outgoing[start..end];
+    for call in sqs_batch::batches(outgoing.iter().map(|(_, o)| o.size())) {
+        let chunk = &outgoing[call];
         let sent = send(sqs, &options.to_url, chunk, fifo).await?;
         let mut done = Vec::new();
         for (i, (m, out)) in chunk.iter().enumerate() {
@@ -208,7 +197,6 @@ async fn send_back(
             }
         }
         delete(sqs, &options.dlq_url, &done).await?;
-        start = end;
     }
     Ok(())
 }
@@ -534,7 +522,7 @@ async fn delete(sqs: &Client, url: &str, handles: &[String]) -> Result<(), Redri
 
 /// Makes the messages the run leaves in the queue visible again.
 async fn release(sqs: &Client, url: &str, handles: &[String]) {
-    for chunk in handles.chunks(10) {
+    for chunk in handles.chunks(sqs_batch::MAX_ENTRIES) {
         let entries = chunk
             .iter()
             .enumerate()

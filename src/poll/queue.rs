@@ -18,7 +18,7 @@ use crate::ingest::backoff::queue_name_and_account;
 use crate::ingest::event::{RecordAttributes, SourceAttributes, SqsBatch, SqsRecord};
 
 /// Messages per `ReceiveMessage`, and entries per batch call (the SQS limits).
-pub const MAX_PER_CALL: usize = 10;
+pub const MAX_PER_CALL: usize = crate::ingest::sqs_batch::MAX_ENTRIES;
 /// The long poll of a receive, in seconds (the SQS maximum).
 pub const WAIT_SECONDS: u32 = 20;
 /// Bound on one delete or visibility call.

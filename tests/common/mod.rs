@@ -22,14 +22,21 @@ pub fn admin_url() -> String {
 }
 
 /// The port of [`admin_url`]'s server (what a proxy or a pooler in front
-/// of it forwards to).
+/// of it forwards to), as tokio-postgres reads the URL.
 pub fn admin_port() -> u16 {
-    let url = admin_url();
-    let host = url.rsplit_once('@').map_or(url.as_str(), |(_, h)| h);
-    host.split_once(':')
-        .and_then(|(_, rest)| rest.split('/').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(5432)
+    let config: tokio_postgres::Config = admin_url().parse().expect("LOGIN_ETL_TEST_PG parses");
+    config.get_ports().first().copied().unwrap_or(5432)
+}
+
+/// `url` (a database of [`admin_url`]'s server) through `port` instead:
+/// the proxy's or the pooler's in front of it.
+pub fn through_port(url: &str, port: u16) -> String {
+    let from = format!(":{}/", admin_port());
+    assert!(
+        url.contains(&from),
+        "{url} does not name the server's port {from}: LOGIN_ETL_TEST_PG must be a URL with host:port"
+    );
+    url.replace(&from, &format!(":{port}/"))
 }
 
 /// The server's `server_version_num` (150000 and up for 15): what a test

@@ -26,7 +26,10 @@ impl Drop for Moto {
                 let _ = child.wait();
             }
             Moto::Forked(conn) => {
-                let _ = conn.shutdown(std::net::Shutdown::Both);
+                // The fork exits when it reads the end of this connection,
+                // which then ends on its side too: stopped on return.
+                let _ = conn.shutdown(std::net::Shutdown::Write);
+                let _ = std::io::Read::read_to_end(conn, &mut Vec::new());
             }
         }
     }

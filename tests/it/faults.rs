@@ -46,10 +46,7 @@ async fn assert_table_is(db: &TestDb, want: &BTreeSet<String>) {
 
 async fn proxied_handler(db: &TestDb, proxy: &Proxy, extra: &[(&str, &str)]) -> BatchHandler {
     // The schema applied by the admin; the function connects as the ingest role.
-    let url = db
-        .ingest_url()
-        .await
-        .replace(&format!(":{}/", admin_port()), &format!(":{}/", proxy.port));
+    let url = through_port(&db.ingest_url().await, proxy.port);
     let mut vars = vec![("DATABASE_URL", url.as_str()), ("MASKING_KEY", TEST_KEY)];
     vars.extend_from_slice(extra);
     handler_with(&vars).await
@@ -724,7 +721,7 @@ async fn the_lost_reply_recount_needs_select_on_xmin_and_without_it_counts_dupli
             .unwrap();
         let proxy = Proxy::start(admin_port()).await;
         proxy.plan(&[Cut::ReplyAfterText("COMMIT;")]);
-        let url = ingest.replace(&format!(":{}/", admin_port()), &format!(":{}/", proxy.port));
+        let url = through_port(&ingest, proxy.port);
         let h = handler_with(&[("DATABASE_URL", &url), ("MASKING_KEY", TEST_KEY)]).await;
         let event = batch(300, 17);
         let summary = handle_and_check(&h, &db, &event).await;

@@ -1453,6 +1453,17 @@ async fn the_real_commands_run_beside_the_plants(d: &Deployment) {
             matches!(rotated, Err(rekey::RekeyError::ServerTooOld(_))),
             "{rotated:?}"
         );
+        let unchanged: bool = d
+            .admin
+            .query_one(
+                "SELECT (SELECT version = 1 AND rekey_from IS NULL FROM user_logins_key_state) \
+                   AND NOT EXISTS (SELECT 1 FROM user_logins_pii_audit WHERE action = 'rekey_begun')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(unchanged, "the refused rotation changed nothing");
         assert_eq!(count_rows_of(&d.admin, &user).await, 0);
         assert_least_privilege(d).await;
         return;

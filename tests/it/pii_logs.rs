@@ -211,9 +211,7 @@ async fn nothing_the_function_writes_at_trace_contains_raw_pii_or_the_key() {
     let cut = handler_with(&[
         (
             "DATABASE_URL",
-            &db.ingest_url()
-                .await
-                .replace(&format!(":{}/", admin_port()), &format!(":{}/", proxy.port)),
+            &through_port(&db.ingest_url().await, proxy.port),
         ),
         ("MASKING_KEY", TEST_KEY),
     ])

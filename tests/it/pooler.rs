@@ -195,10 +195,7 @@ async fn six_function_processes_through_pgbouncer_in_transaction_mode_write_the_
         .unwrap()
         .to_owned();
     let bouncer = PgBouncer::start_for(admin_port(), 2, &[&role]);
-    let url = ingest.replace(
-        &format!(":{}/", admin_port()),
-        &format!(":{}/", bouncer.port),
-    );
+    let url = through_port(&ingest, bouncer.port);
     let api = RuntimeApi::start().await;
     for (i, event) in batches.iter().enumerate() {
         api.push(&format!("req-{i}"), event);

@@ -799,12 +799,12 @@ async fn a_rotation_right_after_another_finishes_whatever_the_statistics_say() {
             "ALTER TABLE user_logins_pii_vault SET (autovacuum_enabled = off); \
              INSERT INTO user_logins_pii_vault (kind, token, key_id, nonce, ciphertext, key_version, aad_version) \
              SELECT k, encode(sha256((k || g)::bytea), 'hex'), 'test', decode(repeat('00', 12), 'hex'), '\\x00', 1, 2 \
-             FROM generate_series(1, 10000) g, (VALUES ('ip'), ('device_id')) AS kinds(k); \
+             FROM generate_series(1, 20000) g, (VALUES ('ip'), ('device_id')) AS kinds(k); \
              INSERT INTO user_logins (user_id, device_type, masked_ip, masked_device_id, locale, app_version, \
                app_version_text, create_date, message_id, sent_at) \
              SELECT 'u' || g, 'android', encode(sha256(g::text::bytea), 'hex'), encode(sha256((-g)::text::bytea), 'hex'), \
                'RU', 2003000, '2.3.0', current_date, 'm' || g, now() \
-             FROM generate_series(1, 30000) g",
+             FROM generate_series(1, 60000) g",
         )
         .await
         .unwrap();
@@ -831,7 +831,7 @@ async fn a_rotation_right_after_another_finishes_whatever_the_statistics_say() {
         }
     }
     let first = rotate(&db, 2, RekeyOptions::default()).await;
-    assert_eq!((first.rows, first.vault_entries), (30_000, 20_000));
+    assert_eq!((first.rows, first.vault_entries), (60_000, 40_000));
 
     let mut c = connect(&db.role_url(Role::Rotate).await).await;
     c.batch_execute("SET statement_timeout = '10s'")
@@ -848,7 +848,7 @@ async fn a_rotation_right_after_another_finishes_whatever_the_statistics_say() {
     .await
     .expect("the second rotation, with the statistics of before the first");
     assert_eq!((second.from, second.to), (2, 3));
-    assert_eq!((second.rows, second.vault_entries), (30_000, 20_000));
+    assert_eq!((second.rows, second.vault_entries), (60_000, 40_000));
     let left: i64 = admin
         .query_one(
             "SELECT (SELECT count(*) FROM user_logins WHERE key_version <> 3) \
