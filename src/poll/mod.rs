@@ -362,7 +362,10 @@ async fn serve_health(
             // mended): on an idle queue no batch would clear it.
             let asked = async {
                 let deadline = Instant::now() + KEYS_AT_START_WITHIN;
-                checker.verify(&mut probe, Some(deadline)).await
+                probe
+                    .batch_keys(&checker, Some(deadline), false)
+                    .await
+                    .map(|_| ())
             };
             if let Some(why) = &refused
                 && matches!(

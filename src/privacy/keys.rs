@@ -1,5 +1,7 @@
 //! The keys a batch is masked with, and the erasure list it is filtered by:
-//! what the batch handler asks once per batch ([`Keys::for_batch`]).
+//! what the batch handler asks once per batch. The ingest sink reads the
+//! list and hands it here ([`Keys::against`]); what this returns to record,
+//! the sink records: nothing here reads the database.
 //!
 //! A warm environment holds every key version it read at cold start. The
 //! database says which version writes are at (`login-etl rotate-key` moves
@@ -105,34 +107,6 @@ pub fn redrive_floor(
     }
 }
 
-/// Where a batch's keys are checked and its erasure list read: the
-/// database, through the ingest sink (`PgSink` implements it), so that
-/// this room needs nothing of the rooms above it.
-pub trait KeyStore {
-    /// The erasure list, its versions and what the database records of the
-    /// keys (a cached list when nothing changed).
-    fn erased_users(
-        &mut self,
-        deadline: Option<Instant>,
-    ) -> impl Future<Output = Result<ErasureList, SinkError>> + Send;
-
-    /// Records the check values of key `version` (`masking`, `erasure`
-    /// where checked) or compares them with those recorded (`LE004` when
-    /// they differ).
-    fn check_keys(
-        &mut self,
-        version: u16,
-        masking: &str,
-        erasure: Option<&str>,
-        deadline: Option<Instant>,
-    ) -> impl Future<Output = Result<(), SinkError>> + Send;
-
-    /// Drops the list held in memory: the next [`KeyStore::erased_users`]
-    /// reads the database again (a refusal from what it held may be
-    /// mended there since).
-    fn forget_list(&mut self);
-}
-
 /// The erasure key's mismatch explained by its usual causes, which are
 /// settings, not a replaced secret (whose advice the database's refusal
 /// gives): this environment has no erasure key where the list is keyed
@@ -161,6 +135,18 @@ fn erasure_mismatch(list: &ErasureList, masker: &Masker, mine: &str) -> Option<S
         });
     }
     None
+}
+
+/// Check values of key `version` the database must record (or compare
+/// with those it has: `LE004` when they differ) before a batch writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChecksToRecord {
+    /// The key version.
+    pub version: u16,
+    /// The masking key's check value.
+    pub masking: String,
+    /// The erasure key's, where the list is checked.
+    pub erasure: Option<String>,
 }
 
 /// Every key version known to this environment, and how to read them again.
@@ -210,37 +196,20 @@ impl Keys {
         }
     }
 
-    /// The erasure list and its versions, and the masker at the database's
-    /// key version, its keys checked against the values the database
-    /// records (recorded first when it has none; a mismatch is refused, as
-    /// it would write tokens or user keys that match nothing stored).
-    pub async fn for_batch(
+    /// The batch's keys against `list` (the erasure list and what the
+    /// database records of the keys): the masker at the database's key
+    /// version, its check values compared with those recorded. A mismatch
+    /// is refused, as it would write tokens or user keys that match nothing
+    /// stored. The check values are returned for the caller to hand the
+    /// database ([`ChecksToRecord`]) before it writes: with `record` (a
+    /// batch's) where it lacks them or they differ; without (`login-etl
+    /// poll`'s start) only where they differ, for the database to refuse,
+    /// so that a database with no values yet passes and records nothing.
+    pub async fn against(
         &self,
-        sink: &mut impl KeyStore,
-        deadline: Option<Instant>,
-    ) -> Result<BatchKeys, SinkError> {
-        self.checked(sink, deadline, true).await
-    }
-
-    /// What [`Keys::for_batch`] would refuse, asked before any batch
-    /// (`login-etl poll`'s start): the same comparison with what the
-    /// database records, recording nothing (a database with no values yet
-    /// passes; the first batch records them).
-    pub async fn verify(
-        &self,
-        sink: &mut impl KeyStore,
-        deadline: Option<Instant>,
-    ) -> Result<(), SinkError> {
-        self.checked(sink, deadline, false).await.map(|_| ())
-    }
-
-    async fn checked(
-        &self,
-        sink: &mut impl KeyStore,
-        deadline: Option<Instant>,
+        list: ErasureList,
         record: bool,
-    ) -> Result<BatchKeys, SinkError> {
-        let list = sink.erased_users(deadline).await?;
+    ) -> Result<(BatchKeys, Option<ChecksToRecord>), SinkError> {
         let mut masker = self.at(list.versions.key).await?;
         if list.checks.erasure_derived && !masker.users().is_derived() {
             // The list predates erasure keys: its user keys are derived
@@ -253,7 +222,6 @@ impl Keys {
         }
         let (mine_m, mine_e) = (masker.check(), masker.users().check());
         if let Some(refused) = erasure_mismatch(&list, &masker, mine_e.as_str()) {
-            sink.forget_list();
             return Err(refused);
         }
         let recorded = |r: &Option<String>, mine: &str| r.as_deref() == Some(mine);
@@ -267,20 +235,21 @@ impl Keys {
             differs(&list.checks.masking, mine_m.as_str())
                 || erasure.is_some_and(|e| differs(&list.checks.erasure, e))
         };
-        if check {
-            // Recorded (the next batch reloads the list with them). The
-            // batch keeps this list's versions, which its masker matches;
-            // a rotation since is caught by the write's own check.
-            let key = list.versions.key;
-            sink.check_keys(key, mine_m.as_str(), erasure, deadline)
-                .await?;
-        }
+        // To record (the next batch reloads the list with them). The
+        // batch keeps this list's versions, which its masker matches; a
+        // rotation since is caught by the write's own check.
+        let to_record = check.then(|| ChecksToRecord {
+            version: list.versions.key,
+            masking: mine_m.as_str().to_owned(),
+            erasure: erasure.map(str::to_owned),
+        });
         let floor = redrive_floor(list.versions.key, list.key_changed_at, chrono::Utc::now());
-        Ok(BatchKeys {
+        let keys = BatchKeys {
             versions: list.versions,
             erased: list.users,
             masker: masker.with_redrive_floor(floor),
-        })
+        };
+        Ok((keys, to_record))
     }
 
     fn held(&self) -> Arc<Masker> {

@@ -27,9 +27,10 @@
 //! What it may call: the contract (the row it masks,
 //! [`crate::contract::LoginRow`]); the partition list of
 //! [`crate::table::maintain`] and the migration's lock key (re-key and
-//! erasure walk the partitions, never while `maintain` moves one). The
-//! database reads a batch's keys need come through [`keys::KeyStore`],
-//! which the ingest sink implements: nothing here names the ingest path.
+//! erasure walk the partitions, never while `maintain` moves one). A
+//! batch's keys are checked against the erasure list the ingest sink read
+//! and hands down ([`keys::Keys::against`]); the sink records what that
+//! returns: nothing here names the ingest path.
 
 #[cfg(feature = "service")]
 pub mod audit;

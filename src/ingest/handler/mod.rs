@@ -115,13 +115,14 @@ impl BatchHandler {
     /// within `within` and recording nothing: `login-etl poll`'s start.
     pub async fn verify_keys(&self, within: Duration) -> Result<(), SinkError> {
         let mut sink = self.sink().await;
-        self.keys
-            .verify(&mut *sink, Some(Instant::now() + within))
+        sink.batch_keys(&self.keys, Some(Instant::now() + within), false)
             .await
+            .map(|_| ())
     }
 
     /// The keys, for a check outside any batch (the consumer's probe
-    /// asking again what its start refused: [`Keys::verify`]).
+    /// asking again what its start refused: `PgSink::batch_keys` without
+    /// recording).
     pub fn key_checker(&self) -> Arc<Keys> {
         Arc::clone(&self.keys)
     }

@@ -91,7 +91,7 @@ impl Transform<'_> {
         // checked by the write). When the database fails before the write
         // begins, every record is still validated with the newest key held,
         // so the rejects reach the DLQ all the same; nothing is written.
-        let (keys, mut early) = match self.keys.for_batch(sink, self.deadline).await {
+        let (keys, mut early) = match sink.batch_keys(self.keys, self.deadline, true).await {
             Ok(keys) => (keys, None),
             Err(e) => (self.keys.unchecked(), Some(e)),
         };
@@ -256,7 +256,7 @@ impl Transform<'_> {
     ) -> Result<InsertReport, SinkError> {
         for _ in 0..3 {
             sink.forget_erased();
-            let keys = self.keys.for_batch(sink, self.deadline).await?;
+            let keys = sink.batch_keys(self.keys, self.deadline, true).await?;
             self.drop_erased(&keys, out)?;
             let vault = self.vault.map(|key| VaultWrite {
                 key,

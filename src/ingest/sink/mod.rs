@@ -61,6 +61,7 @@ use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 use tracing::warn;
 
+use crate::privacy::keys::{BatchKeys, Keys};
 pub use crate::privacy::keys::{ErasureList, KeyChecks, Versions};
 pub use budget::{Budget, CONFLICT_RETRIES, DEADLINE_MARGIN};
 pub use columns::{Columns, array_placeholders};
@@ -419,6 +420,32 @@ impl PgSink {
         }
     }
 
+    /// A batch's keys: the erasure list (cached), `keys` checked against
+    /// it, and the check values the database lacks recorded before anything
+    /// is written with them ([`Keys::against`]). Without `record` only a
+    /// difference is refused (`login-etl poll`'s start). A refusal drops
+    /// the cached list: what it held may be mended in the database since.
+    pub async fn batch_keys(
+        &mut self,
+        keys: &Keys,
+        deadline: Option<Instant>,
+        record: bool,
+    ) -> Result<BatchKeys, SinkError> {
+        let list = self.erased_users(deadline).await?;
+        let (batch, to_record) = match keys.against(list, record).await {
+            Ok(checked) => checked,
+            Err(refused) => {
+                self.forget_erased();
+                return Err(refused);
+            }
+        };
+        if let Some(c) = to_record {
+            self.check_keys(c.version, &c.masking, c.erasure.as_deref(), deadline)
+                .await?;
+        }
+        Ok(batch)
+    }
+
     /// Client-side bound of one operation: the server's bound plus room to connect.
     fn per_operation(&self) -> Duration {
         self.statement_timeout + self.connector.connect_timeout()
@@ -479,25 +506,5 @@ impl PgSink {
         {
             self.client = None;
         }
-    }
-}
-
-impl crate::privacy::keys::KeyStore for PgSink {
-    async fn erased_users(&mut self, deadline: Option<Instant>) -> Result<ErasureList, SinkError> {
-        PgSink::erased_users(self, deadline).await
-    }
-
-    async fn check_keys(
-        &mut self,
-        version: u16,
-        masking: &str,
-        erasure: Option<&str>,
-        deadline: Option<Instant>,
-    ) -> Result<(), SinkError> {
-        PgSink::check_keys(self, version, masking, erasure, deadline).await
-    }
-
-    fn forget_list(&mut self) {
-        self.forget_erased();
     }
 }
