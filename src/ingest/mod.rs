@@ -11,7 +11,7 @@
 //!   their originals sealed;
 //! - [`redrive`]: `login-etl dlq-redrive`, the originals sent back;
 //! - [`backoff`]: per-message visibility backoff after an infrastructure failure;
-//! - [`sqs_batch`]: how SQS's batch calls are cut (ten entries, 1 MiB);
+//! - [`sqs_batch`]: how SQS's batch calls are cut (ten entries, 900 KiB a send);
 //! - [`metrics`]: the summary as a CloudWatch EMF document.
 //!
 //! What it may call: [`crate::privacy`] for the batch's keys (masker, key

@@ -123,7 +123,8 @@ pub async fn redrive(
     let mut seen = std::collections::HashSet::new();
     loop {
         let want = options.max.map_or(PER_CALL, |m| {
-            m.saturating_sub(report.received).min(10) as i32
+            m.saturating_sub(report.received)
+                .min(sqs_batch::MAX_ENTRIES as u64) as i32
         });
         if want == 0 {
             break;

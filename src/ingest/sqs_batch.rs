@@ -52,8 +52,11 @@ mod tests {
         assert_eq!(batches([400 * k, 400 * k, 400 * k]), [0..2, 2..3]);
         assert_eq!(batches([950 * k, 10, 10]), [0..1, 1..3]);
         assert_eq!(batches([10, 950 * k, 10]), [0..1, 1..2, 2..3]);
-        // Both bounds: bytes first, then count.
+        // Both bounds: bytes, then count.
         let sizes: Vec<usize> = std::iter::repeat_n(100 * k, 12).collect();
         assert_eq!(batches(sizes), [0..9, 9..12]);
+        let mut sizes = vec![950 * k];
+        sizes.extend(std::iter::repeat_n(1, 11));
+        assert_eq!(batches(sizes), [0..1, 1..11, 11..12]);
     }
 }

@@ -71,7 +71,7 @@ pub use writer::BatchWriter;
 
 use crate::contract::LoginRow;
 use crate::database::Connector;
-use crate::error::{SinkError, describe};
+use crate::error::{Misconfiguration, SinkError, describe};
 use crate::privacy::erased::ErasedUsers;
 use crate::privacy::vault::VaultWrite;
 use crate::table::schema::{self, Profile};
@@ -423,8 +423,10 @@ impl PgSink {
     /// A batch's keys: the erasure list (cached), `keys` checked against
     /// it, and the check values the database lacks recorded before anything
     /// is written with them ([`Keys::against`]). Without `record` only a
-    /// difference is refused (`login-etl poll`'s start). A refusal drops
-    /// the cached list: what it held may be mended in the database since.
+    /// difference is refused (`login-etl poll`'s start). An erasure key
+    /// that does not match the list drops the cached list: what it held may
+    /// be mended in the database since (a key version behind may not: the
+    /// list already names the newer one).
     pub async fn batch_keys(
         &mut self,
         keys: &Keys,
@@ -435,7 +437,15 @@ impl PgSink {
         let (batch, to_record) = match keys.against(list, record).await {
             Ok(checked) => checked,
             Err(refused) => {
-                self.forget_erased();
+                if matches!(
+                    refused,
+                    SinkError::Misconfigured {
+                        what: Misconfiguration::KeyMismatch,
+                        ..
+                    }
+                ) {
+                    self.forget_erased();
+                }
                 return Err(refused);
             }
         };
