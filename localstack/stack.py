@@ -310,7 +310,8 @@ def build_lock():
 # (the Makefile's OPENSSL_NO_VENDOR=1). The AWS artifact (`make sam-build`,
 # `make deploy`, and CI's arm64 build) is `sam build` with cargo lambda, the
 # full release profile and vendored OpenSSL.
-HOST_BUILD_ENV = {"OPENSSL_NO_VENDOR": os.environ.get("OPENSSL_NO_VENDOR", "1")}
+HOST_BUILD_ENV = {"OPENSSL_NO_VENDOR": os.environ.get("OPENSSL_NO_VENDOR", "1"),
+                  "CARGO_INCREMENTAL": os.environ.get("CARGO_INCREMENTAL", "0")}  # the Makefile's too
 
 
 def build() -> None:
