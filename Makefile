@@ -47,6 +47,12 @@ LAMBDA_ENV    := OPENSSL_NO_VENDOR=0
 # for the edit-compile loop; CARGO_INCREMENTAL=1 make … keeps it here too.
 export CARGO_INCREMENTAL ?= 0
 export SAM_CLI_TELEMETRY := 0
+# `make -n` still runs a recipe that names $(MAKE) (GNU make's rule for
+# sub-makes), and with .ONESHELL that is the whole recipe: such recipes
+# begin with this, which under -n says so and stops instead of running the
+# steps (with a dry-run MAKEFLAGS that their own tests would inherit).
+# MAKEFLAGS' first word holds the one-letter flags (empty without any).
+DRY_RUN_STOP = $(if $(findstring n,$(firstword -$(MAKEFLAGS))),@echo "make -n $@: its steps run sub-makes and programs of their own: a dry run would run them. Read its recipe in the Makefile instead"; exit 0)
 CARGO_FUZZ_VERSION := 0.13.2
 FUZZ_SECONDS  ?= 300
 # The tests' runner (.config/nextest.toml): at least this version, the
@@ -160,6 +166,7 @@ $(KEY_FILE):
 	echo "==> generated a local masking key in $(KEY_FILE)"
 
 test: ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambda), the template, LocalStack end to end; ends with each step's wall time
+	$(DRY_RUN_STOP)
 	@# Each step's wall time, printed at the end (also when a step fails), so
 	@# that a slower suite shows in every run.
 	timings=(); pids=(); started=$$(date +%s%3N); rm -f "$(TEST_FAILURES)"
@@ -403,6 +410,7 @@ image: container-tools ## the consumer's container image (FROM scratch, static b
 	echo "==> $(IMAGE): $$((bytes / 1024 / 1024)) MiB ($$bytes bytes): the binary and the CA bundle"
 
 container-check: ## CI: make image without the optimizer (dependencies kept in CI_CACHE), then tests/test_container.py against it
+	$(DRY_RUN_STOP)
 	@dir="$(CI_CACHE)/container-check"
 	mkdir -p "$$dir"
 	$(MAKE) --no-print-directory image IMAGE_TARGET_DIR="$$dir" IMAGE=localhost/login-etl:check \
@@ -459,11 +467,13 @@ dist: build-tools $(if $(filter 0,$(IMAGES)),,container-tools) ## the release in
 	  CYCLONEDX='$(CYCLONEDX_ROOT)/bin/cargo-cyclonedx' CONTAINER_ENGINE='$(CONTAINER_ENGINE)' PODMAN_ENV='$(PODMAN_ENV)' release/dist.sh
 
 dist-check: ## CI: make dist without the optimizer (dependencies kept in CI_CACHE) and the previous release; CI runs make test-dist after make test
+	$(DRY_RUN_STOP)
 	@$(MAKE) --no-print-directory dist DIST_TARGET_DIR="$(CI_CACHE)/dist-check" \
 	  DIST_CARGO_ENV='CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16'
 	$(MAKE) --no-print-directory previous-release
 
 test-dist: python-tools localstack-tools previous-release ## tests/test_dist.py over dist/ (checksums, the artifacts, the quick start and a redeploy in LocalStack with no Rust on the PATH), then the image archive's poll check
+	$(DRY_RUN_STOP)
 	@pidfile=$${LOCALSTACK_STATE:-.localstack}/localstack.pid
 	if [ -f "$$pidfile" ] && kill -0 "$$(cat "$$pidfile")" 2>/dev/null; then ours=0; else ours=1; fi
 	trap '[ $$ours = 1 ] && localstack/down.sh' EXIT; trap 'exit 130' INT TERM
@@ -544,17 +554,20 @@ events-large: ## write a 10,000-record batch to target/events/sqs-10000.json
 	ls -l target/events/sqs-10000.json
 
 demo: ## the main job: deploy to LocalStack, send 120 logins, watch the queue drain, show rows and DLQ
+	$(DRY_RUN_STOP)
 	@# The two venvs install while cargo builds the function (on a fresh machine each takes a minute or two).
 	$(MAKE) --no-print-directory -j3 host-build python-tools localstack-tools
 	localstack/up.sh
 	$(VENV)/bin/python localstack/stack.py demo
 
 demo-poll: ## the same job with `login-etl poll` (a long-running consumer) instead of Lambda
+	$(DRY_RUN_STOP)
 	$(MAKE) --no-print-directory -j3 host-build python-tools localstack-tools
 	localstack/up.sh
 	$(VENV)/bin/python localstack/stack.py demo-poll
 
 demo-watch: tools $(KEY_FILE) ## without LocalStack: the function under cargo lambda watch, invoked with every events/ file
+	$(DRY_RUN_STOP)
 	@step() { printf '\n\033[1m[%s/7] %s\033[0m\n' "$$1" "$$2"; }
 	step 1 "building the function"
 	cargo build --quiet --bin login-etl --example gen_events
