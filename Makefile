@@ -52,7 +52,9 @@ export SAM_CLI_TELEMETRY := 0
 # begin with this, which under -n says so and stops instead of running the
 # steps (with a dry-run MAKEFLAGS that their own tests would inherit).
 # MAKEFLAGS' first word holds the one-letter flags (empty without any).
-DRY_RUN_STOP = $(if $(findstring n,$(firstword -$(MAKEFLAGS))),@echo "make -n $@: its steps run sub-makes and programs of their own: a dry run would run them. Read its recipe in the Makefile instead"; exit 0)
+# Otherwise it is `@:`: with .ONESHELL an @ on the first line keeps the
+# whole recipe from being echoed, as these recipes' own first lines did.
+DRY_RUN_STOP = @$(if $(findstring n,$(firstword -$(MAKEFLAGS))),echo "make -n $@: its steps run sub-makes and programs of their own: a dry run would run them. Read its recipe in the Makefile instead"; exit 0,:)
 CARGO_FUZZ_VERSION := 0.13.2
 FUZZ_SECONDS  ?= 300
 # The tests' runner (.config/nextest.toml): at least this version, the

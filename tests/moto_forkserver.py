@@ -23,12 +23,10 @@ from werkzeug.serving import make_server
 
 from moto.server import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 
-# What the tests call: imported (and their botocore models loaded) here,
-# once, instead of in every child on its first request.
-WARM = ("sqs", "secretsmanager", "kms", "sts")
-
-
 def warm() -> None:
+    """One request to each service the tests call: imported (and their
+    botocore models loaded) here, once, instead of in every child on its
+    first request."""
     from werkzeug.test import Client
 
     client = Client(DomainDispatcherApplication(create_backend_app))
