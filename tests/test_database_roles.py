@@ -367,8 +367,7 @@ def test_doctor_passes_a_sound_deployment_and_names_each_break_with_its_fix(srv)
         assert maintain.returncode == 0, maintain.stderr
         assert doctor(RETENTION_DAYS="30")[0] == 0
         # A schema this binary is newer than.
-        psql(admin, "ALTER FUNCTION login_etl_schema_version() RENAME TO login_etl_schema_version_was")
-        psql(admin, "CREATE FUNCTION login_etl_schema_version() RETURNS integer LANGUAGE sql AS 'SELECT 3'")
+        psql(admin, "UPDATE user_logins_schema SET version = 3")
         code, report = doctor()
         assert code == 1 and any(f["check"] == "schema_version" and "pending" in f["problem"]
                                  for f in report["findings"]), report  # fmt: skip
@@ -542,7 +541,7 @@ def test_the_readme_block_runs_twice_on_a_hardened_database_and_every_role_works
         assert done.returncode == 0 and "no privileges were granted" not in out, out
         for r in ROLE_KINDS:
             assert psql(srv.admin(name), f"SELECT has_schema_privilege('{name}_{r}', 'public', 'USAGE')") == "t", r
-        assert psql(srv.admin(name), "SELECT login_etl_profile()") == "full"
+        assert psql(srv.admin(name), "SELECT profile FROM user_logins_schema") == "full"
         assert psql(srv.admin(name), "SELECT to_regclass('user_logins_pii_vault') IS NOT NULL") == "t"
         assert psql(srv.admin(name), "SELECT count(*) FROM user_logins") == str(records)
         # doctor finds every one of the seven roles holding exactly its kind's.

@@ -123,7 +123,9 @@ async fn doctor_as_a_superuser_names_each_tampering_and_runs_nothing_of_the_sche
         .get(0);
     assert!(!escalated);
     for (check, subject) in [
-        ("schema_version", "login_etl_schema_version()"),
+        // Kept for 0.2.0's binaries, made from its file: a replaced body
+        // is named as any function's.
+        ("functions", "login_etl_schema_version()"),
         ("functions", "login_etl_partitions()"),
         ("functions", "login_etl_backdoor()"),
         ("triggers", "user_logins_erased_no_delete"),
@@ -312,5 +314,65 @@ async fn twins_strangers_and_a_lock_without_its_row_are_named_and_migrate_mends_
     assert!(
         erased_ok,
         "the WHEN (false) twin was made again as login-etl makes it"
+    );
+}
+
+/// The schema's record (`user_logins_schema`) replaced by a view whose
+/// column runs the owner's code: doctor, run as a superuser, does not read
+/// it (its code never runs), names it, and reads the record again once the
+/// table is back.
+#[tokio::test]
+async fn a_view_in_place_of_the_schema_record_is_named_and_never_read() {
+    let db = TestDb::create().await;
+    let owner_url = db.role_url(Role::Migrate).await;
+    startup::migrate(&db_config(&owner_url), login_etl::profile::Profile::Full)
+        .await
+        .expect("the migrate role migrates");
+    let admin = db.client().await; // a superuser
+    let today = chrono::Utc::now().date_naive();
+    admin
+        .batch_execute(
+            "CREATE TABLE public.doctor_ran (who text); GRANT INSERT ON public.doctor_ran TO PUBLIC",
+        )
+        .await
+        .unwrap();
+    let owner = connect(&owner_url).await;
+    owner
+        .batch_execute(
+            "CREATE FUNCTION login_etl_noted() RETURNS integer LANGUAGE plpgsql AS $$ \
+             BEGIN INSERT INTO public.doctor_ran VALUES (current_user); RETURN 21; END $$; \
+             ALTER TABLE user_logins_schema RENAME TO user_logins_schema_was; \
+             CREATE VIEW user_logins_schema AS SELECT true AS one, login_etl_noted() AS version, \
+               profile, functions, migrated_at FROM user_logins_schema_was",
+        )
+        .await
+        .unwrap();
+    let report = examine(&admin, today, None).await.expect("doctor runs");
+    let ran: i64 = admin
+        .query_one("SELECT count(*) FROM public.doctor_ran", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ran, 0, "doctor read the view");
+    assert!(
+        report.findings.iter().any(|f| f.check == "schema_version"
+            && f.subject == "table user_logins_schema"
+            && f.problem.contains("not a plain table")),
+        "{:#?}",
+        report.findings
+    );
+
+    owner
+        .batch_execute(
+            "DROP VIEW user_logins_schema; DROP FUNCTION login_etl_noted(); \
+             ALTER TABLE user_logins_schema_was RENAME TO user_logins_schema",
+        )
+        .await
+        .unwrap();
+    let mended = examine(&admin, today, None).await.unwrap();
+    assert!(
+        !mended.findings.iter().any(|f| f.check == "schema_version"),
+        "{:#?}",
+        mended.findings
     );
 }

@@ -129,6 +129,7 @@ async fn a_database_migrated_by_an_older_version_is_a_schema_to_migrate() {
         "DROP FUNCTION login_etl_write(bigint, integer, integer, {}); \
          DROP FUNCTION login_etl_write(bigint, integer, integer, varchar[], varchar[], varchar[], \
          varchar[], varchar[], varchar[], integer[], varchar[], date[], timestamptz[], smallint[], jsonb[]); \
+         DROP TABLE user_logins_schema; \
          CREATE OR REPLACE FUNCTION login_etl_schema_version() RETURNS integer \
          LANGUAGE sql IMMUTABLE AS $$ SELECT 8 $$",
         login_etl::contract::columns::array_types()

@@ -16,6 +16,7 @@ use login_etl::table::maintain::MaintainOptions;
 use login_etl::table::privileges::FULL_ONLY_TABLES;
 use login_etl::table::schema::MigrateOptions;
 use login_etl::table::schema::functions::{FUNCTION_FILES, PROFILE_FUNCTION};
+use login_etl::table::schema::state;
 use login_etl::{Deadline, SqsBatch, startup};
 use tokio_postgres::Client;
 
@@ -78,12 +79,22 @@ async fn full_only_objects(client: &Client) -> Vec<String> {
     found
 }
 
+/// The profile migrate recorded, which the one 0.2.0's binaries read from
+/// `login_etl_profile()`'s body agrees with.
 async fn profile_of(client: &Client) -> String {
-    client
+    let recorded = state::read(client).await.unwrap().expect("recorded");
+    let legacy: String = client
         .query_one(&format!("SELECT {PROFILE_FUNCTION}()"), &[])
         .await
         .unwrap()
-        .get(0)
+        .get(0);
+    let recorded = recorded
+        .profile
+        .expect("a known profile")
+        .as_str()
+        .to_owned();
+    assert_eq!(legacy, recorded, "0.2.0's marker and the record agree");
+    recorded
 }
 
 fn batch(seed: u64, count: usize) -> aws_lambda_events::event::sqs::SqsEvent {
@@ -247,7 +258,8 @@ async fn widening_to_the_full_profile_is_online_keeps_every_row_and_is_never_und
     assert_eq!(profile_of(&admin).await, "full");
     admin
         .batch_execute(&format!(
-            "CREATE OR REPLACE FUNCTION {PROFILE_FUNCTION}() RETURNS text LANGUAGE sql AS $$ SELECT 'masking'::text $$"
+            "UPDATE user_logins_schema SET profile = 'masking'; \
+             CREATE OR REPLACE FUNCTION {PROFILE_FUNCTION}() RETURNS text LANGUAGE sql AS $$ SELECT 'masking'::text $$"
         ))
         .await
         .unwrap();
@@ -267,5 +279,85 @@ async fn widening_to_the_full_profile_is_online_keeps_every_row_and_is_never_und
     assert!(
         check_write.contains("user_logins_erased"),
         "the full profile's check stays"
+    );
+}
+
+/// The schema's version, profile and functions are what `migrate`
+/// recorded in `user_logins_schema`, never a function's body: bodies
+/// rewritten to say otherwise change neither (they are only no longer
+/// their files', which `migrate` mends), an older version recorded is a
+/// schema to migrate, and a masking-only database from before the record
+/// (0.2.0's) stays masking-only when migrated.
+#[tokio::test]
+async fn the_schema_state_is_the_owners_record_and_no_function_body() {
+    use login_etl::table::schema::{SCHEMA_VERSION, inspect};
+    let db = TestDb::create().await;
+    migrate(&db.url, Some(Profile::Masking)).await.unwrap();
+    let admin = db.client().await;
+    let fresh = inspect(&admin).await.unwrap();
+    assert_eq!(
+        (fresh.version, fresh.profile_found, fresh.functions),
+        (SCHEMA_VERSION, Some(Profile::Masking), true)
+    );
+    assert!(fresh.is_current());
+
+    // 0.2.0's markers rewritten: read by nobody of this version.
+    admin
+        .batch_execute(&format!(
+            "CREATE OR REPLACE FUNCTION login_etl_schema_version() RETURNS integer \
+             LANGUAGE sql IMMUTABLE AS $$ SELECT 999 $$; \
+             CREATE OR REPLACE FUNCTION {PROFILE_FUNCTION}() RETURNS text \
+             LANGUAGE sql IMMUTABLE AS $$ SELECT 'full'::text $$"
+        ))
+        .await
+        .unwrap();
+    let rewritten = inspect(&admin).await.unwrap();
+    assert_eq!(
+        (rewritten.version, rewritten.profile_found),
+        (SCHEMA_VERSION, Some(Profile::Masking))
+    );
+    assert!(!rewritten.functions, "a body that is not its file's");
+    assert!(migrate(&db.url, None).await.unwrap().contains("(applied)"));
+    let mended = inspect(&admin).await.unwrap();
+    assert!(mended.functions && mended.is_current());
+    assert_eq!(profile_of(&admin).await, "masking", "its body made again");
+
+    // An older version recorded: migrate applies the schema and records
+    // this one.
+    admin
+        .batch_execute(&format!(
+            "UPDATE user_logins_schema SET version = {}",
+            SCHEMA_VERSION - 1
+        ))
+        .await
+        .unwrap();
+    let older = inspect(&admin).await.unwrap();
+    assert_eq!(older.version, SCHEMA_VERSION - 1);
+    assert!(!older.is_current());
+    assert!(migrate(&db.url, None).await.unwrap().contains("(applied)"));
+    assert_eq!(inspect(&admin).await.unwrap().version, SCHEMA_VERSION);
+
+    // From before the record: no table. The owner's login_etl_profile()
+    // and no table of the full profile say masking-only; migrate keeps it
+    // so and records it.
+    admin
+        .batch_execute("DROP TABLE user_logins_schema")
+        .await
+        .unwrap();
+    let before = inspect(&admin).await.unwrap();
+    assert_eq!(
+        (before.version, before.profile_found, before.functions),
+        (0, Some(Profile::Masking), false)
+    );
+    assert_eq!(
+        login_etl::table::schema::profile(&admin).await.unwrap(),
+        Profile::Masking
+    );
+    assert!(migrate(&db.url, None).await.unwrap().contains("(applied)"));
+    assert_eq!(full_only_objects(&admin).await, Vec::<String>::new());
+    let recorded = state::read(&admin).await.unwrap().expect("recorded again");
+    assert_eq!(
+        (recorded.version, recorded.profile),
+        (SCHEMA_VERSION, Some(Profile::Masking))
     );
 }

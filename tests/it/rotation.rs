@@ -1213,6 +1213,7 @@ async fn roles_granted_before_the_registry_are_registered_and_keep_working_after
         .batch_execute(&format!(
             "DELETE FROM user_logins_roles; \
              REVOKE EXECUTE ON FUNCTION login_etl_store_vault({}) FROM \"{role}\"; \
+             DROP TABLE user_logins_schema; \
              CREATE OR REPLACE FUNCTION login_etl_schema_version() RETURNS integer \
              LANGUAGE sql IMMUTABLE AS $$ SELECT 9 $$",
             login_etl::table::schema::STORE_VAULT_ARGS

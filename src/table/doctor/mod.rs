@@ -201,27 +201,33 @@ async fn schema_version(
     report: &mut Report,
 ) -> Result<Option<i32>, tokio_postgres::Error> {
     report.checks.push("schema_version");
-    // Its body, read, never run: it may have been replaced by anything.
-    let body: Option<String> = client
-        .query_opt(
-            "SELECT p.prosrc FROM pg_catalog.pg_proc p \
-             WHERE p.oid = pg_catalog.to_regprocedure(pg_catalog.format('%I.%I()', pg_catalog.current_schema(), $1::text))",
-            &[&crate::table::schema::functions::SCHEMA_VERSION_FUNCTION],
-        )
-        .await?
-        .map(|r| r.get(0));
-    let version = match body.as_deref().map(version_in_body) {
-        None => None,
-        Some(Some(v)) => Some(v),
-        Some(None) => {
-            report.found(
-                "schema_version",
-                "function login_etl_schema_version()",
-                "has a body migrate does not write (it should be one SELECT of the version): replaced by hand".into(),
-                "as the migrate role: login-etl migrate (it writes it again)".into(),
-            );
-            // Examine the rest as this binary's version would be.
-            return Ok(Some(SCHEMA_VERSION));
+    // The owner's record, read as a plain table (state::read checks that
+    // first); no function of the schema runs.
+    let version = match crate::table::schema::state::read(client).await? {
+        Some(recorded) => Some(recorded.version),
+        None => {
+            // A schema migrated before the record (0.2.0) has the function
+            // whose body held its version: found, not run, not read.
+            let row = client
+                .query_one(
+                    "SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', \
+                         pg_catalog.current_schema(), 'user_logins_schema')) IS NOT NULL, \
+                     pg_catalog.to_regprocedure(pg_catalog.format('%I.%I()', \
+                         pg_catalog.current_schema(), $1::pg_catalog.text)) IS NOT NULL",
+                    &[&crate::table::schema::functions::SCHEMA_VERSION_FUNCTION],
+                )
+                .await?;
+            let (unreadable, legacy): (bool, bool) = (row.get(0), row.get(1));
+            if unreadable {
+                report.found(
+                    "schema_version",
+                    "table user_logins_schema",
+                    "is not a plain table doctor may read (a view in its place, row-level security, or PUBLIC's SELECT revoked): the schema's recorded version is unknown".into(),
+                    "as the migrate role: put back the table migrations/0021 makes (drop what stands in its place; GRANT SELECT ON user_logins_schema TO PUBLIC), then login-etl migrate".into(),
+                );
+                return Ok(Some(SCHEMA_VERSION)); // examine the rest as this version's
+            }
+            legacy.then_some(0)
         }
     };
     if let Some(finding) = version_finding(version, SCHEMA_VERSION) {
@@ -230,18 +236,16 @@ async fn schema_version(
     Ok(version)
 }
 
-/// The version a `login_etl_schema_version()` body migrate wrote holds
-/// (` SELECT 18 `), `None` for any other body.
-pub fn version_in_body(body: &str) -> Option<i32> {
-    body.trim().strip_prefix("SELECT ")?.trim().parse().ok()
-}
-
 /// A schema at `found` examined by a binary of `binary`.
 pub fn version_finding(found: Option<i32>, binary: i32) -> Option<Finding> {
     let (problem, fix) = match found {
         None => (
             "no login-etl schema in this database (or this role cannot see it)".to_owned(),
             "as the migrate role: login-etl migrate; or run doctor as the tables' owner".to_owned(),
+        ),
+        Some(0) => (
+            format!("the schema was migrated before login-etl 0.3.0 (it has no user_logins_schema), this binary's is at version {binary}: migrations are pending"),
+            "as the migrate role: login-etl migrate (online; docs/deploy.md \"Upgrading an existing table\")".to_owned(),
         ),
         Some(v) if v < binary => (
             format!("the schema is at version {v}, this binary's is {binary}: migrations are pending"),
@@ -544,13 +548,6 @@ mod tests {
     }
 
     #[test]
-    fn the_version_is_read_from_the_body_migrate_writes_and_nothing_else() {
-        assert_eq!(version_in_body(" SELECT 18 "), Some(18));
-        assert_eq!(version_in_body(" SELECT NULL::int "), None);
-        assert_eq!(version_in_body("BEGIN RETURN 18; END"), None);
-    }
-
-    #[test]
     fn versions_pending_newer_or_missing_are_findings() {
         assert_eq!(version_finding(Some(11), 11), None);
         assert!(
@@ -564,6 +561,12 @@ mod tests {
                 .unwrap()
                 .problem
                 .contains("newer")
+        );
+        assert!(
+            version_finding(Some(0), 11)
+                .unwrap()
+                .problem
+                .contains("before login-etl 0.3.0")
         );
         assert!(
             version_finding(None, 11)

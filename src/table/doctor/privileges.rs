@@ -177,7 +177,9 @@ async fn standing(
 
 /// PUBLIC's privileges on login-etl's tables, columns and functions (a
 /// function's default, with no ACL, is PUBLIC's EXECUTE): every role of
-/// the server would hold them.
+/// the server would hold them. All but the one migrations/0021 gives:
+/// SELECT on `user_logins_schema`, the schema's recorded version and
+/// profile, which every role's guard and doctor read.
 async fn public_grants(client: &Client, report: &mut Report) -> Result<(), tokio_postgres::Error> {
     let rows = client
         .query(
@@ -185,6 +187,7 @@ async fn public_grants(client: &Client, report: &mut Report) -> Result<(), tokio
              SELECT CASE c.relkind WHEN 'S' THEN 'sequence' ELSE 'table' END, c.relname::text, NULL::text, a.privilege_type \
                FROM pg_class c CROSS JOIN LATERAL aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a \
               WHERE c.relnamespace = (SELECT oid FROM n) AND c.relname LIKE 'user\\_logins%' AND a.grantee = 0 \
+                AND (c.relname, a.privilege_type) <> ('user_logins_schema', 'SELECT') \
              UNION ALL \
              SELECT 'column', c.relname::text, t.attname::text, a.privilege_type \
                FROM pg_attribute t JOIN pg_class c ON c.oid = t.attrelid CROSS JOIN LATERAL aclexplode(t.attacl) a \

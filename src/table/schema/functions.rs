@@ -83,6 +83,7 @@ pub const FUNCTION_FILES: &[FunctionFile] = function_files![
     "login_etl_key_state",
     "login_etl_lock_shared",
     "login_etl_partitions",
+    "login_etl_profile",
     "login_etl_purge_default",
     "login_etl_purge_vault",
     "login_etl_put_back_vault",
@@ -96,6 +97,7 @@ pub const FUNCTION_FILES: &[FunctionFile] = function_files![
     "login_etl_relation",
     "login_etl_reveal",
     "login_etl_reveal_request",
+    "login_etl_schema_version",
     "login_etl_store_vault",
     "login_etl_swap_default",
     "login_etl_switch_key",
@@ -106,23 +108,23 @@ pub const FUNCTION_FILES: &[FunctionFile] = function_files![
 /// What the masking-only profile makes in place of the file of the same
 /// name (a test checks each has one, with the same signatures and roles).
 pub const MASKING_FILES: &[FunctionFile] =
-    function_files_in!("masking/", ["login_etl_check_write"]);
+    function_files_in!("masking/", ["login_etl_check_write", "login_etl_profile"]);
 
-/// The name of the function that says which profile a database has (its
-/// body: `'masking'` or `'full'`; a database without it is full, as every
-/// one from before profiles is). Written by [`schema_version_sql`].
+/// The function whose body says which profile a database has (`'masking'`
+/// or `'full'`), for 0.2.0's binaries, which read it; later ones read
+/// `user_logins_schema` ([`super::state`]). Goes after 0.3.0.
 pub const PROFILE_FUNCTION: &str = "login_etl_profile";
 
-/// The name of the function that says which migrations a database is at
-/// (its body: the version) and which function files (its comment: the tag
-/// of them all). Written by [`schema_version_sql`], not by a file.
+/// The function whose body says which migrations a database is at, for
+/// 0.2.0's binaries, which read it (see [`PROFILE_FUNCTION`]).
 pub const SCHEMA_VERSION_FUNCTION: &str = "login_etl_schema_version";
 
 impl FunctionFile {
     /// Its text, with the contract's columns filled in where it names them
     /// (`{{columns}}`, `{{array_arguments}}`, `{{array_names}}`,
     /// `{{select_list}}`: the write function, see
-    /// [`crate::contract::columns`]).
+    /// [`crate::contract::columns`]) and the schema's version
+    /// (`{{schema_version}}`: [`super::SCHEMA_VERSION`]).
     pub fn text(&self) -> Cow<'static, str> {
         use crate::contract::columns;
         if !self.sql.contains("{{") {
@@ -133,7 +135,8 @@ impl FunctionFile {
                 .replace("{{columns}}", &columns::names())
                 .replace("{{array_arguments}}", &columns::array_arguments())
                 .replace("{{array_names}}", &columns::array_names())
-                .replace("{{select_list}}", &columns::select_list()),
+                .replace("{{select_list}}", &columns::select_list())
+                .replace("{{schema_version}}", &super::SCHEMA_VERSION.to_string()),
         )
     }
 
@@ -213,8 +216,8 @@ pub fn files(profile: Profile) -> Vec<&'static FunctionFile> {
 }
 
 /// The tag of every file of `profile`, the profile and the schema version
-/// together: the comment of [`SCHEMA_VERSION_FUNCTION`] once a migrate
-/// installed them.
+/// together: what a migrate that installed them records
+/// ([`super::state::record_sql`]).
 pub fn all_tag(schema_version: i32, profile: Profile) -> String {
     fn tags(profile: Profile) -> String {
         let mut all = String::from(profile.as_str());
@@ -231,18 +234,6 @@ pub fn all_tag(schema_version: i32, profile: Profile) -> String {
         Profile::Full => &*FULL,
     };
     tag_of(&format!("{tags}{schema_version}"))
-}
-
-/// The `CREATE` of [`SCHEMA_VERSION_FUNCTION`] (its body's number is what
-/// binaries of every version read) and of [`PROFILE_FUNCTION`].
-fn schema_version_create(schema_version: i32, profile: Profile) -> String {
-    format!(
-        "CREATE OR REPLACE FUNCTION {SCHEMA_VERSION_FUNCTION}() RETURNS integer\n\
-         LANGUAGE sql IMMUTABLE AS $$ SELECT {schema_version} $$;\n\
-         CREATE OR REPLACE FUNCTION {PROFILE_FUNCTION}() RETURNS text\n\
-         LANGUAGE sql IMMUTABLE AS $$ SELECT '{}'::text $$;",
-        profile.as_str()
-    )
 }
 
 /// A statement that runs `sql` unless `count` functions named `name` in
@@ -270,34 +261,35 @@ pub fn sync_sql(profile: Profile) -> String {
     out
 }
 
-/// [`SCHEMA_VERSION_FUNCTION`] at `schema_version`, unless it is current
-/// (its comment, which [`crate::table::privileges::apply_sql`] writes,
-/// carries [`all_tag`]): the migration's last statement before the
-/// privileges.
-pub fn schema_version_sql(schema_version: i32, profile: Profile) -> String {
-    unless_current(
-        SCHEMA_VERSION_FUNCTION,
-        &all_tag(schema_version, profile),
-        1,
-        &schema_version_create(schema_version, profile),
-    )
-}
-
 /// Each file's privileges as [`crate::table::privileges::apply_sql`] takes
-/// them, and the schema version's and profile's (nobody runs them:
-/// binaries read their bodies from the catalog).
-pub fn grants(
-    schema_version: i32,
-    profile: Profile,
-) -> Vec<(String, &'static str, Vec<&'static str>)> {
-    let mut out: Vec<(String, &'static str, Vec<&'static str>)> = files(profile)
+/// them: (tag, name, role kinds).
+pub fn grants(profile: Profile) -> Vec<(String, &'static str, Vec<&'static str>)> {
+    files(profile)
         .into_iter()
         .map(|f| (f.tag(), f.name, f.kinds()))
-        .collect();
-    let tag = all_tag(schema_version, profile);
-    out.push((tag.clone(), SCHEMA_VERSION_FUNCTION, Vec::new()));
-    out.push((tag, PROFILE_FUNCTION, Vec::new()));
-    out
+        .collect()
+}
+
+/// The functions of `profile` as two arrays, their names and their tags,
+/// and how many functions (overloads) they define: what the catalog holds
+/// when every one is its file's, unchanged (see [`super::inspect`]).
+pub fn expected(profile: Profile) -> &'static (Vec<String>, Vec<String>, i32) {
+    fn of(profile: Profile) -> (Vec<String>, Vec<String>, i32) {
+        let files = files(profile);
+        let overloads = files.iter().map(|f| f.overloads()).sum::<usize>();
+        (
+            files.iter().map(|f| f.name.to_owned()).collect(),
+            files.iter().map(|f| f.tag()).collect(),
+            i32::try_from(overloads).unwrap_or(i32::MAX),
+        )
+    }
+    static MASKING: LazyLock<(Vec<String>, Vec<String>, i32)> =
+        LazyLock::new(|| of(Profile::Masking));
+    static FULL: LazyLock<(Vec<String>, Vec<String>, i32)> = LazyLock::new(|| of(Profile::Full));
+    match profile {
+        Profile::Masking => &MASKING,
+        Profile::Full => &FULL,
+    }
 }
 
 #[cfg(test)]

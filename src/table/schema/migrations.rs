@@ -20,7 +20,7 @@ macro_rules! migration {
 /// data, in order (0001 creates or upgrades `user_logins`, 0004 its
 /// partition machinery, 0006 the key state, 0007 the DEFAULT partition's
 /// drains, 0010 the role registry, 0011 the declared extra fields, 0012
-/// each row's defects, 0013 the reader's kind, 0014 the retention floor, 0018 tokens only in the masked columns, 0019 locks only login-etl's roles hold).
+/// each row's defects, 0013 the reader's kind, 0014 the retention floor, 0018 tokens only in the masked columns, 0019 locks only login-etl's roles hold, 0021 the schema's recorded state).
 pub const MASKING_MIGRATION_SQL: &str = concat!(
     migration!("0001_user_logins"),
     "\n",
@@ -45,6 +45,8 @@ pub const MASKING_MIGRATION_SQL: &str = concat!(
     migration!("0018_tokens_only"),
     "\n",
     migration!("0019_locks"),
+    "\n",
+    migration!("0021_schema_state"),
 );
 
 /// The full profile's migrations from 0005 on: the tail both of its
@@ -91,6 +93,8 @@ macro_rules! full_from_0005 {
             migration!("0019_locks"),
             "\n",
             migration!("privacy/0020_rekey_record"),
+            "\n",
+            migration!("0021_schema_state"),
         )
     };
 }

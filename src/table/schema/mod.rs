@@ -10,6 +10,7 @@ pub mod convert;
 pub mod functions;
 mod indexes;
 mod migrations;
+pub mod state;
 pub mod triggers;
 
 pub use migrations::{MASKING_MIGRATION_SQL, MIGRATION_SQL, SIDE_TABLES_SQL, migration_sql};
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use tokio::time::timeout;
 use tokio_postgres::Client;
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 use tracing::warn;
 
 use crate::error::SinkError;
@@ -29,19 +30,20 @@ use crate::table::partitions::{Granularity, premake, set_granularity};
 use crate::table::privileges::{self, FunctionGrant, SCHEMA_WRITERS_SQL, schema_writers_fix};
 use crate::table::retry::{failed, with_lock_retries};
 
-/// The version [`MIGRATION_SQL`] leaves (`login_etl_schema_version()`):
-/// a database at an older one is migrated again.
-pub const SCHEMA_VERSION: i32 = 20;
+/// The version [`MIGRATION_SQL`] leaves (recorded in `user_logins_schema`,
+/// see [`state`]): a database at an older one is migrated again.
+pub const SCHEMA_VERSION: i32 = 21;
 
 /// The schema for `migrations` (all of [`migration_sql`], or part of it)
 /// in `profile`: the owner's functions from their files
-/// ([`functions::sync_sql`]), the migrations, the schema version and
-/// profile, its triggers enabled ([`triggers`]), then every function's
+/// ([`functions::sync_sql`]), the migrations, the schema's version,
+/// profile and functions recorded ([`state::record_sql`]), its triggers
+/// enabled ([`triggers`]), then every function's
 /// search path, revoke and grants and
 /// every registered role's privileges ([`privileges::apply_sql`]), for one
 /// transaction.
 pub fn schema_sql(migrations: &str, profile: Profile) -> String {
-    let grants = functions::grants(SCHEMA_VERSION, profile);
+    let grants = functions::grants(profile);
     let grants: Vec<FunctionGrant<'_>> = grants
         .iter()
         .map(|(tag, name, kinds)| FunctionGrant {
@@ -56,7 +58,7 @@ pub fn schema_sql(migrations: &str, profile: Profile) -> String {
         "{}\n{}\n{migrations}\n;\n{}\n{}\n{}",
         functions::sync_sql(profile),
         triggers::ensure_sql(true),
-        functions::schema_version_sql(SCHEMA_VERSION, profile),
+        state::record_sql(SCHEMA_VERSION, profile),
         triggers::ensure_sql(false),
         privileges::apply_sql(&grants, profile)
     )
@@ -72,50 +74,88 @@ pub const STORE_VAULT_ARGS: &str =
     "varchar,varchar,bytea,varchar[],varchar[],bytea[],bytea[],date[],smallint,smallint";
 
 /// What the catalog says about `user_logins`, read without taking any lock
-/// on the table, the xid floor (as text; the sink parses it, see
-/// `sink::tx::XidFloor`), the tag of the functions installed and who may
-/// create in the schema ([`SCHEMA_WRITERS_SQL`]).
+/// on the table: [`INSPECT_TABLES`], the xid floor (as text; the sink
+/// parses it, see `sink::tx::XidFloor`), what says which profile it has
+/// ([`PROFILE_FACTS_SQL`]), who may create in the schema
+/// ([`SCHEMA_WRITERS_SQL`]), the schema, whether its triggers are intact,
+/// and how many owner's functions carry their file's tag with the body it
+/// was made with, for each profile's files (`$3`..`$6`: see
+/// [`functions::expected`]).
 static INSPECT_SQL: LazyLock<String> = LazyLock::new(|| {
-    let profile = &*PROFILE_SQL;
+    let intact = |names: u8, tags: u8| {
+        format!(
+            "(SELECT count(*)::int4 FROM pg_proc p \
+               JOIN unnest(${names}::text[], ${tags}::text[]) AS f(name, tag) ON p.proname = f.name \
+              WHERE p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) \
+                AND obj_description(p.oid, 'pg_proc') = f.tag || ':' || md5(p.prosrc))"
+        )
+    };
     format!(
-        "{INSPECT_TABLES}, \
-         coalesce((SELECT obj_description(p.oid, 'pg_proc') \
-             = CASE {profile} WHEN 'masking' THEN $4 ELSE $2 END || ':' || md5(p.prosrc) \
-             FROM pg_proc p WHERE p.oid = to_regprocedure('{}()')), false), \
+        "{INSPECT_TABLES}, {}, \
          (SELECT s.writers FROM ({SCHEMA_WRITERS_SQL}) AS s(name, writers)), current_schema()::text, \
-         {profile}, {}",
-        functions::SCHEMA_VERSION_FUNCTION,
-        triggers::intact_sql()
+         {}, {}, {}",
+        *PROFILE_FACTS_SQL,
+        triggers::intact_sql(),
+        intact(3, 4),
+        intact(5, 6)
     )
 });
 
-/// The database's profile as an SQL expression: `full` where any table of
-/// the full profile is in the schema (whatever else says otherwise: a
-/// profile is never narrowed), `masking` where `login_etl_profile()` says
-/// so and is the tables' owner's, in their schema; `full` for any other
-/// `user_logins` login-etl installed (from before profiles); NULL where
-/// login-etl installed nothing (an upstream table is new to it).
-static PROFILE_SQL: LazyLock<String> = LazyLock::new(|| {
+/// Three facts of the catalog the database's profile is read from beside
+/// the recorded one ([`profile_of`]): whether any table of the full
+/// profile is in the schema; and, for a database migrated before
+/// `user_logins_schema` (0.2.0), whether the tables' owner made
+/// `login_etl_profile()` there (every profile since profiles had it), and
+/// whether `user_logins` is there with `login_etl_schema_version()`
+/// (login-etl made it, before profiles or since). The two legacy facts go
+/// after 0.3.0, with those functions.
+static PROFILE_FACTS_SQL: LazyLock<String> = LazyLock::new(|| {
     let full_tables: Vec<String> = privileges::FULL_ONLY_TABLES
         .iter()
         .map(|t| format!("to_regclass(format('%I.%I', current_schema(), '{t}')) IS NOT NULL"))
         .collect();
     format!(
-        "(CASE WHEN {} THEN 'full' \
-          WHEN EXISTS (SELECT 1 FROM pg_proc p WHERE p.proname = '{}' \
-               AND p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) \
-               AND p.proowner = (SELECT relowner FROM pg_class WHERE oid = to_regclass(format('%I.%I', current_schema(), 'user_logins'))) \
-               AND p.prosrc LIKE '%''masking''%') THEN 'masking' \
-          WHEN to_regclass(format('%I.%I', current_schema(), 'user_logins')) IS NOT NULL \
-               AND EXISTS (SELECT 1 FROM pg_proc p WHERE p.proname = '{}' \
-                   AND p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())) THEN 'full' END)",
+        "({}), \
+         EXISTS (SELECT 1 FROM pg_proc p WHERE p.proname = '{}' \
+             AND p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) \
+             AND p.proowner = (SELECT relowner FROM pg_class WHERE oid = to_regclass(format('%I.%I', current_schema(), 'user_logins')))), \
+         to_regclass(format('%I.%I', current_schema(), 'user_logins')) IS NOT NULL \
+             AND EXISTS (SELECT 1 FROM pg_proc p WHERE p.proname = '{}' \
+                 AND p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema()))",
         full_tables.join(" OR "),
         functions::PROFILE_FUNCTION,
         functions::SCHEMA_VERSION_FUNCTION
     )
 });
 
-/// [`INSPECT_SQL`]'s first ten columns.
+/// The database's profile: `full` where any table of the full profile is
+/// in the schema (whatever else says otherwise: a profile is never
+/// narrowed); else the one `migrate` recorded; else, for a database
+/// migrated before the record, `masking` where the owner made
+/// `login_etl_profile()` (a full one has the full tables) and `full` for
+/// any other `user_logins` login-etl made (from before profiles); `None`
+/// where login-etl made nothing (an upstream table is new to it).
+fn profile_of(
+    full_tables: bool,
+    recorded: Option<&state::Recorded>,
+    legacy_profile: bool,
+    legacy_version: bool,
+) -> Option<Profile> {
+    if full_tables {
+        return Some(Profile::Full);
+    }
+    if let Some(recorded) = recorded {
+        return Some(recorded.profile.unwrap_or(Profile::Full));
+    }
+    match (legacy_profile, legacy_version) {
+        (true, true) => Some(Profile::Masking),
+        (false, true) => Some(Profile::Full),
+        _ => None,
+    }
+}
+
+/// [`INSPECT_SQL`]'s first nine columns (`$1`, `$2`: the signatures of the
+/// vault's and the rows' write functions).
 const INSPECT_TABLES: &str = "SELECT \
     to_regclass('user_logins') IS NOT NULL, \
     (SELECT count(*) = 4 FROM pg_attribute WHERE attrelid = to_regclass('user_logins') \
@@ -137,16 +177,14 @@ const INSPECT_TABLES: &str = "SELECT \
     coalesce((SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass('user_logins')), false), \
     to_regclass('user_logins_partitioning') IS NOT NULL AND to_regclass('user_logins_default') IS NOT NULL \
         AND to_regclass('user_logins_key_state') IS NOT NULL \
-        AND to_regprocedure('login_etl_write(bigint,integer,integer,' || $3 || ')') IS NOT NULL \
+        AND to_regprocedure('login_etl_write(bigint,integer,integer,' || $2 || ')') IS NOT NULL \
         AND to_regprocedure('login_etl_drop_detached()') IS NOT NULL \
         AND to_regprocedure('login_etl_purge_default(date)') IS NOT NULL, \
     EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a \
         ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
         WHERE i.indrelid = to_regclass('user_logins') AND a.attname = 'message_id' \
         AND i.indisunique AND i.indnkeyatts = 1 AND i.indpred IS NULL AND i.indexprs IS NULL \
-        AND i.indisvalid AND i.indisready), \
-    coalesce((SELECT substring(p.prosrc FROM '[0-9]+')::int4 FROM pg_proc p \
-        WHERE p.proname = 'login_etl_schema_version' AND p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())), 0)";
+        AND i.indisvalid AND i.indisready)";
 
 /// The schema as the catalog shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,11 +213,12 @@ pub struct SchemaState {
     /// unpartitioned table from before this version exactly once while
     /// `login-etl migrate --prepare` has run and the cutover has not.
     pub message_id_index: bool,
-    /// The version of the migrations applied (`login_etl_schema_version()`;
-    /// 0 before migrations/0007).
+    /// The version of the migrations applied, as recorded (see [`state`];
+    /// 0 where nothing is: a database migrated before 0.3.0).
     pub version: i32,
-    /// The owner's functions are those of this binary's files (the tag of
-    /// `login_etl_schema_version()`, see [`functions::all_tag`]).
+    /// The owner's functions are those of this binary's files: the record
+    /// names their tag ([`functions::all_tag`]), and each carries its
+    /// file's tag with the body it was made with.
     pub functions: bool,
     /// Who besides the owner may CREATE in the schema (`PUBLIC`, or role
     /// names): see [`SCHEMA_WRITERS_SQL`].
@@ -191,7 +230,7 @@ pub struct SchemaState {
     /// not skip the erasure list; `migrate` decides from `profile_found`).
     pub profile: Profile,
     /// The profile found, `None` where nothing is installed (see
-    /// [`PROFILE_SQL`]).
+    /// [`profile_of`]).
     pub profile_found: Option<Profile>,
     /// Every trigger of [`triggers::TRIGGERS`] on a table present fires
     /// (`migrate` enables one that does not).
@@ -240,26 +279,36 @@ pub async fn server_version(client: &Client) -> Result<(i32, String), tokio_post
     Ok((row.get(0), row.get(1)))
 }
 
-/// Reads [`SchemaState`] (one unnamed statement, no table lock).
+/// Reads [`SchemaState`]: the catalog and the record, side by side (two
+/// round trips, no table lock).
 pub async fn inspect(client: &Client) -> Result<SchemaState, tokio_postgres::Error> {
-    let row = client
-        .query_typed_one(
-            &INSPECT_SQL,
-            &[
-                (&STORE_VAULT_ARGS, Type::TEXT),
-                (
-                    &functions::all_tag(SCHEMA_VERSION, Profile::Full),
-                    Type::TEXT,
-                ),
-                (&crate::contract::columns::array_types(), Type::TEXT),
-                (
-                    &functions::all_tag(SCHEMA_VERSION, Profile::Masking),
-                    Type::TEXT,
-                ),
-            ],
-        )
-        .await?;
-    let profile_found = row.get::<_, Option<&str>>(13).and_then(Profile::parse);
+    let (full, masking) = (
+        functions::expected(Profile::Full),
+        functions::expected(Profile::Masking),
+    );
+    let array_types = crate::contract::columns::array_types();
+    let params: [(&(dyn ToSql + Sync), Type); 6] = [
+        (&STORE_VAULT_ARGS, Type::TEXT),
+        (&array_types, Type::TEXT),
+        (&full.0, Type::TEXT_ARRAY),
+        (&full.1, Type::TEXT_ARRAY),
+        (&masking.0, Type::TEXT_ARRAY),
+        (&masking.1, Type::TEXT_ARRAY),
+    ];
+    let (row, recorded) = tokio::try_join!(
+        client.query_typed_one(&INSPECT_SQL, &params),
+        state::read(client)
+    )?;
+    let profile_found = profile_of(row.get(9), recorded.as_ref(), row.get(10), row.get(11));
+    let profile = profile_found.unwrap_or(Profile::Full);
+    let (intact, expected) = match profile {
+        Profile::Full => (row.get::<_, i32>(15), full.2),
+        Profile::Masking => (row.get::<_, i32>(16), masking.2),
+    };
+    let functions = intact == expected
+        && recorded.as_ref().is_some_and(|r| {
+            r.profile == Some(profile) && r.functions == functions::all_tag(SCHEMA_VERSION, profile)
+        });
     Ok(SchemaState {
         table: row.get(0),
         columns: row.get(1),
@@ -270,11 +319,11 @@ pub async fn inspect(client: &Client) -> Result<SchemaState, tokio_postgres::Err
         partitioned: row.get(6),
         partitions: row.get(7),
         message_id_index: row.get(8),
-        version: row.get(9),
-        functions: row.get(10),
-        schema_writers: row.get::<_, Option<Vec<String>>>(11).unwrap_or_default(),
-        schema: row.get(12),
-        profile: profile_found.unwrap_or(Profile::Full),
+        version: recorded.as_ref().map_or(0, |r| r.version),
+        functions,
+        schema_writers: row.get::<_, Option<Vec<String>>>(12).unwrap_or_default(),
+        schema: row.get(13),
+        profile,
         profile_found,
         triggers: row.get(14),
     })
@@ -289,15 +338,12 @@ pub struct Checked {
     pub profile: Profile,
 }
 
-/// The database's profile from the catalog (any role may read it; full
-/// where no `migrate` of this version recorded one).
+/// The database's profile (any role may read it; full where none is
+/// found: see [`profile_of`]).
 pub async fn profile(client: &Client) -> Result<Profile, tokio_postgres::Error> {
-    let sql = format!("SELECT {}", *PROFILE_SQL);
-    let row = client.query_typed_one(&sql, &[]).await?;
-    Ok(row
-        .get::<_, Option<&str>>(0)
-        .and_then(Profile::parse)
-        .unwrap_or(Profile::Full))
+    let sql = format!("SELECT {}", *PROFILE_FACTS_SQL);
+    let (row, recorded) = tokio::try_join!(client.query_typed_one(&sql, &[]), state::read(client))?;
+    Ok(profile_of(row.get(0), recorded.as_ref(), row.get(1), row.get(2)).unwrap_or(Profile::Full))
 }
 
 /// Refuses `command` (reveal, forget, audit, rotate-key, vault-upgrade)
