@@ -480,17 +480,18 @@ test-dist: python-tools localstack-tools previous-release ## tests/test_dist.py 
 	if [ -f "$$pidfile" ] && kill -0 "$$(cat "$$pidfile")" 2>/dev/null; then ours=0; else ours=1; fi
 	trap '[ $$ours = 1 ] && localstack/down.sh' EXIT; trap 'exit 130' INT TERM
 	if [ $$ours = 0 ]; then python3 localstack/pg_cluster.py start --state "$${LOCALSTACK_STATE:-.localstack}/pg-cluster.json"; else localstack/up.sh; fi
-	DIST_DIR='$(abspath $(DIST_DIR))' PREVIOUS_LOGIN_ETL='$(PREVIOUS_DIR)/login-etl' $(VENV)/bin/python -m pytest -q -p no:cacheprovider -rP tests/test_dist.py
+	previous=$$(git show '$(PREVIOUS_RELEASE):Cargo.toml' 2>/dev/null | sed -n 's/^version = "\(.*\)"$$/\1/p' | head -n 1)
+	DIST_DIR='$(abspath $(DIST_DIR))' PREVIOUS_LOGIN_ETL='$(PREVIOUS_DIR)/login-etl' PREVIOUS_VERSION="$$previous" $(VENV)/bin/python -m pytest -q -p no:cacheprovider -rP tests/test_dist.py
 	version=$$(sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
 	if [ -f '$(DIST_DIR)'/login-etl-$$version-image-amd64.oci.tar ]; then
 	  $(PODMAN_ENV) $(CONTAINER_ENGINE) load --quiet -i '$(DIST_DIR)'/login-etl-$$version-image-amd64.oci.tar
 	  $(MAKE) --no-print-directory test-container IMAGE=localhost/login-etl:$$version-amd64
 	fi
 
-# The previous release (0.1.0, as of commit 26d1a72: schema 16), built from
+# The previous release (0.2.0, as of commit b933fb2: schema 19), built from
 # this clone's history into CI_CACHE, for tests/test_dist.py's rollback
 # check: it must keep ingesting against the schema this release migrates to.
-PREVIOUS_RELEASE ?= 26d1a725d1ad86602c02986e713720cf42b5461f
+PREVIOUS_RELEASE ?= b933fb256c9169911ed75553a0ad16b7fbaa7cc2
 PREVIOUS_DIR  ?= $(CI_CACHE)/previous-$(shell echo $(PREVIOUS_RELEASE) | cut -c1-12)
 previous-release: rust-tools ## the previous release's binary (PREVIOUS_RELEASE, a commit), built once into CI_CACHE: make test-dist's rollback check
 	@[ -x '$(PREVIOUS_DIR)/login-etl' ] && exit 0

@@ -350,10 +350,11 @@ def test_the_previous_release_goes_on_ingesting_against_the_schema_this_release_
         # As the ingest role, with the password its secret now holds.
         consumer = stack.Consumer(queues, key.hex(), ROOT / "target" / "e2e-logs" / f"{RUN}-previous.log",
                                   env={"DLQ_URL": queues.dlq_url}, binary=previous)  # fmt: skip
-        current = subprocess.run([str(DIST / f"login-etl-{VERSION}-x86_64-linux"), "--version"],
-                                 capture_output=True, text=True, check=True).stdout  # fmt: skip
+        # The release it says it is (PREVIOUS_VERSION: Cargo.toml's at
+        # PREVIOUS_RELEASE), not this checkout's build.
         was = subprocess.run([str(previous), "--version"], capture_output=True, text=True, check=True).stdout
-        assert was.split()[-1] != current.split()[-1], (was, current)
+        assert os.environ.get("PREVIOUS_VERSION") and was.split()[-1] == os.environ["PREVIOUS_VERSION"], was
+        assert not previous.samefile(DIST / f"login-etl-{VERSION}-x86_64-linux")
         consumer.start()
         messages = stack.generate(40, 8, seed=6404, binary=HOST_BINARY)
         stack.send(queues, messages)

@@ -1,9 +1,12 @@
 -- roles: ingest
 -- profile: full
--- The write checks of function binaries from before login_etl_check_write,
--- kept for them until a migration retires them. Each is refused with a
--- code those binaries know (LE001: they reload the erasure list, try again
--- a few times, then fail the batch as retryable, never to the DLQ).
+-- The write checks of function binaries from before login_etl_check_write
+-- (no release calls them). Kept because 0.2.0's schema guard takes the
+-- two-argument one as the sign that erasure is installed: they go, with
+-- login_etl_refuse_erased_at and login_etl_erased_below, in the first
+-- release after 0.3.0. Each is refused with a code those binaries know
+-- (LE001: they reload the erasure list, try again a few times, then fail
+-- the batch as retryable, never to the DLQ).
 --
 -- One argument: a function from before key versions. It knows one key
 -- only, so it may write only while the database is at version 1.

@@ -1,7 +1,8 @@
 -- roles: ingest
 -- profile: full
 -- The check of the two-argument login_etl_refuse_erased, under a name of
--- its own (the three-argument form calls it).
+-- its own (the three-argument form calls it). Goes with it, in the first
+-- release after 0.3.0.
 CREATE OR REPLACE FUNCTION login_etl_refuse_erased_at(known bigint, key_version integer) RETURNS void
 LANGUAGE plpgsql STABLE AS $$
 DECLARE

@@ -16,14 +16,14 @@
 -- statements it replaces (LE001, LE002 from the check; the row's own from
 -- the INSERT). Returns the rows inserted (ON CONFLICT skipped the others).
 --
--- Two overloads. The first takes one array per column of the contract's
--- list (src/contract/columns.rs), filled in where this file is read
+-- It takes one array per column of the contract's list
+-- (src/contract/columns.rs), filled in where this file is read
 -- (`{{...}}`): a column added there is a new overload, made by the next
--- migrate. A list's column (`defects`, text[]) comes as the text of its
--- array, since unnest cannot take an array of arrays, and is cast back.
--- The second is the twelve columns of before `defects` (0012), which the
--- binaries of 0.1.0 call during a rollout: retired in the release after
--- 0.2.0 (the eleven of before `extra` were retired by 0012).
+-- migrate (the previous release's stays until the release after). A
+-- list's column (`defects`, text[]) comes as the text of its array, since
+-- unnest cannot take an array of arrays, and is cast back. The twelve
+-- columns of before `defects`, which 0.1.0's binaries called, were retired
+-- by migrations/0021_retired.sql.
 CREATE OR REPLACE FUNCTION login_etl_write(
     known bigint, key_version integer, checked_from integer, {{array_arguments}})
 RETURNS bigint
@@ -36,28 +36,6 @@ BEGIN
     -- arbitrates (src/ingest/sink/insert.rs).
     INSERT INTO user_logins ({{columns}})
     SELECT {{select_list}} FROM unnest({{array_names}}) AS r({{columns}})
-    ON CONFLICT DO NOTHING;
-    GET DIAGNOSTICS v_inserted = ROW_COUNT;
-    RETURN v_inserted;
-END
-$$;
-
-CREATE OR REPLACE FUNCTION login_etl_write(
-    known bigint, key_version integer, checked_from integer,
-    message_ids varchar[], user_ids varchar[], device_types varchar[],
-    masked_ips varchar[], masked_device_ids varchar[], locales varchar[],
-    app_versions integer[], app_version_texts varchar[], create_dates date[],
-    sent_ats timestamptz[], key_versions smallint[], extras jsonb[])
-RETURNS bigint
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_inserted bigint;
-BEGIN
-    PERFORM login_etl_check_write(known, key_version, checked_from);
-    INSERT INTO user_logins (message_id, user_id, device_type, masked_ip, masked_device_id, locale,
-                             app_version, app_version_text, create_date, sent_at, key_version, extra)
-    SELECT * FROM unnest(message_ids, user_ids, device_types, masked_ips, masked_device_ids, locales,
-                         app_versions, app_version_texts, create_dates, sent_ats, key_versions, extras)
     ON CONFLICT DO NOTHING;
     GET DIAGNOSTICS v_inserted = ROW_COUNT;
     RETURN v_inserted;

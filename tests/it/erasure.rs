@@ -534,8 +534,6 @@ async fn roles_granted_before_vault_retention_keep_working_after_migrate() {
              DROP FUNCTION login_etl_put_back_vault(varchar, varchar[], varchar[]); \
              DROP FUNCTION login_etl_purge_vault(date, bigint, integer); \
              DROP FUNCTION login_etl_check_write(bigint, integer, integer); \
-             DROP FUNCTION login_etl_write(bigint, integer, integer, varchar[], varchar[], varchar[], \
-                 varchar[], varchar[], varchar[], integer[], varchar[], date[], timestamptz[], smallint[], jsonb[]); \
              GRANT EXECUTE ON FUNCTION login_etl_refuse_erased(bigint, integer, integer) TO \"{ingest_role}\"; \
              DROP TABLE user_logins_schema; \
              CREATE OR REPLACE FUNCTION login_etl_schema_version() RETURNS integer \

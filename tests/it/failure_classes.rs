@@ -123,12 +123,8 @@ async fn a_database_migrated_by_an_older_version_is_a_schema_to_migrate() {
     let db = TestDb::create().await;
     let ingest = db.ingest_url().await;
     let owner = db.client().await;
-    // Both overloads: this version's (the contract's columns) and the one
-    // of before `defects`.
     let back_to_8 = &format!(
         "DROP FUNCTION login_etl_write(bigint, integer, integer, {}); \
-         DROP FUNCTION login_etl_write(bigint, integer, integer, varchar[], varchar[], varchar[], \
-         varchar[], varchar[], varchar[], integer[], varchar[], date[], timestamptz[], smallint[], jsonb[]); \
          DROP TABLE user_logins_schema; \
          CREATE OR REPLACE FUNCTION login_etl_schema_version() RETURNS integer \
          LANGUAGE sql IMMUTABLE AS $$ SELECT 8 $$",
@@ -166,4 +162,38 @@ async fn a_database_migrated_by_an_older_version_is_a_schema_to_migrate() {
     assert_eq!(class, "schema_incomplete", "{text}");
     assert!(text.contains("login-etl migrate"), "{text}");
     assert!(text.contains("SQLSTATE 42883"), "{text}");
+}
+
+/// The schema guard and the write need nothing kept for older binaries:
+/// without 0.2.0's markers (`login_etl_schema_version()`,
+/// `login_etl_profile()`, the two-argument `login_etl_refuse_erased` its
+/// guard looks for) and the write checks of before
+/// `login_etl_check_write`, a full schema takes a batch.
+#[tokio::test]
+async fn the_guard_and_the_write_need_nothing_kept_for_older_binaries() {
+    let db = TestDb::create().await;
+    let ingest = db.ingest_url().await;
+    db.client()
+        .await
+        .batch_execute(
+            "DROP FUNCTION login_etl_refuse_erased(bigint); \
+             DROP FUNCTION login_etl_refuse_erased(bigint, integer); \
+             DROP FUNCTION login_etl_refuse_erased(bigint, integer, integer); \
+             DROP FUNCTION login_etl_refuse_erased_at(bigint, integer); \
+             DROP FUNCTION login_etl_erased_below(smallint); \
+             DROP FUNCTION login_etl_schema_version(); DROP FUNCTION login_etl_profile()",
+        )
+        .await
+        .unwrap();
+    let h = function(&ingest, TEST_KEY, &doc(&E, 1)).await;
+    let event = synth::event(&Options {
+        count: 20,
+        seed: 8,
+        ..Options::default()
+    });
+    let outcome = h
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .expect("written without them");
+    assert_eq!(outcome.summary.inserted, 20);
 }

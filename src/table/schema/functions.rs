@@ -440,10 +440,9 @@ mod tests {
             .iter()
             .find(|f| f.name == "login_etl_write")
             .unwrap();
-        // The first overload filled in from the contract's columns, the
-        // second as the twelve columns of before `defects`.
+        // Filled in from the contract's columns.
         let sigs = w.signatures();
-        assert_eq!(sigs.len(), 2);
+        assert_eq!(sigs.len(), 1);
         assert_eq!(
             sigs[0],
             format!(
@@ -453,10 +452,5 @@ mod tests {
         );
         assert!(sigs[0].ends_with("extras jsonb[])"), "{}", sigs[0]);
         assert!(sigs[0].contains("defectss text[]"), "{}", sigs[0]);
-        assert!(
-            sigs[1].ends_with("key_versions smallint[], extras jsonb[])"),
-            "{}",
-            sigs[1]
-        );
     }
 }

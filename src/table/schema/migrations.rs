@@ -20,7 +20,7 @@ macro_rules! migration {
 /// data, in order (0001 creates or upgrades `user_logins`, 0004 its
 /// partition machinery, 0006 the key state, 0007 the DEFAULT partition's
 /// drains, 0010 the role registry, 0011 the declared extra fields, 0012
-/// each row's defects, 0013 the reader's kind, 0014 the retention floor, 0018 tokens only in the masked columns, 0019 locks only login-etl's roles hold, 0021 the schema's recorded state).
+/// each row's defects, 0013 the reader's kind, 0014 the retention floor, 0018 tokens only in the masked columns, 0019 locks only login-etl's roles hold, 0021 the schema's recorded state and what no supported binary calls retired).
 pub const MASKING_MIGRATION_SQL: &str = concat!(
     migration!("0001_user_logins"),
     "\n",
@@ -47,6 +47,8 @@ pub const MASKING_MIGRATION_SQL: &str = concat!(
     migration!("0019_locks"),
     "\n",
     migration!("0021_schema_state"),
+    "\n",
+    migration!("0021_retired"),
 );
 
 /// The full profile's migrations from 0005 on: the tail both of its
@@ -95,6 +97,8 @@ macro_rules! full_from_0005 {
             migration!("privacy/0020_rekey_record"),
             "\n",
             migration!("0021_schema_state"),
+            "\n",
+            migration!("0021_retired"),
         )
     };
 }

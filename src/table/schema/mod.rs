@@ -171,7 +171,7 @@ const INSPECT_TABLES: &str = "SELECT \
     to_regclass('user_logins_pii_vault') IS NOT NULL AND to_regclass('user_logins_vault_keys') IS NOT NULL \
         AND to_regprocedure('login_etl_store_vault(' || $1 || ')') IS NOT NULL, \
     to_regclass('user_logins_pii_audit') IS NOT NULL AND to_regclass('user_logins_erased') IS NOT NULL \
-        AND to_regprocedure('login_etl_refuse_erased(bigint,integer)') IS NOT NULL \
+        AND to_regprocedure('login_etl_forget_begin(varchar,varchar,smallint,text)') IS NOT NULL \
         AND to_regclass('user_logins_pii_vault_held') IS NOT NULL \
         AND to_regclass('user_logins_erasure_tokens') IS NOT NULL, \
     coalesce((SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass('user_logins')), false), \
@@ -200,8 +200,8 @@ pub struct SchemaState {
     pub floor: Option<String>,
     /// The PII vault's tables exist.
     pub vault: bool,
-    /// The audit table, the erasure list, its check and forget's state
-    /// exist (the full profile's).
+    /// The audit table, the erasure list, forget's first step
+    /// (`login_etl_forget_begin`) and its state exist (the full profile's).
     pub erasure: bool,
     /// `user_logins` is partitioned (false for a table from before this
     /// version, which `login-etl migrate` converts).
@@ -439,7 +439,7 @@ pub async fn check(client: &Client, limit: Duration, vault: bool) -> Result<Chec
     let full = state.profile == Profile::Full;
     if (full && !state.erasure) || !state.partitions {
         return Err(fatal(
-            "the erasure list (user_logins_erased, login_etl_refuse_erased), the key state, the write function (login_etl_write) or the partition functions (login_etl_*) are missing: the schema predates this version",
+            "the erasure list (user_logins_erased, login_etl_forget_begin), the key state, the write function (login_etl_write) or the partition functions (login_etl_*) are missing: the schema predates this version",
             "; run `make migrate` (login-etl migrate) or set RUN_MIGRATIONS=true",
         ));
     }
