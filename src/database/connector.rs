@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::time::timeout;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
-use tokio_postgres::{Client, NoTls, Socket};
+use tokio_postgres::{AsyncMessage, Client, NoTls, Socket};
 use tracing::{debug, warn};
 
 use crate::database::iam::TokenSigner;
@@ -324,11 +324,41 @@ where
         .map_err(|_| (None, format!("timed out after {} ms", limit.as_millis())))?
         .map_err(|e| (e.code().cloned(), describe(&e)))?;
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
+        let mut connection = connection;
+        let driven = std::future::poll_fn(|cx| {
+            loop {
+                match std::task::ready!(connection.poll_message(cx)) {
+                    Some(Ok(AsyncMessage::Notice(notice))) => log_notice(&notice),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return std::task::Poll::Ready(Err(e)),
+                    None => return std::task::Poll::Ready(Ok(())),
+                }
+            }
+        })
+        .await;
+        if let Err(e) = driven {
             debug!(error = %describe(&e), "database connection closed");
         }
     });
     Ok(client)
+}
+
+/// A notice the server sent (tokio-postgres would log it at INFO, with no
+/// code): a WARNING at warn, with its SQLSTATE, for it says a statement was
+/// out of place (25P01: a COMMIT or ROLLBACK outside any transaction); the
+/// rest (NOTICE: "already exists, skipping") at debug. Their text is the
+/// server's own about our statements (no function of ours raises one), so
+/// it holds no value of a row.
+fn log_notice(notice: &tokio_postgres::error::DbError) {
+    let (severity, code, message) = (notice.severity(), notice.code().code(), notice.message());
+    if severity == "WARNING" {
+        warn!(
+            code,
+            message, "the database server warned about a statement"
+        );
+    } else {
+        debug!(severity, code, message, "the database server noted");
+    }
 }
 
 /// The first host and its port: what an IAM token is signed for.

@@ -367,6 +367,28 @@ pub async fn message_ids_in_table(client: &Client) -> Vec<String> {
 /// EMF documents a handler wrote, in order (see [`captured_metrics`]).
 pub type Captured = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
 
+/// What a log subscriber writes, kept for the test to read
+/// (`login_etl::logging::subscriber(move || capture.clone(), ...)`).
+#[derive(Clone, Default)]
+pub struct Capture(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Capture {
+    /// Everything written so far, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Capture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Metrics (the default namespace and service, function name `login-etl`)
 /// whose EMF lines go to a list the test reads instead of stdout: give them
 /// to a handler with `BatchHandler::with_metrics`.

@@ -772,3 +772,66 @@ async fn held_back(admin: &tokio_postgres::Client) -> bool {
         .unwrap()
         .get(0)
 }
+
+/// Every statement the function sends is one its protocol means: across a
+/// batch by COPY, a forget between two batches (the next one's write check
+/// refuses it, the list is read again, the batch filtered again) and a
+/// redelivery, the server sent it no WARNING (25P01, "there is no
+/// transaction in progress", is a COMMIT or ROLLBACK sent outside one). The
+/// connection's notices are read as the function's log gets them.
+#[tokio::test]
+async fn the_function_sends_no_statement_out_of_its_transactions() {
+    let logs = Capture::default();
+    let writer = logs.clone();
+    // The connections' tasks run on this test's one thread: they log here.
+    let _guard = tracing::subscriber::set_default(login_etl::logging::subscriber(
+        move || writer.clone(),
+        true,
+        "debug",
+    ));
+    let db = TestDb::create().await;
+    let ingest = db.ingest_url().await;
+    let erase = db.role_url(Role::Erase).await;
+    let user = "0f1e2d3c-4b5a-4697-8a9b-acbdcedf0033";
+    let h = handler_with(&[("DATABASE_URL", &ingest), ("MASKING_KEY", TEST_KEY)])
+        .await
+        .with_vault(key());
+    let first = batch_with(user, 600, 5, 900);
+    h.handle(&SqsBatch::from(&first), Deadline::NONE)
+        .await
+        .expect("the first batch");
+    let masker = Masker::new(&MaskingKey::from_hex(TEST_KEY, "test").unwrap());
+    let mut eraser = connect(&erase).await;
+    login_etl::privacy::forget::forget(&mut eraser, user, masker.users(), CALLER)
+        .await
+        .expect("forget as the erase role");
+    for (round, batch) in [batch_with(user, 600, 5, 901), batch_with(user, 40, 5, 902)]
+        .iter()
+        .enumerate()
+    {
+        let summary = h
+            .handle(&SqsBatch::from(batch), Deadline::NONE)
+            .await
+            .map(Outcome::into_parts)
+            .expect("a batch after the forget")
+            .1;
+        assert!(
+            summary.erased > 0,
+            "round {round}: the user's logins were dropped"
+        );
+    }
+    h.handle(&SqsBatch::from(&first), Deadline::NONE)
+        .await
+        .expect("the first batch again");
+    assert_eq!(rows_of(&db, user).await, 0);
+    let text = logs.text();
+    assert!(
+        text.contains("the database server noted"),
+        "the notices reach the log (migrate's \"already exists\" ones at least)"
+    );
+    let warned: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("the database server warned"))
+        .collect();
+    assert!(warned.is_empty(), "{warned:#?}");
+}

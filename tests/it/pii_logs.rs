@@ -5,26 +5,11 @@
 
 use crate::common;
 
-use std::sync::{Arc, Mutex};
-
 use aws_lambda_events::event::sqs::SqsEvent;
 use common::*;
 use login_etl::synth::{self, Options};
 use login_etl::{Deadline, Outcome, SqsBatch};
 use serde_json::Value;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Raw ip and device_id values of a batch in every form a log could carry
 /// them: as sent, canonical (an IPv6 address lowercased and compressed, as
