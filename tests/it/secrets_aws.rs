@@ -4,8 +4,6 @@
 
 use crate::common;
 
-use std::time::{Duration, Instant};
-
 use aws_sdk_secretsmanager::Client;
 use common::moto::start_moto;
 use common::pg_server::{PASSWORD, PgServer, ServerOptions};
@@ -204,17 +202,13 @@ async fn secrets_at_cold_start_and_on_password_rotation() {
             held.push(socket);
         }
     });
-    let bound = login_etl::secrets::FETCH_TIMEOUT + Duration::from_secs(1);
-    for port in [closed_port(), hanging_port] {
+    // The hanging one ends by the client's own bound, as its error says
+    // (no clock read here: a hang would be nextest's slow-timeout).
+    for (port, cause) in [(closed_port(), "refused"), (hanging_port, "timeout")] {
         set_endpoint(&format!("http://127.0.0.1:{port}"));
-        let started = Instant::now();
         let err = build(&good).await.err().expect("unreachable");
-        assert!(
-            started.elapsed() < bound,
-            "took {:?} (bound {bound:?})",
-            started.elapsed()
-        );
         assert!(err.contains("cannot reach Secrets Manager"), "{err}");
+        assert!(err.to_lowercase().contains(cause), "{cause}: {err}");
     }
     holder.abort();
 }
