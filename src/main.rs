@@ -9,10 +9,8 @@ use clap::Parser;
 use lambda_runtime::layers::TracingLayer;
 use lambda_runtime::{LambdaEvent, Runtime, service_fn};
 use login_etl::cli::{Cli, Command, EXIT_USAGE};
-use login_etl::config::Config;
-use login_etl::ingest::handler::Deadline;
 use login_etl::raw_payload::RawPayloads;
-use login_etl::startup;
+use login_etl::{Config, Deadline, startup};
 use tracing::error;
 
 fn main() -> ExitCode {
@@ -111,8 +109,7 @@ async fn serve() -> Result<(), lambda_runtime::Error> {
 /// `PREMAKE_DAYS` and `RETENTION_DAYS`; any event (the schedule's) runs
 /// maintenance once. Its EMF document goes to stdout, as the function's.
 async fn serve_maintenance() -> Result<(), lambda_runtime::Error> {
-    let db = login_etl::database::DbConfig::from_env()?;
-    let options = login_etl::table::maintain::MaintainOptions::from_env()?;
+    let (db, options) = startup::maintenance_from_env()?;
     lambda_runtime::run(service_fn(move |_: LambdaEvent<serde_json::Value>| {
         let db = db.clone();
         async move {
@@ -121,7 +118,7 @@ async fn serve_maintenance() -> Result<(), lambda_runtime::Error> {
                 error!(error = %e, "login-etl maintain failed");
                 lambda_runtime::Error::from(e.to_string())
             })?;
-            let doc = login_etl::table::maintain::emf_from_env(&report);
+            let doc = startup::maintenance_document(&report);
             println!("{doc}");
             Ok::<_, lambda_runtime::Error>(doc)
         }

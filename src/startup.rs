@@ -244,6 +244,22 @@ pub async fn maintain(
     Ok(crate::table::maintain::run(&client, options).await?)
 }
 
+/// The scheduled maintenance function's settings, from its environment:
+/// the maintain role's database, `PREMAKE_DAYS` and `RETENTION_DAYS`.
+pub fn maintenance_from_env()
+-> Result<(DbConfig, crate::table::maintain::MaintainOptions), ConfigError> {
+    Ok((
+        DbConfig::from_env()?,
+        crate::table::maintain::MaintainOptions::from_env()?,
+    ))
+}
+
+/// A maintain run's EMF document, as the maintenance function prints it
+/// (its level and names from the environment).
+pub fn maintenance_document(report: &crate::table::maintain::MaintainReport) -> serde_json::Value {
+    crate::table::maintain::emf_from_env(report)
+}
+
 /// A connection to the configured database for an operator command
 /// (`login-etl reveal`, `forget`), opened as the function opens its own.
 pub async fn operator_connection(db: &DbConfig) -> Result<tokio_postgres::Client, InitError> {

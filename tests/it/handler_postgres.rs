@@ -298,7 +298,7 @@ async fn fifo_batch_stops_at_refused_row(count: usize, bad: usize) {
             todo.push(r.start..mid);
         }
     }
-    let copy = u32::from(count >= login_etl::ingest::sink::COPY_MIN_ROWS);
+    let copy = u32::from(count >= login_etl::testing::ingest::sink::COPY_MIN_ROWS);
     assert_eq!(
         summary.statements,
         inserts + copy,
@@ -538,7 +538,7 @@ async fn a_large_generated_batch_is_one_statement() {
 /// A batch large enough for the COPY fast path, with fresh message ids.
 fn copy_sized(seed: u64) -> aws_lambda_events::event::sqs::SqsEvent {
     synth::event(&Options {
-        count: login_etl::ingest::sink::COPY_MIN_ROWS + 100,
+        count: login_etl::testing::ingest::sink::COPY_MIN_ROWS + 100,
         seed,
         ..Options::default()
     })
@@ -549,7 +549,7 @@ async fn copy_fast_path_falls_back_to_insert_on_duplicates() {
     let db = TestDb::create().await;
     let h = handler(&db).await;
     let client = db.client().await;
-    let n = login_etl::ingest::sink::COPY_MIN_ROWS as u64 + 100;
+    let n = login_etl::testing::ingest::sink::COPY_MIN_ROWS as u64 + 100;
     let first = copy_sized(1);
     let (_, summary) = h
         .handle(&SqsBatch::from(&first), Deadline::NONE)
@@ -601,7 +601,8 @@ async fn copy_fast_path_falls_back_to_insert_on_duplicates() {
 
 #[tokio::test]
 async fn copy_fast_path_refused_row_in_a_fifo_batch_keeps_order_semantics() {
-    fifo_batch_stops_at_refused_row(login_etl::ingest::sink::COPY_MIN_ROWS + 100, 550).await;
+    fifo_batch_stops_at_refused_row(login_etl::testing::ingest::sink::COPY_MIN_ROWS + 100, 550)
+        .await;
 }
 
 /// The ingest role of `login-etl grants` runs the function with the vault
@@ -611,7 +612,9 @@ async fn copy_fast_path_refused_row_in_a_fifo_batch_keeps_order_semantics() {
 async fn the_ingest_role_is_all_the_function_needs_and_it_can_read_nothing_back() {
     let db = TestDb::create().await;
     let url = db.ingest_url().await;
-    let key = || login_etl::privacy::vault::DataKey::new(&[9; 32], vec![4, 5, 6], "local").unwrap();
+    let key = || {
+        login_etl::testing::privacy::vault::DataKey::new(&[9; 32], vec![4, 5, 6], "local").unwrap()
+    };
     let h = handler_with(&[("DATABASE_URL", &url), ("MASKING_KEY", TEST_KEY)])
         .await
         .with_vault(key());
@@ -707,7 +710,7 @@ async fn a_copy_batch_writes_every_column_of_every_row_as_the_oracle_computes() 
         .filter(|(_, (_, e))| e.starts_with("insert"))
         .map(|(m, _)| m)
         .collect();
-    assert!(valid.len() >= login_etl::ingest::sink::COPY_MIN_ROWS);
+    assert!(valid.len() >= login_etl::testing::ingest::sink::COPY_MIN_ROWS);
 
     let (resp, summary) = h
         .handle(&SqsBatch::from(&event), Deadline::NONE)
@@ -780,7 +783,7 @@ fn bisection_statements(n: usize, refused: &[usize]) -> u32 {
 /// invocation's time.
 #[tokio::test]
 async fn the_emf_documents_of_a_batch_count_what_happened_to_each_record() {
-    use login_etl::ingest::dlq::DeadLetterQueue;
+    use login_etl::testing::ingest::dlq::DeadLetterQueue;
     let db = TestDb::create().await;
     let now_ms = chrono::Utc::now().timestamp_millis();
     let mut event = synth::event(&Options {
@@ -1073,7 +1076,7 @@ async fn a_declared_field_is_kept_and_an_undeclared_one_named_never_stored() {
         ("UNKNOWN_FIELDS", "reject"),
     ])
     .await
-    .with_dead_letter_queue(login_etl::ingest::dlq::DeadLetterQueue::new(
+    .with_dead_letter_queue(login_etl::testing::ingest::dlq::DeadLetterQueue::new(
         sqs_client(&format!("http://127.0.0.1:{port}")).await,
         format!("http://127.0.0.1:{port}/000000000000/login-dlq"),
     ));

@@ -14,12 +14,12 @@ use std::time::Duration;
 use aws_lambda_events::event::sqs::SqsEvent;
 use common::keys::*;
 use common::*;
-use login_etl::grants::Role;
-use login_etl::ingest::handler::BatchHandler;
-use login_etl::privacy::masking::{KeyVersions, Masker, UserKeys};
-use login_etl::privacy::rekey::{self, RekeyOptions};
-use login_etl::privacy::vault::Kind;
 use login_etl::synth::{self, Options};
+use login_etl::testing::grants::Role;
+use login_etl::testing::ingest::handler::BatchHandler;
+use login_etl::testing::privacy::masking::{KeyVersions, Masker, UserKeys};
+use login_etl::testing::privacy::rekey::{self, RekeyOptions};
+use login_etl::testing::privacy::vault::Kind;
 use login_etl::{Deadline, SqsBatch};
 use serde_json::Value;
 
@@ -168,7 +168,7 @@ fn assert_dictionary_matches_nothing(
     stored: &BTreeSet<String>,
 ) {
     let alone = Masker::new(
-        &login_etl::privacy::masking::MaskingKey::from_hex(key_hex, "attacker").unwrap(),
+        &login_etl::testing::privacy::masking::MaskingKey::from_hex(key_hex, "attacker").unwrap(),
     );
     for (ip, device) in sent.values() {
         assert!(
@@ -270,7 +270,7 @@ async fn tokens_follow_the_chain_duplicates_match_and_the_vault_still_reveals() 
 
     // The audit trail: who, when, which versions, how many.
     let audit = connect(&db.role_url(Role::Audit).await).await;
-    let records = login_etl::privacy::audit::audit_records(&audit, None)
+    let records = login_etl::testing::privacy::audit::audit_records(&audit, None)
         .await
         .unwrap();
     let actions: Vec<&str> = records
@@ -334,9 +334,10 @@ async fn an_erasure_survives_rotations_and_forget_holds_no_masking_key() {
     let erase_url = db.role_url(Role::Erase).await;
     let erasure_only = UserKeys::new(&KeyVersions::parse(&doc(&E, 1), "test").unwrap());
     let mut eraser = connect(&erase_url).await;
-    let done = login_etl::privacy::forget::forget(&mut eraser, user, &erasure_only, CALLER)
-        .await
-        .expect("forget with the erasure key only");
+    let done =
+        login_etl::testing::privacy::forget::forget(&mut eraser, user, &erasure_only, CALLER)
+            .await
+            .expect("forget with the erasure key only");
     assert_eq!(done.rows, 30);
 
     let report = rotate(&db, 2, RekeyOptions::default()).await;
@@ -444,7 +445,7 @@ async fn an_erasure_survives_rotations_and_forget_holds_no_masking_key() {
     // same list entry (nothing new), and an erase key a version behind is
     // refused with what to do.
     let both = UserKeys::new(&KeyVersions::parse(&doc(&E, 2), "test").unwrap());
-    login_etl::privacy::forget::forget(&mut eraser, user, &both, CALLER)
+    login_etl::testing::privacy::forget::forget(&mut eraser, user, &both, CALLER)
         .await
         .unwrap();
     let entries: i64 = client
@@ -453,11 +454,15 @@ async fn an_erasure_survives_rotations_and_forget_holds_no_masking_key() {
         .unwrap()
         .get(0);
     assert_eq!(entries, 1);
-    let behind =
-        login_etl::privacy::forget::forget(&mut eraser, "another-user", &erasure_only, CALLER)
-            .await
-            .unwrap_err()
-            .to_string();
+    let behind = login_etl::testing::privacy::forget::forget(
+        &mut eraser,
+        "another-user",
+        &erasure_only,
+        CALLER,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
     assert!(
         behind.contains("version 2") && behind.contains("ERASURE_KEY_SECRET_ID"),
         "{behind}"
@@ -618,7 +623,7 @@ async fn a_rekey_killed_half_way_and_run_again_rekeys_each_row_exactly_once() {
     // Re-keyed twice, a token would be HMAC(k2, HMAC(k2, t1)): not this.
     assert_eq!(assert_rows_at(&db, 2, &sent).await, total as usize);
     let audit = connect(&db.role_url(Role::Audit).await).await;
-    let records = login_etl::privacy::audit::audit_records(&audit, None)
+    let records = login_etl::testing::privacy::audit::audit_records(&audit, None)
         .await
         .unwrap();
     assert_eq!(
@@ -771,7 +776,7 @@ async fn jobs_side_by_side_killed_and_run_again_rekey_each_row_and_entry_exactly
         assert_eq!(r.get::<_, i16>(5), 2);
     }
     let audit = connect(&db.role_url(Role::Audit).await).await;
-    let records = login_etl::privacy::audit::audit_records(&audit, None)
+    let records = login_etl::testing::privacy::audit::audit_records(&audit, None)
         .await
         .unwrap();
     let end = records.last().unwrap();
@@ -984,7 +989,7 @@ async fn keys_that_are_not_the_ones_stored_under_are_refused() {
     // forget with an erasure key that is not the list's: refused.
     let mut eraser = connect(&db.role_url(Role::Erase).await).await;
     let wrong = UserKeys::new(&KeyVersions::parse(K[1], "test").unwrap());
-    let err = login_etl::privacy::forget::forget(&mut eraser, "someone", &wrong, CALLER)
+    let err = login_etl::testing::privacy::forget::forget(&mut eraser, "someone", &wrong, CALLER)
         .await
         .unwrap_err()
         .to_string();
@@ -1052,13 +1057,13 @@ async fn a_list_from_before_erasure_keys_keeps_its_derived_user_keys() {
     // forget with only the erasure key cannot compute such user keys.
     let mut eraser = connect(&db.role_url(Role::Erase).await).await;
     let own = UserKeys::new(&KeyVersions::parse(&doc(&E, 1), "test").unwrap());
-    let err = login_etl::privacy::forget::forget(&mut eraser, user, &own, CALLER)
+    let err = login_etl::testing::privacy::forget::forget(&mut eraser, user, &own, CALLER)
         .await
         .unwrap_err()
         .to_string();
     assert!(err.contains("MASKING_KEY_SECRET_ID"), "{err}");
     // With the masking key's derived keys it works.
-    login_etl::privacy::forget::forget(&mut eraser, user, &derived, CALLER)
+    login_etl::testing::privacy::forget::forget(&mut eraser, user, &derived, CALLER)
         .await
         .unwrap();
 }
@@ -1190,7 +1195,7 @@ async fn the_keys_are_checked_at_start_and_nothing_is_recorded_by_it() {
         .await
         .expect_err("another key is refused at start");
     assert_eq!(
-        login_etl::error::HandlerError::class_of(&err),
+        login_etl::testing::error::HandlerError::class_of(&err),
         "key_mismatch",
         "{err}"
     );
@@ -1216,7 +1221,7 @@ async fn roles_granted_before_the_registry_are_registered_and_keep_working_after
              DROP TABLE user_logins_schema; \
              CREATE OR REPLACE FUNCTION login_etl_schema_version() RETURNS integer \
              LANGUAGE sql IMMUTABLE AS $$ SELECT 9 $$",
-            login_etl::table::schema::STORE_VAULT_ARGS
+            login_etl::testing::table::schema::STORE_VAULT_ARGS
         ))
         .await
         .unwrap();
@@ -1259,7 +1264,7 @@ async fn store_vault_granted(admin: &tokio_postgres::Client, role: &str) -> bool
         .query_one(
             &format!(
                 "SELECT has_function_privilege($1, 'login_etl_store_vault({})', 'EXECUTE')",
-                login_etl::table::schema::STORE_VAULT_ARGS
+                login_etl::testing::table::schema::STORE_VAULT_ARGS
             ),
             &[&role],
         )
@@ -1363,7 +1368,8 @@ async fn the_switch_waits_for_a_forget_in_flight_and_refuses_one_that_stopped() 
         .batch_execute("BEGIN; LOCK TABLE user_logins_pii_vault_held IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
-    let stopped = login_etl::privacy::forget::forget(&mut eraser, user, &users, CALLER).await;
+    let stopped =
+        login_etl::testing::privacy::forget::forget(&mut eraser, user, &users, CALLER).await;
     admin.batch_execute("ROLLBACK").await.unwrap();
     assert!(stopped.is_err(), "the forget stopped half way");
     let pending: i64 = admin
@@ -1459,7 +1465,7 @@ async fn the_switch_waits_for_a_forget_in_flight_and_refuses_one_that_stopped() 
         1,
         "not switched while the erasure is unfinished"
     );
-    let done = login_etl::privacy::forget::forget(&mut eraser, user, &users, CALLER)
+    let done = login_etl::testing::privacy::forget::forget(&mut eraser, user, &users, CALLER)
         .await
         .expect("the rerun finishes the erasure");
     assert_eq!(done.rows, 0, "its rows were deleted by the first run");

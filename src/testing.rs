@@ -1,0 +1,36 @@
+//! The crate's internals, declared here so that only this hidden module
+//! makes them reachable from outside (the project's tests, benches and
+//! examples); the crate itself names them `crate::<module>` (lib.rs).
+#![allow(missing_docs)]
+
+#[path = "app_version.rs"]
+pub mod app_version;
+#[cfg(feature = "service")]
+#[path = "config/mod.rs"]
+pub mod config;
+#[cfg(feature = "service")]
+#[path = "database/mod.rs"]
+pub mod database;
+#[cfg(feature = "service")]
+#[path = "emf.rs"]
+pub mod emf;
+#[path = "error.rs"]
+pub mod error;
+#[cfg(feature = "service")]
+#[path = "grants.rs"]
+pub mod grants;
+#[path = "ingest/mod.rs"]
+pub mod ingest;
+#[cfg(feature = "service")]
+#[path = "poll/mod.rs"]
+pub mod poll;
+#[path = "privacy/mod.rs"]
+pub mod privacy;
+#[path = "profile.rs"]
+pub mod profile;
+#[cfg(feature = "service")]
+#[path = "secrets.rs"]
+pub mod secrets;
+#[cfg(feature = "service")]
+#[path = "table/mod.rs"]
+pub mod table;
