@@ -36,7 +36,7 @@ use crate::privacy::keys::{KeyReload, Keys};
 use crate::privacy::masking::Masker;
 use crate::privacy::vault::DataKey;
 pub use outcome::{BatchSummary, Deadline, Outcome};
-use transform::{Transform, Transformed};
+use transform::Transformed;
 
 /// How often the handler reads the partitions made ahead (one catalog read
 /// after a batch's write, on its connection); each batch reports the last
@@ -280,10 +280,8 @@ impl BatchHandler {
         deadline: Option<Instant>,
         started: Instant,
     ) -> Result<Outcome, HandlerError> {
-        let mut valid = Transformed::default();
-        let (report, failure) = self
-            .write(batch, fifo, deadline, started, &mut valid)
-            .await?;
+        let mut valid = Transformed::new(fifo, deadline);
+        let (report, failure) = self.write(batch, started, &mut valid).await?;
         let masker = valid
             .masker
             .take()
@@ -360,25 +358,13 @@ impl BatchHandler {
     async fn write<'b>(
         &self,
         batch: &'b SqsBatch,
-        fifo: bool,
-        deadline: Option<Instant>,
         started: Instant,
         valid: &mut Transformed<'b>,
     ) -> Result<(InsertReport, Option<&'static str>), HandlerError> {
-        let transform = Transform {
-            keys: &self.keys,
-            contract: &self.contract,
-            vault: self.vault.as_ref(),
-            dlq: self.dlq.as_ref(),
-            rebuilt: self.rebuilt.as_ref(),
-            operator_role_id: self.operator_role_id.as_deref(),
-            fifo,
-            deadline,
-        };
         let mut sink = self.sink().await;
-        let written = transform.write(&mut sink, batch, valid).await;
+        let written = self.transform_and_write(&mut sink, batch, valid).await;
         if matches!(written, Ok(Ok(_))) {
-            self.read_days_ahead(&mut sink, deadline).await;
+            self.read_days_ahead(&mut sink, valid.deadline).await;
         }
         drop(sink);
         let written = written.inspect_err(|e| {

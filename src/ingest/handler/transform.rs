@@ -1,6 +1,7 @@
-//! One batch validated, masked and written: the records streamed into the
-//! sink as they are transformed, and the batch written again when the
-//! erasure list or the key version changed under it.
+//! The handler's transform and write: one batch validated, masked and
+//! written, the records streamed into the sink as they are transformed,
+//! and the batch written again when the erasure list or the key version
+//! changed under it.
 
 use std::time::Instant;
 
@@ -8,17 +9,24 @@ use tracing::{trace, warn};
 
 use crate::contract::{LoginRow, Rejection};
 use crate::error::{HandlerError, SinkError};
-use crate::ingest::dlq::{DeadLetterQueue, Rejected};
+use crate::ingest::dlq::Rejected;
 use crate::ingest::event::{SqsBatch, SqsRecord};
 use crate::ingest::record;
 use crate::ingest::sink::{InsertReport, PgSink};
-use crate::privacy::dead_letter::rebuilt::{Rebuilt, RebuiltVerifier, Verdict};
-use crate::privacy::keys::{BatchKeys, Keys};
-use crate::privacy::vault::{DataKey, VaultBatch, VaultWrite};
+use crate::privacy::dead_letter::rebuilt::{Rebuilt, Verdict};
+use crate::privacy::keys::BatchKeys;
+use crate::privacy::vault::{VaultBatch, VaultWrite};
 
-/// The batch split by validation.
+use super::BatchHandler;
+
+/// One batch at work: how it is handled (its queue's order, its deadline)
+/// and what validation made of it.
 #[derive(Default)]
 pub(super) struct Transformed<'b> {
+    /// A FIFO queue's batch: later records wait for a failed one.
+    pub(super) fifo: bool,
+    /// When the batch must be answered.
+    pub(super) deadline: Option<Instant>,
     /// Every record's `messageId`, in batch order (all of them once the
     /// batch could be handled).
     pub(super) ids: Vec<&'b str>,
@@ -43,6 +51,14 @@ pub(super) struct Transformed<'b> {
 }
 
 impl<'b> Transformed<'b> {
+    pub(super) fn new(fifo: bool, deadline: Option<Instant>) -> Self {
+        Self {
+            fifo,
+            deadline,
+            ..Self::default()
+        }
+    }
+
     pub(super) fn rejected_records<'a>(&'a self, batch: &'b SqsBatch) -> Vec<Rejected<'a>>
     where
         'b: 'a,
@@ -59,21 +75,7 @@ impl<'b> Transformed<'b> {
     }
 }
 
-/// What a batch is transformed and written with: the handler's keys, vault
-/// key and DLQ, the batch's order and its deadline.
-pub(super) struct Transform<'h> {
-    pub(super) keys: &'h Keys,
-    pub(super) contract: &'h crate::contract::Contract,
-    pub(super) vault: Option<&'h DataKey>,
-    pub(super) dlq: Option<&'h DeadLetterQueue>,
-    pub(super) rebuilt: Option<&'h RebuiltVerifier>,
-    /// The DLQ operator's role id (`DLQ_OPERATOR_ROLE_ID`).
-    pub(super) operator_role_id: Option<&'h str>,
-    pub(super) fifo: bool,
-    pub(super) deadline: Option<Instant>,
-}
-
-impl Transform<'_> {
+impl BatchHandler {
     /// Validates and masks every record, streaming the valid rows into the
     /// sink (a COPY for large batches) as they come, then commits them.
     /// Each record is read from the payload as the loop reaches it, so the
@@ -81,24 +83,25 @@ impl Transform<'_> {
     /// outer error: the batch cannot be handled (a record without
     /// `messageId`, not an SQS message, or a payload that breaks off),
     /// found before anything commits.
-    pub(super) async fn write<'b>(
+    pub(super) async fn transform_and_write<'b>(
         &self,
         sink: &mut PgSink,
         batch: &'b SqsBatch,
         out: &mut Transformed<'b>,
     ) -> Result<Result<InsertReport, SinkError>, HandlerError> {
+        let (fifo, deadline) = (out.fifo, out.deadline);
         // The keys and the erasure list, in memory (their versions are
         // checked by the write). When the database fails before the write
         // begins, every record is still validated with the newest key held,
         // so the rejects reach the DLQ all the same; nothing is written.
-        let (keys, mut early) = match sink.batch_keys(self.keys, self.deadline, true).await {
+        let (keys, mut early) = match sink.batch_keys(&self.keys, deadline, true).await {
             Ok(keys) => (keys, None),
             Err(e) => (self.keys.unchecked(), Some(e)),
         };
         out.masker = Some(keys.masker.clone());
         let mut writer = None;
         if early.is_none() {
-            match sink.start_batch(batch.size_hint(), self.deadline).await {
+            match sink.start_batch(batch.size_hint(), deadline).await {
                 Ok(w) => writer = Some(w),
                 Err(e) => early = Some(e),
             }
@@ -119,7 +122,7 @@ impl Transform<'_> {
                     Some(row) => row,
                     None => {
                         out.held.push(pos);
-                        if self.fifo {
+                        if fifo {
                             // Later records must wait for this one.
                             break;
                         }
@@ -127,8 +130,10 @@ impl Transform<'_> {
                     }
                 }
             } else {
-                record::check_sender(id, message, &keys.masker, self.operator_role_id)
-                    .and_then(|()| record::transform_with(id, message, &keys.masker, self.contract))
+                record::check_sender(id, message, &keys.masker, self.operator_role_id.as_deref())
+                    .and_then(|()| {
+                        record::transform_with(id, message, &keys.masker, &self.contract)
+                    })
             };
             match transformed {
                 Ok(row) if keys.is_erased(&row.user_id) => {
@@ -137,7 +142,7 @@ impl Transform<'_> {
                 }
                 Ok(row) => {
                     trace!(message_id = id, "record valid");
-                    if let Some(key) = self.vault {
+                    if let Some(key) = &self.vault {
                         out.vault.add(key, &row);
                     }
                     if let Some(writer) = writer.as_mut() {
@@ -149,7 +154,7 @@ impl Transform<'_> {
                 Err(reason) => {
                     log_rejection(id, &reason);
                     out.rejected.push((pos, reason.code().into_owned()));
-                    if self.fifo && self.dlq.is_none() {
+                    if fifo && self.dlq.is_none() {
                         // Later records must wait for this one: do not even validate them.
                         break;
                     }
@@ -167,15 +172,12 @@ impl Transform<'_> {
             return Ok(Err(e));
         }
         let writer = writer.expect("a writer whenever nothing failed before it");
-        let vault = self.vault.map(|key| VaultWrite {
+        let vault = self.vault.as_ref().map(|key| VaultWrite {
             key,
             batch: &out.vault,
         });
         Ok(
-            match writer
-                .finish(&out.rows, keys.versions, self.fifo, vault)
-                .await
-            {
+            match writer.finish(&out.rows, keys.versions, fifo, vault).await {
                 Err(SinkError::BatchOutdated) => self.write_again(sink, out).await,
                 written => written,
             },
@@ -193,7 +195,7 @@ impl Transform<'_> {
         let Some((claim, seal)) = message.rebuilt() else {
             return Some(Err(Rejection::RebuiltLoginUnverified));
         };
-        let Some(verifier) = self.rebuilt else {
+        let Some(verifier) = &self.rebuilt else {
             warn!(
                 message_id = claim.message_id,
                 "a login rebuilt from a dead-letter copy waits: this environment has no dead-letter key to check its seal (DLQ_KMS_KEY_ID, the stack's DlqKeyArn)"
@@ -211,7 +213,7 @@ impl Transform<'_> {
                 claim,
                 message,
                 masker,
-                self.contract,
+                &self.contract,
             )),
             Ok(Verdict::Broken) => Some(Err(Rejection::RebuiltLoginUnverified)),
             Err(e) => {
@@ -225,12 +227,12 @@ impl Transform<'_> {
     /// after it may go on; the first one that could not be sent holds back
     /// every later row.
     async fn send_fifo_rejects<'b>(&self, batch: &'b SqsBatch, out: &mut Transformed<'b>) {
-        let (true, Some(dlq)) = (self.fifo, self.dlq) else {
+        let (true, Some(dlq)) = (out.fifo, &self.dlq) else {
             return;
         };
         let masker = out.masker.as_ref().expect("set before any record");
         out.sent = dlq
-            .send(&out.rejected_records(batch), masker, true, self.deadline)
+            .send(&out.rejected_records(batch), masker, true, out.deadline)
             .await;
         if let Some(&(held, _)) = out
             .rejected
@@ -256,14 +258,14 @@ impl Transform<'_> {
     ) -> Result<InsertReport, SinkError> {
         for _ in 0..3 {
             sink.forget_erased();
-            let keys = sink.batch_keys(self.keys, self.deadline, true).await?;
+            let keys = sink.batch_keys(&self.keys, out.deadline, true).await?;
             self.drop_erased(&keys, out)?;
-            let vault = self.vault.map(|key| VaultWrite {
+            let vault = self.vault.as_ref().map(|key| VaultWrite {
                 key,
                 batch: &out.vault,
             });
             match sink
-                .insert_until(&out.rows, keys.versions, self.fifo, vault, self.deadline)
+                .insert_until(&out.rows, keys.versions, out.fifo, vault, out.deadline)
                 .await
             {
                 Err(SinkError::BatchOutdated) => continue,
@@ -299,7 +301,7 @@ impl Transform<'_> {
         let mut flags = keep.iter();
         out.row_positions
             .retain(|_| *flags.next().expect("one flag per row"));
-        if let Some(key) = self.vault {
+        if let Some(key) = &self.vault {
             out.vault = VaultBatch::default();
             for row in &out.rows {
                 out.vault.add(key, row);
