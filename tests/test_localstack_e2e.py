@@ -139,7 +139,7 @@ def test_every_valid_message_is_exactly_one_correctly_masked_row(standard, drain
     for message_id, defects in defective.items():
         assert table[message_id][8] == ",".join(defects), message_id
     # Each column of a clean row (a defective row's: the handler's tests,
-    # tests/it/handler_postgres.rs, against the oracle).
+    # tests/it/handler_postgres/, against the oracle).
     for message_id, body in valid.items():
         if message_id in defective:
             continue

@@ -1,0 +1,271 @@
+//! The insider's suite: each login-etl role, holding exactly what
+//! `login-etl grants` gives it, tried as a stolen credential would be.
+//!
+//! A deployment as production has it: the tables migrated by a migrate
+//! role that is no superuser (so the owner's functions run with that
+//! role's rights, not a superuser's), the six other roles granted by the
+//! SQL `login-etl grants` prints, data written by the real function,
+//! `forget` and `maintain`. Then, for every role:
+//!
+//! - what it holds, read from the catalog, must equal an oracle written
+//!   here apart from src/table/privileges.rs (so a grant widened there, or
+//!   by a migration, fails this suite): tables, columns (system columns
+//!   too), sequences, functions, the schema, the database, memberships;
+//! - a catalogue of attempts: read or change what is not its own, call
+//!   each owner's function out of its protocol (out of a rotation, with a
+//!   forged day or key version, with other entries' ctids), plant objects
+//!   in pg_temp (the only schema it can create in) and call the owner's
+//!   functions beside them, `SET ROLE`, `TRUNCATE`, `ALTER`, triggers,
+//!   indexes, sequences, large objects, server files. Each is refused, or
+//!   harmless: the data's digest is the same after them all;
+//! - then the real commands run beside what was planted (the function,
+//!   `maintain` with retention, `forget`, a whole `rotate-key`), as their
+//!   roles, and nothing planted ran (the oracle holds again, the data is
+//!   what they made it).
+//!
+//! On the server's defaults, and on PostgreSQL 13/14's, where PUBLIC may
+//! create in `public`: there `migrate` refuses until the statement it
+//! prints is run, and the function warns when the schema is opened again.
+
+use crate::common;
+
+use std::collections::BTreeSet;
+
+use common::keys::*;
+use common::*;
+use login_etl::synth::{self, Options};
+use login_etl::testing::database::DbConfig;
+use login_etl::testing::grants::Role;
+use login_etl::testing::ingest::handler::BatchHandler;
+use login_etl::testing::privacy::rekey::{self, RekeyOptions};
+use login_etl::testing::table::maintain::{self, MaintainOptions};
+use login_etl::testing::table::schema::functions::FUNCTION_FILES;
+use login_etl::{Deadline, SqsBatch, startup};
+use tokio_postgres::Client;
+
+mod attempts;
+mod commands;
+mod oracle;
+
+use attempts::*;
+use commands::*;
+use oracle::*;
+
+/// The roles an attacker may hold (the migrate role owns everything).
+const ROLES: [Role; 8] = [
+    Role::Ingest,
+    Role::Reveal,
+    Role::Erase,
+    Role::Maintain,
+    Role::Audit,
+    Role::Rotate,
+    Role::Upgrade,
+    Role::Reader,
+];
+
+/// A deployment as production has one.
+struct Deployment {
+    db: TestDb,
+    admin: Client,
+    owner: String,
+}
+
+impl Deployment {
+    fn url(&self, role: Role) -> String {
+        with_user(&self.db.url, &self.db.role_name(role))
+    }
+
+    async fn connect(&self, role: Role) -> Client {
+        connect(&self.url(role)).await
+    }
+
+    async fn function(&self) -> BatchHandler {
+        handler_with(&[
+            ("DATABASE_URL", &self.url(Role::Ingest)),
+            ("MASKING_KEY", &doc(&K, 1)),
+            ("ERASURE_KEY", &doc(&E, 1)),
+        ])
+        .await
+        .with_vault(data_key())
+    }
+}
+
+fn db_config(url: &str) -> DbConfig {
+    let url = url.to_owned();
+    DbConfig::from_lookup(&|k| (k == "DATABASE_URL").then(|| url.clone())).unwrap()
+}
+
+/// The migrate role migrates; on PostgreSQL 13/14's defaults it is refused
+/// first, and the statement its error prints, run as the schema's owner,
+/// is the fix. The other roles get what `login-etl grants` prints, run as
+/// the tables' owner, as the docs say.
+async fn deploy(pg13_defaults: bool) -> Deployment {
+    let db = TestDb::create().await;
+    let admin = db.client().await;
+    if pg13_defaults {
+        admin
+            .batch_execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
+            .await
+            .unwrap();
+    }
+    let owner = db.role_url(Role::Migrate).await;
+    if pg13_defaults {
+        let refused = startup::migrate(
+            &db_config(&owner),
+            login_etl::testing::profile::Profile::Full,
+        )
+        .await
+        .expect_err("migrate refuses a schema every role may create in")
+        .to_string();
+        assert!(
+            refused.contains("every role (PUBLIC) may CREATE in schema \"public\""),
+            "{refused}"
+        );
+        let fix = "REVOKE CREATE ON SCHEMA \"public\" FROM PUBLIC;";
+        assert!(refused.contains(fix), "the one-line fix: {refused}");
+        admin.batch_execute(fix).await.unwrap();
+    }
+    startup::migrate(
+        &db_config(&owner),
+        login_etl::testing::profile::Profile::Full,
+    )
+    .await
+    .expect("the migrate role migrates");
+    let owner_client = connect(&owner).await;
+    for role in ROLES {
+        let name = db.role_name(role);
+        db.bare_named_role(&name).await;
+        let grants = login_etl::testing::grants::sql(
+            role,
+            &name,
+            "public",
+            login_etl::testing::profile::Profile::Full,
+        )
+        .unwrap();
+        owner_client
+            .batch_execute(&grants)
+            .await
+            .unwrap_or_else(|e| panic!("{role:?}'s grants as the owner: {e}"));
+    }
+    Deployment { db, admin, owner }
+}
+
+/// Data for the attacks to aim at: rows and vault entries written by the
+/// function, an erasure (audit records, the erasure list), maintain.
+async fn seed(d: &Deployment) {
+    let h = d.function().await;
+    for seed in 1..=3 {
+        let event = synth::event(&Options {
+            count: 40,
+            seed,
+            ..Options::default()
+        });
+        handle_all_ok(&h, &event).await;
+    }
+    forget(d, "user-erased-before-the-attacks").await;
+    run_maintain(d).await;
+}
+
+async fn forget(d: &Deployment, user: &str) -> u64 {
+    let mut erase = d.connect(Role::Erase).await;
+    login_etl::testing::privacy::forget::forget(&mut erase, user, masker(1).users(), CALLER)
+        .await
+        .expect("forget as the erase role")
+        .rows
+}
+
+async fn run_maintain(d: &Deployment) {
+    record_retention(&connect(&d.owner).await, 3650).await;
+    let client = d.connect(Role::Maintain).await;
+    maintain::run(
+        &client,
+        &MaintainOptions {
+            retention_days: Some(3650),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("maintain as the maintain role");
+}
+
+async fn the_whole_suite(pg13_defaults: bool) {
+    let d = deploy(pg13_defaults).await;
+    assert_every_function_in_one_place(&d).await;
+    assert_least_privilege(&d).await;
+    seed(&d).await;
+    the_reader_reads_every_partition(&d).await;
+    a_reveal_hands_out_nothing_before_its_record_commits(&d).await;
+    attack(&d).await;
+    stored_settings_are_refused_until_reset(&d).await;
+    the_vault_day_stays_within_bounds(&d).await;
+    the_real_commands_run_beside_the_plants(&d).await;
+}
+
+#[tokio::test]
+async fn every_role_is_refused_beyond_its_kind_on_the_servers_defaults() {
+    the_whole_suite(false).await;
+}
+
+#[tokio::test]
+async fn every_role_is_refused_beyond_its_kind_on_postgresql_13_and_14s_defaults() {
+    the_whole_suite(true).await;
+}
+
+/// The review's first replay, on a schema opened to PUBLIC after
+/// migrate: an ingest credential plants `<>(integer, integer)` whose
+/// function grants the vault to its caller, then runs the write check,
+/// which compares integers with `<>`. pg_catalog first in the owner's
+/// functions' path keeps the planted operator out; the function warns at
+/// connect that the schema is open (what the operator must mend: an
+/// overload that matches better would still win).
+#[tokio::test]
+async fn a_planted_operator_never_runs_as_the_owner_and_an_open_schema_is_reported() {
+    let d = deploy(false).await;
+    let ingest = d.db.role_name(Role::Ingest);
+    d.admin
+        .batch_execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
+        .await
+        .unwrap();
+    let c = d.connect(Role::Ingest).await;
+    c.batch_execute(&format!(
+        "CREATE FUNCTION public.planted_ne(integer, integer) RETURNS boolean LANGUAGE plpgsql AS $$ \
+         BEGIN EXECUTE 'GRANT SELECT, UPDATE, DELETE ON user_logins_pii_vault TO \"{ingest}\"'; \
+         RETURN $1 OPERATOR(pg_catalog.<>) $2; END $$; \
+         CREATE OPERATOR public.<> (LEFTARG = integer, RIGHTARG = integer, FUNCTION = public.planted_ne)"
+    ))
+    .await
+    .expect("PUBLIC may create in the opened schema");
+    // Committed, as the replay ran it: a rollback would undo the grant.
+    c.batch_execute("SELECT login_etl_check_write(0, 1, 1)")
+        .await
+        .expect("the write check");
+    let got: bool = d
+        .admin
+        .query_one(
+            "SELECT has_table_privilege($1, 'user_logins_pii_vault', 'SELECT')",
+            &[&ingest],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!got, "the planted operator ran with the owner's rights");
+    let state = login_etl::testing::table::schema::inspect(&c)
+        .await
+        .unwrap();
+    assert_eq!(
+        state.schema_writers,
+        ["PUBLIC"],
+        "what the function warns of"
+    );
+    let again = startup::migrate(
+        &db_config(&d.owner),
+        login_etl::testing::profile::Profile::Full,
+    )
+    .await
+    .expect_err("migrate refuses the opened schema")
+    .to_string();
+    assert!(
+        again.contains("REVOKE CREATE ON SCHEMA \"public\" FROM PUBLIC;"),
+        "{again}"
+    );
+}
