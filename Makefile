@@ -241,7 +241,7 @@ SOAK_SECONDS  ?= $(if $(MINUTES),$(shell echo $$(( $(MINUTES) * 60 ))),20)
 # cannot scan: it refuses there, tests/it/insiders/ asserts so). On 13
 # and 14: the one test that needs 15's pg_stat_force_next_flush.
 PG_OLD_SKIP := test(=erasure::the_vault_purge_reads_what_it_purges_and_nothing_when_nothing_is_due)
-PG13_SKIP := test(/^rotation::[a-z_]+::(tokens_follow|the_switch_waits|an_erasure_survives|a_rotation_right_after|writers_on_both|a_rekey_killed|jobs_side_by_side)/) \
+PG13_SKIP := test(/^rotation::([a-z_]+::)?(tokens_follow|the_switch_waits|an_erasure_survives|a_rotation_right_after|writers_on_both|a_rekey_killed|jobs_side_by_side)/) \
   | test(/^rotation_races::/) | test(=vault_kms::an_old_vault_is_resealed_then_rotated_and_still_reveals) \
   | test(=failure_classes::a_replaced_key_and_a_key_behind_the_database_are_classes_of_their_own) \
   | test(=stalls::the_key_switch_holds_no_write_up_however_large_the_vault_and_the_erasure_list)

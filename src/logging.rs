@@ -24,7 +24,7 @@ use tracing_subscriber::prelude::*;
 const DEPENDENCY_MAX: Level = Level::INFO;
 
 /// The target prefix of this crate's own events, which the filter alone
-/// governs (none carries a value: tests/pii_logs.rs).
+/// governs (none carries a value: tests/it/pii_logs.rs).
 const OWN: &str = "login_etl";
 
 /// True when an event or span may be written.

@@ -279,7 +279,7 @@ async fn aws_for(db: &DbConfig) -> Option<aws_config::SdkConfig> {
 }
 
 /// [`operator_connection`] for `command`, a command of the full profile
-/// only (see [`crate::table::schema::require_full`]).
+/// only (see `crate::table::schema::require_full`).
 pub async fn full_profile_connection(
     db: &DbConfig,
     command: &'static str,

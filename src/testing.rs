@@ -1,7 +1,6 @@
 //! The crate's internals, declared here so that only this hidden module
 //! makes them reachable from outside (the project's tests, benches and
 //! examples); the crate itself names them `crate::<module>` (lib.rs).
-#![allow(missing_docs)]
 
 #[path = "app_version.rs"]
 pub mod app_version;

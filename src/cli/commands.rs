@@ -134,7 +134,7 @@ async fn maintain(args: &MaintainArgs) -> Result<(), Failure> {
 }
 
 /// Re-keys everything to the newest masking-key version (see
-/// [`crate::privacy::rekey`]), showing progress on stderr; prints the key's state as
+/// `crate::privacy::rekey`), showing progress on stderr; prints the key's state as
 /// JSON at the end. Needs the rotate role's database settings, AWS
 /// credentials (STS names the caller in the audit trail) and both keys'
 /// newest secrets (MASKING_KEY_SECRET_ID, ERASURE_KEY_SECRET_ID).
@@ -292,7 +292,7 @@ fn schema(args: &super::ContractArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Examines the database (see [`crate::table::doctor`]): each finding
+/// Examines the database (see `crate::table::doctor`): each finding
 /// with its fix on stdout (or the report as JSON), exit 1 on any.
 async fn doctor(args: &DoctorArgs) -> Result<(), Failure> {
     let client = startup::operator_connection(&DbConfig::from_env()?).await?;
@@ -353,7 +353,7 @@ async fn doctor(args: &DoctorArgs) -> Result<(), Failure> {
 
 /// Doctor's `keys` check, where the operator gave it a key (MASKING_KEY or
 /// _SECRET_ID, ERASURE_KEY or _SECRET_ID): each against the database's
-/// key state (see [`crate::privacy::key_check`]).
+/// key state (see `crate::privacy::key_check`).
 async fn doctor_keys(
     client: &tokio_postgres::Client,
     report: &mut crate::table::doctor::Report,
@@ -399,7 +399,7 @@ async fn doctor_keys(
 }
 
 /// Doctor's `queue` check (`--queue-url`): its RedrivePolicy against the
-/// backoff settings' outage tolerance (see [`crate::poll::outage_warning`]),
+/// backoff settings' outage tolerance (see `crate::poll::outage_warning`),
 /// and its dead-letter queue found.
 async fn doctor_queue(url: &str, report: &mut crate::table::doctor::Report) -> Result<(), Failure> {
     use crate::poll::queue::{Queue, long_poll_client};
@@ -454,7 +454,7 @@ async fn doctor_queue(url: &str, report: &mut crate::table::doctor::Report) -> R
 }
 
 /// Sends the dead-letter queue's messages back (see
-/// [`crate::ingest::redrive`]), progress on stderr, the counts as JSON on
+/// `crate::ingest::redrive`), progress on stderr, the counts as JSON on
 /// stdout. Needs AWS credentials of `DlqOperatorRole` and, for the
 /// function's sealed copies, `DLQ_KMS_KEY_ID` (and `VAULT_KMS_KEY_ID` for
 /// copies sealed under the vault's key before there was one).

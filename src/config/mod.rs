@@ -10,7 +10,7 @@ use crate::database::DbConfig;
 use crate::error::ConfigError;
 
 /// Where a key comes from (the masking key, the erasure key). Either holds
-/// one hex key or a document of versions (see [`crate::privacy::masking::KeyVersions`]).
+/// one hex key or a document of versions (see `crate::privacy::masking::KeyVersions`).
 #[derive(Clone, PartialEq, Eq)]
 pub enum KeySource {
     /// `MASKING_KEY` / `ERASURE_KEY`: the key itself (local use only).
@@ -62,7 +62,7 @@ pub struct Config {
     pub run_migrations: bool,
     /// `LOGIN_ETL_PROFILE` (`masking` or `full`): the profile a cold start's
     /// migration installs; unset keeps the database's (full for a new
-    /// one). See [`crate::profile::Profile`].
+    /// one). See `crate::profile::Profile`.
     pub profile: Option<crate::profile::Profile>,
     /// `DLQ_URL`: the source queue's dead-letter queue; rejected records are
     /// sent there directly. Unset: they are reported and SQS redrives them.

@@ -39,7 +39,7 @@ pub struct LoginEvent<'a> {
     pub device_id: Option<Cow<'a, str>>,
     /// At most 32 characters, or `None`.
     pub locale: Option<Cow<'a, str>>,
-    /// Encoded version ([`app_version::derive`]), `None` when the text
+    /// Encoded version (`app_version::derive`), `None` when the text
     /// carries none.
     pub app_version: Option<i32>,
     /// Version as received, at most 32 characters.

@@ -1,6 +1,6 @@
 //! A dead-letter copy's masked body read back as a login: what a login
 //! rebuilt from a copy that kept no original is stored as
-//! (`dlq-redrive --rebuild`, [`crate::privacy::dead_letter::rebuilt`]).
+//! (`dlq-redrive --rebuild`, `crate::privacy::dead_letter::rebuilt`).
 //!
 //! The copy kept each field of the contract that passed its own checks,
 //! `ip` and `device_id` as their tokens, and replaced every other value by

@@ -36,7 +36,7 @@ pub enum Defect {
     IpZone,
     /// `ip` holds no address: no token (NULL), its text kept nowhere.
     IpUnparseable,
-    /// `app_version` is not a plain version: what [`crate::app_version::derive`]
+    /// `app_version` is not a plain version: what `crate::app_version::derive`
     /// set aside (the integer derived) or why it found none (NULL); the text
     /// is kept either way. `strict` is what `CONTRACT=strict` says of it.
     AppVersion(Derivation, VersionError),

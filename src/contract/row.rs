@@ -27,7 +27,7 @@ pub struct LoginRow<'a> {
     pub masked_ip: Option<Token>,
     /// HMAC token of the trimmed device id (`None`: none sent).
     pub masked_device_id: Option<Token>,
-    /// The key version both tokens are under (see [`crate::privacy::masking`]).
+    /// The key version both tokens are under (see `crate::privacy::masking`).
     pub key_version: u16,
     /// `None` for null or absent.
     pub locale: Option<Cow<'a, str>>,

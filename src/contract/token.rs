@@ -6,7 +6,7 @@ use std::fmt;
 pub const TOKEN_LEN: usize = 64;
 
 /// A 64-character lowercase hex token, stored inline (no heap allocation).
-/// Computed by [`crate::privacy::masking`]; the contract only carries it.
+/// Computed by `crate::privacy::masking`; the contract only carries it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Token([u8; TOKEN_LEN]);
 

@@ -344,20 +344,22 @@ where
 }
 
 /// A notice the server sent (tokio-postgres would log it at INFO, with no
-/// code): a WARNING at warn, with its SQLSTATE, for it says a statement was
-/// out of place (25P01: a COMMIT or ROLLBACK outside any transaction); the
-/// rest (NOTICE: "already exists, skipping") at debug. Their text is the
-/// server's own about our statements (no function of ours raises one), so
-/// it holds no value of a row.
+/// code): a WARNING at warn, with its SQLSTATE and text, for it says a
+/// statement was out of place (25P01: a COMMIT or ROLLBACK outside any
+/// transaction; no function of ours raises one, so the text is the
+/// server's own about our statements); the rest at debug, code only: a
+/// role may store `client_min_messages = log` with `debug_print_plan` for
+/// itself, and a plan's text holds the statement's values.
 fn log_notice(notice: &tokio_postgres::error::DbError) {
-    let (severity, code, message) = (notice.severity(), notice.code().code(), notice.message());
+    let (severity, code) = (notice.severity(), notice.code().code());
     if severity == "WARNING" {
         warn!(
             code,
-            message, "the database server warned about a statement"
+            notice = notice.message(),
+            "the database server warned about a statement"
         );
     } else {
-        debug!(severity, code, message, "the database server noted");
+        debug!(severity, code, "the database server noted");
     }
 }
 

@@ -204,11 +204,11 @@ pub struct SqsRecord {
 }
 
 /// The attributes of a copy the function sent to the dead-letter queue
-/// ([`crate::ingest::dlq`]): the original message's id and `SentTimestamp`,
+/// (`crate::ingest::dlq`): the original message's id and `SentTimestamp`,
 /// signed. A redrive sends the copy back as a new message, with a new id
 /// and a new `SentTimestamp`; these keep its row key and day the
 /// original's, when the signature holds (see
-/// [`crate::ingest::record::row_key`]): any sender can set attributes.
+/// `crate::ingest::record::row_key`): any sender can set attributes.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct SourceAttributes {
     /// `source_message_id`.
@@ -236,7 +236,7 @@ pub struct SourceAttributes {
     pub rejection_code: Option<String>,
     /// `rebuilt_seal`: a login `dlq-redrive --rebuild` made from a copy
     /// that kept no original, sealed by the DLQ operator
-    /// ([`crate::privacy::dead_letter::rebuilt`]); its tokens are stored as
+    /// (`crate::privacy::dead_letter::rebuilt`); its tokens are stored as
     /// they are only when the seal opens.
     #[serde(default, deserialize_with = "string_value")]
     pub rebuilt_seal: Option<String>,
@@ -348,7 +348,7 @@ impl SqsRecord {
     /// Whether the message carries a dead-letter copy's attributes: the
     /// copy itself come back (SQS moved it, or someone sent it on), or its
     /// original sent back with them (which its signed claim tells apart:
-    /// [`crate::ingest::record::row_key`]).
+    /// `crate::ingest::record::row_key`).
     pub fn is_dead_letter_copy(&self) -> bool {
         self.message_attributes
             .as_ref()

@@ -394,7 +394,7 @@ pub const FUNCTION_SETTINGS: [(&str, &str); 6] = [
 /// written where nothing changes (no catalog row is touched twice, so a
 /// repeated `migrate` takes no lock a write waits for). Privileges a role
 /// holds beyond its kind's are left: `login-etl grants` prints the exact
-/// set (the insider suite, tests/it/insiders.rs, compares both ways).
+/// set (the insider suite, tests/it/insiders/, compares both ways).
 pub fn apply_sql(functions: &[FunctionGrant<'_>], profile: Profile) -> String {
     let (fns, tables) = (function_rows(functions), table_rows());
     // A role registered as a kind the profile has not gets nothing from it.

@@ -372,7 +372,7 @@ async fn a_view_in_place_of_the_schema_record_is_named_and_never_read() {
     assert!(
         report.findings.iter().any(|f| f.check == "schema_version"
             && f.subject == "table user_logins_schema"
-            && f.problem.contains("not a plain table")),
+            && f.problem.contains("is not the plain table")),
         "{:#?}",
         report.findings
     );
@@ -389,5 +389,104 @@ async fn a_view_in_place_of_the_schema_record_is_named_and_never_read() {
         !mended.findings.iter().any(|f| f.check == "schema_version"),
         "{:#?}",
         mended.findings
+    );
+
+    // Its version column of the owner's own type, read through the
+    // owner's cast: not read either, and named.
+    owner
+        .batch_execute(
+            "CREATE TYPE login_etl_v AS (v integer); \
+             CREATE FUNCTION login_etl_v_int(login_etl_v) RETURNS integer LANGUAGE plpgsql AS $$ \
+             BEGIN INSERT INTO public.doctor_ran VALUES (current_user); RETURN ($1).v; END $$; \
+             CREATE CAST (login_etl_v AS integer) WITH FUNCTION login_etl_v_int(login_etl_v); \
+             ALTER TABLE user_logins_schema ALTER COLUMN version TYPE login_etl_v USING ROW(version)::login_etl_v",
+        )
+        .await
+        .unwrap();
+    let report = examine(&admin, today, None).await.expect("doctor runs");
+    let ran: i64 = admin
+        .query_one("SELECT count(*) FROM public.doctor_ran", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ran, 0, "doctor read the retyped column through its cast");
+    assert!(
+        report.findings.iter().any(|f| f.check == "schema_version"
+            && f.subject == "table user_logins_schema"
+            && f.problem.contains("a column of another type")),
+        "{:#?}",
+        report.findings
+    );
+}
+
+/// A `user_logins_schema` another role made while it could create in the
+/// schema (PostgreSQL 13/14's `public`), before this version's migrate:
+/// never taken for the record, nor written (its triggers would run as the
+/// owner). migrate refuses, saying whose it is not and what to do.
+#[tokio::test]
+async fn a_record_table_another_role_made_is_refused_by_migrate() {
+    let db = TestDb::create().await;
+    let owner_url = db.role_url(Role::Migrate).await;
+    startup::migrate(
+        &db_config(&owner_url),
+        login_etl::testing::profile::Profile::Full,
+    )
+    .await
+    .expect("the migrate role migrates");
+    let stranger = format!("{}_stranger", db.name);
+    db.bare_named_role(&stranger).await;
+    let admin = db.client().await;
+    // As a database migrated before 0.3.0, whose public schema was open.
+    connect(&owner_url)
+        .await
+        .batch_execute("DROP TABLE user_logins_schema")
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("GRANT CREATE ON SCHEMA public TO \"{stranger}\""))
+        .await
+        .unwrap();
+    connect(&with_user(&db.url, &stranger))
+        .await
+        .batch_execute(
+            "CREATE TABLE public.user_logins_schema (one boolean PRIMARY KEY DEFAULT true, \
+               version integer, profile text, functions text, migrated_at timestamptz DEFAULT now()); \
+             GRANT ALL ON public.user_logins_schema TO PUBLIC",
+        )
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!(
+            "REVOKE CREATE ON SCHEMA public FROM \"{stranger}\""
+        ))
+        .await
+        .unwrap();
+    let err = startup::migrate(
+        &db_config(&owner_url),
+        login_etl::testing::profile::Profile::Full,
+    )
+    .await
+    .expect_err("migrate refuses the stranger's table");
+    let text = err.to_string();
+    assert!(
+        text.contains("user_logins_schema exists and is not a table of the tables' owner"),
+        "{text}"
+    );
+    let rows: i64 = admin
+        .query_one("SELECT count(*) FROM public.user_logins_schema", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "nothing written into it");
+    let report = examine(&admin, chrono::Utc::now().date_naive(), None)
+        .await
+        .unwrap();
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.check == "schema_version" && f.subject == "table user_logins_schema"),
+        "{:#?}",
+        report.findings
     );
 }

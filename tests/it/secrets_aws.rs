@@ -196,19 +196,30 @@ async fn secrets_at_cold_start_and_on_password_rotation() {
     // (both secrets are fetched at once, so one bound covers both).
     let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hanging_port = hanging.local_addr().unwrap().port();
-    let holder = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = hanging.accept().await {
-            held.push(socket);
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let holder = tokio::spawn({
+        let accepted = accepted.clone();
+        async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = hanging.accept().await {
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(socket);
+            }
         }
     });
-    // The hanging one ends by the client's own bound, as its error says
-    // (no clock read here: a hang would be nextest's slow-timeout).
-    for (port, cause) in [(closed_port(), "refused"), (hanging_port, "timeout")] {
+    // The hanging one ends by the client's own bound, as its error says,
+    // after at most its attempts (two per secret, both secrets at once):
+    // the wait observed by what the endpoint saw, no clock read here.
+    for (port, cause) in [(closed_port(), "refused"), (hanging_port, "occurred after")] {
         set_endpoint(&format!("http://127.0.0.1:{port}"));
         let err = build(&good).await.err().expect("unreachable");
         assert!(err.contains("cannot reach Secrets Manager"), "{err}");
         assert!(err.to_lowercase().contains(cause), "{cause}: {err}");
     }
+    let attempts = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (1..=4).contains(&attempts),
+        "{attempts} connections to the silent endpoint"
+    );
     holder.abort();
 }

@@ -4,7 +4,7 @@
 //!
 //! It deals with a batch: parse, transform, write, report. Which keys a
 //! batch is masked with, and the erasure list it is filtered by, it asks
-//! [`crate::privacy::keys::Keys`] once per batch, on the way down to the
+//! `crate::privacy::keys::Keys` once per batch, on the way down to the
 //! sink. One file per step:
 //! - this file: the handler, its settings, and the batch from end to end;
 //! - [`transform`]: records validated, masked and streamed into the sink;
@@ -168,7 +168,7 @@ impl BatchHandler {
     /// After an infrastructure failure of the write, reports the batch's
     /// records in `batchItemFailures` and backs each one off (its visibility,
     /// by `schedule`, through `visibility`) instead of failing the
-    /// invocation; see [`crate::ingest::backoff`]. Without it a failed write fails
+    /// invocation; see `crate::ingest::backoff`. Without it a failed write fails
     /// the invocation.
     pub fn with_backoff(mut self, schedule: Schedule, visibility: Visibility) -> Self {
         self.backoff = Some((schedule, visibility));
@@ -196,7 +196,7 @@ impl BatchHandler {
     }
 
     /// Keeps each batch's original ip and device_id in the PII vault,
-    /// encrypted under `key` (see [`crate::privacy::vault`]).
+    /// encrypted under `key` (see `crate::privacy::vault`).
     pub fn with_vault(mut self, key: DataKey) -> Self {
         self.vault = Some(key);
         self
@@ -407,7 +407,7 @@ fn ingest_lag_ms(batch: &SqsBatch, now_ms: i64) -> Option<u64> {
 }
 
 /// The names of the fields outside the contract the rows carried (at most
-/// [`crate::ingest::metrics::MAX_UNKNOWN_NAMES`]); each name new to this
+/// `crate::ingest::metrics::MAX_UNKNOWN_NAMES`); each name new to this
 /// environment is logged once, at WARN: a producer sends a field nobody
 /// declared, which is counted and never stored.
 fn unknown_names(rows: &[crate::contract::LoginRow<'_>]) -> std::collections::BTreeSet<String> {

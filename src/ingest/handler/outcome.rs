@@ -13,7 +13,7 @@ use super::BatchHandler;
 use crate::contract::Rejection;
 
 /// Counts of one invocation, also written as its summary line (an EMF
-/// document, see [`crate::ingest::metrics`]).
+/// document, see `crate::ingest::metrics`).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BatchSummary {
     /// Records in the batch.

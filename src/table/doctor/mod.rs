@@ -201,34 +201,41 @@ async fn schema_version(
     report: &mut Report,
 ) -> Result<Option<i32>, tokio_postgres::Error> {
     report.checks.push("schema_version");
-    // The owner's record, read as a plain table (state::read checks that
-    // first); no function of the schema runs.
-    let version = match crate::table::schema::state::read(client).await? {
-        Some(recorded) => Some(recorded.version),
-        None => {
-            // A schema migrated before the record (0.2.0) has the function
-            // whose body held its version: found, not run, not read.
-            let row = client
-                .query_one(
-                    "SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', \
-                         pg_catalog.current_schema(), 'user_logins_schema')) IS NOT NULL, \
-                     pg_catalog.to_regprocedure(pg_catalog.format('%I.%I()', \
-                         pg_catalog.current_schema(), $1::pg_catalog.text)) IS NOT NULL",
-                    &[&crate::table::schema::functions::SCHEMA_VERSION_FUNCTION],
-                )
-                .await?;
-            let (unreadable, legacy): (bool, bool) = (row.get(0), row.get(1));
-            if unreadable {
-                report.found(
-                    "schema_version",
-                    "table user_logins_schema",
-                    "is not a plain table doctor may read (a view in its place, row-level security, or PUBLIC's SELECT revoked): the schema's recorded version is unknown".into(),
-                    "as the migrate role: put back the table migrations/0021 makes (drop what stands in its place; GRANT SELECT ON user_logins_schema TO PUBLIC), then login-etl migrate".into(),
-                );
-                return Ok(Some(SCHEMA_VERSION)); // examine the rest as this version's
-            }
-            legacy.then_some(0)
+    // The owner's record, locked, then read only where it is the table
+    // migrate makes (state::find checks that first); no function of the
+    // schema runs.
+    use crate::table::schema::state::{Found, find};
+    let version = match find(client, true).await? {
+        Found::Recorded(recorded) => Some(recorded.version),
+        Found::Empty => {
+            report.found(
+                "schema_version",
+                "table user_logins_schema",
+                "holds no record of the schema's version (its row was deleted or emptied)".into(),
+                "as the migrate role: login-etl migrate (it records the version again)".into(),
+            );
+            return Ok(Some(SCHEMA_VERSION)); // examine the rest as this version's
         }
+        Found::Unreadable => {
+            report.found(
+                "schema_version",
+                "table user_logins_schema",
+                "is not the plain table of the tables' owner that migrate makes (a view or another role's table in its place, row-level security, a child table, a column of another type, or PUBLIC's SELECT revoked): doctor does not read it, and the schema's recorded version is unknown".into(),
+                "as the tables' owner: drop what stands in its place (or, if another role made it, have that role drop it), then as the migrate role: login-etl migrate".into(),
+            );
+            return Ok(Some(SCHEMA_VERSION)); // examine the rest as this version's
+        }
+        // A schema migrated before the record (0.2.0) has the function
+        // whose body held its version: found, not run, not read.
+        Found::Absent => client
+            .query_one(
+                "SELECT pg_catalog.to_regprocedure(pg_catalog.format('%I.%I()', \
+                     pg_catalog.current_schema(), $1::pg_catalog.text)) IS NOT NULL",
+                &[&crate::table::schema::functions::SCHEMA_VERSION_FUNCTION],
+            )
+            .await?
+            .get::<_, bool>(0)
+            .then_some(0),
     };
     if let Some(finding) = version_finding(version, SCHEMA_VERSION) {
         report.findings.push(finding);

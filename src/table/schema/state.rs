@@ -5,7 +5,7 @@
 //! ([`record_sql`]); the schema guard, `migrate` and doctor read it
 //! ([`read`]).
 
-use postgres_protocol::escape::escape_literal;
+use postgres_protocol::escape::{escape_identifier, escape_literal};
 use tokio_postgres::Client;
 
 use super::Profile;
@@ -39,41 +39,95 @@ pub fn record_sql(version: i32, profile: Profile) -> String {
     )
 }
 
-/// Whether the table is there, as a plain table this session may read,
-/// and the schema it is in. Checked first because doctor reads it as
-/// whoever runs doctor: a view or a row-level policy in its place could
-/// run the owner's code with the reader's rights (every name and operator
-/// qualified, for the same reason).
-const READABLE_SQL: &str = "SELECT coalesce(c.relkind OPERATOR(pg_catalog.=) 'r'::pg_catalog.\"char\" \
-        AND NOT c.relrowsecurity AND pg_catalog.has_table_privilege(c.oid, 'SELECT'), false), \
-        pg_catalog.current_schema()::pg_catalog.text \
+/// Whether the table is there, and whether it is the record as
+/// migrations/0021 makes it: a plain table of the tables' owner
+/// (`user_logins`'s), without row-level security or children, this session
+/// may read, its three columns of their own types (so reading them runs no
+/// cast or output function of anyone's); and the schema it is in. Checked
+/// first because doctor reads it as whoever runs doctor, where a view, a
+/// policy, a child table or a column of a planted type would run someone's
+/// code with the reader's rights (every name and operator qualified, for
+/// the same reason); then the schema, and whether this session may read
+/// (and so lock) what is there.
+const READABLE_SQL: &str = "SELECT t.oid IS NOT NULL, \
+        coalesce(c.relkind OPERATOR(pg_catalog.=) 'r'::pg_catalog.\"char\" \
+        AND NOT c.relrowsecurity AND NOT c.relhassubclass \
+        AND c.relowner OPERATOR(pg_catalog.=) (SELECT u.relowner FROM pg_catalog.pg_class u \
+            WHERE u.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(pg_catalog.format('%I.%I', \
+                pg_catalog.current_schema(), 'user_logins'))::pg_catalog.oid) \
+        AND pg_catalog.has_table_privilege(c.oid, 'SELECT') \
+        AND (SELECT pg_catalog.array_agg(a.atttypid ORDER BY a.attname) FROM pg_catalog.pg_attribute a \
+             WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid AND NOT a.attisdropped \
+               AND a.attname OPERATOR(pg_catalog.=) ANY ('{functions,profile,version}'::pg_catalog.name[])) \
+            OPERATOR(pg_catalog.=) '{text,text,int4}'::pg_catalog.regtype[]::pg_catalog.oid[], false), \
+        pg_catalog.current_schema()::pg_catalog.text, \
+        coalesce(pg_catalog.has_table_privilege(t.oid, 'SELECT'), false) \
      FROM (SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', pg_catalog.current_schema(), \
          'user_logins_schema'))::pg_catalog.oid AS oid) AS t \
      LEFT JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.oid";
 
-/// The recorded state, `None` where the schema has no such table (a
-/// database migrated before 0.3.0, or none), or this session may not read
-/// it.
-pub async fn read(client: &Client) -> Result<Option<Recorded>, tokio_postgres::Error> {
+/// What the schema holds under the record's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// The record, as the last `migrate` wrote it.
+    Recorded(Recorded),
+    /// The table as migrations/0021 makes it, without its row (or with a
+    /// field the owner emptied).
+    Empty,
+    /// Something under its name that is not that table (see
+    /// [`READABLE_SQL`]), left unread.
+    Unreadable,
+    /// Nothing: a database migrated before 0.3.0, or none.
+    Absent,
+}
+
+/// What the schema holds under the record's name, the record read only
+/// where it is the table migrate makes. In a transaction, `lock` first
+/// takes ACCESS SHARE on it, so that it cannot be swapped or altered
+/// between the check and the read (doctor; the guard and migrate trust the
+/// owner, whose functions they run anyway).
+pub async fn find(client: &Client, lock: bool) -> Result<Found, tokio_postgres::Error> {
+    if lock {
+        let row = client.query_typed_one(READABLE_SQL, &[]).await?;
+        let (schema, may_read): (Option<String>, bool) = (row.get(2), row.get(3));
+        if let (true, Some(schema)) = (may_read, schema) {
+            client
+                .batch_execute(&format!(
+                    "LOCK TABLE {}.user_logins_schema IN ACCESS SHARE MODE",
+                    escape_identifier(&schema)
+                ))
+                .await?;
+        }
+    }
     let row = client.query_typed_one(READABLE_SQL, &[]).await?;
-    let (readable, schema): (bool, Option<String>) = (row.get(0), row.get(1));
-    let Some(schema) = schema.filter(|_| readable) else {
-        return Ok(None);
+    let (exists, readable, schema): (bool, bool, Option<String>) =
+        (row.get(0), row.get(1), row.get(2));
+    let schema = match (exists, readable, schema) {
+        (false, _, _) => return Ok(Found::Absent),
+        (true, true, Some(schema)) => schema,
+        _ => return Ok(Found::Unreadable),
     };
     let sql = format!(
-        "SELECT s.version::pg_catalog.int4, s.profile::pg_catalog.text, s.functions::pg_catalog.text \
-         FROM {}.user_logins_schema s",
-        postgres_protocol::escape::escape_identifier(&schema)
+        "SELECT s.version, s.profile, s.functions FROM ONLY {}.user_logins_schema s",
+        escape_identifier(&schema)
     );
-    Ok(client
-        .query_typed(&sql, &[])
-        .await?
-        .first()
-        .map(|row| Recorded {
-            version: row.get(0),
-            profile: Profile::parse(row.get(1)),
-            functions: row.get(2),
-        }))
+    let rows = client.query_typed(&sql, &[]).await?;
+    let recorded = rows.first().and_then(|row| {
+        Some(Recorded {
+            version: row.try_get::<_, Option<i32>>(0).ok()??,
+            profile: Profile::parse(row.try_get::<_, Option<&str>>(1).ok()??),
+            functions: row.try_get::<_, Option<String>>(2).ok()??,
+        })
+    });
+    Ok(recorded.map_or(Found::Empty, Found::Recorded))
+}
+
+/// The recorded state, `None` where there is none to read (see [`Found`]).
+pub async fn read(client: &Client) -> Result<Option<Recorded>, tokio_postgres::Error> {
+    Ok(match find(client, false).await? {
+        Found::Recorded(recorded) => Some(recorded),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
