@@ -465,12 +465,12 @@ dist: build-tools $(if $(filter 0,$(IMAGES)),,container-tools) ## the release in
 	@[ -x '$(CYCLONEDX_ROOT)/bin/cargo-cyclonedx' ] || { echo "==> installing cargo-cyclonedx $(CYCLONEDX_VERSION) from crates.io into $(CYCLONEDX_ROOT) (a few minutes, once)"; \
 	  cargo install --locked --quiet cargo-cyclonedx --version '$(CYCLONEDX_VERSION)' --root '$(CYCLONEDX_ROOT)'; }
 	command -v readelf > /dev/null || { echo "make dist needs readelf (Debian: binutils)"; exit 1; }
-	DIST_DIR='$(DIST_DIR)' DIST_TARGET_DIR='$(DIST_TARGET_DIR)' DIST_CARGO_ENV='$(DIST_CARGO_ENV)' IMAGES='$(or $(IMAGES),1)' \
+	DIST_DIR='$(DIST_DIR)' DIST_TARGET_DIR='$(DIST_TARGET_DIR)' DIST_CARGO_ENV='$(DIST_CARGO_ENV)' IMAGES='$(or $(IMAGES),1)' DIST_STABLE_TOOLS='$(DIST_STABLE_TOOLS)' \
 	  CYCLONEDX='$(CYCLONEDX_ROOT)/bin/cargo-cyclonedx' CONTAINER_ENGINE='$(CONTAINER_ENGINE)' PODMAN_ENV='$(PODMAN_ENV)' release/dist.sh
 
 dist-check: ## CI: make dist without the optimizer (dependencies kept in CI_CACHE) and the previous release; CI runs make test-dist after make test
 	$(DRY_RUN_STOP)
-	@$(MAKE) --no-print-directory dist DIST_TARGET_DIR="$(CI_CACHE)/dist-check" \
+	@$(MAKE) --no-print-directory dist DIST_TARGET_DIR="$(CI_CACHE)/dist-check" DIST_STABLE_TOOLS=1 \
 	  DIST_CARGO_ENV='CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16'
 	$(MAKE) --no-print-directory previous-release
 

@@ -20,7 +20,8 @@
 # are under the builder's CARGO_HOME.
 #
 # Environment (the Makefile sets them): DIST_DIR, DIST_TARGET_DIR,
-# DIST_CARGO_ENV (CI's cheaper profile), IMAGES=0 (no podman: no images),
+# DIST_CARGO_ENV (CI's cheaper profile), DIST_STABLE_TOOLS (a target
+# directory shared by clones: see below), IMAGES=0 (no podman: no images),
 # CYCLONEDX (the cargo-cyclonedx binary), CONTAINER_ENGINE, PODMAN_ENV.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,11 +38,28 @@ rm -rf "$out" && mkdir -p "$out" && out=$(cd "$out" && pwd)
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 
+# CI keeps the target directory between clones (make dist-check sets
+# DIST_STABLE_TOOLS): cargo lambda's zig wrappers name cargo-lambda's own
+# path, which is in every crate's fingerprint, so it runs from a copy kept
+# in that directory, or each clone's .venv would build every dependency
+# again (make sam-check does the same). login-etl's own artifacts go first:
+# cargo judges a path package fresh by mtimes, and another clone's build
+# could look newer than this clone's files.
+if [ -n "${DIST_STABLE_TOOLS:-}" ]; then
+  tools="$target_dir/bin"; mkdir -p "$tools"
+  found=$(command -v cargo-lambda)
+  cmp -s "$found" "$tools/cargo-lambda" || { cp "$found" "$tools/.cargo-lambda" && mv "$tools/.cargo-lambda" "$tools/cargo-lambda"; }
+  export PATH="$tools:$PATH"
+fi
+
 # Static, through zig (the C compiler cargo lambda brings): vendored
 # OpenSSL for either CPU without a cross toolchain.
 for arch in x86_64 aarch64; do
   triple=$arch-unknown-linux-musl
   rustup target list --installed | grep -q "^$triple\$" || rustup target add "$triple"
+  if [ -n "${DIST_STABLE_TOOLS:-}" ]; then
+    CARGO_TARGET_DIR="$target_dir" cargo clean --quiet --release --target "$triple" -p login-etl
+  fi
   say "cargo lambda build --release --target $triple (the first build compiles every dependency and OpenSSL: several minutes)"
   env OPENSSL_NO_VENDOR=0 CARGO_TARGET_DIR="$target_dir" ${DIST_CARGO_ENV:-} \
     cargo lambda build --quiet --release --locked --target "$triple" --bin login-etl
