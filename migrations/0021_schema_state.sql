@@ -17,7 +17,7 @@ BEGIN
         SELECT 1 FROM pg_class c WHERE c.oid = to_regclass('user_logins_schema')
            AND c.relkind = 'r' AND c.relowner = (SELECT relowner FROM pg_class WHERE oid = to_regclass('user_logins'))) THEN
         RAISE EXCEPTION 'user_logins_schema exists and is not a table of the tables'' owner: login-etl did not make it'
-            USING ERRCODE = '42P07',
+            USING ERRCODE = 'LE014',
                   HINT = 'find who made it (\d+ user_logins_schema in psql), and drop it as that role once you know why it is there; then run login-etl migrate again';
     END IF;
 END

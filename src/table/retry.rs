@@ -24,6 +24,18 @@ pub(crate) fn failed(op: &'static str) -> impl Fn(tokio_postgres::Error) -> Sink
         } else {
             use tokio_postgres::error::SqlState;
             let code = e.code();
+            // login-etl's own refusals (SQLSTATE LE…, raised by its SQL)
+            // carry their fix as the server's hint: theirs, not a guess.
+            if let Some(db) = e.as_db_error()
+                && db.code().code().starts_with("LE")
+                && let Some(own) = db.hint()
+            {
+                return SinkError::Fatal {
+                    op,
+                    cause: describe(&e),
+                    hint: format!("; {own}").into(),
+                };
+            }
             let hint = if code == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
                 "; the role lacks a privilege: `login-etl migrate` runs as the tables' owner, `login-etl maintain` as the role that `login-etl grants --role maintain` prints (docs/configuration.md, \"Database roles\")"
             } else if code == Some(&SqlState::UNDEFINED_FUNCTION)

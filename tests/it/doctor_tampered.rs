@@ -472,6 +472,12 @@ async fn a_record_table_another_role_made_is_refused_by_migrate() {
         text.contains("user_logins_schema exists and is not a table of the tables' owner"),
         "{text}"
     );
+    // Its own way out, not the generic "run login-etl migrate".
+    assert!(
+        text.contains("drop it as that role")
+            && !text.contains("run `login-etl migrate` as the tables' owner"),
+        "{text}"
+    );
     let rows: i64 = admin
         .query_one("SELECT count(*) FROM public.user_logins_schema", &[])
         .await
