@@ -2,21 +2,23 @@
 //! partial-batch response. Callable without the Lambda runtime (tests call
 //! it directly).
 //!
-//! It deals with a batch: parse, transform, write, report. Which keys a
-//! batch is masked with, and the erasure list it is filtered by, it asks
+//! A batch's path reads top-down in this file: [`BatchHandler::handle`]
+//! transforms and writes it (each record validated, masked and streamed
+//! into the sink as it is read), then reports it. Which keys a batch is
+//! masked with, and the erasure list it is filtered by, it asks
 //! `crate::privacy::keys::Keys` once per batch, on the way down to the
-//! sink. One file per step:
-//! - this file: the handler, its settings, and the batch from end to end;
-//! - [`transform`]: records validated, masked and streamed into the sink;
-//! - [`failures`]: what is reported back (`batchItemFailures`, refused rows
+//! sink. Beside it:
+//! - `build`: the handler's settings, set once at a cold start;
+//! - `transform`: the batch at work (rows, rejects, their positions);
+//! - `failures`: what is reported back (`batchItemFailures`, refused rows
 //!   to the DLQ, visibility backoff);
-//! - [`outcome`]: the response, the summary and the deadline.
+//! - `outcome`: the response, the summary and the deadline.
 
+mod build;
 mod failures;
 mod outcome;
 mod transform;
 
-use crate::privacy::dead_letter::rebuilt::RebuiltVerifier;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,19 +26,22 @@ use std::time::{Duration, Instant};
 use aws_lambda_events::event::sqs::SqsBatchResponse;
 use chrono::Utc;
 use tokio::sync::Mutex;
-use tracing::warn;
+use tracing::{trace, warn};
 
+use crate::contract::{LoginRow, Rejection};
 use crate::error::{HandlerError, SinkError};
 use crate::ingest::backoff::{Schedule, Visibility};
 use crate::ingest::dlq::DeadLetterQueue;
-use crate::ingest::event::SqsBatch;
-use crate::ingest::metrics::{DEFAULT_NAMESPACE, DEFAULT_SERVICE, InvocationMetrics, Metrics};
+use crate::ingest::event::{SqsBatch, SqsRecord};
+use crate::ingest::metrics::{InvocationMetrics, Metrics};
+use crate::ingest::record;
 use crate::ingest::sink::{InsertReport, PgSink};
-use crate::privacy::keys::{KeyReload, Keys};
+use crate::privacy::dead_letter::rebuilt::{Rebuilt, RebuiltVerifier, Verdict};
+use crate::privacy::keys::{BatchKeys, Keys};
 use crate::privacy::masking::Masker;
-use crate::privacy::vault::DataKey;
+use crate::privacy::vault::{DataKey, VaultBatch, VaultWrite};
 pub use outcome::{BatchSummary, Deadline, Outcome};
-use transform::Transformed;
+use transform::{Transformed, log_rejection, message_id, rest_of_ids};
 
 /// How often the handler reads the partitions made ahead (one catalog read
 /// after a batch's write, on its connection); each batch reports the last
@@ -68,162 +73,6 @@ pub struct BatchHandler {
 }
 
 impl BatchHandler {
-    /// A handler that masks with `masker` and writes through `sink`; rejected
-    /// records are reported (no dead-letter queue of its own), metrics go to
-    /// stdout under the default namespace.
-    pub fn new(masker: Masker, sink: PgSink) -> Self {
-        Self {
-            keys: Arc::new(Keys::new(masker)),
-            sinks: vec![Mutex::new(sink)],
-            dlq: None,
-            rebuilt: None,
-            operator_role_id: None,
-            metrics: Metrics::new(DEFAULT_NAMESPACE, DEFAULT_SERVICE, "login-etl"),
-            vault: None,
-            backoff: None,
-            refused_max_receives: crate::config::DEFAULT_REFUSED_MAX_RECEIVES,
-            contract: crate::contract::Contract::default(),
-            days_ahead: DaysAhead::default(),
-        }
-    }
-
-    /// Stores the logins `dlq-redrive --rebuild` makes from dead-letter
-    /// copies that kept no original, when their seals open under
-    /// `verifier`'s key (the dead-letter key).
-    pub fn with_rebuilt_verifier(mut self, verifier: RebuiltVerifier) -> Self {
-        self.rebuilt = Some(verifier);
-        self
-    }
-
-    /// Lets `n` batches write at once, each on a connection of its own (the
-    /// sink's siblings); Lambda sends one batch at a time per environment.
-    pub fn with_connections(mut self, n: usize) -> Self {
-        let first = self.sinks[0].get_mut();
-        let more: Vec<Mutex<PgSink>> = (1..n.max(1)).map(|_| Mutex::new(first.sibling())).collect();
-        self.sinks.extend(more);
-        self
-    }
-
-    /// A sink with the handler's settings and a connection of its own (the
-    /// consumer's database probe).
-    pub async fn spare_sink(&self) -> PgSink {
-        self.sinks[0].lock().await.sibling()
-    }
-
-    /// Whether the keys this environment holds are the ones the database
-    /// records (what every batch would otherwise be refused for), asked
-    /// within `within` and recording nothing: `login-etl poll`'s start.
-    pub async fn verify_keys(&self, within: Duration) -> Result<(), SinkError> {
-        let mut sink = self.sink().await;
-        sink.batch_keys(&self.keys, Some(Instant::now() + within), false)
-            .await
-            .map(|_| ())
-    }
-
-    /// The keys, for a check outside any batch (the consumer's probe
-    /// asking again what its start refused: `PgSink::batch_keys` without
-    /// recording).
-    pub fn key_checker(&self) -> Arc<Keys> {
-        Arc::clone(&self.keys)
-    }
-
-    fn days_ahead_read(&self) -> Option<(Instant, Option<i64>)> {
-        *self.days_ahead.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Reads the partitions made ahead on `sink` when the last reading is
-    /// [`PARTITIONS_READ_EVERY`] old (or there is none), within the
-    /// batch's `deadline`. A failed read reports nothing until the next
-    /// try, one interval later (a stale value could hide partitions running
-    /// out): the batch is written, and the database's trouble shows in the
-    /// next batch's write.
-    async fn read_days_ahead(&self, sink: &mut PgSink, deadline: Option<Instant>) {
-        let last = self.days_ahead_read();
-        if last.is_some_and(|(at, _)| at.elapsed() < PARTITIONS_READ_EVERY) {
-            return;
-        }
-        let days = match sink
-            .partition_days_ahead(Utc::now().date_naive(), deadline)
-            .await
-        {
-            Ok(days) => days,
-            Err(e) => {
-                warn!(error = %e, "could not read the partitions made ahead; trying again in 10 minutes");
-                None
-            }
-        };
-        *self.days_ahead.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), days));
-    }
-
-    /// A free sink, or (all busy) the first one's turn.
-    async fn sink(&self) -> tokio::sync::MutexGuard<'_, PgSink> {
-        for sink in &self.sinks {
-            if let Ok(free) = sink.try_lock() {
-                return free;
-            }
-        }
-        self.sinks[0].lock().await
-    }
-
-    /// After an infrastructure failure of the write, reports the batch's
-    /// records in `batchItemFailures` and backs each one off (its visibility,
-    /// by `schedule`, through `visibility`) instead of failing the
-    /// invocation; see `crate::ingest::backoff`. Without it a failed write fails
-    /// the invocation.
-    pub fn with_backoff(mut self, schedule: Schedule, visibility: Visibility) -> Self {
-        self.backoff = Some((schedule, visibility));
-        self
-    }
-
-    /// Sends a row the database refused to the DLQ (`refused.<SQLSTATE>`)
-    /// on its `receives`-th receive (0: never). Default 3.
-    pub fn with_refused_max_receives(mut self, receives: u32) -> Self {
-        self.refused_max_receives = receives;
-        self
-    }
-
-    /// Refuses what the DLQ operator's role (`DLQ_OPERATOR_ROLE_ID`, its
-    /// `AROA…` id) sends unless it is what `dlq-redrive` sends.
-    pub fn with_dlq_operator(mut self, role_id: Option<String>) -> Self {
-        self.operator_role_id = role_id;
-        self
-    }
-
-    /// Holds messages to `contract` (`UNKNOWN_FIELDS`, `EXTRA_FIELDS`).
-    pub fn with_contract(mut self, contract: crate::contract::Contract) -> Self {
-        self.contract = contract;
-        self
-    }
-
-    /// Keeps each batch's original ip and device_id in the PII vault,
-    /// encrypted under `key` (see `crate::privacy::vault`).
-    pub fn with_vault(mut self, key: DataKey) -> Self {
-        self.vault = Some(key);
-        self
-    }
-
-    /// Sends rejected records to `dlq` directly (`DLQ_URL`).
-    pub fn with_dead_letter_queue(mut self, dlq: DeadLetterQueue) -> Self {
-        self.dlq = Some(dlq);
-        self
-    }
-
-    /// Writes metrics with `metrics`.
-    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
-        self.metrics = metrics;
-        self
-    }
-
-    /// Reads the keys again with `reload` when the database's key version is
-    /// newer than any this handler holds (a rotation began after its cold
-    /// start). Without it such a batch fails as retryable.
-    pub fn with_key_reload(mut self, reload: KeyReload) -> Self {
-        let keys =
-            Arc::into_inner(self.keys).expect("the keys are shared only once the handler is built");
-        self.keys = Arc::new(keys.with_reload(reload));
-        self
-    }
-
     /// Handles one batch that must be answered by `deadline`: the one entry
     /// point (the Lambda function, `login-etl poll`, the tests and the
     /// benches all come in here). The sink stops retrying early enough to
@@ -246,7 +95,11 @@ impl BatchHandler {
             .records()
             .find_map(|m| m.event_source_arn.as_deref())
             .is_some_and(|arn| arn.ends_with(".fifo"));
-        let result = self.process(batch, fifo, deadline, started).await;
+        let mut work = Transformed::new(fifo, deadline);
+        let result = match self.write(batch, started, &mut work).await {
+            Ok((report, failure)) => Ok(self.report(batch, report, failure, work).await),
+            Err(e) => Err(e),
+        };
         let now_ms = Utc::now().timestamp_millis();
         let mut metrics = InvocationMetrics {
             duration_ms: started.elapsed().as_millis() as u64,
@@ -272,16 +125,294 @@ impl BatchHandler {
         result
     }
 
-    /// The batch's work: its response and its counts.
-    async fn process(
+    /// Transforms and writes the batch on a free sink. A failed write is an
+    /// error when there is no backoff; with one, it is the failure's class
+    /// (the caller reports and backs off every record not otherwise finished).
+    async fn write<'b>(
+        &self,
+        batch: &'b SqsBatch,
+        started: Instant,
+        valid: &mut Transformed<'b>,
+    ) -> Result<(InsertReport, Option<&'static str>), HandlerError> {
+        let mut sink = self.sink().await;
+        let written = self.transform_and_write(&mut sink, batch, valid).await;
+        if matches!(written, Ok(Ok(_))) {
+            self.read_days_ahead(&mut sink, valid.deadline).await;
+        }
+        drop(sink);
+        let written = written.inspect_err(|e| {
+            warn!(received = batch.len(), error = %e, "batch refused");
+        })?;
+        let e = match written {
+            Ok(report) => return Ok((report, None)),
+            Err(e) => e,
+        };
+        let backing_off = self.backoff.is_some();
+        warn!(
+            received = batch.len(),
+            valid = valid.rows.len(),
+            rejected = valid.rejected.len(),
+            duration_ms = started.elapsed().as_millis() as u64,
+            retryable = e.is_retryable(),
+            class = HandlerError::class_of(&e),
+            error = %e,
+            "{}",
+            if backing_off {
+                "batch write failed; its valid records are reported and backed off, its rejects still go to the DLQ"
+            } else {
+                "batch failed; nothing of it is reported done, so the whole batch will be redelivered"
+            }
+        );
+        if !backing_off {
+            return Err(e.into());
+        }
+        Ok((InsertReport::default(), Some(HandlerError::class_of(&e))))
+    }
+    /// Validates and masks every record, streaming the valid rows into the
+    /// sink (a COPY for large batches) as they come, then commits them.
+    /// Each record is read from the payload as the loop reaches it, so the
+    /// first rows are in the COPY while the later ones are still unread. The
+    /// outer error: the batch cannot be handled (a record without
+    /// `messageId`, not an SQS message, or a payload that breaks off),
+    /// found before anything commits.
+    async fn transform_and_write<'b>(
+        &self,
+        sink: &mut PgSink,
+        batch: &'b SqsBatch,
+        out: &mut Transformed<'b>,
+    ) -> Result<Result<InsertReport, SinkError>, HandlerError> {
+        let (fifo, deadline) = (out.fifo, out.deadline);
+        // The keys and the erasure list, in memory (their versions are
+        // checked by the write). When the database fails before the write
+        // begins, every record is still validated with the newest key held,
+        // so the rejects reach the DLQ all the same; nothing is written.
+        let (keys, mut early) = match sink.batch_keys(&self.keys, deadline, true).await {
+            Ok(keys) => (keys, None),
+            Err(e) => (self.keys.unchecked(), Some(e)),
+        };
+        out.masker = Some(keys.masker.clone());
+        let mut writer = None;
+        if early.is_none() {
+            match sink.start_batch(batch.size_hint(), deadline).await {
+                Ok(w) => writer = Some(w),
+                Err(e) => early = Some(e),
+            }
+        }
+        let mut unhandled = None;
+        for pos in (0..).take_while(|&pos| batch.has(pos)) {
+            let id = match message_id(batch, pos) {
+                Ok(id) => id,
+                Err(e) => {
+                    unhandled = Some(e);
+                    break;
+                }
+            };
+            out.ids.push(id);
+            let message = batch.record(pos);
+            let transformed = if message.claims_rebuilt() {
+                match self.rebuilt_row(message, &keys.masker).await {
+                    Some(row) => row,
+                    None => {
+                        out.held.push(pos);
+                        if fifo {
+                            // Later records must wait for this one.
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                record::check_sender(id, message, &keys.masker, self.operator_role_id.as_deref())
+                    .and_then(|()| {
+                        record::transform_with(id, message, &keys.masker, &self.contract)
+                    })
+            };
+            match transformed {
+                Ok(row) if keys.is_erased(&row.user_id) => {
+                    trace!(message_id = id, "record of an erased user");
+                    out.erased.push(pos);
+                }
+                Ok(row) => {
+                    trace!(message_id = id, "record valid");
+                    if let Some(key) = &self.vault {
+                        out.vault.add(key, &row);
+                    }
+                    if let Some(writer) = writer.as_mut() {
+                        writer.push(&row).await;
+                    }
+                    out.rows.push(row);
+                    out.row_positions.push(pos);
+                }
+                Err(reason) => {
+                    log_rejection(id, &reason);
+                    out.rejected.push((pos, reason.code().into_owned()));
+                    if fifo && self.dlq.is_none() {
+                        // Later records must wait for this one: do not even validate them.
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(e) = unhandled.or_else(|| rest_of_ids(batch, out).err()) {
+            if let Some(writer) = writer {
+                writer.abandon().await;
+            }
+            return Err(e);
+        }
+        self.send_fifo_rejects(batch, out).await;
+        if let Some(e) = early {
+            return Ok(Err(e));
+        }
+        let writer = writer.expect("a writer whenever nothing failed before it");
+        let vault = self.vault.as_ref().map(|key| VaultWrite {
+            key,
+            batch: &out.vault,
+        });
+        Ok(
+            match writer.finish(&out.rows, keys.versions, fifo, vault).await {
+                Err(SinkError::BatchOutdated) => self.write_again(sink, out).await,
+                written => written,
+            },
+        )
+    }
+
+    /// The row of a rebuilt login whose seal opens; a reject when it does
+    /// not; `None` (the record waits and comes back) when it could not be
+    /// checked: no dead-letter key here, or KMS did not answer or refused.
+    async fn rebuilt_row<'b>(
+        &self,
+        message: &'b SqsRecord,
+        masker: &Masker,
+    ) -> Option<Result<LoginRow<'b>, Rejection>> {
+        let Some((claim, seal)) = message.rebuilt() else {
+            return Some(Err(Rejection::RebuiltLoginUnverified));
+        };
+        let Some(verifier) = &self.rebuilt else {
+            warn!(
+                message_id = claim.message_id,
+                "a login rebuilt from a dead-letter copy waits: this environment has no dead-letter key to check its seal (DLQ_KMS_KEY_ID, the stack's DlqKeyArn)"
+            );
+            return None;
+        };
+        let rebuilt = Rebuilt {
+            source_message_id: claim.message_id,
+            sent_timestamp: claim.sent_timestamp,
+            key_version: claim.key_version,
+            body: message.body.as_deref().unwrap_or_default(),
+        };
+        match verifier.verify(&rebuilt, seal).await {
+            Ok(Verdict::Sealed) => Some(record::transform_rebuilt(
+                claim,
+                message,
+                masker,
+                &self.contract,
+            )),
+            Ok(Verdict::Broken) => Some(Err(Rejection::RebuiltLoginUnverified)),
+            Err(e) => {
+                warn!(message_id = claim.message_id, error = %e, "the seal of a rebuilt login could not be checked; it comes back");
+                None
+            }
+        }
+    }
+
+    /// FIFO: a rejected record sent to the DLQ is finished, so the records
+    /// after it may go on; the first one that could not be sent holds back
+    /// every later row.
+    async fn send_fifo_rejects<'b>(&self, batch: &'b SqsBatch, out: &mut Transformed<'b>) {
+        let (true, Some(dlq)) = (out.fifo, &self.dlq) else {
+            return;
+        };
+        let masker = out.masker.as_ref().expect("set before any record");
+        out.sent = dlq
+            .send(&out.rejected_records(batch), masker, true, out.deadline)
+            .await;
+        if let Some(&(held, _)) = out
+            .rejected
+            .iter()
+            .find(|(pos, _)| out.sent.binary_search(pos).is_err())
+        {
+            let keep = out.row_positions.partition_point(|&p| p < held);
+            out.rows.truncate(keep);
+            out.row_positions.truncate(keep);
+        }
+    }
+
+    /// The erasure list or the key version changed while the batch was being
+    /// written (`login-etl forget` erased someone, `login-etl rotate-key`
+    /// began): asks for the keys again, re-keys the rows' tokens to the new
+    /// version, drops the rows of erased users (handled: not stored, not
+    /// failed, not dead-lettered) and writes the rest. A few rounds, as
+    /// another change may land in between.
+    async fn write_again(
+        &self,
+        sink: &mut PgSink,
+        out: &mut Transformed<'_>,
+    ) -> Result<InsertReport, SinkError> {
+        for _ in 0..3 {
+            sink.forget_erased();
+            let keys = sink.batch_keys(&self.keys, out.deadline, true).await?;
+            self.drop_erased(&keys, out)?;
+            let vault = self.vault.as_ref().map(|key| VaultWrite {
+                key,
+                batch: &out.vault,
+            });
+            match sink
+                .insert_until(&out.rows, keys.versions, out.fifo, vault, out.deadline)
+                .await
+            {
+                Err(SinkError::BatchOutdated) => continue,
+                written => return written,
+            }
+        }
+        Err(SinkError::Transient {
+            op: "writing a batch while users were being erased",
+            cause: "the erasure list kept changing".into(),
+        })
+    }
+
+    /// Re-keys the rows to `keys`' version and moves the rows of users
+    /// erased since to `out.erased`; the vault entries follow the rows.
+    fn drop_erased(&self, keys: &BatchKeys, out: &mut Transformed<'_>) -> Result<(), SinkError> {
+        for row in out.rows.iter_mut() {
+            keys.rekey(row)?;
+        }
+        let keep: Vec<bool> = out
+            .rows
+            .iter()
+            .map(|r| !keys.is_erased(&r.user_id))
+            .collect();
+        for (i, pos) in out.row_positions.iter().enumerate() {
+            if !keep[i] {
+                out.erased.push(*pos);
+            }
+        }
+        out.erased.sort_unstable();
+        let mut flags = keep.iter();
+        out.rows
+            .retain(|_| *flags.next().expect("one flag per row"));
+        let mut flags = keep.iter();
+        out.row_positions
+            .retain(|_| *flags.next().expect("one flag per row"));
+        if let Some(key) = &self.vault {
+            out.vault = VaultBatch::default();
+            for row in &out.rows {
+                out.vault.add(key, row);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reports the batch: its rejects and refused rows to the DLQ, the
+    /// records to redeliver (backed off after a failed write), and its
+    /// counts.
+    async fn report(
         &self,
         batch: &SqsBatch,
-        fifo: bool,
-        deadline: Option<Instant>,
-        started: Instant,
-    ) -> Result<Outcome, HandlerError> {
-        let mut valid = Transformed::new(fifo, deadline);
-        let (report, failure) = self.write(batch, started, &mut valid).await?;
+        report: InsertReport,
+        failure: Option<&'static str>,
+        mut valid: Transformed<'_>,
+    ) -> Outcome {
+        let (fifo, deadline) = (valid.fifo, valid.deadline);
         let masker = valid
             .masker
             .take()
@@ -349,51 +480,45 @@ impl BatchHandler {
             backed_off,
             visibility_change_failed,
         };
-        Ok(Outcome { response, summary })
+        Outcome { response, summary }
     }
 
-    /// Transforms and writes the batch on a free sink. A failed write is an
-    /// error when there is no backoff; with one, it is the failure's class
-    /// (the caller reports and backs off every record not otherwise finished).
-    async fn write<'b>(
-        &self,
-        batch: &'b SqsBatch,
-        started: Instant,
-        valid: &mut Transformed<'b>,
-    ) -> Result<(InsertReport, Option<&'static str>), HandlerError> {
-        let mut sink = self.sink().await;
-        let written = self.transform_and_write(&mut sink, batch, valid).await;
-        if matches!(written, Ok(Ok(_))) {
-            self.read_days_ahead(&mut sink, valid.deadline).await;
+    fn days_ahead_read(&self) -> Option<(Instant, Option<i64>)> {
+        *self.days_ahead.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads the partitions made ahead on `sink` when the last reading is
+    /// [`PARTITIONS_READ_EVERY`] old (or there is none), within the
+    /// batch's `deadline`. A failed read reports nothing until the next
+    /// try, one interval later (a stale value could hide partitions running
+    /// out): the batch is written, and the database's trouble shows in the
+    /// next batch's write.
+    async fn read_days_ahead(&self, sink: &mut PgSink, deadline: Option<Instant>) {
+        let last = self.days_ahead_read();
+        if last.is_some_and(|(at, _)| at.elapsed() < PARTITIONS_READ_EVERY) {
+            return;
         }
-        drop(sink);
-        let written = written.inspect_err(|e| {
-            warn!(received = batch.len(), error = %e, "batch refused");
-        })?;
-        let e = match written {
-            Ok(report) => return Ok((report, None)),
-            Err(e) => e,
-        };
-        let backing_off = self.backoff.is_some();
-        warn!(
-            received = batch.len(),
-            valid = valid.rows.len(),
-            rejected = valid.rejected.len(),
-            duration_ms = started.elapsed().as_millis() as u64,
-            retryable = e.is_retryable(),
-            class = HandlerError::class_of(&e),
-            error = %e,
-            "{}",
-            if backing_off {
-                "batch write failed; its valid records are reported and backed off, its rejects still go to the DLQ"
-            } else {
-                "batch failed; nothing of it is reported done, so the whole batch will be redelivered"
+        let days = match sink
+            .partition_days_ahead(Utc::now().date_naive(), deadline)
+            .await
+        {
+            Ok(days) => days,
+            Err(e) => {
+                warn!(error = %e, "could not read the partitions made ahead; trying again in 10 minutes");
+                None
             }
-        );
-        if !backing_off {
-            return Err(e.into());
+        };
+        *self.days_ahead.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), days));
+    }
+
+    /// A free sink, or (all busy) the first one's turn.
+    async fn sink(&self) -> tokio::sync::MutexGuard<'_, PgSink> {
+        for sink in &self.sinks {
+            if let Ok(free) = sink.try_lock() {
+                return free;
+            }
         }
-        Ok((InsertReport::default(), Some(HandlerError::class_of(&e))))
+        self.sinks[0].lock().await
     }
 }
 
