@@ -37,16 +37,17 @@
 // subscriber, the Lambda runtime's payload layer). The rest is the crate's
 // own, reached by the project's tests, benches and examples through
 // [`testing`].
-#[cfg(feature = "service")]
-pub mod cli;
 pub mod contract;
-#[cfg(feature = "service")]
-pub mod logging;
-#[cfg(feature = "service")]
-pub mod raw_payload;
-#[cfg(feature = "service")]
-pub mod startup;
 pub mod synth;
+cfg_if::cfg_if! {
+    // The "service" feature: left out of the fuzz target's build.
+    if #[cfg(feature = "service")] {
+        pub mod cli;
+        pub mod logging;
+        pub mod raw_payload;
+        pub mod startup;
+    }
+}
 
 // The internals: declared in [`testing`], named `crate::<module>` here.
 use testing::{app_version, error, ingest, privacy, profile};

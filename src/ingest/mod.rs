@@ -20,19 +20,18 @@
 //! shares (configuration, secrets, TLS, errors, the grants' hints). Nothing
 //! here runs DDL or reads the vault back.
 
-#[cfg(feature = "service")]
-pub mod backoff;
-#[cfg(feature = "service")]
-pub mod dlq;
 pub mod event;
-#[cfg(feature = "service")]
-pub mod handler;
-#[cfg(feature = "service")]
-pub mod metrics;
 pub mod record;
-#[cfg(feature = "service")]
-pub mod redrive;
-#[cfg(feature = "service")]
-pub mod sink;
-#[cfg(feature = "service")]
-pub mod sqs_batch;
+cfg_if::cfg_if! {
+    // What needs tokio, PostgreSQL and the AWS SDK (the "service" feature;
+    // the fuzz target builds the parser alone).
+    if #[cfg(feature = "service")] {
+        pub mod backoff;
+        pub mod dlq;
+        pub mod handler;
+        pub mod metrics;
+        pub mod redrive;
+        pub mod sink;
+        pub mod sqs_batch;
+    }
+}
