@@ -2,13 +2,15 @@
 //! `poll`, the operator commands): where its settings come from, with
 //! PostgreSQL's own conventions ([`settings`], [`pgpass`]), how the role
 //! proves who it is (a password, or an RDS IAM token: [`iam`]), TLS
-//! ([`tls`]), the one way a connection is opened ([`connector`]), and
-//! what it refuses to run under ([`stored_settings`]).
+//! ([`tls`]), the one way a connection is opened ([`connector`]), what
+//! it refuses to run under ([`stored_settings`]), and a statement as the
+//! code declares it ([`statement`]).
 
 pub mod connector;
 pub mod iam;
 pub mod pgpass;
 pub mod settings;
+pub mod statement;
 pub mod stored_settings;
 pub mod tls;
 

@@ -411,6 +411,11 @@ impl<'de> Deserialize<'de> for SqsBatch {
 
 impl From<&SqsMessage> for SqsRecord {
     fn from(m: &SqsMessage) -> Self {
+        let attribute = |name: &str| {
+            m.message_attributes
+                .get(name)
+                .and_then(|a| a.string_value.clone())
+        };
         SqsRecord {
             message_id: m.message_id.clone(),
             body: m.body.clone(),
@@ -423,38 +428,14 @@ impl From<&SqsMessage> for SqsRecord {
             event_source_arn: m.event_source_arn.clone(),
             receipt_handle: m.receipt_handle.clone(),
             message_attributes: Some(SourceAttributes {
-                source_message_id: m
-                    .message_attributes
-                    .get("source_message_id")
-                    .and_then(|a| a.string_value.clone()),
-                source_sent_timestamp: m
-                    .message_attributes
-                    .get("source_sent_timestamp")
-                    .and_then(|a| a.string_value.clone()),
-                source_signature: m
-                    .message_attributes
-                    .get("source_signature")
-                    .and_then(|a| a.string_value.clone()),
-                sealed_body: m
-                    .message_attributes
-                    .get("sealed_body")
-                    .and_then(|a| a.string_value.clone()),
-                sealed_key: m
-                    .message_attributes
-                    .get("sealed_key")
-                    .and_then(|a| a.string_value.clone()),
-                rejection_code: m
-                    .message_attributes
-                    .get("rejection_code")
-                    .and_then(|a| a.string_value.clone()),
-                rebuilt_seal: m
-                    .message_attributes
-                    .get("rebuilt_seal")
-                    .and_then(|a| a.string_value.clone()),
-                rebuilt_key_version: m
-                    .message_attributes
-                    .get("rebuilt_key_version")
-                    .and_then(|a| a.string_value.clone()),
+                source_message_id: attribute("source_message_id"),
+                source_sent_timestamp: attribute("source_sent_timestamp"),
+                source_signature: attribute("source_signature"),
+                sealed_body: attribute("sealed_body"),
+                sealed_key: attribute("sealed_key"),
+                rejection_code: attribute("rejection_code"),
+                rebuilt_seal: attribute("rebuilt_seal"),
+                rebuilt_key_version: attribute("rebuilt_key_version"),
             }),
         }
     }

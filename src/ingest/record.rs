@@ -155,13 +155,11 @@ pub fn transform_rebuilt<'a>(
         masked_device_id: copy.masked_device_id,
         key_version: claim.key_version,
     };
-    while key.key_version < masker.version() {
-        key.key_version += 1;
-        key.masked_ip = key.masked_ip.map(|t| masker.rekey(&t, key.key_version));
-        key.masked_device_id = key
-            .masked_device_id
-            .map(|t| masker.rekey(&t, key.key_version));
-    }
+    masker.catch_up(
+        &mut key.key_version,
+        &mut key.masked_ip,
+        &mut key.masked_device_id,
+    );
     Ok(LoginRow::new(copy.event, key))
 }
 

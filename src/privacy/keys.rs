@@ -329,13 +329,11 @@ impl BatchKeys {
                 hint: "; key versions only grow: check that user_logins_key_state was not restored from an older backup".into(),
             });
         }
-        while row.key_version < masker.version() {
-            row.key_version += 1;
-            row.masked_ip = row.masked_ip.map(|t| masker.rekey(&t, row.key_version));
-            row.masked_device_id = row
-                .masked_device_id
-                .map(|t| masker.rekey(&t, row.key_version));
-        }
+        masker.catch_up(
+            &mut row.key_version,
+            &mut row.masked_ip,
+            &mut row.masked_device_id,
+        );
         Ok(())
     }
 }

@@ -446,6 +446,22 @@ impl Masker {
         self.chain.step(token, to)
     }
 
+    /// A row's two tokens moved from `version` up to this masker's, one
+    /// step of the chain at a time (no original needed); `version` follows.
+    pub fn catch_up(
+        &self,
+        version: &mut u16,
+        ip: &mut Option<Token>,
+        device_id: &mut Option<Token>,
+    ) {
+        while *version < self.version {
+            *version += 1;
+            for token in [&mut *ip, &mut *device_id] {
+                *token = token.as_ref().map(|t| self.rekey(t, *version));
+            }
+        }
+    }
+
     /// [`rekey`](Self::rekey) on a token's stored text, as `rotate-key`
     /// reads it (a value stored before login-etl, not a 64-hex token, is
     /// re-keyed all the same: the HMAC of its bytes).

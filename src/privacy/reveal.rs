@@ -14,6 +14,7 @@ use serde_json::json;
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 
+use crate::database::statement::{Failed, Statement};
 use crate::privacy::vault::{DataKey, Kind, VaultError};
 
 /// What to reveal.
@@ -92,6 +93,12 @@ pub(crate) fn db(op: &'static str) -> impl Fn(tokio_postgres::Error) -> RevealEr
     }
 }
 
+impl From<Failed> for RevealError {
+    fn from(f: Failed) -> Self {
+        db(f.doing)(f.error)
+    }
+}
+
 /// One revealed value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revealed {
@@ -140,29 +147,26 @@ async fn read_and_audit(
     // Two transactions: the records (and a ticket) commit first; the
     // entries come in a later one, which the database refuses while the
     // first is not committed (migrations/functions/login_etl_reveal.sql).
-    let ticket: i64 = client
-        .query_typed_one(
-            "SELECT login_etl_reveal_request($1, $2, $3, $4)",
-            &[
-                (&kinds, Type::TEXT_ARRAY),
-                (&tokens, Type::TEXT_ARRAY),
-                (&user, Type::VARCHAR),
-                (&caller_arn, Type::TEXT),
-            ],
-        )
-        .await
-        .map_err(db("writing the audit records (nothing was revealed)"))?
-        .get(0);
-    let rows = client
-        .query_typed(
-            "SELECT kind, token, key_id, nonce, ciphertext, wrapped_key, aad_version \
-             FROM login_etl_reveal($1)",
-            &[(&ticket, Type::INT8)],
-        )
-        .await
-        .map_err(db(
-            "reading the vault entries of the committed audit records (nothing was revealed)",
-        ))?;
+    const REQUEST: Statement = Statement::new(
+        "SELECT login_etl_reveal_request($1, $2, $3, $4)",
+        &[
+            Type::TEXT_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::VARCHAR,
+            Type::TEXT,
+        ],
+        "writing the audit records (nothing was revealed)",
+    );
+    let ticket: i64 = REQUEST
+        .value(client, &[&kinds, &tokens, &user, &caller_arn])
+        .await?;
+    const REVEAL: Statement = Statement::new(
+        "SELECT kind, token, key_id, nonce, ciphertext, wrapped_key, aad_version \
+         FROM login_etl_reveal($1)",
+        &[Type::INT8],
+        "reading the vault entries of the committed audit records (nothing was revealed)",
+    );
+    let rows = REVEAL.rows(client, &[&ticket]).await?;
     rows.iter()
         .map(|r| {
             let kind: String = r.get(0);

@@ -7,6 +7,7 @@ use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 use tracing::info;
 
+use crate::database::statement::Statement;
 use crate::privacy::reveal::{RevealError, db};
 use crate::privacy::vault::{DataKey, Kind};
 
@@ -33,24 +34,23 @@ pub async fn upgrade_vault(
             .transaction()
             .await
             .map_err(db("starting a chunk of the vault"))?;
-        let rows = tx
-            .query_typed(
-                "SELECT v.kind, v.token, v.key_id, v.nonce, v.ciphertext, k.wrapped_key \
-                 FROM user_logins_pii_vault v JOIN user_logins_vault_keys k USING (key_id) \
-                 WHERE v.aad_version = 1 ORDER BY v.kind, v.token LIMIT 1000 FOR UPDATE OF v",
-                &[],
-            )
-            .await
-            .map_err(db("reading entries of the old form"))?;
+        const OLD_FORM: Statement = Statement::new(
+            "SELECT v.kind, v.token, v.key_id, v.nonce, v.ciphertext, k.wrapped_key \
+             FROM user_logins_pii_vault v JOIN user_logins_vault_keys k USING (key_id) \
+             WHERE v.aad_version = 1 ORDER BY v.kind, v.token LIMIT 1000 FOR UPDATE OF v",
+            &[],
+            "reading entries of the old form",
+        );
+        let rows = OLD_FORM.rows(&tx, &[]).await?;
         if rows.is_empty() {
             let n = done as i64;
-            tx.query_typed(
+            const AUDIT: Statement = Statement::new(
                 "SELECT login_etl_audit('vault_upgrade', $1, NULL, NULL, NULL, \
                  jsonb_build_object('entries_resealed', $2::int8))",
-                &[(&caller_arn, Type::TEXT), (&n, Type::INT8)],
-            )
-            .await
-            .map_err(db("writing the audit record"))?;
+                &[Type::TEXT, Type::INT8],
+                "writing the audit record",
+            );
+            AUDIT.rows(&tx, &[&caller_arn, &n]).await?;
             tx.commit()
                 .await
                 .map_err(db("committing the audit record"))?;
@@ -79,21 +79,22 @@ pub async fn upgrade_vault(
             ciphertexts.push(sealed.ciphertext);
         }
         let aad = crate::privacy::vault::AAD_VERSION;
-        let n = tx
-            .execute_typed(
-                "UPDATE user_logins_pii_vault v SET nonce = u.n, ciphertext = u.c, aad_version = $5 \
-                 FROM unnest($1::varchar[], $2::varchar[], $3::bytea[], $4::bytea[]) AS u(k, t, n, c) \
-                 WHERE v.kind = u.k AND v.token = u.t AND v.aad_version = 1",
-                &[
-                    (&kinds, Type::VARCHAR_ARRAY),
-                    (&tokens, Type::VARCHAR_ARRAY),
-                    (&nonces, Type::BYTEA_ARRAY),
-                    (&ciphertexts, Type::BYTEA_ARRAY),
-                    (&aad, Type::INT2),
-                ],
-            )
-            .await
-            .map_err(db("re-sealing a chunk of the vault"))?;
+        const RESEAL: Statement = Statement::new(
+            "UPDATE user_logins_pii_vault v SET nonce = u.n, ciphertext = u.c, aad_version = $5 \
+             FROM unnest($1::varchar[], $2::varchar[], $3::bytea[], $4::bytea[]) AS u(k, t, n, c) \
+             WHERE v.kind = u.k AND v.token = u.t AND v.aad_version = 1",
+            &[
+                Type::VARCHAR_ARRAY,
+                Type::VARCHAR_ARRAY,
+                Type::BYTEA_ARRAY,
+                Type::BYTEA_ARRAY,
+                Type::INT2,
+            ],
+            "re-sealing a chunk of the vault",
+        );
+        let n = RESEAL
+            .execute(&tx, &[&kinds, &tokens, &nonces, &ciphertexts, &aad])
+            .await?;
         tx.commit()
             .await
             .map_err(db("committing a chunk of the vault"))?;

@@ -6,11 +6,12 @@
 use std::time::{Duration, Instant};
 
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Transaction};
 
 use super::state::same_key_version;
 use super::{FORGET_LOCK_PATIENCE, FORGET_LOCK_TIMEOUT_MS};
+use crate::database::statement::Statement;
 use crate::privacy::reveal::{RevealError, db};
 
 /// A transaction for one statement on `segment`: on the DEFAULT
@@ -29,9 +30,12 @@ pub(super) async fn segment_tx<'c>(
         .map_err(db("starting a transaction"))?;
     same_key_version(&tx, version).await?;
     if segment.in_default() {
-        tx.query_typed("SELECT login_etl_lock_shared('migration')", &[])
-            .await
-            .map_err(db("waiting for maintain's partition step"))?;
+        const LOCK_MIGRATION: Statement = Statement::new(
+            "SELECT login_etl_lock_shared('migration')",
+            &[],
+            "waiting for maintain's partition step",
+        );
+        LOCK_MIGRATION.rows(&tx, &[]).await?;
     }
     Ok(tx)
 }
@@ -53,35 +57,24 @@ pub(super) async fn hold_vault_entries(
         begin_locked(client).await?;
         let step = async {
             same_key_version(client, version).await?;
-            let busy: bool = client
-                .query_typed_one(
-                    "SELECT EXISTS (SELECT 1 FROM user_logins_pii_vault_held h WHERE h.user_key <> $1 AND \
-                       ((h.kind = 'ip' AND h.token = ANY($2)) OR (h.kind = 'device_id' AND h.token = ANY($3))))",
-                    &[
-                        (&user_key, Type::VARCHAR),
-                        (&ips, Type::VARCHAR_ARRAY),
-                        (&devices, Type::VARCHAR_ARRAY),
-                    ],
-                )
-                .await
-                .map_err(db("reading the held vault entries"))?
-                .get(0);
-            if busy {
+            let entries: [&(dyn ToSql + Sync); 3] = [&user_key, &ips, &devices];
+            const OTHERS_HOLD: Statement = Statement::new(
+                "SELECT EXISTS (SELECT 1 FROM user_logins_pii_vault_held h WHERE h.user_key <> $1 AND \
+                   ((h.kind = 'ip' AND h.token = ANY($2)) OR (h.kind = 'device_id' AND h.token = ANY($3))))",
+                &[Type::VARCHAR, Type::VARCHAR_ARRAY, Type::VARCHAR_ARRAY],
+                "reading the held vault entries",
+            );
+            if OTHERS_HOLD.value(client, &entries).await? {
                 return Ok(false);
             }
-            // The owner's function: the erase role holds no privilege on
-            // the vault itself (migrations/functions/login_etl_hold_vault.sql).
-            client
-                .query_typed(
-                    "SELECT login_etl_hold_vault($1, $2, $3)",
-                    &[
-                        (&user_key, Type::VARCHAR),
-                        (&ips, Type::VARCHAR_ARRAY),
-                        (&devices, Type::VARCHAR_ARRAY),
-                    ],
-                )
-                .await
-                .map_err(db("moving the user's vault entries aside"))?;
+            // The owner's function: the erase role holds no privilege on the vault
+            // itself (migrations/functions/login_etl_hold_vault.sql).
+            const HOLD_VAULT: Statement = Statement::new(
+                "SELECT login_etl_hold_vault($1, $2, $3)",
+                &[Type::VARCHAR, Type::VARCHAR_ARRAY, Type::VARCHAR_ARRAY],
+                "moving the user's vault entries aside",
+            );
+            HOLD_VAULT.rows(client, &entries).await?;
             Ok(true)
         }
         .await;

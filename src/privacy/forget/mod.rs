@@ -15,6 +15,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row};
 use tracing::info;
 
+use crate::database::statement::Statement;
 use crate::privacy::masking::UserKeys;
 use crate::privacy::reveal::{RevealError, db};
 use crate::table::partitions::Segment;
@@ -88,13 +89,12 @@ pub async fn forget(
     let rows = delete_rows(client, &segments, user_id, user_key, version).await?;
 
     // The tokens of every row of the user, deleted now or by a run that stopped.
-    let tokens = client
-        .query_typed(
-            "SELECT kind, token FROM user_logins_erasure_tokens WHERE user_key = $1",
-            &[(&user_key, Type::VARCHAR)],
-        )
-        .await
-        .map_err(db("reading the user's tokens"))?;
+    const TOKENS: Statement = Statement::new(
+        "SELECT kind, token FROM user_logins_erasure_tokens WHERE user_key = $1",
+        &[Type::VARCHAR],
+        "reading the user's tokens",
+    );
+    let tokens = TOKENS.rows(&*client, &[&user_key]).await?;
     let (ips, devices) = (of_kind(&tokens, "ip"), of_kind(&tokens, "device_id"));
     if !ips.is_empty() || !devices.is_empty() {
         hold_vault_entries(client, user_key, version, &ips, &devices).await?;
@@ -142,20 +142,14 @@ async fn list_user(
         let v = version as i16;
         // The owner's function lists the user and writes forget_begun; the
         // rows go only once this transaction has committed.
-        client
-            .query_typed(
-                "SELECT login_etl_forget_begin($1, $2, $3, $4)",
-                &[
-                    (&user_key, Type::VARCHAR),
-                    (&previous, Type::VARCHAR),
-                    (&v, Type::INT2),
-                    (&caller_arn, Type::TEXT),
-                ],
-            )
-            .await
-            .map_err(db(
-                "adding the user to the erasure list and writing forget_begun (nothing was erased)",
-            ))?;
+        const BEGIN: Statement = Statement::new(
+            "SELECT login_etl_forget_begin($1, $2, $3, $4)",
+            &[Type::VARCHAR, Type::VARCHAR, Type::INT2, Type::TEXT],
+            "adding the user to the erasure list and writing forget_begun (nothing was erased)",
+        );
+        BEGIN
+            .rows(&*client, &[&user_key, &previous, &v, &caller_arn])
+            .await?;
         Ok((user_key, version, rekeying))
     }
     .await;
@@ -178,20 +172,20 @@ async fn delete_rows(
         let tx = segment_tx(client, segment, version).await?;
         // The owner's function deletes (the erase role holds no DELETE),
         // only under this user's committed forget_begun.
-        let gone: i64 = tx
-            .query_typed_one(
-                "SELECT login_etl_forget_rows($1, $2, $3, $4, $5)",
-                &[
-                    (&user_id, Type::VARCHAR),
-                    (&user_key, Type::VARCHAR),
-                    (&lo, Type::DATE),
-                    (&hi, Type::DATE),
-                    (&null_dates, Type::BOOL),
-                ],
-            )
-            .await
-            .map_err(db("deleting the user's rows"))?
-            .get(0);
+        const DELETE: Statement = Statement::new(
+            "SELECT login_etl_forget_rows($1, $2, $3, $4, $5)",
+            &[
+                Type::VARCHAR,
+                Type::VARCHAR,
+                Type::DATE,
+                Type::DATE,
+                Type::BOOL,
+            ],
+            "deleting the user's rows",
+        );
+        let gone: i64 = DELETE
+            .value(&tx, &[&user_id, &user_key, &lo, &hi, &null_dates])
+            .await?;
         tx.commit().await.map_err(db("committing a delete"))?;
         rows += gone as u64;
         info!(
@@ -221,13 +215,12 @@ async fn still_used(
     user_key: &str,
     version: u16,
 ) -> Result<(Vec<String>, Vec<String>), RevealError> {
-    let held = client
-        .query_typed(
-            "SELECT kind, token FROM user_logins_pii_vault_held WHERE user_key = $1",
-            &[(&user_key, Type::VARCHAR)],
-        )
-        .await
-        .map_err(db("reading the held vault entries"))?;
+    const HELD: Statement = Statement::new(
+        "SELECT kind, token FROM user_logins_pii_vault_held WHERE user_key = $1",
+        &[Type::VARCHAR],
+        "reading the held vault entries",
+    );
+    let held = HELD.rows(&*client, &[&user_key]).await?;
     let (held_ips, held_devices) = (of_kind(&held, "ip"), of_kind(&held, "device_id"));
     let (mut used_ips, mut used_devices) = (BTreeSet::new(), BTreeSet::new());
     if held.is_empty() {
@@ -286,43 +279,38 @@ async fn finish(
     if drain_generation(&tx).await? != drains {
         return Err(RevealError::DrainUnderWay);
     }
-    // In the vault's lock order, by the owner's function (the erase role
-    // holds no privilege on the vault itself).
-    tx.query_typed(
+    // In the vault's lock order, by the owner's function (the erase role holds
+    // no privilege on the vault itself).
+    const PUT_BACK: Statement = Statement::new(
         "SELECT login_etl_put_back_vault($1, $2, $3)",
-        &[
-            (&user_key, Type::VARCHAR),
-            (used_ips, Type::VARCHAR_ARRAY),
-            (used_devices, Type::VARCHAR_ARRAY),
-        ],
-    )
-    .await
-    .map_err(db("putting back the vault entries other users' rows use"))?;
-    let freed = tx
-        .execute_typed(
-            "DELETE FROM user_logins_pii_vault_held WHERE user_key = $1",
-            &[(&user_key, Type::VARCHAR)],
-        )
-        .await
-        .map_err(db("deleting the user's vault entries"))?;
-    tx.execute_typed(
+        &[Type::VARCHAR, Type::VARCHAR_ARRAY, Type::VARCHAR_ARRAY],
+        "putting back the vault entries other users' rows use",
+    );
+    PUT_BACK
+        .rows(&tx, &[&user_key, used_ips, used_devices])
+        .await?;
+    const DELETE_HELD: Statement = Statement::new(
+        "DELETE FROM user_logins_pii_vault_held WHERE user_key = $1",
+        &[Type::VARCHAR],
+        "deleting the user's vault entries",
+    );
+    let freed = DELETE_HELD.execute(&tx, &[&user_key]).await?;
+    const CLEAR_TOKENS: Statement = Statement::new(
         "DELETE FROM user_logins_erasure_tokens WHERE user_key = $1",
-        &[(&user_key, Type::VARCHAR)],
-    )
-    .await
-    .map_err(db("clearing the user's tokens"))?;
+        &[Type::VARCHAR],
+        "clearing the user's tokens",
+    );
+    CLEAR_TOKENS.execute(&tx, &[&user_key]).await?;
+    let counts = (rows as i64, freed as i64);
     // The owner's function: the erase role writes no record of its own choosing.
-    tx.query_typed(
+    const AUDIT: Statement = Statement::new(
         "SELECT login_etl_audit('forget', $1, $2, $3, $4, NULL)",
-        &[
-            (&caller_arn, Type::TEXT),
-            (&user_key, Type::TEXT),
-            (&(rows as i64), Type::INT8),
-            (&(freed as i64), Type::INT8),
-        ],
-    )
-    .await
-    .map_err(db("writing the audit record"))?;
+        &[Type::TEXT, Type::TEXT, Type::INT8, Type::INT8],
+        "writing the audit record",
+    );
+    AUDIT
+        .rows(&tx, &[&caller_arn, &user_key, &counts.0, &counts.1])
+        .await?;
     tx.commit().await.map_err(db("committing the erasure"))?;
     Ok(freed)
 }

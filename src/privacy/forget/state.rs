@@ -6,25 +6,27 @@
 use tokio_postgres::GenericClient;
 use tokio_postgres::types::Type;
 
+use crate::database::statement::Statement;
 use crate::privacy::masking::UserKeys;
-use crate::privacy::reveal::{RevealError, db};
+use crate::privacy::reveal::RevealError;
 
 /// The key version, in a transaction that holds the `key_version` lock
 /// (user_logins_locks, migrations/0019) shared: no rotation's switch
 /// (which takes it exclusively) commits under it. The version, and whether
 /// a re-key is under way.
 pub(super) async fn key_version(client: &impl GenericClient) -> Result<(u16, bool), RevealError> {
-    client
-        .query_typed("SELECT login_etl_lock_shared('key_version')", &[])
-        .await
-        .map_err(db("waiting for a key rotation's switch"))?;
-    let row = client
-        .query_typed_one(
-            "SELECT version, rekey_from IS NOT NULL FROM login_etl_key_state()",
-            &[],
-        )
-        .await
-        .map_err(db("reading the key version"))?;
+    const LOCK_KEY_VERSION: Statement = Statement::new(
+        "SELECT login_etl_lock_shared('key_version')",
+        &[],
+        "waiting for a key rotation's switch",
+    );
+    LOCK_KEY_VERSION.rows(client, &[]).await?;
+    const KEY_VERSION: Statement = Statement::new(
+        "SELECT version, rekey_from IS NOT NULL FROM login_etl_key_state()",
+        &[],
+        "reading the key version",
+    );
+    let row = KEY_VERSION.row(client, &[]).await?;
     Ok((row.get::<_, i16>(0) as u16, row.get(1)))
 }
 
@@ -32,13 +34,12 @@ pub(super) async fn key_version(client: &impl GenericClient) -> Result<(u16, boo
 /// (`login_etl_drain_state()`, migrations/0007); [`RevealError::DrainUnderWay`]
 /// while one is.
 pub(super) async fn drain_generation(client: &impl GenericClient) -> Result<i64, RevealError> {
-    let row = client
-        .query_typed_one(
-            "SELECT draining, generation FROM login_etl_drain_state()",
-            &[],
-        )
-        .await
-        .map_err(db("reading whether maintain drains the DEFAULT partition"))?;
+    const DRAIN_STATE: Statement = Statement::new(
+        "SELECT draining, generation FROM login_etl_drain_state()",
+        &[],
+        "reading whether maintain drains the DEFAULT partition",
+    );
+    let row = DRAIN_STATE.row(client, &[]).await?;
     if row.get::<_, bool>(0) {
         return Err(RevealError::DrainUnderWay);
     }
@@ -54,30 +55,28 @@ pub(super) async fn check_erasure_key(
     keys: &UserKeys,
     version: u16,
 ) -> Result<(), RevealError> {
-    let derived: bool = client
-        .query_typed_one("SELECT erasure_derived FROM login_etl_key_state()", &[])
-        .await
-        .map_err(db("reading the key version"))?
-        .get(0);
+    const ERASURE_DERIVED: Statement = Statement::new(
+        "SELECT erasure_derived FROM login_etl_key_state()",
+        &[],
+        "reading the key version",
+    );
+    let derived: bool = ERASURE_DERIVED.value(client, &[]).await?;
     if derived && !keys.is_derived() {
         return Err(RevealError::DerivedUserKeys);
     }
     let v = version as i16;
     let check = keys.check();
-    match client
-        .query_typed(
-            "SELECT login_etl_check_keys($1, NULL, $2)",
-            &[(&v, Type::INT2), (&check.as_str(), Type::TEXT)],
-        )
-        .await
-    {
+    const CHECK: Statement = Statement::new(
+        "SELECT login_etl_check_keys($1, NULL, $2)",
+        &[Type::INT2, Type::TEXT],
+        "checking the erasure key",
+    );
+    match CHECK.rows(client, &[&v, &check.as_str()]).await {
         Ok(_) => Ok(()),
-        Err(e) if e.code().is_some_and(|c| c.code() == "LE004") => Err(RevealError::KeyMismatch(
-            e.as_db_error()
-                .map(|d| d.message().to_owned())
-                .unwrap_or_default(),
-        )),
-        Err(e) => Err(db("checking the erasure key")(e)),
+        Err(f) => Err(match f.refusal("LE004") {
+            Some(message) => RevealError::KeyMismatch(message),
+            None => f.into(),
+        }),
     }
 }
 

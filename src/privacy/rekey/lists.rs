@@ -5,7 +5,8 @@
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 
-use super::{RekeyError, db};
+use super::RekeyError;
+use crate::database::statement::Statement;
 use crate::privacy::masking::Masker;
 
 /// Erasure-list entries (or audit records) re-keyed per transaction.
@@ -23,16 +24,12 @@ pub(super) async fn rekey_erasure_list(
     let from = (to - 1) as i16;
     let mut done = 0u64;
     loop {
-        let old: Vec<String> = client
-            .query_typed(
-                "SELECT user_key FROM user_logins_erased WHERE key_version = $1 LIMIT $2",
-                &[(&from, Type::INT2), (&LIST_CHUNK, Type::INT8)],
-            )
-            .await
-            .map_err(db("reading the erasure list"))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        const ERASED_AT: Statement = Statement::new(
+            "SELECT user_key FROM user_logins_erased WHERE key_version = $1 LIMIT $2",
+            &[Type::INT2, Type::INT8],
+            "reading the erasure list",
+        );
+        let old: Vec<String> = ERASED_AT.column(client, &[&from, &LIST_CHUNK]).await?;
         if old.is_empty() {
             return Ok(done);
         }
@@ -40,18 +37,12 @@ pub(super) async fn rekey_erasure_list(
             .iter()
             .map(|k| users.rekey_text(k, to).as_str().to_owned())
             .collect();
-        let moved: i64 = client
-            .query_typed_one(
-                "SELECT login_etl_rekey_erased_chunk($1, $2, $3)",
-                &[
-                    (&old, Type::TEXT_ARRAY),
-                    (&new, Type::TEXT_ARRAY),
-                    (&from, Type::INT2),
-                ],
-            )
-            .await
-            .map_err(db("re-keying a chunk of the erasure list"))?
-            .get(0);
+        const REKEY_ERASED: Statement = Statement::new(
+            "SELECT login_etl_rekey_erased_chunk($1, $2, $3)",
+            &[Type::TEXT_ARRAY, Type::TEXT_ARRAY, Type::INT2],
+            "re-keying a chunk of the erasure list",
+        );
+        let moved: i64 = REKEY_ERASED.value(client, &[&old, &new, &from]).await?;
         done += moved as u64;
     }
 }
@@ -68,17 +59,15 @@ pub(super) async fn rekey_audit(
     let to_version = to as i16;
     let (mut after, mut done) = (0i64, 0u64);
     loop {
-        let rows = client
-            .query_typed(
-                "SELECT id, token, user_key, key_version FROM login_etl_audit_to_rekey($1, $2, $3)",
-                &[
-                    (&to_version, Type::INT2),
-                    (&after, Type::INT8),
-                    (&(LIST_CHUNK as i32), Type::INT4),
-                ],
-            )
-            .await
-            .map_err(db("reading the audit records to re-key"))?;
+        let chunk = LIST_CHUNK as i32;
+        const AUDIT_TO_REKEY: Statement = Statement::new(
+            "SELECT id, token, user_key, key_version FROM login_etl_audit_to_rekey($1, $2, $3)",
+            &[Type::INT2, Type::INT8, Type::INT4],
+            "reading the audit records to re-key",
+        );
+        let rows = AUDIT_TO_REKEY
+            .rows(client, &[&to_version, &after, &chunk])
+            .await?;
         let Some(last) = rows.last() else {
             return Ok(done);
         };
@@ -104,19 +93,19 @@ pub(super) async fn rekey_audit(
             tokens.push(r.get::<_, Option<String>>(1).map(|t| step(t, false)));
             user_keys.push(r.get::<_, Option<String>>(2).map(|k| step(k, true)));
         }
-        let moved: i64 = client
-            .query_typed_one(
-                "SELECT login_etl_rekey_audit_chunk($1, $2, $3, $4)",
-                &[
-                    (&ids, Type::INT8_ARRAY),
-                    (&tokens, Type::TEXT_ARRAY),
-                    (&user_keys, Type::TEXT_ARRAY),
-                    (&to_version, Type::INT2),
-                ],
-            )
-            .await
-            .map_err(db("re-keying a chunk of the audit trail"))?
-            .get(0);
+        const REKEY_AUDIT: Statement = Statement::new(
+            "SELECT login_etl_rekey_audit_chunk($1, $2, $3, $4)",
+            &[
+                Type::INT8_ARRAY,
+                Type::TEXT_ARRAY,
+                Type::TEXT_ARRAY,
+                Type::INT2,
+            ],
+            "re-keying a chunk of the audit trail",
+        );
+        let moved: i64 = REKEY_AUDIT
+            .value(client, &[&ids, &tokens, &user_keys, &to_version])
+            .await?;
         done += moved as u64;
     }
 }

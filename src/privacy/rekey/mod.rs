@@ -53,6 +53,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tracing::info;
 
+use crate::database::statement::{Failed, Statement};
 use crate::privacy::masking::Masker;
 use jobs::Jobs;
 pub use status::{Exposure, exposure};
@@ -169,6 +170,12 @@ pub(crate) fn db(op: &'static str) -> impl Fn(tokio_postgres::Error) -> RekeyErr
     }
 }
 
+impl From<Failed> for RekeyError {
+    fn from(f: Failed) -> Self {
+        db(f.doing)(f.error)
+    }
+}
+
 /// How often a chunk that met another transaction is tried again.
 pub(crate) const CONFLICT_RETRIES: u32 = 5;
 
@@ -209,13 +216,12 @@ pub struct KeyState {
 
 /// Reads [`KeyState`].
 pub async fn state(client: &Client) -> Result<KeyState, RekeyError> {
-    let row = client
-        .query_typed_one(
-            "SELECT version, rekey_from, rekey_rows, rekey_vault, erasure_derived FROM user_logins_key_state",
-            &[],
-        )
-        .await
-        .map_err(db("reading the key version (run login-etl migrate first)"))?;
+    const STATE: Statement = Statement::new(
+        "SELECT version, rekey_from, rekey_rows, rekey_vault, erasure_derived FROM user_logins_key_state",
+        &[],
+        "reading the key version (run login-etl migrate first)",
+    );
+    let row = STATE.row(client, &[]).await?;
     Ok(KeyState {
         version: row.get::<_, i16>(0) as u16,
         rekey_from: row.get::<_, Option<i16>>(1).map(|v| v as u16),
@@ -296,11 +302,12 @@ impl Default for RekeyOptions {
 /// [`RekeyError::NothingToArm`] when the keys reach no further than the
 /// database's version.
 pub async fn arm(client: &Client, masker: &Masker) -> Result<Vec<u16>, RekeyError> {
-    let database: i16 = client
-        .query_typed_one("SELECT version FROM login_etl_key_state()", &[])
-        .await
-        .map_err(db("reading the key's version"))?
-        .get(0);
+    const VERSION: Statement = Statement::new(
+        "SELECT version FROM login_etl_key_state()",
+        &[],
+        "reading the key's version",
+    );
+    let database: i16 = VERSION.value(client, &[]).await?;
     let mut armed = Vec::new();
     for to in (database as u16 + 1)..=masker.latest() {
         let next = masker.at(to).expect("a version the masker holds");
@@ -447,16 +454,13 @@ impl Run<'_> {
             vault::rekey_vault(client, &mut self.jobs, masker, to, pages).await?;
         report.vault_time += t.elapsed();
         report.audit_records += lists::rekey_audit(client, masker, to).await?;
-        client
-            .query_typed(
-                "SELECT login_etl_end_rekey($1, $2)",
-                &[
-                    (&self.caller, Type::TEXT),
-                    (&self.began.elapsed().as_secs_f64(), Type::FLOAT8),
-                ],
-            )
-            .await
-            .map_err(db("ending the re-key"))?;
+        const END: Statement = Statement::new(
+            "SELECT login_etl_end_rekey($1, $2)",
+            &[Type::TEXT, Type::FLOAT8],
+            "ending the re-key",
+        );
+        let seconds = self.began.elapsed().as_secs_f64();
+        END.rows(client, &[&self.caller, &seconds]).await?;
         info!(
             version = to,
             "re-key finished: nothing is stored under an older key"

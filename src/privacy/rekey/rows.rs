@@ -11,6 +11,7 @@ use tokio_postgres::types::{ToSql, Type};
 
 use super::jobs::{Chunk, Jobs};
 use super::{CONFLICT_RETRIES, Progress, RekeyError, RekeyOptions, db};
+use crate::database::statement::Statement;
 use crate::privacy::masking::Masker;
 use crate::table::partitions::{Partition, Segment};
 
@@ -200,14 +201,12 @@ impl Walk<'_> {
 /// A partition's size in pages; `None` when retention dropped it since
 /// the walk listed it.
 async fn pages_of(client: &Client, rel: &str) -> Result<Option<i64>, RekeyError> {
-    Ok(client
-        .query_typed_one(
-            "SELECT (pg_relation_size(to_regclass($1)) / current_setting('block_size')::int8)",
-            &[(&rel, Type::TEXT)],
-        )
-        .await
-        .map_err(db("reading a partition's size"))?
-        .get(0))
+    const PAGES: Statement = Statement::new(
+        "SELECT (pg_relation_size(to_regclass($1)) / current_setting('block_size')::int8)",
+        &[Type::TEXT],
+        "reading a partition's size",
+    );
+    Ok(PAGES.value(client, &[&rel]).await?)
 }
 
 /// Where the rows stand after `done` of about `estimate` since `began`.
@@ -290,25 +289,35 @@ async fn update_chunk(
         Segment::Null => (true, None, None),
         Segment::Range(lo, hi) | Segment::Gap(lo, hi) => (false, lo, hi),
     };
-    let moved: i64 = tx
-        .query_typed_one(
-            "SELECT login_etl_rekey_rows_chunk($1, $2, $3, $4, $5, $6, $7::text[]::tid[], $8, $9, $10)",
-            &[
-                (&rel, Type::TEXT),
-                (&from_page, Type::INT8),
-                (&to_page, Type::INT8),
-                (&days_null, Type::BOOL),
-                (&lo_day, Type::DATE),
-                (&hi_day, Type::DATE),
-                (&moved.tids, Type::TEXT_ARRAY),
-                (&moved.ips, Type::VARCHAR_ARRAY),
-                (&moved.devices, Type::VARCHAR_ARRAY),
-                (&old_version, Type::INT2),
-            ],
-        )
-        .await
-        .map_err(db("re-keying a chunk of rows"))?
-        .get(0);
+    const UPDATE: Statement = Statement::new(
+        "SELECT login_etl_rekey_rows_chunk($1, $2, $3, $4, $5, $6, $7::text[]::tid[], $8, $9, $10)",
+        &[
+            Type::TEXT,
+            Type::INT8,
+            Type::INT8,
+            Type::BOOL,
+            Type::DATE,
+            Type::DATE,
+            Type::TEXT_ARRAY,
+            Type::VARCHAR_ARRAY,
+            Type::VARCHAR_ARRAY,
+            Type::INT2,
+        ],
+        "re-keying a chunk of rows",
+    );
+    let params: [&(dyn ToSql + Sync); 10] = [
+        &rel,
+        &from_page,
+        &to_page,
+        &days_null,
+        &lo_day,
+        &hi_day,
+        &moved.tids,
+        &moved.ips,
+        &moved.devices,
+        &old_version,
+    ];
+    let moved: i64 = UPDATE.value(tx, &params).await?;
     Ok(moved as u64)
 }
 

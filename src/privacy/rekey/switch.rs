@@ -11,6 +11,7 @@ use tokio_postgres::types::Type;
 use tracing::info;
 
 use super::{RekeyError, SWITCH_LOCK_TIMEOUT_MS, db};
+use crate::database::statement::Statement;
 use crate::privacy::masking::Masker;
 
 /// Compares the keys of `version` with the check values the database
@@ -22,24 +23,17 @@ pub(super) async fn check_keys(
 ) -> Result<(), RekeyError> {
     let m = masker.at(version).expect("a version the masker holds");
     let (v, mc, ec) = (version as i16, m.check(), m.users().check());
-    match client
-        .query_typed(
-            "SELECT login_etl_check_keys($1, $2, $3)",
-            &[
-                (&v, Type::INT2),
-                (&mc.as_str(), Type::TEXT),
-                (&ec.as_str(), Type::TEXT),
-            ],
-        )
-        .await
-    {
+    const CHECK: Statement = Statement::new(
+        "SELECT login_etl_check_keys($1, $2, $3)",
+        &[Type::INT2, Type::TEXT, Type::TEXT],
+        "checking the keys against the database",
+    );
+    match CHECK.rows(client, &[&v, &mc.as_str(), &ec.as_str()]).await {
         Ok(_) => Ok(()),
-        Err(e) if e.code().is_some_and(|c| c.code() == "LE004") => Err(RekeyError::KeyMismatch(
-            e.as_db_error()
-                .map(|d| d.message().to_owned())
-                .unwrap_or_default(),
-        )),
-        Err(e) => Err(db("checking the keys against the database")(e)),
+        Err(f) => Err(match f.refusal("LE004") {
+            Some(message) => RekeyError::KeyMismatch(message),
+            None => f.into(),
+        }),
     }
 }
 
@@ -48,11 +42,12 @@ pub(super) async fn check_keys(
 pub(super) async fn ready_to_switch(client: &Client) -> Result<(), RekeyError> {
     // Chunks are TID range scans (PostgreSQL 14): on 13 each would read the
     // whole partition.
-    let version: i32 = client
-        .query_typed_one("SELECT current_setting('server_version_num')::int4", &[])
-        .await
-        .map_err(db("reading the server's version"))?
-        .get(0);
+    const SERVER_VERSION: Statement = Statement::new(
+        "SELECT current_setting('server_version_num')::int4",
+        &[],
+        "reading the server's version",
+    );
+    let version: i32 = SERVER_VERSION.value(client, &[]).await?;
     if version < 140_000 {
         return Err(RekeyError::ServerTooOld(version));
     }

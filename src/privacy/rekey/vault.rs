@@ -8,6 +8,7 @@ use tokio_postgres::types::Type;
 
 use super::jobs::{Chunk, Jobs};
 use super::{CONFLICT_RETRIES, RekeyError, db};
+use crate::database::statement::Statement;
 use crate::privacy::masking::Masker;
 
 /// Re-keys the vault's entries still at `to - 1`, chunk by chunk of pages
@@ -20,14 +21,12 @@ pub(super) async fn rekey_vault(
     to: u16,
     chunk_pages: u32,
 ) -> Result<u64, RekeyError> {
-    let pages: i64 = client
-        .query_typed_one(
-            "SELECT pg_relation_size('user_logins_pii_vault') / current_setting('block_size')::int8",
-            &[],
-        )
-        .await
-        .map_err(db("reading the vault's size"))?
-        .get(0);
+    const VAULT_PAGES: Statement = Statement::new(
+        "SELECT pg_relation_size('user_logins_pii_vault') / current_setting('block_size')::int8",
+        &[],
+        "reading the vault's size",
+    );
+    let pages: i64 = VAULT_PAGES.value(&*client, &[]).await?;
     if jobs.side_by_side() {
         let step = i64::from(chunk_pages);
         let chunks = (0..pages.max(1))
@@ -75,18 +74,13 @@ pub(super) async fn rekey_vault_chunk(
         .transaction()
         .await
         .map_err(db("starting a chunk of the vault"))?;
-    let rows = tx
-        .query_typed(
-            "SELECT ctid::text, kind, token FROM user_logins_pii_vault \
-             WHERE ctid >= $1::text::tid AND ctid < $2::text::tid AND key_version = $3",
-            &[
-                (&lo, Type::TEXT),
-                (&hi, Type::TEXT),
-                (&old_version, Type::INT2),
-            ],
-        )
-        .await
-        .map_err(db("reading a chunk of the vault"))?;
+    const CHUNK_ENTRIES: Statement = Statement::new(
+        "SELECT ctid::text, kind, token FROM user_logins_pii_vault \
+         WHERE ctid >= $1::text::tid AND ctid < $2::text::tid AND key_version = $3",
+        &[Type::TEXT, Type::TEXT, Type::INT2],
+        "reading a chunk of the vault",
+    );
+    let rows = CHUNK_ENTRIES.rows(&tx, &[&lo, &hi, &old_version]).await?;
     if rows.is_empty() {
         tx.commit()
             .await
@@ -101,19 +95,19 @@ pub(super) async fn rekey_vault_chunk(
         .collect();
     // As the owner (migrations/0007): the entries move by a delete and an
     // insert that keeps a twin a function stored meanwhile.
-    let moved: i64 = tx
-        .query_typed_one(
-            "SELECT login_etl_rekey_vault_chunk($1::text[]::tid[], $2, $3, $4)",
-            &[
-                (&tids, Type::TEXT_ARRAY),
-                (&kinds, Type::TEXT_ARRAY),
-                (&news, Type::TEXT_ARRAY),
-                (&old_version, Type::INT2),
-            ],
-        )
-        .await
-        .map_err(db("re-keying a chunk of the vault"))?
-        .get(0);
+    const REKEY_CHUNK: Statement = Statement::new(
+        "SELECT login_etl_rekey_vault_chunk($1::text[]::tid[], $2, $3, $4)",
+        &[
+            Type::TEXT_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::INT2,
+        ],
+        "re-keying a chunk of the vault",
+    );
+    let moved: i64 = REKEY_CHUNK
+        .value(&tx, &[&tids, &kinds, &news, &old_version])
+        .await?;
     tx.commit()
         .await
         .map_err(db("committing a chunk of the vault"))?;
