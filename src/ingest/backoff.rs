@@ -26,7 +26,8 @@ use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::operation::get_queue_url::GetQueueUrlError;
 use aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry;
 use tokio::sync::OnceCell;
 use tokio::task::JoinSet;
@@ -63,11 +64,34 @@ pub(crate) fn before_deadline(cap: Duration, deadline: Option<Instant>) -> Durat
 
 /// `arn:aws:sqs:REGION:ACCOUNT:NAME` to (name, account): what
 /// `sqs:GetQueueUrl` takes.
-pub fn queue_name_and_account(arn: &str) -> Option<(&str, &str)> {
+pub(crate) fn queue_name_and_account(arn: &str) -> Option<(&str, &str)> {
     let mut parts = arn.rsplitn(3, ':');
     let name = parts.next()?;
     let account = parts.next()?;
     (!name.is_empty() && !account.is_empty()).then_some((name, account))
+}
+
+/// Why the URL of a queue named by its ARN is not known.
+#[derive(Debug)]
+pub enum QueueUrlError {
+    /// The ARN is no SQS queue's.
+    NotAQueueArn,
+    /// SQS refused `GetQueueUrl`, or did not answer.
+    Sqs(Box<SdkError<GetQueueUrlError>>),
+}
+
+/// The URL of the queue `arn` names, as SQS gives it (`sqs:GetQueueUrl`,
+/// in the queue's own account).
+pub async fn queue_url(client: &Client, arn: &str) -> Result<Option<String>, QueueUrlError> {
+    let (name, account) = queue_name_and_account(arn).ok_or(QueueUrlError::NotAQueueArn)?;
+    let out = client
+        .get_queue_url()
+        .queue_name(name)
+        .queue_owner_aws_account_id(account)
+        .send()
+        .await
+        .map_err(|e| QueueUrlError::Sqs(Box::new(e)))?;
+    Ok(out.queue_url)
 }
 
 /// One message to back off.
@@ -221,23 +245,17 @@ impl Visibility {
     async fn url(&self, source_arn: Option<&str>) -> Option<String> {
         self.queue_url
             .get_or_try_init(|| async {
-                let (name, account) =
-                    queue_name_and_account(source_arn.ok_or(())?).ok_or(())?;
-                let out = self
-                    .client
-                    .get_queue_url()
-                    .queue_name(name)
-                    .queue_owner_aws_account_id(account)
-                    .send()
-                    .await
-                    .map_err(|e| {
+                let url = queue_url(&self.client, source_arn.ok_or(())?).await;
+                url.map_err(|e| {
+                    if let QueueUrlError::Sqs(e) = e {
                         warn!(
                             code = e.code().unwrap_or("none"),
                             error = %DisplayErrorContext(&e),
                             "cannot find the source queue's URL (sqs:GetQueueUrl); set SOURCE_QUEUE_URL"
                         );
-                    })?;
-                out.queue_url.ok_or(())
+                    }
+                })?
+                .ok_or(())
             })
             .await
             .ok()

@@ -130,11 +130,13 @@ pub async fn redrive(
             break;
         }
         let received = receive(sqs, &options.dlq_url, want).await?;
-        // A message seen already (shown again), or one that arrived during
-        // the run (an original that failed again), waits for the next run.
+        // A message seen already (shown again), or one that arrived after
+        // the run began (an original that failed again), waits for the next
+        // run. One sent in the run's first millisecond was there before it
+        // sent anything: taken.
         let (messages, later): (Vec<Message>, Vec<Message>) = received.into_iter().partition(|m| {
             let id = m.message_id.clone().unwrap_or_default();
-            sent_ms(m).is_none_or(|t| t < started_ms) && seen.insert(id)
+            sent_ms(m).is_none_or(|t| t <= started_ms) && seen.insert(id)
         });
         held.extend(later.iter().filter_map(|m| m.receipt_handle.clone()));
         if messages.is_empty() {

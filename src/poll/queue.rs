@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::warn;
 
-use crate::ingest::backoff::queue_name_and_account;
+use crate::ingest::backoff::{QueueUrlError, queue_url};
 use crate::ingest::event::{RecordAttributes, SourceAttributes, SqsBatch, SqsRecord};
 
 /// Messages per `ReceiveMessage`, and entries per batch call (the SQS limits).
@@ -254,17 +254,10 @@ impl Queue {
             cause,
             hint: "set DLQ_URL to the dead-letter queue's URL, or allow sqs:GetQueueUrl on it",
         };
-        let (name, account) =
-            queue_name_and_account(arn).ok_or_else(|| err("not an SQS queue ARN".into()))?;
-        let out = self
-            .client
-            .get_queue_url()
-            .queue_name(name)
-            .queue_owner_aws_account_id(account)
-            .send()
-            .await
-            .map_err(|e| err(cause(&e)))?;
-        Ok(out.queue_url)
+        queue_url(&self.client, arn).await.map_err(|e| match e {
+            QueueUrlError::NotAQueueArn => err("not an SQS queue ARN".into()),
+            QueueUrlError::Sqs(e) => err(cause(&e)),
+        })
     }
 
     /// One `ReceiveMessage` of up to `max` messages, waiting up to `wait`
@@ -466,6 +459,7 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingest::backoff::queue_name_and_account;
 
     fn attrs(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
