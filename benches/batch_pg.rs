@@ -551,10 +551,10 @@ async fn statements_before_0009(
     use tokio_postgres::types::{ToSql, Type};
     // As the write function does: the arrays unnested, each column cast
     // back where its array carried text (`defects`).
-    let names = login_etl::contract::columns::names();
+    let names = login_etl::testing::contract_columns::names();
     let insert_sql = format!(
         "INSERT INTO user_logins ({names}) SELECT {} FROM UNNEST({}) AS r({names}) ON CONFLICT DO NOTHING",
-        login_etl::contract::columns::select_list(),
+        login_etl::testing::contract_columns::select_list(),
         login_etl::testing::ingest::sink::array_placeholders(1)
     );
     let columns = login_etl::testing::ingest::sink::Columns::from(rows);

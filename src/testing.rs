@@ -33,3 +33,10 @@ pub mod secrets;
 #[cfg(feature = "service")]
 #[path = "table/mod.rs"]
 pub mod table;
+
+/// The contract's columns as the crate's SQL names them (the contract's
+/// modules are its own; these are what the tests and benches compare).
+#[cfg(feature = "service")]
+pub mod contract_columns {
+    pub use crate::contract::columns::{array_types, names, select_list};
+}

@@ -48,7 +48,7 @@ pub struct LoginEvent<'a> {
     /// object of their values as sent; `None` when none is.
     pub extra: Option<String>,
     /// The fields outside the contract and not declared, by name (at most
-    /// [`MAX_UNKNOWN_NAMES`]; never their values).
+    /// `MAX_UNKNOWN_NAMES`; never their values).
     pub unknown: Vec<FieldName>,
     /// What was wrong with it, in the order strict checks (empty: clean).
     pub defects: Vec<Defect>,

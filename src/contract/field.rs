@@ -63,7 +63,7 @@ impl Field {
         self != Field::Locale
     }
 
-    /// What it holds, as the JSON Schema says it ([`crate::contract::schema`]).
+    /// What it holds, as the JSON Schema says it (`login-etl schema`).
     pub fn description(self) -> &'static str {
         match self {
             Field::UserId => "The user's id, as the app knows it; stored as it is.",
@@ -87,7 +87,7 @@ pub const MAX_NAME_CHARS: usize = 64;
 
 /// The name of a field outside the contract, as a reason or a metric may
 /// show it: letters, digits and `_`, starting with a letter or `_`, at
-/// most [`MAX_NAME_CHARS`] long, with no run of four digits or more; any
+/// most `MAX_NAME_CHARS` long, with no run of four digits or more; any
 /// other name (it could be anything: an address, an email, a phone
 /// number, a device id used as a key) shows as `<other>`. Inline, so a
 /// [`crate::contract::Rejection`] stays `Copy`.

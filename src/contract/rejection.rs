@@ -73,7 +73,7 @@ pub enum Rejection {
 pub enum ExtraProblem {
     /// It appears twice.
     Duplicate,
-    /// Its JSON is longer than [`MAX_EXTRA_BYTES`].
+    /// Its JSON is longer than `MAX_EXTRA_BYTES` (1,024 bytes).
     TooLong,
     /// It holds U+0000, which `jsonb` cannot store.
     NulCharacter,
