@@ -73,7 +73,7 @@ pub(crate) fn queue_name_and_account(arn: &str) -> Option<(&str, &str)> {
 
 /// Why the URL of a queue named by its ARN is not known.
 #[derive(Debug)]
-pub enum QueueUrlError {
+pub(crate) enum QueueUrlError {
     /// The ARN is no SQS queue's.
     NotAQueueArn,
     /// SQS refused `GetQueueUrl`, or did not answer.
@@ -82,7 +82,7 @@ pub enum QueueUrlError {
 
 /// The URL of the queue `arn` names, as SQS gives it (`sqs:GetQueueUrl`,
 /// in the queue's own account).
-pub async fn queue_url(client: &Client, arn: &str) -> Result<Option<String>, QueueUrlError> {
+pub(crate) async fn queue_url(client: &Client, arn: &str) -> Result<Option<String>, QueueUrlError> {
     let (name, account) = queue_name_and_account(arn).ok_or(QueueUrlError::NotAQueueArn)?;
     let out = client
         .get_queue_url()

@@ -132,8 +132,9 @@ pub async fn redrive(
         let received = receive(sqs, &options.dlq_url, want).await?;
         // A message seen already (shown again), or one that arrived after
         // the run began (an original that failed again), waits for the next
-        // run. One sent in the run's first millisecond was there before it
-        // sent anything: taken.
+        // run. One sent in the run's first millisecond came before anything
+        // the run sent: taken. (SentTimestamp is SQS's clock, started_ms
+        // ours: the boundary is as close as the two clocks.)
         let (messages, later): (Vec<Message>, Vec<Message>) = received.into_iter().partition(|m| {
             let id = m.message_id.clone().unwrap_or_default();
             sent_ms(m).is_none_or(|t| t <= started_ms) && seen.insert(id)

@@ -11,7 +11,8 @@ use serde_json::json;
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 
-use crate::privacy::reveal::{RevealError, db};
+use crate::database::statement::Statement;
+use crate::privacy::reveal::RevealError;
 
 /// The caller's ARN, from STS `GetCallerIdentity` (never `$USER`): what the
 /// audit records name.
@@ -34,15 +35,14 @@ pub async fn audit_records(
     client: &Client,
     since: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Result<Vec<serde_json::Value>, RevealError> {
-    let rows = client
-        .query_typed(
-            "SELECT id, at, action, caller_arn, kind, token, data_key_id, user_key, rows_deleted, \
-             vault_entries_deleted, detail::text FROM user_logins_pii_audit \
-             WHERE $1::timestamptz IS NULL OR at >= $1 ORDER BY id",
-            &[(&since, Type::TIMESTAMPTZ)],
-        )
-        .await
-        .map_err(db("reading the audit trail"))?;
+    const RECORDS: Statement = Statement::new(
+        "SELECT id, at, action, caller_arn, kind, token, data_key_id, user_key, rows_deleted, \
+         vault_entries_deleted, detail::text FROM user_logins_pii_audit \
+         WHERE $1::timestamptz IS NULL OR at >= $1 ORDER BY id",
+        &[Type::TIMESTAMPTZ],
+        "reading the audit trail",
+    );
+    let rows = RECORDS.rows(client, &[&since]).await?;
     Ok(rows
         .iter()
         .map(|r| {

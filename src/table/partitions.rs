@@ -7,6 +7,7 @@ use chrono::NaiveDate;
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 
+use crate::database::statement::Statement;
 use crate::error::SinkError;
 use crate::table::retry::{failed, with_lock_retries};
 
@@ -312,10 +313,19 @@ pub enum Segment {
     Null,
 }
 
+/// Holds `maintain`'s partition step off until the transaction ends (its
+/// lock, shared): what a statement on a DEFAULT partition's range runs
+/// under first ([`Segment::in_default`]).
+pub(crate) const HOLD_PARTITION_STEP: Statement = Statement::new(
+    "SELECT login_etl_lock_shared('migration')",
+    &[],
+    "waiting for maintain's partition step",
+);
+
 impl Segment {
     /// Its rows are in the DEFAULT partition, which `maintain` may empty
     /// into a new partition under a statement: such a statement holds
-    /// maintain's lock, shared.
+    /// maintain's lock, shared ([`HOLD_PARTITION_STEP`]).
     pub fn in_default(&self) -> bool {
         !matches!(self, Segment::Range(..))
     }

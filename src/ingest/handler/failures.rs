@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use tracing::warn;
 
-use super::transform::Transformed;
+use super::work::BatchWork;
 use crate::ingest::backoff::{Hold, Schedule, Visibility, jitter};
 use crate::ingest::dlq::{DeadLetterQueue, Rejected};
 use crate::ingest::event::{SqsBatch, SqsRecord};
@@ -20,7 +20,7 @@ use crate::privacy::masking::Masker;
 /// records already finished (in the DLQ, as after a redrive, or erased).
 pub(super) fn failed_positions(
     received: usize,
-    valid: &Transformed<'_>,
+    valid: &BatchWork<'_>,
     report: &InsertReport,
     refused_sent: &[usize],
     write_failed: bool,
@@ -65,7 +65,7 @@ pub(super) async fn send_refused(
     (dlq, max_receives, masker): (&DeadLetterQueue, u32, &Masker),
     batch: &SqsBatch,
     report: &InsertReport,
-    valid: &Transformed<'_>,
+    valid: &BatchWork<'_>,
     fifo: bool,
     deadline: Option<Instant>,
 ) -> Vec<usize> {

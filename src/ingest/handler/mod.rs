@@ -8,16 +8,16 @@
 //! masked with, and the erasure list it is filtered by, it asks
 //! `crate::privacy::keys::Keys` once per batch, on the way down to the
 //! sink. Beside it:
-//! - `build`: the handler's settings, set once at a cold start;
-//! - `transform`: the batch at work (rows, rejects, their positions);
-//! - `failures`: what is reported back (`batchItemFailures`, refused rows
+//! - [`build`]: the handler's settings, set once at a cold start;
+//! - [`work`]: the batch at work (rows, rejects, their positions);
+//! - [`failures`]: what is reported back (`batchItemFailures`, refused rows
 //!   to the DLQ, visibility backoff);
-//! - `outcome`: the response, the summary and the deadline.
+//! - [`outcome`]: the response, the summary and the deadline.
 
 mod build;
 mod failures;
 mod outcome;
-mod transform;
+mod work;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,7 +41,7 @@ use crate::privacy::keys::{BatchKeys, Keys};
 use crate::privacy::masking::Masker;
 use crate::privacy::vault::{DataKey, VaultBatch, VaultWrite};
 pub use outcome::{BatchSummary, Deadline, Outcome};
-use transform::{Transformed, log_rejection, message_id, rest_of_ids};
+use work::{BatchWork, log_rejection, message_id, rest_of_ids};
 
 /// How often the handler reads the partitions made ahead (one catalog read
 /// after a batch's write, on its connection); each batch reports the last
@@ -95,7 +95,7 @@ impl BatchHandler {
             .records()
             .find_map(|m| m.event_source_arn.as_deref())
             .is_some_and(|arn| arn.ends_with(".fifo"));
-        let mut work = Transformed::new(fifo, deadline);
+        let mut work = BatchWork::new(fifo, deadline);
         let result = match self.write(batch, started, &mut work).await {
             Ok((report, failure)) => Ok(self.report(batch, report, failure, work).await),
             Err(e) => Err(e),
@@ -132,7 +132,7 @@ impl BatchHandler {
         &self,
         batch: &'b SqsBatch,
         started: Instant,
-        valid: &mut Transformed<'b>,
+        valid: &mut BatchWork<'b>,
     ) -> Result<(InsertReport, Option<&'static str>), HandlerError> {
         let mut sink = self.sink().await;
         let written = self.transform_and_write(&mut sink, batch, valid).await;
@@ -168,6 +168,7 @@ impl BatchHandler {
         }
         Ok((InsertReport::default(), Some(HandlerError::class_of(&e))))
     }
+
     /// Validates and masks every record, streaming the valid rows into the
     /// sink (a COPY for large batches) as they come, then commits them.
     /// Each record is read from the payload as the loop reaches it, so the
@@ -179,7 +180,7 @@ impl BatchHandler {
         &self,
         sink: &mut PgSink,
         batch: &'b SqsBatch,
-        out: &mut Transformed<'b>,
+        out: &mut BatchWork<'b>,
     ) -> Result<Result<InsertReport, SinkError>, HandlerError> {
         let (fifo, deadline) = (out.fifo, out.deadline);
         // The keys and the erasure list, in memory (their versions are
@@ -318,7 +319,7 @@ impl BatchHandler {
     /// FIFO: a rejected record sent to the DLQ is finished, so the records
     /// after it may go on; the first one that could not be sent holds back
     /// every later row.
-    async fn send_fifo_rejects<'b>(&self, batch: &'b SqsBatch, out: &mut Transformed<'b>) {
+    async fn send_fifo_rejects<'b>(&self, batch: &'b SqsBatch, out: &mut BatchWork<'b>) {
         let (true, Some(dlq)) = (out.fifo, &self.dlq) else {
             return;
         };
@@ -346,7 +347,7 @@ impl BatchHandler {
     async fn write_again(
         &self,
         sink: &mut PgSink,
-        out: &mut Transformed<'_>,
+        out: &mut BatchWork<'_>,
     ) -> Result<InsertReport, SinkError> {
         for _ in 0..3 {
             sink.forget_erased();
@@ -372,7 +373,7 @@ impl BatchHandler {
 
     /// Re-keys the rows to `keys`' version and moves the rows of users
     /// erased since to `out.erased`; the vault entries follow the rows.
-    fn drop_erased(&self, keys: &BatchKeys, out: &mut Transformed<'_>) -> Result<(), SinkError> {
+    fn drop_erased(&self, keys: &BatchKeys, out: &mut BatchWork<'_>) -> Result<(), SinkError> {
         for row in out.rows.iter_mut() {
             keys.rekey(row)?;
         }
@@ -410,7 +411,7 @@ impl BatchHandler {
         batch: &SqsBatch,
         report: InsertReport,
         failure: Option<&'static str>,
-        mut valid: Transformed<'_>,
+        mut valid: BatchWork<'_>,
     ) -> Outcome {
         let (fifo, deadline) = (valid.fifo, valid.deadline);
         let masker = valid

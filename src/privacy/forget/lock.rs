@@ -13,6 +13,7 @@ use super::state::same_key_version;
 use super::{FORGET_LOCK_PATIENCE, FORGET_LOCK_TIMEOUT_MS};
 use crate::database::statement::Statement;
 use crate::privacy::reveal::{RevealError, db};
+use crate::table::partitions::HOLD_PARTITION_STEP;
 
 /// A transaction for one statement on `segment`: on the DEFAULT
 /// partition's ranges it holds maintain's lock shared, so that no partition
@@ -30,12 +31,7 @@ pub(super) async fn segment_tx<'c>(
         .map_err(db("starting a transaction"))?;
     same_key_version(&tx, version).await?;
     if segment.in_default() {
-        const LOCK_MIGRATION: Statement = Statement::new(
-            "SELECT login_etl_lock_shared('migration')",
-            &[],
-            "waiting for maintain's partition step",
-        );
-        LOCK_MIGRATION.rows(&tx, &[]).await?;
+        HOLD_PARTITION_STEP.rows(&tx, &[]).await?;
     }
     Ok(tx)
 }

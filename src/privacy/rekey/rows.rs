@@ -13,7 +13,7 @@ use super::jobs::{Chunk, Jobs};
 use super::{CONFLICT_RETRIES, Progress, RekeyError, RekeyOptions, db};
 use crate::database::statement::Statement;
 use crate::privacy::masking::Masker;
-use crate::table::partitions::{Partition, Segment};
+use crate::table::partitions::{HOLD_PARTITION_STEP, Partition, Segment};
 
 /// A partition's segment (see [`Segment`]) and the relation holding it.
 fn segments_of(partitions: &[Partition]) -> Vec<(Segment, String)> {
@@ -92,11 +92,8 @@ pub(super) async fn rekey_rows(
 
 /// The planner's estimate of the table's rows (`reltuples`), for progress.
 async fn estimate_rows(client: &Client) -> Result<i64, RekeyError> {
-    Ok(client
-        .query_typed_one(super::ROWS_ESTIMATE, &[])
-        .await
-        .map_err(db("estimating the rows"))?
-        .get(0))
+    const ESTIMATE: Statement = Statement::new(super::ROWS_ESTIMATE, &[], "estimating the rows");
+    Ok(ESTIMATE.value(client, &[]).await?)
 }
 
 /// The chunks of `todo`'s partitions, `chunk_pages` each, at most
@@ -240,9 +237,7 @@ pub(super) async fn rekey_chunk(
     let tx = client.transaction().await.map_err(db("starting a chunk"))?;
     if segment.in_default() {
         // maintain must not move these rows to a new partition under us.
-        tx.query_typed("SELECT login_etl_lock_shared('migration')", &[])
-            .await
-            .map_err(db("waiting for maintain's partition step"))?;
+        HOLD_PARTITION_STEP.rows(&tx, &[]).await?;
     }
     let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
         (&lo, Type::TEXT),

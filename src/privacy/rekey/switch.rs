@@ -176,14 +176,13 @@ async fn try_switch(
 
 /// The switch refused vault entries of the old form: how many there are.
 async fn not_upgraded(client: &Client) -> RekeyError {
-    let counted = client
-        .query_typed_one(
-            "SELECT count(*) FROM user_logins_pii_vault WHERE aad_version = 1",
-            &[],
-        )
-        .await;
-    match counted {
-        Ok(row) => RekeyError::VaultNotUpgraded(row.get(0)),
-        Err(e) => db("counting vault entries of the old form")(e),
+    const OLD_FORM: Statement = Statement::new(
+        "SELECT count(*) FROM user_logins_pii_vault WHERE aad_version = 1",
+        &[],
+        "counting vault entries of the old form",
+    );
+    match OLD_FORM.value(client, &[]).await {
+        Ok(entries) => RekeyError::VaultNotUpgraded(entries),
+        Err(f) => f.into(),
     }
 }

@@ -15,7 +15,7 @@ use crate::privacy::vault::VaultBatch;
 /// One batch at work: how it is handled (its queue's order, its deadline)
 /// and what validation made of it.
 #[derive(Default)]
-pub(super) struct Transformed<'b> {
+pub(super) struct BatchWork<'b> {
     /// A FIFO queue's batch: later records wait for a failed one.
     pub(super) fifo: bool,
     /// When the batch must be answered.
@@ -43,7 +43,7 @@ pub(super) struct Transformed<'b> {
     pub(super) masker: Option<crate::privacy::masking::Masker>,
 }
 
-impl<'b> Transformed<'b> {
+impl<'b> BatchWork<'b> {
     pub(super) fn new(fifo: bool, deadline: Option<Instant>) -> Self {
         Self {
             fifo,
@@ -88,7 +88,7 @@ pub(super) fn message_id(batch: &SqsBatch, index: usize) -> Result<&str, Handler
 /// The ids of the records a FIFO reject held back (the loop stopped there).
 pub(super) fn rest_of_ids<'b>(
     batch: &'b SqsBatch,
-    out: &mut Transformed<'b>,
+    out: &mut BatchWork<'b>,
 ) -> Result<(), HandlerError> {
     for index in (out.ids.len()..).take_while(|&index| batch.has(index)) {
         out.ids.push(message_id(batch, index)?);
