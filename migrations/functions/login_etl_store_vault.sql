@@ -1,7 +1,7 @@
 -- roles: ingest
 -- profile: full
 -- The vault entries of one write transaction's rows and the data key they
--- are sealed under (src/ingest/sink/vault.rs), sent after the rows and
+-- are sealed under (src/ingest/sink/tx.rs), sent after the rows and
 -- before the COMMIT: a row never commits without its entries. Owner's
 -- rights: the ingest role holds no privilege on the vault, so a stolen
 -- credential can add an entry for a token nobody stored yet and nothing

@@ -22,8 +22,8 @@ use tokio::time::timeout;
 use tokio_postgres::{Client, CopyInSink};
 
 use super::classify::{Failure, classify};
+use super::tx::VaultRows;
 use super::tx::{XidFloor, begin_sql, no_answer, refuse_erased, vault_and_commit};
-use super::vault::VaultRows;
 use crate::contract::LoginRow;
 use crate::privacy::keys::Versions;
 

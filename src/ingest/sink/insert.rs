@@ -22,8 +22,8 @@ use tokio_postgres::types::{ToSql, Type};
 
 use super::classify::{Failure, classify};
 use super::columns::{Columns, array_placeholders};
+use super::tx::VaultRows;
 use super::tx::{XidFloor, begin_sql, no_answer, vault_and_commit};
-use super::vault::VaultRows;
 use crate::contract::LoginRow;
 use crate::privacy::keys::Versions;
 

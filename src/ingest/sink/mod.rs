@@ -13,7 +13,6 @@
 //! - [`copy`]: the COPY fast path for large batches, in its own transaction;
 //! - [`tx`]: the frame both share: `BEGIN`, the erasure check, the end
 //!   (vault entries + `COMMIT`), the xid floor;
-//! - [`vault`]: the PII vault's SQL (the entries of a transaction's rows);
 //! - [`budget`]: the batch's deadline, its one reconnect, its conflict retries;
 //! - [`classify`]: SQLSTATE classes (error text without row values is
 //!   [`crate::error::describe`]).
@@ -49,7 +48,6 @@ mod columns;
 mod copy;
 mod insert;
 mod tx;
-mod vault;
 mod writer;
 
 use std::collections::HashSet;

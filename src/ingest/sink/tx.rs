@@ -1,6 +1,7 @@
 //! The frame every write transaction shares, INSERT and COPY alike: its
-//! `BEGIN` (server-side bounds, the table lock) and its end (the vault
-//! entries of its rows, then `COMMIT` and the next xid floor); and the
+//! `BEGIN` (server-side bounds, the table lock) and its end (the PII vault's
+//! entries of its rows, sealed under their data key, then `COMMIT` and the
+//! next xid floor: see `crate::privacy::vault` for the encryption); and the
 //! erasure check, which COPY sends as a statement of its own and the INSERT
 //! runs inside its write function (`insert::WRITE_SQL`).
 //!
@@ -8,15 +9,17 @@
 //! so a transaction-mode pooler may hand the next transaction to any server
 //! connection. Success means the server answered the COMMIT.
 
-use crate::database::stored_settings::OWNERS_SCHEMA_SQL;
-use crate::privacy::keys::Versions;
+use std::ops::Range;
 use std::time::Duration;
 
-use tokio_postgres::types::Type;
+use chrono::NaiveDate;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::classify::Failure;
-use super::vault::{self, VaultRows};
+use crate::database::stored_settings::OWNERS_SCHEMA_SQL;
+use crate::privacy::keys::Versions;
+use crate::privacy::vault::{DataKey, Sealed, VaultWrite};
 
 /// `BEGIN` with the server-side bounds of this transaction only, then the
 /// lock every write takes anyway (ROW EXCLUSIVE) on the partitioned parent,
@@ -117,7 +120,7 @@ pub(crate) async fn vault_and_commit(
     vault: Option<&VaultRows<'_>>,
 ) -> Result<Option<XidFloor>, tokio_postgres::Error> {
     let (vaulted, committed) =
-        tokio::join!(vault::write(client, vault), client.simple_query(COMMIT_SQL));
+        tokio::join!(write_vault(client, vault), client.simple_query(COMMIT_SQL));
     vaulted?;
     Ok(XidFloor::from_answer(&committed?))
 }
@@ -152,6 +155,72 @@ impl XidFloor {
 /// A client-side bound ran out: the connection's state is unknown.
 pub(crate) fn no_answer(bound: Duration) -> Failure {
     Failure::Transient(format!("no answer within {} ms", bound.as_millis()))
+}
+
+/// The data key and the entries of the transaction's rows, stored by the
+/// owner's `login_etl_store_vault` (migrations/functions/): an entry stored
+/// already is kept, its `last_seen` moved forward to the latest day of the
+/// rows that use it (`maintain` deletes an entry no row within retention
+/// uses), no further than today. The ingest role holds no privilege on the
+/// vault's tables; the function locks entries in the order every vault
+/// writer shares, so rotate-key and forget beside it never deadlock with it.
+const STORE_SQL: &str = "SELECT login_etl_store_vault($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
+/// The vault entries one transaction writes beside its rows.
+pub(crate) struct VaultRows<'a> {
+    /// The data key the entries are sealed under.
+    pub key: &'a DataKey,
+    /// The entries of exactly the transaction's rows, each with the latest
+    /// `create_date` of those rows that use it.
+    pub entries: Vec<(&'a Sealed, NaiveDate)>,
+    /// Their tokens' key version.
+    pub key_version: i16,
+}
+
+impl<'a> VaultRows<'a> {
+    /// The entries of the batch's rows `rows` (indices in the order the
+    /// vault batch was filled), for the transaction that writes those rows.
+    pub(crate) fn of(write: VaultWrite<'a>, rows: Range<usize>) -> Self {
+        Self {
+            key: write.key,
+            entries: write.batch.entries_for(rows),
+            key_version: write.batch.key_version as i16,
+        }
+    }
+}
+
+/// Writes `vault` (its statements sent at once); nothing without a vault.
+async fn write_vault(
+    client: &Client,
+    vault: Option<&VaultRows<'_>>,
+) -> Result<(), tokio_postgres::Error> {
+    let Some(v) = vault else {
+        return Ok(());
+    };
+    let kinds: Vec<&str> = v.entries.iter().map(|(e, _)| e.kind.as_str()).collect();
+    let tokens: Vec<&str> = v.entries.iter().map(|(e, _)| e.token.as_str()).collect();
+    let nonces: Vec<&[u8]> = v.entries.iter().map(|(e, _)| &e.nonce[..]).collect();
+    let ciphertexts: Vec<&[u8]> = v
+        .entries
+        .iter()
+        .map(|(e, _)| e.ciphertext.as_slice())
+        .collect();
+    let days: Vec<NaiveDate> = v.entries.iter().map(|&(_, day)| day).collect();
+    let (key_id, kms_key_id, wrapped) = (v.key.id(), v.key.kms_key_id(), v.key.wrapped());
+    let aad_version = crate::privacy::vault::AAD_VERSION;
+    let params: [(&(dyn ToSql + Sync), Type); 10] = [
+        (&key_id, Type::VARCHAR),
+        (&kms_key_id, Type::VARCHAR),
+        (&wrapped, Type::BYTEA),
+        (&kinds, Type::VARCHAR_ARRAY),
+        (&tokens, Type::VARCHAR_ARRAY),
+        (&nonces, Type::BYTEA_ARRAY),
+        (&ciphertexts, Type::BYTEA_ARRAY),
+        (&days, Type::DATE_ARRAY),
+        (&v.key_version, Type::INT2),
+        (&aad_version, Type::INT2),
+    ];
+    client.query_typed(STORE_SQL, &params).await.map(|_| ())
 }
 
 #[cfg(test)]
