@@ -3,12 +3,13 @@
 //! PostgreSQL's own conventions ([`settings`], [`pgpass`]), how the role
 //! proves who it is (a password, or an RDS IAM token: [`iam`]), TLS
 //! ([`tls`]), the one way a connection is opened ([`connector`]), what
-//! it refuses to run under ([`stored_settings`]), and a statement as the
-//! code declares it ([`statement`]).
+//! it refuses to run under ([`stored_settings`]), the server's version
+//! ([`server`]), and a statement as the code declares it ([`statement`]).
 
 pub mod connector;
 pub mod iam;
 pub mod pgpass;
+pub mod server;
 pub mod settings;
 pub mod statement;
 pub mod stored_settings;

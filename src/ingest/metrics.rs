@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde_json::{Map, Value, json};
 
 pub use crate::emf::{DEFAULT_NAMESPACE, DEFAULT_SERVICE};
-use crate::ingest::handler::BatchSummary;
+use crate::ingest::handler::outcome::BatchSummary;
 
 /// What one invocation did, as metrics: the batch's summary, and what only
 /// the invocation knows.

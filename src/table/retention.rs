@@ -13,10 +13,10 @@ use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 use tracing::{info, warn};
 
+use crate::database::server::server_version;
 use crate::error::SinkError;
 use crate::table::partitions::{Partition, partitions};
 use crate::table::retry::{failed, with_lock_retries};
-use crate::table::schema::server_version;
 
 /// The deployment's retention as the tables' owner records it
 /// (`user_logins_retention`, migrations/0014): the floor the maintain

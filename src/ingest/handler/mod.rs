@@ -16,7 +16,7 @@
 
 mod build;
 mod failures;
-mod outcome;
+pub(crate) mod outcome;
 mod work;
 
 use std::collections::BTreeMap;

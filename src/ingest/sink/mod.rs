@@ -237,13 +237,12 @@ impl PgSink {
     pub async fn migrate(&mut self, options: &schema::MigrateOptions) -> Result<bool, SinkError> {
         let limit = self.connector.connect_timeout();
         let mut client = self.connector.open(limit).await?;
-        let (num, version) =
-            schema::server_version(&client)
-                .await
-                .map_err(|e| SinkError::Transient {
-                    op: "reading the server version",
-                    cause: describe(&e),
-                })?;
+        let (num, version) = crate::database::server::server_version(&client)
+            .await
+            .map_err(|e| SinkError::Transient {
+                op: "reading the server version",
+                cause: describe(&e),
+            })?;
         schema::require_version(num, &version)?;
         let applied = schema::migrate(&mut client, options).await?;
         self.client = Some(client);

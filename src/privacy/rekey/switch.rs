@@ -11,6 +11,7 @@ use tokio_postgres::types::Type;
 use tracing::info;
 
 use super::{RekeyError, SWITCH_LOCK_TIMEOUT_MS, db};
+use crate::database::server::server_version;
 use crate::database::statement::Statement;
 use crate::privacy::masking::Masker;
 
@@ -42,12 +43,9 @@ pub(super) async fn check_keys(
 pub(super) async fn ready_to_switch(client: &Client) -> Result<(), RekeyError> {
     // Chunks are TID range scans (PostgreSQL 14): on 13 each would read the
     // whole partition.
-    const SERVER_VERSION: Statement = Statement::new(
-        "SELECT current_setting('server_version_num')::int4",
-        &[],
-        "reading the server's version",
-    );
-    let version: i32 = SERVER_VERSION.value(client, &[]).await?;
+    let (version, _) = server_version(client)
+        .await
+        .map_err(db("reading the server's version"))?;
     if version < 140_000 {
         return Err(RekeyError::ServerTooOld(version));
     }

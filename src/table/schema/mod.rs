@@ -257,9 +257,6 @@ impl SchemaState {
 /// lost-reply recount use `pg_current_snapshot()` and `xid8` (13 and later).
 pub const MIN_SERVER_VERSION_NUM: i32 = 130_000;
 
-const VERSION_SQL: &str =
-    "SELECT current_setting('server_version_num')::int4, current_setting('server_version')";
-
 /// A non-retryable error unless `version_num` (`server_version_num`) is at
 /// least [`MIN_SERVER_VERSION_NUM`]; `version` is what the error shows.
 pub fn require_version(version_num: i32, version: &str) -> Result<(), SinkError> {
@@ -271,12 +268,6 @@ pub fn require_version(version_num: i32, version: &str) -> Result<(), SinkError>
         cause: format!("the server runs PostgreSQL {version}"),
         hint: "; login-etl needs PostgreSQL 13 or later (it uses pg_current_snapshot and xid8): upgrade the server".into(),
     })
-}
-
-/// The server's `server_version_num` and `server_version`.
-pub async fn server_version(client: &Client) -> Result<(i32, String), tokio_postgres::Error> {
-    let row = client.query_typed_one(VERSION_SQL, &[]).await?;
-    Ok((row.get(0), row.get(1)))
 }
 
 /// Reads [`SchemaState`]: the catalog and the record, side by side (two
@@ -368,7 +359,10 @@ async fn checked_state(client: &Client, limit: Duration) -> Result<SchemaState, 
     // On a server older than 13 the inspection fails (no
     // pg_current_snapshot), and the version says why.
     let answers = timeout(limit, async {
-        tokio::join!(server_version(client), inspect(client))
+        tokio::join!(
+            crate::database::server::server_version(client),
+            inspect(client)
+        )
     })
     .await;
     if let Ok((Ok((num, version)), _)) = &answers {
