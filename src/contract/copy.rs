@@ -16,7 +16,7 @@ use crate::contract::defect::Defect;
 use crate::contract::field::Field;
 use crate::contract::policy::Contract;
 use crate::contract::rejection::Rejection;
-use crate::contract::token::Token;
+use crate::contract::row::Token;
 
 /// A login read back from a copy: the event (no ip or device id: the copy
 /// holds their tokens only) and the tokens.

@@ -15,7 +15,7 @@
 //!   `EXTRA_FIELDS`);
 //! - `copy`: a dead-letter copy's masked body read back as a login (a
 //!   login rebuilt from a copy that kept no original);
-//! - `row` and `token`: the row a valid login becomes;
+//! - `row`: the row a valid login becomes, its masked values as tokens;
 //! - `columns`: that row's columns, declared once;
 //! - `schema`: the contract as a JSON Schema for producers
 //!   (docs/contract/login-event.schema.json).
@@ -28,7 +28,6 @@ pub(crate) mod field;
 pub(crate) mod policy;
 pub(crate) mod rejection;
 pub(crate) mod row;
-pub(crate) mod token;
 // What the function's SQL and the producers' JSON Schema are made from:
 // the "service" feature's (the fuzz target parses bodies only). Not in a
 // cfg_if block: columns exports a macro the crate names by its path.
@@ -42,5 +41,4 @@ pub use defect::Defect;
 pub use field::{FIELDS, Field, FieldName};
 pub use policy::{Contract, Mode, PolicyError, UnknownFields};
 pub use rejection::{ExtraProblem, MAX_MESSAGE_ID_CHARS, Rejection};
-pub use row::{LoginRow, RowKeyAndTokens};
-pub use token::{TOKEN_LEN, Token};
+pub use row::{LoginRow, RowKeyAndTokens, TOKEN_LEN, Token};

@@ -4,9 +4,8 @@
 //! What it owns:
 //! - [`masking`]: keyed, deterministic tokens under a chain of key versions;
 //! - [`keys`]: the keys a batch is masked with, at the database's key
-//!   version, and the erasure list it is filtered by (one type the handler
-//!   asks once per batch);
-//! - [`erased`]: the erasure list in memory, looked up at every key version;
+//!   version, and the erasure list it is filtered by, looked up at every
+//!   key version (what the handler asks once per batch);
 //! - [`vault`]: the PII vault (KMS envelope, AES-256-GCM);
 //! - [`dead_letter`]: the original body of a dead-letter copy, sealed for
 //!   the DLQ operator alone (the same envelope, a context of its own);
@@ -39,7 +38,6 @@ cfg_if::cfg_if! {
     if #[cfg(feature = "service")] {
         pub mod audit;
         pub mod dead_letter;
-        pub mod erased;
         pub mod forget;
         pub mod key_check;
         pub mod keys;

@@ -4,20 +4,18 @@
 //!
 //! A batch's path reads top-down in this file: [`BatchHandler::handle`]
 //! transforms and writes it (each record validated, masked and streamed
-//! into the sink as it is read), then reports it. Which keys a batch is
-//! masked with, and the erasure list it is filtered by, it asks
-//! `crate::privacy::keys::Keys` once per batch, on the way down to the
-//! sink. Beside it:
+//! into the sink as it is read), then reports it (`batchItemFailures`,
+//! refused rows to the DLQ, the visibility backoff, the counts); below the
+//! handler, the batch's working state ([`BatchWork`]) and the report's
+//! parts. Which keys a batch is masked with, and the erasure list it is
+//! filtered by, it asks `crate::privacy::keys::Keys` once per batch, on the
+//! way down to the sink. Beside it:
 //! - [`build`]: the handler's settings, set once at a cold start;
-//! - [`work`]: the batch at work (rows, rejects, their positions);
-//! - [`failures`]: what is reported back (`batchItemFailures`, refused rows
-//!   to the DLQ, visibility backoff);
-//! - [`outcome`]: the response, the summary and the deadline.
+//! - [`outcome`]: the response, the summary and the deadline (the handler's
+//!   answer, which the metrics and `login-etl poll` read too).
 
 mod build;
-mod failures;
 pub(crate) mod outcome;
-mod work;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,8 +28,8 @@ use tracing::{trace, warn};
 
 use crate::contract::{LoginRow, Rejection};
 use crate::error::{HandlerError, SinkError};
-use crate::ingest::backoff::{Schedule, Visibility};
-use crate::ingest::dlq::DeadLetterQueue;
+use crate::ingest::backoff::{Hold, Schedule, Visibility, jitter};
+use crate::ingest::dlq::{DeadLetterQueue, Rejected};
 use crate::ingest::event::{SqsBatch, SqsRecord};
 use crate::ingest::metrics::{InvocationMetrics, Metrics};
 use crate::ingest::record;
@@ -41,7 +39,6 @@ use crate::privacy::keys::{BatchKeys, Keys};
 use crate::privacy::masking::Masker;
 use crate::privacy::vault::{DataKey, VaultBatch, VaultWrite};
 pub use outcome::{BatchSummary, Deadline, Outcome};
-use work::{BatchWork, log_rejection, message_id, rest_of_ids};
 
 /// How often the handler reads the partitions made ahead (one catalog read
 /// after a batch's write, on its connection); each batch reports the last
@@ -430,11 +427,11 @@ impl BatchHandler {
         let refused_sent = match &self.dlq {
             Some(dlq) => {
                 let to = (dlq, self.refused_max_receives, &masker);
-                failures::send_refused(to, batch, &report, &valid, fifo, deadline).await
+                send_refused(to, batch, &report, &valid, fifo, deadline).await
             }
             None => Vec::new(),
         };
-        let failed = failures::failed_positions(
+        let failed = failed_positions(
             batch.len(),
             &valid,
             &report,
@@ -445,7 +442,7 @@ impl BatchHandler {
         let (backed_off, visibility_change_failed) = match (&self.backoff, failure) {
             (Some((schedule, visibility)), Some(_)) => {
                 let how = (*schedule, visibility);
-                failures::back_off(how, batch, &failed, fifo, deadline).await
+                back_off(how, batch, &failed, fifo, deadline).await
             }
             _ => (0, 0),
         };
@@ -521,6 +518,216 @@ impl BatchHandler {
         }
         self.sinks[0].lock().await
     }
+}
+
+/// One batch at work: how it is handled (its queue's order, its deadline)
+/// and what validation made of its records (rows, rejects, erased users'
+/// records, held rebuilt logins), where each came from in the batch.
+#[derive(Default)]
+struct BatchWork<'b> {
+    /// A FIFO queue's batch: later records wait for a failed one.
+    fifo: bool,
+    /// When the batch must be answered.
+    deadline: Option<Instant>,
+    /// Every record's `messageId`, in batch order (all of them once the
+    /// batch could be handled).
+    ids: Vec<&'b str>,
+    /// Valid rows, in batch order.
+    rows: Vec<LoginRow<'b>>,
+    /// Position in the batch of each row.
+    row_positions: Vec<usize>,
+    /// Positions and codes of rejected records, in batch order.
+    rejected: Vec<(usize, String)>,
+    /// Positions of rejected records now in the DLQ, ascending.
+    sent: Vec<usize>,
+    /// The rows' vault entries (empty without a vault).
+    vault: VaultBatch,
+    /// Positions of records of erased users (handled, not stored), ascending.
+    erased: Vec<usize>,
+    /// Positions of rebuilt logins whose seal could not be checked (KMS did
+    /// not answer, or refused the function): failed, to come back.
+    held: Vec<usize>,
+    /// The masker the batch was validated with: what its DLQ copies are
+    /// masked and signed with.
+    masker: Option<Masker>,
+}
+
+impl<'b> BatchWork<'b> {
+    fn new(fifo: bool, deadline: Option<Instant>) -> Self {
+        Self {
+            fifo,
+            deadline,
+            ..Self::default()
+        }
+    }
+
+    fn rejected_records<'a>(&'a self, batch: &'b SqsBatch) -> Vec<Rejected<'a>>
+    where
+        'b: 'a,
+    {
+        self.rejected
+            .iter()
+            .map(|(pos, code)| Rejected {
+                position: *pos,
+                message: batch.record(*pos),
+                message_id: self.ids[*pos],
+                code,
+            })
+            .collect()
+    }
+}
+
+/// The record's `messageId`; without one (or when the record is not an
+/// SQS message at all) it cannot be reported on its own, so the invocation
+/// fails.
+fn message_id(batch: &SqsBatch, index: usize) -> Result<&str, HandlerError> {
+    let Some(record) = batch.get(index) else {
+        return Err(if batch.unreadable_at(index) {
+            HandlerError::UnreadablePayload { index }
+        } else {
+            HandlerError::MalformedRecord { index }
+        });
+    };
+    match record.message_id.as_deref() {
+        Some(id) if !id.is_empty() => Ok(id),
+        _ => Err(HandlerError::MissingMessageId { index }),
+    }
+}
+
+/// The ids of the records a FIFO reject held back (the loop stopped there).
+fn rest_of_ids<'b>(batch: &'b SqsBatch, out: &mut BatchWork<'b>) -> Result<(), HandlerError> {
+    for index in (out.ids.len()..).take_while(|&index| batch.has(index)) {
+        out.ids.push(message_id(batch, index)?);
+    }
+    Ok(())
+}
+
+fn log_rejection(message_id: &str, reason: &Rejection) {
+    warn!(message_id, reason = %reason, code = %reason.code(), "record rejected");
+}
+
+/// The positions to report in `batchItemFailures`, ascending: rejects not
+/// in the DLQ, refused rows not in the DLQ, and (`write_failed`) every record
+/// not otherwise finished, whether or not it got as far as validation. On
+/// FIFO, everything from the first of them on (order must hold), except
+/// records already finished (in the DLQ, as after a redrive, or erased).
+fn failed_positions(
+    received: usize,
+    valid: &BatchWork<'_>,
+    report: &InsertReport,
+    refused_sent: &[usize],
+    write_failed: bool,
+    fifo: bool,
+) -> Vec<usize> {
+    let unfinished = |pos: &usize| {
+        valid.sent.binary_search(pos).is_err()
+            && refused_sent.binary_search(pos).is_err()
+            && valid.erased.binary_search(pos).is_err()
+    };
+    let mut failed: Vec<usize> = valid
+        .rejected
+        .iter()
+        .map(|&(pos, _)| pos)
+        .chain(report.refused.iter().map(|&i| valid.row_positions[i]))
+        .chain(valid.held.iter().copied())
+        .chain((0..received).filter(|_| write_failed))
+        .filter(unfinished)
+        .collect();
+    if fifo && let Some(&first) = failed.iter().min() {
+        failed = (first..received).filter(unfinished).collect();
+    }
+    failed.sort_unstable();
+    failed.dedup();
+    failed
+}
+
+/// The record's `ApproximateReceiveCount` (1 when absent or unreadable).
+fn receive_count(record: &SqsRecord) -> u32 {
+    record
+        .attributes
+        .as_ref()
+        .and_then(|a| a.approximate_receive_count.as_deref())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+}
+
+/// Rows the database kept refusing, on their `max_receives`-th receive
+/// (0: never): to the DLQ with their SQLSTATE (`refused.<SQLSTATE>`).
+/// Returns the positions SQS accepted, ascending.
+async fn send_refused(
+    (dlq, max_receives, masker): (&DeadLetterQueue, u32, &Masker),
+    batch: &SqsBatch,
+    report: &InsertReport,
+    valid: &BatchWork<'_>,
+    fifo: bool,
+    deadline: Option<Instant>,
+) -> Vec<usize> {
+    if max_receives == 0 {
+        return Vec::new();
+    }
+    let codes: Vec<String> = report
+        .refused_codes
+        .iter()
+        .map(|state| format!("refused.{state}"))
+        .collect();
+    let due: Vec<Rejected<'_>> = report
+        .refused
+        .iter()
+        .zip(&codes)
+        .map(|(&i, code)| (valid.row_positions[i], code))
+        .filter(|&(pos, _)| receive_count(batch.record(pos)) >= max_receives)
+        .map(|(pos, code)| Rejected {
+            position: pos,
+            message: batch.record(pos),
+            message_id: valid.ids[pos],
+            code,
+        })
+        .collect();
+    if due.is_empty() {
+        return Vec::new();
+    }
+    dlq.send(&due, masker, fifo, deadline).await
+}
+
+/// Extends the visibility of the failed records by the schedule: each by
+/// its own receive count, or (FIFO) the whole held tail by the highest,
+/// so it comes back together and in order. Returns (backed off, not
+/// confirmed).
+async fn back_off(
+    (schedule, visibility): (Schedule, &Visibility),
+    batch: &SqsBatch,
+    positions: &[usize],
+    fifo: bool,
+    deadline: Option<Instant>,
+) -> (usize, usize) {
+    let tail = positions
+        .iter()
+        .map(|&p| receive_count(batch.record(p)))
+        .max()
+        .unwrap_or(1);
+    let together = schedule.delay(tail, jitter());
+    let holds: Vec<Hold<'_>> = positions
+        .iter()
+        .map(|&pos| Hold {
+            position: pos,
+            receipt_handle: batch.record(pos).receipt_handle.as_deref(),
+            seconds: if fifo {
+                together
+            } else {
+                schedule.delay(receive_count(batch.record(pos)), jitter())
+            },
+        })
+        .collect();
+    let source = batch.records().find_map(|m| m.event_source_arn.as_deref());
+    let held = visibility.hold(&holds, source, deadline).await;
+    let missed = positions.len() - held.len();
+    if missed > 0 {
+        warn!(
+            records = missed,
+            "visibility not extended for some failed records; they are redelivered after the queue's visibility timeout"
+        );
+    }
+    (held.len(), missed)
 }
 
 /// Now minus the oldest `SentTimestamp` of the batch.

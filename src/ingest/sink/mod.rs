@@ -70,7 +70,7 @@ pub use writer::BatchWriter;
 use crate::contract::LoginRow;
 use crate::database::Connector;
 use crate::error::{Misconfiguration, SinkError, describe};
-use crate::privacy::erased::ErasedUsers;
+use crate::privacy::keys::ErasedUsers;
 use crate::privacy::vault::VaultWrite;
 use crate::table::schema::{self, Profile};
 use classify::Failure;
