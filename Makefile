@@ -290,9 +290,10 @@ validate: python-tools ## sam validate --lint, cfn-lint, and the template's own 
 	cfn-lint template.yaml
 	$(VENV)/bin/python -m pytest -q tests/test_template.py
 
-lint: rust-tools ## rustfmt and clippy, warnings are errors
+lint: rust-tools ## rustfmt, clippy and rustdoc's links, warnings are errors
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+	RUSTDOCFLAGS='-D warnings' cargo doc --lib --no-deps --document-private-items
 
 # CI builds make test with clippy-driver as RUSTC_WORKSPACE_WRAPPER (.ci/run);
 # these are that build's cargo commands again, under make's environment

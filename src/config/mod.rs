@@ -86,7 +86,7 @@ pub struct Config {
     pub dlq_kms_key_id: Option<String>,
     /// The per-message backoff after an infrastructure failure
     /// (`BACKOFF_BASE_SECONDS`, `BACKOFF_MAX_SECONDS`; see
-    /// [`backoff`]). On by default under Lambda
+    /// `crate::config::backoff`). On by default under Lambda
     /// (`AWS_LAMBDA_RUNTIME_API` is set) or when either variable is set;
     /// `BACKOFF_BASE_SECONDS=0` turns it off. Off, a failed write fails the
     /// invocation and SQS redelivers the batch after its visibility timeout.

@@ -1,5 +1,5 @@
 //! The columns of `user_logins` a login is written to, declared once in
-//! [`with_login_columns!`]: the COPY, the write function's arguments and
+//! [`with_login_columns!`](crate::with_login_columns): the COPY, the write function's arguments and
 //! its INSERT, the schema check (here, [`COLUMNS`]) and the batch's typed
 //! arrays (`ingest::sink::columns`, one vector per column: a value of the
 //! wrong type, or a column left out, does not compile) are all made from it.

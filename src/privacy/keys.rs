@@ -34,7 +34,7 @@ pub type KeyReload =
 pub const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What a batch was prepared with, checked by each of its write
-/// transactions ([`ERASED_SQL`]).
+/// transactions (`login_etl_check_write`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Versions {
     /// The erasure list's version (its highest `seq`; 0 when empty).
