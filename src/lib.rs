@@ -30,10 +30,6 @@
 //! - `error`: error types, none of which carries PII or secrets.
 
 #![warn(missing_docs)]
-// The internal modules are documented for the people who work on them
-// (`cargo doc --document-private-items`), where a link to a private item
-// resolves; the public docs do not show those modules.
-#![allow(rustdoc::private_intra_doc_links)]
 
 // The library's surface: the handler, its batch, deadline and outcome; the
 // configuration and start-up; the message contract; synthetic events; and
@@ -70,4 +66,7 @@ pub use profile::Profile;
 /// API (no stability; the code is its documentation). The crate names them
 /// `crate::<module>`.
 #[doc(hidden)]
+// Their docs are for the people who work on them (`cargo doc
+// --document-private-items`), where a link to a private item resolves.
+#[allow(rustdoc::private_intra_doc_links)]
 pub mod testing;

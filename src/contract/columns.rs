@@ -1,8 +1,9 @@
 //! The columns of `user_logins` a login is written to, declared once in
-//! [`with_login_columns!`](crate::with_login_columns): the COPY, the write function's arguments and
-//! its INSERT, the schema check (here, [`COLUMNS`]) and the batch's typed
-//! arrays (`ingest::sink::columns`, one vector per column: a value of the
-//! wrong type, or a column left out, does not compile) are all made from it.
+//! [`with_login_columns!`](crate::with_login_columns): the COPY, the write
+//! function's arguments and its INSERT, the schema check (here,
+//! [`COLUMNS`]) and the batch's typed arrays (`ingest::sink::columns`, one
+//! vector per column: a value of the wrong type, or a column left out, does
+//! not compile) are all made from it.
 //!
 //! A new field of the contract is a new line there (its name, its SQL
 //! type, the Rust type of its value and where the value comes from in a

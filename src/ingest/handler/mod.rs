@@ -8,8 +8,8 @@
 //! refused rows to the DLQ, the visibility backoff, the counts); below the
 //! handler, the batch's working state ([`BatchWork`]) and the report's
 //! parts. Which keys a batch is masked with, and the erasure list it is
-//! filtered by, it asks `crate::privacy::keys::Keys` once per batch, on the
-//! way down to the sink. Beside it:
+//! filtered by, the handler asks `crate::privacy::keys::Keys` once per
+//! batch, on the way down to the sink. Beside this file:
 //! - [`build`]: the handler's settings, set once at a cold start;
 //! - [`outcome`]: the response, the summary and the deadline (the handler's
 //!   answer, which the metrics and `login-etl poll` read too).
@@ -606,51 +606,6 @@ fn log_rejection(message_id: &str, reason: &Rejection) {
     warn!(message_id, reason = %reason, code = %reason.code(), "record rejected");
 }
 
-/// The positions to report in `batchItemFailures`, ascending: rejects not
-/// in the DLQ, refused rows not in the DLQ, and (`write_failed`) every record
-/// not otherwise finished, whether or not it got as far as validation. On
-/// FIFO, everything from the first of them on (order must hold), except
-/// records already finished (in the DLQ, as after a redrive, or erased).
-fn failed_positions(
-    received: usize,
-    valid: &BatchWork<'_>,
-    report: &InsertReport,
-    refused_sent: &[usize],
-    write_failed: bool,
-    fifo: bool,
-) -> Vec<usize> {
-    let unfinished = |pos: &usize| {
-        valid.sent.binary_search(pos).is_err()
-            && refused_sent.binary_search(pos).is_err()
-            && valid.erased.binary_search(pos).is_err()
-    };
-    let mut failed: Vec<usize> = valid
-        .rejected
-        .iter()
-        .map(|&(pos, _)| pos)
-        .chain(report.refused.iter().map(|&i| valid.row_positions[i]))
-        .chain(valid.held.iter().copied())
-        .chain((0..received).filter(|_| write_failed))
-        .filter(unfinished)
-        .collect();
-    if fifo && let Some(&first) = failed.iter().min() {
-        failed = (first..received).filter(unfinished).collect();
-    }
-    failed.sort_unstable();
-    failed.dedup();
-    failed
-}
-
-/// The record's `ApproximateReceiveCount` (1 when absent or unreadable).
-fn receive_count(record: &SqsRecord) -> u32 {
-    record
-        .attributes
-        .as_ref()
-        .and_then(|a| a.approximate_receive_count.as_deref())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1)
-}
-
 /// Rows the database kept refusing, on their `max_receives`-th receive
 /// (0: never): to the DLQ with their SQLSTATE (`refused.<SQLSTATE>`).
 /// Returns the positions SQS accepted, ascending.
@@ -687,6 +642,41 @@ async fn send_refused(
         return Vec::new();
     }
     dlq.send(&due, masker, fifo, deadline).await
+}
+
+/// The positions to report in `batchItemFailures`, ascending: rejects not
+/// in the DLQ, refused rows not in the DLQ, and (`write_failed`) every record
+/// not otherwise finished, whether or not it got as far as validation. On
+/// FIFO, everything from the first of them on (order must hold), except
+/// records already finished (in the DLQ, as after a redrive, or erased).
+fn failed_positions(
+    received: usize,
+    valid: &BatchWork<'_>,
+    report: &InsertReport,
+    refused_sent: &[usize],
+    write_failed: bool,
+    fifo: bool,
+) -> Vec<usize> {
+    let unfinished = |pos: &usize| {
+        valid.sent.binary_search(pos).is_err()
+            && refused_sent.binary_search(pos).is_err()
+            && valid.erased.binary_search(pos).is_err()
+    };
+    let mut failed: Vec<usize> = valid
+        .rejected
+        .iter()
+        .map(|&(pos, _)| pos)
+        .chain(report.refused.iter().map(|&i| valid.row_positions[i]))
+        .chain(valid.held.iter().copied())
+        .chain((0..received).filter(|_| write_failed))
+        .filter(unfinished)
+        .collect();
+    if fifo && let Some(&first) = failed.iter().min() {
+        failed = (first..received).filter(unfinished).collect();
+    }
+    failed.sort_unstable();
+    failed.dedup();
+    failed
 }
 
 /// Extends the visibility of the failed records by the schedule: each by
@@ -730,13 +720,14 @@ async fn back_off(
     (held.len(), missed)
 }
 
-/// Now minus the oldest `SentTimestamp` of the batch.
-fn ingest_lag_ms(batch: &SqsBatch, now_ms: i64) -> Option<u64> {
-    let oldest = batch
-        .records()
-        .filter_map(|m| m.sent_timestamp()?.parse::<i64>().ok())
-        .min()?;
-    Some(now_ms.saturating_sub(oldest).max(0) as u64)
+/// The record's `ApproximateReceiveCount` (1 when absent or unreadable).
+fn receive_count(record: &SqsRecord) -> u32 {
+    record
+        .attributes
+        .as_ref()
+        .and_then(|a| a.approximate_receive_count.as_deref())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
 }
 
 /// The names of the fields outside the contract the rows carried (at most
@@ -765,4 +756,13 @@ fn unknown_names(rows: &[crate::contract::LoginRow<'_>]) -> std::collections::BT
         }
     }
     names
+}
+
+/// Now minus the oldest `SentTimestamp` of the batch.
+fn ingest_lag_ms(batch: &SqsBatch, now_ms: i64) -> Option<u64> {
+    let oldest = batch
+        .records()
+        .filter_map(|m| m.sent_timestamp()?.parse::<i64>().ok())
+        .min()?;
+    Some(now_ms.saturating_sub(oldest).max(0) as u64)
 }

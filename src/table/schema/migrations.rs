@@ -106,8 +106,8 @@ macro_rules! full_from_0005 {
 /// The migrations of the full profile: the masking-only profile's with
 /// `migrations/privacy/` in their order (the PII vault, the audit trail
 /// and erasure list, their state for key versions and retention). Applied
-/// through [`schema_sql`](super::schema_sql), which makes the owner's functions first and
-/// applies the privileges after.
+/// through [`schema_sql`](super::schema_sql), which makes the owner's
+/// functions first and applies the privileges after.
 pub const MIGRATION_SQL: &str = concat!(
     migration!("0001_user_logins"),
     "\n",
@@ -131,8 +131,9 @@ pub fn migration_sql(profile: Profile) -> &'static str {
 /// The full profile's migrations but 0001 and 0004, which rebuild
 /// `user_logins` (0011 and 0012 only add nullable columns, which an older
 /// version's writes do not name): what `migrate --prepare` applies beside
-/// an older version's writes into an unpartitioned table (see [`convert`](super::convert);
-/// such a table is from before profiles, so full).
+/// an older version's writes into an unpartitioned table (see
+/// [`convert`](super::convert); such a table is from before profiles, so
+/// full).
 pub const SIDE_TABLES_SQL: &str = concat!(
     migration!("privacy/0002_pii_vault"),
     "\n",
