@@ -257,6 +257,42 @@ pub async fn connect(url: &str) -> Client {
     client
 }
 
+/// How long a wait on state may take before the test fails: a bound on a
+/// hang, never a measure of speed (the state is polled every 10 ms and the
+/// wait ends as soon as it holds).
+pub const STATE_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Waits until `holds` answers true (a lock waited on, a queue's count, a
+/// log line): what a test observes instead of sleeping. Fails naming `what`
+/// if it never does within [`STATE_WAIT`].
+pub async fn wait_until<F, Fut>(what: &str, mut holds: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while !holds().await {
+        assert!(
+            started.elapsed() < STATE_WAIT,
+            "never observed: {what} (waited {STATE_WAIT:?})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until the boolean query `sql` (run on `client`, usually the admin's
+/// over pg_locks or pg_stat_activity) answers true.
+pub async fn wait_for_sql(client: &Client, sql: &str, what: &str) {
+    wait_until(what, || async move {
+        client
+            .query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {sql}: {e}"))
+            .get::<_, bool>(0)
+    })
+    .await
+}
+
 /// A handler on `db` with the test key: the schema applied by the admin,
 /// the function connected as the ingest role (`login-etl grants --role ingest`).
 pub async fn handler(db: &TestDb) -> BatchHandler {

@@ -11,7 +11,6 @@ use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
@@ -241,8 +240,22 @@ async fn an_outage_backs_off_the_valid_records_and_refused_rows_reach_the_dlq_on
         (summary.backed_off, summary.visibility_change_failed),
         (expected.len(), 0)
     );
-    // Received with a 1 s visibility: without the backoff they would be back by now.
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // Received with a 1 s visibility: without the backoff they would be
+    // back once a message received after them with the same 1 s is (a
+    // control in a queue of its own, on moto's clock: no sleep).
+    let (control_url, control_arn) = queue(&sqs, "backoff-control", &[]).await;
+    sqs.send_message()
+        .queue_url(&control_url)
+        .message_body("control")
+        .send()
+        .await
+        .unwrap();
+    receive_batch(&sqs, &control_url, &control_arn, 1, 1).await;
+    let (q, control) = (&sqs, &control_url);
+    wait_until("the control's 1 s visibility ended", || async move {
+        !visible(q, control).await.is_empty()
+    })
+    .await;
     // (The rejects sent to the DLQ are visible: the event-source mapping
     // deletes them, as they are not reported.)
     assert!(
@@ -306,12 +319,12 @@ async fn an_outage_backs_off_the_valid_records_and_refused_rows_reach_the_dlq_on
         (0, reported)
     );
     assert!(small_valid > 0);
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert_eq!(
-        visible(&sqs, &other_url).await.len(),
-        6,
-        "redelivered after the queue's visibility"
-    );
+    let (q, other) = (&sqs, &other_url);
+    wait_until(
+        "all 6 redelivered after the queue's visibility",
+        || async move { visible(q, other).await.len() == 6 },
+    )
+    .await;
 
     // 3. A row the database refuses goes to the DLQ on its 3rd receive, as refused.23514.
     let db = TestDb::create().await;

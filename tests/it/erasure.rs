@@ -57,6 +57,18 @@ async fn assert_vault_matches_rows(db: &TestDb) {
     assert_eq!(orphans, 0, "no row without its vault entries");
 }
 
+/// Sessions of this database that wait on a lock (pg_stat_activity).
+async fn waiting_on_locks(admin: &tokio_postgres::Client) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forget_beside_concurrent_ingest_leaves_nothing_of_the_user_and_no_row_without_its_vault_entry()
  {
@@ -105,7 +117,12 @@ async fn forget_beside_concurrent_ingest_leaves_nothing_of_the_user_and_no_row_w
                 .expect("no invocation error")
                 .1
         });
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // The writer is at the gate: its transaction waits on the test's lock.
+        let (w, a) = (&writer, &admin);
+        wait_until("the ingest's write waiting at the gate", || async move {
+            w.is_finished() || waiting_on_locks(a).await >= 1
+        })
+        .await;
         let (erase, users) = (erase.clone(), masker.users().clone());
         let eraser = tokio::spawn(async move {
             let mut eraser = connect(&erase).await;
@@ -113,7 +130,12 @@ async fn forget_beside_concurrent_ingest_leaves_nothing_of_the_user_and_no_row_w
                 .await
                 .expect("forget as the erase role")
         });
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // forget waits too: for the write's lock on user_logins.
+        let (e, a) = (&eraser, &admin);
+        wait_until("forget waiting behind the write", || async move {
+            e.is_finished() || waiting_on_locks(a).await >= 2
+        })
+        .await;
         admin
             .batch_execute("SELECT pg_advisory_unlock(4242)")
             .await

@@ -474,9 +474,9 @@ async fn a_lock_timeout_is_retried_on_the_same_connection_without_using_the_reco
     let (locked, is_locked) = tokio::sync::oneshot::channel();
     let url = db.url.clone();
     // Released after the first attempt timed out, before the retries run
-    // out: held until the handler waits on it, then past its 400 ms bound
-    // (not a fixed time: on a loaded machine the handler may reach its
-    // write later than a fixed hold lasts).
+    // out: held until the handler's retry waits on it (not for a fixed time:
+    // on a loaded machine the handler may reach its write later than a
+    // fixed hold lasts).
     let release = tokio::spawn(async move {
         let monitor = connect(&url).await;
         let mut locker = connect(&url).await;
@@ -485,22 +485,30 @@ async fn a_lock_timeout_is_retried_on_the_same_connection_without_using_the_reco
             .await
             .unwrap();
         locked.send(()).unwrap();
+        // The first attempt's statement waits, times out, and the retry, a
+        // new statement on the same backend (another query_start), waits
+        // again: released then, by what the server shows, not by a time.
+        let waiting = "SELECT a.pid, a.query_start FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+                       WHERE NOT l.granted AND l.relation = to_regclass('user_logins')";
+        let mut first: Option<(i32, std::time::SystemTime)> = None;
         let since = Instant::now();
-        while since.elapsed() < Duration::from_secs(20) {
-            let waiting: i64 = monitor
-                .query_one(
-                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = to_regclass('user_logins')",
-                    &[],
-                )
+        loop {
+            assert!(
+                since.elapsed() < STATE_WAIT,
+                "never observed: a retry waiting"
+            );
+            let now = monitor
+                .query_opt(waiting, &[])
                 .await
                 .unwrap()
-                .get(0);
-            if waiting > 0 {
-                break;
+                .map(|r| (r.get::<_, i32>(0), r.get::<_, std::time::SystemTime>(1)));
+            match (first, now) {
+                (Some(a), Some(b)) if a.0 == b.0 && a.1 != b.1 => break,
+                (None, now) => first = now,
+                _ => {}
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        tokio::time::sleep(Duration::from_millis(550)).await;
         tx.rollback().await.unwrap();
     });
     is_locked.await.unwrap();

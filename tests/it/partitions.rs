@@ -414,8 +414,10 @@ async fn an_unpartitioned_table_is_converted_while_the_function_writes_and_redel
     // Writes run through the cutover: new batches, and the old version's
     // messages again.
     let stop = Arc::new(AtomicBool::new(false));
+    let rounds_done = Arc::new(AtomicUsize::new(0));
     let writer = {
         let (h, stop, again) = (Arc::clone(&h), Arc::clone(&stop), written_before.clone());
+        let rounds_done = Arc::clone(&rounds_done);
         tokio::spawn(async move {
             let (mut inserted, mut duplicates, mut transactions) = (0, 0, 0);
             let mut seed = 1_000;
@@ -430,16 +432,26 @@ async fn an_unpartitioned_table_is_converted_while_the_function_writes_and_redel
                     transactions += s.statements;
                 }
                 seed += 1;
+                rounds_done.fetch_add(1, Ordering::SeqCst);
             }
             (inserted, duplicates, transactions, seed - 1_000)
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Writes before the cutover, beside it, and a whole round after it.
+    let rounds = |n: usize| {
+        let done = Arc::clone(&rounds_done);
+        move || {
+            let done = Arc::clone(&done);
+            async move { done.load(Ordering::SeqCst) >= n }
+        }
+    };
+    wait_until("a round written before the cutover", rounds(1)).await;
     let target = login_etl::startup::migrate(&config, login_etl::testing::profile::Profile::Full)
         .await
         .expect("the cutover");
     assert!(target.contains("(applied)"), "{target}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = rounds_done.load(Ordering::SeqCst) + 2;
+    wait_until("a round written wholly after the cutover", rounds(after)).await;
     stop.store(true, Ordering::SeqCst);
     let (inserted, duplicates, transactions, rounds) = writer.await.unwrap();
     assert_eq!(inserted, rounds * 20, "every new row written once");
@@ -736,7 +748,24 @@ async fn a_swap_beside_a_key_switch_waits_for_it_and_then_refuses() {
             }
         }
     });
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The swap asks for the lock the switch holds (again after each
+    // lock_timeout), or ends: it must be the former.
+    let admin = db.client().await;
+    let (sw, o) = (&swap, &admin);
+    let maintain_role = db.role_name(Role::Maintain);
+    let waiting = format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE NOT l.granted AND a.usename = '{maintain_role}' AND a.datname = current_database())"
+    );
+    let waiting = &waiting;
+    wait_until("the swap waiting for the switch's lock", || async move {
+        sw.is_finished()
+            || o.query_one(waiting.as_str(), &[])
+                .await
+                .unwrap()
+                .get::<_, bool>(0)
+    })
+    .await;
     assert!(!swap.is_finished(), "the swap waits for the switch");
     switch.commit().await.unwrap();
     let e = swap

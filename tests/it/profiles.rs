@@ -193,6 +193,8 @@ async fn widening_to_the_full_profile_is_online_keeps_every_row_and_is_never_und
     let h = handler_with(&[("DATABASE_URL", &ingest), ("MASKING_KEY", TEST_KEY)]).await;
 
     // The function writes batches while migrate widens the profile.
+    let batches_done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let done = std::sync::Arc::clone(&batches_done);
     let writer = tokio::spawn(async move {
         let mut written = 0;
         for seed in 0..40u64 {
@@ -203,11 +205,17 @@ async fn widening_to_the_full_profile_is_online_keeps_every_row_and_is_never_und
                 .expect("every batch is written, before, during and after the widening");
             assert!(failures(&out.response).is_empty(), "batch {seed}");
             written += out.summary.inserted;
+            done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         (h, written)
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Batches written before the widening starts (the rest go on beside it).
+    let done = &batches_done;
+    wait_until("the first batches before the widening", || async move {
+        done.load(std::sync::atomic::Ordering::SeqCst) >= 3
+    })
+    .await;
     migrate(&db.url, Some(Profile::Full)).await.unwrap();
     let (h, written) = writer.await.unwrap();
 

@@ -80,7 +80,14 @@ async fn doctor_names_an_asynchronous_standby_and_passes_a_synchronous_one() {
     };
     // Names that match no standby: still asynchronous (and commits would wait).
     names("nobody").await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // The reload reaches this session at its next statement: wait until it
+    // sees the new value (what doctor reads), not for a time.
+    crate::common::wait_for_sql(
+        &admin,
+        "SELECT current_setting('synchronous_standby_names') = 'nobody'",
+        "the reloaded synchronous_standby_names",
+    )
+    .await;
     let found = replication_finding(&admin)
         .await
         .expect("no standby is waited for");

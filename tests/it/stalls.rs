@@ -283,6 +283,25 @@ async fn maintain_moves_a_day_out_of_the_default_partition_without_holding_write
     let h = Arc::new(handler_with(&[("DATABASE_URL", &ingest), ("MASKING_KEY", TEST_KEY)]).await);
     write(&h, 1, "nothing (the cold start)").await;
     let maintainer = connect(&db.role_url(Role::Maintain).await).await;
+    // A gate in the move: maintain's own statements that insert into
+    // user_logins (the drain's chunks) wait for a lock the test holds, so
+    // the move is provably under way, holding what it holds, while the
+    // day's writes go on; theirs pass the gate untouched.
+    let maintain_pid: i32 = maintainer
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    owner
+        .batch_execute(&format!(
+            "CREATE FUNCTION test_gate() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+               IF pg_backend_pid() = {maintain_pid} THEN PERFORM pg_advisory_lock_shared(4343); \
+                 PERFORM pg_advisory_unlock_shared(4343); END IF; RETURN NULL; END $$; \
+             CREATE TRIGGER test_gate BEFORE INSERT ON user_logins FOR EACH STATEMENT EXECUTE FUNCTION test_gate(); \
+             SELECT pg_advisory_lock(4343);"
+        ))
+        .await
+        .unwrap();
     let maintaining = tokio::spawn(async move {
         login_etl::testing::table::maintain::run(
             &maintainer,
@@ -290,29 +309,39 @@ async fn maintain_moves_a_day_out_of_the_default_partition_without_holding_write
         )
         .await
     });
-    // Today's writes while the day's 100,000 rows move: each one that
-    // commits while maintain still runs shows the move holds no lock a
-    // write of the day waits on for its length (before the fix, one ATTACH
-    // held them all until the move ended).
-    let (mut seed, mut during) = (2u64, 0);
-    while !maintaining.is_finished() {
+    let (m, o) = (&maintaining, &owner);
+    wait_until("maintain's move waiting at the gate", || async move {
+        m.is_finished()
+            || o.query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = $1 AND locktype = 'advisory' AND NOT granted)",
+                &[&maintain_pid],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+    })
+    .await;
+    assert!(
+        !maintaining.is_finished(),
+        "maintain ended without moving a row through user_logins"
+    );
+    // Today's writes while the move is held: each commits (before the fix,
+    // one ATTACH held them all until the move ended; a write queued behind
+    // the move waits until HANG and fails).
+    let mut seed = 2u64;
+    for _ in 0..3 {
         write(&h, seed, "maintain's move").await;
         seed += 1;
-        // A write every 20 ms, as a steady stream: no load of its own.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if !maintaining.is_finished() {
-            during += 1;
-        }
     }
+    owner
+        .batch_execute("SELECT pg_advisory_unlock(4343); DROP TRIGGER test_gate ON user_logins")
+        .await
+        .unwrap();
     let report = maintaining.await.unwrap().expect("maintain");
     let batches = seed - 1;
     println!(
-        "maintain with 100,000 of today's rows in DEFAULT ({} moved): {during} writes committed while it ran",
+        "maintain with 100,000 of today's rows in DEFAULT ({} moved): 3 writes committed while its move was held",
         report.moved_from_default() + report.drained_from_default
-    );
-    assert!(
-        during >= 3,
-        "only {during} writes committed while maintain moved the day"
     );
     let counts = owner
         .query_one(
