@@ -161,7 +161,23 @@ async fn relay(client: TcpStream, upstream_port: u16, cut: Cut, counters: Arc<Co
                 // the close cannot stop the server before it executed it
                 // (the text may end with the statement's `;`; the tag has none).
                 let answered = match cut {
-                    Cut::ReplyAfterText(text) => contains(&swallowed, text.trim_end_matches(';')),
+                    Cut::ReplyAfterText(text) => {
+                        let tag = text.trim_end_matches(';');
+                        if !contains(&swallowed, tag) && contains(&swallowed, "ROLLBACK") {
+                            // A COMMIT sent behind a failed statement (a COPY
+                            // that aborted, its COMMIT pipelined with it) is
+                            // answered ROLLBACK: not the command the cut waits
+                            // for. Its answers go through, and the cut waits
+                            // for the next chunk with the text.
+                            armed.store(false, Ordering::SeqCst);
+                            if cw.write_all(&swallowed).await.is_err() {
+                                return;
+                            }
+                            swallowed.clear();
+                            continue;
+                        }
+                        contains(&swallowed, tag)
+                    }
                     _ => true,
                 };
                 if answered {

@@ -183,8 +183,8 @@ async fn a_reply_lost_after_an_insert_commit_counts_its_rows_as_inserted() {
 }
 
 /// A COPY-sized batch, a third of it committed before: the COPY aborts on
-/// the first duplicate, so the cut hits the COMMIT of the INSERT path it
-/// falls back to; that attempt's rows count as inserted, the earlier ones
+/// the first duplicate (the COMMIT sent with its end answers ROLLBACK), so
+/// the cut hits the COMMIT of the INSERT path it falls back to; that attempt's rows count as inserted, the earlier ones
 /// as duplicates.
 #[tokio::test]
 async fn a_reply_lost_after_a_copy_commit_counts_its_rows_as_inserted() {

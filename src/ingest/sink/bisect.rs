@@ -108,7 +108,6 @@ impl PgSink {
         vault: Option<VaultWrite<'_>>,
     ) -> Result<Next, SinkError> {
         let bound = budget.bound(self.per_operation(), OP)?;
-        let server = self.server_bound(bound);
         trace!(first = range.start, rows = range.len(), "inserting");
         if let Err(e) = self.client(budget).await {
             if !e.is_retryable() || matches!(e, SinkError::Deadline { .. }) {
@@ -127,7 +126,7 @@ impl PgSink {
             client,
             &rows[range.clone()],
             erased_version,
-            server,
+            &self.begin_sql(bound),
             bound,
             recount,
             vault_rows.as_ref(),

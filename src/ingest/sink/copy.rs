@@ -23,7 +23,7 @@ use tokio_postgres::{Client, CopyInSink};
 
 use super::classify::{Failure, classify};
 use super::tx::VaultRows;
-use super::tx::{XidFloor, begin_sql, no_answer, refuse_erased, vault_and_commit};
+use super::tx::{XidFloor, no_answer, refuse_erased, vault_and_commit};
 use crate::contract::LoginRow;
 use crate::privacy::keys::Versions;
 
@@ -59,13 +59,12 @@ impl CopyIn {
     /// Opens the transaction and starts the COPY.
     pub(crate) async fn begin(
         client: &Client,
-        server_bound: Duration,
+        begin: &str,
         client_bound: Duration,
     ) -> Result<Self, Failure> {
-        let begin = begin_sql(server_bound);
         let started = timeout(client_bound, async {
             let (begun, copy) = tokio::join!(
-                client.batch_execute(&begin),
+                client.batch_execute(begin),
                 client.copy_in(COPY_SQL.as_str())
             );
             begun.and(copy)
@@ -134,22 +133,47 @@ impl CopyIn {
         if let Err(failure) = self.send().await {
             return Err(before_commit(failure));
         }
-        let rows = match timeout(self.bound, self.sink.as_mut().finish()).await {
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => return Err(before_commit(classify(&e))),
-            Err(_) => return Err(before_commit(no_answer(self.bound))),
-        };
-        // The erasure check, then the vault entries and the COMMIT, sent together.
+        // The COPY's end, the erasure check, the vault entries and the COMMIT,
+        // sent together: one round trip. tokio-postgres sends a request queued
+        // behind a COPY only once the COPY's stream has ended (CopyDone), so
+        // they reach the server in this order; after a failed COPY the server
+        // skips the check and the vault statement and answers the COMMIT
+        // with ROLLBACK.
         let end = async {
-            let (allowed, ended) = tokio::join!(
+            tokio::join!(
+                self.sink.as_mut().finish(),
                 refuse_erased(client, erased_version),
                 vault_and_commit(client, vault)
-            );
-            allowed.and(ended)
+            )
         };
-        match timeout(self.bound, end).await {
-            Ok(Ok(floor)) => Ok((rows, floor)),
-            Ok(Err(e)) => {
+        let (finished, allowed, ended) = match timeout(self.bound, end).await {
+            Ok(answers) => answers,
+            Err(_) => {
+                return Err(CopyFailed {
+                    failure: no_answer(self.bound),
+                    outcome_unknown: true,
+                    ended: false,
+                });
+            }
+        };
+        let rows = match finished {
+            Ok(rows) => rows,
+            Err(e) => {
+                let failure = classify(&e);
+                // Answered in full on a live connection: the transaction is
+                // over (rolled back). A lost connection may have taken the
+                // COMMIT with it, or not.
+                let outcome_unknown = matches!(failure, Failure::Transient(_));
+                return Err(CopyFailed {
+                    failure,
+                    outcome_unknown,
+                    ended: !client.is_closed(),
+                });
+            }
+        };
+        match allowed.and(ended) {
+            Ok(floor) => Ok((rows, floor)),
+            Err(e) => {
                 let failure = classify(&e);
                 // A refusal at COMMIT ended the transaction; a broken
                 // connection leaves it unknown whether the COMMIT landed.
@@ -160,11 +184,6 @@ impl CopyIn {
                     ended: !outcome_unknown,
                 })
             }
-            Err(_) => Err(CopyFailed {
-                failure: no_answer(self.bound),
-                outcome_unknown: true,
-                ended: false,
-            }),
         }
     }
 }

@@ -23,7 +23,7 @@ use tokio_postgres::types::{ToSql, Type};
 use super::classify::{Failure, classify};
 use super::columns::{Columns, array_placeholders};
 use super::tx::VaultRows;
-use super::tx::{XidFloor, begin_sql, no_answer, vault_and_commit};
+use super::tx::{XidFloor, no_answer, vault_and_commit};
 use crate::contract::LoginRow;
 use crate::privacy::keys::Versions;
 
@@ -77,7 +77,7 @@ pub(crate) async fn insert_tx(
     client: &Client,
     rows: &[LoginRow<'_>],
     erased_version: Versions,
-    server_bound: Duration,
+    begin: &str,
     client_bound: Duration,
     recount_since: Option<XidFloor>,
     vault: Option<&VaultRows<'_>>,
@@ -93,13 +93,12 @@ pub(crate) async fn insert_tx(
         (&from, Type::INT4),
     ];
     params.extend(cols.typed_params());
-    let begin = begin_sql(server_bound);
     let since = recount_since.map(XidFloor::to_text);
     // The futures are polled in order, so the messages go out in order, in
     // one write: one round trip for the whole transaction.
     let pipeline = async {
         tokio::join!(
-            client.batch_execute(&begin),
+            client.batch_execute(begin),
             async {
                 match &since {
                     Some(floor) => client

@@ -126,6 +126,9 @@ pub struct PgSink {
     erased: Option<ErasureList>,
     /// A write found it out of date: read what changed before the next use.
     erased_stale: bool,
+    /// The schema of the owner's `user_logins`, which each write
+    /// transaction pins (see [`tx::begin_sql`]); read with the schema check.
+    tables_schema: String,
 }
 
 impl std::fmt::Debug for PgSink {
@@ -150,6 +153,7 @@ impl PgSink {
             floor: None,
             erased: None,
             erased_stale: false,
+            tables_schema: String::new(),
         }
     }
 
@@ -166,6 +170,7 @@ impl PgSink {
             floor: None,
             erased: None,
             erased_stale: false,
+            tables_schema: String::new(),
         }
     }
 
@@ -463,6 +468,13 @@ impl PgSink {
         self.statement_timeout.min(bound)
     }
 
+    /// A write transaction's `BEGIN` within a client-side `bound` (see
+    /// [`tx::begin_sql`]): after [`client`](Self::client), which resolved
+    /// the tables' schema.
+    fn begin_sql(&self, bound: Duration) -> String {
+        tx::begin_sql(self.server_bound(bound), &self.tables_schema)
+    }
+
     /// The open connection, opening one if there is none or it was closed
     /// (an idle timeout between warm invocations, a failover). The first
     /// connection of the sink also checks the schema.
@@ -476,7 +488,34 @@ impl PgSink {
         if !self.schema_checked {
             let bound = self.per_operation();
             let client = self.client.as_ref().expect("connection was just opened");
-            let checked = schema::check(client, bound, self.vault).await?;
+            let (checked, tables_schema) = tokio::join!(
+                schema::check(client, bound, self.vault),
+                timeout(bound, tx::tables_schema(client))
+            );
+            let checked = checked?;
+            self.tables_schema = match tables_schema {
+                Ok(Ok(Some(found))) => found,
+                Ok(Ok(None)) => {
+                    return Err(SinkError::Misconfigured {
+                        what: crate::error::Misconfiguration::SchemaIncomplete,
+                        op: "writing into user_logins",
+                        cause: "no user_logins table in a schema this role may use".into(),
+                        hint: "; grant the role USAGE on the tables' schema (`login-etl grants --role ingest`) or run `login-etl migrate`".into(),
+                    });
+                }
+                Ok(Err(e)) => {
+                    return Err(SinkError::Transient {
+                        op: "finding the tables' schema",
+                        cause: describe(&e),
+                    });
+                }
+                Err(_) => {
+                    return Err(SinkError::Transient {
+                        op: "finding the tables' schema",
+                        cause: format!("no answer within {} ms", bound.as_millis()),
+                    });
+                }
+            };
             self.floor = checked.floor.as_deref().and_then(XidFloor::parse);
             self.profile = checked.profile;
             self.schema_checked = true;

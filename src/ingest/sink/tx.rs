@@ -21,21 +21,43 @@ use crate::database::stored_settings::OWNERS_SCHEMA_SQL;
 use crate::privacy::keys::Versions;
 use crate::privacy::vault::{DataKey, Sealed, VaultWrite};
 
-/// `BEGIN` with the server-side bounds of this transaction only, then the
-/// lock every write takes anyway (ROW EXCLUSIVE) on the partitioned parent,
-/// taken first so that `login-etl forget` (SHARE ROW EXCLUSIVE on the
-/// parent, for a moment) either commits its erasure before the erasure
-/// check ([`ERASED_SQL`], or the same inside `insert::WRITE_SQL`) or waits
-/// for this transaction to end. `ONLY`: a
+/// `BEGIN` with the server-side bounds of this transaction only, the
+/// transaction's search path (`pg_catalog`, then `tables_schema`, the
+/// schema of the `user_logins` the tables' owner made, then `pg_temp`),
+/// then the lock every write takes anyway (ROW EXCLUSIVE) on the
+/// partitioned parent, taken first so that `login-etl forget` (SHARE ROW
+/// EXCLUSIVE on the parent, for a moment) either commits its erasure before
+/// the erasure check ([`ERASED_SQL`], or the same inside
+/// `insert::WRITE_SQL`) or waits for this transaction to end. `ONLY`: a
 /// plain `LOCK TABLE` on a partitioned table locks every partition, a
 /// lock-table slot each, in every write transaction.
-pub(crate) fn begin_sql(server_bound: Duration) -> String {
+///
+/// The path is pinned in every transaction: the session's own is checked
+/// at connect (`database::stored_settings`), but one a role stores later
+/// reaches a pooler's new server connections before the function
+/// reconnects. `tables_schema` is resolved once, by the sink's first
+/// connection ([`OWNERS_SCHEMA_SQL`]: a table of the same name that the
+/// role itself made comes last, so a plant never takes the batch); a
+/// catalog query here cost a batch of 10 a third of its database time.
+pub(crate) fn begin_sql(server_bound: Duration, tables_schema: &str) -> String {
     let ms = server_bound.as_millis().max(1);
-    let pin = pin_schema_sql();
+    let schema = postgres_protocol::escape::escape_identifier(tables_schema);
     format!(
         "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}; \
-         {DURABLE_COMMIT_SQL}; {pin}; LOCK TABLE ONLY user_logins IN ROW EXCLUSIVE MODE"
+         {DURABLE_COMMIT_SQL}; SET LOCAL search_path = pg_catalog, {schema}, pg_temp; \
+         LOCK TABLE ONLY user_logins IN ROW EXCLUSIVE MODE"
     )
+}
+
+/// The schema of the `user_logins` the tables' owner made, as
+/// [`begin_sql`] pins it: read once per sink.
+pub(crate) async fn tables_schema(
+    client: &Client,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    Ok(client
+        .query_typed_opt(OWNERS_SCHEMA_SQL, &[])
+        .await?
+        .map(|row| row.get(0)))
 }
 
 /// A durable COMMIT whatever the session's default (a role may store
@@ -45,20 +67,6 @@ pub(crate) fn begin_sql(server_bound: Duration) -> String {
 /// (`remote_apply` and the like are kept).
 pub(crate) const DURABLE_COMMIT_SQL: &str = "SELECT pg_catalog.set_config('synchronous_commit', 'on', true) \
      WHERE pg_catalog.current_setting('synchronous_commit') OPERATOR(pg_catalog.=) 'off'";
-
-/// The transaction's search path: `pg_catalog`, then the schema of the
-/// `user_logins` the tables' owner made, then `pg_temp`. The session's own
-/// path is checked at connect (`database::stored_settings`), but one a role
-/// stores later reaches a pooler's new server connections before the
-/// function reconnects; a table of the same name that the role itself
-/// made (where it may create) comes last, so a plant never takes the
-/// batch. Every name qualified: it runs under whatever path was stored.
-fn pin_schema_sql() -> String {
-    format!(
-        "SELECT pg_catalog.set_config('search_path', pg_catalog.format('pg_catalog, %I, pg_temp', o.s), true) \
-         FROM ({OWNERS_SCHEMA_SQL}) AS o(s)"
-    )
-}
 
 /// The write check: raises SQLSTATE `LE001` (the transaction is refused)
 /// when the erasure list has grown past the version the batch was filtered

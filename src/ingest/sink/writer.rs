@@ -48,9 +48,14 @@ impl PgSink {
     async fn begin_copy(&mut self, budget: &mut Budget) -> Result<Option<CopyIn>, SinkError> {
         const OP: &str = "starting the COPY";
         let bound = budget.bound(self.per_operation(), OP)?;
-        let server = self.server_bound(bound);
         let failure = match self.client(budget).await {
-            Ok(client) => match CopyIn::begin(client, server, bound).await {
+            Ok(_) => match CopyIn::begin(
+                self.client.as_ref().expect("connected above"),
+                &self.begin_sql(bound),
+                bound,
+            )
+            .await
+            {
                 Ok(copy) => return Ok(Some(copy)),
                 Err(failure) => failure,
             },
