@@ -237,8 +237,11 @@ async fn bytes_per_row(
         Path::Plain => "floor_plain",
         Path::Upstream => "floor_upstream",
     };
+    // A partitioned table's bytes are its partitions' (the tree lists none
+    // for a plain table, whose own size is all there is).
     let size_sql = format!(
-        "SELECT coalesce(sum(pg_total_relation_size(relid)), 0)::int8 FROM pg_partition_tree('{table}')"
+        "SELECT greatest((SELECT coalesce(sum(pg_total_relation_size(relid)), 0) FROM pg_partition_tree('{table}')), \
+         pg_total_relation_size('{table}'))::int8"
     );
     let size =
         |sql: String| async move { client.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0) };
