@@ -284,7 +284,8 @@ async fn maintain_moves_a_day_out_of_the_default_partition_without_holding_write
     write(&h, 1, "nothing (the cold start)").await;
     let maintainer = connect(&db.role_url(Role::Maintain).await).await;
     // A gate in the move: maintain's own statements that insert into
-    // user_logins (the drain's chunks) wait for a lock the test holds, so
+    // user_logins (the drain's chunks) wait for a lock the test holds
+    // (without the drain's own 100 ms lock_timeout, or it would give up), so
     // the move is provably under way, holding what it holds, while the
     // day's writes go on; theirs pass the gate untouched.
     let maintain_pid: i32 = maintainer
@@ -294,7 +295,7 @@ async fn maintain_moves_a_day_out_of_the_default_partition_without_holding_write
         .get(0);
     owner
         .batch_execute(&format!(
-            "CREATE FUNCTION test_gate() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+            "CREATE FUNCTION test_gate() RETURNS trigger LANGUAGE plpgsql SET lock_timeout = 0 AS $$ BEGIN \
                IF pg_backend_pid() = {maintain_pid} THEN PERFORM pg_advisory_lock_shared(4343); \
                  PERFORM pg_advisory_unlock_shared(4343); END IF; RETURN NULL; END $$; \
              CREATE TRIGGER test_gate BEFORE INSERT ON user_logins FOR EACH STATEMENT EXECUTE FUNCTION test_gate(); \

@@ -163,7 +163,8 @@ impl CopyIn {
                 // Answered in full on a live connection: the transaction is
                 // over (rolled back). A lost connection may have taken the
                 // COMMIT with it, or not.
-                let outcome_unknown = matches!(failure, Failure::Transient(_));
+                let outcome_unknown =
+                    matches!(failure, Failure::Transient(_)) && client.is_closed();
                 return Err(CopyFailed {
                     failure,
                     outcome_unknown,
