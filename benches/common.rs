@@ -76,7 +76,13 @@ pub fn closed_port() -> u16 {
 /// The rows by binary COPY, encoded and sent in chunks as the function's
 /// COPY sends them (`login_etl::testing::ingest::sink::encode_row`, `CHUNK`).
 pub async fn copy_rows(client: &tokio_postgres::Client, rows: &[LoginRow<'_>]) {
-    let sink = client.copy_in::<_, Bytes>(COPY_SQL.as_str()).await.unwrap();
+    copy_rows_into(client, "user_logins", rows).await
+}
+
+/// [`copy_rows`] into `table`, a table of `user_logins`'s columns.
+pub async fn copy_rows_into(client: &tokio_postgres::Client, table: &str, rows: &[LoginRow<'_>]) {
+    let sql = COPY_SQL.replacen("user_logins", table, 1);
+    let sink = client.copy_in::<_, Bytes>(sql.as_str()).await.unwrap();
     let mut sink = std::pin::pin!(sink);
     let mut buf = BytesMut::with_capacity(CHUNK + 4096);
     buf.put_slice(COPY_HEADER);

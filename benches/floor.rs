@@ -27,9 +27,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use futures_util::SinkExt;
 use login_etl::contract::LoginRow;
-use login_etl::testing::ingest::sink::{COPY_HEADER, COPY_SQL, PgSink, Versions, encode_row};
+use login_etl::testing::ingest::sink::{PgSink, Versions};
 use login_etl::testing::privacy::masking::{Masker, MaskingKey};
 use login_etl::{Config, startup};
 use tokio_postgres::Client;
@@ -72,24 +71,6 @@ impl Path {
             Path::Upstream => "upstream DDL's table",
         }
     }
-}
-
-/// `rows` into the plain table by binary COPY, encoded as the sink encodes.
-async fn copy_plain(client: &Client, rows: &[LoginRow<'_>]) {
-    let sql = COPY_SQL.replacen("user_logins", "floor_plain", 1);
-    let sink = client
-        .copy_in::<_, bytes::Bytes>(sql.as_str())
-        .await
-        .unwrap();
-    let mut sink = std::pin::pin!(sink);
-    let mut buf = bytes::BytesMut::new();
-    bytes::BufMut::put_slice(&mut buf, COPY_HEADER);
-    for r in rows {
-        encode_row(&mut buf, r).unwrap();
-    }
-    bytes::BufMut::put_i16(&mut buf, -1);
-    sink.send(buf.freeze()).await.unwrap();
-    sink.as_mut().finish().await.unwrap();
 }
 
 /// `rows`' seven upstream columns into the upstream table by binary COPY.
@@ -135,7 +116,7 @@ async fn write(path: Path, sink: &mut PgSink, client: &Client, rows: &[LoginRow<
             assert_eq!(report.inserted as usize, rows.len());
             assert_eq!(report.copied, copy);
         }
-        Path::Plain if copy => copy_plain(client, rows).await,
+        Path::Plain if copy => copy_rows_into(client, "floor_plain", rows).await,
         Path::Upstream if copy => copy_upstream(client, rows).await,
         Path::Plain => {
             let sql =

@@ -437,12 +437,13 @@ async fn an_unpartitioned_table_is_converted_while_the_function_writes_and_redel
             (inserted, duplicates, transactions, seed - 1_000)
         })
     };
-    // Writes before the cutover, beside it, and a whole round after it.
+    // Writes before the cutover, beside it, and a whole round after it (or
+    // a writer that ended: its panic is reported at its await below).
     let rounds = |n: usize| {
-        let done = Arc::clone(&rounds_done);
+        let (done, w) = (Arc::clone(&rounds_done), &writer);
         move || {
             let done = Arc::clone(&done);
-            async move { done.load(Ordering::SeqCst) >= n }
+            async move { w.is_finished() || done.load(Ordering::SeqCst) >= n }
         }
     };
     wait_until("a round written before the cutover", rounds(1)).await;

@@ -210,10 +210,11 @@ async fn widening_to_the_full_profile_is_online_keeps_every_row_and_is_never_und
         }
         (h, written)
     });
-    // Batches written before the widening starts (the rest go on beside it).
-    let done = &batches_done;
+    // Batches written before the widening starts (the rest go on beside it),
+    // or a writer that ended: its panic is reported at its await below.
+    let (done, w) = (&batches_done, &writer);
     wait_until("the first batches before the widening", || async move {
-        done.load(std::sync::atomic::Ordering::SeqCst) >= 3
+        w.is_finished() || done.load(std::sync::atomic::Ordering::SeqCst) >= 3
     })
     .await;
     migrate(&db.url, Some(Profile::Full)).await.unwrap();
