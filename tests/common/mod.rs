@@ -460,6 +460,7 @@ pub mod pgbouncer;
 pub mod proxy;
 pub mod runtime_api;
 pub mod sqs;
+pub mod turns;
 
 /// Sets variables of this process's environment, which the SDK and the
 /// configuration read. Safe only where this test is the process's one

@@ -27,6 +27,7 @@ mod profiles;
 mod replication;
 mod rotation;
 mod rotation_races;
+mod round_trips;
 mod runtime_e2e;
 mod secrets_aws;
 mod stalls;
