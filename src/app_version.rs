@@ -1,25 +1,37 @@
 //! Encoding of the client's `app_version` string into the sortable integer
 //! column of the upstream schema.
 //!
-//! `major * 1_000_000 + minor * 1_000 + patch`, missing parts are 0, each part
-//! is 1 to 3 ASCII digits (0..=999). Order-preserving and lossless for the
-//! shapes seen in traffic (`x.y.z`, `d.dd`, `d.d`), so analysts can compare
-//! versions in SQL; the original text is kept in `app_version_text`.
+//! `major * 1_000_000 + minor * 1_000 + patch`, missing parts are 0; the
+//! major is 1 to 4 ASCII digits up to [`MAX_MAJOR`] (calendar versions:
+//! `2025.1.0`), the others 1 to 3 (0..=999). Order-preserving and lossless
+//! for the shapes seen in traffic (`x.y.z`, `d.dd`, `d.d`, `yyyy.m.d`), so
+//! analysts can compare versions in SQL; the original text is kept in
+//! `app_version_text`.
 //!
 //! [`encode`] takes only those shapes (`CONTRACT=strict`); [`derive`] finds
 //! the version a release string carries (`v2.3.0`, `2.3.0-beta1`, `2.3.0+45`,
-//! `2.3.0 (4512)`, `2.3.0.1`) and says what it set aside. A derived value
-//! ties its plain release (`2.3.0-beta1` and `2.3.0` are both 2003000):
-//! order is kept, never invented; `app_version_text` tells them apart.
+//! `2.3.0 (4512)`, `2.3.0.1`, `5.2.1203`) and says what it set aside. A
+//! derived value ties its plain release (`2.3.0-beta1` and `2.3.0` are both
+//! 2003000), and a number past its range counts as the largest, as do those
+//! after it (`5.2.1203` is 5002999, as `5.2.999`): order is kept, never
+//! invented; `app_version_text` tells them apart.
 
 use std::fmt;
+
+/// The largest major version the `int4` column holds with room for any
+/// minor and patch (2146.999.999 is 2,146,999,999).
+pub const MAX_MAJOR: u32 = 2146;
+
+/// The largest minor or patch number.
+const MAX_PART: u32 = 999;
 
 /// Why an `app_version` string was not accepted. Carries no part of the value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum VersionError {
     /// Empty, more than three parts, an empty part, or a non-digit character.
     Shape,
-    /// A part has more than three digits (above 999).
+    /// The major is above 2146 or has more than 4 digits, or a later part
+    /// is above 999.
     OutOfRange,
 }
 
@@ -27,35 +39,56 @@ impl fmt::Display for VersionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             VersionError::Shape => {
-                "expected 1 to 3 dot-separated numbers such as 2.3.0, 0.96 or 1.1"
+                "expected 1 to 3 dot-separated numbers such as 2.3.0, 0.96, 1.1 or 2025.1.0"
             }
-            VersionError::OutOfRange => "each dot-separated number must be at most 999",
+            VersionError::OutOfRange => {
+                "the first number must be at most 2146, the others at most 999"
+            }
         })
     }
 }
 
-/// Encodes `2.3.0` as `2003000`, `0.96` as `96000`, `1.1` as `1001000`.
+/// The largest each part may be: the major's, then the others'.
+fn limit(index: usize) -> u32 {
+    if index == 0 { MAX_MAJOR } else { MAX_PART }
+}
+
+/// A part's number, `None` when it is longer than its position allows (4
+/// digits for the major, 3 for the others) or above its limit.
+fn part_value(index: usize, part: &str) -> Option<u32> {
+    let digits = if index == 0 { 4 } else { 3 };
+    if part.len() > digits {
+        return None;
+    }
+    let n = part
+        .bytes()
+        .fold(0u32, |acc, b| acc * 10 + u32::from(b - b'0'));
+    (n <= limit(index)).then_some(n)
+}
+
+/// The integer of up to three parts' numbers, missing parts 0.
+fn combine(numbers: &[u32]) -> i32 {
+    let mut value: i64 = 0;
+    for i in 0..3 {
+        value = value * 1_000 + i64::from(numbers.get(i).copied().unwrap_or(0));
+    }
+    // At most 2146 * 10^6 + 999 * 10^3 + 999, below i32::MAX.
+    value as i32
+}
+
+/// Encodes `2.3.0` as `2003000`, `0.96` as `96000`, `1.1` as `1001000`,
+/// `2025.1.0` as `2025001000`.
 pub fn encode(text: &str) -> Result<i32, VersionError> {
-    let mut value: i32 = 0;
+    let mut numbers = [0u32; 3];
     let mut parts = 0;
     for part in text.split('.') {
-        parts += 1;
-        if parts > 3 || part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+        if parts == 3 || part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
             return Err(VersionError::Shape);
         }
-        if part.len() > 3 {
-            return Err(VersionError::OutOfRange);
-        }
-        // At most 3 digits, so the part is at most 999 and the sum fits in i32.
-        let n = part
-            .bytes()
-            .fold(0, |acc, b| acc * 10 + i32::from(b - b'0'));
-        value = value * 1_000 + n;
+        numbers[parts] = part_value(parts, part).ok_or(VersionError::OutOfRange)?;
+        parts += 1;
     }
-    for _ in parts..3 {
-        value *= 1_000;
-    }
-    Ok(value)
+    Ok(combine(&numbers[..parts]))
 }
 
 /// What [`derive`] set aside, or why it found no version.
@@ -71,7 +104,10 @@ pub enum Derivation {
     /// No version in it: no leading numbers, an empty part, more than four
     /// parts, or an unexpected character after them. No integer.
     Unparsed,
-    /// One of the first three numbers is above 999. No integer.
+    /// One of the first three numbers is above its range (the major above
+    /// 2146, another above 999): it and those after it count as their
+    /// largest (`5.2.1203` as `5.2.999`), an integer that ties, never
+    /// inverts.
     OutOfRange,
 }
 
@@ -90,8 +126,7 @@ impl Derivation {
 
 /// The encoded version `text` carries, and what was set aside on the way
 /// (empty for the plain shapes [`encode`] takes, where the value is the
-/// same). `None` with [`Derivation::Unparsed`] or
-/// [`Derivation::OutOfRange`] when it carries none.
+/// same). `None` with [`Derivation::Unparsed`] when it carries none.
 pub fn derive(text: &str) -> (Option<i32>, Vec<Derivation>) {
     if let Ok(v) = encode(text) {
         return (Some(v), Vec::new());
@@ -128,10 +163,25 @@ pub fn derive(text: &str) -> (Option<i32>, Vec<Derivation>) {
     if !after.is_empty() {
         set_aside.push(Derivation::Suffix);
     }
-    match encode(&parts[..parts.len().min(3)].join(".")) {
-        Ok(v) => (Some(v), set_aside),
-        Err(_) => (None, vec![Derivation::OutOfRange]),
+    let mut numbers = Vec::with_capacity(3);
+    let mut saturated = false;
+    for (i, part) in parts.iter().take(3).enumerate() {
+        let n = match part_value(i, part) {
+            Some(n) if !saturated => n,
+            _ => {
+                saturated = true;
+                limit(i)
+            }
+        };
+        numbers.push(n);
     }
+    if saturated {
+        // The parts not sent count as their largest too: 20250101 must
+        // not sort before 2146.5.
+        numbers.extend((numbers.len()..3).map(limit));
+        set_aside.push(Derivation::OutOfRange);
+    }
+    (Some(combine(&numbers)), set_aside)
 }
 
 #[cfg(test)]
@@ -166,9 +216,18 @@ mod tests {
         ] {
             assert_eq!(encode(bad), Err(VersionError::Shape), "{bad:?}");
         }
-        for big in ["1000", "1.1000", "0.0.1000", "99999999999999999999"] {
+        for big in [
+            "2147",
+            "10000",
+            "1.1000",
+            "0.0.1000",
+            "99999999999999999999",
+        ] {
             assert_eq!(encode(big), Err(VersionError::OutOfRange), "{big:?}");
         }
+        assert_eq!(encode("2025.1.0"), Ok(2_025_001_000));
+        assert_eq!(encode("2146.999.999"), Ok(2_146_999_999));
+        assert_eq!(encode("1000"), Ok(1_000_000_000));
     }
 
     #[test]
@@ -190,8 +249,16 @@ mod tests {
                 Some(2_003_000),
                 vec![Prefix, FourthPart, Suffix],
             ),
-            ("10.0.1000", None, vec![OutOfRange]),
-            ("1000.1-beta", None, vec![OutOfRange]),
+            ("10.0.1000", Some(10_000_999), vec![OutOfRange]),
+            ("5.2.1203", Some(5_002_999), vec![OutOfRange]),
+            ("5.1203.4", Some(5_999_999), vec![OutOfRange]),
+            ("20250101.1", Some(2_146_999_999), vec![OutOfRange]),
+            ("2025.1.0-beta", Some(2_025_001_000), vec![Suffix]),
+            (
+                "v5.2.1203.7",
+                Some(5_002_999),
+                vec![Prefix, FourthPart, OutOfRange],
+            ),
             ("beta", None, vec![Unparsed]),
             ("", None, vec![Unparsed]),
             ("1..2", None, vec![Unparsed]),
@@ -216,6 +283,14 @@ mod tests {
             "1.0.1 (88)",
             "1.1-rc1",
             "2.0.0+build",
+            "2.0.999",
+            "2.0.1203",
+            "2.0.1500",
+            "2.1.0",
+            "2025.1.0",
+            "2025.12.31",
+            "2146.5",
+            "20250101",
         ];
         let codes: Vec<i32> = ordered.iter().map(|v| derive(v).0.unwrap()).collect();
         assert!(codes.windows(2).all(|w| w[0] <= w[1]), "{codes:?}");

@@ -349,22 +349,34 @@ def test_doctor_passes_a_sound_deployment_and_names_each_break_with_its_fix(srv)
                                   env={**env, "DATABASE_URL": srv.role(name, "maintain")})  # fmt: skip
         assert maintain.returncode == 0, maintain.stderr
         assert doctor()[0] == 0
-        # A partition past RETENTION_DAYS that maintenance never dropped.
+        # A partition 100 days back, and RETENTION_DAYS=30 where the owner
+        # recorded no retention (every login is kept): doctor says they
+        # disagree and how to make them one; maintain applies the longer,
+        # drops nothing, says so, and succeeds (the hourly run never fails
+        # for it).
+        unrecorded = subprocess.run([str(BINARY), "migrate"], capture_output=True, text=True, timeout=60,
+                                    env={**env, "RETENTION_DAYS": "all"})  # the block recorded its 90 days  # fmt: skip
+        assert unrecorded.returncode == 0, unrecorded.stderr
         psql(srv.role(name, "migrate"), "SELECT login_etl_ensure_partition(current_date - 100)")
+        old_day = "SELECT count(*) FROM login_etl_partitions() WHERE name = to_char(current_date - 100, '\"user_logins_p\"YYYYMMDD')"
         code, report = doctor(RETENTION_DAYS="30")
-        assert code == 1 and any(f["check"] == "retention" and "RETENTION_DAYS=30" in f["problem"]
-                                 for f in report["findings"]), report  # fmt: skip
-        assert doctor()[0] == 0, "without RETENTION_DAYS everything is kept"
+        assert code == 1 and any(f["check"] == "retention" and "RETENTION_DAYS=30 disagrees" in f["problem"]
+                                 and "RETENTION_DAYS=30 login-etl migrate" in f["fix"] for f in report["findings"]), report  # fmt: skip
+        assert doctor()[0] == 0, "without RETENTION_DAYS everything is kept, as recorded"
         as_maintain = {**env, "DATABASE_URL": srv.role(name, "maintain"), "RETENTION_DAYS": "30"}
-        # The database keeps everything until its owner records the retention:
-        # maintain's cutoff is refused, whoever asks, with what to do.
-        refused = subprocess.run([str(BINARY), "maintain"], capture_output=True, text=True, timeout=60, env=as_maintain)
-        assert refused.returncode == 1 and "RETENTION_DAYS=<days> login-etl migrate" in refused.stderr, refused.stderr
+        kept = subprocess.run([str(BINARY), "maintain"], capture_output=True, text=True, timeout=60, env=as_maintain)
+        assert kept.returncode == 0, kept.stderr
+        assert "the longer, every login, is applied" in kept.stdout + kept.stderr, (kept.stdout, kept.stderr)
+        assert psql(srv.role(name, "maintain"), old_day) == "1", "the longer retention kept it"
         recorded = subprocess.run([str(BINARY), "migrate"], capture_output=True, text=True, timeout=60,
                                   env={**env, "RETENTION_DAYS": "30"})  # fmt: skip
         assert recorded.returncode == 0, recorded.stderr
+        code, report = doctor(RETENTION_DAYS="30")
+        assert code == 1 and any(f["check"] == "retention" and "past the retention of 30 days" in f["problem"]
+                                 for f in report["findings"]), report  # fmt: skip
         maintain = subprocess.run([str(BINARY), "maintain"], capture_output=True, text=True, timeout=60, env=as_maintain)
         assert maintain.returncode == 0, maintain.stderr
+        assert psql(srv.role(name, "maintain"), old_day) == "0", "dropped once both say 30 days"
         assert doctor(RETENTION_DAYS="30")[0] == 0
         # A schema this binary is newer than.
         psql(admin, "UPDATE user_logins_schema SET version = 3")

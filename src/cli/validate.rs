@@ -4,7 +4,10 @@
 //! JSON Lines of bodies (a file or `-`): one verdict per line,
 //! `{"line":N,"valid":true}`, `{"line":N,"valid":true,"defects":["<code>",…]}`
 //! for a login stored with defects (`CONTRACT=lenient`, the default), or
-//! `{"line":N,"valid":false,"reason":"<code>"}`. With `--event`, an SQS
+//! `{"line":N,"valid":false,"reason":"<code>"}`; a stored login with fields
+//! the contract does not declare (counted, never stored) also has
+//! `"undeclared":["<name>",…]` (a name that is not an identifier shows as
+//! `<other>`, see `FieldName`). With `--event`, an SQS
 //! batch event as Lambda sends it: one verdict per message,
 //! `{"messageId":"…",…}`, judged as the function judges it (its body, and
 //! its message id and `SentTimestamp`). A verdict never quotes a value;
@@ -16,7 +19,7 @@ use std::io::{BufRead, BufWriter, Write};
 use std::process::ExitCode;
 
 use super::{EXIT_USAGE, ValidateArgs};
-use crate::contract::{Contract, Defect, Rejection, parse_body_with};
+use crate::contract::{Contract, Defect, FieldName, Rejection, parse_body_with};
 
 /// The verdicts of one run.
 #[derive(Default)]
@@ -25,23 +28,36 @@ struct Tally {
     /// Valid messages with defects, and the defects by code.
     with_defects: u64,
     defects: BTreeMap<String, u64>,
+    /// Stored messages with fields the contract does not declare.
+    with_undeclared: u64,
     rejected: BTreeMap<String, u64>,
 }
 
-/// One message's verdict: its defects (stored), or its reason (rejected).
-type Verdict = Result<Vec<String>, String>;
+/// What a stored message was judged to carry: its defects' codes and the
+/// names of its undeclared fields.
+struct Stored {
+    defects: Vec<String>,
+    undeclared: Vec<FieldName>,
+}
+
+/// One message's verdict: what it carries (stored), or its reason (rejected).
+type Verdict = Result<Stored, String>;
 
 impl Tally {
-    fn add(&mut self, verdict: Result<&[Defect], Rejection>) -> Verdict {
+    fn add(&mut self, verdict: Result<(&[Defect], &[FieldName]), Rejection>) -> Verdict {
         match verdict {
-            Ok(defects) => {
+            Ok((defects, undeclared)) => {
                 self.valid += 1;
                 self.with_defects += u64::from(!defects.is_empty());
+                self.with_undeclared += u64::from(!undeclared.is_empty());
                 let codes: Vec<String> = defects.iter().map(|d| d.code().into_owned()).collect();
                 for code in &codes {
                     *self.defects.entry(code.clone()).or_default() += 1;
                 }
-                Ok(codes)
+                Ok(Stored {
+                    defects: codes,
+                    undeclared: undeclared.to_vec(),
+                })
             }
             Err(r) => {
                 let code = r.code().into_owned();
@@ -89,8 +105,12 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
             format!(" ({})", list.join(", "))
         }
     };
+    let undeclared = match tally.with_undeclared {
+        0 => String::new(),
+        n => format!(", {n} with undeclared fields (counted, not stored)"),
+    };
     eprintln!(
-        "login-etl validate: {} messages, {} valid, {} with defects{}, {} rejected{}",
+        "login-etl validate: {} messages, {} valid, {} with defects{}{undeclared}, {} rejected{}",
         tally.total(),
         tally.valid,
         tally.with_defects,
@@ -149,7 +169,7 @@ fn judge_lines(
             Ok(body) => tally.add(
                 parse_body_with(body, contract)
                     .as_ref()
-                    .map(|e| &e.defects[..])
+                    .map(|e| (&e.defects[..], &e.unknown[..]))
                     .map_err(|r| *r),
             ),
             Err(_) => tally.add(Err(Rejection::InvalidJson)),
@@ -161,24 +181,36 @@ fn judge_lines(
     Ok(tally)
 }
 
-/// One verdict line: `{"<key>":<value>,"valid":…}` with the defects of a
-/// stored login or the reason of a rejection (`value` is JSON already;
-/// codes need no escaping).
+/// One verdict line: `{"<key>":<value>,"valid":…}` with the defects and
+/// undeclared fields of a stored login or the reason of a rejection
+/// (`value` is JSON already; codes and shown names need no escaping).
 fn write_verdict(
     out: &mut impl Write,
     key: &str,
     value: &str,
     verdict: Verdict,
 ) -> Result<(), Stop> {
-    match verdict {
-        Ok(defects) if defects.is_empty() => {
-            writeln!(out, "{{\"{key}\":{value},\"valid\":true}}")
+    let list = |name: &str, items: &[String]| {
+        if items.is_empty() {
+            String::new()
+        } else {
+            format!(",\"{name}\":[\"{}\"]", items.join("\",\""))
         }
-        Ok(defects) => writeln!(
-            out,
-            "{{\"{key}\":{value},\"valid\":true,\"defects\":[\"{}\"]}}",
-            defects.join("\",\"")
-        ),
+    };
+    match verdict {
+        Ok(stored) => {
+            let undeclared: Vec<String> = stored
+                .undeclared
+                .iter()
+                .map(|n| n.as_str().to_owned())
+                .collect();
+            writeln!(
+                out,
+                "{{\"{key}\":{value},\"valid\":true{}{}}}",
+                list("defects", &stored.defects),
+                list("undeclared", &undeclared)
+            )
+        }
         Err(code) => writeln!(
             out,
             "{{\"{key}\":{value},\"valid\":false,\"reason\":\"{code}\"}}"
@@ -218,7 +250,11 @@ fn event_file(path: &std::path::Path, contract: &Contract, out: impl Write) -> R
             )));
         } else {
             let row = crate::ingest::record::transform_with(id, m, &masker, contract);
-            tally.add(row.as_ref().map(|r| &r.defects[..]).map_err(|r| *r))
+            tally.add(
+                row.as_ref()
+                    .map(|r| (&r.defects[..], &r.unknown[..]))
+                    .map_err(|r| *r),
+            )
         };
         let id = serde_json::to_string(id).expect("a string serializes");
         write_verdict(&mut out, "messageId", &id, verdict)?;
@@ -238,7 +274,8 @@ mod tests {
                      {\"ip\":\"203.0.113.7\"}\n\
                      \n\
                      not json\n\
-                     {\"user_id\":\"u\",\"app_version\":\"1.0-rc\",\"device_type\":\"ios\",\"ip\":\"203.0.113.7:443\",\"device_id\":null}";
+                     {\"user_id\":\"u\",\"app_version\":\"1.0-rc\",\"device_type\":\"ios\",\"ip\":\"203.0.113.7:443\",\"device_id\":null}\n\
+                     {\"user_id\":\"u\",\"email\":\"a@b.example\",\"203.0.113.7\":1,\"device_id\":\"d\",\"ip\":\"::1\",\"app_version\":\"1\",\"device_type\":\"x\"}";
         let mut out = Vec::new();
         let Ok(tally) = judge_lines(input.as_bytes(), &Contract::default(), &mut out) else {
             panic!("reads")
@@ -252,9 +289,11 @@ mod tests {
                 r#"{"line":3,"valid":false,"reason":"empty_body"}"#,
                 r#"{"line":4,"valid":false,"reason":"invalid_json"}"#,
                 r#"{"line":5,"valid":true,"defects":["ip.port","device_id.missing","app_version.suffix"]}"#,
+                r#"{"line":6,"valid":true,"undeclared":["email","<other>"]}"#,
             ]
         );
-        assert!(!text.contains("203.0.113.7"));
-        assert_eq!((tally.valid, tally.with_defects, tally.total()), (2, 1, 5));
+        assert!(!text.contains("203.0.113.7") && !text.contains("a@b"));
+        assert_eq!((tally.valid, tally.with_defects, tally.total()), (3, 1, 6));
+        assert_eq!(tally.with_undeclared, 1);
     }
 }

@@ -1,7 +1,11 @@
 //! The address an `ip` field carries: the address itself, or one written
 //! with a port (`10.0.0.1:443`, `[2001:db8::1]:443`) or a zone
-//! (`fe80::1%eth0`), as clients and proxies write them. The token is the
-//! address's either way: a port or a zone is how it was reached, not who.
+//! (`fe80::1%eth0`), as clients and proxies write them, or the first of an
+//! `X-Forwarded-For` list (`203.0.113.7, 10.0.0.1`: the client, then the
+//! proxies it passed). The token is the address's either way: a port or a
+//! zone is how it was reached, not who; and an IPv4 address written as
+//! IPv6 (`::ffff:1.2.3.4`, as dual-stack sockets report it) is that IPv4
+//! address, with its token.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -12,11 +16,27 @@ pub enum AddressPart {
     Port,
     /// An IPv6 zone (`%eth0`, `%2`).
     Zone,
+    /// The addresses after the first of a comma-separated list.
+    List,
 }
 
 /// The address in `text` (surrounding blanks ignored) and what was set
 /// aside, or `None` when it holds no address.
 pub fn parse(text: &str) -> Option<(IpAddr, Vec<AddressPart>)> {
+    let (ip, mut parts) = match text.split_once(',') {
+        None => one(text)?,
+        Some((first, _)) => {
+            let (ip, mut parts) = one(first)?;
+            parts.push(AddressPart::List);
+            (ip, parts)
+        }
+    };
+    parts.sort();
+    Some((ip.to_canonical(), parts))
+}
+
+/// One address, with a port or zone set aside.
+fn one(text: &str) -> Option<(IpAddr, Vec<AddressPart>)> {
     let text = text.trim();
     if let Ok(ip) = text.parse::<IpAddr>() {
         return Some((ip, Vec::new()));
@@ -88,7 +108,13 @@ mod tests {
             ("10.0.0.1:99999", None),
             ("10.0.0.1:", None),
             ("10.0.0.1%eth0", None),
-            ("10.0.0.1, 10.0.0.2", None),
+            ("10.0.0.1, 10.0.0.2", Some((v4, vec![List]))),
+            ("10.0.0.1:443,10.0.0.2", Some((v4, vec![Port, List]))),
+            (" [2001:db8::1]:443 , x", Some((v6, vec![Port, List]))),
+            ("::ffff:10.0.0.1", Some((v4, vec![]))),
+            ("[::ffff:10.0.0.1]:443, ::1", Some((v4, vec![Port, List]))),
+            ("unknown, 10.0.0.1", None),
+            (", 10.0.0.1", None),
             ("[2001:db8::1]443", None),
             ("fe80::1%eth 0", None),
             ("999.1.1.1", None),

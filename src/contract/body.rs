@@ -149,7 +149,17 @@ pub fn parse_body_with<'a>(
             }
         },
     };
-    let device_id = found.kept(checked(Field::DeviceId, device_id))?;
+    let device_id = match device_id {
+        Slot::Int(n) => {
+            found.add(Defect::DeviceIdInteger)?;
+            Some(Cow::Owned(n.to_string()))
+        }
+        Slot::Uint(n) => {
+            found.add(Defect::DeviceIdInteger)?;
+            Some(Cow::Owned(n.to_string()))
+        }
+        slot => found.kept(checked(Field::DeviceId, slot))?,
+    };
     let app_version_text = found.kept(checked(Field::AppVersion, app_version))?;
     let app_version = match &app_version_text {
         None => None,

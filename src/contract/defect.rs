@@ -30,10 +30,15 @@ pub enum Defect {
     Duplicate(Field),
     /// `user_id` sent as a JSON integer: stored as its decimal text.
     UserIdInteger,
+    /// `device_id` sent as a JSON integer: tokenized as its decimal text.
+    DeviceIdInteger,
     /// `ip` with a port, or bracketed: the address is tokenized.
     IpPort,
     /// `ip` with an IPv6 zone: the address is tokenized.
     IpZone,
+    /// `ip` holding a comma-separated list (`X-Forwarded-For`): its first
+    /// address, the client's, is tokenized.
+    IpList,
     /// `ip` holds no address: no token (NULL), its text kept nowhere.
     IpUnparseable,
     /// `app_version` is not a plain version: what `crate::app_version::derive`
@@ -62,8 +67,10 @@ impl Defect {
             Defect::Nul(f) => with(f, "nul"),
             Defect::Duplicate(f) => with(f, "duplicate"),
             Defect::UserIdInteger => "user_id.integer".into(),
+            Defect::DeviceIdInteger => "device_id.integer".into(),
             Defect::IpPort => "ip.port".into(),
             Defect::IpZone => "ip.zone".into(),
+            Defect::IpList => "ip.list".into(),
             Defect::IpUnparseable => "ip.unparseable".into(),
             Defect::AppVersion(d, _) => format!("app_version.{}", d.name()).into(),
             Defect::Extra(problem, name) => format!("{name}.{}", problem.name()).into(),
@@ -77,11 +84,14 @@ impl Defect {
             Defect::Missing(f) => Rejection::MissingField(f),
             Defect::WrongType(f) => Rejection::WrongType(f),
             Defect::UserIdInteger => Rejection::WrongType(Field::UserId),
+            Defect::DeviceIdInteger => Rejection::WrongType(Field::DeviceId),
             Defect::Empty(f) => Rejection::EmptyField(f),
             Defect::TooLong(f) => Rejection::TooLong(f),
             Defect::Nul(f) => Rejection::NulCharacter(f),
             Defect::Duplicate(f) => Rejection::DuplicateField(f),
-            Defect::IpPort | Defect::IpZone | Defect::IpUnparseable => Rejection::InvalidIp,
+            Defect::IpPort | Defect::IpZone | Defect::IpList | Defect::IpUnparseable => {
+                Rejection::InvalidIp
+            }
             Defect::AppVersion(_, strict) => Rejection::InvalidAppVersion(strict),
             Defect::Extra(problem, name) => Rejection::Extra(problem, name),
             // Never asked: a rebuilt login is read leniently, whatever CONTRACT says.
@@ -94,6 +104,7 @@ impl Defect {
         match part {
             AddressPart::Port => Defect::IpPort,
             AddressPart::Zone => Defect::IpZone,
+            AddressPart::List => Defect::IpList,
         }
     }
 }

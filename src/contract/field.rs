@@ -68,7 +68,7 @@ impl Field {
         match self {
             Field::UserId => "The user's id, as the app knows it; stored as it is.",
             Field::AppVersion => {
-                "The app's version: 1 to 3 dot-separated numbers, each 0 to 999 (2.3.0, 0.96, 1.1); stored as it is, and as an integer that sorts like the version. Kept with a defect: a leading v, a pre-release or build suffix (2.3.0-beta1, 2.3.0+45, 2.3.0 (4512)) and a fourth number are set aside to find the integer."
+                "The app's version: 1 to 3 dot-separated numbers, the first 0 to 2146 (2.3.0, 0.96, 1.1, 2025.1.0), the others 0 to 999; stored as it is, and as an integer that sorts like the version. Kept with a defect: a leading v, a pre-release or build suffix (2.3.0-beta1, 2.3.0+45, 2.3.0 (4512)) and a fourth number are set aside to find the integer, and a number past its range counts as the largest (5.2.1203 sorts as 5.2.999)."
             }
             Field::DeviceType => "The device's kind (android, ios, ...); stored as it is.",
             Field::Ip => {

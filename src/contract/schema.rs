@@ -34,8 +34,11 @@ pub const SCHEMA_ID_STRICT: &str = "urn:login-etl:login-event:1";
 /// (Unicode `White_Space`).
 const NOT_BLANK: &str = "[^\\t\\n\\u000b\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]";
 
-/// 1 to 3 dot-separated numbers of 1 to 3 digits, and nothing else.
-const APP_VERSION: &str = "^[0-9]{1,3}(\\.[0-9]{1,3}){0,2}(?![\\s\\S])";
+/// 1 to 3 dot-separated numbers, the first of 1 to 3 digits or of 4 up to
+/// 2146 (`app_version::MAX_MAJOR`), the others of 1 to 3 digits, and
+/// nothing else.
+const APP_VERSION: &str =
+    "^([0-9]{1,3}|[01][0-9]{3}|20[0-9]{2}|21[0-3][0-9]|214[0-6])(\\.[0-9]{1,3}){0,2}(?![\\s\\S])";
 
 /// What a field may hold under strict: its type, length, no U+0000, not
 /// blank where required, and the version's shape.

@@ -119,6 +119,10 @@ pub struct MaintainReport {
     pub deferred: usize,
     /// Wall time of the run.
     pub duration: Duration,
+    /// `RETENTION_DAYS` and the retention the tables' owner recorded
+    /// disagree: which one the run applied, and the command that makes
+    /// them one.
+    pub retention_disagrees: Option<String>,
 }
 
 impl MaintainReport {
@@ -144,6 +148,11 @@ impl MaintainReport {
             ("RowsDrainedFromDefault", self.drained_from_default, "Count"),
             ("VaultEntriesPurged", self.vault_entries_purged, "Count"),
             ("PartitionsDeferred", self.deferred as i64, "Count"),
+            (
+                "RetentionDisagrees",
+                i64::from(self.retention_disagrees.is_some()),
+                "Count",
+            ),
             ("DefaultPartitionRows", self.default_rows, "Count"),
             (
                 "MaintenanceDuration",
@@ -169,6 +178,9 @@ impl MaintainReport {
         for (name, value, _) in metrics {
             doc[name] = json!(value);
         }
+        if let Some(why) = &self.retention_disagrees {
+            doc["retention"] = json!(why);
+        }
         doc
     }
 }
@@ -193,8 +205,26 @@ pub fn emf_from_env(report: &MaintainReport) -> Value {
 pub async fn run(client: &Client, options: &MaintainOptions) -> Result<MaintainReport, SinkError> {
     let started = Instant::now();
     let today = Utc::now().date_naive();
-    let cutoff = options.cutoff(today);
     let mut report = MaintainReport::default();
+    // RETENTION_DAYS and the owner's record: the longer applies, and a
+    // disagreement is reported, never a failed run.
+    let configured = retention::Kept::configured(options.retention_days);
+    let kept = match retention::recorded(client).await? {
+        Some(recorded) => {
+            let (applied, disagreement) = retention::reconcile(configured, recorded);
+            if let Some(why) = &disagreement {
+                warn!("{why}");
+            }
+            report.retention_disagrees = disagreement.map(|d| d.to_string());
+            applied
+        }
+        None => configured,
+    };
+    let cutoff = MaintainOptions {
+        retention_days: kept.days(),
+        ..*options
+    }
+    .cutoff(today);
 
     let premade: Vec<NaiveDate> = (-PREMAKE_PAST_DAYS..=i64::from(options.premake_days))
         .map(|offset| today + TimeDelta::days(offset))

@@ -45,6 +45,104 @@ impl std::str::FromStr for Kept {
     }
 }
 
+impl Kept {
+    /// `RETENTION_DAYS` as maintain and doctor read it: unset keeps everything.
+    pub fn configured(days: Option<u32>) -> Self {
+        days.map_or(Kept::Everything, Kept::Days)
+    }
+
+    /// The days kept, `None` for every login.
+    pub fn days(self) -> Option<u32> {
+        match self {
+            Kept::Everything => None,
+            Kept::Days(d) => Some(d),
+        }
+    }
+
+    /// Which of two retentions keeps more (the one a run applies).
+    pub fn longer(self, other: Kept) -> Kept {
+        match (self, other) {
+            (Kept::Days(a), Kept::Days(b)) => Kept::Days(a.max(b)),
+            _ => Kept::Everything,
+        }
+    }
+}
+
+impl std::fmt::Display for Kept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Kept::Everything => f.write_str("every login"),
+            Kept::Days(d) => write!(f, "{d} days"),
+        }
+    }
+}
+
+/// `RETENTION_DAYS` and the retention the tables' owner recorded,
+/// disagreeing: what a run applies and how to make them one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disagreement {
+    /// What is wrong, and which one won.
+    pub problem: String,
+    /// The command that makes them one.
+    pub fix: String,
+}
+
+impl std::fmt::Display for Disagreement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}. To make them one: {}", self.problem, self.fix)
+    }
+}
+
+/// What a run applies when `RETENTION_DAYS` (`configured`) and the
+/// owner's record disagree: the longer, so nothing either keeps is
+/// deleted and the owner's floor (`login_etl_check_cutoff`) never refuses
+/// the cutoff; with what to tell the operator (`None` when they agree).
+pub fn reconcile(configured: Kept, recorded: Kept) -> (Kept, Option<Disagreement>) {
+    let applied = configured.longer(recorded);
+    if configured == recorded {
+        return (applied, None);
+    }
+    let as_setting = |k: Kept| k.days().map_or("all".to_owned(), |d| d.to_string());
+    let setting = match configured {
+        Kept::Everything => "RETENTION_DAYS is unset (every login)".to_owned(),
+        Kept::Days(d) => format!("RETENTION_DAYS={d}"),
+    };
+    let disagreement = Disagreement {
+        problem: format!(
+            "{setting} disagrees with the retention the tables' owner recorded ({recorded}): the longer, {applied}, is applied, so nothing either keeps is deleted"
+        ),
+        fix: format!(
+            "as the migrate role, record the deployment's (the stack's RetentionDays): RETENTION_DAYS={} login-etl migrate; or {}",
+            as_setting(configured),
+            match recorded {
+                Kept::Everything => "unset RETENTION_DAYS (the stack's RetentionDays=0)".to_owned(),
+                Kept::Days(d) => format!("set RETENTION_DAYS (the stack's RetentionDays) to {d}"),
+            }
+        ),
+    };
+    (applied, Some(disagreement))
+}
+
+/// The retention the tables' owner recorded, as the maintain role may
+/// read it (`login_etl_kept_days`); `None` on a database migrated before
+/// that function (the next `migrate` makes it).
+pub(crate) async fn recorded(client: &Client) -> Result<Option<Kept>, SinkError> {
+    match client
+        .query_typed_one("SELECT login_etl_kept_days()", &[])
+        .await
+    {
+        Ok(row) => Ok(Some(
+            row.get::<_, Option<i32>>(0).map_or(Kept::Everything, |d| {
+                Kept::Days(u32::try_from(d).unwrap_or(1).max(1))
+            }),
+        )),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION) => {
+            Ok(None)
+        }
+        Err(e) => Err(failed("reading the deployment's recorded retention")(e)),
+    }
+}
+
 /// Records the deployment's retention (as the tables' owner: nobody else
 /// may write it); unchanged where it says so already.
 pub(crate) async fn record(client: &Client, kept: Kept) -> Result<bool, SinkError> {

@@ -34,15 +34,24 @@ pub struct ExpectedRow {
     pub defects: Option<Vec<String>>,
 }
 
-/// `major * 1_000_000 + minor * 1_000 + patch`, missing parts 0.
+/// `major * 1_000_000 + minor * 1_000 + patch`, missing parts 0; from the
+/// first part past its range (the major's 2146, the others' 999) on, each
+/// counts as its largest.
 pub fn app_version_number(text: &str) -> i32 {
-    let parts: Vec<i32> = text
+    let limits = [2146u64, 999, 999];
+    let mut past = false;
+    let parts: Vec<u64> = text
         .split('.')
-        .map(|p| p.parse().expect("a numeric version part"))
+        .map(|p| p.parse::<u128>().expect("a numeric version part"))
         .chain([0, 0])
         .take(3)
+        .zip(limits)
+        .map(|(n, limit)| {
+            past |= n > u128::from(limit);
+            if past { limit } else { n as u64 }
+        })
         .collect();
-    parts[0] * 1_000_000 + parts[1] * 1_000 + parts[2]
+    (parts[0] * 1_000_000 + parts[1] * 1_000 + parts[2]) as i32
 }
 
 /// The defects `message`'s fixture declares (`insert:<code>,…`).
@@ -80,8 +89,11 @@ pub fn expected_row(key_hex: &str, message: &SqsMessage) -> ExpectedRow {
     } else {
         text("user_id").expect("a stored login's user_id")
     };
-    let ip = kept("ip", &["port", "zone"]).then(|| {
+    let ip = kept("ip", &["port", "zone", "list"]).then(|| {
         let mut t = text("ip").expect("an ip").trim().to_owned();
+        if has("ip.list") {
+            t = t.split(',').next().unwrap().trim().to_owned();
+        }
         if has("ip.port") {
             t = match t.strip_prefix('[') {
                 Some(rest) => rest.split(']').next().unwrap().to_owned(),
@@ -91,7 +103,10 @@ pub fn expected_row(key_hex: &str, message: &SqsMessage) -> ExpectedRow {
         if has("ip.zone") {
             t = t.split('%').next().unwrap().to_owned();
         }
-        t.parse::<IpAddr>().expect("the address an ip carries")
+        // An IPv4 address written as IPv6 (::ffff:a.b.c.d) is that address.
+        t.parse::<IpAddr>()
+            .expect("the address an ip carries")
+            .to_canonical()
     });
     let version_text = kept(
         "app_version",
@@ -105,7 +120,7 @@ pub fn expected_row(key_hex: &str, message: &SqsMessage) -> ExpectedRow {
     )
     .then(|| text("app_version").expect("a version"));
     let version = version_text.as_deref().and_then(|t| {
-        if has("app_version.out_of_range") || has("app_version.unparsed") {
+        if has("app_version.unparsed") {
             return None;
         }
         let t = t.trim().trim_start_matches(['v', 'V']);
@@ -123,9 +138,13 @@ pub fn expected_row(key_hex: &str, message: &SqsMessage) -> ExpectedRow {
             .then(|| text("device_type"))
             .flatten(),
         masked_ip: ip.map(|ip| hmac_hex(key_hex, &ip.to_string())),
-        masked_device_id: kept("device_id", &[])
-            .then(|| text("device_id").map(|d| hmac_hex(key_hex, d.trim())))
-            .flatten(),
+        masked_device_id: if has("device_id.integer") {
+            Some(hmac_hex(key_hex, &body["device_id"].to_string()))
+        } else {
+            kept("device_id", &[])
+                .then(|| text("device_id").map(|d| hmac_hex(key_hex, d.trim())))
+                .flatten()
+        },
         locale: kept("locale", &[]).then(|| text("locale")).flatten(),
         app_version: version,
         app_version_text: version_text,

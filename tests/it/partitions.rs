@@ -358,6 +358,87 @@ async fn maintain_premakes_and_drops_by_retention_and_two_runs_at_once_agree() {
 /// (`DB_STATEMENT_TIMEOUT_MS`, 1.5 s here): the server would refuse such a
 /// wait, and the write would be tried again (a second transaction in its
 /// summary's count).
+/// One retention: where `RETENTION_DAYS` and the owner's record disagree,
+/// maintain applies the longer, says which won and the command that makes
+/// them one, and never fails for it (the hourly run used to raise LE010);
+/// doctor reports the same. Agreeing again, the warning goes.
+#[tokio::test]
+async fn a_retention_that_disagrees_with_the_record_applies_the_longer_and_fails_no_run() {
+    let db = TestDb::create().await;
+    let h = handler(&db).await;
+    let maintainer = db.role_url(Role::Maintain).await;
+    let owner = db.client().await;
+    for back in 1..=12 {
+        let day = today() - TimeDelta::days(back);
+        login_etl::testing::table::partitions::ensure_partition(&owner, day)
+            .await
+            .unwrap();
+        handle(&h, &logins(2, 900 + back as u64, ms(day))).await;
+    }
+    let kept = |back: i64| partition_of(today() - TimeDelta::days(back));
+    let examine = || async {
+        login_etl::testing::table::doctor::examine(&owner, today(), Some(5))
+            .await
+            .expect("doctor runs")
+            .findings
+            .into_iter()
+            .filter(|f| f.check == "retention")
+            .map(|f| format!("{}: {}", f.problem, f.fix))
+            .collect::<Vec<_>>()
+    };
+    // A new database records "every login": RETENTION_DAYS=5 deletes nothing.
+    let options = |days| MaintainOptions {
+        retention_days: days,
+        ..MaintainOptions::default()
+    };
+    let run = maintain_as(&maintainer, options(Some(5))).await;
+    assert!(run.dropped.is_empty(), "{run:?}");
+    let said = run.retention_disagrees.expect("the disagreement reported");
+    for part in [
+        "RETENTION_DAYS=5",
+        "(every login)",
+        "RETENTION_DAYS=5 login-etl migrate",
+    ] {
+        assert!(said.contains(part), "{part} in: {said}");
+    }
+    assert!(partition_names(&db).await.contains(&kept(12)));
+    let found = examine().await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains("RETENTION_DAYS=5 login-etl migrate"),
+        "{found:?}"
+    );
+    // The owner keeps 10 days: RETENTION_DAYS=5 deletes only past 10.
+    record_retention(&owner, 10).await;
+    let run = maintain_as(&maintainer, options(Some(5))).await;
+    let dropped: BTreeSet<String> = run.dropped.iter().map(|(n, _)| n.clone()).collect();
+    assert_eq!(
+        dropped,
+        [kept(10), kept(11), kept(12)].into(),
+        "past 10 days only"
+    );
+    assert!(
+        run.retention_disagrees
+            .unwrap()
+            .contains("the longer, 10 days, is applied")
+    );
+    // Unset keeps everything, which is longer: nothing more goes.
+    let run = maintain_as(&maintainer, options(None)).await;
+    assert!(run.dropped.is_empty(), "{run:?}");
+    assert!(
+        run.retention_disagrees
+            .unwrap()
+            .contains("RETENTION_DAYS is unset")
+    );
+    // Agreeing: nothing said, and the next day past them goes.
+    record_retention(&owner, 5).await;
+    let run = maintain_as(&maintainer, options(Some(5))).await;
+    assert_eq!(run.retention_disagrees, None);
+    assert_eq!(run.dropped.len(), 5, "days 5 to 9 back: {run:?}");
+    assert!(partition_names(&db).await.contains(&kept(4)));
+    assert_eq!(examine().await, Vec::<String>::new());
+}
+
 #[tokio::test]
 async fn an_unpartitioned_table_is_converted_while_the_function_writes_and_redeliveries_stay_single()
  {

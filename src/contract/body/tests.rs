@@ -166,7 +166,17 @@ fn a_login_is_kept_with_its_defects() {
         ("2.3.0 (4512)", Some(2_003_000), vec!["app_version.suffix"]),
         ("v2.3.0", Some(2_003_000), vec!["app_version.prefix"]),
         ("2.3.0.1", Some(2_003_000), vec!["app_version.fourth_part"]),
-        ("10.0.1000", None, vec!["app_version.out_of_range"]),
+        (
+            "10.0.1000",
+            Some(10_000_999),
+            vec!["app_version.out_of_range"],
+        ),
+        (
+            "5.2.1203",
+            Some(5_002_999),
+            vec!["app_version.out_of_range"],
+        ),
+        ("2025.1.0", Some(2_025_001_000), vec![]),
         ("latest", None, vec!["app_version.unparsed"]),
     ] {
         let b = with("app_version", &format!("\"{version}\""));
@@ -195,6 +205,7 @@ fn a_login_is_kept_with_its_defects() {
         ("10.0.0.1:443", Some("10.0.0.1"), "ip.port"),
         ("[2001:db8::1]:443", Some("2001:db8::1"), "ip.port"),
         ("fe80::1%eth0", Some("fe80::1"), "ip.zone"),
+        ("203.0.113.7, 10.0.0.1", Some("203.0.113.7"), "ip.list"),
         ("", None, "ip.empty"),
         ("unknown", None, "ip.unparseable"),
     ] {
@@ -206,6 +217,19 @@ fn a_login_is_kept_with_its_defects() {
     let b = with("ip", "<absent>");
     let e = kept(&b);
     assert_eq!((e.ip, codes(&e)), (None, strings(&["ip.missing"])));
+    // An IPv4 address written as IPv6 is that address, clean.
+    let b = with("ip", "\"::ffff:203.0.113.7\"");
+    let e = kept(&b);
+    assert_eq!((e.ip, codes(&e)), ("203.0.113.7".parse().ok(), vec![]));
+    // A numeric device id: its decimal text, tokenized as any other.
+    for (number, text) in [("8412337651", "8412337651"), ("-7", "-7")] {
+        let b = with("device_id", number);
+        let e = kept(&b);
+        assert_eq!(
+            (e.device_id.as_deref(), codes(&e)),
+            (Some(text), strings(&["device_id.integer"]))
+        );
+    }
     let b = with("user_id", "12345");
     let e = kept(&b);
     assert_eq!(

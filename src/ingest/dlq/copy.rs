@@ -61,6 +61,11 @@ fn masked_value(name: &str, value: Value, masker: &Masker) -> Value {
     let Value::String(s) = value else {
         return match value {
             v @ (Value::Null | Value::Bool(_)) => v,
+            // A device id sent as a JSON integer: the row's token, of its
+            // decimal text.
+            Value::Number(n) if name == Field::DeviceId.name() && (n.is_i64() || n.is_u64()) => {
+                Value::String(masker.device_id(&n.to_string()).to_string())
+            }
             other => redacted(&other),
         };
     };
@@ -160,14 +165,23 @@ mod tests {
         // for its column (it could be anything).
         let out = masked_body(
             &format!(
-                r#"{{"ip":"10.0.0.1, 10.0.0.2","device_id":7,"user_id":"{}"}}"#,
+                r#"{{"ip":"10.0.0.1/24","device_id":7.5,"user_id":"{}"}}"#,
                 "x".repeat(129)
             ),
             &m,
         );
         assert!(!out.contains("10.0.0") && !out.contains("xxx"), "{out}");
-        assert!(out.contains("<redacted string: 18 characters>"), "{out}");
+        assert!(out.contains("<redacted string: 11 characters>"), "{out}");
         assert!(out.contains("<redacted number>"), "{out}");
+        // A forwarded-for list and an integer device id: the row's tokens
+        // (the first address's; the decimal text's).
+        let out = masked_body(r#"{"ip":"10.0.0.1, 10.0.0.2","device_id":7}"#, &m);
+        let ip = m.ip(&"10.0.0.1".parse().unwrap()).to_string();
+        assert!(
+            out.contains(&ip) && out.contains(&m.device_id("7").to_string()),
+            "{out}"
+        );
+        assert!(!out.contains("10.0.0"), "{out}");
         assert_eq!(masked_body("", &m), "<empty body: 0 bytes>");
         assert_eq!(masked_body("10.0.0.1 not json", &m), "<not JSON: 17 bytes>");
         assert_eq!(

@@ -39,6 +39,7 @@ use crate::database::stored_settings::{
 use crate::table::partitions::{days_ahead, partitions_in_catalog};
 use crate::table::privileges::FUNCTION_SETTINGS;
 use crate::table::privileges::{SCHEMA_WRITERS_SQL, schema_writers_fix};
+use crate::table::retention::{self, Kept};
 use crate::table::schema::SCHEMA_VERSION;
 
 /// Fewer days of partitions ahead than this is a finding (the template's
@@ -495,8 +496,49 @@ async fn partitions_ahead(
     Ok(())
 }
 
-/// A partition whose every day is past retention by more than a day: the
-/// scheduled maintenance (hourly) has not applied `RETENTION_DAYS`.
+/// Whether `user_logins_retention` is the owner's record as migrations/0014
+/// makes it (a plain table of `user_logins`'s owner, no row-level security
+/// or child, `keep_days` an int4, readable here), and its schema: read
+/// only then, as `state::find` reads the schema's record, so that nothing
+/// of anyone's runs with doctor's rights.
+const RETENTION_READABLE_SQL: &str = "SELECT coalesce(c.relkind OPERATOR(pg_catalog.=) 'r'::pg_catalog.\"char\" \
+        AND NOT c.relrowsecurity AND NOT c.relhassubclass \
+        AND c.relowner OPERATOR(pg_catalog.=) (SELECT u.relowner FROM pg_catalog.pg_class u \
+            WHERE u.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(pg_catalog.format('%I.%I', \
+                pg_catalog.current_schema(), 'user_logins'))::pg_catalog.oid) \
+        AND pg_catalog.has_table_privilege(c.oid, 'SELECT') \
+        AND (SELECT a.atttypid FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid \
+             AND NOT a.attisdropped AND a.attname OPERATOR(pg_catalog.=) 'keep_days'::pg_catalog.name) \
+            OPERATOR(pg_catalog.=) 'int4'::pg_catalog.regtype::pg_catalog.oid, false), \
+        pg_catalog.current_schema()::pg_catalog.text \
+     FROM (SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', pg_catalog.current_schema(), \
+         'user_logins_retention'))::pg_catalog.oid AS oid) AS t \
+     LEFT JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.oid";
+
+/// The retention the tables' owner recorded, where its table is the one
+/// migrate makes (see [`RETENTION_READABLE_SQL`]).
+async fn recorded_retention(client: &Client) -> Result<Option<Kept>, tokio_postgres::Error> {
+    let row = client.query_typed_one(RETENTION_READABLE_SQL, &[]).await?;
+    let (readable, schema): (bool, Option<String>) = (row.get(0), row.get(1));
+    let (true, Some(schema)) = (readable, schema) else {
+        return Ok(None);
+    };
+    let sql = format!(
+        "SELECT r.keep_days FROM ONLY {}.user_logins_retention r",
+        postgres_protocol::escape::escape_identifier(&schema)
+    );
+    Ok(client.query_typed(&sql, &[]).await?.first().map(|row| {
+        row.get::<_, Option<i32>>(0).map_or(Kept::Everything, |d| {
+            Kept::Days(u32::try_from(d).unwrap_or(1).max(1))
+        })
+    }))
+}
+
+/// `RETENTION_DAYS`, where given, against the owner's record (they
+/// disagree: which one maintain applies, and the command that makes them
+/// one), then a
+/// partition whose every day is past the applied retention by more than a
+/// day: the scheduled maintenance (hourly) has not applied it.
 async fn retention(
     client: &Client,
     today: NaiveDate,
@@ -504,7 +546,20 @@ async fn retention(
     report: &mut Report,
 ) -> Result<(), tokio_postgres::Error> {
     report.checks.push("retention");
-    let Some(days) = retention_days else {
+    let configured = Kept::configured(retention_days);
+    let applied = match recorded_retention(client).await? {
+        // Not told maintenance's setting: the record is the retention.
+        Some(recorded) if retention_days.is_none() => recorded,
+        Some(recorded) => {
+            let (applied, disagreement) = retention::reconcile(configured, recorded);
+            if let Some(d) = disagreement {
+                report.found("retention", "table user_logins_retention", d.problem, d.fix);
+            }
+            applied
+        }
+        None => configured,
+    };
+    let Some(days) = applied.days() else {
         return Ok(());
     };
     let options = crate::table::maintain::MaintainOptions {
@@ -526,10 +581,10 @@ async fn retention(
             "retention",
             stale.join(", "),
             format!(
-                "{} partition(s) hold only days before {cutoff}, past RETENTION_DAYS={days} by more than a day: retention is not being applied",
+                "{} partition(s) hold only days before {cutoff}, past the retention of {days} days by more than a day: retention is not being applied",
                 stale.len()
             ),
-            format!("as the maintain role: RETENTION_DAYS={days} login-etl maintain; and check that the scheduled maintenance runs with that setting (its log, MaintenanceErrorsAlarm)"),
+            format!("as the maintain role: RETENTION_DAYS={days} login-etl maintain; and check that the scheduled maintenance runs (its log, MaintenanceErrorsAlarm)"),
         );
     }
     Ok(())

@@ -79,6 +79,7 @@ pub const FUNCTION_FILES: &[FunctionFile] = function_files![
     "login_etl_forget_rows",
     "login_etl_hold_lock",
     "login_etl_hold_vault",
+    "login_etl_kept_days",
     "login_etl_key_changed_at",
     "login_etl_key_state",
     "login_etl_lock_shared",

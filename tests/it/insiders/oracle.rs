@@ -169,6 +169,7 @@ pub(super) fn may_run(role: Role) -> &'static [&'static str] {
             "login_etl_drop_detached",
             "login_etl_drop_partition",
             "login_etl_ensure_partition",
+            "login_etl_kept_days",
             "login_etl_purge_default",
             "login_etl_purge_vault",
             "login_etl_swap_default",
