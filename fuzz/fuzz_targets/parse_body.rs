@@ -17,7 +17,7 @@ fn fits(e: &LoginEvent<'_>) {
     assert!(e.device_id.as_ref().is_none_or(|d| !d.trim().is_empty()));
     assert!(within(&e.locale, 32));
     assert!(within(&e.app_version_text, 32));
-    assert!(e.app_version.is_none_or(|v| (0..=999_999_999).contains(&v)));
+    assert!(e.app_version.is_none_or(|v| (0..=2_146_999_999).contains(&v)));
 }
 
 fuzz_target!(|data: &[u8]| {
