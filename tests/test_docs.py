@@ -119,7 +119,8 @@ def test_no_docs_page_is_over_its_room():
 
 def test_the_changelog_has_the_version_the_binary_reports():
     """CHANGELOG.md has a section for Cargo.toml's version, and the binary
-    reports that version; the repository carries its licence."""
+    reports that version with the schema it writes; the repository carries
+    its licence."""
     import os
     import subprocess
 
@@ -127,7 +128,8 @@ def test_the_changelog_has_the_version_the_binary_reports():
     assert re.search(rf"^## \[{re.escape(version)}\]", (ROOT / "CHANGELOG.md").read_text(), re.M), version
     binary = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug" / "login-etl"
     out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == f"login-etl {version}"
+    schema = re.search(r"macro_rules! schema_version \{\s*\(\) => \{\s*(\d+)", (ROOT / "src/table/schema/mod.rs").read_text())
+    assert out.strip() == f"login-etl {version} (schema {schema.group(1)})"
     assert "MIT License" in (ROOT / "LICENSE").read_text()
     assert 'license = "MIT"' in (ROOT / "Cargo.toml").read_text()
 

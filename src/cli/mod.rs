@@ -36,11 +36,20 @@ pub const EXIT_NOT_FOUND: u8 = 3;
 /// during such a drain): 75, sysexits' EX_TEMPFAIL.
 pub const EXIT_TEMPFAIL: u8 = 75;
 
+/// What `--version` prints: the release, and the schema it writes
+/// (`migrate` leaves it; 0.2.0 wrote 19).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (schema ",
+    crate::table::schema::schema_version!(),
+    ")"
+);
+
 /// The login-etl binary.
 #[derive(Debug, Parser)]
 #[command(
     name = "login-etl",
-    version,
+    version = VERSION,
     about = "SQS login events -> validated, PII-masked rows in PostgreSQL",
     long_about = "SQS login events -> validated, PII-masked rows in PostgreSQL.\n\n\
         Without a command, serves Lambda invocations (AWS_LAMBDA_RUNTIME_API must be set: \

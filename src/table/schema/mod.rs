@@ -30,9 +30,18 @@ use crate::table::partitions::{Granularity, premake, set_granularity};
 use crate::table::privileges::{self, FunctionGrant, SCHEMA_WRITERS_SQL, schema_writers_fix};
 use crate::table::retry::{failed, with_lock_retries};
 
+/// The version [`MIGRATION_SQL`] leaves, as a literal: `--version` prints
+/// it beside the release's (`concat!` takes literals only).
+macro_rules! schema_version {
+    () => {
+        21
+    };
+}
+pub(crate) use schema_version;
+
 /// The version [`MIGRATION_SQL`] leaves (recorded in `user_logins_schema`,
 /// see [`state`]): a database at an older one is migrated again.
-pub const SCHEMA_VERSION: i32 = 21;
+pub const SCHEMA_VERSION: i32 = schema_version!();
 
 /// The schema for `migrations` (all of [`migration_sql`], or part of it)
 /// in `profile`: the owner's functions from their files
