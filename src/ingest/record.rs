@@ -127,6 +127,17 @@ pub fn transform_with<'a>(
     Ok(LoginRow::new(login, key))
 }
 
+/// The user id a message's body carries, as its row would hold it (the
+/// default contract's parse: a JSON integer as its decimal text), whatever
+/// else is wrong with the message; `None` when it has none usable. Erasure
+/// comes before any rejection: the handler asks this of a record it would
+/// reject, and an erased user's is skipped, not dead-lettered.
+pub fn user_id_of(message: &SqsRecord) -> Option<std::borrow::Cow<'_, str>> {
+    crate::contract::parse_body(message.body.as_deref()?)
+        .ok()
+        .map(|login| login.user_id)
+}
+
 /// The row of a login rebuilt from a dead-letter copy
 /// ([`crate::privacy::dead_letter::rebuilt`]), its seal checked by the
 /// caller: keyed and dated by the copy's original (`claim`), the copy's

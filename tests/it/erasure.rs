@@ -863,3 +863,71 @@ async fn the_function_sends_no_statement_out_of_its_transactions() {
         .collect();
     assert!(warned.is_empty(), "{warned:#?}");
 }
+
+/// Erasure first: a login of an erased user that the contract would reject
+/// (a null device id under CONTRACT=strict, an undeclared field under
+/// UNKNOWN_FIELDS=reject) is skipped as erased: not rejected, not reported,
+/// no copy; the same message of another user is rejected.
+#[tokio::test]
+async fn an_erased_users_login_is_skipped_before_any_rejection_under_every_contract() {
+    let db = TestDb::create().await;
+    let ingest = db.ingest_url().await;
+    let user = "8c1f3a52-0d4e-4b7e-9a61-5e2f7d9c0b11";
+    let h = handler_with(&[("DATABASE_URL", &ingest), ("MASKING_KEY", TEST_KEY)])
+        .await
+        .with_vault(key());
+    h.handle(
+        &SqsBatch::from(&batch_with(user, 4, 2, 941)),
+        Deadline::NONE,
+    )
+    .await
+    .expect("written");
+    let masker = Masker::new(&MaskingKey::from_hex(TEST_KEY, "test").unwrap());
+    let mut eraser = connect(&db.role_url(Role::Erase).await).await;
+    login_etl::testing::privacy::forget::forget(&mut eraser, user, masker.users(), CALLER)
+        .await
+        .expect("erased");
+    for (seed, setting, field, value) in [
+        (942, ("CONTRACT", "strict"), "device_id", Value::Null),
+        (
+            943,
+            ("UNKNOWN_FIELDS", "reject"),
+            "email",
+            Value::from("a@b.example"),
+        ),
+    ] {
+        let h = handler_with(&[
+            ("DATABASE_URL", &ingest),
+            ("MASKING_KEY", TEST_KEY),
+            setting,
+        ])
+        .await
+        .with_vault(key());
+        // Record 0 is the erased user's, record 1 another user's.
+        let mut event = batch_with(user, 2, 2, seed);
+        for m in &mut event.records {
+            let mut body: Value = serde_json::from_str(m.body.as_deref().unwrap()).unwrap();
+            body[field] = value.clone();
+            m.body = Some(body.to_string());
+        }
+        let (resp, summary) = h
+            .handle(&SqsBatch::from(&event), Deadline::NONE)
+            .await
+            .map(Outcome::into_parts)
+            .expect("handled");
+        let other = event.records[1].message_id.clone().unwrap();
+        assert_eq!(summary.erased, 1, "{setting:?}: {summary:?}");
+        assert_eq!(
+            summary.rejected.values().sum::<usize>(),
+            1,
+            "{setting:?}: the other user's only"
+        );
+        assert_eq!(
+            failures(&resp),
+            [other],
+            "{setting:?}: only the other user's is redelivered"
+        );
+        assert_eq!(summary.sent_to_dlq, 0);
+    }
+    assert_eq!(rows_of(&db, user).await, 0);
+}

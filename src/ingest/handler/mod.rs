@@ -241,6 +241,15 @@ impl BatchHandler {
                     out.rows.push(row);
                     out.row_positions.push(pos);
                 }
+                // Erasure first: an erased user's message is skipped, never
+                // dead-lettered (its copy would keep what was erased).
+                Err(_) if record::user_id_of(message).is_some_and(|u| keys.is_erased(&u)) => {
+                    trace!(
+                        message_id = id,
+                        "rejected record of an erased user: skipped"
+                    );
+                    out.erased.push(pos);
+                }
                 Err(reason) => {
                     log_rejection(id, &reason);
                     out.rejected.push((pos, reason.code().into_owned()));
