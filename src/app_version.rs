@@ -10,7 +10,7 @@
 //!
 //! [`encode`] takes only those shapes (`CONTRACT=strict`); [`derive`] finds
 //! the version a release string carries (`v2.3.0`, `2.3.0-beta1`, `2.3.0+45`,
-//! `2.3.0 (4512)`, `2.3.0.1`, `5.2.1203`) and says what it set aside. A
+//! `2.3.0 (4512)`, `2.3.0.4512`, `5.2.1203`) and says what it set aside. A
 //! derived value ties its plain release (`2.3.0-beta1` and `2.3.0` are both
 //! 2003000), and a number past its range counts as the largest, as do those
 //! after it (`5.2.1203` is 5002999, as `5.2.999`): order is kept, never
@@ -91,6 +91,60 @@ pub fn encode(text: &str) -> Result<i32, VersionError> {
     Ok(combine(&numbers[..parts]))
 }
 
+/// Whether `after` (what follows a version's numbers, trailing blanks
+/// off) is a suffix releases carry, and nothing else: at most a
+/// pre-release (`-`, `_` or `~` then identifiers of letters and digits
+/// joined by `.` or `-`, or such identifiers straight after the numbers;
+/// at least one letter, at most 20 characters: `-beta1`, `-rc.1`, `rc1`,
+/// `-SNAPSHOT`), then build metadata (`+` and 1 to 16 letters, digits,
+/// dots or dashes: `+45`), then a build number in parentheses (`(4512)`,
+/// after a blank or not). Kept out: what is not a release's, which may be
+/// anything (an email, a phone or social security number: `593-47-5928`
+/// has no letter), since the text is stored where analysts read it.
+fn release_suffix(after: &str) -> bool {
+    let identifiers = |text: &str| {
+        text.find(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '-'))
+            .unwrap_or(text.len())
+    };
+    let mut rest = after;
+    let pre = rest.strip_prefix(['-', '_', '~']).or_else(|| {
+        rest.starts_with(|c: char| c.is_ascii_alphabetic())
+            .then_some(rest)
+    });
+    if let Some(pre) = pre {
+        let n = identifiers(pre);
+        let ids = &pre[..n];
+        if ids.is_empty()
+            || ids.len() > 20
+            || !ids.bytes().any(|b| b.is_ascii_alphabetic())
+            || ids.split(['.', '-']).any(str::is_empty)
+        {
+            return false;
+        }
+        rest = &pre[n..];
+    }
+    if let Some(build) = rest.strip_prefix('+') {
+        let n = identifiers(build);
+        if !(1..=16).contains(&n) {
+            return false;
+        }
+        rest = &build[n..];
+    }
+    let rest = rest.strip_prefix(' ').unwrap_or(rest);
+    match rest.strip_prefix('(').and_then(|r| r.strip_suffix(')')) {
+        Some(number) => {
+            (1..=10).contains(&number.len()) && number.bytes().all(|b| b.is_ascii_digit())
+        }
+        None => rest.is_empty(),
+    }
+}
+
+/// 1 to 3 digits, at most 255: with four of them and nothing else, the
+/// text is an IPv4 address, not a version to keep.
+fn is_octet(part: &str) -> bool {
+    part.len() <= 3 && part.parse::<u16>().is_ok_and(|n| n <= 255)
+}
+
 /// What [`derive`] set aside, or why it found no version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Derivation {
@@ -102,7 +156,8 @@ pub enum Derivation {
     /// ` (4512)`, `rc1`), or blanks after them, ignored.
     Suffix,
     /// No version in it: no leading numbers, an empty part, more than four
-    /// parts, or an unexpected character after them. No integer.
+    /// parts, a suffix no release carries, or an IPv4 address (four
+    /// numbers of at most 255). No integer, and the text is not kept.
     Unparsed,
     /// One of the first three numbers is above its range (the major above
     /// 2146, another above 999): it and those after it count as their
@@ -150,11 +205,12 @@ pub fn derive(text: &str) -> (Option<i32>, Vec<Derivation>) {
         .unwrap_or(rest.len());
     let (numbers, after) = rest.split_at(numbers_end);
     let parts: Vec<&str> = numbers.split('.').collect();
-    let suffix_ok = after.is_empty()
-        || after.starts_with(|c: char| {
-            matches!(c, '-' | '+' | '(' | '_' | '~') || c.is_ascii_alphabetic() || c.is_whitespace()
-        });
-    if numbers.is_empty() || parts.len() > 4 || parts.iter().any(|p| p.is_empty()) || !suffix_ok {
+    if numbers.is_empty()
+        || parts.len() > 4
+        || parts.iter().any(|p| p.is_empty())
+        || !release_suffix(after.trim_end())
+        || (parts.len() == 4 && after.is_empty() && parts.iter().all(|p| is_octet(p)))
+    {
         return (None, vec![Derivation::Unparsed]);
     }
     if parts.len() == 4 {
@@ -242,8 +298,21 @@ mod tests {
             ("2.3.0+45", Some(2_003_000), vec![Suffix]),
             ("2.3.0 (4512)", Some(2_003_000), vec![Suffix]),
             ("2.3.0rc1", Some(2_003_000), vec![Suffix]),
-            ("2.3.0.1", Some(2_003_000), vec![FourthPart]),
+            ("2.3.0.4512", Some(2_003_000), vec![FourthPart]),
             ("2.3.0.99999", Some(2_003_000), vec![FourthPart]),
+            ("2.3.0-rc.1+build.7 (88)", Some(2_003_000), vec![Suffix]),
+            ("2.3.0_beta", Some(2_003_000), vec![Suffix]),
+            // Not a release's: what analysts would read may be anything.
+            ("2.3.0.1", None, vec![Unparsed]),
+            ("203.0.113.77", None, vec![Unparsed]),
+            ("v10.0.0.1", None, vec![Unparsed]),
+            ("593-47-5928", None, vec![Unparsed]),
+            ("555-123-4567", None, vec![Unparsed]),
+            ("2.3.0 alice@example.com", None, vec![Unparsed]),
+            ("2.3.0-alice@example.com", None, vec![Unparsed]),
+            ("2001:db8:85a3::8a2e:370:7334", None, vec![Unparsed]),
+            ("2.3.0 (call me)", None, vec![Unparsed]),
+            ("2.3.0+", None, vec![Unparsed]),
             (
                 "v2.3.0.1-rc",
                 Some(2_003_000),
@@ -278,7 +347,7 @@ mod tests {
             "0.9.9",
             "1.0.0-alpha",
             "1.0.0",
-            "1.0.0.7",
+            "1.0.0.1007",
             "v1.0.1",
             "1.0.1 (88)",
             "1.1-rc1",

@@ -197,7 +197,7 @@ pub fn defective_case(k: usize, r: &Rand) -> (String, &'static str) {
         ("app_version", r#""2.3.0-beta1""#, "app_version.suffix"),
         ("app_version", r#""2.3.0 (4512)""#, "app_version.suffix"),
         ("app_version", r#""v2.3.0""#, "app_version.prefix"),
-        ("app_version", r#""2.3.0.1""#, "app_version.fourth_part"),
+        ("app_version", r#""2.3.0.4512""#, "app_version.fourth_part"),
         ("app_version", r#""10.0.1000""#, "app_version.out_of_range"),
         ("device_id", "null", "device_id.missing"),
         ("ip", r#""""#, "ip.empty"),

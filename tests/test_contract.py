@@ -265,7 +265,7 @@ def test_the_issue_s_real_bodies_are_stored_with_their_defects_and_rejected_unde
     base = {"user_id": "u-1", "app_version": "2.3.0", "device_type": "ios", "ip": "10.0.0.1", "locale": None,
             "device_id": "593-47-5928"}  # fmt: skip
     cases = [("app_version", "2.3.0-beta1", ["app_version.suffix"]), ("app_version", "2.3.0 (4512)", ["app_version.suffix"]),
-             ("app_version", "v2.3.0", ["app_version.prefix"]), ("app_version", "2.3.0.1", ["app_version.fourth_part"]),
+             ("app_version", "v2.3.0", ["app_version.prefix"]), ("app_version", "2.3.0.4512", ["app_version.fourth_part"]),
              ("app_version", "10.0.1000", ["app_version.out_of_range"]), ("device_id", None, ["device_id.missing"]),
              ("ip", "", ["ip.empty"]), ("ip", "unknown", ["ip.unparseable"]), ("ip", "10.0.0.1:443", ["ip.port"]),
              ("user_id", 12345, ["user_id.integer"])]  # fmt: skip

@@ -42,7 +42,8 @@ pub struct LoginEvent<'a> {
     /// Encoded version (`app_version::derive`), `None` when the text
     /// carries none.
     pub app_version: Option<i32>,
-    /// Version as received, at most 32 characters.
+    /// Version as received, at most 32 characters; `None` when it holds no
+    /// version as releases write them (`app_version.unparsed`).
     pub app_version_text: Option<Cow<'a, str>>,
     /// The declared extra fields present (`EXTRA_FIELDS`), as a JSON
     /// object of their values as sent; `None` when none is.
@@ -160,11 +161,12 @@ pub fn parse_body_with<'a>(
         }
         slot => found.kept(checked(Field::DeviceId, slot))?,
     };
-    let app_version_text = found.kept(checked(Field::AppVersion, app_version))?;
-    let app_version = match &app_version_text {
-        None => None,
+    let mut app_version_text = found.kept(checked(Field::AppVersion, app_version))?;
+    let (app_version, unparsed) = match &app_version_text {
+        None => (None, false),
         Some(text) => {
             let (value, set_aside) = app_version::derive(text);
+            let unparsed = set_aside.contains(&app_version::Derivation::Unparsed);
             if !set_aside.is_empty() {
                 let strict =
                     app_version::encode(text).expect_err("a plain version sets nothing aside");
@@ -172,9 +174,14 @@ pub fn parse_body_with<'a>(
                     found.add(Defect::AppVersion(d, strict))?;
                 }
             }
-            value
+            (value, unparsed)
         }
     };
+    // Not a version: its text may be anything (an address, an email), and
+    // the column is one analysts read.
+    if unparsed {
+        app_version_text = None;
+    }
     let locale = found.kept(checked(Field::Locale, locale))?;
     if contract.unknown == UnknownFields::Reject
         && let Some(&name) = raw.unknown.first()

@@ -108,21 +108,13 @@ pub fn expected_row(key_hex: &str, message: &SqsMessage) -> ExpectedRow {
             .expect("the address an ip carries")
             .to_canonical()
     });
+    // What is not a version keeps no text either (it may be anything).
     let version_text = kept(
         "app_version",
-        &[
-            "prefix",
-            "suffix",
-            "fourth_part",
-            "out_of_range",
-            "unparsed",
-        ],
+        &["prefix", "suffix", "fourth_part", "out_of_range"],
     )
     .then(|| text("app_version").expect("a version"));
     let version = version_text.as_deref().and_then(|t| {
-        if has("app_version.unparsed") {
-            return None;
-        }
         let t = t.trim().trim_start_matches(['v', 'V']);
         let numbers: String = t
             .chars()

@@ -165,7 +165,11 @@ fn a_login_is_kept_with_its_defects() {
         ("2.3.0-beta1", Some(2_003_000), vec!["app_version.suffix"]),
         ("2.3.0 (4512)", Some(2_003_000), vec!["app_version.suffix"]),
         ("v2.3.0", Some(2_003_000), vec!["app_version.prefix"]),
-        ("2.3.0.1", Some(2_003_000), vec!["app_version.fourth_part"]),
+        (
+            "2.3.0.4512",
+            Some(2_003_000),
+            vec!["app_version.fourth_part"],
+        ),
         (
             "10.0.1000",
             Some(10_000_999),
@@ -178,6 +182,9 @@ fn a_login_is_kept_with_its_defects() {
         ),
         ("2025.1.0", Some(2_025_001_000), vec![]),
         ("latest", None, vec!["app_version.unparsed"]),
+        ("203.0.113.77", None, vec!["app_version.unparsed"]),
+        ("alice@example.com", None, vec!["app_version.unparsed"]),
+        ("593-47-5928", None, vec!["app_version.unparsed"]),
     ] {
         let b = with("app_version", &format!("\"{version}\""));
         let e = kept(&b);
@@ -186,10 +193,11 @@ fn a_login_is_kept_with_its_defects() {
             (value, strings(&want)),
             "{version}"
         );
+        // The text as sent, where it is a version; none where it is not.
         assert_eq!(
             e.app_version_text.as_deref(),
-            Some(version),
-            "the text as sent"
+            value.map(|_| version),
+            "{version}"
         );
     }
     let b = with("device_id", "null");
