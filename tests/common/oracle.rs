@@ -114,14 +114,14 @@ pub fn expected_row(key_hex: &str, message: &SqsMessage) -> ExpectedRow {
         &["prefix", "suffix", "fourth_part", "out_of_range"],
     )
     .then(|| text("app_version").expect("a version"));
-    let version = version_text.as_deref().and_then(|t| {
+    let version = version_text.as_deref().map(|t| {
         let t = t.trim().trim_start_matches(['v', 'V']);
         let numbers: String = t
             .chars()
             .take_while(|c| c.is_ascii_digit() || *c == '.')
             .collect();
         let first_three: Vec<&str> = numbers.split('.').take(3).collect();
-        Some(app_version_number(&first_three.join(".")))
+        app_version_number(&first_three.join("."))
     });
     ExpectedRow {
         message_id: message.message_id.clone().expect("a message id"),
