@@ -169,9 +169,69 @@ impl Secrets {
         Ok(out.arn.unwrap_or_else(|| name.to_owned()))
     }
 
+    /// The resource policy of `id`, `None` when it has none.
+    pub async fn resource_policy(&self, id: &str) -> Result<Option<String>, SecretError> {
+        let out = self
+            .client
+            .get_resource_policy()
+            .secret_id(id)
+            .send()
+            .await
+            .map_err(|e| admin_error(id, e, "secretsmanager:GetResourcePolicy"))?;
+        Ok(out.resource_policy.filter(|p| !p.trim().is_empty()))
+    }
+
+    /// Puts `policy` on `id`, public policies blocked.
+    pub async fn put_resource_policy(&self, id: &str, policy: &str) -> Result<(), SecretError> {
+        self.client
+            .put_resource_policy()
+            .secret_id(id)
+            .resource_policy(policy)
+            .block_public_policy(true)
+            .send()
+            .await
+            .map_err(|e| admin_error(id, e, "secretsmanager:PutResourcePolicy"))?;
+        Ok(())
+    }
+
+    /// Stores `text` as the current value of `id`.
+    pub async fn put_string(&self, id: &str, text: &str) -> Result<(), SecretError> {
+        self.client
+            .put_secret_value()
+            .secret_id(id)
+            .secret_string(text)
+            .send()
+            .await
+            .map_err(|e| admin_error(id, e, "secretsmanager:PutSecretValue"))?;
+        Ok(())
+    }
+
     /// The database secret `id` (with its password where `password`).
     pub async fn db(&self, id: &str, password: bool) -> Result<DbSecret, SecretError> {
         DbSecret::parse(id, &self.string(id).await?, password)
+    }
+}
+
+/// An administrator's call on `id` that failed: the service's code and
+/// message, and the right it needs.
+fn admin_error<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+    id: &str,
+    e: SdkError<E, R>,
+    right: &str,
+) -> SecretError {
+    match &e {
+        SdkError::ServiceError(service) => SecretError::Service {
+            id: id.to_owned(),
+            code: service.err().code().unwrap_or("unknown").to_owned(),
+            message: format!(
+                "{}; it needs {right}",
+                service.err().message().unwrap_or_default()
+            ),
+        },
+        _ => SecretError::Unreachable {
+            id: id.to_owned(),
+            cause: DisplayErrorContext(&e).to_string(),
+        },
     }
 }
 

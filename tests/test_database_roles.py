@@ -574,3 +574,76 @@ def test_the_readme_block_runs_twice_on_a_hardened_database_and_every_role_works
             assert "cd" * 32 not in doc.stdout + doc.stderr
     finally:
         drop()
+
+
+def test_each_secret_is_readable_by_its_principals_alone_and_one_made_by_someone_else_is_not_adopted(srv):
+    """`login-etl password` (README's block) puts a resource policy on each
+    secret it makes before the password goes in: every principal is denied
+    reading or changing it but the admin who ran it (by STS). It adopts a
+    secret only where it names this server's host and database and carries
+    that policy; a secret someone made first (no policy: its maker knows
+    its password) or one naming another host is refused, and nothing
+    changes; --new-password puts the policy on it, then a new password."""
+    import boto3
+
+    name = f"login_etl_pol_{os.getpid()}"
+    extra = f"{name}_extra"
+    srv.drop(name)
+    psql(srv.admin(), f'CREATE DATABASE "{name}"')
+    try:
+        done = srv.block(name)
+        assert done.returncode == 0, done.stdout + done.stderr
+        sts = boto3.client("sts", endpoint_url=srv.endpoint, region_name="us-east-1", aws_access_key_id="test",
+                           aws_secret_access_key="test")  # fmt: skip
+        caller = sts.get_caller_identity()["Arn"]
+        for role in ("migrate", "ingest", "maintain", "reader"):
+            policy = json.loads(srv.sm.get_resource_policy(SecretId=f"{name}/{role}")["ResourcePolicy"])
+            [statement] = policy["Statement"]
+            assert (statement["Sid"], statement["Effect"], statement["Principal"]) == (
+                "LoginEtlOnlyItsPrincipals", "Deny", "*"), statement  # fmt: skip
+            assert "secretsmanager:GetSecretValue" in statement["Action"], statement
+            assert statement["Condition"]["StringNotEquals"]["aws:PrincipalArn"] == [caller], (caller, statement)
+
+        admin = srv.cluster.admin_env(name)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATABASE_URL", "DB_", "AWS_"))}
+        env |= {**srv.aws, **admin}
+
+        def password(secret: str, *more: str) -> subprocess.CompletedProcess:
+            return subprocess.run([str(BINARY), "password", "--role", extra, "--secret-id", secret, *more],
+                                  capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+
+        def logs_in(pw: str) -> bool:
+            probe = subprocess.run(["psql", srv.cluster.url(name, extra, pw), "-qAtXc", "SELECT 1"],
+                                   capture_output=True, text=True, timeout=30)  # fmt: skip
+            return probe.returncode == 0
+
+        psql(srv.admin(name), f'CREATE ROLE "{extra}" LOGIN')
+        # Made first by someone else, without a policy: its maker knows the password.
+        planted = {"engine": "postgres", "username": extra, "password": "chosen-by-its-maker", "host": admin["PGHOST"],
+                   "port": int(admin["PGPORT"]), "dbname": name}  # fmt: skip
+        srv.sm.create_secret(Name=f"{name}/extra", SecretString=json.dumps(planted))
+        refused = password(f"{name}/extra")
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "is not adopted: it has no resource policy" in refused.stderr and "--new-password" in refused.stderr, refused.stderr
+        assert "chosen-by-its-maker" not in refused.stdout + refused.stderr
+        assert not logs_in("chosen-by-its-maker"), "nothing changed: the role has no password"
+        taken = password(f"{name}/extra", "--new-password")
+        assert taken.returncode == 0, taken.stderr
+        now = json.loads(srv.sm.get_secret_value(SecretId=f"{name}/extra")["SecretString"])
+        assert now["password"] != "chosen-by-its-maker" and logs_in(now["password"])
+        assert not logs_in("chosen-by-its-maker")
+        assert "LoginEtlOnlyItsPrincipals" in srv.sm.get_resource_policy(SecretId=f"{name}/extra")["ResourcePolicy"]
+        again = password(f"{name}/extra")
+        assert again.returncode == 0 and "(generated now)" not in again.stdout, again.stdout + again.stderr
+        # One naming another host (where its maker would have the function connect).
+        srv.sm.create_secret(Name=f"{name}/elsewhere", SecretString=json.dumps({**planted, "host": "db.example.net"}))
+        elsewhere = password(f"{name}/elsewhere", "--new-password")
+        assert elsewhere.returncode == 1 and "names host db.example.net" in elsewhere.stderr, elsewhere.stderr
+    finally:
+        for secret in (f"{name}/extra", f"{name}/elsewhere"):
+            try:
+                srv.sm.delete_secret(SecretId=secret, ForceDeleteWithoutRecovery=True)
+            except srv.sm.exceptions.ResourceNotFoundException:
+                pass
+        srv.drop(name)
+        psql(srv.admin(), f'DROP ROLE IF EXISTS "{extra}"')

@@ -338,6 +338,12 @@ pub struct PasswordArgs {
     /// The port the secret names; default: the port connected to.
     #[arg(long, value_name = "PORT")]
     pub secret_port: Option<u16>,
+    /// An IAM principal (its ARN; a role with a path: its full ARN) that may read the secret besides the admin running this, who is named by STS; repeatable. Everybody else is denied by the secret's resource policy.
+    #[arg(long, value_name = "ARN")]
+    pub reader_arn: Vec<String>,
+    /// Adopt a secret that lacks login-etl's resource policy (one made before it, or by someone else): put the policy on it, then a newly generated password into it.
+    #[arg(long)]
+    pub new_password: bool,
 }
 
 /// `login-etl rotate-key`.

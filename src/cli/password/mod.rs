@@ -1,0 +1,196 @@
+//! `login-etl password`: one place each database password lives. As the
+//! admin (connected as psql connects: the `PG*` variables, `~/.pgpass`),
+//! sets a login role's password to the one its RDS-style secret holds,
+//! making that secret with a generated password where it is missing; the
+//! secret names the host and port connected to (or those given: an RDS
+//! Proxy's endpoint), and the database. The server receives only the
+//! password's SCRAM-SHA-256 verifier, as psql's `\password` sends it, so
+//! neither the statement nor the server's log holds the password, and it
+//! is never printed.
+//!
+//! Each secret it makes gets a resource policy ([`policy`]) before its
+//! password is put in it: nobody reads it but the admin and the principals
+//! named. An existing secret is adopted only when it names this server's
+//! host and database and carries that policy for those principals alone;
+//! otherwise the command says what differs and changes nothing
+//! (`--new-password` puts the policy on it, then a new password).
+
+mod policy;
+
+use aes_gcm::aead::OsRng;
+use aes_gcm::aead::rand_core::RngCore;
+use postgres_protocol::escape::{escape_identifier, escape_literal};
+use zeroize::Zeroizing;
+
+use super::PasswordArgs;
+use crate::database::{Connector, DbConfig};
+use crate::secrets::{DbSecret, Secrets};
+
+/// Characters of a generated password: letters and digits (nothing a
+/// shell, a URL or RDS's own rules would quote).
+const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+
+/// Length of a generated password: 32 of 62 characters, about 190 bits.
+const LENGTH: usize = 32;
+
+/// Runs `login-etl password`: the line it prints names the role and the
+/// secret's ARN, never the password.
+pub async fn run(args: &PasswordArgs) -> Result<String, String> {
+    let db = DbConfig::from_env().map_err(|e| e.to_string())?;
+    let aws = crate::secrets::sdk_config().await;
+    let secrets = Secrets::new(&aws);
+    let mut admin = Connector::from_config(&db, Some(&aws))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (host, port, dbname) = admin.host_port_dbname();
+    let client = admin
+        .open(admin.connect_timeout())
+        .await
+        .map_err(|e| e.to_string())?;
+    let caller = aws_sdk_sts::Client::new(&aws)
+        .get_caller_identity()
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "asking STS who runs this failed ({}): the secret's resource policy names the admin's role; check the AWS credentials",
+                aws_sdk_sts::error::DisplayErrorContext(&e)
+            )
+        })?
+        .arn
+        .ok_or("STS named no caller ARN")?;
+    let mut principals = vec![policy::principal_of(&caller)];
+    principals.extend(args.reader_arn.iter().cloned());
+    let want_host = args.secret_host.clone().unwrap_or_else(|| host.clone());
+    let want_port = args.secret_port.unwrap_or(port);
+    let secret_text = |password: &str| {
+        Zeroizing::new(
+            serde_json::json!({
+                "engine": "postgres",
+                "username": args.role,
+                "password": password,
+                "host": want_host,
+                "port": want_port,
+                "dbname": dbname,
+            })
+            .to_string(),
+        )
+    };
+    let id = &args.secret_id;
+    let (password, arn, made) = match secrets.string_if_any(id).await.map_err(|e| match e {
+        crate::error::SecretError::AccessDenied { id, code } => format!(
+            "reading secret {id} was denied ({code}) to {caller}: a secret the stack protects (ProtectDbSecret) is readable by the function's role and DbSecretReaderPrincipalArns alone, and one login-etl made by the principals it named: add this admin's role to DbSecretReaderPrincipalArns and deploy, or run this as a principal the secret's policy names (a role with a path is named by its full ARN: --reader-arn)"
+        ),
+        other => other.to_string(),
+    })? {
+        Some(text) => {
+            let secret = DbSecret::parse(id, &text, true).map_err(|e| e.to_string())?;
+            if secret.username != args.role {
+                return Err(format!(
+                    "secret {id} names the role {}, not {}: give each role a secret of its own (--secret-id)",
+                    secret.username, args.role
+                ));
+            }
+            if secret.host != want_host || secret.dbname != dbname {
+                return Err(format!(
+                    "secret {id} names host {} and database {}, not {want_host} and {dbname}: it was made for another server, or by someone else; nothing was changed. Give this role a secret of its own (--secret-id), or, if that one is yours and stale, delete it and run again",
+                    secret.host, secret.dbname
+                ));
+            }
+            let adopted = match secrets.resource_policy(id).await.map_err(|e| e.to_string())? {
+                Some(p) => policy::check(&p, &principals),
+                None => Err("it has no resource policy: anyone in the account allowed secretsmanager:GetSecretValue on * reads it".into()),
+            };
+            match adopted {
+                Ok(()) => (Zeroizing::new(secret.password), id.clone(), false),
+                Err(why) if !args.new_password => {
+                    return Err(format!(
+                        "secret {id} is not adopted: {why}, and whoever made it may know its password; nothing was changed. Run again with --new-password (the policy naming {} is put on it, then a new password), or delete it and run again",
+                        principals.join(", ")
+                    ));
+                }
+                Err(_) => {
+                    secrets
+                        .put_resource_policy(id, &policy::only(&principals))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let password = generate();
+                    secrets
+                        .put_string(id, &secret_text(&password))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    (password, id.clone(), true)
+                }
+            }
+        }
+        None => {
+            if host.starts_with('/') && args.secret_host.is_none() {
+                return Err(format!(
+                    "the admin connects over the Unix socket {host}, which the function cannot reach: give the host the secret should name with --secret-host (and --secret-port)"
+                ));
+            }
+            // Made without the password, which goes in once the policy is on.
+            let arn = secrets
+                .create(id, &secret_text(""))
+                .await
+                .map_err(|e| e.to_string())?;
+            secrets
+                .put_resource_policy(&arn, &policy::only(&principals))
+                .await
+                .map_err(|e| e.to_string())?;
+            let password = generate();
+            secrets
+                .put_string(&arn, &secret_text(&password))
+                .await
+                .map_err(|e| e.to_string())?;
+            (password, arn, true)
+        }
+    };
+    let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+    client
+        .batch_execute(&format!(
+            "ALTER ROLE {} PASSWORD {}",
+            escape_identifier(&args.role),
+            escape_literal(&verifier)
+        ))
+        .await
+        .map_err(|e| {
+            format!(
+                "setting the password of {} failed: {}; run as an admin that may ALTER ROLE it (CREATEROLE), after the role is made",
+                args.role,
+                crate::error::describe(&e)
+            )
+        })?;
+    Ok(format!(
+        "{}: password set from secret {arn}{}; readable by {} alone",
+        args.role,
+        if made { " (generated now)" } else { "" },
+        principals.join(", ")
+    ))
+}
+
+/// A new random password of [`LENGTH`] characters of [`ALPHABET`].
+fn generate() -> Zeroizing<String> {
+    let mut out = Zeroizing::new(String::with_capacity(LENGTH));
+    let mut byte = [0u8; 1];
+    while out.len() < LENGTH {
+        OsRng.fill_bytes(&mut byte);
+        // Rejection sampling: 248 is the largest multiple of 62 below 256.
+        if byte[0] < 248 {
+            out.push(char::from(ALPHABET[usize::from(byte[0]) % ALPHABET.len()]));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_generated_password_is_letters_and_digits_and_new_each_time() {
+        let a = super::generate();
+        let b = super::generate();
+        assert_eq!(a.len(), super::LENGTH);
+        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(*a, *b);
+    }
+}
