@@ -1595,3 +1595,47 @@ def test_the_function_knows_the_dlq_operators_role_to_refuse_what_it_sends_unsig
     assert env["DLQ_OPERATOR_ROLE_ID"] == {"Fn::GetAtt": ["DlqOperatorRole", "RoleId"]}
     env = deployed()["LoginEtlFunction"]["Properties"]["Environment"]["Variables"]
     assert "DLQ_OPERATOR_ROLE_ID" not in env, "no operator role, nothing to check"
+
+
+# -- A quick start with no traps --------------------------------------------
+
+
+def test_an_alarm_email_makes_the_topic_every_alarm_and_rule_publishes_to():
+    """issue 74: AlarmEmail without AlarmTopicArn makes a topic with that
+    address subscribed, which every alarm and EventBridge rule targets
+    (CloudWatch and EventBridge of this account may publish to it); a
+    given AlarmTopicArn wins; neither: no topic, no action."""
+    email = deployed(AlarmEmail="ops@example.com")
+    topic = email["AlarmTopic"]["Properties"]
+    assert topic["Subscription"] == [{"Protocol": "email", "Endpoint": "ops@example.com"}]
+    [statement] = email["AlarmTopicPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert set(statement["Principal"]["Service"]) == {"cloudwatch.amazonaws.com", "events.amazonaws.com"}
+    assert "aws:SourceAccount" in statement["Condition"]["StringEquals"]
+    alarms = {n: r for n, r in email.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    assert alarms and all(r["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopic"}] for r in alarms.values()), alarms
+    rules = [r for r in email.values() if r["Type"] == "AWS::Events::Rule" and "Targets" in r["Properties"]
+             and r["Properties"]["Targets"][0]["Id"] == "alarm-topic"]  # fmt: skip
+    assert rules and all(r["Properties"]["Targets"][0]["Arn"] == {"Ref": "AlarmTopic"} for r in rules)
+    given = deployed(AlarmEmail="ops@example.com", AlarmTopicArn="arn:aws:sns:us-east-1:123456789012:alarms")
+    assert "AlarmTopic" not in given
+    assert all(r["Properties"]["AlarmActions"] == ["arn:aws:sns:us-east-1:123456789012:alarms"]
+               for r in given.values() if r["Type"] == "AWS::CloudWatch::Alarm")  # fmt: skip
+    neither = deployed()
+    assert "AlarmTopic" not in neither
+    assert not any("AlarmActions" in r["Properties"] for r in neither.values() if r["Type"] == "AWS::CloudWatch::Alarm")
+
+
+def test_a_permissions_boundary_bounds_every_role_the_stack_makes():
+    """issue 74: PermissionsBoundaryArn is set on every IAM role the stack
+    makes (the functions use those roles: SAM makes none of its own)."""
+    boundary = "arn:aws:iam::123456789012:policy/team-boundary"
+    params = {"Profile": "full", "EnableVault": "true", "RevealTrustedPrincipalArn": "arn:aws:iam::123456789012:role/r",
+              "DlqOperatorTrustedPrincipalArn": "arn:aws:iam::123456789012:role/o", "MaintainDbSecretArn": MAINTAIN_SECRET_ARN}  # fmt: skip
+    bounded = deployed(PermissionsBoundaryArn=boundary, **params)
+    roles = {n: r for n, r in bounded.items() if r["Type"] == "AWS::IAM::Role"}
+    assert len(roles) == 4, sorted(roles)
+    assert all(r["Properties"]["PermissionsBoundary"] == boundary for r in roles.values()), roles
+    functions = [r for r in bounded.values() if r["Type"] in ("AWS::Serverless::Function", "AWS::Lambda::Function")]
+    assert functions and all("Role" in f["Properties"] for f in functions), "no function gets a role SAM would make"
+    assert not any("PermissionsBoundary" in r["Properties"] for r in deployed(**params).values()
+                   if r["Type"] == "AWS::IAM::Role")  # fmt: skip
