@@ -350,7 +350,9 @@ def blocked_batch_is_received_once(q: stack.Stack, consumers, name: str, env: di
 
 
 def test_doctor_holds_the_queues_redrive_against_the_backoff_and_finds_its_dlq(standard_queues):
-    """`login-etl doctor --queue-url`: the fixture's queue (maxReceiveCount 5,
+    """`login-etl doctor --queue-url`: the fixture's queue's 5 s visibility
+    timeout is under what the function needs, named with the fix; its
+    redrive (maxReceiveCount 5,
     the default backoff) rides out far less than 30 minutes of outage, named
     with the count that would; with that count, nothing; without a
     RedrivePolicy, named; its dead-letter queue deleted, named by its ARN;
@@ -373,6 +375,12 @@ def test_doctor_holds_the_queues_redrive_against_the_backoff_and_finds_its_dlq(s
         assert [f for f in report["findings"] if f["check"] != "queue"] == [], report
         return out.returncode, [f for f in report["findings"] if f["check"] == "queue"]
 
+    code, found = doctor()
+    # The fixture's 5 s visibility is under what the function (30 s, the
+    # default) needs: named, with the setting that fixes it.
+    [visibility] = [f for f in found if "visibility timeout is 5 s" in f["problem"]]
+    assert "VisibilityTimeout=210" in visibility["fix"], visibility
+    sqs.set_queue_attributes(QueueUrl=q.queue_url, Attributes={"VisibilityTimeout": "210"})
     code, found = doctor()
     assert code == 1 and len(found) == 1 and "maxReceiveCount 5" in found[0]["problem"], found
     enough = int(found[0]["fix"].split("maxReceiveCount to ")[1].split()[0])

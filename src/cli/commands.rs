@@ -312,7 +312,7 @@ async fn doctor(args: &DoctorArgs) -> Result<(), Failure> {
             .map_err(examining)?;
     doctor_keys(&client, &mut report).await?;
     if let Some(url) = &args.queue_url {
-        doctor_queue(url, &mut report).await?;
+        doctor_queue(url, args.function_timeout, &mut report).await?;
     }
     if args.json {
         println!(
@@ -398,10 +398,19 @@ async fn doctor_keys(
     Ok(())
 }
 
-/// Doctor's `queue` check (`--queue-url`): its RedrivePolicy against the
-/// backoff settings' outage tolerance (see `crate::poll::outage_warning`),
-/// and its dead-letter queue found.
-async fn doctor_queue(url: &str, report: &mut crate::table::doctor::Report) -> Result<(), Failure> {
+/// The largest batching window the template allows: the visibility
+/// timeout covers it on top of six times the function's timeout.
+const MAX_BATCHING_WINDOW_S: u32 = 30;
+
+/// Doctor's `queue` check (`--queue-url`): its visibility timeout against
+/// the function's (`function_timeout`, 0: not checked), its RedrivePolicy
+/// against the backoff settings' outage tolerance (see
+/// `crate::poll::outage_warning`), and its dead-letter queue found.
+async fn doctor_queue(
+    url: &str,
+    function_timeout: u32,
+    report: &mut crate::table::doctor::Report,
+) -> Result<(), Failure> {
     use crate::poll::queue::{Queue, long_poll_client};
     use crate::table::doctor::Finding;
     report.checks.push("queue");
@@ -425,6 +434,21 @@ async fn doctor_queue(url: &str, report: &mut crate::table::doctor::Report) -> R
             return Ok(());
         }
     };
+    let needed = function_timeout
+        .saturating_mul(6)
+        .saturating_add(MAX_BATCHING_WINDOW_S);
+    let visibility = queue.info().visibility_timeout;
+    if function_timeout > 0 && visibility < needed {
+        found(
+            url,
+            format!(
+                "its visibility timeout is {visibility} s, under 6 x the function's timeout ({function_timeout} s) + the batching window ({MAX_BATCHING_WINDOW_S} s) = {needed} s: a message comes back while an invocation may still hold it (a second attempt, a receive counted toward maxReceiveCount)"
+            ),
+            format!(
+                "aws sqs set-queue-attributes --queue-url {url} --attributes VisibilityTimeout={needed} (or give doctor the stack's FunctionTimeout with --function-timeout; 0 for a queue only login-etl poll reads)"
+            ),
+        );
+    }
     let backoff = crate::config::backoff_from_env()?;
     let Some(count) = queue.info().max_receive_count else {
         found(

@@ -108,6 +108,9 @@ pub struct DoctorArgs {
     /// Also check this queue (its URL): a RedrivePolicy whose maxReceiveCount rides out a database outage of 30 minutes with the backoff settings (BACKOFF_BASE_SECONDS, BACKOFF_MAX_SECONDS), and its dead-letter queue found.
     #[arg(long, value_name = "URL")]
     pub queue_url: Option<String>,
+    /// With --queue-url: the function's timeout (the stack's FunctionTimeout); the queue's visibility timeout must be at least 6 times it plus the batching window (30 s), as the event-source mapping needs. 0 skips it (`login-etl poll` renews each message's visibility itself).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub function_timeout: u32,
 }
 
 /// What a message is held to (the function's `CONTRACT`, `UNKNOWN_FIELDS`
