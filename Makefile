@@ -23,7 +23,7 @@ VENV_STAMP    := $(VENV)/.installed-$(shell echo '$(PIP_PACKAGES)' | sha1sum | c
 BUILD_STAMP   := $(VENV)/.build-$(shell echo '$(BUILD_PACKAGES)' | sha1sum | cut -c1-12)
 CARGO_LAMBDA  := $(abspath $(VENV))/bin/cargo-lambda
 # LocalStack 4.13.1 is the last release for Python 3.11; the other pins keep
-# its dependencies on versions that work with it (docs/development.md, "LocalStack's
+# its dependencies on versions that work with it (docs/localstack.md, "LocalStack's
 # settings").
 LS_VENV       ?= .venv-localstack
 LS_PACKAGES   := localstack-core[runtime]==4.13.1 cbor2==5.9.0 pyopenssl==25.3.0 localstack-twisted==25.5.0 awscli-local==0.23.0 awscli==1.44.24 pytest==9.2.0

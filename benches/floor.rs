@@ -6,7 +6,7 @@
 //! - `floor_plain`, a plain table of `user_logins`'s columns with no
 //!   constraint, trigger or index beyond the unique key: binary COPY at
 //!   1,000, one `BEGIN; INSERT ...; COMMIT` round trip at 10;
-//! - `floor_upstream`, the upstream DDL's seven columns (design.md §2): the
+//! - `floor_upstream`, the upstream DDL's seven columns (docs/semantics.md, "Schema"): the
 //!   same, without the columns login-etl adds.
 //!
 //! The paths run in turn within each round (A B C, then B C A, ...) on
@@ -42,7 +42,7 @@ const GATE: f64 = 1.3;
 const PLAIN_SQL: &str = "CREATE TABLE floor_plain (LIKE user_logins); \
     ALTER TABLE floor_plain ADD UNIQUE (sent_at, message_id, create_date)";
 
-/// design.md §2, as users' Postgres images create it.
+/// docs/semantics.md, "Schema": as users' Postgres images create it.
 const UPSTREAM_SQL: &str = "CREATE TABLE floor_upstream(user_id varchar(128), device_type varchar(32), \
     masked_ip varchar(256), masked_device_id varchar(256), locale varchar(32), app_version integer, \
     create_date date)";

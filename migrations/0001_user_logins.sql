@@ -7,7 +7,7 @@
 -- makes its partitions): the upstream columns, unchanged, so existing
 -- queries keep working, and login-etl's. An existing upstream table
 -- (unpartitioned) is first converted by `login-etl migrate`
--- (src/schema/convert.rs), which adds the same columns.
+-- (src/table/schema/convert.rs), which adds the same columns.
 DO $$
 BEGIN
     IF to_regclass('user_logins') IS NULL THEN

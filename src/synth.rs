@@ -1,5 +1,5 @@
 //! Synthetic, realistic SQS events: deterministic for a seed, shaped like the
-//! traffic described in design.md section 1 (UUID user ids, SSN-like device
+//! traffic docs/contract.md describes, "A message" (UUID user ids, SSN-like device
 //! ids, IPv4 including loopback and >= 224, some IPv6, ~30% null locales,
 //! three `app_version` shapes), optionally mixed with messages that are not
 //! logins (rejected) and with logins as real apps also send them (kept with

@@ -188,3 +188,97 @@ def test_the_reference_lists_every_variable_flag_and_exit_code_the_binary_knows(
     exits = {int(v) for v in re.findall(r"pub const EXIT_\w+: u8 = (\d+);", (ROOT / "src" / "cli" / "mod.rs").read_text())}
     said = (ROOT / "docs" / "configuration.md").read_text().split("Exit\ncodes:", 1)[1].split("\n\n", 1)[0]
     assert exits and all(re.search(rf"\b{e}\b", said) for e in exits), (exits, said)
+
+
+# -- Docs that cannot drift ---------------------------------------------------
+
+
+def unnamed_sources(layout: str, sources: list[str]) -> list[str]:
+    """The files of `sources` (paths under src/) that docs/development.md's
+    layout (`layout`) does not name. A file is named by its path, or by its
+    path below the bold heading of its folder (`field.rs` under
+    "`src/contract/`"); a folder row (`src/database/`, `forget/`) names
+    every file in it; a heading names its folder's `mod.rs`; a `tests.rs`
+    is its module's unit tests."""
+    section, named, folders, headed = None, set(), set(), set()
+    for line in layout.splitlines():
+        heading = re.match(r"\*\*[^*]*`(src/[\w/]+/)`", line)
+        if heading:
+            section = heading.group(1)
+            headed.add(section)
+            continue
+        if line.startswith("**"):
+            section = None
+        for token in (t for span in re.findall(r"`([^`]+)`", line) for t in re.split(r"[,\s]+", span)):
+            full = token if token.startswith("src/") or section is None else section + token
+            if token.endswith(".rs"):
+                named.add(full)
+            elif token.endswith("/") and full.startswith("src/") and full != "src/":
+                folders.add(full)
+    return [
+        p for p in sources
+        if not p.endswith("/tests.rs") and p not in named
+        and not any(p.startswith(f) for f in folders if f not in headed)
+        and not (p.endswith("/mod.rs") and p[: -len("mod.rs")] in headed)
+    ]  # fmt: skip
+
+
+def test_every_source_file_is_named_in_the_code_layout():
+    sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "src").rglob("*.rs"))
+    layout = (ROOT / "docs" / "development.md").read_text()
+    assert len(sources) > 100
+    missing = unnamed_sources(layout, sources)
+    assert not missing, f"docs/development.md's \"Code layout\" names no row for: {missing}"
+    # A file planted, and one named only by a folder heading: both caught.
+    assert unnamed_sources(layout, [*sources, "src/ingest/planted.rs", "src/table/stray.rs"]) == [
+        "src/ingest/planted.rs", "src/table/stray.rs"]  # fmt: skip
+
+
+# Paths the repository generates or that name something not a file of it.
+NOT_FILES = {
+    "docs/x.md",  # this file's own example of a hint
+    "examples/profile_transform",  # the example's binary
+    "fuzz/artifacts", "fuzz/artifacts/parse_body",  # what a fuzz run leaves
+    "localstack/host_executor/build",  # pip's build folder
+    "localstack/localstack", "localstack/packages/api.py",  # inside LocalStack's own package
+    "migrations/00NN_", "migrations/0",  # a migration's name, as a pattern
+}  # fmt: skip
+POINTER = re.compile(
+    r"(?<![\w/.-])((?:src|migrations|docs|tests|benches|examples|localstack|release|fuzz|scripts)/[\w./-]*\w)"
+)
+
+
+def stale_pointers(texts: dict[str, str], exists) -> dict[str, list[str]]:
+    """Paths the texts name (`migrations/0008`, `src/privacy/vault.rs`)
+    that name no file: a number names the file of that folder it begins."""
+    stale: dict[str, list[str]] = {}
+    for name, text in texts.items():
+        for m in POINTER.finditer(text):
+            path = m.group(1).rstrip(".")
+            if path in NOT_FILES or exists(path):
+                continue
+            folder, _, stem = path.rpartition("/")
+            if re.fullmatch(r"\d{4}", stem) and exists(folder, stem):
+                continue
+            stale.setdefault(path, []).append(name)
+    return stale
+
+
+def test_every_path_a_doc_or_comment_names_is_a_file_of_the_repository():
+    files = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=ROOT, check=True).stdout.split()
+    texts = {f: (ROOT / f).read_text(errors="replace") for f in files if f != "tests/test_docs.py"
+             and (f.endswith((".rs", ".md", ".py", ".sql", ".sh", ".yaml", ".toml")) or f == "Makefile")}  # fmt: skip
+
+    def exists(path: str, prefix: str | None = None) -> bool:
+        if prefix is None:
+            return (ROOT / path).exists()
+        folder = ROOT / path
+        return folder.is_dir() and any(p.name.startswith(prefix + "_") for p in folder.iterdir())
+
+    stale = stale_pointers(texts, exists)
+    assert not stale, "\n".join(f"{p}: named in {', '.join(sorted(set(n)))}" for p, n in sorted(stale.items()))
+    planted = {"src/x.rs": "// see migrations/0099 and src/privacy/vaults.rs, (migrations/privacy/0008)."}
+    assert sorted(stale_pointers(planted, exists)) == ["migrations/0099", "src/privacy/vaults.rs"]
+    # A design document the project never held is named nowhere.
+    outside = [f for f, t in texts.items() if re.search(r"(?<![\w/])design\.md", t)]
+    assert not outside, f"design.md is not in the repository: {outside}"

@@ -1,5 +1,5 @@
 -- The PII vault (optional: used when the function runs with VAULT_KMS_KEY_ID).
--- Applied with 0001, idempotent. See src/vault.rs and README "Can the PII be
+-- Applied with 0001, idempotent. See src/privacy/vault.rs and README "Can the PII be
 -- recovered?".
 
 -- KMS-wrapped data keys; key_id is derived from the wrapped bytes, so a

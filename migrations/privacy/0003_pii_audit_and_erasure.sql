@@ -1,5 +1,5 @@
 -- The vault's audit trail and the erasure list (login-etl reveal, forget,
--- audit). Applied with 0001 and 0002, idempotent. See src/reveal.rs and
+-- audit). Applied with 0001 and 0002, idempotent. See src/privacy/reveal.rs and
 -- README "Can the PII be recovered?".
 
 -- One row per value revealed and per user erased, written in the same
@@ -36,7 +36,7 @@ END
 $$;
 
 -- Users erased by login-etl forget, by a keyed hash of the user id (HMAC
--- under a key derived from the masking key, src/masking.rs): a message of
+-- under a key derived from the masking key, src/privacy/masking.rs): a message of
 -- theirs that arrives later is not stored. `seq` versions the list: the
 -- function keeps the list in memory and only checks, in each write, that
 -- it has not grown since.

@@ -1,5 +1,5 @@
 -- What `login-etl forget` keeps between its steps, so that a run that
--- stops anywhere finishes on the next (src/reveal.rs), and the audit of its
+-- stops anywhere finishes on the next (src/privacy/reveal.rs), and the audit of its
 -- start. Applied with 0001 to 0004 (and by `migrate --prepare`, which
 -- leaves user_logins alone), idempotent.
 
@@ -13,7 +13,7 @@ CREATE TABLE IF NOT EXISTS user_logins_erasure_tokens(
 
 -- Vault entries `login-etl forget` took out of the vault while it checks
 -- whether anyone else's row still uses them: it puts back those in use and
--- deletes the rest (src/reveal.rs). Keyed by the erased user's key, so a
+-- deletes the rest (src/privacy/reveal.rs). Keyed by the erased user's key, so a
 -- forget that stopped half way finishes on its next run.
 CREATE TABLE IF NOT EXISTS user_logins_pii_vault_held(
     user_key    varchar(64) COLLATE "C" NOT NULL,

@@ -4,12 +4,12 @@
 -- Each row's version (user_logins.key_version) is added by 0001, which
 -- alone touches user_logins: this file also runs beside an old version's
 -- writes (`migrate --prepare`), where the table takes no lock but a short,
--- retried one (src/schema/convert.rs).
+-- retried one (src/table/schema/convert.rs).
 
 -- The vault's entries carry their token's version too, and the form of
 -- their associated data: 1 binds the ciphertext to its token (entries
 -- written before this version), 2 to its kind and the entry's own nonce,
--- so rotate-key can re-key the token without decrypting (src/vault.rs).
+-- so rotate-key can re-key the token without decrypting (src/privacy/vault.rs).
 -- The erasure list is re-keyed in place, one version at a time: the
 -- append-only trigger lets an UPDATE through only when it changes nothing
 -- but user_key and moves key_version up by one (rotate-key's), so nobody

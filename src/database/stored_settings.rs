@@ -164,7 +164,7 @@ pub(crate) async fn refusal(
 ) -> Result<Option<String>, tokio_postgres::Error> {
     let (mut found, mut resets) = (Vec::new(), Vec::new());
     // The simple protocol: no prepared statement, which a
-    // transaction-mode pooler would not keep (design.md).
+    // transaction-mode pooler would not keep (docs/semantics.md, "Delivery semantics").
     for message in client.simple_query(&stored_sql()).await? {
         let tokio_postgres::SimpleQueryMessage::Row(row) = message else {
             continue;

@@ -2,7 +2,7 @@
 //! coming days, moves rows that landed in the DEFAULT partition into their
 //! own, and drops the partitions past `RETENTION_DAYS`.
 //!
-//! Every step is one call of a function of migrations/0004, in a
+//! Every step is one call of an owner's function (migrations/functions/), in a
 //! transaction of its own, run with the owner's rights (the maintain role
 //! holds EXECUTE on them and nothing else: ingest never gets DDL). Each
 //! takes the migration's lock (a row only the owner may lock), so runs

@@ -1,7 +1,7 @@
 //! The partitions of `user_logins`: how wide each is, the ones made ahead
 //! (by `migrate` and `maintain`), and one made for a day, its rows moved
 //! out of the DEFAULT partition under a bounded lock
-//! (`login_etl_ensure_partition`, migrations/0004).
+//! (`login_etl_ensure_partition`, migrations/functions/login_etl_ensure_partition.sql).
 
 use chrono::NaiveDate;
 use tokio_postgres::Client;

@@ -1,7 +1,7 @@
 //! What `RETENTION_DAYS` removes, as `login-etl maintain` runs it: the
 //! DEFAULT partition's rows past it, the partitions wholly past it
 //! (detached, then dropped in a transaction of their own), and the PII
-//! vault's entries no row within it uses (`last_seen`, migrations/0008).
+//! vault's entries no row within it uses (`last_seen`, migrations/privacy/0008).
 //!
 //! Every step is one of the owner's `login_etl_*` functions, under a
 //! bounded lock ([`with_lock_retries`]); the vault's purge finds its

@@ -428,7 +428,7 @@ async fn in_vault(admin: &tokio_postgres::Client, tokens: &[String]) -> i64 {
         .get(0)
 }
 
-/// Retention covers the vault (migrations/0008): `maintain` deletes the
+/// Retention covers the vault (migrations/privacy/0008): `maintain` deletes the
 /// entries whose every row is past retention and keeps those a row within
 /// it uses, whose `last_seen` the function moved forward. So an erasure
 /// asked after the user's rows aged out leaves nothing of them in the

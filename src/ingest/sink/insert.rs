@@ -7,7 +7,7 @@
 //!
 //! Nothing outlives the transaction on the client's side: the statements
 //! are unnamed (Parse ""). The INSERT's plan is kept by the server
-//! connection, inside `login_etl_write` (migrations/0009), where a
+//! connection, inside `login_etl_write` (migrations/functions/login_etl_write.sql), where a
 //! transaction-mode pooler cannot lose it. Success means the server
 //! answered the COMMIT; an error raised at COMMIT (a deferred constraint)
 //! is a failure like any other.
@@ -30,7 +30,7 @@ use crate::privacy::keys::Versions;
 /// The bulk write: the erasure and key check (`login_etl_check_write`,
 /// SQLSTATE `LE001`/`LE002`, see `tx::ERASED_SQL`) and one `INSERT ...
 /// SELECT FROM UNNEST(...) ON CONFLICT DO NOTHING` for the whole batch, in
-/// `login_etl_write` (migrations/0009); the rows inserted. The function
+/// `login_etl_write` (migrations/functions/login_etl_write.sql); the rows inserted. The function
 /// keeps the INSERT's plan per server connection: sent as a statement of
 /// its own, it was parsed and planned again for every batch, about a third
 /// of a batch of 10's time above its floor (docs/performance.md). Arrays

@@ -17,7 +17,7 @@
 //! - [`classify`]: SQLSTATE classes (error text without row values is
 //!   [`crate::error::describe`]).
 //!
-//! Guarantees (design.md section 3):
+//! Guarantees (docs/semantics.md, "Delivery semantics"):
 //! - every write is an explicit transaction, and rows count as written only
 //!   when the server has answered its COMMIT (an error raised at COMMIT,
 //!   such as a deferred constraint, is a failure);

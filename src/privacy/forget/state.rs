@@ -31,7 +31,7 @@ pub(super) async fn key_version(client: &impl GenericClient) -> Result<(u16, boo
 }
 
 /// How many DEFAULT-partition drains began, when none is under way
-/// (`login_etl_drain_state()`, migrations/0007); [`RevealError::DrainUnderWay`]
+/// (`login_etl_drain_state()`, migrations/functions/login_etl_drain_state.sql); [`RevealError::DrainUnderWay`]
 /// while one is.
 pub(super) async fn drain_generation(client: &impl GenericClient) -> Result<i64, RevealError> {
     const DRAIN_STATE: Statement = Statement::new(

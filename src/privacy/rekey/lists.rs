@@ -1,6 +1,6 @@
 //! The lists a re-key moves (steps 2 and 5): the erasure list's user keys
 //! and the audit trail's tokens and user keys, a chunk of entries per
-//! transaction (the owner's functions of migrations/0006).
+//! transaction (the owner's `login_etl_rekey_*` functions, migrations/functions/).
 
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
