@@ -7,8 +7,23 @@
 
 use serde_json::{Value, json};
 
-/// The statement's id: how `password` and `doctor` know the policy.
+/// The statement's id: how `password` knows the policy.
 pub const SID: &str = "LoginEtlOnlyItsPrincipals";
+
+/// The statement a stack's `ProtectDbSecret` puts on the ingest and
+/// maintain secrets in place of [`SID`]'s (template.yaml): readable by the
+/// function's (or maintenance function's) role and
+/// `DbSecretReaderPrincipalArns` alone. README's block meets it when it
+/// runs again after a deploy.
+pub const STACK_SID: &str = "OnlyNamedRolesReadTheDatabaseSecret";
+
+/// A role a login-etl stack made for its functions: CloudFormation names
+/// it `<stack>-LoginEtlRole-<suffix>` (or `MaintenanceRole`).
+fn stack_function_role(arn: &str) -> bool {
+    arn.split_once(":role/")
+        .map(|(_, path)| path.rsplit('/').next().unwrap_or(path))
+        .is_some_and(|name| name.contains("-LoginEtlRole-") || name.contains("-MaintenanceRole-"))
+}
 
 /// What the policy denies to everybody else.
 const ACTIONS: [&str; 4] = [
@@ -35,8 +50,9 @@ pub fn only(principals: &[String]) -> String {
 }
 
 /// Whether `policy` (a secret's, as Secrets Manager returns it) is one
-/// [`only`] made for principals all among `allowed`: its statement denies
-/// reading to everybody but them. `Err` says what is wrong with it.
+/// [`only`] made for principals all among `allowed`, or the one a stack
+/// put ([`STACK_SID`]) for those and its functions' roles: its statement
+/// denies reading to everybody but them. `Err` says what is wrong with it.
 pub fn check(policy: &str, allowed: &[String]) -> Result<(), String> {
     let doc: Value =
         serde_json::from_str(policy).map_err(|_| "its resource policy is not JSON".to_owned())?;
@@ -47,8 +63,12 @@ pub fn check(policy: &str, allowed: &[String]) -> Result<(), String> {
     };
     let ours = statements
         .iter()
-        .find(|s| s["Sid"] == SID)
-        .ok_or_else(|| "its resource policy is not the one login-etl puts".to_owned())?;
+        .find(|s| s["Sid"] == SID || s["Sid"] == STACK_SID)
+        .ok_or_else(|| {
+            "its resource policy is neither the one login-etl password puts nor a stack's"
+                .to_owned()
+        })?;
+    let stacks = ours["Sid"] == STACK_SID;
     let everybody = ours["Principal"] == "*" || ours["Principal"]["AWS"] == "*";
     let denies_reading = strings(&ours["Action"])
         .iter()
@@ -62,7 +82,10 @@ pub fn check(policy: &str, allowed: &[String]) -> Result<(), String> {
     if named.is_empty() {
         return Err("its resource policy names no principal".into());
     }
-    let others: Vec<&String> = named.iter().filter(|p| !allowed.contains(p)).collect();
+    let others: Vec<&String> = named
+        .iter()
+        .filter(|p| !allowed.contains(p) && !(stacks && stack_function_role(p)))
+        .collect();
     if !others.is_empty() {
         return Err(format!(
             "its resource policy lets {} read it too (not this admin, nor a --reader-arn)",
@@ -129,6 +152,24 @@ mod tests {
         assert!(check(&allow_all.to_string(), &allowed).is_err());
         assert!(check(r#"{"Statement":[]}"#, &allowed).is_err());
         assert!(check("not json", &allowed).is_err());
+        // A stack's, after a deploy: its functions' roles and the admin.
+        let stack = |readers: &[&str]| {
+            json!({"Statement": [{"Sid": STACK_SID, "Effect": "Deny", "Principal": "*",
+                "Action": ["secretsmanager:GetSecretValue"], "Resource": "*",
+                "Condition": {"StringNotEquals": {"aws:PrincipalArn": readers}}}]})
+            .to_string()
+        };
+        let function = "arn:aws:iam::123456789012:role/login-etl-LoginEtlRole-AbC123";
+        assert_eq!(check(&stack(&[function, &admin]), &allowed), Ok(()));
+        assert!(check(&stack(&[function, "arn:aws:iam::1:role/other"]), &allowed).is_err());
+        // A role merely named like one is not a stack's.
+        let mut ours = serde_json::from_str::<Value>(&only(&[admin.clone()])).unwrap();
+        ours["Statement"][0]["Condition"]["StringNotEquals"]["aws:PrincipalArn"] =
+            json!([admin, function]);
+        assert!(
+            check(&ours.to_string(), &allowed).is_err(),
+            "only a stack's policy names its roles"
+        );
     }
 
     #[test]
