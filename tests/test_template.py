@@ -693,12 +693,22 @@ def test_dashboard_shows_rows_rejections_lag_dlq_and_errors(tpl):
         "Errors",
         "Failed database writes by class",
         "Backoff",
+        "Defects by code (logins stored with them)",
+        "Function duration (ms) and throttles",
+        "Maintenance (each run)",
+        "Table growth (rows a day)",
     ]
     text = json.dumps(dashboard)
     for metric in ["RowsInserted", "Rejected", "IngestLagMs", "ApproximateNumberOfMessagesVisible", "Errors",
                    "BatchFailed", "RecordsBackedOff", "VisibilityChangesFailed", "RefusedToDlq"]:  # fmt: skip
         assert metric in text, metric
     assert "service,reason" in text, "rejections are broken down by the reason dimension"
+    assert "service,defect" in text and '"Throttles"' in text
+    # Every metric of the namespace the dashboard shows is one the function
+    # or maintenance emits (a renamed metric leaves no empty panel behind).
+    emitted = (ROOT / "src" / "ingest" / "metrics.rs").read_text() + (ROOT / "src" / "table" / "maintain.rs").read_text()
+    shown = {m[1] for w in dashboard["widgets"] for m in w["properties"]["metrics"] if m[0] == "LoginEtl"}
+    assert shown and all(f'"{name}"' in emitted for name in shown), sorted(n for n in shown if f'"{name}"' not in emitted)
 
 
 def test_alarms_on_rejection_rate_and_ingest_lag(tpl):
