@@ -125,22 +125,28 @@ fn release_suffix(after: &str) -> bool {
     }
     if let Some(build) = rest.strip_prefix('+') {
         let n = identifiers(build);
-        if !(1..=16).contains(&n) {
+        let ids = &build[..n];
+        // A build number (`+45`), or identifiers with a letter
+        // (`+build.7`): digits joined by dots or dashes may be an address
+        // or a phone number.
+        let number = ids.bytes().all(|b| b.is_ascii_digit()) && ids.len() <= 8;
+        if !(1..=16).contains(&n) || !(number || ids.bytes().any(|b| b.is_ascii_alphabetic())) {
             return false;
         }
         rest = &build[n..];
     }
     let rest = rest.strip_prefix(' ').unwrap_or(rest);
     match rest.strip_prefix('(').and_then(|r| r.strip_suffix(')')) {
+        // At most 8 digits: a build number, not a phone number.
         Some(number) => {
-            (1..=10).contains(&number.len()) && number.bytes().all(|b| b.is_ascii_digit())
+            (1..=8).contains(&number.len()) && number.bytes().all(|b| b.is_ascii_digit())
         }
         None => rest.is_empty(),
     }
 }
 
-/// 1 to 3 digits, at most 255: with four of them and nothing else, the
-/// text is an IPv4 address, not a version to keep.
+/// 1 to 3 digits, at most 255: with four of them, whatever follows, the
+/// text may be an IPv4 address, not a version to keep.
 fn is_octet(part: &str) -> bool {
     part.len() <= 3 && part.parse::<u16>().is_ok_and(|n| n <= 255)
 }
@@ -209,7 +215,7 @@ pub fn derive(text: &str) -> (Option<i32>, Vec<Derivation>) {
         || parts.len() > 4
         || parts.iter().any(|p| p.is_empty())
         || !release_suffix(after.trim_end())
-        || (parts.len() == 4 && after.is_empty() && parts.iter().all(|p| is_octet(p)))
+        || (parts.len() == 4 && parts.iter().all(|p| is_octet(p)))
     {
         return (None, vec![Derivation::Unparsed]);
     }
@@ -222,7 +228,13 @@ pub fn derive(text: &str) -> (Option<i32>, Vec<Derivation>) {
     let mut numbers = Vec::with_capacity(3);
     let mut saturated = false;
     for (i, part) in parts.iter().take(3).enumerate() {
-        let n = match part_value(i, part) {
+        // By value: `1.0001` is 1.1, below 1.5 (encode's strict shape
+        // counts digits; a derived one must not invert the order).
+        let digits = part.trim_start_matches('0');
+        let value = (digits.len() <= 4)
+            .then(|| digits.parse::<u32>().unwrap_or(0))
+            .filter(|&n| n <= limit(i));
+        let n = match value {
             Some(n) if !saturated => n,
             _ => {
                 saturated = true;
@@ -235,6 +247,10 @@ pub fn derive(text: &str) -> (Option<i32>, Vec<Derivation>) {
         // The parts not sent count as their largest too: 20250101 must
         // not sort before 2146.5.
         numbers.extend((numbers.len()..3).map(limit));
+    }
+    // Here `encode` refused the text: something is always set aside (a
+    // zero-padded part too long for its place, `1.0001`, is read by value).
+    if saturated || set_aside.is_empty() {
         set_aside.push(Derivation::OutOfRange);
     }
     (Some(combine(&numbers)), set_aside)
@@ -313,8 +329,16 @@ mod tests {
             ("2001:db8:85a3::8a2e:370:7334", None, vec![Unparsed]),
             ("2.3.0 (call me)", None, vec![Unparsed]),
             ("2.3.0+", None, vec![Unparsed]),
+            ("203.0.113.77 ", None, vec![Unparsed]),
+            ("203.0.113.77 (80)", None, vec![Unparsed]),
+            ("203.0.113.77-a", None, vec![Unparsed]),
+            ("2.3.0+203.0.113.77", None, vec![Unparsed]),
+            ("1+593-47-5928", None, vec![Unparsed]),
+            ("1 (5551234567)", None, vec![Unparsed]),
+            ("2.3.0+20240101", Some(2_003_000), vec![Suffix]),
+            ("1.0001", Some(1_001_000), vec![OutOfRange]),
             (
-                "v2.3.0.1-rc",
+                "v2.3.0.4512-rc",
                 Some(2_003_000),
                 vec![Prefix, FourthPart, Suffix],
             ),
@@ -361,6 +385,10 @@ mod tests {
             "2146.5",
             "20250101",
         ];
+        let codes: Vec<i32> = ordered.iter().map(|v| derive(v).0.unwrap()).collect();
+        assert!(codes.windows(2).all(|w| w[0] <= w[1]), "{codes:?}");
+        // Zero-padded parts count by value.
+        let ordered = ["1.0001-rc", "1.5-rc", "00002.1-rc", "3.0-rc"];
         let codes: Vec<i32> = ordered.iter().map(|v| derive(v).0.unwrap()).collect();
         assert!(codes.windows(2).all(|w| w[0] <= w[1]), "{codes:?}");
     }

@@ -602,7 +602,7 @@ def test_each_secret_is_readable_by_its_principals_alone_and_one_made_by_someone
             assert (statement["Sid"], statement["Effect"], statement["Principal"]) == (
                 "LoginEtlOnlyItsPrincipals", "Deny", "*"), statement  # fmt: skip
             assert "secretsmanager:GetSecretValue" in statement["Action"], statement
-            assert statement["Condition"]["StringNotEquals"]["aws:PrincipalArn"] == [caller], (caller, statement)
+            assert statement["Condition"]["ArnNotLike"]["aws:PrincipalArn"] == [caller], (caller, statement)
 
         admin = srv.cluster.admin_env(name)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATABASE_URL", "DB_", "AWS_"))}
@@ -635,10 +635,17 @@ def test_each_secret_is_readable_by_its_principals_alone_and_one_made_by_someone
         assert "LoginEtlOnlyItsPrincipals" in srv.sm.get_resource_policy(SecretId=f"{name}/extra")["ResourcePolicy"]
         again = password(f"{name}/extra")
         assert again.returncode == 0 and "(generated now)" not in again.stdout, again.stdout + again.stderr
+        # A reader named later widens the policy; the password stays.
+        reader = "arn:aws:iam::123456789012:role/login-etl-operators"
+        widened = password(f"{name}/extra", "--reader-arn", reader)
+        assert widened.returncode == 0 and "(generated now)" not in widened.stdout, widened.stderr
+        policy = json.loads(srv.sm.get_resource_policy(SecretId=f"{name}/extra")["ResourcePolicy"])
+        assert policy["Statement"][0]["Condition"]["ArnNotLike"]["aws:PrincipalArn"] == [caller, reader], policy
+        assert json.loads(srv.sm.get_secret_value(SecretId=f"{name}/extra")["SecretString"])["password"] == now["password"]
         # One naming another host (where its maker would have the function connect).
         srv.sm.create_secret(Name=f"{name}/elsewhere", SecretString=json.dumps({**planted, "host": "db.example.net"}))
         elsewhere = password(f"{name}/elsewhere", "--new-password")
-        assert elsewhere.returncode == 1 and "names host db.example.net" in elsewhere.stderr, elsewhere.stderr
+        assert elsewhere.returncode == 1 and "names db.example.net:" in elsewhere.stderr and "--secret-host" in elsewhere.stderr, elsewhere.stderr
     finally:
         for secret in (f"{name}/extra", f"{name}/elsewhere"):
             try:

@@ -350,14 +350,6 @@ async fn maintain_premakes_and_drops_by_retention_and_two_runs_at_once_agree() {
     }
 }
 
-/// The upgrade an existing deployment walks (docs/deploy.md, "Upgrading an existing table"): its
-/// unpartitioned table with rows of the old version, `migrate --prepare`,
-/// this version deployed and writing, then `migrate` for the cutover while
-/// it writes, with messages of the old version delivered again across it.
-/// No write waits on the cutover for as long as its lock timeout
-/// (`DB_STATEMENT_TIMEOUT_MS`, 1.5 s here): the server would refuse such a
-/// wait, and the write would be tried again (a second transaction in its
-/// summary's count).
 /// One retention: where `RETENTION_DAYS` and the owner's record disagree,
 /// maintain applies the longer, says which won and the command that makes
 /// them one, and never fails for it (the hourly run used to raise LE010);
@@ -439,6 +431,14 @@ async fn a_retention_that_disagrees_with_the_record_applies_the_longer_and_fails
     assert_eq!(examine().await, Vec::<String>::new());
 }
 
+/// The upgrade an existing deployment walks (docs/deploy.md, "Upgrading an existing table"): its
+/// unpartitioned table with rows of the old version, `migrate --prepare`,
+/// this version deployed and writing, then `migrate` for the cutover while
+/// it writes, with messages of the old version delivered again across it.
+/// No write waits on the cutover for as long as its lock timeout
+/// (`DB_STATEMENT_TIMEOUT_MS`, 1.5 s here): the server would refuse such a
+/// wait, and the write would be tried again (a second transaction in its
+/// summary's count).
 #[tokio::test]
 async fn an_unpartitioned_table_is_converted_while_the_function_writes_and_redeliveries_stay_single()
  {

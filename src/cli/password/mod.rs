@@ -59,7 +59,7 @@ pub async fn run(args: &PasswordArgs) -> Result<String, String> {
         })?
         .arn
         .ok_or("STS named no caller ARN")?;
-    let mut principals = vec![policy::principal_of(&caller)];
+    let mut principals = policy::principal_of(&caller);
     principals.extend(args.reader_arn.iter().cloned());
     let want_host = args.secret_host.clone().unwrap_or_else(|| host.clone());
     let want_port = args.secret_port.unwrap_or(port);
@@ -77,49 +77,77 @@ pub async fn run(args: &PasswordArgs) -> Result<String, String> {
         )
     };
     let id = &args.secret_id;
+    let named = principals.join(", ");
+    // The policy first, then a new password: nobody else ever reads it.
+    let renew = |id: String| {
+        let (secrets, principals, secret_text) = (&secrets, &principals, &secret_text);
+        async move {
+            secrets
+                .put_resource_policy(&id, &policy::only(principals))
+                .await
+                .map_err(|e| e.to_string())?;
+            let password = generate();
+            secrets
+                .put_string(&id, &secret_text(&password))
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((password, id))
+        }
+    };
     let (password, arn, made) = match secrets.string_if_any(id).await.map_err(|e| match e {
         crate::error::SecretError::AccessDenied { id, code } => format!(
-            "reading secret {id} was denied ({code}) to {caller}: a secret the stack protects (ProtectDbSecret) is readable by the function's role and DbSecretReaderPrincipalArns alone, and one login-etl made by the principals it named: add this admin's role to DbSecretReaderPrincipalArns and deploy, or run this as a principal the secret's policy names (a role with a path is named by its full ARN: --reader-arn)"
+            "reading secret {id} was denied ({code}) to {caller}: a secret the stack protects (ProtectDbSecret) is readable by the function's role and DbSecretReaderPrincipalArns alone, and one login-etl made by the principals it named: add this admin's role to DbSecretReaderPrincipalArns and deploy, or run this as a principal the secret's policy names"
         ),
         other => other.to_string(),
     })? {
         Some(text) => {
-            let secret = DbSecret::parse(id, &text, true).map_err(|e| e.to_string())?;
+            let secret = DbSecret::parse(id, &text, false).map_err(|e| e.to_string())?;
             if secret.username != args.role {
                 return Err(format!(
                     "secret {id} names the role {}, not {}: give each role a secret of its own (--secret-id)",
                     secret.username, args.role
                 ));
             }
-            if secret.host != want_host || secret.dbname != dbname {
+            if secret.host != want_host || secret.port != want_port || secret.dbname != dbname {
                 return Err(format!(
-                    "secret {id} names host {} and database {}, not {want_host} and {dbname}: it was made for another server, or by someone else; nothing was changed. Give this role a secret of its own (--secret-id), or, if that one is yours and stale, delete it and run again",
-                    secret.host, secret.dbname
+                    "secret {id} names {}:{} database {}, not {want_host}:{want_port} database {dbname}; nothing was changed. If it was made for a proxy's endpoint, give the same --secret-host and --secret-port; if it was made for another server (or by someone else), give this role a secret of its own (--secret-id), or delete that one and run again",
+                    secret.host, secret.port, secret.dbname
                 ));
             }
-            let adopted = match secrets.resource_policy(id).await.map_err(|e| e.to_string())? {
+            let found = match secrets.resource_policy(id).await.map_err(|e| e.to_string())? {
                 Some(p) => policy::check(&p, &principals),
                 None => Err("it has no resource policy: anyone in the account allowed secretsmanager:GetSecretValue on * reads it".into()),
             };
-            match adopted {
-                Ok(()) => (Zeroizing::new(secret.password), id.clone(), false),
+            match found {
+                // A run stopped between the policy and the password: finished now.
+                Ok(policy::Found::Ours(_)) if secret.password.is_empty() => {
+                    let (password, arn) = renew(id.clone()).await?;
+                    (password, arn, true)
+                }
+                Ok(policy::Found::Ours(had)) => {
+                    // A --reader-arn not named yet: the policy widened to it.
+                    if principals.iter().any(|p| !had.contains(p)) {
+                        secrets
+                            .put_resource_policy(id, &policy::only(&principals))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                    (Zeroizing::new(secret.password), id.clone(), false)
+                }
+                Ok(policy::Found::Stacks) if args.new_password => {
+                    return Err(format!(
+                        "secret {id} is protected by its stack (ProtectDbSecret), whose function reads it: --new-password would take it from the function; nothing was changed. Rotate it with Secrets Manager, or run without --new-password"
+                    ));
+                }
+                Ok(policy::Found::Stacks) => (Zeroizing::new(secret.password), id.clone(), false),
                 Err(why) if !args.new_password => {
                     return Err(format!(
-                        "secret {id} is not adopted: {why}, and whoever made it may know its password; nothing was changed. Run again with --new-password (the policy naming {} is put on it, then a new password), or delete it and run again",
-                        principals.join(", ")
+                        "secret {id} is not adopted: {why}, and whoever made it may know its password; nothing was changed. Run again with --new-password (the policy naming {named} is put on it, then a new password), or delete it and run again"
                     ));
                 }
                 Err(_) => {
-                    secrets
-                        .put_resource_policy(id, &policy::only(&principals))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let password = generate();
-                    secrets
-                        .put_string(id, &secret_text(&password))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    (password, id.clone(), true)
+                    let (password, arn) = renew(id.clone()).await?;
+                    (password, arn, true)
                 }
             }
         }
@@ -129,20 +157,13 @@ pub async fn run(args: &PasswordArgs) -> Result<String, String> {
                     "the admin connects over the Unix socket {host}, which the function cannot reach: give the host the secret should name with --secret-host (and --secret-port)"
                 ));
             }
-            // Made without the password, which goes in once the policy is on.
+            // Made without the password, which goes in once the policy is
+            // on (a run stopped in between is finished by the next).
             let arn = secrets
                 .create(id, &secret_text(""))
                 .await
                 .map_err(|e| e.to_string())?;
-            secrets
-                .put_resource_policy(&arn, &policy::only(&principals))
-                .await
-                .map_err(|e| e.to_string())?;
-            let password = generate();
-            secrets
-                .put_string(&arn, &secret_text(&password))
-                .await
-                .map_err(|e| e.to_string())?;
+            let (password, arn) = renew(arn).await?;
             (password, arn, true)
         }
     };
@@ -156,16 +177,20 @@ pub async fn run(args: &PasswordArgs) -> Result<String, String> {
         .await
         .map_err(|e| {
             format!(
-                "setting the password of {} failed: {}; run as an admin that may ALTER ROLE it (CREATEROLE), after the role is made",
+                "setting the password of {} failed: {}; run as an admin that may ALTER ROLE it (CREATEROLE), after the role is made{}",
                 args.role,
-                crate::error::describe(&e)
+                crate::error::describe(&e),
+                if made {
+                    " (the secret holds its new password already: run this again, without --new-password, to set it)"
+                } else {
+                    ""
+                }
             )
         })?;
     Ok(format!(
-        "{}: password set from secret {arn}{}; readable by {} alone",
+        "{}: password set from secret {arn}{}",
         args.role,
-        if made { " (generated now)" } else { "" },
-        principals.join(", ")
+        if made { " (generated now)" } else { "" }
     ))
 }
 

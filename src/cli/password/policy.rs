@@ -1,9 +1,13 @@
 //! The resource policy `login-etl password` puts on each role's secret:
-//! everybody is denied reading or changing it but the principals named
-//! (the admin who ran the block, and `--reader-arn`), whatever their IAM
-//! policies say, so a principal allowed `secretsmanager:GetSecretValue` on
-//! `*` (PowerUser-style) reads no role's password. Public policies are
-//! blocked when it is put (`BlockPublicPolicy`).
+//! everybody is denied reading or changing its value but the principals
+//! named (the admin who ran the block, and `--reader-arn`), whatever their
+//! IAM policies say, so a principal allowed `secretsmanager:GetSecretValue`
+//! on `*` reads no role's password. Public policies are blocked when it is
+//! put (`BlockPublicPolicy`). Rewriting the policy itself is left to IAM
+//! (`secretsmanager:PutResourcePolicy`): the stack's `ProtectDbSecret`
+//! rewrites it on the ingest and maintain secrets at its deploy, and
+//! CloudTrail records every rewrite (the stack's `AccessPolicyChangedRule`
+//! alarms on those of its secrets).
 
 use serde_json::{Value, json};
 
@@ -17,12 +21,20 @@ pub const SID: &str = "LoginEtlOnlyItsPrincipals";
 /// runs again after a deploy.
 pub const STACK_SID: &str = "OnlyNamedRolesReadTheDatabaseSecret";
 
-/// A role a login-etl stack made for its functions: CloudFormation names
-/// it `<stack>-LoginEtlRole-<suffix>` (or `MaintenanceRole`).
-fn stack_function_role(arn: &str) -> bool {
-    arn.split_once(":role/")
-        .map(|(_, path)| path.rsplit('/').next().unwrap_or(path))
-        .is_some_and(|name| name.contains("-LoginEtlRole-") || name.contains("-MaintenanceRole-"))
+/// A role a login-etl stack in `account` made for its functions:
+/// CloudFormation names it `<stack>-LoginEtlRole-<suffix>` (or
+/// `MaintenanceRole`).
+fn stack_function_role(arn: &str, account: &str) -> bool {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    matches!(parts[..], [_, _, "iam", "", a, resource] if a == account && resource.starts_with("role/"))
+        && arn.rsplit('/').next().is_some_and(|name| {
+            name.contains("-LoginEtlRole-") || name.contains("-MaintenanceRole-")
+        })
+}
+
+/// The account of an ARN (its fifth field).
+fn account_of(arn: &str) -> &str {
+    arn.split(':').nth(4).unwrap_or("")
 }
 
 /// What the policy denies to everybody else.
@@ -43,17 +55,28 @@ pub fn only(principals: &[String]) -> String {
             "Principal": "*",
             "Action": ACTIONS,
             "Resource": "*",
-            "Condition": {"StringNotEquals": {"aws:PrincipalArn": principals}},
+            "Condition": {"ArnNotLike": {"aws:PrincipalArn": principals}},
         }],
     })
     .to_string()
 }
 
+/// What a secret's policy is, as [`check`] read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// One [`only`] made, naming these principals (all among the allowed).
+    Ours(Vec<String>),
+    /// The one a stack put ([`STACK_SID`]).
+    Stacks,
+}
+
 /// Whether `policy` (a secret's, as Secrets Manager returns it) is one
 /// [`only`] made for principals all among `allowed`, or the one a stack
-/// put ([`STACK_SID`]) for those and its functions' roles: its statement
-/// denies reading to everybody but them. `Err` says what is wrong with it.
-pub fn check(policy: &str, allowed: &[String]) -> Result<(), String> {
+/// put ([`STACK_SID`]) for those and its functions' roles in the admin's
+/// account: its statement denies reading to everybody but them, on the
+/// whole secret, with no other condition to narrow it. `Err` says what is
+/// wrong with it.
+pub fn check(policy: &str, allowed: &[String]) -> Result<Found, String> {
     let doc: Value =
         serde_json::from_str(policy).map_err(|_| "its resource policy is not JSON".to_owned())?;
     let statements = match &doc["Statement"] {
@@ -73,18 +96,34 @@ pub fn check(policy: &str, allowed: &[String]) -> Result<(), String> {
     let denies_reading = strings(&ours["Action"])
         .iter()
         .any(|a| a == "secretsmanager:GetSecretValue" || a == "secretsmanager:*");
-    if ours["Effect"] != "Deny" || !everybody || !denies_reading {
+    let condition = ours["Condition"].as_object();
+    let operators: Vec<&String> = condition.map(|c| c.keys().collect()).unwrap_or_default();
+    let keys_only_principal = condition.is_some_and(|c| {
+        c.len() == 1
+            && c.values().all(|k| {
+                k.as_object()
+                    .is_some_and(|k| k.len() == 1 && k.contains_key("aws:PrincipalArn"))
+            })
+    });
+    if ours["Effect"] != "Deny"
+        || !everybody
+        || !denies_reading
+        || ours["Resource"] != "*"
+        || !keys_only_principal
+        || !matches!(operators[..], [op] if op == "ArnNotLike" || op == "StringNotEquals")
+    {
         return Err(
-            "its resource policy's statement does not deny reading it to everybody else".into(),
+            "its resource policy's statement does not deny reading it to everybody else (on the whole secret, by aws:PrincipalArn alone)".into(),
         );
     }
-    let named = strings(&ours["Condition"]["StringNotEquals"]["aws:PrincipalArn"]);
+    let named = strings(&ours["Condition"][operators[0].as_str()]["aws:PrincipalArn"]);
     if named.is_empty() {
         return Err("its resource policy names no principal".into());
     }
+    let account = allowed.first().map_or("", |a| account_of(a));
     let others: Vec<&String> = named
         .iter()
-        .filter(|p| !allowed.contains(p) && !(stacks && stack_function_role(p)))
+        .filter(|p| !(allowed.contains(p) || (stacks && stack_function_role(p, account))))
         .collect();
     if !others.is_empty() {
         return Err(format!(
@@ -96,7 +135,11 @@ pub fn check(policy: &str, allowed: &[String]) -> Result<(), String> {
                 .join(", ")
         ));
     }
-    Ok(())
+    Ok(if stacks {
+        Found::Stacks
+    } else {
+        Found::Ours(named)
+    })
 }
 
 /// A policy field that is a string or a list of strings.
@@ -112,18 +155,21 @@ fn strings(value: &Value) -> Vec<String> {
 }
 
 /// The IAM principal an STS caller ARN stands for, as `aws:PrincipalArn`
-/// names it: an assumed role's session is its role
-/// (`arn:aws:sts::1:assumed-role/admins/alice` is
-/// `arn:aws:iam::1:role/admins`); a user is itself.
-pub fn principal_of(caller: &str) -> String {
+/// names it (patterns for `ArnNotLike`): an assumed role's session is its
+/// role, whose path the session's ARN does not show
+/// (`arn:aws:sts::1:assumed-role/admins/alice` is `arn:aws:iam::1:role/admins`
+/// or `arn:aws:iam::1:role/*/admins`, as IAM Identity Center's roles under
+/// `aws-reserved/sso.amazonaws.com/` are); a user is itself.
+pub fn principal_of(caller: &str) -> Vec<String> {
     let parts: Vec<&str> = caller.splitn(6, ':').collect();
     if let [arn, partition, "sts", _, account, resource] = parts[..]
         && let Some(rest) = resource.strip_prefix("assumed-role/")
         && let Some((role, _session)) = rest.rsplit_once('/')
     {
-        return format!("{arn}:{partition}:iam::{account}:role/{role}");
+        let base = format!("{arn}:{partition}:iam::{account}:role/");
+        return vec![format!("{base}{role}"), format!("{base}*/{role}")];
     }
-    caller.to_owned()
+    vec![caller.to_owned()]
 }
 
 #[cfg(test)]
@@ -135,8 +181,11 @@ mod tests {
         let admin = "arn:aws:iam::123456789012:role/admins".to_owned();
         let ops = "arn:aws:iam::123456789012:role/ops".to_owned();
         let allowed = [admin.clone(), ops.clone()];
-        assert_eq!(check(&only(std::slice::from_ref(&admin)), &allowed), Ok(()));
-        assert_eq!(check(&only(&allowed), &allowed), Ok(()));
+        assert_eq!(
+            check(&only(std::slice::from_ref(&admin)), &allowed),
+            Ok(Found::Ours(vec![admin.clone()]))
+        );
+        assert!(check(&only(&allowed), &allowed).is_ok());
         let wider = check(
             &only(&[admin.clone(), "arn:aws:iam::1:user/eve".into()]),
             &allowed,
@@ -145,14 +194,24 @@ mod tests {
         // As Secrets Manager may return it: one statement, not a list; AWS's principal form.
         let normalized = json!({"Version": "2012-10-17", "Statement": {"Sid": SID, "Effect": "Deny",
             "Principal": {"AWS": "*"}, "Action": "secretsmanager:*", "Resource": "*",
-            "Condition": {"StringNotEquals": {"aws:PrincipalArn": admin}}}});
-        assert_eq!(check(&normalized.to_string(), &allowed), Ok(()));
+            "Condition": {"ArnNotLike": {"aws:PrincipalArn": admin}}}});
+        assert!(check(&normalized.to_string(), &allowed).is_ok());
         let allow_all = json!({"Statement": [{"Sid": SID, "Effect": "Allow", "Principal": "*",
             "Action": "secretsmanager:GetSecretValue", "Resource": "*"}]});
         assert!(check(&allow_all.to_string(), &allowed).is_err());
+        // A condition that narrows the Deny (another key, another resource) is not ours.
+        let mut narrowed: Value =
+            serde_json::from_str(&only(std::slice::from_ref(&admin))).unwrap();
+        narrowed["Statement"][0]["Condition"]["StringEquals"] = json!({"aws:SourceVpc": "vpc-1"});
+        assert!(check(&narrowed.to_string(), &allowed).is_err());
+        let mut elsewhere: Value =
+            serde_json::from_str(&only(std::slice::from_ref(&admin))).unwrap();
+        elsewhere["Statement"][0]["Resource"] =
+            json!("arn:aws:secretsmanager:us-east-1:1:secret:other");
+        assert!(check(&elsewhere.to_string(), &allowed).is_err());
         assert!(check(r#"{"Statement":[]}"#, &allowed).is_err());
         assert!(check("not json", &allowed).is_err());
-        // A stack's, after a deploy: its functions' roles and the admin.
+        // A stack's, after a deploy: its functions' roles of this account, and the admin.
         let stack = |readers: &[&str]| {
             json!({"Statement": [{"Sid": STACK_SID, "Effect": "Deny", "Principal": "*",
                 "Action": ["secretsmanager:GetSecretValue"], "Resource": "*",
@@ -160,11 +219,19 @@ mod tests {
             .to_string()
         };
         let function = "arn:aws:iam::123456789012:role/login-etl-LoginEtlRole-AbC123";
-        assert_eq!(check(&stack(&[function, &admin]), &allowed), Ok(()));
+        assert_eq!(
+            check(&stack(&[function, &admin]), &allowed),
+            Ok(Found::Stacks)
+        );
         assert!(check(&stack(&[function, "arn:aws:iam::1:role/other"]), &allowed).is_err());
+        let foreign = "arn:aws:iam::999999999999:role/x-LoginEtlRole-Y";
+        assert!(
+            check(&stack(&[foreign]), &allowed).is_err(),
+            "another account's role"
+        );
         // A role merely named like one is not a stack's.
-        let mut ours = serde_json::from_str::<Value>(&only(&[admin.clone()])).unwrap();
-        ours["Statement"][0]["Condition"]["StringNotEquals"]["aws:PrincipalArn"] =
+        let mut ours = serde_json::from_str::<Value>(&only(std::slice::from_ref(&admin))).unwrap();
+        ours["Statement"][0]["Condition"]["ArnNotLike"]["aws:PrincipalArn"] =
             json!([admin, function]);
         assert!(
             check(&ours.to_string(), &allowed).is_err(),
@@ -173,17 +240,20 @@ mod tests {
     }
 
     #[test]
-    fn an_assumed_roles_session_is_its_role() {
+    fn an_assumed_roles_session_is_its_role_with_or_without_a_path() {
         assert_eq!(
             principal_of("arn:aws:sts::123456789012:assumed-role/admins/alice@example.com"),
-            "arn:aws:iam::123456789012:role/admins"
+            [
+                "arn:aws:iam::123456789012:role/admins",
+                "arn:aws:iam::123456789012:role/*/admins"
+            ]
         );
         assert_eq!(
             principal_of("arn:aws:iam::123456789012:user/bob"),
-            "arn:aws:iam::123456789012:user/bob"
+            ["arn:aws:iam::123456789012:user/bob"]
         );
         assert_eq!(
-            principal_of("arn:aws-cn:sts::123456789012:assumed-role/a/b"),
+            principal_of("arn:aws-cn:sts::123456789012:assumed-role/a/b")[0],
             "arn:aws-cn:iam::123456789012:role/a"
         );
     }

@@ -114,7 +114,8 @@ fn ident(name: &str) -> String {
 }
 
 /// Runs every check on `client`'s database, `today` being the UTC day and
-/// `retention_days` the deployment's `RETENTION_DAYS` (unset: keep all).
+/// `retention_days` the deployment's `RETENTION_DAYS` (unset: the owner's
+/// recorded retention is the one checked).
 pub async fn examine(
     client: &Client,
     today: NaiveDate,
