@@ -353,7 +353,7 @@ async fn drain_state(client: &Client) -> Result<bool, SinkError> {
 /// in the same moment (`login_etl_swap_default`): false when
 /// a re-key under way keeps it (SQLSTATE LE007).
 async fn swap_default(client: &Client, live_days: &[NaiveDate]) -> Result<bool, SinkError> {
-    let swapped = with_lock_retries("swapping the DEFAULT partition out", || async {
+    let swapped = with_lock_retries(client, "swapping the DEFAULT partition out", || async {
         client
             .query_typed_one(
                 "SELECT login_etl_swap_default($1)",
@@ -386,6 +386,7 @@ async fn drain(client: &Client) -> Result<i64, SinkError> {
     loop {
         let chunk = Instant::now();
         let row = with_lock_retries(
+            client,
             "draining the swapped-out DEFAULT partition",
             || async move {
                 client

@@ -133,7 +133,7 @@ pub async fn ensure_partition_bounded(
     day: NaiveDate,
     max_move: i64,
 ) -> Result<Ensured, SinkError> {
-    let row = with_lock_retries("making a partition", || async move {
+    let row = with_lock_retries(client, "making a partition", || async move {
         client
             .query_typed_opt(
                 "SELECT created, moved FROM login_etl_ensure_partition($1, $2)",
@@ -167,7 +167,7 @@ pub struct Made {
 /// Makes the partition holding `day` unless one does (and moves its rows
 /// out of the DEFAULT partition): `login_etl_ensure_partition`.
 pub async fn ensure_partition(client: &Client, day: NaiveDate) -> Result<Option<Made>, SinkError> {
-    let row = with_lock_retries("making a partition", || async move {
+    let row = with_lock_retries(client, "making a partition", || async move {
         client
             .query_typed_opt(
                 "SELECT created, moved FROM login_etl_ensure_partition($1)",

@@ -183,31 +183,33 @@ pub(crate) struct Expired {
 /// Retention: the DEFAULT partition's rows before `cutoff` deleted, and
 /// the partitions wholly before it detached (dropped by [`drop_detached`]).
 pub(crate) async fn apply(client: &Client, cutoff: NaiveDate) -> Result<Expired, SinkError> {
-    let purged_from_default = with_lock_retries("purging the DEFAULT partition", || async {
-        let row = client
-            .query_typed_one(
-                "SELECT login_etl_purge_default($1)",
-                &[(&cutoff, Type::DATE)],
-            )
-            .await?;
-        Ok(row.get::<_, i64>(0))
-    })
-    .await?;
+    let purged_from_default =
+        with_lock_retries(client, "purging the DEFAULT partition", || async {
+            let row = client
+                .query_typed_one(
+                    "SELECT login_etl_purge_default($1)",
+                    &[(&cutoff, Type::DATE)],
+                )
+                .await?;
+            Ok(row.get::<_, i64>(0))
+        })
+        .await?;
     let mut report = Expired {
         purged_from_default,
         dropped: Vec::new(),
     };
     for name in expired(client, cutoff).await? {
-        let detached = with_lock_retries("detaching a partition past retention", || async {
-            let row = client
-                .query_typed_one(
-                    "SELECT login_etl_drop_partition($1, $2)",
-                    &[(&name, Type::TEXT), (&cutoff, Type::DATE)],
-                )
-                .await?;
-            Ok(row.get::<_, Option<i64>>(0))
-        })
-        .await?;
+        let detached =
+            with_lock_retries(client, "detaching a partition past retention", || async {
+                let row = client
+                    .query_typed_one(
+                        "SELECT login_etl_drop_partition($1, $2)",
+                        &[(&name, Type::TEXT), (&cutoff, Type::DATE)],
+                    )
+                    .await?;
+                Ok(row.get::<_, Option<i64>>(0))
+            })
+            .await?;
         if let Some(rows) = detached {
             info!(partition = %name, rows_estimate = rows, %cutoff, "partition past retention detached");
             report.dropped.push((name, rows));
@@ -219,7 +221,7 @@ pub(crate) async fn apply(client: &Client, cutoff: NaiveDate) -> Result<Expired,
 /// The DROP in a transaction of its own: the detach's lock is long gone
 /// when the files go. Also drops what a run that stopped between left.
 pub(crate) async fn drop_detached(client: &Client) -> Result<(), SinkError> {
-    let dropped = with_lock_retries("dropping detached partitions", || async {
+    let dropped = with_lock_retries(client, "dropping detached partitions", || async {
         let rows = client
             .query_typed("SELECT login_etl_drop_detached()", &[])
             .await?;
@@ -304,7 +306,7 @@ pub(crate) async fn purge_vault(client: &Client, cutoff: NaiveDate) -> Result<i6
 async fn purge_by_index(client: &Client, below: NaiveDate) -> Result<i64, SinkError> {
     let mut purged = 0i64;
     loop {
-        let deleted = with_lock_retries("purging the vault past retention", || async {
+        let deleted = with_lock_retries(client, "purging the vault past retention", || async {
             let row = client
                 .query_typed_one(
                     "SELECT login_etl_purge_vault($1, $2)",
@@ -336,20 +338,21 @@ async fn purge_by_pages(client: &Client, below: NaiveDate) -> Result<i64, SinkEr
     };
     let (mut purged, mut page) = (0i64, 0i64);
     loop {
-        let (deleted, next) = with_lock_retries("purging the vault past retention", || async {
-            let row = client
-                .query_typed_one(
-                    "SELECT purged, next_page FROM login_etl_purge_vault($1, $2, $3)",
-                    &[
-                        (&below, Type::DATE),
-                        (&page, Type::INT8),
-                        (&pages, Type::INT4),
-                    ],
-                )
-                .await?;
-            Ok((row.get::<_, i64>(0), row.get::<_, Option<i64>>(1)))
-        })
-        .await?;
+        let (deleted, next) =
+            with_lock_retries(client, "purging the vault past retention", || async {
+                let row = client
+                    .query_typed_one(
+                        "SELECT purged, next_page FROM login_etl_purge_vault($1, $2, $3)",
+                        &[
+                            (&below, Type::DATE),
+                            (&page, Type::INT8),
+                            (&pages, Type::INT4),
+                        ],
+                    )
+                    .await?;
+                Ok((row.get::<_, i64>(0), row.get::<_, Option<i64>>(1)))
+            })
+            .await?;
         purged += deleted;
         match next {
             Some(next) => page = next,

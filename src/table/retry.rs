@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use tokio_postgres::Client;
 use tracing::info;
 
 use crate::error::{SinkError, describe};
@@ -63,8 +64,11 @@ pub(crate) fn failed(op: &'static str) -> impl Fn(tokio_postgres::Error) -> Sink
 pub const LOCK_TRIES: u32 = 50;
 const LOCK_PAUSE: Duration = Duration::from_millis(200);
 
-/// Runs one partition step, again while it times out waiting for its lock.
+/// Runs one partition step, again while it times out waiting for its lock;
+/// when the last try runs out, the error names who holds a lock on the
+/// tables then ([`lock_holders`]): what holds retention off is never silent.
 pub(crate) async fn with_lock_retries<T, F, Fut>(
+    client: &Client,
     op: &'static str,
     mut step: F,
 ) -> Result<T, SinkError>
@@ -92,7 +96,56 @@ where
                 );
                 tokio::time::sleep(LOCK_PAUSE).await;
             }
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                let holders = lock_holders(client).await;
+                return Err(match failed(op)(e) {
+                    SinkError::Transient { op, cause } => SinkError::Transient {
+                        op,
+                        cause: format!("{cause}, {LOCK_TRIES} times; {holders}"),
+                    },
+                    other => other,
+                });
+            }
             Err(e) => return Err(failed(op)(e)),
         }
     }
+}
+
+/// The sessions holding a lock on the tables' relations now (the oldest
+/// transaction first, at most five): pid, role, the lock and relation, and
+/// since when its transaction runs where this role may see it
+/// (`pg_read_all_stats`); with the statements that end one and keep it
+/// from coming back. Names and numbers only: no query text.
+pub(crate) async fn lock_holders(client: &Client) -> String {
+    const HOLDERS_SQL: &str = "SELECT l.pid, coalesce(a.usename::text, '?'), l.mode, c.relname::text,             a.xact_start::text         FROM pg_catalog.pg_locks l         JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) l.relation         LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid OPERATOR(pg_catalog.=) l.pid         WHERE l.granted AND l.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()           AND c.relnamespace OPERATOR(pg_catalog.=) (SELECT n.oid FROM pg_catalog.pg_namespace n               WHERE n.nspname OPERATOR(pg_catalog.=) pg_catalog.current_schema())           AND pg_catalog.starts_with(c.relname::text, 'user_logins')         ORDER BY a.xact_start NULLS LAST, l.pid LIMIT 5";
+    let rows = match client.query_typed(HOLDERS_SQL, &[]).await {
+        Ok(rows) => rows,
+        Err(e) => return format!("who holds the lock could not be read ({})", describe(&e)),
+    };
+    if rows.is_empty() {
+        return "no session holds a lock on the tables now (the holder ended): run it again".into();
+    }
+    let held: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let since: Option<String> = r.get(4);
+            format!(
+                "pid {} (role {}, {} on {}, {})",
+                r.get::<_, i32>(0),
+                r.get::<_, String>(1),
+                r.get::<_, String>(2),
+                r.get::<_, String>(3),
+                since.map_or_else(
+                    || "its transaction's start not visible to this role: grant it pg_read_all_stats to see it".to_owned(),
+                    |t| format!("in a transaction since {t}")
+                ),
+            )
+        })
+        .collect();
+    let (pid, role): (i32, String) = (rows[0].get(0), rows[0].get(1));
+    format!(
+        "held now by {}. As an admin, end the session that holds it too long: SELECT pg_terminate_backend({pid}); and keep it from coming back: ALTER ROLE {} SET idle_in_transaction_session_timeout = '10min' (docs/insiders.md)",
+        held.join(", "),
+        postgres_protocol::escape::escape_identifier(&role)
+    )
 }

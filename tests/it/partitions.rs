@@ -431,6 +431,56 @@ async fn a_retention_that_disagrees_with_the_record_applies_the_longer_and_fails
     assert_eq!(examine().await, Vec::<String>::new());
 }
 
+/// Retention is never held off silently: a session that keeps a lock on a
+/// partition past retention (a reader's transaction left open) makes
+/// maintain's detach give up after its tries, and the error names that
+/// session (pid, role, the lock, since when where the maintain role may see
+/// it) and the statements that end it and keep it from coming back.
+#[tokio::test]
+async fn a_session_holding_off_retention_is_named_with_its_fix() {
+    let db = TestDb::create().await;
+    db.ingest_url().await; // migrated
+    let owner = db.client().await;
+    let maintainer = db.role_url(Role::Maintain).await;
+    let day = today() - TimeDelta::days(40);
+    login_etl::testing::table::partitions::ensure_partition(&owner, day)
+        .await
+        .unwrap();
+    record_retention(&owner, 30).await;
+    let reader = connect(&db.role_url(Role::Reader).await).await;
+    let pid: i32 = reader
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    reader
+        .batch_execute(&format!(
+            "BEGIN; SELECT count(*) FROM user_logins WHERE create_date = '{day}'"
+        ))
+        .await
+        .unwrap();
+    let options = MaintainOptions {
+        retention_days: Some(30),
+        ..MaintainOptions::default()
+    };
+    let err = login_etl::testing::table::maintain::run(&connect(&maintainer).await, &options)
+        .await
+        .expect_err("the detach waits for the reader's lock");
+    let said = err.to_string();
+    for part in [
+        format!("held now by pid {pid} (role {}", db.role_name(Role::Reader)),
+        format!("AccessShareLock on {}", partition_of(day)),
+        format!("SELECT pg_terminate_backend({pid})"),
+        "idle_in_transaction_session_timeout".to_owned(),
+    ] {
+        assert!(said.contains(&part), "{part} in: {said}");
+    }
+    // Ended, the next run detaches it.
+    reader.batch_execute("ROLLBACK").await.unwrap();
+    let run = maintain_as(&maintainer, options).await;
+    assert_eq!(run.dropped.len(), 1, "{run:?}");
+}
+
 /// The upgrade an existing deployment walks (docs/deploy.md, "Upgrading an existing table"): its
 /// unpartitioned table with rows of the old version, `migrate --prepare`,
 /// this version deployed and writing, then `migrate` for the cutover while

@@ -141,7 +141,7 @@ async fn add_columns_and_keys(client: &Client) -> Result<(), SinkError> {
         .map_err(failed("reading the columns of user_logins"))?
         .get(0);
     if missing > 0 {
-        with_lock_retries("adding columns to user_logins", || {
+        with_lock_retries(client, "adding columns to user_logins", || {
             short_tx(client, ADD_COLUMNS_SQL.to_owned())
         })
         .await?;
@@ -258,7 +258,7 @@ async fn bound_rows(client: &Client, bound: NaiveDate) -> Result<(), SinkError> 
         } else {
             ""
         };
-        with_lock_retries("adding the bounds constraint", || {
+        with_lock_retries(client, "adding the bounds constraint", || {
             short_tx(
                 client,
                 format!(

@@ -627,7 +627,7 @@ pub(crate) async fn apply_sql(
     sql: &str,
     op: &'static str,
 ) -> Result<(), SinkError> {
-    with_lock_retries(op, || async {
+    with_lock_retries(client, op, || async {
         let done = client
             .batch_execute(&format!(
                 "BEGIN ISOLATION LEVEL READ COMMITTED; {MIGRATION_LOCK_SQL}\n\
