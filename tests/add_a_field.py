@@ -73,7 +73,8 @@ def add_the_field(repo: Path) -> None:
     # 3. One migration, listed last, and the schema's version + 1 (read
     # from the code, so the walk follows the migrations added since).
     schema = repo / "src" / "table" / "schema" / "mod.rs"
-    version = int(re.search(r"pub const SCHEMA_VERSION: i32 = (\d+);", schema.read_text()).group(1))
+    literal = re.search(r"macro_rules! schema_version \{\s*\(\) => \{\s*(\d+)\s*\};", schema.read_text())
+    version = int(literal.group(1))
     name = f"{version + 1:04d}_os_name"
     (repo / "migrations" / f"{name}.sql").write_text(
         "DO $$\nBEGIN\n    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('user_logins')\n"
@@ -89,7 +90,7 @@ def add_the_field(repo: Path) -> None:
     edit(lists, f"    {last_masking},\n);", f'    {last_masking},\n    "\\n",\n    migration!("{name}"),\n);')
     edit(lists, f"            {last_full},\n        )",
          f'            {last_full},\n            "\\n",\n            migration!("{name}"),\n        )')  # fmt: skip
-    edit(schema, f"pub const SCHEMA_VERSION: i32 = {version};", f"pub const SCHEMA_VERSION: i32 = {version + 1};")
+    edit(schema, literal.group(0), literal.group(0).replace(str(version), str(version + 1)))
 
 
 # The end-to-end check, a unit test of the scratch library (its own
