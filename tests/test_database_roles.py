@@ -273,7 +273,7 @@ def test_doctor_passes_a_sound_deployment_and_names_each_break_with_its_fix(srv)
         assert code == 0 and report["findings"] == [], report
         assert set(report["checks"]) == {"schema_writers", "schema_version", "search_path", "roles", "privileges",
                                          "grantees", "triggers", "locks", "functions", "owner", "planted", "partitions", "retention",
-                                         "replication"}  # fmt: skip
+                                         "timeouts", "replication"}  # fmt: skip
         assert report["profile"] == "masking", report
         human = subprocess.run([str(BINARY), "doctor"], env=env, capture_output=True, text=True, timeout=60)
         assert human.returncode == 0 and "nothing to mend" in human.stdout, human.stdout + human.stderr
@@ -314,6 +314,10 @@ def test_doctor_passes_a_sound_deployment_and_names_each_break_with_its_fix(srv)
             (f"ALTER ROLE \"{ingest}\" IN DATABASE \"{name}\" SET datestyle = 'SQL, DMY'", admin, "roles",
              f'ALTER ROLE "{ingest}" IN DATABASE "{name}" RESET DateStyle',
              f'ALTER ROLE "{ingest}" IN DATABASE "{name}" RESET DateStyle'),
+            # No idle-transaction timeout: a session left idle in one holds retention off.
+            (f'ALTER ROLE "{ingest}" IN DATABASE "{name}" RESET idle_in_transaction_session_timeout', admin, "timeouts",
+             "idle_in_transaction_session_timeout = '10min'",
+             f"ALTER ROLE \"{ingest}\" IN DATABASE \"{name}\" SET idle_in_transaction_session_timeout = '10min'"),
             ("INSERT INTO user_logins (message_id, sent_at, create_date) VALUES ('doc-1', now(), DATE '2001-01-01')",
              admin, "partitions", "login-etl maintain", "DELETE FROM user_logins WHERE message_id = 'doc-1'"),
         ]  # fmt: skip

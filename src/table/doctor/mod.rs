@@ -170,6 +170,7 @@ async fn examine_in_transaction(
     tampering::owner(client, &mut report).await?;
     partitions_ahead(client, today, &mut report).await?;
     retention(client, today, retention_days, &mut report).await?;
+    idle_timeouts(client, &mut report).await?;
     replication::check(client, &mut report).await?;
     Ok(report)
 }
@@ -435,6 +436,59 @@ async fn stored_settings(
                 format!("as the admin: {fix}"),
             );
         }
+    }
+    Ok(())
+}
+
+/// What every login role of login-etl should have, unless the server
+/// sets one for all: an `idle_in_transaction_session_timeout`, so that a
+/// session of it left idle inside a transaction (an analyst's tool, a
+/// stolen credential) does not hold its locks, and with them retention,
+/// until someone ends it. README's block sets it per role; a role can
+/// still lift it in a session of its own (docs/insiders.md).
+pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "10min";
+
+/// Each registered login role without an
+/// `idle_in_transaction_session_timeout`: none of its own (for all
+/// databases or this one), nor the server's, or one set to 0.
+async fn idle_timeouts(client: &Client, report: &mut Report) -> Result<(), tokio_postgres::Error> {
+    report.checks.push("timeouts");
+    if !registry(client).await? {
+        return Ok(());
+    }
+    let rows = client
+        .query(
+            "SELECT r.role_name::text FROM user_logins_roles r \
+             JOIN pg_catalog.pg_roles a ON a.rolname = r.role_name AND a.rolcanlogin \
+             WHERE NOT coalesce( \
+                 (SELECT trim(both '''' from substr(c, strpos(c, '=') + 1)) NOT IN ('0', '0ms', '0s', '0min') \
+                  FROM pg_catalog.pg_db_role_setting d CROSS JOIN LATERAL unnest(d.setconfig) AS c \
+                  WHERE d.setrole = a.oid AND split_part(c, '=', 1) = 'idle_in_transaction_session_timeout' \
+                    AND d.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())) \
+                  ORDER BY d.setdatabase DESC LIMIT 1), \
+                 (SELECT s.setting <> '0' AND s.source NOT IN ('user', 'database', 'database user', 'session') \
+                  FROM pg_catalog.pg_settings s WHERE s.name = 'idle_in_transaction_session_timeout'), \
+                 false) \
+             ORDER BY 1",
+            &[],
+        )
+        .await?;
+    let database: String = client
+        .query_one("SELECT pg_catalog.current_database()::text", &[])
+        .await?
+        .get(0);
+    for row in rows {
+        let role: String = row.get(0);
+        report.found(
+            "timeouts",
+            format!("role {role}"),
+            "has no idle_in_transaction_session_timeout: a session of it left idle in a transaction holds its locks (and maintain's retention behind them) until someone ends it".into(),
+            format!(
+                "as the admin: ALTER ROLE {} IN DATABASE {} SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_TIMEOUT}' (README's block sets it)",
+                ident(&role),
+                ident(&database)
+            ),
+        );
     }
     Ok(())
 }
