@@ -74,6 +74,8 @@ def add_the_field(repo: Path) -> None:
     # from the code, so the walk follows the migrations added since).
     schema = repo / "src" / "table" / "schema" / "mod.rs"
     literal = re.search(r"macro_rules! schema_version \{\s*\(\) => \{\s*(\d+)\s*\};", schema.read_text())
+    if literal is None:
+        sys.exit("add_a_field: src/table/schema/mod.rs: no `schema_version!` literal: the page's steps no longer match the code")
     version = int(literal.group(1))
     name = f"{version + 1:04d}_os_name"
     (repo / "migrations" / f"{name}.sql").write_text(

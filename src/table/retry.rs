@@ -111,13 +111,14 @@ where
     }
 }
 
-/// The sessions holding a lock on the tables' relations now (the oldest
-/// transaction first, at most five): pid, role, the lock and relation, and
-/// since when its transaction runs where this role may see it
-/// (`pg_read_all_stats`); with the statements that end one and keep it
-/// from coming back. Names and numbers only: no query text.
+/// The sessions holding a lock on the tables now, in this database (the
+/// oldest transaction first where this role may see its start, at most
+/// five sessions): pid, role, the locks and relations, since when; and the
+/// statements that end one and keep it from coming back. Names and numbers
+/// only: no query text. Another role's transaction start is hidden from
+/// the maintain role, so the oldest is named only when it is visible.
 pub(crate) async fn lock_holders(client: &Client) -> String {
-    const HOLDERS_SQL: &str = "SELECT l.pid, coalesce(a.usename::text, '?'), l.mode, c.relname::text,             a.xact_start::text         FROM pg_catalog.pg_locks l         JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) l.relation         LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid OPERATOR(pg_catalog.=) l.pid         WHERE l.granted AND l.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()           AND c.relnamespace OPERATOR(pg_catalog.=) (SELECT n.oid FROM pg_catalog.pg_namespace n               WHERE n.nspname OPERATOR(pg_catalog.=) pg_catalog.current_schema())           AND pg_catalog.starts_with(c.relname::text, 'user_logins')         ORDER BY a.xact_start NULLS LAST, l.pid LIMIT 5";
+    const HOLDERS_SQL: &str = "SELECT l.pid, coalesce(a.usename::text, ''),             pg_catalog.string_agg(DISTINCT l.mode OPERATOR(pg_catalog.||) ' on ' OPERATOR(pg_catalog.||) c.relname::text, ', '),             pg_catalog.min(a.xact_start)::text, pg_catalog.current_database()::text         FROM pg_catalog.pg_locks l         JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) l.relation         LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid OPERATOR(pg_catalog.=) l.pid         WHERE l.granted AND l.pid IS DISTINCT FROM pg_catalog.pg_backend_pid()           AND l.database OPERATOR(pg_catalog.=) (SELECT d.oid FROM pg_catalog.pg_database d               WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())           AND c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p}'::pg_catalog.\"char\"[])           AND c.relnamespace OPERATOR(pg_catalog.=) (SELECT n.oid FROM pg_catalog.pg_namespace n               WHERE n.nspname OPERATOR(pg_catalog.=) pg_catalog.current_schema())           AND pg_catalog.starts_with(c.relname::text, 'user_logins')         GROUP BY l.pid, a.usename         ORDER BY pg_catalog.min(a.xact_start) NULLS LAST, l.pid LIMIT 5";
     let rows = match client.query_typed(HOLDERS_SQL, &[]).await {
         Ok(rows) => rows,
         Err(e) => return format!("who holds the lock could not be read ({})", describe(&e)),
@@ -128,24 +129,37 @@ pub(crate) async fn lock_holders(client: &Client) -> String {
     let held: Vec<String> = rows
         .iter()
         .map(|r| {
-            let since: Option<String> = r.get(4);
-            format!(
-                "pid {} (role {}, {} on {}, {})",
-                r.get::<_, i32>(0),
-                r.get::<_, String>(1),
-                r.get::<_, String>(2),
-                r.get::<_, String>(3),
-                since.map_or_else(
-                    || "its transaction's start not visible to this role: grant it pg_read_all_stats to see it".to_owned(),
-                    |t| format!("in a transaction since {t}")
+            let (pid, role): (Option<i32>, String) = (r.get(0), r.get(1));
+            let since: Option<String> = r.get(3);
+            match pid {
+                None => format!("a prepared transaction ({})", r.get::<_, String>(2)),
+                Some(pid) => format!(
+                    "pid {pid} (role {}, {}, {})",
+                    if role.is_empty() { "?" } else { &role },
+                    r.get::<_, String>(2),
+                    since.map_or_else(
+                        || "its transaction's start not visible to this role".to_owned(),
+                        |t| format!("in a transaction since {t}")
+                    ),
                 ),
-            )
+            }
         })
         .collect();
-    let (pid, role): (i32, String) = (rows[0].get(0), rows[0].get(1));
-    format!(
-        "held now by {}. As an admin, end the session that holds it too long: SELECT pg_terminate_backend({pid}); and keep it from coming back: ALTER ROLE {} SET idle_in_transaction_session_timeout = '10min' (docs/insiders.md)",
-        held.join(", "),
-        postgres_protocol::escape::escape_identifier(&role)
-    )
+    let database: String = rows[0].get(4);
+    let oldest = &rows[0];
+    let fix = match (
+        oldest.get::<_, Option<i32>>(0),
+        oldest.get::<_, Option<String>>(3),
+    ) {
+        (Some(pid), Some(_)) if !oldest.get::<_, String>(1).is_empty() => format!(
+            "As an admin, end the oldest: SELECT pg_terminate_backend({pid}); and keep it from coming back: ALTER ROLE {} IN DATABASE {} SET idle_in_transaction_session_timeout = '10min'",
+            postgres_protocol::escape::escape_identifier(&oldest.get::<_, String>(1)),
+            postgres_protocol::escape::escape_identifier(&database)
+        ),
+        _ => format!(
+            "As an admin, find which of them has held its transaction longest (pg_stat_activity.xact_start, state 'idle in transaction') and end it: SELECT pg_terminate_backend(<its pid>); keep it from coming back: ALTER ROLE <its role> IN DATABASE {} SET idle_in_transaction_session_timeout = '10min'",
+            postgres_protocol::escape::escape_identifier(&database)
+        ),
+    };
+    format!("held now by {}. {fix} (docs/insiders.md)", held.join(", "))
 }

@@ -449,8 +449,9 @@ async fn stored_settings(
 pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "10min";
 
 /// Each registered login role without an
-/// `idle_in_transaction_session_timeout`: none of its own (for all
-/// databases or this one), nor the server's, or one set to 0.
+/// `idle_in_transaction_session_timeout`: the first of its own in this
+/// database, its own in all, the database's, or the server's (its
+/// configuration file or command line) that is set, is 0 or none is.
 async fn idle_timeouts(client: &Client, report: &mut Report) -> Result<(), tokio_postgres::Error> {
     report.checks.push("timeouts");
     if !registry(client).await? {
@@ -458,17 +459,20 @@ async fn idle_timeouts(client: &Client, report: &mut Report) -> Result<(), tokio
     }
     let rows = client
         .query(
-            "SELECT r.role_name::text FROM user_logins_roles r \
+            "WITH here AS (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()), \
+             setting AS (SELECT d.setrole, d.setdatabase, trim(both '''' from substr(c, strpos(c, '=') + 1)) AS value \
+                 FROM pg_catalog.pg_db_role_setting d CROSS JOIN LATERAL unnest(d.setconfig) AS c \
+                 WHERE split_part(c, '=', 1) = 'idle_in_transaction_session_timeout' \
+                   AND d.setdatabase IN (0, (SELECT oid FROM here))) \
+             SELECT r.role_name::text FROM user_logins_roles r \
              JOIN pg_catalog.pg_roles a ON a.rolname = r.role_name AND a.rolcanlogin \
-             WHERE NOT coalesce( \
-                 (SELECT trim(both '''' from substr(c, strpos(c, '=') + 1)) NOT IN ('0', '0ms', '0s', '0min') \
-                  FROM pg_catalog.pg_db_role_setting d CROSS JOIN LATERAL unnest(d.setconfig) AS c \
-                  WHERE d.setrole = a.oid AND split_part(c, '=', 1) = 'idle_in_transaction_session_timeout' \
-                    AND d.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())) \
-                  ORDER BY d.setdatabase DESC LIMIT 1), \
-                 (SELECT s.setting <> '0' AND s.source NOT IN ('user', 'database', 'database user', 'session') \
-                  FROM pg_catalog.pg_settings s WHERE s.name = 'idle_in_transaction_session_timeout'), \
-                 false) \
+             WHERE coalesce( \
+                 (SELECT s.value FROM setting s WHERE s.setrole IN (a.oid, 0) \
+                  ORDER BY s.setrole = a.oid AND s.setdatabase <> 0 DESC, s.setrole = a.oid DESC, s.setdatabase <> 0 DESC \
+                  LIMIT 1), \
+                 (SELECT p.setting FROM pg_catalog.pg_settings p WHERE p.name = 'idle_in_transaction_session_timeout' \
+                    AND p.source IN ('configuration file', 'command line')), \
+                 '0') ~ '^\\s*0*(\\.0*)?\\s*[a-z]*\\s*$' \
              ORDER BY 1",
             &[],
         )
