@@ -152,20 +152,7 @@ impl Secrets {
             .secret_string(text)
             .send()
             .await
-            .map_err(|e| match &e {
-                SdkError::ServiceError(service) => SecretError::Service {
-                    id: name.to_owned(),
-                    code: service.err().code().unwrap_or("unknown").to_owned(),
-                    message: format!(
-                        "{}; making it needs secretsmanager:CreateSecret",
-                        service.err().message().unwrap_or_default()
-                    ),
-                },
-                _ => SecretError::Unreachable {
-                    id: name.to_owned(),
-                    cause: DisplayErrorContext(&e).to_string(),
-                },
-            })?;
+            .map_err(|e| admin_error(name, e, "secretsmanager:CreateSecret"))?;
         Ok(out.arn.unwrap_or_else(|| name.to_owned()))
     }
 
@@ -212,8 +199,8 @@ impl Secrets {
     }
 }
 
-/// An administrator's call on `id` that failed: the service's code and
-/// message, and the right it needs.
+/// An administrator's call on `id` (`password`'s: create, policy, value)
+/// that failed: the service's code and message, and the right it needs.
 fn admin_error<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
     id: &str,
     e: SdkError<E, R>,

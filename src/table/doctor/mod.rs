@@ -464,7 +464,7 @@ async fn idle_timeouts(client: &Client, report: &mut Report) -> Result<(), tokio
                  FROM pg_catalog.pg_db_role_setting d CROSS JOIN LATERAL unnest(d.setconfig) AS c \
                  WHERE split_part(c, '=', 1) = 'idle_in_transaction_session_timeout' \
                    AND d.setdatabase IN (0, (SELECT oid FROM here))) \
-             SELECT r.role_name::text FROM user_logins_roles r \
+             SELECT r.role_name::text, pg_catalog.current_database()::text FROM user_logins_roles r \
              JOIN pg_catalog.pg_roles a ON a.rolname = r.role_name AND a.rolcanlogin \
              WHERE coalesce( \
                  (SELECT s.value FROM setting s WHERE s.setrole IN (a.oid, 0) \
@@ -477,12 +477,8 @@ async fn idle_timeouts(client: &Client, report: &mut Report) -> Result<(), tokio
             &[],
         )
         .await?;
-    let database: String = client
-        .query_one("SELECT pg_catalog.current_database()::text", &[])
-        .await?
-        .get(0);
     for row in rows {
-        let role: String = row.get(0);
+        let (role, database): (String, String) = (row.get(0), row.get(1));
         report.found(
             "timeouts",
             format!("role {role}"),
