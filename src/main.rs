@@ -77,10 +77,14 @@ async fn serve_lambda() -> ExitCode {
 
 /// Builds the handler once, then serves invocations until Lambda stops us.
 /// With `LOGIN_ETL_TASK=maintain` (the template's maintenance function,
-/// invoked on a schedule), each invocation is one `login-etl maintain` run.
+/// invoked on a schedule), each invocation is one `login-etl maintain` run;
+/// with `LOGIN_ETL_TASK=setup` (the stack's setup function), one answer
+/// to its setup resource.
 async fn serve() -> Result<(), lambda_runtime::Error> {
-    if std::env::var("LOGIN_ETL_TASK").as_deref() == Ok("maintain") {
-        return serve_maintenance().await;
+    match std::env::var("LOGIN_ETL_TASK").as_deref() {
+        Ok("maintain") => return serve_maintenance().await,
+        Ok("setup") => return serve_setup().await,
+        _ => {}
     }
     let config = Config::from_env()?;
     let handler = Arc::new(startup::build(&config).await?);
@@ -123,5 +127,24 @@ async fn serve_maintenance() -> Result<(), lambda_runtime::Error> {
             Ok::<_, lambda_runtime::Error>(doc)
         }
     }))
+    .await
+}
+
+/// The setup function: each invocation is CloudFormation's request to the
+/// stack's setup resource, answered at its pre-signed URL
+/// (`login_etl::cli::setup::resource`).
+async fn serve_setup() -> Result<(), lambda_runtime::Error> {
+    lambda_runtime::run(service_fn(
+        |event: LambdaEvent<serde_json::Value>| async move {
+            let remaining = event
+                .context
+                .deadline()
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            login_etl::cli::setup::resource::handle(event.payload, remaining)
+                .await
+                .map_err(lambda_runtime::Error::from)
+        },
+    ))
     .await
 }

@@ -41,6 +41,7 @@ pub async fn run(command: Command) -> ExitCode {
             .await
             .map(|line| println!("{line}"))
             .map_err(|e| Failure(e, 1)),
+        Command::Setup(args) => setup(&args).await,
         Command::Reveal(args) => reveal(&args).await,
         Command::Forget(args) => forget(&args).await,
         Command::Audit(args) => audit(&args).await,
@@ -573,6 +574,50 @@ async fn grants(args: &GrantsArgs) -> Result<(), Failure> {
         args.to,
         args.schema
     );
+    Ok(())
+}
+
+/// README's setup block in one command: each step's line on stdout.
+async fn setup(args: &super::SetupArgs) -> Result<(), Failure> {
+    let readers = args
+        .reader_arn
+        .iter()
+        .map(|r| {
+            r.split_once('=')
+                .and_then(|(role, arn)| {
+                    crate::grants::Role::ALL
+                        .into_iter()
+                        .find(|x| x.as_str() == role)
+                        .map(|role| (role, arn.to_owned()))
+                })
+                .ok_or_else(|| {
+                    Failure(
+                        format!("--reader-arn {r}: expected ROLE=ARN, e.g. ingest=arn:aws:iam::123456789012:role/fn"),
+                        EXIT_USAGE,
+                    )
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    let plan = super::setup::Plan {
+        prefix: args.prefix.clone(),
+        schema: args.schema.clone(),
+        profile: args.profile,
+        retention: args.retention_days,
+        auth: args.auth,
+        secrets: args.secrets.clone(),
+        secret_host: args.secret_host.clone(),
+        secret_port: args.secret_port,
+        readers,
+    };
+    // The admin as psql connects (the PG* variables, ~/.pgpass), with a
+    // password: DB_AUTH says how the roles connect, not the admin.
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let admin = DbConfig::from_lookup(&|name: &str| match name {
+        "DB_AUTH" | "DB_SECRET_ID" => None,
+        _ => env(name),
+    })?;
+    let report = super::setup::run(&plan, &admin, &env, &mut |line| println!("{line}")).await?;
+    println!("set up: {}", report.schema);
     Ok(())
 }
 

@@ -18,6 +18,7 @@
 
 mod commands;
 mod password;
+pub mod setup;
 mod validate;
 
 use clap::{Args, Parser, Subcommand};
@@ -75,6 +76,8 @@ pub enum Command {
     Grants(GrantsArgs),
     /// Set a login role's password to the one its RDS-style secret holds, making the secret (with a generated password) where it is missing; the password is never printed (the admin, with PostgreSQL's and AWS's usual settings).
     Password(PasswordArgs),
+    /// Set up a database for login-etl, or bring it up to date (README's setup block; what the stack's setup resource runs): the schema, the login roles with their passwords in secrets (or rds_iam), the tables, each role's grants, one maintenance run. Idempotent; drops nothing (the admin, with PostgreSQL's and AWS's usual settings).
+    Setup(SetupArgs),
     /// Print the original values behind tokens from the PII vault (needs kms:Decrypt).
     Reveal(RevealArgs),
     /// Erase one user: their rows and the vault entries only they used.
@@ -347,6 +350,44 @@ pub struct PasswordArgs {
     /// Adopt a secret that lacks login-etl's resource policy (one made before it, or by someone else): put the policy on it, then a newly generated password into it.
     #[arg(long)]
     pub new_password: bool,
+}
+
+/// `login-etl setup`.
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// The login roles' names are PREFIX_migrate, PREFIX_ingest, ...
+    #[arg(long, value_name = "PREFIX", default_value = "login_etl")]
+    pub prefix: String,
+    /// The tables' schema: public, or one of login-etl's own (made where missing; each role's search_path is set to it).
+    #[arg(long, default_value = "public")]
+    pub schema: String,
+    /// The profile: masking (masked rows only; four roles) or full (also the vault, erasure and the audit trail; eight roles). A masking database is widened by running setup again with full.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "PROFILE",
+        env = "LOGIN_ETL_PROFILE",
+        default_value = "masking"
+    )]
+    pub profile: crate::profile::Profile,
+    /// Days of logins kept (or all), as the stack's RetentionDays: migrate records it, and no maintain deletes inside it.
+    #[arg(long, value_name = "DAYS|all", env = "RETENTION_DAYS")]
+    pub retention_days: crate::table::retention::Kept,
+    /// password: each role's password in its own secret SECRETS/<role> (made here, readable by this admin and --reader-arn alone, or read where it exists). iam: each role granted rds_iam, no password anywhere.
+    #[arg(long, value_enum, default_value = "password")]
+    pub auth: setup::Auth,
+    /// The prefix of the roles' secret ids: SECRETS/migrate, SECRETS/ingest, ...
+    #[arg(long, value_name = "SECRETS", default_value = "login-etl")]
+    pub secrets: String,
+    /// The host the secrets name, where the function connects elsewhere than this admin does (an RDS Proxy's endpoint, or the RDS endpoint when the admin connects through a tunnel).
+    #[arg(long, value_name = "HOST")]
+    pub secret_host: Option<String>,
+    /// The port the secrets name; default: the port connected to.
+    #[arg(long, value_name = "PORT")]
+    pub secret_port: Option<u16>,
+    /// ROLE=ARN: an IAM principal that may read that role's secret besides this admin (the function's role for ingest); repeatable.
+    #[arg(long, value_name = "ROLE=ARN")]
+    pub reader_arn: Vec<String>,
 }
 
 /// `login-etl rotate-key`.

@@ -38,160 +38,210 @@ const LENGTH: usize = 32;
 pub async fn run(args: &PasswordArgs) -> Result<String, String> {
     let db = DbConfig::from_env().map_err(|e| e.to_string())?;
     let aws = crate::secrets::sdk_config().await;
-    let secrets = Secrets::new(&aws);
-    let mut admin = Connector::from_config(&db, Some(&aws))
-        .await
-        .map_err(|e| e.to_string())?;
-    let (host, port, dbname) = admin.host_port_dbname();
-    let client = admin
-        .open(admin.connect_timeout())
-        .await
-        .map_err(|e| e.to_string())?;
-    let caller = aws_sdk_sts::Client::new(&aws)
-        .get_caller_identity()
-        .send()
-        .await
-        .map_err(|e| {
-            format!(
-                "asking STS who runs this failed ({}): the secret's resource policy names the admin's role; check the AWS credentials",
-                aws_sdk_sts::error::DisplayErrorContext(&e)
+    let admin = Admin::connect(&db, &aws).await?;
+    Ok(admin.set_password(args).await?.line)
+}
+
+/// The admin's side of `password` (and of `setup`): a connection that may
+/// ALTER ROLE, the server it reaches, and who runs it (named by STS).
+pub struct Admin {
+    /// The admin's connection.
+    pub client: tokio_postgres::Client,
+    host: String,
+    port: u16,
+    dbname: String,
+    secrets: Secrets,
+    caller: String,
+}
+
+/// What [`Admin::set_password`] did: the secret's ARN and the line to print.
+pub struct PasswordSet {
+    /// The ARN of the role's secret.
+    pub arn: String,
+    /// `<role>: password set from secret <arn>`, and whether it was generated now.
+    pub line: String,
+}
+
+impl Admin {
+    /// Connects as the admin `db` names and asks STS who runs this.
+    pub async fn connect(db: &DbConfig, aws: &aws_config::SdkConfig) -> Result<Self, String> {
+        let mut admin = Connector::from_config(db, Some(aws))
+            .await
+            .map_err(|e| e.to_string())?;
+        let (host, port, dbname) = admin.host_port_dbname();
+        let client = admin
+            .open(admin.connect_timeout())
+            .await
+            .map_err(|e| e.to_string())?;
+        let caller = aws_sdk_sts::Client::new(aws)
+            .get_caller_identity()
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "asking STS who runs this failed ({}): the secret's resource policy names the admin's role; check the AWS credentials",
+                    aws_sdk_sts::error::DisplayErrorContext(&e)
+                )
+            })?
+            .arn
+            .ok_or("STS named no caller ARN")?;
+        Ok(Self {
+            client,
+            host,
+            port,
+            dbname,
+            secrets: Secrets::new(aws),
+            caller,
+        })
+    }
+
+    /// Sets `args.role`'s password to the one its secret holds, making the
+    /// secret where it is missing (the module's documentation).
+    pub async fn set_password(&self, args: &PasswordArgs) -> Result<PasswordSet, String> {
+        let Self {
+            client,
+            host,
+            port,
+            dbname,
+            secrets,
+            caller,
+        } = self;
+        let (host, port) = (host.clone(), *port);
+        let mut principals = policy::principal_of(caller);
+        principals.extend(args.reader_arn.iter().cloned());
+        let want_host = args.secret_host.clone().unwrap_or_else(|| host.clone());
+        let want_port = args.secret_port.unwrap_or(port);
+        let secret_text = |password: &str| {
+            Zeroizing::new(
+                serde_json::json!({
+                    "engine": "postgres",
+                    "username": args.role,
+                    "password": password,
+                    "host": want_host,
+                    "port": want_port,
+                    "dbname": dbname,
+                })
+                .to_string(),
             )
-        })?
-        .arn
-        .ok_or("STS named no caller ARN")?;
-    let mut principals = policy::principal_of(&caller);
-    principals.extend(args.reader_arn.iter().cloned());
-    let want_host = args.secret_host.clone().unwrap_or_else(|| host.clone());
-    let want_port = args.secret_port.unwrap_or(port);
-    let secret_text = |password: &str| {
-        Zeroizing::new(
-            serde_json::json!({
-                "engine": "postgres",
-                "username": args.role,
-                "password": password,
-                "host": want_host,
-                "port": want_port,
-                "dbname": dbname,
-            })
-            .to_string(),
-        )
-    };
-    let id = &args.secret_id;
-    let named = principals.join(", ");
-    // The policy first, then a new password: nobody else ever reads it.
-    let renew = |id: String| {
-        let (secrets, principals, secret_text) = (&secrets, &principals, &secret_text);
-        async move {
-            secrets
-                .put_resource_policy(&id, &policy::only(principals))
-                .await
-                .map_err(|e| e.to_string())?;
-            let password = generate();
-            secrets
-                .put_string(&id, &secret_text(&password))
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>((password, id))
-        }
-    };
-    let (password, arn, made) = match secrets.string_if_any(id).await.map_err(|e| match e {
-        crate::error::SecretError::AccessDenied { id, code } => format!(
-            "reading secret {id} was denied ({code}) to {caller}: a secret the stack protects (ProtectDbSecret) is readable by the function's role and DbSecretReaderPrincipalArns alone, and one login-etl made by the principals it named: add this admin's role to DbSecretReaderPrincipalArns and deploy, or run this as a principal the secret's policy names"
-        ),
-        other => other.to_string(),
-    })? {
-        Some(text) => {
-            let secret = DbSecret::parse(id, &text, false).map_err(|e| e.to_string())?;
-            if secret.username != args.role {
-                return Err(format!(
-                    "secret {id} names the role {}, not {}: give each role a secret of its own (--secret-id)",
-                    secret.username, args.role
-                ));
+        };
+        let id = &args.secret_id;
+        let named = principals.join(", ");
+        // The policy first, then a new password: nobody else ever reads it.
+        let renew = |id: String| {
+            let (secrets, principals, secret_text) = (&secrets, &principals, &secret_text);
+            async move {
+                secrets
+                    .put_resource_policy(&id, &policy::only(principals))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let password = generate();
+                secrets
+                    .put_string(&id, &secret_text(&password))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>((password, id))
             }
-            if secret.host != want_host || secret.port != want_port || secret.dbname != dbname {
-                return Err(format!(
-                    "secret {id} names {}:{} database {}, not {want_host}:{want_port} database {dbname}; nothing was changed. If it was made for a proxy's endpoint, give the same --secret-host and --secret-port; if it was made for another server (or by someone else), give this role a secret of its own (--secret-id), or delete that one and run again",
-                    secret.host, secret.port, secret.dbname
-                ));
-            }
-            let found = match secrets.resource_policy(id).await.map_err(|e| e.to_string())? {
-                Some(p) => policy::check(&p, &principals),
-                None => Err("it has no resource policy: anyone in the account allowed secretsmanager:GetSecretValue on * reads it".into()),
-            };
-            match found {
-                // A run stopped between the policy and the password: finished now.
-                Ok(policy::Found::Ours(_)) if secret.password.is_empty() => {
-                    let (password, arn) = renew(id.clone()).await?;
-                    (password, arn, true)
+        };
+        let (password, arn, made) = match secrets.string_if_any(id).await.map_err(|e| match e {
+            crate::error::SecretError::AccessDenied { id, code } => format!(
+                "reading secret {id} was denied ({code}) to {caller}: a secret the stack protects (ProtectDbSecret) is readable by the function's role and DbSecretReaderPrincipalArns alone, and one login-etl made by the principals it named: add this admin's role to DbSecretReaderPrincipalArns and deploy, or run this as a principal the secret's policy names"
+            ),
+            other => other.to_string(),
+        })? {
+            Some(text) => {
+                let secret = DbSecret::parse(id, &text, false).map_err(|e| e.to_string())?;
+                if secret.username != args.role {
+                    return Err(format!(
+                        "secret {id} names the role {}, not {}: give each role a secret of its own (--secret-id)",
+                        secret.username, args.role
+                    ));
                 }
-                Ok(policy::Found::Ours(had)) => {
-                    // A --reader-arn not named yet: the policy widened to it.
-                    if principals.iter().any(|p| !had.contains(p)) {
-                        secrets
-                            .put_resource_policy(id, &policy::only(&principals))
-                            .await
-                            .map_err(|e| e.to_string())?;
+                if secret.host != want_host || secret.port != want_port || secret.dbname != *dbname {
+                    return Err(format!(
+                        "secret {id} names {}:{} database {}, not {want_host}:{want_port} database {dbname}; nothing was changed. If it was made for a proxy's endpoint, give the same --secret-host and --secret-port; if it was made for another server (or by someone else), give this role a secret of its own (--secret-id), or delete that one and run again",
+                        secret.host, secret.port, secret.dbname
+                    ));
+                }
+                let found = match secrets.resource_policy(id).await.map_err(|e| e.to_string())? {
+                    Some(p) => policy::check(&p, &principals),
+                    None => Err("it has no resource policy: anyone in the account allowed secretsmanager:GetSecretValue on * reads it".into()),
+                };
+                match found {
+                    // A run stopped between the policy and the password: finished now.
+                    Ok(policy::Found::Ours(_)) if secret.password.is_empty() => {
+                        let (password, arn) = renew(id.clone()).await?;
+                        (password, arn, true)
                     }
-                    (Zeroizing::new(secret.password), id.clone(), false)
-                }
-                Ok(policy::Found::Stacks) if args.new_password => {
-                    return Err(format!(
-                        "secret {id} is protected by its stack (ProtectDbSecret), whose function reads it: --new-password would take it from the function; nothing was changed. Rotate it with Secrets Manager, or run without --new-password"
-                    ));
-                }
-                Ok(policy::Found::Stacks) => (Zeroizing::new(secret.password), id.clone(), false),
-                Err(why) if !args.new_password => {
-                    return Err(format!(
-                        "secret {id} is not adopted: {why}, and whoever made it may know its password; nothing was changed. Run again with --new-password (the policy naming {named} is put on it, then a new password), or delete it and run again"
-                    ));
-                }
-                Err(_) => {
-                    let (password, arn) = renew(id.clone()).await?;
-                    (password, arn, true)
+                    Ok(policy::Found::Ours(had)) => {
+                        // A --reader-arn not named yet: the policy widened to it.
+                        if principals.iter().any(|p| !had.contains(p)) {
+                            secrets
+                                .put_resource_policy(id, &policy::only(&principals))
+                                .await
+                                .map_err(|e| e.to_string())?;
+                        }
+                        (Zeroizing::new(secret.password), id.clone(), false)
+                    }
+                    Ok(policy::Found::Stacks) if args.new_password => {
+                        return Err(format!(
+                            "secret {id} is protected by its stack (ProtectDbSecret), whose function reads it: --new-password would take it from the function; nothing was changed. Rotate it with Secrets Manager, or run without --new-password"
+                        ));
+                    }
+                    Ok(policy::Found::Stacks) => (Zeroizing::new(secret.password), id.clone(), false),
+                    Err(why) if !args.new_password => {
+                        return Err(format!(
+                            "secret {id} is not adopted: {why}, and whoever made it may know its password; nothing was changed. Run again with --new-password (the policy naming {named} is put on it, then a new password), or delete it and run again"
+                        ));
+                    }
+                    Err(_) => {
+                        let (password, arn) = renew(id.clone()).await?;
+                        (password, arn, true)
+                    }
                 }
             }
-        }
-        None => {
-            if host.starts_with('/') && args.secret_host.is_none() {
-                return Err(format!(
-                    "the admin connects over the Unix socket {host}, which the function cannot reach: give the host the secret should name with --secret-host (and --secret-port)"
-                ));
-            }
-            // Made without the password, which goes in once the policy is
-            // on (a run stopped in between is finished by the next).
-            let arn = secrets
-                .create(id, &secret_text(""))
-                .await
-                .map_err(|e| e.to_string())?;
-            let (password, arn) = renew(arn).await?;
-            (password, arn, true)
-        }
-    };
-    let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
-    client
-        .batch_execute(&format!(
-            "ALTER ROLE {} PASSWORD {}",
-            escape_identifier(&args.role),
-            escape_literal(&verifier)
-        ))
-        .await
-        .map_err(|e| {
-            format!(
-                "setting the password of {} failed: {}; run as an admin that may ALTER ROLE it (CREATEROLE), after the role is made{}",
-                args.role,
-                crate::error::describe(&e),
-                if made {
-                    " (the secret holds its new password already: run this again, without --new-password, to set it)"
-                } else {
-                    ""
+            None => {
+                if host.starts_with('/') && args.secret_host.is_none() {
+                    return Err(format!(
+                        "the admin connects over the Unix socket {host}, which the function cannot reach: give the host the secret should name with --secret-host (and --secret-port)"
+                    ));
                 }
-            )
-        })?;
-    Ok(format!(
-        "{}: password set from secret {arn}{}",
-        args.role,
-        if made { " (generated now)" } else { "" }
-    ))
+                // Made without the password, which goes in once the policy is
+                // on (a run stopped in between is finished by the next).
+                let arn = secrets
+                    .create(id, &secret_text(""))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let (password, arn) = renew(arn).await?;
+                (password, arn, true)
+            }
+        };
+        let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+        client
+            .batch_execute(&format!(
+                "ALTER ROLE {} PASSWORD {}",
+                escape_identifier(&args.role),
+                escape_literal(&verifier)
+            ))
+            .await
+            .map_err(|e| {
+                format!(
+                    "setting the password of {} failed: {}; run as an admin that may ALTER ROLE it (CREATEROLE), after the role is made{}",
+                    args.role,
+                    crate::error::describe(&e),
+                    if made {
+                        " (the secret holds its new password already: run this again, without --new-password, to set it)"
+                    } else {
+                        ""
+                    }
+                )
+            })?;
+        let line = format!(
+            "{}: password set from secret {arn}{}",
+            args.role,
+            if made { " (generated now)" } else { "" }
+        );
+        Ok(PasswordSet { arn, line })
+    }
 }
 
 /// A new random password of [`LENGTH`] characters of [`ALPHABET`].
