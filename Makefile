@@ -29,7 +29,7 @@ LS_VENV       ?= .venv-localstack
 LS_PACKAGES   := localstack-core[runtime]==4.13.1 cbor2==5.9.0 pyopenssl==25.3.0 localstack-twisted==25.5.0 awscli-local==0.23.0 awscli==1.44.24 pytest==9.2.0
 # Bump LS_FIXES when the fixes applied to the installed LocalStack change.
 LS_FIXES      := 2
-LS_STAMP      := $(LS_VENV)/.installed-$(shell cat localstack/host_executor/pyproject.toml localstack/host_executor/login_etl_host_executor.py | sha1sum | cut -c1-8)-$(shell echo '$(LS_PACKAGES)' | sha1sum | cut -c1-8)-fixes$(LS_FIXES)
+LS_STAMP      := $(LS_VENV)/.installed-$(shell cat localstack/host_executor/pyproject.toml localstack/host_executor/*.py | sha1sum | cut -c1-8)-$(shell echo '$(LS_PACKAGES)' | sha1sum | cut -c1-8)-fixes$(LS_FIXES)
 export PATH   := $(abspath $(VENV))/bin:$(PATH):$(abspath $(LS_VENV))/bin
 # SAM and cfn-lint work offline with these (otherwise they probe the network).
 export AWS_DEFAULT_REGION ?= us-east-1
@@ -531,7 +531,7 @@ deploy: sam-build ## sam deploy the samconfig.toml environment SAM_ENV (default,
 	@# release/deploy.sh: sam deploy of the environment's stack (samconfig.toml),
 	@# reusing the keys a deleted stack of that name retained.
 	env $(if $(filter file,$(origin AWS_DEFAULT_REGION)),-u AWS_DEFAULT_REGION,) \
-	  release/deploy.sh $(PARAMS) -- --config-env $(SAM_ENV) $${region:+--region "$$region"} $(if $(GUIDED),--guided,)
+	  release/deploy.sh $(PARAMS) $(if $(DB_CA_BUNDLE),$(if $(findstring DbCaBundleFile=,$(PARAMS)),,DbCaBundleFile=$(notdir $(DB_CA_BUNDLE)))) -- --config-env $(SAM_ENV) $${region:+--region "$$region"} $(if $(GUIDED),--guided,)
 
 SAM_BUILD_DIR ?= .aws-sam/build
 # The RDS CA bundle DB_CA_BUNDLE beside each bootstrap sam built (make deploy

@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import random
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -225,7 +226,8 @@ def run_deploy_sequence(values: dict[str, str], env: dict[str, str], timeout: fl
                               capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)  # fmt: skip
 
 
-def prepare_database(dbname: str, profile: str = "full", env: dict[str, str] | None = None) -> None:
+def prepare_database(dbname: str, profile: str = "full", env: dict[str, str] | None = None,
+                     secrets_prefix: str | None = None) -> None:
     """The README's deploy sequence, run as written against the stacks'
     server as its admin (psql's variables, as the block says), its settings
     pointed at `dbname`, its LOGIN_ETL_PROFILE set to `profile` and its
@@ -233,11 +235,13 @@ def prepare_database(dbname: str, profile: str = "full", env: dict[str, str] | N
     passwords, the migrate role creates the tables and applies each role's
     `login-etl grants`. Run again with "full" on a masking-only database,
     it widens it (as the README says). With `env`, the block runs in that
-    environment (its PATH gives `login-etl`), else with the packaged bootstrap."""
+    environment (its PATH gives `login-etl`), else with the packaged bootstrap;
+    with `secrets_prefix`, its SECRETS (a stack's own: `<stack>`)."""
     admin = admin_env(dbname)
     values = {name: admin[name] for name in ("PGHOST", "PGPORT", "PGDATABASE", "PGUSER")}
     values |= {"PGSSLMODE": admin.get("PGSSLMODE", "disable"), "PGSSLROOTCERT": admin.get("PGSSLROOTCERT", ""),
-               "PREFIX": dbname, "LOGIN_ETL_PROFILE": profile, "SECRETS": f"login-etl-local/{dbname}"}  # fmt: skip
+               "PREFIX": dbname, "LOGIN_ETL_PROFILE": profile,
+               "SECRETS": secrets_prefix or f"login-etl-local/{dbname}"}  # fmt: skip
     if env is None:
         bin_dir = BUILD_DIR / "bin"
         bin_dir.mkdir(parents=True, exist_ok=True)
@@ -362,9 +366,8 @@ def _build() -> None:
         shutil.copy2(built, tmp)  # copy2 keeps the mtime: the next build() sees it is the same
         tmp.replace(bootstrap)
     template = yaml_parse((ROOT / "template.yaml").read_text())
-    # Both functions run the one binary (the maintenance function is only
-    # created with MaintainDbSecretArn): one package.
-    for name in ("LoginEtlFunction", "MaintenanceFunction"):
+    # The functions run the one binary: one package.
+    for name in ("LoginEtlFunction", "MaintenanceFunction", "SetupFunction"):
         function = template["Resources"][name]
         if function["Properties"].get("CodeUri") != ".":
             raise RuntimeError(f"template.yaml: {name}'s CodeUri is no longer '.'; update stack.build()")
@@ -373,6 +376,41 @@ def _build() -> None:
     written = BUILD_DIR / "template.yaml.tmp"
     written.write_text(yaml_dump(template))
     written.replace(BUILD_DIR / "template.yaml")
+
+
+def master_name(dbname: str) -> str:
+    return f"{dbname}_master"
+
+
+def master_secret(dbname: str) -> str:
+    """As RDS keeps a master user: a role that is no superuser (CREATEROLE,
+    owning the database), its password in an RDS-managed-style secret
+    (username and password only); the secret's ARN."""
+    name = master_name(dbname)
+    password = secrets.token_hex(16)
+    psql(admin_url(), f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{name}') THEN "
+                      f"CREATE ROLE \"{name}\" LOGIN CREATEROLE; END IF; END $$")  # fmt: skip
+    psql(admin_url(), f"ALTER ROLE \"{name}\" PASSWORD '{password}'")
+    psql(admin_url(), f'ALTER DATABASE "{dbname}" OWNER TO "{name}"')
+    sm = client("secretsmanager")
+    text = json.dumps({"username": name, "password": password})
+    try:
+        return sm.create_secret(Name=f"rds-master/{dbname}", SecretString=text)["ARN"]
+    except sm.exceptions.ResourceExistsException:
+        sm.put_secret_value(SecretId=f"rds-master/{dbname}", SecretString=text)
+        return sm.describe_secret(SecretId=f"rds-master/{dbname}")["ARN"]
+
+
+def forget_stack_setup(stack: str, dbname: str) -> None:
+    """What a stack's setup left behind, which a stack delete keeps: its
+    roles' secrets, and the master role and secret of master_secret."""
+    sm = client("secretsmanager")
+    for name in [f"{stack}/{role}" for role in ROLES] + [f"rds-master/{dbname}"]:
+        try:
+            sm.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True)
+        except sm.exceptions.ResourceNotFoundException:
+            pass
+    psql(admin_url(), f'DROP ROLE IF EXISTS "{master_name(dbname)}"')
 
 
 def db_secret_arn(dbname: str, role: str = "ingest", port: int | None = None) -> str:
@@ -442,6 +480,7 @@ def deploy(
     log: Path | None = None,
     profile: str = "full",
     with_sam: bool = True,
+    set_up_by_stack: bool = False,
 ) -> Stack:
     """Deploy the built template as `stack`, its DB secret pointing at a fresh
     database `dbname`, migrated by the admin, which the function writes as
@@ -456,13 +495,16 @@ def deploy(
     `with_sam=False` (make e2e, four stacks at once): the template packaged
     once by `sam package`, each stack created from it with CloudFormation's
     API; sam deploy's own CPU, eight seconds a stack, was a tenth of the
-    suite's."""
+    suite's. `set_up_by_stack`: no README block; the stack's setup resource
+    sets the database up as its master (MasterSecretArn: see master_secret),
+    its roles `<dbname>_*` and their secrets `<stack>/<role>`."""
     if stack_exists(stack):
         say(f"==> deleting the previous {stack} (LocalStack cannot update a stack) and its database {dbname}")
         delete_stack(stack)
     drop_database(dbname)
     create_database(dbname)
-    prepare_database(dbname, profile)
+    if not set_up_by_stack:
+        prepare_database(dbname, profile)
     s3 = client("s3")
     try:
         s3.create_bucket(Bucket=ARTIFACT_BUCKET)
@@ -471,13 +513,19 @@ def deploy(
     # The secrets README's block made: the function's (ingest) and the
     # scheduled maintenance function's (maintain; its schedule is hourly:
     # the tests invoke it themselves).
-    secret_arn = db_secret_arn(dbname, "ingest", db_port)
-    maintain_secret_arn = db_secret_arn(dbname, "maintain")
+    if set_up_by_stack:
+        admin = admin_env(dbname)
+        # (No DbSecretReaderPrincipalArns: LocalStack cannot delete a stack
+        # given one, and enforces no resource policy to need it.)
+        database = {"MasterSecretArn": master_secret(dbname), "DbHost": admin["PGHOST"], "DbPort": admin["PGPORT"],
+                    "DbName": dbname, "DbRolePrefix": dbname}  # fmt: skip
+    else:
+        database = {"DbSecretArn": db_secret_arn(dbname, "ingest", db_port),
+                   "MaintainDbSecretArn": db_secret_arn(dbname, "maintain")}  # fmt: skip
     ca_file = package_ca_bundle()
     max_receive = int((overrides or {}).get("MaxReceiveCount", 5))
     params = {
-        "DbSecretArn": secret_arn,
-        "MaintainDbSecretArn": maintain_secret_arn,
+        **database,
         # As against RDS: TLS checked against the server's CA, packaged beside bootstrap.
         "DbSslMode": "verify-full" if ca_file else "disable",
         "DbCaBundleFile": ca_file,

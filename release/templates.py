@@ -19,7 +19,7 @@ from pathlib import Path
 from samcli.yamlhelper import yaml_dump, yaml_parse  # the SAM CLI's own CloudFormation YAML (intrinsic tags)
 
 ROOT = Path(__file__).resolve().parent.parent
-FUNCTIONS = ("LoginEtlFunction", "MaintenanceFunction")
+FUNCTIONS = ("LoginEtlFunction", "MaintenanceFunction", "SetupFunction")
 
 
 def release_template(source: dict, zip_name: str, arch: str) -> dict:

@@ -62,25 +62,28 @@ def fifo(localstack):
 
 @pytest.fixture(scope="session")
 def existing(localstack):
-    """A masking-only stack (Profile=masking, the README's block with
-    LOGIN_ETL_PROFILE=masking) wired to a queue and DLQ made before it
-    (ExistingQueueArn, ExistingDlqArn), as the producers' queue usually is;
-    the queues are deleted after the stack."""
+    """README's quick start: a masking-only stack wired to a queue and DLQ
+    made before it (ExistingQueueArn, ExistingDlqArn), as the producers'
+    queue usually is, that sets its database up itself (MasterSecretArn:
+    a master that is no superuser, as RDS's; passwords over TLS only); the
+    queues, and what the setup made, are deleted after the stack."""
     name = f"login-etl-{RUN}-xq"
     queues = stack.make_queues(f"{name}-producers", "", visibility=stack.LOCAL_VISIBILITY_TIMEOUT, max_receive=5)
     sqs = stack.client("sqs")
     arn = {u: sqs.get_queue_attributes(QueueUrl=u, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
            for u in (queues.queue_url, queues.dlq_url)}  # fmt: skip
-    overrides = {"ExistingQueueArn": arn[queues.queue_url], "ExistingDlqArn": arn[queues.dlq_url]}
+    overrides = {"ExistingQueueArn": arn[queues.queue_url], "ExistingDlqArn": arn[queues.dlq_url], "RetentionDays": "90"}
     dbname = f"login_etl_{RUN}_xq"
     try:
         log = ROOT / "target" / "e2e-logs" / f"{name}.log"
-        s = stack.deploy(name, dbname, batch_size=10, log=log, overrides=overrides, profile="masking", with_sam=False)
+        s = stack.deploy(name, dbname, batch_size=10, log=log, overrides=overrides, profile="masking", with_sam=False,
+                         set_up_by_stack=True)  # fmt: skip
         yield s, queues, arn
     finally:
         stack.delete_stack_or_its_mappings(name)
         stack.delete_queues(queues)
         stack.drop_database(dbname)
+        stack.forget_stack_setup(name, dbname)
 
 
 # make e2e runs the tests in pytest-xdist workers side by side (--dist
@@ -661,15 +664,30 @@ def rejected_then_stored(s: stack.Stack, queues: stack.Stack) -> list[stack.Mess
 
 
 @AFTER_FIFO
-def test_a_masking_only_stack_on_an_existing_queue_drains_it_and_is_widened_online(existing):
-    """The stack makes no queue; its event-source mapping reads the queue
-    made before it, rows arrive masked, and rejects reach that queue's DLQ
-    (the function's DLQ_URL) with their reason. Masking-only: no vault or
-    erasure table; widened to the full profile beside the running function,
-    every row is kept."""
+def test_a_masking_only_stack_on_an_existing_queue_sets_up_its_database_drains_it_and_is_widened_online(existing):
+    """The stack makes no queue, and sets its database up (its setup
+    resource, as the master): the login roles, each function reading its
+    own role's secret, the tables with the stack's retention, a first
+    maintenance; the maintenance function runs clean. Its event-source
+    mapping reads the queue made before it, rows arrive masked, and rejects
+    reach that queue's DLQ (the function's DLQ_URL) with their reason.
+    Masking-only: no vault or erasure table; widened to the full profile
+    by README's block beside the running function (the stack's secrets
+    read, not replaced), every row is kept."""
     s, queues, arn = existing
     made = stack.client("cloudformation").describe_stack_resources(StackName=s.name)["StackResources"]
     assert not [r for r in made if r["ResourceType"].startswith("AWS::SQS::")], "the stack made a queue or a policy"
+    url = stack.db_url(s.dbname)
+    roles = {r[0] for r in stack.psql(url, f"SELECT rolname FROM pg_roles WHERE rolname LIKE '{s.dbname}\\_%'")}
+    assert roles == {f"{s.dbname}_{r}" for r in ("migrate", "ingest", "maintain", "reader", "master")}, roles
+    assert stack.psql(url, "SELECT tableowner FROM pg_tables WHERE tablename = 'user_logins'") == [[f"{s.dbname}_migrate"]]
+    assert stack.psql(url, "SELECT keep_days FROM user_logins_retention") == [["90"]], "the stack's RetentionDays"
+    lam = stack.client("lambda")
+    env = lam.get_function_configuration(FunctionName=s.function_name)["Environment"]["Variables"]
+    ingest = json.loads(stack.client("secretsmanager").get_secret_value(SecretId=env["DB_SECRET_ID"])["SecretString"])
+    assert ingest["username"] == f"{s.dbname}_ingest" and env["DB_SECRET_ID"].split(":")[-1].startswith(f"{s.name}/ingest")
+    resp = lam.invoke(FunctionName=s.maintenance_function_name, Payload=b"{}")
+    assert "FunctionError" not in resp, resp["Payload"].read()
     (mapping,) = stack.client("lambda").list_event_source_mappings(FunctionName=s.function_name)["EventSourceMappings"]
     assert mapping["EventSourceArn"] == arn[queues.queue_url]
     messages = stack.generate(60, 10, seed=5501)
@@ -706,7 +724,7 @@ def test_a_masking_only_stack_on_an_existing_queue_drains_it_and_is_widened_onli
     # deployed function keeps writing: every row kept, the new ones too.
     more = stack.generate(30, 0, seed=5502)
     stack.send(queues, more)
-    stack.prepare_database(s.dbname, "full")
+    stack.prepare_database(s.dbname, "full", secrets_prefix=s.name)
     stack.wait_drained(queues, len(valid) + len(more), len(invalid), timeout=180)
     assert set(rows(s)) == {m.message_id for m in valid + more}
     assert present() == list(privacy)

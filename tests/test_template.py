@@ -29,7 +29,7 @@ def resources(tpl, kind):
 @pytest.fixture(scope="module")
 def fn(tpl):
     fns = resources(tpl, "AWS::Serverless::Function")
-    assert list(fns) == ["LoginEtlFunction", "MaintenanceFunction"]
+    assert list(fns) == ["LoginEtlFunction", "MaintenanceFunction", "SetupFunction"]
     return fns["LoginEtlFunction"]
 
 
@@ -179,7 +179,8 @@ def test_function_uses_its_own_role(fn):
 
 def test_environment_points_at_the_secrets(fn, tpl):
     env = fn["Properties"]["Environment"]["Variables"]
-    assert env["DB_SECRET_ID"] == {"Fn::If": ["ReadsDbSecret", {"Ref": "DbSecretArn"}, ""]}
+    assert env["DB_SECRET_ID"] == {"Fn::If": ["ReadsSetupSecrets", {"Fn::GetAtt": ["DatabaseSetup", "IngestSecretArn"]},
+                                              {"Fn::If": ["ReadsDbSecret", {"Ref": "DbSecretArn"}, ""]}]}  # fmt: skip
     assert env["MASKING_KEY_SECRET_ID"] == {
         "Fn::If": ["CreateMaskingKey", {"Ref": "MaskingKeySecret"}, {"Ref": "ExistingMaskingKeySecretArn"}]
     }
@@ -205,6 +206,53 @@ def test_a_ca_bundle_secret_is_passed_and_readable_only_when_given(tpl):
         assert env["DB_CA_BUNDLE"] == "global-bundle.pem", fn
     pattern = tpl["Parameters"]["DbCaBundleFile"]["AllowedPattern"]
     assert re.fullmatch(pattern, "global-bundle.pem") and not re.fullmatch(pattern, "../etc/ssl/cert.pem")
+
+
+MASTER_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:rds!db-0a1b2c3d-AbCdEf"
+SETUP = {"MasterSecretArn": MASTER_SECRET_ARN, "DbSecretArn": "", "MaintainDbSecretArn": "",
+         "DbHost": "mydb.xxxx.us-east-1.rds.amazonaws.com", "DbName": "analytics"}  # fmt: skip
+
+
+def test_with_the_master_secret_the_stack_sets_up_its_database_and_its_functions_read_what_setup_made(tpl):
+    """MasterSecretArn: a setup function of the same binary answers the
+    DatabaseSetup resource (README's block, as login-etl setup); its role
+    reads the master secret and keeps the secrets named after the stack,
+    nothing else; each function reads its own role's secret by its
+    attribute, and its role may read that name alone. Without it, none of
+    this is made and the secrets given are read."""
+    assert _rules_hold(tpl, {**_defaults(tpl), **REQUIRED, **SETUP}) == []
+    assert "SetupNeedsTheServer" in _rules_hold(tpl, {**_defaults(tpl), **REQUIRED, **SETUP, "DbName": ""})
+    assert "SetupNeedsTheServer" in _rules_hold(tpl, {**_defaults(tpl), **REQUIRED, **SETUP, "DbSecretArn": FULL_SECRET_ARN})
+    assert "PasswordsNeedTheSecrets" in _rules_hold(tpl, {**_defaults(tpl), **REQUIRED, "DbSecretArn": ""})
+    made = deployed(**SETUP, RetentionDays=90)
+    setup = made["DatabaseSetup"]
+    assert setup["Type"] == "Custom::LoginEtlDatabase"
+    props = setup["Properties"]
+    assert props["ServiceToken"] == {"Fn::GetAtt": ["SetupFunction", "Arn"]}
+    assert (props["MasterSecretArn"], props["Host"], props["DbName"]) == (MASTER_SECRET_ARN, SETUP["DbHost"], "analytics")
+    assert props["RetentionDays"] == 90 and props["Auth"] == "password" and props["Prefix"] == "login_etl"
+    assert props["Secrets"] == {"Ref": "AWS::StackName"}
+    assert props["SetupRoleArn"] == {"Fn::GetAtt": ["SetupRole", "Arn"]}
+    assert props["Readers"] == [{"Fn::Sub": "ingest=${LoginEtlRole.Arn}"}, {"Fn::Sub": "maintain=${MaintenanceRole.Arn}"}]
+    assert deployed(**SETUP, RetentionDays=0)["DatabaseSetup"]["Properties"]["RetentionDays"] == "all"
+    fn = made["SetupFunction"]["Properties"]
+    assert fn["Environment"]["Variables"]["LOGIN_ETL_TASK"] == "setup" and fn["Timeout"] == 900
+    assert fn["Role"] == {"Fn::GetAtt": ["SetupRole", "Arn"]}
+    stack_secrets = "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:${AWS::StackName}/"
+    by_sid = {st["Sid"]: st for st in _statements(made["SetupRole"])}
+    assert set(by_sid) == {"ReadTheMasterSecret", "KeepTheRolesSecrets", "WriteOwnLogs"}
+    assert by_sid["ReadTheMasterSecret"]["Resource"] == MASTER_SECRET_ARN
+    assert by_sid["KeepTheRolesSecrets"]["Resource"] == {"Fn::Sub": stack_secrets + "*"}
+    assert "secretsmanager:DeleteSecret" not in by_sid["KeepTheRolesSecrets"]["Action"]
+    for function, role, kind in (("LoginEtlFunction", "LoginEtlRole", "Ingest"), ("MaintenanceFunction", "MaintenanceRole", "Maintain")):
+        env = made[function]["Properties"]["Environment"]["Variables"]
+        assert env["DB_SECRET_ID"] == {"Fn::GetAtt": ["DatabaseSetup", f"{kind}SecretArn"]}, function
+        (read,) = [st for st in _statements(made[role]) if st["Sid"] == "ReadOwnSecrets"]
+        assert {"Fn::Sub": stack_secrets + kind.lower() + "-??????"} in _as_list(read["Resource"]), read
+    # No setup without the master secret; the given secrets are read.
+    plain = deployed()
+    assert not {"DatabaseSetup", "SetupFunction", "SetupRole", "SetupLogGroup"} & set(plain)
+    assert plain["LoginEtlFunction"]["Properties"]["Environment"]["Variables"]["DB_SECRET_ID"] == FULL_SECRET_ARN
 
 
 IAM = {"DbAuth": "iam", "DbSecretArn": "", "MaintainDbSecretArn": "",
@@ -374,8 +422,8 @@ def transformed(**params):
 
     doc = yaml_parse((ROOT / "template.yaml").read_text())
     # What `sam package` uploads the code to; the rest is the template as written.
-    doc["Resources"]["LoginEtlFunction"]["Properties"]["CodeUri"] = "s3://bucket/login-etl.zip"
-    doc["Resources"]["MaintenanceFunction"]["Properties"]["CodeUri"] = "s3://bucket/login-etl.zip"
+    for name in ("LoginEtlFunction", "MaintenanceFunction", "SetupFunction"):
+        doc["Resources"][name]["Properties"]["CodeUri"] = "s3://bucket/login-etl.zip"
     values = {**_defaults(doc), **REQUIRED, **params}
     out = transform(copy.deepcopy(doc), values, _NoManagedPolicies())
     return out, values

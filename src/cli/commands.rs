@@ -608,6 +608,7 @@ async fn setup(args: &super::SetupArgs) -> Result<(), Failure> {
         secret_host: args.secret_host.clone(),
         secret_port: args.secret_port,
         readers,
+        admin_arn: None,
     };
     // The admin as psql connects (the PG* variables, ~/.pgpass), with a
     // password: DB_AUTH says how the roles connect, not the admin.

@@ -38,7 +38,7 @@ const LENGTH: usize = 32;
 pub async fn run(args: &PasswordArgs) -> Result<String, String> {
     let db = DbConfig::from_env().map_err(|e| e.to_string())?;
     let aws = crate::secrets::sdk_config().await;
-    let admin = Admin::connect(&db, &aws).await?;
+    let admin = Admin::connect(&db, &aws, None).await?;
     Ok(admin.set_password(args).await?.line)
 }
 
@@ -63,8 +63,13 @@ pub struct PasswordSet {
 }
 
 impl Admin {
-    /// Connects as the admin `db` names and asks STS who runs this.
-    pub async fn connect(db: &DbConfig, aws: &aws_config::SdkConfig) -> Result<Self, String> {
+    /// Connects as the admin `db` names; who runs this is `caller` (an IAM
+    /// principal's ARN) where known, else STS says.
+    pub async fn connect(
+        db: &DbConfig,
+        aws: &aws_config::SdkConfig,
+        caller: Option<String>,
+    ) -> Result<Self, String> {
         let mut admin = Connector::from_config(db, Some(aws))
             .await
             .map_err(|e| e.to_string())?;
@@ -73,18 +78,21 @@ impl Admin {
             .open(admin.connect_timeout())
             .await
             .map_err(|e| e.to_string())?;
-        let caller = aws_sdk_sts::Client::new(aws)
-            .get_caller_identity()
-            .send()
-            .await
-            .map_err(|e| {
-                format!(
-                    "asking STS who runs this failed ({}): the secret's resource policy names the admin's role; check the AWS credentials",
-                    aws_sdk_sts::error::DisplayErrorContext(&e)
-                )
-            })?
-            .arn
-            .ok_or("STS named no caller ARN")?;
+        let caller = match caller {
+            Some(arn) => arn,
+            None => aws_sdk_sts::Client::new(aws)
+                .get_caller_identity()
+                .send()
+                .await
+                .map_err(|e| {
+                    format!(
+                        "asking STS who runs this failed ({}): the secret's resource policy names the admin's role; check the AWS credentials",
+                        aws_sdk_sts::error::DisplayErrorContext(&e)
+                    )
+                })?
+                .arn
+                .ok_or("STS named no caller ARN")?,
+        };
         Ok(Self {
             client,
             host,

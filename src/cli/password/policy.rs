@@ -23,12 +23,14 @@ pub const STACK_SID: &str = "OnlyNamedRolesReadTheDatabaseSecret";
 
 /// A role a login-etl stack in `account` made for its functions:
 /// CloudFormation names it `<stack>-LoginEtlRole-<suffix>` (or
-/// `MaintenanceRole`).
+/// `MaintenanceRole`, or `SetupRole`: the one that made the secret).
 fn stack_function_role(arn: &str, account: &str) -> bool {
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
     matches!(parts[..], [_, _, "iam", "", a, resource] if a == account && resource.starts_with("role/"))
         && arn.rsplit('/').next().is_some_and(|name| {
-            name.contains("-LoginEtlRole-") || name.contains("-MaintenanceRole-")
+            ["-LoginEtlRole-", "-MaintenanceRole-", "-SetupRole-"]
+                .iter()
+                .any(|role| name.contains(role))
         })
 }
 
@@ -66,7 +68,8 @@ pub fn only(principals: &[String]) -> String {
 pub enum Found {
     /// One [`only`] made, naming these principals (all among the allowed).
     Ours(Vec<String>),
-    /// The one a stack put ([`STACK_SID`]).
+    /// The one a stack put ([`STACK_SID`]), or one its setup resource
+    /// made naming the stack's roles beside this admin: read, never rewritten.
     Stacks,
 }
 
@@ -121,6 +124,16 @@ pub fn check(policy: &str, allowed: &[String]) -> Result<Found, String> {
         return Err("its resource policy names no principal".into());
     }
     let account = allowed.first().map_or("", |a| account_of(a));
+    // A stack's setup resource names its own role (`-SetupRole-`), its
+    // functions' and the admins it was given: as trusted as a stack's own
+    // policy ([`STACK_SID`]), and read, never rewritten, as that one is.
+    let stacks = stacks
+        || named.iter().any(|p| {
+            stack_function_role(p, account)
+                && p.rsplit('/')
+                    .next()
+                    .is_some_and(|n| n.contains("-SetupRole-"))
+        });
     let others: Vec<&String> = named
         .iter()
         .filter(|p| !(allowed.contains(p) || (stacks && stack_function_role(p, account))))
@@ -236,6 +249,17 @@ mod tests {
         assert!(
             check(&ours.to_string(), &allowed).is_err(),
             "only a stack's policy names its roles"
+        );
+        // What a stack's setup resource made: its own role, its function's.
+        let setup = "arn:aws:iam::123456789012:role/login-etl-SetupRole-XyZ789";
+        ours["Statement"][0]["Condition"]["ArnNotLike"]["aws:PrincipalArn"] =
+            json!([setup, function]);
+        assert_eq!(check(&ours.to_string(), &allowed), Ok(Found::Stacks));
+        ours["Statement"][0]["Condition"]["ArnNotLike"]["aws:PrincipalArn"] =
+            json!([setup, function, "arn:aws:iam::123456789012:role/eve"]);
+        assert!(
+            check(&ours.to_string(), &allowed).is_err(),
+            "and nobody else"
         );
     }
 

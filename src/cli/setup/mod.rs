@@ -55,6 +55,9 @@ pub struct Plan {
     pub secret_port: Option<u16>,
     /// Principals that may read a role's secret besides the admin: (role, ARN).
     pub readers: Vec<(Role, String)>,
+    /// Who runs setup (an IAM principal's ARN, named in each secret's
+    /// policy) where known; else STS is asked.
+    pub admin_arn: Option<String>,
 }
 
 /// What setup leaves: each role's secret ARN (password auth) and what
@@ -99,7 +102,7 @@ pub async fn run(
     progress: &mut (dyn FnMut(&str) + Send),
 ) -> Result<Report, String> {
     let aws = crate::secrets::sdk_config().await;
-    let admin = Admin::connect(admin_db, &aws).await?;
+    let admin = Admin::connect(admin_db, &aws, plan.admin_arn.clone()).await?;
     let mut report = Report::default();
     let roles = plan.roles();
     admin
@@ -276,6 +279,7 @@ mod tests {
             secret_host: None,
             secret_port: None,
             readers: Vec::new(),
+            admin_arn: None,
         }
     }
 
@@ -306,7 +310,7 @@ mod tests {
         );
         let iam = plan(Profile::Masking, Auth::Iam, "etl");
         let sql = admin_statements(&iam, &iam.roles());
-        assert!(sql.contains("GRANT rds_iam TO app_reader"), "{sql}");
+        assert!(sql.contains("GRANT rds_iam TO \"app_reader\""), "{sql}");
         assert!(
             sql.contains("SET search_path = %I', 'app_ingest', current_database(), 'etl')"),
             "{sql}"

@@ -58,6 +58,13 @@ struct Properties {
     /// function's role reads ingest's).
     #[serde(default)]
     readers: Vec<String>,
+    /// Principals that may read every role's secret (the admins who run
+    /// README's block against this database later: DbSecretReaderPrincipalArns).
+    #[serde(default)]
+    admin_readers: Vec<String>,
+    /// The setup function's role (so no STS endpoint is needed in the VPC).
+    #[serde(default)]
+    setup_role_arn: String,
 }
 
 /// Time kept back from the function's deadline to send the answer.
@@ -190,19 +197,25 @@ async fn set_up(p: &Properties) -> Result<Report, String> {
 
 /// The plan the properties describe.
 fn plan(p: &Properties) -> Result<Plan, String> {
+    let admins = p.admin_readers.iter().filter(|a| !a.is_empty());
+    let every_role =
+        admins.flat_map(|arn| Role::ALL.map(|role| format!("{}={arn}", role.as_str())));
     let readers = p
         .readers
         .iter()
+        .cloned()
+        .chain(every_role)
         .filter(|r| !r.is_empty())
         .map(|r| {
             let (role, arn) = r
                 .split_once('=')
                 .ok_or_else(|| format!("Readers entry {r} is not role=ARN"))?;
+            let arn = arn.to_owned();
             let role = Role::ALL
                 .into_iter()
                 .find(|x| x.as_str() == role)
                 .ok_or_else(|| format!("Readers entry {r} names no role"))?;
-            Ok((role, arn.to_owned()))
+            Ok((role, arn))
         })
         .collect::<Result<_, String>>()?;
     let port = |text: &str, what: &str| {
@@ -230,6 +243,7 @@ fn plan(p: &Properties) -> Result<Plan, String> {
             text => Some(port(text, "SecretPort")?),
         },
         readers,
+        admin_arn: Some(p.setup_role_arn.clone()).filter(|a| !a.is_empty()),
     })
 }
 
@@ -284,7 +298,8 @@ mod tests {
                 "MasterSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:rds!db-1",
                 "Host": "db", "Port": "5432", "DbName": "analytics", "Prefix": "login_etl",
                 "Schema": "public", "Profile": "masking", "RetentionDays": "90", "Auth": "password",
-                "Secrets": "s", "Readers": ["ingest=arn:aws:iam::123456789012:role/f", ""]
+                "Secrets": "s", "Readers": ["ingest=arn:aws:iam::123456789012:role/f", ""],
+                "AdminReaders": ["arn:aws:iam::123456789012:role/dba"]
             }
         })
     }
@@ -294,9 +309,18 @@ mod tests {
         let r: Request = serde_json::from_value(request("Create")).unwrap();
         let plan = plan(&r.resource_properties).unwrap();
         assert_eq!(
-            plan.readers,
-            [(Role::Ingest, "arn:aws:iam::123456789012:role/f".into())]
+            plan.readers[0],
+            (Role::Ingest, "arn:aws:iam::123456789012:role/f".into())
         );
+        // The admins read every role's secret.
+        let dba: Vec<Role> = plan.readers[1..]
+            .iter()
+            .map(|(role, arn)| {
+                assert_eq!(arn, "arn:aws:iam::123456789012:role/dba");
+                *role
+            })
+            .collect();
+        assert_eq!(dba, Role::ALL);
         assert_eq!(plan.retention.days(), Some(90));
         let mut bad: Request = serde_json::from_value(request("Create")).unwrap();
         bad.resource_properties.auth = "kerberos".into();
