@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# deploy.sh: `sam deploy` of login-etl, keeping the masking key across a
+# deploy.sh: a deploy of login-etl, keeping the masking key across a
 # delete and a new stack.
 #
 #   ./deploy.sh [--template FILE] [--stack-name NAME] [--ca-bundle FILE]
-#               [--new-keys] [Name=Value ...] [-- more sam deploy options]
+#               [--new-keys] [Name=Value ...] [-- more deploy options]
 #
 # In a release (dist/): the template defaults to template-arm64.yaml beside
-# this script, the function's zip. From the source tree, `make deploy` runs
-# it over sam build's output and samconfig.toml's environment (`--
-# --config-env ENV`: its stack name, and its saved parameters kept beside
-# the ones given here). `--region` and `--profile` after `--` go to the
-# lookups too.
+# this script, the function's zip, deployed with the AWS CLI alone (`aws
+# cloudformation package` into the bucket `--s3-bucket B` after `--`, else
+# login-etl-artifacts-<account>-<region>, made if missing; then `aws
+# cloudformation deploy`). From the source tree, `make deploy` runs it
+# with `sam deploy` over sam build's output and samconfig.toml's
+# environment (`-- --config-env ENV`: its stack name, and its saved
+# parameters kept beside the ones given here). `--region` and `--profile`
+# after `--` go to the lookups too.
 #
 # The key secrets outlive their stack (DeletionPolicy: Retain): the
 # database refuses rows under any other key. So when NAME is not deployed
@@ -30,7 +33,7 @@ while [ $# -gt 0 ]; do
     --ca-bundle) ca_bundle=$2; shift 2 ;;
     --new-keys) new_keys=1; shift ;;
     --) shift; sam_args=("$@"); break ;;
-    -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *=*) params+=("$1"); shift ;;
     *) echo "deploy.sh: unknown argument '$1': parameters are Name=Value, sam's own options come after --" >&2; exit 2 ;;
   esac
@@ -69,8 +72,12 @@ PY
 fi
 stack=${stack:-login-etl}
 [[ $stack =~ ^[A-Za-z][A-Za-z0-9-]{0,127}$ ]] || { echo "deploy.sh: '$stack' is no CloudFormation stack name (letters, digits, hyphens)" >&2; exit 2; }
-for tool in sam aws; do
-  command -v "$tool" > /dev/null || { echo "deploy.sh needs the $tool command: pip install aws-sam-cli awscli (or your platform's packages)" >&2; exit 2; }
+# A release's template (its CodeUri a zip) needs the AWS CLI alone.
+release=0
+[ -n "$template" ] && [ -z "$config_env" ] && grep -qs '^ *CodeUri: *.*\.zip *$' "$template" && release=1
+tools=(aws); [ $release = 1 ] || tools+=(sam)
+for tool in "${tools[@]}"; do
+  command -v "$tool" > /dev/null || { echo "deploy.sh needs the $tool command: pip install awscli$([ $release = 1 ] || echo ' aws-sam-cli') (or your platform's packages)" >&2; exit 2; }
 done
 given() { local p; for p in "${params[@]+"${params[@]}"}"; do [ "${p%%=*}" = "$1" ] && return 0; done; return 1; }
 
@@ -127,6 +134,39 @@ if [ -z "$state" ] && [ $new_keys = 0 ] && ! given ExistingMaskingKeySecretArn; 
     printf '      %s\n' "${reused[@]}"
     params+=("${reused[@]}")
   fi
+fi
+
+if [ $release = 1 ]; then
+  # The AWS CLI: the zips packaged into a bucket, then a change set.
+  bucket="" rest=()
+  for ((i = 0; i < ${#sam_args[@]}; i++)); do
+    case ${sam_args[i]} in
+      --s3-bucket) bucket=${sam_args[i + 1]}; i=$((i + 1)) ;;
+      --no-confirm-changeset) ;;  # sam's; the AWS CLI asks nothing
+      *) rest+=("${sam_args[i]}") ;;
+    esac
+  done
+  if [ -z "$bucket" ]; then
+    account=$(aws sts get-caller-identity --query Account --output text)
+    region=${AWS_REGION:-${AWS_DEFAULT_REGION:-$(aws configure get region || true)}}
+    [ -n "$region" ] || { echo "deploy.sh: no region: set AWS_REGION or pass -- --region R" >&2; exit 2; }
+    bucket=login-etl-artifacts-$account-$region
+    aws s3api head-bucket --bucket "$bucket" 2> /dev/null || {
+      echo "==> making the artifact bucket $bucket"
+      aws s3 mb "s3://$bucket" > /dev/null
+      aws s3api put-public-access-block --bucket "$bucket" --public-access-block-configuration \
+        BlockPublicAcls=true,IgnorePublicAcls=true,BlockPublicPolicy=true,RestrictPublicBuckets=true
+    }
+  fi
+  [ -n "${work:-}" ] || { work=$(mktemp -d); trap 'rm -rf "$work"' EXIT; }
+  echo "==> aws cloudformation package (into s3://$bucket), then deploy $stack"
+  aws cloudformation package --template-file "$template" --s3-bucket "$bucket" --s3-prefix "$stack" \
+    --output-template-file "$work/packaged.yaml" > /dev/null
+  args=(cloudformation deploy --template-file "$work/packaged.yaml" --stack-name "$stack"
+    --capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND --no-fail-on-empty-changeset)
+  [ ${#params[@]} -gt 0 ] && args+=(--parameter-overrides "${params[@]}")
+  aws "${args[@]}" "${rest[@]+"${rest[@]}"}"
+  exit
 fi
 
 args=(deploy --stack-name "$stack" --capabilities CAPABILITY_IAM --no-fail-on-empty-changeset)

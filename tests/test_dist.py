@@ -3,12 +3,13 @@ checksums verify, each artifact is what its name says (static binaries for
 their CPU, zips holding one executable `bootstrap`, templates that deploy
 those zips, the contract's schema, a CycloneDX SBOM of the crates linked
 in, image archives for each CPU), and the quick start from it runs in
-LocalStack with no `cargo`, `rustc` or `zig` on the PATH: README's setup
-block with the released binary, against the stacks' PostgreSQL that takes
-only passwords over TLS, then docs/release.md's deploy into a queue made
-beforehand, which drains into `user_logins`. Last, a stack deleted and
-deployed again keeps its masking key (deploy.sh finds the retained secrets)
-and goes on storing.
+LocalStack with no `cargo`, `rustc`, `zig` or SAM CLI on the PATH:
+docs/release.md's deploy (the AWS CLI alone) into a queue made
+beforehand, the stack setting up its database as a master that is no
+superuser, against the stacks' PostgreSQL that takes only passwords over
+TLS; the queue drains into `user_logins`. Last, a stack deleted and
+deployed again keeps its masking key (deploy.sh finds the retained
+secrets), its database's roles and their secrets, and goes on storing.
 
 Run by `make test-dist` (after `make dist`; CI: `make dist-check`), with
 LocalStack running. Every stack, queue, secret and database made here is
@@ -41,7 +42,7 @@ VERSION = re.search(r'^version = "(.+)"$', (ROOT / "Cargo.toml").read_text(), re
 RUN = f"dist{os.getpid()}"
 # ELF e_machine: x86-64 and AArch64.
 MACHINE = {"x86_64": 0x3E, "aarch64": 0xB7, "arm64": 0xB7}
-NO_RUST = ("cargo", "rustc", "rustup", "zig", "cargo-lambda")
+NO_RUST = ("cargo", "rustc", "rustup", "zig", "cargo-lambda", "sam")
 HOST_BINARY = DIST / f"login-etl-{VERSION}-x86_64-linux"
 # LocalStack models no VPC: the deploy block's network parameters are
 # counted, not given (its CloudFormation fails on them).
@@ -166,8 +167,7 @@ def release(tmp_path_factory):
     shutil.copytree(DIST, unpacked)
     tools = home / "bin"
     tools.mkdir()
-    for tool, where in (("sam", ROOT / ".venv" / "bin" / "sam"), ("aws", ROOT / ".venv-localstack" / "bin" / "aws")):
-        (tools / tool).symlink_to(where)
+    (tools / "aws").symlink_to(ROOT / ".venv-localstack" / "bin" / "aws")
     system = [d for d in ("/usr/local/bin", "/usr/bin", "/bin") if Path(d).is_dir()]
     path = os.pathsep.join([str(home / ".local" / "bin"), str(tools), *system])
     for tool in NO_RUST:
@@ -189,10 +189,20 @@ def setup_database(dbname: str, env: dict[str, str], profile: str = "masking") -
     stack.prepare_database(dbname, profile, env=env)
 
 
+def stack_set_up(dbname: str) -> dict[str, str]:
+    """The deploy block's database placeholders for a stack that sets
+    `dbname` up itself, as master_secret's master (its roles `<dbname>_*`)."""
+    stack.drop_database(dbname)
+    stack.create_database(dbname)
+    admin = stack.admin_env(dbname)
+    return {"<the RDS master secret's ARN>": f"{stack.master_secret(dbname)} DbPort={admin['PGPORT']} DbRolePrefix={dbname}",
+            "mydb.xxxx.us-east-1.rds.amazonaws.com": admin["PGHOST"], "DbName=analytics": f"DbName={dbname}"}  # fmt: skip
+
+
 def release_deploy(release_dir: Path, env: dict, name: str, values: dict[str, str], extra: list[str]) -> str:
     """docs/release.md's deploy block, run as written in the release's
     folder: its placeholders replaced by `values`, LocalStack's artifact
-    bucket after `--` (sam deploy's own option)."""
+    bucket after `--`."""
     command = block("docs/release.md", "<!-- release-deploy -->").replace("./deploy.sh", f"./deploy.sh --stack-name {name} --template template-x86_64.yaml", 1)  # fmt: skip
     for placeholder, value in values.items():
         command = command.replace(placeholder, value)
@@ -218,20 +228,19 @@ def test_the_quick_start_from_the_release_drains_a_queue_made_beforehand_with_no
     name, dbname = f"login-etl-{RUN}-q", f"login_etl_{RUN}_q"
     deploy_block = block("docs/release.md", "<!-- release-deploy -->")
     given = deploy_parameters(deploy_block)
-    # --ca-bundle sets the eighth (DbCaBundleFile).
-    assert len(given) + ("--ca-bundle" in deploy_block) <= 8, given
+    # The template's first parameter group, no more (--ca-bundle sets DbCaBundleFile, of the second).
+    assert len(given) <= 8 and "--ca-bundle" in deploy_block, given
     queues = stack.make_queues(f"{name}-producers", dbname, visibility=stack.LOCAL_VISIBILITY_TIMEOUT, max_receive=5)
     sqs = stack.client("sqs")
     arn = lambda url: sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]  # noqa: E731
     try:
-        setup_database(dbname, env)
+        database = stack_set_up(dbname)
         shutil.copyfile(stack.ca_bundle_file(), release_dir / "global-bundle.pem")
         stack.client("s3").create_bucket(Bucket=stack.ARTIFACT_BUCKET)
         release_deploy(release_dir, env, name, {
             "arn:aws:sqs:us-east-1:123456789012:logins-dlq": arn(queues.dlq_url),
             "arn:aws:sqs:us-east-1:123456789012:logins": arn(queues.queue_url),
-            "<login-etl/ingest's ARN>": stack.db_secret_arn(dbname, "ingest"),
-            "<login-etl/maintain's ARN>": stack.db_secret_arn(dbname, "maintain"),
+            **database,
         }, extra=LOCAL_PARAMETERS)  # fmt: skip
         function = stack.outputs(name)["FunctionName"]
         code = stack.client("lambda").get_function(FunctionName=function)["Configuration"]
@@ -242,6 +251,9 @@ def test_the_quick_start_from_the_release_drains_a_queue_made_beforehand_with_no
         valid = [m for m in messages if m.valid]
         stack.wait_drained(queues, len(valid), len(messages) - len(valid), timeout=180)
         assert stored(dbname) == {m.message_id for m in valid}
+        # The scheduled maintenance, as the maintain role the setup made: clean.
+        resp = stack.client("lambda").invoke(FunctionName=stack.outputs(name)["MaintenanceFunctionName"], Payload=b"{}")
+        assert "FunctionError" not in resp, resp["Payload"].read()
     finally:
         teardown(name, dbname, queues)
 
@@ -255,14 +267,13 @@ def test_a_stack_deleted_and_deployed_again_keeps_its_key_and_goes_on_storing(re
         # The full profile: LocalStack 4.13 cannot delete a masking-only
         # stack (a condition leaves PiiRevealRole out: "Unresolved resource
         # dependencies"), AWS can; the keys are the same in both.
-        setup_database(dbname, env, profile="full")
+        database = stack_set_up(dbname)
         stack.client("s3").create_bucket(Bucket=stack.ARTIFACT_BUCKET)
         shutil.copyfile(stack.ca_bundle_file(), release_dir / "global-bundle.pem")
         deploy = lambda: release_deploy(release_dir, env, name, {  # noqa: E731
             "ExistingQueueArn=arn:aws:sqs:us-east-1:123456789012:logins ": "",
             "ExistingDlqArn=arn:aws:sqs:us-east-1:123456789012:logins-dlq ": "",
-            "<login-etl/ingest's ARN>": stack.db_secret_arn(dbname, "ingest"),
-            "<login-etl/maintain's ARN>": stack.db_secret_arn(dbname, "maintain"),
+            **database,
         }, extra=[*LOCAL_PARAMETERS, "Profile=full", "RevealTrustedPrincipalArn=arn:aws:iam::000000000000:role/investigators",
                   "DlqOperatorTrustedPrincipalArn=arn:aws:iam::000000000000:role/dlq-operators"])  # fmt: skip
         said = deploy()
@@ -285,6 +296,8 @@ def test_a_stack_deleted_and_deployed_again_keeps_its_key_and_goes_on_storing(re
             except secrets.exceptions.ResourceNotFoundException:
                 first_keys[i] = secrets.create_secret(Name=described["Name"], SecretString=value,
                                                       Tags=described["Tags"])["ARN"]  # fmt: skip
+        # The new stack's setup finds the roles' secrets the first made
+        # (a stack delete drops nothing) and names its new roles in them.
         said = deploy()
         assert "reusing the key secrets" in said, said
         again = stack.outputs(name)
@@ -327,6 +340,7 @@ def teardown(name: str, dbname: str, queues: stack.Stack | None) -> None:
         if queues is not None:
             stack.delete_queues(queues)
         stack.drop_database(dbname)
+        stack.forget_stack_setup(name, dbname)
 
 
 def test_the_previous_release_goes_on_ingesting_against_the_schema_this_release_migrates_to(release):

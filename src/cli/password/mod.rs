@@ -52,6 +52,8 @@ pub struct Admin {
     dbname: String,
     secrets: Secrets,
     caller: String,
+    /// Run by a stack's setup resource (its role given, not asked of STS).
+    stack_setup: bool,
 }
 
 /// What [`Admin::set_password`] did: the secret's ARN and the line to print.
@@ -78,6 +80,7 @@ impl Admin {
             .open(admin.connect_timeout())
             .await
             .map_err(|e| e.to_string())?;
+        let stack_setup = caller.is_some();
         let caller = match caller {
             Some(arn) => arn,
             None => aws_sdk_sts::Client::new(aws)
@@ -100,6 +103,7 @@ impl Admin {
             dbname,
             secrets: Secrets::new(aws),
             caller,
+            stack_setup,
         })
     }
 
@@ -113,6 +117,7 @@ impl Admin {
             dbname,
             secrets,
             caller,
+            stack_setup,
         } = self;
         let (host, port) = (host.clone(), *port);
         let mut principals = policy::principal_of(caller);
@@ -196,6 +201,18 @@ impl Admin {
                         ));
                     }
                     Ok(policy::Found::Stacks) => (Zeroizing::new(secret.password), id.clone(), false),
+                    // A stack's setup made it: a stack's setup (a new stack
+                    // of that name, new roles) names its own principals; an
+                    // admin reads it as it is.
+                    Ok(policy::Found::Setup) => {
+                        if *stack_setup {
+                            secrets
+                                .put_resource_policy(id, &policy::only(&principals))
+                                .await
+                                .map_err(|e| e.to_string())?;
+                        }
+                        (Zeroizing::new(secret.password), id.clone(), false)
+                    }
                     Err(why) if !args.new_password => {
                         return Err(format!(
                             "secret {id} is not adopted: {why}, and whoever made it may know its password; nothing was changed. Run again with --new-password (the policy naming {named} is put on it, then a new password), or delete it and run again"

@@ -68,9 +68,13 @@ pub fn only(principals: &[String]) -> String {
 pub enum Found {
     /// One [`only`] made, naming these principals (all among the allowed).
     Ours(Vec<String>),
-    /// The one a stack put ([`STACK_SID`]), or one its setup resource
-    /// made naming the stack's roles beside this admin: read, never rewritten.
+    /// The one a stack put ([`STACK_SID`]): read, never rewritten.
     Stacks,
+    /// One a stack's setup resource made ([`only`], naming its own
+    /// `-SetupRole-` and its functions' roles beside this admin): read;
+    /// rewritten only by a stack's setup (a new stack of that name has new
+    /// roles).
+    Setup,
 }
 
 /// Whether `policy` (a secret's, as Secrets Manager returns it) is one
@@ -126,9 +130,9 @@ pub fn check(policy: &str, allowed: &[String]) -> Result<Found, String> {
     let account = allowed.first().map_or("", |a| account_of(a));
     // A stack's setup resource names its own role (`-SetupRole-`), its
     // functions' and the admins it was given: as trusted as a stack's own
-    // policy ([`STACK_SID`]), and read, never rewritten, as that one is.
-    let stacks = stacks
-        || named.iter().any(|p| {
+    // policy ([`STACK_SID`]).
+    let setup = !stacks
+        && named.iter().any(|p| {
             stack_function_role(p, account)
                 && p.rsplit('/')
                     .next()
@@ -136,7 +140,9 @@ pub fn check(policy: &str, allowed: &[String]) -> Result<Found, String> {
         });
     let others: Vec<&String> = named
         .iter()
-        .filter(|p| !(allowed.contains(p) || (stacks && stack_function_role(p, account))))
+        .filter(|p| {
+            !(allowed.contains(p) || ((stacks || setup) && stack_function_role(p, account)))
+        })
         .collect();
     if !others.is_empty() {
         return Err(format!(
@@ -150,6 +156,8 @@ pub fn check(policy: &str, allowed: &[String]) -> Result<Found, String> {
     }
     Ok(if stacks {
         Found::Stacks
+    } else if setup {
+        Found::Setup
     } else {
         Found::Ours(named)
     })
@@ -254,7 +262,7 @@ mod tests {
         let setup = "arn:aws:iam::123456789012:role/login-etl-SetupRole-XyZ789";
         ours["Statement"][0]["Condition"]["ArnNotLike"]["aws:PrincipalArn"] =
             json!([setup, function]);
-        assert_eq!(check(&ours.to_string(), &allowed), Ok(Found::Stacks));
+        assert_eq!(check(&ours.to_string(), &allowed), Ok(Found::Setup));
         ours["Statement"][0]["Condition"]["ArnNotLike"]["aws:PrincipalArn"] =
             json!([setup, function, "arn:aws:iam::123456789012:role/eve"]);
         assert!(
