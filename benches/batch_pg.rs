@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use login_etl::contract::LoginRow;
-use login_etl::testing::ingest::record;
-use login_etl::testing::privacy::masking::{Masker, MaskingKey};
-use login_etl::testing::privacy::vault::{DataKey, VaultBatch};
+use login_etl::ingest::record;
+use login_etl::privacy::masking::{Masker, MaskingKey};
+use login_etl::privacy::vault::{DataKey, VaultBatch};
 use login_etl::{Config, Deadline, Outcome, startup};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 
@@ -152,7 +152,7 @@ fn payload(json: Vec<u8>) -> login_etl::SqsBatch {
 #[derive(serde::Deserialize)]
 struct OnePass {
     #[serde(rename = "Records")]
-    records: Vec<login_etl::testing::ingest::event::SqsRecord>,
+    records: Vec<login_etl::ingest::event::SqsRecord>,
 }
 
 /// The payload read as it is written (the function: the bytes Lambda sent,
@@ -343,24 +343,16 @@ async fn main() {
         phases[1].push(t.elapsed());
         let t = Instant::now();
         let report = sink
-            .insert(
-                &rows,
-                login_etl::testing::ingest::sink::Versions::at(1),
-                false,
-            )
+            .insert(&rows, login_etl::ingest::sink::Versions::at(1), false)
             .await
             .unwrap();
         phases[2].push(t.elapsed());
-        assert!(report.copied == (n >= login_etl::testing::ingest::sink::COPY_MIN_ROWS));
+        assert!(report.copied == (n >= login_etl::ingest::sink::COPY_MIN_ROWS));
         // The same rows again: what a redelivery costs (COPY refused, then
         // INSERT ... ON CONFLICT finds every row a duplicate).
         let t = Instant::now();
         let report = sink
-            .insert(
-                &rows,
-                login_etl::testing::ingest::sink::Versions::at(1),
-                false,
-            )
+            .insert(&rows, login_etl::ingest::sink::Versions::at(1), false)
             .await
             .unwrap();
         phases[3].push(t.elapsed());
@@ -373,7 +365,7 @@ async fn main() {
         ms(median(&mut phases[4])),
         ms(median(&mut phases[1])),
         ms(median(&mut phases[2])),
-        if n >= login_etl::testing::ingest::sink::COPY_MIN_ROWS {
+        if n >= login_etl::ingest::sink::COPY_MIN_ROWS {
             "binary COPY fast path"
         } else {
             "INSERT ... UNNEST ... ON CONFLICT"
@@ -453,7 +445,7 @@ async fn erasure_cost(
 /// CPU; sink - bare is what its statements cost.
 async fn floor_of_ten(
     handler: &login_etl::BatchHandler,
-    sink: &mut login_etl::testing::ingest::sink::PgSink,
+    sink: &mut login_etl::ingest::sink::PgSink,
     client: &tokio_postgres::Client,
     masker: &Masker,
     runs: usize,
@@ -462,13 +454,13 @@ async fn floor_of_ten(
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut handler_cpu, mut sink_cpu) = (Vec::new(), Vec::new());
     // The erasure list as erasure_cost left it: the sink's check wants its version.
-    let versions = login_etl::testing::ingest::sink::Versions {
+    let versions = login_etl::ingest::sink::Versions {
         erased: client
             .query_one("SELECT coalesce(max(seq), 0) FROM user_logins_erased", &[])
             .await
             .unwrap()
             .get(0),
-        ..login_etl::testing::ingest::sink::Versions::at(1)
+        ..login_etl::ingest::sink::Versions::at(1)
     };
     // No TRUNCATE between runs, as in production: a TRUNCATE makes every
     // other connection rebuild its cached view of the table and its
@@ -546,18 +538,18 @@ async fn floor_of_ten(
 async fn statements_before_0009(
     client: &tokio_postgres::Client,
     rows: &[LoginRow<'_>],
-    versions: login_etl::testing::ingest::sink::Versions,
+    versions: login_etl::ingest::sink::Versions,
 ) -> u64 {
     use tokio_postgres::types::{ToSql, Type};
     // As the write function does: the arrays unnested, each column cast
     // back where its array carried text (`defects`).
-    let names = login_etl::testing::contract_columns::names();
+    let names = login_etl::contract::columns::names();
     let insert_sql = format!(
         "INSERT INTO user_logins ({names}) SELECT {} FROM UNNEST({}) AS r({names}) ON CONFLICT DO NOTHING",
-        login_etl::testing::contract_columns::select_list(),
-        login_etl::testing::ingest::sink::array_placeholders(1)
+        login_etl::contract::columns::select_list(),
+        login_etl::ingest::sink::array_placeholders(1)
     );
-    let columns = login_etl::testing::ingest::sink::Columns::from(rows);
+    let columns = login_etl::ingest::sink::Columns::from(rows);
     let params = columns.typed_params();
     let (k, from) = (i32::from(versions.key), i32::from(versions.checked_from));
     let check: [(&(dyn ToSql + Sync), Type); 3] = [

@@ -7,10 +7,10 @@ use aws_lambda_events::event::sqs::SqsEvent;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::SinkExt;
 use login_etl::contract::LoginRow;
+use login_etl::ingest::record;
+use login_etl::ingest::sink::{CHUNK, COPY_HEADER, COPY_SQL, encode_row};
+use login_etl::privacy::masking::Masker;
 use login_etl::synth::{self, Options};
-use login_etl::testing::ingest::record;
-use login_etl::testing::ingest::sink::{CHUNK, COPY_HEADER, COPY_SQL, encode_row};
-use login_etl::testing::privacy::masking::Masker;
 use tokio_postgres::{Client, NoTls};
 
 pub const KEY: &str = "8f2c7e4a1b9d3f6e0a5c8b2d7f4e1a9c3b6d0f8e2a5c7b9d1f4e6a8c0b2d4f6e";
@@ -74,7 +74,7 @@ pub fn closed_port() -> u16 {
 }
 
 /// The rows by binary COPY, encoded and sent in chunks as the function's
-/// COPY sends them (`login_etl::testing::ingest::sink::encode_row`, `CHUNK`).
+/// COPY sends them (`login_etl::ingest::sink::encode_row`, `CHUNK`).
 pub async fn copy_rows(client: &tokio_postgres::Client, rows: &[LoginRow<'_>]) {
     copy_rows_into(client, "user_logins", rows).await
 }

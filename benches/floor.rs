@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use login_etl::contract::LoginRow;
-use login_etl::testing::ingest::sink::{PgSink, Versions};
-use login_etl::testing::privacy::masking::{Masker, MaskingKey};
+use login_etl::ingest::sink::{PgSink, Versions};
+use login_etl::privacy::masking::{Masker, MaskingKey};
 use login_etl::{Config, startup};
 use tokio_postgres::Client;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -109,7 +109,7 @@ async fn copy_upstream(client: &Client, rows: &[LoginRow<'_>]) {
 /// One batch along `path`: COPY at 1,000 rows, one INSERT round trip at 10
 /// (the function chooses the same way: `COPY_MIN_ROWS`).
 async fn write(path: Path, sink: &mut PgSink, client: &Client, rows: &[LoginRow<'_>]) {
-    let copy = rows.len() >= login_etl::testing::ingest::sink::COPY_MIN_ROWS;
+    let copy = rows.len() >= login_etl::ingest::sink::COPY_MIN_ROWS;
     match path {
         Path::Function => {
             let report = sink.insert(rows, Versions::at(1), false).await.unwrap();

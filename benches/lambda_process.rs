@@ -25,8 +25,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use login_etl::privacy::masking::{Masker, MaskingKey};
 use login_etl::synth::{self, Options};
-use login_etl::testing::privacy::masking::{Masker, MaskingKey};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -292,15 +292,12 @@ async fn main() {
     let binary = std::env::var("LOGIN_ETL_BINARY")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_login-etl").into());
     let (db, url) = create_db("process").await;
-    let db_config = login_etl::testing::database::DbConfig::from_lookup(&|k: &str| {
+    let db_config = login_etl::database::DbConfig::from_lookup(&|k: &str| {
         (k == "DATABASE_URL").then(|| url.clone())
     });
-    login_etl::startup::migrate(
-        &db_config.unwrap(),
-        login_etl::testing::profile::Profile::Full,
-    )
-    .await
-    .unwrap();
+    login_etl::startup::migrate(&db_config.unwrap(), login_etl::profile::Profile::Full)
+        .await
+        .unwrap();
 
     if std::env::var_os("BENCH_WARM").is_some() {
         warm_invocations(&binary, &url, full).await;

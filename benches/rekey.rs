@@ -34,10 +34,10 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use common::*;
+use login_etl::grants::{self, Role};
+use login_etl::privacy::masking::{KeyVersions, Masker};
+use login_etl::privacy::rekey::{self, RekeyOptions};
 use login_etl::synth::{self, Options};
-use login_etl::testing::grants::{self, Role};
-use login_etl::testing::privacy::masking::{KeyVersions, Masker};
-use login_etl::testing::privacy::rekey::{self, RekeyOptions};
 use login_etl::{BatchHandler, Config, Deadline, SqsBatch};
 use tokio_postgres::Client;
 
@@ -61,13 +61,7 @@ async fn role(admin: &Client, db: &str, url: &str, role: Role) -> String {
     admin
         .batch_execute(&format!(
             "DROP ROLE IF EXISTS {name}; CREATE ROLE {name} LOGIN; {}",
-            grants::sql(
-                role,
-                &name,
-                "public",
-                login_etl::testing::profile::Profile::Full
-            )
-            .unwrap()
+            grants::sql(role, &name, "public", login_etl::profile::Profile::Full).unwrap()
         ))
         .await
         .unwrap();
@@ -170,11 +164,10 @@ async fn main() {
     let per_batch = if full { 1_000 } else { 100 };
     let (db, url) = create_db("rekey").await;
     let admin = connect(&url).await;
-    let target = login_etl::testing::database::DbConfig::from_lookup(&|k| {
-        (k == "DATABASE_URL").then(|| url.clone())
-    })
-    .unwrap();
-    login_etl::startup::migrate(&target, login_etl::testing::profile::Profile::Full)
+    let target =
+        login_etl::database::DbConfig::from_lookup(&|k| (k == "DATABASE_URL").then(|| url.clone()))
+            .unwrap();
+    login_etl::startup::migrate(&target, login_etl::profile::Profile::Full)
         .await
         .unwrap();
     preload(&admin, rows).await;

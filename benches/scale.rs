@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use chrono::{TimeDelta, Utc};
 use common::*;
 use login_etl::synth::{self, Options};
-use login_etl::testing::table::maintain::MaintainOptions;
+use login_etl::table::maintain::MaintainOptions;
 use login_etl::{BatchHandler, Config, Deadline, SqsBatch};
 use tokio_postgres::Client;
 
@@ -212,18 +212,13 @@ async fn forget_beside_ingest(url: &str, h: Arc<BatchHandler>) -> (Duration, Dur
         .await
         .unwrap()
         .get(0);
-    let masker = login_etl::testing::privacy::masking::Masker::new(
-        &login_etl::testing::privacy::masking::MaskingKey::from_hex(KEY, "bench").unwrap(),
+    let masker = login_etl::privacy::masking::Masker::new(
+        &login_etl::privacy::masking::MaskingKey::from_hex(KEY, "bench").unwrap(),
     );
     let t = Instant::now();
-    let done = login_etl::testing::privacy::forget::forget(
-        &mut eraser,
-        &user,
-        masker.users(),
-        "arn:bench",
-    )
-    .await
-    .unwrap();
+    let done = login_etl::privacy::forget::forget(&mut eraser, &user, masker.users(), "arn:bench")
+        .await
+        .unwrap();
     let took = t.elapsed();
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::SeqCst);
@@ -234,14 +229,14 @@ async fn forget_beside_ingest(url: &str, h: Arc<BatchHandler>) -> (Duration, Dur
 /// table, with ingest (batches of 100, this version) running beside the
 /// cutover: how long each took, and the longest ingest invocation meanwhile.
 async fn upgrade_beside_ingest(url: &str) -> (Duration, Duration, Duration, u64) {
-    let cfg = login_etl::testing::database::DbConfig::from_lookup(&|k: &str| {
+    let cfg = login_etl::database::DbConfig::from_lookup(&|k: &str| {
         (k == "DATABASE_URL").then(|| url.to_owned())
     })
     .unwrap();
     let t = Instant::now();
     login_etl::startup::migrate_with(
         &cfg,
-        &login_etl::testing::table::schema::MigrateOptions {
+        &login_etl::table::schema::MigrateOptions {
             prepare_only: true,
             premake_days: 7,
             ..Default::default()
@@ -269,7 +264,7 @@ async fn upgrade_beside_ingest(url: &str) -> (Duration, Duration, Duration, u64)
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let t = Instant::now();
-    login_etl::startup::migrate(&cfg, login_etl::testing::profile::Profile::Full)
+    login_etl::startup::migrate(&cfg, login_etl::profile::Profile::Full)
         .await
         .unwrap();
     let cutover = t.elapsed();
@@ -344,7 +339,7 @@ async fn main() {
            masked_device_id varchar(256), locale varchar(32), app_version integer, create_date date, \
            message_id varchar(128), app_version_text varchar(32), sent_at timestamptz, \
            key_version smallint NOT NULL DEFAULT 1);\n{}; COMMIT",
-        login_etl::testing::table::schema::schema_sql(login_etl::testing::table::schema::SIDE_TABLES_SQL, login_etl::testing::profile::Profile::Full)
+        login_etl::table::schema::schema_sql(login_etl::table::schema::SIDE_TABLES_SQL, login_etl::profile::Profile::Full)
     ))
     .await
     .unwrap();
@@ -416,11 +411,11 @@ async fn main() {
 
     // Now: partitioned by day, unique (sent_at, message_id, create_date).
     let (name_b, url_b) = create_db("scale_now").await;
-    let cfg = login_etl::testing::database::DbConfig::from_lookup(&|k: &str| {
+    let cfg = login_etl::database::DbConfig::from_lookup(&|k: &str| {
         (k == "DATABASE_URL").then(|| url_b.clone())
     })
     .unwrap();
-    login_etl::startup::migrate(&cfg, login_etl::testing::profile::Profile::Full)
+    login_etl::startup::migrate(&cfg, login_etl::profile::Profile::Full)
         .await
         .unwrap();
     let b = connect(&url_b).await;
@@ -504,7 +499,7 @@ async fn main() {
     let per_day: u64 = if full { 50_000 } else { 100 };
     for back in 61..=90 {
         let day = Utc::now().date_naive() - TimeDelta::days(back);
-        login_etl::testing::table::partitions::ensure_partition(&b, day)
+        login_etl::table::partitions::ensure_partition(&b, day)
             .await
             .unwrap();
         b.batch_execute(&format!(
@@ -521,7 +516,7 @@ async fn main() {
         .await
         .unwrap();
     let t = Instant::now();
-    let report = login_etl::testing::table::maintain::run(
+    let report = login_etl::table::maintain::run(
         &b,
         &MaintainOptions {
             retention_days: Some(60),

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use common::*;
+use login_etl::grants::{self, Role};
 use login_etl::synth::{self, Options};
-use login_etl::testing::grants::{self, Role};
 use login_etl::{BatchHandler, Config, Deadline, SqsBatch};
 use tokio_postgres::Client;
 
@@ -45,13 +45,7 @@ async fn role(admin: &Client, db: &str, url: &str, role: Role) -> String {
     admin
         .batch_execute(&format!(
             "DROP ROLE IF EXISTS {name}; CREATE ROLE {name} LOGIN; {}",
-            grants::sql(
-                role,
-                &name,
-                "public",
-                login_etl::testing::profile::Profile::Full
-            )
-            .unwrap()
+            grants::sql(role, &name, "public", login_etl::profile::Profile::Full).unwrap()
         ))
         .await
         .unwrap();
@@ -177,11 +171,11 @@ async fn switch_beside_ingest(admin: &Client) {
     let erasures = vault / 10;
     let (name, url) = create_db("stalls_switch").await;
     login_etl::startup::migrate(
-        &login_etl::testing::database::DbConfig::from_lookup(&|k| {
+        &login_etl::database::DbConfig::from_lookup(&|k| {
             (k == "DATABASE_URL").then(|| url.clone())
         })
         .unwrap(),
-        login_etl::testing::profile::Profile::Full,
+        login_etl::profile::Profile::Full,
     )
     .await
     .unwrap();
@@ -215,21 +209,21 @@ async fn switch_beside_ingest(admin: &Client) {
         KEY.chars().rev().collect::<String>()
     );
     let h = Arc::new(handler(&ingest, &keys).await);
-    let masker = login_etl::testing::privacy::masking::Masker::versions(
-        &login_etl::testing::privacy::masking::KeyVersions::parse(&keys, "bench").unwrap(),
+    let masker = login_etl::privacy::masking::Masker::versions(
+        &login_etl::privacy::masking::KeyVersions::parse(&keys, "bench").unwrap(),
         None,
     )
     .unwrap();
-    login_etl::testing::privacy::rekey::arm(&connect(&url).await, &masker)
+    login_etl::privacy::rekey::arm(&connect(&url).await, &masker)
         .await
         .expect("arming the rotation");
     let mut c = connect(&rotate).await;
     let (alone, with, rotated, took) = beside(h, Duration::from_secs(3), async {
-        login_etl::testing::privacy::rekey::rotate(
+        login_etl::privacy::rekey::rotate(
             &mut c,
             &masker,
             "arn:aws:sts::123456789012:assumed-role/bench",
-            login_etl::testing::privacy::rekey::RekeyOptions {
+            login_etl::privacy::rekey::RekeyOptions {
                 max_chunks: Some(1),
                 ..Default::default()
             },
@@ -256,11 +250,11 @@ async fn default_day_beside_ingest(admin: &Client) {
     let rows = size("BENCH_STALLS_DAY", 10_000_000);
     let (name, url) = create_db("stalls_default").await;
     login_etl::startup::migrate(
-        &login_etl::testing::database::DbConfig::from_lookup(&|k| {
+        &login_etl::database::DbConfig::from_lookup(&|k| {
             (k == "DATABASE_URL").then(|| url.clone())
         })
         .unwrap(),
-        login_etl::testing::profile::Profile::Full,
+        login_etl::profile::Profile::Full,
     )
     .await
     .unwrap();
@@ -295,12 +289,9 @@ async fn default_day_beside_ingest(admin: &Client) {
     let c = connect(&maintain).await;
     // The writer's batches go to the DEFAULT partition until the swap.
     let (alone, with, report_of, took) = beside(h, Duration::from_secs(3), async {
-        login_etl::testing::table::maintain::run(
-            &c,
-            &login_etl::testing::table::maintain::MaintainOptions::default(),
-        )
-        .await
-        .unwrap()
+        login_etl::table::maintain::run(&c, &login_etl::table::maintain::MaintainOptions::default())
+            .await
+            .unwrap()
     })
     .await;
     let drained = report_of.drained_from_default + report_of.moved_from_default();

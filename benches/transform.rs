@@ -5,9 +5,9 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use login_etl::contract::parse_body;
+use login_etl::ingest::record;
+use login_etl::privacy::masking::{Masker, MaskingKey};
 use login_etl::synth::{self, Options};
-use login_etl::testing::ingest::record;
-use login_etl::testing::privacy::masking::{Masker, MaskingKey};
 
 const KEY: &str = "8f2c7e4a1b9d3f6e0a5c8b2d7f4e1a9c3b6d0f8e2a5c7b9d1f4e6a8c0b2d4f6e";
 
@@ -59,7 +59,7 @@ fn transform(c: &mut Criterion) {
 /// The EMF summary document a batch writes (built and serialized; the
 /// line goes nowhere).
 fn emf(c: &mut Criterion) {
-    use login_etl::testing::ingest::metrics::{InvocationMetrics, Metrics};
+    use login_etl::ingest::metrics::{InvocationMetrics, Metrics};
     let metrics = Metrics::new("LoginEtl", "login-etl", "login-etl").with_output(|line: &str| {
         black_box(line);
     });

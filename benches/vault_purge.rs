@@ -19,8 +19,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use login_etl::testing::database::DbConfig;
-use login_etl::testing::table::maintain::{self, MaintainOptions};
+use login_etl::database::DbConfig;
+use login_etl::table::maintain::{self, MaintainOptions};
 use tokio_postgres::Client;
 
 /// Entries loaded per statement (progress between them).
@@ -101,7 +101,7 @@ async fn main() {
             let url = url.clone();
             DbConfig::from_lookup(&|k| (k == "DATABASE_URL").then(|| url.clone())).unwrap()
         };
-        login_etl::startup::migrate(&db, login_etl::testing::profile::Profile::Full)
+        login_etl::startup::migrate(&db, login_etl::profile::Profile::Full)
             .await
             .unwrap();
         let admin = connect(&url).await;

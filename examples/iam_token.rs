@@ -9,7 +9,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use aws_credential_types::Credentials;
-use login_etl::testing::database::iam;
+use login_etl::database::iam;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -6,9 +6,9 @@
 //! `event`, the whole path from the payload's bytes as the function reads
 //! them: each message read from the payload, then transformed.
 
+use login_etl::ingest::record;
+use login_etl::privacy::masking::{Masker, MaskingKey};
 use login_etl::synth::{self, Options};
-use login_etl::testing::ingest::record;
-use login_etl::testing::privacy::masking::{Masker, MaskingKey};
 
 fn main() {
     let from_json = match std::env::args().nth(1).as_deref() {

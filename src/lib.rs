@@ -2,7 +2,7 @@
 //! PostgreSQL, masking PII (`ip`, `device_id`) with a keyed HMAC.
 //!
 //! Four folders, one concern each, the lower never using the higher (the
-//! crate's own: declared in the hidden `testing` module, see below):
+//! crate's own: hidden from the docs, see below):
 //! - [`contract`]: the message contract at the bottom: a body to a
 //!   validated login or a rejection, the row it becomes, its columns, the
 //!   JSON Schema for producers;
@@ -35,8 +35,7 @@
 // configuration and start-up; the message contract; synthetic events; and
 // what the binary's entry points need (the command line, the log
 // subscriber, the Lambda runtime's payload layer). The rest is the crate's
-// own, reached by the project's tests, benches and examples through
-// [`testing`].
+// own (below).
 pub mod contract;
 pub mod synth;
 cfg_if::cfg_if! {
@@ -49,10 +48,38 @@ cfg_if::cfg_if! {
     }
 }
 
-// The internals: declared in [`testing`], named `crate::<module>` here.
-use testing::{app_version, error, ingest, privacy, profile};
-#[cfg(feature = "service")]
-use testing::{config, database, emf, grants, poll, secrets, table};
+// The internals: reached by the project's tests, benches and examples, not
+// an API (no stability; the code is its documentation), so hidden from the
+// docs. Their docs are for the people who work on them (`cargo doc
+// --document-private-items`, where a link to a private item resolves).
+#[doc(hidden)]
+pub mod app_version;
+#[doc(hidden)]
+pub mod error;
+#[doc(hidden)]
+pub mod ingest;
+#[doc(hidden)]
+pub mod privacy;
+#[doc(hidden)]
+pub mod profile;
+cfg_if::cfg_if! {
+    if #[cfg(feature = "service")] {
+        #[doc(hidden)]
+        pub mod config;
+        #[doc(hidden)]
+        pub mod database;
+        #[doc(hidden)]
+        pub mod emf;
+        #[doc(hidden)]
+        pub mod grants;
+        #[doc(hidden)]
+        pub mod poll;
+        #[doc(hidden)]
+        pub mod secrets;
+        #[doc(hidden)]
+        pub mod table;
+    }
+}
 
 #[cfg(feature = "service")]
 pub use config::Config;
@@ -61,12 +88,3 @@ pub use ingest::event::SqsBatch;
 #[cfg(feature = "service")]
 pub use ingest::handler::{BatchHandler, BatchSummary, Deadline, Outcome};
 pub use profile::Profile;
-
-/// The crate's internals, for its own tests, benches and examples: not an
-/// API (no stability; the code is its documentation). The crate names them
-/// `crate::<module>`.
-#[doc(hidden)]
-// Their docs are for the people who work on them (`cargo doc
-// --document-private-items`), where a link to a private item resolves.
-#[allow(rustdoc::private_intra_doc_links)]
-pub mod testing;

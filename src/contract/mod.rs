@@ -32,7 +32,8 @@ pub(crate) mod row;
 // the "service" feature's (the fuzz target parses bodies only). Not in a
 // cfg_if block: columns exports a macro the crate names by its path.
 #[cfg(feature = "service")]
-pub(crate) mod columns;
+#[doc(hidden)]
+pub mod columns;
 #[cfg(feature = "service")]
 pub(crate) mod schema;
 

@@ -3,8 +3,8 @@
 //! `n` versions (what a function or rotate-key holds after `n - 1`
 //! rotations).
 
-use login_etl::testing::privacy::masking::{KeyVersions, Masker};
-use login_etl::testing::privacy::vault::DataKey;
+use login_etl::privacy::masking::{KeyVersions, Masker};
+use login_etl::privacy::vault::DataKey;
 
 use super::TEST_KEY;
 
@@ -46,7 +46,5 @@ pub fn data_key() -> DataKey {
 
 /// The masker of [`TEST_KEY`] alone, as the tests' handlers hold it.
 pub fn test_masker() -> Masker {
-    Masker::new(
-        &login_etl::testing::privacy::masking::MaskingKey::from_hex(TEST_KEY, "test").unwrap(),
-    )
+    Masker::new(&login_etl::privacy::masking::MaskingKey::from_hex(TEST_KEY, "test").unwrap())
 }

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use aws_lambda_events::event::sqs::SqsEvent;
 use hmac::{Hmac, KeyInit, Mac};
-use login_etl::testing::database::DbConfig;
-use login_etl::testing::grants::Role;
+use login_etl::database::DbConfig;
+use login_etl::grants::Role;
 use login_etl::{BatchHandler, Config, Deadline, SqsBatch, startup};
 use sha2::Sha256;
 use tokio_postgres::{Client, NoTls};
@@ -101,7 +101,7 @@ impl TestDb {
         let url = self.url.clone();
         let db = DbConfig::from_lookup(&|k| (k == "DATABASE_URL").then(|| url.clone()))
             .expect("a valid DATABASE_URL");
-        startup::migrate(&db, login_etl::testing::profile::Profile::Full)
+        startup::migrate(&db, login_etl::profile::Profile::Full)
             .await
             .expect("the schema is applied");
     }
@@ -156,9 +156,9 @@ impl TestDb {
 /// Applies the schema as `login-etl migrate` does, in one transaction
 /// (without its lock or its partitions), on `client`'s database.
 pub async fn apply_schema(client: &Client) {
-    let schema = login_etl::testing::table::schema::schema_sql(
-        login_etl::testing::table::schema::MIGRATION_SQL,
-        login_etl::testing::profile::Profile::Full,
+    let schema = login_etl::table::schema::schema_sql(
+        login_etl::table::schema::MIGRATION_SQL,
+        login_etl::profile::Profile::Full,
     );
     client
         .batch_execute(&format!("BEGIN; {schema}; COMMIT"))
@@ -183,13 +183,8 @@ pub async fn make_role(admin_db_url: &str, name: &str, role: Role, password: Opt
             .await
             .expect("create the test role");
     }
-    let grants = login_etl::testing::grants::sql(
-        role,
-        name,
-        "public",
-        login_etl::testing::profile::Profile::Full,
-    )
-    .unwrap();
+    let grants =
+        login_etl::grants::sql(role, name, "public", login_etl::profile::Profile::Full).unwrap();
     admin
         .batch_execute(&grants)
         .await
@@ -203,7 +198,7 @@ pub async fn ingest_role_on(admin_db_url: &str, name: &str, password: Option<&st
     let url = admin_db_url.to_owned();
     let db = DbConfig::from_lookup(&|k| (k == "DATABASE_URL").then(|| url.clone()))
         .expect("a valid DATABASE_URL");
-    startup::migrate(&db, login_etl::testing::profile::Profile::Full)
+    startup::migrate(&db, login_etl::profile::Profile::Full)
         .await
         .expect("the schema is applied");
     make_role(admin_db_url, name, Role::Ingest, password).await;
@@ -433,8 +428,8 @@ impl std::io::Write for Capture {
 /// Metrics (the default namespace and service, function name `login-etl`)
 /// whose EMF lines go to a list the test reads instead of stdout: give them
 /// to a handler with `BatchHandler::with_metrics`.
-pub fn captured_metrics() -> (login_etl::testing::ingest::metrics::Metrics, Captured) {
-    use login_etl::testing::ingest::metrics::{DEFAULT_NAMESPACE, DEFAULT_SERVICE, Metrics};
+pub fn captured_metrics() -> (login_etl::ingest::metrics::Metrics, Captured) {
+    use login_etl::ingest::metrics::{DEFAULT_NAMESPACE, DEFAULT_SERVICE, Metrics};
     let docs: Captured = Default::default();
     let sink = docs.clone();
     let metrics = Metrics::new(DEFAULT_NAMESPACE, DEFAULT_SERVICE, "login-etl").with_output(

@@ -7,7 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A client with the function's own HTTP and timeout settings, aimed at `endpoint`.
 pub async fn sqs_client(endpoint: &str) -> Client {
-    let shared = login_etl::testing::secrets::sdk_config().await;
+    let shared = login_etl::secrets::sdk_config().await;
     let config = aws_sdk_sqs::config::Builder::from(&shared)
         .behavior_version(BehaviorVersion::latest())
         .endpoint_url(endpoint)

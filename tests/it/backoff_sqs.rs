@@ -16,9 +16,9 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use common::moto::start_moto;
 use common::*;
+use login_etl::ingest::event::{RecordAttributes, SqsBatch, SqsRecord};
+use login_etl::ingest::metrics::Metrics;
 use login_etl::synth::{self, Options};
-use login_etl::testing::ingest::event::{RecordAttributes, SqsBatch, SqsRecord};
-use login_etl::testing::ingest::metrics::Metrics;
 use login_etl::{Deadline, Outcome};
 use serde_json::Value;
 
@@ -143,7 +143,7 @@ async fn an_outage_backs_off_the_valid_records_and_refused_rows_reach_the_dlq_on
         ("AWS_REGION", "us-east-1"),
         ("AWS_EC2_METADATA_DISABLED", "true"),
     ]);
-    let sqs = Client::new(&login_etl::testing::secrets::sdk_config().await);
+    let sqs = Client::new(&login_etl::secrets::sdk_config().await);
     let (dlq_url, dlq_arn) = queue(&sqs, "backoff-dlq", &[]).await;
     let redrive = format!(r#"{{"deadLetterTargetArn":"{dlq_arn}","maxReceiveCount":"50"}}"#);
     let (url, arn) = queue(
@@ -405,8 +405,8 @@ async fn an_outage_backs_off_the_valid_records_and_refused_rows_reach_the_dlq_on
     ])
     .await
     .with_backoff(
-        login_etl::testing::ingest::backoff::Schedule { base: 30, max: 900 },
-        login_etl::testing::ingest::backoff::Visibility::new(
+        login_etl::ingest::backoff::Schedule { base: 30, max: 900 },
+        login_etl::ingest::backoff::Visibility::new(
             common::sqs::sqs_client(&format!("http://127.0.0.1:{capture_port}")).await,
             Some(capture_url),
         ),
@@ -460,8 +460,8 @@ async fn an_outage_backs_off_the_valid_records_and_refused_rows_reach_the_dlq_on
     let unready = handler_with(&[("DATABASE_URL", &bare), ("MASKING_KEY", TEST_KEY)])
         .await
         .with_backoff(
-            login_etl::testing::ingest::backoff::Schedule { base: 30, max: 900 },
-            login_etl::testing::ingest::backoff::Visibility::new(
+            login_etl::ingest::backoff::Schedule { base: 30, max: 900 },
+            login_etl::ingest::backoff::Visibility::new(
                 common::sqs::sqs_client(&format!("http://127.0.0.1:{capture_port}")).await,
                 Some(format!(
                     "http://127.0.0.1:{capture_port}/123456789012/logins"

@@ -12,9 +12,9 @@ use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use common::moto::start_moto;
 use common::sqs::{scripted_sqs, sqs_client};
 use common::*;
+use login_etl::ingest::dlq::DeadLetterQueue;
+use login_etl::ingest::dlq::copy::masked_body;
 use login_etl::synth::{self, Options};
-use login_etl::testing::ingest::dlq::DeadLetterQueue;
-use login_etl::testing::ingest::dlq::copy::masked_body;
 use login_etl::{BatchHandler, Deadline, Outcome, SqsBatch};
 
 async fn handler_with_dlq(db: &TestDb, client: Client, url: &str) -> BatchHandler {
@@ -376,8 +376,7 @@ async fn a_refused_dlq_copy_in_a_fifo_batch_holds_that_record_and_every_later_on
 /// when the refusal came; the COPY must not commit the rows held back.
 #[tokio::test]
 async fn a_refused_dlq_copy_holds_a_fifo_batch_that_was_streaming_into_a_copy() {
-    a_refused_dlq_copy_holds_the_fifo_batch(login_etl::testing::ingest::sink::COPY_MIN_ROWS + 100)
-        .await;
+    a_refused_dlq_copy_holds_the_fifo_batch(login_etl::ingest::sink::COPY_MIN_ROWS + 100).await;
 }
 
 /// Every message in `url`, left in the queue (hidden for a minute, then
@@ -407,9 +406,9 @@ async fn peek(client: &Client, url: &str) -> Vec<aws_sdk_sqs::types::Message> {
 #[tokio::test]
 #[ignore = "needs moto_server on PATH or in MOTO_SERVER; run by `make test`"]
 async fn copies_hold_no_pii_and_dlq_redrive_sends_the_originals_back_to_their_rows() {
-    use login_etl::testing::ingest::redrive::{RedriveOptions, redrive};
-    use login_etl::testing::privacy::dead_letter::{Sealer, Unsealer};
-    use login_etl::testing::privacy::vault::DataKey;
+    use login_etl::ingest::redrive::{RedriveOptions, redrive};
+    use login_etl::privacy::dead_letter::{Sealer, Unsealer};
+    use login_etl::privacy::vault::DataKey;
 
     let (_moto, port) = start_moto();
     let sdk = common::moto::moto_sdk(&format!("http://127.0.0.1:{port}")).await;
@@ -530,7 +529,7 @@ async fn copies_hold_no_pii_and_dlq_redrive_sends_the_originals_back_to_their_ro
         })
         .unwrap();
     let arn = "arn:aws:sqs:us-east-1:123456789012:logins";
-    let mut moved = login_etl::testing::poll::queue::to_record(again, arn);
+    let mut moved = login_etl::poll::queue::to_record(again, arn);
     moved.message_id = Some("moved-back".into());
     moved.attributes.as_mut().unwrap().sent_timestamp =
         Some(chrono::Utc::now().timestamp_millis().to_string());
@@ -627,7 +626,7 @@ async fn copies_hold_no_pii_and_dlq_redrive_sends_the_originals_back_to_their_ro
         SqsBatch::new(
             messages
                 .iter()
-                .map(|m| login_etl::testing::poll::queue::to_record(m, arn))
+                .map(|m| login_etl::poll::queue::to_record(m, arn))
                 .collect(),
         )
     };
@@ -723,11 +722,11 @@ fn base64_decode(text: &str) -> Vec<u8> {
 }
 
 /// One SQS record as a producer's message arrives, received once.
-fn arrived(id: &str, body: &str, sent_ms: i64) -> login_etl::testing::ingest::event::SqsRecord {
-    login_etl::testing::ingest::event::SqsRecord {
+fn arrived(id: &str, body: &str, sent_ms: i64) -> login_etl::ingest::event::SqsRecord {
+    login_etl::ingest::event::SqsRecord {
         message_id: Some(id.to_owned()),
         body: Some(body.to_owned()),
-        attributes: Some(login_etl::testing::ingest::event::RecordAttributes {
+        attributes: Some(login_etl::ingest::event::RecordAttributes {
             sent_timestamp: Some(sent_ms.to_string()),
             approximate_receive_count: Some("1".into()),
             message_group_id: None,
@@ -749,8 +748,8 @@ fn arrived(id: &str, body: &str, sent_ms: i64) -> login_etl::testing::ingest::ev
 #[tokio::test]
 #[ignore = "needs moto_server on PATH or in MOTO_SERVER; run by `make test`"]
 async fn copies_without_their_original_come_back_rebuilt_and_only_sealed_ones_are_stored() {
-    use login_etl::testing::ingest::redrive::{Rebuilder, RedriveOptions, redrive};
-    use login_etl::testing::privacy::dead_letter::rebuilt::RebuiltVerifier;
+    use login_etl::ingest::redrive::{Rebuilder, RedriveOptions, redrive};
+    use login_etl::privacy::dead_letter::rebuilt::RebuiltVerifier;
 
     let (_moto, port) = start_moto();
     let sdk = common::moto::moto_sdk(&format!("http://127.0.0.1:{port}")).await;
@@ -834,7 +833,7 @@ async fn copies_without_their_original_come_back_rebuilt_and_only_sealed_ones_ar
     let rebuilt: Vec<_> = drain(&sqs, &source_url)
         .await
         .iter()
-        .map(|m| login_etl::testing::poll::queue::to_record(m, arn))
+        .map(|m| login_etl::poll::queue::to_record(m, arn))
         .collect();
     assert_eq!(rebuilt.len(), 3);
     let masker = common::keys::test_masker();

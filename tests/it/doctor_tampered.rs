@@ -4,10 +4,10 @@
 //! doctor runs as), and `migrate` mends what it made.
 
 use crate::common::*;
+use login_etl::database::DbConfig;
+use login_etl::grants::Role;
 use login_etl::startup;
-use login_etl::testing::database::DbConfig;
-use login_etl::testing::grants::Role;
-use login_etl::testing::table::doctor::{Report, examine};
+use login_etl::table::doctor::{Report, examine};
 
 fn db_config(url: &str) -> DbConfig {
     let url = url.to_owned();
@@ -25,12 +25,9 @@ fn names(report: &Report, check: &str, subject: &str) -> bool {
 async fn doctor_as_a_superuser_names_each_tampering_and_runs_nothing_of_the_schema() {
     let db = TestDb::create().await;
     let owner_url = db.role_url(Role::Migrate).await;
-    startup::migrate(
-        &db_config(&owner_url),
-        login_etl::testing::profile::Profile::Full,
-    )
-    .await
-    .expect("the migrate role migrates");
+    startup::migrate(&db_config(&owner_url), login_etl::profile::Profile::Full)
+        .await
+        .expect("the migrate role migrates");
     db.role_url(Role::Ingest).await;
     let owner = db.role_name(Role::Migrate);
     let stranger = format!("{}_stranger", db.name);
@@ -158,12 +155,9 @@ async fn doctor_as_a_superuser_names_each_tampering_and_runs_nothing_of_the_sche
     );
 
     // migrate mends what it made; the admin, the rest, as the fixes say.
-    startup::migrate(
-        &db_config(&owner_url),
-        login_etl::testing::profile::Profile::Full,
-    )
-    .await
-    .expect("migrate over the tampered schema");
+    startup::migrate(&db_config(&owner_url), login_etl::profile::Profile::Full)
+        .await
+        .expect("migrate over the tampered schema");
     admin
         .batch_execute(&format!(
             "ALTER ROLE \"{owner}\" NOCREATEROLE; \
@@ -194,12 +188,9 @@ async fn doctor_as_a_superuser_names_each_tampering_and_runs_nothing_of_the_sche
 async fn twins_strangers_and_a_lock_without_its_row_are_named_and_migrate_mends_them() {
     let db = TestDb::create().await;
     let owner_url = db.role_url(Role::Migrate).await;
-    startup::migrate(
-        &db_config(&owner_url),
-        login_etl::testing::profile::Profile::Full,
-    )
-    .await
-    .expect("the migrate role migrates");
+    startup::migrate(&db_config(&owner_url), login_etl::profile::Profile::Full)
+        .await
+        .expect("the migrate role migrates");
     let maintainer = connect(&db.role_url(Role::Maintain).await).await;
     let admin = db.client().await; // a superuser
     let today = chrono::Utc::now().date_naive();
@@ -277,9 +268,9 @@ async fn twins_strangers_and_a_lock_without_its_row_are_named_and_migrate_mends_
     }
 
     // The lock without its row: maintain refuses, saying what to run.
-    let refused = login_etl::testing::table::maintain::run(
+    let refused = login_etl::table::maintain::run(
         &maintainer,
-        &login_etl::testing::table::maintain::MaintainOptions::default(),
+        &login_etl::table::maintain::MaintainOptions::default(),
     )
     .await
     .expect_err("maintain takes the migration lock, which has no row");
@@ -289,12 +280,9 @@ async fn twins_strangers_and_a_lock_without_its_row_are_named_and_migrate_mends_
         "{text}"
     );
 
-    startup::migrate(
-        &db_config(&owner_url),
-        login_etl::testing::profile::Profile::Full,
-    )
-    .await
-    .expect("migrate over the tampered schema");
+    startup::migrate(&db_config(&owner_url), login_etl::profile::Profile::Full)
+        .await
+        .expect("migrate over the tampered schema");
     let mended = examine(&admin, today, None).await.unwrap();
     let left: Vec<_> = mended
         .findings
@@ -308,9 +296,9 @@ async fn twins_strangers_and_a_lock_without_its_row_are_named_and_migrate_mends_
             .all(|f| f.problem.starts_with("login-etl did not make it")),
         "{left:#?}"
     );
-    login_etl::testing::table::maintain::run(
+    login_etl::table::maintain::run(
         &maintainer,
-        &login_etl::testing::table::maintain::MaintainOptions::default(),
+        &login_etl::table::maintain::MaintainOptions::default(),
     )
     .await
     .expect("maintain runs once the row is back");
@@ -337,12 +325,9 @@ async fn twins_strangers_and_a_lock_without_its_row_are_named_and_migrate_mends_
 async fn a_view_in_place_of_the_schema_record_is_named_and_never_read() {
     let db = TestDb::create().await;
     let owner_url = db.role_url(Role::Migrate).await;
-    startup::migrate(
-        &db_config(&owner_url),
-        login_etl::testing::profile::Profile::Full,
-    )
-    .await
-    .expect("the migrate role migrates");
+    startup::migrate(&db_config(&owner_url), login_etl::profile::Profile::Full)
+        .await
+        .expect("the migrate role migrates");
     let admin = db.client().await; // a superuser
     let today = chrono::Utc::now().date_naive();
     admin
@@ -427,12 +412,9 @@ async fn a_view_in_place_of_the_schema_record_is_named_and_never_read() {
 async fn a_record_table_another_role_made_is_refused_by_migrate() {
     let db = TestDb::create().await;
     let owner_url = db.role_url(Role::Migrate).await;
-    startup::migrate(
-        &db_config(&owner_url),
-        login_etl::testing::profile::Profile::Full,
-    )
-    .await
-    .expect("the migrate role migrates");
+    startup::migrate(&db_config(&owner_url), login_etl::profile::Profile::Full)
+        .await
+        .expect("the migrate role migrates");
     let stranger = format!("{}_stranger", db.name);
     db.bare_named_role(&stranger).await;
     let admin = db.client().await;
@@ -461,12 +443,9 @@ async fn a_record_table_another_role_made_is_refused_by_migrate() {
         ))
         .await
         .unwrap();
-    let err = startup::migrate(
-        &db_config(&owner_url),
-        login_etl::testing::profile::Profile::Full,
-    )
-    .await
-    .expect_err("migrate refuses the stranger's table");
+    let err = startup::migrate(&db_config(&owner_url), login_etl::profile::Profile::Full)
+        .await
+        .expect_err("migrate refuses the stranger's table");
     let text = err.to_string();
     assert!(
         text.contains("user_logins_schema exists and is not a table of the tables' owner"),

@@ -8,16 +8,16 @@ use std::collections::BTreeSet;
 
 use aws_lambda_events::event::sqs::SqsEvent;
 use common::*;
+use login_etl::grants::Role;
+use login_etl::privacy::masking::{Masker, MaskingKey};
 use login_etl::synth::{self, Options};
-use login_etl::testing::grants::Role;
-use login_etl::testing::privacy::masking::{Masker, MaskingKey};
 use login_etl::{Deadline, Outcome, SqsBatch};
 use serde_json::Value;
 
 const CALLER: &str = "arn:aws:sts::123456789012:assumed-role/erasers/test";
 
-fn key() -> login_etl::testing::privacy::vault::DataKey {
-    login_etl::testing::privacy::vault::DataKey::new(&[0x42; 32], vec![1, 2, 3], "local").unwrap()
+fn key() -> login_etl::privacy::vault::DataKey {
+    login_etl::privacy::vault::DataKey::new(&[0x42; 32], vec![1, 2, 3], "local").unwrap()
 }
 
 /// `count` records of which every `every`-th belongs to `user` (its user_id
@@ -126,7 +126,7 @@ async fn forget_beside_concurrent_ingest_leaves_nothing_of_the_user_and_no_row_w
         let (erase, users) = (erase.clone(), masker.users().clone());
         let eraser = tokio::spawn(async move {
             let mut eraser = connect(&erase).await;
-            login_etl::testing::privacy::forget::forget(&mut eraser, user, &users, CALLER)
+            login_etl::privacy::forget::forget(&mut eraser, user, &users, CALLER)
                 .await
                 .expect("forget as the erase role")
         });
@@ -329,7 +329,7 @@ async fn the_audit_trail_is_append_only_even_for_its_owner() {
             .contains("predates key versions"),
         "{e}"
     );
-    let records = login_etl::testing::privacy::audit::audit_records(&audit, None)
+    let records = login_etl::privacy::audit::audit_records(&audit, None)
         .await
         .unwrap();
     assert_eq!(records.len(), 1);
@@ -337,7 +337,7 @@ async fn the_audit_trail_is_append_only_even_for_its_owner() {
     assert_eq!(records[0]["action"], "forget");
     let later = chrono::Utc::now() + chrono::Duration::hours(1);
     assert!(
-        login_etl::testing::privacy::audit::audit_records(&audit, Some(later))
+        login_etl::privacy::audit::audit_records(&audit, Some(later))
             .await
             .unwrap()
             .is_empty()
@@ -391,7 +391,7 @@ async fn a_forget_stopped_after_the_deletes_is_finished_by_the_next_run() {
         .unwrap();
     let masker = Masker::new(&MaskingKey::from_hex(TEST_KEY, "test").unwrap());
     let mut eraser = connect(&erase).await;
-    login_etl::testing::privacy::forget::forget(&mut eraser, user, masker.users(), CALLER)
+    login_etl::privacy::forget::forget(&mut eraser, user, masker.users(), CALLER)
         .await
         .expect_err("stopped after the deletes");
     assert_eq!(rows_of(&db, user).await, 0, "the rows went");
@@ -403,10 +403,9 @@ async fn a_forget_stopped_after_the_deletes_is_finished_by_the_next_run() {
         .batch_execute("DROP TRIGGER test_refuse ON user_logins_pii_vault_held")
         .await
         .unwrap();
-    let again =
-        login_etl::testing::privacy::forget::forget(&mut eraser, user, masker.users(), CALLER)
-            .await
-            .expect("the second run");
+    let again = login_etl::privacy::forget::forget(&mut eraser, user, masker.users(), CALLER)
+        .await
+        .expect("the second run");
     assert_eq!(again.rows, 0);
     assert!(again.vault_entries > 0);
     assert_eq!(
@@ -509,10 +508,9 @@ async fn retention_takes_the_vault_entries_of_aged_out_rows_so_a_later_erasure_l
     // The erasure afterwards finds no row, and no entry is left to find.
     let masker = Masker::new(&MaskingKey::from_hex(TEST_KEY, "test").unwrap());
     let mut eraser = connect(&erase).await;
-    let done =
-        login_etl::testing::privacy::forget::forget(&mut eraser, user, masker.users(), CALLER)
-            .await
-            .expect("forget");
+    let done = login_etl::privacy::forget::forget(&mut eraser, user, masker.users(), CALLER)
+        .await
+        .expect("forget");
     assert_eq!((done.rows, done.vault_entries), (0, 0));
     assert_eq!(entries(users_tokens).await, 0);
 }
@@ -562,7 +560,7 @@ async fn roles_granted_before_vault_retention_keep_working_after_migrate() {
              DROP TABLE user_logins_schema; \
              CREATE OR REPLACE FUNCTION login_etl_schema_version() RETURNS integer \
              LANGUAGE sql IMMUTABLE AS $$ SELECT 7 $$",
-            login_etl::testing::table::schema::STORE_VAULT_ARGS
+            login_etl::table::schema::STORE_VAULT_ARGS
         ))
         .await
         .unwrap();
@@ -602,10 +600,9 @@ async fn roles_granted_before_vault_retention_keep_working_after_migrate() {
     maintain_keeping(&maintainer, 30).await;
     let masker = Masker::new(&MaskingKey::from_hex(TEST_KEY, "test").unwrap());
     let mut eraser = connect(&erase).await;
-    let done =
-        login_etl::testing::privacy::forget::forget(&mut eraser, user, masker.users(), CALLER)
-            .await
-            .expect("forget as the erase role granted before");
+    let done = login_etl::privacy::forget::forget(&mut eraser, user, masker.users(), CALLER)
+        .await
+        .expect("forget as the erase role granted before");
     assert!(done.rows > 0);
     assert_vault_matches_rows(&db).await;
     let may_delete: bool = admin
@@ -623,14 +620,11 @@ async fn roles_granted_before_vault_retention_keep_working_after_migrate() {
 }
 
 /// `maintain` as the role of `url`, keeping `days` days.
-async fn maintain_keeping(
-    url: &str,
-    days: u32,
-) -> login_etl::testing::table::maintain::MaintainReport {
+async fn maintain_keeping(url: &str, days: u32) -> login_etl::table::maintain::MaintainReport {
     let client = connect(url).await;
-    login_etl::testing::table::maintain::run(
+    login_etl::table::maintain::run(
         &client,
-        &login_etl::testing::table::maintain::MaintainOptions {
+        &login_etl::table::maintain::MaintainOptions {
             retention_days: Some(days),
             ..Default::default()
         },
@@ -679,9 +673,9 @@ async fn vault_pages_read_by_maintain(
         .unwrap();
     record_retention(admin, 30).await;
     let client = connect(maintainer).await;
-    let report = login_etl::testing::table::maintain::run(
+    let report = login_etl::table::maintain::run(
         &client,
-        &login_etl::testing::table::maintain::MaintainOptions {
+        &login_etl::table::maintain::MaintainOptions {
             retention_days: Some(30),
             ..Default::default()
         },
@@ -830,7 +824,7 @@ async fn the_function_sends_no_statement_out_of_its_transactions() {
         .expect("the first batch");
     let masker = Masker::new(&MaskingKey::from_hex(TEST_KEY, "test").unwrap());
     let mut eraser = connect(&erase).await;
-    login_etl::testing::privacy::forget::forget(&mut eraser, user, masker.users(), CALLER)
+    login_etl::privacy::forget::forget(&mut eraser, user, masker.users(), CALLER)
         .await
         .expect("forget as the erase role");
     for (round, batch) in [batch_with(user, 600, 5, 901), batch_with(user, 40, 5, 902)]
@@ -884,7 +878,7 @@ async fn an_erased_users_login_is_skipped_before_any_rejection_under_every_contr
     .expect("written");
     let masker = Masker::new(&MaskingKey::from_hex(TEST_KEY, "test").unwrap());
     let mut eraser = connect(&db.role_url(Role::Erase).await).await;
-    login_etl::testing::privacy::forget::forget(&mut eraser, user, masker.users(), CALLER)
+    login_etl::privacy::forget::forget(&mut eraser, user, masker.users(), CALLER)
         .await
         .expect("erased");
     for (seed, setting, field, value) in [

@@ -8,9 +8,9 @@ use crate::common;
 
 use common::keys::*;
 use common::*;
+use login_etl::grants::Role;
+use login_etl::privacy::rekey::{self, RekeyOptions};
 use login_etl::synth::{self, Options};
-use login_etl::testing::grants::Role;
-use login_etl::testing::privacy::rekey::{self, RekeyOptions};
 use login_etl::{BatchHandler, Deadline, SqsBatch};
 
 /// The batch's failure: its class and retryability, as the invocation's
@@ -128,7 +128,7 @@ async fn a_database_migrated_by_an_older_version_is_a_schema_to_migrate() {
          DROP TABLE user_logins_schema; \
          CREATE OR REPLACE FUNCTION login_etl_schema_version() RETURNS integer \
          LANGUAGE sql IMMUTABLE AS $$ SELECT 8 $$",
-        login_etl::testing::contract_columns::array_types()
+        login_etl::contract::columns::array_types()
     );
     owner.batch_execute(back_to_8).await.unwrap();
     let (class, retryable, text) = fails(function(&ingest, TEST_KEY, &doc(&E, 1)).await, 6).await;

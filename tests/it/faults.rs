@@ -555,7 +555,7 @@ async fn no_such_database_and_permission_denied_are_not_retryable_and_name_the_c
     handler(&db).await;
     let proxy = Proxy::start(admin_port()).await;
     // The ingest role (which exists) on a database that does not.
-    let ingest = db.role_url(login_etl::testing::grants::Role::Ingest).await;
+    let ingest = db.role_url(login_etl::grants::Role::Ingest).await;
     let role = ingest
         .split("://")
         .nth(1)
@@ -659,11 +659,11 @@ async fn an_invalid_unique_index_stops_every_write_until_migrate_rebuilds_it() {
         .await
         .unwrap();
     let target = login_etl::startup::migrate(
-        &login_etl::testing::database::DbConfig::from_lookup(&|k: &str| {
+        &login_etl::database::DbConfig::from_lookup(&|k: &str| {
             (k == "DATABASE_URL").then(|| db.url.clone())
         })
         .unwrap(),
-        login_etl::testing::profile::Profile::Full,
+        login_etl::profile::Profile::Full,
     )
     .await
     .unwrap();
@@ -688,13 +688,13 @@ async fn migrate_on_a_current_schema_takes_no_table_lock() {
     tx.batch_execute("LOCK TABLE user_logins IN ACCESS SHARE MODE")
         .await
         .unwrap();
-    let config = login_etl::testing::database::DbConfig::from_lookup(&|k: &str| {
+    let config = login_etl::database::DbConfig::from_lookup(&|k: &str| {
         (k == "DATABASE_URL").then(|| db.url.clone())
     })
     .unwrap();
     let target = tokio::time::timeout(
         Duration::from_secs(5),
-        login_etl::startup::migrate(&config, login_etl::testing::profile::Profile::Full),
+        login_etl::startup::migrate(&config, login_etl::profile::Profile::Full),
     )
     .await
     .expect("migrate did not wait for a table lock")
@@ -785,9 +785,8 @@ async fn assert_vault_matches_rows(db: &TestDb) {
 
 #[tokio::test]
 async fn vault_entries_commit_with_their_rows_through_a_cut_and_a_refused_row() {
-    let local_key = || {
-        login_etl::testing::privacy::vault::DataKey::new(&[7; 32], vec![1, 2, 3], "local").unwrap()
-    };
+    let local_key =
+        || login_etl::privacy::vault::DataKey::new(&[7; 32], vec![1, 2, 3], "local").unwrap();
     for count in [300, 1_500] {
         let db = TestDb::create().await;
         let proxy = Proxy::start(admin_port()).await;

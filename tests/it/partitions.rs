@@ -21,10 +21,10 @@ use std::time::Duration;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessageAttribute};
 use chrono::{NaiveDate, TimeDelta, Utc};
 use common::*;
+use login_etl::grants::Role;
 use login_etl::synth::{self, Options};
-use login_etl::testing::grants::Role;
-use login_etl::testing::table::maintain::{MaintainOptions, MaintainReport};
-use login_etl::testing::table::schema::MigrateOptions;
+use login_etl::table::maintain::{MaintainOptions, MaintainReport};
+use login_etl::table::schema::MigrateOptions;
 use login_etl::{Deadline, Outcome, SqsBatch};
 
 /// A batch of `count` valid logins sent at `sent_ms`, fresh ids per `seed`.
@@ -66,13 +66,13 @@ async fn homes(db: &TestDb) -> Vec<(String, i64)> {
 
 async fn maintain_as(url: &str, options: MaintainOptions) -> MaintainReport {
     let client = connect(url).await;
-    login_etl::testing::table::maintain::run(&client, &options)
+    login_etl::table::maintain::run(&client, &options)
         .await
         .expect("maintain as the maintain role")
 }
 
 async fn partition_names(db: &TestDb) -> BTreeSet<String> {
-    login_etl::testing::table::partitions::partitions(&db.client().await)
+    login_etl::table::partitions::partitions(&db.client().await)
         .await
         .unwrap()
         .into_iter()
@@ -87,7 +87,7 @@ fn partition_of(day: NaiveDate) -> String {
 async fn handle(
     h: &login_etl::BatchHandler,
     event: &SqsEvent,
-) -> login_etl::testing::ingest::handler::BatchSummary {
+) -> login_etl::ingest::handler::BatchSummary {
     let (resp, summary) = h
         .handle(&SqsBatch::from(event), Deadline::NONE)
         .await
@@ -262,7 +262,7 @@ async fn maintain_premakes_and_drops_by_retention_and_two_runs_at_once_agree() {
     // Forty days of history, a day each, with rows.
     for back in 1..=40 {
         let day = today() - TimeDelta::days(back);
-        login_etl::testing::table::partitions::ensure_partition(&owner, day)
+        login_etl::table::partitions::ensure_partition(&owner, day)
             .await
             .unwrap();
         handle(&h, &logins(3, 100 + back as u64, ms(day))).await;
@@ -362,14 +362,14 @@ async fn a_retention_that_disagrees_with_the_record_applies_the_longer_and_fails
     let owner = db.client().await;
     for back in 1..=12 {
         let day = today() - TimeDelta::days(back);
-        login_etl::testing::table::partitions::ensure_partition(&owner, day)
+        login_etl::table::partitions::ensure_partition(&owner, day)
             .await
             .unwrap();
         handle(&h, &logins(2, 900 + back as u64, ms(day))).await;
     }
     let kept = |back: i64| partition_of(today() - TimeDelta::days(back));
     let examine = || async {
-        login_etl::testing::table::doctor::examine(&owner, today(), Some(5))
+        login_etl::table::doctor::examine(&owner, today(), Some(5))
             .await
             .expect("doctor runs")
             .findings
@@ -443,7 +443,7 @@ async fn a_session_holding_off_retention_is_named_with_its_fix() {
     let owner = db.client().await;
     let maintainer = db.role_url(Role::Maintain).await;
     let day = today() - TimeDelta::days(40);
-    login_etl::testing::table::partitions::ensure_partition(&owner, day)
+    login_etl::table::partitions::ensure_partition(&owner, day)
         .await
         .unwrap();
     record_retention(&owner, 30).await;
@@ -463,7 +463,7 @@ async fn a_session_holding_off_retention_is_named_with_its_fix() {
         retention_days: Some(30),
         ..MaintainOptions::default()
     };
-    let err = login_etl::testing::table::maintain::run(&connect(&maintainer).await, &options)
+    let err = login_etl::table::maintain::run(&connect(&maintainer).await, &options)
         .await
         .expect_err("the detach waits for the reader's lock");
     let said = err.to_string();
@@ -524,7 +524,7 @@ async fn an_unpartitioned_table_is_converted_while_the_function_writes_and_redel
             .await
             .unwrap();
     }
-    let config = login_etl::testing::database::DbConfig::from_lookup(&|k: &str| {
+    let config = login_etl::database::DbConfig::from_lookup(&|k: &str| {
         (k == "DATABASE_URL").then(|| db.url.clone())
     })
     .unwrap();
@@ -584,7 +584,7 @@ async fn an_unpartitioned_table_is_converted_while_the_function_writes_and_redel
         }
     };
     wait_until("a round written before the cutover", rounds(1)).await;
-    let target = login_etl::startup::migrate(&config, login_etl::testing::profile::Profile::Full)
+    let target = login_etl::startup::migrate(&config, login_etl::profile::Profile::Full)
         .await
         .expect("the cutover");
     assert!(target.contains("(applied)"), "{target}");
@@ -674,12 +674,12 @@ async fn forget_beside_running_ingest_holds_no_write_for_more_than_a_moment() {
     while batches.load(Ordering::SeqCst) < 3 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let masker = login_etl::testing::privacy::masking::Masker::new(
-        &login_etl::testing::privacy::masking::MaskingKey::from_hex(TEST_KEY, "test").unwrap(),
+    let masker = login_etl::privacy::masking::Masker::new(
+        &login_etl::privacy::masking::MaskingKey::from_hex(TEST_KEY, "test").unwrap(),
     );
     let mut eraser = connect(&db.role_url(Role::Erase).await).await;
     let before = batches.load(Ordering::SeqCst);
-    let done = login_etl::testing::privacy::forget::forget(
+    let done = login_etl::privacy::forget::forget(
         &mut eraser,
         user,
         masker.users(),
@@ -798,19 +798,16 @@ async fn forget_during_a_drain_of_the_default_partition_finishes_after_it() {
         "the drained rows are out of sight"
     );
 
-    let masker = login_etl::testing::privacy::masking::Masker::new(
-        &login_etl::testing::privacy::masking::MaskingKey::from_hex(TEST_KEY, "test").unwrap(),
+    let masker = login_etl::privacy::masking::Masker::new(
+        &login_etl::privacy::masking::MaskingKey::from_hex(TEST_KEY, "test").unwrap(),
     );
     let mut eraser = connect(&db.role_url(Role::Erase).await).await;
     let caller = "arn:aws:sts::123456789012:assumed-role/erasers/test";
-    let e = login_etl::testing::privacy::forget::forget(&mut eraser, user, masker.users(), caller)
+    let e = login_etl::privacy::forget::forget(&mut eraser, user, masker.users(), caller)
         .await
         .expect_err("not finished while the drain is under way");
     assert!(
-        matches!(
-            e,
-            login_etl::testing::privacy::reveal::RevealError::DrainUnderWay
-        ),
+        matches!(e, login_etl::privacy::reveal::RevealError::DrainUnderWay),
         "{e}"
     );
     // Listed already: a new login of theirs is not stored.
@@ -837,10 +834,9 @@ async fn forget_during_a_drain_of_the_default_partition_finishes_after_it() {
         100,
         "back in their partitions"
     );
-    let done =
-        login_etl::testing::privacy::forget::forget(&mut eraser, user, masker.users(), caller)
-            .await
-            .expect("forget after the drain");
+    let done = login_etl::privacy::forget::forget(&mut eraser, user, masker.users(), caller)
+        .await
+        .expect("forget after the drain");
     assert_eq!(done.rows, 100);
     assert_eq!(count_rows_of(&owner, user).await, 0);
     assert_eq!(count_rows(&owner).await, 600);

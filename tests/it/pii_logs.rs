@@ -81,6 +81,45 @@ fn event_of(bodies: &[&str]) -> SqsEvent {
     event
 }
 
+/// The log targets are the module paths docs/configuration.md documents:
+/// `RUST_LOG`'s `login_etl::ingest=trace` (the binary's own filter) keeps
+/// the batch path's TRACE lines, emitted by the real handler
+/// (`login_etl::ingest::handler`'s "record valid"); a directive naming
+/// another module keeps none of them.
+#[tokio::test]
+async fn rust_log_names_the_batch_path_by_its_module_path() {
+    let db = TestDb::create().await;
+    let h = handler(&db).await;
+    let mut seed = 0;
+    let mut lines = |filter: &'static str| {
+        seed += 1;
+        let (h, seed) = (&h, seed);
+        async move {
+            let out = Capture::default();
+            let writer = out.clone();
+            let _guard = tracing::subscriber::set_default(login_etl::logging::subscriber(
+                move || writer.clone(),
+                true,
+                filter,
+            ));
+            let batch = synth::event(&Options {
+                count: 3,
+                invalid_every: 0,
+                seed,
+                ..Options::default()
+            });
+            h.handle(&SqsBatch::from(&batch), Deadline::NONE)
+                .await
+                .unwrap();
+            out.text()
+        }
+    };
+    let ingest = lines("login_etl::ingest=trace").await;
+    assert!(ingest.contains("record valid"), "{ingest}");
+    let elsewhere = lines("login_etl::privacy=trace").await;
+    assert!(!elsewhere.contains("\"level\":\"TRACE\""), "{elsewhere}");
+}
+
 #[tokio::test]
 async fn nothing_the_function_writes_at_trace_contains_raw_pii_or_the_key() {
     let out = Capture::default();
@@ -101,15 +140,14 @@ async fn nothing_the_function_writes_at_trace_contains_raw_pii_or_the_key() {
     let h = handler(&db)
         .await
         .with_metrics(
-            login_etl::testing::ingest::metrics::Metrics::new("LoginEtl", "login-etl", "pii-test")
+            login_etl::ingest::metrics::Metrics::new("LoginEtl", "login-etl", "pii-test")
                 .with_output(move |line| {
                     let mut w = emf_writer.clone();
                     std::io::Write::write_all(&mut w, format!("{line}\n").as_bytes()).unwrap();
                 }),
         )
         .with_vault(
-            login_etl::testing::privacy::vault::DataKey::new(&data_key, vec![9; 40], "local")
-                .unwrap(),
+            login_etl::privacy::vault::DataKey::new(&data_key, vec![9; 40], "local").unwrap(),
         );
     let mut batches: Vec<SqsEvent> = [
         "sqs-valid.json",
@@ -358,7 +396,7 @@ async fn with_the_dlq_the_backoff_and_log_signable_body_nothing_at_trace_contain
         true,
         "trace",
     ));
-    let sqs = aws_sdk_sqs::Client::new(&login_etl::testing::secrets::sdk_config().await);
+    let sqs = aws_sdk_sqs::Client::new(&login_etl::secrets::sdk_config().await);
     let dlq = sqs
         .create_queue()
         .queue_name("pii-dlq")
@@ -377,9 +415,8 @@ async fn with_the_dlq_the_backoff_and_log_signable_body_nothing_at_trace_contain
         .unwrap();
     let db = TestDb::create().await;
     let ingest = db.ingest_url().await;
-    let key = || {
-        login_etl::testing::privacy::vault::DataKey::new(&[0x3c; 32], vec![7; 40], "local").unwrap()
-    };
+    let key =
+        || login_etl::privacy::vault::DataKey::new(&[0x3c; 32], vec![7; 40], "local").unwrap();
     let up = handler_with(&[
         ("DATABASE_URL", &ingest),
         ("MASKING_KEY", TEST_KEY),
@@ -634,7 +671,7 @@ impl Poll {
 async fn poll_at_trace_with_the_sdk_printing_bodies_writes_no_pii_key_or_password() {
     let db = TestDb::create().await;
     db.ingest_url().await;
-    let aws = aws_for(&db, &db.role_name(login_etl::testing::grants::Role::Ingest)).await;
+    let aws = aws_for(&db, &db.role_name(login_etl::grants::Role::Ingest)).await;
     let event = synth::event(&Options {
         count: 40,
         invalid_every: 4,
@@ -688,7 +725,7 @@ async fn poll_at_trace_with_the_sdk_printing_bodies_writes_no_pii_key_or_passwor
 async fn poll_says_at_start_that_its_keys_are_refused_and_is_not_ready() {
     let db = TestDb::create().await;
     db.ingest_url().await;
-    let aws = aws_for(&db, &db.role_name(login_etl::testing::grants::Role::Ingest)).await;
+    let aws = aws_for(&db, &db.role_name(login_etl::grants::Role::Ingest)).await;
     let admin = db.client().await;
     admin
         .batch_execute(&format!(
@@ -792,7 +829,7 @@ async fn the_function_at_trace_with_the_sdk_printing_bodies_writes_no_pii_key_or
     use common::runtime_api::{Outcome, RuntimeApi};
     let db = TestDb::create().await;
     db.ingest_url().await;
-    let aws = aws_for(&db, &db.role_name(login_etl::testing::grants::Role::Ingest)).await;
+    let aws = aws_for(&db, &db.role_name(login_etl::grants::Role::Ingest)).await;
     let events: Vec<SqsEvent> = (0..2)
         .map(|i| {
             synth::event(&Options {

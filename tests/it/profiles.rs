@@ -8,15 +8,15 @@ use std::time::Duration;
 use crate::common;
 
 use common::*;
+use login_etl::database::DbConfig;
+use login_etl::grants::{GrantsError, Role};
+use login_etl::profile::Profile;
 use login_etl::synth::{self, Options};
-use login_etl::testing::database::DbConfig;
-use login_etl::testing::grants::{GrantsError, Role};
-use login_etl::testing::profile::Profile;
-use login_etl::testing::table::maintain::MaintainOptions;
-use login_etl::testing::table::privileges::FULL_ONLY_TABLES;
-use login_etl::testing::table::schema::MigrateOptions;
-use login_etl::testing::table::schema::functions::{FUNCTION_FILES, PROFILE_FUNCTION};
-use login_etl::testing::table::schema::state;
+use login_etl::table::maintain::MaintainOptions;
+use login_etl::table::privileges::FULL_ONLY_TABLES;
+use login_etl::table::schema::MigrateOptions;
+use login_etl::table::schema::functions::{FUNCTION_FILES, PROFILE_FUNCTION};
+use login_etl::table::schema::state;
 use login_etl::{Deadline, SqsBatch, startup};
 use tokio_postgres::Client;
 
@@ -40,7 +40,7 @@ async fn migrate(url: &str, profile: Option<Profile>) -> Result<String, String> 
 async fn role(db: &TestDb, role: Role, profile: Profile) -> String {
     let name = db.role_name(role);
     db.bare_named_role(&name).await;
-    let sql = login_etl::testing::grants::sql(role, &name, "public", profile).unwrap();
+    let sql = login_etl::grants::sql(role, &name, "public", profile).unwrap();
     db.client()
         .await
         .batch_execute(&sql)
@@ -121,8 +121,7 @@ async fn a_masking_only_database_takes_masked_rows_with_three_roles_and_nothing_
         Role::Rotate,
         Role::Upgrade,
     ] {
-        let e =
-            login_etl::testing::grants::sql(other, "x", "public", Profile::Masking).unwrap_err();
+        let e = login_etl::grants::sql(other, "x", "public", Profile::Masking).unwrap_err();
         assert!(matches!(e, GrantsError::NotInProfile { .. }), "{other:?}");
         assert!(e.to_string().contains("--profile full"), "{e}");
     }
@@ -146,7 +145,7 @@ async fn a_masking_only_database_takes_masked_rows_with_three_roles_and_nothing_
 
     // A function that keeps originals is refused with the fix, nothing written.
     let client = connect(&ingest).await;
-    let e = login_etl::testing::table::schema::check(&client, Duration::from_secs(5), true)
+    let e = login_etl::table::schema::check(&client, Duration::from_secs(5), true)
         .await
         .unwrap_err()
         .to_string();
@@ -244,7 +243,7 @@ async fn widening_to_the_full_profile_is_online_keeps_every_row_and_is_never_und
     let erased: serde_json::Value =
         serde_json::from_str(event.records[0].body.as_deref().unwrap()).unwrap();
     let user = erased["user_id"].as_str().unwrap().to_owned();
-    use login_etl::testing::privacy::masking::{Masker, MaskingKey};
+    use login_etl::privacy::masking::{Masker, MaskingKey};
     let masker = Masker::new(&MaskingKey::from_hex(TEST_KEY, "test").unwrap());
     admin
         .execute(
@@ -274,9 +273,7 @@ async fn widening_to_the_full_profile_is_online_keeps_every_row_and_is_never_und
         .await
         .unwrap();
     assert_eq!(
-        login_etl::testing::table::schema::profile(&admin)
-            .await
-            .unwrap(),
+        login_etl::table::schema::profile(&admin).await.unwrap(),
         Profile::Full
     );
     migrate(&db.url, Some(Profile::Masking)).await.unwrap();
@@ -302,7 +299,7 @@ async fn widening_to_the_full_profile_is_online_keeps_every_row_and_is_never_und
 /// (0.2.0's) stays masking-only when migrated.
 #[tokio::test]
 async fn the_schema_state_is_the_owners_record_and_no_function_body() {
-    use login_etl::testing::table::schema::{SCHEMA_VERSION, inspect};
+    use login_etl::table::schema::{SCHEMA_VERSION, inspect};
     let db = TestDb::create().await;
     migrate(&db.url, Some(Profile::Masking)).await.unwrap();
     let admin = db.client().await;
@@ -362,9 +359,7 @@ async fn the_schema_state_is_the_owners_record_and_no_function_body() {
         (0, Some(Profile::Masking), false)
     );
     assert_eq!(
-        login_etl::testing::table::schema::profile(&admin)
-            .await
-            .unwrap(),
+        login_etl::table::schema::profile(&admin).await.unwrap(),
         Profile::Masking
     );
     assert!(migrate(&db.url, None).await.unwrap().contains("(applied)"));

@@ -5,7 +5,7 @@
 use crate::common::pg_server::{PgServer, ServerOptions};
 use crate::common::{apply_schema, connect};
 use chrono::Utc;
-use login_etl::testing::table::doctor::{Finding, examine};
+use login_etl::table::doctor::{Finding, examine};
 use tokio_postgres::Client;
 
 async fn replication_finding(client: &Client) -> Option<Finding> {

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use common::keys::*;
 use common::*;
+use login_etl::grants::Role;
+use login_etl::privacy::rekey::{self, RekeyOptions};
 use login_etl::synth::{self, Options};
-use login_etl::testing::grants::Role;
-use login_etl::testing::privacy::rekey::{self, RekeyOptions};
 
 /// Vault entries of `n` distinct ip values at version 1, inserted as the
 /// owner: (kind, value's token at version 1, at version 2).
@@ -210,7 +210,7 @@ async fn a_partition_made_out_of_the_default_partition_mid_walk_keeps_every_rows
                 .unwrap()
                 .block_on(async {
                     let c = connect(&maintain).await;
-                    let m = login_etl::testing::table::partitions::ensure_partition(&c, first_day)
+                    let m = login_etl::table::partitions::ensure_partition(&c, first_day)
                         .await
                         .unwrap();
                     assert_eq!(
@@ -305,7 +305,7 @@ async fn the_functions_vault_write_and_the_vault_rekey_never_deadlock() {
     // Two values whose version-2 tokens are x < y; y's old entry first in
     // the vault's physical order.
     let (one, two) = (masker(1), masker(2));
-    let token = |m: &login_etl::testing::privacy::masking::Masker, ip: &str| {
+    let token = |m: &login_etl::privacy::masking::Masker, ip: &str| {
         m.ip(&ip.parse().unwrap()).as_str().to_owned()
     };
     let (mut a, mut b) = ("192.0.2.1", "192.0.2.2");

@@ -56,7 +56,7 @@ async fn secrets_at_cold_start_and_on_password_rotation() {
     ]);
     let (_moto, port) = start_moto();
     set_endpoint(&format!("http://127.0.0.1:{port}"));
-    let sm = Client::new(&login_etl::testing::secrets::sdk_config().await);
+    let sm = Client::new(&login_etl::secrets::sdk_config().await);
     let server = PgServer::start(ServerOptions {
         tls: false,
         password: true,

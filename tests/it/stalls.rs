@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::*;
+use login_etl::grants::Role;
 use login_etl::synth::{self, Options};
-use login_etl::testing::grants::Role;
-use login_etl::testing::table::schema::MigrateOptions;
+use login_etl::table::schema::MigrateOptions;
 use login_etl::{BatchHandler, Deadline, SqsBatch};
 
 /// The most a write may take before the test calls it queued behind the
@@ -60,7 +60,7 @@ async fn migrate_beside_a_long_reader_does_not_queue_ingest_behind_it() {
         )
         .await
         .unwrap();
-    let config = login_etl::testing::database::DbConfig::from_lookup(&|k: &str| {
+    let config = login_etl::database::DbConfig::from_lookup(&|k: &str| {
         (k == "DATABASE_URL").then(|| db.url.clone())
     })
     .unwrap();
@@ -133,8 +133,7 @@ async fn the_owners_functions_made_again_beside_ingest_hold_no_write_up() {
         handler_with(&[("DATABASE_URL", &ingest), ("MASKING_KEY", TEST_KEY)])
             .await
             .with_vault(
-                login_etl::testing::privacy::vault::DataKey::new(&[0x42; 32], vec![1], "local")
-                    .unwrap(),
+                login_etl::privacy::vault::DataKey::new(&[0x42; 32], vec![1], "local").unwrap(),
             ),
     );
     write(&h, 1, "nothing (the cold start)").await;
@@ -150,9 +149,9 @@ async fn the_owners_functions_made_again_beside_ingest_hold_no_write_up() {
         .await
         .unwrap();
     admin
-        .batch_execute(&login_etl::testing::table::schema::schema_sql(
-            login_etl::testing::table::schema::MIGRATION_SQL,
-            login_etl::testing::profile::Profile::Full,
+        .batch_execute(&login_etl::table::schema::schema_sql(
+            login_etl::table::schema::MIGRATION_SQL,
+            login_etl::profile::Profile::Full,
         ))
         .await
         .unwrap();
@@ -213,16 +212,16 @@ async fn the_key_switch_holds_no_write_up_however_large_the_vault_and_the_erasur
     // The first write is the cold start: it reads the whole erasure list.
     write(&h, 1, "nothing (the cold start)").await;
     let mut rotate = connect(&db.role_url(Role::Rotate).await).await;
-    let options = login_etl::testing::privacy::rekey::RekeyOptions {
+    let options = login_etl::privacy::rekey::RekeyOptions {
         max_chunks: Some(1),
         ..Default::default()
     };
-    login_etl::testing::privacy::rekey::arm(&owner, &common::keys::masker(2))
+    login_etl::privacy::rekey::arm(&owner, &common::keys::masker(2))
         .await
         .unwrap();
     // The switch and a first chunk, with writes going on beside them.
     let rotating = tokio::spawn(async move {
-        login_etl::testing::privacy::rekey::rotate(
+        login_etl::privacy::rekey::rotate(
             &mut rotate,
             &common::keys::masker(2),
             common::keys::CALLER,
@@ -304,9 +303,9 @@ async fn maintain_moves_a_day_out_of_the_default_partition_without_holding_write
         .await
         .unwrap();
     let maintaining = tokio::spawn(async move {
-        login_etl::testing::table::maintain::run(
+        login_etl::table::maintain::run(
             &maintainer,
-            &login_etl::testing::table::maintain::MaintainOptions::default(),
+            &login_etl::table::maintain::MaintainOptions::default(),
         )
         .await
     });

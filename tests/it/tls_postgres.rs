@@ -9,9 +9,9 @@ use crate::common;
 use common::moto::start_moto;
 use common::pg_server::{PASSWORD, PgServer, ServerOptions};
 use common::*;
+use login_etl::database::DbConfig;
+use login_etl::grants::{self, Role};
 use login_etl::startup;
-use login_etl::testing::database::DbConfig;
-use login_etl::testing::grants::{self, Role};
 use login_etl::{Deadline, Outcome, SqsBatch};
 
 /// A handler for `url`; it applies the schema (and so connects at build time)
@@ -64,7 +64,7 @@ async fn ssl_modes_against_a_server_that_requires_tls() {
         server.url("127.0.0.1", Some(PASSWORD))
     );
     let db = DbConfig::from_lookup(&|k| (k == "DATABASE_URL").then(|| admin.clone())).unwrap();
-    startup::migrate(&db, login_etl::testing::profile::Profile::Full)
+    startup::migrate(&db, login_etl::profile::Profile::Full)
         .await
         .expect("the admin migrates over TLS");
     server.psql(&format!(
@@ -75,7 +75,7 @@ async fn ssl_modes_against_a_server_that_requires_tls() {
             Role::Ingest,
             "login_etl_ingest",
             "public",
-            login_etl::testing::profile::Profile::Full,
+            login_etl::profile::Profile::Full,
         )
         .unwrap(),
     );
@@ -176,7 +176,7 @@ async fn ssl_modes_against_a_server_that_requires_tls() {
         ("AWS_SECRET_ACCESS_KEY", "test".into()),
         ("AWS_REGION", "us-east-1".into()),
     ]);
-    let sm = aws_sdk_secretsmanager::Client::new(&login_etl::testing::secrets::sdk_config().await);
+    let sm = aws_sdk_secretsmanager::Client::new(&login_etl::secrets::sdk_config().await);
     let mut arns = Vec::new();
     for (name, pem) in [
         ("rds-ca", std::fs::read_to_string(both).unwrap()),

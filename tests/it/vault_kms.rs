@@ -13,14 +13,14 @@ use std::net::IpAddr;
 use aws_lambda_events::event::sqs::SqsEvent;
 use common::moto::start_moto;
 use common::*;
-use login_etl::synth::{self, Options};
-use login_etl::testing::grants::Role;
-use login_etl::testing::privacy::masking::{Masker, MaskingKey};
-use login_etl::testing::privacy::vault::Kind;
-use login_etl::testing::privacy::{
+use login_etl::grants::Role;
+use login_etl::privacy::masking::{Masker, MaskingKey};
+use login_etl::privacy::vault::Kind;
+use login_etl::privacy::{
     forget::forget,
     reveal::{Target, reveal},
 };
+use login_etl::synth::{self, Options};
 use login_etl::{Deadline, SqsBatch};
 use serde_json::Value;
 
@@ -39,7 +39,7 @@ fn set_env(port: u16) {
 
 /// A KMS key in moto, for the vault.
 async fn vault_kms_key() -> (aws_sdk_kms::Client, String) {
-    let kms = aws_sdk_kms::Client::new(&login_etl::testing::secrets::sdk_config().await);
+    let kms = aws_sdk_kms::Client::new(&login_etl::secrets::sdk_config().await);
     let key_arn = kms
         .create_key()
         .description("login-etl vault test")
@@ -114,8 +114,8 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
     // reveal runs as the reveal role, forget as the erase role (login-etl grants).
     let mut client = connect(&db.role_url(Role::Reveal).await).await;
     // Who is calling, as STS (moto) says: what every audit record names.
-    let caller = login_etl::testing::privacy::audit::caller_arn(&aws_sdk_sts::Client::new(
-        &login_etl::testing::secrets::sdk_config().await,
+    let caller = login_etl::privacy::audit::caller_arn(&aws_sdk_sts::Client::new(
+        &login_etl::secrets::sdk_config().await,
     ))
     .await
     .unwrap();
@@ -250,7 +250,7 @@ async fn the_vault_round_trip_through_kms_reveal_and_forget() {
     );
     // Another key cannot read it: a fresh data key from the same KMS key is
     // a different key.
-    let other = login_etl::testing::privacy::vault::DataKey::generate(&kms, &key_arn)
+    let other = login_etl::privacy::vault::DataKey::generate(&kms, &key_arn)
         .await
         .unwrap();
     let row = admin_client
@@ -519,7 +519,7 @@ async fn an_old_vault_is_resealed_then_rotated_and_still_reveals() {
         .await
         .unwrap()
         .get(0);
-    let key = login_etl::testing::privacy::vault::DataKey::unwrap(&kms, wrapped, &key_arn)
+    let key = login_etl::privacy::vault::DataKey::unwrap(&kms, wrapped, &key_arn)
         .await
         .unwrap();
     let entries = admin
@@ -546,15 +546,15 @@ async fn an_old_vault_is_resealed_then_rotated_and_still_reveals() {
 
     let doc = serde_json::json!({ "versions": [TEST_KEY, "ab".repeat(32)] }).to_string();
     let masker = Masker::versions(
-        &login_etl::testing::privacy::masking::KeyVersions::parse(&doc, "test").unwrap(),
+        &login_etl::privacy::masking::KeyVersions::parse(&doc, "test").unwrap(),
         None,
     )
     .unwrap();
-    login_etl::testing::privacy::rekey::arm(&admin, &masker)
+    login_etl::privacy::rekey::arm(&admin, &masker)
         .await
         .unwrap();
     let mut rotator = connect(&db.role_url(Role::Rotate).await).await;
-    let refused = login_etl::testing::privacy::rekey::rotate(
+    let refused = login_etl::privacy::rekey::rotate(
         &mut rotator,
         &masker,
         "arn:aws:sts::123456789012:assumed-role/rotators/test",
@@ -572,22 +572,18 @@ async fn an_old_vault_is_resealed_then_rotated_and_still_reveals() {
 
     let mut revealer = connect(&db.role_url(Role::Reveal).await).await;
     let mut upgrader = connect(&db.role_url(Role::Upgrade).await).await;
-    let caller = login_etl::testing::privacy::audit::caller_arn(&aws_sdk_sts::Client::new(
-        &login_etl::testing::secrets::sdk_config().await,
+    let caller = login_etl::privacy::audit::caller_arn(&aws_sdk_sts::Client::new(
+        &login_etl::secrets::sdk_config().await,
     ))
     .await
     .unwrap();
-    let resealed = login_etl::testing::privacy::vault_upgrade::upgrade_vault(
-        &mut upgrader,
-        &kms,
-        &key_arn,
-        &caller,
-    )
-    .await
-    .expect("vault-upgrade as the upgrade role");
+    let resealed =
+        login_etl::privacy::vault_upgrade::upgrade_vault(&mut upgrader, &kms, &key_arn, &caller)
+            .await
+            .expect("vault-upgrade as the upgrade role");
     assert_eq!(resealed as usize, entries.len());
 
-    let report = login_etl::testing::privacy::rekey::rotate(
+    let report = login_etl::privacy::rekey::rotate(
         &mut rotator,
         &masker,
         "arn:aws:sts::123456789012:assumed-role/rotators/test",
@@ -632,7 +628,7 @@ async fn an_old_vault_is_resealed_then_rotated_and_still_reveals() {
             "{user}"
         );
     }
-    let audit = login_etl::testing::privacy::audit::audit_records(&admin, None)
+    let audit = login_etl::privacy::audit::audit_records(&admin, None)
         .await
         .unwrap();
     let upgrade = audit
@@ -652,12 +648,12 @@ async fn an_old_vault_is_resealed_then_rotated_and_still_reveals() {
 #[tokio::test]
 #[ignore = "needs moto_server on PATH or in MOTO_SERVER; run by `make test`"]
 async fn without_a_vault_the_dead_letter_originals_are_sealed_under_their_own_key() {
-    use login_etl::testing::privacy::dead_letter::{UnsealError, Unsealer};
+    use login_etl::privacy::dead_letter::{UnsealError, Unsealer};
     let (_moto, port) = start_moto();
     set_env(port);
     let (kms, dlq_key) = vault_kms_key().await;
     let (_, other_key) = vault_kms_key().await;
-    let sqs = aws_sdk_sqs::Client::new(&login_etl::testing::secrets::sdk_config().await);
+    let sqs = aws_sdk_sqs::Client::new(&login_etl::secrets::sdk_config().await);
     let dlq_url = sqs
         .create_queue()
         .queue_name("logins-dlq")

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use login_etl::testing::grants::Role;
+use login_etl::grants::Role;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::process::{Child, Command};
@@ -483,9 +483,8 @@ impl World {
         // An operator's redrive carries the copy's signed key; version 1 of
         // the masking key signs it, which every environment holds.
         let first_key = self.masking_keys.lock().unwrap()[0].clone();
-        let signer = login_etl::testing::privacy::masking::Masker::new(
-            &login_etl::testing::privacy::masking::MaskingKey::from_hex(&first_key, "soak")
-                .unwrap(),
+        let signer = login_etl::privacy::masking::Masker::new(
+            &login_etl::privacy::masking::MaskingKey::from_hex(&first_key, "soak").unwrap(),
         );
         let mut ledger = self.ledger.lock().unwrap();
         for out in batch {

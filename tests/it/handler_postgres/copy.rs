@@ -26,7 +26,7 @@ async fn a_large_generated_batch_is_one_statement() {
 /// A batch large enough for the COPY fast path, with fresh message ids.
 fn copy_sized(seed: u64) -> aws_lambda_events::event::sqs::SqsEvent {
     synth::event(&Options {
-        count: login_etl::testing::ingest::sink::COPY_MIN_ROWS + 100,
+        count: login_etl::ingest::sink::COPY_MIN_ROWS + 100,
         seed,
         ..Options::default()
     })
@@ -37,7 +37,7 @@ async fn copy_fast_path_falls_back_to_insert_on_duplicates() {
     let db = TestDb::create().await;
     let h = handler(&db).await;
     let client = db.client().await;
-    let n = login_etl::testing::ingest::sink::COPY_MIN_ROWS as u64 + 100;
+    let n = login_etl::ingest::sink::COPY_MIN_ROWS as u64 + 100;
     let first = copy_sized(1);
     let (_, summary) = h
         .handle(&SqsBatch::from(&first), Deadline::NONE)
@@ -89,8 +89,7 @@ async fn copy_fast_path_falls_back_to_insert_on_duplicates() {
 
 #[tokio::test]
 async fn copy_fast_path_refused_row_in_a_fifo_batch_keeps_order_semantics() {
-    fifo_batch_stops_at_refused_row(login_etl::testing::ingest::sink::COPY_MIN_ROWS + 100, 550)
-        .await;
+    fifo_batch_stops_at_refused_row(login_etl::ingest::sink::COPY_MIN_ROWS + 100, 550).await;
 }
 
 /// The ingest role of `login-etl grants` runs the function with the vault
@@ -100,9 +99,7 @@ async fn copy_fast_path_refused_row_in_a_fifo_batch_keeps_order_semantics() {
 async fn the_ingest_role_is_all_the_function_needs_and_it_can_read_nothing_back() {
     let db = TestDb::create().await;
     let url = db.ingest_url().await;
-    let key = || {
-        login_etl::testing::privacy::vault::DataKey::new(&[9; 32], vec![4, 5, 6], "local").unwrap()
-    };
+    let key = || login_etl::privacy::vault::DataKey::new(&[9; 32], vec![4, 5, 6], "local").unwrap();
     let h = handler_with(&[("DATABASE_URL", &url), ("MASKING_KEY", TEST_KEY)])
         .await
         .with_vault(key());
@@ -198,7 +195,7 @@ async fn a_copy_batch_writes_every_column_of_every_row_as_the_oracle_computes() 
         .filter(|(_, (_, e))| e.starts_with("insert"))
         .map(|(m, _)| m)
         .collect();
-    assert!(valid.len() >= login_etl::testing::ingest::sink::COPY_MIN_ROWS);
+    assert!(valid.len() >= login_etl::ingest::sink::COPY_MIN_ROWS);
 
     let (resp, summary) = h
         .handle(&SqsBatch::from(&event), Deadline::NONE)

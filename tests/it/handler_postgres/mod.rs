@@ -301,7 +301,7 @@ async fn fifo_batch_stops_at_refused_row(count: usize, bad: usize) {
             todo.push(r.start..mid);
         }
     }
-    let copy = u32::from(count >= login_etl::testing::ingest::sink::COPY_MIN_ROWS);
+    let copy = u32::from(count >= login_etl::ingest::sink::COPY_MIN_ROWS);
     assert_eq!(
         summary.statements,
         inserts + copy,

@@ -34,7 +34,7 @@ fn bisection_statements(n: usize, refused: &[usize]) -> u32 {
 /// invocation's time.
 #[tokio::test]
 async fn the_emf_documents_of_a_batch_count_what_happened_to_each_record() {
-    use login_etl::testing::ingest::dlq::DeadLetterQueue;
+    use login_etl::ingest::dlq::DeadLetterQueue;
     let db = TestDb::create().await;
     let now_ms = chrono::Utc::now().timestamp_millis();
     let mut event = synth::event(&Options {
@@ -327,7 +327,7 @@ async fn a_declared_field_is_kept_and_an_undeclared_one_named_never_stored() {
         ("UNKNOWN_FIELDS", "reject"),
     ])
     .await
-    .with_dead_letter_queue(login_etl::testing::ingest::dlq::DeadLetterQueue::new(
+    .with_dead_letter_queue(login_etl::ingest::dlq::DeadLetterQueue::new(
         sqs_client(&format!("http://127.0.0.1:{port}")).await,
         format!("http://127.0.0.1:{port}/000000000000/login-dlq"),
     ));

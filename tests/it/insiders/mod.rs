@@ -33,13 +33,13 @@ use std::collections::BTreeSet;
 
 use common::keys::*;
 use common::*;
+use login_etl::database::DbConfig;
+use login_etl::grants::Role;
+use login_etl::ingest::handler::BatchHandler;
+use login_etl::privacy::rekey::{self, RekeyOptions};
 use login_etl::synth::{self, Options};
-use login_etl::testing::database::DbConfig;
-use login_etl::testing::grants::Role;
-use login_etl::testing::ingest::handler::BatchHandler;
-use login_etl::testing::privacy::rekey::{self, RekeyOptions};
-use login_etl::testing::table::maintain::{self, MaintainOptions};
-use login_etl::testing::table::schema::functions::FUNCTION_FILES;
+use login_etl::table::maintain::{self, MaintainOptions};
+use login_etl::table::schema::functions::FUNCTION_FILES;
 use login_etl::{Deadline, SqsBatch, startup};
 use tokio_postgres::Client;
 
@@ -110,13 +110,10 @@ async fn deploy(pg13_defaults: bool) -> Deployment {
     }
     let owner = db.role_url(Role::Migrate).await;
     if pg13_defaults {
-        let refused = startup::migrate(
-            &db_config(&owner),
-            login_etl::testing::profile::Profile::Full,
-        )
-        .await
-        .expect_err("migrate refuses a schema every role may create in")
-        .to_string();
+        let refused = startup::migrate(&db_config(&owner), login_etl::profile::Profile::Full)
+            .await
+            .expect_err("migrate refuses a schema every role may create in")
+            .to_string();
         assert!(
             refused.contains("every role (PUBLIC) may CREATE in schema \"public\""),
             "{refused}"
@@ -125,23 +122,16 @@ async fn deploy(pg13_defaults: bool) -> Deployment {
         assert!(refused.contains(fix), "the one-line fix: {refused}");
         admin.batch_execute(fix).await.unwrap();
     }
-    startup::migrate(
-        &db_config(&owner),
-        login_etl::testing::profile::Profile::Full,
-    )
-    .await
-    .expect("the migrate role migrates");
+    startup::migrate(&db_config(&owner), login_etl::profile::Profile::Full)
+        .await
+        .expect("the migrate role migrates");
     let owner_client = connect(&owner).await;
     for role in ROLES {
         let name = db.role_name(role);
         db.bare_named_role(&name).await;
-        let grants = login_etl::testing::grants::sql(
-            role,
-            &name,
-            "public",
-            login_etl::testing::profile::Profile::Full,
-        )
-        .unwrap();
+        let grants =
+            login_etl::grants::sql(role, &name, "public", login_etl::profile::Profile::Full)
+                .unwrap();
         owner_client
             .batch_execute(&grants)
             .await
@@ -168,7 +158,7 @@ async fn seed(d: &Deployment) {
 
 async fn forget(d: &Deployment, user: &str) -> u64 {
     let mut erase = d.connect(Role::Erase).await;
-    login_etl::testing::privacy::forget::forget(&mut erase, user, masker(1).users(), CALLER)
+    login_etl::privacy::forget::forget(&mut erase, user, masker(1).users(), CALLER)
         .await
         .expect("forget as the erase role")
         .rows
@@ -249,21 +239,16 @@ async fn a_planted_operator_never_runs_as_the_owner_and_an_open_schema_is_report
         .unwrap()
         .get(0);
     assert!(!got, "the planted operator ran with the owner's rights");
-    let state = login_etl::testing::table::schema::inspect(&c)
-        .await
-        .unwrap();
+    let state = login_etl::table::schema::inspect(&c).await.unwrap();
     assert_eq!(
         state.schema_writers,
         ["PUBLIC"],
         "what the function warns of"
     );
-    let again = startup::migrate(
-        &db_config(&d.owner),
-        login_etl::testing::profile::Profile::Full,
-    )
-    .await
-    .expect_err("migrate refuses the opened schema")
-    .to_string();
+    let again = startup::migrate(&db_config(&d.owner), login_etl::profile::Profile::Full)
+        .await
+        .expect_err("migrate refuses the opened schema")
+        .to_string();
     assert!(
         again.contains("REVOKE CREATE ON SCHEMA \"public\" FROM PUBLIC;"),
         "{again}"

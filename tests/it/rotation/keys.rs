@@ -39,7 +39,7 @@ async fn keys_that_are_not_the_ones_stored_under_are_refused() {
     // forget with an erasure key that is not the list's: refused.
     let mut eraser = connect(&db.role_url(Role::Erase).await).await;
     let wrong = UserKeys::new(&KeyVersions::parse(K[1], "test").unwrap());
-    let err = login_etl::testing::privacy::forget::forget(&mut eraser, "someone", &wrong, CALLER)
+    let err = login_etl::privacy::forget::forget(&mut eraser, "someone", &wrong, CALLER)
         .await
         .unwrap_err()
         .to_string();
@@ -107,13 +107,13 @@ async fn a_list_from_before_erasure_keys_keeps_its_derived_user_keys() {
     // forget with only the erasure key cannot compute such user keys.
     let mut eraser = connect(&db.role_url(Role::Erase).await).await;
     let own = UserKeys::new(&KeyVersions::parse(&doc(&E, 1), "test").unwrap());
-    let err = login_etl::testing::privacy::forget::forget(&mut eraser, user, &own, CALLER)
+    let err = login_etl::privacy::forget::forget(&mut eraser, user, &own, CALLER)
         .await
         .unwrap_err()
         .to_string();
     assert!(err.contains("MASKING_KEY_SECRET_ID"), "{err}");
     // With the masking key's derived keys it works.
-    login_etl::testing::privacy::forget::forget(&mut eraser, user, &derived, CALLER)
+    login_etl::privacy::forget::forget(&mut eraser, user, &derived, CALLER)
         .await
         .unwrap();
 }
@@ -245,7 +245,7 @@ async fn the_keys_are_checked_at_start_and_nothing_is_recorded_by_it() {
         .await
         .expect_err("another key is refused at start");
     assert_eq!(
-        login_etl::testing::error::HandlerError::class_of(&err),
+        login_etl::error::HandlerError::class_of(&err),
         "key_mismatch",
         "{err}"
     );

@@ -14,12 +14,12 @@ use std::time::Duration;
 use aws_lambda_events::event::sqs::SqsEvent;
 use common::keys::*;
 use common::*;
+use login_etl::grants::Role;
+use login_etl::ingest::handler::BatchHandler;
+use login_etl::privacy::masking::{KeyVersions, Masker, UserKeys};
+use login_etl::privacy::rekey::{self, RekeyOptions};
+use login_etl::privacy::vault::Kind;
 use login_etl::synth::{self, Options};
-use login_etl::testing::grants::Role;
-use login_etl::testing::ingest::handler::BatchHandler;
-use login_etl::testing::privacy::masking::{KeyVersions, Masker, UserKeys};
-use login_etl::testing::privacy::rekey::{self, RekeyOptions};
-use login_etl::testing::privacy::vault::Kind;
 use login_etl::{Deadline, SqsBatch};
 use serde_json::Value;
 
@@ -172,7 +172,7 @@ fn assert_dictionary_matches_nothing(
     stored: &BTreeSet<String>,
 ) {
     let alone = Masker::new(
-        &login_etl::testing::privacy::masking::MaskingKey::from_hex(key_hex, "attacker").unwrap(),
+        &login_etl::privacy::masking::MaskingKey::from_hex(key_hex, "attacker").unwrap(),
     );
     for (ip, device) in sent.values() {
         assert!(

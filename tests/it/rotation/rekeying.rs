@@ -92,7 +92,7 @@ async fn tokens_follow_the_chain_duplicates_match_and_the_vault_still_reveals() 
 
     // The audit trail: who, when, which versions, how many.
     let audit = connect(&db.role_url(Role::Audit).await).await;
-    let records = login_etl::testing::privacy::audit::audit_records(&audit, None)
+    let records = login_etl::privacy::audit::audit_records(&audit, None)
         .await
         .unwrap();
     let actions: Vec<&str> = records
@@ -156,10 +156,9 @@ async fn an_erasure_survives_rotations_and_forget_holds_no_masking_key() {
     let erase_url = db.role_url(Role::Erase).await;
     let erasure_only = UserKeys::new(&KeyVersions::parse(&doc(&E, 1), "test").unwrap());
     let mut eraser = connect(&erase_url).await;
-    let done =
-        login_etl::testing::privacy::forget::forget(&mut eraser, user, &erasure_only, CALLER)
-            .await
-            .expect("forget with the erasure key only");
+    let done = login_etl::privacy::forget::forget(&mut eraser, user, &erasure_only, CALLER)
+        .await
+        .expect("forget with the erasure key only");
     assert_eq!(done.rows, 30);
 
     let report = rotate(&db, 2, RekeyOptions::default()).await;
@@ -267,7 +266,7 @@ async fn an_erasure_survives_rotations_and_forget_holds_no_masking_key() {
     // same list entry (nothing new), and an erase key a version behind is
     // refused with what to do.
     let both = UserKeys::new(&KeyVersions::parse(&doc(&E, 2), "test").unwrap());
-    login_etl::testing::privacy::forget::forget(&mut eraser, user, &both, CALLER)
+    login_etl::privacy::forget::forget(&mut eraser, user, &both, CALLER)
         .await
         .unwrap();
     let entries: i64 = client
@@ -276,15 +275,11 @@ async fn an_erasure_survives_rotations_and_forget_holds_no_masking_key() {
         .unwrap()
         .get(0);
     assert_eq!(entries, 1);
-    let behind = login_etl::testing::privacy::forget::forget(
-        &mut eraser,
-        "another-user",
-        &erasure_only,
-        CALLER,
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let behind =
+        login_etl::privacy::forget::forget(&mut eraser, "another-user", &erasure_only, CALLER)
+            .await
+            .unwrap_err()
+            .to_string();
     assert!(
         behind.contains("version 2") && behind.contains("ERASURE_KEY_SECRET_ID"),
         "{behind}"
@@ -445,7 +440,7 @@ async fn a_rekey_killed_half_way_and_run_again_rekeys_each_row_exactly_once() {
     // Re-keyed twice, a token would be HMAC(k2, HMAC(k2, t1)): not this.
     assert_eq!(assert_rows_at(&db, 2, &sent).await, total as usize);
     let audit = connect(&db.role_url(Role::Audit).await).await;
-    let records = login_etl::testing::privacy::audit::audit_records(&audit, None)
+    let records = login_etl::privacy::audit::audit_records(&audit, None)
         .await
         .unwrap();
     assert_eq!(
@@ -598,7 +593,7 @@ async fn jobs_side_by_side_killed_and_run_again_rekey_each_row_and_entry_exactly
         assert_eq!(r.get::<_, i16>(5), 2);
     }
     let audit = connect(&db.role_url(Role::Audit).await).await;
-    let records = login_etl::testing::privacy::audit::audit_records(&audit, None)
+    let records = login_etl::privacy::audit::audit_records(&audit, None)
         .await
         .unwrap();
     let end = records.last().unwrap();

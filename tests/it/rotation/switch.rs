@@ -24,7 +24,7 @@ async fn roles_granted_before_the_registry_are_registered_and_keep_working_after
              DROP TABLE user_logins_schema; \
              CREATE OR REPLACE FUNCTION login_etl_schema_version() RETURNS integer \
              LANGUAGE sql IMMUTABLE AS $$ SELECT 9 $$",
-            login_etl::testing::table::schema::STORE_VAULT_ARGS
+            login_etl::table::schema::STORE_VAULT_ARGS
         ))
         .await
         .unwrap();
@@ -67,7 +67,7 @@ async fn store_vault_granted(admin: &tokio_postgres::Client, role: &str) -> bool
         .query_one(
             &format!(
                 "SELECT has_function_privilege($1, 'login_etl_store_vault({})', 'EXECUTE')",
-                login_etl::testing::table::schema::STORE_VAULT_ARGS
+                login_etl::table::schema::STORE_VAULT_ARGS
             ),
             &[&role],
         )
@@ -171,8 +171,7 @@ async fn the_switch_waits_for_a_forget_in_flight_and_refuses_one_that_stopped() 
         .batch_execute("BEGIN; LOCK TABLE user_logins_pii_vault_held IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
-    let stopped =
-        login_etl::testing::privacy::forget::forget(&mut eraser, user, &users, CALLER).await;
+    let stopped = login_etl::privacy::forget::forget(&mut eraser, user, &users, CALLER).await;
     admin.batch_execute("ROLLBACK").await.unwrap();
     assert!(stopped.is_err(), "the forget stopped half way");
     let pending: i64 = admin
@@ -268,7 +267,7 @@ async fn the_switch_waits_for_a_forget_in_flight_and_refuses_one_that_stopped() 
         1,
         "not switched while the erasure is unfinished"
     );
-    let done = login_etl::testing::privacy::forget::forget(&mut eraser, user, &users, CALLER)
+    let done = login_etl::privacy::forget::forget(&mut eraser, user, &users, CALLER)
         .await
         .expect("the rerun finishes the erasure");
     assert_eq!(done.rows, 0, "its rows were deleted by the first run");
