@@ -109,17 +109,35 @@ const VISIBILITY_SECONDS: i32 = 1_800;
 /// original that fails again comes back as a new copy, for the next run.
 pub async fn redrive(
     sqs: &Client,
-    mut unsealer: Option<&mut Unsealer>,
+    unsealer: Option<&mut Unsealer>,
     rebuilder: Option<&Rebuilder>,
     options: &RedriveOptions,
     progress: &mut dyn FnMut(&RedriveReport),
 ) -> Result<RedriveReport, RedriveError> {
+    // Every message received and not deleted (everything, in a dry run) is
+    // hidden until the run ends, so no message is taken twice, then shown
+    // again at once: on every exit, an error's too.
+    let mut held = Vec::new();
+    let result = take(sqs, unsealer, rebuilder, options, progress, &mut held).await;
+    if !held.is_empty() {
+        release(sqs, &options.dlq_url, &held).await;
+    }
+    result
+}
+
+/// The run itself: `held` gets each message's receipt handle as it is
+/// received and loses it once the message is deleted.
+async fn take(
+    sqs: &Client,
+    mut unsealer: Option<&mut Unsealer>,
+    rebuilder: Option<&Rebuilder>,
+    options: &RedriveOptions,
+    progress: &mut dyn FnMut(&RedriveReport),
+    held: &mut Vec<String>,
+) -> Result<RedriveReport, RedriveError> {
     let started_ms = chrono::Utc::now().timestamp_millis();
     let mut report = RedriveReport::default();
     let fifo = options.to_url.ends_with(".fifo");
-    // What stays in the queue (everything, in a dry run) is hidden until the
-    // end, so no message is taken twice, then shown again at once.
-    let mut held = Vec::new();
     let mut seen = std::collections::HashSet::new();
     loop {
         let want = options.max.map_or(PER_CALL, |m| {
@@ -130,16 +148,19 @@ pub async fn redrive(
             break;
         }
         let received = receive(sqs, &options.dlq_url, want).await?;
+        held.extend(received.iter().filter_map(|m| m.receipt_handle.clone()));
         // A message seen already (shown again), or one that arrived after
         // the run began (an original that failed again), waits for the next
         // run. One sent in the run's first millisecond came before anything
         // the run sent: taken. (SentTimestamp is SQS's clock, started_ms
         // ours: the boundary is as close as the two clocks.)
-        let (messages, later): (Vec<Message>, Vec<Message>) = received.into_iter().partition(|m| {
-            let id = m.message_id.clone().unwrap_or_default();
-            sent_ms(m).is_none_or(|t| t <= started_ms) && seen.insert(id)
-        });
-        held.extend(later.iter().filter_map(|m| m.receipt_handle.clone()));
+        let messages: Vec<Message> = received
+            .into_iter()
+            .filter(|m| {
+                let id = m.message_id.clone().unwrap_or_default();
+                sent_ms(m).is_none_or(|t| t <= started_ms) && seen.insert(id)
+            })
+            .collect();
         if messages.is_empty() {
             break;
         }
@@ -150,31 +171,25 @@ pub async fn redrive(
             *report.by_rejection_code.entry(code.to_owned()).or_default() += 1;
             match original(m, unsealer.as_deref_mut(), rebuilder).await? {
                 Ok(out) => outgoing.push((m, out)),
-                Err(why) => {
-                    *report.left.entry(why.into()).or_default() += 1;
-                    held.extend(m.receipt_handle.clone());
-                }
+                Err(why) => *report.left.entry(why.into()).or_default() += 1,
             }
         }
         if options.dry_run {
-            for (m, out) in &outgoing {
+            for (_, out) in &outgoing {
                 report.redriven += 1;
                 count_kind(&mut report, out);
-                held.extend(m.receipt_handle.clone());
             }
         } else {
-            send_back(sqs, options, &outgoing, fifo, &mut report, &mut held).await?;
+            send_back(sqs, options, &outgoing, fifo, &mut report, held).await?;
         }
         progress(&report);
-    }
-    if !held.is_empty() {
-        release(sqs, &options.dlq_url, &held).await;
     }
     Ok(report)
 }
 
 /// Sends the originals (in calls SQS takes: 10 entries, under 1 MiB),
-/// deletes each copy whose original SQS took, holds the others.
+/// deletes each copy whose original SQS took (no longer `held`), holds the
+/// others.
 async fn send_back(
     sqs: &Client,
     options: &RedriveOptions,
@@ -197,10 +212,10 @@ async fn send_back(
                     .left
                     .entry("refused_by_the_source_queue".into())
                     .or_default() += 1;
-                held.extend(m.receipt_handle.clone());
             }
         }
-        delete(sqs, &options.dlq_url, &done).await?;
+        let deleted = delete(sqs, &options.dlq_url, &done).await?;
+        held.retain(|h| !deleted.contains(h));
     }
     Ok(())
 }
@@ -288,7 +303,13 @@ impl Rebuilder {
             key_version,
             body: &body,
         };
-        let sealed = seal(&self.kms, &self.kms_key_id, &rebuilt).await?;
+        let sealed = match seal(&self.kms, &self.kms_key_id, &rebuilt).await {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                warn!(error = %e, "KMS did not seal a rebuilt login: its copy stays in the dead-letter queue; run as DlqOperatorRole (kms:Encrypt on the stack's DlqKeyArn), and again once KMS answers");
+                return Ok(Err("kms_refused"));
+            }
+        };
         let text = |v: String| {
             MessageAttributeValue::builder()
                 .data_type("String")
@@ -380,7 +401,12 @@ async fn original(
     };
     let body = match unsealer.open(&source, body, key).await {
         Ok(body) => body,
-        Err(UnsealError::Kms(e)) => return Err(e.into()),
+        // One copy's refusal (a throttle, a key disabled, a grant gone) is
+        // that copy's: the run goes on and it stays in the queue.
+        Err(UnsealError::Kms(e)) => {
+            warn!(error = %e, "KMS did not open a copy's key: it stays in the dead-letter queue; run as DlqOperatorRole with DLQ_KMS_KEY_ID the stack's DlqKeyArn, and again once KMS answers");
+            return Ok(Err("kms_refused"));
+        }
         Err(e @ UnsealError::Altered { .. }) => {
             warn!(error = %e, "a sealed copy did not open");
             return Ok(Err("sealed_body_does_not_open"));
@@ -485,9 +511,14 @@ async fn send(
         .collect())
 }
 
-async fn delete(sqs: &Client, url: &str, handles: &[String]) -> Result<(), RedriveError> {
+/// Deletes the copies of `handles`; the handles deleted.
+async fn delete(
+    sqs: &Client,
+    url: &str,
+    handles: &[String],
+) -> Result<std::collections::HashSet<String>, RedriveError> {
     if handles.is_empty() {
-        return Ok(());
+        return Ok(Default::default());
     }
     let entries = handles
         .iter()
@@ -521,7 +552,12 @@ async fn delete(sqs: &Client, url: &str, handles: &[String]) -> Result<(), Redri
             "a redriven copy was not deleted from the dead-letter queue; a second run sends it again (the same row)"
         );
     }
-    Ok(())
+    Ok(out
+        .successful()
+        .iter()
+        .filter_map(|s| s.id().parse::<usize>().ok())
+        .filter_map(|i| handles.get(i).cloned())
+        .collect())
 }
 
 /// Makes the messages the run leaves in the queue visible again.

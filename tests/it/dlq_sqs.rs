@@ -926,3 +926,101 @@ async fn copies_without_their_original_come_back_rebuilt_and_only_sealed_ones_ar
         .get(0);
     assert_eq!(beta, None, "what the copy redacted is NULL");
 }
+
+/// A copy whose key KMS will not open (here: sealed under another key, as a
+/// producer's claimed `sealed_key` would be; moto answers AccessDenied,
+/// not InvalidCiphertext) is that copy's failure alone: `dlq-redrive`
+/// sends the others back, counts it as `kms_refused`, and every message it
+/// received and did not delete is visible again when the run ends, with
+/// nothing left in flight.
+#[tokio::test]
+#[ignore = "needs moto_server on PATH or in MOTO_SERVER; run by `make test`"]
+async fn a_copy_kms_will_not_open_stays_and_the_redrive_goes_on_and_releases_it() {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    use login_etl::ingest::redrive::{RedriveOptions, redrive};
+    use login_etl::privacy::dead_letter::{Sealer, Unsealer};
+
+    let (_moto, port) = start_moto();
+    let sdk = common::moto::moto_sdk(&format!("http://127.0.0.1:{port}")).await;
+    let (sqs, kms) = (Client::new(&sdk), aws_sdk_kms::Client::new(&sdk));
+    let queue = |name: &'static str| {
+        let sqs = sqs.clone();
+        async move {
+            let url = sqs.create_queue().queue_name(name).send().await.unwrap();
+            url.queue_url().unwrap().to_owned()
+        }
+    };
+    let (source_url, dlq_url) = (queue("logins").await, queue("logins-dlq").await);
+    let new_key = || async {
+        let key = kms.create_key().send().await.unwrap();
+        key.key_metadata().unwrap().arn().unwrap().to_owned()
+    };
+    let (key, other) = (new_key().await, new_key().await);
+    let db = TestDb::create().await;
+    // Copies sealed under the dead-letter key, then one batch's under another.
+    let mut copies_of = |sealer_key: String, seed: u64| {
+        let (sqs, kms, dlq_url, db) = (sqs.clone(), kms.clone(), dlq_url.clone(), &db);
+        async move {
+            let dlq = DeadLetterQueue::new(sqs, dlq_url)
+                .with_sealer(Sealer::generate(&kms, &sealer_key).await.unwrap());
+            let h = handler(db).await.with_dead_letter_queue(dlq);
+            let event = synth::event(&Options {
+                count: 4,
+                invalid_every: 1,
+                seed,
+                ..Options::default()
+            });
+            let (_, summary) = h
+                .handle(&SqsBatch::from(&event), Deadline::NONE)
+                .await
+                .map(Outcome::into_parts)
+                .unwrap();
+            summary.sent_to_dlq
+        }
+    };
+    let good = copies_of(key.clone(), 301).await;
+    let foreign = copies_of(other, 302).await;
+    assert!(good > 0 && foreign > 0);
+    let options = RedriveOptions {
+        dlq_url: dlq_url.clone(),
+        to_url: source_url.clone(),
+        dry_run: false,
+        max: None,
+    };
+    let mut unsealer = Unsealer::new(kms.clone(), vec![key]);
+    let report = redrive(&sqs, Some(&mut unsealer), None, &options, &mut |_| {})
+        .await
+        .expect("one copy's KMS refusal does not stop the run");
+    // Each batch holds copies with no original (an empty body): left as such.
+    let left = |why: &str| report.left.get(why).copied().unwrap_or(0);
+    assert_eq!(report.received as usize, good + foreign, "{report:?}");
+    assert!(report.redriven > 0 && left("kms_refused") > 0, "{report:?}");
+    assert_eq!(
+        report.redriven + left("kms_refused") + left("empty_body"),
+        report.received,
+        "{report:?}"
+    );
+    let counts = sqs
+        .get_queue_attributes()
+        .queue_url(&dlq_url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .unwrap();
+    let count = |name| {
+        counts.attributes().unwrap()[&name]
+            .parse::<usize>()
+            .unwrap()
+    };
+    assert_eq!(
+        count(QueueAttributeName::ApproximateNumberOfMessages) as u64,
+        report.received - report.redriven,
+        "every copy not sent back is visible again"
+    );
+    assert_eq!(
+        count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        0,
+        "nothing left in flight"
+    );
+}
