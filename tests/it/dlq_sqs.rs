@@ -958,7 +958,7 @@ async fn a_copy_kms_will_not_open_stays_and_the_redrive_goes_on_and_releases_it(
     let (key, other) = (new_key().await, new_key().await);
     let db = TestDb::create().await;
     // Copies sealed under the dead-letter key, then one batch's under another.
-    let mut copies_of = |sealer_key: String, seed: u64| {
+    let copies_of = |sealer_key: String, seed: u64| {
         let (sqs, kms, dlq_url, db) = (sqs.clone(), kms.clone(), dlq_url.clone(), &db);
         async move {
             let dlq = DeadLetterQueue::new(sqs, dlq_url)
