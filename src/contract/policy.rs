@@ -23,7 +23,7 @@ pub enum UnknownFields {
     /// Taken; the field is counted and named, never stored (the default).
     #[default]
     Ignore,
-    /// Rejected: `unknown_field.<name>`, to the DLQ.
+    /// Rejected: `unknown_field`, to the DLQ (the name only in `validate`).
     Reject,
 }
 

@@ -122,7 +122,9 @@ impl Rejection {
             Rejection::MessageIdTooLong => "message_id_too_long".into(),
             Rejection::NoSentTimestamp => "no_sent_timestamp".into(),
             Rejection::SentTimestampOutOfRange => "sent_timestamp_out_of_range".into(),
-            Rejection::UnknownField(name) => format!("unknown_field.{name}").into(),
+            // Never the name: a producer's name may be anything (an
+            // address, an email: `alice_at_example_com`); validate shows it.
+            Rejection::UnknownField(_) => "unknown_field".into(),
             Rejection::DeadLetterCopy => "dead_letter_copy".into(),
             Rejection::RebuiltLoginUnverified => "rebuilt_login_unverified".into(),
             Rejection::OperatorMessageUnsigned => "operator_message_unsigned".into(),
@@ -167,9 +169,8 @@ impl fmt::Display for Rejection {
             Rejection::SentTimestampOutOfRange => f.write_str(
                 "the SQS attribute SentTimestamp (or source_sent_timestamp of a redriven copy) is outside the dates PostgreSQL can store (4714 BC to 294276 AD); SQS sets it to the time it accepted the message, so the event was not sent by SQS",
             ),
-            Rejection::UnknownField(name) => write!(
-                f,
-                "field `{name}` is not part of the contract (UNKNOWN_FIELDS=reject); remove it, or declare it in EXTRA_FIELDS if it holds no PII"
+            Rejection::UnknownField(_) => f.write_str(
+                "a field is not part of the contract (UNKNOWN_FIELDS=reject; `login-etl validate` on the message names it); remove it, or declare it in EXTRA_FIELDS if it holds no PII",
             ),
             Rejection::DeadLetterCopy => f.write_str(
                 "the message is a dead-letter copy login-etl made (its ip and device id masked), not a login a producer sent; send the original back with login-etl dlq-redrive (docs/runbooks/dlq-redrive.md), not the copy",

@@ -51,9 +51,6 @@ pub struct InvocationMetrics {
     pub partition_days_ahead: Option<i64>,
 }
 
-/// The most names of fields outside the contract one invocation reports.
-pub const MAX_UNKNOWN_NAMES: usize = 16;
-
 pub use crate::emf::emf_level;
 
 type Output = Arc<dyn Fn(&str) + Send + Sync>;
@@ -176,9 +173,6 @@ impl Metrics {
         root.insert("fifo".into(), json!(m.fifo));
         root.insert("statements".into(), json!(s.statements));
         root.insert("copied".into(), json!(s.copied));
-        if !s.unknown_field_names.is_empty() {
-            root.insert("unknown_fields".into(), json!(s.unknown_field_names));
-        }
         let mut docs = vec![Value::Object(root)];
         if let Some(class) = s.failure {
             let failed = json!({"failure_class": class, "BatchFailed": 1});

@@ -467,6 +467,8 @@ impl BatchHandler {
         for defect in valid.rows.iter().flat_map(|r| &r.defects) {
             *defects.entry(defect.code().into_owned()).or_default() += 1;
         }
+        let unknown_fields = valid.rows.iter().filter(|r| !r.unknown.is_empty()).count();
+        warn_unknown_fields_once(unknown_fields);
         let summary = BatchSummary {
             received: batch.len(),
             inserted: report.inserted,
@@ -481,8 +483,7 @@ impl BatchHandler {
             statements: report.statements,
             refused_to_dlq: refused_sent.len(),
             erased: valid.erased.len(),
-            unknown_fields: valid.rows.iter().filter(|r| !r.unknown.is_empty()).count(),
-            unknown_field_names: unknown_names(&valid.rows),
+            unknown_fields,
             failure,
             backed_off,
             visibility_change_failed,
@@ -739,32 +740,19 @@ fn receive_count(record: &SqsRecord) -> u32 {
         .unwrap_or(1)
 }
 
-/// The names of the fields outside the contract the rows carried (at most
-/// `crate::ingest::metrics::MAX_UNKNOWN_NAMES`); each name new to this
-/// environment is logged once, at WARN: a producer sends a field nobody
-/// declared, which is counted and never stored.
-fn unknown_names(rows: &[crate::contract::LoginRow<'_>]) -> std::collections::BTreeSet<String> {
-    use std::collections::BTreeSet;
-    use std::sync::Mutex;
-    /// Names already logged by this environment (bounded).
-    static SEEN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
-    let mut names = BTreeSet::new();
-    for name in rows.iter().flat_map(|r| r.unknown.iter()) {
-        if names.len() == crate::ingest::metrics::MAX_UNKNOWN_NAMES {
-            break;
-        }
-        names.insert(name.as_str().to_owned());
+/// Warns once per environment that producers send fields outside the
+/// contract, which are counted (`UnknownFields`) and never stored. Never
+/// their names: a name may be anything (an address or an email as a key);
+/// `login-etl validate` on a producer's message names them.
+fn warn_unknown_fields_once(count: usize) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if count > 0 && !WARNED.swap(true, Ordering::Relaxed) {
+        warn!(
+            messages = count,
+            "messages carry fields outside the contract: counted (UnknownFields) and never stored; `login-etl validate` on a producer's message names them: declare one in EXTRA_FIELDS if it holds no PII and should be kept, or set UNKNOWN_FIELDS=reject to refuse such messages"
+        );
     }
-    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
-    for name in &names {
-        if seen.len() < 1_000 && seen.insert(name.clone()) {
-            warn!(
-                field = %name,
-                "messages carry a field outside the contract: counted (UnknownFields) and never stored; declare it in EXTRA_FIELDS if it holds no PII and should be kept, or set UNKNOWN_FIELDS=reject to refuse such messages"
-            );
-        }
-    }
-    names
 }
 
 /// Now minus the oldest `SentTimestamp` of the batch.

@@ -52,10 +52,9 @@ pub struct BatchSummary {
     /// Failed records whose visibility change SQS did not confirm (plain
     /// redelivery after the queue's visibility timeout).
     pub visibility_change_failed: usize,
-    /// Valid records that carried fields outside the contract.
+    /// Valid records that carried fields outside the contract (never
+    /// their names: `login-etl validate` names them).
     pub unknown_fields: usize,
-    /// Those fields' names (bounded; never a value).
-    pub unknown_field_names: std::collections::BTreeSet<String>,
 }
 
 /// What [`BatchHandler::handle`] made of one batch.

@@ -223,7 +223,7 @@ fn a_dead_letter_copy_is_never_a_login_but_its_original_with_its_attributes_is()
                 "1700006399999",
                 original,
             )),
-            rejection_code: Some("unknown_field.email".into()),
+            rejection_code: Some("unknown_field".into()),
             ..Default::default()
         }),
         ..SqsRecord::default()
