@@ -18,7 +18,8 @@ pub async fn sqs_client(endpoint: &str) -> Client {
 }
 
 /// An SQS endpoint that refuses the entries whose body contains `FAIL_ME`
-/// (a field name: a copy masks values, never names)
+/// (a copy of `{"device_type": "FAIL_ME"}`, rejected for its missing
+/// user id, keeps the device type it shows)
 /// (or, with `deny_all`, the whole call, as IAM does) and accepts the rest.
 pub async fn scripted_sqs(deny_all: bool) -> u16 {
     serve(move |body| {

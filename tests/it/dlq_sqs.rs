@@ -247,7 +247,7 @@ async fn a_refused_entry_or_a_denied_call_keeps_exactly_those_records_as_failure
     });
     // One rejected record that the queue will refuse.
     let refused_at = 13;
-    event.records[refused_at].body = Some(r#"{"FAIL_ME": "a field name the copy keeps"}"#.into());
+    event.records[refused_at].body = Some(r#"{"device_type": "FAIL_ME"}"#.into());
     let refused_id = event.records[refused_at].message_id.clone().unwrap();
     let rejected: BTreeSet<String> = labels(&event)
         .into_iter()
@@ -323,7 +323,7 @@ async fn a_refused_dlq_copy_holds_the_fifo_batch(count: usize) {
     });
     let (sent, held) = (3, count / 2);
     event.records[sent].body = Some("not json".into());
-    event.records[held].body = Some(r#"{"FAIL_ME": "a field name the copy keeps"}"#.into());
+    event.records[held].body = Some(r#"{"device_type": "FAIL_ME"}"#.into());
     let ids: Vec<String> = event
         .records
         .iter()

@@ -64,12 +64,12 @@ async fn the_emf_documents_of_a_batch_count_what_happened_to_each_record() {
     // One rejected record whose DLQ copy the queue refuses.
     let dlq_refused = 40;
     assert_eq!(label(&event.records[dlq_refused]), "insert");
-    event.records[dlq_refused].body = Some(r#"{"FAIL_ME": "a field name the copy keeps"}"#.into());
+    event.records[dlq_refused].body = Some(r#"{"device_type": "FAIL_ME"}"#.into());
     event.records[dlq_refused]
         .message_attributes
         .get_mut("expect")
         .unwrap()
-        .string_value = Some("reject:not_a_login_event".into());
+        .string_value = Some("reject:missing_field.user_id".into());
     // One message delivered twice in the batch.
     let repeated = event.records[20].clone();
     assert_eq!(label(&repeated), "insert");
