@@ -650,6 +650,26 @@ def test_each_secret_is_readable_by_its_principals_alone_and_one_made_by_someone
         srv.sm.create_secret(Name=f"{name}/elsewhere", SecretString=json.dumps({**planted, "host": "db.example.net"}))
         elsewhere = password(f"{name}/elsewhere", "--new-password")
         assert elsewhere.returncode == 1 and "names db.example.net:" in elsewhere.stderr and "--secret-host" in elsewhere.stderr, elsewhere.stderr
+
+        # doctor, connected with the owner's secret, checks that secret's
+        # policy: none found; its policy taken off, found, with the command
+        # that mends it, which mends it (a new password nobody has seen).
+        def doctor() -> dict:
+            out = subprocess.run([str(BINARY), "doctor", "--json"], env=srv.env(name, "migrate"), capture_output=True,
+                                 text=True, timeout=60)  # fmt: skip
+            return json.loads(out.stdout)
+
+        report = doctor()
+        assert "secret" in report["checks"] and not [f for f in report["findings"] if f["check"] == "secret"], report
+        srv.sm.delete_resource_policy(SecretId=f"{name}/migrate")
+        (found,) = [f for f in doctor()["findings"] if f["check"] == "secret"]
+        assert found["subject"] == f"{name}/migrate" and "no resource policy" in found["problem"], found
+        command = found["fix"].removeprefix("as the admin: ").split(" (", 1)[0]
+        assert command == f"login-etl password --role {name}_migrate --secret-id {name}/migrate --new-password", command
+        mended = subprocess.run([str(BINARY), *command.split()[1:]], capture_output=True, text=True, timeout=60, env=env)
+        assert mended.returncode == 0, mended.stderr
+        report = doctor()
+        assert "secret" in report["checks"] and not [f for f in report["findings"] if f["check"] == "secret"], report
     finally:
         for secret in (f"{name}/extra", f"{name}/elsewhere"):
             try:

@@ -296,7 +296,8 @@ fn schema(args: &super::ContractArgs) -> Result<(), Failure> {
 /// Examines the database (see `crate::table::doctor`): each finding
 /// with its fix on stdout (or the report as JSON), exit 1 on any.
 async fn doctor(args: &DoctorArgs) -> Result<(), Failure> {
-    let client = startup::operator_connection(&DbConfig::from_env()?).await?;
+    let db = DbConfig::from_env()?;
+    let client = startup::operator_connection(&db).await?;
     let examining = |e: tokio_postgres::Error| {
         Failure(
             format!(
@@ -312,6 +313,7 @@ async fn doctor(args: &DoctorArgs) -> Result<(), Failure> {
             .await
             .map_err(examining)?;
     doctor_keys(&client, &mut report).await?;
+    doctor_secret(&db, &mut report).await;
     if let Some(url) = &args.queue_url {
         doctor_queue(url, args.function_timeout, &mut report).await?;
     }
@@ -397,6 +399,42 @@ async fn doctor_keys(
         versions[1].as_ref(),
     ));
     Ok(())
+}
+
+/// Doctor's `secret` check, where it connects with a secret
+/// (`DB_SECRET_ID`): the secret's resource policy denies reading it to
+/// everybody but the principals it names, as `login-etl password` and a
+/// stack's `ProtectDbSecret` make it (`policy::protects`). Without one, any
+/// principal of the account allowed `secretsmanager:GetSecretValue` on `*`
+/// reads the role's password (the owner's, run as the migrate role).
+async fn doctor_secret(db: &DbConfig, report: &mut crate::table::doctor::Report) {
+    let crate::database::DbSource::Secret(id) = &db.source else {
+        return;
+    };
+    report.checks.push("secret");
+    let secrets = Secrets::new(&crate::secrets::sdk_config().await);
+    let problem = match secrets.resource_policy(id).await {
+        Ok(None) => Some(
+            "it has no resource policy: any principal of the account allowed secretsmanager:GetSecretValue on * reads this role's password".to_owned(),
+        ),
+        Ok(Some(policy)) => super::password::policy::protects(&policy).err(),
+        Err(e) => Some(format!(
+            "its resource policy could not be read ({e}): give doctor's credentials secretsmanager:GetResourcePolicy on it"
+        )),
+    };
+    let Some(problem) = problem else { return };
+    let role = match secrets.db(id, false).await {
+        Ok(secret) => secret.username,
+        Err(_) => "<its role>".to_owned(),
+    };
+    report.findings.push(crate::table::doctor::Finding {
+        check: "secret",
+        subject: id.clone(),
+        problem,
+        fix: format!(
+            "as the admin: login-etl password --role {role} --secret-id {id} --new-password (login-etl's policy on it, then a new password nobody else has seen); a stack's own secret: deploy with ProtectDbSecret=true"
+        ),
+    });
 }
 
 /// The largest batching window the template allows: the visibility

@@ -15,7 +15,7 @@
 //! otherwise the command says what differs and changes nothing
 //! (`--new-password` puts the policy on it, then a new password).
 
-mod policy;
+pub(super) mod policy;
 
 use aes_gcm::aead::OsRng;
 use aes_gcm::aead::rand_core::RngCore;

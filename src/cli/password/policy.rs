@@ -77,13 +77,11 @@ pub enum Found {
     Setup,
 }
 
-/// Whether `policy` (a secret's, as Secrets Manager returns it) is one
-/// [`only`] made for principals all among `allowed`, or the one a stack
-/// put ([`STACK_SID`]) for those and its functions' roles in the admin's
-/// account: its statement denies reading to everybody but them, on the
-/// whole secret, with no other condition to narrow it. `Err` says what is
-/// wrong with it.
-pub fn check(policy: &str, allowed: &[String]) -> Result<Found, String> {
+/// Whether `policy` denies reading the secret to everybody but the
+/// principals it names, as [`only`] or a stack ([`STACK_SID`]) writes it:
+/// whether it is a stack's, and the principals named. `Err` says what is
+/// wrong with it. What `doctor` checks of the secret it connects with.
+pub fn protects(policy: &str) -> Result<(bool, Vec<String>), String> {
     let doc: Value =
         serde_json::from_str(policy).map_err(|_| "its resource policy is not JSON".to_owned())?;
     let statements = match &doc["Statement"] {
@@ -127,6 +125,17 @@ pub fn check(policy: &str, allowed: &[String]) -> Result<Found, String> {
     if named.is_empty() {
         return Err("its resource policy names no principal".into());
     }
+    Ok((stacks, named))
+}
+
+/// Whether `policy` (a secret's, as Secrets Manager returns it) is one
+/// [`only`] made for principals all among `allowed`, or the one a stack
+/// put ([`STACK_SID`]) for those and its functions' roles in the admin's
+/// account: its statement denies reading to everybody but them, on the
+/// whole secret, with no other condition to narrow it. `Err` says what is
+/// wrong with it.
+pub fn check(policy: &str, allowed: &[String]) -> Result<Found, String> {
+    let (stacks, named) = protects(policy)?;
     let account = allowed.first().map_or("", |a| account_of(a));
     // A stack's setup resource names its own role (`-SetupRole-`), its
     // functions' and the admins it was given: as trusted as a stack's own
