@@ -33,9 +33,9 @@ while [ $# -gt 0 ]; do
     --ca-bundle) ca_bundle=$2; shift 2 ;;
     --new-keys) new_keys=1; shift ;;
     --) shift; sam_args=("$@"); break ;;
-    -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *=*) params+=("$1"); shift ;;
-    *) echo "deploy.sh: unknown argument '$1': parameters are Name=Value, sam's own options come after --" >&2; exit 2 ;;
+    *) echo "deploy.sh: unknown argument '$1': parameters are Name=Value, the deploy tool's own options come after --" >&2; exit 2 ;;
   esac
 done
 [ -z "$template" ] && [ -f "$here/template-arm64.yaml" ] && template=$here/template-arm64.yaml
@@ -43,7 +43,7 @@ done
 config_env=""
 for ((i = 0; i + 1 < ${#sam_args[@]}; i++)); do
   case ${sam_args[i]} in
-    --region) export AWS_REGION=${sam_args[i + 1]} ;;
+    --region) export AWS_REGION=${sam_args[i + 1]} AWS_DEFAULT_REGION=${sam_args[i + 1]} ;;
     --profile) export AWS_PROFILE=${sam_args[i + 1]} ;;
     --config-env) config_env=${sam_args[i + 1]} ;;
   esac
@@ -141,7 +141,7 @@ if [ $release = 1 ]; then
   bucket="" rest=()
   for ((i = 0; i < ${#sam_args[@]}; i++)); do
     case ${sam_args[i]} in
-      --s3-bucket) bucket=${sam_args[i + 1]}; i=$((i + 1)) ;;
+      --s3-bucket) bucket=${sam_args[i + 1]:-}; i=$((i + 1)) ;;
       --no-confirm-changeset) ;;  # sam's; the AWS CLI asks nothing
       *) rest+=("${sam_args[i]}") ;;
     esac
@@ -151,7 +151,8 @@ if [ $release = 1 ]; then
     region=${AWS_REGION:-${AWS_DEFAULT_REGION:-$(aws configure get region || true)}}
     [ -n "$region" ] || { echo "deploy.sh: no region: set AWS_REGION or pass -- --region R" >&2; exit 2; }
     bucket=login-etl-artifacts-$account-$region
-    aws s3api head-bucket --bucket "$bucket" 2> /dev/null || {
+    # Ours only: a bucket of that name in another account would get the code.
+    aws s3api head-bucket --bucket "$bucket" --expected-bucket-owner "$account" 2> /dev/null || {
       echo "==> making the artifact bucket $bucket"
       aws s3 mb "s3://$bucket" > /dev/null
       aws s3api put-public-access-block --bucket "$bucket" --public-access-block-configuration \
@@ -162,7 +163,10 @@ if [ $release = 1 ]; then
   echo "==> aws cloudformation package (into s3://$bucket), then deploy $stack"
   aws cloudformation package --template-file "$template" --s3-bucket "$bucket" --s3-prefix "$stack" \
     --output-template-file "$work/packaged.yaml" > /dev/null
+  # The template is over CloudFormation's 51,200 bytes for an inline body:
+  # it goes through the bucket too.
   args=(cloudformation deploy --template-file "$work/packaged.yaml" --stack-name "$stack"
+    --s3-bucket "$bucket" --s3-prefix "$stack"
     --capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND --no-fail-on-empty-changeset)
   [ ${#params[@]} -gt 0 ] && args+=(--parameter-overrides "${params[@]}")
   aws "${args[@]}" "${rest[@]+"${rest[@]}"}"

@@ -77,6 +77,8 @@ def add_the_field(repo: Path) -> None:
     if literal is None:
         sys.exit("add_a_field: src/table/schema/mod.rs: no `schema_version!` literal: the page's steps no longer match the code")
     version = int(literal.group(1))
+    # The stack's setup resource carries it too: an update migrates.
+    edit(repo / "template.yaml", f'SchemaVersion: "{version}"', f'SchemaVersion: "{version + 1}"')
     name = f"{version + 1:04d}_os_name"
     (repo / "migrations" / f"{name}.sql").write_text(
         "DO $$\nBEGIN\n    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('user_logins')\n"

@@ -233,6 +233,10 @@ def test_with_the_master_secret_the_stack_sets_up_its_database_and_its_functions
     assert props["RetentionDays"] == 90 and props["Auth"] == "password" and props["Prefix"] == "login_etl"
     assert props["Secrets"] == {"Ref": "AWS::StackName"}
     assert props["SetupRoleArn"] == {"Fn::GetAtt": ["SetupRole", "Arn"]}
+    # A release that writes another schema changes the resource: an update runs setup (migrate) again.
+    schema = re.search(r"macro_rules! schema_version \{\s*\(\) => \{\s*(\d+)", (ROOT / "src/table/schema/mod.rs").read_text())
+    assert schema and props["SchemaVersion"] == schema.group(1), props["SchemaVersion"]
+    assert "SetupNeedsTheServer" in _rules_hold(tpl, {**_defaults(tpl), **REQUIRED, **SETUP, "DbAuth": "iam"})
     assert props["Readers"] == [{"Fn::Sub": "ingest=${LoginEtlRole.Arn}"}, {"Fn::Sub": "maintain=${MaintenanceRole.Arn}"}]
     assert deployed(**SETUP, RetentionDays=0)["DatabaseSetup"]["Properties"]["RetentionDays"] == "all"
     fn = made["SetupFunction"]["Properties"]
@@ -241,7 +245,13 @@ def test_with_the_master_secret_the_stack_sets_up_its_database_and_its_functions
     stack_secrets = "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:${AWS::StackName}/"
     by_sid = {st["Sid"]: st for st in _statements(made["SetupRole"])}
     assert set(by_sid) == {"ReadTheMasterSecret", "KeepTheRolesSecrets", "WriteOwnLogs"}
-    assert by_sid["ReadTheMasterSecret"]["Resource"] == MASTER_SECRET_ARN
+    assert by_sid["ReadTheMasterSecret"]["Resource"] == [MASTER_SECRET_ARN]
+    ca = "arn:aws:secretsmanager:us-east-1:123456789012:secret:rds-ca-Ab12Cd"
+    with_ca = {st["Sid"]: st for st in _statements(deployed(**SETUP, DbCaBundleSecretArn=ca)["SetupRole"])}
+    assert with_ca["ReadTheMasterSecret"]["Resource"] == [MASTER_SECRET_ARN, ca], "the CA bundle's secret too"
+    # With VPC endpoints, setup waits for Secrets Manager's.
+    vpc = deployed(**SETUP, SubnetIds="subnet-a", SecurityGroupIds="sg-1", VpcEndpointsVpcId="vpc-1")
+    assert vpc["DatabaseSetup"]["Properties"]["Endpoint"] == {"Ref": "SecretsManagerEndpoint"}
     assert by_sid["KeepTheRolesSecrets"]["Resource"] == {"Fn::Sub": stack_secrets + "*"}
     assert "secretsmanager:DeleteSecret" not in by_sid["KeepTheRolesSecrets"]["Action"]
     for function, role, kind in (("LoginEtlFunction", "LoginEtlRole", "Ingest"), ("MaintenanceFunction", "MaintenanceRole", "Maintain")):
@@ -364,9 +374,12 @@ def test_local_deploys_pass_only_parameters_the_template_has(tpl):
     hook = _overrides_in_hook()
     assert {"DbSecretArn", "DbSslMode", "RunMigrations"} <= hook <= params
     stack_py = (ROOT / "localstack" / "stack.py").read_text()
-    block = stack_py.split("params = {", 1)[1].split("}", 1)[0]
+    # deploy()'s parameters: its database's (README's block's secrets, or
+    # the stack's own setup), then the rest.
+    body = stack_py.split("\ndef deploy(", 1)[1].split("\ndef ", 1)[0]
+    block = "".join(part.split("}", 1)[0] for part in re.split(r"(?:database|params) = \{", body)[1:])
     used = set(re.findall(r'"([A-Za-z]+)":', block))
-    assert {"DbSecretArn", "Architecture", "QueueType", "VisibilityTimeoutSeconds"} <= used <= params
+    assert {"DbSecretArn", "MasterSecretArn", "Architecture", "QueueType", "VisibilityTimeoutSeconds"} <= used <= params
 
 
 def test_docker_compose_runs_localstack_and_postgres_with_the_hook():

@@ -432,7 +432,7 @@ async fn doctor_secret(db: &DbConfig, report: &mut crate::table::doctor::Report)
         subject: id.clone(),
         problem,
         fix: format!(
-            "as the admin: login-etl password --role {role} --secret-id {id} --new-password (login-etl's policy on it, then a new password nobody else has seen); a stack's own secret: deploy with ProtectDbSecret=true"
+            "as the admin: login-etl password --role {role} --secret-id {id} --new-password, with --reader-arn ARN for each principal that reads it besides you (the function's role, for the ingest and maintain roles' secrets): login-etl's policy on it, then a new password nobody else has seen; a secret its stack reads as DbSecretArn: deploy with ProtectDbSecret=true; one its setup made: update the stack"
         ),
     });
 }

@@ -170,7 +170,7 @@ impl fmt::Display for Rejection {
                 "the SQS attribute SentTimestamp (or source_sent_timestamp of a redriven copy) is outside the dates PostgreSQL can store (4714 BC to 294276 AD); SQS sets it to the time it accepted the message, so the event was not sent by SQS",
             ),
             Rejection::UnknownField(_) => f.write_str(
-                "a field is not part of the contract (UNKNOWN_FIELDS=reject; `login-etl validate` on the message names it); remove it, or declare it in EXTRA_FIELDS if it holds no PII",
+                "a field is not part of the contract (UNKNOWN_FIELDS=reject; `login-etl validate --unknown-fields ignore` on the message names it); remove it, or declare it in EXTRA_FIELDS if it holds no PII",
             ),
             Rejection::DeadLetterCopy => f.write_str(
                 "the message is a dead-letter copy login-etl made (its ip and device id masked), not a login a producer sent; send the original back with login-etl dlq-redrive (docs/runbooks/dlq-redrive.md), not the copy",

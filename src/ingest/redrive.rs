@@ -214,8 +214,10 @@ async fn send_back(
                     .or_default() += 1;
             }
         }
-        let deleted = delete(sqs, &options.dlq_url, &done).await?;
-        held.retain(|h| !deleted.contains(h));
+        // Sent back: no longer released at the end (a copy whose delete
+        // fails shows again after the visibility timeout, not at once).
+        held.retain(|h| !done.contains(h));
+        delete(sqs, &options.dlq_url, &done).await?;
     }
     Ok(())
 }
@@ -511,14 +513,10 @@ async fn send(
         .collect())
 }
 
-/// Deletes the copies of `handles`; the handles deleted.
-async fn delete(
-    sqs: &Client,
-    url: &str,
-    handles: &[String],
-) -> Result<std::collections::HashSet<String>, RedriveError> {
+/// Deletes the copies of `handles`.
+async fn delete(sqs: &Client, url: &str, handles: &[String]) -> Result<(), RedriveError> {
     if handles.is_empty() {
-        return Ok(Default::default());
+        return Ok(());
     }
     let entries = handles
         .iter()
@@ -542,7 +540,7 @@ async fn delete(
                 "DeleteMessageBatch",
                 url,
                 &e,
-                "; the messages are in the source queue already and their copies show again in the dead-letter queue after two minutes: a second run sends them again (a function's copy lands on its original's row; a message SQS moved itself would be stored twice, so delete those by hand)",
+                "; the messages are in the source queue already and their copies show again in the dead-letter queue after 30 minutes (the run's visibility timeout): a later run sends them again (a function's copy lands on its original's row; a message SQS moved itself would be stored twice, so delete those by hand)",
             )
         })?;
     for failed in out.failed() {
@@ -552,12 +550,7 @@ async fn delete(
             "a redriven copy was not deleted from the dead-letter queue; a second run sends it again (the same row)"
         );
     }
-    Ok(out
-        .successful()
-        .iter()
-        .filter_map(|s| s.id().parse::<usize>().ok())
-        .filter_map(|i| handles.get(i).cloned())
-        .collect())
+    Ok(())
 }
 
 /// Makes the messages the run leaves in the queue visible again.

@@ -107,6 +107,28 @@ impl Admin {
         })
     }
 
+    /// Whether `password` logs in as `role` on the admin's server (its
+    /// host, port and database; TLS as the environment sets it).
+    async fn logs_in(&self, role: &str, password: &str) -> bool {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let port = self.port.to_string();
+        let db = DbConfig::from_lookup(&|name: &str| match name {
+            "PGHOST" => Some(self.host.clone()),
+            "PGPORT" => Some(port.clone()),
+            "PGDATABASE" => Some(self.dbname.clone()),
+            "PGUSER" => Some(role.to_owned()),
+            "PGPASSWORD" => Some(password.to_owned()),
+            "DATABASE_URL" | "DB_SECRET_ID" | "DB_AUTH" | "PGPASSFILE" => None,
+            _ => env(name),
+        });
+        let Ok(db) = db else { return false };
+        let Ok(mut connector) = Connector::from_config(&db, None).await else {
+            return false;
+        };
+        let limit = connector.connect_timeout();
+        connector.open(limit).await.is_ok()
+    }
+
     /// Sets `args.role`'s password to the one its secret holds, making the
     /// secret where it is missing (the module's documentation).
     pub async fn set_password(&self, args: &PasswordArgs) -> Result<PasswordSet, String> {
@@ -175,10 +197,31 @@ impl Admin {
                         secret.host, secret.port, secret.dbname
                     ));
                 }
-                let found = match secrets.resource_policy(id).await.map_err(|e| e.to_string())? {
-                    Some(p) => policy::check(&p, &principals),
+                let policy_text = secrets.resource_policy(id).await.map_err(|e| e.to_string())?;
+                let found = match &policy_text {
+                    Some(p) => policy::check(p, &principals),
                     None => Err("it has no resource policy: anyone in the account allowed secretsmanager:GetSecretValue on * reads it".into()),
                 };
+                // A stack's setup keeps a password only where its own role
+                // made the secret (the policy names it): any other (an
+                // earlier stack of that name, someone else's) gets a new
+                // one, and the policy names today's principals.
+                let names_me = policy_text
+                    .as_deref()
+                    .and_then(|p| policy::protects(p).ok())
+                    .is_some_and(|(_, named)| named.iter().any(|n| n == caller));
+                if *stack_setup {
+                    if names_me && !secret.password.is_empty() {
+                        secrets
+                            .put_resource_policy(id, &policy::only(&principals))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        (Zeroizing::new(secret.password), id.clone(), false)
+                    } else {
+                        let (password, arn) = renew(id.clone()).await?;
+                        (password, arn, true)
+                    }
+                } else {
                 match found {
                     // A run stopped between the policy and the password: finished now.
                     Ok(policy::Found::Ours(_)) if secret.password.is_empty() => {
@@ -201,15 +244,21 @@ impl Admin {
                         ));
                     }
                     Ok(policy::Found::Stacks) => (Zeroizing::new(secret.password), id.clone(), false),
-                    // A stack's setup made it: a stack's setup (a new stack
-                    // of that name, new roles) names its own principals; an
-                    // admin reads it as it is.
+                    Ok(policy::Found::Setup) if args.new_password => {
+                        return Err(format!(
+                            "secret {id} was made by its stack's setup, whose functions read it: --new-password would take it from them; nothing was changed. Update the stack to renew it, or run without --new-password"
+                        ));
+                    }
+                    // A stack's setup made it, as its policy says: an admin
+                    // reads it as it is, once its password is shown to log
+                    // in as the role (a policy is anyone's to write; the
+                    // role's password is not).
                     Ok(policy::Found::Setup) => {
-                        if *stack_setup {
-                            secrets
-                                .put_resource_policy(id, &policy::only(&principals))
-                                .await
-                                .map_err(|e| e.to_string())?;
+                        if !self.logs_in(&args.role, &secret.password).await {
+                            return Err(format!(
+                                "secret {id} carries a stack's setup policy, but its password does not log in as {}: whoever made it may know it; nothing was changed. Update the stack (its setup renews the secret), or delete the secret and run again",
+                                args.role
+                            ));
                         }
                         (Zeroizing::new(secret.password), id.clone(), false)
                     }
@@ -222,6 +271,7 @@ impl Admin {
                         let (password, arn) = renew(id.clone()).await?;
                         (password, arn, true)
                     }
+                }
                 }
             }
             None => {

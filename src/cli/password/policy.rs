@@ -125,6 +125,13 @@ pub fn protects(policy: &str) -> Result<(bool, Vec<String>), String> {
     if named.is_empty() {
         return Err("its resource policy names no principal".into());
     }
+    // A wildcard that stands for every principal excepts everybody (a
+    // role's path, `role/*/name`, is fine).
+    if let Some(all) = named.iter().find(|p| p.ends_with('*')) {
+        return Err(format!(
+            "its resource policy excepts {all}, a pattern that stands for many principals"
+        ));
+    }
     Ok((stacks, named))
 }
 
