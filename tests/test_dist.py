@@ -195,7 +195,7 @@ def stack_set_up(dbname: str) -> dict[str, str]:
     stack.drop_database(dbname)
     stack.create_database(dbname)
     admin = stack.admin_env(dbname)
-    return {"<the RDS master secret's ARN>": f"{stack.master_secret(dbname)} DbPort={admin['PGPORT']} DbRolePrefix={dbname}",
+    return {"<the RDS master secret ARN>": f"{stack.master_secret(dbname)} DbPort={admin['PGPORT']} DbRolePrefix={dbname}",
             "mydb.xxxx.us-east-1.rds.amazonaws.com": admin["PGHOST"], "DbName=analytics": f"DbName={dbname}"}  # fmt: skip
 
 
