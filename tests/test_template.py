@@ -261,7 +261,8 @@ def test_with_the_master_secret_the_stack_sets_up_its_database_and_its_functions
         assert {"Fn::Sub": stack_secrets + kind.lower() + "-??????"} in _as_list(read["Resource"]), read
     # No setup without the master secret; the given secrets are read.
     plain = deployed()
-    assert not {"DatabaseSetup", "SetupFunction", "SetupRole", "SetupLogGroup"} & set(plain)
+    assert not {"DatabaseSetup", "SetupFunction", "SetupLogGroup"} & set(plain)
+    assert "Policies" not in plain["SetupRole"]["Properties"], "a role that may do nothing"
     assert plain["LoginEtlFunction"]["Properties"]["Environment"]["Variables"]["DB_SECRET_ID"] == FULL_SECRET_ARN
 
 
@@ -550,7 +551,9 @@ def test_the_deployed_role_grants_nothing_on_star_but_vpc_network_interfaces(vpc
     params = {"SubnetIds": "subnet-1,subnet-2", "SecurityGroupIds": "sg-1"} if vpc else {}
     resources = deployed(**params)
     roles = {k: v for k, v in resources.items() if v["Type"] == "AWS::IAM::Role"}
-    assert sorted(roles) == ["LoginEtlRole", "MaintenanceRole", "PiiRevealRole"], "SAM generated no role of its own"
+    assert sorted(roles) == ["LoginEtlRole", "MaintenanceRole", "PiiRevealRole", "SetupRole"], "SAM generated no role of its own"
+    # Without MasterSecretArn the setup's role is there with no policy (see template.yaml).
+    assert "Policies" not in roles["SetupRole"]["Properties"], roles["SetupRole"]
     role = roles["LoginEtlRole"]["Properties"]
     assert not role.get("ManagedPolicyArns"), "no managed policy (they grant on *)"
     fn = resources["LoginEtlFunction"]["Properties"]
@@ -1704,7 +1707,7 @@ def test_a_permissions_boundary_bounds_every_role_the_stack_makes():
               "DlqOperatorTrustedPrincipalArn": "arn:aws:iam::123456789012:role/o", "MaintainDbSecretArn": MAINTAIN_SECRET_ARN}  # fmt: skip
     bounded = deployed(PermissionsBoundaryArn=boundary, **params)
     roles = {n: r for n, r in bounded.items() if r["Type"] == "AWS::IAM::Role"}
-    assert len(roles) == 4, sorted(roles)
+    assert len(roles) == 5, sorted(roles)
     assert all(r["Properties"]["PermissionsBoundary"] == boundary for r in roles.values()), roles
     functions = [r for r in bounded.values() if r["Type"] in ("AWS::Serverless::Function", "AWS::Lambda::Function")]
     assert functions and all("Role" in f["Properties"] for f in functions), "no function gets a role SAM would make"

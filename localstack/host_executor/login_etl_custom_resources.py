@@ -80,7 +80,9 @@ class CustomResourceProvider(ResourceProvider[dict]):
             "ResourceProperties": _strings(properties),
         }
         if kind != "Create":
-            event["PhysicalResourceId"] = previous.get("PhysicalResourceId", "")
+            event["PhysicalResourceId"] = previous.get("PhysicalResourceId") or (request.desired_state or {}).get(
+                "PhysicalResourceId", ""
+            )
         if kind == "Update":
             event["OldResourceProperties"] = _strings({k: v for k, v in previous.items() if k != "PhysicalResourceId"})
         request.aws_client_factory.lambda_.invoke(

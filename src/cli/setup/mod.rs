@@ -85,6 +85,32 @@ impl Plan {
         format!("{}_{}", self.prefix, role.as_str())
     }
 
+    /// The prefix and schema as plain lower-case identifiers, each role's
+    /// name within PostgreSQL's 63 bytes (a longer one is cut short, and
+    /// would no longer be the secret's username).
+    pub fn check(&self) -> Result<(), String> {
+        let plain = |s: &str| {
+            s.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        };
+        if !plain(&self.prefix) || self.name(Role::Migrate).len() > 63 {
+            return Err(format!(
+                "--prefix {:?} is not a plain lower-case name (letters, digits, _) of at most 54 characters: give one such as login_etl",
+                self.prefix
+            ));
+        }
+        if !plain(&self.schema) || self.schema.len() > 63 {
+            return Err(format!(
+                "--schema {:?} is not a plain lower-case name (letters, digits, _, at most 63): give public or one such as login_etl",
+                self.schema
+            ));
+        }
+        Ok(())
+    }
+
     /// The Secrets Manager id of `role`'s secret.
     pub fn secret_id(&self, role: Role) -> String {
         format!("{}/{}", self.secrets, role.as_str())
@@ -101,6 +127,7 @@ pub async fn run(
     base: &(dyn Fn(&str) -> Option<String> + Sync),
     progress: &mut (dyn FnMut(&str) + Send),
 ) -> Result<Report, String> {
+    plan.check()?;
     let aws = crate::secrets::sdk_config().await;
     let admin = Admin::connect(admin_db, &aws, plan.admin_arn.clone()).await?;
     let mut report = Report::default();
@@ -296,6 +323,24 @@ mod tests {
         );
         assert_eq!(masking.name(Role::Ingest), "app_ingest");
         assert_eq!(masking.secret_id(Role::Maintain), "login-etl/maintain");
+    }
+
+    #[test]
+    fn a_prefix_or_schema_that_is_no_plain_name_is_refused() {
+        assert!(
+            plan(Profile::Masking, Auth::Password, "public")
+                .check()
+                .is_ok()
+        );
+        for (prefix, schema) in [
+            ("a$setup$b", "public"),
+            ("app", "Etl"),
+            (&*"p".repeat(60), "public"),
+        ] {
+            let mut p = plan(Profile::Masking, Auth::Password, schema);
+            p.prefix = prefix.into();
+            assert!(p.check().is_err(), "{prefix} {schema}");
+        }
     }
 
     #[test]

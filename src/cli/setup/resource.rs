@@ -35,9 +35,11 @@ pub struct Request {
 }
 
 /// The resource's properties, as the template gives them (CloudFormation
-/// passes every value as a string).
+/// passes every value as a string). Each defaults, so that a request
+/// missing one is still answered, FAILED with what is missing
+/// ([`plan`]), never left to CloudFormation's hour.
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "PascalCase", default)]
 struct Properties {
     /// The RDS-managed master user secret: `{"username", "password"}`.
     master_secret_arn: String,
@@ -50,20 +52,15 @@ struct Properties {
     retention_days: String,
     auth: String,
     secrets: String,
-    #[serde(default)]
     secret_host: String,
-    #[serde(default)]
     secret_port: String,
     /// `role=ARN` for each principal that reads a role's secret (the
     /// function's role reads ingest's).
-    #[serde(default)]
     readers: Vec<String>,
     /// Principals that may read every role's secret (the admins who run
     /// README's block against this database later: DbSecretReaderPrincipalArns).
-    #[serde(default)]
     admin_readers: Vec<String>,
     /// The setup function's role (so no STS endpoint is needed in the VPC).
-    #[serde(default)]
     setup_role_arn: String,
 }
 
@@ -197,6 +194,20 @@ async fn set_up(p: &Properties) -> Result<Report, String> {
 
 /// The plan the properties describe.
 fn plan(p: &Properties) -> Result<Plan, String> {
+    for (name, value) in [
+        ("MasterSecretArn", &p.master_secret_arn),
+        ("Host", &p.host),
+        ("DbName", &p.db_name),
+        ("Prefix", &p.prefix),
+        ("Schema", &p.schema),
+        ("Secrets", &p.secrets),
+    ] {
+        if value.is_empty() {
+            return Err(format!(
+                "the resource's property {name} is empty: the template gives it (MasterSecretArn, DbHost, DbName, DbRolePrefix)"
+            ));
+        }
+    }
     let admins = p.admin_readers.iter().filter(|a| !a.is_empty());
     let every_role =
         admins.flat_map(|arn| Role::ALL.map(|role| format!("{}={arn}", role.as_str())));
