@@ -32,6 +32,15 @@ case "$1 $2" in
     echo "An error occurred (ValidationError) when calling the DescribeStacks operation: Stack with id $4 does not exist" >&2; exit 254 ;;
   "secretsmanager list-secrets")
     case "$*" in *"Value=='masking'"*) printf '%s' "${STUB_MASKING:-}" ;; *"Value=='erasure'"*) printf '%s' "${STUB_ERASURE:-}" ;; esac ;;
+  "sts get-caller-identity") echo 123456789012 ;;
+  "s3api head-bucket") exit 0 ;;
+  "cloudformation package")
+    # Lists the zip it was given (before deploy.sh removes its copy), then
+    # writes the packaged template.
+    prev=""; for a in "$@"; do [ "$prev" = --template-file ] && t=$a; [ "$prev" = --output-template-file ] && o=$a; prev=$a; done
+    python3 -c 'import sys, zipfile; print(*zipfile.ZipFile(sys.argv[1]).namelist())' "$(dirname "$t")/fn.zip" > "$STUB_SAM.zip"
+    cp "$t" "$o" ;;
+  "cloudformation deploy") python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$@" > "$STUB_SAM" ;;
 esac
 """
 SAM = """#!/usr/bin/env bash
@@ -111,25 +120,33 @@ def test_samconfigs_stack_and_saved_parameters_are_kept_and_its_region_reaches_t
     assert "--resolve-s3" not in sam, "samconfig's bucket settings apply"
 
 
-def test_the_ca_bundle_goes_into_a_copy_of_each_zip_and_a_template_without_zips_is_refused(run, tmp_path):
+def test_a_release_deploys_with_the_aws_cli_alone_its_ca_bundle_in_a_copy_of_each_zip(run, tmp_path):
+    """A release's template (its CodeUri a zip): `aws cloudformation
+    package` into the account's own artifact bucket, then `aws
+    cloudformation deploy` through that bucket (the template is over the
+    inline limit), no `sam`; the CA bundle in a copy of each zip, the
+    release's own left as checksummed; a template without zips refused."""
     release = tmp_path / "dist"
     release.mkdir()
     with zipfile.ZipFile(release / "fn.zip", "w") as z:
         z.writestr("bootstrap", "binary")
     (release / "template-arm64.yaml").write_text("Resources:\n  F:\n    Properties:\n      CodeUri: fn.zip\n")
     (tmp_path / "global-bundle.pem").write_text("-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n")
-    copy = tmp_path / "bin" / "sam"
-    # This sam also lists the zip it was given, before deploy.sh removes its copy.
-    copy.write_text(SAM + 'prev=""; for a in "$@"; do [ "$prev" = --template-file ] && t=$a; prev=$a; done\n'
-                    'python3 -c \'import sys, zipfile; print(*zipfile.ZipFile(sys.argv[1]).namelist())\' '
-                    '"$(dirname "$t")/fn.zip" > "$STUB_SAM.zip"\n')  # fmt: skip
-    done, sam, _ = run("--template", str(release / "template-arm64.yaml"), "--ca-bundle", str(tmp_path / "global-bundle.pem"))
+    (tmp_path / "bin" / "sam").unlink()  # a release needs no SAM CLI
+    done, deploy, log = run("--template", str(release / "template-arm64.yaml"), "--ca-bundle", str(tmp_path / "global-bundle.pem"),
+                            "--", "--region", "eu-west-1")  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "DbCaBundleFile=global-bundle.pem" in overrides(sam)
+    assert deploy[:2] == ["cloudformation", "deploy"], deploy
+    assert "DbCaBundleFile=global-bundle.pem" in overrides(deploy)
+    bucket = deploy[deploy.index("--s3-bucket") + 1]
+    assert bucket == "login-etl-artifacts-123456789012-eu-west-1", deploy
+    assert f"s3api head-bucket --bucket {bucket} --expected-bucket-owner 123456789012" in log, log
     assert sorted((tmp_path / "sam.json.zip").read_text().split()) == ["bootstrap", "global-bundle.pem"]
     with zipfile.ZipFile(release / "fn.zip") as z:
         assert z.namelist() == ["bootstrap"], "the release's zip stays as checksummed"
-    assert not Path(sam[sam.index("--template-file") + 1]).exists(), "the copies are removed"
+    assert not Path(deploy[deploy.index("--template-file") + 1]).exists(), "the copies are removed"
     (release / "template-arm64.yaml").write_text("Resources: {}\n")
+    (tmp_path / "bin" / "sam").write_text(SAM)
+    (tmp_path / "bin" / "sam").chmod(0o755)
     done, sam, _ = run("--template", str(release / "template-arm64.yaml"), "--ca-bundle", str(tmp_path / "global-bundle.pem"))
     assert done.returncode == 2 and sam is None and "names no zip" in done.stderr

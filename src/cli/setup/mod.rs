@@ -85,26 +85,21 @@ impl Plan {
         format!("{}_{}", self.prefix, role.as_str())
     }
 
-    /// The prefix and schema as plain lower-case identifiers, each role's
-    /// name within PostgreSQL's 63 bytes (a longer one is cut short, and
-    /// would no longer be the secret's username).
+    /// The prefix and schema as names setup can quote (no `$`, which its
+    /// `DO` blocks' quoting reserves), each role's name within
+    /// PostgreSQL's 63 bytes (a longer one is cut short, and would no
+    /// longer be the secret's username).
     pub fn check(&self) -> Result<(), String> {
-        let plain = |s: &str| {
-            s.chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-                && s.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        };
-        if !plain(&self.prefix) || self.name(Role::Migrate).len() > 63 {
+        let fits = |s: &str, most: usize| !s.is_empty() && !s.contains('$') && s.len() <= most;
+        if !fits(&self.prefix, 63 - "_maintain".len()) {
             return Err(format!(
-                "--prefix {:?} is not a plain lower-case name (letters, digits, _) of at most 54 characters: give one such as login_etl",
+                "--prefix {:?} is empty, holds a $, or is longer than 54 bytes (a role's name is PREFIX_maintain, at most 63): give one such as login_etl",
                 self.prefix
             ));
         }
-        if !plain(&self.schema) || self.schema.len() > 63 {
+        if !fits(&self.schema, 63) {
             return Err(format!(
-                "--schema {:?} is not a plain lower-case name (letters, digits, _, at most 63): give public or one such as login_etl",
+                "--schema {:?} is empty, holds a $, or is longer than 63 bytes: give public or one such as login_etl",
                 self.schema
             ));
         }
@@ -326,7 +321,7 @@ mod tests {
     }
 
     #[test]
-    fn a_prefix_or_schema_that_is_no_plain_name_is_refused() {
+    fn a_prefix_or_schema_setup_cannot_quote_or_too_long_is_refused() {
         assert!(
             plan(Profile::Masking, Auth::Password, "public")
                 .check()
@@ -334,7 +329,7 @@ mod tests {
         );
         for (prefix, schema) in [
             ("a$setup$b", "public"),
-            ("app", "Etl"),
+            ("app", "a$b"),
             (&*"p".repeat(60), "public"),
         ] {
             let mut p = plan(Profile::Masking, Auth::Password, schema);
