@@ -621,14 +621,7 @@ async fn setup(args: &super::SetupArgs) -> Result<(), Failure> {
         .reader_arn
         .iter()
         .map(|r| {
-            r.split_once('=')
-                .and_then(|(role, arn)| {
-                    crate::grants::Role::ALL
-                        .into_iter()
-                        .find(|x| x.as_str() == role)
-                        .map(|role| (role, arn.to_owned()))
-                })
-                .ok_or_else(|| {
+            super::setup::reader(r).ok_or_else(|| {
                     Failure(
                         format!("--reader-arn {r}: expected ROLE=ARN, e.g. ingest=arn:aws:iam::123456789012:role/fn"),
                         EXIT_USAGE,

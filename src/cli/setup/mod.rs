@@ -70,6 +70,14 @@ pub struct Report {
     pub schema: String,
 }
 
+/// A reader as `--reader-arn` and the resource's `Readers` give it:
+/// `role=ARN` (`ingest=arn:aws:iam::123456789012:role/fn`).
+pub fn reader(entry: &str) -> Option<(Role, String)> {
+    let (role, arn) = entry.split_once('=')?;
+    let role = Role::ALL.into_iter().find(|r| r.as_str() == role)?;
+    Some((role, arn.to_owned()))
+}
+
 impl Plan {
     /// The login roles of the profile, migrate first.
     pub fn roles(&self) -> Vec<Role> {

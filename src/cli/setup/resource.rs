@@ -217,17 +217,7 @@ fn plan(p: &Properties) -> Result<Plan, String> {
         .cloned()
         .chain(every_role)
         .filter(|r| !r.is_empty())
-        .map(|r| {
-            let (role, arn) = r
-                .split_once('=')
-                .ok_or_else(|| format!("Readers entry {r} is not role=ARN"))?;
-            let arn = arn.to_owned();
-            let role = Role::ALL
-                .into_iter()
-                .find(|x| x.as_str() == role)
-                .ok_or_else(|| format!("Readers entry {r} names no role"))?;
-            Ok((role, arn))
-        })
+        .map(|r| super::reader(&r).ok_or_else(|| format!("Readers entry {r} is not role=ARN")))
         .collect::<Result<_, String>>()?;
     let port = |text: &str, what: &str| {
         text.parse::<u16>()
