@@ -401,6 +401,35 @@ def master_secret(dbname: str) -> str:
         return sm.describe_secret(SecretId=f"rds-master/{dbname}")["ARN"]
 
 
+def replay_custom_resource(stack: str, logical_id: str, kind: str = "Update") -> dict:
+    """CloudFormation's next request to a custom resource, as an update of
+    the stack sends it when the resource's properties are what they were
+    (the `SchemaVersion` of a release that changes the schema aside): the
+    last request the LocalStack provider kept for it
+    (localstack/host_executor), sent again as `kind`, with
+    `OldResourceProperties` its properties and its physical id. Waits for
+    the function's answer and returns it."""
+    s3 = client("s3")
+    bucket = "login-etl-cfn-responses"
+    kept = s3.list_objects_v2(Bucket=bucket, Prefix=f"requests/{stack}/{logical_id}/").get("Contents", [])
+    assert kept, f"no request to {stack}'s {logical_id} kept"
+    last = json.loads(s3.get_object(Bucket=bucket, Key=max(o["Key"] for o in kept))["Body"].read())
+    key = f"{stack}/{logical_id}/replay-{secrets.token_hex(8)}"
+    physical = describe_physical_id(stack, logical_id)
+    event = {**last, "RequestType": kind, "RequestId": secrets.token_hex(16), "PhysicalResourceId": physical,
+             "OldResourceProperties": last["ResourceProperties"],
+             "ResponseURL": s3.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=3600)}  # fmt: skip
+    resp = client("lambda").invoke(FunctionName=event["ServiceToken"], Payload=json.dumps(event).encode())
+    assert "FunctionError" not in resp, resp["Payload"].read()
+    return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def describe_physical_id(stack: str, logical_id: str) -> str:
+    return client("cloudformation").describe_stack_resource(StackName=stack, LogicalResourceId=logical_id)[
+        "StackResourceDetail"
+    ]["PhysicalResourceId"]
+
+
 def forget_stack_setup(stack: str, dbname: str) -> None:
     """What a stack's setup left behind, which a stack delete keeps: its
     roles' secrets, and the master role and secret of master_secret."""
@@ -1181,6 +1210,17 @@ class Consumer:
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def catches(self, sig: int = 15) -> bool:
+        """Whether the process has installed its handler for `sig` (the
+        kernel's SigCgt mask): before it, a SIGTERM kills it uncleanly."""
+        assert self.proc is not None
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        except FileNotFoundError:
+            return False
+        caught = next(int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigCgt:"))
+        return bool(caught >> (sig - 1) & 1)
 
     def stop(self, sig: int = 15, timeout: float = 60) -> tuple[int, float]:
         """Send `sig` (SIGTERM by default) and wait: (exit code, seconds to exit)."""

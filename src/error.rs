@@ -148,13 +148,19 @@ impl SecretError {
     }
 }
 
-/// A failure of the PostgreSQL sink that is not about one row: it fails the
-/// whole invocation so the event-source mapping redelivers the batch.
+/// A database operation that failed, not about one row: the batch's write
+/// (it fails the invocation, so the event-source mapping redelivers the
+/// batch), `migrate`, `maintain` and the operator commands alike. Each
+/// names its operation (`op`); whether it is worth trying again is
+/// [`is_retryable`](Self::is_retryable), from the one SQLSTATE
+/// classification (`database::sqlstate`). It lives here, not in
+/// `database/`, because the batch's error ([`HandlerError`]) carries it and
+/// is built without the "service" feature, which `database/` needs.
 #[derive(Debug, thiserror::Error)]
-pub enum SinkError {
+pub enum DbError {
     /// No connection could be opened.
     #[error(
-        "cannot connect to PostgreSQL at {target}: {cause}; check that the server is running and reachable from the function and that the credentials are right"
+        "cannot connect to PostgreSQL at {target}: {cause}; check that the server is running and reachable from where login-etl runs and that the credentials are right"
     )]
     Connect {
         /// `user@host:port/dbname`, never the password.
@@ -162,10 +168,15 @@ pub enum SinkError {
         /// What went wrong (no row values).
         cause: String,
     },
-    /// The connection broke, timed out, or the server was overloaded.
-    #[error("PostgreSQL failed while {op} (transient; the batch will be retried): {cause}")]
+    /// The connection broke, timed out, or the server was overloaded, or
+    /// another transaction was in the way: not the data, and not the
+    /// configuration. Whoever asked decides whether to try again (the
+    /// function's batch is redelivered; a command says so itself).
+    #[error(
+        "PostgreSQL failed while {op} (transient: the connection, the server or another transaction, not the data; the same operation can succeed when tried again): {cause}"
+    )]
     Transient {
-        /// What the sink was doing.
+        /// What was being done.
         op: &'static str,
         /// What went wrong (no row values).
         cause: String,
@@ -188,7 +199,7 @@ pub enum SinkError {
         "stopped {op} with {left_ms} ms of the invocation left, to report the failure before the timeout; the batch will be retried (raise the function timeout if this repeats)"
     )]
     Deadline {
-        /// What the sink was about to do.
+        /// What was about to be done.
         op: &'static str,
         /// Milliseconds left until the invocation's deadline.
         left_ms: u64,
@@ -213,7 +224,7 @@ pub enum SinkError {
     Misconfigured {
         /// Which part of the configuration.
         what: Misconfiguration,
-        /// What the sink was doing.
+        /// What was being done.
         op: &'static str,
         /// What went wrong (no row values).
         cause: String,
@@ -234,7 +245,7 @@ pub enum SinkError {
     /// A failure that retrying will not fix (missing table, permissions, ...).
     #[error("PostgreSQL refused {op}: {cause}{hint}")]
     Fatal {
-        /// What the sink was doing.
+        /// What was being done.
         op: &'static str,
         /// What went wrong (no row values).
         cause: String,
@@ -243,7 +254,7 @@ pub enum SinkError {
     },
 }
 
-/// What part of the configuration a [`SinkError::Misconfigured`] names.
+/// What part of the configuration a [`DbError::Misconfigured`] names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Misconfiguration {
     /// The database is at a masking-key version this function's keys do
@@ -279,21 +290,21 @@ impl Misconfiguration {
     ];
 }
 
-impl SinkError {
+impl DbError {
     /// True when redelivering the batch later can succeed without a human.
     pub fn is_retryable(&self) -> bool {
         match self {
             // The function reads the secret again: once the new version is
             // appended, the next delivery goes through.
-            SinkError::Misconfigured {
+            DbError::Misconfigured {
                 what: Misconfiguration::KeyVersionBehind,
                 ..
             } => true,
-            SinkError::Misconfigured { .. } => false,
-            SinkError::Fatal { .. }
-            | SinkError::ConnectRefused { .. }
-            | SinkError::Profile { .. } => false,
-            SinkError::Secret(e) => e.is_retryable(),
+            DbError::Misconfigured { .. } => false,
+            DbError::Fatal { .. } | DbError::ConnectRefused { .. } | DbError::Profile { .. } => {
+                false
+            }
+            DbError::Secret(e) => e.is_retryable(),
             _ => true,
         }
     }
@@ -333,7 +344,7 @@ pub enum HandlerError {
     NotAnSqsEvent(#[from] NotAnSqsEvent),
     /// The database failed in a way that is not about one row.
     #[error(transparent)]
-    Sink(#[from] SinkError),
+    Database(#[from] DbError),
 }
 
 impl HandlerError {
@@ -345,23 +356,23 @@ impl HandlerError {
             HandlerError::MalformedRecord { .. }
             | HandlerError::UnreadablePayload { .. }
             | HandlerError::NotAnSqsEvent(_) => "malformed_event",
-            HandlerError::Sink(e) => Self::class_of(e),
+            HandlerError::Database(e) => Self::class_of(e),
         }
     }
 
     /// The class of a failed write (see [`class`](Self::class)).
-    pub fn class_of(e: &SinkError) -> &'static str {
+    pub fn class_of(e: &DbError) -> &'static str {
         match e {
-            SinkError::Connect { .. } => "database_unavailable",
-            SinkError::Transient { op, .. } if op.contains("conflicts") => "conflicts",
-            SinkError::Transient { .. } => "database_unavailable",
-            SinkError::Deadline { .. } => "deadline",
-            SinkError::ConnectRefused { .. } => "database_refused_connection",
-            SinkError::Misconfigured { what, .. } => what.class(),
-            SinkError::Fatal { .. } => "database_refused",
-            SinkError::Profile { .. } => "not_in_profile",
-            SinkError::Secret(_) => "secret_unavailable",
-            SinkError::BatchOutdated => "batch_outdated",
+            DbError::Connect { .. } => "database_unavailable",
+            DbError::Transient { op, .. } if op.contains("conflicts") => "conflicts",
+            DbError::Transient { .. } => "database_unavailable",
+            DbError::Deadline { .. } => "deadline",
+            DbError::ConnectRefused { .. } => "database_refused_connection",
+            DbError::Misconfigured { what, .. } => what.class(),
+            DbError::Fatal { .. } => "database_refused",
+            DbError::Profile { .. } => "not_in_profile",
+            DbError::Secret(_) => "secret_unavailable",
+            DbError::BatchOutdated => "batch_outdated",
         }
     }
 
@@ -372,7 +383,7 @@ impl HandlerError {
             | HandlerError::MalformedRecord { .. }
             | HandlerError::UnreadablePayload { .. }
             | HandlerError::NotAnSqsEvent(_) => false,
-            HandlerError::Sink(e) => e.is_retryable(),
+            HandlerError::Database(e) => e.is_retryable(),
         }
     }
 }

@@ -83,7 +83,7 @@ cfg_if::cfg_if! {
 
 #[cfg(feature = "service")]
 pub use config::Config;
-pub use error::{ConfigError, HandlerError, Misconfiguration, SecretError, SinkError};
+pub use error::{ConfigError, DbError, HandlerError, Misconfiguration, SecretError};
 pub use ingest::event::SqsBatch;
 #[cfg(feature = "service")]
 pub use ingest::handler::{BatchHandler, BatchSummary, Deadline, Outcome};

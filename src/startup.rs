@@ -6,7 +6,7 @@ use tracing::info;
 
 use crate::config::{Config, KeySource};
 use crate::database::{Connector, DbConfig, SetupError, needs_aws};
-use crate::error::{ConfigError, SecretError, SinkError};
+use crate::error::{ConfigError, DbError, SecretError};
 use crate::ingest::backoff::Visibility;
 use crate::ingest::dlq::DeadLetterQueue;
 use crate::ingest::handler::BatchHandler;
@@ -29,7 +29,7 @@ pub enum InitError {
     Secret(#[from] SecretError),
     /// The schema could not be applied (`RUN_MIGRATIONS=true`).
     #[error(transparent)]
-    Sink(#[from] SinkError),
+    Database(#[from] DbError),
     /// No data key for the PII vault (`VAULT_KMS_KEY_ID`).
     #[error(transparent)]
     Vault(#[from] VaultError),

@@ -714,6 +714,20 @@ def test_a_masking_only_stack_on_an_existing_queue_sets_up_its_database_drains_i
         assert stack.dead_letter_attribute(d, "sealed_body") or d["Body"].startswith("<empty body"), d["Body"]
     valid += rejected_then_stored(s, queues)
 
+    # The stack updated (a new release's code, its properties as they were:
+    # CloudFormation sends the setup resource an Update): nothing changes.
+    # The same secrets, no new password in them (the running function's
+    # connections and its next cold start alike), the retention, every row.
+    sm = stack.client("secretsmanager")
+    versions = lambda: {r: sm.describe_secret(SecretId=f"{s.name}/{r}")["VersionIdsToStages"] for r in ("migrate", "ingest", "maintain", "reader")}  # noqa: E731
+    state = lambda: (stack.psql(url, "SELECT keep_days FROM user_logins_retention"), sorted(rows(s).items()))  # noqa: E731
+    before, physical = (versions(), state()), stack.describe_physical_id(s.name, "DatabaseSetup")
+    answer = stack.replay_custom_resource(s.name, "DatabaseSetup", "Update")
+    assert answer["Status"] == "SUCCESS", answer.get("Reason")
+    assert answer["PhysicalResourceId"] == physical, "an update keeps the resource (a new id would make CloudFormation delete the old)"
+    assert answer["Data"]["IngestSecretArn"] == env["DB_SECRET_ID"], answer["Data"]
+    assert (versions(), state()) == before, "the update changed a secret, the retention or the rows"
+
     # Masking-only: no vault or vault key, none of the full profile's tables.
     assert not [r for r in made if r["LogicalResourceId"] in ("VaultKey", "PiiRevealRole")]
     privacy = ("user_logins_pii_vault", "user_logins_vault_keys", "user_logins_pii_audit", "user_logins_erased",

@@ -119,9 +119,9 @@ def test_kill_9_and_sigterm_lose_nothing_and_double_nothing(standard_queues, con
     c.start()
     stack.wait_for("the queue drained", lambda: drained(q, len(valid), len(invalid)), timeout=120)
     # The queue may have drained before this run started (the one before
-    # took the last batch): a second for the process to exist at all, then a
-    # SIGTERM during its cold start or when idle ends it cleanly alike.
-    time.sleep(1)
+    # took the last batch): once the process catches SIGTERM, one during its
+    # cold start or when idle ends it cleanly alike.
+    stack.wait_for("SIGTERM caught", c.catches, timeout=30)
     rc, took = c.stop(signal.SIGTERM)
     assert rc == 0 and took < 10, f"SIGTERM when idle: exit {rc} after {took:.1f} s"
     print(f"\npoll: {len(messages)} messages; SIGKILL at {at_kill} rows; final SIGTERM exit after {took:.1f} s")

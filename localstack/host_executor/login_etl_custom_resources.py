@@ -85,6 +85,13 @@ class CustomResourceProvider(ResourceProvider[dict]):
             )
         if kind == "Update":
             event["OldResourceProperties"] = _strings({k: v for k, v in previous.items() if k != "PhysicalResourceId"})
+        # Kept beside the answers, without its URL: what a test replays as
+        # CloudFormation's next request (stack.replay_custom_resource).
+        s3.put_object(
+            Bucket=BUCKET,
+            Key=f"requests/{request.stack_name}/{request.logical_resource_id}/{time.time_ns()}-{kind}.json",
+            Body=json.dumps({k: v for k, v in event.items() if k != "ResponseURL"}).encode(),
+        )
         request.aws_client_factory.lambda_.invoke(
             FunctionName=properties["ServiceToken"], InvocationType="Event", Payload=json.dumps(event).encode()
         )

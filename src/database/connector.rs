@@ -22,7 +22,7 @@ use crate::database::iam::TokenSigner;
 use crate::database::settings::{CaBundle, DbAuth, DbConfig, DbSource};
 use crate::database::stored_settings;
 use crate::database::tls::Tls;
-use crate::error::{ConfigError, SecretError, SinkError, describe};
+use crate::error::{ConfigError, DbError, SecretError, describe};
 use crate::secrets::Secrets;
 
 /// Why the connection settings could not be put together.
@@ -162,7 +162,7 @@ impl Connector {
     /// (28P01, e.g. a rotation) the secret is refetched once; after a
     /// refused IAM token (28000, as RDS answers it), a fresh one is tried
     /// once.
-    pub async fn open(&mut self, limit: Duration) -> Result<Client, SinkError> {
+    pub async fn open(&mut self, limit: Duration) -> Result<Client, DbError> {
         let client = match (self.open_once(limit).await, &self.credential) {
             (Err((Some(code), _)), Credential::Secret(secrets, id))
                 if code == SqlState::INVALID_PASSWORD =>
@@ -194,12 +194,12 @@ impl Connector {
             Ok(read) => read.map_err(|e| describe(&e)),
             Err(_) => Err(format!("no answer within {} ms", limit.as_millis())),
         }
-        .map_err(|cause| SinkError::Connect {
+        .map_err(|cause| DbError::Connect {
             target: self.target.clone(),
             cause: format!("reading the session's settings: {cause}"),
         })?;
         if let Some(cause) = stored {
-            return Err(SinkError::ConnectRefused {
+            return Err(DbError::ConnectRefused {
                 target: self.target.clone(),
                 cause,
                 hint: "login-etl (not the server) refuses a session under a setting its role stored for itself that changes what its statements do (a stolen credential's leftover, or a mistake): an admin runs the statements above (or the role itself: ALTER ROLE CURRENT_USER RESET …); doctor, run as an admin, lists every stored setting of login-etl's roles (docs/insiders.md)",
@@ -210,9 +210,9 @@ impl Connector {
     }
 
     /// A second IAM refusal: the configuration, with what to check.
-    fn iam_refused(&self, e: SinkError) -> SinkError {
+    fn iam_refused(&self, e: DbError) -> DbError {
         match e {
-            SinkError::ConnectRefused { target, cause, .. } => SinkError::ConnectRefused {
+            DbError::ConnectRefused { target, cause, .. } => DbError::ConnectRefused {
                 cause: format!("{cause} (the token was signed for {target})"),
                 target,
                 hint: "the database refused the RDS IAM token twice: check that the role is GRANTed rds_iam (README's setup block, DB_AUTH=iam), that the function's AWS role may rds-db:connect on arn:aws:rds-db:<region>:<account>:dbuser:<DbiResourceId or proxy id>/<user> (the template's DbResourceId), and that the token's host is the endpoint it connects to (an RDS Proxy's own, not the instance's, behind a proxy)",
@@ -223,7 +223,7 @@ impl Connector {
 
     /// One connection attempt; on failure, the SQLSTATE (if the server sent
     /// one) and the error to report.
-    async fn open_once(&self, limit: Duration) -> Result<Client, (Option<SqlState>, SinkError)> {
+    async fn open_once(&self, limit: Duration) -> Result<Client, (Option<SqlState>, DbError)> {
         let limit = limit.min(self.connect_timeout);
         let mut pg = self.pg.clone();
         if let Credential::Iam(signer) = &self.credential {
@@ -232,7 +232,7 @@ impl Connector {
                 .token(&host, port, pg.get_user().unwrap_or_default())
                 .await
                 .map_err(|e| {
-                    let err = SinkError::Connect {
+                    let err = DbError::Connect {
                         target: self.target.clone(),
                         cause: e.to_string(),
                     };
@@ -246,7 +246,7 @@ impl Connector {
         };
         result.map_err(|(code, cause)| {
             if let Some(hint) = code.as_ref().and_then(connect_refusal_hint) {
-                let err = SinkError::ConnectRefused {
+                let err = DbError::ConnectRefused {
                     target: self.target.clone(),
                     cause,
                     hint,
@@ -262,7 +262,7 @@ impl Connector {
                 ),
                 _ => String::new(),
             };
-            let err = SinkError::Connect {
+            let err = DbError::Connect {
                 target: self.target.clone(),
                 cause: format!("{cause}{hint}"),
             };

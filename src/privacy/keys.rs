@@ -21,7 +21,7 @@ use tokio::sync::Mutex;
 use tracing::warn;
 
 use crate::contract::LoginRow;
-use crate::error::{Misconfiguration, SinkError};
+use crate::error::{DbError, Misconfiguration};
 use crate::privacy::masking::{Masker, Token};
 
 /// Reads the masking and erasure keys again (from Secrets Manager): how a
@@ -113,14 +113,14 @@ pub fn redrive_floor(
 /// gives): this environment has no erasure key where the list is keyed
 /// with one, or the list was keyed first by an environment without one
 /// (its user keys derived from the masking key) and this one has the key.
-fn erasure_mismatch(list: &ErasureList, masker: &Masker, mine: &str) -> Option<SinkError> {
+fn erasure_mismatch(list: &ErasureList, masker: &Masker, mine: &str) -> Option<DbError> {
     let recorded = list.checks.erasure.as_deref()?;
     if !list.erasure || list.checks.erasure_derived || recorded == mine {
         return None;
     }
     const OP: &str = "checking the erasure key against the database";
     if masker.users().is_derived() {
-        return Some(SinkError::Misconfigured {
+        return Some(DbError::Misconfigured {
             what: Misconfiguration::KeyMismatch,
             op: OP,
             cause: "this environment has no erasure key (ERASURE_KEY_SECRET_ID and ERASURE_KEY are unset), but the erasure list is keyed with one".into(),
@@ -128,7 +128,7 @@ fn erasure_mismatch(list: &ErasureList, masker: &Masker, mine: &str) -> Option<S
         });
     }
     if recorded == masker.clone().with_derived_users().users().check().as_str() {
-        return Some(SinkError::Misconfigured {
+        return Some(DbError::Misconfigured {
             what: Misconfiguration::KeyMismatch,
             op: OP,
             cause: "the erasure list was keyed first by an environment without an erasure key (user keys derived from the masking key), not with this environment's ERASURE_KEY_SECRET_ID".into(),
@@ -210,7 +210,7 @@ impl Keys {
         &self,
         list: ErasureList,
         record: bool,
-    ) -> Result<(BatchKeys, Option<ChecksToRecord>), SinkError> {
+    ) -> Result<(BatchKeys, Option<ChecksToRecord>), DbError> {
         let mut masker = self.at(list.versions.key).await?;
         if list.checks.erasure_derived && !masker.users().is_derived() {
             // The list predates erasure keys: its user keys are derived
@@ -259,7 +259,7 @@ impl Keys {
 
     /// The masker at the database's key `version`, reading the keys again
     /// when none that new is held.
-    async fn at(&self, version: u16) -> Result<Masker, SinkError> {
+    async fn at(&self, version: u16) -> Result<Masker, DbError> {
         let held = self.held();
         if let Some(m) = held.at(version) {
             return Ok(m);
@@ -296,8 +296,8 @@ impl Keys {
 
 /// The database is at key `version` and this environment holds versions
 /// up to `latest`: a retryable refusal that names the secret to fix.
-fn behind(version: u16, latest: u16, detail: &str) -> SinkError {
-    SinkError::Misconfigured {
+fn behind(version: u16, latest: u16, detail: &str) -> DbError {
+    DbError::Misconfigured {
         what: Misconfiguration::KeyVersionBehind,
         op: "masking the batch",
         cause: format!(
@@ -317,10 +317,10 @@ impl BatchKeys {
     /// Moves a row's tokens to this batch's version, one step of the chain
     /// at a time (no original needed). A database whose version went down
     /// is refused: no step undoes a key.
-    pub fn rekey(&self, row: &mut LoginRow<'_>) -> Result<(), SinkError> {
+    pub fn rekey(&self, row: &mut LoginRow<'_>) -> Result<(), DbError> {
         let masker = &self.masker;
         if row.key_version > masker.version() {
-            return Err(SinkError::Fatal {
+            return Err(DbError::Fatal {
                 op: "masking the batch",
                 cause: format!(
                     "the database's masking-key version went down from {} to {}",

@@ -21,7 +21,7 @@ use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 use tracing::{info, warn};
 
-use crate::error::SinkError;
+use crate::error::DbError;
 use crate::table::partitions::{
     DEFAULT_MOVE_LIMIT, Ensured, Made, PREMAKE_PAST_DAYS, ensure_partition_bounded,
 };
@@ -202,7 +202,7 @@ pub fn emf_from_env(report: &MaintainReport) -> Value {
 }
 
 /// One maintenance run (see the module documentation).
-pub async fn run(client: &Client, options: &MaintainOptions) -> Result<MaintainReport, SinkError> {
+pub async fn run(client: &Client, options: &MaintainOptions) -> Result<MaintainReport, DbError> {
     let started = Instant::now();
     let today = Utc::now().date_naive();
     let mut report = MaintainReport::default();
@@ -284,7 +284,7 @@ async fn draining(
     client: &Client,
     options: &MaintainOptions,
     today: NaiveDate,
-) -> Result<bool, SinkError> {
+) -> Result<bool, DbError> {
     if drain_state(client).await? {
         return Ok(true);
     }
@@ -309,14 +309,14 @@ async fn drain_default(
     cutoff: Option<NaiveDate>,
     premade: &[NaiveDate],
     report: &mut MaintainReport,
-) -> Result<(), SinkError> {
+) -> Result<(), DbError> {
     let make = async |day: NaiveDate, report: &mut MaintainReport| {
         let limit = options.default_move_limit;
         if let Ensured::Made(made) = ensure_partition_bounded(client, day, limit).await? {
             info!(partition = %made.name, moved = made.moved, "partition made while the DEFAULT partition is drained");
             report.created.push(made);
         }
-        Ok::<_, SinkError>(())
+        Ok::<_, DbError>(())
     };
     for &day in premade {
         make(day, report).await?;
@@ -332,7 +332,7 @@ async fn drain_default(
 }
 
 /// The DEFAULT partition's rows, counted up to `cap + 1`.
-async fn default_size(client: &Client, cap: i64) -> Result<i64, SinkError> {
+async fn default_size(client: &Client, cap: i64) -> Result<i64, DbError> {
     Ok(client
         .query_typed_one("SELECT login_etl_default_size($1)", &[(&cap, Type::INT8)])
         .await
@@ -341,7 +341,7 @@ async fn default_size(client: &Client, cap: i64) -> Result<i64, SinkError> {
 }
 
 /// Whether a swapped-out DEFAULT partition waits to be drained.
-async fn drain_state(client: &Client) -> Result<bool, SinkError> {
+async fn drain_state(client: &Client) -> Result<bool, DbError> {
     Ok(client
         .query_typed_one("SELECT draining FROM login_etl_drain_state()", &[])
         .await
@@ -352,7 +352,7 @@ async fn drain_state(client: &Client) -> Result<bool, SinkError> {
 /// Swaps the DEFAULT partition out, making the partitions of `live_days`
 /// in the same moment (`login_etl_swap_default`): false when
 /// a re-key under way keeps it (SQLSTATE LE007).
-async fn swap_default(client: &Client, live_days: &[NaiveDate]) -> Result<bool, SinkError> {
+async fn swap_default(client: &Client, live_days: &[NaiveDate]) -> Result<bool, DbError> {
     let swapped = with_lock_retries(client, "swapping the DEFAULT partition out", || async {
         client
             .query_typed_one(
@@ -367,7 +367,7 @@ async fn swap_default(client: &Client, live_days: &[NaiveDate]) -> Result<bool, 
             info!("DEFAULT partition swapped out; draining it into its partitions");
             Ok(true)
         }
-        Err(SinkError::Fatal { cause, .. } | SinkError::Transient { cause, .. })
+        Err(DbError::Fatal { cause, .. } | DbError::Transient { cause, .. })
             if cause.starts_with("SQLSTATE LE007") =>
         {
             Ok(false)
@@ -379,7 +379,7 @@ async fn swap_default(client: &Client, live_days: &[NaiveDate]) -> Result<bool, 
 /// Moves a swapped-out DEFAULT partition's rows back through `user_logins`
 /// a chunk of pages per transaction, to its end; the rows moved (0 when no
 /// drain is under way).
-async fn drain(client: &Client) -> Result<i64, SinkError> {
+async fn drain(client: &Client) -> Result<i64, DbError> {
     let (mut page, mut moved) = (0i64, 0i64);
     let started = Instant::now();
     let mut said = Instant::now();
@@ -419,7 +419,7 @@ async fn drain(client: &Client) -> Result<i64, SinkError> {
 }
 
 /// The DEFAULT partition's rows by day.
-async fn default_days(client: &Client) -> Result<Vec<(Option<NaiveDate>, i64)>, SinkError> {
+async fn default_days(client: &Client) -> Result<Vec<(Option<NaiveDate>, i64)>, DbError> {
     days_of(client, "login_etl_default_days()").await
 }
 
@@ -428,7 +428,7 @@ async fn default_days(client: &Client) -> Result<Vec<(Option<NaiveDate>, i64)>, 
 async fn days_of(
     client: &Client,
     function: &str,
-) -> Result<Vec<(Option<NaiveDate>, i64)>, SinkError> {
+) -> Result<Vec<(Option<NaiveDate>, i64)>, DbError> {
     Ok(client
         .query_typed(&format!("SELECT day, row_count FROM {function}"), &[])
         .await

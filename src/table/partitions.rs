@@ -8,7 +8,7 @@ use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 
 use crate::database::statement::Statement;
-use crate::error::SinkError;
+use crate::error::DbError;
 use crate::table::retry::{failed, with_lock_retries};
 
 /// How wide one partition of `user_logins` is (chosen by `login-etl migrate
@@ -53,7 +53,7 @@ pub const PREMAKE_PAST_DAYS: i64 = 1;
 pub(crate) async fn set_granularity(
     client: &Client,
     wanted: Option<Granularity>,
-) -> Result<(), SinkError> {
+) -> Result<(), DbError> {
     let read = client
         .query_typed_opt("SELECT granularity FROM user_logins_partitioning", &[])
         .await
@@ -72,7 +72,7 @@ pub(crate) async fn set_granularity(
             .get(0),
     };
     match wanted {
-        Some(g) if g.as_str() != stored => Err(SinkError::Fatal {
+        Some(g) if g.as_str() != stored => Err(DbError::Fatal {
             op: "choosing the partition interval",
             cause: format!(
                 "user_logins is partitioned by {stored}; --partition-interval {} was asked",
@@ -89,7 +89,7 @@ pub(crate) async fn set_granularity(
 /// it made. One whose making would move more than
 /// [`DEFAULT_MOVE_LIMIT`] rows of the DEFAULT partition under its lock is
 /// left to `login-etl maintain` (which swaps the DEFAULT partition out).
-pub async fn premake(client: &Client, days: u32) -> Result<usize, SinkError> {
+pub async fn premake(client: &Client, days: u32) -> Result<usize, DbError> {
     let today = chrono::Utc::now().date_naive();
     let mut made = 0;
     for offset in -PREMAKE_PAST_DAYS..=i64::from(days) {
@@ -132,7 +132,7 @@ pub async fn ensure_partition_bounded(
     client: &Client,
     day: NaiveDate,
     max_move: i64,
-) -> Result<Ensured, SinkError> {
+) -> Result<Ensured, DbError> {
     let row = with_lock_retries(client, "making a partition", || async move {
         client
             .query_typed_opt(
@@ -166,7 +166,7 @@ pub struct Made {
 
 /// Makes the partition holding `day` unless one does (and moves its rows
 /// out of the DEFAULT partition): `login_etl_ensure_partition`.
-pub async fn ensure_partition(client: &Client, day: NaiveDate) -> Result<Option<Made>, SinkError> {
+pub async fn ensure_partition(client: &Client, day: NaiveDate) -> Result<Option<Made>, DbError> {
     let row = with_lock_retries(client, "making a partition", || async move {
         client
             .query_typed_opt(

@@ -16,7 +16,7 @@
 
 use std::fmt::Write as _;
 
-use crate::error::SinkError;
+use crate::error::DbError;
 use crate::profile::Profile;
 
 /// A role of the deployment, by what it may do.
@@ -518,7 +518,7 @@ pub fn schema_writers_fix(schema: &str, writers: &[String]) -> String {
 /// the owner's functions, whatever their search path (an overload that
 /// matches better wins from later in the path). PostgreSQL 14 and older
 /// let PUBLIC create in `public` by default.
-pub fn refuse_schema_writers(schema: Option<&str>, writers: &[String]) -> Result<(), SinkError> {
+pub fn refuse_schema_writers(schema: Option<&str>, writers: &[String]) -> Result<(), DbError> {
     if writers.is_empty() {
         return Ok(());
     }
@@ -528,7 +528,7 @@ pub fn refuse_schema_writers(schema: Option<&str>, writers: &[String]) -> Result
     } else {
         format!("the roles {}", writers.join(", "))
     };
-    Err(SinkError::Fatal {
+    Err(DbError::Fatal {
         op: "checking who may create objects in the schema",
         cause: format!(
             "{who} may CREATE in schema \"{schema}\", where login-etl's functions run with the rights of the tables' owner: an object planted there could run with those rights"

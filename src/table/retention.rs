@@ -14,7 +14,7 @@ use tokio_postgres::types::Type;
 use tracing::{info, warn};
 
 use crate::database::server::server_version;
-use crate::error::SinkError;
+use crate::error::DbError;
 use crate::table::partitions::{Partition, partitions};
 use crate::table::retry::{failed, with_lock_retries};
 
@@ -126,7 +126,7 @@ pub fn reconcile(configured: Kept, recorded: Kept) -> (Kept, Option<Disagreement
 /// The retention the tables' owner recorded, as the maintain role may
 /// read it (`login_etl_kept_days`); `None` on a database migrated before
 /// that function (the next `migrate` makes it).
-pub(crate) async fn recorded(client: &Client) -> Result<Option<Kept>, SinkError> {
+pub(crate) async fn recorded(client: &Client) -> Result<Option<Kept>, DbError> {
     match client
         .query_typed_one("SELECT login_etl_kept_days()", &[])
         .await
@@ -145,7 +145,7 @@ pub(crate) async fn recorded(client: &Client) -> Result<Option<Kept>, SinkError>
 
 /// Records the deployment's retention (as the tables' owner: nobody else
 /// may write it); unchanged where it says so already.
-pub(crate) async fn record(client: &Client, kept: Kept) -> Result<bool, SinkError> {
+pub(crate) async fn record(client: &Client, kept: Kept) -> Result<bool, DbError> {
     let days: Option<i32> = match kept {
         Kept::Everything => None,
         Kept::Days(d) => Some(i32::try_from(d).unwrap_or(i32::MAX)),
@@ -182,7 +182,7 @@ pub(crate) struct Expired {
 
 /// Retention: the DEFAULT partition's rows before `cutoff` deleted, and
 /// the partitions wholly before it detached (dropped by [`drop_detached`]).
-pub(crate) async fn apply(client: &Client, cutoff: NaiveDate) -> Result<Expired, SinkError> {
+pub(crate) async fn apply(client: &Client, cutoff: NaiveDate) -> Result<Expired, DbError> {
     let purged_from_default =
         with_lock_retries(client, "purging the DEFAULT partition", || async {
             let row = client
@@ -220,7 +220,7 @@ pub(crate) async fn apply(client: &Client, cutoff: NaiveDate) -> Result<Expired,
 
 /// The DROP in a transaction of its own: the detach's lock is long gone
 /// when the files go. Also drops what a run that stopped between left.
-pub(crate) async fn drop_detached(client: &Client) -> Result<(), SinkError> {
+pub(crate) async fn drop_detached(client: &Client) -> Result<(), DbError> {
     let dropped = with_lock_retries(client, "dropping detached partitions", || async {
         let rows = client
             .query_typed("SELECT login_etl_drop_detached()", &[])
@@ -239,7 +239,7 @@ pub(crate) async fn drop_detached(client: &Client) -> Result<(), SinkError> {
 }
 
 /// Partitions whose every day is before `cutoff`.
-async fn expired(client: &Client, cutoff: NaiveDate) -> Result<Vec<String>, SinkError> {
+async fn expired(client: &Client, cutoff: NaiveDate) -> Result<Vec<String>, DbError> {
     Ok(client
         .query_typed(
             "SELECT name FROM login_etl_partitions() WHERE NOT is_default AND hi <= $1",
@@ -263,7 +263,7 @@ async fn expired(client: &Client, cutoff: NaiveDate) -> Result<Vec<String>, Sink
 /// last day is past retention, and keeps its older rows until then. A
 /// partition from before partitions (`user_logins_legacy`, no lower bound)
 /// keeps every entry until it is dropped.
-pub(crate) async fn purge_vault(client: &Client, cutoff: NaiveDate) -> Result<i64, SinkError> {
+pub(crate) async fn purge_vault(client: &Client, cutoff: NaiveDate) -> Result<i64, DbError> {
     let kept: Vec<Partition> = partitions(client)
         .await
         .map_err(failed("listing the partitions"))?
@@ -303,7 +303,7 @@ pub(crate) async fn purge_vault(client: &Client, cutoff: NaiveDate) -> Result<i6
 
 /// The entries before `below`, a chunk at a time through the index
 /// (`login_etl_purge_vault(date, integer)`), until a chunk comes back short.
-async fn purge_by_index(client: &Client, below: NaiveDate) -> Result<i64, SinkError> {
+async fn purge_by_index(client: &Client, below: NaiveDate) -> Result<i64, DbError> {
     let mut purged = 0i64;
     loop {
         let deleted = with_lock_retries(client, "purging the vault past retention", || async {
@@ -325,7 +325,7 @@ async fn purge_by_index(client: &Client, below: NaiveDate) -> Result<i64, SinkEr
 
 /// The entries before `below`, by a walk of every page of the vault
 /// (`login_etl_purge_vault(date, bigint, integer)`).
-async fn purge_by_pages(client: &Client, below: NaiveDate) -> Result<i64, SinkError> {
+async fn purge_by_pages(client: &Client, below: NaiveDate) -> Result<i64, DbError> {
     // Without a TID range scan (PostgreSQL 13), each chunk would read the
     // whole vault: one chunk of every page instead.
     let (version, _) = server_version(client)

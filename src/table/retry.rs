@@ -1,4 +1,4 @@
-//! A schema or partition statement that failed, as a [`SinkError`], and
+//! A schema or partition statement that failed, as a [`DbError`], and
 //! the retries of a step that waited too long for its lock: what
 //! `migrate`, `maintain` and retention share.
 
@@ -7,18 +7,15 @@ use std::time::Duration;
 use tokio_postgres::Client;
 use tracing::info;
 
-use crate::error::{SinkError, describe};
+use crate::database::sqlstate::Class;
+use crate::error::{DbError, describe};
 
-/// A failed schema statement as a [`SinkError`]: transient for what a
+/// A failed schema statement as a [`DbError`]: transient for what a
 /// retry may fix (the connection, a lock timeout), fatal otherwise.
-pub(crate) fn failed(op: &'static str) -> impl Fn(tokio_postgres::Error) -> SinkError {
+pub(crate) fn failed(op: &'static str) -> impl Fn(tokio_postgres::Error) -> DbError {
     move |e| {
-        let transient = match e.code() {
-            None => true,
-            Some(state) => matches!(&state.code()[..2], "08" | "53" | "57" | "55" | "40"),
-        };
-        if transient {
-            SinkError::Transient {
+        if Class::of(&e).is_transient() {
+            DbError::Transient {
                 op,
                 cause: describe(&e),
             }
@@ -31,7 +28,7 @@ pub(crate) fn failed(op: &'static str) -> impl Fn(tokio_postgres::Error) -> Sink
                 && db.code().code().starts_with("LE")
                 && let Some(own) = db.hint()
             {
-                return SinkError::Fatal {
+                return DbError::Fatal {
                     op,
                     cause: describe(&e),
                     hint: format!("; {own}").into(),
@@ -48,7 +45,7 @@ pub(crate) fn failed(op: &'static str) -> impl Fn(tokio_postgres::Error) -> Sink
             } else {
                 "; run `login-etl migrate` as the tables' owner (docs/configuration.md, \"Database roles\"); the error above says what PostgreSQL refused"
             };
-            SinkError::Fatal {
+            DbError::Fatal {
                 op,
                 cause: describe(&e),
                 hint: hint.into(),
@@ -71,7 +68,7 @@ pub(crate) async fn with_lock_retries<T, F, Fut>(
     client: &Client,
     op: &'static str,
     mut step: F,
-) -> Result<T, SinkError>
+) -> Result<T, DbError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
@@ -99,7 +96,7 @@ where
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
                 let holders = lock_holders(client).await;
                 return Err(match failed(op)(e) {
-                    SinkError::Transient { op, cause } => SinkError::Transient {
+                    DbError::Transient { op, cause } => DbError::Transient {
                         op,
                         cause: format!("{cause}, {LOCK_TRIES} times; {holders}"),
                     },

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
-use crate::error::SinkError;
+use crate::error::DbError;
 use crate::ingest::backoff::{Schedule, Visibility};
 use crate::ingest::dlq::DeadLetterQueue;
 use crate::ingest::metrics::{DEFAULT_NAMESPACE, DEFAULT_SERVICE, Metrics};
@@ -65,7 +65,7 @@ impl BatchHandler {
     /// Whether the keys this environment holds are the ones the database
     /// records (what every batch would otherwise be refused for), asked
     /// within `within` and recording nothing: `login-etl poll`'s start.
-    pub async fn verify_keys(&self, within: Duration) -> Result<(), SinkError> {
+    pub async fn verify_keys(&self, within: Duration) -> Result<(), DbError> {
         let mut sink = self.sink().await;
         sink.batch_keys(&self.keys, Some(Instant::now() + within), false)
             .await

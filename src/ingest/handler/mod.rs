@@ -27,7 +27,7 @@ use tokio::sync::Mutex;
 use tracing::{trace, warn};
 
 use crate::contract::{LoginRow, Rejection};
-use crate::error::{HandlerError, SinkError};
+use crate::error::{DbError, HandlerError};
 use crate::ingest::backoff::{Hold, Schedule, Visibility, jitter};
 use crate::ingest::dlq::{DeadLetterQueue, Rejected};
 use crate::ingest::event::{SqsBatch, SqsRecord};
@@ -178,7 +178,7 @@ impl BatchHandler {
         sink: &mut PgSink,
         batch: &'b SqsBatch,
         out: &mut BatchWork<'b>,
-    ) -> Result<Result<InsertReport, SinkError>, HandlerError> {
+    ) -> Result<Result<InsertReport, DbError>, HandlerError> {
         let (fifo, deadline) = (out.fifo, out.deadline);
         // The keys and the erasure list, in memory (their versions are
         // checked by the write). When the database fails before the write
@@ -277,7 +277,7 @@ impl BatchHandler {
         });
         Ok(
             match writer.finish(&out.rows, keys.versions, fifo, vault).await {
-                Err(SinkError::BatchOutdated) => self.write_again(sink, out).await,
+                Err(DbError::BatchOutdated) => self.write_again(sink, out).await,
                 written => written,
             },
         )
@@ -354,7 +354,7 @@ impl BatchHandler {
         &self,
         sink: &mut PgSink,
         out: &mut BatchWork<'_>,
-    ) -> Result<InsertReport, SinkError> {
+    ) -> Result<InsertReport, DbError> {
         for _ in 0..3 {
             sink.forget_erased();
             let keys = sink.batch_keys(&self.keys, out.deadline, true).await?;
@@ -367,11 +367,11 @@ impl BatchHandler {
                 .insert_until(&out.rows, keys.versions, out.fifo, vault, out.deadline)
                 .await
             {
-                Err(SinkError::BatchOutdated) => continue,
+                Err(DbError::BatchOutdated) => continue,
                 written => return written,
             }
         }
-        Err(SinkError::Transient {
+        Err(DbError::Transient {
             op: "writing a batch while users were being erased",
             cause: "the erasure list kept changing".into(),
         })
@@ -379,7 +379,7 @@ impl BatchHandler {
 
     /// Re-keys the rows to `keys`' version and moves the rows of users
     /// erased since to `out.erased`; the vault entries follow the rows.
-    fn drop_erased(&self, keys: &BatchKeys, out: &mut BatchWork<'_>) -> Result<(), SinkError> {
+    fn drop_erased(&self, keys: &BatchKeys, out: &mut BatchWork<'_>) -> Result<(), DbError> {
         for row in out.rows.iter_mut() {
             keys.rekey(row)?;
         }

@@ -17,7 +17,7 @@ use super::tx::VaultRows;
 use super::tx::XidFloor;
 use super::{CONFLICT_PAUSE, InsertReport, PgSink};
 use crate::contract::LoginRow;
-use crate::error::SinkError;
+use crate::error::DbError;
 use crate::privacy::keys::Versions;
 use crate::privacy::vault::VaultWrite;
 
@@ -53,7 +53,7 @@ impl PgSink {
         budget: &mut Budget,
         recount_since: Option<XidFloor>,
         vault: Option<VaultWrite<'_>>,
-    ) -> Result<InsertReport, SinkError> {
+    ) -> Result<InsertReport, DbError> {
         let mut report = InsertReport::default();
         let mut committed = 0usize;
         // Ranges to try, popped in batch order (right half pushed first).
@@ -106,11 +106,11 @@ impl PgSink {
         erased_version: Versions,
         budget: &mut Budget,
         vault: Option<VaultWrite<'_>>,
-    ) -> Result<Next, SinkError> {
+    ) -> Result<Next, DbError> {
         let bound = budget.bound(self.per_operation(), OP)?;
         trace!(first = range.start, rows = range.len(), "inserting");
         if let Err(e) = self.client(budget).await {
-            if !e.is_retryable() || matches!(e, SinkError::Deadline { .. }) {
+            if !e.is_retryable() || matches!(e, DbError::Deadline { .. }) {
                 return Err(e);
             }
             // Nothing was sent: nothing new to recount.
@@ -157,13 +157,13 @@ impl PgSink {
         recount: Option<XidFloor>,
         since: Option<XidFloor>,
         budget: &mut Budget,
-    ) -> Result<Next, SinkError> {
+    ) -> Result<Next, DbError> {
         match failure {
             Failure::Row(why) if single => Ok(Next::Refused(why)),
             Failure::Row(_) => Ok(Next::Split),
             Failure::Conflict(cause) => {
                 if !budget.take_conflict_retry() {
-                    return Err(SinkError::Transient {
+                    return Err(DbError::Transient {
                         op: "inserting the batch (conflicts with other transactions kept recurring)",
                         cause,
                     });
@@ -180,7 +180,7 @@ impl PgSink {
             Failure::Fatal(e) => Err(e),
             // Raised beside the COMMIT sent with it, which ended the
             // transaction: nothing to roll back.
-            Failure::Outdated => Err(SinkError::BatchOutdated),
+            Failure::Outdated => Err(DbError::BatchOutdated),
             Failure::RecountDenied => {
                 warn!(
                     "the database role may not read user_logins.xmin, so rows a lost attempt committed count as duplicates; GRANT SELECT (message_id, sent_at, create_date, xmin) ON user_logins to count them as inserted"

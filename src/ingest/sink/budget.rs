@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::error::SinkError;
+use crate::error::DbError;
 
 /// Time kept in hand before Lambda's deadline: the last operation ends this
 /// long before it, so the error is logged and returned with at least a
@@ -40,14 +40,14 @@ impl Budget {
     /// How long the next operation may take: `per_operation`, cut to what is
     /// left before the deadline less [`DEADLINE_MARGIN`]. An error when too
     /// little is left to start it.
-    pub fn bound(&self, per_operation: Duration, op: &'static str) -> Result<Duration, SinkError> {
+    pub fn bound(&self, per_operation: Duration, op: &'static str) -> Result<Duration, DbError> {
         let Some(deadline) = self.deadline else {
             return Ok(per_operation);
         };
         let left = deadline.saturating_duration_since(Instant::now());
         let usable = left.saturating_sub(DEADLINE_MARGIN);
         if usable < MIN_OPERATION {
-            return Err(SinkError::Deadline {
+            return Err(DbError::Deadline {
                 op,
                 left_ms: left.as_millis() as u64,
             });

@@ -1,9 +1,8 @@
 //! SQLSTATE classification: what the sink does about each kind of failure,
 //! and error text that never quotes a row value.
 
-use tokio_postgres::error::SqlState;
-
-use crate::error::{SinkError, describe};
+use crate::database::sqlstate::Class;
+use crate::error::{DbError, describe};
 
 /// How one database operation failed, by what can be done about it.
 #[derive(Debug)]
@@ -17,7 +16,7 @@ pub(crate) enum Failure {
     /// The connection is gone or the server cannot serve it now: reconnect.
     Transient(String),
     /// Retrying will not help.
-    Fatal(SinkError),
+    Fatal(DbError),
     /// The role may not read `xmin`, so rows a lost attempt committed cannot
     /// be told from older ones (see `insert::insert_tx`).
     RecountDenied,
@@ -28,62 +27,46 @@ pub(crate) enum Failure {
     Outdated,
 }
 
-/// Sorts a statement failure by what can be done about it.
+/// Sorts a statement failure by what can be done about it: the shared
+/// classification ([`Class`]), with what only the batch's write adds (its
+/// own refusals, and which undefined function is the schema's fault).
 pub(crate) fn classify(e: &tokio_postgres::Error) -> Failure {
-    let Some(state) = e.code() else {
-        // I/O error, closed connection, protocol error: the connection is gone.
-        return Failure::Transient(describe(e));
-    };
-    let code = state.code();
+    let code = e.code().map_or("", |state| state.code());
     if code == "LE001" || code == "LE002" {
         return Failure::Outdated;
     }
-    if [
-        SqlState::T_R_SERIALIZATION_FAILURE,
-        SqlState::T_R_DEADLOCK_DETECTED,
-        SqlState::LOCK_NOT_AVAILABLE,
-        SqlState::QUERY_CANCELED,
-    ]
-    .contains(state)
-    {
-        return Failure::Conflict(describe(e));
-    }
-    match &code[..2] {
-        // data exception, integrity constraint violation, PL/pgSQL raise
-        // (triggers), program limit (e.g. index row too large): this row's fault.
-        "22" | "23" | "P0" | "54" => Failure::Row(describe_refusal(e)),
-        // connection exception, insufficient resources (too many connections),
-        // operator intervention (shutdown), system error, other transaction
-        // rollbacks, object in use, read-only transaction (a failover turned
-        // the writer into a reader), internal error.
-        "08" | "53" | "57" | "58" | "40" | "55" | "25" | "XX" => Failure::Transient(describe(e)),
+    match Class::of(e) {
+        Class::Conflict => Failure::Conflict(describe(e)),
+        Class::Unavailable => Failure::Transient(describe(e)),
+        Class::Row => Failure::Row(describe_refusal(e)),
         // The configuration, not the database: a schema not migrated (a
         // table, column or function of login-etl's missing), a missing
         // grant (their own failure classes).
-        _ if matches!(code, "42P01" | "42703" | "42P10" | "42501")
-            || (code == "42883" && names_own_function(e)) =>
+        class @ (Class::Schema | Class::Privilege)
+            if class == Class::Privilege || code != "42883" || names_own_function(e) =>
         {
-            Failure::Fatal(SinkError::Misconfigured {
-                what: if code == "42501" {
+            let privilege = class == Class::Privilege;
+            Failure::Fatal(DbError::Misconfigured {
+                what: if privilege {
                     crate::error::Misconfiguration::PrivilegeMissing
                 } else {
                     crate::error::Misconfiguration::SchemaIncomplete
                 },
                 op: "the insert into user_logins",
                 cause: describe(e),
-                hint: if code == "42501" {
+                hint: if privilege {
                     crate::grants::missing_privilege_hint(denied_table(e)).into()
                 } else {
                     "; the schema is missing or not upgraded: run `make migrate` (login-etl migrate) or set RUN_MIGRATIONS=true".into()
                 },
             })
         }
-        _ => Failure::Fatal(SinkError::Fatal {
+        _ => Failure::Fatal(DbError::Fatal {
             op: "the insert into user_logins",
             // Class 42 (syntax, undefined objects, privileges) names objects,
             // never values; any other class may be a trigger's own code with
             // a message that quotes a row: the SQLSTATE only.
-            cause: if &code[..2] == "42" {
+            cause: if code.starts_with("42") {
                 describe(e)
             } else {
                 describe_refusal(e)

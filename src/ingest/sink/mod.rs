@@ -34,7 +34,7 @@
 //!   is retried on the same connection, a few times;
 //! - a lost connection reconnects once and retries; a second loss, or too
 //!   little time before the invocation's deadline, fails the invocation
-//!   ([`SinkError`]) so the event-source mapping redelivers the batch;
+//!   ([`DbError`]) so the event-source mapping redelivers the batch;
 //! - `ON CONFLICT DO NOTHING` on the key `(sent_at, message_id,
 //!   create_date)` makes a redelivered batch complete exactly once: all
 //!   three are the message's own (`SentTimestamp` is kept across
@@ -69,7 +69,7 @@ pub use writer::BatchWriter;
 
 use crate::contract::LoginRow;
 use crate::database::Connector;
-use crate::error::{Misconfiguration, SinkError, describe};
+use crate::error::{DbError, Misconfiguration, describe};
 use crate::privacy::keys::ErasedUsers;
 use crate::privacy::vault::VaultWrite;
 use crate::table::schema::{self, Profile};
@@ -177,7 +177,7 @@ impl PgSink {
     /// Whether the database answers: the schema check on a new connection,
     /// then `SELECT 1`, within the per-operation bound (the health
     /// endpoint's readiness).
-    pub async fn ping(&mut self) -> Result<(), SinkError> {
+    pub async fn ping(&mut self) -> Result<(), DbError> {
         const OP: &str = "checking that the database answers";
         let bound = self.per_operation();
         let budget = Budget::new(None);
@@ -187,11 +187,11 @@ impl PgSink {
             Ok(Err(e)) => {
                 let cause = describe(&e);
                 self.client = None;
-                Err(SinkError::Transient { op: OP, cause })
+                Err(DbError::Transient { op: OP, cause })
             }
             Err(_) => {
                 self.client = None;
-                Err(SinkError::Transient {
+                Err(DbError::Transient {
                     op: OP,
                     cause: format!("no answer within {} ms", bound.as_millis()),
                 })
@@ -207,18 +207,18 @@ impl PgSink {
         &mut self,
         today: chrono::NaiveDate,
         deadline: Option<std::time::Instant>,
-    ) -> Result<Option<i64>, SinkError> {
+    ) -> Result<Option<i64>, DbError> {
         const OP: &str = "reading the partitions made ahead";
         let budget = Budget::new(deadline);
         let bound = budget.bound(self.per_operation(), OP)?;
         let client = self.client(&budget).await?;
         match timeout(bound, crate::table::partitions::partitions(client)).await {
             Ok(Ok(listed)) => Ok(crate::table::partitions::days_ahead(&listed, today)),
-            Ok(Err(e)) => Err(SinkError::Transient {
+            Ok(Err(e)) => Err(DbError::Transient {
                 op: OP,
                 cause: describe(&e),
             }),
-            Err(_) => Err(SinkError::Transient {
+            Err(_) => Err(DbError::Transient {
                 op: OP,
                 cause: format!("no answer within {} ms", bound.as_millis()),
             }),
@@ -239,12 +239,12 @@ impl PgSink {
 
     /// Creates or upgrades the schema (see [`schema::migrate`]); true when
     /// it changed anything, false when it was current already.
-    pub async fn migrate(&mut self, options: &schema::MigrateOptions) -> Result<bool, SinkError> {
+    pub async fn migrate(&mut self, options: &schema::MigrateOptions) -> Result<bool, DbError> {
         let limit = self.connector.connect_timeout();
         let mut client = self.connector.open(limit).await?;
         let (num, version) = crate::database::server::server_version(&client)
             .await
-            .map_err(|e| SinkError::Transient {
+            .map_err(|e| DbError::Transient {
                 op: "reading the server version",
                 cause: describe(&e),
             })?;
@@ -261,7 +261,7 @@ impl PgSink {
         rows: &[LoginRow<'_>],
         erased_version: Versions,
         preserve_order: bool,
-    ) -> Result<InsertReport, SinkError> {
+    ) -> Result<InsertReport, DbError> {
         let mut batch = self.start_batch(rows.len(), None).await?;
         for row in rows {
             batch.push(row).await;
@@ -280,7 +280,7 @@ impl PgSink {
         preserve_order: bool,
         vault: Option<VaultWrite<'_>>,
         deadline: Option<Instant>,
-    ) -> Result<InsertReport, SinkError> {
+    ) -> Result<InsertReport, DbError> {
         let batch = self.start_batch(0, deadline).await?;
         batch
             .finish(rows, erased_version, preserve_order, vault)
@@ -295,7 +295,7 @@ impl PgSink {
     pub async fn erased_users(
         &mut self,
         deadline: Option<Instant>,
-    ) -> Result<ErasureList, SinkError> {
+    ) -> Result<ErasureList, DbError> {
         if let Some(list) = &self.erased
             && !self.erased_stale
         {
@@ -313,13 +313,13 @@ impl PgSink {
         let client = self.client.as_ref().expect("opened above");
         let row = timeout(bound, client.query_typed_one(sql, &[(&known, Type::INT8)]))
             .await
-            .map_err(|_| SinkError::Transient {
+            .map_err(|_| DbError::Transient {
                 op: OP,
                 cause: format!("no answer within {} ms", bound.as_millis()),
             })?
             .map_err(|e| match classify::classify(&e) {
                 Failure::Fatal(f) => f,
-                _ => SinkError::Transient {
+                _ => DbError::Transient {
                     op: OP,
                     cause: describe(&e),
                 },
@@ -359,7 +359,7 @@ impl PgSink {
         masking: &str,
         erasure: Option<&str>,
         deadline: Option<Instant>,
-    ) -> Result<(), SinkError> {
+    ) -> Result<(), DbError> {
         const OP: &str = "checking the masking and erasure keys against the database";
         let budget = Budget::new(deadline);
         let bound = budget.bound(self.per_operation(), OP)?;
@@ -377,7 +377,7 @@ impl PgSink {
             ),
         )
         .await
-        .map_err(|_| SinkError::Transient {
+        .map_err(|_| DbError::Transient {
             op: OP,
             cause: format!("no answer within {} ms", bound.as_millis()),
         })?;
@@ -393,7 +393,7 @@ impl PgSink {
                 }
                 Ok(())
             }
-            Err(e) if e.code().is_some_and(|c| c.code() == "LE004") => Err(SinkError::Misconfigured {
+            Err(e) if e.code().is_some_and(|c| c.code() == "LE004") => Err(DbError::Misconfigured {
                 what: crate::error::Misconfiguration::KeyMismatch,
                 op: OP,
                 cause: e
@@ -404,7 +404,7 @@ impl PgSink {
             }),
             Err(e) => Err(match classify::classify(&e) {
                 Failure::Fatal(f) => f,
-                _ => SinkError::Transient {
+                _ => DbError::Transient {
                     op: OP,
                     cause: describe(&e),
                 },
@@ -434,14 +434,14 @@ impl PgSink {
         keys: &Keys,
         deadline: Option<Instant>,
         record: bool,
-    ) -> Result<BatchKeys, SinkError> {
+    ) -> Result<BatchKeys, DbError> {
         let list = self.erased_users(deadline).await?;
         let (batch, to_record) = match keys.against(list, record).await {
             Ok(checked) => checked,
             Err(refused) => {
                 if matches!(
                     refused,
-                    SinkError::Misconfigured {
+                    DbError::Misconfigured {
                         what: Misconfiguration::KeyMismatch,
                         ..
                     }
@@ -478,7 +478,7 @@ impl PgSink {
     /// The open connection, opening one if there is none or it was closed
     /// (an idle timeout between warm invocations, a failover). The first
     /// connection of the sink also checks the schema.
-    async fn client(&mut self, budget: &Budget) -> Result<&Client, SinkError> {
+    async fn client(&mut self, budget: &Budget) -> Result<&Client, DbError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
             let limit =
@@ -496,7 +496,7 @@ impl PgSink {
             self.tables_schema = match tables_schema {
                 Ok(Ok(Some(found))) => found,
                 Ok(Ok(None)) => {
-                    return Err(SinkError::Misconfigured {
+                    return Err(DbError::Misconfigured {
                         what: crate::error::Misconfiguration::SchemaIncomplete,
                         op: "writing into user_logins",
                         cause: "no user_logins table in a schema this role may use".into(),
@@ -504,13 +504,13 @@ impl PgSink {
                     });
                 }
                 Ok(Err(e)) => {
-                    return Err(SinkError::Transient {
+                    return Err(DbError::Transient {
                         op: "finding the tables' schema",
                         cause: describe(&e),
                     });
                 }
                 Err(_) => {
-                    return Err(SinkError::Transient {
+                    return Err(DbError::Transient {
                         op: "finding the tables' schema",
                         cause: format!("no answer within {} ms", bound.as_millis()),
                     });
@@ -530,10 +530,10 @@ impl PgSink {
         budget: &mut Budget,
         op: &'static str,
         cause: String,
-    ) -> Result<(), SinkError> {
+    ) -> Result<(), DbError> {
         self.client = None;
         if !budget.take_reconnect() {
-            return Err(SinkError::Transient { op, cause });
+            return Err(DbError::Transient { op, cause });
         }
         warn!(error = %cause, "database connection failed while {op}; reconnecting once");
         tokio::time::sleep(RECONNECT_PAUSE).await;

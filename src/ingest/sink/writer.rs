@@ -14,7 +14,7 @@ use super::tx::VaultRows;
 use super::tx::XidFloor;
 use super::{COPY_MIN_ROWS, InsertReport, PgSink};
 use crate::contract::LoginRow;
-use crate::error::SinkError;
+use crate::error::DbError;
 use crate::privacy::keys::Versions;
 use crate::privacy::vault::VaultWrite;
 
@@ -26,7 +26,7 @@ impl PgSink {
         &mut self,
         expected_rows: usize,
         deadline: Option<Instant>,
-    ) -> Result<BatchWriter<'_>, SinkError> {
+    ) -> Result<BatchWriter<'_>, DbError> {
         let mut budget = Budget::new(deadline);
         let copy_tried = expected_rows >= COPY_MIN_ROWS;
         let copy = if copy_tried {
@@ -45,7 +45,7 @@ impl PgSink {
 
     /// Opens the COPY; `None` when it could not start (the batch then takes
     /// the INSERT path).
-    async fn begin_copy(&mut self, budget: &mut Budget) -> Result<Option<CopyIn>, SinkError> {
+    async fn begin_copy(&mut self, budget: &mut Budget) -> Result<Option<CopyIn>, DbError> {
         const OP: &str = "starting the COPY";
         let bound = budget.bound(self.per_operation(), OP)?;
         let failure = match self.client(budget).await {
@@ -59,7 +59,7 @@ impl PgSink {
                 Ok(copy) => return Ok(Some(copy)),
                 Err(failure) => failure,
             },
-            Err(e) if e.is_retryable() && !matches!(e, SinkError::Deadline { .. }) => {
+            Err(e) if e.is_retryable() && !matches!(e, DbError::Deadline { .. }) => {
                 Failure::Transient(e.to_string())
             }
             Err(e) => return Err(e),
@@ -77,7 +77,7 @@ impl PgSink {
         budget: &mut Budget,
         vault: Option<VaultRows<'_>>,
         erased_version: Versions,
-    ) -> Result<Result<InsertReport, Option<XidFloor>>, SinkError> {
+    ) -> Result<Result<InsertReport, Option<XidFloor>>, DbError> {
         let floor_before = self.floor;
         let Some(client) = self.client.as_ref() else {
             return Ok(Err(None));
@@ -111,7 +111,7 @@ impl PgSink {
         budget: &mut Budget,
         op: &'static str,
         ended: bool,
-    ) -> Result<(), SinkError> {
+    ) -> Result<(), DbError> {
         match failure {
             Failure::Transient(cause) => return self.reconnect_or_fail(budget, op, cause).await,
             // A refused or duplicate row, a conflict; or permissions / schema,
@@ -168,14 +168,14 @@ impl BatchWriter<'_> {
     /// `erased_version` is the version of the erasure list the rows were
     /// filtered with ([`PgSink::erased_users`]): if the list has changed
     /// since, the transaction is refused with nothing written
-    /// ([`SinkError::BatchOutdated`]) and the caller filters again.
+    /// ([`DbError::BatchOutdated`]) and the caller filters again.
     pub async fn finish(
         mut self,
         rows: &[LoginRow<'_>],
         erased_version: Versions,
         preserve_order: bool,
         vault: Option<VaultWrite<'_>>,
-    ) -> Result<InsertReport, SinkError> {
+    ) -> Result<InsertReport, DbError> {
         let mut recount_since = None;
         if self.copy.is_some() && self.pushed != rows.len() {
             // The caller held back rows it had already streamed (a FIFO

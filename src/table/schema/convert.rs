@@ -31,7 +31,7 @@ use super::{
     MIGRATION_LOCK_KEY, MigrateOptions, Profile, SIDE_TABLES_SQL, failed, migration_sql,
     schema_sql, with_lock_retries,
 };
-use crate::error::SinkError;
+use crate::error::DbError;
 
 /// How long the cutover waits for its ACCESS EXCLUSIVE lock before it lets
 /// ingest through and tries again: the most a write waits behind it.
@@ -52,7 +52,7 @@ pub async fn convert(
     client: &mut Client,
     options: &MigrateOptions,
     profile: Profile,
-) -> Result<bool, SinkError> {
+) -> Result<bool, DbError> {
     if options.cold_start {
         refuse_rows_at_cold_start(client).await?;
     }
@@ -108,14 +108,14 @@ pub async fn convert(
 
 /// A cold start converts only an empty table: one with rows takes
 /// longer than a cold start may.
-async fn refuse_rows_at_cold_start(client: &Client) -> Result<(), SinkError> {
+async fn refuse_rows_at_cold_start(client: &Client) -> Result<(), DbError> {
     let empty: bool = client
         .query_typed_one("SELECT NOT EXISTS (SELECT 1 FROM user_logins)", &[])
         .await
         .map_err(failed("looking at user_logins"))?
         .get(0);
     if !empty {
-        return Err(SinkError::Fatal {
+        return Err(DbError::Fatal {
             op: "upgrading user_logins",
             cause: "user_logins is an unpartitioned table with rows (from before this version); converting it takes minutes, longer than a cold start may".into(),
             hint: "; run `login-etl migrate` from a shell with the migrate role's settings: it converts the table online while ingest keeps running (docs/deploy.md, \"Upgrading an existing table\")".into(),
@@ -126,7 +126,7 @@ async fn refuse_rows_at_cold_start(client: &Client) -> Result<(), SinkError> {
 
 /// Steps 1 to 3: the columns login-etl adds, where missing, and the two
 /// unique indexes built CONCURRENTLY (ingest keeps writing).
-async fn add_columns_and_keys(client: &Client) -> Result<(), SinkError> {
+async fn add_columns_and_keys(client: &Client) -> Result<(), DbError> {
     info!(
         step = "1/5",
         "adding message_id, app_version_text, sent_at, key_version where missing"
@@ -177,7 +177,7 @@ async fn add_columns_and_keys(client: &Client) -> Result<(), SinkError> {
 /// The tables beside `user_logins` (vault, audit, erasure list) without
 /// touching `user_logins` itself, so that this version can write into the
 /// old table before the cutover.
-async fn apply_side_tables(client: &Client) -> Result<(), SinkError> {
+async fn apply_side_tables(client: &Client) -> Result<(), DbError> {
     super::apply_sql(
         client,
         &schema_sql(SIDE_TABLES_SQL, Profile::Full),
@@ -203,7 +203,7 @@ async fn short_tx(client: &Client, sql: String) -> Result<(), tokio_postgres::Er
 
 /// `CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS`, after dropping an
 /// INVALID index of that name left by an earlier failed build.
-async fn build_index(client: &Client, name: &str, columns: &str) -> Result<(), SinkError> {
+async fn build_index(client: &Client, name: &str, columns: &str) -> Result<(), DbError> {
     let invalid: bool = client
         .query_typed_one(
             "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass($1) \
@@ -225,7 +225,7 @@ async fn build_index(client: &Client, name: &str, columns: &str) -> Result<(), S
         ))
         .await
         .map_err(|e| match e.code() {
-            Some(state) if state.code() == "23505" => SinkError::Fatal {
+            Some(state) if state.code() == "23505" => DbError::Fatal {
                 op: "building a unique index on user_logins",
                 cause: format!("two rows of the old table share a value of ({columns})"),
                 hint: format!("; find them with `SELECT {columns}, count(*) FROM user_logins GROUP BY {columns} HAVING count(*) > 1`, delete the copies, and run `login-etl migrate` again").into(),
@@ -238,7 +238,7 @@ async fn build_index(client: &Client, name: &str, columns: &str) -> Result<(), S
 /// moment's lock), then validated under SHARE UPDATE EXCLUSIVE, which
 /// writers do not wait for. A constraint from an earlier run with another
 /// bound is replaced.
-async fn bound_rows(client: &Client, bound: NaiveDate) -> Result<(), SinkError> {
+async fn bound_rows(client: &Client, bound: NaiveDate) -> Result<(), DbError> {
     let want = format!("create_date IS NOT NULL AND create_date < '{bound}'::date");
     let existing: Option<String> = client
         .query_typed_opt(
@@ -284,7 +284,7 @@ async fn bound_rows(client: &Client, bound: NaiveDate) -> Result<(), SinkError> 
             .await
             .map_err(failed("counting the rows out of bounds"))?;
         let (null, late): (i64, i64) = (row.get(0), row.get(1));
-        return Err(SinkError::Fatal {
+        return Err(DbError::Fatal {
             op: "upgrading user_logins",
             cause: format!(
                 "{null} rows have no create_date and {late} rows have one on or after {bound}; a partition by create_date cannot hold them"
@@ -301,7 +301,7 @@ async fn cutover(
     client: &mut Client,
     bound: NaiveDate,
     profile: Profile,
-) -> Result<Option<std::time::Duration>, SinkError> {
+) -> Result<Option<std::time::Duration>, DbError> {
     let sql = format!(
         "ALTER TABLE user_logins RENAME TO user_logins_legacy; \
          CREATE TABLE user_logins (LIKE user_logins_legacy INCLUDING DEFAULTS) PARTITION BY RANGE (create_date); \

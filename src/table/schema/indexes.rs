@@ -6,7 +6,7 @@ use tokio_postgres::types::Type;
 use tracing::info;
 
 use super::{MigrateOptions, failed};
-use crate::error::SinkError;
+use crate::error::DbError;
 
 /// The vault's indexes a large vault gets online: of old-form entries
 /// (`user_logins_pii_vault_form1`, which rotate-key's switch probes
@@ -34,7 +34,7 @@ const VAULT_INDEXES: [(&str, &str, &str); 2] = [
 pub(super) async fn vault_indexes(
     client: &Client,
     options: &MigrateOptions,
-) -> Result<bool, SinkError> {
+) -> Result<bool, DbError> {
     if options.cold_start {
         return Ok(false);
     }

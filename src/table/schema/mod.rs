@@ -23,7 +23,7 @@ use tokio_postgres::Client;
 use tokio_postgres::types::{ToSql, Type};
 use tracing::warn;
 
-use crate::error::SinkError;
+use crate::error::DbError;
 use crate::error::describe;
 pub use crate::profile::Profile;
 use crate::table::partitions::{Granularity, premake, set_granularity};
@@ -268,11 +268,11 @@ pub const MIN_SERVER_VERSION_NUM: i32 = 130_000;
 
 /// A non-retryable error unless `version_num` (`server_version_num`) is at
 /// least [`MIN_SERVER_VERSION_NUM`]; `version` is what the error shows.
-pub fn require_version(version_num: i32, version: &str) -> Result<(), SinkError> {
+pub fn require_version(version_num: i32, version: &str) -> Result<(), DbError> {
     if version_num >= MIN_SERVER_VERSION_NUM {
         return Ok(());
     }
-    Err(SinkError::Fatal {
+    Err(DbError::Fatal {
         op: "working with this server",
         cause: format!("the server runs PostgreSQL {version}"),
         hint: "; login-etl needs PostgreSQL 13 or later (it uses pg_current_snapshot and xid8): upgrade the server".into(),
@@ -348,14 +348,14 @@ pub async fn profile(client: &Client) -> Result<Profile, tokio_postgres::Error> 
 
 /// Refuses `command` (reveal, forget, audit, rotate-key, vault-upgrade)
 /// on a masking-only database, which has none of the tables it works on.
-pub async fn require_full(client: &Client, command: &'static str) -> Result<(), SinkError> {
+pub async fn require_full(client: &Client, command: &'static str) -> Result<(), DbError> {
     let found = profile(client)
         .await
         .map_err(failed("reading the database's profile"))?;
     if found == Profile::Full {
         return Ok(());
     }
-    Err(SinkError::Profile {
+    Err(DbError::Profile {
         op: command,
         cause: "the database has the masking-only profile: no PII vault, erasure list, audit trail or key rotation".into(),
         hint: "; nothing was changed. Give it the full profile, online: README's setup block again with LOGIN_ETL_PROFILE=full (or, as the tables' owner, `login-etl migrate --profile full`, then `login-etl grants --role <role> --to <name> --profile full | psql` for this command's role; docs/profiles.md)".into(),
@@ -364,7 +364,7 @@ pub async fn require_full(client: &Client, command: &'static str) -> Result<(), 
 
 /// The server's version (refused below 13) and the schema's state, in one
 /// round trip within `limit`.
-async fn checked_state(client: &Client, limit: Duration) -> Result<SchemaState, SinkError> {
+async fn checked_state(client: &Client, limit: Duration) -> Result<SchemaState, DbError> {
     // On a server older than 13 the inspection fails (no
     // pg_current_snapshot), and the version says why.
     let answers = timeout(limit, async {
@@ -380,11 +380,11 @@ async fn checked_state(client: &Client, limit: Duration) -> Result<SchemaState, 
     const OP: &str = "checking the schema of user_logins";
     match answers.map(|(_, state)| state) {
         Ok(Ok(state)) => Ok(state),
-        Ok(Err(e)) => Err(SinkError::Transient {
+        Ok(Err(e)) => Err(DbError::Transient {
             op: OP,
             cause: describe(&e),
         }),
-        Err(_) => Err(SinkError::Transient {
+        Err(_) => Err(DbError::Transient {
             op: OP,
             cause: format!("no answer within {} ms", limit.as_millis()),
         }),
@@ -394,7 +394,7 @@ async fn checked_state(client: &Client, limit: Duration) -> Result<SchemaState, 
 /// The schema guard, run on the sink's first connection: an error that
 /// names the fix unless `user_logins` is complete in the database's
 /// profile (and has the vault when `vault`).
-pub async fn check(client: &Client, limit: Duration, vault: bool) -> Result<Checked, SinkError> {
+pub async fn check(client: &Client, limit: Duration, vault: bool) -> Result<Checked, DbError> {
     let state = checked_state(client, limit).await?;
     if !state.schema_writers.is_empty() {
         // Not a reason to stop writing (the owner's functions are there
@@ -407,7 +407,7 @@ pub async fn check(client: &Client, limit: Duration, vault: bool) -> Result<Chec
             "roles besides the tables' owner may create objects in the schema the owner's functions run in, where a planted object could run with the owner's rights; run the fix as the schema's owner (`login-etl doctor` checks it)"
         );
     }
-    let fatal = |cause: &str, hint: &'static str| SinkError::Misconfigured {
+    let fatal = |cause: &str, hint: &'static str| DbError::Misconfigured {
         what: crate::error::Misconfiguration::SchemaIncomplete,
         op: "writing into user_logins",
         cause: cause.to_owned(),
@@ -517,7 +517,7 @@ pub fn target_profile(state: &SchemaState, asked: Option<Profile>) -> Profile {
 /// schema is current: then it takes no lock on the table at all (the
 /// migration's `ALTER TABLE` would take an ACCESS EXCLUSIVE lock even when
 /// it changes nothing). True when it changed anything.
-pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<bool, SinkError> {
+pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<bool, DbError> {
     let state = inspect(client)
         .await
         .map_err(failed("reading the catalog"))?;
@@ -567,7 +567,7 @@ pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<bo
 /// functions refuse to run (`login_etl_hold_lock`) until `migrate` puts it
 /// back. Only the owner reads the table: the function's cold start does
 /// not ask.
-async fn lock_rows_missing(client: &Client, schema: Option<&str>) -> Result<bool, SinkError> {
+async fn lock_rows_missing(client: &Client, schema: Option<&str>) -> Result<bool, DbError> {
     let Some(schema) = schema else {
         return Ok(false);
     };
@@ -622,11 +622,7 @@ const MIGRATION_LOCK_SQL: &str = "DO $login_etl_lock$\nBEGIN\n    \
 /// and the whole tried again after a pause when one runs out: a migration
 /// beside a long reader never queues ingest behind it (a write reads the
 /// erasure list and the key state, which the migration may alter).
-pub(crate) async fn apply_sql(
-    client: &Client,
-    sql: &str,
-    op: &'static str,
-) -> Result<(), SinkError> {
+pub(crate) async fn apply_sql(client: &Client, sql: &str, op: &'static str) -> Result<(), DbError> {
     with_lock_retries(client, op, || async {
         let done = client
             .batch_execute(&format!(

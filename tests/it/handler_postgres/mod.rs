@@ -344,7 +344,7 @@ async fn unreachable_postgres_fails_the_invocation_and_reports_nothing_as_done()
     // nextest's slow-timeout).
     assert!(err.to_string().contains("refused"), "{err}");
     assert!(err.is_retryable());
-    assert!(matches!(err, HandlerError::Sink(_)));
+    assert!(matches!(err, HandlerError::Database(_)));
     let msg = err.to_string();
     assert!(
         msg.contains(&format!("127.0.0.1:{port}")) && msg.contains("reachable"),
