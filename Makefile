@@ -85,7 +85,7 @@ EVENT         ?= events/sqs-mixed.json
 # pytest-xdist workers of make e2e (1: one test at a time).
 E2E_WORKERS   ?= 6
 
-.PHONY: lint-workflows test-pg13 test-pg14 dist dist-check test-dist previous-release help tools rust-tools python-tools host-build test-build test-add-a-field bench-validate bench-check bench-gate localstack-tools up down e2e test soak lint fmt build validate build-tools sam-build sam-check container-tools image container-check test-container lint-replay deploy package-ca-bundle migrate watch invoke demo demo-poll demo-watch events-large fuzz bench bench-scale clean
+.PHONY: lint-workflows test-pg13 test-pg14 dist dist-check test-dist previous-release help tools rust-tools python-tools host-build test-build test-add-a-field bench-validate bench-check bench-gate dead-code localstack-tools up down e2e test soak lint fmt build validate build-tools sam-build sam-check container-tools image container-check test-container lint-replay deploy package-ca-bundle migrate watch invoke demo demo-poll demo-watch events-large fuzz bench bench-scale clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9 -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -325,6 +325,13 @@ lint-replay: ## after CI's make test: its clippy and rustc findings, warnings ar
 	  exit $$(( a | b )) ) 2> "$$err" | .ci/lint-report || \
 	  { grep -Ev '^ *(Finished|Executable) ' "$$err" | tail -n 20; rm -f "$$err"; exit 1; }
 	rm -f "$$err"
+
+# The internals are `pub` for the tests (src/lib.rs), which hides what no
+# code of the crate's calls from rustc; built private, it sees it. CI runs
+# it last: it rebuilds the library in target/ with the flag (the next build
+# compiles it again).
+dead-code: rust-tools ## the library with its internals private (--cfg login_etl_dead_code): what nothing but a test uses fails (rustc's dead-code and unused-import lints as errors); test hooks sit behind the test-support feature
+	env -u RUSTC_WORKSPACE_WRAPPER cargo rustc --lib --quiet -- --cfg login_etl_dead_code -D warnings
 
 fuzz: ## fuzz the body parser for FUZZ_SECONDS (default 300; CI runs 30); crashes land in fuzz/artifacts/
 	@command -v cargo-fuzz > /dev/null || cargo install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION)

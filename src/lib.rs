@@ -52,34 +52,21 @@ cfg_if::cfg_if! {
 // an API (no stability; the code is its documentation), so hidden from the
 // docs. Their docs are for the people who work on them (`cargo doc
 // --document-private-items`, where a link to a private item resolves).
-#[doc(hidden)]
-pub mod app_version;
-#[doc(hidden)]
-pub mod error;
-#[doc(hidden)]
-pub mod ingest;
-#[doc(hidden)]
-pub mod privacy;
-#[doc(hidden)]
-pub mod profile;
-cfg_if::cfg_if! {
-    if #[cfg(feature = "service")] {
+// Under `--cfg login_etl_dead_code` (make dead-code) they are private, so
+// that rustc's dead-code lint sees an item nothing in the crate uses; what
+// only tests use is behind the "test-support" feature.
+macro_rules! internals {
+    ($($name:ident),* $(,)?) => {$(
+        #[cfg(not(login_etl_dead_code))]
         #[doc(hidden)]
-        pub mod config;
-        #[doc(hidden)]
-        pub mod database;
-        #[doc(hidden)]
-        pub mod emf;
-        #[doc(hidden)]
-        pub mod grants;
-        #[doc(hidden)]
-        pub mod poll;
-        #[doc(hidden)]
-        pub mod secrets;
-        #[doc(hidden)]
-        pub mod table;
-    }
+        pub mod $name;
+        #[cfg(login_etl_dead_code)]
+        mod $name;
+    )*};
 }
+internals!(app_version, error, ingest, privacy, profile);
+#[cfg(feature = "service")]
+internals!(config, database, emf, grants, poll, secrets, table);
 
 #[cfg(feature = "service")]
 pub use config::Config;

@@ -134,13 +134,22 @@ impl Secrets {
             .ok_or_else(|| SecretError::NotAString { id: id.to_owned() })
     }
 
-    /// The SecretString of `id`, or `None` when there is no such secret.
-    pub async fn string_if_any(&self, id: &str) -> Result<Option<String>, SecretError> {
-        match self.string(id).await {
-            Ok(text) => Ok(Some(text)),
-            Err(SecretError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+    /// The SecretString of `id` and the secret's ARN (`id` may be a
+    /// name), or `None` when there is no such secret.
+    pub async fn string_if_any(&self, id: &str) -> Result<Option<(String, String)>, SecretError> {
+        let out = match self.client.get_secret_value().secret_id(id).send().await {
+            Ok(out) => out,
+            Err(e) => {
+                return match classify(id, e) {
+                    SecretError::NotFound { .. } => Ok(None),
+                    e => Err(e),
+                };
+            }
+        };
+        let text = out
+            .secret_string
+            .ok_or_else(|| SecretError::NotAString { id: id.to_owned() })?;
+        Ok(Some((text, out.arn.unwrap_or_else(|| id.to_owned()))))
     }
 
     /// Makes the secret `name` holding `text`; its ARN.

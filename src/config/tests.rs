@@ -2,7 +2,8 @@
 
 use super::*;
 use crate::database::settings::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT};
-use crate::database::{DbSource, SslMode};
+use crate::database::DbSource;
+use crate::database::settings::SslMode;
 use std::collections::HashMap;
 
 fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {

@@ -120,6 +120,7 @@ impl Connector {
 
     /// With IAM authentication, tokens signed at the time `clock` gives
     /// (a test that sets the role's password to the expected token).
+    #[cfg(any(test, feature = "test-support"))]
     pub fn with_token_clock(mut self, clock: fn() -> std::time::SystemTime) -> Self {
         if let Credential::Iam(signer) = self.credential {
             self.credential = Credential::Iam(signer.with_clock(clock));

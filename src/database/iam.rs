@@ -78,6 +78,7 @@ impl TokenSigner {
 
     /// The same signer reading the time from `clock` (a test that knows
     /// the token a connection will carry).
+    #[cfg(any(test, feature = "test-support"))]
     pub fn with_clock(self, clock: fn() -> SystemTime) -> Self {
         Self { clock, ..self }
     }

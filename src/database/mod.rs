@@ -18,4 +18,4 @@ pub mod stored_settings;
 pub mod tls;
 
 pub use connector::{Connector, SetupError, needs_aws};
-pub use settings::{CaBundle, DbAuth, DbConfig, DbSource, SslMode};
+pub use settings::{DbConfig, DbSource};

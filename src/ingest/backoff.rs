@@ -35,9 +35,7 @@ use tracing::warn;
 
 use crate::ingest::sqs_batch::MAX_ENTRIES;
 
-pub use crate::config::backoff::{
-    DEFAULT_BASE_SECONDS, DEFAULT_MAX_SECONDS, SQS_MAX_VISIBILITY_SECONDS, Schedule,
-};
+pub use crate::config::backoff::{SQS_MAX_VISIBILITY_SECONDS, Schedule};
 
 /// Bound on the visibility changes of one invocation (also cut to the
 /// invocation's deadline).

@@ -3,7 +3,7 @@
 //! ([`crate::privacy::masking`]), and its row key and day, which come from
 //! the SQS message alone.
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 
 use crate::contract::copy::parse_copy;
 use crate::contract::{
@@ -88,7 +88,9 @@ pub fn check_sender(
 /// Parses and masks one SQS message. `message_id` is the record's id
 /// (checked present by the caller). The row's key and day come from the
 /// message alone ([`row_key`]): never from when it was read, so every
-/// delivery of it, and every redriven copy, lands on the same row.
+/// delivery of it, and every redriven copy, lands on the same row. A test
+/// hook: the handler calls [`transform_with`] with its contract.
+#[cfg(any(test, feature = "test-support"))]
 pub fn transform<'a>(
     message_id: &'a str,
     message: &'a SqsRecord,
@@ -193,12 +195,6 @@ pub fn checked_sent_at(sent_timestamp: Option<&str>) -> Result<DateTime<Utc>, Re
         return Err(Rejection::SentTimestampOutOfRange);
     }
     DateTime::from_timestamp_millis(millis).ok_or(Rejection::SentTimestampOutOfRange)
-}
-
-/// The UTC date of a `SentTimestamp` ([`checked_sent_at`]), `None` for
-/// either refusal.
-pub fn sent_date(sent_timestamp: Option<&str>) -> Option<NaiveDate> {
-    checked_sent_at(sent_timestamp).ok().map(|t| t.date_naive())
 }
 
 #[cfg(test)]

@@ -153,6 +153,7 @@ impl Health {
 
     /// Whether the database and the queue answered, no batch is refused
     /// for the configuration and nothing is stopping.
+    #[cfg(test)]
     pub fn ready(&self) -> bool {
         self.with(|s| s.ready())
     }

@@ -45,7 +45,7 @@ pub mod queue;
 
 pub use options::{
     DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TIMEOUT_SECONDS, DEFAULT_CONCURRENCY,
-    DEFAULT_GRACE_PERIOD_SECONDS, MAX_BATCH_SIZE, Options, PollError,
+    DEFAULT_GRACE_PERIOD_SECONDS, Options, PollError,
 };
 
 use std::collections::HashSet;

@@ -165,7 +165,9 @@ pub struct Made {
 }
 
 /// Makes the partition holding `day` unless one does (and moves its rows
-/// out of the DEFAULT partition): `login_etl_ensure_partition`.
+/// out of the DEFAULT partition): `login_etl_ensure_partition`. A test hook:
+/// `maintain` moves rows out in bounded steps ([`ensure_partition_bounded`]).
+#[cfg(any(test, feature = "test-support"))]
 pub async fn ensure_partition(client: &Client, day: NaiveDate) -> Result<Option<Made>, DbError> {
     let row = with_lock_retries(client, "making a partition", || async move {
         client

@@ -183,7 +183,7 @@ impl Admin {
             ),
             other => other.to_string(),
         })? {
-            Some(text) => {
+            Some((text, arn)) => {
                 let secret = DbSecret::parse(id, &text, false).map_err(|e| e.to_string())?;
                 if secret.username != args.role {
                     return Err(format!(
@@ -216,16 +216,16 @@ impl Admin {
                             .put_resource_policy(id, &policy::only(&principals))
                             .await
                             .map_err(|e| e.to_string())?;
-                        (Zeroizing::new(secret.password), id.clone(), false)
+                        (Zeroizing::new(secret.password), arn.clone(), false)
                     } else {
-                        let (password, arn) = renew(id.clone()).await?;
+                        let (password, arn) = renew(arn.clone()).await?;
                         (password, arn, true)
                     }
                 } else {
                 match found {
                     // A run stopped between the policy and the password: finished now.
                     Ok(policy::Found::Ours(_)) if secret.password.is_empty() => {
-                        let (password, arn) = renew(id.clone()).await?;
+                        let (password, arn) = renew(arn.clone()).await?;
                         (password, arn, true)
                     }
                     Ok(policy::Found::Ours(had)) => {
@@ -236,14 +236,14 @@ impl Admin {
                                 .await
                                 .map_err(|e| e.to_string())?;
                         }
-                        (Zeroizing::new(secret.password), id.clone(), false)
+                        (Zeroizing::new(secret.password), arn.clone(), false)
                     }
                     Ok(policy::Found::Stacks) if args.new_password => {
                         return Err(format!(
                             "secret {id} is protected by its stack (ProtectDbSecret), whose function reads it: --new-password would take it from the function; nothing was changed. Rotate it with Secrets Manager, or run without --new-password"
                         ));
                     }
-                    Ok(policy::Found::Stacks) => (Zeroizing::new(secret.password), id.clone(), false),
+                    Ok(policy::Found::Stacks) => (Zeroizing::new(secret.password), arn.clone(), false),
                     Ok(policy::Found::Setup) if args.new_password => {
                         return Err(format!(
                             "secret {id} was made by its stack's setup, whose functions read it: --new-password would take it from them; nothing was changed. Update the stack to renew it, or run without --new-password"
@@ -260,7 +260,7 @@ impl Admin {
                                 args.role
                             ));
                         }
-                        (Zeroizing::new(secret.password), id.clone(), false)
+                        (Zeroizing::new(secret.password), arn.clone(), false)
                     }
                     Err(why) if !args.new_password => {
                         return Err(format!(
@@ -268,7 +268,7 @@ impl Admin {
                         ));
                     }
                     Err(_) => {
-                        let (password, arn) = renew(id.clone()).await?;
+                        let (password, arn) = renew(arn.clone()).await?;
                         (password, arn, true)
                     }
                 }

@@ -61,11 +61,13 @@ use tracing::warn;
 
 use crate::privacy::keys::{BatchKeys, Keys};
 pub use crate::privacy::keys::{ErasureList, KeyChecks, Versions};
-pub use budget::{Budget, CONFLICT_RETRIES, DEADLINE_MARGIN};
+pub use budget::Budget;
+// The benches' floors and tests/common/turns.rs: the COPY's and the
+// INSERT's own pieces.
+#[cfg(feature = "test-support")]
 pub use columns::{Columns, array_placeholders};
+#[cfg(feature = "test-support")]
 pub use copy::{CHUNK, COPY_HEADER, COPY_SQL, CopyIn, encode_row};
-pub use insert::WRITE_SQL;
-pub use writer::BatchWriter;
 
 use crate::contract::LoginRow;
 use crate::database::Connector;
@@ -255,7 +257,9 @@ impl PgSink {
     }
 
     /// Inserts `rows` with no deadline but the per-operation bounds (see
-    /// [`start_batch`](Self::start_batch) for the semantics).
+    /// [`start_batch`](Self::start_batch) for the semantics). A test hook:
+    /// the handler writes through [`start_batch`](Self::start_batch).
+    #[cfg(any(test, feature = "test-support"))]
     pub async fn insert(
         &mut self,
         rows: &[LoginRow<'_>],

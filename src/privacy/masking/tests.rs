@@ -1,6 +1,7 @@
 //! Unit tests of `masking`, kept apart so that its source stays readable.
 
 use super::*;
+use crate::contract::TOKEN_LEN;
 
 #[test]
 fn user_keys_are_keyed_derived_and_never_a_token() {

@@ -56,7 +56,7 @@ use tracing::info;
 use crate::database::statement::{Failed, Statement};
 use crate::privacy::masking::Masker;
 use jobs::Jobs;
-pub use status::{Exposure, exposure};
+pub use status::exposure;
 
 /// How long the switch waits for its locks before it lets the writes
 /// queued behind it through and tries again: the longest a write waits.
@@ -341,7 +341,9 @@ pub async fn arm(client: &Client, masker: &Masker) -> Result<Vec<u16>, RekeyErro
 
 /// Re-keys everything to `masker`'s newest version: finishes a re-key under
 /// way, then switches and re-keys one version at a time. `caller` names
-/// who runs it in the audit trail; `progress` hears about the rows.
+/// who runs it in the audit trail; `progress` hears about the rows. A test
+/// hook: `login-etl rotate-key` runs [`rotate_side_by_side`].
+#[cfg(any(test, feature = "test-support"))]
 pub async fn rotate(
     client: &mut Client,
     masker: &Masker,

@@ -27,7 +27,8 @@ mod privileges;
 mod replication;
 mod tampering;
 
-pub use replication::{Replication, replication_finding};
+#[cfg(feature = "test-support")]
+pub use replication::replication_finding;
 
 use chrono::NaiveDate;
 use serde::Serialize;

@@ -13,7 +13,9 @@ mod migrations;
 pub mod state;
 pub mod triggers;
 
-pub use migrations::{MASKING_MIGRATION_SQL, MIGRATION_SQL, SIDE_TABLES_SQL, migration_sql};
+#[cfg(feature = "test-support")]
+pub use migrations::MIGRATION_SQL;
+pub use migrations::{SIDE_TABLES_SQL, migration_sql};
 
 use std::sync::LazyLock;
 use std::time::Duration;
