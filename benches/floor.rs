@@ -14,8 +14,8 @@
 //! machine's drift hits all alike; the median ratio is reported, and the
 //! fastest write against the fastest floor. `cargo bench --bench floor`
 //! (make bench) fails when the write at 1,000 rows costs more than
-//! [`GATE`] times the plain table's COPY, or at 10 rows its one INSERT
-//! round trip, fastest against fastest: a ratio
+//! [`GATE`] times the plain table's COPY, fastest against fastest, or at
+//! 10 rows its one INSERT round trip, the rounds' median: a ratio
 //! taken in one run, not a wall-clock bound. Under `cargo test --benches`
 //! (make bench-check) a short form runs in test mode and reports,
 //! unjudged: unoptimized, the sink's client-side code weighs too much.
@@ -302,8 +302,9 @@ async fn main() {
     // Untimed: each path's first batch (connections, plans, caches).
     compare(&mut sink, &client, &masker, 10, 1, &mut seed).await;
     compare(&mut sink, &client, &masker, 1_000, 1, &mut seed).await;
-    // (batch size, fastest against fastest) for the gate.
+    // (batch size, the ratio judged) for the gate.
     let mut judged = Vec::new();
+    let gate = format!("; gate {GATE}");
     for (n, rounds) in [(10, rounds_10), (1_000, rounds_1000)] {
         let (ratio, medians) = compare(&mut sink, &client, &masker, n, rounds, &mut seed).await;
         println!("{n:>6} rows a batch, {rounds} rounds (median per row):");
@@ -316,12 +317,18 @@ async fn main() {
             );
         }
         println!(
-            "         the function's write / the plain table's {}: {:.2} (median of the rounds' ratios), {:.2} (fastest against fastest; gate {GATE})",
+            "         the function's write / the plain table's {}: {:.2} (median of the rounds' ratios{}), {:.2} (fastest against fastest{})",
             if n >= 500 { "COPY" } else { "INSERT" },
             ratio.median,
-            ratio.least
+            if n >= 500 { "" } else { gate.as_str() },
+            ratio.least,
+            if n >= 500 { gate.as_str() } else { "" },
         );
-        judged.push((n, ratio.least));
+        // At 10 rows a commit's fsync is most of a batch, and it varies
+        // alone: a floor's lucky fsync (half the usual, in one round of
+        // fifteen) made the fastest pair 2.0 while the rounds' median was
+        // 1.01. There the paired rounds' median is judged.
+        judged.push((n, if n >= 500 { ratio.least } else { ratio.median }));
     }
     if full {
         println!(

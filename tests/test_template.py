@@ -249,6 +249,11 @@ def test_with_the_master_secret_the_stack_sets_up_its_database_and_its_functions
     ca = "arn:aws:secretsmanager:us-east-1:123456789012:secret:rds-ca-Ab12Cd"
     with_ca = {st["Sid"]: st for st in _statements(deployed(**SETUP, DbCaBundleSecretArn=ca)["SetupRole"])}
     assert with_ca["ReadTheMasterSecret"]["Resource"] == [MASTER_SECRET_ARN, ca], "the CA bundle's secret too"
+    # A master secret under a customer-managed key: that key, through Secrets Manager only.
+    key = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    with_key = {st["Sid"]: st for st in _statements(deployed(**SETUP, MasterSecretKmsKeyArn=key)["SetupRole"])}
+    assert (with_key["OpenTheMasterSecret"]["Action"], with_key["OpenTheMasterSecret"]["Resource"]) == ("kms:Decrypt", key)
+    assert with_key["OpenTheMasterSecret"]["Condition"] == {"StringEquals": {"kms:ViaService": {"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"}}}
     # With VPC endpoints, setup waits for Secrets Manager's.
     vpc = deployed(**SETUP, SubnetIds="subnet-a", SecurityGroupIds="sg-1", VpcEndpointsVpcId="vpc-1")
     assert vpc["DatabaseSetup"]["Properties"]["Endpoint"] == {"Ref": "SecretsManagerEndpoint"}
@@ -1521,6 +1526,13 @@ def test_the_policies_deny_their_own_rewrite_but_to_the_deploy_and_an_alarm_reco
         assert name in pattern, name
     assert FULL_SECRET_ARN in pattern and MAINTAIN_SECRET_ARN in pattern
     assert rule["Targets"] == [{"Id": "alarm-topic", "Arn": params["AlarmTopicArn"]}]
+    assert "prefix" not in pattern, "no stack setup: only the secrets given"
+    # The stack's setup made the roles' secrets: every <stack>/<role>, by ARN or by name.
+    set_up = deployed(**{**params, **SETUP})["AccessPolicyChangedRule"]["Properties"]["EventPattern"]
+    (secrets_pattern,) = [p for p in set_up["$or"] if p["source"] == ["aws.secretsmanager"]]
+    prefixes = [i["prefix"] for i in secrets_pattern["detail"]["requestParameters"]["secretId"] if isinstance(i, dict) and "prefix" in i]
+    assert prefixes == [{"Fn::Sub": "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:${AWS::StackName}/"},
+                        {"Fn::Sub": "${AWS::StackName}/"}], prefixes  # fmt: skip
 
 
 # -- Alarms that page on what is new ---------------------------------------
