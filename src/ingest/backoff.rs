@@ -33,7 +33,7 @@ use tokio::sync::OnceCell;
 use tokio::task::JoinSet;
 use tracing::warn;
 
-use crate::ingest::sqs_batch::MAX_ENTRIES;
+use crate::ingest::sqs_batch::{self, MAX_ENTRIES};
 
 pub use crate::config::backoff::{SQS_MAX_VISIBILITY_SECONDS, Schedule};
 
@@ -284,21 +284,29 @@ impl Visibility {
                 return Vec::new();
             };
             let mut calls = JoinSet::new();
-            let entries: Vec<(usize, ChangeMessageVisibilityBatchRequestEntry)> = holds
+            let holds: Vec<(usize, &str, i32)> = holds
                 .iter()
                 .filter_map(|h| {
-                    let entry = ChangeMessageVisibilityBatchRequestEntry::builder()
-                        .id(h.position.to_string())
-                        .receipt_handle(h.receipt_handle?)
-                        .visibility_timeout(h.seconds.min(SQS_MAX_VISIBILITY_SECONDS) as i32)
-                        .build()
-                        .ok()?;
-                    Some((h.position, entry))
+                    let seconds = h.seconds.min(SQS_MAX_VISIBILITY_SECONDS) as i32;
+                    Some((h.position, h.receipt_handle?, seconds))
                 })
                 .collect();
-            for chunk in entries.chunks(MAX_ENTRIES) {
-                let (client, url, chunk) = (self.client.clone(), url.clone(), chunk.to_vec());
-                calls.spawn(change_batch(client, url, chunk));
+            for chunk in holds.chunks(MAX_ENTRIES) {
+                let positions = chunk.iter().map(|&(position, ..)| position).collect();
+                let entries = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(_, handle, seconds))| {
+                        ChangeMessageVisibilityBatchRequestEntry::builder()
+                            .id(sqs_batch::entry_id(i))
+                            .receipt_handle(handle)
+                            .visibility_timeout(seconds)
+                            .build()
+                            .expect("an id and a handle are set")
+                    })
+                    .collect();
+                let (client, url) = (self.client.clone(), url.clone());
+                calls.spawn(change_batch(client, url, positions, entries));
             }
             let mut held = Vec::new();
             while let Some(done) = calls.join_next().await {
@@ -323,14 +331,14 @@ impl Visibility {
     }
 }
 
-/// One `ChangeMessageVisibilityBatch` call for `chunk` (position, entry);
-/// the positions SQS confirmed.
+/// One `ChangeMessageVisibilityBatch` call for `entries`, at `positions` in
+/// the batch; the positions SQS confirmed.
 async fn change_batch(
     client: aws_sdk_sqs::Client,
     url: String,
-    chunk: Vec<(usize, ChangeMessageVisibilityBatchRequestEntry)>,
+    positions: Vec<usize>,
+    entries: Vec<ChangeMessageVisibilityBatchRequestEntry>,
 ) -> Vec<usize> {
-    let (positions, entries): (Vec<usize>, Vec<_>) = chunk.into_iter().unzip();
     match client
         .change_message_visibility_batch()
         .queue_url(url)
@@ -338,20 +346,14 @@ async fn change_batch(
         .send()
         .await
     {
-        Ok(out) => {
-            for failed in out.failed() {
-                warn!(
-                    entry = failed.id(),
-                    code = failed.code(),
-                    "SQS refused a visibility change; that record is redelivered after the queue's visibility timeout"
-                );
-            }
-            out.successful()
-                .iter()
-                .filter_map(|s| s.id().parse::<usize>().ok())
-                .filter(|p| positions.contains(p))
-                .collect()
-        }
+        Ok(out) => sqs_batch::confirmed(
+            &out,
+            positions.len(),
+            "SQS refused a visibility change; that record is redelivered after the queue's visibility timeout",
+        )
+        .into_iter()
+        .map(|i| positions[i])
+        .collect(),
         Err(e) => {
             warn!(
                 records = positions.len(),

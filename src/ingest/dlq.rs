@@ -113,13 +113,12 @@ impl DeadLetterQueue {
         let mut calls = JoinSet::new();
         let mut entries = entries.into_iter();
         for call in cut {
-            // The entry id is its index in its call.
             let chunk = entries
                 .by_ref()
                 .take(call.len())
                 .enumerate()
                 .map(|(i, (position, mut entry, _))| {
-                    entry.id = i.to_string();
+                    entry.id = sqs_batch::entry_id(i);
                     (position, entry)
                 })
                 .collect();
@@ -153,21 +152,14 @@ impl DeadLetterQueue {
             .send()
             .await;
         match result {
-            Ok(out) => {
-                for failed in out.failed() {
-                    warn!(
-                        entry = failed.id(),
-                        code = failed.code(),
-                        sender_fault = failed.sender_fault(),
-                        "the dead-letter queue refused a rejected record; it stays a batch item failure"
-                    );
-                }
-                out.successful()
-                    .iter()
-                    .filter_map(|s| s.id().parse::<usize>().ok())
-                    .filter_map(|i| positions.get(i).copied())
-                    .collect()
-            }
+            Ok(out) => sqs_batch::confirmed(
+                &out,
+                positions.len(),
+                "the dead-letter queue refused a rejected record; it stays a batch item failure",
+            )
+            .into_iter()
+            .map(|i| positions[i])
+            .collect(),
             Err(e) => {
                 warn!(
                     records = positions.len(),

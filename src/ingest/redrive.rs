@@ -482,7 +482,7 @@ async fn send(
     let mut entries = Vec::new();
     for (i, (_, out)) in outgoing.iter().enumerate() {
         let mut entry = SendMessageBatchRequestEntry::builder()
-            .id(i.to_string())
+            .id(sqs_batch::entry_id(i))
             .message_body(&out.body)
             .set_message_attributes(Some(out.attributes.clone()).filter(|a| !a.is_empty()));
         if fifo {
@@ -499,18 +499,11 @@ async fn send(
         .send()
         .await
         .map_err(|e| sqs_error("SendMessageBatch", url, &e, OPERATOR_HINT))?;
-    for failed in out.failed() {
-        warn!(
-            entry = failed.id(),
-            code = failed.code(),
-            "the source queue refused a redriven message; its copy stays in the dead-letter queue"
-        );
-    }
-    Ok(out
-        .successful()
-        .iter()
-        .filter_map(|s| s.id().parse().ok())
-        .collect())
+    Ok(sqs_batch::confirmed(
+        &out,
+        outgoing.len(),
+        "the source queue refused a redriven message; its copy stays in the dead-letter queue",
+    ))
 }
 
 /// Deletes the copies of `handles`.
@@ -523,7 +516,7 @@ async fn delete(sqs: &Client, url: &str, handles: &[String]) -> Result<(), Redri
         .enumerate()
         .map(|(i, h)| {
             DeleteMessageBatchRequestEntry::builder()
-                .id(i.to_string())
+                .id(sqs_batch::entry_id(i))
                 .receipt_handle(h)
                 .build()
                 .expect("an id and a handle are set")
@@ -543,13 +536,11 @@ async fn delete(sqs: &Client, url: &str, handles: &[String]) -> Result<(), Redri
                 "; the messages are in the source queue already and their copies show again in the dead-letter queue after 30 minutes (the run's visibility timeout): a later run sends them again (a function's copy lands on its original's row; a message SQS moved itself would be stored twice, so delete those by hand)",
             )
         })?;
-    for failed in out.failed() {
-        warn!(
-            entry = failed.id(),
-            code = failed.code(),
-            "a redriven copy was not deleted from the dead-letter queue; a second run sends it again (the same row)"
-        );
-    }
+    sqs_batch::confirmed(
+        &out,
+        handles.len(),
+        "a redriven copy was not deleted from the dead-letter queue; a second run sends it again (the same row)",
+    );
     Ok(())
 }
 
@@ -561,21 +552,30 @@ async fn release(sqs: &Client, url: &str, handles: &[String]) {
             .enumerate()
             .map(|(i, h)| {
                 aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry::builder()
-                    .id(i.to_string())
+                    .id(sqs_batch::entry_id(i))
                     .receipt_handle(h)
                     .visibility_timeout(0)
                     .build()
                     .expect("an id and a handle are set")
             })
             .collect();
-        if let Err(e) = sqs
+        match sqs
             .change_message_visibility_batch()
             .queue_url(url)
             .set_entries(Some(entries))
             .send()
             .await
         {
-            warn!(error = %DisplayErrorContext(&e), "the messages left in the dead-letter queue show again after {VISIBILITY_SECONDS} s");
+            Ok(out) => {
+                sqs_batch::confirmed(
+                    &out,
+                    chunk.len(),
+                    "a message left in the dead-letter queue was not made visible again; it shows again when the run's visibility timeout ends",
+                );
+            }
+            Err(e) => {
+                warn!(error = %DisplayErrorContext(&e), "the messages left in the dead-letter queue show again after {VISIBILITY_SECONDS} s")
+            }
         }
     }
 }

@@ -1,9 +1,17 @@
-//! How SQS's batch calls are cut: `SendMessageBatch`,
+//! SQS's batch calls, one way for every caller (the DLQ's copies, the
+//! backoff, `dlq-redrive`, `poll`): how they are cut (`SendMessageBatch`,
 //! `DeleteMessageBatch` and `ChangeMessageVisibilityBatch` take at most
-//! ten entries, and a send at most 1 MiB in all. Every caller (the DLQ's
-//! copies, the backoff, `dlq-redrive`, `poll`) takes its bounds from here.
+//! ten entries, and a send at most 1 MiB in all), how an entry is named
+//! (its position in its call, [`entry_id`]), and how an answer is read
+//! ([`confirmed`]: the positions SQS took, each refusal logged).
 
 use std::ops::Range;
+
+use aws_sdk_sqs::operation::change_message_visibility_batch::ChangeMessageVisibilityBatchOutput;
+use aws_sdk_sqs::operation::delete_message_batch::DeleteMessageBatchOutput;
+use aws_sdk_sqs::operation::send_message_batch::SendMessageBatchOutput;
+use aws_sdk_sqs::types::BatchResultErrorEntry;
+use tracing::warn;
 
 /// Entries per batch call (the SQS limit).
 pub const MAX_ENTRIES: usize = 10;
@@ -34,9 +42,102 @@ pub fn batches(sizes: impl IntoIterator<Item = usize>) -> Vec<Range<usize>> {
     out
 }
 
+/// The id of the entry at `position` in its call (0 to 9).
+pub fn entry_id(position: usize) -> String {
+    position.to_string()
+}
+
+/// A batch call's answer: the ids it took, and its refusals.
+pub trait Answer {
+    /// The ids of the entries SQS took.
+    fn taken(&self) -> Vec<&str>;
+    /// The entries SQS refused.
+    fn refused(&self) -> &[BatchResultErrorEntry];
+}
+
+impl Answer for SendMessageBatchOutput {
+    fn taken(&self) -> Vec<&str> {
+        self.successful().iter().map(|s| s.id()).collect()
+    }
+    fn refused(&self) -> &[BatchResultErrorEntry] {
+        self.failed()
+    }
+}
+
+impl Answer for DeleteMessageBatchOutput {
+    fn taken(&self) -> Vec<&str> {
+        self.successful().iter().map(|s| s.id()).collect()
+    }
+    fn refused(&self) -> &[BatchResultErrorEntry] {
+        self.failed()
+    }
+}
+
+impl Answer for ChangeMessageVisibilityBatchOutput {
+    fn taken(&self) -> Vec<&str> {
+        self.successful().iter().map(|s| s.id()).collect()
+    }
+    fn refused(&self) -> &[BatchResultErrorEntry] {
+        self.failed()
+    }
+}
+
+/// The positions (in the call, [`entry_id`]) of the entries SQS took, in
+/// order; each refusal is one WARN line, `refused` saying what it means for
+/// that entry (never an entry's content: its position and SQS's code).
+pub fn confirmed(answer: &impl Answer, entries: usize, refused: &'static str) -> Vec<usize> {
+    for failed in answer.refused() {
+        warn!(
+            entry = failed.id(),
+            code = failed.code(),
+            sender_fault = failed.sender_fault(),
+            "{refused}"
+        );
+    }
+    let mut taken: Vec<usize> = answer
+        .taken()
+        .into_iter()
+        .filter_map(|id| id.parse().ok())
+        .filter(|&p| p < entries)
+        .collect();
+    taken.sort_unstable();
+    taken.dedup();
+    taken
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_gives_the_positions_taken_and_nothing_else() {
+        use aws_sdk_sqs::types::{BatchResultErrorEntry, SendMessageBatchResultEntry};
+        let ok = |id: &str| {
+            SendMessageBatchResultEntry::builder()
+                .id(id)
+                .message_id("m")
+                .md5_of_message_body("d")
+                .build()
+                .unwrap()
+        };
+        let answer = SendMessageBatchOutput::builder()
+            .successful(ok(&entry_id(2)))
+            .successful(ok(&entry_id(0)))
+            // Not an id of this call's: never a position.
+            .successful(ok("7"))
+            .successful(ok("x"))
+            .failed(
+                BatchResultErrorEntry::builder()
+                    .id(entry_id(1))
+                    .code("InvalidParameterValue")
+                    .sender_fault(true)
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        assert_eq!(confirmed(&answer, 3, "refused"), [0, 2]);
+    }
 
     #[test]
     fn ten_entries_a_call_and_never_an_empty_one() {

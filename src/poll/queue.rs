@@ -16,9 +16,10 @@ use tracing::warn;
 
 use crate::ingest::backoff::{QueueUrlError, queue_url};
 use crate::ingest::event::{RecordAttributes, SourceAttributes, SqsBatch, SqsRecord};
+use crate::ingest::sqs_batch;
 
 /// Messages per `ReceiveMessage`, and entries per batch call (the SQS limits).
-pub const MAX_PER_CALL: usize = crate::ingest::sqs_batch::MAX_ENTRIES;
+pub const MAX_PER_CALL: usize = sqs_batch::MAX_ENTRIES;
 /// The long poll of a receive, in seconds (the SQS maximum).
 pub const WAIT_SECONDS: u32 = 20;
 /// Bound on one delete or visibility call.
@@ -359,38 +360,41 @@ impl Queue {
     /// Sets the visibility of messages to `seconds` (the heartbeat); returns
     /// how many SQS confirmed.
     pub async fn extend(&self, handles: &[&str], seconds: u32) -> usize {
-        let entries = handles.iter().enumerate().filter_map(|(i, h)| {
-            ChangeMessageVisibilityBatchRequestEntry::builder()
-                .id(i.to_string())
-                .receipt_handle(*h)
-                .visibility_timeout(seconds as i32)
-                .build()
-                .ok()
-        });
         let mut calls = JoinSet::new();
-        let entries: Vec<_> = entries.collect();
-        for chunk in entries.chunks(MAX_PER_CALL) {
+        for chunk in handles.chunks(MAX_PER_CALL) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(sqs_batch::entry_id(i))
+                        .receipt_handle(*h)
+                        .visibility_timeout(seconds as i32)
+                        .build()
+                        .expect("an id and a handle are set")
+                })
+                .collect();
+            let n = chunk.len();
             let call = self
                 .client
                 .change_message_visibility_batch()
                 .queue_url(&self.url)
-                .set_entries(Some(chunk.to_vec()))
+                .set_entries(Some(entries))
                 .send();
-            calls.spawn(async move { tokio::time::timeout(CALL_TIMEOUT, call).await });
+            calls.spawn(async move { (n, tokio::time::timeout(CALL_TIMEOUT, call).await) });
         }
         let mut confirmed = 0;
         while let Some(done) = calls.join_next().await {
             match done {
-                Ok(Ok(Ok(out))) => {
-                    confirmed += out.successful().len();
-                    for f in out.failed() {
-                        warn!(
-                            code = f.code(),
-                            "SQS refused a heartbeat extension; that message may be redelivered while its batch is in flight (its row is still written once)"
-                        );
-                    }
+                Ok((n, Ok(Ok(out)))) => {
+                    confirmed += sqs_batch::confirmed(
+                        &out,
+                        n,
+                        "SQS refused a heartbeat extension; that message may be redelivered while its batch is in flight (its row is still written once)",
+                    )
+                    .len();
                 }
-                Ok(Ok(Err(e))) => {
+                Ok((_, Ok(Err(e)))) => {
                     warn!(error = %cause(&e), "heartbeat extension failed (check sqs:ChangeMessageVisibility); retried at the next beat")
                 }
                 _ => warn!("heartbeat extension timed out; retried at the next beat"),
@@ -403,40 +407,40 @@ impl Queue {
     /// not deleted is redelivered after its visibility timeout and counted
     /// as a duplicate then: its row is not written twice.
     pub async fn delete(&self, handles: &[&str]) -> (usize, usize) {
-        let entries: Vec<_> = handles
-            .iter()
-            .enumerate()
-            .filter_map(|(i, h)| {
-                DeleteMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(*h)
-                    .build()
-                    .ok()
-            })
-            .collect();
         let mut calls = JoinSet::new();
-        for chunk in entries.chunks(MAX_PER_CALL) {
+        for chunk in handles.chunks(MAX_PER_CALL) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(sqs_batch::entry_id(i))
+                        .receipt_handle(*h)
+                        .build()
+                        .expect("an id and a handle are set")
+                })
+                .collect();
             let n = chunk.len();
             let call = self
                 .client
                 .delete_message_batch()
                 .queue_url(&self.url)
-                .set_entries(Some(chunk.to_vec()))
+                .set_entries(Some(entries))
                 .send();
             calls.spawn(async move { (n, tokio::time::timeout(CALL_TIMEOUT, call).await) });
         }
         let (mut deleted, mut failed) = (0, 0);
         while let Some(done) = calls.join_next().await {
             match done {
-                Ok((_, Ok(Ok(out)))) => {
-                    deleted += out.successful().len();
-                    failed += out.failed().len();
-                    for f in out.failed() {
-                        warn!(
-                            code = f.code(),
-                            "SQS refused a delete; the message is redelivered and counted as a duplicate"
-                        );
-                    }
+                Ok((n, Ok(Ok(out)))) => {
+                    let taken = sqs_batch::confirmed(
+                        &out,
+                        n,
+                        "SQS refused a delete; the message is redelivered and counted as a duplicate",
+                    )
+                    .len();
+                    deleted += taken;
+                    failed += n - taken;
                 }
                 Ok((n, Ok(Err(e)))) => {
                     failed += n;
