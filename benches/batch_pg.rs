@@ -343,7 +343,7 @@ async fn main() {
         phases[1].push(t.elapsed());
         let t = Instant::now();
         let report = sink
-            .insert(&rows, login_etl::ingest::sink::Versions::at(1), false)
+            .insert(&rows, login_etl::privacy::keys::Versions::at(1), false)
             .await
             .unwrap();
         phases[2].push(t.elapsed());
@@ -352,7 +352,7 @@ async fn main() {
         // INSERT ... ON CONFLICT finds every row a duplicate).
         let t = Instant::now();
         let report = sink
-            .insert(&rows, login_etl::ingest::sink::Versions::at(1), false)
+            .insert(&rows, login_etl::privacy::keys::Versions::at(1), false)
             .await
             .unwrap();
         phases[3].push(t.elapsed());
@@ -454,13 +454,13 @@ async fn floor_of_ten(
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut handler_cpu, mut sink_cpu) = (Vec::new(), Vec::new());
     // The erasure list as erasure_cost left it: the sink's check wants its version.
-    let versions = login_etl::ingest::sink::Versions {
+    let versions = login_etl::privacy::keys::Versions {
         erased: client
             .query_one("SELECT coalesce(max(seq), 0) FROM user_logins_erased", &[])
             .await
             .unwrap()
             .get(0),
-        ..login_etl::ingest::sink::Versions::at(1)
+        ..login_etl::privacy::keys::Versions::at(1)
     };
     // No TRUNCATE between runs, as in production: a TRUNCATE makes every
     // other connection rebuild its cached view of the table and its
@@ -538,7 +538,7 @@ async fn floor_of_ten(
 async fn statements_before_0009(
     client: &tokio_postgres::Client,
     rows: &[LoginRow<'_>],
-    versions: login_etl::ingest::sink::Versions,
+    versions: login_etl::privacy::keys::Versions,
 ) -> u64 {
     use tokio_postgres::types::{ToSql, Type};
     // As the write function does: the arrays unnested, each column cast

@@ -31,7 +31,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use login_etl::contract::LoginRow;
-use login_etl::ingest::sink::{PgSink, Versions};
+use login_etl::ingest::sink::PgSink;
+use login_etl::privacy::keys::Versions;
 use login_etl::privacy::masking::{Masker, MaskingKey};
 use login_etl::{Config, startup};
 use tokio_postgres::Client;

@@ -292,7 +292,7 @@ async fn main() {
     let binary = std::env::var("LOGIN_ETL_BINARY")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_login-etl").into());
     let (db, url) = create_db("process").await;
-    let db_config = login_etl::database::DbConfig::from_lookup(&|k: &str| {
+    let db_config = login_etl::database::settings::DbConfig::from_lookup(&|k: &str| {
         (k == "DATABASE_URL").then(|| url.clone())
     });
     login_etl::startup::migrate(&db_config.unwrap(), login_etl::profile::Profile::Full)

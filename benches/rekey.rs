@@ -34,10 +34,11 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use common::*;
-use login_etl::grants::{self, Role};
+use login_etl::grants;
 use login_etl::privacy::masking::{KeyVersions, Masker};
 use login_etl::privacy::rekey::{self, RekeyOptions};
 use login_etl::synth::{self, Options};
+use login_etl::table::privileges::Role;
 use login_etl::{BatchHandler, Config, Deadline, SqsBatch};
 use tokio_postgres::Client;
 
@@ -164,9 +165,10 @@ async fn main() {
     let per_batch = if full { 1_000 } else { 100 };
     let (db, url) = create_db("rekey").await;
     let admin = connect(&url).await;
-    let target =
-        login_etl::database::DbConfig::from_lookup(&|k| (k == "DATABASE_URL").then(|| url.clone()))
-            .unwrap();
+    let target = login_etl::database::settings::DbConfig::from_lookup(&|k| {
+        (k == "DATABASE_URL").then(|| url.clone())
+    })
+    .unwrap();
     login_etl::startup::migrate(&target, login_etl::profile::Profile::Full)
         .await
         .unwrap();

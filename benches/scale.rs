@@ -229,7 +229,7 @@ async fn forget_beside_ingest(url: &str, h: Arc<BatchHandler>) -> (Duration, Dur
 /// table, with ingest (batches of 100, this version) running beside the
 /// cutover: how long each took, and the longest ingest invocation meanwhile.
 async fn upgrade_beside_ingest(url: &str) -> (Duration, Duration, Duration, u64) {
-    let cfg = login_etl::database::DbConfig::from_lookup(&|k: &str| {
+    let cfg = login_etl::database::settings::DbConfig::from_lookup(&|k: &str| {
         (k == "DATABASE_URL").then(|| url.to_owned())
     })
     .unwrap();
@@ -411,7 +411,7 @@ async fn main() {
 
     // Now: partitioned by day, unique (sent_at, message_id, create_date).
     let (name_b, url_b) = create_db("scale_now").await;
-    let cfg = login_etl::database::DbConfig::from_lookup(&|k: &str| {
+    let cfg = login_etl::database::settings::DbConfig::from_lookup(&|k: &str| {
         (k == "DATABASE_URL").then(|| url_b.clone())
     })
     .unwrap();

@@ -24,8 +24,9 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use common::*;
-use login_etl::grants::{self, Role};
+use login_etl::grants;
 use login_etl::synth::{self, Options};
+use login_etl::table::privileges::Role;
 use login_etl::{BatchHandler, Config, Deadline, SqsBatch};
 use tokio_postgres::Client;
 
@@ -171,7 +172,7 @@ async fn switch_beside_ingest(admin: &Client) {
     let erasures = vault / 10;
     let (name, url) = create_db("stalls_switch").await;
     login_etl::startup::migrate(
-        &login_etl::database::DbConfig::from_lookup(&|k| {
+        &login_etl::database::settings::DbConfig::from_lookup(&|k| {
             (k == "DATABASE_URL").then(|| url.clone())
         })
         .unwrap(),
@@ -250,7 +251,7 @@ async fn default_day_beside_ingest(admin: &Client) {
     let rows = size("BENCH_STALLS_DAY", 10_000_000);
     let (name, url) = create_db("stalls_default").await;
     login_etl::startup::migrate(
-        &login_etl::database::DbConfig::from_lookup(&|k| {
+        &login_etl::database::settings::DbConfig::from_lookup(&|k| {
             (k == "DATABASE_URL").then(|| url.clone())
         })
         .unwrap(),

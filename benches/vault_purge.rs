@@ -19,7 +19,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use login_etl::database::DbConfig;
+use login_etl::database::settings::DbConfig;
 use login_etl::table::maintain::{self, MaintainOptions};
 use tokio_postgres::Client;
 

@@ -9,8 +9,8 @@
 
 use std::fmt::Write as _;
 
-pub use crate::profile::Profile;
-pub use crate::table::privileges::Role;
+use crate::profile::Profile;
+use crate::table::privileges::Role;
 use crate::table::privileges::{FULL_ONLY_TABLES, table_grants};
 use crate::table::schema::functions::files;
 

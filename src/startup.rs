@@ -5,7 +5,8 @@ use crate::privacy::dead_letter::rebuilt::RebuiltVerifier;
 use tracing::info;
 
 use crate::config::{Config, KeySource};
-use crate::database::{Connector, DbConfig, SetupError, needs_aws};
+use crate::database::connector::{Connector, SetupError, needs_aws};
+use crate::database::settings::DbConfig;
 use crate::error::{ConfigError, DbError, SecretError};
 use crate::ingest::backoff::Visibility;
 use crate::ingest::dlq::DeadLetterQueue;

@@ -103,7 +103,7 @@ E2E = r'''
 //! The added field, end to end (tests/add_a_field.py).
 
 use crate::config::Config;
-use crate::grants::Role;
+use crate::table::privileges::Role;
 
 fn event(n: usize, os: Option<&str>) -> crate::SqsBatch {
     let seed = n as u64 * 1_000 + os.map_or(0, |o| o.len() as u64);
@@ -127,7 +127,7 @@ async fn os_name_is_validated_written_and_published() {
     let url = format!("{}/{db}", admin.rsplit_once('/').unwrap().0);
     let (owner, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);
-    crate::startup::migrate(&crate::database::DbConfig::from_lookup(&|k: &str| (k == "DATABASE_URL").then(|| url.clone())).unwrap(), crate::profile::Profile::Masking).await.unwrap();
+    crate::startup::migrate(&crate::database::settings::DbConfig::from_lookup(&|k: &str| (k == "DATABASE_URL").then(|| url.clone())).unwrap(), crate::profile::Profile::Masking).await.unwrap();
     let role = format!("{db}_ingest");
     owner.batch_execute(&format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN")).await.unwrap();
     owner.batch_execute(&crate::grants::sql(Role::Ingest, &role, "public", crate::profile::Profile::Masking).unwrap()).await.unwrap();

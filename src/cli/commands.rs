@@ -10,7 +10,7 @@ use super::{
     ForgetArgs, GrantsArgs, MaintainArgs, MigrateArgs, PollArgs, RevealArgs, RotateKeyArgs,
 };
 use crate::config::KeySource;
-use crate::database::DbConfig;
+use crate::database::settings::DbConfig;
 use crate::poll::PollError;
 use crate::privacy::{audit, forget, reveal, vault_upgrade};
 use crate::secrets::Secrets;
@@ -408,7 +408,7 @@ async fn doctor_keys(
 /// principal of the account allowed `secretsmanager:GetSecretValue` on `*`
 /// reads the role's password (the owner's, run as the migrate role).
 async fn doctor_secret(db: &DbConfig, report: &mut crate::table::doctor::Report) {
-    let crate::database::DbSource::Secret(id) = &db.source else {
+    let crate::database::settings::DbSource::Secret(id) = &db.source else {
         return;
     };
     report.checks.push("secret");
@@ -590,7 +590,7 @@ async fn grants(args: &GrantsArgs) -> Result<(), Failure> {
         return Ok(());
     }
     let client = startup::operator_connection(&DbConfig::from_env()?).await?;
-    let who = if args.role == crate::grants::Role::Migrate {
+    let who = if args.role == crate::table::privileges::Role::Migrate {
         "as the admin that made the role and owns the schema (it gives the migrate role USAGE and CREATE there)"
     } else {
         "as the tables' owner (the migrate role) after login-etl migrate"

@@ -23,8 +23,8 @@ mod validate;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::grants::Role;
 use crate::synth::Options;
+use crate::table::privileges::Role;
 
 pub use commands::run;
 

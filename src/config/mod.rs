@@ -6,7 +6,7 @@
 
 pub mod backoff;
 
-use crate::database::DbConfig;
+use crate::database::settings::DbConfig;
 use crate::error::ConfigError;
 
 /// Where a key comes from (the masking key, the erasure key). Either holds

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::database::settings::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT};
-use crate::database::DbSource;
+use crate::database::settings::DbSource;
 use crate::database::settings::SslMode;
 use std::collections::HashMap;
 

@@ -17,5 +17,3 @@ pub mod statement;
 pub mod stored_settings;
 pub mod tls;
 
-pub use connector::{Connector, SetupError, needs_aws};
-pub use settings::{DbConfig, DbSource};

@@ -35,7 +35,7 @@ use tracing::warn;
 
 use crate::ingest::sqs_batch::{self, MAX_ENTRIES};
 
-pub use crate::config::backoff::{SQS_MAX_VISIBILITY_SECONDS, Schedule};
+use crate::config::backoff::SQS_MAX_VISIBILITY_SECONDS;
 
 /// Bound on the visibility changes of one invocation (also cut to the
 /// invocation's deadline).
@@ -369,6 +369,7 @@ async fn change_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::backoff::Schedule;
 
     #[tokio::test]
     async fn a_backoff_waits_for_its_own_batchs_renewals_and_no_other_batch_waits() {

@@ -22,7 +22,8 @@ use tracing::warn;
 
 use crate::contract::LoginRow;
 use crate::error::{DbError, Misconfiguration};
-use crate::privacy::masking::{Masker, Token};
+use crate::contract::Token;
+use crate::privacy::masking::Masker;
 
 /// Reads the masking and erasure keys again (from Secrets Manager): how a
 /// warm function learns the version `login-etl rotate-key` moved to.

@@ -34,7 +34,7 @@ type HmacSha256 = Hmac<Sha256>;
 /// Minimum key length in bytes; shorter keys make the HMAC guessable.
 pub const MIN_KEY_BYTES: usize = 32;
 
-pub use crate::contract::Token;
+use crate::contract::Token;
 
 /// The secret HMAC key: its bytes are wiped when it is dropped (as are the
 /// HMAC states it is absorbed in, `hmac`'s `zeroize` feature), and its

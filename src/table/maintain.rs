@@ -263,7 +263,7 @@ pub async fn run(client: &Client, options: &MaintainOptions) -> Result<MaintainR
         && crate::table::schema::profile(client)
             .await
             .map_err(failed("reading the database's profile"))?
-            == crate::table::schema::Profile::Full
+            == crate::profile::Profile::Full
     {
         report.vault_entries_purged = retention::purge_vault(client, cutoff).await?;
     }

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use aws_lambda_events::event::sqs::SqsEvent;
 use hmac::{Hmac, KeyInit, Mac};
-use login_etl::database::DbConfig;
-use login_etl::grants::Role;
+use login_etl::database::settings::DbConfig;
+use login_etl::table::privileges::Role;
 use login_etl::{BatchHandler, Config, Deadline, SqsBatch, startup};
 use sha2::Sha256;
 use tokio_postgres::{Client, NoTls};

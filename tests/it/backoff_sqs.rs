@@ -405,7 +405,7 @@ async fn an_outage_backs_off_the_valid_records_and_refused_rows_reach_the_dlq_on
     ])
     .await
     .with_backoff(
-        login_etl::ingest::backoff::Schedule { base: 30, max: 900 },
+        login_etl::config::backoff::Schedule { base: 30, max: 900 },
         login_etl::ingest::backoff::Visibility::new(
             common::sqs::sqs_client(&format!("http://127.0.0.1:{capture_port}")).await,
             Some(capture_url),
@@ -460,7 +460,7 @@ async fn an_outage_backs_off_the_valid_records_and_refused_rows_reach_the_dlq_on
     let unready = handler_with(&[("DATABASE_URL", &bare), ("MASKING_KEY", TEST_KEY)])
         .await
         .with_backoff(
-            login_etl::ingest::backoff::Schedule { base: 30, max: 900 },
+            login_etl::config::backoff::Schedule { base: 30, max: 900 },
             login_etl::ingest::backoff::Visibility::new(
                 common::sqs::sqs_client(&format!("http://127.0.0.1:{capture_port}")).await,
                 Some(format!(

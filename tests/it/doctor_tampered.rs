@@ -4,10 +4,10 @@
 //! doctor runs as), and `migrate` mends what it made.
 
 use crate::common::*;
-use login_etl::database::DbConfig;
-use login_etl::grants::Role;
+use login_etl::database::settings::DbConfig;
 use login_etl::startup;
 use login_etl::table::doctor::{Report, examine};
+use login_etl::table::privileges::Role;
 
 fn db_config(url: &str) -> DbConfig {
     let url = url.to_owned();

@@ -8,9 +8,9 @@ use std::collections::BTreeSet;
 
 use aws_lambda_events::event::sqs::SqsEvent;
 use common::*;
-use login_etl::grants::Role;
 use login_etl::privacy::masking::{Masker, MaskingKey};
 use login_etl::synth::{self, Options};
+use login_etl::table::privileges::Role;
 use login_etl::{Deadline, Outcome, SqsBatch};
 use serde_json::Value;
 

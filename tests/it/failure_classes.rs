@@ -8,9 +8,9 @@ use crate::common;
 
 use common::keys::*;
 use common::*;
-use login_etl::grants::Role;
 use login_etl::privacy::rekey::{self, RekeyOptions};
 use login_etl::synth::{self, Options};
+use login_etl::table::privileges::Role;
 use login_etl::{BatchHandler, Deadline, SqsBatch};
 
 /// The batch's failure: its class and retryability, as the invocation's

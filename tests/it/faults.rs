@@ -555,7 +555,9 @@ async fn no_such_database_and_permission_denied_are_not_retryable_and_name_the_c
     handler(&db).await;
     let proxy = Proxy::start(admin_port()).await;
     // The ingest role (which exists) on a database that does not.
-    let ingest = db.role_url(login_etl::grants::Role::Ingest).await;
+    let ingest = db
+        .role_url(login_etl::table::privileges::Role::Ingest)
+        .await;
     let role = ingest
         .split("://")
         .nth(1)
@@ -659,7 +661,7 @@ async fn an_invalid_unique_index_stops_every_write_until_migrate_rebuilds_it() {
         .await
         .unwrap();
     let target = login_etl::startup::migrate(
-        &login_etl::database::DbConfig::from_lookup(&|k: &str| {
+        &login_etl::database::settings::DbConfig::from_lookup(&|k: &str| {
             (k == "DATABASE_URL").then(|| db.url.clone())
         })
         .unwrap(),
@@ -688,7 +690,7 @@ async fn migrate_on_a_current_schema_takes_no_table_lock() {
     tx.batch_execute("LOCK TABLE user_logins IN ACCESS SHARE MODE")
         .await
         .unwrap();
-    let config = login_etl::database::DbConfig::from_lookup(&|k: &str| {
+    let config = login_etl::database::settings::DbConfig::from_lookup(&|k: &str| {
         (k == "DATABASE_URL").then(|| db.url.clone())
     })
     .unwrap();

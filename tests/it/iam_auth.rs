@@ -10,7 +10,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
-use login_etl::database::{Connector, DbConfig, iam};
+use login_etl::database::connector::Connector;
+use login_etl::database::iam;
+use login_etl::database::settings::DbConfig;
 use postgres_protocol::escape::{escape_identifier, escape_literal};
 
 use crate::common::pg_server::{PgServer, ServerOptions};

@@ -21,9 +21,9 @@ use std::time::Duration;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessageAttribute};
 use chrono::{NaiveDate, TimeDelta, Utc};
 use common::*;
-use login_etl::grants::Role;
 use login_etl::synth::{self, Options};
 use login_etl::table::maintain::{MaintainOptions, MaintainReport};
+use login_etl::table::privileges::Role;
 use login_etl::table::schema::MigrateOptions;
 use login_etl::{Deadline, Outcome, SqsBatch};
 
@@ -524,7 +524,7 @@ async fn an_unpartitioned_table_is_converted_while_the_function_writes_and_redel
             .await
             .unwrap();
     }
-    let config = login_etl::database::DbConfig::from_lookup(&|k: &str| {
+    let config = login_etl::database::settings::DbConfig::from_lookup(&|k: &str| {
         (k == "DATABASE_URL").then(|| db.url.clone())
     })
     .unwrap();

@@ -671,7 +671,11 @@ impl Poll {
 async fn poll_at_trace_with_the_sdk_printing_bodies_writes_no_pii_key_or_password() {
     let db = TestDb::create().await;
     db.ingest_url().await;
-    let aws = aws_for(&db, &db.role_name(login_etl::grants::Role::Ingest)).await;
+    let aws = aws_for(
+        &db,
+        &db.role_name(login_etl::table::privileges::Role::Ingest),
+    )
+    .await;
     let event = synth::event(&Options {
         count: 40,
         invalid_every: 4,
@@ -725,7 +729,11 @@ async fn poll_at_trace_with_the_sdk_printing_bodies_writes_no_pii_key_or_passwor
 async fn poll_says_at_start_that_its_keys_are_refused_and_is_not_ready() {
     let db = TestDb::create().await;
     db.ingest_url().await;
-    let aws = aws_for(&db, &db.role_name(login_etl::grants::Role::Ingest)).await;
+    let aws = aws_for(
+        &db,
+        &db.role_name(login_etl::table::privileges::Role::Ingest),
+    )
+    .await;
     let admin = db.client().await;
     admin
         .batch_execute(&format!(
@@ -829,7 +837,11 @@ async fn the_function_at_trace_with_the_sdk_printing_bodies_writes_no_pii_key_or
     use common::runtime_api::{Outcome, RuntimeApi};
     let db = TestDb::create().await;
     db.ingest_url().await;
-    let aws = aws_for(&db, &db.role_name(login_etl::grants::Role::Ingest)).await;
+    let aws = aws_for(
+        &db,
+        &db.role_name(login_etl::table::privileges::Role::Ingest),
+    )
+    .await;
     let events: Vec<SqsEvent> = (0..2)
         .map(|i| {
             synth::event(&Options {

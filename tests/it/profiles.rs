@@ -8,12 +8,13 @@ use std::time::Duration;
 use crate::common;
 
 use common::*;
-use login_etl::database::DbConfig;
-use login_etl::grants::{GrantsError, Role};
+use login_etl::database::settings::DbConfig;
+use login_etl::grants::GrantsError;
 use login_etl::profile::Profile;
 use login_etl::synth::{self, Options};
 use login_etl::table::maintain::MaintainOptions;
 use login_etl::table::privileges::FULL_ONLY_TABLES;
+use login_etl::table::privileges::Role;
 use login_etl::table::schema::MigrateOptions;
 use login_etl::table::schema::functions::{FUNCTION_FILES, PROFILE_FUNCTION};
 use login_etl::table::schema::state;

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use common::keys::*;
 use common::*;
-use login_etl::grants::Role;
 use login_etl::privacy::rekey::{self, RekeyOptions};
 use login_etl::synth::{self, Options};
+use login_etl::table::privileges::Role;
 
 /// Vault entries of `n` distinct ip values at version 1, inserted as the
 /// owner: (kind, value's token at version 1, at version 2).

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::*;
-use login_etl::grants::Role;
 use login_etl::synth::{self, Options};
+use login_etl::table::privileges::Role;
 use login_etl::table::schema::MigrateOptions;
 use login_etl::{BatchHandler, Deadline, SqsBatch};
 
@@ -60,7 +60,7 @@ async fn migrate_beside_a_long_reader_does_not_queue_ingest_behind_it() {
         )
         .await
         .unwrap();
-    let config = login_etl::database::DbConfig::from_lookup(&|k: &str| {
+    let config = login_etl::database::settings::DbConfig::from_lookup(&|k: &str| {
         (k == "DATABASE_URL").then(|| db.url.clone())
     })
     .unwrap();

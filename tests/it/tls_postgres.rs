@@ -9,9 +9,10 @@ use crate::common;
 use common::moto::start_moto;
 use common::pg_server::{PASSWORD, PgServer, ServerOptions};
 use common::*;
-use login_etl::database::DbConfig;
-use login_etl::grants::{self, Role};
+use login_etl::database::settings::DbConfig;
+use login_etl::grants;
 use login_etl::startup;
+use login_etl::table::privileges::Role;
 use login_etl::{Deadline, Outcome, SqsBatch};
 
 /// A handler for `url`; it applies the schema (and so connects at build time)

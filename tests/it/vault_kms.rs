@@ -13,7 +13,6 @@ use std::net::IpAddr;
 use aws_lambda_events::event::sqs::SqsEvent;
 use common::moto::start_moto;
 use common::*;
-use login_etl::grants::Role;
 use login_etl::privacy::masking::{Masker, MaskingKey};
 use login_etl::privacy::vault::Kind;
 use login_etl::privacy::{
@@ -21,6 +20,7 @@ use login_etl::privacy::{
     reveal::{Target, reveal},
 };
 use login_etl::synth::{self, Options};
+use login_etl::table::privileges::Role;
 use login_etl::{Deadline, SqsBatch};
 use serde_json::Value;
 

@@ -23,7 +23,8 @@ use postgres_protocol::escape::{escape_identifier, escape_literal};
 use zeroize::Zeroizing;
 
 use super::PasswordArgs;
-use crate::database::{Connector, DbConfig};
+use crate::database::connector::Connector;
+use crate::database::settings::DbConfig;
 use crate::secrets::{DbSecret, Secrets};
 
 /// Characters of a generated password: letters and digits (nothing a

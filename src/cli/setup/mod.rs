@@ -15,8 +15,9 @@ use postgres_protocol::escape::{escape_identifier, escape_literal};
 
 use super::PasswordArgs;
 use super::password::Admin;
-use crate::database::DbConfig;
-use crate::grants::{Profile, Role};
+use crate::database::settings::DbConfig;
+use crate::profile::Profile;
+use crate::table::privileges::Role;
 use crate::table::retention::Kept;
 
 /// The idle-transaction timeout every login role gets in this database:

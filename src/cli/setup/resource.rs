@@ -15,8 +15,9 @@ use serde_json::{Value, json};
 use tracing::{error, info};
 
 use super::{Auth, Plan, Report};
-use crate::database::DbConfig;
-use crate::grants::{Profile, Role};
+use crate::database::settings::DbConfig;
+use crate::profile::Profile;
+use crate::table::privileges::Role;
 
 /// CloudFormation's request (the fields this resource reads).
 #[derive(Debug, Deserialize)]

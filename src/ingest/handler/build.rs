@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
 use crate::error::DbError;
-use crate::ingest::backoff::{Schedule, Visibility};
+use crate::config::backoff::Schedule;
+use crate::ingest::backoff::Visibility;
 use crate::ingest::dlq::DeadLetterQueue;
 use crate::ingest::metrics::{DEFAULT_NAMESPACE, DEFAULT_SERVICE, Metrics};
 use crate::ingest::sink::PgSink;

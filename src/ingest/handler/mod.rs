@@ -28,7 +28,8 @@ use tracing::{trace, warn};
 
 use crate::contract::{LoginRow, Rejection};
 use crate::error::{DbError, HandlerError};
-use crate::ingest::backoff::{Hold, Schedule, Visibility, jitter};
+use crate::config::backoff::Schedule;
+use crate::ingest::backoff::{Hold, Visibility, jitter};
 use crate::ingest::dlq::{DeadLetterQueue, Rejected};
 use crate::ingest::event::{SqsBatch, SqsRecord};
 use crate::ingest::metrics::{InvocationMetrics, Metrics};

@@ -59,8 +59,7 @@ use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 use tracing::warn;
 
-use crate::privacy::keys::{BatchKeys, Keys};
-pub use crate::privacy::keys::{ErasureList, KeyChecks, Versions};
+use crate::privacy::keys::{BatchKeys, ErasureList, KeyChecks, Keys, Versions};
 pub use budget::Budget;
 // The benches' floors and tests/common/turns.rs: the COPY's and the
 // INSERT's own pieces.
@@ -70,11 +69,12 @@ pub use columns::{Columns, array_placeholders};
 pub use copy::{CHUNK, COPY_HEADER, COPY_SQL, CopyIn, encode_row};
 
 use crate::contract::LoginRow;
-use crate::database::Connector;
+use crate::database::connector::Connector;
 use crate::error::{DbError, Misconfiguration, describe};
 use crate::privacy::keys::ErasedUsers;
 use crate::privacy::vault::VaultWrite;
-use crate::table::schema::{self, Profile};
+use crate::profile::Profile;
+use crate::table::schema;
 use classify::Failure;
 use tx::XidFloor;
 

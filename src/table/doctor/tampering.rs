@@ -8,7 +8,7 @@
 use tokio_postgres::Client;
 
 use super::{Report, ident};
-use crate::table::schema::Profile;
+use crate::profile::Profile;
 use crate::table::schema::functions::{self, FunctionFile};
 use crate::table::schema::lock_rows_missing_sql;
 use crate::table::schema::triggers;

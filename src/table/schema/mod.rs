@@ -27,7 +27,7 @@ use tracing::warn;
 
 use crate::error::DbError;
 use crate::error::describe;
-pub use crate::profile::Profile;
+use crate::profile::Profile;
 use crate::table::partitions::{Granularity, premake, set_granularity};
 use crate::table::privileges::{self, FunctionGrant, SCHEMA_WRITERS_SQL, schema_writers_fix};
 use crate::table::retry::{failed, with_lock_retries};

@@ -7,7 +7,7 @@ use super::*;
 /// A connection as `role`, opened the way every part of login-etl opens
 /// one (`Connector`: the stored-settings check included).
 pub(super) async fn open_as(d: &Deployment, role: Role) -> Result<Client, login_etl::DbError> {
-    login_etl::database::Connector::from_config(&db_config(&d.url(role)), None)
+    login_etl::database::connector::Connector::from_config(&db_config(&d.url(role)), None)
         .await
         .unwrap()
         .open(std::time::Duration::from_secs(10))

@@ -33,12 +33,12 @@ use std::collections::BTreeSet;
 
 use common::keys::*;
 use common::*;
-use login_etl::database::DbConfig;
-use login_etl::grants::Role;
+use login_etl::database::settings::DbConfig;
 use login_etl::ingest::handler::BatchHandler;
 use login_etl::privacy::rekey::{self, RekeyOptions};
 use login_etl::synth::{self, Options};
 use login_etl::table::maintain::{self, MaintainOptions};
+use login_etl::table::privileges::Role;
 use login_etl::table::schema::functions::FUNCTION_FILES;
 use login_etl::{Deadline, SqsBatch, startup};
 use tokio_postgres::Client;

@@ -14,12 +14,12 @@ use std::time::Duration;
 use aws_lambda_events::event::sqs::SqsEvent;
 use common::keys::*;
 use common::*;
-use login_etl::grants::Role;
 use login_etl::ingest::handler::BatchHandler;
 use login_etl::privacy::masking::{KeyVersions, Masker, UserKeys};
 use login_etl::privacy::rekey::{self, RekeyOptions};
 use login_etl::privacy::vault::Kind;
 use login_etl::synth::{self, Options};
+use login_etl::table::privileges::Role;
 use login_etl::{Deadline, SqsBatch};
 use serde_json::Value;
 
