@@ -48,7 +48,7 @@ static MALFORMED: SqsRecord = SqsRecord {
     message_attributes: None,
 };
 
-pub use crate::error::{NOT_AN_SQS_EVENT, NotAnSqsEvent};
+use crate::error::{NOT_AN_SQS_EVENT, NotAnSqsEvent};
 
 impl SqsBatch {
     /// A batch of messages already parsed.

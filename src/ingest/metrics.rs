@@ -26,7 +26,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{Map, Value, json};
 
-pub use crate::emf::{DEFAULT_NAMESPACE, DEFAULT_SERVICE};
 use crate::ingest::handler::outcome::BatchSummary;
 
 /// What one invocation did, as metrics: the batch's summary, and what only
@@ -51,7 +50,6 @@ pub struct InvocationMetrics {
     pub partition_days_ahead: Option<i64>,
 }
 
-pub use crate::emf::emf_level;
 
 type Output = Arc<dyn Fn(&str) + Send + Sync>;
 
@@ -274,6 +272,7 @@ fn signed(m: &InvocationMetrics) -> Vec<(&'static str, i64, &'static str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::emf::emf_level;
 
     /// The structure the EMF specification requires: `_aws.Timestamp` (ms),
     /// `_aws.CloudWatchMetrics` a list of directives, each with a

@@ -429,7 +429,8 @@ impl std::io::Write for Capture {
 /// whose EMF lines go to a list the test reads instead of stdout: give them
 /// to a handler with `BatchHandler::with_metrics`.
 pub fn captured_metrics() -> (login_etl::ingest::metrics::Metrics, Captured) {
-    use login_etl::ingest::metrics::{DEFAULT_NAMESPACE, DEFAULT_SERVICE, Metrics};
+    use login_etl::emf::{DEFAULT_NAMESPACE, DEFAULT_SERVICE};
+    use login_etl::ingest::metrics::Metrics;
     let docs: Captured = Default::default();
     let sink = docs.clone();
     let metrics = Metrics::new(DEFAULT_NAMESPACE, DEFAULT_SERVICE, "login-etl").with_output(

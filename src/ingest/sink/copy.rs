@@ -27,7 +27,7 @@ use super::tx::{XidFloor, no_answer, refuse_erased, vault_and_commit};
 use crate::contract::LoginRow;
 use crate::privacy::keys::Versions;
 
-pub use super::columns::{COPY_SQL, encode_row};
+use super::columns::{COPY_SQL, encode_row};
 
 /// The binary COPY format's header: signature, flags, no extension.
 pub const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";

@@ -64,9 +64,9 @@ pub use budget::Budget;
 // The benches' floors and tests/common/turns.rs: the COPY's and the
 // INSERT's own pieces.
 #[cfg(feature = "test-support")]
-pub use columns::{Columns, array_placeholders};
+pub use columns::{COPY_SQL, Columns, array_placeholders, encode_row};
 #[cfg(feature = "test-support")]
-pub use copy::{CHUNK, COPY_HEADER, COPY_SQL, CopyIn, encode_row};
+pub use copy::{CHUNK, COPY_HEADER, CopyIn};
 
 use crate::contract::LoginRow;
 use crate::database::connector::Connector;
