@@ -339,7 +339,7 @@ async fn main() {
            masked_device_id varchar(256), locale varchar(32), app_version integer, create_date date, \
            message_id varchar(128), app_version_text varchar(32), sent_at timestamptz, \
            key_version smallint NOT NULL DEFAULT 1);\n{}; COMMIT",
-        login_etl::table::schema::schema_sql(login_etl::table::schema::SIDE_TABLES_SQL, login_etl::profile::Profile::Full)
+        login_etl::table::schema::schema_sql(login_etl::table::schema::side_tables_sql(), login_etl::profile::Profile::Full)
     ))
     .await
     .unwrap();

@@ -1,3 +1,4 @@
+-- profile: all
 -- login-etl schema. Idempotent: creates the upstream table if it is missing
 -- and upgrades an existing upstream table in place. Applied by
 -- `login-etl migrate` (make migrate) or at cold start with RUN_MIGRATIONS=true,

@@ -1,3 +1,4 @@
+-- profile: all
 -- The life of the partitioned user_logins: its granularity and the DEFAULT
 -- partition (the functions `login-etl maintain` calls are in functions/).
 -- Applied with 0001 to 0003, idempotent. See src/table/maintain.rs and

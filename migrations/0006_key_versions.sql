@@ -1,7 +1,8 @@
+-- profile: all
 -- Masking-key versions (login-etl rotate-key, src/privacy/rekey/). Applied
 -- with 0001 to 0005 (and by `migrate --prepare`), idempotent. The key state
 -- is in every profile (the function checks its keys against it); what the
--- full profile's tables add for versions is in privacy/0006.
+-- full profile's tables add for versions is in 0007_vault_key_versions.sql.
 --
 -- Every stored token carries the version of the key chain it was computed
 -- under (src/privacy/masking.rs): version n is HMAC(kₙ, token of version
@@ -34,7 +35,7 @@ CREATE TABLE IF NOT EXISTS user_logins_key_state(
     erasure_derived boolean NOT NULL DEFAULT false
 );
 -- erasure_derived: an erasure list from before key versions (the full
--- profile's, migrations/privacy/) keeps user keys derived from the masking
+-- profile's, migrations/0007) keeps user keys derived from the masking
 -- key. A masking-only database has no list (read only where it exists).
 DO $$
 DECLARE

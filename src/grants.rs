@@ -114,7 +114,7 @@ pub fn sql(role: Role, to: &str, schema: &str, profile: Profile) -> Result<Strin
             let _ = writeln!(out, "GRANT EXECUTE ON FUNCTION {ns}.{signature} TO {to};");
         }
     }
-    // Later migrations give it what their versions add (migrations/0010).
+    // Later migrations give it what their versions add (migrations/0011).
     let _ = writeln!(
         out,
         "INSERT INTO {ns}.\"user_logins_roles\" (role_name, kind) VALUES ({}, '{}') \

@@ -79,21 +79,18 @@ def add_the_field(repo: Path) -> None:
     version = int(literal.group(1))
     # The stack's setup resource carries it too: an update migrates.
     edit(repo / "template.yaml", f'SchemaVersion: "{version}"', f'SchemaVersion: "{version + 1}"')
-    name = f"{version + 1:04d}_os_name"
+    # The next number after the last file's, listed last.
+    last = max(int(p.name[:4]) for p in (repo / "migrations").glob("[0-9][0-9][0-9][0-9]_*.sql"))
+    name = f"{last + 1:04d}_os_name"
     (repo / "migrations" / f"{name}.sql").write_text(
+        "-- profile: all\n"
         "DO $$\nBEGIN\n    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('user_logins')\n"
         "                   AND attname = 'os_name' AND NOT attisdropped) THEN\n"
         "        ALTER TABLE user_logins ADD COLUMN os_name varchar(64);\n    END IF;\nEND\n$$;\n"
     )
-    # The masking-only list and the full profile's shared tail (which its
-    # list and migrate --prepare's both end with) take it.
     lists = repo / "src" / "table" / "schema" / "migrations.rs"
-    text = lists.read_text()
-    (last_masking,) = re.findall(r'    (migration!\("[^"]+"\)),\n\);', text)
-    (last_full,) = re.findall(r'            (migration!\("[^"]+"\)),\n        \)', text)
-    edit(lists, f"    {last_masking},\n);", f'    {last_masking},\n    "\\n",\n    migration!("{name}"),\n);')
-    edit(lists, f"            {last_full},\n        )",
-         f'            {last_full},\n            "\\n",\n            migration!("{name}"),\n        )')  # fmt: skip
+    (last_listed,) = re.findall(r'    ("[0-9]{4}_[a-z_]+"),\n\];', lists.read_text())
+    edit(lists, f"    {last_listed},\n];", f'    {last_listed},\n    "{name}",\n];')
     edit(schema, literal.group(0), literal.group(0).replace(str(version), str(version + 1)))
 
 

@@ -277,7 +277,7 @@ def test_every_path_a_doc_or_comment_names_is_a_file_of_the_repository():
 
     stale = stale_pointers(texts, exists)
     assert not stale, "\n".join(f"{p}: named in {', '.join(sorted(set(n)))}" for p, n in sorted(stale.items()))
-    planted = {"src/x.rs": "// see migrations/0099 and src/privacy/vaults.rs, (migrations/privacy/0008)."}
+    planted = {"src/x.rs": "// see migrations/0099 and src/privacy/vaults.rs, (migrations/0008)."}
     assert sorted(stale_pointers(planted, exists)) == ["migrations/0099", "src/privacy/vaults.rs"]
     # A design document the project never held is named nowhere.
     outside = [f for f, t in texts.items() if re.search(r"(?<![\w/])design\.md", t)]

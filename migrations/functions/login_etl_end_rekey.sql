@@ -15,7 +15,7 @@ BEGIN
         RETURN;
     END IF;
     -- Rows of a swapped-out DEFAULT partition were out of the walk's sight
-    -- (migrations/0007 keeps a swap and a switch apart; this is the check).
+    -- (migrations/0008 keeps a swap and a switch apart; this is the check).
     IF login_etl_relation('user_logins_drain') IS NOT NULL THEN
         RAISE EXCEPTION 'a swapped-out DEFAULT partition (user_logins_drain) holds rows the re-key did not walk'
             USING ERRCODE = 'LE007',

@@ -1,5 +1,5 @@
 -- roles: none
--- Holds one of login-etl's locks (user_logins_locks, migrations/0019)
+-- Holds one of login-etl's locks (user_logins_locks, migrations/0022)
 -- until the caller's transaction ends, exclusive or shared; the owner's
 -- functions call it. A lock whose row is gone would hold nothing, and the
 -- races it keeps out would come back without a word: it refuses instead

@@ -1,5 +1,5 @@
 -- roles: erase, rotate
--- Holds one of login-etl's locks (user_logins_locks, migrations/0019)
+-- Holds one of login-etl's locks (user_logins_locks, migrations/0022)
 -- shared until the caller's transaction ends: forget's and a re-key's
 -- statements on the DEFAULT partition's ranges hold `migration`, so
 -- maintain moves no row from under them; forget holds `key_version`, so no

@@ -1,6 +1,6 @@
 -- roles: maintain
 -- Swaps the DEFAULT partition out when it holds more than maintain may
--- move under its lock (migrations/0007, user_logins_default_drains): in
+-- move under its lock (migrations/0008, user_logins_default_drains): in
 -- one moment of catalog work it is detached and renamed user_logins_drain,
 -- an empty DEFAULT partition takes its place, and the days writes go to
 -- now (`live_days`) get their partitions. False when a drain is under way

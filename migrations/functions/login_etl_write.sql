@@ -23,7 +23,7 @@
 -- list's column (`defects`, text[]) comes as the text of its array, since
 -- unnest cannot take an array of arrays, and is cast back. The twelve
 -- columns of before `defects`, which 0.1.0's binaries called, were retired
--- by migrations/0021_retired.sql.
+-- by migrations/0025_retired.sql.
 CREATE OR REPLACE FUNCTION login_etl_write(
     known bigint, key_version integer, checked_from integer, {{array_arguments}})
 RETURNS bigint

@@ -19,7 +19,7 @@
 //! - [`rekey`]: `login-etl rotate-key`, everything stored moved to the
 //!   newest key version, online.
 //!
-//! The audit trail is SQL (migrations/privacy/0003 and 0006): every reveal,
+//! The audit trail is SQL (migrations/0003 and 0007): every reveal,
 //! erasure and re-key writes a record there, in the same transaction as
 //! what it records.
 //!

@@ -137,7 +137,7 @@ impl Role {
     }
 }
 
-/// The tables only the full profile has (`migrations/privacy/` creates
+/// The tables only the full profile has (the `-- profile: full` files of `migrations/` create
 /// them; a test checks the list against those files).
 pub const FULL_ONLY_TABLES: &[&str] = &[
     "user_logins_pii_vault",

@@ -1,7 +1,7 @@
 //! What `RETENTION_DAYS` removes, as `login-etl maintain` runs it: the
 //! DEFAULT partition's rows past it, the partitions wholly past it
 //! (detached, then dropped in a transaction of their own), and the PII
-//! vault's entries no row within it uses (`last_seen`, migrations/privacy/0008).
+//! vault's entries no row within it uses (`last_seen`, migrations/0010).
 //!
 //! Every step is one of the owner's `login_etl_*` functions, under a
 //! bounded lock ([`with_lock_retries`]); the vault's purge finds its
@@ -19,7 +19,7 @@ use crate::table::partitions::{Partition, partitions};
 use crate::table::retry::{failed, with_lock_retries};
 
 /// The deployment's retention as the tables' owner records it
-/// (`user_logins_retention`, migrations/0014): the floor the maintain
+/// (`user_logins_retention`, migrations/0016): the floor the maintain
 /// role's functions hold every cutoff to (`login_etl_check_cutoff`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kept {

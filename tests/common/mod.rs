@@ -157,7 +157,7 @@ impl TestDb {
 /// (without its lock or its partitions), on `client`'s database.
 pub async fn apply_schema(client: &Client) {
     let schema = login_etl::table::schema::schema_sql(
-        login_etl::table::schema::MIGRATION_SQL,
+        login_etl::table::schema::migration_sql(login_etl::profile::Profile::Full),
         login_etl::profile::Profile::Full,
     );
     client

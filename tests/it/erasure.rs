@@ -427,7 +427,7 @@ async fn in_vault(admin: &tokio_postgres::Client, tokens: &[String]) -> i64 {
         .get(0)
 }
 
-/// Retention covers the vault (migrations/privacy/0008): `maintain` deletes the
+/// Retention covers the vault (migrations/0010): `maintain` deletes the
 /// entries whose every row is past retention and keeps those a row within
 /// it uses, whose `last_seen` the function moved forward. So an erasure
 /// asked after the user's rows aged out leaves nothing of them in the
@@ -543,7 +543,7 @@ async fn roles_granted_before_vault_retention_keep_working_after_migrate() {
     // holds 0007's check, as the grants of that version gave it.
     let ingest_role = db.role_name(Role::Ingest);
     // The erase role as that version's grants made it: a DELETE of its own
-    // on the table (migrations/privacy/0016 takes it back).
+    // on the table (migrations/0018 takes it back).
     let erase_role = db.role_name(Role::Erase);
     admin
         .batch_execute(&format!(

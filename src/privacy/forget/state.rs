@@ -11,7 +11,7 @@ use crate::privacy::masking::UserKeys;
 use crate::privacy::reveal::RevealError;
 
 /// The key version, in a transaction that holds the `key_version` lock
-/// (user_logins_locks, migrations/0019) shared: no rotation's switch
+/// (user_logins_locks, migrations/0022) shared: no rotation's switch
 /// (which takes it exclusively) commits under it. The version, and whether
 /// a re-key is under way.
 pub(super) async fn key_version(client: &impl GenericClient) -> Result<(u16, bool), RevealError> {

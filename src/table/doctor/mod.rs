@@ -322,7 +322,7 @@ pub fn search_path_first_is_catalog(config: &str) -> bool {
         .is_some_and(|path| path.split(',').next().map(str::trim) == Some("pg_catalog"))
 }
 
-/// The role registry exists (migrations/0010).
+/// The role registry exists (migrations/0011).
 async fn registry(client: &Client) -> Result<bool, tokio_postgres::Error> {
     Ok(client
         .query_one(
@@ -552,7 +552,7 @@ async fn partitions_ahead(
     Ok(())
 }
 
-/// Whether `user_logins_retention` is the owner's record as migrations/0014
+/// Whether `user_logins_retention` is the owner's record as migrations/0016
 /// makes it (a plain table of `user_logins`'s owner, no row-level security
 /// or child, `keep_days` an int4, readable here), and its schema: read
 /// only then, as `state::find` reads the schema's record, so that nothing

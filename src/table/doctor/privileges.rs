@@ -177,7 +177,7 @@ async fn standing(
 
 /// PUBLIC's privileges on login-etl's tables, columns and functions (a
 /// function's default, with no ACL, is PUBLIC's EXECUTE): every role of
-/// the server would hold them. All but the one migrations/0021 gives:
+/// the server would hold them. All but the one migrations/0024 gives:
 /// SELECT on `user_logins_schema`, the schema's recorded version and
 /// profile, which every role's guard and doctor read.
 async fn public_grants(client: &Client, report: &mut Report) -> Result<(), tokio_postgres::Error> {

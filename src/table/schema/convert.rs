@@ -28,7 +28,7 @@ use tokio_postgres::types::Type;
 use tracing::info;
 
 use super::{
-    MIGRATION_LOCK_KEY, MigrateOptions, Profile, SIDE_TABLES_SQL, failed, migration_sql,
+    MIGRATION_LOCK_KEY, MigrateOptions, Profile, failed, migration_sql, side_tables_sql,
     schema_sql, with_lock_retries,
 };
 use crate::error::DbError;
@@ -180,7 +180,7 @@ async fn add_columns_and_keys(client: &Client) -> Result<(), DbError> {
 async fn apply_side_tables(client: &Client) -> Result<(), DbError> {
     super::apply_sql(
         client,
-        &schema_sql(SIDE_TABLES_SQL, Profile::Full),
+        &schema_sql(side_tables_sql(), Profile::Full),
         "creating the vault, audit and erasure tables",
     )
     .await

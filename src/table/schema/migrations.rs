@@ -1,143 +1,152 @@
-//! The migrations of each profile, embedded in the binary: what changes
-//! tables and data, in order (`migrations/`, and `migrations/privacy/` for
-//! the full profile's tables).
+//! The migrations, embedded in the binary: what changes tables and data,
+//! one file each in `migrations/`, applied in the order of their numbers
+//! (unique; a test holds the list below to the folder). A file's first
+//! line says which profiles apply it: `-- profile: all`, or `-- profile:
+//! full` for the full profile's tables (the vault, the audit trail, the
+//! erasure list). Each is idempotent, and `migrate` applies every one of
+//! its profile's each time, so a file's number is its place, not a record.
+
+use std::sync::LazyLock;
 
 use super::Profile;
 
-/// One migration's text, by its path under `migrations/` (without `.sql`).
-macro_rules! migration {
-    ($name:literal) => {
-        include_str!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/migrations/",
-            $name,
-            ".sql"
-        ))
+/// One file of `migrations/`.
+pub struct MigrationFile {
+    /// Its name, without `.sql`: `NNNN_what`.
+    pub name: &'static str,
+    /// Its text.
+    pub sql: &'static str,
+}
+
+impl MigrationFile {
+    /// Whether only the full profile applies it (its first line).
+    pub fn full_only(&self) -> bool {
+        self.sql.starts_with("-- profile: full\n")
+    }
+}
+
+macro_rules! migration_files {
+    ($($name:literal),* $(,)?) => {
+        &[$(MigrationFile {
+            name: $name,
+            sql: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/", $name, ".sql")),
+        }),*]
     };
 }
 
-/// The migrations of the masking-only profile: what changes tables and
-/// data, in order (0001 creates or upgrades `user_logins`, 0004 its
-/// partition machinery, 0006 the key state, 0007 the DEFAULT partition's
-/// drains, 0010 the role registry, 0011 the declared extra fields, 0012
-/// each row's defects, 0013 the reader's kind, 0014 the retention floor, 0018 tokens only in the masked columns, 0019 locks only login-etl's roles hold, 0021 the schema's recorded state and what no supported binary calls retired).
-pub const MASKING_MIGRATION_SQL: &str = concat!(
-    migration!("0001_user_logins"),
-    "\n",
-    migration!("0004_partitions"),
-    "\n",
-    migration!("0006_key_versions"),
-    "\n",
-    migration!("0007_online_operations"),
-    "\n",
-    migration!("0009_write_function"),
-    "\n",
-    migration!("0010_insiders"),
-    "\n",
-    migration!("0011_extra_fields"),
-    "\n",
-    migration!("0012_defects"),
-    "\n",
-    migration!("0013_reader_role"),
-    "\n",
-    migration!("0014_retention_floor"),
-    "\n",
-    migration!("0018_tokens_only"),
-    "\n",
-    migration!("0019_locks"),
-    "\n",
-    migration!("0021_schema_state"),
-    "\n",
-    migration!("0021_retired"),
-);
+/// Every file of `migrations/`, in order.
+pub const MIGRATION_FILES: &[MigrationFile] = migration_files![
+    "0001_user_logins",
+    "0002_pii_vault",
+    "0003_pii_audit_and_erasure",
+    "0004_partitions",
+    "0005_erasure_state",
+    "0006_key_versions",
+    "0007_vault_key_versions",
+    "0008_online_operations",
+    "0009_vault_online_operations",
+    "0010_vault_retention",
+    "0011_insiders",
+    "0012_vault_insiders",
+    "0013_extra_fields",
+    "0014_defects",
+    "0015_reader_role",
+    "0016_retention_floor",
+    "0017_reveal_tickets",
+    "0018_forget_by_the_owner",
+    "0019_rotation_arming",
+    "0020_tokens_only",
+    "0021_vault_tokens_only",
+    "0022_locks",
+    "0023_rekey_record",
+    "0024_schema_state",
+    "0025_retired",
+];
 
-/// The full profile's migrations from 0005 on: the tail both of its
-/// lists share.
-macro_rules! full_from_0005 {
-    () => {
-        concat!(
-            migration!("privacy/0005_erasure_state"),
-            "\n",
-            migration!("0006_key_versions"),
-            "\n",
-            migration!("privacy/0006_key_versions"),
-            "\n",
-            migration!("0007_online_operations"),
-            "\n",
-            migration!("privacy/0007_online_operations"),
-            "\n",
-            migration!("privacy/0008_vault_retention"),
-            "\n",
-            migration!("0009_write_function"),
-            "\n",
-            migration!("0010_insiders"),
-            "\n",
-            migration!("privacy/0010_insiders"),
-            "\n",
-            migration!("0011_extra_fields"),
-            "\n",
-            migration!("0012_defects"),
-            "\n",
-            migration!("0013_reader_role"),
-            "\n",
-            migration!("0014_retention_floor"),
-            "\n",
-            migration!("privacy/0015_reveal_tickets"),
-            "\n",
-            migration!("privacy/0016_forget_by_the_owner"),
-            "\n",
-            migration!("privacy/0017_rotation_arming"),
-            "\n",
-            migration!("0018_tokens_only"),
-            "\n",
-            migration!("privacy/0018_tokens_only"),
-            "\n",
-            migration!("0019_locks"),
-            "\n",
-            migration!("privacy/0020_rekey_record"),
-            "\n",
-            migration!("0021_schema_state"),
-            "\n",
-            migration!("0021_retired"),
-        )
-    };
+/// The files `keep` takes, joined in order.
+fn joined(keep: impl Fn(&MigrationFile) -> bool) -> String {
+    MIGRATION_FILES
+        .iter()
+        .filter(|f| keep(f))
+        .map(|f| f.sql)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
-/// The migrations of the full profile: the masking-only profile's with
-/// `migrations/privacy/` in their order (the PII vault, the audit trail
-/// and erasure list, their state for key versions and retention). Applied
-/// through [`schema_sql`](super::schema_sql), which makes the owner's
-/// functions first and applies the privileges after.
-pub const MIGRATION_SQL: &str = concat!(
-    migration!("0001_user_logins"),
-    "\n",
-    migration!("privacy/0002_pii_vault"),
-    "\n",
-    migration!("privacy/0003_pii_audit_and_erasure"),
-    "\n",
-    migration!("0004_partitions"),
-    "\n",
-    full_from_0005!(),
-);
+static MASKING: LazyLock<String> = LazyLock::new(|| joined(|f| !f.full_only()));
+static FULL: LazyLock<String> = LazyLock::new(|| joined(|_| true));
+static SIDE_TABLES: LazyLock<String> = LazyLock::new(|| {
+    joined(|f| !matches!(f.name, "0001_user_logins" | "0004_partitions"))
+});
 
-/// The migrations `profile` applies.
+/// The migrations `profile` applies. Applied through
+/// [`schema_sql`](super::schema_sql), which makes the owner's functions
+/// first and applies the privileges after.
 pub fn migration_sql(profile: Profile) -> &'static str {
     match profile {
-        Profile::Masking => MASKING_MIGRATION_SQL,
-        Profile::Full => MIGRATION_SQL,
+        Profile::Masking => &MASKING,
+        Profile::Full => &FULL,
     }
 }
 
 /// The full profile's migrations but 0001 and 0004, which rebuild
-/// `user_logins` (0011 and 0012 only add nullable columns, which an older
+/// `user_logins` (0013 and 0014 only add nullable columns, which an older
 /// version's writes do not name): what `migrate --prepare` applies beside
 /// an older version's writes into an unpartitioned table (see
 /// [`convert`](super::convert); such a table is from before profiles, so
 /// full).
-pub const SIDE_TABLES_SQL: &str = concat!(
-    migration!("privacy/0002_pii_vault"),
-    "\n",
-    migration!("privacy/0003_pii_audit_and_erasure"),
-    "\n",
-    full_from_0005!(),
-);
+pub fn side_tables_sql() -> &'static str {
+    &SIDE_TABLES
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_file_is_listed_once_in_the_order_of_its_unique_number_and_says_its_profile() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+            .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+            .collect();
+        on_disk.sort();
+        let listed: Vec<&str> = MIGRATION_FILES.iter().map(|f| f.name).collect();
+        assert_eq!(listed, on_disk, "MIGRATION_FILES is the folder, in order");
+        let numbers: Vec<&str> = listed.iter().map(|n| &n[..4]).collect();
+        for (i, n) in numbers.iter().enumerate() {
+            assert_eq!(*n, format!("{:04}", i + 1), "numbered 0001, 0002, ...: {listed:?}");
+        }
+        for f in MIGRATION_FILES {
+            assert!(
+                f.sql.starts_with("-- profile: all\n") || f.full_only(),
+                "{}: its first line is `-- profile: all` or `-- profile: full`",
+                f.name
+            );
+            // No stub: a file changes something.
+            let statements = f
+                .sql
+                .lines()
+                .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with("--"))
+                .count();
+            assert!(statements > 0, "{} holds no statement", f.name);
+        }
+    }
+
+    #[test]
+    fn the_masking_profile_applies_the_full_ones_order_without_the_vaults_tables() {
+        let full = migration_sql(Profile::Full);
+        let masking = migration_sql(Profile::Masking);
+        assert!(full.contains("CREATE TABLE IF NOT EXISTS user_logins_pii_vault"));
+        assert!(!masking.contains("CREATE TABLE IF NOT EXISTS user_logins_pii_vault"));
+        assert!(masking.len() < full.len() && side_tables_sql().len() < full.len());
+        // 0001 first, the schema's recorded state and the retired last, in both.
+        for sql in [full, masking] {
+            assert!(sql.starts_with("-- profile: all\n-- login-etl schema."));
+            let state = sql.find("CREATE TABLE IF NOT EXISTS user_logins_schema").unwrap();
+            assert!(sql[state..].contains("What no supported binary calls any more"));
+        }
+    }
+}

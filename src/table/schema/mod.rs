@@ -2,7 +2,7 @@
 //! the guard that refuses to write into a table that could double rows.
 //!
 //! `user_logins` is range-partitioned by `create_date` (migrations/0001 and
-//! 0004); [`convert`] turns an unpartitioned table from before this version
+//! migrations/0004); [`convert`] turns an unpartitioned table from before this version
 //! into a partition of the new one online; `crate::table::maintain` keeps the
 //! partitions made ahead and drops those past retention.
 
@@ -13,9 +13,7 @@ mod migrations;
 pub mod state;
 pub mod triggers;
 
-#[cfg(feature = "test-support")]
-pub use migrations::MIGRATION_SQL;
-pub use migrations::{SIDE_TABLES_SQL, migration_sql};
+pub use migrations::{migration_sql, side_tables_sql};
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -32,7 +30,7 @@ use crate::table::partitions::{Granularity, premake, set_granularity};
 use crate::table::privileges::{self, FunctionGrant, SCHEMA_WRITERS_SQL, schema_writers_fix};
 use crate::table::retry::{failed, with_lock_retries};
 
-/// The version [`MIGRATION_SQL`] leaves, as a literal: `--version` prints
+/// The version the migrations leave, as a literal: `--version` prints
 /// it beside the release's (`concat!` takes literals only).
 macro_rules! schema_version {
     () => {
@@ -41,7 +39,7 @@ macro_rules! schema_version {
 }
 pub(crate) use schema_version;
 
-/// The version [`MIGRATION_SQL`] leaves (recorded in `user_logins_schema`,
+/// The version the migrations leave (recorded in `user_logins_schema`,
 /// see [`state`]): a database at an older one is migrated again.
 pub const SCHEMA_VERSION: i32 = schema_version!();
 
@@ -76,7 +74,7 @@ pub fn schema_sql(migrations: &str, profile: Profile) -> String {
 }
 
 /// Advisory lock key ("LOGINETL" in ASCII) of a schema before
-/// migrations/0019 (its functions take it; `MIGRATION_LOCK_SQL` takes it
+/// migrations/0022 (its functions take it; `MIGRATION_LOCK_SQL` takes it
 /// while `user_logins_locks` is not there yet, and the table's conversion).
 pub const MIGRATION_LOCK_KEY: i64 = 0x4C4F_4749_4E45_544C;
 
@@ -564,7 +562,7 @@ pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<bo
     Ok(applied || recorded || made > 0 || built)
 }
 
-/// Whether `user_logins_locks` (migrations/0019) in `schema` lacks one of
+/// Whether `user_logins_locks` (migrations/0022) in `schema` lacks one of
 /// its rows: a lock without its row holds nothing, and the owner's
 /// functions refuse to run (`login_etl_hold_lock`) until `migrate` puts it
 /// back. Only the owner reads the table: the function's cold start does
@@ -605,7 +603,7 @@ pub fn lock_rows_missing_sql(schema: &str) -> String {
 pub const MIGRATION_LOCK_TIMEOUT_MS: u32 = 100;
 
 /// The migration's lock, for the transaction: the row `migration` of
-/// `user_logins_locks` (migrations/0019), which only the owner may lock
+/// `user_logins_locks` (migrations/0022), which only the owner may lock
 /// (maintain's functions take it too); before that table exists (a first
 /// install, or an upgrade from before it), the advisory lock the older
 /// functions take. The locks' rows are put back first where someone with

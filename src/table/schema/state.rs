@@ -1,5 +1,5 @@
 //! The schema's state as the last `migrate` recorded it, in the owner's
-//! table `user_logins_schema` (migrations/0021, one row): the migrations'
+//! table `user_logins_schema` (migrations/0024, one row): the migrations'
 //! version, the profile, and the tag of the owner's functions
 //! ([`super::functions::all_tag`]). The migration's transaction writes it
 //! ([`record_sql`]); the schema guard, `migrate` and doctor read it
@@ -40,7 +40,7 @@ pub fn record_sql(version: i32, profile: Profile) -> String {
 }
 
 /// Whether the table is there, and whether it is the record as
-/// migrations/0021 makes it: a plain table of the tables' owner
+/// migrations/0024 makes it: a plain table of the tables' owner
 /// (`user_logins`'s), without row-level security or children, this session
 /// may read, its three columns of their own types (so reading them runs no
 /// cast or output function of anyone's); and the schema it is in. Checked
@@ -71,7 +71,7 @@ const READABLE_SQL: &str = "SELECT t.oid IS NOT NULL, \
 pub enum Found {
     /// The record, as the last `migrate` wrote it.
     Recorded(Recorded),
-    /// The table as migrations/0021 makes it, without its row (or with a
+    /// The table as migrations/0024 makes it, without its row (or with a
     /// field the owner emptied).
     Empty,
     /// Something under its name that is not that table (see

@@ -255,7 +255,7 @@ pub(super) fn expected(role: Role) -> BTreeSet<String> {
     }
     // PUBLIC's defaults on a database: connect, temporary tables. USAGE
     // on the schema: the admin grants it, or PUBLIC has it. The schema's
-    // recorded state: PUBLIC's (migrations/0021), what every guard reads.
+    // recorded state: PUBLIC's (migrations/0024), what every guard reads.
     for line in [
         "database.CONNECT",
         "database.TEMPORARY",

@@ -4,7 +4,7 @@
 
 use super::*;
 
-/// Roles granted before the role registry (migrations/0010) are found by
+/// Roles granted before the role registry (migrations/0011) are found by
 /// what their grants let them do, registered, and given what this version
 /// adds (the function's vault write, `login_etl_store_vault`): the same
 /// ingest role writes rows and vault entries after `migrate`.

@@ -1,3 +1,4 @@
+-- profile: full
 -- The vault's audit trail and the erasure list (login-etl reveal, forget,
 -- audit). Applied with 0001 and 0002, idempotent. See src/privacy/reveal.rs and
 -- README "Can the PII be recovered?".
@@ -24,7 +25,7 @@ CREATE TABLE IF NOT EXISTS user_logins_pii_audit(
 
 DO $$
 BEGIN
-    -- 0007 replaces it (a re-key may move a token or user key to the next
+    -- 0009 replaces it (a re-key may move a token or user key to the next
     -- version): not again here.
     IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass('user_logins_pii_audit')
                    AND tgname IN ('user_logins_pii_audit_append_only', 'user_logins_pii_audit_rekey_only')) THEN
@@ -50,7 +51,7 @@ CREATE TABLE IF NOT EXISTS user_logins_erased(
 -- functions (the version would not change), so nobody may.
 DO $$
 BEGIN
-    -- 0006 replaces it (a re-key may update a user key): not again here.
+    -- 0007 replaces it (a re-key may update a user key): not again here.
     IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass('user_logins_erased')
                    AND tgname IN ('user_logins_erased_append_only', 'user_logins_erased_rekey_only')) THEN
         CREATE TRIGGER user_logins_erased_append_only

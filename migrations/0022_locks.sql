@@ -1,3 +1,4 @@
+-- profile: all
 -- Locks only login-etl's roles can hold (issue 63, item 6). An advisory
 -- lock is any role's to take: a stolen reader's credential holding
 -- pg_advisory_lock(<key>) in an idle session kept maintain, migrate and

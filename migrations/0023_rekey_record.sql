@@ -1,3 +1,4 @@
+-- profile: full
 -- What each rotation changed in the erasure list and the audit trail, the
 -- old value beside the new (issue 63, item 2). The rotate role re-keys
 -- them during a rotation the owner armed; a stolen rotate credential could

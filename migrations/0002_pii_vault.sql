@@ -1,3 +1,4 @@
+-- profile: full
 -- The PII vault (optional: used when the function runs with VAULT_KMS_KEY_ID).
 -- Applied with 0001, idempotent. See src/privacy/vault.rs and README "Can the PII be
 -- recovered?".

@@ -1,3 +1,4 @@
+-- profile: all
 -- The deployment's retention, as the tables' owner records it (`login-etl
 -- migrate` given RETENTION_DAYS): the maintain role's functions refuse a
 -- cutoff inside it (login_etl_check_cutoff), so a stolen maintain

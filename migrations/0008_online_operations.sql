@@ -1,6 +1,7 @@
+-- profile: all
 -- What lets rotate-key, maintain and forget run beside live ingest without
 -- holding a write up (the soak, tests/soak/, found each of these). Applied
--- with 0001 to 0006, idempotent.
+-- with 0001 to 0007, idempotent.
 
 -- The DEFAULT partition, when it holds more than maintain may move under
 -- its lock (a day of rows, after days of failed maintenance), is swapped

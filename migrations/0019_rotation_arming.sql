@@ -1,3 +1,4 @@
+-- profile: full
 -- A rotation only the tables' owner can start: the owner arms it (`login-etl
 -- rotate-key --arm`, run as the migrate role with both keys' secrets),
 -- recording the check values of the new version's keys; the rotate role's

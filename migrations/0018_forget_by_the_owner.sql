@@ -1,3 +1,4 @@
+-- profile: full
 -- `forget`'s writes through the owner's functions (login_etl_forget_lock,
 -- login_etl_forget_begin, login_etl_forget_rows): the erase role loses
 -- INSERT on the erasure list and on the erased users' tokens, and the

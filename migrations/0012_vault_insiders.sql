@@ -1,4 +1,5 @@
--- The vault's guards of 0010 (the role registry: ../0010_insiders.sql), in
+-- profile: full
+-- The vault's guards of 0011 (the role registry: 0011_insiders.sql), in
 -- the full profile. Applied after it, idempotent.
 
 -- An entry's last_seen never moves back and never past today (UTC),

@@ -1,3 +1,4 @@
+-- profile: all
 -- The schema's state, as the last `migrate` left it, in a table the owner
 -- writes (issue 65, item 4): which migrations (version), which profile,
 -- and which owner's functions (the tag of every function file of that

@@ -1,3 +1,4 @@
+-- profile: all
 -- The masked columns hold tokens only (64 lowercase hex characters), and
 -- `extra` an object of scalars, bounded in size (built-in functions only:
 -- every role that writes a row may evaluate the check): what the

@@ -1,3 +1,4 @@
+-- profile: all
 -- Each row's defects (src/contract/defect.rs): the codes of what was wrong
 -- with a login stored all the same (CONTRACT=lenient, the default), never
 -- a value; NULL when clean, and on every row written before. A nullable
@@ -14,7 +15,7 @@ BEGIN
 END
 $$;
 
--- The write of the binaries of before `extra` (0011): retired, no release
+-- The write of the binaries of before `extra` (0013): retired, no release
 -- calls it. Guarded (DROP ... IF EXISTS says a NOTICE on every new database).
 DO $$
 BEGIN

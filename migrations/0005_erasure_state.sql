@@ -1,3 +1,4 @@
+-- profile: full
 -- What `login-etl forget` keeps between its steps, so that a run that
 -- stops anywhere finishes on the next (src/privacy/reveal.rs), and the audit of its
 -- start. Applied with 0001 to 0004 (and by `migrate --prepare`, which

@@ -1,3 +1,4 @@
+-- profile: full
 -- A reveal in two transactions (src/privacy/reveal.rs): the first writes
 -- the audit records and a ticket naming the entries (login_etl_reveal_request)
 -- and commits; only a later transaction of the same database role, once the

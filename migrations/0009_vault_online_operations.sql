@@ -1,3 +1,4 @@
+-- profile: full
 -- What lets rotate-key and forget run beside live ingest, in the full
 -- profile's tables (the DEFAULT partition's drains: ../0007). Applied after
 -- it, idempotent.

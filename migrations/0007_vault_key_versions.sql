@@ -1,3 +1,4 @@
+-- profile: full
 -- Masking-key versions in the full profile's tables (the key state itself:
 -- ../0006_key_versions.sql). Applied after it, idempotent.
 

@@ -1,8 +1,9 @@
+-- profile: full
 -- The vault's tokens and the erasure list's user keys are tokens only (64
 -- lowercase hex characters): a re-key chunk given anything else is refused
 -- by the row's check. NOT VALID: existing entries are not scanned. A length
 -- and a negated class, not the regex '^[0-9a-f]{64}$' (the same values
--- pass, at a fraction of the cost: see migrations/0018_tokens_only.sql);
+-- pass, at a fraction of the cost: see migrations/0020_tokens_only.sql);
 -- a schema with the regex form gets this one.
 DO $$
 BEGIN

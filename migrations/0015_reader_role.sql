@@ -1,3 +1,4 @@
+-- profile: all
 -- The analysts' role (login-etl grants --role reader): a kind of the role
 -- registry, so that every migrate gives it what it needs (SELECT on
 -- user_logins) and doctor holds it to that. Guarded: a migrate of a

@@ -1,3 +1,4 @@
+-- profile: all
 -- Declared extra fields (EXTRA_FIELDS): the values of fields outside the
 -- contract that an operator declared free of PII, as one JSON object per
 -- row (src/contract/policy.rs). NULL when none is present, and on every

@@ -1,5 +1,6 @@
+-- profile: full
 -- The vault's entries age out with the rows that use them. Applied with
--- 0001 to 0007, idempotent.
+-- 0001 to 0009, idempotent.
 --
 -- Before this version an entry stayed for ever: when retention dropped
 -- the last row that used a value, the original stayed in the vault, and

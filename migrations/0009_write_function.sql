@@ -1,3 +1,0 @@
--- The function's write of a batch became one server-side function
--- (functions/login_etl_write.sql, with its check login_etl_check_write):
--- no table changed. Kept so that the versions keep their numbers.
