@@ -503,12 +503,15 @@ async fn floor_of_ten(
         let old_batch = login_etl::SqsBatch::from(&old_event);
         let rows = rows_of(&old_batch, masker);
         let started = Instant::now();
-        assert_eq!(statements_before_0009(client, &rows, versions).await, 10);
+        assert_eq!(
+            statements_before_version_9(client, &rows, versions).await,
+            10
+        );
         before.push(started.elapsed());
     }
     let (h, b, k) = (median(&mut handled), median(&mut bare), median(&mut sunk));
     println!(
-        "batch of 10: the statements of before migrations/0009 (the check, then the unnamed INSERT parsed and planned for each batch) on rows alike p50 {:.3} ms; the sink now {:.3} ms",
+        "batch of 10: the statements of before schema version 9 (the check, then the unnamed INSERT parsed and planned for each batch) on rows alike p50 {:.3} ms; the sink now {:.3} ms",
         ms(median(&mut before)),
         ms(k)
     );
@@ -531,11 +534,11 @@ async fn floor_of_ten(
     );
 }
 
-/// The sink's INSERT transaction as it was before migrations/0009, in one
+/// The sink's INSERT transaction as it was before schema version 9, in one
 /// round trip: the frame, the check and the unnamed INSERT (parsed and
 /// planned by the server for every batch), COMMIT and the xid floor. The
 /// rows inserted.
-async fn statements_before_0009(
+async fn statements_before_version_9(
     client: &tokio_postgres::Client,
     rows: &[LoginRow<'_>],
     versions: login_etl::privacy::keys::Versions,

@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS user_logins_key_state(
     erasure_derived boolean NOT NULL DEFAULT false
 );
 -- erasure_derived: an erasure list from before key versions (the full
--- profile's, migrations/0007) keeps user keys derived from the masking
+-- profile's, migrations/0003) keeps user keys derived from the masking
 -- key. A masking-only database has no list (read only where it exists).
 DO $$
 DECLARE

@@ -1,6 +1,6 @@
 -- profile: full
 -- Masking-key versions in the full profile's tables (the key state itself:
--- ../0006_key_versions.sql). Applied after it, idempotent.
+-- 0006_key_versions.sql). Applied after it, idempotent.
 
 -- Each row's version (user_logins.key_version) is added by 0001, which
 -- alone touches user_logins: this file also runs beside an old version's

@@ -1,6 +1,6 @@
 -- profile: full
 -- What lets rotate-key and forget run beside live ingest, in the full
--- profile's tables (the DEFAULT partition's drains: ../0007). Applied after
+-- profile's tables (the DEFAULT partition's drains: 0008_online_operations.sql). Applied after
 -- it, idempotent.
 
 -- The switch (login_etl_switch_key) refuses while the vault holds entries

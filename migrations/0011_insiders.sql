@@ -1,7 +1,8 @@
 -- profile: all
 -- What a stolen credential of one role can do, made smaller: the roles
--- registered by kind, the vault's last_seen guarded whoever writes it, and
--- the vault's retention by an index. Applied with 0001 to 0010, idempotent.
+-- registered by kind (the vault's last_seen guarded whoever writes it, and
+-- the vault's retention by an index: 0012_vault_insiders.sql). Applied with
+-- 0001 to 0010, idempotent.
 
 -- The login-etl roles of this database, by what they do: `login-etl
 -- grants` registers the role it prints for (run as the tables' owner), and

@@ -30,6 +30,10 @@
 //! - `error`: error types, none of which carries PII or secrets.
 
 #![warn(missing_docs)]
+// The internals' docs are read with `cargo doc --document-private-items`
+// (make lint), where a link to a private item resolves: what a module's
+// doc names is often its private part.
+#![allow(rustdoc::private_intra_doc_links)]
 
 // The library's surface: the handler, its batch, deadline and outcome; the
 // configuration and start-up; the message contract; synthetic events; and

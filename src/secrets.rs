@@ -123,15 +123,10 @@ impl Secrets {
 
     /// The SecretString of `id`.
     pub async fn string(&self, id: &str) -> Result<String, SecretError> {
-        let out = self
-            .client
-            .get_secret_value()
-            .secret_id(id)
-            .send()
-            .await
-            .map_err(|e| classify(id, e))?;
-        out.secret_string
-            .ok_or_else(|| SecretError::NotAString { id: id.to_owned() })
+        match self.string_if_any(id).await? {
+            Some((text, _arn)) => Ok(text),
+            None => Err(SecretError::NotFound { id: id.to_owned() }),
+        }
     }
 
     /// The SecretString of `id` and the secret's ARN (`id` may be a

@@ -253,7 +253,7 @@ def test_with_the_master_secret_the_stack_sets_up_its_database_and_its_functions
     key = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
     with_key = {st["Sid"]: st for st in _statements(deployed(**SETUP, MasterSecretKmsKeyArn=key)["SetupRole"])}
     assert (with_key["OpenTheMasterSecret"]["Action"], with_key["OpenTheMasterSecret"]["Resource"]) == ("kms:Decrypt", key)
-    assert with_key["OpenTheMasterSecret"]["Condition"] == {"StringEquals": {"kms:ViaService": {"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"}}}
+    assert with_key["OpenTheMasterSecret"]["Condition"] == {"StringEquals": {"kms:ViaService": {"Fn::Sub": "secretsmanager.${AWS::Region}.${AWS::URLSuffix}"}}}
     # With VPC endpoints, setup waits for Secrets Manager's.
     vpc = deployed(**SETUP, SubnetIds="subnet-a", SecurityGroupIds="sg-1", VpcEndpointsVpcId="vpc-1")
     assert vpc["DatabaseSetup"]["Properties"]["Endpoint"] == {"Ref": "SecretsManagerEndpoint"}

@@ -1,6 +1,6 @@
 -- roles: all
 -- The key version an audit record is written under (the default of
--- user_logins_pii_audit.key_version, migrations/0008): every role that
+-- user_logins_pii_audit.key_version, migrations/0009): every role that
 -- writes audit records calls it.
 CREATE OR REPLACE FUNCTION login_etl_current_key_version() RETURNS smallint
 LANGUAGE sql STABLE SECURITY DEFINER AS $$

@@ -1,7 +1,7 @@
 -- roles: none
 -- profile: full
 -- Guards the day a vault entry is kept to (user_logins_pii_vault.last_seen,
--- migrations/0011), whoever writes it, through the owner's functions or a
+-- migrations/0012), whoever writes it, through the owner's functions or a
 -- grant of an older version: never back (maintain's retention would purge
 -- an entry rows still use: a role that may update it could move every
 -- entry to 1900), never past today, UTC (a later day, 'infinity' say,

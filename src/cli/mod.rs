@@ -373,7 +373,7 @@ pub struct SetupArgs {
     /// Days of logins kept (or all), as the stack's RetentionDays: migrate records it, and no maintain deletes inside it.
     #[arg(long, value_name = "DAYS|all", env = "RETENTION_DAYS")]
     pub retention_days: crate::table::retention::Kept,
-    /// password: each role's password in its own secret SECRETS/<role> (made here, readable by this admin and --reader-arn alone, or read where it exists). iam: each role granted rds_iam, no password anywhere.
+    /// password: each role's password in its own secret SECRETS/ROLE (made here, readable by this admin and --reader-arn alone, or read where it exists). iam: each role granted rds_iam, no password anywhere.
     #[arg(long, value_enum, default_value = "password")]
     pub auth: setup::Auth,
     /// The prefix of the roles' secret ids: SECRETS/migrate, SECRETS/ingest, ...

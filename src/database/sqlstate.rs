@@ -1,7 +1,8 @@
 //! What a failed statement's SQLSTATE says can be done about it: the one
-//! classification the batch's write, `migrate`, `maintain` and the
-//! operator commands share, so that they never disagree on what is worth
-//! trying again (PostgreSQL's Appendix A names the classes).
+//! classification the batch's write, `migrate` and `maintain` share, so
+//! that they never disagree on what is worth trying again (PostgreSQL's
+//! Appendix A names the classes). `rotate-key` retries its own chunks on a
+//! deadlock or a serialization failure alone (`privacy::rekey`).
 
 /// A failure, by what can be done about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,10 +13,11 @@ pub enum Class {
     Conflict,
     /// The connection or the server, not the statement: no SQLSTATE at all
     /// (I/O, TLS, a closed connection), a connection exception (08), too
-    /// many connections or no disk (53), a shutdown or a cancel by an
-    /// operator (57), a system error (58), another rollback (40), an
-    /// object in use (55), a read-only transaction after a failover (25),
-    /// an internal error (XX). Tried again later, on a new connection,
+    /// many connections or no disk (53), a shutdown by an operator (57;
+    /// a statement cancelled, 57014, is a [`Conflict`](Class::Conflict)), a
+    /// system error (58), another rollback (40), an object in use (55), an
+    /// invalid transaction state (25: above all a read-only transaction
+    /// after a failover), an internal error (XX). Tried again later, on a new connection,
     /// it can succeed.
     Unavailable,
     /// The data of a row was refused: a data exception (22), a constraint

@@ -17,7 +17,7 @@
 //! without one counts as INFO), and an EMF document dropped there takes its
 //! metrics with it. So each document carries the lowest level the filter
 //! keeps: INFO, or the configured level when that is higher
-//! ([`emf_level`]). A summary at `"level":"ERROR"` under `LogLevel=ERROR` is
+//! ([`crate::emf::emf_level`]). A summary at `"level":"ERROR"` under `LogLevel=ERROR` is
 //! still a summary: its `message` says what it is.
 
 use std::io::Write;

@@ -99,7 +99,7 @@ pub fn transform<'a>(
     transform_with(message_id, message, masker, &Contract::DEFAULT)
 }
 
-/// [`transform`] under `contract` (`UNKNOWN_FIELDS`, `EXTRA_FIELDS`).
+/// `transform` under `contract` (`UNKNOWN_FIELDS`, `EXTRA_FIELDS`).
 pub fn transform_with<'a>(
     message_id: &'a str,
     message: &'a SqsRecord,

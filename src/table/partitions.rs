@@ -126,7 +126,7 @@ pub enum Ensured {
     Deferred,
 }
 
-/// [`ensure_partition`], unless the DEFAULT partition holds more than
+/// `ensure_partition`, unless the DEFAULT partition holds more than
 /// `max_move` rows (`login_etl_ensure_partition(date, bigint)`).
 pub async fn ensure_partition_bounded(
     client: &Client,
@@ -154,7 +154,7 @@ pub async fn ensure_partition_bounded(
     })
 }
 
-/// A partition made by [`ensure_partition`] and the rows it took over from
+/// A partition made by `ensure_partition` and the rows it took over from
 /// the DEFAULT partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Made {

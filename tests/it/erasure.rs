@@ -536,11 +536,11 @@ async fn roles_granted_before_vault_retention_keep_working_after_migrate() {
     )
     .await
     .expect("written");
-    // Back to version 7: the column goes with its privileges (and 0010's
-    // triggers), the new functions with theirs (0009's write, 0010's vault
-    // functions), the role registry too: the migration finds the roles by
+    // Back to version 7: the column goes with its privileges (and version
+    // 10's triggers), the new functions with theirs (version 9's write, 10's
+    // vault functions), the role registry too: the migration finds the roles by
     // their grants and gives them what this version needs. The ingest role
-    // holds 0007's check, as the grants of that version gave it.
+    // holds version 7's check, as the grants of that version gave it.
     let ingest_role = db.role_name(Role::Ingest);
     // The erase role as that version's grants made it: a DELETE of its own
     // on the table (migrations/0018 takes it back).

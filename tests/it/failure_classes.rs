@@ -119,7 +119,7 @@ async fn a_missing_index_and_a_missing_grant_are_classes_of_their_own() {
 #[tokio::test]
 async fn a_database_migrated_by_an_older_version_is_a_schema_to_migrate() {
     // This version deployed before `login-etl migrate` ran: the database
-    // is at version 8, without the write function of migrations/0009.
+    // is at version 8, without the write function of schema version 9.
     let db = TestDb::create().await;
     let ingest = db.ingest_url().await;
     let owner = db.client().await;
@@ -140,7 +140,7 @@ async fn a_database_migrated_by_an_older_version_is_a_schema_to_migrate() {
     // COPY path's too) fail alike.
     assert!(text.contains("predates this version"), "{text}");
 
-    // What the hint says: migrate, and the same role writes (0009 grants
+    // What the hint says: migrate, and the same role writes (version 9 grants
     // the function to the roles granted the check before it).
     db.migrate().await;
     let h = function(&ingest, TEST_KEY, &doc(&E, 1)).await;

@@ -73,8 +73,8 @@ pub(crate) const DURABLE_COMMIT_SQL: &str = "SELECT pg_catalog.set_config('synch
 /// with (`login-etl forget` erased someone since), `LE002` when the key
 /// version is no longer the batch's (`login-etl rotate-key` began), and
 /// `LE001` while the list holds keys older than the batch's users were
-/// checked at. `login_etl_check_write` (migrations/functions/) is migrations/0009's
-/// `login_etl_refuse_erased` reading the key state once.
+/// checked at. `login_etl_check_write` (migrations/functions/) is
+/// `login_etl_refuse_erased` (its own file there) reading the key state once.
 pub(crate) const ERASED_SQL: &str = "SELECT login_etl_check_write($1::int8, $2::int4, $3::int4)";
 
 /// The write check against `known` ([`ERASED_SQL`]).

@@ -354,7 +354,7 @@ pub async fn rotate(
     rotate_side_by_side(client, Vec::new(), masker, caller, options, progress).await
 }
 
-/// [`rotate`], with the chunks of the rows and of the vault re-keyed side
+/// `rotate`, with the chunks of the rows and of the vault re-keyed side
 /// by side on `jobs`, connections of their own (`rotate-key --jobs N`; none:
 /// one stream on `client`). `client` does the rest: the switch, the lists,
 /// the erasure list, the audit trail, the end.

@@ -27,8 +27,6 @@ mod privileges;
 mod replication;
 mod tampering;
 
-#[cfg(feature = "test-support")]
-pub use replication::replication_finding;
 
 use chrono::NaiveDate;
 use serde::Serialize;

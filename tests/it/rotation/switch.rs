@@ -112,7 +112,7 @@ async fn a_writer_that_checks_one_version_waits_while_the_erasure_list_moves() {
     assert!(message.contains("deploy the current version"), "{message}");
     check("SELECT login_etl_refuse_erased($1::int8, 2, 1)")
         .await
-        .expect("0007's check, having looked users up from version 1");
+        .expect("version 7's check, having looked users up from version 1");
     check("SELECT login_etl_check_write($1::int8, 2, 1)")
         .await
         .expect("this release's check, having looked users up from version 1");
