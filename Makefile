@@ -85,7 +85,7 @@ EVENT         ?= events/sqs-mixed.json
 # pytest-xdist workers of make e2e (1: one test at a time).
 E2E_WORKERS   ?= 6
 
-.PHONY: lint-workflows test-pg13 test-pg14 dist dist-check test-dist previous-release help tools rust-tools python-tools host-build test-build test-add-a-field bench-validate bench-check bench-gate dead-code localstack-tools up down e2e test soak lint fmt build validate build-tools sam-build sam-check container-tools image container-check test-container lint-replay deploy package-ca-bundle migrate watch invoke demo demo-poll demo-watch events-large fuzz bench bench-scale clean
+.PHONY: lint-workflows test-pg13 test-pg14 dist dist-check test-dist previous-release help tools rust-tools python-tools host-build test-build test-add-a-field bench-validate bench-check bench-gate dead-code doc-check localstack-tools up down e2e test soak lint fmt build validate build-tools sam-build sam-check container-tools image container-check test-container lint-replay deploy package-ca-bundle migrate watch invoke demo demo-poll demo-watch events-large fuzz bench bench-scale clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9 -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -310,7 +310,10 @@ validate: python-tools ## sam validate --lint, cfn-lint, and the template's own 
 lint: rust-tools ## rustfmt, clippy and rustdoc's links, warnings are errors
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
-	RUSTDOCFLAGS='-D warnings' cargo doc --lib --no-deps --document-private-items
+	$(MAKE) --no-print-directory doc-check
+
+doc-check: rust-tools ## rustdoc's links and HTML in the crate's docs, its internals' included, warnings are errors (CI runs it)
+	env -u RUSTC_WORKSPACE_WRAPPER RUSTDOCFLAGS='-D warnings' cargo doc --lib --no-deps --document-private-items --quiet
 
 # CI builds make test with clippy-driver as RUSTC_WORKSPACE_WRAPPER (.ci/run);
 # these are that build's cargo commands again, under make's environment
