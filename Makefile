@@ -266,7 +266,7 @@ bench-check: rust-tools ## every bench once, in test mode (a single pass of each
 # the ratio needs, in a fraction of release's build), in CI_CACHE's own
 # target directory so its dependencies are built once; CI's clippy wrapper
 # left out (it compiles with MIR optimizations off).
-bench-gate: rust-tools ## CI: benches/floor.rs's short form in an optimized build, judged: fails when the write costs more than 1.3x a plain table of the same columns, COPY at 1,000 rows, INSERT at 10 (ratios in one run)
+bench-gate: rust-tools ## CI: benches/floor.rs's short form in an optimized build, judged: fails when the write at 1,000 rows costs more than 1.3x COPY into a plain table of the same columns (a ratio in one run; make bench judges the batch of 10 too)
 	env -u RUSTC_WORKSPACE_WRAPPER CARGO_TARGET_DIR="$(CI_CACHE)/bench-gate" CARGO_PROFILE_BENCH_LTO=false CARGO_PROFILE_BENCH_CODEGEN_UNITS=16 \
 	  CARGO_PROFILE_BENCH_OPT_LEVEL=1 CARGO_PROFILE_BENCH_DEBUG=false LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" cargo bench --quiet --bench floor -- --short
 

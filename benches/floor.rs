@@ -20,7 +20,7 @@
 //! (make bench-check) a short form runs in test mode and reports,
 //! unjudged: unoptimized, the sink's client-side code weighs too much.
 //! `cargo bench --bench floor -- --short` (CI's make bench-gate, an
-//! optimized build without LTO) judges the short form. Under `cargo bench`
+//! optimized build without LTO) judges the short form at 1,000 rows. Under `cargo bench`
 //! (make bench) more rounds, and the bytes per row on disk and in WAL
 //! after about 100,000 rows each.
 
@@ -321,7 +321,7 @@ async fn main() {
             "         the function's write / the plain table's {}: {:.2} (median of the rounds' ratios{}), {:.2} (fastest against fastest{})",
             if n >= 500 { "COPY" } else { "INSERT" },
             ratio.median,
-            if n >= 500 { "" } else { gate.as_str() },
+            if n < 500 && full { gate.as_str() } else { "" },
             ratio.least,
             if n >= 500 { gate.as_str() } else { "" },
         );
@@ -329,7 +329,14 @@ async fn main() {
         // alone: a floor's lucky fsync (half the usual, in one round of
         // fifteen) made the fastest pair 2.0 while the rounds' median was
         // 1.01. There the paired rounds' median is judged.
-        judged.push((n, if n >= 500 { ratio.least } else { ratio.median }));
+        // CI's short form judges the batch of 1,000 alone (issue 75's
+        // gate): the batch of 10's median moved to 1.23 with a build
+        // beside it (1.01 alone); make bench judges both.
+        if n >= 500 {
+            judged.push((n, ratio.least));
+        } else if full {
+            judged.push((n, ratio.median));
+        }
     }
     if full {
         println!(
