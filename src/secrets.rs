@@ -123,28 +123,32 @@ impl Secrets {
 
     /// The SecretString of `id`.
     pub async fn string(&self, id: &str) -> Result<String, SecretError> {
-        match self.string_if_any(id).await? {
-            Some((text, _arn)) => Ok(text),
-            None => Err(SecretError::NotFound { id: id.to_owned() }),
-        }
+        self.value(id).await.map(|(text, _arn)| text)
     }
 
     /// The SecretString of `id` and the secret's ARN (`id` may be a
     /// name), or `None` when there is no such secret.
     pub async fn string_if_any(&self, id: &str) -> Result<Option<(String, String)>, SecretError> {
-        let out = match self.client.get_secret_value().secret_id(id).send().await {
-            Ok(out) => out,
-            Err(e) => {
-                return match classify(id, e) {
-                    SecretError::NotFound { .. } => Ok(None),
-                    e => Err(e),
-                };
-            }
-        };
+        match self.value(id).await {
+            Ok(found) => Ok(Some(found)),
+            Err(SecretError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The SecretString of `id` and the secret's ARN.
+    async fn value(&self, id: &str) -> Result<(String, String), SecretError> {
+        let out = self
+            .client
+            .get_secret_value()
+            .secret_id(id)
+            .send()
+            .await
+            .map_err(|e| classify(id, e))?;
         let text = out
             .secret_string
             .ok_or_else(|| SecretError::NotAString { id: id.to_owned() })?;
-        Ok(Some((text, out.arn.unwrap_or_else(|| id.to_owned()))))
+        Ok((text, out.arn.unwrap_or_else(|| id.to_owned())))
     }
 
     /// Makes the secret `name` holding `text`; its ARN.

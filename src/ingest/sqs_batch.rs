@@ -55,32 +55,25 @@ pub trait Answer {
     fn refused(&self) -> &[BatchResultErrorEntry];
 }
 
-impl Answer for SendMessageBatchOutput {
-    fn taken(&self) -> Vec<&str> {
-        self.successful().iter().map(|s| s.id()).collect()
-    }
-    fn refused(&self) -> &[BatchResultErrorEntry] {
-        self.failed()
-    }
+// The three outputs have the same two lists under the same names, of
+// result types of their own.
+macro_rules! answers {
+    ($($output:ty),*) => {$(
+        impl Answer for $output {
+            fn taken(&self) -> Vec<&str> {
+                self.successful().iter().map(|s| s.id()).collect()
+            }
+            fn refused(&self) -> &[BatchResultErrorEntry] {
+                self.failed()
+            }
+        }
+    )*};
 }
-
-impl Answer for DeleteMessageBatchOutput {
-    fn taken(&self) -> Vec<&str> {
-        self.successful().iter().map(|s| s.id()).collect()
-    }
-    fn refused(&self) -> &[BatchResultErrorEntry] {
-        self.failed()
-    }
-}
-
-impl Answer for ChangeMessageVisibilityBatchOutput {
-    fn taken(&self) -> Vec<&str> {
-        self.successful().iter().map(|s| s.id()).collect()
-    }
-    fn refused(&self) -> &[BatchResultErrorEntry] {
-        self.failed()
-    }
-}
+answers!(
+    SendMessageBatchOutput,
+    DeleteMessageBatchOutput,
+    ChangeMessageVisibilityBatchOutput
+);
 
 /// The positions (in the call, [`entry_id`]) of the entries SQS took, in
 /// order; each refusal is one WARN line, `refused` saying what it means for

@@ -2,7 +2,7 @@
 //! and error text that never quotes a row value.
 
 use crate::database::sqlstate::Class;
-use crate::error::{DbError, describe};
+use crate::error::{DbError, Misconfiguration, describe};
 
 /// How one database operation failed, by what can be done about it.
 #[derive(Debug)]
@@ -39,26 +39,22 @@ pub(crate) fn classify(e: &tokio_postgres::Error) -> Failure {
         Class::Conflict => Failure::Conflict(describe(e)),
         Class::Unavailable => Failure::Transient(describe(e)),
         Class::Row => Failure::Row(describe_refusal(e)),
-        // The configuration, not the database: a schema not migrated (a
-        // table, column or function of login-etl's missing), a missing
-        // grant (their own failure classes).
-        class @ (Class::Schema | Class::Privilege)
-            if class == Class::Privilege || code != "42883" || names_own_function(e) =>
-        {
-            let privilege = class == Class::Privilege;
+        // The configuration, not the database: a missing grant, a schema
+        // not migrated (a table, column or function of login-etl's
+        // missing; another function's is a trigger's or an extension's:
+        // below). Their own failure classes.
+        Class::Privilege => Failure::Fatal(DbError::Misconfigured {
+            what: Misconfiguration::PrivilegeMissing,
+            op: "the insert into user_logins",
+            cause: describe(e),
+            hint: crate::grants::missing_privilege_hint(denied_table(e)).into(),
+        }),
+        Class::Schema if code != "42883" || names_own_function(e) => {
             Failure::Fatal(DbError::Misconfigured {
-                what: if privilege {
-                    crate::error::Misconfiguration::PrivilegeMissing
-                } else {
-                    crate::error::Misconfiguration::SchemaIncomplete
-                },
+                what: Misconfiguration::SchemaIncomplete,
                 op: "the insert into user_logins",
                 cause: describe(e),
-                hint: if privilege {
-                    crate::grants::missing_privilege_hint(denied_table(e)).into()
-                } else {
-                    "; the schema is missing or not upgraded: run `make migrate` (login-etl migrate) or set RUN_MIGRATIONS=true".into()
-                },
+                hint: "; the schema is missing or not upgraded: run `make migrate` (login-etl migrate) or set RUN_MIGRATIONS=true".into(),
             })
         }
         _ => Failure::Fatal(DbError::Fatal {
