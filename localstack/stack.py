@@ -410,7 +410,7 @@ def replay_custom_resource(stack: str, logical_id: str, kind: str = "Update") ->
     `OldResourceProperties` its properties and its physical id. Waits for
     the function's answer and returns it."""
     s3 = client("s3")
-    bucket = "login-etl-cfn-responses"
+    bucket = "login-etl-cfn-responses"  # the provider's BUCKET (it imports LocalStack, this venv has none)
     kept = s3.list_objects_v2(Bucket=bucket, Prefix=f"requests/{stack}/{logical_id}/").get("Contents", [])
     assert kept, f"no request to {stack}'s {logical_id} kept"
     last = json.loads(s3.get_object(Bucket=bucket, Key=max(o["Key"] for o in kept))["Body"].read())
