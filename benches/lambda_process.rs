@@ -295,7 +295,7 @@ async fn main() {
     let db_config = login_etl::database::settings::DbConfig::from_lookup(&|k: &str| {
         (k == "DATABASE_URL").then(|| url.clone())
     });
-    login_etl::startup::migrate(&db_config.unwrap(), login_etl::profile::Profile::Full)
+    login_etl::startup::migrate(&db_config.unwrap(), login_etl::Profile::Full)
         .await
         .unwrap();
 

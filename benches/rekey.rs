@@ -62,7 +62,7 @@ async fn role(admin: &Client, db: &str, url: &str, role: Role) -> String {
     admin
         .batch_execute(&format!(
             "DROP ROLE IF EXISTS {name}; CREATE ROLE {name} LOGIN; {}",
-            grants::sql(role, &name, "public", login_etl::profile::Profile::Full).unwrap()
+            grants::sql(role, &name, "public", login_etl::Profile::Full).unwrap()
         ))
         .await
         .unwrap();
@@ -169,7 +169,7 @@ async fn main() {
         (k == "DATABASE_URL").then(|| url.clone())
     })
     .unwrap();
-    login_etl::startup::migrate(&target, login_etl::profile::Profile::Full)
+    login_etl::startup::migrate(&target, login_etl::Profile::Full)
         .await
         .unwrap();
     preload(&admin, rows).await;

@@ -264,7 +264,7 @@ async fn upgrade_beside_ingest(url: &str) -> (Duration, Duration, Duration, u64)
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let t = Instant::now();
-    login_etl::startup::migrate(&cfg, login_etl::profile::Profile::Full)
+    login_etl::startup::migrate(&cfg, login_etl::Profile::Full)
         .await
         .unwrap();
     let cutover = t.elapsed();
@@ -339,7 +339,7 @@ async fn main() {
            masked_device_id varchar(256), locale varchar(32), app_version integer, create_date date, \
            message_id varchar(128), app_version_text varchar(32), sent_at timestamptz, \
            key_version smallint NOT NULL DEFAULT 1);\n{}; COMMIT",
-        login_etl::table::schema::schema_sql(login_etl::table::schema::side_tables_sql(), login_etl::profile::Profile::Full)
+        login_etl::table::schema::schema_sql(login_etl::table::schema::side_tables_sql(), login_etl::Profile::Full)
     ))
     .await
     .unwrap();
@@ -415,7 +415,7 @@ async fn main() {
         (k == "DATABASE_URL").then(|| url_b.clone())
     })
     .unwrap();
-    login_etl::startup::migrate(&cfg, login_etl::profile::Profile::Full)
+    login_etl::startup::migrate(&cfg, login_etl::Profile::Full)
         .await
         .unwrap();
     let b = connect(&url_b).await;

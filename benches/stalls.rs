@@ -46,7 +46,7 @@ async fn role(admin: &Client, db: &str, url: &str, role: Role) -> String {
     admin
         .batch_execute(&format!(
             "DROP ROLE IF EXISTS {name}; CREATE ROLE {name} LOGIN; {}",
-            grants::sql(role, &name, "public", login_etl::profile::Profile::Full).unwrap()
+            grants::sql(role, &name, "public", login_etl::Profile::Full).unwrap()
         ))
         .await
         .unwrap();
@@ -176,7 +176,7 @@ async fn switch_beside_ingest(admin: &Client) {
             (k == "DATABASE_URL").then(|| url.clone())
         })
         .unwrap(),
-        login_etl::profile::Profile::Full,
+        login_etl::Profile::Full,
     )
     .await
     .unwrap();
@@ -255,7 +255,7 @@ async fn default_day_beside_ingest(admin: &Client) {
             (k == "DATABASE_URL").then(|| url.clone())
         })
         .unwrap(),
-        login_etl::profile::Profile::Full,
+        login_etl::Profile::Full,
     )
     .await
     .unwrap();

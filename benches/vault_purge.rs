@@ -101,7 +101,7 @@ async fn main() {
             let url = url.clone();
             DbConfig::from_lookup(&|k| (k == "DATABASE_URL").then(|| url.clone())).unwrap()
         };
-        login_etl::startup::migrate(&db, login_etl::profile::Profile::Full)
+        login_etl::startup::migrate(&db, login_etl::Profile::Full)
             .await
             .unwrap();
         let admin = connect(&url).await;

@@ -19,8 +19,8 @@ use lambda_runtime::LambdaInvocation;
 use lambda_runtime::tower::{Layer, Service};
 use tracing::warn;
 
-use crate::SqsBatch;
 use crate::error::HandlerError;
+use crate::ingest::event::SqsBatch;
 
 /// The payloads taken from invocations not yet handled, by request id.
 #[derive(Clone, Default)]

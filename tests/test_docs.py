@@ -282,3 +282,50 @@ def test_every_path_a_doc_or_comment_names_is_a_file_of_the_repository():
     # A design document the project never held is named nowhere.
     outside = [f for f, t in texts.items() if re.search(r"(?<![\w/])design\.md", t)]
     assert not outside, f"design.md is not in the repository: {outside}"
+
+
+def reexports(module: str) -> dict[str, str]:
+    """What a module's `pub use` lines re-export: item name -> the module
+    path (from the crate root) that defines it."""
+    path = ROOT / "src" / (module.replace("::", "/") + "/mod.rs" if module else "lib.rs")
+    base = f"{module}::" if module else ""
+    found: dict[str, str] = {}
+    for m in re.finditer(r"^pub use ([\w:]+?)::(\{[^}]*\}|\w+);", path.read_text(), re.M):
+        for name in m.group(2).strip("{}").split(","):
+            if name.strip():
+                found[name.strip()] = base + m.group(1)
+    return found
+
+
+def second_names(texts: dict[str, str], prefix: str, items: dict[str, str]) -> list[str]:
+    """Where the texts name an item by a path other than its one path:
+    `prefix::defining::module::Item`, alone or in a `use` group."""
+    found = []
+    for name, text in texts.items():
+        for item, module in items.items():
+            spelled = re.escape(f"{prefix}::{module}::")
+            if re.search(spelled + rf"(?:{item}\b|\{{[^}}]*\b{item}\b)", text):
+                found.append(f"{name}: {item}")
+    return found
+
+
+def test_each_item_is_named_one_way():
+    """An item the crate re-exports has one path: outside the crate (tests,
+    benches, examples, main.rs) the surface's `login_etl::Item`, and a
+    contract item `contract::Item`, its room's door, everywhere; the crate's
+    own code names a surface item where it is defined, never `crate::Item`."""
+    surface, door = reexports(""), reexports("contract")
+    assert {"BatchHandler", "Profile"} <= surface.keys() and {"LoginEvent", "Rejection"} <= door.keys()
+    outside = {str(p.relative_to(ROOT)): p.read_text() for d in ("tests", "benches", "examples", "fuzz")
+               for p in (ROOT / d).rglob("*.rs") if "target" not in p.parts}  # fmt: skip
+    outside["src/main.rs"] = (ROOT / "src" / "main.rs").read_text()
+    inside = {str(p.relative_to(ROOT)): p.read_text() for p in (ROOT / "src").rglob("*.rs")
+              if p.name not in ("lib.rs", "main.rs")}  # fmt: skip
+    crate_root = [f"{n}: {i}" for n, t in inside.items() for i in surface if re.search(rf"\bcrate::{i}\b", t)]
+    assert not crate_root, f"the crate's own code names these by the surface's path: {crate_root}"
+    twice = second_names(outside, "login_etl", surface) + second_names(outside | inside, "crate", door) \
+        + second_names(outside, "login_etl", door)  # fmt: skip
+    assert not twice, f"named by a second path: {twice}"
+    planted = {"tests/x.rs": "use login_etl::ingest::handler::{Deadline, BatchHandler};\nlogin_etl::profile::Profile::Full"}
+    assert sorted(second_names(planted, "login_etl", surface)) == [
+        "tests/x.rs: BatchHandler", "tests/x.rs: Deadline", "tests/x.rs: Profile"]  # fmt: skip

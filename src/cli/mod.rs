@@ -133,9 +133,7 @@ pub struct ContractArgs {
 
 impl ContractArgs {
     /// The contract these settings give.
-    pub fn contract(
-        &self,
-    ) -> Result<crate::contract::Contract, crate::contract::policy::PolicyError> {
+    pub fn contract(&self) -> Result<crate::contract::Contract, crate::contract::PolicyError> {
         use crate::contract::{Contract, UnknownFields};
         Ok(Contract::new(
             UnknownFields::parse(&self.unknown_fields)?,

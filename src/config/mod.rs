@@ -244,7 +244,7 @@ fn contract(
 ) -> Result<crate::contract::Contract, ConfigError> {
     use crate::contract::{Contract, Mode, UnknownFields};
     let invalid = |var: &'static str| {
-        move |e: crate::contract::policy::PolicyError| ConfigError::Invalid {
+        move |e: crate::contract::PolicyError| ConfigError::Invalid {
             var,
             reason: e.to_string(),
         }

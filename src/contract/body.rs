@@ -14,11 +14,12 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use serde_json::value::RawValue;
 
 use crate::app_version;
+use crate::contract::Defect;
 use crate::contract::address;
-use crate::contract::defect::Defect;
-use crate::contract::field::{FIELDS, Field, FieldName};
-use crate::contract::policy::{Contract, MAX_EXTRA_BYTES, Mode, UnknownFields};
-use crate::contract::rejection::{ExtraProblem, Rejection};
+use crate::contract::policy::MAX_EXTRA_BYTES;
+use crate::contract::{Contract, Mode, UnknownFields};
+use crate::contract::{ExtraProblem, Rejection};
+use crate::contract::{FIELDS, Field, FieldName};
 
 /// The most names of fields outside the contract one message records.
 pub const MAX_UNKNOWN_NAMES: usize = 8;

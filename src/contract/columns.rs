@@ -11,7 +11,7 @@
 //! body's parser, and one migration that adds the column
 //! (docs/development.md, "Adding a field").
 
-use crate::contract::defect::Defect;
+use crate::contract::Defect;
 
 /// Every column the function writes, in the order of the COPY and of the
 /// write function's arrays: `name: SqlType, RustType = value of the row r;`.

@@ -11,12 +11,12 @@
 
 use serde_json::{Map, Value};
 
+use crate::contract::Contract;
+use crate::contract::Defect;
+use crate::contract::Field;
+use crate::contract::Rejection;
 use crate::contract::Token;
-use crate::contract::body::{LoginEvent, parse_body_with};
-use crate::contract::defect::Defect;
-use crate::contract::field::Field;
-use crate::contract::policy::Contract;
-use crate::contract::rejection::Rejection;
+use crate::contract::{LoginEvent, parse_body_with};
 
 /// A login read back from a copy: the event (no ip or device id: the copy
 /// holds their tokens only) and the tokens.

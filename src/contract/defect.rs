@@ -10,8 +10,8 @@ use std::fmt;
 
 use crate::app_version::{Derivation, VersionError};
 use crate::contract::address::AddressPart;
-use crate::contract::field::{Field, FieldName};
-use crate::contract::rejection::{ExtraProblem, Rejection};
+use crate::contract::{ExtraProblem, Rejection};
+use crate::contract::{Field, FieldName};
 
 /// One defect of a stored login.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

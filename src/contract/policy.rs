@@ -8,7 +8,8 @@
 //! `extra` column, as the JSON they were, each at most
 //! [`MAX_EXTRA_BYTES`]; declaring a field says it holds no PII.
 
-use crate::contract::field::{Field, MAX_NAME_CHARS, is_identifier};
+use crate::contract::Field;
+use crate::contract::field::{MAX_NAME_CHARS, is_identifier};
 
 /// The most fields `EXTRA_FIELDS` may declare.
 pub const MAX_EXTRA_FIELDS: usize = 16;

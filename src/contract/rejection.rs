@@ -5,8 +5,8 @@ use std::borrow::Cow;
 use std::fmt;
 
 use crate::app_version::VersionError;
-use crate::contract::field::{Field, FieldName};
 use crate::contract::policy::MAX_EXTRA_BYTES;
+use crate::contract::{Field, FieldName};
 
 /// Longest `message_id` the table stores (`varchar(128)`).
 pub const MAX_MESSAGE_ID_CHARS: usize = 128;

@@ -7,9 +7,9 @@ use std::net::IpAddr;
 
 use chrono::{DateTime, NaiveDate, Utc};
 
-use crate::contract::body::LoginEvent;
-use crate::contract::defect::Defect;
-use crate::contract::field::FieldName;
+use crate::contract::Defect;
+use crate::contract::FieldName;
+use crate::contract::LoginEvent;
 
 /// A masked row of `user_logins`, borrowing from the event where it can. It also carries the raw ip and device id, for the PII vault only
 /// (never written to `user_logins`, redacted from `Debug`).

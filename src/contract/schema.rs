@@ -20,8 +20,9 @@
 
 use serde_json::{Value, json};
 
-use crate::contract::field::{FIELDS, Field};
-use crate::contract::policy::{Contract, MAX_EXTRA_BYTES, Mode, UnknownFields};
+use crate::contract::policy::MAX_EXTRA_BYTES;
+use crate::contract::{Contract, Mode, UnknownFields};
+use crate::contract::{FIELDS, Field};
 
 /// The schema's identifier (the default contract).
 pub const SCHEMA_ID: &str = "urn:login-etl:login-event:2";

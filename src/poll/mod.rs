@@ -114,7 +114,7 @@ struct Worker {
 struct Started {
     queue: Queue,
     dlq_from: &'static str,
-    handler: crate::BatchHandler,
+    handler: crate::ingest::handler::BatchHandler,
     leases: Arc<Leases>,
     health: Arc<Health>,
 }

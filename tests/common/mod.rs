@@ -101,7 +101,7 @@ impl TestDb {
         let url = self.url.clone();
         let db = DbConfig::from_lookup(&|k| (k == "DATABASE_URL").then(|| url.clone()))
             .expect("a valid DATABASE_URL");
-        startup::migrate(&db, login_etl::profile::Profile::Full)
+        startup::migrate(&db, login_etl::Profile::Full)
             .await
             .expect("the schema is applied");
     }
@@ -157,8 +157,8 @@ impl TestDb {
 /// (without its lock or its partitions), on `client`'s database.
 pub async fn apply_schema(client: &Client) {
     let schema = login_etl::table::schema::schema_sql(
-        login_etl::table::schema::migration_sql(login_etl::profile::Profile::Full),
-        login_etl::profile::Profile::Full,
+        login_etl::table::schema::migration_sql(login_etl::Profile::Full),
+        login_etl::Profile::Full,
     );
     client
         .batch_execute(&format!("BEGIN; {schema}; COMMIT"))
@@ -183,8 +183,7 @@ pub async fn make_role(admin_db_url: &str, name: &str, role: Role, password: Opt
             .await
             .expect("create the test role");
     }
-    let grants =
-        login_etl::grants::sql(role, name, "public", login_etl::profile::Profile::Full).unwrap();
+    let grants = login_etl::grants::sql(role, name, "public", login_etl::Profile::Full).unwrap();
     admin
         .batch_execute(&grants)
         .await
@@ -198,7 +197,7 @@ pub async fn ingest_role_on(admin_db_url: &str, name: &str, password: Option<&st
     let url = admin_db_url.to_owned();
     let db = DbConfig::from_lookup(&|k| (k == "DATABASE_URL").then(|| url.clone()))
         .expect("a valid DATABASE_URL");
-    startup::migrate(&db, login_etl::profile::Profile::Full)
+    startup::migrate(&db, login_etl::Profile::Full)
         .await
         .expect("the schema is applied");
     make_role(admin_db_url, name, Role::Ingest, password).await;

@@ -25,7 +25,7 @@ fn names(report: &Report, check: &str, subject: &str) -> bool {
 async fn doctor_as_a_superuser_names_each_tampering_and_runs_nothing_of_the_schema() {
     let db = TestDb::create().await;
     let owner_url = db.role_url(Role::Migrate).await;
-    startup::migrate(&db_config(&owner_url), login_etl::profile::Profile::Full)
+    startup::migrate(&db_config(&owner_url), login_etl::Profile::Full)
         .await
         .expect("the migrate role migrates");
     db.role_url(Role::Ingest).await;
@@ -155,7 +155,7 @@ async fn doctor_as_a_superuser_names_each_tampering_and_runs_nothing_of_the_sche
     );
 
     // migrate mends what it made; the admin, the rest, as the fixes say.
-    startup::migrate(&db_config(&owner_url), login_etl::profile::Profile::Full)
+    startup::migrate(&db_config(&owner_url), login_etl::Profile::Full)
         .await
         .expect("migrate over the tampered schema");
     admin
@@ -188,7 +188,7 @@ async fn doctor_as_a_superuser_names_each_tampering_and_runs_nothing_of_the_sche
 async fn twins_strangers_and_a_lock_without_its_row_are_named_and_migrate_mends_them() {
     let db = TestDb::create().await;
     let owner_url = db.role_url(Role::Migrate).await;
-    startup::migrate(&db_config(&owner_url), login_etl::profile::Profile::Full)
+    startup::migrate(&db_config(&owner_url), login_etl::Profile::Full)
         .await
         .expect("the migrate role migrates");
     let maintainer = connect(&db.role_url(Role::Maintain).await).await;
@@ -280,7 +280,7 @@ async fn twins_strangers_and_a_lock_without_its_row_are_named_and_migrate_mends_
         "{text}"
     );
 
-    startup::migrate(&db_config(&owner_url), login_etl::profile::Profile::Full)
+    startup::migrate(&db_config(&owner_url), login_etl::Profile::Full)
         .await
         .expect("migrate over the tampered schema");
     let mended = examine(&admin, today, None).await.unwrap();
@@ -325,7 +325,7 @@ async fn twins_strangers_and_a_lock_without_its_row_are_named_and_migrate_mends_
 async fn a_view_in_place_of_the_schema_record_is_named_and_never_read() {
     let db = TestDb::create().await;
     let owner_url = db.role_url(Role::Migrate).await;
-    startup::migrate(&db_config(&owner_url), login_etl::profile::Profile::Full)
+    startup::migrate(&db_config(&owner_url), login_etl::Profile::Full)
         .await
         .expect("the migrate role migrates");
     let admin = db.client().await; // a superuser
@@ -412,7 +412,7 @@ async fn a_view_in_place_of_the_schema_record_is_named_and_never_read() {
 async fn a_record_table_another_role_made_is_refused_by_migrate() {
     let db = TestDb::create().await;
     let owner_url = db.role_url(Role::Migrate).await;
-    startup::migrate(&db_config(&owner_url), login_etl::profile::Profile::Full)
+    startup::migrate(&db_config(&owner_url), login_etl::Profile::Full)
         .await
         .expect("the migrate role migrates");
     let stranger = format!("{}_stranger", db.name);
@@ -443,7 +443,7 @@ async fn a_record_table_another_role_made_is_refused_by_migrate() {
         ))
         .await
         .unwrap();
-    let err = startup::migrate(&db_config(&owner_url), login_etl::profile::Profile::Full)
+    let err = startup::migrate(&db_config(&owner_url), login_etl::Profile::Full)
         .await
         .expect_err("migrate refuses the stranger's table");
     let text = err.to_string();

@@ -665,7 +665,7 @@ async fn an_invalid_unique_index_stops_every_write_until_migrate_rebuilds_it() {
             (k == "DATABASE_URL").then(|| db.url.clone())
         })
         .unwrap(),
-        login_etl::profile::Profile::Full,
+        login_etl::Profile::Full,
     )
     .await
     .unwrap();
@@ -696,7 +696,7 @@ async fn migrate_on_a_current_schema_takes_no_table_lock() {
     .unwrap();
     let target = tokio::time::timeout(
         Duration::from_secs(5),
-        login_etl::startup::migrate(&config, login_etl::profile::Profile::Full),
+        login_etl::startup::migrate(&config, login_etl::Profile::Full),
     )
     .await
     .expect("migrate did not wait for a table lock")

@@ -84,10 +84,7 @@ fn partition_of(day: NaiveDate) -> String {
     format!("user_logins_p{}", day.format("%Y%m%d"))
 }
 
-async fn handle(
-    h: &login_etl::BatchHandler,
-    event: &SqsEvent,
-) -> login_etl::ingest::handler::BatchSummary {
+async fn handle(h: &login_etl::BatchHandler, event: &SqsEvent) -> login_etl::BatchSummary {
     let (resp, summary) = h
         .handle(&SqsBatch::from(event), Deadline::NONE)
         .await
@@ -584,7 +581,7 @@ async fn an_unpartitioned_table_is_converted_while_the_function_writes_and_redel
         }
     };
     wait_until("a round written before the cutover", rounds(1)).await;
-    let target = login_etl::startup::migrate(&config, login_etl::profile::Profile::Full)
+    let target = login_etl::startup::migrate(&config, login_etl::Profile::Full)
         .await
         .expect("the cutover");
     assert!(target.contains("(applied)"), "{target}");

@@ -8,9 +8,9 @@ use std::time::Duration;
 use crate::common;
 
 use common::*;
+use login_etl::Profile;
 use login_etl::database::settings::DbConfig;
 use login_etl::grants::GrantsError;
-use login_etl::profile::Profile;
 use login_etl::synth::{self, Options};
 use login_etl::table::maintain::MaintainOptions;
 use login_etl::table::privileges::FULL_ONLY_TABLES;

@@ -150,8 +150,8 @@ async fn the_owners_functions_made_again_beside_ingest_hold_no_write_up() {
         .unwrap();
     admin
         .batch_execute(&login_etl::table::schema::schema_sql(
-            login_etl::table::schema::migration_sql(login_etl::profile::Profile::Full),
-            login_etl::profile::Profile::Full,
+            login_etl::table::schema::migration_sql(login_etl::Profile::Full),
+            login_etl::Profile::Full,
         ))
         .await
         .unwrap();

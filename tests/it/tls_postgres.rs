@@ -65,7 +65,7 @@ async fn ssl_modes_against_a_server_that_requires_tls() {
         server.url("127.0.0.1", Some(PASSWORD))
     );
     let db = DbConfig::from_lookup(&|k| (k == "DATABASE_URL").then(|| admin.clone())).unwrap();
-    startup::migrate(&db, login_etl::profile::Profile::Full)
+    startup::migrate(&db, login_etl::Profile::Full)
         .await
         .expect("the admin migrates over TLS");
     server.psql(&format!(
@@ -76,7 +76,7 @@ async fn ssl_modes_against_a_server_that_requires_tls() {
             Role::Ingest,
             "login_etl_ingest",
             "public",
-            login_etl::profile::Profile::Full,
+            login_etl::Profile::Full,
         )
         .unwrap(),
     );

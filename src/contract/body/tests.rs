@@ -3,9 +3,9 @@
 use super::*;
 use crate::app_version::VersionError;
 use crate::contract::Defect;
+use crate::contract::ExtraProblem;
 use crate::contract::Field;
-use crate::contract::policy::{Contract, UnknownFields};
-use crate::contract::rejection::ExtraProblem;
+use crate::contract::{Contract, UnknownFields};
 
 #[test]
 fn debug_output_of_a_parsed_event_shows_no_value() {

@@ -33,8 +33,8 @@ use std::collections::BTreeSet;
 
 use common::keys::*;
 use common::*;
+use login_etl::BatchHandler;
 use login_etl::database::settings::DbConfig;
-use login_etl::ingest::handler::BatchHandler;
 use login_etl::privacy::rekey::{self, RekeyOptions};
 use login_etl::synth::{self, Options};
 use login_etl::table::maintain::{self, MaintainOptions};
@@ -110,7 +110,7 @@ async fn deploy(pg13_defaults: bool) -> Deployment {
     }
     let owner = db.role_url(Role::Migrate).await;
     if pg13_defaults {
-        let refused = startup::migrate(&db_config(&owner), login_etl::profile::Profile::Full)
+        let refused = startup::migrate(&db_config(&owner), login_etl::Profile::Full)
             .await
             .expect_err("migrate refuses a schema every role may create in")
             .to_string();
@@ -122,7 +122,7 @@ async fn deploy(pg13_defaults: bool) -> Deployment {
         assert!(refused.contains(fix), "the one-line fix: {refused}");
         admin.batch_execute(fix).await.unwrap();
     }
-    startup::migrate(&db_config(&owner), login_etl::profile::Profile::Full)
+    startup::migrate(&db_config(&owner), login_etl::Profile::Full)
         .await
         .expect("the migrate role migrates");
     let owner_client = connect(&owner).await;
@@ -130,8 +130,7 @@ async fn deploy(pg13_defaults: bool) -> Deployment {
         let name = db.role_name(role);
         db.bare_named_role(&name).await;
         let grants =
-            login_etl::grants::sql(role, &name, "public", login_etl::profile::Profile::Full)
-                .unwrap();
+            login_etl::grants::sql(role, &name, "public", login_etl::Profile::Full).unwrap();
         owner_client
             .batch_execute(&grants)
             .await
@@ -245,7 +244,7 @@ async fn a_planted_operator_never_runs_as_the_owner_and_an_open_schema_is_report
         ["PUBLIC"],
         "what the function warns of"
     );
-    let again = startup::migrate(&db_config(&d.owner), login_etl::profile::Profile::Full)
+    let again = startup::migrate(&db_config(&d.owner), login_etl::Profile::Full)
         .await
         .expect_err("migrate refuses the opened schema")
         .to_string();

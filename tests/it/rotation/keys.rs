@@ -245,7 +245,7 @@ async fn the_keys_are_checked_at_start_and_nothing_is_recorded_by_it() {
         .await
         .expect_err("another key is refused at start");
     assert_eq!(
-        login_etl::error::HandlerError::class_of(&err),
+        login_etl::HandlerError::class_of(&err),
         "key_mismatch",
         "{err}"
     );

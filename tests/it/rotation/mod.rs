@@ -14,7 +14,7 @@ use std::time::Duration;
 use aws_lambda_events::event::sqs::SqsEvent;
 use common::keys::*;
 use common::*;
-use login_etl::ingest::handler::BatchHandler;
+use login_etl::BatchHandler;
 use login_etl::privacy::masking::{KeyVersions, Masker, UserKeys};
 use login_etl::privacy::rekey::{self, RekeyOptions};
 use login_etl::privacy::vault::Kind;
