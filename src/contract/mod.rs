@@ -41,5 +41,5 @@ pub use body::{LoginEvent, parse_body, parse_body_with};
 pub use defect::Defect;
 pub use field::{FIELDS, Field, FieldName};
 pub use policy::{Contract, Mode, PolicyError, UnknownFields};
-pub use rejection::{ExtraProblem, MAX_MESSAGE_ID_CHARS, Rejection};
+pub use rejection::{ExtraProblem, MAX_MESSAGE_ID_CHARS, NOT_A_PRODUCERS, Rejection};
 pub use row::{LoginRow, RowKeyAndTokens, TOKEN_LEN, Token};

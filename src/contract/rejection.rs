@@ -99,6 +99,11 @@ impl ExtraProblem {
     }
 }
 
+/// The codes of rejections whose message was no producer's (the DLQ
+/// operator's own, or a rebuilt login whose seal did not hold): a copy
+/// of one carries no claim to a row, and `dlq-redrive` leaves it.
+pub const NOT_A_PRODUCERS: [&str; 2] = ["operator_message_unsigned", "rebuilt_login_unverified"];
+
 impl Rejection {
     /// Stable machine-readable code, e.g. `missing_field.user_id`, for counting.
     pub fn code(&self) -> Cow<'static, str> {
@@ -200,5 +205,20 @@ impl fmt::Display for Rejection {
                 "field `{name}` holds an object or an array; a declared field keeps one value (a string, number, boolean or null)"
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{NOT_A_PRODUCERS, Rejection};
+
+    #[test]
+    fn the_codes_of_no_producers_messages_are_those_rejections_codes() {
+        let codes = [
+            Rejection::OperatorMessageUnsigned,
+            Rejection::RebuiltLoginUnverified,
+        ]
+        .map(|r| r.code().into_owned());
+        assert_eq!(codes, NOT_A_PRODUCERS);
     }
 }

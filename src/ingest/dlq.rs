@@ -31,11 +31,12 @@ use chrono::{SecondsFormat, Utc};
 use tokio::task::JoinSet;
 use tracing::warn;
 
+use crate::contract::NOT_A_PRODUCERS;
 use crate::ingest::event::SqsRecord;
 use crate::ingest::record::row_key;
 use crate::ingest::sqs_batch;
 use crate::privacy::dead_letter::{SEALED_BODY, SEALED_KEY, Sealer};
-use crate::privacy::masking::Masker;
+use crate::privacy::masking::{Masker, signature_version};
 
 /// Bound on all sends of one invocation.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -173,15 +174,67 @@ impl DeadLetterQueue {
     }
 }
 
-/// Message attributes of a copy, by name.
-type Attributes = Vec<(&'static str, String)>;
-
+/// A message attribute of text.
 fn string(value: &str) -> Option<MessageAttributeValue> {
     MessageAttributeValue::builder()
         .data_type("String")
         .string_value(value)
         .build()
         .ok()
+}
+
+/// Everything a dead-letter copy says, which its `copy_signature` covers:
+/// its original's row key, its rejection code, its tokens' key version,
+/// its masked body and its sealed original. A copy's claims are the
+/// function's only when the signature holds: a producer may set any
+/// attribute on a message, and the DLQ operator may seal any body.
+#[derive(Debug, Clone, Copy)]
+pub struct CopyFacts<'a> {
+    /// `source_message_id`.
+    pub source_message_id: &'a str,
+    /// `source_sent_timestamp` (empty when its original had none).
+    pub source_sent_timestamp: &'a str,
+    /// `rejection_code`.
+    pub code: &'a str,
+    /// The key version of its tokens: its signature's.
+    pub token_key_version: u16,
+    /// The copy's body.
+    pub masked_body: &'a str,
+    /// `sealed_body` and `sealed_key`, when it kept its original.
+    pub sealed: Option<(&'a str, &'a str)>,
+}
+
+impl<'a> CopyFacts<'a> {
+    fn parts(&self, version: &'a str) -> [&'a str; 5] {
+        let (body, key) = self.sealed.unwrap_or_default();
+        [self.code, version, self.masked_body, body, key]
+    }
+
+    /// Its `copy_signature`, by the masking key's copy key.
+    pub fn sign(&self, masker: &Masker) -> String {
+        let version = self.token_key_version.to_string();
+        masker.copy_signature(self.source_message_id, self.source_sent_timestamp, &self.parts(&version))
+    }
+
+    /// Whether `signature` is the function's, over exactly these.
+    pub fn signed_by(&self, masker: &Masker, signature: &str) -> bool {
+        let version = self.token_key_version.to_string();
+        masker.verifies_copy(
+            self.source_message_id,
+            self.source_sent_timestamp,
+            &self.parts(&version),
+            signature,
+        )
+    }
+}
+
+/// What a copy says of its original: its row key, signed when it was a
+/// producer's, and its body sealed.
+struct Original {
+    message_id: String,
+    sent_timestamp: Option<String>,
+    signature: Option<String>,
+    sealed: Option<(String, String)>,
 }
 
 impl DeadLetterQueue {
@@ -200,7 +253,16 @@ impl DeadLetterQueue {
             .and_then(|a| a.approximate_receive_count.as_deref())
             .unwrap_or("1");
         let masked = copy::masked_body(body, masker);
-        let (source, sealed) = self.original_of(r, masker, &masked)?;
+        let original = self.original_of(r, masker, &masked)?;
+        let signature = CopyFacts {
+            source_message_id: &original.message_id,
+            source_sent_timestamp: original.sent_timestamp.as_deref().unwrap_or_default(),
+            code: r.code,
+            token_key_version: masker.version(),
+            masked_body: &masked,
+            sealed: original.sealed.as_ref().map(|(b, k)| (b.as_str(), k.as_str())),
+        }
+        .sign(masker);
         let mut builder = SendMessageBatchRequestEntry::builder()
             .id("0")
             .message_body(&masked)
@@ -218,20 +280,25 @@ impl DeadLetterQueue {
                     .ok()?,
             )
             .message_attributes("rejected_at", string(rejected_at)?)
-            // The version of the masked body's tokens: a login rebuilt from
-            // this copy is re-keyed from it (`dlq-redrive --rebuild`).
-            .message_attributes(
-                "token_key_version",
-                MessageAttributeValue::builder()
-                    .data_type("Number")
-                    .string_value(masker.version().to_string())
-                    .build()
-                    .ok()?,
-            );
-        let mut size = masked.len() + 1024;
-        for (name, value) in source.iter().chain(&sealed) {
+            // Its `v<n>.` is the version of the masked body's tokens: a
+            // login rebuilt from this copy is re-keyed from it (`dlq-redrive
+            // --rebuild`). SQS takes 10 attributes a message: a copy that
+            // kept its original carries all 10.
+            .message_attributes("copy_signature", string(&signature)?);
+        let mut size = masked.len() + signature.len() + 1024;
+        let claims = [
+            ("source_message_id", Some(original.message_id)),
+            ("source_sent_timestamp", original.sent_timestamp),
+            ("source_signature", original.signature),
+        ];
+        let sealed = original.sealed.map(|(b, k)| [(SEALED_BODY, b), (SEALED_KEY, k)]);
+        for (name, value) in claims
+            .into_iter()
+            .filter_map(|(n, v)| Some((n, v?)))
+            .chain(sealed.into_iter().flatten())
+        {
             size += name.len() + value.len();
-            builder = builder.message_attributes(*name, string(value)?);
+            builder = builder.message_attributes(name, string(&value)?);
         }
         if fifo {
             builder = builder
@@ -241,27 +308,37 @@ impl DeadLetterQueue {
         Some((builder.build().ok()?, size))
     }
 
-    /// What a copy says of its original: its signed row key (`source_*`)
-    /// and, with a sealer, its body sealed (`sealed_*`). A message that is
-    /// itself a copy (SQS moved it back, or it was sent on as it was)
-    /// keeps its own: the original it names, never its masked body sealed
-    /// over. `None` (with a warning): too large for SQS.
-    fn original_of(
-        &self,
-        r: &Rejected<'_>,
-        masker: &Masker,
-        masked: &str,
-    ) -> Option<(Attributes, Attributes)> {
-        if let (Some(c), Some((body, key))) =
-            (r.message.claimed_source(), r.message.sealed_original())
+    /// What a copy says of its original: its signed row key and, with a
+    /// sealer, its body sealed. A message that is itself a copy the
+    /// function made (SQS moved it back, or it was sent on as it was: its
+    /// `copy_signature` holds) keeps its own: the original it names, never
+    /// its masked body sealed over. Any other message is an original,
+    /// whatever attributes it carries. The row key of a message that was no
+    /// producer's ([`NOT_A_PRODUCERS`]) is not signed: no redrive can give
+    /// the DLQ operator's own login a row. `None` (with a warning): too
+    /// large for SQS.
+    fn original_of(&self, r: &Rejected<'_>, masker: &Masker, masked: &str) -> Option<Original> {
+        if let Some((c, version)) = r
+            .message
+            .copy_claims()
+            .and_then(|c| Some((c, signature_version(c.signature)?)))
         {
-            let source = vec![
-                ("source_message_id", c.message_id.to_owned()),
-                ("source_sent_timestamp", c.sent_timestamp.to_owned()),
-                ("source_signature", c.signature.to_owned()),
-            ];
-            let sealed = vec![(SEALED_BODY, body.to_owned()), (SEALED_KEY, key.to_owned())];
-            return Some((source, sealed));
+            let facts = CopyFacts {
+                source_message_id: c.source_message_id,
+                source_sent_timestamp: c.source_sent_timestamp.unwrap_or_default(),
+                code: c.code,
+                token_key_version: version,
+                masked_body: r.message.body.as_deref().unwrap_or_default(),
+                sealed: c.sealed,
+            };
+            if facts.signed_by(masker, c.signature) {
+                return Some(Original {
+                    message_id: c.source_message_id.to_owned(),
+                    sent_timestamp: c.source_sent_timestamp.map(str::to_owned),
+                    signature: c.source_signature.map(str::to_owned),
+                    sealed: c.sealed.map(|(b, k)| (b.to_owned(), k.to_owned())),
+                });
+            }
         }
         let body = r.message.body.as_deref().unwrap_or_default();
         // The original's id and SentTimestamp (a signed copy's, kept
@@ -269,15 +346,12 @@ impl DeadLetterQueue {
         // dated by them, so it can never add a second row (see
         // `record::row_key`).
         let key = row_key(r.message_id, r.message, masker);
-        let mut source = vec![("source_message_id", key.message_id.to_owned())];
-        if let Some(sent) = key.sent_timestamp {
-            source.push(("source_sent_timestamp", sent.to_owned()));
-            source.push((
-                "source_signature",
-                masker.redrive_signature(key.message_id, sent, body),
-            ));
-        }
-        let mut sealed = Vec::new();
+        let producers = !NOT_A_PRODUCERS.contains(&r.code);
+        let signature = key
+            .sent_timestamp
+            .filter(|_| producers)
+            .map(|sent| masker.redrive_signature(key.message_id, sent, body));
+        let mut sealed = None;
         if let (Some(sealer), false) = (&self.sealer, body.is_empty()) {
             if masked.len() + sealer.sealed_len(body.len()) > MAX_COPY_BYTES {
                 warn!(
@@ -288,8 +362,13 @@ impl DeadLetterQueue {
                 return None;
             }
             let s = sealer.seal(key.message_id, body);
-            sealed = vec![(SEALED_BODY, s.body), (SEALED_KEY, s.key)];
+            sealed = Some((s.body, s.key));
         }
-        Some((source, sealed))
+        Some(Original {
+            message_id: key.message_id.to_owned(),
+            sent_timestamp: key.sent_timestamp.map(str::to_owned),
+            signature,
+            sealed,
+        })
     }
 }

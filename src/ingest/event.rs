@@ -244,6 +244,48 @@ pub struct SourceAttributes {
     /// tokens (sealed with it).
     #[serde(default, deserialize_with = "string_value")]
     pub rebuilt_key_version: Option<String>,
+    /// `copy_signature`: on a copy, the function's signature of all it says
+    /// (`crate::ingest::dlq::CopyFacts`); on a rebuilt login, its copy's.
+    #[serde(default, deserialize_with = "string_value")]
+    pub copy_signature: Option<String>,
+    /// `source_rejection_code`: on a rebuilt login, its copy's
+    /// `rejection_code` (the copy's signature covers it).
+    #[serde(default, deserialize_with = "string_value")]
+    pub source_rejection_code: Option<String>,
+}
+
+/// The message attributes the function reads, [`SourceAttributes`]'
+/// fields by their names: what `login-etl poll` asks SQS for.
+pub const SOURCE_ATTRIBUTES: [&str; 10] = [
+    "source_message_id",
+    "source_sent_timestamp",
+    "source_signature",
+    "sealed_body",
+    "sealed_key",
+    "rejection_code",
+    "rebuilt_seal",
+    "rebuilt_key_version",
+    "copy_signature",
+    "source_rejection_code",
+];
+
+impl SourceAttributes {
+    /// Each of [`SOURCE_ATTRIBUTES`] as `value` gives it by name.
+    pub fn from_named(value: impl Fn(&str) -> Option<String>) -> Self {
+        let [source_message_id, source_sent_timestamp, source_signature, sealed_body, sealed_key, rejection_code, rebuilt_seal, rebuilt_key_version, copy_signature, source_rejection_code] = SOURCE_ATTRIBUTES.map(value);
+        SourceAttributes {
+            source_message_id,
+            source_sent_timestamp,
+            source_signature,
+            sealed_body,
+            sealed_key,
+            rejection_code,
+            rebuilt_seal,
+            rebuilt_key_version,
+            copy_signature,
+            source_rejection_code,
+        }
+    }
 }
 
 /// The three message attributes that name a redriven copy's original, as
@@ -258,7 +300,8 @@ pub struct ClaimedSource<'a> {
     pub signature: &'a str,
 }
 
-/// The row key a rebuilt login names: its copy's original's.
+/// The row key a rebuilt login names: its copy's original's, and what
+/// its copy's signature covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RebuiltClaim<'a> {
     /// `source_message_id`.
@@ -267,6 +310,34 @@ pub struct RebuiltClaim<'a> {
     pub sent_timestamp: &'a str,
     /// `rebuilt_key_version`: the key version of its tokens.
     pub key_version: u16,
+    /// `source_rejection_code`: its copy's rejection code.
+    pub rejection_code: &'a str,
+    /// `copy_signature`: its copy's signature.
+    pub copy_signature: &'a str,
+}
+
+/// What a dead-letter copy says of itself, as the message carries it: a
+/// claim until its `copy_signature` is checked
+/// (`crate::ingest::dlq::CopyFacts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyClaims<'a> {
+    /// `rejection_code`.
+    pub code: &'a str,
+    /// `source_message_id`.
+    pub source_message_id: &'a str,
+    /// `source_sent_timestamp`, when its original had one.
+    pub source_sent_timestamp: Option<&'a str>,
+    /// `source_signature`, when its original's claim was signed.
+    pub source_signature: Option<&'a str>,
+    /// `sealed_body` and `sealed_key`, when it kept its original.
+    pub sealed: Option<(&'a str, &'a str)>,
+    /// `copy_signature` (its `v<n>.`: the key version of its tokens).
+    pub signature: &'a str,
+}
+
+/// An attribute's value, when it has one that is not empty.
+fn nonempty(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|v| !v.is_empty())
 }
 
 /// A message attribute as Lambda's SQS event shows it: its `stringValue`.
@@ -356,8 +427,9 @@ impl SqsRecord {
     }
 
     /// A rebuilt login's row key (`source_message_id`,
-    /// `source_sent_timestamp`), its tokens' key version and its seal, when
-    /// it carries all four: a claim until the seal is checked.
+    /// `source_sent_timestamp`), its tokens' key version, its copy's code
+    /// and signature, and its seal, when it carries them all: a claim until
+    /// the signature and the seal are checked.
     pub fn rebuilt(&self) -> Option<(RebuiltClaim<'_>, &str)> {
         let a = self.message_attributes.as_ref()?;
         let seal = a.rebuilt_seal.as_deref()?;
@@ -369,9 +441,25 @@ impl SqsRecord {
                     .as_deref()
                     .filter(|v| !v.is_empty())?,
                 key_version: a.rebuilt_key_version.as_deref()?.trim().parse().ok()?,
+                rejection_code: a.source_rejection_code.as_deref()?,
+                copy_signature: a.copy_signature.as_deref()?,
             },
             seal,
         ))
+    }
+
+    /// What the message says when it says it is a dead-letter copy: a
+    /// rejection code, its original's id and a copy signature, at least.
+    pub fn copy_claims(&self) -> Option<CopyClaims<'_>> {
+        let a = self.message_attributes.as_ref()?;
+        Some(CopyClaims {
+            code: nonempty(&a.rejection_code)?,
+            source_message_id: nonempty(&a.source_message_id)?,
+            source_sent_timestamp: nonempty(&a.source_sent_timestamp),
+            source_signature: nonempty(&a.source_signature),
+            sealed: self.sealed_original(),
+            signature: nonempty(&a.copy_signature)?,
+        })
     }
 
     /// Whether the message says it is a rebuilt login (a seal attribute,
@@ -386,9 +474,6 @@ impl SqsRecord {
     /// when it names one in full (all three non-empty).
     pub fn claimed_source(&self) -> Option<ClaimedSource<'_>> {
         let a = self.message_attributes.as_ref()?;
-        fn nonempty(v: &Option<String>) -> Option<&str> {
-            v.as_deref().filter(|v| !v.is_empty())
-        }
         Some(ClaimedSource {
             message_id: nonempty(&a.source_message_id)?,
             sent_timestamp: nonempty(&a.source_sent_timestamp)?,
@@ -427,16 +512,7 @@ impl From<&SqsMessage> for SqsRecord {
             }),
             event_source_arn: m.event_source_arn.clone(),
             receipt_handle: m.receipt_handle.clone(),
-            message_attributes: Some(SourceAttributes {
-                source_message_id: attribute("source_message_id"),
-                source_sent_timestamp: attribute("source_sent_timestamp"),
-                source_signature: attribute("source_signature"),
-                sealed_body: attribute("sealed_body"),
-                sealed_key: attribute("sealed_key"),
-                rejection_code: attribute("rejection_code"),
-                rebuilt_seal: attribute("rebuilt_seal"),
-                rebuilt_key_version: attribute("rebuilt_key_version"),
-            }),
+            message_attributes: Some(SourceAttributes::from_named(attribute)),
         }
     }
 }

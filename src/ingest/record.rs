@@ -140,16 +140,29 @@ pub fn user_id_of(message: &SqsRecord) -> Option<std::borrow::Cow<'_, str>> {
         .map(|login| login.user_id)
 }
 
+/// How old a rebuilt login's original may be: SQS keeps a message 14 days
+/// at most in the source queue, and its copy 14 more in the dead-letter
+/// queue. An older one was kept outside them, and is not rebuilt.
+pub const REBUILT_MAX_AGE: chrono::TimeDelta = chrono::TimeDelta::days(28);
+
+/// How far ahead of `now` a rebuilt login's original may be dated: SQS's
+/// clock and the function's may differ by this much.
+pub const REBUILT_CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+
 /// The row of a login rebuilt from a dead-letter copy
-/// ([`crate::privacy::dead_letter::rebuilt`]), its seal checked by the
-/// caller: keyed and dated by the copy's original (`claim`), the copy's
-/// fields read back leniently ([`crate::contract::copy`]), its tokens as
-/// they are, brought from the version they were made at to `masker`'s.
+/// ([`crate::privacy::dead_letter::rebuilt`]), its copy's signature and
+/// its seal checked by the caller: keyed and dated by the copy's original
+/// (`claim`), the copy's fields read back leniently
+/// ([`crate::contract::copy`]), its tokens as they are, brought from the
+/// version they were made at to `masker`'s. An original dated more than
+/// [`REBUILT_MAX_AGE`] before `now`, or after it, is
+/// [`Rejection::SentTimestampOutOfRange`].
 pub fn transform_rebuilt<'a>(
     claim: RebuiltClaim<'a>,
     message: &'a SqsRecord,
     masker: &Masker,
     contract: &Contract,
+    now: DateTime<Utc>,
 ) -> Result<LoginRow<'a>, Rejection> {
     let message_id = claim.message_id;
     if message_id.chars().count() > MAX_MESSAGE_ID_CHARS {
@@ -160,6 +173,9 @@ pub fn transform_rebuilt<'a>(
         return Err(Rejection::RebuiltLoginUnverified);
     }
     let sent_at = checked_sent_at(Some(claim.sent_timestamp))?;
+    if sent_at < now - REBUILT_MAX_AGE || sent_at > now + REBUILT_CLOCK_SKEW {
+        return Err(Rejection::SentTimestampOutOfRange);
+    }
     let copy = parse_copy(message.body.as_deref().unwrap_or(""), contract)?;
     let mut key = RowKeyAndTokens {
         message_id,

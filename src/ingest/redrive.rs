@@ -32,6 +32,8 @@ use aws_sdk_sqs::types::{
 };
 use tracing::warn;
 
+use crate::contract::NOT_A_PRODUCERS;
+use crate::privacy::masking::signature_version;
 use crate::ingest::sqs_batch;
 use crate::privacy::dead_letter::rebuilt::{REBUILT_SEAL, Rebuilt, seal};
 use crate::privacy::dead_letter::{SEALED_BODY, SEALED_KEY, UnsealError, Unsealer};
@@ -294,11 +296,15 @@ impl Rebuilder {
         let Some(sent) = attribute(m, "source_sent_timestamp") else {
             return Ok(Err("copy_has_no_row_key"));
         };
-        // Copies made before 0.2.0 say no version: theirs was 1 (a
-        // masking-only stack, which cannot rotate, made them).
-        let key_version: u16 = attribute(m, "token_key_version")
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(1);
+        // The function rebuilds only from a copy it signed: one made before
+        // copies were signed stays.
+        let (Some(signature), Some(code)) = (attribute(m, "copy_signature"), attribute(m, "rejection_code"))
+        else {
+            return Ok(Err("copy_unsigned"));
+        };
+        let Some(key_version) = signature_version(signature) else {
+            return Ok(Err("copy_unsigned"));
+        };
         let rebuilt = Rebuilt {
             source_message_id: source,
             sent_timestamp: sent,
@@ -327,6 +333,8 @@ impl Rebuilder {
                 text(key_version.to_string()),
             ),
             (REBUILT_SEAL.to_owned(), text(sealed)),
+            ("copy_signature".to_owned(), text(signature.to_owned())),
+            ("source_rejection_code".to_owned(), text(code.to_owned())),
         ]);
         Ok(Ok(Original {
             body,
@@ -384,6 +392,12 @@ async fn original(
             dedup: id,
             kind: Kind::AsItIs,
         }));
+    }
+    // The DLQ operator's own message, or a rebuilt login that did not
+    // hold: nothing of a producer's to send back (and the function would
+    // refuse it again).
+    if attribute(m, "rejection_code").is_some_and(|code| NOT_A_PRODUCERS.contains(&code)) {
+        return Ok(Err("not_a_producers"));
     }
     let source = attribute(m, "source_message_id").unwrap_or(&id).to_owned();
     let (Some(body), Some(key)) = (attribute(m, SEALED_BODY), attribute(m, SEALED_KEY)) else {

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tracing::warn;
 
 use crate::ingest::backoff::{QueueUrlError, queue_url};
-use crate::ingest::event::{RecordAttributes, SourceAttributes, SqsBatch, SqsRecord};
+use crate::ingest::event::{RecordAttributes, SOURCE_ATTRIBUTES, SourceAttributes, SqsBatch, SqsRecord};
 use crate::ingest::sqs_batch;
 
 /// Messages per `ReceiveMessage`, and entries per batch call (the SQS limits).
@@ -117,16 +117,7 @@ pub fn to_record(m: &Message, queue_arn: &str) -> SqsRecord {
         }),
         event_source_arn: Some(queue_arn.to_owned()),
         receipt_handle: m.receipt_handle().map(str::to_owned),
-        message_attributes: Some(SourceAttributes {
-            source_message_id: message_attr("source_message_id"),
-            source_sent_timestamp: message_attr("source_sent_timestamp"),
-            source_signature: message_attr("source_signature"),
-            sealed_body: message_attr("sealed_body"),
-            sealed_key: message_attr("sealed_key"),
-            rejection_code: message_attr("rejection_code"),
-            rebuilt_seal: message_attr("rebuilt_seal"),
-            rebuilt_key_version: message_attr("rebuilt_key_version"),
-        }),
+        message_attributes: Some(SourceAttributes::from_named(message_attr)),
     }
 }
 
@@ -281,14 +272,7 @@ impl Queue {
             .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
             .message_system_attribute_names(MessageSystemAttributeName::SenderId)
             // What a copy redriven from the DLQ carries of its original.
-            .message_attribute_names("source_message_id")
-            .message_attribute_names("source_sent_timestamp")
-            .message_attribute_names("source_signature")
-            .message_attribute_names("sealed_body")
-            .message_attribute_names("sealed_key")
-            .message_attribute_names("rejection_code")
-            .message_attribute_names("rebuilt_seal")
-            .message_attribute_names("rebuilt_key_version")
+            .set_message_attribute_names(Some(SOURCE_ATTRIBUTES.map(str::to_owned).to_vec()))
             .send();
         // The SDK's own timeouts do not cover a long poll that hangs.
         let limit = Duration::from_secs(u64::from(wait) + 10);

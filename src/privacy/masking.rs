@@ -218,6 +218,18 @@ const CHECK_LABEL: &[u8] = b"login-etl key check v1";
 /// canonical text, and later versions hash a token's hex.
 const REDRIVE_LABEL: &[u8] = b" login-etl\0redrive v1";
 
+/// The label of the copy-signing key derived from each masking key (see
+/// [`Masker::copy_signature`]): a key of its own, so that no copy's
+/// signature is ever a redrive key's, and the reverse.
+const COPY_LABEL: &[u8] = b" login-etl\0dead-letter copy v1";
+
+/// The key version a signature (`v<n>.` and its hex: a redrive key's or a
+/// dead-letter copy's) was made at, when it has that form.
+pub fn signature_version(signature: &str) -> Option<u16> {
+    let (version, _) = signature.strip_prefix('v')?.split_once('.')?;
+    version.bytes().all(|b| b.is_ascii_digit()).then(|| version.parse().ok())?
+}
+
 /// Computes user keys: the keyed hash of a user id that the erasure list
 /// and the audit of `login-etl forget` store instead of the id. Version 1 is
 /// lowercase hex of HMAC-SHA256(e₁, user_id), later versions chain like
@@ -480,12 +492,9 @@ impl Masker {
     /// row's key or day, and whoever sees a copy's attributes cannot attach
     /// them to another body.
     pub fn redrive_signature(&self, message_id: &str, sent_timestamp: &str, body: &str) -> String {
-        let mac = self.redrive_mac(self.version, message_id, sent_timestamp, body);
-        format!(
-            "v{}.{}",
-            self.version,
-            hex::encode(mac.finalize().into_bytes())
-        )
+        let mut mac = self.claim_mac(REDRIVE_LABEL, self.version, message_id, sent_timestamp);
+        mac.update(&<Sha256 as sha2::Digest>::digest(body.as_bytes()));
+        self.signature(mac)
     }
 
     /// Whether `signature` is a [`redrive_signature`](Self::redrive_signature)
@@ -500,6 +509,62 @@ impl Masker {
         body: &str,
         signature: &str,
     ) -> bool {
+        self.verifies(signature, |version| {
+            let mut mac = self.claim_mac(REDRIVE_LABEL, version, message_id, sent_timestamp);
+            mac.update(&<Sha256 as sha2::Digest>::digest(body.as_bytes()));
+            mac
+        })
+    }
+
+    /// The signature of a dead-letter copy, over everything it says: its
+    /// original's row key (`source_id`, `source_timestamp`: empty when the
+    /// original had none) and `parts`, in order (its rejection code, its
+    /// tokens' key version, its masked body, its sealed original). The form
+    /// of [`redrive_signature`](Self::redrive_signature), under the copy
+    /// key HMAC-SHA256(kₙ, [`COPY_LABEL`]): only the function makes one, so
+    /// a copy's claims (above all a rebuilt login's tokens and row key)
+    /// are the function's, never a producer's or the DLQ operator's.
+    pub fn copy_signature(&self, source_id: &str, source_timestamp: &str, parts: &[&str]) -> String {
+        self.signature(self.copy_mac(self.version, source_id, source_timestamp, parts))
+    }
+
+    /// Whether `signature` is a [`copy_signature`](Self::copy_signature)
+    /// of these under a version this masker holds (as
+    /// [`verifies_redrive`](Self::verifies_redrive)).
+    pub fn verifies_copy(
+        &self,
+        source_id: &str,
+        source_timestamp: &str,
+        parts: &[&str],
+        signature: &str,
+    ) -> bool {
+        self.verifies(signature, |version| {
+            self.copy_mac(version, source_id, source_timestamp, parts)
+        })
+    }
+
+    fn copy_mac(&self, version: u16, id: &str, timestamp: &str, parts: &[&str]) -> HmacSha256 {
+        let mut mac = self.claim_mac(COPY_LABEL, version, id, timestamp);
+        for part in parts {
+            // Each part's length first: no two lists of parts sign alike.
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part.as_bytes());
+        }
+        mac
+    }
+
+    /// `v<n>.` and the hex of the finished `mac`, at this masker's version.
+    fn signature(&self, mac: HmacSha256) -> String {
+        format!(
+            "v{}.{}",
+            self.version,
+            hex::encode(mac.finalize().into_bytes())
+        )
+    }
+
+    /// Whether `signature` (`v<n>.` and 64 lowercase hex digits) is the
+    /// `mac` of version n's key, for an n this masker still takes.
+    fn verifies(&self, signature: &str, mac: impl FnOnce(u16) -> HmacSha256) -> bool {
         let Some((version, digest)) = signature
             .strip_prefix('v')
             .and_then(|rest| rest.split_once('.'))
@@ -521,27 +586,19 @@ impl Masker {
         if !(self.redrive_floor.max(1)..=self.version).contains(&version) {
             return false;
         }
-        self.redrive_mac(version, message_id, sent_timestamp, body)
-            .verify_slice(&digest)
-            .is_ok()
+        mac(version).verify_slice(&digest).is_ok()
     }
 
-    fn redrive_mac(
-        &self,
-        version: u16,
-        message_id: &str,
-        sent_timestamp: &str,
-        body: &str,
-    ) -> HmacSha256 {
-        use sha2::Digest;
+    /// A claim's MAC under HMAC-SHA256(kₙ, `label`), over a message id and
+    /// a timestamp: what a redrive key and a copy both begin with.
+    fn claim_mac(&self, label: &[u8], version: u16, message_id: &str, timestamp: &str) -> HmacSha256 {
         let mut derive = self.chain.0[usize::from(version) - 1].clone();
-        derive.update(REDRIVE_LABEL);
+        derive.update(label);
         let mut mac = keyed(&derive.finalize().into_bytes());
         mac.update(message_id.as_bytes());
         mac.update(&[0]);
-        mac.update(sent_timestamp.as_bytes());
+        mac.update(timestamp.as_bytes());
         mac.update(&[0]);
-        mac.update(&Sha256::digest(body.as_bytes()));
         mac
     }
 

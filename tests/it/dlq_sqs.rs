@@ -721,6 +721,38 @@ fn base64_decode(text: &str) -> Vec<u8> {
         .unwrap()
 }
 
+/// A moto of its own with a source queue, its DLQ and a KMS key.
+struct Queues {
+    _moto: common::moto::Moto,
+    sqs: Client,
+    kms: aws_sdk_kms::Client,
+    source_url: String,
+    dlq_url: String,
+    key: String,
+}
+
+async fn queues_and_key() -> Queues {
+    let (_moto, port) = start_moto();
+    let sdk = common::moto::moto_sdk(&format!("http://127.0.0.1:{port}")).await;
+    let (sqs, kms) = (Client::new(&sdk), aws_sdk_kms::Client::new(&sdk));
+    let mut urls = Vec::new();
+    for name in ["logins", "logins-dlq"] {
+        let out = sqs.create_queue().queue_name(name).send().await.unwrap();
+        urls.push(out.queue_url().unwrap().to_owned());
+    }
+    let key = kms.create_key().send().await.unwrap();
+    let key = key.key_metadata().unwrap().arn().unwrap().to_owned();
+    let dlq_url = urls.pop().unwrap();
+    Queues {
+        _moto,
+        sqs,
+        kms,
+        source_url: urls.pop().unwrap(),
+        dlq_url,
+        key,
+    }
+}
+
 /// One SQS record as a producer's message arrives, received once.
 fn arrived(id: &str, body: &str, sent_ms: i64) -> login_etl::ingest::event::SqsRecord {
     login_etl::ingest::event::SqsRecord {
@@ -751,24 +783,22 @@ async fn copies_without_their_original_come_back_rebuilt_and_only_sealed_ones_ar
     use login_etl::ingest::redrive::{Rebuilder, RedriveOptions, redrive};
     use login_etl::privacy::dead_letter::rebuilt::RebuiltVerifier;
 
-    let (_moto, port) = start_moto();
-    let sdk = common::moto::moto_sdk(&format!("http://127.0.0.1:{port}")).await;
-    let (sqs, kms) = (Client::new(&sdk), aws_sdk_kms::Client::new(&sdk));
-    let mut urls = Vec::new();
-    for name in ["logins", "logins-dlq"] {
-        let out = sqs.create_queue().queue_name(name).send().await.unwrap();
-        urls.push(out.queue_url().unwrap().to_owned());
-    }
-    let (source_url, dlq_url) = (urls[0].clone(), urls[1].clone());
-    let key = kms.create_key().send().await.unwrap();
-    let key = key.key_metadata().unwrap().arn().unwrap().to_owned();
+    let Queues {
+        _moto,
+        sqs,
+        kms,
+        source_url,
+        dlq_url,
+        key,
+    } = queues_and_key().await;
     let db = TestDb::create().await;
     // As before 0.2.0 in the masking-only profile: strict, no dead-letter key.
     let strict = handler(&db)
         .await
         .with_contract(login_etl::contract::Contract::STRICT)
         .with_dead_letter_queue(DeadLetterQueue::new(sqs.clone(), dlq_url.clone()));
-    let sent = 1_764_000_000_000_i64;
+    // An hour ago: a rebuilt login's original is at most 28 days old.
+    let sent = chrono::Utc::now().timestamp_millis() - 3_600_000;
     let logins = [
         (
             "beta",
@@ -1023,4 +1053,229 @@ async fn a_copy_kms_will_not_open_stays_and_the_redrive_goes_on_and_releases_it(
         0,
         "nothing left in flight"
     );
+}
+
+/// The DLQ operator cannot store logins of its own (insiders' third
+/// round, finding 1). Its own login, sent from its role, is rejected
+/// (`operator_message_unsigned`) and its copy claims no row: `dlq-redrive`
+/// leaves it (`not_a_producers`), and its original sent back by hand with
+/// the copy's attributes is refused again. Logins it rebuilds and seals
+/// itself are refused: another user's tokens, a second row for a stored
+/// message at its `sent_at` + 1 ms, rows dated 0001 and 2100, a forged
+/// copy signature, and a genuine copy of its own message. The function
+/// rebuilds only from a copy it signed, of a producer's message; and a
+/// producer's message that claims to be a copy has its claims dropped.
+#[tokio::test]
+#[ignore = "needs moto_server on PATH or in MOTO_SERVER; run by `make test`"]
+async fn the_dlq_operators_own_logins_are_never_stored() {
+    use login_etl::ingest::event::SourceAttributes;
+    use login_etl::ingest::redrive::{RedriveOptions, redrive};
+    use login_etl::privacy::dead_letter::rebuilt::{REBUILT_SEAL, Rebuilt, RebuiltVerifier, seal};
+    use login_etl::privacy::dead_letter::{Sealer, Unsealer};
+
+    const OPERATOR: &str = "AROAOPERATOR000000000";
+    let Queues {
+        _moto,
+        sqs,
+        kms,
+        source_url,
+        dlq_url,
+        key,
+    } = queues_and_key().await;
+    let db = TestDb::create().await;
+    let h = handler(&db)
+        .await
+        .with_dead_letter_queue(
+            DeadLetterQueue::new(sqs.clone(), dlq_url.clone())
+                .with_sealer(Sealer::generate(&kms, &key).await.unwrap()),
+        )
+        .with_dlq_operator(Some(OPERATOR.into()))
+        .with_rebuilt_verifier(RebuiltVerifier::new(kms.clone(), key.clone()));
+    let h = &h;
+    let handle = |records: Vec<login_etl::ingest::event::SqsRecord>| async move {
+        h.handle(&SqsBatch::new(records), Deadline::NONE)
+            .await
+            .map(Outcome::into_parts)
+            .unwrap()
+            .1
+    };
+    let as_operator = |mut r: login_etl::ingest::event::SqsRecord| {
+        r.attributes.as_mut().unwrap().sender_id = Some(format!("{OPERATOR}:redrive"));
+        r
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    let login = |user: &str, ip: &str| {
+        format!(
+            r#"{{"user_id":"{user}","app_version":"1.0.0","device_type":"ios","ip":"{ip}","locale":"EN","device_id":"dev-{user}"}}"#
+        )
+    };
+
+    // The operator's own login: refused, and its copy claims no row.
+    let own = as_operator(arrived("own", &login("u-own", "10.9.9.9"), now - 60_000));
+    let summary = handle(vec![own.clone()]).await;
+    assert_eq!(
+        (
+            summary.inserted,
+            summary.rejected.get("operator_message_unsigned")
+        ),
+        (0, Some(&1)),
+        "{summary:?}"
+    );
+    let copies = peek(&sqs, &dlq_url).await;
+    assert_eq!(copies.len(), 1);
+    let held = copies[0].message_attributes().unwrap();
+    assert!(
+        !held.contains_key("source_signature"),
+        "the copy of the operator's own message carries no signed row key"
+    );
+    assert!(held.contains_key("copy_signature") && held.contains_key("sealed_body"));
+    assert!(
+        held.len() <= 10,
+        "SQS takes 10 attributes a message: {held:?}"
+    );
+
+    // dlq-redrive leaves it; sent back by hand with the copy's attributes, refused again.
+    let options = RedriveOptions {
+        dlq_url: dlq_url.clone(),
+        to_url: source_url.clone(),
+        dry_run: false,
+        max: None,
+    };
+    let mut unsealer = Unsealer::new(kms.clone(), vec![key.clone()]);
+    let run = redrive(&sqs, Some(&mut unsealer), None, &options, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        (run.redriven, run.left.get("not_a_producers")),
+        (0, Some(&1)),
+        "{run:?}"
+    );
+    let mut by_hand = own.clone();
+    by_hand.message_id = Some("by-hand".into());
+    by_hand.message_attributes = Some(SourceAttributes::from_named(|name| {
+        held.get(name)
+            .and_then(|v| v.string_value())
+            .map(str::to_owned)
+            .filter(|_| name.starts_with("source_"))
+    }));
+    let summary = handle(vec![by_hand]).await;
+    assert_eq!(summary.inserted, 0, "{summary:?}");
+
+    // A producer's login, stored; then rebuilt logins the operator seals itself.
+    let stored_at = now - 3_600_000;
+    let summary = handle(vec![arrived(
+        "stored",
+        &login("u-victim", "10.1.1.1"),
+        stored_at,
+    )])
+    .await;
+    assert_eq!(summary.inserted, 1);
+    let masker = common::keys::test_masker();
+    let victims = masked_body(&login("u-victim", "10.1.1.1"), &masker);
+    let own_copy = copies[0].body().unwrap().to_owned();
+    let forged_signature = format!("v1.{}", "0".repeat(64));
+    // (the row key's id, the copy-shaped body, its date, the copy's code and signature)
+    type Case<'a> = (&'a str, String, i64, Option<(&'a str, &'a str)>);
+    let cases: [Case; 6] = [
+        (
+            "another-users-tokens",
+            victims.replace("u-victim", "u-thief"),
+            now - 60_000,
+            None,
+        ),
+        ("stored", victims.clone(), stored_at + 1, None),
+        (
+            "year-1",
+            victims.replace("u-victim", "u-year-1"),
+            -62_135_596_800_000,
+            None,
+        ),
+        (
+            "year-2100",
+            victims.replace("u-victim", "u-year-2100"),
+            4_102_444_800_000,
+            None,
+        ),
+        (
+            "forged-signature",
+            victims.clone(),
+            stored_at,
+            Some(("invalid_json", forged_signature.as_str())),
+        ),
+        (
+            "own",
+            own_copy.clone(),
+            now - 60_000,
+            Some((
+                "operator_message_unsigned",
+                attr(&copies[0], "copy_signature").leak(),
+            )),
+        ),
+    ];
+    let mut rebuilt = Vec::new();
+    for (id, body, sent, copy) in cases {
+        let sent = sent.to_string();
+        let sealed = seal(
+            &kms,
+            &key,
+            &Rebuilt {
+                source_message_id: id,
+                sent_timestamp: &sent,
+                key_version: 1,
+                body: &body,
+            },
+        )
+        .await
+        .unwrap();
+        let mut r = as_operator(arrived(&format!("rebuilt-{id}"), &body, now));
+        r.message_attributes = Some(SourceAttributes::from_named(|name| match name {
+            "source_message_id" => Some(id.to_owned()),
+            "source_sent_timestamp" => Some(sent.clone()),
+            "rebuilt_key_version" => Some("1".into()),
+            n if n == REBUILT_SEAL => Some(sealed.clone()),
+            "source_rejection_code" => copy.map(|(code, _)| code.to_owned()),
+            "copy_signature" => copy.map(|(_, signature)| signature.to_owned()),
+            _ => None,
+        }));
+        rebuilt.push(r);
+    }
+    let summary = handle(rebuilt).await;
+    assert_eq!(
+        (
+            summary.inserted,
+            summary.rejected.get("rebuilt_login_unverified")
+        ),
+        (0, Some(&6)),
+        "{summary:?}"
+    );
+    let admin = db.client().await;
+    let rows: i64 = admin
+        .query_one("SELECT count(*) FROM user_logins", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1, "the producer's login alone");
+
+    // A producer's message that claims to be a copy: its claims are not
+    // carried into its own copy, which names and seals it as it is.
+    drain(&sqs, &dlq_url).await;
+    let mut claims = arrived("claims", &login("u-claims", "10.2.2.2"), now);
+    claims.message_attributes = Some(SourceAttributes::from_named(|name| match name {
+        "rejection_code" => Some("invalid_json".into()),
+        "source_message_id" => Some("carol@example.com +1-415-555-0100".into()),
+        "source_sent_timestamp" => Some("1".into()),
+        "sealed_body" | "sealed_key" => Some("bm90IHNlYWxlZA==".into()),
+        "copy_signature" => Some(forged_signature.clone()),
+        _ => None,
+    }));
+    let summary = handle(vec![claims]).await;
+    assert_eq!(
+        summary.rejected.get("dead_letter_copy"),
+        Some(&1),
+        "{summary:?}"
+    );
+    let copy = drain(&sqs, &dlq_url).await;
+    assert_eq!(copy.len(), 1);
+    assert_eq!(attr(&copy[0], "source_message_id"), "claims");
+    assert_ne!(attr(&copy[0], "sealed_body"), "bm90IHNlYWxlZA==");
 }

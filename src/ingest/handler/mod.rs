@@ -26,11 +26,11 @@ use chrono::Utc;
 use tokio::sync::Mutex;
 use tracing::{trace, warn};
 
-use crate::contract::{LoginRow, Rejection};
+use crate::contract::{LoginRow, NOT_A_PRODUCERS, Rejection};
 use crate::error::{DbError, HandlerError};
 use crate::config::backoff::Schedule;
 use crate::ingest::backoff::{Hold, Visibility, jitter};
-use crate::ingest::dlq::{DeadLetterQueue, Rejected};
+use crate::ingest::dlq::{CopyFacts, DeadLetterQueue, Rejected};
 use crate::ingest::event::{SqsBatch, SqsRecord};
 use crate::ingest::metrics::{InvocationMetrics, Metrics};
 use crate::ingest::record;
@@ -295,6 +295,23 @@ impl BatchHandler {
         let Some((claim, seal)) = message.rebuilt() else {
             return Some(Err(Rejection::RebuiltLoginUnverified));
         };
+        // Only a copy the function made, of a producer's message, is
+        // rebuilt: its signature covers the tokens and the row key the
+        // operator's seal vouches for (checked first: no KMS call for a
+        // claim the function never made).
+        let copy = CopyFacts {
+            source_message_id: claim.message_id,
+            source_sent_timestamp: claim.sent_timestamp,
+            code: claim.rejection_code,
+            token_key_version: claim.key_version,
+            masked_body: message.body.as_deref().unwrap_or_default(),
+            sealed: None,
+        };
+        if NOT_A_PRODUCERS.contains(&claim.rejection_code)
+            || !copy.signed_by(masker, claim.copy_signature)
+        {
+            return Some(Err(Rejection::RebuiltLoginUnverified));
+        }
         let Some(verifier) = &self.rebuilt else {
             warn!(
                 message_id = claim.message_id,
@@ -314,6 +331,7 @@ impl BatchHandler {
                 message,
                 masker,
                 &self.contract,
+                chrono::Utc::now(),
             )),
             Ok(Verdict::Broken) => Some(Err(Rejection::RebuiltLoginUnverified)),
             Err(e) => {

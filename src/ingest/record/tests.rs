@@ -300,3 +300,38 @@ fn the_dlq_operators_role_sends_back_only_what_dlq_redrive_signed() {
         );
     }
 }
+
+/// A rebuilt login's original is dated within what SQS can have kept
+/// (its copy 14 days in the dead-letter queue after 14 in the source
+/// queue): one older, or dated after now (past the clock skew), is
+/// refused however its seal holds.
+#[test]
+fn a_rebuilt_login_dated_outside_what_sqs_keeps_is_refused() {
+    let masker = Masker::new(
+        &crate::privacy::masking::MaskingKey::from_hex(&"ab".repeat(32), "test").unwrap(),
+    );
+    let original = r#"{"user_id":"u","app_version":"1.1","device_type":"ios","ip":"10.0.0.1","locale":null,"device_id":"d"}"#;
+    let masked = crate::ingest::dlq::copy::masked_body(original, &masker);
+    let message = SqsRecord {
+        body: Some(masked),
+        ..SqsRecord::default()
+    };
+    let now = DateTime::from_timestamp_millis(1_790_000_000_000).unwrap();
+    let at = |offset: chrono::TimeDelta| {
+        let sent = (now + offset).timestamp_millis().to_string();
+        let claim = RebuiltClaim {
+            message_id: "m-original",
+            sent_timestamp: &sent,
+            key_version: 1,
+            rejection_code: "unknown_field",
+            copy_signature: "checked by the caller",
+        };
+        transform_rebuilt(claim, &message, &masker, &Contract::DEFAULT, now).map(|row| row.sent_at)
+    };
+    let day = chrono::TimeDelta::days(1);
+    assert!(at(-REBUILT_MAX_AGE + day).is_ok());
+    assert!(at(REBUILT_CLOCK_SKEW - chrono::TimeDelta::seconds(1)).is_ok());
+    for too_far in [-REBUILT_MAX_AGE - day, REBUILT_CLOCK_SKEW + day, chrono::TimeDelta::days(-365 * 2000)] {
+        assert_eq!(at(too_far), Err(Rejection::SentTimestampOutOfRange), "{too_far}");
+    }
+}

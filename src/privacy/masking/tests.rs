@@ -296,3 +296,23 @@ fn no_device_token_is_the_derived_erasure_key() {
         assert_ne!(m.device_id(id).as_str(), derived, "{id:?}");
     }
 }
+
+/// A copy's signature covers each part, in order, under a key of its own:
+/// no part can change or move, and no copy signature is a redrive
+/// signature of the same id, time and text.
+#[test]
+fn a_copy_signature_holds_for_exactly_its_parts_and_is_no_redrive_signature() {
+    let m = Masker::new(&MaskingKey::from_hex(&"cd".repeat(32), "test").unwrap());
+    let parts = ["unknown_field", "1", "{\"user_id\":\"u\"}", "", ""];
+    let signed = m.copy_signature("m-1", "1700000000000", &parts);
+    assert!(m.verifies_copy("m-1", "1700000000000", &parts, &signed));
+    let moved = ["unknown_field", "1", "", "{\"user_id\":\"u\"}", ""];
+    let joined = ["unknown_field1", "", "{\"user_id\":\"u\"}", "", ""];
+    for other in [moved, joined, ["operator_message_unsigned", "1", "{\"user_id\":\"u\"}", "", ""]] {
+        assert!(!m.verifies_copy("m-1", "1700000000000", &other, &signed), "{other:?}");
+    }
+    assert!(!m.verifies_copy("m-2", "1700000000000", &parts, &signed));
+    assert!(!m.verifies_copy("m-1", "1700000000001", &parts, &signed));
+    assert!(!m.verifies_redrive("m-1", "1700000000000", parts[2], &signed));
+    assert!(!m.verifies_copy("m-1", "1700000000000", &parts, &m.redrive_signature("m-1", "1700000000000", parts[2])));
+}
