@@ -71,7 +71,8 @@ side "Rust tests (cargo nextest, $NEXTEST_THREADS at once)" rust \
 # need the binary cargo built: two workers, one file each.
 side "template; pytest: database roles, command line" py bash -c 'sam validate --lint --template template.yaml &&
   "$0" -m pytest -q -n 2 --dist loadfile tests/test_template.py tests/test_database_roles.py tests/test_libpq_env.py \
-    tests/test_iam_token.py tests/test_runbooks.py tests/test_cli.py tests/test_docs.py tests/test_contract.py tests/test_deploy_script.py' \
+    tests/test_iam_token.py tests/test_runbooks.py tests/test_cli.py tests/test_docs.py tests/test_contract.py tests/test_deploy_script.py \
+    tests/test_workflows.py' \
   "$VENV/bin/python"
 set +m; wait "${pids[@]}" || true; pids=()
 

@@ -38,6 +38,12 @@ def test_the_workflow_builds_with_ci_s_own_entry_point_and_targets():
     missing = {t for t in targets if not re.search(rf"^{re.escape(t)}:", makefile, re.M)}
     assert not missing, f"targets the Makefile lacks: {missing}"
     assert "release/tag.sh" in text and "cosign sign-blob" in text and "gh release create" in text
+    # make dist's images need musl-gcc with any engine (scripts/container-tools.sh),
+    # and a runner is not root: the workflow installs it itself.
+    needs = re.search(r'command -v musl-gcc > /dev/null \|\| need="\$need ([\w-]+)"',
+                      (ROOT / "scripts" / "container-tools.sh").read_text()).group(1)  # fmt: skip
+    installs = " ".join(re.findall(r"apt-get install -yq ([^\n]+)", text))
+    assert needs in installs.split(), f"the workflow installs no {needs}: {installs}"
 
 
 def test_the_tag_must_be_the_version_and_its_changelog_section_dated(tmp_path):
