@@ -18,7 +18,7 @@ use crate::privacy::dead_letter::Sealer;
 use crate::privacy::masking::{KeyVersions, Masker, UserKeys};
 use crate::privacy::vault::{DataKey, VaultError};
 use crate::secrets::Secrets;
-use crate::table::schema::MigrateOptions;
+use crate::table::schema::{self, MigrateOptions};
 
 /// Why the cold start failed.
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +95,9 @@ pub async fn build_with(
             profile: config.profile,
             ..MigrateOptions::default()
         };
-        let applied = sink.migrate(&options).await?;
+        let mut connector = sink.connector().clone();
+        let (applied, client) = schema::migrate_connecting(&mut connector, &options).await?;
+        sink.adopt(client);
         info!(target = %sink.target(), applied, "schema checked (applied only when not current)");
     }
     let metrics = Metrics::new(
@@ -226,8 +228,8 @@ pub async fn migrate(db: &DbConfig, profile: crate::profile::Profile) -> Result<
 /// [`migrate`] with the options `login-etl migrate` takes (the partition
 /// interval of a new table, how many days to make ahead).
 pub async fn migrate_with(db: &DbConfig, options: &MigrateOptions) -> Result<String, InitError> {
-    let mut sink = sink(db, aws_for(db).await.as_ref()).await?;
-    let applied = sink.migrate(options).await?;
+    let sink = sink(db, aws_for(db).await.as_ref()).await?;
+    let (applied, _) = schema::migrate_connecting(&mut sink.connector().clone(), options).await?;
     let target = sink.target().to_owned();
     Ok(if applied {
         format!("{target} (applied)")

@@ -116,11 +116,6 @@ impl FieldName {
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.bytes[..usize::from(self.len)]).expect("ASCII by construction")
     }
-
-    /// Whether the name was shown as it is (not `<other>`).
-    pub fn is_shown(&self) -> bool {
-        self.as_str() != OTHER
-    }
 }
 
 impl std::fmt::Debug for FieldName {

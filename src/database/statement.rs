@@ -44,6 +44,11 @@ impl Statement {
         Self { sql, types, doing }
     }
 
+    /// What it does ("reading the erasure list").
+    pub(crate) fn doing(&self) -> &'static str {
+        self.doing
+    }
+
     /// Its rows.
     pub(crate) async fn rows(
         &self,

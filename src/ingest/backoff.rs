@@ -339,31 +339,18 @@ async fn change_batch(
     positions: Vec<usize>,
     entries: Vec<ChangeMessageVisibilityBatchRequestEntry>,
 ) -> Vec<usize> {
-    match client
+    let result = client
         .change_message_visibility_batch()
         .queue_url(url)
         .set_entries(Some(entries))
         .send()
-        .await
-    {
-        Ok(out) => sqs_batch::confirmed(
-            &out,
-            positions.len(),
-            "SQS refused a visibility change; that record is redelivered after the queue's visibility timeout",
-        )
-        .into_iter()
-        .map(|i| positions[i])
-        .collect(),
-        Err(e) => {
-            warn!(
-                records = positions.len(),
-                code = e.code().unwrap_or("none"),
-                error = %DisplayErrorContext(&e),
-                "changing the visibility of failed records failed (check sqs:ChangeMessageVisibility on the queue); they are redelivered after the queue's visibility timeout"
-            );
-            Vec::new()
-        }
-    }
+        .await;
+    sqs_batch::taken_positions(
+        result,
+        &positions,
+        "SQS refused a visibility change; that record is redelivered after the queue's visibility timeout",
+        "changing the visibility of failed records failed (check sqs:ChangeMessageVisibility on the queue); they are redelivered after the queue's visibility timeout",
+    )
 }
 
 #[cfg(test)]

@@ -25,7 +25,6 @@ pub mod copy;
 use std::time::Duration;
 
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use chrono::{SecondsFormat, Utc};
 use tokio::task::JoinSet;
@@ -152,25 +151,12 @@ impl DeadLetterQueue {
             .set_entries(Some(entries))
             .send()
             .await;
-        match result {
-            Ok(out) => sqs_batch::confirmed(
-                &out,
-                positions.len(),
-                "the dead-letter queue refused a rejected record; it stays a batch item failure",
-            )
-            .into_iter()
-            .map(|i| positions[i])
-            .collect(),
-            Err(e) => {
-                warn!(
-                    records = positions.len(),
-                    code = e.code().unwrap_or("none"),
-                    error = %DisplayErrorContext(&e),
-                    "sending rejected records to the dead-letter queue failed (check sqs:SendMessage on it); they stay batch item failures"
-                );
-                Vec::new()
-            }
-        }
+        sqs_batch::taken_positions(
+            result,
+            &positions,
+            "the dead-letter queue refused a rejected record; it stays a batch item failure",
+            "sending rejected records to the dead-letter queue failed (check sqs:SendMessage on it); they stay batch item failures",
+        )
     }
 }
 

@@ -12,9 +12,11 @@
 //! message is in the source queue, and a copy that cannot be sent back
 //! stays where it is, counted by why.
 //!
-//! A copy that kept no original (a masking-only stack before 0.2.0) can
-//! still come back with `--rebuild` ([`Rebuilder`]): its masked body, its
-//! row key and its tokens' key version, sealed under the dead-letter key,
+//! A copy that kept no original (`login-etl poll` without
+//! `DLQ_KMS_KEY_ID`; a masking-only stack before 0.2.0 made such copies
+//! too, unsigned, and those stay) can still come back with `--rebuild`
+//! ([`Rebuilder`]) when the function signed it: its masked body, its row
+//! key and its tokens' key version, sealed under the dead-letter key,
 //! which the function stores as it is
 //! ([`crate::privacy::dead_letter::rebuilt`]); a copy that holds no login
 //! stays, counted by why.

@@ -10,6 +10,7 @@ use std::ops::Range;
 use aws_sdk_sqs::operation::change_message_visibility_batch::ChangeMessageVisibilityBatchOutput;
 use aws_sdk_sqs::operation::delete_message_batch::DeleteMessageBatchOutput;
 use aws_sdk_sqs::operation::send_message_batch::SendMessageBatchOutput;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_sqs::types::BatchResultErrorEntry;
 use tracing::warn;
 
@@ -96,6 +97,33 @@ pub fn confirmed(answer: &impl Answer, entries: usize, refused: &'static str) ->
     taken.sort_unstable();
     taken.dedup();
     taken
+}
+
+/// The batch positions (`positions`, one an entry, in order) whose entries
+/// SQS took: [`confirmed`] of its answer, or none when the call itself
+/// failed, with one WARN line saying so (`failed`: what failed and what to
+/// check).
+pub fn taken_positions<A: Answer, E: ProvideErrorMetadata + std::error::Error>(
+    result: Result<A, E>,
+    positions: &[usize],
+    refused: &'static str,
+    failed: &'static str,
+) -> Vec<usize> {
+    match result {
+        Ok(answer) => confirmed(&answer, positions.len(), refused)
+            .into_iter()
+            .map(|i| positions[i])
+            .collect(),
+        Err(e) => {
+            warn!(
+                records = positions.len(),
+                code = e.code().unwrap_or("none"),
+                error = %DisplayErrorContext(&e),
+                "{failed}"
+            );
+            Vec::new()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,9 @@
 //! receive it reads it all, so triage would read the raw body); and a
 //! queue the stack does not own (`ExistingDlqArn`) cannot be re-encrypted
 //! by it. Copies sealed before 0.2.0 are under the vault's key
-//! (`VAULT_KMS_KEY_ID`), which `dlq-redrive` tries second.
+//! (`VAULT_KMS_KEY_ID`), which `dlq-redrive` tries second (compatibility:
+//! goes in 0.4.0; SQS keeps a copy 14 days at most, so none made before
+//! 0.2.0 outlives a deployment's upgrade by longer).
 //!
 //! The function generates one data key per cold start (one KMS call);
 //! `login-etl dlq-redrive` unwraps each distinct one once ([`Unsealer`]).

@@ -1,8 +1,9 @@
 //! The keys a batch is masked with, and the erasure list it is filtered by
 //! ([`ErasedUsers`]: looked up at every key version a key in memory may be
-//! of): what the batch handler asks once per batch. The ingest sink reads the
-//! list and hands it here ([`Keys::against`]); what this returns to record,
-//! the sink records: nothing here reads the database.
+//! of): what the batch handler asks once per batch. The list and the key
+//! state are read, and what this returns to record is recorded, by
+//! [`crate::privacy::key_state`], on the connection the sink lends:
+//! nothing here reads the database.
 //!
 //! A warm environment holds every key version it read at cold start. The
 //! database says which version writes are at (`login-etl rotate-key` moves
@@ -300,11 +301,11 @@ impl Keys {
 fn behind(version: u16, latest: u16, detail: &str) -> DbError {
     DbError::Misconfigured {
         what: Misconfiguration::KeyVersionBehind,
-        op: "masking the batch",
+        op: "checking the masking keys against the database",
         cause: format!(
-            "the database is at masking-key version {version} (login-etl rotate-key) and this function holds versions up to {latest}{detail}"
+            "the database is at masking-key version {version} (login-etl rotate-key) and this environment holds versions up to {latest}{detail}"
         ),
-        hint: "; the batch is retried: append the new version to the masking secret (docs/runbooks/leaked-key.md, \"The masking key leaked\")".into(),
+        hint: "; nothing is written with the keys held: append the new version to the masking secret (docs/runbooks/leaked-key.md, \"The masking key leaked\")".into(),
     }
 }
 

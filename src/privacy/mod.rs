@@ -27,9 +27,9 @@
 //! [`crate::contract::LoginRow`]); the partition list of
 //! [`crate::table::maintain`] and the migration's lock key (re-key and
 //! erasure walk the partitions, never while `maintain` moves one). A
-//! batch's keys are checked against the erasure list the ingest sink read
-//! and hands down ([`keys::Keys::against`]); the sink records what that
-//! returns: nothing here names the ingest path.
+//! batch's keys are checked against the erasure list, read and recorded
+//! here ([`key_state::KeyState`]) on the connection the ingest sink lends:
+//! nothing here names the ingest path.
 
 pub mod masking;
 cfg_if::cfg_if! {
@@ -40,6 +40,7 @@ cfg_if::cfg_if! {
         pub mod dead_letter;
         pub mod forget;
         pub mod key_check;
+        pub mod key_state;
         pub mod keys;
         pub mod rekey;
         pub mod reveal;

@@ -1,5 +1,7 @@
 //! `login-etl vault-upgrade`: vault entries from before key versions,
-//! sealed again so that a re-key can move them.
+//! sealed again so that a re-key can move them (compatibility: goes in the
+//! first release after 0.3.0 whose upgrade notes have every deployment run
+//! it first).
 
 use std::collections::HashMap;
 

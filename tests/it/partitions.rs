@@ -159,19 +159,12 @@ async fn rows_land_in_their_days_partition_and_the_default_one_until_maintain_mo
             handle(&h, &event).await.inserted
         })
     };
-    let waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4343 AND NOT granted";
-    for _ in 0..100 {
-        if client
-            .query_one(waiting, &[])
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-            == 1
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_sql(
+        &client,
+        "SELECT count(*) = 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = 4343 AND NOT granted",
+        "the writer waiting on the advisory lock",
+    )
+    .await;
     let tables: Vec<String> = client
         .query(
             "SELECT c.relname::text FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \

@@ -669,6 +669,45 @@ impl Poll {
 #[tokio::test]
 #[ignore = "needs moto_server on PATH or in MOTO_SERVER; run by `make test`"]
 async fn poll_at_trace_with_the_sdk_printing_bodies_writes_no_pii_key_or_password() {
+    let (aws, event, output) = poll_output("pii-poll", "trace").await;
+    assert!(
+        output.contains("ReceiveMessage") || output.contains("receive"),
+        "the consumer received: {}",
+        &output[..output.len().min(2000)]
+    );
+    aws.assert_clean(&output, &[event]);
+}
+
+/// The binary's filter takes the module paths docs/configuration.md
+/// documents: under `RUST_LOG=warn,login_etl::ingest=trace`, `login-etl
+/// poll` writes the batch path's TRACE lines ("record valid",
+/// `login_etl::ingest::handler`) and not its own INFO ("polling",
+/// `login_etl::poll`); under `login_etl::poll=trace`, the reverse.
+#[tokio::test]
+#[ignore = "needs moto_server on PATH or in MOTO_SERVER; run by `make test`"]
+async fn the_binarys_rust_log_names_the_batch_path_by_its_module_path() {
+    let has = |output: &str, level: &str, message: &str| {
+        output
+            .lines()
+            .any(|l| l.trim_start().starts_with(level) && l.contains(message))
+    };
+    let (_, _, ingest) = poll_output("rust-log-ingest", "warn,login_etl::ingest=trace").await;
+    assert!(
+        has(&ingest, "TRACE", "record valid") && !has(&ingest, "INFO", "polling"),
+        "{}",
+        &ingest[..ingest.len().min(2000)]
+    );
+    let (_, _, poll) = poll_output("rust-log-poll", "warn,login_etl::poll=trace").await;
+    assert!(
+        has(&poll, "INFO", "polling") && !has(&poll, "TRACE", "record valid"),
+        "{}",
+        &poll[..poll.len().min(2000)]
+    );
+}
+
+/// `login-etl poll` under `rust_log` over 40 messages (a quarter of them
+/// invalid), stopped once their rows are in: its whole output.
+async fn poll_output(tag: &str, rust_log: &str) -> (Aws, SqsEvent, String) {
     let db = TestDb::create().await;
     db.ingest_url().await;
     let aws = aws_for(
@@ -694,8 +733,8 @@ async fn poll_at_trace_with_the_sdk_printing_bodies_writes_no_pii_key_or_passwor
     let valid = event.records.len() - event.records.len() / 4;
     let mut poll = Poll::start(
         &aws,
-        "pii-poll",
-        &[("RUST_LOG", "trace")],
+        tag,
+        &[("RUST_LOG", rust_log)],
         &["--queue-url", &aws.queue, "--concurrency", "2"],
     );
     let admin = db.client().await;
@@ -710,12 +749,7 @@ async fn poll_at_trace_with_the_sdk_printing_bodies_writes_no_pii_key_or_passwor
     }
     let (status, output) = poll.stop();
     assert!(status.success(), "poll stopped cleanly: {status}");
-    assert!(
-        output.contains("ReceiveMessage") || output.contains("receive"),
-        "the consumer received: {}",
-        &output[..output.len().min(2000)]
-    );
-    aws.assert_clean(&output, &[event]);
+    (aws, event, output)
 }
 
 /// `login-etl poll` whose masking key is not the one the database records

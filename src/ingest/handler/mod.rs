@@ -15,7 +15,7 @@
 //!   answer, which the metrics and `login-etl poll` read too).
 
 mod build;
-pub(crate) mod outcome;
+mod outcome;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -50,16 +50,14 @@ mod insert;
 mod tx;
 mod writer;
 
-use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::time::timeout;
 use tokio_postgres::Client;
-use tokio_postgres::types::Type;
 use tracing::warn;
 
-use crate::privacy::keys::{BatchKeys, ErasureList, KeyChecks, Keys, Versions};
+use crate::privacy::key_state::{self, KeyState};
+use crate::privacy::keys::{BatchKeys, Keys, Versions};
 pub use budget::Budget;
 // The benches' floors and tests/common/turns.rs: the COPY's and the
 // INSERT's own pieces.
@@ -70,8 +68,7 @@ pub use copy::{CHUNK, COPY_HEADER, CopyIn};
 
 use crate::contract::LoginRow;
 use crate::database::connector::Connector;
-use crate::error::{DbError, Misconfiguration, describe};
-use crate::privacy::keys::ErasedUsers;
+use crate::error::{DbError, describe};
 use crate::privacy::vault::VaultWrite;
 use crate::profile::Profile;
 use crate::table::schema;
@@ -124,10 +121,9 @@ pub struct PgSink {
     /// The xid floor after the last confirmed transaction: after a lost
     /// reply, rows newer than it are this sink's own.
     floor: Option<XidFloor>,
-    /// The erasure list and its version (see [`PgSink::erased_users`]).
-    erased: Option<ErasureList>,
-    /// A write found it out of date: read what changed before the next use.
-    erased_stale: bool,
+    /// The erasure list and the key state this connection read: privacy's
+    /// ([`KeyState`]), on the connection the sink lends it.
+    key_state: KeyState,
     /// The schema of the owner's `user_logins`, which each write
     /// transaction pins (see [`tx::begin_sql`]); read with the schema check.
     tables_schema: String,
@@ -153,8 +149,7 @@ impl PgSink {
             vault: false,
             profile: Profile::Full,
             floor: None,
-            erased: None,
-            erased_stale: false,
+            key_state: KeyState::default(),
             tables_schema: String::new(),
         }
     }
@@ -170,8 +165,7 @@ impl PgSink {
             vault: self.vault,
             profile: self.profile,
             floor: None,
-            erased: None,
-            erased_stale: false,
+            key_state: KeyState::default(),
             tables_schema: String::new(),
         }
     }
@@ -239,21 +233,15 @@ impl PgSink {
         self.connector.target()
     }
 
-    /// Creates or upgrades the schema (see [`schema::migrate`]); true when
-    /// it changed anything, false when it was current already.
-    pub async fn migrate(&mut self, options: &schema::MigrateOptions) -> Result<bool, DbError> {
-        let limit = self.connector.connect_timeout();
-        let mut client = self.connector.open(limit).await?;
-        let (num, version) = crate::database::server::server_version(&client)
-            .await
-            .map_err(|e| DbError::Transient {
-                op: "reading the server version",
-                cause: describe(&e),
-            })?;
-        schema::require_version(num, &version)?;
-        let applied = schema::migrate(&mut client, options).await?;
+    /// What it opens its connections with.
+    pub fn connector(&self) -> &Connector {
+        &self.connector
+    }
+
+    /// Takes `client` as its connection (one `migrate` opened at a cold
+    /// start: the first batch needs no connect of its own).
+    pub fn adopt(&mut self, client: Client) {
         self.client = Some(client);
-        Ok(applied)
     }
 
     /// Inserts `rows` with no deadline but the per-operation bounds (see
@@ -291,175 +279,36 @@ impl PgSink {
             .await
     }
 
-    /// The erasure list (user keys of users erased by `login-etl forget`),
-    /// its version and the masking key's version, kept in memory: loaded on
-    /// first use; after [`forget_erased`](Self::forget_erased), only the
-    /// keys listed since are read. Each write checks in its own transaction
-    /// that both versions are still current (one index probe, one row).
-    pub async fn erased_users(
-        &mut self,
-        deadline: Option<Instant>,
-    ) -> Result<ErasureList, DbError> {
-        if let Some(list) = &self.erased
-            && !self.erased_stale
-        {
-            return Ok(list.clone());
-        }
-        let known: i64 = self.erased.as_ref().map_or(0, |l| l.versions.erased);
-        const OP: &str = "reading the erasure list";
-        let budget = Budget::new(deadline);
-        let bound = budget.bound(self.per_operation(), OP)?;
-        self.client(&budget).await?;
-        let (sql, erasure) = match self.profile {
-            Profile::Full => (tx::ERASED_LIST_SQL, true),
-            Profile::Masking => (tx::NO_ERASED_LIST_SQL, false),
-        };
-        let client = self.client.as_ref().expect("opened above");
-        let row = timeout(bound, client.query_typed_one(sql, &[(&known, Type::INT8)]))
-            .await
-            .map_err(|_| DbError::Transient {
-                op: OP,
-                cause: format!("no answer within {} ms", bound.as_millis()),
-            })?
-            .map_err(|e| match classify::classify(&e) {
-                Failure::Fatal(f) => f,
-                _ => DbError::Transient {
-                    op: OP,
-                    cause: describe(&e),
-                },
-            })?;
-        let key = row.get::<_, i16>(2) as u16;
-        let keys: HashSet<String> = row.get::<_, Vec<String>>(1).into_iter().collect();
-        let users = match &self.erased {
-            Some(old) => old.users.with(keys),
-            None => ErasedUsers::new(keys, row.get::<_, Option<i16>>(6).map_or(key, |v| v as u16)),
-        };
-        let list = ErasureList {
-            versions: Versions {
-                erased: row.get(0),
-                key,
-                checked_from: users.oldest.min(key),
-            },
-            users,
-            checks: Arc::new(KeyChecks {
-                masking: row.get(3),
-                erasure: row.get(4),
-                erasure_derived: row.get(5),
-            }),
-            erasure,
-            key_changed_at: row.get(7),
-        };
-        self.erased = Some(list.clone());
-        self.erased_stale = false;
-        Ok(list)
-    }
-
-    /// Records the check values of `version`'s keys where the database has
-    /// none yet, or refuses keys whose values differ (see [`KeyChecks`]);
-    /// the in-memory list then holds them.
-    pub async fn check_keys(
-        &mut self,
-        version: u16,
-        masking: &str,
-        erasure: Option<&str>,
-        deadline: Option<Instant>,
-    ) -> Result<(), DbError> {
-        const OP: &str = "checking the masking and erasure keys against the database";
-        let budget = Budget::new(deadline);
-        let bound = budget.bound(self.per_operation(), OP)?;
-        let client = self.client(&budget).await?;
-        let v = version as i16;
-        let done = timeout(
-            bound,
-            client.query_typed(
-                tx::CHECK_KEYS_SQL,
-                &[
-                    (&v, Type::INT2),
-                    (&masking, Type::TEXT),
-                    (&erasure, Type::TEXT),
-                ],
-            ),
-        )
-        .await
-        .map_err(|_| DbError::Transient {
-            op: OP,
-            cause: format!("no answer within {} ms", bound.as_millis()),
-        })?;
-        match done {
-            Ok(_) => {
-                // Recorded or equal: the list in memory holds them now.
-                if let Some(list) = &mut self.erased {
-                    list.checks = Arc::new(KeyChecks {
-                        masking: Some(masking.to_owned()),
-                        erasure: erasure.map(str::to_owned).or_else(|| list.checks.erasure.clone()),
-                        erasure_derived: list.checks.erasure_derived,
-                    });
-                }
-                Ok(())
-            }
-            Err(e) if e.code().is_some_and(|c| c.code() == "LE004") => Err(DbError::Misconfigured {
-                what: crate::error::Misconfiguration::KeyMismatch,
-                op: OP,
-                cause: e
-                    .as_db_error()
-                    .map(|d| d.message().to_owned())
-                    .unwrap_or_default(),
-                hint: "; nothing was written. A rotation appends a version to the masking and erasure secrets and never replaces one: put back the secret's previous value with the new version appended (docs/runbooks/leaked-key.md, \"The masking key leaked\")".into(),
-            }),
-            Err(e) => Err(match classify::classify(&e) {
-                Failure::Fatal(f) => f,
-                _ => DbError::Transient {
-                    op: OP,
-                    cause: describe(&e),
-                },
-            }),
-        }
-    }
-
-    /// Drops the in-memory erasure list (a write found it out of date).
-    /// On a masking-only database that means it was given the full
-    /// profile since: the schema guard reads the profile again.
+    /// Drops the erasure list kept (a write found it out of date). On a
+    /// masking-only database that means it was given the full profile
+    /// since: the schema guard reads the profile again.
     pub fn forget_erased(&mut self) {
-        self.erased_stale = true;
+        self.key_state.forget();
         if self.profile == Profile::Masking {
             self.schema_checked = false;
         }
     }
 
-    /// A batch's keys: the erasure list (cached), `keys` checked against
-    /// it, and the check values the database lacks recorded before anything
-    /// is written with them ([`Keys::against`]). Without `record` only a
-    /// difference is refused (`login-etl poll`'s start). An erasure key
-    /// that does not match the list drops the cached list: what it held may
-    /// be mended in the database since (a key version behind may not: the
-    /// list already names the newer one).
+    /// A batch's keys ([`KeyState::batch`]), read and recorded on this
+    /// sink's connection within `deadline`: without `record` only a
+    /// difference is refused (`login-etl poll`'s start).
     pub async fn batch_keys(
         &mut self,
         keys: &Keys,
         deadline: Option<Instant>,
         record: bool,
     ) -> Result<BatchKeys, DbError> {
-        let list = self.erased_users(deadline).await?;
-        let (batch, to_record) = match keys.against(list, record).await {
-            Ok(checked) => checked,
-            Err(refused) => {
-                if matches!(
-                    refused,
-                    DbError::Misconfigured {
-                        what: Misconfiguration::KeyMismatch,
-                        ..
-                    }
-                ) {
-                    self.forget_erased();
-                }
-                return Err(refused);
-            }
+        let budget = Budget::new(deadline);
+        let bound = budget.bound(self.per_operation(), "reading the erasure list")?;
+        self.client(&budget).await?;
+        let client = self.client.as_ref().expect("opened above");
+        let fatal: key_state::Fatal = |e| match classify::classify(e) {
+            Failure::Fatal(f) => Some(f),
+            _ => None,
         };
-        if let Some(c) = to_record {
-            self.check_keys(c.version, &c.masking, c.erasure.as_deref(), deadline)
-                .await?;
-        }
-        Ok(batch)
+        self.key_state
+            .batch(client, self.profile, keys, record, Instant::now() + bound, fatal)
+            .await
     }
 
     /// Client-side bound of one operation: the server's bound plus room to connect.

@@ -96,23 +96,6 @@ pub(crate) async fn refuse_erased(
         .map(|_| ())
 }
 
-/// The erasure list's keys listed after version `$1` (0: all of them), its
-/// version and the key's state, in one statement (one snapshot).
-pub(crate) const ERASED_LIST_SQL: &str = "SELECT coalesce((SELECT max(seq) FROM user_logins_erased), 0), \
-    coalesce((SELECT array_agg(user_key) FROM user_logins_erased WHERE seq > $1), '{}'), \
-    k.version, k.masking_check, k.erasure_check, k.erasure_derived, k.rekey_from, login_etl_key_changed_at() \
-    FROM login_etl_key_state() k";
-
-/// [`ERASED_LIST_SQL`]'s answer on a masking-only database, which keeps
-/// no erasure list: none, at version 0, and the key's state.
-pub(crate) const NO_ERASED_LIST_SQL: &str = "SELECT $1::int8 * 0, '{}'::text[], \
-    k.version, k.masking_check, k.erasure_check, k.erasure_derived, k.rekey_from, login_etl_key_changed_at() \
-    FROM login_etl_key_state() k";
-
-/// Records or compares the check values of `version`'s keys (SQLSTATE
-/// `LE004` when they differ from those recorded).
-pub(crate) const CHECK_KEYS_SQL: &str = "SELECT login_etl_check_keys($1::int2, $2, $3)";
-
 /// `COMMIT`, then the xid floor: the first transaction id not yet assigned,
 /// so a row with a newer `xmin` was written after this commit.
 pub(crate) const COMMIT_SQL: &str = "COMMIT; SELECT pg_snapshot_xmax(pg_current_snapshot())::text";

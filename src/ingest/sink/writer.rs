@@ -166,7 +166,7 @@ impl BatchWriter<'_> {
     /// the order of `rows`), so a row never commits without them.
     ///
     /// `erased_version` is the version of the erasure list the rows were
-    /// filtered with ([`PgSink::erased_users`]): if the list has changed
+    /// filtered with ([`PgSink::batch_keys`]): if the list has changed
     /// since, the transaction is refused with nothing written
     /// ([`DbError::BatchOutdated`]) and the caller filters again.
     pub async fn finish(

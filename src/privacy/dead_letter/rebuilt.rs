@@ -1,9 +1,12 @@
-//! A login rebuilt from a dead-letter copy that kept no original (a
-//! masking-only stack before 0.2.0 sealed none): the copy's masked body
-//! still holds the login's fields and its tokens, and its attributes the
-//! row key. `login-etl dlq-redrive --rebuild` sends that body back to the
-//! source queue with the row key and a seal ([`REBUILT_SEAL`]); the
-//! function stores it as it is, tokens and all, only when the seal opens.
+//! A login rebuilt from a dead-letter copy that kept no original
+//! (`login-etl poll` without `DLQ_KMS_KEY_ID` seals none): the copy's
+//! masked body still holds the login's fields and its tokens, and its
+//! attributes the row key. `login-etl dlq-redrive --rebuild` sends that
+//! body back to the source queue with the row key, the copy's signature
+//! and a seal ([`REBUILT_SEAL`]); the function stores it as it is, tokens
+//! and all, only when the copy's signature holds (the function made the
+//! copy, of a producer's message) and the seal opens (the DLQ operator
+//! sent it back).
 //!
 //! The seal is the SHA-256 of the body and its row key, encrypted by KMS
 //! under the dead-letter key (`DlqKey`) in an encryption context of its own

@@ -93,7 +93,7 @@ pub(super) async fn rekey_vault_chunk(
         .iter()
         .map(|r| masker.rekey_text(r.get(2), to).as_str().to_owned())
         .collect();
-    // As the owner (migrations/0008): the entries move by a delete and an
+    // As the owner (migrations/functions/login_etl_rekey_vault_chunk.sql): the entries move by a delete and an
     // insert that keeps a twin a function stored meanwhile.
     const REKEY_CHUNK: Statement = Statement::new(
         "SELECT login_etl_rekey_vault_chunk($1::text[]::tid[], $2, $3, $4)",

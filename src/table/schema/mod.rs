@@ -23,6 +23,7 @@ use tokio_postgres::Client;
 use tokio_postgres::types::{ToSql, Type};
 use tracing::warn;
 
+use crate::database::connector::Connector;
 use crate::error::DbError;
 use crate::error::describe;
 use crate::profile::Profile;
@@ -507,6 +508,25 @@ pub fn target_profile(state: &SchemaState, asked: Option<Profile>) -> Profile {
         }
         (found, asked) => asked.or(found).unwrap_or_default(),
     }
+}
+
+/// [`migrate`] on a connection `connector` opens, after checking the
+/// server's version; the connection is handed back for what the caller
+/// sends next (at a cold start with `RUN_MIGRATIONS`, the first batch).
+pub async fn migrate_connecting(
+    connector: &mut Connector,
+    options: &MigrateOptions,
+) -> Result<(bool, Client), DbError> {
+    let mut client = connector.open(connector.connect_timeout()).await?;
+    let (num, version) = crate::database::server::server_version(&client)
+        .await
+        .map_err(|e| DbError::Transient {
+            op: "reading the server version",
+            cause: describe(&e),
+        })?;
+    require_version(num, &version)?;
+    let applied = migrate(&mut client, options).await?;
+    Ok((applied, client))
 }
 
 /// Creates or upgrades the schema, then makes the partitions from

@@ -329,20 +329,17 @@ async fn a_rekey_killed_half_way_and_run_again_rekeys_each_row_exactly_once() {
     // it had sent may still land): count only once it is gone, as an
     // operator's rerun after kill -9 would find it.
     let role = db.role_name(Role::Rotate);
-    for _ in 0..200 {
-        let sessions: i64 = client
+    wait_until("the killed run's sessions gone", || async {
+        client
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+                "SELECT count(*) = 0 FROM pg_stat_activity WHERE usename = $1",
                 &[&role],
             )
             .await
             .unwrap()
-            .get(0);
-        if sessions == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+            .get(0)
+    })
+    .await;
     let (at_v2, from): (i64, Option<i16>) = {
         let r = client
             .query_one(
@@ -519,20 +516,17 @@ async fn jobs_side_by_side_killed_and_run_again_rekey_each_row_and_entry_exactly
     let _ = run.await;
     assert!(progressed > 0, "some chunks committed before the kill");
     assert_eq!(sessions, 4, "the run's connection and its three jobs'");
-    for _ in 0..200 {
-        let left: i64 = client
+    wait_until("the killed run's sessions gone", || async {
+        client
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+                "SELECT count(*) = 0 FROM pg_stat_activity WHERE usename = $1",
                 &[&role],
             )
             .await
             .unwrap()
-            .get(0);
-        if left == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+            .get(0)
+    })
+    .await;
     let at_v2: i64 = client
         .query_one(
             "SELECT count(*) FROM user_logins WHERE key_version = 2",
