@@ -56,6 +56,10 @@ fn strict_property(field: Field) -> Value {
     if field == Field::AppVersion {
         p["allOf"] = json!([{ "pattern": APP_VERSION }]);
     }
+    if field == Field::Ip {
+        // A forwarded-for list (`a, b`) is a defect (`ip.list`): no comma.
+        p["not"] = json!({ "type": "string", "pattern": "[\\u0000,]" });
+    }
     p
 }
 
