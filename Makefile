@@ -157,11 +157,12 @@ PREVIOUS_DIR  ?= $(CI_CACHE)/previous-$(shell echo $(PREVIOUS_RELEASE) | cut -c1
 SAM_ENV       ?= default
 SAM_BUILD_DIR ?= .aws-sam/build
 
-# What the scripts under scripts/ read: the names of this project's alone
-# (DATABASE_URL, PORT and the like go to the recipe that wants them: a
-# test's program must not inherit them).
+# What the scripts under scripts/ read: the names of this project's alone.
+# PG_ADMIN_URL, DATABASE_URL, PORT and the like go to the recipe that wants
+# them: a program a test starts must not inherit them (make e2e's stacks
+# take PG_ADMIN_URL, when set, over their own password-only TLS server).
 export VENV LS_VENV LS_PACKAGES CI_CACHE NEXTEST NEXTEST_VERSION NEXTEST_ROOT NEXTEST_THREADS CARGO_LAMBDA \
-  PG_ADMIN_URL TEST_FAILURES E2E_WORKERS IMAGE_BASE IMAGE_TRIPLE IMAGE_TARGET_DIR IMAGE_CARGO_ENV \
+  TEST_FAILURES E2E_WORKERS IMAGE_BASE IMAGE_TRIPLE IMAGE_TARGET_DIR IMAGE_CARGO_ENV \
   CONTAINER_ENGINE PODMAN_FLAGS PODMAN_CONF PODMAN_ENV SAM_CHECK_MAX_MB SAM_CHECK_KEEP_DAYS \
   PREVIOUS_RELEASE PREVIOUS_DIR SAM_BUILD_DIR
 
@@ -261,7 +262,7 @@ events-large: ## write a 10,000-record batch to target/events/sqs-10000.json
 # -- the tests ------------------------------------------------------------------
 
 test: ## the whole test suite: Rust (unit, PostgreSQL, TLS, secrets, cargo lambda), the template, LocalStack end to end; ends with each step's wall time
-	@scripts/test.sh
+	@TEST_PG='$(PG_ADMIN_URL)' scripts/test.sh
 
 test-build: rust-tools ## compile the tests without running them: the library's and tests/it (the benches: make bench-check; the soak: make soak)
 	@# Only the targets that hold tests: the binary and the examples hold
@@ -289,7 +290,7 @@ soak: rust-tools ## everything at once, seeded (ingest, maintain, forget, rotate
 	  cargo test --test soak
 
 test-add-a-field: rust-tools python-tools ## docs/development.md's "Adding a field" done in a scratch copy (a field os_name), its library tested end to end against PostgreSQL (CI runs it after make test)
-	@scripts/pg-reachable.sh
+	@scripts/pg-reachable.sh '$(PG_ADMIN_URL)'
 	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" $(VENV)/bin/python tests/add_a_field.py
 
 fuzz: ## fuzz the body parser for FUZZ_SECONDS (default 300; CI runs 30); crashes land in fuzz/artifacts/
@@ -332,7 +333,7 @@ lint-workflows: ## actionlint on .github/workflows/*.yml
 # -- benchmarks -----------------------------------------------------------------
 
 bench: tools localstack-tools ## benchmarks: per-record transform, batch vs COPY, cold start, peak RSS, warm invocations through the Runtime API, binary size, the consumer's throughput, the masking-key re-key on 20 M rows, the longest write beside the key switch and a DEFAULT drain
-	@scripts/bench.sh
+	@PG_ADMIN_URL='$(PG_ADMIN_URL)' scripts/bench.sh
 
 bench-check: rust-tools ## every bench once, in test mode (a single pass of each: they compile and run; CI runs it after make test); benches/floor.rs's short form reports the write against a plain table's COPY (make bench judges it)
 	LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" cargo test --benches
@@ -346,7 +347,7 @@ bench-gate: rust-tools ## CI: benches/floor.rs's short form in an optimized buil
 	  CARGO_PROFILE_BENCH_OPT_LEVEL=1 CARGO_PROFILE_BENCH_DEBUG=false LOGIN_ETL_TEST_PG="$(PG_ADMIN_URL)" cargo bench --quiet --bench floor -- --short
 
 bench-scale: tools ## ingest, forget and retention as user_logins grows to 20 M and 100 M rows (BENCH_SCALE_ROWS), then maintain's vault retention at 2 M and 20 M entries (BENCH_VAULT_ENTRIES); about an hour and 45 GB of disk
-	@scripts/bench-scale.sh
+	@PG_ADMIN_URL='$(PG_ADMIN_URL)' scripts/bench-scale.sh
 
 bench-validate: rust-tools python-tools ## login-etl validate's lines per second on 2 M bodies (JSON Lines), release build, one core
 	$(VENV)/bin/python benches/validate_throughput.py
@@ -373,7 +374,7 @@ container-check: ## CI: make image without the optimizer (dependencies kept in C
 	$(MAKE) --no-print-directory test-container IMAGE=localhost/login-etl:check
 
 test-container: python-tools ## tests/test_container.py against IMAGE (make image first)
-	@IMAGE='$(IMAGE)' scripts/test-container.sh
+	@IMAGE='$(IMAGE)' PG_ADMIN_URL='$(PG_ADMIN_URL)' scripts/test-container.sh
 
 dist: build-tools $(if $(filter 0,$(IMAGES)),,container-tools) ## the release in dist/: function zips and static binaries (arm64, x86_64), OCI images, SBOM, schema, templates, SHA256SUMS; IMAGES=0 skips the images
 	@[ -x '$(CYCLONEDX_ROOT)/bin/cargo-cyclonedx' ] || { echo "==> installing cargo-cyclonedx $(CYCLONEDX_VERSION) from crates.io into $(CYCLONEDX_ROOT) (a few minutes, once)"; \

@@ -6,7 +6,7 @@
 set -euo pipefail
 : "${PG_ADMIN_URL:?}"
 cd "$(dirname "$0")/.."
-scripts/pg-reachable.sh
+scripts/pg-reachable.sh "$PG_ADMIN_URL"
 export LOGIN_ETL_TEST_PG=$PG_ADMIN_URL
 quiet_json() { grep --line-buffered -v '^{'; }
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB; PostgreSQL $(psql "$PG_ADMIN_URL" -Atc 'SHOW server_version'), shared_buffers $(psql "$PG_ADMIN_URL" -Atc 'SHOW shared_buffers')"

@@ -5,7 +5,7 @@
 set -euo pipefail
 : "${VENV:?}" "${PG_ADMIN_URL:?}"
 cd "$(dirname "$0")/.."
-scripts/pg-reachable.sh
+scripts/pg-reachable.sh "$PG_ADMIN_URL"
 export LOGIN_ETL_TEST_PG=$PG_ADMIN_URL
 # The benches print JSON lines for the scripts that chart them: not here.
 quiet_json() { grep --line-buffered -v '^{'; }

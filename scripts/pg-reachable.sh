@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Stops a target that needs PostgreSQL with what to do, before anything
-# connects: PG_ADMIN_URL (the Makefile's) must answer.
+# connects: the server at URL (the Makefile's PG_ADMIN_URL) must answer.
+# Usage: scripts/pg-reachable.sh URL
 set -euo pipefail
-pg_isready -d "${PG_ADMIN_URL:?}" -q || {
-  echo "PostgreSQL is not reachable at $PG_ADMIN_URL: start it (Debian: pg_ctlcluster <version> main start) or set PG_ADMIN_URL"
+url=${1:?usage: scripts/pg-reachable.sh URL}
+pg_isready -d "$url" -q || {
+  echo "PostgreSQL is not reachable at $url: start it (Debian: pg_ctlcluster <version> main start) or set PG_ADMIN_URL"
   exit 1
 }

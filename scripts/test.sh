@@ -6,11 +6,14 @@
 # - py: the template, the documented GRANT blocks, the command line as an
 #   operator meets it, the docs and the contract (pytest);
 # - e2e: LocalStack end to end (make e2e; it waits mostly on LocalStack).
-# What each failed stream said failed goes to TEST_FAILURES, printed again
+# TEST_PG is the server the Rust tests and the py stream make their
+# databases on (the Makefile's PG_ADMIN_URL); make e2e's stacks have a
+# password-only TLS server of their own. What each failed stream said
+# failed goes to TEST_FAILURES, printed again
 # at the end (and by .ci/run last, where a CI log's tail shows it).
 # TEST_SERIAL=1 runs the streams one after another.
 set -euo pipefail
-: "${VENV:?}" "${PG_ADMIN_URL:?}" "${CARGO_LAMBDA:?}" "${NEXTEST:?}" "${NEXTEST_THREADS:?}" "${TEST_FAILURES:?}"
+: "${VENV:?}" "${TEST_PG:?}" "${CARGO_LAMBDA:?}" "${NEXTEST:?}" "${NEXTEST_THREADS:?}" "${TEST_FAILURES:?}"
 cd "$(dirname "$0")/.."
 
 timings=(); pids=(); started=$(date +%s%3N); rm -f "$TEST_FAILURES"
@@ -33,7 +36,7 @@ timed() {
 # The two venvs install while cargo compiles the function (on a fresh
 # machine each takes a minute or two; after make demo, nothing to do).
 timed "build the function, install the venvs" make --no-print-directory -j3 host-build python-tools localstack-tools
-scripts/pg-reachable.sh
+scripts/pg-reachable.sh "$TEST_PG"
 # make e2e packages a copy: the test build beside it may replace target/debug/login-etl.
 prebuilt=${CARGO_TARGET_DIR:-target}/e2e-login-etl
 cp -f "${CARGO_TARGET_DIR:-target}/debug/login-etl" "$prebuilt"
@@ -65,15 +68,15 @@ timed "build the tests (beside make e2e)" nice -n 10 make --no-print-directory t
 # warm server (tests/moto_forkserver.py).
 read -ra nextest <<< "$NEXTEST"
 side "Rust tests (cargo nextest, $NEXTEST_THREADS at once)" rust \
-  nice -n 10 tests/with-moto-forkserver "$VENV/bin/python" env LOGIN_ETL_TEST_PG="$PG_ADMIN_URL" CARGO_LAMBDA="$CARGO_LAMBDA" MOTO_SERVER="$(realpath "$VENV")/bin/moto_server" \
+  nice -n 10 tests/with-moto-forkserver "$VENV/bin/python" env LOGIN_ETL_TEST_PG="$TEST_PG" CARGO_LAMBDA="$CARGO_LAMBDA" MOTO_SERVER="$(realpath "$VENV")/bin/moto_server" \
   "${nextest[@]}" run --lib --test it --run-ignored all --no-fail-fast --hide-progress-bar -j "$NEXTEST_THREADS"
 # make validate's steps (sam's lint includes cfn-lint), with the files that
 # need the binary cargo built: two workers, one file each.
 side "template; pytest: database roles, command line" py bash -c 'sam validate --lint --template template.yaml &&
-  "$0" -m pytest -q -n 2 --dist loadfile tests/test_template.py tests/test_database_roles.py tests/test_libpq_env.py \
+  PG_ADMIN_URL="$1" "$0" -m pytest -q -n 2 --dist loadfile tests/test_template.py tests/test_database_roles.py tests/test_libpq_env.py \
     tests/test_iam_token.py tests/test_runbooks.py tests/test_cli.py tests/test_docs.py tests/test_contract.py tests/test_deploy_script.py \
     tests/test_workflows.py' \
-  "$VENV/bin/python"
+  "$VENV/bin/python" "$TEST_PG"
 set +m; wait "${pids[@]}" || true; pids=()
 
 failed=0
