@@ -52,11 +52,12 @@ side() {
   pids+=($!)
   if [ -n "${TEST_SERIAL:-}" ]; then wait $!; fi
 }
-# The Rust stream (the tests' build, then the tests) is the longest: make
-# e2e (waiting mostly on LocalStack) and the py stream run beside it at a
-# lower priority (nice), so that on 2 cores they fill its gaps instead of
-# slowing it. make e2e takes the binary just built (LOGIN_ETL_PREBUILT).
-side "LocalStack end to end (make e2e)" e2e nice -n 10 env LOGIN_ETL_PREBUILT="$(realpath "$prebuilt")" make --no-print-directory e2e
+# The Rust stream (the tests' build, then the tests) and make e2e (waiting
+# mostly on LocalStack, which starves at a lower priority) are the longest,
+# at the same priority; the py stream runs beside them at a lower one
+# (nice), so that on 2 cores it fills their gaps instead of slowing them.
+# make e2e takes the binary just built (LOGIN_ETL_PREBUILT).
+side "LocalStack end to end (make e2e)" e2e env LOGIN_ETL_PREBUILT="$(realpath "$prebuilt")" make --no-print-directory e2e
 # A failed test build interrupts make e2e
 # (SIGINT: its pytest workers start their teardown, which execnet cuts
 # short after about 15 s, so a stack or database may be left; make e2e
