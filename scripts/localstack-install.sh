@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 echo "==> installing LocalStack and the host executor into $LS_VENV (about a minute the first time)"
 read -ra packages <<< "$LS_PACKAGES"
 "$PYTHON" -m venv "$LS_VENV"
-"$LS_VENV/bin/pip" install --quiet --disable-pip-version-check "${packages[@]}"
+# --no-compile: as the Makefile's venv (its comment says why).
+"$LS_VENV/bin/pip" install --quiet --no-compile --disable-pip-version-check "${packages[@]}"
 # The one fix LocalStack 4.13.1 needs on Python 3.11 (a PEP 604 annotation evaluated at import).
 f=$(echo "$LS_VENV"/lib/python3*/site-packages/localstack/packages/api.py)
 grep -q '^from __future__ import annotations' "$f" || sed -i '1i from __future__ import annotations' "$f"
