@@ -52,17 +52,17 @@ side() {
   pids+=($!)
   if [ -n "${TEST_SERIAL:-}" ]; then wait $!; fi
 }
-# The Rust stream (the tests' build, then the tests) and make e2e (waiting
-# mostly on LocalStack, which starves at a lower priority) are the longest,
-# at the same priority; the py stream runs beside them at a lower one
-# (nice), so that on 2 cores it fills their gaps instead of slowing them.
 # make e2e takes the binary just built (LOGIN_ETL_PREBUILT).
 side "LocalStack end to end (make e2e)" e2e env LOGIN_ETL_PREBUILT="$(realpath "$prebuilt")" make --no-print-directory e2e
-# A failed test build interrupts make e2e
+# make e2e waits mostly on LocalStack, which starves at a lower priority:
+# the Rust stream (the tests' build, then the tests) runs beside it at
+# nice 10 and fills the gaps. On 2 cores the machine is full either way;
+# the other arrangements measured slower (Rust and e2e at the same
+# priority: 198 s; e2e niced: 212 s). A failed test build interrupts make e2e
 # (SIGINT: its pytest workers start their teardown, which execnet cuts
 # short after about 15 s, so a stack or database may be left; make e2e
 # stops LocalStack) and waits for it before failing.
-timed "build the tests (beside make e2e)" make --no-print-directory test-build || {
+timed "build the tests (beside make e2e)" nice -n 10 make --no-print-directory test-build || {
   rc=$?; kill -INT -- -"${pids[0]}" 2> /dev/null; set +m; wait "${pids[@]}" 2> /dev/null; pids=(); exit $rc
 }
 # Each Rust test in a process of its own, NEXTEST_THREADS at once (most
@@ -70,11 +70,11 @@ timed "build the tests (beside make e2e)" make --no-print-directory test-build |
 # warm server (tests/moto_forkserver.py).
 read -ra nextest <<< "$NEXTEST"
 side "Rust tests (cargo nextest, $NEXTEST_THREADS at once)" rust \
-  tests/with-moto-forkserver "$VENV/bin/python" env LOGIN_ETL_TEST_PG="$TEST_PG" CARGO_LAMBDA="$CARGO_LAMBDA" MOTO_SERVER="$(realpath "$VENV")/bin/moto_server" \
+  nice -n 10 tests/with-moto-forkserver "$VENV/bin/python" env LOGIN_ETL_TEST_PG="$TEST_PG" CARGO_LAMBDA="$CARGO_LAMBDA" MOTO_SERVER="$(realpath "$VENV")/bin/moto_server" \
   "${nextest[@]}" run --lib --test it --run-ignored all --no-fail-fast --hide-progress-bar -j "$NEXTEST_THREADS"
 # make validate's steps (sam's lint includes cfn-lint), with the files that
 # need the binary cargo built: two workers, one file each.
-side "template; pytest: database roles, command line" py nice -n 10 bash -c 'sam validate --lint --template template.yaml &&
+side "template; pytest: database roles, command line" py bash -c 'sam validate --lint --template template.yaml &&
   PG_ADMIN_URL="$1" "$0" -m pytest -q -n 2 --dist loadfile tests/test_template.py tests/test_database_roles.py tests/test_libpq_env.py \
     tests/test_iam_token.py tests/test_runbooks.py tests/test_cli.py tests/test_docs.py tests/test_contract.py tests/test_deploy_script.py \
     tests/test_workflows.py' \
