@@ -242,7 +242,7 @@ host-build: rust-tools ## build the function for this host (debug profile, syste
 	@echo "==> cargo build --bin login-etl --examples (the first build compiles every dependency: a minute or two)"
 	cargo build --bin login-etl --examples
 
-migrate: ## create or upgrade user_logins in DATABASE_URL (any server; sslmode in the URL is honoured)
+migrate: rust-tools ## create or upgrade user_logins in DATABASE_URL (any server; sslmode in the URL is honoured)
 	@# Only the local default database is created here; a DATABASE_URL given on
 	@# the command line or in the environment is migrated as it is, and the
 	@# local server is not touched.

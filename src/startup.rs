@@ -95,8 +95,7 @@ pub async fn build_with(
             profile: config.profile,
             ..MigrateOptions::default()
         };
-        let mut connector = sink.connector().clone();
-        let (applied, client) = schema::migrate_connecting(&mut connector, &options).await?;
+        let (applied, client) = schema::migrate_connecting(sink.connector_mut(), &options).await?;
         sink.adopt(client);
         info!(target = %sink.target(), applied, "schema checked (applied only when not current)");
     }
@@ -228,8 +227,8 @@ pub async fn migrate(db: &DbConfig, profile: crate::profile::Profile) -> Result<
 /// [`migrate`] with the options `login-etl migrate` takes (the partition
 /// interval of a new table, how many days to make ahead).
 pub async fn migrate_with(db: &DbConfig, options: &MigrateOptions) -> Result<String, InitError> {
-    let sink = sink(db, aws_for(db).await.as_ref()).await?;
-    let (applied, _) = schema::migrate_connecting(&mut sink.connector().clone(), options).await?;
+    let mut sink = sink(db, aws_for(db).await.as_ref()).await?;
+    let (applied, _) = schema::migrate_connecting(sink.connector_mut(), options).await?;
     let target = sink.target().to_owned();
     Ok(if applied {
         format!("{target} (applied)")

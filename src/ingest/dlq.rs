@@ -180,6 +180,9 @@ pub struct CopyFacts<'a> {
     pub source_message_id: &'a str,
     /// `source_sent_timestamp` (empty when its original had none).
     pub source_sent_timestamp: &'a str,
+    /// `source_signature`: the row key signed, which only a producer's
+    /// message gets (empty otherwise).
+    pub source_signature: &'a str,
     /// `rejection_code`.
     pub code: &'a str,
     /// The key version of its tokens: its signature's.
@@ -191,9 +194,9 @@ pub struct CopyFacts<'a> {
 }
 
 impl<'a> CopyFacts<'a> {
-    fn parts(&self, version: &'a str) -> [&'a str; 5] {
+    fn parts(&self, version: &'a str) -> [&'a str; 6] {
         let (body, key) = self.sealed.unwrap_or_default();
-        [self.code, version, self.masked_body, body, key]
+        [self.code, version, self.masked_body, body, key, self.source_signature]
     }
 
     /// Its `copy_signature`, by the masking key's copy key.
@@ -243,6 +246,7 @@ impl DeadLetterQueue {
         let signature = CopyFacts {
             source_message_id: &original.message_id,
             source_sent_timestamp: original.sent_timestamp.as_deref().unwrap_or_default(),
+            source_signature: original.signature.as_deref().unwrap_or_default(),
             code: r.code,
             token_key_version: masker.version(),
             masked_body: &masked,
@@ -300,9 +304,10 @@ impl DeadLetterQueue {
     /// `copy_signature` holds) keeps its own: the original it names, never
     /// its masked body sealed over. Any other message is an original,
     /// whatever attributes it carries. The row key of a message that was no
-    /// producer's ([`NOT_A_PRODUCERS`]) is not signed: no redrive can give
-    /// the DLQ operator's own login a row. `None` (with a warning): too
-    /// large for SQS.
+    /// producer's is not signed: one rejected as such ([`NOT_A_PRODUCERS`]),
+    /// or one that says it is a rebuilt login (the DLQ operator's, whatever
+    /// else refused it), so that no redrive gives the operator's own login
+    /// a row. `None` (with a warning): too large for SQS.
     fn original_of(&self, r: &Rejected<'_>, masker: &Masker, masked: &str) -> Option<Original> {
         if let Some((c, version)) = r
             .message
@@ -312,6 +317,7 @@ impl DeadLetterQueue {
             let facts = CopyFacts {
                 source_message_id: c.source_message_id,
                 source_sent_timestamp: c.source_sent_timestamp.unwrap_or_default(),
+                source_signature: c.source_signature.unwrap_or_default(),
                 code: c.code,
                 token_key_version: version,
                 masked_body: r.message.body.as_deref().unwrap_or_default(),
@@ -332,7 +338,7 @@ impl DeadLetterQueue {
         // dated by them, so it can never add a second row (see
         // `record::row_key`).
         let key = row_key(r.message_id, r.message, masker);
-        let producers = !NOT_A_PRODUCERS.contains(&r.code);
+        let producers = !NOT_A_PRODUCERS.contains(&r.code) && !r.message.claims_rebuilt();
         let signature = key
             .sent_timestamp
             .filter(|_| producers)

@@ -312,6 +312,9 @@ pub struct RebuiltClaim<'a> {
     pub key_version: u16,
     /// `source_rejection_code`: its copy's rejection code.
     pub rejection_code: &'a str,
+    /// `source_signature`: its copy's signed row key (empty when the copy
+    /// had none: no producer's message, which is not rebuilt).
+    pub source_signature: &'a str,
     /// `copy_signature`: its copy's signature.
     pub copy_signature: &'a str,
 }
@@ -442,6 +445,7 @@ impl SqsRecord {
                     .filter(|v| !v.is_empty())?,
                 key_version: a.rebuilt_key_version.as_deref()?.trim().parse().ok()?,
                 rejection_code: a.source_rejection_code.as_deref()?,
+                source_signature: a.source_signature.as_deref().unwrap_or_default(),
                 copy_signature: a.copy_signature.as_deref()?,
             },
             seal,

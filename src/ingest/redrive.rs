@@ -13,9 +13,9 @@
 //! stays where it is, counted by why.
 //!
 //! A copy that kept no original (`login-etl poll` without
-//! `DLQ_KMS_KEY_ID`; a masking-only stack before 0.2.0 made such copies
-//! too, unsigned, and those stay) can still come back with `--rebuild`
-//! ([`Rebuilder`]) when the function signed it: its masked body, its row
+//! `DLQ_KMS_KEY_ID`; every such copy made before 0.3.0 is unsigned, and
+//! stays) can still come back with `--rebuild` ([`Rebuilder`]) when the
+//! function signed it, of a producer's message: its masked body, its row
 //! key and its tokens' key version, sealed under the dead-letter key,
 //! which the function stores as it is
 //! ([`crate::privacy::dead_letter::rebuilt`]); a copy that holds no login
@@ -304,6 +304,10 @@ impl Rebuilder {
         else {
             return Ok(Err("copy_unsigned"));
         };
+        // A copy whose row key was not signed was no producer's message.
+        let Some(row_key_signature) = attribute(m, "source_signature") else {
+            return Ok(Err("not_a_producers"));
+        };
         let Some(key_version) = signature_version(signature) else {
             return Ok(Err("copy_unsigned"));
         };
@@ -337,6 +341,10 @@ impl Rebuilder {
             (REBUILT_SEAL.to_owned(), text(sealed)),
             ("copy_signature".to_owned(), text(signature.to_owned())),
             ("source_rejection_code".to_owned(), text(code.to_owned())),
+            (
+                "source_signature".to_owned(),
+                text(row_key_signature.to_owned()),
+            ),
         ]);
         Ok(Ok(Original {
             body,
@@ -396,9 +404,12 @@ async fn original(
         }));
     }
     // The DLQ operator's own message, or a rebuilt login that did not
-    // hold: nothing of a producer's to send back (and the function would
-    // refuse it again).
-    if attribute(m, "rejection_code").is_some_and(|code| NOT_A_PRODUCERS.contains(&code)) {
+    // hold: nothing of a producer's to send back (the function would
+    // refuse it again). A producer's copy that the operator's role sent
+    // back as it was keeps its signed row key, and goes back.
+    if attribute(m, "rejection_code").is_some_and(|code| NOT_A_PRODUCERS.contains(&code))
+        && attribute(m, "source_signature").is_none()
+    {
         return Ok(Err("not_a_producers"));
     }
     let source = attribute(m, "source_message_id").unwrap_or(&id).to_owned();

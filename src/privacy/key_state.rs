@@ -14,7 +14,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::time::timeout_at;
 use tokio_postgres::Client;
@@ -22,7 +22,7 @@ use tokio_postgres::types::Type;
 
 use crate::database::statement::{Failed, Statement};
 use crate::error::{DbError, Misconfiguration, describe};
-use crate::privacy::keys::{BatchKeys, ErasedUsers, ErasureList, KeyChecks, Keys, Versions};
+use crate::privacy::keys::{BatchKeys, ChecksToRecord, ErasedUsers, ErasureList, KeyChecks, Keys, Versions};
 use crate::profile::Profile;
 
 /// The erasure list's keys listed after version `$1` (0: all of them), its
@@ -68,44 +68,69 @@ pub struct KeyState {
 }
 
 impl KeyState {
+    /// A batch's keys from the list kept, when it is current and nothing
+    /// needs recording: no connection asked for, so a database that is down
+    /// leaves a batch filtered by the erasure list all the same (its
+    /// rejects are checked against it before any goes to the DLQ). `None`:
+    /// ask [`batch`](Self::batch).
+    pub async fn kept(&mut self, keys: &Keys, record: bool) -> Option<Result<BatchKeys, DbError>> {
+        let list = self.list.clone().filter(|_| !self.stale)?;
+        match self.against(keys, list, record).await {
+            Ok((batch, None)) => Some(Ok(batch)),
+            Ok((_, Some(_))) => None,
+            Err(refused) => Some(Err(refused)),
+        }
+    }
+
     /// A batch's keys: the erasure list (kept in memory), `keys` checked
     /// against it, and the check values the database lacks recorded before
     /// anything is written with them ([`Keys::against`]). Without `record`
-    /// only a difference is refused (`login-etl poll`'s start). An erasure
-    /// key that does not match the list drops the list kept: what it held
-    /// may be mended in the database since (a key version behind may not:
-    /// the list already names the newer one). Each statement answers by
-    /// `until`, on `client`.
+    /// only a difference is refused (`login-etl poll`'s start). Each
+    /// statement, on `client`, answers within `per_statement`, and by
+    /// `deadline`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn batch(
         &mut self,
         client: &Client,
         profile: Profile,
         keys: &Keys,
         record: bool,
-        until: Instant,
+        per_statement: Duration,
+        deadline: Option<Instant>,
         fatal: Fatal,
     ) -> Result<BatchKeys, DbError> {
-        let list = self.erasure_list(client, profile, until, fatal).await?;
-        let (batch, to_record) = match keys.against(list, record).await {
-            Ok(checked) => checked,
-            Err(refused) => {
-                if matches!(
-                    refused,
-                    DbError::Misconfigured {
-                        what: Misconfiguration::KeyMismatch,
-                        ..
-                    }
-                ) {
-                    self.forget();
-                }
-                return Err(refused);
-            }
+        let until = || {
+            let bound = Instant::now() + per_statement;
+            deadline.map_or(bound, |d| d.min(bound))
         };
+        let list = self.erasure_list(client, profile, until(), fatal).await?;
+        let (batch, to_record) = self.against(keys, list, record).await?;
         if let Some(c) = to_record {
-            self.record_checks(client, c.version, &c.masking, c.erasure.as_deref(), until, fatal)
+            self.record_checks(client, c.version, &c.masking, c.erasure.as_deref(), until(), fatal)
                 .await?;
         }
         Ok(batch)
+    }
+
+    /// `keys` against `list` ([`Keys::against`]). An erasure key that does
+    /// not match the list drops the list kept: what it held may be mended
+    /// in the database since (a key version behind may not: the list
+    /// already names the newer one).
+    async fn against(
+        &mut self,
+        keys: &Keys,
+        list: ErasureList,
+        record: bool,
+    ) -> Result<(BatchKeys, Option<ChecksToRecord>), DbError> {
+        let checked = keys.against(list, record).await;
+        if let Err(DbError::Misconfigured {
+            what: Misconfiguration::KeyMismatch,
+            ..
+        }) = &checked
+        {
+            self.forget();
+        }
+        checked
     }
 
     /// Drops what is kept of the list: the next batch reads the keys

@@ -158,6 +158,10 @@ pub struct Keys {
     masker: RwLock<Arc<Masker>>,
     /// How to read the keys again, and when that was last tried.
     reload: Option<(KeyReload, Mutex<Option<Instant>>)>,
+    /// The oldest key version a claim may be signed with, as the database
+    /// last said ([`redrive_floor`]): [`Keys::unchecked`] keeps it, so a
+    /// database that is down lets no retired key's claim through.
+    floor: std::sync::atomic::AtomicU16,
 }
 
 /// What one batch is masked and filtered with: the erasure list and the
@@ -177,6 +181,7 @@ impl Keys {
         Self {
             masker: RwLock::new(Arc::new(masker)),
             reload: None,
+            floor: std::sync::atomic::AtomicU16::new(1),
         }
     }
 
@@ -195,7 +200,8 @@ impl Keys {
         BatchKeys {
             versions: Versions::at(1),
             erased: ErasedUsers::default(),
-            masker: Masker::clone(&self.held()),
+            masker: Masker::clone(&self.held())
+                .with_redrive_floor(self.floor.load(std::sync::atomic::Ordering::Relaxed)),
         }
     }
 
@@ -247,6 +253,7 @@ impl Keys {
             erasure: erasure.map(str::to_owned),
         });
         let floor = redrive_floor(list.versions.key, list.key_changed_at, chrono::Utc::now());
+        self.floor.store(floor, std::sync::atomic::Ordering::Relaxed);
         let keys = BatchKeys {
             versions: list.versions,
             erased: list.users,

@@ -26,7 +26,7 @@ use chrono::Utc;
 use tokio::sync::Mutex;
 use tracing::{trace, warn};
 
-use crate::contract::{LoginRow, NOT_A_PRODUCERS, Rejection};
+use crate::contract::{LoginRow, Rejection};
 use crate::error::{DbError, HandlerError};
 use crate::config::backoff::Schedule;
 use crate::ingest::backoff::{Hold, Visibility, jitter};
@@ -295,20 +295,20 @@ impl BatchHandler {
         let Some((claim, seal)) = message.rebuilt() else {
             return Some(Err(Rejection::RebuiltLoginUnverified));
         };
-        // Only a copy the function made, of a producer's message, is
-        // rebuilt: its signature covers the tokens and the row key the
-        // operator's seal vouches for (checked first: no KMS call for a
-        // claim the function never made).
+        // Only a copy the function made, of a producer's message (its row
+        // key signed), is rebuilt: the copy's signature covers the tokens
+        // and the row key the operator's seal vouches for (checked first:
+        // no KMS call for a claim the function never made).
         let copy = CopyFacts {
             source_message_id: claim.message_id,
             source_sent_timestamp: claim.sent_timestamp,
+            source_signature: claim.source_signature,
             code: claim.rejection_code,
             token_key_version: claim.key_version,
             masked_body: message.body.as_deref().unwrap_or_default(),
             sealed: None,
         };
-        if NOT_A_PRODUCERS.contains(&claim.rejection_code)
-            || !copy.signed_by(masker, claim.copy_signature)
+        if claim.source_signature.is_empty() || !copy.signed_by(masker, claim.copy_signature)
         {
             return Some(Err(Rejection::RebuiltLoginUnverified));
         }

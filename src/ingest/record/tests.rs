@@ -324,6 +324,7 @@ fn a_rebuilt_login_dated_outside_what_sqs_keeps_is_refused() {
             sent_timestamp: &sent,
             key_version: 1,
             rejection_code: "unknown_field",
+            source_signature: "checked by the caller",
             copy_signature: "checked by the caller",
         };
         transform_rebuilt(claim, &message, &masker, &Contract::DEFAULT, now).map(|row| row.sent_at)

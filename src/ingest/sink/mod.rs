@@ -233,9 +233,10 @@ impl PgSink {
         self.connector.target()
     }
 
-    /// What it opens its connections with.
-    pub fn connector(&self) -> &Connector {
-        &self.connector
+    /// What it opens its connections with (a password refetched through
+    /// it stays its own).
+    pub fn connector_mut(&mut self) -> &mut Connector {
+        &mut self.connector
     }
 
     /// Takes `client` as its connection (one `migrate` opened at a cold
@@ -289,26 +290,44 @@ impl PgSink {
         }
     }
 
-    /// A batch's keys ([`KeyState::batch`]), read and recorded on this
-    /// sink's connection within `deadline`: without `record` only a
-    /// difference is refused (`login-etl poll`'s start).
+    /// A batch's keys: from the list kept when it answers alone
+    /// ([`KeyState::kept`]: no connection needed), else read and recorded
+    /// on this sink's connection within `deadline` ([`KeyState::batch`]);
+    /// without `record` only a difference is refused (`login-etl poll`'s
+    /// start). Keys that do not match on a masking-only database make the
+    /// schema guard read the profile again, as [`forget_erased`](Self::forget_erased) does.
     pub async fn batch_keys(
         &mut self,
         keys: &Keys,
         deadline: Option<Instant>,
         record: bool,
     ) -> Result<BatchKeys, DbError> {
-        let budget = Budget::new(deadline);
-        let bound = budget.bound(self.per_operation(), "reading the erasure list")?;
-        self.client(&budget).await?;
-        let client = self.client.as_ref().expect("opened above");
-        let fatal: key_state::Fatal = |e| match classify::classify(e) {
-            Failure::Fatal(f) => Some(f),
-            _ => None,
+        let answer = match self.key_state.kept(keys, record).await {
+            Some(answer) => answer,
+            None => {
+                let budget = Budget::new(deadline);
+                budget.bound(self.per_operation(), "reading the erasure list")?;
+                self.client(&budget).await?;
+                let client = self.client.as_ref().expect("opened above");
+                let fatal: key_state::Fatal = |e| match classify::classify(e) {
+                    Failure::Fatal(f) => Some(f),
+                    _ => None,
+                };
+                let per_statement = self.per_operation();
+                self.key_state
+                    .batch(client, self.profile, keys, record, per_statement, deadline, fatal)
+                    .await
+            }
         };
-        self.key_state
-            .batch(client, self.profile, keys, record, Instant::now() + bound, fatal)
-            .await
+        if let Err(DbError::Misconfigured {
+            what: crate::error::Misconfiguration::KeyMismatch,
+            ..
+        }) = &answer
+            && self.profile == Profile::Masking
+        {
+            self.schema_checked = false;
+        }
+        answer
     }
 
     /// Client-side bound of one operation: the server's bound plus room to connect.
