@@ -1364,3 +1364,97 @@ async fn the_dlq_operators_own_logins_are_never_stored() {
         "a refused rebuilt login's copy claims no row key"
     );
 }
+
+/// Erasure first, while the database is down: with the visibility backoff
+/// (as the template deploys it) a batch the database cannot take is
+/// reported, its rejects copied to the DLQ; a warm function keeps the
+/// erasure list it read, so an erased user's login that the contract
+/// rejects is skipped even then, no copy; another user's reject is copied.
+#[tokio::test]
+#[ignore = "needs moto_server on PATH or in MOTO_SERVER; run by `make test`"]
+async fn an_erased_users_rejected_login_gets_no_copy_while_the_database_is_down() {
+    use login_etl::privacy::masking::{Masker, MaskingKey};
+    use login_etl::table::privileges::Role;
+    use serde_json::Value;
+
+    let Queues {
+        _moto,
+        sqs,
+        source_url,
+        dlq_url,
+        ..
+    } = queues_and_key().await;
+    let db = TestDb::create().await;
+    let ingest = db.ingest_url().await;
+    let user = "5d0c6e1a-7b2f-4f3e-8a90-1c2d3e4f5a6b";
+    let h = handler_with(&[
+        ("DATABASE_URL", &ingest),
+        ("MASKING_KEY", TEST_KEY),
+        ("CONTRACT", "strict"),
+    ])
+    .await
+    .with_dead_letter_queue(DeadLetterQueue::new(sqs.clone(), dlq_url.clone()))
+    .with_backoff(
+        login_etl::config::backoff::Schedule { base: 30, max: 900 },
+        login_etl::ingest::backoff::Visibility::new(sqs.clone(), Some(source_url.clone())),
+    );
+    let h = &h;
+    let handle = |records: Vec<login_etl::ingest::event::SqsRecord>| async move {
+        h.handle(&SqsBatch::new(records), Deadline::NONE)
+            .await
+            .map(Outcome::into_parts)
+            .unwrap()
+            .1
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    let login = |user: &str, device: Value| {
+        serde_json::json!({"user_id": user, "app_version": "1.0.0", "device_type": "ios",
+            "ip": "10.4.4.4", "locale": "EN", "device_id": device})
+        .to_string()
+    };
+    handle(vec![arrived("first", &login(user, "d-1".into()), now)]).await;
+    let masker = Masker::new(&MaskingKey::from_hex(TEST_KEY, "test").unwrap());
+    let mut eraser = connect(&db.role_url(Role::Erase).await).await;
+    let caller = "arn:aws:sts::123456789012:assumed-role/erasers/test";
+    login_etl::privacy::forget::forget(&mut eraser, user, masker.users(), caller)
+        .await
+        .expect("erased");
+    // A batch after the erasure: its write finds the list out of date and
+    // the function reads it again.
+    let after = vec![arrived("after", &login("someone-else", "d-2".into()), now)];
+    assert_eq!(handle(after).await.inserted, 1);
+    // Down for the function's login (53300, too many connections: what a
+    // server at its limit says), its session ended.
+    let admin = db.client().await;
+    let role = db.role_name(Role::Ingest);
+    admin
+        .batch_execute(&format!("ALTER ROLE {role} CONNECTION LIMIT 0"))
+        .await
+        .unwrap();
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+            &[&role],
+        )
+        .await
+        .unwrap();
+    // The erased user's login and another user's, both rejected by the
+    // strict contract (a null device id), and a valid one, backed off.
+    let summary = handle(vec![
+        arrived("erased", &login(user, Value::Null), now),
+        arrived("other", &login("someone-else", Value::Null), now),
+        arrived("valid", &login("someone-else", "d-3".into()), now),
+    ])
+    .await;
+    assert_eq!(summary.erased, 1, "{summary:?}");
+    let copies = drain(&sqs, &dlq_url).await;
+    let named: Vec<String> = copies
+        .iter()
+        .map(|c| attr(c, "source_message_id"))
+        .collect();
+    assert_eq!(named, ["other"], "{summary:?}");
+    admin
+        .batch_execute(&format!("ALTER ROLE {role} CONNECTION LIMIT -1"))
+        .await
+        .unwrap();
+}
