@@ -753,6 +753,26 @@ async fn queues_and_key() -> Queues {
     }
 }
 
+/// A batch through `h`, which must answer: its summary.
+async fn summary_of(
+    h: &BatchHandler,
+    records: Vec<login_etl::ingest::event::SqsRecord>,
+) -> login_etl::BatchSummary {
+    let (_, summary) = h
+        .handle(&SqsBatch::new(records), Deadline::NONE)
+        .await
+        .map(Outcome::into_parts)
+        .unwrap();
+    summary
+}
+
+/// A clean login of `user` from `ip` on the device `device` (`null`: none).
+fn login_body(user: &str, ip: &str, device: serde_json::Value) -> String {
+    serde_json::json!({"user_id": user, "app_version": "1.0.0", "device_type": "ios",
+        "ip": ip, "locale": "EN", "device_id": device})
+    .to_string()
+}
+
 /// One SQS record as a producer's message arrives, received once.
 fn arrived(id: &str, body: &str, sent_ms: i64) -> login_etl::ingest::event::SqsRecord {
     login_etl::ingest::event::SqsRecord {
@@ -1094,24 +1114,13 @@ async fn the_dlq_operators_own_logins_are_never_stored() {
         )
         .with_dlq_operator(Some(OPERATOR.into()))
         .with_rebuilt_verifier(RebuiltVerifier::new(kms.clone(), key.clone()));
-    let h = &h;
-    let handle = |records: Vec<login_etl::ingest::event::SqsRecord>| async move {
-        h.handle(&SqsBatch::new(records), Deadline::NONE)
-            .await
-            .map(Outcome::into_parts)
-            .unwrap()
-            .1
-    };
+    let handle = |records| summary_of(&h, records);
     let as_operator = |mut r: login_etl::ingest::event::SqsRecord| {
         r.attributes.as_mut().unwrap().sender_id = Some(format!("{OPERATOR}:redrive"));
         r
     };
     let now = chrono::Utc::now().timestamp_millis();
-    let login = |user: &str, ip: &str| {
-        format!(
-            r#"{{"user_id":"{user}","app_version":"1.0.0","device_type":"ios","ip":"{ip}","locale":"EN","device_id":"dev-{user}"}}"#
-        )
-    };
+    let login = |user: &str, ip: &str| login_body(user, ip, format!("dev-{user}").into());
 
     // The operator's own login: refused, and its copy claims no row.
     let own = as_operator(arrived("own", &login("u-own", "10.9.9.9"), now - 60_000));
@@ -1398,20 +1407,9 @@ async fn an_erased_users_rejected_login_gets_no_copy_while_the_database_is_down(
         login_etl::config::backoff::Schedule { base: 30, max: 900 },
         login_etl::ingest::backoff::Visibility::new(sqs.clone(), Some(source_url.clone())),
     );
-    let h = &h;
-    let handle = |records: Vec<login_etl::ingest::event::SqsRecord>| async move {
-        h.handle(&SqsBatch::new(records), Deadline::NONE)
-            .await
-            .map(Outcome::into_parts)
-            .unwrap()
-            .1
-    };
+    let handle = |records| summary_of(&h, records);
     let now = chrono::Utc::now().timestamp_millis();
-    let login = |user: &str, device: Value| {
-        serde_json::json!({"user_id": user, "app_version": "1.0.0", "device_type": "ios",
-            "ip": "10.4.4.4", "locale": "EN", "device_id": device})
-        .to_string()
-    };
+    let login = |user: &str, device: Value| login_body(user, "10.4.4.4", device);
     handle(vec![arrived("first", &login(user, "d-1".into()), now)]).await;
     let masker = Masker::new(&MaskingKey::from_hex(TEST_KEY, "test").unwrap());
     let mut eraser = connect(&db.role_url(Role::Erase).await).await;
