@@ -264,6 +264,28 @@ def stale_pointers(texts: dict[str, str], exists) -> dict[str, list[str]]:
     return stale
 
 
+# A pointer that says what the file holds: "`user_logins_locks`
+# (migrations/0022)", "`name` in src/x.rs,", "src/x.rs's `name`".
+PATH = r"((?:src|migrations|docs|tests|benches|examples|localstack|release|fuzz|scripts)/[\w./-]*\w)"
+NAMED_IN = re.compile(
+    rf"`(?P<before>[\w:]+)(?:\(\))?`,? (?:\(|in )`?(?P<path1>{PATH[1:-1]})`?[),;:]"
+    rf"|(?<![\w/.-])(?P<path2>{PATH[1:-1]})`?'s `(?P<after>[\w:]+)"
+)
+
+
+def pointers_to_what_the_file_lacks(texts: dict[str, str], holds) -> list[str]:
+    """Where a text names an item beside a pointer and the file (the
+    folder's files, or the migration of that number) does not hold it."""
+    lacking = []
+    for name, text in texts.items():
+        for m in NAMED_IN.finditer(text):
+            path = (m.group("path1") or m.group("path2")).rstrip(".")
+            item = (m.group("before") or m.group("after")).rpartition("::")[2]
+            if path not in NOT_FILES and not holds(path, item):
+                lacking.append(f"{name}: {item} is not in {path}")
+    return lacking
+
+
 def test_every_path_a_doc_or_comment_names_is_a_file_of_the_repository():
     files = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=ROOT, check=True).stdout.split()
     texts = {f: (ROOT / f).read_text(errors="replace") for f in files if f != "tests/test_docs.py"
@@ -275,6 +297,19 @@ def test_every_path_a_doc_or_comment_names_is_a_file_of_the_repository():
         folder = ROOT / path
         return folder.is_dir() and any(p.name.startswith(prefix + "_") for p in folder.iterdir())
 
+    def holds(path: str, item: str) -> bool:
+        target = ROOT / path
+        folder, _, stem = path.rpartition("/")
+        if not target.exists() and re.fullmatch(r"\d{4}", stem):
+            target = next((p for p in (ROOT / folder).glob(stem + "_*")), target)
+        files = [f for f in target.rglob("*") if f.is_file()] if target.is_dir() else [target]
+        return any(f.exists() and re.search(rf"\b{re.escape(item)}\b", f.read_text(errors="replace")) for f in files)
+
+    lacking = pointers_to_what_the_file_lacks(texts, holds)
+    assert not lacking, "\n".join(lacking)
+    planted = {"docs/x.md": "`user_logins_locks` (migrations/0001) and src/lib.rs's `no_such_item`, `main` in src/main.rs;"}
+    assert pointers_to_what_the_file_lacks(planted, holds) == [
+        "docs/x.md: user_logins_locks is not in migrations/0001", "docs/x.md: no_such_item is not in src/lib.rs"]
     stale = stale_pointers(texts, exists)
     assert not stale, "\n".join(f"{p}: named in {', '.join(sorted(set(n)))}" for p, n in sorted(stale.items()))
     planted = {"src/x.rs": "// see migrations/0099 and src/privacy/vaults.rs, (migrations/0008)."}
