@@ -26,6 +26,11 @@ PYTHON        ?= python3
 # --no-compile: Python compiles a module when it is first imported, only
 # those used; compiling every file at install took CPU from the build
 # beside it (make demo: 198 s with, 171 s without, AMD EPYC, 2 cores).
+# That cache is written where Python may write it: a PYTHONDONTWRITEBYTECODE
+# in the caller's environment (some machines set it) would make every
+# process compile again all it imports (LocalStack, botocore, sam), so the
+# recipes run without it.
+unexport PYTHONDONTWRITEBYTECODE
 BUILD_PACKAGES := cargo-lambda==1.9.2 ziglang==0.17.1 aws-sam-cli==1.170.0
 PIP_PACKAGES  := $(BUILD_PACKAGES) moto[server]==5.2.5 pytest==9.1.1 pytest-xdist==3.8.0 jsonschema==4.26.0 kubernetes-validate==1.37.0
 VENV_STAMP    := $(VENV)/.installed-$(shell echo '$(PIP_PACKAGES)' | sha1sum | cut -c1-12)
