@@ -349,20 +349,32 @@ def blocked_batch_is_received_once(q: stack.Stack, consumers, name: str, env: di
     return c
 
 
+def printed_statements(output: str, **arns: str) -> list[dict]:
+    """The policy statements the template prints in `output` for an
+    existing queue (docs/existing-queue.md), its `${...}` filled in."""
+    text = (ROOT / "template.yaml").read_text().split(f"\n  {output}:\n", 1)[1]
+    value = "[{" + text.split("[{", 1)[1].split("}]", 1)[0] + "}]"
+    for name, arn in arns.items():
+        value = value.replace("${%s}" % name, arn)
+    assert "${" not in value, value
+    return json.loads(" ".join(value.split()))
+
+
 def test_doctor_holds_the_queues_redrive_against_the_backoff_and_finds_its_dlq(standard_queues):
-    """`login-etl doctor --queue-url`: the fixture's queue's 5 s visibility
+    """`login-etl doctor --queue-url`: queues whose policies leave them open
+    (to other readers, to plain HTTP, the DLQ to SQS's redrive) are named,
+    each with the stack output whose statements close them, and with those
+    statements nothing is; the fixture's queue's 5 s visibility
     timeout is under what the function needs, named with the fix; its
     redrive (maxReceiveCount 5,
     the default backoff) rides out far less than 30 minutes of outage, named
     with the count that would; with that count, nothing; without a
     RedrivePolicy, named; its dead-letter queue deleted, named by its ARN;
     each with exit 1, no finding on the database."""
-    import json
-    import subprocess
-
     q = standard_queues
     sqs = stack.client("sqs")
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=q.dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    arn_of = lambda url: sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]  # noqa: E731
+    queue_arn, dlq_arn = arn_of(q.queue_url), arn_of(q.dlq_url)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_LAMBDA")}, **stack.LOCAL_ENV,
            "AWS_REGION": stack.REGION, "DATABASE_URL": stack.role_url(q.dbname, "migrate")}  # fmt: skip
     bootstrap = stack.BUILD_DIR / "LoginEtlFunction" / "bootstrap"
@@ -376,6 +388,21 @@ def test_doctor_holds_the_queues_redrive_against_the_backoff_and_finds_its_dlq(s
         return out.returncode, [f for f in report["findings"] if f["check"] == "queue"]
 
     code, found = doctor()
+    opened = {(f["subject"], f["problem"].split(":")[0], f["fix"].split("statements of the stack's output ")[-1].split()[0])
+              for f in found if "its policy" in f["problem"]}  # fmt: skip
+    receive, tls, move = ("its policy does not refuse ReceiveMessage to other principals",
+                          "its policy does not refuse requests without TLS (aws", "its policy does not refuse sqs")  # fmt: skip
+    assert opened == {(q.queue_url, receive, "ExistingQueuePolicyStatements"), (q.queue_url, tls, "ExistingQueuePolicyStatements"),
+                      (q.dlq_url, receive, "ExistingDlqPolicyStatements"), (q.dlq_url, tls, "ExistingDlqPolicyStatements"),
+                      (q.dlq_url, move, "ExistingDlqPolicyStatements")}, found  # fmt: skip
+    # What the stack prints for these queues closes them.
+    role = "arn:aws:iam::000000000000:role/login-etl-function"
+    for url, output, arns in ((q.queue_url, "ExistingQueuePolicyStatements", {"ExistingQueueArn": queue_arn, "LoginEtlRole.Arn": role}),
+                              (q.dlq_url, "ExistingDlqPolicyStatements", {"ExistingDlqArn": dlq_arn, "LoginEtlRole.Arn": role, "Consumer": role})):  # fmt: skip
+        policy = {"Version": "2012-10-17", "Statement": printed_statements(output, **arns)}
+        sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": json.dumps(policy)})
+    code, found = doctor()
+    assert not [f for f in found if "its policy" in f["problem"]], found
     # The fixture's 5 s visibility is under what the function (30 s, the
     # default) needs: named, with the setting that fixes it.
     [visibility] = [f for f in found if "visibility timeout is 5 s" in f["problem"]]

@@ -444,7 +444,8 @@ const MAX_BATCHING_WINDOW_S: u32 = 30;
 /// Doctor's `queue` check (`--queue-url`): its visibility timeout against
 /// the function's (`function_timeout`, 0: not checked), its RedrivePolicy
 /// against the backoff settings' outage tolerance (see
-/// `crate::poll::outage_warning`), and its dead-letter queue found.
+/// `crate::poll::outage_warning`), its dead-letter queue found, and both
+/// queues' access policies ([`judge_policy`]).
 async fn doctor_queue(
     url: &str,
     function_timeout: u32,
@@ -488,6 +489,16 @@ async fn doctor_queue(
             ),
         );
     }
+    let policies = "docs/existing-queue.md, \"Their policies\"";
+    judge_policy(
+        &mut found,
+        url,
+        queue.info(),
+        &format!(
+            "add to its policy the statements of the stack's output ExistingQueuePolicyStatements ({policies})"
+        ),
+        false,
+    );
     let backoff = crate::config::backoff_from_env()?;
     let Some(count) = queue.info().max_receive_count else {
         found(
@@ -503,17 +514,85 @@ async fn doctor_queue(
             .map_or((said.as_str(), ""), |(p, f)| (p, f));
         found(url, problem.to_owned(), format!("set {fix}"));
     }
-    if let Err(e) = queue.dead_letter_url().await {
-        found(
-            queue.info().dead_letter_arn.as_deref().unwrap_or(url),
-            format!(
-                "its RedrivePolicy's dead-letter queue was not found ({}: {})",
-                e.op, e.cause
+    let dlq = match queue.dead_letter_url().await {
+        Ok(dlq) => dlq,
+        Err(e) => {
+            found(
+                queue.info().dead_letter_arn.as_deref().unwrap_or(url),
+                format!(
+                    "its RedrivePolicy's dead-letter queue was not found ({}: {})",
+                    e.op, e.cause
+                ),
+                e.hint.to_owned(),
+            );
+            None
+        }
+    };
+    if let Some(dlq_url) = dlq {
+        match Queue::open(long_poll_client(&aws), dlq_url.clone(), None).await {
+            Ok(dlq) => judge_policy(
+                &mut found,
+                &dlq_url,
+                dlq.info(),
+                &format!(
+                    "add to its policy the statements of the stack's output ExistingDlqPolicyStatements ({policies})"
+                ),
+                true,
             ),
-            e.hint.to_owned(),
-        );
+            Err(e) => found(
+                &dlq_url,
+                format!("{} failed: {}", e.op, e.cause),
+                e.hint.to_owned(),
+            ),
+        }
     }
     Ok(())
+}
+
+/// Doctor's findings on a queue's access policy (`crate::cli::queue_policy`):
+/// plain HTTP and receiving by others refused on both queues, and on the
+/// dead-letter queue (`dead_letter`) SQS's own redrive, which would move
+/// the masked copies instead of the originals.
+fn judge_policy(
+    found: &mut impl FnMut(&str, String, String),
+    url: &str,
+    info: &crate::poll::queue::QueueInfo,
+    fix: &str,
+    dead_letter: bool,
+) {
+    use super::queue_policy::Closed;
+    let closed = match Closed::of(info.policy.as_deref(), &info.arn) {
+        Ok(closed) => closed,
+        Err(why) => return found(url, why, fix.to_owned()),
+    };
+    let held = if dead_letter {
+        "masked copies and sealed originals of rejected logins"
+    } else {
+        "raw logins, ip and device id in clear"
+    };
+    if !closed.receive_to_others {
+        found(
+            url,
+            format!(
+                "its policy does not refuse ReceiveMessage to other principals: anyone in the account allowed sqs:ReceiveMessage on * reads its messages ({held})"
+            ),
+            fix.to_owned(),
+        );
+    }
+    if !closed.plain_http {
+        found(
+            url,
+            "its policy does not refuse requests without TLS (aws:SecureTransport false)".into(),
+            fix.to_owned(),
+        );
+    }
+    if dead_letter && !closed.move_task {
+        found(
+            url,
+            "its policy does not refuse sqs:StartMessageMoveTask: an SQS redrive would move the masked copies instead of the originals, and they would come back here with nothing stored (login-etl dlq-redrive sends the originals back)".into(),
+            fix.to_owned(),
+        );
+    }
 }
 
 /// Sends the dead-letter queue's messages back (see

@@ -52,6 +52,8 @@ pub struct QueueInfo {
     pub dead_letter_arn: Option<String>,
     /// Its `maxReceiveCount`, from the same policy.
     pub max_receive_count: Option<u32>,
+    /// Its access policy (`Policy`), as SQS returns it: doctor reads it.
+    pub policy: Option<String>,
 }
 
 impl QueueInfo {
@@ -75,6 +77,7 @@ impl QueueInfo {
             visibility_timeout,
             dead_letter_arn,
             max_receive_count,
+            policy: attrs.get("Policy").cloned(),
         })
     }
 }
