@@ -232,6 +232,11 @@ def test_with_the_master_secret_the_stack_sets_up_its_database_and_its_functions
     assert (props["MasterSecretArn"], props["Host"], props["DbName"]) == (MASTER_SECRET_ARN, SETUP["DbHost"], "analytics")
     assert props["RetentionDays"] == 90 and props["Auth"] == "password" and props["Prefix"] == "login_etl"
     assert props["Secrets"] == {"Ref": "AWS::StackName"}
+    # Behind a proxy the roles' secrets name it, and setup still connects to DbHost.
+    assert (props["SecretHost"], props["SecretPort"]) == ("", "")
+    proxy = "login-etl.proxy-abc123.us-east-1.rds.amazonaws.com"
+    behind = deployed(**SETUP, DbProxyHost=proxy, DbProxyPort="6432")["DatabaseSetup"]["Properties"]
+    assert (behind["Host"], behind["SecretHost"], behind["SecretPort"]) == (SETUP["DbHost"], proxy, "6432")
     assert props["SetupRoleArn"] == {"Fn::GetAtt": ["SetupRole", "Arn"]}
     # A release that writes another schema changes the resource: an update runs setup (migrate) again.
     schema = re.search(r"macro_rules! schema_version \{\s*\(\) => \{\s*(\d+)", (ROOT / "src/table/schema/mod.rs").read_text())
