@@ -128,7 +128,7 @@ async fn serve(api: Arc<Mutex<Api>>) -> u16 {
     port
 }
 
-fn spawn(binary: &str, port: u16, db_url: &str) -> Child {
+fn spawn(binary: &str, port: u16, db_url: &str, stdout: Stdio) -> Child {
     Command::new(binary)
         .env_clear()
         .env("AWS_LAMBDA_RUNTIME_API", format!("127.0.0.1:{port}"))
@@ -136,12 +136,14 @@ fn spawn(binary: &str, port: u16, db_url: &str) -> Child {
         .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
         .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
         .env("AWS_LAMBDA_LOG_FORMAT", "JSON")
+        // The template's LogLevel.
+        .env("AWS_LAMBDA_LOG_LEVEL", "INFO")
         // As Lambda sets it: without it the AWS SDK asks the instance
         // metadata service for the region at cold start (2.5 ms here).
         .env("AWS_REGION", "us-east-1")
         .env("DATABASE_URL", db_url)
         .env("MASKING_KEY", KEY)
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {binary} ({e}); cargo builds it for this bench, or set LOGIN_ETL_BINARY"))
@@ -192,7 +194,16 @@ async fn warm_invocations(binary: &str, url: &str, full: bool) {
     let masker = Masker::new(&MaskingKey::from_hex(KEY, "bench").unwrap());
     let api = Arc::new(Mutex::new(Api::default()));
     let port = serve(api.clone()).await;
-    let child = spawn(binary, port, url);
+    // What it writes to stdout (its log lines, as CloudWatch Logs ingests
+    // them): bytes per invocation, for docs/cost.md.
+    let log = std::env::temp_dir().join(format!("login-etl-bench-{}.log", std::process::id()));
+    let written = || std::fs::metadata(&log).map_or(0, |m| m.len());
+    let child = spawn(
+        binary,
+        port,
+        url,
+        std::fs::File::create(&log).unwrap().into(),
+    );
     // `BENCH_WARM=records:runs` runs one size alone (e.g. under `perf record -p`).
     let only = std::env::var("BENCH_WARM").ok().map(|v| {
         let (n, runs) = v.split_once(':').expect("BENCH_WARM=records:runs");
@@ -205,12 +216,14 @@ async fn warm_invocations(binary: &str, url: &str, full: bool) {
     };
     let mut seed = 40_000_000;
     for &(n, runs) in sizes {
-        let (mut took, mut cpu, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut took, mut cpu, mut floor, mut logged) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         // The first round warms up (the connection, the server's plans).
         for round in 0..=runs {
             seed += 2;
             let event = Bytes::from(serde_json::to_vec(&bench_event(n, seed)).unwrap());
             let before = process_cpu(child.id());
+            let log_before = written();
             let answers = {
                 let mut a = api.lock().unwrap();
                 a.events.push_back(event);
@@ -225,6 +238,8 @@ async fn warm_invocations(binary: &str, url: &str, full: bool) {
             .await;
             // A thread that ended in between takes its time with it.
             let spent = process_cpu(child.id()).saturating_sub(before);
+            // The batch's document is written before the handler answers.
+            let log_bytes = written() - log_before;
             let (handed, (arrived, answer)) = {
                 let a = api.lock().unwrap();
                 let path = &a.paths[answers - 1];
@@ -254,6 +269,7 @@ async fn warm_invocations(binary: &str, url: &str, full: bool) {
                 floor.push(started.elapsed());
                 took.push(arrived - handed);
                 cpu.push(spent);
+                logged.push(log_bytes);
             }
         }
         let (p50, p90, f) = (
@@ -266,16 +282,19 @@ async fn warm_invocations(binary: &str, url: &str, full: bool) {
             1_000 => ("binary COPY", "goal: a p50 <= 6 ms, issue 42"),
             _ => ("binary COPY", "goal: <= 1.15, issue 42"),
         };
+        logged.sort_unstable();
         println!(
-            "through the Runtime API, warm, {runs} invocations of {n} records: p50 {:.3} ms (p90 {:.3}), the function's CPU p50 {:.3} ms; {floor_is} of as many rows from here p50 {:.3} ms: ratio {:.2} ({goal})",
+            "through the Runtime API, warm, {runs} invocations of {n} records: p50 {:.3} ms (p90 {:.3}), the function's CPU p50 {:.3} ms; {floor_is} of as many rows from here p50 {:.3} ms: ratio {:.2} ({goal}); log lines at INFO {} bytes an invocation (p50)",
             ms(p50),
             ms(p90),
             ms(median(&mut cpu)),
             ms(f),
-            p50.as_secs_f64() / f.as_secs_f64()
+            p50.as_secs_f64() / f.as_secs_f64(),
+            logged[logged.len() / 2]
         );
     }
     stop(child);
+    let _ = std::fs::remove_file(&log);
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -312,7 +331,7 @@ async fn main() {
         let api = Arc::new(Mutex::new(Api::default()));
         let port = serve(api.clone()).await;
         let started = Instant::now();
-        let child = spawn(&binary, port, &url);
+        let child = spawn(&binary, port, &url, Stdio::null());
         wait_for(&api, |a| a.first_next.is_some(), Duration::from_secs(10)).await;
         cold.push(api.lock().unwrap().first_next.unwrap() - started);
         stop(child);
@@ -342,7 +361,7 @@ async fn main() {
     let size = event.len();
     let api = Arc::new(Mutex::new(Api::with_event(Bytes::from(event))));
     let port = serve(api.clone()).await;
-    let child = spawn(&binary, port, &url);
+    let child = spawn(&binary, port, &url, Stdio::null());
     let started = Instant::now();
     wait_for(&api, |a| !a.responses.is_empty(), Duration::from_secs(120)).await;
     let took = started.elapsed();
