@@ -237,11 +237,12 @@ def test_the_quick_start_from_the_release_drains_a_queue_made_beforehand_with_no
         database = stack_set_up(dbname)
         shutil.copyfile(stack.ca_bundle_file(), release_dir / "global-bundle.pem")
         stack.client("s3").create_bucket(Bucket=stack.ARTIFACT_BUCKET)
-        release_deploy(release_dir, env, name, {
+        values = {
             "arn:aws:sqs:us-east-1:123456789012:logins-dlq": arn(queues.dlq_url),
             "arn:aws:sqs:us-east-1:123456789012:logins": arn(queues.queue_url),
             **database,
-        }, extra=LOCAL_PARAMETERS)  # fmt: skip
+        }  # fmt: skip
+        release_deploy(release_dir, env, name, values, extra=LOCAL_PARAMETERS)
         function = stack.outputs(name)["FunctionName"]
         code = stack.client("lambda").get_function(FunctionName=function)["Configuration"]
         assert code["Architectures"] == ["x86_64"]
@@ -251,11 +252,51 @@ def test_the_quick_start_from_the_release_drains_a_queue_made_beforehand_with_no
         valid = [m for m in messages if m.valid]
         stack.wait_drained(queues, len(valid), len(messages) - len(valid), timeout=180)
         assert stored(dbname) == {m.message_id for m in valid}
+        assert_masked(dbname, valid)
         # The scheduled maintenance, as the maintain role the setup made: clean.
         resp = stack.client("lambda").invoke(FunctionName=stack.outputs(name)["MaintenanceFunctionName"], Payload=b"{}")
         assert "FunctionError" not in resp, resp["Payload"].read()
+
+        # The same deploy again changes nothing: the stack, its setup and
+        # the roles' secrets stay as they were.
+        before = stack.outputs(name), stack.describe_physical_id(name, "DatabaseSetup"), role_secret_versions(name)
+        said = release_deploy(release_dir, env, name, values, extra=LOCAL_PARAMETERS)
+        assert "No changes to deploy" in said, said[-2000:]
+        after = stack.outputs(name), stack.describe_physical_id(name, "DatabaseSetup"), role_secret_versions(name)
+        assert after == before, "a second deploy changed the stack"
+
+        # README's block, run after the deploy as the master (the roles'
+        # secrets the stack's own), then the function goes on storing.
+        stack.prepare_database(dbname, "masking", env=env, secrets_prefix=name)
+        more = stack.generate(10, 0, seed=6404, binary=HOST_BINARY)
+        stack.send(queues, more)
+        stack.wait_drained(queues, len(valid) + len(more), len(messages) - len(valid), timeout=180)
+        assert stored(dbname) == {m.message_id for m in valid + more}
     finally:
         teardown(name, dbname, queues)
+
+
+def role_secret_versions(name: str) -> dict[str, list[str]]:
+    """Each `<stack>/<role>` secret the stack's setup made, and its versions."""
+    secrets = stack.client("secretsmanager")
+    made = secrets.list_secrets(Filters=[{"Key": "name", "Values": [f"{name}/"]}])["SecretList"]
+    assert made, f"the stack's setup made no {name}/ secret"
+    return {s["Name"]: sorted(s.get("SecretVersionsToStages", {})) for s in made}
+
+
+def assert_masked(dbname: str, logins: list) -> None:
+    """Every stored row's ip and device id a 64-hex token, and no sent
+    value, raw, anywhere in the table."""
+    rows = stack.psql(stack.db_url(dbname), "SELECT masked_ip, masked_device_id, row_to_json(u)::text FROM user_logins u")
+    tokens = [t for r in rows for t in r[:2] if t]
+    assert tokens and all(re.fullmatch(r"[0-9a-f]{64}", t) for t in tokens), tokens[:4]
+    table = "\n".join(r[2] for r in rows)
+    for m in logins:
+        sent = json.loads(m.body)
+        for field in ("ip", "device_id"):
+            value = sent.get(field)
+            if isinstance(value, str) and len(value) > 6:
+                assert value not in table, f"a raw {field} is stored"
 
 
 def test_a_stack_deleted_and_deployed_again_keeps_its_key_and_goes_on_storing(release):

@@ -489,7 +489,7 @@ async fn doctor_queue(
             ),
         );
     }
-    let policies = "docs/existing-queue.md, \"Their policies\"";
+    let policies = "docs/existing-queue.md";
     judge_policy(
         &mut found,
         url,

@@ -1,8 +1,7 @@
 //! What an SQS queue's access policy closes, for doctor's `queue` check:
 //! the statements the stack puts on its own queues, and prints for an
 //! existing queue's (`ExistingQueuePolicyStatements`,
-//! `ExistingDlqPolicyStatements`; docs/existing-queue.md, "Their
-//! policies"). A queue without them is read by anyone in the account with
+//! `ExistingDlqPolicyStatements`; docs/existing-queue.md). A queue without them is read by anyone in the account with
 //! `sqs:ReceiveMessage` on `*`: raw logins on the queue, masked copies and
 //! sealed originals on its DLQ.
 //!
@@ -78,7 +77,10 @@ impl Closed {
 fn denies_everyone(s: &Value) -> bool {
     let everyone = match s.get("Principal") {
         Some(Value::String(p)) => p == "*",
-        Some(Value::Object(p)) => p.get("AWS").is_some_and(|a| values(a).contains(&"*")),
+        // {"AWS": "*"} or {"AWS": ["*"]}: an IAM principal, which is anyone.
+        Some(Value::Object(p)) => p
+            .iter()
+            .any(|(kind, a)| kind == "AWS" && values(a).contains(&"*")),
         _ => false,
     };
     s.get("Effect").and_then(Value::as_str) == Some("Deny")
