@@ -23,7 +23,11 @@
 //! `cargo bench --bench floor -- --short` (CI's make bench-gate, an
 //! optimized build without LTO) judges the short form at 1,000 rows. Under `cargo bench`
 //! (make bench) more rounds, and the bytes per row on disk and in WAL
-//! after about 100,000 rows each.
+//! after about 100,000 rows each, of these three and of `floor_narrow`, the
+//! row issue 75 asks for (schema 22, not built yet): tokens as 32-byte
+//! `bytea`, the message id as `uuid`, columns in alignment order,
+//! fillfactor 100. `-- --bytes` measures the bytes alone (the same in test
+//! mode: `cargo test --bench floor -- --bytes`).
 
 #[path = "common.rs"]
 mod common;
@@ -55,6 +59,21 @@ const UPSTREAM_SQL: &str = "CREATE TABLE floor_upstream(user_id varchar(128), de
 const UPSTREAM_COPY: &str = "COPY floor_upstream (user_id, device_type, masked_ip, masked_device_id, \
     locale, app_version, create_date) FROM STDIN BINARY";
 
+/// The narrow row (issue 75, schema 22): fixed-width columns first, widest
+/// alignment first (no padding between them), then the variable-length
+/// ones; tokens as their 32 bytes, the SQS message id as `uuid` (a
+/// non-UUID id would keep its text in `message_id_text`, NULL otherwise).
+/// Rows land at the right edge of both, so fillfactor 100.
+const NARROW_SQL: &str = "CREATE TABLE floor_narrow(sent_at timestamptz NOT NULL, create_date date NOT NULL, \
+    app_version integer, key_version smallint NOT NULL, message_id uuid NOT NULL, masked_ip bytea, \
+    masked_device_id bytea, user_id varchar(128), device_type varchar(32), locale varchar(32), \
+    app_version_text varchar(32), defects text[], extra jsonb, message_id_text varchar(128)) \
+    WITH (fillfactor = 100); \
+    ALTER TABLE floor_narrow ADD UNIQUE (sent_at, message_id, create_date) WITH (fillfactor = 100)";
+
+const NARROW_COPY: &str = "COPY floor_narrow (sent_at, create_date, app_version, key_version, message_id, \
+    masked_ip, masked_device_id, user_id, device_type, locale, app_version_text) FROM STDIN BINARY";
+
 /// Where a batch goes.
 #[derive(Clone, Copy, PartialEq)]
 enum Path {
@@ -64,6 +83,8 @@ enum Path {
     Plain,
     /// The upstream DDL's table.
     Upstream,
+    /// The narrow row's table (bytes per row only).
+    Narrow,
 }
 
 const PATHS: [Path; 3] = [Path::Function, Path::Plain, Path::Upstream];
@@ -74,6 +95,7 @@ impl Path {
             Path::Function => "the function's write",
             Path::Plain => "plain table, same columns",
             Path::Upstream => "upstream DDL's table",
+            Path::Narrow => "narrow row (schema 22's)",
         }
     }
 }
@@ -111,6 +133,80 @@ async fn copy_upstream(client: &Client, rows: &[LoginRow<'_>]) {
     writer.finish().await.unwrap();
 }
 
+/// A value sent as its raw bytes, as binary COPY takes a `uuid`.
+#[derive(Debug)]
+struct Raw16([u8; 16]);
+
+impl tokio_postgres::types::ToSql for Raw16 {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(&self.0);
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::UUID
+    }
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// Lowercase hex (a token, a UUID without its dashes) as bytes.
+fn unhex(text: &str) -> Vec<u8> {
+    let digits: Vec<u8> = text.bytes().filter(|b| *b != b'-').collect();
+    digits
+        .chunks(2)
+        .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
+        .collect()
+}
+
+/// `rows` into the narrow row's table by binary COPY.
+async fn copy_narrow(client: &Client, rows: &[LoginRow<'_>]) {
+    let sink = client.copy_in(NARROW_COPY).await.unwrap();
+    let types = [
+        Type::TIMESTAMPTZ,
+        Type::DATE,
+        Type::INT4,
+        Type::INT2,
+        Type::UUID,
+        Type::BYTEA,
+        Type::BYTEA,
+        Type::VARCHAR,
+        Type::VARCHAR,
+        Type::VARCHAR,
+        Type::VARCHAR,
+    ];
+    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &types));
+    for r in rows {
+        let id = Raw16(
+            unhex(r.message_id)
+                .try_into()
+                .expect("the bench's message ids are UUIDs"),
+        );
+        let ip = r.masked_ip.as_ref().map(|t| unhex(t.as_str()));
+        let device = r.masked_device_id.as_ref().map(|t| unhex(t.as_str()));
+        writer
+            .as_mut()
+            .write(&[
+                &r.sent_at,
+                &r.create_date,
+                &r.app_version,
+                &(r.key_version as i16),
+                &id,
+                &ip,
+                &device,
+                &r.user_id.as_ref(),
+                &r.device_type.as_deref(),
+                &r.locale.as_deref(),
+                &r.app_version_text.as_deref(),
+            ])
+            .await
+            .unwrap();
+    }
+    writer.finish().await.unwrap();
+}
+
 /// One batch along `path`: COPY at 1,000 rows, one INSERT round trip at 10
 /// (the function chooses the same way: `COPY_MIN_ROWS`).
 async fn write(path: Path, sink: &mut PgSink, client: &Client, rows: &[LoginRow<'_>]) {
@@ -123,6 +219,7 @@ async fn write(path: Path, sink: &mut PgSink, client: &Client, rows: &[LoginRow<
         }
         Path::Plain if copy => copy_rows_into(client, "floor_plain", rows).await,
         Path::Upstream if copy => copy_upstream(client, rows).await,
+        Path::Narrow => copy_narrow(client, rows).await,
         Path::Plain => {
             let sql =
                 bare_insert(rows).replacen("INSERT INTO user_logins", "INSERT INTO floor_plain", 1);
@@ -224,6 +321,7 @@ async fn bytes_per_row(
         Path::Function => "user_logins",
         Path::Plain => "floor_plain",
         Path::Upstream => "floor_upstream",
+        Path::Narrow => "floor_narrow",
     };
     // A partitioned table's bytes are its partitions' (the tree lists none
     // for a plain table, whose own size is all there is).
@@ -261,6 +359,36 @@ async fn bytes_per_row(
     ((after - before) as f64 / n, wal as f64 / n)
 }
 
+/// Each table's bytes per row after 100,000 rows, and against the
+/// upstream DDL's table's (issue 75's bound: on disk at most 1.0x, WAL
+/// 1.25x).
+async fn print_bytes_per_row(
+    sink: &mut PgSink,
+    client: &Client,
+    masker: &Masker,
+    seed: &mut u64,
+    cpu: &str,
+    server: &str,
+) {
+    println!(
+        "bytes per row after 100,000 rows, batches of 1,000 (on disk: heap, TOAST, indexes; WAL; {cpu}, PostgreSQL {server}):"
+    );
+    let mut measured = Vec::new();
+    for path in [Path::Function, Path::Plain, Path::Upstream, Path::Narrow] {
+        let (disk, wal) = bytes_per_row(path, sink, client, masker, 100_000, seed).await;
+        measured.push((path, disk, wal));
+    }
+    let (_, up_disk, up_wal) = measured[2];
+    for (path, disk, wal) in measured {
+        println!(
+            "         {:<28} {disk:>7.0} B on disk {wal:>7.0} B WAL   ({:.2}x, {:.2}x the upstream table's)",
+            path.name(),
+            disk / up_disk,
+            wal / up_wal
+        );
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     // `-- --short` (CI's make bench-gate): the short form's rounds, judged
@@ -284,6 +412,7 @@ async fn main() {
     let client = connect(&url).await;
     client.batch_execute(PLAIN_SQL).await.unwrap();
     client.batch_execute(UPSTREAM_SQL).await.unwrap();
+    client.batch_execute(NARROW_SQL).await.unwrap();
     let masker = Masker::new(&MaskingKey::from_hex(KEY, "bench").unwrap());
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -298,8 +427,15 @@ async fn main() {
         .await
         .unwrap()
         .get(0);
-    println!("the function's write against fixed floors ({cpu}, PostgreSQL {server})");
     let mut seed = 70_000_000;
+    if std::env::args().any(|a| a == "--bytes") {
+        print_bytes_per_row(&mut sink, &client, &masker, &mut seed, &cpu, &server).await;
+        drop(sink);
+        drop(client);
+        drop_db(&db).await;
+        return;
+    }
+    println!("the function's write against fixed floors ({cpu}, PostgreSQL {server})");
     // More rounds at 1,000 rows: a steadier median and more chances for
     // each path's fastest round to meet a quiet moment beside CI's builds.
     let (rounds_1000, rounds_10) = if full { (61, 101) } else { (61, 15) };
@@ -345,17 +481,7 @@ async fn main() {
         judged.extend(judge.map(|r| (n, r)));
     }
     if full {
-        println!(
-            "bytes per row after 100,000 rows, batches of 1,000 (on disk: heap, TOAST, indexes; WAL):"
-        );
-        for path in PATHS {
-            let (disk, wal) =
-                bytes_per_row(path, &mut sink, &client, &masker, 100_000, &mut seed).await;
-            println!(
-                "         {:<28} {disk:>7.0} B on disk {wal:>7.0} B WAL",
-                path.name()
-            );
-        }
+        print_bytes_per_row(&mut sink, &client, &masker, &mut seed, &cpu, &server).await;
     }
     drop(sink);
     drop(client);
