@@ -489,7 +489,10 @@ async fn doctor_queue(
             ),
         );
     }
-    let policies = "docs/existing-queue.md";
+    // An existing queue's statements come from the stack's outputs; a queue
+    // the stack made gets its policy back from an update; a queue only
+    // `poll` reads has no stack: the page gives the statements.
+    let policies = "docs/existing-queue.md; a queue the stack made: update the stack, which puts its policy back";
     judge_policy(
         &mut found,
         url,
@@ -566,7 +569,7 @@ fn judge_policy(
         Err(why) => return found(url, why, fix.to_owned()),
     };
     let held = if dead_letter {
-        "masked copies and sealed originals of rejected logins"
+        "masked copies of rejected logins, and raw logins SQS moved here after maxReceiveCount"
     } else {
         "raw logins, ip and device id in clear"
     };

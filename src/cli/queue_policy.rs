@@ -1,12 +1,16 @@
 //! What an SQS queue's access policy closes, for doctor's `queue` check:
 //! the statements the stack puts on its own queues, and prints for an
 //! existing queue's (`ExistingQueuePolicyStatements`,
-//! `ExistingDlqPolicyStatements`; docs/existing-queue.md). A queue without them is read by anyone in the account with
-//! `sqs:ReceiveMessage` on `*`: raw logins on the queue, masked copies and
-//! sealed originals on its DLQ.
+//! `ExistingDlqPolicyStatements`; docs/existing-queue.md). A queue without
+//! them is read by anyone in the account with `sqs:ReceiveMessage` on `*`:
+//! raw logins on the queue; on its DLQ masked copies of rejected logins,
+//! and raw logins SQS moved there after `maxReceiveCount`.
 //!
-//! Only Deny statements for every principal count: an Allow cannot close
-//! what an identity policy elsewhere opens.
+//! Only a Deny for every principal counts (an Allow cannot close what an
+//! identity policy elsewhere opens), and only one that applies to every
+//! request it is judged for: one condition at most, no pattern among the
+//! principals it exempts, no `Not…` element. Anything else is judged open,
+//! so that doctor never calls a queue closed that is not.
 
 use serde_json::Value;
 
@@ -37,44 +41,50 @@ impl Closed {
             _ => Vec::new(),
         };
         let mut closed = Self::default();
-        for s in statements
-            .into_iter()
-            .filter(|s| denies_everyone(s) && names(s, "Resource", arn, true))
-        {
-            let conditions = s.get("Condition");
-            if covers(s, "sqs:SendMessage")
-                && covers(s, "sqs:ReceiveMessage")
-                && condition(conditions, &["Bool"], "aws:SecureTransport")
-                    .is_some_and(|v| values(v).iter().any(|v| v.eq_ignore_ascii_case("false")))
-            {
-                closed.plain_http = true;
-            }
-            if covers(s, "sqs:ReceiveMessage")
-                && (conditions.is_none()
-                    || condition(
-                        conditions,
-                        &[
-                            "StringNotEquals",
-                            "StringNotLike",
-                            "ArnNotEquals",
-                            "ArnNotLike",
-                        ],
-                        "aws:PrincipalArn",
-                    )
-                    .is_some())
-            {
-                closed.receive_to_others = true;
-            }
-            if covers(s, "sqs:StartMessageMoveTask") && conditions.is_none() {
-                closed.move_task = true;
+        for s in statements.into_iter().filter(|s| applies_here(s, arn)) {
+            match only_condition(s) {
+                Only::None => {
+                    closed.receive_to_others |= covers(s, "sqs:ReceiveMessage");
+                    closed.move_task |= covers(s, "sqs:StartMessageMoveTask");
+                }
+                Only::One(op, key, value) => {
+                    if op.eq_ignore_ascii_case("Bool")
+                        && key.eq_ignore_ascii_case("aws:SecureTransport")
+                        && values(value)
+                            .iter()
+                            .any(|v| v.eq_ignore_ascii_case("false"))
+                        && covers(s, "sqs:SendMessage")
+                        && covers(s, "sqs:ReceiveMessage")
+                    {
+                        closed.plain_http = true;
+                    }
+                    // Everyone but the principals named, none by a pattern
+                    // (`*`, an account's every role: everyone again).
+                    let exempting = [
+                        "StringNotEquals",
+                        "StringNotLike",
+                        "ArnNotEquals",
+                        "ArnNotLike",
+                    ];
+                    if exempting.iter().any(|o| o.eq_ignore_ascii_case(op))
+                        && key.eq_ignore_ascii_case("aws:PrincipalArn")
+                        && values(value).iter().all(|v| !v.contains(['*', '?']))
+                        && covers(s, "sqs:ReceiveMessage")
+                    {
+                        closed.receive_to_others = true;
+                    }
+                }
+                Only::More => {}
             }
         }
         Ok(closed)
     }
 }
 
-/// A Deny whose principal is everyone.
-fn denies_everyone(s: &Value) -> bool {
+/// A Deny for every principal that is about this queue: its `Resource`
+/// names it (or is absent), and no `NotPrincipal`, `NotAction` or
+/// `NotResource` narrows it to something else.
+fn applies_here(s: &Value, arn: &str) -> bool {
     let everyone = match s.get("Principal") {
         Some(Value::String(p)) => p == "*",
         // {"AWS": "*"} or {"AWS": ["*"]}: an IAM principal, which is anyone.
@@ -83,60 +93,91 @@ fn denies_everyone(s: &Value) -> bool {
             .any(|(kind, a)| kind == "AWS" && values(a).contains(&"*")),
         _ => false,
     };
+    // A queue's ARN is case-sensitive (its name is).
+    let here = s.get("Resource").is_none_or(|r| {
+        values(r)
+            .iter()
+            .any(|pattern| wildcard_match(pattern.as_bytes(), arn.as_bytes()))
+    });
     s.get("Effect").and_then(Value::as_str) == Some("Deny")
         && everyone
-        && s.get("NotAction").is_none()
-}
-
-/// Whether the statement's actions include `action`.
-fn covers(s: &Value, action: &str) -> bool {
-    names(s, "Action", action, false)
-}
-
-/// Whether the statement's `field` (`Action`, `Resource`) includes `name`
-/// (IAM's wildcards `*` and `?`, case-insensitively); `absent`: what a
-/// statement without the field says.
-fn names(s: &Value, field: &str, name: &str, absent: bool) -> bool {
-    s.get(field).map_or(absent, |v| {
-        values(v)
+        && here
+        && ["NotPrincipal", "NotAction", "NotResource"]
             .iter()
-            .any(|pattern| matches(&pattern.to_ascii_lowercase(), &name.to_ascii_lowercase()))
+            .all(|not| s.get(not).is_none())
+}
+
+/// Whether the statement's actions include `action` (IAM's wildcards,
+/// case-insensitively: actions are).
+fn covers(s: &Value, action: &str) -> bool {
+    s.get("Action").is_some_and(|a| {
+        values(a).iter().any(|pattern| {
+            wildcard_match(
+                pattern.to_ascii_lowercase().as_bytes(),
+                action.to_ascii_lowercase().as_bytes(),
+            )
+        })
     })
 }
 
-/// `pattern` (with `*` and `?`) against the whole of `text`.
-fn matches(pattern: &str, text: &str) -> bool {
-    match pattern.split_once('*') {
-        None => {
-            pattern.len() == text.len()
-                && pattern
-                    .bytes()
-                    .zip(text.bytes())
-                    .all(|(p, t)| p == b'?' || p == t)
-        }
-        Some((head, rest)) => {
-            head.len() <= text.len()
-                && matches(head, &text[..head.len()])
-                && (head.len()..=text.len()).any(|i| matches(rest, &text[i..]))
+/// IAM's wildcard match of all of `text`: `*` any run, `?` one character
+/// (linear: the last `*` is the only one ever gone back to).
+fn wildcard_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t, mut star, mut mark) = (0, 0, None, 0);
+    while t < text.len() {
+        if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == text[t]) {
+            p += 1;
+            t += 1;
+        } else if p < pattern.len() && pattern[p] == b'*' {
+            star = Some(p);
+            mark = t;
+            p += 1;
+        } else if let Some(at) = star {
+            p = at + 1;
+            mark += 1;
+            t = mark;
+        } else {
+            return false;
         }
     }
+    pattern[p..].iter().all(|&c| c == b'*')
 }
 
-/// The value a condition of one of `operators` gives `key` (IAM's keys
-/// and operators are case-insensitive).
-fn condition<'a>(
-    conditions: Option<&'a Value>,
-    operators: &[&str],
-    key: &str,
-) -> Option<&'a Value> {
-    let conditions = conditions?.as_object()?;
-    conditions
-        .iter()
-        .filter(|(op, _)| operators.iter().any(|o| o.eq_ignore_ascii_case(op)))
-        .filter_map(|(_, keys)| keys.as_object())
-        .flat_map(|keys| keys.iter())
-        .find(|(k, _)| k.eq_ignore_ascii_case(key))
-        .map(|(_, v)| v)
+/// A statement's `Condition`, for judging what it refuses: a Deny applies
+/// only where every condition holds, so one with more than one says
+/// nothing doctor can rely on.
+enum Only<'a> {
+    /// No condition: it applies to every request.
+    None,
+    /// One operator with one key.
+    One(&'a str, &'a str, &'a Value),
+    /// More: it applies to fewer requests than either says.
+    More,
+}
+
+fn only_condition(s: &Value) -> Only<'_> {
+    let Some(conditions) = s.get("Condition") else {
+        return Only::None;
+    };
+    let Some(conditions) = conditions.as_object() else {
+        return Only::More;
+    };
+    let mut all = conditions.iter().flat_map(|(op, keys)| {
+        keys.as_object()
+            .into_iter()
+            .flat_map(move |keys| keys.iter().map(move |(k, v)| (op.as_str(), k.as_str(), v)))
+    });
+    match (all.next(), all.next(), conditions.is_empty()) {
+        (_, _, true) => Only::None,
+        (Some((op, key, value)), None, false)
+            if conditions
+                .values()
+                .all(|k| k.as_object().is_some_and(|k| !k.is_empty())) =>
+        {
+            Only::One(op, key, value)
+        }
+        _ => Only::More,
+    }
 }
 
 /// A policy value as its list of strings (one string, a list, or a boolean
@@ -217,7 +258,7 @@ mod tests {
     #[test]
     fn wildcards_one_statement_and_case_are_read_as_iam_reads_them() {
         let one = r#"{"Statement": {"Effect": "Deny", "Principal": {"AWS": ["*"]}, "Action": "SQS:Receive*",
-            "Condition": {"stringnotlike": {"AWS:PrincipalArn": ["arn:aws:iam::1:role/f*"]}}}}"#;
+            "Condition": {"stringnotequals": {"AWS:PrincipalArn": ["arn:aws:iam::1:role/f"]}}}}"#;
         assert_eq!(
             Closed::of(Some(one), DLQ),
             Ok(Closed {
@@ -226,7 +267,7 @@ mod tests {
             })
         );
         let tls = r#"{"Statement": [{"Effect": "Deny", "Principal": "*", "Action": "*",
-            "Condition": {"Bool": {"aws:SecureTransport": false}}}]}"#;
+            "Resource": "arn:aws:sqs:*:1:d?q", "Condition": {"Bool": {"aws:SecureTransport": false}}}]}"#;
         assert_eq!(
             Closed::of(Some(tls), DLQ),
             Ok(Closed {
@@ -234,8 +275,44 @@ mod tests {
                 ..Closed::default()
             })
         );
-        assert!(matches("sqs:?eceivemessage", "sqs:receivemessage"));
-        assert!(!matches("sqs:receive", "sqs:receivemessage"));
-        assert!(matches("*", ""));
+        // A queue's name is case-sensitive: a Deny on DLQ is not about dlq.
+        let upper = STACKS_DLQ.replace(":dlq\"", ":DLQ\"");
+        assert_eq!(Closed::of(Some(&upper), DLQ), Ok(Closed::default()));
+        assert!(wildcard_match(b"sqs:?eceivemessage", b"sqs:receivemessage"));
+        assert!(!wildcard_match(b"sqs:receive", b"sqs:receivemessage"));
+        assert!(wildcard_match(b"*", b""));
+        assert!(wildcard_match(b"a*b*c", b"aXbYbZc"));
+        assert!(!wildcard_match(b"a*b*c", b"aXbYbZ"));
+        // Linear: many stars against a long text that does not match.
+        let stars = "*a".repeat(40);
+        assert!(!wildcard_match(stars.as_bytes(), "a".repeat(39).as_bytes()));
+    }
+
+    #[test]
+    fn a_deny_narrowed_by_another_condition_a_pattern_or_a_not_element_closes_nothing() {
+        // Receiving refused only where a second condition holds too.
+        let narrowed = STACKS_DLQ.replace(
+            r#"{"aws:PrincipalArn": "arn:aws:iam::1:role/op"}"#,
+            r#"{"aws:PrincipalArn": "arn:aws:iam::1:role/op", "aws:SourceVpce": "vpce-1"}"#,
+        );
+        assert!(!Closed::of(Some(&narrowed), DLQ).unwrap().receive_to_others);
+        let two_operators = STACKS_DLQ.replace(
+            r#""Condition": {"Bool": {"aws:SecureTransport": "false"}}"#,
+            r#""Condition": {"Bool": {"aws:SecureTransport": "false"}, "StringEquals": {"aws:SourceVpce": "vpce-1"}}"#,
+        );
+        assert!(!Closed::of(Some(&two_operators), DLQ).unwrap().plain_http);
+        // Everyone exempted by a pattern: nobody is refused.
+        for every in ["*", "arn:aws:iam::*:role/op", "arn:aws:iam::1:role/*"] {
+            let exempt = STACKS_DLQ
+                .replace("StringNotEquals", "StringNotLike")
+                .replace("arn:aws:iam::1:role/op", every);
+            assert!(
+                !Closed::of(Some(&exempt), DLQ).unwrap().receive_to_others,
+                "{every}"
+            );
+        }
+        // NotResource: about every queue but this one.
+        let elsewhere = STACKS_DLQ.replace("\"Resource\"", "\"NotResource\"");
+        assert_eq!(Closed::of(Some(&elsewhere), DLQ), Ok(Closed::default()));
     }
 }
