@@ -401,14 +401,15 @@ def master_secret(dbname: str) -> str:
         return sm.describe_secret(SecretId=f"rds-master/{dbname}")["ARN"]
 
 
-def replay_custom_resource(stack: str, logical_id: str, kind: str = "Update") -> dict:
+def replay_custom_resource(stack: str, logical_id: str, kind: str = "Update", changes: dict | None = None) -> dict:
     """CloudFormation's next request to a custom resource, as an update of
     the stack sends it when the resource's properties are what they were
     (the `SchemaVersion` of a release that changes the schema aside): the
     last request the LocalStack provider kept for it
     (localstack/host_executor), sent again as `kind`, with
-    `OldResourceProperties` its properties and its physical id. Waits for
-    the function's answer and returns it."""
+    `OldResourceProperties` its properties and its physical id, and
+    `changes` over its properties (a parameter changed on the update).
+    Waits for the function's answer and returns it."""
     s3 = client("s3")
     bucket = "login-etl-cfn-responses"  # the provider's BUCKET (it imports LocalStack, this venv has none)
     kept = s3.list_objects_v2(Bucket=bucket, Prefix=f"requests/{stack}/{logical_id}/").get("Contents", [])
@@ -418,6 +419,7 @@ def replay_custom_resource(stack: str, logical_id: str, kind: str = "Update") ->
     physical = describe_physical_id(stack, logical_id)
     event = {**last, "RequestType": kind, "RequestId": secrets.token_hex(16), "PhysicalResourceId": physical,
              "OldResourceProperties": last["ResourceProperties"],
+             "ResourceProperties": {**last["ResourceProperties"], **(changes or {})},
              "ResponseURL": s3.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=3600)}  # fmt: skip
     resp = client("lambda").invoke(FunctionName=event["ServiceToken"], Payload=json.dumps(event).encode())
     assert "FunctionError" not in resp, resp["Payload"].read()

@@ -96,9 +96,15 @@ impl DbSecret {
 
     /// Connection settings for this secret.
     pub fn pg_config(&self) -> tokio_postgres::Config {
+        self.pg_config_at(&(None, None))
+    }
+
+    /// The same, connecting to `at`'s host and port where given instead
+    /// of the secret's (`DB_CONNECT_HOST`, `DB_CONNECT_PORT`).
+    pub fn pg_config_at(&self, at: &(Option<String>, Option<u16>)) -> tokio_postgres::Config {
         let mut pg = tokio_postgres::Config::new();
-        pg.host(&self.host)
-            .port(self.port)
+        pg.host(at.0.as_deref().unwrap_or(&self.host))
+            .port(at.1.unwrap_or(self.port))
             .user(&self.username)
             .dbname(&self.dbname);
         if !self.password.is_empty() {

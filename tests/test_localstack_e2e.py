@@ -727,6 +727,17 @@ def test_a_masking_only_stack_on_an_existing_queue_sets_up_its_database_drains_i
     assert answer["PhysicalResourceId"] == physical, "an update keeps the resource (a new id would make CloudFormation delete the old)"
     assert answer["Data"]["IngestSecretArn"] == env["DB_SECRET_ID"], answer["Data"]
     assert (versions(), state()) == before, "the update changed a secret, the retention or the rows"
+    # DbProxyHost set on an update (a proxy put in front later), then
+    # cleared: the stack's own secrets follow, each keeping its password.
+    secret = lambda r: json.loads(sm.get_secret_value(SecretId=f"{s.name}/{r}")["SecretString"])  # noqa: E731
+    kept = {r: secret(r) for r in ("ingest", "maintain")}
+    for host, port in (("proxy.login-etl.internal", "6432"), ("", "")):
+        answer = stack.replay_custom_resource(s.name, "DatabaseSetup", "Update", {"SecretHost": host, "SecretPort": port})
+        assert answer["Status"] == "SUCCESS", answer.get("Reason")
+        for r, was in kept.items():
+            now = secret(r)
+            assert (now["host"], now["port"]) == ((host, int(port)) if host else (was["host"], was["port"])), (r, now["host"])
+            assert now["password"] == was["password"], f"{r}'s password changed"
 
     # Masking-only: no vault or vault key, none of the full profile's tables.
     assert not [r for r in made if r["LogicalResourceId"] in ("VaultKey", "PiiRevealRole")]

@@ -59,6 +59,9 @@ pub struct Connector {
     /// The CA bundle trusted beside the system roots, as a setting names
     /// it (for a TLS failure's hint).
     ca: Option<String>,
+    /// Where to connect instead of the secret's host and port
+    /// (`DbConfig::connect_to`), on a refetch too.
+    connect_to: (Option<String>, Option<u16>),
 }
 
 impl Connector {
@@ -93,7 +96,7 @@ impl Connector {
             DbSource::Secret(id) => {
                 let secret = secrets().db(id, db.auth == DbAuth::Password).await?;
                 (
-                    secret.pg_config(),
+                    secret.pg_config_at(&db.connect_to),
                     Credential::Secret(secrets(), id.clone()),
                 )
             }
@@ -113,6 +116,7 @@ impl Connector {
             credential,
             target: String::new(),
             ca,
+            connect_to: db.connect_to.clone(),
         };
         connector.set_pg(pg);
         Ok(connector)
@@ -171,7 +175,7 @@ impl Connector {
                 let (secrets, id) = (secrets.clone(), id.clone());
                 warn!(secret = %id, "PostgreSQL rejected the password; refetching the database secret once");
                 let secret = secrets.db(&id, true).await?;
-                self.set_pg(secret.pg_config());
+                self.set_pg(secret.pg_config_at(&self.connect_to));
                 self.open_once(limit).await.map_err(|(_, e)| e)?
             }
             // RDS answers a refused token with 28000; a server that took

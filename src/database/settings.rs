@@ -90,6 +90,10 @@ pub struct DbConfig {
     pub connect_timeout: Duration,
     /// `DB_STATEMENT_TIMEOUT_MS`, default 10,000; also bounds lock waits.
     pub statement_timeout: Duration,
+    /// `DB_CONNECT_HOST` and `DB_CONNECT_PORT`: with a secret, where to
+    /// connect instead of the host and port it names (a tunnel's end;
+    /// setup's own connections while the secrets name a proxy).
+    pub connect_to: (Option<String>, Option<u16>),
     /// libpq's variables as read, for what the source leaves out.
     libpq: Libpq,
 }
@@ -196,6 +200,16 @@ impl DbConfig {
                 .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
             statement_timeout: parse_millis(&get, "DB_STATEMENT_TIMEOUT_MS")?
                 .unwrap_or(DEFAULT_STATEMENT_TIMEOUT),
+            connect_to: (
+                get("DB_CONNECT_HOST"),
+                match get("DB_CONNECT_PORT") {
+                    None => None,
+                    Some(p) => Some(p.trim().parse().map_err(|_| ConfigError::Invalid {
+                        var: "DB_CONNECT_PORT",
+                        reason: format!("{p} is not a port number"),
+                    })?),
+                },
+            ),
             libpq,
         })
     }

@@ -66,6 +66,11 @@ pub struct PasswordSet {
 }
 
 impl Admin {
+    /// The host and port the admin connected to.
+    pub fn address(&self) -> (String, u16) {
+        (self.host.clone(), self.port)
+    }
+
     /// Connects as the admin `db` names; who runs this is `caller` (an IAM
     /// principal's ARN) where known, else STS says.
     pub async fn connect(
@@ -192,17 +197,7 @@ impl Admin {
                         secret.username, args.role
                     ));
                 }
-                if secret.host != want_host || secret.port != want_port || secret.dbname != *dbname {
-                    return Err(format!(
-                        "secret {id} names {}:{} database {}, not {want_host}:{want_port} database {dbname}; nothing was changed. If it was made for a proxy's endpoint, give the same --secret-host and --secret-port; if it was made for another server (or by someone else), give this role a secret of its own (--secret-id), or delete that one and run again",
-                        secret.host, secret.port, secret.dbname
-                    ));
-                }
                 let policy_text = secrets.resource_policy(id).await.map_err(|e| e.to_string())?;
-                let found = match &policy_text {
-                    Some(p) => policy::check(p, &principals),
-                    None => Err("it has no resource policy: anyone in the account allowed secretsmanager:GetSecretValue on * reads it".into()),
-                };
                 // A stack's setup keeps a password only where its own role
                 // made the secret (the policy names it): any other (an
                 // earlier stack of that name, someone else's) gets a new
@@ -211,12 +206,38 @@ impl Admin {
                     .as_deref()
                     .and_then(|p| policy::protects(p).ok())
                     .is_some_and(|(_, named)| named.iter().any(|n| n == caller));
+                let moved = secret.host != want_host || secret.port != want_port;
+                // A stack's own secret follows DbProxyHost/DbProxyPort (set or
+                // cleared on an update): the same password, the new address.
+                let follows_the_stack = *stack_setup && names_me && secret.dbname == *dbname;
+                if (moved || secret.dbname != *dbname) && !follows_the_stack && *stack_setup {
+                    return Err(format!(
+                        "secret {id} names {}:{} database {}, not {want_host}:{want_port} database {dbname}, and this stack's setup may not move it (its policy does not name {caller}, or it names another database); nothing was changed. If it is an earlier stack's of this name for another server, delete it (aws secretsmanager delete-secret --secret-id {id}) and update the stack again, or deploy under another stack name",
+                        secret.host, secret.port, secret.dbname
+                    ));
+                }
+                if (moved || secret.dbname != *dbname) && !follows_the_stack {
+                    return Err(format!(
+                        "secret {id} names {}:{} database {}, not {want_host}:{want_port} database {dbname}; nothing was changed. If it was made for a proxy's endpoint, give the same --secret-host and --secret-port; if it was made for another server (or by someone else), give this role a secret of its own (--secret-id), or delete that one and run again",
+                        secret.host, secret.port, secret.dbname
+                    ));
+                }
+                let found = match &policy_text {
+                    Some(p) => policy::check(p, &principals),
+                    None => Err("it has no resource policy: anyone in the account allowed secretsmanager:GetSecretValue on * reads it".into()),
+                };
                 if *stack_setup {
                     if names_me && !secret.password.is_empty() {
                         secrets
                             .put_resource_policy(id, &policy::only(&principals))
                             .await
                             .map_err(|e| e.to_string())?;
+                        if moved {
+                            secrets
+                                .put_string(id, &secret_text(&secret.password))
+                                .await
+                                .map_err(|e| e.to_string())?;
+                        }
                         (Zeroizing::new(secret.password), arn.clone(), false)
                     } else {
                         let (password, arn) = renew(arn.clone()).await?;

@@ -191,6 +191,16 @@ pub async fn run(
             plan.schema
         )
     })?;
+    // The roles connect where the admin did, whatever host the secrets
+    // name: a proxy's (DbProxyHost) may not list them yet, a tunnel's
+    // far side is not reachable from here.
+    let (host, port) = admin.address();
+    let port = port.to_string();
+    let base = &|name: &str| match name {
+        "DB_CONNECT_HOST" => Some(host.clone()),
+        "DB_CONNECT_PORT" => Some(port.clone()),
+        _ => base(name),
+    };
     drop(admin);
 
     // As the migrate role: the tables (it owns them), then each role's grants.
