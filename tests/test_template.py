@@ -237,6 +237,9 @@ def test_with_the_master_secret_the_stack_sets_up_its_database_and_its_functions
     proxy = "login-etl.proxy-abc123.us-east-1.rds.amazonaws.com"
     behind = deployed(**SETUP, DbProxyHost=proxy, DbProxyPort="6432")["DatabaseSetup"]["Properties"]
     assert (behind["Host"], behind["SecretHost"], behind["SecretPort"]) == (SETUP["DbHost"], proxy, "6432")
+    port = tpl["Parameters"]["DbProxyPort"]["AllowedPattern"]
+    assert [p for p in ("", "1", "6432", "65535") if re.fullmatch(port, p)] == ["", "1", "6432", "65535"]
+    assert [p for p in ("0", "65536", "99999", "64a") if re.fullmatch(port, p)] == []
     assert props["SetupRoleArn"] == {"Fn::GetAtt": ["SetupRole", "Arn"]}
     # A release that writes another schema changes the resource: an update runs setup (migrate) again.
     schema = re.search(r"macro_rules! schema_version \{\s*\(\) => \{\s*(\d+)", (ROOT / "src/table/schema/mod.rs").read_text())
