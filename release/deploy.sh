@@ -92,7 +92,10 @@ if [ -n "$ca_bundle" ]; then
   [ ${#zips[@]} -gt 0 ] || { echo "--ca-bundle: $template names no zip (CodeUri): it is for a release's template-<arch>.yaml" >&2; exit 2; }
   for zip in "${zips[@]}"; do
     cp "$dir/$zip" "$work/$zip"
-    zip -q -j "$work/$zip" "$ca_bundle"
+    # -X: no extra attributes (Info-ZIP's UT field holds the file's access
+    # time), so the same bundle makes the same zip and a deploy of nothing
+    # new changes no function.
+    zip -X -q -j "$work/$zip" "$ca_bundle"
   done
   cp "$template" "$work/template.yaml"
   template=$work/template.yaml

