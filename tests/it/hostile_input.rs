@@ -99,7 +99,9 @@ fn the_validator_never_panics_and_accepted_values_fit_their_columns() {
                             .as_ref()
                             .is_none_or(|t| t.chars().count() <= 32)
                     );
-                    prop_assert!(e.app_version.is_none_or(|v| (0..=999_999_999).contains(&v)));
+                    // Calendar majors (2025.1.0) widen it to 2146.999.999.
+                    let largest = login_etl::app_version::MAX_MAJOR as i32 * 1_000_000 + 999_999;
+                    prop_assert!(e.app_version.is_none_or(|v| (0..=largest).contains(&v)));
                     for s in [&e.device_type, &e.device_id, &e.app_version_text, &e.locale]
                         .into_iter()
                         .flatten()
