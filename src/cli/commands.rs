@@ -490,9 +490,9 @@ async fn doctor_queue(
         );
     }
     // An existing queue's statements come from the stack's outputs; a queue
-    // the stack made gets its policy back from an update; a queue only
-    // `poll` reads has no stack: the page gives the statements.
-    let policies = "docs/existing-queue.md; a queue the stack made: update the stack, which puts its policy back";
+    // the stack made has them in its template (an update repairs no
+    // drift); a queue only `poll` reads has no stack: the page gives them.
+    let policies = "docs/existing-queue.md; a queue the stack made: put its template's statements back with aws sqs set-queue-attributes, as aws cloudformation detect-stack-drift shows them";
     judge_policy(
         &mut found,
         url,

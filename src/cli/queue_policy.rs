@@ -68,7 +68,9 @@ impl Closed {
                     ];
                     if exempting.iter().any(|o| o.eq_ignore_ascii_case(op))
                         && key.eq_ignore_ascii_case("aws:PrincipalArn")
-                        && values(value).iter().all(|v| !v.contains(['*', '?']))
+                        && !values(value).is_empty()
+                        && values(value).len() == value.as_array().map_or(1, Vec::len)
+                        && values(value).iter().all(|v| !v.contains(['*', '?', '$']))
                         && covers(s, "sqs:ReceiveMessage")
                     {
                         closed.receive_to_others = true;
@@ -121,17 +123,17 @@ fn covers(s: &Value, action: &str) -> bool {
 }
 
 /// IAM's wildcard match of all of `text`: `*` any run, `?` one character
-/// (linear: the last `*` is the only one ever gone back to).
+/// (the last `*` is the only one ever gone back to: never exponential).
 fn wildcard_match(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t, mut star, mut mark) = (0, 0, None, 0);
     while t < text.len() {
-        if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == text[t]) {
-            p += 1;
-            t += 1;
-        } else if p < pattern.len() && pattern[p] == b'*' {
+        if p < pattern.len() && pattern[p] == b'*' {
             star = Some(p);
             mark = t;
             p += 1;
+        } else if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == text[t]) {
+            p += 1;
+            t += 1;
         } else if let Some(at) = star {
             p = at + 1;
             mark += 1;
@@ -301,8 +303,14 @@ mod tests {
             r#""Condition": {"Bool": {"aws:SecureTransport": "false"}, "StringEquals": {"aws:SourceVpce": "vpce-1"}}"#,
         );
         assert!(!Closed::of(Some(&two_operators), DLQ).unwrap().plain_http);
-        // Everyone exempted by a pattern: nobody is refused.
-        for every in ["*", "arn:aws:iam::*:role/op", "arn:aws:iam::1:role/*"] {
+        // Everyone exempted by a pattern or a policy variable, or nobody
+        // named: nobody is refused, or nothing can be said.
+        for every in [
+            "*",
+            "arn:aws:iam::*:role/op",
+            "arn:aws:iam::1:role/*",
+            "${aws:PrincipalArn}",
+        ] {
             let exempt = STACKS_DLQ
                 .replace("StringNotEquals", "StringNotLike")
                 .replace("arn:aws:iam::1:role/op", every);
@@ -311,6 +319,14 @@ mod tests {
                 "{every}"
             );
         }
+        for none in ["[]", "null", "7"] {
+            let empty = STACKS_DLQ.replace(r#""arn:aws:iam::1:role/op""#, none);
+            assert!(
+                !Closed::of(Some(&empty), DLQ).unwrap().receive_to_others,
+                "{none}"
+            );
+        }
+        assert!(wildcard_match(b"*b", b"*ab"));
         // NotResource: about every queue but this one.
         let elsewhere = STACKS_DLQ.replace("\"Resource\"", "\"NotResource\"");
         assert_eq!(Closed::of(Some(&elsewhere), DLQ), Ok(Closed::default()));

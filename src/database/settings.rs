@@ -132,6 +132,36 @@ pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_millis(10_000);
 /// no `verify-full`).
 const OWN_PARAMS: [&str; 3] = ["sslmode", "sslrootcert", "passfile"];
 
+/// `DB_CONNECT_HOST` and `DB_CONNECT_PORT` ([`DbConfig::connect_to`]).
+fn connect_to(
+    get: &impl Fn(&str) -> Option<String>,
+    auth: DbAuth,
+) -> Result<(Option<String>, Option<u16>), ConfigError> {
+    let host = get("DB_CONNECT_HOST").map(|h| h.trim().to_owned());
+    let port = match get("DB_CONNECT_PORT") {
+        None => None,
+        Some(p) => Some(
+            p.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|&n| n > 0 && p.trim().bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| ConfigError::Invalid {
+                    var: "DB_CONNECT_PORT",
+                    reason: "expected a port number, 1 to 65535".into(),
+                })?,
+        ),
+    };
+    // An IAM token is signed for the host connected to: RDS would refuse
+    // one signed for another address.
+    if auth == DbAuth::Iam && (host.is_some() || port.is_some()) {
+        return Err(ConfigError::Invalid {
+            var: "DB_CONNECT_HOST",
+            reason: "not with DB_AUTH=iam: the token is signed for the host connected to, which must be the server's own name".into(),
+        });
+    }
+    Ok((host, port))
+}
+
 impl DbConfig {
     /// Reads only the database settings (enough for `login-etl migrate`).
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -200,16 +230,7 @@ impl DbConfig {
                 .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
             statement_timeout: parse_millis(&get, "DB_STATEMENT_TIMEOUT_MS")?
                 .unwrap_or(DEFAULT_STATEMENT_TIMEOUT),
-            connect_to: (
-                get("DB_CONNECT_HOST"),
-                match get("DB_CONNECT_PORT") {
-                    None => None,
-                    Some(p) => Some(p.trim().parse().map_err(|_| ConfigError::Invalid {
-                        var: "DB_CONNECT_PORT",
-                        reason: format!("{p} is not a port number"),
-                    })?),
-                },
-            ),
+            connect_to: connect_to(&get, auth)?,
             libpq,
         })
     }

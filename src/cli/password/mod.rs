@@ -212,7 +212,7 @@ impl Admin {
                 let follows_the_stack = *stack_setup && names_me && secret.dbname == *dbname;
                 if (moved || secret.dbname != *dbname) && !follows_the_stack && *stack_setup {
                     return Err(format!(
-                        "secret {id} names {}:{} database {}, not {want_host}:{want_port} database {dbname}, and this stack's setup may not move it (its policy does not name {caller}, or it names another database); nothing was changed. If it is an earlier stack's of this name for another server, delete it (aws secretsmanager delete-secret --secret-id {id}) and update the stack again, or deploy under another stack name",
+                        "secret {id} names {}:{} database {}, not {want_host}:{want_port} database {dbname}, and this stack's setup may not move it (its policy does not name {caller}, or it names another database); nothing was changed. If it is an earlier stack's of this name for another server, delete it (aws secretsmanager delete-secret --force-delete-without-recovery --secret-id {id}: a secret pending deletion cannot be read or made again) and update the stack again, or deploy under another stack name",
                         secret.host, secret.port, secret.dbname
                     ));
                 }

@@ -191,14 +191,17 @@ pub async fn run(
             plan.schema
         )
     })?;
-    // The roles connect where the admin did, whatever host the secrets
-    // name: a proxy's (DbProxyHost) may not list them yet, a tunnel's
-    // far side is not reachable from here.
+    // Where the secrets name another host (a proxy's: DbProxyHost,
+    // --secret-host), the roles connect where the admin did: the proxy may
+    // not list them yet. Not over a Unix socket (a secret's connection
+    // takes TLS, which a socket does not speak).
     let (host, port) = admin.address();
     let port = port.to_string();
+    let elsewhere =
+        (plan.secret_host.is_some() || plan.secret_port.is_some()) && !host.starts_with('/');
     let base = &|name: &str| match name {
-        "DB_CONNECT_HOST" => Some(host.clone()),
-        "DB_CONNECT_PORT" => Some(port.clone()),
+        "DB_CONNECT_HOST" if elsewhere => Some(host.clone()),
+        "DB_CONNECT_PORT" if elsewhere => Some(port.clone()),
         _ => base(name),
     };
     drop(admin);

@@ -229,3 +229,27 @@ fn nothing_to_connect_to_names_every_way_to_say_it() {
     );
     assert!(!dbg.contains("hunter"), "{dbg}");
 }
+
+#[test]
+fn a_connect_address_overrides_the_secrets_but_never_with_iam_or_a_bad_port() {
+    let with = |more: &[(&str, &str)]| {
+        let mut vars = vec![("DB_SECRET_ID", "login-etl/ingest")];
+        vars.extend_from_slice(more);
+        load(&vars)
+    };
+    assert_eq!(with(&[]).unwrap().connect_to, (None, None));
+    let at = with(&[("DB_CONNECT_HOST", " db.internal "), ("DB_CONNECT_PORT", "6432")]);
+    assert_eq!(at.unwrap().connect_to, (Some("db.internal".into()), Some(6432)));
+    let iam = with(&[("DB_AUTH", "iam"), ("DB_CONNECT_HOST", "localhost")]);
+    assert!(
+        matches!(iam, Err(ConfigError::Invalid { var: "DB_CONNECT_HOST", .. })),
+        "{iam:?}"
+    );
+    for bad in ["0", "+5432", "70000", "x"] {
+        let port = with(&[("DB_CONNECT_PORT", bad)]);
+        assert!(
+            matches!(port, Err(ConfigError::Invalid { var: "DB_CONNECT_PORT", .. })),
+            "{bad}"
+        );
+    }
+}
