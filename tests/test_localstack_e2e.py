@@ -738,6 +738,17 @@ def test_a_masking_only_stack_on_an_existing_queue_sets_up_its_database_drains_i
             now = secret(r)
             assert (now["host"], now["port"]) == ((host, int(port)) if host else (was["host"], was["port"])), (r, now["host"])
             assert now["password"] == was["password"], f"{r}'s password changed"
+    # A password someone else put in a stack's secret (its policy still
+    # naming the setup, as one made first under that name would): it does
+    # not log in as the role, so the update gives the role a new one.
+    planted = {**secret("maintain"), "password": "chosen-by-its-maker"}
+    sm.put_secret_value(SecretId=f"{s.name}/maintain", SecretString=json.dumps(planted))
+    answer = stack.replay_custom_resource(s.name, "DatabaseSetup", "Update")
+    assert answer["Status"] == "SUCCESS", answer.get("Reason")
+    renewed = secret("maintain")["password"]
+    assert renewed != planted["password"], "the setup kept a password that did not log in as its role"
+    maintain = f"{s.dbname}_maintain"
+    assert stack.psql(stack.db_url(s.dbname, maintain, renewed), "SELECT current_user") == [[maintain]]
 
     # Masking-only: no vault or vault key, none of the full profile's tables.
     assert not [r for r in made if r["LogicalResourceId"] in ("VaultKey", "PiiRevealRole")]

@@ -124,7 +124,8 @@ impl Admin {
             "PGDATABASE" => Some(self.dbname.clone()),
             "PGUSER" => Some(role.to_owned()),
             "PGPASSWORD" => Some(password.to_owned()),
-            "DATABASE_URL" | "DB_SECRET_ID" | "DB_AUTH" | "PGPASSFILE" => None,
+            "DATABASE_URL" | "DB_SECRET_ID" | "DB_AUTH" | "PGPASSFILE" | "DB_CONNECT_HOST"
+            | "DB_CONNECT_PORT" => None,
             _ => env(name),
         });
         let Ok(db) = db else { return false };
@@ -227,7 +228,14 @@ impl Admin {
                     None => Err("it has no resource policy: anyone in the account allowed secretsmanager:GetSecretValue on * reads it".into()),
                 };
                 if *stack_setup {
-                    if names_me && !secret.password.is_empty() {
+                    // Kept only where the password also logs in as the role:
+                    // a policy naming this setup is anyone's to write on a
+                    // secret they made first (and they know its password);
+                    // the role's password is this setup's alone to set.
+                    if names_me
+                        && !secret.password.is_empty()
+                        && self.logs_in(&args.role, &secret.password).await
+                    {
                         secrets
                             .put_resource_policy(id, &policy::only(&principals))
                             .await
