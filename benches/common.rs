@@ -100,9 +100,16 @@ pub async fn copy_rows_into(client: &tokio_postgres::Client, table: &str, rows: 
 /// A generated batch as SQS delivers it: without the `expect` attribute the
 /// generator adds for tests.
 pub fn bench_event(count: usize, seed: u64) -> SqsEvent {
+    bench_event_with_defects(count, seed, 0)
+}
+
+/// [`bench_event`] with every `defective_every`-th record a login with a
+/// defect real apps send (0: none).
+pub fn bench_event_with_defects(count: usize, seed: u64, defective_every: usize) -> SqsEvent {
     let mut event = synth::event(&Options {
         count,
         seed,
+        defective_every,
         ..Options::default()
     });
     event

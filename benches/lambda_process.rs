@@ -214,16 +214,22 @@ async fn warm_invocations(binary: &str, url: &str, full: bool) {
         None if full => &[(10, 301), (1_000, 61), (10_000, 15)],
         None => &[(10, 2), (1_000, 1)],
     };
+    // `BENCH_DEFECTIVE_EVERY=n`: every n-th record a login with a defect,
+    // for the log lines each defect code adds (docs/cost.md).
+    let defective_every = std::env::var("BENCH_DEFECTIVE_EVERY")
+        .map_or(0, |v| v.parse().expect("BENCH_DEFECTIVE_EVERY=n (a count)"));
+    let log_lines = || std::fs::read(&log).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count());
     let mut seed = 40_000_000;
     for &(n, runs) in sizes {
-        let (mut took, mut cpu, mut floor, mut logged) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut took, mut cpu, mut floor, mut logged, mut lines_logged) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         // The first round warms up (the connection, the server's plans).
         for round in 0..=runs {
             seed += 2;
-            let event = Bytes::from(serde_json::to_vec(&bench_event(n, seed)).unwrap());
+            let event = bench_event_with_defects(n, seed, defective_every);
+            let event = Bytes::from(serde_json::to_vec(&event).unwrap());
             let before = process_cpu(child.id());
-            let log_before = written();
+            let (log_before, lines_before) = (written(), log_lines());
             let answers = {
                 let mut a = api.lock().unwrap();
                 a.events.push_back(event);
@@ -239,7 +245,7 @@ async fn warm_invocations(binary: &str, url: &str, full: bool) {
             // A thread that ended in between takes its time with it.
             let spent = process_cpu(child.id()).saturating_sub(before);
             // The batch's document is written before the handler answers.
-            let log_bytes = written() - log_before;
+            let (log_bytes, lines) = (written() - log_before, log_lines() - lines_before);
             let (handed, (arrived, answer)) = {
                 let a = api.lock().unwrap();
                 let path = &a.paths[answers - 1];
@@ -270,6 +276,7 @@ async fn warm_invocations(binary: &str, url: &str, full: bool) {
                 took.push(arrived - handed);
                 cpu.push(spent);
                 logged.push(log_bytes);
+                lines_logged.push(lines);
             }
         }
         let (p50, p90, f) = (
@@ -283,14 +290,16 @@ async fn warm_invocations(binary: &str, url: &str, full: bool) {
             _ => ("binary COPY", "goal: <= 1.15, issue 42"),
         };
         logged.sort_unstable();
+        lines_logged.sort_unstable();
         println!(
-            "through the Runtime API, warm, {runs} invocations of {n} records: p50 {:.3} ms (p90 {:.3}), the function's CPU p50 {:.3} ms; {floor_is} of as many rows from here p50 {:.3} ms: ratio {:.2} ({goal}); log lines at INFO {} bytes an invocation (p50)",
+            "through the Runtime API, warm, {runs} invocations of {n} records: p50 {:.3} ms (p90 {:.3}), the function's CPU p50 {:.3} ms; {floor_is} of as many rows from here p50 {:.3} ms: ratio {:.2} ({goal}); log lines at INFO {} bytes an invocation in {} lines (p50)",
             ms(p50),
             ms(p90),
             ms(median(&mut cpu)),
             ms(f),
             p50.as_secs_f64() / f.as_secs_f64(),
-            logged[logged.len() / 2]
+            logged[logged.len() / 2],
+            lines_logged[lines_logged.len() / 2]
         );
     }
     stop(child);
