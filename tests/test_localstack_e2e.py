@@ -60,6 +60,10 @@ def fifo(localstack):
     yield from deployed(fifo=True, batch_size=10)
 
 
+# The role that deploys the existing-queue stack (DeployPrincipalArns).
+DEPLOYER = "arn:aws:iam::000000000000:role/ci-deploy"
+
+
 @pytest.fixture(scope="session")
 def existing(localstack):
     """README's quick start: a masking-only stack wired to a queue and DLQ
@@ -72,7 +76,8 @@ def existing(localstack):
     sqs = stack.client("sqs")
     arn = {u: sqs.get_queue_attributes(QueueUrl=u, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
            for u in (queues.queue_url, queues.dlq_url)}  # fmt: skip
-    overrides = {"ExistingQueueArn": arn[queues.queue_url], "ExistingDlqArn": arn[queues.dlq_url], "RetentionDays": "90"}
+    overrides = {"ExistingQueueArn": arn[queues.queue_url], "ExistingDlqArn": arn[queues.dlq_url], "RetentionDays": "90",
+                 "DeployPrincipalArns": DEPLOYER}  # fmt: skip
     dbname = f"login_etl_{RUN}_xq"
     try:
         log = ROOT / "target" / "e2e-logs" / f"{name}.log"
@@ -749,6 +754,14 @@ def test_a_masking_only_stack_on_an_existing_queue_sets_up_its_database_drains_i
     assert renewed != planted["password"], "the setup kept a password that did not log in as its role"
     maintain = f"{s.dbname}_maintain"
     assert stack.psql(stack.db_url(s.dbname, maintain, renewed), "SELECT current_user") == [[maintain]]
+    # DeployPrincipalArns: the deploy role and setup's alone may rewrite a
+    # secret's policy or delete it, as the stack's own secrets say.
+    for r in ("migrate", "ingest", "maintain", "reader"):
+        policy = json.loads(sm.get_resource_policy(SecretId=f"{s.name}/{r}")["ResourcePolicy"])
+        (rewrite,) = [st for st in policy["Statement"] if st["Sid"] == "OnlyTheDeployRewritesThisPolicy"]
+        named = rewrite["Condition"]["ArnNotLike"]["aws:PrincipalArn"]
+        assert named[0] == DEPLOYER and any("-SetupRole-" in n for n in named[1:]), (r, named)
+        assert "secretsmanager:DeleteSecret" in rewrite["Action"] and rewrite["Effect"] == "Deny"
 
     # Masking-only: no vault or vault key, none of the full profile's tables.
     assert not [r for r in made if r["LogicalResourceId"] in ("VaultKey", "PiiRevealRole")]

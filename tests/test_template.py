@@ -247,6 +247,9 @@ def test_with_the_master_secret_the_stack_sets_up_its_database_and_its_functions
     assert "SetupNeedsTheServer" in _rules_hold(tpl, {**_defaults(tpl), **REQUIRED, **SETUP, "DbAuth": "iam"})
     assert props["Readers"] == [{"Fn::Sub": "ingest=${LoginEtlRole.Arn}"}, {"Fn::Sub": "maintain=${MaintenanceRole.Arn}"}]
     assert deployed(**SETUP, RetentionDays=0)["DatabaseSetup"]["Properties"]["RetentionDays"] == "all"
+    # DeployPrincipalArns: with setup's role, the only ones that rewrite or delete the secrets it makes.
+    ci = "arn:aws:iam::123456789012:role/ci-deploy"
+    assert deployed(**SETUP, DeployPrincipalArns=ci)["DatabaseSetup"]["Properties"]["Rewriters"] == [ci]
     fn = made["SetupFunction"]["Properties"]
     assert fn["Environment"]["Variables"]["LOGIN_ETL_TASK"] == "setup" and fn["Timeout"] == 900
     assert fn["Role"] == {"Fn::GetAtt": ["SetupRole", "Arn"]}

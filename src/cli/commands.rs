@@ -722,6 +722,7 @@ async fn setup(args: &super::SetupArgs) -> Result<(), Failure> {
         secret_port: args.secret_port,
         readers,
         admin_arn: None,
+        rewriters: Vec::new(),
     };
     // The admin as psql connects (the PG* variables, ~/.pgpass), with a
     // password: DB_AUTH says how the roles connect, not the admin.

@@ -39,7 +39,7 @@ const LENGTH: usize = 32;
 pub async fn run(args: &PasswordArgs) -> Result<String, String> {
     let db = DbConfig::from_env().map_err(|e| e.to_string())?;
     let aws = crate::secrets::sdk_config().await;
-    let admin = Admin::connect(&db, &aws, None).await?;
+    let admin = Admin::connect(&db, &aws, None, Vec::new()).await?;
     Ok(admin.set_password(args).await?.line)
 }
 
@@ -55,6 +55,9 @@ pub struct Admin {
     caller: String,
     /// Run by a stack's setup resource (its role given, not asked of STS).
     stack_setup: bool,
+    /// Who besides this admin may rewrite a secret's policy or delete it
+    /// (a stack's `DeployPrincipalArns`); empty: IAM decides.
+    rewriters: Vec<String>,
 }
 
 /// What [`Admin::set_password`] did: the secret's ARN and the line to print.
@@ -77,6 +80,7 @@ impl Admin {
         db: &DbConfig,
         aws: &aws_config::SdkConfig,
         caller: Option<String>,
+        rewriters: Vec<String>,
     ) -> Result<Self, String> {
         let mut admin = Connector::from_config(db, Some(aws))
             .await
@@ -110,6 +114,7 @@ impl Admin {
             secrets: Secrets::new(aws),
             caller,
             stack_setup,
+            rewriters,
         })
     }
 
@@ -147,10 +152,22 @@ impl Admin {
             secrets,
             caller,
             stack_setup,
+            rewriters,
         } = self;
         let (host, port) = (host.clone(), *port);
         let mut principals = policy::principal_of(caller);
         principals.extend(args.reader_arn.iter().cloned());
+        // Where rewriters are named, this admin stays one of them (an
+        // update's setup puts the policy again).
+        let rewriters: Vec<String> = match rewriters.is_empty() {
+            true => Vec::new(),
+            false => rewriters
+                .iter()
+                .cloned()
+                .chain(policy::principal_of(caller))
+                .collect(),
+        };
+        let only = policy::only(&principals, &rewriters);
         let want_host = args.secret_host.clone().unwrap_or_else(|| host.clone());
         let want_port = args.secret_port.unwrap_or(port);
         let secret_text = |password: &str| {
@@ -170,10 +187,10 @@ impl Admin {
         let named = principals.join(", ");
         // The policy first, then a new password: nobody else ever reads it.
         let renew = |id: String| {
-            let (secrets, principals, secret_text) = (&secrets, &principals, &secret_text);
+            let (secrets, only, secret_text) = (&secrets, &only, &secret_text);
             async move {
                 secrets
-                    .put_resource_policy(&id, &policy::only(principals))
+                    .put_resource_policy(&id, only)
                     .await
                     .map_err(|e| e.to_string())?;
                 let password = generate();
@@ -237,7 +254,7 @@ impl Admin {
                         && self.logs_in(&args.role, &secret.password).await
                     {
                         secrets
-                            .put_resource_policy(id, &policy::only(&principals))
+                            .put_resource_policy(id, &only)
                             .await
                             .map_err(|e| e.to_string())?;
                         if moved {
@@ -262,7 +279,7 @@ impl Admin {
                         // A --reader-arn not named yet: the policy widened to it.
                         if principals.iter().any(|p| !had.contains(p)) {
                             secrets
-                                .put_resource_policy(id, &policy::only(&principals))
+                                .put_resource_policy(id, &only)
                                 .await
                                 .map_err(|e| e.to_string())?;
                         }

@@ -47,20 +47,41 @@ const ACTIONS: [&str; 4] = [
     "secretsmanager:RotateSecret",
 ];
 
-/// The policy naming `principals` (IAM ARNs).
-pub fn only(principals: &[String]) -> String {
-    json!({
-        "Version": "2012-10-17",
-        "Statement": [{
-            "Sid": SID,
+/// The second statement's id, where rewriters are named.
+pub const REWRITE_SID: &str = "OnlyTheDeployRewritesThisPolicy";
+
+/// What that statement denies to everybody but the rewriters: the stack's
+/// own secrets' statement of that id, for `DeployPrincipalArns`.
+const REWRITES: [&str; 4] = [
+    "secretsmanager:PutResourcePolicy",
+    "secretsmanager:DeleteResourcePolicy",
+    "secretsmanager:DeleteSecret",
+    "secretsmanager:UpdateSecretVersionStage",
+];
+
+/// The policy naming `principals` (IAM ARNs); where `rewriters` are
+/// named (a stack's deploy roles and its setup's), also the policy's
+/// rewrite and the secret's deletion denied to everybody else.
+pub fn only(principals: &[String], rewriters: &[String]) -> String {
+    let mut statements = vec![json!({
+        "Sid": SID,
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": ACTIONS,
+        "Resource": "*",
+        "Condition": {"ArnNotLike": {"aws:PrincipalArn": principals}},
+    })];
+    if !rewriters.is_empty() {
+        statements.push(json!({
+            "Sid": REWRITE_SID,
             "Effect": "Deny",
             "Principal": "*",
-            "Action": ACTIONS,
+            "Action": REWRITES,
             "Resource": "*",
-            "Condition": {"ArnNotLike": {"aws:PrincipalArn": principals}},
-        }],
-    })
-    .to_string()
+            "Condition": {"ArnNotLike": {"aws:PrincipalArn": rewriters}},
+        }));
+    }
+    json!({"Version": "2012-10-17", "Statement": statements}).to_string()
 }
 
 /// What a secret's policy is, as [`check`] read it.
@@ -219,12 +240,12 @@ mod tests {
         let ops = "arn:aws:iam::123456789012:role/ops".to_owned();
         let allowed = [admin.clone(), ops.clone()];
         assert_eq!(
-            check(&only(std::slice::from_ref(&admin)), &allowed),
+            check(&only(std::slice::from_ref(&admin), &[]), &allowed),
             Ok(Found::Ours(vec![admin.clone()]))
         );
-        assert!(check(&only(&allowed), &allowed).is_ok());
+        assert!(check(&only(&allowed, &[]), &allowed).is_ok());
         let wider = check(
-            &only(&[admin.clone(), "arn:aws:iam::1:user/eve".into()]),
+            &only(&[admin.clone(), "arn:aws:iam::1:user/eve".into()], &[]),
             &allowed,
         );
         assert!(wider.unwrap_err().contains("arn:aws:iam::1:user/eve"));
@@ -238,11 +259,11 @@ mod tests {
         assert!(check(&allow_all.to_string(), &allowed).is_err());
         // A condition that narrows the Deny (another key, another resource) is not ours.
         let mut narrowed: Value =
-            serde_json::from_str(&only(std::slice::from_ref(&admin))).unwrap();
+            serde_json::from_str(&only(std::slice::from_ref(&admin), &[])).unwrap();
         narrowed["Statement"][0]["Condition"]["StringEquals"] = json!({"aws:SourceVpc": "vpc-1"});
         assert!(check(&narrowed.to_string(), &allowed).is_err());
         let mut elsewhere: Value =
-            serde_json::from_str(&only(std::slice::from_ref(&admin))).unwrap();
+            serde_json::from_str(&only(std::slice::from_ref(&admin), &[])).unwrap();
         elsewhere["Statement"][0]["Resource"] =
             json!("arn:aws:secretsmanager:us-east-1:1:secret:other");
         assert!(check(&elsewhere.to_string(), &allowed).is_err());
@@ -267,7 +288,8 @@ mod tests {
             "another account's role"
         );
         // A role merely named like one is not a stack's.
-        let mut ours = serde_json::from_str::<Value>(&only(std::slice::from_ref(&admin))).unwrap();
+        let mut ours =
+            serde_json::from_str::<Value>(&only(std::slice::from_ref(&admin), &[])).unwrap();
         ours["Statement"][0]["Condition"]["ArnNotLike"]["aws:PrincipalArn"] =
             json!([admin, function]);
         assert!(
@@ -284,6 +306,34 @@ mod tests {
         assert!(
             check(&ours.to_string(), &allowed).is_err(),
             "and nobody else"
+        );
+    }
+
+    #[test]
+    fn rewriters_named_add_a_statement_denying_everybody_else_the_rewrite_and_the_deletion() {
+        let setup = "arn:aws:iam::123456789012:role/login-etl-SetupRole-XyZ789".to_owned();
+        let function = "arn:aws:iam::123456789012:role/login-etl-LoginEtlRole-AbC123".to_owned();
+        let deploy = "arn:aws:iam::123456789012:role/ci-deploy".to_owned();
+        let readers = [setup.clone(), function];
+        let alone: Value = serde_json::from_str(&only(&readers, &[])).unwrap();
+        assert_eq!(alone["Statement"].as_array().unwrap().len(), 1);
+        let policy = only(&readers, &[deploy.clone(), setup.clone()]);
+        let doc: Value = serde_json::from_str(&policy).unwrap();
+        let rewrite = &doc["Statement"][1];
+        assert_eq!(rewrite["Sid"], REWRITE_SID);
+        assert_eq!(
+            (&rewrite["Effect"], &rewrite["Principal"]),
+            (&json!("Deny"), &json!("*"))
+        );
+        assert_eq!(rewrite["Action"], json!(REWRITES));
+        assert_eq!(
+            rewrite["Condition"]["ArnNotLike"]["aws:PrincipalArn"],
+            json!([deploy, setup])
+        );
+        // Read as it was: the reading statement decides, by its own id.
+        assert_eq!(
+            check(&policy, &["arn:aws:iam::123456789012:role/admins".into()]),
+            Ok(Found::Setup)
         );
     }
 

@@ -59,6 +59,9 @@ pub struct Plan {
     /// Who runs setup (an IAM principal's ARN, named in each secret's
     /// policy) where known; else STS is asked.
     pub admin_arn: Option<String>,
+    /// Who besides setup may rewrite a secret's policy or delete it (the
+    /// stack's `DeployPrincipalArns`); empty: IAM decides.
+    pub rewriters: Vec<String>,
 }
 
 /// What setup leaves: each role's secret ARN (password auth) and what
@@ -133,7 +136,13 @@ pub async fn run(
 ) -> Result<Report, String> {
     plan.check()?;
     let aws = crate::secrets::sdk_config().await;
-    let admin = Admin::connect(admin_db, &aws, plan.admin_arn.clone()).await?;
+    let admin = Admin::connect(
+        admin_db,
+        &aws,
+        plan.admin_arn.clone(),
+        plan.rewriters.clone(),
+    )
+    .await?;
     let mut report = Report::default();
     let roles = plan.roles();
     admin
@@ -324,6 +333,7 @@ mod tests {
             secret_port: None,
             readers: Vec::new(),
             admin_arn: None,
+            rewriters: Vec::new(),
         }
     }
 

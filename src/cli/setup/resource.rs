@@ -63,6 +63,9 @@ struct Properties {
     admin_readers: Vec<String>,
     /// The setup function's role (so no STS endpoint is needed in the VPC).
     setup_role_arn: String,
+    /// The roles that deploy the stack (DeployPrincipalArns): with setup's,
+    /// the only ones that may rewrite a secret's policy or delete it.
+    rewriters: Vec<String>,
 }
 
 /// Time kept back from the function's deadline to send the answer.
@@ -246,6 +249,12 @@ fn plan(p: &Properties) -> Result<Plan, String> {
         },
         readers,
         admin_arn: Some(p.setup_role_arn.clone()).filter(|a| !a.is_empty()),
+        rewriters: p
+            .rewriters
+            .iter()
+            .filter(|a| !a.is_empty())
+            .cloned()
+            .collect(),
     })
 }
 
@@ -301,7 +310,8 @@ mod tests {
                 "Host": "db", "Port": "5432", "DbName": "analytics", "Prefix": "login_etl",
                 "Schema": "public", "Profile": "masking", "RetentionDays": "90", "Auth": "password",
                 "Secrets": "s", "Readers": ["ingest=arn:aws:iam::123456789012:role/f", ""],
-                "AdminReaders": ["arn:aws:iam::123456789012:role/dba"]
+                "AdminReaders": ["arn:aws:iam::123456789012:role/dba"],
+                "Rewriters": ["arn:aws:iam::123456789012:role/ci", ""]
             }
         })
     }
@@ -324,6 +334,8 @@ mod tests {
             .collect();
         assert_eq!(dba, Role::ALL);
         assert_eq!(plan.retention.days(), Some(90));
+        // DeployPrincipalArns, empty entries (its default) left out.
+        assert_eq!(plan.rewriters, ["arn:aws:iam::123456789012:role/ci"]);
         let mut bad: Request = serde_json::from_value(request("Create")).unwrap();
         bad.resource_properties.auth = "kerberos".into();
         assert!(plan_err(&bad).contains("DbAuth kerberos"));
