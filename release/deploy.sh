@@ -111,6 +111,21 @@ if ! state=$(aws cloudformation describe-stacks --stack-name "$stack" --query 'S
 fi
 # A first changeset never executed leaves REVIEW_IN_PROGRESS: no stack yet.
 [ "$state" = REVIEW_IN_PROGRESS ] && state=""
+if [ "$state" = ROLLBACK_COMPLETE ]; then
+  echo "deploy.sh: the stack $stack is in ROLLBACK_COMPLETE: its first create failed (why: aws cloudformation describe-stack-events --stack-name $stack) and CloudFormation updates no such stack. Delete it (aws cloudformation delete-stack --stack-name $stack: the database, its roles and their secrets stay, and the next stack's setup takes the secrets over), then deploy again" >&2
+  exit 2
+fi
+# The stack reads a CA bundle from beside bootstrap: a deploy without it
+# would keep DbCaBundleFile (CloudFormation keeps a parameter not given)
+# and upload a zip without the file, and every connection would fail TLS.
+if [ -n "$state" ] && [ -z "$ca_bundle" ] && ! given DbCaBundleFile; then
+  had=$(aws cloudformation describe-stacks --stack-name "$stack" --output text \
+    --query "Stacks[0].Parameters[?ParameterKey=='DbCaBundleFile'].ParameterValue")
+  if [ -n "$had" ] && [ "$had" != None ]; then
+    echo "deploy.sh: the stack $stack reads DbCaBundleFile=$had from beside bootstrap, and this deploy packs no bundle: give --ca-bundle $had again (make deploy: DB_CA_BUNDLE=$had), as on every deploy; or DbCaBundleFile= to stop reading one (DbCaBundleSecretArn, or a proxy's public certificate)" >&2
+    exit 2
+  fi
+fi
 if [ -z "$state" ] && [ $new_keys = 0 ] && ! given ExistingMaskingKeySecretArn; then
   # The template's own tags, or CloudFormation's on stacks made before them.
   found() {

@@ -195,16 +195,17 @@ impl Secrets {
         Ok(())
     }
 
-    /// Stores `text` as the current value of `id`.
-    pub async fn put_string(&self, id: &str, text: &str) -> Result<(), SecretError> {
-        self.client
+    /// Stores `text` as the current value of `id`; the secret's ARN.
+    pub async fn put_string(&self, id: &str, text: &str) -> Result<String, SecretError> {
+        let out = self
+            .client
             .put_secret_value()
             .secret_id(id)
             .secret_string(text)
             .send()
             .await
             .map_err(|e| admin_error(id, e, "secretsmanager:PutSecretValue"))?;
-        Ok(())
+        Ok(out.arn.unwrap_or_else(|| id.to_owned()))
     }
 
     /// The database secret `id` (with its password where `password`).

@@ -28,6 +28,7 @@ AWS = """#!/usr/bin/env bash
 echo "aws $* region=${AWS_REGION:-}" >> "$STUB_LOG"
 case "$1 $2" in
   "cloudformation describe-stacks")
+    case "$*" in *DbCaBundleFile*) echo "${STUB_CA:-}"; exit 0 ;; esac
     [ -n "${STUB_STATE:-}" ] && { echo "$STUB_STATE"; exit 0; }
     echo "An error occurred (ValidationError) when calling the DescribeStacks operation: Stack with id $4 does not exist" >&2; exit 254 ;;
   "secretsmanager list-secrets")
@@ -150,3 +151,19 @@ def test_a_release_deploys_with_the_aws_cli_alone_its_ca_bundle_in_a_copy_of_eac
     (tmp_path / "bin" / "sam").chmod(0o755)
     done, sam, _ = run("--template", str(release / "template-arm64.yaml"), "--ca-bundle", str(tmp_path / "global-bundle.pem"))
     assert done.returncode == 2 and sam is None and "names no zip" in done.stderr
+
+
+def test_a_deployed_stack_reading_a_ca_bundle_is_not_deployed_without_it(run):
+    done, sam, _ = run("DbSecretArn=x", state="UPDATE_COMPLETE", ca="global-bundle.pem")
+    assert done.returncode == 2 and sam is None, done.stderr
+    assert "--ca-bundle global-bundle.pem again" in done.stderr
+    # Given, or the stack reads none: deployed.
+    for args, ca in ((["DbCaBundleFile=global-bundle.pem"], "global-bundle.pem"), (["DbCaBundleFile="], "global-bundle.pem"), ([], "")):
+        done, sam, _ = run("DbSecretArn=x", *args, state="UPDATE_COMPLETE", ca=ca)
+        assert done.returncode == 0 and sam, (args, done.stderr)
+
+
+def test_a_stack_whose_first_create_rolled_back_is_named_with_the_delete_it_needs(run):
+    done, sam, _ = run("DbSecretArn=x", state="ROLLBACK_COMPLETE")
+    assert done.returncode == 2 and sam is None
+    assert "aws cloudformation delete-stack --stack-name login-etl" in done.stderr, done.stderr

@@ -229,6 +229,8 @@ def test_with_the_master_secret_the_stack_sets_up_its_database_and_its_functions
     assert setup["Type"] == "Custom::LoginEtlDatabase"
     props = setup["Properties"]
     assert props["ServiceToken"] == {"Fn::GetAtt": ["SetupFunction", "Arn"]}
+    # No answer (no route to S3) fails the deploy soon after the function's 900 s, not after an hour.
+    assert 900 < props["ServiceTimeout"] <= 1200
     assert (props["MasterSecretArn"], props["Host"], props["DbName"]) == (MASTER_SECRET_ARN, SETUP["DbHost"], "analytics")
     assert props["RetentionDays"] == 90 and props["Auth"] == "password" and props["Prefix"] == "login_etl"
     assert props["Secrets"] == {"Ref": "AWS::StackName"}

@@ -124,7 +124,7 @@ fn covers(s: &Value, action: &str) -> bool {
 
 /// IAM's wildcard match of all of `text`: `*` any run, `?` one character
 /// (the last `*` is the only one ever gone back to: never exponential).
-fn wildcard_match(pattern: &[u8], text: &[u8]) -> bool {
+pub(crate) fn wildcard_match(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t, mut star, mut mark) = (0, 0, None, 0);
     while t < text.len() {
         if p < pattern.len() && pattern[p] == b'*' {

@@ -262,7 +262,7 @@ impl Connector {
                 && (cause.contains("TLS") || cause.contains("SSL") || cause.contains("certificate"));
             let hint = match (&self.tls, tls_failure) {
                 (Tls::Native(_), true) => format!(
-                    " (the CA bundle tried beside the system roots: {}; for RDS give the region's or the global bundle from https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem as a file, PGSSLROOTCERT or DB_CA_BUNDLE (docs/connecting.md, \"TLS to the database\"); and check that the host name is the one the server's certificate names)",
+                    " (the CA bundle tried beside the system roots: {}; for RDS give the region's or the global bundle from https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem as a file, PGSSLROOTCERT or DB_CA_BUNDLE (the stack's functions: deploy.sh --ca-bundle FILE on every deploy, or DbCaBundleSecretArn; docs/connecting.md, \"TLS to the database\"); and check that the host name is the one the server's certificate names)",
                     self.ca.as_deref().unwrap_or("none")
                 ),
                 _ => String::new(),

@@ -25,6 +25,7 @@ use zeroize::Zeroizing;
 use super::PasswordArgs;
 use crate::database::connector::Connector;
 use crate::database::settings::DbConfig;
+use crate::error::SecretError;
 use crate::secrets::{DbSecret, Secrets};
 
 /// Characters of a generated password: letters and digits (nothing a
@@ -141,6 +142,21 @@ impl Admin {
         connector.open(limit).await.is_ok()
     }
 
+    /// Whether `id`'s policy is one an earlier stack of this name's setup
+    /// put: it names a setup role of this account whose name is this
+    /// setup's but for CloudFormation's random suffix.
+    async fn an_earlier_stacks(&self, id: &str) -> bool {
+        let Ok(Some(text)) = self.secrets.resource_policy(id).await else {
+            return false;
+        };
+        policy::protects(&text).is_ok_and(|(stacks, named)| {
+            !stacks
+                && named
+                    .iter()
+                    .any(|n| policy::same_stacks_setup_role(n, &self.caller))
+        })
+    }
+
     /// Sets `args.role`'s password to the one its secret holds, making the
     /// secret where it is missing (the module's documentation).
     pub async fn set_password(&self, args: &PasswordArgs) -> Result<PasswordSet, String> {
@@ -194,15 +210,38 @@ impl Admin {
                     .await
                     .map_err(|e| e.to_string())?;
                 let password = generate();
-                secrets
+                let arn = secrets
                     .put_string(&id, &secret_text(&password))
                     .await
                     .map_err(|e| e.to_string())?;
-                Ok::<_, String>((password, id))
+                Ok::<_, String>((password, arn))
             }
         };
-        let (password, arn, made) = match secrets.string_if_any(id).await.map_err(|e| match e {
-            crate::error::SecretError::AccessDenied { id, code } => format!(
+        let read = secrets.string_if_any(id).await;
+        // A stack's setup denied its own stack's secret: an earlier stack of
+        // this name made it (a stack deleted and made again, a first create
+        // tried again), whose policy names that stack's setup role. Taken
+        // over as a new one is made: today's policy, then a new password.
+        let taken_over = match &read {
+            Err(SecretError::AccessDenied { .. })
+                if *stack_setup && self.an_earlier_stacks(id).await =>
+            {
+                Some(renew(id.clone()).await.map_err(|e| {
+                    format!(
+                        "secret {id} was made by an earlier stack of this name, and this stack's setup could not take it over ({e}); where DeployPrincipalArns was given, only those roles may rewrite its policy: delete it as one of them (aws secretsmanager delete-secret --force-delete-without-recovery --secret-id {id}) and deploy again"
+                    )
+                })?)
+            }
+            _ => None,
+        };
+        let (password, arn, made) = if let Some((password, arn)) = taken_over {
+            (password, arn, true)
+        } else {
+            match read.map_err(|e| match e {
+            SecretError::AccessDenied { id, code } if *stack_setup => format!(
+                "reading secret {id} was denied ({code}) to this stack's setup ({caller}), and its policy is no earlier stack's of this name (none names a setup role of this stack's name): whoever made it may know its password; nothing was changed. Delete it (aws secretsmanager delete-secret --force-delete-without-recovery --secret-id {id}) and deploy again, or deploy under another stack name"
+            ),
+            SecretError::AccessDenied { id, code } => format!(
                 "reading secret {id} was denied ({code}) to {caller}: a secret the stack protects (ProtectDbSecret) is readable by the function's role and DbSecretReaderPrincipalArns alone, and one login-etl made by the principals it named: add this admin's role to DbSecretReaderPrincipalArns and deploy, or run this as a principal the secret's policy names"
             ),
             other => other.to_string(),
@@ -336,6 +375,7 @@ impl Admin {
                 let (password, arn) = renew(arn).await?;
                 (password, arn, true)
             }
+        }
         };
         let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
         client

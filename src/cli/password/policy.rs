@@ -34,6 +34,24 @@ fn stack_function_role(arn: &str, account: &str) -> bool {
         })
 }
 
+/// Whether `earlier` is the setup role of an earlier stack of the name
+/// `setup`'s stack has: another role of the same account and partition,
+/// named `<stack>-SetupRole-<suffix>` with the same part before the suffix
+/// (CloudFormation's random one; a new stack of the name gets a new role).
+pub fn same_stacks_setup_role(earlier: &str, setup: &str) -> bool {
+    let stem = |arn: &str| -> Option<(String, String, String)> {
+        let account = account_of(arn);
+        let name = arn.rsplit('/').next()?;
+        if !stack_function_role(arn, account) || !name.contains("-SetupRole-") {
+            return None;
+        }
+        let partition = arn.split(':').nth(1)?;
+        let stem = name.rsplit_once('-')?.0;
+        Some((partition.to_owned(), account.to_owned(), stem.to_owned()))
+    };
+    earlier != setup && stem(earlier).is_some_and(|e| stem(setup) == Some(e))
+}
+
 /// The account of an ARN (its fifth field).
 fn account_of(arn: &str) -> &str {
     arn.split(':').nth(4).unwrap_or("")
@@ -175,11 +193,18 @@ pub fn check(policy: &str, allowed: &[String]) -> Result<Found, String> {
                     .next()
                     .is_some_and(|n| n.contains("-SetupRole-"))
         });
+    // An allowed pattern (this admin's role with any path, `role/*/name`)
+    // takes the role named with its path (IAM Identity Center's
+    // `role/aws-reserved/sso.amazonaws.com/...`): role names are unique
+    // in an account, whatever the path.
+    let is_allowed = |p: &str| {
+        allowed
+            .iter()
+            .any(|a| crate::cli::queue_policy::wildcard_match(a.as_bytes(), p.as_bytes()))
+    };
     let others: Vec<&String> = named
         .iter()
-        .filter(|p| {
-            !(allowed.contains(p) || ((stacks || setup) && stack_function_role(p, account)))
-        })
+        .filter(|p| !(is_allowed(p) || ((stacks || setup) && stack_function_role(p, account))))
         .collect();
     if !others.is_empty() {
         return Err(format!(
@@ -335,6 +360,36 @@ mod tests {
             check(&policy, &["arn:aws:iam::123456789012:role/admins".into()]),
             Ok(Found::Setup)
         );
+    }
+
+    #[test]
+    fn an_admins_role_named_with_its_path_is_the_admin() {
+        let admin =
+            principal_of("arn:aws:sts::123456789012:assumed-role/AWSReservedSSO_Admin_0a1b/alice");
+        let sso = "arn:aws:iam::123456789012:role/aws-reserved/sso.amazonaws.com/AWSReservedSSO_Admin_0a1b";
+        let setup = "arn:aws:iam::123456789012:role/login-etl-SetupRole-XyZ789";
+        let policy = only(&[setup.into(), sso.into()], &[]);
+        assert_eq!(check(&policy, &admin), Ok(Found::Setup));
+        // Another role of that path is not.
+        let other = only(&[setup.into(), sso.replace("Admin_0a1b", "Other_9z")], &[]);
+        assert!(check(&other, &admin).is_err());
+    }
+
+    #[test]
+    fn an_earlier_stack_of_the_same_name_is_told_by_its_setup_roles_name() {
+        let now = "arn:aws:iam::123456789012:role/login-etl-SetupRole-NeW456";
+        let earlier = "arn:aws:iam::123456789012:role/login-etl-SetupRole-OlD123";
+        assert!(same_stacks_setup_role(earlier, now));
+        assert!(!same_stacks_setup_role(now, now), "itself");
+        for other in [
+            "arn:aws:iam::123456789012:role/other-SetupRole-OlD123",
+            "arn:aws:iam::999999999999:role/login-etl-SetupRole-OlD123",
+            "arn:aws-cn:iam::123456789012:role/login-etl-SetupRole-OlD123",
+            "arn:aws:iam::123456789012:role/login-etl-LoginEtlRole-OlD123",
+            "arn:aws:iam::123456789012:user/login-etl-SetupRole-OlD123",
+        ] {
+            assert!(!same_stacks_setup_role(other, now), "{other}");
+        }
     }
 
     #[test]

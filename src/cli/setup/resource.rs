@@ -93,7 +93,7 @@ pub async fn handle(event: Value, remaining: Duration) -> Result<(), String> {
             match tokio::time::timeout(limit, set_up(&request.resource_properties)).await {
                 Ok(done) => done.map(|report| data(&report)),
                 Err(_) => Err(format!(
-                    "setup did not finish within {} s (the setup function's timeout, less {} s to answer); it is idempotent: raise SetupTimeout or look for a lock held on the tables (doctor), then update the stack",
+                    "setup did not finish within {} s (the setup function's 900 s timeout, less {} s to answer): look for a session holding a lock on the tables (login-etl doctor names it) or a database that does not answer, then deploy again (setup is idempotent; a first create that failed: delete the stack first, which keeps the database and the secrets)",
                     limit.as_secs(),
                     ANSWER_MARGIN.as_secs()
                 )),
