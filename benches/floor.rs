@@ -23,11 +23,12 @@
 //! `cargo bench --bench floor -- --short` (CI's make bench-gate, an
 //! optimized build without LTO) judges the short form at 1,000 rows. Under `cargo bench`
 //! (make bench) more rounds, and the bytes per row on disk and in WAL
-//! after about 100,000 rows each, of these three and of `floor_narrow`, the
-//! row issue 75 asks for (schema 22, not built yet): tokens as 32-byte
-//! `bytea`, the message id as `uuid`, columns in alignment order,
-//! fillfactor 100. `-- --bytes` measures the bytes alone (the same in test
-//! mode: `cargo test --bench floor -- --bytes`).
+//! after about 100,000 rows each, of these three, of `floor_narrow`, the
+//! row issue 75's levers make (not built yet): tokens as 32-byte `bytea`,
+//! the message id as `uuid`, columns in alignment order, fillfactor 100,
+//! and of `floor_lean`, docs/narrow-row.md's layout C keyed without the
+//! date. `-- --bytes` measures the bytes alone (the same in test mode:
+//! `cargo test --bench floor -- --bytes`).
 
 #[path = "common.rs"]
 mod common;
@@ -59,7 +60,7 @@ const UPSTREAM_SQL: &str = "CREATE TABLE floor_upstream(user_id varchar(128), de
 const UPSTREAM_COPY: &str = "COPY floor_upstream (user_id, device_type, masked_ip, masked_device_id, \
     locale, app_version, create_date) FROM STDIN BINARY";
 
-/// The narrow row (issue 75, schema 22): fixed-width columns first, widest
+/// The narrow row (issue 75's levers): fixed-width columns first, widest
 /// alignment first (no padding between them), then the variable-length
 /// ones; tokens as their 32 bytes, the SQS message id as `uuid` (a
 /// non-UUID id would keep its text in `message_id_text`, NULL otherwise).
@@ -74,6 +75,21 @@ const NARROW_SQL: &str = "CREATE TABLE floor_narrow(sent_at timestamptz NOT NULL
 const NARROW_COPY: &str = "COPY floor_narrow (sent_at, create_date, app_version, key_version, message_id, \
     masked_ip, masked_device_id, user_id, device_type, locale, app_version_text) FROM STDIN BINARY";
 
+/// docs/narrow-row.md's layout C, keyed by (sent_at, message_id) alone:
+/// partitioned by `sent_at`, not `create_date` (a view gives it back), so
+/// the key needs no date; `user_id` and the message id as `uuid` where
+/// they are one in canonical form (their text beside them only where not),
+/// the version's text only where its value does not render back to it.
+const LEAN_SQL: &str = "CREATE TABLE floor_lean(sent_at timestamptz NOT NULL, app_version integer, \
+    key_version smallint NOT NULL, message_id uuid NOT NULL, user_id uuid, masked_ip bytea, \
+    masked_device_id bytea, device_type varchar(32), locale varchar(32), app_version_text varchar(32), \
+    user_id_text varchar(128), message_id_text varchar(128), defects text[], extra jsonb) \
+    WITH (fillfactor = 100); \
+    ALTER TABLE floor_lean ADD UNIQUE (sent_at, message_id) WITH (fillfactor = 100)";
+
+const LEAN_COPY: &str = "COPY floor_lean (sent_at, app_version, key_version, message_id, user_id, \
+    masked_ip, masked_device_id, device_type, locale, app_version_text, user_id_text) FROM STDIN BINARY";
+
 /// Where a batch goes.
 #[derive(Clone, Copy, PartialEq)]
 enum Path {
@@ -85,6 +101,8 @@ enum Path {
     Upstream,
     /// The narrow row's table (bytes per row only).
     Narrow,
+    /// Layout C keyed without the date (bytes per row only).
+    Lean,
 }
 
 const PATHS: [Path; 3] = [Path::Function, Path::Plain, Path::Upstream];
@@ -95,7 +113,8 @@ impl Path {
             Path::Function => "the function's write",
             Path::Plain => "plain table, same columns",
             Path::Upstream => "upstream DDL's table",
-            Path::Narrow => "narrow row (schema 22's)",
+            Path::Narrow => "narrow row (the issue's levers)",
+            Path::Lean => "layout C, no date in the key",
         }
     }
 }
@@ -207,6 +226,69 @@ async fn copy_narrow(client: &Client, rows: &[LoginRow<'_>]) {
     writer.finish().await.unwrap();
 }
 
+/// A UUID in canonical form (lowercase, hyphenated) as its 16 bytes.
+fn canonical_uuid(text: &str) -> Option<Raw16> {
+    let shape = text.len() == 36
+        && text.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+        });
+    shape.then(|| Raw16(unhex(text).try_into().unwrap()))
+}
+
+/// `rows` into the lean table by binary COPY (the bench's message ids are
+/// UUIDs; a user id or a version text that does not come back from the
+/// column kept beside it).
+async fn copy_lean(client: &Client, rows: &[LoginRow<'_>]) {
+    let sink = client.copy_in(LEAN_COPY).await.unwrap();
+    let types = [
+        Type::TIMESTAMPTZ,
+        Type::INT4,
+        Type::INT2,
+        Type::UUID,
+        Type::UUID,
+        Type::BYTEA,
+        Type::BYTEA,
+        Type::VARCHAR,
+        Type::VARCHAR,
+        Type::VARCHAR,
+        Type::VARCHAR,
+    ];
+    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &types));
+    for r in rows {
+        let id = canonical_uuid(r.message_id).expect("the bench's message ids are UUIDs");
+        let user = canonical_uuid(&r.user_id);
+        let user_text = user.is_none().then_some(r.user_id.as_ref());
+        let rendered = r
+            .app_version
+            .map(|v| format!("{}.{}.{}", v / 1_000_000, v / 1_000 % 1_000, v % 1_000));
+        let version_text = r
+            .app_version_text
+            .as_deref()
+            .filter(|t| rendered.as_deref() != Some(*t));
+        let ip = r.masked_ip.as_ref().map(|t| unhex(t.as_str()));
+        let device = r.masked_device_id.as_ref().map(|t| unhex(t.as_str()));
+        writer
+            .as_mut()
+            .write(&[
+                &r.sent_at,
+                &r.app_version,
+                &(r.key_version as i16),
+                &id,
+                &user,
+                &ip,
+                &device,
+                &r.device_type.as_deref(),
+                &r.locale.as_deref(),
+                &version_text,
+                &user_text,
+            ])
+            .await
+            .unwrap();
+    }
+    writer.finish().await.unwrap();
+}
+
 /// One batch along `path`: COPY at 1,000 rows, one INSERT round trip at 10
 /// (the function chooses the same way: `COPY_MIN_ROWS`).
 async fn write(path: Path, sink: &mut PgSink, client: &Client, rows: &[LoginRow<'_>]) {
@@ -220,6 +302,7 @@ async fn write(path: Path, sink: &mut PgSink, client: &Client, rows: &[LoginRow<
         Path::Plain if copy => copy_rows_into(client, "floor_plain", rows).await,
         Path::Upstream if copy => copy_upstream(client, rows).await,
         Path::Narrow => copy_narrow(client, rows).await,
+        Path::Lean => copy_lean(client, rows).await,
         Path::Plain => {
             let sql =
                 bare_insert(rows).replacen("INSERT INTO user_logins", "INSERT INTO floor_plain", 1);
@@ -322,6 +405,7 @@ async fn bytes_per_row(
         Path::Plain => "floor_plain",
         Path::Upstream => "floor_upstream",
         Path::Narrow => "floor_narrow",
+        Path::Lean => "floor_lean",
     };
     // A partitioned table's bytes are its partitions' (the tree lists none
     // for a plain table, whose own size is all there is).
@@ -374,7 +458,13 @@ async fn print_bytes_per_row(
         "bytes per row after 100,000 rows, batches of 1,000 (on disk: heap, TOAST, indexes; WAL; {cpu}, PostgreSQL {server}):"
     );
     let mut measured = Vec::new();
-    for path in [Path::Function, Path::Plain, Path::Upstream, Path::Narrow] {
+    for path in [
+        Path::Function,
+        Path::Plain,
+        Path::Upstream,
+        Path::Narrow,
+        Path::Lean,
+    ] {
         let (disk, wal) = bytes_per_row(path, sink, client, masker, 100_000, seed).await;
         measured.push((path, disk, wal));
     }
@@ -413,6 +503,7 @@ async fn main() {
     client.batch_execute(PLAIN_SQL).await.unwrap();
     client.batch_execute(UPSTREAM_SQL).await.unwrap();
     client.batch_execute(NARROW_SQL).await.unwrap();
+    client.batch_execute(LEAN_SQL).await.unwrap();
     let masker = Masker::new(&MaskingKey::from_hex(KEY, "bench").unwrap());
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
