@@ -180,50 +180,71 @@ fn unhex(text: &str) -> Vec<u8> {
         .collect()
 }
 
-/// `rows` into the narrow row's table by binary COPY.
-async fn copy_narrow(client: &Client, rows: &[LoginRow<'_>]) {
-    let sink = client.copy_in(NARROW_COPY).await.unwrap();
-    let types = [
-        Type::TIMESTAMPTZ,
-        Type::DATE,
-        Type::INT4,
-        Type::INT2,
-        Type::UUID,
-        Type::BYTEA,
-        Type::BYTEA,
-        Type::VARCHAR,
-        Type::VARCHAR,
-        Type::VARCHAR,
-        Type::VARCHAR,
-    ];
-    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &types));
+/// A row's values for a binary COPY, each owned.
+type Values = Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>;
+
+/// `rows` by binary COPY (`sql`, of columns of `types`), each as `values`
+/// makes it.
+async fn copy_values(
+    client: &Client,
+    sql: &str,
+    types: &[Type],
+    rows: &[LoginRow<'_>],
+    values: impl Fn(&LoginRow<'_>) -> Values,
+) {
+    let sink = client.copy_in(sql).await.unwrap();
+    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, types));
     for r in rows {
-        let id = Raw16(
-            unhex(r.message_id)
-                .try_into()
-                .expect("the bench's message ids are UUIDs"),
-        );
-        let ip = r.masked_ip.as_ref().map(|t| unhex(t.as_str()));
-        let device = r.masked_device_id.as_ref().map(|t| unhex(t.as_str()));
-        writer
-            .as_mut()
-            .write(&[
-                &r.sent_at,
-                &r.create_date,
-                &r.app_version,
-                &(r.key_version as i16),
-                &id,
-                &ip,
-                &device,
-                &r.user_id.as_ref(),
-                &r.device_type.as_deref(),
-                &r.locale.as_deref(),
-                &r.app_version_text.as_deref(),
-            ])
-            .await
-            .unwrap();
+        let row = values(r);
+        let row: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            row.iter().map(|v| v.as_ref() as _).collect();
+        writer.as_mut().write(&row).await.unwrap();
     }
     writer.finish().await.unwrap();
+}
+
+/// A row's tokens as their 32 bytes.
+fn token_bytes(r: &LoginRow<'_>) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+    (
+        r.masked_ip.as_ref().map(|t| unhex(t.as_str())),
+        r.masked_device_id.as_ref().map(|t| unhex(t.as_str())),
+    )
+}
+
+/// `rows` into the narrow row's table by binary COPY.
+async fn copy_narrow(client: &Client, rows: &[LoginRow<'_>]) {
+    use Type as T;
+    let types = [
+        T::TIMESTAMPTZ,
+        T::DATE,
+        T::INT4,
+        T::INT2,
+        T::UUID,
+        T::BYTEA,
+        T::BYTEA,
+        T::VARCHAR,
+        T::VARCHAR,
+        T::VARCHAR,
+        T::VARCHAR,
+    ];
+    copy_values(client, NARROW_COPY, &types, rows, |r| {
+        let id = canonical_uuid(r.message_id).expect("the bench's message ids are UUIDs");
+        let (ip, device) = token_bytes(r);
+        vec![
+            Box::new(r.sent_at),
+            Box::new(r.create_date),
+            Box::new(r.app_version),
+            Box::new(r.key_version as i16),
+            Box::new(id),
+            Box::new(ip),
+            Box::new(device),
+            Box::new(r.user_id.to_string()),
+            Box::new(r.device_type.as_deref().map(str::to_owned)),
+            Box::new(r.locale.as_deref().map(str::to_owned)),
+            Box::new(r.app_version_text.as_deref().map(str::to_owned)),
+        ]
+    })
+    .await;
 }
 
 /// A UUID in canonical form (lowercase, hyphenated) as its 16 bytes.
@@ -240,53 +261,48 @@ fn canonical_uuid(text: &str) -> Option<Raw16> {
 /// UUIDs; a user id or a version text that does not come back from the
 /// column kept beside it).
 async fn copy_lean(client: &Client, rows: &[LoginRow<'_>]) {
-    let sink = client.copy_in(LEAN_COPY).await.unwrap();
+    use Type as T;
     let types = [
-        Type::TIMESTAMPTZ,
-        Type::INT4,
-        Type::INT2,
-        Type::UUID,
-        Type::UUID,
-        Type::BYTEA,
-        Type::BYTEA,
-        Type::VARCHAR,
-        Type::VARCHAR,
-        Type::VARCHAR,
-        Type::VARCHAR,
+        T::TIMESTAMPTZ,
+        T::INT4,
+        T::INT2,
+        T::UUID,
+        T::UUID,
+        T::BYTEA,
+        T::BYTEA,
+        T::VARCHAR,
+        T::VARCHAR,
+        T::VARCHAR,
+        T::VARCHAR,
     ];
-    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &types));
-    for r in rows {
+    copy_values(client, LEAN_COPY, &types, rows, |r| {
         let id = canonical_uuid(r.message_id).expect("the bench's message ids are UUIDs");
         let user = canonical_uuid(&r.user_id);
-        let user_text = user.is_none().then_some(r.user_id.as_ref());
+        let user_text = user.is_none().then(|| r.user_id.to_string());
         let rendered = r
             .app_version
             .map(|v| format!("{}.{}.{}", v / 1_000_000, v / 1_000 % 1_000, v % 1_000));
         let version_text = r
             .app_version_text
             .as_deref()
-            .filter(|t| rendered.as_deref() != Some(*t));
-        let ip = r.masked_ip.as_ref().map(|t| unhex(t.as_str()));
-        let device = r.masked_device_id.as_ref().map(|t| unhex(t.as_str()));
-        writer
-            .as_mut()
-            .write(&[
-                &r.sent_at,
-                &r.app_version,
-                &(r.key_version as i16),
-                &id,
-                &user,
-                &ip,
-                &device,
-                &r.device_type.as_deref(),
-                &r.locale.as_deref(),
-                &version_text,
-                &user_text,
-            ])
-            .await
-            .unwrap();
-    }
-    writer.finish().await.unwrap();
+            .filter(|t| rendered.as_deref() != Some(*t))
+            .map(str::to_owned);
+        let (ip, device) = token_bytes(r);
+        vec![
+            Box::new(r.sent_at),
+            Box::new(r.app_version),
+            Box::new(r.key_version as i16),
+            Box::new(id),
+            Box::new(user),
+            Box::new(ip),
+            Box::new(device),
+            Box::new(r.device_type.as_deref().map(str::to_owned)),
+            Box::new(r.locale.as_deref().map(str::to_owned)),
+            Box::new(version_text),
+            Box::new(user_text),
+        ]
+    })
+    .await;
 }
 
 /// One batch along `path`: COPY at 1,000 rows, one INSERT round trip at 10
@@ -471,7 +487,7 @@ async fn print_bytes_per_row(
     let (_, up_disk, up_wal) = measured[2];
     for (path, disk, wal) in measured {
         println!(
-            "         {:<28} {disk:>7.0} B on disk {wal:>7.0} B WAL   ({:.2}x, {:.2}x the upstream table's)",
+            "         {:<32} {disk:>7.0} B on disk {wal:>7.0} B WAL   ({:.2}x, {:.2}x the upstream table's)",
             path.name(),
             disk / up_disk,
             wal / up_wal
@@ -540,7 +556,7 @@ async fn main() {
         println!("{n:>6} rows a batch, {rounds} rounds (median per row):");
         for (path, t) in PATHS.iter().zip(medians) {
             println!(
-                "         {:<28} {:>8.2} µs/row  ({:.2} ms a batch)",
+                "         {:<32} {:>8.2} µs/row  ({:.2} ms a batch)",
                 path.name(),
                 t.as_secs_f64() * 1e6 / n as f64,
                 ms(t)
