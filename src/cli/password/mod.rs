@@ -239,7 +239,7 @@ impl Admin {
         } else {
             match read.map_err(|e| match e {
             SecretError::AccessDenied { id, code } if *stack_setup => format!(
-                "reading secret {id} was denied ({code}) to this stack's setup ({caller}), and its policy is no earlier stack's of this name (none names a setup role of this stack's name): whoever made it may know its password; nothing was changed. Delete it (aws secretsmanager delete-secret --force-delete-without-recovery --secret-id {id}) and deploy again, or deploy under another stack name"
+                "reading secret {id} was denied ({code}) to this stack's setup ({caller}), and its policy is no earlier stack's of this name (it names no setup role of this stack's name, or could not be read: the template grants the setup role secretsmanager:GetResourcePolicy on <stack>/*): whoever made it may know its password; nothing was changed. Delete it (aws secretsmanager delete-secret --force-delete-without-recovery --secret-id {id}) and deploy again, or deploy under another stack name"
             ),
             SecretError::AccessDenied { id, code } => format!(
                 "reading secret {id} was denied ({code}) to {caller}: a secret the stack protects (ProtectDbSecret) is readable by the function's role and DbSecretReaderPrincipalArns alone, and one login-etl made by the principals it named: add this admin's role to DbSecretReaderPrincipalArns and deploy, or run this as a principal the secret's policy names"
