@@ -238,144 +238,144 @@ impl Admin {
             (password, arn, true)
         } else {
             match read.map_err(|e| match e {
-            SecretError::AccessDenied { id, code } if *stack_setup => format!(
-                "reading secret {id} was denied ({code}) to this stack's setup ({caller}), and its policy is no earlier stack's of this name (it names no setup role of this stack's name, or could not be read: the template grants the setup role secretsmanager:GetResourcePolicy on <stack>/*): whoever made it may know its password; nothing was changed. Delete it (aws secretsmanager delete-secret --force-delete-without-recovery --secret-id {id}) and deploy again, or deploy under another stack name"
-            ),
-            SecretError::AccessDenied { id, code } => format!(
-                "reading secret {id} was denied ({code}) to {caller}: a secret the stack protects (ProtectDbSecret) is readable by the function's role and DbSecretReaderPrincipalArns alone, and one login-etl made by the principals it named: add this admin's role to DbSecretReaderPrincipalArns and deploy, or run this as a principal the secret's policy names"
-            ),
-            other => other.to_string(),
-        })? {
-            Some((text, arn)) => {
-                let secret = DbSecret::parse(id, &text, false).map_err(|e| e.to_string())?;
-                if secret.username != args.role {
-                    return Err(format!(
-                        "secret {id} names the role {}, not {}: give each role a secret of its own (--secret-id)",
-                        secret.username, args.role
-                    ));
-                }
-                let policy_text = secrets.resource_policy(id).await.map_err(|e| e.to_string())?;
-                // A stack's setup keeps a password only where its own role
-                // made the secret (the policy names it): any other (an
-                // earlier stack of that name, someone else's) gets a new
-                // one, and the policy names today's principals.
-                let names_me = policy_text
-                    .as_deref()
-                    .and_then(|p| policy::protects(p).ok())
-                    .is_some_and(|(_, named)| named.iter().any(|n| n == caller));
-                let moved = secret.host != want_host || secret.port != want_port;
-                // A stack's own secret follows DbProxyHost/DbProxyPort (set or
-                // cleared on an update): the same password, the new address.
-                let follows_the_stack = *stack_setup && names_me && secret.dbname == *dbname;
-                if (moved || secret.dbname != *dbname) && !follows_the_stack && *stack_setup {
-                    return Err(format!(
-                        "secret {id} names {}:{} database {}, not {want_host}:{want_port} database {dbname}, and this stack's setup may not move it (its policy does not name {caller}, or it names another database); nothing was changed. If it is an earlier stack's of this name for another server, delete it (aws secretsmanager delete-secret --force-delete-without-recovery --secret-id {id}: a secret pending deletion cannot be read or made again) and update the stack again, or deploy under another stack name",
-                        secret.host, secret.port, secret.dbname
-                    ));
-                }
-                if (moved || secret.dbname != *dbname) && !follows_the_stack {
-                    return Err(format!(
-                        "secret {id} names {}:{} database {}, not {want_host}:{want_port} database {dbname}; nothing was changed. If it was made for a proxy's endpoint, give the same --secret-host and --secret-port; if it was made for another server (or by someone else), give this role a secret of its own (--secret-id), or delete that one and run again",
-                        secret.host, secret.port, secret.dbname
-                    ));
-                }
-                let found = match &policy_text {
-                    Some(p) => policy::check(p, &principals),
-                    None => Err("it has no resource policy: anyone in the account allowed secretsmanager:GetSecretValue on * reads it".into()),
-                };
-                if *stack_setup {
-                    // Kept only where the password also logs in as the role:
-                    // a policy naming this setup is anyone's to write on a
-                    // secret they made first (and they know its password);
-                    // the role's password is this setup's alone to set.
-                    if names_me
-                        && !secret.password.is_empty()
-                        && self.logs_in(&args.role, &secret.password).await
-                    {
-                        secrets
-                            .put_resource_policy(id, &only)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        if moved {
-                            secrets
-                                .put_string(id, &secret_text(&secret.password))
-                                .await
-                                .map_err(|e| e.to_string())?;
-                        }
-                        (Zeroizing::new(secret.password), arn.clone(), false)
-                    } else {
-                        let (password, arn) = renew(arn.clone()).await?;
-                        (password, arn, true)
+                SecretError::AccessDenied { id, code } if *stack_setup => format!(
+                    "reading secret {id} was denied ({code}) to this stack's setup ({caller}), and its policy is no earlier stack's of this name (it names no setup role of this stack's name, or could not be read: the template grants the setup role secretsmanager:GetResourcePolicy on <stack>/*): whoever made it may know its password; nothing was changed. Delete it (aws secretsmanager delete-secret --force-delete-without-recovery --secret-id {id}) and deploy again, or deploy under another stack name"
+                ),
+                SecretError::AccessDenied { id, code } => format!(
+                    "reading secret {id} was denied ({code}) to {caller}: a secret the stack protects (ProtectDbSecret) is readable by the function's role and DbSecretReaderPrincipalArns alone, and one login-etl made by the principals it named: add this admin's role to DbSecretReaderPrincipalArns and deploy, or run this as a principal the secret's policy names"
+                ),
+                other => other.to_string(),
+            })? {
+                Some((text, arn)) => {
+                    let secret = DbSecret::parse(id, &text, false).map_err(|e| e.to_string())?;
+                    if secret.username != args.role {
+                        return Err(format!(
+                            "secret {id} names the role {}, not {}: give each role a secret of its own (--secret-id)",
+                            secret.username, args.role
+                        ));
                     }
-                } else {
-                match found {
-                    // A run stopped between the policy and the password: finished now.
-                    Ok(policy::Found::Ours(_)) if secret.password.is_empty() => {
-                        let (password, arn) = renew(arn.clone()).await?;
-                        (password, arn, true)
+                    let policy_text = secrets.resource_policy(id).await.map_err(|e| e.to_string())?;
+                    // A stack's setup keeps a password only where its own role
+                    // made the secret (the policy names it): any other (an
+                    // earlier stack of that name, someone else's) gets a new
+                    // one, and the policy names today's principals.
+                    let names_me = policy_text
+                        .as_deref()
+                        .and_then(|p| policy::protects(p).ok())
+                        .is_some_and(|(_, named)| named.iter().any(|n| n == caller));
+                    let moved = secret.host != want_host || secret.port != want_port;
+                    // A stack's own secret follows DbProxyHost/DbProxyPort (set or
+                    // cleared on an update): the same password, the new address.
+                    let follows_the_stack = *stack_setup && names_me && secret.dbname == *dbname;
+                    if (moved || secret.dbname != *dbname) && !follows_the_stack && *stack_setup {
+                        return Err(format!(
+                            "secret {id} names {}:{} database {}, not {want_host}:{want_port} database {dbname}, and this stack's setup may not move it (its policy does not name {caller}, or it names another database); nothing was changed. If it is an earlier stack's of this name for another server, delete it (aws secretsmanager delete-secret --force-delete-without-recovery --secret-id {id}: a secret pending deletion cannot be read or made again) and update the stack again, or deploy under another stack name",
+                            secret.host, secret.port, secret.dbname
+                        ));
                     }
-                    Ok(policy::Found::Ours(had)) => {
-                        // A --reader-arn not named yet: the policy widened to it.
-                        if principals.iter().any(|p| !had.contains(p)) {
+                    if (moved || secret.dbname != *dbname) && !follows_the_stack {
+                        return Err(format!(
+                            "secret {id} names {}:{} database {}, not {want_host}:{want_port} database {dbname}; nothing was changed. If it was made for a proxy's endpoint, give the same --secret-host and --secret-port; if it was made for another server (or by someone else), give this role a secret of its own (--secret-id), or delete that one and run again",
+                            secret.host, secret.port, secret.dbname
+                        ));
+                    }
+                    let found = match &policy_text {
+                        Some(p) => policy::check(p, &principals),
+                        None => Err("it has no resource policy: anyone in the account allowed secretsmanager:GetSecretValue on * reads it".into()),
+                    };
+                    if *stack_setup {
+                        // Kept only where the password also logs in as the role:
+                        // a policy naming this setup is anyone's to write on a
+                        // secret they made first (and they know its password);
+                        // the role's password is this setup's alone to set.
+                        if names_me
+                            && !secret.password.is_empty()
+                            && self.logs_in(&args.role, &secret.password).await
+                        {
                             secrets
                                 .put_resource_policy(id, &only)
                                 .await
                                 .map_err(|e| e.to_string())?;
+                            if moved {
+                                secrets
+                                    .put_string(id, &secret_text(&secret.password))
+                                    .await
+                                    .map_err(|e| e.to_string())?;
+                            }
+                            (Zeroizing::new(secret.password), arn.clone(), false)
+                        } else {
+                            let (password, arn) = renew(arn.clone()).await?;
+                            (password, arn, true)
                         }
-                        (Zeroizing::new(secret.password), arn.clone(), false)
-                    }
-                    Ok(policy::Found::Stacks) if args.new_password => {
-                        return Err(format!(
-                            "secret {id} is protected by its stack (ProtectDbSecret), whose function reads it: --new-password would take it from the function; nothing was changed. Rotate it with Secrets Manager, or run without --new-password"
-                        ));
-                    }
-                    Ok(policy::Found::Stacks) => (Zeroizing::new(secret.password), arn.clone(), false),
-                    Ok(policy::Found::Setup) if args.new_password => {
-                        return Err(format!(
-                            "secret {id} was made by its stack's setup, whose functions read it: --new-password would take it from them; nothing was changed. Update the stack to renew it, or run without --new-password"
-                        ));
-                    }
-                    // A stack's setup made it, as its policy says: an admin
-                    // reads it as it is, once its password is shown to log
-                    // in as the role (a policy is anyone's to write; the
-                    // role's password is not).
-                    Ok(policy::Found::Setup) => {
-                        if !self.logs_in(&args.role, &secret.password).await {
-                            return Err(format!(
-                                "secret {id} carries a stack's setup policy, but its password does not log in as {}: whoever made it may know it; nothing was changed. Update the stack (its setup renews the secret), or delete the secret and run again",
-                                args.role
-                            ));
+                    } else {
+                        match found {
+                            // A run stopped between the policy and the password: finished now.
+                            Ok(policy::Found::Ours(_)) if secret.password.is_empty() => {
+                                let (password, arn) = renew(arn.clone()).await?;
+                                (password, arn, true)
+                            }
+                            Ok(policy::Found::Ours(had)) => {
+                                // A --reader-arn not named yet: the policy widened to it.
+                                if principals.iter().any(|p| !had.contains(p)) {
+                                    secrets
+                                        .put_resource_policy(id, &only)
+                                        .await
+                                        .map_err(|e| e.to_string())?;
+                                }
+                                (Zeroizing::new(secret.password), arn.clone(), false)
+                            }
+                            Ok(policy::Found::Stacks) if args.new_password => {
+                                return Err(format!(
+                                    "secret {id} is protected by its stack (ProtectDbSecret), whose function reads it: --new-password would take it from the function; nothing was changed. Rotate it with Secrets Manager, or run without --new-password"
+                                ));
+                            }
+                            Ok(policy::Found::Stacks) => (Zeroizing::new(secret.password), arn.clone(), false),
+                            Ok(policy::Found::Setup) if args.new_password => {
+                                return Err(format!(
+                                    "secret {id} was made by its stack's setup, whose functions read it: --new-password would take it from them; nothing was changed. Update the stack to renew it, or run without --new-password"
+                                ));
+                            }
+                            // A stack's setup made it, as its policy says: an admin
+                            // reads it as it is, once its password is shown to log
+                            // in as the role (a policy is anyone's to write; the
+                            // role's password is not).
+                            Ok(policy::Found::Setup) => {
+                                if !self.logs_in(&args.role, &secret.password).await {
+                                    return Err(format!(
+                                        "secret {id} carries a stack's setup policy, but its password does not log in as {}: whoever made it may know it; nothing was changed. Update the stack (its setup renews the secret), or delete the secret and run again",
+                                        args.role
+                                    ));
+                                }
+                                (Zeroizing::new(secret.password), arn.clone(), false)
+                            }
+                            Err(why) if !args.new_password => {
+                                return Err(format!(
+                                    "secret {id} is not adopted: {why}, and whoever made it may know its password; nothing was changed. Run again with --new-password (the policy naming {named} is put on it, then a new password), or delete it and run again"
+                                ));
+                            }
+                            Err(_) => {
+                                let (password, arn) = renew(arn.clone()).await?;
+                                (password, arn, true)
+                            }
                         }
-                        (Zeroizing::new(secret.password), arn.clone(), false)
-                    }
-                    Err(why) if !args.new_password => {
-                        return Err(format!(
-                            "secret {id} is not adopted: {why}, and whoever made it may know its password; nothing was changed. Run again with --new-password (the policy naming {named} is put on it, then a new password), or delete it and run again"
-                        ));
-                    }
-                    Err(_) => {
-                        let (password, arn) = renew(arn.clone()).await?;
-                        (password, arn, true)
                     }
                 }
+                None => {
+                    if host.starts_with('/') && args.secret_host.is_none() {
+                        return Err(format!(
+                            "the admin connects over the Unix socket {host}, which the function cannot reach: give the host the secret should name with --secret-host (and --secret-port)"
+                        ));
+                    }
+                    // Made without the password, which goes in once the policy is
+                    // on (a run stopped in between is finished by the next).
+                    let arn = secrets
+                        .create(id, &secret_text(""))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let (password, arn) = renew(arn).await?;
+                    (password, arn, true)
                 }
             }
-            None => {
-                if host.starts_with('/') && args.secret_host.is_none() {
-                    return Err(format!(
-                        "the admin connects over the Unix socket {host}, which the function cannot reach: give the host the secret should name with --secret-host (and --secret-port)"
-                    ));
-                }
-                // Made without the password, which goes in once the policy is
-                // on (a run stopped in between is finished by the next).
-                let arn = secrets
-                    .create(id, &secret_text(""))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let (password, arn) = renew(arn).await?;
-                (password, arn, true)
-            }
-        }
         };
         let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
         client
