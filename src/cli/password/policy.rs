@@ -197,10 +197,18 @@ pub fn check(policy: &str, allowed: &[String]) -> Result<Found, String> {
     // takes the role named with its path (IAM Identity Center's
     // `role/aws-reserved/sso.amazonaws.com/...`): role names are unique
     // in an account, whatever the path.
+    // Only that form: a --reader-arn with a wildcard of its own takes
+    // nobody it does not name.
+    let path_pattern = |a: &str| {
+        a.split_once(":role/*/")
+            .is_some_and(|(_, name)| !name.contains(['*', '?', '/']))
+    };
     let is_allowed = |p: &str| {
-        allowed
-            .iter()
-            .any(|a| crate::cli::queue_policy::wildcard_match(a.as_bytes(), p.as_bytes()))
+        allowed.iter().any(|a| {
+            a == p
+                || (path_pattern(a)
+                    && crate::cli::queue_policy::wildcard_match(a.as_bytes(), p.as_bytes()))
+        })
     };
     let others: Vec<&String> = named
         .iter()
@@ -373,6 +381,14 @@ mod tests {
         // Another role of that path is not.
         let other = only(&[setup.into(), sso.replace("Admin_0a1b", "Other_9z")], &[]);
         assert!(check(&other, &admin).is_err());
+        // Nor does a reader given as a wildcard take a role it does not name.
+        let eve = "arn:aws:iam::123456789012:role/eve";
+        let wide = [
+            admin.clone(),
+            vec!["arn:aws:iam::123456789012:role/*".into()],
+        ]
+        .concat();
+        assert!(check(&only(&[setup.into(), eve.into()], &[]), &wide).is_err());
     }
 
     #[test]
