@@ -112,7 +112,7 @@ fi
 # A first changeset never executed leaves REVIEW_IN_PROGRESS: no stack yet.
 [ "$state" = REVIEW_IN_PROGRESS ] && state=""
 if [ "$state" = ROLLBACK_COMPLETE ]; then
-  echo "deploy.sh: the stack $stack is in ROLLBACK_COMPLETE: its first create failed (why: aws cloudformation describe-stack-events --stack-name $stack) and CloudFormation updates no such stack. Delete it (aws cloudformation delete-stack --stack-name $stack: the database, its roles and their secrets stay, and the next stack's setup takes the secrets over), then deploy again" >&2
+  echo "deploy.sh: the stack $stack is in ROLLBACK_COMPLETE: its first create failed (why: aws cloudformation describe-stack-events --stack-name $stack) and CloudFormation updates no such stack. Delete it (aws cloudformation delete-stack --stack-name $stack: the database, its roles and their secrets stay, and the next stack's setup takes the secrets over; with DeployPrincipalArns, first delete the $stack/* secrets as one of those roles), then deploy again" >&2
   exit 2
 fi
 # The stack reads a CA bundle from beside bootstrap: a deploy without it
@@ -120,7 +120,8 @@ fi
 # and upload a zip without the file, and every connection would fail TLS.
 if [ -n "$state" ] && [ -z "$ca_bundle" ] && ! given DbCaBundleFile; then
   had=$(aws cloudformation describe-stacks --stack-name "$stack" --output text \
-    --query "Stacks[0].Parameters[?ParameterKey=='DbCaBundleFile'].ParameterValue")
+    --query "Stacks[0].Parameters[?ParameterKey=='DbCaBundleFile'].ParameterValue") ||
+    { echo "deploy.sh: cannot read the parameters of the stack $stack (above): check the credentials and the region" >&2; exit 1; }
   if [ -n "$had" ] && [ "$had" != None ]; then
     echo "deploy.sh: the stack $stack reads DbCaBundleFile=$had from beside bootstrap, and this deploy packs no bundle: give --ca-bundle $had again (make deploy: DB_CA_BUNDLE=$had), as on every deploy; or DbCaBundleFile= to stop reading one (DbCaBundleSecretArn, or a proxy's public certificate)" >&2
     exit 2

@@ -207,7 +207,7 @@ if [ "$1 $2" = "cloudformation deploy" ]; then
   n=$(find "$CAPTURE" -name 'args-*' | wc -l)
   prev=""; for a in "$@"; do
     # The packaged template's path is a new temporary file each run.
-    if [ "$prev" = --template-file ]; then cp "$a" "$CAPTURE/template-$n"; echo "(the template)"; else echo "$a"; fi
+    if [ "$prev" = --template-file ]; then cp "$a" "$CAPTURE/template-$n"; echo "(the template)"; else printf '%s\\n' "$a"; fi
     prev=$a
   done > "$CAPTURE/args-$n"
   [ -n "${CAPTURE_ONLY:-}" ] && exit 0
@@ -229,6 +229,7 @@ def release_deploy(release_dir: Path, env: dict, name: str, values: dict[str, st
         (shim / "aws").write_text(CAPTURING_AWS)
         (shim / "aws").chmod(0o755)
         real = shutil.which("aws", path=env["PATH"])
+        assert real, "no aws on the release's PATH"
         env = {**env, "PATH": f"{shim}{os.pathsep}{env['PATH']}", "CAPTURE": str(capture), "REAL_AWS": str(real)}
         if not send:
             env["CAPTURE_ONLY"] = "1"

@@ -56,6 +56,8 @@ pub struct Admin {
     caller: String,
     /// Run by a stack's setup resource (its role given, not asked of STS).
     stack_setup: bool,
+    /// The AWS configuration (a CA bundle in a secret, IAM).
+    aws: aws_config::SdkConfig,
     /// Who besides this admin may rewrite a secret's policy or delete it
     /// (a stack's `DeployPrincipalArns`); empty: IAM decides.
     rewriters: Vec<String>,
@@ -115,13 +117,17 @@ impl Admin {
             secrets: Secrets::new(aws),
             caller,
             stack_setup,
+            aws: aws.clone(),
             rewriters,
         })
     }
 
     /// Whether `password` logs in as `role` on the admin's server (its
-    /// host, port and database; TLS as the environment sets it).
-    async fn logs_in(&self, role: &str, password: &str) -> bool {
+    /// host, port and database; TLS as the environment sets it, a CA
+    /// bundle in a secret included). `false` only where the server refused
+    /// the login; any other failure (a timeout, TLS, a full server) is the
+    /// error, so that it never renews a password by itself.
+    async fn logs_in(&self, role: &str, password: &str) -> Result<bool, String> {
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         let port = self.port.to_string();
         let db = DbConfig::from_lookup(&|name: &str| match name {
@@ -134,12 +140,18 @@ impl Admin {
             | "DB_CONNECT_PORT" => None,
             _ => env(name),
         });
-        let Ok(db) = db else { return false };
-        let Ok(mut connector) = Connector::from_config(&db, None).await else {
-            return false;
-        };
+        let db = db.map_err(|e| e.to_string())?;
+        let mut connector = Connector::from_config(&db, Some(&self.aws))
+            .await
+            .map_err(|e| e.to_string())?;
         let limit = connector.connect_timeout();
-        connector.open(limit).await.is_ok()
+        match connector.open(limit).await {
+            Ok(_) => Ok(true),
+            Err(crate::error::DbError::ConnectRefused { .. }) => Ok(false),
+            Err(e) => Err(format!(
+                "checking that {role}'s stored password logs in failed ({e}); nothing was changed: run again once the server answers"
+            )),
+        }
     }
 
     /// Whether `id`'s policy is one an earlier stack of this name's setup
@@ -169,6 +181,7 @@ impl Admin {
             caller,
             stack_setup,
             rewriters,
+            ..
         } = self;
         let (host, port) = (host.clone(), *port);
         let mut principals = policy::principal_of(caller);
@@ -290,7 +303,7 @@ impl Admin {
                         // the role's password is this setup's alone to set.
                         if names_me
                             && !secret.password.is_empty()
-                            && self.logs_in(&args.role, &secret.password).await
+                            && self.logs_in(&args.role, &secret.password).await?
                         {
                             secrets
                                 .put_resource_policy(id, &only)
@@ -340,7 +353,7 @@ impl Admin {
                             // in as the role (a policy is anyone's to write; the
                             // role's password is not).
                             Ok(policy::Found::Setup) => {
-                                if !self.logs_in(&args.role, &secret.password).await {
+                                if !self.logs_in(&args.role, &secret.password).await? {
                                     return Err(format!(
                                         "secret {id} carries a stack's setup policy, but its password does not log in as {}: whoever made it may know it; nothing was changed. Update the stack (its setup renews the secret), or delete the secret and run again",
                                         args.role
