@@ -119,11 +119,23 @@ pub fn bench_event_with_defects(count: usize, seed: u64, defective_every: usize)
     event
 }
 
-/// The rows of a batch of valid records.
+/// The rows of a batch of valid records; with `BENCH_FULL=1` each carries
+/// its user's tag, as a full-profile function writes it
+/// (`BatchKeys::admit`, with an empty erasure list).
 pub fn rows_of<'b>(batch: &'b login_etl::SqsBatch, masker: &Masker) -> Vec<LoginRow<'b>> {
+    let keys = login_etl::privacy::keys::BatchKeys {
+        versions: login_etl::privacy::keys::Versions::at(masker.version()),
+        erased: Default::default(),
+        masker: masker.clone(),
+        tags: std::env::var("BENCH_FULL").is_ok_and(|v| v == "1"),
+    };
     batch
         .records()
-        .map(|m| record::transform(m.message_id.as_deref().unwrap(), m, masker).unwrap())
+        .map(|m| {
+            let mut row = record::transform(m.message_id.as_deref().unwrap(), m, masker).unwrap();
+            assert!(keys.admit(&mut row), "nobody is erased");
+            row
+        })
         .collect()
 }
 

@@ -34,6 +34,7 @@ macro_rules! with_login_columns {
             create_date: Date, chrono::NaiveDate = r.create_date;
             sent_at: Timestamptz, chrono::DateTime<chrono::Utc> = r.sent_at;
             key_version: Int2, i16 = r.key_version as i16;
+            user_tag: Int8, Option<i64> = r.user_tag;
             defects: TextArray, Option<$crate::contract::columns::Codes<'r>> =
                 (!r.defects.is_empty()).then_some($crate::contract::columns::Codes(&r.defects));
             extra: Jsonb, Option<$crate::contract::columns::Json<'r>> =
@@ -51,6 +52,8 @@ pub enum ColumnType {
     Int4,
     /// `smallint`.
     Int2,
+    /// `bigint`.
+    Int8,
     /// `date`.
     Date,
     /// `timestamptz`.
@@ -69,6 +72,7 @@ impl ColumnType {
             ColumnType::Varchar => "varchar",
             ColumnType::Int4 => "integer",
             ColumnType::Int2 => "smallint",
+            ColumnType::Int8 => "bigint",
             ColumnType::Date => "date",
             ColumnType::Timestamptz => "timestamptz",
             ColumnType::TextArray => "text[]",

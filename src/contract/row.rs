@@ -28,6 +28,10 @@ pub struct LoginRow<'a> {
     pub masked_device_id: Option<Token>,
     /// The key version both tokens are under (see `crate::privacy::masking`).
     pub key_version: u16,
+    /// The user's tag at `key_version` ([`Token::tag`] of their user key),
+    /// where the database keeps an erasure list: the key a forget must
+    /// name to delete the row. `None` until the batch's keys tag it.
+    pub user_tag: Option<i64>,
     /// `None` for null or absent.
     pub locale: Option<Cow<'a, str>>,
     /// Encoded version, see [`crate::app_version`].
@@ -105,6 +109,7 @@ impl<'a> LoginRow<'a> {
             masked_ip: key.masked_ip,
             masked_device_id: key.masked_device_id,
             key_version: key.key_version,
+            user_tag: None,
             locale,
             app_version,
             app_version_text,
@@ -133,6 +138,14 @@ impl Token {
         let mut out = [0u8; TOKEN_LEN];
         hex::encode_to_slice(digest, &mut out).expect("64 bytes hold a 32-byte digest in hex");
         Token(out)
+    }
+
+    /// Its first 8 bytes as a big-endian `bigint`: a user key's tag on
+    /// its user's rows, as `login_etl_forget_rows` reads it from the key's
+    /// text (`('x' || left(user_key, 16))::bit(64)::bigint`).
+    pub fn tag(&self) -> i64 {
+        let hex = std::str::from_utf8(&self.0[..16]).expect("hex is ASCII");
+        u64::from_str_radix(hex, 16).expect("16 hex digits") as i64
     }
 
     /// A token written as text (64 lowercase hex characters); `None` for

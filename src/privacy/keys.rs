@@ -173,6 +173,9 @@ pub struct BatchKeys {
     pub erased: ErasedUsers,
     /// The masker at the database's key version.
     pub masker: Masker,
+    /// The database keeps an erasure list (its full profile): each row
+    /// carries its user's tag ([`BatchKeys::admit`]).
+    pub tags: bool,
 }
 
 impl Keys {
@@ -202,6 +205,7 @@ impl Keys {
             erased: ErasedUsers::default(),
             masker: Masker::clone(&self.held())
                 .with_redrive_floor(self.floor.load(std::sync::atomic::Ordering::Relaxed)),
+            tags: false,
         }
     }
 
@@ -258,6 +262,7 @@ impl Keys {
             versions: list.versions,
             erased: list.users,
             masker: masker.with_redrive_floor(floor),
+            tags: list.erasure,
         };
         Ok((keys, to_record))
     }
@@ -323,6 +328,30 @@ impl BatchKeys {
         self.erased.contains(&self.masker, user_id)
     }
 
+    /// Whether the row may be stored: its user is not on the erasure list.
+    /// Where the database keeps one, the row gets its user's tag at its key
+    /// version (the user key computed once for both): a forget deletes the
+    /// row only under that user's key (`login_etl_forget_rows`).
+    pub fn admit(&self, row: &mut LoginRow<'_>) -> bool {
+        if !self.tags {
+            return !self.is_erased(&row.user_id);
+        }
+        let users = self.masker.users();
+        let key = users.user_key(&row.user_id);
+        if self.erased.contains_key(&self.masker, &row.user_id, &key) {
+            return false;
+        }
+        row.user_tag = Some(if row.key_version == users.version() {
+            key.tag()
+        } else {
+            users
+                .at(row.key_version)
+                .map_or(key, |u| u.user_key(&row.user_id))
+                .tag()
+        });
+        true
+    }
+
     /// Moves a row's tokens to this batch's version, one step of the chain
     /// at a time (no original needed). A database whose version went down
     /// is refused: no step undoes a key.
@@ -339,11 +368,15 @@ impl BatchKeys {
                 hint: "; key versions only grow: check that user_logins_key_state was not restored from an older backup".into(),
             });
         }
+        let from = row.key_version;
         masker.catch_up(
             &mut row.key_version,
             &mut row.masked_ip,
             &mut row.masked_device_id,
         );
+        if row.user_tag.is_some() && row.key_version != from {
+            row.user_tag = Some(masker.users().user_key(&row.user_id).tag());
+        }
         Ok(())
     }
 }
@@ -395,6 +428,17 @@ impl ErasedUsers {
         self.sets.iter().all(|s| s.is_empty())
     }
 
+    /// [`contains`](Self::contains), given the user key at `masker`'s version.
+    pub fn contains_key(&self, masker: &Masker, user_id: &str, key: &Token) -> bool {
+        if self.is_empty() {
+            return false;
+        }
+        if self.oldest < masker.version() {
+            return self.contains(masker, user_id);
+        }
+        self.sets.iter().any(|s| s.contains(key.as_str()))
+    }
+
     /// Whether `user_id` is on the list, its user key computed by `masker`
     /// at the batch's version and at every older one a key in memory may
     /// be of (one chain computes them all).
@@ -424,6 +468,53 @@ mod tests {
         let doc = serde_json::json!({ "versions": keys }).to_string();
         let v = KeyVersions::parse(&doc, "test").unwrap();
         Masker::versions(&v, Some(&v)).unwrap().at(version).unwrap()
+    }
+
+    #[test]
+    fn a_row_carries_its_users_tag_at_its_version_and_a_rekey_moves_it() {
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        let (one, two) = (masker(&[&a, &b], 1), masker(&[&a, &b], 2));
+        let body = r#"{"user_id":"u-1","device_type":"ios","ip":"10.0.0.1","device_id":"d-1","locale":"en","app_version":"1.0.0"}"#;
+        let event = crate::contract::parse_body(body).unwrap();
+        let mut row = LoginRow::new(
+            event,
+            crate::contract::RowKeyAndTokens {
+                message_id: "m",
+                sent_at: chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap(),
+                masked_ip: None,
+                masked_device_id: None,
+                key_version: 1,
+            },
+        );
+        let keys = |masker: &Masker, erased: ErasedUsers, tags: bool| BatchKeys {
+            versions: Versions::at(masker.version()),
+            erased,
+            masker: masker.clone(),
+            tags,
+        };
+        // A masking-only database keeps no erasure list: no tag.
+        assert!(keys(&one, ErasedUsers::default(), false).admit(&mut row));
+        assert_eq!(row.user_tag, None);
+        assert!(keys(&one, ErasedUsers::default(), true).admit(&mut row));
+        let at_one = one.users().user_key("u-1").tag();
+        assert_eq!(row.user_tag, Some(at_one));
+        keys(&two, ErasedUsers::default(), true)
+            .rekey(&mut row)
+            .unwrap();
+        assert_eq!(row.key_version, 2);
+        let at_two = two.users().user_key("u-1").tag();
+        assert_eq!(row.user_tag, Some(at_two));
+        assert_ne!(at_one, at_two);
+        // Listed: not admitted, with a tag or without.
+        let listed = || ErasedUsers::new([two.user_key("u-1").as_str().to_owned()].into(), 2);
+        assert!(!keys(&two, listed(), true).admit(&mut row));
+        assert!(!keys(&two, listed(), false).admit(&mut row));
+        // The tag is the key's first 8 bytes, big-endian, as SQL's
+        // ('x' || left(user_key, 16))::bit(64)::bigint reads them.
+        let token = |hex: &str| crate::contract::Token::parse(&format!("{hex:0<64}")).unwrap();
+        assert_eq!(token("ffffffffffffffff").tag(), -1);
+        assert_eq!(token("0000000000000001").tag(), 1);
+        assert_eq!(token("8000000000000000").tag(), i64::MIN);
     }
 
     #[test]

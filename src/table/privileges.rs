@@ -257,7 +257,8 @@ const AUDIT_GRANTS: &[Grant] = &[("SELECT", "user_logins_pii_audit", AUDIT_COLUM
 /// `login_etl_rekey_*` functions.
 const ROTATE_GRANTS: &[Grant] = &[
     // Chunks of pages (ctid ranges) of one partition at a time
-    // (tableoid), through the parent; the tokens and their version only.
+    // (tableoid), through the parent; the tokens, their version and the
+    // user id their tag is computed from.
     (
         "SELECT",
         "user_logins",
@@ -268,6 +269,8 @@ const ROTATE_GRANTS: &[Grant] = &[
             "masked_device_id",
             "key_version",
             "create_date",
+            // Its rows' user tags at the new version (migrations/0026).
+            "user_id",
         ],
     ),
     // The vault's tokens (never its ciphertexts), read by chunk.

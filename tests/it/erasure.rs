@@ -925,3 +925,82 @@ async fn an_erased_users_login_is_skipped_before_any_rejection_under_every_contr
     }
     assert_eq!(rows_of(&db, user).await, 0);
 }
+
+/// Issue 76, finding 5: the erase role deletes no user's rows under
+/// another user's erasure. Each row carries its user's tag (the first 8
+/// bytes of their user key, written by the function); the owner's delete
+/// is undone (LE015) where a row of the user id it was given is tagged for
+/// another key, and the erase role can neither read a tag nor compute one.
+#[tokio::test]
+async fn the_erase_role_deletes_no_other_users_rows_under_a_key_it_listed() {
+    let db = TestDb::create().await;
+    let ingest = db.ingest_url().await;
+    let erase = db.role_url(Role::Erase).await;
+    let (victim, listed) = ("12345", "0f1e2d3c-4b5a-4697-8a9b-acbdcedf0076");
+    let h = handler_with(&[("DATABASE_URL", &ingest), ("MASKING_KEY", TEST_KEY)])
+        .await
+        .with_vault(key());
+    for (user, seed) in [(victim, 761), (listed, 762)] {
+        let batch = SqsBatch::from(&batch_with(user, 40, 2, seed));
+        h.handle(&batch, Deadline::NONE).await.expect("written");
+    }
+    let masker = Masker::new(&MaskingKey::from_hex(TEST_KEY, "test").unwrap());
+    let admin = db.client().await;
+    // Every row carries its own user's tag.
+    for user in [victim, listed] {
+        let tags: Vec<Option<i64>> = admin
+            .query(
+                "SELECT DISTINCT user_tag FROM user_logins WHERE user_id = $1",
+                &[&user],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(tags, [Some(masker.users().user_key(user).tag())], "{user}");
+    }
+    let mut eraser = connect(&erase).await;
+    let forgotten = login_etl::privacy::forget::forget(&mut eraser, listed, masker.users(), CALLER)
+        .await
+        .expect("the listed user is erased");
+    assert_eq!(forgotten.rows, 20);
+    let before = rows_of(&db, victim).await;
+    assert_eq!(before, 20);
+    // The listed user's key, with the victim's id: nothing of theirs goes.
+    let listed_key = masker.users().user_key(listed);
+    for null_dates in [false, true] {
+        let e = eraser
+            .query_one(
+                "SELECT login_etl_forget_rows($1, $2, NULL, NULL, $3)",
+                &[&victim, &listed_key.as_str(), &null_dates],
+            )
+            .await;
+        match (null_dates, e) {
+            // No row of theirs is without a date: nothing to refuse.
+            (true, Ok(row)) => assert_eq!(row.get::<_, i64>(0), 0),
+            (false, Err(e)) => {
+                assert_eq!(e.code().map(|c| c.code()), Some("LE015"), "{e:?}");
+                let message = e.as_db_error().unwrap().message();
+                assert!(message.contains("tagged for another user key"), "{message}");
+                assert!(!message.contains(victim), "{message}");
+            }
+            (_, other) => panic!("null_dates {null_dates}: {other:?}"),
+        }
+    }
+    assert_eq!(rows_of(&db, victim).await, before, "the victim's rows stay");
+    // The erase role reads no tag.
+    let e = eraser
+        .batch_execute("SELECT user_tag FROM user_logins")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+    );
+    // The victim's own erasure still deletes every row of theirs.
+    let theirs = login_etl::privacy::forget::forget(&mut eraser, victim, masker.users(), CALLER)
+        .await
+        .expect("the victim's own erasure");
+    assert_eq!(theirs.rows, 20);
+}

@@ -226,12 +226,16 @@ impl BatchHandler {
                         record::transform_with(id, message, &keys.masker, &self.contract)
                     })
             };
+            let transformed = transformed.map(|mut row| {
+                let admitted = keys.admit(&mut row);
+                (row, admitted)
+            });
             match transformed {
-                Ok(row) if keys.is_erased(&row.user_id) => {
+                Ok((_, false)) => {
                     trace!(message_id = id, "record of an erased user");
                     out.erased.push(pos);
                 }
-                Ok(row) => {
+                Ok((row, true)) => {
                     trace!(message_id = id, "record valid");
                     if let Some(key) = &self.vault {
                         out.vault.add(key, &row);

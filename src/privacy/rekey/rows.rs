@@ -251,7 +251,7 @@ pub(super) async fn rekey_chunk(
     let rows = tx
         .query_typed(
             &format!(
-                "SELECT ctid::text, masked_ip, masked_device_id FROM user_logins \
+                "SELECT ctid::text, masked_ip, masked_device_id, user_id FROM user_logins \
                  WHERE ctid >= $1::text::tid AND ctid < $2::text::tid AND key_version = $3 \
                  AND tableoid = to_regclass($4) AND {cond}"
             ),
@@ -285,7 +285,7 @@ async fn update_chunk(
         Segment::Range(lo, hi) | Segment::Gap(lo, hi) => (false, lo, hi),
     };
     const UPDATE: Statement = Statement::new(
-        "SELECT login_etl_rekey_rows_chunk($1, $2, $3, $4, $5, $6, $7::text[]::tid[], $8, $9, $10)",
+        "SELECT login_etl_rekey_rows_chunk($1, $2, $3, $4, $5, $6, $7::text[]::tid[], $8, $9, $10, $11)",
         &[
             Type::TEXT,
             Type::INT8,
@@ -296,11 +296,12 @@ async fn update_chunk(
             Type::TEXT_ARRAY,
             Type::VARCHAR_ARRAY,
             Type::VARCHAR_ARRAY,
+            Type::INT8_ARRAY,
             Type::INT2,
         ],
         "re-keying a chunk of rows",
     );
-    let params: [&(dyn ToSql + Sync); 10] = [
+    let params: [&(dyn ToSql + Sync); 11] = [
         &rel,
         &from_page,
         &to_page,
@@ -310,31 +311,38 @@ async fn update_chunk(
         &moved.tids,
         &moved.ips,
         &moved.devices,
+        &moved.tags,
         &old_version,
     ];
     let moved: i64 = UPDATE.value(tx, &params).await?;
     Ok(moved as u64)
 }
 
-/// A chunk's rows at the new version: their ctids and new tokens.
+/// A chunk's rows at the new version: their ctids, new tokens and user
+/// tags (a row without one, from before tags, gets one too).
 struct Moved {
     tids: Vec<String>,
     ips: Vec<Option<String>>,
     devices: Vec<Option<String>>,
+    tags: Vec<Option<i64>>,
 }
 
 impl Moved {
     fn of(rows: &[tokio_postgres::Row], masker: &Masker, to: u16) -> Self {
         let rekey = |text: Option<&str>| text.map(|t| masker.rekey_text(t, to).as_str().to_owned());
+        let users = masker.users().at(to).expect("a re-key's masker reaches its version");
         let mut moved = Moved {
             tids: Vec::with_capacity(rows.len()),
             ips: Vec::with_capacity(rows.len()),
             devices: Vec::with_capacity(rows.len()),
+            tags: Vec::with_capacity(rows.len()),
         };
         for r in rows {
             moved.tids.push(r.get::<_, String>(0));
             moved.ips.push(rekey(r.get(1)));
             moved.devices.push(rekey(r.get(2)));
+            let user_id: Option<&str> = r.get(3);
+            moved.tags.push(user_id.map(|u| users.user_key(u).tag()));
         }
         moved
     }

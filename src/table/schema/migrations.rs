@@ -61,6 +61,7 @@ pub const MIGRATION_FILES: &[MigrationFile] = migration_files![
     "0023_rekey_record",
     "0024_schema_state",
     "0025_retired",
+    "0026_user_tag",
 ];
 
 /// The files `keep` takes, joined in order.

@@ -35,7 +35,7 @@ use crate::table::retry::{failed, with_lock_retries};
 /// it beside the release's (`concat!` takes literals only).
 macro_rules! schema_version {
     () => {
-        21
+        22
     };
 }
 pub(crate) use schema_version;

@@ -155,7 +155,8 @@ async fn upstream_table_is_upgraded_in_place_and_filled() {
             "sent_at",
             "key_version",
             "extra",
-            "defects"
+            "defects",
+            "user_tag"
         ]
     );
     // The old table is the first partition of a partitioned user_logins.

@@ -336,7 +336,15 @@ pub(super) async fn role_tries(d: &Deployment, role: Role, c: &Client) {
                 DENIED,
             )
             .await;
-            refused(c, role, "SELECT user_id FROM user_logins", DENIED).await;
+            // It reads user ids (a re-key computes their tags), no other value.
+            refused(
+                c,
+                role,
+                "SELECT locale, device_type FROM user_logins",
+                DENIED,
+            )
+            .await;
+            refused(c, role, "UPDATE user_logins SET user_tag = 0", DENIED).await;
         }
         Role::Maintain => {
             refused(c, role, "SELECT * FROM user_logins", DENIED).await;

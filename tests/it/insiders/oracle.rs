@@ -114,6 +114,7 @@ pub(super) fn allowed(role: Role) -> Allowed {
                     "masked_device_id",
                     "key_version",
                     "create_date",
+                    "user_id",
                 ],
             ),
             (

@@ -108,11 +108,12 @@ async fn tokens_follow_the_chain_duplicates_match_and_the_vault_still_reveals() 
     assert_eq!(end["detail"]["vault_entries_rekeyed"], entries);
     assert!(end["at"].as_str().is_some());
 
-    // The rotate role reads tokens, never a ciphertext, and writes no row.
+    // The rotate role reads tokens (and the user ids their tags are
+    // computed from), never a ciphertext, and writes no row.
     let rotator = connect(&db.role_url(Role::Rotate).await).await;
     for sql in [
         "SELECT ciphertext FROM user_logins_pii_vault",
-        "SELECT user_id FROM user_logins",
+        "SELECT locale, device_type FROM user_logins",
         "UPDATE user_logins SET user_id = 'x'",
         "INSERT INTO user_logins (user_id) VALUES ('x')",
         "UPDATE user_logins_key_state SET version = 1",
@@ -762,4 +763,50 @@ async fn writers_on_both_keys_beside_the_rekey_leave_no_token_under_the_old_key(
         .unwrap()
         .get(0);
     assert_eq!(old, 0, "nothing left under version 1");
+}
+
+/// Issue 76, finding 5: a re-key moves each row's user tag to the new
+/// version with its tokens, and tags a row that had none (written before
+/// tags, or while the database was masking-only): after it, a forget with
+/// the new version's keys deletes every row of its user, and a row's tag
+/// is its own user's.
+#[tokio::test]
+async fn a_rekey_moves_each_rows_user_tag_and_tags_the_rows_without_one() {
+    let db = TestDb::create().await;
+    let ingest = db.ingest_url().await;
+    let user = "7a3c5e7f-9b1d-4f3a-8c5e-7f9b1d3f5a76";
+    assert!(
+        deliver(&function(&ingest, 1).await, &event(90, 29, Some(user)))
+            .await
+            .is_empty()
+    );
+    let client = db.client().await;
+    let untagged = client
+        .execute(
+            "UPDATE user_logins SET user_tag = NULL WHERE message_id IN \
+             (SELECT message_id FROM user_logins ORDER BY message_id LIMIT 40)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(untagged, 40);
+    let theirs = count_rows_of(&client, user).await;
+    assert!(theirs > 0);
+    rotate(&db, 2, RekeyOptions::default()).await;
+    let v2 = UserKeys::new(&KeyVersions::parse(&doc(&E, 2), "test").unwrap());
+    let rows = client
+        .query("SELECT user_id, user_tag FROM user_logins", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 90);
+    for r in &rows {
+        let (id, tag): (String, Option<i64>) = (r.get(0), r.get(1));
+        assert_eq!(tag, Some(v2.user_key(&id).tag()), "{id}");
+    }
+    let mut eraser = connect(&db.role_url(Role::Erase).await).await;
+    let done = login_etl::privacy::forget::forget(&mut eraser, user, &v2, CALLER)
+        .await
+        .expect("forget after the re-key");
+    assert_eq!(done.rows as i64, theirs);
+    assert_eq!(count_rows_of(&client, user).await, 0);
 }
