@@ -318,6 +318,10 @@ def test_doctor_passes_a_sound_deployment_and_names_each_break_with_its_fix(srv)
             (f'ALTER ROLE "{ingest}" IN DATABASE "{name}" RESET idle_in_transaction_session_timeout', admin, "timeouts",
              "idle_in_transaction_session_timeout = '10min'",
              f"ALTER ROLE \"{ingest}\" IN DATABASE \"{name}\" SET idle_in_transaction_session_timeout = '10min'"),
+            # No statement timeout for the analysts: a forgotten query holds retention off.
+            (f'ALTER ROLE "{name}_reader" IN DATABASE "{name}" RESET statement_timeout', admin, "timeouts",
+             "statement_timeout = '30min'",
+             f"ALTER ROLE \"{name}_reader\" IN DATABASE \"{name}\" SET statement_timeout = '30min'"),
             ("INSERT INTO user_logins (message_id, sent_at, create_date) VALUES ('doc-1', now(), DATE '2001-01-01')",
              admin, "partitions", "login-etl maintain", "DELETE FROM user_logins WHERE message_id = 'doc-1'"),
         ]  # fmt: skip

@@ -940,8 +940,9 @@ async fn the_erase_role_deletes_no_other_users_rows_under_a_key_it_listed() {
     let h = handler_with(&[("DATABASE_URL", &ingest), ("MASKING_KEY", TEST_KEY)])
         .await
         .with_vault(key());
-    for (user, seed) in [(victim, 761), (listed, 762)] {
-        let batch = SqsBatch::from(&batch_with(user, 40, 2, seed));
+    // The victim's rows by COPY (a batch of 600), the listed user's by INSERT.
+    for (user, count, seed) in [(victim, 600, 761), (listed, 40, 762)] {
+        let batch = SqsBatch::from(&batch_with(user, count, 2, seed));
         h.handle(&batch, Deadline::NONE).await.expect("written");
     }
     let masker = Masker::new(&MaskingKey::from_hex(TEST_KEY, "test").unwrap());
@@ -966,7 +967,7 @@ async fn the_erase_role_deletes_no_other_users_rows_under_a_key_it_listed() {
         .expect("the listed user is erased");
     assert_eq!(forgotten.rows, 20);
     let before = rows_of(&db, victim).await;
-    assert_eq!(before, 20);
+    assert_eq!(before, 300);
     // The listed user's key, with the victim's id: nothing of theirs goes.
     let listed_key = masker.users().user_key(listed);
     for null_dates in [false, true] {
@@ -1002,5 +1003,5 @@ async fn the_erase_role_deletes_no_other_users_rows_under_a_key_it_listed() {
     let theirs = login_etl::privacy::forget::forget(&mut eraser, victim, masker.users(), CALLER)
         .await
         .expect("the victim's own erasure");
-    assert_eq!(theirs.rows, 20);
+    assert_eq!(theirs.rows, 300);
 }

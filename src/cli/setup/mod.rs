@@ -17,13 +17,9 @@ use super::PasswordArgs;
 use super::password::Admin;
 use crate::database::settings::DbConfig;
 use crate::profile::Profile;
+use crate::table::doctor::{IDLE_IN_TRANSACTION_TIMEOUT, READER_STATEMENT_TIMEOUT};
 use crate::table::privileges::Role;
 use crate::table::retention::Kept;
-
-/// The idle-transaction timeout every login role gets in this database:
-/// a session left in a transaction cannot hold retention off for longer
-/// (doctor's `timeouts` check).
-const IDLE_IN_TRANSACTION_TIMEOUT: &str = "10min";
 
 /// How the roles prove who they are (`--auth`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -282,6 +278,13 @@ fn admin_statements(plan: &Plan, roles: &[Role]) -> String {
             escape_literal(&name),
             escape_literal(IDLE_IN_TRANSACTION_TIMEOUT),
         ));
+        if role == Role::Reader {
+            sql.push_str(&format!(
+                "DO $setup$ BEGIN EXECUTE format('ALTER ROLE %I IN DATABASE %I SET statement_timeout = %L', {}, current_database(), {}); END $setup$;\n",
+                escape_literal(&name),
+                escape_literal(READER_STATEMENT_TIMEOUT),
+            ));
+        }
         if plan.schema != "public" {
             sql.push_str(&format!(
                 "DO $setup$ BEGIN EXECUTE format('ALTER ROLE %I IN DATABASE %I SET search_path = %I', {}, current_database(), {}); END $setup$;\n",

@@ -169,7 +169,7 @@ async fn examine_in_transaction(
     tampering::owner(client, &mut report).await?;
     partitions_ahead(client, today, &mut report).await?;
     retention(client, today, retention_days, &mut report).await?;
-    idle_timeouts(client, &mut report).await?;
+    timeouts(client, &mut report).await?;
     replication::check(client, &mut report).await?;
     Ok(report)
 }
@@ -447,47 +447,73 @@ async fn stored_settings(
 /// still lift it in a session of its own (docs/insiders.md).
 pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "10min";
 
-/// Each registered login role without an
-/// `idle_in_transaction_session_timeout`: the first of its own in this
-/// database, its own in all, the database's, or the server's (its
-/// configuration file or command line) that is set, is 0 or none is.
-async fn idle_timeouts(client: &Client, report: &mut Report) -> Result<(), tokio_postgres::Error> {
+/// What the reader role should have besides: a `statement_timeout`, so
+/// that an analyst's forgotten query does not hold retention (a dropped
+/// partition waits for it) for hours. The other roles' statements are
+/// bounded by their commands (the function's `DB_STATEMENT_TIMEOUT_MS`),
+/// or must not be cut off (a migration, a purge, a re-key's chunk).
+pub const READER_STATEMENT_TIMEOUT: &str = "30min";
+
+/// The timeouts [`timeouts`] checks: the setting, the value README's
+/// block gives it, the role kind it is for (`None`: every kind), and why.
+const TIMEOUTS: [(&str, &str, Option<&str>, &str); 2] = [
+    (
+        "idle_in_transaction_session_timeout",
+        IDLE_IN_TRANSACTION_TIMEOUT,
+        None,
+        "a session of it left idle in a transaction holds its locks (and maintain's retention behind them) until someone ends it",
+    ),
+    (
+        "statement_timeout",
+        READER_STATEMENT_TIMEOUT,
+        Some("reader"),
+        "an analyst's query that runs for hours holds maintain's retention (a partition's drop) behind it",
+    ),
+];
+
+/// Each registered login role without a timeout of [`TIMEOUTS`] its kind
+/// should have: the first of its own in this database, its own in all,
+/// the database's, or the server's (its configuration file or command
+/// line) that is set, is 0 or none is.
+async fn timeouts(client: &Client, report: &mut Report) -> Result<(), tokio_postgres::Error> {
     report.checks.push("timeouts");
     if !registry(client).await? {
         return Ok(());
     }
-    let rows = client
-        .query(
-            "WITH here AS (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()), \
-             setting AS (SELECT d.setrole, d.setdatabase, trim(both '''' from substr(c, strpos(c, '=') + 1)) AS value \
-                 FROM pg_catalog.pg_db_role_setting d CROSS JOIN LATERAL unnest(d.setconfig) AS c \
-                 WHERE split_part(c, '=', 1) = 'idle_in_transaction_session_timeout' \
-                   AND d.setdatabase IN (0, (SELECT oid FROM here))) \
-             SELECT r.role_name::text, pg_catalog.current_database()::text FROM user_logins_roles r \
-             JOIN pg_catalog.pg_roles a ON a.rolname = r.role_name AND a.rolcanlogin \
-             WHERE coalesce( \
-                 (SELECT s.value FROM setting s WHERE s.setrole IN (a.oid, 0) \
-                  ORDER BY s.setrole = a.oid AND s.setdatabase <> 0 DESC, s.setrole = a.oid DESC, s.setdatabase <> 0 DESC \
-                  LIMIT 1), \
-                 (SELECT p.setting FROM pg_catalog.pg_settings p WHERE p.name = 'idle_in_transaction_session_timeout' \
-                    AND p.source IN ('configuration file', 'command line')), \
-                 '0') ~ '^\\s*0*(\\.0*)?\\s*[a-z]*\\s*$' \
-             ORDER BY 1",
-            &[],
-        )
-        .await?;
-    for row in rows {
-        let (role, database): (String, String) = (row.get(0), row.get(1));
-        report.found(
-            "timeouts",
-            format!("role {role}"),
-            "has no idle_in_transaction_session_timeout: a session of it left idle in a transaction holds its locks (and maintain's retention behind them) until someone ends it".into(),
-            format!(
-                "as the admin: ALTER ROLE {} IN DATABASE {} SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_TIMEOUT}' (README's block sets it)",
-                ident(&role),
-                ident(&database)
-            ),
-        );
+    for (setting, value, kind, why) in TIMEOUTS {
+        let rows = client
+            .query(
+                "WITH here AS (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()), \
+                 setting AS (SELECT d.setrole, d.setdatabase, trim(both '''' from substr(c, strpos(c, '=') + 1)) AS value \
+                     FROM pg_catalog.pg_db_role_setting d CROSS JOIN LATERAL unnest(d.setconfig) AS c \
+                     WHERE split_part(c, '=', 1) = $1 \
+                       AND d.setdatabase IN (0, (SELECT oid FROM here))) \
+                 SELECT r.role_name::text, pg_catalog.current_database()::text FROM user_logins_roles r \
+                 JOIN pg_catalog.pg_roles a ON a.rolname = r.role_name AND a.rolcanlogin \
+                 WHERE ($2::text IS NULL OR r.kind = $2) AND coalesce( \
+                     (SELECT s.value FROM setting s WHERE s.setrole IN (a.oid, 0) \
+                      ORDER BY s.setrole = a.oid AND s.setdatabase <> 0 DESC, s.setrole = a.oid DESC, s.setdatabase <> 0 DESC \
+                      LIMIT 1), \
+                     (SELECT p.setting FROM pg_catalog.pg_settings p WHERE p.name = $1 \
+                        AND p.source IN ('configuration file', 'command line')), \
+                     '0') ~ '^\\s*0*(\\.0*)?\\s*[a-z]*\\s*$' \
+                 ORDER BY 1",
+                &[&setting, &kind],
+            )
+            .await?;
+        for row in rows {
+            let (role, database): (String, String) = (row.get(0), row.get(1));
+            report.found(
+                "timeouts",
+                format!("role {role}"),
+                format!("has no {setting}: {why}"),
+                format!(
+                    "as the admin: ALTER ROLE {} IN DATABASE {} SET {setting} = '{value}' (README's block sets it)",
+                    ident(&role),
+                    ident(&database)
+                ),
+            );
+        }
     }
     Ok(())
 }

@@ -62,6 +62,7 @@ pub const MIGRATION_FILES: &[MigrationFile] = migration_files![
     "0024_schema_state",
     "0025_retired",
     "0026_user_tag",
+    "0027_defects_codes_only",
 ];
 
 /// The files `keep` takes, joined in order.

@@ -253,3 +253,110 @@ async fn a_planted_operator_never_runs_as_the_owner_and_an_open_schema_is_report
         "{again}"
     );
 }
+
+/// Issue 76, finding 3: `defects` holds codes only, by the table's check
+/// as well as by the function. Every code the function can write (each
+/// defect of every field, a declared extra field's, all at once) is
+/// stored by the ingest role; an address, an email, an SSN, a code with
+/// a value beside it, a name with a run of digits or an empty list is
+/// refused (23514), and nothing of it is stored.
+#[tokio::test]
+async fn defects_hold_codes_only_whoever_writes_the_row() {
+    use login_etl::app_version::{Derivation, VersionError};
+    use login_etl::contract::{Defect, ExtraProblem, FIELDS, FieldName};
+    let d = deploy(false).await;
+    let c = d.connect(Role::Ingest).await;
+    let extra = FieldName::of("os_name_2");
+    let mut codes: Vec<String> = Vec::new();
+    for f in FIELDS {
+        for defect in [
+            Defect::Missing(f),
+            Defect::WrongType(f),
+            Defect::Empty(f),
+            Defect::TooLong(f),
+            Defect::Nul(f),
+            Defect::Duplicate(f),
+        ] {
+            codes.push(defect.code().into_owned());
+        }
+    }
+    for defect in [
+        Defect::UserIdInteger,
+        Defect::DeviceIdInteger,
+        Defect::IpPort,
+        Defect::IpZone,
+        Defect::IpList,
+        Defect::IpUnparseable,
+        Defect::RebuiltFromCopy,
+    ] {
+        codes.push(defect.code().into_owned());
+    }
+    for d in [
+        Derivation::Prefix,
+        Derivation::FourthPart,
+        Derivation::Suffix,
+        Derivation::Unparsed,
+        Derivation::OutOfRange,
+    ] {
+        codes.push(
+            Defect::AppVersion(d, VersionError::Shape)
+                .code()
+                .into_owned(),
+        );
+    }
+    for p in [
+        ExtraProblem::Duplicate,
+        ExtraProblem::TooLong,
+        ExtraProblem::NulCharacter,
+        ExtraProblem::Invalid,
+        ExtraProblem::NotScalar,
+    ] {
+        codes.push(Defect::Extra(p, extra).code().into_owned());
+    }
+    let insert = |i: usize| {
+        format!(
+            "INSERT INTO user_logins (message_id, user_id, defects, sent_at, create_date) \
+             VALUES ('codes-{i}', 'u', $1, now(), (now() AT TIME ZONE 'UTC')::date)"
+        )
+    };
+    for (i, code) in codes.iter().enumerate() {
+        c.execute(&insert(i), &[&vec![code.as_str()]])
+            .await
+            .unwrap_or_else(|e| panic!("{code}: {e:?}"));
+    }
+    let all: Vec<&str> = codes.iter().take(32).map(String::as_str).collect();
+    c.execute(&insert(1000), &[&all])
+        .await
+        .expect("32 codes at once");
+    let rejected: [&[&str]; 8] = [
+        &["203.0.113.77"],
+        &["alice@example.com"],
+        &["593-47-5928"],
+        &["ip.port", "ip.port 203.0.113.77"],
+        &["ip_203_0_1134.missing"],
+        &["ip.port", "user_id.alice_example_com"],
+        &[],
+        &["ip.port"; 33],
+    ];
+    for (i, defects) in rejected.iter().enumerate() {
+        let e = c
+            .execute(&insert(2000 + i), &[&defects.to_vec()])
+            .await
+            .expect_err("not codes");
+        assert_eq!(
+            e.code().map(|c| c.code()),
+            Some("23514"),
+            "{defects:?}: {e:?}"
+        );
+    }
+    let stored: i64 = d
+        .admin
+        .query_one(
+            "SELECT count(*) FROM user_logins WHERE message_id LIKE 'codes-%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored as usize, codes.len() + 1);
+}
