@@ -148,7 +148,7 @@ pub fn bare_insert(rows: &[LoginRow<'_>]) -> String {
         .iter()
         .map(|r| {
             format!(
-                "({}, {}, {}, {}, {}, {}, {}, {}, '{}', '{}', {})",
+                "({}, {}, {}, {}, {}, {}, {}, {}, '{}', '{}', {}, {})",
                 lit(r.message_id),
                 lit(&r.user_id),
                 opt(r.device_type.as_deref()),
@@ -159,13 +159,14 @@ pub fn bare_insert(rows: &[LoginRow<'_>]) -> String {
                 opt(r.app_version_text.as_deref()),
                 r.create_date,
                 r.sent_at.to_rfc3339(),
-                r.key_version
+                r.key_version,
+                r.user_tag.map_or("NULL".into(), |t| t.to_string())
             )
         })
         .collect();
     format!(
         "BEGIN; INSERT INTO user_logins (message_id, user_id, device_type, masked_ip, masked_device_id, \
-         locale, app_version, app_version_text, create_date, sent_at, key_version) VALUES {}; COMMIT",
+         locale, app_version, app_version_text, create_date, sent_at, key_version, user_tag) VALUES {}; COMMIT",
         values.join(", ")
     )
 }
