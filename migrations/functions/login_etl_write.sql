@@ -24,6 +24,12 @@
 -- unnest cannot take an array of arrays, and is cast back. The twelve
 -- columns of before `defects`, which 0.1.0's binaries called, were retired
 -- by migrations/0025_retired.sql.
+--
+-- The overload 0.2.0's binaries call (the contract's thirteen columns of
+-- before `user_tag`) is written out below it: a database this release
+-- made (not migrated from 0.2.0) has it too, so the previous release's
+-- function goes on ingesting after a rollback (docs/upgrade.md;
+-- tests/test_dist.py). Its rows have no tag.
 CREATE OR REPLACE FUNCTION login_etl_write(
     known bigint, key_version integer, checked_from integer, {{array_arguments}})
 RETURNS bigint
@@ -36,6 +42,31 @@ BEGIN
     -- arbitrates (src/ingest/sink/insert.rs).
     INSERT INTO user_logins ({{columns}})
     SELECT {{select_list}} FROM unnest({{array_names}}) AS r({{columns}})
+    ON CONFLICT DO NOTHING;
+    GET DIAGNOSTICS v_inserted = ROW_COUNT;
+    RETURN v_inserted;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION login_etl_write(
+    known bigint, key_version integer, checked_from integer, message_ids varchar[], user_ids varchar[],
+    device_types varchar[], masked_ips varchar[], masked_device_ids varchar[], locales varchar[],
+    app_versions integer[], app_version_texts varchar[], create_dates date[], sent_ats timestamptz[],
+    key_versions smallint[], defectss text[], extras jsonb[])
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_inserted bigint;
+BEGIN
+    PERFORM login_etl_check_write(known, key_version, checked_from);
+    INSERT INTO user_logins (message_id, user_id, device_type, masked_ip, masked_device_id, locale,
+        app_version, app_version_text, create_date, sent_at, key_version, defects, extra)
+    SELECT r.message_id, r.user_id, r.device_type, r.masked_ip, r.masked_device_id, r.locale,
+        r.app_version, r.app_version_text, r.create_date, r.sent_at, r.key_version, r.defects::text[], r.extra
+    FROM unnest(message_ids, user_ids, device_types, masked_ips, masked_device_ids, locales, app_versions,
+        app_version_texts, create_dates, sent_ats, key_versions, defectss, extras)
+        AS r(message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version,
+             app_version_text, create_date, sent_at, key_version, defects, extra)
     ON CONFLICT DO NOTHING;
     GET DIAGNOSTICS v_inserted = ROW_COUNT;
     RETURN v_inserted;

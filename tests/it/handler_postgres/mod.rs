@@ -175,6 +175,47 @@ async fn upstream_table_is_upgraded_in_place_and_filled() {
     assert_eq!(count_rows(&client).await, 2 + event.records.len() as i64);
 }
 
+/// A rollback (docs/upgrade.md): the previous release's binaries call the
+/// write of its thirteen columns, which a database this release made has
+/// too (migrations/functions/login_etl_write.sql); as the ingest role,
+/// its row is stored, without a tag. (tests/test_dist.py runs 0.2.0's
+/// binary itself.)
+#[tokio::test]
+async fn the_previous_releases_write_is_there_on_a_database_this_release_made() {
+    let db = TestDb::create().await;
+    let ingest = connect(&db.ingest_url().await).await;
+    let version: i32 = ingest
+        .query_one("SELECT version::int4 FROM login_etl_key_state()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let token = "a".repeat(64);
+    let n: i64 = ingest
+        .query_one(
+            "SELECT login_etl_write(0::int8, $1::int4, $1::int4, ARRAY['m-020']::varchar[], \
+             ARRAY['u-020']::varchar[], ARRAY['ios']::varchar[], ARRAY[$2]::varchar[], ARRAY[$2]::varchar[], \
+             ARRAY['en']::varchar[], ARRAY[2003000]::int4[], ARRAY['2.3.0']::varchar[], \
+             ARRAY[(now() AT TIME ZONE 'UTC')::date], ARRAY[now()], ARRAY[$1::int2], \
+             ARRAY[NULL]::text[], ARRAY[NULL]::jsonb[])",
+            &[&version, &token],
+        )
+        .await
+        .expect("0.2.0's write")
+        .get(0);
+    assert_eq!(n, 1);
+    let tag: Option<i64> = db
+        .client()
+        .await
+        .query_one(
+            "SELECT user_tag FROM user_logins WHERE message_id = 'm-020'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tag, None);
+}
+
 #[tokio::test]
 async fn missing_schema_fails_the_invocation_with_a_hint() {
     let db = TestDb::create().await;
