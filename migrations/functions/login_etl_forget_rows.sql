@@ -8,13 +8,15 @@
 -- that wrote its forget_begun record): a delete never comes before its
 -- record is durable. The erase role holds no DELETE of its own.
 --
--- A row carries its user's tag (migrations/0026_user_tag.sql: the first 8
--- bytes of the user key the function computed for it, at the row's key
--- version): a delete that reaches a row of `user_id` tagged for another
--- key is undone (LE015), so no erasure deletes a user it did not list.
--- The erase role cannot read the tag, and holds no key to compute one. A
--- row without a tag (written before 0.3.0, or while the database was
--- masking-only) is deleted by user id alone; rotate-key tags it.
+-- A row carries its user's tag (migrations/0026_user_tag.sql: 8 bytes of
+-- the SHA-256 of the user key the function computed for it, at the row's
+-- key version): a delete that reaches a row of `user_id` tagged for
+-- another key is undone (LE015), so no erasure deletes a user it did not
+-- list. The erase role cannot read the tag, holds no key to compute one,
+-- and a tag read elsewhere names no key it could list. A row without a
+-- tag (written before 0.3.0, by 0.2.0's function after a rollback, or
+-- where the function's user keys were not the list's) is deleted by user
+-- id alone, until a key rotation tags it.
 CREATE OR REPLACE FUNCTION login_etl_forget_rows(user_id varchar, user_key varchar, lo date, hi date,
     null_dates boolean)
 RETURNS bigint
@@ -29,8 +31,9 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'LE012',
             MESSAGE = 'this user key is not on the erasure list by a committed forget: list the user first (its forget_begun record commits with it)';
     END IF;
-    -- Listed keys are 64 hex digits (user_logins_erased_key_only).
-    v_tag := ('x' || left(login_etl_forget_rows.user_key, 16))::bit(64)::bigint;
+    -- The tag of the key (src/contract/row.rs, Token::tag): one-way, so a
+    -- tag read from a row names no key an erasure could list.
+    v_tag := ('x' || left(encode(sha256(convert_to(login_etl_forget_rows.user_key, 'UTF8')), 'hex'), 16))::bit(64)::bigint;
     IF null_dates THEN
         WITH gone AS (DELETE FROM user_logins u WHERE u.user_id = login_etl_forget_rows.user_id
                         AND u.create_date IS NULL RETURNING u.masked_ip, u.masked_device_id, u.user_tag),
@@ -55,9 +58,12 @@ BEGIN
     IF v_foreign > 0 THEN
         RAISE EXCEPTION USING ERRCODE = 'LE015',
             MESSAGE = format('%s rows of this user id are tagged for another user key, so nothing was deleted: '
-                             'the function tags each row with the key this forget checked against the database, '
-                             'so these rows were written or altered by something else: find what with login-etl doctor '
-                             'and the database log before erasing again (docs/insiders.md)', v_foreign);
+                             'login-etl''s function and rotate-key tag each row with the user key this forget '
+                             'checked against the database, so something else wrote or changed these rows (an '
+                             'ingest credential writing rows itself, a rotate credential during a rotation, or the '
+                             'tables'' owner): as the owner, count this user id''s rows by user_tag (the user''s '
+                             'own tag is on the rows the function wrote), find who wrote the others in the '
+                             'database''s log, delete the forged ones, then erase again (docs/insiders.md)', v_foreign);
     END IF;
     RETURN v_rows;
 END

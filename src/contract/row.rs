@@ -140,12 +140,14 @@ impl Token {
         Token(out)
     }
 
-    /// Its first 8 bytes as a big-endian `bigint`: a user key's tag on
-    /// its user's rows, as `login_etl_forget_rows` reads it from the key's
-    /// text (`('x' || left(user_key, 16))::bit(64)::bigint`).
+    /// A user key's tag on its user's rows: the first 8 bytes, big-endian,
+    /// of the SHA-256 of its text, as `login_etl_forget_rows` computes it
+    /// from a listed key. One-way, so that a tag read (by the reader role)
+    /// gives no key an erasure could list to match it.
     pub fn tag(&self) -> i64 {
-        let hex = std::str::from_utf8(&self.0[..16]).expect("hex is ASCII");
-        u64::from_str_radix(hex, 16).expect("16 hex digits") as i64
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(self.0);
+        i64::from_be_bytes(digest[..8].try_into().expect("a digest has 8 bytes"))
     }
 
     /// A token written as text (64 lowercase hex characters); `None` for

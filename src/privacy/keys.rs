@@ -173,8 +173,9 @@ pub struct BatchKeys {
     pub erased: ErasedUsers,
     /// The masker at the database's key version.
     pub masker: Masker,
-    /// The database keeps an erasure list (its full profile): each row
-    /// carries its user's tag ([`BatchKeys::admit`]).
+    /// The database keeps an erasure list (its full profile) and the user
+    /// keys are the erasure key's: each row carries its user's tag
+    /// ([`BatchKeys::admit`]).
     pub tags: bool,
 }
 
@@ -261,8 +262,14 @@ impl Keys {
         let keys = BatchKeys {
             versions: list.versions,
             erased: list.users,
+            // Tags only under the erasure key's user keys: user keys derived
+            // from the masking key (a list from before erasure keys, or an
+            // environment without the erasure key first to use a full
+            // database: docs/runbooks/erasure.md) would leave tags that the
+            // erasure key's forget takes for another user's once the list
+            // moves to its own keys. rotate-key does the same.
+            tags: list.erasure && !masker.users().is_derived(),
             masker: masker.with_redrive_floor(floor),
-            tags: list.erasure,
         };
         Ok((keys, to_record))
     }
@@ -509,12 +516,12 @@ mod tests {
         let listed = || ErasedUsers::new([two.user_key("u-1").as_str().to_owned()].into(), 2);
         assert!(!keys(&two, listed(), true).admit(&mut row));
         assert!(!keys(&two, listed(), false).admit(&mut row));
-        // The tag is the key's first 8 bytes, big-endian, as SQL's
-        // ('x' || left(user_key, 16))::bit(64)::bigint reads them.
-        let token = |hex: &str| crate::contract::Token::parse(&format!("{hex:0<64}")).unwrap();
-        assert_eq!(token("ffffffffffffffff").tag(), -1);
-        assert_eq!(token("0000000000000001").tag(), 1);
-        assert_eq!(token("8000000000000000").tag(), i64::MIN);
+        // The tag is the first 8 bytes, big-endian, of the SHA-256 of the
+        // key's text, as login_etl_forget_rows computes it: PostgreSQL gave
+        // these two (the second's first bit set: a negative bigint).
+        let tag = |pair: &str| crate::contract::Token::parse(&pair.repeat(32)).unwrap().tag();
+        assert_eq!(tag("cd"), 4_144_959_589_210_620_228);
+        assert_eq!(tag("ef"), 0x86ff_9fd5_71dc_3dde_u64 as i64);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use aws_lambda_events::event::sqs::SqsEvent;
 use common::*;
-use login_etl::privacy::masking::{Masker, MaskingKey};
+use login_etl::privacy::masking::{KeyVersions, Masker, MaskingKey, UserKeys};
 use login_etl::synth::{self, Options};
 use login_etl::table::privileges::Role;
 use login_etl::{Deadline, Outcome, SqsBatch};
@@ -937,15 +937,22 @@ async fn the_erase_role_deletes_no_other_users_rows_under_a_key_it_listed() {
     let ingest = db.ingest_url().await;
     let erase = db.role_url(Role::Erase).await;
     let (victim, listed) = ("12345", "0f1e2d3c-4b5a-4697-8a9b-acbdcedf0076");
-    let h = handler_with(&[("DATABASE_URL", &ingest), ("MASKING_KEY", TEST_KEY)])
-        .await
-        .with_vault(key());
+    // Tags are written under the erasure key's user keys (none under keys
+    // derived from the masking key: its test is the last below).
+    let erasure = "cd".repeat(32);
+    let h = handler_with(&[
+        ("DATABASE_URL", &ingest),
+        ("MASKING_KEY", TEST_KEY),
+        ("ERASURE_KEY", &erasure),
+    ])
+    .await
+    .with_vault(key());
     // The victim's rows by COPY (a batch of 600), the listed user's by INSERT.
     for (user, count, seed) in [(victim, 600, 761), (listed, 40, 762)] {
         let batch = SqsBatch::from(&batch_with(user, count, 2, seed));
         h.handle(&batch, Deadline::NONE).await.expect("written");
     }
-    let masker = Masker::new(&MaskingKey::from_hex(TEST_KEY, "test").unwrap());
+    let users = UserKeys::new(&KeyVersions::parse(&erasure, "test").unwrap());
     let admin = db.client().await;
     // Every row carries its own user's tag.
     for user in [victim, listed] {
@@ -959,17 +966,17 @@ async fn the_erase_role_deletes_no_other_users_rows_under_a_key_it_listed() {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        assert_eq!(tags, [Some(masker.users().user_key(user).tag())], "{user}");
+        assert_eq!(tags, [Some(users.user_key(user).tag())], "{user}");
     }
     let mut eraser = connect(&erase).await;
-    let forgotten = login_etl::privacy::forget::forget(&mut eraser, listed, masker.users(), CALLER)
+    let forgotten = login_etl::privacy::forget::forget(&mut eraser, listed, &users, CALLER)
         .await
         .expect("the listed user is erased");
     assert_eq!(forgotten.rows, 20);
     let before = rows_of(&db, victim).await;
     assert_eq!(before, 300);
     // The listed user's key, with the victim's id: nothing of theirs goes.
-    let listed_key = masker.users().user_key(listed);
+    let listed_key = users.user_key(listed);
     for null_dates in [false, true] {
         let e = eraser
             .query_one(
@@ -1000,8 +1007,34 @@ async fn the_erase_role_deletes_no_other_users_rows_under_a_key_it_listed() {
         Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
     );
     // The victim's own erasure still deletes every row of theirs.
-    let theirs = login_etl::privacy::forget::forget(&mut eraser, victim, masker.users(), CALLER)
+    let theirs = login_etl::privacy::forget::forget(&mut eraser, victim, &users, CALLER)
         .await
         .expect("the victim's own erasure");
     assert_eq!(theirs.rows, 300);
+    // A function without the erasure key, first to use a database (user
+    // keys derived from the masking key: docs/runbooks/erasure.md, "Keyed
+    // first without the erasure key"), writes rows without tags: the
+    // erasure key's forget would take derived ones for another user's.
+    let db = TestDb::create().await;
+    let derived = handler_with(&[
+        ("DATABASE_URL", &db.ingest_url().await),
+        ("MASKING_KEY", TEST_KEY),
+    ])
+    .await
+    .with_vault(key());
+    let event = batch_with(victim, 40, 2, 763);
+    derived
+        .handle(&SqsBatch::from(&event), Deadline::NONE)
+        .await
+        .expect("written");
+    let (rows, tagged): (i64, i64) = {
+        let r = db
+            .client()
+            .await
+            .query_one("SELECT count(*), count(user_tag) FROM user_logins", &[])
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((rows, tagged), (40, 0));
 }

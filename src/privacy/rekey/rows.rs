@@ -319,7 +319,8 @@ async fn update_chunk(
 }
 
 /// A chunk's rows at the new version: their ctids, new tokens and user
-/// tags (a row without one, from before tags, gets one too).
+/// tags (a row without one, from before tags, gets one too; none under
+/// user keys derived from the masking key).
 struct Moved {
     tids: Vec<String>,
     ips: Vec<Option<String>>,
@@ -330,7 +331,10 @@ struct Moved {
 impl Moved {
     fn of(rows: &[tokio_postgres::Row], masker: &Masker, to: u16) -> Self {
         let rekey = |text: Option<&str>| text.map(|t| masker.rekey_text(t, to).as_str().to_owned());
-        let users = masker.users().at(to).expect("a re-key's masker reaches its version");
+        // Tags under the erasure key's user keys only (as the function
+        // writes them: BatchKeys::tags); with derived ones, none.
+        let users = (!masker.users().is_derived())
+            .then(|| masker.users().at(to).expect("a re-key's masker reaches its version"));
         let mut moved = Moved {
             tids: Vec::with_capacity(rows.len()),
             ips: Vec::with_capacity(rows.len()),
@@ -342,7 +346,7 @@ impl Moved {
             moved.ips.push(rekey(r.get(1)));
             moved.devices.push(rekey(r.get(2)));
             let user_id: Option<&str> = r.get(3);
-            moved.tags.push(user_id.map(|u| users.user_key(u).tag()));
+            moved.tags.push(user_id.zip(users.as_ref()).map(|(u, k)| k.user_key(u).tag()));
         }
         moved
     }

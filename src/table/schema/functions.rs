@@ -441,9 +441,9 @@ mod tests {
             .iter()
             .find(|f| f.name == "login_etl_write")
             .unwrap();
-        // Filled in from the contract's columns.
+        // Filled in from the contract's columns; then 0.2.0's, written out.
         let sigs = w.signatures();
-        assert_eq!(sigs.len(), 1);
+        assert_eq!(sigs.len(), 2, "{sigs:?}");
         assert_eq!(
             sigs[0],
             format!(
@@ -453,5 +453,12 @@ mod tests {
         );
         assert!(sigs[0].ends_with("extras jsonb[])"), "{}", sigs[0]);
         assert!(sigs[0].contains("defectss text[]"), "{}", sigs[0]);
+        assert!(sigs[0].contains("user_tags bigint[]"), "{}", sigs[0]);
+        assert!(
+            sigs[1].ends_with("key_versions smallint[], defectss text[], extras jsonb[])")
+                && !sigs[1].contains("user_tag"),
+            "{}",
+            sigs[1]
+        );
     }
 }
