@@ -15,8 +15,9 @@
 -- list. The erase role cannot read the tag, holds no key to compute one,
 -- and a tag read elsewhere names no key it could list. A row without a
 -- tag (written before 0.3.0, by 0.2.0's function after a rollback, or
--- where the function's user keys were not the list's) is deleted by user
--- id alone, until a key rotation tags it.
+-- under user keys derived from the masking key, which a list from before
+-- erasure keys keeps for good and so never tags) is deleted by user id
+-- alone; a key rotation under the erasure key's own keys tags it.
 CREATE OR REPLACE FUNCTION login_etl_forget_rows(user_id varchar, user_key varchar, lo date, hi date,
     null_dates boolean)
 RETURNS bigint
@@ -61,9 +62,9 @@ BEGIN
                              'login-etl''s function and rotate-key tag each row with the user key this forget '
                              'checked against the database, so something else wrote or changed these rows (an '
                              'ingest credential writing rows itself, a rotate credential during a rotation, or the '
-                             'tables'' owner): as the owner, count this user id''s rows by user_tag (the user''s '
-                             'own tag is on the rows the function wrote), find who wrote the others in the '
-                             'database''s log, delete the forged ones, then erase again (docs/insiders.md)', v_foreign);
+                             'tables'' owner): as the owner, the user''s own tag is '
+                             '(''x'' || left(encode(sha256(convert_to(<the user_key of this run''s forget_begun record: login-etl audit>, ''UTF8'')), ''hex''), 16))::bit(64)::bigint; '
+                             'delete only this user id''s rows whose user_tag is another, then erase again (docs/insiders.md)', v_foreign);
     END IF;
     RETURN v_rows;
 END

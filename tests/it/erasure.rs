@@ -927,8 +927,8 @@ async fn an_erased_users_login_is_skipped_before_any_rejection_under_every_contr
 }
 
 /// Issue 76, finding 5: the erase role deletes no user's rows under
-/// another user's erasure. Each row carries its user's tag (the first 8
-/// bytes of their user key, written by the function); the owner's delete
+/// another user's erasure. Each row carries its user's tag (8 bytes of the
+/// SHA-256 of their user key, written by the function); the owner's delete
 /// is undone (LE015) where a row of the user id it was given is tagged for
 /// another key, and the erase role can neither read a tag nor compute one.
 #[tokio::test]
