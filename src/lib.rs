@@ -24,6 +24,8 @@
 //!   PostgreSQL's conventions, passwords or RDS IAM tokens, TLS;
 //! - `grants`: the database roles as GRANT statements (`login-etl grants`);
 //! - [`logging`]: the log subscriber and its PII guard;
+//! - [`telemetry`]: traces, OpenTelemetry spans exported by OTLP/HTTP
+//!   when `OTEL_EXPORTER_OTLP_ENDPOINT` is set;
 //! - `app_version`: the sortable integer encoding of versions;
 //! - [`synth`]: synthetic, realistic events for tests, demos and benchmarks;
 //! - `emf`: what every EMF document shares (namespace, service, level);
@@ -49,6 +51,7 @@ cfg_if::cfg_if! {
         pub mod logging;
         pub mod raw_payload;
         pub mod startup;
+        pub mod telemetry;
     }
 }
 

@@ -42,6 +42,19 @@ pub fn subscriber<W>(writer: W, json: bool, filter: &str) -> Box<dyn Subscriber 
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
+    subscriber_with(writer, json, filter, None)
+}
+
+/// [`subscriber`], with the layer that exports the invocation's span.
+fn subscriber_with<W>(
+    writer: W,
+    json: bool,
+    filter: &str,
+    invocation: Option<InvocationLayer>,
+) -> Box<dyn Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let targets = filter.parse::<Targets>().unwrap_or_default();
     let env = match targets.default_level() {
         Some(_) => targets,
@@ -58,7 +71,9 @@ where
         fmt.boxed()
     };
     Box::new(
-        tracing_subscriber::registry().with(fmt.with_filter(env).with_filter(filter_fn(allowed))),
+        tracing_subscriber::registry()
+            .with(invocation)
+            .with(fmt.with_filter(env).with_filter(filter_fn(allowed))),
     )
 }
 
@@ -73,6 +88,24 @@ pub enum Output {
 
 /// Installs the subscriber for the process, configured from the environment.
 pub fn init(output: Output) {
+    install(output, None);
+}
+
+/// [`init`], for the Lambda function and `login-etl poll`: with traces
+/// when OpenTelemetry's variables ask for them (`crate::telemetry`; a
+/// wrong one is logged, and the process goes on without).
+pub fn init_traced(output: Output) {
+    let traces = crate::telemetry::init();
+    install(output, crate::telemetry::invocation_layer());
+    if let Err(e) = traces {
+        tracing::error!(error = %e, "tracing is off");
+    }
+}
+
+type InvocationLayer =
+    Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+
+fn install(output: Output, invocation: Option<InvocationLayer>) {
     let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let filter = std::env::var("AWS_LAMBDA_LOG_LEVEL")
         .or_else(|_| std::env::var("RUST_LOG"))
@@ -80,8 +113,8 @@ pub fn init(output: Output) {
     // `log` records (tokio-postgres) go through the same guard.
     let _ = tracing_log::LogTracer::init();
     let subscriber = match output {
-        Output::Stdout => subscriber(std::io::stdout, json, &filter),
-        Output::Stderr => subscriber(std::io::stderr, json, &filter),
+        Output::Stdout => subscriber_with(std::io::stdout, json, &filter, invocation),
+        Output::Stderr => subscriber_with(std::io::stderr, json, &filter, invocation),
     };
     let _ = tracing::subscriber::set_global_default(subscriber);
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use lambda_runtime::layers::TracingLayer;
+use lambda_runtime::layers::{OpenTelemetryFaasTrigger, OpenTelemetryLayer, TracingLayer};
 use lambda_runtime::{LambdaEvent, Runtime, service_fn};
 use login_etl::cli::{Cli, Command, EXIT_USAGE};
 use login_etl::raw_payload::RawPayloads;
@@ -64,7 +64,7 @@ async fn serve_lambda() -> ExitCode {
         );
         return ExitCode::from(EXIT_USAGE);
     }
-    login_etl::logging::init(login_etl::logging::Output::Stdout);
+    login_etl::logging::init_traced(login_etl::logging::Output::Stdout);
     match serve().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -101,9 +101,16 @@ async fn serve() -> Result<(), lambda_runtime::Error> {
             Ok::<_, login_etl::HandlerError>(outcome.response)
         }
     });
-    // As lambda_runtime::run, with the payload's bytes taken first.
+    // As lambda_runtime::run, with the payload's bytes taken first. With
+    // tracing on, the invocation's span (the batch span's parent) is flushed
+    // after the answer is posted and before the next event is asked for.
+    let invocation_span = login_etl::telemetry::is_on().then(|| {
+        OpenTelemetryLayer::new(login_etl::telemetry::flush)
+            .with_trigger(OpenTelemetryFaasTrigger::PubSub)
+    });
     Runtime::new(function)
         .layer(payloads)
+        .layer(lambda_runtime::tower::util::option_layer(invocation_span))
         .layer(TracingLayer::new())
         .run()
         .await

@@ -105,7 +105,9 @@ pub async fn build_with(
         &config.function_name,
     )
     .with_level(emf_level(config.log_level.as_deref()));
-    let mut handler = BatchHandler::new(masker, sink).with_metrics(metrics);
+    let mut handler = BatchHandler::new(masker, sink)
+        .with_metrics(metrics)
+        .with_tracer(crate::telemetry::tracer());
     if let Some(secrets) = &secrets {
         // A rotation that begins after this cold start moves the database
         // to a version this environment has never read: read the keys again.

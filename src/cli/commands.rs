@@ -74,8 +74,13 @@ pub async fn run(command: Command) -> ExitCode {
 /// Lambda (a container's log driver, the CloudWatch agent or Fluent Bit
 /// read them there); exit 0 after a clean SIGTERM or SIGINT.
 async fn poll(args: &PollArgs) -> ExitCode {
-    crate::logging::init(crate::logging::Output::Stdout);
-    match crate::poll::run(args.into()).await {
+    crate::logging::init_traced(crate::logging::Output::Stdout);
+    let result = crate::poll::run(args.into()).await;
+    // The spans of the last batches, before the process ends.
+    tokio::task::spawn_blocking(crate::telemetry::shutdown)
+        .await
+        .ok();
+    match result {
         Ok(stats) => {
             use std::sync::atomic::Ordering::Relaxed;
             info!(

@@ -252,11 +252,16 @@ pub struct SourceAttributes {
     /// `rejection_code` (the copy's signature covers it).
     #[serde(default, deserialize_with = "string_value")]
     pub source_rejection_code: Option<String>,
+    /// `traceparent`: a producer's W3C trace context, where it sends one
+    /// instead of SQS's `AWSTraceHeader` (a link of the batch's span:
+    /// `crate::ingest::trace`).
+    #[serde(default, deserialize_with = "string_value")]
+    pub traceparent: Option<String>,
 }
 
 /// The message attributes the function reads, [`SourceAttributes`]'
 /// fields by their names: what `login-etl poll` asks SQS for.
-pub const SOURCE_ATTRIBUTES: [&str; 10] = [
+pub const SOURCE_ATTRIBUTES: [&str; 11] = [
     "source_message_id",
     "source_sent_timestamp",
     "source_signature",
@@ -267,12 +272,13 @@ pub const SOURCE_ATTRIBUTES: [&str; 10] = [
     "rebuilt_key_version",
     "copy_signature",
     "source_rejection_code",
+    "traceparent",
 ];
 
 impl SourceAttributes {
     /// Each of [`SOURCE_ATTRIBUTES`] as `value` gives it by name.
     pub fn from_named(value: impl Fn(&str) -> Option<String>) -> Self {
-        let [source_message_id, source_sent_timestamp, source_signature, sealed_body, sealed_key, rejection_code, rebuilt_seal, rebuilt_key_version, copy_signature, source_rejection_code] = SOURCE_ATTRIBUTES.map(value);
+        let [source_message_id, source_sent_timestamp, source_signature, sealed_body, sealed_key, rejection_code, rebuilt_seal, rebuilt_key_version, copy_signature, source_rejection_code, traceparent] = SOURCE_ATTRIBUTES.map(value);
         SourceAttributes {
             source_message_id,
             source_sent_timestamp,
@@ -284,6 +290,7 @@ impl SourceAttributes {
             rebuilt_key_version,
             copy_signature,
             source_rejection_code,
+            traceparent,
         }
     }
 }
@@ -368,6 +375,11 @@ pub struct RecordAttributes {
     /// Who sent it: an IAM user's id, or a role's (`AROA…:session`).
     #[serde(rename = "SenderId", default)]
     pub sender_id: Option<String>,
+    /// The producer's X-Ray trace header (`Root=1-…;Parent=…;Sampled=…`),
+    /// which SQS carries when the sender was traced: a link of the batch's
+    /// span (`crate::ingest::trace`).
+    #[serde(rename = "AWSTraceHeader", default)]
+    pub aws_trace_header: Option<String>,
 }
 
 // `Debug` without the sender: a role's session name can be a person's
@@ -379,6 +391,7 @@ impl std::fmt::Debug for RecordAttributes {
             .field("approximate_receive_count", &self.approximate_receive_count)
             .field("message_group_id", &self.message_group_id)
             .field("sender_id", &self.sender_id.as_ref().map(|_| "<set>"))
+            .field("aws_trace_header", &self.aws_trace_header)
             .finish()
     }
 }
@@ -513,6 +526,7 @@ impl From<&SqsMessage> for SqsRecord {
                 approximate_receive_count: m.attributes.get("ApproximateReceiveCount").cloned(),
                 message_group_id: m.attributes.get("MessageGroupId").cloned(),
                 sender_id: m.attributes.get("SenderId").cloned(),
+                aws_trace_header: m.attributes.get("AWSTraceHeader").cloned(),
             }),
             event_source_arn: m.event_source_arn.clone(),
             receipt_handle: m.receipt_handle.clone(),

@@ -12,7 +12,8 @@
 //! - [`redrive`]: `login-etl dlq-redrive`, the originals sent back;
 //! - [`backoff`]: per-message visibility backoff after an infrastructure failure;
 //! - [`sqs_batch`]: how SQS's batch calls are cut (ten entries, 900 KiB a send);
-//! - [`metrics`]: the summary as a CloudWatch EMF document.
+//! - [`metrics`]: the summary as a CloudWatch EMF document;
+//! - [`trace`]: the batch's spans (OpenTelemetry), when tracing is on.
 //!
 //! What it may call: [`crate::privacy`] for the batch's keys (masker, key
 //! version, erasure list) and the vault's entries, the schema guard of
@@ -33,5 +34,6 @@ cfg_if::cfg_if! {
         pub mod redrive;
         pub mod sink;
         pub mod sqs_batch;
+        pub mod trace;
     }
 }

@@ -117,6 +117,7 @@ pub fn to_record(m: &Message, queue_arn: &str) -> SqsRecord {
             approximate_receive_count: attr(MessageSystemAttributeName::ApproximateReceiveCount),
             message_group_id: attr(MessageSystemAttributeName::MessageGroupId),
             sender_id: attr(MessageSystemAttributeName::SenderId),
+            aws_trace_header: attr(MessageSystemAttributeName::AwsTraceHeader),
         }),
         event_source_arn: Some(queue_arn.to_owned()),
         receipt_handle: m.receipt_handle().map(str::to_owned),
@@ -274,6 +275,8 @@ impl Queue {
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
             .message_system_attribute_names(MessageSystemAttributeName::SenderId)
+            // The producer's trace: a link of the batch's span.
+            .message_system_attribute_names(MessageSystemAttributeName::AwsTraceHeader)
             // What a copy redriven from the DLQ carries of its original.
             .set_message_attribute_names(Some(SOURCE_ATTRIBUTES.map(str::to_owned).to_vec()))
             .send();

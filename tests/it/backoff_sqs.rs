@@ -84,6 +84,7 @@ async fn receive_batch(sqs: &Client, url: &str, arn: &str, n: usize, visibility:
                     ),
                     message_group_id: None,
                     sender_id: None,
+                    aws_trace_header: None,
                 }),
                 event_source_arn: Some(arn.to_owned()),
                 receipt_handle: m.receipt_handle.clone(),

@@ -783,6 +783,7 @@ fn arrived(id: &str, body: &str, sent_ms: i64) -> login_etl::ingest::event::SqsR
             approximate_receive_count: Some("1".into()),
             message_group_id: None,
             sender_id: None,
+            aws_trace_header: None,
         }),
         event_source_arn: Some("arn:aws:sqs:us-east-1:123456789012:logins".into()),
         ..Default::default()

@@ -32,4 +32,5 @@ mod runtime_e2e;
 mod secrets_aws;
 mod stalls;
 mod tls_postgres;
+mod traces;
 mod vault_kms;

@@ -16,9 +16,9 @@ use serde_json::Value;
 
 /// `cargo lambda watch` serving the runtime APIs, and the function polling
 /// them; both stopped (each its process group) on drop.
-struct Watch {
+pub(crate) struct Watch {
     children: Vec<Child>,
-    log: std::path::PathBuf,
+    pub(crate) log: std::path::PathBuf,
 }
 
 impl Drop for Watch {
@@ -51,6 +51,11 @@ fn cargo_lambda() -> String {
 /// (100 s beside the other tests on a fresh clone), and swaps
 /// target/debug/login-etl under the tests that run it.
 fn start_watch(db_url: &str, port: u16) -> Watch {
+    start_watch_with(db_url, port, &[])
+}
+
+/// [`start_watch`], the function's environment with `more`.
+pub(crate) fn start_watch_with(db_url: &str, port: u16, more: &[(&str, String)]) -> Watch {
     let log =
         std::env::temp_dir().join(format!("login-etl-watch-{}-{port}.log", std::process::id()));
     let out = std::fs::File::create(&log).unwrap();
@@ -101,6 +106,7 @@ fn start_watch(db_url: &str, port: u16) -> Watch {
         .env("MASKING_KEY", TEST_KEY)
         .env("AWS_LAMBDA_LOG_LEVEL", "trace")
         .env("AWS_LAMBDA_LOG_FORMAT", "JSON")
+        .envs(more.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out)
@@ -120,7 +126,7 @@ fn invoke(port: u16, file: &str) -> Result<Value, String> {
 }
 
 /// [`invoke`] with the event in the file at `path`.
-fn invoke_path(port: u16, path: &str) -> Result<Value, String> {
+pub(crate) fn invoke_path(port: u16, path: &str) -> Result<Value, String> {
     let out = Command::new(cargo_lambda())
         .args([
             "lambda",

@@ -20,6 +20,7 @@ use crate::privacy::masking::Masker;
 use crate::privacy::vault::DataKey;
 
 use super::{BatchHandler, DaysAhead};
+use crate::ingest::trace::Tracer;
 
 impl BatchHandler {
     /// A handler that masks with `masker` and writes through `sink`; rejected
@@ -38,6 +39,7 @@ impl BatchHandler {
             refused_max_receives: crate::config::DEFAULT_REFUSED_MAX_RECEIVES,
             contract: crate::contract::Contract::default(),
             days_ahead: DaysAhead::default(),
+            tracer: Tracer::default(),
         }
     }
 
@@ -121,6 +123,12 @@ impl BatchHandler {
     /// Sends rejected records to `dlq` directly (`DLQ_URL`).
     pub fn with_dead_letter_queue(mut self, dlq: DeadLetterQueue) -> Self {
         self.dlq = Some(dlq);
+        self
+    }
+
+    /// Makes each batch's spans with `tracer` (tracing on: src/telemetry.rs).
+    pub fn with_tracer(mut self, tracer: Tracer) -> Self {
+        self.tracer = tracer;
         self
     }
 

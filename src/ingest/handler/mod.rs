@@ -35,6 +35,7 @@ use crate::ingest::event::{SqsBatch, SqsRecord};
 use crate::ingest::metrics::{InvocationMetrics, Metrics};
 use crate::ingest::record;
 use crate::ingest::sink::{InsertReport, PgSink};
+use crate::ingest::trace::{BatchTrace, MessageOutcome, Tracer};
 use crate::privacy::dead_letter::rebuilt::{Rebuilt, RebuiltVerifier, Verdict};
 use crate::privacy::keys::{BatchKeys, Keys};
 use crate::privacy::masking::Masker;
@@ -68,6 +69,8 @@ pub struct BatchHandler {
     /// What becomes of fields outside the contract.
     contract: crate::contract::Contract,
     days_ahead: DaysAhead,
+    /// Each batch's spans, or none (tracing off).
+    tracer: Tracer,
 }
 
 impl BatchHandler {
@@ -94,8 +97,9 @@ impl BatchHandler {
             .find_map(|m| m.event_source_arn.as_deref())
             .is_some_and(|arn| arn.ends_with(".fifo"));
         let mut work = BatchWork::new(fifo, deadline);
-        let result = match self.write(batch, started, &mut work).await {
-            Ok((report, failure)) => Ok(self.report(batch, report, failure, work).await),
+        let trace = self.tracer.batch(batch);
+        let result = match self.write(batch, started, &mut work, &trace).await {
+            Ok((report, failure)) => Ok(self.report(batch, report, failure, work, &trace).await),
             Err(e) => Err(e),
         };
         let now_ms = Utc::now().timestamp_millis();
@@ -120,6 +124,16 @@ impl BatchHandler {
             }
         }
         self.metrics.emit(&metrics, now_ms);
+        let summary = &metrics.summary;
+        trace.end(
+            &[
+                ("login_etl.inserted", summary.inserted as i64),
+                ("login_etl.duplicates", summary.duplicates as i64),
+                ("login_etl.failed", summary.failed as i64),
+                ("login_etl.sent_to_dlq", summary.sent_to_dlq as i64),
+            ],
+            summary.failure,
+        );
         result
     }
 
@@ -131,9 +145,10 @@ impl BatchHandler {
         batch: &'b SqsBatch,
         started: Instant,
         valid: &mut BatchWork<'b>,
+        trace: &BatchTrace,
     ) -> Result<(InsertReport, Option<&'static str>), HandlerError> {
         let mut sink = self.sink().await;
-        let written = self.transform_and_write(&mut sink, batch, valid).await;
+        let written = self.transform_and_write(&mut sink, batch, valid, trace).await;
         if matches!(written, Ok(Ok(_))) {
             self.read_days_ahead(&mut sink, valid.deadline).await;
         }
@@ -179,6 +194,7 @@ impl BatchHandler {
         sink: &mut PgSink,
         batch: &'b SqsBatch,
         out: &mut BatchWork<'b>,
+        trace: &BatchTrace,
     ) -> Result<Result<InsertReport, DbError>, HandlerError> {
         let (fifo, deadline) = (out.fifo, out.deadline);
         // The keys and the erasure list, in memory (their versions are
@@ -191,6 +207,8 @@ impl BatchHandler {
         };
         out.masker = Some(keys.masker.clone());
         let mut writer = None;
+        // From the COPY's start (its rows stream while records are read).
+        let write_span = trace.write();
         if early.is_none() {
             match sink.start_batch(batch.size_hint(), deadline).await {
                 Ok(w) => writer = Some(w),
@@ -271,8 +289,9 @@ impl BatchHandler {
             }
             return Err(e);
         }
-        self.send_fifo_rejects(batch, out).await;
+        self.send_fifo_rejects(batch, out, trace).await;
         if let Some(e) = early {
+            write_span.end(&[], Some(HandlerError::class_of(&e)));
             return Ok(Err(e));
         }
         let writer = writer.expect("a writer whenever nothing failed before it");
@@ -280,12 +299,23 @@ impl BatchHandler {
             key,
             batch: &out.vault,
         });
-        Ok(
-            match writer.finish(&out.rows, keys.versions, fifo, vault).await {
-                Err(DbError::BatchOutdated) => self.write_again(sink, out).await,
-                written => written,
-            },
-        )
+        let written = match writer.finish(&out.rows, keys.versions, fifo, vault).await {
+            Err(DbError::BatchOutdated) => self.write_again(sink, out).await,
+            written => written,
+        };
+        match &written {
+            Ok(report) => write_span.end_named(
+                Some(if report.copied { "COPY" } else { "INSERT" }),
+                &[
+                    ("db.operation.batch.size", out.rows.len() as i64),
+                    ("login_etl.inserted", report.inserted as i64),
+                    ("login_etl.statements", i64::from(report.statements)),
+                ],
+                None,
+            ),
+            Err(e) => write_span.end(&[], Some(HandlerError::class_of(e))),
+        }
+        Ok(written)
     }
 
     /// The row of a rebuilt login whose seal opens; a reject when it does
@@ -348,14 +378,20 @@ impl BatchHandler {
     /// FIFO: a rejected record sent to the DLQ is finished, so the records
     /// after it may go on; the first one that could not be sent holds back
     /// every later row.
-    async fn send_fifo_rejects<'b>(&self, batch: &'b SqsBatch, out: &mut BatchWork<'b>) {
+    async fn send_fifo_rejects<'b>(
+        &self,
+        batch: &'b SqsBatch,
+        out: &mut BatchWork<'b>,
+        trace: &BatchTrace,
+    ) {
         let (true, Some(dlq)) = (out.fifo, &self.dlq) else {
             return;
         };
         let masker = out.masker.as_ref().expect("set before any record");
-        out.sent = dlq
-            .send(&out.rejected_records(batch), masker, true, out.deadline)
-            .await;
+        let rejected = out.rejected_records(batch);
+        let span = trace.dead_letter_send(rejected.len());
+        out.sent = dlq.send(&rejected, masker, true, out.deadline).await;
+        span.end(&[("login_etl.sent", out.sent.len() as i64)], None);
         if let Some(&(held, _)) = out
             .rejected
             .iter()
@@ -441,6 +477,7 @@ impl BatchHandler {
         report: InsertReport,
         failure: Option<&'static str>,
         mut valid: BatchWork<'_>,
+        trace: &BatchTrace,
     ) -> Outcome {
         let (fifo, deadline) = (valid.fifo, valid.deadline);
         let masker = valid
@@ -452,14 +489,15 @@ impl BatchHandler {
         // neighbours are written, or failed (FIFO batches sent them before
         // writing): a reject is never held back by the database.
         if !fifo && let Some(dlq) = &self.dlq {
-            valid.sent = dlq
-                .send(&valid.rejected_records(batch), &masker, false, deadline)
-                .await;
+            let rejected = valid.rejected_records(batch);
+            let span = trace.dead_letter_send(rejected.len());
+            valid.sent = dlq.send(&rejected, &masker, false, deadline).await;
+            span.end(&[("login_etl.sent", valid.sent.len() as i64)], None);
         }
         let refused_sent = match &self.dlq {
             Some(dlq) => {
                 let to = (dlq, self.refused_max_receives, &masker);
-                send_refused(to, batch, &report, &valid, fifo, deadline).await
+                send_refused(to, batch, &report, &valid, (fifo, deadline), trace).await
             }
             None => Vec::new(),
         };
@@ -474,10 +512,17 @@ impl BatchHandler {
         let (backed_off, visibility_change_failed) = match (&self.backoff, failure) {
             (Some((schedule, visibility)), Some(_)) => {
                 let how = (*schedule, visibility);
-                back_off(how, batch, &failed, fifo, deadline).await
+                let span = trace.visibility_change(failed.len());
+                let (held, missed) = back_off(how, batch, &failed, fifo, deadline).await;
+                span.end(&[("login_etl.extended", held as i64)], None);
+                (held, missed)
             }
             _ => (0, 0),
         };
+        if trace.is_on() {
+            let outcomes = message_outcomes(&valid, &report, &failed, backed_off > 0);
+            trace.messages(batch, outcomes);
+        }
         let mut response = SqsBatchResponse::default();
         for &pos in &failed {
             response.add_failure(ids[pos]);
@@ -647,8 +692,8 @@ async fn send_refused(
     batch: &SqsBatch,
     report: &InsertReport,
     valid: &BatchWork<'_>,
-    fifo: bool,
-    deadline: Option<Instant>,
+    (fifo, deadline): (bool, Option<Instant>),
+    trace: &BatchTrace,
 ) -> Vec<usize> {
     if max_receives == 0 {
         return Vec::new();
@@ -674,7 +719,53 @@ async fn send_refused(
     if due.is_empty() {
         return Vec::new();
     }
-    dlq.send(&due, masker, fifo, deadline).await
+    let span = trace.dead_letter_send(due.len());
+    let sent = dlq.send(&due, masker, fifo, deadline).await;
+    span.end(&[("login_etl.sent", sent.len() as i64)], None);
+    sent
+}
+
+/// What became of each message of the batch, for its span: erased,
+/// rejected (with its code) or refused, whether or not it is redelivered;
+/// else redelivered (backed off after a failed write) when it failed;
+/// else stored. `Duplicate` only when every row was there already: the
+/// write counts duplicates per batch.
+fn message_outcomes<'a>(
+    valid: &'a BatchWork<'_>,
+    report: &InsertReport,
+    failed: &[usize],
+    backed_off: bool,
+) -> Vec<(usize, &'a str, MessageOutcome<'a>)> {
+    let mut outcomes = vec![MessageOutcome::Redelivered; valid.ids.len()];
+    let stored = if report.inserted == 0 && report.duplicates > 0 {
+        MessageOutcome::Duplicate
+    } else {
+        MessageOutcome::Stored
+    };
+    for &pos in &valid.row_positions {
+        outcomes[pos] = stored;
+    }
+    for &pos in failed {
+        outcomes[pos] = if backed_off {
+            MessageOutcome::BackedOff
+        } else {
+            MessageOutcome::Redelivered
+        };
+    }
+    for &i in &report.refused {
+        outcomes[valid.row_positions[i]] = MessageOutcome::Refused;
+    }
+    for (pos, code) in &valid.rejected {
+        outcomes[*pos] = MessageOutcome::Rejected(code);
+    }
+    for &pos in &valid.erased {
+        outcomes[pos] = MessageOutcome::Erased;
+    }
+    outcomes
+        .into_iter()
+        .enumerate()
+        .map(|(pos, outcome)| (pos, valid.ids[pos], outcome))
+        .collect()
 }
 
 /// The positions to report in `batchItemFailures`, ascending: rejects not

@@ -1,0 +1,383 @@
+//! A batch's spans, by OpenTelemetry's conventions for a batch received
+//! from SQS (semantic-conventions `docs/faas/aws-lambda.md`): one CONSUMER
+//! span `<queue> process` per batch, linked to each message's producer
+//! trace (a message is never the parent: a batch has many producers), one
+//! child span per message with its outcome, and child spans for the
+//! database write and each SQS call the batch makes (docs/tracing.md).
+//!
+//! Without a tracer (no `OTEL_EXPORTER_OTLP_ENDPOINT`) every call returns
+//! at its first branch: nothing is read, built or allocated.
+//!
+//! No span carries a value a producer sent but the message id SQS gave and
+//! the trace ids of its trace header: no name, attribute or event holds a
+//! body's field, a token, a key or a user id (tests/it/traces.rs).
+
+use std::collections::HashSet;
+use std::time::SystemTime;
+
+use opentelemetry::trace::{
+    Link, Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceId, Tracer as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{SdkTracer, Span};
+use opentelemetry_semantic_conventions::attribute as semconv;
+
+use crate::ingest::event::{SqsBatch, SqsRecord};
+
+/// The most links a batch span carries: X-Ray keeps at most 20 links a
+/// segment. Past it, the batch span counts the traces left out
+/// (`login_etl.links_dropped`); each message's own span still links its
+/// producer's.
+pub const MAX_BATCH_LINKS: usize = 20;
+
+/// `messaging.system` for SQS.
+const AWS_SQS: &str = "aws_sqs";
+
+/// What the handler makes spans with: a tracer, or nothing (tracing off).
+#[derive(Clone, Default)]
+pub struct Tracer(Option<SdkTracer>);
+
+impl Tracer {
+    /// Spans made by `tracer` (the process's provider, src/telemetry.rs).
+    pub fn new(tracer: SdkTracer) -> Self {
+        Self(Some(tracer))
+    }
+
+    /// Starts the span of `batch`: a child of the invocation's span where
+    /// there is one (the Lambda runtime's, as a `tracing` span), else a root
+    /// (`login-etl poll`), linked to its messages' producer traces.
+    pub fn batch(&self, batch: &SqsBatch) -> BatchTrace {
+        let Some(tracer) = &self.0 else {
+            return BatchTrace::default();
+        };
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let parent = tracing::Span::current().context();
+        let queue = queue_name(batch.records().find_map(|m| m.event_source_arn.as_deref()));
+        let mut seen = HashSet::new();
+        let mut links = Vec::new();
+        let mut dropped = 0_i64;
+        for link in batch.records().filter_map(producer_context) {
+            if !seen.insert(link.trace_id()) {
+                continue;
+            }
+            if links.len() == MAX_BATCH_LINKS {
+                dropped += 1;
+                continue;
+            }
+            links.push(Link::with_context(link));
+        }
+        let mut attributes = vec![
+            KeyValue::new(semconv::MESSAGING_SYSTEM, AWS_SQS),
+            KeyValue::new(semconv::MESSAGING_OPERATION_TYPE, "process"),
+            KeyValue::new(semconv::MESSAGING_DESTINATION_NAME, queue.to_owned()),
+            KeyValue::new(semconv::MESSAGING_BATCH_MESSAGE_COUNT, batch.len() as i64),
+        ];
+        if dropped > 0 {
+            attributes.push(KeyValue::new("login_etl.links_dropped", dropped));
+        }
+        let span = tracer
+            .span_builder(format!("{queue} process"))
+            .with_kind(SpanKind::Consumer)
+            .with_links(links)
+            .with_attributes(attributes)
+            .start_with_context(tracer, &parent);
+        BatchTrace {
+            on: Some(On {
+                tracer: tracer.clone(),
+                cx: parent.with_span(span),
+                queue: queue.to_owned(),
+                started: SystemTime::now(),
+            }),
+        }
+    }
+}
+
+/// The batch span, while the batch is handled; ended when dropped.
+#[derive(Default)]
+pub struct BatchTrace {
+    on: Option<On>,
+}
+
+struct On {
+    tracer: SdkTracer,
+    /// The batch span's context: its children's parent.
+    cx: Context,
+    queue: String,
+    /// When the batch began: each message span's start.
+    started: SystemTime,
+}
+
+/// What became of one message, as its span says (`login_etl.outcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageOutcome<'a> {
+    /// Its row is in the table (written now, or before: `duplicate`).
+    Stored,
+    /// Every row of the batch was there already (a redelivery).
+    Duplicate,
+    /// Its user is erased: handled, not stored.
+    Erased,
+    /// Not a login: rejected with this code (to the DLQ when there is one).
+    Rejected(&'a str),
+    /// The database refused its row (to the DLQ on its last receive).
+    Refused,
+    /// In `batchItemFailures` with its visibility extended (a failed write).
+    BackedOff,
+    /// In `batchItemFailures`: SQS delivers it again.
+    Redelivered,
+}
+
+impl MessageOutcome<'_> {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Stored => "stored",
+            Self::Duplicate => "duplicate",
+            Self::Erased => "erased",
+            Self::Rejected(_) => "rejected",
+            Self::Refused => "refused",
+            Self::BackedOff => "backed_off",
+            Self::Redelivered => "redelivered",
+        }
+    }
+}
+
+impl BatchTrace {
+    /// Whether spans are made (the caller's outcomes are worth working out).
+    pub fn is_on(&self) -> bool {
+        self.on.is_some()
+    }
+
+    /// The span of the database write: `COPY` or `INSERT` into
+    /// `user_logins`, its rows (a count, never a value).
+    pub fn write(&self) -> ChildSpan {
+        self.child(|on| {
+            on.tracer
+                .span_builder("write user_logins")
+                .with_kind(SpanKind::Client)
+                .with_attributes([
+                    KeyValue::new(semconv::DB_SYSTEM_NAME, "postgresql"),
+                    KeyValue::new(semconv::DB_COLLECTION_NAME, "user_logins"),
+                ])
+        })
+    }
+
+    /// The span of sending `count` messages to the dead-letter queue.
+    pub fn dead_letter_send(&self, count: usize) -> ChildSpan {
+        self.child(|on| {
+            on.tracer
+                .span_builder("dead-letter queue send")
+                .with_kind(SpanKind::Producer)
+                .with_attributes([
+                    KeyValue::new(semconv::MESSAGING_SYSTEM, AWS_SQS),
+                    KeyValue::new(semconv::MESSAGING_OPERATION_TYPE, "send"),
+                    KeyValue::new(semconv::MESSAGING_BATCH_MESSAGE_COUNT, count as i64),
+                ])
+        })
+    }
+
+    /// The span of extending `count` failed messages' visibility.
+    pub fn visibility_change(&self, count: usize) -> ChildSpan {
+        self.child(|on| {
+            on.tracer
+                .span_builder(format!("{} ChangeMessageVisibilityBatch", on.queue))
+                .with_kind(SpanKind::Client)
+                .with_attributes([
+                    KeyValue::new(semconv::RPC_SYSTEM_NAME, "aws-api"),
+                    KeyValue::new(semconv::RPC_METHOD, "SQS/ChangeMessageVisibilityBatch"),
+                    KeyValue::new(semconv::MESSAGING_BATCH_MESSAGE_COUNT, count as i64),
+                ])
+        })
+    }
+
+    fn child(
+        &self,
+        builder: impl FnOnce(&On) -> opentelemetry::trace::SpanBuilder,
+    ) -> ChildSpan {
+        ChildSpan(
+            self.on
+                .as_ref()
+                .map(|on| builder(on).start_with_context(&on.tracer, &on.cx)),
+        )
+    }
+
+    /// One span per message, from the batch's start to now: its id, its
+    /// producer's trace as its one link, and what became of it.
+    pub fn messages<'a>(
+        &self,
+        batch: &SqsBatch,
+        outcomes: impl IntoIterator<Item = (usize, &'a str, MessageOutcome<'a>)>,
+    ) {
+        let Some(on) = &self.on else {
+            return;
+        };
+        for (pos, id, outcome) in outcomes {
+            let mut attributes = vec![
+                KeyValue::new(semconv::MESSAGING_SYSTEM, AWS_SQS),
+                KeyValue::new(semconv::MESSAGING_OPERATION_TYPE, "process"),
+                KeyValue::new(semconv::MESSAGING_MESSAGE_ID, id.to_owned()),
+                KeyValue::new("login_etl.outcome", outcome.name()),
+            ];
+            if let MessageOutcome::Rejected(code) = outcome {
+                attributes.push(KeyValue::new("login_etl.rejection_code", code.to_owned()));
+            }
+            let links = batch
+                .get(pos)
+                .and_then(producer_context)
+                .map(Link::with_context)
+                .into_iter()
+                .collect();
+            let mut span = on
+                .tracer
+                .span_builder(format!("{} process", on.queue))
+                .with_kind(SpanKind::Consumer)
+                .with_start_time(on.started)
+                .with_links(links)
+                .with_attributes(attributes)
+                .start_with_context(&on.tracer, &on.cx);
+            if matches!(outcome, MessageOutcome::Rejected(_) | MessageOutcome::Refused) {
+                span.set_status(Status::error(outcome.name()));
+            }
+            span.end();
+        }
+    }
+
+    /// Ends the batch span with the batch's counts, or its failure's class.
+    pub fn end(self, counts: &[(&'static str, i64)], failure: Option<&'static str>) {
+        let Some(on) = self.on else {
+            return;
+        };
+        let span = on.cx.span();
+        for &(name, value) in counts {
+            span.set_attribute(KeyValue::new(name, value));
+        }
+        if let Some(class) = failure {
+            span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, class));
+            span.set_status(Status::error(class));
+        }
+        span.end();
+    }
+}
+
+/// A child span of the batch, ended by [`ChildSpan::end`] or when dropped.
+pub struct ChildSpan(Option<Span>);
+
+impl ChildSpan {
+    /// Ends the span with `attributes`, as failed with `failure`'s class.
+    pub fn end(self, attributes: &[(&'static str, i64)], failure: Option<&'static str>) {
+        self.end_named(None, attributes, failure);
+    }
+
+    /// As [`ChildSpan::end`], with the operation that ran
+    /// (`db.operation.name`: `COPY` or `INSERT`).
+    pub fn end_named(
+        self,
+        operation: Option<&'static str>,
+        attributes: &[(&'static str, i64)],
+        failure: Option<&'static str>,
+    ) {
+        let Some(mut span) = self.0 else {
+            return;
+        };
+        if let Some(operation) = operation {
+            span.set_attribute(KeyValue::new(semconv::DB_OPERATION_NAME, operation));
+        }
+        for &(name, value) in attributes {
+            span.set_attribute(KeyValue::new(name, value));
+        }
+        if let Some(class) = failure {
+            span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, class));
+            span.set_status(Status::error(class));
+        }
+        span.end();
+    }
+}
+
+/// The producer's trace a message carries: SQS's `AWSTraceHeader` (X-Ray's
+/// form, read by X-Ray's own propagator), else a W3C `traceparent` message
+/// attribute. A garbled header is no link, never an error.
+fn producer_context(record: &SqsRecord) -> Option<SpanContext> {
+    let xray = record
+        .attributes
+        .as_ref()
+        .and_then(|a| a.aws_trace_header.as_deref())
+        .and_then(opentelemetry_aws::trace::xray_propagator::span_context_from_str);
+    let context = xray.or_else(|| {
+        let traceparent = record
+            .message_attributes
+            .as_ref()
+            .and_then(|a| a.traceparent.clone())?;
+        use opentelemetry::propagation::TextMapPropagator as _;
+        let carrier = std::collections::HashMap::from([("traceparent".to_owned(), traceparent)]);
+        let cx = TraceContextPropagator::new().extract(&carrier);
+        Some(cx.span().span_context().clone())
+    })?;
+    (context.is_valid() && context.trace_id() != TraceId::INVALID).then_some(context)
+}
+
+/// The queue's name: the last part of its ARN.
+fn queue_name(arn: Option<&str>) -> &str {
+    arn.and_then(|a| a.rsplit(':').next())
+        .filter(|n| !n.is_empty())
+        .unwrap_or("sqs")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::event::{RecordAttributes, SourceAttributes};
+
+    fn record(header: Option<&str>, traceparent: Option<&str>) -> SqsRecord {
+        SqsRecord {
+            attributes: Some(RecordAttributes {
+                aws_trace_header: header.map(str::to_owned),
+                ..RecordAttributes::default()
+            }),
+            message_attributes: Some(SourceAttributes {
+                traceparent: traceparent.map(str::to_owned),
+                ..SourceAttributes::default()
+            }),
+            ..SqsRecord::default()
+        }
+    }
+
+    #[test]
+    fn a_producers_trace_from_either_header_and_none_from_a_garbled_one() {
+        let xray = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
+        let cx = producer_context(&record(Some(xray), None)).expect("X-Ray's header");
+        assert_eq!(cx.trace_id().to_string(), "5759e988bd862e3fe1be46a994272793");
+        assert_eq!(cx.span_id().to_string(), "53995c3f42cd8ad8");
+        let w3c = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let cx = producer_context(&record(None, Some(w3c))).expect("a traceparent");
+        assert_eq!(cx.trace_id().to_string(), "0af7651916cd43dd8448eb211c80319c");
+        // X-Ray's header first, when a message has both.
+        let cx = producer_context(&record(Some(xray), Some(w3c))).unwrap();
+        assert_eq!(cx.trace_id().to_string(), "5759e988bd862e3fe1be46a994272793");
+        for garbled in [
+            "Root=1-zz;Parent=53995c3f42cd8ad8",
+            "Root=1-5759e988-bd862e3fe1be46a994272793",
+            "garbage",
+            "",
+            "Root=1-00000000-000000000000000000000000;Parent=53995c3f42cd8ad8;Sampled=1",
+        ] {
+            assert_eq!(producer_context(&record(Some(garbled), None)), None, "{garbled}");
+        }
+        assert_eq!(producer_context(&record(None, Some("00-zz-zz-01"))), None);
+        assert_eq!(producer_context(&SqsRecord::default()), None);
+    }
+
+    #[test]
+    fn the_queues_name_is_its_arns_last_part() {
+        assert_eq!(queue_name(Some("arn:aws:sqs:eu-west-1:123456789012:logins")), "logins");
+        assert_eq!(queue_name(Some("arn:aws:sqs:eu-west-1:123456789012:")), "sqs");
+        assert_eq!(queue_name(None), "sqs");
+    }
+
+    #[test]
+    fn without_a_tracer_nothing_is_made() {
+        let batch = SqsBatch::new(vec![record(Some("garbage"), None)]);
+        let trace = Tracer::default().batch(&batch);
+        assert!(!trace.is_on());
+        assert!(trace.write().0.is_none());
+        trace.end(&[], None);
+    }
+}
