@@ -376,6 +376,7 @@ async fn main() {
         parse_while_writing(&handler, &client, &masker, n, runs * 2 + 1).await;
     }
     erasure_cost(&handler, &client, n, sizes.last().unwrap().1).await;
+    traces_cost(&handler, &config, &client, if full { 21 } else { 1 }).await;
     floor_of_ten(
         &handler,
         &mut sink,
@@ -387,6 +388,84 @@ async fn main() {
     drop(handler);
     drop(client);
     drop_db(&db).await;
+}
+
+/// An OTLP/HTTP receiver on 127.0.0.1 that takes every export and keeps
+/// nothing, on a thread and runtime of its own (the flush blocks the
+/// bench's): its endpoint.
+fn otlp_sink() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        |req: hyper::Request<hyper::body::Incoming>| async move {
+                            use http_body_util::BodyExt;
+                            let _ = req.into_body().collect().await;
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::new()),
+                            ))
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+    });
+    endpoint
+}
+
+/// What traces cost a batch of 1,000 (docs/performance.md, "Traces"): the
+/// handler without a tracer (as with no `OTEL_EXPORTER_OTLP_ENDPOINT`)
+/// against one with, whose every span is sent to a receiver on loopback by
+/// the flush the function runs after each invocation (timed with it), in
+/// turns. Printed as the ratio of the medians.
+async fn traces_cost(
+    untraced: &login_etl::BatchHandler,
+    config: &Config,
+    client: &tokio_postgres::Client,
+    runs: usize,
+) {
+    const N: usize = 1_000;
+    // SAFETY: no other thread reads the environment while it is set (the
+    // bench's runtime is one thread; the receiver reads none).
+    unsafe { std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_sink()) };
+    assert!(login_etl::telemetry::init().unwrap(), "tracing is on");
+    let traced = startup::build(config).await.unwrap();
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for run in 0..runs * 2 {
+        let tracing = run % 2 == 1;
+        let json = serde_json::to_vec(&bench_event(N, 9_000_000 + run as u64)).unwrap();
+        client.batch_execute(TRUNCATE).await.unwrap();
+        let started = Instant::now();
+        let parsed = payload(json);
+        let handler = if tracing { &traced } else { untraced };
+        let outcome = handler.handle(&parsed, Deadline::NONE).await.unwrap();
+        if tracing {
+            login_etl::telemetry::flush();
+        }
+        let took = started.elapsed();
+        assert_eq!(outcome.summary.inserted as usize, N);
+        if tracing { &mut on } else { &mut off }.push(took);
+    }
+    let (off, on) = (median(&mut off), median(&mut on));
+    println!(
+        "{N} records, traces: handler {:.2} ms without a tracer, {:.2} ms with every span sent (flush included): {:+.1} % (goal: at most 3 %)",
+        ms(off),
+        ms(on),
+        (on.as_secs_f64() / off.as_secs_f64() - 1.0) * 100.0
+    );
 }
 
 /// What the erasure list costs a batch: the handler on the same batches with

@@ -92,6 +92,9 @@ async fn serve() -> Result<(), lambda_runtime::Error> {
     let taken = payloads.clone();
     let function = service_fn(move |event: LambdaEvent<()>| {
         let (handler, payloads) = (Arc::clone(&handler), taken.clone());
+        // The invocation's span (lambda_runtime's, with traces on) is the
+        // server side of Lambda's call; the runtime leaves its kind unset.
+        tracing::Span::current().record("otel.kind", "server");
         async move {
             let batch = payloads.take(&event.context.request_id)?;
             // The sink gives up early enough to report before Lambda kills

@@ -14,6 +14,7 @@ use crate::ingest::dlq::DeadLetterQueue;
 use crate::ingest::handler::BatchHandler;
 use crate::ingest::metrics::Metrics;
 use crate::ingest::sink::PgSink;
+use crate::ingest::trace::Tracer;
 use crate::privacy::dead_letter::Sealer;
 use crate::privacy::masking::{KeyVersions, Masker, UserKeys};
 use crate::privacy::vault::{DataKey, VaultError};
@@ -107,7 +108,7 @@ pub async fn build_with(
     .with_level(emf_level(config.log_level.as_deref()));
     let mut handler = BatchHandler::new(masker, sink)
         .with_metrics(metrics)
-        .with_tracer(crate::telemetry::tracer());
+        .with_tracer(crate::telemetry::tracer().map_or_else(Tracer::default, Tracer::new));
     if let Some(secrets) = &secrets {
         // A rotation that begins after this cold start moves the database
         // to a version this environment has never read: read the keys again.

@@ -17,15 +17,26 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig as _};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing::warn;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider,
+};
+use tracing::{info, warn};
 use tracing_subscriber::Layer;
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::ingest::trace::Tracer;
-
 /// The process's tracer provider, once tracing is on.
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+/// The variable that named the collector, for the flush's warning.
+static ENDPOINT_VARIABLE: OnceLock<&str> = OnceLock::new();
+
+/// How long one export may take unless `OTEL_EXPORTER_OTLP_TIMEOUT` says:
+/// the collector is an extension or a sidecar on localhost.
+const EXPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The spans the batch processor holds before it drops any: two of
+/// SQS's largest batches (10,000 messages) with their other spans.
+const SPANS_QUEUED: usize = 20_480;
 
 /// The variables that name where spans go, the traces' own first.
 const ENDPOINT_VARIABLES: [&str; 2] = [
@@ -50,7 +61,7 @@ pub fn init() -> Result<bool, String> {
     {
         return Ok(false);
     }
-    if !endpoint.starts_with("http://") {
+    if !endpoint.trim().to_ascii_lowercase().starts_with("http://") {
         return Err(format!(
             "{variable} is not an http:// address: login-etl sends spans over plain HTTP to a \
              collector (the ADOT or OpenTelemetry Lambda extension at http://localhost:4318, or \
@@ -58,20 +69,32 @@ pub fn init() -> Result<bool, String> {
              or another HTTPS endpoint"
         ));
     }
-    for name in [
+    // The traces' own variable wins, as the exporter reads them.
+    let protocol = [
         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
         "OTEL_EXPORTER_OTLP_PROTOCOL",
-    ] {
-        if let Some(protocol) = var(name).filter(|p| p != "http/protobuf") {
-            return Err(format!(
-                "{name}={protocol}: login-etl exports OTLP over HTTP with protobuf bodies only; \
-                 set {name}=http/protobuf (or unset it) and give the collector's HTTP port (4318)"
-            ));
-        }
+    ]
+    .iter()
+    .find_map(|name| var(name).map(|v| (*name, v)));
+    if let Some((name, protocol)) = protocol
+        && !protocol.trim().eq_ignore_ascii_case("http/protobuf")
+    {
+        return Err(format!(
+            "{name}={protocol}: login-etl exports OTLP over HTTP with protobuf bodies only; \
+             set {name}=http/protobuf (or unset it) and give the collector's HTTP port (4318)"
+        ));
     }
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
-        .with_protocol(Protocol::HttpBinary)
+        .with_protocol(Protocol::HttpBinary);
+    // The flush waits for the export, and the next event waits for the
+    // flush: a collector that hangs costs each invocation this long.
+    if var("OTEL_EXPORTER_OTLP_TIMEOUT").is_none()
+        && var("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT").is_none()
+    {
+        exporter = exporter.with_timeout(EXPORT_TIMEOUT);
+    }
+    let exporter = exporter
         .build()
         .map_err(|e| format!("the OTLP exporter could not be built from {variable}: {e}"))?;
     let mut resource = Resource::builder();
@@ -79,19 +102,26 @@ pub fn init() -> Result<bool, String> {
         let name = var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "login-etl".into());
         resource = resource.with_service_name(name);
     }
+    // A batch of 10,000 messages makes 10,000 spans and a few more; the
+    // processor's default queue (2,048) would drop the rest.
+    let mut batching = BatchConfigBuilder::default();
+    if var("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
+        batching = batching.with_max_queue_size(SPANS_QUEUED);
+    }
+    let processor = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(batching.build())
+        .build();
     let provider = SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
+        .with_span_processor(processor)
         .with_resource(resource.build())
         .build();
+    let _ = ENDPOINT_VARIABLE.set(variable);
     Ok(PROVIDER.set(provider).is_ok())
 }
 
-/// The handler's tracer: spans when tracing is on, none otherwise.
-pub fn tracer() -> Tracer {
-    match PROVIDER.get() {
-        Some(provider) => Tracer::new(provider.tracer("login-etl")),
-        None => Tracer::default(),
-    }
+/// The handler's tracer when tracing is on.
+pub fn tracer() -> Option<SdkTracer> {
+    PROVIDER.get().map(|provider| provider.tracer("login-etl"))
 }
 
 /// Whether spans are exported.
@@ -110,28 +140,42 @@ where
     let provider = PROVIDER.get()?;
     let layer = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("lambda_runtime"))
+        // Its fields only: not the build's source paths, thread names or timings.
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        // Started when the batch asks for its parent, not when entered:
+        // until then the kind the function records is still taken.
+        .with_context_activation(false)
         .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
             meta.is_span() && meta.target() == "lambda_runtime::layers::otel"
         }));
     Some(Box::new(layer))
 }
 
-/// Sends the spans ended so far, waiting for the collector's answer. A
-/// failure is logged once per process (the next flushes try again).
+/// Sends the spans ended so far, waiting for the collector's answer. The
+/// first failure after a success is logged, and the first success after
+/// failures: one line each way, however long the collector is away.
 pub fn flush() {
-    static WARNED: AtomicBool = AtomicBool::new(false);
+    static FAILING: AtomicBool = AtomicBool::new(false);
     let Some(provider) = PROVIDER.get() else {
         return;
     };
-    if let Err(e) = provider.force_flush()
-        && !WARNED.swap(true, Ordering::Relaxed)
-    {
-        warn!(
+    let variable = ENDPOINT_VARIABLE
+        .get()
+        .copied()
+        .unwrap_or("OTEL_EXPORTER_OTLP_ENDPOINT");
+    match provider.force_flush() {
+        Err(e) if !FAILING.swap(true, Ordering::Relaxed) => warn!(
             error = %e,
-            "spans could not be sent to the collector (OTEL_EXPORTER_OTLP_ENDPOINT); \
-             check that the OpenTelemetry or ADOT extension (the stack's OtelLayerArn) \
-             or the collector is running; ingest goes on, those spans are lost"
-        );
+            "spans could not be sent to the collector ({variable}); check that the collector \
+             extension (the stack's OtelLayerArn) or poll's collector is running and listening \
+             there; ingest goes on, and spans are lost until it answers"
+        ),
+        Ok(()) if FAILING.swap(false, Ordering::Relaxed) => {
+            info!("spans are sent to the collector again ({variable})")
+        }
+        _ => {}
     }
 }
 

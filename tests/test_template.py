@@ -604,6 +604,10 @@ def test_the_deployed_role_grants_nothing_on_star_but_vpc_network_interfaces(vpc
     assert ("VpcConfig" in fn) == vpc
     if vpc:
         assert all(a.startswith("ec2:") for a in _as_list(by_sid["ManageVpcNetworkInterfaces"]["Action"]))
+    # Traces are off by default: no layer, no endpoint, no X-Ray right.
+    assert "SendTraces" not in by_sid
+    assert "Layers" not in fn
+    assert fn["Environment"]["Variables"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == ""
     # The event-source mapping SAM generates runs with this role.
     (esm,) = [r for r in resources.values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
     assert esm["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
@@ -710,6 +714,9 @@ def _rules_hold(tpl, values):
         ({**IAM, "DbResourceId": ""}, ["IamNeedsTheEndpointTheUsersAndVerifyFull"]),
         ({**IAM, "MaintainDbUser": ""}, ["IamNeedsTheEndpointTheUsersAndVerifyFull"]),
         ({"DbAuth": "iam"}, ["IamNeedsTheEndpointTheUsersAndVerifyFull"] * 2),
+        # Traces need the collector's layer; off, none.
+        ({"Tracing": "Enabled"}, ["TracingNeedsACollectorLayer"]),
+        ({"Tracing": "Enabled", "OtelLayerArn": "arn:aws:lambda:eu-west-1:901920570463:layer:aws-otel-collector-arm64-ver-0-117-0:1"}, []),
     ],
 )
 def test_bad_parameter_combinations_fail_validation(tpl, params, broken):
@@ -1739,3 +1746,15 @@ def test_a_permissions_boundary_bounds_every_role_the_stack_makes():
     assert functions and all("Role" in f["Properties"] for f in functions), "no function gets a role SAM would make"
     assert not any("PermissionsBoundary" in r["Properties"] for r in deployed(**params).values()
                    if r["Type"] == "AWS::IAM::Role")  # fmt: skip
+
+
+def test_tracing_adds_the_collector_layer_its_endpoint_and_x_rays_two_write_actions_only():
+    layer = "arn:aws:lambda:eu-west-1:901920570463:layer:aws-otel-collector-arm64-ver-0-117-0:1"
+    resources = deployed(Tracing="Enabled", OtelLayerArn=layer)
+    fn = resources["LoginEtlFunction"]["Properties"]
+    assert fn["Layers"] == [layer]
+    assert fn["Environment"]["Variables"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://localhost:4318"
+    by_sid = {st["Sid"]: st for st in _statements(resources["LoginEtlRole"])}
+    assert set(_as_list(by_sid["SendTraces"]["Action"])) == {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+    # The maintenance function is not traced.
+    assert "SendTraces" not in {st["Sid"] for st in _statements(resources["MaintenanceRole"])}

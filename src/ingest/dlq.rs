@@ -66,6 +66,11 @@ pub struct DeadLetterQueue {
 }
 
 impl DeadLetterQueue {
+    /// The queue's name (its URL's last part), as spans name it.
+    pub fn name(&self) -> &str {
+        self.url.rsplit('/').next().unwrap_or(&self.url)
+    }
+
     /// The queue at `url`, through `client`; copies keep no original body
     /// until [`with_sealer`](Self::with_sealer).
     pub fn new(client: Client, url: String) -> Self {

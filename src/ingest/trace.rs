@@ -1,5 +1,5 @@
 //! A batch's spans, by OpenTelemetry's conventions for a batch received
-//! from SQS (semantic-conventions `docs/faas/aws-lambda.md`): one CONSUMER
+//! from SQS (the semantic conventions' page on AWS Lambda): one CONSUMER
 //! span `<queue> process` per batch, linked to each message's producer
 //! trace (a message is never the parent: a batch has many producers), one
 //! child span per message with its outcome, and child spans for the
@@ -16,7 +16,8 @@ use std::collections::HashSet;
 use std::time::SystemTime;
 
 use opentelemetry::trace::{
-    Link, Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceId, Tracer as _,
+    Link, Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceId, TraceState,
+    Tracer as _,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -46,7 +47,9 @@ impl Tracer {
 
     /// Starts the span of `batch`: a child of the invocation's span where
     /// there is one (the Lambda runtime's, as a `tracing` span), else a root
-    /// (`login-etl poll`), linked to its messages' producer traces.
+    /// (`login-etl poll`). Its links come with the message spans
+    /// ([`BatchTrace::messages`]), once every record is read: reading them
+    /// here would read the whole payload before the write begins.
     pub fn batch(&self, batch: &SqsBatch) -> BatchTrace {
         let Some(tracer) = &self.0 else {
             return BatchTrace::default();
@@ -54,34 +57,21 @@ impl Tracer {
         use tracing_opentelemetry::OpenTelemetrySpanExt as _;
         let parent = tracing::Span::current().context();
         let queue = queue_name(batch.records().find_map(|m| m.event_source_arn.as_deref()));
-        let mut seen = HashSet::new();
-        let mut links = Vec::new();
-        let mut dropped = 0_i64;
-        for link in batch.records().filter_map(producer_context) {
-            if !seen.insert(link.trace_id()) {
-                continue;
-            }
-            if links.len() == MAX_BATCH_LINKS {
-                dropped += 1;
-                continue;
-            }
-            links.push(Link::with_context(link));
-        }
-        let mut attributes = vec![
-            KeyValue::new(semconv::MESSAGING_SYSTEM, AWS_SQS),
-            KeyValue::new(semconv::MESSAGING_OPERATION_TYPE, "process"),
-            KeyValue::new(semconv::MESSAGING_DESTINATION_NAME, queue.to_owned()),
-            KeyValue::new(semconv::MESSAGING_BATCH_MESSAGE_COUNT, batch.len() as i64),
-        ];
-        if dropped > 0 {
-            attributes.push(KeyValue::new("login_etl.links_dropped", dropped));
-        }
         let span = tracer
             .span_builder(format!("{queue} process"))
             .with_kind(SpanKind::Consumer)
-            .with_links(links)
-            .with_attributes(attributes)
+            .with_attributes([
+                KeyValue::new(semconv::MESSAGING_SYSTEM, AWS_SQS),
+                KeyValue::new(semconv::MESSAGING_OPERATION_TYPE, "process"),
+                KeyValue::new(semconv::MESSAGING_OPERATION_NAME, "process"),
+                KeyValue::new(semconv::MESSAGING_DESTINATION_NAME, queue.to_owned()),
+                KeyValue::new(semconv::MESSAGING_BATCH_MESSAGE_COUNT, batch.len() as i64),
+            ])
             .start_with_context(tracer, &parent);
+        // A batch the sampler dropped makes no other span.
+        if !span.span_context().is_sampled() {
+            return BatchTrace::default();
+        }
         BatchTrace {
             on: Some(On {
                 tracer: tracer.clone(),
@@ -117,8 +107,14 @@ pub enum MessageOutcome<'a> {
     Duplicate,
     /// Its user is erased: handled, not stored.
     Erased,
-    /// Not a login: rejected with this code (to the DLQ when there is one).
-    Rejected(&'a str),
+    /// Not a login: rejected with this code; `dead_lettered` when its copy
+    /// is in the DLQ (else it comes back, for SQS's redrive policy).
+    Rejected {
+        /// The rejection's code (docs/contract.md).
+        code: &'a str,
+        /// Whether the DLQ took its copy.
+        dead_lettered: bool,
+    },
     /// The database refused its row (to the DLQ on its last receive).
     Refused,
     /// In `batchItemFailures` with its visibility extended (a failed write).
@@ -133,7 +129,7 @@ impl MessageOutcome<'_> {
             Self::Stored => "stored",
             Self::Duplicate => "duplicate",
             Self::Erased => "erased",
-            Self::Rejected(_) => "rejected",
+            Self::Rejected { .. } => "rejected",
             Self::Refused => "refused",
             Self::BackedOff => "backed_off",
             Self::Redelivered => "redelivered",
@@ -156,20 +152,29 @@ impl BatchTrace {
                 .with_kind(SpanKind::Client)
                 .with_attributes([
                     KeyValue::new(semconv::DB_SYSTEM_NAME, "postgresql"),
+                    // The name before semantic conventions 1.30, which
+                    // X-Ray and older backends still read.
+                    KeyValue::new("db.system", "postgresql"),
                     KeyValue::new(semconv::DB_COLLECTION_NAME, "user_logins"),
                 ])
         })
     }
 
-    /// The span of sending `count` messages to the dead-letter queue.
-    pub fn dead_letter_send(&self, count: usize) -> ChildSpan {
+    /// The span of sending `count` messages to the dead-letter queue named
+    /// `dlq` (none when there are none: no call is made).
+    pub fn dead_letter_send(&self, dlq: &str, count: usize) -> ChildSpan {
+        if count == 0 {
+            return ChildSpan(None);
+        }
         self.child(|on| {
             on.tracer
-                .span_builder("dead-letter queue send")
+                .span_builder(format!("{dlq} send"))
                 .with_kind(SpanKind::Producer)
                 .with_attributes([
                     KeyValue::new(semconv::MESSAGING_SYSTEM, AWS_SQS),
                     KeyValue::new(semconv::MESSAGING_OPERATION_TYPE, "send"),
+                    KeyValue::new(semconv::MESSAGING_OPERATION_NAME, "send"),
+                    KeyValue::new(semconv::MESSAGING_DESTINATION_NAME, dlq.to_owned()),
                     KeyValue::new(semconv::MESSAGING_BATCH_MESSAGE_COUNT, count as i64),
                 ])
         })
@@ -177,6 +182,9 @@ impl BatchTrace {
 
     /// The span of extending `count` failed messages' visibility.
     pub fn visibility_change(&self, count: usize) -> ChildSpan {
+        if count == 0 {
+            return ChildSpan(None);
+        }
         self.child(|on| {
             on.tracer
                 .span_builder(format!("{} ChangeMessageVisibilityBatch", on.queue))
@@ -201,7 +209,9 @@ impl BatchTrace {
     }
 
     /// One span per message, from the batch's start to now: its id, its
-    /// producer's trace as its one link, and what became of it.
+    /// producer's trace as its one link, and what became of it; and the
+    /// batch span's links, each producer's trace once, [`MAX_BATCH_LINKS`]
+    /// at most (past them, `login_etl.links_dropped` counts the rest).
     pub fn messages<'a>(
         &self,
         batch: &SqsBatch,
@@ -210,34 +220,48 @@ impl BatchTrace {
         let Some(on) = &self.on else {
             return;
         };
+        let batch_span = on.cx.span();
+        let (mut linked, mut dropped) = (HashSet::new(), 0_i64);
+        let name = format!("{} process", on.queue);
         for (pos, id, outcome) in outcomes {
+            let producer = batch.get(pos).and_then(producer_context);
+            if let Some(producer) = &producer
+                && linked.insert(producer.trace_id())
+            {
+                if linked.len() > MAX_BATCH_LINKS {
+                    dropped += 1;
+                } else {
+                    batch_span.add_link(producer.clone(), Vec::new());
+                }
+            }
             let mut attributes = vec![
                 KeyValue::new(semconv::MESSAGING_SYSTEM, AWS_SQS),
                 KeyValue::new(semconv::MESSAGING_OPERATION_TYPE, "process"),
+                KeyValue::new(semconv::MESSAGING_OPERATION_NAME, "process"),
+                KeyValue::new(semconv::MESSAGING_DESTINATION_NAME, on.queue.clone()),
                 KeyValue::new(semconv::MESSAGING_MESSAGE_ID, id.to_owned()),
                 KeyValue::new("login_etl.outcome", outcome.name()),
             ];
-            if let MessageOutcome::Rejected(code) = outcome {
+            if let MessageOutcome::Rejected { code, dead_lettered } = outcome {
                 attributes.push(KeyValue::new("login_etl.rejection_code", code.to_owned()));
+                attributes.push(KeyValue::new("login_etl.dead_lettered", dead_lettered));
             }
-            let links = batch
-                .get(pos)
-                .and_then(producer_context)
-                .map(Link::with_context)
-                .into_iter()
-                .collect();
+            let links = producer.map(Link::with_context).into_iter().collect();
             let mut span = on
                 .tracer
-                .span_builder(format!("{} process", on.queue))
+                .span_builder(name.clone())
                 .with_kind(SpanKind::Consumer)
                 .with_start_time(on.started)
                 .with_links(links)
                 .with_attributes(attributes)
                 .start_with_context(&on.tracer, &on.cx);
-            if matches!(outcome, MessageOutcome::Rejected(_) | MessageOutcome::Refused) {
+            if matches!(outcome, MessageOutcome::Rejected { .. } | MessageOutcome::Refused) {
                 span.set_status(Status::error(outcome.name()));
             }
             span.end();
+        }
+        if dropped > 0 {
+            batch_span.set_attribute(KeyValue::new("login_etl.links_dropped", dropped));
         }
     }
 
@@ -262,6 +286,13 @@ impl BatchTrace {
 pub struct ChildSpan(Option<Span>);
 
 impl ChildSpan {
+    /// Ends the span of an SQS call that had `asked` entries and SQS took
+    /// `taken`: failed (`error.type=sqs_not_all_taken`) when it took fewer.
+    pub fn end_sent(self, asked: usize, taken: usize) {
+        let failure = (taken < asked).then_some("sqs_not_all_taken");
+        self.end(&[("login_etl.taken", taken as i64)], failure);
+    }
+
     /// Ends the span with `attributes`, as failed with `failure`'s class.
     pub fn end(self, attributes: &[(&'static str, i64)], failure: Option<&'static str>) {
         self.end_named(None, attributes, failure);
@@ -294,7 +325,9 @@ impl ChildSpan {
 
 /// The producer's trace a message carries: SQS's `AWSTraceHeader` (X-Ray's
 /// form, read by X-Ray's own propagator), else a W3C `traceparent` message
-/// attribute. A garbled header is no link, never an error.
+/// attribute. A garbled header is no link, never an error. Only the ids and
+/// flags are kept: the rest of a header (X-Ray's keeps every `key=value`
+/// after `Sampled` as trace state) is what its producer chose to write.
 fn producer_context(record: &SqsRecord) -> Option<SpanContext> {
     let xray = record
         .attributes
@@ -311,7 +344,15 @@ fn producer_context(record: &SqsRecord) -> Option<SpanContext> {
         let cx = TraceContextPropagator::new().extract(&carrier);
         Some(cx.span().span_context().clone())
     })?;
-    (context.is_valid() && context.trace_id() != TraceId::INVALID).then_some(context)
+    (context.is_valid() && context.trace_id() != TraceId::INVALID).then(|| {
+        SpanContext::new(
+            context.trace_id(),
+            context.span_id(),
+            context.trace_flags(),
+            true,
+            TraceState::NONE,
+        )
+    })
 }
 
 /// The queue's name: the last part of its ARN.
@@ -344,6 +385,12 @@ mod tests {
     fn a_producers_trace_from_either_header_and_none_from_a_garbled_one() {
         let xray = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
         let cx = producer_context(&record(Some(xray), None)).expect("X-Ray's header");
+        // What a producer adds to its header is not kept.
+        let more = format!("{xray};Self=alice@example.com");
+        let kept = producer_context(&record(Some(&more), None)).unwrap();
+        assert_eq!((kept.trace_id(), kept.trace_state().header()), (cx.trace_id(), String::new()));
+        let w3c_state = producer_context(&record(None, Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")));
+        assert_eq!(w3c_state.unwrap().trace_state().header(), "");
         assert_eq!(cx.trace_id().to_string(), "5759e988bd862e3fe1be46a994272793");
         assert_eq!(cx.span_id().to_string(), "53995c3f42cd8ad8");
         let w3c = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
@@ -370,6 +417,54 @@ mod tests {
         assert_eq!(queue_name(Some("arn:aws:sqs:eu-west-1:123456789012:logins")), "logins");
         assert_eq!(queue_name(Some("arn:aws:sqs:eu-west-1:123456789012:")), "sqs");
         assert_eq!(queue_name(None), "sqs");
+    }
+
+    /// Keeps every span it is given.
+    #[derive(Debug, Clone, Default)]
+    struct Kept(std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_sdk::trace::SpanData>>>);
+
+    impl opentelemetry_sdk::trace::SpanExporter for Kept {
+        async fn export(
+            &self,
+            batch: Vec<opentelemetry_sdk::trace::SpanData>,
+        ) -> opentelemetry_sdk::error::OTelSdkResult {
+            self.0.lock().unwrap().extend(batch);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_batch_links_each_trace_once_and_twenty_at_most() {
+        let kept = Kept::default();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_simple_exporter(kept.clone())
+            .build();
+        let tracer = Tracer::new(opentelemetry::trace::TracerProvider::tracer(&provider, "test"));
+        // 25 traces, the first sent three times: 27 messages.
+        let header = |i: usize| format!("Root=1-5759e988-{i:024x};Parent=53995c3f42cd8ad8;Sampled=1");
+        let records: Vec<SqsRecord> = (0..25)
+            .chain([0, 0])
+            .map(|i| record(Some(&header(i + 1)), None))
+            .collect();
+        let batch = SqsBatch::new(records);
+        let trace = tracer.batch(&batch);
+        let ids: Vec<String> = (0..batch.len()).map(|i| format!("m{i}")).collect();
+        trace.messages(
+            &batch,
+            ids.iter().enumerate().map(|(i, id)| (i, id.as_str(), MessageOutcome::Stored)),
+        );
+        trace.end(&[], None);
+        let spans = kept.0.lock().unwrap().clone();
+        let batch_span = spans.iter().find(|s| s.name == "sqs process" && s.span_kind == SpanKind::Consumer && !s.attributes.iter().any(|a| a.key.as_str() == "messaging.message.id")).expect("the batch span");
+        let linked: Vec<_> = batch_span.links.links.iter().map(|l| l.span_context.trace_id()).collect();
+        assert_eq!(linked.len(), MAX_BATCH_LINKS);
+        assert_eq!(linked.iter().collect::<HashSet<_>>().len(), MAX_BATCH_LINKS, "each trace once");
+        let dropped = batch_span.attributes.iter().find(|a| a.key.as_str() == "login_etl.links_dropped");
+        assert_eq!(dropped.map(|a| a.value.clone()), Some(opentelemetry::Value::I64(5)));
+        // Every message's span links its own producer's, the 21st's too.
+        let messages: Vec<_> = spans.iter().filter(|s| s.parent_span_id == batch_span.span_context.span_id()).collect();
+        assert_eq!(messages.len(), 27);
+        assert!(messages.iter().all(|m| m.links.links.len() == 1));
     }
 
     #[test]

@@ -264,7 +264,7 @@ impl Queue {
         wait: u32,
     ) -> Result<(Vec<SqsRecord>, Granted), QueueError> {
         let sent = Instant::now();
-        let call = self
+        let mut call = self
             .client
             .receive_message()
             .queue_url(&self.url)
@@ -275,11 +275,13 @@ impl Queue {
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
             .message_system_attribute_names(MessageSystemAttributeName::SenderId)
-            // The producer's trace: a link of the batch's span.
-            .message_system_attribute_names(MessageSystemAttributeName::AwsTraceHeader)
             // What a copy redriven from the DLQ carries of its original.
-            .set_message_attribute_names(Some(SOURCE_ATTRIBUTES.map(str::to_owned).to_vec()))
-            .send();
+            .set_message_attribute_names(Some(SOURCE_ATTRIBUTES.map(str::to_owned).to_vec()));
+        if crate::telemetry::is_on() {
+            // The producer's trace: a link of the batch's span.
+            call = call.message_system_attribute_names(MessageSystemAttributeName::AwsTraceHeader);
+        }
+        let call = call.send();
         // The SDK's own timeouts do not cover a long poll that hangs.
         let limit = Duration::from_secs(u64::from(wait) + 10);
         let out = tokio::time::timeout(limit, call)

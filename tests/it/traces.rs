@@ -12,7 +12,7 @@ use crate::runtime_e2e::{invoke_path, start_watch_with};
 use std::collections::{BTreeMap, HashSet};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_lambda_events::event::sqs::SqsEvent;
 use common::*;
@@ -38,16 +38,21 @@ fn trace_id_of(root: &str) -> Vec<u8> {
     hex::decode(root.trim_start_matches("1-").replace('-', "")).unwrap()
 }
 
-/// What the receiver got: each request's body, in arrival order.
+/// What the receiver got: each request's path and body, in arrival order,
+/// and when it answered the first.
 #[derive(Clone, Default)]
-struct Received(Arc<Mutex<Vec<Vec<u8>>>>);
+struct Received(Arc<Mutex<Vec<Request>>>, Arc<Mutex<Option<SystemTime>>>);
+
+/// A request's path and body.
+type Request = (String, Vec<u8>);
 
 impl Received {
     /// Every span, with the index of the request it came in.
     fn spans(&self) -> Vec<(usize, Span)> {
         let bodies = self.0.lock().unwrap().clone();
         let mut out = Vec::new();
-        for (i, body) in bodies.iter().enumerate() {
+        for (i, (path, body)) in bodies.iter().enumerate() {
+            assert_eq!(path, "/v1/traces");
             let request = ExportTraceServiceRequest::decode(body.as_slice())
                 .expect("an OTLP/HTTP protobuf body");
             for resource in request.resource_spans {
@@ -61,7 +66,12 @@ impl Received {
 
     /// Every byte received, for the PII check.
     fn bytes(&self) -> Vec<u8> {
-        self.0.lock().unwrap().concat()
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|(_, b)| b.clone())
+            .collect()
     }
 
     /// Waits (on what arrived, at most 60 s) until `done` holds.
@@ -74,7 +84,9 @@ impl Received {
     }
 }
 
-/// An OTLP/HTTP receiver on 127.0.0.1: its endpoint, and what it got.
+/// An OTLP/HTTP receiver on 127.0.0.1: its endpoint, and what it got. It
+/// answers the first request half a second late (a slow collector), and
+/// notes when it did.
 async fn receiver() -> (String, Received) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
@@ -91,9 +103,17 @@ async fn receiver() -> (String, Received) {
                     move |req: hyper::Request<hyper::body::Incoming>| {
                         let kept = kept.clone();
                         async move {
-                            assert_eq!(req.uri().path(), "/v1/traces");
+                            let path = req.uri().path().to_owned();
                             let body = req.into_body().collect().await.unwrap().to_bytes();
-                            kept.0.lock().unwrap().push(body.to_vec());
+                            let first = {
+                                let mut all = kept.0.lock().unwrap();
+                                all.push((path, body.to_vec()));
+                                all.len() == 1
+                            };
+                            if first {
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                                *kept.1.lock().unwrap() = Some(SystemTime::now());
+                            }
                             Ok::<_, Infallible>(
                                 hyper::Response::builder()
                                     .header("content-type", "application/x-protobuf")
@@ -152,6 +172,14 @@ fn traced_event(seed: u64, all_logins: bool) -> SqsEvent {
     for (m, header) in event.records.iter_mut().zip(HEADERS) {
         m.attributes.insert("AWSTraceHeader".into(), header.into());
     }
+    // What a producer adds to its header (here its user's id) is never kept.
+    let body: serde_json::Value =
+        serde_json::from_str(event.records[0].body.as_deref().unwrap()).unwrap();
+    let user = body["user_id"].as_str().unwrap().to_owned();
+    event.records[0].attributes.insert(
+        "AWSTraceHeader".into(),
+        format!("{};Self={user}", HEADERS[0]),
+    );
     if !all_logins {
         event.records[2].body = Some("{\"user_id\": \"trunc".into());
     }
@@ -193,6 +221,15 @@ fn assert_no_secret(received: &Received, values: &[String]) {
         found, None,
         "a raw ip, device id, user id, token or the key in an exported span (value redacted; its index in the list)"
     );
+}
+
+/// The parent of the batch span that is not `first`: its invocation's span.
+fn second_batch_parent(batches: &[&(usize, Span)], first: &Span) -> Vec<u8> {
+    let (_, second) = batches
+        .iter()
+        .find(|(_, s)| s.trace_id != first.trace_id)
+        .unwrap();
+    second.parent_span_id.clone()
 }
 
 /// A batch's spans under `batch`: its messages' outcomes by message id,
@@ -273,6 +310,11 @@ async fn the_functions_spans_link_each_producer_and_arrive_before_the_next_invoc
     );
     let linked: HashSet<Vec<u8>> = batch.links.iter().map(|l| l.trace_id.clone()).collect();
     assert_eq!(batch.links.len(), 2, "{:?}", batch.links);
+    let states = spans
+        .iter()
+        .flat_map(|(_, s)| &s.links)
+        .map(|l| &l.trace_state);
+    assert!(states.clone().count() >= 4 && states.into_iter().all(String::is_empty));
     assert_eq!(
         linked,
         HashSet::from([trace_id_of(ROOT_A), trace_id_of(ROOT_B)])
@@ -284,6 +326,7 @@ async fn the_functions_spans_link_each_producer_and_arrive_before_the_next_invoc
         .find(|s| s.span_id == batch.parent_span_id)
         .expect("the batch span's parent, the invocation's span");
     assert_eq!(text(invocation, "faas.trigger").as_deref(), Some("pubsub"));
+    assert_eq!(invocation.kind, SpanKind::Server as i32);
     assert!(!linked.contains(&batch.trace_id));
 
     let under = children(&spans, batch);
@@ -323,8 +366,29 @@ async fn the_functions_spans_link_each_producer_and_arrive_before_the_next_invoc
     assert_eq!(text(write, "db.operation.name").as_deref(), Some("INSERT"));
     assert_eq!(int(write, "db.operation.batch.size"), Some(2));
 
-    // Flushed before the next event was asked for: every span of the first
-    // invocation came in a request before any of the second's.
+    // Flushed before the next event was asked for: the second invocation
+    // began after the (slow) answer to the first invocation's export, and
+    // every span of the first came in a request before any of the second's.
+    let answered = received
+        .1
+        .lock()
+        .unwrap()
+        .expect("the first export was answered");
+    let answered = answered
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let second_parent = second_batch_parent(&batches, batch);
+    let second_invocation = spans
+        .iter()
+        .map(|(_, s)| s)
+        .find(|s| s.span_id == second_parent)
+        .expect("the second invocation's span");
+    assert!(
+        second_invocation.start_time_unix_nano > answered,
+        "the second invocation began {} ns before the first's spans were taken",
+        answered.saturating_sub(second_invocation.start_time_unix_nano)
+    );
     let (_, second_batch) = batches
         .iter()
         .find(|(_, s)| s.trace_id != batch.trace_id)

@@ -100,7 +100,12 @@ impl BatchHandler {
         let trace = self.tracer.batch(batch);
         let result = match self.write(batch, started, &mut work, &trace).await {
             Ok((report, failure)) => Ok(self.report(batch, report, failure, work, &trace).await),
-            Err(e) => Err(e),
+            Err(e) => {
+                // The whole batch comes back: each message read so far says so.
+                let ids = work.ids.iter().enumerate();
+                trace.messages(batch, ids.map(|(pos, id)| (pos, *id, MessageOutcome::Redelivered)));
+                Err(e)
+            }
         };
         let now_ms = Utc::now().timestamp_millis();
         let mut metrics = InvocationMetrics {
@@ -389,9 +394,11 @@ impl BatchHandler {
         };
         let masker = out.masker.as_ref().expect("set before any record");
         let rejected = out.rejected_records(batch);
-        let span = trace.dead_letter_send(rejected.len());
-        out.sent = dlq.send(&rejected, masker, true, out.deadline).await;
-        span.end(&[("login_etl.sent", out.sent.len() as i64)], None);
+        let asked = rejected.len();
+        let span = trace.dead_letter_send(dlq.name(), asked);
+        let sent = dlq.send(&rejected, masker, true, out.deadline).await;
+        span.end_sent(asked, sent.len());
+        out.sent = sent;
         if let Some(&(held, _)) = out
             .rejected
             .iter()
@@ -490,9 +497,11 @@ impl BatchHandler {
         // writing): a reject is never held back by the database.
         if !fifo && let Some(dlq) = &self.dlq {
             let rejected = valid.rejected_records(batch);
-            let span = trace.dead_letter_send(rejected.len());
-            valid.sent = dlq.send(&rejected, &masker, false, deadline).await;
-            span.end(&[("login_etl.sent", valid.sent.len() as i64)], None);
+            let asked = rejected.len();
+            let span = trace.dead_letter_send(dlq.name(), asked);
+            let sent = dlq.send(&rejected, &masker, false, deadline).await;
+            span.end_sent(asked, sent.len());
+            valid.sent = sent;
         }
         let refused_sent = match &self.dlq {
             Some(dlq) => {
@@ -509,19 +518,20 @@ impl BatchHandler {
             failure.is_some(),
             fifo,
         );
-        let (backed_off, visibility_change_failed) = match (&self.backoff, failure) {
+        let (held, visibility_change_failed) = match (&self.backoff, failure) {
             (Some((schedule, visibility)), Some(_)) => {
                 let how = (*schedule, visibility);
                 let span = trace.visibility_change(failed.len());
-                let (held, missed) = back_off(how, batch, &failed, fifo, deadline).await;
-                span.end(&[("login_etl.extended", held as i64)], None);
+                let held = back_off(how, batch, &failed, fifo, deadline).await;
+                span.end_sent(failed.len(), held.len());
+                let missed = failed.len() - held.len();
                 (held, missed)
             }
-            _ => (0, 0),
+            _ => (Vec::new(), 0),
         };
+        let backed_off = held.len();
         if trace.is_on() {
-            let outcomes = message_outcomes(&valid, &report, &failed, backed_off > 0);
-            trace.messages(batch, outcomes);
+            trace.messages(batch, message_outcomes(&valid, &report, &failed, &held));
         }
         let mut response = SqsBatchResponse::default();
         for &pos in &failed {
@@ -719,9 +729,9 @@ async fn send_refused(
     if due.is_empty() {
         return Vec::new();
     }
-    let span = trace.dead_letter_send(due.len());
+    let span = trace.dead_letter_send(dlq.name(), due.len());
     let sent = dlq.send(&due, masker, fifo, deadline).await;
-    span.end(&[("login_etl.sent", sent.len() as i64)], None);
+    span.end_sent(due.len(), sent.len());
     sent
 }
 
@@ -734,7 +744,7 @@ fn message_outcomes<'a>(
     valid: &'a BatchWork<'_>,
     report: &InsertReport,
     failed: &[usize],
-    backed_off: bool,
+    held: &[usize],
 ) -> Vec<(usize, &'a str, MessageOutcome<'a>)> {
     let mut outcomes = vec![MessageOutcome::Redelivered; valid.ids.len()];
     let stored = if report.inserted == 0 && report.duplicates > 0 {
@@ -746,17 +756,19 @@ fn message_outcomes<'a>(
         outcomes[pos] = stored;
     }
     for &pos in failed {
-        outcomes[pos] = if backed_off {
-            MessageOutcome::BackedOff
-        } else {
-            MessageOutcome::Redelivered
-        };
+        outcomes[pos] = MessageOutcome::Redelivered;
+    }
+    for &pos in held {
+        outcomes[pos] = MessageOutcome::BackedOff;
     }
     for &i in &report.refused {
         outcomes[valid.row_positions[i]] = MessageOutcome::Refused;
     }
     for (pos, code) in &valid.rejected {
-        outcomes[*pos] = MessageOutcome::Rejected(code);
+        outcomes[*pos] = MessageOutcome::Rejected {
+            code,
+            dead_lettered: valid.sent.binary_search(pos).is_ok(),
+        };
     }
     for &pos in &valid.erased {
         outcomes[pos] = MessageOutcome::Erased;
@@ -805,15 +817,15 @@ fn failed_positions(
 
 /// Extends the visibility of the failed records by the schedule: each by
 /// its own receive count, or (FIFO) the whole held tail by the highest,
-/// so it comes back together and in order. Returns (backed off, not
-/// confirmed).
+/// so it comes back together and in order. Returns the positions whose
+/// visibility SQS extended.
 async fn back_off(
     (schedule, visibility): (Schedule, &Visibility),
     batch: &SqsBatch,
     positions: &[usize],
     fifo: bool,
     deadline: Option<Instant>,
-) -> (usize, usize) {
+) -> Vec<usize> {
     let tail = positions
         .iter()
         .map(|&p| receive_count(batch.record(p)))
@@ -841,7 +853,7 @@ async fn back_off(
             "visibility not extended for some failed records; they are redelivered after the queue's visibility timeout"
         );
     }
-    (held.len(), missed)
+    held
 }
 
 /// The record's `ApproximateReceiveCount` (1 when absent or unreadable).
@@ -876,4 +888,90 @@ fn ingest_lag_ms(batch: &SqsBatch, now_ms: i64) -> Option<u64> {
         .filter_map(|m| m.sent_timestamp()?.parse::<i64>().ok())
         .min()?;
     Some(now_ms.saturating_sub(oldest).max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Eight messages: rows at 0, 1, 2 (2 refused), 6; 3 rejected and in
+    /// the DLQ, 4 rejected and not; 5 erased; 7 held (a rebuilt login).
+    fn work() -> BatchWork<'static> {
+        BatchWork {
+            ids: vec!["m0", "m1", "m2", "m3", "m4", "m5", "m6", "m7"],
+            row_positions: vec![0, 1, 2, 6],
+            rejected: vec![(3, "invalid_json".into()), (4, "missing_field.user_id".into())],
+            sent: vec![3],
+            erased: vec![5],
+            held: vec![7],
+            ..BatchWork::default()
+        }
+    }
+
+    fn outcomes_of(report: &InsertReport, failed: &[usize], held: &[usize]) -> Vec<String> {
+        let work = work();
+        message_outcomes(&work, report, failed, held)
+            .into_iter()
+            .enumerate()
+            .map(|(i, (pos, id, outcome))| {
+                assert_eq!((pos, id), (i, work.ids[i]));
+                format!("{outcome:?}")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_message_says_what_became_of_it() {
+        let report = InsertReport {
+            inserted: 3,
+            refused: vec![2],
+            refused_codes: vec!["23514".into()],
+            ..InsertReport::default()
+        };
+        // Failed: the unsent reject, the refused row, the held login.
+        let failed = [2, 4, 7];
+        assert_eq!(
+            outcomes_of(&report, &failed, &[]),
+            [
+                "Stored",
+                "Stored",
+                "Refused",
+                "Rejected { code: \"invalid_json\", dead_lettered: true }",
+                "Rejected { code: \"missing_field.user_id\", dead_lettered: false }",
+                "Erased",
+                "Stored",
+                "Redelivered",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_write_backs_off_what_sqs_held_and_redelivers_the_rest() {
+        // Every record not otherwise finished failed; SQS held two of them.
+        let failed = [0, 1, 2, 4, 6, 7];
+        let outcomes = outcomes_of(&InsertReport::default(), &failed, &[0, 6]);
+        assert_eq!(outcomes[0], "BackedOff");
+        assert_eq!(outcomes[1], "Redelivered");
+        assert_eq!(outcomes[6], "BackedOff");
+        assert!(outcomes[4].starts_with("Rejected"), "{outcomes:?}");
+        assert_eq!(outcomes[5], "Erased");
+    }
+
+    #[test]
+    fn a_redelivered_batch_is_duplicates() {
+        let report = InsertReport {
+            duplicates: 4,
+            ..InsertReport::default()
+        };
+        let outcomes = outcomes_of(&report, &[4, 7], &[]);
+        assert_eq!(outcomes[0], "Duplicate");
+        assert_eq!(outcomes[6], "Duplicate");
+        // Some new and some duplicates: stored, the batch span counts them.
+        let mixed = InsertReport {
+            inserted: 1,
+            duplicates: 3,
+            ..InsertReport::default()
+        };
+        assert_eq!(outcomes_of(&mixed, &[4, 7], &[])[0], "Stored");
+    }
 }
