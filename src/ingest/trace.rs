@@ -234,11 +234,10 @@ impl BatchTrace {
                     batch_span.add_link(producer.clone(), Vec::new());
                 }
             }
+            // What the batch span says of them all (system, queue,
+            // operation) it says once: a message span is most of the bytes
+            // a batch exports.
             let mut attributes = vec![
-                KeyValue::new(semconv::MESSAGING_SYSTEM, AWS_SQS),
-                KeyValue::new(semconv::MESSAGING_OPERATION_TYPE, "process"),
-                KeyValue::new(semconv::MESSAGING_OPERATION_NAME, "process"),
-                KeyValue::new(semconv::MESSAGING_DESTINATION_NAME, on.queue.clone()),
                 KeyValue::new(semconv::MESSAGING_MESSAGE_ID, id.to_owned()),
                 KeyValue::new("login_etl.outcome", outcome.name()),
             ];
@@ -271,12 +270,10 @@ impl BatchTrace {
             return;
         };
         let span = on.cx.span();
-        for &(name, value) in counts {
-            span.set_attribute(KeyValue::new(name, value));
-        }
-        if let Some(class) = failure {
-            span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, class));
-            span.set_status(Status::error(class));
+        let (attributes, status) = ending(counts, failure);
+        span.set_attributes(attributes);
+        if let Some(status) = status {
+            span.set_status(status);
         }
         span.end();
     }
@@ -312,15 +309,27 @@ impl ChildSpan {
         if let Some(operation) = operation {
             span.set_attribute(KeyValue::new(semconv::DB_OPERATION_NAME, operation));
         }
-        for &(name, value) in attributes {
-            span.set_attribute(KeyValue::new(name, value));
-        }
-        if let Some(class) = failure {
-            span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, class));
-            span.set_status(Status::error(class));
+        let (attributes, status) = ending(attributes, failure);
+        span.set_attributes(attributes);
+        if let Some(status) = status {
+            span.set_status(status);
         }
         span.end();
     }
+}
+
+/// What a span ends with: its counts, and for a failure its class
+/// (`error.type`) and an error status.
+fn ending(
+    counts: &[(&'static str, i64)],
+    failure: Option<&'static str>,
+) -> (Vec<KeyValue>, Option<Status>) {
+    let mut attributes: Vec<KeyValue> = counts
+        .iter()
+        .map(|&(name, value)| KeyValue::new(name, value))
+        .collect();
+    attributes.extend(failure.map(|class| KeyValue::new(semconv::ERROR_TYPE, class)));
+    (attributes, failure.map(Status::error))
 }
 
 /// The producer's trace a message carries: SQS's `AWSTraceHeader` (X-Ray's
