@@ -103,10 +103,16 @@ pub fn init() -> Result<bool, String> {
         resource = resource.with_service_name(name);
     }
     // A batch of 10,000 messages makes 10,000 spans and a few more; the
-    // processor's default queue (2,048) would drop the rest.
+    // processor's default queue (2,048) would drop the rest. And one
+    // request a flush: each request has its own export timeout, so 512
+    // spans a request (the default) would let a hung collector hold a
+    // large batch's invocation for several of them.
     let mut batching = BatchConfigBuilder::default();
     if var("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
         batching = batching.with_max_queue_size(SPANS_QUEUED);
+    }
+    if var("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").is_none() {
+        batching = batching.with_max_export_batch_size(SPANS_QUEUED);
     }
     let processor = BatchSpanProcessor::builder(exporter)
         .with_batch_config(batching.build())
@@ -169,8 +175,10 @@ pub fn flush() {
         Err(e) if !FAILING.swap(true, Ordering::Relaxed) => warn!(
             error = %e,
             "spans could not be sent to the collector ({variable}); check that the collector \
-             extension (the stack's OtelLayerArn) or poll's collector is running and listening \
-             there; ingest goes on, and spans are lost until it answers"
+             extension (the stack's OtelLayerArn) or poll's collector is running and takes \
+             OTLP over HTTP there (port 4318, not gRPC's 4317; OTEL_EXPORTER_OTLP_TRACES_ENDPOINT \
+             is the whole URL, /v1/traces included); ingest goes on, and spans are lost until \
+             it answers"
         ),
         Ok(()) if FAILING.swap(false, Ordering::Relaxed) => {
             info!("spans are sent to the collector again ({variable})")
@@ -179,10 +187,13 @@ pub fn flush() {
     }
 }
 
-/// Sends what is left and stops the exporter (`login-etl poll`'s exit).
+/// Sends what is left and stops the exporter (`login-etl poll`'s exit),
+/// within 2 s: a hung collector must not use up a container's grace
+/// period after SIGTERM.
 pub fn shutdown() {
-    if let Some(provider) = PROVIDER.get() {
-        flush();
-        let _ = provider.shutdown();
+    if let Some(provider) = PROVIDER.get()
+        && let Err(e) = provider.shutdown_with_timeout(std::time::Duration::from_secs(2))
+    {
+        warn!(error = %e, "the last spans could not be sent to the collector");
     }
 }

@@ -1694,6 +1694,11 @@ def test_vpc_endpoints_for_the_services_the_functions_call_are_made_only_when_as
     # Not asked for, or no subnets: none.
     for params in (vpc, {"VpcEndpointsVpcId": "vpc-0abc"}):
         assert not [r for r in deployed(**params).values() if r["Type"] == "AWS::EC2::VPCEndpoint"], params
+    # With traces on, X-Ray's too: the collector extension sends from the same subnets.
+    traced = deployed(**vpc, VpcEndpointsVpcId="vpc-0abc", Tracing="Enabled",
+                      OtelLayerArn="arn:aws:lambda:eu-west-1:901920570463:layer:aws-otel-collector-arm64-ver-0-117-0:1")
+    services = {r["Properties"]["ServiceName"]["Fn::Sub"] for r in traced.values() if r["Type"] == "AWS::EC2::VPCEndpoint"}
+    assert "com.amazonaws.${AWS::Region}.xray" in services and len(services) == 4, services
 
 
 def test_the_function_knows_the_dlq_operators_role_to_refuse_what_it_sends_unsigned():

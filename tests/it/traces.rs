@@ -85,7 +85,7 @@ impl Received {
 }
 
 /// An OTLP/HTTP receiver on 127.0.0.1: its endpoint, and what it got. It
-/// answers the first request half a second late (a slow collector), and
+/// answers the first request 2 s late (a slow collector), and
 /// notes when it did.
 async fn receiver() -> (String, Received) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -111,7 +111,7 @@ async fn receiver() -> (String, Received) {
                                 all.len() == 1
                             };
                             if first {
-                                tokio::time::sleep(Duration::from_millis(500)).await;
+                                tokio::time::sleep(Duration::from_secs(2)).await;
                                 *kept.1.lock().unwrap() = Some(SystemTime::now());
                             }
                             Ok::<_, Infallible>(
@@ -260,6 +260,8 @@ async fn the_functions_spans_link_each_producer_and_arrive_before_the_next_invoc
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
             ("OTEL_BSP_SCHEDULE_DELAY", "600000".into()),
+            // Longer than the receiver's late answer to the first export.
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "10000".into()),
         ],
     );
     let first = traced_event(78, false);

@@ -531,7 +531,8 @@ impl BatchHandler {
         };
         let backed_off = held.len();
         if trace.is_on() {
-            trace.messages(batch, message_outcomes(&valid, &report, &failed, &held));
+            let outcomes = message_outcomes(&valid, &report, (&failed, &held), &refused_sent);
+            trace.messages(batch, outcomes);
         }
         let mut response = SqsBatchResponse::default();
         for &pos in &failed {
@@ -743,8 +744,8 @@ async fn send_refused(
 fn message_outcomes<'a>(
     valid: &'a BatchWork<'_>,
     report: &InsertReport,
-    failed: &[usize],
-    held: &[usize],
+    (failed, held): (&[usize], &[usize]),
+    refused_sent: &[usize],
 ) -> Vec<(usize, &'a str, MessageOutcome<'a>)> {
     let mut outcomes = vec![MessageOutcome::Redelivered; valid.ids.len()];
     let stored = if report.inserted == 0 && report.duplicates > 0 {
@@ -762,7 +763,10 @@ fn message_outcomes<'a>(
         outcomes[pos] = MessageOutcome::BackedOff;
     }
     for &i in &report.refused {
-        outcomes[valid.row_positions[i]] = MessageOutcome::Refused;
+        let pos = valid.row_positions[i];
+        outcomes[pos] = MessageOutcome::Refused {
+            dead_lettered: refused_sent.binary_search(&pos).is_ok(),
+        };
     }
     for (pos, code) in &valid.rejected {
         outcomes[*pos] = MessageOutcome::Rejected {
@@ -910,7 +914,7 @@ mod tests {
 
     fn outcomes_of(report: &InsertReport, failed: &[usize], held: &[usize]) -> Vec<String> {
         let work = work();
-        message_outcomes(&work, report, failed, held)
+        message_outcomes(&work, report, (failed, held), &[])
             .into_iter()
             .enumerate()
             .map(|(i, (pos, id, outcome))| {
@@ -935,7 +939,7 @@ mod tests {
             [
                 "Stored",
                 "Stored",
-                "Refused",
+                "Refused { dead_lettered: false }",
                 "Rejected { code: \"invalid_json\", dead_lettered: true }",
                 "Rejected { code: \"missing_field.user_id\", dead_lettered: false }",
                 "Erased",
@@ -943,6 +947,18 @@ mod tests {
                 "Redelivered",
             ]
         );
+    }
+
+    #[test]
+    fn a_refused_row_in_the_dlq_says_so() {
+        let report = InsertReport {
+            refused: vec![2],
+            refused_codes: vec!["23514".into()],
+            ..InsertReport::default()
+        };
+        let work = work();
+        let outcomes = message_outcomes(&work, &report, (&[], &[]), &[2]);
+        assert_eq!(outcomes[2].2, MessageOutcome::Refused { dead_lettered: true });
     }
 
     #[test]
