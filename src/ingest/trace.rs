@@ -61,13 +61,7 @@ impl Tracer {
         let span = tracer
             .span_builder(format!("{queue} process"))
             .with_kind(SpanKind::Consumer)
-            .with_attributes([
-                KeyValue::new(semconv::MESSAGING_SYSTEM, AWS_SQS),
-                KeyValue::new(semconv::MESSAGING_OPERATION_TYPE, "process"),
-                KeyValue::new(semconv::MESSAGING_OPERATION_NAME, "process"),
-                KeyValue::new(semconv::MESSAGING_DESTINATION_NAME, queue.to_owned()),
-                KeyValue::new(semconv::MESSAGING_BATCH_MESSAGE_COUNT, batch.len() as i64),
-            ])
+            .with_attributes(messaging("process", queue, batch.len()))
             .start_with_context(tracer, &parent);
         // A batch the sampler dropped makes no other span.
         if !span.span_context().is_sampled() {
@@ -175,16 +169,12 @@ impl BatchTrace {
             on.tracer
                 .span_builder(format!("{dlq} send"))
                 .with_kind(SpanKind::Producer)
-                .with_attributes([
-                    KeyValue::new(semconv::MESSAGING_SYSTEM, AWS_SQS),
-                    KeyValue::new(semconv::MESSAGING_OPERATION_TYPE, "send"),
-                    KeyValue::new(semconv::MESSAGING_OPERATION_NAME, "send"),
-                    KeyValue::new(semconv::MESSAGING_DESTINATION_NAME, dlq.to_owned()),
-                    KeyValue::new(semconv::MESSAGING_BATCH_MESSAGE_COUNT, count as i64),
+                // One call: a second `with_attributes` replaces the first.
+                .with_attributes(messaging("send", dlq, count).into_iter().chain([
                     KeyValue::new("rpc.system", "aws-api"),
                     KeyValue::new("rpc.service", "SQS"),
                     KeyValue::new(semconv::RPC_METHOD, "SendMessageBatch"),
-                ])
+                ]))
         })
     }
 
@@ -381,6 +371,18 @@ fn producer_context(record: &SqsRecord) -> Option<SpanContext> {
     })
 }
 
+/// What a span of `operation` (`process`, `send`) on the queue `queue`
+/// says of `count` messages, by the messaging conventions.
+fn messaging(operation: &'static str, queue: &str, count: usize) -> [KeyValue; 5] {
+    [
+        KeyValue::new(semconv::MESSAGING_SYSTEM, AWS_SQS),
+        KeyValue::new(semconv::MESSAGING_OPERATION_TYPE, operation),
+        KeyValue::new(semconv::MESSAGING_OPERATION_NAME, operation),
+        KeyValue::new(semconv::MESSAGING_DESTINATION_NAME, queue.to_owned()),
+        KeyValue::new(semconv::MESSAGING_BATCH_MESSAGE_COUNT, count as i64),
+    ]
+}
+
 /// The queue's name: the last part of its ARN.
 fn queue_name(arn: Option<&str>) -> &str {
     arn.and_then(|a| a.rsplit(':').next())
@@ -477,8 +479,17 @@ mod tests {
             &batch,
             ids.iter().enumerate().map(|(i, id)| (i, id.as_str(), MessageOutcome::Stored)),
         );
+        trace.dead_letter_send("logins-dlq", 2).end_sent(2, 1);
         trace.end(&[], None);
         let spans = kept.0.lock().unwrap().clone();
+        // A send's span: the messaging names and the AWS call's, failed
+        // when SQS took fewer.
+        let send = spans.iter().find(|s| s.name == "logins-dlq send").expect("the send's span");
+        let keys: Vec<&str> = send.attributes.iter().map(|a| a.key.as_str()).collect();
+        for key in ["messaging.system", "messaging.destination.name", "rpc.system", "rpc.method"] {
+            assert!(keys.contains(&key), "{key}: {keys:?}");
+        }
+        assert!(matches!(send.status, Status::Error { .. }));
         let batch_span = spans.iter().find(|s| s.name == "sqs process" && s.span_kind == SpanKind::Consumer && !s.attributes.iter().any(|a| a.key.as_str() == "messaging.message.id")).expect("the batch span");
         let linked: Vec<_> = batch_span.links.links.iter().map(|l| l.span_context.trace_id()).collect();
         assert_eq!(linked.len(), MAX_BATCH_LINKS);
@@ -486,7 +497,10 @@ mod tests {
         let dropped = batch_span.attributes.iter().find(|a| a.key.as_str() == "login_etl.links_dropped");
         assert_eq!(dropped.map(|a| a.value.clone()), Some(opentelemetry::Value::I64(5)));
         // Every message's span links its own producer's, the 21st's too.
-        let messages: Vec<_> = spans.iter().filter(|s| s.parent_span_id == batch_span.span_context.span_id()).collect();
+        let messages: Vec<_> = spans
+            .iter()
+            .filter(|s| s.parent_span_id == batch_span.span_context.span_id() && s.name != "logins-dlq send")
+            .collect();
         assert_eq!(messages.len(), 27);
         assert!(messages.iter().all(|m| m.links.links.len() == 1));
     }
