@@ -26,8 +26,8 @@
 //! after about 100,000 rows each, of these three, of `floor_narrow`, the
 //! row issue 75's levers make (not built yet): tokens as 32-byte `bytea`,
 //! the message id as `uuid`, columns in alignment order, fillfactor 100,
-//! and of `floor_lean`, docs/narrow-row.md's layout C keyed without the
-//! date. `-- --bytes` measures the bytes alone (the same in test mode:
+//! and of `floor_lean` and `floor_lean_dated`, docs/narrow-row.md's
+//! layout C keyed without the date and with it. `-- --bytes` measures the bytes alone (the same in test mode:
 //! `cargo test --bench floor -- --bytes`).
 
 #[path = "common.rs"]
@@ -90,6 +90,19 @@ const LEAN_SQL: &str = "CREATE TABLE floor_lean(sent_at timestamptz NOT NULL, ap
 const LEAN_COPY: &str = "COPY floor_lean (sent_at, app_version, key_version, message_id, user_id, \
     masked_ip, masked_device_id, device_type, locale, app_version_text, user_id_text) FROM STDIN BINARY";
 
+/// Layout C partitioned by day of `create_date`, as `user_logins` is: the
+/// key must hold the date, and every partition function stays as it is.
+const LEAN_DATED_SQL: &str = "CREATE TABLE floor_lean_dated(sent_at timestamptz NOT NULL, app_version integer, \
+    create_date date NOT NULL, key_version smallint NOT NULL, message_id uuid NOT NULL, user_id uuid, \
+    masked_ip bytea, masked_device_id bytea, device_type varchar(32), locale varchar(32), \
+    app_version_text varchar(32), user_id_text varchar(128), message_id_text varchar(128), defects text[], \
+    extra jsonb) WITH (fillfactor = 100); \
+    ALTER TABLE floor_lean_dated ADD UNIQUE (sent_at, message_id, create_date) WITH (fillfactor = 100)";
+
+const LEAN_DATED_COPY: &str = "COPY floor_lean_dated (sent_at, app_version, create_date, key_version, \
+    message_id, user_id, masked_ip, masked_device_id, device_type, locale, app_version_text, user_id_text) \
+    FROM STDIN BINARY";
+
 /// Where a batch goes.
 #[derive(Clone, Copy, PartialEq)]
 enum Path {
@@ -103,6 +116,8 @@ enum Path {
     Narrow,
     /// Layout C keyed without the date (bytes per row only).
     Lean,
+    /// Layout C keyed with the date (bytes per row only).
+    LeanDated,
 }
 
 const PATHS: [Path; 3] = [Path::Function, Path::Plain, Path::Upstream];
@@ -115,6 +130,7 @@ impl Path {
             Path::Upstream => "upstream DDL's table",
             Path::Narrow => "narrow row (the issue's levers)",
             Path::Lean => "layout C, no date in the key",
+            Path::LeanDated => "layout C, the date in the key",
         }
     }
 }
@@ -257,14 +273,14 @@ fn canonical_uuid(text: &str) -> Option<Raw16> {
     shape.then(|| Raw16(unhex(text).try_into().unwrap()))
 }
 
-/// `rows` into the lean table by binary COPY (the bench's message ids are
-/// UUIDs; a user id or a version text that does not come back from the
-/// column kept beside it).
-async fn copy_lean(client: &Client, rows: &[LoginRow<'_>]) {
+/// `rows` into a lean table (`dated`: the one with `create_date`) by
+/// binary COPY (the bench's message ids are UUIDs; a user id or a version
+/// text that does not come back from the column kept beside it).
+async fn copy_lean(client: &Client, rows: &[LoginRow<'_>], dated: bool) {
     use Type as T;
-    let types = [
-        T::TIMESTAMPTZ,
-        T::INT4,
+    let mut types = vec![T::TIMESTAMPTZ, T::INT4];
+    types.extend(dated.then_some(T::DATE));
+    types.extend([
         T::INT2,
         T::UUID,
         T::UUID,
@@ -274,8 +290,9 @@ async fn copy_lean(client: &Client, rows: &[LoginRow<'_>]) {
         T::VARCHAR,
         T::VARCHAR,
         T::VARCHAR,
-    ];
-    copy_values(client, LEAN_COPY, &types, rows, |r| {
+    ]);
+    let copy = if dated { LEAN_DATED_COPY } else { LEAN_COPY };
+    copy_values(client, copy, &types, rows, |r| {
         let id = canonical_uuid(r.message_id).expect("the bench's message ids are UUIDs");
         let user = canonical_uuid(&r.user_id);
         let user_text = user.is_none().then(|| r.user_id.to_string());
@@ -288,9 +305,11 @@ async fn copy_lean(client: &Client, rows: &[LoginRow<'_>]) {
             .filter(|t| rendered.as_deref() != Some(*t))
             .map(str::to_owned);
         let (ip, device) = token_bytes(r);
-        vec![
-            Box::new(r.sent_at),
-            Box::new(r.app_version),
+        let mut values: Values = vec![Box::new(r.sent_at), Box::new(r.app_version)];
+        if dated {
+            values.push(Box::new(r.create_date));
+        }
+        values.extend::<Values>(vec![
             Box::new(r.key_version as i16),
             Box::new(id),
             Box::new(user),
@@ -300,7 +319,8 @@ async fn copy_lean(client: &Client, rows: &[LoginRow<'_>]) {
             Box::new(r.locale.as_deref().map(str::to_owned)),
             Box::new(version_text),
             Box::new(user_text),
-        ]
+        ]);
+        values
     })
     .await;
 }
@@ -318,7 +338,8 @@ async fn write(path: Path, sink: &mut PgSink, client: &Client, rows: &[LoginRow<
         Path::Plain if copy => copy_rows_into(client, "floor_plain", rows).await,
         Path::Upstream if copy => copy_upstream(client, rows).await,
         Path::Narrow => copy_narrow(client, rows).await,
-        Path::Lean => copy_lean(client, rows).await,
+        Path::Lean => copy_lean(client, rows, false).await,
+        Path::LeanDated => copy_lean(client, rows, true).await,
         Path::Plain => {
             let sql =
                 bare_insert(rows).replacen("INSERT INTO user_logins", "INSERT INTO floor_plain", 1);
@@ -422,6 +443,7 @@ async fn bytes_per_row(
         Path::Upstream => "floor_upstream",
         Path::Narrow => "floor_narrow",
         Path::Lean => "floor_lean",
+        Path::LeanDated => "floor_lean_dated",
     };
     // A partitioned table's bytes are its partitions' (the tree lists none
     // for a plain table, whose own size is all there is).
@@ -480,6 +502,7 @@ async fn print_bytes_per_row(
         Path::Upstream,
         Path::Narrow,
         Path::Lean,
+        Path::LeanDated,
     ] {
         let (disk, wal) = bytes_per_row(path, sink, client, masker, 100_000, seed).await;
         measured.push((path, disk, wal));
@@ -520,6 +543,7 @@ async fn main() {
     client.batch_execute(UPSTREAM_SQL).await.unwrap();
     client.batch_execute(NARROW_SQL).await.unwrap();
     client.batch_execute(LEAN_SQL).await.unwrap();
+    client.batch_execute(LEAN_DATED_SQL).await.unwrap();
     let masker = Masker::new(&MaskingKey::from_hex(KEY, "bench").unwrap());
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
