@@ -174,13 +174,13 @@ const INGEST_GRANTS: &[Grant] = &[
     // Table-level: the write transaction first takes ROW EXCLUSIVE
     // with LOCK TABLE (see ingest::sink::tx::begin_sql), which a
     // column-level grant does not allow.
-    ("INSERT", "user_logins_rows", &[]),
+    ("INSERT", "user_logins", &[]),
     // The lost-reply recount finds the batch's rows by their key
     // and reads xmin.
     (
         "SELECT",
-        "user_logins_rows",
-        &["message_id", "sent_at", "xmin"],
+        "user_logins",
+        &["message_id", "sent_at", "create_date", "xmin"],
     ),
     // The erasure list, kept in memory, and the check of its version
     // and the key's (login_etl_check_write, the owner's rights).
@@ -228,7 +228,7 @@ const ERASE_GRANTS: &[Grant] = &[
     (
         "SELECT",
         "user_logins",
-        &["user_id", "masked_ip", "masked_device_id", "sent_at"],
+        &["user_id", "masked_ip", "masked_device_id", "create_date"],
     ),
     ("SELECT", "user_logins_erasure_tokens", ERASURE_TOKEN),
     ("DELETE", "user_logins_erasure_tokens", &[]),
@@ -261,17 +261,16 @@ const ROTATE_GRANTS: &[Grant] = &[
     // user id their tag is computed from.
     (
         "SELECT",
-        "user_logins_rows",
+        "user_logins",
         &[
             "tableoid",
             "ctid",
             "masked_ip",
             "masked_device_id",
             "key_version",
-            "sent_at",
+            "create_date",
             // Its rows' user tags at the new version (migrations/0026).
             "user_id",
-            "user_id_text",
         ],
     ),
     // The vault's tokens (never its ciphertexts), read by chunk.
@@ -572,8 +571,8 @@ mod tests {
             sql.contains("('login_etl_x', 'login-etl:''1', ARRAY['ingest']::text[])"),
             "{sql}"
         );
-        assert!(sql.contains("('ingest', 'INSERT', 'user_logins_rows', NULL)"));
-        assert!(sql.contains("('rotate', 'SELECT', 'user_logins_rows', 'ctid')"));
+        assert!(sql.contains("('ingest', 'INSERT', 'user_logins', NULL)"));
+        assert!(sql.contains("('rotate', 'SELECT', 'user_logins', 'ctid')"));
     }
 
     #[test]

@@ -54,7 +54,7 @@ async fn homes(db: &TestDb) -> Vec<(String, i64)> {
     db.client()
         .await
         .query(
-            "SELECT tableoid::regclass::text, count(*) FROM user_logins_rows GROUP BY 1 ORDER BY 1",
+            "SELECT tableoid::regclass::text, count(*) FROM user_logins GROUP BY 1 ORDER BY 1",
             &[],
         )
         .await
@@ -260,8 +260,8 @@ async fn maintain_premakes_and_drops_by_retention_and_two_runs_at_once_agree() {
     // Rows past retention waiting in the DEFAULT partition are expired too.
     owner
         .batch_execute(
-            "INSERT INTO user_logins_default (user_id_text, message_id_text, sent_at) \
-             VALUES ('x', 'old', TIMESTAMPTZ '2001-01-01 12:00Z')",
+            "INSERT INTO user_logins_default (user_id, create_date, message_id, sent_at) \
+             VALUES ('x', DATE '2001-01-01', 'old', TIMESTAMPTZ '2001-01-01 12:00Z')",
         )
         .await
         .unwrap();
@@ -333,7 +333,7 @@ async fn maintain_premakes_and_drops_by_retention_and_two_runs_at_once_agree() {
         "DROP TABLE user_logins_default",
         "DELETE FROM user_logins",
         "CREATE TABLE x (a int)",
-        "ALTER TABLE user_logins_rows DETACH PARTITION user_logins_default",
+        "ALTER TABLE user_logins DETACH PARTITION user_logins_default",
     ] {
         let e = m.batch_execute(sql).await.expect_err(sql);
         assert_eq!(e.code().map(|c| c.code()), Some("42501"), "{sql}: {e}");

@@ -268,12 +268,11 @@ async fn maintain_moves_a_day_out_of_the_default_partition_without_holding_write
     // premade days): the day so far waits in the DEFAULT partition.
     owner
         .batch_execute(&format!(
-            "ALTER TABLE user_logins_rows DETACH PARTITION user_logins_p{0}; DROP TABLE user_logins_p{0};
-             INSERT INTO user_logins_default (user_id_text, device_type, masked_ip, masked_device_id, app_version,
-                 message_id, message_id_text, app_version_text, sent_at, key_version)
-               SELECT 'u' || g, 'ios', decode(md5(g::text) || md5(g::text), 'hex'),
-                 decode(md5(g::text) || md5(g::text), 'hex'), 1001000, md5('earlier-' || g)::uuid, 'earlier-' || g,
-                 '1.1', now() - (g || ' ms')::interval, 1
+            "ALTER TABLE user_logins DETACH PARTITION user_logins_p{0}; DROP TABLE user_logins_p{0};
+             INSERT INTO user_logins_default (user_id, device_type, masked_ip, masked_device_id, app_version,
+                 create_date, message_id, app_version_text, sent_at, key_version)
+               SELECT 'u' || g, 'ios', md5(g::text) || md5(g::text), md5(g::text) || md5(g::text), 1001000,
+                 current_date, 'earlier-' || g, '1.1', now() - (g || ' ms')::interval, 1
                FROM generate_series(1, 100000) g;
              ANALYZE user_logins_default;",
             today.format("%Y%m%d")

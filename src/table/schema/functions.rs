@@ -83,7 +83,6 @@ pub const FUNCTION_FILES: &[FunctionFile] = function_files![
     "login_etl_key_changed_at",
     "login_etl_key_state",
     "login_etl_lock_shared",
-    "login_etl_narrow_row",
     "login_etl_partitions",
     "login_etl_profile",
     "login_etl_purge_default",

@@ -63,7 +63,6 @@ pub const MIGRATION_FILES: &[MigrationFile] = migration_files![
     "0025_retired",
     "0026_user_tag",
     "0027_defects_codes_only",
-    "0028_narrow_row",
 ];
 
 /// The files `keep` takes, joined in order.

@@ -35,7 +35,7 @@ use crate::table::retry::{failed, with_lock_retries};
 /// it beside the release's (`concat!` takes literals only).
 macro_rules! schema_version {
     () => {
-        23
+        22
     };
 }
 pub(crate) use schema_version;
@@ -171,13 +171,12 @@ const INSPECT_TABLES: &str = "SELECT \
     (SELECT count(*) = 4 FROM pg_attribute WHERE attrelid = to_regclass('user_logins') \
         AND attname IN ('message_id', 'app_version_text', 'sent_at', 'key_version') AND NOT attisdropped), \
     EXISTS (SELECT 1 FROM pg_index i \
-        WHERE i.indrelid IN (to_regclass('user_logins'), to_regclass('user_logins_rows')) \
-        AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL \
+        WHERE i.indrelid = to_regclass('user_logins') AND i.indisunique AND i.indisvalid \
+        AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = 3 \
         AND (SELECT array_agg(a.attname::text ORDER BY k.n) \
              FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) \
              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum) \
-            = CASE WHEN i.indrelid = to_regclass('user_logins_rows') THEN ARRAY['sent_at', 'message_id'] \
-                   ELSE ARRAY['sent_at', 'message_id', 'create_date'] END), \
+            = ARRAY['sent_at', 'message_id', 'create_date']), \
     pg_snapshot_xmax(pg_current_snapshot())::text, \
     to_regclass('user_logins_pii_vault') IS NOT NULL AND to_regclass('user_logins_vault_keys') IS NOT NULL \
         AND to_regprocedure('login_etl_store_vault(' || $1 || ')') IS NOT NULL, \
@@ -185,8 +184,7 @@ const INSPECT_TABLES: &str = "SELECT \
         AND to_regprocedure('login_etl_forget_begin(varchar,varchar,smallint,text)') IS NOT NULL \
         AND to_regclass('user_logins_pii_vault_held') IS NOT NULL \
         AND to_regclass('user_logins_erasure_tokens') IS NOT NULL, \
-    coalesce((SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass('user_logins')), false) \
-        OR coalesce((SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass('user_logins_rows')), false), \
+    coalesce((SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass('user_logins')), false), \
     to_regclass('user_logins_partitioning') IS NOT NULL AND to_regclass('user_logins_default') IS NOT NULL \
         AND to_regclass('user_logins_key_state') IS NOT NULL \
         AND to_regprocedure('login_etl_write(bigint,integer,integer,' || $2 || ')') IS NOT NULL \

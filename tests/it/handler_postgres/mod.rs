@@ -257,7 +257,7 @@ async fn a_row_the_database_refuses_fails_only_that_record() {
         })
         .collect();
     client
-        .batch_execute(&format!("ALTER TABLE user_logins_rows ADD CONSTRAINT no_bad_users CHECK (coalesce(user_id_text, user_id::text) NOT IN ('{}', '{}'))", bad[0], bad[1]))
+        .batch_execute(&format!("ALTER TABLE user_logins ADD CONSTRAINT no_bad_users CHECK (user_id NOT IN ('{}', '{}'))", bad[0], bad[1]))
         .await
         .unwrap();
     let (resp, summary) = h
@@ -309,7 +309,7 @@ async fn fifo_batch_stops_at_refused_row(count: usize, bad: usize) {
     let body: Value = serde_json::from_str(event.records[bad].body.as_deref().unwrap()).unwrap();
     client
         .batch_execute(&format!(
-            "ALTER TABLE user_logins_rows ADD CONSTRAINT no_bad_user CHECK (coalesce(user_id_text, user_id::text) <> '{}')",
+            "ALTER TABLE user_logins ADD CONSTRAINT no_bad_user CHECK (user_id <> '{}')",
             body["user_id"].as_str().unwrap()
         ))
         .await

@@ -28,11 +28,11 @@ pub(super) fn every_role(role: Role) -> &'static [&'static str] {
 pub(super) fn allowed(role: Role) -> Allowed {
     match role {
         Role::Ingest => &[
-            ("user_logins_rows", "INSERT", &[]),
+            ("user_logins", "INSERT", &[]),
             (
-                "user_logins_rows",
+                "user_logins",
                 "SELECT",
-                &["message_id", "sent_at", "xmin"],
+                &["message_id", "sent_at", "create_date", "xmin"],
             ),
             ("user_logins_erased", "SELECT", &["user_key", "seq"]),
         ],
@@ -67,7 +67,7 @@ pub(super) fn allowed(role: Role) -> Allowed {
             (
                 "user_logins",
                 "SELECT",
-                &["user_id", "masked_ip", "masked_device_id", "sent_at"],
+                &["user_id", "masked_ip", "masked_device_id", "create_date"],
             ),
             (
                 "user_logins_erasure_tokens",
@@ -105,7 +105,7 @@ pub(super) fn allowed(role: Role) -> Allowed {
         )],
         Role::Rotate => &[
             (
-                "user_logins_rows",
+                "user_logins",
                 "SELECT",
                 &[
                     "tableoid",
@@ -113,9 +113,8 @@ pub(super) fn allowed(role: Role) -> Allowed {
                     "masked_ip",
                     "masked_device_id",
                     "key_version",
-                    "sent_at",
+                    "create_date",
                     "user_id",
-                    "user_id_text",
                 ],
             ),
             (
@@ -325,7 +324,7 @@ pub(super) async fn digest(admin: &Client) -> String {
     admin
         .query_one(
             "SELECT md5(concat_ws('|', \
-               (SELECT string_agg(t::text, ',' ORDER BY t::text) FROM user_logins_rows t), \
+               (SELECT string_agg(t::text, ',' ORDER BY t::text) FROM user_logins t), \
                (SELECT string_agg(t::text, ',' ORDER BY t::text) FROM user_logins_pii_vault t), \
                (SELECT string_agg(t::text, ',' ORDER BY t::text) FROM user_logins_vault_keys t), \
                (SELECT string_agg(t::text, ',' ORDER BY t::text) FROM user_logins_pii_audit t), \

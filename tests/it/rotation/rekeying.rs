@@ -114,8 +114,8 @@ async fn tokens_follow_the_chain_duplicates_match_and_the_vault_still_reveals() 
     for sql in [
         "SELECT ciphertext FROM user_logins_pii_vault",
         "SELECT locale, device_type FROM user_logins",
-        "UPDATE user_logins_rows SET user_id_text = 'x'",
-        "INSERT INTO user_logins_rows (user_id_text, sent_at) VALUES ('x', now())",
+        "UPDATE user_logins SET user_id = 'x'",
+        "INSERT INTO user_logins (user_id) VALUES ('x')",
         "UPDATE user_logins_key_state SET version = 1",
     ] {
         let e = rotator.batch_execute(sql).await.unwrap_err();
