@@ -225,7 +225,7 @@ BEGIN
   UPDATE wide SET masked_ip = encode(sha256(masked_ip::bytea), 'hex'), key_version = 2
     WHERE create_date = '2026-11-27' AND sent_at < '2026-11-27 01:00+00';
   GET DIAGNOSTICS k = ROW_COUNT;
-  IF (SELECT count(*) FROM narrow WHERE key_version = 2) <> k THEN
+  IF k = 0 OR (SELECT count(*) FROM narrow WHERE key_version = 2) <> k THEN
     RAISE EXCEPTION 'the re-key was not mirrored';
   END IF;
   DELETE FROM wide WHERE create_date = '2026-11-27' AND sent_at < '2026-11-27 00:10+00';
