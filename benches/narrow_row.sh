@@ -21,7 +21,7 @@ db=login_etl_narrow_row_$$
 psql "$url" -qc "CREATE DATABASE $db"
 trap 'psql "$url" -qc "DROP DATABASE IF EXISTS $db"' EXIT
 dburl=${url%/*}/$db
-run() { psql "$dburl" -qX -v ON_ERROR_STOP=1 "$@" 2>&1 | sed -n 's/^.*NOTICE:  //p'; }
+run() { psql "$dburl" -qX -v ON_ERROR_STOP=1 "$@" 2>&1 | sed -n -e 's/^.*NOTICE:  //p' -e '/ERROR/p'; }
 
 run <<SQL
 SET client_min_messages = notice;
@@ -116,7 +116,9 @@ BEGIN
     INSERT INTO narrow SELECT sent_at, user_tag, app_version, key_version, message_id, user_uuid,
         masked_ip, masked_device_id, device_type, locale, app_version_text, user_text,
         message_id_text, defects, extra
-      FROM converted WHERE sent_at >= lo AND sent_at < hi ORDER BY sent_at, message_id
+      FROM converted WHERE sent_at >= lo AND sent_at < hi
+        AND day BETWEEN (lo AT TIME ZONE 'UTC')::date AND (hi AT TIME ZONE 'UTC')::date
+      ORDER BY sent_at, message_id
       ON CONFLICT DO NOTHING;
     GET DIAGNOSTICS k = ROW_COUNT; n := n + k; lo := hi;
   END LOOP;
