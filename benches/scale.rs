@@ -1,26 +1,20 @@
 //! `make bench-scale`: what ingest, `forget` and retention cost as
 //! `user_logins` grows, in one run on one CPU.
 //!
-//! Two layouts, each written through the real handler (`BatchHandler`,
-//! the sink, COPY for 10,000-record batches, INSERT for 1,000):
-//! - **before**: the table as the previous version kept it, unpartitioned
-//!   with a unique index on the text `message_id` (what `migrate --prepare`
-//!   leaves, less the new key), so the same binary writes into both;
-//! - **now**: partitioned by day, unique `(sent_at, message_id,
-//!   create_date)`.
+//! The narrow row (`user_logins_rows`: partitioned by day of `sent_at`,
+//! unique `(sent_at, message_id)`), written through the real handler
+//! (`BatchHandler`, the sink, COPY for 10,000-record batches, INSERT for
+//! 1,000). The unpartitioned layout of before, and its upgrade, were
+//! measured here until the narrow row (docs/scale-performance.md keeps
+//! those figures): this version no longer writes into it.
 //!
 //! Preloading is SQL `generate_series` into today's partition (at 200 M
 //! logins a day, 20 M rows are 2.4 hours of them): random message ids,
 //! `sent_at` rising up to three hours ago, so that the measured batches
-//! (sent in the last three hours) arrive after them, as live traffic does.
-//! The unpartitioned layout loads with its index dropped and builds it
-//! after; the partitioned one loads through its index (its key rises).
+//! (sent in the last three hours) arrive after them, as live traffic does;
+//! through the key's index (it rises).
 //! A `CHECKPOINT` before each measurement: the first change to a page after
 //! one writes the whole page to the WAL, which is what random keys pay.
-//!
-//! It also upgrades the loaded unpartitioned table (`migrate --prepare`,
-//! then the cutover while this version writes) and reports the longest
-//! write beside the cutover. `BENCH_SCALE_ONLY=before` stops after that.
 //!
 //! `BENCH_SCALE_ROUNDS` (default 15): batches of 1,000 per median. With
 //! `BENCH_SCALE_ROWS=` (no size) only the empty tables are compared.
@@ -153,10 +147,10 @@ async fn preload(c: &Client, table: &str, from: u64, total: u64) -> Duration {
         // 2.4 hours per 20 M rows, ending three hours ago.
         c.batch_execute(&format!(
             "INSERT INTO {table} (user_id, device_type, masked_ip, masked_device_id, locale, app_version, \
-               app_version_text, create_date, message_id, sent_at) \
-             SELECT gen_random_uuid()::text, 'android', encode(sha256(g::text::bytea), 'hex'), \
-               encode(sha256((-g)::text::bytea), 'hex'), CASE WHEN g % 3 = 0 THEN NULL ELSE 'RU' END, \
-               2003000, '2.3.0', (now() - interval '3 hours')::date, gen_random_uuid()::text, \
+               message_id, sent_at) \
+             SELECT gen_random_uuid(), 'android', sha256(g::text::bytea), \
+               sha256((-g)::text::bytea), CASE WHEN g % 3 = 0 THEN NULL ELSE 'RU' END, \
+               2003000, gen_random_uuid(), \
                now() - interval '3 hours' - ({total} - g) * interval '432 microseconds' \
              FROM generate_series({}, {to}) g",
             at + 1
@@ -225,55 +219,6 @@ async fn forget_beside_ingest(url: &str, h: Arc<BatchHandler>) -> (Duration, Dur
     (took, writer.await.unwrap(), done.rows)
 }
 
-/// `migrate --prepare` then `migrate` (the cutover) on the unpartitioned
-/// table, with ingest (batches of 100, this version) running beside the
-/// cutover: how long each took, and the longest ingest invocation meanwhile.
-async fn upgrade_beside_ingest(url: &str) -> (Duration, Duration, Duration, u64) {
-    let cfg = login_etl::database::settings::DbConfig::from_lookup(&|k: &str| {
-        (k == "DATABASE_URL").then(|| url.to_owned())
-    })
-    .unwrap();
-    let t = Instant::now();
-    login_etl::startup::migrate_with(
-        &cfg,
-        &login_etl::table::schema::MigrateOptions {
-            prepare_only: true,
-            premake_days: 7,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let prepare = t.elapsed();
-    let h = Arc::new(handler(url).await);
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (h, stop) = (Arc::clone(&h), Arc::clone(&stop));
-        tokio::spawn(async move {
-            let (mut longest, mut seed, mut rounds) = (Duration::ZERO, 700_000u64, 0u64);
-            while !stop.load(Ordering::SeqCst) {
-                seed += 1;
-                let b = batch(100, seed);
-                let t = Instant::now();
-                h.handle(&b, Deadline::NONE).await.unwrap();
-                longest = longest.max(t.elapsed());
-                rounds += 1;
-            }
-            (longest, rounds)
-        })
-    };
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let t = Instant::now();
-    login_etl::startup::migrate(&cfg, login_etl::Profile::Full)
-        .await
-        .unwrap();
-    let cutover = t.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::SeqCst);
-    let (longest, rounds) = writer.await.unwrap();
-    (prepare, cutover, longest, rounds)
-}
-
 fn row(
     label: &str,
     rows: u64,
@@ -329,87 +274,9 @@ async fn main() {
     );
     println!("| --- | --- | --- | --- | --- | --- |");
 
-    // Before: unpartitioned, unique text message_id.
-    let (name_a, url_a) = create_db("scale_before").await;
-    let a = connect(&url_a).await;
-    // The side tables and the owner's functions as `migrate --prepare`
-    // gives an unpartitioned table.
-    a.batch_execute(&format!(
-        "BEGIN; CREATE TABLE user_logins(user_id varchar(128), device_type varchar(32), masked_ip varchar(256), \
-           masked_device_id varchar(256), locale varchar(32), app_version integer, create_date date, \
-           message_id varchar(128), app_version_text varchar(32), sent_at timestamptz, \
-           key_version smallint NOT NULL DEFAULT 1);\n{}; COMMIT",
-        login_etl::table::schema::schema_sql(login_etl::table::schema::side_tables_sql(), login_etl::Profile::Full)
-    ))
-    .await
-    .unwrap();
-    a.batch_execute("CREATE UNIQUE INDEX user_logins_message_id_key ON user_logins (message_id)")
-        .await
-        .unwrap();
-    let ha = handler(&url_a).await;
-    let empty_a = both_sizes(&ha, &a, sizes_and_rounds, &mut seed).await;
-    row(
-        "before: unpartitioned, unique (message_id)",
-        0,
-        empty_a.0,
-        empty_a.1,
-        None,
-    );
     let first = sizes.first().copied().unwrap_or(0);
-    let (before_loaded, upgrade) = if first > 0
-        && free_disk_bytes() > first * BYTES_PER_ROW + 10_000_000_000
-    {
-        a.batch_execute("DROP INDEX user_logins_message_id_key")
-            .await
-            .unwrap();
-        let took = preload(&a, "user_logins", count(&a).await, first).await;
-        let t = Instant::now();
-        a.batch_execute(
-            "CREATE UNIQUE INDEX user_logins_message_id_key ON user_logins (message_id)",
-        )
-        .await
-        .unwrap();
-        eprintln!(
-            "   before: loaded in {:.0} s, index in {:.0} s; {}",
-            took.as_secs_f64(),
-            t.elapsed().as_secs_f64(),
-            size_of(&a).await
-        );
-        let at = both_sizes(&ha, &a, sizes_and_rounds, &mut seed).await;
-        row(
-            "before: unpartitioned, unique (message_id)",
-            first,
-            at.0,
-            at.1,
-            Some(empty_a),
-        );
-        let (prepare, cutover, longest, rounds) = upgrade_beside_ingest(&url_a).await;
-        let upgrade = format!(
-            "upgrade of the unpartitioned table with {first} rows: `migrate --prepare` {:.0} s (beside the old version), \
-             then `migrate` (the cutover) {:.1} s while this version wrote {rounds} batches of 100: the longest took {:.0} ms",
-            prepare.as_secs_f64(),
-            cutover.as_secs_f64(),
-            ms(longest)
-        );
-        (true, Some(upgrade))
-    } else {
-        (false, None)
-    };
-    drop(ha);
-    drop(a);
-    drop_db(&name_a).await;
-    if !before_loaded {
-        println!("(before, {first} rows: skipped, not enough disk)");
-    }
-    if let Some(line) = upgrade {
-        println!();
-        println!("{line}");
-    }
-    if std::env::var("BENCH_SCALE_ONLY").as_deref() == Ok("before") {
-        return;
-    }
 
-    // Now: partitioned by day, unique (sent_at, message_id, create_date).
+    // The narrow row: partitioned by day of sent_at, unique (sent_at, message_id).
     let (name_b, url_b) = create_db("scale_now").await;
     let cfg = login_etl::database::settings::DbConfig::from_lookup(&|k: &str| {
         (k == "DATABASE_URL").then(|| url_b.clone())
@@ -422,7 +289,7 @@ async fn main() {
     let hb = Arc::new(handler(&url_b).await);
     let empty_b = both_sizes(&hb, &b, sizes_and_rounds, &mut seed).await;
     row(
-        "now: partitioned by day, unique (sent_at, message_id, create_date)",
+        "now: the narrow row, partitioned by day, unique (sent_at, message_id)",
         0,
         empty_b.0,
         empty_b.1,
@@ -435,7 +302,7 @@ async fn main() {
             println!("(now, {size} rows: skipped, not enough disk)");
             continue;
         }
-        let took = preload(&b, "user_logins", have, size).await;
+        let took = preload(&b, "user_logins_rows", have, size).await;
         eprintln!(
             "   now: loaded to {size} in {:.0} s; {}",
             took.as_secs_f64(),
@@ -443,7 +310,7 @@ async fn main() {
         );
         let at = both_sizes(&hb, &b, sizes_and_rounds, &mut seed).await;
         row(
-            "now: partitioned by day, unique (sent_at, message_id, create_date)",
+            "now: the narrow row, partitioned by day, unique (sent_at, message_id)",
             size,
             at.0,
             at.1,
@@ -457,7 +324,7 @@ async fn main() {
         if size == first {
             // The alternative: an index on user_id, paid by every insert.
             let t = Instant::now();
-            b.batch_execute("CREATE INDEX user_logins_user_id ON user_logins (user_id)")
+            b.batch_execute("CREATE INDEX user_logins_user_id ON user_logins_rows (user_id)")
                 .await
                 .unwrap();
             eprintln!(
@@ -503,8 +370,8 @@ async fn main() {
             .await
             .unwrap();
         b.batch_execute(&format!(
-            "INSERT INTO user_logins (user_id, create_date, message_id, sent_at) \
-             SELECT 'r' || g, DATE '{day}', gen_random_uuid()::text, TIMESTAMPTZ '{day} 12:00Z' + g * interval '1 ms' \
+            "INSERT INTO user_logins_rows (user_id_text, message_id, sent_at) \
+             SELECT 'r' || g, gen_random_uuid(), TIMESTAMPTZ '{day} 12:00Z' + g * interval '1 ms' \
              FROM generate_series(1, {per_day}) g"
         ))
         .await
@@ -512,7 +379,7 @@ async fn main() {
     }
     // Once, not per day: each ANALYZE reads every partition (17 of the 31 s
     // the smoke pass took under `cargo test`).
-    b.batch_execute("ANALYZE user_logins; UPDATE user_logins_retention SET keep_days = 60")
+    b.batch_execute("ANALYZE user_logins_rows; UPDATE user_logins_retention SET keep_days = 60")
         .await
         .unwrap();
     let t = Instant::now();

@@ -70,7 +70,8 @@ $$;
 -- it looks whether the index exists.
 DO $$
 BEGIN
-    IF to_regclass('user_logins_key') IS NULL THEN
+    -- Not once user_logins is the view over user_logins_rows (0028).
+    IF to_regclass('user_logins_key') IS NULL AND (SELECT relkind FROM pg_class WHERE oid = to_regclass('user_logins')) = 'p' THEN
         CREATE UNIQUE INDEX user_logins_key ON user_logins (sent_at, message_id, create_date);
     END IF;
 END

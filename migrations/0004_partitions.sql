@@ -14,4 +14,11 @@ CREATE TABLE IF NOT EXISTS user_logins_partitioning(
 -- Catches a row whose day has no partition yet, so no row is ever refused
 -- for want of one. `login-etl maintain` reports its rows (metric
 -- DefaultPartitionRows, alarmed) and moves them into their own partition.
-CREATE TABLE IF NOT EXISTS user_logins_default PARTITION OF user_logins DEFAULT;
+-- Not once user_logins is the view over user_logins_rows (0028).
+DO $$
+BEGIN
+    IF (SELECT relkind FROM pg_class WHERE oid = to_regclass('user_logins')) = 'p' THEN
+        CREATE TABLE IF NOT EXISTS user_logins_default PARTITION OF user_logins DEFAULT;
+    END IF;
+END
+$$;

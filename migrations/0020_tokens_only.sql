@@ -18,30 +18,33 @@ DO $$
 DECLARE
     v_rel regclass;
 BEGIN
-    IF EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'user_logins'::regclass
-               AND conname = 'user_logins_tokens_only'
-               AND pg_get_constraintdef(oid) NOT LIKE '%octet_length%') THEN
-        ALTER TABLE user_logins DROP CONSTRAINT user_logins_tokens_only;
-        FOR v_rel IN SELECT c.conrelid::regclass FROM pg_constraint c
-                     WHERE c.conname = 'user_logins_tokens_only'
-                       AND c.conrelid IN (SELECT relid FROM pg_partition_tree('user_logins'))
-        LOOP
-            EXECUTE format('ALTER TABLE %s DROP CONSTRAINT user_logins_tokens_only', v_rel);
-        END LOOP;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'user_logins'::regclass
-                   AND conname = 'user_logins_tokens_only') THEN
-        ALTER TABLE user_logins ADD CONSTRAINT user_logins_tokens_only
-            CHECK ((masked_ip IS NULL OR (octet_length(masked_ip) = 64 AND masked_ip !~ '[^0-9a-f]'))
-                   AND (masked_device_id IS NULL
-                        OR (octet_length(masked_device_id) = 64 AND masked_device_id !~ '[^0-9a-f]'))) NOT VALID;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'user_logins'::regclass
-                   AND conname = 'user_logins_extra_scalars') THEN
-        ALTER TABLE user_logins ADD CONSTRAINT user_logins_extra_scalars
-            CHECK (extra IS NULL OR (jsonb_typeof(extra) = 'object'
-                                     AND NOT jsonb_path_exists(extra, '$.* ? (@.type() == "object" || @.type() == "array")')
-                                     AND octet_length(extra::text) <= 65536)) NOT VALID;
+    -- Not once user_logins is the view over user_logins_rows (0028).
+    IF (SELECT relkind FROM pg_class WHERE oid = to_regclass('user_logins')) = 'p' THEN
+        IF EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'user_logins'::regclass
+                   AND conname = 'user_logins_tokens_only'
+                   AND pg_get_constraintdef(oid) NOT LIKE '%octet_length%') THEN
+            ALTER TABLE user_logins DROP CONSTRAINT user_logins_tokens_only;
+            FOR v_rel IN SELECT c.conrelid::regclass FROM pg_constraint c
+                         WHERE c.conname = 'user_logins_tokens_only'
+                           AND c.conrelid IN (SELECT relid FROM pg_partition_tree('user_logins'))
+            LOOP
+                EXECUTE format('ALTER TABLE %s DROP CONSTRAINT user_logins_tokens_only', v_rel);
+            END LOOP;
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'user_logins'::regclass
+                       AND conname = 'user_logins_tokens_only') THEN
+            ALTER TABLE user_logins ADD CONSTRAINT user_logins_tokens_only
+                CHECK ((masked_ip IS NULL OR (octet_length(masked_ip) = 64 AND masked_ip !~ '[^0-9a-f]'))
+                       AND (masked_device_id IS NULL
+                            OR (octet_length(masked_device_id) = 64 AND masked_device_id !~ '[^0-9a-f]'))) NOT VALID;
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'user_logins'::regclass
+                       AND conname = 'user_logins_extra_scalars') THEN
+            ALTER TABLE user_logins ADD CONSTRAINT user_logins_extra_scalars
+                CHECK (extra IS NULL OR (jsonb_typeof(extra) = 'object'
+                                         AND NOT jsonb_path_exists(extra, '$.* ? (@.type() == "object" || @.type() == "array")')
+                                         AND octet_length(extra::text) <= 65536)) NOT VALID;
+        END IF;
     END IF;
 END
 $$;

@@ -18,15 +18,18 @@
 -- lock on it.
 DO $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'user_logins'::regclass
-                   AND conname = 'user_logins_defects_codes_only') THEN
-        ALTER TABLE user_logins ADD CONSTRAINT user_logins_defects_codes_only
-            CHECK (defects IS NULL
-                   OR (cardinality(defects) BETWEEN 1 AND 32
-                       AND array_position(defects, NULL) IS NULL
-                       AND octet_length(array_to_string(defects, ',')) <= 2048
-                       AND array_to_string(defects, ',')
-                           ~ '^[A-Za-z_][A-Za-z0-9_]*\.[a-z_]+(?:,[A-Za-z_][A-Za-z0-9_]*\.[a-z_]+)*$')) NOT VALID;
+    -- Not once user_logins is the view over user_logins_rows (0028).
+    IF (SELECT relkind FROM pg_class WHERE oid = to_regclass('user_logins')) = 'p' THEN
+        IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'user_logins'::regclass
+                       AND conname = 'user_logins_defects_codes_only') THEN
+            ALTER TABLE user_logins ADD CONSTRAINT user_logins_defects_codes_only
+                CHECK (defects IS NULL
+                       OR (cardinality(defects) BETWEEN 1 AND 32
+                           AND array_position(defects, NULL) IS NULL
+                           AND octet_length(array_to_string(defects, ',')) <= 2048
+                           AND array_to_string(defects, ',')
+                               ~ '^[A-Za-z_][A-Za-z0-9_]*\.[a-z_]+(?:,[A-Za-z_][A-Za-z0-9_]*\.[a-z_]+)*$')) NOT VALID;
+        END IF;
     END IF;
 END
 $$;

@@ -228,7 +228,7 @@ mod tests {
     fn the_function_reveal_and_maintain_hold_only_what_they_use() {
         let ingest = sql(Role::Ingest, "fn", "public", Profile::Full).unwrap();
         assert!(ingest.contains(
-            "GRANT SELECT (message_id, sent_at, create_date, xmin) ON TABLE \"public\".\"user_logins\" TO \"fn\";"
+            "GRANT SELECT (message_id, sent_at, xmin) ON TABLE \"public\".\"user_logins_rows\" TO \"fn\";"
         ));
         assert!(!ingest.contains("DELETE"));
         assert!(

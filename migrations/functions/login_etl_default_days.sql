@@ -5,5 +5,5 @@
 CREATE OR REPLACE FUNCTION login_etl_default_days()
 RETURNS TABLE(day date, row_count bigint)
 LANGUAGE sql STABLE SECURITY DEFINER SET max_parallel_workers_per_gather = 0 AS $$
-    SELECT create_date, count(*) FROM user_logins_default GROUP BY 1 ORDER BY 1
+    SELECT (sent_at AT TIME ZONE 'UTC')::date, count(*) FROM user_logins_default GROUP BY 1 ORDER BY 1
 $$;

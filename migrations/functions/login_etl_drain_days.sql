@@ -10,7 +10,7 @@ BEGIN
     IF login_etl_relation('user_logins_drain') IS NULL THEN
         RETURN;
     END IF;
-    RETURN QUERY EXECUTE format('SELECT create_date, count(*) FROM %s GROUP BY 1 ORDER BY 1',
+    RETURN QUERY EXECUTE format('SELECT (sent_at AT TIME ZONE ''UTC'')::date, count(*) FROM %s GROUP BY 1 ORDER BY 1',
                                login_etl_relation('user_logins_drain'));
 END
 $$;

@@ -25,9 +25,9 @@ BEGIN
         RETURN;
     END IF;
     SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO v_cols
-        FROM pg_attribute a WHERE a.attrelid = 'user_logins'::regclass AND a.attnum > 0 AND NOT a.attisdropped;
+        FROM pg_attribute a WHERE a.attrelid = 'user_logins_rows'::regclass AND a.attnum > 0 AND NOT a.attisdropped;
     EXECUTE format('WITH m AS (DELETE FROM %s WHERE ctid >= %L::tid AND ctid < %L::tid RETURNING %s), '
-                   'ins AS (INSERT INTO user_logins (%s) SELECT %s FROM m ON CONFLICT DO NOTHING) '
+                   'ins AS (INSERT INTO user_logins_rows (%s) SELECT %s FROM m ON CONFLICT DO NOTHING) '
                    'SELECT count(*) FROM m',
                    v_drain, format('(%s,0)', from_page), format('(%s,0)', from_page + pages), v_cols, v_cols, v_cols)
         INTO moved;

@@ -23,7 +23,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
-    EXECUTE format('ALTER TABLE user_logins DETACH PARTITION %I', part);
+    EXECUTE format('ALTER TABLE user_logins_rows DETACH PARTITION %I', part);
     RETURN v_rows;
 END
 $$;

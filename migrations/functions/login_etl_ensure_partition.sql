@@ -34,19 +34,20 @@ BEGIN
     v_name := 'user_logins_p' || to_char(v_lo, 'YYYYMMDD');
     -- In user_logins's schema, named: pg_catalog comes first in this
     -- function's search path, and an unqualified CREATE would aim there.
-    EXECUTE format('CREATE TABLE %s.%I (LIKE user_logins INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
+    EXECUTE format('CREATE TABLE %s.%I (LIKE user_logins_rows INCLUDING DEFAULTS INCLUDING CONSTRAINTS) WITH (fillfactor = 100)',
                    (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = 'user_logins'::regclass), v_name);
     -- Lets ATTACH skip the scan of the new table.
-    EXECUTE format('ALTER TABLE %I ADD CONSTRAINT %I CHECK (create_date IS NOT NULL AND create_date >= %L AND create_date < %L)',
-                   v_name, v_name || '_bounds', v_lo, v_hi);
+    EXECUTE format('ALTER TABLE %I ADD CONSTRAINT %I CHECK (sent_at IS NOT NULL AND sent_at >= %L AND sent_at < %L)',
+                   v_name, v_name || '_bounds', v_lo::timestamp AT TIME ZONE 'UTC', v_hi::timestamp AT TIME ZONE 'UTC');
     -- No insert may reach the DEFAULT partition between the move and the
     -- ATTACH's scan of it (a row of the new partition's days there would
     -- fail the ATTACH): writes routed there wait for this transaction.
     LOCK TABLE user_logins_default IN SHARE ROW EXCLUSIVE MODE;
-    EXECUTE format('WITH m AS (DELETE FROM user_logins_default WHERE create_date >= %L AND create_date < %L RETURNING *) '
-                   'INSERT INTO %I SELECT * FROM m', v_lo, v_hi, v_name);
+    EXECUTE format('WITH m AS (DELETE FROM user_logins_default WHERE sent_at >= %L AND sent_at < %L RETURNING *) '
+                   'INSERT INTO %I SELECT * FROM m', v_lo::timestamp AT TIME ZONE 'UTC', v_hi::timestamp AT TIME ZONE 'UTC', v_name);
     GET DIAGNOSTICS v_moved = ROW_COUNT;
-    EXECUTE format('ALTER TABLE user_logins ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)', v_name, v_lo, v_hi);
+    EXECUTE format('ALTER TABLE user_logins_rows ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)', v_name,
+                   v_lo::timestamp AT TIME ZONE 'UTC', v_hi::timestamp AT TIME ZONE 'UTC');
     created := v_name;
     moved := v_moved;
     RETURN NEXT;

@@ -6,13 +6,13 @@ CREATE OR REPLACE FUNCTION login_etl_partitions()
 RETURNS TABLE(name text, lo date, hi date, is_default boolean, rows_estimate bigint)
 LANGUAGE sql STABLE AS $$
     SELECT c.relname::text,
-           substring(b FROM 'FROM \(''([0-9-]+)''\)')::date,
-           substring(b FROM 'TO \(''([0-9-]+)''\)')::date,
+           (substring(b FROM 'FROM \(''([^'']+)''\)')::timestamptz AT TIME ZONE 'UTC')::date,
+           (substring(b FROM 'TO \(''([^'']+)''\)')::timestamptz AT TIME ZONE 'UTC')::date,
            b = 'DEFAULT',
            greatest(c.reltuples, 0)::bigint
     FROM pg_inherits i
     JOIN pg_class c ON c.oid = i.inhrelid
     CROSS JOIN LATERAL pg_get_expr(c.relpartbound, c.oid) AS b
-    WHERE i.inhparent = 'user_logins'::regclass
+    WHERE i.inhparent = 'user_logins_rows'::regclass
     ORDER BY 2 NULLS FIRST, 1
 $$;

@@ -9,7 +9,7 @@ DECLARE
     v_rows bigint;
 BEGIN
     PERFORM login_etl_check_cutoff(cutoff);
-    DELETE FROM user_logins_default WHERE create_date < cutoff OR create_date IS NULL;
+    DELETE FROM user_logins_default WHERE sent_at < cutoff::timestamp AT TIME ZONE 'UTC';
     GET DIAGNOSTICS v_rows = ROW_COUNT;
     RETURN v_rows;
 END

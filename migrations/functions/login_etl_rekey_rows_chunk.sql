@@ -23,11 +23,13 @@ DECLARE
     v_moved bigint;
 BEGIN
     PERFORM login_etl_rekey_under_way(from_version);
-    v_days := CASE WHEN days_null THEN 'u.create_date IS NULL'
-                   ELSE concat_ws(' AND ', 'u.create_date IS NOT NULL',
-                                  CASE WHEN lo_day IS NOT NULL THEN format('u.create_date >= %L::date', lo_day) END,
-                                  CASE WHEN hi_day IS NOT NULL THEN format('u.create_date < %L::date', hi_day) END) END;
-    EXECUTE format('UPDATE user_logins u SET masked_ip = m.ip, masked_device_id = m.dev, user_tag = m.tag, '
+    -- By UTC days of sent_at, the narrow row's partition key (every row
+    -- has one: no row is without a day).
+    v_days := CASE WHEN days_null THEN 'false'
+                   ELSE concat_ws(' AND ', 'true',
+                                  CASE WHEN lo_day IS NOT NULL THEN format('u.sent_at >= %L::timestamptz', lo_day::timestamp AT TIME ZONE 'UTC') END,
+                                  CASE WHEN hi_day IS NOT NULL THEN format('u.sent_at < %L::timestamptz', hi_day::timestamp AT TIME ZONE 'UTC') END) END;
+    EXECUTE format('UPDATE user_logins_rows u SET masked_ip = decode(m.ip, ''hex''), masked_device_id = decode(m.dev, ''hex''), user_tag = m.tag, '
                    'key_version = $4 + 1 FROM unnest($1, $2, $3, $8) AS m(t, ip, dev, tag) '
                    'WHERE u.ctid = m.t AND u.ctid >= $5 AND u.ctid < $6 AND u.tableoid = login_etl_relation($7) '
                    'AND u.key_version = $4 AND %s', v_days)
@@ -54,11 +56,13 @@ DECLARE
     v_moved bigint;
 BEGIN
     PERFORM login_etl_rekey_under_way(from_version);
-    v_days := CASE WHEN days_null THEN 'u.create_date IS NULL'
-                   ELSE concat_ws(' AND ', 'u.create_date IS NOT NULL',
-                                  CASE WHEN lo_day IS NOT NULL THEN format('u.create_date >= %L::date', lo_day) END,
-                                  CASE WHEN hi_day IS NOT NULL THEN format('u.create_date < %L::date', hi_day) END) END;
-    EXECUTE format('UPDATE user_logins u SET masked_ip = m.ip, masked_device_id = m.dev, user_tag = NULL, key_version = $4 + 1 '
+    -- By UTC days of sent_at, the narrow row's partition key (every row
+    -- has one: no row is without a day).
+    v_days := CASE WHEN days_null THEN 'false'
+                   ELSE concat_ws(' AND ', 'true',
+                                  CASE WHEN lo_day IS NOT NULL THEN format('u.sent_at >= %L::timestamptz', lo_day::timestamp AT TIME ZONE 'UTC') END,
+                                  CASE WHEN hi_day IS NOT NULL THEN format('u.sent_at < %L::timestamptz', hi_day::timestamp AT TIME ZONE 'UTC') END) END;
+    EXECUTE format('UPDATE user_logins_rows u SET masked_ip = decode(m.ip, ''hex''), masked_device_id = decode(m.dev, ''hex''), user_tag = NULL, key_version = $4 + 1 '
                    'FROM unnest($1, $2, $3) AS m(t, ip, dev) '
                    'WHERE u.ctid = m.t AND u.ctid >= $5 AND u.ctid < $6 AND u.tableoid = login_etl_relation($7) '
                    'AND u.key_version = $4 AND %s', v_days)

@@ -31,11 +31,11 @@ BEGIN
         RETURN false;
     END IF;
     SELECT greatest(c.reltuples, 0)::bigint INTO v_rows FROM pg_class c WHERE c.oid = 'user_logins_default'::regclass;
-    ALTER TABLE user_logins DETACH PARTITION user_logins_default;
+    ALTER TABLE user_logins_rows DETACH PARTITION user_logins_default;
     ALTER TABLE user_logins_default RENAME TO user_logins_drain;
     -- In user_logins's schema, named: pg_catalog comes first in this
     -- function's search path, and an unqualified CREATE would aim there.
-    EXECUTE format('CREATE TABLE %s.user_logins_default PARTITION OF user_logins DEFAULT',
+    EXECUTE format('CREATE TABLE %s.user_logins_default PARTITION OF user_logins_rows DEFAULT',
                    (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = 'user_logins'::regclass));
     INSERT INTO user_logins_default_drains (rows_estimate) VALUES (v_rows);
     -- The days writes go to now (today, yesterday's late messages) get

@@ -40,7 +40,7 @@ BEGIN
     PERFORM login_etl_check_write(known, key_version, checked_from);
     -- No index named: every unique index of the partition a row lands in
     -- arbitrates (src/ingest/sink/insert.rs).
-    INSERT INTO user_logins ({{columns}})
+    INSERT INTO user_logins_rows ({{columns}})
     SELECT {{select_list}} FROM unnest({{array_names}}) AS r({{columns}})
     ON CONFLICT DO NOTHING;
     GET DIAGNOSTICS v_inserted = ROW_COUNT;
@@ -59,14 +59,15 @@ DECLARE
     v_inserted bigint;
 BEGIN
     PERFORM login_etl_check_write(known, key_version, checked_from);
-    INSERT INTO user_logins (message_id, user_id, device_type, masked_ip, masked_device_id, locale,
-        app_version, app_version_text, create_date, sent_at, key_version, defects, extra)
-    SELECT r.message_id, r.user_id, r.device_type, r.masked_ip, r.masked_device_id, r.locale,
-        r.app_version, r.app_version_text, r.create_date, r.sent_at, r.key_version, r.defects::text[], r.extra
-    FROM unnest(message_ids, user_ids, device_types, masked_ips, masked_device_ids, locales, app_versions,
-        app_version_texts, create_dates, sent_ats, key_versions, defectss, extras)
+    -- 0.2.0's text columns as the narrow row stores them (migrations/0028).
+    INSERT INTO user_logins_rows
+    SELECT n.* FROM unnest(message_ids, user_ids, device_types, masked_ips, masked_device_ids, locales,
+        app_versions, app_version_texts, create_dates, sent_ats, key_versions, defectss, extras)
         AS r(message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version,
              app_version_text, create_date, sent_at, key_version, defects, extra)
+    CROSS JOIN LATERAL login_etl_narrow_row(r.message_id, r.user_id, r.device_type, r.masked_ip,
+        r.masked_device_id, r.locale, r.app_version, r.app_version_text, r.create_date, r.sent_at,
+        r.key_version, NULL, r.defects::text[], r.extra) AS n
     ON CONFLICT DO NOTHING;
     GET DIAGNOSTICS v_inserted = ROW_COUNT;
     RETURN v_inserted;

@@ -163,6 +163,13 @@ impl Token {
         Some(Token(out))
     }
 
+    /// The digest the token is the hex of.
+    pub fn bytes(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(self.0, &mut out).expect("a token is 64 hex characters");
+        out
+    }
+
     /// The token as text.
     pub fn as_str(&self) -> &str {
         // Only ever filled by `hex::encode_to_slice`: ASCII.

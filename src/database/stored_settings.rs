@@ -16,7 +16,7 @@
 /// search path was stored.
 pub(crate) const OWNERS_SCHEMA_SQL: &str = "SELECT n.nspname \
      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
-     WHERE c.relname OPERATOR(pg_catalog.=) 'user_logins' \
+     WHERE c.relname OPERATOR(pg_catalog.=) 'user_logins_rows' \
        AND c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p}'::pg_catalog.\"char\"[]) \
        AND c.relpersistence OPERATOR(pg_catalog.<>) 't'::pg_catalog.\"char\" \
        AND pg_catalog.has_schema_privilege(n.oid, 'USAGE') \

@@ -235,7 +235,7 @@ pub async fn partitions_in_catalog(
         .query(
             "SELECT c.relname::text, pg_catalog.pg_get_expr(c.relpartbound, c.oid) \
              FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid \
-             WHERE i.inhparent = pg_catalog.to_regclass(pg_catalog.format('%I.%I', pg_catalog.current_schema(), 'user_logins')) \
+             WHERE i.inhparent = pg_catalog.to_regclass(pg_catalog.format('%I.%I', pg_catalog.current_schema(), 'user_logins_rows')) \
                AND c.relkind IN ('r', 'p')",
             &[],
         )
@@ -264,9 +264,15 @@ fn parse_bound(bound: &str) -> (Option<NaiveDate>, Option<NaiveDate>, bool) {
     if bound.trim() == "DEFAULT" {
         return (None, None, true);
     }
+    // A date (a table partitioned by create_date), or a timestamptz (the
+    // narrow row's, by sent_at): its UTC day.
     let day = |part: &str| {
         let quoted = part.split('\'').nth(1)?;
-        NaiveDate::parse_from_str(quoted, "%Y-%m-%d").ok()
+        NaiveDate::parse_from_str(quoted, "%Y-%m-%d").ok().or_else(|| {
+            chrono::DateTime::parse_from_str(quoted, "%Y-%m-%d %H:%M:%S%#z")
+                .ok()
+                .map(|t| t.with_timezone(&chrono::Utc).date_naive())
+        })
     };
     let (from, to) = bound.split_once(" TO ").unwrap_or((bound, ""));
     (day(from), day(to), false)
@@ -332,24 +338,32 @@ impl Segment {
         !matches!(self, Segment::Range(..))
     }
 
-    /// The condition on `create_date`, with `$lo` and `$hi` as parameters
-    /// numbered from `first`; and the values to bind.
+    /// The condition on `sent_at`, by UTC days (the narrow row's
+    /// partition key, migrations/0028), with `$lo` and `$hi` as date
+    /// parameters numbered from `first`; and the values to bind.
     pub fn condition(&self, first: usize) -> (String, Vec<NaiveDate>) {
         match *self {
-            Segment::Null => ("create_date IS NULL".into(), vec![]),
+            // Every row has a sent_at since the narrow row.
+            Segment::Null => ("false".into(), vec![]),
             Segment::Range(lo, hi) | Segment::Gap(lo, hi) => {
                 let mut parts = Vec::new();
                 let mut values = Vec::new();
                 if let Some(lo) = lo {
-                    parts.push(format!("create_date >= ${}::date", first + values.len()));
+                    parts.push(format!(
+                        "sent_at >= ${}::date::timestamp AT TIME ZONE 'UTC'",
+                        first + values.len()
+                    ));
                     values.push(lo);
                 }
                 if let Some(hi) = hi {
-                    parts.push(format!("create_date < ${}::date", first + values.len()));
+                    parts.push(format!(
+                        "sent_at < ${}::date::timestamp AT TIME ZONE 'UTC'",
+                        first + values.len()
+                    ));
                     values.push(hi);
                 }
                 if parts.is_empty() {
-                    parts.push("create_date IS NOT NULL".into());
+                    parts.push("true".into());
                 }
                 (parts.join(" AND "), values)
             }

@@ -174,13 +174,17 @@ const INGEST_GRANTS: &[Grant] = &[
     // Table-level: the write transaction first takes ROW EXCLUSIVE
     // with LOCK TABLE (see ingest::sink::tx::begin_sql), which a
     // column-level grant does not allow.
+    ("INSERT", "user_logins_rows", &[]),
+    // The previous release's writes, which name the view (its INSTEAD
+    // OF trigger, migrations/0028): it goes on ingesting through the
+    // narrow row's cutover and after a rollback.
     ("INSERT", "user_logins", &[]),
     // The lost-reply recount finds the batch's rows by their key
     // and reads xmin.
     (
         "SELECT",
-        "user_logins",
-        &["message_id", "sent_at", "create_date", "xmin"],
+        "user_logins_rows",
+        &["message_id", "sent_at", "xmin"],
     ),
     // The erasure list, kept in memory, and the check of its version
     // and the key's (login_etl_check_write, the owner's rights).
@@ -228,7 +232,7 @@ const ERASE_GRANTS: &[Grant] = &[
     (
         "SELECT",
         "user_logins",
-        &["user_id", "masked_ip", "masked_device_id", "create_date"],
+        &["user_id", "masked_ip", "masked_device_id", "sent_at"],
     ),
     ("SELECT", "user_logins_erasure_tokens", ERASURE_TOKEN),
     ("DELETE", "user_logins_erasure_tokens", &[]),
@@ -261,16 +265,17 @@ const ROTATE_GRANTS: &[Grant] = &[
     // user id their tag is computed from.
     (
         "SELECT",
-        "user_logins",
+        "user_logins_rows",
         &[
             "tableoid",
             "ctid",
             "masked_ip",
             "masked_device_id",
             "key_version",
-            "create_date",
+            "sent_at",
             // Its rows' user tags at the new version (migrations/0026).
             "user_id",
+            "user_id_text",
         ],
     ),
     // The vault's tokens (never its ciphertexts), read by chunk.
@@ -571,8 +576,8 @@ mod tests {
             sql.contains("('login_etl_x', 'login-etl:''1', ARRAY['ingest']::text[])"),
             "{sql}"
         );
-        assert!(sql.contains("('ingest', 'INSERT', 'user_logins', NULL)"));
-        assert!(sql.contains("('rotate', 'SELECT', 'user_logins', 'ctid')"));
+        assert!(sql.contains("('ingest', 'INSERT', 'user_logins_rows', NULL)"));
+        assert!(sql.contains("('rotate', 'SELECT', 'user_logins_rows', 'ctid')"));
     }
 
     #[test]

@@ -340,7 +340,7 @@ async fn an_outage_backs_off_the_valid_records_and_refused_rows_reach_the_dlq_on
     db.client()
         .await
         .batch_execute(&format!(
-            "ALTER TABLE user_logins ADD CONSTRAINT not_this_user CHECK (user_id <> '{}')",
+            "ALTER TABLE user_logins_rows ADD CONSTRAINT not_this_user CHECK (coalesce(user_id_text, user_id::text) <> '{}')",
             user["user_id"].as_str().unwrap()
         ))
         .await

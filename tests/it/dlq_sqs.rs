@@ -435,7 +435,7 @@ async fn copies_hold_no_pii_and_dlq_redrive_sends_the_originals_back_to_their_ro
     let admin = db.client().await;
     admin
         .batch_execute(
-            "ALTER TABLE user_logins ADD CONSTRAINT not_yet CHECK (user_id <> 'held-back')",
+            "ALTER TABLE user_logins_rows ADD CONSTRAINT not_yet CHECK (coalesce(user_id_text, user_id::text) <> 'held-back')",
         )
         .await
         .unwrap();
@@ -599,7 +599,7 @@ async fn copies_hold_no_pii_and_dlq_redrive_sends_the_originals_back_to_their_ro
 
     // For real, once the database takes the held rows.
     admin
-        .batch_execute("ALTER TABLE user_logins DROP CONSTRAINT not_yet")
+        .batch_execute("ALTER TABLE user_logins_rows DROP CONSTRAINT not_yet")
         .await
         .unwrap();
     let run = redrive(

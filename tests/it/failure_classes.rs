@@ -101,7 +101,7 @@ async fn a_missing_index_and_a_missing_grant_are_classes_of_their_own() {
     let ingest = db.ingest_url().await;
     db.client()
         .await
-        .batch_execute("DROP INDEX user_logins_key")
+        .batch_execute("DROP INDEX user_logins_rows_key")
         .await
         .unwrap();
     let (class, _, text) = fails(function(&ingest, TEST_KEY, &doc(&E, 1)).await, 4).await;

@@ -20,6 +20,7 @@ mod hostile_input;
 mod iam_auth;
 mod insiders;
 mod log_levels;
+mod narrow_row;
 mod partitions;
 mod pii_logs;
 mod pooler;

@@ -7,8 +7,8 @@
 //! - a redelivery and a DLQ copy redriven as a new message land on the
 //!   row of the original;
 //! - `maintain` premakes and drops by retention, twice at once;
-//! - an unpartitioned table with rows is converted while the function
-//!   writes, with a redelivery across the cutover;
+//! - an unpartitioned table with rows is converted while its old writer
+//!   writes, and messages stored before are found again after;
 //! - `forget` beside running ingest does not stall it.
 
 use crate::common;
@@ -54,7 +54,7 @@ async fn homes(db: &TestDb) -> Vec<(String, i64)> {
     db.client()
         .await
         .query(
-            "SELECT tableoid::regclass::text, count(*) FROM user_logins GROUP BY 1 ORDER BY 1",
+            "SELECT tableoid::regclass::text, count(*) FROM user_logins_rows GROUP BY 1 ORDER BY 1",
             &[],
         )
         .await
@@ -146,7 +146,7 @@ async fn rows_land_in_their_days_partition_and_the_default_one_until_maintain_mo
         .batch_execute(
             "CREATE FUNCTION test_gate() RETURNS trigger LANGUAGE plpgsql AS $$ \
              BEGIN PERFORM pg_advisory_lock_shared(4343); PERFORM pg_advisory_unlock_shared(4343); RETURN NULL; END $$; \
-             CREATE TRIGGER test_gate BEFORE INSERT ON user_logins FOR EACH STATEMENT EXECUTE FUNCTION test_gate(); \
+             CREATE TRIGGER test_gate BEFORE INSERT ON user_logins_rows FOR EACH STATEMENT EXECUTE FUNCTION test_gate(); \
              SELECT pg_advisory_lock(4343);",
         )
         .await
@@ -168,7 +168,7 @@ async fn rows_land_in_their_days_partition_and_the_default_one_until_maintain_mo
     let tables: Vec<String> = client
         .query(
             "SELECT c.relname::text FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
-             WHERE (c.oid = 'user_logins'::regclass OR c.relispartition) AND l.granted \
+             WHERE (c.oid = 'user_logins_rows'::regclass OR c.relispartition) AND l.granted \
              AND l.pid = (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = 4343 AND NOT granted) \
              ORDER BY 1",
             &[],
@@ -181,7 +181,7 @@ async fn rows_land_in_their_days_partition_and_the_default_one_until_maintain_mo
     // (The statement trigger fires before rows are routed: no partition yet.)
     assert_eq!(
         tables,
-        ["user_logins"],
+        ["user_logins_rows"],
         "the parent alone, whatever the number of partitions"
     );
     client
@@ -260,8 +260,8 @@ async fn maintain_premakes_and_drops_by_retention_and_two_runs_at_once_agree() {
     // Rows past retention waiting in the DEFAULT partition are expired too.
     owner
         .batch_execute(
-            "INSERT INTO user_logins_default (user_id, create_date, message_id, sent_at) \
-             VALUES ('x', DATE '2001-01-01', 'old', TIMESTAMPTZ '2001-01-01 12:00Z')",
+            "INSERT INTO user_logins_default (user_id_text, message_id_text, sent_at) \
+             VALUES ('x', 'old', TIMESTAMPTZ '2001-01-01 12:00Z')",
         )
         .await
         .unwrap();
@@ -333,7 +333,7 @@ async fn maintain_premakes_and_drops_by_retention_and_two_runs_at_once_agree() {
         "DROP TABLE user_logins_default",
         "DELETE FROM user_logins",
         "CREATE TABLE x (a int)",
-        "ALTER TABLE user_logins DETACH PARTITION user_logins_default",
+        "ALTER TABLE user_logins_rows DETACH PARTITION user_logins_default",
     ] {
         let e = m.batch_execute(sql).await.expect_err(sql);
         assert_eq!(e.code().map(|c| c.code()), Some("42501"), "{sql}: {e}");
@@ -477,39 +477,40 @@ async fn a_session_holding_off_retention_is_named_with_its_fix() {
     assert_eq!(run.dropped.len(), 1, "{run:?}");
 }
 
-/// The upgrade an existing deployment walks (docs/deploy.md, "Upgrading an existing table"): its
-/// unpartitioned table with rows of the old version, `migrate --prepare`,
-/// this version deployed and writing, then `migrate` for the cutover while
-/// it writes, with messages of the old version delivered again across it.
-/// No write waits on the cutover for as long as its lock timeout
-/// (`DB_STATEMENT_TIMEOUT_MS`, 1.5 s here): the server would refuse such a
-/// wait, and the write would be tried again (a second transaction in its
-/// summary's count).
+/// The upgrade an existing deployment walks (docs/deploy.md, "Upgrading an
+/// existing table"): its unpartitioned table with rows (from before
+/// login-etl, and from a login-etl of before partitions), `migrate
+/// --prepare` (the rows copied, the triggers mirroring the old writer's
+/// inserts), then `migrate` for the cutover while the old writer writes,
+/// each write in a transaction with a 2 s lock timeout and none tried
+/// again; then this version's function, which finds the messages stored
+/// before as duplicates.
 #[tokio::test]
-async fn an_unpartitioned_table_is_converted_while_the_function_writes_and_redeliveries_stay_single()
+async fn an_unpartitioned_table_is_converted_while_the_old_writer_writes_and_redeliveries_stay_single()
  {
     let db = TestDb::create().await;
     let owner = db.client().await;
-    // The table as the previous version left it, with 5,000 rows of its own.
+    // The table as an early version left it, with 5,000 rows from before it.
     owner
         .batch_execute(
             "CREATE TABLE user_logins(user_id varchar(128), device_type varchar(32), masked_ip varchar(256),
                 masked_device_id varchar(256), locale varchar(32), app_version integer, create_date date,
-                message_id varchar(128), app_version_text varchar(32));
-             CREATE UNIQUE INDEX user_logins_message_id_key ON user_logins (message_id);
-             INSERT INTO user_logins (user_id, create_date, message_id)
-               SELECT 'old-' || g, DATE '2026-01-01' + (g % 300), 'old-msg-' || g FROM generate_series(1, 5000) g;",
+                message_id varchar(128), app_version_text varchar(32), sent_at timestamptz);
+             INSERT INTO user_logins (user_id, create_date)
+               SELECT 'old-' || g, DATE '2026-01-01' + (g % 300) FROM generate_series(1, 5000) g;",
         )
         .await
         .unwrap();
-    // Messages the old version wrote today, to be delivered again later.
+    // Messages that version wrote a minute ago, to be delivered again later.
     let now = Utc::now().timestamp_millis();
     let written_before = logins(50, 7, now - 60_000);
     for m in &written_before.records {
+        let sent: i64 = m.attributes["SentTimestamp"].parse().unwrap();
+        let sent = chrono::DateTime::from_timestamp_millis(sent).unwrap();
         owner
             .execute(
-                "INSERT INTO user_logins (user_id, create_date, message_id) VALUES ('before', $1, $2)",
-                &[&today(), &m.message_id.as_deref().unwrap()],
+                "INSERT INTO user_logins (user_id, create_date, message_id, sent_at) VALUES ('before', $1, $2, $3)",
+                &[&sent.date_naive(), &m.message_id.as_deref().unwrap(), &sent],
             )
             .await
             .unwrap();
@@ -526,46 +527,41 @@ async fn an_unpartitioned_table_is_converted_while_the_function_writes_and_redel
     login_etl::startup::migrate_with(&config, &prepare)
         .await
         .expect("migrate --prepare");
-    // This version, deployed now, writes into the old table.
-    let ingest = db.role_url(Role::Ingest).await;
-    let h = Arc::new(
-        handler_with(&[
-            ("DATABASE_URL", &ingest),
-            ("MASKING_KEY", TEST_KEY),
-            ("DB_STATEMENT_TIMEOUT_MS", "1500"),
-        ])
-        .await,
-    );
-    assert_eq!(handle(&h, &logins(20, 8, now)).await.inserted, 20);
+    let copied: i64 = owner
+        .query_one("SELECT count(*) FROM user_logins_rows", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(copied, 5_050, "--prepare copied every row");
 
-    // Writes run through the cutover: new batches, and the old version's
-    // messages again.
+    // The old writer runs through the cutover.
     let stop = Arc::new(AtomicBool::new(false));
     let rounds_done = Arc::new(AtomicUsize::new(0));
     let writer = {
-        let (h, stop, again) = (Arc::clone(&h), Arc::clone(&stop), written_before.clone());
-        let rounds_done = Arc::clone(&rounds_done);
+        let (stop, rounds_done) = (Arc::clone(&stop), Arc::clone(&rounds_done));
+        let mut client = db.client().await;
         tokio::spawn(async move {
-            let (mut inserted, mut duplicates, mut transactions) = (0, 0, 0);
-            let mut seed = 1_000;
+            let mut inserted = 0;
             while !stop.load(Ordering::SeqCst) {
-                for event in [
-                    logins(20, seed, Utc::now().timestamp_millis()),
-                    again.clone(),
-                ] {
-                    let s = handle(&h, &event).await;
-                    inserted += s.inserted;
-                    duplicates += s.duplicates;
-                    transactions += s.statements;
-                }
-                seed += 1;
+                let tx = client.transaction().await.unwrap();
+                tx.batch_execute("SET LOCAL lock_timeout = '2s'")
+                    .await
+                    .unwrap();
+                let round = rounds_done.load(Ordering::SeqCst);
+                inserted += tx
+                    .execute(
+                        "INSERT INTO user_logins (user_id, create_date, message_id, sent_at)
+                         VALUES ('writer', current_date, 'writer-' || $1::text, now())",
+                        &[&(round as i64).to_string()],
+                    )
+                    .await
+                    .expect("no write waits on the cutover past its lock timeout");
+                tx.commit().await.unwrap();
                 rounds_done.fetch_add(1, Ordering::SeqCst);
             }
-            (inserted, duplicates, transactions, seed - 1_000)
+            inserted
         })
     };
-    // Writes before the cutover, beside it, and a whole round after it (or
-    // a writer that ended: its panic is reported at its await below).
     let rounds = |n: usize| {
         let (done, w) = (Arc::clone(&rounds_done), &writer);
         move || {
@@ -573,41 +569,36 @@ async fn an_unpartitioned_table_is_converted_while_the_function_writes_and_redel
             async move { w.is_finished() || done.load(Ordering::SeqCst) >= n }
         }
     };
-    wait_until("a round written before the cutover", rounds(1)).await;
+    wait_until("a write before the cutover", rounds(1)).await;
     let target = login_etl::startup::migrate(&config, login_etl::Profile::Full)
         .await
         .expect("the cutover");
     assert!(target.contains("(applied)"), "{target}");
     let after = rounds_done.load(Ordering::SeqCst) + 2;
-    wait_until("a round written wholly after the cutover", rounds(after)).await;
+    wait_until("a write wholly after the cutover", rounds(after)).await;
     stop.store(true, Ordering::SeqCst);
-    let (inserted, duplicates, transactions, rounds) = writer.await.unwrap();
-    assert_eq!(inserted, rounds * 20, "every new row written once");
+    let inserted = writer.await.unwrap();
+    let rounds = rounds_done.load(Ordering::SeqCst) as u64;
     assert_eq!(
-        duplicates,
-        rounds * 50,
-        "the old version's messages never again"
+        inserted, rounds,
+        "every write of the old writer landed once"
     );
-    assert_eq!(
-        transactions,
-        rounds as u32 * 2,
-        "a write was tried again: it waited on the cutover past its lock timeout"
-    );
-    // Nothing lost, and the old table is the first partition.
-    assert_eq!(
-        count_rows(&owner).await,
-        5_000 + 50 + 20 + (rounds as i64) * 20
-    );
+
+    // Nothing lost; the rows of before in one partition up to the bound.
+    assert_eq!(count_rows(&owner).await, 5_000 + 50 + rounds as i64);
     let legacy: i64 = owner
         .query_one(
-            "SELECT count(*) FROM user_logins_legacy WHERE user_id LIKE 'old-%'",
+            "SELECT count(*) FROM user_logins_legacy WHERE user_id_text LIKE 'old-%'",
             &[],
         )
         .await
         .unwrap()
         .get(0);
     assert_eq!(legacy, 5_000);
-    // The function's grants moved to the new parent: it still writes.
+    // This version's function: the messages stored before are found again.
+    let h = handler(&db).await;
+    let again = handle(&h, &written_before).await;
+    assert_eq!((again.inserted, again.duplicates), (0, 50));
     assert_eq!(handle(&h, &logins(5, 9, now)).await.inserted, 5);
 }
 
@@ -640,8 +631,8 @@ async fn forget_beside_running_ingest_holds_no_write_for_more_than_a_moment() {
                    WHERE pg_backend_pid() = ANY (pg_blocking_pids(pid));
                  RETURN OLD;
                END $$;
-             CREATE TRIGGER slow_delete BEFORE DELETE ON user_logins
-               FOR EACH ROW WHEN (OLD.user_id = '{user}') EXECUTE FUNCTION slow_delete();"
+             CREATE TRIGGER slow_delete BEFORE DELETE ON user_logins_rows
+               FOR EACH ROW WHEN (OLD.user_id_text = '{user}') EXECUTE FUNCTION slow_delete();"
         ))
         .await
         .unwrap();
@@ -698,8 +689,8 @@ async fn forget_beside_running_ingest_holds_no_write_for_more_than_a_moment() {
     assert_eq!(left, 0);
 }
 
-/// The table an upgrade converted (`user_logins_legacy`, every day from
-/// MINVALUE up to its bound) goes by retention as a whole, like any
+/// The partition an upgrade of an unpartitioned table made
+/// (`user_logins_legacy`, every day from MINVALUE up to its bound) goes by retention as a whole, like any
 /// partition: detached and then dropped, so that its rows are neither kept
 /// out of sight of `forget` and `rotate-key` nor reported dropped while
 /// they stay on disk.
@@ -708,16 +699,18 @@ async fn the_converted_table_past_retention_is_detached_and_dropped() {
     let db = TestDb::create().await;
     db.migrate().await;
     let owner = db.client().await;
-    // What the cutover leaves (src/table/schema/convert.rs), its history ending
-    // 2026-06-01: a partition from MINVALUE, proved by its bounds constraint.
+    // What the upgrade leaves (src/table/schema/narrow.rs), its history ending
+    // 2026-06-01: a partition from MINVALUE.
     owner
         .batch_execute(
-            "CREATE TABLE user_logins_legacy (LIKE user_logins INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+            "CREATE TABLE user_logins_legacy (LIKE user_logins_rows INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
              ALTER TABLE user_logins_legacy ADD CONSTRAINT user_logins_legacy_bounds
-                 CHECK (create_date IS NOT NULL AND create_date < '2026-06-01'::date);
-             INSERT INTO user_logins_legacy (user_id, create_date, message_id)
-                 SELECT 'old-' || g, DATE '2026-01-01' + (g % 150), 'old-msg-' || g FROM generate_series(1, 500) g;
-             ALTER TABLE user_logins ATTACH PARTITION user_logins_legacy FOR VALUES FROM (MINVALUE) TO ('2026-06-01');",
+                 CHECK (sent_at < '2026-06-01 00:00+00');
+             INSERT INTO user_logins_legacy SELECT n.* FROM generate_series(1, 500) g CROSS JOIN LATERAL
+                 login_etl_narrow_row('old-msg-' || g, 'old-' || g, NULL, NULL, NULL, NULL, NULL, NULL,
+                     DATE '2026-01-01' + (g % 150), NULL, NULL, NULL, NULL, NULL) AS n;
+             ALTER TABLE user_logins_rows ATTACH PARTITION user_logins_legacy
+                 FOR VALUES FROM (MINVALUE) TO ('2026-06-01 00:00+00');",
         )
         .await
         .unwrap();

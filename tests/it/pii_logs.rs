@@ -192,7 +192,7 @@ async fn nothing_the_function_writes_at_trace_contains_raw_pii_or_the_key() {
     let client = db.client().await;
     client
         .batch_execute(
-            "ALTER TABLE user_logins ADD CONSTRAINT no_ios CHECK (device_type <> 'ios') NOT VALID",
+            "ALTER TABLE user_logins_rows ADD CONSTRAINT no_ios CHECK (device_type <> 'ios') NOT VALID",
         )
         .await
         .unwrap();

@@ -151,7 +151,7 @@ async fn six_function_processes_through_pgbouncer_in_transaction_mode_write_the_
     );
     client
         .batch_execute(&format!(
-            "ALTER TABLE user_logins ADD CONSTRAINT not_these CHECK (user_id NOT IN ('{}', '{}', '{}'))",
+            "ALTER TABLE user_logins_rows ADD CONSTRAINT not_these CHECK (coalesce(user_id_text, user_id::text) NOT IN ('{}', '{}', '{}'))",
             user(refused_at[0]),
             user(refused_at[1]),
             user(refused_at[2])

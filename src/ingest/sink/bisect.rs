@@ -183,7 +183,7 @@ impl PgSink {
             Failure::Outdated => Err(DbError::BatchOutdated),
             Failure::RecountDenied => {
                 warn!(
-                    "the database role may not read user_logins.xmin, so rows a lost attempt committed count as duplicates; GRANT SELECT (message_id, sent_at, create_date, xmin) ON user_logins to count them as inserted"
+                    "the database role may not read user_logins_rows.xmin, so rows a lost attempt committed count as duplicates; GRANT SELECT (message_id, sent_at, xmin) ON user_logins_rows to count them as inserted"
                 );
                 Ok(Next::Retry(None))
             }

@@ -9,11 +9,11 @@ use bytes::{BufMut, BytesMut};
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
 use crate::contract::LoginRow;
-use crate::contract::columns::{COLUMNS, Codes, ColumnType, Json, names};
+use crate::contract::columns::{COLUMNS, Codes, ColumnType, Json, TokenBytes, Uuid16, names};
 
 /// The COPY of a batch's rows (the binary format; see `copy.rs`).
 pub static COPY_SQL: LazyLock<String> =
-    LazyLock::new(|| format!("COPY user_logins ({}) FROM STDIN (FORMAT binary)", names()));
+    LazyLock::new(|| format!("COPY user_logins_rows ({}) FROM STDIN (FORMAT binary)", names()));
 
 /// The arrays' placeholders from `$first` on, each cast to its column's
 /// array type (`varchar[]` for the text columns: with `text[]` the server
@@ -36,6 +36,8 @@ pub fn pg_type(ty: ColumnType) -> Type {
         ColumnType::Int8 => Type::INT8,
         ColumnType::Date => Type::DATE,
         ColumnType::Timestamptz => Type::TIMESTAMPTZ,
+        ColumnType::Uuid => Type::UUID,
+        ColumnType::Bytea => Type::BYTEA,
         ColumnType::TextArray => Type::TEXT_ARRAY,
         ColumnType::Jsonb => Type::JSONB,
     }
@@ -50,6 +52,8 @@ fn array_type(ty: ColumnType) -> Type {
         ColumnType::Int8 => Type::INT8_ARRAY,
         ColumnType::Date => Type::DATE_ARRAY,
         ColumnType::Timestamptz => Type::TIMESTAMPTZ_ARRAY,
+        ColumnType::Uuid => Type::UUID_ARRAY,
+        ColumnType::Bytea => Type::BYTEA_ARRAY,
         ColumnType::TextArray => Type::TEXT_ARRAY,
         ColumnType::Jsonb => Type::JSONB_ARRAY,
     }
@@ -122,6 +126,42 @@ impl ToSql for Json<'_> {
 
     fn accepts(ty: &Type) -> bool {
         *ty == Type::JSONB
+    }
+
+    to_sql_checked!();
+}
+
+/// A UUID as its 16 bytes (the binary form of `uuid`).
+impl ToSql for Uuid16 {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.put_slice(&self.0);
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::UUID
+    }
+
+    to_sql_checked!();
+}
+
+/// A token as its 32 bytes (`bytea`).
+impl ToSql for TokenBytes {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.put_slice(&self.0);
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::BYTEA
     }
 
     to_sql_checked!();

@@ -50,15 +50,15 @@ pub static WRITE_SQL: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// After a lost reply: how many of these rows (by key) were written by
-/// transactions that began at or after `$4`, the xid floor taken before the
+/// transactions that began at or after `$3`, the xid floor taken before the
 /// lost attempt. Those rows are this invocation's own (see [`insert_tx`]).
-/// The `create_date = ANY` prunes the partitions the batch cannot touch.
-/// Reading `xmin` needs `GRANT SELECT (message_id, sent_at, create_date,
-/// xmin)`; without it the rows count as duplicates.
-const RECOUNT_SQL: &str = "SELECT count(*) FROM user_logins u \
-    JOIN UNNEST($1::varchar[], $2::timestamptz[], $3::date[]) AS k(m, s, d) \
-      ON u.message_id = k.m AND u.sent_at = k.s AND u.create_date = k.d \
-    WHERE u.create_date = ANY($3::date[]) AND age(u.xmin) <= age(xid($4::text::xid8))";
+/// The `sent_at = ANY` prunes the partitions the batch cannot touch.
+/// Reading `xmin` needs `GRANT SELECT (message_id, sent_at, xmin)` on
+/// `user_logins_rows`; without it the rows count as duplicates.
+const RECOUNT_SQL: &str = "SELECT count(*) FROM user_logins_rows u \
+    JOIN UNNEST($1::uuid[], $2::timestamptz[]) AS k(m, s) \
+      ON u.message_id = k.m AND u.sent_at = k.s \
+    WHERE u.sent_at = ANY($2::timestamptz[]) AND age(u.xmin) <= age(xid($3::text::xid8))";
 
 /// What one committed INSERT transaction did.
 #[derive(Debug, Default)]
@@ -105,9 +105,8 @@ pub(crate) async fn insert_tx(
                         .query_typed_one(
                             RECOUNT_SQL,
                             &[
-                                (&cols.message_id, Type::VARCHAR_ARRAY),
+                                (&cols.message_id, Type::UUID_ARRAY),
                                 (&cols.sent_at, Type::TIMESTAMPTZ_ARRAY),
-                                (&cols.create_date, Type::DATE_ARRAY),
                                 (floor, Type::TEXT),
                             ],
                         )

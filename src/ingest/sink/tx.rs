@@ -45,7 +45,7 @@ pub(crate) fn begin_sql(server_bound: Duration, tables_schema: &str) -> String {
     format!(
         "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}; \
          {DURABLE_COMMIT_SQL}; SET LOCAL search_path = pg_catalog, {schema}, pg_temp; \
-         LOCK TABLE ONLY user_logins IN ROW EXCLUSIVE MODE"
+         LOCK TABLE ONLY user_logins_rows IN ROW EXCLUSIVE MODE"
     )
 }
 

@@ -182,7 +182,7 @@ pub(crate) const CONFLICT_RETRIES: u32 = 5;
 /// The planner's estimate (`reltuples`) of every row of `user_logins`, over
 /// its partitions: the walk's progress and `--status` both read it.
 const ROWS_ESTIMATE: &str = "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::int8 FROM pg_inherits i \
-     JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass('user_logins')";
+     JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass('user_logins_rows')";
 
 /// A failure that trying the chunk again resolves: a deadlock or a
 /// serialization failure.

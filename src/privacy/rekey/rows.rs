@@ -251,7 +251,8 @@ pub(super) async fn rekey_chunk(
     let rows = tx
         .query_typed(
             &format!(
-                "SELECT ctid::text, masked_ip, masked_device_id, user_id FROM user_logins \
+                "SELECT ctid::text, encode(masked_ip, 'hex'), encode(masked_device_id, 'hex'), \
+                 coalesce(user_id_text, user_id::text) FROM user_logins_rows \
                  WHERE ctid >= $1::text::tid AND ctid < $2::text::tid AND key_version = $3 \
                  AND tableoid = to_regclass($4) AND {cond}"
             ),

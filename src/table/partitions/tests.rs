@@ -43,12 +43,13 @@ fn segments_cover_partitions_gaps_ends_and_null_once_each() {
     // No partition at all: everything is in the DEFAULT one.
     assert_eq!(segments(&[]), [Segment::Gap(None, None), Segment::Null]);
     let (sql, values) = Segment::Range(Some(d("2026-11-21")), Some(d("2026-11-23"))).condition(2);
-    assert_eq!(sql, "create_date >= $2::date AND create_date < $3::date");
-    assert_eq!(values, [d("2026-11-21"), d("2026-11-23")]);
     assert_eq!(
-        Segment::Gap(None, None).condition(2).0,
-        "create_date IS NOT NULL"
+        sql,
+        "sent_at >= $2::date::timestamp AT TIME ZONE 'UTC' AND sent_at < $3::date::timestamp AT TIME ZONE 'UTC'"
     );
+    assert_eq!(values, [d("2026-11-21"), d("2026-11-23")]);
+    assert_eq!(Segment::Gap(None, None).condition(2).0, "true");
+    assert_eq!(Segment::Null.condition(2).0, "false");
     assert!(Segment::Gap(None, None).in_default() && Segment::Null.in_default());
     assert!(!Segment::Range(None, Some(d("2026-11-20"))).in_default());
 }

@@ -83,6 +83,7 @@ pub const FUNCTION_FILES: &[FunctionFile] = function_files![
     "login_etl_key_changed_at",
     "login_etl_key_state",
     "login_etl_lock_shared",
+    "login_etl_narrow_row",
     "login_etl_partitions",
     "login_etl_profile",
     "login_etl_purge_default",
@@ -104,6 +105,7 @@ pub const FUNCTION_FILES: &[FunctionFile] = function_files![
     "login_etl_switch_key",
     "login_etl_vault_last_seen",
     "login_etl_write",
+    "login_etl_write_through",
 ];
 
 /// What the masking-only profile makes in place of the file of the same

@@ -63,6 +63,7 @@ pub const MIGRATION_FILES: &[MigrationFile] = migration_files![
     "0025_retired",
     "0026_user_tag",
     "0027_defects_codes_only",
+    "0028_narrow_row",
 ];
 
 /// The files `keep` takes, joined in order.
@@ -77,9 +78,6 @@ fn joined(keep: impl Fn(&MigrationFile) -> bool) -> String {
 
 static MASKING: LazyLock<String> = LazyLock::new(|| joined(|f| !f.full_only()));
 static FULL: LazyLock<String> = LazyLock::new(|| joined(|_| true));
-static SIDE_TABLES: LazyLock<String> = LazyLock::new(|| {
-    joined(|f| !matches!(f.name, "0001_user_logins" | "0004_partitions"))
-});
 
 /// The migrations `profile` applies. Applied through
 /// [`schema_sql`](super::schema_sql), which makes the owner's functions
@@ -89,16 +87,6 @@ pub fn migration_sql(profile: Profile) -> &'static str {
         Profile::Masking => &MASKING,
         Profile::Full => &FULL,
     }
-}
-
-/// The full profile's migrations but 0001 and 0004, which rebuild
-/// `user_logins` (0013 and 0014 only add nullable columns, which an older
-/// version's writes do not name): what `migrate --prepare` applies beside
-/// an older version's writes into an unpartitioned table (see
-/// [`convert`](super::convert); such a table is from before profiles, so
-/// full).
-pub fn side_tables_sql() -> &'static str {
-    &SIDE_TABLES
 }
 
 #[cfg(test)]
@@ -143,7 +131,7 @@ mod tests {
         let masking = migration_sql(Profile::Masking);
         assert!(full.contains("CREATE TABLE IF NOT EXISTS user_logins_pii_vault"));
         assert!(!masking.contains("CREATE TABLE IF NOT EXISTS user_logins_pii_vault"));
-        assert!(masking.len() < full.len() && side_tables_sql().len() < full.len());
+        assert!(masking.len() < full.len());
         // 0001 first, the schema's recorded state and the retired last, in both.
         for sql in [full, masking] {
             assert!(sql.starts_with("-- profile: all\n-- login-etl schema."));

@@ -1,19 +1,21 @@
 //! The `user_logins` schema, embedded in the binary: how it is applied, and
 //! the guard that refuses to write into a table that could double rows.
 //!
-//! `user_logins` is range-partitioned by `create_date` (migrations/0001 and
-//! migrations/0004); [`convert`] turns an unpartitioned table from before this version
-//! into a partition of the new one online; `crate::table::maintain` keeps the
-//! partitions made ahead and drops those past retention.
+//! `user_logins` is the view over `user_logins_rows`, range-partitioned by
+//! day of `sent_at` (migrations/0028, the narrow row); [`narrow`] moves the
+//! rows of a table of an earlier layout into it online ([`convert`]'s
+//! steps first for an unpartitioned one); `crate::table::maintain` keeps
+//! the partitions made ahead and drops those past retention.
 
 pub mod convert;
+mod narrow;
 pub mod functions;
 mod indexes;
 mod migrations;
 pub mod state;
 pub mod triggers;
 
-pub use migrations::{migration_sql, side_tables_sql};
+pub use migrations::migration_sql;
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -35,7 +37,7 @@ use crate::table::retry::{failed, with_lock_retries};
 /// it beside the release's (`concat!` takes literals only).
 macro_rules! schema_version {
     () => {
-        22
+        23
     };
 }
 pub(crate) use schema_version;
@@ -164,19 +166,20 @@ fn profile_of(
     }
 }
 
-/// [`INSPECT_SQL`]'s first nine columns (`$1`, `$2`: the signatures of the
+/// [`INSPECT_SQL`]'s first eight columns (`$1`, `$2`: the signatures of the
 /// vault's and the rows' write functions).
 const INSPECT_TABLES: &str = "SELECT \
     to_regclass('user_logins') IS NOT NULL, \
     (SELECT count(*) = 4 FROM pg_attribute WHERE attrelid = to_regclass('user_logins') \
         AND attname IN ('message_id', 'app_version_text', 'sent_at', 'key_version') AND NOT attisdropped), \
     EXISTS (SELECT 1 FROM pg_index i \
-        WHERE i.indrelid = to_regclass('user_logins') AND i.indisunique AND i.indisvalid \
-        AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = 3 \
+        WHERE i.indrelid IN (to_regclass('user_logins'), to_regclass('user_logins_rows')) \
+        AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL \
         AND (SELECT array_agg(a.attname::text ORDER BY k.n) \
              FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) \
              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum) \
-            = ARRAY['sent_at', 'message_id', 'create_date']), \
+            = CASE WHEN i.indrelid = to_regclass('user_logins_rows') THEN ARRAY['sent_at', 'message_id'] \
+                   ELSE ARRAY['sent_at', 'message_id', 'create_date'] END), \
     pg_snapshot_xmax(pg_current_snapshot())::text, \
     to_regclass('user_logins_pii_vault') IS NOT NULL AND to_regclass('user_logins_vault_keys') IS NOT NULL \
         AND to_regprocedure('login_etl_store_vault(' || $1 || ')') IS NOT NULL, \
@@ -184,17 +187,13 @@ const INSPECT_TABLES: &str = "SELECT \
         AND to_regprocedure('login_etl_forget_begin(varchar,varchar,smallint,text)') IS NOT NULL \
         AND to_regclass('user_logins_pii_vault_held') IS NOT NULL \
         AND to_regclass('user_logins_erasure_tokens') IS NOT NULL, \
-    coalesce((SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass('user_logins')), false), \
+    coalesce((SELECT relkind = 'v' FROM pg_class WHERE oid = to_regclass('user_logins')), false) \
+        AND coalesce((SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass('user_logins_rows')), false), \
     to_regclass('user_logins_partitioning') IS NOT NULL AND to_regclass('user_logins_default') IS NOT NULL \
         AND to_regclass('user_logins_key_state') IS NOT NULL \
         AND to_regprocedure('login_etl_write(bigint,integer,integer,' || $2 || ')') IS NOT NULL \
         AND to_regprocedure('login_etl_drop_detached()') IS NOT NULL \
-        AND to_regprocedure('login_etl_purge_default(date)') IS NOT NULL, \
-    EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a \
-        ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
-        WHERE i.indrelid = to_regclass('user_logins') AND a.attname = 'message_id' \
-        AND i.indisunique AND i.indnkeyatts = 1 AND i.indpred IS NULL AND i.indexprs IS NULL \
-        AND i.indisvalid AND i.indisready)";
+        AND to_regprocedure('login_etl_purge_default(date)') IS NOT NULL";
 
 /// The schema as the catalog shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,7 +202,8 @@ pub struct SchemaState {
     pub table: bool,
     /// It has `message_id`, `app_version_text` and `sent_at`.
     pub columns: bool,
-    /// It has a valid unique index on `(sent_at, message_id, create_date)`:
+    /// `user_logins_rows` has a valid unique index on `(sent_at,
+    /// message_id)` (a wide table: on `(sent_at, message_id, create_date)`):
     /// the key that keeps a redelivered message from being written twice.
     pub unique_index: bool,
     /// The first transaction id not yet assigned (an `xid8` as text).
@@ -213,16 +213,13 @@ pub struct SchemaState {
     /// The audit table, the erasure list, forget's first step
     /// (`login_etl_forget_begin`) and its state exist (the full profile's).
     pub erasure: bool,
-    /// `user_logins` is partitioned (false for a table from before this
-    /// version, which `login-etl migrate` converts).
+    /// `user_logins` is the view over the partitioned `user_logins_rows`
+    /// (false for a table of an earlier layout, which `login-etl migrate`
+    /// upgrades: [`narrow`]).
     pub partitioned: bool,
     /// The partition machinery of migrations/0004, the key state and the
     /// write function (`login_etl_write`) exist (every profile's).
     pub partitions: bool,
-    /// A valid unique index on `message_id` alone: what keeps an
-    /// unpartitioned table from before this version exactly once while
-    /// `login-etl migrate --prepare` has run and the cutover has not.
-    pub message_id_index: bool,
     /// The version of the migrations applied, as recorded (see [`state`];
     /// 0 where nothing is: a database migrated before 0.3.0).
     pub version: i32,
@@ -300,11 +297,11 @@ pub async fn inspect(client: &Client) -> Result<SchemaState, tokio_postgres::Err
         client.query_typed_one(&INSPECT_SQL, &params),
         state::read(client)
     )?;
-    let profile_found = profile_of(row.get(9), recorded.as_ref(), row.get(10), row.get(11));
+    let profile_found = profile_of(row.get(8), recorded.as_ref(), row.get(9), row.get(10));
     let profile = profile_found.unwrap_or(Profile::Full);
     let (intact, expected) = match profile {
-        Profile::Full => (row.get::<_, i32>(15), full.2),
-        Profile::Masking => (row.get::<_, i32>(16), masking.2),
+        Profile::Full => (row.get::<_, i32>(14), full.2),
+        Profile::Masking => (row.get::<_, i32>(15), masking.2),
     };
     let functions = intact == expected
         && recorded.as_ref().is_some_and(|r| {
@@ -319,14 +316,13 @@ pub async fn inspect(client: &Client) -> Result<SchemaState, tokio_postgres::Err
         erasure: row.get(5),
         partitioned: row.get(6),
         partitions: row.get(7),
-        message_id_index: row.get(8),
         version: recorded.as_ref().map_or(0, |r| r.version),
         functions,
-        schema_writers: row.get::<_, Option<Vec<String>>>(12).unwrap_or_default(),
-        schema: row.get(13),
+        schema_writers: row.get::<_, Option<Vec<String>>>(11).unwrap_or_default(),
+        schema: row.get(12),
         profile,
         profile_found,
-        triggers: row.get(14),
+        triggers: row.get(13),
     })
 }
 
@@ -421,22 +417,14 @@ pub async fn check(client: &Client, limit: Duration, vault: bool) -> Result<Chec
         ));
     }
     if !state.partitioned {
-        // Between `migrate --prepare` and the cutover: the old table has
-        // every column and its unique message_id index arbitrates.
-        if state.columns && state.message_id_index && state.erasure {
-            return Ok(Checked {
-                floor: state.floor,
-                profile: state.profile,
-            });
-        }
         return Err(fatal(
-            "user_logins is not partitioned (a table from before this version)",
-            "; run `login-etl migrate` from a shell: it converts the table online, ingest keeps running (docs/deploy.md, \"Upgrading an existing table\")",
+            "user_logins is a table of an earlier layout (unpartitioned, or wide: before schema 23's narrow row)",
+            "; run `login-etl migrate` from a shell: it moves the rows online while the deployed function keeps ingesting (docs/upgrade.md)",
         ));
     }
     if !state.unique_index {
         return Err(fatal(
-            "user_logins has no valid unique index on (sent_at, message_id, create_date), so a redelivered message could be written twice; nothing was written",
+            "user_logins_rows has no valid unique index on (sent_at, message_id), so a redelivered message could be written twice; nothing was written",
             "; run `login-etl migrate` (make migrate), which builds it again",
         ));
     }
@@ -480,10 +468,9 @@ pub struct MigrateOptions {
     pub cold_start: bool,
     /// Days after today whose partitions are made (see `crate::table::maintain`).
     pub premake_days: u32,
-    /// Stop an upgrade before its cutover: the old table gets its new
-    /// columns, both unique indexes and the proven bounds, and stays
-    /// unpartitioned, writable by the old version and by this one. See
-    /// docs/deploy.md, "Upgrading an existing table".
+    /// Stop an upgrade before its cutover: the rows are copied into
+    /// `user_logins_rows` and the old table's triggers keep it up to date
+    /// until `login-etl migrate` cuts over ([`narrow`]; docs/upgrade.md).
     pub prepare_only: bool,
     /// The profile to install; `None` keeps the database's (full for a
     /// new one). Masking-only on a full database is refused: a profile is
@@ -550,22 +537,16 @@ pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<bo
         return Ok(false);
     }
     privileges::refuse_schema_writers(state.schema.as_deref(), &state.schema_writers)?;
-    // Between `migrate --prepare` and the cutover the old table is
-    // writable; the cutover is `login-etl migrate`'s, never a cold start's.
-    if options.cold_start
-        && state.table
-        && !state.partitioned
-        && state.columns
-        && state.message_id_index
-    {
-        return Ok(false);
-    }
+    let old = if current {
+        None
+    } else {
+        narrow::old_layout(client).await?
+    };
     let mut applied = false;
-    if state.table && !state.partitioned {
-        applied = convert::convert(client, options, profile).await?;
+    if let Some(old) = old {
+        applied = narrow::upgrade(client, old, options, profile).await?;
         if options.prepare_only {
-            let built = indexes::vault_indexes(client, options).await?;
-            return Ok(applied || built);
+            return Ok(applied);
         }
     } else if !current {
         let sql = schema_sql(migration_sql(profile), profile);

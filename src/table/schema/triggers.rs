@@ -11,7 +11,7 @@ use super::Profile;
 /// Each trigger as `(table, trigger, what follows its name in CREATE
 /// TRIGGER)`: the migrations' definitions, which `migrate` makes again
 /// when one is missing.
-pub const TRIGGERS: [(&str, &str, &str); 8] = [
+pub const TRIGGERS: [(&str, &str, &str); 9] = [
     (
         "user_logins_erased",
         "user_logins_erased_current_version",
@@ -55,13 +55,20 @@ pub const TRIGGERS: [(&str, &str, &str); 8] = [
         "user_logins_rekeyed_append_only",
         "BEFORE UPDATE OR DELETE OR TRUNCATE ON user_logins_rekeyed FOR EACH STATEMENT EXECUTE FUNCTION login_etl_audit_is_append_only()",
     ),
+    // Every profile's (the view is every profile's): the previous
+    // release's writes, which name user_logins (migrations/0028).
+    (
+        "user_logins",
+        "user_logins_write_through",
+        "INSTEAD OF INSERT ON user_logins FOR EACH ROW EXECUTE FUNCTION login_etl_write_through()",
+    ),
 ];
 
 /// The triggers of `profile`.
 pub fn of(profile: Profile) -> &'static [(&'static str, &'static str, &'static str)] {
     match profile {
         Profile::Full => &TRIGGERS,
-        Profile::Masking => &[],
+        Profile::Masking => &TRIGGERS[8..],
     }
 }
 
@@ -110,6 +117,7 @@ fn shape(definition: &'static str) -> Shape {
     Shape {
         function: between(definition, "EXECUTE FUNCTION ", "(").expect("a function"),
         tgtype: bit("BEFORE", 2)
+            | bit("INSTEAD OF", 64)
             | bit("INSERT", 4)
             | bit("DELETE", 8)
             | bit("UPDATE", 16)
@@ -247,7 +255,7 @@ pub fn ensure_sql(before_migrations: bool) -> String {
     let (create, remake) = if before_migrations {
         (
             "BEGIN\n                EXECUTE format('CREATE TRIGGER %I %s', r.n, r.d);\n            \
-             EXCEPTION WHEN undefined_column OR undefined_function OR undefined_table THEN NULL;\n            END;",
+             EXCEPTION WHEN undefined_column OR undefined_function OR undefined_table OR wrong_object_type THEN NULL;\n            END;",
             "NULL;",
         )
     } else {
@@ -288,6 +296,7 @@ mod tests {
         );
         assert_eq!(shape(TRIGGERS[0].2).tgtype, 7);
         assert_eq!(shape(TRIGGERS[7].2).tgtype, 58);
+        assert_eq!(shape(TRIGGERS[8].2).tgtype, 69);
         // Every WHEN condition has its printed forms (values() asserts it).
         assert_eq!(values().matches("ARRAY[").count(), PRINTED_WHEN.len());
     }

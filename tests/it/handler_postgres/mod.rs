@@ -124,8 +124,8 @@ async fn upstream_table_is_upgraded_in_place_and_filled() {
         .batch_execute(
             "CREATE TABLE user_logins(user_id varchar(128), device_type varchar(32), masked_ip varchar(256),
                 masked_device_id varchar(256), locale varchar(32), app_version integer, create_date date);
-             INSERT INTO user_logins VALUES ('old-1', 'ios', 'x', 'y', NULL, 230, '2020-01-01'),
-                                            ('old-2', 'ios', 'x', 'y', NULL, 230, '2020-01-01');",
+             INSERT INTO user_logins VALUES ('old-1', 'ios', repeat('ab', 32), repeat('cd', 32), NULL, 230, '2020-01-01'),
+                                            ('old-2', 'ios', repeat('ab', 32), repeat('cd', 32), NULL, 230, '2020-01-01');",
         )
         .await
         .unwrap();
@@ -159,17 +159,18 @@ async fn upstream_table_is_upgraded_in_place_and_filled() {
             "user_tag"
         ]
     );
-    // The old table is the first partition of a partitioned user_logins.
-    let (partitioned, old_rows): (bool, i64) = client
+    // The old table's rows are in the first partition of user_logins_rows,
+    // read through the view user_logins.
+    let (view, old_rows): (bool, i64) = client
         .query_one(
-            "SELECT (SELECT relkind = 'p' FROM pg_class WHERE oid = 'user_logins'::regclass), \
-             (SELECT count(*) FROM user_logins_legacy WHERE user_id LIKE 'old-%')",
+            "SELECT (SELECT relkind = 'v' FROM pg_class WHERE oid = 'user_logins'::regclass), \
+             (SELECT count(*) FROM user_logins_legacy WHERE user_id_text LIKE 'old-%')",
             &[],
         )
         .await
         .map(|r| (r.get(0), r.get(1)))
         .unwrap();
-    assert_eq!((partitioned, old_rows), (true, 2));
+    assert_eq!((view, old_rows), (true, 2));
     // migrating again is a no-op
     handler(&db).await;
     assert_eq!(count_rows(&client).await, 2 + event.records.len() as i64);
@@ -257,7 +258,7 @@ async fn a_row_the_database_refuses_fails_only_that_record() {
         })
         .collect();
     client
-        .batch_execute(&format!("ALTER TABLE user_logins ADD CONSTRAINT no_bad_users CHECK (user_id NOT IN ('{}', '{}'))", bad[0], bad[1]))
+        .batch_execute(&format!("ALTER TABLE user_logins_rows ADD CONSTRAINT no_bad_users CHECK (coalesce(user_id_text, user_id::text) NOT IN ('{}', '{}'))", bad[0], bad[1]))
         .await
         .unwrap();
     let (resp, summary) = h
@@ -309,7 +310,7 @@ async fn fifo_batch_stops_at_refused_row(count: usize, bad: usize) {
     let body: Value = serde_json::from_str(event.records[bad].body.as_deref().unwrap()).unwrap();
     client
         .batch_execute(&format!(
-            "ALTER TABLE user_logins ADD CONSTRAINT no_bad_user CHECK (user_id <> '{}')",
+            "ALTER TABLE user_logins_rows ADD CONSTRAINT no_bad_user CHECK (coalesce(user_id_text, user_id::text) <> '{}')",
             body["user_id"].as_str().unwrap()
         ))
         .await

@@ -89,7 +89,7 @@ async fn the_emf_documents_of_a_batch_count_what_happened_to_each_record() {
     db.client()
         .await
         .batch_execute(&format!(
-            "ALTER TABLE user_logins ADD CONSTRAINT refuse_two CHECK (user_id NOT IN ('{}', '{}'))",
+            "ALTER TABLE user_logins_rows ADD CONSTRAINT refuse_two CHECK (coalesce(user_id_text, user_id::text) NOT IN ('{}', '{}'))",
             user(refused_at[0]),
             user(refused_at[1])
         ))

@@ -38,7 +38,7 @@ pub(super) async fn everyone_tries(d: &Deployment, role: Role, c: &Client) {
         refused(c, role, lock, DENIED).await;
     }
     for table in [
-        "user_logins",
+        "user_logins_rows",
         "user_logins_pii_vault",
         "user_logins_pii_audit",
         "user_logins_erased",
@@ -172,6 +172,11 @@ pub(super) async fn everyone_tries(d: &Deployment, role: Role, c: &Client) {
     }
 }
 
+/// A write through the view `user_logins` that no trigger of it takes: the
+/// server refuses it as not updatable (0A000, 55000) before it looks at
+/// privileges (42501).
+const VIEW_REFUSED: &[&str] = &["42501", "0A000", "55000"];
+
 /// What each role tries beyond its own, refused or harmless.
 pub(super) async fn role_tries(d: &Deployment, role: Role, c: &Client) {
     const DENIED: &[&str] = &["42501"];
@@ -180,19 +185,38 @@ pub(super) async fn role_tries(d: &Deployment, role: Role, c: &Client) {
         Role::Ingest => {
             // Issue 63, finding 10: raw values in the masked columns, a
             // whole message nested in `extra`: refused by the table's checks.
+            // Into the table itself, and through the view's trigger (which
+            // takes hex tokens: a raw value is no hex, or no 32 bytes).
             let row = |ip: &str, device: &str, extra: &str| {
+                format!(
+                    "INSERT INTO user_logins_rows (message_id, user_id_text, masked_ip, masked_device_id, extra, sent_at) \
+                     VALUES (gen_random_uuid(), 'u', {ip}, {device}, {extra}, now())"
+                )
+            };
+            for sql in [
+                row("convert_to('203.0.113.7', 'UTF8')", "NULL", "NULL"),
+                row("NULL", "convert_to('593-47-5928', 'UTF8')", "NULL"),
+                row("NULL", "NULL", "'{\"msg\": {\"ip\": \"203.0.113.7\"}}'"),
+                row("NULL", "NULL", "'[1, 2]'"),
+            ] {
+                refused(c, role, &sql, &["23514"]).await;
+            }
+            let through_view = |ip: &str, device: &str, extra: &str| {
                 format!(
                     "INSERT INTO user_logins (message_id, user_id, masked_ip, masked_device_id, extra, sent_at, create_date) \
                      VALUES ('raw-1', 'u', {ip}, {device}, {extra}, now(), {today})"
                 )
             };
             for sql in [
-                row("'203.0.113.7'", "NULL", "NULL"),
-                row("NULL", "'593-47-5928'", "NULL"),
-                row("NULL", "NULL", "'{\"msg\": {\"ip\": \"203.0.113.7\"}}'"),
-                row("NULL", "NULL", "'[1, 2]'"),
+                through_view("'203.0.113.7'", "NULL", "NULL"),
+                through_view(
+                    "NULL",
+                    "encode(convert_to('593-47-5928', 'UTF8'), 'hex')",
+                    "NULL",
+                ),
+                through_view("NULL", "NULL", "'{\"msg\": {\"ip\": \"203.0.113.7\"}}'"),
             ] {
-                refused(c, role, &sql, &["23514"]).await;
+                refused(c, role, &sql, &["23514", "22023"]).await;
             }
             // The review's replay: every entry moved to 1900, so maintain
             // purges today's; or to 'infinity', kept for ever.
@@ -211,8 +235,23 @@ pub(super) async fn role_tries(d: &Deployment, role: Role, c: &Client) {
             )
             .await;
             refused(c, role, "SELECT masked_ip FROM user_logins", DENIED).await;
-            refused(c, role, "UPDATE user_logins SET masked_ip = 'x'", DENIED).await;
-            refused(c, role, "DELETE FROM user_logins", DENIED).await;
+            refused(c, role, "SELECT masked_ip FROM user_logins_rows", DENIED).await;
+            refused(
+                c,
+                role,
+                "UPDATE user_logins SET masked_ip = 'x'",
+                VIEW_REFUSED,
+            )
+            .await;
+            refused(
+                c,
+                role,
+                "UPDATE user_logins_rows SET masked_ip = NULL",
+                DENIED,
+            )
+            .await;
+            refused(c, role, "DELETE FROM user_logins", VIEW_REFUSED).await;
+            refused(c, role, "DELETE FROM user_logins_rows", DENIED).await;
             refused(c, role, "SELECT * FROM user_logins_pii_audit", DENIED).await;
             refused(
                 c,
@@ -279,7 +318,7 @@ pub(super) async fn role_tries(d: &Deployment, role: Role, c: &Client) {
             refused(c, role, &swap, &["55000"]).await;
             let row: String = d
                 .admin
-                .query_one("SELECT ctid::text FROM user_logins LIMIT 1", &[])
+                .query_one("SELECT ctid::text FROM user_logins_rows LIMIT 1", &[])
                 .await
                 .unwrap()
                 .get(0);
@@ -318,7 +357,7 @@ pub(super) async fn role_tries(d: &Deployment, role: Role, c: &Client) {
             refused(
                 c,
                 role,
-                "UPDATE user_logins SET masked_ip = masked_device_id",
+                "UPDATE user_logins_rows SET masked_ip = masked_device_id",
                 DENIED,
             )
             .await;
@@ -340,11 +379,11 @@ pub(super) async fn role_tries(d: &Deployment, role: Role, c: &Client) {
             refused(
                 c,
                 role,
-                "SELECT locale, device_type FROM user_logins",
+                "SELECT locale, device_type FROM user_logins_rows",
                 DENIED,
             )
             .await;
-            refused(c, role, "UPDATE user_logins SET user_tag = 0", DENIED).await;
+            refused(c, role, "UPDATE user_logins_rows SET user_tag = 0", DENIED).await;
         }
         Role::Maintain => {
             refused(c, role, "SELECT * FROM user_logins", DENIED).await;
@@ -373,13 +412,13 @@ pub(super) async fn role_tries(d: &Deployment, role: Role, c: &Client) {
             // 63, finding 7): no lock that stops reads, no delete and no
             // listing without a committed record.
             let lock = c
-                .batch_execute("BEGIN; LOCK TABLE user_logins IN ACCESS EXCLUSIVE MODE")
+                .batch_execute("BEGIN; LOCK TABLE user_logins_rows IN ACCESS EXCLUSIVE MODE")
                 .await
                 .expect_err("no lock that stops reads");
             c.batch_execute("ROLLBACK").await.unwrap();
             assert_eq!(lock.code().map(|c| c.code()), Some("42501"), "{lock:?}");
             for sql in [
-                "DELETE FROM user_logins WHERE user_id = 'anyone'",
+                "DELETE FROM user_logins_rows WHERE user_id_text = 'anyone'",
                 "INSERT INTO user_logins_erased (user_key, key_version) VALUES (repeat('0', 64), 1)",
                 "INSERT INTO user_logins_erasure_tokens (user_key, kind, token) VALUES ('k', 'ip', 'x')",
             ] {
@@ -586,10 +625,17 @@ pub(super) async fn role_tries(d: &Deployment, role: Role, c: &Client) {
                 "SELECT * FROM user_logins_erasure_tokens",
                 "SELECT * FROM user_logins_roles",
                 "INSERT INTO user_logins (message_id) VALUES ('x')",
+                // The view only: not its rows' table.
+                "SELECT * FROM user_logins_rows",
+                "DELETE FROM user_logins_rows",
+            ] {
+                refused(c, role, sql, DENIED).await;
+            }
+            for sql in [
                 "UPDATE user_logins SET locale = 'x'",
                 "DELETE FROM user_logins",
             ] {
-                refused(c, role, sql, DENIED).await;
+                refused(c, role, sql, VIEW_REFUSED).await;
             }
             let lock = "BEGIN; LOCK TABLE user_logins IN ACCESS EXCLUSIVE MODE";
             refused(c, role, lock, DENIED).await;
@@ -640,7 +686,7 @@ pub(super) async fn plants_in_pg_temp(d: &Deployment, role: Role, c: &Client) {
     assert!(!draining, "{role:?}: a temporary table is no drain");
     match role {
         Role::Ingest => {
-            c.batch_execute("BEGIN; LOCK TABLE ONLY user_logins IN ROW EXCLUSIVE MODE; \
+            c.batch_execute("BEGIN; LOCK TABLE ONLY user_logins_rows IN ROW EXCLUSIVE MODE; \
                              SELECT login_etl_check_write((SELECT coalesce(max(seq), 0) FROM user_logins_erased), 1, 1); \
                              ROLLBACK")
                 .await

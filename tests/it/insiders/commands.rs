@@ -135,7 +135,7 @@ pub(super) async fn stored_settings_are_refused_until_reset(d: &Deployment) {
     // accepted (current_schema() is pg_catalog there, not the path's schema).
     let schema: String = d
         .admin
-        .query_one("SELECT relnamespace::regnamespace::text FROM pg_class WHERE relname = 'user_logins' AND relkind = 'p'", &[])
+        .query_one("SELECT relnamespace::regnamespace::text FROM pg_class WHERE relname = 'user_logins_rows' AND relkind = 'p'", &[])
         .await
         .unwrap()
         .get(0);
@@ -318,7 +318,7 @@ pub(super) async fn the_reader_reads_every_partition(d: &Deployment) {
         .admin
         .query_one(
             "SELECT format('%I', c.relname) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
-             WHERE i.inhparent = 'user_logins'::regclass LIMIT 1",
+             WHERE i.inhparent = 'user_logins_rows'::regclass LIMIT 1",
             &[],
         )
         .await
@@ -330,7 +330,7 @@ pub(super) async fn the_reader_reads_every_partition(d: &Deployment) {
         .expect_err("a partition itself is not the reader's");
     assert_eq!(direct.code().unwrap().code(), "42501", "{direct:?}");
     d.admin
-        .batch_execute("DELETE FROM user_logins WHERE message_id = 'reader-tomorrow'")
+        .batch_execute("DELETE FROM user_logins_rows WHERE message_id_text = 'reader-tomorrow'")
         .await
         .unwrap();
 }

@@ -28,11 +28,14 @@ pub(super) fn every_role(role: Role) -> &'static [&'static str] {
 pub(super) fn allowed(role: Role) -> Allowed {
     match role {
         Role::Ingest => &[
+            ("user_logins_rows", "INSERT", &[]),
+            // The previous release's writes name the view (its INSTEAD OF
+            // trigger converts them into user_logins_rows).
             ("user_logins", "INSERT", &[]),
             (
-                "user_logins",
+                "user_logins_rows",
                 "SELECT",
-                &["message_id", "sent_at", "create_date", "xmin"],
+                &["message_id", "sent_at", "xmin"],
             ),
             ("user_logins_erased", "SELECT", &["user_key", "seq"]),
         ],
@@ -67,7 +70,7 @@ pub(super) fn allowed(role: Role) -> Allowed {
             (
                 "user_logins",
                 "SELECT",
-                &["user_id", "masked_ip", "masked_device_id", "create_date"],
+                &["user_id", "masked_ip", "masked_device_id", "sent_at"],
             ),
             (
                 "user_logins_erasure_tokens",
@@ -105,7 +108,7 @@ pub(super) fn allowed(role: Role) -> Allowed {
         )],
         Role::Rotate => &[
             (
-                "user_logins",
+                "user_logins_rows",
                 "SELECT",
                 &[
                     "tableoid",
@@ -113,8 +116,9 @@ pub(super) fn allowed(role: Role) -> Allowed {
                     "masked_ip",
                     "masked_device_id",
                     "key_version",
-                    "create_date",
+                    "sent_at",
                     "user_id",
+                    "user_id_text",
                 ],
             ),
             (
@@ -147,6 +151,7 @@ pub(super) fn may_run(role: Role) -> &'static [&'static str] {
             "login_etl_check_write",
             "login_etl_erased_below",
             "login_etl_key_changed_at",
+            "login_etl_narrow_row",
             "login_etl_refuse_erased",
             "login_etl_refuse_erased_at",
             "login_etl_store_vault",
@@ -324,7 +329,7 @@ pub(super) async fn digest(admin: &Client) -> String {
     admin
         .query_one(
             "SELECT md5(concat_ws('|', \
-               (SELECT string_agg(t::text, ',' ORDER BY t::text) FROM user_logins t), \
+               (SELECT string_agg(t::text, ',' ORDER BY t::text) FROM user_logins_rows t), \
                (SELECT string_agg(t::text, ',' ORDER BY t::text) FROM user_logins_pii_vault t), \
                (SELECT string_agg(t::text, ',' ORDER BY t::text) FROM user_logins_vault_keys t), \
                (SELECT string_agg(t::text, ',' ORDER BY t::text) FROM user_logins_pii_audit t), \

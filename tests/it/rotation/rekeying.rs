@@ -114,8 +114,8 @@ async fn tokens_follow_the_chain_duplicates_match_and_the_vault_still_reveals() 
     for sql in [
         "SELECT ciphertext FROM user_logins_pii_vault",
         "SELECT locale, device_type FROM user_logins",
-        "UPDATE user_logins SET user_id = 'x'",
-        "INSERT INTO user_logins (user_id) VALUES ('x')",
+        "UPDATE user_logins_rows SET user_id_text = 'x'",
+        "INSERT INTO user_logins_rows (user_id_text, sent_at) VALUES ('x', now())",
         "UPDATE user_logins_key_state SET version = 1",
     ] {
         let e = rotator.batch_execute(sql).await.unwrap_err();
@@ -360,7 +360,7 @@ async fn a_rekey_killed_half_way_and_run_again_rekeys_each_row_exactly_once() {
     // `rotate-key --status` as the rotate role: the exposure window, from
     // the planner's counts (exact here: just analyzed) less what moved.
     client
-        .batch_execute("ANALYZE user_logins; ANALYZE user_logins_pii_vault")
+        .batch_execute("ANALYZE user_logins_rows; ANALYZE user_logins_pii_vault")
         .await
         .unwrap();
     let (rows_done, vault_done, vault_all): (i64, i64, i64) = {
@@ -625,7 +625,7 @@ async fn a_rotation_right_after_another_finishes_whatever_the_statistics_say() {
         )
         .await
         .unwrap();
-    for table in ["user_logins_pii_vault", "user_logins"] {
+    for table in ["user_logins_pii_vault", "user_logins_rows"] {
         admin
             .batch_execute(&format!("ANALYZE {table}"))
             .await

@@ -1,0 +1,485 @@
+//! The online upgrade of a `user_logins` with rows in the wide layout
+//! (schema 22 and before: partitioned by `create_date`, tokens in hex, ids
+//! as text), or of an unpartitioned one (the upstream DDL's, after
+//! [`super::convert`]'s steps), to the narrow row (migrations/0028:
+//! `user_logins_rows` under the view `user_logins`), while the deployed
+//! function (or the upstream table's writer) keeps writing.
+//!
+//! One parent at a time for every tool, the way [`super::convert`] works:
+//! 1. rows from before login-etl (no `sent_at`, no message id) get a
+//!    message id of their own, `upstream-<uuid>`, in chunks: the new key
+//!    needs one, and a copy must find its row again;
+//! 2. the new parent, with a partition for each old one, and statement
+//!    triggers on the old parent that mirror every insert (COPY too),
+//!    update (a re-key) and delete (an erasure) into it (transition tables:
+//!    one statement a batch), made in one short transaction;
+//! 3. the old rows copied in key order, in chunks of [`CHUNK_ROWS`], each
+//!    its own transaction, with progress. Each chunk reads its rows `FOR
+//!    SHARE`: an erasure or re-key of a row being copied waits for the copy
+//!    to commit, then its mirror finds the row (without it, a copy of the
+//!    row's old version committed after the erasure's mirror would bring
+//!    the row back). `NOWAIT`: a chunk that meets a row an erasure or
+//!    re-key holds is tried again, never waited for, so the copy is never
+//!    one side of a deadlock (ingest only inserts new rows: it never waits
+//!    for a chunk). A second copy of a row is a no-op (`ON CONFLICT`), so a
+//!    run stopped anywhere is run again from the start;
+//! 4. the cutover, catalog work and the schema's migration under ACCESS
+//!    EXCLUSIVE, waited for at most [`CUTOVER_LOCK_TIMEOUT_MS`] and tried
+//!    again until it gets through between two writes: the triggers
+//!    dropped, the old parent and its partitions renamed aside
+//!    (`user_logins_wide*`), the new partitions given the old names, the
+//!    view made, the table-wide SELECT grants moved to it;
+//! 5. the old parent dropped.
+//!
+//! Measured beforehand in SQL alone: benches/narrow_row.sh and
+//! docs/narrow-row.md.
+
+use std::time::Instant;
+
+use postgres_protocol::escape::escape_identifier;
+use tokio_postgres::Client;
+use tokio_postgres::types::Type;
+use tracing::info;
+
+use super::convert::{CUTOVER_LOCK_TIMEOUT_MS, short_tx};
+use super::{MIGRATION_LOCK_KEY, MigrateOptions, Profile, failed, migration_sql, schema_sql, with_lock_retries};
+use crate::error::DbError;
+
+/// Rows a copy chunk (one transaction) takes.
+pub const CHUNK_ROWS: i64 = 20_000;
+
+/// The tables that hold the old rows, as `t(relid)`: the partitions, or
+/// the unpartitioned table itself (`pg_partition_tree` lists none for it).
+const LEAVES: &str = "(SELECT relid FROM pg_partition_tree('user_logins') WHERE isleaf \
+    UNION ALL SELECT oid FROM pg_class WHERE oid = 'user_logins'::regclass AND relkind = 'r') AS t(relid)";
+
+/// Rows from before login-etl a keying step takes.
+const KEY_ROWS: i64 = 10_000;
+
+/// What `user_logins` is when it is a table of an earlier layout: `'p'`
+/// for the wide partitioned one with rows, `'r'` for an unpartitioned one
+/// (the upstream DDL's); `None` otherwise (the view, nothing, or a wide
+/// table without rows, which the migration replaces at once:
+/// migrations/0028).
+pub async fn old_layout(client: &Client) -> Result<Option<i8>, DbError> {
+    let kind: Option<i8> = client
+        .query_typed_one(
+            "SELECT (SELECT relkind FROM pg_class WHERE oid = to_regclass('user_logins') \
+                     AND relkind IN ('p', 'r'))::\"char\"",
+            &[],
+        )
+        .await
+        .map_err(failed("reading the catalog"))?
+        .get(0);
+    match kind {
+        Some(k) if k == b'p' as i8 && !has_rows(client).await? => Ok(None),
+        k => Ok(k),
+    }
+}
+
+async fn has_rows(client: &Client) -> Result<bool, DbError> {
+    Ok(client
+        .query_typed_one("SELECT EXISTS (SELECT 1 FROM user_logins)", &[])
+        .await
+        .map_err(failed("looking at user_logins"))?
+        .get(0))
+}
+
+/// Upgrades `user_logins` of the `old` layout ([`old_layout`]) in
+/// `profile`'s schema to the narrow row (see the module documentation);
+/// true when it did (false when another `migrate` did the cutover first).
+/// `--prepare` stops before the cutover, with the mirror running.
+pub async fn upgrade(
+    client: &mut Client,
+    old: i8,
+    options: &MigrateOptions,
+    profile: Profile,
+) -> Result<bool, DbError> {
+    if old == b'r' as i8 {
+        super::convert::prepare_upstream(client, options.cold_start).await?;
+    }
+    if options.cold_start && has_rows(client).await? {
+        return Err(DbError::Fatal {
+            op: "upgrading user_logins",
+            cause: "user_logins has rows in the layout of before schema 23 (hex tokens, text ids); moving them to the narrow row takes longer than a cold start may".into(),
+            hint: "; run `login-etl migrate` from a shell with the migrate role's settings while the deployed function keeps ingesting, then deploy this version (docs/upgrade.md, \"The narrow row\")".into(),
+        });
+    }
+    let started = Instant::now();
+    info!(
+        step = "1/5",
+        "giving rows from before login-etl a message id (their key)"
+    );
+    let keyed = key_upstream_rows(client).await?;
+    info!(step = "1/5", rows = keyed, "rows keyed");
+
+    info!(
+        step = "2/5",
+        "making user_logins_rows and the triggers that mirror writes into it"
+    );
+    let schema: String = client
+        .query_typed_one(
+            "SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = 'user_logins'::regclass",
+            &[],
+        )
+        .await
+        .map_err(failed("reading the catalog"))?
+        .get(0);
+    // An unpartitioned table's rows go to one partition up to the day
+    // after tomorrow (rows are dated by their SentTimestamp, never later
+    // than now; a day's margin for a cutover past midnight), as
+    // `maintain`'s partitions start there.
+    let bound = chrono::Utc::now().date_naive() + chrono::TimeDelta::days(2);
+    let prepare = prepare_sql(&schema, bound);
+    with_lock_retries(client, "making the new parent and its triggers", || {
+        short_tx(client, prepare.clone())
+    })
+    .await?;
+
+    info!(step = "3/5", "copying the rows (ingest keeps writing)");
+    let t = Instant::now();
+    let copied = copy_rows(client).await?;
+    info!(
+        step = "3/5",
+        rows = copied,
+        seconds = t.elapsed().as_secs_f64(),
+        "rows copied"
+    );
+
+    if options.prepare_only {
+        info!(
+            "prepared (--prepare): the triggers keep user_logins_rows up to date; run `login-etl migrate` for the cutover, then deploy this version"
+        );
+        return Ok(true);
+    }
+    info!(
+        step = "4/5",
+        "cutover: user_logins becomes the view over user_logins_rows"
+    );
+    let Some(held) = cutover(client, profile).await? else {
+        info!("another migrate did the cutover first");
+        return Ok(false);
+    };
+    info!(
+        step = "4/5",
+        lock_held_ms = held.as_secs_f64() * 1e3,
+        "cutover committed: writes waited at most this long, plus one lock wait"
+    );
+
+    info!(step = "5/5", "dropping the old parent (user_logins_wide)");
+    client
+        .batch_execute("DROP TABLE IF EXISTS user_logins_wide")
+        .await
+        .map_err(failed(
+            "dropping user_logins_wide (the upgrade is done: drop it by hand)",
+        ))?;
+    info!(
+        seconds = started.elapsed().as_secs_f64(),
+        "user_logins upgraded to the narrow row"
+    );
+    Ok(true)
+}
+
+/// Step 1: `upstream-<uuid>` as the message id of each row that has none
+/// (and no `sent_at`: found through the key's index), a partition at a
+/// time, [`KEY_ROWS`] a transaction. The rows keep every other value.
+async fn key_upstream_rows(client: &Client) -> Result<u64, DbError> {
+    let partitions: Vec<String> = client
+        .query_typed(
+            &format!("SELECT c.oid::regclass::text FROM {LEAVES} JOIN pg_class c ON c.oid = t.relid"),
+            &[],
+        )
+        .await
+        .map_err(failed("listing the partitions of user_logins"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut keyed = 0;
+    for partition in partitions {
+        let sql = format!(
+            "UPDATE {partition} SET message_id = 'upstream-' || gen_random_uuid() \
+             WHERE ctid = ANY(ARRAY(SELECT ctid FROM {partition} \
+                                    WHERE sent_at IS NULL AND message_id IS NULL LIMIT {KEY_ROWS}))"
+        );
+        loop {
+            let n = client
+                .execute(&sql, &[])
+                .await
+                .map_err(failed("keying rows from before login-etl"))?;
+            if n == 0 {
+                break;
+            }
+            keyed += n;
+            info!(step = "1/5", rows = keyed, "rows keyed so far");
+        }
+    }
+    Ok(keyed)
+}
+
+/// Step 2's transaction: the new parent (migrations/0028's definition), a
+/// partition for each old one under an interim name (`user_logins_rows_`
+/// and the old name's suffix: the cutover gives them the old names), and
+/// the mirror. The mirror's functions run as the owner (the roles that
+/// write the old parent have no privilege on the new one yet), with the
+/// schema's search path; an update or delete finds its rows by the new key
+/// (a nested loop over the key's index, not a scan of the new parent).
+fn prepare_sql(schema: &str, bound: chrono::NaiveDate) -> String {
+    let narrow_row = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations/functions/login_etl_narrow_row.sql"
+    ));
+    let parent = super::migrations::MIGRATION_FILES
+        .iter()
+        .find(|f| f.name == "0028_narrow_row")
+        .map(|f| f.sql)
+        .unwrap_or_default();
+    let path = format!("{}, pg_temp", escape_identifier(schema));
+    let converted = |rows: &str| {
+        format!(
+            "{rows} w CROSS JOIN LATERAL login_etl_narrow_row(w.message_id, w.user_id, w.device_type, \
+             w.masked_ip, w.masked_device_id, w.locale, w.app_version, w.app_version_text, w.create_date, \
+             w.sent_at, w.key_version, w.user_tag, w.defects, w.extra) c"
+        )
+    };
+    format!(
+        r#"{parent}
+;
+{narrow_row}
+;
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) AS bound
+             FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+             WHERE i.inhparent = 'user_logins'::regclass
+               AND to_regclass(quote_ident('user_logins_rows_' || substr(c.relname, 13))) IS NULL LOOP
+        EXECUTE format('CREATE TABLE %I PARTITION OF user_logins_rows %s WITH (fillfactor = 100)',
+                       'user_logins_rows_' || substr(r.relname, 13),
+                       CASE WHEN r.bound = 'DEFAULT' THEN 'DEFAULT'
+                            ELSE regexp_replace(r.bound, '''(\d{{4}}-\d{{2}}-\d{{2}})''', '''\1 00:00+00''', 'g') END);
+    END LOOP;
+    IF (SELECT relkind FROM pg_class WHERE oid = 'user_logins'::regclass) = 'r'
+       AND to_regclass('user_logins_rows_legacy') IS NULL THEN
+        CREATE TABLE user_logins_rows_legacy PARTITION OF user_logins_rows
+            FOR VALUES FROM (MINVALUE) TO ('{bound} 00:00+00') WITH (fillfactor = 100);
+        CREATE TABLE user_logins_rows_default PARTITION OF user_logins_rows DEFAULT;
+    END IF;
+END
+$$;
+CREATE OR REPLACE FUNCTION login_etl_narrow_mirror_insert() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = {path} AS $f$
+BEGIN
+    INSERT INTO user_logins_rows SELECT c.* FROM {new} ON CONFLICT DO NOTHING;
+    RETURN NULL;
+END
+$f$;
+CREATE OR REPLACE FUNCTION login_etl_narrow_mirror_update() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = {path}
+SET enable_hashjoin = off SET enable_mergejoin = off AS $f$
+BEGIN
+    UPDATE user_logins_rows n SET (user_tag, app_version, key_version, user_id, masked_ip, masked_device_id,
+            device_type, locale, app_version_text, user_id_text, defects, extra)
+          = (c.user_tag, c.app_version, c.key_version, c.user_id, c.masked_ip, c.masked_device_id,
+             c.device_type, c.locale, c.app_version_text, c.user_id_text, c.defects, c.extra)
+      FROM {new}
+     WHERE n.sent_at = c.sent_at AND n.message_id = c.message_id;
+    RETURN NULL;
+END
+$f$;
+CREATE OR REPLACE FUNCTION login_etl_narrow_mirror_delete() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = {path}
+SET enable_hashjoin = off SET enable_mergejoin = off AS $f$
+BEGIN
+    DELETE FROM user_logins_rows n USING {old}
+     WHERE n.sent_at = c.sent_at AND n.message_id = c.message_id;
+    RETURN NULL;
+END
+$f$;
+REVOKE ALL ON FUNCTION login_etl_narrow_mirror_insert(), login_etl_narrow_mirror_update(),
+    login_etl_narrow_mirror_delete() FROM PUBLIC;
+DROP TRIGGER IF EXISTS user_logins_narrow_insert ON user_logins;
+DROP TRIGGER IF EXISTS user_logins_narrow_update ON user_logins;
+DROP TRIGGER IF EXISTS user_logins_narrow_delete ON user_logins;
+CREATE TRIGGER user_logins_narrow_insert AFTER INSERT ON user_logins REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION login_etl_narrow_mirror_insert();
+CREATE TRIGGER user_logins_narrow_update AFTER UPDATE ON user_logins REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION login_etl_narrow_mirror_update();
+CREATE TRIGGER user_logins_narrow_delete AFTER DELETE ON user_logins REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION login_etl_narrow_mirror_delete()"#,
+        new = converted("new_rows"),
+        old = converted("old_rows"),
+    )
+}
+
+/// Step 3: the old rows in key order, [`CHUNK_ROWS`] a transaction, read
+/// `FOR SHARE` (see the module documentation); rows from before login-etl
+/// (no `sent_at`) last, by message id. Returns the rows read.
+async fn copy_rows(client: &Client) -> Result<u64, DbError> {
+    let estimate: f64 = client
+        .query_typed_one(
+            &format!(
+                "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::float8 FROM {LEAVES} \
+                 JOIN pg_class c ON c.oid = t.relid"
+            ),
+            &[],
+        )
+        .await
+        .map_err(failed("estimating the rows of user_logins"))?
+        .get(0);
+    let chunk = |filter: &str, order: &str, last: &str| {
+        format!(
+            "WITH w AS (SELECT * FROM user_logins WHERE {filter} ORDER BY {order} LIMIT {CHUNK_ROWS} FOR SHARE NOWAIT), \
+             copied AS (INSERT INTO user_logins_rows SELECT c.* FROM w CROSS JOIN LATERAL \
+                 login_etl_narrow_row(w.message_id, w.user_id, w.device_type, w.masked_ip, w.masked_device_id, \
+                 w.locale, w.app_version, w.app_version_text, w.create_date, w.sent_at, w.key_version, w.user_tag, \
+                 w.defects, w.extra) c ON CONFLICT DO NOTHING RETURNING 1) \
+             SELECT (SELECT count(*) FROM w), (SELECT count(*) FROM copied), \
+                    (SELECT sent_at FROM w ORDER BY {last} LIMIT 1), \
+                    (SELECT message_id::text FROM w ORDER BY {last} LIMIT 1)"
+        )
+    };
+    let keyed = chunk(
+        "sent_at IS NOT NULL AND (sent_at, message_id) > ($1, $2)",
+        "sent_at, message_id",
+        "sent_at DESC, message_id DESC",
+    );
+    let upstream = chunk(
+        "sent_at IS NULL AND message_id > $2 AND $1::timestamptz IS NOT NULL",
+        "message_id",
+        "message_id DESC",
+    );
+    let (mut read, mut written) = (0u64, 0u64);
+    let started = Instant::now();
+    for sql in [&keyed, &upstream] {
+        // Before any SentTimestamp (and within PostgreSQL's range, which
+        // chrono's minimum is not).
+        let mut at = chrono::DateTime::<chrono::Utc>::UNIX_EPOCH - chrono::TimeDelta::days(365 * 70);
+        let mut id = String::new();
+        loop {
+            let row = with_lock_retries(client, "copying rows into user_logins_rows", || async {
+                client
+                    .query_typed_one(sql, &[(&at, Type::TIMESTAMPTZ), (&id, Type::TEXT)])
+                    .await
+            })
+            .await?;
+            let (n, w): (i64, i64) = (row.get(0), row.get(1));
+            if n == 0 {
+                break;
+            }
+            read += n as u64;
+            written += w as u64;
+            if let Some(last) = row.get::<_, Option<chrono::DateTime<chrono::Utc>>>(2) {
+                at = last;
+            }
+            id = row.get::<_, Option<String>>(3).unwrap_or_default();
+            let seconds = started.elapsed().as_secs_f64();
+            info!(
+                step = "3/5",
+                read,
+                written,
+                of_about = estimate as u64,
+                rows_per_s = (read as f64 / seconds.max(1e-3)) as u64,
+                "rows copied so far"
+            );
+        }
+    }
+    Ok(read)
+}
+
+/// Step 4 (see the module documentation): how long it held the lock, or
+/// `None` when `user_logins` was the view already.
+async fn cutover(
+    client: &mut Client,
+    profile: Profile,
+) -> Result<Option<std::time::Duration>, DbError> {
+    let sql = format!(
+        r#"DROP TRIGGER user_logins_narrow_insert ON user_logins;
+DROP TRIGGER user_logins_narrow_update ON user_logins;
+DROP TRIGGER user_logins_narrow_delete ON user_logins;
+DROP FUNCTION login_etl_narrow_mirror_insert(), login_etl_narrow_mirror_update(),
+    login_etl_narrow_mirror_delete();
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+             WHERE i.inhparent = 'user_logins'::regclass LOOP
+        EXECUTE format('ALTER TABLE %I RENAME TO %I', r.relname, 'user_logins_wide_' || substr(r.relname, 13));
+    END LOOP;
+    ALTER TABLE user_logins RENAME TO user_logins_wide;
+    ALTER INDEX IF EXISTS user_logins_key RENAME TO user_logins_wide_key;
+    FOR r IN SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+             WHERE i.inhparent = 'user_logins_rows'::regclass AND c.relname LIKE 'user\_logins\_rows\_%' LOOP
+        EXECUTE format('ALTER TABLE %I RENAME TO %I', r.relname, 'user_logins_' || substr(r.relname, 18));
+    END LOOP;
+END
+$$;
+{schema}
+;
+DO $$
+DECLARE
+    g record;
+BEGIN
+    FOR g IN SELECT DISTINCT a.grantee FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
+             WHERE c.oid = 'user_logins_wide'::regclass AND a.privilege_type = 'SELECT'
+               AND a.grantee <> c.relowner LOOP
+        EXECUTE format('GRANT SELECT ON user_logins TO %s',
+                       CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(g.grantee)) END);
+    END LOOP;
+END
+$$"#,
+        schema = schema_sql(migration_sql(profile), profile)
+    );
+    loop {
+        let tx = client
+            .transaction()
+            .await
+            .map_err(failed("starting the cutover"))?;
+        let locked = tx
+            .batch_execute(&format!(
+                "SET LOCAL lock_timeout = {CUTOVER_LOCK_TIMEOUT_MS}; \
+                 SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY}); \
+                 LOCK TABLE user_logins IN ACCESS EXCLUSIVE MODE"
+            ))
+            .await;
+        let since = Instant::now();
+        match locked {
+            Ok(()) => {}
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                drop(tx);
+                info!("cutover lock wait ran out (ingest goes first); trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(e) => return Err(failed("locking user_logins for the cutover")(e)),
+        }
+        let wide: bool = tx
+            .query_typed_one(
+                "SELECT relkind IN ('p', 'r') FROM pg_class WHERE oid = 'user_logins'::regclass",
+                &[],
+            )
+            .await
+            .map_err(failed("reading the catalog"))?
+            .get(0);
+        if !wide {
+            return Ok(None);
+        }
+        match tx.batch_execute(&sql).await {
+            Ok(()) => {}
+            // A lock of the schema's migration (another table's) waited
+            // for: ingest goes first here too.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                drop(tx);
+                info!("a cutover lock wait ran out (ingest goes first); trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(e) => return Err(failed("the cutover (nothing changed)")(e)),
+        }
+        tx.commit()
+            .await
+            .map_err(failed("committing the cutover (nothing changed)"))?;
+        return Ok(Some(since.elapsed()));
+    }
+}
