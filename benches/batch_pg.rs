@@ -58,7 +58,7 @@ async fn copy_vault(client: &tokio_postgres::Client, key: &DataKey, batch: &Vaul
 }
 
 /// Empties the table and the vault (untimed) so every run starts alike.
-const TRUNCATE: &str = "TRUNCATE user_logins, user_logins_pii_vault";
+const TRUNCATE: &str = "TRUNCATE user_logins_rows, user_logins_pii_vault";
 
 fn pgbouncer_installed() -> bool {
     std::path::Path::new("/usr/sbin/pgbouncer").exists()
@@ -637,7 +637,7 @@ async fn statements_before_version_9(
     // back where its array carried text (`defects`).
     let names = login_etl::contract::columns::names();
     let insert_sql = format!(
-        "INSERT INTO user_logins ({names}) SELECT {} FROM UNNEST({}) AS r({names}) ON CONFLICT DO NOTHING",
+        "INSERT INTO user_logins_rows ({names}) SELECT {} FROM UNNEST({}) AS r({names}) ON CONFLICT DO NOTHING",
         login_etl::contract::columns::select_list(),
         login_etl::ingest::sink::array_placeholders(1)
     );
@@ -652,7 +652,7 @@ async fn statements_before_version_9(
     let (begun, checked, inserted, committed) = tokio::join!(
         client.batch_execute(
             "BEGIN; SET LOCAL statement_timeout = 5000; SET LOCAL lock_timeout = 5000; \
-             LOCK TABLE ONLY user_logins IN ROW EXCLUSIVE MODE"
+             LOCK TABLE ONLY user_logins_rows IN ROW EXCLUSIVE MODE"
         ),
         client.query_typed(
             "SELECT login_etl_check_write($1::int8, $2::int4, $3::int4)",

@@ -76,12 +76,12 @@ pub fn closed_port() -> u16 {
 /// The rows by binary COPY, encoded and sent in chunks as the function's
 /// COPY sends them (`login_etl::ingest::sink::encode_row`, `CHUNK`).
 pub async fn copy_rows(client: &tokio_postgres::Client, rows: &[LoginRow<'_>]) {
-    copy_rows_into(client, "user_logins", rows).await
+    copy_rows_into(client, "user_logins_rows", rows).await
 }
 
-/// [`copy_rows`] into `table`, a table of `user_logins`'s columns.
+/// [`copy_rows`] into `table`, a table of `user_logins_rows`'s columns.
 pub async fn copy_rows_into(client: &tokio_postgres::Client, table: &str, rows: &[LoginRow<'_>]) {
-    let sql = COPY_SQL.replacen("user_logins", table, 1);
+    let sql = COPY_SQL.replacen("user_logins_rows", table, 1);
     let sink = client.copy_in::<_, Bytes>(sql.as_str()).await.unwrap();
     let mut sink = std::pin::pin!(sink);
     let mut buf = BytesMut::with_capacity(CHUNK + 4096);
@@ -139,34 +139,52 @@ pub fn rows_of<'b>(batch: &'b login_etl::SqsBatch, masker: &Masker) -> Vec<Login
         .collect()
 }
 
-/// `BEGIN; INSERT INTO user_logins (...) VALUES (...), ...; COMMIT` with the
-/// rows as literals: one simple query, one round trip, three statements.
+/// `BEGIN; INSERT INTO user_logins_rows (...) VALUES (...), ...; COMMIT`
+/// with the rows as literals, as the function stores them (the contract's
+/// column list): one simple query, one round trip, three statements.
 pub fn bare_insert(rows: &[LoginRow<'_>]) -> String {
+    use login_etl::contract::columns::{canonical_uuid, message_uuid, uuid_text, version_text};
     let lit = |s: &str| format!("'{}'", s.replace('\'', "''"));
     let opt = |s: Option<&str>| s.map_or("NULL".into(), lit);
+    let uuid = |u: [u8; 16]| {
+        let h = hex::encode(u);
+        format!(
+            "'{}-{}-{}-{}-{}'",
+            &h[..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..]
+        )
+    };
+    let token = |t: Option<&login_etl::contract::Token>| {
+        t.map_or("NULL".into(), |t| format!("'\\x{}'", t.as_str()))
+    };
     let values: Vec<String> = rows
         .iter()
         .map(|r| {
             format!(
-                "({}, {}, {}, {}, {}, {}, {}, {}, '{}', '{}', {}, {})",
-                lit(r.message_id),
-                lit(&r.user_id),
-                opt(r.device_type.as_deref()),
-                opt(r.masked_ip.as_ref().map(|t| t.as_str())),
-                opt(r.masked_device_id.as_ref().map(|t| t.as_str())),
-                opt(r.locale.as_deref()),
-                r.app_version.map_or("NULL".into(), |v| v.to_string()),
-                opt(r.app_version_text.as_deref()),
-                r.create_date,
+                "('{}', {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
                 r.sent_at.to_rfc3339(),
+                r.user_tag.map_or("NULL".into(), |t| t.to_string()),
+                r.app_version.map_or("NULL".into(), |v| v.to_string()),
                 r.key_version,
-                r.user_tag.map_or("NULL".into(), |t| t.to_string())
+                uuid(message_uuid(r.message_id).0),
+                canonical_uuid(&r.user_id).map_or("NULL".into(), |u| uuid(u.0)),
+                token(r.masked_ip.as_ref()),
+                token(r.masked_device_id.as_ref()),
+                opt(r.device_type.as_deref()),
+                opt(r.locale.as_deref()),
+                opt(version_text(r)),
+                opt(uuid_text(&r.user_id)),
+                opt(uuid_text(r.message_id)),
             )
         })
         .collect();
     format!(
-        "BEGIN; INSERT INTO user_logins (message_id, user_id, device_type, masked_ip, masked_device_id, \
-         locale, app_version, app_version_text, create_date, sent_at, key_version, user_tag) VALUES {}; COMMIT",
+        "BEGIN; INSERT INTO user_logins_rows (sent_at, user_tag, app_version, key_version, message_id, user_id, \
+         masked_ip, masked_device_id, device_type, locale, app_version_text, user_id_text, message_id_text) \
+         VALUES {}; COMMIT",
         values.join(", ")
     )
 }

@@ -76,11 +76,10 @@ async fn preload(c: &Client, rows: u64) {
     while at < rows {
         let to = (at + chunk).min(rows);
         c.batch_execute(&format!(
-            "INSERT INTO user_logins (user_id, device_type, masked_ip, masked_device_id, locale, app_version, \
-               app_version_text, create_date, message_id, sent_at) \
-             SELECT gen_random_uuid()::text, 'android', encode(sha256((g % 5000000)::text::bytea), 'hex'), \
-               encode(sha256((-(g % 7000000))::text::bytea), 'hex'), 'RU', 2003000, '2.3.0', \
-               (now() - interval '3 hours')::date, gen_random_uuid()::text, \
+            "INSERT INTO user_logins_rows (user_id, device_type, masked_ip, masked_device_id, locale, app_version, \
+               message_id, sent_at) \
+             SELECT gen_random_uuid(), 'android', sha256((g % 5000000)::text::bytea), \
+               sha256((-(g % 7000000))::text::bytea), 'RU', 2003000, gen_random_uuid(), \
                now() - interval '3 hours' - ({rows} - g) * interval '432 microseconds' \
              FROM generate_series({}, {to}) g",
             at + 1

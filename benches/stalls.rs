@@ -264,12 +264,11 @@ async fn default_day_beside_ingest(admin: &Client) {
     let t = Instant::now();
     owner
         .batch_execute(&format!(
-            "ALTER TABLE user_logins DETACH PARTITION user_logins_p{today}; DROP TABLE user_logins_p{today}; \
+            "ALTER TABLE user_logins_rows DETACH PARTITION user_logins_p{today}; DROP TABLE user_logins_p{today}; \
              INSERT INTO user_logins_default (user_id, device_type, masked_ip, masked_device_id, locale, app_version, \
-               app_version_text, create_date, message_id, sent_at, key_version) \
-             SELECT gen_random_uuid()::text, 'android', encode(sha256(g::text::bytea), 'hex'), \
-               encode(sha256((-g)::text::bytea), 'hex'), 'RU', 2003000, '2.3.0', current_date, \
-               gen_random_uuid()::text, date_trunc('day', now()) + g * interval '1 microsecond', 1 \
+               message_id, sent_at, key_version) \
+             SELECT gen_random_uuid(), 'android', sha256(g::text::bytea), sha256((-g)::text::bytea), 'RU', 2003000, \
+               gen_random_uuid(), date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' + g * interval '1 microsecond', 1 \
              FROM generate_series(1, {rows}) g;"
         ))
         .await

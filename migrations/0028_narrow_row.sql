@@ -107,48 +107,7 @@ BEGIN
 END
 $$;
 
--- What reads user_logins sees the columns and types it always saw, in the
--- same order: the tokens in hex, the ids as text, create_date the UTC day
--- of sent_at (a filter on sent_at prunes partitions, one on create_date
--- cannot), the version's text rendered where it was not stored. sent_at
--- as stored: an expression over it would keep a filter on it from
--- pruning. Built-in functions only: a view's caller needs EXECUTE on each.
-DO $$
-BEGIN
-    IF to_regclass('user_logins') IS NULL THEN
-        CREATE VIEW user_logins AS
-        SELECT coalesce(r.user_id_text, r.user_id::text)::varchar(128) AS user_id,
-               r.device_type,
-               encode(r.masked_ip, 'hex')::varchar(256) AS masked_ip,
-               encode(r.masked_device_id, 'hex')::varchar(256) AS masked_device_id,
-               r.locale,
-               r.app_version,
-               (r.sent_at AT TIME ZONE 'UTC')::date AS create_date,
-               coalesce(r.message_id_text, r.message_id::text)::varchar(128) AS message_id,
-               CASE WHEN r.message_id IS NULL OR r.app_version_text IS NOT NULL THEN r.app_version_text
-                    ELSE (r.app_version / 1000000 || '.' || r.app_version / 1000 % 1000 || '.'
-                          || r.app_version % 1000)::varchar(32) END AS app_version_text,
-               r.sent_at,
-               r.key_version,
-               r.extra,
-               r.defects,
-               r.user_tag
-          FROM user_logins_rows r;
-    END IF;
-END
-$$;
-
-
--- What inserts into user_logins by name (the previous release's function,
--- and a write that waited on the upgrade's cutover) lands in
--- user_logins_rows (migrations/functions/login_etl_write_through.sql).
-DO $$
-BEGIN
-    IF (SELECT relkind FROM pg_class WHERE oid = to_regclass('user_logins')) = 'v'
-       AND NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'user_logins'::regclass
-                       AND tgname = 'user_logins_write_through') THEN
-        CREATE TRIGGER user_logins_write_through INSTEAD OF INSERT ON user_logins
-            FOR EACH ROW EXECUTE FUNCTION login_etl_write_through();
-    END IF;
-END
-$$;
+-- The view user_logins over it is made after the migrations, from the
+-- contract's column list (src/table/schema/view.rs: a column a later
+-- migration adds shows there too), and its INSTEAD OF INSERT trigger with
+-- login-etl's other triggers (src/table/schema/triggers.rs).

@@ -84,9 +84,9 @@ def add_the_field(repo: Path) -> None:
     name = f"{last + 1:04d}_os_name"
     (repo / "migrations" / f"{name}.sql").write_text(
         "-- profile: all\n"
-        "DO $$\nBEGIN\n    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('user_logins')\n"
+        "DO $$\nBEGIN\n    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('user_logins_rows')\n"
         "                   AND attname = 'os_name' AND NOT attisdropped) THEN\n"
-        "        ALTER TABLE user_logins ADD COLUMN os_name varchar(64);\n    END IF;\nEND\n$$;\n"
+        "        ALTER TABLE user_logins_rows ADD COLUMN os_name varchar(64);\n    END IF;\nEND\n$$;\n"
     )
     lists = repo / "src" / "table" / "schema" / "migrations.rs"
     (last_listed,) = re.findall(r'    ("[0-9]{4}_[a-z_]+"),\n\];', lists.read_text())

@@ -322,8 +322,8 @@ def test_doctor_passes_a_sound_deployment_and_names_each_break_with_its_fix(srv)
             (f'ALTER ROLE "{name}_reader" IN DATABASE "{name}" RESET statement_timeout', admin, "timeouts",
              "statement_timeout = '30min'",
              f"ALTER ROLE \"{name}_reader\" IN DATABASE \"{name}\" SET statement_timeout = '30min'"),
-            ("INSERT INTO user_logins (message_id, sent_at, create_date) VALUES ('doc-1', now(), DATE '2001-01-01')",
-             admin, "partitions", "login-etl maintain", "DELETE FROM user_logins WHERE message_id = 'doc-1'"),
+            ("INSERT INTO user_logins (message_id, sent_at) VALUES ('doc-1', TIMESTAMPTZ '2001-01-01 12:00Z')",
+             admin, "partitions", "login-etl maintain", "DELETE FROM user_logins_rows WHERE message_id_text = 'doc-1'"),
         ]  # fmt: skip
         for breaking, url, check, named, mend in breaks:
             psql(url, breaking)

@@ -302,11 +302,11 @@ def blocked_batch_is_received_once(q: stack.Stack, consumers, name: str, env: di
     lock = subprocess.Popen(["psql", stack.db_url(q.dbname), "-qX", "-v", "ON_ERROR_STOP=1"],
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)  # fmt: skip
     try:
-        lock.stdin.write("BEGIN; LOCK TABLE user_logins IN ACCESS EXCLUSIVE MODE;\n")
+        lock.stdin.write("BEGIN; LOCK TABLE user_logins_rows IN ACCESS EXCLUSIVE MODE;\n")
         lock.stdin.flush()
         stack.wait_for("the lock", lambda: stack.psql(stack.db_url(q.dbname),
                        "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
-                       "WHERE c.relname = 'user_logins' AND l.mode = 'AccessExclusiveLock' AND l.granted")[0][0] == "1",
+                       "WHERE c.relname = 'user_logins_rows' AND l.mode = 'AccessExclusiveLock' AND l.granted")[0][0] == "1",
                        timeout=10)  # fmt: skip
         messages = stack.generate(5, 0, seed=2204)
         # Sent before the consumer starts, so its first receive finds them

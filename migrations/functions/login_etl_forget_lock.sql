@@ -11,6 +11,6 @@ RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 BEGIN
     PERFORM login_etl_hold_lock('key_version', false);
-    LOCK TABLE ONLY user_logins IN SHARE ROW EXCLUSIVE MODE;
+    LOCK TABLE ONLY user_logins_rows IN SHARE ROW EXCLUSIVE MODE;
 END
 $$;

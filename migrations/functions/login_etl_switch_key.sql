@@ -26,7 +26,7 @@ DECLARE
     v_seqscan text := current_setting('enable_seqscan');
 BEGIN
     PERFORM login_etl_hold_lock('key_version', true);  -- forget's (src/privacy/forget)
-    LOCK TABLE ONLY user_logins IN SHARE ROW EXCLUSIVE MODE;
+    LOCK TABLE ONLY user_logins_rows IN SHARE ROW EXCLUSIVE MODE;
     SELECT * INTO v_state FROM user_logins_key_state FOR UPDATE;
     IF v_state.rekey_from IS NOT NULL OR v_state.version <> to_version - 1 THEN
         RAISE EXCEPTION 'the key is at version % (re-keying: %), not % ready to move to %',

@@ -14,6 +14,7 @@ mod indexes;
 mod migrations;
 pub mod state;
 pub mod triggers;
+mod view;
 
 pub use migrations::migration_sql;
 
@@ -48,7 +49,8 @@ pub const SCHEMA_VERSION: i32 = schema_version!();
 
 /// The schema for `migrations` (all of [`migration_sql`], or part of it)
 /// in `profile`: the owner's functions from their files
-/// ([`functions::sync_sql`]), the migrations, the schema's version,
+/// ([`functions::sync_sql`]), the migrations, the view `user_logins`
+/// ([`view`]), the schema's version,
 /// profile and functions recorded ([`state::record_sql`]), its triggers
 /// enabled ([`triggers`]), then every function's
 /// search path, revoke and grants and
@@ -67,9 +69,10 @@ pub fn schema_sql(migrations: &str, profile: Profile) -> String {
     // The triggers before the migrations too: a migration that makes two
     // when the first is missing would fail on the second, there.
     format!(
-        "{}\n{}\n{migrations}\n;\n{}\n{}\n{}",
+        "{}\n{}\n{migrations}\n;\n{}\n{}\n{}\n{}",
         functions::sync_sql(profile),
         triggers::ensure_sql(true),
+        view::sql(),
         state::record_sql(SCHEMA_VERSION, profile),
         triggers::ensure_sql(false),
         privileges::apply_sql(&grants, profile)
