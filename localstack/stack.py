@@ -1353,7 +1353,7 @@ def demo(args: argparse.Namespace) -> None:
          "(SELECT left(message_id, 8) AS msg, left(user_id, 8) AS user_id, device_type, "
          "left(masked_ip, 12) || '…' AS masked_ip, left(masked_device_id, 12) || '…' AS masked_device_id, "
          "locale, app_version, app_version_text, create_date, defects FROM user_logins "
-         "WHERE defects IS NULL ORDER BY ctid DESC LIMIT 4) UNION ALL "
+         "WHERE defects IS NULL ORDER BY sent_at DESC LIMIT 4) UNION ALL "
          "(SELECT DISTINCT ON (defects) left(message_id, 8), left(user_id, 8), device_type, "
          "left(masked_ip, 12) || '…', left(masked_device_id, 12) || '…', "
          "locale, app_version, app_version_text, create_date, defects FROM user_logins "
@@ -1386,7 +1386,7 @@ def demo(args: argparse.Namespace) -> None:
         say(f"    {'invocations':<18} {len(docs):>8}")
         say(f"    {'IngestLagMs max':<18} {max(d.get('IngestLagMs', 0) for d in docs):>8.0f}")
         say(f"    {'BatchDurationMs max':<18} {max(d['BatchDurationMs'] for d in docs):>8.0f}")
-    token = psql(db_url(stack.dbname), "SELECT masked_ip FROM user_logins ORDER BY ctid LIMIT 1")
+    token = psql(db_url(stack.dbname), "SELECT masked_ip FROM user_logins ORDER BY sent_at LIMIT 1")
     if token:
         say("\n    the PII vault: one authorised reveal (operator credentials with kms:Decrypt; the")
         say("    function itself can only encrypt). Its audit line names the token, never the value:")
@@ -1447,7 +1447,7 @@ def demo_poll(args: argparse.Namespace) -> None:
         subprocess.run(
             ["psql", db_url(args.database), "-P", "pager=off", "-c",
              "SELECT left(message_id, 8) AS msg, left(user_id, 8) AS user_id, device_type, "
-             "left(masked_ip, 12) || '…' AS masked_ip, app_version_text FROM user_logins ORDER BY ctid DESC LIMIT 5"],
+             "left(masked_ip, 12) || '…' AS masked_ip, app_version_text FROM user_logins ORDER BY sent_at DESC LIMIT 5"],
             check=True,
         )  # fmt: skip
         for m in sorted(dead_letters(queues), key=lambda m: dead_letter_attribute(m, "rejection_code")):

@@ -7,7 +7,8 @@
 -- Fixed widths first, widest first, so no byte is padding; then the
 -- variable ones. The tokens as their 32 bytes. An id is a uuid where it is
 -- one in canonical lowercase form (every SQS message id, most user ids);
--- otherwise its text is kept beside it and the message's uuid is the md5
+-- otherwise its text is kept beside it and the message's uuid is the first
+-- 16 bytes of the SHA-256
 -- of that text (the key needs one). The version's text only where
 -- app_version does not render back to it (a suffix, a leading zero).
 -- message_id is NULL only on a row from before login-etl (the upstream

@@ -40,7 +40,7 @@ grep -o 'record rejected.* code=[a-z_.]*' "$log" | grep -o 'code=.*' | sort | un
 step 5 "rows in user_logins (masked; newest first)"
 psql "$DATABASE_URL" -P pager=off -c "SELECT left(message_id, 8) AS msg, left(user_id, 8) AS user_id, device_type,
   left(masked_ip, 12) || '…' AS masked_ip, left(masked_device_id, 12) || '…' AS masked_device_id, locale,
-  app_version, app_version_text, create_date FROM user_logins ORDER BY ctid DESC LIMIT 12"
+  app_version, app_version_text, create_date FROM user_logins ORDER BY sent_at DESC LIMIT 12"
 psql "$DATABASE_URL" -P pager=off -c "SELECT count(*) AS rows, count(DISTINCT message_id) AS messages,
   count(DISTINCT masked_ip) AS distinct_ips, count(*) FILTER (WHERE locale IS NULL) AS null_locales FROM user_logins"
 step 6 "invoking events/sqs-mixed.json again: the row count must not change"

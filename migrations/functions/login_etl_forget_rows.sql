@@ -26,6 +26,7 @@ DECLARE
     v_rows bigint;
     v_foreign bigint;
     v_tag bigint;
+    v_uuid uuid;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM user_logins_erased e WHERE e.user_key = login_etl_forget_rows.user_key
                    AND (e.begun_in IS NULL OR pg_xact_status(e.begun_in) IS DISTINCT FROM 'in progress')) THEN
@@ -35,27 +36,28 @@ BEGIN
     -- The tag of the key (src/contract/row.rs, Token::tag): one-way, so a
     -- tag read from a row names no key an erasure could list.
     v_tag := ('x' || left(encode(sha256(convert_to(login_etl_forget_rows.user_key, 'UTF8')), 'hex'), 16))::bit(64)::bigint;
-    IF null_dates THEN
-        WITH gone AS (DELETE FROM user_logins u WHERE u.user_id = login_etl_forget_rows.user_id
-                        AND u.create_date IS NULL RETURNING u.masked_ip, u.masked_device_id, u.user_tag),
-             kept AS (INSERT INTO user_logins_erasure_tokens (user_key, kind, token)
-                        SELECT login_etl_forget_rows.user_key, 'ip', masked_ip FROM gone WHERE masked_ip IS NOT NULL
-                        UNION SELECT login_etl_forget_rows.user_key, 'device_id', masked_device_id FROM gone
-                              WHERE masked_device_id IS NOT NULL
-                        ON CONFLICT DO NOTHING)
-        SELECT count(*), count(*) FILTER (WHERE gone.user_tag <> v_tag) INTO v_rows, v_foreign FROM gone;
-    ELSE
-        WITH gone AS (DELETE FROM user_logins u WHERE u.user_id = login_etl_forget_rows.user_id
-                        AND u.create_date >= coalesce(lo, '-infinity'::date)
-                        AND u.create_date < coalesce(hi, 'infinity'::date)
-                        RETURNING u.masked_ip, u.masked_device_id, u.user_tag),
-             kept AS (INSERT INTO user_logins_erasure_tokens (user_key, kind, token)
-                        SELECT login_etl_forget_rows.user_key, 'ip', masked_ip FROM gone WHERE masked_ip IS NOT NULL
-                        UNION SELECT login_etl_forget_rows.user_key, 'device_id', masked_device_id FROM gone
-                              WHERE masked_device_id IS NOT NULL
-                        ON CONFLICT DO NOTHING)
-        SELECT count(*), count(*) FILTER (WHERE gone.user_tag <> v_tag) INTO v_rows, v_foreign FROM gone;
-    END IF;
+    -- The user's rows by their stored form (the id as uuid where it is one
+    -- in canonical form, its text otherwise: src/contract/columns.rs), in
+    -- user_logins_rows itself by day of sent_at, so that only the segment's
+    -- partitions are read (through the view, every one would be). No row
+    -- of the narrow row is without a day: a segment of those has none.
+    v_uuid := CASE WHEN translate(login_etl_forget_rows.user_id, '0123456789abcdef', '0000000000000000')
+                        = '00000000-0000-0000-0000-000000000000'
+                   THEN login_etl_forget_rows.user_id::uuid END;
+    WITH gone AS (DELETE FROM user_logins_rows u
+                    WHERE NOT null_dates
+                      AND CASE WHEN v_uuid IS NULL THEN u.user_id_text = login_etl_forget_rows.user_id
+                               ELSE u.user_id = v_uuid AND u.user_id_text IS NULL END
+                      AND u.sent_at >= coalesce(lo, '-infinity'::date)::timestamp AT TIME ZONE 'UTC'
+                      AND u.sent_at < coalesce(hi, 'infinity'::date)::timestamp AT TIME ZONE 'UTC'
+                    RETURNING encode(u.masked_ip, 'hex') AS masked_ip,
+                              encode(u.masked_device_id, 'hex') AS masked_device_id, u.user_tag),
+         kept AS (INSERT INTO user_logins_erasure_tokens (user_key, kind, token)
+                    SELECT login_etl_forget_rows.user_key, 'ip', masked_ip FROM gone WHERE masked_ip IS NOT NULL
+                    UNION SELECT login_etl_forget_rows.user_key, 'device_id', masked_device_id FROM gone
+                          WHERE masked_device_id IS NOT NULL
+                    ON CONFLICT DO NOTHING)
+    SELECT count(*), count(*) FILTER (WHERE gone.user_tag <> v_tag) INTO v_rows, v_foreign FROM gone;
     IF v_foreign > 0 THEN
         RAISE EXCEPTION USING ERRCODE = 'LE015',
             MESSAGE = format('%s rows of this user id are tagged for another user key, so nothing was deleted: '

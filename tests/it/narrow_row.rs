@@ -18,15 +18,15 @@ use login_etl::synth::{self, Options};
 use login_etl::{Deadline, Outcome, SqsBatch};
 use tokio_postgres::Client;
 
-/// The wide layout as migrations 0001 to 0027 left it (its columns, key
-/// and partitions by `create_date`), without the rest of the schema.
+/// The wide layout as 0.2.0 left it (its columns: `user_tag` came after;
+/// its key and partitions by `create_date`), without the rest of the schema.
 fn wide_sql(today: chrono::NaiveDate) -> String {
     let day = |d: i64| today + TimeDelta::days(d);
     let mut sql = String::from(
         "CREATE TABLE user_logins(user_id varchar(128), device_type varchar(32), masked_ip varchar(256),
             masked_device_id varchar(256), locale varchar(32), app_version integer, create_date date,
             message_id varchar(128), app_version_text varchar(32), sent_at timestamptz,
-            key_version smallint NOT NULL DEFAULT 1, extra jsonb, defects text[], user_tag bigint)
+            key_version smallint NOT NULL DEFAULT 1, extra jsonb, defects text[])
             PARTITION BY RANGE (create_date);
          CREATE UNIQUE INDEX user_logins_key ON user_logins (sent_at, message_id, create_date);
          CREATE TABLE user_logins_default PARTITION OF user_logins DEFAULT;",
@@ -51,17 +51,21 @@ fn token(seed: &str) -> String {
 /// What a row should hold after the upgrade: its masked ip and key version.
 type Expected = BTreeMap<String, (String, i16)>;
 
+/// What the writer left: the rows it keyed by message id, and the user ids
+/// of the rows it wrote without one (the upstream writer's), still there.
+#[derive(Default)]
+struct Written {
+    rows: Expected,
+    keyless: std::collections::BTreeSet<String>,
+}
+
 /// One write round of the previous layout, in its own transactions: ten new
 /// rows by INSERT, one of them again (a redelivery), five by COPY; then,
 /// while `user_logins` is still the old table, a re-key of the round
 /// before's rows and an erasure of the one before that. The round's
 /// insert counts are checked: exactly once, through the cutover too.
-async fn write_round(
-    client: &mut Client,
-    round: usize,
-    now: DateTime<Utc>,
-    expected: &mut Expected,
-) {
+async fn write_round(client: &mut Client, round: usize, now: DateTime<Utc>, written: &mut Written) {
+    let expected = &mut written.rows;
     let id = |k: usize| format!("{:08x}-0000-4000-8000-{:012x}", round, k);
     let ids: Vec<String> = (0..10).map(id).collect();
     let ips: Vec<String> = ids.iter().map(|i| token(i)).collect();
@@ -118,6 +122,16 @@ async fn write_round(
     for m in &copied {
         expected.insert(m.clone(), (token(m), 1));
     }
+    // A row as the upstream table's writer wrote it: no message id, no
+    // sent_at (given a key as it comes, while the upgrade runs).
+    let keyless = format!("keyless-{round}");
+    tx_execute(
+        client,
+        "INSERT INTO user_logins (user_id, masked_ip, create_date) VALUES ($1, $2, ($3::timestamptz AT TIME ZONE 'UTC')::date)",
+        &[&keyless, &token(&keyless), &sent],
+    )
+    .await;
+    written.keyless.insert(keyless);
 
     // The previous release's re-key and erasure act on the old table only
     // (docs/upgrade.md: from `migrate` on, operators' commands run with
@@ -161,13 +175,23 @@ async fn write_round(
             .await
             .unwrap();
         assert_eq!(gone, 15, "round {round}: the erasure found its rows");
-        for (id, (ip, version)) in expected.iter_mut() {
+        let keyless = format!("keyless-{}", round - 2);
+        let gone = tx
+            .execute("DELETE FROM user_logins WHERE user_id = $1", &[&keyless])
+            .await
+            .unwrap();
+        assert_eq!(
+            gone, 1,
+            "round {round}: the erasure found the row without a key"
+        );
+        written.keyless.remove(&keyless);
+        for (id, (ip, version)) in written.rows.iter_mut() {
             if id.starts_with(&before) {
                 *ip = hex::encode(sha2::Sha256::digest(ip.as_bytes()));
                 *version = 2;
             }
         }
-        expected.retain(|id, _| !id.starts_with(&erased));
+        written.rows.retain(|id, _| !id.starts_with(&erased));
     }
     tx.commit().await.unwrap();
 }
@@ -264,14 +288,14 @@ async fn a_wide_table_with_rows_is_upgraded_while_the_previous_layout_writes() {
         let mut client = db.client().await;
         let now = Utc::now();
         tokio::spawn(async move {
-            let mut expected = Expected::new();
+            let mut written = Written::default();
             let mut round = 0;
             while !stop.load(Ordering::SeqCst) {
-                write_round(&mut client, round, now, &mut expected).await;
+                write_round(&mut client, round, now, &mut written).await;
                 round += 1;
                 rounds_done.fetch_add(1, Ordering::SeqCst);
             }
-            expected
+            written
         })
     };
     let rounds = |n: usize| {
@@ -327,7 +351,7 @@ async fn a_wide_table_with_rows_is_upgraded_while_the_previous_layout_writes() {
         .collect();
     let mut want: BTreeMap<String, (String, i16)> =
         before.into_iter().map(|(m, ip, v)| (m, (ip, v))).collect();
-    want.extend(written);
+    want.extend(written.rows);
     let total: i64 = owner
         .query_one(
             "SELECT count(*) FROM user_logins WHERE message_id NOT LIKE 'upstream-%'",
@@ -354,8 +378,23 @@ async fn a_wide_table_with_rows_is_upgraded_while_the_previous_layout_writes() {
         )
         .await
         .unwrap();
-    assert_eq!(upstream.get::<_, i64>(0), 300);
-    assert_eq!(upstream.get::<_, i64>(1), 300);
+    let keyless = written.keyless.len() as i64;
+    assert_eq!(upstream.get::<_, i64>(0), 300 + keyless);
+    assert_eq!(upstream.get::<_, i64>(1), 300 + keyless);
+    let kept: std::collections::BTreeSet<String> = owner
+        .query(
+            "SELECT user_id FROM user_logins WHERE user_id LIKE 'keyless-%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        kept, written.keyless,
+        "rows without a key: each once, none erased kept"
+    );
     assert_eq!(upstream.get::<_, i64>(2), 2);
     assert!(upstream.get::<_, bool>(3));
     // The values as they read before: a version with a suffix keeps it.

@@ -131,41 +131,37 @@ impl ToSql for Json<'_> {
     to_sql_checked!();
 }
 
-/// A UUID as its 16 bytes (the binary form of `uuid`).
-impl ToSql for Uuid16 {
-    fn to_sql(
-        &self,
-        _: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        out.put_slice(&self.0);
-        Ok(IsNull::No)
-    }
+/// A value sent as its bytes, as the binary form of `$ty` is.
+macro_rules! bytes_to_sql {
+    ($(#[$doc:meta])* $name:ty => $ty:ident) => {
+        $(#[$doc])*
+        impl ToSql for $name {
+            fn to_sql(
+                &self,
+                _: &Type,
+                out: &mut BytesMut,
+            ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+                out.put_slice(&self.0);
+                Ok(IsNull::No)
+            }
 
-    fn accepts(ty: &Type) -> bool {
-        *ty == Type::UUID
-    }
+            fn accepts(ty: &Type) -> bool {
+                *ty == Type::$ty
+            }
 
-    to_sql_checked!();
+            to_sql_checked!();
+        }
+    };
 }
 
-/// A token as its 32 bytes (`bytea`).
-impl ToSql for TokenBytes {
-    fn to_sql(
-        &self,
-        _: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        out.put_slice(&self.0);
-        Ok(IsNull::No)
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        *ty == Type::BYTEA
-    }
-
-    to_sql_checked!();
-}
+bytes_to_sql!(
+    /// A UUID as its 16 bytes (the binary form of `uuid`).
+    Uuid16 => UUID
+);
+bytes_to_sql!(
+    /// A token as its 32 bytes (`bytea`).
+    TokenBytes => BYTEA
+);
 
 /// A row's defect codes: a `text[]` in a COPY, the text of that array
 /// (`{a,b}`) as an element of the write function's argument.

@@ -32,30 +32,49 @@ const ADD_COLUMNS_SQL: &str = "ALTER TABLE user_logins \
     ADD COLUMN IF NOT EXISTS defects text[], \
     ADD COLUMN IF NOT EXISTS user_tag bigint";
 
+/// Login-etl's columns where the old table lacks one (an unpartitioned
+/// table's, or a wide one of 0.2.0, before `user_tag`), a moment's lock
+/// waited for at most [`CUTOVER_LOCK_TIMEOUT_MS`] and tried again: the
+/// narrow row's conversion reads each.
+pub async fn add_columns(client: &Client) -> Result<(), DbError> {
+    let missing: i64 = client
+        .query_typed_one(
+            "SELECT 7 - count(*) FROM pg_attribute WHERE attrelid = 'user_logins'::regclass AND NOT attisdropped \
+             AND attname IN ('message_id', 'app_version_text', 'sent_at', 'key_version', 'extra', 'defects', 'user_tag')",
+            &[],
+        )
+        .await
+        .map_err(failed("reading the columns of user_logins"))?
+        .get(0);
+    if missing > 0 {
+        info!(
+            missing,
+            "adding message_id, app_version_text, sent_at, key_version, extra, defects, user_tag where missing"
+        );
+        with_lock_retries(client, "adding columns to user_logins", || {
+            short_tx(client, ADD_COLUMNS_SQL.to_owned())
+        })
+        .await?;
+    }
+    Ok(())
+}
+
 /// The unpartitioned table's steps (see the module documentation), after
-/// refusing a cold start when it has rows.
+/// refusing a cold start when it has rows and once its columns are there.
 pub async fn prepare_upstream(client: &Client, cold_start: bool) -> Result<(), DbError> {
     if cold_start {
         refuse_rows_at_cold_start(client).await?;
     }
-    info!(
-        step = "upstream 1/2",
-        "adding message_id, app_version_text, sent_at, key_version, extra, defects, user_tag where missing"
-    );
-    with_lock_retries(client, "adding columns to user_logins", || {
-        short_tx(client, ADD_COLUMNS_SQL.to_owned())
-    })
-    .await?;
     refuse_rows_the_narrow_row_cannot_hold(client).await?;
     info!(
-        step = "upstream 2/2",
+        step = "upstream",
         index = "user_logins_legacy_key",
         "building a unique index CONCURRENTLY (ingest keeps writing)"
     );
     let t = Instant::now();
     build_index(client, "user_logins_legacy_key", "sent_at, message_id, create_date").await?;
     info!(
-        step = "upstream 2/2",
+        step = "upstream",
         seconds = t.elapsed().as_secs_f64(),
         "index ready"
     );

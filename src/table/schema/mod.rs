@@ -8,7 +8,7 @@
 //! the partitions made ahead and drops those past retention.
 
 pub mod convert;
-mod narrow;
+pub mod narrow;
 pub mod functions;
 mod indexes;
 mod migrations;
@@ -545,6 +545,9 @@ pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<bo
     } else {
         narrow::old_layout(client).await?
     };
+    if !options.cold_start {
+        narrow::drop_old(client).await?;
+    }
     let mut applied = false;
     if let Some(old) = old {
         applied = narrow::upgrade(client, old, options, profile).await?;

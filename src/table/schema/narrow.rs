@@ -78,23 +78,26 @@ pub async fn old_layout(client: &Client) -> Result<Option<i8>, DbError> {
 }
 
 async fn has_rows(client: &Client) -> Result<bool, DbError> {
-    Ok(client
-        .query_typed_one("SELECT EXISTS (SELECT 1 FROM user_logins)", &[])
-        .await
-        .map_err(failed("looking at user_logins"))?
-        .get(0))
+    ask(client, "SELECT EXISTS (SELECT 1 FROM user_logins)", "looking at user_logins").await
+}
+
+/// The answer of a query of one boolean.
+async fn ask(client: &Client, sql: &str, op: &'static str) -> Result<bool, DbError> {
+    Ok(client.query_typed_one(sql, &[]).await.map_err(failed(op))?.get(0))
 }
 
 /// Upgrades `user_logins` of the `old` layout ([`old_layout`]) in
 /// `profile`'s schema to the narrow row (see the module documentation);
 /// true when it did (false when another `migrate` did the cutover first).
-/// `--prepare` stops before the cutover, with the mirror running.
+/// `--prepare` stops before the cutover, with the mirror running; a run
+/// after it goes straight to the cutover.
 pub async fn upgrade(
     client: &mut Client,
     old: i8,
     options: &MigrateOptions,
     profile: Profile,
 ) -> Result<bool, DbError> {
+    super::convert::add_columns(client).await?;
     if old == b'r' as i8 {
         super::convert::prepare_upstream(client, options.cold_start).await?;
     }
@@ -105,13 +108,25 @@ pub async fn upgrade(
             hint: "; run `login-etl migrate` from a shell with the migrate role's settings while the deployed function keeps ingesting, then deploy this version (docs/upgrade.md, \"The narrow row\")".into(),
         });
     }
+    refuse_a_drain(client).await?;
     let started = Instant::now();
-    info!(
-        step = "1/5",
-        "giving rows from before login-etl a message id (their key)"
-    );
-    let keyed = key_upstream_rows(client).await?;
-    info!(step = "1/5", rows = keyed, "rows keyed");
+    let state = "reading the upgrade's state";
+    let copied = ask(client, "SELECT to_regclass('user_logins_rows_copied') IS NOT NULL", state).await?
+        && ask(client, "SELECT EXISTS (SELECT 1 FROM user_logins_rows_copied)", state).await?;
+    if copied {
+        info!("the rows were copied by an earlier run (--prepare): the triggers kept them current");
+    } else {
+        info!(
+            step = "1/5",
+            "giving rows without a message id one of their own (their key), now and as they come"
+        );
+        with_lock_retries(client, "making the trigger that keys new rows", || {
+            short_tx(client, KEY_TRIGGER_SQL.to_owned())
+        })
+        .await?;
+        let keyed = key_rows(client, old == b'r' as i8).await?;
+        info!(step = "1/5", rows = keyed, "rows keyed");
+    }
 
     info!(
         step = "2/5",
@@ -136,16 +151,21 @@ pub async fn upgrade(
     })
     .await?;
 
-    info!(step = "3/5", "copying the rows (ingest keeps writing)");
-    let t = Instant::now();
-    let copied = copy_rows(client).await?;
-    info!(
-        step = "3/5",
-        rows = copied,
-        seconds = t.elapsed().as_secs_f64(),
-        "rows copied"
-    );
-
+    if !copied {
+        info!(step = "3/5", "copying the rows (ingest keeps writing)");
+        let t = Instant::now();
+        let rows = copy_rows(client).await?;
+        client
+            .batch_execute("INSERT INTO user_logins_rows_copied VALUES (now())")
+            .await
+            .map_err(failed("recording the copy"))?;
+        info!(
+            step = "3/5",
+            rows,
+            seconds = t.elapsed().as_secs_f64(),
+            "rows copied"
+        );
+    }
     if options.prepare_only {
         info!(
             "prepared (--prepare): the triggers keep user_logins_rows up to date; run `login-etl migrate` for the cutover, then deploy this version"
@@ -165,14 +185,8 @@ pub async fn upgrade(
         lock_held_ms = held.as_secs_f64() * 1e3,
         "cutover committed: writes waited at most this long, plus one lock wait"
     );
-
-    info!(step = "5/5", "dropping the old parent (user_logins_wide)");
-    client
-        .batch_execute("DROP TABLE IF EXISTS user_logins_wide")
-        .await
-        .map_err(failed(
-            "dropping user_logins_wide (the upgrade is done: drop it by hand)",
-        ))?;
+    info!(step = "5/5", "dropping the old table (user_logins_wide)");
+    drop_old(client).await?;
     info!(
         seconds = started.elapsed().as_secs_f64(),
         "user_logins upgraded to the narrow row"
@@ -180,10 +194,75 @@ pub async fn upgrade(
     Ok(true)
 }
 
-/// Step 1: `upstream-<uuid>` as the message id of each row that has none
-/// (and no `sent_at`: found through the key's index), a partition at a
-/// time, [`KEY_ROWS`] a transaction. The rows keep every other value.
-async fn key_upstream_rows(client: &Client) -> Result<u64, DbError> {
+/// Step 5, and what every `migrate` after a cutover makes sure of: the old
+/// table renamed aside is gone. Kept, it would hold every row it had,
+/// readable by whoever was granted it and out of reach of `forget`.
+pub async fn drop_old(client: &Client) -> Result<(), DbError> {
+    client
+        .batch_execute(
+            "DO $$ BEGIN \
+               IF (SELECT relkind FROM pg_class WHERE oid = to_regclass('user_logins')) = 'v' \
+                  AND to_regclass('user_logins_wide') IS NOT NULL THEN \
+                 DROP TABLE user_logins_wide; \
+               END IF; \
+             END $$",
+        )
+        .await
+        .map_err(|e| match e.code() {
+            Some(state) if *state == tokio_postgres::error::SqlState::DEPENDENT_OBJECTS_STILL_EXIST => DbError::Fatal {
+                op: "dropping user_logins_wide, the table of before the narrow row",
+                cause: "views or other objects of yours still read it; it is no longer written, and `forget` no longer erases from it".into(),
+                hint: "; drop them, or make them again on the view user_logins (`\\d+ user_logins_wide` in psql lists them), then run `login-etl migrate` again".into(),
+            },
+            _ => failed("dropping user_logins_wide, the table of before the narrow row")(e),
+        })
+}
+
+/// No copy while a drain of the DEFAULT partition is under way: its rows
+/// are in `user_logins_drain`, out of the old parent the copy reads.
+async fn refuse_a_drain(client: &Client) -> Result<(), DbError> {
+    if ask(client, DRAINING_SQL, "reading the catalog").await? {
+        return Err(DrainUnderWay.into());
+    }
+    Ok(())
+}
+
+/// Whether a drain of the DEFAULT partition is under way.
+const DRAINING_SQL: &str = "SELECT to_regclass('user_logins_drain') IS NOT NULL";
+
+/// A drain of the DEFAULT partition under way (see [`refuse_a_drain`]).
+struct DrainUnderWay;
+
+impl From<DrainUnderWay> for DbError {
+    fn from(_: DrainUnderWay) -> Self {
+        DbError::Fatal {
+            op: "upgrading user_logins",
+            cause: "a drain of the DEFAULT partition is under way (user_logins_drain): its rows are out of the table the upgrade copies".into(),
+            hint: "; let the deployed release's `login-etl maintain` finish it (user_logins_drain is gone once it has), then run `login-etl migrate` again".into(),
+        }
+    }
+}
+
+/// A row inserted into the old table without a message id gets one, as
+/// step 1 gives the rows already there: the mirror and the copy find every
+/// row by its key. A row trigger (the parent's clones onto each partition,
+/// so COPY and a partition's own inserts are keyed too).
+const KEY_TRIGGER_SQL: &str = "CREATE OR REPLACE FUNCTION login_etl_narrow_key() RETURNS trigger \
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $f$ BEGIN \
+      IF NEW.message_id IS NULL THEN NEW.message_id := 'upstream-' || gen_random_uuid(); END IF; \
+      RETURN NEW; END $f$; \
+    REVOKE ALL ON FUNCTION login_etl_narrow_key() FROM PUBLIC; \
+    DROP TRIGGER IF EXISTS user_logins_narrow_key ON user_logins; \
+    CREATE TRIGGER user_logins_narrow_key BEFORE INSERT ON user_logins \
+      FOR EACH ROW EXECUTE FUNCTION login_etl_narrow_key()";
+
+/// Step 1: `upstream-<uuid>` as the message id of each row that has none,
+/// a partition at a time, [`KEY_ROWS`] a transaction: those without
+/// `sent_at` too (the upstream table's) through the key's index; on an
+/// unpartitioned table also any other (a scan each step: only a hand's
+/// insert has a `sent_at` and no message id). The rows keep every other
+/// value.
+async fn key_rows(client: &Client, unpartitioned: bool) -> Result<u64, DbError> {
     let partitions: Vec<String> = client
         .query_typed(
             &format!("SELECT c.oid::regclass::text FROM {LEAVES} JOIN pg_class c ON c.oid = t.relid"),
@@ -195,22 +274,28 @@ async fn key_upstream_rows(client: &Client) -> Result<u64, DbError> {
         .map(|r| r.get(0))
         .collect();
     let mut keyed = 0;
+    let conditions: &[&str] = if unpartitioned {
+        &["sent_at IS NULL AND message_id IS NULL", "message_id IS NULL"]
+    } else {
+        &["sent_at IS NULL AND message_id IS NULL"]
+    };
     for partition in partitions {
-        let sql = format!(
-            "UPDATE {partition} SET message_id = 'upstream-' || gen_random_uuid() \
-             WHERE ctid = ANY(ARRAY(SELECT ctid FROM {partition} \
-                                    WHERE sent_at IS NULL AND message_id IS NULL LIMIT {KEY_ROWS}))"
-        );
-        loop {
-            let n = client
-                .execute(&sql, &[])
-                .await
-                .map_err(failed("keying rows from before login-etl"))?;
-            if n == 0 {
-                break;
+        for condition in conditions {
+            let sql = format!(
+                "UPDATE {partition} SET message_id = 'upstream-' || gen_random_uuid() \
+                 WHERE ctid = ANY(ARRAY(SELECT ctid FROM {partition} WHERE {condition} LIMIT {KEY_ROWS}))"
+            );
+            loop {
+                let n = client
+                    .execute(&sql, &[])
+                    .await
+                    .map_err(failed("keying rows without a message id"))?;
+                if n == 0 {
+                    break;
+                }
+                keyed += n;
+                info!(step = "1/5", rows = keyed, "rows keyed so far");
             }
-            keyed += n;
-            info!(step = "1/5", rows = keyed, "rows keyed so far");
         }
     }
     Ok(keyed)
@@ -254,10 +339,16 @@ BEGIN
              FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
              WHERE i.inhparent = 'user_logins'::regclass
                AND to_regclass(quote_ident('user_logins_rows_' || substr(c.relname, 13))) IS NULL LOOP
-        EXECUTE format('CREATE TABLE %I PARTITION OF user_logins_rows %s WITH (fillfactor = 100)',
-                       'user_logins_rows_' || substr(r.relname, 13),
-                       CASE WHEN r.bound = 'DEFAULT' THEN 'DEFAULT'
-                            ELSE regexp_replace(r.bound, '''(\d{{4}}-\d{{2}}-\d{{2}})''', '''\1 00:00+00''', 'g') END);
+        -- A day the old maintain made after an earlier run of this step
+        -- has its rows in the new DEFAULT partition already: it stays
+        -- without a partition of its own until `maintain` moves them.
+        BEGIN
+            EXECUTE format('CREATE TABLE %I PARTITION OF user_logins_rows %s WITH (fillfactor = 100)',
+                           'user_logins_rows_' || substr(r.relname, 13),
+                           CASE WHEN r.bound = 'DEFAULT' THEN 'DEFAULT'
+                                ELSE regexp_replace(r.bound, '''(\d{{4}}-\d{{2}}-\d{{2}})''', '''\1 00:00+00''', 'g') END);
+        EXCEPTION WHEN check_violation THEN NULL;
+        END;
     END LOOP;
     IF (SELECT relkind FROM pg_class WHERE oid = 'user_logins'::regclass) = 'r'
        AND to_regclass('user_logins_rows_legacy') IS NULL THEN
@@ -267,6 +358,9 @@ BEGIN
     END IF;
 END
 $$;
+-- The copy's record: once it holds a row, a later run goes straight to
+-- the cutover (the triggers keep the copy current).
+CREATE TABLE IF NOT EXISTS user_logins_rows_copied (copied_at timestamptz NOT NULL);
 CREATE OR REPLACE FUNCTION login_etl_narrow_mirror_insert() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = {path} AS $f$
 BEGIN
@@ -362,7 +456,21 @@ async fn copy_rows(client: &Client) -> Result<u64, DbError> {
                     .query_typed_one(sql, &[(&at, Type::TIMESTAMPTZ), (&id, Type::TEXT)])
                     .await
             })
-            .await?;
+            .await
+            .map_err(|e| match e {
+                // A value the narrow row cannot hold (a masked value that is
+                // no token, written by hand: login-etl's own are).
+                DbError::Fatal { cause, .. }
+                    if cause.contains("SQLSTATE 22023") || cause.contains("SQLSTATE 23514") =>
+                {
+                    DbError::Fatal {
+                        op: "copying rows into user_logins_rows",
+                        cause,
+                        hint: "; a row of the old table holds a value the narrow row cannot: find it with `SELECT count(*) FROM user_logins WHERE masked_ip !~ '^[0-9a-fA-F]{64}$' OR masked_device_id !~ '^[0-9a-fA-F]{64}$'`, set such values to NULL, then run `login-etl migrate` again (rows copied already are skipped)".into(),
+                    }
+                }
+                other => other,
+            })?;
             let (n, w): (i64, i64) = (row.get(0), row.get(1));
             if n == 0 {
                 break;
@@ -397,8 +505,10 @@ async fn cutover(
         r#"DROP TRIGGER user_logins_narrow_insert ON user_logins;
 DROP TRIGGER user_logins_narrow_update ON user_logins;
 DROP TRIGGER user_logins_narrow_delete ON user_logins;
+DROP TRIGGER user_logins_narrow_key ON user_logins;
 DROP FUNCTION login_etl_narrow_mirror_insert(), login_etl_narrow_mirror_update(),
-    login_etl_narrow_mirror_delete();
+    login_etl_narrow_mirror_delete(), login_etl_narrow_key();
+DROP TABLE user_logins_rows_copied;
 DO $$
 DECLARE
     r record;
@@ -421,10 +531,20 @@ DO $$
 DECLARE
     g record;
 BEGIN
-    FOR g IN SELECT DISTINCT a.grantee FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
-             WHERE c.oid = 'user_logins_wide'::regclass AND a.privilege_type = 'SELECT'
+    -- Whoever read or wrote the old table reads or writes through the view
+    -- (its trigger stores a row as the owner): an adopter's own readers
+    -- and writers, column by column where so granted.
+    FOR g IN SELECT DISTINCT a.grantee, a.privilege_type FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
+             WHERE c.oid = 'user_logins_wide'::regclass AND a.privilege_type IN ('SELECT', 'INSERT')
                AND a.grantee <> c.relowner LOOP
-        EXECUTE format('GRANT SELECT ON user_logins TO %s',
+        EXECUTE format('GRANT %s ON user_logins TO %s', g.privilege_type,
+                       CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(g.grantee)) END);
+    END LOOP;
+    FOR g IN SELECT DISTINCT t.attname, a.grantee FROM pg_attribute t CROSS JOIN LATERAL aclexplode(t.attacl) a
+             WHERE t.attrelid = 'user_logins_wide'::regclass AND NOT t.attisdropped AND a.privilege_type = 'SELECT'
+               AND EXISTS (SELECT 1 FROM pg_attribute v WHERE v.attrelid = 'user_logins'::regclass
+                           AND v.attname = t.attname AND NOT v.attisdropped) LOOP
+        EXECUTE format('GRANT SELECT (%I) ON user_logins TO %s', g.attname,
                        CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(g.grantee)) END);
     END LOOP;
 END
@@ -433,7 +553,9 @@ $$"#,
     );
     loop {
         let tx = client
-            .transaction()
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+            .start()
             .await
             .map_err(failed("starting the cutover"))?;
         let locked = tx
@@ -464,6 +586,16 @@ $$"#,
             .get(0);
         if !wide {
             return Ok(None);
+        }
+        // A drain the old maintain began since the copy (under the lock,
+        // none can begin now).
+        let draining: bool = tx
+            .query_typed_one(DRAINING_SQL, &[])
+            .await
+            .map_err(failed("reading the catalog"))?
+            .get(0);
+        if draining {
+            return Err(DrainUnderWay.into());
         }
         match tx.batch_execute(&sql).await {
             Ok(()) => {}
