@@ -449,7 +449,7 @@ def test_the_readme_block_with_a_schema_of_its_own_keeps_everything_there(srv):
                                          f"(SELECT oid FROM pg_database WHERE datname = current_database())")  # fmt: skip
             assert f'search_path=\\"{schema}\\"' in setting or f'search_path="{schema}"' in setting, (r, setting)
             assert psql(srv.admin(name), f"SELECT has_schema_privilege('{name}_{r}', 'public', 'USAGE')") == "f", r
-        partitions = f"""SELECT count(*) FROM pg_inherits WHERE inhparent = '"{schema}".user_logins'::regclass"""
+        partitions = f"""SELECT count(*) FROM pg_inherits WHERE inhparent = '"{schema}".user_logins_rows'::regclass"""
         assert int(psql(srv.admin(name), partitions)) > 7, "maintain made the partitions ahead"
         records = _ingest_once(srv, name)
         assert psql(srv.admin(name), f'SELECT count(*) FROM "{schema}".user_logins') == str(records)

@@ -444,7 +444,7 @@ def test_a_leaked_masking_key_is_rotated_on_the_deployed_stack(standard, drained
     out = stack.operator(standard, "rotate-key")
     assert out.returncode == 0, out.stderr
     state = json.loads(out.stdout)
-    parts = stack.psql(db, "SELECT tableoid::regclass::text, key_version, count(*) FROM user_logins GROUP BY 1, 2")
+    parts = stack.psql(db, "SELECT tableoid::regclass::text, key_version, count(*) FROM user_logins_rows GROUP BY 1, 2")
     assert (state["version"], state["rekey_from"], state["rows_rekeyed"]) == (2, None, len(before)), (state, len(before), parts)
     after = {r[0]: (r[1], r[2]) for r in stack.psql(db, "SELECT message_id, masked_ip, masked_device_id FROM user_logins")}
     key2 = bytes.fromhex(k2)
@@ -686,7 +686,7 @@ def test_a_masking_only_stack_on_an_existing_queue_sets_up_its_database_drains_i
     url = stack.db_url(s.dbname)
     roles = {r[0] for r in stack.psql(url, f"SELECT rolname FROM pg_roles WHERE rolname LIKE '{s.dbname}\\_%'")}
     assert roles == {f"{s.dbname}_{r}" for r in ("migrate", "ingest", "maintain", "reader", "master")}, roles
-    assert stack.psql(url, "SELECT tableowner FROM pg_tables WHERE tablename = 'user_logins'") == [[f"{s.dbname}_migrate"]]
+    assert stack.psql(url, "SELECT tableowner FROM pg_tables WHERE tablename = 'user_logins_rows'") == [[f"{s.dbname}_migrate"]]
     assert stack.psql(url, "SELECT keep_days FROM user_logins_retention") == [["90"]], "the stack's RetentionDays"
     lam = stack.client("lambda")
     env = lam.get_function_configuration(FunctionName=s.function_name)["Environment"]["Variables"]

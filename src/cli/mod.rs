@@ -267,7 +267,7 @@ pub struct MigrateArgs {
     /// Days after today whose partitions are made.
     #[arg(long, value_name = "DAYS", default_value_t = crate::table::maintain::DEFAULT_PREMAKE_DAYS)]
     pub premake_days: u32,
-    /// Upgrading an unpartitioned table: do everything but the cutover (new columns, indexes built online, bounds proved), so this version can be deployed first.
+    /// Upgrading a table of an earlier layout: everything but the cutover (its rows copied into the narrow row online, kept current by triggers); `migrate` again cuts over, then deploy this version (docs/deploy.md).
     #[arg(long)]
     pub prepare: bool,
     /// Which tables to have: `masking` (masked rows only: the migrate, ingest, maintain and reader roles) or `full` (also the PII vault, the erasure list, the audit trail, key rotation). Unset keeps the database's (masking for a new one); masking to full is done online, full is never narrowed (docs/profiles.md).

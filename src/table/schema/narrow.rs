@@ -97,6 +97,9 @@ pub async fn upgrade(
     options: &MigrateOptions,
     profile: Profile,
 ) -> Result<bool, DbError> {
+    // Before the columns: the previous release's drain names every column
+    // of the parent, and its detached table would lack a new one.
+    refuse_a_drain(client).await?;
     super::convert::add_columns(client).await?;
     if old == b'r' as i8 {
         super::convert::prepare_upstream(client, options.cold_start).await?;
@@ -108,7 +111,6 @@ pub async fn upgrade(
             hint: "; run `login-etl migrate` from a shell with the migrate role's settings while the deployed function keeps ingesting, then deploy this version (docs/upgrade.md, \"The narrow row\")".into(),
         });
     }
-    refuse_a_drain(client).await?;
     let started = Instant::now();
     let state = "reading the upgrade's state";
     let copied = ask(client, "SELECT to_regclass('user_logins_rows_copied') IS NOT NULL", state).await?
@@ -195,14 +197,16 @@ pub async fn upgrade(
 }
 
 /// Step 5, and what every `migrate` after a cutover makes sure of: the old
-/// table renamed aside is gone. Kept, it would hold every row it had,
+/// table renamed aside is gone (found by the comment the cutover gave it,
+/// not by its name alone: a table of the user's may bear it). Kept, it would hold every row it had,
 /// readable by whoever was granted it and out of reach of `forget`.
 pub async fn drop_old(client: &Client) -> Result<(), DbError> {
     client
         .batch_execute(
             "DO $$ BEGIN \
                IF (SELECT relkind FROM pg_class WHERE oid = to_regclass('user_logins')) = 'v' \
-                  AND to_regclass('user_logins_wide') IS NOT NULL THEN \
+                  AND obj_description(to_regclass('user_logins_wide'), 'pg_class') \
+                      = 'login-etl: the table of before the narrow row, dropped by migrate' THEN \
                  DROP TABLE user_logins_wide; \
                END IF; \
              END $$",
@@ -518,6 +522,7 @@ BEGIN
         EXECUTE format('ALTER TABLE %I RENAME TO %I', r.relname, 'user_logins_wide_' || substr(r.relname, 13));
     END LOOP;
     ALTER TABLE user_logins RENAME TO user_logins_wide;
+    COMMENT ON TABLE user_logins_wide IS 'login-etl: the table of before the narrow row, dropped by migrate';
     ALTER INDEX IF EXISTS user_logins_key RENAME TO user_logins_wide_key;
     FOR r IN SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
              WHERE i.inhparent = 'user_logins_rows'::regclass AND c.relname LIKE 'user\_logins\_rows\_%' LOOP
@@ -533,15 +538,17 @@ DECLARE
 BEGIN
     -- Whoever read or wrote the old table reads or writes through the view
     -- (its trigger stores a row as the owner): an adopter's own readers
-    -- and writers, column by column where so granted.
+    -- and writers, column by column where so granted. Login-etl's roles
+    -- have what their kind has on the new objects already.
     FOR g IN SELECT DISTINCT a.grantee, a.privilege_type FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
              WHERE c.oid = 'user_logins_wide'::regclass AND a.privilege_type IN ('SELECT', 'INSERT')
-               AND a.grantee <> c.relowner LOOP
+               AND a.grantee <> c.relowner AND NOT EXISTS (SELECT 1 FROM user_logins_roles r WHERE r.role_name = pg_get_userbyid(a.grantee)) LOOP
         EXECUTE format('GRANT %s ON user_logins TO %s', g.privilege_type,
                        CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(g.grantee)) END);
     END LOOP;
     FOR g IN SELECT DISTINCT t.attname, a.grantee FROM pg_attribute t CROSS JOIN LATERAL aclexplode(t.attacl) a
              WHERE t.attrelid = 'user_logins_wide'::regclass AND NOT t.attisdropped AND a.privilege_type = 'SELECT'
+               AND NOT EXISTS (SELECT 1 FROM user_logins_roles r WHERE r.role_name = pg_get_userbyid(a.grantee))
                AND EXISTS (SELECT 1 FROM pg_attribute v WHERE v.attrelid = 'user_logins'::regclass
                            AND v.attname = t.attname AND NOT v.attisdropped) LOOP
         EXECUTE format('GRANT SELECT (%I) ON user_logins TO %s', g.attname,

@@ -233,12 +233,12 @@ pub fn unknown_sql() -> String {
     )
 }
 
-/// Whether trigger `g` on `tbl` is one of the narrow row's upgrade while it
-/// runs (src/table/schema/narrow.rs: the key and the mirror on the old
-/// table, each firing its own function of the schema): login-etl's, and
-/// dropped at its cutover. Another function under such a name is not.
-const UPGRADE_TRIGGER: &str = "(tbl.name OPERATOR(pg_catalog.=) 'user_logins' \
-    AND EXISTS (SELECT FROM (VALUES \
+/// Whether trigger `g` is one of the narrow row's upgrade while it runs
+/// (src/table/schema/narrow.rs: the key and the mirror on the old table,
+/// the key's clone on each partition, each firing its own function of the
+/// schema): login-etl's, and dropped at its cutover. Another function
+/// under such a name is not.
+const UPGRADE_TRIGGER: &str = "(EXISTS (SELECT FROM (VALUES \
         ('user_logins_narrow_key', 'login_etl_narrow_key'), \
         ('user_logins_narrow_insert', 'login_etl_narrow_mirror_insert'), \
         ('user_logins_narrow_update', 'login_etl_narrow_mirror_update'), \
