@@ -5,10 +5,14 @@
 //! `user_logins_rows` under the view `user_logins`), while the deployed
 //! function (or the upstream table's writer) keeps writing.
 //!
-//! One parent at a time for every tool, the way [`super::convert`] works:
-//! 1. rows from before login-etl (no `sent_at`, no message id) get a
-//!    message id of their own, `upstream-<uuid>`, in chunks: the new key
-//!    needs one, and a copy must find its row again;
+//! One parent at a time for every tool, the way [`super::convert`] works
+//! (a drain of the DEFAULT partition under way stops it first: its rows
+//! are out of the old parent):
+//! 1. login-etl's columns where the old table lacks one (0.2.0's lacks
+//!    `user_tag`); rows without a message id (from before login-etl) get
+//!    one of their own, `upstream-<uuid>`: those there in chunks, those
+//!    still coming by a row trigger. The new key needs one, and the
+//!    mirror and a copy must find each row again;
 //! 2. the new parent, with a partition for each old one, and statement
 //!    triggers on the old parent that mirror every insert (COPY too),
 //!    update (a re-key) and delete (an erasure) into it (transition tables:
@@ -22,14 +26,17 @@
 //!    re-key holds is tried again, never waited for, so the copy is never
 //!    one side of a deadlock (ingest only inserts new rows: it never waits
 //!    for a chunk). A second copy of a row is a no-op (`ON CONFLICT`), so a
-//!    run stopped anywhere is run again from the start;
+//!    run stopped anywhere is run again from the start; a finished copy is
+//!    recorded (`user_logins_rows_copied`), and `--prepare` stops there;
 //! 4. the cutover, catalog work and the schema's migration under ACCESS
 //!    EXCLUSIVE, waited for at most [`CUTOVER_LOCK_TIMEOUT_MS`] and tried
 //!    again until it gets through between two writes: the triggers
 //!    dropped, the old parent and its partitions renamed aside
 //!    (`user_logins_wide*`), the new partitions given the old names, the
-//!    view made, the table-wide SELECT grants moved to it;
-//! 5. the old parent dropped.
+//!    view made, the grants to read or insert of roles not login-etl's
+//!    moved to it;
+//! 5. the old parent dropped ([`drop_old`], which every later `migrate`
+//!    runs too).
 //!
 //! Measured beforehand in SQL alone: benches/narrow_row.sh and
 //! docs/narrow-row.md.
