@@ -85,9 +85,12 @@ $$;
 -- its cutover applies this file after renaming the old table aside.
 DO $$
 BEGIN
-    IF (SELECT relkind FROM pg_class WHERE oid = to_regclass('user_logins')) = 'p' THEN
-        -- Locked before it is looked at: a row committed between the look
-        -- and the DROP would go with the table.
+    -- Looked at again once locked: a row committed between the first look
+    -- and the DROP would go with the table. A table with rows (the
+    -- upgrade's prepare step applies this file beside it) is not locked:
+    -- on a partitioned table the lock reaches every partition.
+    IF (SELECT relkind FROM pg_class WHERE oid = to_regclass('user_logins')) = 'p'
+       AND NOT EXISTS (SELECT 1 FROM user_logins) THEN
         LOCK TABLE user_logins IN ACCESS EXCLUSIVE MODE;
         IF NOT EXISTS (SELECT 1 FROM user_logins) THEN
             DROP TABLE user_logins;

@@ -223,7 +223,7 @@ pub async fn drop_old(client: &Client) -> Result<(), DbError> {
             Some(state) if *state == tokio_postgres::error::SqlState::DEPENDENT_OBJECTS_STILL_EXIST => DbError::Fatal {
                 op: "dropping user_logins_wide, the table of before the narrow row",
                 cause: "views or other objects of yours still read it; it is no longer written, and `forget` no longer erases from it".into(),
-                hint: "; drop them, or make them again on the view user_logins (`\\d+ user_logins_wide` in psql lists them), then run `login-etl migrate` again".into(),
+                hint: "; `DROP TABLE user_logins_wide;` in psql as the tables' owner names them (its DETAIL); drop them, or make them again on the view user_logins, then run `login-etl migrate` again".into(),
             },
             _ => failed("dropping user_logins_wide, the table of before the narrow row")(e),
         })
