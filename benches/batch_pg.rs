@@ -33,7 +33,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 async fn copy_vault(client: &tokio_postgres::Client, key: &DataKey, batch: &VaultBatch) {
     use tokio_postgres::types::Type;
     let sink = client
-        .copy_in(
+        .copy_in_unnamed(
             "COPY user_logins_pii_vault (kind, token, key_id, nonce, ciphertext) FROM STDIN BINARY",
         )
         .await

@@ -82,7 +82,7 @@ pub async fn copy_rows(client: &tokio_postgres::Client, rows: &[LoginRow<'_>]) {
 /// [`copy_rows`] into `table`, a table of `user_logins_rows`'s columns.
 pub async fn copy_rows_into(client: &tokio_postgres::Client, table: &str, rows: &[LoginRow<'_>]) {
     let sql = COPY_SQL.replacen("user_logins_rows", table, 1);
-    let sink = client.copy_in::<_, Bytes>(sql.as_str()).await.unwrap();
+    let sink = client.copy_in_unnamed::<Bytes>(sql.as_str()).await.unwrap();
     let mut sink = std::pin::pin!(sink);
     let mut buf = BytesMut::with_capacity(CHUNK + 4096);
     buf.put_slice(COPY_HEADER);

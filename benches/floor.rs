@@ -138,7 +138,7 @@ impl Path {
 
 /// `rows`' seven upstream columns into the upstream table by binary COPY.
 async fn copy_upstream(client: &Client, rows: &[LoginRow<'_>]) {
-    let sink = client.copy_in(UPSTREAM_COPY).await.unwrap();
+    let sink = client.copy_in_unnamed(UPSTREAM_COPY).await.unwrap();
     let types = [
         Type::VARCHAR,
         Type::VARCHAR,
@@ -209,7 +209,7 @@ async fn copy_values(
     rows: &[LoginRow<'_>],
     values: impl Fn(&LoginRow<'_>) -> Values,
 ) {
-    let sink = client.copy_in(sql).await.unwrap();
+    let sink = client.copy_in_unnamed(sql).await.unwrap();
     let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, types));
     for r in rows {
         let row = values(r);

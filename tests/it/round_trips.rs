@@ -1,11 +1,11 @@
 //! Round trips per batch, counted by a proxy that holds the server's
 //! answers back until the client cannot go on without them
 //! (tests/common/turns.rs). A warm batch on the INSERT path is one: BEGIN,
-//! the write and COMMIT go out together. On the COPY path it is three:
-//! BEGIN with the COPY's prepare (tokio-postgres prepares a COPY to start
-//! it), the COPY's start, then the rows with the COPY's end, the erasure
-//! check and COMMIT. A statement that waits for its answer adds one, and
-//! fails here.
+//! the write and COMMIT go out together. On the COPY path it is two:
+//! BEGIN with the COPY's start (unnamed: Parse, Bind and Execute together),
+//! answered by CopyInResponse, then the rows with the COPY's end, the
+//! erasure check and COMMIT. A statement that waits for its answer adds
+//! one, and fails here, as a COPY that is prepared first does.
 
 use crate::common;
 
@@ -15,7 +15,7 @@ use login_etl::synth::{self, Options};
 use login_etl::{Deadline, SqsBatch};
 
 #[tokio::test]
-async fn a_warm_insert_batch_is_one_round_trip_and_a_copy_batch_three() {
+async fn a_warm_insert_batch_is_one_round_trip_and_a_copy_batch_two() {
     let db = TestDb::create().await;
     let counter = TurnCounter::start(admin_port()).await;
     let url = through_port(&db.ingest_url().await, counter.port);
@@ -37,7 +37,7 @@ async fn a_warm_insert_batch_is_one_round_trip_and_a_copy_batch_three() {
     let rows = || async { count_rows(&db.client().await).await };
     for (count, want) in [
         (10, vec![Turn::Commit]),
-        (1_000, vec![Turn::Describe, Turn::CopyIn, Turn::Commit]),
+        (1_000, vec![Turn::CopyIn, Turn::Commit]),
     ] {
         let before = rows().await;
         counter.count_from_now();
@@ -54,4 +54,60 @@ async fn a_warm_insert_batch_is_one_round_trip_and_a_copy_batch_three() {
         );
         assert_eq!(rows().await - before, count as i64);
     }
+}
+
+/// vendor/tokio-postgres's `copy_in_unnamed` (the COPY path's second round
+/// trip saved): a COPY the server refuses at its Parse, or at its start,
+/// returns the server's error and leaves the connection in step, and the
+/// next COPY on it loads its rows.
+#[tokio::test]
+async fn an_unnamed_copy_refused_at_its_start_leaves_the_connection_in_step() {
+    use futures_util::SinkExt;
+    let db = TestDb::create().await;
+    let client = db.client().await;
+    // Refused at its Parse (a syntax error), at its start (no such table),
+    // and inside a transaction a failed statement aborted, as a batch's
+    // COPY is when its BEGIN's LOCK TABLE times out.
+    for (setup, sql, code) in [
+        ("", "COPY FROM nowhere", "42601"),
+        ("", "COPY no_such_table FROM STDIN BINARY", "42P01"),
+        (
+            "BEGIN; SELECT 1/0;",
+            "COPY pg_class FROM STDIN BINARY",
+            "25P02",
+        ),
+    ] {
+        let _ = client.batch_execute(setup).await;
+        let refused = client
+            .copy_in_unnamed::<bytes::Bytes>(sql)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{sql} started"));
+        if !setup.is_empty() {
+            client.batch_execute("ROLLBACK").await.unwrap();
+        }
+        assert_eq!(refused.code().map(|c| c.code()), Some(code), "{refused}");
+        let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+        assert_eq!(one, 1, "the connection answers the next statement");
+    }
+    client
+        .batch_execute("CREATE TEMP TABLE copied (n int)")
+        .await
+        .unwrap();
+    let mut sink = Box::pin(
+        client
+            .copy_in_unnamed::<bytes::Bytes>("COPY copied FROM STDIN")
+            .await
+            .unwrap(),
+    );
+    sink.send(bytes::Bytes::from_static(b"1\n2\n3\n"))
+        .await
+        .unwrap();
+    assert_eq!(sink.as_mut().finish().await.unwrap(), 3);
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM copied", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3);
 }

@@ -7,11 +7,12 @@
 //! client transforms the next, then sleeps until it comes, and each wake-up
 //! costs (docs/performance.md, "Through the Runtime API").
 //!
-//! `BEGIN; SET LOCAL ...` and the COPY's prepare go out together; the
-//! prepared statement is named (tokio-postgres prepares COPY that way) but is
-//! closed as soon as the COPY has started, before the COMMIT, so it never
-//! outlives its transaction. The rows count as written only when the server
-//! has answered the COMMIT.
+//! Two round trips: `BEGIN; SET LOCAL ...` goes out with the COPY's Parse,
+//! Bind and Execute (the unnamed statement: `copy_in_unnamed`, the one
+//! function vendor/tokio-postgres adds, since tokio-postgres prepares a COPY
+//! first), answered by CopyInResponse; then the rows, the COPY's end and the
+//! COMMIT. Nothing named is left on the server connection. The rows count
+//! as written only when the server has answered the COMMIT.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -65,7 +66,7 @@ impl CopyIn {
         let started = timeout(client_bound, async {
             let (begun, copy) = tokio::join!(
                 client.batch_execute(begin),
-                client.copy_in(COPY_SQL.as_str())
+                client.copy_in_unnamed(COPY_SQL.as_str())
             );
             begun.and(copy)
         })

@@ -23,7 +23,7 @@
 //!   such as a deferred constraint, is a failure);
 //! - nothing survives a transaction on the server connection: no startup
 //!   `options`, `SET LOCAL` instead of session settings, unnamed statements
-//!   (the COPY's prepared statement is closed inside its transaction);
+//!   (the COPY's too: vendor/tokio-postgres's `copy_in_unnamed`);
 //! - large batches ([`COPY_MIN_ROWS`]) try one binary COPY first; a COPY is
 //!   all-or-nothing and has no `ON CONFLICT`, so on any refusal, duplicate or
 //!   COMMIT-time error the batch takes the INSERT path, which sorts it out;
@@ -76,7 +76,7 @@ use classify::Failure;
 use tx::XidFloor;
 
 /// Batches at least this large try COPY first. Below it the INSERT's single
-/// round trip wins (COPY needs three); see benches/batch_pg.rs.
+/// round trip wins (COPY needs two); see benches/batch_pg.rs.
 pub const COPY_MIN_ROWS: usize = 500;
 
 /// Pause before the one reconnect, so a server that is restarting or out of

@@ -636,6 +636,20 @@ impl Client {
         copy_in::copy_in(self.inner(), statement).await
     }
 
+    /// Like `copy_in`, but the statement is not prepared: it is sent as the
+    /// unnamed statement together with its Bind and Execute, so the sink is
+    /// returned after one round trip instead of two, and nothing named is
+    /// left on the server connection (a transaction-mode pooler may hand
+    /// the next transaction to another one).
+    ///
+    /// login-etl's patch to tokio-postgres 0.7.18 (vendor/README.md).
+    pub async fn copy_in_unnamed<U>(&self, query: &str) -> Result<CopyInSink<U>, Error>
+    where
+        U: Buf + 'static + Send,
+    {
+        copy_in::copy_in_unnamed(self.inner(), query).await
+    }
+
     /// Executes a `COPY TO STDOUT` statement, returning a stream of the resulting data.
     ///
     /// PostgreSQL does not support parameters in `COPY` statements, so this method does not take any.

@@ -3,7 +3,7 @@ use crate::codec::FrontendMessage;
 use crate::connection::RequestMessages;
 use crate::query::extract_row_affected;
 use crate::{Error, Statement, query, slice_iter};
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_channel::mpsc;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use log::debug;
@@ -19,6 +19,8 @@ use std::task::{Context, Poll, ready};
 enum CopyInMessage {
     Message(FrontendMessage),
     Done,
+    // login-etl's patch: the copy never began; nothing more to send.
+    Abandon,
 }
 
 pub struct CopyInReceiver {
@@ -45,6 +47,10 @@ impl Stream for CopyInReceiver {
 
         match ready!(self.receiver.poll_next_unpin(cx)) {
             Some(CopyInMessage::Message(message)) => Poll::Ready(Some(message)),
+            Some(CopyInMessage::Abandon) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
             Some(CopyInMessage::Done) => {
                 self.done = true;
                 let mut buf = BytesMut::new();
@@ -195,7 +201,32 @@ where
     debug!("executing copy in statement {}", statement.name());
 
     let buf = query::encode(client, &statement, slice_iter(&[]))?;
+    start(client, buf, false).await
+}
 
+// login-etl's patch (vendor/README.md): the COPY parsed as the unnamed
+// statement in the same write as its Bind and Execute, so the only wait
+// before the data is the one for CopyInResponse.
+pub async fn copy_in_unnamed<T>(client: &InnerClient, query: &str) -> Result<CopyInSink<T>, Error>
+where
+    T: Buf + 'static + Send,
+{
+    debug!("executing unnamed copy in statement");
+
+    let buf = client.with_buf(|buf| {
+        frontend::parse("", query, std::iter::empty(), buf).map_err(Error::parse)?;
+        query::encode_bind(&Statement::unnamed(vec![], vec![]), slice_iter(&[]), "", buf)?;
+        frontend::execute("", 0, buf).map_err(Error::encode)?;
+        frontend::sync(buf);
+        Ok(buf.split().freeze())
+    })?;
+    start(client, buf, true).await
+}
+
+async fn start<T>(client: &InnerClient, buf: Bytes, parsed: bool) -> Result<CopyInSink<T>, Error>
+where
+    T: Buf + 'static + Send,
+{
     let (mut sender, receiver) = mpsc::channel(1);
     let receiver = CopyInReceiver::new(receiver);
     let mut responses = client.send(RequestMessages::CopyIn(receiver))?;
@@ -205,14 +236,35 @@ where
         .await
         .map_err(|_| Error::closed())?;
 
-    match responses.next().await? {
-        Message::BindComplete => {}
-        _ => return Err(Error::unexpected_message()),
-    }
+    let started = async {
+        if parsed {
+            match responses.next().await? {
+                Message::ParseComplete => {}
+                _ => return Err(Error::unexpected_message()),
+            }
+        }
 
-    match responses.next().await? {
-        Message::CopyInResponse(_) => {}
-        _ => return Err(Error::unexpected_message()),
+        match responses.next().await? {
+            Message::BindComplete => {}
+            _ => return Err(Error::unexpected_message()),
+        }
+
+        match responses.next().await? {
+            Message::CopyInResponse(_) => {}
+            _ => return Err(Error::unexpected_message()),
+        }
+        Ok(())
+    };
+    if let Err(e) = started.await {
+        // login-etl's patch (vendor/README.md): refused before the copy
+        // began, the server skipped to the Sync sent after Execute and
+        // answered it with ReadyForQuery, which ended this request. The
+        // CopyFail and Sync a dropped sender sends would earn a second
+        // ReadyForQuery, taken as the next request's answer.
+        if e.as_db_error().is_some() {
+            let _ = sender.send(CopyInMessage::Abandon).await;
+        }
+        return Err(e);
     }
 
     Ok(CopyInSink {
