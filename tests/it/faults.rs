@@ -471,6 +471,18 @@ async fn a_lock_held_by_another_transaction_ends_in_a_bounded_error_never_a_part
 
 #[tokio::test]
 async fn a_lock_timeout_is_retried_on_the_same_connection_without_using_the_reconnect() {
+    lock_timeout_retried_on_the_same_connection(100, 52).await;
+}
+
+/// The COPY path's BEGIN times out on the lock, its COPY is refused before
+/// it began (vendor/tokio-postgres: no second ReadyForQuery), the ROLLBACK
+/// and the INSERT path's retry run on the same connection.
+#[tokio::test]
+async fn a_copy_batchs_lock_timeout_is_retried_on_the_same_connection() {
+    lock_timeout_retried_on_the_same_connection(500, 54).await;
+}
+
+async fn lock_timeout_retried_on_the_same_connection(rows: usize, seed: u64) {
     let db = TestDb::create().await;
     let proxy = Proxy::start(admin_port()).await;
     let h = proxied_handler(&db, &proxy, &[("DB_STATEMENT_TIMEOUT_MS", "400")]).await;
@@ -515,7 +527,7 @@ async fn a_lock_timeout_is_retried_on_the_same_connection_without_using_the_reco
         tx.rollback().await.unwrap();
     });
     is_locked.await.unwrap();
-    let event = batch(100, 52);
+    let event = batch(rows, seed);
     let summary = handle_and_check(&h, &db, &event).await;
     release.await.unwrap();
     assert!(

@@ -196,6 +196,12 @@ async fn write_round(client: &mut Client, round: usize, now: DateTime<Utc>, writ
     tx.commit().await.unwrap();
 }
 
+/// Two counts a query selects.
+async fn counts(client: &Client, sql: &str) -> Result<(i64, i64), tokio_postgres::Error> {
+    let row = client.query_one(sql, &[]).await?;
+    Ok((row.get(0), row.get(1)))
+}
+
 async fn tx_execute(
     client: &mut Client,
     sql: &str,
@@ -280,6 +286,22 @@ async fn a_wide_table_with_rows_is_upgraded_while_the_previous_layout_writes() {
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
 
+    // An adopter's own readers of the old table: one of every column, one
+    // of two columns only.
+    let (analyst, auditor) = (
+        format!("{}_analyst", db.name),
+        format!("{}_auditor", db.name),
+    );
+    db.bare_named_role(&analyst).await;
+    db.bare_named_role(&auditor).await;
+    owner
+        .batch_execute(&format!(
+            "GRANT SELECT ON user_logins TO \"{analyst}\";
+             GRANT SELECT (user_id, create_date) ON user_logins TO \"{auditor}\""
+        ))
+        .await
+        .unwrap();
+
     // The previous layout's writer, until a round ends wholly after the cutover.
     let stop = Arc::new(AtomicBool::new(false));
     let rounds_done = Arc::new(AtomicUsize::new(0));
@@ -336,6 +358,42 @@ async fn a_wide_table_with_rows_is_upgraded_while_the_previous_layout_writes() {
         .unwrap()
         .get(0);
     assert!(gone, "the old parent is dropped");
+
+    // The readers read the view as they read the table, no more.
+    const EVERY: &str = "SELECT count(*), count(masked_ip) FROM user_logins";
+    const TWO: &str = "SELECT count(user_id), count(create_date) FROM user_logins";
+    let analyst = connect(&with_user(&db.url, &analyst)).await;
+    let auditor = connect(&with_user(&db.url, &auditor)).await;
+    assert_eq!(
+        counts(&analyst, EVERY)
+            .await
+            .expect("the analyst reads every column of the view"),
+        counts(&owner, EVERY).await.unwrap()
+    );
+    assert_eq!(
+        counts(&auditor, TWO)
+            .await
+            .expect("the auditor reads its two columns of the view"),
+        counts(&owner, TWO).await.unwrap()
+    );
+    let refused = auditor
+        .query_one("SELECT count(masked_ip) FROM user_logins", &[])
+        .await
+        .expect_err("the auditor reads no other column");
+    assert_eq!(
+        refused.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+    );
+    for reader in [&analyst, &auditor] {
+        let refused = reader
+            .query_one("SELECT count(*) FROM user_logins_rows", &[])
+            .await
+            .expect_err("a reader of the view reads nothing of the table beneath");
+        assert_eq!(
+            refused.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+        );
+    }
 
     // Every row once, with the values last written.
     let now: BTreeMap<String, (String, i16)> = owner

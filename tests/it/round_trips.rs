@@ -56,39 +56,45 @@ async fn a_warm_insert_batch_is_one_round_trip_and_a_copy_batch_two() {
     }
 }
 
-/// vendor/tokio-postgres's `copy_in_unnamed` (the COPY path's second round
-/// trip saved): a COPY the server refuses at its Parse, or at its start,
-/// returns the server's error and leaves the connection in step, and the
-/// next COPY on it loads its rows.
+/// vendor/tokio-postgres's COPY start (`copy_in_unnamed`, and upstream's
+/// `copy_in` as patched there): a COPY the server refuses before it began
+/// (at its Parse, at its start, inside an aborted transaction, as a batch's
+/// COPY is when its BEGIN's LOCK TABLE times out) returns the server's
+/// error and leaves the connection in step: upstream's extra
+/// ReadyForQuery made the next statement fail (`unexpected message`). The
+/// next COPY on it then loads its rows.
 #[tokio::test]
-async fn an_unnamed_copy_refused_at_its_start_leaves_the_connection_in_step() {
+async fn a_copy_refused_at_its_start_leaves_the_connection_in_step() {
     use futures_util::SinkExt;
     let db = TestDb::create().await;
     let client = db.client().await;
-    // Refused at its Parse (a syntax error), at its start (no such table),
-    // and inside a transaction a failed statement aborted, as a batch's
-    // COPY is when its BEGIN's LOCK TABLE times out.
-    for (setup, sql, code) in [
-        ("", "COPY FROM nowhere", "42601"),
-        ("", "COPY no_such_table FROM STDIN BINARY", "42P01"),
-        (
-            "BEGIN; SELECT 1/0;",
-            "COPY pg_class FROM STDIN BINARY",
-            "25P02",
-        ),
-    ] {
-        let _ = client.batch_execute(setup).await;
-        let refused = client
-            .copy_in_unnamed::<bytes::Bytes>(sql)
-            .await
-            .err()
-            .unwrap_or_else(|| panic!("{sql} started"));
-        if !setup.is_empty() {
-            client.batch_execute("ROLLBACK").await.unwrap();
+    for unnamed in [true, false] {
+        for (setup, sql, code) in [
+            ("", "COPY FROM nowhere", "42601"),
+            ("", "COPY no_such_table FROM STDIN BINARY", "42P01"),
+            (
+                "BEGIN; SELECT 1/0;",
+                "COPY pg_class FROM STDIN BINARY",
+                "25P02",
+            ),
+        ] {
+            let _ = client.batch_execute(setup).await;
+            let started = if unnamed {
+                client.copy_in_unnamed::<bytes::Bytes>(sql).await
+            } else {
+                client.copy_in::<_, bytes::Bytes>(sql).await
+            };
+            let refused = started.err().unwrap_or_else(|| panic!("{sql} started"));
+            if !setup.is_empty() {
+                client.batch_execute("ROLLBACK").await.unwrap();
+            }
+            assert_eq!(refused.code().map(|c| c.code()), Some(code), "{refused}");
+            let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+            assert_eq!(
+                one, 1,
+                "{sql} (unnamed: {unnamed}): the next statement answered"
+            );
         }
-        assert_eq!(refused.code().map(|c| c.code()), Some(code), "{refused}");
-        let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
-        assert_eq!(one, 1, "the connection answers the next statement");
     }
     client
         .batch_execute("CREATE TEMP TABLE copied (n int)")
@@ -110,4 +116,51 @@ async fn an_unnamed_copy_refused_at_its_start_leaves_the_connection_in_step() {
         .unwrap()
         .get(0);
     assert_eq!(n, 3);
+}
+
+/// A COPY's start given up by its caller (the sink's client-side bound
+/// dropping it) while the server waits on a lock, then refused there: the
+/// connection stays in step. Upstream's Sync after Execute made the
+/// refusal answer twice.
+#[tokio::test]
+async fn a_copy_dropped_while_it_waits_leaves_the_connection_in_step() {
+    let db = TestDb::create().await;
+    let holder = db.client().await;
+    let client = db.client().await;
+    holder
+        .batch_execute("CREATE TABLE locked (n int)")
+        .await
+        .unwrap();
+    holder
+        .batch_execute("BEGIN; LOCK TABLE locked")
+        .await
+        .unwrap();
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let waits = || async {
+        holder
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = $1 AND NOT granted)",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+    };
+    let mut start = Box::pin(client.copy_in_unnamed::<bytes::Bytes>("COPY locked FROM STDIN"));
+    tokio::select! {
+        started = &mut start => panic!("the COPY did not wait for the lock: {:?}", started.err()),
+        _ = async { while !waits().await { tokio::task::yield_now().await } } => {}
+    }
+    drop(start);
+    holder
+        .query_one("SELECT pg_cancel_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1, "the next statement answered");
+    holder.batch_execute("ROLLBACK").await.unwrap();
 }

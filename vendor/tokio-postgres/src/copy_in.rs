@@ -19,8 +19,6 @@ use std::task::{Context, Poll, ready};
 enum CopyInMessage {
     Message(FrontendMessage),
     Done,
-    // login-etl's patch: the copy never began; nothing more to send.
-    Abandon,
 }
 
 pub struct CopyInReceiver {
@@ -47,10 +45,6 @@ impl Stream for CopyInReceiver {
 
         match ready!(self.receiver.poll_next_unpin(cx)) {
             Some(CopyInMessage::Message(message)) => Poll::Ready(Some(message)),
-            Some(CopyInMessage::Abandon) => {
-                self.done = true;
-                Poll::Ready(None)
-            }
             Some(CopyInMessage::Done) => {
                 self.done = true;
                 let mut buf = BytesMut::new();
@@ -194,13 +188,25 @@ where
     }
 }
 
+// login-etl's patch (vendor/README.md): the COPY's Execute is followed by
+// Flush, not Sync; the one Sync is the one sent with CopyDone or CopyFail.
+// Upstream's Sync after Execute earned a ReadyForQuery of its own whenever
+// the server refused the COPY before reading it (a missing table, a lock
+// timeout, an aborted transaction), and the CopyFail and Sync sent after
+// the refusal earned a second one, which the connection then handed to the
+// next request as its answer.
 pub async fn copy_in<T>(client: &InnerClient, statement: Statement) -> Result<CopyInSink<T>, Error>
 where
     T: Buf + 'static + Send,
 {
     debug!("executing copy in statement {}", statement.name());
 
-    let buf = query::encode(client, &statement, slice_iter(&[]))?;
+    let buf = client.with_buf(|buf| {
+        query::encode_bind(&statement, slice_iter(&[]), "", buf)?;
+        frontend::execute("", 0, buf).map_err(Error::encode)?;
+        frontend::flush(buf);
+        Ok(buf.split().freeze())
+    })?;
     start(client, buf, false).await
 }
 
@@ -217,7 +223,7 @@ where
         frontend::parse("", query, std::iter::empty(), buf).map_err(Error::parse)?;
         query::encode_bind(&Statement::unnamed(vec![], vec![]), slice_iter(&[]), "", buf)?;
         frontend::execute("", 0, buf).map_err(Error::encode)?;
-        frontend::sync(buf);
+        frontend::flush(buf);
         Ok(buf.split().freeze())
     })?;
     start(client, buf, true).await
@@ -236,35 +242,21 @@ where
         .await
         .map_err(|_| Error::closed())?;
 
-    let started = async {
-        if parsed {
-            match responses.next().await? {
-                Message::ParseComplete => {}
-                _ => return Err(Error::unexpected_message()),
-            }
-        }
-
+    if parsed {
         match responses.next().await? {
-            Message::BindComplete => {}
+            Message::ParseComplete => {}
             _ => return Err(Error::unexpected_message()),
         }
+    }
 
-        match responses.next().await? {
-            Message::CopyInResponse(_) => {}
-            _ => return Err(Error::unexpected_message()),
-        }
-        Ok(())
-    };
-    if let Err(e) = started.await {
-        // login-etl's patch (vendor/README.md): refused before the copy
-        // began, the server skipped to the Sync sent after Execute and
-        // answered it with ReadyForQuery, which ended this request. The
-        // CopyFail and Sync a dropped sender sends would earn a second
-        // ReadyForQuery, taken as the next request's answer.
-        if e.as_db_error().is_some() {
-            let _ = sender.send(CopyInMessage::Abandon).await;
-        }
-        return Err(e);
+    match responses.next().await? {
+        Message::BindComplete => {}
+        _ => return Err(Error::unexpected_message()),
+    }
+
+    match responses.next().await? {
+        Message::CopyInResponse(_) => {}
+        _ => return Err(Error::unexpected_message()),
     }
 
     Ok(CopyInSink {
