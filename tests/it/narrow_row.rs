@@ -360,23 +360,23 @@ async fn a_wide_table_with_rows_is_upgraded_while_the_previous_layout_writes() {
     assert!(gone, "the old parent is dropped");
 
     // The readers read the view as they read the table, no more.
-    const EVERY: &str = "SELECT count(*), count(masked_ip) FROM user_logins";
-    const TWO: &str = "SELECT count(user_id), count(create_date) FROM user_logins";
-    let analyst = connect(&with_user(&db.url, &analyst)).await;
-    let auditor = connect(&with_user(&db.url, &auditor)).await;
+    const EVERY_COLUMN: &str = "SELECT count(*), count(masked_ip) FROM user_logins";
+    const TWO_COLUMNS: &str = "SELECT count(user_id), count(create_date) FROM user_logins";
+    let analyst_client = connect(&with_user(&db.url, &analyst)).await;
+    let auditor_client = connect(&with_user(&db.url, &auditor)).await;
     assert_eq!(
-        counts(&analyst, EVERY)
+        counts(&analyst_client, EVERY_COLUMN)
             .await
             .expect("the analyst reads every column of the view"),
-        counts(&owner, EVERY).await.unwrap()
+        counts(&owner, EVERY_COLUMN).await.unwrap()
     );
     assert_eq!(
-        counts(&auditor, TWO)
+        counts(&auditor_client, TWO_COLUMNS)
             .await
             .expect("the auditor reads its two columns of the view"),
-        counts(&owner, TWO).await.unwrap()
+        counts(&owner, TWO_COLUMNS).await.unwrap()
     );
-    let refused = auditor
+    let refused = auditor_client
         .query_one("SELECT count(masked_ip) FROM user_logins", &[])
         .await
         .expect_err("the auditor reads no other column");
@@ -384,7 +384,7 @@ async fn a_wide_table_with_rows_is_upgraded_while_the_previous_layout_writes() {
         refused.code(),
         Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
     );
-    for reader in [&analyst, &auditor] {
+    for reader in [&analyst_client, &auditor_client] {
         let refused = reader
             .query_one("SELECT count(*) FROM user_logins_rows", &[])
             .await

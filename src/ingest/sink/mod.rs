@@ -76,7 +76,8 @@ use classify::Failure;
 use tx::XidFloor;
 
 /// Batches at least this large try COPY first. Below it the INSERT's single
-/// round trip wins (COPY needs two); see benches/batch_pg.rs.
+/// round trip won when COPY needed three (benches/batch_pg.rs, 2026-11-22);
+/// with two since, the crossover may sit lower, not measured again.
 pub const COPY_MIN_ROWS: usize = 500;
 
 /// Pause before the one reconnect, so a server that is restarting or out of

@@ -191,10 +191,10 @@ where
 // login-etl's patch (vendor/README.md): the COPY's Execute is followed by
 // Flush, not Sync; the one Sync is the one sent with CopyDone or CopyFail.
 // Upstream's Sync after Execute earned a ReadyForQuery of its own whenever
-// the server refused the COPY before reading it (a missing table, a lock
-// timeout, an aborted transaction), and the CopyFail and Sync sent after
-// the refusal earned a second one, which the connection then handed to the
-// next request as its answer.
+// the server refused the COPY before entering copy-in mode, where a Sync is
+// ignored (a missing table, a lock timeout, an aborted transaction), and
+// the CopyFail and Sync sent after the refusal earned a second one, which
+// the connection then handed to the next request as its answer.
 pub async fn copy_in<T>(client: &InnerClient, statement: Statement) -> Result<CopyInSink<T>, Error>
 where
     T: Buf + 'static + Send,
