@@ -29,7 +29,10 @@
 //! and of `floor_lean` and `floor_lean_dated`, docs/narrow-row.md's
 //! layout C keyed without the date (the function's own since schema 23,
 //! as a plain table) and with it. `-- --bytes` measures the bytes alone (the same in test mode:
-//! `cargo test --bench floor -- --bytes`).
+//! `cargo test --bench floor -- --bytes`). `FLOOR_TEN_ONLY=N` runs N rounds
+//! at 10 rows and nothing else (`-- --short`: unjudged); `FLOOR_CROSSOVER=N`
+//! times the sink's COPY path against its INSERT path from 10 to 500 rows
+//! (where `COPY_MIN_ROWS` belongs), N rounds each, and nothing else.
 
 #[path = "common.rs"]
 mod common;
@@ -522,6 +525,53 @@ async fn print_bytes_per_row(
     }
 }
 
+/// Where COPY starts to pay: at each size, the sink's INSERT path against
+/// its COPY path (opened as for a batch of `COPY_MIN_ROWS`, whatever the
+/// rows), taking turns on rows of their own, `rounds` rounds; prints the
+/// median of the rounds' COPY / INSERT ratios (below 1: COPY is cheaper).
+async fn crossover(sink: &mut PgSink, masker: &Masker, rounds: usize, seed: &mut u64) {
+    use login_etl::ingest::sink::COPY_MIN_ROWS;
+    println!("COPY against INSERT, the sink's two paths ({rounds} rounds, median):");
+    for n in [10, 20, 50, 100, 200, 500] {
+        let mut ratios = Vec::new();
+        let mut times: [Vec<Duration>; 2] = Default::default();
+        for round in 0..rounds {
+            let mut this = [Duration::ZERO; 2];
+            for k in 0..2 {
+                let copy = (round + k) % 2 == 1;
+                *seed += 1;
+                let event = bench_event(n, *seed);
+                let batch = login_etl::SqsBatch::from(&event);
+                let rows = rows_of(&batch, masker);
+                let started = Instant::now();
+                let expected = if copy { COPY_MIN_ROWS.max(n) } else { 0 };
+                let mut writer = sink.start_batch(expected, None).await.unwrap();
+                for row in &rows {
+                    writer.push(row).await;
+                }
+                let report = writer
+                    .finish(&rows, Versions::at(1), false, None)
+                    .await
+                    .unwrap();
+                this[usize::from(copy)] = started.elapsed();
+                assert_eq!((report.copied, report.inserted as usize), (copy, n));
+            }
+            ratios.push(this[1].as_secs_f64() / this[0].as_secs_f64());
+            for i in 0..2 {
+                times[i].push(this[i]);
+            }
+        }
+        ratios.sort_by(f64::total_cmp);
+        let [mut insert, mut copy] = times;
+        println!(
+            "{n:>6} rows: INSERT {:.2} ms, COPY {:.2} ms; COPY / INSERT {:.2}",
+            ms(median(&mut insert)),
+            ms(median(&mut copy)),
+            ratios[ratios.len() / 2]
+        );
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     // `-- --short` (CI's make bench-gate): the short form's rounds, judged
@@ -570,16 +620,36 @@ async fn main() {
         drop_db(&db).await;
         return;
     }
+    if let Ok(rounds) = std::env::var("FLOOR_CROSSOVER") {
+        let rounds = rounds.parse().expect("FLOOR_CROSSOVER: a number of rounds");
+        println!("the sink's INSERT and COPY paths ({cpu}, PostgreSQL {server})");
+        // Untimed: each path's first batch (plans, caches).
+        crossover(&mut sink, &masker, 1, &mut seed).await;
+        crossover(&mut sink, &masker, rounds, &mut seed).await;
+        drop(sink);
+        drop(client);
+        drop_db(&db).await;
+        return;
+    }
     println!("the function's write against fixed floors ({cpu}, PostgreSQL {server})");
     // More rounds at 1,000 rows: a steadier median and more chances for
     // each path's fastest round to meet a quiet moment beside CI's builds.
     let (rounds_1000, rounds_10) = if full { (61, 101) } else { (61, 15) };
+    // FLOOR_TEN_ONLY=N: N rounds of 10 rows alone (a lever tried on the
+    // batch of 10, before against after), nothing at 1,000.
+    let (rounds_1000, rounds_10) = match std::env::var("FLOOR_TEN_ONLY").map(|v| v.parse()) {
+        Ok(Ok(rounds)) => (0, rounds),
+        _ => (rounds_1000, rounds_10),
+    };
     // Untimed: each path's first batch (connections, plans, caches).
     compare(&mut sink, &client, &masker, 10, 1, &mut seed).await;
     compare(&mut sink, &client, &masker, 1_000, 1, &mut seed).await;
     // (batch size, the ratio judged) for the gate.
     let mut judged = Vec::new();
     for (n, rounds) in [(10, rounds_10), (1_000, rounds_1000)] {
+        if rounds == 0 {
+            continue;
+        }
         let (ratio, medians) = compare(&mut sink, &client, &masker, n, rounds, &mut seed).await;
         println!("{n:>6} rows a batch, {rounds} rounds (median per row):");
         for (path, t) in PATHS.iter().zip(medians) {

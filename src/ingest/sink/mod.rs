@@ -75,10 +75,15 @@ use crate::table::schema;
 use classify::Failure;
 use tx::XidFloor;
 
-/// Batches at least this large try COPY first. Below it the INSERT's single
-/// round trip won when COPY needed three (benches/batch_pg.rs, 2026-11-22);
-/// with two since, the crossover may sit lower, not measured again.
-pub const COPY_MIN_ROWS: usize = 500;
+/// Batches at least this large try COPY first. With two round trips the
+/// COPY path costs, against the INSERT path's one, 0.98-1.03x at 10 and 20
+/// rows, 0.86-0.89x at 50, 0.80-0.86x at 100, 0.74-0.77x at 200 and
+/// 0.70-0.72x at 500, on 127.0.0.1 (`FLOOR_CROSSOVER=41 cargo bench --bench
+/// floor -- --short`, AMD EPYC, 2026-11-29). Within an AZ its second round
+/// trip costs about 0.5 ms: from 200 rows it saves more than that (0.66 to
+/// 1.0 ms), at 100 about as much as it costs. At 500, its value while COPY
+/// took three round trips, batches of 200 to 499 paid up to 1.4x.
+pub const COPY_MIN_ROWS: usize = 200;
 
 /// Pause before the one reconnect, so a server that is restarting or out of
 /// connection slots gets a moment.

@@ -89,7 +89,8 @@ async fn copy_fast_path_falls_back_to_insert_on_duplicates() {
 
 #[tokio::test]
 async fn copy_fast_path_refused_row_in_a_fifo_batch_keeps_order_semantics() {
-    fifo_batch_stops_at_refused_row(login_etl::ingest::sink::COPY_MIN_ROWS + 100, 550).await;
+    let n = login_etl::ingest::sink::COPY_MIN_ROWS;
+    fifo_batch_stops_at_refused_row(n + 100, n + 50).await;
 }
 
 /// The ingest role of `login-etl grants` runs the function with the vault
