@@ -8,17 +8,20 @@
 # figures in µs and their median. The literals cost the parser more than
 # the function's binary parameters do: compare the variants with each
 # other, and the bench (benches/floor.rs, FLOOR_TEN_ONLY) for the ratio.
-# Needs login-etl built (target/debug/login-etl) and a PostgreSQL at
-# PG_ADMIN_URL on this machine (default: the local server; /proc is read);
+# Run from the repository's root. Needs login-etl built
+# (target/debug/login-etl) and a PostgreSQL at PG_ADMIN_URL on this machine
+# (default: the local server, a URL without parameters; /proc is read);
 # makes and drops databases of its own.
 set -euo pipefail
+shopt -s inherit_errexit
+export PSQLRC=/dev/null
 url=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 runs=${RUNS:-4}
 base=login_etl_ten_cpu_$$
 dir=$(mktemp -d /tmp/ten_rows_cpu.XXXXXX)
 variants="full no_checks no_check_call no_settings"
 cleanup() {
-  for v in $variants; do psql "$url" -qc "DROP DATABASE IF EXISTS ${base}_$v" 2>/dev/null || true; done
+  for v in $variants; do psql "$url" -qc "DROP DATABASE IF EXISTS ${base}_$v WITH (FORCE)" || true; done
   rm -rf "$dir"
 }
 trap cleanup EXIT
@@ -32,7 +35,14 @@ done
 psql "$(dburl no_checks)" -qc "ALTER TABLE user_logins_rows DROP CONSTRAINT user_logins_rows_tokens_only, \
   DROP CONSTRAINT user_logins_rows_extra_scalars, DROP CONSTRAINT user_logins_rows_defects_codes_only"
 psql "$(dburl no_check_call)" -Atc "SELECT pg_get_functiondef(oid) FROM pg_proc WHERE proname = 'login_etl_write' \
-  AND pronargs = 18" | sed '/PERFORM login_etl_check_write/d' | psql "$(dburl no_check_call)" -q
+  AND pronargs = 18" | sed '/PERFORM login_etl_check_write/d' > "$dir/no_check_call.sql"
+grep -q 'INSERT INTO user_logins_rows' "$dir/no_check_call.sql"
+psql "$(dburl no_check_call)" -q -v ON_ERROR_STOP=1 -f "$dir/no_check_call.sql"
+if psql "$(dburl no_check_call)" -Atc "SELECT prosrc FROM pg_proc WHERE proname = 'login_etl_write' AND pronargs = 18" \
+  | grep -q login_etl_check_write; then
+  echo "the write function still calls login_etl_check_write: no variant without it" >&2
+  exit 1
+fi
 psql "$(dburl no_settings)" -qc "DO \$\$ DECLARE f regprocedure; BEGIN FOR f IN SELECT oid FROM pg_proc \
   WHERE proname IN ('login_etl_write', 'login_etl_check_write') LOOP EXECUTE format('ALTER FUNCTION %s RESET ALL', f); END LOOP; END \$\$"
 
@@ -76,12 +86,18 @@ cpu_per_tx() {
   local db; db=$(dburl "$2")
   local rows="SELECT (SELECT count(*) FROM user_logins_rows) + (SELECT count(*) FROM floor_plain)"
   pgbench "$db" -n -T 9 -f "$dir/$1.sql" > "$dir/run.out" 2>&1 &
-  local bench=$!
+  bench=$!
+  # (This runs in a subshell, where the cleanup's trap does not: stop
+  # pgbench here.)
+  fail() { kill "$bench" 2> /dev/null || true; echo "$1" >&2; cat "$dir/run.out" >&2; exit 1; }
   # pgbench's first connection only looks around and closes: take the
-  # backend that is still there once the row count is read.
+  # backend that is there once the row count is read, and still there at
+  # the end of the window.
   local pid="" stat r1 r2 c1 c2
   while :; do
-    pid=$(psql "$db" -Atc "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgbench' AND datname = current_database()")
+    kill -0 "$bench" 2> /dev/null || fail "pgbench ended before its backend was found"
+    pid=$(psql "$db" -Atc "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgbench' \
+      AND datname = current_database() ORDER BY backend_start DESC LIMIT 1")
     r1=$(psql "$db" -Atc "$rows")
     if [ -n "$pid" ] && read -ra stat < "/proc/$pid/stat" 2> /dev/null; then
       break
@@ -89,8 +105,11 @@ cpu_per_tx() {
   done
   c1=$((stat[13] + stat[14]))
   sleep 6  # a measuring window, not a synchronisation: pgbench runs on
-  r2=$(psql "$db" -Atc "$rows"); read -ra stat < "/proc/$pid/stat"; c2=$((stat[13] + stat[14]))
-  wait "$bench" || { cat "$dir/run.out" >&2; exit 1; }
+  r2=$(psql "$db" -Atc "$rows")
+  read -ra stat < "/proc/$pid/stat" || fail "backend $pid ended before the window did"
+  c2=$((stat[13] + stat[14]))
+  wait "$bench" || fail "pgbench failed"
+  [ $((r2 - r1)) -ge 10 ] || fail "no transaction in the window"
   echo $(( (c2 - c1) * 1000000 / $(getconf CLK_TCK) / ((r2 - r1) / 10) ))
 }
 

@@ -113,8 +113,10 @@ async fn a_cut_mid_copy_reconnects_exactly_once_and_the_batch_completes() {
 
 #[tokio::test]
 async fn a_cut_mid_insert_reconnects_exactly_once_and_the_batch_completes() {
-    // 300 rows take the INSERT path (about 75 kB in one pipeline).
-    cut_mid_statement_reconnects_once(300, 14, 30_000).await;
+    // A batch below COPY_MIN_ROWS takes the INSERT path (199 rows, about
+    // 50 kB in one pipeline).
+    let rows = login_etl::ingest::sink::COPY_MIN_ROWS - 1;
+    cut_mid_statement_reconnects_once(rows, 14, 30_000).await;
 }
 
 #[tokio::test]
@@ -179,7 +181,8 @@ async fn reply_lost_after_commit(count: usize, seed: u64, earlier: usize) -> (Te
 /// A lost reply to the INSERT path's COMMIT: its rows count as inserted.
 #[tokio::test]
 async fn a_reply_lost_after_an_insert_commit_counts_its_rows_as_inserted() {
-    reply_lost_after_commit(400, 13, 400 / 3).await;
+    let rows = login_etl::ingest::sink::COPY_MIN_ROWS - 1;
+    reply_lost_after_commit(rows, 13, rows / 3).await;
 }
 
 /// A COPY-sized batch, a third of it committed before: the COPY aborts on
@@ -749,7 +752,8 @@ async fn the_lost_reply_recount_needs_select_on_xmin_and_without_it_counts_dupli
         proxy.plan(&[Cut::ReplyAfterText("COMMIT;")]);
         let url = through_port(&ingest, proxy.port);
         let h = handler_with(&[("DATABASE_URL", &url), ("MASKING_KEY", TEST_KEY)]).await;
-        let event = batch(300, 17);
+        // The INSERT path's own recount (a COPY-sized batch falls back to it).
+        let event = batch(login_etl::ingest::sink::COPY_MIN_ROWS - 1, 17);
         let summary = handle_and_check(&h, &db, &event).await;
         assert_eq!(proxy.cuts().len(), 1);
         let valid = valid_ids(&event).len() as u64;
@@ -805,7 +809,8 @@ async fn assert_vault_matches_rows(db: &TestDb) {
 async fn vault_entries_commit_with_their_rows_through_a_cut_and_a_refused_row() {
     let local_key =
         || login_etl::privacy::vault::DataKey::new(&[7; 32], vec![1, 2, 3], "local").unwrap();
-    for count in [300, 1_500] {
+    // The INSERT path's size, then the COPY path's.
+    for count in [login_etl::ingest::sink::COPY_MIN_ROWS - 1, 1_500] {
         let db = TestDb::create().await;
         let proxy = Proxy::start(admin_port()).await;
         let h = proxied_handler(&db, &proxy, &[])
@@ -825,11 +830,13 @@ async fn vault_entries_commit_with_their_rows_through_a_cut_and_a_refused_row() 
             .await
             .unwrap();
         // And the first connection dies in the middle of the batch.
-        proxy.plan(&[Cut::ClientToServerAfter(if count > 500 {
-            200_000
-        } else {
-            40_000
-        })]);
+        proxy.plan(&[Cut::ClientToServerAfter(
+            if count >= login_etl::ingest::sink::COPY_MIN_ROWS {
+                200_000
+            } else {
+                40_000
+            },
+        )]);
         let (resp, summary) = h
             .handle(&SqsBatch::from(&event), Deadline::NONE)
             .await

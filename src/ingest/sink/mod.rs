@@ -80,8 +80,10 @@ use tx::XidFloor;
 /// rows, 0.86-0.89x at 50, 0.80-0.86x at 100, 0.74-0.77x at 200 and
 /// 0.70-0.72x at 500, on 127.0.0.1 (`FLOOR_CROSSOVER=41 cargo bench --bench
 /// floor -- --short`, AMD EPYC, 2026-11-29). Within an AZ its second round
-/// trip costs about 0.5 ms: from 200 rows it saves more than that (0.66 to
-/// 1.0 ms), at 100 about as much as it costs. At 500, its value while COPY
+/// trip costs about 0.5 ms: from 200 rows it saves more than that (0.60 to
+/// 0.99 ms in three runs), at 100 about as much (0.26 to 0.44 ms). A batch
+/// with a duplicate or a refused row pays a COPY that fails before its
+/// INSERT path, as at 500 (not measured at 200). At 500, its value while COPY
 /// took three round trips, batches of 200 to 499 paid up to 1.4x.
 pub const COPY_MIN_ROWS: usize = 200;
 
