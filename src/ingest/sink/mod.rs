@@ -76,12 +76,12 @@ use classify::Failure;
 use tx::XidFloor;
 
 /// Batches at least this large try COPY first. With two round trips the
-/// COPY path costs, against the INSERT path's one, 0.98-1.03x at 10 and 20
+/// COPY path costs, against the INSERT path's one, 0.95-1.03x at 10 and 20
 /// rows, 0.86-0.89x at 50, 0.80-0.86x at 100, 0.74-0.77x at 200 and
 /// 0.70-0.72x at 500, on 127.0.0.1 (`FLOOR_CROSSOVER=41 cargo bench --bench
 /// floor -- --short`, AMD EPYC, 2026-11-29). Within an AZ its second round
-/// trip costs about 0.5 ms: from 200 rows it saves more than that (0.60 to
-/// 0.99 ms in three runs), at 100 about as much (0.26 to 0.44 ms). A batch
+/// trip costs about 0.5 ms: from 200 rows it saves more than that (0.66 and
+/// 0.99 ms in those two runs), at 100 about as much (0.26 and 0.44 ms). A batch
 /// with a duplicate or a refused row pays a COPY that fails before its
 /// INSERT path, as at 500 (not measured at 200). At 500, its value while COPY
 /// took three round trips, batches of 200 to 499 paid up to 1.4x.
