@@ -32,8 +32,9 @@
 //! `cargo test --bench floor -- --bytes`). `FLOOR_TEN_ONLY=N` runs N rounds
 //! at 10 rows and nothing else (judged as the run would judge them: not
 //! with `-- --short`); `FLOOR_CROSSOVER=N`
-//! times the sink's COPY path against its INSERT path from 10 to 500 rows
-//! (where `COPY_MIN_ROWS` belongs), N rounds each, and nothing else.
+//! times the sink's COPY path against its INSERT path from 10 to 500 rows,
+//! fresh and redelivered (where `COPY_MIN_ROWS` belongs), N rounds each,
+//! and nothing else.
 
 #[path = "common.rs"]
 mod common;
@@ -529,7 +530,9 @@ async fn print_bytes_per_row(
 /// Where COPY starts to pay: at each size, the sink's INSERT path against
 /// its COPY path (opened as for a batch of `COPY_MIN_ROWS`, whatever the
 /// rows), taking turns on rows of their own, `rounds` rounds; prints the
-/// median of the rounds' COPY / INSERT ratios (below 1: COPY is cheaper).
+/// median of the rounds' COPY / INSERT ratios (below 1: COPY is cheaper),
+/// and the same for a redelivery of those rows (every row a duplicate: the
+/// COPY fails on the first and the batch takes the INSERT path after it).
 async fn crossover(sink: &mut PgSink, masker: &Masker, rounds: usize, seed: &mut u64, print: bool) {
     use login_etl::ingest::sink::COPY_MIN_ROWS;
     let rounds = rounds.max(1);
@@ -537,45 +540,56 @@ async fn crossover(sink: &mut PgSink, masker: &Masker, rounds: usize, seed: &mut
         println!("COPY against INSERT, the sink's two paths ({rounds} rounds, median):");
     }
     for n in [10, 20, 50, 100, 200, 500] {
-        let mut ratios = Vec::new();
-        let mut times: [Vec<Duration>; 2] = Default::default();
+        // [fresh rows, their redelivery]: ratios, then each path's times.
+        let mut ratios: [Vec<f64>; 2] = Default::default();
+        let mut times: [[Vec<Duration>; 2]; 2] = Default::default();
         for round in 0..rounds {
-            let mut this = [Duration::ZERO; 2];
+            let mut this = [[Duration::ZERO; 2]; 2];
             for k in 0..2 {
                 let copy = (round + k) % 2 == 1;
                 *seed += 1;
                 let event = bench_event(n, *seed);
                 let batch = login_etl::SqsBatch::from(&event);
                 let rows = rows_of(&batch, masker);
-                let started = Instant::now();
-                let expected = if copy { COPY_MIN_ROWS.max(n) } else { 0 };
-                let mut writer = sink.start_batch(expected, None).await.unwrap();
-                for row in &rows {
-                    writer.push(row).await;
+                for (again, t) in this.iter_mut().enumerate() {
+                    let started = Instant::now();
+                    let expected = if copy { COPY_MIN_ROWS.max(n) } else { 0 };
+                    let mut writer = sink.start_batch(expected, None).await.unwrap();
+                    for row in &rows {
+                        writer.push(row).await;
+                    }
+                    let report = writer
+                        .finish(&rows, Versions::at(1), false, None)
+                        .await
+                        .unwrap();
+                    t[usize::from(copy)] = started.elapsed();
+                    let written = if again == 0 { n } else { 0 };
+                    assert_eq!(
+                        (report.copied, report.inserted as usize),
+                        (copy && again == 0, written)
+                    );
                 }
-                let report = writer
-                    .finish(&rows, Versions::at(1), false, None)
-                    .await
-                    .unwrap();
-                this[usize::from(copy)] = started.elapsed();
-                assert_eq!((report.copied, report.inserted as usize), (copy, n));
             }
-            ratios.push(this[1].as_secs_f64() / this[0].as_secs_f64());
-            for i in 0..2 {
-                times[i].push(this[i]);
+            for again in 0..2 {
+                let [insert, copy] = this[again];
+                ratios[again].push(copy.as_secs_f64() / insert.as_secs_f64());
+                times[again][0].push(insert);
+                times[again][1].push(copy);
             }
         }
-        ratios.sort_by(f64::total_cmp);
-        let [mut insert, mut copy] = times;
         if !print {
             continue;
         }
-        println!(
-            "{n:>6} rows: INSERT {:.2} ms, COPY {:.2} ms; COPY / INSERT {:.2}",
-            ms(median(&mut insert)),
-            ms(median(&mut copy)),
-            ratios[ratios.len() / 2]
-        );
+        for (again, what) in ["", ", redelivered"].iter().enumerate() {
+            ratios[again].sort_by(f64::total_cmp);
+            let [insert, copy] = &mut times[again];
+            println!(
+                "{n:>6} rows{what}: INSERT {:.2} ms, COPY {:.2} ms; COPY / INSERT {:.2}",
+                ms(median(insert)),
+                ms(median(copy)),
+                ratios[again][ratios[again].len() / 2]
+            );
+        }
     }
 }
 

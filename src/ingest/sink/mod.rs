@@ -83,8 +83,11 @@ use tx::XidFloor;
 /// trip costs about 0.5 ms: from 200 rows it saves more than that (0.66 and
 /// 0.99 ms in those two runs), at 100 about as much (0.26 and 0.44 ms). A batch
 /// with a duplicate or a refused row pays a COPY that fails before its
-/// INSERT path, as at 500 (not measured at 200). At 500, its value while COPY
-/// took three round trips, batches of 200 to 499 paid up to 1.4x.
+/// INSERT path, as from 500 before: a redelivery, every row a duplicate,
+/// 1.59x the INSERT path's at 200 rows, 1.72x at 500 (1.2 and 4.1 ms; the
+/// same bench, one run beside a CI run), rare beside fresh batches. At 500,
+/// its value while COPY took three round trips, batches of 200 to 499 paid
+/// up to 1.4x.
 pub const COPY_MIN_ROWS: usize = 200;
 
 /// Pause before the one reconnect, so a server that is restarting or out of
