@@ -36,7 +36,10 @@ psql "$(dburl no_checks)" -qc "ALTER TABLE user_logins_rows DROP CONSTRAINT user
   DROP CONSTRAINT user_logins_rows_extra_scalars, DROP CONSTRAINT user_logins_rows_defects_codes_only"
 psql "$(dburl no_check_call)" -Atc "SELECT pg_get_functiondef(oid) FROM pg_proc WHERE proname = 'login_etl_write' \
   AND pronargs = 18" | sed '/PERFORM login_etl_check_write/d' > "$dir/no_check_call.sql"
-grep -q 'INSERT INTO user_logins_rows' "$dir/no_check_call.sql"
+grep -q 'INSERT INTO user_logins_rows' "$dir/no_check_call.sql" || {
+  echo "no login_etl_write of 18 arguments (the contract's columns changed?): update this script's write" >&2
+  exit 1
+}
 psql "$(dburl no_check_call)" -q -v ON_ERROR_STOP=1 -f "$dir/no_check_call.sql"
 if psql "$(dburl no_check_call)" -Atc "SELECT prosrc FROM pg_proc WHERE proname = 'login_etl_write' AND pronargs = 18" \
   | grep -q login_etl_check_write; then
@@ -113,14 +116,15 @@ cpu_per_tx() {
   echo $(( (c2 - c1) * 1000000 / $(getconf CLK_TCK) / ((r2 - r1) / 10) ))
 }
 
+pairs="floor:full function:full function:no_checks function:no_check_call function:no_settings"
 declare -A seen
 for _ in $(seq "$runs"); do
-  for pair in floor:full function:full function:no_checks function:no_check_call function:no_settings; do
+  for pair in $pairs; do
     seen[$pair]="${seen[$pair]:-} $(cpu_per_tx "${pair%%:*}" "${pair#*:}")"
   done
 done
 echo "server CPU per transaction of 10 rows, µs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"
-for pair in floor:full function:full function:no_checks function:no_check_call function:no_settings; do
+for pair in $pairs; do
   median=$(tr ' ' '\n' <<< "${seen[$pair]}" | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
   printf '  %-36s %s (median %s)\n' "$pair" "${seen[$pair]# }" "$median"
 done

@@ -75,19 +75,11 @@ use crate::table::schema;
 use classify::Failure;
 use tx::XidFloor;
 
-/// Batches at least this large try COPY first. With two round trips the
-/// COPY path costs, against the INSERT path's one, 0.95-1.03x at 10 and 20
-/// rows, 0.86-0.89x at 50, 0.80-0.86x at 100, 0.74-0.77x at 200 and
-/// 0.70-0.72x at 500, on 127.0.0.1 (`FLOOR_CROSSOVER=41 cargo bench --bench
-/// floor -- --short`, AMD EPYC, 2026-11-29). Within an AZ its second round
-/// trip costs about 0.5 ms: from 200 rows it saves more than that (0.66 and
-/// 0.99 ms in those two runs), at 100 about as much (0.26 and 0.44 ms). A batch
-/// with a duplicate or a refused row pays a COPY that fails before its
-/// INSERT path, as from 500 before: a redelivery, every row a duplicate,
-/// 1.59x the INSERT path's at 200 rows, 1.72x at 500 (1.2 and 4.1 ms; the
-/// same bench, one run beside a CI run), rare beside fresh batches. At 500,
-/// its value while COPY took three round trips, batches of 200 to 499 paid
-/// up to 1.4x.
+/// Batches at least this large try COPY first: from 200 rows the COPY path
+/// saves more than its second round trip costs within an AZ (about 0.5 ms);
+/// at 100 about as much. A whole redelivered batch pays a failed COPY
+/// first, rare beside fresh ones. Figures: `FLOOR_CROSSOVER=41 cargo bench
+/// --bench floor -- --short` (docs/performance.md, "The function").
 pub const COPY_MIN_ROWS: usize = 200;
 
 /// Pause before the one reconnect, so a server that is restarting or out of
