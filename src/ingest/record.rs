@@ -10,7 +10,7 @@ use crate::contract::{
     Contract, LoginRow, MAX_MESSAGE_ID_CHARS, Rejection, RowKeyAndTokens, parse_body_with,
 };
 use crate::ingest::event::{RebuiltClaim, SqsRecord};
-use crate::privacy::masking::Masker;
+use crate::privacy::masking::{Masker, signature_version};
 
 /// The key a message's row is stored under: its message id and the
 /// `SentTimestamp` its day comes from.
@@ -55,6 +55,21 @@ pub fn row_key<'a>(message_id: &'a str, message: &'a SqsRecord, masker: &Masker)
             redriven: false,
         },
     }
+}
+
+/// Whether a signature the message carries (a redrive claim's or a
+/// dead-letter copy's) names a key version newer than `masker`'s: the
+/// database moved (`login-etl rotate-key`) since this environment last
+/// read it, and the message cannot be judged until it reads it again. The
+/// version is only read, not checked: anyone can write one.
+pub fn signed_after(message: &SqsRecord, masker: &Masker) -> bool {
+    let Some(a) = message.message_attributes.as_ref() else {
+        return false;
+    };
+    [&a.source_signature, &a.copy_signature]
+        .into_iter()
+        .filter_map(|s| signature_version(s.as_deref()?))
+        .any(|v| v > masker.version())
 }
 
 /// Refuses a message the DLQ operator's role sent (`operator_role_id`,

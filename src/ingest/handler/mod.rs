@@ -34,7 +34,7 @@ use crate::ingest::dlq::{CopyFacts, DeadLetterQueue, Rejected};
 use crate::ingest::event::{SqsBatch, SqsRecord};
 use crate::ingest::metrics::{InvocationMetrics, Metrics};
 use crate::ingest::record;
-use crate::ingest::sink::{InsertReport, PgSink};
+use crate::ingest::sink::{BatchWriter, InsertReport, PgSink};
 use crate::ingest::trace::{BatchTrace, MessageOutcome, Tracer};
 use crate::privacy::dead_letter::rebuilt::{Rebuilt, RebuiltVerifier, Verdict};
 use crate::privacy::keys::{BatchKeys, Keys};
@@ -206,31 +206,108 @@ impl BatchHandler {
         // checked by the write). When the database fails before the write
         // begins, every record is still validated with the newest key held,
         // so the rejects reach the DLQ all the same; nothing is written.
-        let (keys, mut early) = match sink.batch_keys(&self.keys, deadline, true).await {
-            Ok(keys) => (keys, None),
-            Err(e) => (self.keys.unchecked(), Some(e)),
-        };
-        out.masker = Some(keys.masker.clone());
-        let mut writer = None;
+        let (mut keys, mut early) = self.batch_keys(sink, deadline).await;
         // From the COPY's start (its rows stream while records are read).
         let write_span = trace.write();
-        if early.is_none() {
-            match sink.start_batch(batch.size_hint(), deadline).await {
-                Ok(w) => writer = Some(w),
-                Err(e) => early = Some(e),
+        // A record signed at a key version newer than the batch's: the
+        // database moved (rotate-key) since this environment last read it.
+        // No claim is judged by a version the database has left: the keys
+        // are read again, and the batch from its start, once.
+        let mut moved = false;
+        let (writer, unhandled) = loop {
+            out.masker = Some(keys.masker.clone());
+            let mut writer = None;
+            if early.is_none() {
+                match sink.start_batch(batch.size_hint(), deadline).await {
+                    Ok(w) => writer = Some(w),
+                    Err(e) => early = Some(e),
+                }
             }
+            let watch = !moved && early.is_none();
+            match self.read_records(batch, out, &keys, writer.as_mut(), watch).await {
+                Read::KeysMoved => {
+                    if let Some(writer) = writer {
+                        writer.abandon().await;
+                    }
+                    sink.forget_erased();
+                    *out = BatchWork::new(fifo, deadline);
+                    (keys, early) = self.batch_keys(sink, deadline).await;
+                    moved = true;
+                }
+                Read::Done(unhandled) => break (writer, unhandled),
+            }
+        };
+        if let Some(e) = unhandled.or_else(|| rest_of_ids(batch, out).err()) {
+            if let Some(writer) = writer {
+                writer.abandon().await;
+            }
+            return Err(e);
         }
-        let mut unhandled = None;
+        self.send_fifo_rejects(batch, out, trace).await;
+        if let Some(e) = early {
+            write_span.end(&[], Some(HandlerError::class_of(&e)));
+            return Ok(Err(e));
+        }
+        let writer = writer.expect("a writer whenever nothing failed before it");
+        let vault = self.vault.as_ref().map(|key| VaultWrite {
+            key,
+            batch: &out.vault,
+        });
+        let written = match writer.finish(&out.rows, keys.versions, fifo, vault).await {
+            Err(DbError::BatchOutdated) => self.write_again(sink, out).await,
+            written => written,
+        };
+        match &written {
+            Ok(report) => write_span.end_named(
+                Some(if report.copied { "COPY" } else { "INSERT" }),
+                &[
+                    ("db.operation.batch.size", out.rows.len() as i64),
+                    ("login_etl.inserted", report.inserted as i64),
+                    ("login_etl.statements", i64::from(report.statements)),
+                ],
+                None,
+            ),
+            Err(e) => write_span.end(&[], Some(HandlerError::class_of(e))),
+        }
+        Ok(written)
+    }
+
+    /// The batch's keys from `sink`; the newest held, with the error, when
+    /// the database cannot say them.
+    async fn batch_keys(
+        &self,
+        sink: &mut PgSink,
+        deadline: Option<Instant>,
+    ) -> (BatchKeys, Option<DbError>) {
+        match sink.batch_keys(&self.keys, deadline, true).await {
+            Ok(keys) => (keys, None),
+            Err(e) => (self.keys.unchecked(), Some(e)),
+        }
+    }
+
+    /// Validates and masks each record with `keys`, in batch order, each
+    /// valid row into `writer` (when there is one) as it comes. With
+    /// `watch`, stops at a record signed at a key version newer than
+    /// `keys`' ([`record::signed_after`]): [`Read::KeysMoved`].
+    async fn read_records<'b>(
+        &self,
+        batch: &'b SqsBatch,
+        out: &mut BatchWork<'b>,
+        keys: &BatchKeys,
+        mut writer: Option<&mut BatchWriter<'_>>,
+        watch: bool,
+    ) -> Read {
+        let fifo = out.fifo;
         for pos in (0..).take_while(|&pos| batch.has(pos)) {
             let id = match message_id(batch, pos) {
                 Ok(id) => id,
-                Err(e) => {
-                    unhandled = Some(e);
-                    break;
-                }
+                Err(e) => return Read::Done(Some(e)),
             };
             out.ids.push(id);
             let message = batch.record(pos);
+            if watch && record::signed_after(message, &keys.masker) {
+                return Read::KeysMoved;
+            }
             let transformed = if message.claims_rebuilt() {
                 match self.rebuilt_row(message, &keys.masker).await {
                     Some(row) => row,
@@ -288,39 +365,7 @@ impl BatchHandler {
                 }
             }
         }
-        if let Some(e) = unhandled.or_else(|| rest_of_ids(batch, out).err()) {
-            if let Some(writer) = writer {
-                writer.abandon().await;
-            }
-            return Err(e);
-        }
-        self.send_fifo_rejects(batch, out, trace).await;
-        if let Some(e) = early {
-            write_span.end(&[], Some(HandlerError::class_of(&e)));
-            return Ok(Err(e));
-        }
-        let writer = writer.expect("a writer whenever nothing failed before it");
-        let vault = self.vault.as_ref().map(|key| VaultWrite {
-            key,
-            batch: &out.vault,
-        });
-        let written = match writer.finish(&out.rows, keys.versions, fifo, vault).await {
-            Err(DbError::BatchOutdated) => self.write_again(sink, out).await,
-            written => written,
-        };
-        match &written {
-            Ok(report) => write_span.end_named(
-                Some(if report.copied { "COPY" } else { "INSERT" }),
-                &[
-                    ("db.operation.batch.size", out.rows.len() as i64),
-                    ("login_etl.inserted", report.inserted as i64),
-                    ("login_etl.statements", i64::from(report.statements)),
-                ],
-                None,
-            ),
-            Err(e) => write_span.end(&[], Some(HandlerError::class_of(e))),
-        }
-        Ok(written)
+        Read::Done(None)
     }
 
     /// The row of a rebuilt login whose seal opens; a reject when it does
@@ -664,6 +709,14 @@ impl<'b> BatchWork<'b> {
             })
             .collect()
     }
+}
+
+/// How reading a batch's records ended ([`BatchHandler::read_records`]).
+enum Read {
+    /// Every record read, or the batch cannot be handled (the error).
+    Done(Option<HandlerError>),
+    /// A record is signed at a key version newer than the batch's keys.
+    KeysMoved,
 }
 
 /// The record's `messageId`; without one (or when the record is not an

@@ -49,6 +49,7 @@ mod copy;
 mod insert;
 mod tx;
 mod writer;
+pub use writer::BatchWriter;
 
 use std::time::{Duration, Instant};
 

@@ -23,6 +23,7 @@ use login_etl::table::privileges::Role;
 use login_etl::{Deadline, SqsBatch};
 use serde_json::Value;
 
+mod claims;
 mod keys;
 mod rekeying;
 mod switch;
