@@ -190,7 +190,11 @@ impl Plan {
         while at < end {
             // Now and then a burst (a fleet of apps back online at once):
             // batches of 500 and more for the function, the COPY path.
-            let size = if rng.random_bool(0.003) {
+            // No redriven copy in it: one copy of a stored login refuses
+            // the whole COPY (the batch then takes the INSERT path), and
+            // the COPY must commit beside the operations too.
+            let burst = rng.random_bool(0.003);
+            let size = if burst {
                 rng.random_range(600..=1_000)
             } else {
                 rng.random_range(1..=(self.shape.rate / 10).max(2))
@@ -199,7 +203,7 @@ impl Plan {
             for _ in 0..size {
                 n += 1;
                 let id = format!("soak-{}-{n:07}", self.seed);
-                let copy_of = (rng.random_bool(0.02) && !valid_sent.is_empty())
+                let copy_of = (rng.random_bool(0.02) && !burst && !valid_sent.is_empty())
                     .then(|| valid_sent.choose(rng).unwrap().clone());
                 if let Some(original) = copy_of {
                     // The copy's body is the original's (found by the runner).
