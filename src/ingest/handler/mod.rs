@@ -9,7 +9,8 @@
 //! handler, the batch's working state ([`BatchWork`]) and the report's
 //! parts. Which keys a batch is masked with, and the erasure list it is
 //! filtered by, the handler asks `crate::privacy::keys::Keys` once per
-//! batch, on the way down to the sink. Beside this file:
+//! batch, on the way down to the sink (again when a record is signed at a
+//! newer key version, or the write finds them out of date). Beside this file:
 //! - [`build`]: the handler's settings, set once at a cold start;
 //! - [`outcome`]: the response, the summary and the deadline (the handler's
 //!   answer, which the metrics and `login-etl poll` read too).
@@ -223,13 +224,17 @@ impl BatchHandler {
                     Err(e) => early = Some(e),
                 }
             }
-            let watch = !moved && early.is_none();
-            match self.read_records(batch, out, &keys, writer.as_mut(), watch).await {
+            let newer = match (early.is_some(), moved) {
+                (true, _) => Newer::Hold,
+                (false, false) => Newer::ReadAgain,
+                (false, true) => Newer::Judge,
+            };
+            match self.read_records(batch, out, &keys, writer.as_mut(), newer).await {
                 Read::KeysMoved => {
                     if let Some(writer) = writer {
                         writer.abandon().await;
                     }
-                    sink.forget_erased();
+                    sink.forget_key_state();
                     *out = BatchWork::new(fifo, deadline);
                     (keys, early) = self.batch_keys(sink, deadline).await;
                     moved = true;
@@ -286,16 +291,16 @@ impl BatchHandler {
     }
 
     /// Validates and masks each record with `keys`, in batch order, each
-    /// valid row into `writer` (when there is one) as it comes. With
-    /// `watch`, stops at a record signed at a key version newer than
-    /// `keys`' ([`record::signed_after`]): [`Read::KeysMoved`].
+    /// valid row into `writer` (when there is one) as it comes. A record
+    /// signed at a key version newer than `keys`'
+    /// ([`record::signed_after`]) is treated as `newer` says.
     async fn read_records<'b>(
         &self,
         batch: &'b SqsBatch,
         out: &mut BatchWork<'b>,
         keys: &BatchKeys,
         mut writer: Option<&mut BatchWriter<'_>>,
-        watch: bool,
+        newer: Newer,
     ) -> Read {
         let fifo = out.fifo;
         for pos in (0..).take_while(|&pos| batch.has(pos)) {
@@ -305,8 +310,16 @@ impl BatchHandler {
             };
             out.ids.push(id);
             let message = batch.record(pos);
-            if watch && record::signed_after(message, &keys.masker) {
-                return Read::KeysMoved;
+            if newer != Newer::Judge && record::signed_after(message, &keys.masker) {
+                if newer == Newer::ReadAgain {
+                    return Read::KeysMoved;
+                }
+                // No key state to judge its claim by: it comes back.
+                out.held.push(pos);
+                if fifo {
+                    break;
+                }
+                continue;
             }
             let transformed = if message.claims_rebuilt() {
                 match self.rebuilt_row(message, &keys.masker).await {
@@ -679,7 +692,8 @@ struct BatchWork<'b> {
     /// Positions of records of erased users (handled, not stored), ascending.
     erased: Vec<usize>,
     /// Positions of rebuilt logins whose seal could not be checked (KMS did
-    /// not answer, or refused the function): failed, to come back.
+    /// not answer, or refused the function), and of records signed at a key
+    /// version no key state read could judge: failed, to come back.
     held: Vec<usize>,
     /// The masker the batch was validated with: what its DLQ copies are
     /// masked and signed with.
@@ -709,6 +723,21 @@ impl<'b> BatchWork<'b> {
             })
             .collect()
     }
+}
+
+/// What becomes of a record signed at a key version newer than the
+/// batch's keys ([`BatchHandler::read_records`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Newer {
+    /// The batch stops, to be read again once the keys are read again.
+    ReadAgain,
+    /// The keys were read again: its claim is judged by them (a version no
+    /// database is at is no claim).
+    Judge,
+    /// The keys could not be read (the database did not answer, or this
+    /// environment cannot reach its version): the record is held, to come
+    /// back, rather than judged by keys the database may have left.
+    Hold,
 }
 
 /// How reading a batch's records ended ([`BatchHandler::read_records`]).

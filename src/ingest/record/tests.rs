@@ -336,3 +336,29 @@ fn a_rebuilt_login_dated_outside_what_sqs_keeps_is_refused() {
         assert_eq!(at(too_far), Err(Rejection::SentTimestampOutOfRange), "{too_far}");
     }
 }
+
+#[test]
+fn a_signature_names_a_newer_key_version_only_in_its_plain_form() {
+    let key = |b: &str| crate::privacy::masking::MaskingKey::from_hex(&b.repeat(32), "test");
+    let masker = Masker::new(&key("ab").unwrap());
+    let with = |source: Option<&str>, copy: Option<&str>| SqsRecord {
+        message_attributes: Some(crate::ingest::event::SourceAttributes {
+            source_signature: source.map(str::to_owned),
+            copy_signature: copy.map(str::to_owned),
+            ..Default::default()
+        }),
+        ..SqsRecord::default()
+    };
+    let hex = "0".repeat(64);
+    let v = |n: &str| format!("v{n}.{hex}");
+    assert!(!signed_after(&SqsRecord::default(), &masker), "no attributes");
+    assert!(!signed_after(&with(None, None), &masker));
+    assert!(!signed_after(&with(Some(&v("1")), None), &masker), "its own version");
+    assert!(signed_after(&with(Some(&v("2")), None), &masker));
+    assert!(signed_after(&with(None, Some(&v("2"))), &masker), "a copy's signature");
+    assert!(signed_after(&with(Some(&v("1")), Some(&v("3"))), &masker));
+    // Not the form a signature has: no version read from it.
+    for odd in ["v.", "vx.1", "v2", "2.abc", "v65536.0", "v-2.0", ""] {
+        assert!(!signed_after(&with(Some(odd), Some(odd)), &masker), "{odd:?}");
+    }
+}

@@ -49,7 +49,7 @@ mod copy;
 mod insert;
 mod tx;
 mod writer;
-pub use writer::BatchWriter;
+pub(crate) use writer::BatchWriter;
 
 use std::time::{Duration, Instant};
 
@@ -292,6 +292,13 @@ impl PgSink {
         if self.profile == Profile::Masking {
             self.schema_checked = false;
         }
+    }
+
+    /// Drops the key state kept, and nothing else: the next batch's keys
+    /// are read from the database (a record names a key version newer than
+    /// the one kept).
+    pub fn forget_key_state(&mut self) {
+        self.key_state.forget();
     }
 
     /// A batch's keys: from the list kept when it answers alone

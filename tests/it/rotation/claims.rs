@@ -69,7 +69,10 @@ async fn a_redriven_original_signed_after_a_rotation_lands_on_its_row_in_an_envi
     // dlq-redrive, after the rotation, signs at version 2.
     let signer = masker(2);
     for (i, h) in [&both, &old].into_iter().enumerate() {
-        let back = one(redriven(
+        // A new login before it: the batch is read again from its start,
+        // and the login stored once.
+        let mut back = event(1, 4110 + i as u64, None);
+        back.records.push(redriven(
             &stored.records[i],
             &format!("redriven-{i}"),
             &signer,
@@ -77,15 +80,15 @@ async fn a_redriven_original_signed_after_a_rotation_lands_on_its_row_in_an_envi
         assert!(deliver(h, &back).await.is_empty(), "environment {i}");
         assert_eq!(
             count_rows(&db.client().await).await,
-            rows,
-            "environment {i}: the redriven original lands on its own row, not a new one"
+            rows + 1 + i as i64,
+            "environment {i}: the new login once, the redriven original on its own row"
         );
     }
     // The check above can fail: unsigned, the same message is a new row.
     let mut unsigned = redriven(&stored.records[2], "redriven-unsigned", &signer);
     unsigned.message_attributes.remove("source_signature");
     assert!(deliver(&both, &one(unsigned)).await.is_empty());
-    assert_eq!(count_rows(&db.client().await).await, rows + 1);
+    assert_eq!(count_rows(&db.client().await).await, rows + 3);
     // A producer's version no database is at: read again once, then judged
     // as it is (no claim), its message stored on its own row.
     let mut forged = redriven(&stored.records[3], "forged", &signer);
@@ -94,7 +97,7 @@ async fn a_redriven_original_signed_after_a_rotation_lands_on_its_row_in_an_envi
         attr(&format!("v9.{}", "0".repeat(64))),
     );
     assert!(deliver(&old, &one(forged)).await.is_empty());
-    assert_eq!(count_rows(&db.client().await).await, rows + 2);
+    assert_eq!(count_rows(&db.client().await).await, rows + 4);
 }
 
 /// A record as a DLQ copy comes back (SQS moved it, or someone sent it on).
@@ -186,4 +189,50 @@ async fn the_copy_of_a_claim_signed_after_a_rotation_names_its_original_in_an_en
     let again = common::sqs::receive_all(&sqs, &dlq_url, Some(60)).await;
     assert_eq!(again.len(), 1);
     assert_eq!(named(&again[0]), "original-0", "still the original");
+}
+
+#[tokio::test]
+#[ignore = "needs moto_server on PATH or in MOTO_SERVER; run by `make test`"]
+async fn a_claim_no_key_state_can_judge_comes_back_and_gets_no_copy() {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let (_moto, port) = common::moto::start_moto();
+    let sqs = common::sqs::sqs_client(&format!("http://127.0.0.1:{port}")).await;
+    let out = sqs
+        .create_queue()
+        .queue_name("claims-dlq.fifo")
+        .attributes(QueueAttributeName::FifoQueue, "true")
+        .send()
+        .await
+        .unwrap();
+    let dlq_url = out.queue_url().unwrap().to_owned();
+    let db = TestDb::create().await;
+    let ingest = db.ingest_url().await;
+    // Version 1 only, and no secret to read again: after the rotation it
+    // can judge no claim of version 2.
+    let h = function(&ingest, 1)
+        .await
+        .with_dead_letter_queue(DeadLetterQueue::new(sqs.clone(), dlq_url.clone()));
+    assert!(deliver(&h, &event(3, 4300, None)).await.is_empty());
+    rotate(&db, 2, RekeyOptions::default()).await;
+
+    // A FIFO queue's rejects go to the DLQ before the write: an original
+    // that is still no login, sent back after the rotation.
+    let mut original = event(1, 4301, None).records.remove(0);
+    original.message_id = Some("original-0".into());
+    original.body = Some("{\"user_id\": ".into());
+    original.event_source_arn = Some("arn:aws:sqs:us-east-1:123456789012:logins.fifo".into());
+    original
+        .attributes
+        .insert("MessageGroupId".into(), "group-0".into());
+    let back = one(redriven(&original, "redriven-0", &masker(2)));
+    assert_eq!(deliver(&h, &back).await, ["redriven-0"], "it comes back");
+    let copies = common::sqs::receive_all(&sqs, &dlq_url, Some(60)).await;
+    assert!(
+        copies.is_empty(),
+        "no copy under the wrong original: {:?}",
+        copies
+            .iter()
+            .map(|m| m.message_attributes().unwrap()["source_message_id"].string_value())
+            .collect::<Vec<_>>()
+    );
 }
