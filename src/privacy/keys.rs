@@ -162,6 +162,10 @@ pub struct Keys {
     /// last said ([`redrive_floor`]): [`Keys::unchecked`] keeps it, so a
     /// database that is down lets no retired key's claim through.
     floor: std::sync::atomic::AtomicU16,
+    /// The database's key version as it last said it (0: not yet):
+    /// [`Keys::unchecked`] masks and signs at it, not at a newer version
+    /// the secret holds before rotate-key has moved the database there.
+    stated: std::sync::atomic::AtomicU16,
 }
 
 /// What one batch is masked and filtered with: the erasure list and the
@@ -186,6 +190,7 @@ impl Keys {
             masker: RwLock::new(Arc::new(masker)),
             reload: None,
             floor: std::sync::atomic::AtomicU16::new(1),
+            stated: std::sync::atomic::AtomicU16::new(0),
         }
     }
 
@@ -197,14 +202,19 @@ impl Keys {
         self
     }
 
-    /// The keys at the newest version held, with an empty erasure list:
-    /// what a batch is still validated with when the database cannot say
-    /// its version (its rejects reach the DLQ; nothing is written).
+    /// The keys at the database's version as it last said it (the newest
+    /// held before it said any), with an empty erasure list: what a batch
+    /// is still validated with when the database cannot say its version
+    /// (its rejects reach the DLQ, their copies signed at that version,
+    /// which the database still takes; nothing is written).
     pub fn unchecked(&self) -> BatchKeys {
+        let held = self.held();
+        let stated = self.stated.load(std::sync::atomic::Ordering::Relaxed);
+        let masker = held.at(stated).unwrap_or_else(|| Masker::clone(&held));
         BatchKeys {
             versions: Versions::at(1),
             erased: ErasedUsers::default(),
-            masker: Masker::clone(&self.held())
+            masker: masker
                 .with_redrive_floor(self.floor.load(std::sync::atomic::Ordering::Relaxed)),
             tags: false,
         }
@@ -259,6 +269,8 @@ impl Keys {
         });
         let floor = redrive_floor(list.versions.key, list.key_changed_at, chrono::Utc::now());
         self.floor.store(floor, std::sync::atomic::Ordering::Relaxed);
+        self.stated
+            .store(list.versions.key, std::sync::atomic::Ordering::Relaxed);
         let keys = BatchKeys {
             versions: list.versions,
             erased: list.users,
@@ -522,6 +534,27 @@ mod tests {
         let tag = |pair: &str| crate::contract::Token::parse(&pair.repeat(32)).unwrap().tag();
         assert_eq!(tag("cd"), 4_144_959_589_210_620_228);
         assert_eq!(tag("ef"), 0x86ff_9fd5_71dc_3dde_u64 as i64);
+    }
+
+    #[tokio::test]
+    async fn without_the_database_a_batch_is_masked_at_the_version_it_last_stated() {
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        // The secret holds version 2 before rotate-key moves the database.
+        let keys = Keys::new(masker(&[&a, &b], 2));
+        assert_eq!(keys.unchecked().masker.version(), 2, "nothing stated yet");
+        let list = ErasureList {
+            versions: Versions::at(1),
+            users: ErasedUsers::default(),
+            checks: Arc::new(KeyChecks::default()),
+            erasure: false,
+            key_changed_at: None,
+        };
+        keys.against(list, true).await.unwrap();
+        assert_eq!(
+            keys.unchecked().masker.version(),
+            1,
+            "a copy signed at version 2 would be no claim to the database at 1"
+        );
     }
 
     #[test]

@@ -734,9 +734,10 @@ enum Newer {
     /// The keys were read again: its claim is judged by them (a version no
     /// database is at is no claim).
     Judge,
-    /// The keys could not be read (the database did not answer, or this
-    /// environment cannot reach its version): the record is held, to come
-    /// back, rather than judged by keys the database may have left.
+    /// The keys could not be read, or the write could not begin (the
+    /// database did not answer, or this environment cannot reach its
+    /// version): the record is held, to come back, rather than judged by
+    /// keys the database may have left.
     Hold,
 }
 

@@ -224,15 +224,24 @@ async fn a_claim_no_key_state_can_judge_comes_back_and_gets_no_copy() {
     original
         .attributes
         .insert("MessageGroupId".into(), "group-0".into());
-    let back = one(redriven(&original, "redriven-0", &masker(2)));
-    assert_eq!(deliver(&h, &back).await, ["redriven-0"], "it comes back");
-    let copies = common::sqs::receive_all(&sqs, &dlq_url, Some(60)).await;
+    // Before it, a reject with no claim: its copy shows the DLQ works.
+    let mut control = original.clone();
+    control.message_id = Some("control-0".into());
+    let mut back = one(control);
+    back.records
+        .push(redriven(&original, "redriven-0", &masker(2)));
     assert!(
-        copies.is_empty(),
-        "no copy under the wrong original: {:?}",
-        copies
-            .iter()
-            .map(|m| m.message_attributes().unwrap()["source_message_id"].string_value())
-            .collect::<Vec<_>>()
+        deliver(&h, &back).await.contains(&"redriven-0".to_owned()),
+        "it comes back"
+    );
+    let copies = common::sqs::receive_all(&sqs, &dlq_url, Some(60)).await;
+    let named: Vec<_> = copies
+        .iter()
+        .map(|m| m.message_attributes().unwrap()["source_message_id"].string_value())
+        .collect();
+    assert_eq!(
+        named,
+        [Some("control-0")],
+        "the control's copy, none under the wrong original"
     );
 }
