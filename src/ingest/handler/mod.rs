@@ -205,8 +205,9 @@ impl BatchHandler {
         let (fifo, deadline) = (out.fifo, out.deadline);
         // The keys and the erasure list, in memory (their versions are
         // checked by the write). When the database fails before the write
-        // begins, every record is still validated with the newest key held,
-        // so the rejects reach the DLQ all the same; nothing is written.
+        // begins, every record is still validated, at the key version the
+        // database last stated, so the rejects reach the DLQ all the same;
+        // nothing is written.
         let (mut keys, mut early) = self.batch_keys(sink, deadline).await;
         // From the COPY's start (its rows stream while records are read).
         let write_span = trace.write();
@@ -277,8 +278,8 @@ impl BatchHandler {
         Ok(written)
     }
 
-    /// The batch's keys from `sink`; the newest held, with the error, when
-    /// the database cannot say them.
+    /// The batch's keys from `sink`; when the database cannot say them,
+    /// [`Keys::unchecked`], with the error.
     async fn batch_keys(
         &self,
         sink: &mut PgSink,
