@@ -5,6 +5,14 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// A message attribute of text, as Lambda's SQS event carries it.
+pub fn string_attribute(value: &str) -> aws_lambda_events::event::sqs::SqsMessageAttribute {
+    let mut a = aws_lambda_events::event::sqs::SqsMessageAttribute::default();
+    a.string_value = Some(value.to_owned());
+    a.data_type = Some("String".to_owned());
+    a
+}
+
 /// A client with the function's own HTTP and timeout settings, aimed at `endpoint`.
 pub async fn sqs_client(endpoint: &str) -> Client {
     let shared = login_etl::secrets::sdk_config().await;

@@ -18,8 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use aws_lambda_events::event::sqs::{SqsEvent, SqsMessageAttribute};
+use aws_lambda_events::event::sqs::SqsEvent;
 use chrono::{NaiveDate, TimeDelta, Utc};
+use common::sqs::string_attribute;
 use common::*;
 use login_etl::synth::{self, Options};
 use login_etl::table::maintain::{MaintainOptions, MaintainReport};
@@ -191,13 +192,6 @@ async fn rows_land_in_their_days_partition_and_the_default_one_until_maintain_mo
     assert_eq!(writer.await.unwrap(), 10);
 }
 
-fn attr(value: &str) -> SqsMessageAttribute {
-    let mut a = SqsMessageAttribute::default();
-    a.string_value = Some(value.to_owned());
-    a.data_type = Some("String".to_owned());
-    a
-}
-
 #[tokio::test]
 async fn a_redelivery_and_a_redriven_dlq_copy_land_on_the_originals_row() {
     let db = TestDb::create().await;
@@ -221,13 +215,13 @@ async fn a_redelivery_and_a_redriven_dlq_copy_land_on_the_originals_row() {
         m.attributes
             .insert("SentTimestamp".into(), (sent + 86_400_000).to_string());
         m.message_attributes
-            .insert("source_message_id".into(), attr(&id));
+            .insert("source_message_id".into(), string_attribute(&id));
         m.message_attributes.insert(
             "source_signature".into(),
-            attr(&masker.redrive_signature(&id, &ts, m.body.as_deref().unwrap())),
+            string_attribute(&masker.redrive_signature(&id, &ts, m.body.as_deref().unwrap())),
         );
         m.message_attributes
-            .insert("source_sent_timestamp".into(), attr(&ts));
+            .insert("source_sent_timestamp".into(), string_attribute(&ts));
     }
     let copy = handle(&h, &redriven).await;
     assert_eq!((copy.inserted, copy.duplicates), (0, 30));

@@ -9,15 +9,33 @@ use super::*;
 
 use std::collections::HashMap as Attributes;
 
-use aws_lambda_events::event::sqs::{SqsMessage, SqsMessageAttribute};
+use aws_lambda_events::event::sqs::SqsMessage;
+use common::sqs::string_attribute;
 use login_etl::ingest::dlq::DeadLetterQueue;
 use login_etl::ingest::event::{RecordAttributes, SourceAttributes, SqsRecord};
 
-fn attr(value: &str) -> SqsMessageAttribute {
-    let mut a = SqsMessageAttribute::default();
-    a.string_value = Some(value.to_owned());
-    a.data_type = Some("String".to_owned());
-    a
+/// A dead-letter queue of its own in a moto of its own (`fifo`: a FIFO one).
+async fn dead_letter_queue(fifo: bool) -> (common::moto::Moto, aws_sdk_sqs::Client, String) {
+    let (moto, port) = common::moto::start_moto();
+    let sqs = common::sqs::sqs_client(&format!("http://127.0.0.1:{port}")).await;
+    let mut create = sqs.create_queue().queue_name(if fifo {
+        "claims-dlq.fifo"
+    } else {
+        "claims-dlq"
+    });
+    if fifo {
+        create = create.attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true");
+    }
+    let url = create.send().await.unwrap().queue_url().unwrap().to_owned();
+    (moto, sqs, url)
+}
+
+/// An original that is still no login (`original-0`), to be sent back.
+fn no_login(seed: u64) -> SqsMessage {
+    let mut original = event(1, seed, None).records.remove(0);
+    original.message_id = Some("original-0".into());
+    original.body = Some("{\"user_id\": ".into());
+    original
 }
 
 /// `original` sent back as `dlq-redrive` sends it: a new id and
@@ -37,7 +55,8 @@ fn redriven(original: &SqsMessage, id: &str, signer: &Masker) -> SqsMessage {
         ("source_sent_timestamp", sent.as_str()),
         ("source_signature", signature.as_str()),
     ] {
-        m.message_attributes.insert(name.into(), attr(value));
+        m.message_attributes
+            .insert(name.into(), string_attribute(value));
     }
     m
 }
@@ -94,7 +113,7 @@ async fn a_redriven_original_signed_after_a_rotation_lands_on_its_row_in_an_envi
     let mut forged = redriven(&stored.records[3], "forged", &signer);
     forged.message_attributes.insert(
         "source_signature".into(),
-        attr(&format!("v9.{}", "0".repeat(64))),
+        string_attribute(&format!("v9.{}", "0".repeat(64))),
     );
     assert!(deliver(&old, &one(forged)).await.is_empty());
     assert_eq!(count_rows(&db.client().await).await, rows + 4);
@@ -128,15 +147,7 @@ fn copy_come_back(m: &aws_sdk_sqs::types::Message, id: &str) -> SqsRecord {
 #[ignore = "needs moto_server on PATH or in MOTO_SERVER; run by `make test`"]
 async fn the_copy_of_a_claim_signed_after_a_rotation_names_its_original_in_an_environment_that_has_not_written_since()
  {
-    let (_moto, port) = common::moto::start_moto();
-    let sqs = common::sqs::sqs_client(&format!("http://127.0.0.1:{port}")).await;
-    let out = sqs
-        .create_queue()
-        .queue_name("claims-dlq")
-        .send()
-        .await
-        .unwrap();
-    let dlq_url = out.queue_url().unwrap().to_owned();
+    let (_moto, sqs, dlq_url) = dead_letter_queue(false).await;
     let db = TestDb::create().await;
     let ingest = db.ingest_url().await;
     let with_dlq = |h: BatchHandler| {
@@ -152,10 +163,7 @@ async fn the_copy_of_a_claim_signed_after_a_rotation_names_its_original_in_an_en
     rotate(&db, 2, RekeyOptions::default()).await;
 
     // An original that is still no login, sent back after the rotation.
-    let mut original = event(1, 4202, None).records.remove(0);
-    original.message_id = Some("original-0".into());
-    original.body = Some("{\"user_id\": ".into());
-    let back = one(redriven(&original, "redriven-0", &masker(2)));
+    let back = one(redriven(&no_login(4202), "redriven-0", &masker(2)));
     assert!(deliver(&first, &back).await.is_empty(), "rejected: handled");
     let copies = common::sqs::receive_all(&sqs, &dlq_url, Some(60)).await;
     assert_eq!(copies.len(), 1);
@@ -194,17 +202,7 @@ async fn the_copy_of_a_claim_signed_after_a_rotation_names_its_original_in_an_en
 #[tokio::test]
 #[ignore = "needs moto_server on PATH or in MOTO_SERVER; run by `make test`"]
 async fn a_claim_no_key_state_can_judge_comes_back_and_gets_no_copy() {
-    use aws_sdk_sqs::types::QueueAttributeName;
-    let (_moto, port) = common::moto::start_moto();
-    let sqs = common::sqs::sqs_client(&format!("http://127.0.0.1:{port}")).await;
-    let out = sqs
-        .create_queue()
-        .queue_name("claims-dlq.fifo")
-        .attributes(QueueAttributeName::FifoQueue, "true")
-        .send()
-        .await
-        .unwrap();
-    let dlq_url = out.queue_url().unwrap().to_owned();
+    let (_moto, sqs, dlq_url) = dead_letter_queue(true).await;
     let db = TestDb::create().await;
     let ingest = db.ingest_url().await;
     // Version 1 only, and no secret to read again: after the rotation it
@@ -217,9 +215,7 @@ async fn a_claim_no_key_state_can_judge_comes_back_and_gets_no_copy() {
 
     // A FIFO queue's rejects go to the DLQ before the write: an original
     // that is still no login, sent back after the rotation.
-    let mut original = event(1, 4301, None).records.remove(0);
-    original.message_id = Some("original-0".into());
-    original.body = Some("{\"user_id\": ".into());
+    let mut original = no_login(4301);
     original.event_source_arn = Some("arn:aws:sqs:us-east-1:123456789012:logins.fifo".into());
     original
         .attributes
