@@ -150,6 +150,19 @@ pub fn missing_privilege_hint(table: Option<&str>) -> String {
         Some(other) => format!("the function's role lacks a privilege on {other}"),
         None => "the function's role lacks a privilege".to_owned(),
     };
+    grants_hint(&what)
+}
+
+/// The hint for a write refused EXECUTE on one of the owner's functions
+/// (the ingest role's: `login_etl_write_tx` and the rest).
+pub fn missing_execute_hint(function: &str) -> String {
+    grants_hint(&format!(
+        "the function's role lacks EXECUTE on function {function}"
+    ))
+}
+
+/// `what` the role lacks, then the command that prints the grants.
+fn grants_hint(what: &str) -> String {
     format!(
         "; {what}: run the output of `login-etl grants --role ingest --to <the function's role> --profile <the database's: masking or full>` as the tables' owner (docs/configuration.md, \"Database roles\")"
     )

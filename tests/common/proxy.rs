@@ -30,7 +30,15 @@ pub enum Cut {
     /// server has answered that command (e.g. the COMMIT is executed, its
     /// answer is lost).
     ReplyAfterText(&'static str),
+    /// The same for a statement that is its transaction's only one (the
+    /// INSERT path's one-statement write): close both sides once the
+    /// server is ready again, idle (its Sync committed the statement), the
+    /// answer lost.
+    ReplyAfterReady(&'static str),
 }
+
+/// ReadyForQuery, idle: a transaction ended, the server waits for more.
+const READY_IDLE: &str = "Z\0\0\0\x05I";
 
 /// What the proxy did, for assertions.
 #[derive(Debug, Default)]
@@ -135,7 +143,9 @@ async fn relay(client: TcpStream, upstream_port: u16, cut: Cut, counters: Arc<Co
                 Cut::ReplyAfterRequest(limit) if total >= limit => {
                     armed2.store(true, Ordering::SeqCst)
                 }
-                Cut::ReplyAfterText(text) if contains(&buf[..n], text) => {
+                Cut::ReplyAfterText(text) | Cut::ReplyAfterReady(text)
+                    if contains(&buf[..n], text) =>
+                {
                     armed2.store(true, Ordering::SeqCst)
                 }
                 _ => {}
@@ -178,6 +188,7 @@ async fn relay(client: TcpStream, upstream_port: u16, cut: Cut, counters: Arc<Co
                         }
                         contains(&swallowed, tag)
                     }
+                    Cut::ReplyAfterReady(_) => contains(&swallowed, READY_IDLE),
                     _ => true,
                 };
                 if answered {

@@ -8,6 +8,11 @@
 //! without them:
 //! - the client sent `COMMIT` (or `ROLLBACK`): the transaction's last round
 //!   trip, its answer; answers then pass until the client sends again;
+//! - they end a transaction with no `COMMIT` (a statement's
+//!   CommandComplete, then ReadyForQuery, idle): a statement that was its
+//!   transaction's only one, committed by its Sync (the INSERT path's
+//!   one-statement write), whose answer the client waits for; counted as
+//!   that transaction's COMMIT;
 //! - they complete a statement's description (ParameterDescription, then
 //!   ReadyForQuery): only a prepare asks for one, and the client waits for
 //!   it to bind;
@@ -38,7 +43,8 @@ pub const STALL: Duration = Duration::from_secs(3);
 /// Why held answers were handed over: one round trip each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Turn {
-    /// The client sent COMMIT or ROLLBACK; this is its answer.
+    /// The client sent COMMIT or ROLLBACK, or a transaction ended without
+    /// one (its statement's Sync); this is its answer.
     Commit,
     /// A prepared statement's description.
     Describe,
@@ -204,6 +210,8 @@ async fn down(
     };
     let mut buf = vec![0u8; 64 * 1024];
     let (mut held, mut holding, mut described) = (Vec::new(), false, false);
+    // A statement ran (CommandComplete) since the last release.
+    let mut completed = false;
     let mut last_sent = Instant::now();
     let counted = |turn: Turn| shared.lock().unwrap().turns.push(turn);
     loop {
@@ -247,9 +255,16 @@ async fn down(
                 }
                 held.extend_from_slice(&buf[..n]);
                 let mut release = None;
-                while let Some((kind, _)) = framer.next() {
+                while let Some((kind, msg)) = framer.next() {
                     match kind {
                         Some(b't') => described = true,
+                        Some(b'C') => completed = true,
+                        // ReadyForQuery, idle, after a statement ran: its
+                        // transaction ended (a prepare runs none).
+                        Some(b'Z') if completed && msg.get(5) == Some(&b'I') => {
+                            (described, completed, holding) = (false, false, false);
+                            release = Some(Turn::Commit);
+                        }
                         Some(b'Z') if described => {
                             described = false;
                             release = Some(Turn::Describe);

@@ -124,7 +124,8 @@ async fn a_database_migrated_by_an_older_version_is_a_schema_to_migrate() {
     let ingest = db.ingest_url().await;
     let owner = db.client().await;
     let back_to_8 = &format!(
-        "DROP FUNCTION login_etl_write(bigint, integer, integer, {}); \
+        "DROP FUNCTION login_etl_write(bigint, integer, integer, {0}); \
+         DROP FUNCTION login_etl_write_tx(integer, bigint, integer, integer, {0}); \
          DROP TABLE user_logins_schema; \
          CREATE OR REPLACE FUNCTION login_etl_schema_version() RETURNS integer \
          LANGUAGE sql IMMUTABLE AS $$ SELECT 8 $$",

@@ -147,9 +147,19 @@ async fn two_cuts_fail_the_invocation_with_nothing_half_committed_and_redelivery
     assert_eq!(proxy.accepted(), 3);
 }
 
-/// The COMMIT reaches the server and commits; its answer never comes back.
+/// The write `cut` names reaches the server and commits (the INSERT
+/// path's one statement, or the COPY's COMMIT); its answer never comes back.
 /// `earlier` records of the batch were committed by an earlier delivery.
-async fn reply_lost_after_commit(count: usize, seed: u64, earlier: usize) -> (TestDb, Proxy) {
+/// The INSERT path's one-statement write (`login_etl_write_tx`), which its
+/// Sync commits.
+const WRITE_ALONE: &str = "login_etl_write_tx(";
+
+async fn reply_lost_after_commit(
+    count: usize,
+    seed: u64,
+    earlier: usize,
+    cut: Cut,
+) -> (TestDb, Proxy) {
     let db = TestDb::create().await;
     let event = batch(count, seed);
     // Those stay duplicates; the rest were committed by this invocation's
@@ -161,10 +171,10 @@ async fn reply_lost_after_commit(count: usize, seed: u64, earlier: usize) -> (Te
         handle_and_check(&handler(&db).await, &db, &committed_before).await;
     }
     let proxy = Proxy::start(admin_port()).await;
-    proxy.plan(&[Cut::ReplyAfterText("COMMIT;")]);
+    proxy.plan(&[cut]);
     let h = proxied_handler(&db, &proxy, &[]).await;
     let summary = handle_and_check(&h, &db, &event).await;
-    assert_eq!(proxy.cuts().len(), 1, "the reply to the COMMIT was cut");
+    assert_eq!(proxy.cuts().len(), 1, "the reply to the write was cut");
     assert_eq!(proxy.accepted(), 2, "one reconnect");
     assert_eq!(
         summary.inserted as usize,
@@ -178,20 +188,20 @@ async fn reply_lost_after_commit(count: usize, seed: u64, earlier: usize) -> (Te
     (db, proxy)
 }
 
-/// A lost reply to the INSERT path's COMMIT: its rows count as inserted.
+/// A lost reply to the INSERT path's write: its rows count as inserted.
 #[tokio::test]
 async fn a_reply_lost_after_an_insert_commit_counts_its_rows_as_inserted() {
     let rows = login_etl::ingest::sink::COPY_MIN_ROWS - 1;
-    reply_lost_after_commit(rows, 13, rows / 3).await;
+    reply_lost_after_commit(rows, 13, rows / 3, Cut::ReplyAfterReady(WRITE_ALONE)).await;
 }
 
 /// A COPY-sized batch, a third of it committed before: the COPY aborts on
 /// the first duplicate (the COMMIT sent with its end answers ROLLBACK), so
-/// the cut hits the COMMIT of the INSERT path it falls back to; that attempt's rows count as inserted, the earlier ones
+/// the cut hits the write of the INSERT path it falls back to; that attempt's rows count as inserted, the earlier ones
 /// as duplicates.
 #[tokio::test]
 async fn a_reply_lost_after_a_copy_commit_counts_its_rows_as_inserted() {
-    reply_lost_after_commit(2_000, 15, 2_000 / 3).await;
+    reply_lost_after_commit(2_000, 15, 2_000 / 3, Cut::ReplyAfterReady(WRITE_ALONE)).await;
 }
 
 /// The COPY's own COMMIT commits on the server and its reply is lost (a
@@ -201,7 +211,7 @@ async fn a_reply_lost_after_a_copy_commit_counts_its_rows_as_inserted() {
 /// row (one `xmin`), after all of the COPY's data had gone through: the COPY.
 #[tokio::test]
 async fn a_reply_lost_after_the_copys_own_commit_counts_its_rows_as_inserted() {
-    let (db, proxy) = reply_lost_after_commit(2_000, 19, 0).await;
+    let (db, proxy) = reply_lost_after_commit(2_000, 19, 0, Cut::ReplyAfterText("COMMIT;")).await;
     let cuts = proxy.cuts();
     assert!(
         cuts[0] > 300_000,
@@ -617,6 +627,28 @@ async fn no_such_database_and_permission_denied_are_not_retryable_and_name_the_c
         .handle(&SqsBatch::from(&batch(20, 62)), Deadline::NONE)
         .await
         .map(|o| o.response)
+        .expect_err("no EXECUTE on the write function");
+    assert!(!err.is_retryable(), "{err}");
+    // The first privilege the write meets: the one-statement write's EXECUTE.
+    let text = err.to_string();
+    assert!(
+        text.contains("42501")
+            && text.contains("lacks EXECUTE on function login_etl_write_tx")
+            && text.contains("login-etl grants --role ingest"),
+        "{err}"
+    );
+    client
+        .batch_execute(&format!(
+            "GRANT EXECUTE ON FUNCTION login_etl_write_tx(integer, bigint, integer, integer, {}), \
+             login_etl_check_write(bigint, integer, integer) TO {role}",
+            login_etl::contract::columns::array_types()
+        ))
+        .await
+        .unwrap();
+    let err = h
+        .handle(&SqsBatch::from(&batch(20, 62)), Deadline::NONE)
+        .await
+        .map(|o| o.response)
         .expect_err("no INSERT privilege");
     assert!(!err.is_retryable(), "{err}");
     // The error names the table, the privilege and the command that prints the fix.
@@ -749,7 +781,7 @@ async fn the_lost_reply_recount_needs_select_on_xmin_and_without_it_counts_dupli
             .await
             .unwrap();
         let proxy = Proxy::start(admin_port()).await;
-        proxy.plan(&[Cut::ReplyAfterText("COMMIT;")]);
+        proxy.plan(&[Cut::ReplyAfterReady(WRITE_ALONE)]);
         let url = through_port(&ingest, proxy.port);
         let h = handler_with(&[("DATABASE_URL", &url), ("MASKING_KEY", TEST_KEY)]).await;
         // The INSERT path's own recount (a COPY-sized batch falls back to it).

@@ -259,3 +259,101 @@ async fn six_function_processes_through_pgbouncer_in_transaction_mode_write_the_
     assert_eq!(ids.len(), distinct.len(), "no duplicate rows");
     assert_eq!(distinct, want, "exactly the valid, unrefused messages");
 }
+
+/// An isolation level the ingest role stores after the function connected
+/// reaches the pooler's next server connection, where no connect check
+/// runs. The one-statement write refuses it before reading anything
+/// (LE016), and the batch is written in the framed transaction, which pins
+/// READ COMMITTED: a waiting write still sees what `forget` committed.
+#[tokio::test]
+async fn an_isolation_level_stored_after_connecting_sends_the_write_to_the_framed_transaction() {
+    let db = TestDb::create().await;
+    let ingest = db.ingest_url().await;
+    let role = db.role_name(Role::Ingest);
+    let admin = db.client().await;
+    // Each row's transaction: the session's default level and its own.
+    admin
+        .batch_execute(
+            "CREATE TABLE seen (default_level text, level text); \
+             CREATE FUNCTION seen() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$ BEGIN \
+               INSERT INTO seen VALUES (current_setting('default_transaction_isolation'), \
+                                        current_setting('transaction_isolation')); RETURN NULL; END $$; \
+             CREATE TRIGGER seen AFTER INSERT ON user_logins_rows FOR EACH ROW EXECUTE FUNCTION seen()",
+        )
+        .await
+        .unwrap();
+    let bouncer = PgBouncer::start_for(admin_port(), 1, &[&role]);
+    let h = handler_with(&[
+        ("DATABASE_URL", &through_port(&ingest, bouncer.port)),
+        ("MASKING_KEY", TEST_KEY),
+    ])
+    .await;
+    let batch = |seed| {
+        synth::event(&Options {
+            count: 10,
+            seed,
+            ..Options::default()
+        })
+    };
+    handle_all_ok(&h, &batch(91)).await;
+    admin
+        .batch_execute(&format!(
+            "ALTER ROLE \"{role}\" SET default_transaction_isolation = 'repeatable read'"
+        ))
+        .await
+        .unwrap();
+    // The pooler's server connection ends; its next one starts under the
+    // stored setting, behind the function's open client connection.
+    let ended: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1) t",
+            &[&role],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ended, 1, "the pool's one server connection");
+    wait_until("PgBouncer closes the ended server connection", || async {
+        bouncer.log().contains("closing because")
+    })
+    .await;
+    // The one statement alone, in a session under that level: refused.
+    let arrays = login_etl::contract::columns::array_types()
+        .split(',')
+        .count();
+    let refused = connect(&ingest)
+        .await
+        .query(
+            &format!(
+                "SELECT * FROM login_etl_write_tx(1000, 0, 1, 1, {})",
+                vec!["NULL"; arrays].join(", ")
+            ),
+            &[],
+        )
+        .await
+        .expect_err("a write at REPEATABLE READ");
+    assert_eq!(refused.code().map(|c| c.code()), Some("LE016"), "{refused}");
+    handle_all_ok(&h, &batch(92)).await;
+    let levels: Vec<(String, String, i64)> = admin
+        .query(
+            "SELECT default_level, level, count(*) FROM seen GROUP BY 1, 2 ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        levels,
+        [
+            ("read committed".to_owned(), "read committed".to_owned(), 10),
+            (
+                "repeatable read".to_owned(),
+                "read committed".to_owned(),
+                10
+            ),
+        ],
+        "the second batch ran on a server connection under the stored level, at READ COMMITTED"
+    );
+}

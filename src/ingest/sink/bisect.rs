@@ -122,16 +122,28 @@ impl PgSink {
         let since = recount.or(self.floor);
         let client = self.client.as_ref().expect("connected above");
         let vault_rows = vault.map(|v| VaultRows::of(v, range.clone()));
-        let attempt = insert::insert_tx(
-            client,
-            &rows[range.clone()],
-            erased_version,
-            &self.begin_sql(bound),
-            bound,
-            recount,
-            vault_rows.as_ref(),
-        )
-        .await;
+        let attempt = if recount.is_none() && vault_rows.is_none() && !self.frame_writes {
+            insert::write_alone(
+                client,
+                &rows[range.clone()],
+                erased_version,
+                &insert::write_alone_sql(&self.tables_schema),
+                self.server_bound(bound),
+                bound,
+            )
+            .await
+        } else {
+            insert::insert_tx(
+                client,
+                &rows[range.clone()],
+                erased_version,
+                &self.begin_sql(bound),
+                bound,
+                recount,
+                vault_rows.as_ref(),
+            )
+            .await
+        };
         match attempt {
             Ok(done) => {
                 if done.floor.is_some() {
@@ -178,6 +190,13 @@ impl PgSink {
                 Ok(Next::Retry(since))
             }
             Failure::Fatal(e) => Err(e),
+            Failure::Unframed => {
+                warn!(
+                    "the write's transaction was not at READ COMMITTED (a default_transaction_isolation stored for the database role since it connected): this connection's writes take the framed transaction; `login-etl doctor` names the setting and its fix"
+                );
+                self.frame_writes = true;
+                Ok(Next::Retry(recount))
+            }
             // Raised beside the COMMIT sent with it, which ended the
             // transaction: nothing to roll back.
             Failure::Outdated => Err(DbError::BatchOutdated),

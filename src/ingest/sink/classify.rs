@@ -25,6 +25,11 @@ pub(crate) enum Failure {
     /// someone; `LE002`: `login-etl rotate-key` began; both raised by
     /// `login_etl_check_write`): nothing was written.
     Outdated,
+    /// The one-statement write refused the isolation level a role stored
+    /// since the connection's check (SQLSTATE `LE016`, raised before it
+    /// read anything): write in the framed transaction, which pins READ
+    /// COMMITTED.
+    Unframed,
 }
 
 /// Sorts a statement failure by what can be done about it: the shared
@@ -34,6 +39,9 @@ pub(crate) fn classify(e: &tokio_postgres::Error) -> Failure {
     let code = e.code().map_or("", |state| state.code());
     if code == "LE001" || code == "LE002" {
         return Failure::Outdated;
+    }
+    if code == "LE016" {
+        return Failure::Unframed;
     }
     match Class::of(e) {
         Class::Conflict => Failure::Conflict(describe(e)),
@@ -47,7 +55,12 @@ pub(crate) fn classify(e: &tokio_postgres::Error) -> Failure {
             what: Misconfiguration::PrivilegeMissing,
             op: "the insert into user_logins",
             cause: describe(e),
-            hint: crate::grants::missing_privilege_hint(denied_table(e)).into(),
+            hint: match denied(e) {
+                Some(("function", f)) => crate::grants::missing_execute_hint(f),
+                Some(("table", t)) => crate::grants::missing_privilege_hint(Some(t)),
+                _ => crate::grants::missing_privilege_hint(None),
+            }
+            .into(),
         }),
         Class::Schema if code != "42883" || names_own_function(e) => {
             Failure::Fatal(DbError::Misconfigured {
@@ -73,20 +86,24 @@ pub(crate) fn classify(e: &tokio_postgres::Error) -> Failure {
 }
 
 /// A 42883 (undefined function) about one of login-etl's own functions
-/// (a schema not migrated), not a trigger's or an extension's.
+/// (a schema not migrated), not a trigger's or an extension's; named by
+/// schema or not (the one-statement write names its schema).
 fn names_own_function(e: &tokio_postgres::Error) -> bool {
     e.as_db_error()
-        .is_some_and(|db| db.message().starts_with("function login_etl_"))
+        .and_then(|db| db.message().strip_prefix("function "))
+        .and_then(|rest| rest.split('(').next())
+        .and_then(|name| name.rsplit('.').next())
+        .is_some_and(|name| name.starts_with("login_etl_"))
 }
 
-/// The table a 42501 names ("permission denied for table user_logins_pii_vault").
-fn denied_table(e: &tokio_postgres::Error) -> Option<&str> {
+/// The kind and name of what a 42501 denies ("permission denied for table
+/// user_logins_pii_vault": `("table", "user_logins_pii_vault")`).
+fn denied(e: &tokio_postgres::Error) -> Option<(&str, &str)> {
     e.as_db_error()?
         .message()
         .strip_prefix("permission denied for ")?
         .split_once(' ')
-        .map(|(kind, name)| if kind == "table" { name } else { "" })
-        .filter(|name| !name.is_empty())
+        .filter(|(_, name)| !name.is_empty())
 }
 
 /// The SQLSTATE in a refusal's text ([`describe_refusal`]); `XXXXX` if none.

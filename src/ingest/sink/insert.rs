@@ -1,16 +1,24 @@
-//! One INSERT transaction, pipelined into one round trip: the frame's
-//! `BEGIN` ([`super::tx`]), the lost-reply recount when asked, the write
-//! ([`WRITE_SQL`]: the erasure check and the `INSERT ... SELECT FROM UNNEST
-//! ... ON CONFLICT DO NOTHING` in one server-side function), then the
-//! shared end (vault entries + `COMMIT`), sent together and answered
-//! together.
+//! One INSERT transaction in one round trip, in one of two forms:
+//! - [`write_alone`]: the whole transaction as one statement
+//!   ([`write_alone_sql`]: `login_etl_write_tx` sets its bounds, takes the
+//!   lock, checks, inserts and reads the xid floor), committed by the Sync
+//!   that ends it: one answer, one flush of the server's output. Every
+//!   write takes it but these:
+//! - [`insert_tx`], framed: the frame's `BEGIN` ([`super::tx`]), the
+//!   lost-reply recount when asked, the write ([`WRITE_SQL`]: the erasure
+//!   check and the `INSERT ... SELECT FROM UNNEST ... ON CONFLICT DO
+//!   NOTHING` in one server-side function), then the shared end (vault
+//!   entries + `COMMIT`), sent together and answered together: a write
+//!   with vault entries, a recount, and a connection whose role stored an
+//!   isolation level since it connected.
 //!
 //! Nothing outlives the transaction on the client's side: the statements
 //! are unnamed (Parse ""). The INSERT's plan is kept by the server
-//! connection, inside `login_etl_write` (migrations/functions/login_etl_write.sql), where a
-//! transaction-mode pooler cannot lose it. Success means the server
-//! answered the COMMIT; an error raised at COMMIT (a deferred constraint)
-//! is a failure like any other.
+//! connection, inside `login_etl_write` (migrations/functions/login_etl_write.sql) and
+//! `login_etl_write_tx`, where a transaction-mode pooler cannot lose it.
+//! Success means the server answered the COMMIT (or, for the one
+//! statement, its Sync without an error); an error raised at commit (a
+//! deferred constraint) is a failure like any other.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -49,6 +57,20 @@ pub static WRITE_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// The write as the only statement of its transaction
+/// (`login_etl_write_tx`, migrations/functions/login_etl_write_tx.sql):
+/// its bounds, lock, check, INSERT and the xid floor in one call, committed
+/// by the Sync that ends it. The function and every type are named by
+/// schema, as the framed transaction's pinned search path would find them.
+pub(crate) fn write_alone_sql(tables_schema: &str) -> String {
+    format!(
+        "SELECT inserted, xid_floor FROM {}.login_etl_write_tx($1::pg_catalog.int4, \
+         $2::pg_catalog.int8, $3::pg_catalog.int4, $4::pg_catalog.int4, {})",
+        postgres_protocol::escape::escape_identifier(tables_schema),
+        array_placeholders(5)
+    )
+}
+
 /// After a lost reply: how many of these rows (by key) were written by
 /// transactions that began at or after `$3`, the xid floor taken before the
 /// lost attempt. Those rows are this invocation's own (see [`insert_tx`]).
@@ -68,6 +90,42 @@ pub(crate) struct Committed {
     pub inserted: u64,
     /// The xid floor for the next transaction of this sink.
     pub floor: Option<XidFloor>,
+}
+
+/// Runs one INSERT transaction for `rows` as one statement
+/// ([`write_alone_sql`], `sql`), its locks bounded by `server_bound` on the
+/// server: one message out, one answer back, committed when the answer
+/// ends without an error (an error raised at commit comes before it). A
+/// write with vault entries or a recount takes [`insert_tx`].
+pub(crate) async fn write_alone(
+    client: &Client,
+    rows: &[LoginRow<'_>],
+    erased_version: Versions,
+    sql: &str,
+    server_bound: Duration,
+    client_bound: Duration,
+) -> Result<Committed, Failure> {
+    let cols = Columns::from(rows);
+    let ms = i32::try_from(server_bound.as_millis().max(1)).unwrap_or(i32::MAX);
+    let (key, from) = (
+        i32::from(erased_version.key),
+        i32::from(erased_version.checked_from),
+    );
+    let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
+        (&ms, Type::INT4),
+        (&erased_version.erased, Type::INT8),
+        (&key, Type::INT4),
+        (&from, Type::INT4),
+    ];
+    params.extend(cols.typed_params());
+    let row = match timeout(client_bound, client.query_typed_one(sql, &params)).await {
+        Ok(answer) => answer.map_err(|e| classify(&e))?,
+        Err(_) => return Err(no_answer(client_bound)),
+    };
+    Ok(Committed {
+        inserted: row.get::<_, i64>(0) as u64,
+        floor: row.get::<_, Option<&str>>(1).and_then(XidFloor::parse),
+    })
 }
 
 /// Runs one INSERT transaction for `rows`. With `recount_since` (the floor

@@ -9,7 +9,8 @@
 //!   else (or on any refusal) the INSERT path;
 //! - [`bisect`]: the INSERT path's policy: bisection around refused rows,
 //!   retries, reconnects, the lost-reply recount;
-//! - [`insert`]: one pipelined INSERT transaction (one round trip);
+//! - [`insert`]: one INSERT transaction (one round trip): one statement
+//!   when it can be, else framed and pipelined;
 //! - [`copy`]: the COPY fast path for large batches, in its own transaction;
 //! - [`tx`]: the frame both share: `BEGIN`, the erasure check, the end
 //!   (vault entries + `COMMIT`), the xid floor;
@@ -18,9 +19,10 @@
 //!   [`crate::error::describe`]).
 //!
 //! Guarantees (docs/semantics.md, "Delivery semantics"):
-//! - every write is an explicit transaction, and rows count as written only
-//!   when the server has answered its COMMIT (an error raised at COMMIT,
-//!   such as a deferred constraint, is a failure);
+//! - every write is a transaction of its own, and rows count as written
+//!   only when the server has answered its end: its COMMIT, or the Sync
+//!   that commits the INSERT path's one statement (an error raised at
+//!   commit, such as a deferred constraint, is a failure);
 //! - nothing survives a transaction on the server connection: no startup
 //!   `options`, `SET LOCAL` instead of session settings, unnamed statements
 //!   (the COPY's too: vendor/tokio-postgres's `copy_in_unnamed`);
@@ -131,6 +133,10 @@ pub struct PgSink {
     /// The schema of the owner's `user_logins`, which each write
     /// transaction pins (see [`tx::begin_sql`]); read with the schema check.
     tables_schema: String,
+    /// Every INSERT of this connection takes the framed transaction: its
+    /// one-statement write was refused for the isolation level a role
+    /// stored since the connection's check (`insert::write_alone`).
+    frame_writes: bool,
 }
 
 impl std::fmt::Debug for PgSink {
@@ -155,6 +161,7 @@ impl PgSink {
             floor: None,
             key_state: KeyState::default(),
             tables_schema: String::new(),
+            frame_writes: false,
         }
     }
 
@@ -171,6 +178,7 @@ impl PgSink {
             floor: None,
             key_state: KeyState::default(),
             tables_schema: String::new(),
+            frame_writes: false,
         }
     }
 
@@ -367,6 +375,7 @@ impl PgSink {
             let limit =
                 budget.bound(self.connector.connect_timeout(), "connecting to PostgreSQL")?;
             self.client = Some(self.connector.open(limit).await?);
+            self.frame_writes = false;
         }
         if !self.schema_checked {
             let bound = self.per_operation();

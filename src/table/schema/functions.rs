@@ -106,6 +106,7 @@ pub const FUNCTION_FILES: &[FunctionFile] = function_files![
     "login_etl_vault_last_seen",
     "login_etl_write",
     "login_etl_write_through",
+    "login_etl_write_tx",
 ];
 
 /// What the masking-only profile makes in place of the file of the same

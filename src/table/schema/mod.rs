@@ -195,6 +195,7 @@ const INSPECT_TABLES: &str = "SELECT \
     to_regclass('user_logins_partitioning') IS NOT NULL AND to_regclass('user_logins_default') IS NOT NULL \
         AND to_regclass('user_logins_key_state') IS NOT NULL \
         AND to_regprocedure('login_etl_write(bigint,integer,integer,' || $2 || ')') IS NOT NULL \
+        AND to_regprocedure('login_etl_write_tx(integer,bigint,integer,integer,' || $2 || ')') IS NOT NULL \
         AND to_regprocedure('login_etl_drop_detached()') IS NOT NULL \
         AND to_regprocedure('login_etl_purge_default(date)') IS NOT NULL";
 
@@ -221,7 +222,8 @@ pub struct SchemaState {
     /// upgrades: [`narrow`]).
     pub partitioned: bool,
     /// The partition machinery of migrations/0004, the key state and the
-    /// write function (`login_etl_write`) exist (every profile's).
+    /// write functions (`login_etl_write`, `login_etl_write_tx`) exist
+    /// (every profile's).
     pub partitions: bool,
     /// The version of the migrations applied, as recorded (see [`state`];
     /// 0 where nothing is: a database migrated before 0.3.0).
@@ -434,7 +436,7 @@ pub async fn check(client: &Client, limit: Duration, vault: bool) -> Result<Chec
     let full = state.profile == Profile::Full;
     if (full && !state.erasure) || !state.partitions {
         return Err(fatal(
-            "the erasure list (user_logins_erased, login_etl_forget_begin), the key state, the write function (login_etl_write) or the partition functions (login_etl_*) are missing: the schema predates this version",
+            "the erasure list (user_logins_erased, login_etl_forget_begin), the key state, the write functions (login_etl_write, login_etl_write_tx) or the partition functions (login_etl_*) are missing: the schema predates this version",
             "; run `make migrate` (login-etl migrate) or set RUN_MIGRATIONS=true",
         ));
     }

@@ -156,6 +156,7 @@ pub(super) fn may_run(role: Role) -> &'static [&'static str] {
             "login_etl_refuse_erased_at",
             "login_etl_store_vault",
             "login_etl_write",
+            "login_etl_write_tx",
         ],
         Role::Erase => &[
             "login_etl_audit",

@@ -1,0 +1,57 @@
+-- roles: ingest
+-- A batch's INSERT transaction as one statement, the only one of its
+-- transaction: the extended protocol's Sync commits it (src/ingest/sink/
+-- insert.rs). Its BEGIN's statements (src/ingest/sink/tx.rs, begin_sql),
+-- the write (login_etl_write) and the xid floor COMMIT_SQL reads after
+-- COMMIT, without a statement or a ReadyForQuery of their own: each
+-- ReadyForQuery is a flush of the server's output and a wake-up of the
+-- function, which made a batch of 10 1.5x its floor's time (docs/history/
+-- performance-batch-of-10.md). A write with vault entries, or recounting
+-- after a lost reply, keeps the framed transaction (login_etl_write).
+--
+-- What BEGIN pinned, it pins or refuses:
+-- * READ COMMITTED: the write check must see what committed while the
+--   LOCK waited (a `login-etl forget`). A transaction at another level (a
+--   default_transaction_isolation the role stored after the function
+--   connected) is refused with LE016 before anything is read; the
+--   function reconnects, and its connect check names the setting and
+--   its fix.
+-- * lock_timeout and a durable COMMIT, as SET LOCAL would: they last to
+--   the end of the transaction, past this function (no SET clause of its
+--   own names them).
+-- * the lock on user_logins_rows before the check, for forget's order.
+-- * the search path: its own, pinned like every owner's function's; the
+--   caller names the function and every type by schema.
+-- A statement's own statement_timeout cannot be set from inside it: this
+-- transaction's is the role's (README's setup stores one); every wait in
+-- it is for a lock, bounded by the lock_timeout set here.
+--
+-- The xid floor is read after the INSERT, inside the transaction, and
+-- kept past this transaction's own xid: a row with a newer xmin was
+-- written by a transaction that took its xid after it (src/ingest/sink/
+-- tx.rs, XidFloor). The caller's rights, as login_etl_write's.
+CREATE OR REPLACE FUNCTION login_etl_write_tx(
+    bound_ms integer, known bigint, key_version integer, checked_from integer, {{array_arguments}},
+    OUT inserted bigint, OUT xid_floor text)
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION USING ERRCODE = 'LE016',
+            MESSAGE = format('the write ran at isolation level %s, and it needs READ COMMITTED: a default_transaction_isolation stored for the role since it connected (login-etl doctor names it and its fix)', current_setting('transaction_isolation'));
+    END IF;
+    PERFORM set_config('lock_timeout', bound_ms::text, true);
+    IF current_setting('synchronous_commit') = 'off' THEN
+        PERFORM set_config('synchronous_commit', 'on', true);
+    END IF;
+    LOCK TABLE ONLY user_logins_rows IN ROW EXCLUSIVE MODE;
+    PERFORM login_etl_check_write(known, key_version, checked_from);
+    -- No index named: every unique index of the partition a row lands in
+    -- arbitrates (src/ingest/sink/insert.rs).
+    INSERT INTO user_logins_rows ({{columns}})
+    SELECT {{select_list}} FROM unnest({{array_names}}) AS r({{columns}})
+    ON CONFLICT DO NOTHING;
+    GET DIAGNOSTICS inserted = ROW_COUNT;
+    xid_floor := greatest(pg_snapshot_xmax(pg_current_snapshot())::text::numeric,
+                          pg_current_xact_id_if_assigned()::text::numeric + 1)::text;
+END
+$$;
