@@ -19,21 +19,29 @@
 -- * lock_timeout and a durable COMMIT, as SET LOCAL would: they last to
 --   the end of the transaction, past this function (no SET clause of its
 --   own names them).
--- * the lock on user_logins_rows before the check, for forget's order.
+-- * the check after the lock on user_logins_rows, for forget's order:
+--   the INSERT's own lock (ROW EXCLUSIVE on the parent, taken before it
+--   writes a row), so the check follows the INSERT. A check that refuses
+--   rolls the rows back with the statement; a LOCK statement before the
+--   INSERT cost a batch of 10 5 % (docs/history/performance-batch-of-10.md).
 -- * the search path: its own, pinned like every owner's function's; the
 --   caller names the function and every type by schema.
 -- A statement's own statement_timeout cannot be set from inside it: this
 -- transaction's is the role's (README's setup stores one); every wait in
 -- it is for a lock, bounded by the lock_timeout set here.
 --
--- The xid floor is read after the INSERT, inside the transaction, and
--- kept past this transaction's own xid: a row with a newer xmin was
--- written by a transaction that took its xid after it (src/ingest/sink/
--- tx.rs, XidFloor). The caller's rights, as login_etl_write's.
+-- Returns {the rows inserted, the xid floor}: one value, not a row (a row
+-- type's result goes through a function scan and a tuplestore). The floor
+-- is read after the INSERT, inside the transaction, and kept past this
+-- transaction's own xid: a row with a newer xmin was written by a
+-- transaction that took its xid after it (src/ingest/sink/tx.rs,
+-- XidFloor). The caller's rights, as login_etl_write's.
 CREATE OR REPLACE FUNCTION login_etl_write_tx(
-    bound_ms integer, known bigint, key_version integer, checked_from integer, {{array_arguments}},
-    OUT inserted bigint, OUT xid_floor text)
+    bound_ms integer, known bigint, key_version integer, checked_from integer, {{array_arguments}})
+RETURNS bigint[]
 LANGUAGE plpgsql AS $$
+DECLARE
+    v_inserted bigint;
 BEGIN
     IF current_setting('transaction_isolation') <> 'read committed' THEN
         RAISE EXCEPTION USING ERRCODE = 'LE016',
@@ -43,15 +51,15 @@ BEGIN
     IF current_setting('synchronous_commit') = 'off' THEN
         PERFORM set_config('synchronous_commit', 'on', true);
     END IF;
-    LOCK TABLE ONLY user_logins_rows IN ROW EXCLUSIVE MODE;
-    PERFORM login_etl_check_write(known, key_version, checked_from);
     -- No index named: every unique index of the partition a row lands in
     -- arbitrates (src/ingest/sink/insert.rs).
     INSERT INTO user_logins_rows ({{columns}})
     SELECT {{select_list}} FROM unnest({{array_names}}) AS r({{columns}})
     ON CONFLICT DO NOTHING;
-    GET DIAGNOSTICS inserted = ROW_COUNT;
-    xid_floor := greatest(pg_snapshot_xmax(pg_current_snapshot())::text::numeric,
-                          pg_current_xact_id_if_assigned()::text::numeric + 1)::text;
+    GET DIAGNOSTICS v_inserted = ROW_COUNT;
+    PERFORM login_etl_check_write(known, key_version, checked_from);
+    RETURN ARRAY[v_inserted,
+                 greatest(pg_snapshot_xmax(pg_current_snapshot())::text::bigint,
+                          pg_current_xact_id_if_assigned()::text::bigint + 1)];
 END
 $$;

@@ -91,18 +91,6 @@ impl ColumnType {
         }
     }
 
-    /// The name of [`element`](Self::element) in `pg_catalog`, where a
-    /// statement names it by schema (`pg_catalog.int4`: `integer` is
-    /// grammar, not a name there).
-    pub fn catalog_element(self) -> &'static str {
-        match self {
-            ColumnType::Int4 => "int4",
-            ColumnType::Int2 => "int2",
-            ColumnType::Int8 => "int8",
-            other => other.element(),
-        }
-    }
-
     /// The type of one row's value in the write function's array argument.
     pub fn element(self) -> &'static str {
         match self {

@@ -151,8 +151,8 @@ async fn two_cuts_fail_the_invocation_with_nothing_half_committed_and_redelivery
 /// path's one statement, or the COPY's COMMIT); its answer never comes back.
 /// `earlier` records of the batch were committed by an earlier delivery.
 /// The INSERT path's one-statement write (`login_etl_write_tx`), which its
-/// Sync commits.
-const WRITE_ALONE: &str = "login_etl_write_tx(";
+/// Sync commits: its call, not the schema check's look-up of the function.
+const WRITE_ALONE: &str = ".login_etl_write_tx($1";
 
 async fn reply_lost_after_commit(
     count: usize,

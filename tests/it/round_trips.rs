@@ -1,7 +1,8 @@
 //! Round trips per batch, counted by a proxy that holds the server's
 //! answers back until the client cannot go on without them
-//! (tests/common/turns.rs). A warm batch on the INSERT path is one: BEGIN,
-//! the write and COMMIT go out together. On the COPY path it is two:
+//! (tests/common/turns.rs). A warm batch on the INSERT path is one: its
+//! one statement, committed by its Sync (a framed write's BEGIN, write and
+//! COMMIT go out together, one too). On the COPY path it is two:
 //! BEGIN with the COPY's start (unnamed: Parse, Bind and Execute together),
 //! answered by CopyInResponse, then the rows with the COPY's end, the
 //! erasure check and COMMIT. A statement that waits for its answer adds

@@ -17,14 +17,12 @@ pub static COPY_SQL: LazyLock<String> =
 
 /// The arrays' placeholders from `$first` on, each cast to its column's
 /// array type (`varchar[]` for the text columns: with `text[]` the server
-/// coerces every value to `varchar(n)`, 1.7x slower for 10,000 rows),
-/// named in `pg_catalog`: the one-statement write runs under whatever
-/// search path the session has (`insert::write_alone`).
+/// coerces every value to `varchar(n)`, 1.7x slower for 10,000 rows).
 pub fn array_placeholders(first: usize) -> String {
     COLUMNS
         .iter()
         .enumerate()
-        .map(|(i, c)| format!("${}::pg_catalog.{}[]", first + i, c.ty.catalog_element()))
+        .map(|(i, c)| format!("${}::{}[]", first + i, c.ty.element()))
         .collect::<Vec<_>>()
         .join(", ")
 }

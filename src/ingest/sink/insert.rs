@@ -1,7 +1,7 @@
 //! One INSERT transaction in one round trip, in one of two forms:
 //! - [`write_alone`]: the whole transaction as one statement
-//!   ([`write_alone_sql`]: `login_etl_write_tx` sets its bounds, takes the
-//!   lock, checks, inserts and reads the xid floor), committed by the Sync
+//!   ([`write_alone_sql`]: `login_etl_write_tx` sets its bounds, inserts
+//!   (taking the lock), checks and reads the xid floor), committed by the Sync
 //!   that ends it: one answer, one flush of the server's output. Every
 //!   write takes it but these:
 //! - [`insert_tx`], framed: the frame's `BEGIN` ([`super::tx`]), the
@@ -30,6 +30,7 @@ use tokio_postgres::types::{ToSql, Type};
 
 use super::classify::{Failure, classify};
 use super::columns::{Columns, array_placeholders};
+use crate::contract::columns::COLUMNS;
 use super::tx::VaultRows;
 use super::tx::{XidFloor, no_answer, vault_and_commit};
 use crate::contract::LoginRow;
@@ -59,15 +60,16 @@ pub static WRITE_SQL: LazyLock<String> = LazyLock::new(|| {
 
 /// The write as the only statement of its transaction
 /// (`login_etl_write_tx`, migrations/functions/login_etl_write_tx.sql):
-/// its bounds, lock, check, INSERT and the xid floor in one call, committed
-/// by the Sync that ends it. The function and every type are named by
-/// schema, as the framed transaction's pinned search path would find them.
+/// its bounds, INSERT (and lock), check and the xid floor in one call, committed
+/// by the Sync that ends it. The function is named by schema, as the
+/// framed transaction's pinned search path would find it; no type is
+/// named: the parameters' types go with them ([`write_alone`]).
 pub(crate) fn write_alone_sql(tables_schema: &str) -> String {
+    let params: Vec<String> = (1..=4 + COLUMNS.len()).map(|n| format!("${n}")).collect();
     format!(
-        "SELECT inserted, xid_floor FROM {}.login_etl_write_tx($1::pg_catalog.int4, \
-         $2::pg_catalog.int8, $3::pg_catalog.int4, $4::pg_catalog.int4, {})",
+        "SELECT {}.login_etl_write_tx({})",
         postgres_protocol::escape::escape_identifier(tables_schema),
-        array_placeholders(5)
+        params.join(", ")
     )
 }
 
@@ -93,7 +95,7 @@ pub(crate) struct Committed {
 }
 
 /// Runs one INSERT transaction for `rows` as one statement
-/// ([`write_alone_sql`], `sql`), its locks bounded by `server_bound` on the
+/// ([`write_alone_sql`], `sql`), its lock waits bounded by `server_bound` on the
 /// server: one message out, one answer back, committed when the answer
 /// ends without an error (an error raised at commit comes before it). A
 /// write with vault entries or a recount takes [`insert_tx`].
@@ -122,9 +124,11 @@ pub(crate) async fn write_alone(
         Ok(answer) => answer.map_err(|e| classify(&e))?,
         Err(_) => return Err(no_answer(client_bound)),
     };
+    // {inserted, the xid floor} (login_etl_write_tx).
+    let answer: Vec<i64> = row.get(0);
     Ok(Committed {
-        inserted: row.get::<_, i64>(0) as u64,
-        floor: row.get::<_, Option<&str>>(1).and_then(XidFloor::parse),
+        inserted: answer.first().map_or(0, |&n| n as u64),
+        floor: answer.get(1).map(|&xid| XidFloor::of(xid as u64)),
     })
 }
 

@@ -124,6 +124,11 @@ pub(crate) async fn vault_and_commit(
 pub(crate) struct XidFloor(u64);
 
 impl XidFloor {
+    /// The floor `xid` (an `xid8`'s value).
+    pub(crate) fn of(xid: u64) -> Self {
+        Self(xid)
+    }
+
     /// A floor from its text form (an `xid8` printed by the server).
     pub(crate) fn parse(text: &str) -> Option<Self> {
         text.parse().ok().map(Self)
