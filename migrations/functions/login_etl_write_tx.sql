@@ -14,8 +14,8 @@
 --   LOCK waited (a `login-etl forget`). A transaction at another level (a
 --   default_transaction_isolation the role stored after the function
 --   connected) is refused with LE016 before anything is read; the
---   function reconnects, and its connect check names the setting and
---   its fix.
+--   function writes that connection's batches framed from then on, and
+--   logs that `login-etl doctor` names the setting and its fix.
 -- * lock_timeout and a durable COMMIT, as SET LOCAL would: they last to
 --   the end of the transaction, past this function (no SET clause of its
 --   own names them).
@@ -27,8 +27,10 @@
 -- * the search path: its own, pinned like every owner's function's; the
 --   caller names the function and every type by schema.
 -- A statement's own statement_timeout cannot be set from inside it: this
--- transaction's is the role's (README's setup stores one); every wait in
--- it is for a lock, bounded by the lock_timeout set here.
+-- transaction's is the role's, if the role stores one. Its lock waits
+-- are bounded by the lock_timeout set here, and its rows are few: a range
+-- of a COPY's size (200 rows or more) is written framed, whose
+-- statement_timeout bounds it.
 --
 -- Returns {the rows inserted, the xid floor}: one value, not a row (a row
 -- type's result goes through a function scan and a tuplestore). The floor

@@ -8,7 +8,8 @@
 //! Pooler-safe by construction: the startup packet carries only `user`,
 //! `database`, `application_name` and `client_encoding`, which RDS Proxy
 //! and PgBouncer accept (no `options`); server-side bounds are set per
-//! transaction with `SET LOCAL`.
+//! transaction (`SET LOCAL`, or `set_config(…, true)` in the one-statement
+//! write).
 
 use std::time::Duration;
 

@@ -499,3 +499,19 @@ pub async fn record_retention(owner: &tokio_postgres::Client, days: i32) {
         .await
         .expect("the owner records the deployment's retention");
 }
+
+/// A gate inside every write of the rows: a statement trigger on
+/// `user_logins_rows` that waits for the advisory lock `key`, which the
+/// caller now holds, so a write is provably in flight (its locks taken)
+/// until the caller releases it (`SELECT pg_advisory_unlock(key)`).
+pub async fn install_write_gate(admin: &Client, key: i64) {
+    admin
+        .batch_execute(&format!(
+            "CREATE FUNCTION test_gate() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN PERFORM pg_advisory_lock_shared({key}); PERFORM pg_advisory_unlock_shared({key}); RETURN NULL; END $$; \
+             CREATE TRIGGER test_gate BEFORE INSERT ON user_logins_rows FOR EACH STATEMENT EXECUTE FUNCTION test_gate(); \
+             SELECT pg_advisory_lock({key});"
+        ))
+        .await
+        .unwrap();
+}

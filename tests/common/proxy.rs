@@ -188,7 +188,10 @@ async fn relay(client: TcpStream, upstream_port: u16, cut: Cut, counters: Arc<Co
                         }
                         contains(&swallowed, tag)
                     }
-                    Cut::ReplyAfterReady(_) => contains(&swallowed, READY_IDLE),
+                    // Its statement completed (its tag), then its Sync committed.
+                    Cut::ReplyAfterReady(_) => {
+                        contains(&swallowed, "SELECT 1\0") && contains(&swallowed, READY_IDLE)
+                    }
                     _ => true,
                 };
                 if answered {

@@ -277,6 +277,7 @@ async fn down(
             }
         };
         if let Some(turn) = release {
+            completed = false;
             counted(turn);
             if cw.write_all(&held).await.is_err() {
                 return;

@@ -69,6 +69,91 @@ async fn waiting_on_locks(admin: &tokio_postgres::Client) -> i64 {
         .get(0)
 }
 
+/// A gate inside the ingest's write transaction: a statement trigger on
+/// the rows' table that waits for an advisory lock the test holds, so the
+/// transaction is provably in flight (locked, inserting, its check to
+/// come or done) while forget starts. Armed: the test holds the lock.
+async fn install_gate(admin: &tokio_postgres::Client) {
+    install_write_gate(admin, 4242).await;
+}
+
+async fn remove_gate(admin: &tokio_postgres::Client) {
+    admin
+        .batch_execute(
+            "SELECT pg_advisory_unlock(4242); DROP TRIGGER test_gate ON user_logins_rows",
+        )
+        .await
+        .unwrap();
+}
+
+/// One round: the ingest role writes `batch` (with the vault: framed; without
+/// and under 200 rows: the one statement) and stops at the gate; forget of
+/// `user` starts and must wait behind it; the gate opens. The write lands,
+/// then forget takes the user's rows written beside it. The gate is armed
+/// again after.
+async fn forget_beside_a_gated_write(
+    db: &TestDb,
+    (ingest, erase): (&str, &str),
+    admin: &tokio_postgres::Client,
+    masker: &Masker,
+    user: &'static str,
+    batch: &SqsEvent,
+    vault: bool,
+) -> login_etl::privacy::forget::Forgotten {
+    let (url, b) = (ingest.to_owned(), batch.clone());
+    let writer = tokio::spawn(async move {
+        let h = handler_with(&[("DATABASE_URL", &url), ("MASKING_KEY", TEST_KEY)]).await;
+        let h = if vault { h.with_vault(key()) } else { h };
+        h.handle(&SqsBatch::from(&b), Deadline::NONE)
+            .await
+            .map(Outcome::into_parts)
+            .expect("no invocation error")
+            .1
+    });
+    // The writer is at the gate: its transaction waits on the test's lock.
+    let (w, a) = (&writer, admin);
+    wait_until("the ingest's write waiting at the gate", || async move {
+        w.is_finished() || waiting_on_locks(a).await >= 1
+    })
+    .await;
+    assert!(!writer.is_finished(), "the write stopped at the gate");
+    let (erase, users) = (erase.to_owned(), masker.users().clone());
+    let eraser = tokio::spawn(async move {
+        let mut eraser = connect(&erase).await;
+        login_etl::privacy::forget::forget(&mut eraser, user, &users, CALLER)
+            .await
+            .expect("forget as the erase role")
+    });
+    // forget waits too: for the write's lock on user_logins_rows.
+    let (e, a) = (&eraser, admin);
+    wait_until("forget waiting behind the write", || async move {
+        e.is_finished() || waiting_on_locks(a).await >= 2
+    })
+    .await;
+    assert!(!eraser.is_finished(), "forget waited behind the write");
+    admin
+        .batch_execute("SELECT pg_advisory_unlock(4242)")
+        .await
+        .unwrap();
+    let summary = writer.await.unwrap();
+    let forgotten = eraser.await.unwrap();
+    assert_eq!(
+        summary.erased, 0,
+        "in flight before the erasure, so written (then erased)"
+    );
+    assert!(forgotten.rows > 0, "forget waited for the write");
+    assert_eq!(
+        rows_of(db, user).await,
+        0,
+        "the user's rows written beside the erasure are gone"
+    );
+    admin
+        .batch_execute("SELECT pg_advisory_lock(4242)")
+        .await
+        .unwrap();
+    forgotten
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forget_beside_concurrent_ingest_leaves_nothing_of_the_user_and_no_row_without_its_vault_entry()
  {
@@ -91,81 +176,24 @@ async fn forget_beside_concurrent_ingest_leaves_nothing_of_the_user_and_no_row_w
             )
         })
         .collect();
-    // A gate inside the ingest's write transaction: a statement trigger that
-    // waits for an advisory lock the test holds, so the transaction is
-    // provably in flight (locked, checked, inserting) while forget starts.
     let admin = db.client().await;
-    admin
-        .batch_execute(
-            "CREATE FUNCTION test_gate() RETURNS trigger LANGUAGE plpgsql AS $$ \
-             BEGIN PERFORM pg_advisory_lock_shared(4242); PERFORM pg_advisory_unlock_shared(4242); RETURN NULL; END $$; \
-             CREATE TRIGGER test_gate BEFORE INSERT ON user_logins FOR EACH STATEMENT EXECUTE FUNCTION test_gate(); \
-             SELECT pg_advisory_lock(4242);",
-        )
-        .await
-        .unwrap();
+    install_gate(&admin).await;
     let mut done = Vec::new();
     for (round, user) in users.into_iter().enumerate() {
-        let (url, b) = (ingest.clone(), batches[round].clone());
-        let writer = tokio::spawn(async move {
-            let h = handler_with(&[("DATABASE_URL", &url), ("MASKING_KEY", TEST_KEY)])
-                .await
-                .with_vault(key());
-            h.handle(&SqsBatch::from(&b), Deadline::NONE)
-                .await
-                .map(Outcome::into_parts)
-                .expect("no invocation error")
-                .1
-        });
-        // The writer is at the gate: its transaction waits on the test's lock.
-        let (w, a) = (&writer, &admin);
-        wait_until("the ingest's write waiting at the gate", || async move {
-            w.is_finished() || waiting_on_locks(a).await >= 1
-        })
+        let forgotten = forget_beside_a_gated_write(
+            &db,
+            (&ingest, &erase),
+            &admin,
+            &masker,
+            user,
+            &batches[round],
+            true,
+        )
         .await;
-        let (erase, users) = (erase.clone(), masker.users().clone());
-        let eraser = tokio::spawn(async move {
-            let mut eraser = connect(&erase).await;
-            login_etl::privacy::forget::forget(&mut eraser, user, &users, CALLER)
-                .await
-                .expect("forget as the erase role")
-        });
-        // forget waits too: for the write's lock on user_logins.
-        let (e, a) = (&eraser, &admin);
-        wait_until("forget waiting behind the write", || async move {
-            e.is_finished() || waiting_on_locks(a).await >= 2
-        })
-        .await;
-        admin
-            .batch_execute("SELECT pg_advisory_unlock(4242)")
-            .await
-            .unwrap();
-        let summary = writer.await.unwrap();
-        let forgotten = eraser.await.unwrap();
-        assert_eq!(
-            summary.erased, 0,
-            "round {round}: in flight before the erasure, so written (then erased)"
-        );
-        assert!(
-            forgotten.rows > 0,
-            "round {round}: forget waited for the write"
-        );
-        assert_eq!(
-            rows_of(&db, user).await,
-            0,
-            "round {round}: the user's rows written beside the erasure are gone"
-        );
         assert_vault_matches_rows(&db).await;
         done.push(forgotten);
-        admin
-            .batch_execute("SELECT pg_advisory_lock(4242)")
-            .await
-            .unwrap();
     }
-    admin
-        .batch_execute("SELECT pg_advisory_unlock(4242); DROP TRIGGER test_gate ON user_logins")
-        .await
-        .unwrap();
+    remove_gate(&admin).await;
     println!(
         "forget deleted (rows, vault entries): {:?}",
         done.iter()
@@ -260,6 +288,38 @@ async fn forget_beside_concurrent_ingest_leaves_nothing_of_the_user_and_no_row_w
         users.iter().all(|u| !dump.contains(u)),
         "the user ids are stored nowhere"
     );
+}
+
+/// The same race on the INSERT path's one statement (no vault, 40 rows),
+/// whose check follows its INSERT: forget waits behind the write's lock
+/// and erases what it wrote; the user's later messages are skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_beside_the_one_statement_write_leaves_nothing_of_the_user() {
+    let db = TestDb::create().await;
+    let ingest = db.ingest_url().await;
+    let erase = db.role_url(Role::Erase).await;
+    let user = "0f1e2d3c-4b5a-4697-8a9b-acbdcedf0033";
+    let masker = Masker::new(&MaskingKey::from_hex(TEST_KEY, "test").unwrap());
+    let batch = batch_with(user, 40, 5, 731);
+    let admin = db.client().await;
+    install_gate(&admin).await;
+    forget_beside_a_gated_write(&db, (&ingest, &erase), &admin, &masker, user, &batch, false).await;
+    remove_gate(&admin).await;
+    let h = handler_with(&[("DATABASE_URL", &ingest), ("MASKING_KEY", TEST_KEY)]).await;
+    let summary = h
+        .handle(
+            &SqsBatch::from(&batch_with(user, 40, 5, 732)),
+            Deadline::NONE,
+        )
+        .await
+        .map(Outcome::into_parts)
+        .unwrap()
+        .1;
+    assert_eq!(
+        summary.erased, 8,
+        "the user's messages after the erasure are skipped"
+    );
+    assert_eq!(rows_of(&db, user).await, 0);
 }
 
 #[tokio::test]

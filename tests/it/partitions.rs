@@ -143,15 +143,7 @@ async fn rows_land_in_their_days_partition_and_the_default_one_until_maintain_mo
     // has locked the parent alone before it writes, not every partition: a
     // plain LOCK TABLE in sink::tx::begin_sql would lock all ten.
     let client = db.client().await;
-    client
-        .batch_execute(
-            "CREATE FUNCTION test_gate() RETURNS trigger LANGUAGE plpgsql AS $$ \
-             BEGIN PERFORM pg_advisory_lock_shared(4343); PERFORM pg_advisory_unlock_shared(4343); RETURN NULL; END $$; \
-             CREATE TRIGGER test_gate BEFORE INSERT ON user_logins_rows FOR EACH STATEMENT EXECUTE FUNCTION test_gate(); \
-             SELECT pg_advisory_lock(4343);",
-        )
-        .await
-        .unwrap();
+    install_write_gate(&client, 4343).await;
     let writer = {
         let url = db.ingest_url().await;
         let event = logins(10, 4, Utc::now().timestamp_millis());

@@ -11,7 +11,7 @@ use std::ops::Range;
 use tracing::{debug, trace, warn};
 
 use super::budget::Budget;
-use super::classify::{self, Failure};
+use super::classify::{self, Failure, Unframed};
 use super::insert;
 use super::tx::VaultRows;
 use super::tx::XidFloor;
@@ -31,6 +31,10 @@ enum Next {
     Refused(String),
     /// Some row in it was refused: try each half.
     Split,
+    /// The one statement refused a row, and its check comes after its
+    /// INSERT: try the range again framed, the check first, so that a
+    /// row of a user erased since is skipped (LE001), not refused.
+    Reframe,
     /// Try it again, recounting from this floor (the lost attempt's) if any.
     Retry(Option<XidFloor>),
 }
@@ -58,6 +62,8 @@ impl PgSink {
         let mut committed = 0usize;
         // Ranges to try, popped in batch order (right half pushed first).
         let mut todo: Vec<Todo> = vec![(0..rows.len(), recount_since)];
+        // Whether the rest of the batch is written framed (after a refusal).
+        let mut framed = false;
         while let Some((range, recount)) = todo.pop() {
             if range.is_empty() {
                 continue;
@@ -65,7 +71,7 @@ impl PgSink {
             report.statements += 1;
             let attempt = (range.clone(), recount);
             match self
-                .try_range(rows, attempt, erased_version, budget, vault)
+                .try_range(rows, attempt, erased_version, budget, vault, framed)
                 .await?
             {
                 Next::Committed(inserted) => {
@@ -85,7 +91,15 @@ impl PgSink {
                         break;
                     }
                 }
-                Next::Split => {
+                // After a refused row the rest of the batch is framed: a
+                // refused range of one row is tried again so (its check
+                // first), a longer one is split as ever.
+                Next::Reframe if range.len() == 1 => {
+                    framed = true;
+                    todo.push((range, recount));
+                }
+                Next::Split | Next::Reframe => {
+                    framed = true;
                     let mid = range.start + range.len() / 2;
                     todo.push((mid..range.end, recount));
                     todo.push((range.start..mid, recount));
@@ -98,7 +112,11 @@ impl PgSink {
     }
 
     /// One INSERT transaction for `rows[range]`, with the vault entries of
-    /// exactly those rows, and what the policy makes of its outcome.
+    /// exactly those rows, and what the policy makes of its outcome. One
+    /// statement (`insert::write_alone`) unless `framed`, a vault, a
+    /// recount, the connection's `frame_writes` or a range of a COPY's size
+    /// asks for the framed transaction, whose `statement_timeout` bounds a
+    /// long INSERT on the server (the one statement has none of its own).
     async fn try_range(
         &mut self,
         rows: &[LoginRow<'_>],
@@ -106,6 +124,7 @@ impl PgSink {
         erased_version: Versions,
         budget: &mut Budget,
         vault: Option<VaultWrite<'_>>,
+        framed: bool,
     ) -> Result<Next, DbError> {
         let bound = budget.bound(self.per_operation(), OP)?;
         trace!(first = range.start, rows = range.len(), "inserting");
@@ -122,7 +141,12 @@ impl PgSink {
         let since = recount.or(self.floor);
         let client = self.client.as_ref().expect("connected above");
         let vault_rows = vault.map(|v| VaultRows::of(v, range.clone()));
-        let attempt = if recount.is_none() && vault_rows.is_none() && !self.frame_writes {
+        let alone = !framed
+            && recount.is_none()
+            && vault_rows.is_none()
+            && !self.frame_writes
+            && range.len() < super::COPY_MIN_ROWS;
+        let attempt = if alone {
             insert::write_alone(
                 client,
                 &rows[range.clone()],
@@ -151,6 +175,7 @@ impl PgSink {
                 }
                 Ok(Next::Committed(done.inserted))
             }
+            Err(Failure::Row(_)) if alone => Ok(Next::Reframe),
             Err(failure) => {
                 let single = range.len() == 1;
                 self.after_failure(failure, single, recount, since, budget)
@@ -190,10 +215,15 @@ impl PgSink {
                 Ok(Next::Retry(since))
             }
             Failure::Fatal(e) => Err(e),
-            Failure::Unframed => {
-                warn!(
-                    "the write's transaction was not at READ COMMITTED (a default_transaction_isolation stored for the database role since it connected): this connection's writes take the framed transaction; `login-etl doctor` names the setting and its fix"
-                );
+            Failure::Unframed(why) => {
+                match why {
+                    Unframed::Isolation => warn!(
+                        "the write's transaction was not at READ COMMITTED (a default_transaction_isolation stored for the database role since it connected): this connection's writes take the framed transaction; `login-etl doctor` names the setting and its fix"
+                    ),
+                    Unframed::NoExecute => warn!(
+                        "the database role may not execute login_etl_write_tx (granted what an earlier version's `login-etl grants` printed): this connection's writes take the framed transaction, one round trip as before but slower; run the output of `login-etl grants --role ingest` as the tables' owner, or register the role (docs/configuration.md, \"Database roles\")"
+                    ),
+                }
                 self.frame_writes = true;
                 Ok(Next::Retry(recount))
             }

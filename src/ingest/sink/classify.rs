@@ -25,11 +25,22 @@ pub(crate) enum Failure {
     /// someone; `LE002`: `login-etl rotate-key` began; both raised by
     /// `login_etl_check_write`): nothing was written.
     Outdated,
-    /// The one-statement write refused the isolation level a role stored
-    /// since the connection's check (SQLSTATE `LE016`, raised before it
-    /// read anything): write in the framed transaction, which pins READ
-    /// COMMITTED.
-    Unframed,
+    /// The one-statement write cannot run on this connection; nothing was
+    /// written: write in the framed transaction.
+    Unframed(Unframed),
+}
+
+/// Why the one-statement write cannot run on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unframed {
+    /// It refused the isolation level a role stored since the
+    /// connection's check (SQLSTATE `LE016`, raised before it read
+    /// anything); the framed transaction pins READ COMMITTED.
+    Isolation,
+    /// The role may not execute `login_etl_write_tx`: one granted what an
+    /// earlier version's `login-etl grants` printed, not registered for
+    /// `migrate` to grant it more.
+    NoExecute,
 }
 
 /// Sorts a statement failure by what can be done about it: the shared
@@ -41,7 +52,10 @@ pub(crate) fn classify(e: &tokio_postgres::Error) -> Failure {
         return Failure::Outdated;
     }
     if code == "LE016" {
-        return Failure::Unframed;
+        return Failure::Unframed(Unframed::Isolation);
+    }
+    if code == "42501" && matches!(denied(e), Some(("function", "login_etl_write_tx"))) {
+        return Failure::Unframed(Unframed::NoExecute);
     }
     match Class::of(e) {
         Class::Conflict => Failure::Conflict(describe(e)),

@@ -24,7 +24,7 @@
 //!   that commits the INSERT path's one statement (an error raised at
 //!   commit, such as a deferred constraint, is a failure);
 //! - nothing survives a transaction on the server connection: no startup
-//!   `options`, `SET LOCAL` instead of session settings, unnamed statements
+//!   `options`, transaction-local bounds instead of session settings, unnamed statements
 //!   (the COPY's too: vendor/tokio-postgres's `copy_in_unnamed`);
 //! - large batches ([`COPY_MIN_ROWS`]) try one binary COPY first; a COPY is
 //!   all-or-nothing and has no `ON CONFLICT`, so on any refusal, duplicate or

@@ -120,7 +120,9 @@ impl PgSink {
                 debug!(error = %why, "COPY refused; inserting with ON CONFLICT instead")
             }
             Failure::Fatal(e) => debug!(error = %e, "COPY failed; inserting instead"),
-            Failure::RecountDenied | Failure::Unframed => debug!("COPY failed; inserting instead"),
+            Failure::RecountDenied | Failure::Unframed(_) => {
+                debug!("COPY failed; inserting instead")
+            }
             // The INSERT path meets the same refusal and reports it.
             Failure::Outdated => debug!("COPY refused: the batch holds an erased user"),
         }
