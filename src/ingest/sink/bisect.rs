@@ -32,8 +32,9 @@ enum Next {
     /// Some row in it was refused: try each half.
     Split,
     /// The one statement refused a row, and its check comes after its
-    /// INSERT: try the range again framed, the check first, so that a
-    /// row of a user erased since is skipped (LE001), not refused.
+    /// INSERT: the rest of the batch is written framed, the check first,
+    /// so that a row of a user erased since is skipped (LE001), not
+    /// refused (a range of one row is tried again, a longer one split).
     Reframe,
     /// Try it again, recounting from this floor (the lost attempt's) if any.
     Retry(Option<XidFloor>),
