@@ -98,7 +98,8 @@ pub(crate) struct Committed {
 /// ([`write_alone_sql`], `sql`), its lock waits bounded by `server_bound` on the
 /// server: one message out, one answer back, committed when the answer
 /// ends without an error (an error raised at commit comes before it). A
-/// write with vault entries or a recount takes [`insert_tx`].
+/// write the framed transaction must carry takes [`insert_tx`] (which:
+/// `bisect::try_range`).
 pub(crate) async fn write_alone(
     client: &Client,
     rows: &[LoginRow<'_>],

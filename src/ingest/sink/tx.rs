@@ -1,9 +1,11 @@
-//! The frame every write transaction shares, INSERT and COPY alike: its
-//! `BEGIN` (server-side bounds, the table lock) and its end (the PII vault's
-//! entries of its rows, sealed under their data key, then `COMMIT` and the
-//! next xid floor: see `crate::privacy::vault` for the encryption); and the
-//! erasure check, which COPY sends as a statement of its own and the INSERT
-//! runs inside its write function (`insert::WRITE_SQL`).
+//! The frame every framed write transaction shares, INSERT and COPY alike
+//! (the INSERT path's one statement, `insert::write_alone`, sets its own
+//! bounds and has none): its `BEGIN` (server-side bounds, the table lock)
+//! and its end (the PII vault's entries of its rows, sealed under their
+//! data key, then `COMMIT` and the next xid floor: see
+//! `crate::privacy::vault` for the encryption); and the erasure check,
+//! which COPY sends as a statement of its own and the INSERT runs inside
+//! its write function (`insert::WRITE_SQL`, or `login_etl_write_tx`).
 //!
 //! Nothing outlives the transaction: the server-side bounds are `SET LOCAL`,
 //! so a transaction-mode pooler may hand the next transaction to any server
