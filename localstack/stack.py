@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import re
 import os
 import platform
 import random
@@ -401,15 +402,20 @@ def master_secret(dbname: str) -> str:
         return sm.describe_secret(SecretId=f"rds-master/{dbname}")["ARN"]
 
 
-def replay_custom_resource(stack: str, logical_id: str, kind: str = "Update", changes: dict | None = None) -> dict:
+def replay_custom_resource(stack: str, logical_id: str, kind: str = "Update", changes: dict | None = None,
+                           forged: bool = False) -> dict:  # fmt: skip
     """CloudFormation's next request to a custom resource, as an update of
     the stack sends it when the resource's properties are what they were
     (the `SchemaVersion` of a release that changes the schema aside): the
     last request the LocalStack provider kept for it
     (localstack/host_executor), sent again as `kind`, with
     `OldResourceProperties` its properties and its physical id, and
-    `changes` over its properties (a parameter changed on the update).
-    Waits for the function's answer and returns it."""
+    `changes` over its properties (a parameter changed on the update). As
+    CloudFormation does, the function the resource names is updated first:
+    its SETUP_* variable of each property changed (DatabaseSetup's); a
+    `forged` request changes the properties alone, as anyone allowed to
+    invoke the function could. Waits for the function's answer and
+    returns it."""
     s3 = client("s3")
     bucket = "login-etl-cfn-responses"  # the provider's BUCKET (it imports LocalStack, this venv has none)
     kept = s3.list_objects_v2(Bucket=bucket, Prefix=f"requests/{stack}/{logical_id}/").get("Contents", [])
@@ -417,6 +423,8 @@ def replay_custom_resource(stack: str, logical_id: str, kind: str = "Update", ch
     last = json.loads(s3.get_object(Bucket=bucket, Key=max(o["Key"] for o in kept))["Body"].read())
     key = f"{stack}/{logical_id}/replay-{secrets.token_hex(8)}"
     physical = describe_physical_id(stack, logical_id)
+    if changes and not forged:
+        set_environment(last["ServiceToken"], {setup_variable(k): v for k, v in changes.items()})
     event = {**last, "RequestType": kind, "RequestId": secrets.token_hex(16), "PhysicalResourceId": physical,
              "OldResourceProperties": last["ResourceProperties"],
              "ResourceProperties": {**last["ResourceProperties"], **(changes or {})},
@@ -424,6 +432,21 @@ def replay_custom_resource(stack: str, logical_id: str, kind: str = "Update", ch
     resp = client("lambda").invoke(FunctionName=event["ServiceToken"], Payload=json.dumps(event).encode())
     assert "FunctionError" not in resp, resp["Payload"].read()
     return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def setup_variable(prop: str) -> str:
+    """The setup function's variable of a DatabaseSetup property
+    (src/cli/setup/resource.rs: Properties::from_environment)."""
+    return "SETUP_" + {"SetupRoleArn": "ROLE_ARN"}.get(prop, re.sub(r"(?<!^)(?=[A-Z])", "_", prop).upper())
+
+
+def set_environment(function: str, changes: dict) -> None:
+    """`changes` over a function's environment, once the update is done."""
+    lam = client("lambda")
+    env = lam.get_function_configuration(FunctionName=function)["Environment"]["Variables"]
+    lam.update_function_configuration(FunctionName=function, Environment={"Variables": {**env, **changes}})
+    wait_for(f"{function}'s configuration updated",
+             lambda: lam.get_function_configuration(FunctionName=function).get("LastUpdateStatus") == "Successful", timeout=60)  # fmt: skip
 
 
 def describe_physical_id(stack: str, logical_id: str) -> str:

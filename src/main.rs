@@ -151,9 +151,11 @@ async fn serve_setup() -> Result<(), lambda_runtime::Error> {
                 .deadline()
                 .duration_since(std::time::SystemTime::now())
                 .unwrap_or_default();
-            login_etl::cli::setup::resource::handle(event.payload, remaining)
-                .await
-                .map_err(lambda_runtime::Error::from)
+            login_etl::cli::setup::resource::handle(event.payload, remaining, &|name| {
+                std::env::var(name).ok()
+            })
+            .await
+            .map_err(lambda_runtime::Error::from)
         },
     ))
     .await

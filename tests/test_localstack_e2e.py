@@ -733,6 +733,19 @@ def test_a_masking_only_stack_on_an_existing_queue_sets_up_its_database_drains_i
     assert answer["PhysicalResourceId"] == physical, "an update keeps the resource (a new id would make CloudFormation delete the old)"
     assert answer["Data"]["IngestSecretArn"] == env["DB_SECRET_ID"], answer["Data"]
     assert (versions(), state()) == before, "the update changed a secret, the retention or the rows"
+    # Forged updates, as anyone allowed to invoke the setup function could
+    # send them (its environment as the template set it): refused, with
+    # nothing read or changed: each secret's value and policy, the
+    # retention, the rows.
+    policies = lambda: {r: sm.get_resource_policy(SecretId=f"{s.name}/{r}")["ResourcePolicy"] for r in ("migrate", "ingest", "maintain", "reader")}  # noqa: E731
+    values = lambda: {r: sm.get_secret_value(SecretId=f"{s.name}/{r}")["SecretString"] for r in ("migrate", "ingest", "maintain", "reader")}  # noqa: E731
+    kept_before = (policies(), values())
+    for forged in ({"RetentionDays": "1"}, {"Host": "127.0.0.1", "Port": "9"}, {"SecretHost": "attacker.example"},
+                   {"AdminReaders": ["arn:aws:iam::000000000000:role/attacker"]}):  # fmt: skip
+        answer = stack.replay_custom_resource(s.name, "DatabaseSetup", "Update", forged, forged=True)
+        assert answer["Status"] == "FAILED" and "differ from the setup function's configuration" in answer["Reason"], answer
+        assert list(forged)[0] in answer["Reason"], answer["Reason"]
+    assert (versions(), state(), (policies(), values())) == (*before, kept_before), "a forged update changed something"
     # DbProxyHost set on an update (a proxy put in front later), then
     # cleared: the stack's own secrets follow, each keeping its password.
     secret = lambda r: json.loads(sm.get_secret_value(SecretId=f"{s.name}/{r}")["SecretString"])  # noqa: E731

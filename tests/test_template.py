@@ -284,6 +284,44 @@ def test_with_the_master_secret_the_stack_sets_up_its_database_and_its_functions
     assert plain["LoginEtlFunction"]["Properties"]["Environment"]["Variables"]["DB_SECRET_ID"] == FULL_SECRET_ARN
 
 
+def test_the_setup_function_acts_on_its_environment_which_holds_the_resources_properties(tpl):
+    """Anyone who may invoke the setup function can send it a request, so
+    it acts on its environment (SETUP_*), which CloudFormation sets, and
+    refuses a request whose properties differ: each property the setup
+    reads has its variable, with the same value (a list joined by commas),
+    in the raw template and as deployed."""
+    read = re.findall(r'\("(\w+)", (?:list\(&)?self\.', (ROOT / "src/cli/setup/resource.rs").read_text())
+    assert "RetentionDays" in read and "SetupRoleArn" in read and len(read) == 16, read
+    snake = lambda name: "SETUP_" + {"SetupRoleArn": "ROLE_ARN"}.get(name, re.sub(r"(?<!^)(?=[A-Z])", "_", name).upper())  # noqa: E731
+    raw = tpl["Resources"]
+    props, env = raw["DatabaseSetup"]["Properties"], raw["SetupFunction"]["Properties"]["Environment"]["Variables"]
+    for name in read:
+        want = props[name]
+        if isinstance(want, list) or want == {"Ref": "DbSecretReaderPrincipalArns"} or want == {"Ref": "DeployPrincipalArns"}:
+            want = {"Fn::Join": [",", want]}
+        assert env[snake(name)] == want, name
+    assert env["SETUP_STACK_ID"] == {"Ref": "AWS::StackId"}
+    for params in ({}, {"DbProxyHost": "p.proxy-abc.us-east-1.rds.amazonaws.com", "DbProxyPort": "6432", "RetentionDays": 0,
+                        "DeployPrincipalArns": "arn:aws:iam::123456789012:role/ci,arn:aws:iam::123456789012:role/cd"}):  # fmt: skip
+        made = deployed(**SETUP, **params)
+        props, env = made["DatabaseSetup"]["Properties"], made["SetupFunction"]["Properties"]["Environment"]["Variables"]
+        for name in read:
+            value, got = props[name], env[snake(name)]
+            if isinstance(value, list):
+                value, got = _entries(value), _entries(got)
+            assert got == value, (name, got, value)
+
+
+def _entries(value):
+    """A list property's entries, or its variable's (joined by commas, or
+    an Fn::Join deployed() left for a GetAtt among them); empty ones left out."""
+    if isinstance(value, dict) and "Fn::Join" in value:
+        value = value["Fn::Join"][1]
+    if isinstance(value, str):
+        value = value.split(",")
+    return [v for v in value if v]
+
+
 IAM = {"DbAuth": "iam", "DbSecretArn": "", "MaintainDbSecretArn": "",
        "DbHost": "login-etl.proxy-abc123.us-east-1.rds.amazonaws.com", "DbPort": 5432, "DbName": "analytics",
        "DbUser": "login_etl_ingest", "MaintainDbUser": "login_etl_maintain", "DbResourceId": "prx-0123abcd"}  # fmt: skip

@@ -24,6 +24,7 @@ import os
 import time
 import uuid
 
+from localstack import config
 from localstack.services.cloudformation.resource_provider import (
     CloudFormationResourceProviderPlugin,
     OperationStatus,
@@ -68,7 +69,11 @@ class CustomResourceProvider(ResourceProvider[dict]):
         except s3.exceptions.BucketAlreadyOwnedByYou:
             pass
         key = f"{request.stack_name}/{request.logical_resource_id}/{uuid.uuid4()}"
-        url = s3.generate_presigned_url("put_object", Params={"Bucket": BUCKET, "Key": key}, ExpiresIn=7200)
+        # Signed for the origin the functions' SDK is pointed at (their
+        # AWS_ENDPOINT_URL, the host executor's 127.0.0.1): the setup
+        # function answers CloudFormation's bucket only, here that origin.
+        functions_s3 = request.aws_client_factory(endpoint_url=f"http://127.0.0.1:{config.GATEWAY_LISTEN[0].port}").s3
+        url = functions_s3.generate_presigned_url("put_object", Params={"Bucket": BUCKET, "Key": key}, ExpiresIn=7200)
         event = {
             "RequestType": kind,
             "ServiceToken": properties.get("ServiceToken"),

@@ -2,11 +2,20 @@
 //! custom-resource protocol around [`super::run`]. The template's setup
 //! function (`LOGIN_ETL_TASK=setup`, inside the VPC) gets each Create,
 //! Update and Delete; it connects as the RDS master user (the RDS-managed
-//! secret: username and password) to the host and database the properties
-//! name, runs setup, and PUTs the outcome to the pre-signed `ResponseURL`.
+//! secret: username and password) to the host and database the template
+//! names, runs setup, and PUTs the outcome to the pre-signed `ResponseURL`.
 //! A Delete changes nothing: the data, the roles and their secrets outlive
 //! the stack. Every request is answered, a failure with its reason, before
 //! the function's own timeout: CloudFormation would otherwise wait an hour.
+//!
+//! Anyone allowed `lambda:InvokeFunction` on the function can send the same
+//! JSON as CloudFormation, so nothing of the request decides what is done:
+//! the plan comes from the function's environment (`SETUP_*`, set by the
+//! template, [`Configured`]). A request is answered only at CloudFormation's
+//! response bucket for this region, only for this stack, and acted on only
+//! when its properties are the environment's (CloudFormation updates the
+//! function before the resource that names it): a forged request can at
+//! most run the setup a real update would.
 
 use std::time::Duration;
 
@@ -36,9 +45,10 @@ pub struct Request {
 }
 
 /// The resource's properties, as the template gives them (CloudFormation
-/// passes every value as a string). Each defaults, so that a request
-/// missing one is still answered, FAILED with what is missing
-/// ([`plan`]), never left to CloudFormation's hour.
+/// passes every value as a string), and as its setup function's
+/// environment holds them ([`Properties::from_environment`]). Each
+/// defaults, so that a request missing one is still answered, FAILED
+/// with what is missing ([`plan`]), never left to CloudFormation's hour.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 struct Properties {
@@ -68,29 +78,152 @@ struct Properties {
     rewriters: Vec<String>,
 }
 
+impl Properties {
+    /// The properties as the template set them in the setup function's
+    /// environment: `SETUP_<NAME>` for each (`SETUP_MASTER_SECRET_ARN`,
+    /// ...), a list's entries joined by commas.
+    fn from_environment(env: &dyn Fn(&str) -> Option<String>) -> Self {
+        let text = |name: &str| env(&format!("SETUP_{name}")).unwrap_or_default();
+        let list = |name: &str| text(name).split(',').map(str::to_owned).collect();
+        Self {
+            master_secret_arn: text("MASTER_SECRET_ARN"),
+            host: text("HOST"),
+            port: text("PORT"),
+            db_name: text("DB_NAME"),
+            prefix: text("PREFIX"),
+            schema: text("SCHEMA"),
+            profile: text("PROFILE"),
+            retention_days: text("RETENTION_DAYS"),
+            auth: text("AUTH"),
+            secrets: text("SECRETS"),
+            secret_host: text("SECRET_HOST"),
+            secret_port: text("SECRET_PORT"),
+            readers: list("READERS"),
+            admin_readers: list("ADMIN_READERS"),
+            setup_role_arn: text("ROLE_ARN"),
+            rewriters: list("REWRITERS"),
+        }
+    }
+
+    /// Each property by its name in the template, as one text (a list's
+    /// entries, empty ones left out, joined by commas).
+    fn named(&self) -> [(&'static str, String); 16] {
+        let list = |l: &[String]| {
+            let kept: Vec<&str> = l
+                .iter()
+                .map(String::as_str)
+                .filter(|e| !e.is_empty())
+                .collect();
+            kept.join(",")
+        };
+        [
+            ("MasterSecretArn", self.master_secret_arn.clone()),
+            ("Host", self.host.clone()),
+            ("Port", self.port.clone()),
+            ("DbName", self.db_name.clone()),
+            ("Prefix", self.prefix.clone()),
+            ("Schema", self.schema.clone()),
+            ("Profile", self.profile.clone()),
+            ("RetentionDays", self.retention_days.clone()),
+            ("Auth", self.auth.clone()),
+            ("Secrets", self.secrets.clone()),
+            ("SecretHost", self.secret_host.clone()),
+            ("SecretPort", self.secret_port.clone()),
+            ("Readers", list(&self.readers)),
+            ("AdminReaders", list(&self.admin_readers)),
+            ("SetupRoleArn", self.setup_role_arn.clone()),
+            ("Rewriters", list(&self.rewriters)),
+        ]
+    }
+
+    /// The names of the properties `other` gives otherwise (never their
+    /// values: a request's are anyone's).
+    fn differences(&self, other: &Properties) -> Vec<&'static str> {
+        self.named()
+            .into_iter()
+            .zip(other.named())
+            .filter(|((_, mine), (_, theirs))| mine != theirs)
+            .map(|((name, _), _)| name)
+            .collect()
+    }
+}
+
 /// Time kept back from the function's deadline to send the answer.
 const ANSWER_MARGIN: Duration = Duration::from_secs(20);
 
 /// The longest `Reason` sent (CloudFormation takes 4 KiB in all).
 const REASON_MAX: usize = 2_000;
 
-/// Answers one request; `remaining` is the invocation's time left. An
-/// error means no answer could be sent (CloudFormation then times out).
-pub async fn handle(event: Value, remaining: Duration) -> Result<(), String> {
+/// The logical id of the one resource the setup function serves.
+const RESOURCE: &str = "DatabaseSetup";
+
+/// What the template configured in the setup function's environment
+/// (`env`: the process's, or a test's): its stack, its region, the
+/// emulator its SDK is pointed at (LocalStack's `AWS_ENDPOINT_URL`), and
+/// the properties setup acts on.
+#[derive(Debug)]
+pub struct Configured {
+    stack_id: String,
+    region: String,
+    emulator: Option<String>,
+    properties: Properties,
+}
+
+impl Configured {
+    /// Reads `SETUP_STACK_ID`, `AWS_REGION`, `AWS_ENDPOINT_URL` and each
+    /// property's `SETUP_*` variable.
+    pub fn from_environment(env: &dyn Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let required = |name: &str| {
+            env(name).filter(|v| !v.is_empty()).ok_or_else(|| {
+                format!("the setup function's environment has no {name}: deploy it with the release's template, which sets it")
+            })
+        };
+        Ok(Self {
+            stack_id: required("SETUP_STACK_ID")?,
+            region: required("AWS_REGION")?,
+            emulator: env("AWS_ENDPOINT_URL").filter(|v| !v.is_empty()),
+            properties: Properties::from_environment(env),
+        })
+    }
+}
+
+/// Answers one request; `remaining` is the invocation's time left, `env`
+/// the function's environment. An error means the request was not
+/// answered: it could not be (CloudFormation then times out), or its
+/// `ResponseURL` is not CloudFormation's (nothing is sent there).
+pub async fn handle(
+    event: Value,
+    remaining: Duration,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
+) -> Result<(), String> {
     let request: Request = serde_json::from_value(event).map_err(|e| {
         format!("the setup function got an event that is not a CloudFormation custom-resource request ({e}): it is invoked by its stack's Custom::LoginEtlDatabase only")
     })?;
+    let configured = Configured::from_environment(env)?;
+    if let Err(why) = response_url_is_cloudformations(&request.response_url, &configured) {
+        // Never answered: an answer there would tell its sender what failed.
+        error!(
+            request_type = %request.request_type,
+            resource = %request.logical_resource_id,
+            "setup request refused, not answered: {why}"
+        );
+        return Err(format!("refused, not answered: {why}"));
+    }
     info!(
         request_type = %request.request_type,
         resource = %request.logical_resource_id,
         "setup resource request"
     );
-    let outcome = match request.request_type.as_str() {
+    let outcome = match (
+        request.request_type.as_str(),
+        refusal(&request, &configured),
+    ) {
+        (_, Some(why)) => Err(why),
         // The data, the roles and their secrets outlive the stack.
-        "Delete" => Ok(Value::Object(Default::default())),
-        "Create" | "Update" => {
+        ("Delete", None) => Ok(Value::Object(Default::default())),
+        ("Create" | "Update", None) => {
             let limit = remaining.saturating_sub(ANSWER_MARGIN);
-            match tokio::time::timeout(limit, set_up(&request.resource_properties)).await {
+            match tokio::time::timeout(limit, set_up(&configured.properties, env)).await {
                 Ok(done) => done.map(|report| data(&report)),
                 Err(_) => Err(format!(
                     "setup did not finish within {} s (the setup function's 900 s timeout, less {} s to answer): look for a session holding a lock on the tables (login-etl doctor names it) or a database that does not answer, then deploy again (setup is idempotent; a first create that failed: delete the stack first, which keeps the database and the secrets)",
@@ -99,13 +232,86 @@ pub async fn handle(event: Value, remaining: Duration) -> Result<(), String> {
                 )),
             }
         }
-        other => Err(format!("unknown RequestType {other}")),
+        (other, None) => Err(format!("unknown RequestType {other}")),
     };
     if let Err(why) = &outcome {
         error!(error = %why, "setup failed");
     }
     let answer = answer(&request, outcome);
     put(&request.response_url, answer.to_string()).await
+}
+
+/// Why a request whose answer goes to CloudFormation is not acted on:
+/// another stack's or resource's, or properties other than the
+/// template's (a Delete does nothing, whatever they say).
+fn refusal(request: &Request, configured: &Configured) -> Option<String> {
+    if request.stack_id != configured.stack_id || request.logical_resource_id != RESOURCE {
+        return Some(format!(
+            "refused: this setup function serves its own stack's {RESOURCE} only, and the request is for {} of another stack; nothing was read or changed",
+            request.logical_resource_id
+        ));
+    }
+    if request.request_type == "Delete" {
+        return None;
+    }
+    let differ = configured
+        .properties
+        .differences(&request.resource_properties);
+    (!differ.is_empty()).then(|| format!(
+        "refused: the request's {} differ from the setup function's configuration (its SETUP_* environment, which CloudFormation sets before it sends an update); nothing was read or changed. A request CloudFormation sends has the template's values: update the stack with the parameters you want",
+        differ.join(", ")
+    ))
+}
+
+/// `url` is CloudFormation's response bucket in `configured`'s region
+/// (`https://cloudformation-custom-resource-response-<region without
+/// dashes>.s3[.-<region>].amazonaws.com[.cn]/...`), or, with the SDK
+/// pointed at an emulator, on that emulator's origin.
+fn response_url_is_cloudformations(url: &str, configured: &Configured) -> Result<(), String> {
+    let parsed: hyper::Uri = url
+        .parse()
+        .map_err(|_| "its ResponseURL is not a URL".to_owned())?;
+    let host = parsed.host().unwrap_or_default().to_ascii_lowercase();
+    let origin = |uri: &hyper::Uri| {
+        (
+            uri.scheme_str().map(str::to_ascii_lowercase),
+            uri.host().map(str::to_ascii_lowercase),
+            uri.port_u16(),
+        )
+    };
+    if let Some(emulator) = &configured.emulator {
+        let emulator: hyper::Uri = emulator
+            .parse()
+            .map_err(|_| "AWS_ENDPOINT_URL is not a URL".to_owned())?;
+        if origin(&parsed) == origin(&emulator) {
+            return Ok(());
+        }
+    }
+    let region = configured.region.to_ascii_lowercase();
+    let bucket = format!(
+        "cloudformation-custom-resource-response-{}",
+        region.replace('-', "")
+    );
+    let domain = if region.starts_with("cn-") {
+        "amazonaws.com.cn"
+    } else {
+        "amazonaws.com"
+    };
+    let hosts = [
+        format!("{bucket}.s3.{domain}"),
+        format!("{bucket}.s3.{region}.{domain}"),
+        format!("{bucket}.s3-{region}.{domain}"),
+    ];
+    let https =
+        parsed.scheme_str() == Some("https") && matches!(parsed.port_u16(), None | Some(443));
+    if https && hosts.contains(&host) {
+        Ok(())
+    } else {
+        Err(format!(
+            "its ResponseURL's host {host:?} is not CloudFormation's response bucket for {region} ({}): the setup function answers CloudFormation only",
+            hosts[0]
+        ))
+    }
 }
 
 /// The resource's attributes: each role's secret ARN (`IngestSecretArn`, ...)
@@ -156,8 +362,12 @@ fn answer(request: &Request, outcome: Result<Value, String>) -> Value {
     })
 }
 
-/// Reads the master secret and runs setup as its user.
-async fn set_up(p: &Properties) -> Result<Report, String> {
+/// Reads the master secret and runs setup as its user; the connection's
+/// other settings (TLS, timeouts) from `env`.
+async fn set_up(
+    p: &Properties,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
+) -> Result<Report, String> {
     let plan = plan(p)?;
     let aws = crate::secrets::sdk_config().await;
     let master = crate::secrets::Secrets::new(&aws)
@@ -184,7 +394,7 @@ async fn set_up(p: &Properties) -> Result<Report, String> {
         "PGPORT" => Some(p.port.clone()),
         "PGDATABASE" => Some(p.db_name.clone()),
         "DATABASE_URL" | "DB_SECRET_ID" | "PGUSER" | "PGPASSWORD" => None,
-        _ => std::env::var(name).ok().filter(|v| !v.trim().is_empty()),
+        _ => env(name).filter(|v| !v.trim().is_empty()),
     };
     let admin = DbConfig::from_lookup(&|name: &str| match name {
         "PGUSER" => Some(user.clone()),
@@ -296,11 +506,14 @@ async fn put(url: &str, body: String) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    const STACK: &str = "arn:aws:cloudformation:us-east-1:123456789012:stack/s/1";
+    const CFN_URL: &str = "https://cloudformation-custom-resource-response-useast1.s3.amazonaws.com/arn%3A/r?X-Amz-Signature=x";
+
     fn request(kind: &str) -> Value {
         json!({
             "RequestType": kind,
-            "ResponseURL": "http://127.0.0.1:9/answer",
-            "StackId": "arn:aws:cloudformation:us-east-1:123456789012:stack/s/1",
+            "ResponseURL": CFN_URL,
+            "StackId": STACK,
             "RequestId": "r-1",
             "LogicalResourceId": "DatabaseSetup",
             "PhysicalResourceId": "kept",
@@ -309,17 +522,51 @@ mod tests {
                 "MasterSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:rds!db-1",
                 "Host": "db", "Port": "5432", "DbName": "analytics", "Prefix": "login_etl",
                 "Schema": "public", "Profile": "masking", "RetentionDays": "90", "Auth": "password",
-                "Secrets": "s", "Readers": ["ingest=arn:aws:iam::123456789012:role/f", ""],
+                "Secrets": "s", "SecretHost": "", "SecretPort": "",
+                "Readers": ["ingest=arn:aws:iam::123456789012:role/f", ""],
                 "AdminReaders": ["arn:aws:iam::123456789012:role/dba"],
-                "Rewriters": ["arn:aws:iam::123456789012:role/ci", ""]
+                "SetupRoleArn": "arn:aws:iam::123456789012:role/setup",
+                "Rewriters": ["arn:aws:iam::123456789012:role/ci", ""],
+                "SchemaVersion": "23"
             }
         })
     }
 
+    /// The environment the template gives the setup function for
+    /// `request`'s properties.
+    fn environment(name: &str) -> Option<String> {
+        let value = match name {
+            "SETUP_STACK_ID" => STACK,
+            "AWS_REGION" => "us-east-1",
+            "SETUP_MASTER_SECRET_ARN" => {
+                "arn:aws:secretsmanager:us-east-1:123456789012:secret:rds!db-1"
+            }
+            "SETUP_HOST" => "db",
+            "SETUP_PORT" => "5432",
+            "SETUP_DB_NAME" => "analytics",
+            "SETUP_PREFIX" => "login_etl",
+            "SETUP_SCHEMA" => "public",
+            "SETUP_PROFILE" => "masking",
+            "SETUP_RETENTION_DAYS" => "90",
+            "SETUP_AUTH" => "password",
+            "SETUP_SECRETS" => "s",
+            "SETUP_SECRET_HOST" | "SETUP_SECRET_PORT" => "",
+            "SETUP_READERS" => "ingest=arn:aws:iam::123456789012:role/f",
+            "SETUP_ADMIN_READERS" => "arn:aws:iam::123456789012:role/dba",
+            "SETUP_ROLE_ARN" => "arn:aws:iam::123456789012:role/setup",
+            "SETUP_REWRITERS" => "arn:aws:iam::123456789012:role/ci",
+            _ => return None,
+        };
+        Some(value.to_owned())
+    }
+
+    fn configured() -> Configured {
+        Configured::from_environment(&environment).unwrap()
+    }
+
     #[test]
-    fn properties_make_the_plan_and_a_bad_one_is_named() {
-        let r: Request = serde_json::from_value(request("Create")).unwrap();
-        let plan = plan(&r.resource_properties).unwrap();
+    fn the_environment_makes_the_plan_and_a_bad_one_is_named() {
+        let plan = plan(&configured().properties).unwrap();
         assert_eq!(
             plan.readers[0],
             (Role::Ingest, "arn:aws:iam::123456789012:role/f".into())
@@ -334,15 +581,235 @@ mod tests {
             .collect();
         assert_eq!(dba, Role::ALL);
         assert_eq!(plan.retention.days(), Some(90));
-        // DeployPrincipalArns, empty entries (its default) left out.
         assert_eq!(plan.rewriters, ["arn:aws:iam::123456789012:role/ci"]);
-        let mut bad: Request = serde_json::from_value(request("Create")).unwrap();
-        bad.resource_properties.auth = "kerberos".into();
+        assert_eq!(
+            plan.admin_arn.as_deref(),
+            Some("arn:aws:iam::123456789012:role/setup")
+        );
+        let mut bad = configured().properties;
+        bad.auth = "kerberos".into();
         assert!(plan_err(&bad).contains("DbAuth kerberos"));
+        let none = Configured::from_environment(&|name| {
+            (name != "SETUP_STACK_ID")
+                .then(|| environment(name))
+                .flatten()
+        });
+        assert!(none.unwrap_err().contains("SETUP_STACK_ID"));
     }
 
-    fn plan_err(r: &Request) -> String {
-        plan(&r.resource_properties).unwrap_err()
+    fn plan_err(p: &Properties) -> String {
+        plan(p).unwrap_err()
+    }
+
+    #[test]
+    fn only_the_templates_properties_for_this_stacks_resource_are_acted_on() {
+        let own = configured();
+        let real: Request = serde_json::from_value(request("Update")).unwrap();
+        assert_eq!(refusal(&real, &own), None, "CloudFormation's own request");
+        for (property, forged) in [
+            ("RetentionDays", json!("1")),
+            ("Host", json!("attacker.example.com")),
+            ("Port", json!("6543")),
+            ("SecretHost", json!("attacker.example.com")),
+            (
+                "AdminReaders",
+                json!([
+                    "arn:aws:iam::123456789012:role/dba",
+                    "arn:aws:iam::999999999999:role/x"
+                ]),
+            ),
+            (
+                "Readers",
+                json!(["maintain=arn:aws:iam::123456789012:role/x"]),
+            ),
+            (
+                "MasterSecretArn",
+                json!("arn:aws:secretsmanager:us-east-1:123456789012:secret:other"),
+            ),
+            ("SetupRoleArn", json!("arn:aws:iam::123456789012:role/x")),
+            ("Rewriters", json!([])),
+        ] {
+            let mut event = request("Update");
+            event["ResourceProperties"][property] = forged;
+            let r: Request = serde_json::from_value(event).unwrap();
+            let why = refusal(&r, &own).expect(property);
+            assert!(
+                why.contains(&format!("request's {property} differ")),
+                "{why}"
+            );
+            assert!(
+                !why.contains("attacker"),
+                "a request's values are never echoed: {why}"
+            );
+        }
+        for (field, other) in [
+            (
+                "StackId",
+                "arn:aws:cloudformation:us-east-1:123456789012:stack/other/2",
+            ),
+            ("LogicalResourceId", "SomethingElse"),
+        ] {
+            let mut event = request("Create");
+            event[field] = json!(other);
+            let r: Request = serde_json::from_value(event).unwrap();
+            assert!(
+                refusal(&r, &own)
+                    .unwrap()
+                    .contains("its own stack's DatabaseSetup only")
+            );
+        }
+        // A Delete does nothing, whatever its properties say.
+        let mut delete = request("Delete");
+        delete["ResourceProperties"]["RetentionDays"] = json!("1");
+        let r: Request = serde_json::from_value(delete).unwrap();
+        assert_eq!(refusal(&r, &own), None);
+    }
+
+    #[test]
+    fn only_cloudformations_response_bucket_for_the_region_is_answered() {
+        let own = configured();
+        for url in [
+            CFN_URL,
+            "https://cloudformation-custom-resource-response-useast1.s3.us-east-1.amazonaws.com/k?s=1",
+            "https://cloudformation-custom-resource-response-useast1.s3-us-east-1.amazonaws.com/k",
+            "https://CloudFormation-Custom-Resource-Response-UsEast1.S3.amazonaws.com:443/k",
+        ] {
+            assert_eq!(response_url_is_cloudformations(url, &own), Ok(()), "{url}");
+        }
+        for url in [
+            "http://cloudformation-custom-resource-response-useast1.s3.amazonaws.com/k",
+            "https://cloudformation-custom-resource-response-useast1.s3.amazonaws.com:8443/k",
+            "https://cloudformation-custom-resource-response-euwest1.s3.amazonaws.com/k",
+            "https://cloudformation-custom-resource-response-useast1.s3.amazonaws.com.attacker.example/k",
+            "https://cloudformation-custom-resource-response-useast1.s3.amazonaws.com@attacker.example/k",
+            "https://attacker.example/cloudformation-custom-resource-response-useast1.s3.amazonaws.com",
+            "https://s3.amazonaws.com/cloudformation-custom-resource-response-useast1/k",
+            "http://127.0.0.1:4566/k",
+            "not a url",
+        ] {
+            assert!(response_url_is_cloudformations(url, &own).is_err(), "{url}");
+        }
+        let china = Configured {
+            region: "cn-north-1".into(),
+            ..configured()
+        };
+        let cn = "https://cloudformation-custom-resource-response-cnnorth1.s3.cn-north-1.amazonaws.com.cn/k";
+        assert_eq!(response_url_is_cloudformations(cn, &china), Ok(()));
+        // An emulator (LocalStack) answers on its own origin, no other.
+        let emulated = Configured {
+            emulator: Some("http://127.0.0.1:4566".into()),
+            ..configured()
+        };
+        assert_eq!(
+            response_url_is_cloudformations(
+                "http://127.0.0.1:4566/bucket/k?X-Amz-Signature=1",
+                &emulated
+            ),
+            Ok(())
+        );
+        assert!(
+            response_url_is_cloudformations("http://127.0.0.1:4567/bucket/k", &emulated).is_err()
+        );
+        assert!(
+            response_url_is_cloudformations("https://127.0.0.1:4566/bucket/k", &emulated).is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_answered_elsewhere_is_neither_acted_on_nor_answered() {
+        // The ResponseURL and a forged Host are listeners of the test's:
+        // neither may see a connection.
+        let answer_to = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let database = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut event = request("Update");
+        event["ResponseURL"] = json!(format!("http://{}/answer", answer_to.local_addr().unwrap()));
+        event["ResourceProperties"]["Host"] = json!("127.0.0.1");
+        event["ResourceProperties"]["Port"] =
+            json!(database.local_addr().unwrap().port().to_string());
+        let env = |name: &str| environment(name);
+        let refused = handle(event, Duration::from_secs(60), &env)
+            .await
+            .unwrap_err();
+        assert!(
+            refused.contains("not CloudFormation's response bucket"),
+            "{refused}"
+        );
+        for listener in [&answer_to, &database] {
+            // handle has returned: a connection it made would be queued.
+            let pending = tokio::time::timeout(Duration::ZERO, listener.accept()).await;
+            assert!(pending.is_err(), "a connection was made");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_forged_update_is_answered_failed_with_nothing_read() {
+        // An emulator's origin (the test's listener) stands for
+        // CloudFormation's bucket; the forged Host is another listener.
+        let emulator = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let database = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = format!("http://{}", emulator.local_addr().unwrap());
+        let mut event = request("Update");
+        event["ResponseURL"] = json!(format!("{origin}/answer?X-Amz-Signature=1"));
+        event["ResourceProperties"]["RetentionDays"] = json!("1");
+        event["ResourceProperties"]["Host"] = json!("127.0.0.1");
+        event["ResourceProperties"]["Port"] =
+            json!(database.local_addr().unwrap().port().to_string());
+        let env = move |name: &str| match name {
+            "AWS_ENDPOINT_URL" => Some(origin.clone()),
+            _ => environment(name),
+        };
+        let answered =
+            tokio::spawn(async move { handle(event, Duration::from_secs(60), &env).await });
+        // The one request the emulator sees is the answer: no secret read.
+        let (mut stream, _) = emulator.accept().await.unwrap();
+        let request = read_http_request(&mut stream).await;
+        use tokio::io::AsyncWriteExt;
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        answered.await.unwrap().unwrap();
+        assert!(
+            request.starts_with("PUT /answer?X-Amz-Signature=1 "),
+            "{request}"
+        );
+        let body: Value = serde_json::from_str(request.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(body["Status"], "FAILED");
+        let reason = body["Reason"].as_str().unwrap();
+        assert!(
+            reason.contains("request's Host, Port, RetentionDays differ"),
+            "{reason}"
+        );
+        for listener in [&emulator, &database] {
+            let pending = tokio::time::timeout(Duration::ZERO, listener.accept()).await;
+            assert!(pending.is_err(), "a second connection was made");
+        }
+    }
+
+    /// One HTTP/1.1 request: its head and its body (by content-length).
+    async fn read_http_request(stream: &mut tokio::net::TcpStream) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut bytes = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the request ended early");
+            bytes.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&bytes).to_string();
+            if let Some(head_end) = text.find("\r\n\r\n") {
+                let length = text[..head_end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if bytes.len() >= head_end + 4 + length {
+                    return text;
+                }
+            }
+        }
     }
 
     #[test]
