@@ -364,3 +364,31 @@ def test_each_item_is_named_one_way():
     planted = {"tests/x.rs": "use login_etl::ingest::handler::{Deadline, BatchHandler};\nlogin_etl::profile::Profile::Full"}
     assert sorted(second_names(planted, "login_etl", surface)) == [
         "tests/x.rs: BatchHandler", "tests/x.rs: Deadline", "tests/x.rs: Profile"]  # fmt: skip
+
+
+def test_the_built_in_certificates_are_the_ones_listed():
+    """docs/ca-certificates.md lists every certificate compiled into the
+    binary (src/database/ca/*.pem: the RDS CAs, Amazon Trust Services'
+    roots) by its SHA-256 fingerprint and expiry, none else; the RDS
+    bundle holds each region's three G1 roots and nothing expired."""
+    import datetime
+    import warnings
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    rows = set()
+    for name, kind in (("rds-global-bundle.pem", "RDS"), ("amazon-trust-services.pem", "RDS Proxy")):
+        with warnings.catch_warnings():  # Starfield's root has a negative serial number
+            warnings.simplefilter("ignore")
+            certs = x509.load_pem_x509_certificates((ROOT / "src/database/ca" / name).read_bytes())
+        for c in certs:
+            cn = c.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
+            assert c.not_valid_after_utc > datetime.datetime.now(datetime.UTC), f"{cn} has expired"
+            rows.add((c.not_valid_after_utc.date().isoformat(), cn, kind, c.fingerprint(hashes.SHA256()).hex().upper()))
+        if kind == "RDS":
+            kinds = {cn.rsplit(" Root CA ", 1)[1] for _, cn, k, _ in rows if k == "RDS"}
+            assert kinds == {"RSA2048 G1", "RSA4096 G1", "ECC384 G1"} and len(certs) % 3 == 0, kinds
+    page = (ROOT / "docs" / "ca-certificates.md").read_text()
+    listed = set(re.findall(r"^\| (\d{4}-\d\d-\d\d) \| ([^|]+?) \| (RDS(?: Proxy)?) \| `([0-9A-F]{64})` \|$", page, re.M))
+    assert listed == rows, {"listed, not built in": listed - rows, "built in, not listed": rows - listed}

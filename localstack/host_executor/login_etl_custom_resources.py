@@ -25,6 +25,7 @@ import time
 import uuid
 
 from localstack import config
+from localstack.aws.connect import connect_to
 from localstack.services.cloudformation.resource_provider import (
     CloudFormationResourceProviderPlugin,
     OperationStatus,
@@ -72,7 +73,9 @@ class CustomResourceProvider(ResourceProvider[dict]):
         # Signed for the origin the functions' SDK is pointed at (their
         # AWS_ENDPOINT_URL, the host executor's 127.0.0.1): the setup
         # function answers CloudFormation's bucket only, here that origin.
-        functions_s3 = request.aws_client_factory(endpoint_url=f"http://127.0.0.1:{config.GATEWAY_LISTEN[0].port}").s3
+        functions_s3 = connect_to(
+            region_name=request.region_name, endpoint_url=f"http://127.0.0.1:{config.GATEWAY_LISTEN[0].port}"
+        ).s3
         url = functions_s3.generate_presigned_url("put_object", Params={"Bucket": BUCKET, "Key": key}, ExpiresIn=7200)
         event = {
             "RequestType": kind,

@@ -36,8 +36,11 @@ BEGIN
     -- The tag of the key (src/contract/row.rs, Token::tag): one-way, so a
     -- tag read from a row names no key an erasure could list.
     v_tag := ('x' || left(encode(sha256(convert_to(login_etl_forget_rows.user_key, 'UTF8')), 'hex'), 16))::bit(64)::bigint;
-    -- The user's rows by their stored form (the id as uuid where it is one
-    -- in canonical form, its text otherwise: src/contract/columns.rs), in
+    -- The user's rows: every row the view user_logins shows under the id
+    -- (coalesce(user_id_text, user_id::text)). The id is stored as uuid
+    -- where it is one in canonical form, its text otherwise
+    -- (src/contract/columns.rs), but whoever writes the table directly may
+    -- spell a canonical id as text too: both spellings are deleted. In
     -- user_logins_rows itself by day of sent_at, so that only the segment's
     -- partitions are read (through the view, every one would be). No row
     -- of the narrow row is without a day: a segment of those has none.
@@ -47,7 +50,8 @@ BEGIN
     WITH gone AS (DELETE FROM user_logins_rows u
                     WHERE NOT null_dates
                       AND CASE WHEN v_uuid IS NULL THEN u.user_id_text = login_etl_forget_rows.user_id
-                               ELSE u.user_id = v_uuid AND u.user_id_text IS NULL END
+                               ELSE (u.user_id = v_uuid AND u.user_id_text IS NULL)
+                                    OR u.user_id_text = login_etl_forget_rows.user_id END
                       AND u.sent_at >= coalesce(lo, '-infinity'::date)::timestamp AT TIME ZONE 'UTC'
                       AND u.sent_at < coalesce(hi, 'infinity'::date)::timestamp AT TIME ZONE 'UTC'
                     RETURNING encode(u.masked_ip, 'hex') AS masked_ip,

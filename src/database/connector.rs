@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 use crate::database::iam::TokenSigner;
 use crate::database::settings::{CaBundle, DbAuth, DbConfig, DbSource};
 use crate::database::stored_settings;
-use crate::database::tls::Tls;
+use crate::database::tls::{Roots, Tls};
 use crate::error::{ConfigError, DbError, SecretError, describe};
 use crate::secrets::Secrets;
 
@@ -246,9 +246,13 @@ impl Connector {
                 })?;
             pg.password(token.as_bytes());
         }
+        let host = first_host(&pg).0;
         let result = match &self.tls {
             Tls::Disabled => connect_with(&pg, NoTls, limit).await,
-            Tls::Native(tls) => connect_with(&pg, tls.clone(), limit).await,
+            Tls::Native(tls) => match tls.for_host(&host) {
+                Ok(tls) => connect_with(&pg, tls, limit).await,
+                Err(cause) => Err((None, cause)),
+            },
         };
         result.map_err(|(code, cause)| {
             if let Some(hint) = code.as_ref().and_then(connect_refusal_hint) {
@@ -263,7 +267,8 @@ impl Connector {
                 && (cause.contains("TLS") || cause.contains("SSL") || cause.contains("certificate"));
             let hint = match (&self.tls, tls_failure) {
                 (Tls::Native(_), true) => format!(
-                    " (the CA bundle tried beside the system roots: {}; for RDS give the region's or the global bundle from https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem as a file, PGSSLROOTCERT or DB_CA_BUNDLE (the stack's functions: deploy.sh --ca-bundle FILE on every deploy, or DbCaBundleSecretArn; docs/connecting.md, \"TLS to the database\"); and check that the host name is the one the server's certificate names)",
+                    " (trusted for {host}: {}, and the bundle given: {}; check that the host name is the one the server's certificate names; an RDS region newer than the built-in bundle, or a server of your own: give its CA as DB_CA_BUNDLE, PGSSLROOTCERT or DB_CA_BUNDLE_SECRET_ID (the stack: DbCaBundleSecretArn); docs/connecting.md, \"TLS to the database\")",
+                    Roots::of(&host).describe(),
                     self.ca.as_deref().unwrap_or("none")
                 ),
                 _ => String::new(),

@@ -1,8 +1,17 @@
 //! TLS to PostgreSQL (`sslmode` and the CA bundle of
 //! [`crate::database::settings`]) through native-tls. OpenSSL is vendored
 //! (built into the binary), so the Lambda binary does not depend on the
-//! libssl version of its image. A bundle's CAs are trusted beside the
-//! system roots (the RDS CAs are in no OS trust store).
+//! libssl version of its image.
+//!
+//! Under `verify-full` the roots a certificate may chain to follow the
+//! host name ([`Roots`]): a direct RDS or Aurora endpoint trusts the RDS
+//! CAs alone (built in, [`RDS_CA_BUNDLE`]), an RDS Proxy endpoint Amazon
+//! Trust Services' roots alone ([`AMAZON_TRUST_ROOTS`]), any other host the
+//! system's roots. A bundle given (`DB_CA_BUNDLE`, its secret,
+//! `PGSSLROOTCERT`) is trusted beside them: a region newer than the
+//! built-in bundle, a server of one's own.
+
+use std::sync::{Arc, OnceLock};
 
 use native_tls::{Certificate, TlsConnector};
 use postgres_native_tls::MakeTlsConnector;
@@ -10,13 +19,62 @@ use postgres_native_tls::MakeTlsConnector;
 use crate::database::settings::{CaBundle, DbConfig, SslMode};
 use crate::error::ConfigError;
 
+/// The RDS CAs (`global-bundle.pem` as RDS publishes it): each one's
+/// SHA-256 fingerprint and expiry are listed in docs/connecting.md, and a
+/// test holds the two equal.
+pub const RDS_CA_BUNDLE: &[u8] = include_bytes!("ca/rds-global-bundle.pem");
+
+/// Amazon Trust Services' roots (Amazon Root CA 1 to 4, Starfield
+/// Services Root G2), which RDS Proxy's certificates chain to.
+pub const AMAZON_TRUST_ROOTS: &[u8] = include_bytes!("ca/amazon-trust-services.pem");
+
+/// Which roots a server's certificate may chain to, by its host name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Roots {
+    /// A direct RDS or Aurora endpoint (`*.rds.amazonaws.com`, and the
+    /// China partition's `*.rds.amazonaws.com.cn`): the RDS CAs.
+    Rds,
+    /// An RDS Proxy endpoint (a `proxy-*` label under an RDS domain):
+    /// Amazon Trust Services' roots.
+    RdsProxy,
+    /// Any other host: the system's roots.
+    System,
+}
+
+impl Roots {
+    /// The roots for a certificate naming `host`.
+    pub fn of(host: &str) -> Self {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let rds = [".rds.amazonaws.com", ".rds.amazonaws.com.cn"]
+            .iter()
+            .any(|domain| host.ends_with(domain));
+        match rds {
+            false => Roots::System,
+            true if host.split('.').any(|label| label.starts_with("proxy-")) => Roots::RdsProxy,
+            true => Roots::Rds,
+        }
+    }
+
+    /// What these roots are, for a TLS failure's hint.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Roots::Rds => "the RDS CAs built in (a direct RDS or Aurora endpoint: no system root)",
+            Roots::RdsProxy => {
+                "Amazon Trust Services' roots built in (an RDS Proxy endpoint: no other root)"
+            }
+            Roots::System => "the system's roots",
+        }
+    }
+}
+
 /// How connections are made.
 #[derive(Clone)]
 pub enum Tls {
     /// Plain TCP (`disable`).
     Disabled,
-    /// TLS (`require`: encrypted, unchecked; `verify-full`: chain and host name checked).
-    Native(MakeTlsConnector),
+    /// TLS (`require`: encrypted, unchecked; `verify-full`: chain and host
+    /// name checked, against the roots of the host connected to).
+    Native(Arc<Connectors>),
 }
 
 impl std::fmt::Debug for Tls {
@@ -28,17 +86,68 @@ impl std::fmt::Debug for Tls {
     }
 }
 
+/// The TLS connectors of one setting, one per [`Roots`], each made when a
+/// host first needs it (the RDS bundle is 102 certificates to parse).
+pub struct Connectors {
+    mode: SslMode,
+    /// The bundle given, parsed once.
+    given: Vec<Certificate>,
+    made: [OnceLock<MakeTlsConnector>; 3],
+}
+
+impl Connectors {
+    /// The connector for a server named `host`.
+    pub fn for_host(&self, host: &str) -> Result<MakeTlsConnector, String> {
+        let roots = match self.mode {
+            SslMode::VerifyFull => Roots::of(host),
+            _ => Roots::System,
+        };
+        let slot = &self.made[roots as usize];
+        if let Some(made) = slot.get() {
+            return Ok(made.clone());
+        }
+        let made = self
+            .make(roots)
+            .map_err(|e| format!("cannot set up TLS: {e}"))?;
+        Ok(slot.get_or_init(|| made).clone())
+    }
+
+    fn make(&self, roots: Roots) -> Result<MakeTlsConnector, native_tls::Error> {
+        let mut builder = TlsConnector::builder();
+        if self.mode == SslMode::Require {
+            builder
+                .danger_accept_invalid_certs(true)
+                .danger_accept_invalid_hostnames(true);
+        }
+        let built_in = match roots {
+            Roots::Rds => Some(RDS_CA_BUNDLE),
+            Roots::RdsProxy => Some(AMAZON_TRUST_ROOTS),
+            Roots::System => None,
+        };
+        if let Some(pem) = built_in {
+            builder.disable_built_in_roots(true);
+            for cert in Certificate::stack_from_pem(pem)? {
+                builder.add_root_certificate(cert);
+            }
+        }
+        for cert in &self.given {
+            builder.add_root_certificate(cert.clone());
+        }
+        Ok(MakeTlsConnector::new(builder.build()?))
+    }
+}
+
 impl Tls {
-    /// The connector for `db.ssl_mode`, trusting a CA bundle file (many
-    /// PEM certificates, like the RDS bundles) in addition to the system
-    /// roots. A bundle from a secret is read by the caller: see
+    /// The connectors for `db.ssl_mode`, trusting a CA bundle file (many
+    /// PEM certificates, like the RDS bundles) beside the host's roots. A
+    /// bundle from a secret is read by the caller: see
     /// [`from_config_with_pem`](Self::from_config_with_pem).
     pub fn from_config(db: &DbConfig) -> Result<Self, ConfigError> {
         let pem = match &db.ca_bundle {
             Some(CaBundle::File { path, from }) if db.ssl_mode == SslMode::VerifyFull => Some((
                 std::fs::read(path).map_err(|e| ConfigError::Invalid {
                     var: from,
-                    reason: format!("cannot read the CA bundle {path}: {e}; for RDS, download the region's or the global bundle (https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem: docs/connecting.md, \"TLS to the database\") and give its path"),
+                    reason: format!("cannot read the CA bundle {path}: {e}; a direct RDS or Aurora endpoint needs none (the RDS CAs are built in): give a path only for another server's CA (docs/connecting.md, \"TLS to the database\")"),
                 })?,
                 format!("{from} file {path}"),
             )),
@@ -50,7 +159,7 @@ impl Tls {
         )
     }
 
-    /// The connector for `db.ssl_mode`, trusting the PEM bundle read from
+    /// The connectors for `db.ssl_mode`, trusting the PEM bundle read from
     /// the secret `DB_CA_BUNDLE_SECRET_ID` names.
     pub fn from_config_with_pem(
         db: &DbConfig,
@@ -61,27 +170,25 @@ impl Tls {
     }
 
     fn build(mode: SslMode, bundle: Option<(&[u8], &str)>) -> Result<Self, ConfigError> {
-        let mut builder = TlsConnector::builder();
-        match mode {
-            SslMode::Disable => return Ok(Tls::Disabled),
-            SslMode::Require => {
-                builder
-                    .danger_accept_invalid_certs(true)
-                    .danger_accept_invalid_hostnames(true);
-            }
-            SslMode::VerifyFull => {
-                if let Some((pem, origin)) = bundle {
-                    for cert in load_bundle(pem, origin)? {
-                        builder.add_root_certificate(cert);
-                    }
-                }
-            }
-        }
-        let connector = builder.build().map_err(|e| ConfigError::Invalid {
-            var: "DB_SSLMODE",
-            reason: format!("cannot set up TLS: {e}"),
-        })?;
-        Ok(Tls::Native(MakeTlsConnector::new(connector)))
+        let given = match (mode, bundle) {
+            (SslMode::Disable, _) => return Ok(Tls::Disabled),
+            (SslMode::VerifyFull, Some((pem, origin))) => load_bundle(pem, origin)?,
+            _ => Vec::new(),
+        };
+        let connectors = Connectors {
+            mode,
+            given,
+            made: Default::default(),
+        };
+        // The system's roots now: a TLS set-up that cannot work fails at
+        // start, with the setting named, not at the first connection.
+        connectors
+            .for_host("localhost")
+            .map_err(|reason| ConfigError::Invalid {
+                var: "DB_SSLMODE",
+                reason,
+            })?;
+        Ok(Tls::Native(Arc::new(connectors)))
     }
 
     /// The `sslmode` the PostgreSQL client must insist on.
@@ -110,4 +217,41 @@ fn load_bundle(pem: &[u8], origin: &str) -> Result<Vec<Certificate>, ConfigError
         return Err(invalid(format!("{origin} holds no PEM certificate")));
     }
     Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_name_decides_the_roots() {
+        for (host, roots) in [
+            ("mydb.c9akciq32.us-east-1.rds.amazonaws.com", Roots::Rds),
+            ("app.cluster-ro-c9akciq32.eu-west-1.rds.amazonaws.com", Roots::Rds),
+            ("mydb.abc.cn-north-1.rds.amazonaws.com.cn", Roots::Rds),
+            ("mydb.abc.us-gov-west-1.rds.amazonaws.com", Roots::Rds),
+            ("MyDb.ABC.US-EAST-1.RDS.AMAZONAWS.COM.", Roots::Rds),
+            ("login-etl.proxy-abc123.us-east-1.rds.amazonaws.com", Roots::RdsProxy),
+            ("ro.endpoint.proxy-abc123.us-east-1.rds.amazonaws.com", Roots::RdsProxy),
+            ("db.internal", Roots::System),
+            ("localhost", Roots::System),
+            ("rds.amazonaws.com.attacker.example", Roots::System),
+            ("evilrds.amazonaws.com", Roots::System),
+        ] {
+            assert_eq!(Roots::of(host), roots, "{host}");
+        }
+    }
+
+    #[test]
+    fn the_built_in_roots_parse() {
+        assert_eq!(Certificate::stack_from_pem(RDS_CA_BUNDLE).unwrap().len(), 102);
+        assert_eq!(Certificate::stack_from_pem(AMAZON_TRUST_ROOTS).unwrap().len(), 5);
+        let tls = Tls::build(SslMode::VerifyFull, None).unwrap();
+        let Tls::Native(connectors) = tls else {
+            panic!("verify-full is TLS")
+        };
+        for host in ["a.b.us-east-1.rds.amazonaws.com", "p.proxy-1.us-east-1.rds.amazonaws.com"] {
+            connectors.for_host(host).unwrap();
+        }
+    }
 }

@@ -109,7 +109,9 @@ pub struct MaintainReport {
     pub purged_from_default: i64,
     /// PII-vault entries no row within retention uses, deleted.
     pub vault_entries_purged: i64,
-    /// Rows still in the DEFAULT partition at the end (0 unless a step failed).
+    /// Rows still in the DEFAULT partition at the end: 0 unless a step
+    /// failed, or rows are dated past the premake horizon (no partition
+    /// is made for them: doctor names them).
     pub default_rows: i64,
     /// Rows of a swapped-out DEFAULT partition moved back into their
     /// partitions (its drain, this run's or one an earlier run began).
@@ -229,17 +231,33 @@ pub async fn run(client: &Client, options: &MaintainOptions) -> Result<MaintainR
     let premade: Vec<NaiveDate> = (-PREMAKE_PAST_DAYS..=i64::from(options.premake_days))
         .map(|offset| today + TimeDelta::days(offset))
         .collect();
+    // No partition past the premake horizon, whatever a row's date: SQS
+    // dates no message ahead, so a row dated later was written by a
+    // credential, not the function, and each partition it asked for would
+    // stay for years. Such rows wait in the DEFAULT partition (doctor names
+    // them) until their day comes within the horizon.
+    let horizon = today + TimeDelta::days(i64::from(options.premake_days));
+    let wanted = |day: Option<NaiveDate>| {
+        day.filter(|d| cutoff.is_none_or(|c| *d >= c) && *d <= horizon)
+    };
     if draining(client, options, today).await? {
-        drain_default(client, options, cutoff, &premade, &mut report).await?;
+        drain_default(client, options, &wanted, &premade, &mut report).await?;
     }
     // The coming days first: the step that keeps rows out of the DEFAULT
     // partition; then the days of rows that found no partition (unless
-    // past retention).
+    // past retention, or past the horizon).
     let mut waiting: Vec<NaiveDate> = Vec::new();
     for (day, rows) in default_days(client).await? {
-        if let Some(day) = day.filter(|d| cutoff.is_none_or(|c| *d >= c)) {
-            warn!(%day, rows, "rows in the DEFAULT partition: making their partition");
-            waiting.push(day);
+        match wanted(day) {
+            Some(day) => {
+                warn!(%day, rows, "rows in the DEFAULT partition: making their partition");
+                waiting.push(day);
+            }
+            None if day.is_some_and(|d| d > horizon) => warn!(
+                rows,
+                "rows in the DEFAULT partition dated past the premake horizon: no partition made for them (login-etl doctor names them)"
+            ),
+            None => {}
         }
     }
     for day in premade.into_iter().chain(waiting) {
@@ -306,7 +324,7 @@ async fn draining(
 async fn drain_default(
     client: &Client,
     options: &MaintainOptions,
-    cutoff: Option<NaiveDate>,
+    wanted: &(dyn Fn(Option<NaiveDate>) -> Option<NaiveDate> + Sync),
     premade: &[NaiveDate],
     report: &mut MaintainReport,
 ) -> Result<(), DbError> {
@@ -322,7 +340,7 @@ async fn drain_default(
         make(day, report).await?;
     }
     for (day, rows) in days_of(client, "login_etl_drain_days()").await? {
-        if let Some(day) = day.filter(|d| cutoff.is_none_or(|c| *d >= c)) {
+        if let Some(day) = wanted(day) {
             info!(%day, rows, "rows of the swapped-out DEFAULT partition: making their partition");
             make(day, report).await?;
         }

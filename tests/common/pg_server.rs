@@ -240,13 +240,20 @@ impl Drop for PgServer {
     }
 }
 
-/// A CA, a server certificate for DNS:localhost signed by it, and an unrelated CA.
+/// A direct RDS endpoint's name and an RDS Proxy endpoint's, which the
+/// test server's certificate names too (reached with `hostaddr`).
+pub const RDS_HOST: &str = "db.test.us-east-1.rds.amazonaws.com";
+/// See [`RDS_HOST`].
+pub const RDS_PROXY_HOST: &str = "etl.proxy-test.us-east-1.rds.amazonaws.com";
+
+/// A CA, a server certificate for DNS:localhost (and [`RDS_HOST`],
+/// [`RDS_PROXY_HOST`]) signed by it, and an unrelated CA.
 fn make_certificates(dir: &std::path::Path) {
     let sh = |script: &str| run(Command::new("bash").arg("-ec").arg(script).current_dir(dir));
-    sh("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj '/CN=login-etl test CA' -keyout ca.key -out ca.crt 2>/dev/null
+    sh(&format!("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj '/CN=login-etl test CA' -keyout ca.key -out ca.crt 2>/dev/null
         openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj '/CN=unrelated CA' -keyout other-ca.key -out other-ca.crt 2>/dev/null
         openssl req -newkey rsa:2048 -nodes -subj '/CN=localhost' -keyout server.key -out server.csr 2>/dev/null
-        printf 'subjectAltName=DNS:localhost\\n' > san.ext
+        printf 'subjectAltName=DNS:localhost,DNS:%s,DNS:%s\\n' {RDS_HOST} {RDS_PROXY_HOST} > san.ext
         openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out server.crt 2>/dev/null
-        chmod 600 server.key");
+        chmod 600 server.key"));
 }

@@ -216,3 +216,48 @@ async fn ssl_modes_against_a_server_that_requires_tls() {
         "{err}"
     );
 }
+
+/// verify-full by the host name: a direct RDS endpoint trusts the RDS CAs
+/// built in, an RDS Proxy endpoint Amazon Trust Services' roots, neither
+/// the system's; any other host the system's. The test CA is made a
+/// system root (SSL_CERT_FILE, which OpenSSL reads for its default
+/// roots); the certificate names localhost and the two RDS names, reached
+/// at 127.0.0.1 (`hostaddr`). A bundle given is trusted beside the
+/// built-in roots.
+#[tokio::test]
+#[ignore = "needs PostgreSQL's binaries and its own process (sets SSL_CERT_FILE); run by `make test`"]
+async fn rds_names_trust_their_own_roots_not_the_systems() {
+    let server = PgServer::start(ServerOptions {
+        tls: true,
+        password: true,
+    });
+    common::set_process_env(&[("SSL_CERT_FILE", server.ca_file().to_str().unwrap())]);
+    let at = |host: &str| format!("{}?hostaddr=127.0.0.1", server.url(host, Some(PASSWORD)));
+    build(&at("localhost"), "verify-full", None)
+        .await
+        .expect("another host: the system's roots (the test CA among them)");
+    // (build connects, to migrate, with a file named *bundle.pem.)
+    let given = server.dir.join("test-ca-bundle.pem");
+    std::fs::copy(server.ca_file(), &given).unwrap();
+    for (host, roots) in [
+        (common::pg_server::RDS_HOST, "the RDS CAs built in"),
+        (
+            common::pg_server::RDS_PROXY_HOST,
+            "Amazon Trust Services' roots built in",
+        ),
+    ] {
+        let err = build(&at(host), "verify-full", None)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{host}: a certificate from a system root was taken"));
+        assert!(
+            err.contains("certificate verify failed") && err.contains(roots),
+            "{host}: {err}"
+        );
+        assert!(!err.contains(PASSWORD), "{err}");
+        // The bundle given is trusted beside them (a newer region's CA).
+        build(&at(host), "verify-full", Some(given.to_str().unwrap()))
+            .await
+            .unwrap_or_else(|e| panic!("{host} with its CA given: {e}"));
+    }
+}

@@ -2,8 +2,9 @@
 //! database, read from the live catalogue, each finding with its fix.
 //!
 //! Run as the tables' owner (the migrate role), an admin or a superuser:
-//! it reads the catalogue and whether the DEFAULT partition holds a row,
-//! never a row's values, changes nothing, and runs no function of the
+//! it reads the catalogue and whether the DEFAULT partition holds a row
+//! (and how many, of which days, are dated past the partitions made
+//! ahead), never a row's other values, changes nothing, and runs no function of the
 //! schema it audits (a replaced one would run with the caller's rights).
 //! The checks:
 //! - who besides the owner may CREATE in the schema the owner's functions
@@ -549,9 +550,52 @@ async fn partitions_ahead(
             )
             .await?
             .get(0);
+        // Rows dated past the partitions made ahead and maintain's
+        // horizon: no SQS message is, and maintain makes no partition for
+        // them (named apart, with their count and days).
+        let far_from = (today
+            + chrono::TimeDelta::days(
+                days_ahead(&listed, today)
+                    .unwrap_or(0)
+                    .max(i64::from(crate::table::maintain::DEFAULT_PREMAKE_DAYS))
+                    + 1,
+            ))
+        .and_time(chrono::NaiveTime::MIN)
+        .and_utc();
         let held: bool = if readable {
+            let far = client
+                .query_one(
+                    &format!(
+                        "SELECT pg_catalog.count(*), pg_catalog.min(sent_at), pg_catalog.max(sent_at) \
+                         FROM {name} WHERE sent_at OPERATOR(pg_catalog.>=) $1"
+                    ),
+                    &[&far_from],
+                )
+                .await?;
+            let count: i64 = far.get(0);
+            if count > 0 {
+                let day = |i| {
+                    far.get::<_, chrono::DateTime<chrono::Utc>>(i)
+                        .date_naive()
+                };
+                report.found(
+                    "partitions",
+                    default.name.clone(),
+                    format!(
+                        "holds {count} row(s) dated {} to {}, past the partitions made ahead: no SQS message is dated ahead, so a credential wrote them, not the function; maintain makes no partition for them",
+                        day(1),
+                        day(2)
+                    ),
+                    format!(
+                        "as the tables' owner: look at them (SELECT * FROM {name} WHERE sent_at >= '{far_from}'), then delete them; and rotate the password of the role that can write the table (the ingest role's)"
+                    ),
+                );
+            }
             client
-                .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {name})"), &[])
+                .query_one(
+                    &format!("SELECT EXISTS (SELECT 1 FROM {name} WHERE sent_at IS NULL OR sent_at OPERATOR(pg_catalog.<) $1)"),
+                    &[&far_from],
+                )
                 .await?
                 .get(0)
         } else {

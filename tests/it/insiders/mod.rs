@@ -362,3 +362,127 @@ async fn defects_hold_codes_only_whoever_writes_the_row() {
         .get(0);
     assert_eq!(stored as usize, codes.len() + 1);
 }
+
+/// Issue 98, finding 3: a canonical user id can be stored as text by
+/// whoever writes the table (`user_id` NULL, `user_id_text` the id); the
+/// view shows that row under the id, so the user's forget deletes it, and
+/// the audit counts it. Another spelling (upper case) is another id, kept.
+#[tokio::test]
+async fn forget_deletes_every_row_the_view_shows_under_its_user_id() {
+    let d = deploy(false).await;
+    let user = "6f1c2a4e-0000-4000-8000-000000000001";
+    d.connect(Role::Ingest)
+        .await
+        .batch_execute(&format!(
+            "INSERT INTO user_logins_rows (message_id, user_id, user_id_text, sent_at) VALUES \
+             (gen_random_uuid(), '{user}', NULL, now()), \
+             (gen_random_uuid(), NULL, '{user}', now()), \
+             (gen_random_uuid(), gen_random_uuid(), '{user}', now()), \
+             (gen_random_uuid(), NULL, upper('{user}'), now()), \
+             (gen_random_uuid(), '{user}', 'someone-else', now())"
+        ))
+        .await
+        .expect("the ingest role writes rows as it likes");
+    let shown = || async {
+        d.admin
+            .query_one(
+                "SELECT count(*) FROM user_logins WHERE user_id = $1",
+                &[&user],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert_eq!(shown().await, 3);
+    assert_eq!(forget(&d, user).await, 3, "forget's count");
+    assert_eq!(shown().await, 0, "a row still shows under the erased id");
+    let audited: i64 = d
+        .admin
+        .query_one(
+            "SELECT rows_deleted FROM user_logins_pii_audit \
+             WHERE action = 'forget' AND rows_deleted IS NOT NULL ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(audited, 3, "the audit's count");
+    let kept: i64 = d
+        .admin
+        .query_one(
+            "SELECT count(*) FROM user_logins WHERE user_id IN (upper($1), 'someone-else')",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 2, "other ids' rows are kept");
+}
+
+/// Issue 98, finding 2: rows an ingest credential dates 20 to 219 days
+/// ahead make maintain build no partition past its premake horizon; they
+/// wait in the DEFAULT partition and doctor names them, and a wider
+/// horizon takes in exactly the days it reaches.
+#[tokio::test]
+async fn far_dated_rows_make_no_partition_past_the_premake_horizon() {
+    use chrono::TimeDelta;
+    let d = deploy(false).await;
+    d.connect(Role::Ingest)
+        .await
+        .batch_execute(
+            "INSERT INTO user_logins_rows (message_id, user_id_text, sent_at) \
+             SELECT gen_random_uuid(), 'far', now() + make_interval(days => n) \
+             FROM generate_series(20, 219) n",
+        )
+        .await
+        .expect("the ingest role dates a row as it likes");
+    let m = d.connect(Role::Maintain).await;
+    let run = |premake_days| {
+        let m = &m;
+        async move {
+            maintain::run(
+                m,
+                &MaintainOptions {
+                    premake_days,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("maintain as the maintain role")
+        }
+    };
+    let today = chrono::Utc::now().date_naive();
+    let made = run(7).await;
+    let partitions = login_etl::table::partitions::partitions_in_catalog(&d.admin)
+        .await
+        .unwrap();
+    let past: Vec<&str> = partitions
+        .iter()
+        .filter(|p| p.hi.is_some_and(|hi| hi > today + TimeDelta::days(8)))
+        .map(|p| p.name.as_str())
+        .collect();
+    assert!(past.is_empty(), "partitions past the horizon: {past:?}");
+    assert_eq!(made.default_rows, 200, "the far rows wait in DEFAULT");
+    let owner = connect(&d.owner).await;
+    let report = login_etl::table::doctor::examine(&owner, today, None)
+        .await
+        .unwrap();
+    let named = report
+        .findings
+        .iter()
+        .find(|f| f.check == "partitions" && f.problem.contains("200 row(s) dated"))
+        .unwrap_or_else(|| panic!("doctor names the far rows: {:?}", report.findings));
+    assert!(
+        named.problem.contains("a credential wrote them"),
+        "{named:?}"
+    );
+    assert!(
+        !report
+            .findings
+            .iter()
+            .any(|f| f.problem.starts_with("holds rows: a day had no partition")),
+        "the far rows are not the rows maintain would move"
+    );
+    // A horizon of 30 days takes in the rows 20 to 30 days ahead.
+    assert_eq!(run(30).await.default_rows, 189);
+}
