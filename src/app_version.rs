@@ -145,6 +145,66 @@ fn release_suffix(after: &str) -> bool {
     }
 }
 
+/// The pre-release words `app_version_text` keeps, ASCII case-insensitive
+/// (`-beta2`, `-RC.1`, `-SNAPSHOT`): words, never a value.
+pub const PRE_RELEASE_WORDS: [&str; 13] = [
+    "alpha", "beta", "rc", "pre", "preview", "dev", "snapshot", "canary", "nightly", "ea",
+    "debug", "internal", "staging",
+];
+
+/// The leading ASCII digits of `s`, and what follows them.
+fn digits(s: &str) -> (&str, &str) {
+    s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()))
+}
+
+/// Whether `text`, in which [`derive`] found a version, is one as releases
+/// write it, and so may be stored: an optional `v`, 1 to 4 numbers of 1 to
+/// 8 digits, then at most a pre-release word of [`PRE_RELEASE_WORDS`]
+/// (after `-`, `_`, `~` or nothing) with 1 to 4 digits (after `.`, `-` or
+/// nothing), a build number `+` 1 to 8 digits, and one in parentheses
+/// (`(4512)`, after a blank or not). No blank around it.
+fn release_text(text: &str) -> bool {
+    let rest = text.strip_prefix(['v', 'V']).unwrap_or(text);
+    let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+    let (numbers, mut rest) = rest.split_at(end);
+    if numbers.split('.').any(|p| !(1..=8).contains(&p.len())) {
+        return false;
+    }
+    let pre = rest.strip_prefix(['-', '_', '~']).or_else(|| {
+        rest.starts_with(|c: char| c.is_ascii_alphabetic()).then_some(rest)
+    });
+    if let Some(pre) = pre {
+        let (word, after) =
+            pre.split_at(pre.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(pre.len()));
+        if !PRE_RELEASE_WORDS.iter().any(|w| w.eq_ignore_ascii_case(word)) {
+            return false;
+        }
+        let after = after
+            .strip_prefix(['.', '-'])
+            .filter(|a| a.starts_with(|c: char| c.is_ascii_digit()))
+            .unwrap_or(after);
+        let (n, after) = digits(after);
+        if n.len() > 4 {
+            return false;
+        }
+        rest = after;
+    }
+    if let Some(build) = rest.strip_prefix('+') {
+        let (n, after) = digits(build);
+        if !(1..=8).contains(&n.len()) {
+            return false;
+        }
+        rest = after;
+    }
+    match rest.strip_prefix(" (").or_else(|| rest.strip_prefix('(')) {
+        Some(paren) => match digits(paren) {
+            (n, ")") => (1..=8).contains(&n.len()),
+            _ => false,
+        },
+        None => rest.is_empty(),
+    }
+}
+
 /// 1 to 3 digits, at most 255: with four of them, whatever follows, the
 /// text may be an IPv4 address, not a version to keep.
 fn is_octet(part: &str) -> bool {
@@ -170,6 +230,10 @@ pub enum Derivation {
     /// largest (`5.2.1203` as `5.2.999`), an integer that ties, never
     /// inverts.
     OutOfRange,
+    /// A version found, but its text is not one as releases write it
+    /// (`2.3.0-ip199.172.111.135`, `2.3.0+ssn593-47-5928`): the integer is
+    /// kept, `app_version_text` is NULL.
+    TextWithheld,
 }
 
 impl Derivation {
@@ -181,6 +245,7 @@ impl Derivation {
             Derivation::Suffix => "suffix",
             Derivation::Unparsed => "unparsed",
             Derivation::OutOfRange => "out_of_range",
+            Derivation::TextWithheld => "text_withheld",
         }
     }
 }
@@ -253,6 +318,9 @@ pub fn derive(text: &str) -> (Option<i32>, Vec<Derivation>) {
     if saturated || set_aside.is_empty() {
         set_aside.push(Derivation::OutOfRange);
     }
+    if !release_text(text) {
+        set_aside.push(Derivation::TextWithheld);
+    }
     (Some(combine(&numbers)), set_aside)
 }
 
@@ -309,14 +377,26 @@ mod tests {
             ("2.3.0", Some(2_003_000), vec![]),
             ("v2.3.0", Some(2_003_000), vec![Prefix]),
             ("V1.1", Some(1_001_000), vec![Prefix]),
-            (" 1.2 ", Some(1_002_000), vec![Prefix, Suffix]),
+            (" 1.2 ", Some(1_002_000), vec![Prefix, Suffix, TextWithheld]),
             ("2.3.0-beta1", Some(2_003_000), vec![Suffix]),
             ("2.3.0+45", Some(2_003_000), vec![Suffix]),
             ("2.3.0 (4512)", Some(2_003_000), vec![Suffix]),
             ("2.3.0rc1", Some(2_003_000), vec![Suffix]),
             ("2.3.0.4512", Some(2_003_000), vec![FourthPart]),
             ("2.3.0.99999", Some(2_003_000), vec![FourthPart]),
-            ("2.3.0-rc.1+build.7 (88)", Some(2_003_000), vec![Suffix]),
+            ("2.3.0-rc.1+build.7 (88)", Some(2_003_000), vec![Suffix, TextWithheld]),
+            ("2.3.0-beta.2", Some(2_003_000), vec![Suffix]),
+            ("1.0.0-SNAPSHOT", Some(1_000_000), vec![Suffix]),
+            ("1.0.0-RC1", Some(1_000_000), vec![Suffix]),
+            ("2.3.0-nightly.20", Some(2_003_000), vec![Suffix]),
+            // A version found, its text a value's (issue 98, finding 4):
+            // the integer kept, the text withheld.
+            ("2.3.0-ip199.172.111.135", Some(2_003_000), vec![Suffix, TextWithheld]),
+            ("2.3.0-d593-47-5928", Some(2_003_000), vec![Suffix, TextWithheld]),
+            ("2.3.0+ssn593-47-5928", Some(2_003_000), vec![Suffix, TextWithheld]),
+            ("1.0.0-alice.example.com", Some(1_000_000), vec![Suffix, TextWithheld]),
+            ("2.3.0-rc.12345", Some(2_003_000), vec![Suffix, TextWithheld]),
+            ("2.0.0+build", Some(2_000_000), vec![Suffix, TextWithheld]),
             ("2.3.0_beta", Some(2_003_000), vec![Suffix]),
             // Not a release's: what analysts would read may be anything.
             ("2.3.0.1", None, vec![Unparsed]),

@@ -70,7 +70,9 @@ def field_values(field: str, limit: int) -> list:
     if field == "app_version":
         values += ["1.2.3", "1.2.3.4", "1..2", ".1", "1.", "1000", "01.002.003", "1.2\n", "1.2 ", "v1", "١.٢",
                    "2.3.0-beta1", "2.3.0 (4512)", "v2.3.0", "10.0.1000", "2025.1.0", "5.2.1203", "2146.999.999",
-                   "2147.1", "0999.1", "20250101", "2025.1.0-beta"]  # fmt: skip
+                   "2147.1", "0999.1", "20250101", "2025.1.0-beta", "2.3.0-beta.2", "1.0.0-SNAPSHOT",
+                   "2.3.0-ip199.172.111.135", "2.3.0-d593-47-5928", "2.3.0+ssn593-47-5928", "1.0.0-alice.example.com",
+                   "2.3.0+20240101", "1.0.0-rc1", "2.0.0+build"]  # fmt: skip
     if field == "ip":
         values += ["999.1.1.1", "1.2.3", "::1%eth0", "10.0.0.1/24", "localhost", "1.2.3.4 ", "\t::1\n", "fe80::1",
                    "10.0.0.1:443", "[2001:db8::1]:443", "unknown", "203.0.113.7, 10.0.0.1", "::ffff:203.0.113.7",
@@ -138,6 +140,9 @@ def test_schema_and_validate_agree_on_a_generated_corpus_but_where_a_schema_cann
     undecidable: dict[str, int] = {"invalid_ip": 0, "duplicate_field": 0, "float_user_id": 0, "not_json": 0}
     agreed = 0
     defects_seen: set[str] = set()
+    # The version texts stored as received: the lenient schema's $defs.
+    kept_text = None if strict else Draft202012Validator(schema["$defs"]["app_version_text"])
+    texts_judged = 0
     for body, verdict in zip(bodies, verdicts(bodies, *flags)):
         reason = verdict.get("reason", "")
         defects_seen.update(verdict.get("defects", []))
@@ -147,6 +152,12 @@ def test_schema_and_validate_agree_on_a_generated_corpus_but_where_a_schema_cann
             assert reason in ("invalid_json", "empty_body"), (body, verdict)
             undecidable["not_json"] += 1
             continue
+        version = doc.get("app_version") if isinstance(doc, dict) else None
+        if kept_text and verdict["valid"] and isinstance(version, str):
+            own = {d for d in verdict.get("defects", []) if d.startswith("app_version.")}
+            stored = own <= {"app_version.prefix", "app_version.suffix", "app_version.fourth_part", "app_version.out_of_range"}
+            assert kept_text.is_valid(version) == stored, (version, verdict)
+            texts_judged += 1
         by_schema = checker.is_valid(doc)
         if by_schema and reason == "invalid_ip":
             undecidable["invalid_ip"] += 1
@@ -162,6 +173,7 @@ def test_schema_and_validate_agree_on_a_generated_corpus_but_where_a_schema_cann
             "not_a_login_event", "not_an_object") or reason == "unknown_field", verdict  # fmt: skip
         agreed += 1
     assert agreed > 500, agreed
+    assert strict or texts_judged > 300, texts_judged
     if strict:
         assert not defects_seen, "strict stores no defect"
         assert undecidable["invalid_ip"], f"a named case never occurred: {undecidable}"
@@ -271,3 +283,26 @@ def test_the_issue_s_real_bodies_are_stored_with_their_defects_and_rejected_unde
     for verdict, (_, _, defects) in zip(verdicts(bodies), cases):
         assert verdict == {"line": verdict["line"], "valid": True, "defects": defects}, verdict
     assert not any(v["valid"] for v in verdicts(bodies, "--contract", "strict"))
+
+
+VERSION_TEXTS = [("2.3.0-beta.2", ["app_version.suffix"]), ("v1.2.3", ["app_version.prefix"]),
+                 ("1.0.0-rc1", ["app_version.suffix"]), ("2.3.0+20240101", ["app_version.suffix"]),
+                 ("1.0.0-SNAPSHOT", ["app_version.suffix"]), ("2.3.0 (4512)", ["app_version.suffix"]), ("2.3.0", []),
+                 *[(v, ["app_version.suffix", "app_version.text_withheld"]) for v in (
+                     "2.3.0-ip199.172.111.135", "2.3.0-d593-47-5928", "2.3.0+ssn593-47-5928", "1.0.0-alice.example.com")],
+                 ("203.0.113.77", ["app_version.unparsed"])]  # fmt: skip
+
+
+def test_a_version_text_is_stored_only_as_releases_write_it():
+    """Issue 98, finding 4: an address, an SSN or a host name after a
+    version is no release's text: the integer is kept, the text withheld
+    (defect app_version.text_withheld); what releases write (a closed list
+    of pre-release words with digits, numeric build metadata) is stored.
+    validate, the function's parser, and the lenient schema's
+    $defs.app_version_text agree on each."""
+    kept = Draft202012Validator(json.loads(run("schema").stdout)["$defs"]["app_version_text"])
+    base = {"user_id": "u-1", "device_type": "ios", "ip": "10.0.0.1", "locale": None, "device_id": "d"}
+    bodies = [json.dumps({**base, "app_version": v}) for v, _ in VERSION_TEXTS]
+    for verdict, (version, defects) in zip(verdicts(bodies), VERSION_TEXTS):
+        assert verdict.get("defects", []) == defects, (version, verdict)
+        assert kept.is_valid(version) == (not {"app_version.text_withheld", "app_version.unparsed"} & set(defects)), version

@@ -167,7 +167,12 @@ pub fn parse_body_with<'a>(
         None => (None, false),
         Some(text) => {
             let (value, set_aside) = app_version::derive(text);
-            let unparsed = set_aside.contains(&app_version::Derivation::Unparsed);
+            let unparsed = set_aside.iter().any(|d| {
+                matches!(
+                    d,
+                    app_version::Derivation::Unparsed | app_version::Derivation::TextWithheld
+                )
+            });
             if !set_aside.is_empty() {
                 let strict =
                     app_version::encode(text).expect_err("a plain version sets nothing aside");
@@ -178,8 +183,8 @@ pub fn parse_body_with<'a>(
             (value, unparsed)
         }
     };
-    // Not a version: its text may be anything (an address, an email), and
-    // the column is one analysts read.
+    // Not a version, or not one as releases write it: its text may be
+    // anything (an address, an email), and the column is one analysts read.
     if unparsed {
         app_version_text = None;
     }

@@ -20,6 +20,7 @@
 
 use serde_json::{Value, json};
 
+use crate::app_version::PRE_RELEASE_WORDS;
 use crate::contract::policy::MAX_EXTRA_BYTES;
 use crate::contract::{Contract, Mode, UnknownFields};
 use crate::contract::{FIELDS, Field};
@@ -40,6 +41,29 @@ const NOT_BLANK: &str = "[^\\t\\n\\u000b\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u2
 /// nothing else.
 const APP_VERSION: &str =
     "^([0-9]{1,3}|[01][0-9]{3}|20[0-9]{2}|21[0-3][0-9]|214[0-6])(\\.[0-9]{1,3}){0,2}(?![\\s\\S])";
+
+/// The `app_version` texts stored as received in `app_version_text`
+/// (`app_version::release_text`, of a text in which a version is found):
+/// an optional `v`, 1 to 4 numbers of 1 to 8 digits (four of at most 255
+/// read as an address: no version), then at most a pre-release word of
+/// [`PRE_RELEASE_WORDS`] in any case with 1 to 4 digits, a build number
+/// `+` and 1 to 8 digits, and one in parentheses. A tested equal of the
+/// function's parser (tests/test_contract.py).
+fn app_version_text_pattern() -> String {
+    let octet = "(?:[0-9]{1,2}|[01][0-9]{2}|2[0-4][0-9]|25[0-5])";
+    let words: Vec<String> = PRE_RELEASE_WORDS
+        .iter()
+        .map(|w| {
+            w.chars()
+                .map(|c| format!("[{c}{}]", c.to_ascii_uppercase()))
+                .collect()
+        })
+        .collect();
+    format!(
+        "^(?![vV]?(?:{octet}\\.){{3}}{octet}(?![0-9.]))[vV]?[0-9]{{1,8}}(?:\\.[0-9]{{1,8}}){{0,3}}(?:[-_~]?(?:{})(?:[.-]?[0-9]{{1,4}})?)?(?:\\+[0-9]{{1,8}})?(?: ?\\([0-9]{{1,8}}\\))?(?![\\s\\S])",
+        words.join("|")
+    )
+}
 
 /// What a field may hold under strict: its type, length, no U+0000, not
 /// blank where required, and the version's shape.
@@ -127,7 +151,7 @@ pub fn schema(contract: &Contract) -> Value {
             "The body of an SQS message sent to login-etl's queue: a JSON object with a usable user_id, each field once. Everything else wrong with a login is a defect recorded on its row, never a reason to reject it; login-event.strict.schema.json is a clean login. Fields outside these are counted and never stored; with UNKNOWN_FIELDS=reject they are refused (additionalProperties false). `login-etl validate` gives the function's own verdict.",
         )
     };
-    json!({
+    let mut schema = json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": if strict { SCHEMA_ID_STRICT } else { SCHEMA_ID },
         "title": title,
@@ -136,7 +160,17 @@ pub fn schema(contract: &Contract) -> Value {
         "required": required,
         "properties": properties,
         "additionalProperties": contract.unknown == UnknownFields::Ignore,
-    })
+    });
+    if !strict {
+        schema["$defs"] = json!({
+            "app_version_text": {
+                "description": "The app_version texts stored as received (app_version_text): a version as releases write it (an optional v, numbers, a pre-release word of a closed list with digits, numeric build metadata). Another text in which a version is found is withheld (NULL, defect app_version.text_withheld), its integer kept; one with no version is app_version.unparsed.",
+                "type": "string",
+                "pattern": app_version_text_pattern(),
+            }
+        });
+    }
+    schema
 }
 
 /// [`schema`] as the text `login-etl schema` prints (pretty, a final newline).

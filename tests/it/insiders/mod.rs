@@ -297,6 +297,7 @@ async fn defects_hold_codes_only_whoever_writes_the_row() {
         Derivation::Suffix,
         Derivation::Unparsed,
         Derivation::OutOfRange,
+        Derivation::TextWithheld,
     ] {
         codes.push(
             Defect::AppVersion(d, VersionError::Shape)
