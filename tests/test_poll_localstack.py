@@ -371,7 +371,11 @@ def test_doctor_holds_the_queues_redrive_against_the_backoff_and_finds_its_dlq(s
     the default backoff) rides out far less than 30 minutes of outage, named
     with the count that would; with that count, nothing; without a
     RedrivePolicy, named; its dead-letter queue deleted, named by its ARN;
-    each with exit 1, no finding on the database."""
+    each with exit 1, no finding on the database. A receive Deny that
+    exempts a principal besides the consumer (an SSO role) is open, and
+    named; with deploy principals given, a policy that does not refuse
+    SetQueueAttributes and AddPermission to the rest is named. Without a
+    database configured, the queue alone is checked."""
     q = standard_queues
     sqs = stack.client("sqs")
     arn_of = lambda url: sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]  # noqa: E731
@@ -380,9 +384,11 @@ def test_doctor_holds_the_queues_redrive_against_the_backoff_and_finds_its_dlq(s
            "AWS_REGION": stack.REGION, "DATABASE_URL": stack.role_url(q.dbname, "migrate")}  # fmt: skip
     bootstrap = stack.BUILD_DIR / "LoginEtlFunction" / "bootstrap"
 
-    def doctor() -> tuple[int, list[dict]]:
-        out = subprocess.run([str(bootstrap), "doctor", "--json", "--queue-url", q.queue_url], env=env,
-                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    role = "arn:aws:iam::000000000000:role/login-etl-function"
+
+    def doctor(*flags: str, environ: dict | None = None) -> tuple[int, list[dict]]:
+        out = subprocess.run([str(bootstrap), "doctor", "--json", "--queue-url", q.queue_url, "--function-role-arn", role,
+                              *flags], env=environ or env, capture_output=True, text=True, timeout=60)  # fmt: skip
         report = json.loads(out.stdout)
         assert "queue" in report["checks"], out.stdout + out.stderr
         assert [f for f in report["findings"] if f["check"] != "queue"] == [], report
@@ -397,13 +403,32 @@ def test_doctor_holds_the_queues_redrive_against_the_backoff_and_finds_its_dlq(s
                       (q.dlq_url, receive, "ExistingDlqPolicyStatements"), (q.dlq_url, tls, "ExistingDlqPolicyStatements"),
                       (q.dlq_url, move, "ExistingDlqPolicyStatements")}, found  # fmt: skip
     # What the stack prints for these queues closes them.
-    role = "arn:aws:iam::000000000000:role/login-etl-function"
     for url, output, arns in ((q.queue_url, "ExistingQueuePolicyStatements", {"ExistingQueueArn": queue_arn, "LoginEtlRole.Arn": role}),
                               (q.dlq_url, "ExistingDlqPolicyStatements", {"ExistingDlqArn": dlq_arn, "LoginEtlRole.Arn": role, "Consumer": role})):  # fmt: skip
         policy = {"Version": "2012-10-17", "Statement": printed_statements(output, **arns)}
         sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": json.dumps(policy)})
     code, found = doctor()
     assert not [f for f in found if "its policy" in f["problem"]], found
+    # The queue alone: no database configured, nothing else examined.
+    queue_only = {k: v for k, v in env.items() if k not in ("DATABASE_URL", "DB_SECRET_ID", "PGHOST")}
+    assert doctor(environ=queue_only) == (code, found)
+    # An SSO role exempted beside the function's: open to it, named.
+    sso = "arn:aws:iam::000000000000:role/aws-reserved/sso.amazonaws.com/AWSReservedSSO_Admin_0123"
+    kept_policy = sqs.get_queue_attributes(QueueUrl=q.queue_url, AttributeNames=["Policy"])["Attributes"]["Policy"]
+    widened = json.loads(kept_policy)
+    for st in widened["Statement"]:
+        if st.get("Condition", {}).get("StringNotEquals", {}).get("aws:PrincipalArn") == role and "sqs:ReceiveMessage" in st["Action"]:
+            st["Condition"]["StringNotEquals"]["aws:PrincipalArn"] = [role, sso]
+    sqs.set_queue_attributes(QueueUrl=q.queue_url, Attributes={"Policy": json.dumps(widened)})
+    code, found = doctor()
+    [exempts] = [f for f in found if "its policy" in f["problem"]]
+    assert f"exempts {sso} besides {role}" in exempts["problem"] and exempts["subject"] == q.queue_url, exempts
+    sqs.set_queue_attributes(QueueUrl=q.queue_url, Attributes={"Policy": kept_policy})
+    # With deploy principals: the printed statements leave rewriting open.
+    code, found = doctor("--deploy-principal-arn", "arn:aws:iam::000000000000:role/ci-deploy")
+    rewrite = {(f["subject"], f["problem"].split(" to principals")[0]) for f in found if "rewrites this policy" in f["problem"]}
+    assert rewrite == {(u, f"its policy does not refuse sqs:{a}") for u in (q.queue_url, q.dlq_url)
+                       for a in ("SetQueueAttributes", "AddPermission")}, found  # fmt: skip
     # The fixture's 5 s visibility is under what the function (30 s, the
     # default) needs: named, with the setting that fixes it.
     [visibility] = [f for f in found if "visibility timeout is 5 s" in f["problem"]]

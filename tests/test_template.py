@@ -411,6 +411,8 @@ def test_alarms_and_outputs(tpl):
     assert _own(outputs["QueueUrl"]["Value"]) == {"Ref": "LoginQueue"}
     assert _own(outputs["DeadLetterQueueUrl"]["Value"]) == {"Ref": "LoginDeadLetterQueue"}
     assert outputs["FunctionName"]["Value"] == {"Ref": "LoginEtlFunction"}
+    # doctor --queue-url judges the queue's receive Deny against this role.
+    assert outputs["FunctionRoleArn"]["Value"] == {"Fn::GetAtt": ["LoginEtlRole", "Arn"]}
 
 
 def test_fifo_queue_type_makes_both_queues_fifo(tpl):

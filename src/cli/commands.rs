@@ -301,6 +301,24 @@ fn schema(args: &super::ContractArgs) -> Result<(), Failure> {
 /// Examines the database (see `crate::table::doctor`): each finding
 /// with its fix on stdout (or the report as JSON), exit 1 on any.
 async fn doctor(args: &DoctorArgs) -> Result<(), Failure> {
+    let stack = StackPrincipals {
+        function_role: args.function_role_arn.clone().unwrap_or_default(),
+        dlq_operator: args.dlq_operator_arn.clone(),
+        deploy: args.deploy_principal_arn.clone(),
+    };
+    // The queue alone, from a laptop that reaches no database.
+    let configured = ["DATABASE_URL", "DB_SECRET_ID", "PGHOST"]
+        .iter()
+        .any(|v| std::env::var(v).is_ok_and(|v| !v.trim().is_empty()));
+    if let (Some(url), false) = (&args.queue_url, configured) {
+        let mut report = crate::table::doctor::Report::default();
+        doctor_queue(url, args.function_timeout, &stack, &mut report).await?;
+        return print_doctor(
+            args,
+            &report,
+            "the queue alone (no DATABASE_URL, DB_SECRET_ID or PGHOST: the database not examined)",
+        );
+    }
     let db = DbConfig::from_env()?;
     let client = startup::operator_connection(&db).await?;
     let examining = |e: tokio_postgres::Error| {
@@ -320,12 +338,23 @@ async fn doctor(args: &DoctorArgs) -> Result<(), Failure> {
     doctor_keys(&client, &mut report).await?;
     doctor_secret(&db, &mut report).await;
     if let Some(url) = &args.queue_url {
-        doctor_queue(url, args.function_timeout, &mut report).await?;
+        doctor_queue(url, args.function_timeout, &stack, &mut report).await?;
     }
+    let on = format!("schema {}", report.schema);
+    print_doctor(args, &report, &on)
+}
+
+/// Doctor's report: each finding with its fix (or the report as JSON),
+/// then what was examined (`on`); exit 1 on any finding.
+fn print_doctor(
+    args: &DoctorArgs,
+    report: &crate::table::doctor::Report,
+    on: &str,
+) -> Result<(), Failure> {
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&report).expect("a report serializes")
+            serde_json::to_string_pretty(report).expect("a report serializes")
         );
     } else {
         for f in &report.findings {
@@ -336,9 +365,8 @@ async fn doctor(args: &DoctorArgs) -> Result<(), Failure> {
             );
         }
         println!(
-            "{} check(s) on schema {}: {}",
+            "{} check(s) on {on}: {}",
             report.checks.len(),
-            report.schema,
             if report.findings.is_empty() {
                 "nothing to mend".to_owned()
             } else {
@@ -454,6 +482,7 @@ const MAX_BATCHING_WINDOW_S: u32 = 30;
 async fn doctor_queue(
     url: &str,
     function_timeout: u32,
+    stack: &StackPrincipals,
     report: &mut crate::table::doctor::Report,
 ) -> Result<(), Failure> {
     use crate::poll::queue::{Queue, long_poll_client};
@@ -502,6 +531,7 @@ async fn doctor_queue(
         &mut found,
         url,
         queue.info(),
+        stack,
         &format!(
             "add to its policy the statements of the stack's output ExistingQueuePolicyStatements ({policies})"
         ),
@@ -542,6 +572,7 @@ async fn doctor_queue(
                 &mut found,
                 &dlq_url,
                 dlq.info(),
+                stack,
                 &format!(
                     "add to its policy the statements of the stack's output ExistingDlqPolicyStatements ({policies})"
                 ),
@@ -557,18 +588,32 @@ async fn doctor_queue(
     Ok(())
 }
 
+/// The principals a stack's queue policies exempt (doctor's flags).
+struct StackPrincipals {
+    /// The queue's consumer: the function's role (`--function-role-arn`).
+    function_role: String,
+    /// The dead-letter queue's reader (`--dlq-operator-arn`); without one,
+    /// the function's role.
+    dlq_operator: Option<String>,
+    /// `--deploy-principal-arn`: who alone may rewrite the policies.
+    deploy: Vec<String>,
+}
+
 /// Doctor's findings on a queue's access policy (`crate::cli::queue_policy`):
-/// plain HTTP and receiving by others refused on both queues, and on the
-/// dead-letter queue (`dead_letter`) SQS's own redrive, which would move
-/// the masked copies instead of the originals.
+/// plain HTTP refused, and receiving refused to all but the stack's
+/// consumer (the function's role; the DLQ operator's on the dead-letter
+/// queue, `dead_letter`), exactly; with deploy principals, rewriting the
+/// policy refused to all but them; on the dead-letter queue SQS's own
+/// redrive, which would move the masked copies instead of the originals.
 fn judge_policy(
     found: &mut impl FnMut(&str, String, String),
     url: &str,
     info: &crate::poll::queue::QueueInfo,
+    stack: &StackPrincipals,
     fix: &str,
     dead_letter: bool,
 ) {
-    use super::queue_policy::Closed;
+    use super::queue_policy::{Closed, Verdict};
     let closed = match Closed::of(info.policy.as_deref(), &info.arn) {
         Ok(closed) => closed,
         Err(why) => return found(url, why, fix.to_owned()),
@@ -578,14 +623,40 @@ fn judge_policy(
     } else {
         "raw logins, ip and device id in clear"
     };
-    if !closed.receive_to_others {
-        found(
+    let consumer = match (&stack.dlq_operator, dead_letter) {
+        (Some(operator), true) => operator,
+        _ => &stack.function_role,
+    };
+    match closed.receive.against(std::slice::from_ref(consumer)) {
+        Verdict::Closed => {}
+        Verdict::Open => found(
             url,
             format!(
                 "its policy does not refuse ReceiveMessage to other principals: anyone in the account allowed sqs:ReceiveMessage on * reads its messages ({held})"
             ),
             fix.to_owned(),
-        );
+        ),
+        Verdict::Exempts { extra, missing } => {
+            if !extra.is_empty() {
+                found(
+                    url,
+                    format!(
+                        "its policy's receive Deny exempts {} besides {consumer}: they read its messages ({held})",
+                        extra.join(", ")
+                    ),
+                    format!("leave {consumer} alone in the Deny's aws:PrincipalArn; {fix}"),
+                );
+            }
+            if !missing.is_empty() {
+                found(
+                    url,
+                    format!(
+                        "its policy refuses ReceiveMessage to {consumer} too: it cannot consume this queue"
+                    ),
+                    format!("name {consumer} in the Deny's aws:PrincipalArn; {fix}"),
+                );
+            }
+        }
     }
     if !closed.plain_http {
         found(
@@ -594,7 +665,36 @@ fn judge_policy(
             fix.to_owned(),
         );
     }
-    if dead_letter && !closed.move_task {
+    // The template writes the rewrite Deny only with DeployPrincipalArns.
+    if !stack.deploy.is_empty() {
+        for (action, refused) in [
+            ("sqs:SetQueueAttributes", &closed.set_attributes),
+            ("sqs:AddPermission", &closed.add_permission),
+        ] {
+            let problem = match refused.against(&stack.deploy) {
+                Verdict::Closed => continue,
+                Verdict::Open => format!(
+                    "its policy does not refuse {action} to principals other than the deploy principals: anyone allowed it on * rewrites this policy and opens the queue"
+                ),
+                Verdict::Exempts { extra, missing } if extra.is_empty() => format!(
+                    "its policy refuses {action} to the deploy principals {} too: the stack's updates cannot keep this policy",
+                    missing.join(", ")
+                ),
+                Verdict::Exempts { extra, .. } => format!(
+                    "its policy lets {} besides the deploy principals {action}: they can rewrite this policy and open the queue",
+                    extra.join(", ")
+                ),
+            };
+            found(
+                url,
+                problem,
+                format!(
+                    "a Deny of sqs:SetQueueAttributes, sqs:AddPermission and sqs:RemovePermission to all but the deploy principals (the template's OnlyTheDeployRewritesThisPolicy); {fix}"
+                ),
+            );
+        }
+    }
+    if dead_letter && !closed.move_task.to_everyone() {
         found(
             url,
             "its policy does not refuse sqs:StartMessageMoveTask: an SQS redrive would move the masked copies instead of the originals, and they would come back here with nothing stored (login-etl dlq-redrive sends the originals back)".into(),

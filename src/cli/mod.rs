@@ -109,9 +109,18 @@ pub struct DoctorArgs {
     /// Print the report as one JSON document instead of lines for a person.
     #[arg(long)]
     pub json: bool,
-    /// Also check this queue (its URL): a RedrivePolicy whose maxReceiveCount rides out a database outage of 30 minutes with the backoff settings (BACKOFF_BASE_SECONDS, BACKOFF_MAX_SECONDS), and its dead-letter queue found.
-    #[arg(long, value_name = "URL")]
+    /// Also check this queue (its URL): a RedrivePolicy whose maxReceiveCount rides out a database outage of 30 minutes with the backoff settings (BACKOFF_BASE_SECONDS, BACKOFF_MAX_SECONDS), its dead-letter queue found, and both queues' policies closed to all but the stack's principals. Without a database configured (no DATABASE_URL, DB_SECRET_ID or PGHOST), the queue alone.
+    #[arg(long, value_name = "URL", requires = "function_role_arn")]
     pub queue_url: Option<String>,
+    /// With --queue-url: the role that consumes the queue (the stack's output FunctionRoleArn; for a queue only `login-etl poll` reads, poll's role): the one principal the queue's receive Deny may exempt.
+    #[arg(long, value_name = "ARN", requires = "queue_url")]
+    pub function_role_arn: Option<String>,
+    /// With --queue-url: the role that reads the dead-letter queue (the stack's output DlqOperatorRoleArn): the one principal its receive Deny may exempt. Without it, the function's role.
+    #[arg(long, value_name = "ARN", requires = "queue_url")]
+    pub dlq_operator_arn: Option<String>,
+    /// With --queue-url, once per principal: the stack's DeployPrincipalArns. Both queues must then refuse SetQueueAttributes and AddPermission to everyone else, as the template's statements do.
+    #[arg(long, value_name = "ARN", requires = "queue_url")]
+    pub deploy_principal_arn: Vec<String>,
     /// With --queue-url: the function's timeout (the stack's FunctionTimeout); the queue's visibility timeout must be at least 6 times it plus the batching window (30 s), as the event-source mapping needs. 0 skips it (`login-etl poll` renews each message's visibility itself).
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub function_timeout: u32,

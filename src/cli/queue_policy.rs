@@ -12,18 +12,83 @@
 //! principals it exempts, no `Not…` element. Anything else is judged open,
 //! so that doctor never calls a queue closed that is not.
 
+use std::collections::BTreeSet;
+
 use serde_json::Value;
 
-/// What a queue's policy refuses to every principal.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Who an action is refused to: the meet of every Deny for everyone that
+/// covers it (a principal any of them refuses is refused).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Refused {
+    /// No Deny doctor can rely on covers it.
+    #[default]
+    Open,
+    /// To every principal but these (none: to everyone).
+    AllBut(BTreeSet<String>),
+}
+
+/// An exemption list against the stack's own principals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Refused to all but exactly the stack's own.
+    Closed,
+    /// Not refused to everyone.
+    Open,
+    /// `extra`: exempted, not the stack's (they may do it);
+    /// `missing`: the stack's, refused (they cannot).
+    Exempts {
+        extra: Vec<String>,
+        missing: Vec<String>,
+    },
+}
+
+impl Refused {
+    fn narrow(&mut self, exempt: &BTreeSet<String>) {
+        *self = Refused::AllBut(match std::mem::take(self) {
+            Refused::Open => exempt.clone(),
+            Refused::AllBut(had) => had.intersection(exempt).cloned().collect(),
+        });
+    }
+
+    /// Refused to everyone, none exempted.
+    pub fn to_everyone(&self) -> bool {
+        matches!(self, Refused::AllBut(s) if s.is_empty())
+    }
+
+    /// Judged against `stacks`, the principals the template exempts.
+    pub fn against(&self, stacks: &[String]) -> Verdict {
+        let Refused::AllBut(exempt) = self else {
+            return Verdict::Open;
+        };
+        let stacks: BTreeSet<&str> = stacks.iter().map(String::as_str).collect();
+        let extra: Vec<String> = exempt
+            .iter()
+            .filter(|p| !stacks.contains(p.as_str()))
+            .cloned()
+            .collect();
+        let missing: Vec<String> = stacks
+            .iter()
+            .filter(|p| !exempt.contains(**p))
+            .map(|p| (*p).to_owned())
+            .collect();
+        if extra.is_empty() && missing.is_empty() {
+            Verdict::Closed
+        } else {
+            Verdict::Exempts { extra, missing }
+        }
+    }
+}
+
+/// What a queue's policy refuses, and to whom.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Closed {
     /// Every action over plain HTTP (`aws:SecureTransport` false).
     pub plain_http: bool,
-    /// Receiving, to every principal but the ones a condition on
-    /// `aws:PrincipalArn` names.
-    pub receive_to_others: bool,
-    /// An SQS redrive (`sqs:StartMessageMoveTask`), to every principal.
-    pub move_task: bool,
+    pub receive: Refused,
+    pub set_attributes: Refused,
+    pub add_permission: Refused,
+    /// An SQS redrive (`sqs:StartMessageMoveTask`).
+    pub move_task: Refused,
 }
 
 impl Closed {
@@ -42,11 +107,8 @@ impl Closed {
         };
         let mut closed = Self::default();
         for s in statements.into_iter().filter(|s| applies_here(s, arn)) {
-            match only_condition(s) {
-                Only::None => {
-                    closed.receive_to_others |= covers(s, "sqs:ReceiveMessage");
-                    closed.move_task |= covers(s, "sqs:StartMessageMoveTask");
-                }
+            let exempt = match only_condition(s) {
+                Only::None => BTreeSet::new(),
                 Only::One(op, key, value) => {
                     if op.eq_ignore_ascii_case("Bool")
                         && key.eq_ignore_ascii_case("aws:SecureTransport")
@@ -58,29 +120,46 @@ impl Closed {
                     {
                         closed.plain_http = true;
                     }
-                    // Everyone but the principals named, none by a pattern
-                    // (`*`, an account's every role: everyone again).
-                    let exempting = [
-                        "StringNotEquals",
-                        "StringNotLike",
-                        "ArnNotEquals",
-                        "ArnNotLike",
-                    ];
-                    if exempting.iter().any(|o| o.eq_ignore_ascii_case(op))
-                        && key.eq_ignore_ascii_case("aws:PrincipalArn")
-                        && !values(value).is_empty()
-                        && values(value).len() == value.as_array().map_or(1, Vec::len)
-                        && values(value).iter().all(|v| !v.contains(['*', '?', '$']))
-                        && covers(s, "sqs:ReceiveMessage")
-                    {
-                        closed.receive_to_others = true;
+                    match exempted(op, key, value) {
+                        Some(exempt) => exempt,
+                        None => continue,
                     }
                 }
-                Only::More => {}
+                Only::More => continue,
+            };
+            for (action, refused) in [
+                ("sqs:ReceiveMessage", &mut closed.receive),
+                ("sqs:SetQueueAttributes", &mut closed.set_attributes),
+                ("sqs:AddPermission", &mut closed.add_permission),
+                ("sqs:StartMessageMoveTask", &mut closed.move_task),
+            ] {
+                if covers(s, action) {
+                    refused.narrow(&exempt);
+                }
             }
         }
         Ok(closed)
     }
+}
+
+/// The principals a condition exempts from a Deny: a `…Not…` operator on
+/// `aws:PrincipalArn` naming them, none by a pattern (`*`, an account's
+/// every role: everyone again) or a variable. `None`: a condition that
+/// exempts otherwise, or that doctor cannot read.
+fn exempted(op: &str, key: &str, value: &Value) -> Option<BTreeSet<String>> {
+    const EXEMPTING: [&str; 4] = [
+        "StringNotEquals",
+        "StringNotLike",
+        "ArnNotEquals",
+        "ArnNotLike",
+    ];
+    let named = values(value);
+    (EXEMPTING.iter().any(|o| o.eq_ignore_ascii_case(op))
+        && key.eq_ignore_ascii_case("aws:PrincipalArn")
+        && !named.is_empty()
+        && named.len() == value.as_array().map_or(1, Vec::len)
+        && named.iter().all(|v| !v.contains(['*', '?', '$'])))
+    .then(|| named.into_iter().map(str::to_owned).collect())
 }
 
 /// A Deny for every principal that is about this queue: its `Resource`
@@ -211,14 +290,145 @@ mod tests {
         {"Sid": "LoginEtlNoMoveTask", "Effect": "Deny", "Principal": "*",
          "Action": ["sqs:StartMessageMoveTask", "sqs:CancelMessageMoveTask"], "Resource": "arn:aws:sqs:us-east-1:1:dlq"}]}"#;
 
+    fn set(p: &[&str]) -> Refused {
+        Refused::AllBut(p.iter().map(|p| (*p).to_owned()).collect())
+    }
+    fn arns(p: &[&str]) -> Vec<String> {
+        p.iter().map(|p| (*p).to_owned()).collect()
+    }
+    const OP: &str = "arn:aws:iam::1:role/op";
+    const SSO: &str =
+        "arn:aws:iam::1:role/aws-reserved/sso.amazonaws.com/AWSReservedSSO_Admin_0123";
+    const DEPLOY: &str = "arn:aws:iam::1:role/ci";
+    /// The template's OnlyTheDeployRewritesThisPolicy, for `DEPLOY`.
+    const REWRITE: &str = r#"{"Sid": "OnlyTheDeployRewritesThisPolicy", "Effect": "Deny", "Principal": "*",
+         "Action": ["sqs:SetQueueAttributes", "sqs:AddPermission", "sqs:RemovePermission"],
+         "Resource": "arn:aws:sqs:us-east-1:1:dlq", "Condition": {"StringNotEquals": {"aws:PrincipalArn": ["arn:aws:iam::1:role/ci"]}}}"#;
+    fn with_rewrite(policy: &str, statement: &str) -> String {
+        policy.replacen(
+            "\"Statement\": [",
+            &format!("\"Statement\": [{statement},"),
+            1,
+        )
+    }
+
     #[test]
     fn the_stacks_statements_close_all_three() {
         let all = Closed {
             plain_http: true,
-            receive_to_others: true,
-            move_task: true,
+            receive: set(&[OP]),
+            move_task: set(&[]),
+            ..Closed::default()
         };
-        assert_eq!(Closed::of(Some(STACKS_DLQ), DLQ), Ok(all));
+        assert_eq!(Closed::of(Some(STACKS_DLQ), DLQ), Ok(all.clone()));
+        assert_eq!(all.receive.against(&arns(&[OP])), Verdict::Closed);
+        assert!(all.move_task.to_everyone());
+        // No rewrite statement: open, which doctor judges only with
+        // deploy principals.
+        assert_eq!(all.set_attributes.against(&arns(&[DEPLOY])), Verdict::Open);
+    }
+
+    #[test]
+    fn an_exemption_beyond_the_stacks_principals_is_named() {
+        let sso = STACKS_DLQ.replace(
+            r#""aws:PrincipalArn": "arn:aws:iam::1:role/op""#,
+            &format!(r#""aws:PrincipalArn": ["{OP}", "{SSO}"]"#),
+        );
+        let closed = Closed::of(Some(&sso), DLQ).unwrap();
+        assert_eq!(
+            closed.receive.against(&arns(&[OP])),
+            Verdict::Exempts {
+                extra: arns(&[SSO]),
+                missing: vec![]
+            }
+        );
+        // Not the stack's at all: the consumer refused, another let in.
+        let other = STACKS_DLQ.replace(OP, SSO);
+        assert_eq!(
+            Closed::of(Some(&other), DLQ)
+                .unwrap()
+                .receive
+                .against(&arns(&[OP])),
+            Verdict::Exempts {
+                extra: arns(&[SSO]),
+                missing: arns(&[OP])
+            }
+        );
+        // A second, stricter Deny refuses the SSO role after all: every
+        // Deny applies, so the exempted are those all of them exempt.
+        let stricter = with_rewrite(
+            &sso,
+            r#"{"Effect": "Deny", "Principal": "*", "Action": "sqs:Receive*",
+                "Condition": {"ArnNotEquals": {"aws:PrincipalArn": "arn:aws:iam::1:role/op"}}}"#,
+        );
+        assert_eq!(
+            Closed::of(Some(&stricter), DLQ)
+                .unwrap()
+                .receive
+                .against(&arns(&[OP])),
+            Verdict::Closed
+        );
+        // Exact, order and duplicates aside.
+        let twice = STACKS_DLQ.replace(
+            r#""aws:PrincipalArn": "arn:aws:iam::1:role/op""#,
+            &format!(r#""aws:PrincipalArn": ["{OP}", "{OP}"]"#),
+        );
+        assert_eq!(
+            Closed::of(Some(&twice), DLQ)
+                .unwrap()
+                .receive
+                .against(&arns(&[OP])),
+            Verdict::Closed
+        );
+    }
+
+    #[test]
+    fn rewriting_the_policy_is_refused_to_all_but_the_deploy_principals() {
+        let both = with_rewrite(STACKS_DLQ, REWRITE);
+        let closed = Closed::of(Some(&both), DLQ).unwrap();
+        for refused in [&closed.set_attributes, &closed.add_permission] {
+            assert_eq!(refused.against(&arns(&[DEPLOY])), Verdict::Closed);
+        }
+        // Only SetQueueAttributes refused: AddPermission open.
+        let set_only = with_rewrite(STACKS_DLQ, &REWRITE.replace(r#""sqs:AddPermission", "#, ""));
+        let closed = Closed::of(Some(&set_only), DLQ).unwrap();
+        assert_eq!(
+            closed.set_attributes.against(&arns(&[DEPLOY])),
+            Verdict::Closed
+        );
+        assert_eq!(
+            closed.add_permission.against(&arns(&[DEPLOY])),
+            Verdict::Open
+        );
+        // An admin exempted beside the deploy role: named.
+        let admin = with_rewrite(
+            STACKS_DLQ,
+            &REWRITE.replace(
+                r#"["arn:aws:iam::1:role/ci"]"#,
+                &format!(r#"["{DEPLOY}", "{SSO}"]"#),
+            ),
+        );
+        assert_eq!(
+            Closed::of(Some(&admin), DLQ)
+                .unwrap()
+                .add_permission
+                .against(&arns(&[DEPLOY])),
+            Verdict::Exempts {
+                extra: arns(&[SSO]),
+                missing: vec![]
+            }
+        );
+        // A pattern exempts everyone: open.
+        let any = with_rewrite(
+            STACKS_DLQ,
+            &REWRITE
+                .replace("StringNotEquals", "ArnNotLike")
+                .replace("role/ci", "role/*"),
+        );
+        assert_eq!(
+            Closed::of(Some(&any), DLQ).unwrap().set_attributes,
+            Refused::Open
+        );
     }
 
     #[test]
@@ -254,7 +464,12 @@ mod tests {
             r#""Resource": "arn:aws:sqs:us-east-1:1:dlq"}]"#,
             r#""Resource": "arn:aws:sqs:us-east-1:1:dlq", "Condition": {"StringNotEquals": {"aws:PrincipalArn": "x"}}}]"#,
         );
-        assert!(!Closed::of(Some(&conditional), DLQ).unwrap().move_task);
+        assert!(
+            !Closed::of(Some(&conditional), DLQ)
+                .unwrap()
+                .move_task
+                .to_everyone()
+        );
     }
 
     #[test]
@@ -264,7 +479,7 @@ mod tests {
         assert_eq!(
             Closed::of(Some(one), DLQ),
             Ok(Closed {
-                receive_to_others: true,
+                receive: set(&["arn:aws:iam::1:role/f"]),
                 ..Closed::default()
             })
         );
@@ -297,7 +512,10 @@ mod tests {
             r#"{"aws:PrincipalArn": "arn:aws:iam::1:role/op"}"#,
             r#"{"aws:PrincipalArn": "arn:aws:iam::1:role/op", "aws:SourceVpce": "vpce-1"}"#,
         );
-        assert!(!Closed::of(Some(&narrowed), DLQ).unwrap().receive_to_others);
+        assert_eq!(
+            Closed::of(Some(&narrowed), DLQ).unwrap().receive,
+            Refused::Open
+        );
         let two_operators = STACKS_DLQ.replace(
             r#""Condition": {"Bool": {"aws:SecureTransport": "false"}}"#,
             r#""Condition": {"Bool": {"aws:SecureTransport": "false"}, "StringEquals": {"aws:SourceVpce": "vpce-1"}}"#,
@@ -315,14 +533,14 @@ mod tests {
                 .replace("StringNotEquals", "StringNotLike")
                 .replace("arn:aws:iam::1:role/op", every);
             assert!(
-                !Closed::of(Some(&exempt), DLQ).unwrap().receive_to_others,
+                Closed::of(Some(&exempt), DLQ).unwrap().receive == Refused::Open,
                 "{every}"
             );
         }
         for none in ["[]", "null", "7"] {
             let empty = STACKS_DLQ.replace(r#""arn:aws:iam::1:role/op""#, none);
             assert!(
-                !Closed::of(Some(&empty), DLQ).unwrap().receive_to_others,
+                Closed::of(Some(&empty), DLQ).unwrap().receive == Refused::Open,
                 "{none}"
             );
         }
