@@ -291,7 +291,7 @@ def test_the_setup_function_acts_on_its_environment_which_holds_the_resources_pr
     reads has its variable, with the same value (a list joined by commas),
     in the raw template and as deployed."""
     read = re.findall(r'\("(\w+)", (?:list\(&)?self\.', (ROOT / "src/cli/setup/resource.rs").read_text())
-    assert "RetentionDays" in read and "SetupRoleArn" in read and len(read) == 16, read
+    assert "RetentionDays" in read and "SetupRoleArn" in read and len(read) == 20, read
     snake = lambda name: "SETUP_" + {"SetupRoleArn": "ROLE_ARN"}.get(name, re.sub(r"(?<!^)(?=[A-Z])", "_", name).upper())  # noqa: E731
     raw = tpl["Resources"]
     props, env = raw["DatabaseSetup"]["Properties"], raw["SetupFunction"]["Properties"]["Environment"]["Variables"]
@@ -301,6 +301,20 @@ def test_the_setup_function_acts_on_its_environment_which_holds_the_resources_pr
             want = {"Fn::Join": [",", want]}
         assert env[snake(name)] == want, name
     assert env["SETUP_STACK_ID"] == {"Ref": "AWS::StackId"}
+    # A queue made before the stack is judged before anything drains it:
+    # the function (and so its event-source mapping) waits for the setup
+    # resource, whose role may read both queues' settings, nothing more.
+    queues = {"ExistingQueueArn": "arn:aws:sqs:us-east-1:123456789012:producers",
+              "ExistingDlqArn": "arn:aws:sqs:us-east-1:123456789012:producers-dlq"}  # fmt: skip
+    made = deployed(**SETUP, **queues)
+    props = made["DatabaseSetup"]["Properties"]
+    assert props["DlqArn"] == queues["ExistingDlqArn"], props
+    assert props["MinReceiveCount"] == {"Fn::FindInMap": ["MaxReceivesForOutage", 120, 900]}, "the stack's own queue's count"
+    assert made["LoginEtlFunction"]["Properties"]["Environment"]["Variables"]["DB_SECRET_ID"] == {
+        "Fn::GetAtt": ["DatabaseSetup", "IngestSecretArn"]}  # fmt: skip
+    (judge,) = [st for st in _statements(made["SetupRole"]) if st["Sid"] == "JudgeTheExistingQueues"]
+    assert (judge["Action"], judge["Resource"]) == (["sqs:GetQueueAttributes", "sqs:GetQueueUrl"], list(queues.values()))
+    assert deployed(**SETUP)["DatabaseSetup"]["Properties"]["QueueUrl"] == "", "the stack's own queue: nothing to judge"
     for params in ({}, {"DbProxyHost": "p.proxy-abc.us-east-1.rds.amazonaws.com", "DbProxyPort": "6432", "RetentionDays": 0,
                         "DeployPrincipalArns": "arn:aws:iam::123456789012:role/ci,arn:aws:iam::123456789012:role/cd"}):  # fmt: skip
         made = deployed(**SETUP, **params)

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use tracing::{error, info};
 
+use super::queue_check::{Receives, StackPrincipals, Wanted};
 use super::{
     AuditArgs, Command, DlqRedriveArgs, DoctorArgs, EXIT_NOT_FOUND, EXIT_TEMPFAIL, EXIT_USAGE,
     ForgetArgs, GrantsArgs, MaintainArgs, MigrateArgs, PollArgs, RevealArgs, RotateKeyArgs,
@@ -470,237 +471,28 @@ async fn doctor_secret(db: &DbConfig, report: &mut crate::table::doctor::Report)
     });
 }
 
-/// The largest batching window the template allows: the visibility
-/// timeout covers it on top of six times the function's timeout.
-const MAX_BATCHING_WINDOW_S: u32 = 30;
-
-/// Doctor's `queue` check (`--queue-url`): its visibility timeout against
-/// the function's (`function_timeout`, 0: not checked), its RedrivePolicy
-/// against the backoff settings' outage tolerance (see
-/// `crate::poll::outage_warning`), its dead-letter queue found, and both
-/// queues' access policies ([`judge_policy`]).
+/// Doctor's `queue` check (`--queue-url`, see [`super::queue_check`]): its
+/// visibility timeout against the function's (`function_timeout`, 0: not
+/// checked), its RedrivePolicy against the backoff settings' outage
+/// tolerance (see `crate::poll::outage_warning`), its dead-letter queue
+/// found, and both queues' access policies against `stack`'s principals.
 async fn doctor_queue(
     url: &str,
     function_timeout: u32,
     stack: &StackPrincipals,
     report: &mut crate::table::doctor::Report,
 ) -> Result<(), Failure> {
-    use crate::poll::queue::{Queue, long_poll_client};
-    use crate::table::doctor::Finding;
     report.checks.push("queue");
-    let mut found = |subject: &str, problem: String, fix: String| {
-        report.findings.push(Finding {
-            check: "queue",
-            subject: subject.to_owned(),
-            problem,
-            fix,
-        })
+    let wanted = Wanted {
+        visibility: Wanted::visibility_for(function_timeout),
+        receives: Receives::Backoff(crate::config::backoff_from_env()?),
+        dead_letter_arn: None,
     };
     let aws = crate::secrets::sdk_config().await;
-    let queue = match Queue::open(long_poll_client(&aws), url.to_owned(), None).await {
-        Ok(q) => q,
-        Err(e) => {
-            found(
-                url,
-                format!("{} failed: {}", e.op, e.cause),
-                e.hint.to_owned(),
-            );
-            return Ok(());
-        }
-    };
-    let needed = function_timeout
-        .saturating_mul(6)
-        .saturating_add(MAX_BATCHING_WINDOW_S);
-    let visibility = queue.info().visibility_timeout;
-    if function_timeout > 0 && visibility < needed {
-        found(
-            url,
-            format!(
-                "its visibility timeout is {visibility} s, under 6 x the function's timeout ({function_timeout} s) + the batching window ({MAX_BATCHING_WINDOW_S} s) = {needed} s: a message comes back while an invocation may still hold it (a second attempt, a receive counted toward maxReceiveCount)"
-            ),
-            format!(
-                "aws sqs set-queue-attributes --queue-url {url} --attributes VisibilityTimeout={needed} (or give doctor the stack's FunctionTimeout with --function-timeout; 0 for a queue only login-etl poll reads)"
-            ),
-        );
-    }
-    // An existing queue's statements come from the stack's outputs; a queue
-    // the stack made has them in its template (an update repairs no
-    // drift); a queue only `poll` reads has no stack: the page gives them.
-    let policies = "docs/existing-queue.md; a queue the stack made: put its template's statements back with aws sqs set-queue-attributes, as aws cloudformation detect-stack-drift shows them";
-    judge_policy(
-        &mut found,
-        url,
-        queue.info(),
-        stack,
-        &format!(
-            "add to its policy the statements of the stack's output ExistingQueuePolicyStatements ({policies})"
-        ),
-        false,
-    );
-    let backoff = crate::config::backoff_from_env()?;
-    let Some(count) = queue.info().max_receive_count else {
-        found(
-            url,
-            "has no RedrivePolicy: a message that keeps failing comes back for ever, and nothing dead-letters it".into(),
-            "give it a RedrivePolicy naming its dead-letter queue, with the maxReceiveCount doctor then asks for (docs/runbooks/outage.md)".into(),
-        );
-        return Ok(());
-    };
-    if let Some(said) = crate::poll::outage_warning(backoff, Some(count)) {
-        let (problem, fix) = said
-            .split_once("; set ")
-            .map_or((said.as_str(), ""), |(p, f)| (p, f));
-        found(url, problem.to_owned(), format!("set {fix}"));
-    }
-    let dlq = match queue.dead_letter_url().await {
-        Ok(dlq) => dlq,
-        Err(e) => {
-            found(
-                queue.info().dead_letter_arn.as_deref().unwrap_or(url),
-                format!(
-                    "its RedrivePolicy's dead-letter queue was not found ({}: {})",
-                    e.op, e.cause
-                ),
-                e.hint.to_owned(),
-            );
-            None
-        }
-    };
-    if let Some(dlq_url) = dlq {
-        match Queue::open(long_poll_client(&aws), dlq_url.clone(), None).await {
-            Ok(dlq) => judge_policy(
-                &mut found,
-                &dlq_url,
-                dlq.info(),
-                stack,
-                &format!(
-                    "add to its policy the statements of the stack's output ExistingDlqPolicyStatements ({policies})"
-                ),
-                true,
-            ),
-            Err(e) => found(
-                &dlq_url,
-                format!("{} failed: {}", e.op, e.cause),
-                e.hint.to_owned(),
-            ),
-        }
-    }
+    let found = super::queue_check::examine(&aws, url, &wanted, stack).await;
+    report.findings.extend(found.drains);
+    report.findings.extend(found.policies);
     Ok(())
-}
-
-/// The principals a stack's queue policies exempt (doctor's flags).
-struct StackPrincipals {
-    /// The queue's consumer: the function's role (`--function-role-arn`).
-    function_role: String,
-    /// The dead-letter queue's reader (`--dlq-operator-arn`); without one,
-    /// the function's role.
-    dlq_operator: Option<String>,
-    /// `--deploy-principal-arn`: who alone may rewrite the policies.
-    deploy: Vec<String>,
-}
-
-/// Doctor's findings on a queue's access policy (`crate::cli::queue_policy`):
-/// plain HTTP refused, and receiving refused to all but the stack's
-/// consumer (the function's role; the DLQ operator's on the dead-letter
-/// queue, `dead_letter`), exactly; with deploy principals, rewriting the
-/// policy refused to all but them; on the dead-letter queue SQS's own
-/// redrive, which would move the masked copies instead of the originals.
-fn judge_policy(
-    found: &mut impl FnMut(&str, String, String),
-    url: &str,
-    info: &crate::poll::queue::QueueInfo,
-    stack: &StackPrincipals,
-    fix: &str,
-    dead_letter: bool,
-) {
-    use super::queue_policy::{Closed, Verdict};
-    let closed = match Closed::of(info.policy.as_deref(), &info.arn) {
-        Ok(closed) => closed,
-        Err(why) => return found(url, why, fix.to_owned()),
-    };
-    let held = if dead_letter {
-        "masked copies of rejected logins, and raw logins SQS moved here after maxReceiveCount"
-    } else {
-        "raw logins, ip and device id in clear"
-    };
-    let consumer = match (&stack.dlq_operator, dead_letter) {
-        (Some(operator), true) => operator,
-        _ => &stack.function_role,
-    };
-    match closed.receive.against(std::slice::from_ref(consumer)) {
-        Verdict::Closed => {}
-        Verdict::Open => found(
-            url,
-            format!(
-                "its policy does not refuse ReceiveMessage to other principals: anyone in the account allowed sqs:ReceiveMessage on * reads its messages ({held})"
-            ),
-            fix.to_owned(),
-        ),
-        Verdict::Exempts { extra, missing } => {
-            if !extra.is_empty() {
-                found(
-                    url,
-                    format!(
-                        "its policy's receive Deny exempts {} besides {consumer}: they read its messages ({held})",
-                        extra.join(", ")
-                    ),
-                    format!("leave {consumer} alone in the Deny's aws:PrincipalArn; {fix}"),
-                );
-            }
-            if !missing.is_empty() {
-                found(
-                    url,
-                    format!(
-                        "its policy refuses ReceiveMessage to {consumer} too: it cannot consume this queue"
-                    ),
-                    format!("name {consumer} in the Deny's aws:PrincipalArn; {fix}"),
-                );
-            }
-        }
-    }
-    if !closed.plain_http {
-        found(
-            url,
-            "its policy does not refuse requests without TLS (aws:SecureTransport false)".into(),
-            fix.to_owned(),
-        );
-    }
-    // The template writes the rewrite Deny only with DeployPrincipalArns.
-    if !stack.deploy.is_empty() {
-        for (action, refused) in [
-            ("sqs:SetQueueAttributes", &closed.set_attributes),
-            ("sqs:AddPermission", &closed.add_permission),
-        ] {
-            let problem = match refused.against(&stack.deploy) {
-                Verdict::Closed => continue,
-                Verdict::Open => format!(
-                    "its policy does not refuse {action} to principals other than the deploy principals: anyone allowed it on * rewrites this policy and opens the queue"
-                ),
-                Verdict::Exempts { extra, missing } if extra.is_empty() => format!(
-                    "its policy refuses {action} to the deploy principals {} too: the stack's updates cannot keep this policy",
-                    missing.join(", ")
-                ),
-                Verdict::Exempts { extra, .. } => format!(
-                    "its policy lets {} besides the deploy principals {action}: they can rewrite this policy and open the queue",
-                    extra.join(", ")
-                ),
-            };
-            found(
-                url,
-                problem,
-                format!(
-                    "a Deny of sqs:SetQueueAttributes, sqs:AddPermission and sqs:RemovePermission to all but the deploy principals (the template's OnlyTheDeployRewritesThisPolicy); {fix}"
-                ),
-            );
-        }
-    }
-    if dead_letter && !closed.move_task.to_everyone() {
-        found(
-            url,
-            "its policy does not refuse sqs:StartMessageMoveTask: an SQS redrive would move the masked copies instead of the originals, and they would come back here with nothing stored (login-etl dlq-redrive sends the originals back)".into(),
-            fix.to_owned(),
-        );
-    }
 }
 
 /// Sends the dead-letter queue's messages back (see

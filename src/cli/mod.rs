@@ -18,6 +18,7 @@
 
 mod commands;
 mod password;
+mod queue_check;
 mod queue_policy;
 pub mod setup;
 mod validate;

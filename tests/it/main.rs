@@ -31,6 +31,7 @@ mod rotation_races;
 mod round_trips;
 mod runtime_e2e;
 mod secrets_aws;
+mod setup_queue;
 mod stalls;
 mod tls_postgres;
 mod traces;

@@ -76,6 +76,17 @@ struct Properties {
     /// The roles that deploy the stack (DeployPrincipalArns): with setup's,
     /// the only ones that may rewrite a secret's policy or delete it.
     rewriters: Vec<String>,
+    /// A queue made before the stack (ExistingQueueArn's URL; empty: the
+    /// stack makes its own), judged before the event-source mapping that
+    /// drains it exists.
+    queue_url: String,
+    /// The dead-letter queue the function sends to (ExistingDlqArn).
+    dlq_arn: String,
+    /// The maxReceiveCount the stack's own queue would have
+    /// (OutageToleranceMinutes with BackoffMaxSeconds, or MaxReceiveCount).
+    min_receive_count: String,
+    /// The visibility timeout the stack's own queue would have.
+    min_visibility_timeout: String,
 }
 
 impl Properties {
@@ -102,12 +113,16 @@ impl Properties {
             admin_readers: list("ADMIN_READERS"),
             setup_role_arn: text("ROLE_ARN"),
             rewriters: list("REWRITERS"),
+            queue_url: text("QUEUE_URL"),
+            dlq_arn: text("DLQ_ARN"),
+            min_receive_count: text("MIN_RECEIVE_COUNT"),
+            min_visibility_timeout: text("MIN_VISIBILITY_TIMEOUT"),
         }
     }
 
     /// Each property by its name in the template, as one text (a list's
     /// entries, empty ones left out, joined by commas).
-    fn named(&self) -> [(&'static str, String); 16] {
+    fn named(&self) -> [(&'static str, String); 20] {
         let list = |l: &[String]| {
             let kept: Vec<&str> = l
                 .iter()
@@ -133,6 +148,10 @@ impl Properties {
             ("AdminReaders", list(&self.admin_readers)),
             ("SetupRoleArn", self.setup_role_arn.clone()),
             ("Rewriters", list(&self.rewriters)),
+            ("QueueUrl", self.queue_url.clone()),
+            ("DlqArn", self.dlq_arn.clone()),
+            ("MinReceiveCount", self.min_receive_count.clone()),
+            ("MinVisibilityTimeout", self.min_visibility_timeout.clone()),
         ]
     }
 
@@ -223,7 +242,11 @@ pub async fn handle(
         ("Delete", None) => Ok(Value::Object(Default::default())),
         ("Create" | "Update", None) => {
             let limit = remaining.saturating_sub(ANSWER_MARGIN);
-            match tokio::time::timeout(limit, set_up(&configured.properties, env)).await {
+            let queue_then_database = async {
+                queue_fits(&configured.properties).await?;
+                set_up(&configured.properties, env).await
+            };
+            match tokio::time::timeout(limit, queue_then_database).await {
                 Ok(done) => done.map(|report| data(&report)),
                 Err(_) => Err(format!(
                     "setup did not finish within {} s (the setup function's 900 s timeout, less {} s to answer): look for a session holding a lock on the tables (login-etl doctor names it) or a database that does not answer, then deploy again (setup is idempotent; a first create that failed: delete the stack first, which keeps the database and the secrets)",
@@ -360,6 +383,50 @@ fn answer(request: &Request, outcome: Result<Value, String>) -> Value {
         "NoEcho": false,
         "Data": data,
     })
+}
+
+/// A queue made before the stack, judged before the event-source mapping
+/// that drains it exists (the function, and so its mapping, waits for
+/// this resource): a visibility timeout, a RedrivePolicy to the function's
+/// dead-letter queue and a maxReceiveCount as the stack's own queue would
+/// have. One that does not fit fails the deploy with the commands that
+/// fix it, and nothing of it is received. Its access policy names the
+/// function's role, which exists only with the stack: doctor judges it
+/// once deployed.
+async fn queue_fits(p: &Properties) -> Result<(), String> {
+    use crate::cli::queue_check::{self, Receives, StackPrincipals, Wanted};
+    if p.queue_url.is_empty() {
+        return Ok(());
+    }
+    let number = |text: &str, what: &str| {
+        text.parse::<u32>()
+            .map_err(|_| format!("{what} {text:?} is not a number: the template gives it"))
+    };
+    let wanted = Wanted {
+        visibility: number(&p.min_visibility_timeout, "MinVisibilityTimeout")?,
+        receives: Receives::AtLeast(number(&p.min_receive_count, "MinReceiveCount")?),
+        dead_letter_arn: Some(p.dlq_arn.clone()).filter(|a| !a.is_empty()),
+    };
+    let stack = StackPrincipals {
+        function_role: String::new(),
+        dlq_operator: None,
+        deploy: Vec::new(),
+    };
+    let aws = crate::secrets::sdk_config().await;
+    let found = queue_check::examine(&aws, &p.queue_url, &wanted, &stack).await;
+    if found.drains.is_empty() {
+        info!("the existing queue fits the function");
+        return Ok(());
+    }
+    let each: Vec<String> = found
+        .drains
+        .iter()
+        .map(|f| format!("{} {}; fix: {}", f.subject, f.problem, f.fix))
+        .collect();
+    Err(format!(
+        "the existing queue does not fit the function yet, and nothing of it was received (the event-source mapping is made after this check): {}. Then deploy again (a first create that failed: delete the stack first)",
+        each.join(". ")
+    ))
 }
 
 /// Reads the master secret and runs setup as its user; the connection's
@@ -527,6 +594,7 @@ mod tests {
                 "AdminReaders": ["arn:aws:iam::123456789012:role/dba"],
                 "SetupRoleArn": "arn:aws:iam::123456789012:role/setup",
                 "Rewriters": ["arn:aws:iam::123456789012:role/ci", ""],
+                "QueueUrl": "", "DlqArn": "", "MinReceiveCount": "25", "MinVisibilityTimeout": "210",
                 "SchemaVersion": "23"
             }
         })
@@ -555,6 +623,9 @@ mod tests {
             "SETUP_ADMIN_READERS" => "arn:aws:iam::123456789012:role/dba",
             "SETUP_ROLE_ARN" => "arn:aws:iam::123456789012:role/setup",
             "SETUP_REWRITERS" => "arn:aws:iam::123456789012:role/ci",
+            "SETUP_QUEUE_URL" | "SETUP_DLQ_ARN" => "",
+            "SETUP_MIN_RECEIVE_COUNT" => "25",
+            "SETUP_MIN_VISIBILITY_TIMEOUT" => "210",
             _ => return None,
         };
         Some(value.to_owned())
