@@ -208,7 +208,7 @@ class DeployServer:
         return {**base, **self.aws, "DB_SECRET_ID": f"{db}/{role}", "DB_CA_BUNDLE": self.cluster.ca_file}
 
     def block(self, db: str, profile: str | None = None, schema: str | None = None, admin_user: str = "postgres",
-              admin_password: str | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+              admin_password: str | None = None, secrets: str | None = None) -> subprocess.CompletedProcess:  # fmt: skip
         """README's deploy block, saved and run with `bash -euo pipefail` as
         README says, as `admin_user` (psql's variables, the password in
         PGPASSWORD), on database `db` (roles `<db>_<kind>`, secrets
@@ -216,7 +216,7 @@ class DeployServer:
         written: masking, public)."""
         admin = self.cluster.admin_env(db)
         values = {"PGHOST": admin["PGHOST"], "PGPORT": admin["PGPORT"], "PGDATABASE": db, "PGUSER": admin_user,
-                  "PGSSLMODE": "verify-full", "PGSSLROOTCERT": self.cluster.ca_file, "PREFIX": db, "SECRETS": db}  # fmt: skip
+                  "PGSSLMODE": "verify-full", "PGSSLROOTCERT": self.cluster.ca_file, "PREFIX": db, "SECRETS": secrets or db}  # fmt: skip
         if profile:
             values["LOGIN_ETL_PROFILE"] = profile
         if schema:
@@ -682,3 +682,86 @@ def test_each_secret_is_readable_by_its_principals_alone_and_one_made_by_someone
                 pass
         srv.drop(name)
         psql(srv.admin(), f'DROP ROLE IF EXISTS "{extra}"')
+
+
+def test_a_second_deployment_never_resets_the_roles_of_another(srv):
+    """Roles belong to the server: a second deployment (another stack, or
+    README's block with other secrets) naming the same roles would set
+    passwords the first one's functions never read. Setup marks each role
+    with the secrets that hold its password, and refuses, changing
+    nothing, where a role is another deployment's or was made by hand;
+    the first deployment's roles keep logging in, and its own second run
+    goes through."""
+    name = f"login_etl_two_{os.getpid()}"
+    srv.drop(name)
+    psql(srv.admin(), f'CREATE DATABASE "{name}"')
+    other = f"{name}-second-stack"
+    try:
+        done = srv.block(name)
+        assert done.returncode == 0, done.stdout + done.stderr
+        before = {r: srv.secret(name, r)["password"] for r in ("migrate", "ingest", "maintain")}
+        refused = srv.block(name, secrets=other)
+        out = refused.stdout + refused.stderr
+        assert refused.returncode != 0, out
+        assert f"the role {name}_migrate belongs to another login-etl deployment" in out and "nothing was changed" in out, out
+        for r in ("migrate", "ingest", "maintain"):
+            assert psql(srv.role(name, r), "SELECT current_user") == f"{name}_{r}", f"{r} no longer logs in"
+            assert srv.secret(name, r)["password"] == before[r]
+            with pytest.raises(srv.sm.exceptions.ResourceNotFoundException):
+                srv.sm.get_secret_value(SecretId=f"{other}/{r}")
+        # A role made by hand (no mark, no secret of this deployment's): refused,
+        # with the statement that hands it over; once run, adopted.
+        psql(srv.admin(), f'COMMENT ON ROLE "{name}_ingest" IS NULL')
+        refused = srv.block(name, secrets=other)
+        out = refused.stdout + refused.stderr
+        assert refused.returncode != 0, out
+        assert f"the role {name}_migrate belongs to another" in out, "the first role's mark still refuses"
+        psql(srv.admin(), "DO $$ DECLARE r text; BEGIN FOR r IN SELECT rolname FROM pg_roles WHERE rolname LIKE "
+                          f"'{name}\\_%' LOOP EXECUTE format('COMMENT ON ROLE %I IS NULL', r); END LOOP; END $$")  # fmt: skip
+        refused = srv.block(name, secrets=other)
+        out = refused.stdout + refused.stderr
+        assert refused.returncode != 0 and "was not made by this deployment" in out, out
+        assert f"COMMENT ON ROLE \"{name}_migrate\" IS 'login-etl setup, secrets {other}'" in out, out
+        # Its own second run (its secrets name the roles): adopted, marked again.
+        done = srv.block(name)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert psql(srv.admin(), f"SELECT shobj_description('{name}_ingest'::regrole, 'pg_authid')") == f"login-etl setup, secrets {name}"
+        for r in ("migrate", "ingest", "maintain"):
+            assert srv.secret(name, r)["password"] == before[r]
+    finally:
+        srv.drop(name)
+        for r in ROLE_KINDS:
+            try:
+                srv.sm.delete_secret(SecretId=f"{other}/{r}", ForceDeleteWithoutRecovery=True)
+            except srv.sm.exceptions.ResourceNotFoundException:
+                pass
+
+
+def test_setup_takes_a_schema_of_its_own_where_public_is_open_to_others(srv):
+    """PostgreSQL 14's default (PUBLIC may CREATE in public), where migrate
+    refuses public: README's block with SCHEMA=auto (the stack's DbSchema
+    default) makes and uses a schema named as the prefix, with no step by
+    hand, twice; the function ingests there as the ingest role. On a
+    database whose public is closed, auto is public."""
+    name = f"login_etl_auto_{os.getpid()}"
+    srv.drop(name)
+    psql(srv.admin(), f'CREATE DATABASE "{name}"')
+    try:
+        psql(srv.admin(name), "GRANT CREATE ON SCHEMA public TO PUBLIC")
+        for attempt in (1, 2):
+            done = srv.block(name, schema="auto")
+            out = done.stdout + done.stderr
+            assert done.returncode == 0, f"run {attempt}: exit {done.returncode}\n{out}"
+            assert f"schema {name}\n" in done.stdout or f"schema {name}" in out, out
+        owner = psql(srv.admin(name), "SELECT n.nspname || '|' || pg_get_userbyid(c.relowner) FROM pg_class c "
+                                   "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = 'user_logins_rows'")  # fmt: skip
+        assert owner == f"{name}|{name}_migrate", owner
+        records = _ingest_once(srv, name)
+        assert psql(srv.admin(name), f'SELECT count(*) FROM "{name}".user_logins') == str(records)
+        # Closed again, the tables stay where they are (this stack's own).
+        psql(srv.admin(name), "REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        done = srv.block(name, schema="auto")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert psql(srv.admin(name), "SELECT count(*) FROM pg_class WHERE relname = 'user_logins_rows'") == "1"
+    finally:
+        srv.drop(name)

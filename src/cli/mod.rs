@@ -367,7 +367,7 @@ pub struct SetupArgs {
     /// The login roles' names are PREFIX_migrate, PREFIX_ingest, ...
     #[arg(long, value_name = "PREFIX", default_value = "login_etl")]
     pub prefix: String,
-    /// The tables' schema: public, or one of login-etl's own (made where missing; each role's search_path is set to it).
+    /// The tables' schema: public, or one of login-etl's own (made where missing; each role's search_path is set to it); auto: where the tables are, else public unless other roles may create in it (PostgreSQL 14's default, another application's), else one named as the prefix.
     #[arg(long, default_value = "public")]
     pub schema: String,
     /// The profile: masking (masked rows only; four roles) or full (also the vault, erasure and the audit trail; eight roles). A masking database is widened by running setup again with full.

@@ -139,8 +139,22 @@ pub async fn run(
         plan.rewriters.clone(),
     )
     .await?;
+    let plan = &Plan {
+        schema: resolve_schema(&admin.client, plan).await?,
+        ..plan.clone()
+    };
+    progress(&format!("schema {}", plan.schema));
     let mut report = Report::default();
     let roles = plan.roles();
+    if plan.auth == Auth::Password {
+        claim_roles(
+            &admin.client,
+            plan,
+            &roles,
+            &crate::secrets::Secrets::new(&aws),
+        )
+        .await?;
+    }
     admin
         .client
         .batch_execute(&admin_statements(plan, &roles))
@@ -257,6 +271,131 @@ pub async fn run(
     Ok(report)
 }
 
+/// `--schema auto` (the stack's `DbSchema` default): where the plan's
+/// migrate role already owns the tables, there; else `public`, unless a
+/// role other than its owner, the admin and the plan's own may create in
+/// it (PUBLIC on PostgreSQL 14 and older, another application's or
+/// another deployment's roles), where migrate would refuse it; then a
+/// schema named as the prefix, the plan's own.
+pub const AUTO_SCHEMA: &str = "auto";
+
+async fn resolve_schema(client: &tokio_postgres::Client, plan: &Plan) -> Result<String, String> {
+    if plan.schema != AUTO_SCHEMA {
+        return Ok(plan.schema.clone());
+    }
+    let describe = |e: tokio_postgres::Error| {
+        format!(
+            "choosing the schema (auto) failed: {}; give one (DbSchema, --schema)",
+            crate::error::describe(&e)
+        )
+    };
+    let migrate = plan.name(Role::Migrate);
+    let owned: Option<String> = client
+        .query_opt(
+            "SELECT n.nspname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+             JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) c.relowner \
+             WHERE c.relname OPERATOR(pg_catalog.=) 'user_logins_schema' AND r.rolname OPERATOR(pg_catalog.=) $1 LIMIT 1",
+            &[&migrate],
+        )
+        .await
+        .map_err(describe)?
+        .map(|row| row.get(0));
+    if let Some(schema) = owned {
+        return Ok(schema);
+    }
+    let own: Vec<String> = plan.roles().iter().map(|r| plan.name(*r)).collect();
+    let open: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n, \
+                 pg_catalog.aclexplode(coalesce(n.nspacl, pg_catalog.acldefault('n', n.nspowner))) a \
+               WHERE n.nspname OPERATOR(pg_catalog.=) 'public' AND a.privilege_type OPERATOR(pg_catalog.=) 'CREATE' \
+                 AND a.grantee OPERATOR(pg_catalog.<>) n.nspowner \
+                 AND (a.grantee OPERATOR(pg_catalog.=) 0::pg_catalog.oid OR a.grantee NOT IN ( \
+                      SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) ANY ($1::text[]) \
+                         OR r.rolname OPERATOR(pg_catalog.=) current_user)))",
+            &[&own],
+        )
+        .await
+        .map_err(describe)?
+        .get(0);
+    Ok(if open {
+        plan.prefix.clone()
+    } else {
+        "public".into()
+    })
+}
+
+/// The comment setup puts on each login role it makes or keeps: whose
+/// secrets hold its password. Roles belong to the server, so another
+/// deployment (a second stack, README's block with other secrets) naming
+/// the same roles would set new passwords its functions never read.
+fn owner_mark(plan: &Plan) -> String {
+    format!("login-etl setup, secrets {}", plan.secrets)
+}
+
+/// Refuses, with nothing changed, where a login role of the plan exists
+/// and is not this deployment's: its comment names other secrets, or it
+/// has none and this deployment has no secret for it (made by another
+/// deployment before roles carried the comment, or by hand). A role this
+/// deployment's secret already names (made before the comment) is kept.
+async fn claim_roles(
+    client: &tokio_postgres::Client,
+    plan: &Plan,
+    roles: &[Role],
+    secrets: &crate::secrets::Secrets,
+) -> Result<(), String> {
+    let names: Vec<String> = roles.iter().map(|r| plan.name(*r)).collect();
+    let found = client
+        .query(
+            "SELECT r.rolname::text, pg_catalog.shobj_description(r.oid, 'pg_authid') \
+             FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) ANY ($1::text[])",
+            &[&names],
+        )
+        .await
+        .map_err(|e| {
+            format!(
+                "reading which login roles exist failed: {}",
+                crate::error::describe(&e)
+            )
+        })?;
+    let existing: std::collections::HashMap<String, Option<String>> =
+        found.iter().map(|row| (row.get(0), row.get(1))).collect();
+    let mark = owner_mark(plan);
+    let other_prefix = "the stack's DbRolePrefix, or setup's --prefix";
+    // In the plan's order (migrate first): the same role named each run.
+    for (role, name) in roles.iter().zip(names) {
+        let Some(comment) = existing.get(&name) else {
+            continue;
+        };
+        match comment.as_deref() {
+            Some(c) if c == mark => {}
+            Some(c) if c.starts_with("login-etl setup, secrets ") => {
+                return Err(format!(
+                    "the role {name} belongs to another login-etl deployment ({c:?}): its functions read its password there, and this setup would set a new one; nothing was changed. Give this deployment roles of its own ({other_prefix}, e.g. {}_2)",
+                    plan.prefix
+                ));
+            }
+            _ => {
+                let id = plan.secret_id(*role);
+                let ours = secrets
+                    .string_if_any(&id)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .is_some();
+                if !ours {
+                    return Err(format!(
+                        "the role {name} exists but was not made by this deployment (no comment naming secrets {}, no secret {id}): another deployment's or one made by hand, whose password this setup would change; nothing was changed. Give this deployment roles of its own ({other_prefix}); or, to hand the role to it, as the admin: COMMENT ON ROLE {} IS {}",
+                        plan.secrets,
+                        escape_identifier(&name),
+                        escape_literal(&mark)
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The admin's statements, one transaction: the schema and each login
 /// role where missing (roles belong to the server: a second database
 /// reuses them), each allowed to use the schema, with its settings in this
@@ -272,9 +411,11 @@ fn admin_statements(plan: &Plan, roles: &[Role]) -> String {
         let ident = escape_identifier(&name);
         sql.push_str(&format!(
             "DO $setup$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {}) THEN CREATE ROLE {ident} LOGIN; END IF; END $setup$;\n\
+             COMMENT ON ROLE {ident} IS {};\n\
              GRANT USAGE ON SCHEMA {schema} TO {ident};\n\
              DO $setup$ BEGIN EXECUTE format('ALTER ROLE %I IN DATABASE %I SET idle_in_transaction_session_timeout = %L', {}, current_database(), {}); END $setup$;\n",
             escape_literal(&name),
+            escape_literal(&owner_mark(plan)),
             escape_literal(&name),
             escape_literal(IDLE_IN_TRANSACTION_TIMEOUT),
         ));
