@@ -123,16 +123,17 @@ PG13_SKIP := test(/^rotation::([a-z_]+::)?(tokens_follow|the_switch_waits|an_era
 # -- the container image (login-etl poll) -------------------------------------
 # A static binary (musl, OpenSSL vendored) FROM scratch: builds with no
 # registry. podman here (Debian's, with runc: crun refuses this VM's hybrid
-# cgroups), docker where an engine answers. examples/container/Containerfile.
+# cgroups) unless CONTAINER_ENGINE=docker. examples/container/Containerfile.
 IMAGE         ?= localhost/login-etl:dev
 IMAGE_BASE    ?= scratch
 IMAGE_TRIPLE  := x86_64-unknown-linux-musl
 IMAGE_TARGET_DIR ?= $(abspath $(or $(CARGO_TARGET_DIR),target))
 # What the image's cargo build adds to its environment (container-check: no optimizer).
 IMAGE_CARGO_ENV ?=
-ifeq ($(origin CONTAINER_ENGINE),undefined)
-CONTAINER_ENGINE := $(shell docker info > /dev/null 2>&1 && echo docker || echo podman)
-endif
+# Chosen, never guessed: podman here and in the release workflow (GitHub's
+# runner answers `docker info` too); CONTAINER_ENGINE=docker where asked,
+# whose flags release/images.sh passes.
+CONTAINER_ENGINE ?= podman
 # What podman needs on this project's build machines (crun refuses their
 # hybrid cgroups; the default rlimits cannot be set there). Elsewhere:
 # make image PODMAN_FLAGS= PODMAN_CONF=

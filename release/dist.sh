@@ -19,6 +19,8 @@
 # image's CA bundle is the build machine's, and the dependencies' paths
 # are under the builder's CARGO_HOME.
 #
+# The images: release/images.sh, with the engine named.
+#
 # Environment (the Makefile sets them): DIST_DIR, DIST_TARGET_DIR,
 # DIST_CARGO_ENV (CI's cheaper profile), DIST_STABLE_TOOLS (a target
 # directory shared by clones: see below), IMAGES=0 (no podman: no images),
@@ -38,7 +40,7 @@ export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2> /dev/
 build_epoch=$(git log -1 --format=%ct -- Cargo.lock 2> /dev/null || true)
 build_epoch=${build_epoch:-$SOURCE_DATE_EPOCH}
 export TZ=UTC
-engine=${CONTAINER_ENGINE:-podman}
+engine=${CONTAINER_ENGINE:?set CONTAINER_ENGINE: podman or docker (the Makefile says podman)}
 say() { echo "==> $*"; }
 
 rm -rf "$out" && mkdir -p "$out" && out=$(cd "$out" && pwd)
@@ -108,20 +110,7 @@ made.unlink()
 PY
 
 if [ "${IMAGES:-1}" = 1 ]; then
-  for arch in x86_64 aarch64; do
-    platform=amd64; [ "$arch" = aarch64 ] && platform=arm64
-    ctx="$stage/image-$platform"
-    mkdir -p "$ctx"
-    install -m 0755 "$out/login-etl-$version-$arch-linux" "$ctx/login-etl"
-    install -m 0644 /etc/ssl/certs/ca-certificates.crt "$ctx/ca-certificates.crt"
-    tag="localhost/login-etl:$version-$platform"
-    say "$engine build --platform linux/$platform -t $tag (FROM scratch: COPY only, no emulation)"
-    # --timestamp: the image's created time and its files' times are the
-    # commit's, so two builds of one commit make one image.
-    env ${PODMAN_ENV:-} "$engine" build --quiet --platform "linux/$platform" --timestamp "$SOURCE_DATE_EPOCH" \
-      -f examples/container/Containerfile -t "$tag" "$ctx" > /dev/null
-    env ${PODMAN_ENV:-} "$engine" save --quiet --format oci-archive -o "$out/login-etl-$version-image-$platform.oci.tar" "$tag"
-  done
+  CONTAINER_ENGINE=$engine release/images.sh "$out" "$version" "$stage"
 fi
 
 (cd "$out" && find . -maxdepth 1 -type f ! -name SHA256SUMS -printf '%f\n' | LC_ALL=C sort | xargs sha256sum > SHA256SUMS)
