@@ -181,6 +181,18 @@ pub enum DbError {
         /// What went wrong (no row values).
         cause: String,
     },
+    /// Other transactions kept getting in the way (serialization
+    /// failures, deadlocks, lock or statement timeouts), each tried again
+    /// on the same connection: the batch's write gave up for now.
+    #[error(
+        "PostgreSQL kept refusing while {op}: other transactions were in the way (serialization failures, deadlocks, lock or statement timeouts), each tried again; the same operation can succeed later: {cause}"
+    )]
+    Conflicts {
+        /// What was being done.
+        op: &'static str,
+        /// The last conflict (no row values).
+        cause: String,
+    },
     /// The connection was refused for a reason a human must fix: by the
     /// server (no such database or role, wrong password, no CONNECT
     /// privilege) or by login-etl (a setting the role stored for itself).
@@ -364,7 +376,7 @@ impl HandlerError {
     pub fn class_of(e: &DbError) -> &'static str {
         match e {
             DbError::Connect { .. } => "database_unavailable",
-            DbError::Transient { op, .. } if op.contains("conflicts") => "conflicts",
+            DbError::Conflicts { .. } => "conflicts",
             DbError::Transient { .. } => "database_unavailable",
             DbError::Deadline { .. } => "deadline",
             DbError::ConnectRefused { .. } => "database_refused_connection",

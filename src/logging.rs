@@ -60,8 +60,11 @@ where
         Some(_) => targets,
         None => targets.with_default(LevelFilter::INFO),
     };
+    // JSON lines (Lambda's, poll's) carry their module path ("target"),
+    // which a RUST_LOG filter names (login_etl::ingest::sink=debug); the
+    // commands' lines for a person do not.
     let fmt = tracing_subscriber::fmt::layer()
-        .with_target(false)
+        .with_target(json)
         .without_time() // CloudWatch stamps every line
         .with_ansi(false)
         .with_writer(writer);

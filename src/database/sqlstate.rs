@@ -1,16 +1,15 @@
 //! What a failed statement's SQLSTATE says can be done about it: the one
-//! classification the batch's write, `migrate` and `maintain` share, so
-//! that they never disagree on what is worth trying again (PostgreSQL's
-//! Appendix A names the classes). `rotate-key` retries its own chunks on a
-//! deadlock or a serialization failure alone (`privacy::rekey`).
+//! classification the batch's write, `migrate`, `maintain`, `forget` and
+//! `rotate-key` share (PostgreSQL's Appendix A names the classes), and
+//! login-etl's own SQLSTATEs ([`Own`]). Every SQLSTATE a caller decides on
+//! is named here; a retry loop says which [`Class`] it retries.
 
 /// A failure, by what can be done about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
-    /// Another transaction was in the way (serialization failure,
-    /// deadlock, a lock or statement timeout): the connection is healthy,
+    /// Another transaction was in the way: the connection is healthy,
     /// and the same work can succeed on it when tried again.
-    Conflict,
+    Conflict(Conflict),
     /// The connection or the server, not the statement: no SQLSTATE at all
     /// (I/O, TLS, a closed connection), a connection exception (08), too
     /// many connections or no disk (53), a shutdown by an operator (57;
@@ -30,9 +29,80 @@ pub enum Class {
     Schema,
     /// The role lacks a privilege (42501): `login-etl grants`.
     Privilege,
-    /// Anything else, login-etl's own refusals (LE...) among them: trying
+    /// Anything else, login-etl's own refusals ([`Own`]) among them: trying
     /// again will not help.
     Other,
+}
+
+/// How another transaction was in the way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conflict {
+    /// A serialization failure (40001).
+    Serialization,
+    /// A deadlock, this transaction the one rolled back (40P01).
+    Deadlock,
+    /// A lock not had within `lock_timeout` (55P03).
+    LockTimeout,
+    /// A statement cancelled by `statement_timeout` (57014).
+    Cancelled,
+}
+
+/// login-etl's own SQLSTATEs, raised by the owner's functions
+/// (migrations/functions/*.sql): the refusals a caller acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Own {
+    /// LE001: the erasure list changed since the batch read it (a forget).
+    ErasuresChanged,
+    /// LE002: the key version changed since the batch read it (a rotation).
+    KeyVersionChanged,
+    /// LE003: a forget between its deletes and its end holds tokens of
+    /// the current key version.
+    ErasureUnfinished,
+    /// LE004: the keys given are not the database's (their check values).
+    KeysDiffer,
+    /// LE005: vault entries of the old form remain (`vault-upgrade`).
+    VaultNotUpgraded,
+    /// LE006: the vault's index a rotation needs is missing (`migrate`).
+    VaultIndexMissing,
+    /// LE007: `maintain` is draining a swapped-out DEFAULT partition.
+    DrainUnderWay,
+    /// LE013: no rotation armed by the tables' owner with these keys.
+    RotationNotArmed,
+    /// LE016: the one-statement write refused the session's isolation
+    /// level (one a role stored for itself).
+    IsolationRefused,
+}
+
+impl Own {
+    const ALL: [(Own, &'static str); 9] = [
+        (Own::ErasuresChanged, "LE001"),
+        (Own::KeyVersionChanged, "LE002"),
+        (Own::ErasureUnfinished, "LE003"),
+        (Own::KeysDiffer, "LE004"),
+        (Own::VaultNotUpgraded, "LE005"),
+        (Own::VaultIndexMissing, "LE006"),
+        (Own::DrainUnderWay, "LE007"),
+        (Own::RotationNotArmed, "LE013"),
+        (Own::IsolationRefused, "LE016"),
+    ];
+
+    /// Its SQLSTATE.
+    pub fn code(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(own, _)| *own == self)
+            .map(|(_, code)| *code)
+            .expect("every refusal has its code")
+    }
+
+    /// The refusal a failed statement carries, if it is one of these.
+    pub fn of(e: &tokio_postgres::Error) -> Option<Own> {
+        let code = e.code()?.code();
+        Self::ALL
+            .iter()
+            .find(|(_, c)| *c == code)
+            .map(|(own, _)| *own)
+    }
 }
 
 impl Class {
@@ -42,7 +112,10 @@ impl Class {
             return Class::Unavailable;
         };
         match code {
-            "40001" | "40P01" | "55P03" | "57014" => return Class::Conflict,
+            "40001" => return Class::Conflict(Conflict::Serialization),
+            "40P01" => return Class::Conflict(Conflict::Deadlock),
+            "55P03" => return Class::Conflict(Conflict::LockTimeout),
+            "57014" => return Class::Conflict(Conflict::Cancelled),
             "42P01" | "42703" | "42P10" | "42883" => return Class::Schema,
             "42501" => return Class::Privilege,
             _ => {}
@@ -61,13 +134,18 @@ impl Class {
 
     /// True when trying again can succeed with no change by a human.
     pub fn is_transient(self) -> bool {
-        matches!(self, Class::Conflict | Class::Unavailable)
+        matches!(self, Class::Conflict(_) | Class::Unavailable)
+    }
+
+    /// Whether `e` is one of these conflicts (a retry loop's policy).
+    pub fn conflict_among(e: &tokio_postgres::Error, retried: &[Conflict]) -> bool {
+        matches!(Class::of(e), Class::Conflict(c) if retried.contains(&c))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Class;
+    use super::{Class, Conflict};
 
     #[test]
     fn each_class_of_sqlstate_has_one_answer() {
@@ -81,10 +159,10 @@ mod tests {
             (Some("55006"), Class::Unavailable, true),
             (Some("25006"), Class::Unavailable, true),
             (Some("XX000"), Class::Unavailable, true),
-            (Some("40001"), Class::Conflict, true),
-            (Some("40P01"), Class::Conflict, true),
-            (Some("55P03"), Class::Conflict, true),
-            (Some("57014"), Class::Conflict, true),
+            (Some("40001"), Class::Conflict(Conflict::Serialization), true),
+            (Some("40P01"), Class::Conflict(Conflict::Deadlock), true),
+            (Some("55P03"), Class::Conflict(Conflict::LockTimeout), true),
+            (Some("57014"), Class::Conflict(Conflict::Cancelled), true),
             (Some("22001"), Class::Row, false),
             (Some("23514"), Class::Row, false),
             (Some("P0001"), Class::Row, false),

@@ -27,9 +27,9 @@ pub(crate) struct Failed {
 impl Failed {
     /// The server's message, when it refused the statement with
     /// `sqlstate` (one of login-etl's own `LE…` refusals, say).
-    pub(crate) fn refusal(&self, sqlstate: &str) -> Option<String> {
+    pub(crate) fn refusal(&self, own: crate::database::sqlstate::Own) -> Option<String> {
         let db = self.error.as_db_error()?;
-        (db.code().code() == sqlstate).then(|| db.message().to_owned())
+        (db.code().code() == own.code()).then(|| db.message().to_owned())
     }
 }
 

@@ -20,6 +20,7 @@ use tokio::time::timeout_at;
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 
+use crate::database::sqlstate::Own;
 use crate::database::statement::{Failed, Statement};
 use crate::error::{DbError, Misconfiguration, describe};
 use crate::privacy::keys::{BatchKeys, ChecksToRecord, ErasedUsers, ErasureList, KeyChecks, Keys, Versions};
@@ -214,10 +215,10 @@ impl KeyState {
                 }
                 Ok(())
             }
-            Err(Refused(f)) if f.refusal("LE004").is_some() => Err(DbError::Misconfigured {
+            Err(Refused(f)) if f.refusal(Own::KeysDiffer).is_some() => Err(DbError::Misconfigured {
                 what: Misconfiguration::KeyMismatch,
                 op: f.doing,
-                cause: f.refusal("LE004").unwrap_or_default(),
+                cause: f.refusal(Own::KeysDiffer).unwrap_or_default(),
                 hint: "; nothing was written. A rotation appends a version to the masking and erasure secrets and never replaces one: put back the secret's previous value with the new version appended (docs/runbooks/leaked-key.md, \"The masking key leaked\")".into(),
             }),
             Err(failure) => Err(failure.worded(fatal)),

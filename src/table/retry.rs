@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 use tracing::info;
 
-use crate::database::sqlstate::Class;
+use crate::database::sqlstate::{Class, Conflict};
 use crate::error::{DbError, describe};
 
 /// A failed schema statement as a [`DbError`]: transient for what a
@@ -81,9 +81,7 @@ where
             // updates of the same entries): each step is a transaction of
             // its own, so trying again is safe.
             Err(e)
-                if (e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
-                    || e.code()
-                        == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED))
+                if Class::conflict_among(&e, &[Conflict::LockTimeout, Conflict::Deadlock])
                     && tries + 1 < LOCK_TRIES =>
             {
                 tries += 1;
@@ -93,7 +91,7 @@ where
                 );
                 tokio::time::sleep(LOCK_PAUSE).await;
             }
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+            Err(e) if Class::conflict_among(&e, &[Conflict::LockTimeout]) => {
                 let holders = lock_holders(client).await;
                 return Err(match failed(op)(e) {
                     DbError::Transient { op, cause } => DbError::Transient {

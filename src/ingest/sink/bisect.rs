@@ -201,8 +201,8 @@ impl PgSink {
             Failure::Row(_) => Ok(Next::Split),
             Failure::Conflict(cause) => {
                 if !budget.take_conflict_retry() {
-                    return Err(DbError::Transient {
-                        op: "inserting the batch (conflicts with other transactions kept recurring)",
+                    return Err(DbError::Conflicts {
+                        op: "inserting the batch",
                         cause,
                     });
                 }

@@ -1,7 +1,7 @@
 //! SQLSTATE classification: what the sink does about each kind of failure,
 //! and error text that never quotes a row value.
 
-use crate::database::sqlstate::Class;
+use crate::database::sqlstate::{Class, Own};
 use crate::error::{DbError, Misconfiguration, describe};
 
 /// How one database operation failed, by what can be done about it.
@@ -21,9 +21,9 @@ pub(crate) enum Failure {
     /// be told from older ones (see `insert::insert_tx`).
     RecountDenied,
     /// The batch was prepared with an erasure list or a key version that is
-    /// no longer current (SQLSTATE `LE001`: `login-etl forget` erased
-    /// someone; `LE002`: `login-etl rotate-key` began; both raised by
-    /// `login_etl_check_write`): nothing was written.
+    /// no longer current ([`Own::ErasuresChanged`]: `login-etl forget`
+    /// erased someone; [`Own::KeyVersionChanged`]: `login-etl rotate-key`
+    /// began; both raised by `login_etl_check_write`): nothing was written.
     Outdated,
     /// The one-statement write cannot run on this connection; nothing was
     /// written: write in the framed transaction.
@@ -34,8 +34,8 @@ pub(crate) enum Failure {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Unframed {
     /// It refused the isolation level a role stored since the
-    /// connection's check (SQLSTATE `LE016`, raised before it read
-    /// anything); the framed transaction pins READ COMMITTED.
+    /// connection's check ([`Own::IsolationRefused`], raised before it
+    /// read anything); the framed transaction pins READ COMMITTED.
     Isolation,
     /// The role may not execute `login_etl_write_tx`: one granted what an
     /// earlier version's `login-etl grants` printed, not registered for
@@ -48,17 +48,18 @@ pub(crate) enum Unframed {
 /// own refusals, and which undefined function is the schema's fault).
 pub(crate) fn classify(e: &tokio_postgres::Error) -> Failure {
     let code = e.code().map_or("", |state| state.code());
-    if code == "LE001" || code == "LE002" {
-        return Failure::Outdated;
+    match Own::of(e) {
+        Some(Own::ErasuresChanged | Own::KeyVersionChanged) => return Failure::Outdated,
+        Some(Own::IsolationRefused) => return Failure::Unframed(Unframed::Isolation),
+        _ => {}
     }
-    if code == "LE016" {
-        return Failure::Unframed(Unframed::Isolation);
-    }
-    if code == "42501" && matches!(denied(e), Some(("function", "login_etl_write_tx"))) {
+    if Class::of(e) == Class::Privilege
+        && matches!(denied(e), Some(("function", "login_etl_write_tx")))
+    {
         return Failure::Unframed(Unframed::NoExecute);
     }
     match Class::of(e) {
-        Class::Conflict => Failure::Conflict(describe(e)),
+        Class::Conflict(_) => Failure::Conflict(describe(e)),
         Class::Unavailable => Failure::Transient(describe(e)),
         Class::Row => Failure::Row(describe_refusal(e)),
         // The configuration, not the database: a missing grant, a schema

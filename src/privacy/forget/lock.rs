@@ -5,12 +5,12 @@
 
 use std::time::{Duration, Instant};
 
-use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Transaction};
 
 use super::state::same_key_version;
 use super::{FORGET_LOCK_PATIENCE, FORGET_LOCK_TIMEOUT_MS};
+use crate::database::sqlstate::{Class, Conflict};
 use crate::database::statement::Statement;
 use crate::privacy::reveal::{RevealError, db};
 use crate::table::partitions::HOLD_PARTITION_STEP;
@@ -107,7 +107,8 @@ pub(super) async fn begin_locked(client: &Client) -> Result<(), RevealError> {
             .await;
         let Err(e) = locked else { return Ok(()) };
         let _ = client.batch_execute("ROLLBACK").await;
-        if e.code() != Some(&SqlState::LOCK_NOT_AVAILABLE) {
+        // forget's policy: a lock wait is tried again, for as long as its patience.
+        if !Class::conflict_among(&e, &[Conflict::LockTimeout]) {
             return Err(db("locking user_logins for a moment")(e));
         }
         if since.elapsed() >= FORGET_LOCK_PATIENCE {

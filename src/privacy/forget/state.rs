@@ -6,6 +6,7 @@
 use tokio_postgres::GenericClient;
 use tokio_postgres::types::Type;
 
+use crate::database::sqlstate::Own;
 use crate::database::statement::Statement;
 use crate::privacy::masking::UserKeys;
 use crate::privacy::reveal::RevealError;
@@ -73,7 +74,7 @@ pub(super) async fn check_erasure_key(
     );
     match CHECK.rows(client, &[&v, &check.as_str()]).await {
         Ok(_) => Ok(()),
-        Err(f) => Err(match f.refusal("LE004") {
+        Err(f) => Err(match f.refusal(Own::KeysDiffer) {
             Some(message) => RevealError::KeyMismatch(message),
             None => f.into(),
         }),

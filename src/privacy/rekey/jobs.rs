@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_postgres::Client;
 
-use super::{CONFLICT_RETRIES, RekeyError};
+use super::{CHUNK_CONFLICT_RETRIES, RekeyError};
 use crate::privacy::masking::Masker;
 use crate::table::partitions::Segment;
 
@@ -54,7 +54,7 @@ impl Jobs {
     /// Re-keys `chunks` to version `to`, each connection taking the next
     /// chunk when it is done with one; `tick` hears the entries moved so
     /// far, at most every `every`. The first failure (after
-    /// [`CONFLICT_RETRIES`] tries of a chunk that met another transaction)
+    /// [`CHUNK_CONFLICT_RETRIES`] tries of a chunk that met another transaction)
     /// stops every job after its chunk in flight and is returned; what was
     /// committed stays done. Returns the entries moved.
     pub(super) async fn run(
@@ -130,7 +130,7 @@ async fn job(
         let result = loop {
             let attempt = super::rekey_one(&mut client, &masker, to, &chunk).await;
             match attempt {
-                Err(e) if e.is_conflict() && tries < CONFLICT_RETRIES => tries += 1,
+                Err(e) if e.is_conflict() && tries < CHUNK_CONFLICT_RETRIES => tries += 1,
                 other => break other,
             }
         };

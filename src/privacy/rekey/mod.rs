@@ -49,10 +49,10 @@ mod vault;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tracing::info;
 
+use crate::database::sqlstate::{Class, Conflict};
 use crate::database::statement::{Failed, Statement};
 use crate::privacy::masking::Masker;
 use jobs::Jobs;
@@ -177,19 +177,17 @@ impl From<Failed> for RekeyError {
 }
 
 /// How often a chunk that met another transaction is tried again.
-pub(crate) const CONFLICT_RETRIES: u32 = 5;
+pub(crate) const CHUNK_CONFLICT_RETRIES: u32 = 5;
 
 /// The planner's estimate (`reltuples`) of every row of `user_logins`, over
 /// its partitions: the walk's progress and `--status` both read it.
 const ROWS_ESTIMATE: &str = "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::int8 FROM pg_inherits i \
      JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass('user_logins_rows')";
 
-/// A failure that trying the chunk again resolves: a deadlock or a
-/// serialization failure.
+/// A failure that trying the chunk again resolves (a chunk's retry
+/// policy): a deadlock or a serialization failure.
 fn is_conflict(e: &tokio_postgres::Error) -> bool {
-    e.code().is_some_and(|c| {
-        *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
-    })
+    Class::conflict_among(e, &[Conflict::Deadlock, Conflict::Serialization])
 }
 
 impl RekeyError {

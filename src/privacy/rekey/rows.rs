@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::jobs::{Chunk, Jobs};
-use super::{CONFLICT_RETRIES, Progress, RekeyError, RekeyOptions, db};
+use super::{CHUNK_CONFLICT_RETRIES, Progress, RekeyError, RekeyOptions, db};
 use crate::database::statement::Statement;
 use crate::privacy::masking::Masker;
 use crate::table::partitions::{HOLD_PARTITION_STEP, Partition, Segment};
@@ -178,7 +178,7 @@ impl Walk<'_> {
             self.done += loop {
                 let at = (&segment, rel);
                 match rekey_chunk(client, self.masker, self.to, at, page, end).await {
-                    Err(e) if e.is_conflict() && tries < CONFLICT_RETRIES => tries += 1,
+                    Err(e) if e.is_conflict() && tries < CHUNK_CONFLICT_RETRIES => tries += 1,
                     other => break other?,
                 }
             };

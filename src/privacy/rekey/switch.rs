@@ -6,12 +6,12 @@
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tracing::info;
 
 use super::{RekeyError, SWITCH_LOCK_TIMEOUT_MS, db};
 use crate::database::server::server_version;
+use crate::database::sqlstate::{Class, Conflict, Own};
 use crate::database::statement::Statement;
 use crate::privacy::masking::Masker;
 
@@ -31,7 +31,7 @@ pub(super) async fn check_keys(
     );
     match CHECK.rows(client, &[&v, &mc.as_str(), &ec.as_str()]).await {
         Ok(_) => Ok(()),
-        Err(f) => Err(match f.refusal("LE004") {
+        Err(f) => Err(match f.refusal(Own::KeysDiffer) {
             Some(message) => RekeyError::KeyMismatch(message),
             None => f.into(),
         }),
@@ -82,19 +82,19 @@ pub(super) async fn switch(
             return Ok(());
         };
         let _ = client.batch_execute("ROLLBACK").await;
-        let pause = match e.code() {
-            Some(c) if c.code() == "LE013" => {
+        let pause = match Own::of(&e) {
+            Some(Own::RotationNotArmed) => {
                 return Err(RekeyError::NotArmed(
                     e.as_db_error()
                         .map(|d| d.message().to_owned())
                         .unwrap_or_default(),
                 ));
             }
-            Some(c) if c.code() == "LE005" => return Err(not_upgraded(client).await),
-            Some(c) if c.code() == "LE006" => return Err(RekeyError::VaultIndexMissing),
+            Some(Own::VaultNotUpgraded) => return Err(not_upgraded(client).await),
+            Some(Own::VaultIndexMissing) => return Err(RekeyError::VaultIndexMissing),
             // maintain drains a swapped-out DEFAULT partition: wait for it
             // (its rows would be out of the walk's sight).
-            Some(c) if c.code() == "LE007" => {
+            Some(Own::DrainUnderWay) => {
                 if since.elapsed() >= patience {
                     let seconds = patience.as_secs();
                     return Err(RekeyError::DrainUnderWay { seconds });
@@ -109,7 +109,7 @@ pub(super) async fn switch(
             // A forget between its deletes and its end holds tokens of the
             // current version: one in flight ends in seconds (erasure
             // requests go on during an incident), one that stopped never.
-            Some(c) if c.code() == "LE003" => {
+            Some(Own::ErasureUnfinished) => {
                 let message = e
                     .as_db_error()
                     .map(|d| d.message().to_owned())
@@ -127,10 +127,9 @@ pub(super) async fn switch(
                 }
                 Duration::from_millis(200)
             }
-            Some(c)
-                if *c == SqlState::LOCK_NOT_AVAILABLE
-                    || *c == SqlState::T_R_SERIALIZATION_FAILURE =>
-            {
+            // The switch's policy: a lock wait or a serialization failure
+            // is tried again, for as long as `patience`.
+            _ if Class::conflict_among(&e, &[Conflict::LockTimeout, Conflict::Serialization]) => {
                 if since.elapsed() >= patience {
                     let seconds = patience.as_secs();
                     return Err(RekeyError::SwitchLocked { seconds });

@@ -7,7 +7,7 @@ use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 
 use super::jobs::{Chunk, Jobs};
-use super::{CONFLICT_RETRIES, RekeyError, db};
+use super::{CHUNK_CONFLICT_RETRIES, RekeyError, db};
 use crate::database::statement::Statement;
 use crate::privacy::masking::Masker;
 
@@ -47,7 +47,7 @@ pub(super) async fn rekey_vault(
         let mut tries = 0;
         done += loop {
             match rekey_vault_chunk(client, masker, to, page, end).await {
-                Err(e) if e.is_conflict() && tries < CONFLICT_RETRIES => tries += 1,
+                Err(e) if e.is_conflict() && tries < CHUNK_CONFLICT_RETRIES => tries += 1,
                 other => break other?,
             }
         };

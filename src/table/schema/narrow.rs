@@ -50,6 +50,7 @@ use tracing::info;
 
 use super::convert::{CUTOVER_LOCK_TIMEOUT_MS, short_tx};
 use super::{MIGRATION_LOCK_KEY, MigrateOptions, Profile, failed, migration_sql, schema_sql, with_lock_retries};
+use crate::database::sqlstate::{Class, Conflict};
 use crate::error::DbError;
 
 /// Rows a copy chunk (one transaction) takes.
@@ -582,7 +583,7 @@ $$"#,
         let since = Instant::now();
         match locked {
             Ok(()) => {}
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+            Err(e) if Class::conflict_among(&e, &[Conflict::LockTimeout]) => {
                 drop(tx);
                 info!("cutover lock wait ran out (ingest goes first); trying again");
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -615,7 +616,7 @@ $$"#,
             Ok(()) => {}
             // A lock of the schema's migration (another table's) waited
             // for: ingest goes first here too.
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+            Err(e) if Class::conflict_among(&e, &[Conflict::LockTimeout]) => {
                 drop(tx);
                 info!("a cutover lock wait ran out (ingest goes first); trying again");
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
