@@ -307,20 +307,19 @@ async fn doctor(args: &DoctorArgs) -> Result<(), Failure> {
         dlq_operator: args.dlq_operator_arn.clone(),
         deploy: args.deploy_principal_arn.clone(),
     };
-    // The queue alone, from a laptop that reaches no database.
-    let configured = ["DATABASE_URL", "DB_SECRET_ID", "PGHOST"]
-        .iter()
-        .any(|v| std::env::var(v).is_ok_and(|v| !v.trim().is_empty()));
-    if let (Some(url), false) = (&args.queue_url, configured) {
-        let mut report = crate::table::doctor::Report::default();
-        doctor_queue(url, args.function_timeout, &stack, &mut report).await?;
-        return print_doctor(
-            args,
-            &report,
-            "the queue alone (no DATABASE_URL, DB_SECRET_ID or PGHOST: the database not examined)",
-        );
-    }
-    let db = DbConfig::from_env()?;
+    // The queue alone, from a laptop where no database is configured.
+    let db = match (DbConfig::from_env(), &args.queue_url) {
+        (Err(crate::error::ConfigError::Missing { .. }), Some(url)) => {
+            let mut report = crate::table::doctor::Report::default();
+            doctor_queue(url, args.function_timeout, &stack, &mut report).await?;
+            return print_doctor(
+                args,
+                &report,
+                "the queue alone (no database configured: the database not examined)",
+            );
+        }
+        (db, _) => db?,
+    };
     let client = startup::operator_connection(&db).await?;
     let examining = |e: tokio_postgres::Error| {
         Failure(
@@ -331,11 +330,15 @@ async fn doctor(args: &DoctorArgs) -> Result<(), Failure> {
             1,
         )
     };
-    let retention = crate::table::maintain::MaintainOptions::from_env()?.retention_days;
-    let mut report =
-        crate::table::doctor::examine(&client, chrono::Utc::now().date_naive(), retention)
-            .await
-            .map_err(examining)?;
+    let maintenance = crate::table::maintain::MaintainOptions::from_env()?;
+    let mut report = crate::table::doctor::examine_at(
+        &client,
+        chrono::Utc::now().date_naive(),
+        maintenance.retention_days,
+        maintenance.premake_days,
+    )
+    .await
+    .map_err(examining)?;
     doctor_keys(&client, &mut report).await?;
     doctor_secret(&db, &mut report).await;
     if let Some(url) = &args.queue_url {
@@ -487,6 +490,7 @@ async fn doctor_queue(
         visibility: Wanted::visibility_for(function_timeout),
         receives: Receives::Backoff(crate::config::backoff_from_env()?),
         dead_letter_arn: None,
+        visibility_note: " (or give doctor the stack's FunctionTimeout with --function-timeout; 0 for a queue only login-etl poll reads)",
     };
     let aws = crate::secrets::sdk_config().await;
     let found = super::queue_check::examine(&aws, url, &wanted, stack).await;

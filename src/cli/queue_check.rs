@@ -31,6 +31,8 @@ pub(crate) struct Wanted {
     /// The dead-letter queue the function sends to, where known (the
     /// stack's `ExistingDlqArn`).
     pub dead_letter_arn: Option<String>,
+    /// Said after the visibility timeout's fix (doctor's other way out).
+    pub visibility_note: &'static str,
 }
 
 /// How many receives the queue must allow before it dead-letters.
@@ -105,8 +107,8 @@ pub(crate) async fn examine(
                 wanted.visibility
             ),
             format!(
-                "aws sqs set-queue-attributes --queue-url {url} --attributes VisibilityTimeout={}",
-                wanted.visibility
+                "aws sqs set-queue-attributes --queue-url {url} --attributes VisibilityTimeout={}{}",
+                wanted.visibility, wanted.visibility_note
             ),
         );
     }

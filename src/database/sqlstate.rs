@@ -1,8 +1,10 @@
 //! What a failed statement's SQLSTATE says can be done about it: the one
 //! classification the batch's write, `migrate`, `maintain`, `forget` and
 //! `rotate-key` share (PostgreSQL's Appendix A names the classes), and
-//! login-etl's own SQLSTATEs ([`Own`]). Every SQLSTATE a caller decides on
-//! is named here; a retry loop says which [`Class`] it retries.
+//! login-etl's own SQLSTATEs a caller acts on ([`Own`]). Each conflict a
+//! retry loop retries is named here, and the loop says which; a few
+//! callers still match one SQLSTATE of their own (an undefined function,
+//! a password refused), to be moved here.
 
 /// A failure, by what can be done about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -236,7 +236,7 @@ pub async fn run(client: &Client, options: &MaintainOptions) -> Result<MaintainR
     // credential, not the function, and each partition it asked for would
     // stay for years. Such rows wait in the DEFAULT partition (doctor names
     // them) until their day comes within the horizon.
-    let horizon = today + TimeDelta::days(i64::from(options.premake_days));
+    let horizon = horizon(today, options.premake_days);
     let wanted = |day: Option<NaiveDate>| {
         day.filter(|d| cutoff.is_none_or(|c| *d >= c) && *d <= horizon)
     };
@@ -316,6 +316,13 @@ async fn draining(
         );
     }
     Ok(swapped)
+}
+
+/// The last day maintain makes a partition for: `premake_days` after
+/// `today`. A row dated later waits in the DEFAULT partition (doctor names
+/// it), and so does the drain's.
+pub fn horizon(today: NaiveDate, premake_days: u32) -> NaiveDate {
+    today + TimeDelta::days(i64::from(premake_days))
 }
 
 /// The partitions first (today's at once, while the new DEFAULT partition

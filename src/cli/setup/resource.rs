@@ -406,6 +406,7 @@ async fn queue_fits(p: &Properties) -> Result<(), String> {
         visibility: number(&p.min_visibility_timeout, "MinVisibilityTimeout")?,
         receives: Receives::AtLeast(number(&p.min_receive_count, "MinReceiveCount")?),
         dead_letter_arn: Some(p.dlq_arn.clone()).filter(|a| !a.is_empty()),
+        visibility_note: "",
     };
     let stack = StackPrincipals {
         function_role: String::new(),

@@ -121,6 +121,23 @@ pub async fn examine(
     today: NaiveDate,
     retention_days: Option<u32>,
 ) -> Result<Report, tokio_postgres::Error> {
+    examine_at(
+        client,
+        today,
+        retention_days,
+        crate::table::maintain::DEFAULT_PREMAKE_DAYS,
+    )
+    .await
+}
+
+/// [`examine`], with maintenance's `PREMAKE_DAYS`: rows dated past its
+/// horizon are named apart (maintain makes no partition for them).
+pub async fn examine_at(
+    client: &Client,
+    today: NaiveDate,
+    retention_days: Option<u32>,
+    premake_days: u32,
+) -> Result<Report, tokio_postgres::Error> {
     // One read-only transaction, dates printed as ISO whatever the
     // session stored (the partition bounds are read as text).
     client
@@ -129,7 +146,7 @@ pub async fn examine(
              SET LOCAL IntervalStyle = 'postgres'",
         )
         .await?;
-    let examined = examine_in_transaction(client, today, retention_days).await;
+    let examined = examine_in_transaction(client, today, retention_days, premake_days).await;
     let _ = client
         .batch_execute(if examined.is_ok() {
             "COMMIT"
@@ -144,6 +161,7 @@ async fn examine_in_transaction(
     client: &Client,
     today: NaiveDate,
     retention_days: Option<u32>,
+    premake_days: u32,
 ) -> Result<Report, tokio_postgres::Error> {
     let mut report = Report::default();
     // Before any query that names an operator or a function unqualified.
@@ -168,7 +186,7 @@ async fn examine_in_transaction(
     tampering::locks(client, &mut report).await?;
     tampering::function_bodies(client, profile, &mut report).await?;
     tampering::owner(client, &mut report).await?;
-    partitions_ahead(client, today, &mut report).await?;
+    partitions_ahead(client, today, premake_days, &mut report).await?;
     retention(client, today, retention_days, &mut report).await?;
     timeouts(client, &mut report).await?;
     replication::check(client, &mut report).await?;
@@ -522,6 +540,7 @@ async fn timeouts(client: &Client, report: &mut Report) -> Result<(), tokio_post
 async fn partitions_ahead(
     client: &Client,
     today: NaiveDate,
+    premake_days: u32,
     report: &mut Report,
 ) -> Result<(), tokio_postgres::Error> {
     report.checks.push("partitions");
@@ -550,16 +569,11 @@ async fn partitions_ahead(
             )
             .await?
             .get(0);
-        // Rows dated past the partitions made ahead and maintain's
-        // horizon: no SQS message is, and maintain makes no partition for
-        // them (named apart, with their count and days).
-        let far_from = (today
-            + chrono::TimeDelta::days(
-                days_ahead(&listed, today)
-                    .unwrap_or(0)
-                    .max(i64::from(crate::table::maintain::DEFAULT_PREMAKE_DAYS))
-                    + 1,
-            ))
+        // Rows dated past maintain's horizon (today + PREMAKE_DAYS,
+        // `maintain::horizon`): no SQS message is, and maintain makes no
+        // partition for them (named apart, with their count and days).
+        let far_from = (crate::table::maintain::horizon(today, premake_days)
+            + chrono::TimeDelta::days(1))
         .and_time(chrono::NaiveTime::MIN)
         .and_utc();
         let held: bool = if readable {
