@@ -741,18 +741,27 @@ def test_setup_takes_a_schema_of_its_own_where_public_is_open_to_others(srv):
     """PostgreSQL 14's default (PUBLIC may CREATE in public), where migrate
     refuses public: README's block with SCHEMA=auto (the stack's DbSchema
     default) makes and uses a schema named as the prefix, with no step by
-    hand, twice; the function ingests there as the ingest role. On a
-    database whose public is closed, auto is public."""
+    hand, twice; the function ingests there as the ingest role. An
+    overload of format() another role planted in the open public (one that
+    matches setup's call better than pg_catalog's) is never called by the
+    admin. Closed again, the tables stay where they are."""
     name = f"login_etl_auto_{os.getpid()}"
     srv.drop(name)
     psql(srv.admin(), f'CREATE DATABASE "{name}"')
     try:
         psql(srv.admin(name), "GRANT CREATE ON SCHEMA public TO PUBLIC")
+        planter = f"{name}_planter"
+        psql(srv.admin(), f'DROP ROLE IF EXISTS "{planter}"; CREATE ROLE "{planter}"')
+        psql(srv.admin(name), f"""CREATE TABLE public.ran_as (who text); GRANT INSERT ON public.ran_as TO PUBLIC;
+            SET ROLE "{planter}";
+            CREATE FUNCTION public.format(f text, a text, b name, c text) RETURNS text LANGUAGE sql
+              AS $$ INSERT INTO public.ran_as VALUES (current_user) RETURNING pg_catalog.format(f, a, b, c) $$""")  # fmt: skip
         for attempt in (1, 2):
             done = srv.block(name, schema="auto")
             out = done.stdout + done.stderr
             assert done.returncode == 0, f"run {attempt}: exit {done.returncode}\n{out}"
             assert f"schema {name}\n" in done.stdout or f"schema {name}" in out, out
+        assert psql(srv.admin(name), "SELECT count(*) FROM public.ran_as") == "0", "the admin ran a planted function"
         owner = psql(srv.admin(name), "SELECT n.nspname || '|' || pg_get_userbyid(c.relowner) FROM pg_class c "
                                    "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = 'user_logins_rows'")  # fmt: skip
         assert owner == f"{name}|{name}_migrate", owner
@@ -765,3 +774,4 @@ def test_setup_takes_a_schema_of_its_own_where_public_is_open_to_others(srv):
         assert psql(srv.admin(name), "SELECT count(*) FROM pg_class WHERE relname = 'user_logins_rows'") == "1"
     finally:
         srv.drop(name)
+        psql(srv.admin(), f'DROP ROLE IF EXISTS "{name}_planter"')

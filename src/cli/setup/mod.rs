@@ -139,6 +139,20 @@ pub async fn run(
         plan.rewriters.clone(),
     )
     .await?;
+    // The admin (RDS's master) runs no function of anyone's: its session
+    // finds names in pg_catalog alone, so an overload planted in public
+    // (open on PostgreSQL 14 and older) or in a schema named as the
+    // admin ("$user") is never called with its rights.
+    admin
+        .client
+        .batch_execute("SET search_path = pg_catalog, pg_temp")
+        .await
+        .map_err(|e| {
+            format!(
+                "pinning the admin's search_path failed: {}",
+                crate::error::describe(&e)
+            )
+        })?;
     let plan = &Plan {
         schema: resolve_schema(&admin.client, plan).await?,
         ..plan.clone()
