@@ -721,11 +721,12 @@ def test_a_second_deployment_never_resets_the_roles_of_another(srv):
         refused = srv.block(name, secrets=other)
         out = refused.stdout + refused.stderr
         assert refused.returncode != 0 and "was not made by this deployment" in out, out
-        assert f"COMMENT ON ROLE \"{name}_migrate\" IS 'login-etl setup, secrets {other}'" in out, out
+        mark = lambda secrets: f"login-etl setup, secrets {secrets}, account 123456789012, region us-east-1"  # noqa: E731 (moto's)
+        assert f"COMMENT ON ROLE \"{name}_migrate\" IS '{mark(other)}'" in out, out
         # Its own second run (its secrets name the roles): adopted, marked again.
         done = srv.block(name)
         assert done.returncode == 0, done.stdout + done.stderr
-        assert psql(srv.admin(), f"SELECT shobj_description('{name}_ingest'::regrole, 'pg_authid')") == f"login-etl setup, secrets {name}"
+        assert psql(srv.admin(), f"SELECT shobj_description('{name}_ingest'::regrole, 'pg_authid')") == mark(name)
         for r in ("migrate", "ingest", "maintain"):
             assert srv.secret(name, r)["password"] == before[r]
     finally:
@@ -775,3 +776,23 @@ def test_setup_takes_a_schema_of_its_own_where_public_is_open_to_others(srv):
     finally:
         srv.drop(name)
         psql(srv.admin(), f'DROP ROLE IF EXISTS "{name}_planter"')
+
+
+def test_auto_refuses_a_schema_of_its_name_someone_else_made_first(srv):
+    """Where public is open, `auto` would make a schema named as the
+    prefix; one another role made first (and so owns, and may plant in)
+    is refused, changing nothing."""
+    name = f"login_etl_squat_{os.getpid()}"
+    squatter = f"{name}_squatter"
+    srv.drop(name)
+    psql(srv.admin(), f'CREATE DATABASE "{name}"')
+    try:
+        psql(srv.admin(), f'DROP ROLE IF EXISTS "{squatter}"; CREATE ROLE "{squatter}"')
+        psql(srv.admin(name), f'GRANT CREATE ON SCHEMA public TO PUBLIC; CREATE SCHEMA "{name}" AUTHORIZATION "{squatter}"')
+        done = srv.block(name, schema="auto")
+        out = done.stdout + done.stderr
+        assert done.returncode != 0 and f"the schema {name} that setup would use instead already exists, owned by {squatter}" in out, out
+        assert psql(srv.admin(name), "SELECT count(*) FROM pg_class WHERE relname LIKE 'user\\_logins%'") == "0"
+    finally:
+        srv.drop(name)
+        psql(srv.admin(), f'DROP ROLE IF EXISTS "{squatter}"')

@@ -45,13 +45,19 @@ impl Roots {
     /// The roots for a certificate naming `host`.
     pub fn of(host: &str) -> Self {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        let rds = [".rds.amazonaws.com", ".rds.amazonaws.com.cn"]
+        let Some(name) = [".rds.amazonaws.com.cn", ".rds.amazonaws.com"]
             .iter()
-            .any(|domain| host.ends_with(domain));
-        match rds {
-            false => Roots::System,
-            true if host.split('.').any(|label| label.starts_with("proxy-")) => Roots::RdsProxy,
-            true => Roots::Rds,
+            .find_map(|domain| host.strip_suffix(domain))
+        else {
+            return Roots::System;
+        };
+        // `<name>.proxy-<id>.<region>` (a proxy's custom endpoint:
+        // `<endpoint>.endpoint.proxy-<id>.<region>`): the label before the
+        // region, not the first (an instance may be named `proxy-db`).
+        let labels: Vec<&str> = name.split('.').collect();
+        match labels.len().checked_sub(2).map(|i| labels[i]) {
+            Some(label) if label.starts_with("proxy-") && labels.len() > 2 => Roots::RdsProxy,
+            _ => Roots::Rds,
         }
     }
 
@@ -233,6 +239,7 @@ mod tests {
             ("MyDb.ABC.US-EAST-1.RDS.AMAZONAWS.COM.", Roots::Rds),
             ("login-etl.proxy-abc123.us-east-1.rds.amazonaws.com", Roots::RdsProxy),
             ("ro.endpoint.proxy-abc123.us-east-1.rds.amazonaws.com", Roots::RdsProxy),
+            ("proxy-db.c9akciq32.us-east-1.rds.amazonaws.com", Roots::Rds),
             ("db.internal", Roots::System),
             ("localhost", Roots::System),
             ("rds.amazonaws.com.attacker.example", Roots::System),

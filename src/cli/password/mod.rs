@@ -72,6 +72,11 @@ pub struct PasswordSet {
 }
 
 impl Admin {
+    /// The AWS account of whoever runs setup (from its ARN), where known.
+    pub fn account(&self) -> &str {
+        self.caller.split(':').nth(4).unwrap_or_default()
+    }
+
     /// The host and port the admin connected to.
     pub fn address(&self) -> (String, u16) {
         (self.host.clone(), self.port)

@@ -160,18 +160,25 @@ pub async fn run(
     progress(&format!("schema {}", plan.schema));
     let mut report = Report::default();
     let roles = plan.roles();
-    if plan.auth == Auth::Password {
-        claim_roles(
-            &admin.client,
-            plan,
-            &roles,
-            &crate::secrets::Secrets::new(&aws),
-        )
-        .await?;
-    }
+    // Whose roles: this deployment's secrets, in its account and region
+    // (a stack of the same name elsewhere is another deployment).
+    let mark = format!(
+        "{MARK_PREFIX}{}, account {}, region {}",
+        plan.secrets,
+        admin.account(),
+        aws.region().map(|r| r.to_string()).unwrap_or_default()
+    );
+    claim_roles(
+        &admin.client,
+        plan,
+        &roles,
+        &mark,
+        &crate::secrets::Secrets::new(&aws),
+    )
+    .await?;
     admin
         .client
-        .batch_execute(&admin_statements(plan, &roles))
+        .batch_execute(&admin_statements(plan, &roles, &mark))
         .await
         .map_err(|e| {
             format!(
@@ -304,18 +311,31 @@ async fn resolve_schema(client: &tokio_postgres::Client, plan: &Plan) -> Result<
         )
     };
     let migrate = plan.name(Role::Migrate);
-    let owned: Option<String> = client
-        .query_opt(
+    // The tables' record, a plain table of the migrate role's, in no
+    // temporary schema (one a migrate credential made would point every
+    // role's search_path at it).
+    let owned: Vec<String> = client
+        .query(
             "SELECT n.nspname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
              JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) c.relowner \
-             WHERE c.relname OPERATOR(pg_catalog.=) 'user_logins_schema' AND r.rolname OPERATOR(pg_catalog.=) $1 LIMIT 1",
+             WHERE c.relname OPERATOR(pg_catalog.=) 'user_logins_schema' AND r.rolname OPERATOR(pg_catalog.=) $1 \
+               AND c.relkind OPERATOR(pg_catalog.=) 'r' AND c.relpersistence OPERATOR(pg_catalog.=) 'p'",
             &[&migrate],
         )
         .await
         .map_err(describe)?
-        .map(|row| row.get(0));
-    if let Some(schema) = owned {
-        return Ok(schema);
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    match owned.as_slice() {
+        [] => {}
+        [schema] => return Ok(schema.clone()),
+        many => {
+            return Err(format!(
+                "{migrate} owns login-etl's tables in more than one schema ({}): give the one this deployment writes (DbSchema, --schema)",
+                many.join(", ")
+            ));
+        }
     }
     let own: Vec<String> = plan.roles().iter().map(|r| plan.name(*r)).collect();
     let open: bool = client
@@ -332,20 +352,36 @@ async fn resolve_schema(client: &tokio_postgres::Client, plan: &Plan) -> Result<
         .await
         .map_err(describe)?
         .get(0);
-    Ok(if open {
-        plan.prefix.clone()
-    } else {
-        "public".into()
-    })
+    if !open {
+        return Ok("public".into());
+    }
+    // A schema of its own, named as the prefix: one someone else made
+    // first (and so owns, and may plant in) is refused.
+    let squatted: Option<String> = client
+        .query_opt(
+            "SELECT pg_catalog.pg_get_userbyid(n.nspowner)::text FROM pg_catalog.pg_namespace n \
+             WHERE n.nspname OPERATOR(pg_catalog.=) $1 AND n.nspowner OPERATOR(pg_catalog.<>) \
+               (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) current_user)",
+            &[&plan.prefix],
+        )
+        .await
+        .map_err(describe)?
+        .map(|row| row.get(0));
+    if let Some(owner) = squatted {
+        return Err(format!(
+            "public is open to other roles, and the schema {} that setup would use instead already exists, owned by {owner}, not by this admin: it may hold objects login-etl's functions would find; give a schema this admin owns or will make (DbSchema, --schema), or drop that one",
+            plan.prefix
+        ));
+    }
+    Ok(plan.prefix.clone())
 }
 
-/// The comment setup puts on each login role it makes or keeps: whose
-/// secrets hold its password. Roles belong to the server, so another
-/// deployment (a second stack, README's block with other secrets) naming
-/// the same roles would set new passwords its functions never read.
-fn owner_mark(plan: &Plan) -> String {
-    format!("login-etl setup, secrets {}", plan.secrets)
-}
+/// How the comment setup puts on each login role it makes or keeps
+/// begins: whose secrets hold its password, in which account and region.
+/// Roles belong to the server, so another deployment (a second stack,
+/// README's block with other secrets) naming the same roles would set new
+/// passwords its functions never read, or grant them `rds_iam`.
+const MARK_PREFIX: &str = "login-etl setup, secrets ";
 
 /// Refuses, with nothing changed, where a login role of the plan exists
 /// and is not this deployment's: its comment names other secrets, or it
@@ -356,6 +392,7 @@ async fn claim_roles(
     client: &tokio_postgres::Client,
     plan: &Plan,
     roles: &[Role],
+    mark: &str,
     secrets: &crate::secrets::Secrets,
 ) -> Result<(), String> {
     let names: Vec<String> = roles.iter().map(|r| plan.name(*r)).collect();
@@ -374,7 +411,6 @@ async fn claim_roles(
         })?;
     let existing: std::collections::HashMap<String, Option<String>> =
         found.iter().map(|row| (row.get(0), row.get(1))).collect();
-    let mark = owner_mark(plan);
     let other_prefix = "the stack's DbRolePrefix, or setup's --prefix";
     // In the plan's order (migrate first): the same role named each run.
     for (role, name) in roles.iter().zip(names) {
@@ -383,25 +419,46 @@ async fn claim_roles(
         };
         match comment.as_deref() {
             Some(c) if c == mark => {}
-            Some(c) if c.starts_with("login-etl setup, secrets ") => {
+            Some(c) if c.starts_with(MARK_PREFIX) => {
                 return Err(format!(
                     "the role {name} belongs to another login-etl deployment ({c:?}): its functions read its password there, and this setup would set a new one; nothing was changed. Give this deployment roles of its own ({other_prefix}, e.g. {}_2)",
                     plan.prefix
                 ));
             }
+            // Made before roles carried the mark: this deployment's when
+            // its secret names it (passwords), or when it is in rds_iam
+            // already (IAM, which has no secret).
             _ => {
-                let id = plan.secret_id(*role);
-                let ours = secrets
-                    .string_if_any(&id)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .is_some();
+                let (ours, evidence) = match plan.auth {
+                    Auth::Password => {
+                        let id = plan.secret_id(*role);
+                        let found = secrets
+                            .string_if_any(&id)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        (found.is_some(), format!("no secret {id}"))
+                    }
+                    Auth::Iam => {
+                        let member: bool = client
+                            .query_one(
+                                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m \
+                                   JOIN pg_catalog.pg_roles g ON g.oid OPERATOR(pg_catalog.=) m.roleid \
+                                   JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) m.member \
+                                   WHERE g.rolname OPERATOR(pg_catalog.=) 'rds_iam' \
+                                     AND r.rolname OPERATOR(pg_catalog.=) $1)",
+                                &[&name],
+                            )
+                            .await
+                            .map_err(|e| crate::error::describe(&e))?
+                            .get(0);
+                        (member, "not in rds_iam".to_owned())
+                    }
+                };
                 if !ours {
                     return Err(format!(
-                        "the role {name} exists but was not made by this deployment (no comment naming secrets {}, no secret {id}): another deployment's or one made by hand, whose password this setup would change; nothing was changed. Give this deployment roles of its own ({other_prefix}); or, to hand the role to it, as the admin: COMMENT ON ROLE {} IS {}",
-                        plan.secrets,
+                        "the role {name} exists but was not made by this deployment (no comment {mark:?}, {evidence}): another deployment's or one made by hand, whose password or authentication this setup would change; nothing was changed. Give this deployment roles of its own ({other_prefix}); or, to hand the role to it, as the admin: COMMENT ON ROLE {} IS {}",
                         escape_identifier(&name),
-                        escape_literal(&mark)
+                        escape_literal(mark)
                     ));
                 }
             }
@@ -414,7 +471,7 @@ async fn claim_roles(
 /// role where missing (roles belong to the server: a second database
 /// reuses them), each allowed to use the schema, with its settings in this
 /// database, and `rds_iam` for IAM.
-fn admin_statements(plan: &Plan, roles: &[Role]) -> String {
+fn admin_statements(plan: &Plan, roles: &[Role], mark: &str) -> String {
     let schema = escape_identifier(&plan.schema);
     let mut sql = format!(
         "DO $setup$ BEGIN IF NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = {}) THEN CREATE SCHEMA {schema}; END IF; END $setup$;\n",
@@ -429,7 +486,7 @@ fn admin_statements(plan: &Plan, roles: &[Role]) -> String {
              GRANT USAGE ON SCHEMA {schema} TO {ident};\n\
              DO $setup$ BEGIN EXECUTE format('ALTER ROLE %I IN DATABASE %I SET idle_in_transaction_session_timeout = %L', {}, current_database(), {}); END $setup$;\n",
             escape_literal(&name),
-            escape_literal(&owner_mark(plan)),
+            escape_literal(mark),
             escape_literal(&name),
             escape_literal(IDLE_IN_TRANSACTION_TIMEOUT),
         ));
@@ -532,14 +589,14 @@ mod tests {
     fn names_are_quoted_and_iam_and_the_search_path_only_when_asked() {
         let mut odd = plan(Profile::Masking, Auth::Password, "public");
         odd.prefix = "a\"b".into();
-        let sql = admin_statements(&odd, &odd.roles());
+        let sql = admin_statements(&odd, &odd.roles(), "m");
         assert!(sql.contains("CREATE ROLE \"a\"\"b_ingest\" LOGIN"), "{sql}");
         assert!(
             !sql.contains("rds_iam") && !sql.contains("search_path"),
             "{sql}"
         );
         let iam = plan(Profile::Masking, Auth::Iam, "etl");
-        let sql = admin_statements(&iam, &iam.roles());
+        let sql = admin_statements(&iam, &iam.roles(), "m");
         assert!(sql.contains("GRANT rds_iam TO \"app_reader\""), "{sql}");
         assert!(
             sql.contains("SET search_path = %I', 'app_ingest', current_database(), 'etl')"),
