@@ -327,8 +327,17 @@ fn response_url_is_cloudformations(url: &str, configured: &Configured) -> Result
     ];
     let https =
         parsed.scheme_str() == Some("https") && matches!(parsed.port_u16(), None | Some(443));
-    if https && hosts.contains(&host) {
+    // The object's key is CloudFormation's `<StackId>|<LogicalResourceId>|
+    // <RequestId>`, signed: any account may be given a URL into the same
+    // bucket, but only this stack's requests are keyed under its StackId.
+    let key = percent_encoding::percent_decode_str(parsed.path().trim_start_matches('/'))
+        .decode_utf8_lossy()
+        .into_owned();
+    let this_stack = key.starts_with(&format!("{}|", configured.stack_id));
+    if https && hosts.contains(&host) && this_stack {
         Ok(())
+    } else if https && hosts.contains(&host) {
+        Err("its ResponseURL is CloudFormation's bucket, but not for a request of this stack (its key names another stack): the setup function answers its own stack's requests only".to_owned())
     } else {
         Err(format!(
             "its ResponseURL's host {host:?} is not CloudFormation's response bucket for {region} ({}): the setup function answers CloudFormation only",
@@ -575,7 +584,7 @@ mod tests {
     use super::*;
 
     const STACK: &str = "arn:aws:cloudformation:us-east-1:123456789012:stack/s/1";
-    const CFN_URL: &str = "https://cloudformation-custom-resource-response-useast1.s3.amazonaws.com/arn%3A/r?X-Amz-Signature=x";
+    const CFN_URL: &str = "https://cloudformation-custom-resource-response-useast1.s3.amazonaws.com/arn%3Aaws%3Acloudformation%3Aus-east-1%3A123456789012%3Astack/s/1%7CDatabaseSetup%7Cr-1?X-Amz-Signature=x";
 
     fn request(kind: &str) -> Value {
         json!({
@@ -740,33 +749,44 @@ mod tests {
     #[test]
     fn only_cloudformations_response_bucket_for_the_region_is_answered() {
         let own = configured();
+        let key = "arn%3Aaws%3Acloudformation%3Aus-east-1%3A123456789012%3Astack/s/1%7CDatabaseSetup%7Cr-1";
         for url in [
-            CFN_URL,
-            "https://cloudformation-custom-resource-response-useast1.s3.us-east-1.amazonaws.com/k?s=1",
-            "https://cloudformation-custom-resource-response-useast1.s3-us-east-1.amazonaws.com/k",
-            "https://CloudFormation-Custom-Resource-Response-UsEast1.S3.amazonaws.com:443/k",
+            CFN_URL.to_owned(),
+            format!(
+                "https://cloudformation-custom-resource-response-useast1.s3.us-east-1.amazonaws.com/{key}?s=1"
+            ),
+            format!(
+                "https://cloudformation-custom-resource-response-useast1.s3-us-east-1.amazonaws.com/{key}"
+            ),
+            format!(
+                "https://CloudFormation-Custom-Resource-Response-UsEast1.S3.amazonaws.com:443/{key}"
+            ),
         ] {
-            assert_eq!(response_url_is_cloudformations(url, &own), Ok(()), "{url}");
+            assert_eq!(response_url_is_cloudformations(&url, &own), Ok(()), "{url}");
         }
         for url in [
-            "http://cloudformation-custom-resource-response-useast1.s3.amazonaws.com/k",
-            "https://cloudformation-custom-resource-response-useast1.s3.amazonaws.com:8443/k",
-            "https://cloudformation-custom-resource-response-euwest1.s3.amazonaws.com/k",
-            "https://cloudformation-custom-resource-response-useast1.s3.amazonaws.com.attacker.example/k",
-            "https://cloudformation-custom-resource-response-useast1.s3.amazonaws.com@attacker.example/k",
-            "https://attacker.example/cloudformation-custom-resource-response-useast1.s3.amazonaws.com",
-            "https://s3.amazonaws.com/cloudformation-custom-resource-response-useast1/k",
-            "http://127.0.0.1:4566/k",
-            "not a url",
+            format!("http://cloudformation-custom-resource-response-useast1.s3.amazonaws.com/{key}"),
+            format!("https://cloudformation-custom-resource-response-useast1.s3.amazonaws.com:8443/{key}"),
+            format!("https://cloudformation-custom-resource-response-euwest1.s3.amazonaws.com/{key}"),
+            format!("https://cloudformation-custom-resource-response-useast1.s3.amazonaws.com.attacker.example/{key}"),
+            format!("https://cloudformation-custom-resource-response-useast1.s3.amazonaws.com@attacker.example/{key}"),
+            "https://attacker.example/cloudformation-custom-resource-response-useast1.s3.amazonaws.com".to_owned(),
+            format!("https://s3.amazonaws.com/cloudformation-custom-resource-response-useast1/{key}"),
+            // A URL into the same bucket that another account's stack was given.
+            format!("https://cloudformation-custom-resource-response-useast1.s3.amazonaws.com/{}", key.replace("123456789012", "999999999999")),
+            "http://127.0.0.1:4566/k".to_owned(),
+            "not a url".to_owned(),
         ] {
-            assert!(response_url_is_cloudformations(url, &own).is_err(), "{url}");
+            assert!(response_url_is_cloudformations(&url, &own).is_err(), "{url}");
         }
         let china = Configured {
             region: "cn-north-1".into(),
             ..configured()
         };
-        let cn = "https://cloudformation-custom-resource-response-cnnorth1.s3.cn-north-1.amazonaws.com.cn/k";
-        assert_eq!(response_url_is_cloudformations(cn, &china), Ok(()));
+        let cn = format!(
+            "https://cloudformation-custom-resource-response-cnnorth1.s3.cn-north-1.amazonaws.com.cn/{key}"
+        );
+        assert_eq!(response_url_is_cloudformations(&cn, &china), Ok(()));
         // An emulator (LocalStack) answers on its own origin, no other.
         let emulated = Configured {
             emulator: Some("http://127.0.0.1:4566".into()),
