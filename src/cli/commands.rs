@@ -331,7 +331,7 @@ async fn doctor(args: &DoctorArgs) -> Result<(), Failure> {
         )
     };
     let maintenance = crate::table::maintain::MaintainOptions::from_env()?;
-    let mut report = crate::table::doctor::examine_at(
+    let mut report = crate::table::doctor::examine(
         &client,
         chrono::Utc::now().date_naive(),
         maintenance.retention_days,

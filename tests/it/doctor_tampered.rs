@@ -34,7 +34,14 @@ async fn doctor_as_a_superuser_names_each_tampering_and_runs_nothing_of_the_sche
     db.bare_named_role(&stranger).await;
     let admin = db.client().await; // a superuser
     let today = chrono::Utc::now().date_naive();
-    let clean = examine(&admin, today, None).await.expect("doctor runs");
+    let clean = examine(
+        &admin,
+        today,
+        None,
+        login_etl::table::maintain::DEFAULT_PREMAKE_DAYS,
+    )
+    .await
+    .expect("doctor runs");
     let tampering_checks = [
         "schema_version",
         "triggers",
@@ -88,9 +95,14 @@ async fn doctor_as_a_superuser_names_each_tampering_and_runs_nothing_of_the_sche
         )
         .await
         .unwrap();
-    let report = examine(&admin, today, None)
-        .await
-        .expect("doctor reads a tampered schema without failing");
+    let report = examine(
+        &admin,
+        today,
+        None,
+        login_etl::table::maintain::DEFAULT_PREMAKE_DAYS,
+    )
+    .await
+    .expect("doctor reads a tampered schema without failing");
     // The replaced functions never ran (they would have written); the
     // planted operator, if a query ran it, ran as the owner who planted
     // it, never as the superuser doctor was run as.
@@ -168,7 +180,14 @@ async fn doctor_as_a_superuser_names_each_tampering_and_runs_nothing_of_the_sche
         ))
         .await
         .unwrap();
-    let mended = examine(&admin, today, None).await.unwrap();
+    let mended = examine(
+        &admin,
+        today,
+        None,
+        login_etl::table::maintain::DEFAULT_PREMAKE_DAYS,
+    )
+    .await
+    .unwrap();
     assert!(
         !mended
             .findings
@@ -195,7 +214,14 @@ async fn twins_strangers_and_a_lock_without_its_row_are_named_and_migrate_mends_
     let admin = db.client().await; // a superuser
     let today = chrono::Utc::now().date_naive();
     let checks = ["triggers", "locks"];
-    let clean = examine(&admin, today, None).await.unwrap();
+    let clean = examine(
+        &admin,
+        today,
+        None,
+        login_etl::table::maintain::DEFAULT_PREMAKE_DAYS,
+    )
+    .await
+    .unwrap();
     assert!(
         !clean.findings.iter().any(|f| checks.contains(&f.check)),
         "a fresh schema: {:#?}",
@@ -228,7 +254,14 @@ async fn twins_strangers_and_a_lock_without_its_row_are_named_and_migrate_mends_
         .await
         .unwrap();
 
-    let report = examine(&admin, today, None).await.unwrap();
+    let report = examine(
+        &admin,
+        today,
+        None,
+        login_etl::table::maintain::DEFAULT_PREMAKE_DAYS,
+    )
+    .await
+    .unwrap();
     for subject in [
         "user_logins_erased_current_version",
         "user_logins_pii_vault_seen_forward",
@@ -283,7 +316,14 @@ async fn twins_strangers_and_a_lock_without_its_row_are_named_and_migrate_mends_
     startup::migrate(&db_config(&owner_url), login_etl::Profile::Full)
         .await
         .expect("migrate over the tampered schema");
-    let mended = examine(&admin, today, None).await.unwrap();
+    let mended = examine(
+        &admin,
+        today,
+        None,
+        login_etl::table::maintain::DEFAULT_PREMAKE_DAYS,
+    )
+    .await
+    .unwrap();
     let left: Vec<_> = mended
         .findings
         .iter()
@@ -347,7 +387,14 @@ async fn a_view_in_place_of_the_schema_record_is_named_and_never_read() {
         )
         .await
         .unwrap();
-    let report = examine(&admin, today, None).await.expect("doctor runs");
+    let report = examine(
+        &admin,
+        today,
+        None,
+        login_etl::table::maintain::DEFAULT_PREMAKE_DAYS,
+    )
+    .await
+    .expect("doctor runs");
     let ran: i64 = admin
         .query_one("SELECT count(*) FROM public.doctor_ran", &[])
         .await
@@ -369,7 +416,14 @@ async fn a_view_in_place_of_the_schema_record_is_named_and_never_read() {
         )
         .await
         .unwrap();
-    let mended = examine(&admin, today, None).await.unwrap();
+    let mended = examine(
+        &admin,
+        today,
+        None,
+        login_etl::table::maintain::DEFAULT_PREMAKE_DAYS,
+    )
+    .await
+    .unwrap();
     assert!(
         !mended.findings.iter().any(|f| f.check == "schema_version"),
         "{:#?}",
@@ -388,7 +442,14 @@ async fn a_view_in_place_of_the_schema_record_is_named_and_never_read() {
         )
         .await
         .unwrap();
-    let report = examine(&admin, today, None).await.expect("doctor runs");
+    let report = examine(
+        &admin,
+        today,
+        None,
+        login_etl::table::maintain::DEFAULT_PREMAKE_DAYS,
+    )
+    .await
+    .expect("doctor runs");
     let ran: i64 = admin
         .query_one("SELECT count(*) FROM public.doctor_ran", &[])
         .await
@@ -463,9 +524,14 @@ async fn a_record_table_another_role_made_is_refused_by_migrate() {
         .unwrap()
         .get(0);
     assert_eq!(rows, 0, "nothing written into it");
-    let report = examine(&admin, chrono::Utc::now().date_naive(), None)
-        .await
-        .unwrap();
+    let report = examine(
+        &admin,
+        chrono::Utc::now().date_naive(),
+        None,
+        login_etl::table::maintain::DEFAULT_PREMAKE_DAYS,
+    )
+    .await
+    .unwrap();
     assert!(
         report
             .findings

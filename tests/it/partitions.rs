@@ -347,14 +347,19 @@ async fn a_retention_that_disagrees_with_the_record_applies_the_longer_and_fails
     }
     let kept = |back: i64| partition_of(today() - TimeDelta::days(back));
     let examine = || async {
-        login_etl::table::doctor::examine(&owner, today(), Some(5))
-            .await
-            .expect("doctor runs")
-            .findings
-            .into_iter()
-            .filter(|f| f.check == "retention")
-            .map(|f| format!("{}: {}", f.problem, f.fix))
-            .collect::<Vec<_>>()
+        login_etl::table::doctor::examine(
+            &owner,
+            today(),
+            Some(5),
+            login_etl::table::maintain::DEFAULT_PREMAKE_DAYS,
+        )
+        .await
+        .expect("doctor runs")
+        .findings
+        .into_iter()
+        .filter(|f| f.check == "retention")
+        .map(|f| format!("{}: {}", f.problem, f.fix))
+        .collect::<Vec<_>>()
     };
     // A new database records "every login": RETENTION_DAYS=5 deletes nothing.
     let options = |days| MaintainOptions {

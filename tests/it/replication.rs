@@ -9,9 +9,14 @@ use login_etl::table::doctor::{Finding, examine};
 use tokio_postgres::Client;
 
 async fn replication_finding(client: &Client) -> Option<Finding> {
-    let report = examine(client, Utc::now().date_naive(), None)
-        .await
-        .unwrap();
+    let report = examine(
+        client,
+        Utc::now().date_naive(),
+        None,
+        login_etl::table::maintain::DEFAULT_PREMAKE_DAYS,
+    )
+    .await
+    .unwrap();
     assert!(report.checks.contains(&"replication"), "{report:?}");
     report
         .findings

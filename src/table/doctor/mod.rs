@@ -115,24 +115,9 @@ fn ident(name: &str) -> String {
 
 /// Runs every check on `client`'s database, `today` being the UTC day and
 /// `retention_days` the deployment's `RETENTION_DAYS` (unset: the owner's
-/// recorded retention is the one checked).
+/// recorded retention is the one checked), `premake_days` maintenance's
+/// `PREMAKE_DAYS` (rows dated past its horizon are named apart).
 pub async fn examine(
-    client: &Client,
-    today: NaiveDate,
-    retention_days: Option<u32>,
-) -> Result<Report, tokio_postgres::Error> {
-    examine_at(
-        client,
-        today,
-        retention_days,
-        crate::table::maintain::DEFAULT_PREMAKE_DAYS,
-    )
-    .await
-}
-
-/// [`examine`], with maintenance's `PREMAKE_DAYS`: rows dated past its
-/// horizon are named apart (maintain makes no partition for them).
-pub async fn examine_at(
     client: &Client,
     today: NaiveDate,
     retention_days: Option<u32>,

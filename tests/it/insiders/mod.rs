@@ -465,9 +465,14 @@ async fn far_dated_rows_make_no_partition_past_the_premake_horizon() {
     assert!(past.is_empty(), "partitions past the horizon: {past:?}");
     assert_eq!(made.default_rows, 200, "the far rows wait in DEFAULT");
     let owner = connect(&d.owner).await;
-    let report = login_etl::table::doctor::examine(&owner, today, None)
-        .await
-        .unwrap();
+    let report = login_etl::table::doctor::examine(
+        &owner,
+        today,
+        None,
+        login_etl::table::maintain::DEFAULT_PREMAKE_DAYS,
+    )
+    .await
+    .unwrap();
     let named = report
         .findings
         .iter()
