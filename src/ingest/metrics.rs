@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{Map, Value, json};
 
-use crate::ingest::handler::BatchSummary;
+use crate::ingest::summary::BatchSummary;
 
 /// What one invocation did, as metrics: the batch's summary, and what only
 /// the invocation knows.

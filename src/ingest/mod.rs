@@ -34,6 +34,7 @@ cfg_if::cfg_if! {
         pub mod redrive;
         pub mod sink;
         pub mod sqs_batch;
+        pub mod summary;
         pub mod trace;
     }
 }

@@ -41,7 +41,8 @@ use crate::privacy::dead_letter::rebuilt::{Rebuilt, RebuiltVerifier, Verdict};
 use crate::privacy::keys::{BatchKeys, Keys};
 use crate::privacy::masking::Masker;
 use crate::privacy::vault::{DataKey, VaultBatch, VaultWrite};
-pub use outcome::{BatchSummary, Deadline, Outcome};
+pub use crate::ingest::summary::BatchSummary;
+pub use outcome::{Deadline, Outcome};
 
 /// How often the handler reads the partitions made ahead (one catalog read
 /// after a batch's write, on its connection); each batch reports the last
