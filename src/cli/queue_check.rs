@@ -49,10 +49,12 @@ impl Wanted {
     /// The least visibility timeout for a function of `function_timeout`
     /// seconds (0: none).
     pub fn visibility_for(function_timeout: u32) -> u32 {
+        if function_timeout == 0 {
+            return 0;
+        }
         function_timeout
             .saturating_mul(6)
             .saturating_add(MAX_BATCHING_WINDOW_S)
-            * u32::from(function_timeout > 0)
     }
 }
 

@@ -110,6 +110,16 @@ impl Connector {
             let aws = aws.expect("an AWS configuration where one is needed (needs_aws)");
             credential = Credential::Iam(TokenSigner::new(aws)?);
         }
+        // The host's TLS connector now, the only one most deployments use:
+        // a set-up that cannot work fails at start, with the setting named.
+        if let Tls::Native(connectors) = &tls {
+            connectors
+                .for_host(&first_host(&pg).0)
+                .map_err(|reason| ConfigError::Invalid {
+                    var: "DB_SSLMODE",
+                    reason,
+                })?;
+        }
         let mut connector = Self {
             pg: tokio_postgres::Config::new(),
             tls,

@@ -102,7 +102,9 @@ pub struct Connectors {
 }
 
 impl Connectors {
-    /// The connector for a server named `host`.
+    /// The connector for a server named `host`, made on its first use
+    /// (`Connector::from_config` asks for the configured host's at start,
+    /// so that a TLS set-up that cannot work fails there).
     pub fn for_host(&self, host: &str) -> Result<MakeTlsConnector, String> {
         let roots = match self.mode {
             SslMode::VerifyFull => Roots::of(host),
@@ -181,20 +183,11 @@ impl Tls {
             (SslMode::VerifyFull, Some((pem, origin))) => load_bundle(pem, origin)?,
             _ => Vec::new(),
         };
-        let connectors = Connectors {
+        Ok(Tls::Native(Arc::new(Connectors {
             mode,
             given,
             made: Default::default(),
-        };
-        // The system's roots now: a TLS set-up that cannot work fails at
-        // start, with the setting named, not at the first connection.
-        connectors
-            .for_host("localhost")
-            .map_err(|reason| ConfigError::Invalid {
-                var: "DB_SSLMODE",
-                reason,
-            })?;
-        Ok(Tls::Native(Arc::new(connectors)))
+        })))
     }
 
     /// The `sslmode` the PostgreSQL client must insist on.

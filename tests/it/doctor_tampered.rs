@@ -7,11 +7,20 @@ use crate::common::*;
 use login_etl::database::settings::DbConfig;
 use login_etl::startup;
 use login_etl::table::doctor::{Report, examine};
+use login_etl::table::maintain::DEFAULT_PREMAKE_DAYS;
 use login_etl::table::privileges::Role;
 
 fn db_config(url: &str) -> DbConfig {
     let url = url.to_owned();
     DbConfig::from_lookup(&|k| (k == "DATABASE_URL").then(|| url.clone())).unwrap()
+}
+
+/// doctor with no RETENTION_DAYS and the default PREMAKE_DAYS.
+async fn doctor(
+    client: &tokio_postgres::Client,
+    today: chrono::NaiveDate,
+) -> Result<Report, tokio_postgres::Error> {
+    examine(client, today, None, DEFAULT_PREMAKE_DAYS).await
 }
 
 fn names(report: &Report, check: &str, subject: &str) -> bool {
@@ -34,14 +43,7 @@ async fn doctor_as_a_superuser_names_each_tampering_and_runs_nothing_of_the_sche
     db.bare_named_role(&stranger).await;
     let admin = db.client().await; // a superuser
     let today = chrono::Utc::now().date_naive();
-    let clean = examine(
-        &admin,
-        today,
-        None,
-        login_etl::table::maintain::DEFAULT_PREMAKE_DAYS,
-    )
-    .await
-    .expect("doctor runs");
+    let clean = doctor(&admin, today).await.expect("doctor runs");
     let tampering_checks = [
         "schema_version",
         "triggers",
@@ -95,14 +97,9 @@ async fn doctor_as_a_superuser_names_each_tampering_and_runs_nothing_of_the_sche
         )
         .await
         .unwrap();
-    let report = examine(
-        &admin,
-        today,
-        None,
-        login_etl::table::maintain::DEFAULT_PREMAKE_DAYS,
-    )
-    .await
-    .expect("doctor reads a tampered schema without failing");
+    let report = doctor(&admin, today)
+        .await
+        .expect("doctor reads a tampered schema without failing");
     // The replaced functions never ran (they would have written); the
     // planted operator, if a query ran it, ran as the owner who planted
     // it, never as the superuser doctor was run as.
@@ -180,14 +177,7 @@ async fn doctor_as_a_superuser_names_each_tampering_and_runs_nothing_of_the_sche
         ))
         .await
         .unwrap();
-    let mended = examine(
-        &admin,
-        today,
-        None,
-        login_etl::table::maintain::DEFAULT_PREMAKE_DAYS,
-    )
-    .await
-    .unwrap();
+    let mended = doctor(&admin, today).await.unwrap();
     assert!(
         !mended
             .findings
@@ -214,14 +204,7 @@ async fn twins_strangers_and_a_lock_without_its_row_are_named_and_migrate_mends_
     let admin = db.client().await; // a superuser
     let today = chrono::Utc::now().date_naive();
     let checks = ["triggers", "locks"];
-    let clean = examine(
-        &admin,
-        today,
-        None,
-        login_etl::table::maintain::DEFAULT_PREMAKE_DAYS,
-    )
-    .await
-    .unwrap();
+    let clean = doctor(&admin, today).await.unwrap();
     assert!(
         !clean.findings.iter().any(|f| checks.contains(&f.check)),
         "a fresh schema: {:#?}",
@@ -254,14 +237,7 @@ async fn twins_strangers_and_a_lock_without_its_row_are_named_and_migrate_mends_
         .await
         .unwrap();
 
-    let report = examine(
-        &admin,
-        today,
-        None,
-        login_etl::table::maintain::DEFAULT_PREMAKE_DAYS,
-    )
-    .await
-    .unwrap();
+    let report = doctor(&admin, today).await.unwrap();
     for subject in [
         "user_logins_erased_current_version",
         "user_logins_pii_vault_seen_forward",
@@ -316,14 +292,7 @@ async fn twins_strangers_and_a_lock_without_its_row_are_named_and_migrate_mends_
     startup::migrate(&db_config(&owner_url), login_etl::Profile::Full)
         .await
         .expect("migrate over the tampered schema");
-    let mended = examine(
-        &admin,
-        today,
-        None,
-        login_etl::table::maintain::DEFAULT_PREMAKE_DAYS,
-    )
-    .await
-    .unwrap();
+    let mended = doctor(&admin, today).await.unwrap();
     let left: Vec<_> = mended
         .findings
         .iter()
@@ -387,14 +356,7 @@ async fn a_view_in_place_of_the_schema_record_is_named_and_never_read() {
         )
         .await
         .unwrap();
-    let report = examine(
-        &admin,
-        today,
-        None,
-        login_etl::table::maintain::DEFAULT_PREMAKE_DAYS,
-    )
-    .await
-    .expect("doctor runs");
+    let report = doctor(&admin, today).await.expect("doctor runs");
     let ran: i64 = admin
         .query_one("SELECT count(*) FROM public.doctor_ran", &[])
         .await
@@ -416,14 +378,7 @@ async fn a_view_in_place_of_the_schema_record_is_named_and_never_read() {
         )
         .await
         .unwrap();
-    let mended = examine(
-        &admin,
-        today,
-        None,
-        login_etl::table::maintain::DEFAULT_PREMAKE_DAYS,
-    )
-    .await
-    .unwrap();
+    let mended = doctor(&admin, today).await.unwrap();
     assert!(
         !mended.findings.iter().any(|f| f.check == "schema_version"),
         "{:#?}",
@@ -442,14 +397,7 @@ async fn a_view_in_place_of_the_schema_record_is_named_and_never_read() {
         )
         .await
         .unwrap();
-    let report = examine(
-        &admin,
-        today,
-        None,
-        login_etl::table::maintain::DEFAULT_PREMAKE_DAYS,
-    )
-    .await
-    .expect("doctor runs");
+    let report = doctor(&admin, today).await.expect("doctor runs");
     let ran: i64 = admin
         .query_one("SELECT count(*) FROM public.doctor_ran", &[])
         .await
@@ -524,14 +472,9 @@ async fn a_record_table_another_role_made_is_refused_by_migrate() {
         .unwrap()
         .get(0);
     assert_eq!(rows, 0, "nothing written into it");
-    let report = examine(
-        &admin,
-        chrono::Utc::now().date_naive(),
-        None,
-        login_etl::table::maintain::DEFAULT_PREMAKE_DAYS,
-    )
-    .await
-    .unwrap();
+    let report = doctor(&admin, chrono::Utc::now().date_naive())
+        .await
+        .unwrap();
     assert!(
         report
             .findings
