@@ -3,7 +3,11 @@
 # delete and a new stack.
 #
 #   ./deploy.sh [--template FILE] [--stack-name NAME] [--ca-bundle FILE]
-#               [--new-keys] [Name=Value ...] [-- more deploy options]
+#               [--new-keys] [--no-preflight] [Name=Value ...] [-- more deploy options]
+#
+# With SubnetIds, the network is checked first (preflight.sh beside this
+# script, the same parameters): a finding stops the deploy in seconds,
+# before anything is made; --no-preflight skips it.
 #
 # In a release (dist/): the template defaults to template-arm64.yaml beside
 # this script, the function's zip, deployed with the AWS CLI alone (`aws
@@ -25,15 +29,16 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-template="" stack="" ca_bundle="" new_keys=0 params=() sam_args=()
+template="" stack="" ca_bundle="" new_keys=0 preflight=1 params=() sam_args=()
 while [ $# -gt 0 ]; do
   case $1 in
     --template) template=$2; shift 2 ;;
     --stack-name) stack=$2; shift 2 ;;
     --ca-bundle) ca_bundle=$2; shift 2 ;;
     --new-keys) new_keys=1; shift ;;
+    --no-preflight) preflight=0; shift ;;
     --) shift; sam_args=("$@"); break ;;
-    -h | --help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *=*) params+=("$1"); shift ;;
     *) echo "deploy.sh: unknown argument '$1': parameters are Name=Value, the deploy tool's own options come after --" >&2; exit 2 ;;
   esac
@@ -80,6 +85,13 @@ for tool in "${tools[@]}"; do
   command -v "$tool" > /dev/null || { echo "deploy.sh needs the $tool command: pip install awscli$([ $release = 1 ] || echo ' aws-sam-cli') (or your platform's packages)" >&2; exit 2; }
 done
 given() { local p; for p in "${params[@]+"${params[@]}"}"; do [ "${p%%=*}" = "$1" ] && return 0; done; return 1; }
+
+# The network, before anything is made: a subnet with no way to S3 would
+# make the setup's answer to CloudFormation wait an hour, then roll back.
+if [ $preflight = 1 ] && given SubnetIds; then
+  bash "$here/preflight.sh" "${params[@]}" ||
+    { echo "deploy.sh: the network is not ready for the stack (each finding above names its fix); nothing was deployed. --no-preflight deploys anyway" >&2; exit 1; }
+fi
 
 # The RDS CA bundle goes beside bootstrap, in a copy of each zip the
 # template names (the release's zips stay as checksummed).

@@ -6,6 +6,7 @@
 #   login-etl-lambda-V-x86_64.zip, …-arm64.zip            the function: bootstrap for provided.al2023
 #   template-x86_64.yaml, template-arm64.yaml             template.yaml deploying those zips (no build)
 #   deploy.sh                                              sam deploy of a template, reusing retained keys
+#   preflight.sh                                           the network a deploy needs, checked first
 #   deployer-policy.json                                   the least IAM policy that deploys the stack
 #   login-etl-V-image-amd64.oci.tar, …-arm64.oci.tar      `login-etl poll` as a container image (OCI archive)
 #   login-etl-V.schema.json                                the message contract (login-etl schema)
@@ -90,6 +91,7 @@ done
 say "the templates that deploy the zips (template-x86_64.yaml, template-arm64.yaml) and deploy.sh"
 python3 release/templates.py "$out" "$version"
 install -m 0755 release/deploy.sh "$out/deploy.sh"
+install -m 0755 release/preflight.sh "$out/preflight.sh"
 install -m 0644 release/deployer-policy.json "$out/deployer-policy.json"
 
 say "the contract's JSON Schema"
