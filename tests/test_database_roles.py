@@ -208,7 +208,8 @@ class DeployServer:
         return {**base, **self.aws, "DB_SECRET_ID": f"{db}/{role}", "DB_CA_BUNDLE": self.cluster.ca_file}
 
     def block(self, db: str, profile: str | None = None, schema: str | None = None, admin_user: str = "postgres",
-              admin_password: str | None = None, secrets: str | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+              admin_password: str | None = None, secrets: str | None = None,
+              prefix: str | None = None) -> subprocess.CompletedProcess:  # fmt: skip
         """README's deploy block, saved and run with `bash -euo pipefail` as
         README says, as `admin_user` (psql's variables, the password in
         PGPASSWORD), on database `db` (roles `<db>_<kind>`, secrets
@@ -216,7 +217,7 @@ class DeployServer:
         written: masking, public)."""
         admin = self.cluster.admin_env(db)
         values = {"PGHOST": admin["PGHOST"], "PGPORT": admin["PGPORT"], "PGDATABASE": db, "PGUSER": admin_user,
-                  "PGSSLMODE": "verify-full", "PGSSLROOTCERT": self.cluster.ca_file, "PREFIX": db, "SECRETS": secrets or db}  # fmt: skip
+                  "PGSSLMODE": "verify-full", "PGSSLROOTCERT": self.cluster.ca_file, "PREFIX": prefix or db, "SECRETS": secrets or db}  # fmt: skip
         if profile:
             values["LOGIN_ETL_PROFILE"] = profile
         if schema:
@@ -736,6 +737,57 @@ def test_a_second_deployment_never_resets_the_roles_of_another(srv):
                 srv.sm.delete_secret(SecretId=f"{other}/{r}", ForceDeleteWithoutRecovery=True)
             except srv.sm.exceptions.ResourceNotFoundException:
                 pass
+
+
+def test_two_deployments_share_one_database_each_with_its_own_roles_and_tables(srv):
+    """Two stacks in one database with their default parameters (each
+    stack's role prefix its name, DbSchema auto): the first takes public;
+    the second finds the first's tables there and takes a schema of its
+    own. Both ingest, and neither's passwords change when the other's
+    setup runs again. A deployment whose roles carry another prefix (a
+    stack made with the old default, login_etl) is refused, changing
+    nothing, with the prefix to keep."""
+    db = f"login_etl_side_{os.getpid()}"
+    first, second, moved = f"{db}_one", f"{db}_two", f"{db}_three"
+    deployments = (first, second, moved)
+
+    def clean():
+        srv.drop(db)
+        psql(srv.admin(), "DROP ROLE IF EXISTS " + ", ".join(f'"{d}_{r}"' for d in deployments for r in ROLE_KINDS))
+        for d in deployments:
+            for r in ROLE_KINDS:
+                try:
+                    srv.sm.delete_secret(SecretId=f"{d}/{r}", ForceDeleteWithoutRecovery=True)
+                except srv.sm.exceptions.ResourceNotFoundException:
+                    pass
+
+    clean()
+    psql(srv.admin(), f'CREATE DATABASE "{db}"')
+    try:
+        for d in (first, second):
+            done = srv.block(db, schema="auto", prefix=d, secrets=d)
+            assert done.returncode == 0, done.stdout + done.stderr
+        where = psql(srv.admin(db), "SELECT string_agg(n.nspname || '=' || pg_get_userbyid(c.relowner), ',' ORDER BY 1) "
+                                    "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                                    "WHERE c.relname = 'user_logins_rows'")  # fmt: skip
+        assert where == f"public={first}_migrate,{second}={second}_migrate", where
+        passwords = lambda: {(d, r): srv.secret(d, r)["password"] for d in (first, second) for r in ("migrate", "ingest", "maintain")}  # noqa: E731
+        before = passwords()
+        for d in (first, second):
+            done = srv.block(db, schema="auto", prefix=d, secrets=d)
+            assert done.returncode == 0, done.stdout + done.stderr
+        assert passwords() == before, "a setup changed a password"
+        records = [_ingest_once(srv, d) for d in (first, second)]
+        assert psql(srv.admin(db), "SELECT count(*) FROM public.user_logins") == str(records[0])
+        assert psql(srv.admin(db), f'SELECT count(*) FROM "{second}".user_logins') == str(records[1])
+        # The first deployment's secrets under another prefix: refused.
+        refused = srv.block(db, schema="auto", prefix=moved, secrets=first)
+        out = refused.stdout + refused.stderr
+        assert refused.returncode != 0 and f"Keep its prefix: DbRolePrefix={first}" in out, out
+        assert psql(srv.admin(), f"SELECT count(*) FROM pg_roles WHERE rolname LIKE '{moved}%'") == "0"
+        assert passwords() == before
+    finally:
+        clean()
 
 
 def test_setup_takes_a_schema_of_its_own_where_public_is_open_to_others(srv):

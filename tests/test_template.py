@@ -232,7 +232,15 @@ def test_with_the_master_secret_the_stack_sets_up_its_database_and_its_functions
     # No answer (no route to S3) fails the deploy soon after the function's 900 s, not after an hour.
     assert 900 < props["ServiceTimeout"] <= 1200
     assert (props["MasterSecretArn"], props["Host"], props["DbName"]) == (MASTER_SECRET_ARN, SETUP["DbHost"], "analytics")
-    assert props["RetentionDays"] == 90 and props["Auth"] == "password" and props["Prefix"] == "login_etl"
+    assert props["RetentionDays"] == 90 and props["Auth"] == "password"
+    # The login roles' prefix: the stack's name (- as _), so two stacks on
+    # one server never share roles; or the one given. The IAM policy names
+    # the same users.
+    for given, named, prefix in (("", "login-etl", "login_etl"), ("", "logins-prod-2", "logins_prod_2"), ("app", "x", "app")):
+        stack_named = deployed(**SETUP, DbRolePrefix=given, **{"AWS::StackName": named})
+        assert stack_named["DatabaseSetup"]["Properties"]["Prefix"] == prefix, (given, named)
+        env = stack_named["SetupFunction"]["Properties"]["Environment"]["Variables"]
+        assert env["SETUP_PREFIX"] == prefix
     assert props["Secrets"] == {"Ref": "AWS::StackName"}
     # Behind a proxy the roles' secrets name it, and setup still connects to DbHost.
     assert (props["SecretHost"], props["SecretPort"]) == ("", "")

@@ -11,15 +11,23 @@
 /// The schema of the `user_logins` the tables' owner made: one the
 /// session's own role made (where it may create) comes only when there is
 /// no other, then the session's current schema (two deployments in one
-/// database), then by name; a temporary table (any role may make one) and
-/// a schema the session may not use never count. Every name qualified: it runs under whatever
-/// search path was stored.
+/// database), then by name; a temporary table (any role may make one), a
+/// schema the session may not use, and tables another deployment's setup
+/// owns (the owner's comment names other secrets than the session role's:
+/// a second stack's roles before its first migrate) never count. Every
+/// name qualified: it runs under whatever search path was stored.
 pub(crate) const OWNERS_SCHEMA_SQL: &str = "SELECT n.nspname \
      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
      WHERE c.relname OPERATOR(pg_catalog.=) 'user_logins_rows' \
        AND c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p}'::pg_catalog.\"char\"[]) \
        AND c.relpersistence OPERATOR(pg_catalog.<>) 't'::pg_catalog.\"char\" \
        AND pg_catalog.has_schema_privilege(n.oid, 'USAGE') \
+       AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles me \
+             WHERE me.rolname OPERATOR(pg_catalog.=) CURRENT_USER \
+               AND pg_catalog.shobj_description(me.oid, 'pg_authid') OPERATOR(pg_catalog.~~) 'login-etl setup, %' \
+               AND pg_catalog.shobj_description(c.relowner, 'pg_authid') OPERATOR(pg_catalog.~~) 'login-etl setup, %' \
+               AND pg_catalog.shobj_description(c.relowner, 'pg_authid') \
+                   OPERATOR(pg_catalog.<>) pg_catalog.shobj_description(me.oid, 'pg_authid')) \
      ORDER BY c.relowner OPERATOR(pg_catalog.=) (SELECT r.oid FROM pg_catalog.pg_roles r \
                 WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER), \
               n.nspname OPERATOR(pg_catalog.<>) pg_catalog.current_schema(), n.nspname \

@@ -296,8 +296,9 @@ pub async fn run(
 /// migrate role already owns the tables, there; else `public`, unless a
 /// role other than its owner, the admin and the plan's own may create in
 /// it (PUBLIC on PostgreSQL 14 and older, another application's or
-/// another deployment's roles), where migrate would refuse it; then a
-/// schema named as the prefix, the plan's own.
+/// another deployment's roles), where migrate would refuse it, or it
+/// holds another deployment's tables (a second stack in this database);
+/// then a schema named as the prefix, the plan's own.
 pub const AUTO_SCHEMA: &str = "auto";
 
 async fn resolve_schema(client: &tokio_postgres::Client, plan: &Plan) -> Result<String, String> {
@@ -337,6 +338,18 @@ async fn resolve_schema(client: &tokio_postgres::Client, plan: &Plan) -> Result<
             ));
         }
     }
+    // Another deployment's tables in public (a second stack in this
+    // database): this one takes a schema of its own.
+    let taken: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c \
+               JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+               WHERE n.nspname OPERATOR(pg_catalog.=) 'public' AND c.relname OPERATOR(pg_catalog.=) 'user_logins_schema')",
+            &[],
+        )
+        .await
+        .map_err(describe)?
+        .get(0);
     let own: Vec<String> = plan.roles().iter().map(|r| plan.name(*r)).collect();
     let open: bool = client
         .query_one(
@@ -352,7 +365,7 @@ async fn resolve_schema(client: &tokio_postgres::Client, plan: &Plan) -> Result<
         .await
         .map_err(describe)?
         .get(0);
-    if !open {
+    if !open && !taken {
         return Ok("public".into());
     }
     // A schema of its own, named as the prefix: one someone else made
@@ -369,7 +382,12 @@ async fn resolve_schema(client: &tokio_postgres::Client, plan: &Plan) -> Result<
         .map(|row| row.get(0));
     if let Some(owner) = squatted {
         return Err(format!(
-            "public is open to other roles, and the schema {} that setup would use instead already exists, owned by {owner}, not by this admin: it may hold objects login-etl's functions would find; give a schema this admin owns or will make (DbSchema, --schema), or drop that one",
+            "public is {}, and the schema {} that setup would use instead already exists, owned by {owner}, not by this admin: it may hold objects login-etl's functions would find; give a schema this admin owns or will make (DbSchema, --schema), or drop that one",
+            if taken {
+                "another deployment's (its tables are there)"
+            } else {
+                "open to other roles"
+            },
             plan.prefix
         ));
     }
@@ -412,6 +430,38 @@ async fn claim_roles(
     let existing: std::collections::HashMap<String, Option<String>> =
         found.iter().map(|row| (row.get(0), row.get(1))).collect();
     let other_prefix = "the stack's DbRolePrefix, or setup's --prefix";
+    // This deployment's roles under another prefix (the stack's default
+    // prefix is now its name; an older stack's roles are login_etl_*):
+    // new roles would not own its tables, and its rows would stay with
+    // the old ones.
+    let elsewhere: Vec<String> = client
+        .query(
+            "SELECT r.rolname::text FROM pg_catalog.pg_roles r \
+             WHERE pg_catalog.shobj_description(r.oid, 'pg_authid') OPERATOR(pg_catalog.=) $1 \
+               AND NOT r.rolname OPERATOR(pg_catalog.=) ANY ($2::text[]) ORDER BY 1",
+            &[&mark, &names],
+        )
+        .await
+        .map_err(|e| {
+            format!(
+                "reading which login roles this deployment has failed: {}",
+                crate::error::describe(&e)
+            )
+        })?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    if let Some(first) = elsewhere.first() {
+        let theirs = Role::ALL
+            .iter()
+            .find_map(|r| first.strip_suffix(&format!("_{}", r.as_str())))
+            .unwrap_or(first);
+        return Err(format!(
+            "this deployment's login roles are {} (prefix {theirs}), not {}_*: new roles would not own its tables; nothing was changed. Keep its prefix: DbRolePrefix={theirs} (setup's --prefix {theirs})",
+            elsewhere.join(", "),
+            plan.prefix
+        ));
+    }
     // In the plan's order (migrate first): the same role named each run.
     for (role, name) in roles.iter().zip(names) {
         let Some(comment) = existing.get(&name) else {
