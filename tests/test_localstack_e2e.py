@@ -12,7 +12,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import secrets
+import shlex
 import socket
 import sys
 import threading
@@ -72,22 +74,46 @@ def existing(localstack):
     a master that is no superuser, as RDS's; passwords over TLS only); the
     queues, and what the setup made, are deleted after the stack."""
     name = f"login-etl-{RUN}-xq"
-    queues = stack.make_queues(f"{name}-producers", "", visibility=stack.LOCAL_VISIBILITY_TIMEOUT, max_receive=5)
+    # As a producers' queue often is: 3 receives before its DLQ, fewer
+    # than the stack's outage tolerance needs (5 here).
+    queues = stack.make_queues(f"{name}-producers", "", visibility=stack.LOCAL_VISIBILITY_TIMEOUT, max_receive=3)
     sqs = stack.client("sqs")
     arn = {u: sqs.get_queue_attributes(QueueUrl=u, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
            for u in (queues.queue_url, queues.dlq_url)}  # fmt: skip
-    overrides = {"ExistingQueueArn": arn[queues.queue_url], "ExistingDlqArn": arn[queues.dlq_url], "RetentionDays": "90",
-                 "DeployPrincipalArns": DEPLOYER}  # fmt: skip
+    overrides = {"ExistingQueueArn": arn[queues.queue_url], "ExistingDlqArn": arn[queues.dlq_url], "RetentionDays": "90"}
     dbname = f"login_etl_{RUN}_xq"
+    early = stack.generate(5, 0, seed=5500)
     try:
+        # Messages already waiting; the deploy fails in seconds, naming
+        # the command that fixes the queue, and receives none of them.
+        stack.send(queues, early)
+        log = ROOT / "target" / "e2e-logs" / f"{name}-unfit.log"
+        with pytest.raises(Exception):  # noqa: B017 - the waiter's, whatever LocalStack ends the create with
+            stack.deploy(f"{name}-unfit", dbname, batch_size=10, log=log, overrides=overrides, profile="masking",
+                         with_sam=False, set_up_by_stack=True)  # fmt: skip
+        events = stack.client("cloudformation").describe_stack_events(StackName=f"{name}-unfit")["StackEvents"]
+        reasons = [e.get("ResourceStatusReason", "") for e in events if e["LogicalResourceId"] == "DatabaseSetup"]
+        (reason,) = [r for r in reasons if "does not fit the function" in r] or [str(reasons)]
+        assert "nothing of it was received" in reason and "maxReceiveCount" in reason, reason
+        assert sqs.get_queue_attributes(QueueUrl=queues.queue_url, AttributeNames=["All"])["Attributes"][
+            "ApproximateNumberOfMessages"] == str(len(early)), "a message was received"  # fmt: skip
+        assert not stack.client("lambda").list_event_source_mappings(EventSourceArn=arn[queues.queue_url])["EventSourceMappings"]
+        (fix,) = re.findall(r"fix: (aws sqs set-queue-attributes .*?')\. Then deploy again", reason)
+        done = stack.aws_cli(*shlex.split(fix))
+        assert done.returncode == 0, (fix, done.stdout, done.stderr)
+        stack.delete_stack_or_its_mappings(f"{name}-unfit")
+        # The same deploy, with DeployPrincipalArns, drains the queue into rows.
+        overrides["DeployPrincipalArns"] = DEPLOYER
         log = ROOT / "target" / "e2e-logs" / f"{name}.log"
         s = stack.deploy(name, dbname, batch_size=10, log=log, overrides=overrides, profile="masking", with_sam=False,
                          set_up_by_stack=True)  # fmt: skip
-        yield s, queues, arn
+        yield s, queues, arn, early
     finally:
+        stack.delete_stack_or_its_mappings(f"{name}-unfit")
         stack.delete_stack_or_its_mappings(name)
         stack.delete_queues(queues)
         stack.drop_database(dbname)
+        stack.forget_stack_setup(f"{name}-unfit", dbname)
         stack.forget_stack_setup(name, dbname)
 
 
@@ -680,10 +706,11 @@ def test_a_masking_only_stack_on_an_existing_queue_sets_up_its_database_drains_i
     Masking-only: no vault or erasure table; widened to the full profile
     by README's block beside the running function (the stack's secrets
     read, not replaced), every row is kept."""
-    s, queues, arn = existing
+    s, queues, arn, early = existing
     made = stack.client("cloudformation").describe_stack_resources(StackName=s.name)["StackResources"]
     assert not [r for r in made if r["ResourceType"].startswith("AWS::SQS::")], "the stack made a queue or a policy"
     url = stack.db_url(s.dbname)
+    # No DbRolePrefix given: the roles are named as the stack (login-etl-<run>-xq: login_etl_<run>_xq_*).
     roles = {r[0] for r in stack.psql(url, f"SELECT rolname FROM pg_roles WHERE rolname LIKE '{s.dbname}\\_%'")}
     assert roles == {f"{s.dbname}_{r}" for r in ("migrate", "ingest", "maintain", "reader", "master")}, roles
     assert stack.psql(url, "SELECT tableowner FROM pg_tables WHERE tablename = 'user_logins_rows'") == [[f"{s.dbname}_migrate"]]
@@ -698,7 +725,7 @@ def test_a_masking_only_stack_on_an_existing_queue_sets_up_its_database_drains_i
     assert mapping["EventSourceArn"] == arn[queues.queue_url]
     messages = stack.generate(60, 10, seed=5501)
     stack.send(queues, messages)
-    valid = [m for m in messages if m.valid]
+    valid = early + [m for m in messages if m.valid]
     invalid = [m for m in messages if not m.valid]
     queues.dbname = s.dbname
     stack.wait_drained(queues, len(valid), len(invalid), timeout=180)
