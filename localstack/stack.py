@@ -535,6 +535,7 @@ def deploy(
     profile: str = "full",
     with_sam: bool = True,
     set_up_by_stack: bool = False,
+    keep_database: bool = False,
 ) -> Stack:
     """Deploy the built template as `stack`, its DB secret pointing at a fresh
     database `dbname`, migrated by the admin, which the function writes as
@@ -556,7 +557,8 @@ def deploy(
     if stack_exists(stack):
         say(f"==> deleting the previous {stack} (LocalStack cannot update a stack) and its database {dbname}")
         delete_stack(stack)
-    drop_database(dbname)
+    if not keep_database:  # a second stack in one database keeps the first's
+        drop_database(dbname)
     create_database(dbname)
     if not set_up_by_stack:
         prepare_database(dbname, profile)

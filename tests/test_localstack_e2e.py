@@ -818,3 +818,48 @@ def test_a_masking_only_stack_on_an_existing_queue_sets_up_its_database_drains_i
     stack.wait_drained(queues, len(valid) + len(more), len(invalid), timeout=180)
     assert set(rows(s)) == {m.message_id for m in valid + more}
     assert present() == list(privacy)
+
+
+@AFTER_FIFO
+def test_a_second_stack_with_default_parameters_shares_the_database_and_touches_nothing_of_the_first(existing):
+    """Two stacks in one database, neither given DbRolePrefix or DbSchema
+    (issue 96): the second's roles are named as its stack, and its setup
+    finds the first's tables in public and takes a schema of its own. Both
+    store, and the first's secrets (its passwords) are as they were."""
+    first, first_queues, _, _ = existing
+    name = f"login-etl-{RUN}-xq2"
+    own = name.replace("-", "_")
+    queues = stack.make_queues(f"{name}-producers", "", visibility=stack.LOCAL_VISIBILITY_TIMEOUT, max_receive=5)
+    sqs, sm = stack.client("sqs"), stack.client("secretsmanager")
+    arn = lambda u: sqs.get_queue_attributes(QueueUrl=u, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]  # noqa: E731
+    versions = lambda: {r: sm.describe_secret(SecretId=f"{first.name}/{r}")["VersionIdsToStages"] for r in ("migrate", "ingest", "maintain", "reader")}  # noqa: E731
+    before = versions()
+    url = stack.db_url(first.dbname)
+    try:
+        log = ROOT / "target" / "e2e-logs" / f"{name}.log"
+        stack.deploy(name, first.dbname, batch_size=10, log=log, profile="masking", with_sam=False, set_up_by_stack=True,
+                     keep_database=True, overrides={"ExistingQueueArn": arn(queues.queue_url), "ExistingDlqArn": arn(queues.dlq_url)})  # fmt: skip
+        where = stack.psql(url, "SELECT n.nspname, pg_get_userbyid(c.relowner) FROM pg_class c JOIN pg_namespace n "
+                                "ON n.oid = c.relnamespace WHERE c.relname = 'user_logins_rows' ORDER BY 1")  # fmt: skip
+        assert sorted(where) == sorted([["public", f"{first.dbname}_migrate"], [own, f"{own}_migrate"]]), where
+        theirs, ours = stack.generate(5, 0, seed=5602), stack.generate(10, 0, seed=5601)
+        stack.send(first_queues, theirs)
+        stack.send(queues, ours)
+        ids = lambda schema: {r[0] for r in stack.psql(url, f'SELECT message_id FROM "{schema}".user_logins')}  # noqa: E731
+        stack.wait_for("both stacks' rows", lambda: {m.message_id for m in ours} == ids(own)
+                       and {m.message_id for m in theirs} <= ids("public"), timeout=120)  # fmt: skip
+        assert not {m.message_id for m in theirs} & ids(own) and not {m.message_id for m in ours} & ids("public")
+        assert versions() == before, "the second stack's setup changed a secret of the first"
+    finally:
+        stack.delete_stack_or_its_mappings(name)
+        stack.delete_queues(queues)
+        roles = ", ".join(f'"{own}_{r}"' for r in stack.ROLES)
+        stack.psql(url, f'DROP SCHEMA IF EXISTS "{own}" CASCADE')
+        stack.psql(url, "DO $$ DECLARE r text; BEGIN FOR r IN SELECT rolname FROM pg_roles WHERE "
+                        f"starts_with(rolname, '{own}_') LOOP EXECUTE format('DROP OWNED BY %I', r); END LOOP; END $$")  # fmt: skip
+        stack.psql(stack.admin_url(), f"DROP ROLE IF EXISTS {roles}")
+        for r in stack.ROLES:
+            try:
+                sm.delete_secret(SecretId=f"{name}/{r}", ForceDeleteWithoutRecovery=True)
+            except sm.exceptions.ResourceNotFoundException:
+                pass
