@@ -641,7 +641,8 @@ async fn statements_before_version_9(
         login_etl::contract::columns::select_list(),
         login_etl::ingest::sink::array_placeholders(1)
     );
-    let columns = login_etl::ingest::sink::Columns::from(rows);
+    let refs: Vec<_> = rows.iter().collect();
+    let columns = login_etl::ingest::sink::Columns::from(&refs);
     let params = columns.typed_params();
     let (k, from) = (i32::from(versions.key), i32::from(versions.checked_from));
     let check: [(&(dyn ToSql + Sync), Type); 3] = [

@@ -551,6 +551,7 @@ async fn crossover(sink: &mut PgSink, masker: &Masker, rounds: usize, seed: &mut
                 let event = bench_event(n, *seed);
                 let batch = login_etl::SqsBatch::from(&event);
                 let rows = rows_of(&batch, masker);
+                let refs: Vec<_> = rows.iter().collect();
                 for (again, t) in this.iter_mut().enumerate() {
                     let started = Instant::now();
                     let expected = if copy { COPY_MIN_ROWS.max(n) } else { 0 };
@@ -559,7 +560,7 @@ async fn crossover(sink: &mut PgSink, masker: &Masker, rounds: usize, seed: &mut
                         writer.push(row).await;
                     }
                     let report = writer
-                        .finish(&rows, Versions::at(1), false, None)
+                        .finish(&refs, Versions::at(1), false, None)
                         .await
                         .unwrap();
                     t[usize::from(copy)] = started.elapsed();

@@ -17,8 +17,8 @@
 
 mod build;
 mod outcome;
+mod records;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,7 @@ use crate::contract::{LoginRow, Rejection};
 use crate::error::{DbError, HandlerError};
 use crate::config::backoff::Schedule;
 use crate::ingest::backoff::{Hold, Visibility, jitter};
-use crate::ingest::dlq::{CopyFacts, DeadLetterQueue, Rejected};
+use crate::ingest::dlq::{CopyFacts, DeadLetterQueue};
 use crate::ingest::event::{SqsBatch, SqsRecord};
 use crate::ingest::metrics::{InvocationMetrics, Metrics};
 use crate::ingest::record;
@@ -40,9 +40,10 @@ use crate::ingest::trace::{BatchTrace, MessageOutcome, Tracer};
 use crate::privacy::dead_letter::rebuilt::{Rebuilt, RebuiltVerifier, Verdict};
 use crate::privacy::keys::{BatchKeys, Keys};
 use crate::privacy::masking::Masker;
-use crate::privacy::vault::{DataKey, VaultBatch, VaultWrite};
+use crate::privacy::vault::{DataKey, VaultWrite};
 pub use crate::ingest::summary::BatchSummary;
 pub use outcome::{Deadline, Outcome};
+use records::{BatchWork, State};
 
 /// How often the handler reads the partitions made ahead (one catalog read
 /// after a batch's write, on its connection); each batch reports the last
@@ -104,8 +105,8 @@ impl BatchHandler {
             Ok((report, failure)) => Ok(self.report(batch, report, failure, work, &trace).await),
             Err(e) => {
                 // The whole batch comes back: each message read so far says so.
-                let ids = work.ids.iter().enumerate();
-                trace.messages(batch, ids.map(|(pos, id)| (pos, *id, MessageOutcome::Redelivered)));
+                let ids = work.records.iter().enumerate();
+                trace.messages(batch, ids.map(|(pos, r)| (pos, r.id, MessageOutcome::Redelivered)));
                 Err(e)
             }
         };
@@ -168,10 +169,11 @@ impl BatchHandler {
             Err(e) => e,
         };
         let backing_off = self.backoff.is_some();
+        let tally = valid.tally();
         warn!(
             received = batch.len(),
-            valid = valid.rows.len(),
-            rejected = valid.rejected.len(),
+            valid = tally.rows,
+            rejected = tally.rejected.values().sum::<usize>(),
             duration_ms = started.elapsed().as_millis() as u64,
             retryable = e.is_retryable(),
             class = HandlerError::class_of(&e),
@@ -256,11 +258,15 @@ impl BatchHandler {
             return Ok(Err(e));
         }
         let writer = writer.expect("a writer whenever nothing failed before it");
-        let vault = self.vault.as_ref().map(|key| VaultWrite {
-            key,
-            batch: &out.vault,
-        });
-        let written = match writer.finish(&out.rows, keys.versions, fifo, vault).await {
+        let first = {
+            let rows = out.rows();
+            let vault = self.vault.as_ref().map(|key| VaultWrite {
+                key,
+                batch: &out.vault,
+            });
+            writer.finish(&rows, keys.versions, fifo, vault).await
+        };
+        let written = match first {
             Err(DbError::BatchOutdated) => self.write_again(sink, out).await,
             written => written,
         };
@@ -268,7 +274,7 @@ impl BatchHandler {
             Ok(report) => write_span.end_named(
                 Some(if report.copied { "COPY" } else { "INSERT" }),
                 &[
-                    ("db.operation.batch.size", out.rows.len() as i64),
+                    ("db.operation.batch.size", out.rows().len() as i64),
                     ("login_etl.inserted", report.inserted as i64),
                     ("login_etl.statements", i64::from(report.statements)),
                 ],
@@ -310,14 +316,13 @@ impl BatchHandler {
                 Ok(id) => id,
                 Err(e) => return Read::Done(Some(e)),
             };
-            out.ids.push(id);
             let message = batch.record(pos);
             if newer != Newer::Judge && record::signed_after(message, &keys.masker) {
                 if newer == Newer::ReadAgain {
                     return Read::KeysMoved;
                 }
                 // No key state to judge its claim by: it comes back.
-                out.held.push(pos);
+                out.push(id, State::Held);
                 if fifo {
                     break;
                 }
@@ -327,7 +332,7 @@ impl BatchHandler {
                 match self.rebuilt_row(message, &keys.masker).await {
                     Some(row) => row,
                     None => {
-                        out.held.push(pos);
+                        out.push(id, State::Held);
                         if fifo {
                             // Later records must wait for this one.
                             break;
@@ -348,7 +353,7 @@ impl BatchHandler {
             match transformed {
                 Ok((_, false)) => {
                     trace!(message_id = id, "record of an erased user");
-                    out.erased.push(pos);
+                    out.push(id, State::Erased);
                 }
                 Ok((row, true)) => {
                     trace!(message_id = id, "record valid");
@@ -358,8 +363,7 @@ impl BatchHandler {
                     if let Some(writer) = writer.as_mut() {
                         writer.push(&row).await;
                     }
-                    out.rows.push(row);
-                    out.row_positions.push(pos);
+                    out.push(id, State::Row(row));
                 }
                 // Erasure first: an erased user's message is skipped, never
                 // dead-lettered (its copy would keep what was erased).
@@ -368,11 +372,12 @@ impl BatchHandler {
                         message_id = id,
                         "rejected record of an erased user: skipped"
                     );
-                    out.erased.push(pos);
+                    out.push(id, State::Erased);
                 }
                 Err(reason) => {
                     log_rejection(id, &reason);
-                    out.rejected.push((pos, reason.code().into_owned()));
+                    let code = reason.code().into_owned();
+                    out.push(id, State::Rejected { code, sent: false });
                     if fifo && self.dlq.is_none() {
                         // Later records must wait for this one: do not even validate them.
                         break;
@@ -453,21 +458,13 @@ impl BatchHandler {
             return;
         };
         let masker = out.masker.as_ref().expect("set before any record");
-        let rejected = out.rejected_records(batch);
+        let rejected = out.unsent_rejects(batch);
         let asked = rejected.len();
         let span = trace.dead_letter_send(dlq.name(), asked);
         let sent = dlq.send(&rejected, masker, true, out.deadline).await;
         span.end_sent(asked, sent.len());
-        out.sent = sent;
-        if let Some(&(held, _)) = out
-            .rejected
-            .iter()
-            .find(|(pos, _)| out.sent.binary_search(pos).is_err())
-        {
-            let keep = out.row_positions.partition_point(|&p| p < held);
-            out.rows.truncate(keep);
-            out.row_positions.truncate(keep);
-        }
+        out.sent(&sent);
+        out.hold_back_behind_unsent_reject();
     }
 
     /// The erasure list or the key version changed while the batch was being
@@ -484,13 +481,14 @@ impl BatchHandler {
         for _ in 0..3 {
             sink.forget_erased();
             let keys = sink.batch_keys(&self.keys, out.deadline, true).await?;
-            self.drop_erased(&keys, out)?;
+            out.rekey(&keys, self.vault.as_ref())?;
+            let rows = out.rows();
             let vault = self.vault.as_ref().map(|key| VaultWrite {
                 key,
                 batch: &out.vault,
             });
             match sink
-                .insert_until(&out.rows, keys.versions, out.fifo, vault, out.deadline)
+                .insert_until(&rows, keys.versions, out.fifo, vault, out.deadline)
                 .await
             {
                 Err(DbError::BatchOutdated) => continue,
@@ -501,38 +499,6 @@ impl BatchHandler {
             op: "writing a batch while users were being erased",
             cause: "the erasure list kept changing".into(),
         })
-    }
-
-    /// Re-keys the rows to `keys`' version and moves the rows of users
-    /// erased since to `out.erased`; the vault entries follow the rows.
-    fn drop_erased(&self, keys: &BatchKeys, out: &mut BatchWork<'_>) -> Result<(), DbError> {
-        for row in out.rows.iter_mut() {
-            keys.rekey(row)?;
-        }
-        let keep: Vec<bool> = out
-            .rows
-            .iter()
-            .map(|r| !keys.is_erased(&r.user_id))
-            .collect();
-        for (i, pos) in out.row_positions.iter().enumerate() {
-            if !keep[i] {
-                out.erased.push(*pos);
-            }
-        }
-        out.erased.sort_unstable();
-        let mut flags = keep.iter();
-        out.rows
-            .retain(|_| *flags.next().expect("one flag per row"));
-        let mut flags = keep.iter();
-        out.row_positions
-            .retain(|_| *flags.next().expect("one flag per row"));
-        if let Some(key) = &self.vault {
-            out.vault = VaultBatch::default();
-            for row in &out.rows {
-                out.vault.add(key, row);
-            }
-        }
-        Ok(())
     }
 
     /// Reports the batch: its rejects and refused rows to the DLQ, the
@@ -551,33 +517,33 @@ impl BatchHandler {
             .masker
             .take()
             .unwrap_or_else(|| self.keys.unchecked().masker);
-        let ids = &valid.ids;
+        valid.refused_by(&report);
         // Standard queues: rejected records go to the DLQ once their
         // neighbours are written, or failed (FIFO batches sent them before
         // writing): a reject is never held back by the database.
         if !fifo && let Some(dlq) = &self.dlq {
-            let rejected = valid.rejected_records(batch);
+            let rejected = valid.unsent_rejects(batch);
             let asked = rejected.len();
             let span = trace.dead_letter_send(dlq.name(), asked);
             let sent = dlq.send(&rejected, &masker, false, deadline).await;
             span.end_sent(asked, sent.len());
-            valid.sent = sent;
+            valid.sent(&sent);
         }
-        let refused_sent = match &self.dlq {
-            Some(dlq) => {
-                let to = (dlq, self.refused_max_receives, &masker);
-                send_refused(to, batch, &report, &valid, (fifo, deadline), trace).await
+        // Rows the database kept refusing, on their `refused_max_receives`-th
+        // receive (0: never): to the DLQ with their SQLSTATE.
+        if let Some(dlq) = &self.dlq
+            && self.refused_max_receives > 0
+        {
+            let most = self.refused_max_receives;
+            let due = valid.refused_due(batch, |pos| receive_count(batch.record(pos)) >= most);
+            if !due.is_empty() {
+                let span = trace.dead_letter_send(dlq.name(), due.len());
+                let sent = dlq.send(&due, &masker, fifo, deadline).await;
+                span.end_sent(due.len(), sent.len());
+                valid.sent(&sent);
             }
-            None => Vec::new(),
-        };
-        let failed = failed_positions(
-            batch.len(),
-            &valid,
-            &report,
-            &refused_sent,
-            failure.is_some(),
-            fifo,
-        );
+        }
+        let failed = valid.failed_positions(failure.is_some());
         let (held, visibility_change_failed) = match (&self.backoff, failure) {
             (Some((schedule, visibility)), Some(_)) => {
                 let how = (*schedule, visibility);
@@ -589,42 +555,32 @@ impl BatchHandler {
             }
             _ => (Vec::new(), 0),
         };
-        let backed_off = held.len();
         if trace.is_on() {
-            let outcomes = message_outcomes(&valid, &report, (&failed, &held), &refused_sent);
-            trace.messages(batch, outcomes);
+            trace.messages(batch, valid.outcomes(&report, &failed, &held));
         }
         let mut response = SqsBatchResponse::default();
         for &pos in &failed {
-            response.add_failure(ids[pos]);
+            response.add_failure(valid.records[pos].id);
         }
-        let mut rejected: BTreeMap<String, usize> = BTreeMap::new();
-        for (_, code) in &valid.rejected {
-            *rejected.entry(code.clone()).or_default() += 1;
-        }
-        let mut defects: BTreeMap<String, usize> = BTreeMap::new();
-        for defect in valid.rows.iter().flat_map(|r| &r.defects) {
-            *defects.entry(defect.code().into_owned()).or_default() += 1;
-        }
-        let unknown_fields = valid.rows.iter().filter(|r| !r.unknown.is_empty()).count();
-        warn_unknown_fields_once(unknown_fields);
+        let tally = valid.tally();
+        warn_unknown_fields_once(tally.unknown_fields);
         let summary = BatchSummary {
             received: batch.len(),
             inserted: report.inserted,
             duplicates: report.duplicates,
-            rejected,
-            with_defects: valid.rows.iter().filter(|r| !r.defects.is_empty()).count(),
-            defects,
+            rejected: tally.rejected,
+            with_defects: tally.with_defects,
+            defects: tally.defects,
             copied: report.copied,
-            sent_to_dlq: valid.sent.len(),
+            sent_to_dlq: tally.sent_to_dlq,
             refused: report.refused.len(),
             failed: failed.len(),
             statements: report.statements,
-            refused_to_dlq: refused_sent.len(),
-            erased: valid.erased.len(),
-            unknown_fields,
+            refused_to_dlq: tally.refused_to_dlq,
+            erased: tally.erased,
+            unknown_fields: tally.unknown_fields,
             failure,
-            backed_off,
+            backed_off: held.len(),
             visibility_change_failed,
         };
         Outcome { response, summary }
@@ -669,64 +625,6 @@ impl BatchHandler {
     }
 }
 
-/// One batch at work: how it is handled (its queue's order, its deadline)
-/// and what validation made of its records (rows, rejects, erased users'
-/// records, held rebuilt logins), where each came from in the batch.
-#[derive(Default)]
-struct BatchWork<'b> {
-    /// A FIFO queue's batch: later records wait for a failed one.
-    fifo: bool,
-    /// When the batch must be answered.
-    deadline: Option<Instant>,
-    /// Every record's `messageId`, in batch order (all of them once the
-    /// batch could be handled).
-    ids: Vec<&'b str>,
-    /// Valid rows, in batch order.
-    rows: Vec<LoginRow<'b>>,
-    /// Position in the batch of each row.
-    row_positions: Vec<usize>,
-    /// Positions and codes of rejected records, in batch order.
-    rejected: Vec<(usize, String)>,
-    /// Positions of rejected records now in the DLQ, ascending.
-    sent: Vec<usize>,
-    /// The rows' vault entries (empty without a vault).
-    vault: VaultBatch,
-    /// Positions of records of erased users (handled, not stored), ascending.
-    erased: Vec<usize>,
-    /// Positions of rebuilt logins whose seal could not be checked (KMS did
-    /// not answer, or refused the function), and of records signed at a key
-    /// version no key state read could judge: failed, to come back.
-    held: Vec<usize>,
-    /// The masker the batch was validated with: what its DLQ copies are
-    /// masked and signed with.
-    masker: Option<Masker>,
-}
-
-impl<'b> BatchWork<'b> {
-    fn new(fifo: bool, deadline: Option<Instant>) -> Self {
-        Self {
-            fifo,
-            deadline,
-            ..Self::default()
-        }
-    }
-
-    fn rejected_records<'a>(&'a self, batch: &'b SqsBatch) -> Vec<Rejected<'a>>
-    where
-        'b: 'a,
-    {
-        self.rejected
-            .iter()
-            .map(|(pos, code)| Rejected {
-                position: *pos,
-                message: batch.record(*pos),
-                message_id: self.ids[*pos],
-                code,
-            })
-            .collect()
-    }
-}
-
 /// What becomes of a record signed at a key version newer than the
 /// batch's keys ([`BatchHandler::read_records`]).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -768,140 +666,17 @@ fn message_id(batch: &SqsBatch, index: usize) -> Result<&str, HandlerError> {
     }
 }
 
-/// The ids of the records a FIFO reject held back (the loop stopped there).
+/// The records a FIFO batch did not read (the loop stopped at one that
+/// could not be finished): each unread, with its id.
 fn rest_of_ids<'b>(batch: &'b SqsBatch, out: &mut BatchWork<'b>) -> Result<(), HandlerError> {
-    for index in (out.ids.len()..).take_while(|&index| batch.has(index)) {
-        out.ids.push(message_id(batch, index)?);
+    for index in (out.records.len()..).take_while(|&index| batch.has(index)) {
+        out.push(message_id(batch, index)?, State::Unread);
     }
     Ok(())
 }
 
 fn log_rejection(message_id: &str, reason: &Rejection) {
     warn!(message_id, reason = %reason, code = %reason.code(), "record rejected");
-}
-
-/// Rows the database kept refusing, on their `max_receives`-th receive
-/// (0: never): to the DLQ with their SQLSTATE (`refused.<SQLSTATE>`).
-/// Returns the positions SQS accepted, ascending.
-async fn send_refused(
-    (dlq, max_receives, masker): (&DeadLetterQueue, u32, &Masker),
-    batch: &SqsBatch,
-    report: &InsertReport,
-    valid: &BatchWork<'_>,
-    (fifo, deadline): (bool, Option<Instant>),
-    trace: &BatchTrace,
-) -> Vec<usize> {
-    if max_receives == 0 {
-        return Vec::new();
-    }
-    let codes: Vec<String> = report
-        .refused_codes
-        .iter()
-        .map(|state| format!("refused.{state}"))
-        .collect();
-    let due: Vec<Rejected<'_>> = report
-        .refused
-        .iter()
-        .zip(&codes)
-        .map(|(&i, code)| (valid.row_positions[i], code))
-        .filter(|&(pos, _)| receive_count(batch.record(pos)) >= max_receives)
-        .map(|(pos, code)| Rejected {
-            position: pos,
-            message: batch.record(pos),
-            message_id: valid.ids[pos],
-            code,
-        })
-        .collect();
-    if due.is_empty() {
-        return Vec::new();
-    }
-    let span = trace.dead_letter_send(dlq.name(), due.len());
-    let sent = dlq.send(&due, masker, fifo, deadline).await;
-    span.end_sent(due.len(), sent.len());
-    sent
-}
-
-/// What became of each message of the batch, for its span: erased,
-/// rejected (with its code) or refused, whether or not it is redelivered;
-/// else redelivered (backed off after a failed write) when it failed;
-/// else stored. `Duplicate` only when every row was there already: the
-/// write counts duplicates per batch.
-fn message_outcomes<'a>(
-    valid: &'a BatchWork<'_>,
-    report: &InsertReport,
-    (failed, held): (&[usize], &[usize]),
-    refused_sent: &[usize],
-) -> Vec<(usize, &'a str, MessageOutcome<'a>)> {
-    let mut outcomes = vec![MessageOutcome::Redelivered; valid.ids.len()];
-    let stored = if report.inserted == 0 && report.duplicates > 0 {
-        MessageOutcome::Duplicate
-    } else {
-        MessageOutcome::Stored
-    };
-    for &pos in &valid.row_positions {
-        outcomes[pos] = stored;
-    }
-    for &pos in failed {
-        outcomes[pos] = MessageOutcome::Redelivered;
-    }
-    for &pos in held {
-        outcomes[pos] = MessageOutcome::BackedOff;
-    }
-    for &i in &report.refused {
-        let pos = valid.row_positions[i];
-        outcomes[pos] = MessageOutcome::Refused {
-            dead_lettered: refused_sent.binary_search(&pos).is_ok(),
-        };
-    }
-    for (pos, code) in &valid.rejected {
-        outcomes[*pos] = MessageOutcome::Rejected {
-            code,
-            dead_lettered: valid.sent.binary_search(pos).is_ok(),
-        };
-    }
-    for &pos in &valid.erased {
-        outcomes[pos] = MessageOutcome::Erased;
-    }
-    outcomes
-        .into_iter()
-        .enumerate()
-        .map(|(pos, outcome)| (pos, valid.ids[pos], outcome))
-        .collect()
-}
-
-/// The positions to report in `batchItemFailures`, ascending: rejects not
-/// in the DLQ, refused rows not in the DLQ, and (`write_failed`) every record
-/// not otherwise finished, whether or not it got as far as validation. On
-/// FIFO, everything from the first of them on (order must hold), except
-/// records already finished (in the DLQ, as after a redrive, or erased).
-fn failed_positions(
-    received: usize,
-    valid: &BatchWork<'_>,
-    report: &InsertReport,
-    refused_sent: &[usize],
-    write_failed: bool,
-    fifo: bool,
-) -> Vec<usize> {
-    let unfinished = |pos: &usize| {
-        valid.sent.binary_search(pos).is_err()
-            && refused_sent.binary_search(pos).is_err()
-            && valid.erased.binary_search(pos).is_err()
-    };
-    let mut failed: Vec<usize> = valid
-        .rejected
-        .iter()
-        .map(|&(pos, _)| pos)
-        .chain(report.refused.iter().map(|&i| valid.row_positions[i]))
-        .chain(valid.held.iter().copied())
-        .chain((0..received).filter(|_| write_failed))
-        .filter(unfinished)
-        .collect();
-    if fifo && let Some(&first) = failed.iter().min() {
-        failed = (first..received).filter(unfinished).collect();
-    }
-    failed.sort_unstable();
-    failed.dedup();
-    failed
 }
 
 /// Extends the visibility of the failed records by the schedule: each by
@@ -977,102 +752,4 @@ fn ingest_lag_ms(batch: &SqsBatch, now_ms: i64) -> Option<u64> {
         .filter_map(|m| m.sent_timestamp()?.parse::<i64>().ok())
         .min()?;
     Some(now_ms.saturating_sub(oldest).max(0) as u64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Eight messages: rows at 0, 1, 2 (2 refused), 6; 3 rejected and in
-    /// the DLQ, 4 rejected and not; 5 erased; 7 held (a rebuilt login).
-    fn work() -> BatchWork<'static> {
-        BatchWork {
-            ids: vec!["m0", "m1", "m2", "m3", "m4", "m5", "m6", "m7"],
-            row_positions: vec![0, 1, 2, 6],
-            rejected: vec![(3, "invalid_json".into()), (4, "missing_field.user_id".into())],
-            sent: vec![3],
-            erased: vec![5],
-            held: vec![7],
-            ..BatchWork::default()
-        }
-    }
-
-    fn outcomes_of(report: &InsertReport, failed: &[usize], held: &[usize]) -> Vec<String> {
-        let work = work();
-        message_outcomes(&work, report, (failed, held), &[])
-            .into_iter()
-            .enumerate()
-            .map(|(i, (pos, id, outcome))| {
-                assert_eq!((pos, id), (i, work.ids[i]));
-                format!("{outcome:?}")
-            })
-            .collect()
-    }
-
-    #[test]
-    fn each_message_says_what_became_of_it() {
-        let report = InsertReport {
-            inserted: 3,
-            refused: vec![2],
-            refused_codes: vec!["23514".into()],
-            ..InsertReport::default()
-        };
-        // Failed: the unsent reject, the refused row, the held login.
-        let failed = [2, 4, 7];
-        assert_eq!(
-            outcomes_of(&report, &failed, &[]),
-            [
-                "Stored",
-                "Stored",
-                "Refused { dead_lettered: false }",
-                "Rejected { code: \"invalid_json\", dead_lettered: true }",
-                "Rejected { code: \"missing_field.user_id\", dead_lettered: false }",
-                "Erased",
-                "Stored",
-                "Redelivered",
-            ]
-        );
-    }
-
-    #[test]
-    fn a_refused_row_in_the_dlq_says_so() {
-        let report = InsertReport {
-            refused: vec![2],
-            refused_codes: vec!["23514".into()],
-            ..InsertReport::default()
-        };
-        let work = work();
-        let outcomes = message_outcomes(&work, &report, (&[], &[]), &[2]);
-        assert_eq!(outcomes[2].2, MessageOutcome::Refused { dead_lettered: true });
-    }
-
-    #[test]
-    fn a_failed_write_backs_off_what_sqs_held_and_redelivers_the_rest() {
-        // Every record not otherwise finished failed; SQS held two of them.
-        let failed = [0, 1, 2, 4, 6, 7];
-        let outcomes = outcomes_of(&InsertReport::default(), &failed, &[0, 6]);
-        assert_eq!(outcomes[0], "BackedOff");
-        assert_eq!(outcomes[1], "Redelivered");
-        assert_eq!(outcomes[6], "BackedOff");
-        assert!(outcomes[4].starts_with("Rejected"), "{outcomes:?}");
-        assert_eq!(outcomes[5], "Erased");
-    }
-
-    #[test]
-    fn a_redelivered_batch_is_duplicates() {
-        let report = InsertReport {
-            duplicates: 4,
-            ..InsertReport::default()
-        };
-        let outcomes = outcomes_of(&report, &[4, 7], &[]);
-        assert_eq!(outcomes[0], "Duplicate");
-        assert_eq!(outcomes[6], "Duplicate");
-        // Some new and some duplicates: stored, the batch span counts them.
-        let mixed = InsertReport {
-            inserted: 1,
-            duplicates: 3,
-            ..InsertReport::default()
-        };
-        assert_eq!(outcomes_of(&mixed, &[4, 7], &[])[0], "Stored");
-    }
 }

@@ -52,7 +52,7 @@ impl PgSink {
     /// [`insert::insert_tx`]).
     pub(super) async fn insert_rows(
         &mut self,
-        rows: &[LoginRow<'_>],
+        rows: &[&LoginRow<'_>],
         erased_version: Versions,
         preserve_order: bool,
         budget: &mut Budget,
@@ -120,7 +120,7 @@ impl PgSink {
     /// long INSERT on the server (the one statement has none of its own).
     async fn try_range(
         &mut self,
-        rows: &[LoginRow<'_>],
+        rows: &[&LoginRow<'_>],
         (range, recount): Todo,
         erased_version: Versions,
         budget: &mut Budget,

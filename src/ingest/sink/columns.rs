@@ -73,7 +73,7 @@ macro_rules! typed_columns {
 
         impl<'r> Columns<'r> {
             /// The columns of `rows`.
-            pub fn from(rows: &'r [LoginRow<'_>]) -> Self {
+            pub fn from(rows: &'r [&LoginRow<'_>]) -> Self {
                 let mut columns = Self { $($name: Vec::with_capacity(rows.len()),)* };
                 for $r in rows {
                     $(columns.$name.push($value);)*

@@ -102,7 +102,7 @@ pub(crate) struct Committed {
 /// `bisect::try_range`).
 pub(crate) async fn write_alone(
     client: &Client,
-    rows: &[LoginRow<'_>],
+    rows: &[&LoginRow<'_>],
     erased_version: Versions,
     sql: &str,
     server_bound: Duration,
@@ -138,7 +138,7 @@ pub(crate) async fn write_alone(
 /// since then count as inserted by this invocation, not as duplicates.
 pub(crate) async fn insert_tx(
     client: &Client,
-    rows: &[LoginRow<'_>],
+    rows: &[&LoginRow<'_>],
     erased_version: Versions,
     begin: &str,
     client_bound: Duration,

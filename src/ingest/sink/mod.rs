@@ -271,8 +271,9 @@ impl PgSink {
         for row in rows {
             batch.push(row).await;
         }
+        let rows: Vec<&LoginRow<'_>> = rows.iter().collect();
         batch
-            .finish(rows, erased_version, preserve_order, None)
+            .finish(&rows, erased_version, preserve_order, None)
             .await
     }
 
@@ -280,7 +281,7 @@ impl PgSink {
     /// vault entries (see [`BatchWriter::finish`]).
     pub async fn insert_until(
         &mut self,
-        rows: &[LoginRow<'_>],
+        rows: &[&LoginRow<'_>],
         erased_version: Versions,
         preserve_order: bool,
         vault: Option<VaultWrite<'_>>,

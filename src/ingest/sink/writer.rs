@@ -173,7 +173,7 @@ impl BatchWriter<'_> {
     /// ([`DbError::BatchOutdated`]) and the caller filters again.
     pub async fn finish(
         mut self,
-        rows: &[LoginRow<'_>],
+        rows: &[&LoginRow<'_>],
         erased_version: Versions,
         preserve_order: bool,
         vault: Option<VaultWrite<'_>>,
