@@ -79,7 +79,7 @@ def add_the_field(repo: Path) -> None:
     version = int(literal.group(1))
     # The stack's setup resource carries it too: an update migrates.
     edit(repo / "template.yaml", f'SchemaVersion: "{version}"', f'SchemaVersion: "{version + 1}"')
-    # The next number after the last file's, listed last.
+    # The next number after the last file's.
     last = max(int(p.name[:4]) for p in (repo / "migrations").glob("[0-9][0-9][0-9][0-9]_*.sql"))
     name = f"{last + 1:04d}_os_name"
     (repo / "migrations" / f"{name}.sql").write_text(
@@ -88,9 +88,7 @@ def add_the_field(repo: Path) -> None:
         "                   AND attname = 'os_name' AND NOT attisdropped) THEN\n"
         "        ALTER TABLE user_logins_rows ADD COLUMN os_name varchar(64);\n    END IF;\nEND\n$$;\n"
     )
-    lists = repo / "src" / "table" / "schema" / "migrations.rs"
-    (last_listed,) = re.findall(r'    ("[0-9]{4}_[a-z_]+"),\n\];', lists.read_text())
-    edit(lists, f"    {last_listed},\n];", f'    {last_listed},\n    "{name}",\n];')
+    # No list to edit: build.rs reads the folder.
     edit(schema, literal.group(0), literal.group(0).replace(str(version), str(version + 1)))
 
 
