@@ -153,6 +153,16 @@ pub fn missing_privilege_hint(table: Option<&str>) -> String {
     grants_hint(&what)
 }
 
+/// The `grants` hint for a 42501 (insufficient privilege): the function
+/// or table it names.
+pub fn privilege_hint(e: &tokio_postgres::Error) -> String {
+    match crate::database::sqlstate::denied(e) {
+        Some(("function", f)) => missing_execute_hint(f),
+        Some(("table", t)) => missing_privilege_hint(Some(t)),
+        _ => missing_privilege_hint(None),
+    }
+}
+
 /// The hint for a write refused EXECUTE on one of the owner's functions
 /// (the ingest role's: `login_etl_write_tx` and the rest).
 pub fn missing_execute_hint(function: &str) -> String {

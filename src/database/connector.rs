@@ -261,10 +261,11 @@ impl Connector {
             Tls::Disabled => connect_with(&pg, NoTls, limit).await,
             Tls::Native(tls) => match tls.for_host(&host) {
                 Ok(tls) => connect_with(&pg, tls, limit).await,
-                Err(cause) => Err((None, cause)),
+                // The TLS connector could not be built (the bundle given).
+                Err(cause) => Err((None, cause, true)),
             },
         };
-        result.map_err(|(code, cause)| {
+        result.map_err(|(code, cause, tls_failure)| {
             if let Some(hint) = code.as_ref().and_then(connect_refusal_hint) {
                 let err = DbError::ConnectRefused {
                     target: self.target.clone(),
@@ -273,8 +274,6 @@ impl Connector {
                 };
                 return (code, err);
             }
-            let tls_failure = code.is_none()
-                && (cause.contains("TLS") || cause.contains("SSL") || cause.contains("certificate"));
             let hint = match (&self.tls, tls_failure) {
                 (Tls::Native(_), true) => format!(
                     " (trusted for {host}: {}, and the bundle given: {}; check that the host name is the one the server's certificate names; an RDS region newer than the built-in bundle, or a server of your own: give its CA as DB_CA_BUNDLE, PGSSLROOTCERT or DB_CA_BUNDLE_SECRET_ID (the stack: DbCaBundleSecretArn); docs/connecting.md, \"TLS to the database\")",
@@ -328,12 +327,19 @@ impl std::fmt::Debug for Connector {
     }
 }
 
+/// Whether the connection failed in the TLS handshake (the server's
+/// certificate, or its name): the TLS library's error among its causes.
+fn tls_failed(e: &tokio_postgres::Error) -> bool {
+    std::iter::successors(std::error::Error::source(e), |s| s.source())
+        .any(|s| s.is::<native_tls::Error>())
+}
+
 /// Connects with `tls`, bounded by `limit`, and drives the connection in a task.
 async fn connect_with<T>(
     pg: &tokio_postgres::Config,
     tls: T,
     limit: Duration,
-) -> Result<Client, (Option<SqlState>, String)>
+) -> Result<Client, (Option<SqlState>, String, bool)>
 where
     T: MakeTlsConnect<Socket> + Send,
     T::Stream: Send + 'static,
@@ -342,8 +348,8 @@ where
 {
     let (client, connection) = timeout(limit, pg.connect(tls))
         .await
-        .map_err(|_| (None, format!("timed out after {} ms", limit.as_millis())))?
-        .map_err(|e| (e.code().cloned(), describe(&e)))?;
+        .map_err(|_| (None, format!("timed out after {} ms", limit.as_millis()), false))?
+        .map_err(|e| (e.code().cloned(), describe(&e), tls_failed(&e)))?;
     tokio::spawn(async move {
         let mut connection = connection;
         let driven = std::future::poll_fn(|cx| {

@@ -145,6 +145,17 @@ impl Class {
     }
 }
 
+/// The kind and name of what a 42501 denies ("permission denied for table
+/// user_logins_pii_vault": `("table", "user_logins_pii_vault")`): what a
+/// hint names, never what decides a class.
+pub fn denied(e: &tokio_postgres::Error) -> Option<(&str, &str)> {
+    e.as_db_error()?
+        .message()
+        .strip_prefix("permission denied for ")?
+        .split_once(' ')
+        .filter(|(_, name)| !name.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::{Class, Conflict};

@@ -20,7 +20,7 @@ use tokio::time::timeout_at;
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 
-use crate::database::sqlstate::Own;
+use crate::database::sqlstate::{Class, Own};
 use crate::database::statement::{Failed, Statement};
 use crate::error::{DbError, Misconfiguration, describe};
 use crate::privacy::keys::{BatchKeys, ChecksToRecord, ErasedUsers, ErasureList, KeyChecks, Keys, Versions};
@@ -54,11 +54,6 @@ const CHECK_KEYS: Statement = Statement::new(
     &[Type::INT2, Type::TEXT, Type::TEXT],
     "checking the masking and erasure keys against the database",
 );
-
-/// The lender's own reading of a failed statement: `Some` when it is
-/// fatal (a missing grant, a schema not migrated), as the lender words
-/// such failures; `None` when it is transient.
-pub type Fatal = fn(&tokio_postgres::Error) -> Option<DbError>;
 
 /// The erasure list and the key state of one connection (see the module).
 #[derive(Debug, Default)]
@@ -98,16 +93,15 @@ impl KeyState {
         record: bool,
         per_statement: Duration,
         deadline: Option<Instant>,
-        fatal: Fatal,
     ) -> Result<BatchKeys, DbError> {
         let until = || {
             let bound = Instant::now() + per_statement;
             deadline.map_or(bound, |d| d.min(bound))
         };
-        let list = self.erasure_list(client, profile, until(), fatal).await?;
+        let list = self.erasure_list(client, profile, until()).await?;
         let (batch, to_record) = self.against(keys, list, record).await?;
         if let Some(c) = to_record {
-            self.record_checks(client, c.version, &c.masking, c.erasure.as_deref(), until(), fatal)
+            self.record_checks(client, c.version, &c.masking, c.erasure.as_deref(), until())
                 .await?;
         }
         Ok(batch)
@@ -148,7 +142,6 @@ impl KeyState {
         client: &Client,
         profile: Profile,
         until: Instant,
-        fatal: Fatal,
     ) -> Result<ErasureList, DbError> {
         if let Some(list) = &self.list
             && !self.stale
@@ -162,7 +155,7 @@ impl KeyState {
         };
         let row = answered(statement, until, statement.row(client, &[&known]))
             .await
-            .map_err(|f| f.worded(fatal))?;
+            .map_err(Failure::worded)?;
         let key = row.get::<_, i16>(2) as u16;
         let keys: HashSet<String> = row.get::<_, Vec<String>>(1).into_iter().collect();
         let users = match &self.list {
@@ -199,7 +192,6 @@ impl KeyState {
         masking: &str,
         erasure: Option<&str>,
         until: Instant,
-        fatal: Fatal,
     ) -> Result<(), DbError> {
         let v = version as i16;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&v, &masking, &erasure];
@@ -221,7 +213,7 @@ impl KeyState {
                 cause: f.refusal(Own::KeysDiffer).unwrap_or_default(),
                 hint: "; nothing was written. A rotation appends a version to the masking and erasure secrets and never replaces one: put back the secret's previous value with the new version appended (docs/runbooks/leaked-key.md, \"The masking key leaked\")".into(),
             }),
-            Err(failure) => Err(failure.worded(fatal)),
+            Err(failure) => Err(failure.worded()),
         }
     }
 }
@@ -235,14 +227,34 @@ enum Failure {
 use Failure::{Answered, Refused};
 
 impl Failure {
-    /// As `fatal` words it, or transient.
-    fn worded(self, fatal: Fatal) -> DbError {
-        match self {
-            Refused(f) => fatal(&f.error).unwrap_or_else(|| DbError::Transient {
-                op: f.doing,
-                cause: describe(&f.error),
-            }),
-            Answered(e) => e,
+    /// As its class says ([`Class`]): a missing grant or a schema not
+    /// migrated is the deployment's (their own failure classes), another
+    /// transaction or the connection is transient, anything else fatal.
+    fn worded(self) -> DbError {
+        let f = match self {
+            Refused(f) => f,
+            Answered(e) => return e,
+        };
+        let (op, cause) = (f.doing, describe(&f.error));
+        match Class::of(&f.error) {
+            Class::Conflict(_) | Class::Unavailable => DbError::Transient { op, cause },
+            Class::Privilege => DbError::Misconfigured {
+                what: Misconfiguration::PrivilegeMissing,
+                op,
+                cause,
+                hint: crate::grants::privilege_hint(&f.error).into(),
+            },
+            Class::Schema => DbError::Misconfigured {
+                what: Misconfiguration::SchemaIncomplete,
+                op,
+                cause,
+                hint: "; the schema is missing or not upgraded: run `make migrate` (login-etl migrate) or set RUN_MIGRATIONS=true".into(),
+            },
+            Class::Row | Class::Other => DbError::Fatal {
+                op,
+                cause,
+                hint: "".into(),
+            },
         }
     }
 }

@@ -21,6 +21,7 @@ use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 use tracing::{info, warn};
 
+use crate::database::sqlstate::Own;
 use crate::error::DbError;
 use crate::table::partitions::{
     DEFAULT_MOVE_LIMIT, Ensured, Made, PREMAKE_PAST_DAYS, ensure_partition_bounded,
@@ -378,27 +379,25 @@ async fn drain_state(client: &Client) -> Result<bool, DbError> {
 /// in the same moment (`login_etl_swap_default`): false when
 /// a re-key under way keeps it (SQLSTATE LE007).
 async fn swap_default(client: &Client, live_days: &[NaiveDate]) -> Result<bool, DbError> {
+    // A drain under way (LE007) is an answer, not a failure: no swap now.
     let swapped = with_lock_retries(client, "swapping the DEFAULT partition out", || async {
-        client
+        match client
             .query_typed_one(
                 "SELECT login_etl_swap_default($1)",
                 &[(&live_days, Type::DATE_ARRAY)],
             )
             .await
-    })
-    .await;
-    match swapped {
-        Ok(_) => {
-            info!("DEFAULT partition swapped out; draining it into its partitions");
-            Ok(true)
-        }
-        Err(DbError::Fatal { cause, .. } | DbError::Transient { cause, .. })
-            if cause.starts_with("SQLSTATE LE007") =>
         {
-            Ok(false)
+            Ok(_) => Ok(true),
+            Err(e) if Own::of(&e) == Some(Own::DrainUnderWay) => Ok(false),
+            Err(e) => Err(e),
         }
-        Err(e) => Err(e),
+    })
+    .await?;
+    if swapped {
+        info!("DEFAULT partition swapped out; draining it into its partitions");
     }
+    Ok(swapped)
 }
 
 /// Moves a swapped-out DEFAULT partition's rows back through `user_logins`

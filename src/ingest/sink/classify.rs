@@ -1,7 +1,7 @@
 //! SQLSTATE classification: what the sink does about each kind of failure,
 //! and error text that never quotes a row value.
 
-use crate::database::sqlstate::{Class, Own};
+use crate::database::sqlstate::{Class, Own, denied};
 use crate::error::{DbError, Misconfiguration, describe};
 
 /// How one database operation failed, by what can be done about it.
@@ -70,12 +70,7 @@ pub(crate) fn classify(e: &tokio_postgres::Error) -> Failure {
             what: Misconfiguration::PrivilegeMissing,
             op: "the insert into user_logins",
             cause: describe(e),
-            hint: match denied(e) {
-                Some(("function", f)) => crate::grants::missing_execute_hint(f),
-                Some(("table", t)) => crate::grants::missing_privilege_hint(Some(t)),
-                _ => crate::grants::missing_privilege_hint(None),
-            }
-            .into(),
+            hint: crate::grants::privilege_hint(e).into(),
         }),
         Class::Schema if code != "42883" || names_own_function(e) => {
             Failure::Fatal(DbError::Misconfigured {
@@ -109,16 +104,6 @@ fn names_own_function(e: &tokio_postgres::Error) -> bool {
         .and_then(|rest| rest.split('(').next())
         .and_then(|name| name.rsplit('.').next())
         .is_some_and(|name| name.starts_with("login_etl_"))
-}
-
-/// The kind and name of what a 42501 denies ("permission denied for table
-/// user_logins_pii_vault": `("table", "user_logins_pii_vault")`).
-fn denied(e: &tokio_postgres::Error) -> Option<(&str, &str)> {
-    e.as_db_error()?
-        .message()
-        .strip_prefix("permission denied for ")?
-        .split_once(' ')
-        .filter(|(_, name)| !name.is_empty())
 }
 
 /// The SQLSTATE in a refusal's text ([`describe_refusal`]); `XXXXX` if none.

@@ -59,7 +59,7 @@ use tokio::time::timeout;
 use tokio_postgres::Client;
 use tracing::warn;
 
-use crate::privacy::key_state::{self, KeyState};
+use crate::privacy::key_state::KeyState;
 use crate::privacy::keys::{BatchKeys, Keys, Versions};
 pub use budget::Budget;
 // The benches' floors and tests/common/turns.rs: the COPY's and the
@@ -75,7 +75,6 @@ use crate::error::{DbError, describe};
 use crate::privacy::vault::VaultWrite;
 use crate::profile::Profile;
 use crate::table::schema;
-use classify::Failure;
 use tx::XidFloor;
 
 /// Batches at least this large try COPY first: from 200 rows the COPY path
@@ -329,13 +328,9 @@ impl PgSink {
                 budget.bound(self.per_operation(), "reading the erasure list")?;
                 self.client(&budget).await?;
                 let client = self.client.as_ref().expect("opened above");
-                let fatal: key_state::Fatal = |e| match classify::classify(e) {
-                    Failure::Fatal(f) => Some(f),
-                    _ => None,
-                };
                 let per_statement = self.per_operation();
                 self.key_state
-                    .batch(client, self.profile, keys, record, per_statement, deadline, fatal)
+                    .batch(client, self.profile, keys, record, per_statement, deadline)
                     .await
             }
         };

@@ -463,25 +463,27 @@ async fn copy_rows(client: &Client) -> Result<u64, DbError> {
         let mut at = chrono::DateTime::<chrono::Utc>::UNIX_EPOCH - chrono::TimeDelta::days(365 * 70);
         let mut id = String::new();
         loop {
+            // A value the narrow row cannot hold (a masked value that is no
+            // token, written by hand: login-etl's own are) is an answer to
+            // word, not a conflict to try again.
+            let cannot_hold = |e: &tokio_postgres::Error| {
+                use tokio_postgres::error::SqlState;
+                matches!(e.code(), Some(c) if *c == SqlState::INVALID_PARAMETER_VALUE || *c == SqlState::CHECK_VIOLATION)
+            };
             let row = with_lock_retries(client, "copying rows into user_logins_rows", || async {
-                client
+                match client
                     .query_typed_one(sql, &[(&at, Type::TIMESTAMPTZ), (&id, Type::TEXT)])
                     .await
-            })
-            .await
-            .map_err(|e| match e {
-                // A value the narrow row cannot hold (a masked value that is
-                // no token, written by hand: login-etl's own are).
-                DbError::Fatal { cause, .. }
-                    if cause.contains("SQLSTATE 22023") || cause.contains("SQLSTATE 23514") =>
                 {
-                    DbError::Fatal {
-                        op: "copying rows into user_logins_rows",
-                        cause,
-                        hint: "; a row of the old table holds a value the narrow row cannot: find it with `SELECT count(*) FROM user_logins WHERE masked_ip !~ '^[0-9a-fA-F]{64}$' OR masked_device_id !~ '^[0-9a-fA-F]{64}$'`, set such values to NULL, then run `login-etl migrate` again (rows copied already are skipped)".into(),
-                    }
+                    Err(e) if cannot_hold(&e) => Ok(Err(e)),
+                    answer => answer.map(Ok),
                 }
-                other => other,
+            })
+            .await?
+            .map_err(|e| DbError::Fatal {
+                op: "copying rows into user_logins_rows",
+                cause: crate::error::describe(&e),
+                hint: "; a row of the old table holds a value the narrow row cannot: find it with `SELECT count(*) FROM user_logins WHERE masked_ip !~ '^[0-9a-fA-F]{64}$' OR masked_device_id !~ '^[0-9a-fA-F]{64}$'`, set such values to NULL, then run `login-etl migrate` again (rows copied already are skipped)".into(),
             })?;
             let (n, w): (i64, i64) = (row.get(0), row.get(1));
             if n == 0 {
