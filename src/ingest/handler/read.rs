@@ -5,7 +5,7 @@
 
 use tracing::{trace, warn};
 
-use super::records::{BatchWork, State};
+use super::records::{BatchWork, RecordState};
 use super::BatchHandler;
 use crate::contract::{LoginRow, Rejection};
 use crate::error::HandlerError;
@@ -42,7 +42,7 @@ impl BatchHandler {
                     return Read::KeysMoved;
                 }
                 // No key state to judge its claim by: it comes back.
-                out.push(id, State::Held);
+                out.push(id, RecordState::Held);
                 if fifo {
                     break;
                 }
@@ -52,7 +52,7 @@ impl BatchHandler {
                 match self.rebuilt_row(message, &keys.masker).await {
                     Some(row) => row,
                     None => {
-                        out.push(id, State::Held);
+                        out.push(id, RecordState::Held);
                         if fifo {
                             // Later records must wait for this one.
                             break;
@@ -73,7 +73,7 @@ impl BatchHandler {
             match transformed {
                 Ok((_, false)) => {
                     trace!(message_id = id, "record of an erased user");
-                    out.push(id, State::Erased);
+                    out.push(id, RecordState::Erased);
                 }
                 Ok((row, true)) => {
                     trace!(message_id = id, "record valid");
@@ -83,7 +83,7 @@ impl BatchHandler {
                     if let Some(writer) = writer.as_mut() {
                         writer.push(&row).await;
                     }
-                    out.push(id, State::Row(row));
+                    out.push(id, RecordState::Row(row));
                 }
                 // Erasure first: an erased user's message is skipped, never
                 // dead-lettered (its copy would keep what was erased).
@@ -92,12 +92,12 @@ impl BatchHandler {
                         message_id = id,
                         "rejected record of an erased user: skipped"
                     );
-                    out.push(id, State::Erased);
+                    out.push(id, RecordState::Erased);
                 }
                 Err(reason) => {
                     log_rejection(id, &reason);
                     let code = reason.code().into_owned();
-                    out.push(id, State::Rejected { code, sent: false });
+                    out.push(id, RecordState::Rejected { code, sent: false });
                     if fifo && self.dlq.is_none() {
                         // Later records must wait for this one: do not even validate them.
                         break;
@@ -211,7 +211,7 @@ pub(super) fn message_id(batch: &SqsBatch, index: usize) -> Result<&str, Handler
 /// could not be finished): each unread, with its id.
 pub(super) fn rest_of_ids<'b>(batch: &'b SqsBatch, out: &mut BatchWork<'b>) -> Result<(), HandlerError> {
     for index in (out.records.len()..).take_while(|&index| batch.has(index)) {
-        out.push(message_id(batch, index)?, State::Unread);
+        out.push(message_id(batch, index)?, RecordState::Unread);
     }
     Ok(())
 }

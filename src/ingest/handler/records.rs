@@ -18,7 +18,7 @@ use crate::privacy::masking::Masker;
 use crate::privacy::vault::{DataKey, VaultBatch};
 
 /// What became of one record of the batch.
-pub(super) enum State<'b> {
+pub(super) enum RecordState<'b> {
     /// Not read: a FIFO batch stopped at a record before it that could not
     /// be finished (later records wait for it).
     Unread,
@@ -48,15 +48,15 @@ pub(super) enum State<'b> {
 /// One record: its `messageId` and its state.
 pub(super) struct Record<'b> {
     pub id: &'b str,
-    pub state: State<'b>,
+    pub state: RecordState<'b>,
 }
 
-impl State<'_> {
+impl RecordState<'_> {
     /// Done with, whether or not the write succeeds: in the DLQ, or erased.
     fn finished(&self) -> bool {
         matches!(
             self,
-            State::Erased | State::Rejected { sent: true, .. } | State::Refused { sent: true, .. }
+            RecordState::Erased | RecordState::Rejected { sent: true, .. } | RecordState::Refused { sent: true, .. }
         )
     }
 
@@ -64,17 +64,17 @@ impl State<'_> {
     /// of a write that succeeded.
     fn failed(&self, write_failed: bool) -> bool {
         match self {
-            State::Row(_) => write_failed,
-            State::Rejected { sent, .. } | State::Refused { sent, .. } => !sent,
-            State::Erased => false,
-            State::Unread | State::Held | State::Behind => true,
+            RecordState::Row(_) => write_failed,
+            RecordState::Rejected { sent, .. } | RecordState::Refused { sent, .. } => !sent,
+            RecordState::Erased => false,
+            RecordState::Unread | RecordState::Held | RecordState::Behind => true,
         }
     }
 
     /// The row the write took (`Row`, `Refused`): what its counts read.
     fn written_row(&self) -> Option<&LoginRow<'_>> {
         match self {
-            State::Row(row) | State::Refused { row, .. } => Some(row),
+            RecordState::Row(row) | RecordState::Refused { row, .. } => Some(row),
             _ => None,
         }
     }
@@ -108,7 +108,7 @@ impl<'b> BatchWork<'b> {
         }
     }
 
-    pub fn push(&mut self, id: &'b str, state: State<'b>) {
+    pub fn push(&mut self, id: &'b str, state: RecordState<'b>) {
         self.records.push(Record { id, state });
     }
 
@@ -117,7 +117,7 @@ impl<'b> BatchWork<'b> {
         self.records
             .iter()
             .filter_map(|r| match &r.state {
-                State::Row(row) => Some(row),
+                RecordState::Row(row) => Some(row),
                 _ => None,
             })
             .collect()
@@ -129,7 +129,7 @@ impl<'b> BatchWork<'b> {
             .iter()
             .enumerate()
             .filter_map(|(pos, r)| match &r.state {
-                State::Rejected { code, sent: false } => Some(Rejected {
+                RecordState::Rejected { code, sent: false } => Some(Rejected {
                     position: pos,
                     message: batch.record(pos),
                     message_id: r.id,
@@ -150,7 +150,7 @@ impl<'b> BatchWork<'b> {
             .iter()
             .enumerate()
             .filter_map(|(pos, r)| match &r.state {
-                State::Refused {
+                RecordState::Refused {
                     code, sent: false, ..
                 } if due(pos) => Some(Rejected {
                     position: pos,
@@ -166,7 +166,7 @@ impl<'b> BatchWork<'b> {
     /// The DLQ took the copies of the records at `positions`.
     pub fn sent(&mut self, positions: &[usize]) {
         for &pos in positions {
-            if let State::Rejected { sent, .. } | State::Refused { sent, .. } =
+            if let RecordState::Rejected { sent, .. } | RecordState::Refused { sent, .. } =
                 &mut self.records[pos].state
             {
                 *sent = true;
@@ -180,13 +180,13 @@ impl<'b> BatchWork<'b> {
         let Some(first) = self
             .records
             .iter()
-            .position(|r| matches!(r.state, State::Rejected { sent: false, .. }))
+            .position(|r| matches!(r.state, RecordState::Rejected { sent: false, .. }))
         else {
             return;
         };
         for record in &mut self.records[first..] {
-            if matches!(record.state, State::Row(_)) {
-                record.state = State::Behind;
+            if matches!(record.state, RecordState::Row(_)) {
+                record.state = RecordState::Behind;
             }
         }
     }
@@ -198,15 +198,15 @@ impl<'b> BatchWork<'b> {
         let rows = self
             .records
             .iter_mut()
-            .filter(|r| matches!(r.state, State::Row(_)));
+            .filter(|r| matches!(r.state, RecordState::Row(_)));
         for (index, record) in rows.enumerate() {
             let Some((_, state)) = refused.next_if(|(i, _)| **i == index) else {
                 continue;
             };
-            let State::Row(row) = std::mem::replace(&mut record.state, State::Unread) else {
+            let RecordState::Row(row) = std::mem::replace(&mut record.state, RecordState::Unread) else {
                 unreachable!("filtered above")
             };
-            record.state = State::Refused {
+            record.state = RecordState::Refused {
                 row,
                 code: format!("refused.{state}"),
                 sent: false,
@@ -220,10 +220,10 @@ impl<'b> BatchWork<'b> {
     /// entries again for the rows left.
     pub fn rekey(&mut self, keys: &BatchKeys, vault: Option<&DataKey>) -> Result<(), DbError> {
         for record in &mut self.records {
-            if let State::Row(row) = &mut record.state {
+            if let RecordState::Row(row) = &mut record.state {
                 keys.rekey(row)?;
                 if keys.is_erased(&row.user_id) {
-                    record.state = State::Erased;
+                    record.state = RecordState::Erased;
                 }
             }
         }
@@ -238,7 +238,7 @@ impl<'b> BatchWork<'b> {
     }
 
     /// The positions to report in `batchItemFailures`, ascending: every
-    /// record that must come back ([`State::failed`]), every row too when
+    /// record that must come back ([`RecordState::failed`]), every row too when
     /// the write failed. On FIFO, everything from the first of them on
     /// (order must hold), except records already finished (in the DLQ, as
     /// after a redrive, or erased).
@@ -280,17 +280,17 @@ impl<'b> BatchWork<'b> {
             .enumerate()
             .map(|(pos, r)| {
                 let outcome = match &r.state {
-                    State::Erased => MessageOutcome::Erased,
-                    State::Rejected { code, sent } => MessageOutcome::Rejected {
+                    RecordState::Erased => MessageOutcome::Erased,
+                    RecordState::Rejected { code, sent } => MessageOutcome::Rejected {
                         code,
                         dead_lettered: *sent,
                     },
-                    State::Refused { sent, .. } => MessageOutcome::Refused {
+                    RecordState::Refused { sent, .. } => MessageOutcome::Refused {
                         dead_lettered: *sent,
                     },
                     _ if held.binary_search(&pos).is_ok() => MessageOutcome::BackedOff,
                     _ if failed.binary_search(&pos).is_ok() => MessageOutcome::Redelivered,
-                    State::Row(_) => stored,
+                    RecordState::Row(_) => stored,
                     _ => MessageOutcome::Redelivered,
                 };
                 (pos, r.id, outcome)
@@ -299,18 +299,18 @@ impl<'b> BatchWork<'b> {
     }
 
     /// The counts the summary reports, one pass over the records.
-    pub fn tally(&self) -> Tally {
-        let mut t = Tally::default();
+    pub fn tally(&self) -> BatchCounts {
+        let mut t = BatchCounts::default();
         for record in &self.records {
             match &record.state {
-                State::Rejected { code, sent } => {
+                RecordState::Rejected { code, sent } => {
                     *t.rejected.entry(code.clone()).or_default() += 1;
                     t.sent_to_dlq += usize::from(*sent);
                 }
-                State::Refused { sent, .. } => {
+                RecordState::Refused { sent, .. } => {
                     t.refused_to_dlq += usize::from(*sent);
                 }
-                State::Erased => t.erased += 1,
+                RecordState::Erased => t.erased += 1,
                 _ => {}
             }
             if let Some(row) = record.state.written_row() {
@@ -330,7 +330,7 @@ impl<'b> BatchWork<'b> {
 
 /// The counts of a batch's records ([`BatchWork::tally`]).
 #[derive(Default)]
-pub(super) struct Tally {
+pub(super) struct BatchCounts {
     /// Rows the write took (refused ones too).
     pub rows: usize,
     pub rejected: BTreeMap<String, usize>,
@@ -366,14 +366,14 @@ mod tests {
             LoginRow::new(e, key)
         };
         let mut work = BatchWork::new(fifo, None);
-        work.push("m0", State::Row(row("m0")));
-        work.push("m1", State::Row(row("m1")));
-        work.push("m2", State::Row(row("m2")));
-        work.push("m3", State::Rejected { code: "invalid_json".into(), sent: false });
-        work.push("m4", State::Rejected { code: "missing_field.user_id".into(), sent: false });
-        work.push("m5", State::Erased);
-        work.push("m6", State::Row(row("m6")));
-        work.push("m7", State::Held);
+        work.push("m0", RecordState::Row(row("m0")));
+        work.push("m1", RecordState::Row(row("m1")));
+        work.push("m2", RecordState::Row(row("m2")));
+        work.push("m3", RecordState::Rejected { code: "invalid_json".into(), sent: false });
+        work.push("m4", RecordState::Rejected { code: "missing_field.user_id".into(), sent: false });
+        work.push("m5", RecordState::Erased);
+        work.push("m6", RecordState::Row(row("m6")));
+        work.push("m7", RecordState::Held);
         work.sent(&[3]);
         work
     }
@@ -474,7 +474,7 @@ mod tests {
         work.hold_back_behind_unsent_reject();
         // The reject at 4 was not sent: the row at 6 waits behind it.
         assert_eq!(work.rows().len(), 3);
-        assert!(matches!(work.records[6].state, State::Behind));
+        assert!(matches!(work.records[6].state, RecordState::Behind));
         // From 4 on, all but the erased record (finished) come back.
         assert_eq!(work.failed_positions(false), [4, 6, 7]);
     }
