@@ -1,7 +1,7 @@
-//! The migrations' list, from the files: every `migrations/NNNN_*.sql`, in
-//! the order of its number, embedded as `MIGRATION_FILES`
-//! (src/table/schema/migrations.rs). A file added there is applied; no
-//! list to keep by hand.
+//! The migrations' list, from the files: every numbered `.sql` file of
+//! `migrations/`, in the order of its number, embedded as
+//! `MIGRATION_FILES` (src/table/schema/migrations.rs). A file added there
+//! is applied; no list to keep by hand.
 
 use std::fmt::Write as _;
 use std::path::Path;
