@@ -89,8 +89,13 @@ given() { local p; for p in "${params[@]+"${params[@]}"}"; do [ "${p%%=*}" = "$1
 # The network, before anything is made: a subnet with no way to S3 would
 # make the setup's answer to CloudFormation wait an hour, then roll back.
 if [ $preflight = 1 ] && given SubnetIds; then
-  bash "$here/preflight.sh" "${params[@]}" ||
-    { echo "deploy.sh: the network is not ready for the stack (each finding above names its fix); nothing was deployed. --no-preflight deploys anyway" >&2; exit 1; }
+  rc=0
+  bash "$here/preflight.sh" --stack-name "$stack" "${params[@]}" || rc=$?
+  case $rc in
+    0) ;;
+    1) echo "deploy.sh: the network is not ready for the stack (each finding above names its fix); nothing was deployed. --no-preflight deploys anyway" >&2; exit 1 ;;
+    *) echo "deploy.sh: the network check could not run (above); nothing was deployed. Give the deployer its reads (deployer-policy.json), or --no-preflight to deploy unchecked" >&2; exit 2 ;;
+  esac
 fi
 
 # The RDS CA bundle goes beside bootstrap, in a copy of each zip the

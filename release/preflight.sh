@@ -2,8 +2,8 @@
 # The network a deploy needs, checked in seconds, before the deploy
 # (deploy.sh runs it when SubnetIds is given; or by hand):
 #
-#   bash preflight.sh SubnetIds=subnet-a,subnet-b SecurityGroupIds=sg-f \
-#     DbHost=mydb.xxxx.us-east-1.rds.amazonaws.com [DbPort=5432] [VpcEndpointsVpcId=vpc-v]
+#   bash preflight.sh [--stack-name NAME] SubnetIds=subnet-a,subnet-b SecurityGroupIds=sg-f \
+#     DbHost=mydb.xxxx.us-east-1.rds.amazonaws.com [DbPort=5432] [DbProxyHost=…] [VpcEndpointsVpcId=vpc-v]
 #
 # The deploy's own parameter overrides (others are ignored). Read through
 # the EC2 and RDS APIs with the AWS CLI alone (`aws ec2 describe-*`, `aws
@@ -14,23 +14,35 @@
 # VPC's own private DNS, or not admitted by their security group on 443;
 # the database's security group not admitting the functions' on its port;
 # the database in another VPC. Each finding names its fix. Exit 1 on any
-# finding, 2 on a usage error.
+# finding, 2 on a usage error or a call that could not be made. With
+# --stack-name (deploy.sh gives it), that stack's own endpoints are its,
+# not the VPC's: an update is no clash.
 set -euo pipefail
 say() { echo "$*"; }
 found=0
 fail() { found=$((found + 1)); echo "FAIL  $1"; echo "      fix: $2"; }
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
+# A call that fails: what it said, and exit 2 (not a finding).
+cannot() { echo "preflight.sh: $1 failed: $(tail -n 3 "$err" | tr '\n' ' '); check the credentials and that they may call it (deployer-policy.json)" >&2; exit 2; }
+err=$(mktemp); trap 'rm -f "$err"' EXIT
 
 declare -A p=()
-for arg in "$@"; do
-  case $arg in
+stack=""
+while [ $# -gt 0 ]; do
+  case $1 in
     -h | --help) usage; exit 0 ;;
-    *=*) p[${arg%%=*}]=${arg#*=} ;;
-    *) echo "preflight.sh: $arg is not NAME=VALUE (see --help)" >&2; exit 2 ;;
+    --stack-name) stack=${2:-}; shift 2 || { echo "preflight.sh: --stack-name needs a name" >&2; exit 2; }; continue ;;
+    *=*) p[${1%%=*}]=${1#*=} ;;
+    *) echo "preflight.sh: $1 is not NAME=VALUE (see --help)" >&2; exit 2 ;;
   esac
+  shift
 done
 subnets=${p[SubnetIds]:-} groups=${p[SecurityGroupIds]:-}
 host=${p[DbHost]:-} port=${p[DbPort]:-5432} endpoints_vpc=${p[VpcEndpointsVpcId]:-}
+# Behind a proxy the functions reach the proxy: its group must admit them.
+[ -z "${p[DbProxyHost]:-}" ] || { host=${p[DbProxyHost]}; port=${p[DbProxyPort]:-5432}; }
+host=${host,,}
+[[ $host =~ ^[a-z0-9.-]*$ ]] || { echo "preflight.sh: DbHost/DbProxyHost '$host' is no host name" >&2; exit 2; }
 if [ -z "$subnets" ]; then
   say "preflight: no SubnetIds: the functions run outside a VPC, and reach every service over the internet; nothing to check"
   exit 0
@@ -41,8 +53,9 @@ region=${AWS_REGION:-${AWS_DEFAULT_REGION:-$(aws configure get region 2> /dev/nu
 # The AWS CLI v1 reads AWS_DEFAULT_REGION alone.
 export AWS_DEFAULT_REGION=$region
 # Text output with '|' between fields: an empty field stays a field.
-q() { aws "$@" --output text | tr '\t' '|'; }
+q() { aws "$@" --output text 2> "$err" | tr '\t' '|'; return "${PIPESTATUS[0]}"; }
 
+first() { echo "${1%%,*}"; }
 ip2int() { local IFS=.; read -r a b c d <<< "$1"; echo $(((a << 24) + (b << 16) + (c << 8) + d)); }
 # Whether CIDR $1 holds every address of CIDR $2.
 covers() {
@@ -58,8 +71,8 @@ IFS=, read -r -a subnet_ids <<< "$subnets"
 IFS=, read -r -a group_ids <<< "$groups"
 subnet_list=$(IFS=,; echo "${subnet_ids[*]}")
 group_list=$(IFS=,; echo "${group_ids[*]}")
-if ! rows=$(q ec2 describe-subnets --subnet-ids "${subnet_ids[@]}" --query 'Subnets[].[SubnetId,VpcId,CidrBlock]' 2>&1); then
-  fail "the subnets $subnets could not be read: ${rows##*: }" \
+if ! rows=$(q ec2 describe-subnets --subnet-ids "${subnet_ids[@]}" --query 'Subnets[].[SubnetId,VpcId,CidrBlock]'); then
+  fail "the subnets $subnets could not be read: $(tail -n 1 "$err")" \
     "give SubnetIds of this account and region ($region): aws ec2 describe-subnets --query 'Subnets[].[SubnetId,VpcId,AvailabilityZone]'"
   exit 1
 fi
@@ -73,8 +86,10 @@ vpc=${!vpcs[*]}
 say "preflight: subnets ${subnet_ids[*]} in $vpc ($region), security groups ${group_ids[*]}"
 
 # --- each subnet's way out: its route table's default route ---
+# A default route whose target is gone (blackhole) is no way out.
 tables=$(q ec2 describe-route-tables --filters "Name=vpc-id,Values=$vpc" --query \
-  'RouteTables[].[RouteTableId, length(Associations[?Main] || `[]`), join(`,`, Associations[?SubnetId].SubnetId || `[]`), join(`,`, Routes[?DestinationCidrBlock==`0.0.0.0/0`].[NatGatewayId || TransitGatewayId || NetworkInterfaceId || InstanceId || GatewayId][])]')
+  'RouteTables[].[RouteTableId, length(Associations[?Main] || `[]`), join(`,`, Associations[?SubnetId].SubnetId || `[]`), join(`,`, Routes[?DestinationCidrBlock==`0.0.0.0/0` && State==`active`].[NatGatewayId || TransitGatewayId || NetworkInterfaceId || InstanceId || GatewayId][])]') ||
+  cannot "aws ec2 describe-route-tables"
 declare -A table_of=() out_of=()
 main_table=""
 while IFS='|' read -r rt main assoc out; do
@@ -84,19 +99,23 @@ while IFS='|' read -r rt main assoc out; do
   IFS=, read -r -a assoc_ids <<< "$assoc"
   for s in "${assoc_ids[@]}"; do table_of[$s]=$rt; done
 done <<< "$tables"
+# Each endpoint with the stack that made it (CloudFormation's tag): the
+# deployed stack's own are not the VPC's.
 endpoints=$(q ec2 describe-vpc-endpoints --filters "Name=vpc-id,Values=$vpc" --query \
-  'VpcEndpoints[].[VpcEndpointId, ServiceName, VpcEndpointType, PrivateDnsEnabled || `false`, join(`,`, RouteTableIds || `[]`), join(`,`, Groups[].GroupId || `[]`)]')
+  'VpcEndpoints[].[VpcEndpointId, ServiceName, VpcEndpointType, PrivateDnsEnabled || `false`, join(`,`, RouteTableIds || `[]`), join(`,`, Groups[].GroupId || `[]`), Tags[?Key==`aws:cloudformation:stack-name`].Value | [0] || `-`]') ||
+  cannot "aws ec2 describe-vpc-endpoints"
 # The VPC's own endpoint serving service $1 privately, and its groups.
 own_endpoint() {
-  local id name kind dns tables sgs
-  while IFS='|' read -r id name kind dns tables sgs; do
+  local id name kind dns tables sgs maker
+  while IFS='|' read -r id name kind dns tables sgs maker; do
+    [ -n "$stack" ] && [ "$maker" = "$stack" ] && continue
     [ "$name" = "com.amazonaws.$region.$1" ] && [ "$kind" = Interface ] && [ "$dns" = True ] && { echo "$id|$sgs"; return; }
   done <<< "$endpoints"
   return 0
 }
 s3_gateway_for() {
-  local id name kind dns tables sgs
-  while IFS='|' read -r id name kind dns tables sgs; do
+  local id name kind dns tables sgs maker
+  while IFS='|' read -r id name kind dns tables sgs maker; do
     [ "$name" = "com.amazonaws.$region.s3" ] && [ "$kind" = Gateway ] && [[ ",$tables," == *",$1,"* ]] && { echo "$id"; return; }
   done <<< "$endpoints"
   return 0
@@ -105,18 +124,20 @@ s3_gateway_for() {
 # --- the database: the RDS instance (or proxy) of that name ---
 db=""
 if [ -n "$host" ]; then
-  db=$(q rds describe-db-instances --query "DBInstances[?Endpoint.Address=='$host'].[DBInstanceIdentifier, Endpoint.Port, DBSubnetGroup.VpcId, join(',', VpcSecurityGroups[].VpcSecurityGroupId)]" 2>&1) ||
-    { say "note  the RDS instances could not be read (${db##*: }): the database is not checked"; db=""; }
-  [ -n "$db" ] || db=$(q rds describe-db-proxies --query "DBProxies[?Endpoint=='$host'].[DBProxyName, \`5432\`, VpcId, join(',', VpcSecurityGroupIds)]" 2> /dev/null || true)
+  db=$(q rds describe-db-instances --query "DBInstances[?Endpoint.Address=='$host'].[DBInstanceIdentifier, Endpoint.Port, DBSubnetGroup.VpcId, join(',', VpcSecurityGroups[].VpcSecurityGroupId)]") ||
+    cannot "aws rds describe-db-instances"
+  [ -n "$db" ] || db=$(q rds describe-db-proxies --query "DBProxies[?Endpoint=='$host'].[DBProxyName, \`5432\`, VpcId, join(',', VpcSecurityGroupIds)]") ||
+    cannot "aws rds describe-db-proxies"
 fi
 IFS='|' read -r db_name db_port db_vpc db_groups <<< "${db:-|||}"
 # Every rule admitting traffic into the groups that matter, one per line:
 # group|protocol|from|to|referenced group|cidr.
 wanted=$group_list
-while IFS='|' read -r _ _ _ _ _ sgs; do [ -z "$sgs" ] || wanted+=,$sgs; done <<< "$endpoints"
+while IFS='|' read -r _ _ _ _ _ sgs _; do [ -z "$sgs" ] || wanted+=,$sgs; done <<< "$endpoints"
 [ -z "$db_groups" ] || wanted+=,$db_groups
 rules=$(q ec2 describe-security-group-rules --filters "Name=group-id,Values=$wanted" \
-  --query 'SecurityGroupRules[?!IsEgress].[GroupId,IpProtocol,FromPort,ToPort,ReferencedGroupInfo.GroupId,CidrIpv4]')
+  --query 'SecurityGroupRules[?!IsEgress].[GroupId,IpProtocol,FromPort,ToPort,ReferencedGroupInfo.GroupId,CidrIpv4]') ||
+  cannot "aws ec2 describe-security-group-rules"
 
 # Whether any of the groups $1 (comma-separated) admits the functions on
 # TCP port $2: from one of their groups, or from addresses holding every
@@ -174,7 +195,7 @@ for service in secretsmanager sqs kms; do
       say "ok    $service: the VPC's endpoint ${own%%|*}"
     else
       fail "$service: the VPC's endpoint ${own%%|*} does not admit the functions' security groups on 443 (its groups: ${own#*|})" \
-        "aws ec2 authorize-security-group-ingress --group-id ${own#*|} --protocol tcp --port 443 --source-group ${group_ids[0]}"
+        "aws ec2 authorize-security-group-ingress --group-id $(first "${own#*|}") --protocol tcp --port 443 --source-group ${group_ids[0]}"
     fi
   elif [ $nat_everywhere = 0 ]; then
     fail "$service: no NAT gateway in every subnet, and no endpoint for it in $vpc" \

@@ -27,13 +27,15 @@ BY_TYPE = {
     "AWS::EC2::VPCEndpoint": ["ec2:CreateVpcEndpoint", "ec2:DescribeVpcEndpoints", "ec2:ModifyVpcEndpoint",
                               "ec2:DeleteVpcEndpoints", "ec2:CreateTags"],
     "AWS::Events::Rule": ["events:PutRule", "events:DescribeRule", "events:DeleteRule", "events:PutTargets",
-                          "events:RemoveTargets"],
+                          "events:RemoveTargets", "events:ListTargetsByRule"],
     "AWS::IAM::Role": ["iam:CreateRole", "iam:GetRole", "iam:DeleteRole", "iam:UpdateAssumeRolePolicy",
                        "iam:UpdateRoleDescription", "iam:ListAttachedRolePolicies", "iam:ListRolePolicies",
                        "iam:TagRole", "iam:UntagRole"],
+    # No kms:ScheduleKeyDeletion: every key is retained (DeletionPolicy:
+    # Retain, held below), so no delete schedules one.
     "AWS::KMS::Key": ["kms:CreateKey", "kms:DescribeKey", "kms:GetKeyPolicy", "kms:PutKeyPolicy",
                       "kms:ListResourceTags", "kms:TagResource", "kms:UntagResource", "kms:UpdateKeyDescription",
-                      "kms:ScheduleKeyDeletion", "kms:GetKeyRotationStatus"],
+                      "kms:GetKeyRotationStatus"],
     "AWS::Lambda::EventSourceMapping": ["lambda:CreateEventSourceMapping", "lambda:GetEventSourceMapping",
                                         "lambda:UpdateEventSourceMapping", "lambda:DeleteEventSourceMapping"],
     "AWS::Lambda::Function": ["lambda:CreateFunction", "lambda:GetFunction", "lambda:GetFunctionConfiguration",
@@ -44,7 +46,7 @@ BY_TYPE = {
     "AWS::Logs::LogGroup": ["logs:CreateLogGroup", "logs:DescribeLogGroups", "logs:DeleteLogGroup",
                             "logs:ListTagsForResource", "logs:TagResource", "logs:UntagResource"],
     "AWS::SNS::Topic": ["sns:CreateTopic", "sns:GetTopicAttributes", "sns:SetTopicAttributes", "sns:DeleteTopic",
-                        "sns:TagResource", "sns:UntagResource"],
+                        "sns:TagResource", "sns:UntagResource", "sns:ListTagsForResource"],
     "AWS::SNS::TopicPolicy": ["sns:SetTopicAttributes", "sns:GetTopicAttributes"],
     "AWS::SQS::Queue": ["sqs:CreateQueue", "sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:SetQueueAttributes",
                         "sqs:DeleteQueue", "sqs:ListQueueTags", "sqs:TagQueue", "sqs:UntagQueue"],
@@ -183,10 +185,32 @@ def test_the_deployer_policy_grants_nothing_else():
     assert not extra, f"release/deployer-policy.json grants what nothing needs: {extra}"
 
 
+def test_what_makes_or_changes_a_resource_is_allowed_through_cloudformation_alone():
+    """A stolen deployer credential cannot call IAM, Lambda, KMS or Secrets
+    Manager itself (a role trusting anyone, a secret's policy opened):
+    those actions hold only when CloudFormation makes the call
+    (aws:CalledVia); what the deployer calls itself is the stack's own API,
+    deploy.sh's bucket, and reads."""
+    direct = set()
+    for st in _statements():
+        actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+        via = st.get("Condition", {}).get("ForAnyValue:StringEquals", {}).get("aws:CalledVia")
+        if via == ["cloudformation.amazonaws.com"]:
+            continue
+        direct |= set(actions)
+    for a in direct:
+        service, name = a.split(":")
+        assert service in ("cloudformation", "s3") or name.startswith(("Describe", "List", "Get")), a
+    # Every key is retained: no delete needs kms:ScheduleKeyDeletion.
+    out, _ = transformed()
+    keys = [r for r in out["Resources"].values() if r["Type"] == "AWS::KMS::Key"]
+    assert keys and all(r.get("DeletionPolicy") == "Retain" for r in keys)
+
+
 def test_roles_are_passed_to_lambda_alone_and_the_code_bucket_is_deploy_shs():
     (passing,) = [st for st in _statements() if "iam:PassRole" in st["Action"]]
     assert passing["Action"] == "iam:PassRole"
-    assert passing["Condition"] == {"StringEquals": {"iam:PassedToService": "lambda.amazonaws.com"}}
+    assert passing["Condition"]["StringEquals"] == {"iam:PassedToService": "lambda.amazonaws.com"}
     (bucket,) = [st for st in _statements() if any(str(a).startswith("s3:") for a in st["Action"])]
     deploy_sh = (ROOT / "release" / "deploy.sh").read_text()
     (prefix,) = re.findall(r"bucket=(login-etl-[a-z]+-)\$account", deploy_sh)

@@ -96,21 +96,25 @@ class Network:
         self.ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=[{
             "IpProtocol": "tcp", "FromPort": port, "ToPort": port, "UserIdGroupPairs": [{"GroupId": source}]}])  # fmt: skip
 
-    def endpoint(self, service, groups):
+    def endpoint(self, service, groups, stack=None):
+        """An interface endpoint with private DNS; `stack`: made by that
+        stack (CloudFormation's tag on what it makes)."""
+        tags = [{"ResourceType": "vpc-endpoint", "Tags": [{"Key": "aws:cloudformation:stack-name", "Value": stack}]}]
         return self.ec2.create_vpc_endpoint(VpcId=self.vpc, ServiceName=f"com.amazonaws.{REGION}.{service}",
                                             VpcEndpointType="Interface", SubnetIds=self.subnets,
-                                            SecurityGroupIds=groups, PrivateDnsEnabled=True)["VpcEndpoint"]["VpcEndpointId"]  # fmt: skip
+                                            SecurityGroupIds=groups, PrivateDnsEnabled=True,
+                                            **({"TagSpecifications": tags} if stack else {}))["VpcEndpoint"]["VpcEndpointId"]  # fmt: skip
 
     def params(self, **extra):
         return {"SubnetIds": ",".join(self.subnets), "SecurityGroupIds": self.function_sg,
                 "DbHost": self.db_host, **extra}  # fmt: skip
 
-    def preflight(self, **extra):
+    def preflight(self, *flags, **extra):
         env = {"PATH": f"{LS_VENV / 'bin'}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"),
                "AWS_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
                "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION}  # fmt: skip
         args = [f"{k}={v}" for k, v in self.params(**extra).items()]
-        done = subprocess.run(["bash", SCRIPT, *args], env=env, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(["bash", SCRIPT, *flags, *args], env=env, capture_output=True, text=True, timeout=120)
         assert "Traceback" not in done.stderr, done.stderr
         return done.returncode, done.stdout + done.stderr
 
@@ -156,7 +160,7 @@ def test_an_internet_gateway_is_no_way_out_for_a_function(moto):
     net.ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=net.vpc)
     net.ec2.create_route(RouteTableId=net.table, DestinationCidrBlock="0.0.0.0/0", GatewayId=igw)
     rc, out = net.preflight()
-    assert rc == 1
+    assert rc == 1, out
     assert len([f for f in findings(out) if f"goes to an internet gateway ({igw})" in f]) == 2, out
     assert "NAT gateway" in out
 
@@ -174,6 +178,19 @@ def test_the_stacks_endpoints_clash_with_the_vpcs_own_private_dns(moto):
     rc, out = net.preflight()
     assert [f.split(":")[0] for f in findings(out)] == ["FAIL  sqs", "FAIL  kms"], out
     assert f"ok    secretsmanager: the VPC's endpoint {own}" in out
+
+
+def test_an_update_takes_the_stacks_own_endpoints_for_its_own(moto):
+    """deploy.sh names its stack: the endpoints that stack made (its
+    CloudFormation tag) are no clash on its update; another stack's are."""
+    net = Network(moto, "10.10.0.0/16", nat=False, s3_gateway=True)
+    net.admit(net.function_sg, 443, net.function_sg)
+    for service in ("secretsmanager", "sqs", "kms"):
+        net.endpoint(service, [net.function_sg], stack="login-etl-prod")
+    rc, out = net.preflight("--stack-name", "login-etl-prod", VpcEndpointsVpcId=net.vpc)
+    assert rc == 0 and not findings(out), out
+    rc, out = net.preflight("--stack-name", "login-etl-staging", VpcEndpointsVpcId=net.vpc)
+    assert rc == 1 and len(findings(out)) == 3, out
 
 
 def test_the_vpcs_own_endpoint_must_admit_the_functions_on_443(moto):

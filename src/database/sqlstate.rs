@@ -156,6 +156,17 @@ pub fn denied(e: &tokio_postgres::Error) -> Option<(&str, &str)> {
         .filter(|(_, name)| !name.is_empty())
 }
 
+/// A 42883 (undefined function) about one of login-etl's own functions
+/// (a schema not migrated), not a trigger's or an extension's; named by
+/// schema or not (the one-statement write names its schema).
+pub fn names_own_function(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error()
+        .and_then(|db| db.message().strip_prefix("function "))
+        .and_then(|rest| rest.split('(').next())
+        .and_then(|name| name.rsplit('.').next())
+        .is_some_and(|name| name.starts_with("login_etl_"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::{Class, Conflict};

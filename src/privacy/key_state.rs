@@ -20,7 +20,7 @@ use tokio::time::timeout_at;
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 
-use crate::database::sqlstate::{Class, Own};
+use crate::database::sqlstate::{Class, Own, names_own_function};
 use crate::database::statement::{Failed, Statement};
 use crate::error::{DbError, Misconfiguration, describe};
 use crate::privacy::keys::{BatchKeys, ChecksToRecord, ErasedUsers, ErasureList, KeyChecks, Keys, Versions};
@@ -227,30 +227,40 @@ enum Failure {
 use Failure::{Answered, Refused};
 
 impl Failure {
-    /// As its class says ([`Class`]): a missing grant or a schema not
-    /// migrated is the deployment's (their own failure classes), another
-    /// transaction or the connection is transient, anything else fatal.
+    /// As its class says ([`Class`]), as the batch's write reads a
+    /// failure: a missing grant or a schema not migrated is the
+    /// deployment's (their own failure classes); another transaction, the
+    /// connection, a row's data or a key or erasure change under way
+    /// (LE001, LE002, LE016) is transient; anything else fatal.
     fn worded(self) -> DbError {
         let f = match self {
             Refused(f) => f,
             Answered(e) => return e,
         };
         let (op, cause) = (f.doing, describe(&f.error));
+        if matches!(
+            Own::of(&f.error),
+            Some(Own::ErasuresChanged | Own::KeyVersionChanged | Own::IsolationRefused)
+        ) {
+            return DbError::Transient { op, cause };
+        }
+        let undefined_other_function = f.error.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION)
+            && !names_own_function(&f.error);
         match Class::of(&f.error) {
-            Class::Conflict(_) | Class::Unavailable => DbError::Transient { op, cause },
+            Class::Conflict(_) | Class::Unavailable | Class::Row => DbError::Transient { op, cause },
             Class::Privilege => DbError::Misconfigured {
                 what: Misconfiguration::PrivilegeMissing,
                 op,
                 cause,
                 hint: crate::grants::privilege_hint(&f.error).into(),
             },
-            Class::Schema => DbError::Misconfigured {
+            Class::Schema if !undefined_other_function => DbError::Misconfigured {
                 what: Misconfiguration::SchemaIncomplete,
                 op,
                 cause,
                 hint: "; the schema is missing or not upgraded: run `make migrate` (login-etl migrate) or set RUN_MIGRATIONS=true".into(),
             },
-            Class::Row | Class::Other => DbError::Fatal {
+            Class::Schema | Class::Other => DbError::Fatal {
                 op,
                 cause,
                 hint: "".into(),

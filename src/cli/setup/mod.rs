@@ -101,7 +101,7 @@ impl Plan {
         let fits = |s: &str, most: usize| !s.is_empty() && !s.contains('$') && s.len() <= most;
         if !fits(&self.prefix, 63 - "_maintain".len()) {
             return Err(format!(
-                "--prefix {:?} is empty, holds a $, or is longer than 54 bytes (a role's name is PREFIX_maintain, at most 63): give one such as login_etl",
+                "the role prefix {:?} (setup's --prefix; the stack's DbRolePrefix, which left empty is the stack's name with _ for -) is empty, holds a $, or is longer than 54 bytes (a role's name is PREFIX_maintain, at most 63): give a shorter one of this deployment's own, such as login_etl_prod",
                 self.prefix
             ));
         }
@@ -449,7 +449,14 @@ async fn claim_roles(
             )
         })?
         .iter()
-        .map(|row| row.get(0))
+        .map(|row| row.get::<_, String>(0))
+        // This prefix's other roles (a profile's that this plan leaves
+        // out) are this deployment's, under this prefix.
+        .filter(|name| {
+            !Role::ALL
+                .iter()
+                .any(|r| *name == format!("{}_{}", plan.prefix, r.as_str()))
+        })
         .collect();
     if let Some(first) = elsewhere.first() {
         let theirs = Role::ALL

@@ -192,14 +192,24 @@ impl<'b> BatchWork<'b> {
     }
 
     /// The write's report: each row it refused (`report.refused`, indices
-    /// into [`rows`](Self::rows) as written) takes its code.
+    /// into [`rows`](Self::rows) as written, ascending) takes its code. On
+    /// FIFO the write stops at the first refused row: the rows after it
+    /// were not written, and wait behind it (whether or not the DLQ takes
+    /// it).
     pub fn refused_by(&mut self, report: &InsertReport) {
+        debug_assert!(report.refused.is_sorted(), "{:?}", report.refused);
         let mut refused = report.refused.iter().zip(&report.refused_codes).peekable();
+        let fifo = self.fifo;
+        let mut stopped = false;
         let rows = self
             .records
             .iter_mut()
             .filter(|r| matches!(r.state, RecordState::Row(_)));
         for (index, record) in rows.enumerate() {
+            if stopped {
+                record.state = RecordState::Behind;
+                continue;
+            }
             let Some((_, state)) = refused.next_if(|(i, _)| **i == index) else {
                 continue;
             };
@@ -211,7 +221,9 @@ impl<'b> BatchWork<'b> {
                 code: format!("refused.{state}"),
                 sent: false,
             };
+            stopped = fifo;
         }
+        debug_assert!(refused.next().is_none(), "a refused index past the rows");
     }
 
     /// The keys changed while the batch was written: re-keys the rows to
@@ -219,12 +231,16 @@ impl<'b> BatchWork<'b> {
     /// not stored, not failed, not dead-lettered), and fills the vault
     /// entries again for the rows left.
     pub fn rekey(&mut self, keys: &BatchKeys, vault: Option<&DataKey>) -> Result<(), DbError> {
+        // Every row re-keyed before any is dropped: a failed re-key leaves
+        // the batch as it was.
         for record in &mut self.records {
             if let RecordState::Row(row) = &mut record.state {
                 keys.rekey(row)?;
-                if keys.is_erased(&row.user_id) {
-                    record.state = RecordState::Erased;
-                }
+            }
+        }
+        for record in &mut self.records {
+            if matches!(&record.state, RecordState::Row(row) if keys.is_erased(&row.user_id)) {
+                record.state = RecordState::Erased;
             }
         }
         if let Some(key) = vault {
@@ -466,6 +482,18 @@ mod tests {
             ..InsertReport::default()
         };
         assert_eq!(outcomes_of(&work, &mixed, &[4, 7], &[])[0], "Stored");
+    }
+
+    #[test]
+    fn fifo_rows_after_a_refused_row_come_back_even_when_the_dlq_took_it() {
+        let mut work = work(true);
+        work.sent(&[4]);
+        // The write stopped at the third row (position 2): rows 3 and 6
+        // were never written. The DLQ took the refused row's copy.
+        work.refused_by(&refusing_2());
+        work.sent(&[2]);
+        assert!(matches!(work.records[6].state, RecordState::Behind));
+        assert_eq!(work.failed_positions(false), [6, 7]);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! SQLSTATE classification: what the sink does about each kind of failure,
 //! and error text that never quotes a row value.
 
-use crate::database::sqlstate::{Class, Own, denied};
+use crate::database::sqlstate::{Class, Own, denied, names_own_function};
 use crate::error::{DbError, Misconfiguration, describe};
 
 /// How one database operation failed, by what can be done about it.
@@ -93,17 +93,6 @@ pub(crate) fn classify(e: &tokio_postgres::Error) -> Failure {
             hint: "".into(),
         }),
     }
-}
-
-/// A 42883 (undefined function) about one of login-etl's own functions
-/// (a schema not migrated), not a trigger's or an extension's; named by
-/// schema or not (the one-statement write names its schema).
-fn names_own_function(e: &tokio_postgres::Error) -> bool {
-    e.as_db_error()
-        .and_then(|db| db.message().strip_prefix("function "))
-        .and_then(|rest| rest.split('(').next())
-        .and_then(|name| name.rsplit('.').next())
-        .is_some_and(|name| name.starts_with("login_etl_"))
 }
 
 /// The SQLSTATE in a refusal's text ([`describe_refusal`]); `XXXXX` if none.
