@@ -389,6 +389,12 @@ def test_the_built_in_certificates_are_the_ones_listed():
         if kind == "RDS":
             kinds = {cn.rsplit(" Root CA ", 1)[1] for _, cn, k, _ in rows if k == "RDS"}
             assert kinds == {"RSA2048 G1", "RSA4096 G1", "ECC384 G1"} and len(certs) % 3 == 0, kinds
+    # doctor names each file's first to expire (src/database/tls.rs's constants).
+    tls = (ROOT / "src/database/tls.rs").read_text()
+    for const, kind in (("RDS_CA_FIRST_EXPIRING", "RDS"), ("AMAZON_TRUST_FIRST_EXPIRING", "RDS Proxy")):
+        date, cn = min((d, c) for d, c, k, _ in rows if k == kind)
+        named = re.search(const + r': \(&str, &str\) =\s*\("([^"]+)", "([^"]+)"\)', tls)
+        assert named and named.groups() == (cn, date), (const, named and named.groups(), (cn, date))
     page = (ROOT / "docs" / "ca-certificates.md").read_text()
     listed = set(re.findall(r"^\| (\d{4}-\d\d-\d\d) \| ([^|]+?) \| (RDS(?: Proxy)?) \| `([0-9A-F]{64})` \|$", page, re.M))
     assert listed == rows, {"listed, not built in": listed - rows, "built in, not listed": rows - listed}

@@ -341,6 +341,9 @@ async fn doctor(args: &DoctorArgs) -> Result<(), Failure> {
     .map_err(examining)?;
     doctor_keys(&client, &mut report).await?;
     doctor_secret(&db, &mut report).await;
+    if let Some(host) = doctor_host(&db).await {
+        doctor_tls(&host, chrono::Utc::now().date_naive(), &mut report);
+    }
     if let Some(url) = &args.queue_url {
         doctor_queue(url, args.function_timeout, &stack, &mut report).await?;
     }
@@ -368,6 +371,9 @@ fn print_doctor(
                 f.check, f.subject, f.problem, f.fix
             );
         }
+        for note in &report.notes {
+            println!("note {note}");
+        }
         println!(
             "{} check(s) on {on}: {}",
             report.checks.len(),
@@ -389,6 +395,52 @@ fn print_doctor(
             1,
         ))
     }
+}
+
+/// How long before a built-in CA expires doctor asks for a release that
+/// carries its successor.
+const CA_EXPIRY_WARNING_DAYS: i64 = 365;
+
+/// Doctor's `tls` check: the built-in CA certificate the host's roots
+/// expire with first, named with its date; a finding within a year of it.
+fn doctor_tls(host: &str, today: chrono::NaiveDate, report: &mut crate::table::doctor::Report) {
+    use crate::database::tls::Roots;
+    let roots = Roots::of(host);
+    let Some((name, date)) = roots.first_expiring() else {
+        return; // the system's roots: the machine's to renew
+    };
+    report.checks.push("tls");
+    let expires = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").expect("a date of the table");
+    let left = (expires - today).num_days();
+    report.notes.push(format!(
+        "tls: {host} is checked against {}; the first of them to expire is {name}, on {date} ({left} days)",
+        roots.describe()
+    ));
+    if left < CA_EXPIRY_WARNING_DAYS {
+        report.findings.push(crate::table::doctor::Finding {
+            check: "tls",
+            subject: name.to_owned(),
+            problem: format!("the built-in CA certificate {name} expires on {date}, in {left} days"),
+            fix: "deploy a login-etl release that carries its successor (docs/ca-certificates.md); until then give the new bundle as DB_CA_BUNDLE (the stack: DbCaBundleSecretArn)".into(),
+        });
+    }
+}
+
+/// The host doctor's connection names: the URL's or libpq's, else the
+/// secret's (read once more; `None` when it cannot be).
+async fn doctor_host(db: &DbConfig) -> Option<String> {
+    use tokio_postgres::config::Host;
+    if let Ok(Some(pg)) = db.pg_config() {
+        return match pg.get_hosts().first() {
+            Some(Host::Tcp(h)) => Some(h.clone()),
+            _ => None,
+        };
+    }
+    let crate::database::settings::DbSource::Secret(id) = &db.source else {
+        return None;
+    };
+    let secrets = Secrets::new(&crate::secrets::sdk_config().await);
+    secrets.db(id, false).await.ok().map(|s| s.host)
 }
 
 /// Doctor's `keys` check, where the operator gave it a key (MASKING_KEY or
@@ -725,4 +777,45 @@ async fn forget(args: &ForgetArgs) -> Result<(), Failure> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn today(date: &str) -> chrono::NaiveDate {
+        chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").unwrap()
+    }
+
+    #[test]
+    fn doctor_names_the_built_in_ca_that_expires_first_and_asks_for_a_release_within_a_year() {
+        let host = "db.abc.eu-west-1.rds.amazonaws.com";
+        let mut report = crate::table::doctor::Report::default();
+        doctor_tls(host, today("2026-11-29"), &mut report);
+        assert_eq!(report.checks, ["tls"]);
+        assert!(report.findings.is_empty(), "{:?}", report.findings);
+        let (name, date) = crate::database::tls::RDS_CA_FIRST_EXPIRING;
+        assert!(
+            report.notes[0].contains(name) && report.notes[0].contains(date),
+            "{:?}",
+            report.notes
+        );
+        // Within a year of it: a finding naming it and what to do.
+        let mut report = crate::table::doctor::Report::default();
+        doctor_tls(host, today("2060-12-01"), &mut report);
+        let found = &report.findings[0];
+        assert_eq!((found.check, found.subject.as_str()), ("tls", name));
+        assert!(found.fix.contains("DB_CA_BUNDLE"), "{}", found.fix);
+        // A proxy's roots; no built-in roots for another host.
+        let mut report = crate::table::doctor::Report::default();
+        doctor_tls(
+            "p.proxy-abc.eu-west-1.rds.amazonaws.com",
+            today("2026-11-29"),
+            &mut report,
+        );
+        assert!(report.notes[0].contains(crate::database::tls::AMAZON_TRUST_FIRST_EXPIRING.0));
+        let mut report = crate::table::doctor::Report::default();
+        doctor_tls("db.internal", today("2026-11-29"), &mut report);
+        assert!(report.checks.is_empty() && report.notes.is_empty());
+    }
 }

@@ -28,6 +28,15 @@ pub const RDS_CA_BUNDLE: &[u8] = include_bytes!("ca/rds-global-bundle.pem");
 /// Services Root G2), which RDS Proxy's certificates chain to.
 pub const AMAZON_TRUST_ROOTS: &[u8] = include_bytes!("ca/amazon-trust-services.pem");
 
+/// The certificate of [`RDS_CA_BUNDLE`] that expires first, and when
+/// (tests/test_docs.py holds it to the bundle): what `doctor` names.
+pub const RDS_CA_FIRST_EXPIRING: (&str, &str) = ("Amazon RDS Beta us-east-1 Root CA RSA2048 G1", "2061-05-18");
+
+/// The certificate of [`AMAZON_TRUST_ROOTS`] that expires first, and when
+/// (tests/test_docs.py holds it to the file).
+pub const AMAZON_TRUST_FIRST_EXPIRING: (&str, &str) =
+    ("Starfield Services Root Certificate Authority - G2", "2037-12-31");
+
 /// Which roots a server's certificate may chain to, by its host name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Roots {
@@ -58,6 +67,16 @@ impl Roots {
         match labels.len().checked_sub(2).map(|i| labels[i]) {
             Some(label) if label.starts_with("proxy-") && labels.len() > 2 => Roots::RdsProxy,
             _ => Roots::Rds,
+        }
+    }
+
+    /// The built-in certificate of these roots that expires first, and
+    /// its date (`YYYY-MM-DD`); none for the system's roots.
+    pub fn first_expiring(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Roots::Rds => Some(RDS_CA_FIRST_EXPIRING),
+            Roots::RdsProxy => Some(AMAZON_TRUST_FIRST_EXPIRING),
+            Roots::System => None,
         }
     }
 

@@ -71,6 +71,9 @@ pub struct Report {
     pub checks: Vec<&'static str>,
     /// What they found; empty when the deployment is sound.
     pub findings: Vec<Finding>,
+    /// What they saw that needs nothing now (the built-in CA that
+    /// expires first).
+    pub notes: Vec<String>,
 }
 
 impl Report {
