@@ -159,7 +159,7 @@ impl BatchHandler {
     }
 
     /// The batch's keys from `sink`; when the database cannot say them,
-    /// [`Keys::unchecked`], with the error.
+    /// [`Keys::unchecked`](crate::privacy::keys::Keys::unchecked), with the error.
     pub(super) async fn batch_keys(
         &self,
         sink: &mut PgSink,
