@@ -18,11 +18,11 @@ use crate::secrets::Secrets;
 use crate::startup;
 
 /// Why a command stopped: a message for stderr, and the exit code.
-struct Failure(String, u8);
+struct CommandFailure(String, u8);
 
-impl<E: std::fmt::Display> From<E> for Failure {
+impl<E: std::fmt::Display> From<E> for CommandFailure {
     fn from(e: E) -> Self {
-        Failure(e.to_string(), 1)
+        CommandFailure(e.to_string(), 1)
     }
 }
 
@@ -41,7 +41,7 @@ pub async fn run(command: Command) -> ExitCode {
         Command::Password(args) => super::password::run(&args)
             .await
             .map(|line| println!("{line}"))
-            .map_err(|e| Failure(e, 1)),
+            .map_err(|e| CommandFailure(e, 1)),
         Command::Setup(args) => setup(&args).await,
         Command::Reveal(args) => reveal(&args).await,
         Command::Forget(args) => forget(&args).await,
@@ -64,7 +64,7 @@ pub async fn run(command: Command) -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure(message, code)) => {
+        Err(CommandFailure(message, code)) => {
             eprintln!("login-etl: {message}");
             ExitCode::from(code)
         }
@@ -108,7 +108,7 @@ async fn poll(args: &PollArgs) -> ExitCode {
 }
 
 /// Prints the audit trail as JSON lines (the audit role's database settings).
-async fn audit(args: &AuditArgs) -> Result<(), Failure> {
+async fn audit(args: &AuditArgs) -> Result<(), CommandFailure> {
     let client =
         startup::full_profile_connection(&DbConfig::from_env()?, "reading the audit trail").await?;
     for record in audit::audit_records(&client, args.since).await? {
@@ -117,7 +117,7 @@ async fn audit(args: &AuditArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn migrate(args: &MigrateArgs) -> Result<(), Failure> {
+async fn migrate(args: &MigrateArgs) -> Result<(), CommandFailure> {
     let options = crate::table::schema::MigrateOptions {
         granularity: args.partition_interval,
         cold_start: false,
@@ -134,7 +134,7 @@ async fn migrate(args: &MigrateArgs) -> Result<(), Failure> {
 
 /// One maintenance run as the maintain role: its EMF document on stdout
 /// (the metrics), the partitions made and dropped in the log on stderr.
-async fn maintain(args: &MaintainArgs) -> Result<(), Failure> {
+async fn maintain(args: &MaintainArgs) -> Result<(), CommandFailure> {
     let report = startup::maintain(&DbConfig::from_env()?, &args.into()).await?;
     println!("{}", crate::table::maintain::emf_from_env(&report));
     Ok(())
@@ -145,7 +145,7 @@ async fn maintain(args: &MaintainArgs) -> Result<(), Failure> {
 /// JSON at the end. Needs the rotate role's database settings, AWS
 /// credentials (STS names the caller in the audit trail) and both keys'
 /// newest secrets (MASKING_KEY_SECRET_ID, ERASURE_KEY_SECRET_ID).
-async fn rotate_key(args: &RotateKeyArgs) -> Result<(), Failure> {
+async fn rotate_key(args: &RotateKeyArgs) -> Result<(), CommandFailure> {
     let db = DbConfig::from_env()?;
     if args.status {
         let client = startup::full_profile_connection(&db, "rotating the masking key").await?;
@@ -157,7 +157,7 @@ async fn rotate_key(args: &RotateKeyArgs) -> Result<(), Failure> {
     if args.arm {
         let masking = crate::config::key_source(&env, "MASKING_KEY", "MASKING_KEY_SECRET_ID")?
             .ok_or_else(|| {
-                Failure(
+                CommandFailure(
                     "MASKING_KEY_SECRET_ID is not set: arming records the check values of the new version's keys (docs/runbooks/leaked-key.md)".into(),
                     EXIT_USAGE,
                 )
@@ -175,7 +175,7 @@ async fn rotate_key(args: &RotateKeyArgs) -> Result<(), Failure> {
     }
     let masking = crate::config::key_source(&env, "MASKING_KEY", "MASKING_KEY_SECRET_ID")?
         .ok_or_else(|| {
-            Failure(
+            CommandFailure(
                 "MASKING_KEY_SECRET_ID is not set: rotate-key needs the masking secret with the new version appended (docs/runbooks/leaked-key.md, \"The masking key leaked\")".into(),
                 EXIT_USAGE,
             )
@@ -220,9 +220,9 @@ async fn rotate_key(args: &RotateKeyArgs) -> Result<(), Failure> {
     .map_err(|e| match e {
         // Not done yet; a later run (after maintain's drain) does it.
         e @ crate::privacy::rekey::RekeyError::DrainUnderWay { .. } => {
-            Failure(e.to_string(), EXIT_TEMPFAIL)
+            CommandFailure(e.to_string(), EXIT_TEMPFAIL)
         }
-        e => Failure::from(e),
+        e => CommandFailure::from(e),
     })?;
     info!(
         from = report.from,
@@ -239,7 +239,9 @@ async fn rotate_key(args: &RotateKeyArgs) -> Result<(), Failure> {
 
 /// The key's state and, while a re-key is under way, its exposure window
 /// (what the retired key still opens, and for how long), as JSON.
-async fn rekey_status(client: &tokio_postgres::Client) -> Result<serde_json::Value, Failure> {
+async fn rekey_status(
+    client: &tokio_postgres::Client,
+) -> Result<serde_json::Value, CommandFailure> {
     let s = crate::privacy::rekey::state(client).await?;
     let e = crate::privacy::rekey::exposure(client).await?;
     Ok(serde_json::json!({
@@ -258,12 +260,12 @@ async fn rekey_status(client: &tokio_postgres::Client) -> Result<serde_json::Val
 /// The vault's KMS key (`VAULT_KMS_KEY_ID`), which `reveal` and
 /// `vault-upgrade` name in each `Decrypt`: a wrapped key under any other is
 /// refused by KMS.
-fn vault_key() -> Result<String, Failure> {
+fn vault_key() -> Result<String, CommandFailure> {
     std::env::var("VAULT_KMS_KEY_ID")
         .ok()
         .filter(|k| !k.trim().is_empty())
         .ok_or_else(|| {
-            Failure(
+            CommandFailure(
                 "VAULT_KMS_KEY_ID is not set: give the vault's KMS key (the stack's VaultKeyArn output); every Decrypt names it, so a data key wrapped under another key is never used".into(),
                 2,
             )
@@ -274,7 +276,7 @@ fn vault_key() -> Result<String, Failure> {
 /// [`vault_upgrade::upgrade_vault`]) and prints how many. Needs the upgrade
 /// role's database settings, `VAULT_KMS_KEY_ID` and AWS credentials of
 /// `PiiRevealRole` (kms:Decrypt).
-async fn vault_upgrade() -> Result<(), Failure> {
+async fn vault_upgrade() -> Result<(), CommandFailure> {
     // The profile first: on a masking-only database nothing else applies.
     let mut client = startup::full_profile_connection(
         &DbConfig::from_env()?,
@@ -291,17 +293,17 @@ async fn vault_upgrade() -> Result<(), Failure> {
 }
 
 /// Prints the contract's JSON Schema for these settings.
-fn schema(args: &super::ContractArgs) -> Result<(), Failure> {
+fn schema(args: &super::ContractArgs) -> Result<(), CommandFailure> {
     let contract = args
         .contract()
-        .map_err(|e| Failure(format!("EXTRA_FIELDS: {e}"), EXIT_USAGE))?;
+        .map_err(|e| CommandFailure(format!("EXTRA_FIELDS: {e}"), EXIT_USAGE))?;
     print!("{}", crate::contract::schema::schema_text(&contract));
     Ok(())
 }
 
 /// Examines the database (see `crate::table::doctor`): each finding
 /// with its fix on stdout (or the report as JSON), exit 1 on any.
-async fn doctor(args: &DoctorArgs) -> Result<(), Failure> {
+async fn doctor(args: &DoctorArgs) -> Result<(), CommandFailure> {
     let stack = StackPrincipals {
         function_role: args.function_role_arn.clone().unwrap_or_default(),
         dlq_operator: args.dlq_operator_arn.clone(),
@@ -322,7 +324,7 @@ async fn doctor(args: &DoctorArgs) -> Result<(), Failure> {
     };
     let client = startup::operator_connection(&db).await?;
     let examining = |e: tokio_postgres::Error| {
-        Failure(
+        CommandFailure(
             format!(
                 "examining the database: {}; run doctor as the tables' owner (the migrate role) or an admin",
                 crate::error::describe(&e)
@@ -357,7 +359,7 @@ fn print_doctor(
     args: &DoctorArgs,
     report: &crate::table::doctor::Report,
     on: &str,
-) -> Result<(), Failure> {
+) -> Result<(), CommandFailure> {
     if args.json {
         println!(
             "{}",
@@ -387,7 +389,7 @@ fn print_doctor(
     if report.findings.is_empty() {
         Ok(())
     } else {
-        Err(Failure(
+        Err(CommandFailure(
             format!(
                 "{} finding(s), each with its fix above",
                 report.findings.len()
@@ -449,8 +451,8 @@ async fn doctor_host(db: &DbConfig) -> Option<String> {
 async fn doctor_keys(
     client: &tokio_postgres::Client,
     report: &mut crate::table::doctor::Report,
-) -> Result<(), Failure> {
-    use crate::privacy::key_check::{self, KEY_STATE_SQL, KeyState};
+) -> Result<(), CommandFailure> {
+    use crate::privacy::key_check::{self, KEY_STATE_SQL, RecordedKeys};
     let env = |name: &str| std::env::var(name).ok();
     let masking = crate::config::key_source(&env, "MASKING_KEY", "MASKING_KEY_SECRET_ID")?;
     let erasure = crate::config::key_source(&env, "ERASURE_KEY", "ERASURE_KEY_SECRET_ID")?;
@@ -474,9 +476,9 @@ async fn doctor_keys(
         });
     }
     let row = client.query_one(KEY_STATE_SQL, &[]).await.map_err(|e| {
-        Failure(format!("reading the key state: {}; run doctor as the tables' owner (the migrate role) or an admin", crate::error::describe(&e)), 1)
+        CommandFailure(format!("reading the key state: {}; run doctor as the tables' owner (the migrate role) or an admin", crate::error::describe(&e)), 1)
     })?;
-    let state = KeyState {
+    let state = RecordedKeys {
         version: row.get::<_, i16>(0) as u16,
         masking_check: row.get(1),
         erasure_check: row.get(2),
@@ -536,7 +538,7 @@ async fn doctor_queue(
     function_timeout: u32,
     stack: &StackPrincipals,
     report: &mut crate::table::doctor::Report,
-) -> Result<(), Failure> {
+) -> Result<(), CommandFailure> {
     report.checks.push("queue");
     let wanted = Wanted {
         visibility: Wanted::visibility_for(function_timeout),
@@ -556,7 +558,7 @@ async fn doctor_queue(
 /// stdout. Needs AWS credentials of `DlqOperatorRole` and, for the
 /// function's sealed copies, `DLQ_KMS_KEY_ID` (and `VAULT_KMS_KEY_ID` for
 /// copies sealed under the vault's key before there was one).
-async fn dlq_redrive(args: &DlqRedriveArgs) -> Result<(), Failure> {
+async fn dlq_redrive(args: &DlqRedriveArgs) -> Result<(), CommandFailure> {
     use crate::ingest::redrive::{RedriveOptions, redrive};
     let aws = crate::secrets::sdk_config().await;
     let sqs = aws_sdk_sqs::Client::new(&aws);
@@ -571,7 +573,7 @@ async fn dlq_redrive(args: &DlqRedriveArgs) -> Result<(), Failure> {
             .ok()
             .filter(|k| !k.trim().is_empty())
         else {
-            return Err(Failure(
+            return Err(CommandFailure(
                 "--rebuild seals each rebuilt login under the dead-letter key: set DLQ_KMS_KEY_ID to the stack's DlqKeyArn output and run as DlqOperatorRole".into(),
                 EXIT_USAGE,
             ));
@@ -606,8 +608,10 @@ async fn dlq_redrive(args: &DlqRedriveArgs) -> Result<(), Failure> {
     )
     .await
     .map_err(|e| match e {
-        e @ crate::ingest::redrive::RedriveError::NoKmsKey => Failure(e.to_string(), EXIT_USAGE),
-        e => Failure::from(e),
+        e @ crate::ingest::redrive::RedriveError::NoKmsKey => {
+            CommandFailure(e.to_string(), EXIT_USAGE)
+        }
+        e => CommandFailure::from(e),
     })?;
     println!(
         "{}",
@@ -618,7 +622,7 @@ async fn dlq_redrive(args: &DlqRedriveArgs) -> Result<(), Failure> {
 
 /// Prints the role's grants, or runs them as the connected role (the
 /// tables' owner) with `--apply`.
-async fn grants(args: &GrantsArgs) -> Result<(), Failure> {
+async fn grants(args: &GrantsArgs) -> Result<(), CommandFailure> {
     let sql = crate::grants::sql(args.role, &args.to, &args.schema, args.profile)?;
     if !args.apply {
         print!("{sql}");
@@ -631,7 +635,7 @@ async fn grants(args: &GrantsArgs) -> Result<(), Failure> {
         "as the tables' owner (the migrate role) after login-etl migrate"
     };
     client.batch_execute(&sql).await.map_err(|e| {
-        Failure(
+        CommandFailure(
             format!(
                 "applying the grants of {} to {} failed: {}; nothing was granted (one transaction): run it {who}",
                 args.role.as_str(),
@@ -651,13 +655,13 @@ async fn grants(args: &GrantsArgs) -> Result<(), Failure> {
 }
 
 /// README's setup block in one command: each step's line on stdout.
-async fn setup(args: &super::SetupArgs) -> Result<(), Failure> {
+async fn setup(args: &super::SetupArgs) -> Result<(), CommandFailure> {
     let readers = args
         .reader_arn
         .iter()
         .map(|r| {
             super::setup::reader(r).ok_or_else(|| {
-                    Failure(
+                    CommandFailure(
                         format!("--reader-arn {r}: expected ROLE=ARN, e.g. ingest=arn:aws:iam::123456789012:role/fn"),
                         EXIT_USAGE,
                     )
@@ -694,7 +698,7 @@ async fn setup(args: &super::SetupArgs) -> Result<(), Failure> {
 /// stderr too. Needs the database settings of the reveal role,
 /// `VAULT_KMS_KEY_ID` and AWS credentials of `PiiRevealRole` (the only
 /// principal that may decrypt).
-async fn reveal(args: &RevealArgs) -> Result<(), Failure> {
+async fn reveal(args: &RevealArgs) -> Result<(), CommandFailure> {
     // The profile first: on a masking-only database nothing else applies.
     let mut client = startup::full_profile_connection(
         &DbConfig::from_env()?,
@@ -715,7 +719,7 @@ async fn reveal(args: &RevealArgs) -> Result<(), Failure> {
     )
     .await?;
     if revealed.is_empty() {
-        return Err(Failure(
+        return Err(CommandFailure(
             "nothing to reveal: no such token or user in user_logins".into(),
             EXIT_NOT_FOUND,
         ));
@@ -728,7 +732,7 @@ async fn reveal(args: &RevealArgs) -> Result<(), Failure> {
         }
     }
     if missing > 0 {
-        return Err(Failure(
+        return Err(CommandFailure(
             format!(
                 "{missing} of {} tokens are not in the vault (written before the vault was on, or erased)",
                 revealed.len()
@@ -744,7 +748,7 @@ async fn reveal(args: &RevealArgs) -> Result<(), Failure> {
 /// caller in the audit record) and the erasure key (ERASURE_KEY_SECRET_ID:
 /// the user key is keyed; it cannot compute ip or device tokens). A
 /// deployment without an erasure key gives the masking key instead.
-async fn forget(args: &ForgetArgs) -> Result<(), Failure> {
+async fn forget(args: &ForgetArgs) -> Result<(), CommandFailure> {
     let db = DbConfig::from_env()?;
     let mut client = startup::full_profile_connection(&db, "erasing a user (forget)").await?;
     let env = |name: &str| std::env::var(name).ok();
@@ -762,7 +766,7 @@ async fn forget(args: &ForgetArgs) -> Result<(), Failure> {
     let keys = startup::user_keys(erasure.as_ref(), masking.as_ref(), secrets.as_ref()).await?;
     let done = match forget::forget(&mut client, &args.user_id, &keys, &caller).await {
         Err(e @ (reveal::RevealError::RekeyUnderWay | reveal::RevealError::DrainUnderWay)) => {
-            return Err(Failure(e.to_string(), EXIT_TEMPFAIL));
+            return Err(CommandFailure(e.to_string(), EXIT_TEMPFAIL));
         }
         done => done?,
     };

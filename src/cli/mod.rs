@@ -238,10 +238,10 @@ impl PollArgs {
     }
 }
 
-impl From<&PollArgs> for crate::poll::Options {
+impl From<&PollArgs> for crate::poll::PollOptions {
     fn from(a: &PollArgs) -> Self {
         use std::time::Duration;
-        crate::poll::Options {
+        crate::poll::PollOptions {
             queue_url: a.queue_url.clone(),
             concurrency: a.concurrency,
             batch_size: a.batch_size,

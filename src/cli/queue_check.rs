@@ -63,14 +63,14 @@ impl Wanted {
 /// outage, a reject sent where SQS does not send), and who may read or
 /// rewrite it.
 #[derive(Default)]
-pub(crate) struct Found {
+pub(crate) struct QueueFindings {
     /// Visibility, RedrivePolicy and dead-letter queue.
     pub drains: Vec<Finding>,
     /// Both queues' access policies.
     pub policies: Vec<Finding>,
 }
 
-impl Found {
+impl QueueFindings {
     fn add(list: &mut Vec<Finding>, subject: &str, problem: String, fix: String) {
         list.push(Finding {
             check: "queue",
@@ -88,20 +88,20 @@ pub(crate) async fn examine(
     url: &str,
     wanted: &Wanted,
     stack: &StackPrincipals,
-) -> Found {
-    let mut found = Found::default();
+) -> QueueFindings {
+    let mut found = QueueFindings::default();
     let queue = match Queue::open(long_poll_client(aws), url.to_owned(), None).await {
         Ok(q) => q,
         Err(e) => {
             let problem = format!("{} failed: {}", e.op, e.cause);
-            Found::add(&mut found.drains, url, problem, e.hint.to_owned());
+            QueueFindings::add(&mut found.drains, url, problem, e.hint.to_owned());
             return found;
         }
     };
     let info = queue.info();
     let visibility = info.visibility_timeout;
     if visibility < wanted.visibility {
-        Found::add(
+        QueueFindings::add(
             &mut found.drains,
             url,
             format!(
@@ -140,7 +140,7 @@ pub(crate) async fn examine(
                 "its RedrivePolicy's dead-letter queue was not found ({}: {})",
                 e.op, e.cause
             );
-            Found::add(&mut found.drains, subject, problem, e.hint.to_owned());
+            QueueFindings::add(&mut found.drains, subject, problem, e.hint.to_owned());
             None
         }
     };
@@ -156,7 +156,7 @@ pub(crate) async fn examine(
                 ),
                 true,
             ),
-            Err(e) => Found::add(
+            Err(e) => QueueFindings::add(
                 &mut found.drains,
                 &dlq_url,
                 format!("{} failed: {}", e.op, e.cause),
@@ -184,7 +184,7 @@ fn redrive(drains: &mut Vec<Finding>, url: &str, info: &QueueInfo, wanted: &Want
             Some(dlq) => set_redrive(dlq, least),
             None => "give it a RedrivePolicy naming its dead-letter queue, with the maxReceiveCount doctor then asks for (docs/runbooks/outage.md)".into(),
         };
-        Found::add(
+        QueueFindings::add(
             drains,
             url,
             "has no RedrivePolicy: a message that keeps failing comes back for ever, and nothing dead-letters it".into(),
@@ -194,7 +194,7 @@ fn redrive(drains: &mut Vec<Finding>, url: &str, info: &QueueInfo, wanted: &Want
     };
     let target = info.dead_letter_arn.as_deref().unwrap_or_default();
     if let Some(dlq) = wanted.dead_letter_arn.as_deref().filter(|d| *d != target) {
-        Found::add(
+        QueueFindings::add(
             drains,
             url,
             format!(
@@ -204,7 +204,7 @@ fn redrive(drains: &mut Vec<Finding>, url: &str, info: &QueueInfo, wanted: &Want
         );
     }
     match wanted.receives {
-        Receives::AtLeast(n) if count < n => Found::add(
+        Receives::AtLeast(n) if count < n => QueueFindings::add(
             drains,
             url,
             format!(
@@ -217,7 +217,7 @@ fn redrive(drains: &mut Vec<Finding>, url: &str, info: &QueueInfo, wanted: &Want
                 let (problem, fix) = said
                     .split_once("; set ")
                     .map_or((said.as_str(), ""), |(p, f)| (p, f));
-                Found::add(drains, url, problem.to_owned(), format!("set {fix}"));
+                QueueFindings::add(drains, url, problem.to_owned(), format!("set {fix}"));
             }
         }
         Receives::AtLeast(_) => {}
@@ -238,9 +238,9 @@ fn judge_policy(
     fix: &str,
     dead_letter: bool,
 ) {
-    use super::queue_policy::{Closed, Verdict};
+    use super::queue_policy::{Closed, PolicyVerdict};
     let mut found = |subject: &str, problem: String, fix: String| {
-        Found::add(list, subject, problem, fix);
+        QueueFindings::add(list, subject, problem, fix);
     };
     let closed = match Closed::of(info.policy.as_deref(), &info.arn) {
         Ok(closed) => closed,
@@ -256,15 +256,15 @@ fn judge_policy(
         _ => &stack.function_role,
     };
     match closed.receive.against(std::slice::from_ref(consumer)) {
-        Verdict::Closed => {}
-        Verdict::Open => found(
+        PolicyVerdict::Closed => {}
+        PolicyVerdict::Open => found(
             url,
             format!(
                 "its policy does not refuse ReceiveMessage to other principals: anyone in the account allowed sqs:ReceiveMessage on * reads its messages ({held})"
             ),
             fix.to_owned(),
         ),
-        Verdict::Exempts { extra, missing } => {
+        PolicyVerdict::Exempts { extra, missing } => {
             if !extra.is_empty() {
                 found(
                     url,
@@ -300,15 +300,15 @@ fn judge_policy(
             ("sqs:AddPermission", &closed.add_permission),
         ] {
             let problem = match refused.against(&stack.deploy) {
-                Verdict::Closed => continue,
-                Verdict::Open => format!(
+                PolicyVerdict::Closed => continue,
+                PolicyVerdict::Open => format!(
                     "its policy does not refuse {action} to principals other than the deploy principals: anyone allowed it on * rewrites this policy and opens the queue"
                 ),
-                Verdict::Exempts { extra, missing } if extra.is_empty() => format!(
+                PolicyVerdict::Exempts { extra, missing } if extra.is_empty() => format!(
                     "its policy refuses {action} to the deploy principals {} too: the stack's updates cannot keep this policy",
                     missing.join(", ")
                 ),
-                Verdict::Exempts { extra, .. } => format!(
+                PolicyVerdict::Exempts { extra, .. } => format!(
                     "its policy lets {} besides the deploy principals {action}: they can rewrite this policy and open the queue",
                     extra.join(", ")
                 ),

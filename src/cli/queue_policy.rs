@@ -29,7 +29,7 @@ pub enum Refused {
 
 /// An exemption list against the stack's own principals.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub enum PolicyVerdict {
     /// Refused to all but exactly the stack's own.
     Closed,
     /// Not refused to everyone.
@@ -56,9 +56,9 @@ impl Refused {
     }
 
     /// Judged against `stacks`, the principals the template exempts.
-    pub fn against(&self, stacks: &[String]) -> Verdict {
+    pub fn against(&self, stacks: &[String]) -> PolicyVerdict {
         let Refused::AllBut(exempt) = self else {
-            return Verdict::Open;
+            return PolicyVerdict::Open;
         };
         let stacks: BTreeSet<&str> = stacks.iter().map(String::as_str).collect();
         let extra: Vec<String> = exempt
@@ -72,9 +72,9 @@ impl Refused {
             .map(|p| (*p).to_owned())
             .collect();
         if extra.is_empty() && missing.is_empty() {
-            Verdict::Closed
+            PolicyVerdict::Closed
         } else {
-            Verdict::Exempts { extra, missing }
+            PolicyVerdict::Exempts { extra, missing }
         }
     }
 }
@@ -321,11 +321,14 @@ mod tests {
             ..Closed::default()
         };
         assert_eq!(Closed::of(Some(STACKS_DLQ), DLQ), Ok(all.clone()));
-        assert_eq!(all.receive.against(&arns(&[OP])), Verdict::Closed);
+        assert_eq!(all.receive.against(&arns(&[OP])), PolicyVerdict::Closed);
         assert!(all.move_task.to_everyone());
         // No rewrite statement: open, which doctor judges only with
         // deploy principals.
-        assert_eq!(all.set_attributes.against(&arns(&[DEPLOY])), Verdict::Open);
+        assert_eq!(
+            all.set_attributes.against(&arns(&[DEPLOY])),
+            PolicyVerdict::Open
+        );
     }
 
     #[test]
@@ -337,7 +340,7 @@ mod tests {
         let closed = Closed::of(Some(&sso), DLQ).unwrap();
         assert_eq!(
             closed.receive.against(&arns(&[OP])),
-            Verdict::Exempts {
+            PolicyVerdict::Exempts {
                 extra: arns(&[SSO]),
                 missing: vec![]
             }
@@ -349,7 +352,7 @@ mod tests {
                 .unwrap()
                 .receive
                 .against(&arns(&[OP])),
-            Verdict::Exempts {
+            PolicyVerdict::Exempts {
                 extra: arns(&[SSO]),
                 missing: arns(&[OP])
             }
@@ -366,7 +369,7 @@ mod tests {
                 .unwrap()
                 .receive
                 .against(&arns(&[OP])),
-            Verdict::Closed
+            PolicyVerdict::Closed
         );
         // Exact, order and duplicates aside.
         let twice = STACKS_DLQ.replace(
@@ -378,7 +381,7 @@ mod tests {
                 .unwrap()
                 .receive
                 .against(&arns(&[OP])),
-            Verdict::Closed
+            PolicyVerdict::Closed
         );
     }
 
@@ -387,18 +390,18 @@ mod tests {
         let both = with_rewrite(STACKS_DLQ, REWRITE);
         let closed = Closed::of(Some(&both), DLQ).unwrap();
         for refused in [&closed.set_attributes, &closed.add_permission] {
-            assert_eq!(refused.against(&arns(&[DEPLOY])), Verdict::Closed);
+            assert_eq!(refused.against(&arns(&[DEPLOY])), PolicyVerdict::Closed);
         }
         // Only SetQueueAttributes refused: AddPermission open.
         let set_only = with_rewrite(STACKS_DLQ, &REWRITE.replace(r#""sqs:AddPermission", "#, ""));
         let closed = Closed::of(Some(&set_only), DLQ).unwrap();
         assert_eq!(
             closed.set_attributes.against(&arns(&[DEPLOY])),
-            Verdict::Closed
+            PolicyVerdict::Closed
         );
         assert_eq!(
             closed.add_permission.against(&arns(&[DEPLOY])),
-            Verdict::Open
+            PolicyVerdict::Open
         );
         // An admin exempted beside the deploy role: named.
         let admin = with_rewrite(
@@ -413,7 +416,7 @@ mod tests {
                 .unwrap()
                 .add_permission
                 .against(&arns(&[DEPLOY])),
-            Verdict::Exempts {
+            PolicyVerdict::Exempts {
                 extra: arns(&[SSO]),
                 missing: vec![]
             }

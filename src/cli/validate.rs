@@ -41,10 +41,10 @@ struct Stored {
 }
 
 /// One message's verdict: what it carries (stored), or its reason (rejected).
-type Verdict = Result<Stored, String>;
+type LineVerdict = Result<Stored, String>;
 
 impl Tally {
-    fn add(&mut self, verdict: Result<(&[Defect], &[FieldName]), Rejection>) -> Verdict {
+    fn add(&mut self, verdict: Result<(&[Defect], &[FieldName]), Rejection>) -> LineVerdict {
         match verdict {
             Ok((defects, undeclared)) => {
                 self.valid += 1;
@@ -188,7 +188,7 @@ fn write_verdict(
     out: &mut impl Write,
     key: &str,
     value: &str,
-    verdict: Verdict,
+    verdict: LineVerdict,
 ) -> Result<(), Stop> {
     let list = |name: &str, items: &[String]| {
         if items.is_empty() {

@@ -224,7 +224,7 @@ impl<'a> CopyFacts<'a> {
 
 /// What a copy says of its original: its row key, signed when it was a
 /// producer's, and its body sealed.
-struct Original {
+struct CopiedOriginal {
     message_id: String,
     sent_timestamp: Option<String>,
     signature: Option<String>,
@@ -313,7 +313,7 @@ impl DeadLetterQueue {
     /// or one that says it is a rebuilt login (the DLQ operator's, whatever
     /// else refused it), so that no redrive gives the operator's own login
     /// a row. `None` (with a warning): too large for SQS.
-    fn original_of(&self, r: &Rejected<'_>, masker: &Masker, masked: &str) -> Option<Original> {
+    fn original_of(&self, r: &Rejected<'_>, masker: &Masker, masked: &str) -> Option<CopiedOriginal> {
         if let Some((c, version)) = r
             .message
             .copy_claims()
@@ -329,7 +329,7 @@ impl DeadLetterQueue {
                 sealed: c.sealed,
             };
             if facts.signed_by(masker, c.signature) {
-                return Some(Original {
+                return Some(CopiedOriginal {
                     message_id: c.source_message_id.to_owned(),
                     sent_timestamp: c.source_sent_timestamp.map(str::to_owned),
                     signature: c.source_signature.map(str::to_owned),
@@ -361,7 +361,7 @@ impl DeadLetterQueue {
             let s = sealer.seal(key.message_id, body);
             sealed = Some((s.body, s.key));
         }
-        Some(Original {
+        Some(CopiedOriginal {
             message_id: key.message_id.to_owned(),
             sent_timestamp: key.sent_timestamp.map(str::to_owned),
             signature,

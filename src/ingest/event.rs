@@ -22,7 +22,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-use framing::{Entry, Payload};
+use framing::{ArrayEntry, Payload};
 
 /// One SQS batch as the event-source mapping sends it: its messages, in
 /// queue order, each read on first use.
@@ -110,8 +110,8 @@ impl SqsBatch {
         match &self.source {
             Source::Records(records) => Some(&records[index]),
             Source::Payload(payload) => match payload.get(index).expect("a message at the index") {
-                Entry::Record(record) => Some(record),
-                Entry::Malformed | Entry::Unreadable => None,
+                ArrayEntry::Record(record) => Some(record),
+                ArrayEntry::Malformed | ArrayEntry::Unreadable => None,
             },
         }
     }
@@ -122,7 +122,7 @@ impl SqsBatch {
     pub fn unreadable_at(&self, index: usize) -> bool {
         match &self.source {
             Source::Records(_) => false,
-            Source::Payload(payload) => matches!(payload.get(index), Some(Entry::Unreadable)),
+            Source::Payload(payload) => matches!(payload.get(index), Some(ArrayEntry::Unreadable)),
         }
     }
 
@@ -146,9 +146,9 @@ impl SqsBatch {
             let records = payload
                 .read_all()
                 .filter_map(|e| match e {
-                    Entry::Record(r) => Some(r.clone()),
-                    Entry::Malformed => None,
-                    Entry::Unreadable => panic!("records_mut on a payload that breaks off"),
+                    ArrayEntry::Record(r) => Some(r.clone()),
+                    ArrayEntry::Malformed => None,
+                    ArrayEntry::Unreadable => panic!("records_mut on a payload that breaks off"),
                 })
                 .collect();
             self.source = Source::Records(records);

@@ -51,7 +51,7 @@ pub struct InvocationMetrics {
 }
 
 
-type Output = Arc<dyn Fn(&str) + Send + Sync>;
+type EmfWriter = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// Writes the EMF documents of each invocation.
 pub struct Metrics {
@@ -60,7 +60,7 @@ pub struct Metrics {
     function_name: String,
     cold_start: AtomicBool,
     level: &'static str,
-    output: Output,
+    output: EmfWriter,
 }
 
 impl std::fmt::Debug for Metrics {

@@ -197,7 +197,7 @@ async fn take(
 async fn send_back(
     sqs: &Client,
     options: &RedriveOptions,
-    outgoing: &[(&Message, Original)],
+    outgoing: &[(&Message, SendBack)],
     fifo: bool,
     report: &mut RedriveReport,
     held: &mut Vec<String>,
@@ -247,19 +247,19 @@ fn shown_code(code: &str) -> &str {
 }
 
 /// The message to send back.
-struct Original {
+struct SendBack {
     body: String,
     attributes: HashMap<String, MessageAttributeValue>,
     group: Option<String>,
     /// The FIFO deduplication id: the copy's own message id (an original
     /// that failed again is a new copy, and is sent back again).
     dedup: String,
-    kind: Kind,
+    kind: Recovery,
 }
 
 /// How the message sent back was had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+enum Recovery {
     /// As SQS moved it.
     AsItIs,
     /// Unsealed from the function's copy.
@@ -290,7 +290,7 @@ impl Rebuilder {
         m: &Message,
         source: &str,
         group: Option<String>,
-    ) -> Result<Result<Original, &'static str>, RedriveError> {
+    ) -> Result<Result<SendBack, &'static str>, RedriveError> {
         let body = m.body.clone().unwrap_or_default();
         if crate::contract::copy::parse_copy(&body, &crate::contract::Contract::DEFAULT).is_err() {
             return Ok(Err("copy_holds_no_login"));
@@ -346,17 +346,17 @@ impl Rebuilder {
                 text(row_key_signature.to_owned()),
             ),
         ]);
-        Ok(Ok(Original {
+        Ok(Ok(SendBack {
             body,
             attributes,
             group,
             dedup: m.message_id.clone().unwrap_or_default(),
-            kind: Kind::Rebuilt,
+            kind: Recovery::Rebuilt,
         }))
     }
 }
 
-impl Original {
+impl SendBack {
     /// About what it weighs in a `SendMessageBatch`.
     fn size(&self) -> usize {
         self.body.len()
@@ -369,11 +369,11 @@ impl Original {
     }
 }
 
-fn count_kind(report: &mut RedriveReport, out: &Original) {
+fn count_kind(report: &mut RedriveReport, out: &SendBack) {
     match out.kind {
-        Kind::Unsealed => report.unsealed += 1,
-        Kind::AsItIs => report.as_they_are += 1,
-        Kind::Rebuilt => report.rebuilt += 1,
+        Recovery::Unsealed => report.unsealed += 1,
+        Recovery::AsItIs => report.as_they_are += 1,
+        Recovery::Rebuilt => report.rebuilt += 1,
     }
 }
 
@@ -386,7 +386,7 @@ async fn original(
     m: &Message,
     unsealer: Option<&mut Unsealer>,
     rebuilder: Option<&Rebuilder>,
-) -> Result<Result<Original, &'static str>, RedriveError> {
+) -> Result<Result<SendBack, &'static str>, RedriveError> {
     let group = m
         .attributes
         .as_ref()
@@ -395,12 +395,12 @@ async fn original(
     let id = m.message_id.clone().unwrap_or_default();
     if attribute(m, "rejection_code").is_none() {
         // Moved by SQS: the producer's message, attributes and all.
-        return Ok(Ok(Original {
+        return Ok(Ok(SendBack {
             body: m.body.clone().unwrap_or_default(),
             attributes: m.message_attributes.clone().unwrap_or_default(),
             group,
             dedup: id,
-            kind: Kind::AsItIs,
+            kind: Recovery::AsItIs,
         }));
     }
     // The DLQ operator's own message, or a rebuilt login that did not
@@ -454,12 +454,12 @@ async fn original(
             .map(|v| (name.to_owned(), v.clone()))
     })
     .collect();
-    Ok(Ok(Original {
+    Ok(Ok(SendBack {
         body: body.to_string(),
         attributes,
         group,
         dedup: id,
-        kind: Kind::Unsealed,
+        kind: Recovery::Unsealed,
     }))
 }
 
@@ -500,7 +500,7 @@ async fn receive(sqs: &Client, url: &str, max: i32) -> Result<Vec<Message>, Redr
 async fn send(
     sqs: &Client,
     url: &str,
-    outgoing: &[(&Message, Original)],
+    outgoing: &[(&Message, SendBack)],
     fifo: bool,
 ) -> Result<Vec<usize>, RedriveError> {
     if outgoing.is_empty() {

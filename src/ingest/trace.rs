@@ -447,9 +447,9 @@ mod tests {
 
     /// Keeps every span it is given.
     #[derive(Debug, Clone, Default)]
-    struct Kept(std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_sdk::trace::SpanData>>>);
+    struct KeptSpans(std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_sdk::trace::SpanData>>>);
 
-    impl opentelemetry_sdk::trace::SpanExporter for Kept {
+    impl opentelemetry_sdk::trace::SpanExporter for KeptSpans {
         async fn export(
             &self,
             batch: Vec<opentelemetry_sdk::trace::SpanData>,
@@ -461,7 +461,7 @@ mod tests {
 
     #[test]
     fn a_batch_links_each_trace_once_and_twenty_at_most() {
-        let kept = Kept::default();
+        let kept = KeptSpans::default();
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
             .with_simple_exporter(kept.clone())
             .build();

@@ -45,7 +45,7 @@ pub mod queue;
 
 pub use options::{
     DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TIMEOUT_SECONDS, DEFAULT_CONCURRENCY,
-    DEFAULT_GRACE_PERIOD_SECONDS, Options, PollError,
+    DEFAULT_GRACE_PERIOD_SECONDS, PollOptions, PollError,
 };
 
 use std::collections::HashSet;
@@ -121,7 +121,7 @@ struct Started {
 
 /// The cold start: configuration, the queue's settings, the handler (the
 /// secrets, the database), the health endpoint.
-async fn start(options: &Options) -> Result<Started, PollError> {
+async fn start(options: &PollOptions) -> Result<Started, PollError> {
     let mut config = Config::for_consumer_from_env()?;
     config.source_queue_url = Some(options.queue_url.clone());
     let (queue, dlq_from) = open_queue(options, &mut config).await?;
@@ -147,7 +147,7 @@ async fn start(options: &Options) -> Result<Started, PollError> {
 /// Runs the consumer until SIGTERM or SIGINT; returns its counts. The
 /// signals are heard from the first moment: one during the cold start
 /// (a pod stopped while it starts) stops it cleanly, before any receive.
-pub async fn run(options: Options) -> Result<Arc<Stats>, PollError> {
+pub async fn run(options: PollOptions) -> Result<Arc<Stats>, PollError> {
     options.validate()?;
     use tokio::signal::unix::{SignalKind, signal};
     let mut sigterm =
@@ -267,7 +267,7 @@ async fn finish(
 /// `DLQ_URL`, or else the queue's `RedrivePolicy` target. Returns the queue
 /// and where the DLQ came from (for the start line).
 async fn open_queue(
-    options: &Options,
+    options: &PollOptions,
     config: &mut Config,
 ) -> Result<(Queue, &'static str), PollError> {
     let aws = crate::secrets::sdk_config().await;
@@ -329,7 +329,7 @@ const KEYS_AT_START_WITHIN: Duration = Duration::from_secs(10);
 /// database probe (a `SELECT 1` on a connection of its own, every
 /// [`health::PROBE_INTERVAL`]).
 async fn serve_health(
-    options: &Options,
+    options: &PollOptions,
     handler: &BatchHandler,
     refused_at_start: Option<String>,
 ) -> Result<Arc<Health>, PollError> {

@@ -22,7 +22,7 @@ pub const DEFAULT_GRACE_PERIOD_SECONDS: u64 = 25;
 pub const MAX_BATCH_SIZE: usize = 10_000;
 /// The consumer's settings (the command line of `login-etl poll`).
 #[derive(Debug, Clone)]
-pub struct Options {
+pub struct PollOptions {
     /// The source queue's URL.
     pub queue_url: String,
     /// Batches in flight, each on a database connection of its own.
@@ -41,7 +41,7 @@ pub struct Options {
     pub health_addr: Option<SocketAddr>,
 }
 
-impl Options {
+impl PollOptions {
     /// Refuses settings that cannot work, saying what to change.
     pub fn validate(&self) -> Result<(), PollError> {
         let usage = |m: &str| Err(PollError::Usage(m.into()));

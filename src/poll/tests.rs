@@ -2,8 +2,8 @@
 
 use super::*;
 
-fn options() -> Options {
-    Options {
+fn options() -> PollOptions {
+    PollOptions {
         queue_url: "https://sqs.us-east-1.amazonaws.com/123456789012/logins".into(),
         concurrency: DEFAULT_CONCURRENCY,
         batch_size: DEFAULT_BATCH_SIZE,
@@ -42,44 +42,44 @@ fn a_batch_window_must_end_well_within_the_visibility_timeout() {
 #[test]
 fn the_defaults_are_valid_and_impossible_settings_are_usage_errors() {
     options().validate().unwrap();
-    let bad: Vec<(Options, &str)> = vec![
+    let bad: Vec<(PollOptions, &str)> = vec![
         (
-            Options {
+            PollOptions {
                 concurrency: 0,
                 ..options()
             },
             "--concurrency",
         ),
         (
-            Options {
+            PollOptions {
                 batch_size: 10_001,
                 ..options()
             },
             "--batch-size",
         ),
         (
-            Options {
+            PollOptions {
                 batch_size: 100,
                 ..options()
             },
             "--batch-window",
         ),
         (
-            Options {
+            PollOptions {
                 grace_period: Duration::from_secs(20),
                 ..options()
             },
             "--grace-period",
         ),
         (
-            Options {
+            PollOptions {
                 queue_url: "logins".into(),
                 ..options()
             },
             "--queue-url",
         ),
         (
-            Options {
+            PollOptions {
                 visibility_timeout: Some(0),
                 ..options()
             },
@@ -92,7 +92,7 @@ fn the_defaults_are_valid_and_impossible_settings_are_usage_errors() {
             other => panic!("{names}: {other:?}"),
         }
     }
-    Options {
+    PollOptions {
         batch_size: 100,
         batch_window: Duration::from_secs(1),
         ..options()

@@ -9,7 +9,7 @@ use crate::table::doctor::Finding;
 
 /// What the database records of the keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyState {
+pub struct RecordedKeys {
     /// The current masking-key version.
     pub version: u16,
     /// The masking key's check value, once recorded.
@@ -28,7 +28,7 @@ const LEAKED_KEY: &str = "docs/runbooks/leaked-key.md, \"The masking key leaked\
 /// The findings for the keys given (either may be absent: only what is
 /// given is checked).
 pub fn findings(
-    state: &KeyState,
+    state: &RecordedKeys,
     masking: Option<&KeyVersions>,
     erasure: Option<&KeyVersions>,
 ) -> Vec<Finding> {
@@ -100,7 +100,7 @@ fn behind(v: u16, var: &str, held: u16) -> (String, String) {
 
 /// The erasure key's findings (see [`findings`]).
 fn erasure_findings(
-    state: &KeyState,
+    state: &RecordedKeys,
     e: &KeyVersions,
     masking: Option<&KeyVersions>,
     found: &mut impl FnMut(&str, String, String),
@@ -156,12 +156,12 @@ mod tests {
     const B: &str = "1b9d3f6e0a5c8b2d7f4e1a9c3b6d0f8e2a5c7b9d1f4e6a8c0b2d4f6e8f2c7e4a";
     const C: &str = "0a5c8b2d7f4e1a9c3b6d0f8e2a5c7b9d1f4e6a8c0b2d4f6e8f2c7e4a1b9d3f6e";
 
-    fn state_of(masking: &KeyVersions, erasure: &KeyVersions, version: u16) -> KeyState {
+    fn state_of(masking: &KeyVersions, erasure: &KeyVersions, version: u16) -> RecordedKeys {
         let m = Masker::versions(masking, Some(erasure))
             .unwrap()
             .at(version)
             .unwrap();
-        KeyState {
+        RecordedKeys {
             version,
             masking_check: Some(m.check().as_str().to_owned()),
             erasure_check: Some(m.users().check().as_str().to_owned()),
@@ -191,7 +191,7 @@ mod tests {
                 && f[0].fix.contains("rotate-key ran with")
         );
         // Nothing recorded yet: nothing to compare.
-        let fresh = KeyState {
+        let fresh = RecordedKeys {
             version: 1,
             masking_check: None,
             erasure_check: None,
@@ -210,7 +210,7 @@ mod tests {
             "{f:?}"
         );
         // An erasure key where the list's keys are derived is not used.
-        let derived = KeyState {
+        let derived = RecordedKeys {
             erasure_derived: true,
             ..state
         };
@@ -220,7 +220,7 @@ mod tests {
             "{f:?}"
         );
         // Keyed first without the erasure key: named as such, with the runbook.
-        let keyed_without = KeyState {
+        let keyed_without = RecordedKeys {
             erasure_check: Some(
                 Masker::versions(&m, None)
                     .unwrap()

@@ -155,7 +155,7 @@ impl KeyState {
         };
         let row = answered(statement, until, statement.row(client, &[&known]))
             .await
-            .map_err(Failure::worded)?;
+            .map_err(StatementFailure::worded)?;
         let key = row.get::<_, i16>(2) as u16;
         let keys: HashSet<String> = row.get::<_, Vec<String>>(1).into_iter().collect();
         let users = match &self.list {
@@ -220,13 +220,13 @@ impl KeyState {
 
 /// How a statement sent here failed: refused by the server (or the
 /// connection broke), or no answer by its time.
-enum Failure {
+enum StatementFailure {
     Refused(Failed),
     Answered(DbError),
 }
-use Failure::{Answered, Refused};
+use StatementFailure::{Answered, Refused};
 
-impl Failure {
+impl StatementFailure {
     /// As its class says ([`Class`]), as the batch's write reads a
     /// failure: a missing grant or a schema not migrated is the
     /// deployment's (their own failure classes); another transaction, the
@@ -274,7 +274,7 @@ async fn answered<T>(
     statement: &Statement,
     until: Instant,
     sent: impl Future<Output = Result<T, Failed>>,
-) -> Result<T, Failure> {
+) -> Result<T, StatementFailure> {
     let bound = until.saturating_duration_since(Instant::now());
     match timeout_at(until.into(), sent).await {
         Ok(Ok(answer)) => Ok(answer),

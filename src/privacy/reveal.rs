@@ -112,7 +112,7 @@ pub struct Revealed {
 }
 
 /// One vault entry `login_etl_reveal` gave out, its record committed.
-struct Entry {
+struct GivenEntry {
     kind: Kind,
     token: String,
     /// `None` when the vault holds nothing for the token.
@@ -138,7 +138,7 @@ async fn read_and_audit(
     client: &Client,
     target: &Target,
     caller_arn: &str,
-) -> Result<Vec<Entry>, RevealError> {
+) -> Result<Vec<GivenEntry>, RevealError> {
     let (kinds, tokens, user): (Vec<&str>, Vec<&str>, Option<&str>) = match target {
         Target::IpToken(t) => (vec![Kind::Ip.as_str()], vec![t.as_str()], None),
         Target::DeviceToken(t) => (vec![Kind::DeviceId.as_str()], vec![t.as_str()], None),
@@ -181,7 +181,7 @@ async fn read_and_audit(
                 wrapped: r.get(5),
                 aad: r.get(6),
             });
-            Ok(Entry {
+            Ok(GivenEntry {
                 kind,
                 token: r.get(1),
                 sealed,
@@ -209,7 +209,7 @@ pub async fn reveal(
     let found = read_and_audit(client, target, caller_arn).await?;
     let mut keys: HashMap<String, DataKey> = HashMap::new();
     let mut out = Vec::new();
-    for Entry {
+    for GivenEntry {
         kind,
         token,
         sealed,

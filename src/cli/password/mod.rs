@@ -328,11 +328,11 @@ impl Admin {
                     } else {
                         match found {
                             // A run stopped between the policy and the password: finished now.
-                            Ok(policy::Found::Ours(_)) if secret.password.is_empty() => {
+                            Ok(policy::PolicyKind::Ours(_)) if secret.password.is_empty() => {
                                 let (password, arn) = renew(arn.clone()).await?;
                                 (password, arn, true)
                             }
-                            Ok(policy::Found::Ours(had)) => {
+                            Ok(policy::PolicyKind::Ours(had)) => {
                                 // A --reader-arn not named yet: the policy widened to it.
                                 if principals.iter().any(|p| !had.contains(p)) {
                                     secrets
@@ -342,13 +342,13 @@ impl Admin {
                                 }
                                 (Zeroizing::new(secret.password), arn.clone(), false)
                             }
-                            Ok(policy::Found::Stacks) if args.new_password => {
+                            Ok(policy::PolicyKind::Stacks) if args.new_password => {
                                 return Err(format!(
                                     "secret {id} is protected by its stack (ProtectDbSecret), whose function reads it: --new-password would take it from the function; nothing was changed. Rotate it with Secrets Manager, or run without --new-password"
                                 ));
                             }
-                            Ok(policy::Found::Stacks) => (Zeroizing::new(secret.password), arn.clone(), false),
-                            Ok(policy::Found::Setup) if args.new_password => {
+                            Ok(policy::PolicyKind::Stacks) => (Zeroizing::new(secret.password), arn.clone(), false),
+                            Ok(policy::PolicyKind::Setup) if args.new_password => {
                                 return Err(format!(
                                     "secret {id} was made by its stack's setup, whose functions read it: --new-password would take it from them; nothing was changed. Update the stack to renew it, or run without --new-password"
                                 ));
@@ -357,7 +357,7 @@ impl Admin {
                             // reads it as it is, once its password is shown to log
                             // in as the role (a policy is anyone's to write; the
                             // role's password is not).
-                            Ok(policy::Found::Setup) => {
+                            Ok(policy::PolicyKind::Setup) => {
                                 if !self.logs_in(&args.role, &secret.password).await? {
                                     return Err(format!(
                                         "secret {id} carries a stack's setup policy, but its password does not log in as {}: whoever made it may know it; nothing was changed. Update the stack (its setup renews the secret), or delete the secret and run again",

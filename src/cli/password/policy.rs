@@ -104,7 +104,7 @@ pub fn only(principals: &[String], rewriters: &[String]) -> String {
 
 /// What a secret's policy is, as [`check`] read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Found {
+pub enum PolicyKind {
     /// One [`only`] made, naming these principals (all among the allowed).
     Ours(Vec<String>),
     /// The one a stack put ([`STACK_SID`]): read, never rewritten.
@@ -180,7 +180,7 @@ pub fn protects(policy: &str) -> Result<(bool, Vec<String>), String> {
 /// account: its statement denies reading to everybody but them, on the
 /// whole secret, with no other condition to narrow it. `Err` says what is
 /// wrong with it.
-pub fn check(policy: &str, allowed: &[String]) -> Result<Found, String> {
+pub fn check(policy: &str, allowed: &[String]) -> Result<PolicyKind, String> {
     let (stacks, named) = protects(policy)?;
     let account = allowed.first().map_or("", |a| account_of(a));
     // A stack's setup resource names its own role (`-SetupRole-`), its
@@ -225,11 +225,11 @@ pub fn check(policy: &str, allowed: &[String]) -> Result<Found, String> {
         ));
     }
     Ok(if stacks {
-        Found::Stacks
+        PolicyKind::Stacks
     } else if setup {
-        Found::Setup
+        PolicyKind::Setup
     } else {
-        Found::Ours(named)
+        PolicyKind::Ours(named)
     })
 }
 
@@ -274,7 +274,7 @@ mod tests {
         let allowed = [admin.clone(), ops.clone()];
         assert_eq!(
             check(&only(std::slice::from_ref(&admin), &[]), &allowed),
-            Ok(Found::Ours(vec![admin.clone()]))
+            Ok(PolicyKind::Ours(vec![admin.clone()]))
         );
         assert!(check(&only(&allowed, &[]), &allowed).is_ok());
         let wider = check(
@@ -312,7 +312,7 @@ mod tests {
         let function = "arn:aws:iam::123456789012:role/login-etl-LoginEtlRole-AbC123";
         assert_eq!(
             check(&stack(&[function, &admin]), &allowed),
-            Ok(Found::Stacks)
+            Ok(PolicyKind::Stacks)
         );
         assert!(check(&stack(&[function, "arn:aws:iam::1:role/other"]), &allowed).is_err());
         let foreign = "arn:aws:iam::999999999999:role/x-LoginEtlRole-Y";
@@ -333,7 +333,7 @@ mod tests {
         let setup = "arn:aws:iam::123456789012:role/login-etl-SetupRole-XyZ789";
         ours["Statement"][0]["Condition"]["ArnNotLike"]["aws:PrincipalArn"] =
             json!([setup, function]);
-        assert_eq!(check(&ours.to_string(), &allowed), Ok(Found::Setup));
+        assert_eq!(check(&ours.to_string(), &allowed), Ok(PolicyKind::Setup));
         ours["Statement"][0]["Condition"]["ArnNotLike"]["aws:PrincipalArn"] =
             json!([setup, function, "arn:aws:iam::123456789012:role/eve"]);
         assert!(
@@ -366,7 +366,7 @@ mod tests {
         // Read as it was: the reading statement decides, by its own id.
         assert_eq!(
             check(&policy, &["arn:aws:iam::123456789012:role/admins".into()]),
-            Ok(Found::Setup)
+            Ok(PolicyKind::Setup)
         );
     }
 
@@ -377,7 +377,7 @@ mod tests {
         let sso = "arn:aws:iam::123456789012:role/aws-reserved/sso.amazonaws.com/AWSReservedSSO_Admin_0a1b";
         let setup = "arn:aws:iam::123456789012:role/login-etl-SetupRole-XyZ789";
         let policy = only(&[setup.into(), sso.into()], &[]);
-        assert_eq!(check(&policy, &admin), Ok(Found::Setup));
+        assert_eq!(check(&policy, &admin), Ok(PolicyKind::Setup));
         // Another role of that path is not.
         let other = only(&[setup.into(), sso.replace("Admin_0a1b", "Other_9z")], &[]);
         assert!(check(&other, &admin).is_err());

@@ -63,7 +63,7 @@ pub struct Plan {
 /// What setup leaves: each role's secret ARN (password auth) and what
 /// `migrate` said.
 #[derive(Debug, Default)]
-pub struct Report {
+pub struct SetupReport {
     /// (role, the ARN of its secret).
     pub secrets: Vec<(Role, String)>,
     /// `migrate`'s line: the target, applied or already current.
@@ -129,7 +129,7 @@ pub async fn run(
     admin_db: &DbConfig,
     base: &(dyn Fn(&str) -> Option<String> + Sync),
     progress: &mut (dyn FnMut(&str) + Send),
-) -> Result<Report, String> {
+) -> Result<SetupReport, String> {
     plan.check()?;
     let aws = crate::secrets::sdk_config().await;
     let admin = Admin::connect(
@@ -158,7 +158,7 @@ pub async fn run(
         ..plan.clone()
     };
     progress(&format!("schema {}", plan.schema));
-    let mut report = Report::default();
+    let mut report = SetupReport::default();
     let roles = plan.roles();
     // Whose roles: this deployment's secrets, in its account and region
     // (a stack of the same name elsewhere is another deployment).

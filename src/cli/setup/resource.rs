@@ -23,7 +23,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::{error, info};
 
-use super::{Auth, Plan, Report};
+use super::{Auth, Plan, SetupReport};
 use crate::database::settings::DbConfig;
 use crate::profile::Profile;
 use crate::table::privileges::Role;
@@ -348,7 +348,7 @@ fn response_url_is_cloudformations(url: &str, configured: &Configured) -> Result
 
 /// The resource's attributes: each role's secret ARN (`IngestSecretArn`, ...)
 /// and the schema's line.
-fn data(report: &Report) -> Value {
+fn data(report: &SetupReport) -> Value {
     let mut data = serde_json::Map::new();
     for (role, arn) in &report.secrets {
         let name = role.as_str();
@@ -444,7 +444,7 @@ async fn queue_fits(p: &Properties) -> Result<(), String> {
 async fn set_up(
     p: &Properties,
     env: &(dyn Fn(&str) -> Option<String> + Sync),
-) -> Result<Report, String> {
+) -> Result<SetupReport, String> {
     let plan = plan(p)?;
     let aws = crate::secrets::sdk_config().await;
     let master = crate::secrets::Secrets::new(&aws)
@@ -914,7 +914,7 @@ mod tests {
         let failed = answer(&r, Err("é".repeat(5_000)));
         assert_eq!(failed["Status"], "FAILED");
         assert!(failed["Reason"].as_str().unwrap().len() <= REASON_MAX);
-        let report = Report {
+        let report = SetupReport {
             secrets: vec![(Role::Maintain, "m".into())],
             schema: "x".into(),
         };

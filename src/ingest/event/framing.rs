@@ -9,7 +9,7 @@
 //! syntax, and each value's bytes are checked as UTF-8 (serde_json checks
 //! only the strings it keeps), as a whole-payload parse would. A syntax
 //! error or a bad byte becomes the batch's last entry,
-//! [`Entry::Unreadable`], found when the reading reaches it: the handler
+//! [`ArrayEntry::Unreadable`], found when the reading reaches it: the handler
 //! fails the invocation before anything commits.
 
 use std::sync::Mutex;
@@ -22,7 +22,7 @@ use super::{NotAnSqsEvent, SqsRecord};
 /// One message of the array, as read.
 // Kept inline in the list's buckets: one entry per message, no box.
 #[allow(clippy::large_enum_variant)]
-pub(super) enum Entry {
+pub(super) enum ArrayEntry {
     /// An SQS message.
     Record(SqsRecord),
     /// JSON, but not an SQS message (a field of the wrong type).
@@ -37,7 +37,7 @@ pub(super) struct Payload {
     /// Append-only, so a message read stays where it is while later ones
     /// are read (the handler holds on to the earlier rows); reading an
     /// entry takes no lock (the handler asks for each several times).
-    entries: boxcar::Vec<Entry>,
+    entries: boxcar::Vec<ArrayEntry>,
     cursor: Mutex<Cursor>,
 }
 
@@ -79,7 +79,7 @@ impl Payload {
     }
 
     /// The entry at `index`, read now if it was not yet; `None` past the end.
-    pub(super) fn get(&self, index: usize) -> Option<&Entry> {
+    pub(super) fn get(&self, index: usize) -> Option<&ArrayEntry> {
         if let Some(entry) = self.entries.get(index) {
             return Some(entry);
         }
@@ -98,7 +98,7 @@ impl Payload {
 
     /// Reads the next message, or the end of the array (then `None`, or
     /// `Unreadable` when what follows it is not the rest of the object).
-    fn next(&self, cursor: &mut Cursor) -> Option<Entry> {
+    fn next(&self, cursor: &mut Cursor) -> Option<ArrayEntry> {
         let b = &self.bytes[..];
         let mut at = skip_ws(b, cursor.at);
         // Every call before the end adds an entry: none yet, no message read.
@@ -112,28 +112,28 @@ impl Payload {
             (_, true) => false,
             _ => {
                 cursor.done = true;
-                return Some(Entry::Unreadable);
+                return Some(ArrayEntry::Unreadable);
             }
         };
         if end {
             cursor.done = true;
             let rest = rest_of_object(b, at + 1).and_then(|()| utf8(&b[at..]));
-            return rest.is_err().then_some(Entry::Unreadable);
+            return rest.is_err().then_some(ArrayEntry::Unreadable);
         }
         let (entry, after) = match value::<SqsRecord>(b, at) {
-            Some((record, after)) => (Entry::Record(record), after),
+            Some((record, after)) => (ArrayEntry::Record(record), after),
             // Not an SQS message; the array goes on if it is JSON.
             None => match value::<IgnoredAny>(b, at) {
-                Some((_, after)) => (Entry::Malformed, after),
+                Some((_, after)) => (ArrayEntry::Malformed, after),
                 None => {
                     cursor.done = true;
-                    return Some(Entry::Unreadable);
+                    return Some(ArrayEntry::Unreadable);
                 }
             },
         };
         if utf8(&b[at..after]).is_err() {
             cursor.done = true;
-            return Some(Entry::Unreadable);
+            return Some(ArrayEntry::Unreadable);
         }
         if first {
             cursor.first_bytes = after - at;
@@ -146,7 +146,7 @@ impl Payload {
     /// first message's (read now); 0 when the first is not an SQS message
     /// (the batch will fail: no COPY is opened for it).
     pub(super) fn size_hint(&self) -> usize {
-        if !matches!(self.get(0), Some(Entry::Record(_))) {
+        if !matches!(self.get(0), Some(ArrayEntry::Record(_))) {
             return 0;
         }
         let first = self.cursor.lock().map_or(0, |c| c.first_bytes);
@@ -165,7 +165,7 @@ impl Payload {
     }
 
     /// Every entry, read now.
-    pub(super) fn read_all(&self) -> impl Iterator<Item = &Entry> {
+    pub(super) fn read_all(&self) -> impl Iterator<Item = &ArrayEntry> {
         (0..).map_while(|i| self.get(i))
     }
 
@@ -174,14 +174,14 @@ impl Payload {
         let _ = self.get(usize::MAX);
         let n = self.entries.count();
         match n.checked_sub(1).and_then(|last| self.entries.get(last)) {
-            Some(Entry::Unreadable) => n - 1,
+            Some(ArrayEntry::Unreadable) => n - 1,
             _ => n,
         }
     }
 }
 
 /// What a poisoned cursor reads as.
-static UNREADABLE: Entry = Entry::Unreadable;
+static UNREADABLE: ArrayEntry = ArrayEntry::Unreadable;
 
 /// The bytes are UTF-8 (what serde_json skips, it does not check).
 fn utf8(b: &[u8]) -> Result<(), NotAnSqsEvent> {

@@ -13,7 +13,7 @@ use crate::ingest::dlq::CopyFacts;
 use crate::ingest::event::{SqsBatch, SqsRecord};
 use crate::ingest::record;
 use crate::ingest::sink::BatchWriter;
-use crate::privacy::dead_letter::rebuilt::{Rebuilt, Verdict};
+use crate::privacy::dead_letter::rebuilt::{Rebuilt, SealVerdict};
 use crate::privacy::keys::BatchKeys;
 use crate::privacy::masking::Masker;
 
@@ -150,14 +150,14 @@ impl BatchHandler {
             body: message.body.as_deref().unwrap_or_default(),
         };
         match verifier.verify(&rebuilt, seal).await {
-            Ok(Verdict::Sealed) => Some(record::transform_rebuilt(
+            Ok(SealVerdict::Sealed) => Some(record::transform_rebuilt(
                 claim,
                 message,
                 masker,
                 &self.contract,
                 chrono::Utc::now(),
             )),
-            Ok(Verdict::Broken) => Some(Err(Rejection::RebuiltLoginUnverified)),
+            Ok(SealVerdict::Broken) => Some(Err(Rejection::RebuiltLoginUnverified)),
             Err(e) => {
                 warn!(message_id = claim.message_id, error = %e, "the seal of a rebuilt login could not be checked; it comes back");
                 None

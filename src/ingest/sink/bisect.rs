@@ -4,14 +4,14 @@
 //! - [`PgSink::try_range`]: one attempt at a range: its connection, its
 //!   vault entries, the floor to recount from were its reply lost;
 //! - [`PgSink::after_failure`]: the retry policy (split, retry, reconnect,
-//!   give up) for each kind of [`Failure`].
+//!   give up) for each kind of [`WriteFailure`].
 
 use std::ops::Range;
 
 use tracing::{debug, trace, warn};
 
 use super::budget::Budget;
-use super::classify::{self, Failure, Unframed};
+use super::classify::{self, WriteFailure, Unframed};
 use super::insert;
 use super::tx::VaultRows;
 use super::tx::XidFloor;
@@ -176,7 +176,7 @@ impl PgSink {
                 }
                 Ok(Next::Committed(done.inserted))
             }
-            Err(Failure::Row(_)) if alone => Ok(Next::Reframe),
+            Err(WriteFailure::Row(_)) if alone => Ok(Next::Reframe),
             Err(failure) => {
                 let single = range.len() == 1;
                 self.after_failure(failure, single, recount, since, budget)
@@ -190,16 +190,16 @@ impl PgSink {
     /// the floor before it: a retry after a lost reply recounts from there.
     async fn after_failure(
         &mut self,
-        failure: Failure,
+        failure: WriteFailure,
         single: bool,
         recount: Option<XidFloor>,
         since: Option<XidFloor>,
         budget: &mut Budget,
     ) -> Result<Next, DbError> {
         match failure {
-            Failure::Row(why) if single => Ok(Next::Refused(why)),
-            Failure::Row(_) => Ok(Next::Split),
-            Failure::Conflict(cause) => {
+            WriteFailure::Row(why) if single => Ok(Next::Refused(why)),
+            WriteFailure::Row(_) => Ok(Next::Split),
+            WriteFailure::Conflict(cause) => {
                 if !budget.take_conflict_retry() {
                     return Err(DbError::Conflicts {
                         op: "inserting the batch",
@@ -210,13 +210,13 @@ impl PgSink {
                 tokio::time::sleep(CONFLICT_PAUSE).await;
                 Ok(Next::Retry(recount))
             }
-            Failure::Transient(cause) => {
+            WriteFailure::Transient(cause) => {
                 // The COMMIT may have landed: recount from before it.
                 self.reconnect_or_fail(budget, OP, cause).await?;
                 Ok(Next::Retry(since))
             }
-            Failure::Fatal(e) => Err(e),
-            Failure::Unframed(why) => {
+            WriteFailure::Fatal(e) => Err(e),
+            WriteFailure::Unframed(why) => {
                 match why {
                     Unframed::Isolation => warn!(
                         "the write's transaction was not at READ COMMITTED (a default_transaction_isolation stored for the database role since it connected): this connection's writes take the framed transaction; `login-etl doctor` names the setting and its fix"
@@ -230,8 +230,8 @@ impl PgSink {
             }
             // Raised beside the COMMIT sent with it, which ended the
             // transaction: nothing to roll back.
-            Failure::Outdated => Err(DbError::BatchOutdated),
-            Failure::RecountDenied => {
+            WriteFailure::Outdated => Err(DbError::BatchOutdated),
+            WriteFailure::RecountDenied => {
                 warn!(
                     "the database role may not read user_logins_rows.xmin, so rows a lost attempt committed count as duplicates; GRANT SELECT (message_id, sent_at, xmin) ON user_logins_rows to count them as inserted"
                 );

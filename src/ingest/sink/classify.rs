@@ -6,7 +6,7 @@ use crate::error::{DbError, Misconfiguration, describe};
 
 /// How one database operation failed, by what can be done about it.
 #[derive(Debug)]
-pub(crate) enum Failure {
+pub(crate) enum WriteFailure {
     /// The data of some row was refused (data or constraint error, also at
     /// COMMIT): bisect to find it.
     Row(String),
@@ -46,41 +46,41 @@ pub(crate) enum Unframed {
 /// Sorts a statement failure by what can be done about it: the shared
 /// classification ([`Class`]), with what only the batch's write adds (its
 /// own refusals, and which undefined function is the schema's fault).
-pub(crate) fn classify(e: &tokio_postgres::Error) -> Failure {
+pub(crate) fn classify(e: &tokio_postgres::Error) -> WriteFailure {
     let code = e.code().map_or("", |state| state.code());
     match Own::of(e) {
-        Some(Own::ErasuresChanged | Own::KeyVersionChanged) => return Failure::Outdated,
-        Some(Own::IsolationRefused) => return Failure::Unframed(Unframed::Isolation),
+        Some(Own::ErasuresChanged | Own::KeyVersionChanged) => return WriteFailure::Outdated,
+        Some(Own::IsolationRefused) => return WriteFailure::Unframed(Unframed::Isolation),
         _ => {}
     }
     if Class::of(e) == Class::Privilege
         && matches!(denied(e), Some(("function", "login_etl_write_tx")))
     {
-        return Failure::Unframed(Unframed::NoExecute);
+        return WriteFailure::Unframed(Unframed::NoExecute);
     }
     match Class::of(e) {
-        Class::Conflict(_) => Failure::Conflict(describe(e)),
-        Class::Unavailable => Failure::Transient(describe(e)),
-        Class::Row => Failure::Row(describe_refusal(e)),
+        Class::Conflict(_) => WriteFailure::Conflict(describe(e)),
+        Class::Unavailable => WriteFailure::Transient(describe(e)),
+        Class::Row => WriteFailure::Row(describe_refusal(e)),
         // The configuration, not the database: a missing grant, a schema
         // not migrated (a table, column or function of login-etl's
         // missing; another function's is a trigger's or an extension's:
         // below). Their own failure classes.
-        Class::Privilege => Failure::Fatal(DbError::Misconfigured {
+        Class::Privilege => WriteFailure::Fatal(DbError::Misconfigured {
             what: Misconfiguration::PrivilegeMissing,
             op: "the insert into user_logins",
             cause: describe(e),
             hint: crate::grants::privilege_hint(e).into(),
         }),
         Class::Schema if code != "42883" || names_own_function(e) => {
-            Failure::Fatal(DbError::Misconfigured {
+            WriteFailure::Fatal(DbError::Misconfigured {
                 what: Misconfiguration::SchemaIncomplete,
                 op: "the insert into user_logins",
                 cause: describe(e),
                 hint: "; the schema is missing or not upgraded: run `make migrate` (login-etl migrate) or set RUN_MIGRATIONS=true".into(),
             })
         }
-        _ => Failure::Fatal(DbError::Fatal {
+        _ => WriteFailure::Fatal(DbError::Fatal {
             op: "the insert into user_logins",
             // Class 42 (syntax, undefined objects, privileges) names objects,
             // never values; any other class may be a trigger's own code with

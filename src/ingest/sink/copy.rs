@@ -22,7 +22,7 @@ use futures_util::SinkExt;
 use tokio::time::timeout;
 use tokio_postgres::{Client, CopyInSink};
 
-use super::classify::{Failure, classify};
+use super::classify::{WriteFailure, classify};
 use super::tx::VaultRows;
 use super::tx::{XidFloor, no_answer, refuse_erased, vault_and_commit};
 use crate::contract::LoginRow;
@@ -43,12 +43,12 @@ pub struct CopyIn {
     /// Rows encoded and not yet sent.
     buf: BytesMut,
     bound: Duration,
-    failure: Option<Failure>,
+    failure: Option<WriteFailure>,
 }
 
 /// How a COPY ended when it did not commit.
 pub(crate) struct CopyFailed {
-    pub failure: Failure,
+    pub failure: WriteFailure,
     /// The COMMIT was sent and its answer never came: the rows may be in.
     pub outcome_unknown: bool,
     /// The server answered the COMMIT sent with the failed statement: the
@@ -62,7 +62,7 @@ impl CopyIn {
         client: &Client,
         begin: &str,
         client_bound: Duration,
-    ) -> Result<Self, Failure> {
+    ) -> Result<Self, WriteFailure> {
         let started = timeout(client_bound, async {
             let (begun, copy) = tokio::join!(
                 client.batch_execute(begin),
@@ -95,7 +95,7 @@ impl CopyIn {
         if let Err(ty) = encode_row(&mut self.buf, r) {
             // The encoder's error is not quoted: it could carry the value.
             let what = format!("a {ty} value of the row cannot be encoded");
-            self.failure = Some(Failure::Row(what));
+            self.failure = Some(WriteFailure::Row(what));
             return;
         }
         if self.buf.len() >= CHUNK {
@@ -104,7 +104,7 @@ impl CopyIn {
     }
 
     /// Sends the rows encoded so far.
-    async fn send(&mut self) -> Result<(), Failure> {
+    async fn send(&mut self) -> Result<(), WriteFailure> {
         let chunk = self.buf.split().freeze();
         match timeout(self.bound, self.sink.send(chunk)).await {
             Ok(Ok(())) => Ok(()),
@@ -165,7 +165,7 @@ impl CopyIn {
                 // over (rolled back). A lost connection may have taken the
                 // COMMIT with it, or not.
                 let outcome_unknown =
-                    matches!(failure, Failure::Transient(_)) && client.is_closed();
+                    matches!(failure, WriteFailure::Transient(_)) && client.is_closed();
                 return Err(CopyFailed {
                     failure,
                     outcome_unknown,
@@ -179,7 +179,7 @@ impl CopyIn {
                 let failure = classify(&e);
                 // A refusal at COMMIT ended the transaction; a broken
                 // connection leaves it unknown whether the COMMIT landed.
-                let outcome_unknown = matches!(failure, Failure::Transient(_));
+                let outcome_unknown = matches!(failure, WriteFailure::Transient(_));
                 Err(CopyFailed {
                     failure,
                     outcome_unknown,

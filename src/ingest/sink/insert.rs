@@ -28,7 +28,7 @@ use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
-use super::classify::{Failure, classify};
+use super::classify::{WriteFailure, classify};
 use super::columns::{Columns, array_placeholders};
 use crate::contract::columns::COLUMNS;
 use super::tx::VaultRows;
@@ -107,7 +107,7 @@ pub(crate) async fn write_alone(
     sql: &str,
     server_bound: Duration,
     client_bound: Duration,
-) -> Result<Committed, Failure> {
+) -> Result<Committed, WriteFailure> {
     let cols = Columns::from(rows);
     let ms = i32::try_from(server_bound.as_millis().max(1)).unwrap_or(i32::MAX);
     let (key, from) = (
@@ -144,7 +144,7 @@ pub(crate) async fn insert_tx(
     client_bound: Duration,
     recount_since: Option<XidFloor>,
     vault: Option<&VaultRows<'_>>,
-) -> Result<Committed, Failure> {
+) -> Result<Committed, WriteFailure> {
     let cols = Columns::from(rows);
     let (key, from) = (
         i32::from(erased_version.key),
@@ -190,7 +190,7 @@ pub(crate) async fn insert_tx(
     // skipped the rest and turned the COMMIT into a ROLLBACK.
     begun.map_err(|e| classify(&e))?;
     let earlier = earlier.map_err(|e| match e.code() {
-        Some(code) if *code == SqlState::INSUFFICIENT_PRIVILEGE => Failure::RecountDenied,
+        Some(code) if *code == SqlState::INSUFFICIENT_PRIVILEGE => WriteFailure::RecountDenied,
         _ => classify(&e),
     })?;
     let inserted = written.map_err(|e| classify(&e))?.get::<_, i64>(0) as u64;

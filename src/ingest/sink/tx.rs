@@ -18,7 +18,7 @@ use chrono::NaiveDate;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use super::classify::Failure;
+use super::classify::WriteFailure;
 use crate::database::stored_settings::OWNERS_SCHEMA_SQL;
 use crate::privacy::keys::Versions;
 use crate::privacy::vault::{DataKey, Sealed, VaultWrite};
@@ -107,7 +107,7 @@ pub(crate) const COMMIT_SQL: &str = "COMMIT; SELECT pg_snapshot_xmax(pg_current_
 /// in one round trip). A failed vault statement turns the COMMIT into a
 /// ROLLBACK, so a row never commits without its entries. The error is the
 /// first in statement order; the caller's policy decides what it means (see
-/// [`Failure`]: a transient one leaves the COMMIT's outcome unknown).
+/// [`WriteFailure`]: a transient one leaves the COMMIT's outcome unknown).
 pub(crate) async fn vault_and_commit(
     client: &Client,
     vault: Option<&VaultRows<'_>>,
@@ -151,8 +151,8 @@ impl XidFloor {
 }
 
 /// A client-side bound ran out: the connection's state is unknown.
-pub(crate) fn no_answer(bound: Duration) -> Failure {
-    Failure::Transient(format!("no answer within {} ms", bound.as_millis()))
+pub(crate) fn no_answer(bound: Duration) -> WriteFailure {
+    WriteFailure::Transient(format!("no answer within {} ms", bound.as_millis()))
 }
 
 /// The data key and the entries of the transaction's rows, stored by the

@@ -8,7 +8,7 @@ use std::time::Instant;
 use tracing::debug;
 
 use super::budget::Budget;
-use super::classify::Failure;
+use super::classify::WriteFailure;
 use super::copy::CopyIn;
 use super::tx::VaultRows;
 use super::tx::XidFloor;
@@ -60,7 +60,7 @@ impl PgSink {
                 Err(failure) => failure,
             },
             Err(e) if e.is_retryable() && !matches!(e, DbError::Deadline { .. }) => {
-                Failure::Transient(e.to_string())
+                WriteFailure::Transient(e.to_string())
             }
             Err(e) => return Err(e),
         };
@@ -107,24 +107,24 @@ impl PgSink {
     /// unless the transaction has `ended` (its COMMIT answered).
     async fn copy_failed(
         &mut self,
-        failure: Failure,
+        failure: WriteFailure,
         budget: &mut Budget,
         op: &'static str,
         ended: bool,
     ) -> Result<(), DbError> {
         match failure {
-            Failure::Transient(cause) => return self.reconnect_or_fail(budget, op, cause).await,
+            WriteFailure::Transient(cause) => return self.reconnect_or_fail(budget, op, cause).await,
             // A refused or duplicate row, a conflict; or permissions / schema,
             // which the INSERT path reports with its hint.
-            Failure::Row(why) | Failure::Conflict(why) => {
+            WriteFailure::Row(why) | WriteFailure::Conflict(why) => {
                 debug!(error = %why, "COPY refused; inserting with ON CONFLICT instead")
             }
-            Failure::Fatal(e) => debug!(error = %e, "COPY failed; inserting instead"),
-            Failure::RecountDenied | Failure::Unframed(_) => {
+            WriteFailure::Fatal(e) => debug!(error = %e, "COPY failed; inserting instead"),
+            WriteFailure::RecountDenied | WriteFailure::Unframed(_) => {
                 debug!("COPY failed; inserting instead")
             }
             // The INSERT path meets the same refusal and reports it.
-            Failure::Outdated => debug!("COPY refused: the batch holds an erased user"),
+            WriteFailure::Outdated => debug!("COPY refused: the batch holds an erased user"),
         }
         if !ended {
             self.rollback().await;

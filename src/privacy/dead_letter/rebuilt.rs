@@ -88,7 +88,7 @@ pub async fn seal(kms: &Kms, kms_key_id: &str, r: &Rebuilt<'_>) -> Result<String
 
 /// Whether a rebuilt login's seal opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub enum SealVerdict {
     /// It does, for this body and row key: store it as it is.
     Sealed,
     /// It does not (altered, moved, or made by someone else): a reject.
@@ -121,9 +121,9 @@ impl RebuiltVerifier {
     /// failing to answer, or refusing the function (a permission, a key
     /// disabled): the record waits and comes back (it is not rejected, so
     /// its tokens are not lost).
-    pub async fn verify(&self, r: &Rebuilt<'_>, seal: &str) -> Result<Verdict, VaultError> {
+    pub async fn verify(&self, r: &Rebuilt<'_>, seal: &str) -> Result<SealVerdict, VaultError> {
         let Ok(ciphertext) = BASE64.decode(seal) else {
-            return Ok(Verdict::Broken);
+            return Ok(SealVerdict::Broken);
         };
         let out = match self
             .kms
@@ -143,7 +143,7 @@ impl RebuiltVerifier {
                     e.code(),
                     Some("InvalidCiphertextException" | "IncorrectKeyException")
                 ) {
-                    return Ok(Verdict::Broken);
+                    return Ok(SealVerdict::Broken);
                 }
                 return Err(kms_error(
                     "Decrypt",
@@ -156,9 +156,9 @@ impl RebuiltVerifier {
         let opened = out.plaintext.map(Blob::into_inner).unwrap_or_default();
         let expected = digest(r);
         Ok(if opened.as_slice() == expected.as_slice() {
-            Verdict::Sealed
+            SealVerdict::Sealed
         } else {
-            Verdict::Broken
+            SealVerdict::Broken
         })
     }
 }

@@ -198,7 +198,7 @@ impl RekeyError {
 
 /// Where the key stands in the database (`rotate-key --status`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyState {
+pub struct RotationState {
     /// The version every write must be masked at.
     pub version: u16,
     /// The version being re-keyed from, while a re-key is under way.
@@ -212,15 +212,15 @@ pub struct KeyState {
     pub erasure_derived: bool,
 }
 
-/// Reads [`KeyState`].
-pub async fn state(client: &Client) -> Result<KeyState, RekeyError> {
+/// Reads [`RotationState`].
+pub async fn state(client: &Client) -> Result<RotationState, RekeyError> {
     const STATE: Statement = Statement::new(
         "SELECT version, rekey_from, rekey_rows, rekey_vault, erasure_derived FROM user_logins_key_state",
         &[],
         "reading the key version (run login-etl migrate first)",
     );
     let row = STATE.row(client, &[]).await?;
-    Ok(KeyState {
+    Ok(RotationState {
         version: row.get::<_, i16>(0) as u16,
         rekey_from: row.get::<_, Option<i16>>(1).map(|v| v as u16),
         rows_rekeyed: row.get(2),

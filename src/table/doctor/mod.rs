@@ -213,10 +213,10 @@ async fn schema_version(
     // The owner's record, locked, then read only where it is the table
     // migrate makes (state::find checks that first); no function of the
     // schema runs.
-    use crate::table::schema::state::{Found, find};
+    use crate::table::schema::state::{SchemaRecord, find};
     let version = match find(client, true).await? {
-        Found::Recorded(recorded) => Some(recorded.version),
-        Found::Empty => {
+        SchemaRecord::Recorded(recorded) => Some(recorded.version),
+        SchemaRecord::Empty => {
             report.found(
                 "schema_version",
                 "table user_logins_schema",
@@ -225,7 +225,7 @@ async fn schema_version(
             );
             return Ok(Some(SCHEMA_VERSION)); // examine the rest as this version's
         }
-        Found::Unreadable => {
+        SchemaRecord::Unreadable => {
             report.found(
                 "schema_version",
                 "table user_logins_schema",
@@ -236,7 +236,7 @@ async fn schema_version(
         }
         // A schema migrated before the record (0.2.0) has the function
         // whose body held its version: found, not run, not read.
-        Found::Absent => client
+        SchemaRecord::Absent => client
             .query_one(
                 "SELECT pg_catalog.to_regprocedure(pg_catalog.format('%I.%I()', \
                      pg_catalog.current_schema(), $1::pg_catalog.text)) IS NOT NULL",

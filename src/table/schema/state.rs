@@ -68,7 +68,7 @@ const READABLE_SQL: &str = "SELECT t.oid IS NOT NULL, \
 
 /// What the schema holds under the record's name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Found {
+pub enum SchemaRecord {
     /// The record, as the last `migrate` wrote it.
     Recorded(Recorded),
     /// The table as migrations/0024 makes it, without its row (or with a
@@ -86,7 +86,7 @@ pub enum Found {
 /// takes ACCESS SHARE on it, so that it cannot be swapped or altered
 /// between the check and the read (doctor; the guard and migrate trust the
 /// owner, whose functions they run anyway).
-pub async fn find(client: &Client, lock: bool) -> Result<Found, tokio_postgres::Error> {
+pub async fn find(client: &Client, lock: bool) -> Result<SchemaRecord, tokio_postgres::Error> {
     if lock {
         let row = client.query_typed_one(READABLE_SQL, &[]).await?;
         let (schema, may_read): (Option<String>, bool) = (row.get(2), row.get(3));
@@ -103,9 +103,9 @@ pub async fn find(client: &Client, lock: bool) -> Result<Found, tokio_postgres::
     let (exists, readable, schema): (bool, bool, Option<String>) =
         (row.get(0), row.get(1), row.get(2));
     let schema = match (exists, readable, schema) {
-        (false, _, _) => return Ok(Found::Absent),
+        (false, _, _) => return Ok(SchemaRecord::Absent),
         (true, true, Some(schema)) => schema,
-        _ => return Ok(Found::Unreadable),
+        _ => return Ok(SchemaRecord::Unreadable),
     };
     let sql = format!(
         "SELECT s.version, s.profile, s.functions FROM ONLY {}.user_logins_schema s",
@@ -119,13 +119,13 @@ pub async fn find(client: &Client, lock: bool) -> Result<Found, tokio_postgres::
             functions: row.try_get::<_, Option<String>>(2).ok()??,
         })
     });
-    Ok(recorded.map_or(Found::Empty, Found::Recorded))
+    Ok(recorded.map_or(SchemaRecord::Empty, SchemaRecord::Recorded))
 }
 
-/// The recorded state, `None` where there is none to read (see [`Found`]).
+/// The recorded state, `None` where there is none to read (see [`SchemaRecord`]).
 pub async fn read(client: &Client) -> Result<Option<Recorded>, tokio_postgres::Error> {
     Ok(match find(client, false).await? {
-        Found::Recorded(recorded) => Some(recorded),
+        SchemaRecord::Recorded(recorded) => Some(recorded),
         _ => None,
     })
 }
