@@ -22,7 +22,7 @@
 
 pub(crate) mod address;
 pub(crate) mod body;
-pub(crate) mod copy;
+pub(crate) mod rebuilt_login;
 pub(crate) mod defect;
 pub(crate) mod field;
 pub(crate) mod policy;

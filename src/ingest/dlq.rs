@@ -8,7 +8,7 @@
 //! SQS deletes it from the source queue: the same end state as SQS's own
 //! redrive after `maxReceiveCount`, minus the wait.
 //!
-//! A copy carries no raw ip or device id: its body is masked ([`copy`]),
+//! A copy carries no raw ip or device id: its body is masked ([`masked_body`]),
 //! and the original is sealed in two attributes that only the DLQ
 //! operator's role can open ([`crate::privacy::dead_letter`], with
 //! `VAULT_KMS_KEY_ID`; without it the original is not kept). The original's
@@ -20,7 +20,7 @@
 //! call, or a copy too large for SQS leaves the record in
 //! `batchItemFailures`, and SQS redrives it as before.
 
-pub mod copy;
+pub mod masked_body;
 
 use std::time::Duration;
 
@@ -246,7 +246,7 @@ impl DeadLetterQueue {
         let receive_count = attrs
             .and_then(|a| a.approximate_receive_count.as_deref())
             .unwrap_or("1");
-        let masked = copy::masked_body(body, masker);
+        let masked = masked_body::masked_body(body, masker);
         let original = self.original_of(r, masker, &masked)?;
         let signature = CopyFacts {
             source_message_id: &original.message_id,

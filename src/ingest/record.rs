@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::contract::copy::parse_copy;
+use crate::contract::rebuilt_login::parse_copy;
 use crate::contract::{
     Contract, LoginRow, MAX_MESSAGE_ID_CHARS, Rejection, RowKeyAndTokens, parse_body_with,
 };
@@ -168,7 +168,7 @@ pub const REBUILT_CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 /// ([`crate::privacy::dead_letter::rebuilt`]), its copy's signature and
 /// its seal checked by the caller: keyed and dated by the copy's original
 /// (`claim`), the copy's fields read back leniently
-/// ([`crate::contract::copy`]), its tokens as they are, brought from the
+/// ([`crate::contract::rebuilt_login`]), its tokens as they are, brought from the
 /// version they were made at to `masker`'s. An original dated more than
 /// [`REBUILT_MAX_AGE`] before `now`, or after it, is
 /// [`Rejection::SentTimestampOutOfRange`].

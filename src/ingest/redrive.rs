@@ -292,7 +292,7 @@ impl Rebuilder {
         group: Option<String>,
     ) -> Result<Result<SendBack, &'static str>, RedriveError> {
         let body = m.body.clone().unwrap_or_default();
-        if crate::contract::copy::parse_copy(&body, &crate::contract::Contract::DEFAULT).is_err() {
+        if crate::contract::rebuilt_login::parse_copy(&body, &crate::contract::Contract::DEFAULT).is_err() {
             return Ok(Err("copy_holds_no_login"));
         }
         let Some(sent) = attribute(m, "source_sent_timestamp") else {

@@ -13,7 +13,7 @@ use common::moto::start_moto;
 use common::sqs::{scripted_sqs, sqs_client};
 use common::*;
 use login_etl::ingest::dlq::DeadLetterQueue;
-use login_etl::ingest::dlq::copy::masked_body;
+use login_etl::ingest::dlq::masked_body::masked_body;
 use login_etl::synth::{self, Options};
 use login_etl::{BatchHandler, Deadline, Outcome, SqsBatch};
 

@@ -209,7 +209,7 @@ fn a_dead_letter_copy_is_never_a_login_but_its_original_with_its_attributes_is()
         &crate::privacy::masking::MaskingKey::from_hex(&"ab".repeat(32), "test").unwrap(),
     );
     let original = r#"{"user_id":"u","app_version":"1.1","device_type":"ios","ip":"10.0.0.1","locale":null,"device_id":"123-45-6789"}"#;
-    let masked = crate::ingest::dlq::copy::masked_body(original, &masker);
+    let masked = crate::ingest::dlq::masked_body::masked_body(original, &masker);
     let with_copy_attributes = |body: &str| SqsRecord {
         body: Some(body.into()),
         attributes: Some(crate::ingest::event::RecordAttributes {
@@ -311,7 +311,7 @@ fn a_rebuilt_login_dated_outside_what_sqs_keeps_is_refused() {
         &crate::privacy::masking::MaskingKey::from_hex(&"ab".repeat(32), "test").unwrap(),
     );
     let original = r#"{"user_id":"u","app_version":"1.1","device_type":"ios","ip":"10.0.0.1","locale":null,"device_id":"d"}"#;
-    let masked = crate::ingest::dlq::copy::masked_body(original, &masker);
+    let masked = crate::ingest::dlq::masked_body::masked_body(original, &masker);
     let message = SqsRecord {
         body: Some(masked),
         ..SqsRecord::default()

@@ -11,7 +11,7 @@ use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use crate::contract::LoginRow;
 use crate::contract::columns::{COLUMNS, Codes, ColumnType, Json, TokenBytes, Uuid16, names};
 
-/// The COPY of a batch's rows (the binary format; see `copy.rs`).
+/// The COPY of a batch's rows (the binary format; see `copy_in.rs`).
 pub static COPY_SQL: LazyLock<String> =
     LazyLock::new(|| format!("COPY user_logins_rows ({}) FROM STDIN (FORMAT binary)", names()));
 
@@ -88,7 +88,7 @@ macro_rules! typed_columns {
         }
 
         /// Appends `r` to `buf` in the binary COPY format of [`COPY_SQL`]
-        /// (after `copy::COPY_HEADER`): the field count, then each value's
+        /// (after `copy_in::COPY_HEADER`): the field count, then each value's
         /// length (-1 for NULL) and bytes, by its `ToSql`. `Err` is the
         /// type of a value that cannot be encoded (none of a row's).
         pub fn encode_row(buf: &mut BytesMut, $r: &LoginRow<'_>) -> Result<(), Type> {

@@ -11,7 +11,7 @@
 //!   retries, reconnects, the lost-reply recount;
 //! - [`insert`]: one INSERT transaction (one round trip): one statement
 //!   when it can be, else framed and pipelined;
-//! - [`copy`]: the COPY fast path for large batches, in its own transaction;
+//! - [`copy_in`]: the COPY fast path for large batches, in its own transaction;
 //! - [`tx`]: the frame both share: `BEGIN`, the erasure check, the end
 //!   (vault entries + `COMMIT`), the xid floor;
 //! - [`budget`]: the batch's deadline, its one reconnect, its conflict retries;
@@ -47,7 +47,7 @@ mod bisect;
 mod budget;
 mod classify;
 mod columns;
-mod copy;
+mod copy_in;
 mod insert;
 mod tx;
 mod writer;
@@ -67,7 +67,7 @@ pub use budget::Budget;
 #[cfg(feature = "test-support")]
 pub use columns::{COPY_SQL, Columns, array_placeholders, encode_row};
 #[cfg(feature = "test-support")]
-pub use copy::{CHUNK, COPY_HEADER, CopyIn};
+pub use copy_in::{CHUNK, COPY_HEADER, CopyIn};
 
 use crate::contract::LoginRow;
 use crate::database::connector::Connector;

@@ -9,7 +9,7 @@ use tracing::debug;
 
 use super::budget::Budget;
 use super::classify::WriteFailure;
-use super::copy::CopyIn;
+use super::copy_in::CopyIn;
 use super::tx::VaultRows;
 use super::tx::XidFloor;
 use super::{COPY_MIN_ROWS, InsertReport, PgSink};
