@@ -22,10 +22,10 @@
 
 pub(crate) mod address;
 pub(crate) mod body;
-pub(crate) mod rebuilt_login;
 pub(crate) mod defect;
 pub(crate) mod field;
 pub(crate) mod policy;
+pub(crate) mod rebuilt_login;
 pub(crate) mod rejection;
 pub(crate) mod row;
 // What the function's SQL and the producers' JSON Schema are made from:

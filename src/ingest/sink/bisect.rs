@@ -13,6 +13,7 @@ use tracing::{debug, trace, warn};
 use super::budget::Budget;
 use super::classify::{self, WriteFailure, Unframed};
 use super::insert;
+use super::path::{self, Carries, WritePath};
 use super::tx::VaultRows;
 use super::tx::XidFloor;
 use super::{CONFLICT_PAUSE, InsertReport, PgSink};
@@ -112,12 +113,10 @@ impl PgSink {
         Ok(report)
     }
 
-    /// One INSERT transaction for `rows[range]`, with the vault entries of
-    /// exactly those rows, and what the policy makes of its outcome. One
-    /// statement (`insert::write_alone`) unless `framed`, a vault, a
-    /// recount, the connection's `frame_writes` or a range of a COPY's size
-    /// asks for the framed transaction, whose `statement_timeout` bounds a
-    /// long INSERT on the server (the one statement has none of its own).
+    /// One INSERT attempt at `rows[range]`, with the vault entries of
+    /// exactly those rows, and what the policy makes of its outcome; the
+    /// one statement (`insert::write_alone`) or the framed transaction, as
+    /// [`path::for_range`] chooses.
     async fn try_range(
         &mut self,
         rows: &[&LoginRow<'_>],
@@ -142,11 +141,13 @@ impl PgSink {
         let since = recount.or(self.floor);
         let client = self.client.as_ref().expect("connected above");
         let vault_rows = vault.map(|v| VaultRows::of(v, range.clone()));
-        let alone = !framed
-            && recount.is_none()
-            && vault_rows.is_none()
-            && !self.frame_writes
-            && range.len() < super::COPY_MIN_ROWS;
+        let carries = Carries {
+            after_refusal: framed,
+            recount: recount.is_some(),
+            vault: vault_rows.is_some(),
+            connection_framed: self.frame_writes,
+        };
+        let alone = path::for_range(range.len(), carries) == WritePath::OneStatement;
         let attempt = if alone {
             insert::write_alone(
                 client,

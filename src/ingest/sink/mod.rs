@@ -48,6 +48,7 @@ mod budget;
 mod classify;
 mod columns;
 mod copy_in;
+mod path;
 mod insert;
 mod tx;
 mod writer;

@@ -12,7 +12,8 @@ use super::classify::WriteFailure;
 use super::copy_in::CopyIn;
 use super::tx::VaultRows;
 use super::tx::XidFloor;
-use super::{COPY_MIN_ROWS, InsertReport, PgSink};
+use super::path::{self, WritePath};
+use super::{InsertReport, PgSink};
 use crate::contract::LoginRow;
 use crate::error::DbError;
 use crate::privacy::keys::Versions;
@@ -28,7 +29,7 @@ impl PgSink {
         deadline: Option<Instant>,
     ) -> Result<BatchWriter<'_>, DbError> {
         let mut budget = Budget::new(deadline);
-        let copy_tried = expected_rows >= COPY_MIN_ROWS;
+        let copy_tried = path::at_start(expected_rows) == Some(WritePath::Copy);
         let copy = if copy_tried {
             self.begin_copy(&mut budget).await?
         } else {
