@@ -48,7 +48,7 @@ const NO_ERASURE_LIST: Statement = Statement::new(
 );
 
 /// Records or compares the check values of `version`'s keys (SQLSTATE
-/// `LE004` when they differ from those recorded).
+/// `Own::KeysDiffer` when they differ from those recorded).
 const CHECK_KEYS: Statement = Statement::new(
     "SELECT login_etl_check_keys($1::int2, $2, $3)",
     &[Type::INT2, Type::TEXT, Type::TEXT],
@@ -231,7 +231,7 @@ impl StatementFailure {
     /// failure: a missing grant or a schema not migrated is the
     /// deployment's (their own failure classes); another transaction, the
     /// connection, a row's data or a key or erasure change under way
-    /// (LE001, LE002, LE016) is transient; anything else fatal.
+    /// (`Own::ErasuresChanged`, `Own::KeyVersionChanged`, `Own::IsolationRefused`) is transient; anything else fatal.
     fn worded(self) -> DbError {
         let f = match self {
             Refused(f) => f,

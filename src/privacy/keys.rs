@@ -141,7 +141,7 @@ fn erasure_mismatch(list: &ErasureList, masker: &Masker, mine: &str) -> Option<D
 }
 
 /// Check values of key `version` the database must record (or compare
-/// with those it has: `LE004` when they differ) before a batch writes.
+/// with those it has: `Own::KeysDiffer` when they differ) before a batch writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChecksToRecord {
     /// The key version.

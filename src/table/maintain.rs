@@ -377,9 +377,9 @@ async fn drain_state(client: &Client) -> Result<bool, DbError> {
 
 /// Swaps the DEFAULT partition out, making the partitions of `live_days`
 /// in the same moment (`login_etl_swap_default`): false when
-/// a re-key under way keeps it (SQLSTATE LE007).
+/// a re-key under way keeps it (`Own::DrainUnderWay`).
 async fn swap_default(client: &Client, live_days: &[NaiveDate]) -> Result<bool, DbError> {
-    // A drain under way (LE007) is an answer, not a failure: no swap now.
+    // A drain under way (`Own::DrainUnderWay`) is an answer, not a failure: no swap now.
     let swapped = with_lock_retries(client, "swapping the DEFAULT partition out", || async {
         match client
             .query_typed_one(

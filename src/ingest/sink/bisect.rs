@@ -34,7 +34,7 @@ enum Next {
     Split,
     /// The one statement refused a row, and its check comes after its
     /// INSERT: the rest of the batch is written framed, the check first,
-    /// so that a row of a user erased since is skipped (LE001), not
+    /// so that a row of a user erased since is skipped (`Own::ErasuresChanged`), not
     /// refused (a range of one row is tried again, a longer one split).
     Reframe,
     /// Try it again, recounting from this floor (the lost attempt's) if any.

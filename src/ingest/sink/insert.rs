@@ -37,7 +37,7 @@ use crate::contract::LoginRow;
 use crate::privacy::keys::Versions;
 
 /// The bulk write: the erasure and key check (`login_etl_check_write`,
-/// SQLSTATE `LE001`/`LE002`, see `tx::ERASED_SQL`) and one `INSERT ...
+/// `Own::ErasuresChanged`/`Own::KeyVersionChanged`, see `tx::ERASED_SQL`) and one `INSERT ...
 /// SELECT FROM UNNEST(...) ON CONFLICT DO NOTHING` for the whole batch, in
 /// `login_etl_write` (migrations/functions/login_etl_write.sql); the rows inserted. The function
 /// keeps the INSERT's plan per server connection: sent as a statement of

@@ -70,11 +70,11 @@ pub(crate) async fn tables_schema(
 pub(crate) const DURABLE_COMMIT_SQL: &str = "SELECT pg_catalog.set_config('synchronous_commit', 'on', true) \
      WHERE pg_catalog.current_setting('synchronous_commit') OPERATOR(pg_catalog.=) 'off'";
 
-/// The write check: raises SQLSTATE `LE001` (the transaction is refused)
+/// The write check: raises `Own::ErasuresChanged` (the transaction is refused)
 /// when the erasure list has grown past the version the batch was filtered
-/// with (`login-etl forget` erased someone since), `LE002` when the key
+/// with (`login-etl forget` erased someone since), `Own::KeyVersionChanged` when the key
 /// version is no longer the batch's (`login-etl rotate-key` began), and
-/// `LE001` while the list holds keys older than the batch's users were
+/// `Own::ErasuresChanged` while the list holds keys older than the batch's users were
 /// checked at. `login_etl_check_write` (migrations/functions/) is
 /// `login_etl_refuse_erased` (its own file there) reading the key state once.
 pub(crate) const ERASED_SQL: &str = "SELECT login_etl_check_write($1::int8, $2::int4, $3::int4)";

@@ -138,7 +138,7 @@ pub enum RekeyError {
         "user_logins is not partitioned yet (migrate --prepare was run, not the cutover); nothing was changed. Run `login-etl migrate` first (docs/deploy.md, \"Upgrading an existing table\")"
     )]
     NotPartitioned,
-    /// The tables' owner has not armed this rotation (LE013).
+    /// The tables' owner has not armed this rotation (`Own::RotationNotArmed`).
     #[error("{0}")]
     NotArmed(String),
     /// `--arm`: the keys given do not reach the next version.

@@ -57,7 +57,7 @@ pub(super) async fn ready_to_switch(client: &Client) -> Result<(), RekeyError> {
         return Err(RekeyError::NotPartitioned);
     }
     // Vault entries of the old form: the switch checks them under its locks
-    // (SQLSTATE LE005), where none can arrive in between.
+    // (`Own::VaultNotUpgraded`), where none can arrive in between.
     Ok(())
 }
 
