@@ -87,7 +87,7 @@ done
 given() { local p; for p in "${params[@]+"${params[@]}"}"; do [ "${p%%=*}" = "$1" ] && return 0; done; return 1; }
 
 # The network, before anything is made: a subnet with no way to S3 would
-# make the setup's answer to CloudFormation wait an hour, then roll back.
+# make the setup's answer to CloudFormation time out after 16 minutes, then roll back.
 if [ $preflight = 1 ] && given SubnetIds; then
   rc=0
   bash "$here/preflight.sh" --stack-name "$stack" "${params[@]}" || rc=$?

@@ -72,6 +72,8 @@ IFS=, read -r -a group_ids <<< "$groups"
 subnet_list=$(IFS=,; echo "${subnet_ids[*]}")
 group_list=$(IFS=,; echo "${group_ids[*]}")
 if ! rows=$(q ec2 describe-subnets --subnet-ids "${subnet_ids[@]}" --query 'Subnets[].[SubnetId,VpcId,CidrBlock]'); then
+  # A subnet that is not there is a finding; no right to look, a call that could not be made.
+  grep -q "InvalidSubnetID" "$err" || cannot "aws ec2 describe-subnets"
   fail "the subnets $subnets could not be read: $(tail -n 1 "$err")" \
     "give SubnetIds of this account and region ($region): aws ec2 describe-subnets --query 'Subnets[].[SubnetId,VpcId,AvailabilityZone]'"
   exit 1
@@ -169,7 +171,7 @@ for s in "${subnet_ids[@]}"; do
   if [ -n "$gw" ] || [ -n "$(own_endpoint s3)" ]; then
     say "ok    $s ($rt): S3 through ${gw:-an S3 interface endpoint}"
   else
-    fail "$s ($rt): no route to S3, where the setup answers CloudFormation (the deploy would wait an hour, then roll back)" \
+    fail "$s ($rt): no route to S3, where the setup answers CloudFormation (the deploy would wait about 16 minutes for it, then roll back)" \
       "a gateway endpoint, free: aws ec2 create-vpc-endpoint --vpc-id $vpc --service-name com.amazonaws.$region.s3 --route-table-ids $rt"
   fi
 done
