@@ -441,6 +441,12 @@ def test_doctor_holds_the_queues_redrive_against_the_backoff_and_finds_its_dlq(s
     policy = lambda n: json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": n})  # noqa: E731
     sqs.set_queue_attributes(QueueUrl=q.queue_url, Attributes={"RedrivePolicy": policy(enough)})
     assert doctor() == (0, [])
+    # Held to the stack's own count (its output QueueMinReceiveCount, what
+    # its setup holds an existing queue to): named, with that count.
+    code, found = doctor("--min-receive-count", str(enough + 4))
+    assert code == 1 and len(found) == 1 and f"maxReceiveCount is {enough}" in found[0]["problem"], found
+    assert f'\\"maxReceiveCount\\":\\"{enough + 4}\\"' in found[0]["fix"], found[0]["fix"]
+    assert doctor("--min-receive-count", str(enough)) == (0, [])
     sqs.set_queue_attributes(QueueUrl=q.queue_url, Attributes={"RedrivePolicy": ""})
     code, found = doctor()
     assert code == 1 and "no RedrivePolicy" in found[0]["problem"], found

@@ -1825,3 +1825,11 @@ def test_tracing_adds_the_collector_layer_its_endpoint_and_x_rays_two_write_acti
     assert set(_as_list(by_sid["SendTraces"]["Action"])) == {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
     # The maintenance function is not traced.
     assert "SendTraces" not in {st["Sid"] for st in _statements(resources["MaintenanceRole"])}
+
+
+def test_the_queues_min_receive_count_output_is_the_count_the_setup_holds_the_queue_to(tpl):
+    """doctor --min-receive-count takes the stack's QueueMinReceiveCount:
+    the same value the setup function judges an existing queue by."""
+    output = tpl["Outputs"]["QueueMinReceiveCount"]["Value"]
+    setup = tpl["Resources"]["SetupFunction"]["Properties"]["Environment"]["Variables"]["SETUP_MIN_RECEIVE_COUNT"]
+    assert output == setup == tpl["Resources"]["DatabaseSetup"]["Properties"]["MinReceiveCount"]

@@ -313,7 +313,7 @@ async fn doctor(args: &DoctorArgs) -> Result<(), CommandFailure> {
     let db = match (DbConfig::from_env(), &args.queue_url) {
         (Err(crate::error::ConfigError::Missing { .. }), Some(url)) => {
             let mut report = crate::table::doctor::Report::default();
-            doctor_queue(url, args.function_timeout, &stack, &mut report).await?;
+            doctor_queue(url, args, &stack, &mut report).await?;
             return print_doctor(
                 args,
                 &report,
@@ -347,7 +347,7 @@ async fn doctor(args: &DoctorArgs) -> Result<(), CommandFailure> {
         doctor_tls(&host, chrono::Utc::now().date_naive(), &mut report);
     }
     if let Some(url) = &args.queue_url {
-        doctor_queue(url, args.function_timeout, &stack, &mut report).await?;
+        doctor_queue(url, args, &stack, &mut report).await?;
     }
     let on = format!("schema {}", report.schema);
     print_doctor(args, &report, &on)
@@ -535,14 +535,19 @@ async fn doctor_secret(db: &DbConfig, report: &mut crate::table::doctor::Report)
 /// found, and both queues' access policies against `stack`'s principals.
 async fn doctor_queue(
     url: &str,
-    function_timeout: u32,
+    args: &DoctorArgs,
     stack: &StackPrincipals,
     report: &mut crate::table::doctor::Report,
 ) -> Result<(), CommandFailure> {
     report.checks.push("queue");
+    // The stack's count when given: the one its setup holds the queue to.
+    let receives = match args.min_receive_count {
+        Some(n) => Receives::AtLeast(n),
+        None => Receives::Backoff(crate::config::backoff_from_env()?),
+    };
     let wanted = Wanted {
-        visibility: Wanted::visibility_for(function_timeout),
-        receives: Receives::Backoff(crate::config::backoff_from_env()?),
+        visibility: Wanted::visibility_for(args.function_timeout),
+        receives,
         dead_letter_arn: None,
         visibility_note: " (or give doctor the stack's FunctionTimeout with --function-timeout; 0 for a queue only login-etl poll reads)",
     };

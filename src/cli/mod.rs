@@ -125,6 +125,9 @@ pub struct DoctorArgs {
     /// With --queue-url: the function's timeout (the stack's FunctionTimeout); the queue's visibility timeout must be at least 6 times it plus the batching window (30 s), as the event-source mapping needs. 0 skips it (`login-etl poll` renews each message's visibility itself).
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub function_timeout: u32,
+    /// With --queue-url: the maxReceiveCount the stack holds its queue to (its output QueueMinReceiveCount: what OutageToleranceMinutes asks with its backoff), in place of the 30 minutes' count.
+    #[arg(long, value_name = "N", requires = "queue_url", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub min_receive_count: Option<u32>,
 }
 
 /// What a message is held to (the function's `CONTRACT`, `UNKNOWN_FIELDS`
