@@ -90,7 +90,7 @@ def existing(localstack):
         log = ROOT / "target" / "e2e-logs" / f"{name}-unfit.log"
         with pytest.raises(Exception):  # noqa: B017 - the waiter's, whatever LocalStack ends the create with
             stack.deploy(f"{name}-unfit", dbname, batch_size=10, log=log, overrides=overrides, profile="masking",
-                         with_sam=False, set_up_by_stack=True)  # fmt: skip
+                         with_sam=False, set_up_by_stack=True, failure_expected=True)  # fmt: skip
         events = stack.client("cloudformation").describe_stack_events(StackName=f"{name}-unfit")["StackEvents"]
         reasons = [e.get("ResourceStatusReason", "") for e in events if e["LogicalResourceId"] == "DatabaseSetup"]
         (reason,) = [r for r in reasons if "does not fit the function" in r] or [str(reasons)]
