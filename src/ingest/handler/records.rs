@@ -125,19 +125,10 @@ impl<'b> BatchWork<'b> {
 
     /// The rejected records the DLQ has not taken.
     pub fn unsent_rejects<'a>(&'a self, batch: &'a SqsBatch) -> Vec<Rejected<'a>> {
-        self.records
-            .iter()
-            .enumerate()
-            .filter_map(|(pos, r)| match &r.state {
-                RecordState::Rejected { code, sent: false } => Some(Rejected {
-                    position: pos,
-                    message: batch.record(pos),
-                    message_id: r.id,
-                    code,
-                }),
-                _ => None,
-            })
-            .collect()
+        self.for_the_dlq(batch, |_, state| match state {
+            RecordState::Rejected { code, sent: false } => Some(code),
+            _ => None,
+        })
     }
 
     /// The refused rows to dead-letter: those `due` says (their receive).
@@ -146,21 +137,40 @@ impl<'b> BatchWork<'b> {
         batch: &'a SqsBatch,
         due: impl Fn(usize) -> bool,
     ) -> Vec<Rejected<'a>> {
+        self.for_the_dlq(batch, |pos, state| match state {
+            RecordState::Refused {
+                code, sent: false, ..
+            } if due(pos) => Some(code),
+            _ => None,
+        })
+    }
+
+    /// The records `code_of` gives a code, as copies for the DLQ.
+    fn for_the_dlq<'a>(
+        &'a self,
+        batch: &'a SqsBatch,
+        code_of: impl Fn(usize, &'a RecordState<'b>) -> Option<&'a String>,
+    ) -> Vec<Rejected<'a>> {
         self.records
             .iter()
             .enumerate()
-            .filter_map(|(pos, r)| match &r.state {
-                RecordState::Refused {
-                    code, sent: false, ..
-                } if due(pos) => Some(Rejected {
+            .filter_map(|(pos, r)| {
+                code_of(pos, &r.state).map(|code| Rejected {
                     position: pos,
                     message: batch.record(pos),
                     message_id: r.id,
                     code,
-                }),
-                _ => None,
+                })
             })
             .collect()
+    }
+
+    /// How many rows are to be written.
+    pub fn row_count(&self) -> usize {
+        self.records
+            .iter()
+            .filter(|r| matches!(r.state, RecordState::Row(_)))
+            .count()
     }
 
     /// The DLQ took the copies of the records at `positions`.

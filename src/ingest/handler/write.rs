@@ -147,7 +147,7 @@ impl BatchHandler {
             Ok(report) => write_span.end_named(
                 Some(if report.copied { "COPY" } else { "INSERT" }),
                 &[
-                    ("db.operation.batch.size", out.rows().len() as i64),
+                    ("db.operation.batch.size", out.row_count() as i64),
                     ("login_etl.inserted", report.inserted as i64),
                     ("login_etl.statements", i64::from(report.statements)),
                 ],
