@@ -1,18 +1,33 @@
 #!/usr/bin/env python3
-"""template.yaml for a release: each function's code is the release's zip
-for one CPU, so `sam deploy` (or `aws cloudformation package` and
-`deploy`) needs no build and no Rust.
+"""A release's templates: one file to deploy, with the AWS CLI alone.
 
-    python3 release/templates.py OUT_DIR VERSION
+    python3 release/templates.py OUT_DIR VERSION [RELEASE_URL]
 
-writes OUT_DIR/template-x86_64.yaml and OUT_DIR/template-arm64.yaml. What
-changes from template.yaml: the functions' CodeUri (the zip beside the
-template) and their build metadata (gone), and the Architecture parameter
-(the zip's CPU, the only value allowed). Everything else is template.yaml's.
+writes into OUT_DIR, beside the zips:
+
+* template.yaml, what an adopter deploys (`aws cloudformation deploy
+  --template-file template.yaml`), small enough to go inline (CloudFormation
+  takes 51,200 bytes without a bucket). It holds template.yaml's parameters,
+  rules and outputs, and four resources: a bucket of the stack's own, a
+  copier function (release/release_files.py, inline, outside any VPC) that
+  downloads the CPU's zip and the stack template from RELEASE_URL into it,
+  refusing a file whose SHA-256 is not the one pinned here, and the stack
+  template as a nested stack over that copy.
+* login-etl-VERSION-stack.yaml, template.yaml itself, its functions' code
+  the copied zip and AWS::StackName the root stack's name (what it names
+  secrets, roles and tags after), so a stack deployed from a release and
+  one deployed from source name the same things.
+
+RELEASE_URL (default the RELEASE_URL environment variable) is where the
+release's files are downloaded from; the ReleaseUrl parameter overrides it
+(a mirror). Empty: ReleaseUrl must be given.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -20,32 +35,192 @@ from samcli.yamlhelper import yaml_dump, yaml_parse  # the SAM CLI's own CloudFo
 
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS = ("LoginEtlFunction", "MaintenanceFunction", "SetupFunction")
+CPUS = ("x86_64", "arm64")
+# CloudFormation's limit on a template sent inline (TemplateBody).
+INLINE_LIMIT = 51_200
+# The nested stack's own parameters, given by the root.
+NESTED_ONLY = {
+    "RootStackName": "The stack that deploys this one: what secrets, roles and tags are named after.",
+    "ReleaseBucket": "The bucket holding the release's copied zip.",
+    "ReleaseCodeKey": "The zip's key in ReleaseBucket.",
+}
 
 
-def release_template(source: dict, zip_name: str, arch: str) -> dict:
-    template = yaml_parse(yaml_dump(source))  # a deep copy
+def zip_name(version: str, cpu: str) -> str:
+    return f"login-etl-lambda-{version}-{cpu}.zip"
+
+
+def stack_name(version: str) -> str:
+    return f"login-etl-{version}-stack.yaml"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def renamed_stack(node):
+    """`node` with AWS::StackName read from RootStackName."""
+    if isinstance(node, dict):
+        if node.get("Ref") == "AWS::StackName" and len(node) == 1:
+            return {"Ref": "RootStackName"}
+        return {k: renamed_stack(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [renamed_stack(v) for v in node]
+    if isinstance(node, str):
+        return node.replace("${AWS::StackName}", "${RootStackName}")
+    return node
+
+
+def stack_template(source: dict) -> dict:
+    template = renamed_stack(yaml_parse(yaml_dump(source)))
     for name in FUNCTIONS:
         function = template["Resources"][name]
         if function["Properties"].get("CodeUri") != ".":
             raise SystemExit(f"template.yaml: {name}'s CodeUri is no longer '.'; update release/templates.py")
         function.pop("Metadata", None)
-        function["Properties"]["CodeUri"] = zip_name
-    parameter = template["Parameters"]["Architecture"]
-    parameter["Default"] = arch
-    parameter["AllowedValues"] = [arch]
-    parameter["Description"] = f"CPU of the function: this template deploys the {arch} zip ({zip_name})."
+        function["Properties"]["CodeUri"] = {"Bucket": {"Ref": "ReleaseBucket"}, "Key": {"Ref": "ReleaseCodeKey"}}
+    for name, description in NESTED_ONLY.items():
+        template["Parameters"][name] = {"Type": "String", "Description": description}
     return template
 
 
-def main() -> None:
-    out, version = Path(sys.argv[1]), sys.argv[2]
+def conditions_needed(source: dict, names: set[str]) -> dict:
+    """The source's conditions named, and those they use, in its order."""
+    wanted, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name not in wanted:
+            wanted.add(name)
+            text = json.dumps(source["Conditions"][name])
+            todo += [c for c in source["Conditions"] if f'"Condition": "{c}"' in text]
+    return {k: v for k, v in source["Conditions"].items() if k in wanted}
+
+
+def copier_source() -> str:
+    """release_files.py without its comments and docstring: the inline limit."""
+    lines = (ROOT / "release" / "release_files.py").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("import "))
+    kept = [line for line in lines[start:] if not line.strip().startswith("#")]
+    return "\n".join(kept) + "\n"
+
+
+def root_template(source: dict, version: str, digests: dict[str, str], release_url: str) -> dict:
+    parameters = yaml_parse(yaml_dump(source["Parameters"]))
+    parameters["ReleaseUrl"] = {
+        "Type": "String",
+        "Default": release_url,
+        "AllowedPattern": "^https?://.+",
+        "ConstraintDescription": "must be the URL of the folder holding this release's files",
+        "Description": f"Where login-etl {version}'s files are downloaded from (a mirror works: each file's SHA-256 is pinned).",
+    }
+    metadata = yaml_parse(yaml_dump(source["Metadata"]))
+    groups = metadata["AWS::CloudFormation::Interface"]["ParameterGroups"]
+    groups.append({"Label": {"default": "Release"}, "Parameters": ["ReleaseUrl"]})
+    outputs = {}
+    for name, output in source["Outputs"].items():
+        outputs[name] = {"Description": output.get("Description", ""), "Value": {"Fn::GetAtt": ["App", f"Outputs.{name}"]}}
+        if "Condition" in output:
+            outputs[name]["Condition"] = output["Condition"]
+    conditions = conditions_needed(source, {o["Condition"] for o in source["Outputs"].values() if "Condition" in o})
+    conditions["ReleaseIsArm"] = {"Fn::Equals": [{"Ref": "Architecture"}, "arm64"]}
+    conditions["ReleaseHasBoundary"] = {"Fn::Not": [{"Fn::Equals": [{"Ref": "PermissionsBoundaryArn"}, ""]}]}
+
+    def given(name: str, spec: dict):
+        if spec["Type"] == "CommaDelimitedList":
+            return {"Fn::Join": [",", {"Ref": name}]}
+        return {"Ref": name}
+
+    nested = {name: given(name, spec) for name, spec in source["Parameters"].items()}
+    nested |= {
+        "RootStackName": {"Ref": "AWS::StackName"},
+        "ReleaseBucket": {"Ref": "ReleaseBucket"},
+        "ReleaseCodeKey": {"Fn::GetAtt": ["ReleaseFiles", "Code"]},
+    }
+    per_cpu = lambda key: {"Fn::If": ["ReleaseIsArm", key("arm64"), key("x86_64")]}  # noqa: E731
+    resources = {
+        "ReleaseBucket": {
+            "Type": "AWS::S3::Bucket",
+            "Properties": {
+                "PublicAccessBlockConfiguration": {k: True for k in (
+                    "BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets")},  # fmt: skip
+                "BucketEncryption": {"ServerSideEncryptionConfiguration": [
+                    {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]},  # fmt: skip
+                "OwnershipControls": {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]},
+            },
+        },
+        "ReleaseCopierRole": {
+            "Type": "AWS::IAM::Role",
+            "Properties": {
+                "AssumeRolePolicyDocument": {"Version": "2012-10-17", "Statement": [
+                    {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]},  # fmt: skip
+                "PermissionsBoundary": {"Fn::If": ["ReleaseHasBoundary", {"Ref": "PermissionsBoundaryArn"}, {"Ref": "AWS::NoValue"}]},
+                "ManagedPolicyArns": [{"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"}],
+                "Policies": [{"PolicyName": "release-files", "PolicyDocument": {"Version": "2012-10-17", "Statement": [
+                    {"Effect": "Allow", "Action": ["s3:PutObject", "s3:DeleteObject"],
+                     "Resource": {"Fn::Sub": "${ReleaseBucket.Arn}/*"}}]}}],  # fmt: skip
+            },
+        },
+        "ReleaseCopier": {
+            "Type": "AWS::Lambda::Function",
+            "Properties": {
+                "Description": f"Copies login-etl {version}'s zip and stack template into the stack's bucket, checking each SHA-256",
+                "Runtime": "python3.12",
+                "Handler": "index.handler",
+                "Timeout": 300,
+                "MemorySize": 512,
+                "Role": {"Fn::GetAtt": ["ReleaseCopierRole", "Arn"]},
+                "Code": {"ZipFile": copier_source()},
+            },
+        },
+        "ReleaseFiles": {
+            "Type": "Custom::ReleaseFiles",
+            "Properties": {
+                "ServiceToken": {"Fn::GetAtt": ["ReleaseCopier", "Arn"]},
+                "Bucket": {"Ref": "ReleaseBucket"},
+                "BaseUrl": {"Ref": "ReleaseUrl"},
+                "Files": [
+                    {"Role": "Code", "Name": per_cpu(lambda cpu: zip_name(version, cpu)),
+                     "Sha256": per_cpu(lambda cpu: digests[zip_name(version, cpu)])},  # fmt: skip
+                    {"Role": "Template", "Name": stack_name(version), "Sha256": digests[stack_name(version)]},
+                ],
+            },
+        },
+        "App": {
+            "Type": "AWS::CloudFormation::Stack",
+            "Properties": {
+                "TemplateURL": {"Fn::Sub": "https://${ReleaseBucket}.s3.${AWS::Region}.${AWS::URLSuffix}/${ReleaseFiles.Template}"},
+                "Parameters": nested,
+            },
+        },
+    }
+    return {
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Description": f"login-etl {version}: {source['Description'].strip()} Deployed from one file: its code and "
+        "resources are fetched from the release, each file checked against the SHA-256 pinned here.",
+        "Metadata": metadata,
+        "Parameters": parameters,
+        "Rules": source.get("Rules", {}),
+        "Conditions": conditions,
+        "Resources": resources,
+        "Outputs": outputs,
+    }
+
+
+def main(args: list[str]) -> None:
+    out, version = Path(args[0]), args[1]
+    release_url = args[2] if len(args) > 2 else os.environ.get("RELEASE_URL", "")
     source = yaml_parse((ROOT / "template.yaml").read_text())
-    for arch in ("x86_64", "arm64"):
-        zip_name = f"login-etl-lambda-{version}-{arch}.zip"
-        if not (out / zip_name).is_file():
-            raise SystemExit(f"{out / zip_name} is missing: the templates are written after the zips")
-        (out / f"template-{arch}.yaml").write_text(yaml_dump(release_template(source, zip_name, arch)))
+    for cpu in CPUS:
+        if not (out / zip_name(version, cpu)).is_file():
+            raise SystemExit(f"{out / zip_name(version, cpu)} is missing: the templates are written after the zips")
+    (out / stack_name(version)).write_text(yaml_dump(stack_template(source)))
+    digests = {name: sha256(out / name) for name in [*(zip_name(version, c) for c in CPUS), stack_name(version)]}
+    root = yaml_dump(root_template(source, version, digests, release_url))
+    if len(root.encode()) > INLINE_LIMIT:
+        raise SystemExit(f"template.yaml is {len(root.encode())} bytes, over CloudFormation's inline {INLINE_LIMIT}: "
+                         "shorten what it carries (descriptions belong in the docs)")  # fmt: skip
+    (out / "template.yaml").write_text(root)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -34,13 +33,6 @@ case "$1 $2" in
   "secretsmanager list-secrets")
     case "$*" in *"Value=='masking'"*) printf '%s' "${STUB_MASKING:-}" ;; *"Value=='erasure'"*) printf '%s' "${STUB_ERASURE:-}" ;; esac ;;
   "sts get-caller-identity") echo 123456789012 ;;
-  "s3api head-bucket") exit 0 ;;
-  "cloudformation package")
-    # Lists the zip it was given (before deploy.sh removes its copy), then
-    # writes the packaged template.
-    prev=""; for a in "$@"; do [ "$prev" = --template-file ] && t=$a; [ "$prev" = --output-template-file ] && o=$a; prev=$a; done
-    python3 -c 'import sys, zipfile; print(*zipfile.ZipFile(sys.argv[1]).namelist())' "$(dirname "$t")/fn.zip" > "$STUB_SAM.zip"
-    cp "$t" "$o" ;;
   "cloudformation deploy") python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$@" > "$STUB_SAM" ;;
 esac
 """
@@ -57,13 +49,13 @@ def run(tmp_path):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
 
-    def run(*args: str, cwd: Path = tmp_path, **stub: str):
+    def run(*args: str, cwd: Path = tmp_path, script: Path = SCRIPT, **stub: str):
         env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path),
                "STUB_LOG": str(tmp_path / "aws.log"), "STUB_SAM": str(tmp_path / "sam.json"),
                **{f"STUB_{k.upper()}": v for k, v in stub.items()}}  # fmt: skip
         (tmp_path / "sam.json").unlink(missing_ok=True)
         (tmp_path / "aws.log").unlink(missing_ok=True)
-        done = subprocess.run([str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(["bash", str(script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
         sam = json.loads((tmp_path / "sam.json").read_text()) if (tmp_path / "sam.json").exists() else None
         log = (tmp_path / "aws.log").read_text() if (tmp_path / "aws.log").exists() else ""
         return done, sam, log
@@ -121,46 +113,38 @@ def test_samconfigs_stack_and_saved_parameters_are_kept_and_its_region_reaches_t
     assert "--resolve-s3" not in sam, "samconfig's bucket settings apply"
 
 
-def test_a_release_deploys_with_the_aws_cli_alone_its_ca_bundle_in_a_copy_of_each_zip(run, tmp_path):
-    """A release's template (its CodeUri a zip): `aws cloudformation
-    package` into the account's own artifact bucket, then `aws
-    cloudformation deploy` through that bucket (the template is over the
-    inline limit), no `sam`; the CA bundle in a copy of each zip, the
-    release's own left as checksummed; a template without zips refused."""
+def test_a_release_deploys_its_one_template_with_the_aws_cli_alone_and_no_bucket(run, tmp_path):
+    """A release's template (it fetches its code: ReleaseFiles) goes to
+    `aws cloudformation deploy` as it is, inline: no `sam`, no package, no
+    bucket; --ca-bundle is refused with what replaced it."""
     release = tmp_path / "dist"
     release.mkdir()
-    with zipfile.ZipFile(release / "fn.zip", "w") as z:
-        z.writestr("bootstrap", "binary")
-    (release / "template-arm64.yaml").write_text("Resources:\n  F:\n    Properties:\n      CodeUri: fn.zip\n")
-    (tmp_path / "global-bundle.pem").write_text("-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n")
+    (release / "template.yaml").write_text("Resources:\n  ReleaseFiles:\n    Type: Custom::ReleaseFiles\n")
+    (release / "deployer-policy.json").write_text("{}")
+    (release / "deploy.sh").write_bytes(SCRIPT.read_bytes())
     (tmp_path / "bin" / "sam").unlink()  # a release needs no SAM CLI
-    done, deploy, log = run("--template", str(release / "template-arm64.yaml"), "--ca-bundle", str(tmp_path / "global-bundle.pem"),
-                            "--", "--region", "eu-west-1")  # fmt: skip
+    done, deploy, log = run("DbName=x", "--", "--region", "eu-west-1", script=release / "deploy.sh")
     assert done.returncode == 0, done.stderr
     assert deploy[:2] == ["cloudformation", "deploy"], deploy
-    assert "DbCaBundleFile=global-bundle.pem" in overrides(deploy)
-    bucket = deploy[deploy.index("--s3-bucket") + 1]
-    assert bucket == "login-etl-artifacts-123456789012-eu-west-1", deploy
-    assert f"s3api head-bucket --bucket {bucket} --expected-bucket-owner 123456789012" in log, log
-    assert sorted((tmp_path / "sam.json.zip").read_text().split()) == ["bootstrap", "global-bundle.pem"]
-    with zipfile.ZipFile(release / "fn.zip") as z:
-        assert z.namelist() == ["bootstrap"], "the release's zip stays as checksummed"
-    assert not Path(deploy[deploy.index("--template-file") + 1]).exists(), "the copies are removed"
-    (release / "template-arm64.yaml").write_text("Resources: {}\n")
-    (tmp_path / "bin" / "sam").write_text(SAM)
-    (tmp_path / "bin" / "sam").chmod(0o755)
-    done, sam, _ = run("--template", str(release / "template-arm64.yaml"), "--ca-bundle", str(tmp_path / "global-bundle.pem"))
-    assert done.returncode == 2 and sam is None and "names no zip" in done.stderr
+    assert deploy[deploy.index("--template-file") + 1] == str(release / "template.yaml")
+    assert "--s3-bucket" not in deploy and "cloudformation package" not in log, deploy
+    assert overrides(deploy) == ["DbName=x"] and deploy[-2:] == ["--region", "eu-west-1"]
+    done, deploy, _ = run("--ca-bundle", "global-bundle.pem", script=release / "deploy.sh")
+    assert done.returncode == 2 and deploy is None and "DbCaBundleSecretArn" in done.stderr, done.stderr
 
 
-def test_a_deployed_stack_reading_a_ca_bundle_is_not_deployed_without_it(run):
+def test_a_deployed_stack_reading_a_ca_bundle_is_not_deployed_without_it(run, tmp_path):
     done, sam, _ = run("DbSecretArn=x", state="UPDATE_COMPLETE", ca="global-bundle.pem")
     assert done.returncode == 2 and sam is None, done.stderr
-    assert "--ca-bundle global-bundle.pem again" in done.stderr
+    assert "make deploy DB_CA_BUNDLE=global-bundle.pem again" in done.stderr
     # Given, or the stack reads none: deployed.
     for args, ca in ((["DbCaBundleFile=global-bundle.pem"], "global-bundle.pem"), (["DbCaBundleFile="], "global-bundle.pem"), ([], "")):
         done, sam, _ = run("DbSecretArn=x", *args, state="UPDATE_COMPLETE", ca=ca)
         assert done.returncode == 0 and sam, (args, done.stderr)
+    # A release's zip never holds one: the fix is to stop reading it.
+    (tmp_path / "template.yaml").write_text("Resources:\n  ReleaseFiles: {}\n")
+    done, sam, _ = run("--template", str(tmp_path / "template.yaml"), state="UPDATE_COMPLETE", ca="global-bundle.pem")
+    assert done.returncode == 2 and sam is None and "give DbCaBundleFile= (the RDS CAs are built in" in done.stderr, done.stderr
 
 
 def test_a_stack_whose_first_create_rolled_back_is_named_with_the_delete_it_needs(run):

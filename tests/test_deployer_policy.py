@@ -2,7 +2,9 @@
 and deletes the stack (issue 96). Read from what CloudFormation is given:
 the template's resource types as the SAM transform leaves them, the
 properties that need more than their type's actions, and the AWS CLI
-calls of the release's deploy path (release/deploy.sh). A resource type
+calls of the release's deploy path (release/deploy.sh), over both of
+the release's templates: the one file (release/templates.py's root: its
+bucket, copier and nested stack) and the nested stack. A resource type
 added to the template without its actions here, or an action the policy
 file lacks, fails; so does an action the policy grants that nothing
 needs."""
@@ -10,11 +12,13 @@ needs."""
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
 import json
 import pathlib
 import re
 import sys
 
+from samcli.yamlhelper import yaml_parse
 from test_template import ROOT, transformed
 
 POLICY = ROOT / "release" / "deployer-policy.json"
@@ -58,6 +62,12 @@ BY_TYPE = {
                                     "secretsmanager:TagResource", "secretsmanager:UntagResource"],
     # A custom resource: CloudFormation invokes its ServiceToken as the deployer.
     "Custom::LoginEtlDatabase": ["lambda:InvokeFunction"],
+    "Custom::ReleaseFiles": ["lambda:InvokeFunction"],
+    "AWS::S3::Bucket": ["s3:CreateBucket", "s3:DeleteBucket", "s3:ListBucket", "s3:GetBucketTagging", "s3:PutBucketTagging"],
+    # The nested stack, whose template CloudFormation reads from the
+    # stack's bucket as the deployer.
+    "AWS::CloudFormation::Stack": ["cloudformation:CreateStack", "cloudformation:UpdateStack",
+                                   "cloudformation:DeleteStack", "cloudformation:DescribeStacks", "s3:GetObject"],
 }
 
 # Properties whose handling needs more than their type's actions.
@@ -66,6 +76,10 @@ BY_PROPERTY = {
     ("AWS::EC2::VPCEndpoint", "SubnetIds"): ["ec2:DescribeSubnets", "ec2:DescribeNetworkInterfaces"],
     ("AWS::EC2::VPCEndpoint", "VpcId"): ["ec2:DescribeVpcs"],
     ("AWS::IAM::Role", "Policies"): ["iam:PutRolePolicy", "iam:GetRolePolicy", "iam:DeleteRolePolicy"],
+    ("AWS::IAM::Role", "ManagedPolicyArns"): ["iam:AttachRolePolicy", "iam:DetachRolePolicy"],
+    ("AWS::S3::Bucket", "PublicAccessBlockConfiguration"): ["s3:PutBucketPublicAccessBlock", "s3:GetBucketPublicAccessBlock"],
+    ("AWS::S3::Bucket", "BucketEncryption"): ["s3:PutEncryptionConfiguration", "s3:GetEncryptionConfiguration"],
+    ("AWS::S3::Bucket", "OwnershipControls"): ["s3:PutBucketOwnershipControls", "s3:GetBucketOwnershipControls"],
     ("AWS::IAM::Role", "PermissionsBoundary"): ["iam:PutRolePermissionsBoundary", "iam:DeleteRolePermissionsBoundary"],
     ("AWS::KMS::Key", "EnableKeyRotation"): ["kms:EnableKeyRotation", "kms:DisableKeyRotation"],
     ("AWS::Lambda::Function", "Tags"): ["lambda:TagResource", "lambda:UntagResource", "lambda:ListTags"],
@@ -91,20 +105,26 @@ STACK = ["cloudformation:CreateChangeSet", "cloudformation:DescribeChangeSet", "
 # AWS CLI commands whose action is not their name in CamelCase, or which
 # make several calls (the CLI's own commands), or none.
 CLI = {
-    ("cloudformation", "deploy"): STACK + ["s3:PutObject"],
-    ("cloudformation", "package"): ["s3:PutObject", "s3:GetObject", "s3:ListBucket"],
-    ("s3", "mb"): ["s3:CreateBucket"],
-    ("s3api", "head-bucket"): ["s3:ListBucket"],
-    ("s3api", "put-public-access-block"): ["s3:PutBucketPublicAccessBlock"],
-    ("sts", "get-caller-identity"): [],  # needs no permission
+    ("cloudformation", "deploy"): STACK,  # the template inline: no bucket
     ("configure", "get"): [],  # local
 }
 
 
+def release_root() -> dict:
+    """The release's one file, as release/templates.py writes it."""
+    spec = importlib.util.spec_from_file_location("release_templates", ROOT / "release" / "templates.py")
+    templates = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(templates)
+    source = yaml_parse((ROOT / "template.yaml").read_text())
+    names = [templates.zip_name("0", c) for c in templates.CPUS] + [templates.stack_name("0")]
+    return templates.root_template(source, "0", dict.fromkeys(names, "0" * 64), "https://example.com/")
+
+
 def _resources():
-    """Every resource the transformed template can make (every condition)."""
+    """Every resource the release's templates can make (every condition):
+    the one file's, and the nested stack's as the SAM transform leaves it."""
     out, _ = transformed()
-    return list(out["Resources"].values())
+    return list(release_root()["Resources"].values()) + list(out["Resources"].values())
 
 
 def deploy_path_calls() -> set[tuple[str, str]]:
@@ -189,8 +209,8 @@ def test_what_makes_or_changes_a_resource_is_allowed_through_cloudformation_alon
     """A stolen deployer credential cannot call IAM, Lambda, KMS or Secrets
     Manager itself (a role trusting anyone, a secret's policy opened):
     those actions hold only when CloudFormation makes the call
-    (aws:CalledVia); what the deployer calls itself is the stack's own API,
-    deploy.sh's bucket, and reads."""
+    (aws:CalledVia); what the deployer calls itself is the stack's own API
+    and reads."""
     direct = set()
     for st in _statements():
         actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
@@ -200,21 +220,22 @@ def test_what_makes_or_changes_a_resource_is_allowed_through_cloudformation_alon
         direct |= set(actions)
     for a in direct:
         service, name = a.split(":")
-        assert service in ("cloudformation", "s3") or name.startswith(("Describe", "List", "Get")), a
+        assert service == "cloudformation" or name.startswith(("Describe", "List", "Get")), a
     # Every key is retained: no delete needs kms:ScheduleKeyDeletion.
     out, _ = transformed()
     keys = [r for r in out["Resources"].values() if r["Type"] == "AWS::KMS::Key"]
     assert keys and all(r.get("DeletionPolicy") == "Retain" for r in keys)
 
 
-def test_roles_are_passed_to_lambda_alone_and_the_code_bucket_is_deploy_shs():
+def test_roles_are_passed_to_lambda_alone_and_the_bucket_is_the_stacks_own():
     (passing,) = [st for st in _statements() if "iam:PassRole" in st["Action"]]
     assert passing["Action"] == "iam:PassRole"
     assert passing["Condition"]["StringEquals"] == {"iam:PassedToService": "lambda.amazonaws.com"}
     (bucket,) = [st for st in _statements() if any(str(a).startswith("s3:") for a in st["Action"])]
-    deploy_sh = (ROOT / "release" / "deploy.sh").read_text()
-    (prefix,) = re.findall(r"bucket=(login-etl-[a-z]+-)\$account", deploy_sh)
-    assert bucket["Resource"] == [f"arn:aws:s3:::{prefix}*", f"arn:aws:s3:::{prefix}*/*"], bucket["Resource"]
+    # CloudFormation names a bucket <stack>-<logical id, lowercased>-<random>.
+    assert "ReleaseBucket" in release_root()["Resources"]
+    assert bucket["Resource"] == ["arn:aws:s3:::*-releasebucket-*", "arn:aws:s3:::*-releasebucket-*/*"], bucket["Resource"]
+    assert bucket["Condition"]["ForAnyValue:StringEquals"]["aws:CalledVia"] == ["cloudformation.amazonaws.com"]
 
 
 def test_a_resource_type_without_its_actions_fails(monkeypatch):
@@ -226,14 +247,14 @@ def test_a_resource_type_without_its_actions_fails(monkeypatch):
 
     def with_a_bucket(**params):
         out, values = real(**params)
-        out["Resources"]["Extra"] = {"Type": "AWS::S3::Bucket", "Properties": {}}
+        out["Resources"]["Extra"] = {"Type": "AWS::SSM::Parameter", "Properties": {}}
         return out, values
 
     monkeypatch.setattr(sys.modules[__name__], "transformed", with_a_bucket)
     try:
         needed()
     except AssertionError as e:
-        assert "AWS::S3::Bucket" in str(e)
+        assert "AWS::SSM::Parameter" in str(e)
     else:
         raise AssertionError("a resource type without its actions passed")
     monkeypatch.setattr(sys.modules[__name__], "transformed", real)

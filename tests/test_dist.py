@@ -27,8 +27,11 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import zipfile
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -95,23 +98,24 @@ def test_each_binary_is_static_for_its_cpu(arch):
 
 
 @pytest.mark.parametrize("arch", ["x86_64", "arm64"])
-def test_each_zip_holds_one_executable_bootstrap_and_its_template_deploys_it(arch):
+def test_each_zip_holds_one_executable_bootstrap_and_the_one_template_pins_it(arch):
     name = f"login-etl-lambda-{VERSION}-{arch}.zip"
     with zipfile.ZipFile(DIST / name) as z:
         (entry,) = z.infolist()
         assert entry.filename == "bootstrap"
         assert (entry.external_attr >> 16) & 0o777 == 0o755, oct(entry.external_attr >> 16)
         assert elf_machine(z.read(entry)[:64]) == MACHINE[arch]
-    template = cfn_yaml((DIST / f"template-{arch}.yaml").read_text())
+    root = (DIST / "template.yaml").read_text()
+    assert len(root.encode()) <= 51_200, "over CloudFormation's inline limit"
+    assert name in root and hashlib.sha256((DIST / name).read_bytes()).hexdigest() in root
+    nested = cfn_yaml((DIST / f"login-etl-{VERSION}-stack.yaml").read_text())
     source = cfn_yaml((ROOT / "template.yaml").read_text())
-    for function in ("LoginEtlFunction", "MaintenanceFunction"):
-        resource = template["Resources"][function]
-        assert resource["Properties"]["CodeUri"] == name
-        assert "Metadata" not in resource, "nothing to build"
-    assert template["Parameters"]["Architecture"]["AllowedValues"] == [arch]
+    for function in ("LoginEtlFunction", "MaintenanceFunction", "SetupFunction"):
+        assert "Metadata" not in nested["Resources"][function], "nothing to build"
     # Everything else is template.yaml's: the same parameters and resources.
-    assert set(template["Parameters"]) == set(source["Parameters"])
-    assert set(template["Resources"]) == set(source["Resources"])
+    assert set(nested["Parameters"]) - set(source["Parameters"]) == {"RootStackName", "ReleaseBucket", "ReleaseCodeKey"}
+    assert set(nested["Resources"]) == set(source["Resources"])
+    assert set(cfn_yaml(root)["Parameters"]) == set(source["Parameters"]) | {"ReleaseUrl"}
 
 
 def test_the_schema_is_the_binarys_contract_and_the_sbom_lists_what_is_linked_in():
@@ -156,16 +160,42 @@ def deploy_parameters(command: str) -> list[str]:
     return [w for w in shlex.split(command.replace("\\\n", " ")) if "=" in w and not w.startswith("-")]
 
 
+class Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
 @pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    """The release as an operator unpacks it (a copy of dist/), and a PATH
-    with no Rust toolchain: the released binary as `login-etl`, the SAM
-    and AWS CLIs, and the system's directories."""
+def served():
+    """A local HTTP server standing in for the release's download URL
+    (https://github.com/<owner>/login-etl/releases/download/vV/): dist/
+    at /vV/, and at /tampered/ a copy whose x86_64 zip has one more byte."""
+    site = ROOT / "target" / "dist-site"
+    shutil.rmtree(site, ignore_errors=True)
+    shutil.copytree(DIST, site / f"v{VERSION}", ignore=shutil.ignore_patterns("*.oci.tar"))
+    shutil.copytree(site / f"v{VERSION}", site / "tampered")
+    with (site / "tampered" / f"login-etl-lambda-{VERSION}-x86_64.zip").open("ab") as f:
+        f.write(b"\0")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(site)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        shutil.rmtree(site, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory, served):
+    """An operator's machine: a PATH with no Rust toolchain or SAM CLI (the
+    AWS CLI, curl and the system's directories), an empty folder, and the
+    released binary installed as docs/release.md's operators do, for the
+    setup block's commands. Returns that folder, its environment and the
+    release's URL."""
     if not stack.localstack_running():
         pytest.fail("LocalStack is not running: make test-dist starts it (localstack/up.sh)")
     home = tmp_path_factory.mktemp("operator")
-    unpacked = home / "dist"  # where docs/release.md's block looks for it
-    shutil.copytree(DIST, unpacked)
     tools = home / "bin"
     tools.mkdir()
     (tools / "aws").symlink_to(ROOT / ".venv-localstack" / "bin" / "aws")
@@ -173,14 +203,31 @@ def release(tmp_path_factory):
     path = os.pathsep.join([str(home / ".local" / "bin"), str(tools), *system])
     for tool in NO_RUST:
         assert shutil.which(tool, path=path) is None, f"{tool} is on the operator's PATH: this test needs it gone"
-    # ~/.local/bin does not exist yet: the block's `install -D` makes it.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATABASE_URL", "DB_", "CARGO", "RUST", "VIRTUAL_ENV"))}
     env |= {**stack.LOCAL_ENV, "AWS_REGION": stack.REGION, "HOME": str(home), "PATH": path}
-    verify = subprocess.run(["bash", "-euo", "pipefail", "-c", block("docs/release.md", "<!-- release-verify -->")],
-                            cwd=home, env=env, capture_output=True, text=True)  # fmt: skip
-    assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert shutil.which("login-etl", path=path) == str(home / ".local" / "bin" / "login-etl")
-    return unpacked, env
+    binary = home / ".local" / "bin" / "login-etl"
+    binary.parent.mkdir(parents=True)
+    shutil.copyfile(HOST_BINARY, binary)
+    binary.chmod(0o755)
+    return home, env, f"{served}/v{VERSION}"
+
+
+def on_this_server(command: str, url: str) -> str:
+    """A docs command with GitHub's release URL replaced by `url`."""
+    github = "https://github.com/<owner>/login-etl/releases/download/vV"
+    assert github in command, command
+    return command.replace(github, url)
+
+
+def download(folder: Path, env: dict, url: str) -> None:
+    """docs/release.md's steps 1 and 2 (the checksum), run as written in
+    an empty folder, from `url`."""
+    folder.mkdir()
+    for marker in ("<!-- release-download -->", "<!-- release-verify -->"):
+        command = on_this_server(block("docs/release.md", marker), url) if "download" in marker else block("docs/release.md", marker)
+        done = subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=folder, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, f"{marker}: {done.stdout}{done.stderr}"
+    assert (folder / "template.yaml").is_file()
 
 
 def setup_database(dbname: str, env: dict[str, str], profile: str = "masking") -> None:
@@ -200,14 +247,27 @@ def stack_set_up(dbname: str) -> dict[str, str]:
             "mydb.xxxx.us-east-1.rds.amazonaws.com": admin["PGHOST"], "DbName=analytics": f"DbName={dbname}"}  # fmt: skip
 
 
-# An `aws` in front of the release's: each `cloudformation deploy` leaves
-# its packaged template and its arguments in $CAPTURE (numbered), and is
-# sent on to LocalStack unless $CAPTURE_ONLY is set.
+def local_parameters(name: str, url: str) -> list[str]:
+    """What LocalStack needs beyond the docs' block: its timings, the host's
+    CPU, the local server for GitHub, and the throwaway server's CA (no
+    RDS endpoint: its CA is given as a server of one's own needs), in a
+    secret named after the stack."""
+    sm = stack.client("secretsmanager")
+    ca_name = f"{name}-test-ca"
+    try:
+        arn = sm.describe_secret(SecretId=ca_name)["ARN"]
+    except sm.exceptions.ResourceNotFoundException:
+        arn = sm.create_secret(Name=ca_name, SecretString=Path(stack.ca_bundle_file()).read_text())["ARN"]
+    return [*LOCAL_PARAMETERS, "Architecture=x86_64", f"ReleaseUrl={url}", f"DbCaBundleSecretArn={arn}"]
+
+
+# An `aws` in front of the real one: each `cloudformation deploy` leaves
+# its template and its arguments in $CAPTURE (numbered), and is sent on to
+# LocalStack unless $CAPTURE_ONLY is set.
 CAPTURING_AWS = """#!/usr/bin/env bash
 if [ "$1 $2" = "cloudformation deploy" ]; then
   n=$(find "$CAPTURE" -name 'args-*' | wc -l)
   prev=""; for a in "$@"; do
-    # The packaged template's path is a new temporary file each run.
     if [ "$prev" = --template-file ]; then cp "$a" "$CAPTURE/template-$n"; echo "(the template)"; else printf '%s\\n' "$a"; fi
     prev=$a
   done > "$CAPTURE/args-$n"
@@ -217,40 +277,45 @@ exec "$REAL_AWS" "$@"
 """
 
 
-def release_deploy(release_dir: Path, env: dict, name: str, values: dict[str, str], extra: list[str],
-                   capture: Path | None = None, send: bool = True) -> str:  # fmt: skip
-    """docs/release.md's deploy block, run as written in the release's
-    folder: its placeholders replaced by `values`, LocalStack's artifact
-    bucket after `--`. With `capture`, what it asks CloudFormation to
-    deploy is kept there (CAPTURING_AWS); `send=False` asks nothing."""
+def run_deploy(folder: Path, env: dict, name: str, command: str, capture: Path | None = None, send: bool = True,
+               expect_failure: bool = False) -> str:  # fmt: skip
+    """`command` run in `folder`. With `capture`, what it asks
+    CloudFormation to deploy is kept there (CAPTURING_AWS); `send=False`
+    asks nothing."""
     if capture is not None:
-        capture.mkdir(exist_ok=True)
+        capture.mkdir(parents=True, exist_ok=True)
         shim = capture / "bin"
         shim.mkdir(exist_ok=True)
         (shim / "aws").write_text(CAPTURING_AWS)
         (shim / "aws").chmod(0o755)
         real = shutil.which("aws", path=env["PATH"])
-        assert real, "no aws on the release's PATH"
+        assert real, "no aws on the operator's PATH"
         env = {**env, "PATH": f"{shim}{os.pathsep}{env['PATH']}", "CAPTURE": str(capture), "REAL_AWS": str(real)}
         if not send:
             env["CAPTURE_ONLY"] = "1"
-    # The throwaway server is no RDS endpoint (localhost): its CA is given,
-    # as a server of one's own needs; an RDS endpoint needs none.
-    command = block("docs/release.md", "<!-- release-deploy -->").replace(
-        "bash deploy.sh", f"bash deploy.sh --stack-name {name} --template template-x86_64.yaml --ca-bundle global-bundle.pem", 1)  # fmt: skip
-    for placeholder, value in values.items():
-        command = command.replace(placeholder, value)
-    words = [w for w in shlex.split(command.replace("\\\n", " ")) if not w.startswith(NOT_IN_LOCALSTACK)]
-    command = shlex.join(words)
-    command += " " + shlex.join([*extra, "--", "--s3-bucket", stack.ARTIFACT_BUCKET, "--no-confirm-changeset"])
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=release_dir, env=env,
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=folder, env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     log = ROOT / "target" / "e2e-logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as f:
         f.write(command + done.stdout + done.stderr)
-    assert done.returncode == 0, f"deploy.sh failed (all of it: {log}):\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
-    return done.stdout
+    if expect_failure:
+        assert done.returncode != 0, f"the deploy succeeded (all of it: {log})"
+    else:
+        assert done.returncode == 0, f"the deploy failed (all of it: {log}):\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+    return done.stdout + done.stderr
+
+
+def docs_deploy(name: str, values: dict[str, str], extra: list[str]) -> str:
+    """docs/release.md's deploy block as written: its placeholders replaced
+    by `values`, the stack named `name`, `extra` parameters after its own."""
+    command = block("docs/release.md", "<!-- release-deploy -->").replace("--stack-name login-etl ", f"--stack-name {name} ", 1)
+    for placeholder, value in values.items():
+        command = command.replace(placeholder, value)
+    words = [w for w in shlex.split(command.replace("\\\n", " ")) if not w.startswith(NOT_IN_LOCALSTACK)]
+    # Its parameters come last: `extra` joins them.
+    assert all("=" in w for w in words[words.index("--parameter-overrides") + 1 :]), words
+    return shlex.join([*words, *extra])
 
 
 def stored(dbname: str) -> set[str]:
@@ -258,52 +323,58 @@ def stored(dbname: str) -> set[str]:
 
 
 def test_the_quick_start_from_the_release_drains_a_queue_made_beforehand_with_no_rust_on_the_path(release):
-    release_dir, env = release
+    home, env, url = release
     name, dbname = f"login-etl-{RUN}-q", f"login_etl_{RUN}_q"
     deploy_block = block("docs/release.md", "<!-- release-deploy -->")
     given = deploy_parameters(deploy_block)
-    # The template's first parameter group, no more, and no CA file (the RDS CAs are built in).
-    assert len(given) <= 8 and "--ca-bundle" not in deploy_block, given
+    # One template, the first parameter group and no more, no bucket, no zip, no CA file.
+    assert len(given) <= 8 and deploy_block.count("--template-file template.yaml") == 1, given
+    assert not re.search(r"s3-bucket|\.zip|\.pem|ca-bundle|DbCaBundle", deploy_block), deploy_block
     queues = stack.make_queues(f"{name}-producers", dbname, visibility=stack.LOCAL_VISIBILITY_TIMEOUT, max_receive=5)
     sqs = stack.client("sqs")
-    arn = lambda url: sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]  # noqa: E731
+    arn = lambda q: sqs.get_queue_attributes(QueueUrl=q, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]  # noqa: E731
     try:
         database = stack_set_up(dbname)
-        shutil.copyfile(stack.ca_bundle_file(), release_dir / "global-bundle.pem")
-        stack.client("s3").create_bucket(Bucket=stack.ARTIFACT_BUCKET)
         values = {
             "arn:aws:sqs:us-east-1:123456789012:logins-dlq": arn(queues.dlq_url),
             "arn:aws:sqs:us-east-1:123456789012:logins": arn(queues.queue_url),
             **database,
         }  # fmt: skip
+        extra = local_parameters(name, url)
+        messages = stack.generate(40, 8, seed=6401, binary=HOST_BINARY)
+        stack.send(queues, messages)  # producers were there first
+        valid = [m for m in messages if m.valid]
+        started = time.monotonic()
+        folder = home / name
+        download(folder, env, url)
         asked = ROOT / "target" / "e2e-logs" / f"{name}-asked"
         shutil.rmtree(asked, ignore_errors=True)
-        release_deploy(release_dir, env, name, values, extra=LOCAL_PARAMETERS, capture=asked)
-        function = stack.outputs(name)["FunctionName"]
-        code = stack.client("lambda").get_function(FunctionName=function)["Configuration"]
-        assert code["Architectures"] == ["x86_64"]
-        stack.wait_function_active(function)
-        messages = stack.generate(40, 8, seed=6401, binary=HOST_BINARY)
-        stack.send(queues, messages)
-        valid = [m for m in messages if m.valid]
+        run_deploy(folder, env, name, docs_deploy(name, values, extra), capture=asked)
+        deadline = time.monotonic() + 180
+        while not stored(dbname):  # the first row (a state, not a delay)
+            assert time.monotonic() < deadline, "no row within 180 s of the deploy"
+            time.sleep(0.5)
+        print(f"\nthe quick start, from its first command to the first row: {time.monotonic() - started:.0f} s")
         stack.wait_drained(queues, len(valid), len(messages) - len(valid), timeout=180)
         assert stored(dbname) == {m.message_id for m in valid}
         assert_masked(dbname, valid)
+        out = stack.outputs(name)
+        code = stack.client("lambda").get_function(FunctionName=out["FunctionName"])["Configuration"]
+        assert code["Architectures"] == ["x86_64"]
+        # The setup named the roles after the stack deployed, not the nested one.
+        assert stack.client("secretsmanager").describe_secret(SecretId=f"{name}/ingest")["Name"] == f"{name}/ingest"
         # The scheduled maintenance, as the maintain role the setup made: clean.
-        resp = stack.client("lambda").invoke(FunctionName=stack.outputs(name)["MaintenanceFunctionName"], Payload=b"{}")
+        resp = stack.client("lambda").invoke(FunctionName=out["MaintenanceFunctionName"], Payload=b"{}")
         assert "FunctionError" not in resp, resp["Payload"].read()
 
         # The same deploy again is a no-op: it asks CloudFormation for the
-        # same template (the same bundle makes the same zip: deploy.sh's zip
-        # -X, packaged under its digest) with the same parameters, an empty
-        # change set, which AWS answers "No changes to deploy" (and
+        # same template with the same parameters, an empty change set,
+        # which AWS answers "No changes to deploy" (and
         # --no-fail-on-empty-changeset exits 0): no resource, so not the
         # setup, is touched. LocalStack 4.13 cannot model an update of this
         # template (Fn::FindInMap keyed by a Ref: CreateChangeSet 501), so
-        # the second request is compared, not sent. What the setup does on
-        # an update that changes something is tested by replaying it
-        # (tests/test_localstack_e2e.py's existing-queue stack).
-        release_deploy(release_dir, env, name, values, extra=LOCAL_PARAMETERS, capture=asked, send=False)
+        # the second request is compared, not sent.
+        run_deploy(folder, env, name, docs_deploy(name, values, extra), capture=asked, send=False)
         assert (asked / "template-1").read_bytes() == (asked / "template-0").read_bytes(), "another template"
         assert (asked / "args-1").read_text() == (asked / "args-0").read_text(), "other parameters"
 
@@ -316,6 +387,30 @@ def test_the_quick_start_from_the_release_drains_a_queue_made_beforehand_with_no
         assert stored(dbname) == {m.message_id for m in valid + more}
     finally:
         teardown(name, dbname, queues)
+
+
+def test_a_zip_whose_bytes_are_not_the_pinned_ones_is_refused_and_nothing_runs_it(release, served):
+    home, env, _ = release
+    name = f"login-etl-{RUN}-t"
+    folder = home / name
+    download(folder, env, release[2])
+    tampered = f"{served}/tampered"
+    command = shlex.join(["aws", "cloudformation", "deploy", "--template-file", "template.yaml", "--stack-name", name,
+                          "--capabilities", "CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND", "--parameter-overrides",
+                          "DbSecretArn=arn:aws:secretsmanager:us-east-1:000000000000:secret:x-AbCdEf", "DbHost=db",
+                          "MaintainDbSecretArn=arn:aws:secretsmanager:us-east-1:000000000000:secret:y-AbCdEf",
+                          "Architecture=x86_64", f"ReleaseUrl={tampered}"])  # fmt: skip
+    try:
+        run_deploy(folder, env, name, command, expect_failure=True)
+        events = stack.client("cloudformation").describe_stack_events(StackName=name)["StackEvents"]
+        reasons = " ".join(e.get("ResourceStatusReason", "") for e in events if e["LogicalResourceId"] == "ReleaseFiles")
+        pinned = hashlib.sha256((DIST / f"login-etl-lambda-{VERSION}-x86_64.zip").read_bytes()).hexdigest()
+        assert pinned in reasons and "not the file of the release" in reasons and "ReleaseUrl" in reasons, reasons
+        kinds = {r["ResourceType"] for r in stack.client("cloudformation").describe_stack_resources(StackName=name)["StackResources"]
+                 if r["ResourceStatus"].endswith("COMPLETE") and "DELETE" not in r["ResourceStatus"]}  # fmt: skip
+        assert "AWS::CloudFormation::Stack" not in kinds, "the nested stack was made"
+    finally:
+        stack.delete_stack_or_its_mappings(name)
 
 
 def assert_masked(dbname: str, logins: list) -> None:
@@ -334,7 +429,7 @@ def assert_masked(dbname: str, logins: list) -> None:
 
 
 def test_a_stack_deleted_and_deployed_again_keeps_its_key_and_goes_on_storing(release):
-    release_dir, env = release
+    home, env, url = release
     name, dbname = f"login-etl-{RUN}-r", f"login_etl_{RUN}_r"
     secrets = stack.client("secretsmanager")
     first_keys = []
@@ -343,14 +438,17 @@ def test_a_stack_deleted_and_deployed_again_keeps_its_key_and_goes_on_storing(re
         # stack (a condition leaves PiiRevealRole out: "Unresolved resource
         # dependencies"), AWS can; the keys are the same in both.
         database = stack_set_up(dbname)
-        stack.client("s3").create_bucket(Bucket=stack.ARTIFACT_BUCKET)
-        shutil.copyfile(stack.ca_bundle_file(), release_dir / "global-bundle.pem")
-        deploy = lambda: release_deploy(release_dir, env, name, {  # noqa: E731
-            "ExistingQueueArn=arn:aws:sqs:us-east-1:123456789012:logins ": "",
-            "ExistingDlqArn=arn:aws:sqs:us-east-1:123456789012:logins-dlq ": "",
-            **database,
-        }, extra=[*LOCAL_PARAMETERS, "Profile=full", "RevealTrustedPrincipalArn=arn:aws:iam::000000000000:role/investigators",
-                  "DlqOperatorTrustedPrincipalArn=arn:aws:iam::000000000000:role/dlq-operators"])  # fmt: skip
+        folder = home / name
+        download(folder, env, url)
+        shutil.copyfile(DIST / "deploy.sh", folder / "deploy.sh")  # downloaded beside template.yaml
+        words = shlex.split(docs_deploy(name, {"ExistingQueueArn=arn:aws:sqs:us-east-1:123456789012:logins ": "",
+                                               "ExistingDlqArn=arn:aws:sqs:us-east-1:123456789012:logins-dlq ": "",
+                                               **database}, []))  # fmt: skip
+        params = words[words.index("--parameter-overrides") + 1 :]
+        extra = [*local_parameters(name, url), "Profile=full", "RevealTrustedPrincipalArn=arn:aws:iam::000000000000:role/investigators",
+                 "DlqOperatorTrustedPrincipalArn=arn:aws:iam::000000000000:role/dlq-operators"]  # fmt: skip
+        # docs/release.md's "Delete, then deploy again": deploy.sh, the same parameters.
+        deploy = lambda: run_deploy(folder, env, name, shlex.join(["bash", "deploy.sh", "--stack-name", name, *params, *extra]))  # noqa: E731
         said = deploy()
         assert "reusing" not in said, "nothing retained yet"
         first = stack.outputs(name)
@@ -430,7 +528,7 @@ def test_the_previous_release_is_refused_on_the_schema_this_release_migrates_to_
         if unavailable.is_file():
             pytest.skip(unavailable.read_text().strip())
         pytest.fail("PREVIOUS_LOGIN_ETL names no binary: make test-dist builds it (make previous-release)")
-    _, env = release
+    _, env, _ = release
     dbname = f"login_etl_{RUN}_p"
     queues = stack.make_queues(f"login-etl-{RUN}-p", dbname, visibility=stack.LOCAL_VISIBILITY_TIMEOUT, max_receive=5)
     key = os.urandom(32)

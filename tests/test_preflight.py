@@ -242,8 +242,8 @@ def test_deploy_sh_runs_it_first_and_a_finding_deploys_nothing(moto, tmp_path):
     """A release's deploy.sh with SubnetIds checks the network before
     anything is made: the broken network stops it, and no stack exists."""
     net = Network(moto, "10.9.0.0/16", nat=False)
-    (tmp_path / "template-arm64.yaml").write_text("Resources: {}\n# CodeUri: fn.zip\n  CodeUri: fn.zip\n")
-    for name in ("deploy.sh", "preflight.sh"):
+    (tmp_path / "template.yaml").write_text("Resources:\n  ReleaseFiles: {}\n")
+    for name in ("deploy.sh", "preflight.sh", "deployer-policy.json"):
         (tmp_path / name).write_bytes((ROOT / "release" / name).read_bytes())
     env = {"PATH": f"{LS_VENV / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "AWS_ENDPOINT_URL": moto,
            "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": REGION}  # fmt: skip

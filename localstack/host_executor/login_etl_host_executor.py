@@ -27,7 +27,9 @@ Limits, on purpose (this is a test harness, not a sandbox):
 * no memory limit (`MemorySize` is only passed on as an environment variable);
 * the bootstrap must be built for the host's CPU: an arm64 package on an x86_64
   host makes the function `Failed` with a message saying so;
-* only `provided.*` runtimes with a `bootstrap` file in the package are supported.
+* `provided.*` runtimes with a `bootstrap` file in the package, and `python3.*`
+  runtimes (login_etl_python_runtime.py, with LocalStack's own Python and its
+  boto3: what the release template's inline copier needs), are supported.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import platform
 import queue
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -56,6 +59,7 @@ LOG = logging.getLogger(__name__)
 RUNTIME_API_PREFIX = "/2018-06-01/runtime"
 # ELF e_machine values of the two Lambda architectures.
 ELF_MACHINES = {0x3E: "x86_64", 0xB7: "aarch64"}
+PYTHON_RUNTIME = Path(__file__).with_name("login_etl_python_runtime.py")
 HOST_MACHINE = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
 STOP_GRACE_SECONDS = 2.0
 
@@ -140,6 +144,10 @@ def _executor_class():
                 LAMBDA_RUNTIME_DIR=str(code),
                 PATH=os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
             )
+            self._command = [str(code / "bootstrap")]
+            if str(self.function_version.config.runtime or "").startswith("python"):
+                self._command = [sys.executable, str(PYTHON_RUNTIME)]
+                self._env.update(PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
             self._spawn()
 
         def _spawn(self) -> None:
@@ -154,7 +162,7 @@ def _executor_class():
             log = open(self._log_path, "ab")
             try:
                 self._process = subprocess.Popen(
-                    [str(code / "bootstrap")],
+                    self._command,
                     cwd=code,
                     env=self._env,
                     stdin=subprocess.DEVNULL,
@@ -307,6 +315,11 @@ def _executor_class():
             if not code:
                 raise LambdaRuntimeException("the host executor runs zip packages only, not images")
             code.prepare_for_execution()
+            if str(function_version.config.runtime or "").startswith("python"):
+                module = function_version.config.handler.rsplit(".", 1)[0]
+                if not (Path(code.get_unzipped_code_location()) / f"{module}.py").is_file():
+                    raise LambdaRuntimeException(f"the package has no {module}.py for the handler {function_version.config.handler}")
+                return
             bootstrap = Path(code.get_unzipped_code_location()) / "bootstrap"
             if not bootstrap.is_file():
                 raise LambdaRuntimeException(
