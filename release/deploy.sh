@@ -108,6 +108,21 @@ if [ "$state" = ROLLBACK_COMPLETE ]; then
   echo "deploy.sh: the stack $stack is in ROLLBACK_COMPLETE: its first create failed (why: aws cloudformation describe-stack-events --stack-name $stack) and CloudFormation updates no such stack. Delete it (aws cloudformation delete-stack --stack-name $stack: the database, its roles and their secrets stay, and the next stack's setup takes the secrets over; with DeployPrincipalArns, first delete the $stack/* secrets as one of those roles), then deploy again" >&2
   exit 2
 fi
+# A stack made before the one file (from source: make deploy, sam deploy)
+# holds its resources itself: the one file would move them
+# into a nested stack, making new queues, functions and keys and deleting
+# the old ones. It is updated in place with the stack template instead.
+if [ -n "$state" ] && [ $release = 1 ]; then
+  if ! made=$(aws cloudformation describe-stack-resource --stack-name "$stack" --logical-resource-id ReleaseFiles \
+    --query StackResourceDetail.ResourceType --output text 2>&1); then
+    case $made in
+      *"does not exist"* | *"not found"*)
+        echo "deploy.sh: the stack $stack holds its resources itself (made from source: make deploy, sam deploy): template.yaml would replace them all (new queues, functions and keys). Update it in place with the stack template instead: docs/upgrade.md, \"A stack made before the one file\"" >&2
+        exit 2 ;;
+      *) echo "deploy.sh: cannot read the stack $stack's resources: $made" >&2; exit 1 ;;
+    esac
+  fi
+fi
 # A stack made from source may read a CA bundle from beside bootstrap
 # (make deploy DB_CA_BUNDLE=...). A deploy that does not give
 # DbCaBundleFile keeps it (CloudFormation keeps a parameter not given), and

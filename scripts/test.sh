@@ -77,7 +77,7 @@ side "Rust tests (cargo nextest, $NEXTEST_THREADS at once)" rust \
 side "template; pytest: database roles, command line" py bash -c 'sam validate --lint --template template.yaml &&
   PG_ADMIN_URL="$1" "$0" -m pytest -q -n 2 --dist loadfile tests/test_template.py tests/test_database_roles.py tests/test_libpq_env.py \
     tests/test_iam_token.py tests/test_runbooks.py tests/test_cli.py tests/test_docs.py tests/test_contract.py tests/test_deploy_script.py \
-    tests/test_workflows.py tests/test_deployer_policy.py tests/test_preflight.py' \
+    tests/test_workflows.py tests/test_deployer_policy.py tests/test_preflight.py tests/test_release_template.py' \
   "$VENV/bin/python" "$TEST_PG"
 set +m; wait "${pids[@]}" || true; pids=()
 

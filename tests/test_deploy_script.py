@@ -32,6 +32,9 @@ case "$1 $2" in
     echo "An error occurred (ValidationError) when calling the DescribeStacks operation: Stack with id $4 does not exist" >&2; exit 254 ;;
   "secretsmanager list-secrets")
     case "$*" in *"Value=='masking'"*) printf '%s' "${STUB_MASKING:-}" ;; *"Value=='erasure'"*) printf '%s' "${STUB_ERASURE:-}" ;; esac ;;
+  "cloudformation describe-stack-resource")
+    [ -n "${STUB_FLAT:-}" ] && { echo "An error occurred (ValidationError) when calling the DescribeStackResource operation: Resource ReleaseFiles does not exist for stack $4" >&2; exit 254; }
+    echo Custom::ReleaseFiles ;;
   "sts get-caller-identity") echo 123456789012 ;;
   "cloudformation deploy") python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$@" > "$STUB_SAM" ;;
 esac
@@ -131,6 +134,13 @@ def test_a_release_deploys_its_one_template_with_the_aws_cli_alone_and_no_bucket
     assert overrides(deploy) == ["DbName=x"] and deploy[-2:] == ["--region", "eu-west-1"]
     done, deploy, _ = run("--ca-bundle", "global-bundle.pem", script=release / "deploy.sh")
     assert done.returncode == 2 and deploy is None and "DbCaBundleSecretArn" in done.stderr, done.stderr
+    # An update of a stack the one file made: deployed.
+    done, deploy, _ = run("DbName=x", script=release / "deploy.sh", state="UPDATE_COMPLETE")
+    assert done.returncode == 0 and deploy, done.stderr
+    # A stack that holds its resources itself is not moved into a nested one.
+    done, deploy, _ = run("DbName=x", script=release / "deploy.sh", state="UPDATE_COMPLETE", flat="1")
+    assert done.returncode == 2 and deploy is None, done.stderr
+    assert "would replace them all" in done.stderr and "A stack made before the one file" in done.stderr
 
 
 def test_a_deployed_stack_reading_a_ca_bundle_is_not_deployed_without_it(run, tmp_path):

@@ -118,6 +118,26 @@ def test_each_zip_holds_one_executable_bootstrap_and_the_one_template_pins_it(ar
     assert set(cfn_yaml(root)["Parameters"]) == set(source["Parameters"]) | {"ReleaseUrl"}
 
 
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
+def test_each_binary_carries_the_certificates_docs_lists_and_no_other(arch):
+    """The RDS CAs and Amazon Trust Services' roots compiled into the
+    released binary are the ones docs/ca-certificates.md lists by SHA-256
+    fingerprint: what a deploy with no CA file trusts is what is listed."""
+    import warnings
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    data = (DIST / f"login-etl-{VERSION}-{arch}-linux").read_bytes()
+    pems = re.findall(rb"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\r\n]+-----END CERTIFICATE-----", data)
+    with warnings.catch_warnings():  # Starfield's root has a negative serial number
+        warnings.simplefilter("ignore")
+        inside = {x509.load_pem_x509_certificate(pem).fingerprint(hashes.SHA256()).hex().upper() for pem in pems}
+    page = (ROOT / "docs" / "ca-certificates.md").read_text()
+    listed = set(re.findall(r"^\| \d{4}-\d\d-\d\d \| [^|]+? \| RDS(?: Proxy)? \| `([0-9A-F]{64})` \|$", page, re.M))
+    assert listed and inside == listed, {"inside, not listed": inside - listed, "listed, not inside": listed - inside}
+
+
 def test_the_schema_is_the_binarys_contract_and_the_sbom_lists_what_is_linked_in():
     host = DIST / f"login-etl-{VERSION}-x86_64-linux"
     printed = subprocess.run([str(host), "schema"], capture_output=True, text=True, check=True).stdout
