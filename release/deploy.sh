@@ -41,7 +41,7 @@ while [ $# -gt 0 ]; do
     *) echo "deploy.sh: unknown argument '$1': parameters are Name=Value, the deploy tool's own options come after --" >&2; exit 2 ;;
   esac
 done
-[ -z "$template" ] && [ -f "$here/template.yaml" ] && [ -f "$here/deployer-policy.json" ] && template=$here/template.yaml
+[ -z "$template" ] && [ -f "$here/template.yaml" ] && template=$here/template.yaml
 # sam's options that the lookups below must follow too.
 config_env=""
 for ((i = 0; i + 1 < ${#sam_args[@]}; i++)); do

@@ -1,14 +1,27 @@
 """The release's files, copied into the stack's own bucket: the root template's
-custom resource (release/templates.py inlines this file into it, so it stays
-small). Each file is downloaded from ReleaseUrl and checked against the
-SHA-256 the template pins before it is put: no function runs code, and no
-nested stack a template, that the release did not build. Delete removes them."""
+custom resource (release/templates.py inlines this file into it, under
+CloudFormation's 4,096 characters for inline code). Each file is downloaded
+from the release's URL and checked against the SHA-256 the template pins
+before it is put: no function runs code, and no nested stack a template,
+that the release did not build.
+
+Anyone allowed lambda:InvokeFunction on the function can send the same JSON
+as CloudFormation, so nothing of the request decides what is done: the
+bucket, the URL and the files come from the function's environment (set by
+the template). A request is answered only at CloudFormation's response
+bucket for this region and stack; a Create or Update copies the pinned
+files, as a real one would; a Delete removes a copy the stack no longer
+uses, and the one it uses only while the stack is being deleted."""
 import hashlib
 import json
+import os
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import boto3
+
+ENDING = ("DELETE_IN_PROGRESS", "ROLLBACK_IN_PROGRESS")
 
 
 class Refused(Exception):
@@ -25,6 +38,20 @@ def download(url):
         raise Refused(f"cannot reach {url} ({e}): this function runs outside the VPC and needs the internet, or a ReleaseUrl it reaches")
 
 
+def cloudformations(url, stack):
+    u = urllib.parse.urlsplit(url)
+    emulator = urllib.parse.urlsplit(os.environ.get("AWS_ENDPOINT_URL", ""))
+    if emulator.hostname and (u.scheme, u.hostname, u.port) == (emulator.scheme, emulator.hostname, emulator.port):
+        return True
+    region = os.environ["AWS_REGION"]
+    bucket = "cloudformation-custom-resource-response-" + region.replace("-", "")
+    domain = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+    hosts = {f"{bucket}.s3.{domain}", f"{bucket}.s3.{region}.{domain}", f"{bucket}.s3-{region}.{domain}"}
+    # CloudFormation keys each answer <StackId>|<LogicalResourceId>|<RequestId>.
+    key = urllib.parse.unquote(u.path.lstrip("/"))
+    return u.scheme == "https" and u.port in (None, 443) and u.hostname in hosts and key.startswith(stack + "|")
+
+
 def answer(event, status, physical, reason="", data=None):
     body = json.dumps({"Status": status, "Reason": reason[:2000], "PhysicalResourceId": physical,
                        "StackId": event["StackId"], "RequestId": event["RequestId"],
@@ -34,27 +61,32 @@ def answer(event, status, physical, reason="", data=None):
 
 
 def handler(event, context):
-    props = event["ResourceProperties"]
-    bucket, files = props["Bucket"], props["Files"]
-    # Keys under a prefix of the files' names and digests: another release
-    # (or CPU) is another prefix, and the old one is removed by the Delete
-    # CloudFormation sends for it after the update.
+    stack, bucket, base = os.environ["STACK_ID"], os.environ["BUCKET"], os.environ["RELEASE_URL"]
+    files = json.loads(os.environ["FILES"])
+    if not cloudformations(str(event.get("ResponseURL")), stack):
+        return print("refused, not answered: the ResponseURL is not CloudFormation's for this stack")
+    # Another release (or CPU) is another prefix: the old copy is removed by
+    # the Delete CloudFormation sends for it after the update.
     prefix = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
     physical = f"{bucket}/{prefix}"
     try:
+        if event["StackId"] != stack or event["LogicalResourceId"] != "ReleaseFiles":
+            raise Refused("this function serves its own stack's ReleaseFiles only")
         s3 = boto3.client("s3")
         if event["RequestType"] == "Delete":
-            if event.get("PhysicalResourceId") == physical:
-                for f in files:
-                    try:
-                        s3.delete_object(Bucket=bucket, Key=f"{prefix}/{f['Name']}")
-                    except s3.exceptions.NoSuchBucket:
-                        pass
-            return answer(event, "SUCCESS", event.get("PhysicalResourceId") or physical)
-        base = props["BaseUrl"].rstrip("/") + "/"
+            gone = event.get("PhysicalResourceId", "")
+            ours = gone.startswith(bucket + "/")
+            status = boto3.client("cloudformation").describe_stacks(StackName=stack)["Stacks"][0]["StackStatus"]
+            if ours and gone == physical and status not in ENDING:
+                raise Refused(f"the copy in use ({gone}) is removed with the stack only (it is {status})")
+            if ours:
+                listed = s3.list_objects_v2(Bucket=bucket, Prefix=gone[len(bucket) + 1:] + "/").get("Contents", [])
+                for o in listed:
+                    s3.delete_object(Bucket=bucket, Key=o["Key"])
+            return answer(event, "SUCCESS", gone or physical)
         data = {}
         for f in files:
-            url = base + f["Name"]
+            url = base.rstrip("/") + "/" + f["Name"]
             body = download(url)
             got = hashlib.sha256(body).hexdigest()
             if got != f["Sha256"]:
@@ -66,5 +98,5 @@ def handler(event, context):
             data[f["Role"]] = key
         answer(event, "SUCCESS", physical, data=data)
     except Exception as e:
-        print(f"{event['RequestType']} failed: {e}")
+        print(f"{event.get('RequestType')} failed: {e}")
         answer(event, "FAILED", event.get("PhysicalResourceId") or physical, reason=str(e))

@@ -31,7 +31,20 @@ import os
 import sys
 from pathlib import Path
 
-from samcli.yamlhelper import yaml_dump, yaml_parse  # the SAM CLI's own CloudFormation YAML (intrinsic tags)
+import yaml
+from samcli.yamlhelper import CfnDumper, string_representer, yaml_dump, yaml_parse  # the SAM CLI's CloudFormation YAML
+
+yaml_dump({})  # registers the SAM CLI's representers on CfnDumper, which RootDumper copies
+
+
+class RootDumper(CfnDumper):
+    """The SAM CLI's dumper, with the inline code as a block (`|`): read as
+    written, and shorter than a quoted scalar."""
+
+
+RootDumper.add_representer(
+    str, lambda d, v: d.represent_scalar("tag:yaml.org,2002:str", v, style="|") if "\n" in v else string_representer(d, v)
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS = ("LoginEtlFunction", "MaintenanceFunction", "SetupFunction")
@@ -97,11 +110,20 @@ def conditions_needed(source: dict, names: set[str]) -> dict:
 
 
 def copier_source() -> str:
-    """release_files.py without its comments and docstring: the inline limit."""
+    """release_files.py without its docstring and comments, each level of
+    indentation one space: CloudFormation takes 4,096 characters inline."""
     lines = (ROOT / "release" / "release_files.py").read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("import "))
-    kept = [line for line in lines[start:] if not line.strip().startswith("#")]
-    return "\n".join(kept) + "\n"
+    kept = []
+    for line in lines[start:]:
+        if line.strip().startswith("#") or not line.strip():
+            continue
+        body = line.lstrip(" ")
+        kept.append(" " * ((len(line) - len(body)) // 4) + body)
+    source = "\n".join(kept) + "\n"
+    if len(source) > 4096:
+        raise SystemExit(f"release/release_files.py is {len(source)} characters inlined, over CloudFormation's 4,096")
+    return source
 
 
 def root_template(source: dict, version: str, digests: dict[str, str], release_url: str) -> dict:
@@ -137,6 +159,12 @@ def root_template(source: dict, version: str, digests: dict[str, str], release_u
         "ReleaseCodeKey": {"Fn::GetAtt": ["ReleaseFiles", "Code"]},
     }
     per_cpu = lambda key: {"Fn::If": ["ReleaseIsArm", key("arm64"), key("x86_64")]}  # noqa: E731
+    code = {"Name": per_cpu(lambda cpu: zip_name(version, cpu)), "Sha256": per_cpu(lambda cpu: digests[zip_name(version, cpu)])}
+    stack = {"Name": stack_name(version), "Sha256": digests[stack_name(version)]}
+    # The copier's plan, in its environment: what a request says decides nothing.
+    files_json = {"Fn::Sub": [json.dumps([{"Role": "Code", "Name": "${Zip}", "Sha256": "${ZipSha256}"},
+                                          {"Role": "Template", **stack}], separators=(",", ":")),
+                              {"Zip": code["Name"], "ZipSha256": code["Sha256"]}]}  # fmt: skip
     resources = {
         "ReleaseBucket": {
             "Type": "AWS::S3::Bucket",
@@ -157,7 +185,10 @@ def root_template(source: dict, version: str, digests: dict[str, str], release_u
                 "ManagedPolicyArns": [{"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"}],
                 "Policies": [{"PolicyName": "release-files", "PolicyDocument": {"Version": "2012-10-17", "Statement": [
                     {"Effect": "Allow", "Action": ["s3:PutObject", "s3:DeleteObject"],
-                     "Resource": {"Fn::Sub": "${ReleaseBucket.Arn}/*"}}]}}],  # fmt: skip
+                     "Resource": {"Fn::Sub": "${ReleaseBucket.Arn}/*"}},
+                    {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": {"Fn::GetAtt": ["ReleaseBucket", "Arn"]}},
+                    # A Delete of the copy in use only while the stack is being deleted.
+                    {"Effect": "Allow", "Action": "cloudformation:DescribeStacks", "Resource": {"Ref": "AWS::StackId"}}]}}],  # fmt: skip
             },
         },
         "ReleaseCopier": {
@@ -170,6 +201,8 @@ def root_template(source: dict, version: str, digests: dict[str, str], release_u
                 "MemorySize": 512,
                 "Role": {"Fn::GetAtt": ["ReleaseCopierRole", "Arn"]},
                 "Code": {"ZipFile": copier_source()},
+                "Environment": {"Variables": {"STACK_ID": {"Ref": "AWS::StackId"}, "BUCKET": {"Ref": "ReleaseBucket"},
+                                              "RELEASE_URL": {"Ref": "ReleaseUrl"}, "FILES": files_json}},  # fmt: skip
             },
         },
         "ReleaseFiles": {
@@ -177,12 +210,9 @@ def root_template(source: dict, version: str, digests: dict[str, str], release_u
             "Properties": {
                 "ServiceToken": {"Fn::GetAtt": ["ReleaseCopier", "Arn"]},
                 "Bucket": {"Ref": "ReleaseBucket"},
+                # The environment's plan again: a change of it is an Update.
                 "BaseUrl": {"Ref": "ReleaseUrl"},
-                "Files": [
-                    {"Role": "Code", "Name": per_cpu(lambda cpu: zip_name(version, cpu)),
-                     "Sha256": per_cpu(lambda cpu: digests[zip_name(version, cpu)])},  # fmt: skip
-                    {"Role": "Template", "Name": stack_name(version), "Sha256": digests[stack_name(version)]},
-                ],
+                "Files": [{"Role": "Code", **code}, {"Role": "Template", **stack}],
             },
         },
         "App": {
@@ -215,7 +245,7 @@ def main(args: list[str]) -> None:
             raise SystemExit(f"{out / zip_name(version, cpu)} is missing: the templates are written after the zips")
     (out / stack_name(version)).write_text(yaml_dump(stack_template(source)))
     digests = {name: sha256(out / name) for name in [*(zip_name(version, c) for c in CPUS), stack_name(version)]}
-    root = yaml_dump(root_template(source, version, digests, release_url))
+    root = yaml.dump(root_template(source, version, digests, release_url), default_flow_style=False, Dumper=RootDumper)
     if len(root.encode()) > INLINE_LIMIT:
         raise SystemExit(f"template.yaml is {len(root.encode())} bytes, over CloudFormation's inline {INLINE_LIMIT}: "
                          "shorten what it carries (descriptions belong in the docs)")  # fmt: skip

@@ -118,69 +118,137 @@ def peer():
         server.server_close()
 
 
+STACK = "arn:aws:cloudformation:us-east-1:123456789012:stack/app/1"
+
+
 @pytest.fixture
 def s3(monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("STACK_ID", STACK)
+    monkeypatch.setenv("BUCKET", "stack-bucket")
     with mock_aws():
         client = boto3.client("s3")
         client.create_bucket(Bucket="stack-bucket")
         yield client
 
 
-def ask(peer: str, kind: str, files: list[dict], physical: str | None = None) -> dict:
-    copier = load("release_files", ROOT / "release" / "release_files.py")
-    event = {"RequestType": kind, "ResponseURL": f"{peer}/answer", "StackId": "arn:stack", "RequestId": "r1",
-             "LogicalResourceId": "ReleaseFiles",
-             "ResourceProperties": {"Bucket": "stack-bucket", "BaseUrl": f"{peer}/v9.9.9", "Files": files}}  # fmt: skip
-    if physical:
-        event["PhysicalResourceId"] = physical
-    copier.handler(event, None)
-    assert len(Peer.ANSWERS) == 1, Peer.ANSWERS
-    return Peer.ANSWERS.pop()
+class Copier:
+    """release_files.py with its plan in its environment, as the template
+    sets it, and the stack's status as CloudFormation would answer it."""
+
+    def __init__(self, peer: str, monkeypatch, files: list[dict], status: str = "UPDATE_COMPLETE") -> None:
+        self.peer, self.monkeypatch = peer, monkeypatch
+        self.module = load("release_files", ROOT / "release" / "release_files.py")
+        real = self.module.boto3.client
+        stacks = type("Cfn", (), {"describe_stacks": lambda _, StackName: {"Stacks": [{"StackStatus": self.status}]}})()
+        monkeypatch.setattr(self.module.boto3, "client", lambda name: stacks if name == "cloudformation" else real(name))
+        self.plan(files, status)
+
+    def plan(self, files: list[dict], status: str = "UPDATE_COMPLETE") -> None:
+        self.status = status
+        self.monkeypatch.setenv("RELEASE_URL", f"{self.peer}/v9.9.9")
+        self.monkeypatch.setenv("FILES", json.dumps(files))
+
+    def ask(self, kind: str, physical: str | None = None, response: str | None = None, **event) -> dict | None:
+        request = {"RequestType": kind, "ResponseURL": response or f"{self.peer}/{STACK}|ReleaseFiles|r1",
+                   "StackId": STACK, "RequestId": "r1", "LogicalResourceId": "ReleaseFiles",
+                   "ResourceProperties": {}, **event}  # fmt: skip
+        if physical:
+            request["PhysicalResourceId"] = physical
+        self.module.handler(request, None)
+        assert len(Peer.ANSWERS) <= 1, Peer.ANSWERS
+        return Peer.ANSWERS.pop() if Peer.ANSWERS else None
+
+
+@pytest.fixture
+def emulated(monkeypatch, peer):
+    """The response URL on the emulator's origin (the peer), as LocalStack's
+    is; S3 stays moto's (the SDK takes AWS_ENDPOINT_URL_S3 first)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", peer)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "https://s3.us-east-1.amazonaws.com")
+    return peer
 
 
 def keys(s3) -> list[str]:
     return sorted(o["Key"] for o in s3.list_objects_v2(Bucket="stack-bucket").get("Contents", []))
 
 
-def test_the_copier_puts_each_file_whose_digest_is_pinned_and_delete_removes_them(peer, s3):
+def digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def test_the_copier_puts_each_file_whose_digest_is_pinned_and_removes_a_copy_the_stack_no_longer_uses(s3, emulated, monkeypatch):
     Peer.FILES = {"/v9.9.9/code.zip": b"the zip", "/v9.9.9/stack.yaml": b"Resources: {}"}
-    files = [{"Role": "Code", "Name": "code.zip", "Sha256": hashlib.sha256(b"the zip").hexdigest()},
-             {"Role": "Template", "Name": "stack.yaml", "Sha256": hashlib.sha256(b"Resources: {}").hexdigest()}]  # fmt: skip
-    answer = ask(peer, "Create", files)
+    files = [{"Role": "Code", "Name": "code.zip", "Sha256": digest(b"the zip")},
+             {"Role": "Template", "Name": "stack.yaml", "Sha256": digest(b"Resources: {}")}]  # fmt: skip
+    copier = Copier(emulated, monkeypatch, files)
+    answer = copier.ask("Create")
     assert answer["Status"] == "SUCCESS", answer
     assert keys(s3) == sorted(answer["Data"].values())
     assert s3.get_object(Bucket="stack-bucket", Key=answer["Data"]["Code"])["Body"].read() == b"the zip"
-    # Another release is another prefix: the old one stays until its Delete.
+    # The next release (CloudFormation updates the function's environment
+    # first): another prefix, the old one kept until its Delete.
     Peer.FILES["/v9.9.9/code.zip"] = b"the next zip"
-    moved = [{**files[0], "Sha256": hashlib.sha256(b"the next zip").hexdigest()}, files[1]]
-    updated = ask(peer, "Update", moved, physical=answer["PhysicalResourceId"])
+    copier.plan([{**files[0], "Sha256": digest(b"the next zip")}, files[1]])
+    updated = copier.ask("Update", physical=answer["PhysicalResourceId"])
     assert updated["Status"] == "SUCCESS" and updated["PhysicalResourceId"] != answer["PhysicalResourceId"]
     assert len(keys(s3)) == 4
-    assert ask(peer, "Delete", files, physical=answer["PhysicalResourceId"])["Status"] == "SUCCESS"
+    assert copier.ask("Delete", physical=answer["PhysicalResourceId"])["Status"] == "SUCCESS"
     assert keys(s3) == sorted(updated["Data"].values())
-    assert ask(peer, "Delete", moved, physical=updated["PhysicalResourceId"])["Status"] == "SUCCESS"
+    # The copy in use: only while the stack is being deleted.
+    refused = copier.ask("Delete", physical=updated["PhysicalResourceId"])
+    assert refused["Status"] == "FAILED" and "removed with the stack only" in refused["Reason"], refused
+    assert keys(s3) == sorted(updated["Data"].values())
+    copier.status = "DELETE_IN_PROGRESS"
+    assert copier.ask("Delete", physical=updated["PhysicalResourceId"])["Status"] == "SUCCESS"
     assert keys(s3) == []
 
 
-def test_a_file_whose_bytes_differ_from_the_pinned_digest_is_refused_and_nothing_is_put(peer, s3):
+def test_what_a_request_says_decides_nothing(s3, emulated, monkeypatch):
+    """A forged request (anyone allowed to invoke the function): its
+    properties name another URL and files, ignored; another stack's or
+    resource's is refused; an answer URL that is not CloudFormation's gets
+    no answer at all."""
+    Peer.FILES = {"/v9.9.9/code.zip": b"the zip", "/evil/code.zip": b"evil"}
+    copier = Copier(emulated, monkeypatch, [{"Role": "Code", "Name": "code.zip", "Sha256": digest(b"the zip")}])
+    forged = {"Bucket": "another", "BaseUrl": f"{emulated}/evil", "Files": [{"Role": "Code", "Name": "code.zip", "Sha256": digest(b"evil")}]}
+    answer = copier.ask("Create", ResourceProperties=forged)
+    assert answer["Status"] == "SUCCESS"
+    assert s3.get_object(Bucket="stack-bucket", Key=answer["Data"]["Code"])["Body"].read() == b"the zip"
+    other = copier.ask("Create", StackId="arn:aws:cloudformation:us-east-1:123456789012:stack/other/2")
+    assert other["Status"] == "FAILED" and "its own stack's ReleaseFiles only" in other["Reason"]
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    assert copier.ask("Delete", physical=answer["PhysicalResourceId"], response=f"{emulated}/x") is None
+    assert keys(s3) == [answer["Data"]["Code"]], "nothing done for an answer nobody checks"
+    module = copier.module
+    ok = f"https://cloudformation-custom-resource-response-useast1.s3.amazonaws.com/{STACK.replace('/', '%2F')}%7CReleaseFiles%7Cr1?X-Amz-Signature=1"
+    assert module.cloudformations(ok, STACK)
+    assert not module.cloudformations(ok.replace("stack%2Fapp", "stack%2Fother"), STACK)
+    assert not module.cloudformations(ok.replace("https", "http"), STACK)
+    assert not module.cloudformations(f"https://evil.example/{STACK}|ReleaseFiles|r1", STACK)
+
+
+def test_a_file_whose_bytes_differ_from_the_pinned_digest_is_refused_and_nothing_is_put(s3, emulated, monkeypatch):
     Peer.FILES = {"/v9.9.9/code.zip": b"a zip someone swapped"}
-    pinned = hashlib.sha256(b"the zip").hexdigest()
-    answer = ask(peer, "Create", [{"Role": "Code", "Name": "code.zip", "Sha256": pinned}])
+    pinned = digest(b"the zip")
+    copier = Copier(emulated, monkeypatch, [{"Role": "Code", "Name": "code.zip", "Sha256": pinned}], status="CREATE_IN_PROGRESS")
+    answer = copier.ask("Create")
     assert answer["Status"] == "FAILED"
     reason = answer["Reason"]
-    assert pinned in reason and hashlib.sha256(b"a zip someone swapped").hexdigest() in reason, reason
+    assert pinned in reason and digest(b"a zip someone swapped") in reason, reason
     assert "not the file of the release" in reason and "ReleaseUrl" in reason, reason
     assert keys(s3) == []
     # Its rollback's Delete answers, and leaves the bucket empty for the stack's delete.
-    assert ask(peer, "Delete", [{"Role": "Code", "Name": "code.zip", "Sha256": pinned}],
-               physical=answer["PhysicalResourceId"])["Status"] == "SUCCESS"  # fmt: skip
+    copier.status = "ROLLBACK_IN_PROGRESS"
+    assert copier.ask("Delete", physical=answer["PhysicalResourceId"])["Status"] == "SUCCESS"
 
 
-def test_a_file_the_url_does_not_serve_is_refused_naming_the_url_and_the_parameter(peer, s3):
-    answer = ask(peer, "Create", [{"Role": "Code", "Name": "code.zip", "Sha256": "0" * 64}])
+def test_a_file_the_url_does_not_serve_is_refused_naming_the_url_and_the_parameter(s3, emulated, monkeypatch):
+    copier = Copier(emulated, monkeypatch, [{"Role": "Code", "Name": "code.zip", "Sha256": "0" * 64}])
+    answer = copier.ask("Create")
     assert answer["Status"] == "FAILED"
-    assert f"{peer}/v9.9.9/code.zip answered HTTP 404" in answer["Reason"] and "ReleaseUrl" in answer["Reason"]
+    assert f"{emulated}/v9.9.9/code.zip answered HTTP 404" in answer["Reason"] and "ReleaseUrl" in answer["Reason"]
