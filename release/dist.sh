@@ -4,8 +4,10 @@
 #
 #   login-etl-V-x86_64-linux, login-etl-V-aarch64-linux   static binaries (musl, OpenSSL inside)
 #   login-etl-lambda-V-x86_64.zip, …-arm64.zip            the function: bootstrap for provided.al2023
-#   template-x86_64.yaml, template-arm64.yaml             template.yaml deploying those zips (no build)
-#   deploy.sh                                              sam deploy of a template, reusing retained keys
+#   template.yaml                                          the one file to deploy: it fetches a zip and
+#                                                          the stack from RELEASE_URL, each SHA-256 pinned
+#   login-etl-V-stack.yaml                                 the stack (template.yaml's nested stack)
+#   deploy.sh                                              a deploy of template.yaml, reusing retained keys
 #   preflight.sh                                           the network a deploy needs, checked first
 #   deployer-policy.json                                   the least IAM policy that deploys the stack
 #   login-etl-V-image-amd64.oci.tar, …-arm64.oci.tar      `login-etl poll` as a container image (OCI archive)
@@ -27,6 +29,8 @@
 # DIST_CARGO_ENV (CI's cheaper profile), DIST_STABLE_TOOLS (a target
 # directory shared by clones: see below), IMAGES=0 (no podman: no images),
 # CYCLONEDX (the cargo-cyclonedx binary), CONTAINER_ENGINE, PODMAN_ENV.
+# RELEASE_URL (the release workflow's: its download URL) is template.yaml's
+# default ReleaseUrl; unset, a deploy must give it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -88,7 +92,7 @@ for arch in x86_64 aarch64; do
   (cd "$stage/$lambda_arch" && zip -q -X -D "$out/login-etl-lambda-$version-$lambda_arch.zip" bootstrap)
 done
 
-say "the templates that deploy the zips (template-x86_64.yaml, template-arm64.yaml) and deploy.sh"
+say "template.yaml (from ${RELEASE_URL:-a ReleaseUrl the deploy gives}) and the stack it nests, deploy.sh"
 python3 release/templates.py "$out" "$version"
 install -m 0755 release/deploy.sh "$out/deploy.sh"
 install -m 0755 release/preflight.sh "$out/preflight.sh"

@@ -10,8 +10,8 @@ as CloudFormation, so nothing of the request decides what is done: the
 bucket, the URL and the files come from the function's environment (set by
 the template). A request is answered only at CloudFormation's response
 bucket for this region and stack; a Create or Update copies the pinned
-files, as a real one would; a Delete removes a copy the stack no longer
-uses, and the one it uses only while the stack is being deleted."""
+files, as a real one would; a Delete acts only in CloudFormation's own
+phases of one, read from the stack's status."""
 import hashlib
 import json
 import os
@@ -20,9 +20,6 @@ import urllib.parse
 import urllib.request
 
 import boto3
-
-ENDING = ("DELETE_IN_PROGRESS", "ROLLBACK_IN_PROGRESS")
-
 
 class Refused(Exception):
     pass
@@ -33,9 +30,9 @@ def download(url):
         with urllib.request.urlopen(url, timeout=120) as r:
             return r.read()
     except urllib.error.HTTPError as e:
-        raise Refused(f"{url} answered HTTP {e.code}: set ReleaseUrl to where this release's files are served")
+        raise Refused(f"{url} answered HTTP {e.code}: ReleaseUrl must serve this release's files")
     except (urllib.error.URLError, OSError) as e:
-        raise Refused(f"cannot reach {url} ({e}): this function runs outside the VPC and needs the internet, or a ReleaseUrl it reaches")
+        raise Refused(f"cannot reach {url} ({e}): it runs outside the VPC: it needs the internet, or a ReleaseUrl it reaches")
 
 
 def cloudformations(url, stack):
@@ -60,43 +57,55 @@ def answer(event, status, physical, reason="", data=None):
     urllib.request.urlopen(put, timeout=60).close()
 
 
+# A copy's physical id and keys: a prefix of its files' names and digests.
+def where(bucket, files):
+    prefix = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{bucket}/{prefix}", {f["Role"]: f"{prefix}/{f['Name']}" for f in files}
+
+
 def handler(event, context):
-    stack, bucket, base = os.environ["STACK_ID"], os.environ["BUCKET"], os.environ["RELEASE_URL"]
+    stack, bucket, base = os.environ["STACK_ID"], os.environ["BUCKET"], os.environ.get("RELEASE_URL", "")
     files = json.loads(os.environ["FILES"])
     if not cloudformations(str(event.get("ResponseURL")), stack):
-        return print("refused, not answered: the ResponseURL is not CloudFormation's for this stack")
-    # Another release (or CPU) is another prefix: the old copy is removed by
-    # the Delete CloudFormation sends for it after the update.
-    prefix = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
-    physical = f"{bucket}/{prefix}"
+        return print("not answered: ResponseURL is not CloudFormation's for this stack")
+    physical, keys = where(bucket, files)
     try:
         if event["StackId"] != stack or event["LogicalResourceId"] != "ReleaseFiles":
             raise Refused("this function serves its own stack's ReleaseFiles only")
         s3 = boto3.client("s3")
+        props = event.get("ResourceProperties", {})
         if event["RequestType"] == "Delete":
             gone = event.get("PhysicalResourceId", "")
-            ours = gone.startswith(bucket + "/")
             status = boto3.client("cloudformation").describe_stacks(StackName=stack)["Stacks"][0]["StackStatus"]
-            if ours and gone == physical and status not in ENDING:
-                raise Refused(f"the copy in use ({gone}) is removed with the stack only (it is {status})")
-            if ours:
-                listed = s3.list_objects_v2(Bucket=bucket, Prefix=gone[len(bucket) + 1:] + "/").get("Contents", [])
-                for o in listed:
-                    s3.delete_object(Bucket=bucket, Key=o["Key"])
+            # CloudFormation deletes in two phases: the stack's end (the
+            # bucket goes: empty it all) and an update's cleanup (a copy
+            # no longer used). Any other Delete is not CloudFormation's.
+            if status in ("DELETE_IN_PROGRESS", "ROLLBACK_IN_PROGRESS"):
+                drop = ""
+            elif status.endswith("CLEANUP_IN_PROGRESS") and gone.startswith(bucket + "/") and gone != physical:
+                drop = gone[len(bucket) + 1:] + "/"
+            else:
+                raise Refused(f"a copy goes in a delete or an update's cleanup only, not {status}")
+            for o in s3.list_objects_v2(Bucket=bucket, Prefix=drop).get("Contents", []):
+                s3.delete_object(Bucket=bucket, Key=o["Key"])
             return answer(event, "SUCCESS", gone or physical)
-        data = {}
+        if props.get("Files", files) != files:
+            # A rollback's Update, sent before the function's environment
+            # is: the earlier copy, kept until the cleanup, is named again.
+            physical, keys = where(bucket, props["Files"])
+            return answer(event, "SUCCESS", physical, data=keys)
+        if not base:
+            raise Refused("no release URL built in: give ReleaseUrl=<a folder holding the release's files>")
         for f in files:
             url = base.rstrip("/") + "/" + f["Name"]
             body = download(url)
             got = hashlib.sha256(body).hexdigest()
             if got != f["Sha256"]:
-                raise Refused(f"{url} has SHA-256 {got}, and this template pins {f['Sha256']}: it is not the file "
-                              f"of the release the template came from. Set ReleaseUrl to that release's files")
-            key = f"{prefix}/{f['Name']}"
-            s3.put_object(Bucket=bucket, Key=key, Body=body)
-            print(f"copied {url} ({len(body)} bytes, SHA-256 as pinned) to s3://{bucket}/{key}")
-            data[f["Role"]] = key
-        answer(event, "SUCCESS", physical, data=data)
+                raise Refused(f"{url} has SHA-256 {got}, the template pins {f['Sha256']}: not the file of the "
+                              f"release the template came from; set ReleaseUrl to that release's files")
+            s3.put_object(Bucket=bucket, Key=keys[f["Role"]], Body=body)
+            print(f"copied {url} ({len(body)} bytes, as pinned)")
+        answer(event, "SUCCESS", physical, data=keys)
     except Exception as e:
         print(f"{event.get('RequestType')} failed: {e}")
         answer(event, "FAILED", event.get("PhysicalResourceId") or physical, reason=str(e))

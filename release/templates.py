@@ -18,9 +18,10 @@ writes into OUT_DIR, beside the zips:
   secrets, roles and tags after), so a stack deployed from a release and
   one deployed from source name the same things.
 
-RELEASE_URL (default the RELEASE_URL environment variable) is where the
-release's files are downloaded from; the ReleaseUrl parameter overrides it
-(a mirror). Empty: ReleaseUrl must be given.
+RELEASE_URL (default the RELEASE_URL environment variable, else the
+GitHub release of `git remote get-url origin`) is where the release's files
+are downloaded from; the ReleaseUrl parameter (empty by default) names a
+mirror instead. Neither: a deploy is refused, naming ReleaseUrl.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ CPUS = ("x86_64", "arm64")
 INLINE_LIMIT = 51_200
 # The nested stack's own parameters, given by the root.
 NESTED_ONLY = {
-    "RootStackName": "The stack that deploys this one: what secrets, roles and tags are named after.",
+    "RootStackName": "The stack that deploys this one, what secrets, roles and tags are named after (empty: this one).",
     "ReleaseBucket": "The bucket holding the release's copied zip.",
     "ReleaseCodeKey": "The zip's key in ReleaseBucket.",
 }
@@ -67,20 +68,37 @@ def stack_name(version: str) -> str:
     return f"login-etl-{version}-stack.yaml"
 
 
+def github_release(version: str) -> str:
+    """The download URL of tag v`version` of the origin, if it is on GitHub."""
+    import re
+    import subprocess
+
+    origin = subprocess.run(["git", "-C", str(ROOT), "remote", "get-url", "origin"], capture_output=True, text=True).stdout.strip()
+    found = re.match(r"^(?:https://github\.com/|git@github\.com:)([\w.-]+/[\w.-]+?)(?:\.git)?/?$", origin)
+    return f"https://github.com/{found.group(1)}/releases/download/v{version}/" if found else ""
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+# The name everything is named after: the root's (RootStackName), or the
+# stack's own when it is deployed alone (docs/upgrade.md).
+NAMED_AFTER = {"Fn::If": ["RootStackNameGiven", {"Ref": "RootStackName"}, {"Ref": "AWS::StackName"}]}
+
+
 def renamed_stack(node):
-    """`node` with AWS::StackName read from RootStackName."""
+    """`node` with AWS::StackName read from NAMED_AFTER."""
     if isinstance(node, dict):
-        if node.get("Ref") == "AWS::StackName" and len(node) == 1:
-            return {"Ref": "RootStackName"}
+        if node == {"Ref": "AWS::StackName"}:
+            return NAMED_AFTER
+        if set(node) == {"Fn::Sub"} and "${AWS::StackName}" in json.dumps(node):
+            text, variables = (node["Fn::Sub"], {}) if isinstance(node["Fn::Sub"], str) else node["Fn::Sub"]
+            variables = {k: renamed_stack(v) for k, v in variables.items()}
+            return {"Fn::Sub": [text.replace("${AWS::StackName}", "${NamedAfter}"), {**variables, "NamedAfter": NAMED_AFTER}]}
         return {k: renamed_stack(v) for k, v in node.items()}
     if isinstance(node, list):
         return [renamed_stack(v) for v in node]
-    if isinstance(node, str):
-        return node.replace("${AWS::StackName}", "${RootStackName}")
     return node
 
 
@@ -94,6 +112,8 @@ def stack_template(source: dict) -> dict:
         function["Properties"]["CodeUri"] = {"Bucket": {"Ref": "ReleaseBucket"}, "Key": {"Ref": "ReleaseCodeKey"}}
     for name, description in NESTED_ONLY.items():
         template["Parameters"][name] = {"Type": "String", "Description": description}
+    template["Parameters"]["RootStackName"] |= {"Default": "", "AllowedPattern": "^$|^[A-Za-z][A-Za-z0-9-]{0,127}$"}
+    template["Conditions"]["RootStackNameGiven"] = {"Fn::Not": [{"Fn::Equals": [{"Ref": "RootStackName"}, ""]}]}
     return template
 
 
@@ -119,6 +139,9 @@ def copier_source() -> str:
         if line.strip().startswith("#") or not line.strip():
             continue
         body = line.lstrip(" ")
+        if body.startswith("import ") and kept and kept[-1].startswith("import "):
+            kept[-1] += ", " + body.removeprefix("import ")  # one import line
+            continue
         kept.append(" " * ((len(line) - len(body)) // 4) + body)
     source = "\n".join(kept) + "\n"
     if len(source) > 4096:
@@ -128,12 +151,16 @@ def copier_source() -> str:
 
 def root_template(source: dict, version: str, digests: dict[str, str], release_url: str) -> dict:
     parameters = yaml_parse(yaml_dump(source["Parameters"]))
+    # Empty: this release's own URL, built in. Not the default itself:
+    # `aws cloudformation deploy` keeps a parameter's previous value, so an
+    # update with the next release's template would fetch the old release.
     parameters["ReleaseUrl"] = {
         "Type": "String",
-        "Default": release_url,
-        "AllowedPattern": "^https?://.+",
-        "ConstraintDescription": "must be the URL of the folder holding this release's files",
-        "Description": f"Where login-etl {version}'s files are downloaded from (a mirror works: each file's SHA-256 is pinned).",
+        "Default": "",
+        "AllowedPattern": "^$|^https?://.+",
+        "ConstraintDescription": "must be empty or the URL of a folder holding the release's files",
+        "Description": f"Empty: {release_url or 'none built in (give one)'}. Else a folder holding the release's files "
+        "(a mirror; each file's SHA-256 is pinned).",
     }
     metadata = yaml_parse(yaml_dump(source["Metadata"]))
     groups = metadata["AWS::CloudFormation::Interface"]["ParameterGroups"]
@@ -145,6 +172,7 @@ def root_template(source: dict, version: str, digests: dict[str, str], release_u
             outputs[name]["Condition"] = output["Condition"]
     conditions = conditions_needed(source, {o["Condition"] for o in source["Outputs"].values() if "Condition" in o})
     conditions["ReleaseIsArm"] = {"Fn::Equals": [{"Ref": "Architecture"}, "arm64"]}
+    conditions["ReleaseFromMirror"] = {"Fn::Not": [{"Fn::Equals": [{"Ref": "ReleaseUrl"}, ""]}]}
     conditions["ReleaseHasBoundary"] = {"Fn::Not": [{"Fn::Equals": [{"Ref": "PermissionsBoundaryArn"}, ""]}]}
 
     def given(name: str, spec: dict):
@@ -165,6 +193,7 @@ def root_template(source: dict, version: str, digests: dict[str, str], release_u
     files_json = {"Fn::Sub": [json.dumps([{"Role": "Code", "Name": "${Zip}", "Sha256": "${ZipSha256}"},
                                           {"Role": "Template", **stack}], separators=(",", ":")),
                               {"Zip": code["Name"], "ZipSha256": code["Sha256"]}]}  # fmt: skip
+    objects = [{"Fn::GetAtt": ["ReleaseBucket", "Arn"]}, {"Fn::Sub": "${ReleaseBucket.Arn}/*"}]
     resources = {
         "ReleaseBucket": {
             "Type": "AWS::S3::Bucket",
@@ -176,19 +205,32 @@ def root_template(source: dict, version: str, digests: dict[str, str], release_u
                 "OwnershipControls": {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]},
             },
         },
+        # Nobody but the copier writes the copies, and only over TLS.
+        "ReleaseBucketPolicy": {
+            "Type": "AWS::S3::BucketPolicy",
+            "Properties": {
+                "Bucket": {"Ref": "ReleaseBucket"},
+                "PolicyDocument": {"Version": "2012-10-17", "Statement": [
+                    {"Effect": "Deny", "Principal": "*", "Action": "s3:*", "Resource": objects,
+                     "Condition": {"Bool": {"aws:SecureTransport": "false"}}},
+                    {"Effect": "Deny", "Principal": "*", "Action": ["s3:PutObject", "s3:DeleteObject"], "Resource": objects,
+                     "Condition": {"ArnNotEquals": {"aws:PrincipalArn": {"Fn::GetAtt": ["ReleaseCopierRole", "Arn"]}}}}]},  # fmt: skip
+            },
+        },
         "ReleaseCopierRole": {
             "Type": "AWS::IAM::Role",
             "Properties": {
                 "AssumeRolePolicyDocument": {"Version": "2012-10-17", "Statement": [
                     {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]},  # fmt: skip
                 "PermissionsBoundary": {"Fn::If": ["ReleaseHasBoundary", {"Ref": "PermissionsBoundaryArn"}, {"Ref": "AWS::NoValue"}]},
-                "ManagedPolicyArns": [{"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"}],
                 "Policies": [{"PolicyName": "release-files", "PolicyDocument": {"Version": "2012-10-17", "Statement": [
                     {"Effect": "Allow", "Action": ["s3:PutObject", "s3:DeleteObject"],
                      "Resource": {"Fn::Sub": "${ReleaseBucket.Arn}/*"}},
                     {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": {"Fn::GetAtt": ["ReleaseBucket", "Arn"]}},
-                    # A Delete of the copy in use only while the stack is being deleted.
-                    {"Effect": "Allow", "Action": "cloudformation:DescribeStacks", "Resource": {"Ref": "AWS::StackId"}}]}}],  # fmt: skip
+                    # A Delete acts only in the stack's own phases of one.
+                    {"Effect": "Allow", "Action": "cloudformation:DescribeStacks", "Resource": {"Ref": "AWS::StackId"}},
+                    {"Effect": "Allow", "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+                     "Resource": {"Fn::Sub": "arn:${AWS::Partition}:logs:${AWS::Region}:${AWS::AccountId}:log-group:/aws/lambda/*"}}]}}],  # fmt: skip
             },
         },
         "ReleaseCopier": {
@@ -202,16 +244,19 @@ def root_template(source: dict, version: str, digests: dict[str, str], release_u
                 "Role": {"Fn::GetAtt": ["ReleaseCopierRole", "Arn"]},
                 "Code": {"ZipFile": copier_source()},
                 "Environment": {"Variables": {"STACK_ID": {"Ref": "AWS::StackId"}, "BUCKET": {"Ref": "ReleaseBucket"},
-                                              "RELEASE_URL": {"Ref": "ReleaseUrl"}, "FILES": files_json}},  # fmt: skip
+                                              "RELEASE_URL": {"Fn::If": ["ReleaseFromMirror", {"Ref": "ReleaseUrl"}, release_url]},
+                                              "FILES": files_json}},  # fmt: skip
             },
         },
         "ReleaseFiles": {
             "Type": "Custom::ReleaseFiles",
             "Properties": {
                 "ServiceToken": {"Fn::GetAtt": ["ReleaseCopier", "Arn"]},
+                # An answer within 10 minutes, or none (a URL that drips).
+                "ServiceTimeout": 600,
                 "Bucket": {"Ref": "ReleaseBucket"},
                 # The environment's plan again: a change of it is an Update.
-                "BaseUrl": {"Ref": "ReleaseUrl"},
+                "BaseUrl": {"Fn::If": ["ReleaseFromMirror", {"Ref": "ReleaseUrl"}, release_url]},
                 "Files": [{"Role": "Code", **code}, {"Role": "Template", **stack}],
             },
         },
@@ -238,14 +283,15 @@ def root_template(source: dict, version: str, digests: dict[str, str], release_u
 
 def main(args: list[str]) -> None:
     out, version = Path(args[0]), args[1]
-    release_url = args[2] if len(args) > 2 else os.environ.get("RELEASE_URL", "")
+    release_url = args[2] if len(args) > 2 else os.environ.get("RELEASE_URL") or github_release(version)
     source = yaml_parse((ROOT / "template.yaml").read_text())
     for cpu in CPUS:
         if not (out / zip_name(version, cpu)).is_file():
             raise SystemExit(f"{out / zip_name(version, cpu)} is missing: the templates are written after the zips")
     (out / stack_name(version)).write_text(yaml_dump(stack_template(source)))
     digests = {name: sha256(out / name) for name in [*(zip_name(version, c) for c in CPUS), stack_name(version)]}
-    root = yaml.dump(root_template(source, version, digests, release_url), default_flow_style=False, Dumper=RootDumper)
+    # Leaf maps and lists in flow style ({Ref: X}, [a, b]): the inline limit.
+    root = yaml.dump(root_template(source, version, digests, release_url), default_flow_style=None, Dumper=RootDumper, width=120)
     if len(root.encode()) > INLINE_LIMIT:
         raise SystemExit(f"template.yaml is {len(root.encode())} bytes, over CloudFormation's inline {INLINE_LIMIT}: "
                          "shorten what it carries (descriptions belong in the docs)")  # fmt: skip

@@ -63,6 +63,7 @@ BY_TYPE = {
     # A custom resource: CloudFormation invokes its ServiceToken as the deployer.
     "Custom::LoginEtlDatabase": ["lambda:InvokeFunction"],
     "Custom::ReleaseFiles": ["lambda:InvokeFunction"],
+    "AWS::S3::BucketPolicy": ["s3:PutBucketPolicy", "s3:GetBucketPolicy", "s3:DeleteBucketPolicy"],
     "AWS::S3::Bucket": ["s3:CreateBucket", "s3:DeleteBucket", "s3:ListBucket", "s3:GetBucketTagging", "s3:PutBucketTagging"],
     # The nested stack, whose template CloudFormation reads from the
     # stack's bucket as the deployer.
@@ -236,6 +237,8 @@ def test_roles_are_passed_to_lambda_alone_and_the_bucket_is_the_stacks_own():
     assert "ReleaseBucket" in release_root()["Resources"]
     assert bucket["Resource"] == ["arn:aws:s3:::*-releasebucket-*", "arn:aws:s3:::*-releasebucket-*/*"], bucket["Resource"]
     assert bucket["Condition"]["ForAnyValue:StringEquals"]["aws:CalledVia"] == ["cloudformation.amazonaws.com"]
+    # The pattern matches buckets of any account: the deployer's own only.
+    assert bucket["Condition"]["StringEquals"] == {"aws:ResourceAccount": "${aws:PrincipalAccount}"}
 
 
 def test_a_resource_type_without_its_actions_fails(monkeypatch):

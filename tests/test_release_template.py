@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -48,7 +49,11 @@ def test_the_release_template_goes_inline_and_carries_every_parameter_and_output
     assert len(text) <= templates.INLINE_LIMIT, len(text)
     root = yaml_parse(text.decode())
     assert set(root["Parameters"]) == set(source["Parameters"]) | {"ReleaseUrl"}
-    assert root["Parameters"]["ReleaseUrl"]["Default"] == "https://example.com/v9.9.9/"
+    # Empty by default, so an update with the next release's template (the
+    # AWS CLI keeps a parameter's previous value) fetches that release's files.
+    assert root["Parameters"]["ReleaseUrl"]["Default"] == ""
+    env = root["Resources"]["ReleaseCopier"]["Properties"]["Environment"]["Variables"]
+    assert env["RELEASE_URL"] == {"Fn::If": ["ReleaseFromMirror", {"Ref": "ReleaseUrl"}, "https://example.com/v9.9.9/"]}
     app = root["Resources"]["App"]["Properties"]["Parameters"]
     assert set(app) == set(source["Parameters"]) | set(templates.NESTED_ONLY)
     assert set(root["Outputs"]) == set(source["Outputs"])
@@ -71,14 +76,19 @@ def test_the_release_template_goes_inline_and_carries_every_parameter_and_output
 
 
 def test_the_nested_template_names_everything_after_the_root_stack_and_runs_the_copied_zip(written):
-    nested_text = (written / templates.stack_name(VERSION)).read_text()
-    assert "AWS::StackName" not in nested_text
-    nested = yaml_parse(nested_text)
+    nested = yaml_parse((written / templates.stack_name(VERSION)).read_text())
     for name in templates.FUNCTIONS:
         assert nested["Resources"][name]["Properties"]["CodeUri"] == {"Bucket": {"Ref": "ReleaseBucket"}, "Key": {"Ref": "ReleaseCodeKey"}}
-    assert "RootStackName" in json.dumps(nested["Resources"]["SetupFunction"])
-    source = (ROOT / "template.yaml").read_text()
-    assert source.count("AWS::StackName") == nested_text.count("RootStackName") - 1  # and its parameter
+    # Every use of the stack's name is the root's (RootStackName), or the
+    # stack's own when it is deployed alone (RootStackName empty).
+    text = json.dumps(nested)
+    named_after = json.dumps(templates.NAMED_AFTER)
+    source = json.dumps(yaml_parse((ROOT / "template.yaml").read_text()))
+    assert text.count(named_after) == source.count("AWS::StackName") > 0
+    assert text.replace(named_after, "").count("AWS::StackName") == 0
+    assert "${NamedAfter}" in text and "${AWS::StackName}" not in text
+    root_name = nested["Parameters"]["RootStackName"]
+    assert root_name["Default"] == "" and root_name["AllowedPattern"] == "^$|^[A-Za-z][A-Za-z0-9-]{0,127}$"
 
 
 class Peer(BaseHTTPRequestHandler):
@@ -154,9 +164,11 @@ class Copier:
         self.monkeypatch.setenv("FILES", json.dumps(files))
 
     def ask(self, kind: str, physical: str | None = None, response: str | None = None, **event) -> dict | None:
+        """A request as CloudFormation sends it: the template's properties
+        are the environment's plan (`ResourceProperties=` for others)."""
         request = {"RequestType": kind, "ResponseURL": response or f"{self.peer}/{STACK}|ReleaseFiles|r1",
                    "StackId": STACK, "RequestId": "r1", "LogicalResourceId": "ReleaseFiles",
-                   "ResourceProperties": {}, **event}  # fmt: skip
+                   "ResourceProperties": {"Files": json.loads(os.environ["FILES"])}, **event}  # fmt: skip
         if physical:
             request["PhysicalResourceId"] = physical
         self.module.handler(request, None)
@@ -197,15 +209,34 @@ def test_the_copier_puts_each_file_whose_digest_is_pinned_and_removes_a_copy_the
     updated = copier.ask("Update", physical=answer["PhysicalResourceId"])
     assert updated["Status"] == "SUCCESS" and updated["PhysicalResourceId"] != answer["PhysicalResourceId"]
     assert len(keys(s3)) == 4
+    # A Delete outside CloudFormation's phases of one (anyone may invoke
+    # the function): refused, the old copy kept for a rollback.
+    refused = copier.ask("Delete", physical=answer["PhysicalResourceId"])
+    assert refused["Status"] == "FAILED" and "an update's cleanup only, not UPDATE_COMPLETE" in refused["Reason"], refused
+    assert len(keys(s3)) == 4
+    # The update's cleanup: the old copy goes, never the one in use.
+    copier.status = "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS"
     assert copier.ask("Delete", physical=answer["PhysicalResourceId"])["Status"] == "SUCCESS"
     assert keys(s3) == sorted(updated["Data"].values())
-    # The copy in use: only while the stack is being deleted.
-    refused = copier.ask("Delete", physical=updated["PhysicalResourceId"])
-    assert refused["Status"] == "FAILED" and "removed with the stack only" in refused["Reason"], refused
+    assert copier.ask("Delete", physical=updated["PhysicalResourceId"])["Status"] == "FAILED"
     assert keys(s3) == sorted(updated["Data"].values())
+    # The stack's delete empties the bucket, whatever is in it (a copy
+    # an update that failed half-way left).
+    s3.put_object(Bucket="stack-bucket", Key="0123456789abcdef/code.zip", Body=b"half")
     copier.status = "DELETE_IN_PROGRESS"
     assert copier.ask("Delete", physical=updated["PhysicalResourceId"])["Status"] == "SUCCESS"
     assert keys(s3) == []
+
+
+def test_a_rollback_sent_before_the_environment_is_names_the_earlier_copy_and_fetches_nothing(s3, emulated, monkeypatch):
+    Peer.FILES = {"/v9.9.9/code.zip": b"the zip"}
+    before = [{"Role": "Code", "Name": "code.zip", "Sha256": digest(b"the zip")}]
+    copier = Copier(emulated, monkeypatch, before)
+    first = copier.ask("Create")
+    copier.plan([{"Role": "Code", "Name": "code.zip", "Sha256": digest(b"the next zip")}])  # its URL serves no such file
+    Peer.FILES = {}
+    back = copier.ask("Update", physical="whatever-the-failed-update-said", ResourceProperties={"Files": before})
+    assert back == {**first, "RequestId": back["RequestId"]}, (back, first)
 
 
 def test_what_a_request_says_decides_nothing(s3, emulated, monkeypatch):
@@ -216,7 +247,9 @@ def test_what_a_request_says_decides_nothing(s3, emulated, monkeypatch):
     Peer.FILES = {"/v9.9.9/code.zip": b"the zip", "/evil/code.zip": b"evil"}
     copier = Copier(emulated, monkeypatch, [{"Role": "Code", "Name": "code.zip", "Sha256": digest(b"the zip")}])
     forged = {"Bucket": "another", "BaseUrl": f"{emulated}/evil", "Files": [{"Role": "Code", "Name": "code.zip", "Sha256": digest(b"evil")}]}
-    answer = copier.ask("Create", ResourceProperties=forged)
+    copier.ask("Create", ResourceProperties=forged)
+    assert keys(s3) == [], "nothing fetched for files the environment does not name"
+    answer = copier.ask("Create", ResourceProperties={**forged, "Files": json.loads(os.environ["FILES"])})
     assert answer["Status"] == "SUCCESS"
     assert s3.get_object(Bucket="stack-bucket", Key=answer["Data"]["Code"])["Body"].read() == b"the zip"
     other = copier.ask("Create", StackId="arn:aws:cloudformation:us-east-1:123456789012:stack/other/2")
@@ -245,6 +278,13 @@ def test_a_file_whose_bytes_differ_from_the_pinned_digest_is_refused_and_nothing
     # Its rollback's Delete answers, and leaves the bucket empty for the stack's delete.
     copier.status = "ROLLBACK_IN_PROGRESS"
     assert copier.ask("Delete", physical=answer["PhysicalResourceId"])["Status"] == "SUCCESS"
+
+
+def test_a_template_built_without_its_release_url_asks_for_one(s3, emulated, monkeypatch):
+    copier = Copier(emulated, monkeypatch, [{"Role": "Code", "Name": "code.zip", "Sha256": "0" * 64}])
+    monkeypatch.setenv("RELEASE_URL", "")
+    answer = copier.ask("Create")
+    assert answer["Status"] == "FAILED" and "give ReleaseUrl=" in answer["Reason"], answer
 
 
 def test_a_file_the_url_does_not_serve_is_refused_naming_the_url_and_the_parameter(s3, emulated, monkeypatch):
