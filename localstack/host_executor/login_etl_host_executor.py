@@ -145,7 +145,7 @@ def _executor_class():
                 PATH=os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
             )
             self._command = [str(code / "bootstrap")]
-            if str(self.function_version.config.runtime or "").startswith("python"):
+            if str(getattr(self.function_version.config, "runtime", "") or "").startswith("python"):
                 self._command = [sys.executable, str(PYTHON_RUNTIME)]
                 self._env.update(PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
             self._spawn()
@@ -315,7 +315,7 @@ def _executor_class():
             if not code:
                 raise LambdaRuntimeException("the host executor runs zip packages only, not images")
             code.prepare_for_execution()
-            if str(function_version.config.runtime or "").startswith("python"):
+            if str(getattr(function_version.config, "runtime", "") or "").startswith("python"):
                 module = function_version.config.handler.rsplit(".", 1)[0]
                 if not (Path(code.get_unzipped_code_location()) / f"{module}.py").is_file():
                     raise LambdaRuntimeException(f"the package has no {module}.py for the handler {function_version.config.handler}")

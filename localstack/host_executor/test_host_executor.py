@@ -46,10 +46,12 @@ BOOTSTRAP = textwrap.dedent(
 )
 
 
-def function_version(code: Path, timeout: int = 3):
+def function_version(code: Path, timeout: int = 3, runtime: str = "provided.al2023", handler: str = "bootstrap"):
     return SimpleNamespace(
         config=SimpleNamespace(
             timeout=timeout,
+            runtime=runtime,
+            handler=handler,
             code=SimpleNamespace(get_unzipped_code_location=lambda: code, prepare_for_execution=lambda: None),
         )
     )
@@ -149,3 +151,34 @@ def test_prepare_refuses_a_bootstrap_for_another_cpu(tmp_path: Path):
     (tmp_path / "bootstrap").write_bytes(bytes(header))
     Executor.prepare_version(function_version(tmp_path))
     assert (tmp_path / "bootstrap").stat().st_mode & 0o111
+
+
+def test_a_python_function_runs_its_handler_with_the_python_runtime(tmp_path: Path):
+    """python3.x (the release template's inline copier): index.handler,
+    its result posted back, an exception as the invocation's error, and a
+    package without the handler's module refused."""
+    with pytest.raises(LambdaRuntimeException, match="no index.py"):
+        Executor.prepare_version(function_version(tmp_path, runtime="python3.12", handler="index.handler"))
+    (tmp_path / "index.py").write_text(textwrap.dedent(
+        """\
+        import os
+        def handler(event, context):
+            print("handling", event["do"])
+            if event["do"] == "error":
+                raise ValueError("asked to fail")
+            return {"echo": event, "request": context.aws_request_id, "left": context.get_remaining_time_in_millis() > 0,
+                    "region": os.environ["AWS_REGION"]}
+        """))  # fmt: skip
+    version = function_version(tmp_path, runtime="python3.12", handler="index.handler")
+    Executor.prepare_version(version)
+    ex = Executor("test-python", version)
+    try:
+        ex.start({"AWS_REGION": "eu-west-1", "_HANDLER": "index.handler"})
+        done = invoke(ex, "echo", "req-1")
+        assert not done.is_error, done.payload
+        assert json.loads(done.payload) == {"echo": {"do": "echo"}, "request": "req-1", "left": True, "region": "eu-west-1"}
+        assert done.logs == "handling echo\n"
+        failed = invoke(ex, "error", "req-2")
+        assert failed.is_error and json.loads(failed.payload)["errorMessage"] == "asked to fail"
+    finally:
+        ex.stop()
