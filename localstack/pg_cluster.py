@@ -97,12 +97,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# A direct RDS endpoint's name for the server too (reached at 127.0.0.1 with
+# PGHOSTADDR): tests/test_dist.py's test build trusts its CA as the RDS CAs.
+RDS_HOST = "db.test.us-east-1.rds.amazonaws.com"
+
+
 def _certificates(d: Path) -> None:
-    """A CA, and a server certificate for localhost and 127.0.0.1 it signed."""
-    script = """
+    """A CA, and a server certificate for localhost, 127.0.0.1 and RDS_HOST it signed."""
+    script = f"""
     openssl req -x509 -newkey rsa:2048 -nodes -days 7 -subj '/CN=login-etl throwaway CA' -keyout ca.key -out ca.crt
     openssl req -newkey rsa:2048 -nodes -subj '/CN=localhost' -keyout server.key -out server.csr
-    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > san.ext
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1,DNS:{RDS_HOST}\\n' > san.ext
     openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 7 -extfile san.ext -out server.crt
     chmod 600 server.key ca.key; chmod 644 ca.crt
     """

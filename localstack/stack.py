@@ -228,7 +228,7 @@ def run_deploy_sequence(values: dict[str, str], env: dict[str, str], timeout: fl
 
 
 def prepare_database(dbname: str, profile: str = "full", env: dict[str, str] | None = None,
-                     secrets_prefix: str | None = None) -> None:
+                     secrets_prefix: str | None = None, host: str | None = None) -> None:
     """The README's deploy sequence, run as written against the stacks'
     server as its admin (psql's variables, as the block says), its settings
     pointed at `dbname`, its LOGIN_ETL_PROFILE set to `profile` and its
@@ -237,9 +237,13 @@ def prepare_database(dbname: str, profile: str = "full", env: dict[str, str] | N
     `login-etl grants`. Run again with "full" on a masking-only database,
     it widens it (as the README says). With `env`, the block runs in that
     environment (its PATH gives `login-etl`), else with the packaged bootstrap;
-    with `secrets_prefix`, its SECRETS (a stack's own: `<stack>`)."""
+    with `secrets_prefix`, its SECRETS (a stack's own: `<stack>`); with
+    `host`, the server by that name (pg_cluster.RDS_HOST), reached at
+    127.0.0.1 (PGHOSTADDR: the operator's tunnel)."""
     admin = admin_env(dbname)
     values = {name: admin[name] for name in ("PGHOST", "PGPORT", "PGDATABASE", "PGUSER")}
+    if host:
+        values["PGHOST"] = host
     values |= {"PGSSLMODE": admin.get("PGSSLMODE", "disable"), "PGSSLROOTCERT": admin.get("PGSSLROOTCERT", ""),
                "PREFIX": dbname, "LOGIN_ETL_PROFILE": profile,
                "SECRETS": secrets_prefix or f"login-etl-local/{dbname}"}  # fmt: skip
@@ -256,6 +260,8 @@ def prepare_database(dbname: str, profile: str = "full", env: dict[str, str] | N
     env = {k: v for k, v in env.items() if not k.startswith(("PG", "DATABASE_URL", "DB_"))}
     if "PGPASSWORD" in admin:  # the admin's password, as an operator exports it
         env["PGPASSWORD"] = admin["PGPASSWORD"]
+    if host:
+        env["PGHOSTADDR"] = "127.0.0.1"
     done = run_deploy_sequence(values, env)
     if done.returncode != 0:
         raise RuntimeError(f"the README's deploy sequence failed:\n{done.stdout}{done.stderr}")

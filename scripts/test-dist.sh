@@ -10,7 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 dist=$(realpath "$DIST_DIR")
 previous=$(git show "$PREVIOUS_RELEASE:Cargo.toml" 2> /dev/null | sed -n 's/^version = "\(.*\)"$/\1/p' | head -n 1)
-DIST_DIR="$dist" PREVIOUS_LOGIN_ETL="$PREVIOUS_DIR/login-etl" PREVIOUS_VERSION="$previous" \
+# LOGIN_ETL_DB_ADDRESS: the functions reach the throwaway server's RDS name
+# (localstack/pg_cluster.py's RDS_HOST) at 127.0.0.1, as a VPC's DNS would.
+DIST_DIR="$dist" PREVIOUS_LOGIN_ETL="$PREVIOUS_DIR/login-etl" PREVIOUS_VERSION="$previous" LOGIN_ETL_DB_ADDRESS=127.0.0.1 \
   scripts/with-localstack.sh "$VENV/bin/python" -m pytest -q -p no:cacheprovider -rP tests/test_dist.py
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 archive=$dist/login-etl-$version-image-amd64.oci.tar

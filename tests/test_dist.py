@@ -19,6 +19,7 @@ removed at the end, also on failure.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -39,6 +40,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "localstack"))
+import pg_cluster  # noqa: E402
 import stack  # noqa: E402
 
 DIST = Path(os.environ.get("DIST_DIR", ROOT / "dist"))
@@ -206,6 +208,45 @@ def served():
         shutil.rmtree(site, ignore_errors=True)
 
 
+def load_templates():
+    spec = importlib.util.spec_from_file_location("release_templates", ROOT / "release" / "templates.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def test_build(served):
+    """The release as a test build: its x86_64 zip's bootstrap with the
+    throwaway server's CA where the RDS CAs sit (the same bytes otherwise,
+    the bundle's length kept), and a template.yaml pinning that zip, at
+    /test-build/. The server's certificate names pg_cluster.RDS_HOST, a
+    direct RDS endpoint's name: the function trusts it with no CA given."""
+    site = ROOT / "target" / "dist-site"
+    build = site / "test-build"
+    shutil.copytree(site / f"v{VERSION}", build)
+    name = f"login-etl-lambda-{VERSION}-x86_64.zip"
+    with zipfile.ZipFile(build / name) as z:
+        (entry,) = z.infolist()
+        bootstrap = z.read(entry)
+    rds = (ROOT / "src" / "database" / "ca" / "rds-global-bundle.pem").read_bytes()
+    test_ca = Path(stack.ca_bundle_file()).read_bytes()
+    assert bootstrap.count(rds) == 1, "the RDS CAs are not in the bootstrap as one block"
+    assert len(test_ca) < len(rds)
+    bootstrap = bootstrap.replace(rds, test_ca + b"\n" * (len(rds) - len(test_ca)))
+    with zipfile.ZipFile(build / name, "w") as z:
+        z.writestr(entry, bootstrap)
+    templates = load_templates()
+    digests = {f: hashlib.sha256((build / f).read_bytes()).hexdigest()
+               for f in [*(templates.zip_name(VERSION, c) for c in templates.CPUS), templates.stack_name(VERSION)]}  # fmt: skip
+    source = templates.yaml_parse((ROOT / "template.yaml").read_text())
+    root = templates.root_template(source, VERSION, digests, f"{served}/test-build/")
+    (build / "template.yaml").write_text(templates.yaml.dump(root, default_flow_style=None, Dumper=templates.RootDumper, width=120))
+    sums = "".join(f"{hashlib.sha256((build / f).read_bytes()).hexdigest()}  {f}\n" for f in sorted(os.listdir(build)) if f != "SHA256SUMS")
+    (build / "SHA256SUMS").write_text(sums)
+    return f"{served}/test-build"
+
+
 @pytest.fixture(scope="module")
 def release(tmp_path_factory, served):
     """An operator's machine: a PATH with no Rust toolchain or SAM CLI (the
@@ -342,8 +383,11 @@ def stored(dbname: str) -> set[str]:
     return {r[0] for r in stack.psql(stack.db_url(dbname), "SELECT message_id FROM user_logins")}
 
 
-def test_the_quick_start_from_the_release_drains_a_queue_made_beforehand_with_no_rust_on_the_path(release):
-    home, env, url = release
+def test_the_quick_start_from_the_release_drains_a_queue_made_beforehand_with_no_rust_on_the_path(release, test_build):
+    """The quick start as written, from the test build: one template, no
+    CA given, verify-full to the server by its RDS endpoint's name."""
+    home, env, _ = release
+    url = test_build
     name, dbname = f"login-etl-{RUN}-q", f"login_etl_{RUN}_q"
     deploy_block = block("docs/release.md", "<!-- release-deploy -->")
     given = deploy_parameters(deploy_block)
@@ -359,8 +403,10 @@ def test_the_quick_start_from_the_release_drains_a_queue_made_beforehand_with_no
             "arn:aws:sqs:us-east-1:123456789012:logins-dlq": arn(queues.dlq_url),
             "arn:aws:sqs:us-east-1:123456789012:logins": arn(queues.queue_url),
             **database,
+            "mydb.xxxx.us-east-1.rds.amazonaws.com": pg_cluster.RDS_HOST,
         }  # fmt: skip
-        extra = local_parameters(name, url)
+        # LocalStack's timings and CPU, and the local server for GitHub: no CA.
+        extra = [*LOCAL_PARAMETERS, "Architecture=x86_64", f"ReleaseUrl={url}"]
         messages = stack.generate(40, 8, seed=6401, binary=HOST_BINARY)
         stack.send(queues, messages)  # producers were there first
         valid = [m for m in messages if m.valid]
@@ -400,7 +446,7 @@ def test_the_quick_start_from_the_release_drains_a_queue_made_beforehand_with_no
 
         # README's block, run after the deploy as the server's admin (the
         # roles' secrets the stack's own), then the function goes on storing.
-        stack.prepare_database(dbname, "masking", env=env, secrets_prefix=name)
+        stack.prepare_database(dbname, "masking", env=env, secrets_prefix=name, host=pg_cluster.RDS_HOST)
         more = stack.generate(10, 0, seed=6404, binary=HOST_BINARY)
         stack.send(queues, more)
         stack.wait_drained(queues, len(valid) + len(more), len(messages) - len(valid), timeout=180)

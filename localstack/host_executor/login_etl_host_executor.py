@@ -21,6 +21,10 @@ the LocalStack process itself:
 Selected with `LAMBDA_RUNTIME_EXECUTOR=host` once this package is installed in
 LocalStack's venv (`make localstack-up` does both).
 
+With `LOGIN_ETL_DB_ADDRESS` set in LocalStack's environment (make test-dist
+sets it), every function gets `PGHOSTADDR` at that address: what a VPC's
+DNS does for an RDS endpoint's name, which the host's cannot resolve.
+
 Limits, on purpose (this is a test harness, not a sandbox):
 * no isolation: the bootstrap runs as the LocalStack user, sees the host's
   filesystem and network, and shares its /tmp;
@@ -144,6 +148,8 @@ def _executor_class():
                 LAMBDA_RUNTIME_DIR=str(code),
                 PATH=os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
             )
+            if os.environ.get("LOGIN_ETL_DB_ADDRESS"):
+                self._env.setdefault("PGHOSTADDR", os.environ["LOGIN_ETL_DB_ADDRESS"])
             self._command = [str(code / "bootstrap")]
             if str(getattr(self.function_version.config, "runtime", "") or "").startswith("python"):
                 self._command = [sys.executable, str(PYTHON_RUNTIME)]

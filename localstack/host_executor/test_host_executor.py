@@ -131,11 +131,14 @@ def test_init_failure_reports_the_exit_and_the_output(executor):
 
 def test_only_the_function_environment_reaches_the_process(executor, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "localstack-own-secret")
+    monkeypatch.setenv("LOGIN_ETL_DB_ADDRESS", "127.0.0.1")
     executor.start({"AWS_REGION": "eu-west-1"})
     # What the bootstrap process itself received, as it reports it.
     env = json.loads(invoke(executor, "echo").payload)["env"]
     assert env["AWS_REGION"] == "eu-west-1"
     assert "AWS_SECRET_ACCESS_KEY" not in env, "LocalStack's own credentials stay out"
+    # The database's name at the address LOGIN_ETL_DB_ADDRESS gives (the VPC's DNS).
+    assert env["PGHOSTADDR"] == "127.0.0.1" and "LOGIN_ETL_DB_ADDRESS" not in env
     assert env["AWS_LAMBDA_RUNTIME_API"].startswith("127.0.0.1:")
 
 

@@ -63,6 +63,8 @@ pub struct Connector {
     /// Where to connect instead of the secret's host and port
     /// (`DbConfig::connect_to`), on a refetch too.
     connect_to: (Option<String>, Option<u16>),
+    /// `PGHOSTADDR` (`DbConfig::hostaddr`), on a refetch too.
+    hostaddr: Option<std::net::IpAddr>,
 }
 
 impl Connector {
@@ -120,6 +122,16 @@ impl Connector {
                     reason,
                 })?;
         }
+        if db.hostaddr.is_some() && pg.get_hosts().len() != 1 {
+            return Err(ConfigError::Invalid {
+                var: "PGHOSTADDR",
+                reason: format!(
+                    "one address is for one host, and the connection names {}: give one host, or no PGHOSTADDR",
+                    pg.get_hosts().len()
+                ),
+            }
+            .into());
+        }
         let mut connector = Self {
             pg: tokio_postgres::Config::new(),
             tls,
@@ -128,6 +140,7 @@ impl Connector {
             target: String::new(),
             ca,
             connect_to: db.connect_to.clone(),
+            hostaddr: db.hostaddr,
         };
         connector.set_pg(pg);
         Ok(connector)
@@ -149,6 +162,11 @@ impl Connector {
         }
         pg.connect_timeout(self.connect_timeout);
         pg.ssl_mode(self.tls.pg_ssl_mode());
+        if let Some(addr) = self.hostaddr
+            && pg.get_hostaddrs().is_empty()
+        {
+            pg.hostaddr(addr);
+        }
         self.target = describe_target(&pg);
         self.pg = pg;
     }

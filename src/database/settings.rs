@@ -94,6 +94,10 @@ pub struct DbConfig {
     /// connect instead of the host and port it names (a tunnel's end;
     /// setup's own connections while the secrets name a proxy).
     pub connect_to: (Option<String>, Option<u16>),
+    /// `PGHOSTADDR`, libpq's: the address to connect to, while TLS still
+    /// checks the host's name (a name this machine cannot resolve, a
+    /// tunnel's end).
+    pub hostaddr: Option<std::net::IpAddr>,
     /// libpq's variables as read, for what the source leaves out.
     libpq: Libpq,
 }
@@ -231,6 +235,12 @@ impl DbConfig {
             statement_timeout: parse_millis(&get, "DB_STATEMENT_TIMEOUT_MS")?
                 .unwrap_or(DEFAULT_STATEMENT_TIMEOUT),
             connect_to: connect_to(&get, auth)?,
+            hostaddr: get("PGHOSTADDR")
+                .map(|a| a.trim().parse::<std::net::IpAddr>().map_err(|_| ConfigError::Invalid {
+                    var: "PGHOSTADDR",
+                    reason: "expected an IP address (libpq's hostaddr): the address to connect to, while TLS checks the host's name".into(),
+                }))
+                .transpose()?,
             libpq,
         })
     }

@@ -22,6 +22,16 @@ async fn build(
     mode: &str,
     bundle: Option<&str>,
 ) -> Result<login_etl::BatchHandler, String> {
+    build_with(url, mode, bundle, &[]).await
+}
+
+/// [`build`] with more variables (`PGHOSTADDR`).
+async fn build_with(
+    url: &str,
+    mode: &str,
+    bundle: Option<&str>,
+    more: &[(&str, &str)],
+) -> Result<login_etl::BatchHandler, String> {
     let migrate = if mode == "disable" || bundle.is_some_and(|b| !b.ends_with("bundle.pem")) {
         "false"
     } else {
@@ -43,11 +53,13 @@ async fn build(
             b,
         ));
     }
+    vars.extend_from_slice(more);
     let map: std::collections::HashMap<String, String> = vars
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let config = login_etl::Config::from_lookup(|k| map.get(k).cloned()).unwrap();
+    let config =
+        login_etl::Config::from_lookup(|k| map.get(k).cloned()).map_err(|e| e.to_string())?;
     startup::build(&config).await.map_err(|e| e.to_string())
 }
 
@@ -260,4 +272,30 @@ async fn rds_names_trust_their_own_roots_not_the_systems() {
             .await
             .unwrap_or_else(|e| panic!("{host} with its CA given: {e}"));
     }
+    // PGHOSTADDR, as libpq's: the address for a name nothing resolves
+    // here, whatever the connection's source (a secret's host too), TLS
+    // still checking the name.
+    let rds = server.url(common::pg_server::RDS_HOST, Some(PASSWORD));
+    let bundle = Some(given.to_str().unwrap());
+    let unresolved = build(&rds, "verify-full", bundle).await.err();
+    assert!(
+        unresolved.is_some(),
+        "the RDS name resolved here: this test needs it not to"
+    );
+    build_with(&rds, "verify-full", bundle, &[("PGHOSTADDR", "127.0.0.1")])
+        .await
+        .expect("PGHOSTADDR: connected at the address, the name's certificate checked");
+    let err = build_with(
+        &rds,
+        "verify-full",
+        bundle,
+        &[("PGHOSTADDR", "db.internal")],
+    )
+    .await
+    .err()
+    .expect("a PGHOSTADDR that is no address is refused");
+    assert!(
+        err.contains("PGHOSTADDR") && err.contains("IP address"),
+        "{err}"
+    );
 }
