@@ -403,8 +403,8 @@ def test_the_quick_start_from_the_release_drains_a_queue_made_beforehand_with_no
             "arn:aws:sqs:us-east-1:123456789012:logins-dlq": arn(queues.dlq_url),
             "arn:aws:sqs:us-east-1:123456789012:logins": arn(queues.queue_url),
             **database,
-            "mydb.xxxx.us-east-1.rds.amazonaws.com": pg_cluster.RDS_HOST,
         }  # fmt: skip
+        values["mydb.xxxx.us-east-1.rds.amazonaws.com"] = pg_cluster.RDS_HOST  # the server by its RDS name
         # LocalStack's timings and CPU, and the local server for GitHub: no CA.
         extra = [*LOCAL_PARAMETERS, "Architecture=x86_64", f"ReleaseUrl={url}"]
         messages = stack.generate(40, 8, seed=6401, binary=HOST_BINARY)
@@ -427,6 +427,9 @@ def test_the_quick_start_from_the_release_drains_a_queue_made_beforehand_with_no
         out = stack.outputs(name)
         code = stack.client("lambda").get_function(FunctionName=out["FunctionName"])["Configuration"]
         assert code["Architectures"] == ["x86_64"]
+        # verify-full, and no CA of the throwaway server's given: the built-in (test build's) RDS CAs.
+        function_env = code["Environment"]["Variables"]
+        assert function_env["DB_SSLMODE"] == "verify-full" and not function_env.get("DB_CA_BUNDLE_SECRET_ID"), function_env
         # The setup named the roles after the stack deployed, not the nested one.
         assert stack.client("secretsmanager").describe_secret(SecretId=f"{name}/ingest")["Name"] == f"{name}/ingest"
         # The scheduled maintenance, as the maintain role the setup made: clean.

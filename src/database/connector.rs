@@ -122,6 +122,20 @@ impl Connector {
                     reason,
                 })?;
         }
+        // TLS checks the host's name: a socket directory names none, and
+        // the address would be reached with nothing to check.
+        if db.hostaddr.is_some()
+            && let [tokio_postgres::config::Host::Unix(dir)] = pg.get_hosts()
+        {
+            return Err(ConfigError::Invalid {
+                var: "PGHOSTADDR",
+                reason: format!(
+                    "the host is a socket directory ({}): give the server's name as the host (PGHOST, or the URL's host), which TLS checks, and its address in PGHOSTADDR",
+                    dir.display()
+                ),
+            }
+            .into());
+        }
         if db.hostaddr.is_some() && pg.get_hosts().len() != 1 {
             return Err(ConfigError::Invalid {
                 var: "PGHOSTADDR",

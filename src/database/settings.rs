@@ -238,7 +238,7 @@ impl DbConfig {
             hostaddr: get("PGHOSTADDR")
                 .map(|a| a.trim().parse::<std::net::IpAddr>().map_err(|_| ConfigError::Invalid {
                     var: "PGHOSTADDR",
-                    reason: "expected an IP address (libpq's hostaddr): the address to connect to, while TLS checks the host's name".into(),
+                    reason: "expected an IP address, 127.0.0.1 or ::1 (libpq's hostaddr): the address to connect to; the server's name goes in PGHOST (or the secret), which TLS checks".into(),
                 }))
                 .transpose()?,
             libpq,

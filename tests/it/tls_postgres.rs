@@ -298,4 +298,21 @@ async fn rds_names_trust_their_own_roots_not_the_systems() {
         err.contains("PGHOSTADDR") && err.contains("IP address"),
         "{err}"
     );
+    // No name for TLS to check: a socket directory, or which of two hosts.
+    for (url, said) in [
+        ("postgres://postgres@%2Ftmp/postgres", "socket directory"),
+        (
+            "postgres://postgres@a.example,b.example/postgres",
+            "one address is for one host",
+        ),
+    ] {
+        let err = build_with(url, "disable", None, &[("PGHOSTADDR", "127.0.0.1")])
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{url}: PGHOSTADDR taken"));
+        assert!(
+            err.contains("PGHOSTADDR") && err.contains(said),
+            "{url}: {err}"
+        );
+    }
 }
