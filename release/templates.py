@@ -29,6 +29,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -70,9 +72,6 @@ def stack_name(version: str) -> str:
 
 def github_release(version: str) -> str:
     """The download URL of tag v`version` of the origin, if it is on GitHub."""
-    import re
-    import subprocess
-
     origin = subprocess.run(["git", "-C", str(ROOT), "remote", "get-url", "origin"], capture_output=True, text=True).stdout.strip()
     found = re.match(r"^(?:https://github\.com/|git@github\.com:)([\w.-]+/[\w.-]+?)(?:\.git)?/?$", origin)
     return f"https://github.com/{found.group(1)}/releases/download/v{version}/" if found else ""

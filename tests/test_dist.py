@@ -236,12 +236,8 @@ def test_build(served):
     bootstrap = bootstrap.replace(rds, test_ca + b"\n" * (len(rds) - len(test_ca)))
     with zipfile.ZipFile(build / name, "w") as z:
         z.writestr(entry, bootstrap)
-    templates = load_templates()
-    digests = {f: hashlib.sha256((build / f).read_bytes()).hexdigest()
-               for f in [*(templates.zip_name(VERSION, c) for c in templates.CPUS), templates.stack_name(VERSION)]}  # fmt: skip
-    source = templates.yaml_parse((ROOT / "template.yaml").read_text())
-    root = templates.root_template(source, VERSION, digests, f"{served}/test-build/")
-    (build / "template.yaml").write_text(templates.yaml.dump(root, default_flow_style=None, Dumper=templates.RootDumper, width=120))
+    # The templates as make dist writes them, pinning the patched zip.
+    load_templates().main([str(build), VERSION, f"{served}/test-build/"])
     sums = "".join(f"{hashlib.sha256((build / f).read_bytes()).hexdigest()}  {f}\n" for f in sorted(os.listdir(build)) if f != "SHA256SUMS")
     (build / "SHA256SUMS").write_text(sums)
     return f"{served}/test-build"
